@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates .venv and installs cloudkeep into it. With --test, also installs everything the tests
+# need: the test extras, Azurite (npm, into node_modules) and PostgreSQL (Debian packages) when absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+
+if [ "${1:-}" != "--test" ]; then
+    .venv/bin/python -m pip install --quiet -e .
+    exit 0
+fi
+
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+if [ ! -x node_modules/.bin/azurite ]; then
+    npm install --no-audit --no-fund --loglevel=error
+fi
+
+need_apt=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+command -v pwsh >/dev/null || true   # PowerShell is not in Debian; Windows scripts get a static check.
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi

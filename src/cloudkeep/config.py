@@ -1,0 +1,41 @@
+"""Settings built once at the edge (CLI flags, environment, file) and passed down.
+
+Nothing below the CLI/API layer reads the environment: it receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".cloudkeep"
+
+
+class Settings(BaseSettings):
+    """Where the server keeps its state and how it talks to the world."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDKEEP_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Server state: database, keys, lab.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; defaults to SQLite (WAL) under home."
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="Server master key (encrypts secrets at rest); defaults under home."
+    )
+    api_url: str | None = Field(default=None, description="Talk to a running server instead of embedded mode.")
+    api_token: str | None = None
+    heartbeat_timeout_seconds: float = 60.0
+    rescan_concurrency: int = 16
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'cloudkeep.db'}"
+
+    @property
+    def effective_master_key_file(self) -> Path:
+        return self.master_key_file or self.home / "master.key"

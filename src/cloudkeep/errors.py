@@ -1,0 +1,47 @@
+"""Error types shared by every layer.
+
+Each carries a message an administrator can act on; the CLI and API render them without a
+traceback. Layers subclass these rather than inventing parallel hierarchies.
+"""
+
+from __future__ import annotations
+
+
+class CloudkeepError(Exception):
+    """Base of every expected failure; ``hint`` says what to do about it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class ConfigurationError(CloudkeepError):
+    """Settings or input that can never work as given."""
+
+
+class NotFoundError(CloudkeepError):
+    """A named thing (object, machine, job, restore point …) does not exist."""
+
+
+class ConflictError(CloudkeepError):
+    """The request clashes with existing state (duplicate name, lost conditional write)."""
+
+
+class PermissionDeniedError(CloudkeepError):
+    """The credentials in use lack a permission; the message names the action."""
+
+
+class UnreachableError(CloudkeepError):
+    """A peer (storage endpoint, cloud API, queue) cannot be reached after retries."""
+
+
+class IntegrityError(CloudkeepError):
+    """Data read back does not match what was written (corruption, tampering, wrong key)."""
+
+
+class AuthenticationError(CloudkeepError):
+    """Wrong password, bad token, or invalid signature."""

@@ -1,0 +1,234 @@
+"""The provider interface: what the server needs from a cloud, and nothing more.
+
+A provider is a small bundle of four services. Each cloud implements them in its own folder
+(``providers/aws``, ``providers/azure``, ``providers/local``) and registers itself by name.
+Adding a cloud means adding one folder.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.storage.base import ObjectStore
+
+
+class Platform(StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A cloud machine as the cloud's own API describes it (never by connecting to it)."""
+
+    id: str  # EC2 instance id, Azure VM resource id, or local machine name
+    name: str
+    platform: Platform
+    state: str  # running / stopped / … as the cloud says
+    region: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    boot_mode: str | None = None  # "uefi" / "legacy-bios" where the API exposes it
+    secure_boot: bool | None = None  # None: the API does not say
+    private_ip: str | None = None
+    hostname: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InventoryScope:
+    """Which machines a protection group covers. Tag keys compare case-insensitively."""
+
+    regions: tuple[str, ...] = ()  # AWS regions / Azure locations or subscriptions; empty = provider default
+    machine_ids: tuple[str, ...] = ()  # empty = all
+    include_tags: Mapping[str, str] = field(default_factory=dict)  # all must match
+    exclude_ids: tuple[str, ...] = ()
+    exclude_tags: Mapping[str, str] = field(default_factory=dict)  # any match excludes
+
+
+class Inventory(ABC):
+    @abstractmethod
+    def list_machines(self, scope: InventoryScope) -> Iterator[Machine]:
+        """Discover machines through the cloud API, paginating and backing off on throttling."""
+
+    @abstractmethod
+    def get_machine(self, machine_id: str) -> Machine | None: ...
+
+    @abstractmethod
+    def set_tag(self, machine_id: str, key: str, value: str) -> None:
+        """Used for the ownership marker (``cloudkeep:server``)."""
+
+    @abstractmethod
+    def remove_tag(self, machine_id: str, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    command_id: str | None = None  # the cloud's id (SSM command id, run command name)
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+Shell = Literal["shell", "powershell"]
+
+
+class CommandChannel(ABC):
+    """The cloud's own way to run a script on a machine: SSM Run Command, Azure Run Command, subprocess."""
+
+    @abstractmethod
+    def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
+        """Run ``script`` (shell on Linux, PowerShell on Windows) and return its full output."""
+
+    def managed_command_count(self, machine: Machine) -> int | None:
+        """How many managed run commands already exist on the machine (Azure); None where no limit applies."""
+        return None
+
+
+@dataclass
+class ReceivedMessage:
+    body: str
+    receipt: str  # opaque handle used to ack / extend / dead-letter
+    message_id: str
+    receive_count: int = 1
+    sent_at: datetime | None = None
+
+
+class Queue(ABC):
+    """One message queue. Messages must stay under 64 KiB; larger payloads go by reference."""
+
+    name: str
+    max_message_bytes: int = 64 * 1024
+
+    @abstractmethod
+    def send(self, body: str, *, delay_seconds: int = 0) -> str:
+        """Enqueue; returns the message id."""
+
+    @abstractmethod
+    def receive(
+        self, *, max_messages: int = 10, visibility_timeout: int = 30, wait_seconds: float = 0.0
+    ) -> list[ReceivedMessage]:
+        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` (long poll, or polling with back-off)."""
+
+    @abstractmethod
+    def ack(self, message: ReceivedMessage) -> None:
+        """Delete a processed message."""
+
+    @abstractmethod
+    def extend_visibility(self, message: ReceivedMessage, seconds: int) -> None: ...
+
+    @abstractmethod
+    def dead_letter(self, message: ReceivedMessage, reason: str) -> None:
+        """Move a message that must never be executed to this queue's dead-letter queue."""
+
+    @abstractmethod
+    def approximate_count(self) -> int: ...
+
+
+class QueueService(ABC):
+    @abstractmethod
+    def ensure_queue(self, name: str) -> Queue:
+        """Create the queue (and its dead-letter queue) if missing; idempotent."""
+
+    @abstractmethod
+    def get_queue(self, name: str) -> Queue: ...
+
+    @abstractmethod
+    def delete_queue(self, name: str) -> None: ...
+
+    @abstractmethod
+    def connection_info(self, name: str) -> dict[str, Any]:
+        """What a machine needs to reach queue ``name`` (URL, endpoint, SAS, …), JSON-serialisable."""
+
+
+@dataclass(frozen=True)
+class ScopedCredentials:
+    """Temporary credentials an agent can use to write only its own prefix; JSON-serialisable."""
+
+    provider: str
+    store_url: str  # e.g. s3://bucket/prefix, azure://container/prefix, file:///path
+    options: Mapping[str, Any]  # passed to open_store (keys, session token, SAS, endpoint)
+    expires_at: datetime
+
+    def open_store(self) -> ObjectStore:
+        from cloudkeep.storage.base import open_store
+
+        return open_store(self.store_url, **dict(self.options))
+
+
+class StorageService(ABC):
+    """Object storage as the control plane sees it: stores, signed URLs, scoped credentials."""
+
+    @abstractmethod
+    def open_store(self, location: str) -> ObjectStore:
+        """``location`` is ``bucket[/prefix]`` (or a folder for local)."""
+
+    @abstractmethod
+    def ensure_container(self, location: str, *, object_lock: bool = False) -> None: ...
+
+    @abstractmethod
+    def signed_url(self, location: str, key: str, *, method: Literal["GET", "PUT"], expires_seconds: int) -> str:
+        """A short-lived URL for one object (S3 presigned URL, Azure SAS, local HMAC-signed URL)."""
+
+    @abstractmethod
+    def scoped_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
+        """Credentials that can read the repository and write only under ``prefix``."""
+
+
+class CloudProvider(ABC):
+    """A cloud account as one credential sees it."""
+
+    kind: str
+
+    @property
+    @abstractmethod
+    def inventory(self) -> Inventory: ...
+
+    @property
+    @abstractmethod
+    def commands(self) -> CommandChannel: ...
+
+    @property
+    @abstractmethod
+    def queues(self) -> QueueService: ...
+
+    @property
+    @abstractmethod
+    def storage(self) -> StorageService: ...
+
+    def check_permissions(self) -> list[str]:
+        """Return the documented permissions this credential lacks (dry-run checks); empty when all is well."""
+        return []
+
+
+ProviderFactory = Callable[[Mapping[str, Any], Mapping[str, Any]], CloudProvider]
+_PROVIDERS: dict[str, ProviderFactory] = {}
+
+
+def register_provider(kind: str) -> Callable[[ProviderFactory], ProviderFactory]:
+    def decorate(factory: ProviderFactory) -> ProviderFactory:
+        _PROVIDERS[kind] = factory
+        return factory
+
+    return decorate
+
+
+def get_provider(kind: str, credential: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> CloudProvider:
+    """Build a provider from a (decrypted) credential and options such as endpoint URLs."""
+    import cloudkeep.providers.registry  # noqa: F401 - registers aws, azure, local
+
+    try:
+        factory = _PROVIDERS[kind]
+    except KeyError:
+        raise ConfigurationError(f"unknown cloud provider {kind!r}", hint=f"use one of: {', '.join(sorted(_PROVIDERS))}") from None
+    return factory(credential, options or {})

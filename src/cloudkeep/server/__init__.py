@@ -1,0 +1,1 @@
+"""The backup server: state store, services, dispatcher, scheduler, REST API."""

@@ -1,0 +1,1 @@
+"""State store: SQLAlchemy models (the domain model) and sessions."""

@@ -1,0 +1,111 @@
+"""The one interface every storage backend implements.
+
+The repository format (``cloudkeep.repo``) only ever talks to an ``ObjectStore``; it never
+knows whether bytes live in a folder, an S3 bucket or an Azure container. Backends are
+registered by URL scheme (``file``, ``s3``, ``azure``, ``memory``) and opened with
+``open_store(url, **options)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+
+
+class ObjectNotFoundError(NotFoundError):
+    """The key does not exist."""
+
+
+class ObjectExistsError(ConflictError):
+    """A create-only write (``if_absent=True``) lost: the key already exists."""
+
+
+class ObjectLockedError(PermissionDeniedError):
+    """The object is under retention (Object Lock / immutability) and cannot be deleted yet."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None = None
+    etag: str | None = None
+    retain_until: datetime | None = None
+
+
+class ObjectStore(ABC):
+    """Keys are ``/``-separated relative paths under the store's root (bucket + optional prefix)."""
+
+    scheme: ClassVar[str]
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None) -> None:
+        """Store ``data`` durably; visible to readers only once complete.
+
+        ``if_absent`` makes the write create-only (S3 ``If-None-Match: *``); ``retain_until`` puts the
+        object under retention where the backend supports object lock.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Return the object's info, or ``None`` if it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """All objects whose key starts with ``prefix``, paginating as needed."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete; raises ``ObjectLockedError`` under retention, ignores a missing key."""
+
+    @property
+    def supports_object_lock(self) -> bool:
+        return False
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def describe(self) -> str:
+        """A human-readable location for messages (``s3://bucket/prefix``)."""
+        return f"{self.scheme}://"
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has none."""
+
+
+_BACKENDS: dict[str, Callable[..., ObjectStore]] = {}
+
+
+def register_backend(scheme: str) -> Callable[[type[ObjectStore]], type[ObjectStore]]:
+    """Class decorator: make ``open_store("<scheme>://…")`` build this backend via ``from_url``."""
+
+    def decorate(cls: type[ObjectStore]) -> type[ObjectStore]:
+        _BACKENDS[scheme] = cls.from_url  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def open_store(url: str, **options: Any) -> ObjectStore:
+    """Open the backend named by ``url``'s scheme; options are backend-specific (endpoint, credentials)."""
+    import cloudkeep.storage.backends  # noqa: F401 - registers the built-in backends
+
+    scheme = urlparse(url).scheme or "file"
+    try:
+        factory = _BACKENDS[scheme]
+    except KeyError:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ConfigurationError(f"unknown storage scheme {scheme!r} in {url!r}", hint=f"use one of: {known}") from None
+    return factory(url, **options)
