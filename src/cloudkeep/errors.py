@@ -45,3 +45,7 @@ class IntegrityError(CloudkeepError):
 
 class AuthenticationError(CloudkeepError):
     """Wrong password, bad token, or invalid signature."""
+
+
+class InsufficientSpaceError(CloudkeepError):
+    """A disk or volume ran out of space (restore target, local store, cache)."""

@@ -1,0 +1,233 @@
+"""Azure Blob Storage backend (``azure://container/optional/prefix``).
+
+Large objects are uploaded as staged blocks by the SDK (``max_single_put_size``); create-only
+writes use ``If-None-Match: *``.
+
+Immutability: Azurite implements no immutability policies, so by default ``retain_until`` is a
+*stand-in*: the date is stored in the blob's metadata and this backend refuses to delete or
+overwrite the blob before then. That protects against cloudkeep's own prune and mistakes, NOT
+against someone holding the account key. With ``immutability=True`` (a real account with
+version-level immutability enabled on the container) the blob gets a real time-based
+``immutability_policy`` that Azure itself enforces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import urlparse
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobServiceClient, ImmutabilityPolicy
+
+from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
+from cloudkeep.storage.base import (
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectLockedError,
+    ObjectNotFoundError,
+    ObjectStore,
+    register_backend,
+)
+
+_RETAIN_KEY = "retain_until"
+
+
+@register_backend("azure")
+class AzureBlobStore(ObjectStore):
+    """One container plus an optional blob-name prefix."""
+
+    scheme: ClassVar[str] = "azure"
+
+    def __init__(
+        self,
+        container: str,
+        prefix: str = "",
+        *,
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+        immutability: bool = False,
+        max_single_put_size: int = 64 * 2**20,
+        max_block_size: int = 8 * 2**20,
+        max_concurrency: int = 4,
+        retry_total: int = 5,
+        connection_timeout: float = 10.0,
+    ) -> None:
+        if not container:
+            raise ConfigurationError("Azure URL needs a container: azure://container/optional/prefix")
+        options: dict[str, Any] = {
+            "max_single_put_size": max_single_put_size,
+            "max_block_size": max_block_size,
+            "retry_total": retry_total,
+            "connection_timeout": connection_timeout,
+        }
+        if connection_string:
+            service = BlobServiceClient.from_connection_string(connection_string, **options)
+        elif account_url:
+            service = BlobServiceClient(account_url, credential=credential, **options)
+        else:
+            raise ConfigurationError(
+                "Azure storage needs connection_string, or account_url + credential",
+                hint="the credential is an account key or a SAS token string",
+            )
+        self.container_name = container
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.immutability = immutability
+        self.max_concurrency = max_concurrency
+        self.container = service.get_container_client(container)
+        self._service = service
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AzureBlobStore:
+        parsed = urlparse(url)
+        return cls(parsed.netloc, parsed.path, **options)
+
+    def describe(self) -> str:
+        return f"azure://{self.container_name}/{self.prefix}".rstrip("/")
+
+    @property
+    def supports_object_lock(self) -> bool:
+        return True
+
+    def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
+        where = f"container {self.container_name}" + (f", blob {self.prefix}{key}" if key else "")
+        if isinstance(exc, ResourceNotFoundError):
+            code = getattr(exc, "error_code", None)
+            if code == "ContainerNotFound":
+                raise NotFoundError(
+                    f"{where}: container does not exist", hint="create it or fix the URL"
+                ) from exc
+            raise ObjectNotFoundError(f"{where}: object does not exist") from exc
+        if isinstance(exc, (ResourceExistsError, ResourceModifiedError)):
+            raise ObjectExistsError(f"{where}: already exists") from exc
+        if isinstance(exc, ClientAuthenticationError) or (
+            isinstance(exc, HttpResponseError) and exc.status_code == 403
+        ):
+            raise PermissionDeniedError(
+                f"{where}: access denied for {action}",
+                hint="grant this permission to the credential or SAS in use",
+            ) from exc
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+            raise UnreachableError(
+                f"{self.describe()}: cannot reach the Blob endpoint ({exc.message})",
+                hint="check the account URL, network and proxy settings",
+            ) from exc
+        if isinstance(exc, AzureError):
+            raise UnreachableError(f"{where}: {action} failed: {exc}") from exc
+        raise exc
+
+    def _retained(self, key: str) -> datetime | None:
+        info = self.stat(key)
+        if info is not None and info.retain_until is not None and info.retain_until > datetime.now(UTC):
+            return info.retain_until
+        return None
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
+        blob = self.container.get_blob_client(self.prefix + key)
+        kwargs: dict[str, Any] = {"overwrite": not if_absent, "max_concurrency": self.max_concurrency}
+        if if_absent:
+            kwargs["if_none_match"] = "*"
+        elif (until := self._retained(key)) is not None:
+            raise ObjectLockedError(f"{self.describe()}/{key} is retained until {until:%Y-%m-%d %H:%M}")
+        if retain_until is not None:
+            kwargs["metadata"] = {_RETAIN_KEY: retain_until.astimezone(UTC).isoformat()}
+            if self.immutability:
+                kwargs["immutability_policy"] = ImmutabilityPolicy(
+                    expiry_time=retain_until, policy_mode="Locked"
+                )
+        try:
+            blob.upload_blob(data, **kwargs)
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/write", key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.container.download_blob(
+                self.prefix + key, max_concurrency=self.max_concurrency
+            ).readall()
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read", key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            size = self.container.get_blob_client(self.prefix + key).get_blob_properties().size
+            if offset >= size:
+                return b""
+            return self.container.download_blob(
+                self.prefix + key, offset=offset, length=min(length, size - offset)
+            ).readall()
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read", key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            props = self.container.get_blob_client(self.prefix + key).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                self._raise(exc, "Microsoft.Storage/blobs/read", key)
+            return None
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read", key)
+        return ObjectInfo(key, props.size, props.last_modified, props.etag, _retain_from(props.metadata))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            for item in self.container.list_blobs(
+                name_starts_with=self.prefix + prefix, include=["metadata"]
+            ):
+                yield ObjectInfo(
+                    item.name[len(self.prefix) :],
+                    item.size,
+                    item.last_modified,
+                    item.etag,
+                    _retain_from(item.metadata),
+                )
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read (list)", prefix)
+
+    def delete(self, key: str) -> None:
+        if (until := self._retained(key)) is not None:
+            raise ObjectLockedError(
+                f"{self.describe()}/{key} is retained until {until:%Y-%m-%d %H:%M}",
+                hint="objects under retention can be deleted only after that date",
+            )
+        try:
+            self.container.delete_blob(self.prefix + key)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as exc:
+            if exc.status_code == 409 and self.immutability:
+                raise ObjectLockedError(
+                    f"{self.describe()}/{key}: delete refused (immutability policy)"
+                ) from exc
+            self._raise(exc, "Microsoft.Storage/blobs/delete", key)
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/delete", key)
+
+    def close(self) -> None:
+        self._service.close()
+
+
+def _retain_from(metadata: dict[str, str] | None) -> datetime | None:
+    value = (metadata or {}).get(_RETAIN_KEY)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

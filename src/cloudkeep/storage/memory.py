@@ -1,0 +1,122 @@
+"""In-process object store (``memory://name``) for fast tests of the layers above storage.
+
+Stores opened with the same name share their objects, like two clients of one bucket. Retention
+(``retain_until``) is enforced, so the repository's immutability rules can be tested without a peer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from cloudkeep.storage.base import (
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectLockedError,
+    ObjectNotFoundError,
+    ObjectStore,
+    register_backend,
+)
+
+
+@dataclass
+class _Stored:
+    data: bytes
+    modified: datetime
+    retain_until: datetime | None
+
+
+class _Bucket:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objects: dict[str, _Stored] = {}
+
+
+_BUCKETS: dict[str, _Bucket] = {}
+_BUCKETS_LOCK = threading.Lock()
+
+
+@register_backend("memory")
+class MemoryStore(ObjectStore):
+    """Objects in a dict guarded by a lock; shared by name within the process."""
+
+    scheme: ClassVar[str] = "memory"
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        with _BUCKETS_LOCK:
+            self._bucket = _BUCKETS.setdefault(name, _Bucket())
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryStore:
+        parsed = urlparse(url)
+        return cls((parsed.netloc + parsed.path).strip("/") or "default")
+
+    @classmethod
+    def forget(cls, name: str) -> None:
+        """Drop a named store's contents (test clean-up)."""
+        with _BUCKETS_LOCK:
+            _BUCKETS.pop(name, None)
+
+    @property
+    def supports_object_lock(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return f"memory://{self.name}"
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
+        now = datetime.now(UTC)
+        with self._bucket.lock:
+            current = self._bucket.objects.get(key)
+            if if_absent and current is not None:
+                raise ObjectExistsError(f"{self.describe()}/{key} already exists")
+            if current is not None and current.retain_until and current.retain_until > now:
+                raise ObjectLockedError(
+                    f"{self.describe()}/{key} is retained until {current.retain_until:%Y-%m-%d %H:%M}"
+                )
+            self._bucket.objects[key] = _Stored(bytes(data), now, retain_until)
+
+    def _get(self, key: str) -> _Stored:
+        with self._bucket.lock:
+            stored = self._bucket.objects.get(key)
+        if stored is None:
+            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
+        return stored
+
+    def get(self, key: str) -> bytes:
+        return self._get(key).data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._get(key).data[offset : offset + length]
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        with self._bucket.lock:
+            stored = self._bucket.objects.get(key)
+        if stored is None:
+            return None
+        return ObjectInfo(key, len(stored.data), stored.modified, None, stored.retain_until)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._bucket.lock:
+            items = sorted((k, v) for k, v in self._bucket.objects.items() if k.startswith(prefix))
+        for key, stored in items:
+            yield ObjectInfo(key, len(stored.data), stored.modified, None, stored.retain_until)
+
+    def delete(self, key: str) -> None:
+        with self._bucket.lock:
+            stored = self._bucket.objects.get(key)
+            if stored is None:
+                return
+            if stored.retain_until and stored.retain_until > datetime.now(UTC):
+                raise ObjectLockedError(
+                    f"{self.describe()}/{key} is retained until {stored.retain_until:%Y-%m-%d %H:%M}",
+                    hint="objects under retention can be deleted only after that date",
+                )
+            del self._bucket.objects[key]

@@ -1,0 +1,285 @@
+"""Amazon S3 backend (``s3://bucket/optional/prefix``), also used against moto and S3-compatible stores.
+
+Big objects go up as multipart uploads; throttling and 5xx are retried by botocore's adaptive
+retry mode with backoff. Create-only writes use ``If-None-Match: *``. Retention uses Object Lock
+(the bucket must have been created with it); it is read back from ``head_object`` because some
+S3 implementations (moto) lack ``get_object_retention``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
+
+from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
+from cloudkeep.storage.base import (
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectLockedError,
+    ObjectNotFoundError,
+    ObjectStore,
+    register_backend,
+)
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+}
+_EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+@register_backend("s3")
+class S3Store(ObjectStore):
+    """One bucket plus an optional key prefix."""
+
+    scheme: ClassVar[str] = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        multipart_threshold: int = 64 * 2**20,
+        multipart_chunk: int = 16 * 2**20,
+        object_lock_mode: str = "COMPLIANCE",
+        max_attempts: int = 8,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        max_pool_connections: int = 16,
+    ) -> None:
+        if not bucket:
+            raise ConfigurationError("S3 URL needs a bucket: s3://bucket/optional/prefix")
+        if multipart_chunk < 5 * 2**20:
+            raise ConfigurationError("multipart_chunk must be at least 5 MiB (S3's minimum part size)")
+        if object_lock_mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise ConfigurationError(
+                f"object_lock_mode must be COMPLIANCE or GOVERNANCE, not {object_lock_mode!r}"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.multipart_threshold = max(multipart_threshold, multipart_chunk)
+        self.multipart_chunk = multipart_chunk
+        self.object_lock_mode = object_lock_mode
+        config = Config(
+            retries={"max_attempts": max_attempts, "mode": "adaptive"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            region_name=region,
+        )
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._lock_enabled: bool | None = None
+        self._lock_probe = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> S3Store:
+        parsed = urlparse(url)
+        return cls(parsed.netloc, parsed.path, **options)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
+        where = f"bucket {self.bucket}" + (f", key {self.prefix}{key}" if key else "")
+        if isinstance(exc, (EndpointConnectionError, ConnectionError)):
+            raise UnreachableError(
+                f"{self.describe()}: cannot reach the S3 endpoint ({exc})",
+                hint="check the endpoint URL, network and proxy settings",
+            ) from exc
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                raise ObjectNotFoundError(f"{where}: object does not exist") from exc
+            if code == "NoSuchBucket":
+                raise NotFoundError(
+                    f"bucket {self.bucket} does not exist", hint="create it or fix the URL"
+                ) from exc
+            if code in _EXISTS:
+                raise ObjectExistsError(f"{where}: already exists") from exc
+            if code in _DENIED:
+                raise PermissionDeniedError(
+                    f"{where}: access denied for {action}",
+                    hint="grant this permission to the credentials in use",
+                ) from exc
+            raise UnreachableError(f"{where}: {action} failed: {code} {exc}") from exc
+        if isinstance(exc, BotoCoreError):
+            raise UnreachableError(f"{self.describe()}: {action} failed: {exc}") from exc
+        raise exc
+
+    # -- object lock -----------------------------------------------------------------------
+
+    @property
+    def supports_object_lock(self) -> bool:
+        with self._lock_probe:
+            if self._lock_enabled is None:
+                try:
+                    conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+                    self._lock_enabled = (
+                        conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+                    )
+                except ClientError:
+                    self._lock_enabled = False
+                except BotoCoreError as exc:
+                    self._raise(exc, "s3:GetBucketObjectLockConfiguration")
+            return self._lock_enabled
+
+    def _lock_args(self, retain_until: datetime | None) -> dict[str, Any]:
+        if retain_until is None or not self.supports_object_lock:
+            return {}
+        return {"ObjectLockMode": self.object_lock_mode, "ObjectLockRetainUntilDate": retain_until}
+
+    # -- interface -------------------------------------------------------------------------
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
+        extra = self._lock_args(retain_until)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        if len(data) > self.multipart_threshold:
+            self._put_multipart(key, data, extra)
+            return
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **extra)
+        except Exception as exc:
+            self._raise(exc, "s3:PutObject", key)
+
+    def _put_multipart(self, key: str, data: bytes, extra: dict[str, Any]) -> None:
+        if_none_match = extra.pop("IfNoneMatch", None)
+        full = self.prefix + key
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
+        except Exception as exc:
+            self._raise(exc, "s3:PutObject", key)
+        try:
+            parts: list[Any] = []
+            view = memoryview(data)
+            for number, start in enumerate(range(0, len(data), self.multipart_chunk), start=1):
+                body = bytes(view[start : start + self.multipart_chunk])
+                resp = self.client.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            complete: dict[str, Any] = {"IfNoneMatch": if_none_match} if if_none_match else {}
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **complete
+            )
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            self._raise(exc, "s3:PutObject", key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        except Exception as exc:
+            self._raise(exc, "s3:GetObject", key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            return resp["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            self._raise(exc, "s3:GetObject", key)
+        except Exception as exc:
+            self._raise(exc, "s3:GetObject", key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
+                return None
+            self._raise(exc, "s3:GetObject", key)
+        except Exception as exc:
+            self._raise(exc, "s3:GetObject", key)
+        return ObjectInfo(
+            key,
+            int(head["ContentLength"]),
+            head.get("LastModified"),
+            head.get("ETag"),
+            head.get("ObjectLockRetainUntilDate"),
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self.prefix) :]
+                    yield ObjectInfo(key, int(item["Size"]), item.get("LastModified"), item.get("ETag"))
+        except Exception as exc:
+            self._raise(exc, "s3:ListBucket", prefix)
+
+    def delete(self, key: str) -> None:
+        full = self.prefix + key
+        try:
+            if not self.supports_object_lock:
+                self.client.delete_object(Bucket=self.bucket, Key=full)
+                return
+            # With Object Lock (hence versioning) a plain delete only adds a delete marker; remove
+            # every version so space is really reclaimed, and let S3 refuse the locked ones.
+            info = self.stat(key)
+            if (
+                info is not None
+                and info.retain_until is not None
+                and info.retain_until > _now(info.retain_until)
+            ):
+                raise ObjectLockedError(
+                    f"bucket {self.bucket}, key {full}: retained until {info.retain_until:%Y-%m-%d %H:%M}",
+                    hint="objects under Object Lock can be deleted only after that date",
+                )
+            versions = self.client.list_object_versions(Bucket=self.bucket, Prefix=full)
+            for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+                if item["Key"] == full:
+                    self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=item["VersionId"])
+        except ObjectLockedError:
+            raise
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in _DENIED and self.supports_object_lock:
+                raise ObjectLockedError(
+                    f"bucket {self.bucket}, key {full}: delete refused (object lock)"
+                ) from exc
+            self._raise(exc, "s3:DeleteObject", key)
+        except Exception as exc:
+            self._raise(exc, "s3:DeleteObject", key)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _now(like: datetime) -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC) if like.tzinfo else datetime.now()

@@ -1,0 +1,66 @@
+"""Expected failures of the backends surface as cloudkeep error types with actionable messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.errors import ConfigurationError, PermissionDeniedError, UnreachableError
+from cloudkeep.storage import open_store
+from tests.support.peers import free_port
+
+
+def test_local_write_prefix_denies_other_keys(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}", write_prefix="data/agent1/")
+    store.put("data/agent1/x", b"ok")
+    with pytest.raises(PermissionDeniedError, match="access denied for put"):
+        store.put("snapshots/x", b"no")
+    with pytest.raises(PermissionDeniedError, match="access denied for delete"):
+        store.delete("config")
+    store.delete("data/agent1/x")  # inside the prefix: allowed
+    assert store.stat("data/agent1/x") is None
+    assert [i.key for i in store.list()] == []
+
+
+def test_local_rejects_escaping_keys(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/r")
+    with pytest.raises(ConfigurationError):
+        store.put("../outside", b"x")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_s3_unreachable() -> None:
+    store = open_store(
+        "s3://bucket",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        max_attempts=1,
+        connect_timeout=1,
+    )
+    with pytest.raises(UnreachableError, match="cannot reach"):
+        store.get("k")
+    with pytest.raises(UnreachableError):
+        list(store.list())
+
+
+def test_s3_missing_bucket(aws_options: dict[str, str], unique_name: str) -> None:
+    from cloudkeep.errors import NotFoundError
+
+    store = open_store(f"s3://{unique_name}", **aws_options)
+    with pytest.raises(NotFoundError, match=unique_name):
+        store.put("k", b"x")
+
+
+def test_azure_unreachable() -> None:
+    store = open_store(
+        "azure://c",
+        account_url=f"http://127.0.0.1:{free_port()}/devstoreaccount1",
+        credential="sv=2020-01-01&sig=x",
+        retry_total=0,
+        connection_timeout=1,
+    )
+    with pytest.raises(UnreachableError, match="cannot reach"):
+        store.get("k")

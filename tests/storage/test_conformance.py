@@ -1,0 +1,149 @@
+"""The storage conformance suite: every backend must behave the same through ``ObjectStore``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cloudkeep.storage import ObjectExistsError, ObjectLockedError, ObjectNotFoundError, ObjectStore
+
+
+def test_put_get_roundtrip(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"hello world")
+    assert store.get(random_key) == b"hello world"
+    info = store.stat(random_key)
+    assert info is not None and info.size == 11 and info.key == random_key
+
+
+def test_overwrite_replaces(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"one")
+    store.put(random_key, b"two!")
+    assert store.get(random_key) == b"two!"
+
+
+def test_empty_object(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"")
+    assert store.get(random_key) == b""
+    assert store.stat(random_key).size == 0  # type: ignore[union-attr]
+
+
+def test_get_missing_raises(store: ObjectStore, random_key: str) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        store.get(random_key)
+    with pytest.raises(ObjectNotFoundError):
+        store.get_range(random_key, 0, 4)
+    assert store.stat(random_key) is None
+    assert not store.exists(random_key)
+
+
+def test_get_range(store: ObjectStore, random_key: str) -> None:
+    data = bytes(range(256)) * 4
+    store.put(random_key, data)
+    assert store.get_range(random_key, 0, 10) == data[:10]
+    assert store.get_range(random_key, 1000, 100) == data[1000:]  # clipped at the end
+    assert store.get_range(random_key, 300, 0) == b""
+
+
+def test_large_object_multipart(store: ObjectStore, random_key: str) -> None:
+    """Bigger than each backend's single-put threshold in the fixture: exercises multipart/blocks."""
+    data = os.urandom(11 * 2**20 + 123)
+    store.put(random_key, data)
+    assert store.stat(random_key).size == len(data)  # type: ignore[union-attr]
+    assert store.get(random_key) == data
+    assert store.get_range(random_key, 6 * 2**20 - 5, 10) == data[6 * 2**20 - 5 : 6 * 2**20 + 5]
+
+
+def test_if_absent(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"first", if_absent=True)
+    with pytest.raises(ObjectExistsError):
+        store.put(random_key, b"second", if_absent=True)
+    assert store.get(random_key) == b"first"
+
+
+def test_if_absent_large(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"x")
+    with pytest.raises(ObjectExistsError):
+        store.put(random_key, os.urandom(7 * 2**20), if_absent=True)
+    assert store.get(random_key) == b"x"
+
+
+def test_if_absent_race_has_one_winner(store: ObjectStore, random_key: str) -> None:
+    winners: list[int] = []
+    losers: list[int] = []
+
+    def attempt(n: int) -> None:
+        try:
+            store.put(random_key, str(n).encode(), if_absent=True)
+            winners.append(n)
+        except ObjectExistsError:
+            losers.append(n)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 7
+    assert store.get(random_key) == str(winners[0]).encode()
+
+
+def test_list_prefix_and_nesting(store: ObjectStore) -> None:
+    keys = ["data/ab/1", "data/ab/2", "data/cd/3", "index/x", "snapshots/y", "datax"]
+    for key in keys:
+        store.put(key, key.encode())
+    assert sorted(i.key for i in store.list()) == sorted(keys)
+    assert sorted(i.key for i in store.list("data/")) == ["data/ab/1", "data/ab/2", "data/cd/3"]
+    assert sorted(i.key for i in store.list("data/a")) == ["data/ab/1", "data/ab/2"]
+    assert sorted(i.key for i in store.list("data")) == ["data/ab/1", "data/ab/2", "data/cd/3", "datax"]
+    assert list(store.list("nothing/")) == []
+    sizes = {i.key: i.size for i in store.list("index/")}
+    assert sizes == {"index/x": 7}
+
+
+def test_list_paginates(store: ObjectStore) -> None:
+    for n in range(1005):  # past S3's 1000-key page and Azure's default page
+        store.put(f"many/{n:05d}", b"")
+    assert len(list(store.list("many/"))) == 1005
+
+
+def test_delete(store: ObjectStore, random_key: str) -> None:
+    store.put(random_key, b"x")
+    store.delete(random_key)
+    assert store.stat(random_key) is None
+    store.delete(random_key)  # missing: ignored
+    assert [i for i in store.list(random_key)] == []
+
+
+def test_retention_blocks_delete(store: ObjectStore, random_key: str) -> None:
+    if not store.supports_object_lock:
+        pytest.skip(f"{store.scheme} has no object lock; retain_until is ignored there by contract")
+    until = datetime.now(UTC) + timedelta(days=1)
+    store.put(random_key, b"locked", retain_until=until)
+    info = store.stat(random_key)
+    assert info is not None and info.retain_until is not None
+    assert abs((info.retain_until - until).total_seconds()) < 2
+    with pytest.raises(ObjectLockedError):
+        store.delete(random_key)
+    assert store.get(random_key) == b"locked"
+
+
+def test_expired_retention_allows_delete(store: ObjectStore, random_key: str) -> None:
+    if not store.supports_object_lock:
+        pytest.skip(f"{store.scheme} has no object lock")
+    store.put(random_key, b"soon", retain_until=datetime.now(UTC) + timedelta(seconds=1))
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while True:
+        try:
+            store.delete(random_key)
+            break
+        except ObjectLockedError:
+            assert datetime.now(UTC) < deadline, "retention never expired"
+            threading.Event().wait(0.2)
+    assert store.stat(random_key) is None
+
+
+def test_describe_names_location(store: ObjectStore) -> None:
+    assert store.describe().startswith(f"{store.scheme}://")
