@@ -1,0 +1,1 @@
+"""Backup jobs: schedules, the scheduler, the session runner, retention, notifications, health checks."""
