@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.peers import Azurite, MotoServer, Postgres
 
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:

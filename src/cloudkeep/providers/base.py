@@ -50,6 +50,17 @@ class InventoryScope:
     exclude_ids: tuple[str, ...] = ()
     exclude_tags: Mapping[str, str] = field(default_factory=dict)  # any match excludes
 
+    def matches(self, machine: Machine) -> bool:
+        """Apply ids, tags and exclusions on the client side (regions are the caller's job)."""
+        if self.machine_ids and machine.id not in self.machine_ids and machine.name not in self.machine_ids:
+            return False
+        if machine.id in self.exclude_ids or machine.name in self.exclude_ids:
+            return False
+        tags = {k.lower(): v for k, v in machine.tags.items()}
+        if any(tags.get(k.lower()) != v for k, v in self.include_tags.items()):
+            return False
+        return not any(tags.get(k.lower()) == v for k, v in self.exclude_tags.items())
+
 
 class Inventory(ABC):
     @abstractmethod
@@ -118,7 +129,7 @@ class Queue(ABC):
     def receive(
         self, *, max_messages: int = 10, visibility_timeout: int = 30, wait_seconds: float = 0.0
     ) -> list[ReceivedMessage]:
-        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` (long poll, or polling with back-off)."""
+        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` (long poll or polled back-off)."""
 
     @abstractmethod
     def ack(self, message: ReceivedMessage) -> None:
@@ -135,10 +146,19 @@ class Queue(ABC):
     def approximate_count(self) -> int: ...
 
 
+def dead_letter_queue_name(name: str) -> str:
+    """Every provider keeps queue ``name``'s dead letters in a queue of this name (readable via get_queue)."""
+    return f"{name}-dlq"
+
+
 class QueueService(ABC):
     @abstractmethod
-    def ensure_queue(self, name: str) -> Queue:
-        """Create the queue (and its dead-letter queue) if missing; idempotent."""
+    def ensure_queue(self, name: str, *, max_receive_count: int = 5) -> Queue:
+        """Create the queue (and its dead-letter queue) if missing; idempotent.
+
+        A message received more than ``max_receive_count`` times without an ack moves to the
+        dead-letter queue (``dead_letter_queue_name(name)``).
+        """
 
     @abstractmethod
     def get_queue(self, name: str) -> Queue: ...
@@ -177,7 +197,9 @@ class StorageService(ABC):
     def ensure_container(self, location: str, *, object_lock: bool = False) -> None: ...
 
     @abstractmethod
-    def signed_url(self, location: str, key: str, *, method: Literal["GET", "PUT"], expires_seconds: int) -> str:
+    def signed_url(
+        self, location: str, key: str, *, method: Literal["GET", "PUT"], expires_seconds: int
+    ) -> str:
         """A short-lived URL for one object (S3 presigned URL, Azure SAS, local HMAC-signed URL)."""
 
     @abstractmethod
@@ -207,8 +229,11 @@ class CloudProvider(ABC):
     def storage(self) -> StorageService: ...
 
     def check_permissions(self) -> list[str]:
-        """Return the documented permissions this credential lacks (dry-run checks); empty when all is well."""
+        """Return the documented permissions this credential lacks (dry-run checks); empty if none."""
         return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, servers and connections; the default has none."""
 
 
 ProviderFactory = Callable[[Mapping[str, Any], Mapping[str, Any]], CloudProvider]
@@ -223,12 +248,16 @@ def register_provider(kind: str) -> Callable[[ProviderFactory], ProviderFactory]
     return decorate
 
 
-def get_provider(kind: str, credential: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> CloudProvider:
+def get_provider(
+    kind: str, credential: Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> CloudProvider:
     """Build a provider from a (decrypted) credential and options such as endpoint URLs."""
     import cloudkeep.providers.registry  # noqa: F401 - registers aws, azure, local
 
     try:
         factory = _PROVIDERS[kind]
     except KeyError:
-        raise ConfigurationError(f"unknown cloud provider {kind!r}", hint=f"use one of: {', '.join(sorted(_PROVIDERS))}") from None
+        raise ConfigurationError(
+            f"unknown cloud provider {kind!r}", hint=f"use one of: {', '.join(sorted(_PROVIDERS))}"
+        ) from None
     return factory(credential, options or {})

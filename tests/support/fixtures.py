@@ -1,0 +1,29 @@
+"""Reusable provider fixtures (registered from tests/conftest.py via ``pytest_plugins``).
+
+* ``lab``: an empty ``Lab`` of simulated machines in a temporary folder;
+* ``local_provider``: the local provider over that lab;
+* ``ssm_standin`` / ``arm_standin``: the SSM agent and Azure Resource Manager stand-ins
+  (see tests/support/ssm_standin.py and arm_standin.py), when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.providers.local import Lab, LocalProvider
+from cloudkeep.providers.local.provider import create_local_provider
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    return Lab(tmp_path / "lab")
+
+
+@pytest.fixture
+def local_provider(lab: Lab) -> Iterator[LocalProvider]:
+    provider = create_local_provider({}, {"lab_dir": str(lab.path)})
+    yield provider
+    provider.close()
