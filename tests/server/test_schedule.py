@@ -78,12 +78,16 @@ def test_monthly_last_day_and_last_friday_and_first_monday() -> None:
     assert runs({"type": "monthly", "time": "00:00", "day_of_month": "last"}, "2028-02-01 00:00", 1) == [
         "Tue 2028-02-29 00:00"
     ]
-    assert runs({"type": "monthly", "time": "23:00", "week": "last", "weekday": "friday"}, "2026-11-01 00:00", 3) == [
+    assert runs(
+        {"type": "monthly", "time": "23:00", "week": "last", "weekday": "friday"}, "2026-11-01 00:00", 3
+    ) == [
         "Fri 2026-11-27 23:00",
         "Fri 2026-12-25 23:00",
         "Fri 2027-01-29 23:00",
     ]
-    assert runs({"type": "monthly", "time": "06:00", "week": "first", "weekday": "mon"}, "2026-11-26 00:00", 2) == [
+    assert runs(
+        {"type": "monthly", "time": "06:00", "week": "first", "weekday": "mon"}, "2026-11-26 00:00", 2
+    ) == [
         "Mon 2026-12-07 06:00",
         "Mon 2027-01-04 06:00",
     ]
@@ -125,7 +129,9 @@ def test_window_with_days_defers_a_daily_run() -> None:
     assert runs(schedule, "2026-11-26 00:00", 1) == ["Sat 2026-11-28 21:00"]
     parsed = validate_schedule(schedule)
     # the morning part of a window that opened on Sunday belongs to Sunday, not Monday
-    wrap = validate_schedule({"type": "daily", "time": "01:00", "window": {"start": "23:00", "end": "02:00", "days": ["sun"]}})
+    wrap = validate_schedule(
+        {"type": "daily", "time": "01:00", "window": {"start": "23:00", "end": "02:00", "days": ["sun"]}}
+    )
     assert in_window(wrap, at("2026-11-30 01:00"))  # Monday 01:00, opened Sunday 23:00
     assert not in_window(wrap, at("2026-11-29 01:00"))  # Sunday 01:00 would have opened Saturday
     assert not in_window(parsed, at("2026-11-27 22:00"))
@@ -139,7 +145,12 @@ def test_after_job_has_no_clock_time() -> None:
 
 def test_retries_count_delay_and_window() -> None:
     schedule = validate_schedule(
-        {"type": "daily", "time": "22:00", "retries": {"count": 2, "delay_minutes": 30}, "window": {"start": "22:00", "end": "23:00"}}
+        {
+            "type": "daily",
+            "time": "22:00",
+            "retries": {"count": 2, "delay_minutes": 30},
+            "window": {"start": "22:00", "end": "23:00"},
+        }
     )
     assert retry_at(schedule, at("2026-11-26 22:05"), attempt=1) == at("2026-11-26 22:35")
     # a retry that would fall after the window closes waits for the next opening
@@ -158,7 +169,13 @@ def test_missed_run_grace() -> None:
 
 
 def test_disabled_schedule_never_runs() -> None:
-    assert next_run(validate_schedule({"type": "periodic", "every_minutes": 5, "enabled": False}), at("2026-11-26 00:00")) is None
+    assert (
+        next_run(
+            validate_schedule({"type": "periodic", "every_minutes": 5, "enabled": False}),
+            at("2026-11-26 00:00"),
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(

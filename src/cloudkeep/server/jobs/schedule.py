@@ -86,7 +86,8 @@ def _zone(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigurationError(
-            f"schedule timezone {name!r} is not a known IANA time zone", hint="use e.g. 'UTC' or 'Europe/Paris'"
+            f"schedule timezone {name!r} is not a known IANA time zone",
+            hint="use e.g. 'UTC' or 'Europe/Paris'",
         ) from None
 
 
@@ -97,13 +98,17 @@ def _parse_time(value: Any, what: str) -> time:
         hours, minutes = value.strip().split(":")
         return time(int(hours), int(minutes))
     except ValueError:
-        raise ConfigurationError(f"schedule {what} {value!r} is not a time 'HH:MM' (00:00 to 23:59)") from None
+        raise ConfigurationError(
+            f"schedule {what} {value!r} is not a time 'HH:MM' (00:00 to 23:59)"
+        ) from None
 
 
 def _parse_weekday(value: Any, what: str) -> int:
     key = str(value).strip().lower()[:3]
     if key not in WEEKDAYS:
-        raise ConfigurationError(f"schedule {what} {value!r} is not a weekday", hint=f"use one of {', '.join(WEEKDAYS)}")
+        raise ConfigurationError(
+            f"schedule {what} {value!r} is not a weekday", hint=f"use one of {', '.join(WEEKDAYS)}"
+        )
     return WEEKDAYS.index(key)
 
 
@@ -117,7 +122,8 @@ def _parse_days(value: Any, what: str) -> frozenset[int]:
     if isinstance(value, list) and value:
         return frozenset(_parse_weekday(v, what) for v in value)
     raise ConfigurationError(
-        f"schedule {what} {value!r} is not valid", hint="use 'everyday', 'weekdays' or a list like ['mon', 'thu']"
+        f"schedule {what} {value!r} is not valid",
+        hint="use 'everyday', 'weekdays' or a list like ['mon', 'thu']",
     )
 
 
@@ -140,8 +146,13 @@ def _parse_monthly(d: dict[str, Any]) -> dict[str, Any]:
     if "week" in d and "weekday" in d:
         week = str(d["week"]).lower()
         if week not in WEEKS:
-            raise ConfigurationError(f"schedule week {d['week']!r} is not valid", hint=f"use one of {', '.join(WEEKS)}")
-        return {"week": -1 if week == "last" else WEEKS.index(week), "weekday": _parse_weekday(d["weekday"], "weekday")}
+            raise ConfigurationError(
+                f"schedule week {d['week']!r} is not valid", hint=f"use one of {', '.join(WEEKS)}"
+            )
+        return {
+            "week": -1 if week == "last" else WEEKS.index(week),
+            "weekday": _parse_weekday(d["weekday"], "weekday"),
+        }
     raise ConfigurationError(
         "monthly schedule needs day_of_month (1..31 or 'last') or week + weekday (e.g. last friday)"
     )
@@ -155,7 +166,9 @@ def _parse_periodic(d: dict[str, Any]) -> timedelta:
     else:
         every = timedelta(hours=_positive_int(d["every_hours"], "every_hours"))
     if every > timedelta(days=1):
-        raise ConfigurationError("periodic schedule interval cannot exceed 24 hours", hint="use a daily schedule")
+        raise ConfigurationError(
+            "periodic schedule interval cannot exceed 24 hours", hint="use a daily schedule"
+        )
     return every
 
 
@@ -183,12 +196,14 @@ def _parse_retries(value: Any) -> Retries:
 
 
 def validate_schedule(d: dict[str, Any]) -> Schedule:
-    """Turn the stored/API dict into a ``Schedule``; every mistake is a ConfigurationError naming the field."""
+    """Turn the stored/API dict into a ``Schedule``; a mistake raises ConfigurationError naming the field."""
     if not isinstance(d, dict):
         raise ConfigurationError(f"schedule must be an object, got {type(d).__name__}")
     kind = d.get("type", d.get("kind"))
     if kind not in KINDS:
-        raise ConfigurationError(f"schedule type {kind!r} is not valid", hint=f"use one of {', '.join(KINDS)}")
+        raise ConfigurationError(
+            f"schedule type {kind!r} is not valid", hint=f"use one of {', '.join(KINDS)}"
+        )
     tz = str(d.get("timezone", "UTC"))
     _zone(tz)
     missed = d.get("missed", "run_once")
@@ -199,13 +214,22 @@ def validate_schedule(d: dict[str, Any]) -> Schedule:
         "window": _parse_window(d.get("window")),
         "retries": _parse_retries(d.get("retries")),
         "missed": missed,
-        "missed_grace": timedelta(minutes=_positive_int(d.get("missed_grace_minutes", 10), "missed_grace_minutes", minimum=0)),
+        "missed_grace": timedelta(
+            minutes=_positive_int(d.get("missed_grace_minutes", 10), "missed_grace_minutes", minimum=0)
+        ),
         "enabled": bool(d.get("enabled", True)),
     }
     if kind == "daily":
-        return Schedule("daily", at=_parse_time(d.get("time", "00:00"), "time"), weekdays=_parse_days(d.get("days"), "days"), **common)
+        return Schedule(
+            "daily",
+            at=_parse_time(d.get("time", "00:00"), "time"),
+            weekdays=_parse_days(d.get("days"), "days"),
+            **common,
+        )
     if kind == "monthly":
-        return Schedule("monthly", at=_parse_time(d.get("time", "00:00"), "time"), **_parse_monthly(d), **common)
+        return Schedule(
+            "monthly", at=_parse_time(d.get("time", "00:00"), "time"), **_parse_monthly(d), **common
+        )
     if kind == "periodic":
         return Schedule("periodic", every=_parse_periodic(d), **common)
     after = d.get("after_job")
