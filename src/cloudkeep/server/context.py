@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloudkeep.config import Settings
 from cloudkeep.errors import NotFoundError
 from cloudkeep.providers.base import CloudProvider, get_provider
-from cloudkeep.server.db.models import Base, Credential, ServerSetting
+from cloudkeep.server.db.models import Credential, ServerSetting
 from cloudkeep.server.secrets import SecretBox
 
 
@@ -59,7 +59,8 @@ class ServerContext:
 
     @property
     def public_key_b64(self) -> str:
-        raw = self.signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        public = self.signing_key.public_key()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return base64.b64encode(raw).decode()
 
     def provider_for(self, credential_id: str) -> CloudProvider:

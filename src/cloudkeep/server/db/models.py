@@ -10,8 +10,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -22,8 +35,26 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores naive text and would hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)  # naive = UTC
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
 
 
 class Credential(Base):
@@ -104,7 +135,9 @@ class DiscoveredMachine(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     protection_group: Mapped[ProtectionGroup] = relationship(back_populates="machines")
-    steps: Mapped[list[DeploymentStep]] = relationship(order_by="DeploymentStep.seq", cascade="all, delete-orphan")
+    steps: Mapped[list[DeploymentStep]] = relationship(
+        order_by="DeploymentStep.seq", cascade="all, delete-orphan"
+    )
 
 
 class DeploymentStep(Base):
@@ -115,7 +148,8 @@ class DeploymentStep(Base):
     machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
     session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), nullable=True)
     seq: Mapped[int] = mapped_column(Integer)
-    step: Mapped[str] = mapped_column(String(50))  # probe / ownership / prerequisites / queues / upload / install / confirm
+    # probe / ownership / prerequisites / queues / upload / install / confirm
+    step: Mapped[str] = mapped_column(String(50))
     outcome: Mapped[str] = mapped_column(String(20))  # ok / skipped / failed
     detail: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -134,7 +168,8 @@ class BackupJob(Base):
     excludes: Mapped[list[Any]] = mapped_column(default=list)
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     retention: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # scripts, throttling, compression, notifications
+    # scripts, throttling, compression, notifications
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enabled: Mapped[bool] = mapped_column(default=True)
     next_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -148,7 +183,8 @@ class JobSession(Base):
     kind: Mapped[str] = mapped_column(String(20))  # backup / rescan / restore / check
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     protection_group_id: Mapped[str | None] = mapped_column(ForeignKey("protection_groups.id"), nullable=True)
-    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending/running/success/warning/failed/stopped
+    # pending / running / success / warning / failed / stopped
+    state: Mapped[str] = mapped_column(String(20), default="pending")
     reason: Mapped[str] = mapped_column(Text, default="")
     trigger: Mapped[str] = mapped_column(String(20), default="manual")  # manual / schedule / retry / chained
     attempt: Mapped[int] = mapped_column(Integer, default=1)

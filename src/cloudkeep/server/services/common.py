@@ -1,0 +1,59 @@
+"""Helpers shared by the service modules: looking things up by id or name, and pagination."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
+from cloudkeep.server.services.schemas import Page
+
+M = TypeVar("M")
+V = TypeVar("V")
+MAX_LIMIT = 500
+
+
+def resolve(session: Session, model: type[M], ref: str, what: str, *, by_name: bool = True) -> M:
+    """Find a row by id, else by unique name; ``NotFoundError`` names what was looked for."""
+    row = session.get(model, ref)
+    if row is None and by_name and hasattr(model, "name"):
+        row = session.scalar(select(model).where(model.name == ref))  # type: ignore[attr-defined,arg-type]
+    if row is None:
+        raise NotFoundError(
+            f"{what} {ref!r} does not exist", hint=f"list them with `cloudkeep {_cli(what)} list`"
+        )
+    return row
+
+
+def _cli(what: str) -> str:
+    return what.replace(" ", "-").replace("backup-", "").replace("distribution-", "")
+
+
+def ensure_unique_name(
+    session: Session, model: type[Any], name: str, what: str, *, exclude_id: str | None = None
+) -> None:
+    stmt = select(model.id).where(model.name == name)
+    if exclude_id is not None:
+        stmt = stmt.where(model.id != exclude_id)
+    if session.scalar(stmt) is not None:
+        raise ConflictError(f"a {what} named {name!r} already exists", hint="choose another name")
+
+
+def check_page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    if offset < 0:
+        raise ConfigurationError(f"offset must not be negative, not {offset}")
+
+
+def paginate(
+    session: Session, stmt: Select[Any], view: Callable[[Any], V], limit: int, offset: int
+) -> Page[V]:
+    """Run ``stmt`` for one page (plus a count of all rows) and map the rows to views."""
+    check_page(limit, offset)
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    rows = session.scalars(stmt.limit(limit).offset(offset)).all()
+    return Page[Any](items=[view(row) for row in rows], total=total, limit=limit, offset=offset)

@@ -1,0 +1,107 @@
+"""Cloud credentials: stored sealed with the master key, tested against the cloud, never shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from cloudkeep.errors import CloudkeepError, ConflictError
+from cloudkeep.providers.base import InventoryScope
+from cloudkeep.server import audit
+from cloudkeep.server.audit import is_secret_key
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import Credential, ProtectionGroup, Repository
+from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
+from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest, CredentialView, Page
+
+_MACHINES_SEEN_LIMIT = 1000
+
+
+def view(row: Credential) -> CredentialView:
+    return CredentialView.model_validate(row)
+
+
+def create_credential(ctx: ServerContext, data: CredentialCreate, *, actor: str = "local") -> CredentialView:
+    """Store a credential; secret-looking keys given as options are moved into the sealed part."""
+    secret = {k: v.get_secret_value() for k, v in data.secret.items()}
+    options: dict[str, Any] = {}
+    for key, value in data.options.items():
+        if is_secret_key(key):
+            secret[key] = value
+        else:
+            options[key] = value
+    with ctx.db() as session:
+        ensure_unique_name(session, Credential, data.name, "credential")
+        row = Credential(
+            name=data.name,
+            provider=data.provider,
+            secret=ctx.secrets.seal(secret),
+            options=options,
+            description=data.description,
+        )
+        session.add(row)
+        session.flush()
+        audit.record(
+            session, actor, "credential.create", row.id, {"name": row.name, "provider": row.provider}
+        )
+        return view(row)
+
+
+def list_credentials(ctx: ServerContext, *, limit: int = 100, offset: int = 0) -> Page[CredentialView]:
+    with ctx.db() as session:
+        return paginate(session, select(Credential).order_by(Credential.name), view, limit, offset)
+
+
+def get_credential(ctx: ServerContext, ref: str) -> CredentialView:
+    with ctx.db() as session:
+        return view(resolve(session, Credential, ref, "credential"))
+
+
+def delete_credential(ctx: ServerContext, ref: str, *, actor: str = "local") -> None:
+    with ctx.db() as session:
+        row = resolve(session, Credential, ref, "credential")
+        users = [
+            r.name for r in session.scalars(select(Repository).where(Repository.credential_id == row.id))
+        ]
+        users += [
+            g.name
+            for g in session.scalars(select(ProtectionGroup).where(ProtectionGroup.credential_id == row.id))
+        ]
+        if users:
+            raise ConflictError(
+                f"credential {row.name!r} is still used by {', '.join(sorted(users))}",
+                hint="remove or change those repositories and protection groups first",
+            )
+        session.delete(row)
+        audit.record(session, actor, "credential.delete", row.id, {"name": row.name})
+
+
+def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
+    """Dry-run the documented permissions and list machines, reporting rather than raising."""
+    cred = get_credential(ctx, ref)
+    missing: list[str] = []
+    seen: int | None = None
+    error: str | None = None
+    try:
+        provider = ctx.provider_for(cred.id)
+    except CloudkeepError as exc:
+        return CredentialTest(
+            credential_id=cred.id, ok=False, missing_permissions=[], machines_seen=None, error=str(exc)
+        )
+    try:
+        missing = list(provider.check_permissions())
+        regions = tuple(cred.options.get("regions") or ())
+        seen = 0
+        for _machine in provider.inventory.list_machines(InventoryScope(regions=regions)):
+            seen += 1
+            if seen >= _MACHINES_SEEN_LIMIT:
+                break
+    except CloudkeepError as exc:
+        error = str(exc)
+    finally:
+        provider.close()
+    ok = not missing and error is None
+    return CredentialTest(
+        credential_id=cred.id, ok=ok, missing_permissions=missing, machines_seen=seen, error=error
+    )

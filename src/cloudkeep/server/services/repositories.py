@@ -1,0 +1,164 @@
+"""Object storage repositories (backups) and distribution repositories (installers only)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sqlalchemy import select
+
+from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
+from cloudkeep.server import audit
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
+from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
+from cloudkeep.server.services.schemas import Page, RepositoryCheck, RepositoryCreate, RepositoryView
+
+
+def view(row: Repository) -> RepositoryView:
+    return RepositoryView(
+        id=row.id,
+        name=row.name,
+        purpose=row.purpose,
+        credential_id=row.credential_id,
+        location=row.location,
+        immutability_days=row.immutability_days,
+        options=row.options,
+        has_password=row.password is not None,
+        created_at=row.created_at,
+    )
+
+
+def _repo_module() -> Any | None:
+    """``cloudkeep.repo`` (the repository format) when this build has it."""
+    try:
+        module = importlib.import_module("cloudkeep.repo")
+    except ImportError:
+        return None
+    return module if hasattr(module, "Repository") else None
+
+
+def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) -> None:
+    """Create the bucket/container and, for a backup repository, the repository format in it."""
+    provider = ctx.provider_for(credential_id)
+    try:
+        provider.storage.ensure_container(data.location, object_lock=data.immutability_days > 0)
+        module = _repo_module()
+        if data.purpose != "backup" or module is None:
+            return
+        store = provider.storage.open_store(data.location)
+        try:
+            assert data.password is not None
+            module.Repository.create(store, data.password.get_secret_value())
+        except ConflictError as exc:
+            raise ConflictError(
+                f"{data.location} already holds a cloudkeep repository",
+                hint="attach it without initialising (--no-init), giving its password",
+            ) from exc
+        finally:
+            store.close()
+    finally:
+        provider.close()
+
+
+def create_repository(ctx: ServerContext, data: RepositoryCreate, *, actor: str = "local") -> RepositoryView:
+    if data.purpose == "backup" and (data.password is None or len(data.password.get_secret_value()) < 8):
+        raise ConfigurationError(
+            "a backup repository needs a password of at least 8 characters",
+            hint="give --password-env/--password-stdin, or answer the prompt",
+        )
+    if data.purpose == "distribution" and data.immutability_days:
+        raise ConfigurationError("immutability applies to backup repositories only")
+    with ctx.db() as session:
+        ensure_unique_name(session, Repository, data.name, "repository")
+        credential_id = resolve(session, Credential, data.credential, "credential").id
+    if data.initialize:
+        _initialize(ctx, credential_id, data)
+    with ctx.db() as session:
+        ensure_unique_name(session, Repository, data.name, "repository")  # again: init took time
+        row = Repository(
+            name=data.name,
+            purpose=data.purpose,
+            credential_id=credential_id,
+            location=data.location,
+            password=ctx.secrets.seal(data.password.get_secret_value()) if data.password else None,
+            immutability_days=data.immutability_days,
+            options=data.options,
+        )
+        session.add(row)
+        session.flush()
+        detail = {"name": row.name, "purpose": row.purpose, "location": row.location}
+        audit.record(session, actor, "repository.create", row.id, detail)
+        return view(row)
+
+
+def list_repositories(
+    ctx: ServerContext, *, purpose: str | None = None, limit: int = 100, offset: int = 0
+) -> Page[RepositoryView]:
+    stmt = select(Repository).order_by(Repository.name)
+    if purpose:
+        stmt = stmt.where(Repository.purpose == purpose)
+    with ctx.db() as session:
+        return paginate(session, stmt, view, limit, offset)
+
+
+def get_repository(ctx: ServerContext, ref: str) -> RepositoryView:
+    with ctx.db() as session:
+        return view(resolve(session, Repository, ref, "repository"))
+
+
+def delete_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> None:
+    """Forget a repository (its data stays in storage); refused while anything refers to it."""
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        users = [j.name for j in session.scalars(select(BackupJob).where(BackupJob.repository_id == row.id))]
+        groups = select(ProtectionGroup).where(ProtectionGroup.distribution_repository_id == row.id)
+        users += [g.name for g in session.scalars(groups)]
+        points = session.scalar(select(RestorePoint.id).where(RestorePoint.repository_id == row.id).limit(1))
+        if users or points:
+            what = ", ".join(sorted(users)) or "restore points in the catalog"
+            raise ConflictError(
+                f"repository {row.name!r} is still used by {what}",
+                hint="delete those jobs/groups first; restore points keep a repository in the catalog",
+            )
+        session.delete(row)
+        audit.record(session, actor, "repository.delete", row.id, {"name": row.name})
+
+
+def check_repository(
+    ctx: ServerContext, ref: str, *, read_data_subset: float | None = None
+) -> RepositoryCheck:
+    """Verify the repository's structure (and optionally a share of its data) from the server."""
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        credential_id, location, sealed = row.credential_id, row.location, row.password
+        if row.purpose != "backup" or sealed is None:
+            raise ConfigurationError(
+                f"repository {row.name!r} is a {row.purpose} repository; only backups are checked"
+            )
+    module = _repo_module()
+    check = getattr(module, "check", None) if module else None
+    if check is None:
+        raise ConfigurationError("this build has no repository format module (cloudkeep.repo) to check with")
+    provider = ctx.provider_for(credential_id)
+    try:
+        store = provider.storage.open_store(location)
+        try:
+            repo = module.Repository.open(store, ctx.secrets.open(sealed))  # type: ignore[union-attr]
+            report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
+        finally:
+            store.close()
+    except CloudkeepError as exc:
+        return RepositoryCheck(repository_id=row.id, ok=False, problems=[str(exc)])
+    finally:
+        provider.close()
+    problems = [str(p) for p in _field(report, "problems", [])]
+    return RepositoryCheck(
+        repository_id=row.id, ok=bool(_field(report, "ok", not problems)), problems=problems
+    )
+
+
+def _field(report: Any, name: str, default: Any) -> Any:
+    if isinstance(report, dict):
+        return report.get(name, default)
+    return getattr(report, name, default)
