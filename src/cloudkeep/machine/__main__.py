@@ -1,0 +1,123 @@
+"""``python -m cloudkeep.machine <command> --config $ROOT/etc/cloudkeep/machine.json``.
+
+Commands: ``keygen`` (create keys if missing; print the public keys as JSON), ``message-service``,
+``agent``, ``transport`` (daemons), ``exec --message <b64>`` (fallback path: prints the signed
+result envelope as the last stdout line), ``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.machine.config import MachineConfig
+from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.protocol import ProtocolError
+
+
+def _logging(config: MachineConfig | None, service: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config is not None and service is not None:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(config.log_dir / f"{service}.log"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _keygen(config_path: Path) -> int:
+    data = json.loads(config_path.read_text()) if config_path.exists() else {}
+    root = (
+        config_path.resolve().parents[2]
+        if config_path.parts[-3:] == ("etc", "cloudkeep", "machine.json")
+        else None
+    )
+    state = Path(data.get("state_dir") or (root or config_path.parent) / "var/lib/cloudkeep")
+    print(json.dumps(AgentKeys.load_or_create(state).public()))
+    return 0
+
+
+def _daemon(config: MachineConfig, service: str) -> int:
+    from cloudkeep.machine.agent import agent
+    from cloudkeep.machine.message_service import MessageService
+    from cloudkeep.machine.transport import transport
+
+    factories: dict[str, Any] = {"message-service": MessageService, "agent": agent, "transport": transport}
+    runner = factories[service](config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    runner.run()
+    return 0
+
+
+def _exec(config: MachineConfig, message_b64: str) -> int:
+    from cloudkeep.machine.exec import exec_command
+
+    try:
+        text = base64.b64decode(message_b64, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        print(f"error: --message is not base64 of a message: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(exec_command(config, text), flush=True)
+    except ProtocolError as exc:
+        print(f"error: message rejected ({exc.reason}): {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _status(config: MachineConfig) -> int:
+    from cloudkeep.machine.ledger import CommandLedger
+    from cloudkeep.machine.services import service_status
+
+    status = {
+        "machine_id": config.machine_id,
+        "server_id": config.server_id,
+        "version": config.version(),
+        "keys": (config.state_dir / "agent.key").exists(),
+        "services": service_status(config.state_dir),
+        "commands": CommandLedger(config.state_dir / "commands.db").counts(),
+    }
+    print(json.dumps(status, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cloudkeep.machine")
+    parser.add_argument(
+        "command", choices=["keygen", "message-service", "agent", "transport", "exec", "status"]
+    )
+    parser.add_argument("--config", required=True, type=Path, help="$ROOT/etc/cloudkeep/machine.json")
+    parser.add_argument("--message", help="exec: the signed command envelope, base64")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "keygen":
+            return _keygen(args.config)
+        config = MachineConfig.load(args.config)
+        daemon = args.command in ("message-service", "agent", "transport")
+        _logging(config, args.command if daemon else None)
+        if daemon:
+            return _daemon(config, args.command)
+        if args.command == "exec":
+            if not args.message:
+                parser.error("exec needs --message")
+            return _exec(config, args.message)
+        return _status(config)
+    except CloudkeepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The fallback path: run one command delivered by the cloud command channel (SSM / Run Command).
+
+Runs exactly the handlers the message service runs, guarded by the same idempotency ledger, and
+returns the signed result envelope (printed as the last stdout line by ``__main__``).
+"""
+
+from __future__ import annotations
+
+from cloudkeep.machine.config import MachineConfig
+from cloudkeep.machine.handlers import ROUTES, TaskContext, execute, failure, sign_result
+from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.machine.ledger import CommandLedger
+from cloudkeep.machine.message_service import command_validator
+from cloudkeep.machine.spool import Spool
+from cloudkeep.protocol.bodies import UpdateCredentials
+
+
+def exec_command(config: MachineConfig, text: str) -> str:
+    """Validate and run ``text`` (a signed command envelope); raises ``ProtocolError`` if it is invalid."""
+    keys = AgentKeys.load(config.state_dir)
+    ledger = CommandLedger(config.state_dir / "commands.db")
+    envelope = command_validator(config).validate(text)
+    route = ROUTES[envelope.kind]
+    if not ledger.accept(envelope.id, envelope.kind, "exec", text) or not ledger.start(envelope.id):
+        entry = ledger.get(envelope.id)
+        if entry is not None and entry.result is not None:
+            return entry.result  # already done: the stored result, never a second run
+        state = entry.state if entry else "unknown"
+        reason = f"command already accepted on this machine (state {state}); not run again"
+        return sign_result(config, keys, failure(envelope.id, reason))
+    if route == "control":
+        body = envelope.parsed_body()
+        assert isinstance(body, UpdateCredentials)
+        envelope.repository(keys.encryption)
+        for service in ("agent", "transport"):
+            Spool.for_service(config.state_dir, service).send_control(body.command_id, text)
+        result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
+    else:
+        result = execute(TaskContext(config, keys, envelope))
+    signed = sign_result(config, keys, result)
+    ledger.complete(envelope.id, signed, posted=True)  # returned on stdout, not through the queue
+    return signed

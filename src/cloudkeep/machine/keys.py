@@ -1,0 +1,77 @@
+"""The agent's own keys: Ed25519 to sign results, X25519 to open secrets sealed to this machine.
+
+Created once (``keygen``) in ``$STATE/agent.key`` with mode 0600; the public halves are
+registered on the server at install, so no other machine can sign as this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.protocol import crypto
+
+KEY_FILE = "agent.key"
+
+
+@dataclass(frozen=True)
+class AgentKeys:
+    signing: Ed25519PrivateKey
+    encryption: X25519PrivateKey
+
+    def public(self) -> dict[str, str]:
+        """What the server stores in ``DiscoveredMachine.agent_public_key`` (as JSON)."""
+        return {
+            "signing_public_key": crypto.b64encode(crypto.public_raw(self.signing)),
+            "encryption_public_key": crypto.b64encode(crypto.public_raw(self.encryption)),
+        }
+
+    @classmethod
+    def generate(cls) -> AgentKeys:
+        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, state_dir: Path) -> AgentKeys:
+        path = state_dir / KEY_FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["signing"])),
+                X25519PrivateKey.from_private_bytes(bytes.fromhex(data["encryption"])),
+            )
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"agent keys {path} do not exist", hint="run `python -m cloudkeep.machine keygen --config …`"
+            ) from None
+        except (ValueError, KeyError) as exc:
+            raise ConfigurationError(f"agent keys {path} are unreadable: {exc}") from None
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> AgentKeys:
+        """Idempotent: an existing key is never replaced (the server has registered it)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / KEY_FILE
+        if path.exists():
+            return cls.load(state_dir)
+        keys = cls.generate()
+        data = {
+            "signing": crypto.private_raw(keys.signing).hex(),
+            "encryption": crypto.private_raw(keys.encryption).hex(),
+        }
+        tmp = state_dir / f".{KEY_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        try:
+            os.link(tmp, path)  # fails if another keygen won the race: then use its key
+        except FileExistsError:
+            return cls.load(state_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return keys

@@ -1,0 +1,264 @@
+"""Backup, retention, check, restore and browse with the engine (``cloudkeep.repo``).
+
+The agent writes straight to object storage with the scoped credentials from the command's
+sealed ``repository``; when the server sends ``update_credentials`` during a long task, the
+store is re-opened with the new credentials before the next storage call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cloudkeep.errors import CloudkeepError, NotFoundError
+from cloudkeep.machine.handlers import Handler, TaskContext, run_shell
+from cloudkeep.protocol import RepositoryAccess
+from cloudkeep.protocol.bodies import (
+    Backup,
+    Browse,
+    Check,
+    Restore,
+    RestoreVolume,
+    Retention,
+    RetentionCommand,
+)
+
+PROGRESS_INTERVAL = 1.0
+
+
+def _engine() -> Any:
+    """The repository engine, imported where used (typed loosely: it is built in parallel)."""
+    return importlib.import_module("cloudkeep.repo")
+
+
+ENTIRE_MACHINE_EXCLUDES = ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/run", "/var/lib/cloudkeep/cache"]
+
+
+class TaskFailed(CloudkeepError):
+    """A task step failed (pre-script, engine error) with a message for the administrator."""
+
+
+class RefreshableStore:
+    """An ObjectStore proxy that swaps in a store with fresh credentials when the server sends them."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self._ctx = ctx
+        self._access = ctx.repository_access()
+        self._store = self._open(self._access)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _open(access: RepositoryAccess) -> Any:
+        from cloudkeep.storage.base import open_store
+
+        return open_store(access.store_url, **access.options)
+
+    def _current(self) -> Any:
+        fresh = self._ctx.refreshed_access()
+        if fresh is not None and fresh != self._access:
+            with self._lock:
+                if fresh != self._access:
+                    self._store, self._access = self._open(fresh), fresh
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
+class ProgressReporter:
+    """Turns engine progress callbacks into ~1 message a second with rate and ETA."""
+
+    def __init__(self, ctx: TaskContext, interval: float = PROGRESS_INTERVAL) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, progress: Any, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        read = int(getattr(progress, "bytes_read", 0) or getattr(progress, "bytes_done", 0) or 0)
+        total = getattr(progress, "bytes_total", None)
+        rate = read / max(now - self.started, 1e-6)
+        eta = (total - read) / rate if total and rate > 0 and total >= read else None
+        self.ctx.progress({
+            "bytes_read": read, "bytes_total": total, "rate": round(rate, 1), "eta_seconds": eta,
+            "files": int(getattr(progress, "files_done", 0) or getattr(progress, "files", 0) or 0),
+            "bytes_uploaded": int(getattr(progress, "bytes_uploaded", 0) or 0),
+            "current_path": getattr(progress, "current_path", None),
+        })  # fmt: skip
+
+
+def open_repository(ctx: TaskContext) -> Any:
+    engine = _engine()
+
+    store = RefreshableStore(ctx)
+    password = store._access.password
+    try:
+        return engine.Repository.open(store, password)
+    except NotFoundError:
+        ctx.warnings.append("repository was not initialised; created it")
+        return engine.Repository.create(store, password)
+
+
+def _as_dict(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _as_dict(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _as_dict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_dict(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _policy(policy: Retention) -> Any:
+    engine = _engine()
+
+    within = timedelta(days=policy.keep_within_days) if policy.keep_within_days else None
+    return engine.RetentionPolicy(
+        keep_last=policy.keep_last, keep_daily=policy.keep_daily, keep_weekly=policy.keep_weekly,
+        keep_monthly=policy.keep_monthly, keep_yearly=policy.keep_yearly, keep_within=within,
+    )  # fmt: skip
+
+
+def _ids(items: Any) -> list[str]:
+    return [str(getattr(item, "id", item)) for item in (items or [])]
+
+
+def _script(ctx: TaskContext, script: str | None, timeout: float, what: str) -> None:
+    if not script:
+        return
+    outcome = run_shell(ctx.config, "shell", script, timeout)
+    if outcome["exit_code"] != 0:
+        message = f"{what} exited with {outcome['exit_code']}: {outcome['stderr'].strip()[-500:]}"
+        if what == "pre-script":
+            raise TaskFailed(message, hint="fix the job's pre-freeze script; the backup did not run")
+        ctx.warnings.append(message)
+
+
+def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
+    engine = _engine()
+
+    _script(ctx, body.pre_script, body.script_timeout, "pre-script")
+    try:
+        repository = open_repository(ctx)
+        report = ProgressReporter(ctx)
+        common: dict[str, Any] = {"hostname": body.hostname, "tags": body.tags, "progress": report,
+                                  "retain_until": body.retain_until}  # fmt: skip
+        if body.mode == "volume":
+            devices = [str(ctx.config.host_path(s)) for s in body.sources]
+            snapshot = [engine.backup_volume(repository, device, **common) for device in devices][-1]
+        else:
+            sources = ["/"] if body.mode == "entire" else body.sources
+            excludes = body.excludes + (ENTIRE_MACHINE_EXCLUDES if body.mode == "entire" else [])
+            snapshot = engine.backup_files(
+                repository, [str(ctx.config.host_path(s)) for s in sources], includes=body.includes,
+                excludes=excludes, cache_dir=ctx.config.state_dir / "cache",
+                bandwidth_limit=body.bandwidth_limit, **common,
+            )  # fmt: skip
+        forgotten: list[str] = []
+        if body.retention is not None:
+            forgotten = _ids(engine.forget(repository, _policy(body.retention), now=datetime.now(UTC),
+                                           hostname=body.hostname))  # fmt: skip
+            if body.prune:
+                engine.prune(repository)
+    finally:
+        _script(ctx, body.post_script, body.script_timeout, "post-script")
+    when = getattr(snapshot, "time", None)
+    return {
+        "snapshot_id": str(snapshot.id),
+        "snapshot_time": when.isoformat() if isinstance(when, datetime) else when,
+        "stats": _as_dict(getattr(snapshot, "stats", {}) or {}),
+        "forgotten": forgotten,
+        "warnings": list(ctx.warnings),
+    }
+
+
+def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
+    engine = _engine()
+
+    repository = open_repository(ctx)
+    before = _ids(engine.list_snapshots(repository))
+    now = datetime.now(UTC)
+    removed = _ids(engine.forget(repository, _policy(body.policy), now=now, hostname=body.hostname))
+    if body.prune:
+        engine.prune(repository)
+    return {"kept": [s for s in before if s not in removed], "removed": removed}
+
+
+def check(ctx: TaskContext, body: Check) -> dict[str, Any]:
+    engine = _engine()
+
+    repository = open_repository(ctx)
+    kwargs = {"read_data_subset": body.read_data_subset} if body.read_data_subset else {}
+    outcome = engine.check(repository, **kwargs)
+    problems = getattr(outcome, "problems", outcome if isinstance(outcome, list) else [])
+    ok = bool(getattr(outcome, "ok", not problems))
+    return {"ok": ok, "problems": [str(p) for p in problems][:200]}
+
+
+def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
+    engine = _engine()
+
+    repository = open_repository(ctx)
+    target = ctx.config.host_path("/" if body.in_place else body.target)
+    report = ProgressReporter(ctx)
+    outcome = engine.restore(repository, body.snapshot_id, target, paths=body.paths, progress=report)
+    return {
+        "files": int(getattr(outcome, "files", 0) or getattr(outcome, "files_restored", 0) or 0),
+        "bytes": int(getattr(outcome, "bytes", 0) or getattr(outcome, "bytes_restored", 0) or 0),
+        "verified": bool(getattr(outcome, "verified", False)),
+    }
+
+
+def restore_volume(ctx: TaskContext, body: RestoreVolume) -> dict[str, Any]:
+    engine = _engine()
+
+    repository = open_repository(ctx)
+    outcome = engine.restore_volume(repository, body.snapshot_id, str(ctx.config.host_path(body.target)))
+    verified = bool(getattr(outcome, "verified", False))
+    return {"bytes": int(getattr(outcome, "bytes", 0) or 0), "verified": verified}
+
+
+def browse(ctx: TaskContext, body: Browse) -> dict[str, Any]:
+    engine = _engine()
+
+    repository = open_repository(ctx)
+    entries = [_as_dict(e) for e in engine.list_tree(repository, body.snapshot_id, body.path, body.recursive)]
+    if body.pattern:
+        entries = [e for e in entries if fnmatch.fnmatch(str(_entry_name(e)), body.pattern)]
+    truncated = len(entries) > body.limit
+    entries = entries[: body.limit]
+    # Stay under the queue limit: a listing too big is cut and the caller pages by path.
+    while entries and len(repr(entries)) > 48 * 1024:
+        entries, truncated = entries[: len(entries) * 3 // 4], True
+    return {"entries": entries, "truncated": truncated}
+
+
+def _entry_name(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return entry.get("path") or entry.get("name", "")
+    return entry
+
+
+HANDLERS: dict[str, Handler] = {
+    "backup": backup,
+    "retention": retention,
+    "check": check,
+    "restore": restore,
+    "restore_volume": restore_volume,
+    "browse": browse,
+}
+ProgressCallback = Callable[[dict[str, Any]], None]

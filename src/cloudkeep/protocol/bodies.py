@@ -1,0 +1,143 @@
+"""One body model per message kind (protocol version 1).
+
+Secrets are never in a body: the ``repository`` of backup/restore/… commands travels in the
+envelope's ``sealed`` field (see ``RepositoryAccess``), opened only by the recipient machine.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RepositoryAccess(Body):
+    """What the agent needs to open the repository: store URL + scoped options, and the password (sealed)."""
+
+    store_url: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    password: str
+    expires_at: datetime | None = None  # when the scoped credentials in ``options`` stop working
+
+
+class Retention(Body):
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within_days: float | None = None
+
+
+# --- server → machine commands ----------------------------------------------------------------
+
+
+class Ping(Body):
+    pass
+
+
+class RunScript(Body):
+    shell: Literal["shell", "powershell"] = "shell"
+    script: str
+    timeout: float = Field(default=600.0, gt=0, le=48 * 3600)
+
+
+class Backup(Body):
+    mode: Literal["files", "volume", "entire"] = "files"
+    sources: list[str] = Field(default_factory=list)
+    includes: list[str] = Field(default_factory=list)
+    excludes: list[str] = Field(default_factory=list)
+    hostname: str
+    tags: list[str] = Field(default_factory=list)
+    retain_until: datetime | None = None
+    bandwidth_limit: int | None = None  # bytes per second
+    compression_level: int | None = None
+    pre_script: str | None = None
+    post_script: str | None = None
+    script_timeout: float = 600.0
+    retention: Retention | None = None
+    prune: bool = False
+
+
+class Restore(Body):
+    snapshot_id: str
+    paths: list[str] | None = None
+    target: str
+    in_place: bool = False
+
+
+class RestoreVolume(Body):
+    snapshot_id: str
+    target: str
+
+
+class Browse(Body):
+    snapshot_id: str
+    path: str = "/"
+    recursive: bool = False
+    pattern: str | None = None
+    limit: int = Field(default=1000, gt=0, le=5000)  # keeps the result under the queue message limit
+
+
+class RetentionCommand(Body):
+    policy: Retention
+    prune: bool = False
+    hostname: str | None = None
+
+
+class Check(Body):
+    read_data_subset: str | None = None
+
+
+class UpdateCredentials(Body):
+    command_id: str
+
+
+# --- machine → server -------------------------------------------------------------------------
+
+
+class Result(Body):
+    command_id: str
+    ok: bool
+    error: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(Body):
+    command_id: str
+    bytes_read: int = 0
+    bytes_total: int | None = None
+    files: int = 0
+    bytes_uploaded: int = 0
+    rate: float = 0.0  # bytes read per second
+    eta_seconds: float | None = None
+    current_path: str | None = None
+
+
+class Heartbeat(Body):
+    services: dict[str, Any] = Field(default_factory=dict)
+    version: str
+
+
+COMMAND_BODIES: dict[str, type[Body]] = {
+    "ping": Ping,
+    "run_script": RunScript,
+    "backup": Backup,
+    "restore": Restore,
+    "restore_volume": RestoreVolume,
+    "browse": Browse,
+    "retention": RetentionCommand,
+    "check": Check,
+    "update_credentials": UpdateCredentials,
+}
+REPORT_BODIES: dict[str, type[Body]] = {"result": Result, "progress": Progress, "heartbeat": Heartbeat}
+BODIES: dict[str, type[Body]] = {**COMMAND_BODIES, **REPORT_BODIES}
+# Kinds whose sealed field must hold a RepositoryAccess.
+NEEDS_REPOSITORY = frozenset(
+    {"backup", "restore", "restore_volume", "browse", "retention", "check", "update_credentials"}
+)
