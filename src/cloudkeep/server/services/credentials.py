@@ -105,3 +105,12 @@ def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
     return CredentialTest(
         credential_id=cred.id, ok=ok, missing_permissions=missing, machines_seen=seen, error=error
     )
+
+
+def doctor(ctx: ServerContext, credential: str | None = None) -> list[CredentialTest]:
+    """Test one credential, or every stored one, against the documented permissions."""
+    if credential is not None:
+        return [test_credential(ctx, credential)]
+    with ctx.db() as session:
+        ids = list(session.scalars(select(Credential.id).order_by(Credential.name)))
+    return [test_credential(ctx, cid) for cid in ids]

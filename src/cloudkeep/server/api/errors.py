@@ -1,0 +1,89 @@
+"""Errors as structured JSON: ``{"error": {"type", "message", "hint"}}`` with a fitting status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from starlette.exceptions import HTTPException
+
+from cloudkeep.errors import (
+    AuthenticationError,
+    CloudkeepError,
+    ConfigurationError,
+    ConflictError,
+    InsufficientSpaceError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnreachableError,
+)
+from cloudkeep.server.services.operations import FeatureUnavailableError
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[CloudkeepError], int, str]] = [
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (ConfigurationError, 422, "invalid"),
+    (PermissionDeniedError, 403, "permission_denied"),
+    (AuthenticationError, 401, "unauthenticated"),
+    (FeatureUnavailableError, 501, "not_implemented"),
+    (UnreachableError, 502, "unreachable"),
+    (InsufficientSpaceError, 507, "insufficient_space"),
+]
+
+
+def error_body(kind: str, message: str, hint: str | None = None, **extra: object) -> dict[str, object]:
+    return {"error": {"type": kind, "message": message, "hint": hint, **extra}}
+
+
+def status_for(exc: CloudkeepError) -> tuple[int, str]:
+    for cls, status, kind in STATUS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "error"
+
+
+async def _cloudkeep_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CloudkeepError)
+    status, kind = status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(kind, exc.message, exc.hint), status_code=status, headers=headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", ""))} for err in exc.errors()
+    ]  # never echo the input: it may hold a secret
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    message = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    body = error_body("validation", message, "see the OpenAPI spec at /api/v1/openapi.json", details=details)
+    return JSONResponse(body, status_code=422)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        error_body("http", str(exc.detail)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _database_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    log.info("database constraint refused a change: %s", type(exc).__name__)
+    return JSONResponse(
+        error_body("conflict", "the change clashes with existing data (a concurrent change?)", "retry"),
+        status_code=409,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(CloudkeepError, _cloudkeep_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(DatabaseIntegrityError, _database_conflict)

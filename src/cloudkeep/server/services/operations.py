@@ -1,0 +1,142 @@
+"""Long operations (rescan, backup, restore): validate, then hand over to the engine that runs them.
+
+The engines live in other packages (``cloudkeep.server.rescan``, ``cloudkeep.server.jobs``,
+``cloudkeep.server.restore``) and are imported lazily, so the API and CLI work in builds where one
+of them is missing: the operation then fails with ``FeatureUnavailableError`` instead of an import
+error. Each ``start_*`` returns the id of the ``JobSession`` it created.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cloudkeep.errors import CloudkeepError, ConfigurationError
+from cloudkeep.server import audit
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import BackupJob, JobSession, ProtectionGroup
+from cloudkeep.server.services.common import resolve
+from cloudkeep.server.services.machines import resolve_machine_id
+from cloudkeep.server.services.restore_points import get_restore_point
+from cloudkeep.server.services.schemas import FileRestoreRequest, VolumeRestoreRequest
+from cloudkeep.server.services.sessions import TERMINAL_STATES
+
+
+class FeatureUnavailableError(CloudkeepError):
+    """This build lacks the engine for an operation (mapped to HTTP 501)."""
+
+
+def _engine(module: str, name: str) -> Callable[..., Any]:
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise FeatureUnavailableError(
+            f"{module}.{name} is not available in this build", hint="upgrade cloudkeep on the server"
+        ) from None
+    return function
+
+
+def _audit(ctx: ServerContext, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
+    with ctx.db() as session:
+        audit.record(session, actor, action, target, detail)
+
+
+def _machine_ids(ctx: ServerContext, refs: list[str] | None) -> list[str] | None:
+    return [resolve_machine_id(ctx, ref) for ref in refs] if refs else None
+
+
+def start_rescan(
+    ctx: ServerContext, group: str, *, machines: list[str] | None = None, actor: str = "local"
+) -> str:
+    with ctx.db() as session:
+        group_id = resolve(session, ProtectionGroup, group, "protection group").id
+    machine_ids = _machine_ids(ctx, machines)
+    session_id: str = _engine("cloudkeep.server.rescan", "start_rescan")(
+        ctx, group_id, machine_ids=machine_ids, wait=False
+    )
+    _audit(
+        ctx, actor, "protection_group.rescan", group_id, {"session_id": session_id, "machines": machine_ids}
+    )
+    return session_id
+
+
+def start_job(
+    ctx: ServerContext, job: str, *, machines: list[str] | None = None, actor: str = "local"
+) -> str:
+    with ctx.db() as session:
+        job_id = resolve(session, BackupJob, job, "job").id
+    machine_ids = _machine_ids(ctx, machines)
+    session_id: str = _engine("cloudkeep.server.jobs", "start_job")(
+        ctx, job_id, trigger="manual", machine_ids=machine_ids, wait=False
+    )
+    _audit(ctx, actor, "job.start", job_id, {"session_id": session_id, "machines": machine_ids})
+    return session_id
+
+
+def stop_session(ctx: ServerContext, session_id: str, *, actor: str = "local") -> str:
+    with ctx.db() as session:
+        row = resolve(session, JobSession, session_id, "session", by_name=False)
+        if row.state in TERMINAL_STATES:
+            raise ConfigurationError(f"session {row.id} already ended ({row.state})")
+    _engine("cloudkeep.server.jobs", "stop_session")(ctx, session_id)
+    _audit(ctx, actor, "session.stop", session_id, {})
+    return session_id
+
+
+def stop_job(ctx: ServerContext, job: str, *, actor: str = "local") -> list[str]:
+    """Ask every active session of ``job`` to stop; returns their ids (empty when none runs)."""
+    with ctx.db() as session:
+        job_id = resolve(session, BackupJob, job, "job").id
+        active = select(JobSession.id).where(
+            JobSession.job_id == job_id, JobSession.state.not_in(sorted(TERMINAL_STATES))
+        )
+        ids = list(session.scalars(active))
+    for session_id in ids:
+        stop_session(ctx, session_id, actor=actor)
+    return ids
+
+
+def start_file_restore(
+    ctx: ServerContext, restore_point: str, request: FileRestoreRequest, *, actor: str = "local"
+) -> str:
+    point = get_restore_point(ctx, restore_point)
+    target = resolve_machine_id(ctx, request.target_machine) if request.target_machine else None
+    if request.in_place and (request.target_path or (target and target != point.machine_id)):
+        raise ConfigurationError("an in-place restore goes back to the original machine and paths")
+    session_id: str = _engine("cloudkeep.server.restore", "start_file_restore")(
+        ctx,
+        point.id,
+        paths=request.paths,
+        target_machine_id=target,
+        target_path=request.target_path,
+        in_place=request.in_place,
+        wait=False,
+    )
+    _audit(ctx, actor, "restore.files", point.id, {"session_id": session_id, **request.model_dump()})
+    return session_id
+
+
+def start_volume_restore(
+    ctx: ServerContext, restore_point: str, request: VolumeRestoreRequest, *, actor: str = "local"
+) -> str:
+    point = get_restore_point(ctx, restore_point)
+    target = resolve_machine_id(ctx, request.target_machine) if request.target_machine else None
+    session_id: str = _engine("cloudkeep.server.restore", "start_volume_restore")(
+        ctx, point.id, target_path=request.target_path, target_machine_id=target, wait=False
+    )
+    _audit(ctx, actor, "restore.volume", point.id, {"session_id": session_id, **request.model_dump()})
+    return session_id
+
+
+def download_files(
+    ctx: ServerContext, restore_point: str, paths: list[str], dest: Path, *, actor: str = "local"
+) -> Any:
+    """Restore ``paths`` of a restore point into ``dest`` on this host (the administrator's machine)."""
+    point = get_restore_point(ctx, restore_point)
+    result = _engine("cloudkeep.server.restore", "download_files")(ctx, point.id, paths, dest)
+    _audit(ctx, actor, "restore.download", point.id, {"paths": paths})
+    return result
