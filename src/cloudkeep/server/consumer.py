@@ -1,0 +1,246 @@
+"""Server-queue consumers: verify every machine message and apply it at most once.
+
+All machines post to one server queue; any number of consumer threads (and processes, on
+PostgreSQL) compete for it. Each message is verified with the *sending machine's* registered
+key, and a result is applied by a conditional UPDATE on its ``CommandRecord`` (``sent/running →
+done/failed``), so a redelivered, replayed or concurrently consumed result changes nothing the
+second time. A result naming another machine's command is refused (impersonation). Messages
+that fail validation are logged and dead-lettered, never applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select, update
+
+from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, ProtocolError
+from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
+from cloudkeep.protocol.crypto import load_verify_key
+from cloudkeep.providers.base import Queue, ReceivedMessage
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
+
+log = logging.getLogger(__name__)
+OPEN_STATES = ("sent", "running")
+KEY_CACHE_SECONDS = 30.0
+
+
+class Impersonation(ProtocolError):
+    """A machine reported on a command that was sent to another machine."""
+
+    reason = "impersonation"
+
+
+def server_queue_name(server_id: str) -> str:
+    """The contract name (same as the rescan side): ``ck-<server_id>-server``."""
+    return f"ck-{server_id}-server"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MachineKeys:
+    """Machine signing keys from ``DiscoveredMachine.agent_public_key``, cached briefly."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._cache: dict[str, tuple[float, Ed25519PublicKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, machine_id: str) -> Ed25519PublicKey | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(machine_id)
+        if hit is not None and now - hit[0] < KEY_CACHE_SECONDS:
+            return hit[1]
+        with self.ctx.db() as session:
+            stored = session.scalar(
+                select(DiscoveredMachine.agent_public_key).where(DiscoveredMachine.id == machine_id)
+            )
+        key = None
+        if stored:
+            try:
+                key = load_verify_key(json.loads(stored)["signing_public_key"])
+            except (ValueError, KeyError, ProtocolError):
+                log.error(
+                    "machine %s has an unreadable agent_public_key; its messages are refused", machine_id
+                )
+        with self._lock:
+            self._cache[machine_id] = (now, key)
+        return key
+
+
+def report_validator(ctx: ServerContext, keys: MachineKeys | None = None) -> MessageValidator:
+    return MessageValidator(
+        me=ctx.server_id, sender_key=keys or MachineKeys(ctx), kinds=frozenset(REPORT_BODIES)
+    )
+
+
+class _SeenHeartbeats:
+    """Heartbeat ids seen recently: a replayed heartbeat must not fake liveness (bounded memory)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, message_id: str) -> bool:
+        with self._lock:
+            if message_id in self._ids:
+                return False
+            self._ids[message_id] = None
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+            return True
+
+
+_HEARTBEATS = _SeenHeartbeats()
+
+
+def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
+    """Apply a verified machine message; returns what happened (``applied``, ``duplicate``, …)."""
+    body = envelope.parsed_body()
+    if isinstance(body, Heartbeat):
+        return _apply_heartbeat(ctx, envelope, body)
+    assert isinstance(body, Result | Progress)
+    with ctx.db() as session:
+        owner = session.scalar(select(CommandRecord.machine_id).where(CommandRecord.id == body.command_id))
+        if owner is None:
+            log.warning(
+                "%s for unknown command %s from %s ignored", envelope.kind, body.command_id, envelope.sender
+            )
+            return "unknown-command"
+        if owner != envelope.sender:
+            raise Impersonation(
+                f"machine {envelope.sender} reported on command {body.command_id} of machine {owner}"
+            )
+        if isinstance(body, Result):
+            return _apply_result(session, body)
+        return _apply_progress(session, envelope, body)
+
+
+def _apply_result(session: Any, body: Result) -> str:
+    changed = session.execute(
+        update(CommandRecord)
+        .where(CommandRecord.id == body.command_id, CommandRecord.state.in_(OPEN_STATES))
+        .values(
+            state="done" if body.ok else "failed", result=body.model_dump(mode="json"), completed_at=utcnow()
+        )
+    ).rowcount
+    return "applied" if changed == 1 else "duplicate"
+
+
+def _apply_progress(session: Any, envelope: Envelope, body: Progress) -> str:
+    data = {**body.model_dump(mode="json"), "issued_at": envelope.issued_at.isoformat()}
+    record = session.get(CommandRecord, body.command_id)
+    if record.state not in OPEN_STATES:
+        return "late-progress"
+    previous = (record.result or {}).get("progress") or {}
+    if previous.get("issued_at", "") > data["issued_at"]:
+        return "stale-progress"  # competing consumers may apply progress out of order
+    changed = session.execute(
+        update(CommandRecord)
+        .where(CommandRecord.id == body.command_id, CommandRecord.state.in_(OPEN_STATES))
+        .values(state="running", result={"progress": data})
+    ).rowcount
+    if changed and record.task_id:
+        task = session.get(SessionTask, record.task_id)
+        if task is not None:
+            task.bytes_read = body.bytes_read
+            task.bytes_transferred = body.bytes_uploaded
+            task.files = body.files
+            if body.bytes_total:
+                task.progress = min(1.0, body.bytes_read / body.bytes_total)
+            task.stats = {**(task.stats or {}), "rate": body.rate, "eta_seconds": body.eta_seconds}
+    return "applied" if changed else "late-progress"
+
+
+def _apply_heartbeat(ctx: ServerContext, envelope: Envelope, body: Heartbeat) -> str:
+    if not _HEARTBEATS.add(envelope.id):
+        return "duplicate"
+    now = utcnow()
+    with ctx.db() as session:
+        session.execute(
+            update(DiscoveredMachine)
+            .where(DiscoveredMachine.id == envelope.sender)
+            .values(last_heartbeat_at=now, last_seen_at=now, agent_version=body.version)
+        )
+    return "applied"
+
+
+class ServerQueueConsumer:
+    """Worker threads competing on the server queue of one cloud account."""
+
+    def __init__(
+        self, ctx: ServerContext, queue: Queue, *, workers: int = 2, wait_seconds: float = 5.0
+    ) -> None:
+        self.ctx = ctx
+        self.queue = queue
+        self.workers = workers
+        self.wait_seconds = wait_seconds
+        self.validator = report_validator(ctx)
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> ServerQueueConsumer:
+        for n in range(self.workers):
+            thread = threading.Thread(target=self._run, name=f"ck-consumer-{n}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout)
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                messages = self.queue.receive(
+                    max_messages=10, visibility_timeout=60, wait_seconds=self.wait_seconds
+                )
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("server queue %s: receive failed (%s); retrying", self.queue.name, exc)
+                self.stopping.wait(min(15.0, 0.2 * 2**failures))
+                continue
+            for message in messages:
+                self._count(self.process(message))
+
+    def process(self, message: ReceivedMessage) -> str:
+        try:
+            envelope = self.validator.validate(message.body)
+            outcome = apply_report(self.ctx, envelope)
+        except ProtocolError as exc:
+            log.warning(
+                "dead-lettering message %s on %s: %s: %s",
+                message.message_id,
+                self.queue.name,
+                exc.reason,
+                exc,
+            )
+            self.queue.dead_letter(message, f"{exc.reason}: {exc}")
+            return f"rejected:{exc.reason}"
+        except Exception:
+            log.exception("could not apply message %s; it will be redelivered", message.message_id)
+            return "error"
+        self.queue.ack(message)
+        return outcome

@@ -1,0 +1,342 @@
+"""The dispatcher: sends signed commands to machines and collects their results.
+
+Channel per command: the machine's queue while its heartbeats are fresher than
+``settings.heartbeat_timeout_seconds``; otherwise the cloud's own command channel (SSM Run
+Command / Azure Run Command / a local subprocess), which runs ``python -m cloudkeep.machine
+exec`` with the same signed message and returns the signed result on its last stdout line. Once
+heartbeats resume, the next command goes through the queue again. The channel is recorded on the
+``CommandRecord``; a result from either channel is applied by the same at-most-once code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, UnreachableError
+from cloudkeep.protocol import ProtocolError, make_envelope, sign_envelope
+from cloudkeep.protocol.bodies import Result
+from cloudkeep.protocol.crypto import load_encryption_key
+from cloudkeep.providers.base import CloudProvider, Machine, Platform, Queue
+from cloudkeep.server.consumer import (
+    OPEN_STATES,
+    MachineKeys,
+    ServerQueueConsumer,
+    apply_report,
+    report_validator,
+    server_queue_name,
+)
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
+
+log = logging.getLogger(__name__)
+FALLBACK_CHANNELS = {"aws": "ssm", "azure": "runcommand", "local": "local"}
+MAX_FALLBACK_TIMEOUT = 48 * 3600.0
+
+
+class CommandFailed(CloudkeepError):
+    """The machine ran the command and reported an error."""
+
+
+class CommandTimeout(UnreachableError, TimeoutError):
+    """No result within the wait; the command may still finish (its record stays open)."""
+
+
+def linux_fallback_script(message: str) -> str:
+    """Shell script for the command channel: run ``exec`` with the installed interpreter."""
+    b64 = base64.b64encode(message.encode()).decode()
+    return (
+        'ROOT="${CLOUDKEEP_MACHINE_ROOT:-}"\n'
+        'PY="${CLOUDKEEP_PYTHON:-$ROOT/opt/cloudkeep/venv/bin/python}"\n'
+        '[ -x "$PY" ] || PY=python3\n'
+        f'exec "$PY" -m cloudkeep.machine exec --config "$ROOT/etc/cloudkeep/machine.json" --message {b64}\n'
+    )
+
+
+def windows_fallback_script(message: str) -> str:
+    b64 = base64.b64encode(message.encode()).decode()
+    return (
+        "$py = if ($env:CLOUDKEEP_PYTHON) { $env:CLOUDKEEP_PYTHON } "
+        "else { Join-Path $env:ProgramFiles 'cloudkeep\\venv\\Scripts\\python.exe' }\n"
+        "$cfg = Join-Path $env:ProgramData 'cloudkeep\\machine.json'\n"
+        f"& $py -m cloudkeep.machine exec --config $cfg --message {b64}\n"
+        "exit $LASTEXITCODE\n"
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    machine_id: str
+    cloud_id: str
+    platform: str
+    credential_id: str
+    agent_queue: str | None
+    encryption_key: str | None
+    last_heartbeat_at: datetime | None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Dispatcher:
+    def __init__(
+        self, ctx: ServerContext, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.validator = report_validator(ctx, MachineKeys(ctx))
+        self._providers: dict[str, CloudProvider] = {}
+        self._queues: dict[tuple[str, str], Queue] = {}
+        self._lock = threading.Lock()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def provider(self, credential_id: str) -> CloudProvider:
+        with self._lock:
+            if credential_id not in self._providers:
+                self._providers[credential_id] = self.ctx.provider_for(credential_id)
+            return self._providers[credential_id]
+
+    def _queue(self, credential_id: str, name: str) -> Queue:
+        key = (credential_id, name)
+        with self._lock:
+            queue = self._queues.get(key)
+        if queue is None:
+            queue = self.provider(credential_id).queues.get_queue(name)
+            with self._lock:
+                self._queues[key] = queue
+        return queue
+
+    def _target(self, machine_id: str) -> _Target:
+        with self.ctx.db() as session:
+            row = session.get(DiscoveredMachine, machine_id)
+            if row is None:
+                raise NotFoundError(f"machine {machine_id} does not exist")
+            group = session.get(ProtectionGroup, row.protection_group_id)
+            assert group is not None
+            encryption = (
+                json.loads(row.agent_public_key).get("encryption_public_key")
+                if row.agent_public_key
+                else None
+            )
+            return _Target(
+                row.id, row.cloud_id, row.platform, group.credential_id, row.agent_queue, encryption,
+                _aware(row.last_heartbeat_at),
+            )  # fmt: skip
+
+    def channel_for(self, target: _Target) -> str:
+        """``queue`` while heartbeats are fresh, else the provider's command channel."""
+        timeout = timedelta(seconds=self.ctx.settings.heartbeat_timeout_seconds)
+        if (
+            target.agent_queue
+            and target.last_heartbeat_at
+            and self.clock() - target.last_heartbeat_at < timeout
+        ):
+            return "queue"
+        kind = self.provider(target.credential_id).kind
+        return FALLBACK_CHANNELS.get(kind, kind)
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def send(
+        self,
+        machine_id: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        sealed: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        ttl: float = 3600,
+    ) -> str:
+        """Sign and send one command; returns its id (the idempotency key). Never blocks on the result."""
+        target = self._target(machine_id)
+        if target.encryption_key is None:
+            raise ConfigurationError(
+                f"machine {machine_id} has no registered agent keys",
+                hint="rescan its protection group to deploy it",
+            )
+        seal_to = load_encryption_key(target.encryption_key) if sealed is not None else None
+        envelope = make_envelope(
+            kind,
+            body,
+            sender=self.ctx.server_id,
+            recipient=machine_id,
+            ttl=ttl,
+            secrets=sealed,
+            seal_to=seal_to,
+        )
+        text = sign_envelope(envelope, self.ctx.signing_key)
+        channel = self.channel_for(target)
+        with self.ctx.db() as session:
+            session.add(
+                CommandRecord(
+                    id=envelope.id,
+                    machine_id=machine_id,
+                    kind=kind,
+                    channel=channel,
+                    state="sent",
+                    task_id=task_id,
+                )
+            )
+            if task_id is not None:
+                task = session.get(SessionTask, task_id)
+                if task is not None:
+                    task.command_id = envelope.id
+        log.info("command %s (%s) → machine %s via %s", envelope.id, kind, machine_id, channel)
+        if channel == "queue":
+            assert target.agent_queue is not None
+            try:
+                self._queue(target.credential_id, target.agent_queue).send(text)
+            except Exception as exc:
+                self._fail(envelope.id, f"could not send to queue {target.agent_queue}: {exc}")
+                raise
+        else:
+            thread = threading.Thread(
+                target=self._run_fallback,
+                args=(target, envelope.id, text, ttl),
+                name=f"ck-fallback-{envelope.id[:8]}",
+            )
+            thread.daemon = True
+            thread.start()
+        return envelope.id
+
+    def wait(
+        self,
+        command_id: str,
+        *,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll: float = 0.2,
+    ) -> dict[str, Any]:
+        """Block until the result is applied; its payload, or ``CommandFailed`` / ``CommandTimeout``."""
+        deadline = time.monotonic() + timeout
+        last_progress: Any = None
+        while True:
+            with self.ctx.db() as session:
+                record = session.get(CommandRecord, command_id)
+                if record is None:
+                    raise NotFoundError(f"command {command_id} does not exist")
+                state, result, kind, machine = (
+                    record.state,
+                    record.result or {},
+                    record.kind,
+                    record.machine_id,
+                )
+            if state == "done":
+                return dict(result.get("payload") or {})
+            if state in ("failed", "expired"):
+                raise CommandFailed(f"{kind} on machine {machine} failed: {result.get('error') or state}")
+            progress = result.get("progress")
+            if on_progress is not None and progress and progress != last_progress:
+                last_progress = progress
+                on_progress(dict(progress))
+            if time.monotonic() >= deadline:
+                raise CommandTimeout(
+                    f"no result for {kind} {command_id} on machine {machine} within {timeout:.0f}s",
+                    hint="check the machine's services (`cloudkeep machine show`) and the server consumers",
+                )
+            time.sleep(poll)
+
+    def call(
+        self,
+        machine_id: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        sealed: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        timeout: float = 3600,
+    ) -> dict[str, Any]:
+        command_id = self.send(machine_id, kind, body, sealed=sealed, task_id=task_id, ttl=max(timeout, 60.0))
+        return self.wait(command_id, timeout=timeout)
+
+    # --- fallback channel -----------------------------------------------------------------------
+
+    def _fail(self, command_id: str, error: str) -> None:
+        body = Result(command_id=command_id, ok=False, error=error).model_dump(mode="json")
+        with self.ctx.db() as session:
+            session.execute(
+                update(CommandRecord)
+                .where(CommandRecord.id == command_id, CommandRecord.state.in_(OPEN_STATES))
+                .values(state="failed", result=body, completed_at=datetime.now(UTC))
+            )
+
+    def _run_fallback(self, target: _Target, command_id: str, text: str, ttl: float) -> None:
+        try:
+            provider = self.provider(target.credential_id)
+            machine = provider.inventory.get_machine(target.cloud_id) or Machine(
+                id=target.cloud_id,
+                name=target.cloud_id,
+                platform=Platform(target.platform),
+                state="unknown",
+                region="",
+            )
+            windows = machine.platform == Platform.WINDOWS
+            script = windows_fallback_script(text) if windows else linux_fallback_script(text)
+            outcome = provider.commands.run(machine, script, timeout=min(ttl, MAX_FALLBACK_TIMEOUT))
+        except Exception as exc:
+            self._fail(command_id, f"the command channel failed: {exc}")
+            return
+        lines = [line for line in outcome.stdout.splitlines() if line.strip()]
+        try:
+            if not lines:
+                raise ProtocolError("no output")
+            envelope = self.validator.validate(lines[-1])
+            body = envelope.parsed_body()
+            if (
+                envelope.sender != target.machine_id
+                or not isinstance(body, Result)
+                or body.command_id != command_id
+            ):
+                raise ProtocolError("the output is not this command's result")
+            apply_report(self.ctx, envelope)
+        except ProtocolError as exc:
+            detail = (outcome.stderr.strip() or outcome.stdout.strip())[-800:]
+            self._fail(
+                command_id,
+                f"command channel gave no valid signed result ({exc}; exit {outcome.exit_code}): {detail}",
+            )
+
+
+_CONSUMERS: dict[tuple[str, str, str], ServerQueueConsumer] = {}
+_CONSUMERS_LOCK = threading.Lock()
+
+
+def ensure_consumers(ctx: ServerContext, workers: int = 2) -> None:
+    """Start (once per process) consumer threads on the server queue of every account in use."""
+    with ctx.db() as session:
+        credential_ids = sorted(set(session.scalars(select(ProtectionGroup.credential_id))))
+    name = server_queue_name(ctx.server_id)
+    for credential_id in credential_ids:
+        key = (ctx.settings.effective_database_url, ctx.server_id, credential_id)
+        with _CONSUMERS_LOCK:
+            if key in _CONSUMERS:
+                continue
+            try:
+                queue = ctx.provider_for(credential_id).queues.ensure_queue(name)
+            except CloudkeepError as exc:
+                log.warning("no server queue consumer for credential %s: %s", credential_id, exc)
+                continue
+            _CONSUMERS[key] = ServerQueueConsumer(ctx, queue, workers=workers).start()
+            log.info(
+                "consuming server queue %s for credential %s with %d workers", name, credential_id, workers
+            )
+
+
+def stop_consumers() -> None:
+    """Stop every consumer this process started (tests, shutdown)."""
+    with _CONSUMERS_LOCK:
+        consumers = list(_CONSUMERS.values())
+        _CONSUMERS.clear()
+    for consumer in consumers:
+        consumer.stop()
