@@ -1,0 +1,349 @@
+"""One machine's rescan: a recorded, idempotent state machine with a clear reason at every stop.
+
+Steps, in order: probe → ownership → prerequisites → queues → upload → install → confirm. Each
+writes one ``DeploymentStep`` row per machine (updated in place on the next rescan, so rescans
+never pile up rows) and sets ``DiscoveredMachine.status`` / ``status_reason``. A machine already
+running the current bundle skips upload and install; an older one is upgraded only when its
+group has auto-update on (otherwise it is reported ``outdated``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.providers.base import CloudProvider, Machine, Platform
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
+from cloudkeep.server.rescan import scripts
+from cloudkeep.server.rescan.bundles import PublishedBundle
+
+log = logging.getLogger(__name__)
+
+STEPS = ("probe", "ownership", "prerequisites", "queues", "upload", "install", "confirm")
+OWNER_TAG = "cloudkeep:server"
+MAX_EXISTING_MANAGED_COMMANDS = 24  # Azure allows 25 per VM; we need one
+PROBE_TIMEOUT = 120.0
+INSTALL_TIMEOUT = 900.0
+CONFIRM_TIMEOUT = 60.0
+
+
+class StepStop(Exception):
+    """Ends a machine's state machine at the current step with a final status and reason."""
+
+    def __init__(self, status: str, reason: str, outcome: str = "failed") -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.outcome = status, reason, outcome
+
+
+def server_queue_name(server_id: str) -> str:
+    return f"ck-{server_id}-server"
+
+
+def agent_queue_name(server_id: str, machine_id: str) -> str:
+    return f"ck-{server_id}-{machine_id[:12]}"
+
+
+@dataclass
+class RescanEnvironment:
+    """What every machine of one rescan session shares (provider, bundle, group options, hooks)."""
+
+    ctx: ServerContext
+    provider: CloudProvider
+    session_id: str
+    auto_update: bool
+    bundle_version: str
+    ensure_server_queue: Callable[[], dict[str, Any]]  # once per session; returns connection info
+    publish_bundle: Callable[[], PublishedBundle]  # once per session
+    discard_archive: Callable[[str], None]  # a platform archive failed verification on a machine
+    confirm: Callable[[DiscoveredMachine, Machine], str]  # raises StepStop; returns detail
+    heartbeat_seconds: float = 30.0
+
+
+class MachineDeployment:
+    """Runs the steps for one machine; ``run`` returns the final status."""
+
+    def __init__(self, env: RescanEnvironment, machine: Machine, machine_row_id: str) -> None:
+        self.env = env
+        self.machine = machine
+        self.row_id = machine_row_id
+        self.seq = 0
+        self.probe: scripts.ProbeFacts | None = None
+        self.current = False  # already at the bundle version: install steps skipped
+        self.outdated = False
+        self.published: PublishedBundle | None = None
+        self.installed = False  # this rescan installed or upgraded the code
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def _record(self, step: str, outcome: str, detail: str, *, status: str | None = None,
+                reason: str | None = None, **fields: Any) -> None:  # fmt: skip
+        seq = STEPS.index(step) + 1
+        self.seq = max(self.seq, seq)
+        with self.env.ctx.db() as session:
+            row = session.scalar(
+                select(DeploymentStep).where(
+                    DeploymentStep.machine_id == self.row_id, DeploymentStep.step == step
+                )
+            )
+            if row is None:
+                row = DeploymentStep(machine_id=self.row_id, step=step, seq=seq)
+                session.add(row)
+            row.session_id, row.outcome, row.detail, row.at = (
+                self.env.session_id,
+                outcome,
+                detail,
+                datetime.now(UTC),
+            )
+            machine = session.get(DiscoveredMachine, self.row_id)
+            assert machine is not None
+            if status is not None:
+                machine.status = status
+            if reason is not None:
+                machine.status_reason = reason
+            for key, value in fields.items():
+                setattr(machine, key, value)
+
+    def _status(self, status: str) -> None:
+        with self.env.ctx.db() as session:
+            machine = session.get(DiscoveredMachine, self.row_id)
+            assert machine is not None
+            machine.status = status
+
+    def _row(self) -> DiscoveredMachine:
+        with self.env.ctx.db() as session:
+            machine = session.get(DiscoveredMachine, self.row_id)
+            assert machine is not None
+            session.expunge(machine)
+            return machine
+
+    # --- the state machine -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        steps: list[tuple[str, Callable[[], str]]] = [
+            ("probe", self.step_probe),
+            ("ownership", self.step_ownership),
+            ("prerequisites", self.step_prerequisites),
+            ("queues", self.step_queues),
+            ("upload", self.step_upload),
+            ("install", self.step_install),
+            ("confirm", self.step_confirm),
+        ]
+        final = "deployed"
+        try:
+            for name, step in steps[:-1]:
+                self._status(_ACTIVE[name])
+                detail = step()
+                self._record(
+                    name,
+                    "skipped" if detail.startswith("skipped:") else "ok",
+                    detail.removeprefix("skipped: "),
+                )
+            self._status(_ACTIVE["confirm"])
+            detail = self.step_confirm()
+            if self.outdated:
+                final = "outdated"
+                reason = (f"bundle {self.probe.installed_version if self.probe else '?'} installed, "
+                          f"{self.env.bundle_version} available; auto-update is off")  # fmt: skip
+            else:
+                reason = f"deployed: bundle {self.env.bundle_version}, services answer"
+            self._record("confirm", "ok", detail, status=final, reason=reason)
+        except StepStop as stop:
+            final = stop.status
+            self._record(STEPS[self.seq] if self.seq < len(STEPS) else STEPS[-1], stop.outcome, stop.reason,
+                         status=stop.status, reason=stop.reason)  # fmt: skip
+        except Exception as exc:
+            log.exception("rescan of %s failed", self.machine.id)
+            final = "failed"
+            at = STEPS[self.seq] if self.seq < len(STEPS) else STEPS[-1]
+            message = (
+                str(exc)
+                if isinstance(exc, CloudkeepError)
+                else f"internal error: {type(exc).__name__}: {exc}"
+            )
+            self._record(at, "failed", message, status="failed", reason=f"{at}: {message}")
+        self._forget_later_steps()
+        return final
+
+    def _forget_later_steps(self) -> None:
+        """Rows of steps this rescan did not reach would describe an older attempt: drop them."""
+        with self.env.ctx.db() as session:
+            session.execute(
+                delete(DeploymentStep)
+                .where(DeploymentStep.machine_id == self.row_id, DeploymentStep.seq > self.seq)
+                .execution_options(synchronize_session=False)
+            )
+
+    def step_probe(self) -> str:
+        machine = self.machine
+        if machine.state != "running":
+            raise StepStop(
+                "skipped", f"the machine is {machine.state}, not running; rescan when it runs", "skipped"
+            )
+        try:
+            result = self.env.provider.commands.run(
+                machine, scripts.probe_script(machine.platform), timeout=PROBE_TIMEOUT
+            )
+        except CloudkeepError as exc:
+            raise StepStop("failed", f"the command channel cannot reach the machine: {exc}") from exc
+        probe = scripts.read_probe(machine.platform, result.exit_code, result.stdout, result.stderr)
+        if result.timed_out:
+            probe = scripts.ProbeFacts(False, f"the probe command timed out after {PROBE_TIMEOUT:.0f} s")
+        if not probe.ok:
+            raise StepStop("failed", probe.reason)
+        self.probe = probe
+        with self.env.ctx.db() as session:
+            row = session.get(DiscoveredMachine, self.row_id)
+            assert row is not None
+            row.facts = {**row.facts, **probe.facts}
+        facts = ", ".join(f"{k}={v}" for k, v in sorted(probe.facts.items()))
+        return f"the command channel ran the probe ({facts or 'no facts'})"
+
+    def step_ownership(self) -> str:
+        owner = next((v for k, v in self.machine.tags.items() if k.lower() == OWNER_TAG), None)
+        if owner and owner != self.env.ctx.server_id:
+            raise StepStop(
+                "foreign",
+                f"managed by another backup server ({OWNER_TAG}={owner}); left untouched — remove the tag "
+                "there first to move the machine to this server",
+                "skipped",
+            )
+        return "already marked by this server" if owner else "not managed by any other server"
+
+    def step_prerequisites(self) -> str:
+        machine, facts = self.machine, (self.probe.facts if self.probe else {})
+        if machine.platform == Platform.WINDOWS:
+            version = facts.get("powershell_version")
+            if scripts.powershell_too_old(version):
+                raise StepStop(
+                    "skipped",
+                    f"Windows PowerShell 5.1 or later is required (found {version or 'unknown'})",
+                    "skipped",
+                )
+            detail = f"PowerShell {version}"
+        else:
+            secure_boot = machine.secure_boot if machine.secure_boot is not None else facts.get("secure_boot")
+            if secure_boot:
+                raise StepStop(
+                    "skipped", "no Linux agent on UEFI Secure Boot machines (Secure Boot is on)", "skipped"
+                )
+            python = facts.get("python")
+            if not python or tuple(int(p) for p in str(python).split(".")[:2]) < (3, 11):
+                raise StepStop(
+                    "skipped",
+                    f"Python 3.11 or later is required on the machine (found {python or 'none'})",
+                    "skipped",
+                )
+            detail = f"Secure Boot off, Python {python}"
+        count = self.env.provider.commands.managed_command_count(machine)
+        if count is not None and count > MAX_EXISTING_MANAGED_COMMANDS:
+            raise StepStop(
+                "skipped",
+                f"the VM already has {count} managed run commands; Azure allows 25 per VM "
+                "and cloudkeep needs one "
+                "— delete unused run commands and rescan",
+                "skipped",
+            )
+        if count is not None:
+            detail += f", {count} managed run commands"
+        row = self._row()
+        installed = self.probe.installed_version if self.probe else None
+        if installed is None and machine.platform == Platform.WINDOWS:
+            installed = row.agent_version  # the Windows probe cannot read files on the simplest hosts
+        if installed == self.env.bundle_version and row.agent_public_key:
+            self.current = True
+            detail += f"; bundle {installed} already installed"
+        elif installed and row.agent_public_key and not self.env.auto_update:
+            self.outdated = True
+            detail += f"; bundle {installed} installed, {self.env.bundle_version} available, auto-update off"
+        return detail
+
+    def step_queues(self) -> str:
+        ctx, provider = self.env.ctx, self.env.provider
+        owner = next((v for k, v in self.machine.tags.items() if k.lower() == OWNER_TAG), None)
+        if owner != ctx.server_id:
+            provider.inventory.set_tag(self.machine.id, OWNER_TAG, ctx.server_id)
+        self.env.ensure_server_queue()
+        name = agent_queue_name(ctx.server_id, self.row_id)
+        provider.queues.ensure_queue(name)
+        with ctx.db() as session:
+            row = session.get(DiscoveredMachine, self.row_id)
+            assert row is not None
+            row.agent_queue = name
+        marked = "marked" if owner != ctx.server_id else "already marked"
+        server_queue = server_queue_name(ctx.server_id)
+        return f"{marked} {OWNER_TAG}={ctx.server_id}; server queue {server_queue}, agent queue {name}"
+
+    def step_upload(self) -> str:
+        if self.current or self.outdated:
+            why = "current" if self.current else "auto-update off"
+            return f"skipped: bundle {self.env.bundle_version} not needed ({why})"
+        published = self.env.publish_bundle()
+        self.published = published
+        platform = self.machine.platform.value
+        return (f"bundle {published.manifest.version} ({published.keys[platform]}) "
+                f"{'uploaded to' if published.uploaded else 'already in'} {published.location}")  # fmt: skip
+
+    def step_install(self) -> str:
+        if self.current or self.outdated:
+            why = "already installed" if self.current else "not installed: auto-update is off"
+            return f"skipped: bundle {self.env.bundle_version} {why}"
+        ctx, provider, published = self.env.ctx, self.env.provider, self.published
+        assert published is not None
+        platform = self.machine.platform.value
+        archive = published.manifest.archives[platform]
+        config = {
+            "machine_id": self.row_id,
+            "cloud_id": self.machine.id,
+            "server_id": ctx.server_id,
+            "server_public_key": ctx.public_key_b64,
+            "agent_queue": provider.queues.connection_info(agent_queue_name(ctx.server_id, self.row_id)),
+            "server_queue": self.env.ensure_server_queue(),
+            "heartbeat_seconds": self.env.heartbeat_seconds,
+        }
+        url = published.signed_url(provider.storage, platform)
+        make = (
+            scripts.windows_bootstrap
+            if self.machine.platform == Platform.WINDOWS
+            else scripts.linux_bootstrap
+        )
+        script = make(version=published.manifest.version, url=url, sha256=archive.sha256, config=config)
+        self._status("installing")
+        try:
+            result = provider.commands.run(self.machine, script, timeout=INSTALL_TIMEOUT)
+        except CloudkeepError as exc:
+            raise StepStop("failed", f"the command channel failed during install: {exc}") from exc
+        outcome = scripts.read_install(result.exit_code, result.stdout, result.stderr)
+        if not outcome.ok:
+            if outcome.tampered:
+                self.env.discard_archive(platform)
+            raise StepStop("failed", f"install failed: {outcome.reason}")
+        with ctx.db() as session:
+            row = session.get(DiscoveredMachine, self.row_id)
+            assert row is not None
+            row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
+            row.agent_version = outcome.version or published.manifest.version
+        self.installed = outcome.changed
+        verb = "installed" if outcome.changed else "verified (unchanged)"
+        return f"bundle {outcome.version} {verb}; message service, agent, transport started; key registered"
+
+    def step_confirm(self) -> str:
+        return self.env.confirm(self._row(), self.machine)
+
+
+_ACTIVE = {
+    "probe": "probing",
+    "ownership": "checking",
+    "prerequisites": "checking",
+    "queues": "preparing",
+    "upload": "uploading",
+    "install": "installing",
+    "confirm": "confirming",
+}
