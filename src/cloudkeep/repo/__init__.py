@@ -1,0 +1,50 @@
+"""The repository format and backup engine: chunk, dedup, compress, encrypt, pack, index, restore.
+
+Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
+``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
+``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup), ``volume``,
+``restorer``, ``checker``, ``retention`` (forget) and ``prune``.
+"""
+
+from cloudkeep.repo.archiver import BackupProgress, backup_files
+from cloudkeep.repo.checker import CheckReport, Problem, check, rebuild_index
+from cloudkeep.repo.crypto import KdfParams
+from cloudkeep.repo.prune import PruneResult, prune
+from cloudkeep.repo.repository import Repository
+from cloudkeep.repo.restorer import RestoreResult, cat_file, find, list_tree, restore
+from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget
+from cloudkeep.repo.snapshot import Snapshot
+from cloudkeep.repo.tree import TreeEntry
+from cloudkeep.repo.volume import backup_volume, restore_volume
+
+
+def list_snapshots(repo: Repository) -> list[Snapshot]:
+    """Every restore point, oldest first."""
+    return sorted(repo.snapshots(), key=lambda s: s.time)
+
+
+__all__ = [
+    "BackupProgress",
+    "CheckReport",
+    "ForgetResult",
+    "KdfParams",
+    "Problem",
+    "PruneResult",
+    "Repository",
+    "RestoreResult",
+    "RetentionPolicy",
+    "Snapshot",
+    "TreeEntry",
+    "backup_files",
+    "backup_volume",
+    "cat_file",
+    "check",
+    "find",
+    "forget",
+    "list_snapshots",
+    "list_tree",
+    "prune",
+    "rebuild_index",
+    "restore",
+    "restore_volume",
+]

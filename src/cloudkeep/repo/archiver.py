@@ -1,0 +1,372 @@
+"""File-level backup: walk sources, chunk changed files in parallel, build trees, commit a snapshot.
+
+The walk runs in the calling thread; file reading+chunking+hashing+encoding runs on a worker pool
+(bounded: at most ``max_inflight_files`` queued), uploads on the writer's I/O pool. A directory's
+tree blob is written by whichever thread finishes its last child, so directories never wait for
+each other. The snapshot manifest is written only after ``BlobWriter.close`` made every pack and
+index durable: a killed backup leaves no restore point, and its indexed packs are reused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.fsmeta import node_from_stat, node_type
+from cloudkeep.repo.pack import DATA, TREE
+from cloudkeep.repo.repository import Repository
+from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
+from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
+from cloudkeep.repo.writer import BlobWriter
+
+SMALL_FILE = 4 * 2**20  # read into memory; larger files are memory-mapped by the chunker
+PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
+
+
+@dataclass
+class BackupProgress:
+    files_done: int
+    bytes_read: int
+    bytes_total: int | None
+    bytes_new: int
+    bytes_uploaded: int
+    current_path: str | None
+
+
+def matches(pattern: str, path: str) -> bool:
+    """Glob match: a pattern without ``/`` matches the base name, otherwise the absolute path."""
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(os.path.basename(path), pattern)
+    return fnmatch.fnmatchcase(path, pattern.rstrip("/"))
+
+
+class _Dir:
+    """A directory whose tree blob is stored once every child node is known."""
+
+    def __init__(self, archiver: _Archiver, node: Node, parent: _Dir | None, slot: int) -> None:
+        self.archiver, self.node, self.parent, self.slot = archiver, node, parent, slot
+        self.children: list[Node | None] = []
+        self.remaining = 1  # the walk itself holds one reference until the listing is complete
+
+    def reserve(self) -> int:
+        with self.archiver.lock:
+            self.children.append(None)
+            self.remaining += 1
+            return len(self.children) - 1
+
+    def fill(self, slot: int, node: Node | None) -> None:
+        with self.archiver.lock:
+            self.children[slot] = node
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self._finish()
+
+    def release(self) -> None:
+        """The walk has listed every child."""
+        with self.archiver.lock:
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            nodes = [n for n in self.children if n is not None]
+            tree_id, _ = self.archiver.writer.save(TREE, encode_tree(nodes))
+            self.node.subtree = tree_id
+            self.children = []
+        except BaseException as exc:
+            self.archiver.fail(exc)
+        if self.parent is None:
+            self.archiver.root_done.set()
+        else:
+            self.parent.fill(self.slot, self.node)
+
+
+class _Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        writer: BlobWriter,
+        *,
+        includes: list[str],
+        excludes: list[str],
+        cache: FileCache | None,
+        progress: Callable[[BackupProgress], None] | None,
+        threads: int,
+    ) -> None:
+        self.repo, self.writer, self.cache, self.progress = repo, writer, cache, progress
+        self.includes, self.excludes = includes, excludes
+        self.lock = threading.Lock()
+        self.root_done = threading.Event()
+        self.error: BaseException | None = None
+        self.warnings: list[str] = []
+        self.files = self.dirs = self.bytes_read = self.bytes_total = 0
+        self.files_unchanged = 0
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
+        self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
+        self.slots = threading.BoundedSemaphore(threads * 8)
+        self.chunker = repo.config.chunker
+        self._last_progress = 0.0
+        self._local = threading.local()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.error = self.error or exc
+
+    def warn(self, message: str) -> None:
+        with self.lock:
+            if len(self.warnings) < 1000:
+                self.warnings.append(message)
+
+    def report(self, path: str | None, *, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.25:
+            return
+        self._last_progress = now
+        stats = self.writer.stats
+        self.progress(
+            BackupProgress(self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, path)
+        )
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def excluded(self, path: str) -> bool:
+        return any(matches(p, path) for p in self.excludes)
+
+    def add_entry(self, parent: _Dir, path: str, name: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            self.warn(f"{path}: {exc.strerror}")
+            return
+        kind = node_type(st)
+        if kind is None:
+            return
+        try:
+            node = node_from_stat(name, path, st, kind)
+        except OSError as exc:
+            self.warn(f"{path}: {exc.strerror}")
+            return
+        if kind == DIR:
+            self.dirs += 1
+            child = _Dir(self, node, parent, parent.reserve())
+            self.walk(child, path)
+            child.release()
+        elif kind == FILE:
+            if self.includes and not any(matches(p, path) for p in self.includes):
+                return
+            self.files += 1
+            self.bytes_total += st.st_size
+            slot = parent.reserve()
+            cached = self.cache.lookup(path, st) if self.cache else None
+            if cached is not None and all(self.repo.has_blob(c) for c in cached):
+                node.content = cached
+                self.files_unchanged += 1
+                if self.cache:
+                    self.cache.record(path, st, cached)
+                parent.fill(slot, node)
+                self.report(path)
+                return
+            self.slots.acquire()
+            self.pool.submit(self.file_job, path, st, node, parent, slot)
+        else:
+            parent.fill(parent.reserve(), node)
+
+    def walk(self, folder: _Dir, path: str) -> None:
+        try:
+            with os.scandir(path) as it:
+                names = sorted(entry.name for entry in it)
+        except OSError as exc:
+            self.warn(f"{path}: cannot list ({exc.strerror})")
+            return
+        for name in names:
+            full = os.path.join(path, name)
+            if not self.excluded(full):
+                self.add_entry(folder, full, name)
+
+    # -- file content ----------------------------------------------------------------------
+
+    def file_job(self, path: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
+        result: Node | None = node
+        try:
+            node.content, node.size = self.chunk_file(path, st.st_size)
+            if self.cache:
+                self.cache.record(path, st, node.content)
+        except OSError as exc:
+            self.warn(f"{path}: cannot read ({exc.strerror}), skipped")
+            result = None
+        except BaseException as exc:
+            self.fail(exc)
+            result = None
+        finally:
+            self.slots.release()
+        parent.fill(slot, result)
+        self.report(path)
+
+    def _cdc(self):  # type: ignore[no-untyped-def]
+        cdc = getattr(self._local, "cdc", None)
+        if cdc is None:
+            cdc = self._local.cdc = self.chunker.make()
+        return cdc
+
+    def chunk_file(self, path: str, size: int) -> tuple[list[bytes], int]:
+        if size == 0:
+            return [], 0
+        content: list[bytes] = []
+        total = 0
+        if size <= SMALL_FILE:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for chunk in self._cdc().cut_buf(data):
+                content.append(self.writer.save(DATA, chunk.data)[0])
+            total = len(data)
+        else:
+            window: list[Future[tuple[bytes, bool]]] = []
+            for chunk in self._cdc().cut_file(path):
+                total += chunk.length
+                if size >= PARALLEL_FILE:
+                    window.append(self.chunk_pool.submit(self.writer.save, DATA, chunk.data))
+                    if len(window) >= 8:
+                        content.append(window.pop(0).result()[0])
+                else:
+                    content.append(self.writer.save(DATA, chunk.data)[0])
+            content.extend(f.result()[0] for f in window)
+        with self.lock:
+            self.bytes_read += total
+        return content, total
+
+
+_Trie = dict[str, tuple["_Trie", bool]]
+
+
+def _source_trie(sources: list[str]) -> _Trie:
+    """Source paths as nested components; ``True`` marks a component that is itself a source."""
+    trie: _Trie = {}
+    for source in sorted(sources):
+        parts = [p for p in source.split("/") if p]
+        level = trie
+        for i, part in enumerate(parts):
+            sub, _ = level.setdefault(part, ({}, False))
+            if i == len(parts) - 1:
+                level[part] = (sub, True)
+            level = sub
+    return trie
+
+
+def backup_files(
+    repo: Repository,
+    sources: list[Path],
+    *,
+    includes: list[str] | None = None,
+    excludes: list[str] | None = None,
+    hostname: str | None = None,
+    tags: list[str] | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[BackupProgress], None] | None = None,
+    retain_until: datetime | None = None,
+    bandwidth_limit: int | None = None,
+    threads: int | None = None,
+) -> Snapshot:
+    """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot."""
+    if not sources:
+        raise ConfigurationError("nothing to back up: no source paths given")
+    paths = sorted({os.path.abspath(os.fspath(s)) for s in sources})
+    for path in paths:
+        if not os.path.lexists(path):
+            raise NotFoundError(f"source path {path} does not exist")
+    hostname = hostname or socket.gethostname()
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    cache = FileCache(cache_dir, repo.id, hostname, paths) if cache_dir else None
+    workers = threads or max(2, (os.cpu_count() or 2) + 1)
+    writer = BlobWriter(repo, hostname=hostname, retain_until=retain_until, bandwidth_limit=bandwidth_limit)
+    archiver = _Archiver(
+        repo,
+        writer,
+        includes=includes or [],
+        excludes=excludes or [],
+        cache=cache,
+        progress=progress,
+        threads=workers,
+    )
+    try:
+        root = _Dir(archiver, Node(name="", type=DIR, mode=0o755), None, 0)
+        _walk_trie(archiver, root, "", _source_trie(paths))
+        root.release()
+        archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
+        archiver.pool.shutdown(wait=True)
+        archiver.chunk_pool.shutdown(wait=True)
+        if archiver.error is not None:
+            raise archiver.error
+        writer.close()  # every pack and index durable before the manifest exists
+    except BaseException:
+        archiver.pool.shutdown(wait=True, cancel_futures=True)
+        archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
+        writer.abort()
+        if cache:
+            cache.discard()
+        raise
+    assert root.node.subtree is not None
+    stats = writer.stats
+    snapshot = Snapshot(
+        id=new_snapshot_id(),
+        time=started,
+        hostname=hostname,
+        tags=list(tags or []),
+        paths=paths,
+        kind="files",
+        tree=root.node.subtree.hex(),
+        retain_until=retain_until,
+        stats={
+            "files": archiver.files,
+            "dirs": archiver.dirs,
+            "files_unchanged": archiver.files_unchanged,
+            "bytes_total": archiver.bytes_total,
+            "bytes_read": archiver.bytes_read,
+            "bytes_new": stats.bytes_new,
+            "bytes_stored": stats.bytes_stored,
+            "bytes_uploaded": stats.bytes_uploaded,
+            "dedup_ratio": round(archiver.bytes_total / stats.bytes_new, 3) if stats.bytes_new else None,
+            "compression_ratio": round(stats.bytes_new / stats.bytes_stored, 3)
+            if stats.bytes_stored
+            else None,
+            "duration_s": round(time.monotonic() - clock, 3),
+            "warnings": archiver.warnings[:100],
+        },
+    )
+    repo.save_snapshot(snapshot)
+    if cache:
+        cache.commit()
+    archiver.report(None, force=True)
+    return snapshot
+
+
+def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> None:
+    for name, (sub, is_source) in sorted(trie.items()):
+        path = f"{prefix}/{name}"
+        if is_source:
+            archiver.add_entry(parent, path, name)
+            continue
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        child = _Dir(archiver, node_from_stat(name, path, st, DIR), parent, parent.reserve())
+        _walk_trie(archiver, child, path, sub)
+        child.release()

@@ -1,0 +1,89 @@
+"""Per-source file metadata cache: an unchanged file (same size, mtime, ctime, inode) is not re-read.
+
+One SQLite file per (repository, host, source set) under ``cache_dir``. A backup reads the
+previous generation and writes a new one beside it; the new file replaces the old only after the
+snapshot is committed, so the cache never claims content that no restore point holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from cloudkeep.repo.crypto import ID_SIZE
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+    " ctime_ns INTEGER, inode INTEGER, content BLOB)"
+)
+
+
+class FileCache:
+    """Lookups against the last committed generation; inserts go to the next one."""
+
+    def __init__(self, cache_dir: Path, repo_id: str, hostname: str, sources: list[str]) -> None:
+        digest = hashlib.sha256("\0".join([hostname, *sorted(sources)]).encode()).hexdigest()[:24]
+        folder = cache_dir / repo_id
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"files-{digest}.sqlite"
+        self.next_path = folder / f"files-{digest}.sqlite.next-{os.getpid()}"
+        self._old: sqlite3.Connection | None = None
+        if self.path.exists():
+            try:
+                self._old = sqlite3.connect(self.path, check_same_thread=False)
+                self._old.execute("SELECT 1 FROM files LIMIT 1")
+            except sqlite3.DatabaseError:
+                self._old = None  # a damaged cache only costs a re-read
+        with contextlib.suppress(FileNotFoundError):
+            self.next_path.unlink()
+        self._new = sqlite3.connect(self.next_path, check_same_thread=False)
+        self._new.execute("PRAGMA journal_mode=OFF")
+        self._new.execute("PRAGMA synchronous=OFF")
+        self._new.execute(_SCHEMA)
+        self._batch: list[tuple[str, int, int, int, int, bytes]] = []
+        self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
+
+    def lookup(self, path: str, st: os.stat_result) -> list[bytes] | None:
+        if self._old is None:
+            return None
+        with self._lock:
+            row = self._old.execute(
+                "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?", (path,)
+            ).fetchone()
+        if row is None or tuple(row[:4]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return None
+        blob: bytes = row[4]
+        return [blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE)]
+
+    def record(self, path: str, st: os.stat_result, content: list[bytes]) -> None:
+        with self._lock:
+            self._batch.append(
+                (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(content))
+            )
+            if len(self._batch) >= 2000:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
+        self._batch.clear()
+
+    def commit(self) -> None:
+        """Make this backup's generation the one the next backup reads."""
+        with self._lock:
+            self._flush()
+        self._new.commit()
+        self._new.close()
+        if self._old is not None:
+            self._old.close()
+        os.replace(self.next_path, self.path)
+
+    def discard(self) -> None:
+        self._new.close()
+        if self._old is not None:
+            self._old.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.next_path.unlink()

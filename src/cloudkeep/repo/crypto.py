@@ -1,0 +1,166 @@
+"""Keys and primitives: keyed BLAKE3 content ids, zstd, AES-256-GCM, scrypt key derivation.
+
+Every stored byte string (blob, pack header, index, snapshot, config) is ``nonce || AES-GCM
+ciphertext+tag`` with associated data naming what it is, so a blob cannot be swapped for another
+or a snapshot passed off as an index without failing authentication.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from cloudkeep.errors import AuthenticationError, IntegrityError
+
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE + 1  # nonce + tag + codec byte
+ID_SIZE = 32
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"))
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The repository's secret: ``encryption`` for AES-GCM, ``id_key`` for keyed BLAKE3 content ids.
+
+    Content ids are keyed so that someone with read access to the bucket cannot confirm whether a
+    known file is stored by hashing it themselves.
+    """
+
+    encryption: bytes
+    id_key: bytes
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        return cls(secrets.token_bytes(32), secrets.token_bytes(32))
+
+    def to_json(self) -> dict[str, str]:
+        return {"encryption": b64(self.encryption), "id_key": b64(self.id_key)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> MasterKey:
+        return cls(unb64(data["encryption"]), unb64(data["id_key"]))
+
+
+class Crypter:
+    """Seal/open byte strings and compute content ids with one master key; thread-safe."""
+
+    def __init__(self, key: MasterKey, compression_level: int = 3) -> None:
+        self.key = key
+        self._aead = AESGCM(key.encryption)
+        self.compression_level = compression_level
+        self._local = threading.local()  # zstd contexts are not thread-safe; reuse one per thread
+
+    def content_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self.key.id_key).digest()
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise IntegrityError(f"{what}: truncated ({len(sealed)} bytes)")
+        sealed = memoryview(sealed)
+        try:
+            return self._aead.decrypt(bytes(sealed[:NONCE_SIZE]), bytes(sealed[NONCE_SIZE:]), aad)
+        except InvalidTag:
+            raise IntegrityError(
+                f"{what}: authentication failed (corrupted, tampered with, or written with another key)",
+                hint="run `cloudkeep check --read-data` to see which restore points are affected",
+            ) from None
+
+    def encode(self, data: bytes | memoryview, aad: bytes, *, compress: bool = True) -> bytes:
+        """Compress (unless it does not pay) then seal; the first plaintext byte names the codec."""
+        if compress and len(data) > 64:
+            compressor = getattr(self._local, "compressor", None)
+            if compressor is None:
+                compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.compression_level)
+            packed = compressor.compress(data)
+            # Incompressible data (media, archives) is stored raw: saves CPU on every restore.
+            if len(packed) < len(data) - len(data) // 32:
+                return self.seal(bytes([CODEC_ZSTD]) + packed, aad)
+        return self.seal(bytes([CODEC_RAW]) + bytes(data), aad)
+
+    def decode(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+        plain = self.open(sealed, aad, what)
+        if not plain:
+            raise IntegrityError(f"{what}: empty payload")
+        codec, body = plain[0], memoryview(plain)[1:]
+        if codec == CODEC_RAW:
+            return bytes(body)
+        if codec == CODEC_ZSTD:
+            try:
+                decompressor = getattr(self._local, "decompressor", None)
+                if decompressor is None:
+                    decompressor = self._local.decompressor = zstandard.ZstdDecompressor()
+                return decompressor.decompress(body)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+        raise IntegrityError(f"{what}: unknown codec {codec}")
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """scrypt cost; the default takes ~0.1 s and 64 MiB, making password guessing expensive."""
+
+    n: int = 2**16
+    r: int = 8
+    p: int = 1
+
+    def derive(self, password: str, salt: bytes) -> bytes:
+        return Scrypt(salt=salt, length=32, n=self.n, r=self.r, p=self.p).derive(password.encode("utf-8"))
+
+
+def wrap_master_key(master: MasterKey, password: str, kdf: KdfParams) -> dict[str, object]:
+    """A key file body: the master key sealed under a key derived from one password."""
+    import json
+
+    salt = secrets.token_bytes(16)
+    kek = AESGCM(kdf.derive(password, salt))
+    nonce = os.urandom(NONCE_SIZE)
+    sealed = kek.encrypt(nonce, json.dumps(master.to_json()).encode(), b"cloudkeep-key-v1")
+    return {
+        "version": 1,
+        "kdf": "scrypt",
+        "n": kdf.n,
+        "r": kdf.r,
+        "p": kdf.p,
+        "salt": b64(salt),
+        "data": b64(nonce + sealed),
+    }
+
+
+def unwrap_master_key(body: dict[str, object], password: str) -> MasterKey:
+    """Raises ``AuthenticationError`` if the password does not open this key file."""
+    import json
+
+    if body.get("kdf") != "scrypt":
+        raise IntegrityError(f"unsupported key derivation {body.get('kdf')!r}")
+    kdf = KdfParams(int(body["n"]), int(body["r"]), int(body["p"]))  # type: ignore[call-overload]
+    kek = AESGCM(kdf.derive(password, unb64(str(body["salt"]))))
+    data = unb64(str(body["data"]))
+    try:
+        plain = kek.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], b"cloudkeep-key-v1")
+    except InvalidTag:
+        raise AuthenticationError("wrong password for this repository") from None
+    return MasterKey.from_json(json.loads(plain))

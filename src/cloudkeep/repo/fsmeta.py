@@ -1,0 +1,98 @@
+"""Reading and applying file-system metadata (mode, owner, times, xattrs) for tree nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+
+from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def node_type(st: os.stat_result) -> str | None:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    return None  # sockets and doors are not restorable
+
+
+def read_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found: dict[str, bytes] = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            found[name] = os.getxattr(path, name, follow_symlinks=False)
+    return found
+
+
+def node_from_stat(name: str, path: str, st: os.stat_result, kind: str) -> Node:
+    node = Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=user_name(st.st_uid),
+        group=group_name(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        atime_ns=st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+    )
+    if kind == FILE:
+        node.size = st.st_size
+        node.sparse = st.st_blocks * 512 < st.st_size
+        if st.st_nlink > 1:  # only then is inode identity needed (hardlink restore); keeps trees stable
+            node.links, node.inode, node.device = st.st_nlink, st.st_ino, st.st_dev
+    elif kind == SYMLINK:
+        node.target = os.readlink(path)
+    elif kind in (CHARDEV, BLOCKDEV):
+        node.rdev = st.st_rdev
+    node.xattrs = read_xattrs(path)
+    return node
+
+
+def apply_metadata(path: str, node: Node, *, set_owner: bool) -> None:
+    """Best effort: ownership needs root, some xattr namespaces need privileges."""
+    is_link = node.type == SYMLINK
+    if set_owner:
+        with contextlib.suppress(OSError):
+            os.chown(path, node.uid, node.gid, follow_symlinks=False)
+    for name, value in node.xattrs.items():
+        with contextlib.suppress(OSError):
+            os.setxattr(path, name, value, follow_symlinks=False)
+    if not is_link:
+        os.chmod(path, node.mode)
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(path, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns), follow_symlinks=False)

@@ -1,0 +1,313 @@
+"""The repository: config, keys, index and blob access over one ``ObjectStore``.
+
+Storage layout (see docs/format.md)::
+
+    config                    sealed JSON: repository id, chunker parameters, pack size, compression
+    keys/<id>                 master key wrapped by one password (scrypt + AES-GCM)
+    data/<id[:2]>/<id>        packs of encrypted blobs
+    index/<id>                which pack holds which blob (one or more files per backup session)
+    snapshots/<id>            restore-point manifests; written last = the commit point
+    sessions/<id>             "backup in progress" markers that prune respects
+    prune/<id>                packs marked for deletion by prune's first phase
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudkeep.errors import ConflictError, IntegrityError, NotFoundError
+from cloudkeep.repo.chunker import ChunkerParams
+from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
+from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, decode_index_file
+from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
+from cloudkeep.repo.pack import BlobEntry, blob_aad, pack_key
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, decode_snapshot, encode_snapshot
+from cloudkeep.repo.tree import Node, decode_tree
+from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
+
+CONFIG_KEY = "config"
+SESSIONS_PREFIX = "sessions/"
+PRUNE_PREFIX = "prune/"
+_CONFIG_AAD = b"cloudkeep-config-v1"
+_MARKER_AAD = b"cloudkeep-marker-v1"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    chunker: ChunkerParams
+    pack_size: int
+    compression_level: int
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "id": self.id,
+            "chunker": self.chunker.to_json(),
+            "pack_size": self.pack_size,
+            "compression_level": self.compression_level,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepoConfig:
+        if data.get("version") != FORMAT_VERSION:
+            raise IntegrityError(f"unsupported repository format version {data.get('version')}")
+        return cls(
+            data["id"], ChunkerParams.from_json(data["chunker"]), data["pack_size"], data["compression_level"]
+        )
+
+
+class Repository:
+    """An opened repository. Thread-safe for the operations the engine uses concurrently."""
+
+    def __init__(self, store: ObjectStore, master: MasterKey, key_name: str, config: RepoConfig) -> None:
+        self.store = store
+        self.master = master
+        self.key_name = key_name
+        self.config = config
+        self.crypter = Crypter(master, config.compression_level)
+        self.lock = threading.RLock()
+        self.index = Index()  # blobs usable for dedup (excludes packs marked for deletion)
+        self.doomed = Index()  # blobs in packs prune has marked: readable, never deduplicated against
+        self.index_files: set[str] = set()
+        self.index_loaded_at = datetime.now(UTC)
+        self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._pack_cache_bytes = 0
+        self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self.io_threads = 8
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        store: ObjectStore,
+        password: str,
+        *,
+        pack_size: int = 32 * 2**20,
+        compression_level: int = 3,
+        kdf: KdfParams | None = None,
+        chunker: ChunkerParams | None = None,
+    ) -> Repository:
+        """Initialise a new repository; ``ConflictError`` if the store already holds one."""
+        if store.exists(CONFIG_KEY):
+            raise ConflictError(
+                f"{store.describe()} already holds a cloudkeep repository", hint="open it instead"
+            )
+        master = MasterKey.generate()
+        chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
+        config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level)
+        key_name = write_key_file(store, master, password, kdf or KdfParams())
+        crypter = Crypter(master)
+        try:
+            store.put(
+                CONFIG_KEY, crypter.encode(json.dumps(config.to_json()).encode(), _CONFIG_AAD), if_absent=True
+            )
+        except ConflictError:
+            store.delete(key_name)  # lost the race to another initialiser
+            raise ConflictError(f"{store.describe()} already holds a cloudkeep repository") from None
+        return cls(store, master, key_name, config)
+
+    @classmethod
+    def open(cls, store: ObjectStore, password: str) -> Repository:
+        """Open with any of the repository's passwords; ``AuthenticationError`` if none matches."""
+        key_name, master = open_with_password(store, password)
+        try:
+            sealed = store.get(CONFIG_KEY)
+        except ObjectNotFoundError:
+            raise NotFoundError(f"{store.describe()}: repository config is missing") from None
+        config = RepoConfig.from_json(json.loads(Crypter(master).decode(sealed, _CONFIG_AAD, "config")))
+        repo = cls(store, master, key_name, config)
+        repo.load_index()
+        return repo
+
+    def close(self) -> None:
+        with self.lock:
+            self._pack_cache.clear()
+            self._tree_cache.clear()
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # -- passwords -------------------------------------------------------------------------
+
+    def add_password(self, new_password: str, *, kdf: KdfParams | None = None) -> None:
+        write_key_file(self.store, self.master, new_password, kdf or KdfParams())
+
+    def change_password(self, old: str, new: str, *, kdf: KdfParams | None = None) -> None:
+        """Replace the key file ``old`` opens by one for ``new`` (new first, so a crash loses nothing)."""
+        old_key, _ = open_with_password(self.store, old)
+        new_key = write_key_file(self.store, self.master, new, kdf or KdfParams())
+        self.store.delete(old_key)
+        if self.key_name == old_key:
+            self.key_name = new_key
+
+    def key_names(self) -> list[str]:
+        return [info.key for info in self.store.list(KEYS_PREFIX)]
+
+    # -- index -----------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``."""
+        loaded_at = datetime.now(UTC)
+        keys = [info.key for info in self.store.list(INDEX_PREFIX)]
+        doomed_packs = self.doomed_packs()
+
+        def fetch(key: str) -> dict[str, list[BlobEntry]]:
+            return decode_index_file(self.crypter, key, self.store.get(key))
+
+        index, doomed = Index(), Index()
+        with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
+            for packs in pool.map(fetch, keys):
+                for pack_id, entries in packs.items():
+                    (doomed if pack_id in doomed_packs else index).add_pack(pack_id, entries)
+        with self.lock:
+            self.index, self.doomed, self.index_files = index, doomed, set(keys)
+            self.index_loaded_at = loaded_at
+
+    def locate(self, blob_id: bytes) -> Location:
+        with self.lock:
+            loc = self.index.get(blob_id) or self.doomed.get(blob_id)
+        if loc is None:
+            raise IntegrityError(
+                f"blob {blob_id.hex()} is not in the index",
+                hint="the index may be missing or damaged: run `cloudkeep repo check`, then `rebuild-index`",
+            )
+        return loc
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        with self.lock:
+            return blob_id in self.index
+
+    # -- markers ---------------------------------------------------------------------------
+
+    def write_marker(self, key: str, body: dict[str, Any]) -> None:
+        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD))
+
+    def read_marker(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), _MARKER_AAD, key))
+        return result
+
+    def doomed_packs(self) -> set[str]:
+        packs: set[str] = set()
+        for info in self.store.list(PRUNE_PREFIX):
+            try:
+                packs.update(self.read_marker(info.key)["packs"])
+            except ObjectNotFoundError:
+                continue
+        return packs
+
+    # -- reading blobs ---------------------------------------------------------------------
+
+    def _cached_pack(self, pack_id: str) -> bytes:
+        with self.lock:
+            body = self._pack_cache.get(pack_id)
+            if body is not None:
+                self._pack_cache.move_to_end(pack_id)
+                return body
+        body = self.store.get(pack_key(pack_id))
+        with self.lock:
+            self._pack_cache[pack_id] = body
+            self._pack_cache_bytes += len(body)
+            while self._pack_cache_bytes > 128 * 2**20 and len(self._pack_cache) > 1:
+                _, old = self._pack_cache.popitem(last=False)
+                self._pack_cache_bytes -= len(old)
+        return body
+
+    def decode_blob(self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and verify one blob against its content id."""
+        what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+        if len(sealed) != entry.length:
+            raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+        data = self.crypter.decode(sealed, blob_aad(entry.type, entry.id), what)
+        if self.crypter.content_id(data) != entry.id:
+            raise IntegrityError(f"{what}: content does not match its id")
+        return data
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        loc = self.locate(blob_id)
+        entry = loc.entry
+        try:
+            if entry.type == "tree":  # tree packs are small and read together: fetch them whole
+                sealed: bytes | memoryview = memoryview(self._cached_pack(loc.pack_id))[
+                    entry.offset : entry.offset + entry.length
+                ]
+            else:
+                sealed = self.store.get_range(pack_key(loc.pack_id), entry.offset, entry.length)
+        except ObjectNotFoundError:
+            raise IntegrityError(
+                f"pack {loc.pack_id} holding blob {blob_id.hex()} is missing from storage",
+                hint="run `cloudkeep repo check` to see which restore points are affected",
+            ) from None
+        return self.decode_blob(entry, loc.pack_id, sealed)
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        with self.lock:
+            nodes = self._tree_cache.get(tree_id)
+            if nodes is not None:
+                self._tree_cache.move_to_end(tree_id)
+                return nodes
+        try:
+            nodes = decode_tree(self.load_blob(tree_id))
+        except (ValueError, KeyError) as exc:
+            raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
+        with self.lock:
+            self._tree_cache[tree_id] = nodes
+            if len(self._tree_cache) > 4096:
+                self._tree_cache.popitem(last=False)
+        return nodes
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self.store.put(
+            SNAPSHOT_PREFIX + snapshot.id,
+            encode_snapshot(self.crypter, snapshot),
+            if_absent=True,
+            retain_until=snapshot.retain_until,
+        )
+
+    def snapshot_ids(self) -> list[str]:
+        return [info.key[len(SNAPSHOT_PREFIX) :] for info in self.store.list(SNAPSHOT_PREFIX)]
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """Load by full id or unique prefix (as shown by ``list_snapshots``)."""
+        key = SNAPSHOT_PREFIX + snapshot_id
+        try:
+            return decode_snapshot(self.crypter, snapshot_id, self.store.get(key))
+        except ObjectNotFoundError:
+            pass
+        matches = [sid for sid in self.snapshot_ids() if sid.startswith(snapshot_id)]
+        if len(matches) != 1:
+            what = "is ambiguous" if matches else "does not exist"
+            raise NotFoundError(f"restore point {snapshot_id} {what}", hint="list restore points to pick one")
+        return decode_snapshot(self.crypter, matches[0], self.store.get(SNAPSHOT_PREFIX + matches[0]))
+
+    def snapshots(self) -> Iterator[Snapshot]:
+        ids = self.snapshot_ids()
+
+        def fetch(sid: str) -> Snapshot | None:
+            try:
+                return decode_snapshot(self.crypter, sid, self.store.get(SNAPSHOT_PREFIX + sid))
+            except ObjectNotFoundError:
+                return None  # forgotten while listing
+
+        with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
+            for snap in pool.map(fetch, ids):
+                if snap is not None:
+                    yield snap
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

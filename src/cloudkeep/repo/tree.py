@@ -1,0 +1,113 @@
+"""Directory trees: one tree blob per directory, addressed by content id like any other blob.
+
+An unchanged directory serialises to the same bytes and therefore the same id, so it is stored
+once across every restore point. A node records what restore needs to recreate the entry:
+type, mode, owner, times, xattrs (which carry POSIX ACLs on Linux), symlink target, hardlink
+identity, sparseness, and the list of content chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+FIFO = "fifo"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
+
+
+@dataclass
+class Node:
+    """One entry of a directory, as stored in its tree blob."""
+
+    name: str
+    type: str
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    size: int = 0
+    inode: int = 0
+    device: int = 0
+    links: int = 1
+    rdev: int = 0
+    content: list[bytes] = field(default_factory=list)
+    subtree: bytes | None = None
+    target: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    sparse: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+        }
+        # atime/ctime change on every read or chmod: storing them would give an unchanged directory a
+        # new tree id on every backup. The file cache keeps ctime for change detection instead.
+        for attr in ("uid", "gid", "user", "group", "size", "inode", "device", "rdev"):
+            value = getattr(self, attr)
+            if value:
+                out[attr] = value
+        if self.links != 1:
+            out["links"] = self.links
+        if self.content:
+            out["content"] = [c.hex() for c in self.content]
+        if self.subtree is not None:
+            out["subtree"] = self.subtree.hex()
+        if self.target:
+            out["target"] = self.target
+        if self.xattrs:
+            out["xattrs"] = {k: v.hex() for k, v in sorted(self.xattrs.items())}
+        if self.sparse:
+            out["sparse"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Node:
+        node = cls(name=data["name"], type=data["type"])
+        for attr in ("mode", "uid", "gid", "user", "group", "mtime_ns", "atime_ns", "ctime_ns", "size"):
+            if attr in data:
+                setattr(node, attr, data[attr])
+        for attr in ("inode", "device", "rdev", "links", "target", "sparse"):
+            if attr in data:
+                setattr(node, attr, data[attr])
+        node.content = [bytes.fromhex(c) for c in data.get("content", [])]
+        node.subtree = bytes.fromhex(data["subtree"]) if "subtree" in data else None
+        node.xattrs = {k: bytes.fromhex(v) for k, v in data.get("xattrs", {}).items()}
+        return node
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    nodes = sorted(nodes, key=lambda n: n.name)
+    return json.dumps({"nodes": [n.to_json() for n in nodes]}, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_tree(data: bytes) -> list[Node]:
+    return [Node.from_json(item) for item in json.loads(data)["nodes"]]
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """What browsing a restore point shows: an absolute path inside the snapshot plus basic metadata."""
+
+    path: str
+    type: str
+    size: int
+    mode: int
+    mtime: datetime
+
+    @classmethod
+    def of(cls, path: str, node: Node) -> TreeEntry:
+        return cls(path, node.type, node.size, node.mode, datetime.fromtimestamp(node.mtime_ns / 1e9, UTC))
