@@ -187,25 +187,13 @@ def mark_removed(
     return touched
 
 
-def retention_command_body(
-    policy: RetentionPolicy,
-    points: Sequence[RestorePoint],
-    plan: RetentionPlan,
-    *,
-    hostname: str,
-    prune: bool,
-) -> dict[str, Any]:
-    """The ``retention`` command: the explicit decision plus the policy for the agent's log."""
-    by_id = {p.id: p for p in points}
-    return {
-        "policy": {
-            **policy.as_dict(),
-            "hostname": hostname,
-            "forget_snapshot_ids": [by_id[i].snapshot_id for i in plan.remove],
-            "keep_snapshot_ids": [by_id[i].snapshot_id for i in plan.keep],
-        },
-        "prune": prune,
-    }
+def retention_command_body(policy: RetentionPolicy, *, prune: bool, hostname: str) -> dict[str, Any]:
+    """The ``retention`` command body (protocol ``RetentionCommand``): the job's policy for one host.
+
+    The engine applies the policy to this host's snapshots and keeps anything still under object
+    lock; the server then records exactly what the agent reports removed.
+    """
+    return {"policy": policy.as_dict(), "prune": prune, "hostname": hostname}
 
 
 def removed_snapshot_ids(payload: dict[str, Any]) -> list[str]:

@@ -1,0 +1,525 @@
+"""Running a backup job: one JobSession, one SessionTask per machine, a ``backup`` command each.
+
+The machines are resolved at every start from the job's protection groups plus its explicit
+machines, so a machine discovered later joins the next run by itself. A machine that is not
+deployed gets a ``skipped`` task saying why. Each agent receives scoped, expiring credentials
+(refreshed for long tasks with ``update_credentials``) and writes straight to object storage;
+the server only records the result: a ``RestorePoint`` per success, statistics, then retention.
+
+Session state: ``success`` when every machine succeeded, ``warning`` when some did (or an agent
+reported warnings), ``failed`` when none did, ``stopped`` when the administrator stopped it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time as monotonic_time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select
+
+from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError, NotFoundError
+from cloudkeep.providers.base import CloudProvider
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import (
+    BackupJob,
+    CommandRecord,
+    DiscoveredMachine,
+    JobSession,
+    RestorePoint,
+    SessionTask,
+)
+from cloudkeep.server.jobs import retention as ret
+from cloudkeep.server.jobs.access import (
+    DEFAULT_CREDENTIALS_TTL,
+    agent_access,
+    load_repository,
+    repository_password,
+)
+from cloudkeep.server.jobs.stats import session_stats, task_stats
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("pending", "running")
+JOB_MODE_TO_COMMAND = {"file": "files", "files": "files", "volume": "volume", "entire": "entire"}
+_GLOB_CHARS = set("*?[")
+
+
+class CommandSender(Protocol):
+    """What the runner needs from ``cloudkeep.server.dispatcher.Dispatcher``."""
+
+    def send(
+        self,
+        machine_id: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        sealed: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        ttl: float = 3600,
+    ) -> str: ...
+
+    def wait(
+        self,
+        command_id: str,
+        *,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll: float = 0.2,
+    ) -> dict[str, Any]: ...
+
+
+class TaskStopped(Exception):
+    """The administrator stopped the session while this task ran."""
+
+
+class TaskFailed(CloudkeepError):
+    """The machine reported an error (or never answered); the message is the machine's reason."""
+
+
+def default_dispatcher(ctx: ServerContext) -> CommandSender:
+    from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
+
+    ensure_consumers(ctx)
+    return Dispatcher(ctx)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- starting and stopping ----------------------------------------------------------------------
+
+
+def resolve_job(db: Any, ref: str) -> BackupJob:
+    job = db.get(BackupJob, ref) or db.scalar(select(BackupJob).where(BackupJob.name == ref))
+    if job is None:
+        raise NotFoundError(f"backup job {ref!r} does not exist", hint="list jobs with `cloudkeep job list`")
+    return job
+
+
+def job_machines(db: Any, job: BackupJob) -> list[DiscoveredMachine]:
+    """Every machine of the job's protection groups (as discovered now) plus its explicit machines."""
+    conditions = []
+    if job.protection_group_ids:
+        conditions.append(DiscoveredMachine.protection_group_id.in_(list(job.protection_group_ids)))
+    if job.machine_ids:
+        conditions.append(DiscoveredMachine.id.in_(list(job.machine_ids)))
+    if not conditions:
+        return []
+    stmt = select(DiscoveredMachine).where(or_(*conditions)).order_by(DiscoveredMachine.name)
+    return list(db.scalars(stmt))
+
+
+def _select_machines(
+    machines: list[DiscoveredMachine], wanted: list[str] | None, job: BackupJob
+) -> list[str]:
+    if wanted is None:
+        return [m.id for m in machines]
+    by_ref = {m.id: m.id for m in machines} | {m.name: m.id for m in machines}
+    unknown = [w for w in wanted if w not in by_ref]
+    if unknown:
+        raise ConfigurationError(
+            f"machine(s) {', '.join(unknown)} are not part of job {job.name!r}",
+            hint="add them to the job or to one of its protection groups",
+        )
+    return list(dict.fromkeys(by_ref[w] for w in wanted))
+
+
+def start_job(
+    ctx: ServerContext,
+    job_id: str,
+    *,
+    trigger: str = "manual",
+    machine_ids: list[str] | None = None,
+    wait: bool = False,
+    attempt: int = 1,
+    dispatcher: CommandSender | None = None,
+) -> str:
+    """Create the session and its tasks, then run it (inline when ``wait``, else on a daemon thread)."""
+    with ctx.db() as db:
+        job = resolve_job(db, job_id)
+        running = db.scalar(
+            select(JobSession.id).where(JobSession.job_id == job.id, JobSession.state.in_(ACTIVE_STATES))
+        )
+        if running:
+            raise ConflictError(
+                f"job {job.name!r} is already running (session {running})",
+                hint=f"watch it with `cloudkeep session watch {running}` or stop it first",
+            )
+        selected = _select_machines(job_machines(db, job), machine_ids, job)
+        session = JobSession(kind="backup", job_id=job.id, trigger=trigger, attempt=attempt, state="pending")
+        session.stats = {"machines": len(selected), "job_name": job.name}
+        db.add(session)
+        db.flush()
+        for machine_id in selected:
+            db.add(SessionTask(session_id=session.id, machine_id=machine_id, state="pending"))
+        session_id = session.id
+    runner = SessionRunner(ctx, session_id, dispatcher)
+    if wait:
+        runner.run()
+    else:
+        threading.Thread(target=runner.run, name=f"ck-session-{session_id[:8]}", daemon=True).start()
+    return session_id
+
+
+def stop_session(ctx: ServerContext, session_id: str) -> None:
+    """Ask a running session to stop: no new task starts and running tasks stop being waited for."""
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        if session is None:
+            raise NotFoundError(f"session {session_id} does not exist")
+        if session.state not in ACTIVE_STATES:
+            raise ConflictError(f"session {session_id} already ended ({session.state})")
+        session.stop_requested = True
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def append_log(db: Any, task: SessionTask, message: str, level: str = "info") -> None:
+    task.log = [*(task.log or []), {"at": utcnow().isoformat(), "level": level, "message": message}]
+
+
+def update_task(ctx: ServerContext, task_id: str, message: str | None = None, **fields: Any) -> None:
+    with ctx.db() as db:
+        task = db.get(SessionTask, task_id)
+        if task is None:
+            return
+        for key, value in fields.items():
+            setattr(task, key, value)
+        if message:
+            append_log(db, task, message, "error" if fields.get("state") == "failed" else "info")
+
+
+def build_backup_body(
+    job: BackupJob, machine: DiscoveredMachine, retain_until: datetime | None
+) -> dict[str, Any]:
+    """The ``backup`` command body (secrets excluded: the repository goes in the sealed field)."""
+    mode = JOB_MODE_TO_COMMAND.get(job.mode)
+    if mode is None:
+        raise ConfigurationError(
+            f"job {job.name!r} has unknown mode {job.mode!r}", hint="use entire, volume or file"
+        )
+    options = job.options or {}
+    includes = list(job.includes or [])
+    masks: list[str]
+    if mode == "entire":
+        sources, masks = ["/"], []
+    elif mode == "volume":
+        sources, masks = includes, []
+    else:
+        masks = [i for i in includes if _GLOB_CHARS & set(i)]
+        sources = [i for i in includes if i not in masks] or ["/"]
+    body: dict[str, Any] = {
+        "mode": mode,
+        "sources": sources,
+        "includes": masks,
+        "excludes": list(job.excludes or []),
+        "hostname": machine.id,
+        "tags": [f"job:{job.id}", f"machine:{machine.name}"],
+        "retain_until": retain_until.isoformat() if retain_until else None,
+    }
+    for key in ("bandwidth_limit", "compression_level", "pre_script", "post_script", "script_timeout"):
+        if options.get(key) is not None:
+            body[key] = options[key]
+    return body
+
+
+def _parse_time(value: Any, default: datetime) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except ValueError:
+            return default
+    return default
+
+
+class SessionRunner:
+    """Runs one backup session to its end; safe to construct anywhere, runs in the calling thread."""
+
+    def __init__(self, ctx: ServerContext, session_id: str, dispatcher: CommandSender | None = None) -> None:
+        self.ctx = ctx
+        self.session_id = session_id
+        self._dispatcher = dispatcher
+        self.provider: CloudProvider | None = None
+
+    @property
+    def dispatcher(self) -> CommandSender:
+        if self._dispatcher is None:
+            self._dispatcher = default_dispatcher(self.ctx)
+        return self._dispatcher
+
+    def stop_requested(self) -> bool:
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            return bool(session and session.stop_requested)
+
+    def run(self) -> None:
+        started = utcnow()
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            assert session is not None
+            session.state, session.started_at = "running", started
+            job = db.get(BackupJob, session.job_id)
+            assert job is not None
+            task_ids = [(t.id, t.machine_id) for t in session.tasks]
+        try:
+            if not task_ids:
+                raise ConfigurationError(
+                    f"job {job.name!r} has no machines",
+                    hint="add a protection group with deployed machines, or run a rescan",
+                )
+            self.repository = load_repository(self.ctx, job.repository_id)
+            self.password = repository_password(self.ctx, self.repository, job)
+            self.provider = self.ctx.provider_for(self.repository.credential_id)
+            self.job = job
+            parallel = max(1, int((job.options or {}).get("parallel_machines", 4)))
+            with ThreadPoolExecutor(max_workers=min(parallel, len(task_ids))) as pool:
+                list(pool.map(lambda pair: self._run_task(*pair), task_ids))
+            self._finish(started, None)
+        except CloudkeepError as exc:
+            self._finish(started, str(exc))
+        except Exception as exc:  # a bug must still end the session, never leave it "running"
+            log.exception("session %s crashed", self.session_id)
+            self._finish(started, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if self.provider is not None:
+                self.provider.close()
+        self._after()
+
+    # --- one machine ---
+
+    def _run_task(self, task_id: str, machine_id: str) -> None:
+        with self.ctx.db() as db:
+            machine = db.get(DiscoveredMachine, machine_id)
+            assert machine is not None
+        if self.stop_requested():
+            update_task(self.ctx, task_id, "stopped before it started", state="stopped", ended_at=utcnow())
+            return
+        if machine.status != "deployed":
+            why = f": {machine.status_reason}" if machine.status_reason else ""
+            reason = (
+                f"machine {machine.name} is not deployed (status {machine.status}{why}); "
+                "run a rescan of its protection group to deploy it"
+            )
+            update_task(self.ctx, task_id, reason, state="skipped", reason=reason, ended_at=utcnow())
+            return
+        started = utcnow()
+        update_task(self.ctx, task_id, f"backing up {machine.name}", state="running", started_at=started)
+        try:
+            payload = self._backup(task_id, machine)
+            point_id, warnings = self._record_success(task_id, machine, payload, started)
+            warnings += self._apply_retention(task_id, machine)
+            state = "warning" if warnings else "success"
+            reason = "; ".join(warnings)
+            update_task(self.ctx, task_id, f"restore point {point_id} recorded", state=state, reason=reason)
+        except TaskStopped:
+            update_task(self.ctx, task_id, "stopped by the administrator", state="stopped", reason="stopped")
+        except CloudkeepError as exc:
+            update_task(self.ctx, task_id, str(exc), state="failed", reason=str(exc))
+        except Exception as exc:
+            log.exception("task %s crashed", task_id)
+            update_task(
+                self.ctx, task_id, f"internal error: {exc}", state="failed", reason=f"internal error: {exc}"
+            )
+        finally:
+            update_task(self.ctx, task_id, ended_at=utcnow())
+
+    def _access(self, machine_id: str) -> tuple[dict[str, Any], int]:
+        assert self.provider is not None
+        ttl = int((self.job.options or {}).get("credentials_ttl_seconds", DEFAULT_CREDENTIALS_TTL))
+        access = agent_access(self.provider, self.repository, machine_id, self.password, expires_seconds=ttl)
+        return access, ttl
+
+    def _backup(self, task_id: str, machine: DiscoveredMachine) -> dict[str, Any]:
+        days = self.repository.immutability_days
+        retain_until = utcnow() + timedelta(days=days) if days else None
+        body = build_backup_body(self.job, machine, retain_until)
+        access, ttl = self._access(machine.id)
+        timeout = float((self.job.options or {}).get("task_timeout_seconds", 24 * 3600))
+        command_id = self.dispatcher.send(
+            machine.id, "backup", body, sealed={"repository": access}, task_id=task_id, ttl=timeout
+        )
+        update_task(self.ctx, task_id, f"backup command {command_id} sent", command_id=command_id)
+        return self._await(task_id, machine, command_id, timeout=timeout, refresh_every=ttl * 2 / 3)
+
+    def _await(
+        self,
+        task_id: str,
+        machine: DiscoveredMachine,
+        command_id: str,
+        *,
+        timeout: float,
+        refresh_every: float,
+    ) -> dict[str, Any]:
+        """Wait in short slices so a stop request and credential refresh are noticed on time."""
+        deadline = monotonic_time.monotonic() + timeout
+        refresh_at = monotonic_time.monotonic() + refresh_every
+        slice_seconds = float((self.job.options or {}).get("poll_slice_seconds", 2.0))
+        while True:
+            if self.stop_requested():
+                raise TaskStopped()
+            now = monotonic_time.monotonic()
+            if now >= deadline:
+                raise TaskFailed(f"{machine.name} did not finish the backup within {timeout:.0f} s")
+            if now >= refresh_at:
+                self._refresh_credentials(task_id, machine, command_id)
+                refresh_at = now + refresh_every
+            try:
+                return self.dispatcher.wait(command_id, timeout=min(slice_seconds, deadline - now))
+            except Exception as exc:
+                if self._still_running(command_id):
+                    continue  # only our slice ran out
+                if isinstance(exc, CloudkeepError):
+                    raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from exc
+                raise TaskFailed(f"{machine.name}: {exc}") from exc
+
+    def _still_running(self, command_id: str) -> bool:
+        with self.ctx.db() as db:
+            record = db.get(CommandRecord, command_id)
+            return record is not None and record.state in ("sent", "running")
+
+    def _refresh_credentials(self, task_id: str, machine: DiscoveredMachine, command_id: str) -> None:
+        access, _ttl = self._access(machine.id)
+        try:
+            self.dispatcher.send(
+                machine.id,
+                "update_credentials",
+                {"command_id": command_id},
+                sealed={"repository": access},
+                ttl=600,
+            )
+            update_task(self.ctx, task_id, "storage credentials refreshed")
+        except CloudkeepError as exc:  # the task may still finish with the old ones
+            update_task(self.ctx, task_id, f"could not refresh storage credentials: {exc}")
+
+    def _record_success(
+        self, task_id: str, machine: DiscoveredMachine, payload: dict[str, Any], started: datetime
+    ) -> tuple[str, list[str]]:
+        snapshot_id = payload.get("snapshot_id")
+        if not snapshot_id:
+            raise TaskFailed(f"{machine.name} reported success without a restore point id")
+        ended = utcnow()
+        stats = task_stats(payload.get("stats") or {}, (ended - started).total_seconds())
+        created = _parse_time(payload.get("snapshot_time"), ended)
+        days = self.repository.immutability_days
+        with self.ctx.db() as db:
+            existing = db.scalar(
+                select(RestorePoint).where(
+                    RestorePoint.repository_id == self.repository.id, RestorePoint.snapshot_id == snapshot_id
+                )
+            )
+            point = existing or RestorePoint(
+                repository_id=self.repository.id,
+                machine_id=machine.id,
+                job_id=self.job.id,
+                session_id=self.session_id,
+                snapshot_id=snapshot_id,
+                mode=self.job.mode,
+                created_at=created,
+                size=int(stats.get("bytes_read", 0)),
+                files=int(stats.get("files", 0)),
+                retain_until=created + timedelta(days=days) if days else None,
+                gfs=[],
+            )
+            db.add(point)
+            task = db.get(SessionTask, task_id)
+            assert task is not None
+            task.stats = {**(task.stats or {}), **stats, "snapshot_id": snapshot_id}
+            task.bytes_read = int(stats.get("bytes_read", task.bytes_read or 0))
+            task.bytes_transferred = int(stats.get("bytes_transferred", task.bytes_transferred or 0))
+            task.files = int(stats.get("files", task.files or 0))
+            task.progress = 1.0
+            db.flush()
+            point_id = point.id
+        warnings = [str(w) for w in payload.get("warnings") or []]
+        return point_id, warnings
+
+    def _apply_retention(self, task_id: str, machine: DiscoveredMachine) -> list[str]:
+        """Flag GFS points and have the agent forget what the policy no longer keeps; warnings only."""
+        try:
+            policy = ret.validate_retention(self.job.retention)
+            points = ret.catalog_points(self.ctx, self.job.id, machine.id)
+            plan = ret.plan_retention(points, policy, utcnow())
+            ret.record_gfs_flags(self.ctx, plan)
+            if not plan.remove:
+                return []
+            body = ret.retention_command_body(
+                policy, prune=bool((self.job.options or {}).get("prune", True)), hostname=machine.id
+            )
+            access, _ttl = self._access(machine.id)
+            command_id = self.dispatcher.send(machine.id, "retention", body, sealed={"repository": access})
+            payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
+            removed = ret.removed_snapshot_ids(payload)
+            locked = {p.snapshot_id for p in points if p.id in plan.keep and p.retain_until}
+            touched = ret.mark_removed(self.ctx, self.repository.id, removed, utcnow())
+            update_task(self.ctx, task_id, f"retention removed {len(touched)} restore point(s)")
+            if locked & set(removed):
+                return [
+                    f"agent removed restore points still under immutability: {sorted(locked & set(removed))}"
+                ]
+            return []
+        except TaskStopped:
+            raise
+        except CloudkeepError as exc:
+            return [f"retention not applied: {exc}"]
+
+    # --- the end ---
+
+    def _finish(self, started: datetime, error: str | None) -> None:
+        ended = utcnow()
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            assert session is not None
+            for task in session.tasks:  # a crash must not leave tasks "running"
+                if task.state in ACTIVE_STATES:
+                    task.state, task.reason, task.ended_at = "failed", error or "session ended", ended
+            tasks = [{"state": t.state, "stats": t.stats or {}} for t in session.tasks]
+            names = {t.machine_id: t for t in session.tasks}
+            session.stats = {
+                **(session.stats or {}),
+                **session_stats(tasks, (ended - started).total_seconds()),
+            }
+            state, reason = _session_outcome(tasks, session.stop_requested, error)
+            bad = [
+                t.reason for t in names.values() if t.state in ("failed", "skipped")
+            ]  # reasons name the machine
+            session.state, session.ended_at = state, ended
+            session.reason = (
+                reason if not bad or state == "success" else f"{reason}; " + "; ".join(bad)[:2000]
+            )
+
+    def _after(self) -> None:
+        """Notifications, retries and chained jobs: each may fail without affecting the session's result."""
+        from cloudkeep.server.jobs import notifications, scheduler
+
+        hooks: list[Callable[[], object]] = [
+            lambda: notifications.notify_session(self.ctx, self.session_id),
+            lambda: scheduler.after_session(self.ctx, self.session_id, dispatcher=self._dispatcher),
+        ]
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a post-session hook failed for %s", self.session_id)
+
+
+def _session_outcome(tasks: list[dict[str, Any]], stopped: bool, error: str | None) -> tuple[str, str]:
+    if error:
+        return "failed", error
+    total = len(tasks)
+    ok = sum(1 for t in tasks if t["state"] == "success")
+    warned = sum(1 for t in tasks if t["state"] == "warning")
+    if stopped:
+        return "stopped", f"stopped by the administrator; {ok + warned} of {total} machine(s) backed up"
+    if ok == total:
+        return "success", f"{total} machine(s) backed up"
+    if ok + warned == 0:
+        return "failed", f"no machine backed up (0 of {total})"
+    return "warning", f"{ok + warned} of {total} machine(s) backed up"

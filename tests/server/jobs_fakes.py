@@ -1,0 +1,201 @@
+"""Test helpers for jobs: a catalog world builder and an IN-PROCESS FAKE dispatcher.
+
+The fake stands in for ``cloudkeep.server.dispatcher.Dispatcher`` + the machine-side agent so
+the runner's bookkeeping (tasks, restore points, statistics, retries, stop, credential refresh,
+retention) can be tested in milliseconds and with exact failure injection. The end-to-end tests
+in ``test_jobs_e2e.py`` use the real dispatcher and real machine processes instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cloudkeep.config import Settings
+from cloudkeep.errors import UnreachableError
+from cloudkeep.server.context import ServerContext, open_context
+from cloudkeep.server.db.models import (
+    BackupJob,
+    CommandRecord,
+    Credential,
+    DiscoveredMachine,
+    ProtectionGroup,
+    Repository,
+)
+
+
+def make_context(tmp: Path, database_url: str | None = None) -> ServerContext:
+    return open_context(Settings(home=tmp / "home", database_url=database_url))
+
+
+@dataclass
+class World:
+    ctx: ServerContext
+    repository_id: str
+    group_id: str
+    machine_ids: list[str]
+
+    def add_job(self, name: str = "nightly", **fields: Any) -> str:
+        with self.ctx.db() as db:
+            job = BackupJob(
+                name=name,
+                repository_id=self.repository_id,
+                protection_group_ids=[self.group_id],
+                mode=fields.pop("mode", "file"),
+                includes=fields.pop("includes", ["/data"]),
+                **fields,
+            )
+            db.add(job)
+            db.flush()
+            return job.id
+
+
+def build_world(
+    ctx: ServerContext,
+    lab: Path,
+    *,
+    machines: int = 3,
+    undeployed: tuple[int, ...] = (),
+    immutability_days: int = 0,
+    password: str = "correct horse battery",
+) -> World:
+    """A local credential, a backup repository, a protection group and ``machines`` deployed machines."""
+    with ctx.db() as db:
+        cred = Credential(name=f"lab-{uuid.uuid4().hex[:6]}", provider="local", secret=ctx.secrets.seal({}))
+        cred.options = {"lab_dir": str(lab)}
+        db.add(cred)
+        db.flush()
+        dist = Repository(
+            name=f"dist-{cred.name}", purpose="distribution", credential_id=cred.id, location="dist"
+        )
+        repo = Repository(
+            name=f"repo-{cred.name}",
+            purpose="backup",
+            credential_id=cred.id,
+            location="backups",
+            password=ctx.secrets.seal(password),
+            immutability_days=immutability_days,
+        )
+        db.add_all([dist, repo])
+        db.flush()
+        group = ProtectionGroup(
+            name=f"group-{cred.name}", credential_id=cred.id, distribution_repository_id=dist.id
+        )
+        db.add(group)
+        db.flush()
+        ids = []
+        for i in range(machines):
+            machine = DiscoveredMachine(
+                protection_group_id=group.id,
+                cloud_id=f"vm-{i}",
+                name=f"vm-{i}",
+                platform="linux",
+                status="failed" if i in undeployed else "deployed",
+                status_reason="install step failed: no space left on device" if i in undeployed else "",
+            )
+            db.add(machine)
+            db.flush()
+            ids.append(machine.id)
+        return World(ctx, repo.id, group.id, ids)
+
+
+@dataclass
+class Sent:
+    command_id: str
+    machine_id: str
+    kind: str
+    body: dict[str, Any]
+    sealed: dict[str, Any] | None
+    task_id: str | None
+
+
+@dataclass
+class FakeDispatcher:
+    """Answers commands like an agent would; ``fail``/``hold`` inject failures and long tasks."""
+
+    ctx: ServerContext
+    fail: dict[str, str] = field(default_factory=dict)  # machine_id -> error message for backups
+    hold: set[str] = field(default_factory=set)  # machine ids whose backup waits for release/refresh
+    release_on_refresh: bool = False
+    stats: dict[str, Any] = field(
+        default_factory=lambda: {
+            "bytes_read": 1000,
+            "data_added": 400,
+            "bytes_uploaded": 100,
+            "files": 7,
+            "timings": {"read_seconds": 1.0, "upload_seconds": 3.0},
+        }
+    )
+    sent: list[Sent] = field(default_factory=list)
+    snapshots: dict[str, list[tuple[str, datetime]]] = field(default_factory=dict)  # hostname -> snapshots
+    released: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def kinds(self, kind: str) -> list[Sent]:
+        return [s for s in self.sent if s.kind == kind]
+
+    def send(
+        self,
+        machine_id: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        sealed: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        ttl: float = 3600,
+    ) -> str:
+        command_id = uuid.uuid4().hex
+        with self.lock:
+            self.sent.append(Sent(command_id, machine_id, kind, body, sealed, task_id))
+        with self.ctx.db() as db:
+            db.add(
+                CommandRecord(
+                    id=command_id, machine_id=machine_id, kind=kind, channel="fake", task_id=task_id
+                )
+            )
+        if kind == "update_credentials" and self.release_on_refresh:
+            self.released.set()
+        return command_id
+
+    def _finish(self, command_id: str, state: str, result: dict[str, Any]) -> None:
+        with self.ctx.db() as db:
+            record = db.get(CommandRecord, command_id)
+            assert record is not None
+            record.state, record.result, record.completed_at = state, result, datetime.now(UTC)
+
+    def wait(
+        self, command_id: str, *, timeout: float, on_progress: Any = None, poll: float = 0.2
+    ) -> dict[str, Any]:
+        command = next(s for s in self.sent if s.command_id == command_id)
+        if command.kind == "backup" and command.machine_id in self.hold and not self.released.wait(timeout):
+            raise TimeoutError(f"command {command_id} still running after {timeout} s")
+        if command.kind == "backup":
+            if command.machine_id in self.fail:
+                self._finish(command_id, "failed", {"error": self.fail[command.machine_id]})
+                raise UnreachableError(self.fail[command.machine_id])
+            snapshot_id = uuid.uuid4().hex
+            now = datetime.now(UTC)
+            with self.lock:
+                self.snapshots.setdefault(command.body["hostname"], []).append((snapshot_id, now))
+            payload = {
+                "snapshot_id": snapshot_id,
+                "snapshot_time": now.isoformat(),
+                "stats": dict(self.stats),
+            }
+        elif command.kind == "retention":
+            keep = command.body["policy"].get("keep_last", 10**9)
+            with self.lock:
+                mine = self.snapshots.get(command.body["hostname"], [])
+                removed = [s for s, _t in mine[:-keep]]
+                self.snapshots[command.body["hostname"]] = mine[-keep:]
+            payload = {"kept": keep, "removed": removed}
+        elif command.kind == "check":
+            payload = {"ok": True, "problems": []}
+        else:
+            payload = {}
+        self._finish(command_id, "done", {"ok": True, "payload": payload})
+        return payload

@@ -1,0 +1,268 @@
+"""The session runner's bookkeeping, driven through an in-process FAKE dispatcher (see jobs_fakes).
+
+Why a fake here: these tests inject exact agent failures and long-running tasks to check the
+catalog (tasks, restore points, statistics, stop, credential refresh, retention) deterministically
+and fast. The real dispatcher + machine processes are exercised in test_jobs_e2e.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
+
+from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import BackupJob, JobSession, RestorePoint, SessionTask
+from cloudkeep.server.jobs import start_job, stop_session
+from cloudkeep.server.jobs.runner import build_backup_body
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ServerContext:
+    context = make_context(tmp_path)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def world(ctx: ServerContext, tmp_path: Path) -> World:
+    return build_world(ctx, tmp_path / "lab", undeployed=(2,))
+
+
+def session_of(ctx: ServerContext, session_id: str) -> tuple[JobSession, dict[str, SessionTask]]:
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        assert session is not None
+        tasks = {t.machine_id: t for t in session.tasks}
+        return session, tasks
+
+
+def points(ctx: ServerContext, **where: object) -> list[RestorePoint]:
+    with ctx.db() as db:
+        stmt = select(RestorePoint).filter_by(**where).order_by(RestorePoint.created_at)
+        return list(db.scalars(stmt))
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_job_over_three_machines_skips_the_undeployed_one_with_a_reason(
+    ctx: ServerContext, world: World
+) -> None:
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job()
+    session_id = start_job(ctx, job_id, wait=True, dispatcher=fake)
+    session, tasks = session_of(ctx, session_id)
+    assert session.state == "warning"
+    assert "2 of 3 machine(s) backed up" in session.reason
+    assert [tasks[m].state for m in world.machine_ids] == ["success", "success", "skipped"]
+    skipped = tasks[world.machine_ids[2]]
+    assert (
+        "vm-2 is not deployed (status failed: install step failed: no space left on device)" in skipped.reason
+    )
+    assert "run a rescan" in skipped.reason
+    # one backup command per deployed machine, password only in the sealed part
+    backups = fake.kinds("backup")
+    assert sorted(b.machine_id for b in backups) == sorted(world.machine_ids[:2])
+    for command in backups:
+        assert (
+            command.sealed is not None and command.sealed["repository"]["password"] == "correct horse battery"
+        )
+        assert command.sealed["repository"]["store_url"].startswith("file://")
+        assert "password" not in str(command.body)
+        assert command.body["hostname"] == command.machine_id and command.body["mode"] == "files"
+    recorded = points(ctx, job_id=job_id)
+    assert len(recorded) == 2 and {p.session_id for p in recorded} == {session_id}
+    assert {p.snapshot_id for p in recorded} == {s[0] for v in fake.snapshots.values() for s in v}
+
+
+def test_statistics_ratios_speed_and_bottleneck(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx)
+    session_id = start_job(ctx, world.add_job(), machine_ids=["vm-0"], wait=True, dispatcher=fake)
+    session, tasks = session_of(ctx, session_id)
+    task = tasks[world.machine_ids[0]]
+    assert session.state == "success"
+    assert (task.bytes_read, task.bytes_transferred, task.files) == (1000, 100, 7)
+    assert task.stats["dedup_ratio"] == 2.5  # 1000 read / 400 new
+    assert task.stats["compression_ratio"] == 4.0  # 400 new / 100 sent
+    assert task.stats["bottleneck"] == "network"  # upload 3 s > read 1 s
+    assert task.stats["speed_bytes_per_second"] > 0
+    assert session.stats["bytes_read"] == 1000 and session.stats["bottleneck"] == "network"
+    assert session.stats["states"] == {"success": 1}
+    (point,) = points(ctx)
+    assert (point.size, point.files, point.retain_until) == (1000, 7, None)
+
+
+def test_repository_unreachable_mid_session_fails_that_machine_and_keeps_the_rest(
+    ctx: ServerContext, world: World
+) -> None:
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job()
+    first = start_job(ctx, job_id, wait=True, dispatcher=fake)
+    assert session_of(ctx, first)[0].state == "warning"
+    before = {p.id for p in points(ctx)}
+    fake.fail[world.machine_ids[1]] = (
+        "storage file:///lab/backups unreachable: connection refused after 5 retries"
+    )
+    second = start_job(ctx, job_id, wait=True, dispatcher=fake)
+    session, tasks = session_of(ctx, second)
+    failed = tasks[world.machine_ids[1]]
+    assert failed.state == "failed"
+    assert "vm-1: storage file:///lab/backups unreachable" in failed.reason
+    assert failed.log[-1]["level"] == "error"
+    assert session.state == "warning" and "; vm-1: storage file:///lab/backups unreachable" in session.reason
+    # nothing lost: the earlier restore points are all still catalogued, plus the one new success
+    after = points(ctx)
+    assert before <= {p.id for p in after} and len(after) == len(before) + 1
+
+
+def test_every_machine_failing_fails_the_session(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx, fail={m: "access denied for s3:PutObject" for m in world.machine_ids})
+    session_id = start_job(ctx, world.add_job(), wait=True, dispatcher=fake)
+    session, _tasks = session_of(ctx, session_id)
+    assert session.state == "failed" and "no machine backed up (0 of 3)" in session.reason
+    assert "access denied for s3:PutObject" in session.reason
+
+
+def test_job_without_machines_fails_clearly(ctx: ServerContext, world: World) -> None:
+    with ctx.db() as db:
+        job = BackupJob(name="empty", repository_id=world.repository_id)
+        db.add(job)
+        db.flush()
+        job_id = job.id
+    session_id = start_job(ctx, job_id, wait=True, dispatcher=FakeDispatcher(ctx))
+    session, _ = session_of(ctx, session_id)
+    assert session.state == "failed" and "job 'empty' has no machines" in session.reason
+
+
+def test_bad_references_are_reported(ctx: ServerContext, world: World) -> None:
+    job_id = world.add_job()
+    with pytest.raises(NotFoundError, match="backup job 'nope' does not exist"):
+        start_job(ctx, "nope", dispatcher=FakeDispatcher(ctx))
+    with pytest.raises(ConfigurationError, match="machine\\(s\\) ghost are not part of job 'nightly'"):
+        start_job(ctx, job_id, machine_ids=["ghost"], dispatcher=FakeDispatcher(ctx))
+    with pytest.raises(NotFoundError):
+        stop_session(ctx, "0" * 32)
+
+
+def test_machines_discovered_later_join_the_next_run(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job()
+    start_job(ctx, job_id, wait=True, dispatcher=fake)
+    from cloudkeep.server.db.models import DiscoveredMachine
+
+    with ctx.db() as db:
+        db.add(
+            DiscoveredMachine(
+                protection_group_id=world.group_id,
+                cloud_id="vm-new",
+                name="vm-new",
+                platform="linux",
+                status="deployed",
+            )
+        )
+    session_id = start_job(ctx, job_id, wait=True, dispatcher=fake)
+    _session, tasks = session_of(ctx, session_id)
+    assert len(tasks) == 4 and sum(t.state == "success" for t in tasks.values()) == 3
+
+
+def test_stop_session_stops_waiting_and_a_second_start_is_refused_meanwhile(
+    ctx: ServerContext, world: World
+) -> None:
+    fake = FakeDispatcher(ctx, hold={world.machine_ids[0], world.machine_ids[1]})
+    job_id = world.add_job(options={"poll_slice_seconds": 0.05})
+    session_id = start_job(ctx, job_id, dispatcher=fake)  # background thread
+    wait_for(lambda: len(fake.kinds("backup")) == 2)
+    with pytest.raises(ConflictError, match="already running"):
+        start_job(ctx, job_id, dispatcher=fake)
+    stop_session(ctx, session_id)
+    wait_for(lambda: session_of(ctx, session_id)[0].state not in ("pending", "running"))
+    session, tasks = session_of(ctx, session_id)
+    assert session.state == "stopped"
+    assert tasks[world.machine_ids[0]].state == "stopped"
+    assert points(ctx) == []
+    with pytest.raises(ConflictError, match="already ended"):
+        stop_session(ctx, session_id)
+
+
+def test_long_task_gets_refreshed_credentials(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx, hold={world.machine_ids[0]}, release_on_refresh=True)
+    job_id = world.add_job(options={"credentials_ttl_seconds": 1, "poll_slice_seconds": 0.05})
+    session_id = start_job(ctx, job_id, machine_ids=["vm-0"], wait=True, dispatcher=fake)
+    session, tasks = session_of(ctx, session_id)
+    assert session.state == "success"
+    (refresh,) = fake.kinds("update_credentials")[:1]
+    backup = fake.kinds("backup")[0]
+    assert refresh.body == {"command_id": backup.command_id}
+    assert refresh.sealed is not None and refresh.sealed["repository"]["password"] == "correct horse battery"
+    assert any("credentials refreshed" in line["message"] for line in tasks[world.machine_ids[0]].log)
+
+
+def test_retention_after_each_session_marks_removed_points(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job(retention={"keep_last": 2})
+    for _ in range(4):
+        start_job(ctx, job_id, machine_ids=["vm-0"], wait=True, dispatcher=fake)
+    catalog = points(ctx, job_id=job_id)
+    live = [p for p in catalog if p.removed_at is None]
+    assert len(catalog) == 4 and len(live) == 2
+    assert [p.snapshot_id for p in live] == [s for s, _t in fake.snapshots[world.machine_ids[0]]]
+    retention = fake.kinds("retention")
+    assert retention and retention[-1].body == {
+        "policy": {"keep_last": 2},
+        "prune": True,
+        "hostname": world.machine_ids[0],
+    }
+
+
+def test_immutability_blocks_retention(ctx: ServerContext, tmp_path: Path) -> None:
+    world = build_world(ctx, tmp_path / "lab2", machines=1, immutability_days=7)
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job(retention={"keep_last": 1})
+    for _ in range(3):
+        start_job(ctx, job_id, wait=True, dispatcher=fake)
+    catalog = points(ctx, job_id=job_id)
+    assert len(catalog) == 3 and all(p.removed_at is None for p in catalog)
+    assert all(p.retain_until is not None for p in catalog)
+    assert fake.kinds("retention") == []  # nothing to remove: every point is still locked
+    assert fake.kinds("backup")[0].body["retain_until"] is not None
+
+
+def test_build_backup_body_modes_and_options(ctx: ServerContext, world: World) -> None:
+    from cloudkeep.server.db.models import DiscoveredMachine
+
+    machine = DiscoveredMachine(
+        id="m1", name="web", protection_group_id="g", cloud_id="i-1", platform="linux"
+    )
+    job = BackupJob(
+        id="j1",
+        name="j",
+        mode="file",
+        includes=["/etc", "/srv/**/*.conf"],
+        excludes=["*.tmp"],
+        options={"bandwidth_limit": 1_000_000, "compression_level": 9, "pre_script": "fsfreeze -f /srv"},
+    )
+    body = build_backup_body(job, machine, None)
+    assert (
+        body["sources"] == ["/etc"]
+        and body["includes"] == ["/srv/**/*.conf"]
+        and body["excludes"] == ["*.tmp"]
+    )
+    assert body["bandwidth_limit"] == 1_000_000 and body["pre_script"] == "fsfreeze -f /srv"
+    job.mode = "entire"
+    assert build_backup_body(job, machine, None)["sources"] == ["/"]
+    job.mode = "volume"
+    job.includes = ["/dev/sdb"]
+    assert build_backup_body(job, machine, None)["mode"] == "volume"
+    job.mode = "weird"
+    with pytest.raises(ConfigurationError, match="unknown mode"):
+        build_backup_body(job, machine, None)
