@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession
 from cloudkeep.server.jobs.schedule import next_run, validate_schedule
 from cloudkeep.server.jobs.scheduler import start_scheduler, tick
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
 
 T0 = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)  # a Thursday
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.jobs import start_job
 from cloudkeep.server.jobs.notifications import validate_notifications
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
 
 
 class SMTPHandler(socketserver.StreamRequestHandler):
