@@ -1,7 +1,235 @@
-"""`cloudkeep job …` commands."""
+"""`cloudkeep job …`: backup jobs — what, where, when, how long to keep."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-app = typer.Typer(help="Job commands.", no_args_is_help=True)
+from cloudkeep.cli.common import (
+    JSON_OPTION,
+    LIMIT_OPTION,
+    OFFSET_OPTION,
+    Column,
+    client,
+    console,
+    follow,
+    parse_json,
+    parse_pairs,
+    print_json,
+    render_object,
+    render_page,
+    success,
+)
+from cloudkeep.server.services.schemas import JobCreate, JobUpdate, Retention
+
+app = typer.Typer(help="Backup jobs.", no_args_is_help=True)
+COLUMNS: list[Column] = [
+    ("name", "name"),
+    ("mode", "mode"),
+    ("schedule", "schedule", lambda s: s.get("kind", s) if s else "manual"),
+    ("next run", "next_run_at"),
+    ("enabled", "enabled"),
+    ("id", "id"),
+]
+GROUP = typer.Option(None, "--group", help="Protection group id or name (repeat).")
+MACHINE = typer.Option(None, "--machine", help="Machine id (repeat).")
+INCLUDE = typer.Option(None, "--include", help="Path, volume or glob to back up (repeat).")
+EXCLUDE = typer.Option(None, "--exclude", help="Path or glob to skip (repeat).")
+SCHEDULE = typer.Option(None, "--schedule", help='JSON, e.g. \'{"kind": "daily", "time": "02:00"}\'.')
+DAILY = typer.Option(None, "--daily", help="Shortcut: run every day at HH:MM (UTC).")
+OPTION = typer.Option(None, "--option", help="KEY=VALUE job option (compression_level, bandwidth_limit …).")
+KEEPS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within_days")
+
+
+def _schedule(schedule: str | None, daily: str | None) -> dict[str, Any] | None:
+    if daily:
+        return {"kind": "daily", "time": daily}
+    value: dict[str, Any] | None = parse_json(schedule, "schedule")
+    return value
+
+
+def _retention(values: dict[str, int | None]) -> Retention | None:
+    given = {k: v for k, v in values.items() if v is not None}
+    return Retention(**given) if given else None
+
+
+def _keep(name: str) -> Any:
+    return typer.Option(
+        None, f"--{name.replace('_', '-')}", min=0, help=f"Retention: {name.replace('_', ' ')}."
+    )
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A unique name."),
+    repository: str = typer.Option(..., "--repository", help="Backup repository id or name."),
+    group: list[str] | None = GROUP,
+    machine: list[str] | None = MACHINE,
+    mode: str = typer.Option("file", "--mode", help="entire | volume | file"),
+    include: list[str] | None = INCLUDE,
+    exclude: list[str] | None = EXCLUDE,
+    schedule: str | None = SCHEDULE,
+    daily: str | None = DAILY,
+    keep_last: int | None = _keep("keep_last"),
+    keep_daily: int | None = _keep("keep_daily"),
+    keep_weekly: int | None = _keep("keep_weekly"),
+    keep_monthly: int | None = _keep("keep_monthly"),
+    keep_yearly: int | None = _keep("keep_yearly"),
+    keep_within_days: int | None = _keep("keep_within_days"),
+    option: list[str] | None = OPTION,
+    disabled: bool = typer.Option(False, "--disabled", help="Create it disabled."),
+    description: str = typer.Option("", "--description"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create a backup job."""
+    keeps = dict(
+        zip(
+            KEEPS,
+            (keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within_days),
+            strict=True,
+        )
+    )
+    data = JobCreate(
+        name=name,
+        repository=repository,
+        protection_groups=group or [],
+        machines=machine or [],
+        mode=mode,  # type: ignore[arg-type]
+        includes=include or [],
+        excludes=exclude or [],
+        schedule=_schedule(schedule, daily),
+        retention=_retention(keeps),
+        options=parse_pairs(option, "--option"),
+        enabled=not disabled,
+        description=description,
+    )
+    with client(ctx) as c:
+        view = c.create_job(data)
+    if as_json:
+        print_json(view)
+    else:
+        success(f"job {view.name} created ({view.id}); next run: {view.next_run_at or 'manual'}")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    name: str | None = typer.Option(None, "--name", help="Rename."),
+    repository: str | None = typer.Option(None, "--repository"),
+    group: list[str] | None = GROUP,
+    machine: list[str] | None = MACHINE,
+    mode: str | None = typer.Option(None, "--mode"),
+    include: list[str] | None = INCLUDE,
+    exclude: list[str] | None = EXCLUDE,
+    schedule: str | None = SCHEDULE,
+    daily: str | None = DAILY,
+    no_schedule: bool = typer.Option(False, "--no-schedule", help="Remove the schedule (manual only)."),
+    keep_last: int | None = _keep("keep_last"),
+    keep_daily: int | None = _keep("keep_daily"),
+    keep_weekly: int | None = _keep("keep_weekly"),
+    keep_monthly: int | None = _keep("keep_monthly"),
+    keep_yearly: int | None = _keep("keep_yearly"),
+    keep_within_days: int | None = _keep("keep_within_days"),
+    option: list[str] | None = OPTION,
+    description: str | None = typer.Option(None, "--description"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Change a job; only the options given change (retention options replace the policy)."""
+    keeps = dict(
+        zip(
+            KEEPS,
+            (keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within_days),
+            strict=True,
+        )
+    )
+    fields: dict[str, Any] = {
+        "name": name,
+        "repository": repository,
+        "protection_groups": group,
+        "machines": machine,
+        "mode": mode,
+        "includes": include,
+        "excludes": exclude,
+        "schedule": _schedule(schedule, daily),
+        "retention": _retention(keeps),
+        "options": parse_pairs(option, "--option") if option else None,
+        "description": description,
+    }
+    data = JobUpdate(**{k: v for k, v in fields.items() if v is not None}, clear_schedule=no_schedule)
+    with client(ctx) as c:
+        view = c.update_job(ref, data)
+    if as_json:
+        print_json(view)
+    else:
+        success(f"job {view.name} updated; next run: {view.next_run_at or 'manual'}")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context, as_json: bool = JSON_OPTION, limit: int = LIMIT_OPTION, offset: int = OFFSET_OPTION
+) -> None:
+    """List backup jobs."""
+    with client(ctx) as c:
+        render_page(c.list_jobs(limit=limit, offset=offset), as_json, COLUMNS, title="Jobs")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+) -> None:
+    """Show one job."""
+    with client(ctx) as c:
+        render_object(c.get_job(ref), as_json, title="Job")
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+    """Delete a job (its restore points stay in the catalog)."""
+    with client(ctx) as c:
+        c.delete_job(ref)
+    success(f"job {ref} deleted")
+
+
+@app.command("enable")
+def enable(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+    """Let the scheduler run the job again."""
+    with client(ctx) as c:
+        view = c.set_job_enabled(ref, True)
+    success(f"job {view.name} enabled; next run: {view.next_run_at or 'manual'}")
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+    """Stop scheduled runs (manual starts still work)."""
+    with client(ctx) as c:
+        view = c.set_job_enabled(ref, False)
+    success(f"job {view.name} disabled")
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    machine: list[str] | None = typer.Option(None, "--machine", help="Only these machines (repeat)."),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Watch until it ends (always in embedded mode)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run a job now and follow its progress."""
+    with client(ctx) as c:
+        follow(c, c.start_job(ref, machines=machine), wait=wait, as_json=as_json)
+
+
+@app.command("stop")
+def stop(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+    """Ask the job's running sessions to stop."""
+    with client(ctx) as c:
+        ids = c.stop_job(ref)
+    if ids:
+        success(f"asked {len(ids)} session(s) to stop: {', '.join(ids)}")
+    else:
+        console().print(f"job {ref} is not running")

@@ -1,6 +1,12 @@
-"""The ``cloudkeep`` command: thin Typer commands over the service layer, one module per command group."""
+"""The ``cloudkeep`` command: thin Typer commands over the client, one module per command group.
+
+Embedded by default (the state store under ``--home``); with ``--api-url``/``--token`` (or
+``CLOUDKEEP_API_URL``/``CLOUDKEEP_API_TOKEN``) every command talks to a running server instead.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -18,8 +24,15 @@ from cloudkeep.cli import (
     server,
     session,
 )
+from cloudkeep.cli.common import CliState, CloudkeepGroup, build_settings
 
-app = typer.Typer(name="cloudkeep", help="Backup for cloud machines.", no_args_is_help=True)
+app = typer.Typer(
+    name="cloudkeep",
+    help="Backup for cloud machines.",
+    no_args_is_help=True,
+    cls=CloudkeepGroup,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(server.app, name="server")
 app.add_typer(credential.app, name="credential")
 app.add_typer(repository.app, name="repository")
@@ -32,6 +45,19 @@ app.add_typer(restore.app, name="restore")
 app.add_typer(bundle.app, name="bundle")
 app.registered_commands += doctor.app.registered_commands  # `cloudkeep doctor`
 app.registered_commands += quickstart.app.registered_commands  # `cloudkeep quickstart`
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(None, "--home", help="Server state folder (env CLOUDKEEP_HOME)."),
+    api_url: str | None = typer.Option(
+        None, "--api-url", help="Use a running server's API (env CLOUDKEEP_API_URL) instead of embedded mode."
+    ),
+    token: str | None = typer.Option(None, "--token", help="API token (env CLOUDKEEP_API_TOKEN)."),
+) -> None:
+    """Backup for cloud machines."""
+    ctx.obj = CliState(build_settings(home, api_url, token))
 
 
 @app.command()

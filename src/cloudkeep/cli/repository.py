@@ -1,7 +1,132 @@
-"""`cloudkeep repository …` commands."""
+"""`cloudkeep repository …`: object storage repositories and distribution repositories."""
 
 from __future__ import annotations
 
-import typer
+import os
+import sys
 
-app = typer.Typer(help="Repository commands.", no_args_is_help=True)
+import typer
+from pydantic import SecretStr
+
+from cloudkeep.cli.common import (
+    JSON_OPTION,
+    LIMIT_OPTION,
+    OFFSET_OPTION,
+    client,
+    parse_pairs,
+    print_json,
+    render_object,
+    render_page,
+    success,
+)
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.server.services.schemas import RepositoryCreate
+
+app = typer.Typer(help="Object storage repositories.", no_args_is_help=True)
+COLUMNS = [
+    ("name", "name"),
+    ("purpose", "purpose"),
+    ("location", "location"),
+    ("immutable days", "immutability_days"),
+    ("id", "id"),
+]
+
+
+def read_password(env: str | None, stdin: bool, *, confirm: bool) -> str:
+    """The repository password from an environment variable, stdin, or a hidden prompt."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigurationError(f"environment variable {env} is empty or unset")
+        return value
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt("repository password", hide_input=True, confirmation_prompt=confirm))
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A unique name."),
+    location: str = typer.Option(..., "--location", help="bucket[/prefix], container[/prefix] or a folder."),
+    credential: str = typer.Option(..., "--credential", help="Credential id or name."),
+    purpose: str = typer.Option("backup", "--purpose", help="backup | distribution"),
+    immutability_days: int = typer.Option(0, "--immutability-days", min=0, help="Object-lock retention."),
+    password_env: str | None = typer.Option(
+        None, "--password-env", help="Read the password from this variable."
+    ),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+    option: list[str] | None = typer.Option(None, "--option", help="KEY=VALUE (pack size, compression …)."),
+    init: bool = typer.Option(True, "--init/--no-init", help="Create the container and repository format."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add a repository; a backup repository is initialised with its password (never echoed)."""
+    if purpose not in ("backup", "distribution"):
+        raise ConfigurationError(f"unknown purpose {purpose!r}", hint="use backup or distribution")
+    password = None
+    if purpose == "backup":
+        password = SecretStr(read_password(password_env, password_stdin, confirm=init))
+    data = RepositoryCreate(
+        name=name,
+        purpose=purpose,  # type: ignore[arg-type]
+        credential=credential,
+        location=location,
+        password=password,
+        immutability_days=immutability_days,
+        options=parse_pairs(option, "--option"),
+        initialize=init,
+    )
+    with client(ctx) as c:
+        view = c.create_repository(data)
+    if as_json:
+        print_json(view)
+    else:
+        success(f"{view.purpose} repository {view.name} added ({view.id})")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    purpose: str | None = typer.Option(None, "--purpose", help="backup | distribution"),
+    as_json: bool = JSON_OPTION,
+    limit: int = LIMIT_OPTION,
+    offset: int = OFFSET_OPTION,
+) -> None:
+    """List repositories."""
+    with client(ctx) as c:
+        page = c.list_repositories(purpose=purpose, limit=limit, offset=offset)
+    render_page(page, as_json, COLUMNS, title="Repositories")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+) -> None:
+    """Show one repository."""
+    with client(ctx) as c:
+        render_object(c.get_repository(ref), as_json, title="Repository")
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    read_data: float | None = typer.Option(
+        None, "--read-data", min=0.0001, max=1.0, help="Share of packs to read."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Verify the repository structure (and optionally data)."""
+    with client(ctx) as c:
+        result = c.check_repository(ref, read_data_subset=read_data)
+    render_object(result, as_json, title="Repository check")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+    """Forget a repository (its data stays in storage)."""
+    with client(ctx) as c:
+        c.delete_repository(ref)
+    success(f"repository {ref} removed")

@@ -1,7 +1,87 @@
-"""`cloudkeep session …` commands."""
+"""`cloudkeep session …`: runs of jobs, rescans and restores, with live progress."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="Session commands.", no_args_is_help=True)
+from cloudkeep.cli.common import (
+    JSON_OPTION,
+    LIMIT_OPTION,
+    OFFSET_OPTION,
+    SUCCESS_STATES,
+    client,
+    print_json,
+    print_table,
+    render_object,
+    render_page,
+    success,
+    watch,
+)
+
+app = typer.Typer(help="Job sessions.", no_args_is_help=True)
+COLUMNS = [
+    ("id", "id"),
+    ("kind", "kind"),
+    ("state", "state"),
+    ("trigger", "trigger"),
+    ("started", "started_at"),
+    ("ended", "ended_at"),
+    ("reason", "reason"),
+]
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    kind: str | None = typer.Option(None, "--kind", help="backup | rescan | restore | check"),
+    state: str | None = typer.Option(None, "--state", help="running, success, failed …"),
+    job: str | None = typer.Option(None, "--job", help="Job id or name."),
+    as_json: bool = JSON_OPTION,
+    limit: int = LIMIT_OPTION,
+    offset: int = OFFSET_OPTION,
+) -> None:
+    """List sessions, newest first."""
+    with client(ctx) as c:
+        page = c.list_sessions(kind=kind, state=state, job=job, limit=limit, offset=offset)
+    render_page(page, as_json, COLUMNS, title="Sessions")
+
+
+@app.command("show")
+def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """Show a session with its per-machine tasks and log."""
+    with client(ctx) as c:
+        detail = c.get_session(session_id)
+    if as_json:
+        print_json(detail)
+        return
+    render_object(detail, False, title=f"Session {detail.id}", skip=("tasks", "log"))
+    print_table(
+        detail.tasks,
+        [
+            ("machine", "machine_id"),
+            ("state", "state"),
+            ("progress", "progress", lambda p: f"{p * 100:.0f}%"),
+            ("read", "bytes_read"),
+            ("sent", "bytes_transferred"),
+            ("files", "files"),
+            ("reason", "reason"),
+        ],
+        title="Tasks",
+    )
+
+
+@app.command("watch")
+def watch_(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """Follow a session with a progress bar per machine until it ends."""
+    with client(ctx) as c:
+        final = watch(c, session_id, as_json=as_json)
+    if final.state not in SUCCESS_STATES:
+        raise typer.Exit(1)
+
+
+@app.command("stop")
+def stop(ctx: typer.Context, session_id: str = typer.Argument(...)) -> None:
+    """Ask a running session to stop."""
+    with client(ctx) as c:
+        c.stop_session(session_id)
+    success(f"asked session {session_id} to stop")

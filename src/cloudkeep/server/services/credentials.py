@@ -87,7 +87,12 @@ def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
         provider = ctx.provider_for(cred.id)
     except CloudkeepError as exc:
         return CredentialTest(
-            credential_id=cred.id, ok=False, missing_permissions=[], machines_seen=None, error=str(exc)
+            credential_id=cred.id,
+            name=cred.name,
+            ok=False,
+            missing_permissions=[],
+            machines_seen=None,
+            error=str(exc),
         )
     try:
         missing = list(provider.check_permissions())

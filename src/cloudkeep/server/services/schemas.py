@@ -58,6 +58,7 @@ class CredentialView(Model):
 
 class CredentialTest(Model):
     credential_id: str
+    name: str = ""
     ok: bool
     missing_permissions: list[str]
     machines_seen: int | None

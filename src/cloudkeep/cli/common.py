@@ -1,0 +1,245 @@
+"""What every command shares: settings from flags/env, the client, rendering, errors, watching.
+
+Settings are built here, at the edge, from the global flags (``--home``, ``--api-url``,
+``--token``) and ``CLOUDKEEP_*`` environment variables, and nothing below reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from cloudkeep.config import Settings
+from cloudkeep.errors import CloudkeepError, ConfigurationError
+from cloudkeep.server.client import Client, open_client
+from cloudkeep.server.services.schemas import Page, SessionDetail
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+LIMIT_OPTION = typer.Option(100, "--limit", min=1, max=500, help="Page size.")
+OFFSET_OPTION = typer.Option(0, "--offset", min=0, help="Rows to skip.")
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class CliState:
+    settings: Settings
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState(build_settings())
+    return root.obj
+
+
+def build_settings(
+    home: Path | None = None, api_url: str | None = None, token: str | None = None
+) -> Settings:
+    overrides: dict[str, Any] = {"home": home, "api_url": api_url, "api_token": token}
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+
+@contextmanager
+def client(ctx: typer.Context) -> Iterator[Client]:
+    """The embedded or remote client for this invocation, closed afterwards."""
+    with open_client(state(ctx).settings) as c:
+        yield c
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 200, stderr=stderr)
+
+
+def dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(dump(value), indent=2, sort_keys=False))
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+Column = tuple[str, str] | tuple[str, str, Callable[[Any], Any]]
+
+
+def print_table(rows: Sequence[BaseModel], columns: Sequence[Column], *, title: str | None = None) -> None:
+    """A Rich table; each column is (header, attribute) or (header, attribute, formatter)."""
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column[0], overflow="fold")
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = getattr(row, column[1], None)
+            cells.append(cell(column[2](value) if len(column) == 3 else value))
+        table.add_row(*cells)
+    console().print(table)
+
+
+def render_page(page: Page[Any], as_json: bool, columns: Sequence[Column], *, title: str) -> None:
+    if as_json:
+        print_json(page)
+        return
+    print_table(page.items, columns, title=title)
+    if page.total > page.offset + len(page.items):
+        console().print(
+            f"[dim]{len(page.items)} of {page.total}; next page: --offset {page.offset + page.limit}[/dim]"
+        )
+
+
+def render_object(obj: BaseModel, as_json: bool, *, title: str, skip: Sequence[str] = ()) -> None:
+    """One object as key/value lines (or JSON)."""
+    if as_json:
+        print_json(obj)
+        return
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in obj:
+        if name not in skip:
+            table.add_row(name, cell(value))
+    console().print(table)
+
+
+def success(message: str) -> None:
+    console().print(f"[green]✓[/green] {message}")
+
+
+def parse_pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    """``key=value`` options into a dict."""
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"{what} {item!r} is not key=value")
+        result[key.strip()] = value
+    return result
+
+
+def parse_json(value: str | None, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"{what} is not valid JSON: {exc.msg}", hint=f"e.g. --{what} '{{...}}'"
+        ) from exc
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def render_error(exc: CloudkeepError) -> int:
+    """Print ``error: <message>`` and the hint (no traceback); returns the exit code."""
+    err = console(stderr=True)
+    err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, markup=True)
+    if exc.hint:
+        err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+    return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_ERROR
+
+
+class CloudkeepGroup(TyperGroup):
+    """The root command group: turns expected failures into a one-line message and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudkeepError as exc:
+            raise typer.Exit(render_error(exc)) from None
+
+
+# --- watching sessions -------------------------------------------------------------------------
+
+SUCCESS_STATES = ("success", "warning")
+
+
+def watch(c: Client, session_id: str, *, as_json: bool = False, poll: float = 0.5) -> SessionDetail:
+    """Follow a session with a live progress bar per task until it ends; returns the final state."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    final: SessionDetail | None = None
+    if as_json:
+        for detail in c.watch_session(session_id, poll=poll):
+            final = detail
+    else:
+        bars: dict[str, TaskID] = {}
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console(), transient=False) as progress:
+            overall = progress.add_task(f"session {session_id[:8]}", total=1.0, state="pending")
+            for detail in c.watch_session(session_id, poll=poll):
+                final = detail
+                done = sum(t.progress for t in detail.tasks) / len(detail.tasks) if detail.tasks else 0.0
+                if detail.state in ("success", "warning", "failed", "stopped"):
+                    done = 1.0
+                progress.update(overall, completed=done, state=detail.state)
+                for task in detail.tasks:
+                    if task.id not in bars:
+                        label = task.stats.get("machine_name") or task.machine_id[:12]
+                        bars[task.id] = progress.add_task(f"  {label}", total=1.0, state=task.state)
+                    progress.update(bars[task.id], completed=task.progress, state=task.state)
+    if final is None:
+        final = c.get_session(session_id)
+    if as_json:
+        print_json(final)
+    else:
+        colour = "green" if final.state in SUCCESS_STATES else "red"
+        reason = f": {final.reason}" if final.reason else ""
+        console().print(f"session {final.id} [{colour}]{final.state}[/{colour}]{reason}")
+    return final
+
+
+def follow(c: Client, session_id: str, *, wait: bool, as_json: bool) -> None:
+    """After starting a long operation: watch it (always in embedded mode, where it runs in-process)."""
+    if not wait and not c.embedded:
+        if as_json:
+            print_json({"session_id": session_id})
+        else:
+            console().print(f"started session {session_id} (watch: cloudkeep session watch {session_id})")
+        return
+    final = watch(c, session_id, as_json=as_json)
+    if final.state not in SUCCESS_STATES:
+        raise typer.Exit(EXIT_ERROR)
