@@ -108,7 +108,12 @@ def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
         provider.close()
     ok = not missing and error is None
     return CredentialTest(
-        credential_id=cred.id, ok=ok, missing_permissions=missing, machines_seen=seen, error=error
+        credential_id=cred.id,
+        name=cred.name,
+        ok=ok,
+        missing_permissions=missing,
+        machines_seen=seen,
+        error=error,
     )
 
 
