@@ -101,8 +101,13 @@ def _package_files() -> list[tuple[str, Path]]:
     root = Path(cloudkeep.__file__).parent
     found = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in {".pyc", ".pyo"}:
-            found.append(("cloudkeep/" + path.relative_to(root).as_posix(), path))
+        if "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
+            continue
+        name = "cloudkeep/" + path.relative_to(root).as_posix()
+        if path.is_file():
+            found.append((name, path))
+        elif path.is_dir() and not any(path.iterdir()):
+            found.append((name + "/", path))  # keep empty (namespace) package folders importable
     return found
 
 
@@ -136,7 +141,11 @@ def _write_wheel(path: Path, version: str) -> None:
     }
     record: list[str] = []
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        entries = [(name, file.read_bytes()) for name, file in _package_files()] + sorted(extra.items())
+        files = _package_files()
+        for name, _ in files:
+            if name.endswith("/"):
+                archive.writestr(zipfile.ZipInfo(name, _EPOCH), b"")
+        entries = [(n, f.read_bytes()) for n, f in files if not n.endswith("/")] + sorted(extra.items())
         for name, data in entries:
             archive.writestr(zipfile.ZipInfo(name, _EPOCH), data, zipfile.ZIP_DEFLATED)
             record.append(f"{name},{_record_hash(data)},{len(data)}")

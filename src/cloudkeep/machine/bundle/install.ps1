@@ -4,6 +4,8 @@
     cloudkeep installer for Windows: verifies the bundle, installs the code and registers three services.
 .DESCRIPTION
     Run from an extracted bundle:  powershell -ExecutionPolicy Bypass -File install.ps1 -Config machine.json
+    With -NoStart the services are registered but not started (the server first records the agent key,
+    then runs the installed copy with -Start); -Stop stops them.
     Trust: every file must match the SHA-256 in manifest.json (Get-FileHash) and the manifest must carry
     a valid Ed25519 signature by the server key named in the config (checked with Python's cryptography,
     because Windows PowerShell 5.1 has no Ed25519). Idempotent; an upgrade stops, replaces and restarts.
@@ -11,8 +13,10 @@
     "CLOUDKEEP-ERROR <reason>".
 #>
 param(
-    [Parameter(Mandatory = $true)][string]$Config,
+    [string]$Config = '',
     [string]$BundleDir = $PSScriptRoot,
+    [switch]$NoStart,
+    [switch]$Start,
     [switch]$Stop
 )
 
@@ -45,11 +49,26 @@ function Stop-CloudkeepServices {
     }
 }
 
+function Start-CloudkeepServices {
+    param([bool]$Restart)
+    foreach ($service in $Services) {
+        if ($Restart) { Restart-Service -Name $service.Name -Force } else { Start-Service -Name $service.Name }
+    }
+}
+
+$RestartMarker = Join-Path $InstallDir '.restart-needed'
 if ($Stop) {
     Stop-CloudkeepServices
     Write-Output 'CLOUDKEEP-STOPPED'
     exit 0
 }
+if ($Start) {
+    Start-CloudkeepServices -Restart (Test-Path -LiteralPath $RestartMarker)
+    if (Test-Path -LiteralPath $RestartMarker) { Remove-Item -LiteralPath $RestartMarker -Force }
+    Write-Output 'CLOUDKEEP-STARTED services=windows'
+    exit 0
+}
+if (-not $Config) { Stop-CloudkeepFailure 2 'usage: install.ps1 -Config machine.json [-NoStart] | -Start | -Stop' }
 
 if (-not (Test-Path -LiteralPath $Config)) { Stop-CloudkeepFailure 2 "config file $Config does not exist" }
 $ManifestPath = Join-Path $BundleDir 'manifest.json'
@@ -139,8 +158,15 @@ foreach ($service in $Services) {
         & sc.exe config $service.Name binPath= $binary start= auto | Out-Null
     }
     & sc.exe failure $service.Name reset= 86400 actions= restart/5000/restart/5000/restart/60000 | Out-Null
-    if ($Changed) { Restart-Service -Name $service.Name -Force } else { Start-Service -Name $service.Name }
 }
+Copy-Item -LiteralPath (Join-Path $BundleDir 'install.ps1') -Destination (Join-Path $InstallDir 'install.ps1') -Force
 
+$ServiceMode = 'windows'
+if ($NoStart) {
+    if ($Changed) { New-Item -ItemType File -Force -Path $RestartMarker | Out-Null }
+    $ServiceMode = 'not-started'
+} else {
+    Start-CloudkeepServices -Restart $Changed
+}
 $ChangedText = if ($Changed) { 'yes' } else { 'no' }
-Write-Output "CLOUDKEEP-INSTALLED version=$Version changed=$ChangedText services=windows"
+Write-Output "CLOUDKEEP-INSTALLED version=$Version changed=$ChangedText services=$ServiceMode"

@@ -2,6 +2,9 @@
 # cloudkeep installer for Linux (POSIX sh). Run from an extracted bundle:
 #
 #   sh install.sh --config machine.json      install or upgrade in place, start the services
+#   sh install.sh --config machine.json --no-start   install only (the server registers the agent key
+#                                            first, then runs: sh $ROOT/opt/cloudkeep/install.sh --start)
+#   sh install.sh --start                    start (or restart after an upgrade) the services
 #   sh install.sh --stop                     stop the services (non-systemd fallback and systemd)
 #
 # Trust: the manifest must carry a valid Ed25519 signature by the server key named in the
@@ -12,7 +15,7 @@
 # CLOUDKEEP_PYTHON (an interpreter that already has cloudkeep's dependencies; without it a
 # venv is built under $ROOT/opt/cloudkeep/venv with pip). Machine-readable lines on stdout:
 # "CLOUDKEEP-KEYS <json>", "CLOUDKEEP-INSTALLED version=<v> changed=<yes|no> services=<mode>",
-# "CLOUDKEEP-ERROR <reason>".
+# "CLOUDKEEP-STARTED services=<mode>", "CLOUDKEEP-ERROR <reason>".
 set -eu
 
 say() { printf 'cloudkeep-install: %s\n' "$*" >&2; }
@@ -27,11 +30,14 @@ fail() {
 BUNDLE_DIR=$(cd "$(dirname "$0")" && pwd)
 CONFIG=""
 ACTION=install
+START=yes
 while [ $# -gt 0 ]; do
     case "$1" in
         --config) CONFIG=$2; shift 2 ;;
         --bundle-dir) BUNDLE_DIR=$2; shift 2 ;;
         --stop) ACTION=stop; shift ;;
+        --start) ACTION=start; shift ;;
+        --no-start) START=no; shift ;;
         *) fail 2 "unknown argument: $1 (usage: install.sh --config machine.json | --stop)" ;;
     esac
 done
@@ -83,9 +89,71 @@ stop_services() {
     done
 }
 
+# --- services: message first, then agent and transport -----------------------------------------
+start_services() {
+    if use_systemd; then
+        for svc in $SERVICES; do
+            after="network-online.target"
+            [ "$svc" = message ] || after="network-online.target cloudkeep-message.service"
+            cat >"/etc/systemd/system/cloudkeep-$svc.service" <<UNIT
+[Unit]
+Description=cloudkeep $svc service
+After=$after
+Wants=network-online.target
+
+[Service]
+ExecStart=$DEST/bin/cloudkeep-machine $(daemon_command "$svc") --config $CFG
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+        done
+        systemctl daemon-reload
+        for svc in $SERVICES; do
+            systemctl enable "cloudkeep-$svc.service" >/dev/null 2>&1 || fail 7 "systemctl enable cloudkeep-$svc failed"
+            if [ "$CHANGED" = yes ]; then
+                systemctl restart "cloudkeep-$svc.service" || fail 7 "cloudkeep-$svc did not start (journalctl -u cloudkeep-$svc)"
+            else
+                systemctl start "cloudkeep-$svc.service" || fail 7 "cloudkeep-$svc did not start (journalctl -u cloudkeep-$svc)"
+            fi
+        done
+        SERVICE_MODE=systemd
+    else
+        STARTED=""
+        for svc in $SERVICES; do
+            pidfile="$RUN/cloudkeep-$svc.pid"
+            pid_alive "$pidfile" && continue
+            nohup "$DEST/bin/cloudkeep-machine" "$(daemon_command "$svc")" --config "$CFG" \
+                >>"$LOGS/$svc.log" 2>&1 </dev/null &
+            echo $! >"$pidfile"
+            STARTED="$STARTED $svc"
+        done
+        if [ -n "$STARTED" ]; then
+            sleep 1  # a daemon that cannot start (bad config, missing module) exits at once
+            for svc in $STARTED; do
+                pid_alive "$RUN/cloudkeep-$svc.pid" \
+                    || fail 7 "cloudkeep-$svc exited at start: $(tail -n 3 "$LOGS/$svc.log" 2>/dev/null | tr '\n' ' ')"
+            done
+        fi
+        SERVICE_MODE=fallback
+    fi
+}
+
 if [ "$ACTION" = stop ]; then
     stop_services
     echo "CLOUDKEEP-STOPPED"
+    exit 0
+fi
+if [ "$ACTION" = start ]; then
+    [ -x "$DEST/bin/cloudkeep-machine" ] || fail 2 "cloudkeep is not installed in $DEST"
+    CFG="$ETC/machine.json"
+    CHANGED=no
+    [ ! -f "$DEST/.restart-needed" ] || CHANGED=yes
+    start_services
+    rm -f "$DEST/.restart-needed"
+    echo "CLOUDKEEP-STARTED services=$SERVICE_MODE"
     exit 0
 fi
 
@@ -194,54 +262,12 @@ KEYS=$("$DEST/bin/cloudkeep-machine" keygen --config "$CFG" 2>>"$LOGS/install.lo
     || fail 6 "keygen failed (see $LOGS/install.log)"
 printf 'CLOUDKEEP-KEYS %s\n' "$(printf '%s' "$KEYS" | tr -d '\n')"
 
-# --- services: message first, then agent and transport -----------------------------------------
-if use_systemd; then
-    for svc in $SERVICES; do
-        after="network-online.target"
-        [ "$svc" = message ] || after="network-online.target cloudkeep-message.service"
-        cat >"/etc/systemd/system/cloudkeep-$svc.service" <<UNIT
-[Unit]
-Description=cloudkeep $svc service
-After=$after
-Wants=network-online.target
-
-[Service]
-ExecStart=$DEST/bin/cloudkeep-machine $(daemon_command "$svc") --config $CFG
-Restart=always
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-    done
-    systemctl daemon-reload
-    for svc in $SERVICES; do
-        systemctl enable "cloudkeep-$svc.service" >/dev/null 2>&1 || fail 7 "systemctl enable cloudkeep-$svc failed"
-        if [ "$CHANGED" = yes ]; then
-            systemctl restart "cloudkeep-$svc.service" || fail 7 "cloudkeep-$svc did not start (journalctl -u cloudkeep-$svc)"
-        else
-            systemctl start "cloudkeep-$svc.service" || fail 7 "cloudkeep-$svc did not start (journalctl -u cloudkeep-$svc)"
-        fi
-    done
-    SERVICE_MODE=systemd
+cp "$BUNDLE_DIR/install.sh" "$DEST/install.sh.tmp" && mv "$DEST/install.sh.tmp" "$DEST/install.sh"
+if [ "$START" = yes ]; then
+    start_services
+    rm -f "$DEST/.restart-needed"
 else
-    STARTED=""
-    for svc in $SERVICES; do
-        pidfile="$RUN/cloudkeep-$svc.pid"
-        pid_alive "$pidfile" && continue
-        nohup "$DEST/bin/cloudkeep-machine" "$(daemon_command "$svc")" --config "$CFG" \
-            >>"$LOGS/$svc.log" 2>&1 </dev/null &
-        echo $! >"$pidfile"
-        STARTED="$STARTED $svc"
-    done
-    if [ -n "$STARTED" ]; then
-        sleep 1  # a daemon that cannot start (bad config, missing module) exits at once
-        for svc in $STARTED; do
-            pid_alive "$RUN/cloudkeep-$svc.pid" \
-                || fail 7 "cloudkeep-$svc exited at start: $(tail -n 3 "$LOGS/$svc.log" 2>/dev/null | tr '\n' ' ')"
-        done
-    fi
-    SERVICE_MODE=fallback
+    [ "$CHANGED" = no ] || touch "$DEST/.restart-needed"
+    SERVICE_MODE=not-started
 fi
-
 echo "CLOUDKEEP-INSTALLED version=$VERSION changed=$CHANGED services=$SERVICE_MODE"

@@ -64,11 +64,10 @@ class PublishedBundle:
     uploaded: bool  # False when the repository already had it
 
     def signed_url(
-        self, storage: StorageService, platform: str, *, expires_seconds: int = URL_EXPIRES_SECONDS
+        self, storage: StorageService, platform: str, *, expires_seconds: int | None = None
     ) -> str:
-        return storage.signed_url(
-            self.location, self.keys[platform], method="GET", expires_seconds=expires_seconds
-        )
+        expires = URL_EXPIRES_SECONDS if expires_seconds is None else expires_seconds
+        return storage.signed_url(self.location, self.keys[platform], method="GET", expires_seconds=expires)
 
 
 def publish(

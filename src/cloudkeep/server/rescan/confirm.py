@@ -1,77 +1,77 @@
-"""Step 7: confirm that the machine's services answer.
+"""Step 7: confirm through the queues that the machine's services answer.
 
-The proof is a ``ping`` sent to the agent queue and answered on the server queue, through the
-dispatcher. Until a dispatcher is available in this build, the check falls back to asking the
-command channel whether the three services run (and says so in the step's detail).
+First the message service's heartbeat must reach the server queue (sent at start, signed with
+the agent key registered just before), then a ``ping`` goes to the agent queue and its signed
+result must come back on the server queue. The dispatcher records the channel it used; anything
+but ``queue`` means the queues do not work yet, and the step fails with that reason.
 """
 
 from __future__ import annotations
 
-import importlib
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.providers.base import CloudProvider, Machine, Platform
+from cloudkeep.providers.base import Machine
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import DiscoveredMachine
-from cloudkeep.server.rescan import scripts
+from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine
+from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
 from cloudkeep.server.rescan.deploy import CONFIRM_TIMEOUT, StepStop
 
-WINDOWS_SERVICES_CHECK = """$ErrorActionPreference = 'Stop'
-$Names = 'cloudkeep-message', 'cloudkeep-agent', 'cloudkeep-transport'
-$Down = @(Get-Service -Name $Names | Where-Object { $_.Status -ne 'Running' })
-if ($Down.Count -gt 0) { Write-Output "CLOUDKEEP-ERROR not running: $($Down.Name -join ', ')"; exit 1 }
-Write-Output CLOUDKEEP-SERVICES-OK
-"""
+Confirm = Callable[[DiscoveredMachine, Machine, datetime | None], str]
 
 
-def make_confirm(ctx: ServerContext, provider: CloudProvider) -> Callable[[DiscoveredMachine, Machine], str]:
-    try:
-        dispatcher_module = importlib.import_module("cloudkeep.server.dispatcher")
-    except ImportError:
-        dispatcher_module = None
-
-    def confirm(row: DiscoveredMachine, machine: Machine) -> str:
-        if dispatcher_module is not None:
-            return _ping(ctx, dispatcher_module, row)
-        return _services_check(provider, machine)
-
-    return confirm
+def heartbeat_is_fresh(ctx: ServerContext, row: DiscoveredMachine, since: datetime | None = None) -> bool:
+    """A heartbeat newer than the heartbeat timeout (and than ``since``, when given)."""
+    beat = row.last_heartbeat_at
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    limit = datetime.now(UTC) - timedelta(seconds=ctx.settings.heartbeat_timeout_seconds)
+    return beat >= limit and (since is None or beat >= since - timedelta(seconds=1))
 
 
-def _ping(ctx: ServerContext, module: object, row: DiscoveredMachine) -> str:
-    module.ensure_consumers(ctx)  # type: ignore[attr-defined]
-    dispatcher = module.Dispatcher(ctx)  # type: ignore[attr-defined]
-    try:
-        payload = dispatcher.call(row.id, "ping", {}, timeout=CONFIRM_TIMEOUT)
-    except CloudkeepError as exc:
-        raise StepStop("failed", f"the services did not answer a ping through the queues: {exc}") from exc
-    except TimeoutError as exc:
-        raise StepStop(
-            "failed", f"no answer to a ping through the queues within {CONFIRM_TIMEOUT:.0f} s"
-        ) from exc
-    version = payload.get("version", "?") if isinstance(payload, dict) else "?"
-    return f"ping answered through the queues (services version {version})"
+def make_confirm(ctx: ServerContext) -> tuple[Confirm, Callable[[DiscoveredMachine], bool]]:
+    ensure_consumers(ctx)
+    dispatcher = Dispatcher(ctx)
 
-
-def _services_check(provider: CloudProvider, machine: Machine) -> str:
-    script = (
-        WINDOWS_SERVICES_CHECK if machine.platform == Platform.WINDOWS else scripts.services_check_script()
-    )
-    try:
-        result = provider.commands.run(machine, script, timeout=CONFIRM_TIMEOUT)
-    except CloudkeepError as exc:
-        raise StepStop("failed", f"could not check the services: {exc}") from exc
-    if not result.ok or "CLOUDKEEP-SERVICES-OK" not in result.stdout:
-        error = next(
-            (
-                ln.removeprefix("CLOUDKEEP-ERROR ")
-                for ln in result.stdout.splitlines()
-                if ln.startswith("CLOUDKEEP-ERROR ")
-            ),
-            "",
+    def confirm(row: DiscoveredMachine, machine: Machine, since: datetime | None) -> str:
+        ensure_consumers(ctx)  # idempotent; the group's credential may be new since the session began
+        waited = _wait_for_heartbeat(ctx, row.id, since)
+        try:
+            command_id = dispatcher.send(row.id, "ping", {}, ttl=max(CONFIRM_TIMEOUT, 60.0))
+            payload = dispatcher.wait(command_id, timeout=CONFIRM_TIMEOUT)
+        except CloudkeepError as exc:
+            raise StepStop("failed", f"the services did not answer a ping through the queues: {exc}") from exc
+        with ctx.db() as session:
+            record = session.get(CommandRecord, command_id)
+            channel = record.channel if record else "?"
+        if channel != "queue":
+            raise StepStop("failed", f"the ping was answered over the {channel} channel, not the queues")
+        services = payload.get("services") or {}
+        names = ", ".join(sorted(services)) if isinstance(services, dict) else str(services)
+        return (
+            f"heartbeat after {waited:.1f} s; ping answered through the queues "
+            f"(version {payload.get('version', '?')}; {names or 'no service list'})"
         )
-        raise StepStop(
-            "failed", f"the services do not run after install: {error or result.stderr.strip()[:300]}"
-        )
-    return "message service, agent and transport service run (command channel check)"
+
+    return confirm, lambda row: heartbeat_is_fresh(ctx, row)
+
+
+def _wait_for_heartbeat(ctx: ServerContext, machine_id: str, since: datetime | None) -> float:
+    start = time.monotonic()
+    while True:
+        with ctx.db() as session:
+            row = session.get(DiscoveredMachine, machine_id)
+            fresh = row is not None and heartbeat_is_fresh(ctx, row, since)
+        if fresh:
+            return time.monotonic() - start
+        if time.monotonic() - start > CONFIRM_TIMEOUT:
+            raise StepStop(
+                "failed",
+                f"the message service sent no heartbeat to the server queue within {CONFIRM_TIMEOUT:.0f} s "
+                "(see var/log/cloudkeep/message.log on the machine)",
+            )
+        time.sleep(0.1)

@@ -63,7 +63,8 @@ class RescanEnvironment:
     ensure_server_queue: Callable[[], dict[str, Any]]  # once per session; returns connection info
     publish_bundle: Callable[[], PublishedBundle]  # once per session
     discard_archive: Callable[[str], None]  # a platform archive failed verification on a machine
-    confirm: Callable[[DiscoveredMachine, Machine], str]  # raises StepStop; returns detail
+    confirm: Callable[[DiscoveredMachine, Machine, datetime | None], str]  # raises StepStop; returns detail
+    heartbeat_fresh: Callable[[DiscoveredMachine], bool]
     heartbeat_seconds: float = 30.0
 
 
@@ -80,6 +81,7 @@ class MachineDeployment:
         self.outdated = False
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
+        self.started_at: datetime | None = None  # when this rescan started the services
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -325,17 +327,45 @@ class MachineDeployment:
             if outcome.tampered:
                 self.env.discard_archive(platform)
             raise StepStop("failed", f"install failed: {outcome.reason}")
+        # The key is registered before the services start, so their first heartbeat is accepted.
         with ctx.db() as session:
             row = session.get(DiscoveredMachine, self.row_id)
             assert row is not None
             row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
             row.agent_version = outcome.version or published.manifest.version
         self.installed = outcome.changed
+        mode = self._start_services()
         verb = "installed" if outcome.changed else "verified (unchanged)"
-        return f"bundle {outcome.version} {verb}; message service, agent, transport started; key registered"
+        return f"bundle {outcome.version} {verb}; agent key registered; services started ({mode})"
+
+    def _start_services(self) -> str:
+        """Start (restart after an upgrade) the three services; remembers when, for the heartbeat check."""
+        self.started_at = datetime.now(UTC)
+        try:
+            result = self.env.provider.commands.run(
+                self.machine, scripts.start_script(self.machine.platform), timeout=INSTALL_TIMEOUT
+            )
+        except CloudkeepError as exc:
+            raise StepStop(
+                "failed", f"the command channel failed while starting the services: {exc}"
+            ) from exc
+        started = next((ln for ln in result.stdout.splitlines() if ln.startswith("CLOUDKEEP-STARTED")), None)
+        if not result.ok or started is None:
+            error = next(
+                (ln.removeprefix("CLOUDKEEP-ERROR ") for ln in result.stdout.splitlines()
+                 if ln.startswith("CLOUDKEEP-ERROR ")),
+                scripts.tail(result.stderr or result.stdout),
+            )  # fmt: skip
+            raise StepStop("failed", f"the services did not start: {error}")
+        return started.partition("services=")[2] or "?"
 
     def step_confirm(self) -> str:
-        return self.env.confirm(self._row(), self.machine)
+        """Heartbeat, then a ping answered through the queues; a silent deployed machine is restarted once."""
+        row = self._row()
+        healed = ""
+        if self.started_at is None and not self.env.heartbeat_fresh(row):
+            healed = f"services restarted ({self._start_services()}); "
+        return healed + self.env.confirm(row, self.machine, self.started_at)
 
 
 _ACTIVE = {

@@ -75,7 +75,7 @@ def read_probe(platform: Platform, exit_code: int, stdout: str, stderr: str) -> 
                 f"scripts are blocked by the PowerShell execution policy: {first} "
                 "(set it to RemoteSigned, e.g. by group policy, and rescan)",
             )
-        return ProbeFacts(False, f"the probe command failed (exit {exit_code}): {_tail(text)}")
+        return ProbeFacts(False, f"the probe command failed (exit {exit_code}): {tail(text)}")
     after = lines[lines.index(PROBE_MARKER) + 1 :]
     if platform == Platform.WINDOWS:
         facts: dict[str, Any] = {}
@@ -146,7 +146,7 @@ fi
 tar -xzf bundle.tar.gz
 printf '%s' {shlex.quote(config_b64)} \\
     | "$PY" -c 'import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.stdin.read()))' >machine.json
-sh "$STAGE/install.sh" --config "$STAGE/machine.json"
+sh "$STAGE/install.sh" --config "$STAGE/machine.json" --no-start
 """
 
 
@@ -175,11 +175,26 @@ if ($Actual -ne '{sha256}') {{
 Expand-Archive -LiteralPath $Archive -DestinationPath $Stage -Force
 $ConfigFile = Join-Path $Stage 'machine.json'
 [System.IO.File]::WriteAllBytes($ConfigFile, [System.Convert]::FromBase64String('{config_b64}'))
-& powershell.exe -NoProfile -ExecutionPolicy Bypass -File (Join-Path $Stage 'install.ps1') -Config $ConfigFile
+$Installer = Join-Path $Stage 'install.ps1'
+& powershell.exe -NoProfile -ExecutionPolicy Bypass -File $Installer -Config $ConfigFile -NoStart
 $Code = $LASTEXITCODE
 Remove-Item -LiteralPath $ConfigFile -Force
 exit $Code
 """
+
+
+LINUX_START = """ROOT=${CLOUDKEEP_MACHINE_ROOT:-/}; ROOT=${ROOT%/}
+exec sh "$ROOT/opt/cloudkeep/install.sh" --start
+"""
+WINDOWS_START = """$Installer = Join-Path $env:ProgramFiles 'cloudkeep\\install.ps1'
+& powershell.exe -NoProfile -ExecutionPolicy Bypass -File $Installer -Start
+exit $LASTEXITCODE
+"""
+
+
+def start_script(platform: Platform) -> str:
+    """Start (or restart after an upgrade) the installed services; run once the agent key is registered."""
+    return WINDOWS_START if platform == Platform.WINDOWS else LINUX_START
 
 
 def services_check_script() -> str:
@@ -225,7 +240,7 @@ def read_install(exit_code: int, stdout: str, stderr: str) -> InstallOutcome:
         elif line.startswith("CLOUDKEEP-INSTALLED "):
             installed = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
     if exit_code != 0 or not installed:
-        reason = error or f"the installer failed (exit {exit_code}): {_tail(stderr or stdout)}"
+        reason = error or f"the installer failed (exit {exit_code}): {tail(stderr or stdout)}"
         return InstallOutcome(False, reason, tampered="checksum mismatch" in reason or "signature" in reason)
     if keys is None:
         return InstallOutcome(False, "the installer did not report the agent's public keys")
@@ -238,6 +253,6 @@ def _ps_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _tail(text: str, limit: int = 400) -> str:
+def tail(text: str, limit: int = 400) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else "…" + text[-limit:]

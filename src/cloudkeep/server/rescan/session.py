@@ -198,12 +198,14 @@ class RescanRunner:
         self._update(found=len(targets))
         manifest, folder = bundles.current_bundle(self.ctx)
         location = self._distribution_location(group)
+        confirm, heartbeat_fresh = make_confirm(self.ctx)
         env = RescanEnvironment(
             ctx=self.ctx, provider=provider, session_id=self.session_id, auto_update=group.auto_update,
             bundle_version=manifest.version, ensure_server_queue=lambda: self._ensure_server_queue(provider),
             publish_bundle=lambda: self._publish(provider, location, manifest, folder),
             discard_archive=lambda platform: self._discard(provider, platform),
-            confirm=make_confirm(self.ctx, provider),
+            confirm=confirm,
+            heartbeat_fresh=heartbeat_fresh,
         )  # fmt: skip
         workers = max(1, min(self.ctx.settings.rescan_concurrency, len(targets) or 1))
         with ThreadPoolExecutor(
