@@ -26,12 +26,20 @@ from cloudkeep.providers.base import CloudProvider, Queue
 from cloudkeep.providers.local import Lab, SimulatedMachine
 from cloudkeep.server.consumer import server_queue_name
 from cloudkeep.server.context import ServerContext, open_context
-from cloudkeep.server.db.models import CommandRecord, Credential, DiscoveredMachine, ProtectionGroup, Repository
+from cloudkeep.server.db.models import (
+    CommandRecord,
+    Credential,
+    DiscoveredMachine,
+    ProtectionGroup,
+    Repository,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition", poll: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition", poll: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -55,7 +63,9 @@ class MachineHandle:
     def config_path(self) -> Path:
         return self.config.root / "etc/cloudkeep/machine.json"
 
-    def start(self, service: str = "message-service", *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, service: str = "message-service", *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.config.root / f"{service}.out").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cloudkeep.machine", service, "--config", str(self.config_path)],
@@ -130,7 +140,11 @@ class Harness:
         sim = self.lab.create_machine(name, env={"CLOUDKEEP_PYTHON": sys.executable})
         with self.ctx.db() as session:
             row = DiscoveredMachine(
-                protection_group_id=self.group_id, cloud_id=sim.id, name=name, platform="linux", status="deployed"
+                protection_group_id=self.group_id,
+                cloud_id=sim.id,
+                name=name,
+                platform="linux",
+                status="deployed",
             )
             session.add(row)
             session.flush()
@@ -168,7 +182,11 @@ class Harness:
                 return None
             from datetime import UTC, datetime
 
-            at = row.last_heartbeat_at if row.last_heartbeat_at.tzinfo else row.last_heartbeat_at.replace(tzinfo=UTC)
+            at = (
+                row.last_heartbeat_at
+                if row.last_heartbeat_at.tzinfo
+                else row.last_heartbeat_at.replace(tzinfo=UTC)
+            )
             return (datetime.now(UTC) - at).total_seconds()
 
     def close(self) -> None:

@@ -20,7 +20,9 @@ def test_ping_and_run_script_round_trip_through_the_queues(harness: Harness) -> 
     pong = dispatcher.call(machine.row_id, "ping", {}, timeout=30)
     assert pong["services"]["message-service"]["state"] == "running"
 
-    command_id = dispatcher.send(machine.row_id, "run_script", {"script": "echo hello; pwd; echo oops >&2; exit 3"})
+    command_id = dispatcher.send(
+        machine.row_id, "run_script", {"script": "echo hello; pwd; echo oops >&2; exit 3"}
+    )
     result = dispatcher.wait(command_id, timeout=30)
     assert result["exit_code"] == 3
     assert result["stdout"].splitlines() == ["hello", str(machine.sim.root)]

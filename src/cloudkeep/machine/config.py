@@ -28,6 +28,7 @@ class MachineConfig(BaseModel):
     server_queue: dict[str, Any]
     heartbeat_seconds: float = Field(default=30.0, gt=0)
     clock_skew_seconds: float = Field(default=300.0, ge=0)
+    receive_wait_seconds: float = Field(default=20.0, ge=0)  # long-poll wait per receive
     root: Path = Path("/")
 
     @classmethod
@@ -68,6 +69,13 @@ class MachineConfig(BaseModel):
     def host_path(self, path: str) -> Path:
         """A path as the machine sees it (``/etc``), mapped onto this host (``$ROOT/etc``)."""
         return self.root / path.lstrip("/") if str(self.root) != "/" else Path(path)
+
+    def machine_path(self, host_path: str) -> str:
+        """The inverse of ``host_path``: how the machine names a path on this host."""
+        root = str(self.root).rstrip("/")
+        if root and (host_path == root or host_path.startswith(root + "/")):
+            return host_path[len(root) :] or "/"
+        return host_path
 
     def version(self) -> str:
         version_file = self.root / "opt/cloudkeep/VERSION"

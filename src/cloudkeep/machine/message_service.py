@@ -58,7 +58,7 @@ class MessageService:
         self,
         config: MachineConfig,
         *,
-        receive_wait: float = 20.0,
+        receive_wait: float | None = None,
         visibility_timeout: int = 120,
         workers: int = 4,
     ) -> None:
@@ -69,7 +69,7 @@ class MessageService:
         self.inbound = QueueLink(config.agent_queue)
         self.outbound = QueueLink(config.server_queue)
         self.spools = {name: Spool.for_service(config.state_dir, name) for name in ("agent", "transport")}
-        self.receive_wait = receive_wait
+        self.receive_wait = config.receive_wait_seconds if receive_wait is None else receive_wait
         self.visibility_timeout = visibility_timeout
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="ck-command")
         self.stopping = threading.Event()

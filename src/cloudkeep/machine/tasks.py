@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
@@ -127,13 +128,13 @@ def _policy(policy: Retention) -> Any:
     engine = _engine()
 
     within = timedelta(days=policy.keep_within_days) if policy.keep_within_days else None
-    return engine.RetentionPolicy(
-        keep_last=policy.keep_last, keep_daily=policy.keep_daily, keep_weekly=policy.keep_weekly,
-        keep_monthly=policy.keep_monthly, keep_yearly=policy.keep_yearly, keep_within=within,
-    )  # fmt: skip
+    counts = policy.model_dump(exclude={"keep_within_days"})
+    return engine.RetentionPolicy(**{k: v or 0 for k, v in counts.items()}, keep_within=within)
 
 
 def _ids(items: Any) -> list[str]:
+    if hasattr(items, "removed"):  # a ForgetResult
+        items = items.removed
     return [str(getattr(item, "id", item)) for item in (items or [])]
 
 
@@ -190,19 +191,18 @@ def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    before = _ids(engine.list_snapshots(repository))
     now = datetime.now(UTC)
-    removed = _ids(engine.forget(repository, _policy(body.policy), now=now, hostname=body.hostname))
+    outcome = engine.forget(repository, _policy(body.policy), now=now, hostname=body.hostname)
     if body.prune:
         engine.prune(repository)
-    return {"kept": [s for s in before if s not in removed], "removed": removed}
+    return {"kept": [str(s) for s in outcome.kept], "removed": [str(s) for s in outcome.removed]}
 
 
 def check(ctx: TaskContext, body: Check) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    kwargs = {"read_data_subset": body.read_data_subset} if body.read_data_subset else {}
+    kwargs = {"read_data_subset": body.read_data_subset} if body.read_data_subset is not None else {}
     outcome = engine.check(repository, **kwargs)
     problems = getattr(outcome, "problems", outcome if isinstance(outcome, list) else [])
     ok = bool(getattr(outcome, "ok", not problems))
@@ -213,13 +213,18 @@ def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    target = ctx.config.host_path("/" if body.in_place else body.target)
+    # Snapshots keep absolute host paths (ROOT included on a simulated machine), so in place is "/".
+    target = Path("/") if body.in_place else ctx.config.host_path(body.target)
+    paths = [str(ctx.config.host_path(p)) for p in body.paths] if body.paths else None
     report = ProgressReporter(ctx)
-    outcome = engine.restore(repository, body.snapshot_id, target, paths=body.paths, progress=report)
+    outcome = engine.restore(repository, body.snapshot_id, target, paths=paths, progress=report)
+    files, verified = int(getattr(outcome, "files", 0)), int(getattr(outcome, "verified", 0))
     return {
-        "files": int(getattr(outcome, "files", 0) or getattr(outcome, "files_restored", 0) or 0),
-        "bytes": int(getattr(outcome, "bytes", 0) or getattr(outcome, "bytes_restored", 0) or 0),
-        "verified": bool(getattr(outcome, "verified", False)),
+        "files": files,
+        "bytes": int(getattr(outcome, "bytes", 0)),
+        "verified": files == verified,
+        "verified_files": verified,
+        "warnings": [str(w) for w in getattr(outcome, "warnings", [])][:50],
     }
 
 
@@ -228,15 +233,17 @@ def restore_volume(ctx: TaskContext, body: RestoreVolume) -> dict[str, Any]:
 
     repository = open_repository(ctx)
     outcome = engine.restore_volume(repository, body.snapshot_id, str(ctx.config.host_path(body.target)))
-    verified = bool(getattr(outcome, "verified", False))
-    return {"bytes": int(getattr(outcome, "bytes", 0) or 0), "verified": verified}
+    return {"bytes": int(getattr(outcome, "bytes", 0)), "verified": bool(getattr(outcome, "verified", 0))}
 
 
 def browse(ctx: TaskContext, body: Browse) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    entries = [_as_dict(e) for e in engine.list_tree(repository, body.snapshot_id, body.path, body.recursive)]
+    tree = engine.list_tree(
+        repository, body.snapshot_id, str(ctx.config.host_path(body.path)), recursive=body.recursive
+    )
+    entries = [{**_as_dict(e), "path": ctx.config.machine_path(e.path)} for e in tree]
     if body.pattern:
         entries = [e for e in entries if fnmatch.fnmatch(str(_entry_name(e)), body.pattern)]
     truncated = len(entries) > body.limit

@@ -91,7 +91,7 @@ class RetentionCommand(Body):
 
 
 class Check(Body):
-    read_data_subset: str | None = None
+    read_data_subset: float | None = Field(default=None, ge=0, le=1)  # fraction of packs to read back
 
 
 class UpdateCredentials(Body):
