@@ -24,7 +24,10 @@ from tests.repo.conftest import restored
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    return subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True).returncode
+        == 0
+    )
 
 
 def test_roundtrip_content_and_metadata(repo: Repository, source: Path, tmp_path: Path) -> None:
@@ -166,7 +169,9 @@ def test_missing_source_is_a_clear_error(repo: Repository, tmp_path: Path) -> No
     assert list_snapshots(repo) == []
 
 
-def test_unreadable_file_is_skipped_with_warning(repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_file_is_skipped_with_warning(
+    repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Root can read anything, so a read failure is injected (in-process: no peer can produce it)."""
     from cloudkeep.repo import archiver
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from cloudkeep.errors import InsufficientSpaceError, NotFoundError, PermissionDeniedError
+from cloudkeep.errors import ConflictError, InsufficientSpaceError, NotFoundError, PermissionDeniedError
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.fsmeta import apply_metadata
 from cloudkeep.repo.pack import pack_key
@@ -152,7 +152,7 @@ class _Restorer:
                     return
                 self.first_link[key] = dest
             if os.path.lexists(dest) and not os.path.isfile(dest):
-                raise NotFoundError(f"cannot restore file over non-file {dest}")
+                raise ConflictError(f"cannot restore a file over {dest}, which is not a file")
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.ftruncate(fd, node.size)

@@ -31,7 +31,7 @@ class RetentionPolicy:
 
     def is_empty(self) -> bool:
         counts = (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
-        return not any(counts) and not self.keep_within
+        return not any(counts) and self.keep_within is None
 
 
 @dataclass

@@ -135,11 +135,12 @@ def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreR
         raise NotFoundError(f"restore point {snap.id} holds no volume image")
     node = nodes[0]
     dest = os.path.abspath(os.fspath(target))
-    is_device = os.path.exists(dest) and stat.S_ISBLK(os.stat(dest).st_mode)
+    mode = os.stat(dest).st_mode if os.path.exists(dest) else 0
+    is_device = stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
     restorer = _Restorer(repo, None)
     try:
         if is_device:
-            if _device_size_of(dest) < node.size:
+            if stat.S_ISBLK(mode) and _device_size_of(dest) < node.size:
                 raise ConfigurationError(f"device {dest} is smaller than the volume ({node.size} bytes)")
             node.sparse = False  # a device is not zeroed: every chunk must be written
             offset = 0

@@ -82,7 +82,7 @@ class BlobWriter:
         self._limiter = RateLimiter(bandwidth_limit) if bandwidth_limit else None
         self._closed = False
         self._stop = threading.Event()
-        self._touch_session()
+        self.heartbeat()
         self._heartbeat = threading.Thread(target=self._beat, name="ck-session", daemon=True)
         self._heartbeat.start()
 
@@ -96,20 +96,21 @@ class BlobWriter:
 
     # -- session marker --------------------------------------------------------------------
 
-    def _touch_session(self) -> None:
+    def heartbeat(self, seen: datetime | None = None) -> None:
+        """Refresh the session marker (``seen`` is for tests that simulate the passage of time)."""
         self.repo.write_marker(
             self.session_key,
             {
                 "hostname": self.hostname,
                 "started": self.started.isoformat(),
-                "seen": datetime.now(UTC).isoformat(),
+                "seen": (seen or datetime.now(UTC)).isoformat(),
             },
         )
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self._touch_session()
+                self.heartbeat()
             except Exception:
                 continue
 
@@ -187,7 +188,7 @@ class BlobWriter:
         with self.repo.lock:
             self.repo.index_files.add(key)
             self._written_index.append(key)
-        self._touch_session()
+        self.heartbeat()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -1,0 +1,90 @@
+"""Crash safety and concurrency: no half-written restore point, reruns resume, parallel backups."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.errors import UnreachableError
+from cloudkeep.repo import Repository, backup_files, check, list_snapshots, restore
+from cloudkeep.storage import ObjectStore
+from tests.repo.conftest import PASSWORD, restored, write_tree
+from tests.repo.faults import FaultyStore
+
+
+def big_source(root: Path) -> Path:
+    root.mkdir()
+    for n in range(6):
+        (root / f"f{n}.bin").write_bytes(__import__("random").Random(n).randbytes(2**20))
+    return root
+
+
+def test_failed_snapshot_write_leaves_no_restore_point(
+    repo: Repository, store: ObjectStore, tmp_path: Path
+) -> None:
+    src = big_source(tmp_path / "src")
+    faulty = FaultyStore(store, fail_put=lambda key: key.startswith("snapshots/"))
+    broken = Repository.open(faulty, PASSWORD)
+    with pytest.raises(UnreachableError):
+        backup_files(broken, [src], hostname="h")
+    assert list_snapshots(repo) == []
+    # Everything uploaded was indexed: the rerun uploads only the new manifest's trees (nothing).
+    snap = backup_files(Repository.open(store, PASSWORD), [src], hostname="h")
+    assert snap.stats["bytes_uploaded"] == 0
+    assert check(Repository.open(store, PASSWORD), read_data=True).ok
+
+
+def test_crash_mid_upload_rerun_reuses_indexed_packs(
+    repo: Repository, store: ObjectStore, tmp_path: Path
+) -> None:
+    src = big_source(tmp_path / "src")
+    packs_written: list[str] = []
+
+    def fail_after_some_packs(key: str) -> bool:
+        if key.startswith("data/"):
+            packs_written.append(key)
+        return len(packs_written) > 9
+
+    broken = Repository.open(FaultyStore(store, fail_put=fail_after_some_packs), PASSWORD)
+    with pytest.raises(UnreachableError):
+        backup_files(broken, [src], hostname="h", threads=1)
+    assert list_snapshots(repo) == []
+    fresh = Repository.open(store, PASSWORD)
+    assert len(fresh.index) > 0  # the killed run's packs were indexed
+    snap = backup_files(fresh, [src], hostname="h")
+    assert snap.stats["bytes_new"] < 6 * 2**20 * 0.8
+    restore(fresh, snap.id, tmp_path / "out")
+    assert restored(tmp_path / "out", src / "f5.bin").read_bytes() == (src / "f5.bin").read_bytes()
+    report = check(fresh, read_data=True)
+    assert report.ok, report.problems
+
+
+def test_concurrent_backups_into_one_repository(repo: Repository, store: ObjectStore, tmp_path: Path) -> None:
+    sources = [write_tree(tmp_path / f"m{n}", seed=n) for n in range(3)]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            agent_repo = Repository.open(store, PASSWORD)  # each agent has its own view, no lock
+            results[n] = backup_files(agent_repo, [sources[n]], hostname=f"machine{n}").id
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    fresh = Repository.open(store, PASSWORD)
+    assert check(fresh, read_data=True).ok
+    for n, sid in results.items():
+        restore(fresh, sid, tmp_path / f"out{n}")
+        assert (
+            restored(tmp_path / f"out{n}", sources[n] / "blob.bin").read_bytes()
+            == (sources[n] / "blob.bin").read_bytes()
+        )
+    assert list(store.list("sessions/")) == []  # every session marker was cleaned up
