@@ -7,6 +7,7 @@ SQS on the moto server, or Azure Queue Storage on Azurite); each machine's servi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -194,10 +195,8 @@ class Harness:
 
         for proc in self.processes:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(timeout=30)
         stop_consumers()
         self.provider.close()

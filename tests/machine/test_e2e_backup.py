@@ -69,10 +69,8 @@ def test_backup_browse_and_restore_round_trip(harness: Harness, tmp_path: Path) 
     )  # fmt: skip
     assert {e["path"] for e in listing["entries"]} >= {"/data/a.txt", "/data/sub", "/data/sub/b.bin"}
 
-    restored = dispatcher.call(
-        machine.row_id, "restore", {"snapshot_id": backup["snapshot_id"], "target": "/restore", "paths": ["/data"]},
-        sealed=access, timeout=60,
-    )  # fmt: skip
+    request = {"snapshot_id": backup["snapshot_id"], "target": "/restore", "paths": ["/data"]}
+    restored = dispatcher.call(machine.row_id, "restore", request, sealed=access, timeout=60)
     assert restored["files"] == 2 and restored["verified"] is True
     copy = machine.sim.root / "restore" / str(machine.sim.root).lstrip("/") / "data"
     assert (copy / "a.txt").read_text() == "alpha\n"

@@ -41,7 +41,11 @@ def validator(**kw: object) -> MessageValidator:
 
 def command(kind: str = "run_script", body: dict | None = None, **kw: object) -> str:
     envelope = make_envelope(
-        kind, body if body is not None else {"script": "true"}, sender="srv", recipient="m1", **kw  # type: ignore[arg-type]
+        kind,
+        body if body is not None else {"script": "true"},
+        sender="srv",
+        recipient="m1",
+        **kw,  # type: ignore[arg-type]
     )
     return sign_envelope(envelope, SERVER)
 
@@ -54,7 +58,9 @@ def resign(data: dict, key: Ed25519PrivateKey = SERVER) -> str:
 
 
 def test_round_trip_and_sealed_secrets_only_for_the_recipient() -> None:
-    text = command("backup", {"hostname": "h", "sources": ["/etc"]}, secrets=SECRETS, seal_to=MACHINE_BOX.public_key())
+    text = command(
+        "backup", {"hostname": "h", "sources": ["/etc"]}, secrets=SECRETS, seal_to=MACHINE_BOX.public_key()
+    )
     assert "hunter2" not in text and "t0p" not in text
     envelope = validator().validate(text)
     assert envelope.kind == "backup" and envelope.body["sources"] == ["/etc"]
@@ -65,7 +71,9 @@ def test_round_trip_and_sealed_secrets_only_for_the_recipient() -> None:
 
 def test_sealed_blob_cannot_be_moved_into_another_message() -> None:
     donor = json.loads(command("check", {}, secrets=SECRETS, seal_to=MACHINE_BOX.public_key()))
-    victim = json.loads(command("check", {}, secrets={"store_url": "x", "password": "y"}, seal_to=MACHINE_BOX.public_key()))
+    victim = json.loads(
+        command("check", {}, secrets={"store_url": "x", "password": "y"}, seal_to=MACHINE_BOX.public_key())
+    )
     victim["sealed"] = donor["sealed"]
     envelope = validator().validate(resign(victim))
     with pytest.raises(SealError):
