@@ -15,6 +15,8 @@ import pytest
 
 from cloudkeep.providers.local import Lab, LocalProvider
 from cloudkeep.providers.local.provider import create_local_provider
+from tests.support.peers import MotoServer
+from tests.support.ssm_standin import SsmStandIn
 
 
 @pytest.fixture
@@ -27,3 +29,11 @@ def local_provider(lab: Lab) -> Iterator[LocalProvider]:
     provider = create_local_provider({}, {"lab_dir": str(lab.path)})
     yield provider
     provider.close()
+
+
+@pytest.fixture(scope="session")
+def ssm_standin(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmStandIn]:
+    """The SSM agent stand-in serving moto (us-east-1); create instances with ``create_instance``."""
+    standin = SsmStandIn.start(moto_server.endpoint, "us-east-1", tmp_path_factory.mktemp("ssm-lab"))
+    yield standin
+    standin.stop()

@@ -1,0 +1,156 @@
+"""S3 as the control plane sees it: buckets, presigned URLs, STS credentials scoped to a prefix.
+
+A *location* is ``bucket[/prefix]``. Scoped credentials come from STS with a session policy
+(the effective permissions are the intersection of the caller's and the session policy):
+``AssumeRole`` when the credential names a ``role_arn`` (or the option ``agent_role_arn``),
+otherwise ``GetFederationToken`` (which needs an IAM user's long-term keys). The session policy
+allows reading the whole repository and writing/deleting only under the agent's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.base import ScopedCredentials, StorageService
+from cloudkeep.storage.base import ObjectStore, open_store
+
+MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 ceiling
+MIN_STS_SECONDS = 900
+
+
+def split_location(location: str) -> tuple[str, str]:
+    bucket, _, prefix = location.removeprefix("s3://").strip("/").partition("/")
+    if not bucket:
+        raise ConfigurationError(f"S3 location {location!r} needs a bucket", hint="use bucket[/prefix]")
+    return bucket, prefix.strip("/")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def session_policy(bucket: str, write_prefix: str) -> dict[str, Any]:
+    """Read the repository, write (and delete, for prune of its own uploads) only under ``write_prefix``."""
+    arn = f"arn:aws:s3:::{bucket}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Resource": arn,
+             "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketObjectLockConfiguration"]},
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectRetention"], "Resource": f"{arn}/*"},
+            {"Effect": "Allow", "Resource": f"{arn}/{write_prefix}*",
+             "Action": ["s3:PutObject", "s3:PutObjectRetention", "s3:AbortMultipartUpload"]},
+        ],
+    }  # fmt: skip
+
+
+class S3StorageService(StorageService):
+    def __init__(self, session: AwsSession, *, agent_role_arn: str | None = None) -> None:
+        self.session = session
+        self.agent_role_arn = agent_role_arn or session.credential.get("role_arn")
+
+    def open_store(self, location: str) -> ObjectStore:
+        bucket, prefix = split_location(location)
+        return open_store(f"s3://{bucket}/{prefix}", **self.session.store_options())
+
+    def ensure_container(self, location: str, *, object_lock: bool = False) -> None:
+        bucket, _ = split_location(location)
+        s3 = self.session.client("s3")
+        args: dict[str, Any] = {"Bucket": bucket}
+        if self.session.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.session.region}
+        if object_lock:
+            args["ObjectLockEnabledForBucket"] = True
+        if not self._bucket_exists(bucket):
+            with aws_errors("s3:CreateBucket", bucket):
+                try:
+                    s3.create_bucket(**args)
+                except ClientError as error:
+                    if error_code(error) != "BucketAlreadyOwnedByYou":
+                        raise
+        if object_lock:  # an existing bucket must already have it (it can only be set at creation)
+            self._require_object_lock(bucket)
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        with aws_errors("s3:ListBucket", bucket):
+            try:
+                self.session.client("s3").head_bucket(Bucket=bucket)
+            except ClientError as error:
+                if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+                    return False
+                raise
+        return True
+
+    def _require_object_lock(self, bucket: str) -> None:
+        s3 = self.session.client("s3")
+        with aws_errors("s3:GetBucketObjectLockConfiguration", bucket):
+            try:
+                config = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+            except ClientError as error:
+                if error_code(error) != "ObjectLockConfigurationNotFoundError":
+                    raise
+                config = {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            raise ConfigurationError(
+                f"bucket {bucket} exists without Object Lock",
+                hint="use a new bucket for an immutable repository (Object Lock is set at creation)",
+            )
+
+    def signed_url(
+        self, location: str, key: str, *, method: Literal["GET", "PUT"], expires_seconds: int
+    ) -> str:
+        if not 0 < expires_seconds <= MAX_PRESIGN_SECONDS:
+            raise ConfigurationError(f"presigned URLs last 1 s to 7 days, not {expires_seconds} s")
+        bucket, prefix = split_location(location)
+        operation = "get_object" if method == "GET" else "put_object"
+        with aws_errors(f"s3:{'GetObject' if method == 'GET' else 'PutObject'} (presign)", bucket):
+            return str(
+                self.session.client("s3").generate_presigned_url(
+                    operation, Params={"Bucket": bucket, "Key": _join(prefix, key)}, ExpiresIn=expires_seconds
+                )
+            )
+
+    def scoped_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
+        bucket, base = split_location(location)
+        write_prefix = _join(base, prefix) + ("/" if prefix.endswith("/") else "")
+        policy = json.dumps(session_policy(bucket, write_prefix))
+        duration = max(MIN_STS_SECONDS, expires_seconds)
+        sts = self.session.client("sts")
+        session_name = re.sub(r"[^\w+=,.@-]", "-", f"cloudkeep-{prefix}")[:32].strip("-") or "cloudkeep-agent"
+        if self.agent_role_arn:
+            with aws_errors("sts:AssumeRole", str(self.agent_role_arn)):
+                creds = sts.assume_role(
+                    RoleArn=self.agent_role_arn,
+                    RoleSessionName=session_name,
+                    Policy=policy,
+                    DurationSeconds=duration,
+                )["Credentials"]
+        else:
+            with aws_errors("sts:GetFederationToken", bucket):
+                creds = sts.get_federation_token(Name=session_name, Policy=policy, DurationSeconds=duration)[
+                    "Credentials"
+                ]
+        options: dict[str, Any] = {
+            "region": self.session.region,
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+        }
+        if self.session.endpoint_url:
+            options["endpoint_url"] = self.session.endpoint_url
+        expires_at = creds["Expiration"]
+        if isinstance(expires_at, datetime) and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        return ScopedCredentials(
+            provider="aws",
+            store_url=f"s3://{bucket}/{base}".rstrip("/"),
+            options=options,
+            expires_at=expires_at,
+        )

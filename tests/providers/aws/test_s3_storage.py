@@ -1,0 +1,68 @@
+"""S3 storage service on moto: buckets, presigned URLs (generation: moto does not verify them),
+STS credentials scoped to a prefix (moto returns working credentials; it does not enforce session
+policies, so the policy document itself is checked)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.aws.storage import session_policy
+
+
+def test_presigned_get_and_put_are_sigv4_with_expiry(aws: AwsProvider, unique_name: str) -> None:
+    aws.storage.ensure_container(unique_name)
+    aws.storage.ensure_container(unique_name)  # idempotent
+    aws.storage.open_store(f"{unique_name}/dist").put("agent.tar.gz", b"payload")
+    url = aws.storage.signed_url(f"{unique_name}/dist", "agent.tar.gz", method="GET", expires_seconds=300)
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    assert parts.path == f"/{unique_name}/dist/agent.tar.gz"
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-Expires"] == ["300"]
+    assert "X-Amz-Signature" in query and "host" in query["X-Amz-SignedHeaders"][0]
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"payload"
+    put = aws.storage.signed_url(unique_name, "upload/x", method="PUT", expires_seconds=60)
+    request = urllib.request.Request(
+        put, data=b"uploaded", method="PUT", headers={"Content-Type": "application/octet-stream"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    assert aws.storage.open_store(unique_name).get("upload/x") == b"uploaded"
+    with pytest.raises(ConfigurationError, match="7 days"):
+        aws.storage.signed_url(unique_name, "k", method="GET", expires_seconds=8 * 86400)
+
+
+def test_object_lock_bucket(aws: AwsProvider, unique_name: str) -> None:
+    aws.storage.ensure_container(unique_name, object_lock=True)
+    aws.storage.ensure_container(unique_name, object_lock=True)
+    other = unique_name + "-plain"
+    aws.storage.ensure_container(other)
+    with pytest.raises(ConfigurationError, match="without Object Lock"):
+        aws.storage.ensure_container(other, object_lock=True)
+
+
+def test_scoped_credentials_from_sts_work(aws: AwsProvider, unique_name: str) -> None:
+    aws.storage.ensure_container(unique_name)
+    creds = aws.storage.scoped_credentials(f"{unique_name}/repo", "machines/web1/", expires_seconds=3600)
+    assert creds.provider == "aws" and creds.store_url == f"s3://{unique_name}/repo"
+    assert creds.options["aws_session_token"] and creds.options["aws_access_key_id"] != "testing"
+    assert creds.expires_at > datetime.now(UTC) + timedelta(minutes=50)
+    json.dumps({**creds.options, "expires_at": creds.expires_at.isoformat()})  # JSON-serialisable
+    store = creds.open_store()
+    store.put("machines/web1/pack", b"data")
+    assert aws.storage.open_store(f"{unique_name}/repo").get("machines/web1/pack") == b"data"
+
+
+def test_session_policy_writes_only_the_prefix() -> None:
+    policy = session_policy("bucket", "repo/machines/web1/")
+    writes = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in writes] == ["arn:aws:s3:::bucket/repo/machines/web1/*"]
+    assert all("s3:DeleteObject" not in s["Action"] for s in policy["Statement"])
