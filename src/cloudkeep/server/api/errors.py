@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from starlette.exceptions import HTTPException
 
@@ -82,8 +83,14 @@ async def _database_conflict(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_data_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.info("database refused a value: %s", type(exc).__name__)
+    return JSONResponse(error_body("invalid", "a value in the request cannot be stored or looked up"), status_code=422)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(CloudkeepError, _cloudkeep_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(DatabaseIntegrityError, _database_conflict)
+    app.add_exception_handler(DataError, _database_data_error)
