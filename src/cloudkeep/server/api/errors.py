@@ -85,7 +85,9 @@ async def _database_conflict(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _database_data_error(_request: Request, exc: Exception) -> JSONResponse:
     log.info("database refused a value: %s", type(exc).__name__)
-    return JSONResponse(error_body("invalid", "a value in the request cannot be stored or looked up"), status_code=422)
+    return JSONResponse(
+        error_body("invalid", "a value in the request cannot be stored or looked up"), status_code=422
+    )
 
 
 def install(app: FastAPI) -> None:
