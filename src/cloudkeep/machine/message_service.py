@@ -11,6 +11,7 @@ result is re-posted. Queue outages are ridden out with back-off; nothing is drop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -100,17 +101,18 @@ class MessageService:
 
     def recover(self) -> None:
         """After a restart: finish what the ledger says was in flight, never running anything twice."""
-        for entry in self.ledger.in_state("accepted"):  # recorded but never started: safe to start now
-            self.dispatch(Envelope.model_validate_json(entry.envelope), entry.envelope)
-        for entry in self.ledger.in_state("started"):
+        interrupted = self.ledger.in_state("started")  # read first: the loop below starts others
+        for entry in interrupted:
+            if entry.route == "exec":
+                continue  # run by a fallback `exec` process, which returns its result on stdout
             spool = self.spools.get(entry.route)
             if spool is not None and spool.is_submitted(entry.id):
                 continue  # the worker has it; its result will come through the spool
             reason = "the machine's message service restarted while running this command; not re-run"
             self.ledger.complete(entry.id, sign_result(self.config, self.keys, failure(entry.id, reason)))
-            log.warning(
-                "command %s (%s) was interrupted by a restart; reported as failed", entry.id, entry.kind
-            )
+            log.warning("command %s (%s) interrupted by a restart; reported as failed", entry.id, entry.kind)
+        for entry in self.ledger.in_state("accepted"):  # recorded but never started: safe to start now
+            self.dispatch(Envelope.model_validate_json(entry.envelope), entry.envelope)
 
     def _loop(self, step: Any, interval: float) -> None:
         while not self.stopping.is_set():
@@ -154,12 +156,19 @@ class MessageService:
             entry = self.ledger.get(envelope.id)
             if entry is not None and entry.state == "done":
                 self.ledger.mark_posted(envelope.id, False)  # re-post the stored result, never re-run
+            elif entry is not None and entry.state == "accepted":
+                self.dispatch(envelope, entry.envelope)  # recorded, then the service died: start it once
             log.info("command %s (%s) delivered again; not re-run", envelope.id, envelope.kind)
-            self.inbound.ack(message)
+            self._ack(message)
             return "duplicate"
-        self.inbound.ack(message)
+        self._ack(message)  # recorded durably first: a failed ack only means a recognised redelivery
         self.dispatch(envelope, text)
         return "accepted"
+
+    def _ack(self, message: Any) -> None:
+        # On failure it comes back after its visibility timeout and the ledger recognises it.
+        with contextlib.suppress(QueueUnavailable):
+            self.inbound.ack(message)
 
     def dispatch(self, envelope: Envelope, text: str) -> None:
         if not self.ledger.start(envelope.id):

@@ -223,9 +223,14 @@ class ServerQueueConsumer:
                 self.stopping.wait(min(15.0, 0.2 * 2**failures))
                 continue
             for message in messages:
-                self._count(self.process(message))
+                self.process(message)
 
     def process(self, message: ReceivedMessage) -> str:
+        outcome = self._process(message)
+        self._count(outcome)
+        return outcome
+
+    def _process(self, message: ReceivedMessage) -> str:
         try:
             envelope = self.validator.validate(message.body)
             outcome = apply_report(self.ctx, envelope)
