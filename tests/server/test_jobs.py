@@ -74,10 +74,8 @@ def test_job_over_three_machines_skips_the_undeployed_one_with_a_reason(
     backups = fake.kinds("backup")
     assert sorted(b.machine_id for b in backups) == sorted(world.machine_ids[:2])
     for command in backups:
-        assert (
-            command.sealed is not None and command.sealed["repository"]["password"] == "correct horse battery"
-        )
-        assert command.sealed["repository"]["store_url"].startswith("file://")
+        assert command.sealed is not None and command.sealed["password"] == "correct horse battery"
+        assert command.sealed["store_url"].startswith("file://")
         assert "password" not in str(command.body)
         assert command.body["hostname"] == command.machine_id and command.body["mode"] == "files"
     recorded = points(ctx, job_id=job_id)
@@ -203,7 +201,7 @@ def test_long_task_gets_refreshed_credentials(ctx: ServerContext, world: World) 
     (refresh,) = fake.kinds("update_credentials")[:1]
     backup = fake.kinds("backup")[0]
     assert refresh.body == {"command_id": backup.command_id}
-    assert refresh.sealed is not None and refresh.sealed["repository"]["password"] == "correct horse battery"
+    assert refresh.sealed is not None and refresh.sealed["password"] == "correct horse battery"
     assert any("credentials refreshed" in line["message"] for line in tasks[world.machine_ids[0]].log)
 
 

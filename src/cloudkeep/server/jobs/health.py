@@ -84,7 +84,7 @@ def _run_check(
             provider.close()
         sender = dispatcher or default_dispatcher(ctx)
         body = {"read_data_subset": read_data_subset}
-        command_id = sender.send(machine_id, "check", body, sealed={"repository": access}, task_id=task_id)
+        command_id = sender.send(machine_id, "check", body, sealed=access, task_id=task_id)
         payload = sender.wait(command_id, timeout=6 * 3600)
         problems = [str(p) for p in payload.get("problems") or []]
         ok = bool(payload.get("ok", not problems))

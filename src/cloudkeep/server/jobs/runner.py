@@ -344,7 +344,7 @@ class SessionRunner:
         access, ttl = self._access(machine.id)
         timeout = float((self.job.options or {}).get("task_timeout_seconds", 24 * 3600))
         command_id = self.dispatcher.send(
-            machine.id, "backup", body, sealed={"repository": access}, task_id=task_id, ttl=timeout
+            machine.id, "backup", body, sealed=access, task_id=task_id, ttl=timeout
         )
         update_task(self.ctx, task_id, f"backup command {command_id} sent", command_id=command_id)
         return self._await(task_id, machine, command_id, timeout=timeout, refresh_every=ttl * 2 / 3)
@@ -392,7 +392,7 @@ class SessionRunner:
                 machine.id,
                 "update_credentials",
                 {"command_id": command_id},
-                sealed={"repository": access},
+                sealed=access,
                 ttl=600,
             )
             update_task(self.ctx, task_id, "storage credentials refreshed")
@@ -454,7 +454,7 @@ class SessionRunner:
                 policy, prune=bool((self.job.options or {}).get("prune", True)), hostname=machine.id
             )
             access, _ttl = self._access(machine.id)
-            command_id = self.dispatcher.send(machine.id, "retention", body, sealed={"repository": access})
+            command_id = self.dispatcher.send(machine.id, "retention", body, sealed=access)
             payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
             removed = ret.removed_snapshot_ids(payload)
             locked = {p.snapshot_id for p in points if p.id in plan.keep and p.retain_until}

@@ -1,0 +1,509 @@
+"""Restore: browse and search restore points, restore files and volumes, download, export images.
+
+Two data paths, and the server is on neither:
+
+* to a protected machine — the server sends a ``restore`` / ``restore_volume`` / ``browse`` command
+  to the target machine's Transport Service, which reads from object storage with scoped
+  credentials; the session records the outcome;
+* to the administrator's own machine — ``download_files``, ``search`` and ``export_image`` open the
+  repository here with the repository credential (``cloudkeep.repo`` locally), as restic would.
+
+``export_image`` writes a volume restore point as a raw disk image or a fixed VHD (raw + 512-byte
+footer, padded to a whole MiB) ready for EC2 ImportSnapshot/ImportImage or an Azure managed disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+import threading
+import time as monotonic_time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import DiscoveredMachine, JobSession, RestorePoint, SessionTask
+from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
+from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
+
+VHD_ALIGN = 1 << 20  # Azure requires a VHD's virtual size to be a whole number of MiB
+
+
+def _engine() -> Any:
+    return importlib.import_module("cloudkeep.repo")
+
+
+@dataclass(frozen=True)
+class PointRef:
+    id: str
+    snapshot_id: str
+    machine_id: str
+    repository_id: str
+    job_id: str | None
+    mode: str
+    created_at: datetime
+
+
+def load_point(ctx: ServerContext, restore_point_id: str) -> PointRef:
+    with ctx.db() as db:
+        point = db.get(RestorePoint, restore_point_id)
+        if point is None:
+            raise NotFoundError(
+                f"restore point {restore_point_id} does not exist",
+                hint="list them with `cloudkeep restore-point list`",
+            )
+        if point.removed_at is not None:
+            raise NotFoundError(
+                f"restore point {restore_point_id} was removed by retention on {point.removed_at:%Y-%m-%d}"
+            )
+        return PointRef(
+            point.id,
+            point.snapshot_id,
+            point.machine_id,
+            point.repository_id,
+            point.job_id,
+            point.mode,
+            point.created_at,
+        )
+
+
+def _target_machine(ctx: ServerContext, machine_id: str) -> DiscoveredMachine:
+    with ctx.db() as db:
+        machine = db.get(DiscoveredMachine, machine_id) or db.scalar(
+            select(DiscoveredMachine).where(DiscoveredMachine.name == machine_id)
+        )
+        if machine is None:
+            raise NotFoundError(f"machine {machine_id} does not exist")
+        if machine.status != "deployed":
+            raise ConfigurationError(
+                f"machine {machine.name} cannot receive a restore: "
+                f"it is not deployed (status {machine.status})",
+                hint="rescan its protection group, or restore to another machine / download the files",
+            )
+        return machine
+
+
+def _sealed_access(ctx: ServerContext, repository_id: str, machine_id: str) -> dict[str, Any]:
+    repository = load_repository(ctx, repository_id)
+    provider = ctx.provider_for(repository.credential_id)
+    try:
+        return agent_access(provider, repository, machine_id, repository_password(ctx, repository))
+    finally:
+        provider.close()
+
+
+# --- restores through a machine's Transport Service ---------------------------------------------
+
+
+def _start_command_session(
+    ctx: ServerContext,
+    point: PointRef,
+    machine: DiscoveredMachine,
+    kind: str,
+    body: dict[str, Any],
+    *,
+    wait: bool,
+    dispatcher: CommandSender | None,
+    timeout: float = 48 * 3600,
+) -> str:
+    with ctx.db() as db:
+        session = JobSession(kind="restore", job_id=point.job_id, trigger="manual", state="pending")
+        session.stats = {
+            "restore_point_id": point.id,
+            "snapshot_id": point.snapshot_id,
+            "command": kind,
+            **body,
+        }
+        db.add(session)
+        db.flush()
+        task = SessionTask(session_id=session.id, machine_id=machine.id, state="pending")
+        db.add(task)
+        db.flush()
+        session_id, task_id = session.id, task.id
+
+    def run() -> None:
+        _run_command_session(ctx, session_id, task_id, point, machine, kind, body, dispatcher, timeout)
+
+    if wait:
+        run()
+    else:
+        threading.Thread(target=run, name=f"ck-restore-{session_id[:8]}", daemon=True).start()
+    return session_id
+
+
+def _set_session(ctx: ServerContext, session_id: str, **fields: Any) -> None:
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        if session is not None:
+            for key, value in fields.items():
+                setattr(session, key, value)
+
+
+def _stop_requested(ctx: ServerContext, session_id: str) -> bool:
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        return bool(session and session.stop_requested)
+
+
+def _run_command_session(
+    ctx: ServerContext,
+    session_id: str,
+    task_id: str,
+    point: PointRef,
+    machine: DiscoveredMachine,
+    kind: str,
+    body: dict[str, Any],
+    dispatcher: CommandSender | None,
+    timeout: float,
+) -> None:
+    started = utcnow()
+    _set_session(ctx, session_id, state="running", started_at=started)
+    update_task(
+        ctx,
+        task_id,
+        f"{kind} of {point.snapshot_id[:12]} on {machine.name}",
+        state="running",
+        started_at=started,
+    )
+    state, reason, stats = "failed", "", {}
+    try:
+        sender = dispatcher or default_dispatcher(ctx)
+        sealed = _sealed_access(ctx, point.repository_id, machine.id)
+        command_id = sender.send(machine.id, kind, body, sealed=sealed, task_id=task_id, ttl=timeout)
+        deadline = monotonic_time.monotonic() + timeout
+        while True:
+            if _stop_requested(ctx, session_id):
+                state, reason = "stopped", "stopped by the administrator"
+                break
+            try:
+                payload = sender.wait(
+                    command_id, timeout=min(2.0, max(0.1, deadline - monotonic_time.monotonic()))
+                )
+            except TimeoutError:
+                if monotonic_time.monotonic() < deadline:
+                    continue
+                raise
+            stats = {k: v for k, v in payload.items() if k in ("files", "bytes", "verified")}
+            state = "success" if payload.get("verified", True) else "warning"
+            files, size = payload.get("files", 1), payload.get("bytes", 0)
+            reason = f"restored {files} file(s), {size} bytes to {machine.name}"
+            if state == "warning":
+                reason += " (not verified)"
+            break
+    except CloudkeepError as exc:
+        reason = f"{machine.name}: {exc}"
+    except TimeoutError as exc:
+        reason = f"{machine.name}: {exc}"
+    ended = utcnow()
+    update_task(
+        ctx, task_id, reason, state=state, reason=reason, ended_at=ended, stats=stats,
+        bytes_transferred=int(stats.get("bytes", 0)), files=int(stats.get("files", 0)),
+        progress=1.0 if state == "success" else 0.0,
+    )  # fmt: skip
+    _set_session(ctx, session_id, state=state, reason=reason, ended_at=ended)
+
+
+def start_file_restore(
+    ctx: ServerContext,
+    restore_point_id: str,
+    *,
+    paths: list[str] | None,
+    target_machine_id: str | None,
+    target_path: str | None,
+    in_place: bool = False,
+    wait: bool = False,
+    dispatcher: CommandSender | None = None,
+) -> str:
+    """Restore files of a restore point onto a machine: in place, or below ``target_path``."""
+    point = load_point(ctx, restore_point_id)
+    if point.mode == "volume":
+        raise ConfigurationError(
+            f"restore point {point.id} is a volume backup",
+            hint="use a volume restore or export it as an image",
+        )
+    if not in_place and not target_path:
+        raise ConfigurationError(
+            "a file restore needs a target folder, or in_place to overwrite the originals"
+        )
+    if in_place and target_path:
+        raise ConfigurationError("give either a target folder or in_place, not both")
+    machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    body = {
+        "snapshot_id": point.snapshot_id,
+        "paths": paths or None,
+        "target": target_path or "/",
+        "in_place": in_place,
+    }
+    return _start_command_session(ctx, point, machine, "restore", body, wait=wait, dispatcher=dispatcher)
+
+
+def start_volume_restore(
+    ctx: ServerContext,
+    restore_point_id: str,
+    *,
+    target_path: str,
+    target_machine_id: str | None = None,
+    wait: bool = False,
+    dispatcher: CommandSender | None = None,
+) -> str:
+    """Write a volume restore point to a machine's disk (block device) or to an image file on it."""
+    point = load_point(ctx, restore_point_id)
+    if point.mode != "volume":
+        raise ConfigurationError(f"restore point {point.id} is a {point.mode} backup, not a volume")
+    if not target_path:
+        raise ConfigurationError("a volume restore needs a target disk or image file path")
+    machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    body = {"snapshot_id": point.snapshot_id, "target": target_path}
+    return _start_command_session(
+        ctx, point, machine, "restore_volume", body, wait=wait, dispatcher=dispatcher
+    )
+
+
+def browse(
+    ctx: ServerContext,
+    restore_point_id: str,
+    path: str = "/",
+    *,
+    recursive: bool = False,
+    pattern: str | None = None,
+    via_machine: str | None = None,
+    dispatcher: CommandSender | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """List a folder of a restore point; through a machine's Transport Service when ``via_machine``.
+
+    Without ``via_machine`` the listing is read here with the repository credential (admin side).
+    Returns ``{"entries": [{path, type, size, mode, mtime}], "truncated": bool}``.
+    """
+    point = load_point(ctx, restore_point_id)
+    if via_machine is not None:
+        machine = _target_machine(ctx, via_machine)
+        sender = dispatcher or default_dispatcher(ctx)
+        body: dict[str, Any] = {"snapshot_id": point.snapshot_id, "path": path, "recursive": recursive}
+        if pattern:
+            body["pattern"] = pattern
+        command_id = sender.send(
+            machine.id, "browse", body, sealed=_sealed_access(ctx, point.repository_id, machine.id)
+        )
+        return sender.wait(command_id, timeout=timeout)
+    import fnmatch
+
+    with open_repository(ctx, point.repository_id) as repo:
+        entries = [_entry(e) for e in _engine().list_tree(repo, point.snapshot_id, path, recursive=recursive)]
+    if pattern:
+        entries = [e for e in entries if fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern)]
+    return {"entries": entries, "truncated": False}
+
+
+def _entry(entry: Any) -> dict[str, Any]:
+    data = asdict(entry) if is_dataclass(entry) and not isinstance(entry, type) else dict(entry)
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+
+
+# --- on the administrator's machine -------------------------------------------------------------
+
+
+@contextmanager
+def open_repository(ctx: ServerContext, repository_id: str, password: str | None = None) -> Iterator[Any]:
+    """The repository opened here with the full repository credential (never handed to machines)."""
+    repository = load_repository(ctx, repository_id)
+    provider = ctx.provider_for(repository.credential_id)
+    store = provider.storage.open_store(repository.location)
+    try:
+        repo = _engine().Repository.open(store, password or repository_password(ctx, repository))
+        try:
+            yield repo
+        finally:
+            repo.close()
+    finally:
+        store.close()
+        provider.close()
+
+
+def download_files(
+    ctx: ServerContext,
+    restore_point_id: str,
+    paths: list[str] | None,
+    dest: Path,
+    *,
+    password: str | None = None,
+) -> dict[str, Any]:
+    """Restore files to a folder on the administrator's machine; verified chunk by chunk.
+
+    A wrong ``password`` raises AuthenticationError before anything is written.
+    """
+    point = load_point(ctx, restore_point_id)
+    if point.mode == "volume":
+        raise ConfigurationError(f"restore point {point.id} is a volume backup", hint="use export_image")
+    with open_repository(ctx, point.repository_id, password) as repo:
+        result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=paths or None)
+    return {
+        "dest": str(dest),
+        "files": int(result.files),
+        "bytes": int(result.bytes),
+        "verified": int(result.verified),
+        "warnings": list(getattr(result, "warnings", [])),
+    }
+
+
+def search(
+    ctx: ServerContext,
+    pattern: str,
+    *,
+    machine_id: str | None = None,
+    job_id: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Find files by name glob (or path glob, when the pattern has a ``/``) across restore points."""
+    stmt = select(RestorePoint).where(RestorePoint.removed_at.is_(None)).order_by(RestorePoint.created_at)
+    if machine_id:
+        stmt = stmt.where(RestorePoint.machine_id == machine_id)
+    if job_id:
+        stmt = stmt.where(RestorePoint.job_id == job_id)
+    with ctx.db() as db:
+        points = [p for p in db.scalars(stmt) if p.mode != "volume"]
+    by_repo: dict[str, dict[str, RestorePoint]] = {}
+    for p in points:
+        by_repo.setdefault(p.repository_id, {})[p.snapshot_id] = p
+    found: list[dict[str, Any]] = []
+    for repository_id, snapshots in by_repo.items():
+        with open_repository(ctx, repository_id) as repo:
+            for snapshot_id, entry in _engine().find(repo, pattern, snapshot_ids=list(snapshots)):
+                point = snapshots[snapshot_id]
+                found.append(
+                    {
+                        "restore_point_id": point.id,
+                        "machine_id": point.machine_id,
+                        "created_at": point.created_at.isoformat(),
+                        **_entry(entry),
+                    }
+                )
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+# --- export as a disk image ---------------------------------------------------------------------
+
+
+def _chs(total_sectors: int) -> tuple[int, int, int]:
+    """Disk geometry (cylinders, heads, sectors/track) as the VHD specification computes it."""
+    total_sectors = min(total_sectors, 65535 * 16 * 255)
+    if total_sectors >= 65535 * 16 * 63:
+        spt, heads = 255, 16
+        cth = total_sectors // spt
+    else:
+        spt = 17
+        cth = total_sectors // spt
+        heads = max(4, (cth + 1023) // 1024)
+        if cth >= heads * 1024 or heads > 16:
+            spt, heads = 31, 16
+            cth = total_sectors // spt
+        if cth >= heads * 1024:
+            spt, heads = 63, 16
+            cth = total_sectors // spt
+    return cth // heads, heads, spt
+
+
+def vhd_footer(size: int, *, unique_id: bytes | None = None, now: datetime | None = None) -> bytes:
+    """The 512-byte footer that makes a raw image a fixed VHD (Microsoft VHD format spec 1.0)."""
+    stamp = int(((now or datetime.now(UTC)) - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds())
+    cylinders, heads, spt = _chs(size // 512)
+    fields = struct.pack(
+        ">8sIIQI4sI4sQQHBBI",
+        b"conectix",
+        0x00000002,  # features: reserved bit always set
+        0x00010000,  # format version 1.0
+        0xFFFFFFFFFFFFFFFF,  # data offset: none for a fixed disk
+        stamp & 0xFFFFFFFF,
+        b"ckp ",  # creator application
+        0x00010000,
+        b"Wi2k",  # creator host OS (what Azure's tooling writes)
+        size,  # original size
+        size,  # current size
+        cylinders,
+        heads,
+        spt,
+        2,  # disk type: fixed
+    )
+    checksum_at = len(fields)
+    body = fields + b"\0\0\0\0" + (unique_id or uuid.uuid4().bytes) + b"\0"
+    body += b"\0" * (512 - len(body))
+    checksum = (~sum(body)) & 0xFFFFFFFF
+    return body[:checksum_at] + struct.pack(">I", checksum) + body[checksum_at + 4 :]
+
+
+def export_image(
+    ctx: ServerContext,
+    restore_point_id: str,
+    dest: Path,
+    *,
+    image_format: str = "raw",
+    password: str | None = None,
+) -> dict[str, Any]:
+    """Write a volume restore point here as a raw image or a fixed VHD (see docs/restore.md to import it)."""
+    if image_format not in ("raw", "vhd"):
+        raise ConfigurationError(f"image format {image_format!r} is not supported", hint="use raw or vhd")
+    point = load_point(ctx, restore_point_id)
+    if point.mode != "volume":
+        raise ConfigurationError(
+            f"restore point {point.id} is a {point.mode} backup; only volume restore points export as disks"
+        )
+    dest = Path(dest)
+    if dest.exists():
+        raise ConfigurationError(
+            f"{dest} already exists", hint="choose a new file name; nothing was overwritten"
+        )
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        with open_repository(ctx, point.repository_id, password) as repo:
+            result = _engine().restore_volume(repo, point.snapshot_id, partial)
+        size = partial.stat().st_size
+        if image_format == "vhd":
+            padded = -(-size // VHD_ALIGN) * VHD_ALIGN
+            with partial.open("r+b") as fh:
+                fh.truncate(padded)  # sparse zero padding
+                fh.seek(padded)
+                fh.write(vhd_footer(padded))
+                fh.flush()
+                os.fsync(fh.fileno())
+            size = padded
+        partial.rename(dest)  # never leave a half-written image under the final name
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"path": str(dest), "format": image_format, "disk_bytes": size, "verified": int(result.verified)}
+
+
+def list_restore_points(ctx: ServerContext, machine_id: str | None = None) -> list[dict[str, Any]]:
+    """Live restore points, newest first (a convenience for callers that have no service layer)."""
+    stmt = (
+        select(RestorePoint).where(RestorePoint.removed_at.is_(None)).order_by(RestorePoint.created_at.desc())
+    )
+    if machine_id:
+        stmt = stmt.where(RestorePoint.machine_id == machine_id)
+    with ctx.db() as db:
+        return [
+            {"id": p.id, "machine_id": p.machine_id, "snapshot_id": p.snapshot_id, "mode": p.mode,
+             "created_at": p.created_at.isoformat(), "gfs": list(p.gfs or [])}
+            for p in db.scalars(stmt)
+        ]  # fmt: skip
+
+
+__all__ = [
+    "browse",
+    "download_files",
+    "export_image",
+    "list_restore_points",
+    "search",
+    "start_file_restore",
+    "start_volume_restore",
+]
