@@ -129,8 +129,36 @@ class RescanWorld:
         self.ctx.close()
 
 
-def stop_machine_services(lab: Lab) -> None:
-    """Stop the daemons the installer started in this lab's machines (by their recorded pids)."""
+def stop_machine_services(lab: Lab, *, grace: float = 5.0) -> None:
+    """Stop the daemons the installer started in this lab's machines (by their recorded pids).
+
+    SIGTERM first; whatever still runs after ``grace`` seconds gets SIGKILL, so no test leaves
+    processes behind.
+    """
+    pids = []
     for pidfile in lab.path.glob("machines/*/root/var/run/cloudkeep/*.pid"):
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)  # our own child only when started by this process
+    except ChildProcessError:
+        reaped = 0
+    if reaped:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.server.rescan_support import RescanWorld, wait_for
 
 from cloudkeep.providers.local import Lab
 from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.rescan import bundles, due_rescans, set_bundle_version, start_rescan, wait_for_session
 from cloudkeep.server.rescan.deploy import OWNER_TAG
-from tests.server.rescan_support import RescanWorld, wait_for
 
 pytestmark = pytest.mark.slow
 
