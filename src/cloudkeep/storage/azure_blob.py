@@ -18,18 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlparse
 
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.storage.blob import BlobServiceClient, ImmutabilityPolicy
-
 from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
 from cloudkeep.storage.base import (
     ObjectExistsError,
@@ -66,6 +54,8 @@ class AzureBlobStore(ObjectStore):
     ) -> None:
         if not container:
             raise ConfigurationError("Azure URL needs a container: azure://container/optional/prefix")
+        from azure.storage.blob import BlobServiceClient  # on first use: the SDK is large
+
         options: dict[str, Any] = {
             "max_single_put_size": max_single_put_size,
             "max_block_size": max_block_size,
@@ -101,6 +91,17 @@ class AzureBlobStore(ObjectStore):
         return True
 
     def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
         where = f"container {self.container_name}" + (f", blob {self.prefix}{key}" if key else "")
         if isinstance(exc, ResourceNotFoundError):
             code = getattr(exc, "error_code", None)
@@ -145,6 +146,8 @@ class AzureBlobStore(ObjectStore):
         if retain_until is not None:
             kwargs["metadata"] = {_RETAIN_KEY: retain_until.astimezone(UTC).isoformat()}
             if self.immutability:
+                from azure.storage.blob import ImmutabilityPolicy
+
                 kwargs["immutability_policy"] = ImmutabilityPolicy(
                     expiry_time=retain_until, policy_mode="Locked"
                 )
@@ -175,6 +178,8 @@ class AzureBlobStore(ObjectStore):
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
 
     def stat(self, key: str) -> ObjectInfo | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             props = self.container.get_blob_client(self.prefix + key).get_blob_properties()
         except ResourceNotFoundError as exc:
@@ -201,6 +206,8 @@ class AzureBlobStore(ObjectStore):
             self._raise(exc, "Microsoft.Storage/blobs/read (list)", prefix)
 
     def delete(self, key: str) -> None:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
         if (until := self._retained(key)) is not None:
             raise ObjectLockedError(
                 f"{self.describe()}/{key} is retained until {until:%Y-%m-%d %H:%M}",

@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlparse
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
 
 from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
@@ -78,6 +76,9 @@ class S3Store(ObjectStore):
         self.multipart_threshold = max(multipart_threshold, multipart_chunk)
         self.multipart_chunk = multipart_chunk
         self.object_lock_mode = object_lock_mode
+        import boto3  # imported on first use: keeps processes that never touch S3 small
+        from botocore.config import Config
+
         config = Config(
             retries={"max_attempts": max_attempts, "mode": "adaptive"},
             connect_timeout=connect_timeout,
