@@ -14,6 +14,7 @@ import random
 import secrets
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,8 +184,12 @@ def ensure_lab(client: Client, layout: QuickstartLayout) -> Lab3:
     state = load_state(layout)
     lab = Lab(layout.lab_dir)
     for name in MACHINES:
+        # A simulated machine borrows this interpreter (which has cloudkeep's dependencies) instead of
+        # building a venv from PyPI as a real machine's installer does.
         machine = lab.get(name) or lab.create_machine(
-            name, tags={LAB_TAG[0]: LAB_TAG[1], "role": name.split("-")[0]}
+            name,
+            tags={LAB_TAG[0]: LAB_TAG[1], "role": name.split("-")[0]},
+            env={"CLOUDKEEP_PYTHON": sys.executable},
         )
         seed_machine(machine.root, name)
     if not _exists(client.get_credential, CREDENTIAL):
