@@ -1,0 +1,106 @@
+"""End to end over cloud queues: SQS on the moto server (and Azure Queue Storage on Azurite).
+
+The machine services are real subprocesses; the dispatcher and the server consumers use the
+AWS provider against moto over HTTP. The queue outage goes through ``FaultProxy`` (a loopback
+HTTP proxy answering 503 for a while) placed between the machine and moto.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from cloudkeep.protocol import make_envelope, sign_envelope
+from cloudkeep.providers.base import dead_letter_queue_name
+from cloudkeep.server.db.models import CommandRecord
+from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
+from tests.machine.harness import Harness, MachineHandle, wait_for
+from tests.support.fault_proxy import FaultProxy
+from tests.support.peers import MotoServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.moto]
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture
+def sqs_harness(tmp_path: Path, moto_server: MotoServer) -> Iterator[Harness]:
+    options = {"endpoint_url": moto_server.endpoint, "region": "us-east-1", "machine_credentials": KEYS}
+    h = Harness.create(tmp_path, provider_kind="aws", secret=KEYS, options=options, heartbeat_timeout=30)
+    yield h
+    h.close()
+
+
+def _via(proxy: FaultProxy, info: dict[str, object]) -> dict[str, object]:
+    """The same queue, reached through the proxy."""
+    target = urlsplit(proxy.endpoint)
+    rewritten = dict(info)
+    for key in ("endpoint_url", "queue_url"):
+        if rewritten.get(key):
+            parts = urlsplit(str(rewritten[key]))
+            rewritten[key] = urlunsplit(parts._replace(netloc=target.netloc))
+    return rewritten
+
+
+def _start(harness: Harness, machine: MachineHandle) -> None:
+    ensure_consumers(harness.ctx)
+    machine.start()
+    wait_for(lambda: harness.heartbeat_age(machine) is not None, timeout=30, what="first heartbeat over SQS")
+
+
+def test_sqs_ping_and_run_script_round_trip(sqs_harness: Harness) -> None:
+    machine = sqs_harness.add_machine("ec2a")
+    _start(sqs_harness, machine)
+    dispatcher = Dispatcher(sqs_harness.ctx)
+    assert (
+        dispatcher.call(machine.row_id, "ping", {}, timeout=30)["services"]["message-service"]["state"]
+        == "running"
+    )
+    command_id = dispatcher.send(machine.row_id, "run_script", {"script": "echo over-sqs"})
+    assert dispatcher.wait(command_id, timeout=30)["stdout"] == "over-sqs\n"
+    assert sqs_harness.record(command_id).channel == "queue"
+
+
+def test_sqs_oversized_message_is_dead_lettered(sqs_harness: Harness) -> None:
+    """SQS accepts 256 KiB, so a message over the protocol's 64 KiB reaches the machine: refused there."""
+    machine = sqs_harness.add_machine("ec2b")
+    _start(sqs_harness, machine)
+    envelope = make_envelope("run_script", {"script": "true"}, sender=sqs_harness.ctx.server_id,
+                             recipient=machine.row_id)  # fmt: skip
+    data = json.loads(sign_envelope(envelope, sqs_harness.ctx.signing_key))
+    data["padding"] = "x" * 70_000
+    machine.agent_queue().send(json.dumps(data))
+    dlq = sqs_harness.provider.queues.get_queue(dead_letter_queue_name(machine.row_queue_name))
+    wait_for(lambda: dlq.receive(max_messages=1, visibility_timeout=60), timeout=30, what="the dead letter")
+    assert "rejected message" in machine.output() and "oversized" in machine.output()
+
+
+def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> None:
+    machine = sqs_harness.add_machine("ec2c")
+    proxy = FaultProxy(str(machine.config.agent_queue["endpoint_url"]))
+    try:
+        config = machine.config.model_copy(
+            update={"agent_queue": _via(proxy, machine.config.agent_queue),
+                    "server_queue": _via(proxy, machine.config.server_queue)}
+        )  # fmt: skip
+        config.write()
+        machine.config = config
+        _start(sqs_harness, machine)
+        proxy.fail_next(60, status=503)  # the queue service is down for a while
+        marker = machine.sim.root / "runs.log"
+        dispatcher = Dispatcher(sqs_harness.ctx)
+        command_id = dispatcher.send(
+            machine.row_id, "run_script", {"script": f"echo ran >> {marker}; echo ok"}
+        )
+        wait_for(lambda: proxy.injected >= 60, timeout=120, what="the outage to pass")
+        assert dispatcher.wait(command_id, timeout=90)["stdout"] == "ok\n"
+        assert marker.read_text() == "ran\n"
+        assert "reachable again" in machine.output()
+        with sqs_harness.ctx.db() as session:
+            record = session.get(CommandRecord, command_id)
+            assert record is not None and record.state == "done"
+    finally:
+        proxy.close()
