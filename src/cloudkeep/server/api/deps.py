@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cloudkeep.server.auth import LOCAL, Principal, authenticate
 from cloudkeep.server.context import ServerContext
 
+MAX_OFFSET = 2**31 - 1
 _bearer = HTTPBearer(auto_error=False, description="An API token from `cloudkeep server token create`.")
 
 
@@ -38,4 +39,4 @@ Ctx = Annotated[ServerContext, Depends(get_ctx)]
 Reader = Annotated[Principal, Depends(reader)]
 Admin = Annotated[Principal, Depends(admin)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")]

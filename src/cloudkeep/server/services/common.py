@@ -14,6 +14,7 @@ from cloudkeep.server.services.schemas import Page
 M = TypeVar("M")
 V = TypeVar("V")
 MAX_LIMIT = 500
+MAX_OFFSET = 2**31 - 1  # databases store 64-bit integers at most; nobody pages this far
 
 
 def resolve(session: Session, model: type[M], ref: str, what: str, *, by_name: bool = True) -> M:
@@ -45,8 +46,8 @@ def ensure_unique_name(
 def check_page(limit: int, offset: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    if offset < 0:
-        raise ConfigurationError(f"offset must not be negative, not {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ConfigurationError(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
 
 
 def paginate(
