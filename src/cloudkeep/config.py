@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     master_key_file: Path | None = Field(
         default=None, description="Server master key (encrypts secrets at rest); defaults under home."
     )
-    api_url: str | None = Field(default=None, description="Talk to a running server instead of embedded mode.")
+    api_url: str | None = Field(
+        default=None, description="Talk to a running server instead of embedded mode."
+    )
     api_token: str | None = None
     heartbeat_timeout_seconds: float = 60.0
     rescan_concurrency: int = 16

@@ -6,6 +6,7 @@ cannot start raises ``PeerError`` with a message saying what is missing: tests f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -68,10 +69,8 @@ class Peer:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -119,10 +118,16 @@ class MotoServer(Peer):
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
         _spawn(peer, [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(peer.port)], env=env)
         try:
-            wait_until(lambda: port_open(peer.port) or peer.process.poll() is not None, timeout=30, what="moto server")  # type: ignore[union-attr]
+            wait_until(
+                lambda: port_open(peer.port) or peer.process.poll() is not None,
+                timeout=30,
+                what="moto server",
+            )  # type: ignore[union-attr]
         finally:
             if peer.process is not None and peer.process.poll() is not None:
-                raise PeerError(f"moto server exited at start (is moto[server] installed?):\n{peer.log_tail()}")
+                raise PeerError(
+                    f"moto server exited at start (is moto[server] installed?):\n{peer.log_tail()}"
+                )
         return peer
 
 
@@ -163,7 +168,9 @@ class Azurite(Peer):
         ]  # fmt: skip
         _spawn(peer, argv)
         wait_until(
-            lambda: (port_open(peer.blob_port) and port_open(peer.queue_port)) or peer.process.poll() is not None,  # type: ignore[union-attr]
+            lambda: (
+                (port_open(peer.blob_port) and port_open(peer.queue_port)) or peer.process.poll() is not None
+            ),  # type: ignore[union-attr]
             timeout=60,
             what="Azurite",
         )
@@ -178,7 +185,9 @@ def _postgres_bindir() -> Path:
         found = shutil.which("initdb")
         if found:
             return Path(found).resolve().parent
-        raise PeerError("PostgreSQL is not installed (no initdb): run `make test-env`, which apt-get installs it")
+        raise PeerError(
+            "PostgreSQL is not installed (no initdb): run `make test-env`, which apt-get installs it"
+        )
     return candidates[0].parent
 
 
@@ -208,7 +217,17 @@ class Postgres(Peer):
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
         datadir = workdir / "data"
         init = subprocess.run(
-            [str(bindir / "initdb"), "-D", str(datadir), "-U", "cloudkeep", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                "cloudkeep",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             capture_output=True,
             preexec_fn=_demote(user),
         )
@@ -216,15 +235,26 @@ class Postgres(Peer):
             raise PeerError(f"initdb failed: {init.stderr.decode(errors='replace')}")
         argv = [
             str(bindir / "postgres"), "-D", str(datadir), "-p", str(peer.port), "-h", "127.0.0.1",
-            "-k", str(workdir), "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
+            "-k", str(workdir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=200",
         ]  # fmt: skip
         _spawn(peer, argv, user=user)
-        wait_until(lambda: port_open(peer.port) or peer.process.poll() is not None, timeout=60, what="PostgreSQL")  # type: ignore[union-attr]
+        wait_until(
+            lambda: port_open(peer.port) or peer.process.poll() is not None, timeout=60, what="PostgreSQL"
+        )  # type: ignore[union-attr]
         if peer.process is not None and peer.process.poll() is not None:
             raise PeerError(f"PostgreSQL exited at start:\n{peer.log_tail()}")
         created = subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(peer.port), "-U", "cloudkeep", "cloudkeep"],
+            [
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(peer.port),
+                "-U",
+                "cloudkeep",
+                "cloudkeep",
+            ],
             capture_output=True,
         )
         if created.returncode != 0:

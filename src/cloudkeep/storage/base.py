@@ -45,7 +45,9 @@ class ObjectStore(ABC):
     scheme: ClassVar[str]
 
     @abstractmethod
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None) -> None:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
         """Store ``data`` durably; visible to readers only once complete.
 
         ``if_absent`` makes the write create-only (S3 ``If-None-Match: *``); ``retain_until`` puts the
@@ -107,5 +109,7 @@ def open_store(url: str, **options: Any) -> ObjectStore:
         factory = _BACKENDS[scheme]
     except KeyError:
         known = ", ".join(sorted(_BACKENDS))
-        raise ConfigurationError(f"unknown storage scheme {scheme!r} in {url!r}", hint=f"use one of: {known}") from None
+        raise ConfigurationError(
+            f"unknown storage scheme {scheme!r} in {url!r}", hint=f"use one of: {known}"
+        ) from None
     return factory(url, **options)
