@@ -264,3 +264,30 @@ def test_build_backup_body_modes_and_options(ctx: ServerContext, world: World) -
     job.mode = "weird"
     with pytest.raises(ConfigurationError, match="unknown mode"):
         build_backup_body(job, machine, None)
+
+
+def test_health_check_runs_check_on_one_deployed_machine(ctx: ServerContext, world: World) -> None:
+    from cloudkeep.server.jobs.health import start_health_check
+
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job()
+    session_id = start_health_check(ctx, job_id, read_data_subset="10%", wait=True, dispatcher=fake)
+    session, _tasks = session_of(ctx, session_id)
+    assert session.kind == "check" and session.state == "success" and session.reason == "repository healthy"
+    (command,) = fake.kinds("check")
+    assert command.body == {"read_data_subset": "10%"} and command.machine_id in world.machine_ids[:2]
+    assert command.sealed is not None and command.sealed["password"] == "correct horse battery"
+
+
+def test_health_check_is_scheduled_once_per_period(ctx: ServerContext, world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cloudkeep.server.jobs.scheduler import tick
+
+    fake = FakeDispatcher(ctx)
+    world.add_job(options={"health_check": {"every_days": 7, "read_data_subset": "1%"}})
+    t0 = datetime(2026, 11, 26, tzinfo=UTC)
+    assert len(tick(ctx, t0, dispatcher=fake, wait=True)) == 1
+    assert tick(ctx, t0 + timedelta(hours=1), dispatcher=fake, wait=True) == []
+    assert len(tick(ctx, t0 + timedelta(days=7), dispatcher=fake, wait=True)) == 1
+    assert [c.body["read_data_subset"] for c in fake.kinds("check")] == ["1%", "1%"]
