@@ -207,3 +207,32 @@ def test_master_key_rotation_reseals_everything(ctx: ServerContext, seeded: Seed
 def test_datetimes_are_utc_aware(ctx: ServerContext, seeded: Seeded) -> None:
     view = credentials.get_credential(ctx, seeded.credential)
     assert view.created_at.utcoffset() is not None and view.created_at.utcoffset().total_seconds() == 0
+
+
+def test_backup_repository_is_initialised_and_checked(ctx: ServerContext, seeded: Seeded) -> None:
+    """The local provider's storage is a real folder; the repository format is the engine's own."""
+    repo = repositories.create_repository(
+        ctx,
+        RepositoryCreate(
+            name="fresh",
+            credential=seeded.credential,
+            location="fresh-backups",
+            password="another-long-password",  # type: ignore[arg-type]
+        ),
+    )
+    assert repo.has_password and repo.purpose == "backup"
+    assert (seeded.lab_dir / "storage" / "fresh-backups").is_dir()
+    report = repositories.check_repository(ctx, "fresh")
+    assert report.ok and report.problems == []
+    with pytest.raises(ConflictError, match="already holds"):
+        repositories.create_repository(
+            ctx,
+            RepositoryCreate(
+                name="again",
+                credential=seeded.credential,
+                location="fresh-backups",
+                password="another-long-password",  # type: ignore[arg-type]
+            ),
+        )
+    with pytest.raises(ConfigurationError, match="only backups"):
+        repositories.check_repository(ctx, seeded.distribution)

@@ -49,7 +49,8 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
         store = provider.storage.open_store(data.location)
         try:
             assert data.password is not None
-            module.Repository.create(store, data.password.get_secret_value())
+            tuning = {k: data.options[k] for k in ("pack_size", "compression_level") if k in data.options}
+            module.Repository.create(store, data.password.get_secret_value(), **tuning).close()
         except ConflictError as exc:
             raise ConflictError(
                 f"{data.location} already holds a cloudkeep repository",
@@ -145,7 +146,10 @@ def check_repository(
         store = provider.storage.open_store(location)
         try:
             repo = module.Repository.open(store, ctx.secrets.open(sealed))  # type: ignore[union-attr]
-            report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
+            try:
+                report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
+            finally:
+                repo.close()
         finally:
             store.close()
     except CloudkeepError as exc:
