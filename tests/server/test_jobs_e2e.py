@@ -20,7 +20,14 @@ from tests.machine.harness import Harness, MachineHandle, wait_for
 
 from cloudkeep.errors import AuthenticationError, ConfigurationError
 from cloudkeep.repo import Repository as EngineRepository
-from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession, Repository, RestorePoint
+from cloudkeep.server.db.models import (
+    BackupJob,
+    CommandRecord,
+    DiscoveredMachine,
+    JobSession,
+    Repository,
+    RestorePoint,
+)
 from cloudkeep.server.jobs import start_job
 from cloudkeep.server.restore import (
     browse,
@@ -333,3 +340,72 @@ def test_repository_unreachable_mid_session_is_reported_and_nothing_is_lost(
     rerun = start_job(ctx, backed_up["job"], wait=True)
     assert session_state(backed_up, rerun).state == "success"
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.moto
+def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same flow on the AWS provider against the moto server: agent queues on SQS, the
+    repository in an S3 bucket, per-task scoped credentials from STS; restored byte for byte."""
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    options = {"endpoint_url": moto_server.endpoint, "region": "us-east-1", "machine_credentials": keys}
+    harness = Harness.create(
+        tmp_path, provider_kind="aws", secret=keys, options=options, heartbeat_timeout=30.0
+    )
+    try:
+        harness.provider.storage.ensure_container(unique_name)
+        EngineRepository.create(harness.provider.storage.open_store(unique_name), PASSWORD).close()
+        with harness.ctx.db() as db:
+            repo = Repository(
+                name="s3", purpose="backup", credential_id=harness.credential_id, location=unique_name,
+                password=harness.ctx.secrets.seal(PASSWORD),
+            )  # fmt: skip
+            db.add(repo)
+            db.flush()
+            job = BackupJob(
+                name="aws-files", repository_id=repo.id, protection_group_ids=[harness.group_id],
+                mode="file", includes=["/data"],
+            )  # fmt: skip
+            db.add(job)
+            db.flush()
+            job_id = job.id
+        machines = [harness.add_machine(f"ec2-{i}") for i in range(3)]
+        sources = {m.row_id: populate(m, i) for i, m in enumerate(machines)}
+        from cloudkeep.server.dispatcher import ensure_consumers
+
+        ensure_consumers(harness.ctx)
+        for m in machines:
+            for service in ("message-service", "agent", "transport"):
+                m.start(service)
+        for m in machines:
+            wait_for(lambda m=m: harness.heartbeat_age(m) is not None, timeout=60, what=f"{m.name} heartbeat")
+        session_id = start_job(harness.ctx, job_id, wait=True)
+        with harness.ctx.db() as db:
+            session = db.get(JobSession, session_id)
+            assert session is not None
+            states = [(t.state, t.reason) for t in session.tasks]
+            assert session.state == "success", states
+            channels = {
+                r.channel for r in db.scalars(select(CommandRecord).where(CommandRecord.kind == "backup"))
+            }
+        assert channels == {"queue"}
+        env = {"harness": harness}
+        for machine in machines:
+            point = latest_point(env, machine.row_id, job_id)
+            dest = tmp_path / f"dl-{machine.name}"
+            download_files(harness.ctx, point.id, None, dest)
+            source = sources[machine.row_id]
+            assert tree_bytes(dest / str(source).lstrip("/")) == tree_bytes(source)
+        # a restore through one machine's Transport Service, reading S3 with scoped credentials
+        point = latest_point(env, machines[1].row_id, job_id)
+        restore_id = start_file_restore(
+            harness.ctx, point.id, paths=["/data/sub"], target_machine_id=None, target_path="/r", wait=True
+        )
+        with harness.ctx.db() as db:
+            restore_session = db.get(JobSession, restore_id)
+            assert restore_session is not None and restore_session.state == "success", restore_session.reason
+        source = sources[machines[1].row_id]
+        assert tree_bytes(machines[1].sim.root / "r" / str(source / "sub").lstrip("/")) == tree_bytes(
+            source / "sub"
+        )
+    finally:
+        harness.close()
