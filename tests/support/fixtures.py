@@ -15,6 +15,7 @@ import pytest
 
 from cloudkeep.providers.local import Lab, LocalProvider
 from cloudkeep.providers.local.provider import create_local_provider
+from tests.support.arm_standin import ArmStandIn
 from tests.support.peers import MotoServer
 from tests.support.ssm_standin import SsmStandIn
 
@@ -37,3 +38,11 @@ def ssm_standin(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactor
     standin = SsmStandIn.start(moto_server.endpoint, "us-east-1", tmp_path_factory.mktemp("ssm-lab"))
     yield standin
     standin.stop()
+
+
+@pytest.fixture
+def arm_standin(tmp_path: Path) -> Iterator[ArmStandIn]:
+    """The Azure Resource Manager stand-in (HTTPS on loopback) with its own lab of VMs."""
+    standin = ArmStandIn(tmp_path / "arm")
+    yield standin
+    standin.close()

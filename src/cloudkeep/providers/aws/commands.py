@@ -64,7 +64,9 @@ class SsmCommandChannel(CommandChannel):
                     OutputS3BucketName=self.output_bucket,
                     OutputS3KeyPrefix=self.output_prefix,
                     TimeoutSeconds=max(30, int(timeout)),
-                    Comment="cloudkeep",
+                    # The target in the comment: SSM's own history then says which machine a
+                    # command was for (moto's ListCommands fans a command out to every instance).
+                    Comment=f"cloudkeep {machine.id}"[:100],
                 )
             except ClientError as error:
                 if error_code(error) == "InvalidInstanceId":
