@@ -20,7 +20,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KNOWN_CMDLETS = frozenset(  # noqa: SIM905 - a word list reads better than 60 quoted strings
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+KNOWN_CMDLETS = _words(
     """
     Add-Content ConvertFrom-Json ConvertTo-Json Copy-Item Expand-Archive ForEach-Object Get-ChildItem
     Get-Command Get-Content Get-ExecutionPolicy Get-FileHash Get-Item Get-ItemProperty Get-Process Get-Service
@@ -28,9 +33,9 @@ KNOWN_CMDLETS = frozenset(  # noqa: SIM905 - a word list reads better than 60 qu
     Restart-Service Select-Object Set-Content Set-ExecutionPolicy Set-Service Set-StrictMode Split-Path
     Start-Process Start-Service Start-Sleep Stop-Process Stop-Service Test-Path Where-Object Write-Error
     Write-Host Write-Output Write-Verbose Write-Warning
-    """.split()
+    """
 )
-APPROVED_VERBS = frozenset(  # noqa: SIM905
+APPROVED_VERBS = _words(
     """
     Add Clear Close Copy Enter Exit Find Format Get Hide Join Lock Move New Open Optimize Pop Push Redo
     Remove Rename Reset Resize Search Select Set Show Skip Split Step Switch Undo Unlock Watch Backup
@@ -39,7 +44,7 @@ APPROVED_VERBS = frozenset(  # noqa: SIM905
     Complete Confirm Deny Deploy Disable Enable Install Invoke Register Request Restart Resume Start Stop
     Submit Suspend Uninstall Unregister Wait Debug Measure Ping Repair Resolve Test Trace Connect
     Disconnect Read Receive Send Write Block Grant Protect Revoke Unblock Unprotect Use
-    """.split()
+    """
 )
 _BASHISMS = [
     (re.compile(r"&&|\|\|"), "'&&' / '||' chains need PowerShell 7; Windows PowerShell 5.1 rejects them"),
