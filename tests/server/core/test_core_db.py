@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,7 +98,7 @@ def test_racing_workers_exactly_one_wins_on_postgres(
 
 
 @pytest.fixture
-def make_pg_contexts(pg_database: str, tmp_path: Path) -> Callable[[int], list[ServerContext]]:
+def make_pg_contexts(pg_database: str, tmp_path: Path) -> Iterator[Callable[[int], list[ServerContext]]]:
     from cloudkeep.server.context import open_context
 
     opened: list[ServerContext] = []
@@ -108,7 +108,7 @@ def make_pg_contexts(pg_database: str, tmp_path: Path) -> Callable[[int], list[S
         opened.extend(open_context(settings) for _ in range(count))
         return opened
 
-    yield make  # type: ignore[misc]
+    yield make
     for ctx in opened:
         ctx.close()
 
