@@ -51,26 +51,28 @@ class PackWriter:
 
     def __init__(self, blob_type: str) -> None:
         self.blob_type = blob_type
-        self.parts: list[bytes] = []
+        self.buffer = bytearray()  # one growing buffer: no second copy of the pack when it is finished
         self.entries: list[BlobEntry] = []
-        self.size = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.buffer)
 
     def add(self, blob_id: bytes, encoded: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(self.blob_type, blob_id, self.size, len(encoded), raw_length))
-        self.parts.append(encoded)
-        self.size += len(encoded)
+        self.entries.append(BlobEntry(self.blob_type, blob_id, len(self.buffer), len(encoded), raw_length))
+        self.buffer += encoded
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, crypter: Crypter) -> tuple[str, bytes, list[BlobEntry]]:
+    def finish(self, crypter: Crypter) -> tuple[str, bytearray, list[BlobEntry]]:
         """Return ``(pack id, object bytes, entries)``; the writer must not be used afterwards."""
         header = json.dumps([[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in self.entries])
         sealed = crypter.encode(header.encode(), _HEADER_AAD)
-        self.parts.append(sealed)
-        self.parts.append(struct.pack("<I", len(sealed)))
-        body = b"".join(self.parts)
-        self.parts = []
+        body = self.buffer
+        body += sealed
+        body += struct.pack("<I", len(sealed))
+        self.buffer = bytearray()
         return blake3.blake3(body).hexdigest(), body, self.entries
 
 

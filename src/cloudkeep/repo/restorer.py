@@ -20,13 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from cloudkeep.errors import ConflictError, InsufficientSpaceError, NotFoundError, PermissionDeniedError
+from cloudkeep.errors import (
+    ConflictError,
+    InsufficientSpaceError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.fsmeta import apply_metadata
-from cloudkeep.repo.pack import pack_key
+from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
 from cloudkeep.storage.base import ObjectNotFoundError
+
+RANGE_SPAN = 8 * 2**20  # one ranged GET covers at most this much of a pack: parallelism and bounded RAM
+RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
 @dataclass
@@ -180,30 +189,41 @@ class _Restorer:
         self.finishing.append((dest, node))
 
     def fetch_all(self, threads: int = 4) -> None:
-        by_pack: dict[str, list[bytes]] = defaultdict(list)
+        """Fetch each pack's needed blobs as a few ranged reads (≤ ``RANGE_SPAN``), in parallel."""
+        by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
-            by_pack[self.repo.locate(blob_id).pack_id].append(blob_id)
+            loc = self.repo.locate(blob_id)
+            by_pack[loc.pack_id].append(loc.entry)
+        runs: list[tuple[str, list[BlobEntry]]] = []
+        for pack_id, entries in by_pack.items():
+            entries.sort(key=lambda e: e.offset)
+            run: list[BlobEntry] = []
+            for entry in entries:
+                if run and (
+                    entry.offset + entry.length - run[0].offset > RANGE_SPAN
+                    or entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP
+                ):
+                    runs.append((pack_id, run))
+                    run = []
+                run.append(entry)
+            runs.append((pack_id, run))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-restore") as pool:
-            for _ in pool.map(self._restore_pack, by_pack.items()):
+            for _ in pool.map(self._restore_run, runs):
                 pass
 
-    def _restore_pack(self, item: tuple[str, list[bytes]]) -> None:
-        pack_id, blob_ids = item
-        entries = sorted((self.repo.locate(b).entry for b in blob_ids), key=lambda e: e.offset)
+    def _restore_run(self, item: tuple[str, list[BlobEntry]]) -> None:
+        pack_id, entries = item
         start, end = entries[0].offset, entries[-1].offset + entries[-1].length
         try:
             body = self.repo.store.get_range(pack_key(pack_id), start, end - start)
         except ObjectNotFoundError:
-            from cloudkeep.errors import IntegrityError
-
             raise IntegrityError(
                 f"pack {pack_id} is missing from storage", hint="run `cloudkeep repo check`"
             ) from None
         view = memoryview(body)
         for entry in entries:
-            data = self.repo.decode_blob(
-                entry, pack_id, view[entry.offset - start : entry.offset - start + entry.length]
-            )
+            sealed = view[entry.offset - start : entry.offset - start + entry.length]
+            data = self.repo.decode_blob(entry, pack_id, sealed)
             for target in self.by_blob[entry.id]:
                 if target.sparse and not any(data):  # leave a hole; the file was pre-sized
                     continue

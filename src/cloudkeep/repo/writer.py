@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import cast
 
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key
@@ -59,8 +60,8 @@ class BlobWriter:
         hostname: str = "",
         retain_until: datetime | None = None,
         bandwidth_limit: int | None = None,
-        upload_threads: int = 4,
-        max_inflight_packs: int = 4,
+        upload_threads: int = 2,
+        max_inflight_packs: int = 2,
         index_every: int = 8,
     ) -> None:
         self.repo = repo
@@ -156,11 +157,12 @@ class BlobWriter:
         with self.repo.lock:
             self._futures = [f for f in self._futures if not f.done()] + [future]
 
-    def _upload(self, pack_id: str, body: bytes, entries: list[BlobEntry]) -> None:
+    def _upload(self, pack_id: str, body: bytearray, entries: list[BlobEntry]) -> None:
         try:
             if self._limiter:
                 self._limiter.acquire(len(body))
-            self.repo.store.put(pack_key(pack_id), body, retain_until=self.retain_until)
+            # Handed over without a copy: every backend accepts a bytes-like object (Azure converts).
+            self.repo.store.put(pack_key(pack_id), cast(bytes, body), retain_until=self.retain_until)
             write_index = False
             with self.repo.lock:
                 self.repo.index.add_pack(pack_id, entries)

@@ -137,6 +137,8 @@ class AzureBlobStore(ObjectStore):
     def put(
         self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
     ) -> None:
+        if not isinstance(data, bytes):  # the SDK treats a bytearray as an iterable of chunks
+            data = bytes(data)
         blob = self.container.get_blob_client(self.prefix + key)
         kwargs: dict[str, Any] = {"overwrite": not if_absent, "max_concurrency": self.max_concurrency}
         if if_absent:

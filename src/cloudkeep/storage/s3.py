@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlparse
@@ -55,8 +56,9 @@ class S3Store(ObjectStore):
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
-        multipart_threshold: int = 64 * 2**20,
-        multipart_chunk: int = 16 * 2**20,
+        multipart_threshold: int = 16 * 2**20,
+        multipart_chunk: int = 8 * 2**20,
+        multipart_concurrency: int = 4,
         object_lock_mode: str = "COMPLIANCE",
         max_attempts: int = 8,
         connect_timeout: float = 10.0,
@@ -75,6 +77,7 @@ class S3Store(ObjectStore):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.multipart_threshold = max(multipart_threshold, multipart_chunk)
         self.multipart_chunk = multipart_chunk
+        self.multipart_concurrency = multipart_concurrency
         self.object_lock_mode = object_lock_mode
         import boto3  # imported on first use: keeps processes that never touch S3 small
         from botocore.config import Config
@@ -177,15 +180,21 @@ class S3Store(ObjectStore):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
+        view = memoryview(data)
+
+        def upload(number: int) -> dict[str, Any]:
+            start = (number - 1) * self.multipart_chunk
+            body = bytes(view[start : start + self.multipart_chunk])
+            resp = self.client.upload_part(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+
         try:
-            parts: list[Any] = []
-            view = memoryview(data)
-            for number, start in enumerate(range(0, len(data), self.multipart_chunk), start=1):
-                body = bytes(view[start : start + self.multipart_chunk])
-                resp = self.client.upload_part(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
-                )
-                parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            count = (len(data) + self.multipart_chunk - 1) // self.multipart_chunk
+            # Parts go up in parallel: one big pack saturates the link without many packs in memory.
+            with ThreadPoolExecutor(max_workers=self.multipart_concurrency) as pool:
+                parts: list[Any] = list(pool.map(upload, range(1, count + 1)))
             complete: dict[str, Any] = {"IfNoneMatch": if_none_match} if if_none_match else {}
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **complete
