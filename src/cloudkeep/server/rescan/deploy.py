@@ -81,7 +81,10 @@ class MachineDeployment:
         self.outdated = False
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
-        self.started_at: datetime | None = None  # when this rescan started the services
+        self.started_at: datetime | None = None
+        self.command_count: int | None = (
+            None  # managed run commands (Azure)  # when this rescan started the services
+        )
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -190,14 +193,25 @@ class MachineDeployment:
                 "skipped", f"the machine is {machine.state}, not running; rescan when it runs", "skipped"
             )
         try:
+            # Counted before probing: the probe itself needs one of Azure's 25 run-command slots.
+            self.command_count = self.env.provider.commands.managed_command_count(machine)
+        except CloudkeepError as exc:
+            raise StepStop("failed", f"cannot list the machine's managed run commands: {exc}") from exc
+        if self.command_count is not None and self.command_count > MAX_EXISTING_MANAGED_COMMANDS:
+            return f"skipped: not run, the VM already has {self.command_count} managed run commands"
+        try:
             result = self.env.provider.commands.run(
                 machine, scripts.probe_script(machine.platform), timeout=PROBE_TIMEOUT
             )
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel cannot reach the machine: {exc}") from exc
-        probe = scripts.read_probe(machine.platform, result.exit_code, result.stdout, result.stderr)
         if result.timed_out:
-            probe = scripts.ProbeFacts(False, f"the probe command timed out after {PROBE_TIMEOUT:.0f} s")
+            raise StepStop(
+                "failed",
+                f"the probe got no answer within {PROBE_TIMEOUT:.0f} s: the cloud agent on the machine "
+                "(SSM agent / Azure VM agent) is missing or offline",
+            )
+        probe = scripts.read_probe(machine.platform, result.exit_code, result.stdout, result.stderr)
         if not probe.ok:
             raise StepStop("failed", probe.reason)
         self.probe = probe
@@ -221,6 +235,14 @@ class MachineDeployment:
 
     def step_prerequisites(self) -> str:
         machine, facts = self.machine, (self.probe.facts if self.probe else {})
+        count = self.command_count
+        if count is not None and count > MAX_EXISTING_MANAGED_COMMANDS:
+            raise StepStop(
+                "skipped",
+                f"the VM already has {count} managed run commands; Azure allows 25 per VM and cloudkeep "
+                "needs one — delete unused run commands and rescan",
+                "skipped",
+            )
         if machine.platform == Platform.WINDOWS:
             version = facts.get("powershell_version")
             if scripts.powershell_too_old(version):
@@ -244,15 +266,6 @@ class MachineDeployment:
                     "skipped",
                 )
             detail = f"Secure Boot off, Python {python}"
-        count = self.env.provider.commands.managed_command_count(machine)
-        if count is not None and count > MAX_EXISTING_MANAGED_COMMANDS:
-            raise StepStop(
-                "skipped",
-                f"the VM already has {count} managed run commands; Azure allows 25 per VM "
-                "and cloudkeep needs one "
-                "— delete unused run commands and rescan",
-                "skipped",
-            )
         if count is not None:
             detail += f", {count} managed run commands"
         row = self._row()
