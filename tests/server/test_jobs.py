@@ -291,3 +291,38 @@ def test_health_check_is_scheduled_once_per_period(ctx: ServerContext, world: Wo
     assert tick(ctx, t0 + timedelta(hours=1), dispatcher=fake, wait=True) == []
     assert len(tick(ctx, t0 + timedelta(days=7), dispatcher=fake, wait=True)) == 1
     assert [c.body["read_data_subset"] for c in fake.kinds("check")] == ["1%", "1%"]
+
+
+def test_a_session_left_running_by_a_dead_worker_is_recovered(ctx: ServerContext, world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cloudkeep.server import leases
+
+    job_id = world.add_job()
+    with ctx.db() as db:
+        orphan = JobSession(
+            kind="backup", job_id=job_id, state="running", created_at=datetime.now(UTC) - timedelta(minutes=5)
+        )
+        alive = JobSession(kind="backup", job_id=job_id, state="running")
+        db.add_all([orphan, alive])
+        db.flush()
+        db.add(SessionTask(session_id=orphan.id, machine_id=world.machine_ids[0], state="running"))
+        orphan_id, alive_id = orphan.id, alive.id
+    # the young session may still be starting: it blocks the job
+    with pytest.raises(ConflictError, match="already running"):
+        start_job(ctx, job_id, dispatcher=FakeDispatcher(ctx))
+    session, tasks = session_of(ctx, orphan_id)
+    assert session.state == "failed" and session.reason.startswith("interrupted: the server worker")
+    assert tasks[world.machine_ids[0]].state == "failed"
+    # a live lease (another worker is running it) keeps an old session alive
+    with ctx.db() as db:
+        row = db.get(JobSession, alive_id)
+        assert row is not None
+        row.created_at = datetime.now(UTC) - timedelta(minutes=5)
+    assert leases.acquire(ctx, f"session:{alive_id}", "other-worker", ttl_seconds=60)
+    with pytest.raises(ConflictError, match="already running"):
+        start_job(ctx, job_id, dispatcher=FakeDispatcher(ctx))
+    leases.release(ctx, f"session:{alive_id}", "other-worker")
+    new_id = start_job(ctx, job_id, wait=True, dispatcher=FakeDispatcher(ctx))
+    assert session_of(ctx, alive_id)[0].state == "failed"
+    assert session_of(ctx, new_id)[0].state == "warning"

@@ -483,26 +483,10 @@ def export_image(
     return {"path": str(dest), "format": image_format, "disk_bytes": size, "verified": int(result.verified)}
 
 
-def list_restore_points(ctx: ServerContext, machine_id: str | None = None) -> list[dict[str, Any]]:
-    """Live restore points, newest first (a convenience for callers that have no service layer)."""
-    stmt = (
-        select(RestorePoint).where(RestorePoint.removed_at.is_(None)).order_by(RestorePoint.created_at.desc())
-    )
-    if machine_id:
-        stmt = stmt.where(RestorePoint.machine_id == machine_id)
-    with ctx.db() as db:
-        return [
-            {"id": p.id, "machine_id": p.machine_id, "snapshot_id": p.snapshot_id, "mode": p.mode,
-             "created_at": p.created_at.isoformat(), "gfs": list(p.gfs or [])}
-            for p in db.scalars(stmt)
-        ]  # fmt: skip
-
-
 __all__ = [
     "browse",
     "download_files",
     "export_image",
-    "list_restore_points",
     "search",
     "start_file_restore",
     "start_volume_restore",

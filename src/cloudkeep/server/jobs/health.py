@@ -13,14 +13,8 @@ from cloudkeep.errors import CloudkeepError, ConfigurationError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, SessionTask
 from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
-from cloudkeep.server.jobs.runner import (
-    CommandSender,
-    default_dispatcher,
-    job_machines,
-    resolve_job,
-    update_task,
-    utcnow,
-)
+from cloudkeep.server.jobs.lifecycle import job_machines, resolve_job
+from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
 
 
 def start_health_check(

@@ -13,6 +13,7 @@ reported warnings), ``failed`` when none did, ``stopped`` when the administrator
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time as monotonic_time
 from collections.abc import Callable
@@ -20,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError, NotFoundError
+from cloudkeep.errors import CloudkeepError, ConfigurationError
 from cloudkeep.providers.base import CloudProvider
+from cloudkeep.server import leases
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -45,6 +47,7 @@ from cloudkeep.server.jobs.stats import session_stats, task_stats
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("pending", "running")
+SESSION_LEASE_SECONDS = 90.0
 JOB_MODE_TO_COMMAND = {"file": "files", "files": "files", "volume": "volume", "entire": "entire"}
 _GLOB_CHARS = set("*?[")
 
@@ -90,92 +93,6 @@ def default_dispatcher(ctx: ServerContext) -> CommandSender:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-# --- starting and stopping ----------------------------------------------------------------------
-
-
-def resolve_job(db: Any, ref: str) -> BackupJob:
-    job = db.get(BackupJob, ref) or db.scalar(select(BackupJob).where(BackupJob.name == ref))
-    if job is None:
-        raise NotFoundError(f"backup job {ref!r} does not exist", hint="list jobs with `cloudkeep job list`")
-    return job
-
-
-def job_machines(db: Any, job: BackupJob) -> list[DiscoveredMachine]:
-    """Every machine of the job's protection groups (as discovered now) plus its explicit machines."""
-    conditions = []
-    if job.protection_group_ids:
-        conditions.append(DiscoveredMachine.protection_group_id.in_(list(job.protection_group_ids)))
-    if job.machine_ids:
-        conditions.append(DiscoveredMachine.id.in_(list(job.machine_ids)))
-    if not conditions:
-        return []
-    stmt = select(DiscoveredMachine).where(or_(*conditions)).order_by(DiscoveredMachine.name)
-    return list(db.scalars(stmt))
-
-
-def _select_machines(
-    machines: list[DiscoveredMachine], wanted: list[str] | None, job: BackupJob
-) -> list[str]:
-    if wanted is None:
-        return [m.id for m in machines]
-    by_ref = {m.id: m.id for m in machines} | {m.name: m.id for m in machines}
-    unknown = [w for w in wanted if w not in by_ref]
-    if unknown:
-        raise ConfigurationError(
-            f"machine(s) {', '.join(unknown)} are not part of job {job.name!r}",
-            hint="add them to the job or to one of its protection groups",
-        )
-    return list(dict.fromkeys(by_ref[w] for w in wanted))
-
-
-def start_job(
-    ctx: ServerContext,
-    job_id: str,
-    *,
-    trigger: str = "manual",
-    machine_ids: list[str] | None = None,
-    wait: bool = False,
-    attempt: int = 1,
-    dispatcher: CommandSender | None = None,
-) -> str:
-    """Create the session and its tasks, then run it (inline when ``wait``, else on a daemon thread)."""
-    with ctx.db() as db:
-        job = resolve_job(db, job_id)
-        running = db.scalar(
-            select(JobSession.id).where(JobSession.job_id == job.id, JobSession.state.in_(ACTIVE_STATES))
-        )
-        if running:
-            raise ConflictError(
-                f"job {job.name!r} is already running (session {running})",
-                hint=f"watch it with `cloudkeep session watch {running}` or stop it first",
-            )
-        selected = _select_machines(job_machines(db, job), machine_ids, job)
-        session = JobSession(kind="backup", job_id=job.id, trigger=trigger, attempt=attempt, state="pending")
-        session.stats = {"machines": len(selected), "job_name": job.name}
-        db.add(session)
-        db.flush()
-        for machine_id in selected:
-            db.add(SessionTask(session_id=session.id, machine_id=machine_id, state="pending"))
-        session_id = session.id
-    runner = SessionRunner(ctx, session_id, dispatcher)
-    if wait:
-        runner.run()
-    else:
-        threading.Thread(target=runner.run, name=f"ck-session-{session_id[:8]}", daemon=True).start()
-    return session_id
-
-
-def stop_session(ctx: ServerContext, session_id: str) -> None:
-    """Ask a running session to stop: no new task starts and running tasks stop being waited for."""
-    with ctx.db() as db:
-        session = db.get(JobSession, session_id)
-        if session is None:
-            raise NotFoundError(f"session {session_id} does not exist")
-        if session.state not in ACTIVE_STATES:
-            raise ConflictError(f"session {session_id} already ended ({session.state})")
-        session.stop_requested = True
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -260,7 +177,29 @@ class SessionRunner:
             session = db.get(JobSession, self.session_id)
             return bool(session and session.stop_requested)
 
+    def _hold_lease(self, done: threading.Event) -> None:
+        """Renew ``session:<id>`` while the session runs, so other workers know it is alive."""
+        name, holder = f"session:{self.session_id}", f"{self.ctx.server_id}:{os.getpid()}:{id(self):x}"
+        while not done.wait(SESSION_LEASE_SECONDS / 3):
+            try:
+                leases.acquire(self.ctx, name, holder, ttl_seconds=SESSION_LEASE_SECONDS)
+            except Exception:  # a database hiccup must not kill the session; the next renewal retries
+                log.warning("could not renew the lease of session %s", self.session_id, exc_info=True)
+        leases.release(self.ctx, name, holder)
+
     def run(self) -> None:
+        done = threading.Event()
+        holder = f"{self.ctx.server_id}:{os.getpid()}:{id(self):x}"
+        leases.acquire(self.ctx, f"session:{self.session_id}", holder, ttl_seconds=SESSION_LEASE_SECONDS)
+        keeper = threading.Thread(target=self._hold_lease, args=(done,), daemon=True, name="ck-session-lease")
+        keeper.start()
+        try:
+            self._run()
+        finally:
+            done.set()
+            keeper.join(timeout=10)
+
+    def _run(self) -> None:
         started = utcnow()
         with self.ctx.db() as db:
             session = db.get(JobSession, self.session_id)

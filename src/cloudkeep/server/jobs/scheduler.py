@@ -22,8 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from cloudkeep.errors import CloudkeepError, ConflictError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, Lease, SessionTask
+from cloudkeep.server.jobs.lifecycle import recover_orphaned_sessions, start_job
 from cloudkeep.server.jobs.retention import as_utc
-from cloudkeep.server.jobs.runner import CommandSender, start_job
+from cloudkeep.server.jobs.runner import CommandSender
 from cloudkeep.server.jobs.schedule import (
     Schedule,
     defer_to_window,
@@ -302,6 +303,10 @@ def start_scheduler(
     stop_event = threading.Event()
 
     def loop() -> None:
+        try:
+            recover_orphaned_sessions(ctx)  # sessions a previous server process left "running"
+        except Exception:
+            log.exception("could not recover orphaned sessions")
         while not stop_event.is_set():
             try:
                 tick(ctx, clock(), dispatcher=dispatcher)
