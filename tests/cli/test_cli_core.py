@@ -318,3 +318,22 @@ def test_server_start_serves_the_api(settings: Settings, tmp_path: Path) -> None
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.moto
+def test_aws_credential_add_and_test_against_moto(run: Invoke, aws_options: dict[str, str]) -> None:
+    """The secret key comes from a hidden prompt; `credential test` calls the real provider on moto."""
+    added = run(
+        "credential", "add", "aws1", "--provider", "aws", "--access-key-id", aws_options["aws_access_key_id"],
+        "--option", f"endpoint_url={aws_options['endpoint_url']}", "--option", "region=us-east-1",
+        input=f"{aws_options['aws_secret_access_key']}\n",
+    )  # fmt: skip
+    ok(added)
+    shown = json.loads(ok(run("credential", "show", "aws1", "--json")))
+    assert shown["options"] == {"endpoint_url": aws_options["endpoint_url"], "region": "us-east-1"}
+    tested = run("credential", "test", "aws1", "--json")
+    result = json.loads(tested.output)[0]
+    assert result["name"] == "aws1" and result["machines_seen"] is not None, tested.output
+    assert tested.exit_code == (0 if result["ok"] else 1)
+    doctor = run("doctor", "--credential", "aws1")
+    assert doctor.exit_code == tested.exit_code and "aws1" in doctor.output

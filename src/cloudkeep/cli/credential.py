@@ -39,7 +39,8 @@ PROVIDER_SECRETS: dict[str, list[tuple[str, str]]] = {
     ],
     "local": [],
 }
-_REQUIRED = {"aws": ("aws_secret_access_key",), "azure": ("client_secret",)}
+# A secret to prompt for when its partner is given (AWS without keys uses boto3's default chain).
+_PROMPT_FOR = {"aws": ("aws_access_key_id", "aws_secret_access_key"), "azure": ("client_id", "client_secret")}
 COLUMNS = [
     ("name", "name"),
     ("provider", "provider"),
@@ -56,9 +57,9 @@ def _secrets(provider: str, given: dict[str, str], from_env: bool, prompt: bool)
             if os.environ.get(env) and key not in values:
                 values[key] = os.environ[env]
     if prompt:
-        for key in _REQUIRED.get(provider, ()):
-            if key not in values:
-                values[key] = typer.prompt(key, hide_input=True)
+        partner = _PROMPT_FOR.get(provider)
+        if partner and values.get(partner[0]) and partner[1] not in values:
+            values[partner[1]] = typer.prompt(partner[1], hide_input=True)
     return {k: SecretStr(v) for k, v in values.items() if v}
 
 
@@ -70,6 +71,9 @@ def add(
     access_key_id: str | None = typer.Option(None, "--access-key-id", help="AWS access key id."),
     tenant_id: str | None = typer.Option(None, "--tenant-id", help="Azure tenant id."),
     client_id: str | None = typer.Option(None, "--client-id", help="Azure client (application) id."),
+    subscription_id: str | None = typer.Option(None, "--subscription-id", help="Azure subscription id."),
+    role_arn: str | None = typer.Option(None, "--role-arn", help="AWS: assume this role first."),
+    external_id: str | None = typer.Option(None, "--external-id", help="AWS: external id for the role."),
     secret: list[str] | None = typer.Option(
         None,
         "--secret",
@@ -92,19 +96,21 @@ def add(
     for item in secret or []:
         key, sep, value = item.partition("=")
         given[key] = value if sep else typer.prompt(key, hide_input=True)
-    for field, flag in (
-        ("aws_access_key_id", access_key_id),
-        ("tenant_id", tenant_id),
-        ("client_id", client_id),
-    ):
-        if flag:
-            given[field] = flag
+    identity = {
+        "aws_access_key_id": access_key_id,
+        "role_arn": role_arn,
+        "external_id": external_id,
+        "tenant_id": tenant_id,
+        "client_id": client_id,
+        "subscription_id": subscription_id,
+    }
+    given.update({k: v for k, v in identity.items() if v})
     options: dict[str, Any] = dict(parse_pairs(option, "--option"))
     if region:
         options["regions"] = list(region)
     if lab_dir:
         options["lab_dir"] = lab_dir
-    needs_prompt = not no_prompt and provider != "local" and not options.get("profile")
+    needs_prompt = not no_prompt and provider != "local"
     data = CredentialCreate(
         name=name,
         provider=provider,  # type: ignore[arg-type]
