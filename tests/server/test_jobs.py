@@ -326,3 +326,26 @@ def test_a_session_left_running_by_a_dead_worker_is_recovered(ctx: ServerContext
     new_id = start_job(ctx, job_id, wait=True, dispatcher=FakeDispatcher(ctx))
     assert session_of(ctx, alive_id)[0].state == "failed"
     assert session_of(ctx, new_id)[0].state == "warning"
+
+
+def test_fsfreeze_option_wraps_the_scripts(ctx: ServerContext, world: World) -> None:
+    from cloudkeep.server.db.models import DiscoveredMachine
+
+    machine = DiscoveredMachine(id="m1", name="db", protection_group_id="g", cloud_id="i-1", platform="linux")
+    job = BackupJob(
+        id="j1", name="j", mode="file", includes=["/srv"],
+        options={
+            "fsfreeze": ["/srv"],
+            "pre_script": "mysql -e 'FLUSH TABLES WITH READ LOCK'",
+            "post_script": "true",
+        },
+    )  # fmt: skip
+    body = build_backup_body(job, machine, None)
+    assert body["pre_script"].splitlines() == [
+        "mysql -e 'FLUSH TABLES WITH READ LOCK'",
+        'for m in /srv; do fsfreeze -f "$m" || exit 1; done',
+    ]
+    assert body["post_script"].splitlines() == ['for m in /srv; do fsfreeze -u "$m"; done', "true"]
+    job.options = {"fsfreeze": "srv"}
+    with pytest.raises(ConfigurationError, match="fsfreeze must be a list of absolute mount points"):
+        build_backup_body(job, machine, None)

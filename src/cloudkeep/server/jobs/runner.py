@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time as monotonic_time
 from collections.abc import Callable
@@ -144,7 +145,27 @@ def build_backup_body(
     for key in ("bandwidth_limit", "compression_level", "pre_script", "post_script", "script_timeout"):
         if options.get(key) is not None:
             body[key] = options[key]
+    _add_fsfreeze(body, options.get("fsfreeze"), machine)
     return body
+
+
+def _add_fsfreeze(body: dict[str, Any], mounts: Any, machine: DiscoveredMachine) -> None:
+    """``options.fsfreeze: ["/srv"]``: freeze those Linux file systems around the backup.
+
+    The freeze wraps the user's pre/post scripts (freeze after the application is quiesced, thaw
+    before it resumes); a thaw always runs, even when the backup fails.
+    """
+    if not mounts:
+        return
+    if machine.platform == "windows":
+        return  # Windows consistency comes from the agent's VSS snapshot
+    if not isinstance(mounts, list) or not all(isinstance(m, str) and m.startswith("/") for m in mounts):
+        raise ConfigurationError("option fsfreeze must be a list of absolute mount points, e.g. ['/srv']")
+    quoted = " ".join(shlex.quote(m) for m in mounts)
+    freeze = f'for m in {quoted}; do fsfreeze -f "$m" || exit 1; done'
+    thaw = f'for m in {quoted}; do fsfreeze -u "$m"; done'
+    body["pre_script"] = "\n".join(filter(None, [body.get("pre_script"), freeze]))
+    body["post_script"] = "\n".join(filter(None, [thaw, body.get("post_script")]))
 
 
 def _parse_time(value: Any, default: datetime) -> datetime:
