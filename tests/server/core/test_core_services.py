@@ -236,3 +236,31 @@ def test_backup_repository_is_initialised_and_checked(ctx: ServerContext, seeded
         )
     with pytest.raises(ConfigurationError, match="only backups"):
         repositories.check_repository(ctx, seeded.distribution)
+
+
+def test_secret_job_options_are_sealed_and_rotated(ctx: ServerContext, seeded: Seeded) -> None:
+    options = {
+        "password": "job-password-123",
+        "notifications": {"email": {"to": ["a@b"], "password": "smtp-pw-9"}},
+    }
+    job = jobs.create_job(
+        ctx,
+        JobCreate(name="sealed", repository=seeded.backup, protection_groups=[seeded.group], options=options),
+    )
+    assert job.options == {
+        "password_sealed": "(sealed)",
+        "notifications": {"email": {"to": ["a@b"], "password_sealed": "(sealed)"}},
+    }
+    with ctx.db() as session:
+        stored = session.scalar(select(BackupJob)).options  # type: ignore[union-attr]
+    assert ctx.secrets.open(bytes.fromhex(stored["password_sealed"])) == "job-password-123"
+    audit_text = "".join(e.model_dump_json() for e in admin.list_audit(ctx).items)
+    assert "job-password-123" not in audit_text and "smtp-pw-9" not in audit_text
+    rotation = admin.rotate_master_key(ctx)
+    assert rotation.resealed == 5  # credential, repository password, two job secrets, signing key
+    with ctx.db() as session:
+        rotated = session.scalar(select(BackupJob)).options  # type: ignore[union-attr]
+    assert rotated["password_sealed"] != stored["password_sealed"]
+    assert (
+        ctx.secrets.open(bytes.fromhex(rotated["notifications"]["email"]["password_sealed"])) == "smtp-pw-9"
+    )

@@ -19,6 +19,7 @@ from cloudkeep.server.db.models import (
     ServerSetting,
 )
 from cloudkeep.server.services.common import paginate
+from cloudkeep.server.services.jobs import reseal_options
 from cloudkeep.server.services.schemas import AuditView, KeyRotation, Page, ServerInfo
 
 _COUNTED = {
@@ -84,6 +85,11 @@ def rotate_master_key(ctx: ServerContext, *, actor: str = "local") -> KeyRotatio
             assert repo.password is not None
             repo.password = ctx.secrets.seal(ctx.secrets.open(repo.password))
             count += 1
+        for job in session.scalars(select(BackupJob)):
+            options, resealed = reseal_options(ctx, job.options or {})
+            if resealed:
+                job.options = options
+                count += resealed
         for setting in session.scalars(select(ServerSetting).where(ServerSetting.key.in_(_SEALED_SETTINGS))):
             setting.value = ctx.secrets.seal(ctx.secrets.open(bytes.fromhex(setting.value))).hex()
             count += 1

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from cloudkeep.errors import ConfigurationError, ConflictError
 from cloudkeep.server import audit
+from cloudkeep.server.audit import is_secret_key
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -27,8 +28,51 @@ ACTIVE_STATES = ("pending", "running")
 _PLAIN = ("description", "mode", "includes", "excludes", "options", "enabled")
 
 
+SEALED_SUFFIX = "_sealed"
+
+
 def view(row: BackupJob) -> JobView:
-    return JobView.model_validate(row)
+    job = JobView.model_validate(row)
+    job.options = _mask_sealed(job.options)
+    return job
+
+
+def _mask_sealed(options: dict[str, Any]) -> dict[str, Any]:
+    """Sealed values are ciphertext, but views show only that they are set."""
+    return {
+        k: ("(sealed)" if k.endswith(SEALED_SUFFIX) else _mask_sealed(v) if isinstance(v, dict) else v)
+        for k, v in options.items()
+    }
+
+
+def seal_options(ctx: ServerContext, options: dict[str, Any]) -> dict[str, Any]:
+    """Replace every secret-named value (e.g. a job or SMTP ``password``) by ``<key>_sealed``: the hex of
+    the value sealed with the master key, which is what the job runner and notifications read."""
+    sealed: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            sealed[key] = seal_options(ctx, value)
+        elif isinstance(value, str) and is_secret_key(key) and not key.endswith(SEALED_SUFFIX):
+            sealed[key + SEALED_SUFFIX] = ctx.secrets.seal(value).hex()
+        else:
+            sealed[key] = value
+    return sealed
+
+
+def reseal_options(ctx: ServerContext, options: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Re-seal every ``*_sealed`` value under the current master key (for key rotation)."""
+    count = 0
+    result: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            result[key], inner = reseal_options(ctx, value)
+            count += inner
+        elif key.endswith(SEALED_SUFFIX) and isinstance(value, str):
+            result[key] = ctx.secrets.seal(ctx.secrets.open(bytes.fromhex(value))).hex()
+            count += 1
+        else:
+            result[key] = value
+    return result, count
 
 
 def _backup_repository(session: Session, ref: str) -> Repository:
@@ -72,6 +116,7 @@ def create_job(ctx: ServerContext, data: JobCreate, *, actor: str = "local") -> 
             retention=retention,
             **{k: v for k in _PLAIN if (v := getattr(data, k)) is not None},
         )
+        row.options = seal_options(ctx, row.options or {})
         if not row.protection_group_ids and not row.machine_ids:
             raise ConfigurationError(
                 "a job needs at least one protection group or machine", hint="pass --group"
@@ -101,7 +146,7 @@ def update_job(ctx: ServerContext, ref: str, data: JobUpdate, *, actor: str = "l
             row.retention = validate_retention(data.retention.model_dump(exclude_none=True))
         for key in _PLAIN:
             if (value := getattr(data, key)) is not None:
-                setattr(row, key, value)
+                setattr(row, key, seal_options(ctx, value) if key == "options" else value)
         if data.clear_schedule:
             _schedule_fields(row, None)
         elif data.schedule is not None or data.enabled is not None:
