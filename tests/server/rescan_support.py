@@ -52,6 +52,7 @@ class RescanWorld:
     credential_id: str
     repository_id: str
     labs: list[Lab] = field(default_factory=list)
+    only: set[str] | None = None  # machines of a shared lab this world created (None: the whole lab)
 
     @classmethod
     def create(
@@ -125,11 +126,11 @@ class RescanWorld:
     def close(self) -> None:
         stop_consumers()
         for lab in self.labs:
-            stop_machine_services(lab)
+            stop_machine_services(lab, only=self.only)
         self.ctx.close()
 
 
-def stop_machine_services(lab: Lab, *, grace: float = 5.0) -> None:
+def stop_machine_services(lab: Lab, *, grace: float = 5.0, only: set[str] | None = None) -> None:
     """Stop the daemons the installer started in this lab's machines (by their recorded pids).
 
     SIGTERM first; whatever still runs after ``grace`` seconds gets SIGKILL, so no test leaves
@@ -137,6 +138,8 @@ def stop_machine_services(lab: Lab, *, grace: float = 5.0) -> None:
     """
     pids = []
     for pidfile in lab.path.glob("machines/*/root/var/run/cloudkeep/*.pid"):
+        if only is not None and pidfile.parents[4].name not in only:
+            continue
         with contextlib.suppress(ValueError, OSError):
             pid = int(pidfile.read_text().strip())
             os.kill(pid, signal.SIGTERM)
