@@ -95,8 +95,8 @@ def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> N
         command_id = dispatcher.send(
             machine.row_id, "run_script", {"script": f"echo ran >> {marker}; echo ok"}
         )
-        wait_for(lambda: proxy.injected >= 60, timeout=120, what="the outage to pass")
-        assert dispatcher.wait(command_id, timeout=90)["stdout"] == "ok\n"
+        wait_for(lambda: proxy.injected >= 60, timeout=180, what="the outage to pass")
+        assert dispatcher.wait(command_id, timeout=180)["stdout"] == "ok\n"
         assert marker.read_text() == "ran\n"
         assert "reachable again" in machine.output()
         with sqs_harness.ctx.db() as session:

@@ -221,6 +221,7 @@ class Dispatcher:
         """Block until the result is applied; its payload, or ``CommandFailed`` / ``CommandTimeout``."""
         deadline = time.monotonic() + timeout
         last_progress: Any = None
+        delay = min(0.01, poll)  # quick answers are seen quickly; long tasks are polled at ``poll``
         while True:
             with self.ctx.db() as session:
                 record = session.get(CommandRecord, command_id)
@@ -245,7 +246,8 @@ class Dispatcher:
                     f"no result for {kind} {command_id} on machine {machine} within {timeout:.0f}s",
                     hint="check the machine's services (`cloudkeep machine show`) and the server consumers",
                 )
-            time.sleep(poll)
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
 
     def call(
         self,
@@ -323,11 +325,14 @@ def ensure_consumers(ctx: ServerContext, workers: int = 2) -> None:
             if key in _CONSUMERS:
                 continue
             try:
-                queue = ctx.provider_for(credential_id).queues.ensure_queue(name)
+                provider = ctx.provider_for(credential_id)
+                queue = provider.queues.ensure_queue(name)
             except CloudkeepError as exc:
                 log.warning("no server queue consumer for credential %s: %s", credential_id, exc)
                 continue
-            _CONSUMERS[key] = ServerQueueConsumer(ctx, queue, workers=workers).start()
+            # SQS long-polls; SQLite and Azure queues are polled, where a short wait means low latency.
+            wait = {"local": 0.25, "aws": 20.0}.get(provider.kind, 5.0)
+            _CONSUMERS[key] = ServerQueueConsumer(ctx, queue, workers=workers, wait_seconds=wait).start()
             log.info(
                 "consuming server queue %s for credential %s with %d workers", name, credential_id, workers
             )
