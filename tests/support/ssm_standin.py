@@ -65,6 +65,17 @@ def execute(command: dict[str, Any], machine: SimulatedMachine, instance_id: str
     s3.put_object(Bucket=bucket, Key=f"{base}/stdout", Body=outcome.stdout.encode())
 
 
+def _addressed_to(command: dict[str, Any], instance_id: str) -> bool:
+    """moto lists a command sent with ``InstanceIds`` (no ``Targets``) under EVERY instance of the
+    region and puts them all in ``InstanceIds``; cloudkeep's channel names its target in the comment
+    (``cloudkeep <instance-id>``), which is what decides here."""
+    if instance_id not in command.get("InstanceIds", [instance_id]):
+        return False
+    words = str(command.get("Comment") or "").split()
+    named = [w for w in words[1:] if w.startswith(("i-", "mi-"))] if words[:1] == ["cloudkeep"] else []
+    return not named or instance_id in named
+
+
 def serve(endpoint: str, region: str, lab_dir: Path, interval: float = 0.1) -> None:
     ssm, s3 = _clients(endpoint, region)
     lab = Lab(lab_dir)
@@ -77,7 +88,7 @@ def serve(endpoint: str, region: str, lab_dir: Path, interval: float = 0.1) -> N
             listed = ssm.list_commands(InstanceId=instance_id).get("Commands", [])
             for command in sorted(listed, key=lambda c: c.get("RequestedDateTime") or 0):
                 key = (command["CommandId"], instance_id)
-                if key in seen or instance_id not in command.get("InstanceIds", [instance_id]):
+                if key in seen or not _addressed_to(command, instance_id):
                     continue  # moto can fan a command out to instances it was not sent to
                 seen.add(key)
                 threading.Thread(

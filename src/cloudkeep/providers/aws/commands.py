@@ -95,7 +95,10 @@ class SsmCommandChannel(CommandChannel):
             status = invocation.get("Status", "Pending")
             if status in TERMINAL:
                 terminal_since = terminal_since or time.monotonic()
-                if "stdout" in output or "stderr" in output:
+                # An ``exitcode`` object comes from the SSM stand-in, which writes stdout last:
+                # until stdout is there too, its output is still being written.
+                complete = "stdout" in output or ("stderr" in output and "exitcode" not in output)
+                if complete:
                     return self._result(command_id, invocation, output)
                 if time.monotonic() - terminal_since > self.output_grace_seconds:
                     return self._result(command_id, invocation, output)
