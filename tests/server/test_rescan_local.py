@@ -268,3 +268,20 @@ def test_due_rescans_follow_the_group_schedule(world: RescanWorld) -> None:
     assert due_rescans(world.ctx, now + timedelta(minutes=31)) == [world.group_id]
     world.update_group(enabled=False)
     assert due_rescans(world.ctx, now + timedelta(minutes=31)) == []
+
+
+def test_discovery_only_rescan_checks_without_deploying(world: RescanWorld) -> None:
+    web1 = world.linux("web1")
+    world.lab.create_machine("oldps", platform="windows", powershell_version="4.0")
+
+    session = world.session(start_rescan(world.ctx, world.group_id, deploy=False, wait=True))
+
+    machines = world.machines()
+    assert (
+        machines["web1"].status == "ready"
+        and "deployment was not requested" in machines["web1"].status_reason
+    )
+    assert machines["oldps"].status == "skipped"
+    assert [s for s, _, _ in world.steps("web1")] == ["probe", "ownership", "prerequisites"]
+    assert not (web1.root / "opt/cloudkeep").exists() and OWNER_TAG not in web1.info()["tags"]
+    assert session.stats["ready"] == 1 and session.state == "warning"

@@ -66,6 +66,7 @@ class RescanEnvironment:
     confirm: Callable[[DiscoveredMachine, Machine, datetime | None], str]  # raises StepStop; returns detail
     heartbeat_fresh: Callable[[DiscoveredMachine], bool]
     heartbeat_seconds: float = 30.0
+    deploy: bool = True  # False: discovery and checks only (probe, ownership, prerequisites)
 
 
 class MachineDeployment:
@@ -146,11 +147,12 @@ class MachineDeployment:
             for name, step in steps[:-1]:
                 self._status(_ACTIVE[name])
                 detail = step()
-                self._record(
-                    name,
-                    "skipped" if detail.startswith("skipped:") else "ok",
-                    detail.removeprefix("skipped: "),
-                )
+                outcome = "skipped" if detail.startswith("skipped:") else "ok"
+                if name == "prerequisites" and not self.env.deploy:
+                    reason = "checks passed; deployment was not requested (discovery only)"
+                    self._record(name, outcome, detail, status="ready", reason=reason)
+                    return "ready"
+                self._record(name, outcome, detail.removeprefix("skipped: "))
             self._status(_ACTIVE["confirm"])
             detail = self.step_confirm()
             if self.outdated:

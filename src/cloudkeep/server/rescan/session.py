@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL_SECONDS = 60.0
 FINAL_STATES = ("success", "warning", "failed", "stopped")
-COUNTED = ("deployed", "skipped", "failed", "foreign", "outdated")
+COUNTED = ("deployed", "ready", "skipped", "failed", "foreign", "outdated")
 
 
 def lease_name(group_id: str) -> str:
@@ -55,11 +55,13 @@ def start_rescan(
     machine_ids: list[str] | None = None,
     wait: bool = False,
     trigger: str = "manual",
+    deploy: bool = True,
 ) -> str:
     """Start (or join) the rescan of ``group_id``; returns the session id.
 
     ``machine_ids`` limits the rescan to some machines (DiscoveredMachine ids, cloud ids or
-    names); machines not found are then not marked missing.
+    names); machines not found are then not marked missing. ``deploy=False`` stops after the
+    checks (probe, ownership, prerequisites): machines that pass are reported ``ready``.
     """
     with ctx.db() as session:
         if session.get(ProtectionGroup, group_id) is None:
@@ -85,7 +87,7 @@ def start_rescan(
     with ctx.db() as session:
         session.add(JobSession(id=session_id, kind="rescan", protection_group_id=group_id, state="running",
                                trigger=trigger, started_at=now, stats=_empty_stats()))  # fmt: skip
-    runner = RescanRunner(ctx, group_id, session_id, machine_ids)
+    runner = RescanRunner(ctx, group_id, session_id, machine_ids, deploy=deploy)
     if wait:
         runner.run()
     else:
@@ -129,9 +131,16 @@ class RescanRunner:
     """The body of one rescan session (runs on a daemon thread, or inline with ``wait=True``)."""
 
     def __init__(
-        self, ctx: ServerContext, group_id: str, session_id: str, machine_ids: list[str] | None
+        self,
+        ctx: ServerContext,
+        group_id: str,
+        session_id: str,
+        machine_ids: list[str] | None,
+        *,
+        deploy: bool = True,
     ) -> None:
         self.ctx, self.group_id, self.session_id, self.machine_ids = ctx, group_id, session_id, machine_ids
+        self.deploy = deploy
         self.stats = _empty_stats()
         self._stats_lock = threading.Lock()
         self._once_lock = threading.Lock()
@@ -201,6 +210,7 @@ class RescanRunner:
         confirm, heartbeat_fresh = make_confirm(self.ctx)
         env = RescanEnvironment(
             ctx=self.ctx, provider=provider, session_id=self.session_id, auto_update=group.auto_update,
+            deploy=self.deploy,
             bundle_version=manifest.version, ensure_server_queue=lambda: self._ensure_server_queue(provider),
             publish_bundle=lambda: self._publish(provider, location, manifest, folder),
             discard_archive=lambda platform: self._discard(provider, platform),
