@@ -145,7 +145,19 @@ def test_job_over_three_machines_writes_three_restore_points(backed_up: dict) ->
     for task in session.tasks:
         assert task.bytes_read >= 600_000 and task.stats["snapshot_id"]
         assert task.progress == 1.0
+        assert task.stats["compression_ratio"] > 1.0 and task.stats["dedup_ratio"] > 0.9
+        assert task.stats["bytes_transferred"] == task.bytes_transferred > 0
     assert session.stats["machines"] == 3 and session.stats["bytes_read"] >= 1_800_000
+
+
+def test_a_second_run_without_changes_is_incremental(backed_up: dict) -> None:
+    first = {
+        t.machine_id: t.bytes_transferred for t in session_state(backed_up, backed_up["files_session"]).tasks
+    }
+    second = session_state(backed_up, start_job(backed_up["harness"].ctx, backed_up["job"], wait=True))
+    assert second.state == "success"
+    for task in second.tasks:
+        assert task.bytes_transferred < first[task.machine_id] / 10  # metadata only: nothing re-sent
 
 
 def test_download_restores_every_machine_byte_for_byte(backed_up: dict, tmp_path: Path) -> None:
@@ -217,7 +229,10 @@ def test_browse_through_the_machine_and_locally_and_search_across_points(backed_
     sizes = {e["path"].rsplit("/", 1)[-1]: e["size"] for e in local["entries"]}
     assert sizes["shared.bin"] == len(b"same on every machine ") * 20_000
     found = search(ctx, "blob-*.bin", job_id=backed_up["job"])
-    assert sorted(f["path"].rsplit("/", 1)[-1] for f in found) == ["blob-0.bin", "blob-1.bin", "blob-2.bin"]
+    # one hit per restore point holding the file: two runs so far, three machines each
+    names = [f["path"].rsplit("/", 1)[-1] for f in found]
+    assert sorted(set(names)) == ["blob-0.bin", "blob-1.bin", "blob-2.bin"] and len(names) == 6
+    assert len({f["restore_point_id"] for f in found}) == 6
     assert {f["machine_id"] for f in found} == {m.row_id for m in backed_up["machines"]}
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 # Names the engine may use for each figure, most specific first.
 _READ = ("bytes_read", "total_bytes_processed", "bytes_processed", "total_bytes")
+_PROCESSED = ("bytes_total", "bytes_processed", "total_bytes_processed")
 _SENT = ("bytes_uploaded", "bytes_transferred", "data_added_packed", "stored_bytes")
+_STORED = ("bytes_stored", "data_added_packed")
 _NEW = ("data_added", "bytes_new", "new_bytes", "unique_bytes")
 _FILES = ("files", "files_total", "total_files_processed", "files_processed")
 _TIMING_STAGE = {
@@ -66,10 +68,20 @@ def task_stats(agent_stats: Mapping[str, Any], duration_seconds: float) -> dict[
             out["speed_bytes_per_second"] = round(read / duration_seconds, 1)
     if sent is not None:
         out["bytes_transferred"] = sent
-    if read is not None and new:
-        out["dedup_ratio"] = round(read / new, 3)
-    if new is not None and sent:
-        out["compression_ratio"] = round(new / sent, 3)
+    processed = _first(agent_stats, _PROCESSED)
+    if processed is not None:
+        out["bytes_processed"] = processed
+    # The engine's own ratios win (it knows unchanged files and pack overhead); else derive them.
+    dedup = agent_stats.get("dedup_ratio")
+    if isinstance(dedup, int | float):
+        out["dedup_ratio"] = dedup
+    elif (processed or read) and new:
+        out["dedup_ratio"] = round((processed or read or 0) / new, 3)
+    compression = agent_stats.get("compression_ratio")
+    if isinstance(compression, int | float):
+        out["compression_ratio"] = compression
+    elif new is not None and (stored := _first(agent_stats, _STORED) or sent):
+        out["compression_ratio"] = round(new / stored, 3)
     files = _first(agent_stats, _FILES)
     if files is not None:
         out["files"] = files
