@@ -217,6 +217,7 @@ def test_session_watch_follows_until_the_end(run: Invoke, ctx: ServerContext, se
     assert f"session {session_id} failed: disk full on web-1" in result.output
     shown = json.loads(ok(run("session", "show", session_id, "--json")))
     assert shown["state"] == "failed" and shown["tasks"][0]["machine_id"] == machine_id
+    assert shown["tasks"][0]["machine_name"] == "web-1" and "web-1" in ok(run("session", "show", session_id))
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def watch(c: Client, session_id: str, *, as_json: bool = False, poll: float = 0.
                 progress.update(overall, completed=done, state=detail.state)
                 for task in detail.tasks:
                     if task.id not in bars:
-                        label = task.stats.get("machine_name") or task.machine_id[:12]
+                        label = task.machine_name or task.machine_id[:12]
                         bars[task.id] = progress.add_task(f"  {label}", total=1.0, state=task.state)
                     progress.update(bars[task.id], completed=task.progress, state=task.state)
     if final is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cloudkeep.cli.common import client, follow, success
+from cloudkeep.cli.common import client, follow, print_json, success
 from cloudkeep.server.services.schemas import FileRestoreRequest, VolumeRestoreRequest
 
 app = typer.Typer(help="Restores.", no_args_is_help=True)
@@ -64,3 +64,20 @@ def download(
     with client(ctx) as c:
         c.download(restore_point, path, dest)
     success(f"downloaded {len(path)} path(s) into {dest}")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    restore_point: str = typer.Argument(..., help="A volume restore point."),
+    dest: Path = typer.Option(..., "--dest", help="Image file to write."),
+    image_format: str = typer.Option("raw", "--format", help="raw | vhd (for EC2 import / Azure disks)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Export a volume restore point as a disk image on this host (embedded mode)."""
+    with client(ctx) as c:
+        result = c.export_image(restore_point, dest, image_format=image_format)
+    if as_json:
+        print_json(result)
+    else:
+        success(f"wrote {dest} ({image_format})")

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-from cloudkeep.cli.common import JSON_OPTION, LIMIT_OPTION, OFFSET_OPTION, client, render_object, render_page
+import typer
+from pydantic import BaseModel, ConfigDict
+
+from cloudkeep.cli.common import (
+    JSON_OPTION,
+    LIMIT_OPTION,
+    OFFSET_OPTION,
+    client,
+    print_json,
+    print_table,
+    render_object,
+    render_page,
+)
 
 app = typer.Typer(help="Restore points.", no_args_is_help=True)
 COLUMNS = [
@@ -47,3 +59,54 @@ def show(
     """Show one restore point."""
     with client(ctx) as c:
         render_object(c.get_restore_point(ref), as_json, title="Restore point")
+
+
+@app.command("browse")
+def browse(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Restore point id or snapshot id."),
+    path: str = typer.Option("/", "--path", help="Folder to list."),
+    recursive: bool = typer.Option(False, "--recursive", "-r"),
+    pattern: str | None = typer.Option(None, "--pattern", help="Only names matching this glob."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List the files of a restore point."""
+    with client(ctx) as c:
+        result = c.browse(ref, path, recursive=recursive, pattern=pattern)
+    if as_json:
+        print_json(result)
+        return
+    rows = [_Entry(**e) for e in result.entries]
+    print_table(
+        rows, [("type", "type"), ("size", "size"), ("modified", "mtime"), ("path", "path")], title=path
+    )
+
+
+@app.command("search")
+def search(
+    ctx: typer.Context,
+    pattern: str = typer.Argument(..., help="File name glob, or a path glob when it contains /."),
+    machine: str | None = typer.Option(None, "--machine"),
+    job: str | None = typer.Option(None, "--job"),
+    limit: int = typer.Option(1000, "--limit", min=1, max=10000),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Find files across restore points."""
+    with client(ctx) as c:
+        hits = c.search(pattern, machine=machine, job=job, limit=limit)
+    if as_json:
+        print_json(hits)
+        return
+    print_table(
+        hits,
+        [("restore point", "restore_point_id"), ("machine", "machine_id"), ("path", "path")],
+        title=f"Files matching {pattern}",
+    )
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    path: str
+    type: str = ""
+    size: int | None = None
+    mtime: Any = None

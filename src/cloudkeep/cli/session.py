@@ -58,7 +58,7 @@ def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: boo
     print_table(
         detail.tasks,
         [
-            ("machine", "machine_id"),
+            ("machine", "machine_name"),
             ("state", "state"),
             ("progress", "progress", lambda p: f"{p * 100:.0f}%"),
             ("read", "bytes_read"),

@@ -24,13 +24,14 @@ from pathlib import Path
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
+from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
 
-SMALL_FILE = 4 * 2**20  # read into memory; larger files are memory-mapped by the chunker
+SMALL_FILE = 4 * 2**20  # read whole; larger files are streamed (not mmapped: mapped pages would count as RSS)
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 
 
@@ -239,14 +240,16 @@ class _Archiver:
             total = len(data)
         else:
             window: list[Future[tuple[bytes, bool]]] = []
-            for chunk in self._cdc().cut_file(path):
-                total += chunk.length
-                if size >= PARALLEL_FILE:
-                    window.append(self.chunk_pool.submit(self.writer.save, DATA, chunk.data))
-                    if len(window) >= 8:
-                        content.append(window.pop(0).result()[0])
-                else:
-                    content.append(self.writer.save(DATA, chunk.data)[0])
+            with open(path, "rb", buffering=0) as fh:
+                for chunk in self._cdc().cut_stream(fh):
+                    total += chunk.length
+                    if size >= PARALLEL_FILE:
+                        # The stream reuses its buffer: copy before another thread sees the chunk.
+                        window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(chunk.data)))
+                        if len(window) >= 4:
+                            content.append(window.pop(0).result()[0])
+                    else:
+                        content.append(self.writer.save(DATA, chunk.data)[0])
             content.extend(f.result()[0] for f in window)
         with self.lock:
             self.bytes_read += total
@@ -291,6 +294,7 @@ def backup_files(
     for path in paths:
         if not os.path.lexists(path):
             raise NotFoundError(f"source path {path} does not exist")
+    limit_heap_fragmentation()
     hostname = hostname or socket.gethostname()
     started = datetime.now(UTC)
     clock = time.monotonic()

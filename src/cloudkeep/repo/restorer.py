@@ -29,6 +29,7 @@ from cloudkeep.errors import (
 )
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.fsmeta import apply_metadata
+from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
@@ -272,6 +273,7 @@ def restore(
     progress: Callable[[BackupProgress], None] | None = None,
 ) -> RestoreResult:
     """Restore all of a snapshot (or only ``paths`` inside it) below ``target``, keeping absolute paths."""
+    limit_heap_fragmentation()
     restorer = _Restorer(repo, progress)
     target = Path(target)
     try:

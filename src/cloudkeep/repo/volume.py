@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo.archiver import BackupProgress
+from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorer import RestoreResult, _os_error, _Restorer, _Target
@@ -53,6 +54,7 @@ def backup_volume(
         raise _os_error(exc, path) from exc
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise ConfigurationError(f"{path} is neither a block device nor an image file")
+    limit_heap_fragmentation()
     hostname = hostname or socket.gethostname()
     started, clock = datetime.now(UTC), time.monotonic()
     writer = BlobWriter(repo, hostname=hostname, retain_until=retain_until, bandwidth_limit=bandwidth_limit)

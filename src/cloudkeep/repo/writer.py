@@ -61,7 +61,7 @@ class BlobWriter:
         retain_until: datetime | None = None,
         bandwidth_limit: int | None = None,
         upload_threads: int = 2,
-        max_inflight_packs: int = 2,
+        max_inflight_packs: int = 1,
         index_every: int = 8,
     ) -> None:
         self.repo = repo

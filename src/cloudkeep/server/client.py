@@ -21,6 +21,7 @@ from cloudkeep import errors
 from cloudkeep.config import Settings
 from cloudkeep.server.services.schemas import (
     AuditView,
+    BrowseResult,
     CredentialCreate,
     CredentialTest,
     CredentialView,
@@ -39,6 +40,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryCreate,
     RepositoryView,
     RestorePointView,
+    SearchHit,
     ServerInfo,
     SessionDetail,
     SessionView,
@@ -170,6 +172,16 @@ class Client(ABC):
     def restore_volume(self, ref: str, request: VolumeRestoreRequest) -> str: ...
     @abstractmethod
     def download(self, ref: str, paths: list[str], dest: Path) -> None: ...
+    @abstractmethod
+    def browse(
+        self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
+    ) -> BrowseResult: ...
+    @abstractmethod
+    def search(
+        self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
+    ) -> list[SearchHit]: ...
+    @abstractmethod
+    def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]: ...
 
     # server
     @abstractmethod
@@ -445,6 +457,25 @@ class HttpClient(Client):
         dest.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r") as tar:
             tar.extractall(dest, filter="data")
+
+    def browse(
+        self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
+    ) -> BrowseResult:
+        params = {"path": path, "recursive": recursive, "pattern": pattern}
+        return self._get(f"/restore-points/{ref}/browse", BrowseResult, **params)
+
+    def search(
+        self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
+    ) -> list[SearchHit]:
+        params = _params(pattern=pattern, machine=machine, job=job, limit=limit)
+        response = self._request("GET", "/restore-points/search", params=params)
+        return [SearchHit.model_validate(hit) for hit in response.json()]
+
+    def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]:
+        raise errors.ConfigurationError(
+            "exporting a disk image writes on the server host; run it there in embedded mode",
+            hint="unset --api-url / CLOUDKEEP_API_URL on the server host",
+        )
 
     # server
     def server_info(self) -> ServerInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cloudkeep.config import Settings
 from cloudkeep.server.client import Client
@@ -22,6 +23,7 @@ from cloudkeep.server.services import (
 )
 from cloudkeep.server.services.schemas import (
     AuditView,
+    BrowseResult,
     CredentialCreate,
     CredentialTest,
     CredentialView,
@@ -40,6 +42,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryCreate,
     RepositoryView,
     RestorePointView,
+    SearchHit,
     ServerInfo,
     SessionDetail,
     SessionView,
@@ -206,6 +209,19 @@ class EmbeddedClient(Client):
 
     def download(self, ref: str, paths: list[str], dest: Path) -> None:
         operations.download_files(self.ctx, ref, paths, dest, actor=self.actor)
+
+    def browse(
+        self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
+    ) -> BrowseResult:
+        return operations.browse(self.ctx, ref, path, recursive=recursive, pattern=pattern)
+
+    def search(
+        self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
+    ) -> list[SearchHit]:
+        return operations.search(self.ctx, pattern, machine=machine, job=job, limit=limit)
+
+    def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]:
+        return operations.export_image(self.ctx, ref, dest, image_format=image_format, actor=self.actor)
 
     # server
     def server_info(self) -> ServerInfo:

@@ -134,6 +134,13 @@ def test_long_operations_validate_before_starting(api: TestClient) -> None:
     assert api.post(f"{V1}/restore-points/nope/restore-files", json={}).status_code == 404
     assert api.post(f"{V1}/restore-points/nope/restore-volume", json={"target_path": "/x"}).status_code == 404
     assert api.post(f"{V1}/restore-points/nope/restore-volume", json={}).status_code == 422
+    assert api.get(f"{V1}/restore-points/nope/browse").status_code == 404
+    assert api.post(f"{V1}/restore-points/nope/download", json={"paths": ["/etc"]}).status_code == 404
+    assert (
+        api.get(f"{V1}/restore-points/search", params={"pattern": "*.conf", "machine": "nope"}).status_code
+        == 404
+    )
+    assert api.get(f"{V1}/restore-points/search", params={"pattern": "*.conf"}).json() == []
 
 
 def _session_with_task(ctx: ServerContext, machine_id: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from cloudkeep.server.api.deps import Admin, Ctx, Limit, Offset, Reader
 from cloudkeep.server.services import jobs, operations, restore_points, sessions
 from cloudkeep.server.services.schemas import (
+    BrowseResult,
     FileRestoreRequest,
     JobCreate,
     JobStart,
@@ -24,6 +25,7 @@ from cloudkeep.server.services.schemas import (
     Model,
     Page,
     RestorePointView,
+    SearchHit,
     SessionDetail,
     SessionStarted,
     SessionView,
@@ -149,6 +151,31 @@ def list_restore_points(
     return restore_points.list_restore_points(
         ctx, machine=machine, job=job, include_removed=include_removed, limit=limit, offset=offset
     )
+
+
+@router.get("/restore-points/search", tags=["restore points"])
+def search_files(
+    ctx: Ctx,
+    _: Reader,
+    pattern: Annotated[str, Query(min_length=1, max_length=500)],
+    machine: str | None = None,
+    job: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[SearchHit]:
+    """Find files by name (or path) glob across restore points."""
+    return operations.search(ctx, pattern, machine=machine, job=job, limit=limit)
+
+
+@router.get("/restore-points/{ref}/browse", tags=["restore points"])
+def browse(
+    ctx: Ctx,
+    _: Reader,
+    ref: str,
+    path: Annotated[str, Query(max_length=4096)] = "/",
+    recursive: bool = False,
+    pattern: str | None = None,
+) -> BrowseResult:
+    return operations.browse(ctx, ref, path, recursive=recursive, pattern=pattern)
 
 
 @router.get("/restore-points/{ref}", tags=["restore points"])

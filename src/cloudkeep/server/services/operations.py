@@ -22,7 +22,12 @@ from cloudkeep.server.db.models import BackupJob, JobSession, ProtectionGroup
 from cloudkeep.server.services.common import resolve
 from cloudkeep.server.services.machines import resolve_machine_id
 from cloudkeep.server.services.restore_points import get_restore_point
-from cloudkeep.server.services.schemas import FileRestoreRequest, VolumeRestoreRequest
+from cloudkeep.server.services.schemas import (
+    BrowseResult,
+    FileRestoreRequest,
+    SearchHit,
+    VolumeRestoreRequest,
+)
 from cloudkeep.server.services.sessions import TERMINAL_STATES
 
 
@@ -139,4 +144,49 @@ def download_files(
     point = get_restore_point(ctx, restore_point)
     result = _engine("cloudkeep.server.restore", "download_files")(ctx, point.id, paths, dest)
     _audit(ctx, actor, "restore.download", point.id, {"paths": paths})
+    return result
+
+
+def browse(
+    ctx: ServerContext,
+    restore_point: str,
+    path: str = "/",
+    *,
+    recursive: bool = False,
+    pattern: str | None = None,
+) -> BrowseResult:
+    """List a folder of a restore point (read here with the repository credential)."""
+    point = get_restore_point(ctx, restore_point)
+    result = _engine("cloudkeep.server.restore", "browse")(
+        ctx, point.id, path, recursive=recursive, pattern=pattern
+    )
+    return BrowseResult.model_validate(result)
+
+
+def search(
+    ctx: ServerContext, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
+) -> list[SearchHit]:
+    """Find files by name (or path) glob across restore points."""
+    if not pattern.strip():
+        raise ConfigurationError("give a file name or path pattern to search for")
+    machine_id = resolve_machine_id(ctx, machine) if machine else None
+    job_id = None
+    if job:
+        with ctx.db() as session:
+            job_id = resolve(session, BackupJob, job, "job").id
+    hits = _engine("cloudkeep.server.restore", "search")(
+        ctx, pattern, machine_id=machine_id, job_id=job_id, limit=limit
+    )
+    return [SearchHit.model_validate(hit) for hit in hits]
+
+
+def export_image(
+    ctx: ServerContext, restore_point: str, dest: Path, *, image_format: str = "raw", actor: str = "local"
+) -> dict[str, Any]:
+    """Write a volume restore point on this host as a raw image or a fixed VHD."""
+    point = get_restore_point(ctx, restore_point)
+    result: dict[str, Any] = _engine("cloudkeep.server.restore", "export_image")(
+        ctx, point.id, dest, image_format=image_format
+    )
+    _audit(ctx, actor, "restore.export", point.id, {"dest": str(dest), "format": image_format})
     return result

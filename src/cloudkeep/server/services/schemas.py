@@ -251,6 +251,7 @@ class JobStart(Model):
 class SessionTaskView(Model):
     id: str
     machine_id: str
+    machine_name: str = ""
     state: str
     reason: str
     started_at: datetime | None
@@ -300,6 +301,18 @@ class RestorePointView(Model):
     retain_until: datetime | None
     gfs: list[str]
     removed_at: datetime | None
+
+
+class BrowseResult(Model):
+    entries: list[dict[str, Any]] = Field(description="path, type, size, mode, mtime per entry.")
+    truncated: bool = False
+
+
+class SearchHit(Model):
+    model_config = ConfigDict(extra="allow")
+    restore_point_id: str
+    machine_id: str
+    path: str
 
 
 class FileRestoreRequest(Model):

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import BackupJob, JobSession, SessionTask
+from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession, SessionTask
 from cloudkeep.server.services.common import paginate, resolve
 from cloudkeep.server.services.schemas import Page, SessionDetail, SessionTaskView, SessionView
 
@@ -48,14 +48,20 @@ def get_session(ctx: ServerContext, session_id: str) -> SessionDetail:
             .where(SessionTask.session_id == row.id)
             .order_by(SessionTask.started_at, SessionTask.id)
         ).all()
+        ids = {t.machine_id for t in tasks}
+        stmt = select(DiscoveredMachine.id, DiscoveredMachine.name).where(DiscoveredMachine.id.in_(ids))
+        names = {machine_id: name for machine_id, name in session.execute(stmt)}
+        views = []
+        for task in tasks:
+            task_view = SessionTaskView.model_validate(task)
+            task_view.machine_name = names.get(task.machine_id, "")
+            views.append(task_view)
         log: list[dict[str, Any]] = []
         for task in tasks:
             for entry in task.log or []:
                 item = entry if isinstance(entry, dict) else {"message": str(entry)}
                 log.append({"task_id": task.id, "machine_id": task.machine_id, **item})
-        return SessionDetail(
-            **view(row).model_dump(), tasks=[SessionTaskView.model_validate(t) for t in tasks], log=log
-        )
+        return SessionDetail(**view(row).model_dump(), tasks=views, log=log)
 
 
 def watch_session(

@@ -1,0 +1,30 @@
+"""Keep the engine's resident memory close to what it actually holds.
+
+The engine allocates many short-lived buffers of 0.25 to 8 MiB (file reads, chunks, compressed and
+sealed copies) on several threads. glibc's default *dynamic* mmap threshold climbs after the first
+large free, after which such buffers come from per-thread heaps that are rarely returned to the
+OS: measured peak RSS of a 200 MiB backup fell from ~210 MiB to ~135 MiB with a fixed threshold.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_MMAP_THRESHOLD = -3
+_THRESHOLD = 256 * 1024
+_done = False
+
+
+def limit_heap_fragmentation() -> None:
+    """Serve allocations ≥ 256 KiB with mmap so freeing them returns memory at once (glibc only)."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return
+    _done = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, …): nothing to tune
