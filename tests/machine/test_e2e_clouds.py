@@ -98,7 +98,7 @@ def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> N
         wait_for(lambda: proxy.injected >= 60, timeout=180, what="the outage to pass")
         assert dispatcher.wait(command_id, timeout=180)["stdout"] == "ok\n"
         assert marker.read_text() == "ran\n"
-        assert "reachable again" in machine.output()
+        wait_for(lambda: "reachable again" in machine.output(), timeout=60, what="the reconnect to be logged")
         with sqs_harness.ctx.db() as session:
             record = session.get(CommandRecord, command_id)
             assert record is not None and record.state == "done"
