@@ -89,3 +89,20 @@ def test_scoped_credentials_write_only_their_prefix(local_provider: LocalProvide
     assert store.get("machines/web1/pack-1") == b"data"
     with pytest.raises(PermissionDeniedError):
         store.put("machines/web2/pack-1", b"intrusion")
+
+
+def test_signed_url_outlives_the_provider_that_signed_it(lab: Lab) -> None:
+    """The server builds a provider per request; the URL it hands a machine must keep working."""
+    first = get_provider("local", {}, {"lab_dir": str(lab.path)})
+    first.storage.ensure_container("dist")
+    first.storage.open_store("dist").put("a.txt", b"A")
+    url = first.storage.signed_url("dist", "a.txt", method="GET", expires_seconds=60)
+    first.close()
+    del first
+    second = get_provider("local", {}, {"lab_dir": str(lab.path)})
+    assert (
+        second.storage.signed_url("dist", "a.txt", method="GET", expires_seconds=60).split("/o/")[0]
+        == url.split("/o/")[0]
+    )  # same key (from the lab), same server
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.read() == b"A"

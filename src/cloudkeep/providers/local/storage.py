@@ -125,8 +125,6 @@ class LocalStorageService(StorageService):
         self.storage_root = Path(storage_root)
         self.signing_key = signing_key
         self._url_host, self._url_port = url_host, url_port
-        self._server: SignedUrlServer | None = None
-        self._lock = threading.Lock()
 
     def folder(self, location: str) -> Path:
         path = Path(location.removeprefix("file://"))
@@ -144,10 +142,7 @@ class LocalStorageService(StorageService):
 
     @property
     def server(self) -> SignedUrlServer:
-        with self._lock:
-            if self._server is None:
-                self._server = SignedUrlServer(self.signing_key, self._url_host, self._url_port)
-            return self._server
+        return shared_server(self.signing_key, self._url_host, self._url_port)
 
     def signed_url(
         self, location: str, key: str, *, method: Literal["GET", "PUT"], expires_seconds: int
@@ -167,10 +162,24 @@ class LocalStorageService(StorageService):
         )
 
     def close(self) -> None:
-        with self._lock:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
+        """Nothing to release: the signed-URL server is shared and outlives this service (its URLs must)."""
+
+
+_SERVERS: dict[tuple[bytes, str, int], SignedUrlServer] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def shared_server(signing_key: bytes, host: str = "127.0.0.1", port: int = 0) -> SignedUrlServer:
+    """One server per key and address in this process, started on first use.
+
+    Providers are cheap and built per request; URLs they sign must keep working after the
+    provider object is gone, so the server lives for the process (a daemon thread).
+    """
+    with _SERVERS_LOCK:
+        key = (signing_key, host, port)
+        if key not in _SERVERS:
+            _SERVERS[key] = SignedUrlServer(signing_key, host, port)
+        return _SERVERS[key]
 
 
 def new_signing_key() -> bytes:
