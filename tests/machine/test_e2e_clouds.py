@@ -1,4 +1,4 @@
-"""End to end over cloud queues: SQS on the moto server (and Azure Queue Storage on Azurite).
+"""End to end over cloud queues: SQS on the moto server and Azure Queue Storage on Azurite.
 
 The machine services are real subprocesses; the dispatcher and the server consumers use the
 AWS provider against moto over HTTP. The queue outage goes through ``FaultProxy`` (a loopback
@@ -20,9 +20,9 @@ from cloudkeep.server.db.models import CommandRecord
 from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
 from tests.machine.harness import Harness, MachineHandle, wait_for
 from tests.support.fault_proxy import FaultProxy
-from tests.support.peers import MotoServer
+from tests.support.peers import Azurite, MotoServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.moto]
+pytestmark = pytest.mark.slow
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
@@ -51,6 +51,7 @@ def _start(harness: Harness, machine: MachineHandle) -> None:
     wait_for(lambda: harness.heartbeat_age(machine) is not None, timeout=30, what="first heartbeat over SQS")
 
 
+@pytest.mark.moto
 def test_sqs_ping_and_run_script_round_trip(sqs_harness: Harness) -> None:
     machine = sqs_harness.add_machine("ec2a")
     _start(sqs_harness, machine)
@@ -64,6 +65,7 @@ def test_sqs_ping_and_run_script_round_trip(sqs_harness: Harness) -> None:
     assert sqs_harness.record(command_id).channel == "queue"
 
 
+@pytest.mark.moto
 def test_sqs_oversized_message_is_dead_lettered(sqs_harness: Harness) -> None:
     """SQS accepts 256 KiB, so a message over the protocol's 64 KiB reaches the machine: refused there."""
     machine = sqs_harness.add_machine("ec2b")
@@ -78,6 +80,7 @@ def test_sqs_oversized_message_is_dead_lettered(sqs_harness: Harness) -> None:
     assert "rejected message" in machine.output() and "oversized" in machine.output()
 
 
+@pytest.mark.moto
 def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> None:
     machine = sqs_harness.add_machine("ec2c")
     proxy = FaultProxy(str(machine.config.agent_queue["endpoint_url"]))
@@ -104,3 +107,46 @@ def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> N
             assert record is not None and record.state == "done"
     finally:
         proxy.close()
+
+
+AZURE_CREDENTIAL = {"tenant_id": "t", "client_id": "c", "client_secret": "s", "subscription_id": "sub"}
+
+
+@pytest.fixture
+def azure_harness(tmp_path: Path, azurite: Azurite) -> Iterator[Harness]:
+    options = {"storage_connection_string": azurite.connection_string, "retry_backoff_factor": 0.01}
+    h = Harness.create(
+        tmp_path, provider_kind="azure", secret=AZURE_CREDENTIAL, options=options, heartbeat_timeout=30
+    )
+    yield h
+    h.close()
+
+
+@pytest.mark.azurite
+def test_azure_queue_round_trip(azure_harness: Harness) -> None:
+    machine = azure_harness.add_machine("vm1")
+    _start(azure_harness, machine)
+    dispatcher = Dispatcher(azure_harness.ctx)
+    assert dispatcher.call(machine.row_id, "ping", {}, timeout=30)["version"]
+    command_id = dispatcher.send(machine.row_id, "run_script", {"script": "echo over-azure"})
+    assert dispatcher.wait(command_id, timeout=30)["stdout"] == "over-azure\n"
+    assert azure_harness.record(command_id).channel == "queue"
+
+
+@pytest.mark.azurite
+def test_azure_machine_cannot_read_another_machines_queue(azure_harness: Harness) -> None:
+    """What Azurite enforces: a machine's SAS opens its own queue, not a neighbour's."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.queue import QueueClient
+
+    mine, theirs = azure_harness.add_machine("vm2"), azure_harness.add_machine("vm3")
+    theirs.agent_queue().send("secret orders")
+    own_sas = str(mine.config.agent_queue["queue_sas"])
+    endpoint = str(mine.config.agent_queue["queue_endpoint"])
+    own = QueueClient(endpoint, mine.row_queue_name, credential=own_sas)
+    assert list(own.receive_messages(max_messages=1)) == []  # allowed on its own queue
+    neighbour = QueueClient(endpoint, theirs.row_queue_name, credential=own_sas)
+    with pytest.raises(HttpResponseError) as refused:
+        list(neighbour.receive_messages(max_messages=1))
+    assert refused.value.status_code == 403
+    assert theirs.agent_queue().approximate_count() == 1
