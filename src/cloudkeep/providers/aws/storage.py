@@ -46,7 +46,8 @@ def session_policy(bucket: str, write_prefix: str) -> dict[str, Any]:
              "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketObjectLockConfiguration"]},
             {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectRetention"], "Resource": f"{arn}/*"},
             {"Effect": "Allow", "Resource": f"{arn}/{write_prefix}*",
-             "Action": ["s3:PutObject", "s3:PutObjectRetention", "s3:AbortMultipartUpload"]},
+             "Action": ["s3:PutObject", "s3:PutObjectRetention", "s3:AbortMultipartUpload",
+                        "s3:DeleteObject"]},  # own session markers, retention/prune; Object Lock still holds
         ],
     }  # fmt: skip
 

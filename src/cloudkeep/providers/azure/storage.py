@@ -94,7 +94,11 @@ class AzureBlobStorageService(StorageService):
         expires_at = now + timedelta(seconds=expires_seconds)
         sas = generate_container_sas(
             self.account.account_name, container, account_key=self.account.require_key("scoped credentials"),
-            permission=ContainerSasPermissions(read=True, list=True, add=True, create=True, write=True),
+            # delete: the engine removes its own "backup in progress" markers and runs retention/prune;
+            # restore points under immutability cannot be deleted whatever the SAS allows
+            permission=ContainerSasPermissions(
+                read=True, list=True, add=True, create=True, write=True, delete=True
+            ),
             start=now - CLOCK_SKEW, expiry=expires_at,
         )  # fmt: skip
         return ScopedCredentials(
