@@ -9,11 +9,15 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
 
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers import get_provider
 from cloudkeep.providers.aws import AwsProvider
 from cloudkeep.providers.aws.storage import session_policy
+from tests.providers.aws.conftest import KEYS
+from tests.support.peers import MotoServer
 
 
 def test_presigned_get_and_put_are_sigv4_with_expiry(aws: AwsProvider, unique_name: str) -> None:
@@ -63,6 +67,45 @@ def test_scoped_credentials_from_sts_work(aws: AwsProvider, unique_name: str) ->
 
 def test_session_policy_writes_only_the_prefix() -> None:
     policy = session_policy("bucket", "repo/machines/web1/")
-    writes = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    writes = [s for s in policy["Statement"] if {"s3:PutObject", "s3:DeleteObject"} & set(s["Action"])]
     assert [s["Resource"] for s in writes] == ["arn:aws:s3:::bucket/repo/machines/web1/*"]
-    assert all("s3:DeleteObject" not in s["Action"] for s in policy["Statement"])
+
+
+def test_scoped_credentials_by_assume_role(moto_server: MotoServer, unique_name: str) -> None:
+    """With ``agent_role_arn`` the server assumes the agent role with the session policy."""
+    iam = boto3.client("iam", endpoint_url=moto_server.endpoint, region_name="us-east-1", **KEYS)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+    }
+    role = iam.create_role(RoleName=unique_name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    options = {"endpoint_url": moto_server.endpoint, "region": "us-east-1", "agent_role_arn": role}
+    provider = get_provider("aws", KEYS, options)
+    provider.storage.ensure_container(unique_name)
+    creds = provider.storage.scoped_credentials(unique_name, "machines/a/", expires_seconds=900)
+    assert creds.options["aws_access_key_id"].startswith("ASIA")  # temporary (session) credentials
+    creds.open_store().put("machines/a/x", b"1")
+    assert provider.storage.open_store(unique_name).get("machines/a/x") == b"1"
+
+
+def test_expired_session_token_is_an_actionable_error() -> None:
+    """Pure translation (moto never expires tokens): ExpiredToken → AuthenticationError saying what to do."""
+    from botocore.exceptions import ClientError
+
+    from cloudkeep.errors import AuthenticationError
+    from cloudkeep.providers.aws.session import aws_errors
+
+    error = ClientError(
+        {
+            "Error": {
+                "Code": "ExpiredToken",
+                "Message": "The security token included in the request is expired",
+            }
+        },
+        "ListBuckets",
+    )
+    with (
+        pytest.raises(AuthenticationError, match=r"expired.*refresh the temporary credentials"),
+        aws_errors("s3:ListAllMyBuckets"),
+    ):
+        raise error

@@ -7,9 +7,9 @@ accounts with a hierarchical namespace (ADLS Gen2: a directory SAS, ``sr=d``, id
 user-delegation SAS signed with an Entra ID key rather than the account key). On the flat
 namespace that cloudkeep repositories use — and on Azurite, which has no hierarchical namespace
 and no user-delegation SAS over plain HTTP — the nearest equivalent is a **container SAS** with
-read/list/add/create/write and *no delete*, valid until ``expires_at``: it cannot destroy
-anything, but it can write outside the agent's prefix, so the repository format must not trust
-other machines' prefixes (it doesn't: every object is authenticated by the repository key).
+read/list/add/create/write/delete, valid until ``expires_at``: it can reach outside the agent's
+prefix, so immutability guards restore points and the repository format does not trust other
+machines' prefixes (every object is authenticated by the repository key).
 Azurite enforces the SAS (permissions, expiry, signature); tests check that.
 """
 
