@@ -125,3 +125,25 @@ def test_agent_killed_mid_backup_is_reported_not_rerun(harness: Harness, tmp_pat
     with pytest.raises(CommandFailed, match="restarted while running"):
         dispatcher.wait(command_id, timeout=60)
     assert _snapshots(access) == []  # no half-written restore point is visible, and nothing re-ran
+
+
+def test_update_credentials_reaches_the_running_backup(harness: Harness, tmp_path: Path) -> None:
+    access = _repository(tmp_path)
+    machine = _machine_with_data(harness, "db4", size=3 * 2**20)
+    ensure_consumers(harness.ctx)
+    machine.start()
+    machine.start("agent")
+    wait_for(lambda: harness.heartbeat_age(machine) is not None, what="first heartbeat")
+    dispatcher = Dispatcher(harness.ctx)
+    body = {"sources": ["/data"], "hostname": "db4", "bandwidth_limit": 400_000}
+    command_id = dispatcher.send(
+        machine.row_id, "backup", body, sealed={**access, "options": {"fsync": True}}
+    )
+    work = machine.config.state_dir / "spool/agent/work" / f"{command_id}.json"
+    wait_for(work.exists, what="the agent to claim the backup")
+    fresh = {**access, "options": {"fsync": False}}
+    update = {"command_id": command_id}
+    delivered = dispatcher.call(machine.row_id, "update_credentials", update, sealed=fresh, timeout=30)
+    assert delivered == {"delivered_to": command_id}
+    assert dispatcher.wait(command_id, timeout=90)["snapshot_id"] in _snapshots(access)
+    assert f"command {command_id}: repository credentials refreshed" in machine.output("agent")
