@@ -147,3 +147,33 @@ def test_update_credentials_reaches_the_running_backup(harness: Harness, tmp_pat
     assert delivered == {"delivered_to": command_id}
     assert dispatcher.wait(command_id, timeout=90)["snapshot_id"] in _snapshots(access)
     assert f"command {command_id}: repository credentials refreshed" in machine.output("agent")
+
+
+def test_progress_reaches_the_caller_and_the_session_task(harness: Harness, tmp_path: Path) -> None:
+    from cloudkeep.server.db.models import JobSession, SessionTask
+
+    access = _repository(tmp_path)
+    machine = _machine_with_data(harness, "db5", size=2 * 2**20)
+    with harness.ctx.db() as session:
+        job_session = JobSession(kind="backup")
+        session.add(job_session)
+        session.flush()
+        task = SessionTask(session_id=job_session.id, machine_id=machine.row_id)
+        session.add(task)
+        session.flush()
+        task_id = task.id
+    ensure_consumers(harness.ctx)
+    machine.start()
+    machine.start("agent")
+    wait_for(lambda: harness.heartbeat_age(machine) is not None, what="first heartbeat")
+    dispatcher = Dispatcher(harness.ctx)
+    body = {"sources": ["/data"], "hostname": "db5", "bandwidth_limit": 500_000}
+    command_id = dispatcher.send(machine.row_id, "backup", body, sealed=access, task_id=task_id)
+    seen: list[dict[str, object]] = []
+    dispatcher.wait(command_id, timeout=90, on_progress=seen.append)
+    assert seen and all(p["command_id"] == command_id for p in seen)
+    assert max(int(p["bytes_read"]) for p in seen) > 0  # type: ignore[call-overload]
+    with harness.ctx.db() as session:
+        stored = session.get(SessionTask, task_id)
+        assert stored is not None and stored.command_id == command_id
+        assert stored.bytes_read > 0 and "rate" in stored.stats
