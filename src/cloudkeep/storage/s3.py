@@ -9,7 +9,6 @@ S3 implementations (moto) lack ``get_object_retention``.
 from __future__ import annotations
 
 import contextlib
-import io
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,7 +169,7 @@ class S3Store(ObjectStore):
             self._put_multipart(key, data, extra)
             return
         try:
-            body = data if isinstance(data, bytes) else _ViewReader(memoryview(data))
+            body = data if isinstance(data, bytes) else bytes(data)
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
@@ -186,7 +185,7 @@ class S3Store(ObjectStore):
 
         def upload(number: int) -> dict[str, Any]:
             start = (number - 1) * self.multipart_chunk
-            body = _ViewReader(view[start : start + self.multipart_chunk])
+            body = bytes(view[start : start + self.multipart_chunk])
             resp = self.client.upload_part(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
             )
@@ -289,35 +288,6 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self.client.close()
-
-
-class _ViewReader(io.RawIOBase):
-    """A seekable file over a memoryview: botocore streams it without copying the pack part."""
-
-    def __init__(self, view: memoryview) -> None:
-        super().__init__()
-        self._view = view.cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), len(self._view) - self._pos))
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 def _now(like: datetime) -> datetime:
