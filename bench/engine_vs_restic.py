@@ -1,0 +1,511 @@
+"""Benchmark: cloudkeep's backup engine against restic (and borg if installed) on the same data.
+
+A seeded generator builds a realistic machine (text and logs, source trees with ~20k small files,
+binaries, already-compressed media, a few large files), then a day-2 mutation (~2 %: appends,
+in-place rewrites, adds, deletes). Each tool runs as a child process so wall time and peak RSS are
+measured the same way for all. Steps: first backup, no-change rerun, incremental after the
+mutation, full restore, repository size; once on a local folder and once on S3 (a moto server
+started here). Borg only has a local mode.
+
+    python bench/engine_vs_restic.py --size 100      # MiB; default 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PASSWORD = "bench-password"
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- data generator -------------------------------------------------------------------------
+
+_TEXT = bytes(range(256)).translate(bytes((b"etaoinshrdlucmfwypvbgkjqxz      \n" * 8)[:256]))
+_CODE = bytes(range(256)).translate(bytes((b"abcdefghijklmnopqrstuvwxyz_(){};=.,  \n\n    " * 6)[:256]))
+
+
+def _text(rng: random.Random, n: int) -> bytes:
+    """Compressible, non-repeating text (letter frequencies roughly English): zstd gets ~2x."""
+    return rng.randbytes(n).translate(_TEXT)
+
+
+def _code(rng: random.Random, n: int) -> bytes:
+    header = b"// SPDX-License-Identifier: Apache-2.0\n// Copyright the project authors\n\n"
+    return header + rng.randbytes(max(0, n - len(header))).translate(_CODE)
+
+
+def _binary(rng: random.Random, n: int) -> bytes:
+    """Executable-like: runs of zeros and repeated tables between random sections."""
+    out = bytearray()
+    while len(out) < n:
+        kind = rng.random()
+        size = rng.randint(512, 16384)
+        if kind < 0.25:
+            out += bytes(size)
+        elif kind < 0.45:
+            out += rng.randbytes(64) * (size // 64)
+        else:
+            out += rng.randbytes(size)
+    return bytes(out[:n])
+
+
+def generate(root: Path, size_mib: int, seed: int) -> None:
+    """About ``size_mib`` MiB: 25 % text/logs, 15 % small source files, 20 % binaries,
+    25 % already-compressed media, 15 % a few large files (disk-image-like, database)."""
+    rng = random.Random(seed)
+    total = size_mib * 2**20
+    root.mkdir(parents=True)
+    n_small = max(200, round(20_000 * size_mib / 1024))
+    small_budget = int(total * 0.15)
+    for i in range(n_small):
+        folder = root / "src" / f"project{i % 40:02d}" / f"pkg{(i // 40) % 25:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"module{i}.py").write_bytes(
+            _code(rng, max(200, int(rng.expovariate(n_small / small_budget))))
+        )
+    for i in range(max(4, size_mib // 16)):  # vendored copies: whole-file duplicates
+        src = root / "src" / f"project{i % 40:02d}" / f"pkg{(i // 40) % 25:02d}"
+        dst = root / "vendor" / f"copy{i}"
+        shutil.copytree(src, dst)
+    _spread(root / "var" / "log", "log", int(total * 0.25), rng, _text, 2 * 2**20)
+    _spread(root / "usr" / "bin", "bin", int(total * 0.20), rng, _binary, 4 * 2**20)
+    _spread(root / "home" / "media", "jpg", int(total * 0.25), rng, lambda r, n: r.randbytes(n), 8 * 2**20)
+    big = root / "data"
+    big.mkdir()
+    share = int(total * 0.15) // 2
+    (big / "disk.img").write_bytes(
+        b"".join(_binary(rng, 2**20) if k % 3 else bytes(2**20) for k in range(max(1, share // 2**20)))
+    )
+    (big / "app.db").write_bytes(_text(rng, share))
+
+
+def _spread(
+    folder: Path,
+    ext: str,
+    budget: int,
+    rng: random.Random,
+    make: Callable[[random.Random, int], bytes],
+    mean: int,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while budget > 0:
+        size = min(budget, max(4096, int(rng.expovariate(1 / mean))))
+        (folder / f"file{n:05d}.{ext}").write_bytes(make(rng, size))
+        budget -= size
+        n += 1
+
+
+def mutate(root: Path, seed: int, fraction: float = 0.02) -> int:
+    """Day 2: ~``fraction`` of the bytes change. Returns bytes touched."""
+    rng = random.Random(seed + 1)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    budget = int(total * fraction)
+    touched = 0
+    for log in [p for p in files if p.suffix == ".log"][:: max(1, len(files) // 400)]:  # appends
+        with open(log, "ab") as fh:
+            data = _text(rng, 16 * 1024)
+            fh.write(data)
+            touched += len(data)
+    with open(root / "data" / "app.db", "r+b") as fh:  # in-place rewrites in a large file
+        size = os.fstat(fh.fileno()).st_size
+        for _ in range(max(1, budget // 4 // 65536)):
+            fh.seek(rng.randrange(0, max(1, size - 65536)))
+            fh.write(_text(rng, 65536))
+            touched += 65536
+    small = [p for p in files if p.suffix == ".py"]
+    for p in rng.sample(small, min(len(small), max(10, len(small) // 100))):  # edits to source files
+        p.write_bytes(p.read_bytes() + b"\n# edited\n")
+        touched += 10
+    for p in rng.sample(files, max(1, len(files) // 200)):  # deletes
+        if p.exists():
+            p.unlink()
+    new = root / "home" / "new-day2"
+    new.mkdir(parents=True, exist_ok=True)
+    remaining = max(0, budget - touched)
+    for i in range(20):  # adds
+        (new / f"added{i}.bin").write_bytes(_binary(rng, remaining // 20 + 1))
+        touched += remaining // 20 + 1
+    return touched
+
+
+# -- running tools --------------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    seconds: float
+    max_rss_mib: float
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read() if proc.stdout else b""  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{out.decode(errors='replace')[-3000:]}")
+    return Measure(elapsed, usage.ru_maxrss / 1024)
+
+
+@dataclass
+class Results:
+    tool: str
+    backend: str
+    steps: dict[str, Measure] = field(default_factory=dict)
+    repo_bytes: int = 0
+
+    @property
+    def peak_rss(self) -> float:
+        return max(m.max_rss_mib for m in self.steps.values())
+
+
+class Tool:
+    name = ""
+
+    def init(self) -> None: ...
+    def backup(self) -> list[str]: ...
+    def restore(self, target: Path) -> list[str]: ...
+    def repo_size(self) -> int: ...
+
+    env: dict[str, str] = {}
+
+
+class Cloudkeep(Tool):
+    name = "cloudkeep"
+
+    def __init__(self, url: str, options: dict[str, str], source: Path, work: Path) -> None:
+        self.url, self.options, self.source, self.work = url, options, source, work
+        self.env = dict(os.environ)
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            __file__,
+            "_ck",
+            json.dumps({"url": self.url, "options": self.options}),
+            *args,
+        ]
+
+    def init(self) -> None:
+        run(self._cmd("init"), self.env)
+
+    def backup(self) -> list[str]:
+        return self._cmd("backup", str(self.source), str(self.work / "ck-cache"))
+
+    def restore(self, target: Path) -> list[str]:
+        return self._cmd("restore", str(target))
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def __init__(self, repo: str, env: dict[str, str], source: Path, work: Path) -> None:
+        self.source, self.work = source, work
+        self.env = {**os.environ, **env, "RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD": PASSWORD}
+
+    def init(self) -> None:
+        run(["restic", "init", "--cache-dir", str(self.work / "restic-cache")], self.env)
+
+    def backup(self) -> list[str]:
+        return ["restic", "backup", "-q", "--cache-dir", str(self.work / "restic-cache"), str(self.source)]
+
+    def restore(self, target: Path) -> list[str]:
+        return [
+            "restic",
+            "restore",
+            "latest",
+            "-q",
+            "--cache-dir",
+            str(self.work / "restic-cache"),
+            "--target",
+            str(target),
+        ]
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def __init__(self, repo: Path, source: Path, work: Path) -> None:
+        self.repo, self.source, self.work, self.n = repo, source, work, 0
+        self.env = {
+            **os.environ,
+            "BORG_PASSPHRASE": PASSWORD,
+            "BORG_CACHE_DIR": str(work / "borg-cache"),
+            "BORG_BASE_DIR": str(work / "borg-base"),
+        }
+
+    def init(self) -> None:
+        run(["borg", "init", "-e", "repokey-blake2", str(self.repo)], self.env)
+
+    def backup(self) -> list[str]:
+        self.n += 1
+        return ["borg", "create", "-C", "zstd,3", f"{self.repo}::a{self.n}", str(self.source)]
+
+    def restore(self, target: Path) -> list[str]:
+        target.mkdir(parents=True, exist_ok=True)
+        return ["borg", "extract", f"{self.repo}::a{self.n}"]
+
+
+def measure(
+    tool: Tool, backend: str, source: Path, work: Path, seed: int, size_of: Callable[[], int]
+) -> Results:
+    res = Results(tool.name, backend)
+    tool.init()
+    res.steps["first backup"] = run(tool.backup(), tool.env)
+    res.steps["no-change rerun"] = run(tool.backup(), tool.env)
+    res.steps["incremental"] = run(tool.backup(), tool.env) if _mutated(source, seed) else Measure(0, 0)
+    target = work / f"restore-{tool.name}-{backend}"
+    res.steps["full restore"] = run(
+        tool.restore(target), tool.env, cwd=target if isinstance(tool, Borg) else None
+    )
+    _verify(source, target)
+    shutil.rmtree(target, ignore_errors=True)
+    res.repo_bytes = size_of()
+    return res
+
+
+def _mutated(source: Path, seed: int) -> bool:
+    """Apply the day-2 mutation (the source is regenerated per tool, so each sees the same days)."""
+    mutate(source, seed)
+    return True
+
+
+def _verify(source: Path, target: Path) -> None:
+    restored = target / str(source).lstrip("/")
+    diff = subprocess.run(
+        ["diff", "-rq", "--no-dereference", str(source), str(restored)], capture_output=True
+    )
+    if diff.returncode != 0:
+        raise RuntimeError(f"restore differs from source:\n{diff.stdout.decode()[-2000:]}")
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- moto -----------------------------------------------------------------------------------
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto server did not start")
+
+
+def s3_size(endpoint: str, bucket: str) -> int:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+    total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        total += sum(o["Size"] for o in page.get("Contents", []))
+    return total
+
+
+def make_bucket(endpoint: str, bucket: str) -> None:
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    ).create_bucket(Bucket=bucket)
+
+
+# -- cloudkeep child process ----------------------------------------------------------------
+
+
+def cloudkeep_child(spec: str, op: str, *args: str) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    from cloudkeep.repo import Repository, backup_files, list_snapshots, restore
+    from cloudkeep.storage import open_store
+
+    cfg = json.loads(spec)
+    store = open_store(cfg["url"], **cfg["options"])
+    if op == "init":
+        Repository.create(store, PASSWORD)
+        return
+    repo = Repository.open(store, PASSWORD)
+    if op == "backup":
+        backup_files(repo, [Path(args[0])], hostname="bench", cache_dir=Path(args[1]))
+    elif op == "restore":
+        restore(repo, list_snapshots(repo)[-1].id, Path(args[0]))
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=1024, help="machine size in MiB (default 1024)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
+    parser.add_argument("--no-borg", action="store_true")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ck-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: list[Results] = []
+    moto: subprocess.Popen[bytes] | None = None
+    try:
+        backends = ["local"] + ([] if args.no_s3 else ["s3"])
+        if not args.no_s3:
+            moto, endpoint = start_moto()
+        aws_env = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        tools: list[tuple[str, Callable[[Path], tuple[Tool, Callable[[], int]]]]] = []
+        for backend in backends:
+            if backend == "local":
+                tools.append(("local", lambda src: _local_ck(src, work)))
+                tools.append(("local", lambda src: _local_restic(src, work)))
+                if not args.no_borg and shutil.which("borg"):
+                    tools.append(("local", lambda src: _local_borg(src, work)))
+            else:
+                tools.append(("s3", lambda src: _s3_ck(src, work, endpoint)))
+                tools.append(("s3", lambda src: _s3_restic(src, work, endpoint, aws_env)))
+        for backend, factory in tools:
+            source = work / "machine"
+            shutil.rmtree(source, ignore_errors=True)
+            t = time.monotonic()
+            generate(source, args.size, args.seed)  # identical day-1 data for every tool
+            print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
+            tool, size_of = factory(source)
+            _drop_caches_hint()
+            res = measure(tool, backend, source, work, args.seed, size_of)
+            results.append(res)
+            print(_row(res), flush=True)
+    finally:
+        if moto is not None:
+            os.killpg(moto.pid, signal.SIGTERM)
+            moto.wait(timeout=10)
+    report(results, args.size)
+    (work / "results.json").write_text(json.dumps([_as_json(r) for r in results], indent=2))
+    print(f"results: {work / 'results.json'}")
+
+
+def _local_ck(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+    repo = work / "ck-repo"
+    return Cloudkeep(f"file://{repo}", {}, src, work), lambda: du(repo)
+
+
+def _local_restic(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+    repo = work / "restic-repo"
+    return Restic(str(repo), {}, src, work), lambda: du(repo)
+
+
+def _local_borg(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+    repo = work / "borg-repo"
+    return Borg(repo, src, work), lambda: du(repo)
+
+
+def _s3_ck(src: Path, work: Path, endpoint: str) -> tuple[Tool, Callable[[], int]]:
+    make_bucket(endpoint, "ck-bench")
+    opts = {
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "aws_access_key_id": "bench",
+        "aws_secret_access_key": "bench",
+    }
+    return Cloudkeep("s3://ck-bench/repo", opts, src, work), lambda: s3_size(endpoint, "ck-bench")
+
+
+def _s3_restic(src: Path, work: Path, endpoint: str, env: dict[str, str]) -> tuple[Tool, Callable[[], int]]:
+    make_bucket(endpoint, "restic-bench")
+    return Restic(f"s3:{endpoint}/restic-bench/repo", env, src, work), lambda: s3_size(
+        endpoint, "restic-bench"
+    )
+
+
+def _drop_caches_hint() -> None:
+    """Page cache is not dropped (needs privileges and hurts neighbours): every tool reads warm data."""
+
+
+def _row(r: Results) -> str:
+    steps = "  ".join(f"{k}={m.seconds:.2f}s" for k, m in r.steps.items())
+    return (
+        f"{r.tool:9} {r.backend:5} {steps}  repo={r.repo_bytes / 2**20:.1f}MiB  peakRSS={r.peak_rss:.0f}MiB"
+    )
+
+
+def _as_json(r: Results) -> dict[str, object]:
+    return {
+        "tool": r.tool,
+        "backend": r.backend,
+        "repo_bytes": r.repo_bytes,
+        "peak_rss_mib": r.peak_rss,
+        "steps": {k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib} for k, m in r.steps.items()},
+    }
+
+
+def report(results: list[Results], size: int) -> None:
+    print(f"\n== {size} MiB machine: other tool / cloudkeep (above 1.00 = cloudkeep better) ==")
+    for backend in ("local", "s3"):
+        ck = next((r for r in results if r.tool == "cloudkeep" and r.backend == backend), None)
+        if ck is None:
+            continue
+        for other in (r for r in results if r.tool != "cloudkeep" and r.backend == backend):
+            print(f"-- {backend}: {other.tool} vs cloudkeep")
+            for step, m in ck.steps.items():
+                o = other.steps[step]
+                ratio = o.seconds / m.seconds if m.seconds else float("nan")
+                print(
+                    f"   {step:16} {other.tool} {o.seconds:7.2f}s  "
+                    f"cloudkeep {m.seconds:7.2f}s  ratio {ratio:5.2f}"
+                )
+            print(
+                f"   {'repository size':16} {other.tool} {other.repo_bytes / 2**20:7.1f}M  cloudkeep "
+                f"{ck.repo_bytes / 2**20:7.1f}M  ratio {other.repo_bytes / max(1, ck.repo_bytes):5.2f}"
+            )
+            print(
+                f"   {'peak RSS':16} {other.tool} {other.peak_rss:7.0f}M  cloudkeep {ck.peak_rss:7.0f}M  "
+                f"ratio {other.peak_rss / max(1, ck.peak_rss):5.2f}"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_ck":
+        cloudkeep_child(*sys.argv[2:])
+    else:
+        main()
