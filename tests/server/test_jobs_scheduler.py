@@ -249,3 +249,40 @@ def test_start_scheduler_ticks_in_the_background_with_an_injected_clock(
     finally:
         handle.stop()
     assert [s.trigger for s in sessions(ctx, job_id)] == ["missed"]
+
+
+def test_a_terminating_window_stops_a_scheduled_run_when_it_closes(ctx: ServerContext, world: World) -> None:
+    """The runner's clock is injected: the window closes while both machines' backups still run."""
+    from cloudkeep.server.jobs import start_job
+
+    now = {"t": T0 + timedelta(hours=1, minutes=30)}  # 22:30, inside 22:00-23:00
+    fake = FakeDispatcher(ctx, hold=set(world.machine_ids))
+    schedule = {
+        "type": "daily",
+        "time": "22:00",
+        "window": {"start": "22:00", "end": "23:00", "terminate": True},
+    }
+    job_id = world.add_job(schedule=schedule, options={"poll_slice_seconds": 0.05, "parallel_machines": 1})
+    session_id = start_job(ctx, job_id, trigger="schedule", dispatcher=fake, clock=lambda: now["t"])
+    wait_for(lambda: len(fake.kinds("backup")) == 1)
+    now["t"] = T0 + timedelta(hours=2, minutes=1)  # 23:01: the window has closed
+    wait_for(lambda: sessions(ctx, job_id)[0].state == "stopped")
+    (session,) = sessions(ctx, job_id)
+    assert session.reason.startswith("stopped: the backup window closed; 0 of 2")
+    reasons = sorted(t.reason for t in session.tasks)
+    assert reasons == [
+        "stopped: the backup window closed",
+        "stopped: the backup window closed before this machine started",
+    ]
+    assert len(fake.kinds("backup")) == 1  # the second machine never started
+    # a manual run is never cut short by the window
+    manual = start_job(ctx, job_id, wait=True, dispatcher=FakeDispatcher(ctx), clock=lambda: now["t"])
+    assert [s.state for s in sessions(ctx, job_id) if s.id == manual] == ["success"]
+    assert session_id == session.id
+
+
+def test_window_terminate_must_be_boolean() -> None:
+    from cloudkeep.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="terminate must be true or false"):
+        validate_schedule({"type": "daily", "window": {"start": "22:00", "end": "23:00", "terminate": "yes"}})

@@ -10,7 +10,8 @@ half-written restore point visible, and the next run reuses what was already upl
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -102,6 +103,7 @@ def start_job(
     wait: bool = False,
     attempt: int = 1,
     dispatcher: CommandSender | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> str:
     """Create the session and its tasks, then run it (inline when ``wait``, else on a daemon thread)."""
     with ctx.db() as db:
@@ -125,7 +127,7 @@ def start_job(
         for machine_id in selected:
             db.add(SessionTask(session_id=session.id, machine_id=machine_id, state="pending"))
         session_id = session.id
-    runner = SessionRunner(ctx, session_id, dispatcher)
+    runner = SessionRunner(ctx, session_id, dispatcher, clock=clock or utcnow)
     if wait:
         runner.run()
     else:

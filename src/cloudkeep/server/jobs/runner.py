@@ -43,6 +43,7 @@ from cloudkeep.server.jobs.access import (
     load_repository,
     repository_password,
 )
+from cloudkeep.server.jobs.schedule import Schedule, in_window, validate_schedule
 from cloudkeep.server.jobs.stats import session_stats, task_stats
 
 log = logging.getLogger(__name__)
@@ -181,11 +182,20 @@ def _parse_time(value: Any, default: datetime) -> datetime:
 class SessionRunner:
     """Runs one backup session to its end; safe to construct anywhere, runs in the calling thread."""
 
-    def __init__(self, ctx: ServerContext, session_id: str, dispatcher: CommandSender | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        session_id: str,
+        dispatcher: CommandSender | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.ctx = ctx
         self.session_id = session_id
         self._dispatcher = dispatcher
+        self.clock = clock
         self.provider: CloudProvider | None = None
+        self.window: Schedule | None = None  # set for scheduled runs whose window terminates them
 
     @property
     def dispatcher(self) -> CommandSender:
@@ -196,7 +206,19 @@ class SessionRunner:
     def stop_requested(self) -> bool:
         with self.ctx.db() as db:
             session = db.get(JobSession, self.session_id)
-            return bool(session and session.stop_requested)
+            if session is None:
+                return False
+            closed = self.window is not None and not in_window(self.window, self.clock())
+            if closed and not session.stop_requested:  # the window closed: stop as an administrator would
+                session.stop_requested = True
+                session.stats = {**(session.stats or {}), "stopped_by": "backup window"}
+            return bool(session.stop_requested)
+
+    def _stop_reason(self) -> str:
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            by_window = session is not None and (session.stats or {}).get("stopped_by") == "backup window"
+        return "stopped: the backup window closed" if by_window else "stopped by the administrator"
 
     def _hold_lease(self, done: threading.Event) -> None:
         """Renew ``session:<id>`` while the session runs, so other workers know it is alive."""
@@ -229,6 +251,7 @@ class SessionRunner:
             job = db.get(BackupJob, session.job_id)
             assert job is not None
             task_ids = [(t.id, t.machine_id) for t in session.tasks]
+            self.window = _terminating_window(job, session.trigger)
         try:
             if not task_ids:
                 raise ConfigurationError(
@@ -260,7 +283,8 @@ class SessionRunner:
             machine = db.get(DiscoveredMachine, machine_id)
             assert machine is not None
         if self.stop_requested():
-            update_task(self.ctx, task_id, "stopped before it started", state="stopped", ended_at=utcnow())
+            reason = self._stop_reason() + " before this machine started"
+            update_task(self.ctx, task_id, reason, state="stopped", reason=reason, ended_at=utcnow())
             return
         if machine.status != "deployed":
             why = f": {machine.status_reason}" if machine.status_reason else ""
@@ -280,7 +304,7 @@ class SessionRunner:
             reason = "; ".join(warnings)
             update_task(self.ctx, task_id, f"restore point {point_id} recorded", state=state, reason=reason)
         except TaskStopped:
-            update_task(self.ctx, task_id, "stopped by the administrator", state="stopped", reason="stopped")
+            update_task(self.ctx, task_id, "stopped", state="stopped", reason=self._stop_reason())
         except CloudkeepError as exc:
             update_task(self.ctx, task_id, str(exc), state="failed", reason=str(exc))
         except Exception as exc:
@@ -447,6 +471,10 @@ class SessionRunner:
                 **session_stats(tasks, (ended - started).total_seconds()),
             }
             state, reason = _session_outcome(tasks, session.stop_requested, error)
+            if state == "stopped" and (session.stats or {}).get("stopped_by") == "backup window":
+                reason = reason.replace("stopped;", "stopped: the backup window closed;", 1)
+            elif state == "stopped":
+                reason = reason.replace("stopped;", "stopped by the administrator;", 1)
             bad = [
                 t.reason for t in names.values() if t.state in ("failed", "skipped")
             ]  # reasons name the machine
@@ -470,6 +498,17 @@ class SessionRunner:
                 log.exception("a post-session hook failed for %s", self.session_id)
 
 
+def _terminating_window(job: BackupJob, trigger: str) -> Schedule | None:
+    """The job's schedule when its window stops scheduled runs (manual runs are never cut short)."""
+    if trigger == "manual" or not job.schedule:
+        return None
+    try:
+        schedule = validate_schedule(job.schedule)
+    except CloudkeepError:
+        return None
+    return schedule if schedule.window is not None and schedule.window.terminate else None
+
+
 def _session_outcome(tasks: list[dict[str, Any]], stopped: bool, error: str | None) -> tuple[str, str]:
     if error:
         return "failed", error
@@ -477,7 +516,7 @@ def _session_outcome(tasks: list[dict[str, Any]], stopped: bool, error: str | No
     ok = sum(1 for t in tasks if t["state"] == "success")
     warned = sum(1 for t in tasks if t["state"] == "warning")
     if stopped:
-        return "stopped", f"stopped by the administrator; {ok + warned} of {total} machine(s) backed up"
+        return "stopped", f"stopped; {ok + warned} of {total} machine(s) backed up"
     if ok == total:
         return "success", f"{total} machine(s) backed up"
     if ok + warned == 0:

@@ -10,9 +10,10 @@ raises ``ConfigurationError`` naming the bad field. Kinds:
   so "every 4 hours" runs at 00:00, 04:00, … whatever time the server started.
 * ``after_job`` — runs when job ``after_job`` (id or name) ends; ``next_run`` is always None.
 
-Common options: ``timezone`` (IANA name, default UTC); ``window`` {start, end, days?}: nothing starts
-outside it (a run that falls outside is deferred to the window's next opening; end < start wraps
-midnight); ``retries`` {count, delay_minutes}: automatic retries of a failed scheduled run;
+Common options: ``timezone`` (IANA name, default UTC); ``window`` {start, end, days?, terminate?}:
+nothing starts outside it (a run that falls outside is deferred to the window's next opening;
+end < start wraps midnight) and, with ``terminate``, a scheduled run still going when it closes is
+stopped; ``retries`` {count, delay_minutes}: automatic retries of a failed scheduled run;
 ``missed`` "run_once" (default: a run missed while the server was down starts once at start-up) or
 "skip"; ``missed_grace_minutes`` (default 10): how late a run may start before it counts as missed.
 """
@@ -41,6 +42,7 @@ class Window:
     start: time
     end: time
     days: frozenset[int] = frozenset(range(7))
+    terminate: bool = False  # stop a scheduled run that is still going when the window closes
 
     def contains(self, local: datetime) -> bool:
         t = local.time().replace(tzinfo=None)
@@ -180,7 +182,10 @@ def _parse_window(value: Any) -> Window | None:
     start, end = _parse_time(value["start"], "window start"), _parse_time(value["end"], "window end")
     if start == end:
         raise ConfigurationError("schedule window start and end are equal; omit the window to allow any time")
-    return Window(start, end, _parse_days(value.get("days"), "window days"))
+    terminate = value.get("terminate", False)
+    if not isinstance(terminate, bool):
+        raise ConfigurationError(f"schedule window terminate must be true or false, got {terminate!r}")
+    return Window(start, end, _parse_days(value.get("days"), "window days"), terminate)
 
 
 def _parse_retries(value: Any) -> Retries:
