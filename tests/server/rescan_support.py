@@ -64,9 +64,10 @@ class RescanWorld:
         secret: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
         location: str = "distribution",
+        database_url: str | None = None,
         **group: Any,
     ) -> RescanWorld:
-        ctx = open_context(Settings(home=home, rescan_concurrency=8))
+        ctx = open_context(Settings(home=home, database_url=database_url, rescan_concurrency=8))
         with ctx.db() as session:
             credential = Credential(
                 name="cred", provider=provider, secret=ctx.secrets.seal(secret or {}),
