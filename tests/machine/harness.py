@@ -137,8 +137,12 @@ class Harness:
     def server_queue(self) -> Queue:
         return self.provider.queues.get_queue(server_queue_name(self.ctx.server_id))
 
-    def add_machine(self, name: str, **config_overrides: Any) -> MachineHandle:
-        sim = self.lab.create_machine(name, env={"CLOUDKEEP_PYTHON": sys.executable})
+    def add_machine(
+        self, name: str, *, sim: SimulatedMachine | None = None, **config_overrides: Any
+    ) -> MachineHandle:
+        """Register a machine as rescan would; ``sim``: a machine made elsewhere (an SSM stand-in one)."""
+        if sim is None:
+            sim = self.lab.create_machine(name, env={"CLOUDKEEP_PYTHON": sys.executable})
         with self.ctx.db() as session:
             row = DiscoveredMachine(
                 protection_group_id=self.group_id,

@@ -21,6 +21,7 @@ from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
 from tests.machine.harness import Harness, MachineHandle, wait_for
 from tests.support.fault_proxy import FaultProxy
 from tests.support.peers import Azurite, MotoServer
+from tests.support.ssm_standin import SsmStandIn
 
 pytestmark = pytest.mark.slow
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -150,3 +151,38 @@ def test_azure_machine_cannot_read_another_machines_queue(azure_harness: Harness
         list(neighbour.receive_messages(max_messages=1))
     assert refused.value.status_code == 403
     assert theirs.agent_queue().approximate_count() == 1
+
+
+@pytest.mark.moto
+def test_sqs_machine_without_heartbeats_is_reached_through_ssm(
+    tmp_path: Path, moto_server: MotoServer, ssm_standin: SsmStandIn
+) -> None:
+    """Fallback on AWS: SSM Run Command (the stand-in runs the script on the instance), then back to SQS."""
+    import boto3
+
+    bucket = f"ck-out-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1", **KEYS).create_bucket(
+        Bucket=bucket
+    )
+    options = {
+        "endpoint_url": moto_server.endpoint, "region": "us-east-1", "machine_credentials": KEYS,
+        "ssm_output_bucket": bucket, "ssm_poll_interval": 0.1,
+    }  # fmt: skip
+    harness = Harness.create(tmp_path, provider_kind="aws", secret=KEYS, options=options, heartbeat_timeout=5)
+    try:
+        import sys
+
+        sim = ssm_standin.create_instance(
+            f"i-{tmp_path.name[-10:]}", env={"CLOUDKEEP_PYTHON": sys.executable}
+        )
+        machine = harness.add_machine(sim.name, sim=sim)
+        dispatcher = Dispatcher(harness.ctx)
+        command_id = dispatcher.send(machine.row_id, "run_script", {"script": "echo via-ssm"})
+        assert dispatcher.wait(command_id, timeout=90)["stdout"] == "via-ssm\n"
+        assert harness.record(command_id).channel == "ssm"
+        _start(harness, machine)
+        command_id = dispatcher.send(machine.row_id, "run_script", {"script": "echo via-sqs"})
+        assert dispatcher.wait(command_id, timeout=60)["stdout"] == "via-sqs\n"
+        assert harness.record(command_id).channel == "queue"
+    finally:
+        harness.close()
