@@ -210,3 +210,17 @@ def test_keygen_cli_is_idempotent(harness: Harness) -> None:
     second = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout)
     assert first == second == AgentKeys.load(machine.config.state_dir).public()
     assert (machine.config.state_dir / "agent.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_status_cli_reports_services_and_ledger(harness: Harness) -> None:
+    import subprocess
+    import sys
+
+    machine = _started(harness, "st1")
+    assert Dispatcher(harness.ctx).call(machine.row_id, "ping", {}, timeout=30)
+    argv = [sys.executable, "-m", "cloudkeep.machine", "status", "--config", str(machine.config_path)]
+    status = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert status["machine_id"] == machine.row_id and status["keys"] is True
+    assert status["services"]["message-service"]["state"] == "running"
+    assert status["services"]["agent"]["state"] == "not-installed"
+    assert status["commands"].get("done", 0) >= 1
