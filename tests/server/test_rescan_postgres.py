@@ -57,7 +57,7 @@ def test_concurrent_rescans_from_two_workers_join_one_session(
         with world.ctx.db() as session:
             assert session.query(JobSession).count() == 1
             assert session.query(DiscoveredMachine).count() == 3
-            assert session.query(DeploymentStep).count() == 9  # 3 machines x (probe, ownership, prerequisites)
+            assert session.query(DeploymentStep).count() == 9  # 3 machines x 3 checks
         assert {m.status for m in world.machines().values()} == {"ready"}
     finally:
         other.close()
