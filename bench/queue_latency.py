@@ -100,10 +100,10 @@ def throughput(harness: Harness, agents: int, workers: int) -> tuple[int, float]
     with harness.ctx.db() as session:
         from sqlalchemy import func, select
 
-        done = session.scalar(
+        applied = session.scalar(
             select(func.count()).where(CommandRecord.state == "done", CommandRecord.kind == "backup")
         )
-    assert done == agents, f"{done} of {agents} results applied"
+    assert applied == agents, f"{applied} of {agents} results applied"
     return len(messages), elapsed
 
 
