@@ -64,3 +64,34 @@ def test_azure_unreachable() -> None:
     )
     with pytest.raises(UnreachableError, match="cannot reach"):
         store.get("k")
+
+
+def test_azure_read_only_sas_is_denied_writes(azurite, unique_name: str) -> None:  # type: ignore[no-untyped-def]
+    """Azurite enforces SAS: a read/list-only token must be refused PUT and DELETE, naming the action."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from tests.storage.conftest import make_azure_container
+    from tests.support.peers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    make_azure_container(azurite, unique_name)
+    admin = open_store(f"azure://{unique_name}", connection_string=azurite.connection_string)
+    admin.put("existing", b"x")
+    sas = generate_container_sas(
+        AZURITE_ACCOUNT,
+        unique_name,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    reader = open_store(
+        f"azure://{unique_name}", account_url=azurite.blob_endpoint, credential=sas, retry_total=0
+    )
+    assert reader.get("existing") == b"x"
+    assert [i.key for i in reader.list()] == ["existing"]
+    with pytest.raises(PermissionDeniedError, match=r"access denied for Microsoft\.Storage/blobs/write"):
+        reader.put("new", b"y")
+    with pytest.raises(PermissionDeniedError, match="delete"):
+        reader.delete("existing")
+    assert admin.get("existing") == b"x" and admin.stat("new") is None

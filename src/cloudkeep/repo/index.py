@@ -19,7 +19,7 @@ INDEX_PREFIX = "index/"
 _AAD = b"cloudkeep-index-v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     """A blob's place: pack id plus its entry in that pack."""
 

@@ -27,7 +27,7 @@ BLOB_TYPES = (DATA, TREE)
 _HEADER_AAD = b"cloudkeep-pack-header-v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobEntry:
     """Where one blob lives inside its pack."""
 
