@@ -17,7 +17,14 @@ from tests.server.rescan_support import RescanWorld, wait_for
 
 from cloudkeep.providers.local import Lab
 from cloudkeep.server.db.models import JobSession
-from cloudkeep.server.rescan import bundles, due_rescans, set_bundle_version, start_rescan, wait_for_session
+from cloudkeep.server.rescan import (
+    bundles,
+    due_rescans,
+    scripts,
+    set_bundle_version,
+    start_rescan,
+    wait_for_session,
+)
 from cloudkeep.server.rescan.deploy import OWNER_TAG
 
 pytestmark = pytest.mark.slow
@@ -285,3 +292,25 @@ def test_discovery_only_rescan_checks_without_deploying(world: RescanWorld) -> N
     assert [s for s, _, _ in world.steps("web1")] == ["probe", "ownership", "prerequisites"]
     assert not (web1.root / "opt/cloudkeep").exists() and OWNER_TAG not in web1.info()["tags"]
     assert session.stats["ready"] == 1 and session.state == "warning"
+
+
+def test_a_tampered_signed_url_is_refused_by_the_local_url_server(world: RescanWorld) -> None:
+    web1 = world.linux("web1")
+    start_rescan(world.ctx, world.group_id, deploy=True, wait=True)  # publishes the bundle
+    manifest, _ = bundles.current_bundle(world.ctx)
+    provider = world.ctx.provider_for(world.credential_id)
+    try:
+        key = f"bundles/{manifest.version}/{manifest.archives['linux'].file}"
+        good = provider.storage.signed_url("distribution", key, method="GET", expires_seconds=600)
+        for url in (good.replace("sig=", "sig=0"), good.replace(manifest.version, "9.9.9")):
+            script = scripts.linux_bootstrap(
+                version=manifest.version, url=url, sha256=manifest.archives["linux"].sha256, config={}
+            )
+            machine = provider.inventory.get_machine(web1.id)
+            assert machine is not None
+            result = provider.commands.run(machine, script, timeout=120)
+            outcome = scripts.read_install(result.exit_code, result.stdout, result.stderr)
+            assert not outcome.ok and "download of the bundle was refused" in outcome.reason, url
+            assert "403" in outcome.reason
+    finally:
+        provider.close()
