@@ -244,19 +244,14 @@ class Postgres(Peer):
         )  # type: ignore[union-attr]
         if peer.process is not None and peer.process.poll() is not None:
             raise PeerError(f"PostgreSQL exited at start:\n{peer.log_tail()}")
-        created = subprocess.run(
-            [
-                str(bindir / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(peer.port),
-                "-U",
-                "cloudkeep",
-                "cloudkeep",
-            ],
-            capture_output=True,
-        )
+        port = str(peer.port)
+        createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "cloudkeep", "cloudkeep"]
+        deadline = time.monotonic() + 60
+        while True:  # the port opens before the server accepts connections ("starting up")
+            created = subprocess.run(createdb, capture_output=True)
+            if created.returncode == 0 or b"starting up" not in created.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if created.returncode != 0:
             raise PeerError(f"createdb failed: {created.stderr.decode(errors='replace')}")
         return peer
