@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,29 @@ def test_secret_job_options_are_sealed_and_rotated(ctx: ServerContext, seeded: S
     assert (
         ctx.secrets.open(bytes.fromhex(rotated["notifications"]["email"]["password_sealed"])) == "smtp-pw-9"
     )
+
+
+def test_secrets_never_reach_the_logs(
+    ctx: ServerContext, seeded: Seeded, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every log record, including SQLAlchemy's statements with their parameters, is free of the secret."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    credentials.create_credential(
+        ctx,
+        CredentialCreate(name="logged", provider="local", secret={"api_secret": SECRET}),  # type: ignore[dict-item]
+    )
+    repositories.create_repository(
+        ctx,
+        RepositoryCreate(
+            name="logged-repo",
+            credential="logged",
+            location="logged",
+            password=SECRET,  # type: ignore[arg-type]
+            initialize=False,
+        ),
+    )
+    credentials.test_credential(ctx, "logged")
+    admin.rotate_master_key(ctx)
+    assert any("INSERT INTO credentials" in r.getMessage() for r in caplog.records)  # statements were logged
+    assert SECRET not in caplog.text
