@@ -120,3 +120,14 @@ def test_unreachable_arm_endpoint(arm_standin: ArmStandIn) -> None:
     provider = get_provider("azure", arm_standin.credential(), options)
     with pytest.raises(UnreachableError, match="cannot reach Azure"):
         list(provider.inventory.list_machines(InventoryScope()))
+
+
+def test_inventory_limited_to_resource_groups(arm_standin: ArmStandIn) -> None:
+    arm_standin.create_vm("in1", resource_group="rg-a")
+    arm_standin.create_vm("in2", resource_group="rg-a", power_state="stopped")
+    arm_standin.create_vm("out", resource_group="rg-b")
+    provider = get_provider(
+        "azure", arm_standin.credential(), arm_standin.provider_options(resource_groups=["rg-a"])
+    )
+    machines = {m.name: m.state for m in provider.inventory.list_machines(InventoryScope())}
+    assert machines == {"in1": "running", "in2": "deallocated"}  # states fetched per VM (instance view)
