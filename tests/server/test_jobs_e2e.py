@@ -59,6 +59,8 @@ def populate(machine: MachineHandle, seed: int) -> Path:
     (data / "sub" / f"blob-{seed}.bin").write_bytes(os.urandom(300_000))
     (data / "shared.bin").write_bytes(b"same on every machine " * 20_000)  # deduplicated
     (data / "empty").write_bytes(b"")
+    os.chmod(data / "notes.txt", 0o640)
+    os.utime(data / "notes.txt", (1_600_000_000, 1_600_000_000))
     return data
 
 
@@ -170,6 +172,8 @@ def test_download_restores_every_machine_byte_for_byte(backed_up: dict, tmp_path
         restored = dest / str(source).lstrip("/")  # restore keeps the backed-up absolute paths
         assert tree_bytes(restored) == tree_bytes(source)
         assert result["files"] == 4 and result["verified"] == 4
+        restored_notes = (restored / "notes.txt").stat()  # with permissions and times
+        assert (restored_notes.st_mode & 0o777, int(restored_notes.st_mtime)) == (0o640, 1_600_000_000)
 
 
 def test_file_restore_to_another_folder_through_the_transport_service(backed_up: dict) -> None:
@@ -424,3 +428,40 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
         )
     finally:
         harness.close()
+
+
+def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
+    backed_up: dict, tmp_path: Path
+) -> None:
+    from cloudkeep.errors import NotFoundError
+
+    ctx = backed_up["harness"].ctx
+    machine = backed_up["machines"][2]
+    with ctx.db() as db:
+        job = BackupJob(
+            name="keep-one", repository_id=backed_up["repository_id"], machine_ids=[machine.row_id],
+            mode="file", includes=["/data/sub"], retention={"keep_last": 1},
+        )  # fmt: skip
+        db.add(job)
+        db.flush()
+        job_id = job.id
+    first = start_job(ctx, job_id, wait=True)
+    (backed_up["sources"][machine.row_id] / "sub" / "later.txt").write_text("added after the first run")
+    second = start_job(ctx, job_id, wait=True)
+    assert session_state(backed_up, first).state == session_state(backed_up, second).state == "success"
+    with ctx.db() as db:
+        points = list(
+            db.scalars(
+                select(RestorePoint).where(RestorePoint.job_id == job_id).order_by(RestorePoint.created_at)
+            )
+        )
+    assert [p.removed_at is not None for p in points] == [True, False]
+    assert any(
+        "retention removed 1 restore point" in line["message"]
+        for line in session_state(backed_up, second).tasks[0].log
+    )
+    with pytest.raises(NotFoundError, match="was removed by retention"):
+        download_files(ctx, points[0].id, None, tmp_path / "old")
+    download_files(ctx, points[1].id, None, tmp_path / "new")  # the kept point restores after prune
+    source = backed_up["sources"][machine.row_id] / "sub"
+    assert tree_bytes(tmp_path / "new" / str(source).lstrip("/")) == tree_bytes(source)
