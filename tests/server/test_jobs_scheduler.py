@@ -286,3 +286,17 @@ def test_window_terminate_must_be_boolean() -> None:
 
     with pytest.raises(ConfigurationError, match="terminate must be true or false"):
         validate_schedule({"type": "daily", "window": {"start": "22:00", "end": "23:00", "terminate": "yes"}})
+
+
+def test_tick_starts_the_rescans_that_are_due(
+    ctx: ServerContext, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rescan engine is replaced by recording fakes: only the hand-over is under test here."""
+    from cloudkeep.server import rescan
+
+    started: list[str] = []
+    monkeypatch.setattr(rescan, "due_rescans", lambda c, now: [world.group_id] if now >= T0 else [])
+    monkeypatch.setattr(rescan, "start_rescan", lambda c, gid, **kw: started.append(gid) or f"s-{gid}")
+    assert tick(ctx, T0 - timedelta(minutes=1), dispatcher=FakeDispatcher(ctx)) == []
+    assert tick(ctx, T0, dispatcher=FakeDispatcher(ctx)) == [f"s-{world.group_id}"]
+    assert started == [world.group_id]
