@@ -127,6 +127,8 @@ class _Target:
     path: str
     offset: int
     sparse: bool
+    create: bool = False  # this write creates the file (it has exactly one chunk)
+    size: int = 0
 
 
 class _Restorer:
@@ -136,6 +138,7 @@ class _Restorer:
         self.by_blob: dict[bytes, list[_Target]] = defaultdict(list)
         self.finishing: list[tuple[str, Node]] = []  # metadata to apply at the end
         self.links: list[tuple[str, str]] = []
+        self.precreate: list[tuple[str, int]] = []
         self.first_link: dict[tuple[int, int], str] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
@@ -163,14 +166,16 @@ class _Restorer:
                 self.first_link[key] = dest
             if os.path.lexists(dest) and not os.path.isfile(dest):
                 raise ConflictError(f"cannot restore a file over {dest}, which is not a file")
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, node.size)
-            finally:
-                os.close(fd)
+            # One-chunk files are created by the worker that writes them (one open per file);
+            # others are created and pre-sized in parallel before the data arrives.
+            single = len(node.content) == 1
+            if not single:
+                self.precreate.append((dest, node.size))
             offset = 0
             for blob_id in node.content:
-                self.by_blob[blob_id].append(_Target(dest, offset, node.sparse))
+                self.by_blob[blob_id].append(
+                    _Target(dest, offset, node.sparse, create=single, size=node.size)
+                )
                 offset += self.repo.locate(blob_id).entry.raw_length
             self.result.files += 1
             self.result.bytes += node.size
@@ -189,7 +194,7 @@ class _Restorer:
                 return
         self.finishing.append((dest, node))
 
-    def fetch_all(self, threads: int = 4) -> None:
+    def fetch_all(self, threads: int = 8) -> None:
         """Fetch each pack's needed blobs as a few ranged reads (≤ ``RANGE_SPAN``), in parallel."""
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
@@ -209,8 +214,22 @@ class _Restorer:
                 run.append(entry)
             runs.append((pack_id, run))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-restore") as pool:
+            # Creating files is metadata-bound (slow on busy disks): do it on many threads too.
+            for _ in pool.map(self._create, self.precreate):
+                pass
             for _ in pool.map(self._restore_run, runs):
                 pass
+
+    def _create(self, item: tuple[str, int]) -> None:
+        path, size = item
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
 
     def _restore_run(self, item: tuple[str, list[BlobEntry]]) -> None:
         pack_id, entries = item
@@ -226,7 +245,9 @@ class _Restorer:
             sealed = view[entry.offset - start : entry.offset - start + entry.length]
             data = self.repo.decode_blob(entry, pack_id, sealed)
             for target in self.by_blob[entry.id]:
-                if target.sparse and not any(data):  # leave a hole; the file was pre-sized
+                if target.sparse and not any(data):  # leave a hole in the pre-sized file
+                    if target.create:
+                        self._create((target.path, target.size))
                     continue
                 self._write(target, data)
             with self.lock:
@@ -238,7 +259,8 @@ class _Restorer:
 
     def _write(self, target: _Target, data: bytes) -> None:
         try:
-            fd = os.open(target.path, os.O_WRONLY)
+            flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if target.create else 0)
+            fd = os.open(target.path, flags, 0o600)
             try:
                 view = memoryview(data)
                 offset = target.offset
