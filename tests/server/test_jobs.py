@@ -275,7 +275,7 @@ def test_health_check_runs_check_on_one_deployed_machine(ctx: ServerContext, wor
     session, _tasks = session_of(ctx, session_id)
     assert session.kind == "check" and session.state == "success" and session.reason == "repository healthy"
     (command,) = fake.kinds("check")
-    assert command.body == {"read_data_subset": "10%"} and command.machine_id in world.machine_ids[:2]
+    assert command.body == {"read_data_subset": 0.1} and command.machine_id in world.machine_ids[:2]
     assert command.sealed is not None and command.sealed["password"] == "correct horse battery"
 
 
@@ -290,7 +290,7 @@ def test_health_check_is_scheduled_once_per_period(ctx: ServerContext, world: Wo
     assert len(tick(ctx, t0, dispatcher=fake, wait=True)) == 1
     assert tick(ctx, t0 + timedelta(hours=1), dispatcher=fake, wait=True) == []
     assert len(tick(ctx, t0 + timedelta(days=7), dispatcher=fake, wait=True)) == 1
-    assert [c.body["read_data_subset"] for c in fake.kinds("check")] == ["1%", "1%"]
+    assert [c.body["read_data_subset"] for c in fake.kinds("check")] == [0.01, 0.01]
 
 
 def test_a_session_left_running_by_a_dead_worker_is_recovered(ctx: ServerContext, world: World) -> None:
@@ -349,3 +349,18 @@ def test_fsfreeze_option_wraps_the_scripts(ctx: ServerContext, world: World) -> 
     job.options = {"fsfreeze": "srv"}
     with pytest.raises(ConfigurationError, match="fsfreeze must be a list of absolute mount points"):
         build_backup_body(job, machine, None)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("5%", 0.05), ("0.25", 0.25), (1, 1.0), (None, None)])
+def test_read_data_share(value: object, expected: float | None) -> None:
+    from cloudkeep.server.jobs.health import read_fraction
+
+    assert read_fraction(value) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["0%", "150%", "lots"])
+def test_read_data_share_rejects_nonsense(value: str) -> None:
+    from cloudkeep.server.jobs.health import read_fraction
+
+    with pytest.raises(ConfigurationError, match="read_data_subset"):
+        read_fraction(value)

@@ -465,3 +465,25 @@ def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
     download_files(ctx, points[1].id, None, tmp_path / "new")  # the kept point restores after prune
     source = backed_up["sources"][machine.row_id] / "sub"
     assert tree_bytes(tmp_path / "new" / str(source).lstrip("/")) == tree_bytes(source)
+
+
+def test_health_check_on_an_agent_finds_a_damaged_pack(backed_up: dict) -> None:
+    from cloudkeep.server.jobs.health import start_health_check
+
+    ctx = backed_up["harness"].ctx
+    healthy = session_state(
+        backed_up, start_health_check(ctx, backed_up["job"], read_data_subset="100%", wait=True)
+    )
+    assert healthy.kind == "check" and healthy.state == "success", healthy.reason
+    storage = backed_up["harness"].lab.path / "storage" / "backups"
+    pack = max((p for p in (storage / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    original = pack.read_bytes()
+    pack.write_bytes(original[:100] + bytes(b ^ 0xFF for b in original[100:200]) + original[200:])
+    try:
+        damaged = session_state(
+            backed_up, start_health_check(ctx, backed_up["job"], read_data_subset=1.0, wait=True)
+        )
+    finally:
+        pack.write_bytes(original)
+    assert damaged.state == "failed" and "problem(s)" in damaged.reason
+    assert pack.name in damaged.reason or damaged.stats["problems"]

@@ -17,16 +17,33 @@ from cloudkeep.server.jobs.lifecycle import job_machines, resolve_job
 from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
 
 
+def read_fraction(value: str | float | None) -> float | None:
+    """``"5%"``, ``"0.05"`` or ``0.05`` → 0.05 (the share of packs read back); None reads structure only."""
+    if value is None or value == "":
+        return None
+    try:
+        text = str(value).strip()
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"read_data_subset {value!r} is not a share", hint="use e.g. '5%' or 0.05"
+        ) from None
+    if not 0 < fraction <= 1:
+        raise ConfigurationError(f"read_data_subset {value!r} must be more than 0% and at most 100%")
+    return fraction
+
+
 def start_health_check(
     ctx: ServerContext,
     job_id: str,
     *,
-    read_data_subset: str | None = "5%",
+    read_data_subset: str | float | None = "5%",
     machine_id: str | None = None,
     wait: bool = False,
     dispatcher: CommandSender | None = None,
 ) -> str:
     """Create a ``check`` session for the job's repository and run it on one deployed machine."""
+    fraction = read_fraction(read_data_subset)
     with ctx.db() as db:
         job = resolve_job(db, job_id)
         deployed = [m for m in job_machines(db, job) if m.status == "deployed"]
@@ -46,7 +63,7 @@ def start_health_check(
         ids = (session.id, task.id, deployed[0].id, job.repository_id)
 
     def run() -> None:
-        _run_check(ctx, *ids, read_data_subset=read_data_subset, dispatcher=dispatcher)
+        _run_check(ctx, *ids, read_data_subset=fraction, dispatcher=dispatcher)
 
     if wait:
         run()
@@ -62,7 +79,7 @@ def _run_check(
     machine_id: str,
     repository_id: str,
     *,
-    read_data_subset: str | None,
+    read_data_subset: float | None,
     dispatcher: CommandSender | None,
 ) -> None:
     started = utcnow()
