@@ -78,7 +78,10 @@ class SimulatedMachine:
 
     @property
     def root(self) -> Path:
-        return self.path / "root"
+        """``root/`` in the machine folder, or the ``root`` of ``machine.json`` (only the real host's
+        entry, made by ``cloudkeep host protect``, sets it: its root is ``/``)."""
+        override = self.info().get("root")
+        return Path(override) if override else self.path / "root"
 
     def info(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.path / MACHINE_FILE).read_text())
@@ -157,7 +160,8 @@ class SimulatedMachine:
         return self._run_powershell(script, info, timeout)
 
     def _environment(self, info: Mapping[str, Any]) -> dict[str, str]:
-        home = self.root / "home" / "cloudkeep"
+        # A machine with its own root (the real host) keeps HOME in its folder, not in /home.
+        home = self.path / "home" if info.get("root") else self.root / "home" / "cloudkeep"
         home.mkdir(parents=True, exist_ok=True)
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
