@@ -14,6 +14,7 @@ from cloudkeep.cli import (
     bundle,
     credential,
     doctor,
+    host,
     job,
     machine,
     protection_group,
@@ -43,6 +44,7 @@ app.add_typer(session.app, name="session")
 app.add_typer(restore_point.app, name="restore-point")
 app.add_typer(restore.app, name="restore")
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(host.app, name="host")
 app.registered_commands += doctor.app.registered_commands  # `cloudkeep doctor`
 app.registered_commands += quickstart.app.registered_commands  # `cloudkeep quickstart`
 
