@@ -187,3 +187,17 @@ def test_unreadable_file_is_skipped_with_warning(
     assert any("script.sh" in w for w in snap.stats["warnings"])
     names = {e.path for e in list_tree(repo, snap.id, str(source))}
     assert f"{source}/script.sh" not in names and f"{source}/blob.bin" in names
+
+
+def test_entire_machine_source(repo: Repository, tmp_path: Path) -> None:
+    """Source "/" (entire machine): the root is walked directly; /etc stands in for a whole machine."""
+    excludes = [f"/{name}" for name in os.listdir("/") if name != "etc"]
+    snap = backup_files(repo, [Path("/")], hostname="h", excludes=excludes)
+    assert snap.paths == ["/"]
+    top = {e.path for e in list_tree(repo, snap.id, "/")}
+    assert top == {"/etc"}
+    restore(repo, snap.id, tmp_path / "out", paths=["/etc/hostname"])
+    assert (tmp_path / "out" / "etc" / "hostname").read_bytes() == Path("/etc/hostname").read_bytes()
+    result = restore(repo, snap.id, tmp_path / "all")
+    assert (tmp_path / "all" / "etc" / "hostname").exists() and result.files > 0
+    assert os.stat(tmp_path / "all").st_mtime > 1e9  # the synthetic root (mtime 0) left the target alone

@@ -312,7 +312,10 @@ def backup_files(
     )
     try:
         root = _Dir(archiver, Node(name="", type=DIR, mode=0o755), None, 0)
-        _walk_trie(archiver, root, "", _source_trie(paths))
+        if "/" in paths:  # the entire machine: the root itself is the source
+            archiver.walk(root, "/")
+        else:
+            _walk_trie(archiver, root, "", _source_trie(paths))
         root.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)

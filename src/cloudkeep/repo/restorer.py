@@ -309,7 +309,12 @@ def restore(
             os.makedirs(os.path.dirname(dest) or str(target), exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, dest) from exc
-        restorer.plan(node, dest.rstrip("/") or str(target))
+        if _norm(path) == "/":  # the synthetic root has no metadata of its own: restore what is inside
+            assert node.subtree is not None
+            for child in repo.load_tree(node.subtree):
+                restorer.plan(child, os.path.join(target, child.name))
+        else:
+            restorer.plan(node, dest.rstrip("/") or str(target))
     restorer.fetch_all()
     restorer.finish()
     return restorer.result
