@@ -25,7 +25,8 @@ from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
 from cloudkeep.providers.base import CommandChannel, CommandResult, Machine, Platform
 
-TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling", "Undeliverable", "Terminated"}
+# GetCommandInvocation statuses that end a command (Pending/InProgress/Delayed/Cancelling do not)
+TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut"}
 DOCUMENTS = {Platform.LINUX: "AWS-RunShellScript", Platform.WINDOWS: "AWS-RunPowerShellScript"}
 
 
