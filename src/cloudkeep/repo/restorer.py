@@ -272,17 +272,30 @@ class _Restorer:
         except OSError as exc:
             raise _os_error(exc, target.path) from exc
 
+    def _apply(self, item: tuple[str, Node]) -> None:
+        dest, node = item
+        try:
+            apply_metadata(dest, node, set_owner=self.set_owner)
+        except OSError as exc:
+            with self.lock:
+                self.result.warnings.append(f"{dest}: cannot set metadata ({exc.strerror})")
+
     def finish(self) -> None:
         for existing, dest in self.links:
             if os.path.lexists(dest):
                 os.unlink(dest)
             os.link(existing, dest)
-        # Deepest first, so setting a directory's mtime is not undone by creating its children.
-        for dest, node in sorted(self.finishing, key=lambda item: item[0].count("/"), reverse=True):
-            try:
-                apply_metadata(dest, node, set_owner=self.set_owner)
-            except OSError as exc:
-                self.result.warnings.append(f"{dest}: cannot set metadata ({exc.strerror})")
+        # Leaves in parallel (independent), then directories deepest first, so that setting a
+        # directory's mtime is not undone by touching its children.
+        leaves = [item for item in self.finishing if item[1].type != DIR]
+        dirs = sorted(
+            (i for i in self.finishing if i[1].type == DIR), key=lambda i: i[0].count("/"), reverse=True
+        )
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-meta") as pool:
+            for _ in pool.map(self._apply, leaves, chunksize=64):
+                pass
+        for item in dirs:
+            self._apply(item)
         self.result.verified = self.result.files  # every blob was verified by decode_blob
 
 
