@@ -19,6 +19,7 @@ from cloudkeep.providers.local import Lab
 from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.rescan import (
     bundles,
+    deploy,
     due_rescans,
     scripts,
     set_bundle_version,
@@ -314,3 +315,39 @@ def test_a_tampered_signed_url_is_refused_by_the_local_url_server(world: RescanW
             assert "403" in outcome.reason
     finally:
         provider.close()
+
+
+def test_a_stop_request_leaves_the_remaining_machines_alone(
+    world: RescanWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a", "b", "c"):
+        world.linux(name, state="stopped")
+    world.ctx.settings.rescan_concurrency = 1
+    original = deploy.MachineDeployment.run
+
+    def run_then_stop(self: deploy.MachineDeployment) -> str:
+        with world.ctx.db() as session:  # the administrator presses stop during the first machine
+            row = session.get(JobSession, self.env.session_id)
+            assert row is not None
+            row.stop_requested = True
+        return original(self)
+
+    monkeypatch.setattr(deploy.MachineDeployment, "run", run_then_stop)
+
+    session = world.session(start_rescan(world.ctx, world.group_id, wait=True))
+
+    assert session.state == "stopped" and session.stats["processed"] == 1
+    assert sorted(m.status for m in world.machines().values()) == ["discovered", "discovered", "skipped"]
+
+
+def test_a_rescan_left_running_by_a_dead_worker_is_ended_by_the_next(world: RescanWorld) -> None:
+    with world.ctx.db() as session:
+        session.add(
+            JobSession(id="deadbeef", kind="rescan", protection_group_id=world.group_id, state="running")
+        )
+
+    new = start_rescan(world.ctx, world.group_id, wait=True)  # no lease is held: the old worker is gone
+
+    assert new != "deadbeef" and world.session(new).state == "success"
+    old = world.session("deadbeef")
+    assert old.state == "failed" and "interrupted" in old.reason

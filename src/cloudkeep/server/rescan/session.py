@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
@@ -85,6 +85,18 @@ def start_rescan(
             )
     now = datetime.now(UTC)
     with ctx.db() as session:
+        # We hold the lease, so any rescan of this group still "running" lost its worker (crash,
+        # restart) and its lease expired: end it with that reason rather than leave it running.
+        session.execute(
+            update(JobSession)
+            .where(
+                JobSession.kind == "rescan",
+                JobSession.protection_group_id == group_id,
+                JobSession.state.in_(("pending", "running")),
+            )
+            .values(state="failed", ended_at=now, reason="interrupted: the server worker running it stopped")
+            .execution_options(synchronize_session=False)
+        )
         session.add(JobSession(id=session_id, kind="rescan", protection_group_id=group_id, state="running",
                                trigger=trigger, started_at=now, stats=_empty_stats()))  # fmt: skip
     runner = RescanRunner(ctx, group_id, session_id, machine_ids, deploy=deploy)
