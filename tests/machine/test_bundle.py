@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -219,3 +220,38 @@ def test_cli_bundle_build_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "signature and checksums OK" in shown.output
     (tmp_path / "out" / "install.sh").write_text("echo tampered\n")
     assert "NOT VALID" in runner.invoke(app, ["show", str(tmp_path / "out")]).output
+
+
+def _shell_scripts() -> dict[str, str]:
+    from cloudkeep.machine.bundle.builder import installer_text
+    from cloudkeep.server.rescan import scripts
+
+    bootstrap = scripts.linux_bootstrap(
+        version="0.1.0", url="http://h/o?a=1&sig=it's", sha256="ab", config={}
+    )
+    return {
+        "install.sh": installer_text("linux").decode(),
+        "bootstrap": bootstrap,
+        "probe": scripts.LINUX_PROBE,
+        "start": scripts.LINUX_START,
+        "services-check": scripts.services_check_script(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_shell_scripts()))
+def test_shell_scripts_parse_under_dash(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "script.sh"
+    path.write_text(_shell_scripts()[name])
+    checked = subprocess.run(["dash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.parametrize("name", list(_shell_scripts()))
+def test_shell_scripts_pass_shellcheck_as_posix_sh(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "script.sh"
+    path.write_text(_shell_scripts()[name])
+    checked = subprocess.run(
+        ["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout
