@@ -7,6 +7,7 @@ returned the right bytes. Rendering lives in ``cloudkeep.cli.quickstart``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,11 +276,44 @@ def clean(layout: QuickstartLayout) -> list[str]:
     """Remove the quickstart: stop its machines' services, then delete its whole server home."""
     if not layout.home.exists():
         return []
+    pids: list[int] = []
     if layout.lab_dir.exists():
         for machine in Lab(layout.lab_dir).list():
+            pids += _recorded_pids(machine.root)
             stop_machine_services(machine.root)
+    _wait_until_gone(pids)  # a service still exiting writes its queue database's WAL under our feet
     shutil.rmtree(layout.home)
     return [str(layout.home)]
+
+
+def _recorded_pids(root: Path) -> list[int]:
+    pids = []
+    for pidfile in (root / "var/run/cloudkeep").glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(pidfile.read_text().strip()))
+    return pids
+
+
+def _wait_until_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Poll until the signalled services have exited (SIGKILL whatever is left at the deadline)."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+            except PermissionError:
+                alive.discard(pid)
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
 
 
 class QuickstartError(CloudkeepError):
