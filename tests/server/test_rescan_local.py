@@ -294,6 +294,11 @@ def test_discovery_only_rescan_checks_without_deploying(world: RescanWorld) -> N
     assert not (web1.root / "opt/cloudkeep").exists() and OWNER_TAG not in web1.info()["tags"]
     assert session.stats["ready"] == 1 and session.state == "warning"
 
+    start_rescan(world.ctx, world.group_id, wait=True)  # now deploy it
+    start_rescan(world.ctx, world.group_id, deploy=False, wait=True)
+    assert world.machines()["web1"].status == "deployed"  # a discovery-only rescan keeps it deployed
+    assert len(world.steps("web1")) == 7
+
 
 def test_a_tampered_signed_url_is_refused_by_the_local_url_server(world: RescanWorld) -> None:
     web1 = world.linux("web1")

@@ -82,10 +82,8 @@ class MachineDeployment:
         self.outdated = False
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
-        self.started_at: datetime | None = None
-        self.command_count: int | None = (
-            None  # managed run commands (Azure)  # when this rescan started the services
-        )
+        self.started_at: datetime | None = None  # when this rescan started the services
+        self.command_count: int | None = None  # existing managed run commands (Azure only)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -149,9 +147,7 @@ class MachineDeployment:
                 detail = step()
                 outcome = "skipped" if detail.startswith("skipped:") else "ok"
                 if name == "prerequisites" and not self.env.deploy:
-                    reason = "checks passed; deployment was not requested (discovery only)"
-                    self._record(name, outcome, detail, status="ready", reason=reason)
-                    return "ready"
+                    return self._checks_only(detail)
                 self._record(name, outcome, detail.removeprefix("skipped: "))
             self._status(_ACTIVE["confirm"])
             detail = self.step_confirm()
@@ -178,6 +174,16 @@ class MachineDeployment:
             self._record(at, "failed", message, status="failed", reason=f"{at}: {message}")
         self._forget_later_steps()
         return final
+
+    def _checks_only(self, detail: str) -> str:
+        """Discovery-only rescan: report the checks; a machine already on the bundle stays deployed."""
+        if self.current:
+            status = "deployed"
+            reason = f"bundle {self.env.bundle_version} installed (services not checked: discovery only)"
+        else:
+            status, reason = "ready", "checks passed; deployment was not requested (discovery only)"
+        self._record("prerequisites", "ok", detail, status=status, reason=reason)
+        return status
 
     def _forget_later_steps(self) -> None:
         """Rows of steps this rescan did not reach would describe an older attempt: drop them."""
