@@ -45,9 +45,9 @@ def test_visibility_timeout_redelivers_with_higher_receive_count(
 ) -> None:
     queue = queue_service.ensure_queue(unique_name)
     queue.send("redeliver me")
-    first = poll(lambda: queue.receive(visibility_timeout=1))
+    first = poll(lambda: queue.receive(visibility_timeout=3))
     assert [m.body for m in first] == ["redeliver me"]
-    assert queue.receive(visibility_timeout=1) == []  # hidden while in flight
+    assert queue.receive(visibility_timeout=3) == []  # hidden while in flight
     again = poll(lambda: queue.receive(visibility_timeout=30))
     assert [m.body for m in again] == ["redeliver me"]
     assert again[0].receive_count == 2
@@ -57,9 +57,9 @@ def test_visibility_timeout_redelivers_with_higher_receive_count(
 def test_extend_visibility_keeps_message_hidden(queue_service: QueueService, unique_name: str) -> None:
     queue = queue_service.ensure_queue(unique_name)
     queue.send("busy")
-    [message] = poll(lambda: queue.receive(visibility_timeout=1))
+    [message] = poll(lambda: queue.receive(visibility_timeout=3))
     queue.extend_visibility(message, 30)
-    deadline = time.monotonic() + 2.5
+    deadline = time.monotonic() + 4
     while time.monotonic() < deadline:
         assert queue.receive(visibility_timeout=1) == []
         time.sleep(0.2)
@@ -78,11 +78,11 @@ def test_unacked_message_moves_to_dead_letter_queue(queue_service: QueueService,
 def test_explicit_dead_letter(queue_service: QueueService, unique_name: str) -> None:
     queue = queue_service.ensure_queue(unique_name)
     queue.send("unsigned")
-    [message] = poll(lambda: queue.receive(visibility_timeout=1))
+    [message] = poll(lambda: queue.receive(visibility_timeout=30))
     queue.dead_letter(message, "signature missing")
     dlq = queue_service.get_queue(dead_letter_queue_name(unique_name))
     assert [m.body for m in poll(lambda: dlq.receive())] == ["unsigned"]
-    assert poll(lambda: queue.receive(), timeout=1.5) == []  # the original never comes back
+    assert queue.approximate_count() == 0  # moved, not copied
 
 
 def test_large_payload_round_trips(queue_service: QueueService, unique_name: str) -> None:
