@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets as pysecrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +16,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudkeep.config import Settings
-from cloudkeep.errors import NotFoundError
+from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.base import CloudProvider, get_provider
 from cloudkeep.server.db.models import Credential, ServerSetting
 from cloudkeep.server.secrets import SecretBox
@@ -81,6 +82,31 @@ def _setting(session: Session, key: str) -> str | None:
     return row.value if row else None
 
 
+def _new_signing_key_hex() -> str:
+    raw = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return raw.hex()
+
+
+def _ensure_setting(sessions: sessionmaker[Session], key: str, make: Callable[[], str]) -> str:
+    """Read a server setting, creating it once; workers racing on a fresh database: first insert wins."""
+    with sessions.begin() as session:
+        value = _setting(session, key)
+    if value is not None:
+        return value
+    try:
+        with sessions.begin() as session:
+            session.add(ServerSetting(key=key, value=make()))
+    except IntegrityError:
+        pass  # another worker created it first
+    with sessions.begin() as session:
+        value = _setting(session, key)
+    if value is None:  # pragma: no cover - the row was just written
+        raise ConfigurationError(f"server setting {key!r} could not be created")
+    return value
+
+
 def open_context(settings: Settings) -> ServerContext:
     """Open (creating on first use) the state store, master key, server id and signing key."""
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -90,18 +116,7 @@ def open_context(settings: Settings) -> ServerContext:
     upgrade(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
     box = SecretBox.load_or_create(settings.effective_master_key_file)
-    with sessions.begin() as session:
-        server_id = _setting(session, "server_id")
-        if server_id is None:
-            server_id = "ck-" + pysecrets.token_hex(6)
-            session.add(ServerSetting(key="server_id", value=server_id))
-        sealed_key = _setting(session, "signing_key")
-        if sealed_key is None:
-            key = Ed25519PrivateKey.generate()
-            raw = key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
-            session.add(ServerSetting(key="signing_key", value=box.seal(raw.hex()).hex()))
-        else:
-            key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(box.open(bytes.fromhex(sealed_key))))
+    server_id = _ensure_setting(sessions, "server_id", lambda: "ck-" + pysecrets.token_hex(6))
+    sealed_key = _ensure_setting(sessions, "signing_key", lambda: box.seal(_new_signing_key_hex()).hex())
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(box.open(bytes.fromhex(sealed_key))))
     return ServerContext(settings, engine, sessions, box, server_id, key)

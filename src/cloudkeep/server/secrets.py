@@ -34,9 +34,18 @@ class SecretBox:
             path.parent.mkdir(parents=True, exist_ok=True)
             key_id = pysecrets.token_hex(4)
             data = {"current": key_id, "keys": {key_id: AESGCM.generate_key(bit_length=256).hex()}}
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{pysecrets.token_hex(4)}.new")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(data, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # complete file or nothing; when workers race, the first link wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         try:
             data = json.loads(path.read_text())
             keys = {k: bytes.fromhex(v) for k, v in data["keys"].items()}

@@ -120,3 +120,25 @@ def test_sqlite_engine_is_wal(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:
         engine.dispose()
+
+
+def test_workers_opening_a_fresh_state_store_agree(settings: Settings) -> None:
+    """Four workers open the same empty database and key folder at once: one server id, one signing key."""
+    from cloudkeep.server.context import open_context
+
+    barrier = threading.Barrier(4)
+
+    def start(_: int) -> ServerContext:
+        barrier.wait()
+        return open_context(settings)
+
+    with ThreadPoolExecutor(4) as pool:
+        contexts = list(pool.map(start, range(4)))
+    try:
+        assert len({c.server_id for c in contexts}) == 1
+        assert len({c.public_key_b64 for c in contexts}) == 1
+        assert len({c.secrets.key_id for c in contexts}) == 1
+        assert oct(settings.effective_master_key_file.stat().st_mode & 0o777) == "0o600"
+    finally:
+        for ctx in contexts:
+            ctx.close()
