@@ -49,12 +49,15 @@ class InventoryScope:
     include_tags: Mapping[str, str] = field(default_factory=dict)  # all must match
     exclude_ids: tuple[str, ...] = ()
     exclude_tags: Mapping[str, str] = field(default_factory=dict)  # any match excludes
+    platforms: tuple[Platform, ...] = ()  # empty = all; filtered client-side (moto lacks the EC2 filter)
 
     def matches(self, machine: Machine) -> bool:
         """Apply ids, tags and exclusions on the client side (regions are the caller's job)."""
         if self.machine_ids and machine.id not in self.machine_ids and machine.name not in self.machine_ids:
             return False
         if machine.id in self.exclude_ids or machine.name in self.exclude_ids:
+            return False
+        if self.platforms and machine.platform not in self.platforms:
             return False
         tags = {k.lower(): v for k, v in machine.tags.items()}
         if any(tags.get(k.lower()) != v for k, v in self.include_tags.items()):

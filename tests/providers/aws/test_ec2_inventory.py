@@ -8,6 +8,7 @@ import pytest
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers import InventoryScope, get_provider
 from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.base import Platform
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
 
@@ -42,6 +43,8 @@ def test_lists_tagged_linux_and_windows_instances(
         InventoryScope(include_tags={"group": unique_name}, exclude_ids=(windows,))
     )
     assert [m.id for m in excluded] == [linux]
+    windows_only = InventoryScope(include_tags={"group": unique_name}, platforms=(Platform.WINDOWS,))
+    assert [m.id for m in aws.inventory.list_machines(windows_only)] == [windows]
 
 
 def test_paginates_past_one_page(moto_server: MotoServer, unique_name: str) -> None:
