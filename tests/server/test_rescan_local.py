@@ -356,3 +356,32 @@ def test_a_rescan_left_running_by_a_dead_worker_is_ended_by_the_next(world: Resc
     assert new != "deadbeef" and world.session(new).state == "success"
     old = world.session("deadbeef")
     assert old.state == "failed" and "interrupted" in old.reason
+
+
+def test_machines_are_handled_concurrently_up_to_the_bound(
+    world: RescanWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        world.linux(f"m{i}", state="stopped")
+    world.ctx.settings.rescan_concurrency = 2
+    original = deploy.MachineDeployment.run
+    lock, active, peak = threading.Lock(), [0], [0]
+    both_running = threading.Barrier(2, timeout=10)
+
+    def tracked(self: deploy.MachineDeployment) -> str:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        both_running.wait()  # two machines at once, or the barrier times out and the test fails
+        try:
+            return original(self)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(deploy.MachineDeployment, "run", tracked)
+
+    session = world.session(start_rescan(world.ctx, world.group_id, wait=True))
+
+    assert session.stats["processed"] == 6 and session.stats["skipped"] == 6
+    assert peak[0] == 2
