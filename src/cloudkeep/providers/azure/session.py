@@ -7,7 +7,8 @@ Options: ``arm_endpoint`` (default ``https://management.azure.com``; the ARM sta
 ``token_credential`` (a ready TokenCredential object, tests only), ``polling_interval`` (seconds
 between long-running-operation polls), ``retry_total`` / ``retry_backoff_factor``,
 ``storage_connection_string`` or ``storage_account_url`` + ``storage_credential`` (account key
-or SAS) for queues, run-command output and blob storage.
+or SAS) for queues, run-command output and blob storage; these ``storage_*`` keys may also be put
+in the credential itself (encrypted at rest), which takes precedence.
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ class AzureSession:
         self.token_credential = options.get("token_credential") or self._service_principal(
             credential, options
         )
-        self.storage = StorageAccount.from_options(options)
+        # The storage account's key or SAS may live in the (encrypted) credential instead of the
+        # options, e.g. `credential add --secret storage_connection_string`; the credential wins.
+        secret_storage = {k: v for k, v in credential.items() if k.startswith("storage_") and v}
+        self.storage = StorageAccount.from_options({**options, **secret_storage})
         self._compute: Any = None
 
     @staticmethod
