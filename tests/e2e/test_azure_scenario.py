@@ -66,16 +66,16 @@ def test_azure_discover_deploy_backup_incremental_restore(
     _fill_run_commands(arm_standin, busy, 25)
     options = {
         key: value
-        for key, value in arm_standin.provider_options(
-            storage_connection_string=azurite.connection_string, retry_backoff_factor=0.01
-        ).items()
+        for key, value in arm_standin.provider_options(retry_backoff_factor=0.01).items()
         if key != "token_credential"
     }
+    # The storage account key travels in the encrypted credential, not in the (visible) options.
+    secret = {**arm_standin.credential(), "storage_connection_string": azurite.connection_string}
     world = CloudWorld(
         credential=CredentialCreate(
             name=f"{unique_name}-azure",
             provider="azure",
-            secret=arm_standin.credential(),  # type: ignore[arg-type]
+            secret=secret,  # type: ignore[arg-type]
             options=options,
         ),
         distribution_location=f"{unique_name}-dist/cloudkeep",
