@@ -77,7 +77,9 @@ def test_job_over_three_machines_skips_the_undeployed_one_with_a_reason(
         assert command.sealed is not None and command.sealed["password"] == "correct horse battery"
         assert command.sealed["store_url"].startswith("file://")
         assert "password" not in str(command.body)
-        assert command.body["hostname"] == command.machine_id and command.body["mode"] == "files"
+        assert (
+            command.body["hostname"] == f"{command.machine_id}-{job_id}" and command.body["mode"] == "files"
+        )
     recorded = points(ctx, job_id=job_id)
     assert len(recorded) == 2 and {p.session_id for p in recorded} == {session_id}
     assert {p.snapshot_id for p in recorded} == {s[0] for v in fake.snapshots.values() for s in v}
@@ -213,12 +215,14 @@ def test_retention_after_each_session_marks_removed_points(ctx: ServerContext, w
     catalog = points(ctx, job_id=job_id)
     live = [p for p in catalog if p.removed_at is None]
     assert len(catalog) == 4 and len(live) == 2
-    assert [p.snapshot_id for p in live] == [s for s, _t in fake.snapshots[world.machine_ids[0]]]
+    assert [p.snapshot_id for p in live] == [
+        s for s, _t in fake.snapshots[f"{world.machine_ids[0]}-{job_id}"]
+    ]
     retention = fake.kinds("retention")
     assert retention and retention[-1].body == {
         "policy": {"keep_last": 2},
         "prune": True,
-        "hostname": world.machine_ids[0],
+        "hostname": f"{world.machine_ids[0]}-{job_id}",
     }
 
 

@@ -456,10 +456,18 @@ def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
             )
         )
     assert [p.removed_at is not None for p in points] == [True, False]
-    assert any(
-        "retention removed 1 restore point" in line["message"]
-        for line in session_state(backed_up, second).tasks[0].log
-    )
+    log = [line["message"] for line in session_state(backed_up, second).tasks[0].log]
+    assert "retention removed 1 restore point(s)" in log, log
+    # the other job's restore points of the same machine are untouched by this job's keep_last=1
+    with ctx.db() as db:
+        others = list(
+            db.scalars(
+                select(RestorePoint).where(
+                    RestorePoint.job_id == backed_up["job"], RestorePoint.machine_id == machine.row_id
+                )
+            )
+        )
+    assert len(others) >= 3 and all(p.removed_at is None for p in others)
     with pytest.raises(NotFoundError, match="was removed by retention"):
         download_files(ctx, points[0].id, None, tmp_path / "old")
     download_files(ctx, points[1].id, None, tmp_path / "new")  # the kept point restores after prune

@@ -115,6 +115,15 @@ def update_task(ctx: ServerContext, task_id: str, message: str | None = None, **
             append_log(db, task, message, "error" if fields.get("state") == "failed" else "info")
 
 
+def backup_set(machine_id: str, job_id: str) -> str:
+    """The repository-side identity of one job's restore points of one machine (snapshot "hostname").
+
+    Retention on the agent applies per hostname, so each (machine, job) pair gets its own: a job's
+    keep_last can never remove another job's restore points of the same machine.
+    """
+    return f"{machine_id}-{job_id}"
+
+
 def build_backup_body(
     job: BackupJob, machine: DiscoveredMachine, retain_until: datetime | None
 ) -> dict[str, Any]:
@@ -139,7 +148,7 @@ def build_backup_body(
         "sources": sources,
         "includes": masks,
         "excludes": list(job.excludes or []),
-        "hostname": machine.id,
+        "hostname": backup_set(machine.id, job.id),
         "tags": [f"job:{job.id}", f"machine:{machine.name}"],
         "retain_until": retain_until.isoformat() if retain_until else None,
     }
@@ -435,7 +444,9 @@ class SessionRunner:
             if not plan.remove:
                 return []
             body = ret.retention_command_body(
-                policy, prune=bool((self.job.options or {}).get("prune", True)), hostname=machine.id
+                policy,
+                prune=bool((self.job.options or {}).get("prune", True)),
+                hostname=backup_set(machine.id, self.job.id),
             )
             access, _ttl = self._access(machine.id)
             command_id = self.dispatcher.send(machine.id, "retention", body, sealed=access)
