@@ -113,15 +113,27 @@ def _json(value: Any) -> str:
     return json.dumps(value)
 
 
+class _Table(list[tuple[str, str]]):
+    """Prints each row as it is measured (a long run still shows what it has)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        if not self:
+            print(f"{'measure':<72}  value", flush=True)
+            print(f"{'-' * 72}  {'-' * 24}", flush=True)
+        super().append(row)
+        print(f"{row[0]:<72}  {row[1]}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pings", type=int, default=50)
-    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--agents", type=int, default=1000, help="simulated agents on the local queue")
+    parser.add_argument("--sqs-agents", type=int, default=250, help="simulated agents on SQS (moto is slow)")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    rows: list[tuple[str, str]] = []
+    rows = _Table()
     moto = MotoServer.start()
     try:
         with tempfile.TemporaryDirectory(prefix="ck-bench-") as tmp:
@@ -156,11 +168,6 @@ def main() -> int:
                     harness.close()
     finally:
         moto.stop()
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure'.ljust(width)}  value")
-    print(f"{'-' * width}  {'-' * 24}")
-    for label, value in rows:
-        print(f"{label.ljust(width)}  {value}")
     return 0
 
 
