@@ -62,6 +62,10 @@ def task_stats(agent_stats: Mapping[str, Any], duration_seconds: float) -> dict[
     sent = _first(agent_stats, _SENT)
     new = _first(agent_stats, _NEW)
     out: dict[str, Any] = {"duration_seconds": round(duration_seconds, 3)}
+    engine_seconds = agent_stats.get("duration_s")  # the engine's own time, without queue latency
+    if isinstance(engine_seconds, int | float) and engine_seconds > 0:
+        out["processing_seconds"] = engine_seconds
+        duration_seconds = float(engine_seconds)
     if read is not None:
         out["bytes_read"] = read
         if duration_seconds > 0:
