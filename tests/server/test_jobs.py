@@ -368,3 +368,15 @@ def test_read_data_share_rejects_nonsense(value: str) -> None:
 
     with pytest.raises(ConfigurationError, match="read_data_subset"):
         read_fraction(value)
+
+
+def test_gfs_flags_are_recorded_in_the_catalog(ctx: ServerContext, world: World) -> None:
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job(retention={"keep_last": 1, "keep_weekly": 2, "keep_monthly": 1})
+    for _ in range(2):
+        start_job(ctx, job_id, machine_ids=["vm-0"], wait=True, dispatcher=fake)
+    catalog = points(ctx, job_id=job_id)
+    live = [p for p in catalog if p.removed_at is None]
+    # both runs fall in the same week and month: only the newest carries the flags, the older goes
+    assert [sorted(p.gfs) for p in live] == [["monthly", "weekly"]]
+    assert len(catalog) == 2 and catalog[0].removed_at is not None
