@@ -174,7 +174,24 @@ def run_scenario(c: Client, world: CloudWorld, *, name: str) -> ScenarioReport:
     restored = restore_probe(c, views[target], world.machines[target], target)
     timings["restore"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started
+    check_commands_went_through_queues(c)
     return ScenarioReport(rescan, views, first, second, restored, timings)
+
+
+def check_commands_went_through_queues(c: Client) -> None:
+    """Backups and restores were sent through the cloud's queues (not the Run Command fallback),
+    and each was applied exactly once. Reads the embedded server's database."""
+    from sqlalchemy import select
+
+    from cloudkeep.server.db.models import CommandRecord
+    from cloudkeep.server.embedded import EmbeddedClient
+
+    assert isinstance(c, EmbeddedClient)
+    with c.ctx.db() as session:
+        rows = session.execute(select(CommandRecord.kind, CommandRecord.channel, CommandRecord.state)).all()
+    work = [(kind, channel, state) for kind, channel, state in rows if kind in ("backup", "restore")]
+    assert len(work) == 2 * 3 + 1, rows  # two backups of three machines, one restore
+    assert {(channel, state) for _, channel, state in work} == {("queue", "done")}, work
 
 
 def check_backup(session: SessionDetail, world: CloudWorld, views: dict[str, MachineDetail]) -> None:
