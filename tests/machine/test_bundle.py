@@ -174,7 +174,9 @@ def test_install_sh_starts_stops_and_upgrades_in_place(tmp_path: Path, bundle_di
     try:
         started = _install(root, root / "opt/cloudkeep", "--start")
         assert started.returncode == 0, started.stdout + started.stderr
-        assert _lines(started.stdout, "CLOUDKEEP-STARTED") == ["services=fallback"]
+        assert _lines(started.stdout, "CLOUDKEEP-STARTED") == ["services=fallback message-service=yes"]
+        again = _install(root, root / "opt/cloudkeep", "--start")  # all running: starts nothing
+        assert _lines(again.stdout, "CLOUDKEEP-STARTED") == ["services=fallback message-service=no"]
         pids = {
             svc: int((run / f"cloudkeep-{svc}.pid").read_text()) for svc in ("message", "agent", "transport")
         }

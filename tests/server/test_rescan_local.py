@@ -385,3 +385,24 @@ def test_machines_are_handled_concurrently_up_to_the_bound(
 
     assert session.stats["processed"] == 6 and session.stats["skipped"] == 6
     assert peak[0] == 2
+
+
+def test_an_old_machine_config_is_refreshed_without_reinstalling_the_code(world: RescanWorld) -> None:
+    web1 = world.linux("web1")
+    start_rescan(world.ctx, world.group_id, wait=True)
+    row = world.machines()["web1"]
+    written = row.facts["config_written_at"]
+    old = (datetime.now(UTC) - deploy.CONFIG_REFRESH - timedelta(hours=1)).isoformat(timespec="seconds")
+    with world.ctx.db() as session:
+        stored = session.get(type(row), row.id)
+        assert stored is not None
+        stored.facts = {**stored.facts, "config_written_at": old}
+    pid = _pid(web1.root)
+
+    session = world.session(start_rescan(world.ctx, world.group_id, wait=True))
+
+    assert session.state == "success" and session.stats["installed"] == 0  # same code, same config
+    install = dict((s, (o, d)) for s, o, d in world.steps("web1"))["install"]
+    assert install[0] == "ok" and "verified (unchanged)" in install[1]
+    assert world.machines()["web1"].facts["config_written_at"] >= written
+    assert _pid(web1.root) == pid  # the config did not change, so nothing restarted

@@ -15,7 +15,8 @@
 # CLOUDKEEP_PYTHON (an interpreter that already has cloudkeep's dependencies; without it a
 # venv is built under $ROOT/opt/cloudkeep/venv with pip). Machine-readable lines on stdout:
 # "CLOUDKEEP-KEYS <json>", "CLOUDKEEP-INSTALLED version=<v> changed=<yes|no> services=<mode>",
-# "CLOUDKEEP-STARTED services=<mode>", "CLOUDKEEP-ERROR <reason>".
+# "CLOUDKEEP-STARTED services=<mode> message-service=<yes|no: (re)started now>",
+# "CLOUDKEEP-ERROR <reason>".
 set -eu
 
 say() { printf 'cloudkeep-install: %s\n' "$*" >&2; }
@@ -111,6 +112,8 @@ WantedBy=multi-user.target
 UNIT
         done
         systemctl daemon-reload
+        MESSAGE_STARTED=$CHANGED
+        systemctl is-active --quiet cloudkeep-message.service || MESSAGE_STARTED=yes
         for svc in $SERVICES; do
             systemctl enable "cloudkeep-$svc.service" >/dev/null 2>&1 || fail 7 "systemctl enable cloudkeep-$svc failed"
             if [ "$CHANGED" = yes ]; then
@@ -130,6 +133,7 @@ UNIT
             echo $! >"$pidfile"
             STARTED="$STARTED $svc"
         done
+        case "$STARTED" in *message*) MESSAGE_STARTED=yes ;; *) MESSAGE_STARTED=no ;; esac
         if [ -n "$STARTED" ]; then
             sleep 1  # a daemon that cannot start (bad config, missing module) exits at once
             for svc in $STARTED; do
@@ -153,7 +157,7 @@ if [ "$ACTION" = start ]; then
     [ ! -f "$DEST/.restart-needed" ] || CHANGED=yes
     start_services
     rm -f "$DEST/.restart-needed"
-    echo "CLOUDKEEP-STARTED services=$SERVICE_MODE"
+    echo "CLOUDKEEP-STARTED services=$SERVICE_MODE message-service=$MESSAGE_STARTED"
     exit 0
 fi
 

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -32,6 +32,9 @@ OWNER_TAG = "cloudkeep:server"
 MAX_EXISTING_MANAGED_COMMANDS = 24  # Azure allows 25 per VM; we need one
 PROBE_TIMEOUT = 120.0
 INSTALL_TIMEOUT = 900.0
+# The machine config carries queue credentials that expire (Azure queue SAS: 30 days); a machine
+# already on the current bundle is re-installed (same code, new config) when its config is older.
+CONFIG_REFRESH = timedelta(days=7)
 CONFIRM_TIMEOUT = 60.0
 
 
@@ -280,9 +283,12 @@ class MachineDeployment:
         installed = self.probe.installed_version if self.probe else None
         if installed is None and machine.platform == Platform.WINDOWS:
             installed = row.agent_version  # the Windows probe cannot read files on the simplest hosts
-        if installed == self.env.bundle_version and row.agent_public_key:
+        if installed == self.env.bundle_version and row.agent_public_key and not _config_stale(row):
             self.current = True
             detail += f"; bundle {installed} already installed"
+        elif installed == self.env.bundle_version and row.agent_public_key:
+            age = CONFIG_REFRESH.days
+            detail += f"; bundle {installed} installed, config older than {age} days: refreshing it"
         elif installed and row.agent_public_key and not self.env.auto_update:
             self.outdated = True
             detail += f"; bundle {installed} installed, {self.env.bundle_version} available, auto-update off"
@@ -354,14 +360,18 @@ class MachineDeployment:
             assert row is not None
             row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
             row.agent_version = outcome.version or published.manifest.version
+            row.facts = {**row.facts, "config_written_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.installed = outcome.changed
         mode = self._start_services()
         verb = "installed" if outcome.changed else "verified (unchanged)"
         return f"bundle {outcome.version} {verb}; agent key registered; services started ({mode})"
 
     def _start_services(self) -> str:
-        """Start (restart after an upgrade) the three services; remembers when, for the heartbeat check."""
-        self.started_at = datetime.now(UTC)
+        """Start (restart after an upgrade) the three services.
+
+        When the message service was (re)started, confirm waits for a heartbeat newer than that.
+        """
+        started_at = datetime.now(UTC)
         try:
             result = self.env.provider.commands.run(
                 self.machine, scripts.start_script(self.machine.platform), timeout=INSTALL_TIMEOUT
@@ -378,7 +388,10 @@ class MachineDeployment:
                 scripts.tail(result.stderr or result.stdout),
             )  # fmt: skip
             raise StepStop("failed", f"the services did not start: {error}")
-        return started.partition("services=")[2] or "?"
+        fields = dict(part.split("=", 1) for part in started.split()[1:] if "=" in part)
+        if fields.get("message-service") != "no":
+            self.started_at = started_at
+        return fields.get("services", "?")
 
     def step_confirm(self) -> str:
         """Heartbeat, then a ping answered through the queues; a silent deployed machine is restarted once."""
@@ -387,6 +400,17 @@ class MachineDeployment:
         if self.started_at is None and not self.env.heartbeat_fresh(row):
             healed = f"services restarted ({self._start_services()}); "
         return healed + self.env.confirm(row, self.machine, self.started_at)
+
+
+def _config_stale(row: DiscoveredMachine) -> bool:
+    written = (row.facts or {}).get("config_written_at")
+    if not written:
+        return False  # deployed before this was recorded: refresh on the next upgrade
+    try:
+        at = datetime.fromisoformat(str(written))
+    except ValueError:
+        return True
+    return datetime.now(UTC) - at > CONFIG_REFRESH
 
 
 _ACTIVE = {
