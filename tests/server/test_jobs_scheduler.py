@@ -25,9 +25,25 @@ from cloudkeep.server.jobs.scheduler import start_scheduler, tick
 T0 = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)  # a Thursday
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[ServerContext]:
-    context = make_context(tmp_path)
+def fresh_postgres_url(postgres) -> str:  # type: ignore[no-untyped-def]
+    """A new, empty database on the shared PostgreSQL peer."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = "ck_sched_" + uuid.uuid4().hex[:8]
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerContext]:
+    """Every scheduler test runs on SQLite (embedded) and on PostgreSQL (scale-out)."""
+    url = fresh_postgres_url(request.getfixturevalue("postgres")) if request.param == "postgresql" else None
+    context = make_context(tmp_path, url)
     yield context
     context.close()
 
@@ -199,40 +215,16 @@ def run_workers(ctx_factory, world: World, now: datetime, workers: int = 4) -> l
     return started
 
 
-def test_exactly_once_across_workers_on_sqlite(ctx: ServerContext, world: World, tmp_path: Path) -> None:
+def test_exactly_once_across_workers(ctx: ServerContext, world: World, tmp_path: Path) -> None:
+    url = ctx.settings.database_url  # None: the SQLite file under home
     job_id = world.add_job(schedule={"type": "periodic", "every_minutes": 10})
     tick(ctx, T0, dispatcher=FakeDispatcher(ctx), wait=True)
     for step in range(1, 4):
-        started = run_workers(lambda: make_context(tmp_path), world, T0 + timedelta(minutes=10 * step))
+        started = run_workers(
+            lambda: make_context(tmp_path, url), world, T0 + timedelta(minutes=10 * step), 5
+        )
         assert len(started) == 1
     assert len(sessions(ctx, job_id)) == 3
-
-
-@pytest.mark.postgres
-def test_exactly_once_across_workers_on_postgresql(postgres, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = "ck_sched_" + uuid.uuid4().hex[:8]
-    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    ctx = make_context(tmp_path, url)
-    try:
-        world = build_world(ctx, tmp_path / "lab", machines=2)
-        job_id = world.add_job(schedule={"type": "periodic", "every_minutes": 10})
-        tick(ctx, T0, dispatcher=FakeDispatcher(ctx), wait=True)
-        for step in range(1, 4):
-            started = run_workers(
-                lambda: make_context(tmp_path, url), world, T0 + timedelta(minutes=10 * step), 6
-            )
-            assert len(started) == 1
-        assert len(sessions(ctx, job_id)) == 3
-    finally:
-        ctx.close()
-        admin.dispose()
 
 
 def test_start_scheduler_ticks_in_the_background_with_an_injected_clock(
