@@ -10,12 +10,22 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from cloudkeep.config import Settings
 from cloudkeep.providers.local.machine import Lab
 from cloudkeep.quickstart import stop_machine_services
+from cloudkeep.server.api import create_app
+from cloudkeep.server.context import open_context
+from cloudkeep.server.services import tokens
+from cloudkeep.server.services.schemas import TokenCreate
+from tests.support.peers import free_port, port_open, wait_until
 
 CLOUDKEEP = Path(sys.executable).with_name("cloudkeep")
 PASSWORD = "cli-e2e-repository-password"
@@ -28,6 +38,24 @@ def cloudkeep(home: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     assert result.returncode == 0, f"cloudkeep {' '.join(args)}\n{result.stdout}\n{result.stderr}"
     assert PASSWORD not in result.stdout + result.stderr
     return result
+
+
+@contextmanager
+def remote_server(home: Path) -> Iterator[tuple[str, str]]:
+    """The API on a loopback port over the same state store (in-process uvicorn), with an admin token."""
+    ctx = open_context(Settings(home=home))
+    token = tokens.create_token(ctx, TokenCreate(name="remote-admin", scope="admin")).token
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what="uvicorn")
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        ctx.close()
 
 
 @pytest.mark.slow
@@ -93,6 +121,17 @@ def test_rescan_backup_browse_and_restore_through_the_cli(tmp_path: Path) -> Non
         cloudkeep(home, "restore", "download", point, "--path", data_dir, "--dest", str(tmp_path / "down"))
         downloaded = list((tmp_path / "down").rglob("big.bin"))
         assert downloaded and downloaded[0].read_bytes() == (data / "big.bin").read_bytes()
+
+        # the same download from a remote administrator's machine: through the API as a tar stream
+        with remote_server(home) as (url, token):
+            remote = subprocess.run(
+                [str(CLOUDKEEP), "--api-url", url, "--token", token, "restore", "download", point,
+                 "--path", data_dir, "--dest", str(tmp_path / "remote")],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+        assert remote.returncode == 0, remote.stdout + remote.stderr
+        fetched = list((tmp_path / "remote").rglob("big.bin"))
+        assert fetched and fetched[0].read_bytes() == (data / "big.bin").read_bytes()
 
         restore = cloudkeep(home, "restore", "files", point, "--target-path", "/restored")
         assert "success" in restore.stdout
