@@ -213,7 +213,9 @@ def protect(
         )
     elif not c.get_group(GROUP).enabled:  # protected again after `host unprotect`
         c.update_group(GROUP, ProtectionGroupUpdate(enabled=True))
-    skip = list(dict.fromkeys([*(excludes if excludes is not None else DEFAULT_EXCLUDES), *OWN_FILES]))
+    # Never back up the server's own state or the repository into itself (e.g. a home under /home).
+    own = [*OWN_FILES, str(layout.home.resolve()), c.get_repository(BACKUP_REPOSITORY).location]
+    skip = list(dict.fromkeys([*(excludes if excludes is not None else DEFAULT_EXCLUDES), *own]))
     if _exists(c.get_job, JOB):
         job = c.get_job(JOB)
         if job.includes != wanted or (excludes is not None and job.excludes != skip):
