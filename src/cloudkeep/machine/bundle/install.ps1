@@ -130,8 +130,11 @@ if ($Current -ne $Version) {
     $Changed = $true
     if ($Current) { Stop-CloudkeepServices }
     $Wheel = $Manifest.platforms.windows.files | Where-Object { $_ -like '*.whl' } | Select-Object -First 1
-    & $VenvPython -m pip install --quiet --force-reinstall (Join-Path $BundleDir $Wheel)
+    $WheelPath = Join-Path $BundleDir $Wheel
+    & $VenvPython -m pip install --quiet --force-reinstall --no-deps $WheelPath
     if ($LASTEXITCODE -ne 0) { Stop-CloudkeepFailure 5 "pip could not install $Wheel" }
+    & $VenvPython -m pip install --quiet $WheelPath
+    if ($LASTEXITCODE -ne 0) { Stop-CloudkeepFailure 5 "pip could not install the dependencies of $Wheel" }
     Set-Content -LiteralPath $VersionFile -Value $Version -Encoding ASCII
 }
 

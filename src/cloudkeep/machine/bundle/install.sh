@@ -237,7 +237,10 @@ if [ "$CURRENT" != "$VERSION" ] || [ ! -f "$DEST/.installed" ]; then
         mv "$DEST/lib.new" "$DEST/lib"
         rm -rf "$DEST/lib.old"
     else
-        "$PY" -m pip install --quiet --force-reinstall "$BUNDLE_DIR/$WHEEL" || fail 5 "pip could not install $WHEEL"
+        # The package itself is replaced; its dependencies are installed only when missing.
+        "$PY" -m pip install --quiet --force-reinstall --no-deps "$BUNDLE_DIR/$WHEEL" \
+            || fail 5 "pip could not install $WHEEL"
+        "$PY" -m pip install --quiet "$BUNDLE_DIR/$WHEEL" || fail 5 "pip could not install the dependencies of $WHEEL"
     fi
     mkdir -p "$DEST/bin"
     {
