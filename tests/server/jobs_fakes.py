@@ -32,6 +32,20 @@ def make_context(tmp: Path, database_url: str | None = None) -> ServerContext:
     return open_context(Settings(home=tmp / "home", database_url=database_url))
 
 
+def fresh_postgres_url(postgres) -> str:  # type: ignore[no-untyped-def]
+    """A new, empty database on the shared PostgreSQL peer."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = "ck_sched_" + uuid.uuid4().hex[:8]
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
 @dataclass
 class World:
     ctx: ServerContext

@@ -8,11 +8,12 @@ and fast. The real dispatcher + machine processes are exercised in test_jobs_e2e
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, fresh_postgres_url, make_context
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.server.context import ServerContext
@@ -21,9 +22,11 @@ from cloudkeep.server.jobs import start_job, stop_session
 from cloudkeep.server.jobs.runner import build_backup_body
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> ServerContext:
-    context = make_context(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerContext]:
+    """Every runner test runs on SQLite (embedded) and on PostgreSQL (scale-out)."""
+    url = fresh_postgres_url(request.getfixturevalue("postgres")) if request.param == "postgresql" else None
+    context = make_context(tmp_path, url)
     yield context
     context.close()
 

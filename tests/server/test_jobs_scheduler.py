@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, fresh_postgres_url, make_context
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession
@@ -23,20 +23,6 @@ from cloudkeep.server.jobs.schedule import next_run, validate_schedule
 from cloudkeep.server.jobs.scheduler import start_scheduler, tick
 
 T0 = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)  # a Thursday
-
-
-def fresh_postgres_url(postgres) -> str:  # type: ignore[no-untyped-def]
-    """A new, empty database on the shared PostgreSQL peer."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = "ck_sched_" + uuid.uuid4().hex[:8]
-    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return postgres.url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
