@@ -47,6 +47,14 @@ DEFAULT_PATHS = ("/etc", "/home")
 DEFAULT_EXCLUDES = ("*/.cache", "*.tmp")
 # What the installer puts on a machine (relative to its root); ``unprotect`` removes exactly these.
 INSTALLED = ("opt/cloudkeep", "etc/cloudkeep", "var/lib/cloudkeep", "var/log/cloudkeep", "var/run/cloudkeep")
+REMOVE_UNITS = """for svc in message agent transport; do
+    unit=/etc/systemd/system/cloudkeep-$svc.service
+    [ -f "$unit" ] || continue
+    systemctl disable --now "cloudkeep-$svc.service" 2>/dev/null || true
+    rm -f "$unit"
+done
+systemctl daemon-reload 2>/dev/null || true
+"""
 # Always skipped: cloudkeep's own code, config, keys and caches are not the host's data.
 OWN_FILES = tuple(f"*/{relative}" for relative in INSTALLED)
 
@@ -268,6 +276,8 @@ def unprotect(c: Client, layout: HostLayout) -> list[str]:
         installer = root / "opt/cloudkeep/install.sh"
         if installer.exists():
             machine.run(f'sh "{installer}" --stop', timeout=120)
+        if root == Path("/"):  # only the real root uses systemd units: disable and remove them
+            machine.run(REMOVE_UNITS, timeout=120)
         for relative in INSTALLED:
             folder = root / relative
             if folder.is_dir() and not folder.is_symlink():

@@ -50,16 +50,18 @@ def _seed(root: Path) -> dict[str, bytes]:
     return files
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _pids(root: Path) -> set[int]:
-    alive = set()
-    for pidfile in (root / "var/run/cloudkeep").glob("*.pid"):
-        pid = int(pidfile.read_text().strip())
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        alive.add(pid)
-    return alive
+    """The running services recorded in the machine's pidfiles."""
+    pids = {int(p.read_text().strip()) for p in (root / "var/run/cloudkeep").glob("*.pid")}
+    return {pid for pid in pids if _alive(pid)}
 
 
 @pytest.mark.slow
@@ -105,9 +107,10 @@ def test_protect_backup_status_unprotect_on_a_temporary_root(tmp_path: Path) -> 
         assert restored["home/alice/notes.txt"] == files["home/alice/notes.txt"]
         assert not [p for p in restored if ".cache" in p or p.startswith("srv") or "cloudkeep" in p]
     finally:
+        services = _pids(root)
         unprotect = _run(home, "host", "unprotect")
     assert unprotect.returncode == 0, unprotect.stdout + unprotect.stderr
-    assert not _pids(root)
+    assert len(services) == 3 and not [pid for pid in services if _alive(pid)]
     assert not (root / "opt/cloudkeep").exists() and not (root / "etc/cloudkeep").exists()
     assert (root / "etc/app/app.conf").read_bytes() == b"workers = 8\n"  # the host's own files stay
     assert REAL_INSTALL.exists() == real_install_before  # this machine's real / was not touched
