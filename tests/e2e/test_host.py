@@ -133,3 +133,31 @@ def test_status_before_protect_explains(tmp_path: Path) -> None:
     result = _run(tmp_path, "host", "status")
     assert result.returncode != 0
     assert "not protected yet" in result.stdout + result.stderr
+
+
+def test_protect_is_idempotent_and_follows_new_paths(tmp_path: Path) -> None:
+    """The service layer alone (no rescan): objects are created once, the job follows the paths."""
+    from cloudkeep.errors import ConfigurationError
+    from cloudkeep.host import JOB, HostError, host_machine, protect
+
+    layout = HostLayout(tmp_path / "home", tmp_path / "root")
+    password = tmp_path / "password"
+    password.write_text("a long passphrase\n")
+    with open_client(Settings(home=layout.home)) as c:
+        machine = protect(c, layout, ["/etc/"], repository=tmp_path / "repo", password_file=password)
+        assert machine.root == layout.root and machine.info()["tags"] == {"cloudkeep-host": "this-host"}
+        repository = c.get_repository("this-host-repository")
+        assert repository.location == str((tmp_path / "repo").resolve()) and repository.has_password
+        assert c.get_job(JOB).includes == ["/etc"]
+
+        protect(c, layout, ["/home", "/etc"])
+        assert c.get_job(JOB).includes == ["/etc", "/home"]
+        assert len(c.list_credentials().items) == 1 and len(c.list_repositories().items) == 2
+        assert host_machine(layout).path == machine.path  # the same lab entry
+
+        with pytest.raises(HostError, match="already backed up to"):
+            protect(c, layout, ["/etc"], repository=tmp_path / "elsewhere")
+        with pytest.raises(HostError, match="already protects a host with root"):
+            protect(c, HostLayout(layout.home, tmp_path / "other-root"), ["/etc"])
+        with pytest.raises(ConfigurationError, match="not an absolute path"):
+            protect(c, layout, ["etc"])
