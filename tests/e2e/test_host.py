@@ -18,7 +18,8 @@ import pytest
 
 from cloudkeep.cli.host import protect_command
 from cloudkeep.config import Settings
-from cloudkeep.host import HostLayout
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.host import JOB, HostError, HostLayout, host_machine, protect
 from cloudkeep.server.client import open_client
 
 CLOUDKEEP = Path(sys.executable).with_name("cloudkeep")
@@ -137,9 +138,6 @@ def test_status_before_protect_explains(tmp_path: Path) -> None:
 
 def test_protect_is_idempotent_and_follows_new_paths(tmp_path: Path) -> None:
     """The service layer alone (no rescan): objects are created once, the job follows the paths."""
-    from cloudkeep.errors import ConfigurationError
-    from cloudkeep.host import JOB, HostError, host_machine, protect
-
     layout = HostLayout(tmp_path / "home", tmp_path / "root")
     password = tmp_path / "password"
     password.write_text("a long passphrase\n")
