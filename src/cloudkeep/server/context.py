@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import secrets as pysecrets
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,24 @@ from cloudkeep.server.db.models import Credential, ServerSetting
 from cloudkeep.server.secrets import SecretBox
 
 
+def _enable_wal(cur: Any, *, timeout: float = 30.0) -> None:
+    """Switch a SQLite file to WAL (persistent, so only its first connection really does it).
+
+    The switch needs an exclusive lock and SQLite does not wait for it through the busy handler,
+    so when several workers open a brand-new file at once the losers retry until it is done.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so several processes can share it; PostgreSQL is used as is."""
     if url.startswith("sqlite"):
@@ -34,7 +54,7 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
