@@ -110,8 +110,12 @@ class Harness:
     def create(
         cls, tmp: Path, *, provider_kind: str = "local", secret: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None, heartbeat_timeout: float = 3.0,
+        database_url: str | None = None,
     ) -> Harness:  # fmt: skip
-        ctx = open_context(Settings(home=tmp / "server", heartbeat_timeout_seconds=heartbeat_timeout))
+        settings = Settings(
+            home=tmp / "server", heartbeat_timeout_seconds=heartbeat_timeout, database_url=database_url
+        )
+        ctx = open_context(settings)
         lab = Lab(tmp / "lab")
         opts = options if options is not None else {"lab_dir": str(lab.path)}
         with ctx.db() as session:

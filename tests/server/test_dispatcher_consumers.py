@@ -23,9 +23,10 @@ from cloudkeep.server.db.models import CommandRecord
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness.create(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    url = request.getfixturevalue("postgres").url if request.param == "postgresql" else None
+    h = Harness.create(tmp_path, database_url=url)
     yield h
     h.close()
 
@@ -37,7 +38,7 @@ import json, sys, time
 from cloudkeep.config import Settings
 from cloudkeep.server.context import open_context
 from cloudkeep.server.consumer import ServerQueueConsumer, server_queue_name
-ctx = open_context(Settings(home=sys.argv[1]))
+ctx = open_context(Settings(home=sys.argv[1], database_url=sys.argv[4] or None))
 provider = ctx.provider_for(sys.argv[2])
 consumer = ServerQueueConsumer(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id)), workers=2,
                                wait_seconds=0.5).start()
@@ -75,6 +76,7 @@ def test_two_consumer_processes_apply_each_result_exactly_once(harness: Harness,
         str(harness.ctx.settings.home),
         harness.credential_id,
         str(stop_file),
+        harness.ctx.settings.database_url or "",
     ]
     procs = [
         subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,6 +93,8 @@ def test_two_consumer_processes_apply_each_result_exactly_once(harness: Harness,
     finally:
         stop_file.touch()
         outputs = [p.communicate(timeout=60) for p in procs]
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, err[-3000:]
     counts = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert all(c for c in counts), (
         f"both consumers must have worked: {counts} {[e[-500:] for _, e in outputs]}"
