@@ -338,3 +338,24 @@ def test_aws_credential_add_and_test_against_moto(run: Invoke, aws_options: dict
     assert tested.exit_code == (0 if result["ok"] else 1)
     doctor = run("doctor", "--credential", "aws1")
     assert doctor.exit_code == tested.exit_code and "aws1" in doctor.output
+
+
+def _command_paths(command: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    subcommands = getattr(command, "commands", {})
+    paths = [prefix]
+    for name, sub in subcommands.items():
+        paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_every_command_has_working_help() -> None:
+    """Help text is rendered by Rich: a stray [tag] in a help string would crash it."""
+    import typer.main
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("job", "create") in paths and ("server", "token", "create") in paths
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output, result.exception)
+        assert "Usage" in result.output

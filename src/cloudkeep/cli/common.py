@@ -192,7 +192,22 @@ SUCCESS_STATES = ("success", "warning")
 
 
 def watch(c: Client, session_id: str, *, as_json: bool = False, poll: float = 0.5) -> SessionDetail:
-    """Follow a session with a live progress bar per task until it ends; returns the final state."""
+    """Follow a session with a live progress bar per task until it ends; returns the final state.
+
+    Ctrl-C stops watching, not the session (a server keeps running it; `session stop` stops it).
+    """
+    try:
+        return _watch(c, session_id, as_json=as_json, poll=poll)
+    except KeyboardInterrupt:
+        where = "in this process, which now exits" if c.embedded else "on the server"
+        console(stderr=True).print(
+            f"stopped watching session {session_id} (it ran {where}); "
+            f"see `cloudkeep session show {session_id}`"
+        )
+        raise typer.Exit(130) from None
+
+
+def _watch(c: Client, session_id: str, *, as_json: bool, poll: float) -> SessionDetail:
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     final: SessionDetail | None = None

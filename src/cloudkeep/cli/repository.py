@@ -48,7 +48,9 @@ def read_password(env: str | None, stdin: bool, *, confirm: bool) -> str:
 def add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    location: str = typer.Option(..., "--location", help="bucket/prefix, container/prefix or a folder (the prefix is optional)."),
+    location: str = typer.Option(
+        ..., "--location", help="bucket/prefix, container/prefix or a folder (the prefix is optional)."
+    ),
     credential: str = typer.Option(..., "--credential", help="Credential id or name."),
     purpose: str = typer.Option("backup", "--purpose", help="backup | distribution"),
     immutability_days: int = typer.Option(0, "--immutability-days", min=0, help="Object-lock retention."),
