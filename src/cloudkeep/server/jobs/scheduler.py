@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -36,14 +36,18 @@ from cloudkeep.server.jobs.schedule import (
 )
 
 log = logging.getLogger(__name__)
-_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+CLAIM_KEEP = timedelta(days=60)
 
 
-def claim_once(ctx: ServerContext, key: str, holder: str) -> bool:
-    """Insert a permanent lease row; the primary key lets exactly one worker ever win ``key``."""
+def claim_once(ctx: ServerContext, key: str, holder: str, *, keep: timedelta = CLAIM_KEEP) -> bool:
+    """Insert a lease row; the primary key lets exactly one worker win ``key``.
+
+    Keys are never reused (they name a session or a period), so the row only has to outlive the
+    moment of the race; ``keep`` lets ``leases.purge_expired`` tidy them up later.
+    """
     try:
         with ctx.db() as db:
-            db.add(Lease(name=key[:200], holder=holder[:100], expires_at=_FOREVER))
+            db.add(Lease(name=key[:200], holder=holder[:100], expires_at=datetime.now(UTC) + keep))
         return True
     except IntegrityError:
         return False
@@ -192,7 +196,8 @@ def _start_due_health_checks(
         if not isinstance(spec, dict) or not spec.get("every_days"):
             continue
         period = int(float(spec["every_days"]) * 86400)
-        if not claim_once(ctx, f"health:{job_id}:{int(now.timestamp()) // period}", ctx.server_id):
+        key = f"health:{job_id}:{int(now.timestamp()) // period}"
+        if not claim_once(ctx, key, ctx.server_id, keep=max(CLAIM_KEEP, timedelta(seconds=2 * period))):
             continue
         try:
             started.append(
