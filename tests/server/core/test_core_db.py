@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from cloudkeep.config import Settings
 from cloudkeep.server import leases
 from cloudkeep.server.context import ServerContext, make_engine
-from cloudkeep.server.db.migrate import current_revision, schema_drift, upgrade
+from cloudkeep.server.db.migrate import HEAD, current_revision, schema_drift, script_head, upgrade
 from cloudkeep.server.db.models import Base
 
 
@@ -23,7 +23,7 @@ def test_upgrade_reaches_head_and_matches_the_models(database_url: str) -> None:
     try:
         upgrade(engine)
         upgrade(engine)  # idempotent
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD == script_head()
         assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
         assert schema_drift(engine) == [], (
             "models changed: run `python -m cloudkeep.server.db.migrate regenerate`"
@@ -44,7 +44,7 @@ def test_workers_migrating_at_once_all_succeed(database_url: str) -> None:
 
     try:
         with ThreadPoolExecutor(len(engines)) as pool:
-            assert list(pool.map(start, engines)) == ["0001"] * len(engines)
+            assert list(pool.map(start, engines)) == [HEAD] * len(engines)
     finally:
         for engine in engines:
             engine.dispose()
