@@ -164,6 +164,8 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
         else:
             sources = ["/"] if body.mode == "entire" else body.sources
             excludes = body.excludes + (ENTIRE_MACHINE_EXCLUDES if body.mode == "entire" else [])
+            # Absolute patterns name paths as the machine sees them, like the sources do.
+            excludes = [str(ctx.config.host_path(p)) if p.startswith("/") else p for p in excludes]
             snapshot = engine.backup_files(
                 repository, [str(ctx.config.host_path(s)) for s in sources], includes=body.includes,
                 excludes=excludes, cache_dir=ctx.config.state_dir / "cache",
