@@ -214,6 +214,14 @@ def check_incremental(first: SessionDetail, second: SessionDetail) -> None:
         assert task.bytes_transferred < before[task.machine_id].bytes_transferred, task.stats
 
 
+def check_excludes(c: Client, restore_point_id: str) -> None:
+    """What the job excludes (``*.tmp``, ``/home/*/.cache``) is not in the restore point; the rest is."""
+    listed = c.browse(restore_point_id, "/", recursive=True).entries
+    paths = {str(entry["path"]) for entry in listed}
+    assert any(p.endswith(PROBE_FILE) for p in paths), sorted(paths)[:20]
+    assert not [p for p in paths if p.endswith(".tmp") or "/.cache" in p], sorted(paths)
+
+
 def restore_probe(c: Client, view: MachineDetail, machine: SimulatedMachine, name: str) -> Path:
     """Restore the probe file from the machine's oldest restore point; verify it byte for byte."""
     points = sorted(c.list_restore_points(machine=view.id).items, key=lambda p: p.created_at)
@@ -227,6 +235,7 @@ def restore_probe(c: Client, view: MachineDetail, machine: SimulatedMachine, nam
         timeout=120,
     )
     assert session.state == "success", describe(session)
+    check_excludes(c, points[0].id)
     found = [p for p in (machine.root / RESTORE_DIR.lstrip("/")).rglob(Path(PROBE_FILE).name) if p.is_file()]
     assert len(found) == 1, found
     assert found[0].read_bytes() == probe_content(name, generation=0)
