@@ -78,6 +78,8 @@ class BlobWriter:
         self._index_every = index_every
         self._pool = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="ck-upload")
         self._slots = threading.BoundedSemaphore(max_inflight_packs)
+        self._handoff = threading.Condition()
+        self._full_waiting = 0
         self._futures: list[Future[None]] = []
         self._error: BaseException | None = None
         self._limiter = RateLimiter(bandwidth_limit) if bandwidth_limit else None
@@ -133,6 +135,10 @@ class BlobWriter:
             self._pending.add(blob_id)
         encoded = self.repo.crypter.encode(data, blob_aad(blob_type, blob_id), compress=True)
         full: PackWriter | None = None
+        with self._handoff:
+            # While a full pack waits for an upload slot, nobody fills another one: without this,
+            # every producer thread could end up holding a full pack (6 x 32 MiB).
+            self._handoff.wait_for(lambda: self._full_waiting == 0 or self._error is not None)
         with self.repo.lock:
             writer = self._writers[blob_type]
             writer.add(blob_id, encoded, len(data))
@@ -142,8 +148,15 @@ class BlobWriter:
             if writer.size >= self.repo.config.pack_size:
                 full = writer
                 self._writers[blob_type] = PackWriter(blob_type)
+                with self._handoff:
+                    self._full_waiting += 1
         if full is not None:
-            self._submit(full)
+            try:
+                self._submit(full)
+            finally:
+                with self._handoff:
+                    self._full_waiting -= 1
+                    self._handoff.notify_all()
         return blob_id, True
 
     def _submit(self, writer: PackWriter) -> None:
