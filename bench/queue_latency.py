@@ -130,7 +130,7 @@ def main() -> int:
     )
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--agents", type=int, default=1000, help="simulated agents on the local queue")
-    parser.add_argument("--sqs-agents", type=int, default=250, help="simulated agents on SQS (moto is slow)")
+    parser.add_argument("--sqs-agents", type=int, default=50, help="agents on SQS (moto scans its queue)")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     rows = _Table()
