@@ -35,7 +35,7 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
 from cloudkeep.storage.base import ObjectNotFoundError
 
-RANGE_SPAN = 4 * 2**20  # one ranged GET covers at most this much of a pack: parallelism and bounded RAM
+RANGE_SPAN = 8 * 2**20  # one ranged GET covers at most this much of a pack: few requests, bounded RAM
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
@@ -194,7 +194,7 @@ class _Restorer:
                 return
         self.finishing.append((dest, node))
 
-    def fetch_all(self, threads: int = 8) -> None:
+    def fetch_all(self, threads: int = 6) -> None:
         """Fetch each pack's needed blobs as a few ranged reads (≤ ``RANGE_SPAN``), in parallel."""
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
