@@ -7,7 +7,7 @@
    messages and a result to the one server queue; consumers verify each machine's signature and
    apply it (results at most once) into the state store. Reported as messages per second.
 
-    python bench/queue_latency.py                  # defaults: 50 pings, 1000 agents
+    python bench/queue_latency.py                  # defaults: 50 pings, 1000 agents (50 on moto)
     python bench/queue_latency.py --pings 20 --agents 200
 """
 
@@ -159,10 +159,9 @@ def main() -> int:
                     rows.append((f"ping round trip, {name}: p50 / p99 (ms)", f"{p50:.0f} / {p99:.0f}"))
                     rows.append((f"ping round trip, {name}: mean (ms)", f"{statistics.mean(samples):.0f}"))
                     stop_consumers()
-                    count, elapsed = throughput(harness, args.agents, args.workers)
-                    label = (
-                        f"server queue, {name}: {args.agents} agents, {count} msgs, {args.workers} workers"
-                    )
+                    agents = args.agents if name == "local" else args.sqs_agents
+                    count, elapsed = throughput(harness, agents, args.workers)
+                    label = f"server queue, {name}: {agents} agents, {count} msgs, {args.workers} workers"
                     rows.append((label, f"{count / elapsed:.0f} msg/s ({elapsed:.1f} s)"))
                 finally:
                     harness.close()
