@@ -152,14 +152,22 @@ class Measure:
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read() if proc.stdout else b""  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{out.decode(errors='replace')[-3000:]}")
-    return Measure(elapsed, usage.ru_maxrss / 1024)
+    """Run a tool; peak RSS comes from GNU time, a small parent: Linux carries a process's
+    max RSS across exec, so a child forked from this (large) bench process would report ours."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        timed = (
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv] if os.path.exists("/usr/bin/time") else argv
+        )
+        start = time.monotonic()
+        proc = subprocess.run(timed, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        elapsed = time.monotonic() - start
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv[:3])} failed:\n{proc.stdout.decode(errors='replace')[-3000:]}"
+            )
+        text = rss.read().strip().splitlines()
+        max_rss_kib = int(text[-1]) if text and text[-1].isdigit() else 0
+    return Measure(elapsed, max_rss_kib / 1024)
 
 
 @dataclass

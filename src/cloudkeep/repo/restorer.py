@@ -35,7 +35,8 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
 from cloudkeep.storage.base import ObjectNotFoundError
 
-RANGE_SPAN = 8 * 2**20  # one ranged GET covers at most this much of a pack: few requests, bounded RAM
+RANGE_SPAN = 8 * 2**20  # local stores: one ranged read covers at most this much of a pack (bounded RAM)
+REMOTE_SCHEMES = ("s3", "azure")  # per-request cost and latency: read each pack in one request
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
@@ -194,8 +195,15 @@ class _Restorer:
                 return
         self.finishing.append((dest, node))
 
-    def fetch_all(self, threads: int = 6) -> None:
-        """Fetch each pack's needed blobs as a few ranged reads (≤ ``RANGE_SPAN``), in parallel."""
+    def fetch_all(self, threads: int | None = None) -> None:
+        """Fetch each pack's needed blobs as ranged reads, in parallel.
+
+        Remote stores get one request per pack (fewer requests, less latency; 4 threads bound RAM
+        to ~4 packs); local stores get reads of at most ``RANGE_SPAN`` on 6 threads.
+        """
+        remote = self.repo.store.scheme in REMOTE_SCHEMES
+        span = 2**40 if remote else RANGE_SPAN
+        threads = threads or (4 if remote else 6)
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
             loc = self.repo.locate(blob_id)
@@ -206,7 +214,7 @@ class _Restorer:
             run: list[BlobEntry] = []
             for entry in entries:
                 if run and (
-                    entry.offset + entry.length - run[0].offset > RANGE_SPAN
+                    entry.offset + entry.length - run[0].offset > span
                     or entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP
                 ):
                     runs.append((pack_id, run))
