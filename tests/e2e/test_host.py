@@ -99,8 +99,8 @@ def test_protect_backup_status_unprotect_on_a_temporary_root(tmp_path: Path) -> 
             points = sorted(c.list_restore_points(machine=machine.id).items, key=lambda p: p.created_at)
             assert len(points) == 3  # two protect runs and one backup
             first = tmp_path / "first"
-            # Snapshots name the paths the agent read on its host: here under the temporary root.
-            c.download(points[0].id, [f"{root}/etc", f"{root}/home"], first)
+            # Restore points name the host's own paths, wherever its root is mounted.
+            c.download(points[0].id, ["/etc", "/home"], first)
         found = [p for p in first.rglob("*") if p.is_file()]
         base = next(p for p in found if p.name == "app.conf").parents[2]
         restored = {p.relative_to(base).as_posix(): p.read_bytes() for p in found}

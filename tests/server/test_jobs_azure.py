@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from tests.server.rescan_support import PYTHON_ENV, RescanWorld
 from tests.support.arm_standin import ArmStandIn
+from tests.support.paths import in_machine
 from tests.support.peers import Azurite
 
 from cloudkeep.providers.azure import create_azure_provider
@@ -122,7 +123,7 @@ def test_job_over_three_azure_vms_then_restore(
     for name, row in machines.items():
         dest = tmp_path / f"dl-{name}"
         download_files(ctx, points[row.id], None, dest)
-        assert tree_bytes(dest / str(sources[name]).lstrip("/")) == tree_bytes(sources[name])
+        assert tree_bytes(dest / in_machine(sources[name])) == tree_bytes(sources[name])
 
     row = machines["vm2"]
     restore_id = start_file_restore(
@@ -132,5 +133,5 @@ def test_job_over_three_azure_vms_then_restore(
         restore = db.get(JobSession, restore_id)
         assert restore is not None and restore.state == "success", restore.reason
     vm2 = next(vm for vm in vms if vm.name == "vm2")
-    restored = vm2.root / "back" / str(sources["vm2"] / "sub").lstrip("/")
+    restored = vm2.root / "back" / in_machine(sources["vm2"] / "sub")
     assert tree_bytes(restored) == tree_bytes(sources["vm2"] / "sub")

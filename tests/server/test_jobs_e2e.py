@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from tests.machine.harness import Harness, MachineHandle, wait_for
+from tests.support.paths import in_machine
 
 from cloudkeep.errors import AuthenticationError, ConfigurationError
 from cloudkeep.repo import Repository as EngineRepository
@@ -169,7 +170,7 @@ def test_download_restores_every_machine_byte_for_byte(backed_up: dict, tmp_path
         dest = tmp_path / machine.name
         result = download_files(ctx, point.id, None, dest)
         source = backed_up["sources"][machine.row_id]
-        restored = dest / str(source).lstrip("/")  # restore keeps the backed-up absolute paths
+        restored = dest / in_machine(source)  # restore points hold the machine's paths
         assert tree_bytes(restored) == tree_bytes(source)
         assert result["files"] == 4 and result["verified"] == 4
         restored_notes = (restored / "notes.txt").stat()  # with permissions and times
@@ -187,9 +188,9 @@ def test_file_restore_to_another_folder_through_the_transport_service(backed_up:
     )
     session = session_state(backed_up, session_id)
     assert session.state == "success", session.reason
-    restored = machine.sim.root / "restored" / str(source / "sub").lstrip("/")
+    restored = machine.sim.root / "restored" / in_machine(source / "sub")
     assert tree_bytes(restored) == tree_bytes(source / "sub")
-    assert not (machine.sim.root / "restored" / str(source / "notes.txt").lstrip("/")).exists()
+    assert not (machine.sim.root / "restored" / in_machine(source / "notes.txt")).exists()
 
 
 def test_file_restore_to_a_different_machine(backed_up: dict) -> None:
@@ -201,7 +202,7 @@ def test_file_restore_to_a_different_machine(backed_up: dict) -> None:
     )
     assert session_state(backed_up, session_id).state == "success"
     source = backed_up["sources"][origin.row_id]
-    assert tree_bytes(target.sim.root / "from-vm0" / str(source).lstrip("/")) == tree_bytes(source)
+    assert tree_bytes(target.sim.root / "from-vm0" / in_machine(source)) == tree_bytes(source)
 
 
 def test_file_restore_in_place_puts_the_originals_back(backed_up: dict) -> None:
@@ -222,13 +223,13 @@ def test_file_restore_in_place_puts_the_originals_back(backed_up: dict) -> None:
 def test_browse_through_the_machine_and_locally_and_search_across_points(backed_up: dict) -> None:
     ctx = backed_up["harness"].ctx
     machine = backed_up["machines"][0]
-    source = backed_up["sources"][machine.row_id]
     point = latest_point(backed_up, machine.row_id, backed_up["job"])
     remote = browse(ctx, point.id, "/data", via_machine=machine.row_id)  # the machine's own view
-    local = browse(ctx, point.id, str(source))  # the repository's view, read here
+    local = browse(ctx, point.id, "/data")  # the repository's view, read here: the same machine paths
     names = sorted(e["path"].rsplit("/", 1)[-1] for e in remote["entries"])
     assert names == ["empty", "notes.txt", "shared.bin", "sub"]
     assert sorted(e["path"] for e in remote["entries"])[0] == "/data/empty"
+    assert sorted(e["path"] for e in local["entries"]) == sorted(e["path"] for e in remote["entries"])
     assert sorted(e["path"].rsplit("/", 1)[-1] for e in local["entries"]) == names
     sizes = {e["path"].rsplit("/", 1)[-1]: e["size"] for e in local["entries"]}
     assert sizes["shared.bin"] == len(b"same on every machine ") * 20_000
@@ -354,7 +355,7 @@ def test_repository_unreachable_mid_session_is_reported_and_nothing_is_lost(
         download_files(ctx, point_id, None, dest)
         source = backed_up["sources"][machine.row_id]
         expected = {k: v for k, v in tree_bytes(source).items() if k != "new.bin"}
-        assert tree_bytes(dest / str(source).lstrip("/")) == expected
+        assert tree_bytes(dest / in_machine(source)) == expected
     # and the next run succeeds
     rerun = start_job(ctx, backed_up["job"], wait=True)
     assert session_state(backed_up, rerun).state == "success"
@@ -413,7 +414,7 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
             dest = tmp_path / f"dl-{machine.name}"
             download_files(harness.ctx, point.id, None, dest)
             source = sources[machine.row_id]
-            assert tree_bytes(dest / str(source).lstrip("/")) == tree_bytes(source)
+            assert tree_bytes(dest / in_machine(source)) == tree_bytes(source)
         # a restore through one machine's Transport Service, reading S3 with scoped credentials
         point = latest_point(env, machines[1].row_id, job_id)
         restore_id = start_file_restore(
@@ -423,7 +424,7 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
             restore_session = db.get(JobSession, restore_id)
             assert restore_session is not None and restore_session.state == "success", restore_session.reason
         source = sources[machines[1].row_id]
-        assert tree_bytes(machines[1].sim.root / "r" / str(source / "sub").lstrip("/")) == tree_bytes(
+        assert tree_bytes(machines[1].sim.root / "r" / in_machine(source / "sub")) == tree_bytes(
             source / "sub"
         )
     finally:
@@ -472,7 +473,7 @@ def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
         download_files(ctx, points[0].id, None, tmp_path / "old")
     download_files(ctx, points[1].id, None, tmp_path / "new")  # the kept point restores after prune
     source = backed_up["sources"][machine.row_id] / "sub"
-    assert tree_bytes(tmp_path / "new" / str(source).lstrip("/")) == tree_bytes(source)
+    assert tree_bytes(tmp_path / "new" / in_machine(source)) == tree_bytes(source)
 
 
 def test_health_check_on_an_agent_finds_a_damaged_pack(backed_up: dict) -> None:

@@ -70,13 +70,6 @@ class MachineConfig(BaseModel):
         """A path as the machine sees it (``/etc``), mapped onto this host (``$ROOT/etc``)."""
         return self.root / path.lstrip("/") if str(self.root) != "/" else Path(path)
 
-    def machine_path(self, host_path: str) -> str:
-        """The inverse of ``host_path``: how the machine names a path on this host."""
-        root = str(self.root).rstrip("/")
-        if root and (host_path == root or host_path.startswith(root + "/")):
-            return host_path[len(root) :] or "/"
-        return host_path
-
     def version(self) -> str:
         version_file = self.root / "opt/cloudkeep/VERSION"
         if version_file.is_file():

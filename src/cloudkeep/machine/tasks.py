@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
@@ -164,12 +163,11 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
         else:
             sources = ["/"] if body.mode == "entire" else body.sources
             excludes = body.excludes + (ENTIRE_MACHINE_EXCLUDES if body.mode == "entire" else [])
-            # Absolute patterns name paths as the machine sees them, like the sources do.
-            excludes = [str(ctx.config.host_path(p)) if p.startswith("/") else p for p in excludes]
+            # Sources, masks and the restore point all use the machine's own paths; ``root`` says where
+            # its "/" is on this host (not "/" only on a simulated machine).
             snapshot = engine.backup_files(
-                repository, [str(ctx.config.host_path(s)) for s in sources], includes=body.includes,
-                excludes=excludes, cache_dir=ctx.config.state_dir / "cache",
-                bandwidth_limit=body.bandwidth_limit, **common,
+                repository, sources, includes=body.includes, excludes=excludes, root=ctx.config.root,
+                cache_dir=ctx.config.state_dir / "cache", bandwidth_limit=body.bandwidth_limit, **common,
             )  # fmt: skip
         forgotten: list[str] = []
         if body.retention is not None:
@@ -215,9 +213,9 @@ def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    # Snapshots keep absolute host paths (ROOT included on a simulated machine), so in place is "/".
-    target = Path("/") if body.in_place else ctx.config.host_path(body.target)
-    paths = [str(ctx.config.host_path(p)) for p in body.paths] if body.paths else None
+    # Restore points hold the machine's own paths, so in place means under the machine's root.
+    target = ctx.config.root if body.in_place else ctx.config.host_path(body.target)
+    paths = list(body.paths) if body.paths else None
     report = ProgressReporter(ctx)
     outcome = engine.restore(repository, body.snapshot_id, target, paths=paths, progress=report)
     files, verified = int(getattr(outcome, "files", 0)), int(getattr(outcome, "verified", 0))
@@ -242,10 +240,8 @@ def browse(ctx: TaskContext, body: Browse) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    tree = engine.list_tree(
-        repository, body.snapshot_id, str(ctx.config.host_path(body.path)), recursive=body.recursive
-    )
-    entries = [{**_as_dict(e), "path": ctx.config.machine_path(e.path)} for e in tree]
+    tree = engine.list_tree(repository, body.snapshot_id, body.path, recursive=body.recursive)
+    entries = [_as_dict(e) for e in tree]
     if body.pattern:
         entries = [e for e in entries if fnmatch.fnmatch(str(_entry_name(e)), body.pattern)]
     truncated = len(entries) > body.limit

@@ -107,9 +107,11 @@ class _Archiver:
         cache: FileCache | None,
         progress: Callable[[BackupProgress], None] | None,
         threads: int,
+        root_prefix: str = "",
     ) -> None:
         self.repo, self.writer, self.cache, self.progress = repo, writer, cache, progress
         self.includes, self.excludes = includes, excludes
+        self.root_prefix = root_prefix  # host folder holding the machine's "/" ("" when it is "/")
         self.lock = threading.Lock()
         self.root_done = threading.Event()
         self.error: BaseException | None = None
@@ -146,8 +148,12 @@ class _Archiver:
 
     # -- walking ---------------------------------------------------------------------------
 
+    def machine_path(self, path: str) -> str:
+        """How the backed-up machine names a host path: masks and manifests use the machine's view."""
+        return (path[len(self.root_prefix) :] or "/") if self.root_prefix else path
+
     def excluded(self, path: str) -> bool:
-        return any(matches(p, path) for p in self.excludes)
+        return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
     def add_entry(self, parent: _Dir, path: str, name: str) -> None:
         if self.error is not None:
@@ -171,7 +177,7 @@ class _Archiver:
             self.walk(child, path)
             child.release()
         elif kind == FILE:
-            if self.includes and not any(matches(p, path) for p in self.includes):
+            if self.includes and not any(matches(p, self.machine_path(path)) for p in self.includes):
                 return
             self.files += 1
             self.bytes_total += st.st_size
@@ -286,14 +292,21 @@ def backup_files(
     retain_until: datetime | None = None,
     bandwidth_limit: int | None = None,
     threads: int | None = None,
+    root: Path | str | None = None,
 ) -> Snapshot:
-    """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot."""
+    """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot.
+
+    ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
+    simulated machine): sources, masks and the manifest then use the machine's own paths.
+    """
     if not sources:
         raise ConfigurationError("nothing to back up: no source paths given")
-    paths = sorted({os.path.abspath(os.fspath(s)) for s in sources})
+    prefix = os.path.abspath(os.fspath(root)).rstrip("/") if root is not None else ""
+    paths = sorted({os.path.normpath("/" + os.fspath(s).lstrip("/")) for s in sources} if prefix else
+                   {os.path.abspath(os.fspath(s)) for s in sources})  # fmt: skip
     for path in paths:
-        if not os.path.lexists(path):
-            raise NotFoundError(f"source path {path} does not exist")
+        if not os.path.lexists(prefix + path):
+            raise NotFoundError(f"source path {path} does not exist" + (f" under {prefix}" if prefix else ""))
     limit_heap_fragmentation()
     hostname = hostname or socket.gethostname()
     started = datetime.now(UTC)
@@ -309,14 +322,15 @@ def backup_files(
         cache=cache,
         progress=progress,
         threads=workers,
+        root_prefix=prefix,
     )
     try:
-        root = _Dir(archiver, Node(name="", type=DIR, mode=0o755), None, 0)
+        top = _Dir(archiver, Node(name="", type=DIR, mode=0o755), None, 0)
         if "/" in paths:  # the entire machine: the root itself is the source
-            archiver.walk(root, "/")
+            archiver.walk(top, prefix or "/")
         else:
-            _walk_trie(archiver, root, "", _source_trie(paths))
-        root.release()
+            _walk_trie(archiver, top, prefix, _source_trie(paths))
+        top.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)
         archiver.chunk_pool.shutdown(wait=True)
@@ -330,7 +344,7 @@ def backup_files(
         if cache:
             cache.discard()
         raise
-    assert root.node.subtree is not None
+    assert top.node.subtree is not None
     stats = writer.stats
     snapshot = Snapshot(
         id=new_snapshot_id(),
@@ -339,7 +353,7 @@ def backup_files(
         tags=list(tags or []),
         paths=paths,
         kind="files",
-        tree=root.node.subtree.hex(),
+        tree=top.node.subtree.hex(),
         retain_until=retain_until,
         stats={
             "files": archiver.files,
