@@ -201,3 +201,16 @@ def test_entire_machine_source(repo: Repository, tmp_path: Path) -> None:
     result = restore(repo, snap.id, tmp_path / "all")
     assert (tmp_path / "all" / "etc" / "hostname").exists() and result.files > 0
     assert os.stat(tmp_path / "all").st_mtime > 1e9  # the synthetic root (mtime 0) left the target alone
+
+
+def test_machine_root_maps_paths(repo: Repository, tmp_path: Path) -> None:
+    """``root=``: a machine's "/" mounted under a host folder is recorded with the machine's paths."""
+    machine = tmp_path / "machine"
+    (machine / "data").mkdir(parents=True)
+    (machine / "data" / "keep.txt").write_text("keep")
+    (machine / "data" / "skip.log").write_text("skip")
+    snap = backup_files(repo, ["/data"], hostname="h", root=machine, excludes=["/data/*.log"])
+    assert snap.paths == ["/data"]
+    assert {e.path for e in list_tree(repo, snap.id, "/data")} == {"/data/keep.txt"}
+    restore(repo, snap.id, tmp_path / "out")
+    assert (tmp_path / "out" / "data" / "keep.txt").read_text() == "keep"
