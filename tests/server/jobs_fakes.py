@@ -173,6 +173,9 @@ class FakeDispatcher:
             )
         if kind == "update_credentials" and self.release_on_refresh:
             self.released.set()
+        if kind == "cancel":  # as the agent does: the task stops and reports ``cancelled``
+            cancelled = {"ok": False, "error": "cancelled by the server", "payload": {"cancelled": True}}
+            self._finish(body["command_id"], "failed", cancelled)
         return command_id
 
     def _finish(self, command_id: str, state: str, result: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.machine.ledger import CommandLedger
 from cloudkeep.machine.message_service import command_validator
 from cloudkeep.machine.spool import Spool
-from cloudkeep.protocol.bodies import UpdateCredentials
+from cloudkeep.protocol.bodies import Cancel, UpdateCredentials
 
 
 def exec_command(config: MachineConfig, text: str) -> str:
@@ -28,7 +28,12 @@ def exec_command(config: MachineConfig, text: str) -> str:
         state = entry.state if entry else "unknown"
         reason = f"command already accepted on this machine (state {state}); not run again"
         return sign_result(config, keys, failure(envelope.id, reason))
-    if route == "control":
+    spools = [Spool.for_service(config.state_dir, service) for service in ("agent", "transport")]
+    if route == "control" and isinstance(body := envelope.parsed_body(), Cancel):
+        for spool in spools:  # the task may run in a worker or in another ``exec`` process
+            spool.send_cancel(body.command_id, text)
+        result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
+    elif route == "control":
         body = envelope.parsed_body()
         assert isinstance(body, UpdateCredentials)
         envelope.repository(keys.encryption)
@@ -36,7 +41,8 @@ def exec_command(config: MachineConfig, text: str) -> str:
             Spool.for_service(config.state_dir, service).send_control(body.command_id, text)
         result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
     else:
-        result = execute(TaskContext(config, keys, envelope))
+        cancelled = lambda: any(spool.cancel_requested(envelope.id) for spool in spools)  # noqa: E731
+        result = execute(TaskContext(config, keys, envelope, cancelled=cancelled))
     signed = sign_result(config, keys, result)
     ledger.complete(envelope.id, signed, posted=True)  # returned on stdout, not through the queue
     return signed

@@ -29,6 +29,7 @@ ROUTES: dict[str, str] = {
     "ping": "self",
     "run_script": "self",
     "update_credentials": "control",
+    "cancel": "control",
     "backup": "agent",
     "retention": "agent",
     "check": "agent",
@@ -48,6 +49,7 @@ class TaskContext:
     envelope: Envelope
     progress: Callable[[dict[str, Any]], None] = lambda _p: None
     refreshed_access: Callable[[], RepositoryAccess | None] = lambda: None
+    cancelled: Callable[[], bool] = lambda: False  # True once the server sent ``cancel`` for this command
     warnings: list[str] = field(default_factory=list)
 
     def repository_access(self) -> RepositoryAccess:
@@ -55,6 +57,20 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext, Any], dict[str, Any]]
+
+
+class TaskCancelled(CloudkeepError):
+    """The server cancelled this command (``cancel``); raised at the next file/chunk boundary."""
+
+
+CANCELLED_ERROR = "cancelled by the server; nothing was committed"
+
+
+def cancelled_result(command_id: str) -> dict[str, Any]:
+    """The result of a cancelled command: not ok, ``payload.cancelled`` set so the server can tell."""
+    return Result(
+        command_id=command_id, ok=False, error=CANCELLED_ERROR, payload={"cancelled": True}
+    ).model_dump(mode="json")
 
 
 def ping(ctx: TaskContext, _body: Body) -> dict[str, Any]:
@@ -110,6 +126,9 @@ def execute(ctx: TaskContext) -> dict[str, Any]:
         if ctx.warnings:
             payload.setdefault("warnings", []).extend(w for w in ctx.warnings if w not in payload["warnings"])
         return Result(command_id=envelope.id, ok=True, payload=payload).model_dump(mode="json")
+    except TaskCancelled:
+        log.info("command %s (%s) cancelled", envelope.id, envelope.kind)
+        return cancelled_result(envelope.id)
     except CloudkeepError as exc:
         log.warning("command %s (%s) failed: %s", envelope.id, envelope.kind, exc)
         return Result(command_id=envelope.id, ok=False, error=str(exc)).model_dump(mode="json")

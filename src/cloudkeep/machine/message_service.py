@@ -34,7 +34,7 @@ from cloudkeep.machine.link import QueueLink, QueueUnavailable, backoff
 from cloudkeep.machine.services import BEACON_SECONDS, service_status, touch_beacon
 from cloudkeep.machine.spool import Spool
 from cloudkeep.protocol import COMMAND_BODIES, Envelope, MessageValidator, ProtocolError
-from cloudkeep.protocol.bodies import Heartbeat, UpdateCredentials
+from cloudkeep.protocol.bodies import Cancel, Heartbeat, UpdateCredentials
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.protocol.envelope import MAX_TTL
 
@@ -193,6 +193,17 @@ class MessageService:
 
     def _forward_control(self, envelope: Envelope, text: str) -> None:
         body = envelope.parsed_body()
+        if isinstance(body, Cancel):
+            # Every spool gets it: the worker running (or about to claim) the command stops at its next
+            # boundary and reports ``cancelled``; a command already finished is unaffected.
+            for spool in self.spools.values():
+                spool.send_cancel(body.command_id, text)
+            target = self.ledger.get(body.command_id)
+            state = target.state if target is not None else "unknown"
+            result = {"command_id": envelope.id, "ok": True,
+                      "payload": {"delivered_to": body.command_id, "target_state": state}}  # fmt: skip
+            self.ledger.complete(envelope.id, sign_result(self.config, self.keys, result))
+            return
         assert isinstance(body, UpdateCredentials)
         envelope.repository(self.keys.encryption)  # refuse credentials we cannot open before forwarding
         for spool in self.spools.values():

@@ -9,7 +9,8 @@ dies, the restarted agent finds the claimed file and reports the task as interru
 than running it twice. Files carry the original *signed* envelope, so secrets stay sealed at rest.
 
 Layout under ``$STATE/spool/<service>/``: ``inbox/<id>.json``, ``work/<id>.json``,
-``outbox/<id>.progress.json``, ``outbox/<id>.result.json``, ``control/<command id>.json``.
+``outbox/<id>.progress.json``, ``outbox/<id>.result.json``, ``control/<command id>.json`` (fresh
+credentials), ``control/<command id>.cancel`` (the signed ``cancel`` envelope: stop that command).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Spool:
     def send_control(self, command_id: str, envelope_text: str) -> None:
         write_atomic(self.root / "control" / f"{command_id}.json", envelope_text)
 
+    def send_cancel(self, command_id: str, envelope_text: str) -> None:
+        """Ask the worker to stop ``command_id`` at its next boundary (a separate file: credentials stay)."""
+        write_atomic(self.root / "control" / f"{command_id}.cancel", envelope_text)
+
     def results(self) -> list[tuple[str, dict[str, Any]]]:
         found = []
         for path in sorted((self.root / "outbox").glob("*.result.json")):
@@ -82,6 +87,7 @@ class Spool:
             self.root / "outbox" / f"{command_id}.progress.json",
             self.root / "work" / f"{command_id}.json",
             self.root / "control" / f"{command_id}.json",
+            self.root / "control" / f"{command_id}.cancel",
         ):
             path.unlink(missing_ok=True)
 
@@ -109,6 +115,9 @@ class Spool:
 
     def write_result(self, command_id: str, result: dict[str, Any]) -> None:
         write_atomic(self.result_path(command_id), json.dumps(result))
+
+    def cancel_requested(self, command_id: str) -> bool:
+        return (self.root / "control" / f"{command_id}.cancel").exists()
 
     def control_for(self, command_id: str) -> tuple[str, float] | None:
         path = self.root / "control" / f"{command_id}.json"

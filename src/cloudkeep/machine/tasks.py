@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
-from cloudkeep.machine.handlers import Handler, TaskContext, run_shell
+from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
 from cloudkeep.protocol import RepositoryAccess
 from cloudkeep.protocol.bodies import (
     Backup,
@@ -81,6 +81,10 @@ class ProgressReporter:
         self.last = 0.0
 
     def __call__(self, progress: Any, *, force: bool = False) -> None:
+        # The engine calls this between files/chunks: the least invasive place to stop a cancelled
+        # task. The engine aborts (no snapshot committed; uploaded packs stay reusable).
+        if self.ctx.cancelled():
+            raise TaskCancelled("cancelled by the server")
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
@@ -153,6 +157,8 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
 
     _script(ctx, body.pre_script, body.script_timeout, "pre-script")
     try:
+        if ctx.cancelled():
+            raise TaskCancelled("cancelled by the server before the backup started")
         repository = open_repository(ctx)
         report = ProgressReporter(ctx)
         common: dict[str, Any] = {"hostname": body.hostname, "tags": body.tags, "progress": report,

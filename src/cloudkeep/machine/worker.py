@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.handlers import TaskContext, execute, failure
+from cloudkeep.machine.handlers import TaskContext, cancelled_result, execute, failure
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.machine.message_service import command_validator
 from cloudkeep.machine.services import BEACON_SECONDS, touch_beacon
@@ -81,10 +81,14 @@ class TaskWorker:
                     command_id, failure(command_id, f"refused by the {self.service}: {exc}")
                 )
                 return
+            if self.spool.cancel_requested(command_id):  # cancelled before it started: never run it
+                self.spool.write_result(command_id, cancelled_result(command_id))
+                return
             ctx = TaskContext(
                 self.config, self.keys, envelope,
                 progress=lambda data: self.spool.write_progress(command_id, data),
                 refreshed_access=self._credentials_watcher(command_id),
+                cancelled=lambda: self.spool.cancel_requested(command_id),
             )  # fmt: skip
             self.spool.write_result(command_id, execute(ctx))
         finally:

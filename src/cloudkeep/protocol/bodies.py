@@ -98,6 +98,12 @@ class UpdateCredentials(Body):
     command_id: str
 
 
+class Cancel(Body):
+    """Stop a running task at its next file/chunk boundary; it then reports ``cancelled``."""
+
+    command_id: str
+
+
 # --- machine → server -------------------------------------------------------------------------
 
 
@@ -134,6 +140,7 @@ COMMAND_BODIES: dict[str, type[Body]] = {
     "retention": RetentionCommand,
     "check": Check,
     "update_credentials": UpdateCredentials,
+    "cancel": Cancel,
 }
 REPORT_BODIES: dict[str, type[Body]] = {"result": Result, "progress": Progress, "heartbeat": Heartbeat}
 BODIES: dict[str, type[Body]] = {**COMMAND_BODIES, **REPORT_BODIES}

@@ -142,9 +142,12 @@ class _Archiver:
             return
         self._last_progress = now
         stats = self.writer.stats
-        self.progress(
-            BackupProgress(self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, path)
-        )
+        try:
+            self.progress(
+                BackupProgress(self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, path)
+            )
+        except BaseException as exc:  # e.g. the caller cancels: stop walking, abort like any other error
+            self.fail(exc)
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -248,6 +251,9 @@ class _Archiver:
             window: list[Future[tuple[bytes, bool]]] = []
             with open(path, "rb", buffering=0) as fh:
                 for chunk in self._cdc().cut_stream(fh):
+                    self.report(path)  # throttled; lets a cancelling callback stop a huge file too
+                    if self.error is not None:  # failed or cancelled: stop at this chunk boundary
+                        raise self.error
                     total += chunk.length
                     if size >= PARALLEL_FILE:
                         # The stream reuses its buffer: copy before another thread sees the chunk.

@@ -355,9 +355,12 @@ class SessionRunner:
         deadline = monotonic_time.monotonic() + timeout
         refresh_at = monotonic_time.monotonic() + refresh_every
         slice_seconds = float((self.job.options or {}).get("poll_slice_seconds", 2.0))
+        cancel_deadline: float | None = None
         while True:
-            if self.stop_requested():
-                raise TaskStopped()
+            if cancel_deadline is None and self.stop_requested():
+                cancel_deadline = self._cancel(task_id, machine, command_id)
+            if cancel_deadline is not None and monotonic_time.monotonic() >= cancel_deadline:
+                raise TaskStopped()  # the machine did not confirm in time; stop waiting for it
             now = monotonic_time.monotonic()
             if now >= deadline:
                 raise TaskFailed(f"{machine.name} did not finish the backup within {timeout:.0f} s")
@@ -369,9 +372,22 @@ class SessionRunner:
             except Exception as exc:
                 if self._still_running(command_id):
                     continue  # only our slice ran out
+                if cancel_deadline is not None:
+                    raise TaskStopped() from exc  # the machine stopped the task (or it failed meanwhile)
                 if isinstance(exc, CloudkeepError):
                     raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from exc
                 raise TaskFailed(f"{machine.name}: {exc}") from exc
+
+    def _cancel(self, task_id: str, machine: DiscoveredMachine, command_id: str) -> float:
+        """Tell the machine to stop ``command_id``; returns the monotonic deadline for its answer."""
+        grace = float((self.job.options or {}).get("cancel_grace_seconds", 120.0))
+        try:
+            self.dispatcher.send(machine.id, "cancel", {"command_id": command_id}, ttl=max(grace, 60.0))
+            update_task(self.ctx, task_id, f"stop requested: cancel sent to {machine.name}")
+        except CloudkeepError as exc:
+            update_task(self.ctx, task_id, f"could not send cancel to {machine.name}: {exc}")
+            return monotonic_time.monotonic()
+        return monotonic_time.monotonic() + grace
 
     def _still_running(self, command_id: str) -> bool:
         with self.ctx.db() as db:
