@@ -186,6 +186,7 @@ class Dispatcher:
                     channel=channel,
                     state="sent",
                     task_id=task_id,
+                    expires_at=envelope.expires_at,
                 )
             )
             if task_id is not None:
@@ -242,6 +243,8 @@ class Dispatcher:
                 last_progress = progress
                 on_progress(dict(progress))
             if time.monotonic() >= deadline:
+                if command_id in expire_commands(self.ctx, self.clock()):
+                    continue  # it just expired: report that (CommandFailed) rather than a timeout
                 raise CommandTimeout(
                     f"no result for {kind} {command_id} on machine {machine} within {timeout:.0f}s",
                     hint="check the machine's services (`cloudkeep machine show`) and the server consumers",
@@ -308,6 +311,44 @@ class Dispatcher:
                 command_id,
                 f"command channel gave no valid signed result ({exc}; exit {outcome.exit_code}): {detail}",
             )
+
+
+def expire_commands(ctx: ServerContext, now: datetime) -> list[str]:
+    """Mark every open command past its envelope's expiry ``expired``; returns their ids.
+
+    The machine refuses a command after ``expires_at``, so one that never answered by then never
+    will: without this sweep its record would say ``sent`` forever. A late result is ignored (results
+    apply only to open records). Called by ``Dispatcher.wait`` on timeout and by the scheduler tick.
+    """
+    with ctx.db() as session:
+        stale = list(
+            session.execute(
+                select(CommandRecord.id, CommandRecord.kind, CommandRecord.machine_id,
+                       CommandRecord.expires_at, CommandRecord.result)
+                .where(CommandRecord.state.in_(OPEN_STATES), CommandRecord.expires_at.is_not(None),
+                       CommandRecord.expires_at <= now)
+            )
+        )  # fmt: skip
+        expired = []
+        for command_id, kind, machine_id, expires_at, result in stale:
+            reason = (
+                f"expired: machine {machine_id} gave no result for {kind} before it expired at "
+                f"{expires_at.isoformat() if expires_at else '?'}; a late result is ignored"
+            )
+            body = Result(command_id=command_id, ok=False, error=reason).model_dump(mode="json")
+            progress = (result or {}).get("progress")
+            if progress:
+                body["progress"] = progress  # keep how far it got
+            outcome: Any = session.execute(
+                update(CommandRecord)
+                .where(CommandRecord.id == command_id, CommandRecord.state.in_(OPEN_STATES))
+                .values(state="expired", result=body, completed_at=now)
+            )
+            if outcome.rowcount:  # guarded: a result applied meanwhile wins
+                expired.append(command_id)
+    for command_id in expired:
+        log.warning("command %s expired without a result", command_id)
+    return expired
 
 
 _CONSUMERS: dict[tuple[str, str, str], ServerQueueConsumer] = {}

@@ -249,6 +249,9 @@ class CommandRecord(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sent_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The envelope's expiry: the machine refuses the command after it, so an open record past it is
+    # swept to ``expired`` (``dispatcher.expire_commands``) instead of staying ``sent`` forever.
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
 
 
 class ApiToken(Base):

@@ -127,6 +127,9 @@ def tick(
     ctx: ServerContext, now: datetime, *, dispatcher: CommandSender | None = None, wait: bool = False
 ) -> list[str]:
     """One scheduler pass at ``now``: start every due job once; returns the session ids started."""
+    from cloudkeep.server.dispatcher import expire_commands
+
+    expire_commands(ctx, now)  # commands no machine answered before their expiry stop looking "sent"
     started: list[str] = []
     with ctx.db() as db:
         jobs = list(db.scalars(select(BackupJob).where(BackupJob.enabled.is_(True))))
