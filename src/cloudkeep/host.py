@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.local_setup import ensure_distribution_repository, ensure_local_credential, exists
 from cloudkeep.providers.local.machine import Lab, SimulatedMachine
 from cloudkeep.server.client import Client
 from cloudkeep.server.services.schemas import (
-    CredentialCreate,
     JobCreate,
     JobUpdate,
     MachineDetail,
@@ -97,14 +97,6 @@ def machine_name() -> str:
     return name or "this-host"
 
 
-def _exists(lookup: object, ref: str) -> bool:
-    try:
-        lookup(ref)  # type: ignore[operator]
-    except NotFoundError:
-        return False
-    return True
-
-
 def _password(layout: HostLayout, password_file: Path | None) -> str:
     """The given password file's first line, or one generated once into the home (0600)."""
     if password_file is not None:
@@ -173,26 +165,18 @@ def protect(
     wanted = _normalize(paths)
     layout.home.mkdir(parents=True, exist_ok=True)
     machine = host_machine(layout)
-    if not _exists(c.get_credential, CREDENTIAL):
-        c.create_credential(
-            CredentialCreate(
-                name=CREDENTIAL,
-                provider="local",
-                options={"lab_dir": str(layout.lab_dir), "storage_root": str(layout.storage_root)},
-                description="This host, protected like a lab machine.",
-            )
-        )
-    if not _exists(c.get_repository, DISTRIBUTION_REPOSITORY):
-        c.create_repository(
-            RepositoryCreate(
-                name=DISTRIBUTION_REPOSITORY,
-                purpose="distribution",
-                credential=CREDENTIAL,
-                location=str(layout.distribution_dir),
-            )
-        )
+    ensure_local_credential(
+        c,
+        CREDENTIAL,
+        lab_dir=layout.lab_dir,
+        storage_root=layout.storage_root,
+        description="This host, protected like a lab machine.",
+    )
+    ensure_distribution_repository(
+        c, DISTRIBUTION_REPOSITORY, credential=CREDENTIAL, location=layout.distribution_dir
+    )
     target = (repository or layout.default_repository).expanduser().resolve()
-    if _exists(c.get_repository, BACKUP_REPOSITORY):
+    if exists(c.get_repository, BACKUP_REPOSITORY):
         current = Path(c.get_repository(BACKUP_REPOSITORY).location)
         if repository is not None and current != target:
             raise HostError(
@@ -209,7 +193,7 @@ def protect(
                 password=_password(layout, password_file),  # type: ignore[arg-type]
             )
         )
-    if not _exists(c.get_group, GROUP):
+    if not exists(c.get_group, GROUP):
         c.create_group(
             ProtectionGroupCreate(
                 name=GROUP,
@@ -224,7 +208,7 @@ def protect(
     # Never back up the server's own state or the repository into itself (e.g. a home under /home).
     own = [*OWN_FILES, str(layout.home.resolve()), c.get_repository(BACKUP_REPOSITORY).location]
     skip = list(dict.fromkeys([*(excludes if excludes is not None else DEFAULT_EXCLUDES), *own]))
-    if _exists(c.get_job, JOB):
+    if exists(c.get_job, JOB):
         job = c.get_job(JOB)
         if job.includes != wanted or (excludes is not None and job.excludes != skip):
             c.update_job(JOB, JobUpdate(includes=wanted, excludes=skip if excludes is not None else None))
@@ -283,10 +267,10 @@ def unprotect(c: Client, layout: HostLayout) -> list[str]:
             if folder.is_dir() and not folder.is_symlink():
                 shutil.rmtree(folder)
                 done.append(f"removed {folder}")
-    if _exists(c.get_job, JOB):
+    if exists(c.get_job, JOB):
         c.set_job_enabled(JOB, False)
         done.append(f"disabled job {JOB}")
-    if _exists(c.get_group, GROUP):
+    if exists(c.get_group, GROUP):
         c.update_group(GROUP, ProtectionGroupUpdate(enabled=False))
         done.append(f"disabled protection group {GROUP}")
     return done

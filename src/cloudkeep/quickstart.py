@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudkeep.errors import CloudkeepError, NotFoundError
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.local_setup import ensure_distribution_repository, ensure_local_credential, exists
 from cloudkeep.providers.local.machine import Lab
 from cloudkeep.server.client import Client
 from cloudkeep.server.services.schemas import (
-    CredentialCreate,
     JobCreate,
     ProtectionGroupCreate,
     RepositoryCreate,
@@ -89,14 +89,6 @@ def _password(layout: QuickstartLayout) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
     return password
-
-
-def _exists(lookup: object, ref: str) -> bool:
-    try:
-        lookup(ref)  # type: ignore[operator]
-    except NotFoundError:
-        return False
-    return True
 
 
 def seed_machine(root: Path, name: str) -> None:
@@ -194,25 +186,17 @@ def ensure_lab(client: Client, layout: QuickstartLayout) -> Lab3:
             env={"CLOUDKEEP_PYTHON": sys.executable},
         )
         seed_machine(machine.root, name)
-    if not _exists(client.get_credential, CREDENTIAL):
-        client.create_credential(
-            CredentialCreate(
-                name=CREDENTIAL,
-                provider="local",
-                options={"lab_dir": str(layout.lab_dir), "storage_root": str(layout.storage_root)},
-                description="The embedded default: simulated machines in the quickstart lab.",
-            )
-        )
-    if not _exists(client.get_repository, DISTRIBUTION_REPOSITORY):
-        client.create_repository(
-            RepositoryCreate(
-                name=DISTRIBUTION_REPOSITORY,
-                purpose="distribution",
-                credential=CREDENTIAL,
-                location=str(layout.distribution_dir),
-            )
-        )
-    if not _exists(client.get_repository, BACKUP_REPOSITORY):
+    ensure_local_credential(
+        client,
+        CREDENTIAL,
+        lab_dir=layout.lab_dir,
+        storage_root=layout.storage_root,
+        description="The embedded default: simulated machines in the quickstart lab.",
+    )
+    ensure_distribution_repository(
+        client, DISTRIBUTION_REPOSITORY, credential=CREDENTIAL, location=layout.distribution_dir
+    )
+    if not exists(client.get_repository, BACKUP_REPOSITORY):
         client.create_repository(
             RepositoryCreate(
                 name=BACKUP_REPOSITORY,
@@ -222,7 +206,7 @@ def ensure_lab(client: Client, layout: QuickstartLayout) -> Lab3:
                 password=_password(layout),  # type: ignore[arg-type]
             )
         )
-    if not _exists(client.get_group, GROUP):
+    if not exists(client.get_group, GROUP):
         client.create_group(
             ProtectionGroupCreate(
                 name=GROUP,
@@ -232,7 +216,7 @@ def ensure_lab(client: Client, layout: QuickstartLayout) -> Lab3:
                 description="The quickstart's three lab machines.",
             )
         )
-    if not _exists(client.get_job, JOB):
+    if not exists(client.get_job, JOB):
         client.create_job(
             JobCreate(
                 name=JOB,
