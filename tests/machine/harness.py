@@ -160,11 +160,14 @@ class Harness:
             row_id = row.id
         queue_name = f"ck-{self.ctx.server_id}-{row_id[:12]}"
         self.provider.queues.ensure_queue(queue_name)
+        # as rescan does: the server queue is add-only for machines (where the cloud can enforce it)
+        queues = self.provider.queues
+        server_queue = queues.connection_info(server_queue_name(self.ctx.server_id), access="send")
         config = MachineConfig(
             machine_id=row_id, cloud_id=sim.id, server_id=self.ctx.server_id,
             server_public_key=self.ctx.public_key_b64,
             agent_queue=self.provider.queues.connection_info(queue_name),
-            server_queue=self.provider.queues.connection_info(server_queue_name(self.ctx.server_id)),
+            server_queue=server_queue,
             heartbeat_seconds=self.heartbeat_seconds, clock_skew_seconds=self.clock_skew_seconds,
             receive_wait_seconds=1.0, root=sim.root, **config_overrides,
         )  # fmt: skip

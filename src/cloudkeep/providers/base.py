@@ -154,6 +154,10 @@ def dead_letter_queue_name(name: str) -> str:
     return f"{name}-dlq"
 
 
+# What a machine may do on a queue: ``consume`` its own, only ``send`` to the shared server queue.
+QueueAccess = Literal["consume", "send"]
+
+
 class QueueService(ABC):
     @abstractmethod
     def ensure_queue(self, name: str, *, max_receive_count: int = 5) -> Queue:
@@ -170,8 +174,13 @@ class QueueService(ABC):
     def delete_queue(self, name: str) -> None: ...
 
     @abstractmethod
-    def connection_info(self, name: str) -> dict[str, Any]:
-        """What a machine needs to reach queue ``name`` (URL, endpoint, SAS, …), JSON-serialisable."""
+    def connection_info(self, name: str, *, access: QueueAccess = "consume") -> dict[str, Any]:
+        """What a machine needs to reach queue ``name`` (URL, endpoint, SAS, …), JSON-serialisable.
+
+        ``access="consume"`` (the machine's own queue): receive, delete, dead-letter and send.
+        ``access="send"`` (the server queue every machine reports to): add messages only, so one
+        machine cannot read or delete another's reports — where the cloud can express that.
+        """
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,13 @@ from botocore.exceptions import ClientError
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
-from cloudkeep.providers.base import Queue, QueueService, ReceivedMessage, dead_letter_queue_name
+from cloudkeep.providers.base import (
+    Queue,
+    QueueAccess,
+    QueueService,
+    ReceivedMessage,
+    dead_letter_queue_name,
+)
 from cloudkeep.providers.queues import register_queue_opener
 
 MAX_MESSAGE_BYTES = 262_144
@@ -168,7 +174,15 @@ class SqsQueueService(QueueService):
             with aws_errors("sqs:DeleteQueue", queue):
                 self.client.delete_queue(QueueUrl=url)
 
-    def connection_info(self, name: str) -> dict[str, Any]:
+    def connection_info(self, name: str, *, access: QueueAccess = "consume") -> dict[str, Any]:
+        """The queue URL and (off EC2) credentials; ``access`` is not expressible per URL on SQS.
+
+        Send-only access to the server queue is enforced by IAM, not by this dict: the machines'
+        role (or the ``machine_credentials`` user) should be allowed ``sqs:SendMessage`` only on
+        ``ck-<server id>-server`` (and ``sqs:ReceiveMessage``/``DeleteMessage``/``ChangeMessage
+        Visibility`` only on its own queue), e.g. with a queue policy whose ``Principal`` is that
+        role. moto does not enforce IAM or queue policies, so this cannot be tested locally.
+        """
         info: dict[str, Any] = {
             "kind": "aws",
             "name": name,

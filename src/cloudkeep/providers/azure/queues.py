@@ -8,7 +8,9 @@
 * Dead-lettering is ours: ``max_receive_count`` is kept in the queue's metadata; a message
   dequeued more often is moved to ``<name>-dlq`` on the next receive.
 * ``connection_info`` hands a machine SAS tokens limited to its queue, the dead-letter queue and
-  the payload container, so the machine never holds the account key.
+  the payload container, so the machine never holds the account key. For the server queue
+  (``access="send"``) the tokens only add messages and create payload blobs: a hostile machine
+  cannot read, hide or delete other machines' reports.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from azure.storage.queue import (
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.azure.session import StorageAccount, azure_errors
-from cloudkeep.providers.base import Queue, QueueService, ReceivedMessage, dead_letter_queue_name
+from cloudkeep.providers.base import (
+    Queue,
+    QueueAccess,
+    QueueService,
+    ReceivedMessage,
+    dead_letter_queue_name,
+)
 from cloudkeep.providers.queues import poll_with_backoff, register_queue_opener
 
 PAYLOAD_CONTAINER = "cloudkeep-queue-payloads"
@@ -234,11 +242,23 @@ class AzureQueueService(QueueService):
             with azure_errors("Microsoft.Storage/.../queues/delete", queue, ignore=(ResourceNotFoundError,)):
                 self.service.delete_queue(queue)
 
-    def connection_info(self, name: str) -> dict[str, Any]:
+    def connection_info(self, name: str, *, access: QueueAccess = "consume") -> dict[str, Any]:
+        """SAS tokens for a machine; ``access="send"`` (the server queue) may only add messages.
+
+        Send-only: add on the queue (no read/process: it can neither peek at nor delete other
+        machines' reports) and create on the payload container (no read/list/delete).
+        """
         queue = self.get_queue(name)
         key = self.account.require_key("handing a machine its queue")
         expiry = datetime.now(UTC) + timedelta(days=self.machine_sas_days)
-        rights = QueueSasPermissions(read=True, add=True, update=True, process=True)
+        if access == "send":
+            rights = QueueSasPermissions(add=True)
+            payload_rights = ContainerSasPermissions(create=True)
+        elif access == "consume":
+            rights = QueueSasPermissions(read=True, add=True, update=True, process=True)
+            payload_rights = ContainerSasPermissions(read=True, write=True, create=True, delete=True)
+        else:
+            raise ValueError(f"unknown queue access {access!r}: use 'consume' or 'send'")
 
         def queue_sas(queue_name: str) -> str:
             return generate_queue_sas(
@@ -247,7 +267,7 @@ class AzureQueueService(QueueService):
 
         payload_sas = generate_container_sas(
             self.account.account_name, PAYLOAD_CONTAINER, account_key=key, expiry=expiry,
-            permission=ContainerSasPermissions(read=True, write=True, create=True, delete=True),
+            permission=payload_rights,
         )  # fmt: skip
         return {
             "kind": "azure",
@@ -259,6 +279,7 @@ class AzureQueueService(QueueService):
             "payload_sas": payload_sas,
             "max_receive_count": queue.max_receive_count,
             "expires_at": expiry.isoformat(),
+            "access": access,
         }
 
 

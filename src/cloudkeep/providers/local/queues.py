@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.base import Queue, QueueService, ReceivedMessage, dead_letter_queue_name
+from cloudkeep.providers.base import (
+    Queue,
+    QueueAccess,
+    QueueService,
+    ReceivedMessage,
+    dead_letter_queue_name,
+)
 from cloudkeep.providers.queues import poll_with_backoff, register_queue_opener
 
 _SCHEMA = """
@@ -220,7 +226,9 @@ class LocalQueueService(QueueService):
                 db.execute("DELETE FROM messages WHERE queue = ?", (queue,))
                 db.execute("DELETE FROM queues WHERE name = ?", (queue,))
 
-    def connection_info(self, name: str) -> dict[str, Any]:
+    def connection_info(self, name: str, *, access: QueueAccess = "consume") -> dict[str, Any]:
+        """The SQLite file and queue name. ``access`` is accepted but not enforced: simulated machines
+        share one file with the server, so there is no access control (a lab, not a boundary)."""
         self.get_queue(name)
         return {"kind": "local", "name": name, "database": str(self.database.path.resolve())}
 

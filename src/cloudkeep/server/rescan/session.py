@@ -312,7 +312,8 @@ class RescanRunner:
             if self._server_queue is None:
                 name = server_queue_name(self.ctx.server_id)
                 provider.queues.ensure_queue(name)
-                self._server_queue = provider.queues.connection_info(name)
+                # add-only where the cloud can express it: no machine can read/delete others' reports
+                self._server_queue = provider.queues.connection_info(name, access="send")
             return self._server_queue
 
     def _publish(
