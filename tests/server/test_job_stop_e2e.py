@@ -1,4 +1,5 @@
-"""Stopping a session really stops the backup on the machine (``cancel`` command), end to end.
+"""Stopping a session really stops the backup on the machine (``cancel`` command), end to end;
+and a finished backup's task stats name the bottleneck stage (from the agent's timings).
 
 Real machine-side processes (message service + agent, ``tests.machine.harness``), the real
 dispatcher and server-queue consumer, SQLite queues and the engine writing to a local store. The
@@ -64,7 +65,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         db.add(job)
         db.flush()
         job_id = job.id
-    yield {"harness": harness, "machine": machine, "job": job_id, "store": store}
+        quick = BackupJob(
+            name="quick", repository_id=repository_id, machine_ids=[machine.row_id], mode="file",
+            includes=["/data"],
+        )  # fmt: skip
+        db.add(quick)
+        db.flush()
+        quick_id = quick.id
+    yield {"harness": harness, "machine": machine, "job": job_id, "quick": quick_id, "store": store}
     harness.close()
 
 
@@ -111,3 +119,22 @@ def test_stop_cancels_the_running_backup_on_the_machine(env: dict, tmp_path: Pat
         assert report.ok, report.problems
     finally:
         repository.close()
+
+
+def test_a_finished_backup_reports_stage_timings_and_a_bottleneck(env: dict) -> None:
+    ctx = env["harness"].ctx
+    session_id = start_job(ctx, env["quick"], wait=True)
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        assert session is not None
+        assert session.state == "success", session.reason
+        session_bottleneck = (session.stats or {}).get("bottleneck")
+    task = _task(env, session_id)
+    assert task.stats["bottleneck"] in ("source", "network", "target")
+    assert session_bottleneck == task.stats["bottleneck"]
+    assert task.command_id is not None
+    result = env["harness"].record(task.command_id).result or {}
+    timings = result["payload"]["stats"]["timings"]
+    stages = timings["read_seconds"] + timings["upload_seconds"] + timings["commit_seconds"]
+    assert timings["engine_seconds"] > 0 and timings["upload_seconds"] > 0 and timings["commit_seconds"] > 0
+    assert stages == pytest.approx(timings["engine_seconds"], abs=0.01)  # busy times partition the run

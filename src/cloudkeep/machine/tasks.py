@@ -18,6 +18,7 @@ from typing import Any
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
 from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
+from cloudkeep.machine.timings import StageClock
 from cloudkeep.protocol import RepositoryAccess
 from cloudkeep.protocol.bodies import (
     Backup,
@@ -52,6 +53,7 @@ class RefreshableStore:
         self._access = ctx.repository_access()
         self._store = self._open(self._access)
         self._lock = threading.Lock()
+        self.stage_clock: StageClock | None = None  # set by a backup to time its storage writes
 
     @staticmethod
     def _open(access: RepositoryAccess) -> Any:
@@ -68,7 +70,9 @@ class RefreshableStore:
         return self._store
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._current(), name)
+        attribute = getattr(self._current(), name)
+        clock = self.__dict__.get("stage_clock")
+        return clock.timed_put(attribute) if name == "put" and clock is not None else attribute
 
 
 class ProgressReporter:
@@ -160,6 +164,10 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
         if ctx.cancelled():
             raise TaskCancelled("cancelled by the server before the backup started")
         repository = open_repository(ctx)
+        clock = StageClock()
+        if isinstance(repository.store, RefreshableStore):
+            repository.store.stage_clock = clock
+        engine_started = time.monotonic()
         report = ProgressReporter(ctx)
         common: dict[str, Any] = {"hostname": body.hostname, "tags": body.tags, "progress": report,
                                   "retain_until": body.retain_until}  # fmt: skip
@@ -175,6 +183,7 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
                 repository, sources, includes=body.includes, excludes=excludes, root=ctx.config.root,
                 cache_dir=ctx.config.state_dir / "cache", bandwidth_limit=body.bandwidth_limit, **common,
             )  # fmt: skip
+        timings = clock.timings(time.monotonic() - engine_started)
         forgotten: list[str] = []
         if body.retention is not None:
             forgotten = _ids(engine.forget(repository, _policy(body.retention), now=datetime.now(UTC),
@@ -187,7 +196,7 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
     return {
         "snapshot_id": str(snapshot.id),
         "snapshot_time": when.isoformat() if isinstance(when, datetime) else when,
-        "stats": _as_dict(getattr(snapshot, "stats", {}) or {}),
+        "stats": {**_as_dict(getattr(snapshot, "stats", {}) or {}), "timings": timings},
         "forgotten": forgotten,
         "warnings": list(ctx.warnings),
     }
