@@ -336,13 +336,18 @@ def test_repository_unreachable_mid_session_is_reported_and_nothing_is_lost(
     points_before = {
         m.row_id: latest_point(backed_up, m.row_id, backed_up["job"]).id for m in backed_up["machines"]
     }
-    (storage / "data").rename(storage / "data.away")
-    (storage / "data").write_text("storage is not accepting writes")  # every pack upload now fails
+    # Each agent writes its packs under its own namespace, writers/<machine id>/data/.
+    blocked = sorted((storage / "writers").glob("*/data"))
+    assert len(blocked) == len(backed_up["machines"])
+    for data in blocked:
+        data.rename(data.with_name("data.away"))
+        data.write_text("storage is not accepting writes")  # every pack upload now fails
     try:
         session_id = start_job(ctx, backed_up["job"], wait=True)
     finally:
-        (storage / "data").unlink()
-        (storage / "data.away").rename(storage / "data")
+        for data in blocked:
+            data.unlink()
+            data.with_name("data.away").rename(data)
     session = session_state(backed_up, session_id)
     assert session.state == "failed"
     assert all(t.state == "failed" and t.reason.startswith("vm") for t in session.tasks)
@@ -485,7 +490,8 @@ def test_health_check_on_an_agent_finds_a_damaged_pack(backed_up: dict) -> None:
     )
     assert healthy.kind == "check" and healthy.state == "success", healthy.reason
     storage = backed_up["harness"].lab.path / "storage" / "backups"
-    pack = max((p for p in (storage / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    packs = [p for p in storage.glob("writers/*/data/*/*") if p.is_file()]  # agents' own namespaces
+    pack = max(packs, key=lambda p: p.stat().st_size)
     original = pack.read_bytes()
     pack.write_bytes(original[:100] + bytes(b ^ 0xFF for b in original[100:200]) + original[200:])
     try:

@@ -110,11 +110,13 @@ def open_repository(ctx: TaskContext) -> Any:
 
     store = RefreshableStore(ctx)
     password = store._access.password
+    writer_prefix = store._access.writer_prefix
     try:
-        return engine.Repository.open(store, password)
+        return engine.Repository.open(store, password, writer_prefix=writer_prefix)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
-        return engine.Repository.create(store, password)
+        engine.Repository.create(store, password).close()
+        return engine.Repository.open(store, password, writer_prefix=writer_prefix)
 
 
 def _as_dict(value: Any) -> Any:

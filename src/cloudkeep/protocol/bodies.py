@@ -23,6 +23,8 @@ class RepositoryAccess(Body):
     options: dict[str, Any] = Field(default_factory=dict)
     password: str
     expires_at: datetime | None = None  # when the scoped credentials in ``options`` stop working
+    # ``writers/<machine id>/``: open the repository writer-scoped (credentials may write only there)
+    writer_prefix: str | None = None
 
 
 class Retention(Body):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cloudkeep.errors import CloudkeepError, IntegrityError
 from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
-from cloudkeep.repo.pack import BlobEntry, pack_id_of, pack_key, read_header
+from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import DIR
 from cloudkeep.storage.base import ObjectNotFoundError
@@ -53,7 +53,7 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
     bad_blobs: dict[bytes, Problem] = {}  # blob id → the problem that makes it unreadable
     _check_index_files(repo, report)
     repo.load_index()
-    stored = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list("data/")}
+    stored = {pack_id_from_key(info.key): info.size for info in repo.list_everywhere("data/")}
     packs = {**repo.doomed.packs, **repo.index.packs}
     report.packs, report.blobs = len(packs), len(repo.index) + len(repo.doomed)
     for pack_id, entries in packs.items():
@@ -83,7 +83,7 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
 
 
 def _check_index_files(repo: Repository, report: CheckReport) -> None:
-    for info in repo.store.list(INDEX_PREFIX):
+    for info in repo.list_everywhere(INDEX_PREFIX):
         try:
             decode_index_file(repo.crypter, info.key, repo.store.get(info.key))
         except (CloudkeepError, ValueError, KeyError) as exc:
@@ -110,7 +110,7 @@ def _read_pack(
     except ObjectNotFoundError:
         return [(None, Problem("missing-pack", key, "pack vanished during check"))]
     found: list[tuple[bytes | None, Problem]] = []
-    if pack_id_of(body) != pack_id:
+    if pack_id_of(body) != pack_id.rsplit("/", 1)[-1]:
         found.append((None, Problem("corrupt-pack", key, "content does not match the pack's name (hash)")))
     view = memoryview(body)
     for entry in entries:
@@ -180,12 +180,13 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
 
 def rebuild_index(repo: Repository) -> int:
     """Recreate the index from the pack headers (after index files were lost); returns packs indexed."""
-    old = [info.key for info in repo.store.list(INDEX_PREFIX)]
+    repo.require_full_access("rebuild-index")
+    old = [info.key for info in repo.list_everywhere(INDEX_PREFIX)]
     packs: dict[str, list[BlobEntry]] = {}
     problems: list[str] = []
 
     def header(info_key: str, size: int) -> tuple[str, list[BlobEntry] | None]:
-        pack_id = info_key.rsplit("/", 1)[-1]
+        pack_id = pack_id_from_key(info_key)
         tail_len = min(size, 256 * 1024)
         try:
             tail = repo.store.get_range(info_key, size - tail_len, tail_len)
@@ -197,7 +198,7 @@ def rebuild_index(repo: Repository) -> int:
             problems.append(f"{info_key}: {exc}")
             return pack_id, None
 
-    infos = list(repo.store.list("data/"))
+    infos = list(repo.list_everywhere("data/"))
     with ThreadPoolExecutor(max_workers=8) as pool:
         for pack_id, entries in pool.map(lambda i: header(i.key, i.size), infos):
             if entries is not None:

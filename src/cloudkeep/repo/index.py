@@ -83,5 +83,5 @@ def decode_index_file(crypter: Crypter, key: str, data: bytes) -> dict[str, list
     }
 
 
-def new_index_key() -> str:
-    return INDEX_PREFIX + secrets.token_hex(16)
+def new_index_key(writer_prefix: str = "") -> str:
+    return writer_prefix + INDEX_PREFIX + secrets.token_hex(16)

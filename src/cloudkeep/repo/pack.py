@@ -43,7 +43,16 @@ def blob_aad(blob_type: str, blob_id: bytes) -> bytes:
 
 
 def pack_key(pack_id: str) -> str:
-    return f"data/{pack_id[:2]}/{pack_id}"
+    """``data/<xx>/<id>``; a writer's pack id ``writers/<m>/<id>`` maps to ``writers/<m>/data/<xx>/<id>``."""
+    writer, _, digest = pack_id.rpartition("/")
+    return f"{writer}/data/{digest[:2]}/{digest}" if writer else f"data/{digest[:2]}/{digest}"
+
+
+def pack_id_from_key(key: str) -> str:
+    """The inverse of ``pack_key``: the pack id (with its writer prefix, if any) a data key holds."""
+    head, _, digest = key.rpartition("/")
+    writer = head.rsplit("/data/", 1)[0] if "/data/" in head else ""
+    return f"{writer}/{digest}" if writer else digest
 
 
 class PackWriter:

@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.repo.index import INDEX_PREFIX, encode_index_file, new_index_key
-from cloudkeep.repo.pack import BlobEntry, pack_key
-from cloudkeep.repo.repository import PRUNE_PREFIX, SESSIONS_PREFIX, Repository
+from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_key
+from cloudkeep.repo.repository import PRUNE_PREFIX, SESSIONS_PREFIX, WRITERS_PREFIX, Repository
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import ObjectInfo, ObjectLockedError
 
@@ -66,7 +66,7 @@ def used_blobs(repo: Repository) -> set[bytes]:
 def _live_sessions(repo: Repository, now: datetime, grace: timedelta, result: PruneResult) -> list[datetime]:
     """Start times of backups still running; stale markers (crashed backups) are removed."""
     starts: list[datetime] = []
-    for info in repo.store.list(SESSIONS_PREFIX):
+    for info in repo.list_everywhere(SESSIONS_PREFIX):
         try:
             body = repo.read_marker(info.key)
         except CloudkeepError:
@@ -88,13 +88,14 @@ def prune(
     now: datetime | None = None,
     repack_below: float = 0.5,
 ) -> PruneResult:
+    repo.require_full_access("prune")
     now = now or datetime.now(UTC)
     result = PruneResult()
     repo.load_index()
     sessions = _live_sessions(repo, now, grace, result)
     index_files = set(repo.index_files)
     used = used_blobs(repo)
-    stored = {info.key.rsplit("/", 1)[-1]: info for info in repo.store.list("data/")}
+    stored = {pack_id_from_key(info.key): info for info in repo.list_everywhere("data/")}
     deleted = _sweep(repo, now, grace, sessions, used, stored, result)
     if deleted:
         repo.doomed.remove_packs(deleted)
@@ -147,8 +148,8 @@ def _consolidate_index(repo: Repository, replaced: set[str]) -> None:
     """One index file for every surviving pack, then remove the files it supersedes."""
     packs: dict[str, list[BlobEntry]] = {**repo.doomed.packs, **repo.index.packs}
     repo.store.put(new_index_key(), encode_index_file(repo.crypter, packs))
-    for key in replaced:
-        if key.startswith(INDEX_PREFIX):
+    for key in replaced:  # root and writers' index files alike (prune runs with full access)
+        if key.startswith(INDEX_PREFIX) or (key.startswith(WRITERS_PREFIX) and f"/{INDEX_PREFIX}" in key):
             repo.store.delete(key)
 
 

@@ -9,6 +9,8 @@ Storage layout (see docs/format.md)::
     snapshots/<id>            restore-point manifests; written last = the commit point
     sessions/<id>             "backup in progress" markers that prune respects
     prune/<id>                packs marked for deletion by prune's first phase
+    writers/<name>/...        a writer's own namespace (data/, index/, snapshots/, sessions/ as above)
+                              when it was opened with ``writer_prefix``; readers merge every namespace
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudkeep.errors import ConflictError, IntegrityError, NotFoundError
+from cloudkeep.errors import (
+    ConfigurationError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from cloudkeep.repo.chunker import ChunkerParams
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
 from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, decode_index_file
@@ -31,11 +39,12 @@ from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
 from cloudkeep.repo.pack import BlobEntry, blob_aad, pack_key
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, decode_snapshot, encode_snapshot
 from cloudkeep.repo.tree import Node, decode_tree
-from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
+from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 CONFIG_KEY = "config"
 SESSIONS_PREFIX = "sessions/"
 PRUNE_PREFIX = "prune/"
+WRITERS_PREFIX = "writers/"
 _CONFIG_AAD = b"cloudkeep-config-v1"
 _MARKER_AAD = b"cloudkeep-marker-v1"
 FORMAT_VERSION = 1
@@ -70,8 +79,18 @@ class RepoConfig:
 class Repository:
     """An opened repository. Thread-safe for the operations the engine uses concurrently."""
 
-    def __init__(self, store: ObjectStore, master: MasterKey, key_name: str, config: RepoConfig) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        master: MasterKey,
+        key_name: str,
+        config: RepoConfig,
+        *,
+        writer_prefix: str | None = None,
+    ) -> None:
         self.store = store
+        # Every object this instance writes or deletes goes under this prefix ("" = the root layout).
+        self.writer_prefix = _check_writer_prefix(writer_prefix)
         self.master = master
         self.key_name = key_name
         self.config = config
@@ -84,6 +103,7 @@ class Repository:
         self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
         self._pack_cache_bytes = 0
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self._snapshot_keys: dict[str, str] = {}
         self.io_threads = 8
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -119,15 +139,19 @@ class Repository:
         return cls(store, master, key_name, config)
 
     @classmethod
-    def open(cls, store: ObjectStore, password: str) -> Repository:
-        """Open with any of the repository's passwords; ``AuthenticationError`` if none matches."""
+    def open(cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None) -> Repository:
+        """Open with any of the repository's passwords; ``AuthenticationError`` if none matches.
+
+        ``writer_prefix`` (``writers/<name>/``) confines everything this instance writes or deletes
+        to that namespace, so credentials scoped to it suffice; reads still see every writer.
+        """
         key_name, master = open_with_password(store, password)
         try:
             sealed = store.get(CONFIG_KEY)
         except ObjectNotFoundError:
             raise NotFoundError(f"{store.describe()}: repository config is missing") from None
         config = RepoConfig.from_json(json.loads(Crypter(master).decode(sealed, _CONFIG_AAD, "config")))
-        repo = cls(store, master, key_name, config)
+        repo = cls(store, master, key_name, config, writer_prefix=writer_prefix)
         repo.load_index()
         return repo
 
@@ -158,10 +182,34 @@ class Repository:
 
     # -- index -----------------------------------------------------------------------------
 
+    def writer_prefixes(self) -> tuple[str, ...]:
+        """Every writer namespace (``writers/<name>/``), found by a delimiter listing (never data/)."""
+        return self.store.list_folders(WRITERS_PREFIX)
+
+    def list_everywhere(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` in the root layout and in every writer's namespace."""
+        yield from self.store.list(prefix)
+        for writer in self.writer_prefixes():
+            yield from self.store.list(writer + prefix)
+
+    @property
+    def scoped(self) -> bool:
+        """True when this instance may write only its own namespace (no repository-wide deletes)."""
+        return bool(self.writer_prefix)
+
+    def require_full_access(self, what: str) -> None:
+        """Repository-wide rewrites (prune, rebuild-index) need the full credential, not a writer's."""
+        if self.scoped:
+            raise PermissionDeniedError(
+                f"{what} rewrites every writer's objects, but this repository was opened for "
+                f"{self.writer_prefix!r} only",
+                hint="run it as a maintenance task with the repository's full credential (no writer prefix)",
+            )
+
     def load_index(self) -> None:
         """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``."""
         loaded_at = datetime.now(UTC)
-        keys = [info.key for info in self.store.list(INDEX_PREFIX)]
+        keys = [info.key for info in self.list_everywhere(INDEX_PREFIX)]
         doomed_packs = self.doomed_packs()
 
         def fetch(key: str) -> dict[str, list[BlobEntry]]:
@@ -271,35 +319,57 @@ class Repository:
     # -- snapshots -------------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
+        key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot.id
         self.store.put(
-            SNAPSHOT_PREFIX + snapshot.id,
-            encode_snapshot(self.crypter, snapshot),
-            if_absent=True,
-            retain_until=snapshot.retain_until,
+            key, encode_snapshot(self.crypter, snapshot), if_absent=True, retain_until=snapshot.retain_until
         )
+        with self.lock:
+            self._snapshot_keys[snapshot.id] = key
 
     def snapshot_ids(self) -> list[str]:
-        return [info.key[len(SNAPSHOT_PREFIX) :] for info in self.store.list(SNAPSHOT_PREFIX)]
+        """Restore points of every writer (ids are random, so unique across writers)."""
+        keys: dict[str, str] = {}
+        for info in self.list_everywhere(SNAPSHOT_PREFIX):
+            keys[info.key.rsplit("/", 1)[-1]] = info.key
+        with self.lock:
+            self._snapshot_keys = keys
+        return list(keys)
+
+    def snapshot_key(self, snapshot_id: str) -> str:
+        """Where a restore point's manifest lives (root layout or a writer's namespace)."""
+        with self.lock:
+            key = self._snapshot_keys.get(snapshot_id)
+        if key is None:
+            self.snapshot_ids()
+            with self.lock:
+                key = self._snapshot_keys.get(snapshot_id)
+        if key is None:
+            raise NotFoundError(f"restore point {snapshot_id} does not exist", hint="list restore points")
+        return key
+
+    def owns_snapshot(self, snapshot_id: str) -> bool:
+        """Whether this instance may delete the restore point (always, without a writer prefix)."""
+        return self.snapshot_key(snapshot_id).startswith(self.writer_prefix)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         """Load by full id or unique prefix (as shown by ``list_snapshots``)."""
-        key = SNAPSHOT_PREFIX + snapshot_id
-        try:
-            return decode_snapshot(self.crypter, snapshot_id, self.store.get(key))
-        except ObjectNotFoundError:
-            pass
+        for key in (self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id, SNAPSHOT_PREFIX + snapshot_id):
+            try:
+                return decode_snapshot(self.crypter, snapshot_id, self.store.get(key))
+            except ObjectNotFoundError:
+                pass
         matches = [sid for sid in self.snapshot_ids() if sid.startswith(snapshot_id)]
         if len(matches) != 1:
             what = "is ambiguous" if matches else "does not exist"
             raise NotFoundError(f"restore point {snapshot_id} {what}", hint="list restore points to pick one")
-        return decode_snapshot(self.crypter, matches[0], self.store.get(SNAPSHOT_PREFIX + matches[0]))
+        return decode_snapshot(self.crypter, matches[0], self.store.get(self.snapshot_key(matches[0])))
 
     def snapshots(self) -> Iterator[Snapshot]:
         ids = self.snapshot_ids()
 
         def fetch(sid: str) -> Snapshot | None:
             try:
-                return decode_snapshot(self.crypter, sid, self.store.get(SNAPSHOT_PREFIX + sid))
+                return decode_snapshot(self.crypter, sid, self.store.get(self._snapshot_keys[sid]))
             except ObjectNotFoundError:
                 return None  # forgotten while listing
 
@@ -307,6 +377,18 @@ class Repository:
             for snap in pool.map(fetch, ids):
                 if snap is not None:
                     yield snap
+
+
+def _check_writer_prefix(prefix: str | None) -> str:
+    if not prefix:
+        return ""
+    name = prefix[len(WRITERS_PREFIX) : -1]
+    if not prefix.startswith(WRITERS_PREFIX) or not prefix.endswith("/") or not name or "/" in name:
+        raise ConfigurationError(
+            f"writer prefix {prefix!r} is not of the form 'writers/<name>/'",
+            hint="pass e.g. writers/<machine id>/ (one path segment, trailing slash)",
+        )
+    return prefix
 
 
 def utcnow() -> datetime:

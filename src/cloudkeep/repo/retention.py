@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot
+from cloudkeep.repo.snapshot import Snapshot
 from cloudkeep.storage.base import ObjectLockedError
 
 
@@ -89,7 +89,8 @@ def forget(
     now = now or datetime.now(UTC)
     groups: dict[tuple[str, tuple[str, ...]], list[Snapshot]] = defaultdict(list)
     for snap in repo.snapshots():
-        if hostname is None or snap.hostname == hostname:
+        # A writer-scoped repository applies the policy to its own restore points only.
+        if (hostname is None or snap.hostname == hostname) and repo.owns_snapshot(snap.id):
             groups[(snap.hostname, tuple(snap.paths))].append(snap)
     result = ForgetResult(dry_run=dry_run)
     for members in groups.values():
@@ -101,7 +102,7 @@ def forget(
                 continue
             if not dry_run:
                 try:
-                    repo.store.delete(SNAPSHOT_PREFIX + snap.id)
+                    repo.store.delete(repo.snapshot_key(snap.id))
                 except ObjectLockedError:
                     result.kept.append(snap.id)
                     result.reasons[snap.id] = ["retention lock (storage)"]

@@ -67,7 +67,7 @@ class BlobWriter:
         self.repo = repo
         self.retain_until = retain_until
         self.stats = WriterStats()
-        self.session_key = SESSIONS_PREFIX + secrets.token_hex(16)
+        self.session_key = repo.writer_prefix + SESSIONS_PREFIX + secrets.token_hex(16)
         self.hostname = hostname
         # The session "starts" when its view of the index was loaded: prune compares this with its marks.
         self.started = min(datetime.now(UTC), repo.index_loaded_at)
@@ -163,6 +163,7 @@ class BlobWriter:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
         try:
             pack_id, body, entries = writer.finish(self.repo.crypter)
+            pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
             future = self._pool.submit(self._upload, pack_id, body, entries)
         except BaseException:
             self._slots.release()
@@ -198,7 +199,7 @@ class BlobWriter:
             packs, self._unindexed = self._unindexed, {}
         if not packs:
             return
-        key = new_index_key()
+        key = new_index_key(self.repo.writer_prefix)
         self.repo.store.put(key, encode_index_file(self.repo.crypter, packs), retain_until=self.retain_until)
         with self.repo.lock:
             self.repo.index_files.add(key)

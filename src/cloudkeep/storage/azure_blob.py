@@ -207,6 +207,16 @@ class AzureBlobStore(ObjectStore):
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/read (list)", prefix)
 
+    def list_folders(self, prefix: str) -> tuple[str, ...]:
+        found: set[str] = set()
+        try:
+            for item in self.container.walk_blobs(name_starts_with=self.prefix + prefix, delimiter="/"):
+                if item.name.endswith("/"):  # a BlobPrefix
+                    found.add(item.name[len(self.prefix) :])
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read (list)", prefix)
+        return tuple(sorted(found))
+
     def delete(self, key: str) -> None:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 

@@ -79,6 +79,19 @@ class ObjectStore(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def list_folders(self, prefix: str) -> tuple[str, ...]:
+        """The distinct ``prefix + name + "/"`` one level below ``prefix`` (a delimiter listing).
+
+        Lets the repository find its writers' namespaces without listing their packs. This
+        default walks every key; backends override it with a native delimiter listing.
+        """
+        found: set[str] = set()
+        for info in self.list(prefix):
+            rest = info.key[len(prefix) :]
+            if "/" in rest:
+                found.add(prefix + rest.split("/", 1)[0] + "/")
+        return tuple(sorted(found))
+
     def describe(self) -> str:
         """A human-readable location for messages (``s3://bucket/prefix``)."""
         return f"{self.scheme}://"

@@ -154,6 +154,17 @@ class LocalStore(ObjectStore):
             return None
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
+    def list_folders(self, prefix: str) -> tuple[str, ...]:
+        if prefix and not prefix.endswith("/"):
+            return super().list_folders(prefix)
+        folder = self.root.joinpath(*prefix.strip("/").split("/")) if prefix else self.root
+        try:
+            return tuple(sorted(prefix + e.name + "/" for e in folder.iterdir() if e.is_dir()))
+        except FileNotFoundError:
+            return ()
+        except OSError as exc:
+            self._raise_os(exc, "list", prefix)
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the deepest folder the prefix names, then filter by the rest of the prefix.
         folder_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

@@ -253,6 +253,16 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:ListBucket", prefix)
 
+    def list_folders(self, prefix: str) -> tuple[str, ...]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        found: set[str] = set()
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/"):
+                found.update(item["Prefix"][len(self.prefix) :] for item in page.get("CommonPrefixes", []))
+        except Exception as exc:
+            self._raise(exc, "s3:ListBucket", prefix)
+        return tuple(sorted(found))
+
     def delete(self, key: str) -> None:
         full = self.prefix + key
         try:

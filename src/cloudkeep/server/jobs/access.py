@@ -19,14 +19,16 @@ DEFAULT_CREDENTIALS_TTL = 3600
 
 
 def agent_write_prefix(machine_id: str) -> str:
-    """The key prefix an agent's scoped credentials may write under.
+    """The key prefix an agent's scoped credentials may write under: its machine's writer namespace.
 
-    The repository format shares ``data/``, ``index/`` and ``snapshots/`` between machines (that is
-    what gives cross-machine deduplication), so the agent must write at the repository root; other
-    machines' restore points are protected by immutability (object lock) and by the prune rules,
-    not by the prefix. Kept as a function so a per-host layout can narrow it in one place.
+    The agent opens the repository with the same prefix as ``writer_prefix``, so every pack, index
+    file, restore point and marker it creates lands there, while it still reads (and deduplicates
+    against) every other machine's objects. Machine A's credentials thus cannot delete machine B's
+    restore points where the provider enforces the prefix (local, AWS session policy).
     """
-    return ""
+    if not machine_id or "/" in machine_id:
+        raise ConfigurationError(f"machine id {machine_id!r} cannot name a repository namespace")
+    return f"writers/{machine_id}/"
 
 
 def repository_password(ctx: ServerContext, repository: Repository, job: BackupJob | None = None) -> str:
@@ -59,14 +61,19 @@ def agent_access(
     password: str,
     *,
     expires_seconds: int = DEFAULT_CREDENTIALS_TTL,
+    full_access: bool = False,
 ) -> dict[str, Any]:
-    """The sealed ``repository`` of a command (RepositoryAccess): scoped store URL, options, password."""
-    creds = provider.storage.scoped_credentials(
-        repository.location, agent_write_prefix(machine_id), expires_seconds=expires_seconds
-    )
+    """The sealed ``repository`` of a command (RepositoryAccess): scoped store URL, options, password.
+
+    ``full_access`` is for a maintenance command (prune) that must delete any writer's packs: the
+    credentials may then write the whole repository and no writer prefix is set.
+    """
+    prefix = "" if full_access else agent_write_prefix(machine_id)
+    creds = provider.storage.scoped_credentials(repository.location, prefix, expires_seconds=expires_seconds)
     return {
         "store_url": creds.store_url,
         "options": dict(creds.options),
         "password": password,
+        "writer_prefix": prefix or None,
         "expires_at": creds.expires_at.astimezone(UTC).isoformat(),
     }

@@ -324,10 +324,17 @@ class SessionRunner:
         finally:
             update_task(self.ctx, task_id, ended_at=utcnow())
 
-    def _access(self, machine_id: str) -> tuple[dict[str, Any], int]:
+    def _access(self, machine_id: str, *, full_access: bool = False) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
         ttl = int((self.job.options or {}).get("credentials_ttl_seconds", DEFAULT_CREDENTIALS_TTL))
-        access = agent_access(self.provider, self.repository, machine_id, self.password, expires_seconds=ttl)
+        access = agent_access(
+            self.provider,
+            self.repository,
+            machine_id,
+            self.password,
+            expires_seconds=ttl,
+            full_access=full_access,
+        )
         return access, ttl
 
     def _backup(self, task_id: str, machine: DiscoveredMachine) -> dict[str, Any]:
@@ -459,12 +466,12 @@ class SessionRunner:
             ret.record_gfs_flags(self.ctx, plan)
             if not plan.remove:
                 return []
+            prune = bool((self.job.options or {}).get("prune", True))
             body = ret.retention_command_body(
-                policy,
-                prune=bool((self.job.options or {}).get("prune", True)),
-                hostname=backup_set(machine.id, self.job.id),
+                policy, prune=prune, hostname=backup_set(machine.id, self.job.id)
             )
-            access, _ttl = self._access(machine.id)
+            # Prune deletes and repacks every writer's packs: that one command gets the full credential.
+            access, _ttl = self._access(machine.id, full_access=prune)
             command_id = self.dispatcher.send(machine.id, "retention", body, sealed=access)
             payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
             removed = ret.removed_snapshot_ids(payload)
