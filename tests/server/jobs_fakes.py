@@ -137,6 +137,7 @@ class FakeDispatcher:
     release_on_refresh: bool = False
     stats: dict[str, Any] = field(
         default_factory=lambda: {
+            "bytes_total": 5000,
             "bytes_read": 1000,
             "data_added": 400,
             "bytes_uploaded": 100,

@@ -95,14 +95,14 @@ def test_statistics_ratios_speed_and_bottleneck(ctx: ServerContext, world: World
     task = tasks[world.machine_ids[0]]
     assert session.state == "success"
     assert (task.bytes_read, task.bytes_transferred, task.files) == (1000, 100, 7)
-    assert task.stats["dedup_ratio"] == 2.5  # 1000 read / 400 new
+    assert task.stats["dedup_ratio"] == 12.5  # 5000 processed / 400 new
     assert task.stats["compression_ratio"] == 4.0  # 400 new / 100 sent
     assert task.stats["bottleneck"] == "network"  # upload 3 s > read 1 s
     assert task.stats["speed_bytes_per_second"] > 0
     assert session.stats["bytes_read"] == 1000 and session.stats["bottleneck"] == "network"
     assert session.stats["states"] == {"success": 1}
     (point,) = points(ctx)
-    assert (point.size, point.files, point.retain_until) == (1000, 7, None)
+    assert (point.size, point.files, point.retain_until) == (5000, 7, None)  # all it holds, not what was read
 
 
 def test_repository_unreachable_mid_session_fails_that_machine_and_keeps_the_rest(

@@ -439,7 +439,8 @@ class SessionRunner:
                 snapshot_id=snapshot_id,
                 mode=self.job.mode,
                 created_at=created,
-                size=int(stats.get("bytes_read", 0)),
+                # what the point holds (every file's size), not what this incremental had to read
+                size=int(stats.get("bytes_processed", stats.get("bytes_read", 0))),
                 files=int(stats.get("files", 0)),
                 retain_until=created + timedelta(days=days) if days else None,
                 gfs=[],
