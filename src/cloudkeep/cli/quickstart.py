@@ -55,15 +55,20 @@ def _show_deployment(c: Client) -> None:
     console().print(table)
 
 
+def _machine_names(c: Client) -> dict[str, str]:
+    return {m.id: m.name for m in c.list_machines(group=GROUP).items}
+
+
 def _backup(c: Client, label: str) -> None:
     _step(label)
     session_id = c.start_job(JOB)
     final = watch(c, session_id)
     _require(final.state, label)
-    for task in final.tasks:
+    names = _machine_names(c)
+    for task in sorted(final.tasks, key=lambda t: names.get(t.machine_id, t.machine_id)):
         stats = task.stats
         console().print(
-            f"  {stats.get('machine_name', task.machine_id[:12])}: read {task.bytes_read / 2**20:.1f} MiB,"
+            f"  {names.get(task.machine_id, task.machine_id[:12])}: read {task.bytes_read / 2**20:.1f} MiB,"
             f" stored {task.bytes_transferred / 2**20:.2f} MiB, {task.files} files,"
             f" dedup x{stats.get('dedup_ratio', 0) or 0:.1f},"
             f" compression x{stats.get('compression_ratio', 0) or 0:.1f}"
@@ -127,14 +132,15 @@ def _summary(c: Client, layout: QuickstartLayout, started: float) -> None:
         ],
         title="Sessions (newest first)",
     )
+    names = _machine_names(c)
     print_table(
         c.list_restore_points(limit=20).items,
         [
             ("restore point", "snapshot_id", lambda v: str(v)[:8]),
-            ("machine", "machine_id", lambda v: str(v)[:8]),
+            ("machine", "machine_id", lambda v: names.get(str(v), str(v)[:8])),
             ("created", "created_at"),
             ("files", "files"),
-            ("size", "size"),
+            ("size", "size", lambda v: f"{int(v) / 2**20:.1f} MiB"),
         ],
         title="Restore points",
     )
