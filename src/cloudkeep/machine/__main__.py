@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,14 @@ def _daemon(config: MachineConfig, service: str) -> int:
 
     factories: dict[str, Any] = {"message-service": MessageService, "agent": agent, "transport": transport}
     runner = factories[service](config)
+
+    def request_stop(*_: object) -> None:
+        # Never take a lock inside a signal handler: a second SIGTERM arriving while the first
+        # handler is inside Event.set() would wait on a lock its own thread holds, forever.
+        threading.Thread(target=runner.stop, name="ck-stop", daemon=True).start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: runner.stop())
+        signal.signal(sig, request_stop)
     runner.run()
     return 0
 
