@@ -166,3 +166,33 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def open_azure_world(
+    tmp_path: Path, arm_standin: Any, storage_connection_string: str, location: str
+) -> RescanWorld:
+    """A world on the ARM stand-in + Azurite; close it when done.
+
+    A stored credential holds JSON only, so the stand-in's token credential cannot be stored: the
+    context builds its Azure provider with the stand-in's options instead (a test-only override).
+    """
+    from cloudkeep.providers.azure import create_azure_provider
+    from cloudkeep.providers.base import CloudProvider
+
+    stored: dict[str, Any] = {
+        key: value
+        for key, value in arm_standin.provider_options(
+            storage_connection_string=storage_connection_string, retry_backoff_factor=0.01
+        ).items()
+        if key != "token_credential"
+    }
+    world = RescanWorld.create(
+        tmp_path / "home", arm_standin.lab, provider="azure", secret=arm_standin.credential(),
+        options=stored, location=location,
+    )  # fmt: skip
+
+    def provider_for(credential_id: str) -> CloudProvider:
+        return create_azure_provider(arm_standin.credential(), arm_standin.provider_options(**stored))
+
+    world.ctx.provider_for = provider_for  # type: ignore[method-assign]
+    return world

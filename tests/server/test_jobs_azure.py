@@ -12,17 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
-from tests.server.rescan_support import PYTHON_ENV, RescanWorld
+from tests.server.rescan_support import PYTHON_ENV, RescanWorld, open_azure_world
 from tests.support.arm_standin import ArmStandIn
-from tests.support.paths import in_machine
+from tests.support.paths import in_machine, tree_bytes
 from tests.support.peers import Azurite
 
-from cloudkeep.providers.azure import create_azure_provider
-from cloudkeep.providers.base import CloudProvider
 from cloudkeep.repo import Repository as EngineRepository
 from cloudkeep.server.db.models import BackupJob, CommandRecord, JobSession, Repository, RestorePoint
 from cloudkeep.server.jobs import start_job
@@ -33,35 +30,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.azurite]
 PASSWORD = "azure e2e repository password"
 
 
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            path = Path(dirpath) / name
-            out[str(path.relative_to(folder))] = path.read_bytes()
-    return out
-
-
 @pytest.fixture
 def world(
     tmp_path: Path, arm_standin: ArmStandIn, azurite: Azurite, unique_name: str
 ) -> Iterator[RescanWorld]:
-    stored: dict[str, Any] = {
-        key: value
-        for key, value in arm_standin.provider_options(
-            storage_connection_string=azurite.connection_string, retry_backoff_factor=0.01
-        ).items()
-        if key != "token_credential"
-    }
-    world = RescanWorld.create(
-        tmp_path / "home", arm_standin.lab, provider="azure", secret=arm_standin.credential(),
-        options=stored, location=unique_name,
-    )  # fmt: skip
-
-    def provider_for(credential_id: str) -> CloudProvider:
-        return create_azure_provider(arm_standin.credential(), arm_standin.provider_options(**stored))
-
-    world.ctx.provider_for = provider_for  # type: ignore[method-assign]
+    world = open_azure_world(tmp_path, arm_standin, azurite.connection_string, unique_name)
     yield world
     world.close()
 

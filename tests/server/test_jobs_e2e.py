@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from tests.machine.harness import Harness, MachineHandle, wait_for
-from tests.support.paths import in_machine
+from tests.support.paths import in_machine, tree_bytes
 
 from cloudkeep.errors import AuthenticationError, ConfigurationError
 from cloudkeep.repo import Repository as EngineRepository
@@ -41,16 +41,6 @@ from cloudkeep.server.restore import (
 
 pytestmark = pytest.mark.slow
 PASSWORD = "e2e repository password"
-
-
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    """Relative path -> content of every regular file below ``folder``."""
-    out = {}
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            path = Path(dirpath) / name
-            out[str(path.relative_to(folder))] = path.read_bytes()
-    return out
 
 
 def populate(machine: MachineHandle, seed: int) -> Path:

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.server.rescan_support import PYTHON_ENV, RescanWorld
+from tests.server.rescan_support import PYTHON_ENV, RescanWorld, open_azure_world
 from tests.support.arm_standin import ArmStandIn, RunCommandState
 from tests.support.peers import Azurite
 
-from cloudkeep.providers.azure import create_azure_provider
-from cloudkeep.providers.base import CloudProvider
 from cloudkeep.server.rescan import bundles, scripts, start_rescan
 from cloudkeep.server.rescan.deploy import OWNER_TAG
 
@@ -30,23 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.azurite]
 def azure_world(
     tmp_path: Path, arm_standin: ArmStandIn, azurite: Azurite, unique_name: str
 ) -> Iterator[RescanWorld]:
-    stored: dict[str, Any] = {
-        key: value
-        for key, value in arm_standin.provider_options(
-            storage_connection_string=azurite.connection_string, retry_backoff_factor=0.01
-        ).items()
-        if key != "token_credential"
-    }
-    world = RescanWorld.create(
-        tmp_path / "home", arm_standin.lab, provider="azure", secret=arm_standin.credential(),
-        options=stored, location=unique_name,
-    )  # fmt: skip
-
-    def provider_for(credential_id: str) -> CloudProvider:
-        options = arm_standin.provider_options(**stored)
-        return create_azure_provider(arm_standin.credential(), options)
-
-    world.ctx.provider_for = provider_for  # type: ignore[method-assign]
+    world = open_azure_world(tmp_path, arm_standin, azurite.connection_string, unique_name)
     yield world
     world.close()
 
