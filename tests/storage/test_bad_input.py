@@ -23,6 +23,19 @@ def test_local_write_prefix_denies_other_keys(tmp_path: Path) -> None:
     assert [i.key for i in store.list()] == []
 
 
+def test_local_write_prefix_confines_staged_packs(tmp_path: Path) -> None:
+    """Packs are staged inside the writable prefix and may only be put there."""
+    store = open_store(f"file://{tmp_path}", write_prefix="writers/m1/")
+    assert store.staging_dir == str(tmp_path / "writers" / "m1")
+    staged = Path(store.staging_dir) / ".ck-tmp-pack-1"
+    staged.write_bytes(b"pack")
+    with pytest.raises(PermissionDeniedError, match="access denied for put"):
+        store.put_file("data/ab/abcd", str(staged))
+    assert store.stat("data/ab/abcd") is None
+    store.put_file("writers/m1/data/ab/abcd", str(staged))
+    assert store.get("writers/m1/data/ab/abcd") == b"pack" and not staged.exists()
+
+
 def test_local_rejects_escaping_keys(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}/r")
     with pytest.raises(ConfigurationError):

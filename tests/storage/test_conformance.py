@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cloudkeep.storage import ObjectExistsError, ObjectLockedError, ObjectNotFoundError, ObjectStore
+from cloudkeep.storage.base import STAGING_PREFIX
 
 
 def test_put_get_roundtrip(store: ObjectStore, random_key: str) -> None:
@@ -152,3 +154,48 @@ def test_expired_retention_allows_delete(store: ObjectStore, random_key: str) ->
 
 def test_describe_names_location(store: ObjectStore) -> None:
     assert store.describe().startswith(f"{store.scheme}://")
+
+
+def _staged(store: ObjectStore, data: bytes) -> str:
+    """A staging file where a writer would put it (the store's staging folder, or a private temp)."""
+    from cloudkeep.repo.pack import private_staging_dir
+
+    fd, path = tempfile.mkstemp(
+        prefix=STAGING_PREFIX + "pack-", dir=store.staging_dir or private_staging_dir()
+    )
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+@pytest.mark.parametrize("size", [0, 5000, 11 * 2**20 + 123])  # the last one above every multipart threshold
+def test_put_file_stores_and_consumes_the_staging_file(
+    store: ObjectStore, random_key: str, size: int
+) -> None:
+    data = os.urandom(size)
+    path = _staged(store, data)
+    assert [i.key for i in store.list("")] == [], "a staging file must never be listed as an object"
+    store.put_file(random_key, path)
+    assert not os.path.exists(path), "put_file consumes the staging file"
+    assert store.get(random_key) == data
+    assert [i.key for i in store.list("")] == [random_key]
+
+
+def test_put_file_under_retention(store: ObjectStore, random_key: str) -> None:
+    until = datetime.now(UTC) + timedelta(days=1)
+    store.put_file(random_key, _staged(store, b"locked pack"), retain_until=until)
+    assert store.get(random_key) == b"locked pack"
+    if store.supports_object_lock:
+        with pytest.raises(ObjectLockedError):
+            store.delete(random_key)
+
+
+def test_get_range_into(store: ObjectStore, random_key: str) -> None:
+    data = bytes(range(256)) * 40
+    store.put(random_key, data)
+    buffer = memoryview(bytearray(1000))
+    assert store.get_range_into(random_key, 5000, buffer) == 1000 and bytes(buffer) == data[5000:6000]
+    assert store.get_range_into(random_key, len(data) - 10, buffer) == 10  # clipped at the end
+    assert bytes(buffer[:10]) == data[-10:]
+    with pytest.raises(ObjectNotFoundError):
+        store.get_range_into(random_key + "-missing", 0, buffer)

@@ -13,9 +13,11 @@ version-level immutability enabled on the container) the blob gets a real time-b
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NoReturn
+from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import urlparse
 
 from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
@@ -139,6 +141,22 @@ class AzureBlobStore(ObjectStore):
     ) -> None:
         if not isinstance(data, bytes):  # the SDK treats a bytearray as an iterable of chunks
             data = bytes(data)
+        self._upload(key, data, len(data), if_absent=if_absent, retain_until=retain_until)
+
+    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+        """The SDK reads the staging file block by block (staged blocks above ``max_single_put_size``)."""
+        try:
+            with open(path, "rb") as fh:
+                self._upload(
+                    key, fh, os.fstat(fh.fileno()).st_size, if_absent=False, retain_until=retain_until
+                )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _upload(
+        self, key: str, body: bytes | BinaryIO, length: int, *, if_absent: bool, retain_until: datetime | None
+    ) -> None:
         blob = self.container.get_blob_client(self.prefix + key)
         kwargs: dict[str, Any] = {"overwrite": not if_absent, "max_concurrency": self.max_concurrency}
         if if_absent:
@@ -154,7 +172,7 @@ class AzureBlobStore(ObjectStore):
                     expiry_time=retain_until, policy_mode="Locked"
                 )
         try:
-            blob.upload_blob(data, **kwargs)
+            blob.upload_blob(body, length=length, **kwargs)
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/write", key)
 

@@ -8,6 +8,8 @@ registered by URL scheme (``file``, ``s3``, ``azure``, ``memory``) and opened wi
 
 from __future__ import annotations
 
+import contextlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+
+STAGING_PREFIX = ".ck-tmp-"  # temporary files (staged packs, half-written objects); never listed as objects
 
 
 class ObjectNotFoundError(NotFoundError):
@@ -54,11 +58,41 @@ class ObjectStore(ABC):
         object under retention where the backend supports object lock.
         """
 
+    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+        """Store a finished staging file (a pack) under ``key``; it is consumed when this succeeds.
+
+        Packs are staged on disk rather than in memory so RAM stays flat whatever the pack size.
+        This default reads the file whole; backends override it to stream parts from the file or,
+        for a local folder, to rename it into place.
+        """
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            self.put(key, data, retain_until=retain_until)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    @property
+    def staging_dir(self) -> str | None:
+        """Where writers stage packs before ``put_file``: ``None`` is the system temporary folder."""
+        return None
+
     @abstractmethod
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    def get_range_into(self, key: str, offset: int, buffer: memoryview) -> int:
+        """Read up to ``len(buffer)`` bytes at ``offset`` into ``buffer``; returns how many were read.
+
+        Lets a restore reuse one buffer per thread instead of a fresh object per read. This
+        default copies from ``get_range``; the local folder reads straight into the buffer.
+        """
+        data = self.get_range(key, offset, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

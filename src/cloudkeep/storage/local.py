@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from cloudkeep.errors import ConfigurationError, InsufficientSpaceError, PermissionDeniedError
 from cloudkeep.storage.base import (
+    STAGING_PREFIX,
     ObjectExistsError,
     ObjectInfo,
     ObjectNotFoundError,
@@ -27,7 +28,7 @@ from cloudkeep.storage.base import (
     register_backend,
 )
 
-_TEMP_PREFIX = ".ck-tmp-"
+_TEMP_PREFIX = STAGING_PREFIX
 
 
 @register_backend("file")
@@ -117,6 +118,45 @@ class LocalStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
+    @property
+    def staging_dir(self) -> str:
+        """Inside the repository (so a finished pack is renamed into place, never copied), under
+        the writable prefix; staging names start with the temp prefix, which listing ignores."""
+        folder = (
+            self.root.joinpath(*self.write_prefix.strip("/").split("/")) if self.write_prefix else self.root
+        )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._raise_os(exc, "create folder", self.write_prefix or "")
+        return str(folder)
+
+    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+        self._check_write(key, "put")
+        target = self._path(key)
+        try:
+            try:
+                if self.fsync:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                super().put_file(key, path, retain_until=retain_until)  # staged on another filesystem
+                return
+            if self.fsync:
+                self._fsync_dir(target.parent)
+        except OSError as exc:
+            self._raise_os(exc, "put", key)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     @staticmethod
     def _fsync_dir(folder: Path) -> None:
         fd = os.open(folder, os.O_RDONLY)
@@ -138,6 +178,22 @@ class LocalStore(ObjectStore):
             with self._path(key).open("rb") as fh:
                 fh.seek(offset)
                 return fh.read(length)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist") from None
+        except OSError as exc:
+            self._raise_os(exc, "get", key)
+
+    def get_range_into(self, key: str, offset: int, buffer: memoryview) -> int:
+        try:
+            with self._path(key).open("rb", buffering=0) as fh:
+                fh.seek(offset)
+                filled = 0
+                while filled < len(buffer):
+                    n = fh.readinto(buffer[filled:])
+                    if not n:
+                        break
+                    filled += n
+                return filled
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist") from None
         except OSError as exc:

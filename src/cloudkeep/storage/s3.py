@@ -9,8 +9,9 @@ S3 implementations (moto) lack ``get_object_retention``.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn
@@ -166,7 +167,8 @@ class S3Store(ObjectStore):
         if if_absent:
             extra["IfNoneMatch"] = "*"
         if len(data) > self.multipart_threshold:
-            self._put_multipart(key, data, extra)
+            view = memoryview(data)
+            self._put_multipart(key, len(data), lambda start, n: bytes(view[start : start + n]), extra)
             return
         try:
             body = data if isinstance(data, bytes) else bytes(data)
@@ -174,25 +176,44 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
 
-    def _put_multipart(self, key: str, data: bytes, extra: dict[str, Any]) -> None:
+    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+        """Big packs go up part by part straight from the staging file: only the parts in flight
+        are in memory."""
+        try:
+            size = os.path.getsize(path)
+            if size <= self.multipart_threshold:
+                super().put_file(key, path, retain_until=retain_until)
+                return
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                self._put_multipart(
+                    key, size, lambda start, n: os.pread(fd, n, start), self._lock_args(retain_until)
+                )
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _put_multipart(
+        self, key: str, size: int, read: Callable[[int, int], bytes], extra: dict[str, Any]
+    ) -> None:
         if_none_match = extra.pop("IfNoneMatch", None)
         full = self.prefix + key
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
-        view = memoryview(data)
 
         def upload(number: int) -> dict[str, Any]:
-            start = (number - 1) * self.multipart_chunk
-            body = bytes(view[start : start + self.multipart_chunk])
+            body = read((number - 1) * self.multipart_chunk, self.multipart_chunk)
             resp = self.client.upload_part(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
             )
             return {"PartNumber": number, "ETag": resp["ETag"]}
 
         try:
-            count = (len(data) + self.multipart_chunk - 1) // self.multipart_chunk
+            count = (size + self.multipart_chunk - 1) // self.multipart_chunk
             # Parts go up in parallel: one big pack saturates the link without many packs in memory.
             with ThreadPoolExecutor(max_workers=self.multipart_concurrency) as pool:
                 parts: list[Any] = list(pool.map(upload, range(1, count + 1)))
