@@ -72,7 +72,7 @@ class RefreshableStore:
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._current(), name)
         clock = self.__dict__.get("stage_clock")
-        return clock.timed_put(attribute) if name == "put" and clock is not None else attribute
+        return clock.timed_put(attribute) if name in ("put", "put_file") and clock is not None else attribute
 
 
 class ProgressReporter:

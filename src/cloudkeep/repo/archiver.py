@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
@@ -31,7 +32,6 @@ from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
 
-SMALL_FILE = 4 * 2**20  # read whole; larger files are streamed (not mmapped: mapped pages would count as RSS)
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 
 
@@ -230,39 +230,32 @@ class _Archiver:
         parent.fill(slot, result)
         self.report(path)
 
-    def _cdc(self):  # type: ignore[no-untyped-def]
-        cdc = getattr(self._local, "cdc", None)
-        if cdc is None:
-            cdc = self._local.cdc = self.chunker.make()
-        return cdc
+    def _cutter(self) -> StreamCutter:
+        cutter: StreamCutter | None = getattr(self._local, "cutter", None)
+        if cutter is None:
+            cutter = self._local.cutter = StreamCutter(self.chunker)
+        return cutter
 
     def chunk_file(self, path: str, size: int) -> tuple[list[bytes], int]:
         if size == 0:
             return [], 0
         content: list[bytes] = []
+        window: list[Future[tuple[bytes, bool]]] = []
         total = 0
-        if size <= SMALL_FILE:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            for chunk in self._cdc().cut_buf(data):
-                content.append(self.writer.save(DATA, chunk.data)[0])
-            total = len(data)
-        else:
-            window: list[Future[tuple[bytes, bool]]] = []
-            with open(path, "rb", buffering=0) as fh:
-                for chunk in self._cdc().cut_stream(fh):
-                    self.report(path)  # throttled; lets a cancelling callback stop a huge file too
-                    if self.error is not None:  # failed or cancelled: stop at this chunk boundary
-                        raise self.error
-                    total += chunk.length
-                    if size >= PARALLEL_FILE:
-                        # The stream reuses its buffer: copy before another thread sees the chunk.
-                        window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(chunk.data)))
-                        if len(window) >= 4:
-                            content.append(window.pop(0).result()[0])
-                    else:
-                        content.append(self.writer.save(DATA, chunk.data)[0])
-            content.extend(f.result()[0] for f in window)
+        with open(path, "rb", buffering=0) as fh:
+            for data in self._cutter().cut(fh):
+                self.report(path)  # throttled; lets a cancelling callback stop a huge file too
+                if self.error is not None:  # failed or cancelled: stop at this chunk boundary
+                    raise self.error
+                total += len(data)
+                if size >= PARALLEL_FILE:
+                    # The cutter reuses its buffer: copy before another thread sees the chunk.
+                    window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
+                    if len(window) >= 4:
+                        content.append(window.pop(0).result()[0])
+                else:
+                    content.append(self.writer.save(DATA, data)[0])
+        content.extend(f.result()[0] for f in window)
         with self.lock:
             self.bytes_read += total
         return content, total
@@ -318,7 +311,7 @@ def backup_files(
     started = datetime.now(UTC)
     clock = time.monotonic()
     cache = FileCache(cache_dir, repo.id, hostname, paths) if cache_dir else None
-    workers = threads or max(2, (os.cpu_count() or 2) + 1)
+    workers = threads or max(2, os.cpu_count() or 2)  # more threads than cores only add GIL hand-offs
     writer = BlobWriter(repo, hostname=hostname, retain_until=retain_until, bandwidth_limit=bandwidth_limit)
     archiver = _Archiver(
         repo,

@@ -115,7 +115,9 @@ def _read_pack(
     view = memoryview(body)
     for entry in entries:
         try:
-            repo.decode_blob(entry, pack_id, view[entry.offset : entry.offset + entry.length])
+            repo.decode_blob(
+                entry, pack_id, view[entry.offset : entry.offset + entry.length], reuse_buffer=True
+            )
         except IntegrityError as exc:
             found.append((entry.id, Problem("corrupt-blob", f"{key} blob {entry.id.hex()}", exc.message)))
     return found

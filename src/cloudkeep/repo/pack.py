@@ -12,19 +12,27 @@ damaged pack is detected without the key.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import stat
 import struct
+import tempfile
+import time
 from dataclasses import dataclass
 
 import blake3
 
-from cloudkeep.errors import IntegrityError
+from cloudkeep.errors import InsufficientSpaceError, IntegrityError, PermissionDeniedError
 from cloudkeep.repo.crypto import Crypter
+from cloudkeep.storage.base import STAGING_PREFIX
 
 DATA = "data"
 TREE = "tree"
 BLOB_TYPES = (DATA, TREE)
 _HEADER_AAD = b"cloudkeep-pack-header-v1"
+STAGING_PACK_PREFIX = STAGING_PREFIX + "pack-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,33 +64,116 @@ def pack_id_from_key(key: str) -> str:
 
 
 class PackWriter:
-    """Accumulates encoded blobs until the pack reaches its target size."""
+    """Appends sealed blobs to a staging file until the pack reaches its target size.
 
-    def __init__(self, blob_type: str) -> None:
+    Packs are staged on disk, not in memory (as restic does): RAM stays flat whatever the pack
+    size, and a local repository renames the finished file into place without another copy. The
+    pack id is hashed as the bytes go out, so finishing never reads the pack back. Not thread-safe:
+    the writer serialises ``add`` per pack.
+    """
+
+    def __init__(self, blob_type: str, staging_dir: str | None) -> None:
         self.blob_type = blob_type
-        self.buffer = bytearray()  # one growing buffer: no second copy of the pack when it is finished
         self.entries: list[BlobEntry] = []
+        self.size = 0
+        self._hasher = blake3.blake3()
+        staging_dir = staging_dir or private_staging_dir()
+        try:
+            self._fd, self.path = tempfile.mkstemp(prefix=STAGING_PACK_PREFIX, dir=staging_dir)
+        except OSError as exc:
+            raise _staging_error(exc, staging_dir) from exc
 
-    @property
-    def size(self) -> int:
-        return len(self.buffer)
+    def add(self, blob_id: bytes, sealed: bytes | memoryview, raw_length: int) -> None:
+        self._write(sealed)
+        self.entries.append(BlobEntry(self.blob_type, blob_id, self.size, len(sealed), raw_length))
+        self.size += len(sealed)
 
-    def add(self, blob_id: bytes, encoded: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(self.blob_type, blob_id, len(self.buffer), len(encoded), raw_length))
-        self.buffer += encoded
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise _staging_error(exc, os.path.dirname(self.path)) from exc
+        self._hasher.update(data)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, crypter: Crypter) -> tuple[str, bytearray, list[BlobEntry]]:
-        """Return ``(pack id, object bytes, entries)``; the writer must not be used afterwards."""
+    def finish(self, crypter: Crypter) -> tuple[str, str, list[BlobEntry]]:
+        """Append the sealed header; return ``(pack id, staging file path, entries)``.
+
+        The caller now owns the file (``ObjectStore.put_file`` consumes it; ``discard`` otherwise).
+        """
         header = json.dumps([[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in self.entries])
         sealed = crypter.encode(header.encode(), _HEADER_AAD)
-        body = self.buffer
-        body += sealed
-        body += struct.pack("<I", len(sealed))
-        self.buffer = bytearray()
-        return blake3.blake3(body).hexdigest(), body, self.entries
+        self._write(sealed + struct.pack("<I", len(sealed)))
+        self._close()
+        return self._hasher.hexdigest(), self.path, self.entries
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        """Remove the staging file (an aborted backup, an empty pack)."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def private_staging_dir() -> str:
+    """``<system temp>/cloudkeep-staging-<uid>``: where packs for remote stores are staged.
+
+    One lasting folder (not one per backup) so the temp folder's own mtime stays put between
+    backups; private (0700, ours, not a symlink) so another local user cannot swap a staged pack
+    for something else before it is uploaded.
+    """
+    uid = getattr(os, "getuid", lambda: None)()
+    path = os.path.join(tempfile.gettempdir(), "cloudkeep-staging" + (f"-{uid}" if uid is not None else ""))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _staging_error(exc, path) from exc
+    st = os.lstat(path)
+    if uid is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077):
+        raise PermissionDeniedError(
+            f"{path} is not a private folder of this user: packs cannot be staged there safely",
+            hint="remove it, or set TMPDIR to a private folder",
+        )
+    return path
+
+
+def _staging_error(exc: OSError, where: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientSpaceError(
+            f"no space left to stage a pack in {where}",
+            hint="free space there, or point TMPDIR at a bigger disk",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDeniedError(f"cannot stage a pack in {where}: {exc.strerror}")
+    return exc
+
+
+def sweep_stale_staging(folder: str | None, older_than_s: float = 86400.0) -> int:
+    """Remove packs staged by backups that were killed (a day old: no live pack stays open that long)."""
+    folder = folder or private_staging_dir()
+    limit = time.time() - older_than_s
+    removed = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(STAGING_PACK_PREFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            os.unlink(entry.path)
+                            removed += 1
+    except OSError:
+        pass  # best effort: a folder we cannot list holds nothing of ours to sweep
+    return removed
 
 
 def read_header(crypter: Crypter, pack_id: str, tail: bytes, pack_size: int) -> list[BlobEntry]:

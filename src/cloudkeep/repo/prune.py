@@ -203,7 +203,10 @@ def _repack(repo: Repository, pack_ids: list[str], used: set[bytes]) -> int:
             body = repo.store.get(pack_key(pack_id))
             for entry in entries:
                 data = repo.decode_blob(
-                    entry, pack_id, memoryview(body)[entry.offset : entry.offset + entry.length]
+                    entry,
+                    pack_id,
+                    memoryview(body)[entry.offset : entry.offset + entry.length],
+                    reuse_buffer=True,
                 )
                 writer.save(entry.type, data, entry.id, force=True)
             return len(entries)

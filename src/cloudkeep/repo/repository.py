@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from cloudkeep.errors import (
     ConfigurationError,
@@ -273,12 +273,38 @@ class Repository:
                 self._pack_cache_bytes -= len(old)
         return body
 
-    def decode_blob(self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> bytes:
-        """Decrypt, decompress and verify one blob against its content id."""
+    @overload
+    def decode_blob(
+        self,
+        entry: BlobEntry,
+        pack_id: str,
+        sealed: bytes | memoryview,
+        *,
+        reuse_buffer: Literal[False] = False,
+    ) -> bytes: ...
+
+    @overload
+    def decode_blob(
+        self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview, *, reuse_buffer: Literal[True]
+    ) -> bytes | memoryview: ...
+
+    def decode_blob(
+        self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview, *, reuse_buffer: bool = False
+    ) -> bytes | memoryview:
+        """Decrypt, decompress and verify one blob against its content id.
+
+        ``reuse_buffer``: the result may live in this thread's reusable buffer, valid until the
+        thread decodes again (restore and check use each blob at once).
+        """
         what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
         if len(sealed) != entry.length:
             raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
-        data = self.crypter.decode(sealed, blob_aad(entry.type, entry.id), what)
+        aad = blob_aad(entry.type, entry.id)
+        data = (
+            self.crypter.decode_into_buffer(sealed, aad, what)
+            if reuse_buffer
+            else self.crypter.decode(sealed, aad, what)
+        )
         if self.crypter.content_id(data) != entry.id:
             raise IntegrityError(f"{what}: content does not match its id")
         return data

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo.archiver import BackupProgress
+from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
@@ -66,12 +67,11 @@ def backup_volume(
             size = _device_size(fh.fileno())
             fh.seek(0)
             window: deque[Future[tuple[bytes, bool]]] = deque()
-            cdc = repo.config.chunker.make()
             last = 0.0
-            for chunk in cdc.cut_stream(fh):
-                # cut_stream reuses its buffer: copy before handing the chunk to another thread.
-                window.append(pool.submit(writer.save, DATA, bytes(chunk.data)))
-                total += chunk.length
+            for data in StreamCutter(repo.config.chunker).cut(fh):
+                # The cutter reuses its buffer: copy before handing the chunk to another thread.
+                window.append(pool.submit(writer.save, DATA, bytes(data)))
+                total += len(data)
                 if len(window) >= threads * 4:
                     content.append(window.popleft().result()[0])
                 if progress and time.monotonic() - last > 0.25:

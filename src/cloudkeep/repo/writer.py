@@ -1,15 +1,19 @@
 """Writing blobs during a backup: dedup, compress+encrypt, pack, upload, index — with backpressure.
 
 One ``BlobWriter`` is one backup session. Callers (many threads) hand it blobs; it skips blobs the
-index already has, encodes new ones in the calling thread (zstd, AES-GCM and BLAKE3 release the
-GIL, so threads scale across cores), appends them to the open pack, and uploads full packs on a
-small I/O pool. At most ``max_inflight_packs`` packs wait in memory, bounding RAM. Index files
-are written every few packs so that a killed backup's uploads are reused by its rerun, and a
+index already has, encodes new ones in the calling thread into a reusable per-thread buffer
+(zstd, AES-GCM and BLAKE3 release the GIL, so threads scale across cores), appends them to the
+open pack's staging file, and uploads full packs on a small I/O pool. Packs are staged on disk
+(``ObjectStore.staging_dir``), so RAM does not grow with the pack size; at most
+``max_inflight_packs`` finished packs wait for upload, bounding staging space. Index files are
+written every few packs so that a killed backup's uploads are reused by its rerun, and a
 ``sessions/<id>`` marker tells prune that a backup is in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import threading
 import time
@@ -17,10 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import cast
 
 from cloudkeep.repo.index import encode_index_file, new_index_key
-from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key
+from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import SESSIONS_PREFIX, Repository
 
 HEARTBEAT_S = 300.0  # prune's grace period must be well above this
@@ -61,7 +64,7 @@ class BlobWriter:
         retain_until: datetime | None = None,
         bandwidth_limit: int | None = None,
         upload_threads: int = 2,
-        max_inflight_packs: int = 1,
+        max_inflight_packs: int = 2,
         index_every: int = 8,
     ) -> None:
         self.repo = repo
@@ -72,14 +75,16 @@ class BlobWriter:
         # The session "starts" when its view of the index was loaded: prune compares this with its marks.
         self.started = min(datetime.now(UTC), repo.index_loaded_at)
         self._pending: set[bytes] = set()
-        self._writers = {DATA: PackWriter(DATA), TREE: PackWriter(TREE)}
+        self._staging = repo.store.staging_dir
+        sweep_stale_staging(self._staging)
+        self._packs: dict[str, PackWriter | None] = {DATA: None, TREE: None}
+        self._pack_locks = {DATA: threading.Lock(), TREE: threading.Lock()}
+        self._staged: set[str] = set()  # finished packs' files not yet consumed by an upload
         self._unindexed: dict[str, list[BlobEntry]] = {}
         self._written_index: list[str] = []
         self._index_every = index_every
         self._pool = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="ck-upload")
         self._slots = threading.BoundedSemaphore(max_inflight_packs)
-        self._handoff = threading.Condition()
-        self._full_waiting = 0
         self._futures: list[Future[None]] = []
         self._error: BaseException | None = None
         self._limiter = RateLimiter(bandwidth_limit) if bandwidth_limit else None
@@ -133,57 +138,60 @@ class BlobWriter:
             if (blob_id in self.repo.index and not force) or blob_id in self._pending:
                 return blob_id, False
             self._pending.add(blob_id)
-        encoded = self.repo.crypter.encode(data, blob_aad(blob_type, blob_id), compress=True)
         full: PackWriter | None = None
-        with self._handoff:
-            # While a full pack waits for an upload slot, nobody fills another one: without this,
-            # every producer thread could end up holding a full pack (6 x 32 MiB).
-            self._handoff.wait_for(lambda: self._full_waiting == 0 or self._error is not None)
+        try:
+            sealed = self.repo.crypter.encode_into_buffer(data, blob_aad(blob_type, blob_id))
+            with self._pack_locks[blob_type]:
+                pack = self._packs[blob_type]
+                if pack is None:
+                    pack = self._packs[blob_type] = PackWriter(blob_type, self._staging)
+                try:
+                    pack.add(blob_id, sealed, len(data))
+                except BaseException as exc:  # a half-written blob: this pack cannot go on
+                    self._error = self._error or exc
+                    raise
+                if pack.size >= self.repo.config.pack_size:
+                    full, self._packs[blob_type] = pack, None
+        except BaseException:
+            with self.repo.lock:
+                self._pending.discard(blob_id)
+            raise
         with self.repo.lock:
-            writer = self._writers[blob_type]
-            writer.add(blob_id, encoded, len(data))
             self.stats.blobs_new += 1
             self.stats.bytes_new += len(data)
-            self.stats.bytes_stored += len(encoded)
-            if writer.size >= self.repo.config.pack_size:
-                full = writer
-                self._writers[blob_type] = PackWriter(blob_type)
-                with self._handoff:
-                    self._full_waiting += 1
+            self.stats.bytes_stored += len(sealed)
         if full is not None:
-            try:
-                self._submit(full)
-            finally:
-                with self._handoff:
-                    self._full_waiting -= 1
-                    self._handoff.notify_all()
+            self._submit(full)
         return blob_id, True
 
-    def _submit(self, writer: PackWriter) -> None:
+    def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
         try:
-            pack_id, body, entries = writer.finish(self.repo.crypter)
+            pack_id, path, entries = pack.finish(self.repo.crypter)
             pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
-            future = self._pool.submit(self._upload, pack_id, body, entries)
+            with self.repo.lock:
+                self._staged.add(path)
+            future = self._pool.submit(self._upload, pack_id, path, entries)
         except BaseException:
+            pack.discard()
             self._slots.release()
             raise
         with self.repo.lock:
             self._futures = [f for f in self._futures if not f.done()] + [future]
 
-    def _upload(self, pack_id: str, body: bytearray, entries: list[BlobEntry]) -> None:
+    def _upload(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
         try:
+            size = os.path.getsize(path)
             if self._limiter:
-                self._limiter.acquire(len(body))
-            # Handed over without a copy: every backend accepts a bytes-like object (Azure converts).
-            self.repo.store.put(pack_key(pack_id), cast(bytes, body), retain_until=self.retain_until)
+                self._limiter.acquire(size)
+            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.retain_until)
             write_index = False
             with self.repo.lock:
                 self.repo.index.add_pack(pack_id, entries)
                 for entry in entries:
                     self._pending.discard(entry.id)
                 self._unindexed[pack_id] = entries
-                self.stats.bytes_uploaded += len(body)
+                self.stats.bytes_uploaded += size
                 self.stats.packs += 1
                 write_index = len(self._unindexed) >= self._index_every
             if write_index:
@@ -192,6 +200,10 @@ class BlobWriter:
             self._error = self._error or exc
             raise
         finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # put_file consumes it; this only matters when it failed early
+            with self.repo.lock:
+                self._staged.discard(path)
             self._slots.release()
 
     def _write_index(self) -> None:
@@ -215,11 +227,12 @@ class BlobWriter:
     def flush(self) -> None:
         """Upload partial packs, wait for every upload, write the remaining index: all durable after."""
         for blob_type in (DATA, TREE):
-            with self.repo.lock:
-                writer = self._writers[blob_type]
-                self._writers[blob_type] = PackWriter(blob_type)
-            if len(writer):
-                self._submit(writer)
+            with self._pack_locks[blob_type]:
+                pack, self._packs[blob_type] = self._packs[blob_type], None
+            if pack is not None and len(pack):
+                self._submit(pack)
+            elif pack is not None:
+                pack.discard()
         with self.repo.lock:
             futures = list(self._futures)
         for future in futures:
@@ -233,10 +246,12 @@ class BlobWriter:
             return
         try:
             self.flush()
-        finally:
-            self._closed = True
-            self._stop.set()
-            self._pool.shutdown(wait=True)
+        except BaseException:
+            self.abort()  # keeps what was uploaded reusable and removes staged packs
+            raise
+        self._closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=True)
         self.repo.store.delete(self.session_key)
 
     def abort(self) -> None:
@@ -246,8 +261,22 @@ class BlobWriter:
         self._closed = True
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._discard_staged()
         try:
             self._write_index()  # keep what was uploaded reusable
             self.repo.store.delete(self.session_key)
         except Exception:
             pass
+
+    def _discard_staged(self) -> None:
+        """Remove staging files nobody will upload: open packs and cancelled uploads."""
+        for blob_type in (DATA, TREE):
+            with self._pack_locks[blob_type]:
+                pack, self._packs[blob_type] = self._packs[blob_type], None
+            if pack is not None:
+                pack.discard()
+        with self.repo.lock:
+            paths, self._staged = list(self._staged), set()
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

@@ -1,0 +1,52 @@
+"""The sealing primitives, in particular the reusable-buffer paths the data path relies on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cloudkeep.errors import IntegrityError
+from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, NONCE_SIZE, Crypter, MasterKey
+
+COMPRESSIBLE = b"cloudkeep backs up cloud machines. " * 3000
+RANDOM = os.urandom(300_000)
+
+
+@pytest.fixture
+def crypter() -> Crypter:
+    return Crypter(MasterKey.generate())
+
+
+@pytest.mark.parametrize(
+    "data", [COMPRESSIBLE, RANDOM, b"tiny", b""], ids=["text", "random", "tiny", "empty"]
+)
+def test_buffer_paths_are_the_same_format(crypter: Crypter, data: bytes) -> None:
+    """Each buffer path reads and writes exactly what its allocating twin does."""
+    sealed = bytes(crypter.encode_into_buffer(data, b"aad"))
+    assert crypter.decode(sealed, b"aad", "blob") == data
+    assert bytes(crypter.decode_into_buffer(crypter.encode(data, b"aad"), b"aad", "blob")) == data
+    codec = crypter.open(sealed, b"aad", "blob")[0]
+    assert codec == (CODEC_ZSTD if data is COMPRESSIBLE else CODEC_RAW)
+
+
+def test_buffer_grows_for_bigger_blobs_and_stays_correct(crypter: Crypter) -> None:
+    small, big = os.urandom(1000), os.urandom(3 * 2**20)
+    first = bytes(crypter.encode_into_buffer(small, b"a"))
+    second = bytes(crypter.encode_into_buffer(big, b"a"))
+    assert crypter.decode(first, b"a", "x") == small and crypter.decode(second, b"a", "x") == big
+    assert first[:NONCE_SIZE] != second[:NONCE_SIZE]  # a fresh nonce for every blob
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "aad"])
+def test_damage_is_refused_on_the_buffer_path(crypter: Crypter, damage: str) -> None:
+    sealed = bytearray(crypter.encode_into_buffer(COMPRESSIBLE, b"aad"))
+    aad = b"aad"
+    if damage == "flip":
+        sealed[len(sealed) // 2] ^= 1
+    elif damage == "truncate":
+        sealed = sealed[:20]
+    else:
+        aad = b"another blob"
+    with pytest.raises(IntegrityError, match=r"blob 7: (authentication failed|truncated)"):
+        crypter.decode_into_buffer(bytes(sealed), aad, "blob 7")
