@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Iterator
+import struct
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from cloudkeep.errors import IntegrityError
 from cloudkeep.repo.crypto import Crypter
-from cloudkeep.repo.pack import BlobEntry
+from cloudkeep.repo.pack import BLOB_TYPES, BlobEntry
 
 INDEX_PREFIX = "index/"
+RawEntry = tuple[int, bytes, int, int, int]
 _AAD = b"cloudkeep-index-v1"
 
 
@@ -28,58 +32,162 @@ class Location:
 
 
 class Index:
-    """Blob id → location, plus pack id → entries. Not thread-safe: callers hold the repository lock."""
+    """Blob id → location, plus pack id → entries. Not thread-safe: callers hold the repository lock.
+
+    Stored in columns (``array``), not as one object per blob: a machine of many small files has
+    one blob per file, and per-blob Python objects cost ~900 bytes each once parsing garbage is
+    counted (19 MiB for the 22 k blobs of the 1 GiB benchmark machine); columns cost ~180. A
+    ``BlobEntry`` is built only when asked for.
+    """
 
     def __init__(self) -> None:
-        self.blobs: dict[bytes, Location] = {}
-        self.packs: dict[str, list[BlobEntry]] = {}
+        self._rows: dict[bytes, int] = {}  # blob id → its first row
+        self._ids: list[bytes] = []
+        self._pack: array[int] = array("l")  # row → pack number
+        self._offset: array[int] = array("q")
+        self._length: array[int] = array("q")
+        self._raw_length: array[int] = array("q")
+        self._type: array[int] = array("b")
+        self._pack_ids: list[str] = []  # pack number → pack id
+        self._pack_rows: dict[str, array[int]] = {}  # live packs only
+        self.packs: Mapping[str, list[BlobEntry]] = _PackView(self)
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self.blobs
+        return blob_id in self._rows
 
     def __len__(self) -> int:
-        return len(self.blobs)
+        return len(self._rows)
+
+    def _entry(self, row: int) -> BlobEntry:
+        return BlobEntry(
+            BLOB_TYPES[self._type[row]],
+            self._ids[row],
+            self._offset[row],
+            self._length[row],
+            self._raw_length[row],
+        )
 
     def get(self, blob_id: bytes) -> Location | None:
-        return self.blobs.get(blob_id)
+        row = self._rows.get(blob_id)
+        if row is None:
+            return None
+        return Location(self._pack_ids[self._pack[row]], self._entry(row))
 
     def add_pack(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
-        entries = list(entries)
-        self.packs[pack_id] = entries
-        for entry in entries:
-            self.blobs.setdefault(entry.id, Location(pack_id, entry))
+        self.add_rows(
+            pack_id, ((BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length) for e in entries)
+        )
+
+    def add_rows(self, pack_id: str, rows: Iterable[RawEntry]) -> None:
+        """Add a pack from raw ``(type number, id, offset, length, raw length)`` rows."""
+        if pack_id in self._pack_rows:  # listed by two index files: packs are content-addressed, same entries
+            return
+        number = len(self._pack_ids)
+        self._pack_ids.append(pack_id)
+        pack_rows = self._pack_rows[pack_id] = array("l")
+        for blob_type, blob_id, offset, length, raw_length in rows:
+            row = len(self._ids)
+            self._ids.append(blob_id)
+            self._pack.append(number)
+            self._offset.append(offset)
+            self._length.append(length)
+            self._raw_length.append(raw_length)
+            self._type.append(blob_type)
+            pack_rows.append(row)
+            self._rows.setdefault(blob_id, row)
 
     def remove_packs(self, pack_ids: set[str]) -> None:
+        """Forget packs; their rows stay as dead weight until the index is next loaded."""
         for pack_id in pack_ids:
-            for entry in self.packs.pop(pack_id, []):
-                loc = self.blobs.get(entry.id)
-                if loc is not None and loc.pack_id == pack_id:
-                    del self.blobs[entry.id]
+            for row in self._pack_rows.pop(pack_id, array("l")):
+                if self._rows.get(self._ids[row]) == row:
+                    del self._rows[self._ids[row]]
         # A blob may also live in a surviving pack (after a repack): point at that copy.
-        for pack_id, entries in self.packs.items():
-            for entry in entries:
-                self.blobs.setdefault(entry.id, Location(pack_id, entry))
+        for rows in self._pack_rows.values():
+            for row in rows:
+                self._rows.setdefault(self._ids[row], row)
+
+    def entries_of(self, pack_id: str) -> list[BlobEntry]:
+        return [self._entry(row) for row in self._pack_rows[pack_id]]
 
     def pack_entries(self) -> Iterator[tuple[str, list[BlobEntry]]]:
-        yield from self.packs.items()
+        for pack_id in list(self._pack_rows):
+            yield pack_id, self.entries_of(pack_id)
+
+
+class _PackView(Mapping[str, list[BlobEntry]]):
+    """``Index.packs``: pack id → its entries, built on each lookup."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __getitem__(self, pack_id: str) -> list[BlobEntry]:
+        return self._index.entries_of(pack_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._index._pack_rows))
+
+    def __len__(self) -> int:
+        return len(self._index._pack_rows)
+
+    def __contains__(self, pack_id: object) -> bool:
+        return pack_id in self._index._pack_rows
+
+
+_MAGIC = b"CKIDX2\n"
+_PACK_HEAD = struct.Struct("<HI")  # pack id length, blob count
+_RECORD = struct.Struct("<B32sQII")  # type, id, offset, length, raw length: 49 bytes per blob
 
 
 def encode_index_file(crypter: Crypter, packs: dict[str, list[BlobEntry]]) -> bytes:
-    body = {
-        "version": 1,
-        "packs": [
-            {"id": pid, "blobs": [[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in entries]}
-            for pid, entries in packs.items()
-        ],
-    }
-    return crypter.encode(json.dumps(body, separators=(",", ":")).encode(), _AAD)
+    """Binary records, not JSON: parsing a JSON index costs ~5x its size in short-lived objects
+    (and the fragmented heap they leave); fixed records are read straight into ``Index`` columns."""
+    out = bytearray(_MAGIC)
+    for pack_id, entries in packs.items():
+        name = pack_id.encode()
+        out += _PACK_HEAD.pack(len(name), len(entries)) + name
+        for e in entries:
+            out += _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length)
+    return crypter.encode(bytes(out), _AAD)
+
+
+def read_index_file(crypter: Crypter, key: str, data: bytes) -> list[tuple[str, Iterable[RawEntry]]]:
+    """(pack id, its blobs as ``(type number, id, offset, length, raw length)``) for each pack.
+
+    The whole file is validated before anything is returned (so a damaged file adds nothing);
+    binary records are then unpacked lazily. Index files written as JSON are read too.
+    """
+    what = f"index file {key}"
+    plain = crypter.decode(data, _AAD, what)
+    packs: list[tuple[str, Iterable[RawEntry]]] = []
+    try:
+        if not plain.startswith(_MAGIC):
+            for item in json.loads(plain)["packs"]:
+                rows = [(BLOB_TYPES.index(t), bytes.fromhex(i), o, n, r) for t, i, o, n, r in item["blobs"]]
+                packs.append((item["id"], rows))
+            return packs
+        view, pos = memoryview(plain), len(_MAGIC)
+        while pos < len(view):
+            name_length, count = _PACK_HEAD.unpack_from(view, pos)
+            pos += _PACK_HEAD.size
+            pack_id = bytes(view[pos : pos + name_length]).decode()
+            pos += name_length
+            end = pos + count * _RECORD.size
+            if end > len(view):
+                raise ValueError("truncated")
+            if any(view[i] >= len(BLOB_TYPES) for i in range(pos, end, _RECORD.size)):
+                raise ValueError("unknown blob type")
+            packs.append((pack_id, _RECORD.iter_unpack(view[pos:end])))
+            pos = end
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise IntegrityError(f"{what}: malformed ({exc})") from None
+    return packs
 
 
 def decode_index_file(crypter: Crypter, key: str, data: bytes) -> dict[str, list[BlobEntry]]:
-    body = json.loads(crypter.decode(data, _AAD, f"index file {key}"))
     return {
-        item["id"]: [BlobEntry(t, bytes.fromhex(i), o, n, r) for t, i, o, n, r in item["blobs"]]
-        for item in body["packs"]
+        pack_id: [BlobEntry(BLOB_TYPES[t], i, o, n, r) for t, i, o, n, r in rows]
+        for pack_id, rows in read_index_file(crypter, key, data)
     }
 
 
