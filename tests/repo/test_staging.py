@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError, UnreachableError
-from cloudkeep.repo import Repository, backup_files, check, list_snapshots, restore
+from cloudkeep.repo import BackupProgress, Repository, backup_files, check, list_snapshots, restore
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir, sweep_stale_staging
 from cloudkeep.storage import ObjectStore, open_store
@@ -184,3 +184,22 @@ def test_stream_cutter_with_short_reads() -> None:
     data = _mixed(random.Random(9), 400_000)
     expected = [bytes(c.data) for c in params.make().cut_buf(data)]
     assert [bytes(c) for c in StreamCutter(params).cut(_Trickle(data))] == expected
+
+
+def test_cancel_while_the_last_packs_upload(repo: Repository, temp_root: Path, tmp_path: Path) -> None:
+    """Everything is read, the rate-limited uploads are still running: a stop still stops it."""
+    src = source(tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    calls: list[int] = []
+
+    def progress(p: BackupProgress) -> None:
+        calls.append(p.bytes_read)
+        if p.bytes_read == 4 * 700_000 and p.current_path is None:
+            raise Stop
+
+    with pytest.raises(Stop):
+        backup_files(repo, [src], hostname="h", progress=progress, bandwidth_limit=1_000_000)
+    assert calls[-1] == 4 * 700_000 and list_snapshots(repo) == [] and staged_files(temp_root) == []

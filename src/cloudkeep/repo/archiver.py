@@ -149,6 +149,12 @@ class _Archiver:
         except BaseException as exc:  # e.g. the caller cancels: stop walking, abort like any other error
             self.fail(exc)
 
+    def tick(self) -> None:
+        """Progress while the last uploads run; a cancelling callback stops the backup here too."""
+        self.report(None)
+        if self.error is not None:
+            raise self.error
+
     # -- walking ---------------------------------------------------------------------------
 
     def machine_path(self, path: str) -> str:
@@ -335,7 +341,10 @@ def backup_files(
         archiver.chunk_pool.shutdown(wait=True)
         if archiver.error is not None:
             raise archiver.error
-        writer.close()  # every pack and index durable before the manifest exists
+        archiver.report(None, force=True)  # everything is read; the last packs may take a while to go up
+        writer.close(tick=archiver.tick)  # every pack and index durable before the manifest exists
+        if archiver.error is not None:  # cancelled by the last progress report
+            raise archiver.error
     except BaseException:
         archiver.pool.shutdown(wait=True, cancel_futures=True)
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)

@@ -129,7 +129,7 @@ def _all_zero(data: bytes | memoryview) -> bool:
     return isinstance(data, bytes) and data[:1] == b"\0" and data.count(0) == len(data)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Target:
     path: str
     offset: int

@@ -9,6 +9,7 @@ identity, sparseness, and the list of content chunks.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +23,9 @@ BLOCKDEV = "blockdev"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    """One entry of a directory, as stored in its tree blob."""
+    """One entry of a directory, as stored in its tree blob (slots: a restore plans one per file)."""
 
     name: str
     type: str
@@ -76,10 +77,12 @@ class Node:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Node:
-        node = cls(name=data["name"], type=data["type"])
-        for attr in ("mode", "uid", "gid", "user", "group", "mtime_ns", "atime_ns", "ctime_ns", "size"):
+        node = cls(name=data["name"], type=sys.intern(data["type"]))
+        for attr in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size"):
             if attr in data:
                 setattr(node, attr, data[attr])
+        # The same few owner names repeat on every node: one string each, not one per file.
+        node.user, node.group = sys.intern(data.get("user", "")), sys.intern(data.get("group", ""))
         for attr in ("inode", "device", "rdev", "links", "target", "sparse"):
             if attr in data:
                 setattr(node, attr, data[attr])

@@ -17,7 +17,9 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -224,8 +226,12 @@ class BlobWriter:
 
     # -- completion ------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Upload partial packs, wait for every upload, write the remaining index: all durable after."""
+    def flush(self, tick: Callable[[], None] | None = None) -> None:
+        """Upload partial packs, wait for every upload, write the remaining index: all durable after.
+
+        ``tick`` is called about every quarter second while uploads are still running (progress
+        for a backup whose last packs take long to go up, e.g. under a bandwidth limit).
+        """
         for blob_type in (DATA, TREE):
             with self._pack_locks[blob_type]:
                 pack, self._packs[blob_type] = self._packs[blob_type], None
@@ -236,16 +242,22 @@ class BlobWriter:
         with self.repo.lock:
             futures = list(self._futures)
         for future in futures:
-            future.result()
+            while True:
+                try:
+                    future.result(timeout=0.25 if tick else None)
+                    break
+                except FutureTimeout:
+                    if tick:
+                        tick()
         self._raise_if_failed()
         self._write_index()
 
-    def close(self) -> None:
+    def close(self, tick: Callable[[], None] | None = None) -> None:
         """Flush and end the session (remove the marker)."""
         if self._closed:
             return
         try:
-            self.flush()
+            self.flush(tick)
         except BaseException:
             self.abort()  # keeps what was uploaded reusable and removes staged packs
             raise
