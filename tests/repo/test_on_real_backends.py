@@ -75,3 +75,33 @@ def test_s3_object_lock_protects_restore_points(
     prune(repo, now=now)
     prune(repo, now=now + timedelta(hours=2))
     assert check(Repository.open(store, PASSWORD), read_data=True).ok
+
+
+@pytest.mark.parametrize("backend", ["memory", "s3"])
+def test_locked_backup_extends_the_lock_of_packs_it_reuses(
+    backend: str, request: pytest.FixtureRequest, unique_name: str, source: Path, tmp_path: Path
+) -> None:
+    """Day 2's restore point (locked 30 days) reuses day 1's chunks (locked 1 day): those packs must
+    stay locked as long as day 2 needs them, including chunks of files the cache skipped."""
+    if backend == "s3":
+        aws = request.getfixturevalue("aws_options")
+        make_s3_bucket(aws, unique_name, lock=True)
+        store = open_store(f"s3://{unique_name}", **aws)
+    else:
+        store = open_store(f"memory://{unique_name}")
+    repo = Repository.create(store, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=2**20)
+    day1, day2 = datetime.now(UTC) + timedelta(days=1), datetime.now(UTC) + timedelta(days=30)
+    backup_files(repo, [source], hostname="h", retain_until=day1, cache_dir=tmp_path / "cache")
+    first_packs = [i.key for i in store.list("data/")]
+    (source / "docs" / "readme.txt").write_text("changed on day 2\n")
+    second = backup_files(repo, [source], hostname="h", retain_until=day2, cache_dir=tmp_path / "cache")
+    assert second.stats["files_unchanged"] == 5  # most chunks come from the cache, not a re-read
+    for key in first_packs:
+        until = store.stat(key).retain_until  # type: ignore[union-attr]
+        assert until is not None and until >= day2 - timedelta(seconds=2), key
+    unlocked = Repository.create(
+        open_store(f"memory://{unique_name}-plain"), PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS
+    )
+    backup_files(unlocked, [source], hostname="h")
+    backup_files(unlocked, [source], hostname="h")  # no retention asked: nothing is locked
+    assert all(i.retain_until is None for i in unlocked.store.list("data/"))

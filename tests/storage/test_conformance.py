@@ -199,3 +199,21 @@ def test_get_range_into(store: ObjectStore, random_key: str) -> None:
     assert bytes(buffer[:10]) == data[-10:]
     with pytest.raises(ObjectNotFoundError):
         store.get_range_into(random_key + "-missing", 0, buffer)
+
+
+def test_extend_retention_lengthens_never_shortens(store: ObjectStore, random_key: str) -> None:
+    soon, later = datetime.now(UTC) + timedelta(days=1), datetime.now(UTC) + timedelta(days=30)
+    store.put(random_key, b"pack", retain_until=soon)
+    if not store.supports_object_lock:
+        assert store.extend_retention(random_key, later) is False
+        return
+    assert store.extend_retention(random_key, later) is True
+    assert abs((store.stat(random_key).retain_until - later).total_seconds()) < 2  # type: ignore[union-attr, operator]
+    assert store.extend_retention(random_key, soon) is True  # shorter: left alone
+    assert abs((store.stat(random_key).retain_until - later).total_seconds()) < 2  # type: ignore[union-attr, operator]
+    store.put(random_key + "-unlocked", b"pack")
+    store.extend_retention(random_key + "-unlocked", later)
+    with pytest.raises(ObjectLockedError):
+        store.delete(random_key + "-unlocked")
+    with pytest.raises(ObjectNotFoundError):
+        store.extend_retention(random_key + "-missing", later)

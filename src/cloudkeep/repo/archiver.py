@@ -194,6 +194,7 @@ class _Archiver:
             cached = self.cache.lookup(path, st) if self.cache else None
             if cached is not None and all(self.repo.has_blob(c) for c in cached):
                 node.content = cached
+                self.writer.reuse(cached)
                 self.files_unchanged += 1
                 if self.cache:
                     self.cache.record(path, st, cached)

@@ -82,6 +82,8 @@ class BlobWriter:
         self._packs: dict[str, PackWriter | None] = {DATA: None, TREE: None}
         self._pack_locks = {DATA: threading.Lock(), TREE: threading.Lock()}
         self._staged: set[str] = set()  # finished packs' files not yet consumed by an upload
+        self._reused_packs: set[str] = set()  # packs holding blobs this session reused (locked backups)
+        self._written_packs: set[str] = set()
         self._unindexed: dict[str, list[BlobEntry]] = {}
         self._written_index: list[str] = []
         self._index_every = index_every
@@ -137,7 +139,11 @@ class BlobWriter:
         if blob_id is None:
             blob_id = self.repo.crypter.content_id(data)
         with self.repo.lock:
-            if (blob_id in self.repo.index and not force) or blob_id in self._pending:
+            if blob_id in self._pending:
+                return blob_id, False
+            if blob_id in self.repo.index and not force:
+                if self.retain_until is not None:
+                    self._note_reused(blob_id)
                 return blob_id, False
             self._pending.add(blob_id)
         full: PackWriter | None = None
@@ -166,6 +172,35 @@ class BlobWriter:
             self._submit(full)
         return blob_id, True
 
+    def reuse(self, blob_ids: list[bytes]) -> None:
+        """Blobs the backup references without saving them (files the cache says are unchanged)."""
+        if self.retain_until is None:
+            return
+        with self.repo.lock:
+            for blob_id in blob_ids:
+                self._note_reused(blob_id)
+
+    def _note_reused(self, blob_id: bytes) -> None:
+        loc = self.repo.index.get(blob_id)  # caller holds the repository lock
+        if loc is not None:
+            self._reused_packs.add(loc.pack_id)
+
+    def _extend_retention(self) -> None:
+        """Lock every reused pack at least as long as this backup's own objects.
+
+        Without it, an older pack's shorter lock could end while this restore point still needs
+        it. Only packs, not the older index files listing them: their headers rebuild the index.
+        """
+        until = self.retain_until
+        packs = sorted(self._reused_packs - self._written_packs)
+        if until is None or not packs:
+            return
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-retain") as pool:
+            for _ in pool.map(
+                lambda pack_id: self.repo.store.extend_retention(pack_key(pack_id), until), packs
+            ):
+                pass
+
     def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
         try:
@@ -193,6 +228,7 @@ class BlobWriter:
                 for entry in entries:
                     self._pending.discard(entry.id)
                 self._unindexed[pack_id] = entries
+                self._written_packs.add(pack_id)
                 self.stats.bytes_uploaded += size
                 self.stats.packs += 1
                 write_index = len(self._unindexed) >= self._index_every
@@ -251,6 +287,7 @@ class BlobWriter:
                         tick()
         self._raise_if_failed()
         self._write_index()
+        self._extend_retention()
 
     def close(self, tick: Callable[[], None] | None = None) -> None:
         """Flush and end the session (remove the marker)."""

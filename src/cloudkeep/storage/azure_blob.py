@@ -210,6 +210,23 @@ class AzureBlobStore(ObjectStore):
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
         return ObjectInfo(key, props.size, props.last_modified, props.etag, _retain_from(props.metadata))
 
+    def extend_retention(self, key: str, until: datetime) -> bool:
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
+        if info.retain_until is not None and info.retain_until >= until:
+            return True
+        blob = self.container.get_blob_client(self.prefix + key)
+        try:
+            if self.immutability:
+                from azure.storage.blob import ImmutabilityPolicy
+
+                blob.set_immutability_policy(ImmutabilityPolicy(expiry_time=until, policy_mode="Locked"))
+            blob.set_blob_metadata({_RETAIN_KEY: until.astimezone(UTC).isoformat()})
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/immutabilityPolicies/write", key)
+        return True
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
             for item in self.container.list_blobs(

@@ -110,6 +110,15 @@ class ObjectStore(ABC):
     def supports_object_lock(self) -> bool:
         return False
 
+    def extend_retention(self, key: str, until: datetime) -> bool:
+        """Keep ``key`` locked until at least ``until``: a shorter retention is extended, a longer
+        one left alone (retention never shortens). ``False`` when this store has no object lock.
+
+        A locked backup reuses chunks stored by earlier backups; without this, their packs could
+        be deleted when their own (shorter) retention ends, while the new restore point needs them.
+        """
+        return False
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 

@@ -66,6 +66,15 @@ class MemoryStore(ObjectStore):
     def supports_object_lock(self) -> bool:
         return True
 
+    def extend_retention(self, key: str, until: datetime) -> bool:
+        with self._bucket.lock:
+            stored = self._bucket.objects.get(key)
+            if stored is None:
+                raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
+            if stored.retain_until is None or stored.retain_until < until:
+                stored.retain_until = until
+        return True
+
     def describe(self) -> str:
         return f"memory://{self.name}"
 

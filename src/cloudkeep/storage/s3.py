@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
@@ -263,6 +263,24 @@ class S3Store(ObjectStore):
             head.get("ETag"),
             head.get("ObjectLockRetainUntilDate"),
         )
+
+    def extend_retention(self, key: str, until: datetime) -> bool:
+        if not self.supports_object_lock:
+            return False
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
+        if info.retain_until is not None and info.retain_until >= until:
+            return True
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Retention=cast(Any, {"Mode": self.object_lock_mode, "RetainUntilDate": until}),
+            )
+        except Exception as exc:
+            self._raise(exc, "s3:PutObjectRetention", key)
+        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -69,6 +69,10 @@ def test_session_policy_writes_only_the_prefix() -> None:
     policy = session_policy("bucket", "repo/machines/web1/")
     writes = [s for s in policy["Statement"] if {"s3:PutObject", "s3:DeleteObject"} & set(s["Action"])]
     assert [s["Resource"] for s in writes] == ["arn:aws:s3:::bucket/repo/machines/web1/*"]
+    everywhere = {
+        a for s in policy["Statement"] if s["Resource"] == "arn:aws:s3:::bucket/*" for a in s["Action"]
+    }
+    assert everywhere == {"s3:GetObject", "s3:GetObjectRetention", "s3:PutObjectRetention"}
 
 
 def test_scoped_credentials_by_assume_role(moto_server: MotoServer, unique_name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -55,6 +56,11 @@ def test_scoped_container_sas_works_until_it_expires(azure: AzureProvider, uniqu
     store = creds.open_store()
     store.put("machines/web1/pack", b"data")
     assert store.get("machines/web1/pack") == b"data"
+    # A locked backup extends the lock of packs it reuses, other machines' too: the SAS allows it.
+    azure.storage.open_store(f"{unique_name}/repo").put("machines/db1/pack", b"older")
+    until = datetime.now(UTC) + timedelta(days=30)
+    assert store.extend_retention("machines/db1/pack", until)
+    assert store.stat("machines/db1/pack").retain_until == until  # type: ignore[union-attr]
     short = azure.storage.scoped_credentials(f"{unique_name}/repo", "machines/web1/", expires_seconds=1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and short.expires_at.timestamp() > time.time() - 1:

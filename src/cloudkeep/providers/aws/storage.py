@@ -45,8 +45,11 @@ def session_policy(bucket: str, write_prefix: str) -> dict[str, Any]:
             {"Effect": "Allow", "Resource": arn,
              "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketObjectLockConfiguration"]},
             {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectRetention"], "Resource": f"{arn}/*"},
+            # A locked backup extends the lock of older packs it reuses, wherever they live; it can
+            # only lengthen a COMPLIANCE lock, and GOVERNANCE bypass is not granted.
+            {"Effect": "Allow", "Action": ["s3:PutObjectRetention"], "Resource": f"{arn}/*"},
             {"Effect": "Allow", "Resource": f"{arn}/{write_prefix}*",
-             "Action": ["s3:PutObject", "s3:PutObjectRetention", "s3:AbortMultipartUpload",
+             "Action": ["s3:PutObject", "s3:AbortMultipartUpload",
                         "s3:DeleteObject"]},  # own session markers, retention/prune; Object Lock still holds
         ],
     }  # fmt: skip

@@ -95,9 +95,11 @@ class AzureBlobStorageService(StorageService):
         sas = generate_container_sas(
             self.account.account_name, container, account_key=self.account.require_key("scoped credentials"),
             # delete: the engine removes its own "backup in progress" markers and runs retention/prune;
-            # restore points under immutability cannot be deleted whatever the SAS allows
+            # restore points under immutability cannot be deleted whatever the SAS allows.
+            # set_immutability_policy: a locked backup extends the lock of older blobs it reuses.
             permission=ContainerSasPermissions(
-                read=True, list=True, add=True, create=True, write=True, delete=True
+                read=True, list=True, add=True, create=True, write=True, delete=True,
+                set_immutability_policy=True,
             ),
             start=now - CLOCK_SKEW, expiry=expires_at,
         )  # fmt: skip
