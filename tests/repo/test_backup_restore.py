@@ -214,3 +214,39 @@ def test_machine_root_maps_paths(repo: Repository, tmp_path: Path) -> None:
     assert {e.path for e in list_tree(repo, snap.id, "/data")} == {"/data/keep.txt"}
     restore(repo, snap.id, tmp_path / "out")
     assert (tmp_path / "out" / "data" / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("*.log", "/var/log/app.log", True),  # no "/": the base name, at any depth
+        ("/home/*/.cache", "/home/ann/.cache", True),
+        ("/home/*/.cache", "/home/ann/src/.cache", False),  # "*" stays inside one component
+        ("/srv/**/*.log", "/srv/a/b/c.log", True),  # "**" spans any depth, including none
+        ("/srv/**/*.log", "/srv/c.log", True),
+        ("/tmp/*", "/tmp/a/b", False),
+        ("/data/file?.bin", "/data/file1.bin", True),
+        ("/data/file?.bin", "/data/file/.bin", False),
+        ("[!.]*", "visible", True),
+        ("[!.]*", ".hidden", False),
+        ("[^x]", "^", True),  # a caret is a literal in a glob class
+        ("[^x]", "a", False),
+        ("a[b", "a[b", True),  # an unclosed bracket is literal
+    ],
+)
+def test_glob_masks(pattern: str, path: str, expected: bool) -> None:
+    from cloudkeep.repo.archiver import matches
+
+    assert matches(pattern, path) is expected
+
+
+def test_exclude_mask_stays_in_its_directory_level(repo: Repository, source: Path) -> None:
+    snap = backup_files(repo, [source], hostname="h", excludes=[f"{source}/*/deep"])
+    paths = {e.path.removeprefix(str(source)) for e in list_tree(repo, snap.id, str(source), recursive=True)}
+    assert "/docs/deep" not in paths and "/docs/readme.txt" in paths
+    snap = backup_files(repo, [source], hostname="h", excludes=[f"{source}/*/er"])  # er is two levels down
+    paths = {e.path.removeprefix(str(source)) for e in list_tree(repo, snap.id, str(source), recursive=True)}
+    assert "/docs/deep/er/notes.md" in paths
+    snap = backup_files(repo, [source], hostname="h", excludes=[f"{source}/**/er"])
+    paths = {e.path.removeprefix(str(source)) for e in list_tree(repo, snap.id, str(source), recursive=True)}
+    assert "/docs/deep/er" not in paths and "/docs/deep" in paths

@@ -88,3 +88,72 @@ def test_concurrent_backups_into_one_repository(repo: Repository, store: ObjectS
             == (sources[n] / "blob.bin").read_bytes()
         )
     assert list(store.list("sessions/")) == []  # every session marker was cleaned up
+
+
+_KILLED_BACKUP = """
+import sys
+from pathlib import Path
+from cloudkeep.repo import Repository, backup_files
+from cloudkeep.storage import open_store
+
+repo = Repository.open(open_store(sys.argv[1]), sys.argv[2])
+
+def progress(p):
+    print(p.bytes_uploaded, flush=True)
+
+backup_files(repo, [Path(sys.argv[3])], hostname="h", progress=progress, bandwidth_limit=4 * 2**20, threads=1)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_backup_then_rerun(tmp_path: Path) -> None:
+    """A real process killed with SIGKILL while uploading: no restore point, the repository checks
+    clean, staged leftovers are invisible, and the rerun reuses what was indexed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cloudkeep.repo.pack import STAGING_PACK_PREFIX
+    from cloudkeep.storage import open_store
+    from tests.repo.conftest import FAST_KDF, SMALL_CHUNKS
+
+    url = f"file://{tmp_path}/repo"
+    Repository.create(open_store(url), PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=2**20)
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(8):
+        (src / f"f{n}.bin").write_bytes(__import__("random").Random(n).randbytes(3 * 2**20))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BACKUP, url, PASSWORD, str(src)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in child.stdout:  # progress lines: bytes uploaded so far
+        assert line.strip() != "finished", "the backup ended before it could be killed"
+        if int(line) >= 12 * 2**20:  # well past the first index file (written every 8 packs)
+            break
+        assert time.monotonic() < deadline, "no upload progress"
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    store = open_store(url)
+    repo = Repository.open(store, PASSWORD)
+    assert list_snapshots(repo) == [] and len(repo.index) > 0
+    assert list(tmp_path.joinpath("repo").rglob(f"{STAGING_PACK_PREFIX}*")), "expected staged leftovers"
+    assert not any(STAGING_PACK_PREFIX in info.key for info in store.list(""))
+    report = check(repo, read_data=True)
+    assert report.ok, report.problems
+    indexed = sum(
+        e.raw_length for _, entries in repo.index.pack_entries() for e in entries if e.type == "data"
+    )
+    assert indexed >= 6 * 2**20  # at least the first batch of 8 one-MiB packs was indexed before the kill
+    snap = backup_files(repo, [src], hostname="h")
+    # Stored again: exactly the data that was not indexed, plus the new trees (~25 KiB of chunk ids).
+    assert 0 <= snap.stats["bytes_new"] - (24 * 2**20 - indexed) < 64 * 1024
+    restore(repo, snap.id, tmp_path / "out")
+    for n in range(8):
+        assert restored(tmp_path / "out", src / f"f{n}.bin").read_bytes() == (src / f"f{n}.bin").read_bytes()

@@ -10,7 +10,6 @@ Metadata is applied last (directories deepest first) so writing does not disturb
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import threading
 from collections import defaultdict
@@ -27,7 +26,7 @@ from cloudkeep.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from cloudkeep.repo.archiver import BackupProgress
+from cloudkeep.repo.archiver import BackupProgress, matches
 from cloudkeep.repo.fsmeta import apply_metadata
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
@@ -108,8 +107,7 @@ def find(
     for sid in ids:
         snap = repo.load_snapshot(sid)
         for path, node in walk(repo, bytes.fromhex(snap.tree), "/"):
-            subject = path if "/" in pattern else node.name
-            if fnmatch.fnmatchcase(subject, pattern):
+            if matches(pattern, path):  # the same globs as backup masks
                 yield snap.id, TreeEntry.of(path, node)
 
 
