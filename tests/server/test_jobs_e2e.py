@@ -403,6 +403,9 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
                 r.channel for r in db.scalars(select(CommandRecord).where(CommandRecord.kind == "backup"))
             }
         assert channels == {"queue"}
+        for machine in machines:  # packs for S3 were staged under the agent's state folder, and are gone
+            staging = list((machine.config.state_dir / "tmp").glob("cloudkeep-staging-*"))
+            assert len(staging) == 1 and list(staging[0].iterdir()) == []
         env = {"harness": harness}
         for machine in machines:
             point = latest_point(env, machine.row_id, job_id)

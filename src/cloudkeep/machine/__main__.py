@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,21 @@ def _keygen(config_path: Path) -> int:
     return 0
 
 
+def _temp_under_state(config: MachineConfig) -> None:
+    """Temporary files (staged packs of up to the pack size) go under the state folder: ``/tmp``
+    is often a RAM-backed tmpfs on small VMs, and the state folder is known to be writable."""
+    folder = config.state_dir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(folder)
+
+
 def _daemon(config: MachineConfig, service: str) -> int:
     from cloudkeep.machine.agent import agent
     from cloudkeep.machine.message_service import MessageService
     from cloudkeep.machine.transport import transport
 
     factories: dict[str, Any] = {"message-service": MessageService, "agent": agent, "transport": transport}
+    _temp_under_state(config)
     runner = factories[service](config)
 
     def request_stop(*_: object) -> None:
@@ -70,6 +80,8 @@ def _daemon(config: MachineConfig, service: str) -> int:
 
 def _exec(config: MachineConfig, message_b64: str) -> int:
     from cloudkeep.machine.exec import exec_command
+
+    _temp_under_state(config)
 
     try:
         text = base64.b64decode(message_b64, validate=True).decode()
