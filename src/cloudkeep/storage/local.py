@@ -111,7 +111,7 @@ class LocalStore(ObjectStore):
             else:
                 os.replace(tmp, path)
             if self.fsync:
-                self._fsync_dir(path.parent)
+                self._fsync(path.parent)
         except OSError as exc:
             self._raise_os(exc, "put", key)
         finally:
@@ -137,11 +137,7 @@ class LocalStore(ObjectStore):
         try:
             try:
                 if self.fsync:
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    self._fsync(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, target)
             except OSError as exc:
@@ -150,7 +146,7 @@ class LocalStore(ObjectStore):
                 super().put_file(key, path, retain_until=retain_until)  # staged on another filesystem
                 return
             if self.fsync:
-                self._fsync_dir(target.parent)
+                self._fsync(target.parent)
         except OSError as exc:
             self._raise_os(exc, "put", key)
         finally:
@@ -158,8 +154,9 @@ class LocalStore(ObjectStore):
                 os.unlink(path)
 
     @staticmethod
-    def _fsync_dir(folder: Path) -> None:
-        fd = os.open(folder, os.O_RDONLY)
+    def _fsync(path: Path | str) -> None:
+        """Make a written file, or a folder's new entries, durable."""
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
