@@ -190,30 +190,19 @@ def test_put_file_under_retention(store: ObjectStore, random_key: str) -> None:
             store.delete(random_key)
 
 
-def test_get_range_into(store: ObjectStore, random_key: str) -> None:
-    data = bytes(range(256)) * 40
+def test_open_range_streams_the_range(store: ObjectStore, random_key: str) -> None:
+    data = os.urandom(3 * 2**20 + 5)
     store.put(random_key, data)
-    buffer = memoryview(bytearray(1000))
-    assert store.get_range_into(random_key, 5000, buffer) == 1000 and bytes(buffer) == data[5000:6000]
-    assert store.get_range_into(random_key, len(data) - 10, buffer) == 10  # clipped at the end
-    assert bytes(buffer[:10]) == data[-10:]
-    with pytest.raises(ObjectNotFoundError):
-        store.get_range_into(random_key + "-missing", 0, buffer)
-
-
-def test_extend_retention_lengthens_never_shortens(store: ObjectStore, random_key: str) -> None:
-    soon, later = datetime.now(UTC) + timedelta(days=1), datetime.now(UTC) + timedelta(days=30)
-    store.put(random_key, b"pack", retain_until=soon)
-    if not store.supports_object_lock:
-        assert store.extend_retention(random_key, later) is False
-        return
-    assert store.extend_retention(random_key, later) is True
-    assert abs((store.stat(random_key).retain_until - later).total_seconds()) < 2  # type: ignore[union-attr, operator]
-    assert store.extend_retention(random_key, soon) is True  # shorter: left alone
-    assert abs((store.stat(random_key).retain_until - later).total_seconds()) < 2  # type: ignore[union-attr, operator]
-    store.put(random_key + "-unlocked", b"pack")
-    store.extend_retention(random_key + "-unlocked", later)
-    with pytest.raises(ObjectLockedError):
-        store.delete(random_key + "-unlocked")
-    with pytest.raises(ObjectNotFoundError):
-        store.extend_retention(random_key + "-missing", later)
+    buffer = memoryview(bytearray(100_000))
+    with store.open_range(random_key, 1000, 2 * 2**20) as stream:
+        got = bytearray()
+        while n := stream.readinto(buffer):
+            got += buffer[:n]
+    assert bytes(got) == data[1000 : 1000 + 2 * 2**20]
+    with store.open_range(random_key, len(data) - 10, 4096) as stream:  # clipped at the end
+        assert stream.readinto(buffer) == 10 and bytes(buffer[:10]) == data[-10:]
+        assert stream.readinto(buffer) == 0
+    with store.open_range(random_key, len(data) + 10, 4096) as stream:  # past the end: empty
+        assert stream.readinto(buffer) == 0
+    with pytest.raises(ObjectNotFoundError), store.open_range(random_key + "-missing", 0, 10):
+        pass

@@ -32,10 +32,9 @@ from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
-from cloudkeep.storage.base import ObjectNotFoundError
+from cloudkeep.storage.base import ObjectNotFoundError, RangeStream
 
-RANGE_SPAN = 4 * 2**20  # local stores: one ranged read covers at most this much of a pack (bounded RAM)
-REMOTE_SCHEMES = ("s3", "azure")  # per-request cost and latency: read each pack in one request
+REMOTE_SCHEMES = ("s3", "azure")  # higher latency per request: more packs in flight
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
@@ -121,6 +120,26 @@ def _os_error(exc: OSError, path: str) -> Exception:
     return exc
 
 
+def _read_exactly(stream: RangeStream, view: memoryview) -> memoryview:
+    """Fill ``view`` from the stream; shorter only where the stream ends (a truncated pack)."""
+    filled = 0
+    while filled < len(view):
+        n = stream.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return view[:filled]
+
+
+def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
+    """Read past ``count`` unneeded bytes (a gap between needed blobs, at most ``RANGE_GAP``)."""
+    while count > 0:
+        n = len(_read_exactly(stream, scratch[: min(count, len(scratch))]))
+        if not n:
+            return
+        count -= n
+
+
 def _all_zero(data: bytes | memoryview) -> bool:
     """Zero chunks compress, so they come back as ``bytes``; a raw view (incompressible or tiny
     data) is simply written, which is always correct."""
@@ -148,7 +167,6 @@ class _Restorer:
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
         self.local = threading.local()
-        self.reuse_reads = False
         self.bytes_written = 0
 
     def plan(self, node: Node, dest: str) -> None:
@@ -202,15 +220,14 @@ class _Restorer:
         self.finishing.append((dest, node))
 
     def fetch_all(self, threads: int | None = None) -> None:
-        """Fetch each pack's needed blobs as ranged reads, in parallel.
+        """Fetch each pack's needed blobs, several packs at a time.
 
-        Remote stores get one request per pack (fewer requests, less latency; 4 threads bound RAM
-        to ~4 packs); local stores get reads of at most ``RANGE_SPAN`` into one reusable buffer
-        per thread, on as many threads as cores plus one (more only add GIL hand-offs).
+        A pack's needed blobs are read in one streamed request (``ObjectStore.open_range``),
+        split only where more than ``RANGE_GAP`` of unneeded bytes lie between them; each blob is
+        read into one reusable buffer per thread, so memory is a blob per thread whatever the
+        pack size. Remote stores use 4 threads (latency), local ones cores + 1.
         """
         remote = self.repo.store.scheme in REMOTE_SCHEMES
-        self.reuse_reads = not remote
-        span = 2**40 if remote else RANGE_SPAN
         threads = threads or (4 if remote else (os.cpu_count() or 2) + 1)
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
@@ -221,10 +238,7 @@ class _Restorer:
             entries.sort(key=lambda e: e.offset)
             run: list[BlobEntry] = []
             for entry in entries:
-                if run and (
-                    entry.offset + entry.length - run[0].offset > span
-                    or entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP
-                ):
+                if run and entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP:
                     runs.append((pack_id, run))
                     run = []
                 run.append(entry)
@@ -251,35 +265,38 @@ class _Restorer:
         pack_id, entries = item
         start, end = entries[0].offset, entries[-1].offset + entries[-1].length
         try:
-            if self.reuse_reads:
-                view = self._read_buffer(end - start)
-                view = view[: self.repo.store.get_range_into(pack_key(pack_id), start, view)]
-            else:
-                view = memoryview(self.repo.store.get_range(pack_key(pack_id), start, end - start))
+            with self.repo.store.open_range(pack_key(pack_id), start, end - start) as stream:
+                position = start
+                for entry in entries:
+                    _skip(stream, entry.offset - position, self._buffer(RANGE_GAP))
+                    sealed = _read_exactly(stream, self._buffer(entry.length))
+                    position = entry.offset + len(sealed)
+                    self._restore_blob(pack_id, entry, sealed)
         except ObjectNotFoundError:
             raise IntegrityError(
                 f"pack {pack_id} is missing from storage", hint="run `cloudkeep repo check`"
             ) from None
-        for entry in entries:
-            sealed = view[entry.offset - start : entry.offset - start + entry.length]
-            data = self.repo.decode_blob(entry, pack_id, sealed, reuse_buffer=True)
-            for target in self.by_blob[entry.id]:
-                if target.sparse and _all_zero(data):  # leave a hole in the pre-sized file
-                    if target.create:
-                        self._create((target.path, target.size))
-                    continue
-                self._write(target, data)
-            with self.lock:
-                self.bytes_written += len(data) * len(self.by_blob[entry.id])
-            if self.progress:
-                self.progress(
-                    BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
-                )
 
-    def _read_buffer(self, size: int) -> memoryview:
+    def _restore_blob(self, pack_id: str, entry: BlobEntry, sealed: memoryview) -> None:
+        data = self.repo.decode_blob(entry, pack_id, sealed, reuse_buffer=True)  # a short read fails here
+        for target in self.by_blob[entry.id]:
+            if target.sparse and _all_zero(data):  # leave a hole in the pre-sized file
+                if target.create:
+                    self._create((target.path, target.size))
+                continue
+            self._write(target, data)
+        with self.lock:
+            self.bytes_written += len(data) * len(self.by_blob[entry.id])
+        if self.progress:
+            self.progress(
+                BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
+            )
+
+    def _buffer(self, size: int) -> memoryview:
+        """This thread's read buffer (sealed blobs, skipped gaps), grown to the largest blob."""
         buf: bytearray | None = getattr(self.local, "buffer", None)
         if buf is None or len(buf) < size:
-            buf = self.local.buffer = bytearray(max(size, RANGE_SPAN))
+            buf = self.local.buffer = bytearray(max(size, RANGE_GAP))
         return memoryview(buf)[:size]
 
     def _write(self, target: _Target, data: bytes | memoryview) -> None:

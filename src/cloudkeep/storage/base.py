@@ -9,15 +9,23 @@ registered by URL scheme (``file``, ``s3``, ``azure``, ``memory``) and opened wi
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlparse
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+
+
+class RangeStream(Protocol):
+    """What ``ObjectStore.open_range`` yields: ``readinto`` returns 0 at the end of the range."""
+
+    def readinto(self, buffer: memoryview, /) -> int: ...
+
 
 STAGING_PREFIX = ".ck-tmp-"  # temporary files (staged packs, half-written objects); never listed as objects
 
@@ -84,15 +92,15 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
 
-    def get_range_into(self, key: str, offset: int, buffer: memoryview) -> int:
-        """Read up to ``len(buffer)`` bytes at ``offset`` into ``buffer``; returns how many were read.
+    @contextlib.contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
+        """``length`` bytes from ``offset`` (fewer at the object's end) as a stream read on demand.
 
-        Lets a restore reuse one buffer per thread instead of a fresh object per read. This
-        default copies from ``get_range``; the local folder reads straight into the buffer.
+        A restore takes a pack's blobs one after another from one request, holding one blob at a
+        time rather than the whole range. This default holds the range in memory; backends
+        stream it.
         """
-        data = self.get_range(key, offset, len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        yield io.BytesIO(self.get_range(key, offset, length))
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

@@ -25,6 +25,7 @@ from cloudkeep.storage.base import (
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStore,
+    RangeStream,
     register_backend,
 )
 
@@ -180,21 +181,17 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             self._raise_os(exc, "get", key)
 
-    def get_range_into(self, key: str, offset: int, buffer: memoryview) -> int:
+    @contextlib.contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
         try:
-            with self._path(key).open("rb", buffering=0) as fh:
-                fh.seek(offset)
-                filled = 0
-                while filled < len(buffer):
-                    n = fh.readinto(buffer[filled:])
-                    if not n:
-                        break
-                    filled += n
-                return filled
+            fh = self._path(key).open("rb", buffering=0)
+            fh.seek(offset)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist") from None
         except OSError as exc:
             self._raise_os(exc, "get", key)
+        with fh:
+            yield _LocalRange(self, key, fh, length)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -255,3 +252,18 @@ class LocalStore(ObjectStore):
             return
         except OSError as exc:
             self._raise_os(exc, "delete", key)
+
+
+class _LocalRange:
+    """A file read from an offset, stopping after the range's length."""
+
+    def __init__(self, store: LocalStore, key: str, fh: Any, length: int) -> None:
+        self.store, self.key, self.fh, self.left = store, key, fh, length
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        try:
+            n = self.fh.readinto(buffer[: self.left]) or 0
+        except OSError as exc:
+            self.store._raise_os(exc, "get", self.key)
+        self.left -= n
+        return n

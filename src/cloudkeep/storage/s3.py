@@ -9,6 +9,7 @@ S3 implementations (moto) lack ``get_object_retention``.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from cloudkeep.storage.base import (
     ObjectLockedError,
     ObjectNotFoundError,
     ObjectStore,
+    RangeStream,
     register_backend,
 )
 
@@ -247,6 +249,29 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:GetObject", key)
 
+    @contextlib.contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
+        """One GET whose body is read as the caller consumes it (never the whole pack in memory)."""
+        if length <= 0:
+            yield io.BytesIO()
+            return
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                yield io.BytesIO()
+                return
+            self._raise(exc, "s3:GetObject", key)
+        except Exception as exc:
+            self._raise(exc, "s3:GetObject", key)
+        body = resp["Body"]
+        try:
+            yield _S3Range(self, key, body)
+        finally:
+            body.close()
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
@@ -343,3 +368,16 @@ def _now(like: datetime) -> datetime:
     from datetime import UTC
 
     return datetime.now(UTC) if like.tzinfo else datetime.now()
+
+
+class _S3Range:
+    """A GET body whose read errors (reset connections, timeouts) become cloudkeep errors."""
+
+    def __init__(self, store: S3Store, key: str, body: Any) -> None:
+        self.store, self.key, self.body = store, key, body
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        try:
+            return int(self.body.readinto(buffer))
+        except Exception as exc:
+            self.store._raise(exc, "s3:GetObject", self.key)
