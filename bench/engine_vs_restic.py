@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -389,6 +390,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
     parser.add_argument("--no-borg", action="store_true")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every tool N times, interleaved; report medians (default 1)",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ck-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -403,67 +410,90 @@ def main() -> None:
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        tools: list[tuple[str, Callable[[Path], tuple[Tool, Callable[[], int]]]]] = []
+        Factory = Callable[[Path, Path, int], tuple[Tool, Callable[[], int]]]
+        tools: list[tuple[str, Factory]] = []
         for backend in backends:
             if backend == "local":
-                tools.append(("local", lambda src: _local_ck(src, work)))
-                tools.append(("local", lambda src: _local_restic(src, work)))
+                tools.append(("local", _local_ck))
+                tools.append(("local", _local_restic))
                 if not args.no_borg and shutil.which("borg"):
-                    tools.append(("local", lambda src: _local_borg(src, work)))
+                    tools.append(("local", _local_borg))
             else:
-                tools.append(("s3", lambda src: _s3_ck(src, work, endpoint)))
-                tools.append(("s3", lambda src: _s3_restic(src, work, endpoint, aws_env)))
-        for backend, factory in tools:
-            source = work / "machine"
-            shutil.rmtree(source, ignore_errors=True)
-            t = time.monotonic()
-            generate(source, args.size, args.seed)  # identical day-1 data for every tool
-            print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
-            tool, size_of = factory(source)
-            _drop_caches_hint()
-            res = measure(tool, backend, source, work, args.seed, size_of)
-            results.append(res)
-            print(_row(res), flush=True)
+                tools.append(("s3", lambda src, run_dir, n: _s3_ck(src, run_dir, endpoint, n)))
+                tools.append(("s3", lambda src, run_dir, n: _s3_restic(src, run_dir, endpoint, aws_env, n)))
+        for n in range(args.repeat):  # tools take turns, so slow spells of a shared machine hit all alike
+            for backend, factory in tools:
+                source = work / "machine"
+                shutil.rmtree(source, ignore_errors=True)
+                t = time.monotonic()
+                generate(source, args.size, args.seed)  # identical day-1 data for every tool
+                print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
+                run_dir = work / f"run{n}"
+                run_dir.mkdir(exist_ok=True)
+                tool, size_of = factory(source, run_dir, n)
+                _drop_caches_hint()
+                res = measure(tool, backend, source, run_dir, args.seed, size_of)
+                results.append(res)
+                print(_row(res), flush=True)
+            shutil.rmtree(work / f"run{n}", ignore_errors=True)  # ~0.8 GiB per tool and backend
     finally:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-    report(results, args.size)
+    report(medians(results), args.size, args.repeat)
     (work / "results.json").write_text(json.dumps([_as_json(r) for r in results], indent=2))
     print(f"results: {work / 'results.json'}")
 
 
-def _local_ck(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+def medians(results: list[Results]) -> list[Results]:
+    """One result per tool and backend: the median of its runs, figure by figure."""
+    merged: list[Results] = []
+    for key in dict.fromkeys((r.tool, r.backend) for r in results):
+        runs = [r for r in results if (r.tool, r.backend) == key]
+        steps = {
+            step: Measure(
+                statistics.median(r.steps[step].seconds for r in runs),
+                statistics.median(r.steps[step].max_rss_mib for r in runs),
+            )
+            for step in runs[0].steps
+        }
+        merged.append(Results(*key, steps, int(statistics.median(r.repo_bytes for r in runs))))
+    return merged
+
+
+def _local_ck(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]:
     repo = work / "ck-repo"
     return Cloudkeep(f"file://{repo}", {}, src, work), lambda: du(repo)
 
 
-def _local_restic(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+def _local_restic(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]:
     repo = work / "restic-repo"
     return Restic(str(repo), {}, src, work), lambda: du(repo)
 
 
-def _local_borg(src: Path, work: Path) -> tuple[Tool, Callable[[], int]]:
+def _local_borg(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]:
     repo = work / "borg-repo"
     return Borg(repo, src, work), lambda: du(repo)
 
 
-def _s3_ck(src: Path, work: Path, endpoint: str) -> tuple[Tool, Callable[[], int]]:
-    make_bucket(endpoint, "ck-bench")
+def _s3_ck(src: Path, work: Path, endpoint: str, n: int) -> tuple[Tool, Callable[[], int]]:
+    bucket = f"ck-bench-{n}"
+    make_bucket(endpoint, bucket)
     opts = {
         "endpoint_url": endpoint,
         "region": "us-east-1",
         "aws_access_key_id": "bench",
         "aws_secret_access_key": "bench",
     }
-    return Cloudkeep("s3://ck-bench/repo", opts, src, work), lambda: s3_size(endpoint, "ck-bench")
+    return Cloudkeep(f"s3://{bucket}/repo", opts, src, work), lambda: s3_size(endpoint, bucket)
 
 
-def _s3_restic(src: Path, work: Path, endpoint: str, env: dict[str, str]) -> tuple[Tool, Callable[[], int]]:
-    make_bucket(endpoint, "restic-bench")
-    return Restic(f"s3:{endpoint}/restic-bench/repo", env, src, work), lambda: s3_size(
-        endpoint, "restic-bench"
-    )
+def _s3_restic(
+    src: Path, work: Path, endpoint: str, env: dict[str, str], n: int
+) -> tuple[Tool, Callable[[], int]]:
+    bucket = f"restic-bench-{n}"
+    make_bucket(endpoint, bucket)
+    return Restic(f"s3:{endpoint}/{bucket}/repo", env, src, work), lambda: s3_size(endpoint, bucket)
 
 
 def _drop_caches_hint() -> None:
@@ -487,8 +517,9 @@ def _as_json(r: Results) -> dict[str, object]:
     }
 
 
-def report(results: list[Results], size: int) -> None:
-    print(f"\n== {size} MiB machine: other tool / cloudkeep (above 1.00 = cloudkeep better) ==")
+def report(results: list[Results], size: int, repeat: int = 1) -> None:
+    runs = f", medians of {repeat} interleaved runs" if repeat > 1 else ""
+    print(f"\n== {size} MiB machine{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better) ==")
     for backend in ("local", "s3"):
         ck = next((r for r in results if r.tool == "cloudkeep" and r.backend == backend), None)
         if ck is None:
