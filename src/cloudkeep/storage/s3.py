@@ -59,7 +59,7 @@ class S3Store(ObjectStore):
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
-        multipart_threshold: int = 16 * 2**20,
+        multipart_threshold: int = 64 * 2**20,
         multipart_chunk: int = 8 * 2**20,
         multipart_concurrency: int = 4,
         object_lock_mode: str = "COMPLIANCE",
@@ -179,12 +179,19 @@ class S3Store(ObjectStore):
             self._raise(exc, "s3:PutObject", key)
 
     def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
-        """Big packs go up part by part straight from the staging file: only the parts in flight
-        are in memory."""
+        """Straight from the staging file: one streamed PUT up to ``multipart_threshold`` (S3 bills
+        per request), parallel parts above it; only the parts in flight are in memory."""
         try:
             size = os.path.getsize(path)
             if size <= self.multipart_threshold:
-                super().put_file(key, path, retain_until=retain_until)
+                with open(path, "rb") as body:  # botocore rewinds it for checksums and retries
+                    try:
+                        self.client.put_object(
+                            Bucket=self.bucket, Key=self.prefix + key, Body=body, ContentLength=size,
+                            **self._lock_args(retain_until),
+                        )  # fmt: skip
+                    except Exception as exc:
+                        self._raise(exc, "s3:PutObject", key)
                 return
             fd = os.open(path, os.O_RDONLY)
             try:
