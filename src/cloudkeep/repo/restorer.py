@@ -34,7 +34,8 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
 from cloudkeep.storage.base import ObjectNotFoundError, RangeStream
 
-REMOTE_SCHEMES = ("s3", "azure")  # higher latency per request: more packs in flight
+REMOTE_SCHEMES = ("s3", "azure")  # per-request latency and cost: a pack's blobs in one request
+LOCAL_SPAN = 4 * 2**20  # local reads are cheap: smaller units keep every thread busy
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
@@ -223,11 +224,13 @@ class _Restorer:
         """Fetch each pack's needed blobs, several packs at a time.
 
         A pack's needed blobs are read in one streamed request (``ObjectStore.open_range``),
-        split only where more than ``RANGE_GAP`` of unneeded bytes lie between them; each blob is
-        read into one reusable buffer per thread, so memory is a blob per thread whatever the
-        pack size. Remote stores use 4 threads (latency), local ones cores + 1.
+        split where more than ``RANGE_GAP`` of unneeded bytes lie between them (and, locally,
+        every ``LOCAL_SPAN``); each blob is read into one reusable buffer per thread, so memory
+        is a blob per thread whatever the pack size. Remote stores use 4 threads (latency),
+        local ones cores + 1.
         """
         remote = self.repo.store.scheme in REMOTE_SCHEMES
+        span = 2**62 if remote else LOCAL_SPAN  # one pack of small files must not keep one thread busy alone
         threads = threads or (4 if remote else (os.cpu_count() or 2) + 1)
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
@@ -238,7 +241,10 @@ class _Restorer:
             entries.sort(key=lambda e: e.offset)
             run: list[BlobEntry] = []
             for entry in entries:
-                if run and entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP:
+                if run and (
+                    entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP
+                    or entry.offset + entry.length - run[0].offset > span
+                ):
                     runs.append((pack_id, run))
                     run = []
                 run.append(entry)
