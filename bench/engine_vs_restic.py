@@ -154,7 +154,12 @@ class Measure:
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
     """Run a tool; peak RSS comes from GNU time, a small parent: Linux carries a process's
-    max RSS across exec, so a child forked from this (large) bench process would report ours."""
+    max RSS across exec, so a child forked from this (large) bench process would report ours.
+
+    Dirty pages are flushed first: otherwise the first fsync of whichever tool runs next waits
+    for the generator's (or the previous step's) gigabyte to reach the disk (ext4 ordered mode).
+    """
+    os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         timed = (
             ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv] if os.path.exists("/usr/bin/time") else argv
