@@ -44,7 +44,7 @@ BACKUP_REPOSITORY = "this-host-repository"
 DISTRIBUTION_REPOSITORY = "this-host-distribution"
 HOST_TAG = ("cloudkeep-host", "this-host")
 DEFAULT_PATHS = ("/etc", "/home")
-DEFAULT_EXCLUDES = ("*/.cache", "*.tmp")
+DEFAULT_EXCLUDES = ("**/.cache", "*.tmp")  # any .cache folder, at any depth
 # What the installer puts on a machine (relative to its root); ``unprotect`` removes exactly these.
 INSTALLED = ("opt/cloudkeep", "etc/cloudkeep", "var/lib/cloudkeep", "var/log/cloudkeep", "var/run/cloudkeep")
 REMOVE_UNITS = """for svc in message agent transport; do
@@ -56,7 +56,7 @@ done
 systemctl daemon-reload 2>/dev/null || true
 """
 # Always skipped: cloudkeep's own code, config, keys and caches are not the host's data.
-OWN_FILES = tuple(f"*/{relative}" for relative in INSTALLED)
+OWN_FILES = tuple(f"/{relative}" for relative in INSTALLED)
 
 
 class HostError(CloudkeepError):

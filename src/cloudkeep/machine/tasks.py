@@ -38,7 +38,10 @@ def _engine() -> Any:
     return importlib.import_module("cloudkeep.repo")
 
 
-ENTIRE_MACHINE_EXCLUDES = ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/run", "/var/lib/cloudkeep/cache"]
+ENTIRE_MACHINE_EXCLUDES = [
+    "/proc", "/sys", "/dev", "/run", "/tmp", "/var/run",
+    "/var/lib/cloudkeep/cache", "/var/lib/cloudkeep/tmp",  # the agent's file cache and staged packs
+]  # fmt: skip
 
 
 class TaskFailed(CloudkeepError):
