@@ -191,31 +191,32 @@ class AzureBlobStore(ObjectStore):
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
 
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
+    def _range_downloader(self, key: str, offset: int, length: int) -> Any:
+        """A downloader for the range clipped to the blob, or ``None`` when nothing is in it."""
         if length <= 0:
-            return b""
+            return None
         try:
             size = self.container.get_blob_client(self.prefix + key).get_blob_properties().size
             if offset >= size:
-                return b""
+                return None
             return self.container.download_blob(
                 self.prefix + key, offset=offset, length=min(length, size - offset)
-            ).readall()
+            )
+        except Exception as exc:
+            self._raise(exc, "Microsoft.Storage/blobs/read", key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        downloader = self._range_downloader(key, offset, length)
+        if downloader is None:
+            return b""
+        try:
+            return bytes(downloader.readall())
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
 
     @contextlib.contextmanager
     def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
-        downloader = None
-        if length > 0:
-            try:
-                size = self.container.get_blob_client(self.prefix + key).get_blob_properties().size
-                if offset < size:
-                    downloader = self.container.download_blob(
-                        self.prefix + key, offset=offset, length=min(length, size - offset)
-                    )
-            except Exception as exc:
-                self._raise(exc, "Microsoft.Storage/blobs/read", key)
+        downloader = self._range_downloader(key, offset, length)
         yield _AzureRange(self, key, downloader) if downloader is not None else io.BytesIO()
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -231,12 +232,7 @@ class AzureBlobStore(ObjectStore):
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
         return ObjectInfo(key, props.size, props.last_modified, props.etag, _retain_from(props.metadata))
 
-    def extend_retention(self, key: str, until: datetime) -> bool:
-        info = self.stat(key)
-        if info is None:
-            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
-        if info.retain_until is not None and info.retain_until >= until:
-            return True
+    def _set_retention(self, key: str, until: datetime) -> None:
         blob = self.container.get_blob_client(self.prefix + key)
         try:
             if self.immutability:
@@ -246,7 +242,6 @@ class AzureBlobStore(ObjectStore):
             blob.set_blob_metadata({_RETAIN_KEY: until.astimezone(UTC).isoformat()})
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/immutabilityPolicies/write", key)
-        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:

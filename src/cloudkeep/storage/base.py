@@ -22,9 +22,21 @@ from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, P
 
 
 class RangeStream(Protocol):
-    """What ``ObjectStore.open_range`` yields: ``readinto`` returns 0 at the end of the range."""
+    """What ``ObjectStore.open_range`` yields (an open file is one too): ``readinto`` returns 0
+    (or ``None``) at the end."""
 
-    def readinto(self, buffer: memoryview, /) -> int: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+def read_exactly(stream: RangeStream, view: memoryview) -> memoryview:
+    """Fill ``view`` from the stream; shorter only where the stream ends (end of file or range)."""
+    filled = 0
+    while filled < len(view):
+        n = stream.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return view[:filled]
 
 
 STAGING_PREFIX = ".ck-tmp-"  # temporary files (staged packs, half-written objects); never listed as objects
@@ -125,7 +137,18 @@ class ObjectStore(ABC):
         A locked backup reuses chunks stored by earlier backups; without this, their packs could
         be deleted when their own (shorter) retention ends, while the new restore point needs them.
         """
-        return False
+        if not self.supports_object_lock:
+            return False
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
+        if info.retain_until is None or info.retain_until < until:
+            self._set_retention(key, until)
+        return True
+
+    def _set_retention(self, key: str, until: datetime) -> None:
+        """Lock ``key`` until ``until`` (only called to lengthen); stores with object lock implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no object lock")
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

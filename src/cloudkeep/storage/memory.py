@@ -66,14 +66,12 @@ class MemoryStore(ObjectStore):
     def supports_object_lock(self) -> bool:
         return True
 
-    def extend_retention(self, key: str, until: datetime) -> bool:
+    def _set_retention(self, key: str, until: datetime) -> None:
         with self._bucket.lock:
             stored = self._bucket.objects.get(key)
-            if stored is None:
+            if stored is None:  # deleted since extend_retention looked
                 raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
-            if stored.retain_until is None or stored.retain_until < until:
-                stored.retain_until = until
-        return True
+            stored.retain_until = until
 
     def describe(self) -> str:
         return f"memory://{self.name}"

@@ -241,43 +241,40 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:GetObject", key)
 
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
+    def _range_body(self, key: str, offset: int, length: int) -> Any:
+        """The unread body of a ranged GET, or ``None`` when the range is empty or past the end."""
         if length <= 0:
-            return b""
+            return None
         try:
-            resp = self.client.get_object(
+            return self.client.get_object(
                 Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-            return resp["Body"].read()
+            )["Body"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                return b""
+                return None
             self._raise(exc, "s3:GetObject", key)
         except Exception as exc:
             self._raise(exc, "s3:GetObject", key)
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        body = self._range_body(key, offset, length)
+        if body is None:
+            return b""
+        with contextlib.closing(body):
+            try:
+                return bytes(body.read())
+            except Exception as exc:
+                self._raise(exc, "s3:GetObject", key)
+
     @contextlib.contextmanager
     def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
         """One GET whose body is read as the caller consumes it (never the whole pack in memory)."""
-        if length <= 0:
+        body = self._range_body(key, offset, length)
+        if body is None:
             yield io.BytesIO()
             return
-        try:
-            resp = self.client.get_object(
-                Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                yield io.BytesIO()
-                return
-            self._raise(exc, "s3:GetObject", key)
-        except Exception as exc:
-            self._raise(exc, "s3:GetObject", key)
-        body = resp["Body"]
-        try:
+        with contextlib.closing(body):
             yield _S3Range(self, key, body)
-        finally:
-            body.close()
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -296,14 +293,7 @@ class S3Store(ObjectStore):
             head.get("ObjectLockRetainUntilDate"),
         )
 
-    def extend_retention(self, key: str, until: datetime) -> bool:
-        if not self.supports_object_lock:
-            return False
-        info = self.stat(key)
-        if info is None:
-            raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
-        if info.retain_until is not None and info.retain_until >= until:
-            return True
+    def _set_retention(self, key: str, until: datetime) -> None:
         try:
             self.client.put_object_retention(
                 Bucket=self.bucket,
@@ -312,7 +302,6 @@ class S3Store(ObjectStore):
             )
         except Exception as exc:
             self._raise(exc, "s3:PutObjectRetention", key)
-        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
