@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pyfastcdc import FastCDC
+
+from cloudkeep.storage.base import RangeStream, read_exactly
 
 MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
@@ -47,10 +49,6 @@ class ChunkerParams:
         return cls(int(data["min"]), int(data["avg"]), int(data["max"]), int(data["seed"]))
 
 
-class Readable(Protocol):
-    def readinto(self, buffer: memoryview, /) -> int | None: ...
-
-
 class StreamCutter:
     """Cuts files into content-defined chunks through one reusable buffer (one per thread).
 
@@ -68,17 +66,14 @@ class StreamCutter:
         self.max_size = params.max_size
         self.buffer = bytearray(params.max_size + READ_AHEAD)
 
-    def cut(self, fh: Readable) -> Iterator[memoryview]:
+    def cut(self, fh: RangeStream) -> Iterator[memoryview]:
         """Chunks of ``fh`` from its current position; each is valid only until the next one."""
         view = memoryview(self.buffer)
         have, eof = 0, False
         while True:
-            while not eof and have < len(view):
-                n = fh.readinto(view[have:])
-                if n:
-                    have += n
-                else:
-                    eof = True
+            if not eof:
+                have += len(read_exactly(fh, view[have:]))
+                eof = have < len(view)
             start = 0
             for chunk in self.cdc.cut_buf(view[:have]):
                 end = chunk.offset + chunk.length

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from cloudkeep.errors import AuthenticationError, IntegrityError
+from cloudkeep.repo.memory import ThreadBuffers
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -70,6 +71,7 @@ class Crypter:
         self._aead = AESGCM(key.encryption)
         self.compression_level = compression_level
         self._local = threading.local()  # zstd contexts are not thread-safe; reuse one per thread
+        self._buffers = ThreadBuffers()
 
     def content_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.key.id_key).digest()
@@ -98,14 +100,6 @@ class Crypter:
             hint="run `cloudkeep check --read-data` to see which restore points are affected",
         )
 
-    def _buffer(self, name: str, size: int) -> memoryview:
-        """This thread's reusable buffer ``name``, at least ``size`` bytes (it grows, never shrinks)."""
-        buf: bytearray | None = getattr(self._local, name, None)
-        if buf is None or len(buf) < size:
-            buf = bytearray(max(size, 2**20))
-            setattr(self._local, name, buf)
-        return memoryview(buf)
-
     def _payload(self, data: bytes | memoryview, compress: bool) -> tuple[int, bytes | memoryview]:
         """The codec and payload to seal: zstd unless it does not pay."""
         if compress and len(data) > 64:
@@ -132,7 +126,7 @@ class Crypter:
         """
         codec, payload = self._payload(data, True)
         size = NONCE_SIZE + 1 + len(payload) + TAG_SIZE
-        view = self._buffer("sealing", size + 16)  # update_into wants a block of slack
+        view = self._buffers.get("sealing", size + 16)  # update_into wants a block of slack
         nonce = os.urandom(NONCE_SIZE)
         view[:NONCE_SIZE] = nonce
         # GCM is a stream mode: two updates give exactly the one-shot AESGCM ciphertext.
@@ -155,7 +149,7 @@ class Crypter:
         """
         sealed = self._check_length(sealed, what)
         size = len(sealed) - NONCE_SIZE - TAG_SIZE
-        plain = self._buffer("opening", size)[:size]
+        plain = self._buffers.get("opening", size)
         try:
             self._aead.decrypt_into(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad, plain)
         except InvalidTag:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
 
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 256 * 1024
@@ -28,3 +29,23 @@ def limit_heap_fragmentation() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
     except (OSError, AttributeError):
         pass  # not glibc (musl, …): nothing to tune
+
+
+class ThreadBuffers:
+    """Named byte buffers, one set per thread, reused from one chunk to the next.
+
+    A fresh object per ~1 MiB chunk costs an allocation, a copy and its page faults (kernel
+    time); a buffer grows to the largest size its thread has asked for and stays.
+    """
+
+    def __init__(self, minimum: int = 2**20) -> None:
+        self.minimum = minimum
+        self._local = threading.local()
+
+    def get(self, name: str, size: int) -> memoryview:
+        """This thread's buffer ``name``, exactly ``size`` bytes long (contents undefined)."""
+        buf: bytearray | None = getattr(self._local, name, None)
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, self.minimum))
+            setattr(self._local, name, buf)
+        return memoryview(buf)[:size]

@@ -28,11 +28,11 @@ from cloudkeep.errors import (
 )
 from cloudkeep.repo.archiver import BackupProgress, matches
 from cloudkeep.repo.fsmeta import apply_metadata
-from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.memory import ThreadBuffers, limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
-from cloudkeep.storage.base import ObjectNotFoundError, RangeStream
+from cloudkeep.storage.base import ObjectNotFoundError, RangeStream, read_exactly
 
 REMOTE_SCHEMES = ("s3", "azure")  # per-request latency and cost: a pack's blobs in one request
 LOCAL_SPAN = 4 * 2**20  # local reads are cheap: smaller units keep every thread busy
@@ -121,21 +121,10 @@ def _os_error(exc: OSError, path: str) -> Exception:
     return exc
 
 
-def _read_exactly(stream: RangeStream, view: memoryview) -> memoryview:
-    """Fill ``view`` from the stream; shorter only where the stream ends (a truncated pack)."""
-    filled = 0
-    while filled < len(view):
-        n = stream.readinto(view[filled:])
-        if not n:
-            break
-        filled += n
-    return view[:filled]
-
-
 def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
     """Read past ``count`` unneeded bytes (a gap between needed blobs, at most ``RANGE_GAP``)."""
     while count > 0:
-        n = len(_read_exactly(stream, scratch[: min(count, len(scratch))]))
+        n = len(read_exactly(stream, scratch[: min(count, len(scratch))]))
         if not n:
             return
         count -= n
@@ -167,7 +156,7 @@ class _Restorer:
         self.first_link: dict[tuple[int, int], str] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
-        self.local = threading.local()
+        self.buffers = ThreadBuffers(RANGE_GAP)  # per thread: sealed blobs read, gaps skipped
         self.bytes_written = 0
 
     def plan(self, node: Node, dest: str) -> None:
@@ -274,8 +263,8 @@ class _Restorer:
             with self.repo.store.open_range(pack_key(pack_id), start, end - start) as stream:
                 position = start
                 for entry in entries:
-                    _skip(stream, entry.offset - position, self._buffer(RANGE_GAP))
-                    sealed = _read_exactly(stream, self._buffer(entry.length))
+                    _skip(stream, entry.offset - position, self.buffers.get("read", RANGE_GAP))
+                    sealed = read_exactly(stream, self.buffers.get("read", entry.length))
                     position = entry.offset + len(sealed)
                     self._restore_blob(pack_id, entry, sealed)
         except ObjectNotFoundError:
@@ -297,13 +286,6 @@ class _Restorer:
             self.progress(
                 BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
             )
-
-    def _buffer(self, size: int) -> memoryview:
-        """This thread's read buffer (sealed blobs, skipped gaps), grown to the largest blob."""
-        buf: bytearray | None = getattr(self.local, "buffer", None)
-        if buf is None or len(buf) < size:
-            buf = self.local.buffer = bytearray(max(size, RANGE_GAP))
-        return memoryview(buf)[:size]
 
     def _write(self, target: _Target, data: bytes | memoryview) -> None:
         try:
