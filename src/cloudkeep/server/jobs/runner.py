@@ -252,7 +252,7 @@ class SessionRunner:
             keeper.join(timeout=10)
 
     def _run(self) -> None:
-        started = utcnow()
+        started = self.clock()
         with self.ctx.db() as db:
             session = db.get(JobSession, self.session_id)
             assert session is not None
@@ -293,7 +293,7 @@ class SessionRunner:
             assert machine is not None
         if self.stop_requested():
             reason = self._stop_reason() + " before this machine started"
-            update_task(self.ctx, task_id, reason, state="stopped", reason=reason, ended_at=utcnow())
+            update_task(self.ctx, task_id, reason, state="stopped", reason=reason, ended_at=self.clock())
             return
         if machine.status != "deployed":
             why = f": {machine.status_reason}" if machine.status_reason else ""
@@ -301,9 +301,9 @@ class SessionRunner:
                 f"machine {machine.name} is not deployed (status {machine.status}{why}); "
                 "run a rescan of its protection group to deploy it"
             )
-            update_task(self.ctx, task_id, reason, state="skipped", reason=reason, ended_at=utcnow())
+            update_task(self.ctx, task_id, reason, state="skipped", reason=reason, ended_at=self.clock())
             return
-        started = utcnow()
+        started = self.clock()
         update_task(self.ctx, task_id, f"backing up {machine.name}", state="running", started_at=started)
         try:
             payload = self._backup(task_id, machine)
@@ -322,7 +322,7 @@ class SessionRunner:
                 self.ctx, task_id, f"internal error: {exc}", state="failed", reason=f"internal error: {exc}"
             )
         finally:
-            update_task(self.ctx, task_id, ended_at=utcnow())
+            update_task(self.ctx, task_id, ended_at=self.clock())
 
     def _access(self, machine_id: str, *, full_access: bool = False) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
@@ -339,7 +339,7 @@ class SessionRunner:
 
     def _backup(self, task_id: str, machine: DiscoveredMachine) -> dict[str, Any]:
         days = self.repository.immutability_days
-        retain_until = utcnow() + timedelta(days=days) if days else None
+        retain_until = self.clock() + timedelta(days=days) if days else None
         body = build_backup_body(self.job, machine, retain_until)
         access, ttl = self._access(machine.id)
         timeout = float((self.job.options or {}).get("task_timeout_seconds", 24 * 3600))
@@ -421,7 +421,7 @@ class SessionRunner:
         snapshot_id = payload.get("snapshot_id")
         if not snapshot_id:
             raise TaskFailed(f"{machine.name} reported success without a restore point id")
-        ended = utcnow()
+        ended = self.clock()
         stats = task_stats(payload.get("stats") or {}, (ended - started).total_seconds())
         created = _parse_time(payload.get("snapshot_time"), ended)
         days = self.repository.immutability_days
@@ -463,7 +463,7 @@ class SessionRunner:
         try:
             policy = ret.validate_retention(self.job.retention)
             points = ret.catalog_points(self.ctx, self.job.id, machine.id)
-            plan = ret.plan_retention(points, policy, utcnow())
+            plan = ret.plan_retention(points, policy, self.clock())
             ret.record_gfs_flags(self.ctx, plan)
             if not plan.remove:
                 return []
@@ -477,7 +477,7 @@ class SessionRunner:
             payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
             removed = ret.removed_snapshot_ids(payload)
             locked = {p.snapshot_id for p in points if p.id in plan.keep and p.retain_until}
-            touched = ret.mark_removed(self.ctx, self.repository.id, removed, utcnow())
+            touched = ret.mark_removed(self.ctx, self.repository.id, removed, self.clock())
             update_task(self.ctx, task_id, f"retention removed {len(touched)} restore point(s)")
             if locked & set(removed):
                 return [
@@ -492,7 +492,7 @@ class SessionRunner:
     # --- the end ---
 
     def _finish(self, started: datetime, error: str | None) -> None:
-        ended = utcnow()
+        ended = self.clock()
         with self.ctx.db() as db:
             session = db.get(JobSession, self.session_id)
             assert session is not None

@@ -124,9 +124,20 @@ def _plan(ctx: ServerContext, job: BackupJob, schedule: Schedule, now: datetime)
 
 
 def tick(
-    ctx: ServerContext, now: datetime, *, dispatcher: CommandSender | None = None, wait: bool = False
+    ctx: ServerContext,
+    now: datetime,
+    *,
+    dispatcher: CommandSender | None = None,
+    wait: bool = False,
+    clock: Callable[[], datetime] | None = None,
 ) -> list[str]:
-    """One scheduler pass at ``now``: start every due job once; returns the session ids started."""
+    """One scheduler pass at ``now``: start every due job once; returns the session ids started.
+
+    Sessions started here read the time from ``clock`` (their start, end, retention and retry
+    times). It defaults to the pass's own ``now``, so a caller that controls time controls all of
+    it; the scheduler loop passes its real clock.
+    """
+    session_clock = clock or (lambda: now)
     from cloudkeep.server.dispatcher import expire_commands
 
     expire_commands(ctx, now)  # commands no machine answered before their expiry stop looking "sent"
@@ -150,6 +161,7 @@ def tick(
                     machine_ids=due.machine_ids,
                     wait=wait,
                     dispatcher=dispatcher,
+                    clock=session_clock,
                 )
             )
         except ConflictError as exc:
@@ -317,7 +329,7 @@ def start_scheduler(
             log.exception("could not recover orphaned sessions")
         while not stop_event.is_set():
             try:
-                tick(ctx, clock(), dispatcher=dispatcher)
+                tick(ctx, clock(), dispatcher=dispatcher, clock=clock)
             except Exception:  # keep scheduling whatever one pass hit
                 log.exception("scheduler tick failed")
             stop_event.wait(interval)
