@@ -359,3 +359,20 @@ def test_every_command_has_working_help() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output, result.exception)
         assert "Usage" in result.output
+
+
+@pytest.mark.parametrize(("state", "code"), [("success", 0), ("warning", 3), ("failed", 1), ("stopped", 1)])
+def test_waiting_commands_exit_with_how_the_session_ended(
+    run: Invoke, ctx: ServerContext, seeded: Seeded, state: str, code: int
+) -> None:
+    """`job start x || alert` must alert when some machines failed (warning = partial, exit 3)."""
+    machine_id = add_machine(ctx, seeded.group, "web-1")
+    with ctx.db() as db:
+        session = JobSession(kind="backup", state=state, reason=f"ended {state}")
+        db.add(session)
+        db.flush()
+        db.add(SessionTask(session_id=session.id, machine_id=machine_id, state=state, progress=1.0))
+        session_id = session.id
+    assert run("session", "watch", session_id).exit_code == code
+    assert run("session", "watch", session_id, "--json").exit_code == code
+    assert "Exit codes: 0 all succeeded; 3 partial" in " ".join(ok(run("--help")).split())

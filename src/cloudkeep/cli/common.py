@@ -31,6 +31,11 @@ LIMIT_OPTION = typer.Option(100, "--limit", min=1, max=500, help="Page size.")
 OFFSET_OPTION = typer.Option(0, "--offset", min=0, help="Rows to skip.")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # as restic: the run finished, but some machines or files failed
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all succeeded; 3 partial (some machines or files failed: the session ended"
+    " 'warning'); 1 failed or stopped; 2 usage or bad input; 130 interrupted."
+)
 
 
 @dataclass
@@ -191,6 +196,13 @@ class CloudkeepGroup(TyperGroup):
 SUCCESS_STATES = ("success", "warning")
 
 
+def exit_code_for(state: str) -> int:
+    """Exit code of a command that waited for a session: `job start x || alert` alerts on partial runs."""
+    if state == "success":
+        return 0
+    return EXIT_PARTIAL if state == "warning" else EXIT_ERROR
+
+
 def watch(c: Client, session_id: str, *, as_json: bool = False, poll: float = 0.5) -> SessionDetail:
     """Follow a session with a live progress bar per task until it ends; returns the final state.
 
@@ -256,5 +268,5 @@ def follow(c: Client, session_id: str, *, wait: bool, as_json: bool) -> None:
             console().print(f"started session {session_id} (watch: cloudkeep session watch {session_id})")
         return
     final = watch(c, session_id, as_json=as_json)
-    if final.state not in SUCCESS_STATES:
-        raise typer.Exit(EXIT_ERROR)
+    if code := exit_code_for(final.state):
+        raise typer.Exit(code)

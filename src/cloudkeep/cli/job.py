@@ -219,7 +219,11 @@ def start(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run a job now and follow its progress."""
+    """Run a job now and follow its progress.
+
+    Exits 0 when every machine succeeded, 3 when some machines or files failed, 1 when the
+    run failed or was stopped.
+    """
     with client(ctx) as c:
         follow(c, c.start_job(ref, machines=machine), wait=wait, as_json=as_json)
 

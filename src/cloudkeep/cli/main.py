@@ -25,11 +25,12 @@ from cloudkeep.cli import (
     server,
     session,
 )
-from cloudkeep.cli.common import CliState, CloudkeepGroup, build_settings
+from cloudkeep.cli.common import EXIT_CODES_HELP, CliState, CloudkeepGroup, build_settings
 
 app = typer.Typer(
     name="cloudkeep",
     help="Backup for cloud machines.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     cls=CloudkeepGroup,
     pretty_exceptions_enable=False,

@@ -8,8 +8,8 @@ from cloudkeep.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
-    SUCCESS_STATES,
     client,
+    exit_code_for,
     print_json,
     print_table,
     render_object,
@@ -72,11 +72,15 @@ def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: boo
 
 @app.command("watch")
 def watch_(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
-    """Follow a session with a progress bar per machine until it ends."""
+    """Follow a session with a progress bar per machine until it ends.
+
+    Exits 0 when every machine succeeded, 3 when some machines or files failed, 1 when the
+    run failed or was stopped.
+    """
     with client(ctx) as c:
         final = watch(c, session_id, as_json=as_json)
-    if final.state not in SUCCESS_STATES:
-        raise typer.Exit(1)
+    if code := exit_code_for(final.state):
+        raise typer.Exit(code)
 
 
 @app.command("stop")
