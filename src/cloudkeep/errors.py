@@ -49,3 +49,14 @@ class AuthenticationError(CloudkeepError):
 
 class InsufficientSpaceError(CloudkeepError):
     """A disk or volume ran out of space (restore target, local store, cache)."""
+
+
+class RestoreIncompleteError(CloudkeepError):
+    """A restore ended with entries it refused or could not write; ``errors`` names each one.
+
+    What could be restored safely was restored; the restore as a whole is not a success.
+    """
+
+    def __init__(self, message: str, *, errors: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errors = list(errors)
