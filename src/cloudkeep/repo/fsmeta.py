@@ -110,15 +110,19 @@ def apply_metadata_at(dir_fd: int, name: str, node: Node, *, set_owner: bool) ->
         if node_type(os.fstat(fd)) != node.type:
             raise OSError(errno.ESTALE, "changed type during the restore")
         # O_PATH descriptors take no f*() calls: their /proc link names the very same inode.
-        target: int | str = f"/proc/self/fd/{fd}" if device else fd
-        if set_owner:
-            with contextlib.suppress(OSError):
-                os.chown(target, node.uid, node.gid)
-        for key, value in node.xattrs.items():
-            with contextlib.suppress(OSError):
-                os.setxattr(target, key, value)
-        os.chmod(target, node.mode & 0o7777)
-        with contextlib.suppress(OSError):
-            os.utime(target, ns=times)
+        apply_metadata_fd(f"/proc/self/fd/{fd}" if device else fd, node, set_owner=set_owner)
     finally:
         os.close(fd)
+
+
+def apply_metadata_fd(target: int | str, node: Node, *, set_owner: bool) -> None:
+    """Owner, xattrs, mode and times through an open descriptor of the restored entry (not a link)."""
+    if set_owner:
+        with contextlib.suppress(OSError):
+            os.chown(target, node.uid, node.gid)  # before chmod: chown clears set-id bits
+    for key, value in node.xattrs.items():
+        with contextlib.suppress(OSError):
+            os.setxattr(target, key, value)
+    os.chmod(target, node.mode & 0o7777)
+    with contextlib.suppress(OSError):
+        os.utime(target, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))

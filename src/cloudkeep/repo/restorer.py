@@ -29,7 +29,7 @@ from cloudkeep.errors import (
 )
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
-from cloudkeep.repo.fsmeta import apply_metadata_at
+from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
 from cloudkeep.repo.memory import ThreadBuffers, limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
@@ -87,8 +87,9 @@ FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is 
 def data_runs(data: bytes | memoryview, offset: int) -> list[tuple[int, int]]:
     """The ``(start, end)`` stretches of a chunk of a sparse file that must be written.
 
-    Whole file-system blocks of zeros (blocks counted from the file's start; the chunk lands at
-    ``offset``) are skipped so they stay holes in the pre-sized file. A view is copied once:
+    File-system blocks of zeros (counted from the file's start; the chunk lands at ``offset``;
+    partial at the chunk's edges) are skipped: the file is new and pre-sized, so what is not
+    written reads as zeros, and whole blocks never written stay holes. A view is copied once:
     comparing memoryviews is element by element, far slower than comparing bytes.
     """
     buf = data if isinstance(data, bytes) else bytes(data)
@@ -102,7 +103,9 @@ def data_runs(data: bytes | memoryview, offset: int) -> list[tuple[int, int]]:
     edge = (-offset) % block or block  # the first block may be partial (unaligned chunk)
     while position < size:
         end = min(position + edge, size)
-        zero = end - position == block and buf.startswith(ZERO_BLOCK, position)
+        zero = buf.startswith(
+            ZERO_BLOCK if end - position == block else ZERO_BLOCK[: end - position], position
+        )
         if zero and start >= 0:
             runs.append((start, position))
             start = -1
@@ -124,7 +127,9 @@ class _File:
     size: int
     sparse: bool
     single: bool  # one chunk: created by the worker that writes it (one open per file)
-    identity: tuple[int, int] | None = None  # (st_dev, st_ino) once created
+    linked: bool = False  # other names are hard-linked to it at the end
+    node: Node | None = None  # one-chunk files: metadata applied by the worker that writes them
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) once created, when needed again
     failed: bool = False
 
 
@@ -150,12 +155,20 @@ class _Restorer:
         self.lock = threading.Lock()
         self.buffers = ThreadBuffers(RANGE_GAP)  # per thread: sealed blobs read, gaps skipped
         self.bytes_written = 0
+        self.failed_files = 0
 
     # -- errors ----------------------------------------------------------------------------
 
     def refuse(self, path: str, reason: str) -> None:
         with self.lock:
             self.result.errors.append(f"{path}: {reason}")
+
+    def _file_failed(self, file: _File, exc: Exception) -> None:
+        with self.lock:
+            if not file.failed:
+                file.failed = True
+                self.failed_files += 1
+        self._failed(file.path, exc)
 
     def _failed(self, path: str, exc: Exception) -> None:
         """Record a per-entry failure; a full or read-only target stops the whole restore."""
@@ -243,11 +256,14 @@ class _Restorer:
         file = _File(index, name, path, node.size, bool(node.sparse), len(node.content) == 1)
         if node.links > 1:
             self.first_link[(node.device, node.inode)] = file
-        if not file.single:  # others are created and pre-sized in parallel before the data arrives
+            file.linked = True
+        if file.single:  # written once: its metadata goes on right after, through the same descriptor
+            file.node = node
+        else:  # created and pre-sized in parallel before the data arrives; metadata at the end
             self.precreate.append(file)
+            self.finishing.append((index, name, node, file))
         for blob_id, at in zip(node.content, offsets, strict=True):
             self.by_blob[blob_id].append(_Target(file, at))
-        self.finishing.append((index, name, node, file))
         self.result.files += 1
         self.result.bytes += node.size
 
@@ -293,25 +309,29 @@ class _Restorer:
         """A descriptor to write ``file`` through: created now (one-chunk files) or reopened."""
         if file.dir < 0:
             return os.open(file.name, os.O_WRONLY | os.O_CLOEXEC)  # a device the administrator named
-        with self.dirs.at(file.dir) as dir_fd:
-            if file.single or file.identity is None:
-                fd = create_file(dir_fd, file.name)
-                try:
-                    st = os.fstat(fd)
-                    file.identity = (st.st_dev, st.st_ino)
-                    os.ftruncate(fd, file.size)  # zero blocks of a sparse file stay holes
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd
-            return open_created(dir_fd, file.name, file.identity)
+        dir_fd = self.dirs.acquire(file.dir)
+        try:
+            if file.identity is not None:
+                return open_created(dir_fd, file.name, file.identity)
+            fd = create_file(dir_fd, file.name)
+        finally:
+            self.dirs.release(file.dir)
+        try:
+            if not file.single or file.linked:  # reopened or linked to later: know it again
+                st = os.fstat(fd)
+                file.identity = (st.st_dev, st.st_ino)
+            if file.sparse or not file.single:
+                os.ftruncate(fd, file.size)  # what is not written stays a hole
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _precreate(self, file: _File) -> None:
         try:
             os.close(self._open(file))
         except (Refused, OSError) as exc:
-            file.failed = True
-            self._failed(file.path, exc)
+            self._file_failed(file, exc)
 
     def _restore_run(self, item: tuple[str, list[BlobEntry]]) -> None:
         pack_id, entries = item
@@ -357,11 +377,19 @@ class _Restorer:
                     while chunk:
                         written = os.pwrite(fd, chunk, offset)
                         chunk, offset = chunk[written:], offset + written
+                if file.node is not None:
+                    self._apply_fd(fd, file)
             finally:
                 os.close(fd)
         except (Refused, OSError) as exc:
-            file.failed = True
-            self._failed(file.path, exc)
+            self._file_failed(file, exc)
+
+    def _apply_fd(self, fd: int, file: _File) -> None:
+        assert file.node is not None
+        try:
+            apply_metadata_fd(fd, file.node, set_owner=self.set_owner)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            self._warn(file.path, exc)
 
     # -- links and metadata ----------------------------------------------------------------
 
@@ -380,14 +408,18 @@ class _Restorer:
         index, name, node, file = item
         if file is not None and file.failed:
             return
+        fd = self.dirs.acquire(index)
         try:
-            with self.dirs.at(index) as fd:
-                apply_metadata_at(fd, name, node, set_owner=self.set_owner)
+            apply_metadata_at(fd, name, node, set_owner=self.set_owner)
         except (OSError, ValueError, TypeError, OverflowError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            where = f"{self.dirs.path(index).rstrip('/')}/{shown(name)}"
-            with self.lock:
-                self.result.warnings.append(f"{where}: cannot set metadata ({reason})")
+            self._warn(f"{self.dirs.path(index).rstrip('/')}/{shown(name)}", exc)
+        finally:
+            self.dirs.release(index)
+
+    def _warn(self, path: str, exc: Exception) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        with self.lock:
+            self.result.warnings.append(f"{path}: cannot set metadata ({reason})")
 
     def finish(self) -> None:
         for link in self.links:
@@ -402,8 +434,7 @@ class _Restorer:
                 pass
         for item in dirs:
             self._apply(item)
-        failed = sum(1 for item in self.finishing if item[3] is not None and item[3].failed)
-        self.result.verified = self.result.files - failed  # every blob written was verified by decode_blob
+        self.result.verified = self.result.files - self.failed_files  # decode_blob verified every blob
 
 
 def _requested(paths: list[str] | None) -> list[tuple[str, ...]]:

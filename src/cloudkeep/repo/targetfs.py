@@ -75,13 +75,13 @@ class TargetDirs:
     nearest open ancestor and down again with ``openat(O_NOFOLLOW)``.
     """
 
-    def __init__(self, root_fd: int, *, limit: int = OPEN_DIRS) -> None:
+    def __init__(self, root_fd: int, *, limit: int | None = None) -> None:
         self.parents: list[int] = [-1]
         self.names: list[str] = [""]
         self.depths: list[int] = [0]
         self._open: OrderedDict[int, int] = OrderedDict({0: root_fd})
         self._pins: dict[int, int] = {}
-        self._limit = limit
+        self._limit = limit or OPEN_DIRS
         self._lock = threading.Lock()
 
     def add(self, parent: int, name: str) -> int:
@@ -99,20 +99,34 @@ class TargetDirs:
             index = self.parents[index]
         return "/" + "/".join(reversed(parts))
 
+    def acquire(self, index: int) -> int:
+        """The folder's descriptor, pinned until ``release(index)`` (hot path: no generator)."""
+        with self._lock:
+            fd = self._open.get(index)
+            if fd is None:
+                fd = self._fd(index)
+            else:
+                self._open.move_to_end(index)
+            self._pins[index] = self._pins.get(index, 0) + 1
+            if len(self._open) > self._limit:
+                self._evict()
+        return fd
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            count = self._pins[index] - 1
+            if count:
+                self._pins[index] = count
+            else:
+                del self._pins[index]
+
     @contextmanager
     def at(self, index: int) -> Iterator[int]:
-        with self._lock:
-            fd = self._fd(index)
-            self._pins[index] = self._pins.get(index, 0) + 1
-            self._evict()
+        fd = self.acquire(index)
         try:
             yield fd
         finally:
-            with self._lock:
-                self._pins[index] -= 1
-                if not self._pins[index]:
-                    del self._pins[index]
-                self._evict()
+            self.release(index)
 
     def _fd(self, index: int) -> int:
         fd = self._open.get(index)
@@ -125,8 +139,6 @@ class TargetDirs:
         return fd
 
     def _evict(self) -> None:
-        if len(self._open) <= self._limit:
-            return
         for index in list(self._open):
             if len(self._open) <= self._limit:
                 break
