@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloudkeep.errors import ConfigurationError, NotFoundError, RestoreIncompleteError
+from cloudkeep.errors import ConfigurationError, NotFoundError, incomplete_restore
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.memory import limit_heap_fragmentation
@@ -170,10 +170,7 @@ def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreR
         dirs.close()
     restorer.result.verified = 0 if image.failed else 1
     if restorer.result.errors:
-        raise RestoreIncompleteError(
-            f"volume restore of {snap.id} to {dest} failed: {restorer.result.errors[0]}",
-            errors=restorer.result.errors,
-        )
+        raise incomplete_restore(f"volume restore of {snap.id} to {dest}", restorer.result.errors)
     return restorer.result
 
 
