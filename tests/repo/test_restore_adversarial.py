@@ -119,6 +119,12 @@ CASES: dict[str, Case] = {
         ],
         [],
     ),
+    "unknown-entry-type": Case(lambda o: [{"name": "x", "type": "socket", "mode": 0o777}], ["/x"]),
+    "folder-without-listing": Case(lambda o: [{"name": "d", "type": "dir", "mode": 0o777}], ["/d"]),
+    "unknown-chunk": Case(
+        lambda o: [{"name": "f", "type": "file", "content": ["ab" * 32], "size": 5}, file("g")], ["/f"]
+    ),
+    "symlink-with-nul-target": Case(lambda o: [symlink("l", "/etc\0passwd")], ["/l"]),
     "in-place-parent-is-symlink": Case(
         lambda o: [folder("d", [file("planted")])], ["d"], setup=_existing_symlink_dir
     ),

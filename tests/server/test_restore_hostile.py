@@ -7,6 +7,8 @@ a compromised machine could write its own manifests (``tests.support.hostile``).
 
 from __future__ import annotations
 
+import io
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -119,3 +121,31 @@ def test_restore_targets_may_not_climb(ctx: ServerContext, tmp_path: Path, targe
     with pytest.raises(ConfigurationError, match=r"may not contain '\.\.'"):
         start_volume_restore(ctx, volume_id, target_path=target, dispatcher=fake)
     assert fake.sent == []
+
+
+def test_remote_cli_download_extracts_nothing_outside_dest(tmp_path: Path) -> None:
+    """The tar a server sends is extracted member by member; escaping members are named, not written."""
+    outside, dest, state = sandbox(tmp_path)
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as tar:
+        members = [
+            ("good.txt", tarfile.REGTYPE, ""),
+            ("../../../victim.txt", tarfile.REGTYPE, ""),
+            ("abs-link", tarfile.SYMTYPE, str(outside / "victim.txt")),
+        ]
+        for name, kind, target in members:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, target
+            data = b"content\n" if kind == tarfile.REGTYPE else b""
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    client = HttpClient("http://server.test", None)
+    client.http = httpx.Client(
+        base_url="http://server.test/api/v1",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body.getvalue())),
+    )
+    before = state()
+    with pytest.raises(RestoreIncompleteError) as raised:
+        client.download("rp", ["/"], dest)
+    assert state() == before and (dest / "good.txt").read_bytes() == b"content\n"
+    assert [e.split(":")[0] for e in raised.value.errors] == ["../../../victim.txt", "abs-link"]
