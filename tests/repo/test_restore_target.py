@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import stat
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cloudkeep.repo.restorer import data_runs
 from cloudkeep.repo.targetfs import TargetDirs
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, restored
-from tests.support.hostile import craft, file, folder
+from tests.support.hostile import craft, fifo, file, folder, symlink
 
 MIB = 2**20
 
@@ -128,3 +129,18 @@ def test_restore_through_a_tiny_descriptor_cache(
     for i in range(12):
         for j in range(3):
             assert (tmp_path / "out" / f"f{i}" / "sub" / f"x{j}").read_text() == f"{i}-{j}\n"
+
+
+def test_in_place_keeps_an_identical_link_and_replaces_others(repo: Repository, tmp_path: Path) -> None:
+    """Never a moment without ``/bin -> usr/bin`` when it already points where it should."""
+    target = tmp_path / "root"
+    target.mkdir()
+    os.symlink("usr/bin", target / "bin")
+    os.symlink("elsewhere", target / "lib")
+    (target / "fifo").write_text("a file where the restore point has a fifo\n")
+    same = os.lstat(target / "bin").st_ino
+    specs = [symlink("bin", "usr/bin"), symlink("lib", "usr/lib"), fifo("fifo")]
+    result = restore(repo, craft(repo, specs), target)
+    assert result.ok, result.errors
+    assert os.lstat(target / "bin").st_ino == same and os.readlink(target / "lib") == "usr/lib"
+    assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode)

@@ -14,6 +14,7 @@ recently used ones and reopens an evicted folder from its parent (again without 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -205,7 +206,14 @@ def open_created(dir_fd: int, name: str, identity: tuple[int, int]) -> int:
 def make_symlink(dir_fd: int, name: str, target: str) -> None:
     if not isinstance(target, str) or not target or "\0" in target:
         raise Refused("symbolic link with an empty or malformed target")
-    _replacing(lambda: os.symlink(target, name, dir_fd=dir_fd), dir_fd, name)
+    try:
+        os.symlink(target, name, dir_fd=dir_fd)
+    except FileExistsError:
+        with contextlib.suppress(OSError):  # the same link already there (/bin -> usr/bin): keep it
+            if os.readlink(name, dir_fd=dir_fd) == target:
+                return
+        remove_existing(dir_fd, name)
+        os.symlink(target, name, dir_fd=dir_fd)
 
 
 def make_fifo(dir_fd: int, name: str) -> None:
