@@ -3,7 +3,8 @@
 the task fails naming the refused entries instead of reporting success.
 
 The task is called in-process with a TaskContext whose repository access is an in-memory store
-(the queues and signed envelopes around it are covered by test_e2e_local / tests/server).
+(fast); the last test sends the same kind of restore point through the real message service and
+Transport Service processes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from cloudkeep.machine.handlers import TaskContext
 from cloudkeep.protocol import RepositoryAccess
 from cloudkeep.protocol.bodies import Restore
 from cloudkeep.repo import KdfParams, Repository
+from cloudkeep.server.dispatcher import CommandFailed, Dispatcher, ensure_consumers
 from cloudkeep.storage import open_store
 from cloudkeep.storage.memory import MemoryStore
+from tests.machine.harness import Harness, wait_for
 from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
 
 PASSWORD = "machine side"
@@ -76,3 +79,29 @@ def test_transport_restore_refuses_climbing_targets_and_paths(
     with pytest.raises((ConfigurationError, CloudkeepError), match=r"may not contain '\.\.'"):
         tasks.restore(ctx, Restore(snapshot_id=snapshot_id, target=target, paths=paths))
     assert state() == before and (outside / "victim.txt").read_text() == "original\n"
+
+
+@pytest.mark.slow
+def test_hostile_restore_through_the_transport_service_fails_and_escapes_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The real services: a signed ``restore`` command, the Transport Service's process, the result."""
+    store_url = f"file://{tmp_path / 'repo'}"
+    repo = Repository.create(open_store(store_url), PASSWORD, kdf=KdfParams(n=2**10))
+    machine = harness.add_machine("hostile1")
+    outside, target, state = sandbox(machine.sim.root / "w")
+    snapshot_id = craft(repo, [
+        file("../../../victim.txt", b"owned\n"), symlink("s", str(outside / "victim-dir")),
+        folder("s", [file("planted")]), file("good.txt", b"good\n"),
+    ])  # fmt: skip
+    ensure_consumers(harness.ctx)
+    for service in ("message-service", "transport"):
+        machine.start(service)
+    wait_for(lambda: harness.heartbeat_age(machine) is not None, what="first heartbeat")
+    before = state()
+    access = {"store_url": store_url, "options": {}, "password": PASSWORD}
+    request = {"snapshot_id": snapshot_id, "target": "/" + str(target.relative_to(machine.sim.root))}
+    with pytest.raises(CommandFailed, match="2 entries not restored") as raised:
+        Dispatcher(harness.ctx).call(machine.row_id, "restore", request, sealed=access, timeout=60)
+    assert "/../../../victim.txt" in str(raised.value) and "/s:" in str(raised.value)
+    assert state() == before and (target / "good.txt").read_bytes() == b"good\n"
