@@ -196,3 +196,14 @@ def test_restore_point_of_one_bad_name_still_lists(repo: Repository) -> None:
 
     snapshot_id = craft(repo, [file("../x"), file("fine")])
     assert sorted(e.path for e in list_tree(repo, snapshot_id, "/")) == ["/../x", "/fine"]
+
+
+def test_listing_of_the_wrong_shape_is_an_error_of_its_folder(repo: Repository, tmp_path: Path) -> None:
+    _outside, target, state = sandbox(tmp_path)
+    snapshot_id = craft(
+        repo, [folder("d", [{"name": "x", "type": 5, "user": ["root"]}]), file("ok", b"ok\n")]
+    )
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before and (target / "ok").read_bytes() == b"ok\n"
+    assert len(result.errors) == 1 and result.errors[0].startswith("/d: cannot read its listing")
