@@ -123,6 +123,22 @@ def test_restore_targets_may_not_climb(ctx: ServerContext, tmp_path: Path, targe
     assert fake.sent == []
 
 
+def test_linux_restore_targets_are_absolute(ctx: ServerContext, tmp_path: Path) -> None:
+    world = build_world(ctx, tmp_path / "lab", machines=1)
+    with ctx.db() as db:
+        point = RestorePoint(repository_id=world.repository_id, machine_id=world.machine_ids[0],
+                             snapshot_id=uuid.uuid4().hex, mode="file")  # fmt: skip
+        db.add(point)
+        db.flush()
+        point_id = point.id
+    fake = FakeDispatcher(ctx)
+    with pytest.raises(ConfigurationError, match="on vm-0 must be absolute"):
+        start_file_restore(
+            ctx, point_id, paths=None, target_machine_id=None, target_path="restore", dispatcher=fake
+        )
+    assert fake.sent == []
+
+
 def test_remote_cli_download_extracts_nothing_outside_dest(tmp_path: Path) -> None:
     """The tar a server sends is extracted member by member; escaping members are named, not written."""
     outside, dest, state = sandbox(tmp_path)

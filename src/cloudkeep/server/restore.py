@@ -212,11 +212,18 @@ def _run_command_session(
     _set_session(ctx, session_id, state=state, reason=reason, ended_at=ended)
 
 
-def _check_target(target_path: str | None) -> None:
-    """A target path names its folder outright: ``..`` could climb out of a simulated machine's root."""
-    if target_path and ".." in target_path.replace("\\", "/").split("/"):
+def _check_target(target_path: str | None, machine: DiscoveredMachine) -> None:
+    """A target path names its place outright: absolute on Linux (a relative one would depend on the
+    service's working folder), and no ``..`` (it could climb out of a simulated machine's root)."""
+    if not target_path:
+        return
+    if ".." in target_path.replace("\\", "/").split("/"):
         raise ConfigurationError(
             f"target path {target_path!r} may not contain '..'", hint="give the folder's full path"
+        )
+    if machine.platform == "linux" and not target_path.startswith("/"):
+        raise ConfigurationError(
+            f"target path {target_path!r} on {machine.name} must be absolute", hint="start it with /"
         )
 
 
@@ -244,8 +251,8 @@ def start_file_restore(
         )
     if in_place and target_path:
         raise ConfigurationError("give either a target folder or in_place, not both")
-    _check_target(target_path)
     machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    _check_target(target_path, machine)
     body = {
         "snapshot_id": point.snapshot_id,
         "paths": paths or None,
@@ -270,8 +277,8 @@ def start_volume_restore(
         raise ConfigurationError(f"restore point {point.id} is a {point.mode} backup, not a volume")
     if not target_path:
         raise ConfigurationError("a volume restore needs a target disk or image file path")
-    _check_target(target_path)
     machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    _check_target(target_path, machine)
     body = {"snapshot_id": point.snapshot_id, "target": target_path}
     return _start_command_session(
         ctx, point, machine, "restore_volume", body, wait=wait, dispatcher=dispatcher
