@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import random
 import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -144,3 +146,26 @@ def test_in_place_keeps_an_identical_link_and_replaces_others(repo: Repository, 
     assert result.ok, result.errors
     assert os.lstat(target / "bin").st_ino == same and os.readlink(target / "lib") == "usr/lib"
     assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode)
+
+
+def test_a_deep_chain_reopens_without_recursion(tmp_path: Path) -> None:
+    """Reopening the deepest of 400 evicted folders walks up and down iteratively, whatever the
+    recursion limit (set here to 100 frames above this test's own depth)."""
+    dirs = TargetDirs(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), limit=2)
+    index = 0
+    for _ in range(400):
+        with dirs.at(index) as fd:
+            os.mkdir("d", dir_fd=fd)
+        index = dirs.add(index, "d")
+    os.mkdir(tmp_path / "e")
+    with dirs.at(dirs.add(0, "e")):  # with the target itself, fills the cache: the chain is evicted
+        pass
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 100)
+    try:
+        with dirs.at(index) as fd:
+            os.mkdir("leaf", dir_fd=fd)
+    finally:
+        sys.setrecursionlimit(previous)
+    dirs.close()
+    assert (tmp_path / "/".join(["d"] * 400) / "leaf").is_dir()

@@ -134,9 +134,13 @@ class TargetDirs:
         if fd is not None:
             self._open.move_to_end(index)
             return fd
-        parent_fd = self._fd(self.parents[index])  # nothing is evicted until the caller pins
-        fd = os.open(self.names[index], DIR_FLAGS, dir_fd=parent_fd)
-        self._open[index] = fd
+        missing = []  # up to the nearest open ancestor (the target itself is never evicted) ...
+        while index not in self._open:
+            missing.append(index)
+            index = self.parents[index]
+        fd = self._open[index]
+        for index in reversed(missing):  # ... then down again; nothing is evicted until pinned
+            fd = self._open[index] = os.open(self.names[index], DIR_FLAGS, dir_fd=fd)
         return fd
 
     def _evict(self) -> None:
