@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.repo import Repository, backup_files, restore, targetfs
+from cloudkeep.repo import Repository, backup_files, list_tree, restore, targetfs
 from cloudkeep.repo.restorer import data_runs
 from cloudkeep.repo.targetfs import TargetDirs
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, restored
-from tests.support.hostile import craft, fifo, file, folder, symlink
+from tests.support.hostile import Crafter, craft, fifo, file, folder, symlink
 
 MIB = 2**20
 
@@ -169,3 +169,13 @@ def test_a_deep_chain_reopens_without_recursion(tmp_path: Path) -> None:
         sys.setrecursionlimit(previous)
     dirs.close()
     assert (tmp_path / "/".join(["d"] * 400) / "leaf").is_dir()
+
+
+def test_browsing_a_deep_restore_point_needs_no_recursion(repo: Repository) -> None:
+    crafter = Crafter(repo)  # bottom up: the helper's own nesting would recurse
+    subtree = crafter.tree([file("leaf.txt")])
+    for _ in range(1499):
+        subtree = crafter.tree([{"name": "d", "type": "dir", "subtree": subtree}])
+    snapshot_id = crafter.snapshot([{"name": "d", "type": "dir", "subtree": subtree}])
+    entries = list(list_tree(repo, snapshot_id, "/", recursive=True))
+    assert len(entries) == 1501 and entries[-1].path == "/d" * 1500 + "/leaf.txt"

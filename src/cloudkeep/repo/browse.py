@@ -39,12 +39,18 @@ def lookup(repo: Repository, snapshot_id: str, path: str) -> Node:
 
 
 def walk(repo: Repository, tree_id: bytes, prefix: str) -> Iterator[tuple[str, Node]]:
-    """Depth-first (path, node) for everything below a tree."""
-    for node in repo.load_tree(tree_id):
-        path = f"{prefix.rstrip('/')}/{node.name}"
+    """Depth-first (path, node) for everything below a tree; no recursion (any depth)."""
+    stack = [(iter(repo.load_tree(tree_id)), prefix.rstrip("/"))]
+    while stack:
+        nodes, folder = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = f"{folder}/{node.name}"
         yield path, node
         if node.type == DIR and node.subtree is not None:
-            yield from walk(repo, node.subtree, path)
+            stack.append((iter(repo.load_tree(node.subtree)), path))
 
 
 def list_tree(
