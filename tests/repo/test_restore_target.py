@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import Repository, backup_files, list_tree, restore, targetfs
-from cloudkeep.repo.restorer import data_runs
-from cloudkeep.repo.targetfs import TargetDirs
+from cloudkeep.repo.targetfs import TargetDirs, data_runs
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, restored
 from tests.support.hostile import Crafter, craft, fifo, file, folder, symlink

@@ -37,6 +37,7 @@ from cloudkeep.repo.targetfs import (
     Refused,
     TargetDirs,
     create_file,
+    data_runs,
     make_device,
     make_dir,
     make_fifo,
@@ -79,42 +80,7 @@ def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
         count -= n
 
 
-ZERO_BLOCK = bytes(4096)  # holes are left in whole blocks of this size (the usual file-system block)
-_ZEROS = bytes(8 * 2**20)  # the largest chunk: one comparison tells an all-zero chunk
 FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is unusable: stop
-
-
-def data_runs(data: bytes | memoryview, offset: int) -> list[tuple[int, int]]:
-    """The ``(start, end)`` stretches of a chunk of a sparse file that must be written.
-
-    File-system blocks of zeros (counted from the file's start; the chunk lands at ``offset``;
-    partial at the chunk's edges) are skipped: the file is new and pre-sized, so what is not
-    written reads as zeros, and whole blocks never written stay holes. A view is copied once:
-    comparing memoryviews is element by element, far slower than comparing bytes.
-    """
-    buf = data if isinstance(data, bytes) else bytes(data)
-    size = len(buf)
-    if size <= len(_ZEROS) and buf == _ZEROS[:size]:
-        return []
-    block = len(ZERO_BLOCK)
-    runs: list[tuple[int, int]] = []
-    start = -1
-    position = 0
-    edge = (-offset) % block or block  # the first block may be partial (unaligned chunk)
-    while position < size:
-        end = min(position + edge, size)
-        zero = buf.startswith(
-            ZERO_BLOCK if end - position == block else ZERO_BLOCK[: end - position], position
-        )
-        if zero and start >= 0:
-            runs.append((start, position))
-            start = -1
-        elif not zero and start < 0:
-            start = position
-        position, edge = end, block
-    if start >= 0:
-        runs.append((start, size))
-    return runs
 
 
 @dataclass(slots=True)

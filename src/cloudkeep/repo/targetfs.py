@@ -29,6 +29,8 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DIRS = 256  # descriptors of target folders kept open; far below any RLIMIT_NOFILE
+ZERO_BLOCK = bytes(4096)  # holes are left in whole blocks of this size (the usual file-system block)
+_ZEROS = bytes(2**16)  # all-zero chunks are recognised 64 KiB at a time (memcmp speed)
 
 
 def os_error(exc: OSError, path: str) -> Exception:
@@ -237,4 +239,45 @@ def make_link(src_fd: int, src_name: str, identity: tuple[int, int], dst_fd: int
         lambda: os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False),
         dst_fd,
         dst_name,
+    )
+
+
+def data_runs(data: bytes | memoryview, offset: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` stretches of a chunk of a sparse file that must be written.
+
+    File-system blocks of zeros (counted from the file's start; the chunk lands at ``offset``;
+    partial at the chunk's edges) are skipped: the file is new and pre-sized, so what is not
+    written reads as zeros, and whole blocks never written stay holes. A view is copied once:
+    comparing memoryviews is element by element, far slower than comparing bytes.
+    """
+    buf = data if isinstance(data, bytes) else bytes(data)
+    size = len(buf)
+    if _all_zero(buf):
+        return []
+    block = len(ZERO_BLOCK)
+    runs: list[tuple[int, int]] = []
+    start = -1
+    position = 0
+    edge = (-offset) % block or block  # the first block may be partial (unaligned chunk)
+    while position < size:
+        end = min(position + edge, size)
+        zero = buf.startswith(
+            ZERO_BLOCK if end - position == block else ZERO_BLOCK[: end - position], position
+        )
+        if zero and start >= 0:
+            runs.append((start, position))
+            start = -1
+        elif not zero and start < 0:
+            start = position
+        position, edge = end, block
+    if start >= 0:
+        runs.append((start, size))
+    return runs
+
+
+def _all_zero(buf: bytes) -> bool:
+    wide = len(_ZEROS)
+    whole = len(buf) - len(buf) % wide
+    return all(buf.startswith(_ZEROS, p) for p in range(0, whole, wide)) and buf.startswith(
+        _ZEROS[: len(buf) - whole], whole
     )
