@@ -49,3 +49,25 @@ class AuthenticationError(CloudkeepError):
 
 class InsufficientSpaceError(CloudkeepError):
     """A disk or volume ran out of space (restore target, local store, cache)."""
+
+
+class RestoreIncompleteError(CloudkeepError):
+    """A restore ended with entries it refused or could not write; ``errors`` names each one.
+
+    What could be restored safely was restored; the restore as a whole is not a success.
+    """
+
+    def __init__(self, message: str, *, errors: list[str] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errors = list(errors or [])
+
+
+def incomplete_restore(what: str, errors: list[str], *, shown: int = 5) -> RestoreIncompleteError:
+    """The error for a restore that refused or failed ``errors`` entries, naming the first few."""
+    listed = "; ".join(errors[:shown]) + (f"; and {len(errors) - shown} more" if len(errors) > shown else "")
+    return RestoreIncompleteError(
+        f"{what}: {len(errors)} entr{'y' if len(errors) == 1 else 'ies'} not restored: {listed}",
+        errors=errors,
+        hint="everything else was restored; names a restore point may not hold (.., '/', links "
+        "out of the target) are refused on purpose: check the machine that wrote it",
+    )

@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from cloudkeep.errors import CloudkeepError, NotFoundError
+from cloudkeep.errors import CloudkeepError, NotFoundError, incomplete_restore
 from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
 from cloudkeep.machine.timings import StageClock
 from cloudkeep.protocol import RepositoryAccess
@@ -229,16 +230,27 @@ def check(ctx: TaskContext, body: Check) -> dict[str, Any]:
     return {"ok": ok, "problems": [str(p) for p in problems][:200]}
 
 
+def _restore_target(ctx: TaskContext, path: str) -> Path:
+    """The target on this host; ``..`` is refused (it could climb out of a simulated machine's root)."""
+    if ".." in path.replace("\\", "/").split("/"):
+        raise TaskFailed(f"target path {path!r} may not contain '..'")
+    return ctx.config.host_path(path)
+
+
 def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     engine = _engine()
 
-    repository = open_repository(ctx)
     # Restore points hold the machine's own paths, so in place means under the machine's root.
-    target = ctx.config.root if body.in_place else ctx.config.host_path(body.target)
+    target = ctx.config.root if body.in_place else _restore_target(ctx, body.target)
+    repository = open_repository(ctx)
     paths = list(body.paths) if body.paths else None
     report = ProgressReporter(ctx)
     outcome = engine.restore(repository, body.snapshot_id, target, paths=paths, progress=report)
     files, verified = int(getattr(outcome, "files", 0)), int(getattr(outcome, "verified", 0))
+    if outcome.errors:  # the session must fail, naming what was refused; the rest is restored
+        raise incomplete_restore(
+            f"restore of {body.snapshot_id[:12]} into {target}: {files} file(s) restored, but", outcome.errors
+        )
     return {
         "files": files,
         "bytes": int(getattr(outcome, "bytes", 0)),
@@ -252,7 +264,7 @@ def restore_volume(ctx: TaskContext, body: RestoreVolume) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    outcome = engine.restore_volume(repository, body.snapshot_id, str(ctx.config.host_path(body.target)))
+    outcome = engine.restore_volume(repository, body.snapshot_id, str(_restore_target(ctx, body.target)))
     return {"bytes": int(getattr(outcome, "bytes", 0)), "verified": bool(getattr(outcome, "verified", 0))}
 
 

@@ -3,15 +3,16 @@
 Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
 ``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
 ``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup), ``volume``,
-``restorer``, ``checker``, ``retention`` (forget) and ``prune``.
+``browse``, ``restorer``, ``checker``, ``retention`` (forget) and ``prune``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files
+from cloudkeep.repo.browse import cat_file, find, list_tree
 from cloudkeep.repo.checker import CheckReport, Problem, check, rebuild_index
 from cloudkeep.repo.crypto import KdfParams
 from cloudkeep.repo.prune import PruneResult, prune
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.restorer import RestoreResult, cat_file, find, list_tree, restore
+from cloudkeep.repo.restorer import RestoreResult, restore
 from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget
 from cloudkeep.repo.snapshot import Snapshot
 from cloudkeep.repo.tree import TreeEntry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -83,16 +84,45 @@ def node_from_stat(name: str, path: str, st: os.stat_result, kind: str) -> Node:
     return node
 
 
-def apply_metadata(path: str, node: Node, *, set_owner: bool) -> None:
-    """Best effort: ownership needs root, some xattr namespaces need privileges."""
-    is_link = node.type == SYMLINK
+def apply_metadata_at(dir_fd: int, name: str, node: Node, *, set_owner: bool) -> None:
+    """Owner, xattrs (ACLs), mode and times of one restored entry, never through a symbolic link.
+
+    The entry is opened with ``O_NOFOLLOW`` (devices with ``O_PATH``, so no driver is opened) and
+    changed through that descriptor after checking it is of the restored type; a symbolic link
+    itself gets owner, xattrs and times with the ``*at`` calls that do not follow it. Best effort
+    for owner (needs root) and xattrs (some namespaces need privileges).
+    """
+    times = (node.atime_ns or node.mtime_ns, node.mtime_ns)
+    if node.type == SYMLINK:
+        if set_owner:
+            with contextlib.suppress(OSError):
+                os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        for key, value in node.xattrs.items():  # l*xattr on the link below the folder's descriptor
+            with contextlib.suppress(OSError):
+                os.setxattr(f"/proc/self/fd/{dir_fd}/{name}", key, value, follow_symlinks=False)
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    device = node.type in (CHARDEV, BLOCKDEV)
+    flags = (os.O_PATH if device else os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        if node_type(os.fstat(fd)) != node.type:
+            raise OSError(errno.ESTALE, "changed type during the restore")
+        # O_PATH descriptors take no f*() calls: their /proc link names the very same inode.
+        apply_metadata_fd(f"/proc/self/fd/{fd}" if device else fd, node, set_owner=set_owner)
+    finally:
+        os.close(fd)
+
+
+def apply_metadata_fd(target: int | str, node: Node, *, set_owner: bool) -> None:
+    """Owner, xattrs, mode and times through an open descriptor of the restored entry (not a link)."""
     if set_owner:
         with contextlib.suppress(OSError):
-            os.chown(path, node.uid, node.gid, follow_symlinks=False)
-    for name, value in node.xattrs.items():
+            os.chown(target, node.uid, node.gid)  # before chmod: chown clears set-id bits
+    for key, value in node.xattrs.items():
         with contextlib.suppress(OSError):
-            os.setxattr(path, name, value, follow_symlinks=False)
-    if not is_link:
-        os.chmod(path, node.mode)
-    with contextlib.suppress(OSError, NotImplementedError):
-        os.utime(path, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            os.setxattr(target, key, value)
+    os.chmod(target, node.mode & 0o7777)
+    with contextlib.suppress(OSError):
+        os.utime(target, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))

@@ -341,7 +341,7 @@ class Repository:
                 return nodes
         try:
             nodes = decode_tree(self.load_blob(tree_id))
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
             raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
         with self.lock:
             self._tree_cache[tree_id] = nodes

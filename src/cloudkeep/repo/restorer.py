@@ -1,37 +1,54 @@
-"""Restore: browse trees, restore a snapshot / subtree / single files with metadata, stream one file.
+"""Restore: a snapshot, a subtree or single files back to a folder, with their metadata.
 
 Restore is planned per pack, not per file: every needed blob is mapped to (file, offset) targets,
 then each pack is fetched once (whole, or one range covering the needed blobs) on an I/O pool and
 its blobs are decrypted, verified against their content ids and written with ``pwrite``. Files
-are pre-sized with ``ftruncate`` so all-zero chunks of sparse files are simply not written.
+are pre-sized with ``ftruncate`` so all-zero blocks of sparse files are simply not written.
 Metadata is applied last (directories deepest first) so writing does not disturb mtimes.
+
+Names come from the repository and are hostile: every entry is made relative to its folder's
+descriptor and nothing is followed (``targetfs``); what cannot be restored safely becomes an
+error of the restore, named in ``RestoreResult.errors``, and the rest is still restored.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from cloudkeep.errors import (
-    ConflictError,
-    InsufficientSpaceError,
+    ConfigurationError,
     IntegrityError,
-    NotFoundError,
-    PermissionDeniedError,
 )
-from cloudkeep.repo.archiver import BackupProgress, matches
-from cloudkeep.repo.fsmeta import apply_metadata
+from cloudkeep.repo.archiver import BackupProgress
+from cloudkeep.repo.browse import lookup
+from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
 from cloudkeep.repo.memory import ThreadBuffers, limit_heap_fragmentation
 from cloudkeep.repo.pack import BlobEntry, pack_key
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, TreeEntry
+from cloudkeep.repo.targetfs import (
+    Refused,
+    TargetDirs,
+    create_file,
+    data_runs,
+    make_device,
+    make_dir,
+    make_fifo,
+    make_link,
+    make_symlink,
+    name_problem,
+    open_created,
+    os_error,
+    shown,
+)
+from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 from cloudkeep.storage.base import ObjectNotFoundError, RangeStream, read_exactly
 
 REMOTE_SCHEMES = ("s3", "azure")  # per-request latency and cost: a pack's blobs in one request
@@ -46,79 +63,12 @@ class RestoreResult:
     verified: int = 0  # files whose every chunk was checked against its content id
     dirs: int = 0
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "<path>: why" for each entry not restored
 
-
-def _norm(path: str) -> str:
-    return "/" + "/".join(p for p in path.split("/") if p)
-
-
-def _root(repo: Repository, snapshot_id: str) -> bytes:
-    return bytes.fromhex(repo.load_snapshot(snapshot_id).tree)
-
-
-def lookup(repo: Repository, snapshot_id: str, path: str) -> Node:
-    """The node at ``path`` inside the snapshot (``/`` is a synthetic root directory)."""
-    node = Node(name="", type=DIR, mode=0o755, subtree=_root(repo, snapshot_id))
-    for part in [p for p in path.split("/") if p]:
-        if node.type != DIR or node.subtree is None:
-            raise NotFoundError(f"{path} is not in restore point {snapshot_id}")
-        found = next((n for n in repo.load_tree(node.subtree) if n.name == part), None)
-        if found is None:
-            raise NotFoundError(f"{path} is not in restore point {snapshot_id}", hint="browse it with `ls`")
-        node = found
-    return node
-
-
-def walk(repo: Repository, tree_id: bytes, prefix: str) -> Iterator[tuple[str, Node]]:
-    """Depth-first (path, node) for everything below a tree."""
-    for node in repo.load_tree(tree_id):
-        path = f"{prefix.rstrip('/')}/{node.name}"
-        yield path, node
-        if node.type == DIR and node.subtree is not None:
-            yield from walk(repo, node.subtree, path)
-
-
-def list_tree(
-    repo: Repository, snapshot_id: str, path: str = "/", *, recursive: bool = False
-) -> Iterator[TreeEntry]:
-    node = lookup(repo, snapshot_id, path)
-    path = _norm(path)
-    if node.type != DIR:
-        yield TreeEntry.of(path, node)
-        return
-    assert node.subtree is not None
-    if recursive:
-        for sub_path, sub in walk(repo, node.subtree, path):
-            yield TreeEntry.of(sub_path, sub)
-    else:
-        for sub in repo.load_tree(node.subtree):
-            yield TreeEntry.of(f"{path.rstrip('/')}/{sub.name}", sub)
-
-
-def find(
-    repo: Repository, pattern: str, *, snapshot_ids: list[str] | None = None
-) -> Iterator[tuple[str, TreeEntry]]:
-    """Entries whose name (or, for patterns with ``/``, whole path) matches a glob, across snapshots."""
-    ids = (
-        snapshot_ids
-        if snapshot_ids is not None
-        else [s.id for s in sorted(repo.snapshots(), key=lambda s: s.time)]
-    )
-    for sid in ids:
-        snap = repo.load_snapshot(sid)
-        for path, node in walk(repo, bytes.fromhex(snap.tree), "/"):
-            if matches(pattern, path):  # the same globs as backup masks
-                yield snap.id, TreeEntry.of(path, node)
-
-
-def _os_error(exc: OSError, path: str) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientSpaceError(
-            f"restore target {path}: no space left on device", hint="free space or pick another target"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDeniedError(f"restore target {path}: permission denied ({exc.strerror})")
-    return exc
+    @property
+    def ok(self) -> bool:
+        """True when every entry of the restore point was restored (warnings aside)."""
+        return not self.errors
 
 
 def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
@@ -130,84 +80,160 @@ def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
         count -= n
 
 
-def _all_zero(data: bytes | memoryview) -> bool:
-    """Zero chunks compress, so they come back as ``bytes``; a raw view (incompressible or tiny
-    data) is simply written, which is always correct."""
-    return isinstance(data, bytes) and data[:1] == b"\0" and data.count(0) == len(data)
+FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is unusable: stop
+
+
+@dataclass(slots=True)
+class _File:
+    """One regular file being restored: where it goes (folder index + name) and its state."""
+
+    dir: int  # index in TargetDirs; -1: ``name`` is a device path the administrator gave
+    name: str
+    path: str  # inside the restore point, for messages
+    size: int
+    sparse: bool
+    single: bool  # one chunk: created by the worker that writes it (one open per file)
+    linked: bool = False  # other names are hard-linked to it at the end
+    node: Node | None = None  # one-chunk files: metadata applied by the worker that writes them
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) once created, when needed again
+    failed: bool = False
 
 
 @dataclass(slots=True)
 class _Target:
-    path: str
+    file: _File
     offset: int
-    sparse: bool
-    create: bool = False  # this write creates the file (it has exactly one chunk)
-    size: int = 0
 
 
 class _Restorer:
-    def __init__(self, repo: Repository, progress: Callable[[BackupProgress], None] | None) -> None:
-        self.repo, self.progress = repo, progress
+    def __init__(
+        self, repo: Repository, dirs: TargetDirs, progress: Callable[[BackupProgress], None] | None
+    ) -> None:
+        self.repo, self.dirs, self.progress = repo, dirs, progress
         self.result = RestoreResult()
         self.by_blob: dict[bytes, list[_Target]] = defaultdict(list)
-        self.finishing: list[tuple[str, Node]] = []  # metadata to apply at the end
-        self.links: list[tuple[str, str]] = []
-        self.precreate: list[tuple[str, int]] = []
-        self.first_link: dict[tuple[int, int], str] = {}
+        # metadata to apply at the end: (folder index, name, node, file when it is one)
+        self.finishing: list[tuple[int, str, Node, _File | None]] = []
+        self.links: list[tuple[_File, int, str, str]] = []  # (first occurrence, folder, name, path)
+        self.precreate: list[_File] = []
+        self.first_link: dict[tuple[int, int], _File] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
         self.buffers = ThreadBuffers(RANGE_GAP)  # per thread: sealed blobs read, gaps skipped
         self.bytes_written = 0
+        self.failed_files = 0
 
-    def plan(self, node: Node, dest: str) -> None:
-        try:
-            self._plan(node, dest)
-        except OSError as exc:
-            raise _os_error(exc, dest) from exc
+    # -- errors ----------------------------------------------------------------------------
 
-    def _plan(self, node: Node, dest: str) -> None:
-        if node.type == DIR:
-            os.makedirs(dest, exist_ok=True)
-            self.result.dirs += 1
-            assert node.subtree is not None
-            for child in self.repo.load_tree(node.subtree):
-                self._plan(child, os.path.join(dest, child.name))
-        elif node.type == FILE:
-            if node.links > 1:
-                key = (node.device, node.inode)
-                if key in self.first_link:
-                    self.links.append((self.first_link[key], dest))
-                    return
-                self.first_link[key] = dest
-            if os.path.lexists(dest) and not os.path.isfile(dest):
-                raise ConflictError(f"cannot restore a file over {dest}, which is not a file")
-            # One-chunk files are created by the worker that writes them (one open per file);
-            # others are created and pre-sized in parallel before the data arrives.
-            single = len(node.content) == 1
-            if not single:
-                self.precreate.append((dest, node.size))
-            offset = 0
-            for blob_id in node.content:
-                self.by_blob[blob_id].append(
-                    _Target(dest, offset, node.sparse, create=single, size=node.size)
-                )
-                offset += self.repo.locate(blob_id).entry.raw_length
-            self.result.files += 1
-            self.result.bytes += node.size
-        elif node.type == SYMLINK:
-            if os.path.lexists(dest):
-                os.unlink(dest)
-            os.symlink(node.target, dest)
-        elif node.type == FIFO:
-            if not os.path.lexists(dest):
-                os.mkfifo(dest)
-        elif node.type in (CHARDEV, BLOCKDEV) and not os.path.lexists(dest):
+    def refuse(self, path: str, reason: str) -> None:
+        with self.lock:
+            self.result.errors.append(f"{path}: {reason}")
+
+    def _file_failed(self, file: _File, exc: Exception) -> None:
+        with self.lock:
+            if not file.failed:
+                file.failed = True
+                self.failed_files += 1
+        self._failed(file.path, exc)
+
+    def _failed(self, path: str, exc: Exception) -> None:
+        """Record a per-entry failure; a full or read-only target stops the whole restore."""
+        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
+            raise os_error(exc, path) from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.refuse(path, reason if isinstance(exc, Refused | OSError) else f"malformed entry ({reason})")
+
+    # -- planning (one thread): folders, links, fifos and devices are made now --------------
+
+    def plan_tree(self, tree_id: bytes, index: int, path: str) -> None:
+        """Everything below one folder, depth first without recursion (depth is the repository's)."""
+        stack = [(tree_id, index, path)]
+        while stack:
+            tree_id, index, path = stack.pop()
             try:
-                os.mknod(dest, node.mode | (0o020000 if node.type == CHARDEV else 0o060000), node.rdev)
-            except PermissionError:
-                self.result.warnings.append(f"{dest}: device nodes need root, skipped")
+                nodes = self.repo.load_tree(tree_id)
+            except IntegrityError as exc:
+                if not path:
+                    raise  # not even the top listing: nothing to restore
+                self.refuse(path, f"cannot read its listing ({exc.message})")
+                continue
+            seen: set[str] = set()
+            for node in nodes:
+                entry_path = f"{path}/{shown(node.name)}"
+                problem = name_problem(node.name)
+                if problem is None and node.name in seen:
+                    problem = "a second entry of the same name in its folder"
+                if problem is not None:
+                    self.refuse(entry_path, f"refused: {problem}")
+                    continue
+                seen.add(node.name)
+                sub = self.plan(node, index, node.name, entry_path)
+                if sub is not None:
+                    stack.append(sub)
+
+    def plan(self, node: Node, index: int, name: str, path: str) -> tuple[bytes, int, str] | None:
+        """Plan one entry named ``name`` in folder ``index``; a folder returns its listing to plan."""
+        try:
+            if node.type == FILE:
+                self._plan_file(node, index, name, path)
+                return None
+            with self.dirs.at(index) as fd:
+                if node.type == DIR:
+                    if not isinstance(node.subtree, bytes):
+                        raise Refused("a folder without a listing")
+                    make_dir(fd, name)
+                    child = self.dirs.add(index, name)
+                    self.result.dirs += 1
+                    self.finishing.append((index, name, node, None))
+                    return node.subtree, child, path
+                if node.type == SYMLINK:
+                    make_symlink(fd, name, node.target)
+                elif node.type == FIFO:
+                    make_fifo(fd, name)
+                elif node.type in (CHARDEV, BLOCKDEV):
+                    kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+                    try:
+                        make_device(fd, name, (node.mode & 0o7777) | kind, node.rdev)
+                    except PermissionError:
+                        self.result.warnings.append(f"{path}: device nodes need root, skipped")
+                        return None
+                else:
+                    raise Refused(f"unknown entry type {shown(node.type)}")
+            self.finishing.append((index, name, node, None))
+        except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
+            self._failed(path, exc)
+        except IntegrityError as exc:  # a chunk the index does not know
+            self.refuse(path, exc.message)
+        return None
+
+    def _plan_file(self, node: Node, index: int, name: str, path: str) -> None:
+        if node.links > 1:
+            key = (node.device, node.inode)
+            first = self.first_link.get(key)
+            if first is not None:
+                self.links.append((first, index, name, path))
                 return
-        self.finishing.append((dest, node))
+        offsets, offset = [], 0
+        for blob_id in node.content:  # an unknown chunk refuses the file before anything is made
+            offsets.append(offset)
+            offset += self.repo.locate(blob_id).entry.raw_length
+        if not isinstance(node.size, int) or node.size < 0:
+            raise Refused("malformed size")
+        file = _File(index, name, path, node.size, bool(node.sparse), len(node.content) == 1)
+        if node.links > 1:
+            self.first_link[(node.device, node.inode)] = file
+            file.linked = True
+        if file.single:  # written once: its metadata goes on right after, through the same descriptor
+            file.node = node
+        else:  # created and pre-sized in parallel before the data arrives; metadata at the end
+            self.precreate.append(file)
+            self.finishing.append((index, name, node, file))
+        for blob_id, at in zip(node.content, offsets, strict=True):
+            self.by_blob[blob_id].append(_Target(file, at))
+        self.result.files += 1
+        self.result.bytes += node.size
+
+    # -- data ------------------------------------------------------------------------------
 
     def fetch_all(self, threads: int | None = None) -> None:
         """Fetch each pack's needed blobs, several packs at a time.
@@ -240,21 +266,38 @@ class _Restorer:
             runs.append((pack_id, run))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-restore") as pool:
             # Creating files is metadata-bound (slow on busy disks): do it on many threads too.
-            for _ in pool.map(self._create, self.precreate):
+            for _ in pool.map(self._precreate, self.precreate):
                 pass
             for _ in pool.map(self._restore_run, runs):
                 pass
 
-    def _create(self, item: tuple[str, int]) -> None:
-        path, size = item
+    def _open(self, file: _File) -> int:
+        """A descriptor to write ``file`` through: created now (one-chunk files) or reopened."""
+        if file.dir < 0:
+            return os.open(file.name, os.O_WRONLY | os.O_CLOEXEC)  # a device the administrator named
+        dir_fd = self.dirs.acquire(file.dir)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, path) from exc
+            if file.identity is not None:
+                return open_created(dir_fd, file.name, file.identity)
+            fd = create_file(dir_fd, file.name)
+        finally:
+            self.dirs.release(file.dir)
+        try:
+            if not file.single or file.linked:  # reopened or linked to later: know it again
+                st = os.fstat(fd)
+                file.identity = (st.st_dev, st.st_ino)
+            if file.sparse or not file.single:
+                os.ftruncate(fd, file.size)  # what is not written stays a hole
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _precreate(self, file: _File) -> None:
+        try:
+            os.close(self._open(file))
+        except (Refused, OSError) as exc:
+            self._file_failed(file, exc)
 
     def _restore_run(self, item: tuple[str, list[BlobEntry]]) -> None:
         pack_id, entries = item
@@ -274,59 +317,106 @@ class _Restorer:
 
     def _restore_blob(self, pack_id: str, entry: BlobEntry, sealed: memoryview) -> None:
         data = self.repo.decode_blob(entry, pack_id, sealed, reuse_buffer=True)  # a short read fails here
-        for target in self.by_blob[entry.id]:
-            if target.sparse and _all_zero(data):  # leave a hole in the pre-sized file
-                if target.create:
-                    self._create((target.path, target.size))
+        targets = self.by_blob[entry.id]
+        for target in targets:
+            if target.file.failed:
                 continue
-            self._write(target, data)
+            runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
+            self._write(target, data, runs)
         with self.lock:
-            self.bytes_written += len(data) * len(self.by_blob[entry.id])
+            self.bytes_written += len(data) * len(targets)
         if self.progress:
             self.progress(
                 BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
             )
 
-    def _write(self, target: _Target, data: bytes | memoryview) -> None:
+    def _write(self, target: _Target, data: bytes | memoryview, runs: list[tuple[int, int]]) -> None:
+        file = target.file
+        if not runs and not file.single:
+            return  # all holes in a file already pre-sized
         try:
-            flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if target.create else 0)
-            fd = os.open(target.path, flags, 0o600)
+            fd = self._open(file)
             try:
                 view = memoryview(data)
-                offset = target.offset
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
+                for start, end in runs:
+                    chunk, offset = view[start:end], target.offset + start
+                    while chunk:
+                        written = os.pwrite(fd, chunk, offset)
+                        chunk, offset = chunk[written:], offset + written
+                if file.node is not None:
+                    self._apply_fd(fd, file)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            raise _os_error(exc, target.path) from exc
+        except (Refused, OSError) as exc:
+            self._file_failed(file, exc)
 
-    def _apply(self, item: tuple[str, Node]) -> None:
-        dest, node = item
+    def _apply_fd(self, fd: int, file: _File) -> None:
+        assert file.node is not None
         try:
-            apply_metadata(dest, node, set_owner=self.set_owner)
-        except OSError as exc:
-            with self.lock:
-                self.result.warnings.append(f"{dest}: cannot set metadata ({exc.strerror})")
+            apply_metadata_fd(fd, file.node, set_owner=self.set_owner)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            self._warn(file.path, exc)
+
+    # -- links and metadata ----------------------------------------------------------------
+
+    def _link(self, item: tuple[_File, int, str, str]) -> None:
+        first, index, name, path = item
+        if first.failed or first.identity is None:
+            self.refuse(path, f"hard link to {first.path}, which was not restored")
+            return
+        try:
+            with self.dirs.at(first.dir) as src_fd, self.dirs.at(index) as dst_fd:
+                make_link(src_fd, first.name, first.identity, dst_fd, name)
+        except (Refused, OSError) as exc:
+            self._failed(path, exc)
+
+    def _apply(self, item: tuple[int, str, Node, _File | None]) -> None:
+        index, name, node, file = item
+        if file is not None and file.failed:
+            return
+        fd = self.dirs.acquire(index)
+        try:
+            apply_metadata_at(fd, name, node, set_owner=self.set_owner)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            self._warn(f"{self.dirs.path(index).rstrip('/')}/{shown(name)}", exc)
+        finally:
+            self.dirs.release(index)
+
+    def _warn(self, path: str, exc: Exception) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        with self.lock:
+            self.result.warnings.append(f"{path}: cannot set metadata ({reason})")
 
     def finish(self) -> None:
-        for existing, dest in self.links:
-            if os.path.lexists(dest):
-                os.unlink(dest)
-            os.link(existing, dest)
-        # Leaves in parallel (independent), then directories deepest first, so that setting a
-        # directory's mtime is not undone by touching its children.
-        leaves = [item for item in self.finishing if item[1].type != DIR]
-        dirs = sorted(
-            (i for i in self.finishing if i[1].type == DIR), key=lambda i: i[0].count("/"), reverse=True
-        )
+        for link in self.links:
+            self._link(link)
+        # Leaves in parallel (independent), then folders deepest first, so that setting a
+        # folder's mtime is not undone by touching its children.
+        leaves = [item for item in self.finishing if item[2].type != DIR]
+        depths = self.dirs.depths
+        dirs = sorted((i for i in self.finishing if i[2].type == DIR), key=lambda i: -depths[i[0]])
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-meta") as pool:
             for _ in pool.map(self._apply, leaves, chunksize=64):
                 pass
         for item in dirs:
             self._apply(item)
-        self.result.verified = self.result.files  # every blob was verified by decode_blob
+        self.result.verified = self.result.files - self.failed_files  # decode_blob verified every blob
+
+
+def _requested(paths: list[str] | None) -> list[tuple[str, ...]]:
+    """Requested paths as name tuples, ``..`` refused, nested requests folded into their parent."""
+    wanted: list[tuple[str, ...]] = []
+    for path in paths or ["/"]:
+        parts = tuple(p for p in path.split("/") if p not in ("", "."))
+        if ".." in parts or "\0" in path:
+            raise ConfigurationError(f"restore path {path!r} may not contain '..' or NUL")
+        wanted.append(parts)
+    wanted.sort()
+    kept: list[tuple[str, ...]] = []
+    for parts in wanted:
+        if not any(parts[: len(k)] == k for k in kept):
+            kept.append(parts)
+    return kept
 
 
 def restore(
@@ -337,53 +427,54 @@ def restore(
     paths: list[str] | None = None,
     progress: Callable[[BackupProgress], None] | None = None,
 ) -> RestoreResult:
-    """Restore all of a snapshot (or only ``paths`` inside it) below ``target``, keeping absolute paths."""
+    """Restore all of a snapshot (or only ``paths`` inside it) below ``target``, keeping absolute paths.
+
+    Nothing is created or changed outside ``target`` whatever the restore point holds; entries
+    that cannot be restored safely are listed in ``RestoreResult.errors`` (``ok`` is then False).
+    """
     limit_heap_fragmentation()
-    restorer = _Restorer(repo, progress)
+    requested = _requested(paths)
+    nodes = [(parts, lookup(repo, snapshot_id, "/" + "/".join(parts))) for parts in requested]
     target = Path(target)
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)  # the administrator's folder: links in it are theirs
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise _os_error(exc, str(target)) from exc
-    for path in paths or ["/"]:
-        node = lookup(repo, snapshot_id, path)
-        dest = os.path.join(target, _norm(path).lstrip("/"))
-        try:
-            os.makedirs(os.path.dirname(dest) or str(target), exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, dest) from exc
-        if _norm(path) == "/":  # the synthetic root has no metadata of its own: restore what is inside
-            assert node.subtree is not None
-            for child in repo.load_tree(node.subtree):
-                restorer.plan(child, os.path.join(target, child.name))
-        else:
-            restorer.plan(node, dest.rstrip("/") or str(target))
-    restorer.fetch_all()
-    restorer.finish()
+        raise os_error(exc, str(target)) from exc
+    dirs = TargetDirs(root_fd)
+    try:
+        restorer = _Restorer(repo, dirs, progress)
+        folders: dict[tuple[str, ...], int] = {(): 0}
+        for parts, node in nodes:
+            if not parts:  # the synthetic root has no metadata of its own: restore what is inside
+                assert node.subtree is not None
+                restorer.plan_tree(node.subtree, 0, "")
+                continue
+            index = _folder(restorer, folders, parts[:-1])
+            if index is None:
+                continue
+            sub = restorer.plan(node, index, parts[-1], "/" + "/".join(parts))
+            if sub is not None:
+                restorer.plan_tree(*sub)
+        restorer.fetch_all()
+        restorer.finish()
+    finally:
+        dirs.close()
     return restorer.result
 
 
-def cat_file(repo: Repository, snapshot_id: str, path: str, out: BinaryIO) -> int:
-    """Stream one file's content to a binary stream (stdout), verifying every chunk; returns bytes."""
-    node = lookup(repo, snapshot_id, path)
-    if node.type != FILE:
-        raise NotFoundError(f"{path} in restore point {snapshot_id} is a {node.type}, not a file")
-    written = 0
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ck-cat")
-    try:
-        # Read ahead a few chunks while writing the current one; memory stays at ~8 chunks.
-        pending = [pool.submit(repo.load_blob, b) for b in node.content[:8]]
-        next_index = len(pending)
-        while pending:
-            data = pending.pop(0).result()
-            if next_index < len(node.content):
-                pending.append(pool.submit(repo.load_blob, node.content[next_index]))
-                next_index += 1
-            try:
-                out.write(data)
-            except OSError as exc:
-                raise _os_error(exc, getattr(out, "name", "output")) from exc
-            written += len(data)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return written
+def _folder(restorer: _Restorer, folders: dict[tuple[str, ...], int], parts: tuple[str, ...]) -> int | None:
+    """The folder index of a requested path's parent, made (plainly, no metadata) as needed."""
+    for depth in range(1, len(parts) + 1):
+        key = parts[:depth]
+        if key in folders:
+            continue
+        parent = folders[key[:-1]]
+        try:
+            with restorer.dirs.at(parent) as fd:
+                make_dir(fd, key[-1])
+        except (Refused, OSError) as exc:
+            restorer._failed("/" + "/".join(key), exc)
+            return None
+        folders[key] = restorer.dirs.add(parent, key[-1])
+    return folders[parts]

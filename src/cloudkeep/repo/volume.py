@@ -19,14 +19,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.errors import ConfigurationError, NotFoundError, incomplete_restore
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.restorer import RestoreResult, _os_error, _Restorer, _Target
+from cloudkeep.repo.restorer import RestoreResult, _File, _Restorer, _Target
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
+from cloudkeep.repo.targetfs import TargetDirs, os_error
 from cloudkeep.repo.tree import FILE, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
 
@@ -52,7 +53,7 @@ def backup_volume(
     except FileNotFoundError:
         raise NotFoundError(f"volume {path} does not exist") from None
     except OSError as exc:
-        raise _os_error(exc, path) from exc
+        raise os_error(exc, path) from exc
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise ConfigurationError(f"{path} is neither a block device nor an image file")
     limit_heap_fragmentation()
@@ -128,7 +129,12 @@ def backup_volume(
 
 
 def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreResult:
-    """Write a volume snapshot to an image file (created sparse) or an existing block device."""
+    """Write a volume snapshot to an image file (created sparse) or an existing block device.
+
+    ``target`` is the administrator's path (links in it are followed, as ``/dev/disk/by-id/…``
+    needs); only the restore point's content is hostile. An image file is created anew (an
+    existing one, or a link in its place, is unlinked first, never written through).
+    """
     snap = repo.load_snapshot(snapshot_id)
     if snap.kind != "volume":
         raise ConfigurationError(f"restore point {snap.id} is a {snap.kind} backup, not a volume")
@@ -139,25 +145,32 @@ def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreR
     dest = os.path.abspath(os.fspath(target))
     mode = os.stat(dest).st_mode if os.path.exists(dest) else 0
     is_device = stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
-    restorer = _Restorer(repo, None)
+    folder = os.path.dirname(dest)
     try:
-        if is_device:
-            if stat.S_ISBLK(mode) and _device_size_of(dest) < node.size:
-                raise ConfigurationError(f"device {dest} is smaller than the volume ({node.size} bytes)")
-            node.sparse = False  # a device is not zeroed: every chunk must be written
-            offset = 0
-            for blob_id in node.content:
-                restorer.by_blob[blob_id].append(_Target(dest, offset, False))
-                offset += repo.locate(blob_id).entry.raw_length
-            restorer.result.files, restorer.result.bytes = 1, node.size
-        else:
-            os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-            restorer.plan(node, dest)
-            restorer.finishing.clear()  # an image file gets fresh metadata, not the device's
+        if is_device and stat.S_ISBLK(mode) and _device_size_of(dest) < node.size:
+            raise ConfigurationError(f"device {dest} is smaller than the volume ({node.size} bytes)")
+        os.makedirs(folder, exist_ok=True)
+        dirs = TargetDirs(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     except OSError as exc:
-        raise _os_error(exc, dest) from exc
-    restorer.fetch_all()
-    restorer.result.verified = restorer.result.files
+        raise os_error(exc, dest) from exc
+    try:
+        restorer = _Restorer(repo, dirs, None)
+        # A device is not zeroed: every chunk is written. An image file is sparse.
+        image = _File(-1 if is_device else 0, dest if is_device else os.path.basename(dest), dest,
+                      node.size, sparse=not is_device, single=False)  # fmt: skip
+        offset = 0
+        for blob_id in node.content:
+            restorer.by_blob[blob_id].append(_Target(image, offset))
+            offset += repo.locate(blob_id).entry.raw_length
+        if not is_device:
+            restorer.precreate.append(image)
+        restorer.result.files, restorer.result.bytes = 1, node.size
+        restorer.fetch_all()
+    finally:
+        dirs.close()
+    restorer.result.verified = 0 if image.failed else 1
+    if restorer.result.errors:
+        raise incomplete_restore(f"volume restore of {snap.id} to {dest}", restorer.result.errors)
     return restorer.result
 
 

@@ -220,6 +220,7 @@ _ERRORS: dict[str, type[errors.CloudkeepError]] = {
     "unauthenticated": errors.AuthenticationError,
     "unreachable": errors.UnreachableError,
     "insufficient_space": errors.InsufficientSpaceError,
+    "restore_incomplete": errors.RestoreIncompleteError,
 }
 
 
@@ -455,8 +456,19 @@ class HttpClient(Client):
             "POST", f"/restore-points/{ref}/download", json={"paths": paths}, timeout=None
         )
         dest.mkdir(parents=True, exist_ok=True)
+        refused: list[str] = []
+
+        def inside_dest(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+            try:  # the "data" filter: nothing outside dest, no device nodes, no absolute links
+                return tarfile.data_filter(member, path)
+            except tarfile.FilterError as exc:
+                refused.append(f"{member.name}: {exc}")
+                return None
+
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r") as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, filter=inside_dest)
+        if refused:
+            raise errors.incomplete_restore(f"download of restore point {ref} into {dest}", refused)
 
     def browse(
         self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, incomplete_restore
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, RestorePoint, SessionTask
 from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
@@ -212,6 +212,21 @@ def _run_command_session(
     _set_session(ctx, session_id, state=state, reason=reason, ended_at=ended)
 
 
+def _check_target(target_path: str | None, machine: DiscoveredMachine) -> None:
+    """A target path names its place outright: absolute on Linux (a relative one would depend on the
+    service's working folder), and no ``..`` (it could climb out of a simulated machine's root)."""
+    if not target_path:
+        return
+    if ".." in target_path.replace("\\", "/").split("/"):
+        raise ConfigurationError(
+            f"target path {target_path!r} may not contain '..'", hint="give the folder's full path"
+        )
+    if machine.platform == "linux" and not target_path.startswith("/"):
+        raise ConfigurationError(
+            f"target path {target_path!r} on {machine.name} must be absolute", hint="start it with /"
+        )
+
+
 def start_file_restore(
     ctx: ServerContext,
     restore_point_id: str,
@@ -237,6 +252,7 @@ def start_file_restore(
     if in_place and target_path:
         raise ConfigurationError("give either a target folder or in_place, not both")
     machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    _check_target(target_path, machine)
     body = {
         "snapshot_id": point.snapshot_id,
         "paths": paths or None,
@@ -262,6 +278,7 @@ def start_volume_restore(
     if not target_path:
         raise ConfigurationError("a volume restore needs a target disk or image file path")
     machine = _target_machine(ctx, target_machine_id or point.machine_id)
+    _check_target(target_path, machine)
     body = {"snapshot_id": point.snapshot_id, "target": target_path}
     return _start_command_session(
         ctx, point, machine, "restore_volume", body, wait=wait, dispatcher=dispatcher
@@ -339,13 +356,17 @@ def download_files(
 ) -> dict[str, Any]:
     """Restore files to a folder on the administrator's machine; verified chunk by chunk.
 
-    A wrong ``password`` raises AuthenticationError before anything is written.
+    A wrong ``password`` raises AuthenticationError before anything is written; entries the
+    restore refused (hostile names, links out of ``dest``) raise RestoreIncompleteError naming
+    them, after everything else was restored.
     """
     point = load_point(ctx, restore_point_id)
     if point.mode == "volume":
         raise ConfigurationError(f"restore point {point.id} is a volume backup", hint="use export_image")
     with open_repository(ctx, point.repository_id, password) as repo:
         result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=paths or None)
+    if result.errors:  # never a plain success: the refused entries are named
+        raise incomplete_restore(f"download of restore point {point.id} into {dest}", result.errors)
     return {
         "dest": str(dest),
         "files": int(result.files),

@@ -19,6 +19,7 @@ from cloudkeep.errors import (
     InsufficientSpaceError,
     NotFoundError,
     PermissionDeniedError,
+    RestoreIncompleteError,
     UnreachableError,
 )
 from cloudkeep.server.services.operations import FeatureUnavailableError
@@ -34,6 +35,7 @@ STATUS: list[tuple[type[CloudkeepError], int, str]] = [
     (FeatureUnavailableError, 501, "not_implemented"),
     (UnreachableError, 502, "unreachable"),
     (InsufficientSpaceError, 507, "insufficient_space"),
+    (RestoreIncompleteError, 422, "restore_incomplete"),
 ]
 
 

@@ -1,0 +1,209 @@
+"""Restore points crafted by a hostile machine: restore must never create or change anything
+outside its target, and every refused entry must be an error of the restore, named.
+
+Each case writes tree blobs by hand (``tests.support.hostile``), restores into a target three
+levels inside an ``outside`` folder holding victims, and compares ``outside`` before and after.
+Absolute names point into ``outside`` rather than ``/etc`` so that the suite is harmless even
+against a restorer that follows them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.repo import Repository, restore
+from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
+
+
+@dataclass
+class Case:
+    specs: Callable[[Path], list[dict]]  # given ``outside``
+    refused: list[str]  # names (as they appear in the restore's errors) that must be reported
+    setup: Callable[[Path, Path], None] | None = None  # (outside, target) before the restore
+    check: Callable[[Path], None] | None = None  # on the target afterwards
+    unlinks_outside: bool = False  # the target held a hard link to an outside file: its count drops
+
+
+def _link_pair(first: str, second: str) -> list[dict]:
+    common = {"links": 2, "inode": 77, "device": 5}
+    return [file(first, b"evil\n", **common), file(second, b"evil\n", **common)]
+
+
+def _existing_symlink_dir(outside: Path, target: Path) -> None:
+    os.symlink(outside / "victim-dir", target / "d")
+
+
+def _existing_symlink_file(outside: Path, target: Path) -> None:
+    os.symlink(outside / "victim.txt", target / "f")
+
+
+def _existing_hardlink(outside: Path, target: Path) -> None:
+    os.link(outside / "victim-linked.txt", target / "hl")
+
+
+def _replaced_by_a_file(name: str, data: bytes) -> Callable[[Path], None]:
+    def check(target: Path) -> None:
+        st = os.lstat(target / name)
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+        assert (target / name).read_bytes() == data
+
+    return check
+
+
+def _without_link_counts(state: dict[str, tuple]) -> dict[str, tuple]:
+    return {path: entry[:5] + entry[6:] for path, entry in state.items()}
+
+
+CASES: dict[str, Case] = {
+    "dotdot-file": Case(lambda o: [file("..")], [".."]),
+    "dot-file": Case(lambda o: [file(".")], ["."]),
+    "parent-name": Case(lambda o: [file("../../../victim.txt")], ["../../../victim.txt"]),
+    "dotdot-inside-name": Case(lambda o: [file("a/../../../../victim.txt")], ["a/../../../../victim.txt"]),
+    "absolute-name": Case(lambda o: [file(f"{o}/abs.txt")], ["/abs.txt"]),
+    "empty-name": Case(lambda o: [file("")], ["''"]),
+    "nul-in-name": Case(lambda o: [file("x\0y")], ["x\\x00y"]),
+    "slash-in-name": Case(lambda o: [folder("sub", []), file("sub/x")], ["sub/x"]),
+    "unencodable-name": Case(lambda o: [file("bad\ud800")], ["bad"]),
+    "dotdot-dir-with-children": Case(
+        lambda o: [folder("..", [folder("..", [folder("..", [file("victim.txt")])])])], [".."]
+    ),
+    "symlink-then-file": Case(
+        lambda o: [symlink("s", f"{o}/victim.txt"), file("s", b"overwritten\n", mode=0o777)], ["s"]
+    ),
+    "symlink-then-dir": Case(
+        lambda o: [symlink("s", f"{o}/victim-dir"), folder("s", [file("planted")])], ["s"]
+    ),
+    "symlink-then-fifo": Case(lambda o: [symlink("s", f"{o}/victim.txt"), fifo("s")], ["s"]),
+    "symlink-then-hardlink": Case(
+        lambda o: [
+            file("f", links=2, inode=9, device=1),
+            symlink("s", f"{o}/victim.txt"),
+            file("s", links=2, inode=9, device=1),
+        ],
+        ["s"],
+    ),
+    "symlink-dir-then-entries-through-it": Case(
+        lambda o: [symlink("d", f"{o}/victim-dir"), folder("d", [file("x")]), file("d/y")], ["d", "d/y"]
+    ),
+    "hardlink-first-outside": Case(
+        lambda o: _link_pair("../../../victim.txt", "inside"),
+        ["../../../victim.txt"],
+        check=_replaced_by_a_file("inside", b"evil\n"),
+    ),
+    "hardlink-first-in-refused-dir": Case(
+        lambda o: [
+            folder("..", [file("victim-linked.txt", links=2, inode=3, device=1)]),
+            file("z", links=2, inode=3, device=1),
+        ],
+        [".."],
+        check=_replaced_by_a_file("z", b"evil\n"),
+    ),
+    "symlink-metadata-stays-on-link": Case(
+        lambda o: [
+            symlink(
+                "l",
+                f"{o}/victim.txt",
+                mode=0o777,
+                mtime_ns=7,
+                uid=4242,
+                gid=4242,
+                xattrs={"user.planted": b"x".hex()},
+            )
+        ],
+        [],
+    ),
+    "unknown-entry-type": Case(lambda o: [{"name": "x", "type": "socket", "mode": 0o777}], ["/x"]),
+    "folder-without-listing": Case(lambda o: [{"name": "d", "type": "dir", "mode": 0o777}], ["/d"]),
+    "unknown-chunk": Case(
+        lambda o: [{"name": "f", "type": "file", "content": ["ab" * 32], "size": 5}, file("g")], ["/f"]
+    ),
+    "symlink-with-nul-target": Case(lambda o: [symlink("l", "/etc\0passwd")], ["/l"]),
+    "in-place-parent-is-symlink": Case(
+        lambda o: [folder("d", [file("planted")])], ["d"], setup=_existing_symlink_dir
+    ),
+    "in-place-file-is-symlink": Case(
+        lambda o: [file("f", b"restored\n", mode=0o777)],
+        [],
+        setup=_existing_symlink_file,
+        check=_replaced_by_a_file("f", b"restored\n"),
+    ),
+    "in-place-file-is-hardlink-to-outside": Case(
+        lambda o: [file("hl", b"restored\n", mode=0o777)],
+        [],
+        setup=_existing_hardlink,
+        check=_replaced_by_a_file("hl", b"restored\n"),
+        unlinks_outside=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_crafted_restore_point_stays_inside_target(repo: Repository, tmp_path: Path, name: str) -> None:
+    case = CASES[name]
+    outside, target, state = sandbox(tmp_path)
+    if case.setup:
+        case.setup(outside, target)
+    snapshot_id = craft(repo, case.specs(outside))
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    after = state()
+    if case.unlinks_outside:
+        before, after = _without_link_counts(before), _without_link_counts(after)
+    assert after == before, "the restore changed something outside its target"
+    errors = getattr(result, "errors", [])
+    for refused in case.refused:
+        assert any(refused in error for error in errors), (refused, errors)
+    if case.refused:
+        assert not result.ok
+    else:
+        assert errors == []
+    if case.check:
+        case.check(target)
+
+
+def test_good_entries_beside_hostile_ones_are_restored(repo: Repository, tmp_path: Path) -> None:
+    _outside, target, state = sandbox(tmp_path)
+    snapshot_id = craft(repo, [file("../../../victim.txt"), folder("ok", [file("good", b"fine\n")]),
+                               file("zz", b"also fine\n")])  # fmt: skip
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before
+    assert (target / "ok" / "good").read_bytes() == b"fine\n"
+    assert (target / "zz").read_bytes() == b"also fine\n"
+    assert result.files == 2 and len(result.errors) == 1 and "../../../victim.txt" in result.errors[0]
+
+
+@pytest.mark.parametrize("path", ["/../..", "/..", "/ok/../../..", "/./../x"])
+def test_requested_paths_cannot_climb(repo: Repository, tmp_path: Path, path: str) -> None:
+    _outside, target, state = sandbox(tmp_path)
+    snapshot_id = craft(repo, [folder("..", [folder("..", [file("victim.txt")])]), folder("ok", [])])
+    before = state()
+    with pytest.raises((ConfigurationError, NotFoundError)):
+        restore(repo, snapshot_id, target, paths=[path])
+    assert state() == before
+
+
+def test_restore_point_of_one_bad_name_still_lists(repo: Repository) -> None:
+    """A bad name is a restore error, not a crash of browsing the restore point."""
+    from cloudkeep.repo import list_tree
+
+    snapshot_id = craft(repo, [file("../x"), file("fine")])
+    assert sorted(e.path for e in list_tree(repo, snapshot_id, "/")) == ["/../x", "/fine"]
+
+
+def test_listing_of_the_wrong_shape_is_an_error_of_its_folder(repo: Repository, tmp_path: Path) -> None:
+    _outside, target, state = sandbox(tmp_path)
+    snapshot_id = craft(
+        repo, [folder("d", [{"name": "x", "type": 5, "user": ["root"]}]), file("ok", b"ok\n")]
+    )
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before and (target / "ok").read_bytes() == b"ok\n"
+    assert len(result.errors) == 1 and result.errors[0].startswith("/d: cannot read its listing")
