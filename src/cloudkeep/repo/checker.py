@@ -24,6 +24,7 @@ from cloudkeep.storage.base import ObjectNotFoundError
 @dataclass
 class Problem:
     # missing-pack truncated-pack corrupt-pack corrupt-blob missing-blob bad-tree bad-snapshot bad-index
+    # bad-marker
     kind: str
     object: str
     message: str
@@ -53,6 +54,12 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
     bad_blobs: dict[bytes, Problem] = {}  # blob id → the problem that makes it unreadable
     _check_index_files(repo, report)
     repo.load_index()
+    for key, why in sorted(repo.unreadable_markers.items()):
+        report.problems.append(
+            Problem(
+                "bad-marker", key, f"{why}; prune keeps the packs it lists (`repair index` sets it aside)"
+            )
+        )
     stored = {pack_id_from_key(info.key): info.size for info in repo.list_everywhere("data/")}
     packs = {**repo.doomed.packs, **repo.index.packs}
     report.packs, report.blobs = len(packs), len(repo.index) + len(repo.doomed)
@@ -87,7 +94,9 @@ def _check_index_files(repo: Repository, report: CheckReport) -> None:
         try:
             decode_index_file(repo.crypter, info.key, repo.store.get(info.key))
         except (CloudkeepError, ValueError, KeyError) as exc:
-            report.problems.append(Problem("bad-index", info.key, str(exc)))
+            report.problems.append(
+                Problem("bad-index", info.key, f"{exc}; the packs it lists are unknown until `repair index`")
+            )
 
 
 def _pack_structure_problem(pack_id: str, entries: list[BlobEntry], stored: dict[str, int]) -> Problem | None:
@@ -168,8 +177,11 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
         report.snapshots += 1
         try:
             snap = repo.load_snapshot(sid)
-        except CloudkeepError as exc:
-            report.problems.append(Problem("bad-snapshot", f"snapshots/{sid}", str(exc), [sid]))
+        except (CloudkeepError, ValueError, KeyError, TypeError) as exc:
+            where = repo.snapshot_key(sid)
+            report.problems.append(
+                Problem("bad-snapshot", where, f"{exc} (`repair snapshots` sets it aside)", [sid])
+            )
             continue
         for pid in visit(bytes.fromhex(snap.tree), "/"):
             affected[pid].add(sid)

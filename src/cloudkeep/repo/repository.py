@@ -105,6 +105,8 @@ class Repository:
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
         self._snapshot_keys: dict[str, str] = {}
         self.unreadable_index_files: dict[str, str] = {}  # key → why, from the last load_index
+        self.unreadable_markers: dict[str, str] = {}  # prune/ markers that cannot be read: key → why
+        self.unreadable_snapshots: dict[str, str] = {}  # manifests snapshots() skipped: key → why
         self.io_threads = 8
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -247,21 +249,46 @@ class Repository:
 
     # -- markers ---------------------------------------------------------------------------
 
-    def write_marker(self, key: str, body: dict[str, Any]) -> None:
-        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD))
+    def write_marker(self, key: str, body: dict[str, Any], *, if_absent: bool = False) -> None:
+        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD), if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), _MARKER_AAD, key))
         return result
 
     def doomed_packs(self) -> set[str]:
+        """Packs listed by prune's markers. A damaged marker is skipped and recorded: its packs stay
+        usable (prune never deletes on a marker it cannot read), and `check` names it."""
         packs: set[str] = set()
+        unreadable: dict[str, str] = {}
         for info in self.store.list(PRUNE_PREFIX):
             try:
-                packs.update(self.read_marker(info.key)["packs"])
+                listed = self.read_marker(info.key)["packs"]
+                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                    raise IntegrityError(f"prune marker {info.key}: malformed pack list")
             except ObjectNotFoundError:
+                continue  # swept while listing
+            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+                unreadable[info.key] = str(exc)
                 continue
+            packs.update(listed)
+        with self.lock:
+            self.unreadable_markers = unreadable
         return packs
+
+    def refresh_doomed(self) -> None:
+        """Stop deduplicating against packs marked since the index was loaded.
+
+        A backup calls this after its session marker is visible: a prune marker written before
+        then is seen here; one written after it sees the session and waits for it.
+        """
+        doomed = self.doomed_packs()
+        with self.lock:
+            newly = [p for p in self.index.packs if p in doomed]
+            for pack_id in newly:
+                self.doomed.add_pack(pack_id, self.index.packs[pack_id])
+            if newly:
+                self.index.remove_packs(set(newly))
 
     # -- reading blobs ---------------------------------------------------------------------
 
@@ -398,13 +425,20 @@ class Repository:
         return decode_snapshot(self.crypter, matches[0], self.store.get(self.snapshot_key(matches[0])))
 
     def snapshots(self) -> Iterator[Snapshot]:
+        """Every readable restore point; damaged manifests are skipped into ``unreadable_snapshots``."""
         ids = self.snapshot_ids()
+        unreadable: dict[str, str] = {}
+        self.unreadable_snapshots = unreadable
 
         def fetch(sid: str) -> Snapshot | None:
+            key = self._snapshot_keys[sid]
             try:
-                return decode_snapshot(self.crypter, sid, self.store.get(self._snapshot_keys[sid]))
+                return decode_snapshot(self.crypter, sid, self.store.get(key))
             except ObjectNotFoundError:
                 return None  # forgotten while listing
+            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+                unreadable[key] = str(exc)
+                return None
 
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
             for snap in pool.map(fetch, ids):
