@@ -26,17 +26,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError
+from cloudkeep.repo import writer as backup_session
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.lock import MaintenanceLock, last_refresh, maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_key
 from cloudkeep.repo.repository import PRUNE_PREFIX, SESSIONS_PREFIX, Repository
 from cloudkeep.repo.steps import step
-from cloudkeep.repo.writer import SESSION_LEASE_S, BlobWriter
+from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import ObjectInfo, ObjectLockedError, ObjectNotFoundError
 
-# Sessions stop writing SESSION_LEASE_S after their last refresh; grace adds room for requests
-# still in flight and for clock skew between machines and the store.
-MIN_GRACE = timedelta(seconds=SESSION_LEASE_S) + timedelta(minutes=15)
+
+def min_grace() -> timedelta:
+    """Sessions stop writing ``SESSION_LEASE_S`` after their last refresh; grace is at least twice
+    that, leaving as much again for requests still in flight and clock skew with the store."""
+    return timedelta(seconds=2 * backup_session.SESSION_LEASE_S)
+
+
 REPAIR_HINT = "run `cloudkeep repository repair <repository>` (see `cloudkeep repository check`)"
 
 
@@ -103,10 +108,8 @@ def prune(
     repack_below: float = 0.5,
 ) -> PruneResult:
     repo.require_full_access("prune")
-    if grace < MIN_GRACE:
-        raise ConfigurationError(
-            f"prune grace {grace} is shorter than the backup session lease plus margin ({MIN_GRACE})"
-        )
+    if grace < min_grace():
+        raise ConfigurationError(f"prune grace {grace} is shorter than twice the backup session lease")
     now = now or datetime.now(UTC)
     result = PruneResult()
     with maintenance_lock(repo, "prune", now=now, grace=grace) as lock:

@@ -142,10 +142,9 @@ class BlobWriter:
 
         Never re-creates a marker prune removed as stale: that session is over.
         """
-        self.check_lease()
         started = self._clock()
-        if self._refreshed is not None and self.repo.store.stat(self.session_key) is None:
-            self._expire("its session marker was removed by prune (it looked stale)")
+        if self._refreshed is not None:
+            self._check_alive()
         self.repo.write_marker(
             self.session_key,
             {
@@ -167,6 +166,12 @@ class BlobWriter:
                 f"backup session {self.session_key} expired: {self._expired}; nothing more is committed",
                 hint="run the backup again (what was uploaded and indexed is reused)",
             )
+
+    def _check_alive(self) -> None:
+        """Within the lease, and prune has not removed the marker as stale (one HEAD)."""
+        self.check_lease()
+        if self.repo.store.stat(self.session_key) is None:
+            self._expire("its session marker was removed by prune (it looked stale)")
 
     def _expire(self, why: str) -> None:
         self._expired = self._expired or why
@@ -307,7 +312,7 @@ class BlobWriter:
             return
         # An expired session's packs may already be marked as leftovers and swept: naming them in
         # an index file would let later backups deduplicate against deleted packs.
-        self.check_lease()
+        self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
         self.repo.store.put(key, encode_index_file(self.repo.crypter, packs), retain_until=self.retain_until)
         step("backup:index-written")
@@ -373,9 +378,7 @@ class BlobWriter:
         """
         try:
             self._raise_if_failed()
-            self.check_lease()
-            if self.repo.store.stat(self.session_key) is None:
-                self._expire("its session marker was removed by prune (it looked stale)")
+            self._check_alive()
             write_manifest()
         except BaseException:
             self.abort()
