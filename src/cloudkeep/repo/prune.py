@@ -118,8 +118,9 @@ def prune(
         # a recorded session that ended wrote its index files and manifest before its marker went.
         ready = _ready_marks(repo, now, grace, result)
         repo.load_index()
+        _refuse_if_damaged(repo.unreadable_index_files)
         used = used_blobs(repo)
-        _refuse_if_damaged(repo)
+        _refuse_if_damaged(repo.unreadable_snapshots)
         # Listed after the index was loaded: every indexed pack was stored before its index file.
         stored = {pack_id_from_key(info.key): info for info in repo.list_everywhere("data/")}
         _step(lock, "prune:loaded")
@@ -134,8 +135,7 @@ def _step(lock: MaintenanceLock, name: str) -> None:
     step(name)
 
 
-def _refuse_if_damaged(repo: Repository) -> None:
-    damaged = {**repo.unreadable_snapshots, **repo.unreadable_index_files}
+def _refuse_if_damaged(damaged: dict[str, str]) -> None:
     if damaged:
         names = ", ".join(sorted(damaged))
         raise PruneRefusedError(
