@@ -70,13 +70,15 @@ class _Mark:
     sessions: list[str] | None  # None: written by a prune killed before arming it
 
 
-def used_blobs(repo: Repository) -> set[bytes]:
-    """Every blob (trees and data) any readable restore point references.
+def used_blobs(repo: Repository, only: set[str] | None = None) -> set[bytes]:
+    """Every blob (trees and data) any readable restore point (of ``only``) references.
 
     ``PruneRefusedError`` when a tree cannot be loaded: what lies below it is unknown.
     """
     used: set[bytes] = set()
     for snap in repo.snapshots():
+        if only is not None and snap.id not in only:
+            continue
         root = bytes.fromhex(snap.tree)
         if root in used:
             continue
@@ -117,9 +119,12 @@ def prune(
         # Which marks may be swept is decided before the index and the restore points are read:
         # a recorded session that ended wrote its index files and manifest before its marker went.
         ready = _ready_marks(repo, now, grace, result)
+        # Restore points listed before the index is loaded have all their index files in it; one
+        # committed later comes from a session that sees every mark or was recorded by it.
+        listed = set(repo.snapshot_ids())
         repo.load_index()
         _refuse_if_damaged(repo.unreadable_index_files)
-        used = used_blobs(repo)
+        used = used_blobs(repo, only=listed)
         _refuse_if_damaged(repo.unreadable_snapshots)
         # Listed after the index was loaded: every indexed pack was stored before its index file.
         stored = {pack_id_from_key(info.key): info for info in repo.list_everywhere("data/")}

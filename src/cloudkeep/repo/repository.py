@@ -211,6 +211,23 @@ class Repository:
 
     def load_index(self) -> None:
         """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``."""
+        for _ in range(5):
+            if self._load_index_once():
+                return
+        raise ConflictError(
+            "the index kept changing while it was read (index files replaced by prune or repair)",
+            hint="try again",
+        )
+
+    def _fetch_index_file(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(key)
+        except ObjectNotFoundError:
+            return None
+
+    def _load_index_once(self) -> bool:
+        """False if a listed index file vanished: prune replaced it after writing its successor,
+        which a new listing finds, so the caller lists again rather than miss packs."""
         loaded_at = datetime.now(UTC)
         keys = [info.key for info in self.list_everywhere(INDEX_PREFIX)]
         doomed_packs = self.doomed_packs()
@@ -218,7 +235,9 @@ class Repository:
         index, doomed = Index(), Index()
         unreadable: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for key, data in zip(keys, pool.map(self.store.get, keys), strict=True):
+            for key, data in zip(keys, pool.map(self._fetch_index_file, keys), strict=True):
+                if data is None:
+                    return False
                 try:
                     packs = read_index_file(self.crypter, key, data)  # validated whole before use
                 except IntegrityError as exc:
@@ -232,6 +251,7 @@ class Repository:
             self.index, self.doomed, self.index_files = index, doomed, set(keys)
             self.unreadable_index_files = unreadable
             self.index_loaded_at = loaded_at
+        return True
 
     def locate(self, blob_id: bytes) -> Location:
         with self.lock:
