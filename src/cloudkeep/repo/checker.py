@@ -12,9 +12,11 @@ import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import CloudkeepError, IntegrityError
 from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
+from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import DIR
@@ -193,8 +195,17 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
 
 
 def rebuild_index(repo: Repository) -> int:
-    """Recreate the index from the pack headers (after index files were lost); returns packs indexed."""
+    """Recreate the index from the pack headers (after index files were lost); returns packs indexed.
+
+    Holds the maintenance lock: a prune sweeping meanwhile could see a pack named again after
+    it dropped it from the index.
+    """
     repo.require_full_access("rebuild-index")
+    with maintenance_lock(repo, "rebuild-index", now=datetime.now(UTC), grace=timedelta(hours=1)):
+        return _rebuild_index(repo)
+
+
+def _rebuild_index(repo: Repository) -> int:
     old = [info.key for info in repo.list_everywhere(INDEX_PREFIX)]
     packs: dict[str, list[BlobEntry]] = {}
     problems: list[str] = []
