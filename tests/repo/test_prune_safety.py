@@ -16,7 +16,7 @@ import pytest
 
 import cloudkeep.repo.writer as writer_module
 from cloudkeep.errors import ConfigurationError, ConflictError
-from cloudkeep.repo import Repository, prune
+from cloudkeep.repo import Repository, backup_files, prune
 from cloudkeep.repo.lock import LOCK_KEY, maintenance_lock
 from cloudkeep.repo.steps import BACKUP_STEPS, PRUNE_STEPS, hooked
 from cloudkeep.repo.writer import SessionExpiredError
@@ -186,3 +186,20 @@ def test_stale_maintenance_lock_is_taken_over(store: ObjectStore, tmp_path: Path
 def test_grace_must_exceed_the_session_lease(repo: Repository) -> None:
     with pytest.raises(ConfigurationError):
         prune(repo, grace=timedelta(minutes=30))
+
+
+def test_repository_reused_across_a_sweep(store: ObjectStore, tmp_path: Path) -> None:
+    """A long-lived Repository whose index predates a whole mark-and-sweep must not deduplicate
+    against the swept packs: the sweep removed the index files it had loaded, so it reloads."""
+    world = World(store, tmp_path)
+    source = write_files(tmp_path / "A", {"a.bin": blob(1, 300 * KIB)})
+    agent = world.open()
+    first = backup_files(agent, [source], hostname="agent")
+    world.forget(first.id)
+    t0 = store_now(store)
+    prune(world.open(), now=t0)
+    assert prune(world.open(), now=t0 + 2 * HOUR).packs_deleted > 0
+    again = backup_files(agent, [source], hostname="agent")  # same object, index loaded before it all
+    world.record(again.id, source)
+    assert again.stats["bytes_new"] >= 300 * KIB
+    world.verify()

@@ -300,9 +300,15 @@ class Repository:
         """Stop deduplicating against packs marked since the index was loaded.
 
         A backup calls this after its session marker is visible: a prune marker written before
-        then is seen here; one written after it sees the session and waits for it.
+        then is seen here; one written after it sees the session and waits for it. A marker
+        already swept is not seen, but its sweep deleted the index files naming its packs before
+        the packs and the marker: if a file loaded earlier is gone, the index is loaded again.
         """
         doomed = self.doomed_packs()
+        present = {info.key for info in self.list_everywhere(INDEX_PREFIX)}
+        if not self.index_files <= present:
+            self.load_index()
+            return
         with self.lock:
             newly = [p for p in self.index.packs if p in doomed]
             for pack_id in newly:
