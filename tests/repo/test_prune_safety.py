@@ -16,7 +16,7 @@ import pytest
 
 import cloudkeep.repo.writer as writer_module
 from cloudkeep.errors import ConfigurationError, ConflictError
-from cloudkeep.repo import Repository, backup_files, prune
+from cloudkeep.repo import PruneResult, Repository, backup_files, prune
 from cloudkeep.repo.lock import LOCK_KEY, maintenance_lock
 from cloudkeep.repo.steps import BACKUP_STEPS, PRUNE_STEPS, hooked
 from cloudkeep.repo.writer import SessionExpiredError
@@ -203,3 +203,27 @@ def test_repository_reused_across_a_sweep(store: ObjectStore, tmp_path: Path) ->
     world.record(again.id, source)
     assert again.stats["bytes_new"] >= 300 * KIB
     world.verify()
+
+
+def test_prune_taken_over_while_paused_stops(
+    store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune paused past its lease finds its lock taken over and stops before writing an index
+    from its old view (which would name packs the other prune deleted)."""
+    world = World(store, tmp_path)
+    t0, ids = prepared(world, tmp_path)
+    world.forget(ids["c"])
+    clock = FakeClock()
+    monkeypatch.setattr(writer_module, "session_clock", clock)
+    taken: list[PruneResult] = []
+    paused = threading.Lock()
+
+    def pause(name: str) -> None:
+        if name == "prune:loaded" and paused.acquire(blocking=False):  # the first prune only
+            clock.now += 2 * 3600
+            taken.append(prune(world.open(), now=t0 + 4 * HOUR))  # the stale lock is taken over
+
+    with hooked(pause), pytest.raises(ConflictError, match="paused"):
+        prune(world.open(), now=t0 + 2 * HOUR)
+    assert taken and taken[0].packs_deleted > 0
+    settle(world, t0, (6, 8, 10))

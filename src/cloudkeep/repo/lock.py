@@ -3,7 +3,9 @@
 Two prunes at once could undo each other's work: one consolidates an index file naming packs
 the other is deleting. ``locks/maintenance`` is created create-only (``if_absent``); a lock not
 refreshed within ``grace`` (a killed prune) is taken over. Staleness is judged from the store's
-own modification time (and the holder's ``seen``), whichever is later.
+own modification time (and the holder's ``seen``), whichever is later. Like a backup session, a
+holder checks before each step that the lock is still its own and was refreshed within the
+session lease: a prune paused long enough to be taken over stops instead of resuming.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cloudkeep.errors import ConflictError, IntegrityError
+from cloudkeep.repo import writer as backup_session
 from cloudkeep.repo.repository import Repository
 from cloudkeep.storage.base import ObjectExistsError, ObjectInfo, ObjectNotFoundError
 
@@ -35,6 +38,7 @@ class MaintenanceLock:
     def __init__(self, repo: Repository, what: str, now: datetime) -> None:
         self.repo, self.what, self.now = repo, what, now
         self.owner = secrets.token_hex(8)
+        self._refreshed = backup_session.session_clock()
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -75,8 +79,23 @@ class MaintenanceLock:
         seen = last_refresh(info, body)
         return seen is not None and self.now - seen > grace
 
+    def check(self) -> None:
+        """``ConflictError`` unless the lock is still ours and was refreshed within the lease."""
+        idle = backup_session.session_clock() - self._refreshed
+        if idle > backup_session.SESSION_LEASE_S:
+            raise ConflictError(f"{self.what} was paused for {idle:.0f} s: its lock may have been taken over")
+        try:
+            owner = self.repo.read_marker(LOCK_KEY).get("owner")
+        except (ObjectNotFoundError, IntegrityError, ValueError):
+            owner = None
+        if owner != self.owner:
+            raise ConflictError(f"{LOCK_KEY} was taken over by another maintenance task; {self.what} stopped")
+
     def refresh(self) -> None:
+        started = backup_session.session_clock()
+        self.check()
         self.repo.write_marker(LOCK_KEY, self._body())
+        self._refreshed = started
 
     def release(self) -> None:
         with contextlib.suppress(Exception):

@@ -261,6 +261,7 @@ def _drop_from_index(repo: Repository, lock: MaintenanceLock, doomed: set[str]) 
         if pack_id not in doomed
     }
     new_file = new_index_key()
+    lock.check()  # a prune taken over while paused must not write an index from its old view
     repo.store.put(new_file, encode_index_file(repo.crypter, survivors))
     _step(lock, "prune:index-consolidated")
     for key in sorted(old_files - {new_file}):  # every one was read (prune refuses otherwise)
@@ -323,6 +324,7 @@ def _mark(
         return
     key = PRUNE_PREFIX + secrets.token_hex(16)
     packs = sorted(to_mark)
+    lock.check()
     repo.write_marker(key, {"time": now.isoformat(), "packs": packs})
     _step(lock, "prune:marked")
     # Listed after the mark is visible: a session missing here starts later and sees the mark.
