@@ -242,7 +242,7 @@ class Repository:
                     packs = read_index_file(self.crypter, key, data)  # validated whole before use
                 except IntegrityError as exc:
                     # Its packs are simply unknown: a backup stores their blobs again, a restore that
-                    # needs them says so, and `check` reports the file; `rebuild-index` recovers them.
+                    # needs them says so, and `check` reports the file; `repair index` recovers them.
                     unreadable[key] = str(exc)
                     continue
                 for pack_id, rows in packs:
@@ -259,7 +259,8 @@ class Repository:
         if loc is None:
             raise IntegrityError(
                 f"blob {blob_id.hex()} is not in the index",
-                hint="the index may be missing or damaged: run `cloudkeep repo check`, then `rebuild-index`",
+                hint="the index may be missing or damaged: run `cloudkeep repository check`, then "
+                "`cloudkeep repository repair`",
             )
         return loc
 

@@ -37,8 +37,8 @@ from cloudkeep.repo.repository import SESSIONS_PREFIX, Repository
 from cloudkeep.repo.steps import step
 
 HEARTBEAT_S = 300.0
-# A session not refreshed for this long stops writing: prune's grace must exceed it by the longest
-# a request can stay in flight plus clock skew (prune.MIN_GRACE).
+# A session not refreshed for this long stops writing. Prune's grace is at least twice this
+# (prune.min_grace): the rest covers requests still in flight and clock skew.
 SESSION_LEASE_S = 1800.0
 
 
@@ -388,7 +388,13 @@ class BlobWriter:
         self._stop.set()
         self._pool.shutdown(wait=True)
         try:
-            self.check_lease()  # the manifest write itself outlasted the lease: do not report success
+            self.check_lease()
+        except SessionExpiredError as exc:  # the manifest write itself outlasted the lease
+            raise SessionExpiredError(
+                f"the restore point was stored only after the session lease ran out ({exc.message}): "
+                "it may reference packs a prune removed",
+                hint="run `cloudkeep repository check`, then the backup again",
+            ) from None
         finally:
             self._end_session()
 
