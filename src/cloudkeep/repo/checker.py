@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cloudkeep.errors import CloudkeepError, IntegrityError
+from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
 from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
@@ -55,6 +55,9 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
     report = CheckReport()
     bad_blobs: dict[bytes, Problem] = {}  # blob id → the problem that makes it unreadable
     _check_index_files(repo, report)
+    # Restore points listed before the index is loaded have their index files in it: one a backup
+    # commits meanwhile is not reported as needing blobs the index lacks.
+    snapshot_ids = repo.snapshot_ids()
     repo.load_index()
     for key, why in sorted(repo.unreadable_markers.items()):
         report.problems.append(
@@ -87,7 +90,7 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
                         report.problems.append(problem) if problem not in report.problems else None
                     if blob_id is not None:
                         bad_blobs.setdefault(blob_id, problem)
-    _check_snapshots(repo, report, bad_blobs)
+    _check_snapshots(repo, report, bad_blobs, snapshot_ids)
     return report
 
 
@@ -134,7 +137,9 @@ def _read_pack(
     return found
 
 
-def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[bytes, Problem]) -> None:
+def _check_snapshots(
+    repo: Repository, report: CheckReport, bad_blobs: dict[bytes, Problem], snapshot_ids: list[str]
+) -> None:
     affected: dict[int, set[str]] = defaultdict(set)  # id(problem) → snapshot ids
     by_id = {id(p): p for p in bad_blobs.values()}
     memo: dict[bytes, set[int]] = {}  # tree id → problems found below it (trees are shared)
@@ -175,16 +180,19 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
         memo[tree_id] = found
         return found
 
-    for sid in repo.snapshot_ids():
-        report.snapshots += 1
+    for sid in snapshot_ids:
         try:
             snap = repo.load_snapshot(sid)
+        except NotFoundError:
+            continue  # forgotten since it was listed
         except (CloudkeepError, ValueError, KeyError, TypeError) as exc:
+            report.snapshots += 1
             where = repo.snapshot_key(sid)
             report.problems.append(
                 Problem("bad-snapshot", where, f"{exc} (`repair snapshots` sets it aside)", [sid])
             )
             continue
+        report.snapshots += 1
         for pid in visit(bytes.fromhex(snap.tree), "/"):
             affected[pid].add(sid)
     for pid, sids in affected.items():
