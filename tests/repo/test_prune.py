@@ -6,7 +6,17 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cloudkeep.repo import Repository, RetentionPolicy, backup_files, check, forget, prune, restore
+from cloudkeep.repo import (
+    PruneResult,
+    Repository,
+    RetentionPolicy,
+    backup_files,
+    check,
+    forget,
+    prune,
+    restore,
+)
+from cloudkeep.repo.steps import hooked
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import PASSWORD, restored
@@ -75,22 +85,28 @@ def test_repack_partially_used_packs(store: ObjectStore, tmp_path: Path) -> None
 def test_backup_running_during_prune_blocks_sweep(
     repo: Repository, store: ObjectStore, tmp_path: Path
 ) -> None:
-    """A backup that loaded the index before the mark may reuse marked blobs: sweep must wait for it."""
+    """A backup whose dedup index predates the mark may reuse marked blobs: sweep must wait for it."""
     src = make(tmp_path / "a", 1)
     first = backup_files(repo, [src], hostname="h")
-    agent = Repository.open(store, PASSWORD)  # the agent loads the index now, before the mark
-    writer = BlobWriter(agent, hostname="agent")  # its session is in progress
-    forget(repo, RetentionPolicy(keep_within=timedelta(seconds=0)), now=datetime.now(UTC) + HOUR)
-    assert first.id not in {s.id for s in repo.snapshots()}
+    agent = Repository.open(store, PASSWORD)
     now = datetime.now(UTC)
-    assert prune(repo, now=now).packs_marked > 0
-    writer.heartbeat(seen=now + 2 * HOUR)  # the agent is still alive two hours later
-    blocked = prune(repo, now=now + 2 * HOUR)
-    assert blocked.packs_deleted == 0 and blocked.marks_pending == 1
-    # The agent's backup of the same data deduplicates against the marked packs and commits.
-    writer.close()
-    snap = backup_files(agent, [src], hostname="h")
-    assert snap.stats["bytes_new"] < 100_000
+    outcomes: dict[str, PruneResult] = {}
+
+    def prune_while_backup_runs(name: str) -> None:
+        if name != "backup:doomed-refreshed" or outcomes:
+            return
+        forget(repo, RetentionPolicy(keep_within=timedelta(seconds=0)), now=now + HOUR)
+        assert first.id not in {s.id for s in repo.snapshots()}
+        outcomes["mark"] = prune(repo, now=now)
+        for info in store.list("sessions/"):  # the agent is still alive two hours later
+            repo.write_marker(info.key, {**repo.read_marker(info.key), "seen": (now + 2 * HOUR).isoformat()})
+        outcomes["blocked"] = prune(repo, now=now + 2 * HOUR)
+
+    with hooked(prune_while_backup_runs):
+        snap = backup_files(agent, [src], hostname="h")
+    assert outcomes["mark"].packs_marked > 0
+    assert outcomes["blocked"].packs_deleted == 0 and outcomes["blocked"].marks_pending == 1
+    assert snap.stats["bytes_new"] < 100_000  # it deduplicated against the marked packs
     swept = prune(repo, now=now + 2 * HOUR)
     assert swept.packs_resurrected > 0  # its blobs are needed again: not deleted
     fresh = Repository.open(store, PASSWORD)

@@ -20,7 +20,7 @@ from cloudkeep.cli.common import (
     success,
 )
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.server.services.schemas import RepositoryCreate
+from cloudkeep.server.services.schemas import RepositoryCreate, RepositoryRepairRequest
 
 app = typer.Typer(help="Object storage repositories.", no_args_is_help=True)
 COLUMNS = [
@@ -123,6 +123,28 @@ def check(
         result = c.check_repository(ref, read_data_subset=read_data)
     render_object(result, as_json, title="Repository check")
     if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("repair")
+def repair(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    index: bool = typer.Option(True, "--index/--no-index", help="Rebuild index entries from pack headers."),
+    snapshots: bool = typer.Option(
+        True, "--snapshots/--no-snapshots", help="Set damaged restore-point manifests aside."
+    ),
+    rewrite: bool = typer.Option(
+        False, "--rewrite", help="Write restore points that need missing data again, without it."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rebuild what damage left rebuildable; what cannot be is moved to lost+found/, never deleted."""
+    request = RepositoryRepairRequest(index=index, snapshots=snapshots, rewrite=rewrite)
+    with client(ctx) as c:
+        result = c.repair_repository(ref, request)
+    render_object(result, as_json, title="Repository repair")
+    if result.problems:
         raise typer.Exit(1)
 
 

@@ -3,8 +3,9 @@
 The walk runs in the calling thread; file reading+chunking+hashing+encoding runs on a worker pool
 (bounded: at most ``max_inflight_files`` queued), uploads on the writer's I/O pool. A directory's
 tree blob is written by whichever thread finishes its last child, so directories never wait for
-each other. The snapshot manifest is written only after ``BlobWriter.close`` made every pack and
-index durable: a killed backup leaves no restore point, and its indexed packs are reused.
+each other. The snapshot manifest is written only after ``BlobWriter.flush`` made every pack and
+index durable, and within the session's lease (``BlobWriter.commit``): a killed backup leaves no
+restore point, and its indexed packs are reused.
 """
 
 from __future__ import annotations
@@ -381,7 +382,7 @@ def backup_files(
         if archiver.error is not None:
             raise archiver.error
         archiver.report(None, force=True)  # everything is read; the last packs may take a while to go up
-        writer.close(tick=archiver.tick)  # every pack and index durable before the manifest exists
+        writer.flush(tick=archiver.tick)  # every pack and index durable before the manifest exists
         if archiver.error is not None:  # cancelled by the last progress report
             raise archiver.error
     except BaseException:
@@ -419,7 +420,12 @@ def backup_files(
             "warnings": archiver.warnings[:100],
         },
     )
-    repo.save_snapshot(snapshot)
+    try:
+        writer.commit(lambda: repo.save_snapshot(snapshot))  # the session ends after the manifest
+    except BaseException:
+        if cache:
+            cache.discard()
+        raise
     if cache:
         cache.commit()
     archiver.report(None, force=True)

@@ -12,9 +12,11 @@ import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from cloudkeep.errors import CloudkeepError, IntegrityError
+from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
 from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
+from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.tree import DIR
@@ -24,6 +26,7 @@ from cloudkeep.storage.base import ObjectNotFoundError
 @dataclass
 class Problem:
     # missing-pack truncated-pack corrupt-pack corrupt-blob missing-blob bad-tree bad-snapshot bad-index
+    # bad-marker
     kind: str
     object: str
     message: str
@@ -52,7 +55,16 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
     report = CheckReport()
     bad_blobs: dict[bytes, Problem] = {}  # blob id → the problem that makes it unreadable
     _check_index_files(repo, report)
+    # Restore points listed before the index is loaded have their index files in it: one a backup
+    # commits meanwhile is not reported as needing blobs the index lacks.
+    snapshot_ids = repo.snapshot_ids()
     repo.load_index()
+    for key, why in sorted(repo.unreadable_markers.items()):
+        report.problems.append(
+            Problem(
+                "bad-marker", key, f"{why}; prune keeps the packs it lists (`repair index` sets it aside)"
+            )
+        )
     stored = {pack_id_from_key(info.key): info.size for info in repo.list_everywhere("data/")}
     packs = {**repo.doomed.packs, **repo.index.packs}
     report.packs, report.blobs = len(packs), len(repo.index) + len(repo.doomed)
@@ -78,7 +90,7 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
                         report.problems.append(problem) if problem not in report.problems else None
                     if blob_id is not None:
                         bad_blobs.setdefault(blob_id, problem)
-    _check_snapshots(repo, report, bad_blobs)
+    _check_snapshots(repo, report, bad_blobs, snapshot_ids)
     return report
 
 
@@ -87,7 +99,9 @@ def _check_index_files(repo: Repository, report: CheckReport) -> None:
         try:
             decode_index_file(repo.crypter, info.key, repo.store.get(info.key))
         except (CloudkeepError, ValueError, KeyError) as exc:
-            report.problems.append(Problem("bad-index", info.key, str(exc)))
+            report.problems.append(
+                Problem("bad-index", info.key, f"{exc}; the packs it lists are unknown until `repair index`")
+            )
 
 
 def _pack_structure_problem(pack_id: str, entries: list[BlobEntry], stored: dict[str, int]) -> Problem | None:
@@ -123,7 +137,9 @@ def _read_pack(
     return found
 
 
-def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[bytes, Problem]) -> None:
+def _check_snapshots(
+    repo: Repository, report: CheckReport, bad_blobs: dict[bytes, Problem], snapshot_ids: list[str]
+) -> None:
     affected: dict[int, set[str]] = defaultdict(set)  # id(problem) → snapshot ids
     by_id = {id(p): p for p in bad_blobs.values()}
     memo: dict[bytes, set[int]] = {}  # tree id → problems found below it (trees are shared)
@@ -164,13 +180,19 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
         memo[tree_id] = found
         return found
 
-    for sid in repo.snapshot_ids():
-        report.snapshots += 1
+    for sid in snapshot_ids:
         try:
             snap = repo.load_snapshot(sid)
-        except CloudkeepError as exc:
-            report.problems.append(Problem("bad-snapshot", f"snapshots/{sid}", str(exc), [sid]))
+        except NotFoundError:
+            continue  # forgotten since it was listed
+        except (CloudkeepError, ValueError, KeyError, TypeError) as exc:
+            report.snapshots += 1
+            where = repo.snapshot_key(sid)
+            report.problems.append(
+                Problem("bad-snapshot", where, f"{exc} (`repair snapshots` sets it aside)", [sid])
+            )
             continue
+        report.snapshots += 1
         for pid in visit(bytes.fromhex(snap.tree), "/"):
             affected[pid].add(sid)
     for pid, sids in affected.items():
@@ -181,8 +203,17 @@ def _check_snapshots(repo: Repository, report: CheckReport, bad_blobs: dict[byte
 
 
 def rebuild_index(repo: Repository) -> int:
-    """Recreate the index from the pack headers (after index files were lost); returns packs indexed."""
+    """Recreate the index from the pack headers (after index files were lost); returns packs indexed.
+
+    Holds the maintenance lock: a prune sweeping meanwhile could see a pack named again after
+    it dropped it from the index.
+    """
     repo.require_full_access("rebuild-index")
+    with maintenance_lock(repo, "rebuild-index", now=datetime.now(UTC), grace=timedelta(hours=1)):
+        return _rebuild_index(repo)
+
+
+def _rebuild_index(repo: Repository) -> int:
     old = [info.key for info in repo.list_everywhere(INDEX_PREFIX)]
     packs: dict[str, list[BlobEntry]] = {}
     problems: list[str] = []

@@ -105,6 +105,8 @@ class Repository:
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
         self._snapshot_keys: dict[str, str] = {}
         self.unreadable_index_files: dict[str, str] = {}  # key → why, from the last load_index
+        self.unreadable_markers: dict[str, str] = {}  # prune/ markers that cannot be read: key → why
+        self.unreadable_snapshots: dict[str, str] = {}  # manifests snapshots() skipped: key → why
         self.io_threads = 8
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -209,6 +211,23 @@ class Repository:
 
     def load_index(self) -> None:
         """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``."""
+        for _ in range(5):
+            if self._load_index_once():
+                return
+        raise ConflictError(
+            "the index kept changing while it was read (index files replaced by prune or repair)",
+            hint="try again",
+        )
+
+    def _fetch_index_file(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(key)
+        except ObjectNotFoundError:
+            return None
+
+    def _load_index_once(self) -> bool:
+        """False if a listed index file vanished: prune replaced it after writing its successor,
+        which a new listing finds, so the caller lists again rather than miss packs."""
         loaded_at = datetime.now(UTC)
         keys = [info.key for info in self.list_everywhere(INDEX_PREFIX)]
         doomed_packs = self.doomed_packs()
@@ -216,12 +235,14 @@ class Repository:
         index, doomed = Index(), Index()
         unreadable: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for key, data in zip(keys, pool.map(self.store.get, keys), strict=True):
+            for key, data in zip(keys, pool.map(self._fetch_index_file, keys), strict=True):
+                if data is None:
+                    return False
                 try:
                     packs = read_index_file(self.crypter, key, data)  # validated whole before use
                 except IntegrityError as exc:
                     # Its packs are simply unknown: a backup stores their blobs again, a restore that
-                    # needs them says so, and `check` reports the file; `rebuild-index` recovers them.
+                    # needs them says so, and `check` reports the file; `repair index` recovers them.
                     unreadable[key] = str(exc)
                     continue
                 for pack_id, rows in packs:
@@ -230,6 +251,7 @@ class Repository:
             self.index, self.doomed, self.index_files = index, doomed, set(keys)
             self.unreadable_index_files = unreadable
             self.index_loaded_at = loaded_at
+        return True
 
     def locate(self, blob_id: bytes) -> Location:
         with self.lock:
@@ -237,7 +259,8 @@ class Repository:
         if loc is None:
             raise IntegrityError(
                 f"blob {blob_id.hex()} is not in the index",
-                hint="the index may be missing or damaged: run `cloudkeep repo check`, then `rebuild-index`",
+                hint="the index may be missing or damaged: run `cloudkeep repository check`, then "
+                "`cloudkeep repository repair`",
             )
         return loc
 
@@ -247,21 +270,52 @@ class Repository:
 
     # -- markers ---------------------------------------------------------------------------
 
-    def write_marker(self, key: str, body: dict[str, Any]) -> None:
-        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD))
+    def write_marker(self, key: str, body: dict[str, Any], *, if_absent: bool = False) -> None:
+        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD), if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), _MARKER_AAD, key))
         return result
 
     def doomed_packs(self) -> set[str]:
+        """Packs listed by prune's markers. A damaged marker is skipped and recorded: its packs stay
+        usable (prune never deletes on a marker it cannot read), and `check` names it."""
         packs: set[str] = set()
+        unreadable: dict[str, str] = {}
         for info in self.store.list(PRUNE_PREFIX):
             try:
-                packs.update(self.read_marker(info.key)["packs"])
+                listed = self.read_marker(info.key)["packs"]
+                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                    raise IntegrityError(f"prune marker {info.key}: malformed pack list")
             except ObjectNotFoundError:
+                continue  # swept while listing
+            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+                unreadable[info.key] = str(exc)
                 continue
+            packs.update(listed)
+        with self.lock:
+            self.unreadable_markers = unreadable
         return packs
+
+    def refresh_doomed(self) -> None:
+        """Stop deduplicating against packs marked since the index was loaded.
+
+        A backup calls this after its session marker is visible: a prune marker written before
+        then is seen here; one written after it sees the session and waits for it. A marker
+        already swept is not seen, but its sweep deleted the index files naming its packs before
+        the packs and the marker: if a file loaded earlier is gone, the index is loaded again.
+        """
+        doomed = self.doomed_packs()
+        present = {info.key for info in self.list_everywhere(INDEX_PREFIX)}
+        if not self.index_files <= present:
+            self.load_index()
+            return
+        with self.lock:
+            newly = [p for p in self.index.packs if p in doomed]
+            for pack_id in newly:
+                self.doomed.add_pack(pack_id, self.index.packs[pack_id])
+            if newly:
+                self.index.remove_packs(set(newly))
 
     # -- reading blobs ---------------------------------------------------------------------
 
@@ -398,13 +452,20 @@ class Repository:
         return decode_snapshot(self.crypter, matches[0], self.store.get(self.snapshot_key(matches[0])))
 
     def snapshots(self) -> Iterator[Snapshot]:
+        """Every readable restore point; damaged manifests are skipped into ``unreadable_snapshots``."""
         ids = self.snapshot_ids()
+        unreadable: dict[str, str] = {}
+        self.unreadable_snapshots = unreadable
 
         def fetch(sid: str) -> Snapshot | None:
+            key = self._snapshot_keys[sid]
             try:
-                return decode_snapshot(self.crypter, sid, self.store.get(self._snapshot_keys[sid]))
+                return decode_snapshot(self.crypter, sid, self.store.get(key))
             except ObjectNotFoundError:
                 return None  # forgotten while listing
+            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+                unreadable[key] = str(exc)
+                return None
 
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
             for snap in pool.map(fetch, ids):

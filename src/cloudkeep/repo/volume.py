@@ -91,7 +91,7 @@ def backup_volume(
             sparse=True,
         )
         tree_id, _ = writer.save(TREE, encode_tree([node]))
-        writer.close()
+        writer.flush()  # every pack and index durable; the session stays until the manifest is stored
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.abort()
@@ -122,7 +122,7 @@ def backup_volume(
             "duration_s": round(time.monotonic() - clock, 3),
         },
     )
-    repo.save_snapshot(snapshot)
+    writer.commit(lambda: repo.save_snapshot(snapshot))
     if progress:
         progress(BackupProgress(1, total, total, stats.bytes_new, stats.bytes_uploaded, None))
     return snapshot

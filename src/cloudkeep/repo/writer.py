@@ -8,6 +8,12 @@ open pack's staging file, and uploads full packs on a small I/O pool. Packs are 
 ``max_inflight_packs`` finished packs wait for upload, bounding staging space. Index files are
 written every few packs so that a killed backup's uploads are reused by its rerun, and a
 ``sessions/<id>`` marker tells prune that a backup is in progress.
+
+The session is a lease (docs/format.md, "Concurrency and the prune protocol"): its marker is
+written before the dedup index is final and removed only after the manifest is stored; it is
+refreshed every ``HEARTBEAT_S``; a session whose last refresh is older than ``SESSION_LEASE_S``
+(paused, partitioned) or whose marker prune removed as stale writes no index file and commits
+nothing, since packs it deduplicated against may be gone.
 """
 
 from __future__ import annotations
@@ -24,11 +30,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
+from cloudkeep.errors import ConflictError
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import SESSIONS_PREFIX, Repository
+from cloudkeep.repo.steps import step
 
-HEARTBEAT_S = 300.0  # prune's grace period must be well above this
+HEARTBEAT_S = 300.0
+# A session not refreshed for this long stops writing. Prune's grace is at least twice this
+# (prune.min_grace): the rest covers requests still in flight and clock skew.
+SESSION_LEASE_S = 1800.0
+
+
+class SessionExpiredError(ConflictError):
+    """The backup session lost its lease: a prune may have removed packs it relies on."""
+
+
+def session_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended (unlike monotonic)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 @dataclass
@@ -68,14 +89,17 @@ class BlobWriter:
         upload_threads: int = 2,
         max_inflight_packs: int = 2,
         index_every: int = 8,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.repo = repo
         self.retain_until = retain_until
         self.stats = WriterStats()
         self.session_key = repo.writer_prefix + SESSIONS_PREFIX + secrets.token_hex(16)
         self.hostname = hostname
-        # The session "starts" when its view of the index was loaded: prune compares this with its marks.
-        self.started = min(datetime.now(UTC), repo.index_loaded_at)
+        self.started = datetime.now(UTC)
+        self._clock = clock or session_clock
+        self._refreshed: float | None = None  # session clock when the last refresh started
+        self._expired: str | None = None  # why the lease is lost, once it is
         self._pending: set[bytes] = set()
         self._staging = repo.store.staging_dir
         sweep_stale_staging(self._staging)
@@ -95,6 +119,11 @@ class BlobWriter:
         self._closed = False
         self._stop = threading.Event()
         self.heartbeat()
+        step("backup:session-started")
+        # Only now is the dedup index final: a mark visible before the session is seen here, and
+        # a prune that marks later lists this session and waits for it.
+        repo.refresh_doomed()
+        step("backup:doomed-refreshed")
         self._heartbeat = threading.Thread(target=self._beat, name="ck-session", daemon=True)
         self._heartbeat.start()
 
@@ -109,7 +138,13 @@ class BlobWriter:
     # -- session marker --------------------------------------------------------------------
 
     def heartbeat(self, seen: datetime | None = None) -> None:
-        """Refresh the session marker (``seen`` is for tests that simulate the passage of time)."""
+        """Refresh the session marker (``seen`` is for tests that simulate the passage of time).
+
+        Never re-creates a marker prune removed as stale: that session is over.
+        """
+        started = self._clock()
+        if self._refreshed is not None:
+            self._check_alive()
         self.repo.write_marker(
             self.session_key,
             {
@@ -118,11 +153,36 @@ class BlobWriter:
                 "seen": (seen or datetime.now(UTC)).isoformat(),
             },
         )
+        self._refreshed = started
+
+    def check_lease(self) -> None:
+        """Raise ``SessionExpiredError`` once the session was not refreshed within its lease."""
+        if self._expired is None and self._refreshed is not None:
+            idle = self._clock() - self._refreshed
+            if idle > SESSION_LEASE_S:
+                self._expire(f"not refreshed for {idle:.0f} s (lease {SESSION_LEASE_S:.0f} s)")
+        if self._expired is not None:
+            raise SessionExpiredError(
+                f"backup session {self.session_key} expired: {self._expired}; nothing more is committed",
+                hint="run the backup again (what was uploaded and indexed is reused)",
+            )
+
+    def _check_alive(self) -> None:
+        """Within the lease, and prune has not removed the marker as stale (one HEAD)."""
+        self.check_lease()
+        if self.repo.store.stat(self.session_key) is None:
+            self._expire("its session marker was removed by prune (it looked stale)")
+
+    def _expire(self, why: str) -> None:
+        self._expired = self._expired or why
+        self.check_lease()
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self.heartbeat()
+            except SessionExpiredError:
+                return
             except Exception:
                 continue
 
@@ -222,6 +282,7 @@ class BlobWriter:
             if self._limiter:
                 self._limiter.acquire(size)
             self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.retain_until)
+            step("backup:pack-uploaded")
             write_index = False
             with self.repo.lock:
                 self.repo.index.add_pack(pack_id, entries)
@@ -249,8 +310,12 @@ class BlobWriter:
             packs, self._unindexed = self._unindexed, {}
         if not packs:
             return
+        # An expired session's packs may already be marked as leftovers and swept: naming them in
+        # an index file would let later backups deduplicate against deleted packs.
+        self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
         self.repo.store.put(key, encode_index_file(self.repo.crypter, packs), retain_until=self.retain_until)
+        step("backup:index-written")
         with self.repo.lock:
             self.repo.index_files.add(key)
             self._written_index.append(key)
@@ -288,9 +353,10 @@ class BlobWriter:
         self._raise_if_failed()
         self._write_index()
         self._extend_retention()
+        step("backup:flushed")
 
     def close(self, tick: Callable[[], None] | None = None) -> None:
-        """Flush and end the session (remove the marker)."""
+        """Flush and end the session (remove the marker) without committing a manifest."""
         if self._closed:
             return
         try:
@@ -301,7 +367,40 @@ class BlobWriter:
         self._closed = True
         self._stop.set()
         self._pool.shutdown(wait=True)
+        self._end_session()
+
+    def commit(self, write_manifest: Callable[[], None]) -> None:
+        """After ``flush``: store the manifest while the session still holds its lease, then end it.
+
+        The marker outlives the manifest write, so a prune that no longer sees the session also
+        sees the restore point (and keeps what it uses). A session that lost its lease writes no
+        manifest: ``SessionExpiredError``.
+        """
+        try:
+            self._raise_if_failed()
+            self._check_alive()
+            write_manifest()
+        except BaseException:
+            self.abort()
+            raise
+        step("backup:snapshot-written")
+        self._closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+        try:
+            self.check_lease()
+        except SessionExpiredError as exc:  # the manifest write itself outlasted the lease
+            raise SessionExpiredError(
+                f"the restore point was stored only after the session lease ran out ({exc.message}): "
+                "it may reference packs a prune removed",
+                hint="run `cloudkeep repository check`, then the backup again",
+            ) from None
+        finally:
+            self._end_session()
+
+    def _end_session(self) -> None:
         self.repo.store.delete(self.session_key)
+        step("backup:session-ended")
 
     def abort(self) -> None:
         """Stop without committing: uploaded packs stay (indexed ones are reused by the next run)."""
@@ -311,11 +410,10 @@ class BlobWriter:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._discard_staged()
-        try:
-            self._write_index()  # keep what was uploaded reusable
+        with contextlib.suppress(Exception):
+            self._write_index()  # keep what was uploaded reusable (refused once the lease is lost)
+        with contextlib.suppress(Exception):
             self.repo.store.delete(self.session_key)
-        except Exception:
-            pass
 
     def _discard_staged(self) -> None:
         """Remove staging files nobody will upload: open packs and cancelled uploads."""

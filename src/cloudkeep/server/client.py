@@ -38,6 +38,8 @@ from cloudkeep.server.services.schemas import (
     ProtectionGroupView,
     RepositoryCheck,
     RepositoryCreate,
+    RepositoryRepair,
+    RepositoryRepairRequest,
     RepositoryView,
     RestorePointView,
     SearchHit,
@@ -94,6 +96,8 @@ class Client(ABC):
     def delete_repository(self, ref: str) -> None: ...
     @abstractmethod
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck: ...
+    @abstractmethod
+    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair: ...
 
     # protection groups and machines
     @abstractmethod
@@ -325,6 +329,9 @@ class HttpClient(Client):
         return self._send(
             "POST", f"/repositories/{ref}/check", RepositoryCheck, read_data_subset=read_data_subset
         )
+
+    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
+        return self._send("POST", f"/repositories/{ref}/repair", RepositoryRepair, wire(request))
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

@@ -40,6 +40,8 @@ from cloudkeep.server.services.schemas import (
     ProtectionGroupView,
     RepositoryCheck,
     RepositoryCreate,
+    RepositoryRepair,
+    RepositoryRepairRequest,
     RepositoryView,
     RestorePointView,
     SearchHit,
@@ -108,6 +110,9 @@ class EmbeddedClient(Client):
 
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck:
         return repositories.check_repository(self.ctx, ref, read_data_subset=read_data_subset)
+
+    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
+        return repositories.repair_repository(self.ctx, ref, request, actor=self.actor)
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

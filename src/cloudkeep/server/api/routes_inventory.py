@@ -22,6 +22,8 @@ from cloudkeep.server.services.schemas import (
     Purpose,
     RepositoryCheck,
     RepositoryCreate,
+    RepositoryRepair,
+    RepositoryRepairRequest,
     RepositoryView,
     SessionStarted,
 )
@@ -83,6 +85,11 @@ def check_repository(
     ctx: Ctx, _: Admin, ref: str, read_data_subset: Annotated[float | None, Query(gt=0, le=1)] = None
 ) -> RepositoryCheck:
     return repositories.check_repository(ctx, ref, read_data_subset=read_data_subset)
+
+
+@router.post("/repositories/{ref}/repair", tags=["repositories"])
+def repair_repository(ctx: Ctx, who: Admin, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
+    return repositories.repair_repository(ctx, ref, request, actor=who.name)
 
 
 @router.get("/protection-groups", tags=["protection groups"])

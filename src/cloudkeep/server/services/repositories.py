@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import select
@@ -12,7 +14,14 @@ from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
-from cloudkeep.server.services.schemas import Page, RepositoryCheck, RepositoryCreate, RepositoryView
+from cloudkeep.server.services.schemas import (
+    Page,
+    RepositoryCheck,
+    RepositoryCreate,
+    RepositoryRepair,
+    RepositoryRepairRequest,
+    RepositoryView,
+)
 
 
 def view(row: Repository) -> RepositoryView:
@@ -160,6 +169,69 @@ def check_repository(
     return RepositoryCheck(
         repository_id=row.id, ok=bool(_field(report, "ok", not problems)), problems=problems
     )
+
+
+def repair_repository(
+    ctx: ServerContext, ref: str, request: RepositoryRepairRequest, *, actor: str = "local"
+) -> RepositoryRepair:
+    """Rebuild what damage left rebuildable (`repair index`, then `repair snapshots`) from the server,
+    with the repository's full credential; what cannot be rebuilt is moved aside, never deleted."""
+    from cloudkeep.repo.repair import RepairReport, repair_index, repair_snapshots
+
+    reports: list[RepairReport] = []
+    with _opened_backup_repository(ctx, ref, "repaired") as (repository_id, repo):
+        if request.index:
+            reports.append(repair_index(repo))
+        if request.snapshots:
+            reports.append(repair_snapshots(repo, rewrite=request.rewrite))
+    total = RepairReport()
+    for report in reports:
+        total.packs_recovered += report.packs_recovered
+        total.packs_dropped += report.packs_dropped
+        total.moved_aside += report.moved_aside
+        total.rewritten.update(report.rewritten)
+        total.dropped_paths.update(report.dropped_paths)
+        total.problems += report.problems
+    with ctx.db() as session:
+        audit.record(session, actor, "repository.repair", repository_id, {"moved_aside": total.moved_aside,
+                     "rewritten": total.rewritten, "packs_recovered": total.packs_recovered})  # fmt: skip
+    return RepositoryRepair(
+        repository_id=repository_id,
+        changed=total.changed,
+        packs_recovered=total.packs_recovered,
+        packs_dropped=total.packs_dropped,
+        moved_aside=total.moved_aside,
+        rewritten=total.rewritten,
+        dropped_paths=total.dropped_paths,
+        problems=total.problems,
+    )
+
+
+@contextmanager
+def _opened_backup_repository(ctx: ServerContext, ref: str, what: str) -> Iterator[tuple[str, Any]]:
+    """The repository format opened from the server with the repository's full credential."""
+    from cloudkeep.repo import Repository as FormatRepository
+
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        repository_id, credential_id, location, sealed = row.id, row.credential_id, row.location, row.password
+        if row.purpose != "backup" or sealed is None:
+            raise ConfigurationError(
+                f"repository {row.name!r} is a {row.purpose} repository; only backups are {what}"
+            )
+    provider = ctx.provider_for(credential_id)
+    try:
+        store = provider.storage.open_store(location)
+        try:
+            repo = FormatRepository.open(store, ctx.secrets.open(sealed))
+            try:
+                yield repository_id, repo
+            finally:
+                repo.close()
+        finally:
+            store.close()
+    finally:
+        provider.close()
 
 
 def _field(report: Any, name: str, default: Any) -> Any:

@@ -97,6 +97,23 @@ class RepositoryCheck(Model):
     problems: list[str]
 
 
+class RepositoryRepairRequest(Model):
+    index: bool = True  # recover index entries from pack headers; set damaged index files aside
+    snapshots: bool = True  # set damaged manifests aside
+    rewrite: bool = False  # write restore points that need missing data again, without it
+
+
+class RepositoryRepair(Model):
+    repository_id: str
+    changed: bool
+    packs_recovered: int = 0
+    packs_dropped: list[str] = Field(default_factory=list)
+    moved_aside: list[str] = Field(default_factory=list)
+    rewritten: dict[str, str] = Field(default_factory=dict)
+    dropped_paths: dict[str, list[str]] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+
+
 # --- protection groups -----------------------------------------------------------------------
 
 
