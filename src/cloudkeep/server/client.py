@@ -220,6 +220,7 @@ _ERRORS: dict[str, type[errors.CloudkeepError]] = {
     "unauthenticated": errors.AuthenticationError,
     "unreachable": errors.UnreachableError,
     "insufficient_space": errors.InsufficientSpaceError,
+    "integrity": errors.IntegrityError,
 }
 
 

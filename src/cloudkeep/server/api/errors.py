@@ -17,6 +17,7 @@ from cloudkeep.errors import (
     ConfigurationError,
     ConflictError,
     InsufficientSpaceError,
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     UnreachableError,
@@ -34,6 +35,8 @@ STATUS: list[tuple[type[CloudkeepError], int, str]] = [
     (FeatureUnavailableError, 501, "not_implemented"),
     (UnreachableError, 502, "unreachable"),
     (InsufficientSpaceError, 507, "insufficient_space"),
+    # stored data is not what it should be (an altered restore point): the request cannot proceed
+    (IntegrityError, 409, "integrity"),
 ]
 
 
