@@ -198,7 +198,9 @@ def assert_refused(
             api.post(f"{base}/restore-files", json={"target_path": "/r"}),
             api.post(f"{base}/download", json={"paths": []}),
         ):
-            assert response.status_code in (404, 409) and message in response.json()["error"]["message"]
+            error = response.json()["error"]
+            assert (response.status_code, error["type"]) in ((404, "not_found"), (409, "integrity"))
+            assert message in error["message"]
     return len(attempts) + 4
 
 

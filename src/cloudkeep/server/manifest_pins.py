@@ -90,7 +90,7 @@ class ManifestReader:
     def read(self, machine_id: str, snapshot_id: str) -> Snapshot:
         """The manifest in the machine's namespace (or the root layout of older repositories)."""
         if not is_snapshot_id(snapshot_id):
-            raise IntegrityError(f"{snapshot_id!r} is not a restore point id")
+            raise IntegrityError(f"{snapshot_id[:80]!r} is not a restore point id")
         keys = (agent_write_prefix(machine_id) + SNAPSHOT_PREFIX + snapshot_id, SNAPSHOT_PREFIX + snapshot_id)
         for key in keys:
             try:
