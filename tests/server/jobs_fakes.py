@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cloudkeep.config import Settings
-from cloudkeep.errors import UnreachableError
+from cloudkeep.errors import NotFoundError, UnreachableError
+from cloudkeep.repo import KdfParams, Snapshot
+from cloudkeep.repo import Repository as Engine
 from cloudkeep.server.context import ServerContext, open_context
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -26,6 +28,7 @@ from cloudkeep.server.db.models import (
     ProtectionGroup,
     Repository,
 )
+from cloudkeep.server.jobs.access import agent_write_prefix, load_repository, repository_password
 
 
 def make_context(tmp: Path, database_url: str | None = None) -> ServerContext:
@@ -115,6 +118,32 @@ def build_world(
             db.flush()
             ids.append(machine.id)
         return World(ctx, repo.id, group.id, ids)
+
+
+def open_engine(world: World, writer: str | None = None) -> Engine:
+    """The world's repository as a machine or the server opens it (initialised on first use)."""
+    row = load_repository(world.ctx, world.repository_id)
+    provider = world.ctx.provider_for(row.credential_id)
+    store = provider.storage.open_store(row.location)
+    provider.close()
+    password = repository_password(world.ctx, row)
+    try:
+        return Engine.open(store, password, writer_prefix=writer)
+    except NotFoundError:
+        Engine.create(store, password, kdf=KdfParams(n=2**10))
+        return Engine.open(store, password, writer_prefix=writer)
+
+
+def write_manifest(world: World, machine: int = 0, kind: str = "files") -> Snapshot:
+    """A real restore-point manifest in the machine's namespace (its root tree id is made up), which
+    restore requests check before they send anything."""
+    repo = open_engine(world, agent_write_prefix(world.machine_ids[machine]))
+    try:
+        snapshot = Snapshot("", datetime.now(UTC), "h", [], ["/etc"], kind, tree=uuid.uuid4().hex * 2)
+        repo.save_snapshot(snapshot)
+        return snapshot
+    finally:
+        repo.store.close()
 
 
 @dataclass

@@ -1,21 +1,21 @@
 """Restore requests that must be refused clearly, the VHD footer, and restore sessions' bookkeeping.
 
 Commands go to the in-process FAKE dispatcher of jobs_fakes (the real Transport Service restores
-are verified byte for byte in test_jobs_e2e.py); the VHD footer is checked against the published
+are verified byte for byte in test_jobs_e2e.py); each point has a real manifest in the repository,
+which a restore request checks first; the VHD footer is checked against the published
 format (cookie, sizes, CHS geometry, one's-complement checksum).
 """
 
 from __future__ import annotations
 
 import struct
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
+from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context, write_manifest
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.server.context import ServerContext
@@ -42,12 +42,15 @@ def world(ctx: ServerContext, tmp_path: Path) -> World:
 
 
 def add_point(ctx: ServerContext, world: World, machine: int = 0, mode: str = "file", **fields: Any) -> str:
+    manifest = write_manifest(world, machine, "volume" if mode == "volume" else "files")
     with ctx.db() as db:
         point = RestorePoint(
             repository_id=world.repository_id,
             machine_id=world.machine_ids[machine],
-            snapshot_id=uuid.uuid4().hex,
+            snapshot_id=manifest.id,
             mode=mode,
+            manifest_digest=manifest.digest,
+            root_tree=manifest.tree,
             **fields,
         )
         db.add(point)

@@ -202,6 +202,9 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
     return {
         "snapshot_id": str(snapshot.id),
         "snapshot_time": when.isoformat() if isinstance(when, datetime) else when,
+        # what the server's catalog pins (and checks against the repository) for this restore point
+        "manifest_digest": snapshot.digest or None,
+        "root_tree": snapshot.tree or None,
         "stats": {**_as_dict(getattr(snapshot, "stats", {}) or {}), "timings": timings},
         "forgotten": forgotten,
         "warnings": list(ctx.warnings),

@@ -1,9 +1,10 @@
 """``check``: verify structure (and with ``read_data`` every blob) and say which restore points are hurt.
 
-Structure: every snapshot decrypts, every tree loads, every referenced blob is in the index, and
-every indexed pack exists with at least the size the index implies. Data: each pack is
-downloaded, its BLAKE3 name verified, and each blob decrypted and checked against its id. Each
-problem names the damaged object and the ids of the snapshots that reference it.
+Structure: every restore-point manifest decrypts and belongs under its id, every tree loads,
+every referenced blob is in the index, and every indexed pack exists with at least the size
+the index implies. Data: each pack is downloaded, its BLAKE3 name verified, and each blob
+decrypted and checked against its id. Each problem names the damaged object and the ids of
+the snapshots that reference it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_f
 from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
 from cloudkeep.repo.repository import Repository
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX
 from cloudkeep.repo.tree import DIR
 from cloudkeep.storage.base import ObjectNotFoundError
 
@@ -91,7 +93,18 @@ def check(repo: Repository, *, read_data: bool = False, read_data_subset: float 
                     if blob_id is not None:
                         bad_blobs.setdefault(blob_id, problem)
     _check_snapshots(repo, report, bad_blobs, snapshot_ids)
+    _check_snapshot_copies(repo, report)
     return report
+
+
+def _check_snapshot_copies(repo: Repository, report: CheckReport) -> None:
+    """One id in several namespaces: a copy (identical for content ids), or a planted legacy name."""
+    keys: dict[str, list[str]] = defaultdict(list)
+    for info in repo.list_everywhere(SNAPSHOT_PREFIX):
+        keys[info.key.rsplit("/", 1)[-1]].append(info.key)
+    for sid, where in keys.items():
+        if len(where) > 1:
+            report.warnings.append(f"restore point {sid} is stored {len(where)} times: {', '.join(where)}")
 
 
 def _check_index_files(repo: Repository, report: CheckReport) -> None:
@@ -182,17 +195,27 @@ def _check_snapshots(
 
     for sid in snapshot_ids:
         try:
-            snap = repo.load_snapshot(sid)
+            key = repo.snapshot_key(sid)
         except NotFoundError:
             continue  # forgotten since it was listed
+        try:
+            snap = repo.read_snapshot(key)  # proves the manifest belongs under its id
+        except ObjectNotFoundError:
+            continue
         except (CloudkeepError, ValueError, KeyError, TypeError) as exc:
             report.snapshots += 1
-            where = repo.snapshot_key(sid)
+            message = exc.message if isinstance(exc, CloudkeepError) else str(exc)
             report.problems.append(
-                Problem("bad-snapshot", where, f"{exc} (`repair snapshots` sets it aside)", [sid])
+                Problem("bad-snapshot", key, f"{message} (`repair snapshots` sets it aside)", [sid])
             )
             continue
         report.snapshots += 1
+        if snap.legacy:
+            report.warnings.append(
+                f"restore point manifest {key} is a version 1 manifest: its id is not bound to its "
+                "content, so a manifest copied over it would go unnoticed here (the server's catalog "
+                "still pins what it accepted)"
+            )
         for pid in visit(bytes.fromhex(snap.tree), "/"):
             affected[pid].add(sid)
     for pid, sids in affected.items():

@@ -24,7 +24,7 @@ from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import TREE, BlobEntry, pack_id_from_key, read_header
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, encode_snapshot, new_snapshot_id
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, new_snapshot_id, seal_snapshot
 from cloudkeep.repo.tree import DIR, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import ObjectInfo, ObjectLockedError
@@ -132,7 +132,7 @@ def repair_snapshots(
 def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: RepairReport) -> None:
     """Write each restore point that needs a missing blob again, without what cannot be read."""
     writer = BlobWriter(repo, hostname="repair")
-    rewritten: list[tuple[str, Snapshot]] = []
+    rewritten: list[tuple[str, Snapshot, bytes]] = []
     try:
         memo: dict[bytes, tuple[bytes | None, list[str]]] = {}
         for snap in snapshots:
@@ -150,7 +150,8 @@ def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: Repair
                 retain_until=snap.retain_until,
                 stats={**snap.stats, "repaired_from": snap.id, "dropped_paths": dropped[:1000]},
             )
-            rewritten.append((repo.snapshot_key(snap.id), new))
+            new.id, sealed = seal_snapshot(repo.crypter, new)  # its id is its content's
+            rewritten.append((repo.snapshot_key(snap.id), new, sealed))
             report.dropped_paths[snap.id] = dropped
             report.rewritten[snap.id] = new.id
         writer.flush()
@@ -159,14 +160,12 @@ def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: Repair
         raise
 
     def write_manifests() -> None:
-        for old_key, new in rewritten:  # in the original's namespace, beside it
+        for old_key, new, sealed in rewritten:  # in the original's namespace, beside it
             where = old_key[: old_key.rindex(SNAPSHOT_PREFIX)] + SNAPSHOT_PREFIX + new.id
-            repo.store.put(
-                where, encode_snapshot(repo.crypter, new), if_absent=True, retain_until=new.retain_until
-            )
+            repo.store.put(where, sealed, if_absent=True, retain_until=new.retain_until)
 
     writer.commit(write_manifests)
-    for old_key, _ in rewritten:
+    for old_key, _, _ in rewritten:
         move_aside(repo, old_key, report)
 
 

@@ -37,7 +37,14 @@ from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
 from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, read_index_file
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
 from cloudkeep.repo.pack import BlobEntry, blob_aad, pack_key
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, decode_snapshot, encode_snapshot
+from cloudkeep.repo.snapshot import (
+    MANIFEST_VERSION,
+    SNAPSHOT_PREFIX,
+    Snapshot,
+    is_snapshot_id,
+    open_snapshot,
+    seal_snapshot,
+)
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
 
@@ -47,7 +54,10 @@ PRUNE_PREFIX = "prune/"
 WRITERS_PREFIX = "writers/"
 _CONFIG_AAD = b"cloudkeep-config-v1"
 _MARKER_AAD = b"cloudkeep-marker-v1"
-FORMAT_VERSION = 1
+# 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,14 @@ class RepoConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoConfig:
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise IntegrityError(f"unsupported repository format version {data.get('version')}")
         return cls(
-            data["id"], ChunkerParams.from_json(data["chunker"]), data["pack_size"], data["compression_level"]
+            data["id"],
+            ChunkerParams.from_json(data["chunker"]),
+            data["pack_size"],
+            data["compression_level"],
+            data["version"],
         )
 
 
@@ -106,7 +120,7 @@ class Repository:
         self._snapshot_keys: dict[str, str] = {}
         self.unreadable_index_files: dict[str, str] = {}  # key → why, from the last load_index
         self.unreadable_markers: dict[str, str] = {}  # prune/ markers that cannot be read: key → why
-        self.unreadable_snapshots: dict[str, str] = {}  # manifests snapshots() skipped: key → why
+        self.unreadable_snapshots: dict[str, str] = {}  # manifest key → why, from the last snapshots()
         self.io_threads = 8
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -406,30 +420,47 @@ class Repository:
     # -- snapshots -------------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot.id
-        self.store.put(
-            key, encode_snapshot(self.crypter, snapshot), if_absent=True, retain_until=snapshot.retain_until
-        )
+        """Store a new manifest under its content id, which becomes ``snapshot.id``."""
+        snapshot_id, sealed = seal_snapshot(self.crypter, snapshot)
+        key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id
+        self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until)
+        snapshot.id, snapshot.digest, snapshot.version = snapshot_id, snapshot_id, MANIFEST_VERSION
         with self.lock:
-            self._snapshot_keys[snapshot.id] = key
+            self._snapshot_keys[snapshot_id] = key
 
-    def snapshot_ids(self) -> list[str]:
-        """Restore points of every writer (ids are random, so unique across writers)."""
+    def read_snapshot(self, key: str) -> Snapshot:
+        """The manifest stored at ``key``, proven to belong under its id; ``IntegrityError`` naming it if not.
+
+        Version 1 manifests (ids not bound to content) are read only in repositories created
+        before format 2; in a newer one such an object was not written by cloudkeep.
+        """
+        legacy = self.config.version < _CONTENT_ADDRESSED_MANIFESTS
+        snapshot = open_snapshot(self.crypter, key, self.store.get(key), allow_legacy=legacy)
+        with self.lock:  # later reads by id (restore after a check) use this very object
+            self._snapshot_keys[snapshot.id] = key
+        return snapshot
+
+    def _list_snapshot_keys(self) -> dict[str, str]:
         keys: dict[str, str] = {}
         for info in self.list_everywhere(SNAPSHOT_PREFIX):
-            keys[info.key.rsplit("/", 1)[-1]] = info.key
+            snapshot_id = info.key.rsplit("/", 1)[-1]
+            # One id in two namespaces is a copy; prefer this writer's own (the one it may forget).
+            if snapshot_id not in keys or (self.writer_prefix and info.key.startswith(self.writer_prefix)):
+                keys[snapshot_id] = info.key
         with self.lock:
             self._snapshot_keys = keys
-        return list(keys)
+        return keys
+
+    def snapshot_ids(self) -> list[str]:
+        """Restore points of every writer, by the names their manifests are stored under."""
+        return list(self._list_snapshot_keys())
 
     def snapshot_key(self, snapshot_id: str) -> str:
         """Where a restore point's manifest lives (root layout or a writer's namespace)."""
         with self.lock:
             key = self._snapshot_keys.get(snapshot_id)
         if key is None:
-            self.snapshot_ids()
-            with self.lock:
-                key = self._snapshot_keys.get(snapshot_id)
+            key = self._list_snapshot_keys().get(snapshot_id)
         if key is None:
             raise NotFoundError(f"restore point {snapshot_id} does not exist", hint="list restore points")
         return key
@@ -439,38 +470,47 @@ class Repository:
         return self.snapshot_key(snapshot_id).startswith(self.writer_prefix)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        """Load by full id or unique prefix (as shown by ``list_snapshots``)."""
-        for key in (self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id, SNAPSHOT_PREFIX + snapshot_id):
-            try:
-                return decode_snapshot(self.crypter, snapshot_id, self.store.get(key))
-            except ObjectNotFoundError:
-                pass
+        """Load by full id or unique prefix (as shown by ``list_snapshots``), verified against its id."""
+        if is_snapshot_id(snapshot_id):
+            with self.lock:
+                known = self._snapshot_keys.get(snapshot_id)
+            own, root = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id, SNAPSHOT_PREFIX + snapshot_id
+            for key in dict.fromkeys([known] if known else [own, root]):
+                try:
+                    return self.read_snapshot(key)
+                except ObjectNotFoundError:
+                    pass
         matches = [sid for sid in self.snapshot_ids() if sid.startswith(snapshot_id)]
         if len(matches) != 1:
             what = "is ambiguous" if matches else "does not exist"
             raise NotFoundError(f"restore point {snapshot_id} {what}", hint="list restore points to pick one")
-        return decode_snapshot(self.crypter, matches[0], self.store.get(self.snapshot_key(matches[0])))
+        return self.read_snapshot(self.snapshot_key(matches[0]))
 
     def snapshots(self) -> Iterator[Snapshot]:
-        """Every readable restore point; damaged manifests are skipped into ``unreadable_snapshots``."""
-        ids = self.snapshot_ids()
-        unreadable: dict[str, str] = {}
-        self.unreadable_snapshots = unreadable
+        """Every readable restore point. A damaged or misplaced manifest is skipped, not fatal: it is
+        recorded in ``unreadable_snapshots`` (key → reason), refreshed by each call, for `check`
+        and for prune (which must not reclaim what an unreadable manifest may reference)."""
+        keys = list(self._list_snapshot_keys().values())
 
-        def fetch(sid: str) -> Snapshot | None:
-            key = self._snapshot_keys[sid]
+        def fetch(key: str) -> Snapshot | str | None:
             try:
-                return decode_snapshot(self.crypter, sid, self.store.get(key))
+                return self.read_snapshot(key)
             except ObjectNotFoundError:
                 return None  # forgotten while listing
-            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
-                unreadable[key] = str(exc)
-                return None
+            except IntegrityError as exc:
+                return str(exc)
 
+        found: list[Snapshot] = []
+        unreadable: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for snap in pool.map(fetch, ids):
-                if snap is not None:
-                    yield snap
+            for key, outcome in zip(keys, pool.map(fetch, keys), strict=True):
+                if isinstance(outcome, Snapshot):
+                    found.append(outcome)
+                elif outcome is not None:
+                    unreadable[key] = outcome
+        with self.lock:
+            self.unreadable_snapshots = unreadable
+        return iter(found)
 
 
 def _check_writer_prefix(prefix: str | None) -> str:

@@ -225,6 +225,7 @@ _ERRORS: dict[str, type[errors.CloudkeepError]] = {
     "unreachable": errors.UnreachableError,
     "insufficient_space": errors.InsufficientSpaceError,
     "restore_incomplete": errors.RestoreIncompleteError,
+    "integrity": errors.IntegrityError,
 }
 
 

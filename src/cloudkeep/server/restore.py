@@ -15,6 +15,7 @@ footer, padded to a whole MiB) ready for EC2 ImportSnapshot/ImportImage or an Az
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import struct
 import threading
@@ -29,12 +30,20 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, incomplete_restore
+from cloudkeep.errors import (
+    CloudkeepError,
+    ConfigurationError,
+    IntegrityError,
+    NotFoundError,
+    incomplete_restore,
+)
+from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, RestorePoint, SessionTask
 from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
 from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
 
+log = logging.getLogger(__name__)
 VHD_ALIGN = 1 << 20  # Azure requires a VHD's virtual size to be a whole number of MiB
 
 
@@ -51,6 +60,8 @@ class PointRef:
     job_id: str | None
     mode: str
     created_at: datetime
+    manifest_digest: str | None = None  # the pin accepted at backup time (manifest_pins)
+    root_tree: str | None = None
 
 
 def load_point(ctx: ServerContext, restore_point_id: str) -> PointRef:
@@ -73,7 +84,20 @@ def load_point(ctx: ServerContext, restore_point_id: str) -> PointRef:
             point.job_id,
             point.mode,
             point.created_at,
+            point.manifest_digest,
+            point.root_tree,
         )
+
+
+def verify_point(ctx: ServerContext, point: PointRef) -> None:
+    """Refuse a point whose manifest is no longer the one accepted at backup (before any command)."""
+    with manifest_pins.manifest_reader(ctx, point.repository_id) as reader:
+        manifest_pins.verify(ctx, reader, point)
+
+
+def _verify_in(ctx: ServerContext, repo: Any, point: PointRef) -> None:
+    """The same check through a repository opened here, which then reads that very manifest."""
+    manifest_pins.verify(ctx, manifest_pins.ManifestReader.of_repository(repo), point)
 
 
 def _target_machine(ctx: ServerContext, machine_id: str) -> DiscoveredMachine:
@@ -259,6 +283,7 @@ def start_file_restore(
         "target": target_path or "/",
         "in_place": in_place,
     }
+    verify_point(ctx, point)
     return _start_command_session(ctx, point, machine, "restore", body, wait=wait, dispatcher=dispatcher)
 
 
@@ -280,6 +305,7 @@ def start_volume_restore(
     machine = _target_machine(ctx, target_machine_id or point.machine_id)
     _check_target(target_path, machine)
     body = {"snapshot_id": point.snapshot_id, "target": target_path}
+    verify_point(ctx, point)
     return _start_command_session(
         ctx, point, machine, "restore_volume", body, wait=wait, dispatcher=dispatcher
     )
@@ -304,6 +330,7 @@ def browse(
     point = load_point(ctx, restore_point_id)
     if via_machine is not None:
         machine = _target_machine(ctx, via_machine)
+        verify_point(ctx, point)
         sender = dispatcher or default_dispatcher(ctx)
         body: dict[str, Any] = {"snapshot_id": point.snapshot_id, "path": path, "recursive": recursive}
         if pattern:
@@ -315,6 +342,7 @@ def browse(
     import fnmatch
 
     with open_repository(ctx, point.repository_id) as repo:
+        _verify_in(ctx, repo, point)
         entries = [_entry(e) for e in _engine().list_tree(repo, point.snapshot_id, path, recursive=recursive)]
     if pattern:
         entries = [e for e in entries if fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern)]
@@ -364,6 +392,7 @@ def download_files(
     if point.mode == "volume":
         raise ConfigurationError(f"restore point {point.id} is a volume backup", hint="use export_image")
     with open_repository(ctx, point.repository_id, password) as repo:
+        _verify_in(ctx, repo, point)
         result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=paths or None)
     if result.errors:  # never a plain success: the refused entries are named
         raise incomplete_restore(f"download of restore point {point.id} into {dest}", result.errors)
@@ -398,7 +427,8 @@ def search(
     found: list[dict[str, Any]] = []
     for repository_id, snapshots in by_repo.items():
         with open_repository(ctx, repository_id) as repo:
-            for snapshot_id, entry in _engine().find(repo, pattern, snapshot_ids=list(snapshots)):
+            intact = [sid for sid, point in snapshots.items() if _intact(ctx, repo, point)]
+            for snapshot_id, entry in _engine().find(repo, pattern, snapshot_ids=intact):
                 point = snapshots[snapshot_id]
                 found.append(
                     {
@@ -411,6 +441,16 @@ def search(
                 if len(found) >= limit:
                     return found
     return found
+
+
+def _intact(ctx: ServerContext, repo: Any, point: RestorePoint) -> bool:
+    """Search skips a point whose manifest was altered or lost, rather than failing for all of them."""
+    try:
+        manifest_pins.verify(ctx, manifest_pins.ManifestReader.of_repository(repo), point)
+    except (IntegrityError, NotFoundError) as exc:
+        log.warning("search skips restore point %s: %s", point.id, exc)
+        return False
+    return True
 
 
 # --- export as a disk image ---------------------------------------------------------------------
@@ -487,6 +527,7 @@ def export_image(
     partial = dest.with_name(dest.name + ".partial")
     try:
         with open_repository(ctx, point.repository_id, password) as repo:
+            _verify_in(ctx, repo, point)
             result = _engine().restore_volume(repo, point.snapshot_id, partial)
         size = partial.stat().st_size
         if image_format == "vhd":

@@ -17,6 +17,7 @@ from cloudkeep.errors import (
     ConfigurationError,
     ConflictError,
     InsufficientSpaceError,
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     RestoreIncompleteError,
@@ -36,6 +37,8 @@ STATUS: list[tuple[type[CloudkeepError], int, str]] = [
     (UnreachableError, 502, "unreachable"),
     (InsufficientSpaceError, 507, "insufficient_space"),
     (RestoreIncompleteError, 422, "restore_incomplete"),
+    # stored data is not what it should be (an altered restore point): the request cannot proceed
+    (IntegrityError, 409, "integrity"),
 ]
 
 

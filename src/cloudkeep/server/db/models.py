@@ -234,6 +234,11 @@ class RestorePoint(Base):
     retain_until: Mapped[datetime | None] = mapped_column(nullable=True)  # immutability
     gfs: Mapped[list[Any]] = mapped_column(default=list)  # weekly / monthly / yearly flags
     removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # What was accepted at backup time (server/catalog.py): the keyed hash of the manifest's plaintext
+    # (its id, for content-addressed manifests) and its root tree. Browse and restore refuse a point
+    # whose manifest no longer matches; NULL for points recorded before, pinned on first use.
+    manifest_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    root_tree: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class CommandRecord(Base):

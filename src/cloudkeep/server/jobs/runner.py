@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
 from cloudkeep.providers.base import CloudProvider
-from cloudkeep.server import leases
+from cloudkeep.server import leases, manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -45,6 +45,7 @@ from cloudkeep.server.jobs.access import (
 )
 from cloudkeep.server.jobs.schedule import Schedule, in_window, validate_schedule
 from cloudkeep.server.jobs.stats import session_stats, task_stats
+from cloudkeep.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,9 @@ class SessionRunner:
         self.clock = clock
         self.provider: CloudProvider | None = None
         self.window: Schedule | None = None  # set for scheduled runs whose window terminates them
+        self._manifests: manifest_pins.ManifestReader | None = None  # opened on the first result
+        self._manifest_store: ObjectStore | None = None
+        self._manifests_lock = threading.Lock()
 
     @property
     def dispatcher(self) -> CommandSender:
@@ -281,6 +285,8 @@ class SessionRunner:
             log.exception("session %s crashed", self.session_id)
             self._finish(started, f"internal error: {type(exc).__name__}: {exc}")
         finally:
+            if self._manifest_store is not None:
+                self._manifest_store.close()
             if self.provider is not None:
                 self.provider.close()
         self._after()
@@ -425,6 +431,7 @@ class SessionRunner:
         stats = task_stats(payload.get("stats") or {}, (ended - started).total_seconds())
         created = _parse_time(payload.get("snapshot_time"), ended)
         days = self.repository.immutability_days
+        pin = self._pin_manifest(task_id, machine, snapshot_id, payload)
         with self.ctx.db() as db:
             existing = db.scalar(
                 select(RestorePoint).where(
@@ -444,6 +451,8 @@ class SessionRunner:
                 files=int(stats.get("files", 0)),
                 retain_until=created + timedelta(days=days) if days else None,
                 gfs=[],
+                manifest_digest=pin.digest if pin else None,
+                root_tree=pin.tree if pin else None,
             )
             db.add(point)
             task = db.get(SessionTask, task_id)
@@ -457,6 +466,33 @@ class SessionRunner:
             point_id = point.id
         warnings = [str(w) for w in payload.get("warnings") or []]
         return point_id, warnings
+
+    def _pin_manifest(
+        self, task_id: str, machine: DiscoveredMachine, snapshot_id: str, payload: dict[str, Any]
+    ) -> manifest_pins.ManifestPin | None:
+        try:
+            return manifest_pins.pin_backup(
+                self._manifest_reader,
+                machine.id,
+                snapshot_id,
+                payload,
+                lambda m: update_task(self.ctx, task_id, m),
+            )
+        except (IntegrityError, NotFoundError) as exc:  # not what the machine reported: record nothing
+            raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from None
+
+    def _manifest_reader(self) -> manifest_pins.ManifestReader:
+        with self._manifests_lock:
+            if self._manifests is None:
+                assert self.provider is not None
+                store = self.provider.storage.open_store(self.repository.location)
+                try:
+                    self._manifests = manifest_pins.ManifestReader.over_store(store, self.password)
+                except BaseException:
+                    store.close()
+                    raise
+                self._manifest_store = store
+            return self._manifests
 
     def _apply_retention(self, task_id: str, machine: DiscoveredMachine) -> list[str]:
         """Flag GFS points and have the agent forget what the policy no longer keeps; warnings only."""

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
-from cloudkeep.server import audit
+from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
@@ -157,6 +157,8 @@ def check_repository(
             repo = module.Repository.open(store, ctx.secrets.open(sealed))  # type: ignore[union-attr]
             try:
                 report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
+                # and what the catalog accepted at backup time is still what the repository holds
+                altered = manifest_pins.catalog_problems(ctx, row.id, repo)
             finally:
                 repo.close()
         finally:
@@ -166,9 +168,8 @@ def check_repository(
     finally:
         provider.close()
     problems = [str(p) for p in _field(report, "problems", [])]
-    return RepositoryCheck(
-        repository_id=row.id, ok=bool(_field(report, "ok", not problems)), problems=problems
-    )
+    ok = bool(_field(report, "ok", not problems)) and not altered
+    return RepositoryCheck(repository_id=row.id, ok=ok, problems=problems + altered)
 
 
 def repair_repository(
