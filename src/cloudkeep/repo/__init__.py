@@ -11,7 +11,7 @@ from cloudkeep.repo.checker import CheckReport, Problem, check, rebuild_index
 from cloudkeep.repo.crypto import KdfParams
 from cloudkeep.repo.prune import PruneResult, prune
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.restorer import RestoreResult, cat_file, find, list_tree, restore
+from cloudkeep.repo.restorer import RestoreResult, cat_file, find, list_tree, resolve_path, restore
 from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget
 from cloudkeep.repo.snapshot import Snapshot
 from cloudkeep.repo.tree import TreeEntry
@@ -45,6 +45,7 @@ __all__ = [
     "list_tree",
     "prune",
     "rebuild_index",
+    "resolve_path",
     "restore",
     "restore_volume",
 ]
