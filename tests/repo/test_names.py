@@ -8,6 +8,8 @@ import io
 import os
 import sqlite3
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,15 +145,16 @@ def test_browsing_shows_text_and_resolves_displayed_names(repo: Repository, tmp_
     assert resolve_path(repo, snap.id, "/no/such") == "/no/such"
 
 
-def make_deep_tree(root: Path, depth: int) -> tuple[bytes, bytes]:
-    """A chain of folders deeper than PATH_MAX (made through descriptors, as nothing else can);
-    returns (the deep file's path, its content)."""
+def make_deep_tree(root: Path, depth: int, long_names: bool = True) -> tuple[bytes, bytes]:
+    """A chain of folders deeper than PATH_MAX (made through descriptors, as nothing else can) of
+    long names or of short ones (many more levels); returns (the deep file's path, its content)."""
     root.mkdir()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     path = os.fsencode(root)
     try:
         for level in range(depth):
-            name = b"d" * 200 + b"%02d" % level + (b"\xff" if level % 5 == 0 else b"")
+            name = b"d" * 200 + b"%02d" % level if long_names else b"abc"
+            name += b"\xff" if level % 5 == 0 else b""
             os.mkdir(name, dir_fd=fd)
             deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
@@ -223,3 +226,53 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
     assert all("No such file" in e["error"] for e in errors.values())
     assert sorted(snap.stats["warnings"]) == sorted(f"{p}: {e['error']}" for p, e in errors.items())
     assert {e.path for e in list_tree(repo, snap.id, str(src))} == {f"{src}/keep.txt"}
+
+
+@pytest.fixture
+def deep_root(tmp_path: Path) -> Iterator[Path]:
+    """Where a very deep tree is made, deleted afterwards without recursion (``shutil.rmtree``,
+    which pytest's clean-up uses, recurses per level before Python 3.12)."""
+    yield tmp_path / "src"
+    stack, names = [os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)], [b"src"]
+    stack.append(os.open(b"src", os.O_RDONLY | os.O_DIRECTORY, dir_fd=stack[0]))
+    while len(stack) > 1:
+        with os.scandir(stack[-1]) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        folder = next((name for name, is_dir in entries if is_dir), None)
+        for name, is_dir in entries:
+            if not is_dir:
+                os.unlink(name, dir_fd=stack[-1])
+        if folder is not None:
+            stack.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=stack[-1]))
+            names.append(os.fsencode(folder))
+        else:
+            os.close(stack.pop())
+            os.rmdir(names.pop(), dir_fd=stack[-1])
+    os.close(stack[0])
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_backed_up(
+    repo: Repository, deep_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,500 levels of short names: the walk and the folders' completion must not recurse. The deep
+    file's job is held until the walk is over, so its completion climbs every folder above it."""
+    deep_file, content = make_deep_tree(deep_root, depth=1500, long_names=False)
+    assert len(deep_file) > 4096
+    walked = threading.Event()
+    real_walk, real_job = archiver_module._Archiver.walk, archiver_module._Archiver.file_job
+
+    def walk(self, top, path):  # type: ignore[no-untyped-def]
+        real_walk(self, top, path)
+        walked.set()
+
+    def file_job(self, *args):  # type: ignore[no-untyped-def]
+        assert walked.wait(timeout=30)
+        return real_job(self, *args)
+
+    monkeypatch.setattr(archiver_module._Archiver, "walk", walk)
+    monkeypatch.setattr(archiver_module._Archiver, "file_job", file_job)
+    snap = backup_files(repo, [deep_root], hostname="h")
+    assert snap.stats["errors_total"] == 0 and snap.stats["dirs"] == 1 + 1500
+    assert lookup(repo, snap.id, os.fsdecode(deep_file)).xattrs == {"user.deep": b"kept"}
+    out = io.BytesIO()
+    assert cat_file(repo, snap.id, os.fsdecode(deep_file), out) == len(content) and out.getvalue() == content

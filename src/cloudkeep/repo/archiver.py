@@ -120,11 +120,7 @@ class _Dir:
             return len(self.children) - 1
 
     def fill(self, slot: int, node: Node | None) -> None:
-        with self.archiver.lock:
-            self.children[slot] = node
-            self.remaining -= 1
-            done = self.remaining == 0
-        if done:
+        if self._settle(slot, node):
             self._finish()
 
     def release(self) -> None:
@@ -135,7 +131,22 @@ class _Dir:
         if done:
             self._finish()
 
+    def _settle(self, slot: int, node: Node | None) -> bool:
+        """Put a child in its slot; True when that was the last one outstanding."""
+        with self.archiver.lock:
+            self.children[slot] = node
+            self.remaining -= 1
+            return self.remaining == 0
+
     def _finish(self) -> None:
+        """Store the tree blob, then fill the parent's slot. The last file of a deep folder chain
+        completes every folder above it: that climbs in a loop, never by recursion."""
+        folder: _Dir | None = self
+        while folder is not None:
+            folder = folder._store()
+
+    def _store(self) -> _Dir | None:
+        """Store this folder's tree; the parent when that completed it too."""
         self.archiver.close_fd(self.fd)
         try:
             nodes = [n for n in self.children if n is not None]
@@ -146,8 +157,8 @@ class _Dir:
             self.archiver.fail(exc)
         if self.parent is None:
             self.archiver.root_done.set()
-        else:
-            self.parent.fill(self.slot, self.node)
+            return None
+        return self.parent if self.parent._settle(self.slot, self.node) else None
 
 
 class _Archiver:
@@ -241,19 +252,20 @@ class _Archiver:
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
-    def add_entry(self, parent: _Dir, path: str, name: str) -> None:
-        """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the cache)."""
+    def add_entry(self, parent: _Dir, path: str, name: str) -> _Dir | None:
+        """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
+        cache). A folder is returned open: the caller walks it, then releases it."""
         if self.error is not None:
-            return
+            return None
         try:
             st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
             kind = node_type(st)
             if kind is None:
-                return
+                return None
             node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
         except OSError as exc:
             self.skip(path, f"cannot read ({exc.strerror})")
-            return
+            return None
         if kind == DIR:
             self.dirs += 1
             try:
@@ -263,11 +275,11 @@ class _Archiver:
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
             child = _Dir(self, node, parent, parent.reserve(), fd)
             if fd is not None:
-                self.walk(child, path)
+                return child
             child.release()
         elif kind == FILE:
             if self.includes and not any(matches(p, self.machine_path(path)) for p in self.includes):
-                return
+                return None
             self.files += 1
             self.bytes_total += st.st_size
             slot = parent.reserve()
@@ -280,26 +292,40 @@ class _Archiver:
                     self.cache.record(path, st, cached)
                 parent.fill(slot, node)
                 self.report(path)
-                return
+                return None
             self.slots.acquire()
             self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
             parent.fill(parent.reserve(), node)
+        return None
 
-    def walk(self, folder: _Dir, path: str) -> None:
-        """Back up the entries of ``folder`` (open as ``folder.fd``), whose host path is ``path``."""
+    def walk(self, top: _Dir, path: str) -> None:
+        """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
+        first on an explicit stack, so a tree of any depth is walked (not Python's recursion limit)."""
+        stack = [(top, path.rstrip("/"), iter(self.listing(top, path)))]
+        while stack:
+            folder, base, names = stack[-1]
+            for name in names:
+                full = f"{base}/{name}"
+                if self.excluded(full):
+                    continue
+                child = self.add_entry(folder, full, name)
+                if child is not None:
+                    stack.append((child, full, iter(self.listing(child, full))))
+                    break
+            else:  # every entry of ``folder`` is listed
+                stack.pop()
+                if folder is not top:  # the caller releases ``top``
+                    folder.release()
+
+    def listing(self, folder: _Dir, path: str) -> list[str]:
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         try:
             with os.scandir(folder.fd) as it:
-                names = sorted(entry.name for entry in it)
+                return sorted(entry.name for entry in it)
         except OSError as exc:
             self.skip(path, f"cannot list ({exc.strerror})")
-            return
-        base = path.rstrip("/")
-        for name in names:
-            full = f"{base}/{name}"
-            if not self.excluded(full):
-                self.add_entry(folder, full, name)
+            return []
 
     # -- file content ----------------------------------------------------------------------
 
@@ -483,7 +509,9 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
     for name, (sub, is_source) in sorted(trie.items()):
         path = f"{prefix}/{name}"
         if is_source:
-            archiver.add_entry(parent, path, name)
+            if (folder := archiver.add_entry(parent, path, name)) is not None:
+                archiver.walk(folder, path)
+                folder.release()
             continue
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
