@@ -111,7 +111,8 @@ class _Dir:
         self.children: list[Node | None] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         if fd is not None:
-            archiver.open_fds.add(fd)
+            with archiver.lock:
+                archiver.open_fds.add(fd)
 
     def reserve(self) -> int:
         with self.archiver.lock:
@@ -332,8 +333,8 @@ class _Archiver:
     def file_job(self, path: str, name: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
         result: Node | None = node
         try:
-            # Relative to the directory (still open until this job fills its slot); O_NOFOLLOW and
-            # O_NONBLOCK: a symlink or FIFO swapped in since the listing fails instead of leading on.
+            # Relative to the directory (open until this job fills its slot). A symlink swapped in
+            # since the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
             if st.st_size:  # an empty file has nothing to read: no open
                 with open(os.open(name, _FILE_FLAGS, dir_fd=parent.fd), "rb", buffering=0) as fh:
                     node.content, node.size = self.chunk_file(fh, path, st.st_size)
