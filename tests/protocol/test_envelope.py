@@ -159,3 +159,20 @@ def test_every_rejection_is_a_distinct_type() -> None:
     kinds = {BadSignature, ExpiredMessage, FutureMessage, MalformedMessage, OversizedMessage, ReplayedMessage,
              UnknownSender, UnsignedMessage, WrongRecipient, SealError}  # fmt: skip
     assert len({k.reason for k in kinds}) == len(kinds)
+
+
+def test_a_file_name_that_is_not_utf8_never_makes_a_message_unsendable() -> None:
+    """os.fsdecode turns such bytes into lone surrogates, which UTF-8 (and so every queue) refuses:
+    they leave as \\xNN text, and the message signs, travels and validates."""
+    name = "/srv/caf\udce9/\udcff\udcfe"
+    envelope = make_envelope(
+        "result",
+        {"command_id": "c1", "ok": True, "payload": {"warnings": [f"{name}: cannot read"], name: 1}},
+        sender="m1",
+        recipient="srv",
+    )
+    text = sign_envelope(envelope, OTHER)
+    text.encode("utf-8")
+    received = MessageValidator(me="srv", sender_key={"m1": OTHER.public_key()}.get).validate(text)
+    payload = received.body["payload"]
+    assert payload == {"warnings": ["/srv/caf\\xe9/\\xff\\xfe: cannot read"], "/srv/caf\\xe9/\\xff\\xfe": 1}

@@ -177,10 +177,10 @@ def test_unreadable_file_is_skipped_with_warning(
 
     real = archiver._Archiver.chunk_file
 
-    def failing(self, path, size):  # type: ignore[no-untyped-def]
+    def failing(self, fh, path, size):  # type: ignore[no-untyped-def]
         if path.endswith("script.sh"):
             raise PermissionError(13, "Permission denied")
-        return real(self, path, size)
+        return real(self, fh, path, size)
 
     monkeypatch.setattr(archiver._Archiver, "chunk_file", failing)
     snap = backup_files(repo, [source], hostname="h")

@@ -24,7 +24,7 @@ def two_snapshots(repo: Repository, tmp_path: Path) -> tuple[str, str, Path, Pat
 
 
 def pack_of(repo: Repository, snapshot_id: str, path: str) -> str:
-    from cloudkeep.repo.restorer import lookup
+    from cloudkeep.repo.browse import lookup
 
     return repo.locate(lookup(repo, snapshot_id, path).content[0]).pack_id
 

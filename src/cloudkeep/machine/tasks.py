@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -199,16 +200,58 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
     finally:
         _script(ctx, body.post_script, body.script_timeout, "post-script")
     when = getattr(snapshot, "time", None)
+    stats = _as_dict(getattr(snapshot, "stats", {}) or {})
+    stats.pop("warnings", None)  # the engine's warnings are its skipped entries, reported below
+    skipped: list[dict[str, Any]] = stats.pop("errors", None) or []
+    total = int(stats.pop("errors_total", len(skipped)) or 0)
     return {
         "snapshot_id": str(snapshot.id),
         "snapshot_time": when.isoformat() if isinstance(when, datetime) else when,
         # what the server's catalog pins (and checks against the repository) for this restore point
         "manifest_digest": snapshot.digest or None,
         "root_tree": snapshot.tree or None,
-        "stats": {**_as_dict(getattr(snapshot, "stats", {}) or {}), "timings": timings},
+        "stats": {**stats, "timings": timings},
         "forgotten": forgotten,
-        "warnings": list(ctx.warnings),
+        "warnings": list(ctx.warnings) + _skipped_warnings(skipped, total),
+        "errors": _within(skipped, ERRORS_BUDGET),
+        "errors_total": total,
     }
+
+
+ERRORS_BUDGET = 24 * 1024  # bytes of JSON for skipped entries: a result must fit one 64 KiB message
+WARNINGS_BUDGET = 8 * 1024
+WARNING_NAME_LIMIT = 400  # a longer path (up to 4 KiB and past it) is shown by its ends
+
+
+def _within(items: list[Any], budget: int) -> list[Any]:
+    """The first ``items`` whose JSON fits in ``budget`` bytes."""
+    kept: list[Any] = []
+    used = 0
+    for item in items:
+        used += len(json.dumps(item)) + 1
+        if used > budget:
+            break
+        kept.append(item)
+    return kept
+
+
+def _skipped_warnings(skipped: list[dict[str, Any]], total: int) -> list[str]:
+    """Warnings naming the entries a backup could not read: the machine's result is then a warning."""
+    if not total:
+        return []
+    lines = []
+    for entry in skipped:
+        path = str(entry.get("path", ""))
+        if len(path) > WARNING_NAME_LIMIT:
+            half = WARNING_NAME_LIMIT // 2
+            path = f"{path[:half]}…{path[-half:]}"
+        lines.append(f"{path}: {entry.get('error', 'not backed up')}")
+    shown = _within(lines, WARNINGS_BUDGET)
+    head = f"{total} entries could not be read and are missing from the restore point"
+    if total == 1:
+        head = "1 entry could not be read and is missing from the restore point"
+    more = [f"… and {total - len(shown)} more"] if total > len(shown) else []
+    return [head, *shown, *more]
 
 
 def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
@@ -246,7 +289,8 @@ def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     # Restore points hold the machine's own paths, so in place means under the machine's root.
     target = ctx.config.root if body.in_place else _restore_target(ctx, body.target)
     repository = open_repository(ctx)
-    paths = list(body.paths) if body.paths else None
+    # Paths may name entries as results show them (not-UTF-8 bytes as \xNN): find the exact ones.
+    paths = [engine.resolve_path(repository, body.snapshot_id, p) for p in body.paths] if body.paths else None
     report = ProgressReporter(ctx)
     outcome = engine.restore(repository, body.snapshot_id, target, paths=paths, progress=report)
     files, verified = int(getattr(outcome, "files", 0)), int(getattr(outcome, "verified", 0))
@@ -275,8 +319,9 @@ def browse(ctx: TaskContext, body: Browse) -> dict[str, Any]:
     engine = _engine()
 
     repository = open_repository(ctx)
-    tree = engine.list_tree(repository, body.snapshot_id, body.path, recursive=body.recursive)
-    entries = [_as_dict(e) for e in tree]
+    path = engine.resolve_path(repository, body.snapshot_id, body.path)
+    tree = engine.list_tree(repository, body.snapshot_id, path, recursive=body.recursive)
+    entries = [e.to_json() for e in tree]  # displayed paths, exact bytes in path_b64 (docs/protocol.md)
     if body.pattern:
         entries = [e for e in entries if fnmatch.fnmatch(str(_entry_name(e)), body.pattern)]
     truncated = len(entries) > body.limit

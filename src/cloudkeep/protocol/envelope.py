@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cloudkeep.pathnames import safe_text
 from cloudkeep.protocol import crypto
 from cloudkeep.protocol.bodies import BODIES, Body, RepositoryAccess
 from cloudkeep.protocol.errors import (
@@ -107,6 +108,9 @@ def make_envelope(
     if ttl <= 0 or timedelta(seconds=ttl) > MAX_TTL:
         raise MalformedMessage(f"ttl {ttl}s out of range (0, {MAX_TTL.total_seconds():.0f}]")
     data = body.model_dump(mode="json") if isinstance(body, Body) else dict(body)
+    # A file name with bytes that are not UTF-8 must never make a message unsendable: any such
+    # text left in a body is displayed (exact names travel as ``*_b64``; see cloudkeep.pathnames).
+    data = safe_text(data)
     envelope = Envelope(
         version=PROTOCOL_VERSION, id=message_id or uuid.uuid4().hex, correlation_id=correlation_id,
         sender=sender, recipient=recipient, kind=kind, issued_at=issued,

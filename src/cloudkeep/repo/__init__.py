@@ -7,7 +7,7 @@ Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blob
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files
-from cloudkeep.repo.browse import cat_file, find, list_tree
+from cloudkeep.repo.browse import cat_file, find, list_tree, resolve_path
 from cloudkeep.repo.checker import CheckReport, Problem, check, rebuild_index
 from cloudkeep.repo.crypto import KdfParams
 from cloudkeep.repo.prune import PruneResult, prune
@@ -46,6 +46,7 @@ __all__ = [
     "list_tree",
     "prune",
     "rebuild_index",
+    "resolve_path",
     "restore",
     "restore_volume",
 ]

@@ -10,6 +10,7 @@ restore point, and its indexed packs are reused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
@@ -33,8 +35,12 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
+from cloudkeep.storage.base import RangeStream
 
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -92,12 +98,22 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class _Dir:
-    """A directory whose tree blob is stored once every child node is known."""
+    """A directory whose tree blob is stored once every child node is known.
 
-    def __init__(self, archiver: _Archiver, node: Node, parent: _Dir | None, slot: int) -> None:
-        self.archiver, self.node, self.parent, self.slot = archiver, node, parent, slot
+    ``fd`` is the directory, open: its entries are read and opened relative to it, so the walk
+    reaches paths longer than ``PATH_MAX`` and never follows a symlink swapped in mid-walk. It is
+    closed when the tree blob is stored, after the last file job opened its file.
+    """
+
+    def __init__(
+        self, archiver: _Archiver, node: Node, parent: _Dir | None, slot: int, fd: int | None
+    ) -> None:
+        self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
         self.children: list[Node | None] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
+        if fd is not None:
+            with archiver.lock:
+                archiver.open_fds.add(fd)
 
     def reserve(self) -> int:
         with self.archiver.lock:
@@ -106,11 +122,7 @@ class _Dir:
             return len(self.children) - 1
 
     def fill(self, slot: int, node: Node | None) -> None:
-        with self.archiver.lock:
-            self.children[slot] = node
-            self.remaining -= 1
-            done = self.remaining == 0
-        if done:
+        if self._settle(slot, node):
             self._finish()
 
     def release(self) -> None:
@@ -121,7 +133,23 @@ class _Dir:
         if done:
             self._finish()
 
+    def _settle(self, slot: int, node: Node | None) -> bool:
+        """Put a child in its slot; True when that was the last one outstanding."""
+        with self.archiver.lock:
+            self.children[slot] = node
+            self.remaining -= 1
+            return self.remaining == 0
+
     def _finish(self) -> None:
+        """Store the tree blob, then fill the parent's slot. The last file of a deep folder chain
+        completes every folder above it: that climbs in a loop, never by recursion."""
+        folder: _Dir | None = self
+        while folder is not None:
+            folder = folder._store()
+
+    def _store(self) -> _Dir | None:
+        """Store this folder's tree; the parent when that completed it too."""
+        self.archiver.close_fd(self.fd)
         try:
             nodes = [n for n in self.children if n is not None]
             tree_id, _ = self.archiver.writer.save(TREE, encode_tree(nodes))
@@ -131,8 +159,8 @@ class _Dir:
             self.archiver.fail(exc)
         if self.parent is None:
             self.archiver.root_done.set()
-        else:
-            self.parent.fill(self.slot, self.node)
+            return None
+        return self.parent if self.parent._settle(self.slot, self.node) else None
 
 
 class _Archiver:
@@ -155,6 +183,9 @@ class _Archiver:
         self.root_done = threading.Event()
         self.error: BaseException | None = None
         self.warnings: list[str] = []
+        self.skipped: list[dict[str, str]] = []  # entries not backed up: {path, path_b64?, error}
+        self.skipped_total = 0
+        self.open_fds: set[int] = set()  # directories still open (closed on any abort too)
         self.files = self.dirs = self.bytes_read = self.bytes_total = 0
         self.files_unchanged = 0
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
@@ -168,10 +199,27 @@ class _Archiver:
         with self.lock:
             self.error = self.error or exc
 
-    def warn(self, message: str) -> None:
+    def skip(self, path: str, error: str) -> None:
+        """An entry that is not in the restore point: reported by name, never dropped silently."""
         with self.lock:
-            if len(self.warnings) < 1000:
-                self.warnings.append(message)
+            self.skipped_total += 1
+            if len(self.skipped) < 1000:
+                self.skipped.append({**path_fields(path), "error": error})
+                self.warnings.append(f"{display(path)}: {error}")
+
+    def close_fd(self, fd: int | None) -> None:
+        if fd is None:
+            return
+        with self.lock:
+            self.open_fds.discard(fd)
+        os.close(fd)
+
+    def close_all(self) -> None:
+        with self.lock:
+            fds, self.open_fds = list(self.open_fds), set()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def report(self, path: str | None, *, force: bool = False) -> None:
         if self.progress is None:
@@ -181,9 +229,12 @@ class _Archiver:
             return
         self._last_progress = now
         stats = self.writer.stats
+        shown = display(path) if path is not None else None  # progress is text for people and messages
         try:
             self.progress(
-                BackupProgress(self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, path)
+                BackupProgress(
+                    self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, shown
+                )
             )
         except BaseException as exc:  # e.g. the caller cancels: stop walking, abort like any other error
             self.fail(exc)
@@ -203,30 +254,34 @@ class _Archiver:
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
-    def add_entry(self, parent: _Dir, path: str, name: str) -> None:
+    def add_entry(self, parent: _Dir, path: str, name: str) -> _Dir | None:
+        """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
+        cache). A folder is returned open: the caller walks it, then releases it."""
         if self.error is not None:
-            return
+            return None
         try:
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            kind = node_type(st)
+            if kind is None:
+                return None
+            node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
         except OSError as exc:
-            self.warn(f"{path}: {exc.strerror}")
-            return
-        kind = node_type(st)
-        if kind is None:
-            return
-        try:
-            node = node_from_stat(name, path, st, kind)
-        except OSError as exc:
-            self.warn(f"{path}: {exc.strerror}")
-            return
+            self.skip(path, f"cannot read ({exc.strerror})")
+            return None
         if kind == DIR:
             self.dirs += 1
-            child = _Dir(self, node, parent, parent.reserve())
-            self.walk(child, path)
+            try:
+                fd: int | None = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+            except OSError as exc:
+                fd = None
+                self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
+            child = _Dir(self, node, parent, parent.reserve(), fd)
+            if fd is not None:
+                return child
             child.release()
         elif kind == FILE:
             if self.includes and not any(matches(p, self.machine_path(path)) for p in self.includes):
-                return
+                return None
             self.files += 1
             self.bytes_total += st.st_size
             slot = parent.reserve()
@@ -239,34 +294,55 @@ class _Archiver:
                     self.cache.record(path, st, cached)
                 parent.fill(slot, node)
                 self.report(path)
-                return
+                return None
             self.slots.acquire()
-            self.pool.submit(self.file_job, path, st, node, parent, slot)
+            self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
             parent.fill(parent.reserve(), node)
+        return None
 
-    def walk(self, folder: _Dir, path: str) -> None:
+    def walk(self, top: _Dir, path: str) -> None:
+        """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
+        first on an explicit stack, so a tree of any depth is walked (not Python's recursion limit)."""
+        stack = [(top, path.rstrip("/"), iter(self.listing(top, path)))]
+        while stack:
+            folder, base, names = stack[-1]
+            for name in names:
+                full = f"{base}/{name}"
+                if self.excluded(full):
+                    continue
+                child = self.add_entry(folder, full, name)
+                if child is not None:
+                    stack.append((child, full, iter(self.listing(child, full))))
+                    break
+            else:  # every entry of ``folder`` is listed
+                stack.pop()
+                if folder is not top:  # the caller releases ``top``
+                    folder.release()
+
+    def listing(self, folder: _Dir, path: str) -> list[str]:
+        assert folder.fd is not None  # (scandir(None) would list the working directory)
         try:
-            with os.scandir(path) as it:
-                names = sorted(entry.name for entry in it)
+            with os.scandir(folder.fd) as it:
+                return sorted(entry.name for entry in it)
         except OSError as exc:
-            self.warn(f"{path}: cannot list ({exc.strerror})")
-            return
-        for name in names:
-            full = os.path.join(path, name)
-            if not self.excluded(full):
-                self.add_entry(folder, full, name)
+            self.skip(path, f"cannot list ({exc.strerror})")
+            return []
 
     # -- file content ----------------------------------------------------------------------
 
-    def file_job(self, path: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
+    def file_job(self, path: str, name: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
         result: Node | None = node
         try:
-            node.content, node.size = self.chunk_file(path, st.st_size)
+            # Relative to the directory (open until this job fills its slot). A symlink swapped in
+            # since the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
+            if st.st_size:  # an empty file has nothing to read: no open
+                with open(os.open(name, _FILE_FLAGS, dir_fd=parent.fd), "rb", buffering=0) as fh:
+                    node.content, node.size = self.chunk_file(fh, path, st.st_size)
             if self.cache:
                 self.cache.record(path, st, node.content)
         except OSError as exc:
-            self.warn(f"{path}: cannot read ({exc.strerror}), skipped")
+            self.skip(path, f"cannot read ({exc.strerror})")
             result = None
         except BaseException as exc:
             self.fail(exc)
@@ -282,25 +358,23 @@ class _Archiver:
             cutter = self._local.cutter = StreamCutter(self.chunker)
         return cutter
 
-    def chunk_file(self, path: str, size: int) -> tuple[list[bytes], int]:
-        if size == 0:
-            return [], 0
+    def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
+        """Chunk and store the open file ``fh``; ``path`` is for progress reports."""
         content: list[bytes] = []
         window: list[Future[tuple[bytes, bool]]] = []
         total = 0
-        with open(path, "rb", buffering=0) as fh:
-            for data in self._cutter().cut(fh):
-                self.report(path)  # throttled; lets a cancelling callback stop a huge file too
-                if self.error is not None:  # failed or cancelled: stop at this chunk boundary
-                    raise self.error
-                total += len(data)
-                if size >= PARALLEL_FILE:
-                    # The cutter reuses its buffer: copy before another thread sees the chunk.
-                    window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
-                    if len(window) >= 4:
-                        content.append(window.pop(0).result()[0])
-                else:
-                    content.append(self.writer.save(DATA, data)[0])
+        for data in self._cutter().cut(fh):
+            self.report(path)  # throttled; lets a cancelling callback stop a huge file too
+            if self.error is not None:  # failed or cancelled: stop at this chunk boundary
+                raise self.error
+            total += len(data)
+            if size >= PARALLEL_FILE:
+                # The cutter reuses its buffer: copy before another thread sees the chunk.
+                window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
+                if len(window) >= 4:
+                    content.append(window.pop(0).result()[0])
+            else:
+                content.append(self.writer.save(DATA, data)[0])
         content.extend(f.result()[0] for f in window)
         with self.lock:
             self.bytes_read += total
@@ -370,7 +444,9 @@ def backup_files(
         root_prefix=prefix,
     )
     try:
-        top = _Dir(archiver, Node(name="", type=DIR, mode=0o755), None, 0)
+        top = _Dir(
+            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS)
+        )
         if "/" in paths:  # the entire machine: the root itself is the source
             archiver.walk(top, prefix or "/")
         else:
@@ -389,6 +465,7 @@ def backup_files(
         archiver.pool.shutdown(wait=True, cancel_futures=True)
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
         writer.abort()
+        archiver.close_all()
         if cache:
             cache.discard()
         raise
@@ -418,6 +495,9 @@ def backup_files(
             else None,
             "duration_s": round(time.monotonic() - clock, 3),
             "warnings": archiver.warnings[:100],
+            # what is not in this restore point, by name (the first 100) and in all
+            "errors": archiver.skipped[:100],
+            "errors_total": archiver.skipped_total,
         },
     )
     try:
@@ -436,11 +516,15 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
     for name, (sub, is_source) in sorted(trie.items()):
         path = f"{prefix}/{name}"
         if is_source:
-            archiver.add_entry(parent, path, name)
+            if (folder := archiver.add_entry(parent, path, name)) is not None:
+                archiver.walk(folder, path)
+                folder.release()
             continue
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
+            archiver.skip(path, "not a folder (a symlink?): the sources below it are not backed up")
             continue
-        child = _Dir(archiver, node_from_stat(name, path, st, DIR), parent, parent.reserve())
+        node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
+        child = _Dir(archiver, node, parent, parent.reserve(), os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
         _walk_trie(archiver, child, path, sub)
         child.release()

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from cloudkeep.errors import NotFoundError
+from cloudkeep.pathnames import display, is_text
 from cloudkeep.repo.archiver import matches
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.targetfs import os_error
@@ -36,6 +37,25 @@ def lookup(repo: Repository, snapshot_id: str, path: str) -> Node:
             raise NotFoundError(f"{path} is not in restore point {snapshot_id}", hint="browse it with `ls`")
         node = found
     return node
+
+
+def resolve_path(repo: Repository, snapshot_id: str, path: str) -> str:
+    """The exact path inside the snapshot for ``path``, which may name entries the way messages show
+    them (``cloudkeep.pathnames.display``: bytes that are not UTF-8 as ``\\xNN``). A component
+    that exists literally wins; otherwise the one entry whose displayed name matches is taken."""
+    tree_id: bytes | None = _root(repo, snapshot_id)
+    exact: list[str] = []
+    for part in [p for p in path.split("/") if p]:
+        nodes = repo.load_tree(tree_id) if tree_id is not None else []
+        found = next((n for n in nodes if n.name == part), None)
+        if found is None:
+            shown = [n for n in nodes if not is_text(n.name) and display(n.name) == part]
+            found = shown[0] if len(shown) == 1 else None
+        if found is None:
+            return path  # not there: ``lookup`` says so with the path as given
+        exact.append(found.name)
+        tree_id = found.subtree if found.type == DIR else None
+    return "/" + "/".join(exact)
 
 
 def walk(repo: Repository, tree_id: bytes, prefix: str) -> Iterator[tuple[str, Node]]:

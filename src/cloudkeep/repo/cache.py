@@ -3,6 +3,10 @@
 One SQLite file per (repository, host, source set) under ``cache_dir``. A backup reads the
 previous generation and writes a new one beside it; the new file replaces the old only after the
 snapshot is committed, so the cache never claims content that no restore point holds.
+
+Rows are keyed by path: a valid UTF-8 path as TEXT (as every earlier version wrote it, so their
+caches stay valid), a path with bytes that are not UTF-8 by those exact bytes as a BLOB. SQLite
+never finds a BLOB equal to a TEXT, so no two names share a row.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from cloudkeep.pathnames import is_text, to_bytes
 from cloudkeep.repo.crypto import ID_SIZE
 
 _SCHEMA = (
@@ -22,11 +27,15 @@ _SCHEMA = (
 )
 
 
+def _key(path: str) -> str | bytes:
+    return path if is_text(path) else to_bytes(path)
+
+
 class FileCache:
     """Lookups against the last committed generation; inserts go to the next one."""
 
     def __init__(self, cache_dir: Path, repo_id: str, hostname: str, sources: list[str]) -> None:
-        digest = hashlib.sha256("\0".join([hostname, *sorted(sources)]).encode()).hexdigest()[:24]
+        digest = hashlib.sha256(to_bytes("\0".join([hostname, *sorted(sources)]))).hexdigest()[:24]
         folder = cache_dir / repo_id
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"files-{digest}.sqlite"
@@ -44,7 +53,7 @@ class FileCache:
         self._new.execute("PRAGMA journal_mode=OFF")
         self._new.execute("PRAGMA synchronous=OFF")
         self._new.execute(_SCHEMA)
-        self._batch: list[tuple[str, int, int, int, int, bytes]] = []
+        self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
 
     def lookup(self, path: str, st: os.stat_result) -> list[bytes] | None:
@@ -52,7 +61,7 @@ class FileCache:
             return None
         with self._lock:
             row = self._old.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?", (path,)
+                "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?", (_key(path),)
             ).fetchone()
         if row is None or tuple(row[:4]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return None
@@ -62,7 +71,7 @@ class FileCache:
     def record(self, path: str, st: os.stat_result, content: list[bytes]) -> None:
         with self._lock:
             self._batch.append(
-                (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(content))
+                (_key(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(content))
             )
             if len(self._batch) >= 2000:
                 self._flush()

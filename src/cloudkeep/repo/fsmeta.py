@@ -58,7 +58,18 @@ def read_xattrs(path: str) -> dict[str, bytes]:
     return found
 
 
-def node_from_stat(name: str, path: str, st: os.stat_result, kind: str) -> Node:
+PATH_MAX = 4096  # Linux: the longest path (with its NUL) a system call takes
+
+
+def reachable(path: str) -> bool:
+    """True when ``path`` is short enough for a path-based system call (walks open deeper entries
+    relative to their directory's descriptor instead)."""
+    return len(path) < PATH_MAX // 4 or len(os.fsencode(path)) < PATH_MAX
+
+
+def node_from_stat(name: str, path: str, st: os.stat_result, kind: str, *, dir_fd: int | None = None) -> Node:
+    """The node for an entry; with ``dir_fd`` (its directory, open) it is read relative to that
+    descriptor, so paths longer than ``PATH_MAX`` work too."""
     node = Node(
         name=name,
         type=kind,
@@ -77,10 +88,13 @@ def node_from_stat(name: str, path: str, st: os.stat_result, kind: str) -> Node:
         if st.st_nlink > 1:  # only then is inode identity needed (hardlink restore); keeps trees stable
             node.links, node.inode, node.device = st.st_nlink, st.st_ino, st.st_dev
     elif kind == SYMLINK:
-        node.target = os.readlink(path)
+        node.target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(path)
     elif kind in (CHARDEV, BLOCKDEV):
         node.rdev = st.st_rdev
-    node.xattrs = read_xattrs(path)
+    # listxattr takes no directory descriptor: past PATH_MAX name the entry through /proc's link
+    # to that descriptor, a short path that does not follow the entry itself.
+    long = dir_fd is not None and not reachable(path)
+    node.xattrs = read_xattrs(f"/proc/self/fd/{dir_fd}/{name}" if long else path)
     return node
 
 

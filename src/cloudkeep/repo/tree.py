@@ -4,6 +4,10 @@ An unchanged directory serialises to the same bytes and therefore the same id, s
 once across every restore point. A node records what restore needs to recreate the entry:
 type, mode, owner, times, xattrs (which carry POSIX ACLs on Linux), symlink target, hardlink
 identity, sparseness, and the list of content chunks.
+
+Names, symlink targets and xattr names are the file system's bytes as ``os.fsdecode`` gives them:
+a byte that is not UTF-8 is a lone surrogate, which ``json.dumps`` writes as a ``\\udcXX`` escape
+and ``json.loads`` reads back, so every name a Linux file system allows round-trips byte-exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from cloudkeep.pathnames import path_fields
 
 FILE = "file"
 DIR = "dir"
@@ -114,3 +120,13 @@ class TreeEntry:
     @classmethod
     def of(cls, path: str, node: Node) -> TreeEntry:
         return cls(path, node.type, node.size, node.mode, datetime.fromtimestamp(node.mtime_ns / 1e9, UTC))
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a message or API carries it: ``path`` displayed, ``path_b64`` when not UTF-8."""
+        return {
+            **path_fields(self.path),
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime": self.mtime.isoformat(),
+        }

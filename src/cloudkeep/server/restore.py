@@ -23,7 +23,7 @@ import time as monotonic_time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from cloudkeep.errors import (
     NotFoundError,
     incomplete_restore,
 )
+from cloudkeep.pathnames import display
 from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, RestorePoint, SessionTask
@@ -325,7 +326,9 @@ def browse(
     """List a folder of a restore point; through a machine's Transport Service when ``via_machine``.
 
     Without ``via_machine`` the listing is read here with the repository credential (admin side).
-    Returns ``{"entries": [{path, type, size, mode, mtime}], "truncated": bool}``.
+    Returns ``{"entries": [{path, path_b64?, type, size, mode, mtime}], "truncated": bool}``: a path
+    that is not valid UTF-8 is displayed with ``\\xNN`` escapes and exact in ``path_b64``
+    (``cloudkeep.pathnames``); ``path`` may name entries either way.
     """
     point = load_point(ctx, restore_point_id)
     if via_machine is not None:
@@ -343,15 +346,13 @@ def browse(
 
     with open_repository(ctx, point.repository_id) as repo:
         _verify_in(ctx, repo, point)
-        entries = [_entry(e) for e in _engine().list_tree(repo, point.snapshot_id, path, recursive=recursive)]
+        exact = _engine().resolve_path(repo, point.snapshot_id, path)
+        entries = [
+            e.to_json() for e in _engine().list_tree(repo, point.snapshot_id, exact, recursive=recursive)
+        ]
     if pattern:
         entries = [e for e in entries if fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern)]
     return {"entries": entries, "truncated": False}
-
-
-def _entry(entry: Any) -> dict[str, Any]:
-    data = asdict(entry) if is_dataclass(entry) and not isinstance(entry, type) else dict(entry)
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
 
 
 # --- on the administrator's machine -------------------------------------------------------------
@@ -393,7 +394,8 @@ def download_files(
         raise ConfigurationError(f"restore point {point.id} is a volume backup", hint="use export_image")
     with open_repository(ctx, point.repository_id, password) as repo:
         _verify_in(ctx, repo, point)
-        result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=paths or None)
+        exact = [_engine().resolve_path(repo, point.snapshot_id, p) for p in paths or []]
+        result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=exact or None)
     if result.errors:  # never a plain success: the refused entries are named
         raise incomplete_restore(f"download of restore point {point.id} into {dest}", result.errors)
     return {
@@ -401,7 +403,7 @@ def download_files(
         "files": int(result.files),
         "bytes": int(result.bytes),
         "verified": int(result.verified),
-        "warnings": list(getattr(result, "warnings", [])),
+        "warnings": [display(str(w)) for w in getattr(result, "warnings", [])],
     }
 
 
@@ -435,7 +437,7 @@ def search(
                         "restore_point_id": point.id,
                         "machine_id": point.machine_id,
                         "created_at": point.created_at.isoformat(),
-                        **_entry(entry),
+                        **entry.to_json(),
                     }
                 )
                 if len(found) >= limit:
