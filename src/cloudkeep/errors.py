@@ -49,3 +49,8 @@ class AuthenticationError(CloudkeepError):
 
 class InsufficientSpaceError(CloudkeepError):
     """A disk or volume ran out of space (restore target, local store, cache)."""
+
+
+class NotSupportedError(ConfigurationError):
+    """The peer does not implement what was asked (HTTP 501, an S3-compatible store without STS
+    or Object Lock): retrying will not help; the message names the missing feature."""

@@ -56,6 +56,7 @@ class AzureBlobStore(ObjectStore):
         max_concurrency: int = 4,
         retry_total: int = 5,
         connection_timeout: float = 10.0,
+        connection_verify: bool | str = True,
     ) -> None:
         if not container:
             raise ConfigurationError("Azure URL needs a container: azure://container/optional/prefix")
@@ -70,6 +71,7 @@ class AzureBlobStore(ObjectStore):
             "max_chunk_get_size": max_get_size,
             "retry_total": retry_total,
             "connection_timeout": connection_timeout,
+            "connection_verify": connection_verify,  # False, or a CA bundle path for a private CA
         }
         if connection_string:
             service = BlobServiceClient.from_connection_string(connection_string, **options)

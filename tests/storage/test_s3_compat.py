@@ -1,0 +1,131 @@
+"""S3-compatible stores as users have them: HTTPS, checksum framing, missing features.
+
+Runs on the moto server over HTTPS (moto serves TLS with a certificate made by the fixture) and,
+where a behaviour must be taken away, through ``S3CompatStandin`` — a proxy in front of moto that
+imitates a less capable store (named in each test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from cloudkeep.errors import IntegrityError
+from cloudkeep.storage import open_store
+from cloudkeep.storage.s3 import S3Store
+from tests.support.peers import MotoServer
+from tests.support.s3_standin import S3CompatStandin
+from tests.support.tls import TlsFiles, make_self_signed
+
+
+def _options(endpoint: str, ca: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "verify": ca,
+        "multipart_threshold": 6 * 2**20,
+        "multipart_chunk": 5 * 2**20,
+        **extra,
+    }
+
+
+def _bucket(endpoint: str, ca: str, name: str, *, lock: bool = False) -> None:
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", verify=ca,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def standin(moto_server: MotoServer, tls_files: TlsFiles) -> Iterator[S3CompatStandin]:
+    """A less capable store over HTTPS: tests switch its quirks on (see tests/support/s3_standin.py)."""
+    proxy = S3CompatStandin(moto_server.endpoint, tls=tls_files)
+    yield proxy
+    proxy.close()
+
+
+def test_https_roundtrip_on_moto_tls(moto_tls: MotoServer, unique_name: str, tmp_path: Path) -> None:
+    """moto over TLS understands aws-chunked: both checksum settings store exactly what was sent."""
+    ca = str(moto_tls.tls.cert)  # type: ignore[union-attr]
+    _bucket(moto_tls.endpoint, ca, unique_name)
+    big = os.urandom(11 * 2**20 + 7)  # multipart
+    for setting in ("when_supported", "when_required"):
+        store = open_store(
+            f"s3://{unique_name}/{setting}",
+            **_options(moto_tls.endpoint, ca, request_checksum_calculation=setting),
+        )
+        store.put("small", b"hello")
+        store.put("big", big)
+        staged = tmp_path / f"pack-{setting}"
+        staged.write_bytes(b"p" * 70_000)
+        store.put_file("pack", str(staged))
+        assert store.get("small") == b"hello"
+        assert store.get("big") == big
+        assert store.get("pack") == b"p" * 70_000
+        store.close()
+
+
+def test_custom_endpoint_defaults_to_no_framing(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str
+) -> None:
+    """On a store that would keep aws-chunked framing (stand-in), the custom-endpoint default is safe."""
+    standin.quirks.keep_chunked_framing = True
+    ca = str(tls_files.cert)
+    _bucket(standin.endpoint, ca, unique_name)
+    store = open_store(f"s3://{unique_name}", **_options(standin.endpoint, ca))
+    assert isinstance(store, S3Store) and store.send_md5
+    big = os.urandom(11 * 2**20 + 7)
+    store.put("small", b"hello")
+    store.put("big", big)
+    assert store.get("small") == b"hello" and store.get("big") == big
+    assert standin.stored_framing == 0
+    objects = [headers for path, headers in standin.uploads if path.count("/") > 1]  # not the bucket
+    assert len(objects) >= 4 and all("content-md5" in h for h in objects), "every upload carries Content-MD5"
+
+
+@pytest.mark.parametrize("size", [5, 11 * 2**20 + 7])
+def test_framing_kept_as_data_fails_the_write(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str, size: int
+) -> None:
+    """Forcing botocore's aws-chunked uploads onto that store: the write fails, nothing damaged stays."""
+    standin.quirks.keep_chunked_framing = True
+    ca = str(tls_files.cert)
+    _bucket(standin.endpoint, ca, unique_name)
+    store = open_store(
+        f"s3://{unique_name}", **_options(standin.endpoint, ca, request_checksum_calculation="when_supported")
+    )
+    with pytest.raises(IntegrityError, match="did not store the upload as sent"):
+        store.put("obj", os.urandom(size))
+    assert standin.stored_framing >= 1
+    assert store.stat("obj") is None
+
+
+def test_repository_create_on_framing_store_fails_at_once(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str
+) -> None:
+    """The damage shows when the repository is made, not later as "wrong password"."""
+    from cloudkeep.repo import Repository
+    from cloudkeep.repo.crypto import KdfParams
+
+    standin.quirks.keep_chunked_framing = True
+    ca = str(tls_files.cert)
+    _bucket(standin.endpoint, ca, unique_name)
+    store = open_store(
+        f"s3://{unique_name}", **_options(standin.endpoint, ca, request_checksum_calculation="when_supported")
+    )
+    with pytest.raises(IntegrityError):
+        Repository.create(store, "correct horse", kdf=KdfParams(n=2**10))
+    assert list(store.list("")) == []
