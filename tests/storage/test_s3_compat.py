@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from cloudkeep.errors import IntegrityError
+from cloudkeep.errors import IntegrityError, NotSupportedError, PermissionDeniedError, UnreachableError
 from cloudkeep.storage import open_store
 from cloudkeep.storage.s3 import S3Store
+from tests.support.fault_proxy import FaultProxy
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin
 from tests.support.tls import TlsFiles, make_self_signed
@@ -36,7 +38,7 @@ def _options(endpoint: str, ca: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _bucket(endpoint: str, ca: str, name: str, *, lock: bool = False) -> None:
+def _bucket(endpoint: str, ca: str | None, name: str, *, lock: bool = False) -> None:
     s3 = boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", verify=ca,
         aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -129,3 +131,72 @@ def test_repository_create_on_framing_store_fails_at_once(
     with pytest.raises(IntegrityError):
         Repository.create(store, "correct horse", kdf=KdfParams(n=2**10))
     assert list(store.list("")) == []
+
+
+# -- errors that must not mislead (issue 15, point 4) -------------------------------------------
+
+
+def _plain(standin: S3CompatStandin, tls_files: TlsFiles, name: str, **extra: Any) -> S3Store:
+    ca = str(tls_files.cert)
+    _bucket(standin.endpoint, ca, name)
+    store = open_store(f"s3://{name}", **_options(standin.endpoint, ca, max_attempts=2, **extra))
+    assert isinstance(store, S3Store)
+    return store
+
+
+def test_http_501_says_not_implemented(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str
+) -> None:
+    """A store answering 501 to retention calls (stand-in): a clear "does not implement", no retry talk."""
+    store = _plain(standin, tls_files, unique_name)
+    store.put("k", b"x")
+    standin.quirks.not_implemented = {"retention"}
+    with pytest.raises(NotSupportedError, match="does not implement s3:PutObjectRetention") as raised:
+        store._set_retention("k", datetime.now(UTC) + timedelta(days=1))
+    assert "retry" not in str(raised.value)
+
+
+def test_no_lock_only_for_no_configuration_or_501(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str
+) -> None:
+    store = _plain(standin, tls_files, unique_name)
+    assert store.supports_object_lock is False  # moto: ObjectLockConfigurationNotFoundError
+    standin.quirks.not_implemented = {"object-lock"}
+    assert _plain(standin, tls_files, unique_name + "b").supports_object_lock is False  # 501
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [(403, "AccessDenied", PermissionDeniedError), (503, "SlowDown", UnreachableError)],
+)
+def test_lock_probe_failures_are_not_no_lock(
+    moto_server: MotoServer, unique_name: str, status: int, code: str, error: type[Exception]
+) -> None:
+    """Denied or throttled must raise: taking them as "no lock" would silently drop retain_until."""
+    options = {"endpoint_url": moto_server.endpoint, "region": "us-east-1", "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing"}  # fmt: skip
+    _bucket(moto_server.endpoint, None, unique_name, lock=True)
+    proxy = FaultProxy(moto_server.endpoint)
+    try:
+        store = open_store(
+            f"s3://{unique_name}", **{**options, "endpoint_url": proxy.endpoint}, max_attempts=2
+        )
+        body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+        proxy.fail_next(10, status, body, {"Content-Type": "application/xml"})
+        with pytest.raises(error):
+            _ = store.supports_object_lock
+        proxy.clear()
+        assert store.supports_object_lock is True  # not cached as "no lock" after the failure
+    finally:
+        proxy.close()
+
+
+def test_failed_abort_of_multipart_is_reported(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str
+) -> None:
+    """Parts that cannot be aborted cost money: the error names the upload left behind (stand-in 501s)."""
+    store = _plain(standin, tls_files, unique_name)
+    standin.quirks.not_implemented = {"uploadId"}  # parts, completion and abort all refused
+    with pytest.raises(UnreachableError, match="stay stored and billed") as raised:
+        store.put("big", os.urandom(11 * 2**20))
+    assert "abort-multipart-upload" in str(raised.value)

@@ -10,16 +10,21 @@ allows reading the whole repository and writing/deleting only under the agent's 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotSupportedError
 from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
 from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.base import ObjectStore, open_store
+from cloudkeep.storage.s3_compat import is_not_implemented
+
+log = logging.getLogger(__name__)
+_NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 ceiling
 MIN_STS_SECONDS = 900
@@ -72,15 +77,31 @@ class S3StorageService(StorageService):
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.session.region}
         if object_lock:
             args["ObjectLockEnabledForBucket"] = True
+        created = False
         if not self._bucket_exists(bucket):
             with aws_errors("s3:CreateBucket", bucket):
                 try:
                     s3.create_bucket(**args)
+                    created = True
                 except ClientError as error:
                     if error_code(error) != "BucketAlreadyOwnedByYou":
                         raise
-        if object_lock:  # an existing bucket must already have it (it can only be set at creation)
+        if not object_lock:
+            return
+        try:  # an existing bucket must already have it (it can only be set at creation)
             self._require_object_lock(bucket)
+        except CloudkeepError:
+            if created:  # a store that ignored or refused the lock: leave no half-made bucket behind
+                self._remove_empty_bucket(bucket)
+            raise
+
+    def _remove_empty_bucket(self, bucket: str) -> None:
+        try:
+            self.session.client("s3").delete_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError) as error:
+            log.warning(
+                "could not remove bucket %s created for a refused immutable repository: %s", bucket, error
+            )
 
     def _bucket_exists(self, bucket: str) -> bool:
         with aws_errors("s3:ListBucket", bucket):
@@ -98,11 +119,18 @@ class S3StorageService(StorageService):
             try:
                 config = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
             except ClientError as error:
-                if error_code(error) != "ObjectLockConfigurationNotFoundError":
+                if is_not_implemented(error):
+                    raise NotSupportedError(
+                        f"the store at {self.session.endpoint_url} does not implement Object Lock "
+                        f"(HTTP 501 to s3:GetBucketObjectLockConfiguration on {bucket})",
+                        hint="an immutable repository needs a store with Object Lock; "
+                        "use --immutability-days 0 on this store",
+                    ) from error
+                if error_code(error) not in _NO_LOCK_CODES:
                     raise
                 config = {}
         if config.get("ObjectLockEnabled") != "Enabled":
-            raise ConfigurationError(
+            raise NotSupportedError(
                 f"bucket {bucket} exists without Object Lock",
                 hint="use a new bucket for an immutable repository (Object Lock is set at creation)",
             )
