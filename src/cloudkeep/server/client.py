@@ -44,6 +44,7 @@ from cloudkeep.server.services.schemas import (
     ServerInfo,
     SessionDetail,
     SessionView,
+    StoreVerification,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -94,6 +95,8 @@ class Client(ABC):
     def delete_repository(self, ref: str) -> None: ...
     @abstractmethod
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck: ...
+    @abstractmethod
+    def verify_store(self, ref: str) -> StoreVerification: ...
 
     # protection groups and machines
     @abstractmethod
@@ -324,6 +327,9 @@ class HttpClient(Client):
         return self._send(
             "POST", f"/repositories/{ref}/check", RepositoryCheck, read_data_subset=read_data_subset
         )
+
+    def verify_store(self, ref: str) -> StoreVerification:
+        return self._send("POST", f"/repositories/{ref}/verify", StoreVerification)
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

@@ -46,6 +46,7 @@ from cloudkeep.server.services.schemas import (
     ServerInfo,
     SessionDetail,
     SessionView,
+    StoreVerification,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -108,6 +109,9 @@ class EmbeddedClient(Client):
 
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck:
         return repositories.check_repository(self.ctx, ref, read_data_subset=read_data_subset)
+
+    def verify_store(self, ref: str) -> StoreVerification:
+        return repositories.verify_store(self.ctx, ref)
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

@@ -44,6 +44,7 @@ from cloudkeep.storage.base import (
     RangeStream,
     register_backend,
 )
+from cloudkeep.storage.conformance import StoreCheck
 from cloudkeep.storage.s3_compat import (
     checksum_settings,
     is_not_implemented,
@@ -93,6 +94,7 @@ class S3Store(ObjectStore):
         request_checksum_calculation: str | None = None,
         response_checksum_validation: str | None = None,
         verify: bool | str | None = None,
+        list_page_size: int = 1000,
     ) -> None:
         if not bucket:
             raise ConfigurationError("S3 URL needs a bucket: s3://bucket/optional/prefix")
@@ -130,9 +132,24 @@ class S3Store(ObjectStore):
             aws_session_token=aws_session_token,
             region_name=region,
         )
+        self.endpoint_url = endpoint_url
+        self.list_page_size = self._page_size = list_page_size
+        self._session, self._config, self._verify = session, config, verify
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config, verify=verify)
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
+
+    def client_with(self, **config: Any) -> Any:
+        """Another client for the same store with some botocore settings changed (for checks)."""
+        from botocore.config import Config
+
+        merged = self._config.merge(Config(**config))
+        return self._session.client("s3", endpoint_url=self.endpoint_url, config=merged, verify=self._verify)
+
+    def compatibility_checks(self, prefix: str) -> list[StoreCheck]:
+        from cloudkeep.storage.s3_checks import s3_checks
+
+        return s3_checks(self, prefix)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Store:
@@ -422,7 +439,12 @@ class S3Store(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self.prefix + prefix,
+                PaginationConfig={"PageSize": self._page_size},
+            )
+            for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix) :]
                     yield ObjectInfo(key, int(item["Size"]), item.get("LastModified"), item.get("ETag"))

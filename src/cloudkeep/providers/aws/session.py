@@ -148,6 +148,7 @@ class AwsSession:
         self.endpoint_url: str | None = options.get("endpoint_url") or None
         self.sts_endpoint_url: str | None = options.get("sts_endpoint_url") or self.endpoint_url
         self.ca_bundle: str | None = options.get("ca_bundle") or None
+        self.store_tuning = {k: int(options[k]) for k in ("list_page_size",) if k in options}
         self.checksums = checksum_settings(
             self.endpoint_url,
             options.get("request_checksum_calculation"),
@@ -216,7 +217,7 @@ class AwsSession:
     def store_options(self) -> dict[str, Any]:
         """Options for ``open_store("s3://…")`` with this session's credentials."""
         creds = self._session.get_credentials()
-        options: dict[str, Any] = {"region": self.region, **self.checksums}
+        options: dict[str, Any] = {"region": self.region, **self.checksums, **self.store_tuning}
         if self.endpoint_url:
             options["endpoint_url"] = self.endpoint_url
         if self.ca_bundle:

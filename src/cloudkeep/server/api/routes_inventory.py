@@ -24,6 +24,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryCreate,
     RepositoryView,
     SessionStarted,
+    StoreVerification,
 )
 
 router = APIRouter()
@@ -83,6 +84,11 @@ def check_repository(
     ctx: Ctx, _: Admin, ref: str, read_data_subset: Annotated[float | None, Query(gt=0, le=1)] = None
 ) -> RepositoryCheck:
     return repositories.check_repository(ctx, ref, read_data_subset=read_data_subset)
+
+
+@router.post("/repositories/{ref}/verify", tags=["repositories"])
+def verify_store(ctx: Ctx, _: Admin, ref: str) -> StoreVerification:
+    return repositories.verify_store(ctx, ref)
 
 
 @router.get("/protection-groups", tags=["protection groups"])

@@ -97,6 +97,22 @@ class RepositoryCheck(Model):
     problems: list[str]
 
 
+class StoreCheckView(Model):
+    name: str
+    ok: bool
+    detail: str
+    action: str = ""
+
+
+class StoreVerification(Model):
+    """``cloudkeep repository verify``: the store's guarantees, each checked on the store."""
+
+    repository_id: str
+    location: str
+    ok: bool
+    checks: list[StoreCheckView]
+
+
 # --- protection groups -----------------------------------------------------------------------
 
 
