@@ -69,3 +69,21 @@ def test_store_options_carry_https_and_checksum_settings(compat: AwsProvider, tl
     assert options["verify"] == str(tls_files.cert)
     assert options["request_checksum_calculation"] == "when_required"
     assert options["response_checksum_validation"] == "when_required"
+
+
+def test_http_501_and_unparseable_answers_are_not_implemented_not_retry_later() -> None:
+    from botocore.exceptions import ClientError
+    from botocore.parsers import ResponseParserError
+
+    from cloudkeep.providers.aws.session import aws_errors
+
+    not_implemented = ClientError(
+        {"Error": {"Code": "NotImplemented", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 501}},
+        "PutObjectRetention",
+    )
+    expected = pytest.raises(NotSupportedError, match="does not implement s3:PutObjectRetention")
+    with expected as raised, aws_errors("s3:PutObjectRetention", "bucket"):
+        raise not_implemented
+    assert "retry" not in str(raised.value).replace("retrying will not help", "")
+    with pytest.raises(NotSupportedError, match="HTTP 404, not an AWS response"), aws_errors("sts:X"):
+        raise ResponseParserError("Unable to parse response (status code: 404), invalid XML: b'Not Found'")
