@@ -123,7 +123,15 @@ class AzureBlobStore(ObjectStore):
             try:
                 props = self.container.get_container_properties()
             except Exception as exc:
-                self._raise(exc, "Microsoft.Storage/containers/read")
+                try:
+                    self._raise(exc, "Microsoft.Storage/containers/read")
+                except PermissionDeniedError as denied:  # a container SAS cannot read them
+                    raise PermissionDeniedError(
+                        f"{self.describe()}: cannot read the container's immutability settings "
+                        f"({denied.message})",
+                        hint="open the store with immutability=<version-level|container|''> (the server "
+                        "passes it to agents) or with a credential that may read container properties",
+                    ) from exc
             if getattr(props, "immutable_storage_with_versioning_enabled", False):
                 self._immutability = "version-level"
             elif getattr(props, "has_immutability_policy", False):
@@ -299,7 +307,8 @@ class AzureBlobStore(ObjectStore):
         try:
             for item in self.container.list_blobs(
                 name_starts_with=self.prefix + prefix,
-                include=["metadata", "immutabilitypolicy"] if self.immutability else ["metadata"],
+                # Only where the mode is already known: listing must not need container properties.
+                include=["metadata", "immutabilitypolicy"] if self._immutability else ["metadata"],
             ):
                 yield ObjectInfo(
                     item.name[len(self.prefix) :],
@@ -334,7 +343,7 @@ class AzureBlobStore(ObjectStore):
         except ResourceNotFoundError:
             return
         except HttpResponseError as exc:
-            if exc.status_code == 409 and self.lock_is_enforced:
+            if exc.status_code == 409 and self._immutability:
                 raise ObjectLockedError(
                     f"{self.describe()}/{key}: delete refused (immutability policy)"
                 ) from exc
