@@ -47,6 +47,7 @@ from cloudkeep.storage.base import (
 from cloudkeep.storage.conformance import StoreCheck
 from cloudkeep.storage.s3_compat import (
     checksum_settings,
+    config_args,
     is_not_implemented,
     response_checksum_echoed,
     unparseable_answer,
@@ -124,7 +125,7 @@ class S3Store(ObjectStore):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
-            **checksums,  # type: ignore[arg-type]
+            **config_args(checksums),  # type: ignore[arg-type]
         )
         session = boto3.session.Session(
             aws_access_key_id=aws_access_key_id,
@@ -139,11 +140,11 @@ class S3Store(ObjectStore):
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
 
-    def client_with(self, **config: Any) -> Any:
+    def client_with(self, **config: str) -> Any:
         """Another client for the same store with some botocore settings changed (for checks)."""
         from botocore.config import Config
 
-        merged = self._config.merge(Config(**config))
+        merged = self._config.merge(Config(**config_args(config)))  # type: ignore[arg-type]
         return self._session.client("s3", endpoint_url=self.endpoint_url, config=merged, verify=self._verify)
 
     def compatibility_checks(self, prefix: str) -> list[StoreCheck]:

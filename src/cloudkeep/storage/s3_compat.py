@@ -41,6 +41,14 @@ def checksum_settings(
     return settings
 
 
+def config_args(settings: dict[str, str]) -> dict[str, str]:
+    """The settings as botocore ``Config`` arguments, where this botocore knows them (≥ 1.36; older
+    versions never frame uploads, and cloudkeep's own Content-MD5 still applies)."""
+    from botocore.config import Config
+
+    return {k: v for k, v in settings.items() if k in Config.OPTION_DEFAULTS}
+
+
 def http_status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 

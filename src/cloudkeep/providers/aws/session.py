@@ -41,7 +41,7 @@ from cloudkeep.errors import (
     PermissionDeniedError,
     UnreachableError,
 )
-from cloudkeep.storage.s3_compat import checksum_settings, is_not_implemented, unparseable_answer
+from cloudkeep.storage.s3_compat import checksum_settings, config_args, is_not_implemented, unparseable_answer
 
 _AUTH_CODES = {
     "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
@@ -159,7 +159,7 @@ class AwsSession:
             connect_timeout=float(options.get("connect_timeout", 5)),
             read_timeout=float(options.get("read_timeout", 60)),
             signature_version="v4",
-            **self.checksums,  # type: ignore[arg-type]
+            **config_args(self.checksums),  # type: ignore[arg-type]
         )
         self.credential = dict(credential)
         self._session = self._base_session()
