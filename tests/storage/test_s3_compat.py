@@ -200,3 +200,20 @@ def test_failed_abort_of_multipart_is_reported(
     with pytest.raises(UnreachableError, match="stay stored and billed") as raised:
         store.put("big", os.urandom(11 * 2**20))
     assert "abort-multipart-upload" in str(raised.value)
+
+
+def test_object_lock_puts_carry_an_explicit_checksum(
+    standin: S3CompatStandin, tls_files: TlsFiles, unique_name: str, tmp_path: Path
+) -> None:
+    """Without botocore's flexible checksums, locked PUTs (and their parts) still carry Content-MD5."""
+    ca = str(tls_files.cert)
+    _bucket(standin.endpoint, ca, unique_name, lock=True)
+    store = open_store(f"s3://{unique_name}", **_options(standin.endpoint, ca))
+    until = datetime.now(UTC) + timedelta(days=1)
+    store.put("snap", b"restore point", retain_until=until)
+    staged = tmp_path / "pack"
+    staged.write_bytes(os.urandom(11 * 2**20))
+    store.put_file("pack", str(staged), retain_until=until)
+    locked = [h for path, h in standin.uploads if path.count("/") > 1]
+    assert len(locked) >= 4 and all("content-md5" in h for h in locked)
+    assert store.stat("snap").retain_until is not None  # type: ignore[union-attr]
