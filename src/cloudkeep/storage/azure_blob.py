@@ -67,6 +67,7 @@ class AzureBlobStore(ObjectStore):
         retry_total: int = 5,
         connection_timeout: float = 10.0,
         connection_verify: bool | str = True,
+        list_page_size: int | None = None,
     ) -> None:
         if not container:
             raise ConfigurationError("Azure URL needs a container: azure://container/optional/prefix")
@@ -100,6 +101,7 @@ class AzureBlobStore(ObjectStore):
             "version-level" if immutability is True else "" if immutability is False else immutability
         )
         self.max_concurrency = max_concurrency
+        self.list_page_size = list_page_size  # None: the service's default page (5000 blobs)
         self.container = service.get_container_client(container)
         self._service = service
 
@@ -307,6 +309,7 @@ class AzureBlobStore(ObjectStore):
         try:
             for item in self.container.list_blobs(
                 name_starts_with=self.prefix + prefix,
+                results_per_page=self.list_page_size,
                 # Only where the mode is already known: listing must not need container properties.
                 include=["metadata", "immutabilitypolicy"] if self._immutability else ["metadata"],
             ):
