@@ -71,3 +71,8 @@ def incomplete_restore(what: str, errors: list[str], *, shown: int = 5) -> Resto
         hint="everything else was restored; names a restore point may not hold (.., '/', links "
         "out of the target) are refused on purpose: check the machine that wrote it",
     )
+
+
+class NotSupportedError(ConfigurationError):
+    """The peer does not implement what was asked (HTTP 501, an S3-compatible store without STS
+    or Object Lock): retrying will not help; the message names the missing feature."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudkeep.errors import AuthenticationError, ConflictError, NotFoundError
+from cloudkeep.errors import AuthenticationError, ConflictError, IntegrityError, NotFoundError
 from cloudkeep.repo import Repository
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD
@@ -64,3 +64,27 @@ def test_nothing_stored_in_plaintext(store: ObjectStore, tmp_path) -> None:  # t
     for info in store.list():
         data = store.get(info.key)
         assert b"TOP-SECRET-MARKER" not in data and b"secret.txt" not in data, info.key
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"5;chunk-signature\r\n{...", b"[1, 2]", b'{"kdf": "scrypt"}', b'{"kdf": "scrypt", "n": 1024, '
+     b'"r": 8, "p": 1, "salt": "***", "data": "AA"}'],
+)  # fmt: skip
+def test_damaged_key_file_is_damage_not_a_wrong_password(store: ObjectStore, damage: bytes) -> None:
+    Repository.create(store, PASSWORD, kdf=FAST_KDF)
+    (key,) = [info.key for info in store.list("keys/")]
+    store.put(key, damage)
+    with pytest.raises(IntegrityError, match="damaged") as raised:
+        Repository.open(store, PASSWORD)
+    assert "wrong password" not in raised.value.message
+
+
+def test_wrong_password_names_damaged_key_files(store: ObjectStore) -> None:
+    repo = Repository.create(store, PASSWORD, kdf=FAST_KDF)
+    repo.add_password("second", kdf=FAST_KDF)
+    damaged = sorted(info.key for info in store.list("keys/"))[0]
+    store.put(damaged, b"not json")
+    with pytest.raises(AuthenticationError, match="wrong password") as raised:
+        Repository.open(store, "neither")
+    assert damaged in str(raised.value) and "damaged" in str(raised.value)

@@ -44,6 +44,11 @@ class FaultProxy:
         with self._lock:
             self._faults.extend(Fault(status, body, dict(headers or {})) for _ in range(count))
 
+    def clear(self) -> None:
+        """Forget the faults not yet injected."""
+        with self._lock:
+            self._faults.clear()
+
     def _next_fault(self) -> Fault | None:
         with self._lock:
             self.requests += 1

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.tls import TlsFiles, make_self_signed
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Well-known Azurite development account (public, documented by Microsoft).
@@ -104,19 +106,25 @@ def _spawn(peer: Peer, argv: list[str], env: dict[str, str] | None = None, user:
 @dataclass
 class MotoServer(Peer):
     port: int = 0
+    tls: TlsFiles | None = None  # serving HTTPS with this self-signed certificate
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, *, auth: bool = False) -> MotoServer:
-        peer = cls(name="moto", workdir=Path(tempfile.mkdtemp(prefix="ck-moto-")), port=free_port())
+    def start(cls, *, auth: bool = False, tls: bool = False) -> MotoServer:
+        workdir = Path(tempfile.mkdtemp(prefix="ck-moto-"))
+        peer = cls(name="moto", workdir=workdir, port=free_port())
         env = dict(os.environ)
         if auth:
             env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "false"
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-        _spawn(peer, [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(peer.port)], env=env)
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(peer.port)]
+        if tls:
+            peer.tls = make_self_signed(workdir / "tls")
+            argv += ["-c", str(peer.tls.cert), "-k", str(peer.tls.key)]
+        _spawn(peer, argv, env=env)
         try:
             wait_until(
                 lambda: port_open(peer.port) or peer.process.poll() is not None,
@@ -135,25 +143,29 @@ class MotoServer(Peer):
 class Azurite(Peer):
     blob_port: int = 0
     queue_port: int = 0
+    tls: TlsFiles | None = None  # serving HTTPS with this self-signed certificate
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
         )
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT}"
 
     @property
     def queue_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT}"
 
     @classmethod
-    def start(cls) -> Azurite:
+    def start(cls, *, tls: bool = False) -> Azurite:
         binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
         if not binary.exists():
             raise PeerError(f"Azurite is not installed at {binary}: run `make test-env` (npm install)")
@@ -166,6 +178,9 @@ class Azurite(Peer):
             "--queueHost", "127.0.0.1", "--queuePort", str(peer.queue_port),
             "--tableHost", "127.0.0.1", "--tablePort", str(free_port()),
         ]  # fmt: skip
+        if tls:
+            peer.tls = make_self_signed(workdir / "tls")
+            argv += ["--cert", str(peer.tls.cert), "--key", str(peer.tls.key)]
         _spawn(peer, argv)
         wait_until(
             lambda: (

@@ -7,12 +7,14 @@ import sys
 
 import typer
 from pydantic import SecretStr
+from rich.table import Table
 
 from cloudkeep.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
     client,
+    console,
     parse_pairs,
     print_json,
     render_object,
@@ -145,6 +147,27 @@ def repair(
         result = c.repair_repository(ref, request)
     render_object(result, as_json, title="Repository repair")
     if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+) -> None:
+    """Certify the repository's store: what works, and what cloudkeep does about each gap."""
+    with client(ctx) as c:
+        result = c.verify_store(ref)
+    if as_json:
+        print_json(result)
+    else:
+        table = Table(title=f"Store checks for {result.location}")
+        for column in ("check", "result", "seen", "what cloudkeep does"):
+            table.add_column(column, overflow="fold")
+        for check in result.checks:
+            mark = "[green]ok[/green]" if check.ok else "[red]FAILS[/red]"
+            table.add_row(check.name, mark, check.detail, check.action)
+        console().print(table)
+    if not result.ok:
         raise typer.Exit(1)
 
 

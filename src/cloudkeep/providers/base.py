@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.storage.base import ObjectStore
+from cloudkeep.storage.conformance import StoreCheck
 
 
 class Platform(StrEnum):
@@ -217,6 +218,10 @@ class StorageService(ABC):
     @abstractmethod
     def scoped_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
         """Credentials that can read the repository and write only under ``prefix``."""
+
+    def compatibility_checks(self, location: str) -> list[StoreCheck]:
+        """Provider-side checks for ``cloudkeep repository verify`` (e.g. how agents get credentials)."""
+        return []
 
 
 class CloudProvider(ABC):

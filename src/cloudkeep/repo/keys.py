@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cloudkeep.errors import AuthenticationError, IntegrityError, NotFoundError
 from cloudkeep.repo.crypto import KdfParams, MasterKey, unwrap_master_key, wrap_master_key
-from cloudkeep.storage.base import ObjectStore
+from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
 KEYS_PREFIX = "keys/"
 
@@ -26,7 +26,11 @@ def write_key_file(store: ObjectStore, master: MasterKey, password: str, kdf: Kd
 
 
 def open_with_password(store: ObjectStore, password: str) -> tuple[str, MasterKey]:
-    """Try every key file; return the one the password opens and the master key."""
+    """Try every key file; return the one the password opens and the master key.
+
+    A key file that cannot be read as one (not JSON, missing fields, bad encoding) is damage,
+    not a wrong password: when nothing opens, the error says which files are damaged.
+    """
     keys = [info.key for info in store.list(KEYS_PREFIX)]
     if not keys:
         raise NotFoundError(
@@ -34,20 +38,36 @@ def open_with_password(store: ObjectStore, password: str) -> tuple[str, MasterKe
             hint="initialise it first (`cloudkeep repo init`) or check the URL/prefix",
         )
 
-    def attempt(key: str) -> MasterKey | None:
+    def attempt(key: str) -> MasterKey | str | None:
+        """The master key, a description of the damage, or ``None`` for a wrong password."""
         try:
-            body = json.loads(store.get(key))
-        except ValueError:
-            return None
+            raw = store.get(key)
+        except ObjectNotFoundError:
+            return None  # replaced meanwhile by a password change
         try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
             return unwrap_master_key(body, password)
-        except (AuthenticationError, IntegrityError, KeyError):
+        except AuthenticationError:
             return None
+        except (ValueError, KeyError, TypeError, IntegrityError) as exc:  # binascii.Error is a ValueError
+            return f"{key}: {type(exc).__name__}: {str(exc)[:80]}"
 
+    damaged: list[str] = []
     with ThreadPoolExecutor(max_workers=min(4, len(keys))) as pool:
-        for key, master in zip(keys, pool.map(attempt, keys), strict=True):
-            if master is not None:
-                return key, master
-    raise AuthenticationError(
-        f"wrong password for repository {store.describe()}", hint="check the password or use another key"
-    )
+        for key, outcome in zip(keys, pool.map(attempt, keys), strict=True):
+            if isinstance(outcome, MasterKey):
+                return key, outcome
+            if isinstance(outcome, str):
+                damaged.append(outcome)
+    if len(damaged) == len(keys):
+        raise IntegrityError(
+            f"repository {store.describe()}: every key file is damaged ({'; '.join(damaged)})",
+            hint="this is damage, not a wrong password: restore keys/ from a copy, and check the store "
+            "with `cloudkeep repository verify` (some S3-compatible stores keep upload framing as data)",
+        )
+    hint = "check the password or use another key"
+    if damaged:
+        hint += f"; {len(damaged)} damaged key file(s) could not be tried: {'; '.join(damaged)}"
+    raise AuthenticationError(f"wrong password for repository {store.describe()}", hint=hint)

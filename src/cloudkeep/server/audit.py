@@ -18,6 +18,7 @@ SECRET_KEYS = frozenset(
         "token",
         "secret_access_key",
         "aws_secret_access_key",
+        "agent_secret_access_key",
         "aws_session_token",
         "session_token",
         "client_secret",

@@ -46,6 +46,7 @@ from cloudkeep.server.services.schemas import (
     ServerInfo,
     SessionDetail,
     SessionView,
+    StoreVerification,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -98,6 +99,8 @@ class Client(ABC):
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck: ...
     @abstractmethod
     def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair: ...
+    @abstractmethod
+    def verify_store(self, ref: str) -> StoreVerification: ...
 
     # protection groups and machines
     @abstractmethod
@@ -333,6 +336,9 @@ class HttpClient(Client):
 
     def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
         return self._send("POST", f"/repositories/{ref}/repair", RepositoryRepair, wire(request))
+
+    def verify_store(self, ref: str) -> StoreVerification:
+        return self._send("POST", f"/repositories/{ref}/verify", StoreVerification)
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

@@ -48,6 +48,7 @@ from cloudkeep.server.services.schemas import (
     ServerInfo,
     SessionDetail,
     SessionView,
+    StoreVerification,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -113,6 +114,9 @@ class EmbeddedClient(Client):
 
     def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
         return repositories.repair_repository(self.ctx, ref, request, actor=self.actor)
+
+    def verify_store(self, ref: str) -> StoreVerification:
+        return repositories.verify_store(self.ctx, ref)
 
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:

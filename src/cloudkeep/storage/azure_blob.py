@@ -3,12 +3,21 @@
 Large objects are uploaded as staged blocks by the SDK (``max_single_put_size``); create-only
 writes use ``If-None-Match: *``.
 
-Immutability: Azurite implements no immutability policies, so by default ``retain_until`` is a
-*stand-in*: the date is stored in the blob's metadata and this backend refuses to delete or
-overwrite the blob before then. That protects against cloudkeep's own prune and mistakes, NOT
-against someone holding the account key. With ``immutability=True`` (a real account with
-version-level immutability enabled on the container) the blob gets a real time-based
-``immutability_policy`` that Azure itself enforces.
+Immutability follows the container's settings, read from its properties on first need
+(``immutability=None``, the default):
+
+- *version-level immutability* enabled: each blob written with ``retain_until`` gets a locked
+  time-based immutability policy that Azure itself enforces (no SAS, not even the account key,
+  can delete or overwrite it before then); extending sets a longer policy;
+- a *container-level WORM* policy: Azure protects every blob for the container's retention
+  period; ``retain_until`` is recorded in metadata for reporting only;
+- neither (and Azurite, which has no immutability): ``retain_until`` is a *stand-in* kept in the
+  blob's metadata, which this backend honours but anyone holding a SAS with write/delete can
+  change. ``lock_is_enforced`` tells which.
+
+``immutability`` may also name the mode (``version-level``, ``container``, ``""``): the server
+reads the container's settings and passes the mode to agents, whose container SAS cannot read
+container properties. ``True`` / ``False`` force version-level policies or the stand-in.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from cloudkeep.storage.base import (
 )
 
 _RETAIN_KEY = "retain_until"
+_MODES = ("version-level", "container", "")
 
 
 @register_backend("azure")
@@ -49,13 +59,15 @@ class AzureBlobStore(ObjectStore):
         connection_string: str | None = None,
         account_url: str | None = None,
         credential: Any = None,
-        immutability: bool = False,
+        immutability: bool | str | None = None,
         max_single_put_size: int = 64 * 2**20,
         max_block_size: int = 8 * 2**20,
         max_get_size: int = 8 * 2**20,
         max_concurrency: int = 4,
         retry_total: int = 5,
         connection_timeout: float = 10.0,
+        connection_verify: bool | str = True,
+        list_page_size: int | None = None,
     ) -> None:
         if not container:
             raise ConfigurationError("Azure URL needs a container: azure://container/optional/prefix")
@@ -70,6 +82,7 @@ class AzureBlobStore(ObjectStore):
             "max_chunk_get_size": max_get_size,
             "retry_total": retry_total,
             "connection_timeout": connection_timeout,
+            "connection_verify": connection_verify,  # False, or a CA bundle path for a private CA
         }
         if connection_string:
             service = BlobServiceClient.from_connection_string(connection_string, **options)
@@ -82,8 +95,13 @@ class AzureBlobStore(ObjectStore):
             )
         self.container_name = container
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.immutability = immutability
+        if immutability not in (True, False, None, *_MODES):
+            raise ConfigurationError(f"immutability must be one of {', '.join(_MODES)}, not {immutability!r}")
+        self._immutability: str | None = (
+            "version-level" if immutability is True else "" if immutability is False else immutability
+        )
         self.max_concurrency = max_concurrency
+        self.list_page_size = list_page_size  # None: the service's default page (5000 blobs)
         self.container = service.get_container_client(container)
         self._service = service
 
@@ -94,6 +112,40 @@ class AzureBlobStore(ObjectStore):
 
     def describe(self) -> str:
         return f"azure://{self.container_name}/{self.prefix}".rstrip("/")
+
+    @property
+    def immutability(self) -> bool:
+        """Blobs get real, Azure-enforced time-based immutability policies (version-level)."""
+        return self.immutability_mode == "version-level"
+
+    @property
+    def immutability_mode(self) -> str:
+        """``version-level``, ``container`` (WORM policy on the container) or ``""`` (stand-in)."""
+        if self._immutability is None:
+            try:
+                props = self.container.get_container_properties()
+            except Exception as exc:
+                try:
+                    self._raise(exc, "Microsoft.Storage/containers/read")
+                except PermissionDeniedError as denied:  # a container SAS cannot read them
+                    raise PermissionDeniedError(
+                        f"{self.describe()}: cannot read the container's immutability settings "
+                        f"({denied.message})",
+                        hint="open the store with immutability=<version-level|container|''> (the server "
+                        "passes it to agents) or with a credential that may read container properties",
+                    ) from exc
+            if getattr(props, "immutable_storage_with_versioning_enabled", False):
+                self._immutability = "version-level"
+            elif getattr(props, "has_immutability_policy", False):
+                self._immutability = "container"
+            else:
+                self._immutability = ""
+        return self._immutability
+
+    @property
+    def lock_is_enforced(self) -> bool:
+        """Azure itself enforces retention (not only this backend's metadata stand-in)."""
+        return self.immutability_mode != ""
 
     @property
     def supports_object_lock(self) -> bool:
@@ -119,6 +171,12 @@ class AzureBlobStore(ObjectStore):
                     f"{where}: container does not exist", hint="create it or fix the URL"
                 ) from exc
             raise ObjectNotFoundError(f"{where}: object does not exist") from exc
+        code = getattr(exc, "error_code", None) or ""
+        if "Immutab" in str(code):
+            raise ObjectLockedError(
+                f"{where}: refused by an immutability policy ({code})",
+                hint="blobs under immutability cannot be deleted or overwritten before their retention ends",
+            ) from exc
         if isinstance(exc, (ResourceExistsError, ResourceModifiedError)):
             raise ObjectExistsError(f"{where}: already exists") from exc
         if isinstance(exc, ClientAuthenticationError) or (
@@ -171,13 +229,14 @@ class AzureBlobStore(ObjectStore):
         elif (until := self._retained(key)) is not None:
             raise ObjectLockedError(f"{self.describe()}/{key} is retained until {until:%Y-%m-%d %H:%M}")
         if retain_until is not None:
-            kwargs["metadata"] = {_RETAIN_KEY: retain_until.astimezone(UTC).isoformat()}
             if self.immutability:
                 from azure.storage.blob import ImmutabilityPolicy
 
                 kwargs["immutability_policy"] = ImmutabilityPolicy(
-                    expiry_time=retain_until, policy_mode="Locked"
+                    expiry_time=retain_until.astimezone(UTC), policy_mode="Locked"
                 )
+            else:
+                kwargs["metadata"] = {_RETAIN_KEY: retain_until.astimezone(UTC).isoformat()}
         try:
             blob.upload_blob(body, length=length, **kwargs)
         except Exception as exc:
@@ -230,30 +289,36 @@ class AzureBlobStore(ObjectStore):
             return None
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/read", key)
-        return ObjectInfo(key, props.size, props.last_modified, props.etag, _retain_from(props.metadata))
+        return ObjectInfo(key, props.size, props.last_modified, props.etag, _retain_from(props))
 
     def _set_retention(self, key: str, until: datetime) -> None:
         blob = self.container.get_blob_client(self.prefix + key)
         try:
-            if self.immutability:
+            if self.immutability:  # metadata of a locked blob cannot change: the policy is the record
                 from azure.storage.blob import ImmutabilityPolicy
 
-                blob.set_immutability_policy(ImmutabilityPolicy(expiry_time=until, policy_mode="Locked"))
-            blob.set_blob_metadata({_RETAIN_KEY: until.astimezone(UTC).isoformat()})
+                policy = ImmutabilityPolicy(expiry_time=until.astimezone(UTC), policy_mode="Locked")
+                blob.set_immutability_policy(policy)
+            elif self.immutability_mode == "":
+                blob.set_blob_metadata({_RETAIN_KEY: until.astimezone(UTC).isoformat()})
+            # a container WORM policy protects every blob for its own period: nothing per blob
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/immutabilityPolicies/write", key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
             for item in self.container.list_blobs(
-                name_starts_with=self.prefix + prefix, include=["metadata"]
+                name_starts_with=self.prefix + prefix,
+                results_per_page=self.list_page_size,
+                # Only where the mode is already known: listing must not need container properties.
+                include=["metadata", "immutabilitypolicy"] if self._immutability else ["metadata"],
             ):
                 yield ObjectInfo(
                     item.name[len(self.prefix) :],
                     item.size,
                     item.last_modified,
                     item.etag,
-                    _retain_from(item.metadata),
+                    _retain_from(item),
                 )
         except Exception as exc:
             self._raise(exc, "Microsoft.Storage/blobs/read (list)", prefix)
@@ -281,7 +346,7 @@ class AzureBlobStore(ObjectStore):
         except ResourceNotFoundError:
             return
         except HttpResponseError as exc:
-            if exc.status_code == 409 and self.immutability:
+            if exc.status_code == 409 and self._immutability:
                 raise ObjectLockedError(
                     f"{self.describe()}/{key}: delete refused (immutability policy)"
                 ) from exc
@@ -293,8 +358,13 @@ class AzureBlobStore(ObjectStore):
         self._service.close()
 
 
-def _retain_from(metadata: dict[str, str] | None) -> datetime | None:
-    value = (metadata or {}).get(_RETAIN_KEY)
+def _retain_from(props: Any) -> datetime | None:
+    """A real immutability policy's expiry, else the stand-in date in the metadata."""
+    policy = getattr(props, "immutability_policy", None)
+    if policy is not None and policy.expiry_time is not None:
+        expiry: datetime = policy.expiry_time
+        return expiry if expiry.tzinfo else expiry.replace(tzinfo=UTC)
+    value = (getattr(props, "metadata", None) or {}).get(_RETAIN_KEY)
     if not value:
         return None
     try:

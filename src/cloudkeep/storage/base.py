@@ -8,6 +8,7 @@ registered by URL scheme (``file``, ``s3``, ``azure``, ``memory``) and opened wi
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -15,10 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlparse
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+
+if TYPE_CHECKING:
+    from cloudkeep.storage.conformance import StoreCheck
 
 
 class RangeStream(Protocol):
@@ -67,6 +71,7 @@ class ObjectStore(ABC):
     """Keys are ``/``-separated relative paths under the store's root (bucket + optional prefix)."""
 
     scheme: ClassVar[str]
+    list_page_size: int | None = None  # keys per listing request where the store pages them
 
     @abstractmethod
     def put(
@@ -165,6 +170,11 @@ class ObjectStore(ABC):
             if "/" in rest:
                 found.add(prefix + rest.split("/", 1)[0] + "/")
         return tuple(sorted(found))
+
+    def compatibility_checks(self, prefix: str) -> builtins.list[StoreCheck]:
+        """Checks of this backend's own features (multipart, object lock, checksum framing) that
+        ``cloudkeep repository verify`` runs after the generic ones; writes only under ``prefix``."""
+        return []
 
     def describe(self) -> str:
         """A human-readable location for messages (``s3://bucket/prefix``)."""

@@ -4,23 +4,37 @@ Big objects go up as multipart uploads; throttling and 5xx are retried by botoco
 retry mode with backoff. Create-only writes use ``If-None-Match: *``. Retention uses Object Lock
 (the bucket must have been created with it); it is read back from ``head_object`` because some
 S3 implementations (moto) lack ``get_object_retention``.
+
+Every upload is checked against what the store says it holds, at no extra request where the
+store echoes a checksum or an MD5 ETag (a HEAD for the size otherwise): a store that kept
+aws-chunked framing as data fails the backup instead of leaving a damaged object behind.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
+from botocore.parsers import ResponseParserError
 
-from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import (
+    ConfigurationError,
+    IntegrityError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+    UnreachableError,
+)
 from cloudkeep.storage.base import (
     ObjectExistsError,
     ObjectInfo,
@@ -29,6 +43,14 @@ from cloudkeep.storage.base import (
     ObjectStore,
     RangeStream,
     register_backend,
+)
+from cloudkeep.storage.conformance import StoreCheck
+from cloudkeep.storage.s3_compat import (
+    checksum_settings,
+    config_args,
+    is_not_implemented,
+    response_checksum_echoed,
+    unparseable_answer,
 )
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -41,6 +63,9 @@ _DENIED = {
     "SignatureDoesNotMatch",
 }
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+# The only answers that mean "this bucket has no Object Lock": anything else (denied, throttled,
+# unreachable) must not silently turn ``retain_until`` off.
+_NO_LOCK = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 
 @register_backend("s3")
@@ -67,6 +92,10 @@ class S3Store(ObjectStore):
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         max_pool_connections: int = 16,
+        request_checksum_calculation: str | None = None,
+        response_checksum_validation: str | None = None,
+        verify: bool | str | None = None,
+        list_page_size: int = 1000,
     ) -> None:
         if not bucket:
             raise ConfigurationError("S3 URL needs a bucket: s3://bucket/optional/prefix")
@@ -85,11 +114,18 @@ class S3Store(ObjectStore):
         import boto3  # imported on first use: keeps processes that never touch S3 small
         from botocore.config import Config
 
+        checksums = checksum_settings(
+            endpoint_url, request_checksum_calculation, response_checksum_validation
+        )
+        # Without botocore's flexible checksums, cloudkeep sends Content-MD5 itself: the store
+        # checks the body, its ETag echoes it, and Object Lock PUTs carry the checksum they need.
+        self.send_md5 = checksums["request_checksum_calculation"] == "when_required"
         config = Config(
             retries={"max_attempts": max_attempts, "mode": "adaptive"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
+            **config_args(checksums),  # type: ignore[arg-type]
         )
         session = boto3.session.Session(
             aws_access_key_id=aws_access_key_id,
@@ -97,9 +133,24 @@ class S3Store(ObjectStore):
             aws_session_token=aws_session_token,
             region_name=region,
         )
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.endpoint_url = endpoint_url
+        self.list_page_size = self._page_size = list_page_size
+        self._session, self._config, self._verify = session, config, verify
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config, verify=verify)
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
+
+    def client_with(self, **config: str) -> Any:
+        """Another client for the same store with some botocore settings changed (for checks)."""
+        from botocore.config import Config
+
+        merged = self._config.merge(Config(**config_args(config)))  # type: ignore[arg-type]
+        return self._session.client("s3", endpoint_url=self.endpoint_url, config=merged, verify=self._verify)
+
+    def compatibility_checks(self, prefix: str) -> list[StoreCheck]:
+        from cloudkeep.storage.s3_checks import s3_checks
+
+        return s3_checks(self, prefix)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Store:
@@ -120,6 +171,11 @@ class S3Store(ObjectStore):
             ) from exc
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
+            if is_not_implemented(exc):
+                raise NotSupportedError(
+                    f"{self.describe()}: the endpoint does not implement {action} (HTTP 501 {code})",
+                    hint="this store lacks the feature; `cloudkeep repository verify` lists what works",
+                ) from exc
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(f"{where}: object does not exist") from exc
             if code == "NoSuchBucket":
@@ -134,6 +190,12 @@ class S3Store(ObjectStore):
                     hint="grant this permission to the credentials in use",
                 ) from exc
             raise UnreachableError(f"{where}: {action} failed: {code} {exc}") from exc
+        if isinstance(exc, ResponseParserError):
+            raise NotSupportedError(
+                f"{self.describe()}: the endpoint answered {action} with {unparseable_answer(exc)}, "
+                "not an S3 response",
+                hint="check the endpoint URL; the store may not implement this operation",
+            ) from exc
         if isinstance(exc, BotoCoreError):
             raise UnreachableError(f"{self.describe()}: {action} failed: {exc}") from exc
         raise exc
@@ -149,9 +211,12 @@ class S3Store(ObjectStore):
                     self._lock_enabled = (
                         conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
                     )
-                except ClientError:
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+                    if code not in _NO_LOCK and not is_not_implemented(exc):
+                        self._raise(exc, "s3:GetBucketObjectLockConfiguration")
                     self._lock_enabled = False
-                except BotoCoreError as exc:
+                except Exception as exc:
                     self._raise(exc, "s3:GetBucketObjectLockConfiguration")
             return self._lock_enabled
 
@@ -172,11 +237,45 @@ class S3Store(ObjectStore):
             view = memoryview(data)
             self._put_multipart(key, len(data), lambda start, n: bytes(view[start : start + n]), extra)
             return
+        body = data if isinstance(data, bytes) else bytes(data)
+        md5 = self._md5(body, bool(extra.get("ObjectLockMode")))
+        if md5 is not None:
+            extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
         try:
-            body = data if isinstance(data, bytes) else bytes(data)
-            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
+            response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
+        self._verify_stored(key, len(body), md5.hexdigest() if md5 else None, response)
+
+    def _md5(self, data: bytes, locked: bool) -> Any:
+        """The body's MD5 when cloudkeep sends Content-MD5 itself (custom endpoints, locked PUTs)."""
+        if not (self.send_md5 or locked):
+            return None
+        return hashlib.md5(data, usedforsecurity=False)
+
+    def _verify_stored(self, key: str, size: int, md5_hex: str | None, response: Mapping[str, Any]) -> None:
+        """Fail the write if the store does not hold what was sent.
+
+        Free when the store echoes a flexible checksum (it decoded and checked the body) or an
+        ETag equal to the body's MD5; otherwise one HEAD compares the size, which catches a store
+        that kept aws-chunked framing (or anything else) as the object's bytes.
+        """
+        if response_checksum_echoed(response):
+            return
+        if md5_hex is not None and str(response.get("ETag", "")).strip('"') == md5_hex:
+            return
+        info = self.stat(key)
+        if info is not None and info.size == size:
+            return
+        held = "nothing" if info is None else f"{info.size} bytes"
+        with contextlib.suppress(Exception):  # best effort: a damaged object must not pass as data
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        raise IntegrityError(
+            f"bucket {self.bucket}, key {self.prefix}{key}: the store holds {held} where {size} were "
+            "sent: it did not store the upload as sent (e.g. it kept aws-chunked framing as data)",
+            hint="use request_checksum_calculation=when_required for this store "
+            "(the default for custom endpoints); `cloudkeep repository verify` checks it",
+        )
 
     def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
         """Straight from the staging file: one streamed PUT up to ``multipart_threshold`` (S3 bills
@@ -184,14 +283,18 @@ class S3Store(ObjectStore):
         try:
             size = os.path.getsize(path)
             if size <= self.multipart_threshold:
+                extra = self._lock_args(retain_until)
+                md5 = _file_md5(path) if self.send_md5 or extra else None
+                if md5 is not None:
+                    extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
                 with open(path, "rb") as body:  # botocore rewinds it for checksums and retries
                     try:
-                        self.client.put_object(
-                            Bucket=self.bucket, Key=self.prefix + key, Body=body, ContentLength=size,
-                            **self._lock_args(retain_until),
-                        )  # fmt: skip
+                        response = self.client.put_object(
+                            Bucket=self.bucket, Key=self.prefix + key, Body=body, ContentLength=size, **extra
+                        )
                     except Exception as exc:
                         self._raise(exc, "s3:PutObject", key)
+                self._verify_stored(key, size, md5.hexdigest() if md5 else None, response)
                 return
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -214,11 +317,18 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
 
+        locked = bool(extra.get("ObjectLockMode"))
+        digests: dict[int, bytes] = {}
+
         def upload(number: int) -> dict[str, Any]:
             body = read((number - 1) * self.multipart_chunk, self.multipart_chunk)
+            md5 = self._md5(body, locked)
+            checksum: dict[str, Any] = {"ContentMD5": base64.b64encode(md5.digest()).decode()} if md5 else {}
             resp = self.client.upload_part(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body, **checksum
             )
+            if md5 is not None:
+                digests[number] = md5.digest()
             return {"PartNumber": number, "ETag": resp["ETag"]}
 
         try:
@@ -227,13 +337,37 @@ class S3Store(ObjectStore):
             with ThreadPoolExecutor(max_workers=self.multipart_concurrency) as pool:
                 parts: list[Any] = list(pool.map(upload, range(1, count + 1)))
             complete: dict[str, Any] = {"IfNoneMatch": if_none_match} if if_none_match else {}
-            self.client.complete_multipart_upload(
+            response = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **complete
             )
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            self._abort_multipart(key, upload_id, exc)
             self._raise(exc, "s3:PutObject", key)
+        # A multipart ETag is the MD5 of the parts' MD5s and "-<count>" where the store follows S3.
+        multipart_etag = None
+        if len(digests) == count:
+            joined = b"".join(digests[n] for n in range(1, count + 1))
+            multipart_etag = hashlib.md5(joined, usedforsecurity=False).hexdigest() + f"-{count}"
+        self._verify_stored(key, size, multipart_etag, response)
+
+    def _abort_multipart(self, key: str, upload_id: str, cause: Exception) -> None:
+        """Abort a failed upload; if that fails too, say so: its parts stay stored and billed."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.prefix + key, UploadId=upload_id)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
+                return  # nothing left to abort
+            abort_error: Exception = exc
+        except Exception as exc:
+            abort_error = exc
+        else:
+            return
+        raise UnreachableError(
+            f"bucket {self.bucket}, key {self.prefix}{key}: upload failed ({cause}), and aborting "
+            f"multipart upload {upload_id} failed too ({abort_error}): its parts stay stored and billed",
+            hint="abort it with `aws s3api abort-multipart-upload`, or add a lifecycle rule "
+            "AbortIncompleteMultipartUpload to the bucket",
+        ) from cause
 
     def get(self, key: str) -> bytes:
         try:
@@ -306,7 +440,12 @@ class S3Store(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self.prefix + prefix,
+                PaginationConfig={"PageSize": self._page_size},
+            )
+            for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix) :]
                     yield ObjectInfo(key, int(item["Size"]), item.get("LastModified"), item.get("ETag"))
@@ -358,6 +497,14 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _file_md5(path: str) -> Any:
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(2**20):
+            md5.update(block)
+    return md5
 
 
 def _now(like: datetime) -> datetime:

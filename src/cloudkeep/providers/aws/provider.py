@@ -4,7 +4,10 @@ Credential: ``{aws_access_key_id, aws_secret_access_key, [aws_session_token], [r
 [external_id]}`` or ``{}`` for the default credential chain. Options: ``region``, ``regions``,
 ``endpoint_url`` (all clients, for moto), ``max_attempts``, ``ssm_output_bucket``,
 ``ssm_output_prefix``, ``agent_role_arn`` (role agents' scoped credentials assume),
-``machine_credentials`` (only for labs/moto: keys handed to machines in queue connection info).
+``machine_credentials`` (only for labs/moto: keys handed to machines in queue connection info),
+``sts_endpoint_url``, ``ca_bundle``, checksum settings (see session.py). The credential may add
+``agent_access_key_id`` / ``agent_secret_access_key``: the key agents get where the endpoint
+has no STS (see providers/aws/storage.py).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
-from cloudkeep.errors import AuthenticationError, PermissionDeniedError
+from cloudkeep.errors import AuthenticationError, ConfigurationError, NotSupportedError, PermissionDeniedError
 from cloudkeep.providers.aws.commands import SsmCommandChannel
 from cloudkeep.providers.aws.inventory import Ec2Inventory
 from cloudkeep.providers.aws.queues import SqsQueueService
@@ -38,7 +42,11 @@ class AwsProvider(CloudProvider):
             poll_interval=float(options.get("ssm_poll_interval", 0.25)),
         )
         self._queues = SqsQueueService(self.session, options.get("machine_credentials"))
-        self._storage = S3StorageService(self.session, agent_role_arn=options.get("agent_role_arn"))
+        self._storage = S3StorageService(
+            self.session,
+            agent_role_arn=options.get("agent_role_arn"),
+            agent_key=_agent_key(credential, options),
+        )
 
     @property
     def inventory(self) -> Ec2Inventory:
@@ -69,7 +77,11 @@ class AwsProvider(CloudProvider):
         (``ssm:ListCommands`` for Run Command, ``sqs:ListQueues`` for queues, ``s3:ListAllMyBuckets``
         for storage). Wrong or expired keys raise AuthenticationError instead of a list.
         """
-        self.whoami()
+        missing = []
+        try:
+            self.whoami()
+        except NotSupportedError:  # an S3-compatible store without STS: the other checks still tell
+            missing.append("sts:GetCallerIdentity (not implemented at this endpoint)")
         ec2 = self.session.client("ec2")
         checks: list[tuple[str, Callable[[], Any]]] = [
             ("ec2:DescribeInstances", lambda: ec2.describe_instances(DryRun=True, MaxResults=5)),
@@ -82,7 +94,6 @@ class AwsProvider(CloudProvider):
             ("sqs:ListQueues", lambda: self.session.client("sqs").list_queues(MaxResults=1)),
             ("s3:ListAllMyBuckets", lambda: self.session.client("s3").list_buckets()),
         ]
-        missing = []
         for action, call in checks:
             try:
                 call()
@@ -95,14 +106,29 @@ class AwsProvider(CloudProvider):
                         raise error
                 except PermissionDeniedError:
                     missing.append(action)
+                except NotSupportedError:
+                    missing.append(f"{action} (not implemented at this endpoint)")
                 except AuthenticationError:
                     raise
                 except Exception:  # other failures (e.g. bad dry-run args) prove access
                     continue
+            except ResponseParserError:  # not an AWS answer: the endpoint lacks this service
+                missing.append(f"{action} (not implemented at this endpoint)")
             except BotoCoreError as error:
                 with aws_errors(action):
                     raise error
         return missing
+
+
+def _agent_key(credential: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The key agents use where the endpoint has no STS (S3-compatible stores)."""
+    key_id = credential.get("agent_access_key_id") or options.get("agent_access_key_id")
+    secret = credential.get("agent_secret_access_key") or options.get("agent_secret_access_key")
+    if not key_id and not secret:
+        return None
+    if not (key_id and secret):
+        raise ConfigurationError("an agent key needs both agent_access_key_id and agent_secret_access_key")
+    return str(key_id), str(secret)
 
 
 @register_provider("aws")

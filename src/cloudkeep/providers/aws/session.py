@@ -5,9 +5,11 @@ Credential mapping: ``{aws_access_key_id, aws_secret_access_key, [aws_session_to
 instance role). With ``role_arn`` the session first assumes that role.
 
 Options: ``region`` (default ``us-east-1``), ``regions`` (inventory default), ``endpoint_url``
-(every client — ec2, ssm, sqs, s3, sts, iam — goes there; used for moto), ``max_attempts``
-(retries for throttling and 5xx, botocore's *standard* mode with exponential back-off),
-``connect_timeout`` / ``read_timeout``.
+(every client — ec2, ssm, sqs, s3, sts, iam — goes there; used for moto and S3-compatible
+stores), ``sts_endpoint_url`` (STS elsewhere than ``endpoint_url``), ``ca_bundle`` (a private
+CA for HTTPS endpoints), ``request_checksum_calculation`` / ``response_checksum_validation``
+(see ``cloudkeep.storage.s3_compat``), ``max_attempts`` (retries for throttling and 5xx,
+botocore's *standard* mode with exponential back-off), ``connect_timeout`` / ``read_timeout``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ from botocore.exceptions import (
     NoRegionError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from cloudkeep.errors import (
     AuthenticationError,
     CloudkeepError,
     ConfigurationError,
     NotFoundError,
+    NotSupportedError,
     PermissionDeniedError,
     UnreachableError,
 )
+from cloudkeep.storage.s3_compat import checksum_settings, config_args, is_not_implemented, unparseable_answer
 
 _AUTH_CODES = {
     "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
@@ -90,6 +95,11 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
             ) from error
         if code in _NOT_FOUND_CODES:
             raise NotFoundError(f"{action}{where}: {message}") from error
+        if is_not_implemented(error):
+            raise NotSupportedError(
+                f"the endpoint does not implement {action}{where} (HTTP 501 {code})",
+                hint="this S3-compatible store lacks the feature; retrying will not help",
+            ) from error
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if status >= 500:
             raise UnreachableError(
@@ -109,6 +119,12 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
             f"cannot reach AWS for {action}{where}: {error}",
             hint="check the endpoint URL / region and the network path to AWS",
         ) from error
+    if isinstance(error, ResponseParserError):
+        raise NotSupportedError(
+            f"the endpoint answered {action}{where} with {unparseable_answer(error)}, not an AWS response",
+            hint="the endpoint likely does not implement this service (an S3-compatible store without "
+            "STS, EC2 …); check endpoint_url / sts_endpoint_url",
+        ) from error
     if isinstance(error, BotoCoreError):
         raise CloudkeepError(f"AWS client error during {action}{where}: {error}") from error
     raise error
@@ -119,7 +135,7 @@ def aws_errors(action: str, target: str = "") -> Iterator[None]:
     """Wrap one AWS call: ``with aws_errors("ec2:DescribeInstances", region): …``."""
     try:
         yield
-    except (ClientError, BotoCoreError) as error:
+    except (ClientError, BotoCoreError, ResponseParserError) as error:
         raise_translated(error, action, target)
 
 
@@ -130,11 +146,20 @@ class AwsSession:
         self.region = str(options.get("region") or "us-east-1")
         self.regions = tuple(options.get("regions") or (self.region,))
         self.endpoint_url: str | None = options.get("endpoint_url") or None
+        self.sts_endpoint_url: str | None = options.get("sts_endpoint_url") or self.endpoint_url
+        self.ca_bundle: str | None = options.get("ca_bundle") or None
+        self.store_tuning = {k: int(options[k]) for k in ("list_page_size",) if k in options}
+        self.checksums = checksum_settings(
+            self.endpoint_url,
+            options.get("request_checksum_calculation"),
+            options.get("response_checksum_validation"),
+        )
         self.config = Config(
             retries={"max_attempts": int(options.get("max_attempts", 6)), "mode": "standard"},
             connect_timeout=float(options.get("connect_timeout", 5)),
             read_timeout=float(options.get("read_timeout", 60)),
             signature_version="v4",
+            **config_args(self.checksums),  # type: ignore[arg-type]
         )
         self.credential = dict(credential)
         self._session = self._base_session()
@@ -154,7 +179,9 @@ class AwsSession:
         role_arn = self.credential.get("role_arn")
         if not role_arn:
             return session
-        sts = session.client("sts", endpoint_url=self.endpoint_url, config=self.config)
+        sts = session.client(
+            "sts", endpoint_url=self.sts_endpoint_url, config=self.config, verify=self.ca_bundle
+        )
         extra = {"ExternalId": self.credential["external_id"]} if self.credential.get("external_id") else {}
         with aws_errors("sts:AssumeRole", str(role_arn)):
             assumed = sts.assume_role(RoleArn=role_arn, RoleSessionName="cloudkeep-server", **extra)
@@ -181,17 +208,20 @@ class AwsSession:
                 self._clients[key] = self._session.client(
                     service,  # type: ignore[call-overload]
                     region_name=region,
-                    endpoint_url=self.endpoint_url,
+                    endpoint_url=self.sts_endpoint_url if service == "sts" else self.endpoint_url,
                     config=self.config,
+                    verify=self.ca_bundle,
                 )
             return self._clients[key]
 
     def store_options(self) -> dict[str, Any]:
         """Options for ``open_store("s3://…")`` with this session's credentials."""
         creds = self._session.get_credentials()
-        options: dict[str, Any] = {"region": self.region}
+        options: dict[str, Any] = {"region": self.region, **self.checksums, **self.store_tuning}
         if self.endpoint_url:
             options["endpoint_url"] = self.endpoint_url
+        if self.ca_bundle:
+            options["verify"] = self.ca_bundle
         if creds is not None:
             frozen = creds.get_frozen_credentials()
             options["aws_access_key_id"] = frozen.access_key

@@ -5,21 +5,32 @@ A *location* is ``bucket[/prefix]``. Scoped credentials come from STS with a ses
 ``AssumeRole`` when the credential names a ``role_arn`` (or the option ``agent_role_arn``),
 otherwise ``GetFederationToken`` (which needs an IAM user's long-term keys). The session policy
 allows reading the whole repository and writing/deleting only under the agent's prefix.
+
+S3-compatible stores often have no STS. Where STS does not answer, agents get the credential's
+*agent key* (``agent_access_key_id`` / ``agent_secret_access_key``): a separate, narrower key the
+administrator made in the store for this repository. It is long-lived and shared by every
+machine writing to the repository, so per-machine isolation is lost (docs/s3-compatible.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotSupportedError
 from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
 from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.base import ObjectStore, open_store
+from cloudkeep.storage.conformance import StoreCheck
+from cloudkeep.storage.s3_compat import is_not_implemented
+
+log = logging.getLogger(__name__)
+_NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 ceiling
 MIN_STS_SECONDS = 900
@@ -56,9 +67,17 @@ def session_policy(bucket: str, write_prefix: str) -> dict[str, Any]:
 
 
 class S3StorageService(StorageService):
-    def __init__(self, session: AwsSession, *, agent_role_arn: str | None = None) -> None:
+    def __init__(
+        self,
+        session: AwsSession,
+        *,
+        agent_role_arn: str | None = None,
+        agent_key: tuple[str, str] | None = None,
+    ) -> None:
         self.session = session
         self.agent_role_arn = agent_role_arn or session.credential.get("role_arn")
+        self.agent_key = agent_key
+        self.sts_missing: NotSupportedError | None = None  # set once STS has been seen not to answer
 
     def open_store(self, location: str) -> ObjectStore:
         bucket, prefix = split_location(location)
@@ -72,15 +91,31 @@ class S3StorageService(StorageService):
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.session.region}
         if object_lock:
             args["ObjectLockEnabledForBucket"] = True
+        created = False
         if not self._bucket_exists(bucket):
             with aws_errors("s3:CreateBucket", bucket):
                 try:
                     s3.create_bucket(**args)
+                    created = True
                 except ClientError as error:
                     if error_code(error) != "BucketAlreadyOwnedByYou":
                         raise
-        if object_lock:  # an existing bucket must already have it (it can only be set at creation)
+        if not object_lock:
+            return
+        try:  # an existing bucket must already have it (it can only be set at creation)
             self._require_object_lock(bucket)
+        except CloudkeepError:
+            if created:  # a store that ignored or refused the lock: leave no half-made bucket behind
+                self._remove_empty_bucket(bucket)
+            raise
+
+    def _remove_empty_bucket(self, bucket: str) -> None:
+        try:
+            self.session.client("s3").delete_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError) as error:
+            log.warning(
+                "could not remove bucket %s created for a refused immutable repository: %s", bucket, error
+            )
 
     def _bucket_exists(self, bucket: str) -> bool:
         with aws_errors("s3:ListBucket", bucket):
@@ -98,11 +133,18 @@ class S3StorageService(StorageService):
             try:
                 config = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
             except ClientError as error:
-                if error_code(error) != "ObjectLockConfigurationNotFoundError":
+                if is_not_implemented(error):
+                    raise NotSupportedError(
+                        f"the store at {self.session.endpoint_url} does not implement Object Lock "
+                        f"(HTTP 501 to s3:GetBucketObjectLockConfiguration on {bucket})",
+                        hint="an immutable repository needs a store with Object Lock; "
+                        "use --immutability-days 0 on this store",
+                    ) from error
+                if error_code(error) not in _NO_LOCK_CODES:
                     raise
                 config = {}
         if config.get("ObjectLockEnabled") != "Enabled":
-            raise ConfigurationError(
+            raise NotSupportedError(
                 f"bucket {bucket} exists without Object Lock",
                 hint="use a new bucket for an immutable repository (Object Lock is set at creation)",
             )
@@ -122,6 +164,63 @@ class S3StorageService(StorageService):
             )
 
     def scoped_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
+        """STS credentials scoped to ``prefix``; where the endpoint has no STS, the agent key."""
+        if self.sts_missing is None:
+            try:
+                return self._sts_credentials(location, prefix, expires_seconds=expires_seconds)
+            except NotSupportedError as exc:
+                self.sts_missing = exc
+        if self.agent_key is None:
+            raise NotSupportedError(
+                f"the endpoint {self.session.sts_endpoint_url} has no STS ({self.sts_missing.message}), "
+                "so agents cannot get scoped temporary credentials",
+                hint="create a key in the store limited to this bucket/prefix and add it to the cloud "
+                "credential as agent_access_key_id / agent_secret_access_key, or set sts_endpoint_url "
+                "(see docs/s3-compatible.md)",
+            ) from self.sts_missing
+        return self._agent_key_credentials(location, expires_seconds)
+
+    def _agent_key_credentials(self, location: str, expires_seconds: int) -> ScopedCredentials:
+        bucket, base = split_location(location)
+        assert self.agent_key is not None
+        options: dict[str, Any] = {
+            "region": self.session.region,
+            "aws_access_key_id": self.agent_key[0],
+            "aws_secret_access_key": self.agent_key[1],
+            **self.session.checksums,
+        }
+        if self.session.endpoint_url:
+            options["endpoint_url"] = self.session.endpoint_url
+        return ScopedCredentials(
+            provider="aws",
+            store_url=f"s3://{bucket}/{base}".rstrip("/"),
+            options=options,
+            # The key itself does not expire; agents still ask again at the usual interval.
+            expires_at=datetime.now(UTC) + timedelta(seconds=expires_seconds),
+        )
+
+    def compatibility_checks(self, location: str) -> list[StoreCheck]:
+        """How agents will get credentials for ``location`` (STS, or the agent key without it)."""
+        name = "agent credentials"
+        try:
+            self.scoped_credentials(location, "ck-verify/", expires_seconds=MIN_STS_SECONDS)
+        except CloudkeepError as exc:
+            return [
+                StoreCheck(name, False, str(exc), "backup jobs cannot run until agents can get credentials")
+            ]
+        if self.sts_missing is None:
+            return [
+                StoreCheck(name, True, "STS answers: each agent gets short-lived credentials for its prefix")
+            ]
+        return [
+            StoreCheck(
+                name, True, "no STS at this endpoint: agents use the credential's agent key",
+                "per-machine isolation is lost: every machine holds the same long-lived key "
+                "(see docs/s3-compatible.md)",
+            )
+        ]  # fmt: skip
+
+    def _sts_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
         bucket, base = split_location(location)
         write_prefix = _join(base, prefix) + ("/" if prefix.endswith("/") else "")
         policy = json.dumps(session_policy(bucket, write_prefix))
@@ -146,6 +245,7 @@ class S3StorageService(StorageService):
             "aws_access_key_id": creds["AccessKeyId"],
             "aws_secret_access_key": creds["SecretAccessKey"],
             "aws_session_token": creds["SessionToken"],
+            **self.session.checksums,
         }
         if self.session.endpoint_url:
             options["endpoint_url"] = self.session.endpoint_url

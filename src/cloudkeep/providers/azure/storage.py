@@ -28,9 +28,10 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.azure.session import AzureSession, StorageAccount, azure_errors
 from cloudkeep.providers.base import ScopedCredentials, StorageService
+from cloudkeep.storage.azure_blob import AzureBlobStore
 from cloudkeep.storage.base import ObjectStore, open_store
 
 CLOCK_SKEW = timedelta(minutes=5)
@@ -103,9 +104,23 @@ class AzureBlobStorageService(StorageService):
             ),
             start=now - CLOCK_SKEW, expiry=expires_at,
         )  # fmt: skip
+        options: dict[str, Any] = {"account_url": self.account.blob_endpoint, "credential": sas}
+        mode = self._immutability_mode(location)
+        if mode is not None:  # an agent's container SAS cannot read the container's settings
+            options["immutability"] = mode
         return ScopedCredentials(
             provider="azure",
             store_url=f"azure://{container}/{base}".rstrip("/"),
-            options={"account_url": self.account.blob_endpoint, "credential": sas},
+            options=options,
             expires_at=expires_at,
         )
+
+    def _immutability_mode(self, location: str) -> str | None:
+        """The container's immutability (see storage/azure_blob.py); ``None`` before it exists."""
+        store = self.open_store(location)
+        try:
+            return store.immutability_mode if isinstance(store, AzureBlobStore) else None
+        except NotFoundError:
+            return None
+        finally:
+            store.close()

@@ -26,6 +26,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryRepairRequest,
     RepositoryView,
     SessionStarted,
+    StoreVerification,
 )
 
 router = APIRouter()
@@ -90,6 +91,11 @@ def check_repository(
 @router.post("/repositories/{ref}/repair", tags=["repositories"])
 def repair_repository(ctx: Ctx, who: Admin, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
     return repositories.repair_repository(ctx, ref, request, actor=who.name)
+
+
+@router.post("/repositories/{ref}/verify", tags=["repositories"])
+def verify_store(ctx: Ctx, _: Admin, ref: str) -> StoreVerification:
+    return repositories.verify_store(ctx, ref)
 
 
 @router.get("/protection-groups", tags=["protection groups"])

@@ -104,6 +104,8 @@ def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
                 break
     except CloudkeepError as exc:
         error = str(exc)
+    except Exception as exc:  # doctor reports every credential; an SDK surprise is one line, not a traceback
+        error = f"unexpected {type(exc).__name__} while testing: {exc}"
     finally:
         provider.close()
     ok = not missing and error is None

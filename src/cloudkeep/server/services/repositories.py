@@ -21,7 +21,10 @@ from cloudkeep.server.services.schemas import (
     RepositoryRepair,
     RepositoryRepairRequest,
     RepositoryView,
+    StoreCheckView,
+    StoreVerification,
 )
+from cloudkeep.storage.conformance import StoreCheck, require_create_only, run_checks
 
 
 def view(row: Repository) -> RepositoryView:
@@ -48,15 +51,23 @@ def _repo_module() -> Any | None:
 
 
 def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) -> None:
-    """Create the bucket/container and, for a backup repository, the repository format in it."""
+    """Create the bucket/container and, for a backup repository, the repository format in it.
+
+    First the store is held to what backups rely on: create-only writes must be enforced, and
+    agents must be able to get credentials (STS, or the credential's agent key without it).
+    """
     provider = ctx.provider_for(credential_id)
     try:
-        provider.storage.ensure_container(data.location, object_lock=data.immutability_days > 0)
         module = _repo_module()
-        if data.purpose != "backup" or module is None:
+        backup = data.purpose == "backup" and module is not None
+        if backup:  # before anything is created: STS or the agent key must answer
+            provider.storage.scoped_credentials(data.location, "ck-verify/", expires_seconds=900)
+        provider.storage.ensure_container(data.location, object_lock=data.immutability_days > 0)
+        if not backup or module is None:
             return
         store = provider.storage.open_store(data.location)
         try:
+            require_create_only(store)
             assert data.password is not None
             tuning = {k: data.options[k] for k in ("pack_size", "compression_level") if k in data.options}
             module.Repository.create(store, data.password.get_secret_value(), **tuning).close()
@@ -233,6 +244,32 @@ def _opened_backup_repository(ctx: ServerContext, ref: str, what: str) -> Iterat
             store.close()
     finally:
         provider.close()
+
+
+def verify_store(ctx: ServerContext, ref: str) -> StoreVerification:
+    """Run the storage conformance checks against the repository's store and endpoint.
+
+    Each check writes only under a fresh ``ck-verify/`` prefix and removes what it wrote.
+    """
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        repository_id, credential_id, location = row.id, row.credential_id, row.location
+    provider = ctx.provider_for(credential_id)
+    try:
+        store = provider.storage.open_store(location)
+        try:
+            results = run_checks(store)
+        finally:
+            store.close()
+        results += provider.storage.compatibility_checks(location)
+    except CloudkeepError as exc:
+        results = [StoreCheck("store", False, str(exc), "fix the location or credential first")]
+    finally:
+        provider.close()
+    checks = [StoreCheckView(name=r.name, ok=r.ok, detail=r.detail, action=r.action) for r in results]
+    return StoreVerification(
+        repository_id=repository_id, location=location, ok=all(c.ok for c in checks), checks=checks
+    )
 
 
 def _field(report: Any, name: str, default: Any) -> Any:

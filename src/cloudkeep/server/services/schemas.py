@@ -114,6 +114,22 @@ class RepositoryRepair(Model):
     problems: list[str] = Field(default_factory=list)
 
 
+class StoreCheckView(Model):
+    name: str
+    ok: bool
+    detail: str
+    action: str = ""
+
+
+class StoreVerification(Model):
+    """``cloudkeep repository verify``: the store's guarantees, each checked on the store."""
+
+    repository_id: str
+    location: str
+    ok: bool
+    checks: list[StoreCheckView]
+
+
 # --- protection groups -----------------------------------------------------------------------
 
 

@@ -1,0 +1,181 @@
+"""A stand-in for Azure's version-level immutability: a proxy in front of Azurite.
+
+Azurite has no immutability policies (tests/support notes), so this proxy (a test stand-in,
+clearly named) adds what Azure does, on the wire, and forwards everything else to the real
+Azurite unchanged (requests stay signed as the SDK signed them):
+
+- container properties say ``x-ms-immutable-storage-with-versioning-enabled: true``;
+- a blob PUT / block-list commit carrying ``x-ms-immutability-policy-until-date`` and
+  ``-mode`` records a policy; ``PUT ?comp=immutabilityPolicies`` sets one (a locked policy can
+  only be lengthened);
+- blob properties carry the policy headers back, as Azure's do;
+- DELETE, overwrite and metadata changes of a blob whose policy has not expired are refused
+  with ``409 BlobImmutableDueToPolicy``, whatever the SAS allows.
+
+Every policy request is checked for Azure's shape (mode ``Locked``/``Unlocked``, an RFC 1123
+date) and kept in ``policy_requests`` for the test to inspect.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+_UNTIL = "x-ms-immutability-policy-until-date"
+_MODE = "x-ms-immutability-policy-mode"
+
+
+@dataclass
+class Policy:
+    until: datetime
+    mode: str
+
+
+def _error(code: str, message: str) -> bytes:
+    xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    return ('<?xml version="1.0" encoding="utf-8"?>' + xml).encode()
+
+
+class AzureImmutabilityStandin:
+    def __init__(self, upstream: str, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.upstream = urlsplit(upstream)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.policies: dict[str, Policy] = {}  # by blob path (/account/container/blob)
+        self.policy_requests: list[tuple[str, str, str]] = []  # (path, until header, mode header)
+        self.refused: list[tuple[str, str]] = []  # (method, path) refused because of a policy
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{self.upstream.path}"
+
+    def _locked(self, path: str) -> Policy | None:
+        policy = self.policies.get(path)
+        return policy if policy is not None and policy.until > self.clock() else None
+
+    def _parse_policy(self, path: str, headers: dict[str, str]) -> Policy | None:
+        """The policy a request sets, or ``None``; ``ValueError`` for a shape Azure would refuse."""
+        until, mode = headers.get(_UNTIL), headers.get(_MODE)
+        if until is None and mode is None:
+            return None
+        self.policy_requests.append((path, until or "", mode or ""))
+        if mode not in ("Locked", "Unlocked") or until is None:
+            raise ValueError(f"bad immutability policy mode {mode!r} or missing date")
+        return Policy(parsedate_to_datetime(until), mode)  # raises ValueError unless RFC 1123
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _refuse(self, path: str) -> None:
+                standin.refused.append((self.command, path))
+                error = _error(
+                    "BlobImmutableDueToPolicy", "This operation is not permitted as the blob is immutable"
+                )
+                self._answer(409, error, {"x-ms-error-code": "BlobImmutableDueToPolicy",
+                                          "Content-Type": "application/xml"})  # fmt: skip
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                url = urlsplit(self.path)
+                path = unquote(url.path)
+                query = parse_qs(url.query, keep_blank_values=True)
+                comp = (query.get("comp") or [""])[0]
+                is_container = (query.get("restype") or [""])[0] == "container"
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                lowered = {k.lower(): v for k, v in headers.items()}
+                with standin._lock:
+                    locked = None if is_container else standin._locked(path)
+                    try:
+                        policy = standin._parse_policy(path, lowered) if self.command == "PUT" else None
+                    except ValueError as exc:
+                        self._answer(
+                            400,
+                            _error("InvalidHeaderValue", str(exc)),
+                            {"x-ms-error-code": "InvalidHeaderValue"},
+                        )
+                        return
+                    if comp == "immutabilityPolicies":
+                        if policy is None or (
+                            locked and locked.mode == "Locked" and policy.until < locked.until
+                        ):
+                            code = "ImmutabilityPolicyCannotBeShortened"
+                            self._answer(409, _error(code, "no"), {"x-ms-error-code": code})
+                            return
+                        standin.policies[path] = policy
+                        self._answer(
+                            200, b"", {_UNTIL: format_datetime(policy.until, usegmt=True), _MODE: policy.mode}
+                        )
+                        return
+                    writes = self.command == "DELETE" or (
+                        self.command == "PUT" and comp in ("", "blocklist", "metadata")
+                    )
+                    if locked is not None and writes:
+                        self._refuse(path)
+                        return
+                upstream = http.client.HTTPConnection(
+                    standin.upstream.hostname, standin.upstream.port, timeout=60
+                )
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                extra: dict[str, str] = {}
+                with standin._lock:
+                    if response.status < 300 and policy is not None and comp in ("", "blocklist"):
+                        standin.policies[path] = policy
+                    if response.status < 300 and self.command == "DELETE":
+                        standin.policies.pop(path, None)
+                    current = standin.policies.get(path)
+                if is_container and self.command in ("GET", "HEAD") and not comp:
+                    extra["x-ms-immutable-storage-with-versioning-enabled"] = "true"
+                elif current is not None and self.command in ("GET", "HEAD"):
+                    extra[_UNTIL] = format_datetime(current.until, usegmt=True)
+                    extra[_MODE] = current.mode.lower()
+                self.send_response(response.status)
+                head = self.command == "HEAD"
+                for name, value in response.getheaders():
+                    if name.lower() not in _HOP_HEADERS and (head or name.lower() != "content-length"):
+                        self.send_header(name, value)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        return Handler
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,146 @@
+"""A stand-in for a less capable S3-compatible store: a loopback proxy in front of moto.
+
+moto behaves like AWS; MinIO-, Ceph- or Wasabi-style stores sometimes do not. This proxy (a test
+stand-in, clearly named) forwards to a real moto server and, per switch, takes away one
+behaviour the way such stores are observed to:
+
+- ``keep_chunked_framing``: does not understand aws-chunked uploads and stores the framing
+  (chunk sizes, trailing checksum) as the object's bytes;
+- ``ignore_if_none_match``: drops ``If-None-Match`` so create-only writes overwrite;
+- ``no_sts``: answers STS calls with a plain ``404 Not Found`` page;
+- ``not_implemented``: answers 501 ``NotImplemented`` to requests whose query names one of
+  these S3 sub-resources (``object-lock``, ``retention`` …).
+
+It can serve HTTPS itself (``tls``), so the client side of a test runs exactly as against a
+remote store over TLS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.tls import TlsFiles
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+_CHUNKED_HEADERS = {"content-encoding", "x-amz-decoded-content-length", "x-amz-trailer",
+                    "x-amz-sdk-checksum-algorithm"}  # fmt: skip
+_NOT_IMPLEMENTED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code>'
+    b"<Message>A header or query you provided implies functionality that is not implemented"
+    b"</Message></Error>"
+)
+
+
+@dataclass
+class StoreQuirks:
+    keep_chunked_framing: bool = False
+    ignore_if_none_match: bool = False
+    no_sts: bool = False
+    not_implemented: set[str] = field(default_factory=set)
+
+
+class S3CompatStandin:
+    def __init__(
+        self, upstream: str, *, tls: TlsFiles | None = None, quirks: StoreQuirks | None = None
+    ) -> None:
+        self.upstream = urlsplit(upstream)
+        self.quirks = quirks or StoreQuirks()
+        self.stored_framing = 0  # uploads whose aws-chunked framing was kept as data
+        self.uploads: list[tuple[str, dict[str, str]]] = []  # (path, lower-cased headers) of PUTs
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.tls = tls
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return bytes(body)
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _answer(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _forward(self) -> None:
+                body = self._body()
+                quirks = standin.quirks
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                is_sts = self.command == "POST" and b"Action=" in body and urlsplit(self.path).path == "/"
+                if quirks.no_sts and is_sts:
+                    self._answer(404, b"Not Found", "text/plain")
+                    return
+                query = set(parse_qs(urlsplit(self.path).query, keep_blank_values=True))
+                if query & quirks.not_implemented:
+                    self._answer(501, _NOT_IMPLEMENTED, "application/xml")
+                    return
+                if self.command == "PUT":
+                    standin.uploads.append((self.path, {k.lower(): v for k, v in headers.items()}))
+                if quirks.ignore_if_none_match:
+                    headers = {k: v for k, v in headers.items() if k.lower() != "if-none-match"}
+                if quirks.keep_chunked_framing and "aws-chunked" in headers.get("Content-Encoding", ""):
+                    # The framed body goes on as if it were the object, as a naive store keeps it.
+                    headers = {k: v for k, v in headers.items() if k.lower() not in _CHUNKED_HEADERS}
+                    headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+                    standin.stored_framing += 1
+                headers["Content-Length"] = str(len(body))
+                upstream = http.client.HTTPConnection(
+                    standin.upstream.hostname, standin.upstream.port, timeout=60
+                )
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                head = self.command == "HEAD"  # keeps the object's Content-Length, sends no body
+                for name, value in response.getheaders():
+                    if name.lower() not in _HOP_HEADERS and (head or name.lower() != "content-length"):
+                        self.send_header(name, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        return Handler
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
