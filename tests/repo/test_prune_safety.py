@@ -17,7 +17,7 @@ import pytest
 import cloudkeep.repo.writer as writer_module
 from cloudkeep.errors import ConfigurationError, ConflictError
 from cloudkeep.repo import PruneResult, Repository, backup_files, prune
-from cloudkeep.repo.lock import LOCK_KEY, maintenance_lock
+from cloudkeep.repo.lock import LOCK_KEY, MaintenanceBusyError, maintenance_lock
 from cloudkeep.repo.steps import BACKUP_STEPS, PRUNE_STEPS, hooked
 from cloudkeep.repo.writer import SessionExpiredError
 from cloudkeep.storage import ObjectStore
@@ -180,6 +180,24 @@ def test_stale_maintenance_lock_is_taken_over(store: ObjectStore, tmp_path: Path
         with pytest.raises(ConflictError):
             prune(world.open(), now=t0 + timedelta(minutes=30))
         prune(world.open(), now=t0 + 2 * HOUR)  # not refreshed for two hours: abandoned
+    world.verify()
+
+
+def test_a_machines_prune_beside_a_running_one_is_skipped_not_failed(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    """Every machine of a job prunes after its retention; two finishing together must not turn the
+    session into a warning: the second prune is skipped (the first reclaims for both)."""
+    import cloudkeep.repo as engine
+    from cloudkeep.machine.tasks import _prune_unless_busy
+
+    world = World(store, tmp_path)
+    t0, _ = prepared(world, tmp_path)
+    with maintenance_lock(world.open(), "another machine's prune", now=t0, grace=HOUR):
+        with pytest.raises(MaintenanceBusyError):
+            prune(world.open(), now=t0 + timedelta(minutes=30))
+        _prune_unless_busy(engine, world.open())  # the real clock is within the lock's grace
+        assert store.stat(LOCK_KEY) is not None  # the holder's lock is left alone
     world.verify()
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import importlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +32,11 @@ from cloudkeep.protocol.bodies import (
     Retention,
     RetentionCommand,
 )
+from cloudkeep.repo.lock import MaintenanceBusyError
 
 PROGRESS_INTERVAL = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def _engine() -> Any:
@@ -196,7 +200,7 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
             forgotten = _ids(engine.forget(repository, _policy(body.retention), now=datetime.now(UTC),
                                            hostname=body.hostname))  # fmt: skip
             if body.prune:
-                engine.prune(repository)
+                _prune_unless_busy(engine, repository)
     finally:
         _script(ctx, body.post_script, body.script_timeout, "post-script")
     when = getattr(snapshot, "time", None)
@@ -254,6 +258,18 @@ def _skipped_warnings(skipped: list[dict[str, Any]], total: int) -> list[str]:
     return [head, *shown, *more]
 
 
+def _prune_unless_busy(engine: Any, repository: Any) -> None:
+    """Prune after forgetting, unless another machine's prune holds the repository right now.
+
+    Each machine of a job prunes after its retention; when two finish together, one prune runs
+    and reclaims for both, so the other is skipped (logged), not failed.
+    """
+    try:
+        engine.prune(repository)
+    except MaintenanceBusyError as exc:
+        log.info("prune skipped: %s", exc.message)
+
+
 def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
     engine = _engine()
 
@@ -261,7 +277,7 @@ def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
     now = datetime.now(UTC)
     outcome = engine.forget(repository, _policy(body.policy), now=now, hostname=body.hostname)
     if body.prune:
-        engine.prune(repository)
+        _prune_unless_busy(engine, repository)
     return {"kept": [str(s) for s in outcome.kept], "removed": [str(s) for s in outcome.removed]}
 
 

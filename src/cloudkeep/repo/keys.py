@@ -35,7 +35,7 @@ def open_with_password(store: ObjectStore, password: str) -> tuple[str, MasterKe
     if not keys:
         raise NotFoundError(
             f"{store.describe()}: no key files — this is not an initialised cloudkeep repository",
-            hint="initialise it first (`cloudkeep repo init`) or check the URL/prefix",
+            hint="initialise it first (`cloudkeep repository add`) or check the URL/prefix",
         )
 
     def attempt(key: str) -> MasterKey | str | None:

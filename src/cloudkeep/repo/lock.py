@@ -25,6 +25,14 @@ from cloudkeep.storage.base import ObjectExistsError, ObjectInfo, ObjectNotFound
 LOCK_KEY = "locks/maintenance"
 
 
+class MaintenanceBusyError(ConflictError):
+    """Another live prune or repair holds the lock: this one did not run (nothing is wrong).
+
+    Every machine of a job runs retention with prune; when two finish together one prune runs
+    and the other is skipped, which its caller reports as such rather than as a failure.
+    """
+
+
 def last_refresh(info: ObjectInfo, body: dict[str, Any] | None) -> datetime | None:
     """The later of the store's modification time and the writer's own ``seen`` (either may lack)."""
     times = [info.modified] if info.modified is not None else []
@@ -55,7 +63,7 @@ class MaintenanceLock:
                 return
             except ObjectExistsError:
                 if not self._stale(grace):
-                    raise ConflictError(
+                    raise MaintenanceBusyError(
                         f"another maintenance task holds {LOCK_KEY}; {self.what} does not run beside it",
                         hint=f"wait for it; a lock not refreshed for {grace} is taken over",
                     ) from None

@@ -397,7 +397,7 @@ class Repository:
         except ObjectNotFoundError:
             raise IntegrityError(
                 f"pack {loc.pack_id} holding blob {blob_id.hex()} is missing from storage",
-                hint="run `cloudkeep repo check` to see which restore points are affected",
+                hint="run `cloudkeep repository check` to see which restore points are affected",
             ) from None
         return self.decode_blob(entry, loc.pack_id, sealed)
 

@@ -312,7 +312,7 @@ class _Restorer:
                     self._restore_blob(pack_id, entry, sealed)
         except ObjectNotFoundError:
             raise IntegrityError(
-                f"pack {pack_id} is missing from storage", hint="run `cloudkeep repo check`"
+                f"pack {pack_id} is missing from storage", hint="run `cloudkeep repository check`"
             ) from None
 
     def _restore_blob(self, pack_id: str, entry: BlobEntry, sealed: memoryview) -> None:

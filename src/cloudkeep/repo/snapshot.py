@@ -133,7 +133,7 @@ def open_snapshot(crypter: Crypter, key: str, data: bytes, *, allow_legacy: bool
     """
     snapshot_id = key.rsplit("/", 1)[-1]
     what = f"restore point manifest {key}"
-    hint = "run `cloudkeep repo check`; restore from another restore point"
+    hint = "run `cloudkeep repository check`; restore from another restore point"
     if _CONTENT_ID.fullmatch(snapshot_id):
         version = MANIFEST_VERSION
         try:

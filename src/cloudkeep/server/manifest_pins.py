@@ -129,7 +129,7 @@ def accept(
         raise IntegrityError(
             f"restore point {snapshot_id}: the manifest in the repository is not the one the machine "
             "reported (digest or root tree differ)",
-            hint="the backup was not recorded; check the machine and run `cloudkeep repo check`",
+            hint="the backup was not recorded; check the machine and run `cloudkeep repository check`",
         )
     return ManifestPin.of(snapshot)
 
@@ -197,7 +197,7 @@ def verify(ctx: ServerContext, reader: ManifestReader, point: PinnedPoint) -> Sn
         raise IntegrityError(
             f"restore point {point.id} was altered in the repository after backup: {exc.message}",
             hint="nothing was restored; use another restore point and check how the machine's "
-            "namespace was written (`cloudkeep repo check` names the object)",
+            "namespace was written (`cloudkeep repository check` names the object)",
         ) from None
     if point.manifest_digest is None or point.root_tree is None:
         _pin_first_use(ctx, point.id, ManifestPin.of(snapshot))
