@@ -124,3 +124,26 @@ def test_missing_pack(store: ObjectStore, tmp_path: Path) -> None:
     assert check(world.open(), read_data=True).ok
     world.expected.pop(hurt)
     world.verify()
+
+
+def test_check_and_repair_walk_a_restore_point_deeper_than_the_recursion_limit(store: ObjectStore) -> None:
+    """A crafted (or merely very deep) restore point must not crash `check` or `repair --rewrite`
+    with RecursionError: both walk trees with an explicit stack."""
+    from cloudkeep.repo import Repository
+    from cloudkeep.repo.crypto import KdfParams
+    from tests.support.hostile import Crafter, file
+
+    repo = Repository.create(store, "pw", kdf=KdfParams(n=2**10))
+    crafter = Crafter(repo)  # bottom up, so that building the chain does not recurse either
+    subtree = crafter.tree([file("kept.txt"), {"name": "lost.bin", "type": "file", "content": ["ab" * 32]}])
+    for _ in range(1499):
+        subtree = crafter.tree([{"name": "d", "type": "dir", "subtree": subtree}])
+    snapshot_id = crafter.snapshot([{"name": "d", "type": "dir", "subtree": subtree}])
+    deepest = "/d" * 1500
+    problems = check(repo).problems
+    assert [p.kind for p in problems] == ["missing-blob"]
+    assert deepest + "/lost.bin" in problems[0].message and problems[0].snapshots == [snapshot_id]
+    fixed = repair_snapshots(repo, rewrite=True)
+    assert fixed.dropped_paths[snapshot_id] == [deepest + "/lost.bin"]
+    assert check(repo, read_data=True).ok
+    assert [s.stats["repaired_from"] for s in list_snapshots(repo)] == [snapshot_id]

@@ -157,14 +157,12 @@ def _check_snapshots(
     by_id = {id(p): p for p in bad_blobs.values()}
     memo: dict[bytes, set[int]] = {}  # tree id → problems found below it (trees are shared)
 
-    def visit(tree_id: bytes, where: str) -> set[int]:
-        if tree_id in memo:
-            return memo[tree_id]
+    def open_tree(tree_id: bytes, where: str) -> tuple[set[int], list[tuple[bytes, str]]]:
+        """A tree's own problems (its blobs, or the tree itself) and the subtrees below it."""
         found: set[int] = set()
         if tree_id in bad_blobs:
             found.add(id(bad_blobs[tree_id]))
-            memo[tree_id] = found
-            return found
+            return found, []
         try:
             nodes = repo.load_tree(tree_id)
         except CloudkeepError as exc:
@@ -173,8 +171,8 @@ def _check_snapshots(
             by_id[id(problem)] = problem
             report.problems.append(problem)
             found.add(id(problem))
-            memo[tree_id] = found
-            return found
+            return found, []
+        subtrees: list[tuple[bytes, str]] = []
         for node in nodes:
             path = f"{where.rstrip('/')}/{node.name}"
             for blob_id in node.content:
@@ -189,9 +187,30 @@ def _check_snapshots(
                     report.problems.append(problem)
                     found.add(id(problem))
             if node.type == DIR and node.subtree is not None:
-                found |= visit(node.subtree, path)
-        memo[tree_id] = found
-        return found
+                subtrees.append((node.subtree, path))
+        return found, subtrees
+
+    def visit(root: bytes, where: str) -> set[int]:
+        """Problems at or below a tree, post-order with an explicit stack: a restore point (even a
+        crafted one) may be deeper than Python's recursion limit."""
+        if root in memo:
+            return memo[root]
+        found, subtrees = open_tree(root, where)
+        stack = [(root, found, iter(subtrees))]
+        while stack:
+            tree_id, found, pending = stack[-1]
+            child = next(pending, None)
+            if child is None:
+                stack.pop()
+                memo[tree_id] = found
+                if stack:
+                    stack[-1][1].update(found)
+            elif child[0] in memo:
+                found.update(memo[child[0]])
+            else:
+                child_found, child_subtrees = open_tree(*child)
+                stack.append((child[0], child_found, iter(child_subtrees)))
+        return memo[root]
 
     for sid in snapshot_ids:
         try:

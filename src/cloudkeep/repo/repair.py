@@ -15,6 +15,7 @@ the repository's full credential.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,36 +170,66 @@ def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: Repair
         move_aside(repo, old_key, report)
 
 
+@dataclass
+class _Rewrite:
+    """One folder being rewritten: what is kept and dropped so far, and a folder awaiting its subtree."""
+
+    tree_id: bytes
+    where: str
+    nodes: Iterator[Node]
+    kept: list[Node] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    waiting: Node | None = None
+
+
 def _rewrite_tree(
     repo: Repository,
     writer: BlobWriter,
-    tree_id: bytes,
+    root: bytes,
     where: str,
     memo: dict[bytes, tuple[bytes | None, list[str]]],
 ) -> tuple[bytes | None, list[str]]:
-    """The tree without unreadable parts (``None`` if the tree itself is gone) and the paths dropped."""
-    if tree_id in memo:
-        return memo[tree_id]
-    try:
-        nodes = repo.load_tree(tree_id)
-    except CloudkeepError:
-        memo[tree_id] = (None, [where])
-        return memo[tree_id]
-    kept: list[Node] = []
-    dropped: list[str] = []
-    for node in nodes:
-        path = f"{where.rstrip('/')}/{node.name}"
-        if any(b not in repo.index and b not in repo.doomed for b in node.content):
-            dropped.append(path)
+    """The tree without unreadable parts (``None`` if the tree itself is gone) and the paths dropped.
+
+    Post-order with an explicit stack: a damaged restore point may be deeper than the recursion limit.
+    """
+
+    def opened(tree_id: bytes, at: str) -> _Rewrite | None:
+        if tree_id in memo:
+            return None
+        try:
+            nodes = repo.load_tree(tree_id)
+        except CloudkeepError:
+            memo[tree_id] = (None, [at])
+            return None
+        return _Rewrite(tree_id, at, iter(nodes))
+
+    first = opened(root, where)
+    stack = [first] if first is not None else []
+    while stack:
+        frame = stack[-1]
+        if frame.waiting is not None:  # a folder whose subtree has just been settled
+            folder, frame.waiting = frame.waiting, None
+            assert folder.subtree is not None
+            subtree, below = memo[folder.subtree]
+            frame.dropped.extend(below)
+            if subtree is not None:
+                frame.kept.append(dataclasses.replace(folder, subtree=subtree) if below else folder)
             continue
-        if node.type == DIR and node.subtree is not None:
-            subtree, below = _rewrite_tree(repo, writer, node.subtree, path, memo)
-            dropped.extend(below)
-            if subtree is None:
-                continue
-            if below:
-                node = dataclasses.replace(node, subtree=subtree)
-        kept.append(node)
-    result = (writer.save(TREE, encode_tree(kept))[0] if dropped else tree_id, dropped)
-    memo[tree_id] = result
-    return result
+        node = next(frame.nodes, None)
+        if node is None:
+            stack.pop()
+            rewritten = writer.save(TREE, encode_tree(frame.kept))[0] if frame.dropped else frame.tree_id
+            memo[frame.tree_id] = (rewritten, frame.dropped)
+            continue
+        path = f"{frame.where.rstrip('/')}/{node.name}"
+        if any(b not in repo.index and b not in repo.doomed for b in node.content):
+            frame.dropped.append(path)
+        elif node.type == DIR and node.subtree is not None:
+            frame.waiting = node
+            child = opened(node.subtree, path)
+            if child is not None:
+                stack.append(child)
+        else:
+            frame.kept.append(node)
+    return memo[root]
