@@ -1,0 +1,93 @@
+"""Every command works the same embedded and remote: through the real CLI, against a real uvicorn
+server (``live_server``) over the same state store as the embedded runs.
+
+The restore point is real: a manifest and its blobs written into the local provider's folder store
+with the test crafter (``tests.support.hostile``), registered in the catalog the way a backup does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from click.testing import Result
+
+from cloudkeep.repo import KdfParams
+from cloudkeep.repo import Repository as EngineRepository
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import RestorePoint
+from cloudkeep.server.jobs.access import load_repository
+from tests.cli.test_cli_core import Invoke, ok
+from tests.cli.test_cli_core import run as run
+from tests.server.core.fixtures import LiveServer
+from tests.server.jobs_fakes import build_world
+from tests.support.hostile import craft, file, folder
+
+PASSWORD = "correct horse battery"
+BIG = os.urandom(1_500_000)  # several chunks, larger than one read of the streamed download
+
+
+def point_with_files(ctx: ServerContext, lab: Path) -> str:
+    """A restore point holding /etc/hosts and /srv/big.bin; returns its restore point id."""
+    world = build_world(ctx, lab, machines=1, password=PASSWORD)
+    repository = load_repository(ctx, world.repository_id)
+    provider = ctx.provider_for(repository.credential_id)
+    store = provider.storage.open_store(repository.location)
+    repo = EngineRepository.create(store, PASSWORD, kdf=KdfParams(n=2**10))
+    snapshot_id = craft(repo, [
+        folder("etc", [file("hosts", b"127.0.0.1 lo\n"), folder("ssh", [file("config", b"Host *\n")])]),
+        folder("srv", [file("big.bin", BIG)]),
+    ])  # fmt: skip
+    repo.close()
+    store.close()
+    provider.close()
+    with ctx.db() as db:
+        point = RestorePoint(
+            repository_id=world.repository_id, machine_id=world.machine_ids[0], snapshot_id=snapshot_id,
+            mode="file",
+        )  # fmt: skip
+        db.add(point)
+        db.flush()
+        return point.id
+
+
+def remote(live_server: LiveServer, token: str, url: str | None = None) -> dict[str, str]:
+    """Environment of a remote administrator: no usable home, the server's URL and a token."""
+    return {
+        "CLOUDKEEP_API_URL": url or live_server.url,
+        "CLOUDKEEP_API_TOKEN": token,
+        "CLOUDKEEP_HOME": "/nonexistent/never-used",
+    }
+
+
+def browse(run: Invoke, point: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    return run("restore-point", "browse", point, *args, "--json", env_extra=env)
+
+
+def test_browse_with_a_path_works_remote_as_embedded(
+    run: Invoke, ctx: ServerContext, live_server: LiveServer, admin_token: str, tmp_path: Path
+) -> None:
+    """``--path`` once collided with the HTTP helper's own ``path`` argument (issue 16)."""
+    point = point_with_files(ctx, tmp_path / "lab")
+    embedded = json.loads(ok(browse(run, point, "--path", "/etc")))
+    as_admin = remote(live_server, admin_token)
+    remote_listing = json.loads(ok(browse(run, point, "--path", "/etc", env=as_admin)))
+    assert remote_listing == embedded
+    assert {e["path"] for e in remote_listing["entries"]} == {"/etc/hosts", "/etc/ssh"}
+    missing = browse(run, point, "--path", "/no/such/dir", env=as_admin)
+    assert missing.exit_code == 1 and "error:" in missing.output and "Traceback" not in missing.output
+    assert "/no/such/dir" in missing.output
+
+
+def test_api_url_accepts_the_printed_url_and_a_trailing_slash(
+    run: Invoke, ctx: ServerContext, live_server: LiveServer, admin_token: str
+) -> None:
+    """`server start` prints ``…/api/v1``; an operator pastes it (or the base URL) as it is."""
+    base = live_server.url
+    for url in [base, base + "/", base + "/api/v1", base + "/api/v1/"]:
+        as_admin = remote(live_server, admin_token, url)
+        info = json.loads(ok(run("server", "info", "--json", env_extra=as_admin)))
+        assert info["server_id"] == ctx.server_id, url
+        flag = run("--api-url", url, "job", "list", "--json", env_extra=remote(live_server, admin_token))
+        assert json.loads(ok(flag))["total"] == 0, url
