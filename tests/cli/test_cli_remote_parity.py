@@ -91,3 +91,26 @@ def test_api_url_accepts_the_printed_url_and_a_trailing_slash(
         assert info["server_id"] == ctx.server_id, url
         flag = run("--api-url", url, "job", "list", "--json", env_extra=remote(live_server, admin_token))
         assert json.loads(ok(flag))["total"] == 0, url
+
+
+def test_bundle_show_never_creates_server_state(
+    run: Invoke, ctx: ServerContext, live_server: LiveServer, admin_token: str, tmp_path: Path
+) -> None:
+    """Read-only `bundle show` once left a fresh database and master key wherever it ran (issue 16)."""
+    empty = tmp_path / "operator-home"
+    empty.mkdir()
+    fresh = {"CLOUDKEEP_HOME": str(empty), "CLOUDKEEP_DATABASE_URL": ""}
+    missing = run("bundle", "show", env_extra=fresh)
+    assert missing.exit_code == 1 and "no cloudkeep server state" in missing.output
+    assert "hint:" in missing.output and list(empty.iterdir()) == []
+
+    folder = tmp_path / "bundle"
+    ok(run("bundle", "build", "--out", str(folder)))  # embedded, on the server's own state
+    as_operator = {**remote(live_server, admin_token), **fresh}
+    shown = ok(run("bundle", "show", str(folder), env_extra=as_operator))
+    assert "signature and checksums OK" in shown and list(empty.iterdir()) == []
+    no_folder = run("bundle", "show", env_extra=as_operator)
+    assert no_folder.exit_code == 2 and "name a bundle folder" in no_folder.output
+    refused = run("bundle", "build", "--out", str(tmp_path / "other"), env_extra=as_operator)
+    assert refused.exit_code == 2 and "server host" in refused.output
+    assert list(empty.iterdir()) == [] and not (tmp_path / "other").exists()
