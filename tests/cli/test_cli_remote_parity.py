@@ -16,7 +16,7 @@ from click.testing import Result
 from cloudkeep.repo import KdfParams
 from cloudkeep.repo import Repository as EngineRepository
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import RestorePoint
+from cloudkeep.server.db.models import JobSession, RestorePoint
 from cloudkeep.server.jobs.access import load_repository
 from tests.cli.test_cli_core import Invoke, ok
 from tests.cli.test_cli_core import run as run
@@ -114,3 +114,33 @@ def test_bundle_show_never_creates_server_state(
     refused = run("bundle", "build", "--out", str(tmp_path / "other"), env_extra=as_operator)
     assert refused.exit_code == 2 and "server host" in refused.output
     assert list(empty.iterdir()) == [] and not (tmp_path / "other").exists()
+
+
+def test_the_short_ids_commands_print_are_accepted_everywhere(
+    run: Invoke, ctx: ServerContext, live_server: LiveServer, admin_token: str, tmp_path: Path
+) -> None:
+    """quickstart and `host` print 8 characters of session and snapshot ids; each must resolve."""
+    point = point_with_files(ctx, tmp_path / "lab")
+    shown = json.loads(ok(run("restore-point", "show", point, "--json")))
+    as_admin = remote(live_server, admin_token)
+    for short in (point[:8], shown["snapshot_id"][:8]):
+        for env in (None, as_admin):
+            listing = json.loads(ok(browse(run, short, "--path", "/etc", env=env)))
+            assert {e["path"] for e in listing["entries"]} == {"/etc/hosts", "/etc/ssh"}, (short, env)
+    machine = shown["machine_id"]
+    assert json.loads(ok(run("machine", "show", machine[:8], "--json")))["id"] == machine
+    with ctx.db() as db:
+        sessions = [JobSession(id=f"abcd{n}" + "0" * 27, kind="backup", state="success") for n in (1, 2)]
+        db.add_all(sessions)
+    first = sessions[0].id
+    assert json.loads(ok(run("session", "show", first[:8], "--json")))["id"] == first
+    assert json.loads(ok(run("session", "show", first[:8], "--json", env_extra=as_admin)))["id"] == first
+
+    for env in (None, as_admin):
+        ambiguous = run("session", "show", "abcd", env_extra=env)
+        assert ambiguous.exit_code == 2 and "ambiguous" in ambiguous.output
+        assert all(s.id in ambiguous.output for s in sessions) and "more characters" in ambiguous.output
+        too_short = run("session", "show", "abc", env_extra=env)
+        assert too_short.exit_code == 1 and "does not exist" in too_short.output
+        wildcard = run("session", "show", "abc%", env_extra=env)  # LIKE wildcards are literal
+        assert wildcard.exit_code == 1 and "does not exist" in wildcard.output
