@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
+import pytest
 from click.testing import Result
 
 from cloudkeep.repo import KdfParams
@@ -144,3 +148,41 @@ def test_the_short_ids_commands_print_are_accepted_everywhere(
         assert too_short.exit_code == 1 and "does not exist" in too_short.output
         wildcard = run("session", "show", "abc%", env_extra=env)  # LIKE wildcards are literal
         assert wildcard.exit_code == 1 and "does not exist" in wildcard.output
+
+
+def test_remote_download_streams_and_extracts_like_embedded(
+    run: Invoke,
+    ctx: ServerContext,
+    live_server: LiveServer,
+    admin_token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tar travels through files on both sides; what lands in dest is what embedded mode writes."""
+    point = point_with_files(ctx, tmp_path / "lab")
+    server_temps = tmp_path / "server-temps"
+    server_temps.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(server_temps))  # the server runs in this process
+    paths = ["--path", "/srv", "--path", "/etc"]
+    ok(run("restore", "download", point[:8], *paths, "--dest", str(tmp_path / "here")))
+    read_whole = httpx.Response.read
+
+    def never_the_whole_tar(response: httpx.Response) -> bytes:
+        assert response.headers.get("content-type") != "application/x-tar", "tar read whole into memory"
+        return read_whole(response)
+
+    monkeypatch.setattr(httpx.Response, "read", never_the_whole_tar)
+    as_admin = remote(live_server, admin_token)
+    ok(run("restore", "download", point[:8], *paths, "--dest", str(tmp_path / "there"), env_extra=as_admin))
+    [local] = (tmp_path / "here").rglob("big.bin")
+    [fetched] = (tmp_path / "there").rglob("big.bin")
+    assert fetched.read_bytes() == local.read_bytes() == BIG
+    assert fetched.relative_to(tmp_path / "there") == local.relative_to(tmp_path / "here")
+    assert [p.read_bytes() for p in (tmp_path / "there").rglob("hosts")] == [b"127.0.0.1 lo\n"]
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == sorted(
+        p.name for p in (tmp_path / "here").iterdir()
+    )  # no spool file left in dest
+    deadline = time.monotonic() + 10  # the server removes its tar after the response is sent
+    while list(server_temps.iterdir()):
+        assert time.monotonic() < deadline, list(server_temps.iterdir())
+        time.sleep(0.05)

@@ -7,12 +7,12 @@ calls the same operations through the REST API of a running server.
 
 from __future__ import annotations
 
-import io
 import tarfile
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, SecretStr
@@ -54,6 +54,7 @@ from cloudkeep.server.services.schemas import (
 )
 
 T = TypeVar("T", bound=BaseModel)
+CHUNK = 1 << 20  # bytes per write while a download streams to disk
 
 
 class Client(ABC):
@@ -482,23 +483,39 @@ class HttpClient(Client):
         return self._session_id(f"/restore-points/{ref}/restore-volume", wire(request))
 
     def download(self, ref: str, paths: list[str], dest: Path) -> None:
-        response = self._request(
-            "POST", f"/restore-points/{ref}/download", json={"paths": paths}, timeout=None
-        )
         dest.mkdir(parents=True, exist_ok=True)
-        refused: list[str] = []
+        # The tar goes to an anonymous file on dest's file system, never whole into memory.
+        with tempfile.TemporaryFile(dir=dest) as spool:
+            self._receive(f"/restore-points/{ref}/download", {"paths": paths}, spool)
+            spool.seek(0)
+            refused: list[str] = []
 
-        def inside_dest(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-            try:  # the "data" filter: nothing outside dest, no device nodes, no absolute links
-                return tarfile.data_filter(member, path)
-            except tarfile.FilterError as exc:
-                refused.append(f"{member.name}: {exc}")
-                return None
+            def inside_dest(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+                try:  # the "data" filter: nothing outside dest, no device nodes, no absolute links
+                    return tarfile.data_filter(member, path)
+                except tarfile.FilterError as exc:
+                    refused.append(f"{member.name}: {exc}")
+                    return None
 
-        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r") as tar:
-            tar.extractall(dest, filter=inside_dest)
+            with tarfile.open(fileobj=spool, mode="r") as tar:
+                tar.extractall(dest, filter=inside_dest)
         if refused:
             raise errors.incomplete_restore(f"download of restore point {ref} into {dest}", refused)
+
+    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> None:
+        """POST ``body`` and write the response body to ``sink`` as it arrives."""
+        try:
+            with self.http.stream("POST", url, json=body, timeout=None) as response:
+                if not response.is_success:
+                    response.read()
+                    raise self._error(response)
+                for chunk in response.iter_bytes(CHUNK):
+                    sink.write(chunk)
+        except httpx.TransportError as exc:
+            raise errors.UnreachableError(
+                f"lost the connection to {self.base} while downloading: {exc}",
+                hint="check --api-url / CLOUDKEEP_API_URL and that `cloudkeep server start` runs",
+            ) from exc
 
     def browse(
         self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
