@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+API_PREFIX = "/api/v1"  # where the REST API is mounted under a server's base URL
 
 
 def default_home() -> Path:
@@ -33,6 +35,17 @@ class Settings(BaseSettings):
     api_token: str | None = None
     heartbeat_timeout_seconds: float = 60.0
     rescan_concurrency: int = 16
+
+    @field_validator("api_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        """The server's base URL: the one it prints (``…/api/v1``) and a trailing slash are accepted."""
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if value.endswith(API_PREFIX):
+            value = value[: -len(API_PREFIX)].rstrip("/")
+        return value or None
 
     @property
     def effective_database_url(self) -> str:

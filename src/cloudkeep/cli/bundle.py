@@ -6,21 +6,17 @@ from pathlib import Path
 
 import typer
 
-from cloudkeep.config import Settings
-from cloudkeep.errors import CloudkeepError
+from cloudkeep.cli.common import state
+from cloudkeep.errors import CloudkeepError, ConfigurationError
 
 app = typer.Typer(
     help="Installer bundles (the machine-side services, signed by this server).", no_args_is_help=True
 )
 
 
-def _fail(exc: CloudkeepError) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
 @app.command("build")
 def build(
+    ctx: typer.Context,
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: the server's bundle cache)."
     ),
@@ -33,17 +29,19 @@ def build(
     from cloudkeep.server.context import open_context
     from cloudkeep.server.rescan.bundles import bundle_cache_dir, current_bundle_version
 
+    settings = state(ctx).settings
+    if settings.api_url:  # the signing key never leaves the server host
+        raise ConfigurationError(
+            "`cloudkeep bundle build` signs with the server's key, so it runs on the server host",
+            hint="run it there without --api-url / CLOUDKEEP_API_URL",
+        )
+    server = open_context(settings)
     try:
-        ctx = open_context(Settings())
-        try:
-            version = version or current_bundle_version(ctx)
-            folder = out or bundle_cache_dir(ctx) / version
-            manifest = build_bundle(folder, version=version, signing_key=ctx.signing_key)
-        finally:
-            ctx.close()
-    except CloudkeepError as exc:
-        _fail(exc)
-        return
+        version = version or current_bundle_version(server)
+        folder = out or bundle_cache_dir(server) / version
+        manifest = build_bundle(folder, version=version, signing_key=server.signing_key)
+    finally:
+        server.close()
     typer.echo(f"bundle {manifest.version} built in {folder}")
     for platform, archive in sorted(manifest.archives.items()):
         typer.echo(f"  {platform:8} {archive.file}  {archive.size:>9} bytes  sha256 {archive.sha256}")
@@ -51,35 +49,52 @@ def build(
 
 @app.command("show")
 def show(
+    ctx: typer.Context,
     folder: Path | None = typer.Argument(
         None, help="A bundle folder (default: the server's current bundle)."
     ),
 ) -> None:
-    """Show a bundle's version, files and checksums, and whether its signature verifies for this server."""
-    from cloudkeep.machine.bundle import BundleManifest
-    from cloudkeep.server.context import open_context
-    from cloudkeep.server.rescan.bundles import bundle_cache_dir, current_bundle_version
+    """Show a bundle's version, files and checksums, and whether its signature verifies for this server.
 
+    Read-only: it never creates server state (remote, the key comes from the server's API).
+    """
+    from cloudkeep.machine.bundle import BundleManifest
+
+    # errors reach the root command group, which prints them with their hint and exit code
+    folder, public_key = _folder_and_key(ctx, folder)
+    if not (folder / "manifest.json").is_file():
+        raise CloudkeepError(f"no bundle in {folder}", hint="run `cloudkeep bundle build`")
+    manifest = BundleManifest.load(folder)
     try:
-        ctx = open_context(Settings())
-        try:
-            folder = folder or bundle_cache_dir(ctx) / current_bundle_version(ctx)
-            if not (folder / "manifest.json").is_file():
-                raise CloudkeepError(f"no bundle in {folder}", hint="run `cloudkeep bundle build`")
-            manifest = BundleManifest.load(folder)
-            try:
-                manifest.verify_signature(ctx.public_key_b64)
-                manifest.verify_files(folder)
-                verdict = "signature and checksums OK"
-            except CloudkeepError as exc:
-                verdict = f"NOT VALID: {exc}"
-        finally:
-            ctx.close()
+        manifest.verify_signature(public_key)
+        manifest.verify_files(folder)
+        verdict = "signature and checksums OK"
     except CloudkeepError as exc:
-        _fail(exc)
-        return
+        verdict = f"NOT VALID: {exc}"
     typer.echo(f"bundle {manifest.version} (built {manifest.built_at}) in {folder}: {verdict}")
     for name, entry in sorted(manifest.files.items()):
         typer.echo(f"  {name:40} {entry.size:>9} bytes  sha256 {entry.sha256}")
     for platform, archive in sorted(manifest.archives.items()):
         typer.echo(f"  {platform} archive: {archive.file} sha256 {archive.sha256}")
+
+
+def _folder_and_key(ctx: typer.Context, folder: Path | None) -> tuple[Path, str]:
+    """The bundle folder to show and the server public key its signature must verify against."""
+    from cloudkeep.server.client import open_client
+    from cloudkeep.server.context import open_context
+    from cloudkeep.server.rescan.bundles import bundle_cache_dir, current_bundle_version
+
+    settings = state(ctx).settings
+    if settings.api_url:
+        if folder is None:
+            raise ConfigurationError(
+                "the server's bundle cache is on the server host; name a bundle folder to check",
+                hint="cloudkeep bundle show <folder>",
+            )
+        with open_client(settings) as client:
+            return folder, client.server_info().public_key
+    server = open_context(settings, create=False)
+    try:
+        return folder or bundle_cache_dir(server) / current_bundle_version(server), server.public_key_b64
+    finally:
+        server.close()

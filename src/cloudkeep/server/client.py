@@ -7,18 +7,18 @@ calls the same operations through the REST API of a running server.
 
 from __future__ import annotations
 
-import io
 import tarfile
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, SecretStr
 
 from cloudkeep import errors
-from cloudkeep.config import Settings
+from cloudkeep.config import API_PREFIX, Settings
 from cloudkeep.server.services.schemas import (
     AuditView,
     BrowseResult,
@@ -54,6 +54,7 @@ from cloudkeep.server.services.schemas import (
 )
 
 T = TypeVar("T", bound=BaseModel)
+CHUNK = 1 << 20  # bytes per write while a download streams to disk
 
 
 class Client(ABC):
@@ -247,8 +248,9 @@ def wire(model: BaseModel | None, *, only_set: bool = True) -> Any:
     return None if model is None else reveal(model.model_dump(exclude_unset=only_set))
 
 
-def _params(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
+def _params(values: dict[str, Any] | None) -> dict[str, Any]:
+    """The query parameters that are set (``None`` means "not given", so it is not sent)."""
+    return {k: v for k, v in (values or {}).items() if v is not None}
 
 
 class HttpClient(Client):
@@ -257,14 +259,14 @@ class HttpClient(Client):
     def __init__(self, api_url: str, token: str | None, *, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base = api_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base + "/api/v1", headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.base + API_PREFIX, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.http.request(method, path, **kwargs)
+            response = self.http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise errors.UnreachableError(
                 f"cannot reach the cloudkeep server at {self.base}: {exc}",
@@ -283,11 +285,15 @@ class HttpClient(Client):
             kind, message, hint = "", f"HTTP {response.status_code}: {response.text[:200]}", None
         return _ERRORS.get(kind, errors.CloudkeepError)(message, hint=hint)
 
-    def _get(self, path: str, model: type[T], **params: Any) -> T:
-        return model.model_validate(self._request("GET", path, params=_params(**params)).json())
+    # Query parameters travel as a dict, never as **kwargs: a parameter named like an argument
+    # of these helpers (``path``, ``model``, ``method``) must reach the server, not collide.
+    def _get(self, url: str, model: type[T], params: dict[str, Any] | None = None) -> T:
+        return model.model_validate(self._request("GET", url, params=_params(params)).json())
 
-    def _send(self, method: str, path: str, model: type[T], body: Any = None, **params: Any) -> T:
-        response = self._request(method, path, json=body, params=_params(**params))
+    def _send(
+        self, method: str, url: str, model: type[T], body: Any = None, params: dict[str, Any] | None = None
+    ) -> T:
+        response = self._request(method, url, json=body, params=_params(params))
         return model.model_validate(response.json())
 
     def _session_id(self, path: str, body: Any = None) -> str:
@@ -299,7 +305,7 @@ class HttpClient(Client):
         return self._send("POST", "/credentials", CredentialView, wire(data))
 
     def list_credentials(self, *, limit: int = 100, offset: int = 0) -> Page[CredentialView]:
-        return self._get("/credentials", Page[CredentialView], limit=limit, offset=offset)
+        return self._get("/credentials", Page[CredentialView], {"limit": limit, "offset": offset})
 
     def get_credential(self, ref: str) -> CredentialView:
         return self._get(f"/credentials/{ref}", CredentialView)
@@ -311,7 +317,7 @@ class HttpClient(Client):
         return self._send("POST", f"/credentials/{ref}/test", CredentialTest)
 
     def doctor(self, credential: str | None = None) -> list[CredentialTest]:
-        response = self._request("POST", "/doctor", params=_params(credential=credential))
+        response = self._request("POST", "/doctor", params=_params({"credential": credential}))
         return [CredentialTest.model_validate(item) for item in response.json()]
 
     # repositories
@@ -321,7 +327,9 @@ class HttpClient(Client):
     def list_repositories(
         self, *, purpose: str | None = None, limit: int = 100, offset: int = 0
     ) -> Page[RepositoryView]:
-        return self._get("/repositories", Page[RepositoryView], purpose=purpose, limit=limit, offset=offset)
+        return self._get(
+            "/repositories", Page[RepositoryView], {"purpose": purpose, "limit": limit, "offset": offset}
+        )
 
     def get_repository(self, ref: str) -> RepositoryView:
         return self._get(f"/repositories/{ref}", RepositoryView)
@@ -331,7 +339,10 @@ class HttpClient(Client):
 
     def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck:
         return self._send(
-            "POST", f"/repositories/{ref}/check", RepositoryCheck, read_data_subset=read_data_subset
+            "POST",
+            f"/repositories/{ref}/check",
+            RepositoryCheck,
+            params={"read_data_subset": read_data_subset},
         )
 
     def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
@@ -345,7 +356,7 @@ class HttpClient(Client):
         return self._send("POST", "/protection-groups", ProtectionGroupView, wire(data))
 
     def list_groups(self, *, limit: int = 100, offset: int = 0) -> Page[ProtectionGroupView]:
-        return self._get("/protection-groups", Page[ProtectionGroupView], limit=limit, offset=offset)
+        return self._get("/protection-groups", Page[ProtectionGroupView], {"limit": limit, "offset": offset})
 
     def get_group(self, ref: str) -> ProtectionGroupView:
         return self._get(f"/protection-groups/{ref}", ProtectionGroupView)
@@ -365,7 +376,9 @@ class HttpClient(Client):
         self, *, group: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> Page[MachineView]:
         return self._get(
-            "/machines", Page[MachineView], group=group, status=status, limit=limit, offset=offset
+            "/machines",
+            Page[MachineView],
+            {"group": group, "status": status, "limit": limit, "offset": offset},
         )
 
     def get_machine(self, ref: str) -> MachineDetail:
@@ -376,7 +389,7 @@ class HttpClient(Client):
         return self._send("POST", "/jobs", JobView, wire(data))
 
     def list_jobs(self, *, limit: int = 100, offset: int = 0) -> Page[JobView]:
-        return self._get("/jobs", Page[JobView], limit=limit, offset=offset)
+        return self._get("/jobs", Page[JobView], {"limit": limit, "offset": offset})
 
     def get_job(self, ref: str) -> JobView:
         return self._get(f"/jobs/{ref}", JobView)
@@ -408,7 +421,9 @@ class HttpClient(Client):
         offset: int = 0,
     ) -> Page[SessionView]:
         return self._get(
-            "/sessions", Page[SessionView], kind=kind, state=state, job=job, limit=limit, offset=offset
+            "/sessions",
+            Page[SessionView],
+            {"kind": kind, "state": state, "job": job, "limit": limit, "offset": offset},
         )
 
     def get_session(self, session_id: str) -> SessionDetail:
@@ -449,11 +464,13 @@ class HttpClient(Client):
         return self._get(
             "/restore-points",
             Page[RestorePointView],
-            machine=machine,
-            job=job,
-            include_removed=include_removed,
-            limit=limit,
-            offset=offset,
+            {
+                "machine": machine,
+                "job": job,
+                "include_removed": include_removed,
+                "limit": limit,
+                "offset": offset,
+            },
         )
 
     def get_restore_point(self, ref: str) -> RestorePointView:
@@ -466,34 +483,50 @@ class HttpClient(Client):
         return self._session_id(f"/restore-points/{ref}/restore-volume", wire(request))
 
     def download(self, ref: str, paths: list[str], dest: Path) -> None:
-        response = self._request(
-            "POST", f"/restore-points/{ref}/download", json={"paths": paths}, timeout=None
-        )
         dest.mkdir(parents=True, exist_ok=True)
-        refused: list[str] = []
+        # The tar goes to an anonymous file on dest's file system, never whole into memory.
+        with tempfile.TemporaryFile(dir=dest) as spool:
+            self._receive(f"/restore-points/{ref}/download", {"paths": paths}, spool)
+            spool.seek(0)
+            refused: list[str] = []
 
-        def inside_dest(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-            try:  # the "data" filter: nothing outside dest, no device nodes, no absolute links
-                return tarfile.data_filter(member, path)
-            except tarfile.FilterError as exc:
-                refused.append(f"{member.name}: {exc}")
-                return None
+            def inside_dest(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+                try:  # the "data" filter: nothing outside dest, no device nodes, no absolute links
+                    return tarfile.data_filter(member, path)
+                except tarfile.FilterError as exc:
+                    refused.append(f"{member.name}: {exc}")
+                    return None
 
-        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r") as tar:
-            tar.extractall(dest, filter=inside_dest)
+            with tarfile.open(fileobj=spool, mode="r") as tar:
+                tar.extractall(dest, filter=inside_dest)
         if refused:
             raise errors.incomplete_restore(f"download of restore point {ref} into {dest}", refused)
+
+    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> None:
+        """POST ``body`` and write the response body to ``sink`` as it arrives."""
+        try:
+            with self.http.stream("POST", url, json=body, timeout=None) as response:
+                if not response.is_success:
+                    response.read()
+                    raise self._error(response)
+                for chunk in response.iter_bytes(CHUNK):
+                    sink.write(chunk)
+        except httpx.TransportError as exc:
+            raise errors.UnreachableError(
+                f"lost the connection to {self.base} while downloading: {exc}",
+                hint="check --api-url / CLOUDKEEP_API_URL and that `cloudkeep server start` runs",
+            ) from exc
 
     def browse(
         self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
     ) -> BrowseResult:
         params = {"path": path, "recursive": recursive, "pattern": pattern}
-        return self._get(f"/restore-points/{ref}/browse", BrowseResult, **params)
+        return self._get(f"/restore-points/{ref}/browse", BrowseResult, params)
 
     def search(
         self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
     ) -> list[SearchHit]:
-        params = _params(pattern=pattern, machine=machine, job=job, limit=limit)
+        params = _params({"pattern": pattern, "machine": machine, "job": job, "limit": limit})
         response = self._request("GET", "/restore-points/search", params=params)
         return [SearchHit.model_validate(hit) for hit in response.json()]
 
@@ -511,7 +544,7 @@ class HttpClient(Client):
         return self._send("POST", "/tokens", TokenCreated, wire(data, only_set=False))
 
     def list_tokens(self, *, limit: int = 100, offset: int = 0) -> Page[TokenView]:
-        return self._get("/tokens", Page[TokenView], limit=limit, offset=offset)
+        return self._get("/tokens", Page[TokenView], {"limit": limit, "offset": offset})
 
     def revoke_token(self, ref: str) -> TokenView:
         return self._send("DELETE", f"/tokens/{ref}", TokenView)
@@ -522,4 +555,6 @@ class HttpClient(Client):
     def list_audit(
         self, *, actor: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0
     ) -> Page[AuditView]:
-        return self._get("/audit", Page[AuditView], actor=actor, action=action, limit=limit, offset=offset)
+        return self._get(
+            "/audit", Page[AuditView], {"actor": actor, "action": action, "limit": limit, "offset": offset}
+        )

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, make_url, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,8 +128,26 @@ def _ensure_setting(sessions: sessionmaker[Session], key: str, make: Callable[[]
     return value
 
 
-def open_context(settings: Settings) -> ServerContext:
-    """Open (creating on first use) the state store, master key, server id and signing key."""
+def _require_state(settings: Settings) -> None:
+    url = make_url(settings.effective_database_url)
+    missing = [settings.effective_master_key_file] if not settings.effective_master_key_file.is_file() else []
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        missing.append(Path(url.database))
+    if missing:
+        raise NotFoundError(
+            f"no cloudkeep server state in {settings.home} ({', '.join(map(str, missing))} missing)",
+            hint="pass the server's --home (env CLOUDKEEP_HOME), or --api-url to use a running server",
+        )
+
+
+def open_context(settings: Settings, *, create: bool = True) -> ServerContext:
+    """Open (creating on first use) the state store, master key, server id and signing key.
+
+    ``create=False`` is for commands that only read: they must not leave a fresh database and
+    master key behind, so missing state is a ``NotFoundError`` instead.
+    """
+    if not create:
+        _require_state(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     from cloudkeep.server.db.migrate import upgrade

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import tarfile
 import tempfile
@@ -11,7 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from cloudkeep.server.api.deps import Admin, Ctx, Limit, Offset, Reader
 from cloudkeep.server.services import jobs, operations, restore_points, sessions
@@ -203,12 +203,17 @@ def download(ctx: Ctx, who: Admin, ref: str, data: DownloadRequest) -> Response:
     """Restore files on the server host and send them back as a tar (for remote administrators)."""
     restore_points.get_restore_point(ctx, ref)
     workdir = Path(tempfile.mkdtemp(prefix="ck-download-"))
+    archive = workdir.with_suffix(".tar")  # on disk and sent from there: never whole in memory
     try:
         operations.download_files(ctx, ref, data.paths, workdir, actor=who.name)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
+        with tarfile.open(archive, mode="w") as tar:
             for child in sorted(workdir.iterdir()):
                 tar.add(child, arcname=child.name)
-        return Response(buffer.getvalue(), media_type="application/x-tar")
+    except BaseException:
+        archive.unlink(missing_ok=True)
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return FileResponse(
+        archive, media_type="application/x-tar", background=BackgroundTask(archive.unlink, missing_ok=True)
+    )

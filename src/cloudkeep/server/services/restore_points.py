@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, RestorePoint
-from cloudkeep.server.services.common import paginate, resolve
+from cloudkeep.server.services.common import by_prefix, paginate, resolve
 from cloudkeep.server.services.machines import resolve_machine_id
 from cloudkeep.server.services.schemas import Page, RestorePointView
 
@@ -40,6 +40,9 @@ def get_restore_point(ctx: ServerContext, ref: str) -> RestorePointView:
         row = session.get(RestorePoint, ref) or session.scalar(
             select(RestorePoint).where(RestorePoint.snapshot_id == ref)
         )
+        if row is None:  # the shortened ids commands print are snapshot ids as often as point ids
+            columns = [RestorePoint.id, RestorePoint.snapshot_id]
+            row = by_prefix(session, RestorePoint, ref, "restore point", columns)
         if row is None:
             row = resolve(session, RestorePoint, ref, "restore point", by_name=False)
         return view(row)
