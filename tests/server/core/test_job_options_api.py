@@ -15,7 +15,7 @@ V1 = "/api/v1"
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"bandwidth_limit": "10XB"}, "body.options.bandwidth_limit: Value error, '10XB' is not a size"),
+        ({"bandwidth_limit": "10XB"}, "body.options.bandwidth_limit: '10XB' is not a size"),
         ({"parallel_machines": "two"}, "body.options.parallel_machines: Input should be a valid integer"),
         ({"notifications": '{"on": ["failed"]}'}, "body.options.notifications: Input should be a valid dict"),
         ({"colour": "blue"}, "body.options: unknown option colour; known options: bandwidth_limit,"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -81,9 +81,21 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
-Share = Annotated[float, BeforeValidator(parse_share), Field(gt=0, le=1)]
+def _plainly(parse: Callable[[Any], Any]) -> BeforeValidator:
+    """Use ``parse`` as a field validator whose message is its own (no "Value error, " prefix)."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise PydanticCustomError("invalid_option_value", str(exc)) from None
+
+    return BeforeValidator(validate)
+
+
+Size = Annotated[int, _plainly(parse_size)]
+Seconds = Annotated[float, _plainly(parse_duration)]
+Share = Annotated[float, _plainly(parse_share), Field(gt=0, le=1)]
 SealedHex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$")]
 
 
@@ -145,7 +157,7 @@ class JobOptions(_Options):
     pre_script: str | None = Field(default=None, max_length=100_000)
     post_script: str | None = Field(default=None, max_length=100_000)
     script_timeout: Seconds | None = Field(default=None, gt=0, le=7 * 86400)
-    fsfreeze: Annotated[list[str], BeforeValidator(_absolute_mounts)] | None = None
+    fsfreeze: Annotated[list[str], _plainly(_absolute_mounts)] | None = None
     parallel_machines: int | None = Field(default=None, ge=1, le=256)
     credentials_ttl_seconds: Seconds | None = Field(default=None, ge=1, le=12 * 3600)
     task_timeout_seconds: Seconds | None = Field(default=None, gt=0, le=30 * 86400)
@@ -171,7 +183,7 @@ def describe(exc: ValidationError, prefix: str = "option ") -> str:
         return f"{prefix.strip()} is not valid"
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
+    message = str(first["msg"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{prefix}{where}: {message}{more}" if where else f"{message}{more}"
 
