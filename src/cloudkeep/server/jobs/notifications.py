@@ -133,7 +133,7 @@ def notify_session(ctx: ServerContext, session_id: str) -> dict[str, str]:
             return {}
         spec = read_job_options(job.name, job.options).notifications
         state = session.state
-    if spec is None:
+    if spec is None or not (spec.email or spec.webhook):
         return {}
     if state not in (spec.on if spec.on is not None else DEFAULT_ON):
         return {}
