@@ -354,7 +354,7 @@ def test_fsfreeze_option_wraps_the_scripts(ctx: ServerContext, world: World) -> 
     ]
     assert body["post_script"].splitlines() == ['for m in /srv; do fsfreeze -u "$m"; done', "true"]
     job.options = {"fsfreeze": "srv"}
-    with pytest.raises(ConfigurationError, match="fsfreeze must be a list of absolute mount points"):
+    with pytest.raises(ConfigurationError, match="option fsfreeze: must be a list of absolute mount points"):
         build_backup_body(job, machine, None)
 
 

@@ -175,9 +175,10 @@ def test_unreachable_smtp_is_recorded_and_does_not_change_the_result(
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"on": ["sometimes"]}, "notifications.on"),
-        ({"email": {"to": ["a@b"]}}, "needs at least 'to'"),
-        ({"webhook": {"url": "ftp://x"}}, "needs a 'url'"),
+        ({"on": ["sometimes"]}, "option notifications.on.0: Input should be 'success'"),
+        ({"email": {"to": ["a@b"]}}, "option notifications.email.smtp_host: Field required"),
+        ({"webhook": {"url": "ftp://x"}}, "option notifications.webhook.url: String should match"),
+        ({"webhook": {"url": "https://x"}, "slack": {}}, "unknown option slack; known options: email, on"),
     ],
 )
 def test_validate_notifications(bad: dict[str, Any], message: str) -> None:

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
 from cloudkeep.config import Settings
 from cloudkeep.errors import CloudkeepError, ConfigurationError
 from cloudkeep.server.client import Client, open_client
+from cloudkeep.server.jobs.options import describe
 from cloudkeep.server.services.schemas import Page, SessionDetail
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
@@ -158,6 +160,24 @@ def parse_pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
     return result
 
 
+def parse_options(values: Sequence[str] | None, what: str = "--option") -> dict[str, Any]:
+    """``key=value`` options whose values may be JSON objects or arrays (``notifications={…}``);
+    scalars stay text for the server's typed model to read (``10MiB``, ``90m``, ``4``)."""
+    result: dict[str, Any] = {}
+    for key, value in parse_pairs(values, what).items():
+        if value.lstrip().startswith(("{", "[")):
+            try:
+                result[key] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(
+                    f"{what} {key}: the value is not valid JSON: {exc.msg}",
+                    hint=f"""e.g. {what} '{key}={{"webhook": {{"url": "https://…"}}}}'""",
+                ) from exc
+        else:
+            result[key] = value
+    return result
+
+
 def parse_json(value: str | None, what: str) -> Any:
     if value is None:
         return None
@@ -175,9 +195,12 @@ def parse_json(value: str | None, what: str) -> Any:
 def render_error(exc: CloudkeepError) -> int:
     """Print ``error: <message>`` and the hint (no traceback); returns the exit code."""
     err = console(stderr=True)
-    err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, markup=True)
+    # soft_wrap: one line however long (a list of known options), for logs and `grep error:`
+    err.print(
+        f"[bold red]error:[/bold red] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True
+    )
     if exc.hint:
-        err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+        err.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False)
     return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_ERROR
 
 
@@ -189,6 +212,8 @@ class CloudkeepGroup(TyperGroup):
             return super().invoke(ctx)
         except CloudkeepError as exc:
             raise typer.Exit(render_error(exc)) from None
+        except ValidationError as exc:  # a request body built from flags: bad input, not a bug
+            raise typer.Exit(render_error(ConfigurationError(describe(exc, "")))) from None
 
 
 # --- watching sessions -------------------------------------------------------------------------

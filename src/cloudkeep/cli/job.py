@@ -15,12 +15,13 @@ from cloudkeep.cli.common import (
     console,
     follow,
     parse_json,
-    parse_pairs,
+    parse_options,
     print_json,
     render_object,
     render_page,
     success,
 )
+from cloudkeep.server.jobs.options import validate_job_options
 from cloudkeep.server.services.schemas import JobCreate, JobUpdate, Retention
 
 app = typer.Typer(help="Backup jobs.", no_args_is_help=True)
@@ -38,7 +39,12 @@ INCLUDE = typer.Option(None, "--include", help="Path, volume or glob to back up 
 EXCLUDE = typer.Option(None, "--exclude", help="Path or glob to skip (repeat).")
 SCHEDULE = typer.Option(None, "--schedule", help='JSON, e.g. \'{"kind": "daily", "time": "02:00"}\'.')
 DAILY = typer.Option(None, "--daily", help="Shortcut: run every day at HH:MM (UTC).")
-OPTION = typer.Option(None, "--option", help="KEY=VALUE job option (compression_level, bandwidth_limit …).")
+OPTION = typer.Option(
+    None,
+    "--option",
+    help="KEY=VALUE job option, e.g. bandwidth_limit=10MiB, task_timeout_seconds=2h,"
+    ' notifications=\'{"webhook": {"url": "https://…"}}\' (unknown keys are refused).',
+)
 KEEPS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within_days")
 
 
@@ -101,7 +107,7 @@ def create(
         excludes=exclude or [],
         schedule=_schedule(schedule, daily),
         retention=_retention(keeps),
-        options=parse_pairs(option, "--option"),
+        options=validate_job_options(parse_options(option)),
         enabled=not disabled,
         description=description,
     )
@@ -155,7 +161,7 @@ def update(
         "excludes": exclude,
         "schedule": _schedule(schedule, daily),
         "retention": _retention(keeps),
-        "options": parse_pairs(option, "--option") if option else None,
+        "options": validate_job_options(parse_options(option)) if option else None,
         "description": description,
     }
     data = JobUpdate(**{k: v for k, v in fields.items() if v is not None}, clear_schedule=no_schedule)

@@ -242,7 +242,7 @@ def test_backup_repository_is_initialised_and_checked(ctx: ServerContext, seeded
 def test_secret_job_options_are_sealed_and_rotated(ctx: ServerContext, seeded: Seeded) -> None:
     options = {
         "password": "job-password-123",
-        "notifications": {"email": {"to": ["a@b"], "password": "smtp-pw-9"}},
+        "notifications": {"email": {"to": ["a@b"], "smtp_host": "mx", "password": "smtp-pw-9"}},
     }
     job = jobs.create_job(
         ctx,
@@ -250,7 +250,7 @@ def test_secret_job_options_are_sealed_and_rotated(ctx: ServerContext, seeded: S
     )
     assert job.options == {
         "password_sealed": "(sealed)",
-        "notifications": {"email": {"to": ["a@b"], "password_sealed": "(sealed)"}},
+        "notifications": {"email": {"to": ["a@b"], "smtp_host": "mx", "password_sealed": "(sealed)"}},
     }
     with ctx.db() as session:
         stored = session.scalar(select(BackupJob)).options  # type: ignore[union-attr]

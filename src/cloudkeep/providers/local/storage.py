@@ -26,6 +26,7 @@ from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore, open_store
 
 MAX_BODY_BYTES = 1 << 30
+PSEUDO_FILE_SYSTEMS = frozenset({"proc", "sys", "dev"})  # their files are the kernel's, not storage
 
 
 def _signature(key: bytes, method: str, path: str, expires: int) -> str:
@@ -138,7 +139,30 @@ class LocalStorageService(StorageService):
         return open_store(self.folder(location).as_uri())
 
     def ensure_container(self, location: str, *, object_lock: bool = False) -> None:
-        self.folder(location).mkdir(parents=True, exist_ok=True)
+        """Create the folder; refuse what a folder cannot be or promise, before anything is written."""
+        if object_lock:
+            raise ConfigurationError(
+                f"the folder {location!r} cannot enforce immutability: files in it can always be deleted",
+                hint="drop --immutability-days, or use an S3 bucket with Object Lock or an Azure container",
+            )
+        path = self.folder(location)
+        resolved = path.resolve()
+        if resolved.parts[1:2] and resolved.parts[1] in PSEUDO_FILE_SYSTEMS:
+            raise ConfigurationError(
+                f"storage location {location!r} is under /{resolved.parts[1]}, a kernel file system",
+                hint="choose a folder on a disk, e.g. /var/backups/cloudkeep",
+            )
+        if resolved.exists() and not resolved.is_dir():
+            raise ConfigurationError(
+                f"storage location {location!r} is a file, not a folder", hint="choose a folder"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the folder {location!r}: {exc.strerror or exc}",
+                hint="choose a folder the server can create and write to",
+            ) from exc
 
     @property
     def server(self) -> SignedUrlServer:

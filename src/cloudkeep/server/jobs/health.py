@@ -14,6 +14,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, SessionTask
 from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
 from cloudkeep.server.jobs.lifecycle import job_machines, resolve_job
+from cloudkeep.server.jobs.options import parse_share
 from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
 
 
@@ -22,8 +23,7 @@ def read_fraction(value: str | float | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        text = str(value).strip()
-        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        fraction = parse_share(value)
     except ValueError:
         raise ConfigurationError(
             f"read_data_subset {value!r} is not a share", hint="use e.g. '5%' or 0.05"

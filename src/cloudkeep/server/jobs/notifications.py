@@ -20,36 +20,29 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession
+from cloudkeep.server.jobs.options import (
+    EmailOptions,
+    NotificationOptions,
+    WebhookOptions,
+    describe,
+    read_job_options,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_ON = ("failed", "warning")
-STATES = ("success", "warning", "failed", "stopped")
 
 
-def validate_notifications(spec: dict[str, Any] | None) -> dict[str, Any]:
+def validate_notifications(spec: dict[str, Any] | None) -> NotificationOptions:
     """Check a job's notification options; a mistake is a ConfigurationError naming the field."""
-    spec = dict(spec or {})
-    on = spec.get("on", list(DEFAULT_ON))
-    if not isinstance(on, list) or any(s not in STATES for s in on):
-        raise ConfigurationError(
-            f"notifications.on {on!r} is not valid", hint=f"use a list of {', '.join(STATES)}"
-        )
-    email = spec.get("email")
-    if email is not None:
-        if not isinstance(email, dict) or not email.get("to") or not email.get("smtp_host"):
-            raise ConfigurationError("notifications.email needs at least 'to' (a list) and 'smtp_host'")
-        if isinstance(email["to"], str):
-            email["to"] = [email["to"]]
-    hook = spec.get("webhook")
-    if hook is not None and (
-        not isinstance(hook, dict) or not str(hook.get("url", "")).startswith(("http://", "https://"))
-    ):
-        raise ConfigurationError("notifications.webhook needs a 'url' starting with http:// or https://")
-    return spec
+    try:
+        return NotificationOptions.model_validate(spec or {})
+    except ValidationError as exc:
+        raise ConfigurationError(describe(exc, "option notifications.")) from None
 
 
 def session_summary(ctx: ServerContext, session_id: str) -> dict[str, Any]:
@@ -112,24 +105,22 @@ def render_email(summary: dict[str, Any], sender: str, to: list[str]) -> EmailMe
     return message
 
 
-def send_email(ctx: ServerContext, email: dict[str, Any], summary: dict[str, Any]) -> None:
-    sender = str(email.get("from", "cloudkeep@localhost"))
-    message = render_email(summary, sender, list(email["to"]))
-    port = int(email.get("smtp_port", 25))
-    with smtplib.SMTP(str(email["smtp_host"]), port, timeout=float(email.get("timeout", 30))) as smtp:
-        if email.get("starttls"):
+def send_email(ctx: ServerContext, email: EmailOptions, summary: dict[str, Any]) -> None:
+    message = render_email(summary, email.sender or "cloudkeep@localhost", email.to)
+    timeout = email.timeout or 30.0
+    with smtplib.SMTP(email.smtp_host, email.smtp_port or 25, timeout=timeout) as smtp:
+        if email.starttls:
             smtp.starttls()
-        if email.get("username"):
-            password = ctx.secrets.open(bytes.fromhex(str(email["password_sealed"])))
-            smtp.login(str(email["username"]), str(password))
+        if email.username:
+            if not email.password_sealed:
+                raise smtplib.SMTPAuthenticationError(0, b"no password stored for the SMTP username")
+            password = ctx.secrets.open(bytes.fromhex(email.password_sealed))
+            smtp.login(email.username, str(password))
         smtp.send_message(message)
 
 
-def send_webhook(hook: dict[str, Any], summary: dict[str, Any]) -> None:
-    headers = {str(k): str(v) for k, v in (hook.get("headers") or {}).items()}
-    response = httpx.post(
-        str(hook["url"]), json=summary, headers=headers, timeout=float(hook.get("timeout", 15))
-    )
+def send_webhook(hook: WebhookOptions, summary: dict[str, Any]) -> None:
+    response = httpx.post(hook.url, json=summary, headers=hook.headers or {}, timeout=hook.timeout or 15.0)
     response.raise_for_status()
 
 
@@ -140,24 +131,23 @@ def notify_session(ctx: ServerContext, session_id: str) -> dict[str, str]:
         job = db.get(BackupJob, session.job_id) if session and session.job_id else None
         if session is None or job is None:
             return {}
-        spec_raw = (job.options or {}).get("notifications")
+        spec = read_job_options(job.name, job.options).notifications
         state = session.state
-    if not spec_raw:
+    if spec is None or not (spec.email or spec.webhook):
         return {}
-    spec = validate_notifications(spec_raw)
-    if state not in spec.get("on", DEFAULT_ON):
+    if state not in (spec.on if spec.on is not None else DEFAULT_ON):
         return {}
     summary = session_summary(ctx, session_id)
     outcome: dict[str, str] = {}
-    if spec.get("email"):
+    if spec.email:
         try:
-            send_email(ctx, spec["email"], summary)
+            send_email(ctx, spec.email, summary)
             outcome["email"] = "sent"
         except (OSError, smtplib.SMTPException) as exc:
             outcome["email"] = f"failed: {exc}"
-    if spec.get("webhook"):
+    if spec.webhook:
         try:
-            send_webhook(spec["webhook"], summary)
+            send_webhook(spec.webhook, summary)
             outcome["webhook"] = "sent"
         except httpx.HTTPError as exc:
             outcome["webhook"] = f"failed: {exc}"

@@ -43,6 +43,7 @@ from cloudkeep.server.jobs.access import (
     load_repository,
     repository_password,
 )
+from cloudkeep.server.jobs.options import JobOptions, read_job_options
 from cloudkeep.server.jobs.schedule import Schedule, in_window, validate_schedule
 from cloudkeep.server.jobs.stats import session_stats, task_stats
 from cloudkeep.storage.base import ObjectStore
@@ -134,7 +135,7 @@ def build_backup_body(
         raise ConfigurationError(
             f"job {job.name!r} has unknown mode {job.mode!r}", hint="use entire, volume or file"
         )
-    options = job.options or {}
+    options = read_job_options(job.name, job.options)
     includes = list(job.includes or [])
     masks: list[str]
     if mode == "entire":
@@ -154,13 +155,13 @@ def build_backup_body(
         "retain_until": retain_until.isoformat() if retain_until else None,
     }
     for key in ("bandwidth_limit", "compression_level", "pre_script", "post_script", "script_timeout"):
-        if options.get(key) is not None:
-            body[key] = options[key]
-    _add_fsfreeze(body, options.get("fsfreeze"), machine)
+        if (value := getattr(options, key)) is not None:
+            body[key] = value
+    _add_fsfreeze(body, options.fsfreeze, machine)
     return body
 
 
-def _add_fsfreeze(body: dict[str, Any], mounts: Any, machine: DiscoveredMachine) -> None:
+def _add_fsfreeze(body: dict[str, Any], mounts: list[str] | None, machine: DiscoveredMachine) -> None:
     """``options.fsfreeze: ["/srv"]``: freeze those Linux file systems around the backup.
 
     The freeze wraps the user's pre/post scripts (freeze after the application is quiesced, thaw
@@ -170,8 +171,6 @@ def _add_fsfreeze(body: dict[str, Any], mounts: Any, machine: DiscoveredMachine)
         return
     if machine.platform == "windows":
         return  # Windows consistency comes from the agent's VSS snapshot
-    if not isinstance(mounts, list) or not all(isinstance(m, str) and m.startswith("/") for m in mounts):
-        raise ConfigurationError("option fsfreeze must be a list of absolute mount points, e.g. ['/srv']")
     quoted = " ".join(shlex.quote(m) for m in mounts)
     freeze = f'for m in {quoted}; do fsfreeze -f "$m" || exit 1; done'
     thaw = f'for m in {quoted}; do fsfreeze -u "$m"; done'
@@ -205,6 +204,7 @@ class SessionRunner:
         self._dispatcher = dispatcher
         self.clock = clock
         self.provider: CloudProvider | None = None
+        self.options = JobOptions()  # the job's, typed, once the session starts
         self.window: Schedule | None = None  # set for scheduled runs whose window terminates them
         self._manifests: manifest_pins.ManifestReader | None = None  # opened on the first result
         self._manifest_store: ObjectStore | None = None
@@ -275,7 +275,8 @@ class SessionRunner:
             self.password = repository_password(self.ctx, self.repository, job)
             self.provider = self.ctx.provider_for(self.repository.credential_id)
             self.job = job
-            parallel = max(1, int((job.options or {}).get("parallel_machines", 4)))
+            self.options = read_job_options(job.name, job.options)
+            parallel = self.options.parallel_machines or 4
             with ThreadPoolExecutor(max_workers=min(parallel, len(task_ids))) as pool:
                 list(pool.map(lambda pair: self._run_task(*pair), task_ids))
             self._finish(started, None)
@@ -332,7 +333,7 @@ class SessionRunner:
 
     def _access(self, machine_id: str, *, full_access: bool = False) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
-        ttl = int((self.job.options or {}).get("credentials_ttl_seconds", DEFAULT_CREDENTIALS_TTL))
+        ttl = int(self.options.credentials_ttl_seconds or DEFAULT_CREDENTIALS_TTL)
         access = agent_access(
             self.provider,
             self.repository,
@@ -348,7 +349,7 @@ class SessionRunner:
         retain_until = self.clock() + timedelta(days=days) if days else None
         body = build_backup_body(self.job, machine, retain_until)
         access, ttl = self._access(machine.id)
-        timeout = float((self.job.options or {}).get("task_timeout_seconds", 24 * 3600))
+        timeout = self.options.task_timeout_seconds or 24 * 3600.0
         command_id = self.dispatcher.send(
             machine.id, "backup", body, sealed=access, task_id=task_id, ttl=timeout
         )
@@ -367,7 +368,7 @@ class SessionRunner:
         """Wait in short slices so a stop request and credential refresh are noticed on time."""
         deadline = monotonic_time.monotonic() + timeout
         refresh_at = monotonic_time.monotonic() + refresh_every
-        slice_seconds = float((self.job.options or {}).get("poll_slice_seconds", 2.0))
+        slice_seconds = self.options.poll_slice_seconds or 2.0
         cancel_deadline: float | None = None
         while True:
             if cancel_deadline is None and self.stop_requested():
@@ -393,7 +394,8 @@ class SessionRunner:
 
     def _cancel(self, task_id: str, machine: DiscoveredMachine, command_id: str) -> float:
         """Tell the machine to stop ``command_id``; returns the monotonic deadline for its answer."""
-        grace = float((self.job.options or {}).get("cancel_grace_seconds", 120.0))
+        grace = self.options.cancel_grace_seconds
+        grace = 120.0 if grace is None else grace
         try:
             self.dispatcher.send(machine.id, "cancel", {"command_id": command_id}, ttl=max(grace, 60.0))
             update_task(self.ctx, task_id, f"stop requested: cancel sent to {machine.name}")
@@ -503,7 +505,7 @@ class SessionRunner:
             ret.record_gfs_flags(self.ctx, plan)
             if not plan.remove:
                 return []
-            prune = bool((self.job.options or {}).get("prune", True))
+            prune = self.options.prune is not False
             body = ret.retention_command_body(
                 policy, prune=prune, hostname=backup_set(machine.id, self.job.id)
             )

@@ -19,10 +19,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from cloudkeep.errors import CloudkeepError, ConflictError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, Lease, SessionTask
 from cloudkeep.server.jobs.lifecycle import recover_orphaned_sessions, start_job
+from cloudkeep.server.jobs.options import read_job_options
 from cloudkeep.server.jobs.retention import as_utc
 from cloudkeep.server.jobs.runner import CommandSender
 from cloudkeep.server.jobs.schedule import (
@@ -203,14 +204,18 @@ def _start_due_health_checks(
     started = []
     with ctx.db() as db:
         jobs = [
-            (j.id, dict(j.options or {}))
+            (j.id, j.name, dict(j.options or {}))
             for j in db.scalars(select(BackupJob).where(BackupJob.enabled.is_(True)))
         ]
-    for job_id, options in jobs:
-        spec = options.get("health_check")
-        if not isinstance(spec, dict) or not spec.get("every_days"):
+    for job_id, job_name, stored in jobs:
+        try:  # one job's bad stored options must not stop the others' checks
+            spec = read_job_options(job_name, stored).health_check
+        except ConfigurationError as exc:
+            log.warning("health check of job %s skipped: %s", job_name, exc)
             continue
-        period = int(float(spec["every_days"]) * 86400)
+        if spec is None:
+            continue
+        period = max(1, int(spec.every_days * 86400))
         key = f"health:{job_id}:{int(now.timestamp()) // period}"
         if not claim_once(ctx, key, ctx.server_id, keep=max(CLAIM_KEEP, timedelta(seconds=2 * period))):
             continue
@@ -219,7 +224,7 @@ def _start_due_health_checks(
                 start_health_check(
                     ctx,
                     job_id,
-                    read_data_subset=spec.get("read_data_subset", "5%"),
+                    read_data_subset=spec.read_data_subset if spec.read_data_subset is not None else "5%",
                     wait=wait,
                     dispatcher=dispatcher,
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,9 @@ from cloudkeep.server.services.schemas import JobCreate, JobUpdate, JobView, Pag
 from cloudkeep.server.services.validation import next_run, validate_retention, validate_schedule
 
 ACTIVE_STATES = ("pending", "running")
-_PLAIN = ("description", "mode", "includes", "excludes", "options", "enabled")
+_PLAIN = ("description", "mode", "includes", "excludes", "enabled")
+_GLOB_CHARS = set("*?[")
+_WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 SEALED_SUFFIX = "_sealed"
@@ -95,6 +98,28 @@ def _machine_ids(session: Session, refs: list[str]) -> list[str]:
     ]
 
 
+def _check_sources(row: BackupJob) -> None:
+    """What a job backs up must make sense for its mode before it is stored, not at run time."""
+    includes = list(row.includes or [])
+    if row.mode == "entire" and includes:
+        raise ConfigurationError(
+            "an entire-machine job backs up every file system and takes no --include",
+            hint="drop --include, or use --mode file for chosen paths",
+        )
+    if row.mode == "volume" and not includes:
+        raise ConfigurationError(
+            "a volume job needs the devices to image", hint="pass --include /dev/sdb (repeat for more)"
+        )
+    relative = [
+        p for p in includes if not (p.startswith("/") or _WINDOWS_ABSOLUTE.match(p) or _GLOB_CHARS & set(p))
+    ]
+    if relative:
+        raise ConfigurationError(
+            f"include path {relative[0]!r} is relative",
+            hint="give absolute paths (e.g. /srv/data or C:\\Data) or a glob such as *.sql",
+        )
+
+
 def _schedule_fields(row: BackupJob, schedule: dict[str, Any] | None) -> None:
     if schedule is not None:
         validate_schedule(schedule)
@@ -114,9 +139,10 @@ def create_job(ctx: ServerContext, data: JobCreate, *, actor: str = "local") -> 
             protection_group_ids=_group_ids(session, data.protection_groups or []),
             machine_ids=_machine_ids(session, data.machines or []),
             retention=retention,
+            options=seal_options(ctx, data.options.stored()) if data.options else {},
             **{k: v for k in _PLAIN if (v := getattr(data, k)) is not None},
         )
-        row.options = seal_options(ctx, row.options or {})
+        _check_sources(row)
         if not row.protection_group_ids and not row.machine_ids:
             raise ConfigurationError(
                 "a job needs at least one protection group or machine", hint="pass --group"
@@ -146,7 +172,11 @@ def update_job(ctx: ServerContext, ref: str, data: JobUpdate, *, actor: str = "l
             row.retention = validate_retention(data.retention.model_dump(exclude_none=True))
         for key in _PLAIN:
             if (value := getattr(data, key)) is not None:
-                setattr(row, key, seal_options(ctx, value) if key == "options" else value)
+                setattr(row, key, value)
+        if data.options is not None:
+            row.options = seal_options(ctx, data.options.stored())
+        if data.mode is not None or data.includes is not None:
+            _check_sources(row)
         if data.clear_schedule:
             _schedule_fields(row, None)
         elif data.schedule is not None or data.enabled is not None:

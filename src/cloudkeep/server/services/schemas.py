@@ -11,6 +11,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
+from cloudkeep.server.jobs.options import JobOptions
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
 Provider = Literal["aws", "azure", "local"]
@@ -234,7 +236,7 @@ class _JobFields(Model):
     excludes: list[str] | None = None
     schedule: dict[str, Any] | None = None
     retention: Retention | None = None
-    options: dict[str, Any] | None = None
+    options: JobOptions | None = Field(default=None, description="Typed: unknown options are refused.")
     enabled: bool | None = None
 
     @field_validator("includes", "excludes")
