@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.peers import Azurite, MotoServer, Postgres
+from tests.support.s3_standin import S3CompatStandin
+from tests.support.tls import TlsFiles, make_self_signed
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -48,3 +50,18 @@ def aws_options(moto_server: MotoServer) -> dict[str, str]:
 def unique_name() -> str:
     """A name unique to this test, for buckets, containers and queues on shared peers."""
     return "ck" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A self-signed certificate for HTTPS stand-ins (clients trust it through its file)."""
+    return make_self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def standin(moto_server: MotoServer, tls_files: TlsFiles) -> Iterator[S3CompatStandin]:
+    """A less capable S3-compatible store over HTTPS in front of moto: tests switch its quirks on
+    (see tests/support/s3_standin.py)."""
+    proxy = S3CompatStandin(moto_server.endpoint, tls=tls_files)
+    yield proxy
+    proxy.close()

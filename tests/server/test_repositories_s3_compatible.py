@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin
-from tests.support.tls import TlsFiles, make_self_signed
+from tests.support.tls import TlsFiles
 
 from cloudkeep.config import Settings
 from cloudkeep.errors import ConfigurationError, NotSupportedError
@@ -30,18 +30,6 @@ CHECKS = {
     "create-only writes", "ranged reads", "listing pagination", "delimiter listings",
     "multipart and abort", "object lock", "checksum framing", "agent credentials",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def standin(moto_server: MotoServer, tls_files: TlsFiles) -> Iterator[S3CompatStandin]:
-    proxy = S3CompatStandin(moto_server.endpoint, tls=tls_files)
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ imitates a less capable store (named in each test).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from cloudkeep.storage.s3 import S3Store
 from tests.support.fault_proxy import FaultProxy
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin
-from tests.support.tls import TlsFiles, make_self_signed
+from tests.support.tls import TlsFiles
 
 
 def _options(endpoint: str, ca: str, **extra: Any) -> dict[str, Any]:
@@ -44,19 +43,6 @@ def _bucket(endpoint: str, ca: str | None, name: str, *, lock: bool = False) -> 
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )  # fmt: skip
     s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def standin(moto_server: MotoServer, tls_files: TlsFiles) -> Iterator[S3CompatStandin]:
-    """A less capable store over HTTPS: tests switch its quirks on (see tests/support/s3_standin.py)."""
-    proxy = S3CompatStandin(moto_server.endpoint, tls=tls_files)
-    yield proxy
-    proxy.close()
 
 
 def test_https_roundtrip_on_moto_tls(moto_tls: MotoServer, unique_name: str, tmp_path: Path) -> None:

@@ -16,19 +16,7 @@ from cloudkeep.providers.aws import AwsProvider, create_aws_provider
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin
-from tests.support.tls import TlsFiles, make_self_signed
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def standin(moto_server: MotoServer, tls_files: TlsFiles) -> Iterator[S3CompatStandin]:
-    proxy = S3CompatStandin(moto_server.endpoint, tls=tls_files)
-    yield proxy
-    proxy.close()
+from tests.support.tls import TlsFiles
 
 
 @pytest.fixture
