@@ -17,16 +17,13 @@ import httpx
 import pytest
 from click.testing import Result
 
-from cloudkeep.repo import KdfParams
-from cloudkeep.repo import Repository as EngineRepository
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import JobSession, RestorePoint
-from cloudkeep.server.jobs.access import load_repository
+from cloudkeep.server.db.models import JobSession
 from tests.cli.test_cli_core import Invoke, ok
 from tests.cli.test_cli_core import run as run
 from tests.server.core.fixtures import LiveServer
-from tests.server.jobs_fakes import build_world
-from tests.support.hostile import craft, file, folder
+from tests.server.jobs_fakes import build_world, crafted_point
+from tests.support.hostile import file, folder
 
 PASSWORD = "correct horse battery"
 BIG = os.urandom(1_500_000)  # several chunks, larger than one read of the streamed download
@@ -35,25 +32,10 @@ BIG = os.urandom(1_500_000)  # several chunks, larger than one read of the strea
 def point_with_files(ctx: ServerContext, lab: Path) -> str:
     """A restore point holding /etc/hosts and /srv/big.bin; returns its restore point id."""
     world = build_world(ctx, lab, machines=1, password=PASSWORD)
-    repository = load_repository(ctx, world.repository_id)
-    provider = ctx.provider_for(repository.credential_id)
-    store = provider.storage.open_store(repository.location)
-    repo = EngineRepository.create(store, PASSWORD, kdf=KdfParams(n=2**10))
-    snapshot_id = craft(repo, [
+    return crafted_point(world, [
         folder("etc", [file("hosts", b"127.0.0.1 lo\n"), folder("ssh", [file("config", b"Host *\n")])]),
         folder("srv", [file("big.bin", BIG)]),
     ])  # fmt: skip
-    repo.close()
-    store.close()
-    provider.close()
-    with ctx.db() as db:
-        point = RestorePoint(
-            repository_id=world.repository_id, machine_id=world.machine_ids[0], snapshot_id=snapshot_id,
-            mode="file",
-        )  # fmt: skip
-        db.add(point)
-        db.flush()
-        return point.id
 
 
 def remote(live_server: LiveServer, token: str, url: str | None = None) -> dict[str, str]:

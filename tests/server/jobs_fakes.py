@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.support.hostile import Spec, craft
+
 from cloudkeep.config import Settings
 from cloudkeep.errors import NotFoundError, UnreachableError
 from cloudkeep.repo import KdfParams, Snapshot
@@ -27,6 +29,7 @@ from cloudkeep.server.db.models import (
     DiscoveredMachine,
     ProtectionGroup,
     Repository,
+    RestorePoint,
 )
 from cloudkeep.server.jobs.access import agent_write_prefix, load_repository, repository_password
 
@@ -144,6 +147,25 @@ def write_manifest(world: World, machine: int = 0, kind: str = "files") -> Snaps
         return snapshot
     finally:
         repo.store.close()
+
+
+def crafted_point(world: World, specs: list[Spec]) -> str:
+    """A restore point of the world's first machine holding exactly ``specs`` (hand-written trees,
+    hostile names welcome), recorded in the catalog; returns the restore point id."""
+    repo = open_engine(world)
+    try:
+        snapshot_id = craft(repo, specs)
+    finally:
+        repo.close()
+        repo.store.close()
+    with world.ctx.db() as db:
+        point = RestorePoint(
+            repository_id=world.repository_id, machine_id=world.machine_ids[0], snapshot_id=snapshot_id,
+            mode="file",
+        )  # fmt: skip
+        db.add(point)
+        db.flush()
+        return point.id
 
 
 @dataclass

@@ -17,17 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tests.server.jobs_fakes import FakeDispatcher, build_world, make_context
-from tests.support.hostile import craft, file, folder, sandbox, symlink
+from tests.server.jobs_fakes import FakeDispatcher, build_world, crafted_point, make_context
+from tests.support.hostile import file, folder, sandbox, symlink
 
 from cloudkeep.errors import ConfigurationError, RestoreIncompleteError
-from cloudkeep.repo import KdfParams
-from cloudkeep.repo import Repository as EngineRepository
 from cloudkeep.server.api import create_app
 from cloudkeep.server.client import HttpClient
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
-from cloudkeep.server.jobs.access import load_repository
 from cloudkeep.server.restore import download_files, start_file_restore, start_volume_restore
 from cloudkeep.server.services import tokens
 from cloudkeep.server.services.schemas import TokenCreate
@@ -45,27 +42,12 @@ def ctx(tmp_path: Path) -> Iterator[ServerContext]:
 def hostile_point(ctx: ServerContext, lab: Path, outside: Path) -> str:
     """A restore point with escapes next to one good file; returns its restore point id."""
     world = build_world(ctx, lab, machines=1, password=PASSWORD)
-    repository = load_repository(ctx, world.repository_id)
-    provider = ctx.provider_for(repository.credential_id)
-    store = provider.storage.open_store(repository.location)
-    repo = EngineRepository.create(store, PASSWORD, kdf=KdfParams(n=2**10))
-    snapshot_id = craft(repo, [
+    return crafted_point(world, [
         file("../../../victim.txt", b"owned\n"),
         symlink("s", str(outside / "victim-dir")), folder("s", [file("planted")]),
         folder("..", [folder("..", [folder("..", [file("victim.txt", b"owned\n")])])]),
         folder("good", [file("kept.txt", b"kept\n")]),
     ])  # fmt: skip
-    repo.close()
-    store.close()
-    provider.close()
-    with ctx.db() as db:
-        point = RestorePoint(
-            repository_id=world.repository_id, machine_id=world.machine_ids[0], snapshot_id=snapshot_id,
-            mode="file",
-        )  # fmt: skip
-        db.add(point)
-        db.flush()
-        return point.id
 
 
 def test_download_files_stays_in_dest_and_names_what_it_refused(ctx: ServerContext, tmp_path: Path) -> None:
