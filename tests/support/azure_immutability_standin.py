@@ -18,7 +18,6 @@ date) and kept in ``policy_requests`` for the test to inspect.
 
 from __future__ import annotations
 
-import http.client
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+from tests.support.proxy import HOP_HEADERS, ask_upstream, relay
+
 _UNTIL = "x-ms-immutability-policy-until-date"
 _MODE = "x-ms-immutability-policy-mode"
 
@@ -107,7 +107,7 @@ class AzureImmutabilityStandin:
                 query = parse_qs(url.query, keep_blank_values=True)
                 comp = (query.get("comp") or [""])[0]
                 is_container = (query.get("restype") or [""])[0] == "container"
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 lowered = {k.lower(): v for k, v in headers.items()}
                 with standin._lock:
                     locked = None if is_container else standin._locked(path)
@@ -138,20 +138,14 @@ class AzureImmutabilityStandin:
                     if locked is not None and writes:
                         self._refuse(path)
                         return
-                upstream = http.client.HTTPConnection(
-                    standin.upstream.hostname, standin.upstream.port, timeout=60
+                status, answer_headers, data = ask_upstream(
+                    standin.upstream, self.command, self.path, body, headers
                 )
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                finally:
-                    upstream.close()
                 extra: dict[str, str] = {}
                 with standin._lock:
-                    if response.status < 300 and policy is not None and comp in ("", "blocklist"):
+                    if status < 300 and policy is not None and comp in ("", "blocklist"):
                         standin.policies[path] = policy
-                    if response.status < 300 and self.command == "DELETE":
+                    if status < 300 and self.command == "DELETE":
                         standin.policies.pop(path, None)
                     current = standin.policies.get(path)
                 if is_container and self.command in ("GET", "HEAD") and not comp:
@@ -159,18 +153,7 @@ class AzureImmutabilityStandin:
                 elif current is not None and self.command in ("GET", "HEAD"):
                     extra[_UNTIL] = format_datetime(current.until, usegmt=True)
                     extra[_MODE] = current.mode.lower()
-                self.send_response(response.status)
-                head = self.command == "HEAD"
-                for name, value in response.getheaders():
-                    if name.lower() not in _HOP_HEADERS and (head or name.lower() != "content-length"):
-                        self.send_header(name, value)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
+                relay(self, status, answer_headers, data, extra)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

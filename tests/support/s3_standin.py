@@ -17,16 +17,15 @@ remote store over TLS.
 
 from __future__ import annotations
 
-import http.client
 import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.proxy import HOP_HEADERS, ask_upstream, relay
 from tests.support.tls import TlsFiles
 
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 _CHUNKED_HEADERS = {"content-encoding", "x-amz-decoded-content-length", "x-amz-trailer",
                     "x-amz-sdk-checksum-algorithm"}  # fmt: skip
 _NOT_IMPLEMENTED = (
@@ -98,7 +97,7 @@ class S3CompatStandin:
             def _forward(self) -> None:
                 body = self._body()
                 quirks = standin.quirks
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 is_sts = self.command == "POST" and b"Action=" in body and urlsplit(self.path).path == "/"
                 if quirks.no_sts and is_sts:
                     self._answer(404, b"Not Found", "text/plain")
@@ -117,25 +116,10 @@ class S3CompatStandin:
                     headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
                     standin.stored_framing += 1
                 headers["Content-Length"] = str(len(body))
-                upstream = http.client.HTTPConnection(
-                    standin.upstream.hostname, standin.upstream.port, timeout=60
+                status, answer_headers, data = ask_upstream(
+                    standin.upstream, self.command, self.path, body, headers
                 )
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                finally:
-                    upstream.close()
-                self.send_response(response.status)
-                head = self.command == "HEAD"  # keeps the object's Content-Length, sends no body
-                for name, value in response.getheaders():
-                    if name.lower() not in _HOP_HEADERS and (head or name.lower() != "content-length"):
-                        self.send_header(name, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                relay(self, status, answer_headers, data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
