@@ -261,7 +261,7 @@ class FakeDispatcher:
                 mine = self.snapshots.get(command.body["hostname"], [])
                 removed = [s for s, _t in mine[:-keep]]
                 self.snapshots[command.body["hostname"]] = mine[-keep:]
-            payload = {"kept": keep, "removed": removed}
+            payload = {"kept": [s for s, _t in mine[-keep:]], "removed": removed}  # as the agent reports
         elif command.kind == "check":
             payload = {"ok": True, "problems": []}
         else:

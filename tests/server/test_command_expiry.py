@@ -19,7 +19,7 @@ from cloudkeep.protocol import MessageValidator
 from cloudkeep.server.consumer import apply_report
 from cloudkeep.server.db.models import DiscoveredMachine
 from cloudkeep.server.dispatcher import CommandFailed, Dispatcher, expire_commands
-from cloudkeep.server.jobs.scheduler import tick
+from cloudkeep.server.scheduling.scheduler import tick
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from cloudkeep.server.jobs.options import (
     read_job_options,
     validate_job_options,
 )
-from cloudkeep.server.jobs.scheduler import tick
+from cloudkeep.server.scheduling.scheduler import tick
 
 
 @pytest.mark.parametrize(

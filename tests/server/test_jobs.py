@@ -19,7 +19,7 @@ from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, RestorePoint, SessionTask
 from cloudkeep.server.jobs import start_job, stop_session
-from cloudkeep.server.jobs.runner import build_backup_body
+from cloudkeep.server.jobs.backup_body import build_backup_body
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -289,7 +289,7 @@ def test_health_check_runs_check_on_one_deployed_machine(ctx: ServerContext, wor
 def test_health_check_is_scheduled_once_per_period(ctx: ServerContext, world: World) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from cloudkeep.server.jobs.scheduler import tick
+    from cloudkeep.server.scheduling.scheduler import tick
 
     fake = FakeDispatcher(ctx)
     world.add_job(options={"health_check": {"every_days": 7, "read_data_subset": "1%"}})

@@ -19,8 +19,8 @@ from tests.server.jobs_fakes import FakeDispatcher, World, build_world, fresh_po
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession
-from cloudkeep.server.jobs.schedule import next_run, validate_schedule
-from cloudkeep.server.jobs.scheduler import start_scheduler, tick
+from cloudkeep.server.scheduling.schedule import next_run, validate_schedule
+from cloudkeep.server.scheduling.scheduler import start_scheduler, tick
 
 T0 = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)  # a Thursday
 
@@ -270,11 +270,11 @@ def test_tick_starts_the_rescans_that_are_due(
     ctx: ServerContext, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rescan engine is replaced by recording fakes: only the hand-over is under test here."""
-    from cloudkeep.server import rescan
+    from cloudkeep.server.scheduling import scheduler
 
     started: list[str] = []
-    monkeypatch.setattr(rescan, "due_rescans", lambda c, now: [world.group_id] if now >= T0 else [])
-    monkeypatch.setattr(rescan, "start_rescan", lambda c, gid, **kw: started.append(gid) or f"s-{gid}")
+    monkeypatch.setattr(scheduler, "due_rescans", lambda c, now: [world.group_id] if now >= T0 else [])
+    monkeypatch.setattr(scheduler, "start_rescan", lambda c, gid, **kw: started.append(gid) or f"s-{gid}")
     assert tick(ctx, T0 - timedelta(minutes=1), dispatcher=FakeDispatcher(ctx)) == []
     assert tick(ctx, T0, dispatcher=FakeDispatcher(ctx)) == [f"s-{world.group_id}"]
     assert started == [world.group_id]

@@ -20,13 +20,13 @@ from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.rescan import (
     bundles,
     deploy,
-    due_rescans,
     scripts,
     set_bundle_version,
     start_rescan,
     wait_for_session,
 )
 from cloudkeep.server.rescan.deploy import OWNER_TAG
+from cloudkeep.server.scheduling.rescans import due_rescans
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.server.jobs.schedule import in_window, is_missed, next_run, retry_at, validate_schedule
+from cloudkeep.server.scheduling.schedule import in_window, is_missed, next_run, retry_at, validate_schedule
 
 
 def at(text: str) -> datetime:

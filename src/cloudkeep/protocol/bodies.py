@@ -7,7 +7,7 @@ envelope's ``sealed`` field (see ``RepositoryAccess``), opened only by the recip
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,6 +130,74 @@ class Progress(Body):
 class Heartbeat(Body):
     services: dict[str, Any] = Field(default_factory=dict)
     version: str
+
+
+# --- what a command's ``Result.payload`` holds (machine → server) -------------------------------
+#
+# A result crosses a trust boundary: the server validates it against these models before reading
+# it, refusing unknown fields and oversized values. Every field a machine of an earlier version
+# may have left out has a default, so an older machine's result still reads as it did; one that
+# sends something else (another shape, an extra field) fails its task with a clear reason.
+
+_ID = 128  # snapshot ids, digests, tree ids: hex strings far shorter than this
+_TEXT = 8 * 1024  # one warning or problem line
+_MANY = 10_000  # list items; a result must fit one queue message (64 KiB) anyway
+ResultId = Annotated[str, Field(max_length=_ID)]
+ResultLine = Annotated[str, Field(max_length=_TEXT)]
+
+
+class BackupResult(Body):
+    snapshot_id: str | None = Field(default=None, max_length=_ID)  # None: refused as "no restore point"
+    snapshot_time: str | None = Field(default=None, max_length=64)  # ISO 8601; unreadable → "now"
+    manifest_digest: str | None = Field(default=None, max_length=_ID)
+    root_tree: str | None = Field(default=None, max_length=_ID)
+    stats: dict[str, Any] = Field(default_factory=dict, max_length=200)
+    forgotten: list[ResultId] = Field(default_factory=list, max_length=_MANY)
+    warnings: list[ResultLine] = Field(default_factory=list, max_length=_MANY)
+    errors: list[dict[str, Any]] = Field(default_factory=list, max_length=_MANY)  # entries not read
+    errors_total: int = Field(default=0, ge=0)
+
+
+class RetentionResult(Body):
+    kept: list[ResultId] = Field(default_factory=list, max_length=_MANY)
+    removed: list[ResultId] = Field(default_factory=list, max_length=_MANY)
+
+
+class CheckResult(Body):
+    ok: bool | None = None  # None (an older machine): healthy exactly when no problem is listed
+    problems: list[ResultLine] = Field(default_factory=list, max_length=1000)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems if self.ok is None else self.ok
+
+
+class RestoreResult(Body):
+    files: int = Field(default=1, ge=0)  # 1 when left out, as the session reason always read it
+    bytes: int = Field(default=0, ge=0)
+    verified: bool = True
+    verified_files: int | None = Field(default=None, ge=0)
+    warnings: list[ResultLine] = Field(default_factory=list, max_length=_MANY)
+
+
+class RestoreVolumeResult(Body):
+    bytes: int = Field(default=0, ge=0)
+    verified: bool = True
+
+
+class BrowseResult(Body):
+    entries: list[dict[str, Any]] = Field(default_factory=list, max_length=5000)
+    truncated: bool = False
+
+
+RESULT_BODIES: dict[str, type[Body]] = {
+    "backup": BackupResult,
+    "retention": RetentionResult,
+    "check": CheckResult,
+    "restore": RestoreResult,
+    "restore_volume": RestoreVolumeResult,
+    "browse": BrowseResult,
+}
 
 
 COMMAND_BODIES: dict[str, type[Body]] = {

@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -25,6 +24,7 @@ from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, Protoc
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
 
@@ -42,10 +42,6 @@ class Impersonation(ProtocolError):
 def server_queue_name(server_id: str) -> str:
     """The contract name (same as the rescan side): ``ck-<server_id>-server``."""
     return f"ck-{server_id}-server"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class MachineKeys:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import Lease
 
@@ -26,7 +27,7 @@ _FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 def acquire(ctx: ServerContext, name: str, holder: str, *, ttl_seconds: float) -> bool:
     """Take or renew lease ``name`` for ``ttl_seconds``; True when ``holder`` now holds it."""
-    now = datetime.now(UTC)
+    now = utcnow()
     expires = now + timedelta(seconds=ttl_seconds)
     with ctx.db() as session:
         result = session.execute(
@@ -62,7 +63,7 @@ def holder_of(ctx: ServerContext, name: str) -> str | None:
     """Who holds ``name`` right now (None when free or expired)."""
     with ctx.db() as session:
         lease = session.scalar(select(Lease).where(Lease.name == name))
-        if lease is None or lease.expires_at < datetime.now(UTC):
+        if lease is None or lease.expires_at < utcnow():
             return None
         return lease.holder
 
@@ -82,7 +83,7 @@ def purge_expired(ctx: ServerContext) -> int:
     with ctx.db() as session:
         result = session.execute(
             delete(Lease)
-            .where(Lease.expires_at < datetime.now(UTC))
+            .where(Lease.expires_at < utcnow())
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -14,14 +14,11 @@ footer, padded to a whole MiB) ready for EC2 ImportSnapshot/ImportImage or an Az
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import struct
-import threading
-import time as monotonic_time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,26 +27,24 @@ from typing import Any
 
 from sqlalchemy import select
 
+from cloudkeep import repo as engine
 from cloudkeep.errors import (
-    CloudkeepError,
     ConfigurationError,
     IntegrityError,
     NotFoundError,
     incomplete_restore,
 )
 from cloudkeep.pathnames import display
+from cloudkeep.protocol.bodies import RestoreResult, RestoreVolumeResult
 from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import DiscoveredMachine, JobSession, RestorePoint, SessionTask
-from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
-from cloudkeep.server.jobs.runner import CommandSender, default_dispatcher, update_task, utcnow
+from cloudkeep.server.db.models import DiscoveredMachine, RestorePoint
+from cloudkeep.server.jobs.access import load_repository, repository_password
+from cloudkeep.server.sessions import CommandSender, CommandSession, Outcome, default_dispatcher
+from cloudkeep.server.sessions.commands import call_machine, start_command_session
 
 log = logging.getLogger(__name__)
 VHD_ALIGN = 1 << 20  # Azure requires a VHD's virtual size to be a whole number of MiB
-
-
-def _engine() -> Any:
-    return importlib.import_module("cloudkeep.repo")
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ def verify_point(ctx: ServerContext, point: PointRef) -> None:
         manifest_pins.verify(ctx, reader, point)
 
 
-def _verify_in(ctx: ServerContext, repo: Any, point: PointRef) -> None:
+def _verify_in(ctx: ServerContext, repo: engine.Repository, point: PointRef) -> None:
     """The same check through a repository opened here, which then reads that very manifest."""
     manifest_pins.verify(ctx, manifest_pins.ManifestReader.of_repository(repo), point)
 
@@ -117,16 +112,25 @@ def _target_machine(ctx: ServerContext, machine_id: str) -> DiscoveredMachine:
         return machine
 
 
-def _sealed_access(ctx: ServerContext, repository_id: str, machine_id: str) -> dict[str, Any]:
-    repository = load_repository(ctx, repository_id)
-    provider = ctx.provider_for(repository.credential_id)
-    try:
-        return agent_access(provider, repository, machine_id, repository_password(ctx, repository))
-    finally:
-        provider.close()
+def _restored(machine: DiscoveredMachine) -> Callable[[RestoreResult | RestoreVolumeResult], Outcome]:
+    """How a machine's restore result reads: verified → success, else a warning saying so."""
 
+    def interpret(result: RestoreResult | RestoreVolumeResult) -> Outcome:
+        stats = result.model_dump(include={"files", "bytes", "verified"}, exclude_unset=True)
+        state = "success" if result.verified else "warning"
+        files = result.files if isinstance(result, RestoreResult) else 1
+        reason = f"restored {files} file(s), {result.bytes} bytes to {machine.name}"
+        if state == "warning":
+            reason += " (not verified)"
+        task = {
+            "stats": stats,
+            "bytes_transferred": int(stats.get("bytes", 0)),
+            "files": int(stats.get("files", 0)),
+            "progress": 1.0 if state == "success" else 0.0,
+        }
+        return Outcome(state, reason, task)
 
-# --- restores through a machine's Transport Service ---------------------------------------------
+    return interpret
 
 
 def _start_command_session(
@@ -140,101 +144,23 @@ def _start_command_session(
     dispatcher: CommandSender | None,
     timeout: float = 48 * 3600,
 ) -> str:
-    with ctx.db() as db:
-        session = JobSession(kind="restore", job_id=point.job_id, trigger="manual", state="pending")
-        session.stats = {
-            "restore_point_id": point.id,
-            "snapshot_id": point.snapshot_id,
-            "command": kind,
-            **body,
-        }
-        db.add(session)
-        db.flush()
-        task = SessionTask(session_id=session.id, machine_id=machine.id, state="pending")
-        db.add(task)
-        db.flush()
-        session_id, task_id = session.id, task.id
-
-    def run() -> None:
-        _run_command_session(ctx, session_id, task_id, point, machine, kind, body, dispatcher, timeout)
-
-    if wait:
-        run()
-    else:
-        threading.Thread(target=run, name=f"ck-restore-{session_id[:8]}", daemon=True).start()
-    return session_id
-
-
-def _set_session(ctx: ServerContext, session_id: str, **fields: Any) -> None:
-    with ctx.db() as db:
-        session = db.get(JobSession, session_id)
-        if session is not None:
-            for key, value in fields.items():
-                setattr(session, key, value)
-
-
-def _stop_requested(ctx: ServerContext, session_id: str) -> bool:
-    with ctx.db() as db:
-        session = db.get(JobSession, session_id)
-        return bool(session and session.stop_requested)
-
-
-def _run_command_session(
-    ctx: ServerContext,
-    session_id: str,
-    task_id: str,
-    point: PointRef,
-    machine: DiscoveredMachine,
-    kind: str,
-    body: dict[str, Any],
-    dispatcher: CommandSender | None,
-    timeout: float,
-) -> None:
-    started = utcnow()
-    _set_session(ctx, session_id, state="running", started_at=started)
-    update_task(
-        ctx,
-        task_id,
-        f"{kind} of {point.snapshot_id[:12]} on {machine.name}",
-        state="running",
-        started_at=started,
+    spec = CommandSession(
+        kind="restore",
+        command=kind,
+        body=body,
+        machine_id=machine.id,
+        machine_name=machine.name,
+        repository_id=point.repository_id,
+        job_id=point.job_id,
+        trigger="manual",
+        started_message=f"{kind} of {point.snapshot_id[:12]} on {machine.name}",
+        interpret=_restored(machine),
+        error_prefix=f"{machine.name}: ",
+        timeout=timeout,
+        stats={"restore_point_id": point.id, "snapshot_id": point.snapshot_id, "command": kind, **body},
+        unfinished=Outcome("failed", "", {"stats": {}, "bytes_transferred": 0, "files": 0, "progress": 0.0}),
     )
-    state, reason, stats = "failed", "", {}
-    try:
-        sender = dispatcher or default_dispatcher(ctx)
-        sealed = _sealed_access(ctx, point.repository_id, machine.id)
-        command_id = sender.send(machine.id, kind, body, sealed=sealed, task_id=task_id, ttl=timeout)
-        deadline = monotonic_time.monotonic() + timeout
-        while True:
-            if _stop_requested(ctx, session_id):
-                state, reason = "stopped", "stopped by the administrator"
-                break
-            try:
-                payload = sender.wait(
-                    command_id, timeout=min(2.0, max(0.1, deadline - monotonic_time.monotonic()))
-                )
-            except TimeoutError:
-                if monotonic_time.monotonic() < deadline:
-                    continue
-                raise
-            stats = {k: v for k, v in payload.items() if k in ("files", "bytes", "verified")}
-            state = "success" if payload.get("verified", True) else "warning"
-            files, size = payload.get("files", 1), payload.get("bytes", 0)
-            reason = f"restored {files} file(s), {size} bytes to {machine.name}"
-            if state == "warning":
-                reason += " (not verified)"
-            break
-    except CloudkeepError as exc:
-        reason = f"{machine.name}: {exc}"
-    except TimeoutError as exc:
-        reason = f"{machine.name}: {exc}"
-    ended = utcnow()
-    update_task(
-        ctx, task_id, reason, state=state, reason=reason, ended_at=ended, stats=stats,
-        bytes_transferred=int(stats.get("bytes", 0)), files=int(stats.get("files", 0)),
-        progress=1.0 if state == "success" else 0.0,
-    )  # fmt: skip
-    _set_session(ctx, session_id, state=state, reason=reason, ended_at=ended)
+    return start_command_session(ctx, spec, wait=wait, dispatcher=dispatcher)
 
 
 def _check_target(target_path: str | None, machine: DiscoveredMachine) -> None:
@@ -338,18 +264,15 @@ def browse(
         body: dict[str, Any] = {"snapshot_id": point.snapshot_id, "path": path, "recursive": recursive}
         if pattern:
             body["pattern"] = pattern
-        command_id = sender.send(
-            machine.id, "browse", body, sealed=_sealed_access(ctx, point.repository_id, machine.id)
-        )
-        return sender.wait(command_id, timeout=timeout)
+        listing = call_machine(ctx, sender, machine.id, machine.name, "browse", body,
+                               repository_id=point.repository_id, timeout=timeout)  # fmt: skip
+        return listing.model_dump(mode="json")
     import fnmatch
 
     with open_repository(ctx, point.repository_id) as repo:
         _verify_in(ctx, repo, point)
-        exact = _engine().resolve_path(repo, point.snapshot_id, path)
-        entries = [
-            e.to_json() for e in _engine().list_tree(repo, point.snapshot_id, exact, recursive=recursive)
-        ]
+        exact = engine.resolve_path(repo, point.snapshot_id, path)
+        entries = [e.to_json() for e in engine.list_tree(repo, point.snapshot_id, exact, recursive=recursive)]
     if pattern:
         entries = [e for e in entries if fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern)]
     return {"entries": entries, "truncated": False}
@@ -359,13 +282,15 @@ def browse(
 
 
 @contextmanager
-def open_repository(ctx: ServerContext, repository_id: str, password: str | None = None) -> Iterator[Any]:
+def open_repository(
+    ctx: ServerContext, repository_id: str, password: str | None = None
+) -> Iterator[engine.Repository]:
     """The repository opened here with the full repository credential (never handed to machines)."""
     repository = load_repository(ctx, repository_id)
     provider = ctx.provider_for(repository.credential_id)
     store = provider.storage.open_store(repository.location)
     try:
-        repo = _engine().Repository.open(store, password or repository_password(ctx, repository))
+        repo = engine.Repository.open(store, password or repository_password(ctx, repository))
         try:
             yield repo
         finally:
@@ -394,8 +319,8 @@ def download_files(
         raise ConfigurationError(f"restore point {point.id} is a volume backup", hint="use export_image")
     with open_repository(ctx, point.repository_id, password) as repo:
         _verify_in(ctx, repo, point)
-        exact = [_engine().resolve_path(repo, point.snapshot_id, p) for p in paths or []]
-        result = _engine().restore(repo, point.snapshot_id, Path(dest), paths=exact or None)
+        exact = [engine.resolve_path(repo, point.snapshot_id, p) for p in paths or []]
+        result = engine.restore(repo, point.snapshot_id, Path(dest), paths=exact or None)
     if result.errors:  # never a plain success: the refused entries are named
         raise incomplete_restore(f"download of restore point {point.id} into {dest}", result.errors)
     return {
@@ -403,7 +328,7 @@ def download_files(
         "files": int(result.files),
         "bytes": int(result.bytes),
         "verified": int(result.verified),
-        "warnings": [display(str(w)) for w in getattr(result, "warnings", [])],
+        "warnings": [display(str(w)) for w in result.warnings],
     }
 
 
@@ -430,7 +355,7 @@ def search(
     for repository_id, snapshots in by_repo.items():
         with open_repository(ctx, repository_id) as repo:
             intact = [sid for sid, point in snapshots.items() if _intact(ctx, repo, point)]
-            for snapshot_id, entry in _engine().find(repo, pattern, snapshot_ids=intact):
+            for snapshot_id, entry in engine.find(repo, pattern, snapshot_ids=intact):
                 point = snapshots[snapshot_id]
                 found.append(
                     {
@@ -445,7 +370,7 @@ def search(
     return found
 
 
-def _intact(ctx: ServerContext, repo: Any, point: RestorePoint) -> bool:
+def _intact(ctx: ServerContext, repo: engine.Repository, point: RestorePoint) -> bool:
     """Search skips a point whose manifest was altered or lost, rather than failing for all of them."""
     try:
         manifest_pins.verify(ctx, manifest_pins.ManifestReader.of_repository(repo), point)
@@ -530,7 +455,7 @@ def export_image(
     try:
         with open_repository(ctx, point.repository_id, password) as repo:
             _verify_in(ctx, repo, point)
-            result = _engine().restore_volume(repo, point.snapshot_id, partial)
+            result = engine.restore_volume(repo, point.snapshot_id, partial)
         size = partial.stat().st_size
         if image_format == "vhd":
             padded = -(-size // VHD_ALIGN) * VHD_ALIGN

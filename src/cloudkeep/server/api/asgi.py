@@ -6,7 +6,6 @@ This is an edge: settings come from ``CLOUDKEEP_*`` environment variables, which
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
@@ -15,26 +14,18 @@ from fastapi import FastAPI
 from cloudkeep.config import Settings
 from cloudkeep.server.api.app import create_app
 from cloudkeep.server.context import ServerContext, open_context
+from cloudkeep.server.dispatcher import ensure_consumers
+from cloudkeep.server.scheduling.scheduler import start_scheduler
 
 log = logging.getLogger(__name__)
 BACKGROUND_ENV = "CLOUDKEEP_SERVER_BACKGROUND"
 
 
 def start_background(ctx: ServerContext) -> list[str]:
-    """Start the scheduler and the server-queue consumers when this build has them."""
-    started = []
-    for module, function in (
-        ("cloudkeep.server.jobs.scheduler", "start_scheduler"),
-        ("cloudkeep.server.dispatcher", "ensure_consumers"),
-    ):
-        try:
-            entry = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            log.info("%s.%s not available; skipped", module, function)
-            continue
-        entry(ctx)
-        started.append(f"{module}.{function}")
-    return started
+    """Start the scheduler and the server-queue consumers; returns what was started."""
+    start_scheduler(ctx)
+    ensure_consumers(ctx)
+    return ["scheduler", "server-queue consumers"]
 
 
 def create_asgi_app() -> FastAPI:

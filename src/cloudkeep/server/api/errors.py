@@ -23,7 +23,6 @@ from cloudkeep.errors import (
     RestoreIncompleteError,
     UnreachableError,
 )
-from cloudkeep.server.services.operations import FeatureUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ STATUS: list[tuple[type[CloudkeepError], int, str]] = [
     (ConfigurationError, 422, "invalid"),
     (PermissionDeniedError, 403, "permission_denied"),
     (AuthenticationError, 401, "unauthenticated"),
-    (FeatureUnavailableError, 501, "not_implemented"),
     (UnreachableError, 502, "unreachable"),
     (InsufficientSpaceError, 507, "insufficient_space"),
     (RestoreIncompleteError, 422, "restore_incomplete"),

@@ -9,7 +9,6 @@ half-written restore point visible, and the next run reuses what was already upl
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,16 +17,20 @@ from sqlalchemy import or_, select
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.server import leases
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession, SessionTask
+from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession
 from cloudkeep.server.jobs.retention import as_utc
-from cloudkeep.server.jobs.runner import ACTIVE_STATES, CommandSender, SessionRunner, utcnow
+from cloudkeep.server.jobs.runner import SessionRunner
+from cloudkeep.server.sessions.runtime import (
+    ACTIVE_STATES,
+    CommandSender,
+    add_session,
+    launch,
+    session_lease,
+)
 
 ORPHAN_GRACE = timedelta(minutes=2)  # a new session gets this long to take its lease
-
-
-def session_lease(session_id: str) -> str:
-    return f"session:{session_id}"
 
 
 def recover_orphaned_sessions(ctx: ServerContext, *, job_id: str | None = None) -> list[str]:
@@ -120,18 +123,11 @@ def start_job(
                 hint=f"watch it with `cloudkeep session watch {running}` or stop it first",
             )
         selected = _select_machines(job_machines(db, job), machine_ids, job)
-        session = JobSession(kind="backup", job_id=job.id, trigger=trigger, attempt=attempt, state="pending")
-        session.stats = {"machines": len(selected), "job_name": job.name}
-        db.add(session)
-        db.flush()
-        for machine_id in selected:
-            db.add(SessionTask(session_id=session.id, machine_id=machine_id, state="pending"))
-        session_id = session.id
+        stats = {"machines": len(selected), "job_name": job.name}
+        session_id, _tasks = add_session(db, kind="backup", job_id=job.id, trigger=trigger,
+                                         machine_ids=selected, stats=stats, attempt=attempt)  # fmt: skip
     runner = SessionRunner(ctx, session_id, dispatcher, clock=clock or utcnow)
-    if wait:
-        runner.run()
-    else:
-        threading.Thread(target=runner.run, name=f"ck-session-{session_id[:8]}", daemon=True).start()
+    launch(runner.run, wait=wait, name=f"ck-session-{session_id[:8]}")
     return session_id
 
 

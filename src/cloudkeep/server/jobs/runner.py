@@ -13,20 +13,19 @@ reported warnings), ``failed`` when none did, ``stopped`` when the administrator
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import threading
 import time as monotonic_time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
+from cloudkeep.protocol.bodies import BackupResult, RetentionResult
 from cloudkeep.providers.base import CloudProvider
-from cloudkeep.server import leases, manifest_pins
+from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -36,6 +35,7 @@ from cloudkeep.server.db.models import (
     RestorePoint,
     SessionTask,
 )
+from cloudkeep.server.jobs import notifications
 from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs.access import (
     DEFAULT_CREDENTIALS_TTL,
@@ -43,139 +43,25 @@ from cloudkeep.server.jobs.access import (
     load_repository,
     repository_password,
 )
+from cloudkeep.server.jobs.backup_body import backup_set, build_backup_body
 from cloudkeep.server.jobs.options import JobOptions, read_job_options
-from cloudkeep.server.jobs.schedule import Schedule, in_window, validate_schedule
 from cloudkeep.server.jobs.stats import session_stats, task_stats
+from cloudkeep.server.scheduling.schedule import Schedule, in_window, validate_schedule
+from cloudkeep.server.sessions import (
+    ACTIVE_STATES,
+    CommandSender,
+    SessionLease,
+    TaskFailed,
+    TaskStopped,
+    default_dispatcher,
+    read_result,
+    run_end_hooks,
+    update_task,
+    utcnow,
+)
 from cloudkeep.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
-
-ACTIVE_STATES = ("pending", "running")
-SESSION_LEASE_SECONDS = 90.0
-JOB_MODE_TO_COMMAND = {"file": "files", "files": "files", "volume": "volume", "entire": "entire"}
-_GLOB_CHARS = set("*?[")
-
-
-class CommandSender(Protocol):
-    """What the runner needs from ``cloudkeep.server.dispatcher.Dispatcher``."""
-
-    def send(
-        self,
-        machine_id: str,
-        kind: str,
-        body: dict[str, Any],
-        *,
-        sealed: dict[str, Any] | None = None,
-        task_id: str | None = None,
-        ttl: float = 3600,
-    ) -> str: ...
-
-    def wait(
-        self,
-        command_id: str,
-        *,
-        timeout: float,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
-        poll: float = 0.2,
-    ) -> dict[str, Any]: ...
-
-
-class TaskStopped(Exception):
-    """The administrator stopped the session while this task ran."""
-
-
-class TaskFailed(CloudkeepError):
-    """The machine reported an error (or never answered); the message is the machine's reason."""
-
-
-def default_dispatcher(ctx: ServerContext) -> CommandSender:
-    from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
-
-    ensure_consumers(ctx)
-    return Dispatcher(ctx)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-# --- running -------------------------------------------------------------------------------------
-
-
-def append_log(db: Any, task: SessionTask, message: str, level: str = "info") -> None:
-    task.log = [*(task.log or []), {"at": utcnow().isoformat(), "level": level, "message": message}]
-
-
-def update_task(ctx: ServerContext, task_id: str, message: str | None = None, **fields: Any) -> None:
-    with ctx.db() as db:
-        task = db.get(SessionTask, task_id)
-        if task is None:
-            return
-        for key, value in fields.items():
-            setattr(task, key, value)
-        if message:
-            append_log(db, task, message, "error" if fields.get("state") == "failed" else "info")
-
-
-def backup_set(machine_id: str, job_id: str) -> str:
-    """The repository-side identity of one job's restore points of one machine (snapshot "hostname").
-
-    Retention on the agent applies per hostname, so each (machine, job) pair gets its own: a job's
-    keep_last can never remove another job's restore points of the same machine.
-    """
-    return f"{machine_id}-{job_id}"
-
-
-def build_backup_body(
-    job: BackupJob, machine: DiscoveredMachine, retain_until: datetime | None
-) -> dict[str, Any]:
-    """The ``backup`` command body (secrets excluded: the repository goes in the sealed field)."""
-    mode = JOB_MODE_TO_COMMAND.get(job.mode)
-    if mode is None:
-        raise ConfigurationError(
-            f"job {job.name!r} has unknown mode {job.mode!r}", hint="use entire, volume or file"
-        )
-    options = read_job_options(job.name, job.options)
-    includes = list(job.includes or [])
-    masks: list[str]
-    if mode == "entire":
-        sources, masks = ["/"], []
-    elif mode == "volume":
-        sources, masks = includes, []
-    else:
-        masks = [i for i in includes if _GLOB_CHARS & set(i)]
-        sources = [i for i in includes if i not in masks] or ["/"]
-    body: dict[str, Any] = {
-        "mode": mode,
-        "sources": sources,
-        "includes": masks,
-        "excludes": list(job.excludes or []),
-        "hostname": backup_set(machine.id, job.id),
-        "tags": [f"job:{job.id}", f"machine:{machine.name}"],
-        "retain_until": retain_until.isoformat() if retain_until else None,
-    }
-    for key in ("bandwidth_limit", "compression_level", "pre_script", "post_script", "script_timeout"):
-        if (value := getattr(options, key)) is not None:
-            body[key] = value
-    _add_fsfreeze(body, options.fsfreeze, machine)
-    return body
-
-
-def _add_fsfreeze(body: dict[str, Any], mounts: list[str] | None, machine: DiscoveredMachine) -> None:
-    """``options.fsfreeze: ["/srv"]``: freeze those Linux file systems around the backup.
-
-    The freeze wraps the user's pre/post scripts (freeze after the application is quiesced, thaw
-    before it resumes); a thaw always runs, even when the backup fails.
-    """
-    if not mounts:
-        return
-    if machine.platform == "windows":
-        return  # Windows consistency comes from the agent's VSS snapshot
-    quoted = " ".join(shlex.quote(m) for m in mounts)
-    freeze = f'for m in {quoted}; do fsfreeze -f "$m" || exit 1; done'
-    thaw = f'for m in {quoted}; do fsfreeze -u "$m"; done'
-    body["pre_script"] = "\n".join(filter(None, [body.get("pre_script"), freeze]))
-    body["post_script"] = "\n".join(filter(None, [thaw, body.get("post_script")]))
 
 
 def _parse_time(value: Any, default: datetime) -> datetime:
@@ -233,27 +119,9 @@ class SessionRunner:
             by_window = session is not None and (session.stats or {}).get("stopped_by") == "backup window"
         return "stopped: the backup window closed" if by_window else "stopped by the administrator"
 
-    def _hold_lease(self, done: threading.Event) -> None:
-        """Renew ``session:<id>`` while the session runs, so other workers know it is alive."""
-        name, holder = f"session:{self.session_id}", f"{self.ctx.server_id}:{os.getpid()}:{id(self):x}"
-        while not done.wait(SESSION_LEASE_SECONDS / 3):
-            try:
-                leases.acquire(self.ctx, name, holder, ttl_seconds=SESSION_LEASE_SECONDS)
-            except Exception:  # a database hiccup must not kill the session; the next renewal retries
-                log.warning("could not renew the lease of session %s", self.session_id, exc_info=True)
-        leases.release(self.ctx, name, holder)
-
     def run(self) -> None:
-        done = threading.Event()
-        holder = f"{self.ctx.server_id}:{os.getpid()}:{id(self):x}"
-        leases.acquire(self.ctx, f"session:{self.session_id}", holder, ttl_seconds=SESSION_LEASE_SECONDS)
-        keeper = threading.Thread(target=self._hold_lease, args=(done,), daemon=True, name="ck-session-lease")
-        keeper.start()
-        try:
+        with SessionLease(self.ctx, self.session_id):
             self._run()
-        finally:
-            done.set()
-            keeper.join(timeout=10)
 
     def _run(self) -> None:
         started = self.clock()
@@ -313,8 +181,8 @@ class SessionRunner:
         started = self.clock()
         update_task(self.ctx, task_id, f"backing up {machine.name}", state="running", started_at=started)
         try:
-            payload = self._backup(task_id, machine)
-            point_id, warnings = self._record_success(task_id, machine, payload, started)
+            result = self._backup(task_id, machine)
+            point_id, warnings = self._record_success(task_id, machine, result, started)
             warnings += self._apply_retention(task_id, machine)
             state = "warning" if warnings else "success"
             reason = "; ".join(warnings)
@@ -344,7 +212,7 @@ class SessionRunner:
         )
         return access, ttl
 
-    def _backup(self, task_id: str, machine: DiscoveredMachine) -> dict[str, Any]:
+    def _backup(self, task_id: str, machine: DiscoveredMachine) -> BackupResult:
         days = self.repository.immutability_days
         retain_until = self.clock() + timedelta(days=days) if days else None
         body = build_backup_body(self.job, machine, retain_until)
@@ -354,7 +222,8 @@ class SessionRunner:
             machine.id, "backup", body, sealed=access, task_id=task_id, ttl=timeout
         )
         update_task(self.ctx, task_id, f"backup command {command_id} sent", command_id=command_id)
-        return self._await(task_id, machine, command_id, timeout=timeout, refresh_every=ttl * 2 / 3)
+        payload = self._await(task_id, machine, command_id, timeout=timeout, refresh_every=ttl * 2 / 3)
+        return read_result(BackupResult, machine.name, payload)
 
     def _await(
         self,
@@ -424,16 +293,16 @@ class SessionRunner:
             update_task(self.ctx, task_id, f"could not refresh storage credentials: {exc}")
 
     def _record_success(
-        self, task_id: str, machine: DiscoveredMachine, payload: dict[str, Any], started: datetime
+        self, task_id: str, machine: DiscoveredMachine, result: BackupResult, started: datetime
     ) -> tuple[str, list[str]]:
-        snapshot_id = payload.get("snapshot_id")
+        snapshot_id = result.snapshot_id
         if not snapshot_id:
             raise TaskFailed(f"{machine.name} reported success without a restore point id")
         ended = self.clock()
-        stats = task_stats(payload.get("stats") or {}, (ended - started).total_seconds())
-        created = _parse_time(payload.get("snapshot_time"), ended)
+        stats = task_stats(result.stats, (ended - started).total_seconds())
+        created = _parse_time(result.snapshot_time, ended)
         days = self.repository.immutability_days
-        pin = self._pin_manifest(task_id, machine, snapshot_id, payload)
+        pin = self._pin_manifest(task_id, machine, snapshot_id, result)
         with self.ctx.db() as db:
             existing = db.scalar(
                 select(RestorePoint).where(
@@ -466,18 +335,17 @@ class SessionRunner:
             task.progress = 1.0
             db.flush()
             point_id = point.id
-        warnings = [str(w) for w in payload.get("warnings") or []]
-        return point_id, warnings
+        return point_id, list(result.warnings)
 
     def _pin_manifest(
-        self, task_id: str, machine: DiscoveredMachine, snapshot_id: str, payload: dict[str, Any]
+        self, task_id: str, machine: DiscoveredMachine, snapshot_id: str, result: BackupResult
     ) -> manifest_pins.ManifestPin | None:
         try:
             return manifest_pins.pin_backup(
                 self._manifest_reader,
                 machine.id,
                 snapshot_id,
-                payload,
+                result.model_dump(mode="json"),
                 lambda m: update_task(self.ctx, task_id, m),
             )
         except (IntegrityError, NotFoundError) as exc:  # not what the machine reported: record nothing
@@ -513,7 +381,7 @@ class SessionRunner:
             access, _ttl = self._access(machine.id, full_access=prune)
             command_id = self.dispatcher.send(machine.id, "retention", body, sealed=access)
             payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
-            removed = ret.removed_snapshot_ids(payload)
+            removed = read_result(RetentionResult, machine.name, payload).removed
             locked = {p.snapshot_id for p in points if p.id in plan.keep and p.retain_until}
             touched = ret.mark_removed(self.ctx, self.repository.id, removed, self.clock())
             update_task(self.ctx, task_id, f"retention removed {len(touched)} restore point(s)")
@@ -557,18 +425,12 @@ class SessionRunner:
             )
 
     def _after(self) -> None:
-        """Notifications, retries and chained jobs: each may fail without affecting the session's result."""
-        from cloudkeep.server.jobs import notifications, scheduler
-
-        hooks: list[Callable[[], object]] = [
-            lambda: notifications.notify_session(self.ctx, self.session_id),
-            lambda: scheduler.after_session(self.ctx, self.session_id, dispatcher=self._dispatcher),
-        ]
-        for hook in hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("a post-session hook failed for %s", self.session_id)
+        """Notifications, then the session-end hooks (retries, chained jobs): each may fail alone."""
+        try:
+            notifications.notify_session(self.ctx, self.session_id)
+        except Exception:
+            log.exception("a post-session hook failed for %s", self.session_id)
+        run_end_hooks(self.ctx, self.session_id, self._dispatcher)
 
 
 def _terminating_window(job: BackupJob, trigger: str) -> Schedule | None:

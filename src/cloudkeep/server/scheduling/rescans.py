@@ -16,7 +16,7 @@ from cloudkeep.errors import ConfigurationError
 from cloudkeep.server import leases
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import ProtectionGroup
-from cloudkeep.server.jobs.schedule import next_run, validate_schedule
+from cloudkeep.server.scheduling.schedule import next_run, validate_schedule
 
 log = logging.getLogger(__name__)
 

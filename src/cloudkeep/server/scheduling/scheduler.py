@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -25,8 +25,9 @@ from cloudkeep.server.db.models import BackupJob, JobSession, Lease, SessionTask
 from cloudkeep.server.jobs.lifecycle import recover_orphaned_sessions, start_job
 from cloudkeep.server.jobs.options import read_job_options
 from cloudkeep.server.jobs.retention import as_utc
-from cloudkeep.server.jobs.runner import CommandSender
-from cloudkeep.server.jobs.schedule import (
+from cloudkeep.server.rescan import start_rescan
+from cloudkeep.server.scheduling.rescans import due_rescans
+from cloudkeep.server.scheduling.schedule import (
     Schedule,
     defer_to_window,
     in_window,
@@ -35,6 +36,7 @@ from cloudkeep.server.jobs.schedule import (
     retry_at,
     validate_schedule,
 )
+from cloudkeep.server.sessions import CommandSender, on_session_end, utcnow
 
 log = logging.getLogger(__name__)
 CLAIM_KEEP = timedelta(days=60)
@@ -48,7 +50,7 @@ def claim_once(ctx: ServerContext, key: str, holder: str, *, keep: timedelta = C
     """
     try:
         with ctx.db() as db:
-            db.add(Lease(name=key[:200], holder=holder[:100], expires_at=datetime.now(UTC) + keep))
+            db.add(Lease(name=key[:200], holder=holder[:100], expires_at=utcnow() + keep))
         return True
     except IntegrityError:
         return False
@@ -175,21 +177,11 @@ def tick(
 
 
 def _start_due_rescans(ctx: ServerContext, now: datetime) -> list[str]:
-    """Protection-group rescans on their schedules, when the rescan module offers ``due_rescans``."""
-    try:
-        from cloudkeep.server import rescan
-    except ImportError:
-        return []
-    due_rescans = getattr(rescan, "due_rescans", None)
-    if due_rescans is None:
-        return []
+    """Protection-group rescans on their schedules (``scheduling.rescans.due_rescans``)."""
     started = []
-    for item in due_rescans(ctx, now) or []:
-        group_id = item if isinstance(item, str) else getattr(item, "id", None)
-        if not group_id:
-            continue
+    for group_id in due_rescans(ctx, now):
         try:
-            started.append(rescan.start_rescan(ctx, group_id))
+            started.append(start_rescan(ctx, group_id))
         except CloudkeepError as exc:
             log.warning("rescan of %s could not start: %s", group_id, exc)
     return started
@@ -234,6 +226,16 @@ def _start_due_health_checks(
     return started
 
 
+def install() -> None:
+    """Have every backup session end with ``after_session`` (idempotent; also done on import, so
+    whoever can start a scheduled run has it: the runner itself never imports the scheduler)."""
+    on_session_end("scheduling", _after_session_hook)
+
+
+def _after_session_hook(ctx: ServerContext, session_id: str, sender: CommandSender | None) -> None:
+    after_session(ctx, session_id, dispatcher=sender)
+
+
 def after_session(ctx: ServerContext, session_id: str, *, dispatcher: CommandSender | None = None) -> None:
     """Called once when a backup session ends: schedule a retry, then start jobs chained after it."""
     with ctx.db() as db:
@@ -248,7 +250,7 @@ def after_session(ctx: ServerContext, session_id: str, *, dispatcher: CommandSen
             for t in db.scalars(select(SessionTask).where(SessionTask.session_id == session_id))
             if t.state == "failed"
         ]
-        ended = as_utc(session.ended_at or datetime.now(UTC))
+        ended = as_utc(session.ended_at or utcnow())
         state, trigger, attempt, job_ref = session.state, session.trigger, session.attempt, (job.id, job.name)
         schedule = _schedule_of(job)
     if schedule and trigger != "manual" and state in ("failed", "warning") and failed:
@@ -319,7 +321,7 @@ class SchedulerHandle:
 
 def start_scheduler(
     ctx: ServerContext,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] = utcnow,
     *,
     interval: float = 15.0,
     dispatcher: CommandSender | None = None,
@@ -342,3 +344,6 @@ def start_scheduler(
     thread = threading.Thread(target=loop, name="ck-scheduler", daemon=True)
     thread.start()
     return SchedulerHandle(thread, stop_event)
+
+
+install()

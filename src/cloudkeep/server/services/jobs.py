@@ -24,8 +24,8 @@ from cloudkeep.server.db.models import (
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
 from cloudkeep.server.services.schemas import JobCreate, JobUpdate, JobView, Page
 from cloudkeep.server.services.validation import next_run, validate_retention, validate_schedule
+from cloudkeep.server.sessions.runtime import ACTIVE_STATES
 
-ACTIVE_STATES = ("pending", "running")
 _PLAIN = ("description", "mode", "includes", "excludes", "enabled")
 _GLOB_CHARS = set("*?[")
 _WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")

@@ -1,21 +1,19 @@
 """Long operations (rescan, backup, restore): validate, then hand over to the engine that runs them.
 
 The engines live in other packages (``cloudkeep.server.rescan``, ``cloudkeep.server.jobs``,
-``cloudkeep.server.restore``) and are imported lazily, so the API and CLI work in builds where one
-of them is missing: the operation then fails with ``FeatureUnavailableError`` instead of an import
-error. Each ``start_*`` returns the id of the ``JobSession`` it created.
+``cloudkeep.server.restore``); each is imported inside the operation that uses it, because they
+pull in the repository engine and the cloud SDKs, which most CLI commands never need. Each
+``start_*`` returns the id of the ``JobSession`` it created.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError
+from cloudkeep.errors import ConfigurationError
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, ProtectionGroup
@@ -29,20 +27,6 @@ from cloudkeep.server.services.schemas import (
     VolumeRestoreRequest,
 )
 from cloudkeep.server.services.sessions import TERMINAL_STATES
-
-
-class FeatureUnavailableError(CloudkeepError):
-    """This build lacks the engine for an operation (mapped to HTTP 501)."""
-
-
-def _engine(module: str, name: str) -> Callable[..., Any]:
-    try:
-        function = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise FeatureUnavailableError(
-            f"{module}.{name} is not available in this build", hint="upgrade cloudkeep on the server"
-        ) from None
-    return function
 
 
 def _audit(ctx: ServerContext, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -60,9 +44,9 @@ def start_rescan(
     with ctx.db() as session:
         group_id = resolve(session, ProtectionGroup, group, "protection group").id
     machine_ids = _machine_ids(ctx, machines)
-    session_id: str = _engine("cloudkeep.server.rescan", "start_rescan")(
-        ctx, group_id, machine_ids=machine_ids, wait=False
-    )
+    from cloudkeep.server import rescan
+
+    session_id = rescan.start_rescan(ctx, group_id, machine_ids=machine_ids, wait=False)
     _audit(
         ctx, actor, "protection_group.rescan", group_id, {"session_id": session_id, "machines": machine_ids}
     )
@@ -75,9 +59,11 @@ def start_job(
     with ctx.db() as session:
         job_id = resolve(session, BackupJob, job, "job").id
     machine_ids = _machine_ids(ctx, machines)
-    session_id: str = _engine("cloudkeep.server.jobs", "start_job")(
-        ctx, job_id, trigger="manual", machine_ids=machine_ids, wait=False
-    )
+    from cloudkeep.server import jobs
+    from cloudkeep.server.scheduling import scheduler
+
+    scheduler.install()  # its retries and chained jobs follow the session when it ends
+    session_id = jobs.start_job(ctx, job_id, trigger="manual", machine_ids=machine_ids, wait=False)
     _audit(ctx, actor, "job.start", job_id, {"session_id": session_id, "machines": machine_ids})
     return session_id
 
@@ -87,7 +73,9 @@ def stop_session(ctx: ServerContext, session_id: str, *, actor: str = "local") -
         row = resolve(session, JobSession, session_id, "session", by_name=False)
         if row.state in TERMINAL_STATES:
             raise ConfigurationError(f"session {row.id} already ended ({row.state})")
-    _engine("cloudkeep.server.jobs", "stop_session")(ctx, session_id)
+    from cloudkeep.server import jobs
+
+    jobs.stop_session(ctx, session_id)
     _audit(ctx, actor, "session.stop", session_id, {})
     return session_id
 
@@ -112,7 +100,9 @@ def start_file_restore(
     target = resolve_machine_id(ctx, request.target_machine) if request.target_machine else None
     if request.in_place and (request.target_path or (target and target != point.machine_id)):
         raise ConfigurationError("an in-place restore goes back to the original machine and paths")
-    session_id: str = _engine("cloudkeep.server.restore", "start_file_restore")(
+    from cloudkeep.server import restore
+
+    session_id = restore.start_file_restore(
         ctx,
         point.id,
         paths=request.paths,
@@ -130,7 +120,9 @@ def start_volume_restore(
 ) -> str:
     point = get_restore_point(ctx, restore_point)
     target = resolve_machine_id(ctx, request.target_machine) if request.target_machine else None
-    session_id: str = _engine("cloudkeep.server.restore", "start_volume_restore")(
+    from cloudkeep.server import restore
+
+    session_id = restore.start_volume_restore(
         ctx, point.id, target_path=request.target_path, target_machine_id=target, wait=False
     )
     _audit(ctx, actor, "restore.volume", point.id, {"session_id": session_id, **request.model_dump()})
@@ -142,7 +134,9 @@ def download_files(
 ) -> Any:
     """Restore ``paths`` of a restore point into ``dest`` on this host (the administrator's machine)."""
     point = get_restore_point(ctx, restore_point)
-    result = _engine("cloudkeep.server.restore", "download_files")(ctx, point.id, paths, dest)
+    from cloudkeep.server import restore
+
+    result = restore.download_files(ctx, point.id, paths, dest)
     _audit(ctx, actor, "restore.download", point.id, {"paths": paths})
     return result
 
@@ -157,9 +151,9 @@ def browse(
 ) -> BrowseResult:
     """List a folder of a restore point (read here with the repository credential)."""
     point = get_restore_point(ctx, restore_point)
-    result = _engine("cloudkeep.server.restore", "browse")(
-        ctx, point.id, path, recursive=recursive, pattern=pattern
-    )
+    from cloudkeep.server import restore
+
+    result = restore.browse(ctx, point.id, path, recursive=recursive, pattern=pattern)
     return BrowseResult.model_validate(result)
 
 
@@ -174,9 +168,9 @@ def search(
     if job:
         with ctx.db() as session:
             job_id = resolve(session, BackupJob, job, "job").id
-    hits = _engine("cloudkeep.server.restore", "search")(
-        ctx, pattern, machine_id=machine_id, job_id=job_id, limit=limit
-    )
+    from cloudkeep.server import restore
+
+    hits = restore.search(ctx, pattern, machine_id=machine_id, job_id=job_id, limit=limit)
     return [SearchHit.model_validate(hit) for hit in hits]
 
 
@@ -185,8 +179,8 @@ def export_image(
 ) -> dict[str, Any]:
     """Write a volume restore point on this host as a raw image or a fixed VHD."""
     point = get_restore_point(ctx, restore_point)
-    result: dict[str, Any] = _engine("cloudkeep.server.restore", "export_image")(
-        ctx, point.id, dest, image_format=image_format
-    )
+    from cloudkeep.server import restore
+
+    result = restore.export_image(ctx, point.id, dest, image_format=image_format)
     _audit(ctx, actor, "restore.export", point.id, {"dest": str(dest), "format": image_format})
     return result

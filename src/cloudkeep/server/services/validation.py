@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError
+from cloudkeep.server.scheduling import schedule as scheduling_schedule
 
 
 def _jobs_module(name: str) -> Any | None:
@@ -22,11 +23,8 @@ def validate_schedule(schedule: dict[str, Any]) -> Any:
         raise ConfigurationError(
             "a schedule must be a non-empty object", hint='e.g. {"kind": "daily", "time": "02:00"}'
         )
-    module = _jobs_module("schedule")
-    if module is None or not hasattr(module, "validate_schedule"):
-        return schedule  # shape only until the scheduler lands
     try:
-        return module.validate_schedule(schedule)
+        return scheduling_schedule.validate_schedule(schedule)
     except CloudkeepError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -38,11 +36,7 @@ def next_run(schedule: dict[str, Any] | None, after: datetime) -> datetime | Non
     if not schedule:
         return None
     parsed = validate_schedule(schedule)
-    module = _jobs_module("schedule")
-    if module is None or not hasattr(module, "next_run"):
-        return None
-    result: datetime | None = module.next_run(parsed, after)
-    return result
+    return scheduling_schedule.next_run(parsed, after)
 
 
 def validate_retention(retention: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""Send a command to a machine, await its result and read it as its typed result body.
+
+``run_command_session`` is the whole life of a one-machine session (a file or volume restore, a
+health check): open, send with scoped repository access, await in short slices so a stop request
+is noticed, read the result, finish the task and the session. ``read_result`` is where a result
+payload enters the server's code: it must match its ``cloudkeep.protocol.bodies.RESULT_BODIES``
+model, and a malformed one fails the task with a clear reason instead of crashing the session.
+"""
+
+from __future__ import annotations
+
+import time as monotonic_time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.protocol.bodies import RESULT_BODIES, Body
+from cloudkeep.server.clock import utcnow
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
+from cloudkeep.server.sessions.runtime import (
+    CommandSender,
+    TaskFailed,
+    default_dispatcher,
+    launch,
+    open_session,
+    set_session,
+    stop_requested,
+    update_task,
+)
+
+R = TypeVar("R", bound=Body)
+WAIT_SLICE = 2.0  # seconds between looks at the session's stop flag
+
+
+def read_result(model: type[R], machine_name: str, payload: dict[str, Any]) -> R:
+    """``payload`` as ``model``; ``TaskFailed`` naming the machine and the first bad fields when not.
+
+    The values the machine sent are not repeated in the message (they may be large or hostile).
+    """
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)[:3]
+        ]
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        kind = next((k for k, m in RESULT_BODIES.items() if m is model), model.__name__)
+        raise TaskFailed(
+            f"{machine_name} sent a malformed {kind} result: {'; '.join(problems)[:500]}{more}",
+            hint="update the machine's services with a rescan of its protection group",
+        ) from None
+
+
+def sealed_access(ctx: ServerContext, repository_id: str, machine_id: str) -> dict[str, Any]:
+    """Scoped, expiring repository access for one machine (sealed into the command's envelope)."""
+    repository = load_repository(ctx, repository_id)
+    provider = ctx.provider_for(repository.credential_id)
+    try:
+        return agent_access(provider, repository, machine_id, repository_password(ctx, repository))
+    finally:
+        provider.close()
+
+
+def call_machine(
+    ctx: ServerContext,
+    sender: CommandSender,
+    machine_id: str,
+    machine_name: str,
+    kind: str,
+    body: dict[str, Any],
+    *,
+    repository_id: str,
+    timeout: float,
+) -> Body:
+    """One command outside any session (e.g. a browse through a machine): send, await, read."""
+    sealed = sealed_access(ctx, repository_id, machine_id)
+    command_id = sender.send(machine_id, kind, body, sealed=sealed)
+    return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task (and its one-machine session) ends: state, reason and the fields to record."""
+
+    state: str
+    reason: str
+    task: dict[str, Any] = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandSession:
+    """A one-machine session: which command goes where, and how its result reads as an ``Outcome``."""
+
+    kind: str  # the session's kind: "restore", "check"
+    command: str  # the command's kind: "restore", "restore_volume", "check"
+    body: dict[str, Any]
+    machine_id: str
+    machine_name: str
+    repository_id: str
+    job_id: str | None
+    trigger: str
+    started_message: str
+    interpret: Callable[[Any], Outcome]  # the typed result → the outcome
+    error_prefix: str  # put before the error when the command could not run or failed
+    timeout: float
+    stats: dict[str, Any] | None = None  # the session's stats from the start
+    unfinished: Outcome = field(default_factory=lambda: Outcome("failed", ""))  # fields when no result
+
+
+def start_command_session(
+    ctx: ServerContext, spec: CommandSession, *, wait: bool, dispatcher: CommandSender | None
+) -> str:
+    """Open the session and run it (inline when ``wait``, else on a daemon thread); its id."""
+    session_id, (task_id,) = open_session(
+        ctx,
+        kind=spec.kind,
+        job_id=spec.job_id,
+        trigger=spec.trigger,
+        machine_ids=[spec.machine_id],
+        stats=spec.stats,
+    )
+    launch(
+        lambda: run_command_session(ctx, session_id, task_id, spec, dispatcher),
+        wait=wait,
+        name=f"ck-{spec.kind}-{session_id[:8]}",
+    )
+    return session_id
+
+
+def run_command_session(
+    ctx: ServerContext,
+    session_id: str,
+    task_id: str,
+    spec: CommandSession,
+    dispatcher: CommandSender | None,
+) -> None:
+    started = utcnow()
+    set_session(ctx, session_id, state="running", started_at=started)
+    update_task(ctx, task_id, spec.started_message, state="running", started_at=started)
+    outcome = spec.unfinished
+    try:
+        sender = dispatcher or default_dispatcher(ctx)
+        sealed = sealed_access(ctx, spec.repository_id, spec.machine_id)
+        command_id = sender.send(
+            spec.machine_id, spec.command, spec.body, sealed=sealed, task_id=task_id, ttl=spec.timeout
+        )
+        payload = _await_unless_stopped(ctx, sender, session_id, command_id, spec.timeout)
+        if payload is None:
+            outcome = Outcome("stopped", "stopped by the administrator", spec.unfinished.task,
+                              spec.unfinished.session)  # fmt: skip
+        else:
+            result = read_result(RESULT_BODIES[spec.command], spec.machine_name, payload)
+            outcome = spec.interpret(result)
+    except (CloudkeepError, TimeoutError) as exc:
+        reason = f"{spec.error_prefix}{exc}"
+        outcome = Outcome("failed", reason, spec.unfinished.task, spec.unfinished.session)
+    ended = utcnow()
+    state, reason = outcome.state, outcome.reason
+    update_task(ctx, task_id, reason, state=state, reason=reason, ended_at=ended, **outcome.task)
+    set_session(ctx, session_id, state=state, reason=reason, ended_at=ended, **outcome.session)
+
+
+def _await_unless_stopped(
+    ctx: ServerContext, sender: CommandSender, session_id: str, command_id: str, timeout: float
+) -> dict[str, Any] | None:
+    """The result's payload, or None when the administrator stopped the session first."""
+    deadline = monotonic_time.monotonic() + timeout
+    while True:
+        if stop_requested(ctx, session_id):
+            return None
+        left = deadline - monotonic_time.monotonic()
+        try:
+            return sender.wait(command_id, timeout=min(WAIT_SLICE, max(0.1, left)))
+        except TimeoutError:
+            if monotonic_time.monotonic() < deadline:
+                continue  # only this slice ran out
+            raise
