@@ -20,7 +20,7 @@ from cloudkeep.machine.config import MachineConfig
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.machine.services import service_status
 from cloudkeep.protocol import Envelope, OversizedMessage, RepositoryAccess, make_envelope, sign_envelope
-from cloudkeep.protocol.bodies import Body, Progress, Result, RunScript
+from cloudkeep.protocol.bodies import RESULT_BODIES, Body, Progress, Result, RunScript
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def execute(ctx: TaskContext) -> dict[str, Any]:
         payload = handler_for(envelope.kind)(ctx, envelope.parsed_body())
         if ctx.warnings:
             payload.setdefault("warnings", []).extend(w for w in ctx.warnings if w not in payload["warnings"])
-        return Result(command_id=envelope.id, ok=True, payload=payload).model_dump(mode="json")
+        typed = typed_payload(envelope.kind, payload)
+        return Result(command_id=envelope.id, ok=True, payload=typed).model_dump(mode="json")
     except TaskCancelled:
         log.info("command %s (%s) cancelled", envelope.id, envelope.kind)
         return cancelled_result(envelope.id)
@@ -135,6 +136,13 @@ def execute(ctx: TaskContext) -> dict[str, Any]:
     except Exception as exc:
         log.error("command %s (%s) crashed:\n%s", envelope.id, envelope.kind, traceback.format_exc())
         return failure(envelope.id, f"{type(exc).__name__}: {exc}")
+
+
+def typed_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload built as the command's result body (``RESULT_BODIES``), so the machine never sends
+    a shape the server would refuse; kinds without one (ping, run_script, …) go as they are."""
+    model = RESULT_BODIES.get(kind)
+    return payload if model is None else model.model_validate(payload).model_dump(mode="json")
 
 
 def failure(command_id: str, error: str) -> dict[str, Any]:
