@@ -31,7 +31,7 @@ from cloudkeep.server.db.models import (
     Repository,
     RestorePoint,
 )
-from cloudkeep.server.jobs.access import agent_write_prefix, load_repository, repository_password
+from cloudkeep.server.sessions.access import agent_write_prefix, load_repository, repository_password
 
 
 def make_context(tmp: Path, database_url: str | None = None) -> ServerContext:

@@ -18,7 +18,7 @@ from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.protocol import RepositoryAccess
 from cloudkeep.providers.local.storage import LocalStorageService
 from cloudkeep.repo import Repository, backup_files, list_snapshots, prune
-from cloudkeep.server.jobs.access import agent_access, agent_write_prefix
+from cloudkeep.server.sessions.access import agent_access, agent_write_prefix
 from cloudkeep.storage import open_store
 
 

@@ -39,10 +39,10 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.migrate import alembic_config
 from cloudkeep.server.db.models import RestorePoint, SessionTask
 from cloudkeep.server.jobs import start_job
-from cloudkeep.server.jobs.access import agent_write_prefix
 from cloudkeep.server.services import tokens
 from cloudkeep.server.services.repositories import check_repository
 from cloudkeep.server.services.schemas import TokenCreate
+from cloudkeep.server.sessions.access import agent_write_prefix
 
 ALTERED = "was altered in the repository after backup"
 LEGACY_AAD = b"cloudkeep-snapshot-v1"

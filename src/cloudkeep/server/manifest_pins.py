@@ -28,7 +28,7 @@ from cloudkeep.repo.keys import open_with_password
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, is_snapshot_id, open_snapshot
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
-from cloudkeep.server.jobs.access import agent_write_prefix, load_repository, repository_password
+from cloudkeep.server.sessions.access import agent_write_prefix, load_repository, repository_password
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
 if TYPE_CHECKING:

@@ -39,8 +39,8 @@ from cloudkeep.protocol.bodies import RestoreResult, RestoreVolumeResult
 from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, RestorePoint
-from cloudkeep.server.jobs.access import load_repository, repository_password
 from cloudkeep.server.sessions import CommandSender, CommandSession, Outcome, default_dispatcher
+from cloudkeep.server.sessions.access import load_repository, repository_password
 from cloudkeep.server.sessions.commands import call_machine, start_command_session
 
 log = logging.getLogger(__name__)

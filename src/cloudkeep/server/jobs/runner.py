@@ -37,12 +37,6 @@ from cloudkeep.server.db.models import (
 )
 from cloudkeep.server.jobs import notifications
 from cloudkeep.server.jobs import retention as ret
-from cloudkeep.server.jobs.access import (
-    DEFAULT_CREDENTIALS_TTL,
-    agent_access,
-    load_repository,
-    repository_password,
-)
 from cloudkeep.server.jobs.backup_body import backup_set, build_backup_body
 from cloudkeep.server.jobs.options import JobOptions, read_job_options
 from cloudkeep.server.jobs.stats import session_stats, task_stats
@@ -58,6 +52,12 @@ from cloudkeep.server.sessions import (
     run_end_hooks,
     update_task,
     utcnow,
+)
+from cloudkeep.server.sessions.access import (
+    DEFAULT_CREDENTIALS_TTL,
+    agent_access,
+    load_repository,
+    repository_password,
 )
 from cloudkeep.storage.base import ObjectStore
 

@@ -20,7 +20,7 @@ from cloudkeep.errors import CloudkeepError
 from cloudkeep.protocol.bodies import RESULT_BODIES, Body
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.jobs.access import agent_access, load_repository, repository_password
+from cloudkeep.server.sessions.access import agent_access, load_repository, repository_password
 from cloudkeep.server.sessions.runtime import (
     CommandSender,
     TaskFailed,
