@@ -1,28 +1,23 @@
-"""Retention and GFS planning on explicit restore-point lists (pure; no clock)."""
+"""Retention and GFS planning on explicit restore-point lists (pure; no clock), as the server uses it.
+
+The planner is the engine's (``cloudkeep.repo.retention``); the server's catalog side only maps
+its rows onto it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.server.jobs.retention import (
-    RetentionPolicy,
-    plan_retention,
-    removed_snapshot_ids,
-    validate_retention,
-)
+from cloudkeep.repo.retention import RetentionPoint as Point
+from cloudkeep.repo.retention import RetentionPolicy, plan_retention
+from cloudkeep.server.jobs.retention import removed_snapshot_ids
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class Point:
-    id: str
-    created_at: datetime
-    retain_until: datetime | None = None
+validate_retention = RetentionPolicy.from_mapping
 
 
 def daily_points(days: int, *, hour: int = 1) -> list[Point]:
@@ -95,8 +90,8 @@ def test_gfs_counts_only_buckets_that_have_points() -> None:
 
 def test_immutability_blocks_deletion_whatever_the_policy() -> None:
     points = daily_points(5)
-    points[4].retain_until = NOW + timedelta(days=1)  # the oldest is still locked
-    points[3].retain_until = NOW - timedelta(seconds=1)  # lock just expired
+    points[4] = replace(points[4], retain_until=NOW + timedelta(days=1))  # the oldest is still locked
+    points[3] = replace(points[3], retain_until=NOW - timedelta(seconds=1))  # lock just expired
     plan = plan_retention(points, validate_retention({"keep_last": 1}), NOW)
     assert points[4].id in plan.keep and plan.keep[points[4].id][0].startswith("immutable until")
     assert points[3].id in plan.remove

@@ -13,7 +13,7 @@ from cloudkeep.repo.crypto import KdfParams
 from cloudkeep.repo.prune import PruneResult, prune
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorer import RestoreResult, restore
-from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget
+from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget, forget_snapshots, plan_retention
 from cloudkeep.repo.snapshot import Snapshot
 from cloudkeep.repo.tree import TreeEntry
 from cloudkeep.repo.volume import backup_volume, restore_volume
@@ -42,8 +42,10 @@ __all__ = [
     "check",
     "find",
     "forget",
+    "forget_snapshots",
     "list_snapshots",
     "list_tree",
+    "plan_retention",
     "prune",
     "rebuild_index",
     "resolve_path",

@@ -18,7 +18,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -400,7 +400,7 @@ def _source_trie(sources: list[str]) -> _Trie:
 
 def backup_files(
     repo: Repository,
-    sources: list[Path],
+    sources: Sequence[str | Path],
     *,
     includes: list[str] | None = None,
     excludes: list[str] | None = None,
