@@ -39,9 +39,7 @@ def test_keep_daily_takes_newest_of_each_day() -> None:
 
 def test_gfs() -> None:
     snaps = daily_snapshots(400)
-    keep = kept(
-        snaps, RetentionPolicy(keep_daily=7, keep_weekly=4, keep_monthly=12, keep_yearly=2), NOW
-    )
+    keep = kept(snaps, RetentionPolicy(keep_daily=7, keep_weekly=4, keep_monthly=12, keep_yearly=2), NOW)
     assert len([k for k, r in keep.items() if "gfs daily" in r]) == 7
     assert len([k for k, r in keep.items() if "gfs weekly" in r]) == 4
     assert len([k for k, r in keep.items() if "gfs monthly" in r]) == 12
