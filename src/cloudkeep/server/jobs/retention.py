@@ -19,8 +19,6 @@ from cloudkeep.repo.retention import RetentionPlan, RetentionPoint, RetentionPol
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 
-__all__ = ["as_utc"]  # sessions' modules import the one UTC normaliser from here
-
 
 def plan_points(points: Sequence[RestorePoint], policy: RetentionPolicy, now: datetime) -> RetentionPlan:
     """The one planner over catalog rows (keyed by restore point id, as the GFS flags are)."""
