@@ -12,9 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.protocol import MAX_MESSAGE_BYTES
+from cloudkeep.protocol.bodies import RetentionCommand
 from cloudkeep.repo.retention import RetentionPoint as Point
 from cloudkeep.repo.retention import RetentionPolicy, plan_retention
-from cloudkeep.server.jobs.retention import removed_snapshot_ids
+from cloudkeep.server.db.models import RestorePoint
+from cloudkeep.server.jobs.retention import (
+    FORGET_BATCH,
+    plan_points,
+    removed_snapshot_ids,
+    retention_command_body,
+)
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 validate_retention = RetentionPolicy.from_mapping
@@ -127,3 +135,16 @@ def test_removed_snapshot_ids_accepts_ids_or_objects() -> None:
     assert removed_snapshot_ids({"removed": ["a", {"id": "b"}, {"snapshot_id": "c"}]}) == ["a", "b", "c"]
     assert removed_snapshot_ids({"forgotten": ["x"]}) == ["x"]
     assert removed_snapshot_ids({}) == []
+
+
+def test_the_command_names_the_planned_snapshots_oldest_first_and_fits_one_message() -> None:
+    rows = [
+        RestorePoint(id=f"rp-{n:04d}", snapshot_id=f"{n:064x}", created_at=NOW - timedelta(hours=n))
+        for n in range(FORGET_BATCH + 100)
+    ]
+    plan = plan_points(rows, validate_retention({"keep_last": 2}), NOW)
+    assert plan.keep.keys() == {"rp-0000", "rp-0001"}  # catalog rows go through the one planner
+    body = retention_command_body(rows, plan, prune=True, hostname="vm-job")
+    oldest_first = [r.snapshot_id for r in reversed(rows[2:])]
+    assert body["forget"] == oldest_first[:FORGET_BATCH]  # the rest next time
+    assert len(RetentionCommand.model_validate(body).model_dump_json()) < MAX_MESSAGE_BYTES // 2

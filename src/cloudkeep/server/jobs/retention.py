@@ -19,6 +19,10 @@ from cloudkeep.repo.retention import RetentionPlan, RetentionPoint, RetentionPol
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 
+# Snapshot ids are 64 hex digits: 400 of them stay well inside MAX_MESSAGE_BYTES (64 KiB) beside
+# the sealed repository access and the envelope.
+FORGET_BATCH = 400
+
 
 def plan_points(points: Sequence[RestorePoint], policy: RetentionPolicy, now: datetime) -> RetentionPlan:
     """The one planner over catalog rows (keyed by restore point id, as the GFS flags are)."""
@@ -75,10 +79,12 @@ def retention_command_body(
 
     The machine forgets exactly these (refusing any outside its writer scope or ``hostname``) and
     keeps anything still under object lock; the server then records what it reports removed.
+    At most ``FORGET_BATCH``, oldest first, so the command fits one queue message; the rest stay
+    in the catalog and are planned again after the next backup.
     """
     remove = set(plan.remove)
     forget = [p.snapshot_id for p in sorted(points, key=lambda p: as_utc(p.created_at)) if p.id in remove]
-    return {"forget": forget, "prune": prune, "hostname": hostname}
+    return {"forget": forget[:FORGET_BATCH], "prune": prune, "hostname": hostname}
 
 
 def removed_snapshot_ids(payload: dict[str, Any]) -> list[str]:
