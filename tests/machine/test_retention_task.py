@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cloudkeep.errors import PermissionDeniedError
+from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.machine import tasks
 from cloudkeep.machine.config import MachineConfig
 from cloudkeep.machine.handlers import TaskContext
@@ -87,6 +87,14 @@ def test_refuses_a_point_of_another_backup_set_of_the_same_writer(lab: Lab) -> N
     with pytest.raises(PermissionDeniedError, match="not one of 'm1-job1'"):
         tasks.retention(lab.context(A), RetentionCommand(forget=[mine.id, other_job.id], hostname="m1-job1"))
     assert lab.ids() == {mine.id, other_job.id}
+
+
+@pytest.mark.parametrize("bad", ["../../config", "", "ab12"])
+def test_refuses_a_list_with_something_that_is_no_restore_point_id(lab: Lab, bad: str) -> None:
+    mine = lab.backup(A, "set")
+    with pytest.raises(ConfigurationError, match="not a restore point id"):
+        tasks.retention(lab.context(A), RetentionCommand(forget=[mine.id, bad], hostname="set"))
+    assert lab.ids() == {mine.id}
 
 
 def test_keeps_a_listed_point_still_under_retention(lab: Lab) -> None:

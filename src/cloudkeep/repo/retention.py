@@ -22,7 +22,7 @@ from typing import Any
 
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.snapshot import Snapshot
+from cloudkeep.repo.snapshot import Snapshot, is_snapshot_id
 from cloudkeep.storage.base import ObjectLockedError
 
 POLICY_KEYS = ("keep_last", "keep_within_days", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
@@ -201,11 +201,17 @@ def forget_snapshots(
     """Forget exactly the restore points a planner (the server) decided on.
 
     The list comes from outside, so every id is checked before anything is deleted: it must be a
-    restore point of this writer's scope (and of ``hostname``, when given), else nothing is
+    full restore-point id, of this writer's scope (and of ``hostname``, when given), else nothing is
     forgotten. One already gone counts as removed (a retried command); one still under retention
     is kept whatever the list says.
     """
     now = now or datetime.now(UTC)
+    malformed = [i for i in snapshot_ids if not isinstance(i, str) or not is_snapshot_id(i)]
+    if malformed:
+        raise ConfigurationError(
+            f"not a restore point id: {str(malformed[0])[:80]!r}; nothing was forgotten",
+            hint="a retention command names restore points by their full ids",
+        )
     present = set(repo.snapshot_ids())
     targets: list[Snapshot] = []
     gone: list[str] = []
