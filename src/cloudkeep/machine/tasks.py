@@ -39,6 +39,7 @@ from cloudkeep.repo import (
     backup_files,
     backup_volume,
     forget,
+    forget_snapshots,
     list_tree,
     prune,
     resolve_path,
@@ -47,7 +48,6 @@ from cloudkeep.repo import check as check_repository
 from cloudkeep.repo import restore as restore_files
 from cloudkeep.repo import restore_volume as restore_image
 from cloudkeep.repo.lock import MaintenanceBusyError
-from cloudkeep.repo.retention import forget_snapshots
 from cloudkeep.storage.base import ObjectStore, open_store
 
 PROGRESS_INTERVAL = 1.0
