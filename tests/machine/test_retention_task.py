@@ -40,15 +40,16 @@ class Lab:
         self.root = tmp_path / "root"
         self.root.mkdir()
 
-    def backup(self, writer: str, hostname: str, retain_until: datetime | None = None) -> Snapshot:
+    def backup(self, writer: str | None, hostname: str, retain_until: datetime | None = None) -> Snapshot:
         repo = Repository.open(open_store(self.url, fsync=False), PASSWORD, writer_prefix=writer)
         return backup_files(repo, [self.source], hostname=hostname, retain_until=retain_until)
 
     def ids(self) -> set[str]:
         return {s.id for s in list_snapshots(Repository.open(open_store(self.url, fsync=False), PASSWORD))}
 
-    def context(self, writer: str) -> TaskContext:
-        ids = {"machine_id": "m1", "server_id": "s1", "server_public_key": ""}
+    def context(self, writer: str | None, machine_id: str = "m1") -> TaskContext:
+        """``writer`` None: the full credential the server gives a retention command that prunes."""
+        ids = {"machine_id": machine_id, "server_id": "s1", "server_public_key": ""}
         config = MachineConfig(**ids, agent_queue={}, server_queue={}, root=self.root)
         access = RepositoryAccess(
             store_url=self.url, options={"fsync": False}, password=PASSWORD, writer_prefix=writer
@@ -80,6 +81,18 @@ def test_refuses_a_list_naming_another_writers_point_and_forgets_nothing(lab: La
     with pytest.raises(PermissionDeniedError, match="another writer"):
         tasks.retention(lab.context(A), RetentionCommand(forget=[a1.id, b1.id], hostname="set"))
     assert lab.ids() == {a1.id, a2.id, b1.id}
+
+
+def test_with_the_full_credential_the_scope_is_still_this_machines_namespace(lab: Lab) -> None:
+    legacy = lab.backup(None, "set")  # the root layout, written before writer namespaces
+    a1, a2 = lab.backup(A, "set"), lab.backup(A, "set")
+    b1 = lab.backup(B, "set")
+    full = lab.context(None, machine_id="machine-a")
+    with pytest.raises(PermissionDeniedError, match="another writer"):
+        tasks.retention(full, RetentionCommand(forget=[a1.id, b1.id], hostname="set"))
+    assert lab.ids() == {legacy.id, a1.id, a2.id, b1.id}
+    result = tasks.retention(full, RetentionCommand(forget=[legacy.id, a1.id], hostname="set"))
+    assert result["removed"] == [legacy.id, a1.id] and lab.ids() == {a2.id, b1.id}
 
 
 def test_refuses_a_point_of_another_backup_set_of_the_same_writer(lab: Lab) -> None:

@@ -47,6 +47,7 @@ from cloudkeep.repo import (
 from cloudkeep.repo import check as check_repository
 from cloudkeep.repo import restore as restore_files
 from cloudkeep.repo import restore_volume as restore_image
+from cloudkeep.repo.layout import writer_namespace
 from cloudkeep.repo.lock import MaintenanceBusyError
 from cloudkeep.storage.base import ObjectStore, open_store
 
@@ -274,7 +275,11 @@ def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
     now = datetime.now(UTC)
     outcome: ForgetResult
     if body.forget is not None:
-        outcome = forget_snapshots(repository, body.forget, hostname=body.hostname, now=now)
+        # With the full credential (to prune) the repository is unscoped: name this machine's own.
+        mine = writer_namespace(ctx.config.machine_id)
+        outcome = forget_snapshots(
+            repository, body.forget, hostname=body.hostname, writer_scope=mine, now=now
+        )
     else:
         assert body.policy is not None  # the body's validator requires one of the two
         outcome = forget(repository, _policy(body.policy), now=now, hostname=body.hostname)

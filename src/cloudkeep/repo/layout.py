@@ -85,3 +85,8 @@ def check_writer_prefix(prefix: str | None) -> str:
             hint="pass e.g. writers/<machine id>/ (one path segment, trailing slash)",
         )
     return prefix
+
+
+def writer_namespace(name: str) -> str:
+    """The namespace of writer ``name`` (a machine id): ``writers/<name>/``."""
+    return check_writer_prefix(f"{WRITERS_PREFIX}{name}/")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
+from cloudkeep.repo.layout import WRITERS_PREFIX, check_writer_prefix
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, is_snapshot_id
 from cloudkeep.storage.base import ObjectLockedError
@@ -195,6 +196,7 @@ def forget_snapshots(
     snapshot_ids: Sequence[str],
     *,
     hostname: str | None = None,
+    writer_scope: str | None = None,
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> ForgetResult:
@@ -202,8 +204,10 @@ def forget_snapshots(
 
     The list comes from outside, so every id is checked before anything is deleted: it must be a
     full restore-point id, of this writer's scope (and of ``hostname``, when given), else nothing is
-    forgotten. One already gone counts as removed (a retried command); one still under retention
-    is kept whatever the list says.
+    forgotten. The scope is the repository's ``writer_prefix``; opened with the full credential
+    (to prune), ``writer_scope`` names it instead, and points of the root layout (written before
+    writer namespaces) stay allowed. One already gone counts as removed (a retried command); one
+    still under retention is kept whatever the list says.
     """
     now = now or datetime.now(UTC)
     malformed = [i for i in snapshot_ids if not isinstance(i, str) or not is_snapshot_id(i)]
@@ -219,7 +223,7 @@ def forget_snapshots(
         if snapshot_id not in present:
             gone.append(snapshot_id)
             continue
-        if not repo.owns_snapshot(snapshot_id):
+        if not _in_scope(repo, snapshot_id, writer_scope):
             raise PermissionDeniedError(
                 f"restore point {snapshot_id} belongs to another writer; nothing was forgotten"
             )
@@ -237,6 +241,13 @@ def forget_snapshots(
         else:
             _delete(repo, snap, result)
     return result
+
+
+def _in_scope(repo: Repository, snapshot_id: str, writer_scope: str | None) -> bool:
+    if repo.scoped or not writer_scope:
+        return repo.owns_snapshot(snapshot_id)
+    key = repo.snapshot_key(snapshot_id)
+    return key.startswith(check_writer_prefix(writer_scope)) or not key.startswith(WRITERS_PREFIX)
 
 
 def _delete(repo: Repository, snap: Snapshot, result: ForgetResult) -> None:
