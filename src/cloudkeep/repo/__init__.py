@@ -1,9 +1,10 @@
 """The repository format and backup engine: chunk, dedup, compress, encrypt, pack, index, restore.
 
 Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
-``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
-``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup), ``volume``,
-``browse``, ``restorer``, ``checker``, ``retention`` (forget) and ``prune``.
+``layout`` (the store layout and sealed config), ``repository`` (one opened repository over an
+``ObjectStore``), ``writer`` (a backup session), ``tree``/``snapshot`` (manifests), then the
+operations: ``archiver`` (file backup; ``masks`` its globs), ``volume``, ``browse``, ``restorer``,
+``checker``, ``retention`` (the one policy and planner, forget) and ``prune``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files
