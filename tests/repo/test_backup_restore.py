@@ -235,7 +235,7 @@ def test_machine_root_maps_paths(repo: Repository, tmp_path: Path) -> None:
     ],
 )
 def test_glob_masks(pattern: str, path: str, expected: bool) -> None:
-    from cloudkeep.repo.archiver import matches
+    from cloudkeep.repo.masks import matches
 
     assert matches(pattern, path) is expected
 

@@ -14,6 +14,7 @@ from cloudkeep.repo import (
     backup_files,
     check,
     forget,
+    forget_snapshots,
     list_snapshots,
     prune,
     restore,
@@ -68,9 +69,7 @@ def test_s3_object_lock_protects_restore_points(
     info = store.stat(f"snapshots/{snap.id}")
     assert info is not None and info.retain_until is not None
     assert all(i.retain_until is not None for i in store.list("data/") for i in [store.stat(i.key)])
-    assert (
-        forget(repo, RetentionPolicy(keep_within=timedelta(0)), now=until - timedelta(days=1)).removed == []
-    )
+    assert forget_snapshots(repo, [snap.id], now=until - timedelta(days=1)).removed == []
     now = datetime.now(UTC)
     prune(repo, now=now)
     prune(repo, now=now + timedelta(hours=2))

@@ -13,6 +13,7 @@ from cloudkeep.repo import (
     backup_files,
     check,
     forget,
+    forget_snapshots,
     prune,
     restore,
 )
@@ -95,7 +96,7 @@ def test_backup_running_during_prune_blocks_sweep(
     def prune_while_backup_runs(name: str) -> None:
         if name != "backup:doomed-refreshed" or outcomes:
             return
-        forget(repo, RetentionPolicy(keep_within=timedelta(seconds=0)), now=now + HOUR)
+        forget_snapshots(repo, [first.id])
         assert first.id not in {s.id for s in repo.snapshots()}
         outcomes["mark"] = prune(repo, now=now)
         for info in store.list("sessions/"):  # the agent is still alive two hours later
@@ -119,8 +120,8 @@ def test_new_backups_do_not_dedup_against_marked_packs(
     repo: Repository, store: ObjectStore, tmp_path: Path
 ) -> None:
     src = make(tmp_path / "a", 1)
-    backup_files(repo, [src], hostname="h")
-    forget(repo, RetentionPolicy(keep_within=timedelta(seconds=0)), now=datetime.now(UTC) + HOUR)
+    first = backup_files(repo, [src], hostname="h")
+    forget_snapshots(repo, [first.id])
     now = datetime.now(UTC)
     prune(repo, now=now)
     snap = backup_files(Repository.open(store, PASSWORD), [src], hostname="h")

@@ -256,12 +256,13 @@ class FakeDispatcher:
                 "stats": dict(self.stats),
             }
         elif command.kind == "retention":
-            keep = command.body["policy"].get("keep_last", 10**9)
+            # Like the machine: forget exactly the named snapshots of this backup set.
+            doomed = set(command.body["forget"])
             with self.lock:
                 mine = self.snapshots.get(command.body["hostname"], [])
-                removed = [s for s, _t in mine[:-keep]]
-                self.snapshots[command.body["hostname"]] = mine[-keep:]
-            payload = {"kept": [s for s, _t in mine[-keep:]], "removed": removed}  # as the agent reports
+                removed = [s for s, _t in mine if s in doomed]
+                self.snapshots[command.body["hostname"]] = [(s, t) for s, t in mine if s not in doomed]
+            payload = {"kept": [s for s, _t in self.snapshots[command.body["hostname"]]], "removed": removed}
         elif command.kind == "check":
             payload = {"ok": True, "problems": []}
         else:

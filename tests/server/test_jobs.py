@@ -10,14 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from tests.server.jobs_fakes import FakeDispatcher, World, build_world, fresh_postgres_url, make_context
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
+from cloudkeep.repo import retention as engine_retention
+from cloudkeep.repo.retention import RetentionPlan
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, RestorePoint, SessionTask
+from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs import start_job, stop_session
 from cloudkeep.server.jobs.backup_body import build_backup_body
 
@@ -222,8 +226,10 @@ def test_retention_after_each_session_marks_removed_points(ctx: ServerContext, w
         s for s, _t in fake.snapshots[f"{world.machine_ids[0]}-{job_id}"]
     ]
     retention = fake.kinds("retention")
+    # the command carries what the server decided: the one snapshot the fourth run pushed out
+    second_oldest = sorted(catalog, key=lambda p: p.created_at)[1].snapshot_id
     assert retention and retention[-1].body == {
-        "policy": {"keep_last": 2},
+        "forget": [second_oldest],
         "prune": True,
         "hostname": f"{world.machine_ids[0]}-{job_id}",
     }
@@ -371,6 +377,31 @@ def test_read_data_share_rejects_nonsense(value: str) -> None:
 
     with pytest.raises(ConfigurationError, match="read_data_subset"):
         read_fraction(value)
+
+
+def test_plan_and_gfs_flags_come_from_the_one_planner(
+    ctx: ServerContext, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's plan, the catalog's GFS flags and the command's forget list are one decision,
+    made by the engine's planner (the same function the machine uses for a policy-only command)."""
+    assert ret.plan_retention is engine_retention.plan_retention
+    plans: list[RetentionPlan] = []
+
+    def spy(*args: Any, **kwargs: Any) -> RetentionPlan:
+        plans.append(engine_retention.plan_retention(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(ret, "plan_retention", spy)
+    fake = FakeDispatcher(ctx)
+    job_id = world.add_job(retention={"keep_last": 1, "keep_weekly": 2})
+    for _ in range(3):
+        start_job(ctx, job_id, machine_ids=["vm-0"], wait=True, dispatcher=fake)
+    assert len(plans) == 3
+    catalog = {p.id: p for p in points(ctx, job_id=job_id)}
+    final = plans[-1]
+    assert list(final.keep) == [p.id for p in catalog.values() if p.removed_at is None]
+    assert all(catalog[i].gfs == final.gfs[i] for i in final.keep)
+    assert fake.kinds("retention")[-1].body["forget"] == [catalog[i].snapshot_id for i in final.remove]
 
 
 def test_gfs_flags_are_recorded_in_the_catalog(ctx: ServerContext, world: World) -> None:

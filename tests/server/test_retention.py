@@ -1,28 +1,31 @@
-"""Retention and GFS planning on explicit restore-point lists (pure; no clock)."""
+"""Retention and GFS planning on explicit restore-point lists (pure; no clock), as the server uses it.
+
+The planner is the engine's (``cloudkeep.repo.retention``); the server's catalog side only maps
+its rows onto it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.protocol import MAX_MESSAGE_BYTES
+from cloudkeep.protocol.bodies import RetentionCommand
+from cloudkeep.repo.retention import RetentionPoint as Point
+from cloudkeep.repo.retention import RetentionPolicy, plan_retention
+from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.jobs.retention import (
-    RetentionPolicy,
-    plan_retention,
+    FORGET_BATCH,
+    plan_points,
     removed_snapshot_ids,
-    validate_retention,
+    retention_command_body,
 )
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class Point:
-    id: str
-    created_at: datetime
-    retain_until: datetime | None = None
+validate_retention = RetentionPolicy.from_mapping
 
 
 def daily_points(days: int, *, hour: int = 1) -> list[Point]:
@@ -95,8 +98,8 @@ def test_gfs_counts_only_buckets_that_have_points() -> None:
 
 def test_immutability_blocks_deletion_whatever_the_policy() -> None:
     points = daily_points(5)
-    points[4].retain_until = NOW + timedelta(days=1)  # the oldest is still locked
-    points[3].retain_until = NOW - timedelta(seconds=1)  # lock just expired
+    points[4] = replace(points[4], retain_until=NOW + timedelta(days=1))  # the oldest is still locked
+    points[3] = replace(points[3], retain_until=NOW - timedelta(seconds=1))  # lock just expired
     plan = plan_retention(points, validate_retention({"keep_last": 1}), NOW)
     assert points[4].id in plan.keep and plan.keep[points[4].id][0].startswith("immutable until")
     assert points[3].id in plan.remove
@@ -132,3 +135,16 @@ def test_removed_snapshot_ids_accepts_ids_or_objects() -> None:
     assert removed_snapshot_ids({"removed": ["a", {"id": "b"}, {"snapshot_id": "c"}]}) == ["a", "b", "c"]
     assert removed_snapshot_ids({"forgotten": ["x"]}) == ["x"]
     assert removed_snapshot_ids({}) == []
+
+
+def test_the_command_names_the_planned_snapshots_oldest_first_and_fits_one_message() -> None:
+    rows = [
+        RestorePoint(id=f"rp-{n:04d}", snapshot_id=f"{n:064x}", created_at=NOW - timedelta(hours=n))
+        for n in range(FORGET_BATCH + 100)
+    ]
+    plan = plan_points(rows, validate_retention({"keep_last": 2}), NOW)
+    assert plan.keep.keys() == {"rp-0000", "rp-0001"}  # catalog rows go through the one planner
+    body = retention_command_body(rows, plan, prune=True, hostname="vm-job")
+    oldest_first = [r.snapshot_id for r in reversed(rows[2:])]
+    assert body["forget"] == oldest_first[:FORGET_BATCH]  # the rest next time
+    assert len(RetentionCommand.model_validate(body).model_dump_json()) < MAX_MESSAGE_BYTES // 2

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import importlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cloudkeep.errors import CloudkeepError, NotFoundError, incomplete_restore
 from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
@@ -32,16 +31,29 @@ from cloudkeep.protocol.bodies import (
     Retention,
     RetentionCommand,
 )
+from cloudkeep.repo import (
+    BackupProgress,
+    ForgetResult,
+    Repository,
+    RetentionPolicy,
+    backup_files,
+    backup_volume,
+    forget,
+    forget_snapshots,
+    list_tree,
+    prune,
+    resolve_path,
+)
+from cloudkeep.repo import check as check_repository
+from cloudkeep.repo import restore as restore_files
+from cloudkeep.repo import restore_volume as restore_image
+from cloudkeep.repo.layout import writer_namespace
 from cloudkeep.repo.lock import MaintenanceBusyError
+from cloudkeep.storage.base import ObjectStore, open_store
 
 PROGRESS_INTERVAL = 1.0
 
 log = logging.getLogger(__name__)
-
-
-def _engine() -> Any:
-    """The repository engine, imported where used (typed loosely: it is built in parallel)."""
-    return importlib.import_module("cloudkeep.repo")
 
 
 ENTIRE_MACHINE_EXCLUDES = [
@@ -65,12 +77,10 @@ class RefreshableStore:
         self.stage_clock: StageClock | None = None  # set by a backup to time its storage writes
 
     @staticmethod
-    def _open(access: RepositoryAccess) -> Any:
-        from cloudkeep.storage.base import open_store
-
+    def _open(access: RepositoryAccess) -> ObjectStore:
         return open_store(access.store_url, **access.options)
 
-    def _current(self) -> Any:
+    def _current(self) -> ObjectStore:
         fresh = self._ctx.refreshed_access()
         if fresh is not None and fresh != self._access:
             with self._lock:
@@ -93,7 +103,7 @@ class ProgressReporter:
         self.started = time.monotonic()
         self.last = 0.0
 
-    def __call__(self, progress: Any, *, force: bool = False) -> None:
+    def __call__(self, progress: BackupProgress, *, force: bool = False) -> None:
         # The engine calls this between files/chunks: the least invasive place to stop a cancelled
         # task. The engine aborts (no snapshot committed; uploaded packs stay reusable).
         if self.ctx.cancelled():
@@ -102,30 +112,27 @@ class ProgressReporter:
         if not force and now - self.last < self.interval:
             return
         self.last = now
-        read = int(getattr(progress, "bytes_read", 0) or getattr(progress, "bytes_done", 0) or 0)
-        total = getattr(progress, "bytes_total", None)
+        read, total = progress.bytes_read, progress.bytes_total
         rate = read / max(now - self.started, 1e-6)
         eta = (total - read) / rate if total and rate > 0 and total >= read else None
         self.ctx.progress({
             "bytes_read": read, "bytes_total": total, "rate": round(rate, 1), "eta_seconds": eta,
-            "files": int(getattr(progress, "files_done", 0) or getattr(progress, "files", 0) or 0),
-            "bytes_uploaded": int(getattr(progress, "bytes_uploaded", 0) or 0),
-            "current_path": getattr(progress, "current_path", None),
+            "files": progress.files_done, "bytes_uploaded": progress.bytes_uploaded,
+            "current_path": progress.current_path,
         })  # fmt: skip
 
 
-def open_repository(ctx: TaskContext) -> Any:
-    engine = _engine()
-
-    store = RefreshableStore(ctx)
-    password = store._access.password
-    writer_prefix = store._access.writer_prefix
+def open_repository(ctx: TaskContext) -> Repository:
+    refreshable = RefreshableStore(ctx)
+    password = refreshable._access.password
+    writer_prefix = refreshable._access.writer_prefix
+    store = cast(ObjectStore, refreshable)  # a proxy: every attribute comes from the current store
     try:
-        return engine.Repository.open(store, password, writer_prefix=writer_prefix)
+        return Repository.open(store, password, writer_prefix=writer_prefix)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
-        engine.Repository.create(store, password).close()
-        return engine.Repository.open(store, password, writer_prefix=writer_prefix)
+        Repository.create(store, password).close()
+        return Repository.open(store, password, writer_prefix=writer_prefix)
 
 
 def _as_dict(value: Any) -> Any:
@@ -142,18 +149,8 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def _policy(policy: Retention) -> Any:
-    engine = _engine()
-
-    within = timedelta(days=policy.keep_within_days) if policy.keep_within_days else None
-    counts = policy.model_dump(exclude={"keep_within_days"})
-    return engine.RetentionPolicy(**{k: v or 0 for k, v in counts.items()}, keep_within=within)
-
-
-def _ids(items: Any) -> list[str]:
-    if hasattr(items, "removed"):  # a ForgetResult
-        items = items.removed
-    return [str(getattr(item, "id", item)) for item in (items or [])]
+def _policy(policy: Retention) -> RetentionPolicy:
+    return RetentionPolicy.from_mapping(policy.model_dump(exclude_none=True))
 
 
 def _script(ctx: TaskContext, script: str | None, timeout: float, what: str) -> None:
@@ -168,8 +165,6 @@ def _script(ctx: TaskContext, script: str | None, timeout: float, what: str) -> 
 
 
 def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
-    engine = _engine()
-
     _script(ctx, body.pre_script, body.script_timeout, "pre-script")
     try:
         if ctx.cancelled():
@@ -183,34 +178,34 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
         common: dict[str, Any] = {"hostname": body.hostname, "tags": body.tags, "progress": report,
                                   "retain_until": body.retain_until}  # fmt: skip
         if body.mode == "volume":
-            devices = [str(ctx.config.host_path(s)) for s in body.sources]
-            snapshot = [engine.backup_volume(repository, device, **common) for device in devices][-1]
+            devices = [ctx.config.host_path(s) for s in body.sources]
+            snapshot = [backup_volume(repository, device, **common) for device in devices][-1]
         else:
             sources = ["/"] if body.mode == "entire" else body.sources
             excludes = body.excludes + (ENTIRE_MACHINE_EXCLUDES if body.mode == "entire" else [])
             # Sources, masks and the restore point all use the machine's own paths; ``root`` says where
             # its "/" is on this host (not "/" only on a simulated machine).
-            snapshot = engine.backup_files(
+            snapshot = backup_files(
                 repository, sources, includes=body.includes, excludes=excludes, root=ctx.config.root,
                 cache_dir=ctx.config.state_dir / "cache", bandwidth_limit=body.bandwidth_limit, **common,
             )  # fmt: skip
         timings = clock.timings(time.monotonic() - engine_started)
         forgotten: list[str] = []
         if body.retention is not None:
-            forgotten = _ids(engine.forget(repository, _policy(body.retention), now=datetime.now(UTC),
-                                           hostname=body.hostname))  # fmt: skip
+            policy = _policy(body.retention)
+            forgotten = forget(repository, policy, now=datetime.now(UTC), hostname=body.hostname).removed
             if body.prune:
-                _prune_unless_busy(engine, repository)
+                _prune_unless_busy(repository)
     finally:
         _script(ctx, body.post_script, body.script_timeout, "post-script")
-    when = getattr(snapshot, "time", None)
-    stats = _as_dict(getattr(snapshot, "stats", {}) or {})
+    when = snapshot.time
+    stats = _as_dict(snapshot.stats or {})
     stats.pop("warnings", None)  # the engine's warnings are its skipped entries, reported below
     skipped: list[dict[str, Any]] = stats.pop("errors", None) or []
     total = int(stats.pop("errors_total", len(skipped)) or 0)
     return {
-        "snapshot_id": str(snapshot.id),
-        "snapshot_time": when.isoformat() if isinstance(when, datetime) else when,
+        "snapshot_id": snapshot.id,
+        "snapshot_time": when.isoformat(),
         # what the server's catalog pins (and checks against the repository) for this restore point
         "manifest_digest": snapshot.digest or None,
         "root_tree": snapshot.tree or None,
@@ -258,38 +253,48 @@ def _skipped_warnings(skipped: list[dict[str, Any]], total: int) -> list[str]:
     return [head, *shown, *more]
 
 
-def _prune_unless_busy(engine: Any, repository: Any) -> None:
+def _prune_unless_busy(repository: Repository) -> None:
     """Prune after forgetting, unless another machine's prune holds the repository right now.
 
     Each machine of a job prunes after its retention; when two finish together, one prune runs
     and reclaims for both, so the other is skipped (logged), not failed.
     """
     try:
-        engine.prune(repository)
+        prune(repository)
     except MaintenanceBusyError as exc:
         log.info("prune skipped: %s", exc.message)
 
 
 def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
-    engine = _engine()
+    """Forget what the server decided (``forget``); with only a policy (an older server), plan here.
 
+    The signed command still names restore points from outside this machine: ``forget_snapshots``
+    refuses the whole list if one id lies outside this writer's scope or ``hostname``.
+    """
     repository = open_repository(ctx)
     now = datetime.now(UTC)
-    outcome = engine.forget(repository, _policy(body.policy), now=now, hostname=body.hostname)
+    outcome: ForgetResult
+    if body.forget is not None:
+        # With the full credential (to prune) the repository is unscoped: name this machine's own.
+        mine = writer_namespace(ctx.config.machine_id)
+        outcome = forget_snapshots(
+            repository, body.forget, hostname=body.hostname, writer_scope=mine, now=now
+        )
+    else:
+        assert body.policy is not None  # the body's validator requires one of the two
+        outcome = forget(repository, _policy(body.policy), now=now, hostname=body.hostname)
     if body.prune:
-        _prune_unless_busy(engine, repository)
-    return {"kept": [str(s) for s in outcome.kept], "removed": [str(s) for s in outcome.removed]}
+        _prune_unless_busy(repository)
+    return {"kept": list(outcome.kept), "removed": list(outcome.removed)}
 
 
 def check(ctx: TaskContext, body: Check) -> dict[str, Any]:
-    engine = _engine()
-
     repository = open_repository(ctx)
-    kwargs = {"read_data_subset": body.read_data_subset} if body.read_data_subset is not None else {}
-    outcome = engine.check(repository, **kwargs)
-    problems = getattr(outcome, "problems", outcome if isinstance(outcome, list) else [])
-    ok = bool(getattr(outcome, "ok", not problems))
-    return {"ok": ok, "problems": [str(p) for p in problems][:200]}
+    if body.read_data_subset is not None:
+        outcome = check_repository(repository, read_data_subset=body.read_data_subset)
+    else:
+        outcome = check_repository(repository)
+    return {"ok": outcome.ok, "problems": [str(p) for p in outcome.problems][:200]}
 
 
 def _restore_target(ctx: TaskContext, path: str) -> Path:
@@ -300,43 +305,37 @@ def _restore_target(ctx: TaskContext, path: str) -> Path:
 
 
 def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
-    engine = _engine()
-
     # Restore points hold the machine's own paths, so in place means under the machine's root.
     target = ctx.config.root if body.in_place else _restore_target(ctx, body.target)
     repository = open_repository(ctx)
     # Paths may name entries as results show them (not-UTF-8 bytes as \xNN): find the exact ones.
-    paths = [engine.resolve_path(repository, body.snapshot_id, p) for p in body.paths] if body.paths else None
+    paths = [resolve_path(repository, body.snapshot_id, p) for p in body.paths] if body.paths else None
     report = ProgressReporter(ctx)
-    outcome = engine.restore(repository, body.snapshot_id, target, paths=paths, progress=report)
-    files, verified = int(getattr(outcome, "files", 0)), int(getattr(outcome, "verified", 0))
+    outcome = restore_files(repository, body.snapshot_id, target, paths=paths, progress=report)
+    files, verified = outcome.files, outcome.verified
     if outcome.errors:  # the session must fail, naming what was refused; the rest is restored
         raise incomplete_restore(
             f"restore of {body.snapshot_id[:12]} into {target}: {files} file(s) restored, but", outcome.errors
         )
     return {
         "files": files,
-        "bytes": int(getattr(outcome, "bytes", 0)),
+        "bytes": outcome.bytes,
         "verified": files == verified,
         "verified_files": verified,
-        "warnings": [str(w) for w in getattr(outcome, "warnings", [])][:50],
+        "warnings": [str(w) for w in outcome.warnings][:50],
     }
 
 
 def restore_volume(ctx: TaskContext, body: RestoreVolume) -> dict[str, Any]:
-    engine = _engine()
-
     repository = open_repository(ctx)
-    outcome = engine.restore_volume(repository, body.snapshot_id, str(_restore_target(ctx, body.target)))
-    return {"bytes": int(getattr(outcome, "bytes", 0)), "verified": bool(getattr(outcome, "verified", 0))}
+    outcome = restore_image(repository, body.snapshot_id, _restore_target(ctx, body.target))
+    return {"bytes": outcome.bytes, "verified": bool(outcome.verified)}
 
 
 def browse(ctx: TaskContext, body: Browse) -> dict[str, Any]:
-    engine = _engine()
-
     repository = open_repository(ctx)
-    path = engine.resolve_path(repository, body.snapshot_id, body.path)
-    tree = engine.list_tree(repository, body.snapshot_id, path, recursive=body.recursive)
+    path = resolve_path(repository, body.snapshot_id, body.path)
+    tree = list_tree(repository, body.snapshot_id, path, recursive=body.recursive)
     entries = [e.to_json() for e in tree]  # displayed paths, exact bytes in path_b64 (docs/protocol.md)
     if body.pattern:
         entries = [e for e in entries if fnmatch.fnmatch(str(_entry_name(e)), body.pattern)]

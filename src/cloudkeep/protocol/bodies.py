@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Body(BaseModel):
@@ -28,12 +28,18 @@ class RepositoryAccess(Body):
 
 
 class Retention(Body):
-    keep_last: int | None = None
-    keep_daily: int | None = None
-    keep_weekly: int | None = None
-    keep_monthly: int | None = None
-    keep_yearly: int | None = None
-    keep_within_days: float | None = None
+    """A retention policy as the API and the wire carry it (the engine's ``RetentionPolicy``).
+
+    GFS-style: keep the newest N, then one per day/week/month/year, or everything recent. Checked
+    further, and converted, by ``RetentionPolicy.from_mapping`` (the one converter).
+    """
+
+    keep_last: int | None = Field(default=None, ge=0)
+    keep_daily: int | None = Field(default=None, ge=0)
+    keep_weekly: int | None = Field(default=None, ge=0)
+    keep_monthly: int | None = Field(default=None, ge=0)
+    keep_yearly: int | None = Field(default=None, ge=0)
+    keep_within_days: int | None = Field(default=None, ge=0)
 
 
 # --- server → machine commands ----------------------------------------------------------------
@@ -87,9 +93,21 @@ class Browse(Body):
 
 
 class RetentionCommand(Body):
-    policy: Retention
+    """Forget the restore points the server decided on (``forget``: snapshot ids of ``hostname``).
+
+    A command with only ``policy`` comes from an older server: the machine then plans itself.
+    """
+
+    forget: list[str] | None = None
+    policy: Retention | None = None
     prune: bool = False
     hostname: str | None = None
+
+    @model_validator(mode="after")
+    def _says_what_to_forget(self) -> RetentionCommand:
+        if self.forget is None and self.policy is None:
+            raise ValueError("a retention command needs 'forget' (snapshot ids) or 'policy'")
+        return self
 
 
 class Check(Body):

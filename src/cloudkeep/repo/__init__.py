@@ -1,9 +1,10 @@
 """The repository format and backup engine: chunk, dedup, compress, encrypt, pack, index, restore.
 
 Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
-``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
-``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup), ``volume``,
-``browse``, ``restorer``, ``checker``, ``retention`` (forget) and ``prune``.
+``layout`` (the store layout and sealed config), ``repository`` (one opened repository over an
+``ObjectStore``), ``writer`` (a backup session), ``tree``/``snapshot`` (manifests), then the
+operations: ``archiver`` (file backup; ``masks`` its globs), ``volume``, ``browse``, ``restorer``,
+``checker``, ``retention`` (the one policy and planner, forget) and ``prune``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files
@@ -13,7 +14,7 @@ from cloudkeep.repo.crypto import KdfParams
 from cloudkeep.repo.prune import PruneResult, prune
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorer import RestoreResult, restore
-from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget
+from cloudkeep.repo.retention import ForgetResult, RetentionPolicy, forget, forget_snapshots, plan_retention
 from cloudkeep.repo.snapshot import Snapshot
 from cloudkeep.repo.tree import TreeEntry
 from cloudkeep.repo.volume import backup_volume, restore_volume
@@ -42,8 +43,10 @@ __all__ = [
     "check",
     "find",
     "forget",
+    "forget_snapshots",
     "list_snapshots",
     "list_tree",
+    "plan_retention",
     "prune",
     "rebuild_index",
     "resolve_path",

@@ -11,14 +11,12 @@ restore point, and its indexed packs are reused.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
+from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
@@ -51,50 +50,6 @@ class BackupProgress:
     bytes_new: int
     bytes_uploaded: int
     current_path: str | None
-
-
-def matches(pattern: str, path: str) -> bool:
-    """Glob match: a pattern without ``/`` matches the base name, otherwise the absolute path."""
-    if "/" not in pattern:
-        return glob_regex(pattern).fullmatch(os.path.basename(path)) is not None
-    return glob_regex(pattern.rstrip("/")).fullmatch(path) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A shell glob as a regex: ``*``, ``?`` and ``[...]`` stay inside one path component and
-    ``**`` spans any number of them (``/home/*/.cache`` is one level, ``/srv/**/*.log`` any depth),
-    as in restic and .gitignore; ``fnmatch`` would let ``*`` cross ``/``."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")  # zero or more whole directories
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif (
-            pattern[i] == "["
-            and (end := pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)) > 0
-        ):
-            body = pattern[i + 1 : end]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            body = body.replace("\\", "\\\\")
-            body = "\\" + body if body.startswith("^") else body  # a literal caret, not regex negation
-            out.append("[" + ("^/" if negate else "") + body + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out), re.DOTALL)
 
 
 class _Dir:
@@ -400,7 +355,7 @@ def _source_trie(sources: list[str]) -> _Trie:
 
 def backup_files(
     repo: Repository,
-    sources: list[Path],
+    sources: Sequence[str | Path],
     *,
     includes: list[str] | None = None,
     excludes: list[str] | None = None,

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from cloudkeep.errors import NotFoundError
 from cloudkeep.pathnames import display, is_text
-from cloudkeep.repo.archiver import matches
+from cloudkeep.repo.masks import matches
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.targetfs import os_error
 from cloudkeep.repo.tree import DIR, FILE, Node, TreeEntry

@@ -28,9 +28,10 @@ from typing import Any
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError
 from cloudkeep.repo import writer as backup_session
 from cloudkeep.repo.index import encode_index_file, new_index_key
+from cloudkeep.repo.layout import PRUNE_PREFIX, SESSIONS_PREFIX
 from cloudkeep.repo.lock import MaintenanceLock, last_refresh, maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_key
-from cloudkeep.repo.repository import PRUNE_PREFIX, SESSIONS_PREFIX, Repository
+from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import ObjectInfo, ObjectLockedError, ObjectNotFoundError

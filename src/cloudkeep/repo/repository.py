@@ -1,16 +1,8 @@
-"""The repository: config, keys, index and blob access over one ``ObjectStore``.
+"""One opened repository over an ``ObjectStore``: keys, index, prune markers, blobs and manifests.
 
-Storage layout (see docs/format.md)::
-
-    config                    sealed JSON: repository id, chunker parameters, pack size, compression
-    keys/<id>                 master key wrapped by one password (scrypt + AES-GCM)
-    data/<id[:2]>/<id>        packs of encrypted blobs
-    index/<id>                which pack holds which blob (one or more files per backup session)
-    snapshots/<id>            restore-point manifests; written last = the commit point
-    sessions/<id>             "backup in progress" markers that prune respects
-    prune/<id>                packs marked for deletion by prune's first phase
-    writers/<name>/...        a writer's own namespace (data/, index/, snapshots/, sessions/ as above)
-                              when it was opened with ``writer_prefix``; readers merge every namespace
+What the repository looks like in the store (layout, the sealed config, writer namespaces) is
+``cloudkeep.repo.layout``; this module is the runtime over it — caches, the loaded index, reading
+blobs and trees, and the restore-point manifests of every writer.
 """
 
 from __future__ import annotations
@@ -21,12 +13,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
 from cloudkeep.errors import (
-    ConfigurationError,
     ConflictError,
     IntegrityError,
     NotFoundError,
@@ -36,6 +26,17 @@ from cloudkeep.repo.chunker import ChunkerParams
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
 from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, read_index_file
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
+from cloudkeep.repo.layout import (
+    CONFIG_KEY,
+    CONTENT_ADDRESSED_MANIFESTS,
+    MARKER_AAD,
+    PRUNE_PREFIX,
+    WRITERS_PREFIX,
+    RepoConfig,
+    check_writer_prefix,
+    open_config,
+    seal_config,
+)
 from cloudkeep.repo.pack import BlobEntry, blob_aad, pack_key
 from cloudkeep.repo.snapshot import (
     MANIFEST_VERSION,
@@ -47,47 +48,6 @@ from cloudkeep.repo.snapshot import (
 )
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
-
-CONFIG_KEY = "config"
-SESSIONS_PREFIX = "sessions/"
-PRUNE_PREFIX = "prune/"
-WRITERS_PREFIX = "writers/"
-_CONFIG_AAD = b"cloudkeep-config-v1"
-_MARKER_AAD = b"cloudkeep-marker-v1"
-# 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
-_CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    id: str
-    chunker: ChunkerParams
-    pack_size: int
-    compression_level: int
-    version: int = FORMAT_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "id": self.id,
-            "chunker": self.chunker.to_json(),
-            "pack_size": self.pack_size,
-            "compression_level": self.compression_level,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RepoConfig:
-        if data.get("version") not in _READABLE_VERSIONS:
-            raise IntegrityError(f"unsupported repository format version {data.get('version')}")
-        return cls(
-            data["id"],
-            ChunkerParams.from_json(data["chunker"]),
-            data["pack_size"],
-            data["compression_level"],
-            data["version"],
-        )
 
 
 class Repository:
@@ -104,7 +64,7 @@ class Repository:
     ) -> None:
         self.store = store
         # Every object this instance writes or deletes goes under this prefix ("" = the root layout).
-        self.writer_prefix = _check_writer_prefix(writer_prefix)
+        self.writer_prefix = check_writer_prefix(writer_prefix)
         self.master = master
         self.key_name = key_name
         self.config = config
@@ -145,11 +105,8 @@ class Repository:
         chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
         config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level)
         key_name = write_key_file(store, master, password, kdf or KdfParams())
-        crypter = Crypter(master)
         try:
-            store.put(
-                CONFIG_KEY, crypter.encode(json.dumps(config.to_json()).encode(), _CONFIG_AAD), if_absent=True
-            )
+            store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
         except ConflictError:
             store.delete(key_name)  # lost the race to another initialiser
             raise ConflictError(f"{store.describe()} already holds a cloudkeep repository") from None
@@ -167,7 +124,7 @@ class Repository:
             sealed = store.get(CONFIG_KEY)
         except ObjectNotFoundError:
             raise NotFoundError(f"{store.describe()}: repository config is missing") from None
-        config = RepoConfig.from_json(json.loads(Crypter(master).decode(sealed, _CONFIG_AAD, "config")))
+        config = open_config(master, sealed)
         repo = cls(store, master, key_name, config, writer_prefix=writer_prefix)
         repo.load_index()
         return repo
@@ -285,10 +242,10 @@ class Repository:
     # -- markers ---------------------------------------------------------------------------
 
     def write_marker(self, key: str, body: dict[str, Any], *, if_absent: bool = False) -> None:
-        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), _MARKER_AAD), if_absent=if_absent)
+        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), MARKER_AAD), if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), _MARKER_AAD, key))
+        result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), MARKER_AAD, key))
         return result
 
     def doomed_packs(self) -> set[str]:
@@ -434,7 +391,7 @@ class Repository:
         Version 1 manifests (ids not bound to content) are read only in repositories created
         before format 2; in a newer one such an object was not written by cloudkeep.
         """
-        legacy = self.config.version < _CONTENT_ADDRESSED_MANIFESTS
+        legacy = self.config.version < CONTENT_ADDRESSED_MANIFESTS
         snapshot = open_snapshot(self.crypter, key, self.store.get(key), allow_legacy=legacy)
         with self.lock:  # later reads by id (restore after a check) use this very object
             self._snapshot_keys[snapshot.id] = key
@@ -511,18 +468,6 @@ class Repository:
         with self.lock:
             self.unreadable_snapshots = unreadable
         return iter(found)
-
-
-def _check_writer_prefix(prefix: str | None) -> str:
-    if not prefix:
-        return ""
-    name = prefix[len(WRITERS_PREFIX) : -1]
-    if not prefix.startswith(WRITERS_PREFIX) or not prefix.endswith("/") or not name or "/" in name:
-        raise ConfigurationError(
-            f"writer prefix {prefix!r} is not of the form 'writers/<name>/'",
-            hint="pass e.g. writers/<machine id>/ (one path segment, trailing slash)",
-        )
-    return prefix
 
 
 def utcnow() -> datetime:

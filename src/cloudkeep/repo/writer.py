@@ -32,8 +32,9 @@ from types import TracebackType
 
 from cloudkeep.errors import ConflictError
 from cloudkeep.repo.index import encode_index_file, new_index_key
+from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
-from cloudkeep.repo.repository import SESSIONS_PREFIX, Repository
+from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 
 HEARTBEAT_S = 300.0

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
 from cloudkeep.protocol.bodies import BackupResult, RetentionResult
 from cloudkeep.providers.base import CloudProvider
+from cloudkeep.repo.retention import RetentionPolicy
 from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
@@ -367,15 +368,15 @@ class SessionRunner:
     def _apply_retention(self, task_id: str, machine: DiscoveredMachine) -> list[str]:
         """Flag GFS points and have the agent forget what the policy no longer keeps; warnings only."""
         try:
-            policy = ret.validate_retention(self.job.retention)
+            policy = RetentionPolicy.from_mapping(self.job.retention)
             points = ret.catalog_points(self.ctx, self.job.id, machine.id)
-            plan = ret.plan_retention(points, policy, self.clock())
+            plan = ret.plan_points(points, policy, self.clock())
             ret.record_gfs_flags(self.ctx, plan)
             if not plan.remove:
                 return []
             prune = self.options.prune is not False
             body = ret.retention_command_body(
-                policy, prune=prune, hostname=backup_set(machine.id, self.job.id)
+                points, plan, prune=prune, hostname=backup_set(machine.id, self.job.id)
             )
             # Prune deletes and repacks every writer's packs: that one command gets the full credential.
             access, _ttl = self._access(machine.id, full_access=prune)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from sqlalchemy import select
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
+from cloudkeep.repo import Repository as FormatRepository
+from cloudkeep.repo import check
 from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
@@ -41,15 +41,6 @@ def view(row: Repository) -> RepositoryView:
     )
 
 
-def _repo_module() -> Any | None:
-    """``cloudkeep.repo`` (the repository format) when this build has it."""
-    try:
-        module = importlib.import_module("cloudkeep.repo")
-    except ImportError:
-        return None
-    return module if hasattr(module, "Repository") else None
-
-
 def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) -> None:
     """Create the bucket/container and, for a backup repository, the repository format in it.
 
@@ -58,19 +49,18 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
     """
     provider = ctx.provider_for(credential_id)
     try:
-        module = _repo_module()
-        backup = data.purpose == "backup" and module is not None
+        backup = data.purpose == "backup"
         if backup:  # before anything is created: STS or the agent key must answer
             provider.storage.scoped_credentials(data.location, "ck-verify/", expires_seconds=900)
         provider.storage.ensure_container(data.location, object_lock=data.immutability_days > 0)
-        if not backup or module is None:
+        if not backup:
             return
         store = provider.storage.open_store(data.location)
         try:
             require_create_only(store)
             assert data.password is not None
             tuning = {k: data.options[k] for k in ("pack_size", "compression_level") if k in data.options}
-            module.Repository.create(store, data.password.get_secret_value(), **tuning).close()
+            FormatRepository.create(store, data.password.get_secret_value(), **tuning).close()
         except ConflictError as exc:
             raise ConflictError(
                 f"{data.location} already holds a cloudkeep repository",
@@ -157,15 +147,11 @@ def check_repository(
             raise ConfigurationError(
                 f"repository {row.name!r} is a {row.purpose} repository; only backups are checked"
             )
-    module = _repo_module()
-    check = getattr(module, "check", None) if module else None
-    if check is None:
-        raise ConfigurationError("this build has no repository format module (cloudkeep.repo) to check with")
     provider = ctx.provider_for(credential_id)
     try:
         store = provider.storage.open_store(location)
         try:
-            repo = module.Repository.open(store, ctx.secrets.open(sealed))  # type: ignore[union-attr]
+            repo = FormatRepository.open(store, ctx.secrets.open(sealed))
             try:
                 report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
                 # and what the catalog accepted at backup time is still what the repository holds
@@ -178,8 +164,8 @@ def check_repository(
         return RepositoryCheck(repository_id=row.id, ok=False, problems=[str(exc)])
     finally:
         provider.close()
-    problems = [str(p) for p in _field(report, "problems", [])]
-    ok = bool(_field(report, "ok", not problems)) and not altered
+    problems = [str(p) for p in report.problems]
+    ok = report.ok and not altered
     return RepositoryCheck(repository_id=row.id, ok=ok, problems=problems + altered)
 
 
@@ -220,10 +206,10 @@ def repair_repository(
 
 
 @contextmanager
-def _opened_backup_repository(ctx: ServerContext, ref: str, what: str) -> Iterator[tuple[str, Any]]:
+def _opened_backup_repository(
+    ctx: ServerContext, ref: str, what: str
+) -> Iterator[tuple[str, FormatRepository]]:
     """The repository format opened from the server with the repository's full credential."""
-    from cloudkeep.repo import Repository as FormatRepository
-
     with ctx.db() as session:
         row = resolve(session, Repository, ref, "repository")
         repository_id, credential_id, location, sealed = row.id, row.credential_id, row.location, row.password
@@ -270,9 +256,3 @@ def verify_store(ctx: ServerContext, ref: str) -> StoreVerification:
     return StoreVerification(
         repository_id=repository_id, location=location, ok=all(c.ok for c in checks), checks=checks
     )
-
-
-def _field(report: Any, name: str, default: Any) -> Any:
-    if isinstance(report, dict):
-        return report.get(name, default)
-    return getattr(report, name, default)

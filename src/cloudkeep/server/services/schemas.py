@@ -11,6 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
+from cloudkeep.protocol.bodies import Retention
 from cloudkeep.server.jobs.options import JobOptions
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -213,18 +214,7 @@ class MachineDetail(MachineView):
     steps: list[DeploymentStepView]
 
 
-# --- jobs ------------------------------------------------------------------------------------
-
-
-class Retention(Model):
-    """GFS-style retention: keep the newest N, then one per day/week/month/year, or everything recent."""
-
-    keep_last: int | None = Field(default=None, ge=0)
-    keep_daily: int | None = Field(default=None, ge=0)
-    keep_weekly: int | None = Field(default=None, ge=0)
-    keep_monthly: int | None = Field(default=None, ge=0)
-    keep_yearly: int | None = Field(default=None, ge=0)
-    keep_within_days: int | None = Field(default=None, ge=0)
+# --- jobs (Retention: the protocol model, one policy shape from API to machine) ----------------------
 
 
 class _JobFields(Model):

@@ -1,30 +1,23 @@
-"""Validation of schedules and retention policies, delegating to the jobs package when present."""
+"""Validation of schedules and retention policies for the job services (the API's edge)."""
 
 from __future__ import annotations
 
-import importlib
 from datetime import datetime
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError
-from cloudkeep.server.scheduling import schedule as scheduling_schedule
+from cloudkeep.repo.retention import RetentionPolicy
+from cloudkeep.server.scheduling import schedule as schedules
 
 
-def _jobs_module(name: str) -> Any | None:
-    try:
-        return importlib.import_module(f"cloudkeep.server.jobs.{name}")
-    except ImportError:
-        return None
-
-
-def validate_schedule(schedule: dict[str, Any]) -> Any:
+def validate_schedule(schedule: dict[str, Any]) -> schedules.Schedule:
     """Raise ``ConfigurationError`` for a schedule that can never run; returns the parsed schedule."""
     if not isinstance(schedule, dict) or not schedule:
         raise ConfigurationError(
             "a schedule must be a non-empty object", hint='e.g. {"kind": "daily", "time": "02:00"}'
         )
     try:
-        return scheduling_schedule.validate_schedule(schedule)
+        return schedules.validate_schedule(schedule)
     except CloudkeepError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -32,20 +25,13 @@ def validate_schedule(schedule: dict[str, Any]) -> Any:
 
 
 def next_run(schedule: dict[str, Any] | None, after: datetime) -> datetime | None:
-    """When a job with ``schedule`` runs next (None: manual or chained, or no scheduler in this build)."""
+    """When a job with ``schedule`` runs next (None: manual or chained)."""
     if not schedule:
         return None
-    parsed = validate_schedule(schedule)
-    return scheduling_schedule.next_run(parsed, after)
+    return schedules.next_run(validate_schedule(schedule), after)
 
 
 def validate_retention(retention: dict[str, Any]) -> dict[str, Any]:
-    module = _jobs_module("retention")
-    if module is not None and hasattr(module, "validate_retention"):
-        try:
-            module.validate_retention(retention)
-        except CloudkeepError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"invalid retention: {exc}") from exc
+    """Check a policy with the one converter; the job stores it as given."""
+    RetentionPolicy.from_mapping(retention)
     return retention

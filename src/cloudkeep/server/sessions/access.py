@@ -12,6 +12,7 @@ from typing import Any
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.base import CloudProvider
+from cloudkeep.repo.layout import writer_namespace
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Repository
 
@@ -28,7 +29,7 @@ def agent_write_prefix(machine_id: str) -> str:
     """
     if not machine_id or "/" in machine_id:
         raise ConfigurationError(f"machine id {machine_id!r} cannot name a repository namespace")
-    return f"writers/{machine_id}/"
+    return writer_namespace(machine_id)  # the machine derives the same (repo/layout.py)
 
 
 def repository_password(ctx: ServerContext, repository: Repository, job: BackupJob | None = None) -> str:

@@ -1,0 +1,92 @@
+"""What a repository is in its store: the layout, the sealed format config, writer namespaces.
+
+Storage layout (see docs/format.md)::
+
+    config                    sealed JSON: repository id, chunker parameters, pack size, compression
+    keys/<id>                 master key wrapped by one password (scrypt + AES-GCM)
+    data/<id[:2]>/<id>        packs of encrypted blobs
+    index/<id>                which pack holds which blob (one or more files per backup session)
+    snapshots/<id>            restore-point manifests; written last = the commit point
+    sessions/<id>             "backup in progress" markers that prune respects
+    prune/<id>                packs marked for deletion by prune's first phase
+    writers/<name>/...        a writer's own namespace (data/, index/, snapshots/, sessions/ as above)
+                              when it was opened with ``writer_prefix``; readers merge every namespace
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cloudkeep.errors import ConfigurationError, IntegrityError
+from cloudkeep.repo.chunker import ChunkerParams
+from cloudkeep.repo.crypto import Crypter, MasterKey
+
+CONFIG_KEY = "config"
+SESSIONS_PREFIX = "sessions/"
+PRUNE_PREFIX = "prune/"
+WRITERS_PREFIX = "writers/"
+CONFIG_AAD = b"cloudkeep-config-v1"
+MARKER_AAD = b"cloudkeep-marker-v1"
+# 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    chunker: ChunkerParams
+    pack_size: int
+    compression_level: int
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "id": self.id,
+            "chunker": self.chunker.to_json(),
+            "pack_size": self.pack_size,
+            "compression_level": self.compression_level,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepoConfig:
+        if data.get("version") not in READABLE_VERSIONS:
+            raise IntegrityError(f"unsupported repository format version {data.get('version')}")
+        return cls(
+            data["id"],
+            ChunkerParams.from_json(data["chunker"]),
+            data["pack_size"],
+            data["compression_level"],
+            data["version"],
+        )
+
+
+def seal_config(master: MasterKey, config: RepoConfig) -> bytes:
+    """The ``config`` object's bytes: the format config, encrypted under the master key."""
+    return Crypter(master).encode(json.dumps(config.to_json()).encode(), CONFIG_AAD)
+
+
+def open_config(master: MasterKey, sealed: bytes) -> RepoConfig:
+    return RepoConfig.from_json(json.loads(Crypter(master).decode(sealed, CONFIG_AAD, "config")))
+
+
+def check_writer_prefix(prefix: str | None) -> str:
+    """``writers/<name>/`` (one segment, trailing slash), or "" for the root layout."""
+    if not prefix:
+        return ""
+    name = prefix[len(WRITERS_PREFIX) : -1]
+    if not prefix.startswith(WRITERS_PREFIX) or not prefix.endswith("/") or not name or "/" in name:
+        raise ConfigurationError(
+            f"writer prefix {prefix!r} is not of the form 'writers/<name>/'",
+            hint="pass e.g. writers/<machine id>/ (one path segment, trailing slash)",
+        )
+    return prefix
+
+
+def writer_namespace(name: str) -> str:
+    """The namespace of writer ``name`` (a machine id): ``writers/<name>/``."""
+    return check_writer_prefix(f"{WRITERS_PREFIX}{name}/")
