@@ -63,7 +63,7 @@ def test_http_501_and_unparseable_answers_are_not_implemented_not_retry_later() 
     from botocore.exceptions import ClientError
     from botocore.parsers import ResponseParserError
 
-    from cloudkeep.providers.aws.session import aws_errors
+    from cloudkeep.providers.aws.errors import aws_errors
 
     not_implemented = ClientError(
         {"Error": {"Code": "NotImplemented", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 501}},

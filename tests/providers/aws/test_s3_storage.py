@@ -97,7 +97,7 @@ def test_expired_session_token_is_an_actionable_error() -> None:
     from botocore.exceptions import ClientError
 
     from cloudkeep.errors import AuthenticationError
-    from cloudkeep.providers.aws.session import aws_errors
+    from cloudkeep.providers.aws.errors import aws_errors
 
     error = ClientError(
         {

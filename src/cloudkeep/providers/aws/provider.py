@@ -20,9 +20,10 @@ from botocore.parsers import ResponseParserError
 
 from cloudkeep.errors import AuthenticationError, ConfigurationError, NotSupportedError, PermissionDeniedError
 from cloudkeep.providers.aws.commands import SsmCommandChannel
+from cloudkeep.providers.aws.errors import aws_errors, error_code
 from cloudkeep.providers.aws.inventory import Ec2Inventory
 from cloudkeep.providers.aws.queues import SqsQueueService
-from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.aws.storage import S3StorageService
 from cloudkeep.providers.base import CloudProvider, register_provider
 

@@ -16,8 +16,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import _as_dict, _field, parse_vm_id
-from cloudkeep.providers.azure.session import AzureSession, azure_errors
+from cloudkeep.providers.azure.session import AzureSession
 from cloudkeep.providers.base import CommandChannel, CommandResult, Machine
 
 OUTPUT_CONTAINER = "cloudkeep-run-command-output"

@@ -11,9 +11,10 @@ from typing import Any
 
 from cloudkeep.errors import PermissionDeniedError
 from cloudkeep.providers.azure.commands import AzureRunCommandChannel
+from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import AzureInventory
 from cloudkeep.providers.azure.queues import AzureQueueService
-from cloudkeep.providers.azure.session import AzureSession, azure_errors
+from cloudkeep.providers.azure.session import AzureSession
 from cloudkeep.providers.azure.storage import AzureBlobStorageService
 from cloudkeep.providers.base import CloudProvider, register_provider
 

@@ -32,7 +32,8 @@ from azure.storage.queue import (
 )
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.azure.session import StorageAccount, azure_errors
+from cloudkeep.providers.azure.errors import azure_errors
+from cloudkeep.providers.azure.session import StorageAccount
 from cloudkeep.providers.base import (
     Queue,
     QueueAccess,
