@@ -37,18 +37,17 @@ from cloudkeep.storage.base import (
     ObjectLockedError,
     ObjectStore,
     RangeStream,
-    register_backend,
 )
 
 _RETAIN_KEY = "retain_until"
 _MODES = ("version-level", "container", "")
 
 
-@register_backend("azure")
 class AzureBlobStore(ObjectStore):
     """One container plus an optional blob-name prefix."""
 
     scheme: ClassVar[str] = "azure"
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,

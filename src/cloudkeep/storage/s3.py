@@ -40,17 +40,16 @@ from cloudkeep.storage.base import (
     ObjectLockedError,
     ObjectStore,
     RangeStream,
-    register_backend,
 )
 from cloudkeep.storage.conformance import StoreCheck
 from cloudkeep.storage.s3_compat import checksum_settings, config_args, response_checksum_echoed
 
 
-@register_backend("s3")
 class S3Store(ObjectStore):
     """One bucket plus an optional key prefix."""
 
     scheme: ClassVar[str] = "s3"
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from cloudkeep.errors import NotSupportedError
-from cloudkeep.providers.aws import AwsProvider, create_aws_provider
+from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin

@@ -14,7 +14,7 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers import get_provider
-from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.aws.provider import AwsProvider
 from cloudkeep.providers.aws.storage import session_policy
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer

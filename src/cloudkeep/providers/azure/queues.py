@@ -41,7 +41,7 @@ from cloudkeep.providers.base import (
     ReceivedMessage,
     dead_letter_queue_name,
 )
-from cloudkeep.providers.queues import poll_with_backoff, register_queue_opener
+from cloudkeep.providers.queues import poll_with_backoff
 
 PAYLOAD_CONTAINER = "cloudkeep-queue-payloads"
 INLINE_LIMIT = 48 * 1024  # raw bytes that fit in 64 KiB once base64-encoded
@@ -284,7 +284,6 @@ class AzureQueueService(QueueService):
         }
 
 
-@register_queue_opener("azure")
 def open_azure_queue(info: Mapping[str, Any]) -> Queue:
     name = str(info["name"])
 
