@@ -134,6 +134,9 @@ def _with_field_options(command: Callable[..., None]) -> Callable[..., None]:
         for field in _fields()
         if not field.secret
     ]
+    clash = {p.name for p in fixed} & {p.name for p in declared}
+    if clash:  # a provider's field would shadow one of the command's own options
+        raise TypeError(f"credential fields clash with options of `credential add`: {sorted(clash)}")
     command.__signature__ = signature.replace(parameters=[*fixed, *declared])  # type: ignore[attr-defined]
     return command
 
