@@ -176,7 +176,7 @@ def open_azure_world(
     A stored credential holds JSON only, so the stand-in's token credential cannot be stored: the
     context builds its Azure provider with the stand-in's options instead (a test-only override).
     """
-    from cloudkeep.providers.azure import create_azure_provider
+    from cloudkeep.providers.azure.provider import create_azure_provider
     from cloudkeep.providers.base import CloudProvider
 
     stored: dict[str, Any] = {

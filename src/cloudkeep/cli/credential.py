@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -21,26 +23,12 @@ from cloudkeep.cli.common import (
     success,
 )
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers.facts import CredentialField
+from cloudkeep.providers.registry import all_provider_facts, provider_facts, provider_kinds
 from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest
 
 app = typer.Typer(help="Cloud credentials.", no_args_is_help=True)
 
-# Secret fields per provider: (credential key, environment variable read by --from-env).
-PROVIDER_SECRETS: dict[str, list[tuple[str, str]]] = {
-    "aws": [
-        ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
-        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-        ("aws_session_token", "AWS_SESSION_TOKEN"),
-    ],
-    "azure": [
-        ("tenant_id", "AZURE_TENANT_ID"),
-        ("client_id", "AZURE_CLIENT_ID"),
-        ("client_secret", "AZURE_CLIENT_SECRET"),
-    ],
-    "local": [],
-}
-# A secret to prompt for when its partner is given (AWS without keys uses boto3's default chain).
-_PROMPT_FOR = {"aws": ("aws_access_key_id", "aws_secret_access_key"), "azure": ("client_id", "client_secret")}
 COLUMNS = [
     ("name", "name"),
     ("provider", "provider"),
@@ -50,71 +38,77 @@ COLUMNS = [
 ]
 
 
+def _fields() -> list[CredentialField]:
+    """Every provider's credential fields, once per key (the CLI offers the union of them)."""
+    seen: dict[str, CredentialField] = {}
+    for facts in all_provider_facts():
+        for field in facts.credential_fields:
+            seen.setdefault(field.key, field)
+    return list(seen.values())
+
+
 def _secrets(provider: str, given: dict[str, str], from_env: bool, prompt: bool) -> dict[str, SecretStr]:
     values = dict(given)
+    fields = provider_facts(provider).credential_fields
     if from_env:
-        for key, env in PROVIDER_SECRETS[provider]:
-            if os.environ.get(env) and key not in values:
-                values[key] = os.environ[env]
+        for field in fields:
+            if field.env and os.environ.get(field.env) and field.key not in values and not field.in_options:
+                values[field.key] = os.environ[field.env]
     if prompt:
-        partner = _PROMPT_FOR.get(provider)
-        if partner and values.get(partner[0]) and partner[1] not in values:
-            values[partner[1]] = typer.prompt(partner[1], hide_input=True)
+        for field in fields:
+            if field.prompt_after and values.get(field.prompt_after) and field.key not in values:
+                values[field.key] = typer.prompt(field.key, hide_input=True)
     return {k: SecretStr(v) for k, v in values.items() if v}
 
 
-@app.command("add")
+def _env_names() -> str:
+    return ", ".join(field.env for field in _fields() if field.env)
+
+
+def _one_of(kinds: tuple[str, ...]) -> str:
+    return f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
+
+
 def add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    provider: str = typer.Option(..., "--provider", help="aws | azure | local"),
-    access_key_id: str | None = typer.Option(None, "--access-key-id", help="AWS access key id."),
-    tenant_id: str | None = typer.Option(None, "--tenant-id", help="Azure tenant id."),
-    client_id: str | None = typer.Option(None, "--client-id", help="Azure client (application) id."),
-    subscription_id: str | None = typer.Option(None, "--subscription-id", help="Azure subscription id."),
-    role_arn: str | None = typer.Option(None, "--role-arn", help="AWS: assume this role first."),
-    external_id: str | None = typer.Option(None, "--external-id", help="AWS: external id for the role."),
+    provider: str = typer.Option(..., "--provider", help=" | ".join(provider_kinds())),
     secret: list[str] | None = typer.Option(
         None,
         "--secret",
         help="KEY: prompt (hidden) for a secret field; KEY=VALUE is accepted but lands in history.",
     ),
-    from_env: bool = typer.Option(False, "--from-env", help="Read AWS_* / AZURE_* variables for the secret."),
+    from_env: bool = typer.Option(
+        False,
+        "--from-env",
+        help=f"Read {_env_names()} for the secret.",
+    ),
     option: list[str] | None = typer.Option(
         None, "--option", help="Non-secret KEY=VALUE (endpoint_url, region …)."
     ),
     region: list[str] | None = typer.Option(None, "--region", help="Default region(s) to look in."),
-    lab_dir: str | None = typer.Option(None, "--lab-dir", help="local provider: the lab folder."),
     description: str = typer.Option("", "--description"),
     no_prompt: bool = typer.Option(False, "--no-prompt", help="Never prompt (fail instead)."),
     as_json: bool = JSON_OPTION,
+    **fields: str | None,
 ) -> None:
     """Add a credential; secrets come from --from-env or a hidden prompt and are never echoed."""
-    if provider not in PROVIDER_SECRETS:
-        raise ConfigurationError(f"unknown provider {provider!r}", hint="use aws, azure or local")
+    if provider not in provider_kinds():
+        raise ConfigurationError(f"unknown provider {provider!r}", hint=f"use {_one_of(provider_kinds())}")
     given: dict[str, str] = {}
     for item in secret or []:
         key, sep, value = item.partition("=")
         given[key] = value if sep else typer.prompt(key, hide_input=True)
-    identity = {
-        "aws_access_key_id": access_key_id,
-        "role_arn": role_arn,
-        "external_id": external_id,
-        "tenant_id": tenant_id,
-        "client_id": client_id,
-        "subscription_id": subscription_id,
-    }
-    given.update({k: v for k, v in identity.items() if v})
     options: dict[str, Any] = dict(parse_pairs(option, "--option"))
     if region:
         options["regions"] = list(region)
-    if lab_dir:
-        options["lab_dir"] = lab_dir
-    needs_prompt = not no_prompt and provider != "local"
+    for field in _fields():
+        if given_value := fields.get(field.key):
+            (options if field.in_options else given)[field.key] = given_value
     data = CredentialCreate(
         name=name,
-        provider=provider,  # type: ignore[arg-type]
-        secret=_secrets(provider, given, from_env, needs_prompt),
+        provider=provider,
+        secret=_secrets(provider, given, from_env, not no_prompt),
         options=options,
         description=description,
     )
@@ -124,6 +118,30 @@ def add(
         print_json(view)
     else:
         success(f"credential {view.name} added ({view.id})")
+
+
+def _with_field_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per non-secret credential field in place of its ``**fields``."""
+    signature = inspect.signature(command)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    declared = [
+        inspect.Parameter(
+            field.key,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, field.option, help=field.help),
+            annotation=str | None,
+        )
+        for field in _fields()
+        if not field.secret
+    ]
+    clash = {p.name for p in fixed} & {p.name for p in declared}
+    if clash:  # a provider's field would shadow one of the command's own options
+        raise TypeError(f"credential fields clash with options of `credential add`: {sorted(clash)}")
+    command.__signature__ = signature.replace(parameters=[*fixed, *declared])  # type: ignore[attr-defined]
+    return command
+
+
+app.command("add")(_with_field_options(add))
 
 
 @app.command("list")

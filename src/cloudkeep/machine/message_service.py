@@ -37,10 +37,10 @@ from cloudkeep.protocol import COMMAND_BODIES, Envelope, MessageValidator, Proto
 from cloudkeep.protocol.bodies import Cancel, Heartbeat, UpdateCredentials
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.protocol.envelope import MAX_TTL
+from cloudkeep.providers.registry import provider_facts, provider_kinds
 
 log = logging.getLogger(__name__)
 RELAY_INTERVAL = 0.2
-LOCAL_POLL_SECONDS = 0.25
 LEDGER_RETENTION = MAX_TTL.total_seconds() * 2
 
 
@@ -72,9 +72,10 @@ class MessageService:
         self.outbound = QueueLink(config.server_queue)
         self.spools = {name: Spool.for_service(config.state_dir, name) for name in ("agent", "transport")}
         self.receive_wait = config.receive_wait_seconds if receive_wait is None else receive_wait
-        if config.agent_queue.get("kind") == "local":
-            # No long polling on SQLite, and a poll is cheap: short waits keep commands snappy.
-            self.receive_wait = min(self.receive_wait, LOCAL_POLL_SECONDS)
+        kind = str(config.agent_queue.get("kind"))
+        cap = provider_facts(kind).machine_queue_wait_cap if kind in provider_kinds() else None
+        if cap is not None:  # polled queues where a poll is cheap: short waits keep commands snappy
+            self.receive_wait = min(self.receive_wait, cap)
         self.visibility_timeout = visibility_timeout
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="ck-command")
         self.stopping = threading.Event()

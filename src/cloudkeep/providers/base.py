@@ -1,20 +1,21 @@
 """The provider interface: what the server needs from a cloud, and nothing more.
 
 A provider is a small bundle of four services. Each cloud implements them in its own folder
-(``providers/aws``, ``providers/azure``, ``providers/local``) and registers itself by name.
-Adding a cloud means adding one folder.
+(``providers/aws``, ``providers/azure``, ``providers/local``) and states what the rest of
+cloudkeep may know about it in that folder's ``facts.py``; ``providers/registry`` finds it by
+name. Adding a cloud means adding one folder.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.storage.base import ObjectStore
 from cloudkeep.storage.conformance import StoreCheck
 
@@ -98,6 +99,15 @@ class CommandResult:
 Shell = Literal["shell", "powershell"]
 
 
+@dataclass(frozen=True)
+class CommandCapacity:
+    """How full a machine's command slots are where the cloud limits them (Azure's run commands)."""
+
+    in_use: str  # reported with the prerequisites, e.g. "24 managed run commands"
+    refusal: str | None = None  # set when the machine cannot take one more: what is in the way
+    remedy: str = ""  # the cloud's limit and what to do about it
+
+
 class CommandChannel(ABC):
     """The cloud's own way to run a script on a machine: SSM Run Command, Azure Run Command, subprocess."""
 
@@ -105,8 +115,8 @@ class CommandChannel(ABC):
     def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
         """Run ``script`` (shell on Linux, PowerShell on Windows) and return its full output."""
 
-    def managed_command_count(self, machine: Machine) -> int | None:
-        """How many managed run commands already exist on the machine (Azure); None where no limit applies."""
+    def command_capacity(self, machine: Machine) -> CommandCapacity | None:
+        """Asked before deploying: how full the machine's command slots are; None where no limit applies."""
         return None
 
 
@@ -227,7 +237,11 @@ class StorageService(ABC):
 class CloudProvider(ABC):
     """A cloud account as one credential sees it."""
 
-    kind: str
+    facts: ClassVar[ProviderFacts]  # the folder's facts.py: channel name, queue waits, credential fields
+
+    @property
+    def kind(self) -> str:
+        return self.facts.kind
 
     @property
     @abstractmethod
@@ -251,30 +265,3 @@ class CloudProvider(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients, servers and connections; the default has none."""
-
-
-ProviderFactory = Callable[[Mapping[str, Any], Mapping[str, Any]], CloudProvider]
-_PROVIDERS: dict[str, ProviderFactory] = {}
-
-
-def register_provider(kind: str) -> Callable[[ProviderFactory], ProviderFactory]:
-    def decorate(factory: ProviderFactory) -> ProviderFactory:
-        _PROVIDERS[kind] = factory
-        return factory
-
-    return decorate
-
-
-def get_provider(
-    kind: str, credential: Mapping[str, Any], options: Mapping[str, Any] | None = None
-) -> CloudProvider:
-    """Build a provider from a (decrypted) credential and options such as endpoint URLs."""
-    import cloudkeep.providers.registry  # noqa: F401 - registers aws, azure, local
-
-    try:
-        factory = _PROVIDERS[kind]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown cloud provider {kind!r}", hint=f"use one of: {', '.join(sorted(_PROVIDERS))}"
-        ) from None
-    return factory(credential, options or {})

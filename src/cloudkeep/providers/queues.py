@@ -1,44 +1,33 @@
 """Queue plumbing shared by every provider.
 
 ``open_queue_from_info(info)`` lets the machine side open its queue from what the server's
-``QueueService.connection_info(name)`` returned, without knowing which cloud it is on: each
-provider registers an opener for its ``info["kind"]``.
+``QueueService.connection_info(name)`` returned, without knowing which cloud it is on:
+``info["kind"]`` names the provider, whose facts name its opener (imported only then).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from pkgutil import resolve_name
+from typing import Any, TypeVar, cast
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.base import Queue
+from cloudkeep.providers.registry import provider_facts, provider_kinds
 
-QueueOpener = Callable[[Mapping[str, Any]], Queue]
-_OPENERS: dict[str, QueueOpener] = {}
 T = TypeVar("T")
-
-
-def register_queue_opener(kind: str) -> Callable[[QueueOpener], QueueOpener]:
-    def decorate(opener: QueueOpener) -> QueueOpener:
-        _OPENERS[kind] = opener
-        return opener
-
-    return decorate
 
 
 def open_queue_from_info(info: Mapping[str, Any]) -> Queue:
     """Open the queue described by ``connection_info`` (a JSON-decoded dict)."""
-    import cloudkeep.providers.registry  # noqa: F401 - registers the openers
-
-    kind = info.get("kind")
-    try:
-        opener = _OPENERS[str(kind)]
-    except KeyError:
+    kind = str(info.get("kind"))
+    if kind not in provider_kinds():
         raise ConfigurationError(
             f"queue connection info names unknown kind {kind!r}",
-            hint=f"expected one of: {', '.join(sorted(_OPENERS))} (from QueueService.connection_info)",
-        ) from None
+            hint=f"expected one of: {', '.join(provider_kinds())} (from QueueService.connection_info)",
+        )
+    opener = cast(Callable[[Mapping[str, Any]], Queue], resolve_name(provider_facts(kind).queue_opener))
     return opener(info)
 
 

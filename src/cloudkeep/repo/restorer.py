@@ -51,7 +51,6 @@ from cloudkeep.repo.targetfs import (
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 from cloudkeep.storage.base import ObjectNotFoundError, RangeStream, read_exactly
 
-REMOTE_SCHEMES = ("s3", "azure")  # per-request latency and cost: a pack's blobs in one request
 LOCAL_SPAN = 4 * 2**20  # local reads are cheap: smaller units keep every thread busy
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
@@ -244,7 +243,7 @@ class _Restorer:
         is a blob per thread whatever the pack size. Remote stores use 4 threads (latency),
         local ones cores + 1.
         """
-        remote = self.repo.store.scheme in REMOTE_SCHEMES
+        remote = self.repo.store.remote  # a pack's blobs in one request
         span = 2**62 if remote else LOCAL_SPAN  # one pack of small files must not keep one thread busy alone
         threads = threads or (4 if remote else (os.cpu_count() or 2) + 1)
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)

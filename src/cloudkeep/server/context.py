@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudkeep.config import Settings
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.base import CloudProvider, get_provider
+from cloudkeep.providers.base import CloudProvider
+from cloudkeep.providers.registry import get_provider
 from cloudkeep.server.db.models import Credential, ServerSetting
 from cloudkeep.server.secrets import SecretBox
 

@@ -39,7 +39,6 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
 
 log = logging.getLogger(__name__)
-FALLBACK_CHANNELS = {"aws": "ssm", "azure": "runcommand", "local": "local"}
 MAX_FALLBACK_TIMEOUT = 48 * 3600.0
 
 
@@ -143,8 +142,7 @@ class Dispatcher:
             and self.clock() - target.last_heartbeat_at < timeout
         ):
             return "queue"
-        kind = self.provider(target.credential_id).kind
-        return FALLBACK_CHANNELS.get(kind, kind)
+        return self.provider(target.credential_id).facts.fallback_channel
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -371,8 +369,7 @@ def ensure_consumers(ctx: ServerContext, workers: int = 2) -> None:
             except CloudkeepError as exc:
                 log.warning("no server queue consumer for credential %s: %s", credential_id, exc)
                 continue
-            # SQS long-polls; SQLite and Azure queues are polled, where a short wait means low latency.
-            wait = {"local": 0.25, "aws": 20.0}.get(provider.kind, 5.0)
+            wait = provider.facts.server_queue_wait
             _CONSUMERS[key] = ServerQueueConsumer(ctx, queue, workers=workers, wait_seconds=wait).start()
             log.info(
                 "consuming server queue %s for credential %s with %d workers", name, credential_id, workers

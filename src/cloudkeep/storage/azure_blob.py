@@ -30,26 +30,24 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import urlparse
 
-from cloudkeep.errors import ConfigurationError, NotFoundError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import ConfigurationError, PermissionDeniedError
+from cloudkeep.providers.azure.errors import raise_store_error
 from cloudkeep.storage.base import (
-    ObjectExistsError,
     ObjectInfo,
     ObjectLockedError,
-    ObjectNotFoundError,
     ObjectStore,
     RangeStream,
-    register_backend,
 )
 
 _RETAIN_KEY = "retain_until"
 _MODES = ("version-level", "container", "")
 
 
-@register_backend("azure")
 class AzureBlobStore(ObjectStore):
     """One container plus an optional blob-name prefix."""
 
     scheme: ClassVar[str] = "azure"
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -152,48 +150,8 @@ class AzureBlobStore(ObjectStore):
         return True
 
     def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
-        from azure.core.exceptions import (
-            AzureError,
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-            ServiceRequestError,
-            ServiceResponseError,
-        )
-
         where = f"container {self.container_name}" + (f", blob {self.prefix}{key}" if key else "")
-        if isinstance(exc, ResourceNotFoundError):
-            code = getattr(exc, "error_code", None)
-            if code == "ContainerNotFound":
-                raise NotFoundError(
-                    f"{where}: container does not exist", hint="create it or fix the URL"
-                ) from exc
-            raise ObjectNotFoundError(f"{where}: object does not exist") from exc
-        code = getattr(exc, "error_code", None) or ""
-        if "Immutab" in str(code):
-            raise ObjectLockedError(
-                f"{where}: refused by an immutability policy ({code})",
-                hint="blobs under immutability cannot be deleted or overwritten before their retention ends",
-            ) from exc
-        if isinstance(exc, (ResourceExistsError, ResourceModifiedError)):
-            raise ObjectExistsError(f"{where}: already exists") from exc
-        if isinstance(exc, ClientAuthenticationError) or (
-            isinstance(exc, HttpResponseError) and exc.status_code == 403
-        ):
-            raise PermissionDeniedError(
-                f"{where}: access denied for {action}",
-                hint="grant this permission to the credential or SAS in use",
-            ) from exc
-        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-            raise UnreachableError(
-                f"{self.describe()}: cannot reach the Blob endpoint ({exc.message})",
-                hint="check the account URL, network and proxy settings",
-            ) from exc
-        if isinstance(exc, AzureError):
-            raise UnreachableError(f"{where}: {action} failed: {exc}") from exc
-        raise exc
+        raise_store_error(exc, action, store=self.describe(), where=where)
 
     def _retained(self, key: str) -> datetime | None:
         info = self.stat(key)

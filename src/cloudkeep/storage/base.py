@@ -16,10 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pkgutil import resolve_name
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlparse
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+from cloudkeep.storage.backends import KNOWN_BACKENDS
 
 if TYPE_CHECKING:
     from cloudkeep.storage.conformance import StoreCheck
@@ -71,6 +73,9 @@ class ObjectStore(ABC):
     """Keys are ``/``-separated relative paths under the store's root (bucket + optional prefix)."""
 
     scheme: ClassVar[str]
+    # Each request costs latency and money (a cloud store): readers fetch a pack's needed blobs
+    # in one request, with few threads, rather than in many small reads.
+    remote: ClassVar[bool] = False
     list_page_size: int | None = None  # keys per listing request where the store pages them
 
     @abstractmethod
@@ -199,14 +204,11 @@ def register_backend(scheme: str) -> Callable[[type[ObjectStore]], type[ObjectSt
 
 def open_store(url: str, **options: Any) -> ObjectStore:
     """Open the backend named by ``url``'s scheme; options are backend-specific (endpoint, credentials)."""
-    import cloudkeep.storage.backends  # noqa: F401 - registers the built-in backends
-
     scheme = urlparse(url).scheme or "file"
-    try:
-        factory = _BACKENDS[scheme]
-    except KeyError:
-        known = ", ".join(sorted(_BACKENDS))
-        raise ConfigurationError(
-            f"unknown storage scheme {scheme!r} in {url!r}", hint=f"use one of: {known}"
-        ) from None
+    factory = _BACKENDS.get(scheme)
+    if factory is None and scheme in KNOWN_BACKENDS:  # imported on first use (its SDK with it)
+        factory = resolve_name(KNOWN_BACKENDS[scheme]).from_url
+    if factory is None:
+        known = ", ".join(sorted({*_BACKENDS, *KNOWN_BACKENDS}))
+        raise ConfigurationError(f"unknown storage scheme {scheme!r} in {url!r}", hint=f"use one of: {known}")
     return factory(url, **options)

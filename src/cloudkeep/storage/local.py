@@ -26,13 +26,11 @@ from cloudkeep.storage.base import (
     ObjectNotFoundError,
     ObjectStore,
     RangeStream,
-    register_backend,
 )
 
 _TEMP_PREFIX = STAGING_PREFIX
 
 
-@register_backend("file")
 class LocalStore(ObjectStore):
     """Objects are files under ``root``; keys map 1:1 to relative paths."""
 

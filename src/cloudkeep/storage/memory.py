@@ -19,7 +19,6 @@ from cloudkeep.storage.base import (
     ObjectLockedError,
     ObjectNotFoundError,
     ObjectStore,
-    register_backend,
 )
 
 
@@ -40,7 +39,6 @@ _BUCKETS: dict[str, _Bucket] = {}
 _BUCKETS_LOCK = threading.Lock()
 
 
-@register_backend("memory")
 class MemoryStore(ObjectStore):
     """Objects in a dict guarded by a lock; shared by name within the process."""
 

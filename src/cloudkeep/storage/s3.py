@@ -24,55 +24,32 @@ from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
-from botocore.parsers import ResponseParserError
+from botocore.exceptions import ClientError
 
-from cloudkeep.errors import (
-    ConfigurationError,
-    IntegrityError,
-    NotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
-    UnreachableError,
+from cloudkeep.errors import ConfigurationError, IntegrityError, UnreachableError
+from cloudkeep.providers.aws.errors import (
+    NO_LOCK_CODES,
+    OBJECT_DENIED_CODES,
+    OBJECT_NOT_FOUND_CODES,
+    error_code,
+    is_not_implemented,
+    raise_store_error,
 )
 from cloudkeep.storage.base import (
-    ObjectExistsError,
     ObjectInfo,
     ObjectLockedError,
-    ObjectNotFoundError,
     ObjectStore,
     RangeStream,
-    register_backend,
 )
 from cloudkeep.storage.conformance import StoreCheck
-from cloudkeep.storage.s3_compat import (
-    checksum_settings,
-    config_args,
-    is_not_implemented,
-    response_checksum_echoed,
-    unparseable_answer,
-)
-
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {
-    "AccessDenied",
-    "403",
-    "Forbidden",
-    "AllAccessDisabled",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-}
-_EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-# The only answers that mean "this bucket has no Object Lock": anything else (denied, throttled,
-# unreachable) must not silently turn ``retain_until`` off.
-_NO_LOCK = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
+from cloudkeep.storage.s3_compat import checksum_settings, config_args, response_checksum_echoed
 
 
-@register_backend("s3")
 class S3Store(ObjectStore):
     """One bucket plus an optional key prefix."""
 
     scheme: ClassVar[str] = "s3"
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -164,41 +141,7 @@ class S3Store(ObjectStore):
 
     def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
         where = f"bucket {self.bucket}" + (f", key {self.prefix}{key}" if key else "")
-        if isinstance(exc, (EndpointConnectionError, ConnectionError)):
-            raise UnreachableError(
-                f"{self.describe()}: cannot reach the S3 endpoint ({exc})",
-                hint="check the endpoint URL, network and proxy settings",
-            ) from exc
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if is_not_implemented(exc):
-                raise NotSupportedError(
-                    f"{self.describe()}: the endpoint does not implement {action} (HTTP 501 {code})",
-                    hint="this store lacks the feature; `cloudkeep repository verify` lists what works",
-                ) from exc
-            if code in _NOT_FOUND:
-                raise ObjectNotFoundError(f"{where}: object does not exist") from exc
-            if code == "NoSuchBucket":
-                raise NotFoundError(
-                    f"bucket {self.bucket} does not exist", hint="create it or fix the URL"
-                ) from exc
-            if code in _EXISTS:
-                raise ObjectExistsError(f"{where}: already exists") from exc
-            if code in _DENIED:
-                raise PermissionDeniedError(
-                    f"{where}: access denied for {action}",
-                    hint="grant this permission to the credentials in use",
-                ) from exc
-            raise UnreachableError(f"{where}: {action} failed: {code} {exc}") from exc
-        if isinstance(exc, ResponseParserError):
-            raise NotSupportedError(
-                f"{self.describe()}: the endpoint answered {action} with {unparseable_answer(exc)}, "
-                "not an S3 response",
-                hint="check the endpoint URL; the store may not implement this operation",
-            ) from exc
-        if isinstance(exc, BotoCoreError):
-            raise UnreachableError(f"{self.describe()}: {action} failed: {exc}") from exc
-        raise exc
+        raise_store_error(exc, action, store=self.describe(), bucket=self.bucket, where=where)
 
     # -- object lock -----------------------------------------------------------------------
 
@@ -212,8 +155,7 @@ class S3Store(ObjectStore):
                         conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
                     )
                 except ClientError as exc:
-                    code = str(exc.response.get("Error", {}).get("Code", ""))
-                    if code not in _NO_LOCK and not is_not_implemented(exc):
+                    if error_code(exc) not in NO_LOCK_CODES and not is_not_implemented(exc):
                         self._raise(exc, "s3:GetBucketObjectLockConfiguration")
                     self._lock_enabled = False
                 except Exception as exc:
@@ -355,7 +297,7 @@ class S3Store(ObjectStore):
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.prefix + key, UploadId=upload_id)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
+            if error_code(exc) == "NoSuchUpload":
                 return  # nothing left to abort
             abort_error: Exception = exc
         except Exception as exc:
@@ -384,7 +326,7 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
             )["Body"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+            if error_code(exc) == "InvalidRange":
                 return None
             self._raise(exc, "s3:GetObject", key)
         except Exception as exc:
@@ -414,7 +356,7 @@ class S3Store(ObjectStore):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
+            if error_code(exc) in OBJECT_NOT_FOUND_CODES:
                 return None
             self._raise(exc, "s3:GetObject", key)
         except Exception as exc:
@@ -487,7 +429,7 @@ class S3Store(ObjectStore):
         except ObjectLockedError:
             raise
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _DENIED and self.supports_object_lock:
+            if error_code(exc) in OBJECT_DENIED_CODES and self.supports_object_lock:
                 raise ObjectLockedError(
                     f"bucket {self.bucket}, key {full}: delete refused (object lock)"
                 ) from exc

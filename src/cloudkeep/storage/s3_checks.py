@@ -12,15 +12,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.providers.aws.errors import SDK_ERRORS
 from cloudkeep.storage.base import ObjectLockedError
 from cloudkeep.storage.conformance import StoreCheck
 
 if TYPE_CHECKING:
     from cloudkeep.storage.s3 import S3Store
 
+_CHECK_FAILURES: tuple[type[Exception], ...] = (*SDK_ERRORS, CloudkeepError)  # reported, not raised
 PART = 5 * 2**20  # S3's minimum part size
 
 
@@ -52,7 +52,7 @@ def check_multipart(store: S3Store, prefix: str) -> StoreCheck:
         client.abort_multipart_upload(Bucket=bucket, Key=key + "-aborted", UploadId=orphan)
         listed = client.list_multipart_uploads(Bucket=bucket, Prefix=key + "-aborted").get("Uploads", [])
         gone = all(item.get("UploadId") != orphan for item in listed)
-    except (ClientError, BotoCoreError, CloudkeepError) as exc:
+    except _CHECK_FAILURES as exc:
         return StoreCheck(
             name, False, f"failed: {exc}", "packs above the multipart threshold cannot be stored"
         )
@@ -119,7 +119,7 @@ def check_checksum_framing(store: S3Store, prefix: str) -> StoreCheck:
     try:
         framed.put_object(Bucket=store.bucket, Key=key, Body=data)
         understood = store.get(prefix + "framed") == data
-    except (ClientError, BotoCoreError, CloudkeepError) as exc:
+    except _CHECK_FAILURES as exc:
         understood, error = False, str(exc)
     else:
         error = ""

@@ -1,21 +1,16 @@
 """What differs between Amazon S3 and S3-compatible stores (MinIO, Ceph, Wasabi …), in one place.
 
 Shared by the S3 backend and the AWS provider: the checksum settings that keep uploads readable
-by stores that do not understand aws-chunked framing, and how to recognise "this endpoint does
-not implement X" (HTTP 501, or an answer that is not an AWS response at all) so it is reported
-as such instead of as a passing outage.
+by stores that do not understand aws-chunked framing. How to recognise "this endpoint does not
+implement X" is part of error translation, in ``cloudkeep.providers.aws.errors``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 CHECKSUM_WHEN = ("when_supported", "when_required")
-_NOT_IMPLEMENTED_CODES = {"NotImplemented", "501", "XNotImplemented"}
 
 
 def checksum_settings(
@@ -47,24 +42,6 @@ def config_args(settings: dict[str, str]) -> dict[str, str]:
     from botocore.config import Config
 
     return {k: v for k, v in settings.items() if k in Config.OPTION_DEFAULTS}
-
-
-def http_status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
-def is_not_implemented(error: ClientError) -> bool:
-    """HTTP 501 / ``NotImplemented``: the endpoint lacks the operation; retrying cannot help."""
-    code = str(error.response.get("Error", {}).get("Code", ""))
-    return code in _NOT_IMPLEMENTED_CODES or http_status(error) == 501
-
-
-def unparseable_answer(error: Exception) -> str:
-    """A short description of an answer botocore could not parse (HTML error page, 404 …)."""
-    text = str(error)
-    status = re.search(r"status code:?\s*\(?(\d{3})", text) or re.search(r"\b([45]\d\d)\b", text)
-    reason = f"HTTP {status.group(1)}" if status else "an answer that is not an AWS response"
-    return reason
 
 
 def response_checksum_echoed(response: Mapping[str, Any]) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from cloudkeep.providers.aws import AwsProvider, create_aws_provider
+from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from tests.support.peers import MotoServer
 
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

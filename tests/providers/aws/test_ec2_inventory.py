@@ -7,7 +7,7 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers import InventoryScope, get_provider
-from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.aws.provider import AwsProvider
 from cloudkeep.providers.base import Platform
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from cloudkeep.errors import NotSupportedError
-from cloudkeep.providers.aws import AwsProvider, create_aws_provider
+from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
 from tests.support.s3_standin import S3CompatStandin
@@ -63,7 +63,7 @@ def test_http_501_and_unparseable_answers_are_not_implemented_not_retry_later() 
     from botocore.exceptions import ClientError
     from botocore.parsers import ResponseParserError
 
-    from cloudkeep.providers.aws.session import aws_errors
+    from cloudkeep.providers.aws.errors import aws_errors
 
     not_implemented = ClientError(
         {"Error": {"Code": "NotImplemented", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 501}},

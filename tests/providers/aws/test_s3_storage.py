@@ -14,7 +14,7 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers import get_provider
-from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.aws.provider import AwsProvider
 from cloudkeep.providers.aws.storage import session_policy
 from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
@@ -97,7 +97,7 @@ def test_expired_session_token_is_an_actionable_error() -> None:
     from botocore.exceptions import ClientError
 
     from cloudkeep.errors import AuthenticationError
-    from cloudkeep.providers.aws.session import aws_errors
+    from cloudkeep.providers.aws.errors import aws_errors
 
     error = ClientError(
         {

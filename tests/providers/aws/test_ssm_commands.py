@@ -12,7 +12,7 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers import get_provider
-from cloudkeep.providers.aws import AwsProvider
+from cloudkeep.providers.aws.provider import AwsProvider
 from cloudkeep.providers.base import Machine, Platform
 from tests.providers.aws.conftest import KEYS
 from tests.support.ssm_standin import SsmStandIn

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloudkeep.providers.azure import AzureProvider, create_azure_provider
+from cloudkeep.providers.azure.provider import AzureProvider, create_azure_provider
 from tests.support.arm_standin import ArmStandIn
 from tests.support.peers import Azurite
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cloudkeep.errors import PermissionDeniedError
-from cloudkeep.providers.azure import AzureProvider, create_azure_provider
+from cloudkeep.providers.azure.provider import AzureProvider, create_azure_provider
 from cloudkeep.storage import ObjectLockedError
 from tests.support.arm_standin import ArmStandIn
 from tests.support.azure_immutability_standin import AzureImmutabilityStandin

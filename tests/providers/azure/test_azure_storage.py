@@ -12,7 +12,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from cloudkeep.errors import PermissionDeniedError
-from cloudkeep.providers.azure import AzureProvider
+from cloudkeep.providers.azure.provider import AzureProvider
 from cloudkeep.providers.azure.queues import PAYLOAD_CONTAINER, REFERENCE
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from cloudkeep.errors import AuthenticationError, PermissionDeniedError, UnreachableError
 from cloudkeep.providers import InventoryScope, get_provider
-from cloudkeep.providers.azure import AzureProvider
+from cloudkeep.providers.azure.provider import AzureProvider
 from tests.support.arm_standin import ArmStandIn
 
 
@@ -66,6 +66,13 @@ def test_existing_run_commands_are_counted(azure: AzureProvider, arm_standin: Ar
     machine = azure.inventory.get_machine(vm.id)
     assert machine is not None
     assert azure.commands.managed_command_count(machine) == 24
+    room = azure.commands.command_capacity(machine)  # the last slot is ours
+    assert room.in_use == "24 managed run commands" and room.refusal is None
+    arm_standin.run_commands[(vm.id.lower(), "other-24")] = RunCommandState(
+        "other-24", vm.id, "westeurope", {}
+    )
+    full = azure.commands.command_capacity(machine)
+    assert full.refusal == "the VM already has 25 managed run commands" and "Azure allows 25" in full.remedy
 
 
 @pytest.mark.skipif(shutil.which("pwsh") is not None, reason="pwsh installed: real PowerShell runs instead")

@@ -49,7 +49,7 @@ def test_command_returns_exit_code_and_full_output(lab: Lab, local_provider: Loc
     result = local_provider.commands.run(machine, "head -c 30000 /dev/zero | tr '\\0' 'a'; echo; exit 7")
     assert result.exit_code == 7 and not result.ok
     assert len(result.stdout) == 30001 and set(result.stdout.strip()) == {"a"}
-    assert local_provider.commands.managed_command_count(machine) is None
+    assert local_provider.commands.command_capacity(machine) is None
 
 
 def test_signed_urls_are_enforced(local_provider: LocalProvider) -> None:

@@ -1,5 +1,5 @@
-"""The AWS provider: EC2 inventory, SSM Run Command, SQS queues, S3 storage with STS credentials."""
+"""The AWS provider: EC2 inventory, SSM Run Command, SQS queues, S3 storage with STS credentials.
 
-from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
-
-__all__ = ["AwsProvider", "create_aws_provider"]
+Importing this package imports no boto3: ``facts`` and ``errors`` are what others may import
+alone; ``provider`` builds the provider (through ``cloudkeep.providers.get_provider``).
+"""

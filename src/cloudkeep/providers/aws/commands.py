@@ -22,7 +22,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.aws.errors import aws_errors, error_code
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import CommandChannel, CommandResult, Machine, Platform
 
 # GetCommandInvocation statuses that end a command (Pending/InProgress/Delayed/Cancelling do not)

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from cloudkeep.errors import NotFoundError
-from cloudkeep.providers.aws.session import AwsSession, aws_errors
+from cloudkeep.providers.aws.errors import aws_errors
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import Inventory, InventoryScope, Machine, Platform
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]

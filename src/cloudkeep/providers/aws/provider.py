@@ -20,17 +20,19 @@ from botocore.parsers import ResponseParserError
 
 from cloudkeep.errors import AuthenticationError, ConfigurationError, NotSupportedError, PermissionDeniedError
 from cloudkeep.providers.aws.commands import SsmCommandChannel
+from cloudkeep.providers.aws.errors import aws_errors, error_code
+from cloudkeep.providers.aws.facts import FACTS
 from cloudkeep.providers.aws.inventory import Ec2Inventory
 from cloudkeep.providers.aws.queues import SqsQueueService
-from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.aws.storage import S3StorageService
-from cloudkeep.providers.base import CloudProvider, register_provider
+from cloudkeep.providers.base import CloudProvider
 
 _DRY_RUN_OK = {"DryRunOperation"}
 
 
 class AwsProvider(CloudProvider):
-    kind = "aws"
+    facts = FACTS
 
     def __init__(self, credential: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.session = AwsSession(credential, options)
@@ -131,6 +133,5 @@ def _agent_key(credential: Mapping[str, Any], options: Mapping[str, Any]) -> tup
     return str(key_id), str(secret)
 
 
-@register_provider("aws")
 def create_aws_provider(credential: Mapping[str, Any], options: Mapping[str, Any]) -> AwsProvider:
     return AwsProvider(credential, options)

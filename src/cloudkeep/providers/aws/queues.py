@@ -17,7 +17,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.aws.errors import aws_errors, error_code
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import (
     Queue,
     QueueAccess,
@@ -25,7 +26,6 @@ from cloudkeep.providers.base import (
     ReceivedMessage,
     dead_letter_queue_name,
 )
-from cloudkeep.providers.queues import register_queue_opener
 
 MAX_MESSAGE_BYTES = 262_144
 MAX_WAIT_SECONDS = 20  # SQS long-poll ceiling; longer waits loop
@@ -195,7 +195,6 @@ class SqsQueueService(QueueService):
         return info
 
 
-@register_queue_opener("aws")
 def open_sqs_queue(info: Mapping[str, Any]) -> Queue:
     session = AwsSession(
         info.get("credentials") or {}, {"region": info["region"], "endpoint_url": info.get("endpoint_url")}

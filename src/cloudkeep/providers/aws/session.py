@@ -1,4 +1,4 @@
-"""boto3 clients for one AWS credential, and translation of AWS failures into cloudkeep errors.
+"""boto3 clients for one AWS credential (their failures are translated in ``providers/aws/errors``).
 
 Credential mapping: ``{aws_access_key_id, aws_secret_access_key, [aws_session_token],
 [role_arn], [external_id]}``, or empty for boto3's default chain (environment, profile,
@@ -15,128 +15,15 @@ botocore's *standard* mode with exponential back-off), ``connect_timeout`` / ``r
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    ReadTimeoutError,
-)
-from botocore.parsers import ResponseParserError
 
-from cloudkeep.errors import (
-    AuthenticationError,
-    CloudkeepError,
-    ConfigurationError,
-    NotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
-    UnreachableError,
-)
-from cloudkeep.storage.s3_compat import checksum_settings, config_args, is_not_implemented, unparseable_answer
-
-_AUTH_CODES = {
-    "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
-    "InvalidAccessKeyId", "IncompleteSignature", "MissingAuthenticationToken",
-}  # fmt: skip
-_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
-_DENIED_CODES = {
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess",
-    "AuthorizationError", "OptInRequired",
-}  # fmt: skip
-_THROTTLE_CODES = {
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "SlowDown", "RequestThrottled", "RequestThrottledException",
-}  # fmt: skip
-_NOT_FOUND_CODES = {
-    "InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed", "InvalidInstanceId", "NoSuchBucket",
-    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "InvalidCommandId",
-    "InvocationDoesNotExist",
-}  # fmt: skip
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def raise_translated(error: Exception, action: str, target: str = "") -> NoReturn:
-    """Re-raise an AWS failure as the cloudkeep error an administrator can act on."""
-    where = f" on {target}" if target else ""
-    if isinstance(error, ClientError):
-        code = error_code(error)
-        message = error.response.get("Error", {}).get("Message", "") or code
-        if code in _EXPIRED_CODES:
-            raise AuthenticationError(
-                f"AWS credentials expired ({action}{where}): {message}",
-                hint="refresh the temporary credentials or update the cloud credential",
-            ) from error
-        if code in _AUTH_CODES:
-            raise AuthenticationError(
-                f"AWS rejected the credentials ({action}{where}): {code}",
-                hint="check the access key id and secret key of the cloud credential",
-            ) from error
-        if code in _DENIED_CODES:
-            raise PermissionDeniedError(
-                f"access denied for {action}{where}",
-                hint="grant this action to the cloud credential's IAM user/role (see docs/permissions.md)",
-            ) from error
-        if code in _THROTTLE_CODES:
-            raise UnreachableError(
-                f"AWS kept throttling {action}{where} after retries ({code})",
-                hint="reduce rescan concurrency or retry later",
-            ) from error
-        if code in _NOT_FOUND_CODES:
-            raise NotFoundError(f"{action}{where}: {message}") from error
-        if is_not_implemented(error):
-            raise NotSupportedError(
-                f"the endpoint does not implement {action}{where} (HTTP 501 {code})",
-                hint="this S3-compatible store lacks the feature; retrying will not help",
-            ) from error
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if status >= 500:
-            raise UnreachableError(
-                f"AWS failed {action}{where} with HTTP {status} after retries: {message}",
-                hint="the service is having trouble; retry later",
-            ) from error
-        raise CloudkeepError(f"AWS refused {action}{where}: {code}: {message}") from error
-    if isinstance(error, NoCredentialsError):
-        raise AuthenticationError(
-            "no AWS credentials found",
-            hint="set access keys in the cloud credential or attach an instance role",
-        ) from error
-    if isinstance(error, NoRegionError):
-        raise ConfigurationError("no AWS region configured", hint="set the provider option region") from error
-    if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        raise UnreachableError(
-            f"cannot reach AWS for {action}{where}: {error}",
-            hint="check the endpoint URL / region and the network path to AWS",
-        ) from error
-    if isinstance(error, ResponseParserError):
-        raise NotSupportedError(
-            f"the endpoint answered {action}{where} with {unparseable_answer(error)}, not an AWS response",
-            hint="the endpoint likely does not implement this service (an S3-compatible store without "
-            "STS, EC2 …); check endpoint_url / sts_endpoint_url",
-        ) from error
-    if isinstance(error, BotoCoreError):
-        raise CloudkeepError(f"AWS client error during {action}{where}: {error}") from error
-    raise error
-
-
-@contextmanager
-def aws_errors(action: str, target: str = "") -> Iterator[None]:
-    """Wrap one AWS call: ``with aws_errors("ec2:DescribeInstances", region): …``."""
-    try:
-        yield
-    except (ClientError, BotoCoreError, ResponseParserError) as error:
-        raise_translated(error, action, target)
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.providers.aws.errors import aws_errors
+from cloudkeep.storage.s3_compat import checksum_settings, config_args
 
 
 class AwsSession:

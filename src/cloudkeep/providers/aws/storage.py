@@ -20,17 +20,23 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, NotSupportedError
-from cloudkeep.providers.aws.session import AwsSession, aws_errors, error_code
+from cloudkeep.providers.aws.errors import (
+    BUCKET_NOT_FOUND_CODES,
+    NO_LOCK_CODES,
+    SDK_ERRORS,
+    aws_errors,
+    error_code,
+    is_not_implemented,
+)
+from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.base import ObjectStore, open_store
 from cloudkeep.storage.conformance import StoreCheck
-from cloudkeep.storage.s3_compat import is_not_implemented
 
 log = logging.getLogger(__name__)
-_NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 ceiling
 MIN_STS_SECONDS = 900
@@ -112,7 +118,7 @@ class S3StorageService(StorageService):
     def _remove_empty_bucket(self, bucket: str) -> None:
         try:
             self.session.client("s3").delete_bucket(Bucket=bucket)
-        except (ClientError, BotoCoreError) as error:
+        except SDK_ERRORS as error:
             log.warning(
                 "could not remove bucket %s created for a refused immutable repository: %s", bucket, error
             )
@@ -122,7 +128,7 @@ class S3StorageService(StorageService):
             try:
                 self.session.client("s3").head_bucket(Bucket=bucket)
             except ClientError as error:
-                if error_code(error) in ("404", "NoSuchBucket", "NotFound"):
+                if error_code(error) in BUCKET_NOT_FOUND_CODES:
                     return False
                 raise
         return True
@@ -140,7 +146,7 @@ class S3StorageService(StorageService):
                         hint="an immutable repository needs a store with Object Lock; "
                         "use --immutability-days 0 on this store",
                     ) from error
-                if error_code(error) not in _NO_LOCK_CODES:
+                if error_code(error) not in NO_LOCK_CODES:
                     raise
                 config = {}
         if config.get("ObjectLockEnabled") != "Enabled":

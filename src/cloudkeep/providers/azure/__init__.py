@@ -1,5 +1,5 @@
-"""The Azure provider: VMs via azure-mgmt-compute, managed Run Commands, Queue Storage, Blob SAS."""
+"""The Azure provider: VMs via azure-mgmt-compute, managed Run Commands, Queue Storage, Blob SAS.
 
-from cloudkeep.providers.azure.provider import AzureProvider, create_azure_provider
-
-__all__ = ["AzureProvider", "create_azure_provider"]
+Importing this package imports no Azure SDK: ``facts`` and ``errors`` are what others may import
+alone; ``provider`` builds the provider (through ``cloudkeep.providers.get_provider``).
+"""

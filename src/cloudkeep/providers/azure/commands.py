@@ -1,7 +1,7 @@
 """Azure managed Run Commands: create, wait, read the output, delete.
 
-A VM holds at most 25 managed run commands; ``managed_command_count`` lets rescan refuse a VM
-that already has 24 or more. The instance view carries only the last 4,096 bytes of output, so
+A VM holds at most 25 managed run commands; ``command_capacity`` lets rescan refuse a VM
+that already has more than 24. The instance view carries only the last 4,096 bytes of output, so
 when a storage account is configured the full stdout/stderr go to append blobs
 (``outputBlobUri``/``errorBlobUri``, SAS URLs valid for the command's lifetime) and are read from
 there. Our run command is deleted afterwards, whatever happened, so it never counts against the
@@ -16,19 +16,33 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import _as_dict, _field, parse_vm_id
-from cloudkeep.providers.azure.session import AzureSession, azure_errors
-from cloudkeep.providers.base import CommandChannel, CommandResult, Machine
+from cloudkeep.providers.azure.session import AzureSession
+from cloudkeep.providers.base import CommandCapacity, CommandChannel, CommandResult, Machine
 
 OUTPUT_CONTAINER = "cloudkeep-run-command-output"
 MAX_MANAGED_RUN_COMMANDS = 25
+MAX_EXISTING_MANAGED_COMMANDS = MAX_MANAGED_RUN_COMMANDS - 1  # we need one
 
 
 class AzureRunCommandChannel(CommandChannel):
     def __init__(self, session: AzureSession) -> None:
         self.session = session
 
-    def managed_command_count(self, machine: Machine) -> int | None:
+    def command_capacity(self, machine: Machine) -> CommandCapacity:
+        """Counted before the probe, which itself needs one of the VM's run-command slots."""
+        count = self.managed_command_count(machine)
+        if count <= MAX_EXISTING_MANAGED_COMMANDS:
+            return CommandCapacity(f"{count} managed run commands")
+        return CommandCapacity(
+            f"{count} managed run commands",
+            refusal=f"the VM already has {count} managed run commands",
+            remedy=f"Azure allows {MAX_MANAGED_RUN_COMMANDS} per VM and cloudkeep needs one — delete unused "
+            "run commands and rescan",
+        )
+
+    def managed_command_count(self, machine: Machine) -> int:
         group, name = parse_vm_id(machine.id)
         with azure_errors("Microsoft.Compute/virtualMachines/runCommands/read", machine.id):
             return sum(

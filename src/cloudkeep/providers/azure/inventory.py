@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.azure.session import AzureSession, azure_errors
+from cloudkeep.providers.azure.errors import azure_errors
+from cloudkeep.providers.azure.session import AzureSession
 from cloudkeep.providers.base import Inventory, InventoryScope, Machine, Platform
 
 _UEFI_TYPES = {"trustedlaunch", "confidentialvm"}

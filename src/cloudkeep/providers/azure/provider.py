@@ -11,15 +11,17 @@ from typing import Any
 
 from cloudkeep.errors import PermissionDeniedError
 from cloudkeep.providers.azure.commands import AzureRunCommandChannel
+from cloudkeep.providers.azure.errors import azure_errors
+from cloudkeep.providers.azure.facts import FACTS
 from cloudkeep.providers.azure.inventory import AzureInventory
 from cloudkeep.providers.azure.queues import AzureQueueService
-from cloudkeep.providers.azure.session import AzureSession, azure_errors
+from cloudkeep.providers.azure.session import AzureSession
 from cloudkeep.providers.azure.storage import AzureBlobStorageService
-from cloudkeep.providers.base import CloudProvider, register_provider
+from cloudkeep.providers.base import CloudProvider
 
 
 class AzureProvider(CloudProvider):
-    kind = "azure"
+    facts = FACTS
 
     def __init__(self, credential: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.session = AzureSession(credential, options)
@@ -79,6 +81,5 @@ class AzureProvider(CloudProvider):
         self.session.close()
 
 
-@register_provider("azure")
 def create_azure_provider(credential: Mapping[str, Any], options: Mapping[str, Any]) -> AzureProvider:
     return AzureProvider(credential, options)

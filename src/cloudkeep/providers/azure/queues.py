@@ -32,7 +32,8 @@ from azure.storage.queue import (
 )
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.azure.session import StorageAccount, azure_errors
+from cloudkeep.providers.azure.errors import azure_errors
+from cloudkeep.providers.azure.session import StorageAccount
 from cloudkeep.providers.base import (
     Queue,
     QueueAccess,
@@ -40,7 +41,7 @@ from cloudkeep.providers.base import (
     ReceivedMessage,
     dead_letter_queue_name,
 )
-from cloudkeep.providers.queues import poll_with_backoff, register_queue_opener
+from cloudkeep.providers.queues import poll_with_backoff
 
 PAYLOAD_CONTAINER = "cloudkeep-queue-payloads"
 INLINE_LIMIT = 48 * 1024  # raw bytes that fit in 64 KiB once base64-encoded
@@ -283,7 +284,6 @@ class AzureQueueService(QueueService):
         }
 
 
-@register_queue_opener("azure")
 def open_azure_queue(info: Mapping[str, Any]) -> Queue:
     name = str(info["name"])
 

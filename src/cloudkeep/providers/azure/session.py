@@ -1,4 +1,4 @@
-"""Azure credentials, clients and error translation for one service principal.
+"""Azure credentials and clients for one service principal (errors: ``providers/azure/errors``).
 
 Credential mapping: ``{tenant_id, client_id, client_secret, subscription_id}``.
 
@@ -13,80 +13,14 @@ in the credential itself (encrypted at rest), which takes precedence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-
-from cloudkeep.errors import (
-    AuthenticationError,
-    CloudkeepError,
-    ConfigurationError,
-    NotFoundError,
-    PermissionDeniedError,
-    UnreachableError,
-)
+from cloudkeep.errors import ConfigurationError
 
 DEFAULT_ARM = "https://management.azure.com"
-
-
-def raise_translated(error: Exception, action: str, target: str = "") -> NoReturn:
-    """Re-raise an Azure SDK failure as the cloudkeep error an administrator can act on."""
-    where = f" on {target}" if target else ""
-    if isinstance(error, ClientAuthenticationError):
-        raise AuthenticationError(
-            f"Azure rejected the credentials ({action}{where}): {error.message}",
-            hint="check tenant id, client id and secret (or the storage key/SAS) of the cloud credential",
-        ) from error
-    if isinstance(error, ResourceNotFoundError):
-        raise NotFoundError(f"{action}{where}: not found") from error
-    if isinstance(error, HttpResponseError):
-        status = error.status_code or 0
-        code = getattr(error.error, "code", None) or ""
-        if status == 403 or code in ("AuthorizationFailed", "AuthorizationPermissionMismatch"):
-            raise PermissionDeniedError(
-                f"access denied for {action}{where}",
-                hint="assign a role with this action to the service principal (see docs/permissions.md)",
-            ) from error
-        if status == 429 or status >= 500:
-            raise UnreachableError(
-                f"Azure kept failing {action}{where} after retries (HTTP {status})",
-                hint="Azure Resource Manager throttles bursts; reduce rescan concurrency or retry later",
-            ) from error
-        raise CloudkeepError(
-            f"Azure refused {action}{where}: HTTP {status} {code}: {error.message}"
-        ) from error
-    if isinstance(error, ServiceRequestError | ServiceResponseError):
-        raise UnreachableError(
-            f"cannot reach Azure for {action}{where}: {error}",
-            hint="check the endpoint URL and the network path to Azure",
-        ) from error
-    if isinstance(error, AzureError):
-        raise CloudkeepError(f"Azure client error during {action}{where}: {error}") from error
-    raise error
-
-
-@contextmanager
-def azure_errors(
-    action: str, target: str = "", *, ignore: tuple[type[Exception], ...] = ()
-) -> Iterator[None]:
-    """Translate SDK failures of one call; ``ignore`` lists expected ones (e.g. already exists)."""
-    try:
-        yield
-    except ignore:
-        pass
-    except AzureError as error:
-        raise_translated(error, action, target)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from azure.storage.blob import (
 )
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.providers.azure.session import AzureSession, StorageAccount, azure_errors
+from cloudkeep.providers.azure.errors import azure_errors
+from cloudkeep.providers.azure.session import AzureSession, StorageAccount
 from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.azure_blob import AzureBlobStore
 from cloudkeep.storage.base import ObjectStore, open_store

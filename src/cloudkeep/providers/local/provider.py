@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.providers.base import CloudProvider, register_provider
+from cloudkeep.providers.base import CloudProvider
 from cloudkeep.providers.local.commands import LocalCommandChannel
+from cloudkeep.providers.local.facts import FACTS
 from cloudkeep.providers.local.inventory import LocalInventory
 from cloudkeep.providers.local.machine import Lab
 from cloudkeep.providers.local.queues import LocalQueueService
@@ -43,7 +44,7 @@ def _signing_key(lab_dir: Path, configured: str | None) -> bytes:
 
 
 class LocalProvider(CloudProvider):
-    kind = "local"
+    facts = FACTS
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         if not options.get("lab_dir"):
@@ -93,6 +94,5 @@ class LocalProvider(CloudProvider):
         self._storage.close()
 
 
-@register_provider("local")
 def create_local_provider(credential: Mapping[str, Any], options: Mapping[str, Any]) -> LocalProvider:
     return LocalProvider(options)

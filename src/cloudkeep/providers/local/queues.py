@@ -28,7 +28,7 @@ from cloudkeep.providers.base import (
     ReceivedMessage,
     dead_letter_queue_name,
 )
-from cloudkeep.providers.queues import poll_with_backoff, register_queue_opener
+from cloudkeep.providers.queues import poll_with_backoff
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -233,6 +233,5 @@ class LocalQueueService(QueueService):
         return {"kind": "local", "name": name, "database": str(self.database.path.resolve())}
 
 
-@register_queue_opener("local")
 def open_local_queue(info: Mapping[str, Any]) -> Queue:
     return LocalQueueService(info["database"]).get_queue(str(info["name"]))

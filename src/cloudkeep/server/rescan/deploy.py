@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.providers.base import CloudProvider, Machine, Platform
+from cloudkeep.providers.base import CloudProvider, CommandCapacity, Machine, Platform
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
 from cloudkeep.server.rescan import scripts
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 STEPS = ("probe", "ownership", "prerequisites", "queues", "upload", "install", "confirm")
 OWNER_TAG = "cloudkeep:server"
-MAX_EXISTING_MANAGED_COMMANDS = 24  # Azure allows 25 per VM; we need one
 PROBE_TIMEOUT = 120.0
 INSTALL_TIMEOUT = 900.0
 # The machine config carries queue credentials that expire (Azure queue SAS: 30 days); a machine
@@ -86,7 +85,7 @@ class MachineDeployment:
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
         self.started_at: datetime | None = None  # when this rescan started the services
-        self.command_count: int | None = None  # existing managed run commands (Azure only)
+        self.capacity: CommandCapacity | None = None  # the machine's command slots, where limited
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -204,12 +203,12 @@ class MachineDeployment:
                 "skipped", f"the machine is {machine.state}, not running; rescan when it runs", "skipped"
             )
         try:
-            # Counted before probing: the probe itself needs one of Azure's 25 run-command slots.
-            self.command_count = self.env.provider.commands.managed_command_count(machine)
+            # Asked before probing: the probe itself may need the capacity (Azure's run-command slots).
+            self.capacity = self.env.provider.commands.command_capacity(machine)
         except CloudkeepError as exc:
             raise StepStop("failed", f"cannot list the machine's managed run commands: {exc}") from exc
-        if self.command_count is not None and self.command_count > MAX_EXISTING_MANAGED_COMMANDS:
-            return f"skipped: not run, the VM already has {self.command_count} managed run commands"
+        if self.capacity is not None and self.capacity.refusal:
+            return f"skipped: not run, {self.capacity.refusal}"
         try:
             result = self.env.provider.commands.run(
                 machine, scripts.probe_script(machine.platform), timeout=PROBE_TIMEOUT
@@ -246,14 +245,9 @@ class MachineDeployment:
 
     def step_prerequisites(self) -> str:
         machine, facts = self.machine, (self.probe.facts if self.probe else {})
-        count = self.command_count
-        if count is not None and count > MAX_EXISTING_MANAGED_COMMANDS:
-            raise StepStop(
-                "skipped",
-                f"the VM already has {count} managed run commands; Azure allows 25 per VM and cloudkeep "
-                "needs one — delete unused run commands and rescan",
-                "skipped",
-            )
+        capacity = self.capacity
+        if capacity is not None and capacity.refusal:
+            raise StepStop("skipped", f"{capacity.refusal}; {capacity.remedy}", "skipped")
         if machine.platform == Platform.WINDOWS:
             version = facts.get("powershell_version")
             if scripts.powershell_too_old(version):
@@ -277,8 +271,8 @@ class MachineDeployment:
                     "skipped",
                 )
             detail = f"Secure Boot off, Python {python}"
-        if count is not None:
-            detail += f", {count} managed run commands"
+        if capacity is not None:
+            detail += f", {capacity.in_use}"
         row = self._row()
         installed = self.probe.installed_version if self.probe else None
         if installed is None and machine.platform == Platform.WINDOWS:

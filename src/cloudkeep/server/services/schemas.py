@@ -9,14 +9,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from cloudkeep.protocol.bodies import Retention
+from cloudkeep.providers.registry import provider_kinds
 from cloudkeep.server.jobs.options import JobOptions
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
-Provider = Literal["aws", "azure", "local"]
+
+
+def _known_provider(kind: str) -> str:
+    """Provider names come from the registry, so a new cloud needs no edit here."""
+    if kind not in provider_kinds():
+        names = [repr(name) for name in provider_kinds()]
+        raise PydanticCustomError(
+            "literal_error",
+            "Input should be {expected}",
+            {"expected": f"{', '.join(names[:-1])} or {names[-1]}"},
+        )
+    return kind
+
+
+Provider = Annotated[
+    str, AfterValidator(_known_provider), Field(json_schema_extra={"enum": list(provider_kinds())})
+]
 Purpose = Literal["backup", "distribution"]
 BackupMode = Literal["entire", "volume", "file"]
 T = TypeVar("T")

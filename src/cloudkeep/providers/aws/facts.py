@@ -1,0 +1,26 @@
+"""What cloudkeep knows about AWS without importing boto3 (see ``cloudkeep.providers.facts``)."""
+
+from cloudkeep.providers.facts import CredentialField, ProviderFacts
+
+FACTS = ProviderFacts(
+    kind="aws",
+    factory="cloudkeep.providers.aws.provider:create_aws_provider",
+    queue_opener="cloudkeep.providers.aws.queues:open_sqs_queue",
+    fallback_channel="ssm",
+    server_queue_wait=20.0,  # SQS long polling
+    credential_fields=(
+        CredentialField(
+            "aws_access_key_id", "AWS access key id.", env="AWS_ACCESS_KEY_ID", flag="--access-key-id"
+        ),
+        CredentialField(
+            "aws_secret_access_key",
+            "AWS secret access key.",
+            secret=True,
+            env="AWS_SECRET_ACCESS_KEY",
+            prompt_after="aws_access_key_id",  # without keys boto3's default chain applies
+        ),
+        CredentialField("aws_session_token", "AWS session token.", secret=True, env="AWS_SESSION_TOKEN"),
+        CredentialField("role_arn", "AWS: assume this role first."),
+        CredentialField("external_id", "AWS: external id for the role."),
+    ),
+)
