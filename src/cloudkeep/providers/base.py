@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
+from cloudkeep.compat import StrEnum
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.storage.base import ObjectStore
 from cloudkeep.storage.conformance import StoreCheck

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot

@@ -9,11 +9,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.storage.base import ObjectLockedError
 from cloudkeep.storage.conformance import StoreCheck

@@ -114,7 +114,7 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
         ) from error
     if isinstance(error, NoRegionError):
         raise ConfigurationError("no AWS region configured", hint="set the provider option region") from error
-    if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
+    if isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
         raise UnreachableError(
             f"cannot reach AWS for {action}{where}: {error}",
             hint="check the endpoint URL / region and the network path to AWS",

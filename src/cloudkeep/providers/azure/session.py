@@ -66,7 +66,7 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
         raise CloudkeepError(
             f"Azure refused {action}{where}: HTTP {status} {code}: {error.message}"
         ) from error
-    if isinstance(error, ServiceRequestError | ServiceResponseError):
+    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
         raise UnreachableError(
             f"cannot reach Azure for {action}{where}: {error}",
             hint="check the endpoint URL and the network path to Azure",
