@@ -25,15 +25,13 @@ from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import ProtocolError
 
 
-def _logging(config: MachineConfig | None, service: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if config is not None and service is not None:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(config.log_dir / f"{service}.log"))
+def _logging() -> None:
+    """Log to stderr only: the installer sends a daemon's stderr to the journal (systemd) or to
+    ``var/log/cloudkeep/<service>.log`` (fallback), so each line is written exactly once."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
+        handlers=[logging.StreamHandler(sys.stderr)],
         force=True,
     )
 
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args.config)
         config = MachineConfig.load(args.config)
         daemon = args.command in ("message-service", "agent", "transport")
-        _logging(config, args.command if daemon else None)
+        _logging()
         if daemon:
             return _daemon(config, args.command)
         if args.command == "exec":
