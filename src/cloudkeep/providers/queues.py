@@ -7,6 +7,7 @@ provider registers an opener for its ``info["kind"]``.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -29,9 +30,12 @@ def register_queue_opener(kind: str) -> Callable[[QueueOpener], QueueOpener]:
 
 def open_queue_from_info(info: Mapping[str, Any]) -> Queue:
     """Open the queue described by ``connection_info`` (a JSON-decoded dict)."""
-    import cloudkeep.providers.registry  # noqa: F401 - registers the openers
-
     kind = info.get("kind")
+    if kind in ("aws", "azure", "local"):
+        # Only this cloud's module (and SDK): a machine never pays for the other clouds' imports.
+        importlib.import_module(f"cloudkeep.providers.{kind}.queues")
+    else:
+        import cloudkeep.providers.registry  # noqa: F401 - registers every opener (to name them)
     try:
         opener = _OPENERS[str(kind)]
     except KeyError:
