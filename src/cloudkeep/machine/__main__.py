@@ -57,13 +57,21 @@ def _temp_under_state(config: MachineConfig) -> None:
 
 
 def _daemon(config: MachineConfig, service: str) -> int:
-    from cloudkeep.machine.agent import agent
-    from cloudkeep.machine.message_service import MessageService
-    from cloudkeep.machine.transport import transport
-
-    factories: dict[str, Any] = {"message-service": MessageService, "agent": agent, "transport": transport}
+    # Each service imports only its own modules: an idle agent never loads the message service's.
     _temp_under_state(config)
-    runner = factories[service](config)
+    runner: Any
+    if service == "message-service":
+        from cloudkeep.machine.message_service import MessageService
+
+        runner = MessageService(config)
+    elif service == "agent":
+        from cloudkeep.machine.agent import agent
+
+        runner = agent(config)
+    else:
+        from cloudkeep.machine.transport import transport
+
+        runner = transport(config)
 
     def request_stop(*_: object) -> None:
         # Never take a lock inside a signal handler: a second SIGTERM arriving while the first
