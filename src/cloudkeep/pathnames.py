@@ -63,6 +63,6 @@ def safe_text(value: Any) -> Any:
         return value if is_text(value) else display(value)
     if isinstance(value, dict):
         return {safe_text(k): safe_text(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [safe_text(v) for v in value]
     return value

@@ -91,13 +91,13 @@ def test_bundle_show_never_creates_server_state(
     assert "hint:" in missing.output and list(empty.iterdir()) == []
 
     folder = tmp_path / "bundle"
-    ok(run("bundle", "build", "--out", str(folder)))  # embedded, on the server's own state
+    ok(run("bundle", "build", "--no-wheels", "--out", str(folder)))  # embedded, on the server's own state
     as_operator = {**remote(live_server, admin_token), **fresh}
     shown = ok(run("bundle", "show", str(folder), env_extra=as_operator))
     assert "signature and checksums OK" in shown and list(empty.iterdir()) == []
     no_folder = run("bundle", "show", env_extra=as_operator)
     assert no_folder.exit_code == 2 and "name a bundle folder" in no_folder.output
-    refused = run("bundle", "build", "--out", str(tmp_path / "other"), env_extra=as_operator)
+    refused = run("bundle", "build", "--no-wheels", "--out", str(tmp_path / "other"), env_extra=as_operator)
     assert refused.exit_code == 2 and "server host" in refused.output
     assert list(empty.iterdir()) == [] and not (tmp_path / "other").exists()
 

@@ -199,6 +199,36 @@ def test_install_sh_starts_stops_and_upgrades_in_place(tmp_path: Path, bundle_di
     assert _lines(stopped.stdout, "CLOUDKEEP-STOPPED") == [""]
     assert not list(run.glob("cloudkeep-*.pid"))
     wait_for(lambda: not _alive(new_pid), what="the message service to stop")
+    # Each line once: the services log to stderr, which the fallback sends to <service>.log only.
+    logs = root / "var/log/cloudkeep"
+    written = sorted(p.name for p in logs.glob("*.log"))
+    assert written == ["agent.log", "install.log", "message.log", "transport.log"]
+    assert "message service" in (logs / "message.log").read_text().lower()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("service", ["message", "agent", "transport"])
+def test_systemd_units_pass_systemd_analyze_verify(service: str, tmp_path: Path, bundle_dir: Path) -> None:
+    root = tmp_path / "root"
+    binary = root / "opt/cloudkeep/bin/cloudkeep-machine"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    printed = _install(root, bundle_dir, "--unit", service)
+    assert printed.returncode == 0, printed.stderr
+    unit = tmp_path / f"cloudkeep-{service}.service"
+    unit.write_text(printed.stdout)
+    assert "Restart=on-failure" in printed.stdout and "StandardOutput=journal" in printed.stdout
+    assert f"ExecStart={binary} " in printed.stdout
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        command = ["systemd-analyze", "verify", str(unit)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    checked = verify()
+    assert checked.returncode == 0, checked.stderr
+    binary.unlink()  # the check is real: a unit whose program is missing fails it
+    assert verify().returncode != 0
 
 
 def _alive(pid: int) -> bool:
@@ -214,7 +244,7 @@ def test_cli_bundle_build_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("CLOUDKEEP_HOME", str(tmp_path / "home"))
     runner = CliRunner()
-    built = runner.invoke(app, ["build", "--out", str(tmp_path / "out")])
+    built = runner.invoke(app, ["build", "--no-wheels", "--out", str(tmp_path / "out")])
     assert built.exit_code == 0, built.output
     assert "cloudkeep-0.1.0-linux.tar.gz" in built.output
     shown = runner.invoke(app, ["show", str(tmp_path / "out")])

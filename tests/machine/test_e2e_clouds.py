@@ -7,6 +7,7 @@ HTTP proxy answering 503 for a while) placed between the machine and moto.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,10 +87,11 @@ def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> N
     machine = sqs_harness.add_machine("ec2c")
     proxy = FaultProxy(str(machine.config.agent_queue["endpoint_url"]))
     try:
-        config = machine.config.model_copy(
-            update={"agent_queue": _via(proxy, machine.config.agent_queue),
-                    "server_queue": _via(proxy, machine.config.server_queue)}
-        )  # fmt: skip
+        config = dataclasses.replace(
+            machine.config,
+            agent_queue=_via(proxy, machine.config.agent_queue),
+            server_queue=_via(proxy, machine.config.server_queue),
+        )
         config.write()
         machine.config = config
         _start(sqs_harness, machine)

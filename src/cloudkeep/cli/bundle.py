@@ -23,11 +23,25 @@ def build(
     version: str | None = typer.Option(
         None, "--version", help="Bundle version (default: the server's current one)."
     ),
+    wheelhouse: Path | None = typer.Option(
+        None,
+        "--wheelhouse",
+        help="Folder of dependency wheels (<arch>/cp3X/*.whl) for an air-gapped server; "
+        "default: fetched once with pip into the server's wheelhouse cache.",
+    ),
+    no_wheels: bool = typer.Option(
+        False, "--no-wheels", help="No dependency wheels (labs whose machines bring them: CLOUDKEEP_PYTHON)."
+    ),
 ) -> None:
-    """Build the Linux and Windows bundles from the installed package and sign them with the server key."""
+    """Build the Linux and Windows bundles from the installed package and sign them with the server key.
+
+    The Linux bundle carries the dependency wheels for x86_64 and aarch64 (CPython 3.9-3.13), so
+    machines install without reaching a package index.
+    """
     from cloudkeep.machine.bundle import build_bundle
+    from cloudkeep.machine.bundle.wheelhouse import fetch_wheelhouse
     from cloudkeep.server.context import open_context
-    from cloudkeep.server.rescan.bundles import bundle_cache_dir, current_bundle_version
+    from cloudkeep.server.rescan.bundles import bundle_cache_dir, current_bundle_version, wheelhouse_dir
 
     settings = state(ctx).settings
     if settings.api_url:  # the signing key never leaves the server host
@@ -39,7 +53,11 @@ def build(
     try:
         version = version or current_bundle_version(server)
         folder = out or bundle_cache_dir(server) / version
-        manifest = build_bundle(folder, version=version, signing_key=server.signing_key)
+        if wheelhouse is None and not no_wheels:
+            typer.echo("fetching the machine wheels (once; cached) ...", err=True)
+            wheelhouse = fetch_wheelhouse(wheelhouse_dir(server))
+        wheels = None if no_wheels else wheelhouse
+        manifest = build_bundle(folder, version=version, signing_key=server.signing_key, wheelhouse=wheels)
     finally:
         server.close()
     typer.echo(f"bundle {manifest.version} built in {folder}")

@@ -25,15 +25,13 @@ from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import ProtocolError
 
 
-def _logging(config: MachineConfig | None, service: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if config is not None and service is not None:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(config.log_dir / f"{service}.log"))
+def _logging() -> None:
+    """Log to stderr only: the installer sends a daemon's stderr to the journal (systemd) or to
+    ``var/log/cloudkeep/<service>.log`` (fallback), so each line is written exactly once."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
+        handlers=[logging.StreamHandler(sys.stderr)],
         force=True,
     )
 
@@ -59,13 +57,21 @@ def _temp_under_state(config: MachineConfig) -> None:
 
 
 def _daemon(config: MachineConfig, service: str) -> int:
-    from cloudkeep.machine.agent import agent
-    from cloudkeep.machine.message_service import MessageService
-    from cloudkeep.machine.transport import transport
-
-    factories: dict[str, Any] = {"message-service": MessageService, "agent": agent, "transport": transport}
+    # Each service imports only its own modules: an idle agent never loads the message service's.
     _temp_under_state(config)
-    runner = factories[service](config)
+    runner: Any
+    if service == "message-service":
+        from cloudkeep.machine.message_service import MessageService
+
+        runner = MessageService(config)
+    elif service == "agent":
+        from cloudkeep.machine.agent import agent
+
+        runner = agent(config)
+    else:
+        from cloudkeep.machine.transport import transport
+
+        runner = transport(config)
 
     def request_stop(*_: object) -> None:
         # Never take a lock inside a signal handler: a second SIGTERM arriving while the first
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args.config)
         config = MachineConfig.load(args.config)
         daemon = args.command in ("message-service", "agent", "transport")
-        _logging(config, args.command if daemon else None)
+        _logging()
         if daemon:
             return _daemon(config, args.command)
         if args.command == "exec":

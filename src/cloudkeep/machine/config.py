@@ -6,30 +6,57 @@ from the config file's location, so the same code runs in both without reading t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudkeep.errors import ConfigurationError
 
 CONFIG_RELATIVE = Path("etc/cloudkeep/machine.json")
 
 
-class MachineConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+@dataclass
+class MachineConfig:
+    """A plain dataclass, checked by hand: the three idle services load it, and pydantic alone
+    would add ~15 MB to each of them."""
 
     machine_id: str  # the server's DiscoveredMachine.id: what messages are addressed to
-    cloud_id: str = ""
     server_id: str
     server_public_key: str  # b64 Ed25519: the only key commands are accepted from
     agent_queue: dict[str, Any]
     server_queue: dict[str, Any]
-    heartbeat_seconds: float = Field(default=30.0, gt=0)
-    clock_skew_seconds: float = Field(default=300.0, ge=0)
-    receive_wait_seconds: float = Field(default=20.0, ge=0)  # long-poll wait per receive
-    root: Path = Path("/")
+    cloud_id: str = ""
+    heartbeat_seconds: float = 30.0  # > 0
+    clock_skew_seconds: float = 300.0  # >= 0
+    receive_wait_seconds: float = 20.0  # >= 0: long-poll wait per receive
+    root: Path = field(default_factory=lambda: Path("/"))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, root: Path) -> MachineConfig:
+        """Check types and ranges of a decoded config (unknown keys are ignored); ValueError when bad."""
+        if not isinstance(data, dict):
+            raise ValueError("the config is not a JSON object")
+        values: dict[str, Any] = {"root": Path(root)}
+        for item in dataclasses.fields(cls):
+            if item.name == "root" or item.name not in data:
+                if item.name != "root" and item.default is dataclasses.MISSING:
+                    raise ValueError(f"{item.name}: missing")
+                continue
+            value = data[item.name]
+            if item.type == "str" and not isinstance(value, str):
+                raise ValueError(f"{item.name}: expected a string, got {type(value).__name__}")
+            if item.type == "dict[str, Any]" and not isinstance(value, dict):
+                raise ValueError(f"{item.name}: expected an object, got {type(value).__name__}")
+            if item.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{item.name}: expected a number, got {type(value).__name__}")
+                value = float(value)
+                if value < 0 or (item.name == "heartbeat_seconds" and value == 0):
+                    raise ValueError(f"{item.name}: out of range ({value})")
+            values[item.name] = value
+        return cls(**values)
 
     @classmethod
     def load(cls, path: Path | str) -> MachineConfig:
@@ -44,14 +71,18 @@ class MachineConfig(BaseModel):
             raise ConfigurationError(f"machine config {path} is not valid JSON: {exc}") from None
         root = path.parents[2] if path.parts[-3:] == CONFIG_RELATIVE.parts else path.parent
         try:
-            return cls.model_validate({**data, "root": root})
-        except ValidationError as exc:
+            return cls.from_dict(data, root=root)
+        except ValueError as exc:
             raise ConfigurationError(f"machine config {path} is invalid: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (without ``root``: it is where the file lies, not what it says)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "root"}
 
     def write(self) -> Path:
         path = self.root / CONFIG_RELATIVE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.model_dump(mode="json", exclude={"root"}), indent=2, sort_keys=True))
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
         return path
 
     @property

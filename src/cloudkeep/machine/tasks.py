@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, NotFoundError, incomplete_restore
 from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
 from cloudkeep.machine.timings import StageClock
@@ -142,7 +143,7 @@ def _as_dict(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dict):
         return {str(k): _as_dict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_as_dict(v) for v in value]
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")

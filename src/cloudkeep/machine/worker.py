@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.handlers import TaskContext, cancelled_result, execute, failure
 from cloudkeep.machine.keys import AgentKeys
-from cloudkeep.machine.message_service import command_validator
 from cloudkeep.machine.services import BEACON_SECONDS, touch_beacon
 from cloudkeep.machine.spool import Spool
-from cloudkeep.protocol import ProtocolError, RepositoryAccess
+from cloudkeep.protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from cloudkeep.protocol import MessageValidator, RepositoryAccess
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,23 @@ class TaskWorker:
         self.service = service
         self.keys = AgentKeys.load(config.state_dir)
         self.spool = Spool.for_service(config.state_dir, service)
-        self.validator = command_validator(config)
+        self._validator: MessageValidator | None = None
+        self._validator_lock = threading.Lock()
         self.parallel = threading.Semaphore(parallel)
         self.poll = poll
         self.stopping = threading.Event()
         self.running: set[str] = set()
+
+    @property
+    def validator(self) -> MessageValidator:
+        """Built at the first command: the handlers, the engine and pydantic's body models load
+        then, so an idle worker stays a small process."""
+        with self._validator_lock:  # one validator: its replay memory must see every command
+            if self._validator is None:
+                from cloudkeep.machine.message_service import command_validator
+
+                self._validator = command_validator(self.config)
+            return self._validator
 
     def stop(self) -> None:
         self.stopping.set()
@@ -42,6 +55,8 @@ class TaskWorker:
     def recover(self) -> None:
         for command_id in self.spool.claimed():
             if command_id not in self.running and not self.spool.result_path(command_id).exists():
+                from cloudkeep.machine.handlers import failure
+
                 reason = f"the {self.service} restarted while running this command; not re-run (at most once)"
                 self.spool.write_result(command_id, failure(command_id, reason))
                 log.warning("command %s was interrupted by a %s restart", command_id, self.service)
@@ -73,6 +88,8 @@ class TaskWorker:
             thread.join()
 
     def _run_task(self, command_id: str, text: str) -> None:
+        from cloudkeep.machine.handlers import TaskContext, cancelled_result, execute, failure
+
         try:
             try:
                 envelope = self.validator.validate(text, check_time=False)

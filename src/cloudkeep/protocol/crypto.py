@@ -44,7 +44,7 @@ def canonical_json(value: Any) -> bytes:
 
 
 def public_raw(key: Ed25519PrivateKey | X25519PrivateKey | Ed25519PublicKey | X25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey | X25519PrivateKey) else key
+    public = key.public_key() if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)) else key
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 

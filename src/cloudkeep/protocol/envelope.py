@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cloudkeep.compat import UTC
 from cloudkeep.pathnames import safe_text
 from cloudkeep.protocol import crypto
 from cloudkeep.protocol.bodies import BODIES, Body, RepositoryAccess
@@ -138,7 +139,7 @@ def sign_envelope(envelope: Envelope, key: Ed25519PrivateKey) -> str:
     return text
 
 
-KeyLookup = Callable[[str], Ed25519PublicKey | None]
+KeyLookup = Callable[[str], Optional[Ed25519PublicKey]]  # a runtime alias: no `|` before 3.10
 
 
 class MessageValidator:

@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
+from cloudkeep.compat import StrEnum
 from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.storage.base import ObjectStore
 from cloudkeep.storage.conformance import StoreCheck

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache

@@ -13,8 +13,9 @@ import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
 from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock

@@ -14,6 +14,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from cloudkeep.compat import SLOTS
 from cloudkeep.errors import IntegrityError
 from cloudkeep.repo.crypto import Crypter
 from cloudkeep.repo.pack import BLOB_TYPES, BlobEntry
@@ -23,7 +24,7 @@ RawEntry = tuple[int, bytes, int, int, int]
 _AAD = b"cloudkeep-index-v1"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Location:
     """A blob's place: pack id plus its entry in that pack."""
 

@@ -10,6 +10,7 @@ import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
+from cloudkeep.compat import zip_strict
 from cloudkeep.errors import AuthenticationError, IntegrityError, NotFoundError
 from cloudkeep.repo.crypto import KdfParams, MasterKey, unwrap_master_key, wrap_master_key
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
@@ -56,7 +57,7 @@ def open_with_password(store: ObjectStore, password: str) -> tuple[str, MasterKe
 
     damaged: list[str] = []
     with ThreadPoolExecutor(max_workers=min(4, len(keys))) as pool:
-        for key, outcome in zip(keys, pool.map(attempt, keys), strict=True):
+        for key, outcome in zip_strict(keys, pool.map(attempt, keys)):
             if isinstance(outcome, MasterKey):
                 return key, outcome
             if isinstance(outcome, str):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import blake3
 
+from cloudkeep.compat import SLOTS
 from cloudkeep.errors import InsufficientSpaceError, IntegrityError, PermissionDeniedError
 from cloudkeep.repo.crypto import Crypter
 from cloudkeep.storage.base import STAGING_PREFIX
@@ -35,7 +36,7 @@ _HEADER_AAD = b"cloudkeep-pack-header-v1"
 STAGING_PACK_PREFIX = STAGING_PREFIX + "pack-"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class BlobEntry:
     """Where one blob lives inside its pack."""
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError
 from cloudkeep.repo import writer as backup_session
 from cloudkeep.repo.index import encode_index_file, new_index_key

@@ -18,8 +18,9 @@ import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from cloudkeep.compat import UTC, zip_strict
 from cloudkeep.errors import CloudkeepError, IntegrityError
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock
@@ -80,7 +81,7 @@ def repair_index(
         unknown = [info for pack_id, info in stored.items() if pack_id not in packs]
         with ThreadPoolExecutor(max_workers=8) as pool:
             headers = pool.map(lambda i: _header(repo, i, report), unknown)
-            for info, header in zip(unknown, headers, strict=True):
+            for info, header in zip_strict(unknown, headers):
                 if header is not None:
                     packs[pack_id_from_key(info.key)] = header
                     report.packs_recovered += 1

@@ -13,9 +13,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, overload
 
+from cloudkeep.compat import UTC, zip_strict
 from cloudkeep.errors import (
     ConflictError,
     IntegrityError,
@@ -206,7 +207,7 @@ class Repository:
         index, doomed = Index(), Index()
         unreadable: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for key, data in zip(keys, pool.map(self._fetch_index_file, keys), strict=True):
+            for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
                 if data is None:
                     return False
                 try:
@@ -460,7 +461,7 @@ class Repository:
         found: list[Snapshot] = []
         unreadable: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for key, outcome in zip(keys, pool.map(fetch, keys), strict=True):
+            for key, outcome in zip_strict(keys, pool.map(fetch, keys)):
                 if isinstance(outcome, Snapshot):
                     found.append(outcome)
                 elif outcome is not None:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudkeep.compat import SLOTS, zip_strict
 from cloudkeep.errors import (
     ConfigurationError,
     IntegrityError,
@@ -82,7 +83,7 @@ def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
 FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is unusable: stop
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class _File:
     """One regular file being restored: where it goes (folder index + name) and its state."""
 
@@ -98,7 +99,7 @@ class _File:
     failed: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class _Target:
     file: _File
     offset: int
@@ -140,7 +141,7 @@ class _Restorer:
         if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
             raise os_error(exc, path) from exc
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.refuse(path, reason if isinstance(exc, Refused | OSError) else f"malformed entry ({reason})")
+        self.refuse(path, reason if isinstance(exc, (Refused, OSError)) else f"malformed entry ({reason})")
 
     # -- planning (one thread): folders, links, fifos and devices are made now --------------
 
@@ -227,7 +228,7 @@ class _Restorer:
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
             self.precreate.append(file)
             self.finishing.append((index, name, node, file))
-        for blob_id, at in zip(node.content, offsets, strict=True):
+        for blob_id, at in zip_strict(node.content, offsets):
             self.by_blob[blob_id].append(_Target(file, at))
         self.result.files += 1
         self.result.bytes += node.size

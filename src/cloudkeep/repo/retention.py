@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.repo.layout import WRITERS_PREFIX, check_writer_prefix
 from cloudkeep.repo.repository import Repository

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.pathnames import path_fields
 
 FILE = "file"
@@ -29,7 +30,7 @@ BLOCKDEV = "blockdev"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Node:
     """One entry of a directory, as stored in its tree blob (slots: a restore plans one per file)."""
 

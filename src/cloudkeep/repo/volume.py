@@ -16,9 +16,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError, incomplete_restore
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.chunker import StreamCutter

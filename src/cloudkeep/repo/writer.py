@@ -27,9 +27,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConflictError
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX

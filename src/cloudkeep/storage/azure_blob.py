@@ -26,10 +26,11 @@ import contextlib
 import io
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import urlparse
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.providers.azure.errors import raise_store_error
 from cloudkeep.storage.base import (

@@ -13,11 +13,12 @@ import errno
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import unquote, urlparse
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, InsufficientSpaceError, PermissionDeniedError
 from cloudkeep.storage.base import (
     STAGING_PREFIX,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
+from cloudkeep.compat import UTC
 from cloudkeep.storage.base import (
     ObjectExistsError,
     ObjectInfo,

@@ -450,7 +450,7 @@ def _file_md5(path: str) -> Any:
 
 
 def _now(like: datetime) -> datetime:
-    from datetime import UTC
+    from cloudkeep.compat import UTC
 
     return datetime.now(UTC) if like.tzinfo else datetime.now()
 

@@ -9,9 +9,10 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.aws.errors import SDK_ERRORS
 from cloudkeep.storage.base import ObjectLockedError

@@ -3,6 +3,8 @@
 A bundle folder holds, for one version::
 
     cloudkeep-<v>-py3-none-any.whl    the package (a real wheel: pip-installable, or unpacked as is)
+    wheels/<arch>/*.whl               its dependencies for Linux x86_64 / aarch64, CPython 3.9-3.13
+                                      (from a wheelhouse: see wheelhouse.py; absent in a dev bundle)
     install.sh / install.ps1          the platform installers
     manifest.json                     SHA-256 of each file + Ed25519 signature (the trust anchor)
     cloudkeep-<v>-linux.tar.gz        manifest + install.sh + wheel: one download per Linux machine
@@ -23,9 +25,10 @@ import importlib.resources
 import io
 import json
 import re
+import shutil
 import tarfile
 import zipfile
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,9 +45,11 @@ from cloudkeep.machine.bundle.manifest import (
     public_key_b64,
     sha256_file,
 )
+from cloudkeep.machine.bundle.wheelhouse import requirement_lines, wheels_by_arch
 
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([.+][A-Za-z0-9.]+)?$")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+_EXTRA_RE = re.compile(r'extra == "([A-Za-z0-9_.-]+)"')
 INSTALLERS = {"linux": "install.sh", "windows": "install.ps1"}
 
 
@@ -61,8 +66,15 @@ def installer_text(platform: str) -> bytes:
     return (importlib.resources.files("cloudkeep.machine.bundle") / INSTALLERS[platform]).read_bytes()
 
 
-def build_bundle(dest_dir: Path, *, version: str, signing_key: Ed25519PrivateKey) -> BundleManifest:
-    """Build (or rebuild) the bundle for ``version`` into ``dest_dir`` and return its signed manifest."""
+def build_bundle(
+    dest_dir: Path, *, version: str, signing_key: Ed25519PrivateKey, wheelhouse: Path | None = None
+) -> BundleManifest:
+    """Build (or rebuild) the bundle for ``version`` into ``dest_dir`` and return its signed manifest.
+
+    With ``wheelhouse`` the Linux bundle carries every dependency wheel, so machines install offline;
+    without it (development, local-provider labs) machines must bring an interpreter that already
+    has the dependencies (``CLOUDKEEP_PYTHON``).
+    """
     if not _VERSION_RE.match(version):
         raise ConfigurationError(
             f"invalid bundle version {version!r}", hint="use a PEP 440 version such as 0.1.0 or 0.1.0.post1"
@@ -73,14 +85,18 @@ def build_bundle(dest_dir: Path, *, version: str, signing_key: Ed25519PrivateKey
     _write_wheel(wheel, version)
     for script in INSTALLERS.values():
         (dest_dir / script).write_bytes(installer_text("linux" if script.endswith(".sh") else "windows"))
-    names = [wheel.name, *INSTALLERS.values()]
+    wheel_names = _copy_wheels(dest_dir, wheelhouse)
+    names = [wheel.name, *INSTALLERS.values(), *wheel_names]
     manifest = BundleManifest(
         version=version,
-        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         files={
             n: FileEntry(sha256=sha256_file(dest_dir / n), size=(dest_dir / n).stat().st_size) for n in names
         },
-        platforms={p: PlatformEntry(installer=s, files=[wheel.name, s]) for p, s in INSTALLERS.items()},
+        platforms={
+            "linux": PlatformEntry(installer="install.sh", files=[wheel.name, "install.sh", *wheel_names]),
+            "windows": PlatformEntry(installer="install.ps1", files=[wheel.name, "install.ps1"]),
+        },
     )
     manifest.sign(signing_key)
     (dest_dir / MANIFEST_NAME).write_text(manifest.to_json())
@@ -94,6 +110,20 @@ def build_bundle(dest_dir: Path, *, version: str, signing_key: Ed25519PrivateKey
     archives = {k: v.model_dump() for k, v in manifest.archives.items()}
     (dest_dir / ARCHIVES_NAME).write_text(json.dumps(archives, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def _copy_wheels(dest_dir: Path, wheelhouse: Path | None) -> list[str]:
+    """Copy one wheel per name and architecture into ``dest_dir/wheels/<arch>/``; their bundle names."""
+    shutil.rmtree(dest_dir / "wheels", ignore_errors=True)
+    if wheelhouse is None:
+        return []
+    names = []
+    for arch, paths in wheels_by_arch(wheelhouse).items():
+        (dest_dir / "wheels" / arch).mkdir(parents=True)
+        for path in paths:
+            shutil.copyfile(path, dest_dir / "wheels" / arch / path.name)
+            names.append(f"wheels/{arch}/{path.name}")
+    return names
 
 
 def _package_files() -> list[tuple[str, Path]]:
@@ -111,24 +141,18 @@ def _package_files() -> list[tuple[str, Path]]:
     return found
 
 
-def _requirements() -> list[str]:
-    try:
-        requires = importlib.metadata.requires("cloudkeep") or []
-    except importlib.metadata.PackageNotFoundError:
-        requires = []
-    return [r for r in requires if "extra ==" not in r]
-
-
 def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def _write_wheel(path: Path, version: str) -> None:
     dist_info = f"cloudkeep-{version}.dist-info"
+    requires = requirement_lines()
     metadata = (
         "\n".join(
-            ["Metadata-Version: 2.1", "Name: cloudkeep", f"Version: {version}", "Requires-Python: >=3.11"]
-            + [f"Requires-Dist: {r}" for r in _requirements()]
+            ["Metadata-Version: 2.1", "Name: cloudkeep", f"Version: {version}", "Requires-Python: >=3.9"]
+            + [f"Provides-Extra: {e}" for e in sorted(set(_EXTRA_RE.findall(" ".join(requires))))]
+            + [f"Requires-Dist: {r}" for r in requires]
         )
         + "\n"
     )
@@ -175,7 +199,7 @@ def _write_zip(path: Path, folder: Path, members: list[str]) -> None:
 
 
 def load_or_build(
-    cache_dir: Path, *, version: str, signing_key: Ed25519PrivateKey
+    cache_dir: Path, *, version: str, signing_key: Ed25519PrivateKey, wheelhouse: Path | None = None
 ) -> tuple[BundleManifest, Path]:
     """The bundle for ``version`` under ``cache_dir/<version>``: reused when intact and signed by this key."""
     folder = Path(cache_dir) / version
@@ -184,10 +208,12 @@ def load_or_build(
             manifest = BundleManifest.load(folder)
             manifest.verify_signature(public_key_b64(signing_key))
             manifest.verify_files(folder)
+            if (wheelhouse is not None) != any(name.startswith("wheels/") for name in manifest.files):
+                raise ValueError("built with(out) the wheels")
             for entry in manifest.archives.values():
                 if sha256_file(folder / entry.file) != entry.sha256:
                     raise ValueError(entry.file)
             return manifest, folder
         except Exception:
             pass
-    return build_bundle(folder, version=version, signing_key=signing_key), folder
+    return build_bundle(folder, version=version, signing_key=signing_key, wheelhouse=wheelhouse), folder

@@ -54,7 +54,7 @@ class BundleManifest(BaseModel):
     format: int = FORMAT_VERSION
     version: str
     built_at: str
-    python_requires: str = ">=3.11"
+    python_requires: str = ">=3.9"
     files: dict[str, FileEntry]
     platforms: dict[str, PlatformEntry]
     signer: str = ""  # base64 raw Ed25519 public key

@@ -11,11 +11,12 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.aws.errors import aws_errors, error_code
 from cloudkeep.providers.aws.session import AwsSession

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, ConfigurationError, NotSupportedError
 from cloudkeep.providers.aws.errors import (
     BUCKET_NOT_FOUND_CODES,

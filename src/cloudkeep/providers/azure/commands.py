@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from cloudkeep.compat import UTC
 from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import _as_dict, _field, parse_vm_id
 from cloudkeep.providers.azure.session import AzureSession

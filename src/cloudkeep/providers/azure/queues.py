@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -31,6 +31,7 @@ from azure.storage.queue import (
     generate_queue_sas,
 )
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.session import StorageAccount

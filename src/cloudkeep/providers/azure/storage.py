@@ -15,7 +15,7 @@ Azurite enforces the SAS (permissions, expiry, signature); tests check that.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -28,6 +28,7 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.session import AzureSession, StorageAccount

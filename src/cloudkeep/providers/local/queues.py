@@ -16,10 +16,11 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.base import (
     Queue,

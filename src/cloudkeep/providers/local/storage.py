@@ -15,12 +15,13 @@ import hmac
 import secrets
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.base import ScopedCredentials, StorageService
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore, open_store

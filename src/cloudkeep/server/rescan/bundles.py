@@ -46,11 +46,24 @@ def bundle_cache_dir(ctx: ServerContext) -> Path:
     return ctx.settings.home / "bundles"
 
 
+def wheelhouse_dir(ctx: ServerContext) -> Path:
+    """The machine wheels ``cloudkeep bundle build`` fetches once (``<arch>/cp3X/*.whl``)."""
+    return ctx.settings.home / "wheelhouse"
+
+
 def current_bundle(ctx: ServerContext) -> tuple[BundleManifest, Path]:
-    """The signed bundle for the current version, built on first use."""
+    """The signed bundle for the current version, built on first use.
+
+    It carries the machine wheels when the wheelhouse has been fetched (``cloudkeep bundle build``);
+    without them only machines given an interpreter with the dependencies (labs) can install.
+    """
+    wheelhouse = wheelhouse_dir(ctx)
     with _build_lock:
         return load_or_build(
-            bundle_cache_dir(ctx), version=current_bundle_version(ctx), signing_key=ctx.signing_key
+            bundle_cache_dir(ctx),
+            version=current_bundle_version(ctx),
+            signing_key=ctx.signing_key,
+            wheelhouse=wheelhouse if any(wheelhouse.glob("*/cp3*/*.whl")) else None,
         )
 
 

@@ -256,7 +256,14 @@ class MachineDeployment:
                     f"Windows PowerShell 5.1 or later is required (found {version or 'unknown'})",
                     "skipped",
                 )
-            detail = f"PowerShell {version}"
+            # The Windows installer exists, but no Windows service host runs the services yet: say
+            # so here instead of failing after the upload.
+            raise StepStop(
+                "skipped",
+                "Windows machines are not supported yet: cloudkeep has no Windows service host "
+                f"(PowerShell {version} found); protect Linux machines, or back this one up another way",
+                "skipped",
+            )
         else:
             secure_boot = machine.secure_boot if machine.secure_boot is not None else facts.get("secure_boot")
             if secure_boot:
@@ -264,10 +271,11 @@ class MachineDeployment:
                     "skipped", "no Linux agent on UEFI Secure Boot machines (Secure Boot is on)", "skipped"
                 )
             python = facts.get("python")
-            if not python or tuple(int(p) for p in str(python).split(".")[:2]) < (3, 11):
+            if not python or tuple(int(p) for p in str(python).split(".")[:2]) < (3, 9):
                 raise StepStop(
                     "skipped",
-                    f"Python 3.11 or later is required on the machine (found {python or 'none'})",
+                    f"Python 3.9 or later is required on the machine (found {python or 'none'}): "
+                    "install the distribution's python3 package",
                     "skipped",
                 )
             detail = f"Secure Boot off, Python {python}"
