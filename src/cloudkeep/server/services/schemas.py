@@ -58,6 +58,14 @@ class CredentialView(Model):
     created_at: datetime
 
 
+class CredentialUpdate(Model):
+    """New key material (replaces the whole secret), options or description of a credential."""
+
+    secret: dict[str, SecretStr] | None = Field(default=None, description="Write-only; replaces all.")
+    options: dict[str, Any] | None = None
+    description: str | None = Field(default=None, max_length=2000)
+
+
 class CredentialTest(Model):
     credential_id: str
     name: str = ""
@@ -91,6 +99,14 @@ class RepositoryView(Model):
     options: dict[str, Any]
     has_password: bool
     created_at: datetime
+
+
+class RepositoryUpdate(Model):
+    """What can change without orphaning data (the location, purpose and password cannot)."""
+
+    name: Name | None = None
+    credential: str | None = Field(default=None, min_length=1, description="Another credential id or name.")
+    options: dict[str, Any] | None = Field(default=None, description="Merged; null removes a key.")
 
 
 class RepositoryCheck(Model):
