@@ -30,6 +30,8 @@ from cloudkeep.server.services.schemas import (
     CredentialUpdate,
     CredentialView,
     FileRestoreRequest,
+    ForgetReport,
+    ForgetRequest,
     JobCreate,
     JobStart,
     JobUpdate,
@@ -37,14 +39,18 @@ from cloudkeep.server.services.schemas import (
     KeyRotation,
     MachineDetail,
     MachineView,
+    MaintenanceDone,
     Page,
+    PasswordChange,
     ProtectionGroupCreate,
     ProtectionGroupUpdate,
     ProtectionGroupView,
+    PruneReport,
     RepositoryCheck,
     RepositoryCreate,
     RepositoryRepair,
     RepositoryRepairRequest,
+    RepositoryStats,
     RepositoryUpdate,
     RepositoryView,
     RestorePointView,
@@ -142,6 +148,18 @@ class Client(ABC):
     def verify_store(self, ref: str) -> StoreVerification:
         return self.call(ops.VERIFY_STORE, ref=ref)
 
+    def repository_stats(self, ref: str) -> RepositoryStats:
+        return self.call(ops.REPOSITORY_STATS, ref=ref)
+
+    def forget(self, ref: str, request: ForgetRequest) -> ForgetReport:
+        return self.call(ops.FORGET, ref=ref, data=request)
+
+    def prune(self, ref: str) -> PruneReport:
+        return self.call(ops.PRUNE, ref=ref)
+
+    def change_password(self, ref: str, request: PasswordChange) -> MaintenanceDone:
+        return self.call(ops.CHANGE_PASSWORD, ref=ref, data=request)
+
     # protection groups and machines
     def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:
         return self.call(ops.CREATE_GROUP, data=data)
@@ -235,6 +253,9 @@ class Client(ABC):
 
     def get_restore_point(self, ref: str) -> RestorePointView:
         return self.call(ops.GET_RESTORE_POINT, ref=ref)
+
+    def delete_restore_point(self, ref: str) -> MaintenanceDone:
+        return self.call(ops.DELETE_RESTORE_POINT, ref=ref)
 
     def restore_files(self, ref: str, request: FileRestoreRequest) -> str:
         return self.call(ops.RESTORE_FILES, ref=ref, data=request).session_id
@@ -391,7 +412,7 @@ class HttpClient(Client):
         dest.mkdir(parents=True, exist_ok=True)
         # The tar goes to an anonymous file on dest's file system, never whole into memory.
         with tempfile.TemporaryFile(dir=dest) as spool:
-            self._receive(f"/restore-points/{ref}/download", {"paths": paths}, spool)
+            self._receive(f"/restore-points/{quote(ref, safe='')}/download", {"paths": paths}, spool)
             spool.seek(0)
             refused: list[str] = []
 
@@ -407,8 +428,8 @@ class HttpClient(Client):
         if refused:
             raise errors.incomplete_restore(f"download of restore point {ref} into {dest}", refused)
 
-    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> None:
-        """POST ``body`` and write the response body to ``sink`` as it arrives."""
+    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> httpx.Headers:
+        """POST ``body`` and write the response body to ``sink`` as it arrives; returns the headers."""
         try:
             with self.http.stream("POST", url, json=body, timeout=None) as response:
                 if not response.is_success:
@@ -416,6 +437,7 @@ class HttpClient(Client):
                     raise self._error(response)
                 for chunk in response.iter_bytes(CHUNK):
                     sink.write(chunk)
+                return response.headers
         except httpx.TransportError as exc:
             raise errors.UnreachableError(
                 f"lost the connection to {self.base} while downloading: {exc}",
@@ -423,8 +445,20 @@ class HttpClient(Client):
             ) from exc
 
     def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]:
-        raise errors.ConfigurationError(
-            "exporting a disk image writes on the server host; run it there in embedded mode",
-            hint="unset --api-url / CLOUDKEEP_API_URL on the server host",
-        )
-
+        """The server writes the image and streams it here; it lands under ``dest`` only when whole."""
+        if dest.exists():
+            raise errors.ConfigurationError(
+                f"{dest} already exists", hint="choose a new file name; nothing was overwritten"
+            )
+        partial = dest.with_name(dest.name + ".partial")
+        body = wire(ops.ExportRequest(image_format=image_format), only_set=False)
+        try:
+            with partial.open("xb") as sink:
+                headers = self._receive(f"/restore-points/{quote(ref, safe='')}/export", body, sink)
+            partial.rename(dest)
+        finally:
+            partial.unlink(missing_ok=True)
+        result: dict[str, Any] = {"path": str(dest), "format": image_format}
+        for key, header in ops.EXPORT_HEADERS.items():
+            result[key] = int(headers.get(header, "0"))
+        return result

@@ -19,15 +19,19 @@ from cloudkeep.server.services.schemas import (
     BrowseResult,
     CredentialTest,
     CredentialView,
+    ForgetReport,
     JobView,
     KeyRotation,
     MachineDetail,
     MachineView,
+    MaintenanceDone,
     Model,
     Page,
     ProtectionGroupView,
+    PruneReport,
     RepositoryCheck,
     RepositoryRepair,
+    RepositoryStats,
     RepositoryView,
     RestorePointView,
     SearchHit,
@@ -51,6 +55,13 @@ class StoppedSessions(Model):
 
 class DownloadRequest(Model):
     paths: list[str]
+
+
+class ExportRequest(Model):
+    image_format: str = "raw"  # raw | vhd; the server says what it supports
+
+
+EXPORT_HEADERS = {"disk_bytes": "X-Cloudkeep-Disk-Bytes", "verified": "X-Cloudkeep-Verified"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,23 @@ REPAIR_REPOSITORY: Op[RepositoryRepair] = Op(
 VERIFY_STORE: Op[StoreVerification] = Op(
     "verify_store", "POST", "/repositories/{ref}/verify", "repositories.verify_store", StoreVerification,
     "repositories",
+)  # fmt: skip
+
+REPOSITORY_STATS: Op[RepositoryStats] = Op(
+    "repository_stats", "GET", "/repositories/{ref}/stats", "maintenance.repository_stats",
+    RepositoryStats, "repositories", admin=False,
+)  # fmt: skip
+FORGET: Op[ForgetReport] = Op(
+    "forget_restore_points", "POST", "/repositories/{ref}/forget", "maintenance.forget_restore_points",
+    ForgetReport, "repositories", audited=True,
+)  # fmt: skip
+PRUNE: Op[PruneReport] = Op(
+    "prune_repository", "POST", "/repositories/{ref}/prune", "maintenance.prune_repository", PruneReport,
+    "repositories", audited=True,
+)  # fmt: skip
+CHANGE_PASSWORD: Op[MaintenanceDone] = Op(
+    "change_password", "POST", "/repositories/{ref}/change-password", "maintenance.change_password",
+    MaintenanceDone, "repositories", audited=True,
 )  # fmt: skip
 
 # protection groups and machines
@@ -237,6 +265,10 @@ BROWSE: Op[BrowseResult] = Op(
 GET_RESTORE_POINT: Op[RestorePointView] = Op(
     "get_restore_point", "GET", "/restore-points/{ref}", "restore_points.get_restore_point",
     RestorePointView, "restore points", admin=False,
+)  # fmt: skip
+DELETE_RESTORE_POINT: Op[MaintenanceDone] = Op(
+    "delete_restore_point", "DELETE", "/restore-points/{ref}", "maintenance.delete_restore_point",
+    MaintenanceDone, "restore points", audited=True,
 )  # fmt: skip
 RESTORE_FILES: Op[SessionStarted] = Op(
     "restore_files", "POST", "/restore-points/{ref}/restore-files", "endpoints.restore_files",

@@ -102,6 +102,14 @@ def build_router() -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"application/x-tar": {}}, "description": "The files as a tar archive."}},
     )
+    router.add_api_route(
+        "/restore-points/{ref}/export",
+        export,
+        methods=["POST"],
+        tags=["restore"],
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "The disk image."}},
+    )
     return router
 
 
@@ -139,4 +147,23 @@ def download(ctx: Ctx, who: Admin, ref: str, data: ops.DownloadRequest) -> Respo
         shutil.rmtree(workdir, ignore_errors=True)
     return FileResponse(
         archive, media_type="application/x-tar", background=BackgroundTask(archive.unlink, missing_ok=True)
+    )
+
+
+def export(ctx: Ctx, who: Admin, ref: str, data: ops.ExportRequest) -> Response:
+    """Write a volume restore point as a raw image or a fixed VHD on the server and stream it back."""
+    restore_points.get_restore_point(ctx, ref)
+    workdir = Path(tempfile.mkdtemp(prefix="ck-export-"))
+    image = workdir / "disk.img"  # on disk and sent from there: never whole in memory
+    try:
+        result = operations.export_image(ctx, ref, image, image_format=data.image_format, actor=who.name)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    headers = {header: str(result[key]) for key, header in ops.EXPORT_HEADERS.items()}
+    return FileResponse(
+        image,
+        media_type="application/octet-stream",
+        headers=headers,
+        background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
     )

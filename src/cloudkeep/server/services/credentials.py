@@ -74,11 +74,13 @@ def _validate_material(provider_kind: str, secret: dict[str, Any], options: dict
     """Refuse key material the cloud does not accept, before it replaces what works."""
     try:
         provider = get_provider(provider_kind, secret, options)
-    except CloudkeepError as exc:
-        raise ConfigurationError(f"the new credential material is not usable: {exc}", hint=exc.hint) from exc
+    except (CloudkeepError, OSError) as exc:  # OSError: a local lab folder that cannot be made
+        raise ConfigurationError(
+            f"the new credential material was refused: {exc}", hint="nothing was changed"
+        ) from exc
     try:
         missing = list(provider.check_permissions())
-    except CloudkeepError as exc:
+    except (CloudkeepError, OSError) as exc:  # a folder that cannot be made is the local "refusal"
         raise ConfigurationError(
             f"the new credential material was refused: {exc}", hint="nothing was changed"
         ) from exc

@@ -148,6 +148,60 @@ class StoreVerification(Model):
     checks: list[StoreCheckView]
 
 
+class RepositoryStats(Model):
+    """``cloudkeep repository stats``: what the repository holds, read from the store."""
+
+    repository_id: str
+    snapshots: int
+    catalog_restore_points: int
+    packs: int
+    stored_bytes: int
+    index_files: int
+    keys: int
+
+
+class ForgetRequest(Model):
+    """Which restore points to keep (the others are forgotten; data goes with the next prune)."""
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within_days: int | None = Field(default=None, ge=0)
+    dry_run: bool = False
+
+
+class ForgetReport(Model):
+    repository_id: str
+    session_id: str | None  # None for a dry run: nothing was written
+    dry_run: bool
+    kept: list[str]
+    removed: list[str]
+
+
+class PruneReport(Model):
+    repository_id: str
+    session_id: str
+    packs_deleted: int
+    packs_repacked: int
+    packs_marked: int
+    bytes_freed: int
+    warnings: list[str]
+
+
+class PasswordChange(Model):
+    new_password: SecretStr = Field(description="Write-only; at least 8 characters.")
+
+
+class MaintenanceDone(Model):
+    """A maintenance step that wrote to a repository, with the session that records it."""
+
+    target_id: str
+    session_id: str
+    detail: str
+
+
 # --- protection groups -----------------------------------------------------------------------
 
 
