@@ -224,3 +224,45 @@ def test_host_commands_say_where_they_run(cli: Invoke, request: pytest.FixtureRe
         for command in (["unprotect"], ["protect", "--path", "/etc"]):
             refused = cli("host", *command)
             assert refused.exit_code == 2 and "runs there, without --api-url" in refused.output, command
+
+
+def test_forget_prune_password_and_key_rotation(cli: Invoke, ctx: ServerContext, tmp_path: Path) -> None:
+    """Maintenance that writes runs as sessions; after a password change the data still reads."""
+    world, first = world_with_point(ctx, tmp_path / "lab")
+    second = crafted_point(world, [folder("etc", [file("hosts", b"::1 lo\n")])])
+    repository = world.repository_id
+    refused = cli("repository", "forget", repository, "--keep-last", "1")
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    dry = as_json(cli("repository", "forget", repository, "--keep-last", "1", "--dry-run", "--json"))
+    assert dry["session_id"] is None and len(dry["removed"]) == 1 and len(dry["kept"]) == 1
+    assert as_json(cli("repository", "stats", repository, "--json"))["snapshots"] == 2
+    forgot = as_json(cli("repository", "forget", repository, "--keep-last", "1", "--yes", "--json"))
+    assert forgot["removed"] == dry["removed"] and forgot["kept"] == dry["kept"]
+    points = {
+        p["id"]: p for p in as_json(cli("restore-point", "list", "--include-removed", "--json"))["items"]
+    }
+    assert sorted(p["removed_at"] is None for p in points.values()) == [False, True] and set(points) == {
+        first,
+        second,
+    }
+    pruned = as_json(cli("repository", "prune", repository, "--yes", "--json"))
+    for session_id in (forgot["session_id"], pruned["session_id"]):
+        session = as_json(cli("session", "show", session_id, "--json"))
+        assert session["kind"] == "maintenance" and session["state"] == "success"
+
+    new = {"CK_NEW_PW": "a brand new passphrase"}
+    changed = cli(
+        "repository", "change-password", repository, "--password-env", "CK_NEW_PW", "--yes", env_extra=new
+    )
+    assert changed.exit_code == 0 and "new password" in changed.output
+    kept = next(p for p in points.values() if p["removed_at"] is None)["id"]
+    browsed = as_json(cli("restore-point", "browse", kept, "--path", "/etc", "--json"))
+    assert browsed["entries"]
+    assert as_json(cli("repository", "stats", repository, "--json"))["keys"] == 1  # the old key went
+
+    assert "would re-encrypt" in ok(cli("credential", "rotate-key", "--dry-run"))
+    rotated = ok(cli("credential", "rotate-key", "--yes"))
+    assert (
+        "master key rotated" in rotated and "to rotate the cloud keys" not in rotated
+    )  # local: no cloud keys
+    assert as_json(cli("repository", "check", repository, "--json"))["ok"] is True
