@@ -190,7 +190,7 @@ def update(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Id or name."),
     secret: list[str] | None = typer.Option(
-        None, "--secret", help="KEY: prompt (hidden) for a new secret field; all fields are replaced."
+        None, "--secret", help="KEY: prompt (hidden) for a new value of this secret field (repeat)."
     ),
     from_env: bool = typer.Option(False, "--from-env", help="New secret from AWS_* / AZURE_* variables."),
     option: list[str] | None = typer.Option(

@@ -12,7 +12,7 @@ from cloudkeep.errors import ConfigurationError
 from cloudkeep.server import ops
 from cloudkeep.server.api.app import create_app
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import AuditEvent
+from cloudkeep.server.db.models import AuditEvent, Credential
 from cloudkeep.server.services import credentials, repositories
 from cloudkeep.server.services.schemas import CredentialUpdate, RepositoryUpdate
 
@@ -58,9 +58,13 @@ def test_credential_update_checks_the_material_before_storing(ctx: ServerContext
         ctx, seeded.credential, CredentialUpdate(options={"lab_dir": str(moved), "api_secret": "new-secret"})
     )
     assert updated.options == {"lab_dir": str(moved)}  # the secret-looking key went into the sealed part
+    rotated = CredentialUpdate.model_validate({"secret": {"token": "t0k3n"}})
+    credentials.update_credential(ctx, seeded.credential, rotated)
     with ctx.db() as db:
-        row = db.query(AuditEvent).filter(AuditEvent.action == "credential.update").one()
-        assert "new-secret" not in str(row.detail)
+        sealed = db.query(Credential).filter(Credential.name == seeded.credential).one().secret
+        assert ctx.secrets.open(sealed) == {"api_secret": "new-secret", "token": "t0k3n"}  # merged
+        events = db.query(AuditEvent).filter(AuditEvent.action == "credential.update").all()
+        assert len(events) == 2 and "new-secret" not in str([e.detail for e in events])
 
 
 def test_repository_update_refuses_what_would_orphan_data(

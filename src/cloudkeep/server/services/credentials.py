@@ -104,8 +104,9 @@ def update_credential(
         secret = ctx.secrets.open(row.secret)
         options = dict(row.options)
     changed = sorted(data.model_fields_set)
-    if data.secret is not None:
-        secret = {k: v.get_secret_value() for k, v in data.secret.items()}
+    if data.secret is not None:  # the fields given replace theirs; an empty value removes one
+        secret.update({k: v.get_secret_value() for k, v in data.secret.items()})
+        secret = {k: v for k, v in secret.items() if v not in ("", None)}
     if data.options is not None:
         secret, options = _split_secret(secret, data.options)
     if data.secret is not None or data.options is not None:

@@ -61,7 +61,9 @@ class CredentialView(Model):
 class CredentialUpdate(Model):
     """New key material (replaces the whole secret), options or description of a credential."""
 
-    secret: dict[str, SecretStr] | None = Field(default=None, description="Write-only; replaces all.")
+    secret: dict[str, SecretStr] | None = Field(
+        default=None, description="Write-only; replaces the fields given, keeps the others."
+    )
     options: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=2000)
 
