@@ -245,6 +245,9 @@ def test_forget_prune_password_and_key_rotation(cli: Invoke, ctx: ServerContext,
         first,
         second,
     }
+    assert "would delete data of repository" in ok(cli("repository", "prune", repository, "--dry-run"))
+    unknown = cli("repository", "prune", "no-such-repository", "--dry-run")
+    assert unknown.exit_code == 1 and "does not exist" in unknown.output
     pruned = as_json(cli("repository", "prune", repository, "--yes", "--json"))
     for session_id in (forgot["session_id"], pruned["session_id"]):
         session = as_json(cli("session", "show", session_id, "--json"))

@@ -265,15 +265,18 @@ def prune(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Delete data that no restore point uses any more."""
-    if dry_run:
-        message = f"would delete data of repository {ref} that no restore point uses (after the grace period)"
-        if as_json:
-            print_json({"dry_run": True, "repository": ref})
-        else:
-            console().print(message)
-        return
-    confirm(f"Delete the unused data of repository {ref}?", yes=yes)
     with client(ctx) as c:
+        name = c.get_repository(ref).name  # a typo fails here, before any question
+        if dry_run:
+            message = (
+                f"would delete data of repository {name} that no restore point uses (after the grace period)"
+            )
+            if as_json:
+                print_json({"dry_run": True, "repository": name})
+            else:
+                console().print(message)
+            return
+        confirm(f"Delete the unused data of repository {name}?", yes=yes)
         result = c.prune(ref)
     render_object(result, as_json, title="Prune")
     if result.warnings:

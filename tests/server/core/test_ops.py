@@ -4,6 +4,8 @@ orphan data (a repository's location, format options)."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 from fastapi.testclient import TestClient
 from tests.server.core.fixtures import Seeded
@@ -80,3 +82,14 @@ def test_repository_update_refuses_what_would_orphan_data(
     taken = RepositoryUpdate(name=seeded.distribution)
     with pytest.raises(Exception, match="already"):
         repositories.update_repository(ctx, "renamed", taken)
+
+
+def test_each_op_states_its_result_once_and_truly() -> None:
+    """mypy cannot see that an op's ``result`` is its ``Op[R]`` and its service's return type: this does."""
+    declared = typing.get_type_hints(ops)
+    for name, op in vars(ops).items():
+        if not isinstance(op, ops.Op):
+            continue
+        assert typing.get_args(declared[name]) == (op.result,), name
+        returns = typing.get_type_hints(ops.service_of(op))["return"]
+        assert returns == op.result, f"{op.name}: the service returns {returns}, the op says {op.result}"
