@@ -295,3 +295,18 @@ def follow(c: Client, session_id: str, *, wait: bool, as_json: bool) -> None:
     final = watch(c, session_id, as_json=as_json)
     if code := exit_code_for(final.state):
         raise typer.Exit(code)
+
+
+YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Say what would be done, change nothing.")
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask before a destructive step; without a terminal, only ``--yes`` may go on (exit 2)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        console(stderr=True).print(f"{escape(question)} Refused without a terminal: pass --yes.")
+        raise typer.Exit(EXIT_USAGE)
+    if not typer.confirm(question, default=False):
+        raise typer.Exit(EXIT_USAGE)

@@ -11,10 +11,14 @@ import typer
 from pydantic import SecretStr
 
 from cloudkeep.cli.common import (
+    DRY_RUN_OPTION,
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    YES_OPTION,
     client,
+    confirm,
+    console,
     parse_pairs,
     print_json,
     print_table,
@@ -25,7 +29,7 @@ from cloudkeep.cli.common import (
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.facts import CredentialField
 from cloudkeep.providers.registry import all_provider_facts, provider_facts, provider_kinds
-from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest
+from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest, CredentialUpdate
 
 app = typer.Typer(help="Cloud credentials.", no_args_is_help=True)
 
@@ -197,3 +201,78 @@ def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."
     with client(ctx) as c:
         c.delete_credential(ref)
     success(f"credential {ref} removed")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    secret: list[str] | None = typer.Option(
+        None, "--secret", help="KEY: prompt (hidden) for a new value of this secret field (repeat)."
+    ),
+    from_env: bool = typer.Option(False, "--from-env", help="New secret from AWS_* / AZURE_* variables."),
+    option: list[str] | None = typer.Option(
+        None, "--option", help="Non-secret KEY=VALUE; replaces all options when given."
+    ),
+    description: str | None = typer.Option(None, "--description"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Replace the keys or secret of a credential in use (checked against the cloud before stored)."""
+    with client(ctx) as c:
+        current = c.get_credential(ref)
+        given: dict[str, str] = {}
+        for item in secret or []:
+            key, sep, value = item.partition("=")
+            given[key] = value if sep else typer.prompt(key, hide_input=True)
+        secrets = _secrets(current.provider, given, from_env, prompt=False) if given or from_env else None
+        if (secret is not None or from_env) and not secrets:
+            raise ConfigurationError("no new secret was given", hint="use --secret KEY or --from-env")
+        changes: dict[str, Any] = {"secret": secrets} if secrets else {}
+        if option is not None:
+            changes["options"] = dict(parse_pairs(option, "--option"))
+        if description is not None:
+            changes["description"] = description
+        if not changes:
+            raise ConfigurationError(
+                "nothing to change", hint="give --secret, --from-env, --option or --description"
+            )
+        view = c.update_credential(ref, CredentialUpdate(**changes))
+    if as_json:
+        print_json(view)
+    else:
+        success(f"credential {view.name} updated ({', '.join(sorted(changes))})")
+
+
+_AT_THE_CLOUD = {
+    "aws": "create a new access key for the IAM user, `cloudkeep credential update {name} --from-env`, "
+    "then deactivate and delete the old key in IAM",
+    "azure": "add a new client secret to the app registration, `cloudkeep credential update {name} "
+    "--secret client_secret`, then delete the old secret in Entra ID",
+}
+
+
+@app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context, yes: bool = YES_OPTION, dry_run: bool = DRY_RUN_OPTION, as_json: bool = JSON_OPTION
+) -> None:
+    """Rotate the server's master key: every stored secret is re-encrypted with a new key.
+
+    The cloud keys themselves do not change; what to do at the cloud to rotate them is printed."""
+    with client(ctx) as c:
+        creds = c.list_credentials(limit=500).items
+        at_cloud = [(v.name, _AT_THE_CLOUD[v.provider]) for v in creds if v.provider in _AT_THE_CLOUD]
+        if dry_run:
+            message = f"would re-encrypt the secrets of {len(creds)} credential(s) and every repository"
+            if as_json:
+                print_json({"dry_run": True, "credentials": [v.name for v in creds]})
+            else:
+                console().print(message + " with a new master key")
+            return
+        confirm("Re-encrypt every stored secret with a new master key?", yes=yes)
+        result = c.rotate_key()
+    if as_json:
+        print_json(result)
+        return
+    success(f"master key rotated to {result.new_key_id}; {result.resealed} secret(s) re-sealed")
+    for name, steps in at_cloud:
+        console().print(f"to rotate the cloud keys of {name}: " + steps.format(name=name))

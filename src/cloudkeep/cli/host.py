@@ -38,11 +38,14 @@ ROOT = typer.Option(
 
 
 def _settings(ctx: typer.Context) -> object:
+    """Refuse what installs or removes services on this machine when the server is elsewhere."""
     settings = state(ctx).settings
     if settings.api_url:
         raise ConfigurationError(
-            "`cloudkeep host` manages the machine it runs on, so it works on the embedded server only",
-            hint="run it without --api-url / CLOUDKEEP_API_URL on the host to protect",
+            f"`cloudkeep host {ctx.command.name}` installs or removes services on the server's own host, "
+            "so it runs there, without --api-url",
+            hint="run it on the server host without --api-url / CLOUDKEEP_API_URL; "
+            "`host backup` and `host status` work remotely",
         )
     return settings
 
@@ -97,8 +100,7 @@ def protect_command(
 
 @app.command("backup")
 def backup_command(ctx: typer.Context) -> None:
-    """Run the host's backup job now."""
-    _settings(ctx)
+    """Run the host's backup job now (on the server host, or remotely with --api-url)."""
     with open_client(state(ctx).settings) as c:
         host_view(c)
         _backup(c)
@@ -106,8 +108,7 @@ def backup_command(ctx: typer.Context) -> None:
 
 @app.command("status")
 def status_command(ctx: typer.Context) -> None:
-    """The host's services, what is backed up, and its restore points."""
-    _settings(ctx)
+    """The host's services, what is backed up, and its restore points (also with --api-url)."""
     with open_client(state(ctx).settings) as c:
         view = host_view(c)
         job = c.get_job(JOB)

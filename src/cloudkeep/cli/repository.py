@@ -10,10 +10,13 @@ from pydantic import SecretStr
 from rich.table import Table
 
 from cloudkeep.cli.common import (
+    DRY_RUN_OPTION,
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    YES_OPTION,
     client,
+    confirm,
     console,
     parse_pairs,
     print_json,
@@ -22,7 +25,13 @@ from cloudkeep.cli.common import (
     success,
 )
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.server.services.schemas import RepositoryCreate, RepositoryRepairRequest
+from cloudkeep.server.services.schemas import (
+    ForgetRequest,
+    PasswordChange,
+    RepositoryCreate,
+    RepositoryRepairRequest,
+    RepositoryUpdate,
+)
 
 app = typer.Typer(help="Object storage repositories.", no_args_is_help=True)
 COLUMNS = [
@@ -177,3 +186,118 @@ def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."
     with client(ctx) as c:
         c.delete_repository(ref)
     success(f"repository {ref} removed")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    name: str | None = typer.Option(None, "--name", help="A new unique name."),
+    credential: str | None = typer.Option(None, "--credential", help="Another credential of the same cloud."),
+    option: list[str] | None = typer.Option(
+        None, "--option", help="KEY=VALUE merged into the options; KEY= removes one."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rename a repository, switch its credential or change options; its location cannot change."""
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = name
+    if credential is not None:
+        changes["credential"] = credential
+    if option is not None:
+        changes["options"] = {k: (v or None) for k, v in parse_pairs(option, "--option").items()}
+    if not changes:
+        raise ConfigurationError("nothing to change", hint="give --name, --credential or --option")
+    with client(ctx) as c:
+        view = c.update_repository(ref, RepositoryUpdate.model_validate(changes))
+    if as_json:
+        print_json(view)
+    else:
+        success(f"repository {view.name} updated")
+
+
+@app.command("stats")
+def stats(
+    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+) -> None:
+    """What the repository holds: restore points, packs, bytes stored."""
+    with client(ctx) as c:
+        render_object(c.repository_stats(ref), as_json, title="Repository stats")
+
+
+@app.command("forget")
+def forget(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    keep_last: int = typer.Option(0, "--keep-last", min=0),
+    keep_daily: int = typer.Option(0, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
+    keep_yearly: int = typer.Option(0, "--keep-yearly", min=0),
+    keep_within_days: int | None = typer.Option(None, "--keep-within-days", min=0),
+    yes: bool = YES_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Forget the restore points the policy does not keep (data goes with the next prune)."""
+    request = ForgetRequest(
+        keep_last=keep_last,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+        keep_yearly=keep_yearly,
+        keep_within_days=keep_within_days,
+        dry_run=dry_run,
+    )
+    with client(ctx) as c:
+        if not dry_run:
+            confirm(f"Forget the restore points of repository {ref} the policy does not keep?", yes=yes)
+        render_object(c.forget(ref, request), as_json, title="Forget")
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    yes: bool = YES_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Delete data that no restore point uses any more."""
+    with client(ctx) as c:
+        name = c.get_repository(ref).name  # a typo fails here, before any question
+        if dry_run:
+            message = (
+                f"would delete data of repository {name} that no restore point uses (after the grace period)"
+            )
+            if as_json:
+                print_json({"dry_run": True, "repository": name})
+            else:
+                console().print(message)
+            return
+        confirm(f"Delete the unused data of repository {name}?", yes=yes)
+        result = c.prune(ref)
+    render_object(result, as_json, title="Prune")
+    if result.warnings:
+        raise typer.Exit(3)
+
+
+@app.command("change-password")
+def change_password(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    password_env: str | None = typer.Option(None, "--password-env", help="Read the new password here."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from stdin."),
+    yes: bool = YES_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Give a repository a new password (the server keeps it; agents get it from there)."""
+    new = read_password(password_env, password_stdin, confirm=True)
+    confirm(f"Replace the password of repository {ref}?", yes=yes)
+    with client(ctx) as c:
+        done = c.change_password(ref, PasswordChange(new_password=SecretStr(new)))
+    if as_json:
+        print_json(done)
+    else:
+        success(f"repository {ref}: {done.detail} (session {done.session_id})")

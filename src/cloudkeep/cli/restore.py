@@ -74,7 +74,7 @@ def export(
     image_format: str = typer.Option("raw", "--format", help="raw | vhd (for EC2 import / Azure disks)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Export a volume restore point as a disk image on this host (embedded mode)."""
+    """Export a volume restore point as a disk image on this computer (streamed from the server)."""
     with client(ctx) as c:
         result = c.export_image(restore_point, dest, image_format=image_format)
     if as_json:

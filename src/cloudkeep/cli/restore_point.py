@@ -8,14 +8,19 @@ import typer
 from pydantic import BaseModel, ConfigDict
 
 from cloudkeep.cli.common import (
+    DRY_RUN_OPTION,
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    YES_OPTION,
     client,
+    confirm,
+    console,
     print_json,
     print_table,
     render_object,
     render_page,
+    success,
 )
 
 app = typer.Typer(help="Restore points.", no_args_is_help=True)
@@ -110,3 +115,28 @@ class _Entry(BaseModel):
     type: str = ""
     size: int | None = None
     mtime: Any = None
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Restore point id or snapshot id."),
+    yes: bool = YES_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Forget a restore point in its repository and the catalog (an immutable one is refused)."""
+    with client(ctx) as c:
+        point = c.get_restore_point(ref)
+        if dry_run:
+            if as_json:
+                print_json({"dry_run": True, "restore_point": point.id, "snapshot_id": point.snapshot_id})
+            else:
+                console().print(f"would delete restore point {point.id} (snapshot {point.snapshot_id})")
+            return
+        confirm(f"Delete restore point {point.id} ({point.created_at:%Y-%m-%d %H:%M} UTC)?", yes=yes)
+        done = c.delete_restore_point(point.id)
+    if as_json:
+        print_json(done)
+    else:
+        success(f"restore point {point.id} deleted: {done.detail} (session {done.session_id})")

@@ -11,35 +11,47 @@ import tarfile
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter
 
 from cloudkeep import errors
 from cloudkeep.config import API_PREFIX, Settings
+from cloudkeep.server import ops
 from cloudkeep.server.services.schemas import (
     AuditView,
     BrowseResult,
     CredentialCreate,
     CredentialTest,
+    CredentialUpdate,
     CredentialView,
     FileRestoreRequest,
+    ForgetReport,
+    ForgetRequest,
     JobCreate,
+    JobStart,
     JobUpdate,
     JobView,
     KeyRotation,
     MachineDetail,
     MachineView,
+    MaintenanceDone,
     Page,
+    PasswordChange,
     ProtectionGroupCreate,
     ProtectionGroupUpdate,
     ProtectionGroupView,
+    PruneReport,
     RepositoryCheck,
     RepositoryCreate,
     RepositoryRepair,
     RepositoryRepairRequest,
+    RepositoryStats,
+    RepositoryUpdate,
     RepositoryView,
     RestorePointView,
     SearchHit,
@@ -53,12 +65,15 @@ from cloudkeep.server.services.schemas import (
     VolumeRestoreRequest,
 )
 
-T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 CHUNK = 1 << 20  # bytes per write while a download streams to disk
 
 
 class Client(ABC):
-    """Every administrator action; lists take ``limit``/``offset`` and return a ``Page``."""
+    """Every administrator action; lists take ``limit``/``offset`` and return a ``Page``.
+
+    Each method is one ``Op`` of ``server/ops.py`` given its Python signature; an implementation
+    provides ``call`` (and the three operations that move files or stream)."""
 
     embedded: bool = False
 
@@ -71,78 +86,135 @@ class Client(ABC):
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @abstractmethod
+    def call(self, op: ops.Op[R], /, **args: Any) -> R:
+        """Run ``op`` with the service's arguments (by their API names) and return its result."""
+
+    @abstractmethod
+    def watch_session(
+        self, session_id: str, *, poll: float = 0.5, timeout: float = 86400
+    ) -> Iterator[SessionDetail]: ...
+    @abstractmethod
+    def download(self, ref: str, paths: list[str], dest: Path) -> None: ...
+    @abstractmethod
+    def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]: ...
+
     # credentials
-    @abstractmethod
-    def create_credential(self, data: CredentialCreate) -> CredentialView: ...
-    @abstractmethod
-    def list_credentials(self, *, limit: int = 100, offset: int = 0) -> Page[CredentialView]: ...
-    @abstractmethod
-    def get_credential(self, ref: str) -> CredentialView: ...
-    @abstractmethod
-    def delete_credential(self, ref: str) -> None: ...
-    @abstractmethod
-    def test_credential(self, ref: str) -> CredentialTest: ...
-    @abstractmethod
-    def doctor(self, credential: str | None = None) -> list[CredentialTest]: ...
+    def create_credential(self, data: CredentialCreate) -> CredentialView:
+        return self.call(ops.CREATE_CREDENTIAL, data=data)
+
+    def list_credentials(self, *, limit: int = 100, offset: int = 0) -> Page[CredentialView]:
+        return self.call(ops.LIST_CREDENTIALS, limit=limit, offset=offset)
+
+    def get_credential(self, ref: str) -> CredentialView:
+        return self.call(ops.GET_CREDENTIAL, ref=ref)
+
+    def update_credential(self, ref: str, data: CredentialUpdate) -> CredentialView:
+        return self.call(ops.UPDATE_CREDENTIAL, ref=ref, data=data)
+
+    def delete_credential(self, ref: str) -> None:
+        self.call(ops.DELETE_CREDENTIAL, ref=ref)
+
+    def test_credential(self, ref: str) -> CredentialTest:
+        return self.call(ops.TEST_CREDENTIAL, ref=ref)
+
+    def doctor(self, credential: str | None = None) -> list[CredentialTest]:
+        return self.call(ops.DOCTOR, credential=credential)
 
     # repositories
-    @abstractmethod
-    def create_repository(self, data: RepositoryCreate) -> RepositoryView: ...
-    @abstractmethod
+    def create_repository(self, data: RepositoryCreate) -> RepositoryView:
+        return self.call(ops.CREATE_REPOSITORY, data=data)
+
     def list_repositories(
         self, *, purpose: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[RepositoryView]: ...
-    @abstractmethod
-    def get_repository(self, ref: str) -> RepositoryView: ...
-    @abstractmethod
-    def delete_repository(self, ref: str) -> None: ...
-    @abstractmethod
-    def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck: ...
-    @abstractmethod
-    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair: ...
-    @abstractmethod
-    def verify_store(self, ref: str) -> StoreVerification: ...
+    ) -> Page[RepositoryView]:
+        return self.call(ops.LIST_REPOSITORIES, purpose=purpose, limit=limit, offset=offset)
+
+    def get_repository(self, ref: str) -> RepositoryView:
+        return self.call(ops.GET_REPOSITORY, ref=ref)
+
+    def update_repository(self, ref: str, data: RepositoryUpdate) -> RepositoryView:
+        return self.call(ops.UPDATE_REPOSITORY, ref=ref, data=data)
+
+    def delete_repository(self, ref: str) -> None:
+        self.call(ops.DELETE_REPOSITORY, ref=ref)
+
+    def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck:
+        return self.call(ops.CHECK_REPOSITORY, ref=ref, read_data_subset=read_data_subset)
+
+    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
+        return self.call(ops.REPAIR_REPOSITORY, ref=ref, request=request)
+
+    def verify_store(self, ref: str) -> StoreVerification:
+        return self.call(ops.VERIFY_STORE, ref=ref)
+
+    def repository_stats(self, ref: str) -> RepositoryStats:
+        return self.call(ops.REPOSITORY_STATS, ref=ref)
+
+    def forget(self, ref: str, request: ForgetRequest) -> ForgetReport:
+        return self.call(ops.FORGET, ref=ref, data=request)
+
+    def prune(self, ref: str) -> PruneReport:
+        return self.call(ops.PRUNE, ref=ref)
+
+    def change_password(self, ref: str, request: PasswordChange) -> MaintenanceDone:
+        return self.call(ops.CHANGE_PASSWORD, ref=ref, data=request)
 
     # protection groups and machines
-    @abstractmethod
-    def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView: ...
-    @abstractmethod
-    def list_groups(self, *, limit: int = 100, offset: int = 0) -> Page[ProtectionGroupView]: ...
-    @abstractmethod
-    def get_group(self, ref: str) -> ProtectionGroupView: ...
-    @abstractmethod
-    def update_group(self, ref: str, data: ProtectionGroupUpdate) -> ProtectionGroupView: ...
-    @abstractmethod
-    def delete_group(self, ref: str) -> None: ...
-    @abstractmethod
-    def rescan(self, ref: str, *, machines: list[str] | None = None) -> str: ...
-    @abstractmethod
+    def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:
+        return self.call(ops.CREATE_GROUP, data=data)
+
+    def list_groups(self, *, limit: int = 100, offset: int = 0) -> Page[ProtectionGroupView]:
+        return self.call(ops.LIST_GROUPS, limit=limit, offset=offset)
+
+    def get_group(self, ref: str) -> ProtectionGroupView:
+        return self.call(ops.GET_GROUP, ref=ref)
+
+    def update_group(self, ref: str, data: ProtectionGroupUpdate) -> ProtectionGroupView:
+        return self.call(ops.UPDATE_GROUP, ref=ref, data=data)
+
+    def delete_group(self, ref: str) -> None:
+        self.call(ops.DELETE_GROUP, ref=ref)
+
+    def rescan(self, ref: str, *, machines: list[str] | None = None) -> str:
+        data = JobStart(machines=machines) if machines else None
+        return self.call(ops.RESCAN_GROUP, ref=ref, data=data).session_id
+
     def list_machines(
         self, *, group: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[MachineView]: ...
-    @abstractmethod
-    def get_machine(self, ref: str) -> MachineDetail: ...
+    ) -> Page[MachineView]:
+        return self.call(ops.LIST_MACHINES, group=group, status=status, limit=limit, offset=offset)
+
+    def get_machine(self, ref: str) -> MachineDetail:
+        return self.call(ops.GET_MACHINE, ref=ref)
 
     # jobs
-    @abstractmethod
-    def create_job(self, data: JobCreate) -> JobView: ...
-    @abstractmethod
-    def list_jobs(self, *, limit: int = 100, offset: int = 0) -> Page[JobView]: ...
-    @abstractmethod
-    def get_job(self, ref: str) -> JobView: ...
-    @abstractmethod
-    def update_job(self, ref: str, data: JobUpdate) -> JobView: ...
-    @abstractmethod
-    def delete_job(self, ref: str) -> None: ...
-    @abstractmethod
-    def set_job_enabled(self, ref: str, enabled: bool) -> JobView: ...
-    @abstractmethod
-    def start_job(self, ref: str, *, machines: list[str] | None = None) -> str: ...
-    @abstractmethod
-    def stop_job(self, ref: str) -> list[str]: ...
+    def create_job(self, data: JobCreate) -> JobView:
+        return self.call(ops.CREATE_JOB, data=data)
+
+    def list_jobs(self, *, limit: int = 100, offset: int = 0) -> Page[JobView]:
+        return self.call(ops.LIST_JOBS, limit=limit, offset=offset)
+
+    def get_job(self, ref: str) -> JobView:
+        return self.call(ops.GET_JOB, ref=ref)
+
+    def update_job(self, ref: str, data: JobUpdate) -> JobView:
+        return self.call(ops.UPDATE_JOB, ref=ref, data=data)
+
+    def delete_job(self, ref: str) -> None:
+        self.call(ops.DELETE_JOB, ref=ref)
+
+    def set_job_enabled(self, ref: str, enabled: bool) -> JobView:
+        return self.call(ops.ENABLE_JOB if enabled else ops.DISABLE_JOB, ref=ref)
+
+    def start_job(self, ref: str, *, machines: list[str] | None = None) -> str:
+        data = JobStart(machines=machines) if machines else None
+        return self.call(ops.START_JOB, ref=ref, data=data).session_id
+
+    def stop_job(self, ref: str) -> list[str]:
+        return self.call(ops.STOP_JOB, ref=ref).session_ids
 
     # sessions
-    @abstractmethod
     def list_sessions(
         self,
         *,
@@ -151,18 +223,16 @@ class Client(ABC):
         job: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> Page[SessionView]: ...
-    @abstractmethod
-    def get_session(self, session_id: str) -> SessionDetail: ...
-    @abstractmethod
-    def watch_session(
-        self, session_id: str, *, poll: float = 0.5, timeout: float = 86400
-    ) -> Iterator[SessionDetail]: ...
-    @abstractmethod
-    def stop_session(self, session_id: str) -> None: ...
+    ) -> Page[SessionView]:
+        return self.call(ops.LIST_SESSIONS, kind=kind, state=state, job=job, limit=limit, offset=offset)
+
+    def get_session(self, session_id: str) -> SessionDetail:
+        return self.call(ops.GET_SESSION, session_id=session_id)
+
+    def stop_session(self, session_id: str) -> None:
+        self.call(ops.STOP_SESSION, session_id=session_id)
 
     # restore points and restores
-    @abstractmethod
     def list_restore_points(
         self,
         *,
@@ -171,41 +241,58 @@ class Client(ABC):
         include_removed: bool = False,
         limit: int = 100,
         offset: int = 0,
-    ) -> Page[RestorePointView]: ...
-    @abstractmethod
-    def get_restore_point(self, ref: str) -> RestorePointView: ...
-    @abstractmethod
-    def restore_files(self, ref: str, request: FileRestoreRequest) -> str: ...
-    @abstractmethod
-    def restore_volume(self, ref: str, request: VolumeRestoreRequest) -> str: ...
-    @abstractmethod
-    def download(self, ref: str, paths: list[str], dest: Path) -> None: ...
-    @abstractmethod
+    ) -> Page[RestorePointView]:
+        return self.call(
+            ops.LIST_RESTORE_POINTS,
+            machine=machine,
+            job=job,
+            include_removed=include_removed,
+            limit=limit,
+            offset=offset,
+        )
+
+    def get_restore_point(self, ref: str) -> RestorePointView:
+        return self.call(ops.GET_RESTORE_POINT, ref=ref)
+
+    def delete_restore_point(self, ref: str) -> MaintenanceDone:
+        return self.call(ops.DELETE_RESTORE_POINT, ref=ref)
+
+    def restore_files(self, ref: str, request: FileRestoreRequest) -> str:
+        return self.call(ops.RESTORE_FILES, ref=ref, data=request).session_id
+
+    def restore_volume(self, ref: str, request: VolumeRestoreRequest) -> str:
+        return self.call(ops.RESTORE_VOLUME, ref=ref, data=request).session_id
+
     def browse(
         self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
-    ) -> BrowseResult: ...
-    @abstractmethod
+    ) -> BrowseResult:
+        return self.call(ops.BROWSE, ref=ref, path=path, recursive=recursive, pattern=pattern)
+
     def search(
         self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
-    ) -> list[SearchHit]: ...
-    @abstractmethod
-    def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]: ...
+    ) -> list[SearchHit]:
+        return self.call(ops.SEARCH_FILES, pattern=pattern, machine=machine, job=job, limit=limit)
 
     # server
-    @abstractmethod
-    def server_info(self) -> ServerInfo: ...
-    @abstractmethod
-    def create_token(self, data: TokenCreate) -> TokenCreated: ...
-    @abstractmethod
-    def list_tokens(self, *, limit: int = 100, offset: int = 0) -> Page[TokenView]: ...
-    @abstractmethod
-    def revoke_token(self, ref: str) -> TokenView: ...
-    @abstractmethod
-    def rotate_key(self) -> KeyRotation: ...
-    @abstractmethod
+    def server_info(self) -> ServerInfo:
+        return self.call(ops.INFO)
+
+    def create_token(self, data: TokenCreate) -> TokenCreated:
+        return self.call(ops.CREATE_TOKEN, data=data)
+
+    def list_tokens(self, *, limit: int = 100, offset: int = 0) -> Page[TokenView]:
+        return self.call(ops.LIST_TOKENS, limit=limit, offset=offset)
+
+    def revoke_token(self, ref: str) -> TokenView:
+        return self.call(ops.REVOKE_TOKEN, ref=ref)
+
+    def rotate_key(self) -> KeyRotation:
+        return self.call(ops.ROTATE_KEY)
+
     def list_audit(
         self, *, actor: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[AuditView]: ...
+    ) -> Page[AuditView]:
+        return self.call(ops.LIST_AUDIT, actor=actor, action=action, limit=limit, offset=offset)
 
 
 def open_client(settings: Settings) -> Client:
@@ -248,6 +335,11 @@ def wire(model: BaseModel | None, *, only_set: bool = True) -> Any:
     return None if model is None else reveal(model.model_dump(exclude_unset=only_set))
 
 
+@cache
+def _adapter(result: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(result)
+
+
 def _params(values: dict[str, Any] | None) -> dict[str, Any]:
     """The query parameters that are set (``None`` means "not given", so it is not sent)."""
     return {k: v for k, v in (values or {}).items() if v is not None}
@@ -285,149 +377,17 @@ class HttpClient(Client):
             kind, message, hint = "", f"HTTP {response.status_code}: {response.text[:200]}", None
         return _ERRORS.get(kind, errors.CloudkeepError)(message, hint=hint)
 
-    # Query parameters travel as a dict, never as **kwargs: a parameter named like an argument
-    # of these helpers (``path``, ``model``, ``method``) must reach the server, not collide.
-    def _get(self, url: str, model: type[T], params: dict[str, Any] | None = None) -> T:
-        return model.model_validate(self._request("GET", url, params=_params(params)).json())
-
-    def _send(
-        self, method: str, url: str, model: type[T], body: Any = None, params: dict[str, Any] | None = None
-    ) -> T:
-        response = self._request(method, url, json=body, params=_params(params))
-        return model.model_validate(response.json())
-
-    def _session_id(self, path: str, body: Any = None) -> str:
-        session_id: str = self._request("POST", path, json=body).json()["session_id"]
-        return session_id
-
-    # credentials
-    def create_credential(self, data: CredentialCreate) -> CredentialView:
-        return self._send("POST", "/credentials", CredentialView, wire(data))
-
-    def list_credentials(self, *, limit: int = 100, offset: int = 0) -> Page[CredentialView]:
-        return self._get("/credentials", Page[CredentialView], {"limit": limit, "offset": offset})
-
-    def get_credential(self, ref: str) -> CredentialView:
-        return self._get(f"/credentials/{ref}", CredentialView)
-
-    def delete_credential(self, ref: str) -> None:
-        self._request("DELETE", f"/credentials/{ref}")
-
-    def test_credential(self, ref: str) -> CredentialTest:
-        return self._send("POST", f"/credentials/{ref}/test", CredentialTest)
-
-    def doctor(self, credential: str | None = None) -> list[CredentialTest]:
-        response = self._request("POST", "/doctor", params=_params({"credential": credential}))
-        return [CredentialTest.model_validate(item) for item in response.json()]
-
-    # repositories
-    def create_repository(self, data: RepositoryCreate) -> RepositoryView:
-        return self._send("POST", "/repositories", RepositoryView, wire(data))
-
-    def list_repositories(
-        self, *, purpose: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[RepositoryView]:
-        return self._get(
-            "/repositories", Page[RepositoryView], {"purpose": purpose, "limit": limit, "offset": offset}
-        )
-
-    def get_repository(self, ref: str) -> RepositoryView:
-        return self._get(f"/repositories/{ref}", RepositoryView)
-
-    def delete_repository(self, ref: str) -> None:
-        self._request("DELETE", f"/repositories/{ref}")
-
-    def check_repository(self, ref: str, *, read_data_subset: float | None = None) -> RepositoryCheck:
-        return self._send(
-            "POST",
-            f"/repositories/{ref}/check",
-            RepositoryCheck,
-            params={"read_data_subset": read_data_subset},
-        )
-
-    def repair_repository(self, ref: str, request: RepositoryRepairRequest) -> RepositoryRepair:
-        return self._send("POST", f"/repositories/{ref}/repair", RepositoryRepair, wire(request))
-
-    def verify_store(self, ref: str) -> StoreVerification:
-        return self._send("POST", f"/repositories/{ref}/verify", StoreVerification)
-
-    # protection groups and machines
-    def create_group(self, data: ProtectionGroupCreate) -> ProtectionGroupView:
-        return self._send("POST", "/protection-groups", ProtectionGroupView, wire(data))
-
-    def list_groups(self, *, limit: int = 100, offset: int = 0) -> Page[ProtectionGroupView]:
-        return self._get("/protection-groups", Page[ProtectionGroupView], {"limit": limit, "offset": offset})
-
-    def get_group(self, ref: str) -> ProtectionGroupView:
-        return self._get(f"/protection-groups/{ref}", ProtectionGroupView)
-
-    def update_group(self, ref: str, data: ProtectionGroupUpdate) -> ProtectionGroupView:
-        return self._send("PATCH", f"/protection-groups/{ref}", ProtectionGroupView, wire(data))
-
-    def delete_group(self, ref: str) -> None:
-        self._request("DELETE", f"/protection-groups/{ref}")
-
-    def rescan(self, ref: str, *, machines: list[str] | None = None) -> str:
-        return self._session_id(
-            f"/protection-groups/{ref}/rescan", {"machines": machines} if machines else None
-        )
-
-    def list_machines(
-        self, *, group: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[MachineView]:
-        return self._get(
-            "/machines",
-            Page[MachineView],
-            {"group": group, "status": status, "limit": limit, "offset": offset},
-        )
-
-    def get_machine(self, ref: str) -> MachineDetail:
-        return self._get(f"/machines/{ref}", MachineDetail)
-
-    # jobs
-    def create_job(self, data: JobCreate) -> JobView:
-        return self._send("POST", "/jobs", JobView, wire(data))
-
-    def list_jobs(self, *, limit: int = 100, offset: int = 0) -> Page[JobView]:
-        return self._get("/jobs", Page[JobView], {"limit": limit, "offset": offset})
-
-    def get_job(self, ref: str) -> JobView:
-        return self._get(f"/jobs/{ref}", JobView)
-
-    def update_job(self, ref: str, data: JobUpdate) -> JobView:
-        return self._send("PATCH", f"/jobs/{ref}", JobView, wire(data))
-
-    def delete_job(self, ref: str) -> None:
-        self._request("DELETE", f"/jobs/{ref}")
-
-    def set_job_enabled(self, ref: str, enabled: bool) -> JobView:
-        return self._send("POST", f"/jobs/{ref}/{'enable' if enabled else 'disable'}", JobView)
-
-    def start_job(self, ref: str, *, machines: list[str] | None = None) -> str:
-        return self._session_id(f"/jobs/{ref}/start", {"machines": machines} if machines else None)
-
-    def stop_job(self, ref: str) -> list[str]:
-        ids: list[str] = self._request("POST", f"/jobs/{ref}/stop").json()["session_ids"]
-        return ids
-
-    # sessions
-    def list_sessions(
-        self,
-        *,
-        kind: str | None = None,
-        state: str | None = None,
-        job: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> Page[SessionView]:
-        return self._get(
-            "/sessions",
-            Page[SessionView],
-            {"kind": kind, "state": state, "job": job, "limit": limit, "offset": offset},
-        )
-
-    def get_session(self, session_id: str) -> SessionDetail:
-        return self._get(f"/sessions/{session_id}", SessionDetail)
+    def call(self, op: ops.Op[R], /, **args: Any) -> R:
+        """Path parameters by name, a model as the JSON body, every other set argument as the query."""
+        path = op.path.format(**{name: quote(str(args.pop(name)), safe="") for name in op.path_params})
+        body = None
+        for name, value in list(args.items()):
+            if isinstance(value, BaseModel):
+                body = wire(args.pop(name), only_set=not op.full_body)
+        response = self._request(op.method, path, json=body, params=_params(args))
+        if op.result is ops.NoContent:
+            return None  # type: ignore[return-value]
+        return _adapter(op.result).validate_python(response.json())
 
     def watch_session(
         self, session_id: str, *, poll: float = 0.5, timeout: float = 86400
@@ -448,45 +408,11 @@ class HttpClient(Client):
                 f"lost the connection to {self.base} while watching: {exc}"
             ) from exc
 
-    def stop_session(self, session_id: str) -> None:
-        self._request("POST", f"/sessions/{session_id}/stop")
-
-    # restore points and restores
-    def list_restore_points(
-        self,
-        *,
-        machine: str | None = None,
-        job: str | None = None,
-        include_removed: bool = False,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> Page[RestorePointView]:
-        return self._get(
-            "/restore-points",
-            Page[RestorePointView],
-            {
-                "machine": machine,
-                "job": job,
-                "include_removed": include_removed,
-                "limit": limit,
-                "offset": offset,
-            },
-        )
-
-    def get_restore_point(self, ref: str) -> RestorePointView:
-        return self._get(f"/restore-points/{ref}", RestorePointView)
-
-    def restore_files(self, ref: str, request: FileRestoreRequest) -> str:
-        return self._session_id(f"/restore-points/{ref}/restore-files", wire(request))
-
-    def restore_volume(self, ref: str, request: VolumeRestoreRequest) -> str:
-        return self._session_id(f"/restore-points/{ref}/restore-volume", wire(request))
-
     def download(self, ref: str, paths: list[str], dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         # The tar goes to an anonymous file on dest's file system, never whole into memory.
         with tempfile.TemporaryFile(dir=dest) as spool:
-            self._receive(f"/restore-points/{ref}/download", {"paths": paths}, spool)
+            self._receive(f"/restore-points/{quote(ref, safe='')}/download", {"paths": paths}, spool)
             spool.seek(0)
             refused: list[str] = []
 
@@ -502,8 +428,8 @@ class HttpClient(Client):
         if refused:
             raise errors.incomplete_restore(f"download of restore point {ref} into {dest}", refused)
 
-    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> None:
-        """POST ``body`` and write the response body to ``sink`` as it arrives."""
+    def _receive(self, url: str, body: Any, sink: IO[bytes]) -> httpx.Headers:
+        """POST ``body`` and write the response body to ``sink`` as it arrives; returns the headers."""
         try:
             with self.http.stream("POST", url, json=body, timeout=None) as response:
                 if not response.is_success:
@@ -511,50 +437,28 @@ class HttpClient(Client):
                     raise self._error(response)
                 for chunk in response.iter_bytes(CHUNK):
                     sink.write(chunk)
+                return response.headers
         except httpx.TransportError as exc:
             raise errors.UnreachableError(
                 f"lost the connection to {self.base} while downloading: {exc}",
                 hint="check --api-url / CLOUDKEEP_API_URL and that `cloudkeep server start` runs",
             ) from exc
 
-    def browse(
-        self, ref: str, path: str = "/", *, recursive: bool = False, pattern: str | None = None
-    ) -> BrowseResult:
-        params = {"path": path, "recursive": recursive, "pattern": pattern}
-        return self._get(f"/restore-points/{ref}/browse", BrowseResult, params)
-
-    def search(
-        self, pattern: str, *, machine: str | None = None, job: str | None = None, limit: int = 1000
-    ) -> list[SearchHit]:
-        params = _params({"pattern": pattern, "machine": machine, "job": job, "limit": limit})
-        response = self._request("GET", "/restore-points/search", params=params)
-        return [SearchHit.model_validate(hit) for hit in response.json()]
-
     def export_image(self, ref: str, dest: Path, *, image_format: str = "raw") -> dict[str, Any]:
-        raise errors.ConfigurationError(
-            "exporting a disk image writes on the server host; run it there in embedded mode",
-            hint="unset --api-url / CLOUDKEEP_API_URL on the server host",
-        )
-
-    # server
-    def server_info(self) -> ServerInfo:
-        return self._get("/info", ServerInfo)
-
-    def create_token(self, data: TokenCreate) -> TokenCreated:
-        return self._send("POST", "/tokens", TokenCreated, wire(data, only_set=False))
-
-    def list_tokens(self, *, limit: int = 100, offset: int = 0) -> Page[TokenView]:
-        return self._get("/tokens", Page[TokenView], {"limit": limit, "offset": offset})
-
-    def revoke_token(self, ref: str) -> TokenView:
-        return self._send("DELETE", f"/tokens/{ref}", TokenView)
-
-    def rotate_key(self) -> KeyRotation:
-        return self._send("POST", "/server/rotate-key", KeyRotation)
-
-    def list_audit(
-        self, *, actor: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[AuditView]:
-        return self._get(
-            "/audit", Page[AuditView], {"actor": actor, "action": action, "limit": limit, "offset": offset}
-        )
+        """The server writes the image and streams it here; it lands under ``dest`` only when whole."""
+        if dest.exists():
+            raise errors.ConfigurationError(
+                f"{dest} already exists", hint="choose a new file name; nothing was overwritten"
+            )
+        partial = dest.with_name(dest.name + ".partial")
+        body = wire(ops.ExportRequest(image_format=image_format), only_set=False)
+        try:
+            with partial.open("xb") as sink:
+                headers = self._receive(f"/restore-points/{quote(ref, safe='')}/export", body, sink)
+            partial.rename(dest)
+        finally:
+            partial.unlink(missing_ok=True)
+        result: dict[str, Any] = {"path": str(dest), "format": image_format}
+        for key, header in ops.EXPORT_HEADERS.items():
+            result[key] = int(headers.get(header, "0"))
+        return result

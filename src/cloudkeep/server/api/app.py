@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cloudkeep import __version__
-from cloudkeep.server.api import errors, routes_admin, routes_inventory, routes_jobs
+from cloudkeep.server.api import errors, routes
 from cloudkeep.server.context import ServerContext
 
 API_PREFIX = "/api/v1"
@@ -24,8 +24,7 @@ def create_app(ctx: ServerContext, *, require_auth: bool = True) -> FastAPI:
     app.state.ctx = ctx
     app.state.require_auth = require_auth
     errors.install(app)
-    for module in (routes_inventory, routes_jobs, routes_admin):
-        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(routes.build_router(), prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, str]:

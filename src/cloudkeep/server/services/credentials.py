@@ -6,14 +6,21 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConflictError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
 from cloudkeep.providers.base import InventoryScope
+from cloudkeep.providers.registry import get_provider
 from cloudkeep.server import audit
 from cloudkeep.server.audit import is_secret_key
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import Credential, ProtectionGroup, Repository
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
-from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest, CredentialView, Page
+from cloudkeep.server.services.schemas import (
+    CredentialCreate,
+    CredentialTest,
+    CredentialUpdate,
+    CredentialView,
+    Page,
+)
 
 _MACHINES_SEEN_LIMIT = 1000
 
@@ -56,6 +63,63 @@ def list_credentials(ctx: ServerContext, *, limit: int = 100, offset: int = 0) -
 def get_credential(ctx: ServerContext, ref: str) -> CredentialView:
     with ctx.db() as session:
         return view(resolve(session, Credential, ref, "credential"))
+
+
+def _split_secret(secret: dict[str, Any], options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Secret-looking keys given as options belong in the sealed part."""
+    plain = {k: v for k, v in options.items() if not is_secret_key(k)}
+    return {**secret, **{k: v for k, v in options.items() if is_secret_key(k)}}, plain
+
+
+def _validate_material(provider_kind: str, secret: dict[str, Any], options: dict[str, Any]) -> None:
+    """Refuse key material the cloud does not accept, before it replaces what works."""
+    try:
+        provider = get_provider(provider_kind, secret, options)
+    except (CloudkeepError, OSError) as exc:  # OSError: a local lab folder that cannot be made
+        raise ConfigurationError(
+            f"the new credential material was refused: {exc}", hint="nothing was changed"
+        ) from exc
+    try:
+        missing = list(provider.check_permissions())
+    except (CloudkeepError, OSError) as exc:  # a folder that cannot be made is the local "refusal"
+        raise ConfigurationError(
+            f"the new credential material was refused: {exc}", hint="nothing was changed"
+        ) from exc
+    finally:
+        provider.close()
+    if missing:
+        raise ConfigurationError(
+            f"the new credential material lacks permissions: {', '.join(missing)}",
+            hint="grant them at the cloud and try again; nothing was changed",
+        )
+
+
+def update_credential(
+    ctx: ServerContext, ref: str, data: CredentialUpdate, *, actor: str = "local"
+) -> CredentialView:
+    """Replace the keys/secret (checked against the cloud first), options or description in place,
+    so repositories and groups using the credential keep working with the new material."""
+    with ctx.db() as session:
+        row = resolve(session, Credential, ref, "credential")
+        kind, row_id = row.provider, row.id
+        secret = ctx.secrets.open(row.secret)
+        options = dict(row.options)
+    changed = sorted(data.model_fields_set)
+    if data.secret is not None:  # the fields given replace theirs; an empty value removes one
+        secret.update({k: v.get_secret_value() for k, v in data.secret.items()})
+        secret = {k: v for k, v in secret.items() if v not in ("", None)}
+    if data.options is not None:
+        secret, options = _split_secret(secret, data.options)
+    if data.secret is not None or data.options is not None:
+        _validate_material(kind, secret, options)
+    with ctx.db() as session:
+        row = resolve(session, Credential, row_id, "credential")
+        row.secret = ctx.secrets.seal(secret)
+        row.options = options
+        if data.description is not None:
+            row.description = data.description
+        audit.record(session, actor, "credential.update", row.id, {"name": row.name, "changed": changed})
+        return view(row)
 
 
 def delete_credential(ctx: ServerContext, ref: str, *, actor: str = "local") -> None:

@@ -16,10 +16,12 @@ from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, R
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
 from cloudkeep.server.services.schemas import (
     Page,
+    Purpose,
     RepositoryCheck,
     RepositoryCreate,
     RepositoryRepair,
     RepositoryRepairRequest,
+    RepositoryUpdate,
     RepositoryView,
     StoreCheckView,
     StoreVerification,
@@ -104,7 +106,7 @@ def create_repository(ctx: ServerContext, data: RepositoryCreate, *, actor: str 
 
 
 def list_repositories(
-    ctx: ServerContext, *, purpose: str | None = None, limit: int = 100, offset: int = 0
+    ctx: ServerContext, *, purpose: Purpose | None = None, limit: int = 100, offset: int = 0
 ) -> Page[RepositoryView]:
     stmt = select(Repository).order_by(Repository.name)
     if purpose:
@@ -116,6 +118,43 @@ def list_repositories(
 def get_repository(ctx: ServerContext, ref: str) -> RepositoryView:
     with ctx.db() as session:
         return view(resolve(session, Repository, ref, "repository"))
+
+
+FORMAT_OPTIONS = ("pack_size", "compression_level")  # written into the repository at creation
+
+
+def update_repository(
+    ctx: ServerContext, ref: str, data: RepositoryUpdate, *, actor: str = "local"
+) -> RepositoryView:
+    """Rename, switch the credential or change options; what the data depends on stays."""
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        fixed = sorted(k for k in (data.options or {}) if k in FORMAT_OPTIONS)
+        if fixed:
+            raise ConfigurationError(
+                f"{', '.join(fixed)} of repository {row.name!r} cannot change: the repository was created "
+                "with them",
+                hint="create a new repository with the new settings and point the jobs at it",
+            )
+        if data.name is not None and data.name != row.name:
+            ensure_unique_name(session, Repository, data.name, "repository")
+            row.name = data.name
+        if data.credential is not None:
+            credential = resolve(session, Credential, data.credential, "credential")
+            if credential.provider != row.credential.provider:
+                raise ConfigurationError(
+                    f"credential {credential.name!r} is for {credential.provider}, the repository is in "
+                    f"{row.credential.provider}",
+                    hint="the data stays where it is: give a credential of the same cloud",
+                )
+            row.credential_id = credential.id
+        if data.options is not None:
+            merged = {**row.options, **data.options}
+            row.options = {k: v for k, v in merged.items() if v is not None}
+        session.flush()
+        detail = {"name": row.name, "changed": sorted(data.model_fields_set)}
+        audit.record(session, actor, "repository.update", row.id, detail)
+        return view(row)
 
 
 def delete_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> None:

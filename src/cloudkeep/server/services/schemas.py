@@ -85,6 +85,16 @@ class CredentialView(Model):
     created_at: datetime
 
 
+class CredentialUpdate(Model):
+    """New key material (replaces the whole secret), options or description of a credential."""
+
+    secret: dict[str, SecretStr] | None = Field(
+        default=None, description="Write-only; replaces the fields given, keeps the others."
+    )
+    options: dict[str, Any] | None = None
+    description: str | None = Field(default=None, max_length=2000)
+
+
 class CredentialTest(Model):
     credential_id: str
     name: str = ""
@@ -118,6 +128,14 @@ class RepositoryView(Model):
     options: dict[str, Any]
     has_password: bool
     created_at: datetime
+
+
+class RepositoryUpdate(Model):
+    """What can change without orphaning data (the location, purpose and password cannot)."""
+
+    name: Name | None = None
+    credential: str | None = Field(default=None, min_length=1, description="Another credential id or name.")
+    options: dict[str, Any] | None = Field(default=None, description="Merged; null removes a key.")
 
 
 class RepositoryCheck(Model):
@@ -157,6 +175,60 @@ class StoreVerification(Model):
     location: str
     ok: bool
     checks: list[StoreCheckView]
+
+
+class RepositoryStats(Model):
+    """``cloudkeep repository stats``: what the repository holds, read from the store."""
+
+    repository_id: str
+    snapshots: int
+    catalog_restore_points: int
+    packs: int
+    stored_bytes: int
+    index_files: int
+    keys: int
+
+
+class ForgetRequest(Model):
+    """Which restore points to keep (the others are forgotten; data goes with the next prune)."""
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within_days: int | None = Field(default=None, ge=0)
+    dry_run: bool = False
+
+
+class ForgetReport(Model):
+    repository_id: str
+    session_id: str | None  # None for a dry run: nothing was written
+    dry_run: bool
+    kept: list[str]
+    removed: list[str]
+
+
+class PruneReport(Model):
+    repository_id: str
+    session_id: str
+    packs_deleted: int
+    packs_repacked: int
+    packs_marked: int
+    bytes_freed: int
+    warnings: list[str]
+
+
+class PasswordChange(Model):
+    new_password: SecretStr = Field(description="Write-only; at least 8 characters.")
+
+
+class MaintenanceDone(Model):
+    """A maintenance step that wrote to a repository, with the session that records it."""
+
+    target_id: str
+    session_id: str
+    detail: str
 
 
 # --- protection groups -----------------------------------------------------------------------
