@@ -13,6 +13,7 @@ the newest point is always kept; an empty policy keeps everything.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,9 @@ from sqlalchemy import select
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
+from cloudkeep.server.logs import event
+
+log = logging.getLogger(__name__)
 
 POLICY_KEYS = ("keep_last", "keep_within_days", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 GFS_BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
@@ -184,6 +188,8 @@ def mark_removed(
             if point is not None and point.removed_at is None:
                 point.removed_at = now
                 touched.append(point.id)
+    if touched:
+        event(log, "retention_removed", repository=repository_id, restore_points=len(touched))
     return touched
 
 
