@@ -9,9 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from cloudkeep.server.jobs.options import JobOptions
+from cloudkeep.server.jobs.schedule_spec import ScheduledRun, schedule_json_schema
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
@@ -19,6 +28,9 @@ Provider = Literal["aws", "azure", "local"]
 Purpose = Literal["backup", "distribution"]
 BackupMode = Literal["entire", "volume", "file"]
 T = TypeVar("T")
+# Accepted and stored as a dict that jobs/schedule.py validates (naming the bad field); documented
+# in the spec with every field (ScheduleSpec) instead of a bare object.
+ScheduleDict = Annotated[dict[str, Any] | None, WithJsonSchema(schedule_json_schema())]
 
 
 class Model(BaseModel):
@@ -234,7 +246,7 @@ class _JobFields(Model):
     mode: BackupMode | None = None
     includes: list[str] | None = None
     excludes: list[str] | None = None
-    schedule: dict[str, Any] | None = None
+    schedule: ScheduleDict = None
     retention: Retention | None = None
     options: JobOptions | None = Field(default=None, description="Typed: unknown options are refused.")
     enabled: bool | None = None
@@ -268,11 +280,14 @@ class JobView(Model):
     mode: str
     includes: list[str]
     excludes: list[str]
-    schedule: dict[str, Any] | None
+    schedule: ScheduleDict
     retention: dict[str, Any]
     options: dict[str, Any]
     enabled: bool
     next_run_at: datetime | None
+    next_runs: list[ScheduledRun] = Field(
+        default_factory=list, description="The next starts, in UTC and in the schedule's time zone."
+    )
     created_at: datetime
 
 
