@@ -77,6 +77,10 @@ class CredentialTest(Model):
     missing_permissions: list[str]
     machines_seen: int | None
     error: str | None = None
+    problems: list[str] = Field(
+        default_factory=list, description="Provider options that will make an operation fail later."
+    )
+    hint: str | None = Field(default=None, description="What to do about the error or what is missing.")
 
 
 # --- repositories ----------------------------------------------------------------------------
