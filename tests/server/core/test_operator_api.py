@@ -127,3 +127,33 @@ def test_openapi_documents_the_error_shape_and_typed_job_fields(api: TestClient)
     assert "JobOptions" in str(job_fields["options"])
     schedule = str(job_fields["schedule"])
     assert "cron" in schedule and "daily" in schedule and "timezone" in schedule
+
+
+def test_every_operation_is_described(api: TestClient) -> None:
+    from cloudkeep.server.api.descriptions import DESCRIPTIONS
+
+    spec = api.get("/api/v1/openapi.json").json()
+    undescribed = [
+        f"{method.upper()} {path}"
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if not operation.get("description")
+    ]
+    assert undescribed == []
+    operations = {(m.upper(), p.removeprefix("/api/v1")) for p, ops in spec["paths"].items() for m in ops}
+    assert set(DESCRIPTIONS) <= operations, "entries for routes that no longer exist"
+
+
+def test_request_examples_in_the_spec_are_valid_bodies() -> None:
+    from cloudkeep.server.jobs.schedule import validate_schedule
+    from cloudkeep.server.jobs.schedule_spec import ScheduleSpec
+    from cloudkeep.server.services import schemas
+
+    for model in (schemas.CredentialCreate, schemas.RepositoryCreate, schemas.ProtectionGroupCreate,
+                  schemas.JobCreate):  # fmt: skip
+        examples = model.model_json_schema()["examples"]
+        assert examples, model.__name__
+        for example in examples:
+            model.model_validate(example)
+    for example in ScheduleSpec.model_json_schema()["examples"]:
+        validate_schedule(example)

@@ -9,6 +9,7 @@ from cloudkeep import __version__
 from cloudkeep.server import metrics
 from cloudkeep.server.api import errors, routes_admin, routes_inventory, routes_jobs
 from cloudkeep.server.api.deps import Reader
+from cloudkeep.server.api.descriptions import describe
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.dispatcher import consumer_queue_depths
 
@@ -41,6 +42,7 @@ def create_app(ctx: ServerContext, *, require_auth: bool = True) -> FastAPI:
     app.state.require_auth = require_auth
     errors.install(app)
     for module in (routes_inventory, routes_jobs, routes_admin):
+        describe(module.router)
         app.include_router(module.router, prefix=API_PREFIX, responses=errors.ERROR_RESPONSES)
     registry = metrics.build_registry(ctx, queue_depths=consumer_queue_depths)
 
