@@ -186,7 +186,7 @@ class Dispatcher:
         """Apply the reports waiting on the server queue now (bounded); returns how many were read."""
         try:
             queue = self._queue(credential_id, server_queue_name(self.ctx.server_id))
-        except CloudkeepError as exc:
+        except Exception as exc:  # deciding on a channel must not fail: the fallback still works
             log.info("server queue not readable for credential %s: %s", credential_id, exc)
             return 0
         reader = ServerQueueConsumer(self.ctx, queue, workers=0)
