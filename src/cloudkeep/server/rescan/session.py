@@ -224,6 +224,9 @@ class RescanRunner:
             rows = {cid: rid for cid, rid in rows.items() if wanted & {cid, rid, names[cid]}}
         targets = [m for m in found if m.id in rows]
         self._update(found=len(targets))
+        problems = provider.check_configuration() if targets else []
+        if problems:  # the provider cannot run commands: no machine is to blame for that
+            return "failed", f"{problems[0]} (no machine was contacted; `cloudkeep doctor` checks this)"
         manifest, folder = bundles.current_bundle(self.ctx)
         location = self._distribution_location(group)
         confirm, heartbeat_fresh = make_confirm(self.ctx)
