@@ -6,6 +6,7 @@ Nothing below the CLI/API layer reads the environment: it receives a ``Settings`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,10 @@ class Settings(BaseSettings):
     )
     api_token: str | None = None
     heartbeat_timeout_seconds: float = 60.0
+    log_level: str = Field(default="INFO", description="Server log level (env CLOUDKEEP_LOG_LEVEL).")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Server log lines: key=value text or JSON (env CLOUDKEEP_LOG_FORMAT)."
+    )
     rescan_concurrency: int = 16
 
     @field_validator("api_url")

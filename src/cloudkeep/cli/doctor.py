@@ -1,4 +1,4 @@
-"""`cloudkeep doctor`: check credentials against the documented permissions."""
+"""`cloudkeep doctor`: check credentials against the documented permissions and their options."""
 
 from __future__ import annotations
 
@@ -16,13 +16,19 @@ def doctor(
     credential: str | None = typer.Option(None, "--credential", help="Only this credential (id or name)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run each credential's permission checks and print what is missing (see docs/permissions.md)."""
+    """Run each credential's permission and configuration checks and say what to fix."""
     with client(ctx) as c:
         results = c.doctor(credential)
     if not results and not as_json:
         console().print("no credentials yet: add one with `cloudkeep credential add`")
         return
-    if not render_tests(results, as_json):
-        if not as_json:
-            console().print("[yellow]grant the missing permissions listed in docs/permissions.md[/yellow]")
-        raise typer.Exit(1)
+    if render_tests(results, as_json):
+        return
+    if not as_json:
+        out = console()
+        for result in results:
+            for problem in result.problems:
+                out.print(f"[yellow]{result.name}: {problem}[/yellow]")
+            if result.hint and not result.ok:  # the hint fits the failure: permissions, network, keys …
+                out.print(f"[yellow]{result.name}: {result.hint}[/yellow]")
+    raise typer.Exit(1)

@@ -22,6 +22,7 @@ from cloudkeep.cli.common import (
     success,
 )
 from cloudkeep.server.jobs.options import validate_job_options
+from cloudkeep.server.scheduling.schedule import schedule_from_text
 from cloudkeep.server.services.schemas import JobCreate, JobUpdate, Retention
 
 app = typer.Typer(help="Backup jobs.", no_args_is_help=True)
@@ -37,7 +38,12 @@ GROUP = typer.Option(None, "--group", help="Protection group id or name (repeat)
 MACHINE = typer.Option(None, "--machine", help="Machine id (repeat).")
 INCLUDE = typer.Option(None, "--include", help="Path, volume or glob to back up (repeat).")
 EXCLUDE = typer.Option(None, "--exclude", help="Path or glob to skip (repeat).")
-SCHEDULE = typer.Option(None, "--schedule", help='JSON, e.g. \'{"kind": "daily", "time": "02:00"}\'.')
+SCHEDULE = typer.Option(
+    None,
+    "--schedule",
+    help='JSON, e.g. \'{"kind": "daily", "time": "02:00"}\', or cron: \'cron:0 3 * * 1-5\''
+    " (add CRON_TZ=Europe/Paris before the fields for a zone).",
+)
 DAILY = typer.Option(None, "--daily", help="Shortcut: run every day at HH:MM (UTC).")
 OPTION = typer.Option(
     None,
@@ -51,6 +57,8 @@ KEEPS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"
 def _schedule(schedule: str | None, daily: str | None) -> dict[str, Any] | None:
     if daily:
         return {"kind": "daily", "time": daily}
+    if schedule is not None and (cron := schedule_from_text(schedule)) is not None:
+        return cron
     value: dict[str, Any] | None = parse_json(schedule, "schedule")
     return value
 

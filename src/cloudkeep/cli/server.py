@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import typer
 
@@ -18,12 +24,46 @@ from cloudkeep.cli.common import (
     state,
     success,
 )
+from cloudkeep.config import Settings
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.server.logs import LogFormat, logging_config, normalize_level
+from cloudkeep.server.service_unit import DEFAULT_UNIT_NAME, SYSTEM_UNIT_DIR, ServiceSpec, unit_text
 from cloudkeep.server.services.schemas import TokenCreate
 
 app = typer.Typer(help="The backup server.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+
+
+LOG_LEVEL_OPTION = typer.Option(
+    None, "--log-level", help="debug | info | warning | error (env CLOUDKEEP_LOG_LEVEL; default info)."
+)
+LOG_FORMAT_OPTION = typer.Option(
+    None, "--log-format", help="text (key=value) | json (env CLOUDKEEP_LOG_FORMAT; default text)."
+)
+
+
+def _log_settings(settings: Settings, level: str | None, fmt: str | None) -> tuple[str, LogFormat]:
+    """Flags win over ``CLOUDKEEP_LOG_*``; both are checked here, before anything starts."""
+    try:
+        chosen_level = normalize_level(level or settings.log_level)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    chosen_format = fmt or settings.log_format
+    if chosen_format not in ("text", "json"):
+        raise ConfigurationError(f"unknown log format {chosen_format!r}", hint="use text or json")
+    return chosen_level, chosen_format  # type: ignore[return-value]
+
+
+def _tls_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigurationError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    for path in (cert, key):
+        if not path.is_file():
+            raise ConfigurationError(f"{path} is not a readable file")
+    return cert, key
 
 
 @app.command("start")
@@ -35,6 +75,10 @@ def start(
     background: bool = typer.Option(
         True, "--background/--no-background", help="Run scheduler and consumers."
     ),
+    log_level: str | None = LOG_LEVEL_OPTION,
+    log_format: str | None = LOG_FORMAT_OPTION,
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
 ) -> None:
     """Serve the REST API (and the scheduler and queue consumers) until interrupted."""
     import uvicorn
@@ -45,20 +89,90 @@ def start(
     settings = state(ctx).settings
     if settings.api_url:
         raise ConfigurationError("`server start` runs a server; it does not take --api-url")
+    level, fmt = _log_settings(settings, log_level, log_format)
+    tls = _tls_pair(tls_cert, tls_key)
     open_context(settings).close()  # migrate and create keys once, before workers start
     os.environ["CLOUDKEEP_HOME"] = str(settings.home)
     os.environ["CLOUDKEEP_DATABASE_URL"] = settings.effective_database_url
     os.environ["CLOUDKEEP_MASTER_KEY_FILE"] = str(settings.effective_master_key_file)
     os.environ[BACKGROUND_ENV] = "1" if background else "0"
-    console(stderr=True).print(f"cloudkeep API on http://{host}:{port}/api/v1 (docs: /api/v1/docs)")
+    scheme = "https" if tls else "http"
+    console(stderr=True).print(f"cloudkeep API on {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)")
     uvicorn.run(
         "cloudkeep.server.api.asgi:create_asgi_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_config=logging_config(level, fmt),
+        log_level=level.lower(),
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
+
+
+@app.command("install-service")
+def install_service(
+    ctx: typer.Context,
+    user: str | None = typer.Option(None, "--user", help="Run the server as this user (default: you)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8750, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, max=64),
+    log_level: str | None = LOG_LEVEL_OPTION,
+    log_format: str | None = LOG_FORMAT_OPTION,
+    tls_cert: Path | None = typer.Option(None, "--tls-cert"),
+    tls_key: Path | None = typer.Option(None, "--tls-key"),
+    unit_path: Path = typer.Option(
+        SYSTEM_UNIT_DIR / DEFAULT_UNIT_NAME, "--unit-path", help="Where to write the unit."
+    ),
+    enable: bool = typer.Option(False, "--enable", help="Also `systemctl enable --now` it (needs root)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the unit; write nothing."),
+) -> None:
+    """Write a systemd unit that runs `cloudkeep server start` at boot and restarts it on failure."""
+    settings = state(ctx).settings
+    if settings.api_url:
+        raise ConfigurationError("`server install-service` sets up a local server; not with --api-url")
+    level, fmt = _log_settings(settings, log_level, log_format)
+    tls = _tls_pair(tls_cert, tls_key)
+    executable = Path(sys.executable).with_name("cloudkeep")
+    spec = ServiceSpec(
+        executable=executable if executable.exists() else Path(shutil.which("cloudkeep") or executable),
+        home=settings.home.resolve(),
+        user=user or getpass.getuser(),
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=level,
+        log_format=fmt,
+        database_url=settings.database_url,
+        tls_cert=tls[0].resolve() if tls else None,
+        tls_key=tls[1].resolve() if tls else None,
+    )
+    text = unit_text(spec)
+    if dry_run:
+        typer.echo(text, nl=False)
+        return
+    if enable and os.geteuid() != 0:
+        raise ConfigurationError("--enable needs root", hint="run it with sudo, or leave out --enable")
+    try:
+        unit_path.parent.mkdir(parents=True, exist_ok=True)
+        unit_path.write_text(text)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write {unit_path}: {exc.strerror}", hint="run with sudo, or choose --unit-path"
+        ) from exc
+    success(f"wrote {unit_path}")
+    if not enable:
+        console().print(
+            "start it at boot with: sudo systemctl daemon-reload && "
+            f"sudo systemctl enable --now {unit_path.name}"
+        )
+        return
+    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", unit_path.name]):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigurationError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
+    success(f"{unit_path.name} enabled and started (logs: journalctl -u {unit_path.name})")
 
 
 @app.command("info")

@@ -263,5 +263,9 @@ class CloudProvider(ABC):
         """Return the documented permissions this credential lacks (dry-run checks); empty if none."""
         return []
 
+    def check_configuration(self) -> list[str]:
+        """Problems in the provider's options that an operation would only meet later (doctor)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients, servers and connections; the default has none."""

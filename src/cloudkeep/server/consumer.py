@@ -15,15 +15,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from datetime import UTC
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, ProtocolError
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
+from cloudkeep.server import metrics
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
@@ -125,14 +127,20 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
 
 
 def _apply_result(session: Any, body: Result) -> str:
+    now = utcnow()
     changed = session.execute(
         update(CommandRecord)
         .where(CommandRecord.id == body.command_id, CommandRecord.state.in_(OPEN_STATES))
-        .values(
-            state="done" if body.ok else "failed", result=body.model_dump(mode="json"), completed_at=utcnow()
-        )
+        .values(state="done" if body.ok else "failed", result=body.model_dump(mode="json"), completed_at=now)
     ).rowcount
-    return "applied" if changed == 1 else "duplicate"
+    if changed != 1:
+        return "duplicate"
+    channel, sent_at = session.execute(
+        select(CommandRecord.channel, CommandRecord.sent_at).where(CommandRecord.id == body.command_id)
+    ).one()
+    sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)
+    metrics.record_command(channel, body.ok, (now - sent).total_seconds())
+    return "applied"
 
 
 def _apply_progress(session: Any, envelope: Envelope, body: Progress) -> str:
@@ -164,11 +172,15 @@ def _apply_heartbeat(ctx: ServerContext, envelope: Envelope, body: Heartbeat) ->
     if not _HEARTBEATS.add(envelope.id):
         return "duplicate"
     now = utcnow()
+    # The signed send time is what counts (capped at now): a heartbeat read late, after it waited
+    # on the queue, says when the machine was alive, not when someone got round to reading it.
+    sent = min(envelope.issued_at, now)
+    last = DiscoveredMachine.last_heartbeat_at
     with ctx.db() as session:
         session.execute(
             update(DiscoveredMachine)
-            .where(DiscoveredMachine.id == envelope.sender)
-            .values(last_heartbeat_at=now, last_seen_at=now, agent_version=body.version)
+            .where(DiscoveredMachine.id == envelope.sender, or_(last.is_(None), last < sent))
+            .values(last_heartbeat_at=sent, last_seen_at=now, agent_version=body.version)
         )
     return "applied"
 

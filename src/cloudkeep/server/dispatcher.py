@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -37,9 +37,14 @@ from cloudkeep.server.consumer import (
 )
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
+from cloudkeep.server.logs import event
 
 log = logging.getLogger(__name__)
 MAX_FALLBACK_TIMEOUT = 48 * 3600.0
+# Reading waiting reports before a fallback is bounded: a server queue that filled up over a long
+# idle time is left to the consumers, and the command may take the fallback once.
+DRAIN_MAX_MESSAGES = 500
+DRAIN_SECONDS = 5.0
 
 
 class CommandFailed(CloudkeepError):
@@ -73,6 +78,12 @@ def windows_fallback_script(message: str) -> str:
 
 
 @dataclass(frozen=True)
+class ChannelChoice:
+    channel: str  # "queue" or the cloud's command channel (ssm, runcommand, local)
+    reason: str
+
+
+@dataclass(frozen=True)
 class _Target:
     machine_id: str
     cloud_id: str
@@ -96,6 +107,7 @@ class Dispatcher:
         self.validator = report_validator(ctx, MachineKeys(ctx))
         self._providers: dict[str, CloudProvider] = {}
         self._queues: dict[tuple[str, str], Queue] = {}
+        self._last_channel: dict[str, str] = {}  # per machine: logs when a machine falls back or returns
         self._lock = threading.Lock()
 
     # --- helpers --------------------------------------------------------------------------------
@@ -135,14 +147,61 @@ class Dispatcher:
 
     def channel_for(self, target: _Target) -> str:
         """``queue`` while heartbeats are fresh, else the provider's command channel."""
-        timeout = timedelta(seconds=self.ctx.settings.heartbeat_timeout_seconds)
-        if (
-            target.agent_queue
-            and target.last_heartbeat_at
-            and self.clock() - target.last_heartbeat_at < timeout
-        ):
-            return "queue"
-        return self.provider(target.credential_id).facts.fallback_channel
+        return self._choose(target)[1].channel
+
+    def choose_channel(self, machine_id: str) -> ChannelChoice:
+        """The channel the next command to ``machine_id`` would take, and why."""
+        return self._choose(self._target(machine_id))[1]
+
+    def _heartbeat_age(self, target: _Target) -> float | None:
+        if target.last_heartbeat_at is None:
+            return None
+        return (self.clock() - target.last_heartbeat_at).total_seconds()
+
+    def _choose(self, target: _Target) -> tuple[_Target, ChannelChoice]:
+        timeout = self.ctx.settings.heartbeat_timeout_seconds
+        fallback = self.provider(target.credential_id).facts.fallback_channel
+        if not target.agent_queue:
+            return target, ChannelChoice(fallback, "the machine has no agent queue yet")
+        age = self._heartbeat_age(target)
+        if age is not None and age < timeout:
+            return target, ChannelChoice("queue", f"last heartbeat sent {age:.0f}s ago")
+        # Heartbeats are applied only while some process consumes the server queue: in embedded
+        # mode nobody does between two CLI commands. Read what is waiting (each heartbeat counts
+        # from its signed send time) before concluding that the machine is gone.
+        read = self._drain_reports(target.credential_id)
+        if read:
+            target = self._target(target.machine_id)
+            age = self._heartbeat_age(target)
+            if age is not None and age < timeout:
+                reason = f"last heartbeat sent {age:.0f}s ago (read {read} waiting report(s) first)"
+                return target, ChannelChoice("queue", reason)
+        if age is None:
+            return target, ChannelChoice(fallback, "no heartbeat received yet")
+        return target, ChannelChoice(fallback, f"last heartbeat sent {age:.0f}s ago (limit {timeout:.0f}s)")
+
+    def _drain_reports(self, credential_id: str) -> int:
+        """Apply the reports waiting on the server queue now (bounded); returns how many were read."""
+        try:
+            queue = self._queue(credential_id, server_queue_name(self.ctx.server_id))
+        except Exception as exc:  # deciding on a channel must not fail: the fallback still works
+            log.info("server queue not readable for credential %s: %s", credential_id, exc)
+            return 0
+        reader = ServerQueueConsumer(self.ctx, queue, workers=0)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        read = 0
+        while read < DRAIN_MAX_MESSAGES and time.monotonic() < deadline:
+            try:
+                messages = queue.receive(max_messages=10, visibility_timeout=60, wait_seconds=0)
+            except Exception as exc:
+                log.info("server queue %s: could not read waiting reports: %s", queue.name, exc)
+                break
+            if not messages:
+                break
+            for message in messages:
+                reader.process(message)
+            read += len(messages)
+        return read
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -174,7 +233,8 @@ class Dispatcher:
             seal_to=seal_to,
         )
         text = sign_envelope(envelope, self.ctx.signing_key)
-        channel = self.channel_for(target)
+        target, choice = self._choose(target)
+        channel = choice.channel
         with self.ctx.db() as session:
             session.add(
                 CommandRecord(
@@ -191,7 +251,7 @@ class Dispatcher:
                 task = session.get(SessionTask, task_id)
                 if task is not None:
                     task.command_id = envelope.id
-        log.info("command %s (%s) → machine %s via %s", envelope.id, kind, machine_id, channel)
+        self._log_dispatch(envelope.id, kind, machine_id, choice, task_id)
         if channel == "queue":
             assert target.agent_queue is not None
             try:
@@ -263,6 +323,20 @@ class Dispatcher:
         command_id = self.send(machine_id, kind, body, sealed=sealed, task_id=task_id, ttl=max(timeout, 60.0))
         return self.wait(command_id, timeout=timeout)
 
+    def _log_dispatch(
+        self, command_id: str, kind: str, machine_id: str, choice: ChannelChoice, task_id: str | None
+    ) -> None:
+        with self._lock:
+            previous = self._last_channel.get(machine_id)
+            self._last_channel[machine_id] = choice.channel
+        event(log, "dispatch", command=command_id, kind=kind, machine=machine_id, task=task_id,
+              channel=choice.channel, reason=choice.reason)  # fmt: skip
+        if choice.channel != "queue" and previous in (None, "queue"):
+            event(log, "fallback", level=logging.WARNING, machine=machine_id, channel=choice.channel,
+                  reason=choice.reason)  # fmt: skip
+        elif choice.channel == "queue" and previous not in (None, "queue"):
+            event(log, "queue_resumed", machine=machine_id, reason=choice.reason)
+
     # --- fallback channel -----------------------------------------------------------------------
 
     def _fail(self, command_id: str, error: str) -> None:
@@ -288,6 +362,8 @@ class Dispatcher:
             script = windows_fallback_script(text) if windows else linux_fallback_script(text)
             outcome = provider.commands.run(machine, script, timeout=min(ttl, MAX_FALLBACK_TIMEOUT))
         except Exception as exc:
+            event(log, "fallback_failed", level=logging.WARNING, command=command_id,
+                  machine=target.machine_id, error=str(exc))  # fmt: skip
             self._fail(command_id, f"the command channel failed: {exc}")
             return
         lines = [line for line in outcome.stdout.splitlines() if line.strip()]
@@ -374,6 +450,19 @@ def ensure_consumers(ctx: ServerContext, workers: int = 2) -> None:
             log.info(
                 "consuming server queue %s for credential %s with %d workers", name, credential_id, workers
             )
+
+
+def consumer_queue_depths() -> dict[str, int]:
+    """Approximate waiting messages on each server queue this process consumes (for ``/metrics``)."""
+    with _CONSUMERS_LOCK:
+        consumers = list(_CONSUMERS.values())
+    depths: dict[str, int] = {}
+    for consumer in consumers:
+        try:
+            depths[consumer.queue.name] = consumer.queue.approximate_count()
+        except Exception as exc:  # a scrape must not fail because one cloud is slow or down
+            log.debug("queue depth of %s unavailable: %s", consumer.queue.name, exc)
+    return depths
 
 
 def stop_consumers() -> None:

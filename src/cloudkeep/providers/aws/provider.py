@@ -71,6 +71,15 @@ class AwsProvider(CloudProvider):
         with aws_errors("sts:GetCallerIdentity"):
             return str(self.session.client("sts").get_caller_identity()["Arn"])
 
+    def check_configuration(self) -> list[str]:
+        if not self._commands.output_bucket:
+            return [
+                "ssm_output_bucket is not set: Run Command (agent deployment by rescan, and the "
+                "fallback when a machine's queue is silent) cannot return its output; set the "
+                "credential's option ssm_output_bucket=<bucket> (a bucket the machines may write to)"
+            ]
+        return []
+
     def check_permissions(self) -> list[str]:
         """Dry-run checks of the server's documented actions (IAM policy simulation is not used:
         it needs iam:SimulatePrincipalPolicy, which moto does not implement and users rarely grant).

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from starlette.exceptions import HTTPException
@@ -38,6 +39,45 @@ STATUS: list[tuple[type[CloudkeepError], int, str]] = [
     # stored data is not what it should be (an altered restore point): the request cannot proceed
     (IntegrityError, 409, "integrity"),
 ]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in words a user can act on."""
+
+    model_config = ConfigDict(extra="allow")  # validation errors add ``details``
+    type: str = Field(description="A stable machine-readable kind: not_found, conflict, invalid, …")
+    message: str
+    hint: str | None = Field(default=None, description="What to do about it, when known.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer has this shape (never a bare traceback)."""
+
+    error: ErrorDetail
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"type": "not_found", "message": "job 'nightly' does not exist", "hint": None}}
+            ]
+        }
+    )
+
+
+def _response(description: str) -> dict[str, object]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Declared on every API operation so the spec shows the real error shape (and replaces FastAPI's
+# default 422 schema, which this API never sends).
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: _response("No or an unknown API token (`Authorization: Bearer <token>`)."),
+    403: _response("The token's scope does not allow this (read-only token on a change)."),
+    404: _response("A named object does not exist."),
+    409: _response("The change conflicts with the current state or stored data."),
+    422: _response("The request or a value in it is invalid; `hint` says how to fix it."),
+    500: _response("An unexpected server error."),
+}
 
 
 def error_body(kind: str, message: str, hint: str | None = None, **extra: object) -> dict[str, object]:

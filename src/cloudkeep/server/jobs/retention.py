@@ -9,6 +9,7 @@ lock would refuse it anyway, and the catalog must not claim otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,9 @@ from sqlalchemy import select
 from cloudkeep.repo.retention import RetentionPlan, RetentionPoint, RetentionPolicy, as_utc, plan_retention
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
+from cloudkeep.server.logs import event
+
+log = logging.getLogger(__name__)
 
 # Snapshot ids are 64 hex digits: 400 of them stay well inside MAX_MESSAGE_BYTES (64 KiB) beside
 # the sealed repository access and the envelope.
@@ -69,6 +73,8 @@ def mark_removed(
             if point is not None and point.removed_at is None:
                 point.removed_at = now
                 touched.append(point.id)
+    if touched:
+        event(log, "retention_removed", repository=repository_id, restore_points=len(touched))
     return touched
 
 

@@ -26,7 +26,7 @@ from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError,
 from cloudkeep.protocol.bodies import BackupResult, RetentionResult
 from cloudkeep.providers.base import CloudProvider
 from cloudkeep.repo.retention import RetentionPolicy
-from cloudkeep.server import manifest_pins
+from cloudkeep.server import manifest_pins, metrics
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -41,6 +41,7 @@ from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs.backup_body import backup_set, build_backup_body
 from cloudkeep.server.jobs.options import JobOptions, read_job_options
 from cloudkeep.server.jobs.stats import session_stats, task_stats
+from cloudkeep.server.logs import event
 from cloudkeep.server.scheduling.schedule import Schedule, in_window, validate_schedule
 from cloudkeep.server.sessions import (
     ACTIVE_STATES,
@@ -134,6 +135,8 @@ class SessionRunner:
             assert job is not None
             task_ids = [(t.id, t.machine_id) for t in session.tasks]
             self.window = _terminating_window(job, session.trigger)
+            event(log, "session_started", session=self.session_id, job=job.name, trigger=session.trigger,
+                  attempt=session.attempt, machines=len(task_ids))  # fmt: skip
         try:
             if not task_ids:
                 raise ConfigurationError(
@@ -424,6 +427,15 @@ class SessionRunner:
             session.reason = (
                 reason if not bad or state == "success" else f"{reason}; " + "; ".join(bad)[:2000]
             )
+            read = sum(t.bytes_read or 0 for t in session.tasks)
+            uploaded = sum(t.bytes_transferred or 0 for t in session.tasks)
+            kind, final_reason = session.kind, session.reason
+        seconds = (ended - started).total_seconds()
+        metrics.record_session(kind, state, seconds, read, uploaded)
+        level = logging.INFO if state == "success" else logging.WARNING
+        event(log, "session_ended", level=level, session=self.session_id, kind=kind, state=state,
+              seconds=round(seconds, 3), bytes_read=read, bytes_uploaded=uploaded,
+              reason=final_reason or None)  # fmt: skip
 
     def _after(self) -> None:
         """Notifications, then the session-end hooks (retries, chained jobs): each may fail alone."""

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 
 from cloudkeep.errors import CloudkeepError, NotFoundError
 from cloudkeep.providers.base import CloudProvider, InventoryScope, Machine
-from cloudkeep.server import leases
+from cloudkeep.server import leases, metrics
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, ProtectionGroup, new_id
+from cloudkeep.server.logs import event
 from cloudkeep.server.rescan import bundles
 from cloudkeep.server.rescan.confirm import make_confirm
 from cloudkeep.server.rescan.deploy import (
@@ -165,6 +166,7 @@ class RescanRunner:
         renewer.start()
         provider: CloudProvider | None = None
         state, reason = "failed", ""
+        began = datetime.now(UTC)
         try:
             with self.ctx.db() as session:
                 group = session.get(ProtectionGroup, self.group_id)
@@ -194,6 +196,11 @@ class RescanRunner:
                 if group_row is not None:
                     group_row.last_rescan_at = datetime.now(UTC)
             leases.release(self.ctx, lease_name(self.group_id), self.session_id)
+            seconds = (datetime.now(UTC) - began).total_seconds()
+            metrics.record_session("rescan", state, seconds, 0, 0)
+            event(log, "rescan_ended", level=logging.INFO if state == "success" else logging.WARNING,
+                  session=self.session_id, protection_group=self.group_id, state=state,
+                  seconds=round(seconds, 3), reason=reason or None)  # fmt: skip
 
     def _renew_lease(self) -> None:
         while not self._stop.wait(LEASE_TTL_SECONDS / 3):
@@ -217,6 +224,9 @@ class RescanRunner:
             rows = {cid: rid for cid, rid in rows.items() if wanted & {cid, rid, names[cid]}}
         targets = [m for m in found if m.id in rows]
         self._update(found=len(targets))
+        problems = provider.check_configuration() if targets else []
+        if problems:  # the provider cannot run commands: no machine is to blame for that
+            return "failed", f"{problems[0]} (no machine was contacted; `cloudkeep doctor` checks this)"
         manifest, folder = bundles.current_bundle(self.ctx)
         location = self._distribution_location(group)
         confirm, heartbeat_fresh = make_confirm(self.ctx)

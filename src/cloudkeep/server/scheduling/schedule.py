@@ -9,6 +9,11 @@ raises ``ConfigurationError`` naming the bad field. Kinds:
 * ``periodic`` — every ``every_minutes`` or ``every_hours``, aligned to midnight of the schedule's zone
   so "every 4 hours" runs at 00:00, 04:00, … whatever time the server started.
 * ``after_job`` — runs when job ``after_job`` (id or name) ends; ``next_run`` is always None.
+* ``cron``     — a standard 5-field ``expression`` ("0 3 * * 1-5": 03:00 on weekdays) or a macro
+  (@hourly, @daily, @weekly, @monthly, @yearly), read on the wall clock of ``timezone``. A
+  fixed-hour job runs once when a DST change repeats that hour (like cronie); seconds and year
+  fields are refused. ``schedule_from_text`` also reads "cron:0 3 * * 1-5", the bare 5-field
+  form, and a leading "CRON_TZ=Europe/Paris".
 
 Common options: ``timezone`` (IANA name, default UTC); ``window`` {start, end, days?, terminate?}:
 nothing starts outside it (a run that falls outside is deferred to the window's next opening;
@@ -26,10 +31,13 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
+
 from cloudkeep.errors import ConfigurationError
 
-Kind = Literal["daily", "monthly", "periodic", "after_job"]
-KINDS: tuple[str, ...] = ("daily", "monthly", "periodic", "after_job")
+Kind = Literal["daily", "monthly", "periodic", "after_job", "cron"]
+KINDS: tuple[str, ...] = ("daily", "monthly", "periodic", "after_job", "cron")
+CRON_MACROS = ("@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKS = ("first", "second", "third", "fourth", "last")
 _SEARCH_DAYS = 800  # a valid schedule always has an occurrence within ~2 years (monthly on the 31st, windows)
@@ -70,6 +78,7 @@ class Schedule:
     weekday: int | None = None
     every: timedelta | None = None  # periodic
     after_job: str | None = None
+    cron: str | None = None  # the 5-field expression or macro
     window: Window | None = None
     retries: Retries = field(default_factory=Retries)
     missed: Literal["run_once", "skip"] = "run_once"
@@ -174,6 +183,49 @@ def _parse_periodic(d: dict[str, Any]) -> timedelta:
     return every
 
 
+def _parse_cron(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            "cron schedule needs expression: 5 fields, e.g. '0 3 * * 1-5'",
+            hint="minute hour day-of-month month weekday",
+        )
+    expression = " ".join(value.split())
+    if expression.startswith("@"):
+        if expression.lower() not in CRON_MACROS:
+            raise ConfigurationError(
+                f"cron macro {expression!r} is not known", hint=f"use one of {', '.join(CRON_MACROS)}"
+            )
+        return expression.lower()
+    if len(expression.split(" ")) != 5:
+        raise ConfigurationError(
+            f"cron expression {expression!r} must have 5 fields (minute hour day month weekday)",
+            hint="seconds and year fields are not supported",
+        )
+    if not croniter.is_valid(expression):
+        raise ConfigurationError(
+            f"cron expression {expression!r} is not valid", hint="e.g. '0 3 * * 1-5' (03:00 on weekdays)"
+        )
+    return expression
+
+
+def schedule_from_text(text: str) -> dict[str, Any] | None:
+    """A schedule written as cron ("cron:0 3 * * 1-5", "CRON_TZ=Europe/Paris 0 3 * * *" or the bare
+    five fields) as the stored dict; None when ``text`` is not in that form (e.g. JSON)."""
+    rest = text.strip()
+    if rest.startswith("{"):
+        return None
+    explicit = rest.lower().startswith("cron:")
+    if explicit:
+        rest = rest[len("cron:") :].strip()
+    timezone = "UTC"
+    if rest.upper().startswith("CRON_TZ="):
+        zone, _, rest = rest[len("CRON_TZ=") :].partition(" ")
+        timezone = zone.strip()
+    if not explicit and not rest.startswith("@") and len(rest.split()) != 5:
+        return None
+    return {"kind": "cron", "expression": _parse_cron(rest), "timezone": timezone}
+
+
 def _parse_window(value: Any) -> Window | None:
     if value is None:
         return None
@@ -237,6 +289,8 @@ def validate_schedule(d: dict[str, Any]) -> Schedule:
         )
     if kind == "periodic":
         return Schedule("periodic", every=_parse_periodic(d), **common)
+    if kind == "cron":
+        return Schedule("cron", cron=_parse_cron(d.get("expression")), **common)
     after = d.get("after_job")
     if not isinstance(after, str) or not after:
         raise ConfigurationError("after_job schedule needs after_job: the id or name of the job to follow")
@@ -270,6 +324,8 @@ def _runs_on(schedule: Schedule, day: date) -> bool:
 def _raw_next(schedule: Schedule, after: datetime, zone: tzinfo) -> datetime | None:
     """The next occurrence strictly after ``after``, ignoring the window."""
     local = after.astimezone(zone)
+    if schedule.kind == "cron":
+        return _cron_next(schedule, after, zone)
     if schedule.kind == "periodic":
         assert schedule.every is not None
         midnight = _localize(local.date(), time(0, 0), zone)
@@ -284,6 +340,26 @@ def _raw_next(schedule: Schedule, after: datetime, zone: tzinfo) -> datetime | N
             candidate = _localize(day, schedule.at, zone)
             if candidate > after:
                 return candidate
+    return None
+
+
+def _fixed_hour(expression: str) -> bool:
+    """A job at set hours (not every hour): it runs once when a DST change repeats an hour."""
+    if expression.startswith("@"):
+        return expression != "@hourly"
+    return "*" not in expression.split(" ")[1]
+
+
+def _cron_next(schedule: Schedule, after: datetime, zone: tzinfo) -> datetime | None:
+    assert schedule.cron is not None
+    fixed_hour = _fixed_hour(schedule.cron)
+    times = croniter(schedule.cron, after.astimezone(zone))
+    for _ in range(_SEARCH_DAYS):
+        candidate: datetime = times.get_next(datetime)
+        if candidate.fold and fixed_hour and candidate.replace(fold=0).utcoffset() != candidate.utcoffset():
+            continue  # the repeated hour after a DST change: a fixed-time job has already run
+        if candidate > after:
+            return candidate
     return None
 
 

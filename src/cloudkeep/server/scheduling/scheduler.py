@@ -25,6 +25,7 @@ from cloudkeep.server.db.models import BackupJob, JobSession, Lease, SessionTask
 from cloudkeep.server.jobs.lifecycle import recover_orphaned_sessions, start_job
 from cloudkeep.server.jobs.options import read_job_options
 from cloudkeep.server.jobs.retention import as_utc
+from cloudkeep.server.logs import event
 from cloudkeep.server.rescan import start_rescan
 from cloudkeep.server.scheduling.rescans import due_rescans
 from cloudkeep.server.scheduling.schedule import (
@@ -120,7 +121,7 @@ def _plan(ctx: ServerContext, job: BackupJob, schedule: Schedule, now: datetime)
             return Due(job.id, "retry", last.attempt + 1, (last.stats or {}).get("retry_machines") or None)
     if is_missed(schedule, due, now):
         if schedule.missed == "skip":
-            log.info("job %s: run due at %s was missed; policy is skip", job.name, due.isoformat())
+            event(log, "scheduled_run_missed", job=job.name, due=due.isoformat(), policy="skip")
             return None
         return Due(job.id, "missed")
     return Due(job.id, "schedule")
@@ -155,22 +156,24 @@ def tick(
         if due is None:
             continue
         try:
-            started.append(
-                start_job(
-                    ctx,
-                    due.job_id,
-                    trigger=due.trigger,
-                    attempt=due.attempt,
-                    machine_ids=due.machine_ids,
-                    wait=wait,
-                    dispatcher=dispatcher,
-                    clock=session_clock,
-                )
+            session_id = start_job(
+                ctx,
+                due.job_id,
+                trigger=due.trigger,
+                attempt=due.attempt,
+                machine_ids=due.machine_ids,
+                wait=wait,
+                dispatcher=dispatcher,
+                clock=session_clock,
             )
+            started.append(session_id)
+            event(log, "scheduled_run", job=job.name, trigger=due.trigger, attempt=due.attempt,
+                  session=session_id)  # fmt: skip
         except ConflictError as exc:
-            log.info("job %s not started: %s", job.name, exc)
+            event(log, "scheduled_run_skipped", job=job.name, trigger=due.trigger, reason=str(exc))
         except CloudkeepError as exc:
-            log.warning("job %s could not start: %s", job.name, exc)
+            event(log, "scheduled_run_failed", level=logging.WARNING, job=job.name, trigger=due.trigger,
+                  error=str(exc))  # fmt: skip
     started += _start_due_rescans(ctx, now)
     started += _start_due_health_checks(ctx, now, dispatcher=dispatcher, wait=wait)
     return started
@@ -181,9 +184,12 @@ def _start_due_rescans(ctx: ServerContext, now: datetime) -> list[str]:
     started = []
     for group_id in due_rescans(ctx, now):
         try:
-            started.append(start_rescan(ctx, group_id))
+            session_id = start_rescan(ctx, group_id)
+            started.append(session_id)
+            event(log, "scheduled_rescan", protection_group=group_id, session=session_id)
         except CloudkeepError as exc:
-            log.warning("rescan of %s could not start: %s", group_id, exc)
+            event(log, "scheduled_rescan_failed", level=logging.WARNING, protection_group=group_id,
+                  error=str(exc))  # fmt: skip
     return started
 
 

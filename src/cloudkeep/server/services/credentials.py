@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError, UnreachableError
 from cloudkeep.providers.base import InventoryScope
 from cloudkeep.providers.registry import get_provider
 from cloudkeep.server import audit
@@ -141,24 +141,52 @@ def delete_credential(ctx: ServerContext, ref: str, *, actor: str = "local") -> 
         audit.record(session, actor, "credential.delete", row.id, {"name": row.name})
 
 
+CONNECTION_HINT = (
+    "check the endpoint (URL, region), that this server resolves its name (DNS) and reaches it "
+    "(firewall, HTTPS_PROXY / NO_PROXY)"
+)
+
+
+def _failed(cred: CredentialView, exc: CloudkeepError, **found: Any) -> CredentialTest:
+    """A test that could not finish: the reason, and a hint that fits it (never "grant permissions"
+    for a network or configuration problem)."""
+    hint: str | None
+    if isinstance(exc, UnreachableError):
+        hint = f"{exc.hint}; {CONNECTION_HINT}" if exc.hint else CONNECTION_HINT
+    else:
+        hint = exc.hint
+    return CredentialTest(
+        credential_id=cred.id, name=cred.name, ok=False, missing_permissions=found.get("missing", []),
+        machines_seen=found.get("seen"), problems=found.get("problems", []), error=str(exc), hint=hint,
+    )  # fmt: skip
+
+
+def _manages_machines(ctx: ServerContext, credential_id: str) -> bool:
+    """Used by a protection group, or not yet used at all: its machine-side options matter. A
+    credential only behind repositories (e.g. an S3-compatible store) never runs commands."""
+    with ctx.db() as session:
+        groups = session.scalar(
+            select(ProtectionGroup.id).where(ProtectionGroup.credential_id == credential_id).limit(1)
+        )
+        repos = session.scalar(
+            select(Repository.id).where(Repository.credential_id == credential_id).limit(1)
+        )
+    return groups is not None or repos is None
+
+
 def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
     """Dry-run the documented permissions and list machines, reporting rather than raising."""
     cred = get_credential(ctx, ref)
     missing: list[str] = []
+    problems: list[str] = []
     seen: int | None = None
-    error: str | None = None
     try:
         provider = ctx.provider_for(cred.id)
     except CloudkeepError as exc:
-        return CredentialTest(
-            credential_id=cred.id,
-            name=cred.name,
-            ok=False,
-            missing_permissions=[],
-            machines_seen=None,
-            error=str(exc),
-        )
+        return _failed(cred, exc)
     try:
+        if _manages_machines(ctx, cred.id):
+            problems = list(provider.check_configuration())
         missing = list(provider.check_permissions())
         regions = tuple(cred.options.get("regions") or ())
         seen = 0
@@ -167,19 +195,20 @@ def test_credential(ctx: ServerContext, ref: str) -> CredentialTest:
             if seen >= _MACHINES_SEEN_LIMIT:
                 break
     except CloudkeepError as exc:
-        error = str(exc)
+        return _failed(cred, exc, missing=missing, problems=problems, seen=seen)
     except Exception as exc:  # doctor reports every credential; an SDK surprise is one line, not a traceback
-        error = f"unexpected {type(exc).__name__} while testing: {exc}"
+        error = CloudkeepError(f"unexpected {type(exc).__name__} while testing: {exc}")
+        return _failed(cred, error, missing=missing, problems=problems, seen=seen)
     finally:
         provider.close()
-    ok = not missing and error is None
     return CredentialTest(
         credential_id=cred.id,
         name=cred.name,
-        ok=ok,
+        ok=not missing and not problems,
         missing_permissions=missing,
         machines_seen=seen,
-        error=error,
+        problems=problems,
+        hint="grant the missing permissions listed in docs/permissions.md" if missing else None,
     )
 
 

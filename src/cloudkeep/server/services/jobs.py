@@ -21,6 +21,7 @@ from cloudkeep.server.db.models import (
     Repository,
     RestorePoint,
 )
+from cloudkeep.server.scheduling.schedule_spec import upcoming_runs
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
 from cloudkeep.server.services.schemas import JobCreate, JobUpdate, JobView, Page
 from cloudkeep.server.services.validation import next_run, validate_retention, validate_schedule
@@ -37,6 +38,7 @@ SEALED_SUFFIX = "_sealed"
 def view(row: BackupJob) -> JobView:
     job = JobView.model_validate(row)
     job.options = _mask_sealed(job.options)
+    job.next_runs = upcoming_runs(job.schedule, job.next_run_at)
     return job
 
 

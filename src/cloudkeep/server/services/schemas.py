@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -23,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from cloudkeep.protocol.bodies import Retention
 from cloudkeep.providers.registry import provider_kinds
 from cloudkeep.server.jobs.options import JobOptions
+from cloudkeep.server.scheduling.schedule_spec import ScheduledRun, schedule_json_schema
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
@@ -46,6 +48,9 @@ Provider = Annotated[
 Purpose = Literal["backup", "distribution"]
 BackupMode = Literal["entire", "volume", "file"]
 T = TypeVar("T")
+# Accepted and stored as a dict that scheduling/schedule.py validates (naming the bad field); documented
+# in the spec with every field (ScheduleSpec) instead of a bare object.
+ScheduleDict = Annotated[dict[str, Any] | None, WithJsonSchema(schedule_json_schema())]
 
 
 class Model(BaseModel):
@@ -69,6 +74,11 @@ class SessionStarted(Model):
 
 
 class CredentialCreate(Model):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "prod-aws", "provider": "aws",
+        "secret": {"aws_access_key_id": "AKIA…", "aws_secret_access_key": "…"},
+        "options": {"region": "eu-west-1", "ssm_output_bucket": "acme-cloudkeep-ssm"},
+    }]})
     name: Name
     provider: Provider
     secret: dict[str, SecretStr] = Field(default_factory=dict, description="Write-only credential material.")
@@ -102,12 +112,20 @@ class CredentialTest(Model):
     missing_permissions: list[str]
     machines_seen: int | None
     error: str | None = None
+    problems: list[str] = Field(
+        default_factory=list, description="Provider options that will make an operation fail later."
+    )
+    hint: str | None = Field(default=None, description="What to do about the error or what is missing.")
 
 
 # --- repositories ----------------------------------------------------------------------------
 
 
 class RepositoryCreate(Model):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "main", "credential": "prod-aws", "location": "acme-backups/cloudkeep",
+        "password": "correct horse battery staple", "immutability_days": 30,
+    }]})
     name: Name
     purpose: Purpose = "backup"
     credential: str = Field(min_length=1, description="Credential id or name.")
@@ -248,6 +266,11 @@ class _GroupFields(Model):
 
 
 class ProtectionGroupCreate(_GroupFields):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "web-fleet", "credential": "prod-aws", "distribution_repository": "dist",
+        "regions": ["eu-west-1"], "include_tags": {"backup": "daily"},
+        "rescan_schedule": {"kind": "daily", "time": "01:00"},
+    }]})
     name: Name
     credential: str = Field(min_length=1, description="Credential id or name.")
     distribution_repository: str = Field(min_length=1, description="Distribution repository id or name.")
@@ -322,7 +345,7 @@ class _JobFields(Model):
     mode: BackupMode | None = None
     includes: list[str] | None = None
     excludes: list[str] | None = None
-    schedule: dict[str, Any] | None = None
+    schedule: ScheduleDict = None
     retention: Retention | None = None
     options: JobOptions | None = Field(default=None, description="Typed: unknown options are refused.")
     enabled: bool | None = None
@@ -336,6 +359,13 @@ class _JobFields(Model):
 
 
 class JobCreate(_JobFields):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "nightly", "repository": "main", "protection_groups": ["web-fleet"], "mode": "file",
+        "includes": ["/etc", "/var/www"], "excludes": ["*.tmp"],
+        "schedule": {"kind": "cron", "expression": "0 3 * * 1-5", "timezone": "Europe/Paris"},
+        "retention": {"keep_daily": 7, "keep_weekly": 4},
+        "options": {"bandwidth_limit": "20MiB", "parallel_machines": 8},
+    }]})
     name: Name
     repository: str = Field(min_length=1, description="Backup repository id or name.")
 
@@ -356,11 +386,14 @@ class JobView(Model):
     mode: str
     includes: list[str]
     excludes: list[str]
-    schedule: dict[str, Any] | None
+    schedule: ScheduleDict
     retention: dict[str, Any]
     options: dict[str, Any]
     enabled: bool
     next_run_at: datetime | None
+    next_runs: list[ScheduledRun] = Field(
+        default_factory=list, description="The next starts, in UTC and in the schedule's time zone."
+    )
     created_at: datetime
 
 
