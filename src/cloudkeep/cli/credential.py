@@ -10,16 +10,16 @@ from pydantic import SecretStr
 
 from cloudkeep.cli.common import (
     JSON_OPTION,
-    LIMIT_OPTION,
-    OFFSET_OPTION,
+    Col,
+    Column,
     client,
     parse_pairs,
     print_json,
     print_table,
-    render_object,
-    render_page,
     success,
 )
+from cloudkeep.cli.completion import PROVIDERS, choices, names_of
+from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest
 
@@ -41,12 +41,12 @@ PROVIDER_SECRETS: dict[str, list[tuple[str, str]]] = {
 }
 # A secret to prompt for when its partner is given (AWS without keys uses boto3's default chain).
 _PROMPT_FOR = {"aws": ("aws_access_key_id", "aws_secret_access_key"), "azure": ("client_id", "client_secret")}
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("name", "name"),
     ("provider", "provider"),
-    ("id", "id"),
     ("options", "options"),
     ("created", "created_at"),
+    Col("id", "id", wide=True),
 ]
 
 
@@ -67,7 +67,9 @@ def _secrets(provider: str, given: dict[str, str], from_env: bool, prompt: bool)
 def add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    provider: str = typer.Option(..., "--provider", help="aws | azure | local"),
+    provider: str = typer.Option(
+        ..., "--provider", help="aws | azure | local", autocompletion=choices(*PROVIDERS)
+    ),
     access_key_id: str | None = typer.Option(None, "--access-key-id", help="AWS access key id."),
     tenant_id: str | None = typer.Option(None, "--tenant-id", help="Azure tenant id."),
     client_id: str | None = typer.Option(None, "--client-id", help="Azure client (application) id."),
@@ -123,25 +125,7 @@ def add(
     if as_json:
         print_json(view)
     else:
-        success(f"credential {view.name} added ({view.id})")
-
-
-@app.command("list")
-def list_(
-    ctx: typer.Context, as_json: bool = JSON_OPTION, limit: int = LIMIT_OPTION, offset: int = OFFSET_OPTION
-) -> None:
-    """List credentials (never their secrets)."""
-    with client(ctx) as c:
-        render_page(c.list_credentials(limit=limit, offset=offset), as_json, COLUMNS, title="Credentials")
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
-) -> None:
-    """Show one credential."""
-    with client(ctx) as c:
-        render_object(c.get_credential(ref), as_json, title="Credential")
+        success(f"credential {view.name} added ({view.id[:8]})")
 
 
 def render_tests(results: list[CredentialTest], as_json: bool) -> bool:
@@ -164,7 +148,9 @@ def render_tests(results: list[CredentialTest], as_json: bool) -> bool:
 
 @app.command("test")
 def test(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("credential")),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Check the documented permissions and list machines with the credential."""
     with client(ctx) as c:
@@ -173,9 +159,17 @@ def test(
         raise typer.Exit(1)
 
 
-@app.command("remove")
-def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
-    """Remove a credential that nothing uses any more."""
-    with client(ctx) as c:
-        c.delete_credential(ref)
-    success(f"credential {ref} removed")
+add_resource_commands(
+    app,
+    Resource(
+        noun="credential",
+        title="Credentials",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_credential(ref),
+        list_page=lambda c, **page: c.list_credentials(**page),
+        delete=lambda c, ref: c.delete_credential(ref),
+        delete_command="remove",
+        delete_help="Remove a credential that nothing uses any more.",
+        kind="credential",
+    ),
+)
