@@ -159,3 +159,22 @@ def test_protect_is_idempotent_and_follows_new_paths(tmp_path: Path) -> None:
             protect(c, HostLayout(layout.home, tmp_path / "other-root"), ["/etc"])
         with pytest.raises(ConfigurationError, match="not an absolute path"):
             protect(c, layout, ["etc"])
+
+
+def test_a_missing_path_is_named_and_the_rest_backed_up(tmp_path: Path) -> None:
+    """issue 16: `--path /srv` that does not exist ends the backup 'warning' (exit 3), naming it."""
+    home, root = tmp_path / "home", tmp_path / "root"
+    _seed(root)
+    try:
+        protect = _run(home, "host", "protect", "--path", "/etc", "--path", "/nope", "--root", str(root))
+        assert protect.returncode == 3, protect.stdout + protect.stderr
+        assert "/nope" in protect.stdout and "does not exist" in protect.stdout
+        assert "this host is protected" in protect.stdout
+        status = _run(home, "host", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert shown["job"]["includes"] == ["/etc", "/nope"] and len(shown["restore_points"]) == 1
+        assert shown["restore_points"][0]["files"] >= 2  # /etc was backed up all the same
+    finally:
+        unprotect = _run(home, "host", "unprotect", "--json")
+    assert unprotect.returncode == 0 and json.loads(unprotect.stdout)["ok"] is True
