@@ -206,3 +206,14 @@ def test_sudo_uses_the_invoking_users_home() -> None:
     assert invoking_user_home({"SUDO_USER": "root"}, euid=0) is None
     assert invoking_user_home({"SUDO_USER": "no-such-user-here"}, euid=0) is None
     assert invoking_user_home({}, euid=0) is None
+
+
+def test_json_of_bundle_build_and_show(run: Invoke, world: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    built = json.loads(ok(run("bundle", "build", "--out", str(folder), "--json")))
+    assert built["folder"] == str(folder) and built["archives"]
+    shown = json.loads(ok(run("bundle", "show", str(folder), "--json")))
+    assert shown["valid"] is True and shown["version"] == built["version"] and shown["files"]
+    (folder / sorted(shown["files"])[0]).write_bytes(b"tampered")
+    tampered = json.loads(ok(run("bundle", "show", str(folder), "--json")))
+    assert tampered["valid"] is False and tampered["verdict"].startswith("NOT VALID")
