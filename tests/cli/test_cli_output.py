@@ -217,3 +217,10 @@ def test_json_of_bundle_build_and_show(run: Invoke, world: dict[str, str], tmp_p
     (folder / sorted(shown["files"])[0]).write_bytes(b"tampered")
     tampered = json.loads(ok(run("bundle", "show", str(folder), "--json")))
     assert tampered["valid"] is False and tampered["verdict"].startswith("NOT VALID")
+
+
+def test_token_revoke_json(run: Invoke, world: dict[str, str]) -> None:
+    ok(run("server", "token", "create", "ci", "--scope", "read-only", "--json"))
+    revoked = json.loads(ok(run("server", "token", "revoke", "ci", "--json")))
+    assert revoked["name"] == "ci" and revoked["revoked_at"]
+    assert "token" not in revoked  # the secret itself is never shown again
