@@ -5,8 +5,12 @@ completion of names and enum values. Embedded mode on SQLite, through the real e
 from __future__ import annotations
 
 import json
+import os
+import pty
 import pwd
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +21,7 @@ from typer.testing import CliRunner, Result
 from cloudkeep.cli.common import human_size, invoking_user_home, timestamp
 from cloudkeep.cli.main import app
 from cloudkeep.config import Settings
+from cloudkeep.server.client import open_client
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint
 from tests.server.core.fixtures import Seeded, add_machine
@@ -224,3 +229,23 @@ def test_token_revoke_json(run: Invoke, world: dict[str, str]) -> None:
     revoked = json.loads(ok(run("server", "token", "revoke", "ci", "--json")))
     assert revoked["name"] == "ci" and revoked["revoked_at"]
     assert "token" not in revoked  # the secret itself is never shown again
+
+
+@pytest.mark.parametrize(("answer", "deleted"), [("n", False), ("y", True)])
+def test_a_terminal_is_asked(settings: Settings, world: dict[str, str], answer: str, deleted: bool) -> None:
+    """On a terminal (a real pty as stdin) the question is asked; only 'y' deletes."""
+    script = Path(sys.executable).with_name("cloudkeep")
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    env |= {"CLOUDKEEP_HOME": str(settings.home), "CLOUDKEEP_DATABASE_URL": settings.effective_database_url}
+    try:
+        os.write(leader, f"{answer}\n".encode())
+        result = subprocess.run([str(script), "job", "delete", "nightly"], stdin=follower,
+                                capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert "Delete job nightly" in result.stdout + result.stderr
+    assert result.returncode == (0 if deleted else 2), result.stdout + result.stderr
+    with open_client(settings) as c:
+        assert [j.name for j in c.list_jobs().items] == ([] if deleted else ["nightly"])

@@ -71,21 +71,6 @@ def _keep(name: str) -> Any:
     )
 
 
-add_resource_commands(
-    app,
-    Resource(
-        noun="job",
-        title="Jobs",
-        columns=COLUMNS,
-        get=lambda c, ref: c.get_job(ref),
-        list_page=lambda c, **page: c.list_jobs(**page),
-        delete=lambda c, ref: c.delete_job(ref),
-        delete_help="Delete a job (its restore points stay in the catalog).",
-        kind="job",
-    ),
-)
-
-
 def _next_run(view: Any) -> str:
     return timestamp(view.next_run_at) if view.next_run_at else "manual"
 
@@ -265,3 +250,18 @@ def stop(
         success(f"asked {len(ids)} session(s) to stop: {', '.join(ids)}")
     else:
         console().print(f"job {ref} is not running")
+
+
+add_resource_commands(
+    app,
+    Resource(
+        noun="job",
+        title="Jobs",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_job(ref),
+        list_page=lambda c, **page: c.list_jobs(**page),
+        delete=lambda c, ref: c.delete_job(ref),
+        delete_help="Delete a job (its restore points stay in the catalog).",
+        kind="job",
+    ),
+)
