@@ -117,8 +117,12 @@ def test_names_sizes_and_timestamps(run: Invoke, world: dict[str, str]) -> None:
     shown = ok(run("restore-point", "show", world["point"][:8], columns=200))
     assert f"web-frontend-production-eu-west-1 ({world['machine']})" in shown
     assert f"1.2 GiB ({GIB} bytes)" in shown
-    # the 8-character ids lists print are accepted back
+    # the 8-character ids lists and messages print are accepted back, by every group
     assert json.loads(ok(run("session", "show", world["session"][:8], "--json")))["id"] == world["session"]
+    assert json.loads(ok(run("job", "show", world["job"][:8], "--json")))["name"] == "nightly"
+    for group in ("repository", "credential", "protection-group", "machine"):
+        full = json.loads(ok(run(group, "list", "--json")))["items"][0]["id"]
+        assert json.loads(ok(run(group, "show", full[:8], "--json")))["id"] == full, group
 
 
 def test_formatters() -> None:
