@@ -85,10 +85,20 @@ def _layout(ctx: typer.Context, root: Path = Path("/")) -> HostLayout:
     return HostLayout(state(ctx).settings.home, root.resolve())
 
 
+def _follow(c: Client, session_id: str, as_json: bool) -> SessionDetail:
+    """Watch with progress bars, or (``--json``) silently: the command prints one object at the end."""
+    if not as_json:
+        return watch(c, session_id)
+    final: SessionDetail | None = None
+    for detail in c.watch_session(session_id):
+        final = detail
+    return final or c.get_session(session_id)
+
+
 def _backup(c: Client, *, as_json: bool = False) -> SessionDetail:
     """Run the host job; a failed run raises, a partial one ('warning', e.g. a missing path) is
     returned for the caller to exit 3 after naming what is missing."""
-    final = watch(c, c.start_job(JOB), as_json=as_json)
+    final = _follow(c, c.start_job(JOB), as_json)
     if final.state not in SUCCESS_STATES:
         raise HostError(f"the backup ended {final.state}: {final.reason}", hint="cloudkeep session show <id>")
     if as_json:
@@ -116,6 +126,7 @@ def protect_command(
     ),
     backup: bool = typer.Option(True, "--backup/--no-backup", help="Run a first backup right away."),
     root: Path = ROOT,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Back up paths of this host: set up, install the services, run the first backup (idempotent)."""
     _settings(ctx)
@@ -125,15 +136,21 @@ def protect_command(
         machine = protect(
             c, layout, path or [], repository=repository, password_file=password_file, excludes=exclude
         )
-        console().print(f"host {machine.name} (root {machine.root}), job {JOB}: {', '.join(path or [])}")
-        rescan = watch(c, c.rescan(GROUP))
+        if not as_json:
+            console().print(f"host {machine.name} (root {machine.root}), job {JOB}: {', '.join(path or [])}")
+        rescan = _follow(c, c.rescan(GROUP), as_json)
         view = host_view(c)
-        steps = " → ".join(f"{s.step}:{s.outcome}" for s in view.steps)
-        console().print(f"  {view.status}: {steps}")
+        if not as_json:
+            console().print(f"  {view.status}: {' → '.join(f'{s.step}:{s.outcome}' for s in view.steps)}")
         if rescan.state not in SUCCESS_STATES or view.status != "deployed":
             raise HostError(f"the services were not deployed: {view.status_reason}")
-        first = _backup(c) if backup else None
-    success(f"this host is protected; back up again with `cloudkeep host backup` (server home {layout.home})")
+        first = _backup(c, as_json=as_json) if backup else None
+    if as_json:
+        print_json({"home": str(layout.home), "host": view, "rescan": rescan, "backup": first})
+    else:
+        success(
+            f"this host is protected; back up again with `cloudkeep host backup` (server home {layout.home})"
+        )
     if first is not None and (code := exit_code_for(first.state)):
         raise typer.Exit(code)
 
@@ -145,6 +162,8 @@ def backup_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     with open_client(state(ctx).settings) as c:
         host_view(c)
         final = _backup(c, as_json=as_json)
+    if as_json:
+        print_json(final)
     if code := exit_code_for(final.state):
         raise typer.Exit(code)
 
