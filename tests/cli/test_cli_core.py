@@ -160,7 +160,7 @@ def test_embedded_administration_flow(run: Invoke, tmp_path: Path, ctx: ServerCo
         actions
     )
     assert all(e["actor"] == "local" for e in json.loads(audit)["items"])
-    ok(run("job", "delete", "nightly"))
+    ok(run("job", "delete", "nightly", "--yes"))
 
 
 def test_errors_are_one_line_with_a_hint_and_an_exit_code(
@@ -240,7 +240,7 @@ def test_remote_mode_against_a_real_server(
             env_extra=as_admin,
         )
     )
-    denied = run("--token", reader_token, "job", "delete", "remote-job", env_extra=remote)
+    denied = run("--token", reader_token, "job", "delete", "remote-job", "--yes", env_extra=remote)
     assert denied.exit_code == 1 and "read-only" in denied.output
     assert "remote-job" in ok(run("--token", reader_token, "job", "list", env_extra=remote))
     audit = json.loads(ok(run("server", "audit", "--json", env_extra=as_admin)))

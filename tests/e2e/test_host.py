@@ -159,3 +159,46 @@ def test_protect_is_idempotent_and_follows_new_paths(tmp_path: Path) -> None:
             protect(c, HostLayout(layout.home, tmp_path / "other-root"), ["/etc"])
         with pytest.raises(ConfigurationError, match="not an absolute path"):
             protect(c, layout, ["etc"])
+
+
+def test_a_missing_path_is_named_and_the_rest_backed_up(tmp_path: Path) -> None:
+    """issue 16: `--path /srv` that does not exist ends the backup 'warning' (exit 3), naming it."""
+    home, root = tmp_path / "home", tmp_path / "root"
+    _seed(root)
+    try:
+        protect = _run(home, "host", "protect", "--path", "/etc", "--path", "/nope", "--root", str(root))
+        assert protect.returncode == 3, protect.stdout + protect.stderr
+        assert "/nope" in protect.stdout and "does not exist" in protect.stdout
+        assert "this host is protected" in protect.stdout
+        status = _run(home, "host", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert shown["job"]["includes"] == ["/etc", "/nope"] and len(shown["restore_points"]) == 1
+        assert shown["restore_points"][0]["files"] >= 2  # /etc was backed up all the same
+        again = _run(home, "host", "backup", "--json")
+        assert again.returncode == 3, again.stdout + again.stderr
+        session = json.loads(again.stdout)  # one JSON document, no progress around it
+        assert session["state"] == "warning" and "/nope" in session["tasks"][0]["reason"]
+    finally:
+        unprotect = _run(home, "host", "unprotect", "--json")
+    assert unprotect.returncode == 0 and json.loads(unprotect.stdout)["ok"] is True
+
+
+def test_a_home_that_is_not_ours_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `sudo cloudkeep host protect`, the user's own `host status` finds the same home but
+    cannot open root's state: it says so. Tests run as root, who may open anything, so the
+    permission answer is a stand-in (os.access patched), in-process."""
+    from typer.testing import CliRunner
+
+    from cloudkeep.cli import host
+    from cloudkeep.cli.main import app
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cloudkeep.db").write_bytes(b"")
+    monkeypatch.setattr(host.os, "access", lambda path, mode: False)
+    result = CliRunner().invoke(
+        app, ["host", "status"], env={"CLOUDKEEP_HOME": str(home), "CLOUDKEEP_DATABASE_URL": ""}
+    )  # the home by environment: --home's own check (click's Path) would ask os.access too
+    assert result.exit_code == 2, result.output
+    assert "belongs to another user" in result.output and "sudo" in result.output

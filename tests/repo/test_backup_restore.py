@@ -169,6 +169,19 @@ def test_missing_source_is_a_clear_error(repo: Repository, tmp_path: Path) -> No
     assert list_snapshots(repo) == []
 
 
+def test_one_missing_source_is_skipped_and_named(repo: Repository, tmp_path: Path) -> None:
+    """issue 16: one missing path must not fail the whole backup; the rest is backed up."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    missing = tmp_path / "srv"
+    snap = backup_files(repo, [tmp_path / "etc", missing], hostname="h")
+    assert snap.paths == [str(tmp_path / "etc")]
+    assert snap.stats["errors_total"] == 1 and snap.stats["errors"][0]["path"] == str(missing)
+    assert any(str(missing) in w and "does not exist" in w for w in snap.stats["warnings"])
+    restore(repo, snap.id, tmp_path / "out")
+    assert restored(tmp_path / "out", tmp_path / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+
+
 def test_unreadable_file_is_skipped_with_warning(
     repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cloudkeep.cli.common import state
+from cloudkeep.cli.common import JSON_OPTION, dump, print_json, state
 from cloudkeep.errors import CloudkeepError, ConfigurationError
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ def build(
     no_wheels: bool = typer.Option(
         False, "--no-wheels", help="No dependency wheels (labs whose machines bring them: CLOUDKEEP_PYTHON)."
     ),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Build the Linux and Windows bundles from the installed package and sign them with the server key.
 
@@ -60,6 +61,9 @@ def build(
         manifest = build_bundle(folder, version=version, signing_key=server.signing_key, wheelhouse=wheels)
     finally:
         server.close()
+    if as_json:
+        print_json({"version": manifest.version, "folder": str(folder), "archives": dump(manifest.archives)})
+        return
     typer.echo(f"bundle {manifest.version} built in {folder}")
     for platform, archive in sorted(manifest.archives.items()):
         typer.echo(f"  {platform:8} {archive.file}  {archive.size:>9} bytes  sha256 {archive.sha256}")
@@ -71,6 +75,7 @@ def show(
     folder: Path | None = typer.Argument(
         None, help="A bundle folder (default: the server's current bundle)."
     ),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Show a bundle's version, files and checksums, and whether its signature verifies for this server.
 
@@ -83,12 +88,26 @@ def show(
     if not (folder / "manifest.json").is_file():
         raise CloudkeepError(f"no bundle in {folder}", hint="run `cloudkeep bundle build`")
     manifest = BundleManifest.load(folder)
+    valid = True
     try:
         manifest.verify_signature(public_key)
         manifest.verify_files(folder)
         verdict = "signature and checksums OK"
     except CloudkeepError as exc:
-        verdict = f"NOT VALID: {exc}"
+        valid, verdict = False, f"NOT VALID: {exc}"
+    if as_json:
+        print_json(
+            {
+                "version": manifest.version,
+                "built_at": manifest.built_at,
+                "folder": str(folder),
+                "valid": valid,
+                "verdict": verdict,
+                "files": dump(manifest.files),
+                "archives": dump(manifest.archives),
+            }
+        )
+        return
     typer.echo(f"bundle {manifest.version} (built {manifest.built_at}) in {folder}: {verdict}")
     for name, entry in sorted(manifest.files.items()):
         typer.echo(f"  {name:40} {entry.size:>9} bytes  sha256 {entry.sha256}")

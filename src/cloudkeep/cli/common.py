@@ -7,11 +7,12 @@ Settings are built here, at the edge, from the global flags (``--home``, ``--api
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from cloudkeep.server.jobs.options import describe
 from cloudkeep.server.services.schemas import Page, SessionDetail
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+WIDE_OPTION = typer.Option(False, "--wide", help="Also show ids (and other wide columns).")
 LIMIT_OPTION = typer.Option(100, "--limit", min=1, max=500, help="Page size.")
 OFFSET_OPTION = typer.Option(0, "--offset", min=0, help="Rows to skip.")
 EXIT_ERROR = 1
@@ -52,9 +54,29 @@ def state(ctx: typer.Context) -> CliState:
     return root.obj
 
 
+def invoking_user_home(environ: Mapping[str, str] = os.environ, euid: int | None = None) -> Path | None:
+    """Under ``sudo`` (and no ``CLOUDKEEP_HOME``), the invoking user's ``~/.cloudkeep``.
+
+    So ``sudo cloudkeep host protect`` and a later ``cloudkeep host status`` name one server home,
+    not root's and the user's; the state in it stays root's (see ``cloudkeep.cli.host``).
+    """
+    user = environ.get("SUDO_USER")
+    if environ.get("CLOUDKEEP_HOME") or not user or user == "root":
+        return None
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    try:
+        import pwd  # POSIX only, as sudo is
+
+        return Path(pwd.getpwnam(user).pw_dir) / ".cloudkeep"
+    except (ImportError, KeyError):
+        return None
+
+
 def build_settings(
     home: Path | None = None, api_url: str | None = None, token: str | None = None
 ) -> Settings:
+    home = home or invoking_user_home()
     overrides: dict[str, Any] = {"home": home, "api_url": api_url, "api_token": token}
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -73,15 +95,43 @@ def client(ctx: typer.Context) -> Iterator[Client]:
 
 
 def console(*, stderr: bool = False) -> Console:
+    """A console as wide as ``COLUMNS`` says (a terminal's own width; 200 for a pipe without it)."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(file=stream, width=None if stream.isatty() else 200, stderr=stderr)
+    return Console(file=stream, width=terminal_width(stream.isatty()), stderr=stderr)
+
+
+def terminal_width(isatty: bool) -> int | None:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if isatty else 200
+
+
+def human_size(value: Any) -> str:
+    """Bytes in binary units (``1.2 GiB``), as ``ls -h`` and restic print them."""
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def timestamp(value: datetime) -> str:
+    """The one timestamp style: UTC, to the minute, with its zone (``2026-12-02 03:00 UTC``)."""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)  # the store keeps naive UTC
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def dump(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
     return value
 
 
@@ -93,7 +143,7 @@ def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return timestamp(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):
@@ -103,36 +153,138 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-Column = tuple[str, str] | tuple[str, str, Callable[[Any], Any]]
+@dataclass(frozen=True)
+class Col:
+    """A table column: ``ref`` names the kind of object an id points to (shown by name, the id in
+    an extra column with ``--wide``); ``wide`` columns appear only with ``--wide``."""
+
+    header: str
+    attr: str
+    fmt: Callable[[Any], Any] | None = None
+    ref: str | None = None
+    wide: bool = False
 
 
-def print_table(rows: Sequence[BaseModel], columns: Sequence[Column], *, title: str | None = None) -> None:
-    """A Rich table; each column is (header, attribute) or (header, attribute, formatter)."""
-    table = Table(title=title, show_lines=False)
+Column = tuple[str, str] | tuple[str, str, Callable[[Any], Any]] | Col
+
+
+def short(value: Any) -> str:
+    """An id's first 8 characters: every command accepts a unique prefix of at least 4."""
+    return str(value)[:8] if value else "-"
+
+
+# fields of views that hold the id of another object, and the kind of that object
+REF_FIELDS = {
+    "machine_id": "machine",
+    "repository_id": "repository",
+    "distribution_repository_id": "repository",
+    "credential_id": "credential",
+    "job_id": "job",
+    "protection_group_id": "group",
+    "restore_point_id": "restore-point",
+}
+SIZE_FIELDS = frozenset({"size", "bytes_read", "bytes_transferred"})
+
+
+class Names:
+    """Names for the ids views carry, each kind fetched once per command and only when needed."""
+
+    def __init__(self, c: Client) -> None:
+        self._c = c
+        self._maps: dict[str, dict[str, str]] = {}
+
+    def all(self, kind: str) -> dict[str, str]:
+        """Every object of ``kind`` (machine, repository, credential, job, group): id → name."""
+        lister: dict[str, Callable[..., Page[Any]]] = {
+            "machine": self._c.list_machines,
+            "repository": self._c.list_repositories,
+            "credential": self._c.list_credentials,
+            "job": self._c.list_jobs,
+            "group": self._c.list_groups,
+        }
+        names: dict[str, str] = {}
+        if kind not in lister:
+            return names
+        offset = 0
+        while True:
+            page = lister[kind](limit=500, offset=offset)
+            names.update({item.id: item.name for item in page.items})
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return names
+
+    def name(self, kind: str, value: Any) -> str:
+        if not value:
+            return "-"
+        if kind not in self._maps:
+            self._maps[kind] = self.all(kind)
+        return self._maps[kind].get(str(value)) or short(value)
+
+
+def _columns(columns: Sequence[Column], wide: bool) -> list[Col]:
+    result: list[Col] = []
     for column in columns:
-        table.add_column(column[0], overflow="fold")
+        col = column if isinstance(column, Col) else Col(*column)
+        if col.wide and not wide:
+            continue
+        result.append(col)
+        if col.ref and wide:
+            result.append(Col(f"{col.header} id", col.attr))
+    return result
+
+
+def print_table(
+    rows: Sequence[BaseModel],
+    columns: Sequence[Column],
+    *,
+    title: str | None = None,
+    names: Names | None = None,
+    wide: bool = False,
+) -> None:
+    """A Rich table that fits the console (long cells fold); ids of ``ref`` columns become names."""
+    table = Table(title=title, show_lines=False)
+    cols = _columns(columns, wide)
+    for col in cols:
+        table.add_column(col.header, overflow="fold")
     for row in rows:
         cells = []
-        for column in columns:
-            value = getattr(row, column[1], None)
-            cells.append(cell(column[2](value) if len(column) == 3 else value))
+        for col in cols:
+            value = getattr(row, col.attr, None)
+            if col.ref and names is not None:
+                value = names.name(col.ref, value)
+            cells.append(cell(col.fmt(value) if col.fmt else value))
         table.add_row(*cells)
     console().print(table)
 
 
-def render_page(page: Page[Any], as_json: bool, columns: Sequence[Column], *, title: str) -> None:
+def render_page(
+    page: Page[Any],
+    as_json: bool,
+    columns: Sequence[Column],
+    *,
+    title: str,
+    names: Names | None = None,
+    wide: bool = False,
+) -> None:
     if as_json:
         print_json(page)
         return
-    print_table(page.items, columns, title=title)
+    print_table(page.items, columns, title=title, names=names, wide=wide)
     if page.total > page.offset + len(page.items):
         console().print(
             f"[dim]{len(page.items)} of {page.total}; next page: --offset {page.offset + page.limit}[/dim]"
         )
 
 
-def render_object(obj: BaseModel, as_json: bool, *, title: str, skip: Sequence[str] = ()) -> None:
-    """One object as key/value lines (or JSON)."""
+def render_object(
+    obj: BaseModel,
+    as_json: bool,
+    *,
+    title: str,
+    skip: Sequence[str] = (),
+    names: Names | None = None,
+) -> None:
+    """One object as key/value lines (or JSON); ids of other objects with their names, sizes in units."""
     if as_json:
         print_json(obj)
         return
@@ -140,13 +292,27 @@ def render_object(obj: BaseModel, as_json: bool, *, title: str, skip: Sequence[s
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for name, value in obj:
-        if name not in skip:
-            table.add_row(name, cell(value))
+        if name in skip:
+            continue
+        text = cell(value)
+        if name in SIZE_FIELDS and isinstance(value, int):
+            text = f"{human_size(value)} ({value} bytes)"
+        elif names is not None and name in REF_FIELDS and value:
+            text = f"{names.name(REF_FIELDS[name], value)} ({value})"
+        table.add_row(name, text)
     console().print(table)
 
 
 def success(message: str) -> None:
     console().print(f"[green]✓[/green] {message}")
+
+
+def done(message: str, as_json: bool, **fields: Any) -> None:
+    """A command that changes something without returning an object: a line, or ``{"ok": true, …}``."""
+    if as_json:
+        print_json({"ok": True, **fields})
+    else:
+        success(message)
 
 
 def parse_pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:

@@ -13,19 +13,19 @@ from pydantic import SecretStr
 from cloudkeep.cli.common import (
     DRY_RUN_OPTION,
     JSON_OPTION,
-    LIMIT_OPTION,
-    OFFSET_OPTION,
     YES_OPTION,
+    Col,
+    Column,
     client,
     confirm,
     console,
     parse_pairs,
     print_json,
     print_table,
-    render_object,
-    render_page,
     success,
 )
+from cloudkeep.cli.completion import PROVIDERS, choices, names_of
+from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.facts import CredentialField
 from cloudkeep.providers.registry import all_provider_facts, provider_facts, provider_kinds
@@ -33,12 +33,12 @@ from cloudkeep.server.services.schemas import CredentialCreate, CredentialTest, 
 
 app = typer.Typer(help="Cloud credentials.", no_args_is_help=True)
 
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("name", "name"),
     ("provider", "provider"),
-    ("id", "id"),
     ("options", "options"),
     ("created", "created_at"),
+    Col("id", "id", wide=True),
 ]
 
 
@@ -76,7 +76,9 @@ def _one_of(kinds: tuple[str, ...]) -> str:
 def add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    provider: str = typer.Option(..., "--provider", help=" | ".join(provider_kinds())),
+    provider: str = typer.Option(
+        ..., "--provider", help=" | ".join(provider_kinds()), autocompletion=choices(*PROVIDERS)
+    ),
     secret: list[str] | None = typer.Option(
         None,
         "--secret",
@@ -121,7 +123,8 @@ def add(
     if as_json:
         print_json(view)
     else:
-        success(f"credential {view.name} added ({view.id})")
+        success(f"credential {view.name} added ({view.id[:8]})")
+
 
 
 def _with_field_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -148,24 +151,6 @@ def _with_field_options(command: Callable[..., None]) -> Callable[..., None]:
 app.command("add")(_with_field_options(add))
 
 
-@app.command("list")
-def list_(
-    ctx: typer.Context, as_json: bool = JSON_OPTION, limit: int = LIMIT_OPTION, offset: int = OFFSET_OPTION
-) -> None:
-    """List credentials (never their secrets)."""
-    with client(ctx) as c:
-        render_page(c.list_credentials(limit=limit, offset=offset), as_json, COLUMNS, title="Credentials")
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
-) -> None:
-    """Show one credential."""
-    with client(ctx) as c:
-        render_object(c.get_credential(ref), as_json, title="Credential")
-
-
 def render_tests(results: list[CredentialTest], as_json: bool) -> bool:
     if as_json:
         print_json(results)
@@ -186,7 +171,9 @@ def render_tests(results: list[CredentialTest], as_json: bool) -> bool:
 
 @app.command("test")
 def test(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("credential")),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Check the documented permissions and list machines with the credential."""
     with client(ctx) as c:
@@ -195,12 +182,20 @@ def test(
         raise typer.Exit(1)
 
 
-@app.command("remove")
-def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
-    """Remove a credential that nothing uses any more."""
-    with client(ctx) as c:
-        c.delete_credential(ref)
-    success(f"credential {ref} removed")
+add_resource_commands(
+    app,
+    Resource(
+        noun="credential",
+        title="Credentials",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_credential(ref),
+        list_page=lambda c, **page: c.list_credentials(**page),
+        delete=lambda c, ref: c.delete_credential(ref),
+        delete_command="remove",
+        delete_help="Remove a credential that nothing uses any more.",
+        kind="credential",
+    ),
+)
 
 
 @app.command("update")

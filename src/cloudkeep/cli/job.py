@@ -8,8 +8,7 @@ import typer
 
 from cloudkeep.cli.common import (
     JSON_OPTION,
-    LIMIT_OPTION,
-    OFFSET_OPTION,
+    Col,
     Column,
     client,
     console,
@@ -17,10 +16,11 @@ from cloudkeep.cli.common import (
     parse_json,
     parse_options,
     print_json,
-    render_object,
-    render_page,
     success,
+    timestamp,
 )
+from cloudkeep.cli.completion import MODES, choices, names_of
+from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.server.jobs.options import validate_job_options
 from cloudkeep.server.scheduling.schedule import schedule_from_text
 from cloudkeep.server.services.schemas import JobCreate, JobUpdate, Retention
@@ -29,13 +29,18 @@ app = typer.Typer(help="Backup jobs.", no_args_is_help=True)
 COLUMNS: list[Column] = [
     ("name", "name"),
     ("mode", "mode"),
+    Col("repository", "repository_id", ref="repository"),
     ("schedule", "schedule", lambda s: s.get("kind", s) if s else "manual"),
     ("next run", "next_run_at"),
     ("enabled", "enabled"),
-    ("id", "id"),
+    Col("id", "id", wide=True),
 ]
-GROUP = typer.Option(None, "--group", help="Protection group id or name (repeat).")
-MACHINE = typer.Option(None, "--machine", help="Machine id (repeat).")
+GROUP = typer.Option(
+    None, "--group", help="Protection group id or name (repeat).", autocompletion=names_of("group")
+)
+MACHINE = typer.Option(
+    None, "--machine", help="Machine id or name (repeat).", autocompletion=names_of("machine")
+)
 INCLUDE = typer.Option(None, "--include", help="Path, volume or glob to back up (repeat).")
 EXCLUDE = typer.Option(None, "--exclude", help="Path or glob to skip (repeat).")
 SCHEDULE = typer.Option(
@@ -74,14 +79,20 @@ def _keep(name: str) -> Any:
     )
 
 
+def _next_run(view: Any) -> str:
+    return timestamp(view.next_run_at) if view.next_run_at else "manual"
+
+
 @app.command("create")
 def create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    repository: str = typer.Option(..., "--repository", help="Backup repository id or name."),
+    repository: str = typer.Option(
+        ..., "--repository", help="Backup repository id or name.", autocompletion=names_of("repository")
+    ),
     group: list[str] | None = GROUP,
     machine: list[str] | None = MACHINE,
-    mode: str = typer.Option("file", "--mode", help="entire | volume | file"),
+    mode: str = typer.Option("file", "--mode", help="entire | volume | file", autocompletion=choices(*MODES)),
     include: list[str] | None = INCLUDE,
     exclude: list[str] | None = EXCLUDE,
     schedule: str | None = SCHEDULE,
@@ -124,18 +135,18 @@ def create(
     if as_json:
         print_json(view)
     else:
-        success(f"job {view.name} created ({view.id}); next run: {view.next_run_at or 'manual'}")
+        success(f"job {view.name} created ({view.id[:8]}); next run: {_next_run(view)}")
 
 
 @app.command("update")
 def update(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("job")),
     name: str | None = typer.Option(None, "--name", help="Rename."),
-    repository: str | None = typer.Option(None, "--repository"),
+    repository: str | None = typer.Option(None, "--repository", autocompletion=names_of("repository")),
     group: list[str] | None = GROUP,
     machine: list[str] | None = MACHINE,
-    mode: str | None = typer.Option(None, "--mode"),
+    mode: str | None = typer.Option(None, "--mode", autocompletion=choices(*MODES)),
     include: list[str] | None = INCLUDE,
     exclude: list[str] | None = EXCLUDE,
     schedule: str | None = SCHEDULE,
@@ -178,56 +189,46 @@ def update(
     if as_json:
         print_json(view)
     else:
-        success(f"job {view.name} updated; next run: {view.next_run_at or 'manual'}")
-
-
-@app.command("list")
-def list_(
-    ctx: typer.Context, as_json: bool = JSON_OPTION, limit: int = LIMIT_OPTION, offset: int = OFFSET_OPTION
-) -> None:
-    """List backup jobs."""
-    with client(ctx) as c:
-        render_page(c.list_jobs(limit=limit, offset=offset), as_json, COLUMNS, title="Jobs")
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
-) -> None:
-    """Show one job."""
-    with client(ctx) as c:
-        render_object(c.get_job(ref), as_json, title="Job")
-
-
-@app.command("delete")
-def delete(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
-    """Delete a job (its restore points stay in the catalog)."""
-    with client(ctx) as c:
-        c.delete_job(ref)
-    success(f"job {ref} deleted")
+        success(f"job {view.name} updated; next run: {_next_run(view)}")
 
 
 @app.command("enable")
-def enable(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+def enable(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("job")),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Let the scheduler run the job again."""
     with client(ctx) as c:
         view = c.set_job_enabled(ref, True)
-    success(f"job {view.name} enabled; next run: {view.next_run_at or 'manual'}")
+    if as_json:
+        print_json(view)
+    else:
+        success(f"job {view.name} enabled; next run: {_next_run(view)}")
 
 
 @app.command("disable")
-def disable(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+def disable(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("job")),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Stop scheduled runs (manual starts still work)."""
     with client(ctx) as c:
         view = c.set_job_enabled(ref, False)
-    success(f"job {view.name} disabled")
+    if as_json:
+        print_json(view)
+    else:
+        success(f"job {view.name} disabled")
 
 
 @app.command("start")
 def start(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
-    machine: list[str] | None = typer.Option(None, "--machine", help="Only these machines (repeat)."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("job")),
+    machine: list[str] | None = typer.Option(
+        None, "--machine", help="Only these machines (repeat).", autocompletion=names_of("machine")
+    ),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Watch until it ends (always in embedded mode)."
     ),
@@ -243,11 +244,32 @@ def start(
 
 
 @app.command("stop")
-def stop(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+def stop(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("job")),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Ask the job's running sessions to stop."""
     with client(ctx) as c:
         ids = c.stop_job(ref)
-    if ids:
+    if as_json:
+        print_json({"ok": True, "stopping": ids})
+    elif ids:
         success(f"asked {len(ids)} session(s) to stop: {', '.join(ids)}")
     else:
         console().print(f"job {ref} is not running")
+
+
+add_resource_commands(
+    app,
+    Resource(
+        noun="job",
+        title="Jobs",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_job(ref),
+        list_page=lambda c, **page: c.list_jobs(**page),
+        delete=lambda c, ref: c.delete_job(ref),
+        delete_help="Delete a job (its restore points stay in the catalog).",
+        kind="job",
+    ),
+)

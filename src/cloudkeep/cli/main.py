@@ -25,7 +25,14 @@ from cloudkeep.cli import (
     server,
     session,
 )
-from cloudkeep.cli.common import EXIT_CODES_HELP, CliState, CloudkeepGroup, build_settings
+from cloudkeep.cli.common import (
+    EXIT_CODES_HELP,
+    JSON_OPTION,
+    CliState,
+    CloudkeepGroup,
+    build_settings,
+    print_json,
+)
 
 app = typer.Typer(
     name="cloudkeep",
@@ -64,11 +71,14 @@ def main(
 
 
 @app.command()
-def version() -> None:
+def version(as_json: bool = JSON_OPTION) -> None:
     """Print the installed version."""
     from cloudkeep import __version__
 
-    typer.echo(__version__)
+    if as_json:
+        print_json({"version": __version__})
+    else:
+        typer.echo(__version__)
 
 
 if __name__ == "__main__":

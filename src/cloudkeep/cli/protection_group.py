@@ -8,31 +8,33 @@ import typer
 
 from cloudkeep.cli.common import (
     JSON_OPTION,
-    LIMIT_OPTION,
-    OFFSET_OPTION,
+    Col,
+    Column,
     client,
     follow,
     parse_json,
     parse_pairs,
     print_json,
-    render_object,
-    render_page,
     success,
 )
+from cloudkeep.cli.completion import ON_DISAPPEAR, choices, names_of
+from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.server.services.schemas import ProtectionGroupCreate, ProtectionGroupUpdate
 
 app = typer.Typer(help="Protection groups of type cloud machines.", no_args_is_help=True)
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("name", "name"),
     ("machines", "machine_count"),
     ("regions", "regions"),
     ("tags", "include_tags"),
     ("enabled", "enabled"),
     ("last rescan", "last_rescan_at"),
-    ("id", "id"),
+    Col("id", "id", wide=True),
 ]
 REGION = typer.Option(None, "--region", help="Region / location / subscription (repeat).")
-MACHINE = typer.Option(None, "--machine", help="Only these machine ids or names (repeat).")
+MACHINE = typer.Option(
+    None, "--machine", help="Only these machine ids or names (repeat).", autocompletion=names_of("machine")
+)
 TAG = typer.Option(None, "--tag", help="Include machines with tag KEY=VALUE (repeat; all must match).")
 EXCLUDE = typer.Option(None, "--exclude-machine", help="Exclude machine id or name (repeat).")
 EXCLUDE_TAG = typer.Option(None, "--exclude-tag", help="Exclude machines with tag KEY=VALUE (repeat).")
@@ -64,15 +66,21 @@ def _fields(
 def create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A unique name."),
-    credential: str = typer.Option(..., "--credential", help="Credential id or name."),
-    distribution_repository: str = typer.Option(..., "--distribution-repository", help="Id or name."),
+    credential: str = typer.Option(
+        ..., "--credential", help="Credential id or name.", autocompletion=names_of("credential")
+    ),
+    distribution_repository: str = typer.Option(
+        ..., "--distribution-repository", help="Id or name.", autocompletion=names_of("repository")
+    ),
     region: list[str] | None = REGION,
     machine: list[str] | None = MACHINE,
     tag: list[str] | None = TAG,
     exclude_machine: list[str] | None = EXCLUDE,
     exclude_tag: list[str] | None = EXCLUDE_TAG,
     rescan_schedule: str | None = SCHEDULE,
-    on_disappear: str = typer.Option("keep", "--on-disappear", help="keep | unmanage"),
+    on_disappear: str = typer.Option(
+        "keep", "--on-disappear", help="keep | unmanage", autocompletion=choices(*ON_DISAPPEAR)
+    ),
     auto_update: bool = typer.Option(True, "--auto-update/--no-auto-update"),
     description: str = typer.Option("", "--description"),
     as_json: bool = JSON_OPTION,
@@ -93,14 +101,14 @@ def create(
         print_json(view)
     else:
         success(
-            f"protection group {view.name} created ({view.id}); next: `cloudkeep protection-group rescan`"
+            f"protection group {view.name} created ({view.id[:8]}); next: `cloudkeep protection-group rescan`"
         )
 
 
 @app.command("update")
 def update(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("group")),
     name: str | None = typer.Option(None, "--name", help="Rename."),
     distribution_repository: str | None = typer.Option(None, "--distribution-repository"),
     region: list[str] | None = REGION,
@@ -132,36 +140,10 @@ def update(
         success(f"protection group {view.name} updated")
 
 
-@app.command("list")
-def list_(
-    ctx: typer.Context, as_json: bool = JSON_OPTION, limit: int = LIMIT_OPTION, offset: int = OFFSET_OPTION
-) -> None:
-    """List protection groups."""
-    with client(ctx) as c:
-        render_page(c.list_groups(limit=limit, offset=offset), as_json, COLUMNS, title="Protection groups")
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
-) -> None:
-    """Show one protection group."""
-    with client(ctx) as c:
-        render_object(c.get_group(ref), as_json, title="Protection group")
-
-
-@app.command("delete")
-def delete(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
-    """Delete a protection group that no job uses."""
-    with client(ctx) as c:
-        c.delete_group(ref)
-    success(f"protection group {ref} deleted")
-
-
 @app.command("rescan")
 def rescan(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("group")),
     machine: list[str] | None = typer.Option(None, "--machine", help="Only these machines (repeat)."),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Watch until it ends (always in embedded mode)."
@@ -171,3 +153,18 @@ def rescan(
     """Discover the group's machines and deploy the agent where possible."""
     with client(ctx) as c:
         follow(c, c.rescan(ref, machines=machine), wait=wait, as_json=as_json)
+
+
+add_resource_commands(
+    app,
+    Resource(
+        noun="protection group",
+        title="Protection groups",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_group(ref),
+        list_page=lambda c, **page: c.list_groups(**page),
+        delete=lambda c, ref: c.delete_group(ref),
+        delete_help="Delete a protection group that no job uses.",
+        kind="group",
+    ),
+)

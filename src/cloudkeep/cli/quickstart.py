@@ -7,6 +7,8 @@ a file is restored from the first restore point and verified byte for byte.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,18 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from cloudkeep.cli.common import SUCCESS_STATES, console, print_table, state, success, watch
+from cloudkeep.cli.common import (
+    SUCCESS_STATES,
+    Col,
+    console,
+    human_size,
+    print_table,
+    short,
+    state,
+    success,
+    timestamp,
+    watch,
+)
 from cloudkeep.quickstart import (
     GROUP,
     JOB,
@@ -33,6 +46,25 @@ from cloudkeep.server.client import Client, open_client
 from cloudkeep.server.services.schemas import FileRestoreRequest
 
 app = typer.Typer()
+
+
+def quickstart_layout(home: Path) -> QuickstartLayout:
+    """The quickstart under ``home``, or ``home`` itself when it is one: the summary prints
+    ``export CLOUDKEEP_HOME=<its home>``, and ``quickstart --clean`` must find it from there too."""
+    itself = QuickstartLayout(home)
+    if itself.marker.exists() or itself.password_file.exists():
+        return itself
+    return QuickstartLayout(home / "quickstart")
+
+
+def cloudkeep_command() -> str:
+    """How to run cloudkeep from the user's shell: ``cloudkeep`` when that is on PATH and is this
+    one, else this one's full path (``make quickstart`` installs it into ``.venv/bin`` only)."""
+    script = Path(sys.executable).with_name("cloudkeep")
+    found = shutil.which("cloudkeep")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "cloudkeep"
+    return str(script)
 
 
 def _step(title: str) -> None:
@@ -68,8 +100,8 @@ def _backup(c: Client, label: str) -> None:
     for task in sorted(final.tasks, key=lambda t: names.get(t.machine_id, t.machine_id)):
         stats = task.stats
         console().print(
-            f"  {names.get(task.machine_id, task.machine_id[:12])}: read {task.bytes_read / 2**20:.1f} MiB,"
-            f" stored {task.bytes_transferred / 2**20:.2f} MiB, {task.files} files,"
+            f"  {names.get(task.machine_id, task.machine_id[:12])}: read {human_size(task.bytes_read)},"
+            f" stored {human_size(task.bytes_transferred)}, {task.files} files,"
             f" dedup x{stats.get('dedup_ratio', 0) or 0:.1f},"
             f" compression x{stats.get('compression_ratio', 0) or 0:.1f}"
         )
@@ -84,7 +116,7 @@ def _restore_and_verify(c: Client, layout: QuickstartLayout, generation: int) ->
     oldest = points[0]
     _step(
         f"Restore {PROBE_FILE} on {machine.name} from restore point {oldest.snapshot_id[:8]}"
-        f" ({oldest.created_at:%H:%M:%S})"
+        f" ({timestamp(oldest.created_at)})"
     )
     session_id = c.restore_files(
         oldest.id,
@@ -124,7 +156,7 @@ def _summary(c: Client, layout: QuickstartLayout, started: float) -> None:
     print_table(
         c.list_sessions(limit=10).items,
         [
-            ("session", "id", lambda v: str(v)[:8]),
+            Col("session", "id", short),
             ("kind", "kind"),
             ("state", "state"),
             ("started", "started_at"),
@@ -136,11 +168,11 @@ def _summary(c: Client, layout: QuickstartLayout, started: float) -> None:
     print_table(
         c.list_restore_points(limit=20).items,
         [
-            ("restore point", "snapshot_id", lambda v: str(v)[:8]),
-            ("machine", "machine_id", lambda v: names.get(str(v), str(v)[:8])),
+            Col("restore point", "snapshot_id", short),
+            ("machine", "machine_id", lambda v: names.get(str(v), short(v))),
             ("created", "created_at"),
             ("files", "files"),
-            ("size", "size", lambda v: f"{int(v) / 2**20:.1f} MiB"),
+            ("size", "size", human_size),
         ],
         title="Restore points",
     )
@@ -151,13 +183,17 @@ def _summary(c: Client, layout: QuickstartLayout, started: float) -> None:
     out.print(f"  backup repository (local folder):      {layout.repository_dir}")
     out.print(f"  distribution repository (installers):  {layout.distribution_dir}")
     out.print(f"  repository password (keep it safe!):   {layout.password_file}")
-    out.print("\nExplore it:")
-    out.print(f"  export CLOUDKEEP_HOME={layout.home}")
+    command = cloudkeep_command()
+    out.print("\nExplore it (the ids above are accepted as printed):")
+    if command != "cloudkeep":
+        out.print(f"  source {Path(command).parent / 'activate'}   # or run {command} as printed below")
+    out.print(f"  export CLOUDKEEP_HOME={layout.home}", soft_wrap=True)
     out.print(
-        "  cloudkeep machine list; cloudkeep session list; cloudkeep restore-point list;"
-        " cloudkeep job start quickstart-backup"
+        f"  {command} machine list; {command} session list; {command} restore-point list;"
+        f" {command} job start {JOB}",
+        soft_wrap=True,
     )
-    out.print("Remove it:  cloudkeep quickstart --clean")
+    out.print(f"Remove it:  {command} quickstart --clean", soft_wrap=True)
 
 
 @app.command("quickstart")
@@ -168,7 +204,7 @@ def quickstart(
     ),
 ) -> None:
     """Run the whole flow on the embedded default: discover, deploy, back up, change, back up, restore."""
-    layout = QuickstartLayout(state(ctx).settings.home / "quickstart")
+    layout = quickstart_layout(state(ctx).settings.home)
     if clean_lab:
         removed = clean(layout)
         success(f"removed {', '.join(removed)}" if removed else "nothing to clean")

@@ -14,7 +14,11 @@ from cloudkeep.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    WIDE_OPTION,
     YES_OPTION,
+    Col,
+    Column,
+    Names,
     client,
     confirm,
     console,
@@ -24,6 +28,8 @@ from cloudkeep.cli.common import (
     render_page,
     success,
 )
+from cloudkeep.cli.completion import PURPOSES, choices, names_of
+from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server.services.schemas import (
     ForgetRequest,
@@ -34,12 +40,13 @@ from cloudkeep.server.services.schemas import (
 )
 
 app = typer.Typer(help="Object storage repositories.", no_args_is_help=True)
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("name", "name"),
     ("purpose", "purpose"),
     ("location", "location"),
     ("immutable days", "immutability_days"),
-    ("id", "id"),
+    Col("credential", "credential_id", ref="credential"),
+    Col("id", "id", wide=True),
 ]
 
 
@@ -62,8 +69,12 @@ def add(
     location: str = typer.Option(
         ..., "--location", help="bucket/prefix, container/prefix or a folder (the prefix is optional)."
     ),
-    credential: str = typer.Option(..., "--credential", help="Credential id or name."),
-    purpose: str = typer.Option("backup", "--purpose", help="backup | distribution"),
+    credential: str = typer.Option(
+        ..., "--credential", help="Credential id or name.", autocompletion=names_of("credential")
+    ),
+    purpose: str = typer.Option(
+        "backup", "--purpose", help="backup | distribution", autocompletion=choices(*PURPOSES)
+    ),
     immutability_days: int = typer.Option(0, "--immutability-days", min=0, help="Object-lock retention."),
     password_env: str | None = typer.Option(
         None, "--password-env", help="Read the password from this variable."
@@ -94,36 +105,30 @@ def add(
     if as_json:
         print_json(view)
     else:
-        success(f"{view.purpose} repository {view.name} added ({view.id})")
+        success(f"{view.purpose} repository {view.name} added ({view.id[:8]})")
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    purpose: str | None = typer.Option(None, "--purpose", help="backup | distribution"),
+    purpose: str | None = typer.Option(
+        None, "--purpose", help="backup | distribution", autocompletion=choices(*PURPOSES)
+    ),
     as_json: bool = JSON_OPTION,
+    wide: bool = WIDE_OPTION,
     limit: int = LIMIT_OPTION,
     offset: int = OFFSET_OPTION,
 ) -> None:
     """List repositories."""
     with client(ctx) as c:
         page = c.list_repositories(purpose=purpose, limit=limit, offset=offset)
-    render_page(page, as_json, COLUMNS, title="Repositories")
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
-) -> None:
-    """Show one repository."""
-    with client(ctx) as c:
-        render_object(c.get_repository(ref), as_json, title="Repository")
+        render_page(page, as_json, COLUMNS, title="Repositories", names=Names(c), wide=wide)
 
 
 @app.command("check")
 def check(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("repository")),
     read_data: float | None = typer.Option(
         None, "--read-data", min=0.0001, max=1.0, help="Share of packs to read."
     ),
@@ -140,7 +145,7 @@ def check(
 @app.command("repair")
 def repair(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Id or name."),
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("repository")),
     index: bool = typer.Option(True, "--index/--no-index", help="Rebuild index entries from pack headers."),
     snapshots: bool = typer.Option(
         True, "--snapshots/--no-snapshots", help="Set damaged restore-point manifests aside."
@@ -161,7 +166,9 @@ def repair(
 
 @app.command("verify")
 def verify(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name.", autocompletion=names_of("repository")),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Certify the repository's store: what works, and what cloudkeep does about each gap."""
     with client(ctx) as c:
@@ -180,12 +187,19 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command("remove")
-def remove(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
-    """Forget a repository (its data stays in storage)."""
-    with client(ctx) as c:
-        c.delete_repository(ref)
-    success(f"repository {ref} removed")
+add_resource_commands(
+    app,
+    Resource(
+        noun="repository",
+        title="Repositories",
+        columns=COLUMNS,
+        get=lambda c, ref: c.get_repository(ref),
+        delete=lambda c, ref: c.delete_repository(ref),
+        delete_command="remove",
+        delete_help="Forget a repository (its data stays in storage).",
+        kind="repository",
+    ),
+)
 
 
 @app.command("update")

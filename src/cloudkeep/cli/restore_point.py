@@ -12,49 +12,61 @@ from cloudkeep.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    WIDE_OPTION,
     YES_OPTION,
+    Col,
+    Column,
+    Names,
     client,
     confirm,
     console,
+    human_size,
     print_json,
     print_table,
     render_object,
     render_page,
+    short,
     success,
 )
+from cloudkeep.cli.completion import names_of
 
 app = typer.Typer(help="Restore points.", no_args_is_help=True)
-COLUMNS = [
-    ("id", "id"),
+COLUMNS: list[Column] = [
+    Col("id", "id", short),
+    Col("id", "id", wide=True),
     ("created", "created_at"),
-    ("machine", "machine_id"),
+    Col("machine", "machine_id", ref="machine"),
     ("mode", "mode"),
     ("files", "files"),
-    ("size", "size"),
+    ("size", "size", human_size),
     ("gfs", "gfs"),
     ("immutable until", "retain_until"),
-    ("snapshot", "snapshot_id"),
+    Col("snapshot", "snapshot_id", short),
+    Col("snapshot id", "snapshot_id", wide=True),
 ]
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    machine: str | None = typer.Option(None, "--machine", help="Machine id, cloud id or name."),
-    job: str | None = typer.Option(None, "--job", help="Job id or name."),
+    machine: str | None = typer.Option(
+        None, "--machine", help="Machine id, cloud id or name.", autocompletion=names_of("machine")
+    ),
+    job: str | None = typer.Option(None, "--job", help="Job id or name.", autocompletion=names_of("job")),
     include_removed: bool = typer.Option(
         False, "--include-removed", help="Also points removed by retention."
     ),
     as_json: bool = JSON_OPTION,
+    wide: bool = WIDE_OPTION,
     limit: int = LIMIT_OPTION,
     offset: int = OFFSET_OPTION,
 ) -> None:
-    """List restore points, newest first."""
+    """List restore points, newest first (ids shortened to 8 characters, which every command accepts)."""
     with client(ctx) as c:
         page = c.list_restore_points(
             machine=machine, job=job, include_removed=include_removed, limit=limit, offset=offset
         )
-    render_page(page, as_json, COLUMNS, title="Restore points")
+        render_page(page, as_json, COLUMNS, title="Restore points", names=Names(c), wide=wide)
 
 
 @app.command("show")
@@ -63,7 +75,7 @@ def show(
 ) -> None:
     """Show one restore point."""
     with client(ctx) as c:
-        render_object(c.get_restore_point(ref), as_json, title="Restore point")
+        render_object(c.get_restore_point(ref), as_json, title="Restore point", names=Names(c))
 
 
 @app.command("browse")
@@ -83,7 +95,9 @@ def browse(
         return
     rows = [_Entry(**e) for e in result.entries]
     print_table(
-        rows, [("type", "type"), ("size", "size"), ("modified", "mtime"), ("path", "path")], title=path
+        rows,
+        [("type", "type"), ("size", "size", human_size), ("modified", "mtime"), ("path", "path")],
+        title=path,
     )
 
 
@@ -91,22 +105,27 @@ def browse(
 def search(
     ctx: typer.Context,
     pattern: str = typer.Argument(..., help="File name glob, or a path glob when it contains /."),
-    machine: str | None = typer.Option(None, "--machine"),
-    job: str | None = typer.Option(None, "--job"),
+    machine: str | None = typer.Option(None, "--machine", autocompletion=names_of("machine")),
+    job: str | None = typer.Option(None, "--job", autocompletion=names_of("job")),
     limit: int = typer.Option(1000, "--limit", min=1, max=10000),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Find files across restore points."""
     with client(ctx) as c:
         hits = c.search(pattern, machine=machine, job=job, limit=limit)
-    if as_json:
-        print_json(hits)
-        return
-    print_table(
-        hits,
-        [("restore point", "restore_point_id"), ("machine", "machine_id"), ("path", "path")],
-        title=f"Files matching {pattern}",
-    )
+        if as_json:
+            print_json(hits)
+            return
+        print_table(
+            hits,
+            [
+                Col("restore point", "restore_point_id", short),
+                Col("machine", "machine_id", ref="machine"),
+                ("path", "path"),
+            ],
+            title=f"Files matching {pattern}",
+            names=Names(c),
+        )
 
 
 class _Entry(BaseModel):

@@ -252,8 +252,13 @@ def token_list(
 
 
 @token_app.command("revoke")
-def token_revoke(ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name.")) -> None:
+def token_revoke(
+    ctx: typer.Context, ref: str = typer.Argument(..., help="Id or name."), as_json: bool = JSON_OPTION
+) -> None:
     """Revoke an API token at once."""
     with client(ctx) as c:
         view = c.revoke_token(ref)
-    success(f"token {view.name} revoked")
+    if as_json:
+        print_json(view)
+    else:
+        success(f"token {view.name} revoked")

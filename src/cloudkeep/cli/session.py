@@ -8,20 +8,29 @@ from cloudkeep.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     OFFSET_OPTION,
+    WIDE_OPTION,
+    Col,
+    Column,
+    Names,
     client,
+    done,
     exit_code_for,
+    human_size,
     print_json,
     print_table,
     render_object,
     render_page,
-    success,
+    short,
     watch,
 )
+from cloudkeep.cli.completion import SESSION_KINDS, choices, names_of
 
 app = typer.Typer(help="Job sessions.", no_args_is_help=True)
-COLUMNS = [
-    ("id", "id"),
+COLUMNS: list[Column] = [
+    Col("id", "id", short),
+    Col("id", "id", wide=True),
     ("kind", "kind"),
+    Col("job", "job_id", ref="job"),
     ("state", "state"),
     ("trigger", "trigger"),
     ("started", "started_at"),
@@ -33,17 +42,20 @@ COLUMNS = [
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    kind: str | None = typer.Option(None, "--kind", help="backup | rescan | restore | check"),
+    kind: str | None = typer.Option(
+        None, "--kind", help="backup | rescan | restore | check", autocompletion=choices(*SESSION_KINDS)
+    ),
     state: str | None = typer.Option(None, "--state", help="running, success, failed …"),
-    job: str | None = typer.Option(None, "--job", help="Job id or name."),
+    job: str | None = typer.Option(None, "--job", help="Job id or name.", autocompletion=names_of("job")),
     as_json: bool = JSON_OPTION,
+    wide: bool = WIDE_OPTION,
     limit: int = LIMIT_OPTION,
     offset: int = OFFSET_OPTION,
 ) -> None:
-    """List sessions, newest first."""
+    """List sessions, newest first (ids shortened to 8 characters, which every command accepts)."""
     with client(ctx) as c:
         page = c.list_sessions(kind=kind, state=state, job=job, limit=limit, offset=offset)
-    render_page(page, as_json, COLUMNS, title="Sessions")
+        render_page(page, as_json, COLUMNS, title="Sessions", names=Names(c), wide=wide)
 
 
 @app.command("show")
@@ -51,18 +63,18 @@ def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: boo
     """Show a session with its per-machine tasks and log."""
     with client(ctx) as c:
         detail = c.get_session(session_id)
-    if as_json:
-        print_json(detail)
-        return
-    render_object(detail, False, title=f"Session {detail.id}", skip=("tasks", "log"))
+        if as_json:
+            print_json(detail)
+            return
+        render_object(detail, False, title=f"Session {detail.id}", skip=("tasks", "log"), names=Names(c))
     print_table(
         detail.tasks,
         [
             ("machine", "machine_name"),
             ("state", "state"),
             ("progress", "progress", lambda p: f"{p * 100:.0f}%"),
-            ("read", "bytes_read"),
-            ("sent", "bytes_transferred"),
+            ("read", "bytes_read", human_size),
+            ("sent", "bytes_transferred", human_size),
             ("files", "files"),
             ("reason", "reason"),
         ],
@@ -84,8 +96,8 @@ def watch_(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: b
 
 
 @app.command("stop")
-def stop(ctx: typer.Context, session_id: str = typer.Argument(...)) -> None:
+def stop(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """Ask a running session to stop."""
     with client(ctx) as c:
         c.stop_session(session_id)
-    success(f"asked session {session_id} to stop")
+    done(f"asked session {session_id} to stop", as_json, session_id=session_id)

@@ -379,9 +379,13 @@ def backup_files(
     prefix = os.path.abspath(os.fspath(root)).rstrip("/") if root is not None else ""
     paths = sorted({os.path.normpath("/" + os.fspath(s).lstrip("/")) for s in sources} if prefix else
                    {os.path.abspath(os.fspath(s)) for s in sources})  # fmt: skip
-    for path in paths:
-        if not os.path.lexists(prefix + path):
-            raise NotFoundError(f"source path {path} does not exist" + (f" under {prefix}" if prefix else ""))
+    # A missing source is skipped and named (the rest is backed up, the run ends 'warning');
+    # only when none exists is there nothing to back up.
+    missing = [path for path in paths if not os.path.lexists(prefix + path)]
+    if len(missing) == len(paths):
+        where = f" under {prefix}" if prefix else ""
+        raise NotFoundError(f"source path {', '.join(missing)} does not exist{where}")
+    paths = [path for path in paths if path not in missing]
     limit_heap_fragmentation()
     hostname = hostname or socket.gethostname()
     started = datetime.now(UTC)
@@ -399,6 +403,8 @@ def backup_files(
         threads=workers,
         root_prefix=prefix,
     )
+    for path in missing:
+        archiver.skip(path, "source path does not exist")
     try:
         top = _Dir(
             archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS)
