@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from tests.server.core.fixtures import LiveServer, Seeded, add_machine
@@ -157,3 +160,20 @@ def test_request_examples_in_the_spec_are_valid_bodies() -> None:
             model.model_validate(example)
     for example in ScheduleSpec.model_json_schema()["examples"]:
         validate_schedule(example)
+
+
+def test_swagger_ui_renders_the_spec_in_headless_chromium(live_server: LiveServer) -> None:
+    """The page a person opens: Swagger UI (served by the server) draws every operation."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", f"{live_server.url}/api/v1/docs"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert "Failed to load API definition" not in dom
+    assert "opblock-summary-path" in dom  # the operations were drawn from the spec
+    assert "/api/v1/jobs/{ref}" in dom and "Backup server for cloud machines." in dom
