@@ -104,7 +104,7 @@ def test_every_refusal_path_has_a_clear_reason(world: RescanWorld) -> None:
         "foreign": ("foreign", "managed by another backup server (cloudkeep:server=ck-another-server)"),
         "stopped": ("skipped", "the machine is stopped, not running"),
         "secureboot": ("skipped", "no Linux agent on UEFI Secure Boot machines"),
-        "nopython": ("skipped", "Python 3.11 or later is required on the machine (found none)"),
+        "nopython": ("skipped", "no Python ≥ 3.9 on the machine (found none): install Python 3.9 or later"),
         "oldps": ("skipped", "Windows PowerShell 5.1 or later is required (found 5.0.10586.117)"),
         "blocked": ("failed", "scripts are blocked by the PowerShell execution policy"),
     }
@@ -124,21 +124,18 @@ def test_every_refusal_path_has_a_clear_reason(world: RescanWorld) -> None:
     assert world.steps("blocked")[-1][:2] == ("probe", "failed")
 
 
-def test_windows_machine_without_a_powershell_host_fails_at_install_honestly(world: RescanWorld) -> None:
-    world.lab.create_machine("win", platform="windows")
+def test_windows_machine_is_skipped_at_prerequisites_before_anything_is_uploaded(world: RescanWorld) -> None:
+    win = world.lab.create_machine("win", platform="windows")
 
     start_rescan(world.ctx, world.group_id, wait=True)
 
     row = world.machines()["win"]
-    assert row.status == "failed"
-    assert "PowerShell cannot run here" in row.status_reason
-    assert [s for s, o, _ in world.steps("win") if o == "ok"] == [
-        "probe",
-        "ownership",
-        "prerequisites",
-        "queues",
-        "upload",
-    ]
+    assert row.status == "skipped"
+    assert "no Windows service host" in row.status_reason
+    assert [(s, o) for s, o, _ in world.steps("win")] == [
+        ("probe", "ok"), ("ownership", "ok"), ("prerequisites", "skipped"),
+    ]  # fmt: skip
+    assert OWNER_TAG not in win.info()["tags"]  # left untouched
 
 
 def test_two_rescans_of_one_group_at_once_share_one_session(world: RescanWorld) -> None:
