@@ -6,6 +6,8 @@
 #                                            first, then runs: sh $ROOT/opt/cloudkeep/install.sh --start)
 #   sh install.sh --start                    start (or restart after an upgrade) the services
 #   sh install.sh --stop                     stop the services (non-systemd fallback and systemd)
+#   sh install.sh --uninstall                stop the services, remove code, config, units and state
+#                                            (logs stay in /var/log/cloudkeep)
 #
 # Trust: the manifest must carry a valid Ed25519 signature by the server key named in the
 # config (server_public_key); every file must match the manifest's SHA-256. Nothing is unpacked
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
         --bundle-dir) BUNDLE_DIR=$2; shift 2 ;;
         --stop) ACTION=stop; shift ;;
         --start) ACTION=start; shift ;;
+        --uninstall) ACTION=uninstall; shift ;;
         --no-start) START=no; shift ;;
         *) fail 2 "unknown argument: $1 (usage: install.sh --config machine.json | --stop)" ;;
     esac
@@ -148,6 +151,19 @@ UNIT
 if [ "$ACTION" = stop ]; then
     stop_services
     echo "CLOUDKEEP-STOPPED"
+    exit 0
+fi
+if [ "$ACTION" = uninstall ]; then
+    stop_services
+    if use_systemd; then
+        for svc in $SERVICES; do
+            systemctl disable "cloudkeep-$svc.service" >/dev/null 2>&1 || true
+            rm -f "/etc/systemd/system/cloudkeep-$svc.service"
+        done
+        systemctl daemon-reload || true
+    fi
+    rm -rf "$DEST" "$ETC" "$RUN" "$STATE"
+    echo "CLOUDKEEP-UNINSTALLED"
     exit 0
 fi
 if [ "$ACTION" = start ]; then
