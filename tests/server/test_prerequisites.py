@@ -126,7 +126,7 @@ def test_the_bootstrap_uses_the_picked_python_or_installs_one() -> None:
     }
     picked = scripts.linux_bootstrap(**common, python="/usr/bin/python3.11")
     assert "PY=${CLOUDKEEP_PYTHON:-/usr/bin/python3.11}" in picked
-    assert 'export CLOUDKEEP_BASE_PYTHON="$PY"' in picked
+    assert 'export CLOUDKEEP_INSTALL_PYTHON="$PY"' in picked
     step = prerequisites.python_install_script(facts(os="rocky", os_version="9"))
     installing = scripts.linux_bootstrap(**common, install_python=step)
     assert installing.index("dnf install -y python3") < installing.index("fetch http")

@@ -188,7 +188,7 @@ if [ -n "${CLOUDKEEP_PYTHON:-}" ]; then
     PY=$CLOUDKEEP_PYTHON
     MODE=lib
 else
-    PY=${CLOUDKEEP_BASE_PYTHON:-$(command -v python3 || true)}  # the bootstrap names the one prerequisites chose
+    PY=$(command -v python3 || true)
     MODE=venv
 fi
 [ -n "$PY" ] || fail 3 "python3 (3.11 or later) is required and was not found"

@@ -187,7 +187,7 @@ STAGE="$ROOT/var/lib/cloudkeep/staging/{version}"
 rm -rf "$STAGE"; mkdir -p "$STAGE"; cd "$STAGE"
 trap 'rm -f "$STAGE/machine.json"' EXIT
 {choose}
-export CLOUDKEEP_BASE_PYTHON="$PY"
+export CLOUDKEEP_INSTALL_PYTHON="$PY"
 REFUSED="CLOUDKEEP-ERROR download of the bundle was refused:"
 WHY="(expired or tampered signed URL?)"
 fetch() {{
