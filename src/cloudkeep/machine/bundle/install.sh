@@ -4,10 +4,10 @@
 #   sh install.sh --config machine.json      install or upgrade in place, start the services
 #   sh install.sh --config machine.json --no-start   install only (the server registers the agent key
 #                                            first, then runs: sh $ROOT/opt/cloudkeep/install.sh --start)
-#   sh install.sh --start                    start (or restart after an upgrade) the services
-#   sh install.sh --stop                     stop the services (non-systemd fallback and systemd)
 #   sh install.sh --uninstall                stop the services, remove code, config, units and state
 #                                            (logs stay in /var/log/cloudkeep)
+#   sh install.sh --start                    start (or restart after an upgrade) the services
+#   sh install.sh --stop                     stop the services (non-systemd fallback and systemd)
 #
 # Trust: the manifest must carry a valid Ed25519 signature by the server key named in the
 # config (server_public_key); every file must match the manifest's SHA-256. Nothing is unpacked
