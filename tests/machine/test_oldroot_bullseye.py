@@ -146,8 +146,14 @@ def test_without_python_the_machine_is_skipped_and_install_python_fails_clearly_
     reason="the installer needs Python 3.11 and a package index until branch `machine` lands",
     strict=True,
 )
-def test_install_backup_restore_upgrade_uninstall_in_bullseye(old: OldWorld, tmp_path: Path) -> None:
+def test_install_backup_restore_upgrade_uninstall_in_bullseye(
+    old: OldWorld, request: pytest.FixtureRequest
+) -> None:
     ctx, world = old.world.ctx, old.world
+    # The machine's wheels, fetched once and cached (branch machine's fixture): the server builds
+    # its bundle from <home>/wheelhouse, and the machine installs them with pip --no-index.
+    wheelhouse = request.getfixturevalue("machine_wheelhouse")
+    (ctx.settings.home / "wheelhouse").symlink_to(wheelhouse, target_is_directory=True)
     data = old.machine.root / "data"
     (data / "sub").mkdir(parents=True)
     (data / "notes.txt").write_text("bullseye\n" * 300)

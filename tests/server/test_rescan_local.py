@@ -125,18 +125,20 @@ def test_every_refusal_path_has_a_clear_reason(world: RescanWorld) -> None:
     assert world.steps("blocked")[-1][:2] == ("probe", "failed")
 
 
-def test_windows_machine_is_skipped_at_prerequisites_before_anything_is_uploaded(world: RescanWorld) -> None:
-    win = world.lab.create_machine("win", platform="windows")
+def test_windows_machine_is_skipped_at_prerequisites_until_a_service_host_exists(world: RescanWorld) -> None:
+    world.lab.create_machine("win", platform="windows")
 
     start_rescan(world.ctx, world.group_id, wait=True)
 
     row = world.machines()["win"]
     assert row.status == "skipped"
-    assert "no Windows service host" in row.status_reason
+    assert "Windows machines are not supported yet: cloudkeep has no Windows service" in row.status_reason
     assert [(s, o) for s, o, _ in world.steps("win")] == [
-        ("probe", "ok"), ("ownership", "ok"), ("prerequisites", "skipped"),
-    ]  # fmt: skip
-    assert OWNER_TAG not in win.info()["tags"]  # left untouched
+        ("probe", "ok"),
+        ("ownership", "ok"),
+        ("prerequisites", "skipped"),
+    ]
+    assert OWNER_TAG not in world.lab.get("win").info()["tags"]  # type: ignore[union-attr]
 
 
 def test_two_rescans_of_one_group_at_once_share_one_session(world: RescanWorld) -> None:

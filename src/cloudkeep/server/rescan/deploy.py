@@ -263,7 +263,9 @@ class MachineDeployment:
                     f"Windows PowerShell 5.1 or later is required (found {version or 'unknown'})",
                     "skipped",
                 )
-            raise StepStop("skipped", prerequisites.WINDOWS_REASON, "skipped")
+            # The Windows installer exists, but no Windows service host runs the services yet: say
+            # so here instead of failing after the upload.
+            raise StepStop("skipped", prerequisites.windows_reason(version), "skipped")
         secure_boot = machine.secure_boot if machine.secure_boot is not None else facts.get("secure_boot")
         if secure_boot:
             reason = "no Linux agent on UEFI Secure Boot machines (Secure Boot is on)"

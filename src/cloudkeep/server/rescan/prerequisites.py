@@ -16,10 +16,14 @@ from typing import Any
 MIN_PYTHON = (3, 9)
 MIN_GLIBC = (2, 28)
 ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-WINDOWS_REASON = (
-    "Windows machines are not supported yet: cloudkeep has no Windows service host, so the agent "
-    "cannot run there (the machine is left untouched)"
-)
+
+
+def windows_reason(powershell_version: object) -> str:
+    return (
+        "Windows machines are not supported yet: cloudkeep has no Windows service host "
+        f"(PowerShell {powershell_version} found); protect Linux machines, or back this one up another way"
+    )
+
 
 _RHEL_LIKE = {"rhel", "centos", "rocky", "almalinux", "ol", "fedora"}
 _DEBIAN_LIKE = {"debian", "ubuntu", "raspbian", "linuxmint"}
