@@ -33,7 +33,9 @@ from tests.support.paths import in_machine, tree_bytes
 pytestmark = pytest.mark.slow
 PASSWORD = "bullseye repository password"
 # Until the machine side runs on Python 3.9 from an offline bundle (branch `machine`), the installer
-# asks for Python 3.11 and a package index: the lifecycle must then fail, and pass once it lands.
+# asks for Python 3.11 and a package index: the lifecycle must then fail, and pass once it lands
+# (with the storage backends imported lazily — branch `providers` — so a machine backing up to a
+# local folder does not need botocore).
 INSTALLER_NEEDS_311 = "(3, 11)" in (resources.files("cloudkeep.machine.bundle") / "install.sh").read_text()
 
 
@@ -86,8 +88,9 @@ def _row(old: OldWorld) -> object:
 
 
 def _service_pids(old: OldWorld) -> dict[str, int]:
-    run = old.machine.root / "var/run/cloudkeep"
-    pids = {p.stem.removeprefix("cloudkeep-"): int(p.read_text()) for p in run.glob("*.pid")}
+    run = old.root.host_path("/var/run/cloudkeep")  # /var/run links to /run in Debian
+    # The installer's pidfiles (the services may write their own beside them).
+    pids = {p.stem.removeprefix("cloudkeep-"): int(p.read_text()) for p in run.glob("cloudkeep-*.pid")}
     return {name: pid for name, pid in pids.items() if pid in old.root.processes()}
 
 

@@ -330,6 +330,32 @@ class OldRootMachine:
         _run("mount", "--bind", str(folder), str(inside))
         self.mounts.append(inside)
 
+    def host_path(self, inside: str) -> Path:
+        """Where the machine's path ``inside`` is on this host, following symlinks as the chroot does.
+
+        Debian links ``/var/run`` to ``/run``: joined naively, ``root/var/run`` would name the
+        host's own ``/run``.
+        """
+        path = self.root
+        parts = [p for p in inside.split("/") if p not in ("", ".")]
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                path = path.parent if path != self.root else path
+                continue
+            candidate = path / part
+            if candidate.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise OSError(f"too many symlinks resolving {inside} in {self.root}")
+                target = os.readlink(candidate)
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                path = self.root if target.startswith("/") else path
+                continue
+            path = candidate
+        return path
+
     def processes(self) -> list[int]:
         """Pids of every process whose root is this machine's root (the services it started)."""
         pids = []
