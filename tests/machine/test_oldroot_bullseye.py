@@ -27,7 +27,7 @@ from cloudkeep.server.jobs import start_job
 from cloudkeep.server.rescan import scripts, set_bundle_version, start_rescan
 from cloudkeep.server.restore import start_file_restore
 from tests.server.rescan_support import RescanWorld, wait_for
-from tests.support.oldroot import OldRootMachine, OldRootUnavailable, ensure_root, root_facts
+from tests.support.oldroot import SUITES, OldRootMachine, OldRootUnavailable, ensure_root, root_facts
 from tests.support.paths import in_machine, tree_bytes
 
 pytestmark = pytest.mark.slow
@@ -46,10 +46,9 @@ class OldWorld:
     root: OldRootMachine
 
 
-@pytest.fixture(scope="module")
-def bullseye_root() -> Path:
+def _cached_root(suite: str) -> Path:
     try:
-        return ensure_root("bullseye")
+        return ensure_root(suite)  # built once (~75 s) when the cache is empty
     except OldRootUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -62,14 +61,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def old(tmp_path: Path, bullseye_root: Path) -> Iterator[OldWorld]:
+def old(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OldWorld]:
+    """A local-provider machine living in a copy of a Debian root (bullseye unless parametrized)."""
+    cached = _cached_root(getattr(request, "param", "bullseye"))
     lab = Lab(tmp_path / "lab")
     port = _free_port()
     options = {"lab_dir": str(lab.path), "url_port": port}
     world = RescanWorld.create(tmp_path / "home", lab, options=options)
     simulated = lab.create_machine("old1", boot_mode="bios", secure_boot=None)
     try:
-        machine = OldRootMachine(bullseye_root, simulated.root, binds=[lab.path])
+        machine = OldRootMachine(cached, simulated.root, binds=[lab.path])
     except OldRootUnavailable as exc:
         world.close()
         pytest.skip(str(exc))
@@ -94,23 +95,27 @@ def _service_pids(old: OldWorld) -> dict[str, int]:
     return {name: pid for name, pid in pids.items() if pid in old.root.processes()}
 
 
-def test_the_probe_tells_the_truth_about_the_old_machine(old: OldWorld) -> None:
+@pytest.mark.parametrize(("old", "version"), [("bullseye", "11"), ("trixie", "13")], indirect=["old"])
+def test_the_probe_tells_the_truth_about_the_old_machine(old: OldWorld, version: str) -> None:
     session = old.world.session(start_rescan(old.world.ctx, old.world.group_id, deploy=False, wait=True))
 
     row = old.world.machines()["old1"]
     assert row.status == "ready", row.status_reason
     facts = row.facts
     built = root_facts(old.root.cached)
-    assert facts["os"] == "debian" and facts["os_version"] == "11"
-    assert "bullseye" in facts["os_name"]
+    python, glibc = SUITES[str(built["suite"])]
+    assert facts["os"] == "debian" and facts["os_version"] == version
+    assert built["suite"] in facts["os_name"]
     assert facts["arch"] == os.uname().machine
-    assert facts["glibc"] == built["glibc"] == "2.31"
+    assert facts["glibc"] == built["glibc"] == glibc
+    assert str(built["python"]).startswith(python + ".")
     assert {"path": "/usr/bin/python3", "version": built["python"]} in facts["pythons"]
-    assert {"path": "/usr/bin/python3.9", "version": built["python"]} in facts["pythons"]
-    assert facts["python"] == "3.9" and facts["python_path"] == "/usr/bin/python3"
+    assert {"path": f"/usr/bin/python{python}", "version": built["python"]} in facts["pythons"]
+    assert facts["python"] == python and facts["python_path"] == "/usr/bin/python3"
     assert facts["service_manager"] == "none"  # no systemd in the root: the installer's fallback
     detail = old.world.steps("old1")[-1][2]
-    assert "Python 3.9.2 (/usr/bin/python3)" in detail and "debian 11" in detail and "glibc 2.31" in detail
+    assert f"Python {built['python']} (/usr/bin/python3)" in detail
+    assert f"debian {version}" in detail and f"glibc {glibc}" in detail
     assert session.stats["ready"] == 1
 
 
