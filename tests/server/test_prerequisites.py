@@ -149,3 +149,21 @@ def test_the_python_install_step_reports_a_failing_package_manager(tmp_path: Pat
     )
     log = (tmp_path / "install-python.log").read_text()
     assert log.count("Unable to locate") == 2  # install, then the index refresh before a second try
+
+
+def test_malformed_facts_read_as_unknown_not_as_a_crash() -> None:
+    odd = {
+        "os": ["x"],
+        "os_version": "eleven",
+        "glibc": "two",
+        "python": "3.x",
+        "pythons": ["/usr/bin/python3:3.9", 7],
+    }
+    blocker = prerequisites.linux_blocker(odd, install_python=True)
+    assert blocker is not None and blocker.startswith("glibc two < 2.28")
+    del odd["glibc"]
+    assert prerequisites.pick_python(odd) is None
+    assert prerequisites.linux_blocker(odd, install_python=True) == (
+        "no Python ≥ 3.9 on the machine (found none): install Python 3.9 or later with the distribution's "
+        "package manager"
+    )

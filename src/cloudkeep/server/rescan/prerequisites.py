@@ -106,7 +106,8 @@ def linux_blocker(facts: Mapping[str, Any], *, install_python: bool) -> str | No
     if pick_python(facts) is None:
         if install_python and package_manager_install(facts) is not None:
             return None
-        found = ", ".join(f"{p['version']} at {p['path']}" for p in facts.get("pythons") or []) or "none"
+        listed = [p for p in facts.get("pythons") or [] if isinstance(p, Mapping)]
+        found = ", ".join(f"{p.get('version')} at {p.get('path')}" for p in listed) or "none"
         extra = "" if install_python else ", or turn on install_python for the protection group"
         return f"no Python ≥ 3.9 on the machine (found {found}): {python_hint(facts)}{extra}"
     return None
