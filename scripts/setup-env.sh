@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs cloudkeep into it. With --test, also installs everything the tests
 # need: the test extras, Azurite (npm, into node_modules) and PostgreSQL (Debian packages) when absent.
+# The Debian bullseye root the old-machine tests enter is built by the tests themselves (debootstrap,
+# ~75 s once) and cached in ~/.cache/cloudkeep-test/roots (tests/support/oldroot.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +35,7 @@ need_apt=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)   # lints the installer scripts
 command -v dash >/dev/null || need_apt+=(dash)                   # install.sh must run under a POSIX sh
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)     # builds the old Debian test roots
 command -v pwsh >/dev/null || true   # PowerShell is not in Debian; Windows scripts get a static check.
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

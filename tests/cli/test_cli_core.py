@@ -113,9 +113,10 @@ def test_embedded_administration_flow(run: Invoke, tmp_path: Path, ctx: ServerCo
         )
     )
     group = json.loads(ok(run("protection-group", "show", "web", "--json")))
-    assert group["include_tags"] == {"backup": "yes"}
-    ok(run("protection-group", "update", "web", "--region", "eu-west-1", "--disable"))
-    assert json.loads(ok(run("protection-group", "list", "--json")))["items"][0]["enabled"] is False
+    assert group["include_tags"] == {"backup": "yes"} and group["install_python"] is False
+    ok(run("protection-group", "update", "web", "--region", "eu-west-1", "--disable", "--install-python"))
+    listed = json.loads(ok(run("protection-group", "list", "--json")))["items"][0]
+    assert listed["enabled"] is False and listed["install_python"] is True
     machine_id = add_machine(ctx, "web", "web-1")
     machines = json.loads(ok(run("machine", "list", "--group", "web", "--json")))
     assert [m["id"] for m in machines["items"]] == [machine_id]

@@ -20,6 +20,28 @@ def test_shell_script_runs_in_machine_context(lab: Lab) -> None:
     assert (machine.root / "made").exists()
 
 
+def test_a_launcher_runs_scripts_inside_the_root_with_the_machine_paths(lab: Lab) -> None:
+    """A stand-in launcher enters root/ by path prefix (the real one is ip netns exec … chroot, in
+    tests/machine/test_oldroot_bullseye.py): the script is in root/tmp and sees no host paths."""
+    machine = lab.create_machine("old", env={"EXTRA": "kept"})
+    enter = 'cd "$0" && exec "$1" "$0$2"'
+    machine.update(launcher=["sh", "-c", enter, str(machine.root)])
+    outcome = machine.run('echo "$0"; echo "${CLOUDKEEP_MACHINE_ROOT:-none} $HOME $EXTRA"; pwd')
+    assert outcome.exit_code == 0, outcome.stderr
+    script, env, cwd = outcome.stdout.splitlines()
+    assert script.startswith(f"{machine.root}/tmp/cloudkeep-runs/") and script.endswith(".sh")
+    assert env == "none /root kept"
+    assert cwd == str(machine.root)
+    assert list((machine.root / "tmp/cloudkeep-runs").iterdir()) == []  # removed after the run
+
+
+def test_a_malformed_launcher_is_refused_clearly(lab: Lab) -> None:
+    machine = lab.create_machine("bad", launcher="chroot /somewhere")
+    outcome = machine.run("echo never")
+    assert outcome.exit_code == 1 and outcome.stdout == ""
+    assert outcome.stderr == "machine bad: launcher must be a list of strings\n"
+
+
 def test_timeout_kills_the_script(lab: Lab) -> None:
     machine = lab.create_machine("slow")
     outcome = machine.run("echo started; sleep 30", timeout=0.5)

@@ -7,6 +7,7 @@ run as processes that must answer a ping through the queues.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -104,7 +105,7 @@ def test_every_refusal_path_has_a_clear_reason(world: RescanWorld) -> None:
         "foreign": ("foreign", "managed by another backup server (cloudkeep:server=ck-another-server)"),
         "stopped": ("skipped", "the machine is stopped, not running"),
         "secureboot": ("skipped", "no Linux agent on UEFI Secure Boot machines"),
-        "nopython": ("skipped", "Python 3.9 or later is required on the machine (found none)"),
+        "nopython": ("skipped", "no Python ≥ 3.9 on the machine (found none): install Python 3.9 or later"),
         "oldps": ("skipped", "Windows PowerShell 5.1 or later is required (found 5.0.10586.117)"),
         "blocked": ("failed", "scripts are blocked by the PowerShell execution policy"),
     }
@@ -405,3 +406,33 @@ def test_an_old_machine_config_is_refreshed_without_reinstalling_the_code(world:
     assert install[0] == "ok" and "verified (unchanged)" in install[1]
     assert world.machines()["web1"].facts["config_written_at"] >= written
     assert _pid(web1.root) == pid  # the config did not change, so nothing restarted
+
+
+def test_uninstall_stops_the_services_and_removes_cloudkeep_but_keeps_the_logs(world: RescanWorld) -> None:
+    web1 = world.linux("web1")
+    assert world.session(start_rescan(world.ctx, world.group_id, wait=True)).state == "success"
+    pids = [_pid(web1.root, svc) for svc in ("message", "agent", "transport")]
+    provider = world.ctx.provider_for(world.credential_id)
+    try:
+        machine = provider.inventory.get_machine(web1.id)
+        assert machine is not None
+        first = provider.commands.run(machine, scripts.linux_uninstall_script(), timeout=120)
+        again = provider.commands.run(machine, scripts.linux_uninstall_script(), timeout=120)
+    finally:
+        provider.close()
+
+    assert first.ok and "CLOUDKEEP-UNINSTALLED" in first.stdout, first.stderr
+    assert again.ok and "CLOUDKEEP-UNINSTALLED" in again.stdout  # idempotent
+    for folder in ("opt/cloudkeep", "etc/cloudkeep", "var/lib/cloudkeep", "var/run/cloudkeep"):
+        assert not (web1.root / folder).exists(), folder
+    assert (web1.root / "var/log/cloudkeep").is_dir()
+    wait_for(lambda: not any(_running(pid) for pid in pids), what="the services to stop")
+
+
+def _running(pid: int) -> bool:
+    """The services are the installer's children (reparented), never ours: no zombies to reap."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

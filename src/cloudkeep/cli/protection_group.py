@@ -82,6 +82,11 @@ def create(
         "keep", "--on-disappear", help="keep | unmanage", autocompletion=choices(*ON_DISAPPEAR)
     ),
     auto_update: bool = typer.Option(True, "--auto-update/--no-auto-update"),
+    install_python: bool = typer.Option(
+        False,
+        "--install-python/--no-install-python",
+        help="Let the installer add Python with the OS package manager where none ≥ 3.9 is found.",
+    ),
     description: str = typer.Option("", "--description"),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -92,6 +97,7 @@ def create(
         distribution_repository=distribution_repository,
         on_disappear=on_disappear,  # type: ignore[arg-type]
         auto_update=auto_update,
+        install_python=install_python,
         description=description,
         **_fields(region, machine, tag, exclude_machine, exclude_tag, rescan_schedule),
     )
@@ -119,6 +125,7 @@ def update(
     rescan_schedule: str | None = SCHEDULE,
     on_disappear: str | None = typer.Option(None, "--on-disappear", help="keep | unmanage"),
     enabled: bool | None = typer.Option(None, "--enable/--disable"),
+    install_python: bool | None = typer.Option(None, "--install-python/--no-install-python"),
     description: str | None = typer.Option(None, "--description"),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -129,6 +136,7 @@ def update(
         "distribution_repository": distribution_repository,
         "on_disappear": on_disappear,
         "enabled": enabled,
+        "install_python": install_python,
         "description": description,
     }
     fields.update({k: v for k, v in extra.items() if v is not None})

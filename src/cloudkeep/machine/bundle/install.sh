@@ -4,6 +4,8 @@
 #   sh install.sh --config machine.json      install or upgrade in place, start the services
 #   sh install.sh --config machine.json --no-start   install only (the server registers the agent key
 #                                            first, then runs: sh $ROOT/opt/cloudkeep/install.sh --start)
+#   sh install.sh --uninstall                stop the services, remove code, config, units and state
+#                                            (logs stay in /var/log/cloudkeep)
 #   sh install.sh --start                    start (or restart after an upgrade) the services
 #   sh install.sh --stop                     stop the services (non-systemd fallback and systemd)
 #   sh install.sh --unit message             print the systemd unit written for a service
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
         --bundle-dir) BUNDLE_DIR=$2; shift 2 ;;
         --stop) ACTION=stop; shift ;;
         --start) ACTION=start; shift ;;
+        --uninstall) ACTION=uninstall; shift ;;
         --no-start) START=no; shift ;;
         --unit) ACTION=unit; UNIT_SERVICE=$2; shift 2 ;;
         *) fail 2 "unknown argument: $1 (usage: install.sh --config machine.json | --stop)" ;;
@@ -169,6 +172,19 @@ fi
 if [ "$ACTION" = stop ]; then
     stop_services
     echo "CLOUDKEEP-STOPPED"
+    exit 0
+fi
+if [ "$ACTION" = uninstall ]; then
+    stop_services
+    if use_systemd; then
+        for svc in $SERVICES; do
+            systemctl disable "cloudkeep-$svc.service" >/dev/null 2>&1 || true
+            rm -f "/etc/systemd/system/cloudkeep-$svc.service"
+        done
+        systemctl daemon-reload || true
+    fi
+    rm -rf "$DEST" "$ETC" "$RUN" "$STATE"
+    echo "CLOUDKEEP-UNINSTALLED"
     exit 0
 fi
 if [ "$ACTION" = start ]; then

@@ -5,6 +5,12 @@ the machine: id, name, platform, tags, boot mode, Secure Boot, PowerShell versio
 policy …) and ``root/`` (its file system). Scripts run with ``/bin/sh`` in ``root/`` with
 ``CLOUDKEEP_MACHINE_ROOT``, ``CLOUDKEEP_MACHINE_ID`` and a ``HOME`` under ``root/``.
 
+A machine whose ``root/`` is a whole operating system (an older distribution's root) sets the
+``launcher`` option: an argv prefix that enters ``root/`` (it ends with ``chroot <root>``, maybe
+after ``ip netns exec <ns>``). Its scripts then run with the root's own ``/bin/sh`` and see the
+machine's paths as ``/`` (no ``CLOUDKEEP_MACHINE_ROOT``), so the installer and the services it
+starts live entirely in that root, as on a real machine.
+
 The local provider inventories a ``Lab`` of these; the SSM and Azure Resource Manager test
 stand-ins execute their commands in them, so every cloud sees the same kind of machine.
 
@@ -150,6 +156,8 @@ class SimulatedMachine:
             shell = "powershell" if info["platform"] == Platform.WINDOWS else "shell"
         runs = self.path / "runs"
         runs.mkdir(exist_ok=True)
+        if shell == "shell" and info.get("launcher"):
+            return self._run_entered(script, info, timeout)
         if shell == "shell":
             script_path = runs / f"{uuid.uuid4().hex}.sh"
             script_path.write_text(script)
@@ -158,6 +166,29 @@ class SimulatedMachine:
             finally:
                 script_path.unlink(missing_ok=True)
         return self._run_powershell(script, info, timeout)
+
+    def _run_entered(self, script: str, info: Mapping[str, Any], timeout: float) -> ScriptOutcome:
+        """Run ``script`` through the ``launcher`` prefix, which enters ``root/``."""
+        launcher = info["launcher"]
+        if not isinstance(launcher, list) or not launcher or not all(isinstance(a, str) for a in launcher):
+            return ScriptOutcome(1, "", f"machine {info['name']}: launcher must be a list of strings\n")
+        runs = self.root / "tmp" / "cloudkeep-runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.sh"
+        (runs / name).write_text(script)
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "CLOUDKEEP_MACHINE_ID": str(info["id"]),
+            "CLOUDKEEP_MACHINE_NAME": str(info["name"]),
+            "CLOUDKEEP_MACHINE_PLATFORM": str(info["platform"]),
+            **{str(k): str(v) for k, v in info.get("env", {}).items()},
+        }
+        try:
+            return self._spawn([*launcher, "/bin/sh", f"/tmp/cloudkeep-runs/{name}"], info, timeout, env=env)
+        finally:
+            (runs / name).unlink(missing_ok=True)
 
     def _environment(self, info: Mapping[str, Any]) -> dict[str, str]:
         # A machine with its own root (the real host) keeps HOME in its folder, not in /home.
@@ -174,12 +205,14 @@ class SimulatedMachine:
             **{str(k): str(v) for k, v in info.get("env", {}).items()},
         }
 
-    def _spawn(self, argv: list[str], info: Mapping[str, Any], timeout: float) -> ScriptOutcome:
+    def _spawn(
+        self, argv: list[str], info: Mapping[str, Any], timeout: float, *, env: dict[str, str] | None = None
+    ) -> ScriptOutcome:
         self.root.mkdir(parents=True, exist_ok=True)
         # Output goes to files, not pipes: a daemon the script leaves behind must not hold us up.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                argv, cwd=self.root, env=self._environment(info), stdin=subprocess.DEVNULL,
+                argv, cwd=self.root, env=env or self._environment(info), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, start_new_session=True,
             )  # fmt: skip
             timed_out = False

@@ -100,6 +100,8 @@ class ProtectionGroup(Base):
     exclude_tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rescan_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     auto_update: Mapped[bool] = mapped_column(default=True)
+    # Opt-in: the installer may add Python with the OS package manager (dnf/yum/apt/zypper).
+    install_python: Mapped[bool] = mapped_column(default=False)
     on_disappear: Mapped[str] = mapped_column(String(20), default="keep")  # keep / unmanage
     enabled: Mapped[bool] = mapped_column(default=True)
     last_rescan_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -22,7 +22,7 @@ from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.base import CloudProvider, CommandCapacity, Machine, Platform
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
-from cloudkeep.server.rescan import scripts
+from cloudkeep.server.rescan import prerequisites, scripts
 from cloudkeep.server.rescan.bundles import PublishedBundle
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class RescanEnvironment:
     heartbeat_fresh: Callable[[DiscoveredMachine], bool]
     heartbeat_seconds: float = 30.0
     deploy: bool = True  # False: discovery and checks only (probe, ownership, prerequisites)
+    install_python: bool = False  # the group lets the installer add Python with the OS package manager
 
 
 class MachineDeployment:
@@ -258,27 +259,21 @@ class MachineDeployment:
                 )
             # The Windows installer exists, but no Windows service host runs the services yet: say
             # so here instead of failing after the upload.
-            raise StepStop(
-                "skipped",
-                "Windows machines are not supported yet: cloudkeep has no Windows service host "
-                f"(PowerShell {version} found); protect Linux machines, or back this one up another way",
-                "skipped",
-            )
-        else:
-            secure_boot = machine.secure_boot if machine.secure_boot is not None else facts.get("secure_boot")
-            if secure_boot:
-                raise StepStop(
-                    "skipped", "no Linux agent on UEFI Secure Boot machines (Secure Boot is on)", "skipped"
-                )
-            python = facts.get("python")
-            if not python or tuple(int(p) for p in str(python).split(".")[:2]) < (3, 9):
-                raise StepStop(
-                    "skipped",
-                    f"Python 3.9 or later is required on the machine (found {python or 'none'}): "
-                    "install the distribution's python3 package",
-                    "skipped",
-                )
-            detail = f"Secure Boot off, Python {python}"
+            raise StepStop("skipped", prerequisites.windows_reason(version), "skipped")
+        secure_boot = machine.secure_boot if machine.secure_boot is not None else facts.get("secure_boot")
+        if secure_boot:
+            reason = "no Linux agent on UEFI Secure Boot machines (Secure Boot is on)"
+            raise StepStop("skipped", reason, "skipped")
+        blocker = prerequisites.linux_blocker(facts, install_python=self.env.install_python)
+        if blocker:
+            raise StepStop("skipped", blocker, "skipped")
+        chosen = prerequisites.pick_python(facts)
+        python = f"Python {chosen[1]} ({chosen[0]})" if chosen else "no Python ≥ 3.9: the installer adds one"
+        detail = f"Secure Boot off, {python}"
+        if facts.get("os"):
+            detail += f", {facts['os']} {facts.get('os_version', '')}".rstrip()
+        if facts.get("glibc"):
+            detail += f", glibc {facts['glibc']}"
         if capacity is not None:
             detail += f", {capacity.in_use}"
         row = self._row()
@@ -340,12 +335,16 @@ class MachineDeployment:
             "heartbeat_seconds": self.env.heartbeat_seconds,
         }
         url = published.signed_url(provider.storage, platform)
-        make = (
-            scripts.windows_bootstrap
-            if self.machine.platform == Platform.WINDOWS
-            else scripts.linux_bootstrap
-        )
-        script = make(version=published.manifest.version, url=url, sha256=archive.sha256, config=config)
+        version, sha256 = published.manifest.version, archive.sha256
+        if self.machine.platform == Platform.WINDOWS:  # kept for when a Windows service host exists
+            script = scripts.windows_bootstrap(version=version, url=url, sha256=sha256, config=config)
+        else:
+            facts = self.probe.facts if self.probe else {}
+            chosen = prerequisites.pick_python(facts)
+            script = scripts.linux_bootstrap(
+                version=version, url=url, sha256=sha256, config=config, python=chosen[0] if chosen else None,
+                install_python=prerequisites.python_install_script(facts) if self.env.install_python else "",
+            )  # fmt: skip
         self._status("installing")
         try:
             result = provider.commands.run(self.machine, script, timeout=INSTALL_TIMEOUT)

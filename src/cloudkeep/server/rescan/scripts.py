@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 from cloudkeep.providers.base import Platform
 
 PROBE_MARKER = "CLOUDKEEP-PROBE-OK"
+MAX_FACT = 300  # probe output comes from the machine: each fact is bounded
+MAX_PYTHONS = 16
+_VERSION_RE = re.compile(r"^\d{1,2}\.\d{1,3}(\.\d{1,3})?$")
 BLOCKED_SCRIPT_MARKERS = (
     "running scripts is disabled",
     "execution policy",
@@ -25,13 +29,56 @@ BLOCKED_SCRIPT_MARKERS = (
     "psSecurityException",
 )
 
+# Facts, one ``key=value`` a line. Every Python is listed (RHEL and Amazon Linux install several
+# side by side); ``python`` is the one the installer would use today. glibc, the architecture and
+# the service manager decide whether the bundle's wheels and services can run at all.
 LINUX_PROBE = f"""echo {PROBE_MARKER}
 ROOT=${{CLOUDKEEP_MACHINE_ROOT:-/}}; ROOT=${{ROOT%/}}
 echo "kernel=$(uname -sr 2>/dev/null || true)"
+echo "arch=$(uname -m 2>/dev/null || true)"
 echo "installed=$(cat "$ROOT/opt/cloudkeep/VERSION" 2>/dev/null || true)"
+if [ -r "$ROOT/etc/os-release" ]; then
+    for key in ID VERSION_ID PRETTY_NAME; do
+        value=$(sed -n "s/^$key=//p" "$ROOT/etc/os-release" | head -n 1 | tr -d '"' | tr -d "'")
+        case $key in
+            ID) echo "os=$value" ;;
+            VERSION_ID) echo "os_version=$value" ;;
+            *) echo "os_name=$value" ;;
+        esac
+    done
+fi
+VERSION_OF='import sys; print("%d.%d.%d" % sys.version_info[:3])'
 PY=${{CLOUDKEEP_PYTHON:-$(command -v python3 || true)}}
 if [ -n "$PY" ]; then
     echo "python=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+    echo "python_path=$PY"
+fi
+found=""
+NAMES="python3 python3.9 python3.10 python3.11 python3.12 python3.13 python3.14 /usr/libexec/platform-python"
+# A machine configured with CLOUDKEEP_PYTHON has that interpreter and no other for cloudkeep.
+[ -z "${{CLOUDKEEP_PYTHON:-}}" ] || NAMES=$CLOUDKEEP_PYTHON
+for name in $NAMES; do
+    path=$(command -v "$name" 2>/dev/null || true)
+    [ -n "$path" ] || continue
+    version=$("$path" -c "$VERSION_OF" 2>/dev/null || true)
+    [ -n "$version" ] && found="$found $path:$version"
+done
+echo "pythons=${{found# }}"
+libc=$(getconf GNU_LIBC_VERSION 2>/dev/null || true)
+if [ -n "$libc" ]; then
+    echo "glibc=${{libc##* }}"
+elif ldd --version 2>&1 | grep -qi musl; then
+    echo "libc=musl"
+else
+    version=$(ldd --version 2>/dev/null | head -n 1 | awk '{{print $NF}}')
+    [ -n "$version" ] && echo "glibc=$version"
+fi
+echo "init=$(cat "$ROOT/proc/1/comm" 2>/dev/null || echo unknown)"
+# The installer's own test: systemd units only where systemd runs (else its pid-file fallback).
+if [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    echo "service_manager=systemd"
+else
+    echo "service_manager=none"
 fi
 if [ -d "$ROOT/sys/firmware/efi" ]; then echo "firmware=uefi"; fi
 for f in "$ROOT"/sys/firmware/efi/efivars/SecureBoot-*; do
@@ -85,10 +132,24 @@ def read_probe(platform: Platform, exit_code: int, stdout: str, stderr: str) -> 
             facts["execution_policy"] = after[1]
         return ProbeFacts(True, facts=facts)
     facts = dict(line.split("=", 1) for line in after if "=" in line)
-    result: dict[str, Any] = {k: v for k, v in facts.items() if v != "" and k != "secureboot"}
+    result: dict[str, Any] = {
+        k: v[:MAX_FACT] for k, v in facts.items() if v != "" and k not in {"secureboot", "pythons"}
+    }
     if "secureboot" in facts:
         result["secure_boot"] = facts["secureboot"] == "1"
+    if "pythons" in facts:
+        result["pythons"] = read_pythons(facts["pythons"])
     return ProbeFacts(True, facts=result)
+
+
+def read_pythons(text: str) -> list[dict[str, str]]:
+    """``/usr/bin/python3:3.9.2 …`` into ``[{"path", "version"}]``; malformed entries are dropped."""
+    found: list[dict[str, str]] = []
+    for item in text.split()[:MAX_PYTHONS]:
+        path, _, version = item.rpartition(":")
+        if path.startswith("/") and _VERSION_RE.match(version) and path not in {f["path"] for f in found}:
+            found.append({"path": path[:MAX_FACT], "version": version})
+    return found
 
 
 def powershell_too_old(version: str | None) -> bool:
@@ -102,15 +163,31 @@ def powershell_too_old(version: str | None) -> bool:
     return tuple(parts + [0] * (2 - len(parts))) < (5, 1)
 
 
-def linux_bootstrap(*, version: str, url: str, sha256: str, config: dict[str, Any]) -> str:
-    """Download, verify and unpack the Linux archive, then run ``install.sh`` with the machine config."""
+def linux_bootstrap(
+    *,
+    version: str,
+    url: str,
+    sha256: str,
+    config: dict[str, Any],
+    python: str | None = None,
+    install_python: str = "",
+) -> str:
+    """Download, verify and unpack the Linux archive, then run ``install.sh`` with the machine config.
+
+    ``python`` is the interpreter prerequisites picked (``python3.11`` beside an old ``python3``);
+    ``install_python`` is the package manager step of a group that may add Python when none fits.
+    """
     config_b64 = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
+    choose = f"PY=${{CLOUDKEEP_PYTHON:-{shlex.quote(python or 'python3')}}}"
+    if install_python and not python:
+        choose = install_python + _NEWEST_PYTHON
     return f"""set -eu
 ROOT=${{CLOUDKEEP_MACHINE_ROOT:-/}}; ROOT=${{ROOT%/}}
-PY=${{CLOUDKEEP_PYTHON:-python3}}
 STAGE="$ROOT/var/lib/cloudkeep/staging/{version}"
 rm -rf "$STAGE"; mkdir -p "$STAGE"; cd "$STAGE"
 trap 'rm -f "$STAGE/machine.json"' EXIT
+{choose}
+export CLOUDKEEP_INSTALL_PYTHON="$PY"
 REFUSED="CLOUDKEEP-ERROR download of the bundle was refused:"
 WHY="(expired or tampered signed URL?)"
 fetch() {{
@@ -147,6 +224,22 @@ tar -xzf bundle.tar.gz
 printf '%s' {shlex.quote(config_b64)} \\
     | "$PY" -c 'import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.stdin.read()))' >machine.json
 sh "$STAGE/install.sh" --config "$STAGE/machine.json" --no-start
+"""
+
+
+# After the package manager ran: the newest Python 3.9+ now on the PATH.
+_NEWEST_PYTHON = """PY=""
+for name in python3.13 python3.12 python3.11 python3.10 python3.9 python3; do
+    candidate=$(command -v "$name" 2>/dev/null || true)
+    [ -n "$candidate" ] || continue
+    if "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
+        PY=$candidate; break
+    fi
+done
+if [ -z "$PY" ]; then
+    echo "CLOUDKEEP-ERROR the package manager ran but no Python 3.9 or later is on the PATH"
+    exit 12
+fi
 """
 
 
@@ -195,6 +288,17 @@ exit $LASTEXITCODE
 def start_script(platform: Platform) -> str:
     """Start (or restart after an upgrade) the installed services; run once the agent key is registered."""
     return WINDOWS_START if platform == Platform.WINDOWS else LINUX_START
+
+
+LINUX_UNINSTALL = """ROOT=${CLOUDKEEP_MACHINE_ROOT:-/}; ROOT=${ROOT%/}
+if [ ! -f "$ROOT/opt/cloudkeep/install.sh" ]; then echo CLOUDKEEP-UNINSTALLED; exit 0; fi
+exec sh "$ROOT/opt/cloudkeep/install.sh" --uninstall
+"""
+
+
+def linux_uninstall_script() -> str:
+    """Stop the services and remove cloudkeep from a Linux machine (logs stay); idempotent."""
+    return LINUX_UNINSTALL
 
 
 def services_check_script() -> str:

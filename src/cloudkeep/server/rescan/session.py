@@ -232,7 +232,7 @@ class RescanRunner:
         confirm, heartbeat_fresh = make_confirm(self.ctx)
         env = RescanEnvironment(
             ctx=self.ctx, provider=provider, session_id=self.session_id, auto_update=group.auto_update,
-            deploy=self.deploy,
+            deploy=self.deploy, install_python=group.install_python,
             bundle_version=manifest.version, ensure_server_queue=lambda: self._ensure_server_queue(provider),
             publish_bundle=lambda: self._publish(provider, location, manifest, folder),
             discard_archive=lambda platform: self._discard(provider, platform),

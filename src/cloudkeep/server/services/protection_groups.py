@@ -38,6 +38,7 @@ _SETTABLE = (
     "exclude_tags",
     "rescan_schedule",
     "auto_update",
+    "install_python",
     "on_disappear",
     "enabled",
 )

@@ -261,6 +261,7 @@ class _GroupFields(Model):
     exclude_tags: dict[str, str] | None = None
     rescan_schedule: dict[str, Any] | None = None
     auto_update: bool | None = None
+    install_python: bool | None = None
     on_disappear: Literal["keep", "unmanage"] | None = None
     enabled: bool | None = None
 
@@ -294,6 +295,7 @@ class ProtectionGroupView(Model):
     exclude_tags: dict[str, str]
     rescan_schedule: dict[str, Any] | None
     auto_update: bool
+    install_python: bool = False
     on_disappear: str
     enabled: bool
     last_rescan_at: datetime | None
