@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -36,9 +35,6 @@ PASSWORD = "bullseye repository password"
 # asks for Python 3.11 and a package index: the lifecycle must then fail, and pass once it lands
 # (with the storage backends imported lazily — branch `providers` — so a machine backing up to a
 # local folder does not need botocore).
-INSTALLER_NEEDS_311 = "(3, 11)" in (resources.files("cloudkeep.machine.bundle") / "install.sh").read_text()
-
-
 @dataclass
 class OldWorld:
     world: RescanWorld
@@ -152,11 +148,6 @@ def test_without_python_the_machine_is_skipped_and_install_python_fails_clearly_
     assert not (old.machine.root / "opt/cloudkeep").exists()
 
 
-@pytest.mark.xfail(
-    INSTALLER_NEEDS_311,
-    reason="the installer needs Python 3.11 and a package index until branch `machine` lands",
-    strict=True,
-)
 def test_install_backup_restore_upgrade_uninstall_in_bullseye(
     old: OldWorld, request: pytest.FixtureRequest
 ) -> None:
