@@ -1,3 +1,3 @@
-"""The CLI tests use the server-core fixtures (state store on SQLite/PostgreSQL, live server)."""
+"""The CLI tests use the server fixtures (state store on SQLite/PostgreSQL, live server)."""
 
-from tests.server.core.fixtures import *  # noqa: F403
+from tests.server.fixtures import *  # noqa: F403

@@ -21,7 +21,7 @@ from cloudkeep.cli.main import app
 from cloudkeep.config import Settings
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, SessionTask
-from tests.server.core.fixtures import LiveServer, Seeded, add_machine
+from tests.server.fixtures import LiveServer, Seeded, add_machine
 from tests.support.peers import free_port
 
 SECRET = "hunter2-but-longer-and-secret"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cloudkeep.cli.main import app
 from cloudkeep.config import Settings
-from tests.server.core.fixtures import Seeded
+from tests.server.fixtures import Seeded
 
 
 def _invoke(settings: Settings, *args: str) -> tuple[int, str]:

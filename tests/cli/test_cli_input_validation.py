@@ -10,7 +10,7 @@ import pytest
 
 from cloudkeep.server.context import ServerContext
 from tests.cli.test_cli_core import Invoke, ok, run  # noqa: F401  (run: the embedded-CLI fixture)
-from tests.server.core.fixtures import Seeded
+from tests.server.fixtures import Seeded
 
 JOB = ("job", "create", "bad", "--repository", "{backup}", "--group", "{group}")
 REPOSITORY = ("repository", "add", "bad", "--credential", "{credential}", "--password-stdin")

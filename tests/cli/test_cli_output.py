@@ -24,7 +24,7 @@ from cloudkeep.config import Settings
 from cloudkeep.server.client import open_client
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint
-from tests.server.core.fixtures import Seeded, add_machine
+from tests.server.fixtures import Seeded, add_machine
 
 Invoke = Callable[..., Result]
 GIB = 1_288_490_189  # 1.2 GiB

@@ -21,7 +21,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession
 from tests.cli.test_cli_core import Invoke, ok
 from tests.cli.test_cli_core import run as run
-from tests.server.core.fixtures import LiveServer
+from tests.server.fixtures import LiveServer
 from tests.server.jobs_fakes import build_world, crafted_point
 from tests.support.hostile import file, folder
 

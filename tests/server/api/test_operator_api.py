@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from tests.server.core.fixtures import LiveServer, Seeded, add_machine
+from tests.server.fixtures import LiveServer, Seeded, add_machine
 
 from cloudkeep.server import metrics
 from cloudkeep.server.context import ServerContext

@@ -6,7 +6,7 @@ from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from tests.server.core.fixtures import Seeded
+from tests.server.fixtures import Seeded
 
 from cloudkeep.server.api import create_app
 from cloudkeep.server.context import ServerContext

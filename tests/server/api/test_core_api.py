@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from tests.server.core.fixtures import LiveServer, Seeded, add_machine
+from tests.server.fixtures import LiveServer, Seeded, add_machine
 
 from cloudkeep.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from cloudkeep.server.api import create_app

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.server.core.fixtures import Seeded
+from tests.server.fixtures import Seeded
 
 V1 = "/api/v1"
 

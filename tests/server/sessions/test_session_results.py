@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_context
-from tests.server.test_restore import add_point
+from tests.server.restore.test_restore import add_point
 
 from cloudkeep.machine.handlers import typed_payload
 from cloudkeep.protocol.bodies import RESULT_BODIES, BackupResult, CheckResult

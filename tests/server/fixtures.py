@@ -1,4 +1,4 @@
-"""Fixtures for the server core and CLI tests: a state store on SQLite or on PostgreSQL (one
+"""Fixtures for the server and CLI tests: a state store on SQLite or on PostgreSQL (one
 fresh database per test), seeded catalog objects, API tokens and a live uvicorn server."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import typing
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.server.core.fixtures import Seeded
+from tests.server.fixtures import Seeded
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.server import ops

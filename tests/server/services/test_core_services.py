@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from tests.server.core.fixtures import Seeded, add_machine
+from tests.server.fixtures import Seeded, add_machine
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.server.context import ServerContext
