@@ -470,6 +470,3 @@ class Repository:
             self.unreadable_snapshots = unreadable
         return iter(found)
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

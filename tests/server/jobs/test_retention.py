@@ -20,7 +20,6 @@ from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.jobs.retention import (
     FORGET_BATCH,
     plan_points,
-    removed_snapshot_ids,
     retention_command_body,
 )
 
@@ -129,12 +128,6 @@ def test_no_points_is_a_no_op() -> None:
 def test_validate_retention_rejects_bad_input(bad: dict, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         validate_retention(bad)
-
-
-def test_removed_snapshot_ids_accepts_ids_or_objects() -> None:
-    assert removed_snapshot_ids({"removed": ["a", {"id": "b"}, {"snapshot_id": "c"}]}) == ["a", "b", "c"]
-    assert removed_snapshot_ids({"forgotten": ["x"]}) == ["x"]
-    assert removed_snapshot_ids({}) == []
 
 
 def test_the_command_names_the_planned_snapshots_oldest_first_and_fits_one_message() -> None:

@@ -92,15 +92,3 @@ def retention_command_body(
     forget = [p.snapshot_id for p in sorted(points, key=lambda p: as_utc(p.created_at)) if p.id in remove]
     return {"forget": forget[:FORGET_BATCH], "prune": prune, "hostname": hostname}
 
-
-def removed_snapshot_ids(payload: dict[str, Any]) -> list[str]:
-    """The agent reports ``removed`` (or ``forgotten``): ids, or objects with ``id``/``snapshot_id``."""
-    out: list[str] = []
-    for item in payload.get("removed", payload.get("forgotten", [])) or []:
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, dict):
-            value = item.get("snapshot_id", item.get("id"))
-            if value:
-                out.append(str(value))
-    return out
