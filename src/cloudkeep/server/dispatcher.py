@@ -27,6 +27,7 @@ from cloudkeep.protocol import ProtocolError, make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Result
 from cloudkeep.protocol.crypto import load_encryption_key
 from cloudkeep.providers.base import CloudProvider, Machine, Platform, Queue
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.consumer import (
     OPEN_STATES,
     MachineKeys,
@@ -99,9 +100,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class Dispatcher:
-    def __init__(
-        self, ctx: ServerContext, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    ) -> None:
+    def __init__(self, ctx: ServerContext, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.ctx = ctx
         self.clock = clock
         self.validator = report_validator(ctx, MachineKeys(ctx))
@@ -345,7 +344,7 @@ class Dispatcher:
             session.execute(
                 update(CommandRecord)
                 .where(CommandRecord.id == command_id, CommandRecord.state.in_(OPEN_STATES))
-                .values(state="failed", result=body, completed_at=datetime.now(UTC))
+                .values(state="failed", result=body, completed_at=utcnow())
             )
 
     def _run_fallback(self, target: _Target, command_id: str, text: str, ttl: float) -> None:

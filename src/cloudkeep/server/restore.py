@@ -37,6 +37,7 @@ from cloudkeep.errors import (
 from cloudkeep.pathnames import display
 from cloudkeep.protocol.bodies import RestoreResult, RestoreVolumeResult
 from cloudkeep.server import manifest_pins
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, RestorePoint
 from cloudkeep.server.sessions import CommandSender, CommandSession, Outcome, default_dispatcher
@@ -404,7 +405,7 @@ def _chs(total_sectors: int) -> tuple[int, int, int]:
 
 def vhd_footer(size: int, *, unique_id: bytes | None = None, now: datetime | None = None) -> bytes:
     """The 512-byte footer that makes a raw image a fixed VHD (Microsoft VHD format spec 1.0)."""
-    stamp = int(((now or datetime.now(UTC)) - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds())
+    stamp = int(((now or utcnow()) - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds())
     cylinders, heads, spt = _chs(size // 512)
     fields = struct.pack(
         ">8sIIQI4sI4sQQHBBI",

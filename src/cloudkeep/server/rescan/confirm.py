@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.base import Machine
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine
 from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
@@ -29,7 +30,7 @@ def heartbeat_is_fresh(ctx: ServerContext, row: DiscoveredMachine, since: dateti
         return False
     if beat.tzinfo is None:
         beat = beat.replace(tzinfo=UTC)
-    limit = datetime.now(UTC) - timedelta(seconds=ctx.settings.heartbeat_timeout_seconds)
+    limit = utcnow() - timedelta(seconds=ctx.settings.heartbeat_timeout_seconds)
     return beat >= limit and (since is None or beat >= since - timedelta(seconds=1))
 
 

@@ -13,13 +13,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.base import CloudProvider, CommandCapacity, Machine, Platform
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
 from cloudkeep.server.rescan import prerequisites, scripts
@@ -107,7 +108,7 @@ class MachineDeployment:
                 self.env.session_id,
                 outcome,
                 detail,
-                datetime.now(UTC),
+                utcnow(),
             )
             machine = session.get(DiscoveredMachine, self.row_id)
             assert machine is not None
@@ -361,7 +362,7 @@ class MachineDeployment:
             assert row is not None
             row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
             row.agent_version = outcome.version or published.manifest.version
-            row.facts = {**row.facts, "config_written_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            row.facts = {**row.facts, "config_written_at": utcnow().isoformat(timespec="seconds")}
         self.installed = outcome.changed
         mode = self._start_services()
         verb = "installed" if outcome.changed else "verified (unchanged)"
@@ -372,7 +373,7 @@ class MachineDeployment:
 
         When the message service was (re)started, confirm waits for a heartbeat newer than that.
         """
-        started_at = datetime.now(UTC)
+        started_at = utcnow()
         try:
             result = self.env.provider.commands.run(
                 self.machine, scripts.start_script(self.machine.platform), timeout=INSTALL_TIMEOUT
@@ -411,7 +412,7 @@ def _config_stale(row: DiscoveredMachine) -> bool:
         at = datetime.fromisoformat(str(written))
     except ValueError:
         return True
-    return datetime.now(UTC) - at > CONFIG_REFRESH
+    return utcnow() - at > CONFIG_REFRESH
 
 
 _ACTIVE = {

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session
 from cloudkeep.errors import CloudkeepError, NotFoundError
 from cloudkeep.providers.base import CloudProvider, InventoryScope, Machine
 from cloudkeep.server import leases, metrics
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, ProtectionGroup, new_id
 from cloudkeep.server.logs import event
@@ -84,7 +84,7 @@ def start_rescan(
             raise CloudkeepError(
                 f"could not start the rescan of group {group_id}: its lease keeps changing hands"
             )
-    now = datetime.now(UTC)
+    now = utcnow()
     with ctx.db() as session:
         # We hold the lease, so any rescan of this group still "running" lost its worker (crash,
         # restart) and its lease expired: end it with that reason rather than leave it running.
@@ -166,7 +166,7 @@ class RescanRunner:
         renewer.start()
         provider: CloudProvider | None = None
         state, reason = "failed", ""
-        began = datetime.now(UTC)
+        began = utcnow()
         try:
             with self.ctx.db() as session:
                 group = session.get(ProtectionGroup, self.group_id)
@@ -189,14 +189,14 @@ class RescanRunner:
                 row.state, row.reason, row.ended_at, row.stats = (
                     state,
                     reason,
-                    datetime.now(UTC),
+                    utcnow(),
                     dict(self.stats),
                 )
                 group_row = session.get(ProtectionGroup, self.group_id)
                 if group_row is not None:
-                    group_row.last_rescan_at = datetime.now(UTC)
+                    group_row.last_rescan_at = utcnow()
             leases.release(self.ctx, lease_name(self.group_id), self.session_id)
-            seconds = (datetime.now(UTC) - began).total_seconds()
+            seconds = (utcnow() - began).total_seconds()
             metrics.record_session("rescan", state, seconds, 0, 0)
             event(log, "rescan_ended", level=logging.INFO if state == "success" else logging.WARNING,
                   session=self.session_id, protection_group=self.group_id, state=state,
@@ -268,7 +268,7 @@ class RescanRunner:
 
     def _record_discovery(self, found: list[Machine]) -> dict[str, str]:
         """Create or refresh a DiscoveredMachine row per machine found; returns cloud id -> row id."""
-        now = datetime.now(UTC)
+        now = utcnow()
         ids: dict[str, str] = {}
         with self.ctx.db() as session:
             existing = {m.cloud_id: m for m in self._group_machines(session)}
@@ -289,7 +289,7 @@ class RescanRunner:
 
     def _handle_disappeared(self, group: ProtectionGroup, provider: CloudProvider, seen: set[str]) -> None:
         """Machines no longer found: ``keep`` reports them missing; ``unmanage`` drops queue and marker."""
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = utcnow().isoformat(timespec="seconds")
         with self.ctx.db() as session:
             gone = [
                 m for m in self._group_machines(session)

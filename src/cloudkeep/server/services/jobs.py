@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 from cloudkeep.errors import ConfigurationError, ConflictError
 from cloudkeep.server import audit
 from cloudkeep.server.audit import is_secret_key
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -126,7 +126,7 @@ def _schedule_fields(row: BackupJob, schedule: dict[str, Any] | None) -> None:
     if schedule is not None:
         validate_schedule(schedule)
     row.schedule = schedule
-    row.next_run_at = next_run(schedule, datetime.now(UTC)) if schedule and row.enabled is not False else None
+    row.next_run_at = next_run(schedule, utcnow()) if schedule and row.enabled is not False else None
 
 
 def create_job(ctx: ServerContext, data: JobCreate, *, actor: str = "local") -> JobView:

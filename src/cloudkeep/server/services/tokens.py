@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import select
 
 from cloudkeep.server import audit
 from cloudkeep.server.auth import hash_token, new_token
+from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import ApiToken
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
@@ -38,6 +37,6 @@ def revoke_token(ctx: ServerContext, ref: str, *, actor: str = "local") -> Token
     with ctx.db() as session:
         row = resolve(session, ApiToken, ref, "token")
         if row.revoked_at is None:
-            row.revoked_at = datetime.now(UTC)
+            row.revoked_at = utcnow()
             audit.record(session, actor, "token.revoke", row.id, {"name": row.name})
         return view(row)
