@@ -6,13 +6,15 @@ returns the signed result envelope (printed as the last stdout line by ``__main_
 
 from __future__ import annotations
 
+from typing import Any
+
 from cloudkeep.machine.config import MachineConfig
 from cloudkeep.machine.handlers import ROUTES, TaskContext, execute, failure, sign_result
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.machine.ledger import CommandLedger
 from cloudkeep.machine.message_service import command_validator
 from cloudkeep.machine.spool import Spool
-from cloudkeep.protocol.bodies import Cancel, UpdateCredentials
+from cloudkeep.protocol.bodies import Cancel, DeliveredResult, UpdateCredentials
 
 
 def exec_command(config: MachineConfig, text: str) -> str:
@@ -32,17 +34,22 @@ def exec_command(config: MachineConfig, text: str) -> str:
     if route == "control" and isinstance(body := envelope.parsed_body(), Cancel):
         for spool in spools:  # the task may run in a worker or in another ``exec`` process
             spool.send_cancel(body.command_id, text)
-        result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
+        result = _delivered(envelope.id, body.command_id)
     elif route == "control":
         body = envelope.parsed_body()
         assert isinstance(body, UpdateCredentials)
         envelope.repository(keys.encryption)
         for service in ("agent", "transport"):
             Spool.for_service(config.state_dir, service).send_control(body.command_id, text)
-        result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
+        result = _delivered(envelope.id, body.command_id)
     else:
         cancelled = lambda: any(spool.cancel_requested(envelope.id) for spool in spools)  # noqa: E731
         result = execute(TaskContext(config, keys, envelope, cancelled=cancelled))
     signed = sign_result(config, keys, result)
     ledger.complete(envelope.id, signed, posted=True)  # returned on stdout, not through the queue
     return signed
+
+
+def _delivered(command_id: str, target: str) -> dict[str, Any]:
+    payload = DeliveredResult(delivered_to=target).model_dump(mode="json")
+    return {"command_id": command_id, "ok": True, "payload": payload}

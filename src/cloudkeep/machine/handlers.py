@@ -140,7 +140,7 @@ def execute(ctx: TaskContext) -> dict[str, Any]:
 
 def typed_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     """The payload built as the command's result body (``RESULT_BODIES``), so the machine never sends
-    a shape the server would refuse; kinds without one (ping, run_script, …) go as they are."""
+    a shape the server would refuse; a kind without one (none today) goes as it is."""
     model = RESULT_BODIES.get(kind)
     return payload if model is None else model.model_validate(payload).model_dump(mode="json")
 

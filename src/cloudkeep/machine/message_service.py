@@ -34,7 +34,7 @@ from cloudkeep.machine.link import QueueLink, QueueUnavailable, backoff
 from cloudkeep.machine.services import BEACON_SECONDS, service_status, touch_beacon
 from cloudkeep.machine.spool import Spool
 from cloudkeep.protocol import COMMAND_BODIES, Envelope, MessageValidator, ProtocolError
-from cloudkeep.protocol.bodies import Cancel, Heartbeat, UpdateCredentials
+from cloudkeep.protocol.bodies import Cancel, DeliveredResult, Heartbeat, UpdateCredentials
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.protocol.envelope import MAX_TTL
 from cloudkeep.providers.registry import provider_facts, provider_kinds
@@ -201,15 +201,16 @@ class MessageService:
                 spool.send_cancel(body.command_id, text)
             target = self.ledger.get(body.command_id)
             state = target.state if target is not None else "unknown"
-            result = {"command_id": envelope.id, "ok": True,
-                      "payload": {"delivered_to": body.command_id, "target_state": state}}  # fmt: skip
+            delivered = DeliveredResult(delivered_to=body.command_id, target_state=state)
+            result = {"command_id": envelope.id, "ok": True, "payload": delivered.model_dump(mode="json")}
             self.ledger.complete(envelope.id, sign_result(self.config, self.keys, result))
             return
         assert isinstance(body, UpdateCredentials)
         envelope.repository(self.keys.encryption)  # refuse credentials we cannot open before forwarding
         for spool in self.spools.values():
             spool.send_control(body.command_id, text)
-        result = {"command_id": envelope.id, "ok": True, "payload": {"delivered_to": body.command_id}}
+        forwarded = DeliveredResult(delivered_to=body.command_id).model_dump(mode="json")
+        result = {"command_id": envelope.id, "ok": True, "payload": forwarded}
         self.ledger.complete(envelope.id, sign_result(self.config, self.keys, result))
 
     # --- outbound -------------------------------------------------------------------------------

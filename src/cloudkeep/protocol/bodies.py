@@ -208,7 +208,33 @@ class BrowseResult(Body):
     truncated: bool = False
 
 
+class PingResult(Body):
+    version: str | None = Field(default=None, max_length=64)
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=16)  # name → state, pid
+
+
+_OUTPUT = 20 * 1024  # a run_script stream: the machine sends its last 16 KiB, a marker and a timeout line
+
+
+class RunScriptResult(Body):
+    exit_code: int
+    stdout: str = Field(default="", max_length=_OUTPUT)
+    stderr: str = Field(default="", max_length=_OUTPUT)
+    timed_out: bool = False
+
+
+class DeliveredResult(Body):
+    """What ``cancel`` and ``update_credentials`` answer: the command they went to (and its state then)."""
+
+    delivered_to: str = Field(max_length=_ID)
+    target_state: str | None = Field(default=None, max_length=32)
+
+
 RESULT_BODIES: dict[str, type[Body]] = {
+    "ping": PingResult,
+    "run_script": RunScriptResult,
+    "update_credentials": DeliveredResult,
+    "cancel": DeliveredResult,
     "backup": BackupResult,
     "retention": RetentionResult,
     "check": CheckResult,

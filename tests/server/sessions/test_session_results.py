@@ -21,7 +21,15 @@ from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_con
 from tests.server.restore.test_restore import add_point
 
 from cloudkeep.machine.handlers import typed_payload
-from cloudkeep.protocol.bodies import RESULT_BODIES, BackupResult, CheckResult
+from cloudkeep.machine.services import service_status
+from cloudkeep.protocol.bodies import (
+    RESULT_BODIES,
+    BackupResult,
+    CheckResult,
+    DeliveredResult,
+    PingResult,
+    RunScriptResult,
+)
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint, SessionTask
 from cloudkeep.server.jobs import start_job
@@ -162,12 +170,51 @@ def test_read_result_names_at_most_three_problems() -> None:
     assert caught.value.message.endswith("(and 2 more)") and caught.value.hint
 
 
+# The fields a result body cannot do without (every other field has a default).
+REQUIRED = {
+    "run_script": {"exit_code": 0},
+    "cancel": {"delivered_to": "c1"},
+    "update_credentials": {"delivered_to": "c1"},
+}
+
+
 def test_every_result_body_refuses_unknown_fields_and_the_machine_builds_them() -> None:
     for kind, model in RESULT_BODIES.items():
         with pytest.raises(ValidationError):
-            model.model_validate({"unknown": True})
-        assert typed_payload(kind, {}) == model().model_dump(mode="json")
-    assert typed_payload("ping", {"anything": 1}) == {"anything": 1}  # no result body: as it is
+            model.model_validate({**REQUIRED.get(kind, {}), "unknown": True})
+        minimal = REQUIRED.get(kind, {})
+        assert typed_payload(kind, minimal) == model.model_validate(minimal).model_dump(mode="json")
+    with pytest.raises(ValidationError):  # every command kind has a result body: none goes as it is
+        typed_payload("ping", {"anything": 1})
     with pytest.raises(ValidationError):  # a handler's bug is the machine's error, never sent on
         typed_payload("check", {"ok": True, "problems": None})
     assert CheckResult(problems=["x"]).healthy is False and CheckResult().healthy is True
+
+
+def test_ping_run_script_and_control_results_read_as_machines_send_them(tmp_path: Path) -> None:
+    sent = typed_payload("ping", {"version": "1.2", "services": service_status(tmp_path)})  # as handlers.ping
+    ping = read_result(PingResult, "vm-1", sent)
+    assert ping.version == "1.2" and ping.services["agent"] == {"state": "not-installed"}
+    timed_out = {"exit_code": 124, "stdout": "", "stderr": "late", "timed_out": True}
+    ran = read_result(RunScriptResult, "vm-1", timed_out)
+    assert ran.exit_code == 124 and ran.timed_out
+    delivered = read_result(DeliveredResult, "vm-1", {"delivered_to": "c1"})  # as exec answers
+    assert delivered.target_state is None
+    cancelled = read_result(DeliveredResult, "vm-1", {"delivered_to": "c1", "target_state": "running"})
+    assert cancelled.target_state == "running"
+
+
+@pytest.mark.parametrize(
+    ("model", "payload", "field"),
+    [
+        (PingResult, {"version": "1", "services": "agent"}, "services"),
+        (RunScriptResult, {"stdout": "no exit code"}, "exit_code"),
+        (RunScriptResult, {"exit_code": 0, "stdout": "x" * 30_000}, "stdout"),
+        (DeliveredResult, {"delivered_to": "c" * 500}, "delivered_to"),
+    ],
+)
+def test_malformed_ping_run_script_and_control_results_fail_naming_the_field(
+    model: type[Any], payload: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(TaskFailed, match=f"^vm-1 sent a malformed [a-z_]+ result: {field}"):
+        read_result(model, "vm-1", payload)

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.protocol.bodies import PingResult
 from cloudkeep.providers.base import Machine
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine
 from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
 from cloudkeep.server.rescan.deploy import CONFIRM_TIMEOUT, StepStop
+from cloudkeep.server.sessions import TaskFailed, read_result
 
 Confirm = Callable[[DiscoveredMachine, Machine, datetime | None], str]
 
@@ -51,11 +53,14 @@ def make_confirm(ctx: ServerContext) -> tuple[Confirm, Callable[[DiscoveredMachi
             channel = record.channel if record else "?"
         if channel != "queue":
             raise StepStop("failed", f"the ping was answered over the {channel} channel, not the queues")
-        services = payload.get("services") or {}
-        names = ", ".join(sorted(services)) if isinstance(services, dict) else str(services)
+        try:
+            answer = read_result(PingResult, row.name, payload)
+        except TaskFailed as exc:
+            raise StepStop("failed", exc.message) from None
+        names = ", ".join(sorted(answer.services))
         return (
             f"heartbeat after {waited:.1f} s; ping answered through the queues "
-            f"(version {payload.get('version', '?')}; {names or 'no service list'})"
+            f"(version {answer.version or '?'}; {names or 'no service list'})"
         )
 
     return confirm, lambda row: heartbeat_is_fresh(ctx, row)
