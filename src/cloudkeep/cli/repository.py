@@ -31,11 +31,13 @@ from cloudkeep.cli.common import (
 from cloudkeep.cli.completion import PURPOSES, choices, names_of
 from cloudkeep.cli.resource import Resource, add_resource_commands
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.server.services.schemas import (
+from cloudkeep.server.services.maintenance_schemas import (
     ForgetRequest,
     PasswordChange,
-    RepositoryCreate,
     RepositoryRepairRequest,
+)
+from cloudkeep.server.services.schemas import (
+    RepositoryCreate,
     RepositoryUpdate,
 )
 

@@ -14,24 +14,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cloudkeep.server.services.maintenance_schemas import (
+    ForgetReport,
+    MaintenanceDone,
+    PruneReport,
+    RepositoryCheck,
+    RepositoryRepair,
+    RepositoryStats,
+    StoreVerification,
+)
 from cloudkeep.server.services.schemas import (
     AuditView,
     BrowseResult,
     CredentialTest,
     CredentialView,
-    ForgetReport,
     JobView,
     KeyRotation,
     MachineDetail,
     MachineView,
-    MaintenanceDone,
     Model,
     Page,
     ProtectionGroupView,
-    PruneReport,
-    RepositoryCheck,
-    RepositoryRepair,
-    RepositoryStats,
     RepositoryView,
     RestorePointView,
     SearchHit,
@@ -39,7 +42,6 @@ from cloudkeep.server.services.schemas import (
     SessionDetail,
     SessionStarted,
     SessionView,
-    StoreVerification,
     TokenCreated,
     TokenView,
 )

@@ -17,9 +17,7 @@ from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, Repository, RestorePoint, utcnow
 from cloudkeep.server.services.common import resolve
-from cloudkeep.server.services.repositories import _opened_backup_repository
-from cloudkeep.server.services.restore_points import get_restore_point
-from cloudkeep.server.services.schemas import (
+from cloudkeep.server.services.maintenance_schemas import (
     ForgetReport,
     ForgetRequest,
     MaintenanceDone,
@@ -27,6 +25,8 @@ from cloudkeep.server.services.schemas import (
     PruneReport,
     RepositoryStats,
 )
+from cloudkeep.server.services.repositories import _opened_backup_repository
+from cloudkeep.server.services.restore_points import get_restore_point
 from cloudkeep.storage import ObjectLockedError
 
 clock: Callable[[], datetime] = utcnow  # tests replace it: immutability is judged against it

@@ -14,17 +14,19 @@ from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
 from cloudkeep.server.services.common import ensure_unique_name, paginate, resolve
+from cloudkeep.server.services.maintenance_schemas import (
+    RepositoryCheck,
+    RepositoryRepair,
+    RepositoryRepairRequest,
+    StoreCheckView,
+    StoreVerification,
+)
 from cloudkeep.server.services.schemas import (
     Page,
     Purpose,
-    RepositoryCheck,
     RepositoryCreate,
-    RepositoryRepair,
-    RepositoryRepairRequest,
     RepositoryUpdate,
     RepositoryView,
-    StoreCheckView,
-    StoreVerification,
 )
 from cloudkeep.storage.conformance import StoreCheck, require_create_only, run_checks
 
