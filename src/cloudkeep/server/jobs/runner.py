@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time as monotonic_time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -49,6 +48,8 @@ from cloudkeep.server.sessions import (
     SessionLease,
     TaskFailed,
     TaskStopped,
+    WaitHooks,
+    await_result,
     default_dispatcher,
     read_result,
     run_end_hooks,
@@ -238,35 +239,29 @@ class SessionRunner:
         timeout: float,
         refresh_every: float,
     ) -> dict[str, Any]:
-        """Wait in short slices so a stop request and credential refresh are noticed on time."""
-        deadline = monotonic_time.monotonic() + timeout
-        refresh_at = monotonic_time.monotonic() + refresh_every
-        slice_seconds = self.options.poll_slice_seconds or 2.0
-        cancel_deadline: float | None = None
-        while True:
-            if cancel_deadline is None and self.stop_requested():
-                cancel_deadline = self._cancel(task_id, machine, command_id)
-            if cancel_deadline is not None and monotonic_time.monotonic() >= cancel_deadline:
-                raise TaskStopped()  # the machine did not confirm in time; stop waiting for it
-            now = monotonic_time.monotonic()
-            if now >= deadline:
-                raise TaskFailed(f"{machine.name} did not finish the backup within {timeout:.0f} s")
-            if now >= refresh_at:
-                self._refresh_credentials(task_id, machine, command_id)
-                refresh_at = now + refresh_every
-            try:
-                return self.dispatcher.wait(command_id, timeout=min(slice_seconds, deadline - now))
-            except Exception as exc:
-                if self._still_running(command_id):
-                    continue  # only our slice ran out
-                if cancel_deadline is not None:
-                    raise TaskStopped() from exc  # the machine stopped the task (or it failed meanwhile)
-                if isinstance(exc, CloudkeepError):
-                    raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from exc
-                raise TaskFailed(f"{machine.name}: {exc}") from exc
+        """The session runtime's wait, with this runner's cancel, grace and credential refresh."""
+        hooks = WaitHooks(
+            stop_requested=self.stop_requested,
+            cancel=lambda: self._cancel(task_id, machine, command_id),
+            refresh=lambda: self._refresh_credentials(task_id, machine, command_id),
+            refresh_every=refresh_every,
+            still_running=lambda: self._still_running(command_id),
+            slice_seconds=self.options.poll_slice_seconds or 2.0,
+        )
+        try:
+            payload = await_result(self.dispatcher, command_id, timeout=timeout, hooks=hooks)
+        except TimeoutError as exc:
+            raise TaskFailed(f"{machine.name} did not finish the backup within {timeout:.0f} s") from exc
+        except CloudkeepError as exc:
+            raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from exc
+        except Exception as exc:
+            raise TaskFailed(f"{machine.name}: {exc}") from exc
+        if payload is None:
+            raise TaskStopped()
+        return payload
 
     def _cancel(self, task_id: str, machine: DiscoveredMachine, command_id: str) -> float:
-        """Tell the machine to stop ``command_id``; returns the monotonic deadline for its answer."""
+        """Tell the machine to stop ``command_id``; returns how many seconds to wait for its answer."""
         grace = self.options.cancel_grace_seconds
         grace = 120.0 if grace is None else grace
         try:
@@ -274,8 +269,8 @@ class SessionRunner:
             update_task(self.ctx, task_id, f"stop requested: cancel sent to {machine.name}")
         except CloudkeepError as exc:
             update_task(self.ctx, task_id, f"could not send cancel to {machine.name}: {exc}")
-            return monotonic_time.monotonic()
-        return monotonic_time.monotonic() + grace
+            return 0.0
+        return grace
 
     def _still_running(self, command_id: str) -> bool:
         with self.ctx.db() as db:

@@ -11,6 +11,8 @@ from cloudkeep.server.clock import utcnow
 from cloudkeep.server.sessions.commands import (
     CommandSession,
     Outcome,
+    WaitHooks,
+    await_result,
     read_result,
     run_command_session,
     start_command_session,
@@ -38,6 +40,8 @@ __all__ = [
     "SessionLease",
     "TaskFailed",
     "TaskStopped",
+    "WaitHooks",
+    "await_result",
     "default_dispatcher",
     "on_session_end",
     "open_session",

@@ -9,6 +9,7 @@ model, and a malformed one fails the task with a clear reason instead of crashin
 
 from __future__ import annotations
 
+import math
 import time as monotonic_time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ def run_command_session(
         command_id = sender.send(
             spec.machine_id, spec.command, spec.body, sealed=sealed, task_id=task_id, ttl=spec.timeout
         )
-        payload = _await_unless_stopped(ctx, sender, session_id, command_id, spec.timeout)
+        hooks = WaitHooks(stop_requested=lambda: stop_requested(ctx, session_id))
+        payload = await_result(sender, command_id, timeout=spec.timeout, hooks=hooks)
         if payload is None:
             outcome = Outcome("stopped", "stopped by the administrator", spec.unfinished.task,
                               spec.unfinished.session)  # fmt: skip
@@ -166,18 +168,57 @@ def run_command_session(
     set_session(ctx, session_id, state=state, reason=reason, ended_at=ended, **outcome.session)
 
 
-def _await_unless_stopped(
-    ctx: ServerContext, sender: CommandSender, session_id: str, command_id: str, timeout: float
+@dataclass(frozen=True)
+class WaitHooks:
+    """What a session does while it awaits one command's result (every session notices a stop).
+
+    ``cancel`` tells the machine to stop and returns how many seconds to wait for its answer (without
+    it a stop ends the wait at once); ``refresh`` runs every ``refresh_every`` seconds (a long backup's
+    credentials); ``still_running`` tells a slice that ran out from a command that ended (without it:
+    the wait raised ``TimeoutError``).
+    """
+
+    stop_requested: Callable[[], bool]
+    cancel: Callable[[], float] | None = None
+    refresh: Callable[[], None] | None = None
+    refresh_every: float = math.inf
+    still_running: Callable[[], bool] | None = None
+    slice_seconds: float = WAIT_SLICE
+
+
+def await_result(
+    sender: CommandSender, command_id: str, *, timeout: float, hooks: WaitHooks
 ) -> dict[str, Any] | None:
-    """The result's payload, or None when the administrator stopped the session first."""
+    """The result's payload, or None when the session was stopped first.
+
+    Waits in short slices so a stop request or a due refresh is noticed on time. After ``cancel`` a
+    result that still comes within the grace is returned; a command that ends without one is stopped.
+    ``TimeoutError`` when no result came within ``timeout``; the sender's other errors pass through.
+    """
     deadline = monotonic_time.monotonic() + timeout
+    refresh_at = monotonic_time.monotonic() + hooks.refresh_every
+    grace_end: float | None = None
     while True:
-        if stop_requested(ctx, session_id):
-            return None
-        left = deadline - monotonic_time.monotonic()
+        if grace_end is None and hooks.stop_requested():
+            if hooks.cancel is None:
+                return None
+            grace_end = monotonic_time.monotonic() + hooks.cancel()
+        now = monotonic_time.monotonic()
+        if grace_end is not None and now >= grace_end:
+            return None  # the machine did not confirm in time; stop waiting for it
+        if hooks.refresh is not None and now >= refresh_at:
+            hooks.refresh()
+            refresh_at = now + hooks.refresh_every
         try:
-            return sender.wait(command_id, timeout=min(WAIT_SLICE, max(0.1, left)))
-        except TimeoutError:
-            if monotonic_time.monotonic() < deadline:
+            return sender.wait(command_id, timeout=min(hooks.slice_seconds, max(0.1, deadline - now)))
+        except Exception as exc:
+            running = hooks.still_running() if hooks.still_running else isinstance(exc, TimeoutError)
+            if running and monotonic_time.monotonic() < deadline:
                 continue  # only this slice ran out
+            if running:
+                if isinstance(exc, TimeoutError):
+                    raise
+                raise TimeoutError(f"no result for command {command_id} within {timeout:.0f} s") from exc
+            if grace_end is not None:
+                return None  # the machine stopped the task (or it failed meanwhile)
             raise
