@@ -36,6 +36,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresq
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)   # lints the installer scripts
 command -v dash >/dev/null || need_apt+=(dash)                   # install.sh must run under a POSIX sh
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)     # builds the old Debian test roots
+command -v chromium >/dev/null || need_apt+=(chromium)           # the API docs page, drawn headless
 command -v pwsh >/dev/null || true   # PowerShell is not in Debian; Windows scripts get a static check.
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -200,6 +200,7 @@ class ServerQueueConsumer:
         self.threads: list[threading.Thread] = []
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._polling: set[str] = set()  # names of the workers waiting in receive
 
     def start(self) -> ServerQueueConsumer:
         for n in range(self.workers):
@@ -209,29 +210,54 @@ class ServerQueueConsumer:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the workers without waiting out a long poll (SQS: 20 s).
+
+        A worker applying a message finishes it (up to ``timeout``); one waiting in ``receive`` is
+        not waited for: when its poll returns it hands back what it got (visible again at once) and
+        ends — the threads are daemons, so a process exit does not wait for them either.
+        """
         self.stopping.set()
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            while thread.is_alive() and thread.name not in self._polling and time.monotonic() < deadline:
+                thread.join(0.05)
 
     def _count(self, outcome: str) -> None:
         with self._lock:
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     def _run(self) -> None:
+        name = threading.current_thread().name
         failures = 0
         while not self.stopping.is_set():
+            self._polling.add(name)
             try:
                 messages = self.queue.receive(
                     max_messages=10, visibility_timeout=60, wait_seconds=self.wait_seconds
                 )
                 failures = 0
             except Exception as exc:
+                if self.stopping.is_set():
+                    break
                 failures += 1
                 log.warning("server queue %s: receive failed (%s); retrying", self.queue.name, exc)
                 self.stopping.wait(min(15.0, 0.2 * 2**failures))
                 continue
+            finally:
+                self._polling.discard(name)
+            if self.stopping.is_set():
+                self._release(messages)
+                break
             for message in messages:
                 self.process(message)
+
+    def _release(self, messages: list[ReceivedMessage]) -> None:
+        """Hand back what a poll returned after ``stop``: visible again at once for other servers."""
+        for message in messages:
+            try:
+                self.queue.extend_visibility(message, 0)
+            except Exception as exc:  # the queue may be closed: then it reappears after its timeout
+                log.debug("could not release message %s: %s", message.message_id, exc)
 
     def process(self, message: ReceivedMessage) -> str:
         outcome = self._process(message)
