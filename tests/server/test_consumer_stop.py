@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.machine.harness import wait_for
+from tests.server.jobs_fakes import make_context
+from tests.support.peers import MotoServer
 
 from cloudkeep.providers import get_provider
 from cloudkeep.server.consumer import ServerQueueConsumer
 from cloudkeep.server.context import ServerContext
-from tests.machine.harness import wait_for
-from tests.server.jobs_fakes import make_context
-from tests.support.peers import MotoServer
 
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
