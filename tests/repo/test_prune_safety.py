@@ -188,7 +188,6 @@ def test_a_machines_prune_beside_a_running_one_is_skipped_not_failed(
 ) -> None:
     """Every machine of a job prunes after its retention; two finishing together must not turn the
     session into a warning: the second prune is skipped (the first reclaims for both)."""
-    import cloudkeep.repo as engine
     from cloudkeep.machine.tasks import _prune_unless_busy
 
     world = World(store, tmp_path)
@@ -196,7 +195,7 @@ def test_a_machines_prune_beside_a_running_one_is_skipped_not_failed(
     with maintenance_lock(world.open(), "another machine's prune", now=t0, grace=HOUR):
         with pytest.raises(MaintenanceBusyError):
             prune(world.open(), now=t0 + timedelta(minutes=30))
-        _prune_unless_busy(engine, world.open())  # the real clock is within the lock's grace
+        _prune_unless_busy(world.open())  # the real clock is within the lock's grace
         assert store.stat(LOCK_KEY) is not None  # the holder's lock is left alone
     world.verify()
 
