@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -43,6 +44,8 @@ from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 300.0
 # A session not refreshed for this long stops writing. Prune's grace is at least twice this
@@ -81,6 +84,9 @@ class WriterStats:
     bytes_stored: int = 0  # encoded bytes of those blobs
     bytes_uploaded: int = 0  # whole packs sent to storage
     packs: int = 0
+    # Reused packs whose lock this credential may not extend (agents hold no lock permission:
+    # docs/security.md); the server extends locks instead (immutability by generations, branch locks).
+    locks_refused: int = 0
 
 
 class RateLimiter:
@@ -284,11 +290,20 @@ class BlobWriter:
         packs = sorted(self._reused_packs - self._written_packs)
         if until is None or not packs:
             return
+
+        def extend(pack_id: str) -> bool:
+            try:
+                self.repo.store.extend_retention(pack_key(pack_id), until)
+            except PermissionDeniedError:
+                return False
+            return True
+
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-retain") as pool:
-            for _ in pool.map(
-                lambda pack_id: self.repo.store.extend_retention(pack_key(pack_id), until), packs
-            ):
-                pass
+            self.stats.locks_refused += sum(not done for done in pool.map(extend, packs))
+        if self.stats.locks_refused:
+            log.warning(
+                "%d reused pack(s) not locked longer: this credential may not", self.stats.locks_refused
+            )
 
     def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight

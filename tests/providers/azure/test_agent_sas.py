@@ -7,6 +7,7 @@ machine's — is refused by the peer (403), and a backup still works with it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -83,3 +84,26 @@ def test_staged_blocks_need_write_so_agents_put_each_pack_whole(
     with pytest.raises(PermissionDeniedError):
         agent.put(A + "large", b"x" * (200 * 1024))
     assert AzureBlobStore.__init__.__kwdefaults__["max_single_put_size"] == 64 * 2**20
+
+
+def test_a_locked_backup_on_the_agent_sas_completes_and_says_what_it_could_not_lock(
+    azure: AzureProvider, unique_name: str, tmp_path: Path
+) -> None:
+    """Extending the lock of another machine's reused pack needs `w`/`i`, which agents no longer
+    hold: the backup still commits and its stats say how many packs kept a shorter lock (the
+    server takes lock extension over: branch `locks`)."""
+    location = f"{unique_name}/repo"
+    azure.storage.ensure_container(unique_name)
+    server = azure.storage.open_store(location)
+    Repository.create(server, PASSWORD, pack_size=256 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    source = write_tree(tmp_path / "same")
+    now = datetime.now(UTC)
+    backup_files(_agent(azure, location, B), [source], hostname="b", retain_until=now + timedelta(days=1))
+    mine = backup_files(
+        _agent(azure, location, A), [source], hostname="a", retain_until=now + timedelta(days=30)
+    )
+    assert any("agents may not extend locks" in w for w in mine.stats["warnings"])
+    theirs = [i for i in server.list(B + "data/")]
+    assert theirs and all(
+        i.retain_until is not None and i.retain_until < now + timedelta(days=2) for i in theirs
+    )
