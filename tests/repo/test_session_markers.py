@@ -75,7 +75,9 @@ def test_compromised_machine_session_markers_go_stale_and_server_sweeps_them(
     writer._stop.set()  # the killed backup's heartbeat thread
 
 
-def test_an_end_marker_without_the_sessions_secret_is_ignored(agent: Repository, full: ObjectStore) -> None:
+def test_compromised_machine_cannot_end_a_session_with_a_forged_end_marker(
+    agent: Repository, full: ObjectStore
+) -> None:
     t0 = datetime.now(UTC)
     writer = BlobWriter(agent, hostname="a")
     forged = {"hostname": "a", "end": "0" * 32, "seen": t0.isoformat()}

@@ -429,7 +429,7 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
         harness.close()
 
 
-def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
+def test_retention_on_the_server_removes_old_points_and_the_catalog_follows(
     backed_up: dict, tmp_path: Path
 ) -> None:
     from cloudkeep.errors import NotFoundError

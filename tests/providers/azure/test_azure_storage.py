@@ -48,7 +48,9 @@ def test_blob_sas_urls_are_enforced(azure: AzureProvider, unique_name: str) -> N
     assert storage.open_store(unique_name).get("upload/result.txt") == b"done"
 
 
-def test_scoped_container_sas_works_until_it_expires(azure: AzureProvider, unique_name: str) -> None:
+def test_compromised_machine_scoped_sas_works_only_until_it_expires(
+    azure: AzureProvider, unique_name: str
+) -> None:
     azure.storage.ensure_container(unique_name)
     creds = azure.storage.scoped_credentials(f"{unique_name}/repo", "machines/web1/", expires_seconds=3600)
     assert creds.provider == "azure" and creds.store_url == f"azure://{unique_name}/repo"
