@@ -35,7 +35,7 @@ def _backup(service: LocalStorageService, machine: str, source: Path, hostname: 
     ).id
 
 
-def test_the_server_forgets_what_the_agent_cannot_and_prunes_once(
+def test_compromised_machine_cannot_forget_but_the_server_does_and_prunes_once(
     service: LocalStorageService, tmp_path: Path
 ) -> None:
     old = _backup(service, "m1", write_tree(tmp_path / "a"), "m1-job")
