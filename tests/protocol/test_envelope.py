@@ -176,3 +176,19 @@ def test_a_file_name_that_is_not_utf8_never_makes_a_message_unsendable() -> None
     received = MessageValidator(me="srv", sender_key={"m1": OTHER.public_key()}.get).validate(text)
     payload = received.body["payload"]
     assert payload == {"warnings": ["/srv/caf\\xe9/\\xff\\xfe: cannot read"], "/srv/caf\\xe9/\\xff\\xfe": 1}
+
+
+def test_compromised_machine_cannot_speak_for_the_server_or_another_machine() -> None:
+    """Machine m1's own signing key (everything it holds, docs/security.md) cannot produce a
+    message the server takes as another machine's, nor one a machine takes as the server's."""
+    stolen = Ed25519PrivateKey.generate()  # m1's key, in the attacker's hands
+    keys = {"srv": SERVER.public_key(), "m1": stolen.public_key(), "m2": OTHER.public_key()}
+    server = MessageValidator(me="srv", sender_key=keys.get)
+    result = make_envelope("result", {"command_id": "c1", "ok": True}, sender="m1", recipient="srv")
+    assert server.validate(sign_envelope(result, stolen)).sender == "m1"  # as itself: accepted
+    as_m2 = make_envelope("result", {"command_id": "c1", "ok": True}, sender="m2", recipient="srv")
+    with pytest.raises(BadSignature):
+        server.validate(sign_envelope(as_m2, stolen))
+    as_server = make_envelope("run_script", {"script": "true"}, sender="srv", recipient="m2")
+    with pytest.raises(BadSignature):
+        MessageValidator(me="m2", sender_key=keys.get).validate(sign_envelope(as_server, stolen))

@@ -259,7 +259,7 @@ def test_a_rewritten_version_1_manifest_is_caught_by_the_pin(
     assert not [p for p in report.problems if other.id in p]
 
 
-def test_a_report_that_disagrees_with_the_repository_is_not_recorded(
+def test_compromised_machine_report_that_disagrees_with_the_repository_is_not_recorded(
     ctx: ServerContext, world: World, tmp_path: Path
 ) -> None:
     fake = MachineBackups(ctx, world, make_source(tmp_path / "src", "x\n"))

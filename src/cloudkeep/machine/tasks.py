@@ -269,6 +269,9 @@ def _prune_unless_busy(repository: Repository) -> None:
 def retention(ctx: TaskContext, body: RetentionCommand) -> dict[str, Any]:
     """Forget what the server decided (``forget``); with only a policy (an older server), plan here.
 
+    Kept only for servers older than issue 19: current servers forget and prune themselves and
+    never send this (agents' credentials cannot delete; docs/security.md).
+
     The signed command still names restore points from outside this machine: ``forget_snapshots``
     refuses the whole list if one id lies outside this writer's scope or ``hostname``.
     """

@@ -456,7 +456,7 @@ def backup_files(
             if stats.bytes_stored
             else None,
             "duration_s": round(time.monotonic() - clock, 3),
-            "warnings": archiver.warnings[:100],
+            "warnings": (archiver.warnings + _lock_warnings(stats.locks_refused))[:100],
             # what is not in this restore point, by name (the first 100) and in all
             "errors": archiver.skipped[:100],
             "errors_total": archiver.skipped_total,
@@ -490,3 +490,10 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
         child = _Dir(archiver, node, parent, parent.reserve(), os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
         _walk_trie(archiver, child, path, sub)
         child.release()
+
+
+def _lock_warnings(refused: int) -> list[str]:
+    """Reused packs whose lock an agent's credential could not extend (docs/security.md)."""
+    if not refused:
+        return []
+    return [f"{refused} reused pack(s) locked for less than this restore point (agents may not extend locks)"]

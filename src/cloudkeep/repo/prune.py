@@ -19,6 +19,7 @@ they need), never deletes on a marker it cannot read, and holds the maintenance 
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,32 +169,69 @@ def _read_marks(repo: Repository, result: PruneResult) -> list[_Mark]:
 
 
 def _live_sessions(repo: Repository, now: datetime, grace: timedelta, result: PruneResult) -> set[str]:
-    """Keys of backup sessions refreshed within ``grace``; stale markers (crashed or paused
-    backups, which no longer commit) are removed so those sessions cannot resume unnoticed."""
+    """Backup sessions (named by their first marker's key) refreshed within ``grace``.
+
+    A session is its first marker plus one marker per refresh (``.<n>``) and, once it ended without
+    delete rights, ``.end``. Ended sessions and stale ones (crashed or paused backups, which no
+    longer commit) are removed — first marker first, so a paused one cannot resume unnoticed.
+    """
     live: set[str] = set()
-    for info in repo.list_everywhere(SESSIONS_PREFIX):
-        body: dict[str, Any] | None
+    for name, infos in _sessions(repo).items():
+        keys = sorted(info.key for info in infos)
+        # First marker gone: removed by a prune (stale) or by the session itself (ended).
+        status = _session_status(repo, name, infos, now, grace, result) if name in keys else "ended"
+        if status == "live":
+            live.add(name)
+            continue
         try:
-            body = repo.read_marker(info.key)
+            for key in [name] + [k for k in keys if k != name]:
+                repo.store.delete(key)
         except ObjectNotFoundError:
             continue
-        except (IntegrityError, ValueError):
-            body = None  # judged by the store's modification time alone
-        seen = last_refresh(info, body)
-        if seen is None or now - seen <= grace:
-            live.add(info.key)
-            continue
-        try:
-            repo.store.delete(info.key)
         except CloudkeepError as exc:
-            result.warnings.append(f"cannot remove stale session marker {info.key}: {exc}")
-            live.add(info.key)
+            result.warnings.append(f"cannot remove {status} session marker {name}: {exc}")
+            if status == "stale":
+                live.add(name)
     return live
 
 
+def _sessions(repo: Repository) -> dict[str, list[ObjectInfo]]:
+    grouped: dict[str, list[ObjectInfo]] = {}
+    for info in repo.list_everywhere(SESSIONS_PREFIX):
+        grouped.setdefault(backup_session.session_name(info.key), []).append(info)
+    return grouped
+
+
+def _session_status(
+    repo: Repository, name: str, infos: list[ObjectInfo], now: datetime, grace: timedelta, result: PruneResult
+) -> str:
+    """``live``, ``stale`` or ``ended``, from the first marker, the newest refresh and any end marker."""
+    first: dict[str, Any] | None = None
+    with contextlib.suppress(IntegrityError, ValueError, ObjectNotFoundError):
+        first = repo.read_marker(name)
+    end_key = name + backup_session.END_SUFFIX
+    if any(info.key == end_key for info in infos):
+        try:
+            secret = repo.read_marker(end_key).get("end")
+        except (IntegrityError, ValueError, ObjectNotFoundError):
+            secret = None
+        expected = first.get("end_hash") if first is not None else None
+        if isinstance(secret, str) and expected == backup_session.end_hash(secret):
+            return "ended"
+        result.warnings.append(f"ignoring session end marker {end_key}: it does not match its session")
+    beats = [info for info in infos if info.key != end_key]
+    newest = max(beats, key=lambda info: info.key)
+    body: dict[str, Any] | None = first if newest.key == name else None
+    if newest.key != name:
+        with contextlib.suppress(IntegrityError, ValueError, ObjectNotFoundError):
+            body = repo.read_marker(newest.key)
+    seen = last_refresh(newest, body)
+    return "live" if seen is None or now - seen <= grace else "stale"
+
+
 def _session_keys(repo: Repository) -> set[str]:
-    """Every session marker present, stale or not (recording a stale one only costs a wait)."""
-    return {info.key for info in repo.list_everywhere(SESSIONS_PREFIX)}
+    """Every session present, stale or not (recording a stale one only costs a wait)."""
+    return set(_sessions(repo))
 
 
 def _arm(repo: Repository, key: str, mark_time: datetime, packs: list[str], live: set[str]) -> None:

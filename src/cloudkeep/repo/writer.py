@@ -9,6 +9,11 @@ open pack's staging file, and uploads full packs on a small I/O pool. Packs are 
 written every few packs so that a killed backup's uploads are reused by its rerun, and a
 ``sessions/<id>`` marker tells prune that a backup is in progress.
 
+Agents' credentials may only create objects (docs/security.md): the session never overwrites or
+must delete anything. Its first marker is ``sessions/<id>``, each refresh a new
+``sessions/<id>.<n>``, and its end ``sessions/<id>.end`` when the marker cannot be deleted; the
+end marker carries a secret whose hash is in the first marker, so nobody else can end it.
+
 The session is a lease (docs/format.md, "Concurrency and the prune protocol"): its marker is
 written before the dedup index is final and removed only after the manifest is stored; it is
 refreshed every ``HEARTBEAT_S``; a session whose last refresh is older than ``SESSION_LEASE_S``
@@ -19,6 +24,8 @@ nothing, since packs it deduplicated against may be gone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -31,17 +38,33 @@ from datetime import datetime
 from types import TracebackType
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ConflictError
+from cloudkeep.errors import ConflictError, PermissionDeniedError
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_S = 300.0
 # A session not refreshed for this long stops writing. Prune's grace is at least twice this
 # (prune.min_grace): the rest covers requests still in flight and clock skew.
 SESSION_LEASE_S = 1800.0
+
+
+END_SUFFIX = ".end"
+
+
+def end_hash(secret: str) -> str:
+    """What the first marker holds so that only the session itself can write its end marker."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def session_name(key: str) -> str:
+    """The session a marker key belongs to: its first marker's key (``.<n>``/``.end`` removed)."""
+    folder, _, leaf = key.rpartition("/")
+    return f"{folder}/{leaf.split('.', 1)[0]}" if folder else leaf.split(".", 1)[0]
 
 
 class SessionExpiredError(ConflictError):
@@ -61,6 +84,9 @@ class WriterStats:
     bytes_stored: int = 0  # encoded bytes of those blobs
     bytes_uploaded: int = 0  # whole packs sent to storage
     packs: int = 0
+    # Reused packs whose lock this credential may not extend (agents hold no lock permission:
+    # docs/security.md); the server extends locks instead (immutability by generations, branch locks).
+    locks_refused: int = 0
 
 
 class RateLimiter:
@@ -97,6 +123,8 @@ class BlobWriter:
         self.retain_until = retain_until
         self.stats = WriterStats()
         self.session_key = repo.writer_prefix + SESSIONS_PREFIX + secrets.token_hex(16)
+        self._beats = 0  # refreshes written so far: each is a new object (create-only credentials)
+        self._end_secret = secrets.token_hex(16)
         self.hostname = hostname
         self.started = datetime.now(UTC)
         self._clock = clock or session_clock
@@ -147,14 +175,19 @@ class BlobWriter:
         started = self._clock()
         if self._refreshed is not None:
             self._check_alive()
-        self.repo.write_marker(
-            self.session_key,
-            {
-                "hostname": self.hostname,
-                "started": self.started.isoformat(),
-                "seen": (seen or datetime.now(UTC)).isoformat(),
-            },
-        )
+        body = {
+            "hostname": self.hostname,
+            "started": self.started.isoformat(),
+            "seen": (seen or datetime.now(UTC)).isoformat(),
+        }
+        if self._refreshed is None:
+            body["end_hash"] = end_hash(self._end_secret)
+            self.repo.write_marker(self.session_key, body)
+        else:
+            with self.repo.lock:
+                self._beats += 1
+                key = f"{self.session_key}.{self._beats:06d}"
+            self.repo.write_marker(key, body)
         self._refreshed = started
 
     def check_lease(self) -> None:
@@ -257,11 +290,20 @@ class BlobWriter:
         packs = sorted(self._reused_packs - self._written_packs)
         if until is None or not packs:
             return
+
+        def extend(pack_id: str) -> bool:
+            try:
+                self.repo.store.extend_retention(pack_key(pack_id), until)
+            except PermissionDeniedError:
+                return False
+            return True
+
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-retain") as pool:
-            for _ in pool.map(
-                lambda pack_id: self.repo.store.extend_retention(pack_key(pack_id), until), packs
-            ):
-                pass
+            self.stats.locks_refused += sum(not done for done in pool.map(extend, packs))
+        if self.stats.locks_refused:
+            log.warning(
+                "%d reused pack(s) not locked longer: this credential may not", self.stats.locks_refused
+            )
 
     def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
@@ -401,8 +443,23 @@ class BlobWriter:
             self._end_session()
 
     def _end_session(self) -> None:
-        self.repo.store.delete(self.session_key)
+        self._remove_markers()
         step("backup:session-ended")
+
+    def _remove_markers(self) -> None:
+        """Delete the session's markers, or, where the credential cannot delete, say it ended.
+
+        The first marker goes first: from then on the session counts as ended for prune.
+        """
+        try:
+            self.repo.store.delete(self.session_key)
+        except PermissionDeniedError:
+            body = {"hostname": self.hostname, "end": self._end_secret, "seen": datetime.now(UTC).isoformat()}
+            self.repo.write_marker(self.session_key + END_SUFFIX, body)
+            return
+        for n in range(1, self._beats + 1):
+            with contextlib.suppress(Exception):  # leftovers of an ended session: prune removes them
+                self.repo.store.delete(f"{self.session_key}.{n:06d}")
 
     def abort(self) -> None:
         """Stop without committing: uploaded packs stay (indexed ones are reused by the next run)."""
@@ -415,7 +472,7 @@ class BlobWriter:
         with contextlib.suppress(Exception):
             self._write_index()  # keep what was uploaded reusable (refused once the lease is lost)
         with contextlib.suppress(Exception):
-            self.repo.store.delete(self.session_key)
+            self._remove_markers()
 
     def _discard_staged(self) -> None:
         """Remove staging files nobody will upload: open packs and cancelled uploads."""

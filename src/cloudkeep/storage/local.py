@@ -3,7 +3,8 @@
 Writes go to a temporary file in the target folder, are fsynced, then renamed (or hard-linked for
 create-only writes), so a reader never sees a partial object and a crash leaves at most a stray
 temp file that listing ignores. ``write_prefix`` confines writes and deletes to one key prefix:
-the local stand-in for credentials scoped to one agent.
+the local stand-in for credentials scoped to one agent; ``append_only`` makes them create-only
+(no overwrite, no delete), like an agent's Azure SAS or S3 session policy (docs/security.md).
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ class LocalStore(ObjectStore):
 
     scheme: ClassVar[str] = "file"
 
-    def __init__(self, root: Path | str, *, write_prefix: str | None = None, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        write_prefix: str | None = None,
+        append_only: bool = False,
+        fsync: bool = True,
+    ) -> None:
         self.root = Path(root)
+        self.append_only = append_only
         if not self.root.is_absolute():
             raise ConfigurationError(f"local repository path must be absolute: {root}")
         self.write_prefix = write_prefix
@@ -75,6 +84,12 @@ class LocalStore(ObjectStore):
                 hint=f"these credentials may only write under {self.write_prefix!r}",
             )
 
+    def _refuse(self, action: str, key: str) -> NoReturn:
+        raise PermissionDeniedError(
+            f"{self.describe()}: access denied for {action} on {key!r}",
+            hint="these credentials may only create new objects (append-only)",
+        )
+
     def _raise_os(self, exc: OSError, action: str, key: str) -> NoReturn:
         where = f"{self.describe()}/{key}"
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -103,10 +118,12 @@ class LocalStore(ObjectStore):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            if if_absent:
+            if if_absent or self.append_only:
                 try:
                     os.link(tmp, path)  # atomic create-only: fails if the key exists
                 except FileExistsError:
+                    if not if_absent:
+                        self._refuse("overwrite", key)
                     raise ObjectExistsError(f"{self.describe()}/{key} already exists") from None
             else:
                 os.replace(tmp, path)
@@ -139,7 +156,13 @@ class LocalStore(ObjectStore):
                 if self.fsync:
                     self._fsync(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+                if self.append_only:
+                    try:
+                        os.link(path, target)  # create-only; the staged file is unlinked below
+                    except FileExistsError:
+                        self._refuse("overwrite", key)
+                else:
+                    os.replace(path, target)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
@@ -245,6 +268,8 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._check_write(key, "delete")
+        if self.append_only:
+            self._refuse("delete", key)
         try:
             self._path(key).unlink()
         except FileNotFoundError:

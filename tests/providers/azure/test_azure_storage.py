@@ -48,7 +48,9 @@ def test_blob_sas_urls_are_enforced(azure: AzureProvider, unique_name: str) -> N
     assert storage.open_store(unique_name).get("upload/result.txt") == b"done"
 
 
-def test_scoped_container_sas_works_until_it_expires(azure: AzureProvider, unique_name: str) -> None:
+def test_compromised_machine_scoped_sas_works_only_until_it_expires(
+    azure: AzureProvider, unique_name: str
+) -> None:
     azure.storage.ensure_container(unique_name)
     creds = azure.storage.scoped_credentials(f"{unique_name}/repo", "machines/web1/", expires_seconds=3600)
     assert creds.provider == "azure" and creds.store_url == f"azure://{unique_name}/repo"
@@ -56,11 +58,12 @@ def test_scoped_container_sas_works_until_it_expires(azure: AzureProvider, uniqu
     store = creds.open_store()
     store.put("machines/web1/pack", b"data")
     assert store.get("machines/web1/pack") == b"data"
-    # A locked backup extends the lock of packs it reuses, other machines' too: the SAS allows it.
+    # Agents cannot lock anything (no `w`, no `i`: docs/security.md), not even to extend a lock.
     azure.storage.open_store(f"{unique_name}/repo").put("machines/db1/pack", b"older")
     until = datetime.now(UTC) + timedelta(days=30)
-    assert store.extend_retention("machines/db1/pack", until)
-    assert store.stat("machines/db1/pack").retain_until == until  # type: ignore[union-attr]
+    with pytest.raises(PermissionDeniedError):
+        store.extend_retention("machines/db1/pack", until)
+    assert store.stat("machines/db1/pack").retain_until is None  # type: ignore[union-attr]
     short = azure.storage.scoped_credentials(f"{unique_name}/repo", "machines/web1/", expires_seconds=1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and short.expires_at.timestamp() > time.time() - 1:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import select
-from tests.server.jobs_fakes import FakeDispatcher, World, build_world, fresh_postgres_url, make_context
+from tests.server.jobs_fakes import (
+    FakeDispatcher,
+    World,
+    build_world,
+    fresh_postgres_url,
+    make_context,
+)
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.repo import retention as engine_retention
-from cloudkeep.repo.retention import RetentionPlan
+from cloudkeep.repo.retention import ForgetResult, RetentionPlan
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, RestorePoint, SessionTask
 from cloudkeep.server.jobs import retention as ret
@@ -214,25 +220,52 @@ def test_long_task_gets_refreshed_credentials(ctx: ServerContext, world: World) 
     assert any("credentials refreshed" in line["message"] for line in tasks[world.machine_ids[0]].log)
 
 
-def test_retention_after_each_session_marks_removed_points(ctx: ServerContext, world: World) -> None:
+class RecordedMaintenance:
+    """Stands in for the server's forget/prune (``ret.ServerMaintenance``): the fake backups write no
+    manifests, so this records what the runner decided; tests/server/test_jobs_e2e.py runs the real
+    one against a real repository."""
+
+    calls: ClassVar[list[tuple[str, list[str], str]]] = []
+
+    def __init__(self, provider: Any, location: str, password: str) -> None:
+        self.pruned = 0
+
+    def forget(self, machine_id: str, ids: list[str], *, hostname: str, now: Any) -> ForgetResult:
+        self.calls.append((machine_id, list(ids), hostname))
+        return ForgetResult(removed=list(ids))
+
+    def prune_once(self, now: Any) -> None:
+        self.pruned += 1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def forgets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], str]]:
+    monkeypatch.setattr(ret, "ServerMaintenance", RecordedMaintenance)
+    RecordedMaintenance.calls = []
+    return RecordedMaintenance.calls
+
+
+def test_retention_after_each_session_marks_removed_points(
+    ctx: ServerContext, world: World, forgets: list[tuple[str, list[str], str]]
+) -> None:
     fake = FakeDispatcher(ctx)
     job_id = world.add_job(retention={"keep_last": 2})
     for _ in range(4):
         start_job(ctx, job_id, machine_ids=["vm-0"], wait=True, dispatcher=fake)
-    catalog = points(ctx, job_id=job_id)
+    catalog = sorted(points(ctx, job_id=job_id), key=lambda p: p.created_at)
     live = [p for p in catalog if p.removed_at is None]
-    assert len(catalog) == 4 and len(live) == 2
-    assert [p.snapshot_id for p in live] == [
-        s for s, _t in fake.snapshots[f"{world.machine_ids[0]}-{job_id}"]
+    assert len(catalog) == 4 and live == catalog[2:]
+    assert fake.kinds("retention") == []  # the server forgets itself: no machine is asked to delete
+    hostname = f"{world.machine_ids[0]}-{job_id}"
+    assert forgets == [
+        (world.machine_ids[0], [catalog[0].snapshot_id], hostname),
+        (world.machine_ids[0], [catalog[1].snapshot_id], hostname),
     ]
-    retention = fake.kinds("retention")
-    # the command carries what the server decided: the one snapshot the fourth run pushed out
-    second_oldest = sorted(catalog, key=lambda p: p.created_at)[1].snapshot_id
-    assert retention and retention[-1].body == {
-        "forget": [second_oldest],
-        "prune": True,
-        "hostname": f"{world.machine_ids[0]}-{job_id}",
-    }
+    with ctx.db() as db:
+        assert {s.state for s in db.scalars(select(JobSession))} == {"success"}
 
 
 def test_immutability_blocks_retention(ctx: ServerContext, tmp_path: Path) -> None:
@@ -380,7 +413,7 @@ def test_read_data_share_rejects_nonsense(value: str) -> None:
 
 
 def test_plan_and_gfs_flags_come_from_the_one_planner(
-    ctx: ServerContext, world: World, monkeypatch: pytest.MonkeyPatch
+    ctx: ServerContext, world: World, monkeypatch: pytest.MonkeyPatch, forgets: list[Any]
 ) -> None:
     """The runner's plan, the catalog's GFS flags and the command's forget list are one decision,
     made by the engine's planner (the same function the machine uses for a policy-only command)."""
@@ -401,10 +434,10 @@ def test_plan_and_gfs_flags_come_from_the_one_planner(
     final = plans[-1]
     assert list(final.keep) == [p.id for p in catalog.values() if p.removed_at is None]
     assert all(catalog[i].gfs == final.gfs[i] for i in final.keep)
-    assert fake.kinds("retention")[-1].body["forget"] == [catalog[i].snapshot_id for i in final.remove]
+    assert forgets[-1][1] == [catalog[i].snapshot_id for i in final.remove]
 
 
-def test_gfs_flags_are_recorded_in_the_catalog(ctx: ServerContext, world: World) -> None:
+def test_gfs_flags_are_recorded_in_the_catalog(ctx: ServerContext, world: World, forgets: list[Any]) -> None:
     fake = FakeDispatcher(ctx)
     job_id = world.add_job(retention={"keep_last": 1, "keep_weekly": 2, "keep_monthly": 1})
     for _ in range(2):

@@ -429,7 +429,7 @@ def test_job_over_three_machines_on_aws_sqs_and_s3(moto_server, unique_name: str
         harness.close()
 
 
-def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
+def test_retention_on_the_server_removes_old_points_and_the_catalog_follows(
     backed_up: dict, tmp_path: Path
 ) -> None:
     from cloudkeep.errors import NotFoundError
@@ -457,6 +457,7 @@ def test_retention_on_the_agent_removes_old_points_and_the_catalog_follows(
     assert [p.removed_at is not None for p in points] == [True, False]
     log = [line["message"] for line in session_state(backed_up, second).tasks[0].log]
     assert "retention removed 1 restore point(s)" in log, log
+    assert "error" not in session_state(backed_up, second).stats["prune"]  # the server pruned, once
     # the other job's restore points of the same machine are untouched by this job's keep_last=1
     with ctx.db() as db:
         others = list(

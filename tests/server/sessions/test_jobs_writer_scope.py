@@ -36,7 +36,8 @@ def _open(access: RepositoryAccess) -> Repository:
     )
 
 
-def test_agents_write_only_their_namespace_and_prune_gets_full_access(tmp_path: Path) -> None:
+def test_compromised_machine_never_receives_the_full_credential(tmp_path: Path) -> None:
+    """Agents write only their namespace and delete nothing; prune runs with the server's store."""
     (tmp_path / "storage" / "repo").mkdir(parents=True)
     Repository.create(open_store((tmp_path / "storage" / "repo").as_uri()), PASSWORD, kdf=FAST_KDF).close()
     (tmp_path / "src").mkdir()
@@ -52,9 +53,12 @@ def test_agents_write_only_their_namespace_and_prune_gets_full_access(tmp_path: 
     with pytest.raises(PermissionDeniedError, match="full credential"):
         prune(_open(a))
 
-    full = _access(tmp_path, "m1", full_access=True)
-    assert full.writer_prefix is None and full.options["write_prefix"] == ""
-    prune(_open(full))  # the maintenance command's credential may delete any writer's packs
+    with pytest.raises(PermissionDeniedError):
+        open_store(a.store_url, **a.options).delete(f"writers/m1/snapshots/{snap_a.id}")
+    with pytest.raises(TypeError):
+        _access(tmp_path, "m1", full_access=True)  # no code path hands a machine the full credential
+    server = LocalStorageService(tmp_path / "storage", b"k" * 32).open_store("repo")
+    prune(Repository.open(server, PASSWORD))  # the server's own credential may delete any writer's packs
 
 
 @pytest.mark.parametrize("machine_id", ["", "a/b"])

@@ -4,7 +4,8 @@ A *location* is ``bucket[/prefix]``. Scoped credentials come from STS with a ses
 (the effective permissions are the intersection of the caller's and the session policy):
 ``AssumeRole`` when the credential names a ``role_arn`` (or the option ``agent_role_arn``),
 otherwise ``GetFederationToken`` (which needs an IAM user's long-term keys). The session policy
-allows reading the whole repository and writing/deleting only under the agent's prefix.
+allows reading the repository and creating objects only under the agent's prefix: no delete, no
+object-lock change (docs/security.md).
 
 S3-compatible stores often have no STS. Where STS does not answer, agents get the credential's
 *agent key* (``agent_access_key_id`` / ``agent_secret_access_key``): a separate, narrower key the
@@ -54,21 +55,37 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def session_policy(bucket: str, write_prefix: str) -> dict[str, Any]:
-    """Read the repository, write (and delete, for prune of its own uploads) only under ``write_prefix``."""
+# Never an agent's (docs/security.md): deleting, locking or unlocking objects and changing the
+# bucket. Denied explicitly, so that a broad agent role still cannot lend them to a session.
+AGENT_DENIED_ACTIONS = [
+    "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
+    "s3:BypassGovernanceRetention", "s3:PutBucket*", "s3:DeleteBucket*", "s3:PutLifecycleConfiguration",
+    "s3:PutObjectAcl", "s3:PutObjectVersionAcl", "s3:PutReplicationConfiguration",
+]  # fmt: skip
+
+
+def session_policy(bucket: str, write_prefix: str, read_prefix: str = "") -> dict[str, Any]:
+    """Add, never destroy: read the repository (``read_prefix``), create only under ``write_prefix``.
+
+    No delete, no lock changes: retention and prune run on the server with its own credential.
+    ``s3:ListBucket`` is not narrowed by ``s3:prefix``: ``HeadBucket`` needs it unconditioned.
+    S3 cannot forbid overwriting a key inside ``write_prefix`` on every upload path (see
+    docs/security.md); restore points are bound to their content and pinned by the server.
+    Evaluated in tests by ``cloudkeep.providers.aws.policy_eval`` (moto ignores session policies).
+    """
     arn = f"arn:aws:s3:::{bucket}"
+    objects = f"{arn}/{read_prefix.strip('/')}/*" if read_prefix.strip("/") else f"{arn}/*"
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Resource": arn,
+            {"Sid": "ReadBucket", "Effect": "Allow", "Resource": arn,
              "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketObjectLockConfiguration"]},
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectRetention"], "Resource": f"{arn}/*"},
-            # A locked backup extends the lock of older packs it reuses, wherever they live; it can
-            # only lengthen a COMPLIANCE lock, and GOVERNANCE bypass is not granted.
-            {"Effect": "Allow", "Action": ["s3:PutObjectRetention"], "Resource": f"{arn}/*"},
-            {"Effect": "Allow", "Resource": f"{arn}/{write_prefix}*",
-             "Action": ["s3:PutObject", "s3:AbortMultipartUpload",
-                        "s3:DeleteObject"]},  # own session markers, retention/prune; Object Lock still holds
+            {"Sid": "ReadRepository", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectRetention"],
+             "Resource": objects},
+            {"Sid": "AddOwnObjects", "Effect": "Allow", "Resource": f"{arn}/{write_prefix}*",
+             "Action": ["s3:PutObject", "s3:AbortMultipartUpload"]},
+            {"Sid": "NeverDestroyOrLock", "Effect": "Deny", "Resource": [arn, f"{arn}/*"],
+             "Action": AGENT_DENIED_ACTIONS},
         ],
     }  # fmt: skip
 
@@ -230,7 +247,7 @@ class S3StorageService(StorageService):
     def _sts_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
         bucket, base = split_location(location)
         write_prefix = _join(base, prefix) + ("/" if prefix.endswith("/") else "")
-        policy = json.dumps(session_policy(bucket, write_prefix))
+        policy = json.dumps(session_policy(bucket, write_prefix, base))
         duration = max(MIN_STS_SECONDS, expires_seconds)
         sts = self.session.client("sts")
         session_name = re.sub(r"[^\w+=,.@-]", "-", f"cloudkeep-{prefix}")[:32].strip("-") or "cloudkeep-agent"

@@ -97,13 +97,10 @@ class AzureBlobStorageService(StorageService):
         expires_at = now + timedelta(seconds=expires_seconds)
         sas = generate_container_sas(
             self.account.account_name, container, account_key=self.account.require_key("scoped credentials"),
-            # delete: the engine removes its own "backup in progress" markers and runs retention/prune;
-            # restore points under immutability cannot be deleted whatever the SAS allows.
-            # set_immutability_policy: a locked backup extends the lock of older blobs it reuses.
-            permission=ContainerSasPermissions(
-                read=True, list=True, add=True, create=True, write=True, delete=True,
-                set_immutability_policy=True,
-            ),
+            # Add, never destroy (docs/security.md): create (`c` cannot replace an existing blob),
+            # read and list only — no write (`w` overwrites), no delete, no immutability (`i`).
+            # Retention and prune run on the server with the account's own credential.
+            permission=ContainerSasPermissions(read=True, list=True, create=True),
             start=now - CLOCK_SKEW, expiry=expires_at,
         )  # fmt: skip
         options: dict[str, Any] = {"account_url": self.account.blob_endpoint, "credential": sas}

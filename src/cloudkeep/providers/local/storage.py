@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from cloudkeep.compat import UTC
@@ -175,14 +175,18 @@ class LocalStorageService(StorageService):
         return self.server.sign(method, self.folder(location), key, expires_seconds)
 
     def scoped_credentials(self, location: str, prefix: str, *, expires_seconds: int) -> ScopedCredentials:
-        """``file://`` with ``write_prefix``: the backend refuses writes outside ``prefix``.
+        """``file://`` with ``write_prefix``: the backend refuses writes outside ``prefix``, and for
+        an agent (a non-empty prefix) every overwrite and delete (``append_only``).
 
         Expiry is advisory here (a local path needs no secret); clouds enforce it.
         """
+        options: dict[str, Any] = {"write_prefix": prefix}
+        if prefix:
+            options["append_only"] = True
         return ScopedCredentials(
             provider="local",
             store_url=self.folder(location).resolve().as_uri(),
-            options={"write_prefix": prefix},
+            options=options,
             expires_at=datetime.now(UTC) + timedelta(seconds=expires_seconds),
         )
 

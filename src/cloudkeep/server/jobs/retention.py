@@ -1,25 +1,41 @@
 """Retention on the server: the catalog side of the one planner (``cloudkeep.repo.retention``).
 
 The server decides (it holds the catalog and the immutability dates): it runs the planner over a
-job's restore points of one machine, records the GFS flags, and sends the machine a ``retention``
-command naming the snapshots to forget, so the engine does not decide again. A restore point
-whose ``retain_until`` lies in the future is never removed, whatever the policy says — the object
-lock would refuse it anyway, and the catalog must not claim otherwise.
+job's restore points of one machine, records the GFS flags, and then forgets those snapshots
+**itself** (``ServerMaintenance``), with the repository's own credential, which never leaves the
+server: agents hold no delete right at all (docs/security.md). After a job run's backups it prunes
+once. A restore point whose ``retain_until`` lies in the future is never removed, whatever the
+policy says — the object lock would refuse it anyway, and the catalog must not claim otherwise.
+Machines keep a ``retention`` handler only for servers older than this.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.repo.retention import RetentionPlan, RetentionPoint, RetentionPolicy, as_utc, plan_retention
+from cloudkeep.providers.base import CloudProvider
+from cloudkeep.repo.lock import MaintenanceBusyError
+from cloudkeep.repo.prune import PruneResult, prune
+from cloudkeep.repo.repository import Repository as FormatRepository
+from cloudkeep.repo.retention import (
+    ForgetResult,
+    RetentionPlan,
+    RetentionPoint,
+    RetentionPolicy,
+    as_utc,
+    forget_snapshots,
+    plan_retention,
+)
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.logs import event
+from cloudkeep.server.sessions.access import agent_write_prefix
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +108,61 @@ def retention_command_body(
     forget = [p.snapshot_id for p in sorted(points, key=lambda p: as_utc(p.created_at)) if p.id in remove]
     return {"forget": forget[:FORGET_BATCH], "prune": prune, "hostname": hostname}
 
+
+class ServerMaintenance:
+    """Forget and prune for one job run, on the server, with the repository's full credential.
+
+    The repository is opened once (on first use) and shared by the run's machines; forgets are
+    serialized, and ``prune_once`` prunes at most once per run (the repository's maintenance lock
+    serializes it with other servers' and runs' prunes: a busy repository is skipped, not failed).
+    """
+
+    def __init__(self, provider: CloudProvider, location: str, password: str) -> None:
+        self.provider, self.location, self.password = provider, location, password
+        self._lock = threading.Lock()
+        self._repo: FormatRepository | None = None
+        self.forgot = False
+        self.pruned = False
+
+    def _open(self) -> FormatRepository:
+        if self._repo is None:
+            store = self.provider.storage.open_store(self.location)
+            try:
+                self._repo = FormatRepository.open(store, self.password)
+            except BaseException:
+                store.close()
+                raise
+        return self._repo
+
+    def forget(
+        self, machine_id: str, snapshot_ids: Sequence[str], *, hostname: str, now: datetime
+    ) -> ForgetResult:
+        """Forget exactly these points of ``machine_id``'s namespace and backup set (``hostname``)."""
+        with self._lock:
+            result = forget_snapshots(
+                self._open(),
+                snapshot_ids,
+                hostname=hostname,
+                writer_scope=agent_write_prefix(machine_id),
+                now=now,
+            )
+            self.forgot = self.forgot or bool(result.removed)
+            return result
+
+    def prune_once(self, now: datetime) -> PruneResult | None:
+        """Prune after this run's forgets (``None``: nothing forgotten, already pruned, or busy)."""
+        with self._lock:
+            if self.pruned or not self.forgot:
+                return None
+            self.pruned = True
+            try:
+                result = prune(self._open(), now=now)
+            except MaintenanceBusyError as exc:
+                log.info("prune skipped: %s", exc.message)
+                return None
+        event(log, "retention_pruned", packs_deleted=result.packs_deleted, bytes_freed=result.bytes_freed)
+        return result
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.store.close()

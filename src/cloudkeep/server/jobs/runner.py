@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
-from cloudkeep.protocol.bodies import BackupResult, RetentionResult
+from cloudkeep.protocol.bodies import BackupResult
 from cloudkeep.providers.base import CloudProvider
 from cloudkeep.repo.retention import RetentionPolicy
 from cloudkeep.server import manifest_pins, metrics
@@ -98,6 +98,7 @@ class SessionRunner:
         self._manifests: manifest_pins.ManifestReader | None = None  # opened on the first result
         self._manifest_store: ObjectStore | None = None
         self._manifests_lock = threading.Lock()
+        self._maintenance: ret.ServerMaintenance | None = None  # forget/prune here, set per run
 
     @property
     def dispatcher(self) -> CommandSender:
@@ -150,8 +151,10 @@ class SessionRunner:
             self.job = job
             self.options = read_job_options(job.name, job.options)
             parallel = self.options.parallel_machines or 4
+            self._maintenance = ret.ServerMaintenance(self.provider, self.repository.location, self.password)
             with ThreadPoolExecutor(max_workers=min(parallel, len(task_ids))) as pool:
                 list(pool.map(lambda pair: self._run_task(*pair), task_ids))
+            self._prune()
             self._finish(started, None)
         except CloudkeepError as exc:
             self._finish(started, str(exc))
@@ -161,6 +164,8 @@ class SessionRunner:
         finally:
             if self._manifest_store is not None:
                 self._manifest_store.close()
+            if self._maintenance is not None:
+                self._maintenance.close()
             if self.provider is not None:
                 self.provider.close()
         self._after()
@@ -204,7 +209,7 @@ class SessionRunner:
         finally:
             update_task(self.ctx, task_id, ended_at=self.clock())
 
-    def _access(self, machine_id: str, *, full_access: bool = False) -> tuple[dict[str, Any], int]:
+    def _access(self, machine_id: str) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
         ttl = int(self.options.credentials_ttl_seconds or DEFAULT_CREDENTIALS_TTL)
         access = agent_access(
@@ -213,7 +218,6 @@ class SessionRunner:
             machine_id,
             self.password,
             expires_seconds=ttl,
-            full_access=full_access,
         )
         return access, ttl
 
@@ -364,7 +368,10 @@ class SessionRunner:
             return self._manifests
 
     def _apply_retention(self, task_id: str, machine: DiscoveredMachine) -> list[str]:
-        """Flag GFS points and have the agent forget what the policy no longer keeps; warnings only."""
+        """Flag GFS points and forget, here on the server, what the policy no longer keeps.
+
+        The machine takes no part: its credentials cannot delete (docs/security.md). Warnings only.
+        """
         try:
             policy = RetentionPolicy.from_mapping(self.job.retention)
             points = ret.catalog_points(self.ctx, self.job.id, machine.id)
@@ -372,27 +379,39 @@ class SessionRunner:
             ret.record_gfs_flags(self.ctx, plan)
             if not plan.remove:
                 return []
-            prune = self.options.prune is not False
             body = ret.retention_command_body(
-                points, plan, prune=prune, hostname=backup_set(machine.id, self.job.id)
+                points, plan, prune=False, hostname=backup_set(machine.id, self.job.id)
             )
-            # Prune deletes and repacks every writer's packs: that one command gets the full credential.
-            access, _ttl = self._access(machine.id, full_access=prune)
-            command_id = self.dispatcher.send(machine.id, "retention", body, sealed=access)
-            payload = self._await(task_id, machine, command_id, timeout=3600, refresh_every=3600)
-            removed = read_result(RetentionResult, machine.name, payload).removed
-            locked = {p.snapshot_id for p in points if p.id in plan.keep and p.retain_until}
-            touched = ret.mark_removed(self.ctx, self.repository.id, removed, self.clock())
+            assert self._maintenance is not None
+            outcome = self._maintenance.forget(
+                machine.id, body["forget"], hostname=body["hostname"], now=self.clock()
+            )
+            touched = ret.mark_removed(self.ctx, self.repository.id, outcome.removed, self.clock())
             update_task(self.ctx, task_id, f"retention removed {len(touched)} restore point(s)")
-            if locked & set(removed):
-                return [
-                    f"agent removed restore points still under immutability: {sorted(locked & set(removed))}"
-                ]
             return []
         except TaskStopped:
             raise
         except CloudkeepError as exc:
             return [f"retention not applied: {exc}"]
+
+    def _prune(self) -> None:
+        """One prune per run, after every machine's forget (unless the job opts out or was stopped)."""
+        if self._maintenance is None or self.options.prune is False or self.stop_requested():
+            return
+        try:
+            result = self._maintenance.prune_once(self.clock())
+        except CloudkeepError as exc:
+            log.warning("session %s: prune failed: %s", self.session_id, exc)
+            note: dict[str, Any] = {"error": str(exc)}
+        else:
+            if result is None:
+                return
+            note = {"packs_deleted": result.packs_deleted, "bytes_freed": result.bytes_freed,
+                    "warnings": result.warnings[:20]}  # fmt: skip
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            if session is not None:
+                session.stats = {**(session.stats or {}), "prune": note}
 
     # --- the end ---
 

@@ -62,19 +62,18 @@ def agent_access(
     password: str,
     *,
     expires_seconds: int = DEFAULT_CREDENTIALS_TTL,
-    full_access: bool = False,
 ) -> dict[str, Any]:
     """The sealed ``repository`` of a command (RepositoryAccess): scoped store URL, options, password.
 
-    ``full_access`` is for a maintenance command (prune) that must delete any writer's packs: the
-    credentials may then write the whole repository and no writer prefix is set.
+    Always scoped to the machine's own namespace and create-only: forget and prune run on the
+    server with the repository's own credential, which never leaves it (docs/security.md).
     """
-    prefix = "" if full_access else agent_write_prefix(machine_id)
+    prefix = agent_write_prefix(machine_id)
     creds = provider.storage.scoped_credentials(repository.location, prefix, expires_seconds=expires_seconds)
     return {
         "store_url": creds.store_url,
         "options": dict(creds.options),
         "password": password,
-        "writer_prefix": prefix or None,
+        "writer_prefix": prefix,
         "expires_at": creds.expires_at.astimezone(UTC).isoformat(),
     }
