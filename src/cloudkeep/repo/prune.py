@@ -264,7 +264,8 @@ def _drop_from_index(repo: Repository, lock: MaintenanceLock, doomed: set[str]) 
     }
     new_file = new_index_key()
     lock.check()  # a prune taken over while paused must not write an index from its old view
-    repo.store.put(new_file, encode_index_file(repo.crypter, survivors))
+    written = {**repo.doomed.written, **repo.index.written}  # packs' write times (generations) stay known
+    repo.store.put(new_file, encode_index_file(repo.crypter, survivors, written))
     _step(lock, "prune:index-consolidated")
     for key in sorted(old_files - {new_file}):  # every one was read (prune refuses otherwise)
         repo.store.delete(key)

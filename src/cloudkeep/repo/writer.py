@@ -31,7 +31,8 @@ from datetime import datetime
 from types import TracebackType
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ConflictError
+from cloudkeep.errors import ConfigurationError, ConflictError
+from cloudkeep.repo.generations import SKEW, read_horizon
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
@@ -92,9 +93,25 @@ class BlobWriter:
         max_inflight_packs: int = 2,
         index_every: int = 8,
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.repo = repo
         self.retain_until = retain_until
+        self._now = wall_clock or (lambda: datetime.now(UTC))
+        # Immutability by generations (repo/generations.py): the store locks what this writer adds
+        # by its default retention, so it asks for no lock and reuses only packs locked long enough.
+        self.horizon = read_horizon(repo) if retain_until is not None else None
+        if self.horizon is not None and retain_until is not None:
+            covered = self._now() + self.horizon.default_period - SKEW
+            if retain_until > covered:
+                raise ConfigurationError(
+                    f"retention until {retain_until:%Y-%m-%d} is longer than the repository's default lock "
+                    f"({self.horizon.default_period.days} days)",
+                    hint="raise the repository's immutability or ask for a shorter retention",
+                )
+        self.lock_until = None if self.horizon is not None else retain_until  # what puts ask for
+        self._rewritten: set[bytes] = set()  # blobs stored again: their packs' locks were too short
+        self._written_at: dict[str, int] = {}
         self.stats = WriterStats()
         self.session_key = repo.writer_prefix + SESSIONS_PREFIX + secrets.token_hex(16)
         self.hostname = hostname
@@ -203,7 +220,7 @@ class BlobWriter:
         with self.repo.lock:
             if blob_id in self._pending:
                 return blob_id, False
-            if blob_id in self.repo.index and not force:
+            if blob_id in self.repo.index and not force and self._reusable(blob_id):
                 if self.retain_until is not None:
                     self._note_reused(blob_id)
                 return blob_id, False
@@ -234,15 +251,36 @@ class BlobWriter:
             self._submit(full)
         return blob_id, True
 
-    def reuse(self, blob_ids: list[bytes]) -> None:
-        """Blobs the backup references without saving them (files the cache says are unchanged)."""
+    def reuse(self, blob_ids: list[bytes]) -> bool:
+        """Blobs the backup references without saving them (files the cache says are unchanged).
+
+        ``False``: one of them lies in a pack whose lock ends too soon (generations): the caller
+        reads the file again so that ``save`` stores it anew.
+        """
         if self.retain_until is None:
-            return
+            return True
         with self.repo.lock:
+            if not all(self._reusable(blob_id) for blob_id in blob_ids):
+                return False
             for blob_id in blob_ids:
                 self._note_reused(blob_id)
+        return True
+
+    def _reusable(self, blob_id: bytes) -> bool:
+        """Its pack stays locked as long as this restore point (caller holds the repository lock)."""
+        if self.horizon is None or self.retain_until is None or blob_id in self._rewritten:
+            return True
+        loc = self.repo.index.get(blob_id)
+        if loc is None:
+            return False
+        if self.horizon.covers(loc.pack_id, self.repo.index.written.get(loc.pack_id), self.retain_until):
+            return True
+        self._rewritten.add(blob_id)  # stored once more by this session, then reused from there
+        return False
 
     def _note_reused(self, blob_id: bytes) -> None:
+        if self.horizon is not None:  # generations: no per-pack extension
+            return
         loc = self.repo.index.get(blob_id)  # caller holds the repository lock
         if loc is not None:
             self._reused_packs.add(loc.pack_id)
@@ -283,11 +321,14 @@ class BlobWriter:
             size = os.path.getsize(path)
             if self._limiter:
                 self._limiter.acquire(size)
-            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.retain_until)
+            written = int(self._now().timestamp())  # before the upload: the store's lock starts later
+            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.lock_until)
             step("backup:pack-uploaded")
             write_index = False
             with self.repo.lock:
-                self.repo.index.add_pack(pack_id, entries)
+                if self.horizon is not None:
+                    self._written_at[pack_id] = written
+                self.repo.index.add_pack(pack_id, entries, self._written_at.get(pack_id))
                 for entry in entries:
                     self._pending.discard(entry.id)
                 self._unindexed[pack_id] = entries
@@ -316,7 +357,9 @@ class BlobWriter:
         # an index file would let later backups deduplicate against deleted packs.
         self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
-        self.repo.store.put(key, encode_index_file(self.repo.crypter, packs), retain_until=self.retain_until)
+        self.repo.store.put(
+            key, encode_index_file(self.repo.crypter, packs, self._written_at), retain_until=self.lock_until
+        )
         step("backup:index-written")
         with self.repo.lock:
             self.repo.index_files.add(key)
@@ -401,7 +444,7 @@ class BlobWriter:
             self._end_session()
 
     def _end_session(self) -> None:
-        self.repo.store.delete(self.session_key)
+        self._remove_marker()
         step("backup:session-ended")
 
     def abort(self) -> None:
@@ -415,7 +458,13 @@ class BlobWriter:
         with contextlib.suppress(Exception):
             self._write_index()  # keep what was uploaded reusable (refused once the lease is lost)
         with contextlib.suppress(Exception):
+            self._remove_marker()
+
+    def _remove_marker(self) -> None:
+        if self.horizon is None:
             self.repo.store.delete(self.session_key)
+        else:  # locked by the store's default retention like everything else: hide it
+            self.repo.store.hide(self.session_key)
 
     def _discard_staged(self) -> None:
         """Remove staging files nobody will upload: open packs and cancelled uploads."""
