@@ -1,5 +1,5 @@
 """Immutability by block generations on the in-memory store (which models S3 default retention and
-versioning); the same rules against moto, with request counts, are in tests/storage/test_lock_requests.py."""
+versioning); the same rules against moto, with request counts, are in tests/repo/test_lock_requests.py."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from cloudkeep.storage.memory import MemoryStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
 R, G = 30, 7  # retention and generation (days)
+# New bytes a backup of unchanged files still stores: the trees of the source's parent folders, which
+# carry the mtime of /tmp (other processes change it). Every data chunk is far bigger.
+PARENTS = 1024
 
 
 class CountingStore(MemoryStore):
@@ -81,7 +84,7 @@ def test_writer_asks_for_no_lock_and_the_store_locks_everything(
     first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
     second = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
     assert (counting.pack_heads, counting.retention_puts, counting.explicit_locks) == (0, 0, 0)
-    assert second.stats["bytes_new"] == 0  # day-old packs cover the retention: all reused
+    assert second.stats["bytes_new"] < PARENTS  # day-old packs cover the retention: all reused
     floor = now + timedelta(days=R + G) - timedelta(minutes=5)
     for prefix in ("data/", "index/", "snapshots/"):
         infos = list(counting.list(prefix))
@@ -109,7 +112,7 @@ def test_packs_whose_lock_ends_too_soon_are_written_again(counting: CountingStor
         wall_clock=lambda: later,
         cache_dir=cache,
     )
-    assert second.stats["bytes_new"] == first.stats["bytes_new"]  # every chunk stored once more
+    assert second.stats["bytes_new"] > first.stats["bytes_new"] - PARENTS  # every chunk stored once more
     new_packs = {i.key for i in counting.list("data/")} - old_packs
     assert new_packs
     fresh = Repository.open(counting, PASSWORD)
@@ -122,7 +125,7 @@ def test_packs_whose_lock_ends_too_soon_are_written_again(counting: CountingStor
         wall_clock=lambda: later,
         cache_dir=cache,
     )
-    assert third.stats["bytes_new"] == 0
+    assert third.stats["bytes_new"] < PARENTS
     assert third.stats["files_unchanged"] > 0  # the file cache's chunks are covered again
     assert check(Repository.open(counting, PASSWORD), read_data=True).ok
 
@@ -176,7 +179,7 @@ def test_server_extends_referenced_packs_once_per_generation(counting: CountingS
         retain_until=after + timedelta(days=R),
         wall_clock=lambda: after,
     )
-    assert third.stats["bytes_new"] == 0
+    assert third.stats["bytes_new"] < PARENTS
 
 
 def test_per_object_locked_repository_moves_to_generations(counting: CountingStore, source: Path) -> None:
@@ -197,7 +200,7 @@ def test_per_object_locked_repository_moves_to_generations(counting: CountingSto
     moved = backup_files(
         Repository.open(counting, PASSWORD), [source], hostname="h", retain_until=now + timedelta(days=R)
     )
-    assert moved.stats["bytes_new"] == 0  # the old packs, now recorded in the horizon, are reused
+    assert moved.stats["bytes_new"] < PARENTS  # the old packs, now recorded in the horizon, are reused
     assert (counting.pack_heads, counting.retention_puts, counting.explicit_locks) == (0, 0, 0)
     counting.reset()
     second = extend_locks(Repository.open(counting, PASSWORD), now=now + timedelta(days=G))

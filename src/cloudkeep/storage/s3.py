@@ -451,7 +451,13 @@ class S3Store(ObjectStore):
         rule: Any = {"DefaultRetention": {"Mode": self.object_lock_mode, "Days": days}}
         try:  # idempotent: the same rule again is no request (some stores refuse it on a full bucket)
             current = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
-            if current.get("ObjectLockEnabled") == "Enabled" and current.get("Rule") == rule:
+            have = current.get("Rule", {}).get("DefaultRetention", {})
+            same = (have.get("Mode"), have.get("Days"), have.get("Years") or 0) == (
+                self.object_lock_mode,
+                days,
+                0,
+            )
+            if current.get("ObjectLockEnabled") == "Enabled" and same:
                 return
         except Exception as exc:
             self._raise(exc, "s3:GetBucketObjectLockConfiguration")
