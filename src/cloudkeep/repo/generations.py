@@ -31,6 +31,7 @@ _AAD = b"cloudkeep-lock-horizon-v1"
 # A pack's write time is the writer's clock before its upload; the store starts the default lock at
 # its own clock. Writers count on this much less, for clock skew and the upload's own duration.
 SKEW = timedelta(hours=1)
+DEFAULT_GENERATION_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ def write_horizon(repo: Repository, horizon: LockHorizon) -> None:
     repo.store.put(HORIZON_KEY, repo.crypter.encode(json.dumps(doc).encode(), _AAD))
 
 
-def enable_generations(repo: Repository, *, retention_days: int, generation_days: int = 7) -> LockHorizon:
+def enable_generations(
+    repo: Repository, *, retention_days: int, generation_days: int = DEFAULT_GENERATION_DAYS
+) -> LockHorizon:
     """Turn immutability by generations on (the server, when it adds an immutable repository).
 
     Sets the store's default retention to ``D`` first, then writes the horizon that tells writers

@@ -167,6 +167,11 @@ class ObjectStore(ABC):
             self._set_retention(key, until)
         return True
 
+    @property
+    def supports_default_retention(self) -> bool:
+        """``set_default_retention`` works here (immutability by generations)."""
+        return False
+
     def set_default_retention(self, days: int) -> None:
         """Lock every object written from now on for ``days`` without the writer asking (S3 bucket
         default retention): writers then need no permission to set locks. Server credential only."""

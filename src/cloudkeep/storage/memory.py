@@ -76,6 +76,10 @@ class MemoryStore(ObjectStore):
                 raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
             stored.retain_until = until
 
+    @property
+    def supports_default_retention(self) -> bool:
+        return True
+
     def set_default_retention(self, days: int) -> None:
         with self._bucket.lock:
             self._bucket.default_retention = timedelta(days=days)

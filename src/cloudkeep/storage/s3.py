@@ -446,6 +446,10 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:DeleteObject", key)
 
+    @property
+    def supports_default_retention(self) -> bool:
+        return self.supports_object_lock
+
     def set_default_retention(self, days: int) -> None:
         """Bucket default retention (Object Lock ``DefaultRetention``) in this store's mode."""
         rule: Any = {"DefaultRetention": {"Mode": self.object_lock_mode, "Days": days}}

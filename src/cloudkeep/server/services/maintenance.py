@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
-from cloudkeep.repo import retention
+from cloudkeep.repo import generations, retention
 from cloudkeep.repo.prune import prune
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
@@ -146,6 +146,22 @@ def prune_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> P
         bytes_freed=result.bytes_freed,
         warnings=result.warnings,
     )
+
+
+def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> MaintenanceDone:
+    """Immutability by generations: lock the packs restore points reference for one more
+    generation, with the server's credential (agents hold no lock permission). Runs at most once
+    per generation; an earlier call records that it had nothing to do."""
+    repository_id = _repository_id(ctx, ref)
+    with _session(ctx, "extend-locks", repository_id, actor) as session_id:
+        with _opened_backup_repository(ctx, ref, "locked") as (_, repo):
+            result = generations.extend_locks(repo, now=clock())
+        detail = {"extended": result.extended, "read_once": result.read_once, "skipped": result.skipped}
+        _audit(ctx, actor, "repository.extend_locks", repository_id, detail)
+    done = f"skipped: {result.skipped}"
+    if not result.skipped and result.until is not None:
+        done = f"{result.extended} packs locked until {result.until:%Y-%m-%d}, {result.read_once} read once"
+    return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
 
 
 def change_password(
