@@ -12,7 +12,7 @@ import pytest
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, IntegrityError
-from cloudkeep.repo import Repository, backup_files, check, restore
+from cloudkeep.repo import Repository, backup_files, check, prune, restore
 from cloudkeep.repo.generations import (
     HORIZON_KEY,
     LockHorizon,
@@ -180,6 +180,24 @@ def test_server_extends_referenced_packs_once_per_generation(counting: CountingS
         wall_clock=lambda: after,
     )
     assert third.stats["bytes_new"] < PARENTS
+
+
+def test_prune_runs_again_when_its_markers_are_locked_by_default(
+    counting: CountingStore, source: Path
+) -> None:
+    """Under a default retention prune's own maintenance lock is locked too: it is hidden (a delete
+    marker) rather than refused, so the next prune takes it again."""
+    repo = _repo(counting)
+    now = datetime.now(UTC)
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    with BlobWriter(repo, retain_until=now + timedelta(days=R)) as orphan:  # packs no restore point uses
+        orphan.save(DATA, b"orphan" * 100_000)
+    results = [
+        prune(Repository.open(counting, PASSWORD), now=when) for when in (now, now + timedelta(hours=2))
+    ]
+    assert [r.packs_deleted for r in results] == [0, 0]  # the orphan's lock keeps it (prune does not mark it)
+    assert list(counting.list("locks/maintenance")) == []
+    assert check(Repository.open(counting, PASSWORD), read_data=True).ok
 
 
 def test_per_object_locked_repository_moves_to_generations(counting: CountingStore, source: Path) -> None:

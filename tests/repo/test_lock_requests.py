@@ -18,7 +18,7 @@ import pytest
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import PermissionDeniedError
-from cloudkeep.repo import Repository, backup_files, check
+from cloudkeep.repo import Repository, backup_files, check, prune
 from cloudkeep.repo.generations import enable_generations, extend_locks
 from cloudkeep.storage import open_store
 from cloudkeep.storage.s3 import S3Store
@@ -106,6 +106,8 @@ def test_lock_requests_per_backup_before_and_after_generations(
     assert (
         result.extended == packs and server.get("PutObjectRetention") == packs and "pack HEAD" not in server
     )
+    for when in (now, now + timedelta(hours=2)):  # its locked markers are hidden, not refused
+        prune(Repository.open(after, PASSWORD), now=when)
     assert check(Repository.open(after, PASSWORD), read_data=True).ok
     print(f"\nlock requests, second backup of {packs} packs: before {old}, after {new}; server {server}")
 

@@ -184,7 +184,7 @@ def _live_sessions(repo: Repository, now: datetime, grace: timedelta, result: Pr
             live.add(info.key)
             continue
         try:
-            repo.store.delete(info.key)
+            repo.store.delete_or_hide(info.key)
         except CloudkeepError as exc:
             result.warnings.append(f"cannot remove stale session marker {info.key}: {exc}")
             live.add(info.key)
@@ -246,7 +246,7 @@ def _sweep(
         still = sorted(set(mark.packs) & kept)
         if still:
             _arm(repo, PRUNE_PREFIX + secrets.token_hex(16), mark.time, still, set())
-        repo.store.delete(mark.key)
+        repo.store.delete_or_hide(mark.key)
     _step(lock, "prune:markers-removed")
     with repo.lock:
         repo.doomed.remove_packs(deleted)
@@ -268,7 +268,7 @@ def _drop_from_index(repo: Repository, lock: MaintenanceLock, doomed: set[str]) 
     repo.store.put(new_file, encode_index_file(repo.crypter, survivors, written))
     _step(lock, "prune:index-consolidated")
     for key in sorted(old_files - {new_file}):  # every one was read (prune refuses otherwise)
-        repo.store.delete(key)
+        repo.store.delete_or_hide(key)
     repo.index_files = {new_file}
     _step(lock, "prune:old-index-removed")
 

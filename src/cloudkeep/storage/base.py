@@ -142,6 +142,12 @@ class ObjectStore(ABC):
         stores delete. For markers (sessions) written under a default retention."""
         self.delete(key)
 
+    def delete_or_hide(self, key: str) -> None:
+        """Delete a marker or a replaced index file; one locked on a versioned store (everything
+        is, under a default retention) is hidden instead, its locked version kept until the lock
+        ends. Not for packs or manifests: their locks must keep them."""
+        self.delete(key)
+
     @property
     def supports_object_lock(self) -> bool:
         return False

@@ -84,6 +84,14 @@ class MemoryStore(ObjectStore):
         with self._bucket.lock:
             self._bucket.default_retention = timedelta(days=days)
 
+    def delete_or_hide(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except ObjectLockedError:
+            if self._bucket.default_retention is None:  # not versioned: the lock refuses
+                raise
+            self.hide(key)
+
     def hide(self, key: str) -> None:
         if self._bucket.default_retention is None:  # not versioned: a plain delete
             self.delete(key)

@@ -437,6 +437,12 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:DeleteObject", key)
 
+    def delete_or_hide(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except ObjectLockedError:
+            self.hide(key)
+
     def hide(self, key: str) -> None:
         if not self.supports_object_lock:
             self.delete(key)
