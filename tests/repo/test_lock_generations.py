@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ConfigurationError, IntegrityError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError
 from cloudkeep.repo import Repository, backup_files, check, prune, restore
 from cloudkeep.repo.generations import (
     HORIZON_KEY,
@@ -267,3 +267,11 @@ def test_horizon_round_trip_and_pack_lock(counting: CountingStore) -> None:
     assert read_horizon(repo) == horizon
     assert horizon.lock_of("p1", None) == at + timedelta(days=R + G)
     assert horizon.lock_of("p2", None) is None  # unknown: a writer stores the chunk again
+
+
+def test_password_change_hides_the_locked_old_key(counting: CountingStore) -> None:
+    repo = _repo(counting)
+    repo.change_password(PASSWORD, "a new password", kdf=FAST_KDF)
+    assert Repository.open(counting, "a new password").id == repo.id
+    with pytest.raises(CloudkeepError):
+        Repository.open(counting, PASSWORD)

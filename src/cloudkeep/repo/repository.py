@@ -148,7 +148,7 @@ class Repository:
         """Replace the key file ``old`` opens by one for ``new`` (new first, so a crash loses nothing)."""
         old_key, _ = open_with_password(self.store, old)
         new_key = write_key_file(self.store, self.master, new, kdf or KdfParams())
-        self.store.delete(old_key)
+        self.store.delete_or_hide(old_key)  # locked by a default retention: hidden (docs/format.md)
         if self.key_name == old_key:
             self.key_name = new_key
 

@@ -180,7 +180,7 @@ def change_password(
             with ctx.db() as db:
                 row = resolve(db, Repository, repository_id, "repository")
                 row.password = ctx.secrets.seal(new)
-            repo.store.delete(old_key)
+            repo.store.delete_or_hide(old_key)  # locked by a default retention: hidden (docs/format.md)
         _audit(ctx, actor, "repository.change_password", repository_id, {})
     return MaintenanceDone(
         target_id=repository_id, session_id=session_id, detail="the repository has a new password"
