@@ -19,6 +19,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.config import Settings
 from cloudkeep.repo import Repository, backup_files
 from cloudkeep.repo.generations import read_horizon
+from cloudkeep.repo.pack import pack_id_from_key
 from cloudkeep.server.context import ServerContext, open_context
 from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.services import credentials, maintenance, repositories
@@ -85,3 +86,39 @@ def test_server_sets_default_retention_and_extends_locks_once_per_generation(
         sessions = db.scalars(select(JobSession).where(JobSession.kind == "maintenance")).all()
         steps = [(s.stats["operation"], s.state) for s in sessions]
     assert steps == [("extend-locks", "success"), ("extend-locks", "success")]
+
+
+def test_extend_locks_moves_a_per_object_locked_repository_to_generations(
+    ctx: ServerContext,
+    moto_server: MotoServer,
+    unique_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A repository whose backups locked each object (no horizon yet) is moved by its first
+    extension: the horizon is written and each old pack's lock read once (moto refuses a lock
+    configuration on a full bucket, so the bucket's default rule is set at creation here, and the
+    repository's horizon hidden to stand for one made before generations)."""
+    options = {"endpoint_url": moto_server.endpoint, "region": "us-east-1"}
+    secret = {k: SecretStr(v) for k, v in KEYS.items()}
+    credentials.create_credential(
+        ctx, CredentialCreate(name="aws", provider="aws", secret=secret, options=options)
+    )
+    repositories.create_repository(
+        ctx,
+        RepositoryCreate(
+            name="old", credential="aws", location=unique_name, password=SecretStr(PASSWORD),
+            immutability_days=30, options={"pack_size": 2**20},
+        ),
+    )  # fmt: skip
+    store = open_store(f"s3://{unique_name}/", endpoint_url=moto_server.endpoint, region="us-east-1", **KEYS)
+    store.hide("locks/horizon")
+    now = datetime.now(UTC)
+    machine = Repository.open(store, PASSWORD, writer_prefix="writers/m1/")
+    backup_files(machine, [write_tree(tmp_path / "src")], hostname="m1", retain_until=now + timedelta(days=3))
+    packs = [i.key for i in store.list("writers/m1/data/")]
+    monkeypatch.setattr(maintenance, "clock", lambda: now)
+    done = maintenance.extend_locks(ctx, "old")
+    assert done.detail.endswith(f", {len(packs)} read once")
+    horizon = read_horizon(Repository.open(store, PASSWORD))
+    assert horizon is not None and horizon.packs == {pack_id_from_key(k) for k in packs}

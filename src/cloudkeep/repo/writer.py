@@ -461,8 +461,8 @@ class BlobWriter:
             self._remove_marker()
 
     def _remove_marker(self) -> None:
-        if self.horizon is None:
-            self.repo.store.delete(self.session_key)
+        if self.horizon is None:  # hidden only if a default retention locked it
+            self.repo.store.delete_or_hide(self.session_key)
         else:  # locked by the store's default retention like everything else: hide it
             self.repo.store.hide(self.session_key)
 

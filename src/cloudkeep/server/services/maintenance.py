@@ -151,10 +151,18 @@ def prune_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> P
 def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> MaintenanceDone:
     """Immutability by generations: lock the packs restore points reference for one more
     generation, with the server's credential (agents hold no lock permission). Runs at most once
-    per generation; an earlier call records that it had nothing to do."""
+    per generation; an earlier call records that it had nothing to do.
+
+    An immutable repository made before generations (per-object locks) moves to them here: the
+    bucket gets its default retention and the horizon, then its packs' locks are read once.
+    """
     repository_id = _repository_id(ctx, ref)
+    with ctx.db() as db:
+        days = resolve(db, Repository, repository_id, "repository").immutability_days
     with _session(ctx, "extend-locks", repository_id, actor) as session_id:
         with _opened_backup_repository(ctx, ref, "locked") as (_, repo):
+            if days and repo.store.supports_default_retention and generations.read_horizon(repo) is None:
+                generations.enable_generations(repo, retention_days=days)
             result = generations.extend_locks(repo, now=clock())
         detail = {"extended": result.extended, "read_once": result.read_once, "skipped": result.skipped}
         _audit(ctx, actor, "repository.extend_locks", repository_id, detail)
