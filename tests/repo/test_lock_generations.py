@@ -23,6 +23,7 @@ from cloudkeep.repo.generations import (
 )
 from cloudkeep.repo.index import Index, decode_index_file, encode_index_file, read_index_file
 from cloudkeep.repo.pack import DATA, BlobEntry
+from cloudkeep.repo.prune import used_blobs
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.memory import MemoryStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
@@ -134,7 +135,7 @@ def test_cached_files_in_uncovered_packs_are_read_again(counting: CountingStore,
     repo = _repo(counting)
     now = datetime.now(UTC)
     cache = Path(source).parent / "cache"
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), cache_dir=cache)
+    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), cache_dir=cache)
     later = now + timedelta(days=G + 1)
     second = backup_files(
         repo,
@@ -146,6 +147,15 @@ def test_cached_files_in_uncovered_packs_are_read_again(counting: CountingStore,
     )
     assert second.stats["files_unchanged"] == 1  # only the empty file (no chunks): nothing taken on trust
     assert second.stats["bytes_read"] == second.stats["bytes_total"]
+    assert second.stats["bytes_new"] > first.stats["bytes_new"] - PARENTS  # and stored again
+    repo = Repository.open(counting, PASSWORD)
+    written = {repo.index.written.get(p) for p in _packs_of(repo, second.id)}
+    assert written == {int(later.timestamp())}  # every chunk it uses lies in a pack written at `later`
+
+
+def _packs_of(repo: Repository, snapshot_id: str) -> set[str]:
+    used = used_blobs(repo, {snapshot_id})
+    return {loc.pack_id for loc in (repo.index.get(b) for b in used) if loc is not None}
 
 
 def test_retention_longer_than_the_default_lock_is_refused(counting: CountingStore) -> None:

@@ -220,10 +220,12 @@ class BlobWriter:
         with self.repo.lock:
             if blob_id in self._pending:
                 return blob_id, False
-            if blob_id in self.repo.index and not force and self._reusable(blob_id):
-                if self.retain_until is not None:
-                    self._note_reused(blob_id)
-                return blob_id, False
+            if blob_id in self.repo.index and not force:
+                if self._reusable(blob_id):
+                    if self.retain_until is not None:
+                        self._note_reused(blob_id)
+                    return blob_id, False
+                self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
             self._pending.add(blob_id)
         full: PackWriter | None = None
         try:
@@ -273,10 +275,7 @@ class BlobWriter:
         loc = self.repo.index.get(blob_id)
         if loc is None:
             return False
-        if self.horizon.covers(loc.pack_id, self.repo.index.written.get(loc.pack_id), self.retain_until):
-            return True
-        self._rewritten.add(blob_id)  # stored once more by this session, then reused from there
-        return False
+        return self.horizon.covers(loc.pack_id, self.repo.index.written.get(loc.pack_id), self.retain_until)
 
     def _note_reused(self, blob_id: bytes) -> None:
         if self.horizon is not None:  # generations: no per-pack extension
