@@ -299,6 +299,18 @@ def prune(
         raise typer.Exit(3)
 
 
+@app.command("extend-locks")
+def extend_locks(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Lock the data restore points use for one more generation (immutable repositories; at most
+    once per generation: run it daily, e.g. from a timer)."""
+    with client(ctx) as c:
+        render_object(c.extend_locks(ref), as_json, title="Extend locks")
+
+
 @app.command("change-password")
 def change_password(
     ctx: typer.Context,

@@ -242,9 +242,9 @@ class _Archiver:
             self.bytes_total += st.st_size
             slot = parent.reserve()
             cached = self.cache.lookup(path, st) if self.cache else None
-            if cached is not None and all(self.repo.has_blob(c) for c in cached):
+            reusable = cached is not None and all(self.repo.has_blob(c) for c in cached)
+            if cached is not None and reusable and self.writer.reuse(cached):
                 node.content = cached
-                self.writer.reuse(cached)
                 self.files_unchanged += 1
                 if self.cache:
                     self.cache.record(path, st, cached)
@@ -368,6 +368,7 @@ def backup_files(
     bandwidth_limit: int | None = None,
     threads: int | None = None,
     root: Path | str | None = None,
+    wall_clock: Callable[[], datetime] | None = None,
 ) -> Snapshot:
     """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot.
 
@@ -388,11 +389,17 @@ def backup_files(
     paths = [path for path in paths if path not in missing]
     limit_heap_fragmentation()
     hostname = hostname or socket.gethostname()
-    started = datetime.now(UTC)
+    started = wall_clock() if wall_clock else datetime.now(UTC)  # tests move a backup in time
     clock = time.monotonic()
     cache = FileCache(cache_dir, repo.id, hostname, paths) if cache_dir else None
     workers = threads or max(2, os.cpu_count() or 2)  # more threads than cores only add GIL hand-offs
-    writer = BlobWriter(repo, hostname=hostname, retain_until=retain_until, bandwidth_limit=bandwidth_limit)
+    writer = BlobWriter(
+        repo,
+        hostname=hostname,
+        retain_until=retain_until,
+        bandwidth_limit=bandwidth_limit,
+        wall_clock=wall_clock,
+    )
     archiver = _Archiver(
         repo,
         writer,
@@ -463,7 +470,8 @@ def backup_files(
         },
     )
     try:
-        writer.commit(lambda: repo.save_snapshot(snapshot))  # the session ends after the manifest
+        # the session ends after the manifest
+        writer.commit(lambda: repo.save_snapshot(snapshot, lock=writer.lock_until is not None))
     except BaseException:
         if cache:
             cache.discard()

@@ -281,6 +281,6 @@ def _rebuild_index(repo: Repository) -> int:
                 packs[pack_id] = entries
     repo.store.put(new_index_key(), encode_index_file(repo.crypter, packs))
     for key in old:
-        repo.store.delete(key)
+        repo.store.delete_or_hide(key)
     repo.load_index()
     return len(packs)

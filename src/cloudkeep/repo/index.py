@@ -51,6 +51,9 @@ class Index:
         self._type: array[int] = array("b")
         self._pack_ids: list[str] = []  # pack number → pack id
         self._pack_rows: dict[str, array[int]] = {}  # live packs only
+        # pack id → when its writer started uploading it (epoch seconds), where an index file says:
+        # with immutability by generations, the pack's lock is that time + the default period.
+        self.written: dict[str, int] = {}
         self.packs: Mapping[str, list[BlobEntry]] = _PackView(self)
 
     def __contains__(self, blob_id: bytes) -> bool:
@@ -74,13 +77,22 @@ class Index:
             return None
         return Location(self._pack_ids[self._pack[row]], self._entry(row))
 
-    def add_pack(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
+    def add_pack(self, pack_id: str, entries: Iterable[BlobEntry], written: int | None = None) -> None:
         self.add_rows(
-            pack_id, ((BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length) for e in entries)
+            pack_id,
+            ((BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length) for e in entries),
+            written,
         )
 
-    def add_rows(self, pack_id: str, rows: Iterable[RawEntry]) -> None:
-        """Add a pack from raw ``(type number, id, offset, length, raw length)`` rows."""
+    def add_rows(self, pack_id: str, rows: Iterable[RawEntry], written: int | None = None) -> None:
+        """Add a pack from raw ``(type number, id, offset, length, raw length)`` rows.
+
+        A blob found in several packs points at the most recently written one (the longest default
+        lock): a chunk written again because its old pack's lock was too short is not rewritten by
+        every later backup.
+        """
+        if written:
+            self.written[pack_id] = max(written, self.written.get(pack_id, 0))
         if pack_id in self._pack_rows:  # listed by two index files: packs are content-addressed, same entries
             return
         number = len(self._pack_ids)
@@ -95,11 +107,14 @@ class Index:
             self._raw_length.append(raw_length)
             self._type.append(blob_type)
             pack_rows.append(row)
-            self._rows.setdefault(blob_id, row)
+            first = self._rows.setdefault(blob_id, row)
+            if written and first != row and written > self.written.get(self._pack_ids[self._pack[first]], 0):
+                self._rows[blob_id] = row
 
     def remove_packs(self, pack_ids: set[str]) -> None:
         """Forget packs; their rows stay as dead weight until the index is next loaded."""
         for pack_id in pack_ids:
+            self.written.pop(pack_id, None)
             for row in self._pack_rows.pop(pack_id, array("l")):
                 if self._rows.get(self._ids[row]) == row:
                     del self._rows[self._ids[row]]
@@ -137,42 +152,66 @@ class _PackView(Mapping[str, list[BlobEntry]]):
 
 _MAGIC = b"CKIDX2\n"
 _PACK_HEAD = struct.Struct("<HI")  # pack id length, blob count
+# Version 3 (written only where packs' write times are known, i.e. immutability by generations):
+# each pack head also carries when its upload started (epoch seconds; 0 = unknown).
+_MAGIC3 = b"CKIDX3\n"
+_PACK_HEAD3 = struct.Struct("<HIq")
 _RECORD = struct.Struct("<B32sQII")  # type, id, offset, length, raw length: 49 bytes per blob
 
 
-def encode_index_file(crypter: Crypter, packs: dict[str, list[BlobEntry]]) -> bytes:
+def encode_index_file(
+    crypter: Crypter, packs: dict[str, list[BlobEntry]], written: Mapping[str, int] | None = None
+) -> bytes:
     """Binary records, not JSON: parsing a JSON index costs ~5x its size in short-lived objects
-    (and the fragmented heap they leave); fixed records are read straight into ``Index`` columns."""
-    out = bytearray(_MAGIC)
+    (and the fragmented heap they leave); fixed records are read straight into ``Index`` columns.
+
+    Version 3 (with each pack's write time) only when ``written`` knows one of ``packs``: other
+    repositories keep version 2, which readers before immutability by generations understand.
+    """
+    times = {p: written[p] for p in packs if written and written.get(p)}
+    out = bytearray(_MAGIC3 if times else _MAGIC)
     for pack_id, entries in packs.items():
         name = pack_id.encode()
-        out += _PACK_HEAD.pack(len(name), len(entries)) + name
+        if times:
+            out += _PACK_HEAD3.pack(len(name), len(entries), times.get(pack_id, 0)) + name
+        else:
+            out += _PACK_HEAD.pack(len(name), len(entries)) + name
         for e in entries:
             out += _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length)
     return crypter.encode(bytes(out), _AAD)
 
 
-def read_index_file(crypter: Crypter, key: str, data: bytes) -> list[tuple[str, Iterable[RawEntry]]]:
+def read_index_file(
+    crypter: Crypter, key: str, data: bytes, written: dict[str, int] | None = None
+) -> list[tuple[str, Iterable[RawEntry]]]:
     """(pack id, its blobs as ``(type number, id, offset, length, raw length)``) for each pack.
 
     The whole file is validated before anything is returned (so a damaged file adds nothing);
-    binary records are then unpacked lazily. Index files written as JSON are read too.
+    binary records are then unpacked lazily. Index files written as JSON are read too. Packs'
+    write times (version 3) go into ``written`` when given.
     """
     what = f"index file {key}"
     plain = crypter.decode(data, _AAD, what)
     packs: list[tuple[str, Iterable[RawEntry]]] = []
+    times: dict[str, int] = {}
     try:
-        if not plain.startswith(_MAGIC):
+        v3 = plain.startswith(_MAGIC3)
+        head = _PACK_HEAD3 if v3 else _PACK_HEAD
+        if not v3 and not plain.startswith(_MAGIC):
             for item in json.loads(plain)["packs"]:
                 rows = [(BLOB_TYPES.index(t), bytes.fromhex(i), o, n, r) for t, i, o, n, r in item["blobs"]]
                 packs.append((item["id"], rows))
             return packs
         view, pos = memoryview(plain), len(_MAGIC)
         while pos < len(view):
-            name_length, count = _PACK_HEAD.unpack_from(view, pos)
-            pos += _PACK_HEAD.size
+            name_length, count, *when = head.unpack_from(view, pos)
+            pos += head.size
             pack_id = bytes(view[pos : pos + name_length]).decode()
             pos += name_length
+            if when and when[0] < 0:
+                raise ValueError("negative write time")
+            if when and when[0]:
+                times[pack_id] = when[0]
             end = pos + count * _RECORD.size
             if end > len(view):
                 raise ValueError("truncated")
@@ -182,6 +221,8 @@ def read_index_file(crypter: Crypter, key: str, data: bytes) -> list[tuple[str, 
             pos = end
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise IntegrityError(f"{what}: malformed ({exc})") from None
+    if written is not None:
+        written.update(times)
     return packs
 
 

@@ -69,7 +69,7 @@ class MaintenanceLock:
                     ) from None
                 # A killed task's lock. Two takers racing here could both proceed: maintenance is
                 # scheduled by one server, so this only guards against accidental overlap.
-                self.repo.store.delete(LOCK_KEY)
+                self.repo.store.delete_or_hide(LOCK_KEY)
         raise ConflictError(f"{LOCK_KEY} was taken over by another maintenance task; {self.what} stopped")
 
     def _stale(self, grace: timedelta) -> bool:
@@ -108,7 +108,7 @@ class MaintenanceLock:
     def release(self) -> None:
         with contextlib.suppress(Exception):
             if self.repo.read_marker(LOCK_KEY).get("owner") == self.owner:
-                self.repo.store.delete(LOCK_KEY)
+                self.repo.store.delete_or_hide(LOCK_KEY)
 
 
 @contextlib.contextmanager

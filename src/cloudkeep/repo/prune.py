@@ -185,7 +185,7 @@ def _live_sessions(repo: Repository, now: datetime, grace: timedelta, result: Pr
             continue
         try:
             for key in [name] + [k for k in keys if k != name]:
-                repo.store.delete(key)
+                repo.store.delete_or_hide(key)  # hidden where a default retention locks it
         except ObjectNotFoundError:
             continue
         except CloudkeepError as exc:
@@ -284,7 +284,7 @@ def _sweep(
         still = sorted(set(mark.packs) & kept)
         if still:
             _arm(repo, PRUNE_PREFIX + secrets.token_hex(16), mark.time, still, set())
-        repo.store.delete(mark.key)
+        repo.store.delete_or_hide(mark.key)
     _step(lock, "prune:markers-removed")
     with repo.lock:
         repo.doomed.remove_packs(deleted)
@@ -302,10 +302,11 @@ def _drop_from_index(repo: Repository, lock: MaintenanceLock, doomed: set[str]) 
     }
     new_file = new_index_key()
     lock.check()  # a prune taken over while paused must not write an index from its old view
-    repo.store.put(new_file, encode_index_file(repo.crypter, survivors))
+    written = {**repo.doomed.written, **repo.index.written}  # packs' write times (generations) stay known
+    repo.store.put(new_file, encode_index_file(repo.crypter, survivors, written))
     _step(lock, "prune:index-consolidated")
     for key in sorted(old_files - {new_file}):  # every one was read (prune refuses otherwise)
-        repo.store.delete(key)
+        repo.store.delete_or_hide(key)
     repo.index_files = {new_file}
     _step(lock, "prune:old-index-removed")
 

@@ -89,7 +89,7 @@ def repair_index(
             # The new file first: until the old ones go, both say the same about surviving packs.
             repo.store.put(new_index_key(), encode_index_file(repo.crypter, packs))
             for key in sorted(old_files):
-                repo.store.delete(key)
+                repo.store.delete_or_hide(key)
             for key in sorted(bad_files):
                 move_aside(repo, key, report)
         for key in sorted(bad_markers):  # its packs become ordinary packs again: prune re-judges them

@@ -148,7 +148,7 @@ class Repository:
         """Replace the key file ``old`` opens by one for ``new`` (new first, so a crash loses nothing)."""
         old_key, _ = open_with_password(self.store, old)
         new_key = write_key_file(self.store, self.master, new, kdf or KdfParams())
-        self.store.delete(old_key)
+        self.store.delete_or_hide(old_key)  # locked by a default retention: hidden (docs/format.md)
         if self.key_name == old_key:
             self.key_name = new_key
 
@@ -210,15 +210,17 @@ class Repository:
             for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
                 if data is None:
                     return False
+                written: dict[str, int] = {}
                 try:
-                    packs = read_index_file(self.crypter, key, data)  # validated whole before use
+                    packs = read_index_file(self.crypter, key, data, written)  # validated whole before use
                 except IntegrityError as exc:
                     # Its packs are simply unknown: a backup stores their blobs again, a restore that
                     # needs them says so, and `check` reports the file; `repair index` recovers them.
                     unreadable[key] = str(exc)
                     continue
                 for pack_id, rows in packs:
-                    (doomed if pack_id in doomed_packs else index).add_rows(pack_id, rows)
+                    target = doomed if pack_id in doomed_packs else index
+                    target.add_rows(pack_id, rows, written.get(pack_id))
         with self.lock:
             self.index, self.doomed, self.index_files = index, doomed, set(keys)
             self.unreadable_index_files = unreadable
@@ -377,11 +379,15 @@ class Repository:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store a new manifest under its content id, which becomes ``snapshot.id``."""
+    def save_snapshot(self, snapshot: Snapshot, *, lock: bool = True) -> None:
+        """Store a new manifest under its content id, which becomes ``snapshot.id``.
+
+        ``lock=False``: the store's default retention locks it (immutability by generations), so
+        the writer asks for no lock of its own.
+        """
         snapshot_id, sealed = seal_snapshot(self.crypter, snapshot)
         key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id
-        self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until)
+        self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
         snapshot.id, snapshot.digest, snapshot.version = snapshot_id, snapshot_id, MANIFEST_VERSION
         with self.lock:
             self._snapshot_keys[snapshot_id] = key

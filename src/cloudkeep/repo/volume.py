@@ -123,7 +123,7 @@ def backup_volume(
             "duration_s": round(time.monotonic() - clock, 3),
         },
     )
-    writer.commit(lambda: repo.save_snapshot(snapshot))
+    writer.commit(lambda: repo.save_snapshot(snapshot, lock=writer.lock_until is not None))
     if progress:
         progress(BackupProgress(1, total, total, stats.bytes_new, stats.bytes_uploaded, None))
     return snapshot

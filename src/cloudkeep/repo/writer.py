@@ -38,7 +38,8 @@ from datetime import datetime
 from types import TracebackType
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ConflictError, PermissionDeniedError
+from cloudkeep.errors import ConfigurationError, ConflictError, PermissionDeniedError
+from cloudkeep.repo.generations import SKEW, read_horizon
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
@@ -118,9 +119,25 @@ class BlobWriter:
         max_inflight_packs: int = 2,
         index_every: int = 8,
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.repo = repo
         self.retain_until = retain_until
+        self._now = wall_clock or (lambda: datetime.now(UTC))
+        # Immutability by generations (repo/generations.py): the store locks what this writer adds
+        # by its default retention, so it asks for no lock and reuses only packs locked long enough.
+        self.horizon = read_horizon(repo) if retain_until is not None else None
+        if self.horizon is not None and retain_until is not None:
+            covered = self._now() + self.horizon.default_period - SKEW
+            if retain_until > covered:
+                raise ConfigurationError(
+                    f"retention until {retain_until:%Y-%m-%d} is longer than the repository's default lock "
+                    f"({self.horizon.default_period.days} days)",
+                    hint="raise the repository's immutability or ask for a shorter retention",
+                )
+        self.lock_until = None if self.horizon is not None else retain_until  # what puts ask for
+        self._rewritten: set[bytes] = set()  # blobs stored again: their packs' locks were too short
+        self._written_at: dict[str, int] = {}
         self.stats = WriterStats()
         self.session_key = repo.writer_prefix + SESSIONS_PREFIX + secrets.token_hex(16)
         self._beats = 0  # refreshes written so far: each is a new object (create-only credentials)
@@ -237,9 +254,11 @@ class BlobWriter:
             if blob_id in self._pending:
                 return blob_id, False
             if blob_id in self.repo.index and not force:
-                if self.retain_until is not None:
-                    self._note_reused(blob_id)
-                return blob_id, False
+                if self._reusable(blob_id):
+                    if self.retain_until is not None:
+                        self._note_reused(blob_id)
+                    return blob_id, False
+                self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
             self._pending.add(blob_id)
         full: PackWriter | None = None
         try:
@@ -267,15 +286,33 @@ class BlobWriter:
             self._submit(full)
         return blob_id, True
 
-    def reuse(self, blob_ids: list[bytes]) -> None:
-        """Blobs the backup references without saving them (files the cache says are unchanged)."""
+    def reuse(self, blob_ids: list[bytes]) -> bool:
+        """Blobs the backup references without saving them (files the cache says are unchanged).
+
+        ``False``: one of them lies in a pack whose lock ends too soon (generations): the caller
+        reads the file again so that ``save`` stores it anew.
+        """
         if self.retain_until is None:
-            return
+            return True
         with self.repo.lock:
+            if not all(self._reusable(blob_id) for blob_id in blob_ids):
+                return False
             for blob_id in blob_ids:
                 self._note_reused(blob_id)
+        return True
+
+    def _reusable(self, blob_id: bytes) -> bool:
+        """Its pack stays locked as long as this restore point (caller holds the repository lock)."""
+        if self.horizon is None or self.retain_until is None or blob_id in self._rewritten:
+            return True
+        loc = self.repo.index.get(blob_id)
+        if loc is None:
+            return False
+        return self.horizon.covers(loc.pack_id, self.repo.index.written.get(loc.pack_id), self.retain_until)
 
     def _note_reused(self, blob_id: bytes) -> None:
+        if self.horizon is not None:  # generations: no per-pack extension
+            return
         loc = self.repo.index.get(blob_id)  # caller holds the repository lock
         if loc is not None:
             self._reused_packs.add(loc.pack_id)
@@ -325,11 +362,14 @@ class BlobWriter:
             size = os.path.getsize(path)
             if self._limiter:
                 self._limiter.acquire(size)
-            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.retain_until)
+            written = int(self._now().timestamp())  # before the upload: the store's lock starts later
+            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.lock_until)
             step("backup:pack-uploaded")
             write_index = False
             with self.repo.lock:
-                self.repo.index.add_pack(pack_id, entries)
+                if self.horizon is not None:
+                    self._written_at[pack_id] = written
+                self.repo.index.add_pack(pack_id, entries, self._written_at.get(pack_id))
                 for entry in entries:
                     self._pending.discard(entry.id)
                 self._unindexed[pack_id] = entries
@@ -358,7 +398,9 @@ class BlobWriter:
         # an index file would let later backups deduplicate against deleted packs.
         self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
-        self.repo.store.put(key, encode_index_file(self.repo.crypter, packs), retain_until=self.retain_until)
+        self.repo.store.put(
+            key, encode_index_file(self.repo.crypter, packs, self._written_at), retain_until=self.lock_until
+        )
         step("backup:index-written")
         with self.repo.lock:
             self.repo.index_files.add(key)
@@ -451,15 +493,15 @@ class BlobWriter:
 
         The first marker goes first: from then on the session counts as ended for prune.
         """
-        try:
-            self.repo.store.delete(self.session_key)
+        try:  # hidden, not deleted, where the store's default retention locks it (generations)
+            self.repo.store.delete_or_hide(self.session_key)
         except PermissionDeniedError:
             body = {"hostname": self.hostname, "end": self._end_secret, "seen": datetime.now(UTC).isoformat()}
             self.repo.write_marker(self.session_key + END_SUFFIX, body)
             return
         for n in range(1, self._beats + 1):
             with contextlib.suppress(Exception):  # leftovers of an ended session: prune removes them
-                self.repo.store.delete(f"{self.session_key}.{n:06d}")
+                self.repo.store.delete_or_hide(f"{self.session_key}.{n:06d}")
 
     def abort(self) -> None:
         """Stop without committing: uploaded packs stay (indexed ones are reused by the next run)."""

@@ -159,6 +159,9 @@ class Client(ABC):
     def prune(self, ref: str) -> PruneReport:
         return self.call(ops.PRUNE, ref=ref)
 
+    def extend_locks(self, ref: str) -> MaintenanceDone:
+        return self.call(ops.EXTEND_LOCKS, ref=ref)
+
     def change_password(self, ref: str, request: PasswordChange) -> MaintenanceDone:
         return self.call(ops.CHANGE_PASSWORD, ref=ref, data=request)
 

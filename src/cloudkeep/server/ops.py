@@ -169,6 +169,10 @@ PRUNE: Op[PruneReport] = Op(
     "prune_repository", "POST", "/repositories/{ref}/prune", "maintenance.prune_repository", PruneReport,
     "repositories", audited=True,
 )  # fmt: skip
+EXTEND_LOCKS: Op[MaintenanceDone] = Op(
+    "extend_locks", "POST", "/repositories/{ref}/extend-locks", "maintenance.extend_locks", MaintenanceDone,
+    "repositories", audited=True,
+)  # fmt: skip
 CHANGE_PASSWORD: Op[MaintenanceDone] = Op(
     "change_password", "POST", "/repositories/{ref}/change-password", "maintenance.change_password",
     MaintenanceDone, "repositories", audited=True,

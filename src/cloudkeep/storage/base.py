@@ -136,25 +136,54 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Delete; raises ``ObjectLockedError`` under retention, ignores a missing key."""
 
+    def hide(self, key: str) -> None:
+        """Make ``key`` unreadable and unlisted even if it is locked: a versioned store (S3 with
+        Object Lock) adds a delete marker and the locked version stays until its lock ends; other
+        stores delete. For markers (sessions) written under a default retention."""
+        self.delete(key)
+
+    def delete_or_hide(self, key: str) -> None:
+        """Delete a marker or a replaced index file; one locked on a versioned store (everything
+        is, under a default retention) is hidden instead, its locked version kept until the lock
+        ends. Not for packs or manifests: their locks must keep them."""
+        self.delete(key)
+
     @property
     def supports_object_lock(self) -> bool:
         return False
 
-    def extend_retention(self, key: str, until: datetime) -> bool:
+    def extend_retention(self, key: str, until: datetime, *, known_shorter: bool = False) -> bool:
         """Keep ``key`` locked until at least ``until``: a shorter retention is extended, a longer
         one left alone (retention never shortens). ``False`` when this store has no object lock.
 
         A locked backup reuses chunks stored by earlier backups; without this, their packs could
         be deleted when their own (shorter) retention ends, while the new restore point needs them.
+        ``known_shorter``: the caller knows the current lock ends before ``until`` (the server's
+        bulk extension by generations), so the HEAD is skipped.
         """
         if not self.supports_object_lock:
             return False
+        if known_shorter:
+            self._set_retention(key, until)
+            return True
         info = self.stat(key)
         if info is None:
             raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
         if info.retain_until is None or info.retain_until < until:
             self._set_retention(key, until)
         return True
+
+    @property
+    def supports_default_retention(self) -> bool:
+        """``set_default_retention`` works here (immutability by generations)."""
+        return False
+
+    def set_default_retention(self, days: int) -> None:
+        """Lock every object written from now on for ``days`` without the writer asking (S3 bucket
+        default retention): writers then need no permission to set locks. Server credential only."""
+        raise ConfigurationError(
+            f"{self.describe()} has no default retention", hint="immutability needs S3 Object Lock or Azure"
+        )
 
     def _set_retention(self, key: str, until: datetime) -> None:
         """Lock ``key`` until ``until`` (only called to lengthen); stores with object lock implement it."""

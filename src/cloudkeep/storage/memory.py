@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
@@ -34,6 +34,10 @@ class _Bucket:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.objects: dict[str, _Stored] = {}
+        # Like an S3 bucket with Object Lock default retention: every new object is locked this long,
+        # and (versioning) an overwrite or hide keeps the locked older version in ``hidden``.
+        self.default_retention: timedelta | None = None
+        self.hidden: list[tuple[str, _Stored]] = []
 
 
 _BUCKETS: dict[str, _Bucket] = {}
@@ -72,6 +76,31 @@ class MemoryStore(ObjectStore):
                 raise ObjectNotFoundError(f"{self.describe()}/{key} does not exist")
             stored.retain_until = until
 
+    @property
+    def supports_default_retention(self) -> bool:
+        return True
+
+    def set_default_retention(self, days: int) -> None:
+        with self._bucket.lock:
+            self._bucket.default_retention = timedelta(days=days)
+
+    def delete_or_hide(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except ObjectLockedError:
+            if self._bucket.default_retention is None:  # not versioned: the lock refuses
+                raise
+            self.hide(key)
+
+    def hide(self, key: str) -> None:
+        if self._bucket.default_retention is None:  # not versioned: a plain delete
+            self.delete(key)
+            return
+        with self._bucket.lock:
+            stored = self._bucket.objects.pop(key, None)
+            if stored is not None:
+                self._bucket.hidden.append((key, stored))
+
     def describe(self) -> str:
         return f"memory://{self.name}"
 
@@ -83,10 +112,15 @@ class MemoryStore(ObjectStore):
             current = self._bucket.objects.get(key)
             if if_absent and current is not None:
                 raise ObjectExistsError(f"{self.describe()}/{key} already exists")
+            default = self._bucket.default_retention
             if current is not None and current.retain_until and current.retain_until > now:
-                raise ObjectLockedError(
-                    f"{self.describe()}/{key} is retained until {current.retain_until:%Y-%m-%d %H:%M}"
-                )
+                if default is None:
+                    raise ObjectLockedError(
+                        f"{self.describe()}/{key} is retained until {current.retain_until:%Y-%m-%d %H:%M}"
+                    )
+                self._bucket.hidden.append((key, current))  # versioned: the locked version stays
+            if retain_until is None and default is not None:
+                retain_until = now + default
             self._bucket.objects[key] = _Stored(bytes(data), now, retain_until)
 
     def _get(self, key: str) -> _Stored:

@@ -437,6 +437,47 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._raise(exc, "s3:DeleteObject", key)
 
+    def delete_or_hide(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except ObjectLockedError:
+            self.hide(key)
+
+    def hide(self, key: str) -> None:
+        if not self.supports_object_lock:
+            self.delete(key)
+            return
+        try:  # no version id: a delete marker, which Object Lock allows whatever the locks
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except Exception as exc:
+            self._raise(exc, "s3:DeleteObject", key)
+
+    @property
+    def supports_default_retention(self) -> bool:
+        return self.supports_object_lock
+
+    def set_default_retention(self, days: int) -> None:
+        """Bucket default retention (Object Lock ``DefaultRetention``) in this store's mode."""
+        rule: Any = {"DefaultRetention": {"Mode": self.object_lock_mode, "Days": days}}
+        try:  # idempotent: the same rule again is no request (some stores refuse it on a full bucket)
+            current = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
+            have = current.get("Rule", {}).get("DefaultRetention", {})
+            same = (have.get("Mode"), have.get("Days"), have.get("Years") or 0) == (
+                self.object_lock_mode,
+                days,
+                0,
+            )
+            if current.get("ObjectLockEnabled") == "Enabled" and same:
+                return
+        except Exception as exc:
+            self._raise(exc, "s3:GetBucketObjectLockConfiguration")
+        try:
+            self.client.put_object_lock_configuration(
+                Bucket=self.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": rule}
+            )
+        except Exception as exc:
+            self._raise(exc, "s3:PutBucketObjectLockConfiguration")
+
     def close(self) -> None:
         self.client.close()
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
-from cloudkeep.repo import retention
+from cloudkeep.repo import generations, retention
 from cloudkeep.repo.prune import prune
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
@@ -148,6 +148,30 @@ def prune_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> P
     )
 
 
+def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> MaintenanceDone:
+    """Immutability by generations: lock the packs restore points reference for one more
+    generation, with the server's credential (agents hold no lock permission). Runs at most once
+    per generation; an earlier call records that it had nothing to do.
+
+    An immutable repository made before generations (per-object locks) moves to them here: the
+    bucket gets its default retention and the horizon, then its packs' locks are read once.
+    """
+    repository_id = _repository_id(ctx, ref)
+    with ctx.db() as db:
+        days = resolve(db, Repository, repository_id, "repository").immutability_days
+    with _session(ctx, "extend-locks", repository_id, actor) as session_id:
+        with _opened_backup_repository(ctx, ref, "locked") as (_, repo):
+            if days and repo.store.supports_default_retention and generations.read_horizon(repo) is None:
+                generations.enable_generations(repo, retention_days=days)
+            result = generations.extend_locks(repo, now=clock())
+        detail = {"extended": result.extended, "read_once": result.read_once, "skipped": result.skipped}
+        _audit(ctx, actor, "repository.extend_locks", repository_id, detail)
+    done = f"skipped: {result.skipped}"
+    if not result.skipped and result.until is not None:
+        done = f"{result.extended} packs locked until {result.until:%Y-%m-%d}, {result.read_once} read once"
+    return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
+
+
 def change_password(
     ctx: ServerContext, ref: str, data: PasswordChange, *, actor: str = "local"
 ) -> MaintenanceDone:
@@ -164,7 +188,7 @@ def change_password(
             with ctx.db() as db:
                 row = resolve(db, Repository, repository_id, "repository")
                 row.password = ctx.secrets.seal(new)
-            repo.store.delete(old_key)
+            repo.store.delete_or_hide(old_key)  # locked by a default retention: hidden (docs/format.md)
         _audit(ctx, actor, "repository.change_password", repository_id, {})
     return MaintenanceDone(
         target_id=repository_id, session_id=session_id, detail="the repository has a new password"
