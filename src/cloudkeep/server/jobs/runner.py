@@ -243,6 +243,7 @@ class SessionRunner:
         refresh_at = monotonic_time.monotonic() + refresh_every
         slice_seconds = self.options.poll_slice_seconds or 2.0
         cancel_deadline: float | None = None
+        looked_again = False
         while True:
             if cancel_deadline is None and self.stop_requested():
                 cancel_deadline = self._cancel(task_id, machine, command_id)
@@ -261,6 +262,9 @@ class SessionRunner:
                     continue  # only our slice ran out
                 if cancel_deadline is not None:
                     raise TaskStopped() from exc  # the machine stopped the task (or it failed meanwhile)
+                if isinstance(exc, TimeoutError) and not looked_again and self._settled(command_id):
+                    looked_again = True  # the result landed just after our slice ran out: read it
+                    continue
                 if isinstance(exc, CloudkeepError):
                     raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from exc
                 raise TaskFailed(f"{machine.name}: {exc}") from exc
@@ -281,6 +285,11 @@ class SessionRunner:
         with self.ctx.db() as db:
             record = db.get(CommandRecord, command_id)
             return record is not None and record.state in ("sent", "running")
+
+    def _settled(self, command_id: str) -> bool:
+        with self.ctx.db() as db:
+            record = db.get(CommandRecord, command_id)
+            return record is not None and record.state in ("done", "failed", "expired")
 
     def _refresh_credentials(self, task_id: str, machine: DiscoveredMachine, command_id: str) -> None:
         access, _ttl = self._access(machine.id)
