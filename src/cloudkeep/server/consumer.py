@@ -104,6 +104,36 @@ class _SeenHeartbeats:
 _HEARTBEATS = _SeenHeartbeats()
 
 
+class ResultSignals:
+    """Wakes whoever waits on a command in this process as soon as its result is committed here.
+
+    Without it every waiting task polls its ``CommandRecord``: at fleet scale (hundreds of tasks
+    waiting at once) that polling was most of the database's reads and added up to a poll
+    interval to every round trip. Results applied by another process are still seen by polling.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, command_id: str) -> threading.Event:
+        with self._lock:
+            return self._waiting.setdefault(command_id, threading.Event())
+
+    def forget(self, command_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(command_id, None)
+
+    def notify(self, command_id: str) -> None:
+        with self._lock:
+            event = self._waiting.get(command_id)
+        if event is not None:
+            event.set()
+
+
+RESULTS = ResultSignals()
+
+
 def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
     """Apply a verified machine message; returns what happened (``applied``, ``duplicate``, …)."""
     body = envelope.parsed_body()
@@ -121,9 +151,12 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
             raise Impersonation(
                 f"machine {envelope.sender} reported on command {body.command_id} of machine {owner}"
             )
-        if isinstance(body, Result):
-            return _apply_result(session, body)
-        return _apply_progress(session, envelope, body)
+        if not isinstance(body, Result):
+            return _apply_progress(session, envelope, body)
+        outcome = _apply_result(session, body)
+    if outcome == "applied":  # committed: a waiter woken now reads the result
+        RESULTS.notify(body.command_id)
+    return outcome
 
 
 def _apply_result(session: Any, body: Result) -> str:
