@@ -169,7 +169,7 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
 
     job_id = world.add_job(retention={"keep_last": 1},
                            options={"parallel_machines": args.parallel, "poll_slice_seconds": 2})  # fmt: skip
-    fleet.start(threads=args.agent_threads, idle_seconds=0.05)
+    fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
     try:
         for day in range(1, args.days + 1):
             size_before = db_bytes(ctx)
@@ -233,6 +233,7 @@ def main() -> int:
     parser.add_argument("--machines", default="200,1000", help="comma-separated fleet sizes")
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=64, help="the job's parallel_machines")
+    parser.add_argument("--heartbeat-seconds", type=float, default=30.0, help="each agent's (as deployed)")
     parser.add_argument("--workers", type=int, default=4, help="server-queue consumer threads")
     parser.add_argument("--agent-threads", type=int, default=4, help="threads sweeping the agents' queues")
     parser.add_argument(

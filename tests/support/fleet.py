@@ -32,6 +32,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine
 
 REGISTER_BATCH = 500  # machine rows per transaction when registering a fleet
+HEARTBEAT = {"services": {"message-service": "running"}, "version": "sim"}
 
 
 @dataclass
@@ -115,9 +116,7 @@ class SimulatedFleet:
     def heartbeat_all(self) -> int:
         """One signed heartbeat from every agent (what each sends every ``heartbeat_seconds``)."""
         for agent in self.agents:
-            self._report(
-                agent, "heartbeat", {"services": {"message-service": "running"}, "version": "sim"}, None
-            )
+            self._report(agent, "heartbeat", HEARTBEAT, None)
         return len(self.agents)
 
     def _backup_stats(self) -> dict[str, Any]:
@@ -181,7 +180,16 @@ class SimulatedFleet:
                 handled += 1
         return handled
 
-    def start(self, threads: int = 4, idle_seconds: float = 0.05) -> SimulatedFleet:
+    def start(
+        self, threads: int = 4, idle_seconds: float = 0.05, heartbeat_seconds: float | None = None
+    ) -> SimulatedFleet:
+        """Answer commands on ``threads`` threads; with ``heartbeat_seconds``, every agent also
+        heartbeats that often (spread evenly, as real agents started at different times do)."""
+        if heartbeat_seconds is not None:
+            beat = threading.Thread(target=self._beat, args=(heartbeat_seconds,), name="ck-fleet-beat",
+                                    daemon=True)  # fmt: skip
+            beat.start()
+            self._threads.append(beat)
         shards = [self.agents[n::threads] for n in range(threads)]
         for n, shard in enumerate(shards):
             thread = threading.Thread(target=self._run, args=(shard, idle_seconds), name=f"ck-fleet-{n}",
@@ -194,6 +202,14 @@ class SimulatedFleet:
         while not self._stopping.is_set():
             if not self.sweep(shard):
                 self._stopping.wait(idle_seconds)
+
+    def _beat(self, interval: float) -> None:
+        gap = interval / max(1, len(self.agents))
+        while not self._stopping.is_set():
+            for agent in self.agents:
+                if self._stopping.wait(gap):
+                    return
+                self._report(agent, "heartbeat", HEARTBEAT, None)
 
     def stop(self) -> None:
         self._stopping.set()
