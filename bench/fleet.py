@@ -197,7 +197,21 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
                         )
                     )
                 ]  # fmt: skip
+                fell_back = db.scalar(
+                    select(func.count()).where(
+                        CommandRecord.channel != "queue",
+                        CommandRecord.task_id.in_(
+                            select(SessionTask.id).where(SessionTask.session_id == session_id)
+                        ),
+                    )
+                )
             grown = db_bytes(ctx) - size_before
+            rows.append(
+                (
+                    f"{label}: day {day} commands that took the fallback channel (stale heartbeat)",
+                    f"{fell_back}",
+                )
+            )
             rows.append((f"{label}: day {day} job over {count} ({args.parallel} parallel): state", f"{state}"
                          + ("" if state == "success" else f" ({reason[:80]})")))  # fmt: skip
             rows.append((f"{label}: day {day} job wall time / machines per second",

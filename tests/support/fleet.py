@@ -204,12 +204,19 @@ class SimulatedFleet:
                 self._stopping.wait(idle_seconds)
 
     def _beat(self, interval: float) -> None:
+        """Agent ``n`` beats at ``start + n * gap + k * interval``; when this thread falls behind
+        (the process is short of CPU) it catches up back to back instead of drifting late."""
         gap = interval / max(1, len(self.agents))
+        due = time.monotonic()
         while not self._stopping.is_set():
             for agent in self.agents:
-                if self._stopping.wait(gap):
+                ahead = due - time.monotonic()
+                if ahead > 0 and self._stopping.wait(ahead):
+                    return
+                if self._stopping.is_set():
                     return
                 self._report(agent, "heartbeat", HEARTBEAT, None)
+                due += gap
 
     def stop(self) -> None:
         self._stopping.set()
