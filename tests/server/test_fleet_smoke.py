@@ -92,9 +92,8 @@ def test_a_hundred_agents_heartbeat_then_back_up_through_one_job(ctx: ServerCont
         session = db.get(JobSession, session_id)
         assert session is not None
         assert (session.state, session.reason) == ("success", f"{AGENTS} machine(s) backed up")
-        kinds = dict(
-            db.execute(select(CommandRecord.kind, func.count()).group_by(CommandRecord.kind)).tuples().all()
-        )
+        grouped = db.execute(select(CommandRecord.kind, func.count()).group_by(CommandRecord.kind))
+        kinds = {kind: int(n) for kind, n in grouped}
         # every command went through the agents' queues and was answered
         assert db.scalar(select(func.count()).where(CommandRecord.channel != "queue")) == 0
         assert db.scalar(select(func.count()).where(CommandRecord.state != "done")) == 0
