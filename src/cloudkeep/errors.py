@@ -39,6 +39,10 @@ class UnreachableError(CloudkeepError):
     """A peer (storage endpoint, cloud API, queue) cannot be reached after retries."""
 
 
+class ThrottledError(UnreachableError):
+    """A cloud API refused a call for its rate limit (after the SDK's own retries): slow down."""
+
+
 class IntegrityError(CloudkeepError):
     """Data read back does not match what was written (corruption, tampering, wrong key)."""
 

@@ -29,6 +29,14 @@ class CredentialField:
 
 
 @dataclass(frozen=True)
+class ApiRate:
+    """A cloud API's token bucket as published: ``burst`` calls at once, refilled ``per_second``."""
+
+    burst: int
+    per_second: float
+
+
+@dataclass(frozen=True)
 class ProviderFacts:
     """A cloud's answers to the questions the server, the machine side and the CLI ask about it."""
 
@@ -42,6 +50,11 @@ class ProviderFacts:
     # The longest a machine's receive should wait, where polls are cheap and latency matters.
     machine_queue_wait_cap: float | None = None
     credential_fields: tuple[CredentialField, ...] = ()
+    # The control-plane API's published rate limits ("read" / "write" calls) that rescan and
+    # deployment pace themselves to, per ``api_rate_scope``: "region" (one bucket per account and
+    # region, as EC2/SSM count) or "account" (one per credential, as Azure counts per subscription).
+    api_rates: tuple[tuple[str, ApiRate], ...] = ()
+    api_rate_scope: str = "account"
 
     def field(self, key: str) -> CredentialField | None:
         return next((f for f in self.credential_fields if f.key == key), None)

@@ -19,7 +19,7 @@ from datetime import UTC
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, ProtocolError
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
@@ -46,6 +46,22 @@ def server_queue_name(server_id: str) -> str:
     return f"ck-{server_id}-server"
 
 
+# Built once: at fleet scale (hundreds of heartbeats a second) building these expressions for every
+# message cost more CPU than running them.
+_KEY_OF_MACHINE = select(DiscoveredMachine.agent_public_key).where(
+    DiscoveredMachine.id == bindparam("machine_id")
+)
+_LAST = DiscoveredMachine.last_heartbeat_at
+_HEARTBEAT = (
+    update(DiscoveredMachine)
+    .where(DiscoveredMachine.id == bindparam("machine_id"), or_(_LAST.is_(None), bindparam("sent") > _LAST))
+    .values(
+        last_heartbeat_at=bindparam("sent"), last_seen_at=bindparam("now"), agent_version=bindparam("version")
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
 class MachineKeys:
     """Machine signing keys from ``DiscoveredMachine.agent_public_key``, cached briefly."""
 
@@ -61,9 +77,7 @@ class MachineKeys:
         if hit is not None and now - hit[0] < KEY_CACHE_SECONDS:
             return hit[1]
         with self.ctx.db() as session:
-            stored = session.scalar(
-                select(DiscoveredMachine.agent_public_key).where(DiscoveredMachine.id == machine_id)
-            )
+            stored = session.scalar(_KEY_OF_MACHINE, {"machine_id": machine_id})
         key = None
         if stored:
             try:
@@ -104,6 +118,36 @@ class _SeenHeartbeats:
 _HEARTBEATS = _SeenHeartbeats()
 
 
+class ResultSignals:
+    """Wakes whoever waits on a command in this process as soon as its result is committed here.
+
+    Without it every waiting task polls its ``CommandRecord``: at fleet scale (hundreds of tasks
+    waiting at once) that polling was most of the database's reads and added up to a poll
+    interval to every round trip. Results applied by another process are still seen by polling.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, command_id: str) -> threading.Event:
+        with self._lock:
+            return self._waiting.setdefault(command_id, threading.Event())
+
+    def forget(self, command_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(command_id, None)
+
+    def notify(self, command_id: str) -> None:
+        with self._lock:
+            event = self._waiting.get(command_id)
+        if event is not None:
+            event.set()
+
+
+RESULTS = ResultSignals()
+
+
 def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
     """Apply a verified machine message; returns what happened (``applied``, ``duplicate``, …)."""
     body = envelope.parsed_body()
@@ -121,9 +165,12 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
             raise Impersonation(
                 f"machine {envelope.sender} reported on command {body.command_id} of machine {owner}"
             )
-        if isinstance(body, Result):
-            return _apply_result(session, body)
-        return _apply_progress(session, envelope, body)
+        if not isinstance(body, Result):
+            return _apply_progress(session, envelope, body)
+        outcome = _apply_result(session, body)
+    if outcome == "applied":  # committed: a waiter woken now reads the result
+        RESULTS.notify(body.command_id)
+    return outcome
 
 
 def _apply_result(session: Any, body: Result) -> str:
@@ -175,13 +222,9 @@ def _apply_heartbeat(ctx: ServerContext, envelope: Envelope, body: Heartbeat) ->
     # The signed send time is what counts (capped at now): a heartbeat read late, after it waited
     # on the queue, says when the machine was alive, not when someone got round to reading it.
     sent = min(envelope.issued_at, now)
-    last = DiscoveredMachine.last_heartbeat_at
+    values = {"machine_id": envelope.sender, "sent": sent, "now": now, "version": body.version}
     with ctx.db() as session:
-        session.execute(
-            update(DiscoveredMachine)
-            .where(DiscoveredMachine.id == envelope.sender, or_(last.is_(None), last < sent))
-            .values(last_heartbeat_at=sent, last_seen_at=now, agent_version=body.version)
-        )
+        session.connection().execute(_HEARTBEAT, values)
     return "applied"
 
 

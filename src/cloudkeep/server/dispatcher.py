@@ -30,6 +30,7 @@ from cloudkeep.providers.base import CloudProvider, Machine, Platform, Queue
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.consumer import (
     OPEN_STATES,
+    RESULTS,
     MachineKeys,
     ServerQueueConsumer,
     apply_report,
@@ -276,10 +277,29 @@ class Dispatcher:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         poll: float = 0.2,
     ) -> dict[str, Any]:
-        """Block until the result is applied; its payload, or ``CommandFailed`` / ``CommandTimeout``."""
+        """Block until the result is applied; its payload, or ``CommandFailed`` / ``CommandTimeout``.
+
+        A result this process applies wakes the wait at once (``consumer.RESULTS``); one applied by
+        another process is seen by polling, quickly at first, then every ``poll`` seconds.
+        """
+        woken = RESULTS.watch(command_id)
+        try:
+            return self._wait(command_id, woken, timeout=timeout, on_progress=on_progress, poll=poll)
+        finally:
+            RESULTS.forget(command_id)
+
+    def _wait(
+        self,
+        command_id: str,
+        woken: threading.Event,
+        *,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        poll: float,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last_progress: Any = None
-        delay = min(0.01, poll)  # quick answers are seen quickly; long tasks are polled at ``poll``
+        delay = min(0.05, poll)
         while True:
             with self.ctx.db() as session:
                 record = session.get(CommandRecord, command_id)
@@ -306,7 +326,8 @@ class Dispatcher:
                     f"no result for {kind} {command_id} on machine {machine} within {timeout:.0f}s",
                     hint="check the machine's services (`cloudkeep machine show`) and the server consumers",
                 )
-            time.sleep(delay)
+            if woken.wait(min(delay, max(0.0, deadline - time.monotonic()))):
+                woken.clear()  # read the record now; never spin on a stale wake-up
             delay = min(delay * 2, poll)
 
     def call(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from cloudkeep.errors import AuthenticationError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import AuthenticationError, PermissionDeniedError, ThrottledError, UnreachableError
 from cloudkeep.providers import InventoryScope, get_provider
 from tests.providers.aws.conftest import KEYS
 from tests.support.fault_proxy import FaultProxy
@@ -43,7 +43,8 @@ def test_throttling_and_5xx_are_retried(proxy: FaultProxy) -> None:
 def test_persistent_throttling_gives_an_actionable_error(proxy: FaultProxy) -> None:
     provider = get_provider("aws", KEYS, {"endpoint_url": proxy.endpoint, "max_attempts": 2})
     proxy.fail_next(10, status=400, body=THROTTLED, headers={"Content-Type": "text/xml"})
-    with pytest.raises(UnreachableError, match="throttling ec2:DescribeInstances") as raised:
+    # typed, so rescan's pacing backs off (server/rescan/pacing.py); still an UnreachableError
+    with pytest.raises(ThrottledError, match="throttling ec2:DescribeInstances") as raised:
         list(provider.inventory.list_machines(InventoryScope()))
     assert "concurrency" in str(raised.value)
     assert proxy.injected == 3  # the first try and max_attempts retries, then give up

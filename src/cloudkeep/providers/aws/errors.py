@@ -33,6 +33,7 @@ from cloudkeep.errors import (
     NotFoundError,
     NotSupportedError,
     PermissionDeniedError,
+    ThrottledError,
     UnreachableError,
 )
 from cloudkeep.storage.base import ObjectExistsError, ObjectNotFoundError
@@ -114,7 +115,7 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
                 hint="grant this action to the cloud credential's IAM user/role (see docs/permissions.md)",
             ) from error
         if code in _THROTTLE_CODES:
-            raise UnreachableError(
+            raise ThrottledError(
                 f"AWS kept throttling {action}{where} after retries ({code})",
                 hint="reduce rescan concurrency or retry later",
             ) from error

@@ -29,6 +29,7 @@ from cloudkeep.errors import (
     CloudkeepError,
     NotFoundError,
     PermissionDeniedError,
+    ThrottledError,
     UnreachableError,
 )
 from cloudkeep.storage.base import ObjectExistsError, ObjectLockedError, ObjectNotFoundError
@@ -53,7 +54,7 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
                 hint="assign a role with this action to the service principal (see docs/permissions.md)",
             ) from error
         if status == 429 or status >= 500:
-            raise UnreachableError(
+            raise (ThrottledError if status == 429 else UnreachableError)(
                 f"Azure kept failing {action}{where} after retries (HTTP {status})",
                 hint="Azure Resource Manager throttles bursts; reduce rescan concurrency or retry later",
             ) from error

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 
@@ -25,9 +25,11 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
 from cloudkeep.server.rescan import prerequisites, scripts
 from cloudkeep.server.rescan.bundles import PublishedBundle
+from cloudkeep.server.rescan.pacing import ApiPacer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 STEPS = ("probe", "ownership", "prerequisites", "queues", "upload", "install", "confirm")
 OWNER_TAG = "cloudkeep:server"
 PROBE_TIMEOUT = 120.0
@@ -71,6 +73,11 @@ class RescanEnvironment:
     heartbeat_seconds: float = 30.0
     deploy: bool = True  # False: discovery and checks only (probe, ownership, prerequisites)
     install_python: bool = False  # the group lets the installer add Python with the OS package manager
+    pacer: ApiPacer | None = None  # the cloud API's rate limits (None: not paced)
+
+    def paced(self, kind: str, machine: Machine, action: Callable[[], T]) -> T:
+        """Run one cloud API call (``kind`` "read"/"write") within the account's published limits."""
+        return action() if self.pacer is None else self.pacer.call(kind, machine.region, action)
 
 
 class MachineDeployment:
@@ -206,14 +213,16 @@ class MachineDeployment:
             )
         try:
             # Asked before probing: the probe itself may need the capacity (Azure's run-command slots).
-            self.capacity = self.env.provider.commands.command_capacity(machine)
+            commands = self.env.provider.commands
+            self.capacity = self.env.paced("read", machine, lambda: commands.command_capacity(machine))
         except CloudkeepError as exc:
             raise StepStop("failed", f"cannot list the machine's managed run commands: {exc}") from exc
         if self.capacity is not None and self.capacity.refusal:
             return f"skipped: not run, {self.capacity.refusal}"
         try:
-            result = self.env.provider.commands.run(
-                machine, scripts.probe_script(machine.platform), timeout=PROBE_TIMEOUT
+            asked = scripts.probe_script(machine.platform)
+            result = self.env.paced(
+                "write", machine, lambda: commands.run(machine, asked, timeout=PROBE_TIMEOUT)
             )
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel cannot reach the machine: {exc}") from exc
@@ -296,7 +305,10 @@ class MachineDeployment:
         ctx, provider = self.env.ctx, self.env.provider
         owner = next((v for k, v in self.machine.tags.items() if k.lower() == OWNER_TAG), None)
         if owner != ctx.server_id:
-            provider.inventory.set_tag(self.machine.id, OWNER_TAG, ctx.server_id)
+            machine_id, server_id = self.machine.id, ctx.server_id
+            self.env.paced(
+                "write", self.machine, lambda: provider.inventory.set_tag(machine_id, OWNER_TAG, server_id)
+            )
         self.env.ensure_server_queue()
         name = agent_queue_name(ctx.server_id, self.row_id)
         provider.queues.ensure_queue(name)
@@ -348,7 +360,10 @@ class MachineDeployment:
             )  # fmt: skip
         self._status("installing")
         try:
-            result = provider.commands.run(self.machine, script, timeout=INSTALL_TIMEOUT)
+            machine = self.machine
+            result = self.env.paced(
+                "write", machine, lambda: provider.commands.run(machine, script, timeout=INSTALL_TIMEOUT)
+            )
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel failed during install: {exc}") from exc
         outcome = scripts.read_install(result.exit_code, result.stdout, result.stderr)
@@ -375,8 +390,10 @@ class MachineDeployment:
         """
         started_at = utcnow()
         try:
-            result = self.env.provider.commands.run(
-                self.machine, scripts.start_script(self.machine.platform), timeout=INSTALL_TIMEOUT
+            start = scripts.start_script(self.machine.platform)
+            commands = self.env.provider.commands
+            result = self.env.paced(
+                "write", self.machine, lambda: commands.run(self.machine, start, timeout=INSTALL_TIMEOUT)
             )
         except CloudkeepError as exc:
             raise StepStop(

@@ -37,6 +37,7 @@ from cloudkeep.server.rescan.deploy import (
     agent_queue_name,
     server_queue_name,
 )
+from cloudkeep.server.rescan.pacing import pacer_for
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class RescanRunner:
             publish_bundle=lambda: self._publish(provider, location, manifest, folder),
             discard_archive=lambda platform: self._discard(provider, platform),
             confirm=confirm,
-            heartbeat_fresh=heartbeat_fresh,
+            heartbeat_fresh=heartbeat_fresh, pacer=pacer_for(group.credential_id, provider.facts),
         )  # fmt: skip
         workers = max(1, min(self.ctx.settings.rescan_concurrency, len(targets) or 1))
         with ThreadPoolExecutor(

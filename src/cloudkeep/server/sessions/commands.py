@@ -198,6 +198,7 @@ def await_result(
     deadline = monotonic_time.monotonic() + timeout
     refresh_at = monotonic_time.monotonic() + hooks.refresh_every
     grace_end: float | None = None
+    looked_again = False
     while True:
         if grace_end is None and hooks.stop_requested():
             if hooks.cancel is None:
@@ -215,6 +216,9 @@ def await_result(
             running = hooks.still_running() if hooks.still_running else isinstance(exc, TimeoutError)
             if running and monotonic_time.monotonic() < deadline:
                 continue  # only this slice ran out
+            if isinstance(exc, TimeoutError) and hooks.still_running is not None and not looked_again:
+                looked_again = True  # the result landed just as the slice ran out: read it once more
+                continue
             if running:
                 if isinstance(exc, TimeoutError):
                     raise

@@ -1,0 +1,288 @@
+"""Benchmark: one server's control plane under a simulated fleet (issue 18).
+
+The server side is real — ServerContext on SQLite or PostgreSQL (``--postgres`` starts the test
+peer), the provider's queues (local SQLite queue, or SQS on a moto server with ``--sqs``), the
+dispatcher, the server-queue consumers, the session runner writing the catalog and planning
+retention. The agents are ``tests/support/fleet.py``: N in-process agents with their own keys
+that speak the signed protocol but read no files. Per fleet size it reports:
+
+* heartbeats: one signed heartbeat per agent, time until all are applied (→ the shortest
+  heartbeat interval this server sustains for that fleet);
+* ``--days`` daily runs of one backup job over every machine (dispatch → results → catalog →
+  retention with keep_last 1, so from day 2 each machine also gets a ``retention`` command):
+  wall time, machines per second, p50 / p99 command round trip (sent → result applied, from the
+  catalog), DB size and its growth per day;
+* list / browse latency (machines, restore points, sessions, one session's detail) measured from
+  a thread while the job runs;
+* process CPU (user + system) and peak RSS — of the whole process, simulator included.
+
+    .venv/bin/python bench/fleet.py --machines 200,1000 --days 2
+    .venv/bin/python bench/fleet.py --machines 1000 --postgres --parallel 64
+    .venv/bin/python bench/fleet.py --machines 100 --sqs
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from sqlalchemy import func, select, text  # noqa: E402
+from tests.server.jobs_fakes import build_world, fresh_postgres_url, make_context  # noqa: E402
+from tests.support.fleet import SimulatedFleet, wait_until  # noqa: E402
+from tests.support.peers import MotoServer, Postgres  # noqa: E402
+
+from cloudkeep.server.consumer import server_queue_name  # noqa: E402
+from cloudkeep.server.context import ServerContext  # noqa: E402
+from cloudkeep.server.db.models import (  # noqa: E402
+    CommandRecord,
+    Credential,
+    DiscoveredMachine,
+    JobSession,
+    ProtectionGroup,
+    SessionTask,
+)
+from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers, stop_consumers  # noqa: E402
+from cloudkeep.server.jobs import start_job  # noqa: E402
+from cloudkeep.server.services import machines, restore_points, sessions  # noqa: E402
+
+KEYS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def db_bytes(ctx: ServerContext) -> int:
+    url = ctx.settings.effective_database_url
+    with ctx.engine.connect() as conn:
+        if url.startswith("sqlite"):
+            pages = conn.execute(text("PRAGMA page_count")).scalar() or 0
+            size = conn.execute(text("PRAGMA page_size")).scalar() or 0
+            return int(pages) * int(size)
+        return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar() or 0)
+
+
+class ApiProbe:
+    """Times the list / browse service calls (what the REST routes call) from a side thread."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.samples: dict[str, list[float]] = {}
+        self.session_id: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ck-bench-api", daemon=True)
+
+    def _time(self, name: str, call: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        call()
+        self.samples.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._time("list machines (page of 100)", lambda: machines.list_machines(self.ctx, limit=100))
+            self._time("list machines (page 50 of 100)",
+                       lambda: machines.list_machines(self.ctx, limit=100, offset=5000))  # fmt: skip
+            self._time("list restore points (page of 100)",
+                       lambda: restore_points.list_restore_points(self.ctx, limit=100))  # fmt: skip
+            self._time("list sessions", lambda: sessions.list_sessions(self.ctx, limit=100))
+            if self.session_id:
+                self._time("session detail (all its tasks)", self._session_detail)
+
+    def _session_detail(self) -> None:
+        assert self.session_id is not None
+        sessions.get_session(self.ctx, self.session_id)
+
+    def start(self) -> ApiProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+
+class Table(list[tuple[str, str]]):
+    def append(self, row: tuple[str, str]) -> None:
+        if not self:
+            print(f"{'measure':<78}  value\n{'-' * 78}  {'-' * 30}", flush=True)
+        super().append(row)
+        print(f"{row[0]:<78}  {row[1]}", flush=True)
+
+
+def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Namespace, rows: Table,
+              label: str, options: dict[str, Any] | None) -> None:  # fmt: skip
+    world = build_world(ctx, folder / "lab", machines=0)
+    if options is not None:  # SQS on moto: the world's credential becomes an AWS one
+        with ctx.db() as db:
+            group = db.get(ProtectionGroup, world.group_id)
+            assert group is not None
+            credential = db.get(Credential, group.credential_id)
+            assert credential is not None
+            credential.provider, credential.options = "aws", options
+            credential.secret = ctx.secrets.seal(KEYS)
+    with ctx.db() as db:
+        group = db.get(ProtectionGroup, world.group_id)
+        assert group is not None
+        provider = ctx.provider_for(group.credential_id)
+    provider.queues.ensure_queue(server_queue_name(ctx.server_id))
+    started = time.perf_counter()
+    fleet = SimulatedFleet.register(ctx, provider, world.group_id, count)
+    rows.append(
+        (f"{label}: register {count} machines + agent queues", f"{time.perf_counter() - started:.1f} s")
+    )
+    # Heartbeats wait on the queue first, so the drain measures the server alone (not the simulator).
+    started = time.perf_counter()
+    fleet.heartbeat_all()
+    sent = time.perf_counter() - started
+    cpu, started = cpu_seconds(), time.perf_counter()
+    ensure_consumers(ctx, workers=args.workers)
+
+    def beating() -> bool:
+        with ctx.db() as db:
+            stmt = select(func.count()).where(DiscoveredMachine.last_heartbeat_at.is_not(None))
+            return db.scalar(stmt) == count
+
+    wait_until(beating, timeout=3600, what="heartbeats applied", poll=0.2)
+    took = time.perf_counter() - started
+    used = cpu_seconds() - cpu
+    drained = f"{took:.1f} s = {count / took:.0f}/s, {1000 * used / count:.1f} ms CPU each"
+    rows.append(
+        (f"{label}: {count} heartbeats: simulator sends / server drains", f"{sent:.0f} s / {drained}")
+    )
+
+    job_id = world.add_job(retention={"keep_last": 1},
+                           options={"parallel_machines": args.parallel, "poll_slice_seconds": 2})  # fmt: skip
+    fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
+    try:
+        for day in range(1, args.days + 1):
+            size_before = db_bytes(ctx)
+            probe = ApiProbe(ctx).start()
+            cpu, started = cpu_seconds(), time.perf_counter()
+            session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
+            probe.session_id = session_id
+            wait_until(
+                lambda sid=session_id: _ended(ctx, sid), timeout=24 * 3600, what="the daily job", poll=0.5
+            )
+            wall, used = time.perf_counter() - started, cpu_seconds() - cpu
+            probe.stop()
+            with ctx.db() as db:
+                session = db.get(JobSession, session_id)
+                assert session is not None
+                state, reason = session.state, session.reason
+                trips = [
+                    (done - sent_at).total_seconds() * 1000
+                    for done, sent_at in db.execute(
+                        select(CommandRecord.completed_at, CommandRecord.sent_at).where(
+                            CommandRecord.kind == "backup", CommandRecord.completed_at.is_not(None),
+                            CommandRecord.task_id.in_(
+                                select(SessionTask.id).where(SessionTask.session_id == session_id)
+                            ),
+                        )
+                    )
+                ]  # fmt: skip
+                fell_back = db.scalar(
+                    select(func.count()).where(
+                        CommandRecord.channel != "queue",
+                        CommandRecord.task_id.in_(
+                            select(SessionTask.id).where(SessionTask.session_id == session_id)
+                        ),
+                    )
+                )
+            grown = db_bytes(ctx) - size_before
+            rows.append(
+                (
+                    f"{label}: day {day} commands that took the fallback channel (stale heartbeat)",
+                    f"{fell_back}",
+                )
+            )
+            rows.append((f"{label}: day {day} job over {count} ({args.parallel} parallel): state", f"{state}"
+                         + ("" if state == "success" else f" ({reason[:80]})")))  # fmt: skip
+            rows.append((f"{label}: day {day} job wall time / machines per second",
+                         f"{wall:.1f} s / {count / wall:.1f}"))  # fmt: skip
+            rows.append((f"{label}: day {day} backup round trip p50 / p99 (ms)",
+                         f"{percentile(trips, 0.5):.0f} / {percentile(trips, 0.99):.0f}"))  # fmt: skip
+            rows.append((f"{label}: day {day} process CPU during the job (server + simulator)",
+                         f"{used:.1f} s ({100 * used / wall:.0f} % of one core)"))  # fmt: skip
+            rows.append((f"{label}: day {day} DB growth (total)",
+                         f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
+                         f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
+            for name, samples in probe.samples.items():
+                rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
+                             f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
+    finally:
+        fleet.stop()
+        stop_consumers()
+        provider.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append((f"{label}: peak RSS of the process so far", f"{rss:.0f} MiB"))
+
+
+def _ended(ctx: ServerContext, session_id: str) -> bool:
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        return session is not None and session.ended_at is not None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--machines", default="200,1000", help="comma-separated fleet sizes")
+    parser.add_argument("--days", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=64, help="the job's parallel_machines")
+    parser.add_argument("--heartbeat-seconds", type=float, default=30.0, help="each agent's (as deployed)")
+    parser.add_argument("--workers", type=int, default=4, help="server-queue consumer threads")
+    parser.add_argument("--agent-threads", type=int, default=4, help="threads sweeping the agents' queues")
+    parser.add_argument(
+        "--postgres", action="store_true", help="PostgreSQL (the test peer) instead of SQLite"
+    )
+    parser.add_argument("--sqs", action="store_true", help="queues on SQS (a moto server) instead of local")
+    args = parser.parse_args()
+    rows = Table()
+    pg = Postgres.start() if args.postgres else None
+    moto = MotoServer.start() if args.sqs else None
+    try:
+        for count in [int(n) for n in args.machines.split(",")]:
+            with tempfile.TemporaryDirectory(prefix="ck-fleet-") as tmp:
+                folder = Path(tmp)
+                url = fresh_postgres_url(pg) if pg else None
+                ctx = make_context(folder, url)
+                options = None
+                if moto is not None:
+                    options = {
+                        "endpoint_url": moto.endpoint,
+                        "region": "us-east-1",
+                        "machine_credentials": KEYS,
+                    }
+                label = f"{'pg' if pg else 'sqlite'}+{'sqs' if moto else 'local'}"
+                try:
+                    run_fleet(ctx, folder, count, args, rows, label, options)
+                finally:
+                    ctx.close()
+    finally:
+        if pg is not None:
+            pg.stop()
+        if moto is not None:
+            moto.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The fleet simulator keeps working: 100 simulated agents through one real backup job (≤ 20 s).
+
+Real server side (SQLite context, local queue provider, dispatcher, consumers, session runner,
+catalog, retention planning); the agents are ``tests/support/fleet.py``'s in-process stand-ins
+that speak the signed protocol but read no files (see that module's docstring).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from tests.server.jobs_fakes import World, build_world, make_context
+from tests.support.fleet import SimulatedFleet, wait_until
+
+from cloudkeep.server.consumer import server_queue_name
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import (
+    CommandRecord,
+    DiscoveredMachine,
+    JobSession,
+    ProtectionGroup,
+    RestorePoint,
+)
+from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers, stop_consumers
+from cloudkeep.server.jobs import start_job
+
+AGENTS = 100  # ~60 ms of server + simulator CPU each: the test stays well under 20 s
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[ServerContext]:
+    context = make_context(tmp_path)
+    yield context
+    stop_consumers()
+    context.close()
+
+
+def _fleet(ctx: ServerContext, world: World) -> SimulatedFleet:
+    with ctx.db() as db:
+        group = db.get(ProtectionGroup, world.group_id)
+        assert group is not None
+        credential_id = group.credential_id
+    provider = ctx.provider_for(credential_id)
+    provider.queues.ensure_queue(server_queue_name(ctx.server_id))
+    return SimulatedFleet.register(ctx, provider, world.group_id, AGENTS)
+
+
+def _yesterdays_points(ctx: ServerContext, world: World, job_id: str, fleet: SimulatedFleet) -> None:
+    """One restore point per machine from the day before, which ``keep_last 1`` then retires."""
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    with ctx.db() as db:
+        db.add_all(
+            RestorePoint(
+                repository_id=world.repository_id,
+                machine_id=agent.machine_id,
+                job_id=job_id,
+                snapshot_id=uuid.uuid4().hex * 2,
+                mode="file",
+                created_at=yesterday,
+            )
+            for agent in fleet
+        )
+
+
+def test_a_hundred_agents_heartbeat_then_back_up_through_one_job(ctx: ServerContext, tmp_path: Path) -> None:
+    world = build_world(ctx, tmp_path / "lab", machines=0)
+    fleet = _fleet(ctx, world)
+    ensure_consumers(ctx, workers=2)
+    fleet.heartbeat_all()
+
+    def beating() -> bool:
+        stmt = select(func.count()).where(DiscoveredMachine.last_heartbeat_at.is_not(None))
+        with ctx.db() as db:
+            return db.scalar(stmt) == AGENTS
+
+    wait_until(beating, timeout=15, what="every agent's heartbeat applied")
+    job_id = world.add_job(
+        retention={"keep_last": 1}, options={"parallel_machines": 32, "poll_slice_seconds": 1}
+    )
+    _yesterdays_points(ctx, world, job_id, fleet)
+    fleet.start(threads=2, idle_seconds=0.02)
+    try:
+        session_id = start_job(ctx, job_id, wait=True, dispatcher=Dispatcher(ctx))
+    finally:
+        fleet.stop()
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        assert session is not None
+        assert (session.state, session.reason) == ("success", f"{AGENTS} machine(s) backed up")
+        grouped = db.execute(select(CommandRecord.kind, func.count()).group_by(CommandRecord.kind))
+        kinds = {kind: int(n) for kind, n in grouped}
+        # every command went through the agents' queues and was answered
+        assert db.scalar(select(func.count()).where(CommandRecord.channel != "queue")) == 0
+        assert db.scalar(select(func.count()).where(CommandRecord.state != "done")) == 0
+        live = db.scalar(select(func.count()).where(RestorePoint.removed_at.is_(None)))
+        total = db.scalar(select(func.count()).select_from(RestorePoint))
+    # one backup per machine, then keep_last 1 had each agent forget yesterday's point
+    assert kinds == {"backup": AGENTS, "retention": AGENTS}
+    assert fleet.counts.by_kind == kinds and fleet.counts.rejected == 0
+    assert (total, live) == (2 * AGENTS, AGENTS)
+    assert all(agent.backups == 1 for agent in fleet)
