@@ -8,6 +8,7 @@ mutation, full restore, repository size; once on a local folder and once on S3 (
 started here). Borg only has a local mode.
 
     python bench/engine_vs_restic.py --size 100      # MiB; default 1024
+    python bench/engine_vs_restic.py --corpus usr --size 640   # a real tree (bench/corpora.py)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+import corpora
 
 PASSWORD = "bench-password"
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,13 +280,21 @@ class Borg(Tool):
 
 
 def measure(
-    tool: Tool, backend: str, source: Path, work: Path, seed: int, size_of: Callable[[], int]
+    tool: Tool,
+    backend: str,
+    source: Path,
+    work: Path,
+    seed: int,
+    size_of: Callable[[], int],
+    corpus: str = "synthetic",
 ) -> Results:
     res = Results(tool.name, backend)
     tool.init()
     res.steps["first backup"] = run(tool.backup(), tool.env)
     res.steps["no-change rerun"] = run(tool.backup(), tool.env)
-    res.steps["incremental"] = run(tool.backup(), tool.env) if _mutated(source, seed) else Measure(0, 0)
+    res.steps["incremental"] = (
+        run(tool.backup(), tool.env) if _mutated(source, seed, corpus) else Measure(0, 0)
+    )
     target = work / f"restore-{tool.name}-{backend}"
     res.steps["full restore"] = run(
         tool.restore(target), tool.env, cwd=target if isinstance(tool, Borg) else None
@@ -293,9 +305,12 @@ def measure(
     return res
 
 
-def _mutated(source: Path, seed: int) -> bool:
+def _mutated(source: Path, seed: int, corpus: str = "synthetic") -> bool:
     """Apply the day-2 mutation (the source is regenerated per tool, so each sees the same days)."""
-    mutate(source, seed)
+    if corpus == "synthetic":
+        mutate(source, seed)
+    else:
+        corpora.mutate(source, seed)
     return True
 
 
@@ -392,6 +407,13 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=1024, help="machine size in MiB (default 1024)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--corpus",
+        choices=corpora.CORPORA,
+        default="synthetic",
+        help="generated machine, or a real tree copied from this machine (bench/corpora.py)",
+    )
+    parser.add_argument("--db", type=int, default=128, help="MiB of database-like file in real corpora")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
     parser.add_argument("--no-borg", action="store_true")
@@ -433,13 +455,16 @@ def main() -> None:
                 source = work / "machine"
                 shutil.rmtree(source, ignore_errors=True)
                 t = time.monotonic()
-                generate(source, args.size, args.seed)  # identical day-1 data for every tool
+                if args.corpus == "synthetic":
+                    generate(source, args.size, args.seed)  # identical day-1 data for every tool
+                else:
+                    corpora.build(args.corpus, source, args.size, args.seed, args.db)
                 print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
                 run_dir = work / f"run{n}"
                 run_dir.mkdir(exist_ok=True)
                 tool, size_of = factory(source, run_dir, n)
                 _drop_caches_hint()
-                res = measure(tool, backend, source, run_dir, args.seed, size_of)
+                res = measure(tool, backend, source, run_dir, args.seed, size_of, args.corpus)
                 results.append(res)
                 print(_row(res), flush=True)
             shutil.rmtree(work / f"run{n}", ignore_errors=True)  # ~0.8 GiB per tool and backend
@@ -447,7 +472,7 @@ def main() -> None:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-    report(medians(results), args.size, args.repeat)
+    report(medians(results), args.size, args.repeat, args.corpus)
     (work / "results.json").write_text(json.dumps([_as_json(r) for r in results], indent=2))
     print(f"results: {work / 'results.json'}")
 
@@ -524,9 +549,9 @@ def _as_json(r: Results) -> dict[str, object]:
     }
 
 
-def report(results: list[Results], size: int, repeat: int = 1) -> None:
+def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "synthetic") -> None:
     runs = f", medians of {repeat} interleaved runs" if repeat > 1 else ""
-    print(f"\n== {size} MiB machine{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better) ==")
+    print(f"\n== {corpus} corpus, {size} MiB{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better)")
     for backend in ("local", "s3"):
         ck = next((r for r in results if r.tool == "cloudkeep" and r.backend == backend), None)
         if ck is None:
