@@ -457,8 +457,11 @@ def main() -> None:
                 t = time.monotonic()
                 if args.corpus == "synthetic":
                     generate(source, args.size, args.seed)  # identical day-1 data for every tool
-                else:
-                    corpora.build(args.corpus, source, args.size, args.seed, args.db)
+                else:  # built once, copied for each tool (times kept: identical day 1)
+                    pristine = work / f"pristine-{args.corpus}"
+                    if not pristine.exists():
+                        corpora.build(args.corpus, pristine, args.size, args.seed, args.db)
+                    shutil.copytree(pristine, source, symlinks=True)
                 print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
                 run_dir = work / f"run{n}"
                 run_dir.mkdir(exist_ok=True)
