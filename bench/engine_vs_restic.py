@@ -154,6 +154,9 @@ def mutate(root: Path, seed: int, fraction: float = 0.02) -> int:
 class Measure:
     seconds: float
     max_rss_mib: float
+    # user + system CPU seconds: on a loaded shared machine wall time stretches with everyone
+    # else's work, CPU time much less so
+    cpu: float = 0.0
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
@@ -166,7 +169,9 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         timed = (
-            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv] if os.path.exists("/usr/bin/time") else argv
+            ["/usr/bin/time", "-f", "%U %S\n%M", "-o", rss.name, *argv]
+            if os.path.exists("/usr/bin/time")
+            else argv
         )
         start = time.monotonic()
         proc = subprocess.run(timed, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -177,7 +182,8 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
             )
         text = rss.read().strip().splitlines()
         max_rss_kib = int(text[-1]) if text and text[-1].isdigit() else 0
-    return Measure(elapsed, max_rss_kib / 1024)
+        cpu = sum(float(t) for t in text[-2].split()) if len(text) >= 2 else 0.0
+    return Measure(elapsed, max_rss_kib / 1024, cpu)
 
 
 @dataclass
@@ -489,6 +495,7 @@ def medians(results: list[Results]) -> list[Results]:
             step: Measure(
                 statistics.median(r.steps[step].seconds for r in runs),
                 statistics.median(r.steps[step].max_rss_mib for r in runs),
+                statistics.median(r.steps[step].cpu for r in runs),
             )
             for step in runs[0].steps
         }
@@ -536,7 +543,7 @@ def _drop_caches_hint() -> None:
 
 
 def _row(r: Results) -> str:
-    steps = "  ".join(f"{k}={m.seconds:.2f}s" for k, m in r.steps.items())
+    steps = "  ".join(f"{k}={m.seconds:.2f}s (cpu {m.cpu:.2f}s)" for k, m in r.steps.items())
     return (
         f"{r.tool:9} {r.backend:5} {steps}  repo={r.repo_bytes / 2**20:.1f}MiB  peakRSS={r.peak_rss:.0f}MiB"
     )
@@ -548,7 +555,10 @@ def _as_json(r: Results) -> dict[str, object]:
         "backend": r.backend,
         "repo_bytes": r.repo_bytes,
         "peak_rss_mib": r.peak_rss,
-        "steps": {k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib} for k, m in r.steps.items()},
+        "steps": {
+            k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib, "cpu_seconds": m.cpu}
+            for k, m in r.steps.items()
+        },
     }
 
 
@@ -564,9 +574,11 @@ def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "sy
             for step, m in ck.steps.items():
                 o = other.steps[step]
                 ratio = o.seconds / m.seconds if m.seconds else float("nan")
+                cpu_ratio = o.cpu / m.cpu if m.cpu else float("nan")
                 print(
                     f"   {step:16} {other.tool} {o.seconds:7.2f}s  "
-                    f"cloudkeep {m.seconds:7.2f}s  ratio {ratio:5.2f}"
+                    f"cloudkeep {m.seconds:7.2f}s  ratio {ratio:5.2f}  "
+                    f"(cpu {o.cpu:6.2f}s vs {m.cpu:6.2f}s: {cpu_ratio:5.2f})"
                 )
             print(
                 f"   {'repository size':16} {other.tool} {other.repo_bytes / 2**20:7.1f}M  cloudkeep "
