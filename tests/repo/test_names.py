@@ -271,7 +271,6 @@ def test_a_tree_deeper_than_the_recursion_limit_is_backed_up(
 
     monkeypatch.setattr(archiver_module._Archiver, "walk", walk)
     monkeypatch.setattr(archiver_module._Archiver, "file_job", file_job)
-    monkeypatch.setattr(archiver_module, "INLINE_FILE", 0)  # the job runs on a worker, not in the walk
     snap = backup_files(repo, [deep_root], hostname="h")
     assert snap.stats["errors_total"] == 0 and snap.stats["dirs"] == 1 + 1500
     assert lookup(repo, snap.id, os.fsdecode(deep_file)).xattrs == {"user.deep": b"kept"}

@@ -38,10 +38,6 @@ from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import RangeStream
 
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
-# Files this small are read and stored by the walking thread itself: handing one to a worker
-# (queue, semaphore, condition, GIL hand-offs) cost more than the work, most of a first
-# backup's kernel time on a real /usr (80 % of its files are under 4 KiB).
-INLINE_FILE = 16 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -256,10 +252,7 @@ class _Archiver:
                 self.report(path)
                 return None
             self.slots.acquire()
-            if st.st_size < INLINE_FILE:
-                self.file_job(path, name, st, node, parent, slot)
-            else:
-                self.pool.submit(self.file_job, path, name, st, node, parent, slot)
+            self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
             parent.fill(parent.reserve(), node)
         return None
