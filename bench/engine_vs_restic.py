@@ -8,6 +8,7 @@ mutation, full restore, repository size; once on a local folder and once on S3 (
 started here). Borg only has a local mode.
 
     python bench/engine_vs_restic.py --size 100      # MiB; default 1024
+    python bench/engine_vs_restic.py --corpus usr --size 640   # a real tree (bench/corpora.py)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+import corpora
 
 PASSWORD = "bench-password"
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +154,9 @@ def mutate(root: Path, seed: int, fraction: float = 0.02) -> int:
 class Measure:
     seconds: float
     max_rss_mib: float
+    # user + system CPU seconds: on a loaded shared machine wall time stretches with everyone
+    # else's work, CPU time much less so
+    cpu: float = 0.0
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
@@ -162,7 +169,9 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         timed = (
-            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv] if os.path.exists("/usr/bin/time") else argv
+            ["/usr/bin/time", "-f", "%U %S\n%M", "-o", rss.name, *argv]
+            if os.path.exists("/usr/bin/time")
+            else argv
         )
         start = time.monotonic()
         proc = subprocess.run(timed, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -173,7 +182,8 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
             )
         text = rss.read().strip().splitlines()
         max_rss_kib = int(text[-1]) if text and text[-1].isdigit() else 0
-    return Measure(elapsed, max_rss_kib / 1024)
+        cpu = sum(float(t) for t in text[-2].split()) if len(text) >= 2 else 0.0
+    return Measure(elapsed, max_rss_kib / 1024, cpu)
 
 
 @dataclass
@@ -276,13 +286,21 @@ class Borg(Tool):
 
 
 def measure(
-    tool: Tool, backend: str, source: Path, work: Path, seed: int, size_of: Callable[[], int]
+    tool: Tool,
+    backend: str,
+    source: Path,
+    work: Path,
+    seed: int,
+    size_of: Callable[[], int],
+    corpus: str = "synthetic",
 ) -> Results:
     res = Results(tool.name, backend)
     tool.init()
     res.steps["first backup"] = run(tool.backup(), tool.env)
     res.steps["no-change rerun"] = run(tool.backup(), tool.env)
-    res.steps["incremental"] = run(tool.backup(), tool.env) if _mutated(source, seed) else Measure(0, 0)
+    res.steps["incremental"] = (
+        run(tool.backup(), tool.env) if _mutated(source, seed, corpus) else Measure(0, 0)
+    )
     target = work / f"restore-{tool.name}-{backend}"
     res.steps["full restore"] = run(
         tool.restore(target), tool.env, cwd=target if isinstance(tool, Borg) else None
@@ -293,9 +311,12 @@ def measure(
     return res
 
 
-def _mutated(source: Path, seed: int) -> bool:
+def _mutated(source: Path, seed: int, corpus: str = "synthetic") -> bool:
     """Apply the day-2 mutation (the source is regenerated per tool, so each sees the same days)."""
-    mutate(source, seed)
+    if corpus == "synthetic":
+        mutate(source, seed)
+    else:
+        corpora.mutate(source, seed)
     return True
 
 
@@ -392,6 +413,13 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=1024, help="machine size in MiB (default 1024)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--corpus",
+        choices=corpora.CORPORA,
+        default="synthetic",
+        help="generated machine, or a real tree copied from this machine (bench/corpora.py)",
+    )
+    parser.add_argument("--db", type=int, default=128, help="MiB of database-like file in real corpora")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
     parser.add_argument("--no-borg", action="store_true")
@@ -433,13 +461,19 @@ def main() -> None:
                 source = work / "machine"
                 shutil.rmtree(source, ignore_errors=True)
                 t = time.monotonic()
-                generate(source, args.size, args.seed)  # identical day-1 data for every tool
+                if args.corpus == "synthetic":
+                    generate(source, args.size, args.seed)  # identical day-1 data for every tool
+                else:  # built once, copied for each tool (times kept: identical day 1)
+                    pristine = work / f"pristine-{args.corpus}"
+                    if not pristine.exists():
+                        corpora.build(args.corpus, pristine, args.size, args.seed, args.db)
+                    shutil.copytree(pristine, source, symlinks=True)
                 print(f"generated {du(source) / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s", flush=True)
                 run_dir = work / f"run{n}"
                 run_dir.mkdir(exist_ok=True)
                 tool, size_of = factory(source, run_dir, n)
                 _drop_caches_hint()
-                res = measure(tool, backend, source, run_dir, args.seed, size_of)
+                res = measure(tool, backend, source, run_dir, args.seed, size_of, args.corpus)
                 results.append(res)
                 print(_row(res), flush=True)
             shutil.rmtree(work / f"run{n}", ignore_errors=True)  # ~0.8 GiB per tool and backend
@@ -447,7 +481,7 @@ def main() -> None:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-    report(medians(results), args.size, args.repeat)
+    report(medians(results), args.size, args.repeat, args.corpus)
     (work / "results.json").write_text(json.dumps([_as_json(r) for r in results], indent=2))
     print(f"results: {work / 'results.json'}")
 
@@ -461,6 +495,7 @@ def medians(results: list[Results]) -> list[Results]:
             step: Measure(
                 statistics.median(r.steps[step].seconds for r in runs),
                 statistics.median(r.steps[step].max_rss_mib for r in runs),
+                statistics.median(r.steps[step].cpu for r in runs),
             )
             for step in runs[0].steps
         }
@@ -508,7 +543,7 @@ def _drop_caches_hint() -> None:
 
 
 def _row(r: Results) -> str:
-    steps = "  ".join(f"{k}={m.seconds:.2f}s" for k, m in r.steps.items())
+    steps = "  ".join(f"{k}={m.seconds:.2f}s (cpu {m.cpu:.2f}s)" for k, m in r.steps.items())
     return (
         f"{r.tool:9} {r.backend:5} {steps}  repo={r.repo_bytes / 2**20:.1f}MiB  peakRSS={r.peak_rss:.0f}MiB"
     )
@@ -520,13 +555,16 @@ def _as_json(r: Results) -> dict[str, object]:
         "backend": r.backend,
         "repo_bytes": r.repo_bytes,
         "peak_rss_mib": r.peak_rss,
-        "steps": {k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib} for k, m in r.steps.items()},
+        "steps": {
+            k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib, "cpu_seconds": m.cpu}
+            for k, m in r.steps.items()
+        },
     }
 
 
-def report(results: list[Results], size: int, repeat: int = 1) -> None:
+def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "synthetic") -> None:
     runs = f", medians of {repeat} interleaved runs" if repeat > 1 else ""
-    print(f"\n== {size} MiB machine{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better) ==")
+    print(f"\n== {corpus} corpus, {size} MiB{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better)")
     for backend in ("local", "s3"):
         ck = next((r for r in results if r.tool == "cloudkeep" and r.backend == backend), None)
         if ck is None:
@@ -536,9 +574,11 @@ def report(results: list[Results], size: int, repeat: int = 1) -> None:
             for step, m in ck.steps.items():
                 o = other.steps[step]
                 ratio = o.seconds / m.seconds if m.seconds else float("nan")
+                cpu_ratio = o.cpu / m.cpu if m.cpu else float("nan")
                 print(
                     f"   {step:16} {other.tool} {o.seconds:7.2f}s  "
-                    f"cloudkeep {m.seconds:7.2f}s  ratio {ratio:5.2f}"
+                    f"cloudkeep {m.seconds:7.2f}s  ratio {ratio:5.2f}  "
+                    f"(cpu {o.cpu:6.2f}s vs {m.cpu:6.2f}s: {cpu_ratio:5.2f})"
                 )
             print(
                 f"   {'repository size':16} {other.tool} {other.repo_bytes / 2**20:7.1f}M  cloudkeep "

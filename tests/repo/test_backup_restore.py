@@ -188,14 +188,14 @@ def test_unreadable_file_is_skipped_with_warning(
     """Root can read anything, so a read failure is injected (in-process: no peer can produce it)."""
     from cloudkeep.repo import archiver
 
-    real = archiver._Archiver.chunk_file
+    for method in ("chunk_file", "small_file"):  # files below the minimum chunk take the second
 
-    def failing(self, fh, path, size):  # type: ignore[no-untyped-def]
-        if path.endswith("script.sh"):
-            raise PermissionError(13, "Permission denied")
-        return real(self, fh, path, size)
+        def failing(self, fh, path, size, real=getattr(archiver._Archiver, method)):  # type: ignore[no-untyped-def]
+            if path.endswith("script.sh"):
+                raise PermissionError(13, "Permission denied")
+            return real(self, fh, path, size)
 
-    monkeypatch.setattr(archiver._Archiver, "chunk_file", failing)
+        monkeypatch.setattr(archiver._Archiver, method, failing)
     snap = backup_files(repo, [source], hostname="h")
     assert any("script.sh" in w for w in snap.stats["warnings"])
     names = {e.path for e in list_tree(repo, snap.id, str(source))}

@@ -293,8 +293,15 @@ class _Archiver:
             # Relative to the directory (open until this job fills its slot). A symlink swapped in
             # since the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
             if st.st_size:  # an empty file has nothing to read: no open
-                with open(os.open(name, _FILE_FLAGS, dir_fd=parent.fd), "rb", buffering=0) as fh:
-                    node.content, node.size = self.chunk_file(fh, path, st.st_size)
+                fd = os.open(name, _FILE_FLAGS, dir_fd=parent.fd)
+                try:
+                    if st.st_size < self.chunker.min_size:
+                        node.content, node.size = self.small_file(fd, path, st.st_size)
+                    else:
+                        with open(fd, "rb", buffering=0, closefd=False) as fh:
+                            node.content, node.size = self.chunk_file(fh, path, st.st_size)
+                finally:
+                    os.close(fd)
             if self.cache:
                 self.cache.record(path, st, node.content)
         except OSError as exc:
@@ -313,6 +320,32 @@ class _Archiver:
         if cutter is None:
             cutter = self._local.cutter = StreamCutter(self.chunker)
         return cutter
+
+    def small_file(self, fd: int, path: str, size: int) -> tuple[list[bytes], int]:
+        """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it): read
+        whole with plain reads (one for the data, one seeing the end), no chunker buffer and no
+        file object. One that grew past the minimum since its stat is chunked from the start."""
+        limit = self.chunker.min_size
+        parts: list[bytes] = []
+        total, want = 0, size + 1
+        while total < limit:
+            try:
+                part = os.read(fd, want)
+            except BlockingIOError:  # a FIFO swapped in, no data yet: reads as its end, never blocks
+                break
+            if not part:
+                break
+            parts.append(part)
+            total, want = total + len(part), 64 * 1024
+        if total >= limit:
+            os.lseek(fd, 0, os.SEEK_SET)
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                return self.chunk_file(fh, path, total)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        content = [self.writer.save(DATA, data)[0]] if data else []
+        with self.lock:
+            self.bytes_read += total
+        return content, total
 
     def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
         """Chunk and store the open file ``fh``; ``path`` is for progress reports."""

@@ -7,6 +7,10 @@ snapshot is committed, so the cache never claims content that no restore point h
 Rows are keyed by path: a valid UTF-8 path as TEXT (as every earlier version wrote it, so their
 caches stay valid), a path with bytes that are not UTF-8 by those exact bytes as a BLOB. SQLite
 never finds a BLOB equal to a TEXT, so no two names share a row.
+
+Lookups read a whole directory's rows in one query (a range of the primary key) and keep the
+last few directories: the walk asks for every file of a folder in turn, and one query per file
+was the largest cost of a no-change backup of many small files.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from cloudkeep.pathnames import is_text, to_bytes
@@ -25,6 +30,12 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
     " ctime_ns INTEGER, inode INTEGER, content BLOB)"
 )
+
+
+# Directories whose rows are held: the walk is depth first, so a folder's files are asked for
+# before and after its subfolders; this covers every folder on the walk's stack but the deepest.
+_DIRS_HELD = 64
+_Row = tuple[int, int, int, int, bytes]
 
 
 def _key(path: str) -> str | bytes:
@@ -55,18 +66,48 @@ class FileCache:
         self._new.execute(_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
+        self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
     def lookup(self, path: str, st: os.stat_result) -> list[bytes] | None:
         if self._old is None:
             return None
+        folder, _, name = path.rpartition("/")
         with self._lock:
-            row = self._old.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?", (_key(path),)
-            ).fetchone()
+            if is_text(path):
+                row = self._folder_rows(self._old, folder).get(name)
+            else:  # stored as a BLOB key, which a TEXT range does not cover
+                row = self._old.execute(
+                    "SELECT size, mtime_ns, ctime_ns, inode, content FROM files WHERE path = ?", (_key(path),)
+                ).fetchone()
         if row is None or tuple(row[:4]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return None
         blob: bytes = row[4]
         return [blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE)]
+
+    def _folder_rows(self, db: sqlite3.Connection, folder: str) -> dict[str, _Row]:
+        """Rows of the files directly in ``folder``, by name: one query per folder (lock held).
+
+        Every path below ``folder`` sorts between ``folder + "/"`` and ``folder + "0"`` ("0"
+        follows "/"); rows with a further "/" are deeper and skipped in SQLite, not Python.
+        """
+        rows = self._dirs.get(folder)
+        if rows is not None:
+            self._dirs.move_to_end(folder)
+            return rows
+        low = folder + "/"
+        rows = {
+            path[len(low) :]: tuple(rest)
+            for path, *rest in db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files"
+                " WHERE path > ? AND path < ? AND instr(substr(path, ?), '/') = 0",
+                (low, folder + "0", len(low) + 1),
+            )
+            if isinstance(path, str)
+        }
+        self._dirs[folder] = rows
+        if len(self._dirs) > _DIRS_HELD:
+            self._dirs.popitem(last=False)
+        return rows
 
     def record(self, path: str, st: os.stat_result, content: list[bytes]) -> None:
         with self._lock:

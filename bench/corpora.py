@@ -1,0 +1,145 @@
+"""Real trees for the engine bench, copied from files already on the machine (issue 18).
+
+The synthetic machine in ``engine_vs_restic.py`` flatters cloudkeep (few, large, regular files);
+these corpora are what a real machine holds:
+
+- ``usr``: a subset of this machine's ``/usr`` (shared libraries, the Python standard library,
+  headers, gzipped man pages, locales), taken in sorted order until the size budget is spent;
+- ``venv``: the project's Python virtual environment (many small ``.py`` and ``.pyc`` files, some
+  large extension modules);
+- ``git``: a clone of this repository (``.git`` with its packs plus the work tree).
+
+Each also gets one seeded 128 MiB database-like file (``--db`` MiB): 8 KiB pages of records with
+free space, so in-place rewrites have something to change. The day-2 mutation for real trees
+appends to some files, rewrites pages of the database, edits 1 % of the small files, deletes
+0.5 % and adds 20 files: about 2 % of the bytes, like the synthetic one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ("synthetic", "usr", "venv", "git")
+
+# /usr subtrees in the order they are taken from, each with its share of the budget: the mix
+# issue 18 measured on (libraries, the standard library, headers, man pages, locales).
+_USR_PARTS = (
+    ("lib/x86_64-linux-gnu", 0.50),
+    ("lib/python3.11", 0.15),
+    ("include", 0.12),
+    ("share/man", 0.13),
+    ("share/locale", 0.10),
+)
+PAGE = 8192
+
+
+def _files(top: Path) -> Iterator[Path]:
+    """Regular files and symlinks under ``top``, in a stable order (no following of links)."""
+    for folder, dirs, names in os.walk(top):
+        dirs.sort()
+        for name in sorted(names):
+            yield Path(folder) / name
+
+
+def _copy_budget(src: Path, dst: Path, budget: int) -> int:
+    """Copy files (symlinks as links) from ``src`` to ``dst`` until ``budget`` bytes; returns bytes."""
+    used = 0
+    for path in _files(src):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if path.is_symlink():
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(path), target)
+            continue
+        if not path.is_file() or not os.access(path, os.R_OK):
+            continue
+        if used + st.st_size > budget:
+            if used >= budget * 0.98:
+                break
+            continue  # a smaller file may still fit
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        used += st.st_size
+    return used
+
+
+def database(path: Path, size: int, rng: random.Random) -> None:
+    """Pages of records (ids, short texts, numbers) with free space at each page's end."""
+    letters = b"abcdefghijklmnopqrstuvwxyz"
+    words = [bytes(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(500)]
+    with open(path, "wb") as fh:
+        for page_no in range(size // PAGE):
+            page = bytearray(page_no.to_bytes(8, "little") + b"PAGE")
+            fill = rng.randint(PAGE // 2, PAGE - 64)
+            while len(page) < fill:
+                page += rng.getrandbits(32).to_bytes(4, "little") + b" ".join(rng.choices(words, k=4)) + b";"
+            fh.write(bytes(page[:fill]) + bytes(PAGE - fill))
+
+
+def build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int = 128) -> None:
+    """Build corpus ``kind`` (not ``synthetic``) of about ``size_mib`` MiB plus the database."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    budget = max(0, size_mib - db_mib) * 2**20
+    if kind == "usr":
+        for part, share in _USR_PARTS:
+            src = Path("/usr") / part
+            if src.is_dir():
+                _copy_budget(src, root / "usr" / part, int(budget * share))
+    elif kind == "venv":
+        venv = (ROOT / ".venv").resolve()
+        _copy_budget(venv, root / "venv", budget)
+    elif kind == "git":
+        subprocess.run(
+            ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(root / "checkout")], check=True
+        )
+    else:
+        raise ValueError(f"unknown corpus {kind!r}")
+    (root / "var" / "lib").mkdir(parents=True)
+    database(root / "var" / "lib" / "app.db", db_mib * 2**20, rng)
+
+
+def mutate(root: Path, seed: int, fraction: float = 0.02) -> int:
+    """Day 2 on a real tree: ~``fraction`` of the bytes change. Returns bytes touched."""
+    rng = random.Random(seed + 1)
+    files = sorted(p for p in _files(root) if not p.is_symlink() and p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    budget = int(total * fraction)
+    touched = 0
+    db = root / "var" / "lib" / "app.db"
+    others = [p for p in files if p != db]
+    for p in rng.sample(others, min(len(others), max(5, len(others) // 400))):  # appends
+        with open(p, "ab") as fh:
+            fh.write(rng.randbytes(4096))
+            touched += 4096
+    with open(db, "r+b") as fh:  # rewritten pages
+        pages = os.fstat(fh.fileno()).st_size // PAGE
+        for _ in range(max(1, budget // 4 // 65536)):  # as many as the synthetic machine's rewrites
+            fh.seek(rng.randrange(pages) * PAGE + 12)
+            fh.write(rng.randbytes(256))
+            touched += PAGE
+    small = [p for p in others if p.stat().st_size < 64 * 1024]
+    for p in rng.sample(small, min(len(small), max(10, len(small) // 100))):  # edits
+        with open(p, "ab") as fh:
+            fh.write(b"\n# edited\n")
+        touched += 10
+    for p in rng.sample(others, max(1, len(others) // 200)):  # deletes
+        if p.exists():
+            p.unlink()
+    new = root / "day2"
+    new.mkdir(exist_ok=True)
+    remaining = max(0, budget - touched)
+    for i in range(20):  # adds
+        (new / f"added{i}.bin").write_bytes(rng.randbytes(remaining // 20 + 1))
+        touched += remaining // 20 + 1
+    return touched

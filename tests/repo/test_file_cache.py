@@ -1,0 +1,80 @@
+"""The file cache reads a folder's rows in one query: every file is still found under its own
+path only, whatever its neighbours are named, and non-UTF-8 names keep their own rows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.repo import cache as cache_module
+from cloudkeep.repo.cache import FileCache
+
+# Neighbours that sort between or around a folder's files: "a.b" sorts before "a/", "a0" just
+# after it, "a/b/c" is deeper; names with spaces, non-ASCII and non-UTF-8 bytes (surrogates).
+PATHS = [
+    "/src/a/f1",
+    "/src/a/b/c",
+    "/src/a/b/c2",
+    "/src/a.b",
+    "/src/a.b/f",
+    "/src/a0/f1",
+    "/src/a0f1",  # as long as "/src/a/f1": a wrong upper bound would read it as that file
+    "/src/a/caf\u00e9 x",
+    "/src/a/z\udcff",  # not UTF-8: a BLOB key
+    "/src/\udcfe/f1",  # a folder that is not UTF-8
+    "/top",
+]
+
+
+def _stat(i: int) -> os.stat_result:
+    """A distinct stat per path: size, mtime, ctime and inode all differ."""
+    return os.stat_result((0o100644, 1000 + i, 1, 1, 0, 0, 10 * i + 1, 0, 0, 0))
+
+
+def _id(i: int, k: int) -> bytes:
+    return bytes([i, k]) * 16
+
+
+def _fill(tmp_path: Path, sources: list[str]) -> None:
+    cache = FileCache(tmp_path, "repo", "host", sources)
+    for i, path in enumerate(PATHS):
+        cache.record(path, _stat(i), [_id(i, 0), _id(i, 1)])
+    cache.commit()
+
+
+def test_every_file_is_found_under_its_own_path_only(tmp_path: Path) -> None:
+    _fill(tmp_path, ["/src"])
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        for i, path in enumerate(PATHS):
+            assert cache.lookup(path, _stat(i)) == [_id(i, 0), _id(i, 1)], path
+        # a file's row is never another path's: same folder, a deeper folder, a sibling folder
+        for path in ["/src/a/c", "/src/a/b", "/src/a/f", "/src/a0/c", "/src/a.b/f1", "/src/f1", "/src/a/z"]:
+            assert cache.lookup(path, _stat(PATHS.index("/src/a/b/c"))) is None, path
+        # a changed stat misses even when the path is held
+        assert cache.lookup("/src/a/f1", _stat(1)) is None
+    finally:
+        cache.discard()
+
+
+def test_more_folders_than_are_held_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "_DIRS_HELD", 2)
+    _fill(tmp_path, ["/src"])
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        for _ in range(2):  # the second round finds every folder evicted and reads it again
+            for i, path in enumerate(PATHS):
+                assert cache.lookup(path, _stat(i)) == [_id(i, 0), _id(i, 1)], path
+        assert len(cache._dirs) <= 2
+    finally:
+        cache.discard()
+
+
+def test_no_previous_generation_finds_nothing(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        assert cache.lookup(PATHS[0], _stat(0)) is None
+    finally:
+        cache.discard()
