@@ -18,14 +18,20 @@ from tests.machine.harness import Harness, MachineHandle
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Heartbeat
+from cloudkeep.server.clock import use_clock
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine
 from cloudkeep.server.dispatcher import Dispatcher
 
-NOW = datetime.now(UTC).replace(microsecond=0)  # one fixed instant: the dispatcher's injected clock
+NOW = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)  # one fixed instant: the server's injected clock
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[Harness, MachineHandle]]:
+    with use_clock(lambda: NOW):  # expiry of the waiting heartbeats is judged at NOW too
+        yield from _world(tmp_path)
+
+
+def _world(tmp_path: Path) -> Iterator[tuple[Harness, MachineHandle]]:
     harness = Harness.create(tmp_path, heartbeat_timeout=60.0)
     machine = harness.add_machine("idle")
     with harness.ctx.db() as db:  # the last heartbeat anyone applied: two minutes ago

@@ -93,7 +93,10 @@ class MachineKeys:
 
 def report_validator(ctx: ServerContext, keys: MachineKeys | None = None) -> MessageValidator:
     return MessageValidator(
-        me=ctx.server_id, sender_key=keys or MachineKeys(ctx), kinds=frozenset(REPORT_BODIES)
+        me=ctx.server_id,
+        sender_key=keys or MachineKeys(ctx),
+        kinds=frozenset(REPORT_BODIES),
+        clock=utcnow,  # the server's one clock: expiry is judged by the same "now" as everything else
     )
 
 
