@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import Result
 
@@ -28,6 +25,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.services import tokens
 from cloudkeep.server.services.schemas import TokenCreate
+from tests.cli.server_process import start_server
 from tests.cli.test_cli_core import Invoke, ok
 from tests.cli.test_cli_core import run as run
 from tests.server.jobs_fakes import World, build_world, crafted_point, open_engine
@@ -51,24 +49,9 @@ def server_env(settings: Settings, ctx: ServerContext) -> Iterator[dict[str, str
         "CLOUDKEEP_DATABASE_URL": settings.effective_database_url,
     }
     env.pop("CLOUDKEEP_API_URL", None)
-    server = subprocess.Popen(
-        [str(CLOUDKEEP), "server", "start", "--port", str(port), "--no-background"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server, health = start_server(port, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "cloudkeep server start did not answer"
-            time.sleep(0.1)
+        assert health.status_code == 200
         yield {
             "CLOUDKEEP_API_URL": f"http://127.0.0.1:{port}",
             "CLOUDKEEP_API_TOKEN": token,

@@ -8,12 +8,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -21,6 +19,7 @@ from cloudkeep.cli.main import app
 from cloudkeep.config import Settings
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, SessionTask
+from tests.cli.server_process import start_server
 from tests.server.fixtures import LiveServer, Seeded, add_machine
 from tests.support.peers import free_port
 
@@ -282,24 +281,9 @@ def test_server_start_serves_the_api(settings: Settings, tmp_path: Path) -> None
     token = json.loads(created.stdout)["token"]
     port = free_port()
     env = {**os.environ, "CLOUDKEEP_HOME": str(settings.home), "CLOUDKEEP_DATABASE_URL": url}
-    server = subprocess.Popen(
-        [str(CLOUDKEEP), "server", "start", "--port", str(port), "--no-background"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server, health = start_server(port, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        assert health.status_code == 200
         remote = subprocess.run(
             [
                 str(CLOUDKEEP),

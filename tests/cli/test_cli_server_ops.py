@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ from typer.testing import CliRunner
 
 from cloudkeep.cli.main import app
 from cloudkeep.config import Settings
+from tests.cli.server_process import start_server
 from tests.support.peers import free_port
 from tests.support.tls import TlsFiles
 
@@ -33,25 +32,14 @@ def _env(settings: Settings) -> dict[str, str]:
 def test_server_start_serves_https_and_logs_json(settings: Settings, tls_files: TlsFiles) -> None:
     port = free_port()
     trust = ssl.create_default_context(cafile=str(tls_files.cert))
-    server = subprocess.Popen(
-        [str(CLOUDKEEP), "server", "start", "--port", str(port), "--no-background",
-         "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key), "--log-format", "json"],
-        env={**_env(settings), "CLOUDKEEP_LOG_LEVEL": "debug"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    server, answer = start_server(
+        port,
+        {**_env(settings), "CLOUDKEEP_LOG_LEVEL": "debug"},
+        "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key), "--log-format", "json",
+        scheme="https",
+        verify=trust,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1)
-                break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
         assert answer.status_code == 200 and answer.json()["status"] == "ok"
         with pytest.raises(httpx.TransportError):  # plain HTTP is not served on the TLS port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
