@@ -45,6 +45,7 @@ from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
+from cloudkeep.storage.base import ObjectExistsError
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +200,12 @@ class BlobWriter:
         }
         if self._refreshed is None:
             body["end_hash"] = end_hash(self._end_secret)
-            self.repo.write_marker(self.session_key, body)
+            self.repo.write_marker(self.session_key, body, if_absent=True)
         else:
             with self.repo.lock:
                 self._beats += 1
                 key = f"{self.session_key}.{self._beats:06d}"
-            self.repo.write_marker(key, body)
+            self.repo.write_marker(key, body, if_absent=True)
         self._refreshed = started
 
     def check_lease(self) -> None:
@@ -363,7 +364,11 @@ class BlobWriter:
             if self._limiter:
                 self._limiter.acquire(size)
             written = int(self._now().timestamp())  # before the upload: the store's lock starts later
-            self.repo.store.put_file(pack_key(pack_id), path, retain_until=self.lock_until)
+            # Create-only: an agent may not replace what is stored (S3 session policy). A key that
+            # exists is a retried upload that had landed: the id is the hash of these very bytes.
+            with contextlib.suppress(ObjectExistsError):
+                key = pack_key(pack_id)
+                self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
             step("backup:pack-uploaded")
             write_index = False
             with self.repo.lock:
@@ -399,7 +404,10 @@ class BlobWriter:
         self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
         self.repo.store.put(
-            key, encode_index_file(self.repo.crypter, packs, self._written_at), retain_until=self.lock_until
+            key,
+            encode_index_file(self.repo.crypter, packs, self._written_at),
+            if_absent=True,
+            retain_until=self.lock_until,
         )
         step("backup:index-written")
         with self.repo.lock:
@@ -497,7 +505,7 @@ class BlobWriter:
             self.repo.store.delete_or_hide(self.session_key)
         except PermissionDeniedError:
             body = {"hostname": self.hostname, "end": self._end_secret, "seen": datetime.now(UTC).isoformat()}
-            self.repo.write_marker(self.session_key + END_SUFFIX, body)
+            self.repo.write_marker(self.session_key + END_SUFFIX, body, if_absent=True)
             return
         for n in range(1, self._beats + 1):
             with contextlib.suppress(Exception):  # leftovers of an ended session: prune removes them

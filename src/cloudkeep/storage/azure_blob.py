@@ -167,12 +167,14 @@ class AzureBlobStore(ObjectStore):
             data = bytes(data)
         self._upload(key, data, len(data), if_absent=if_absent, retain_until=retain_until)
 
-    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+    def put_file(
+        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
         """The SDK reads the staging file block by block (staged blocks above ``max_single_put_size``)."""
         try:
             with open(path, "rb") as fh:
                 self._upload(
-                    key, fh, os.fstat(fh.fileno()).st_size, if_absent=False, retain_until=retain_until
+                    key, fh, os.fstat(fh.fileno()).st_size, if_absent=if_absent, retain_until=retain_until
                 )
         finally:
             with contextlib.suppress(FileNotFoundError):

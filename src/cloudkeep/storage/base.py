@@ -88,17 +88,19 @@ class ObjectStore(ABC):
         object under retention where the backend supports object lock.
         """
 
-    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+    def put_file(
+        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
         """Store a finished staging file (a pack) under ``key``; it is consumed when this succeeds.
 
         Packs are staged on disk rather than in memory so RAM stays flat whatever the pack size.
         This default reads the file whole; backends override it to stream parts from the file or,
-        for a local folder, to rename it into place.
+        for a local folder, to rename it into place. ``if_absent`` as for ``put``.
         """
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
-            self.put(key, data, retain_until=retain_until)
+            self.put(key, data, if_absent=if_absent, retain_until=retain_until)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

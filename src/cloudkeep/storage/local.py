@@ -148,7 +148,9 @@ class LocalStore(ObjectStore):
             self._raise_os(exc, "create folder", self.write_prefix or "")
         return str(folder)
 
-    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+    def put_file(
+        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
         self._check_write(key, "put")
         target = self._path(key)
         try:
@@ -156,17 +158,20 @@ class LocalStore(ObjectStore):
                 if self.fsync:
                     self._fsync(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if self.append_only:
+                if self.append_only or if_absent:
                     try:
                         os.link(path, target)  # create-only; the staged file is unlinked below
                     except FileExistsError:
-                        self._refuse("overwrite", key)
+                        if not if_absent:
+                            self._refuse("overwrite", key)
+                        raise ObjectExistsError(f"{self.describe()}/{key} already exists") from None
                 else:
                     os.replace(path, target)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                super().put_file(key, path, retain_until=retain_until)  # staged on another filesystem
+                # staged on another filesystem
+                super().put_file(key, path, if_absent=if_absent, retain_until=retain_until)
                 return
             if self.fsync:
                 self._fsync(target.parent)

@@ -219,14 +219,19 @@ class S3Store(ObjectStore):
             "(the default for custom endpoints); `cloudkeep repository verify` checks it",
         )
 
-    def put_file(self, key: str, path: str, *, retain_until: datetime | None = None) -> None:
+    def put_file(
+        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+    ) -> None:
         """Straight from the staging file: one streamed PUT up to ``multipart_threshold`` (S3 bills
-        per request), parallel parts above it; only the parts in flight are in memory."""
+        per request), parallel parts above it; only the parts in flight are in memory. ``if_absent``
+        sends ``If-None-Match: *`` on the PUT, or on the multipart upload's completion."""
         try:
             size = os.path.getsize(path)
+            extra = self._lock_args(retain_until)
+            if if_absent:
+                extra["IfNoneMatch"] = "*"
             if size <= self.multipart_threshold:
-                extra = self._lock_args(retain_until)
-                md5 = _file_md5(path) if self.send_md5 or extra else None
+                md5 = _file_md5(path) if self.send_md5 or "ObjectLockMode" in extra else None
                 if md5 is not None:
                     extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
                 with open(path, "rb") as body:  # botocore rewinds it for checksums and retries
@@ -240,9 +245,7 @@ class S3Store(ObjectStore):
                 return
             fd = os.open(path, os.O_RDONLY)
             try:
-                self._put_multipart(
-                    key, size, lambda start, n: os.pread(fd, n, start), self._lock_args(retain_until)
-                )
+                self._put_multipart(key, size, lambda start, n: os.pread(fd, n, start), extra)
             finally:
                 os.close(fd)
         finally:

@@ -66,6 +66,26 @@ def test_string_like_conditions_and_absent_keys() -> None:
     assert decide(policy, Request("s3:ListBucket", B, {"s3:prefix": "repo"})) == "explicit-deny"
 
 
+def test_bool_null_and_if_exists_conditions() -> None:
+    policy = doc(
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{B}/*"},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"{B}/*",
+         "Condition": {"StringNotEquals": {"s3:if-none-match": "*"},
+                       "BoolIfExists": {"s3:ObjectCreationOperation": "true"}}},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"{B}/nulls/*",
+         "Condition": {"Null": {"s3:x-amz-copy-source": "false"}}},
+    )  # fmt: skip
+    put = {"s3:ObjectCreationOperation": "true"}
+    assert not allows(policy, ("s3:PutObject", f"{B}/k", put))
+    assert not allows(policy, ("s3:PutObject", f"{B}/k"))  # key absent: IfExists holds, deny applies
+    assert not allows(policy, ("s3:PutObject", f"{B}/k", {**put, "s3:if-none-match": "etag"}))
+    assert allows(policy, ("s3:PutObject", f"{B}/k", {**put, "s3:if-none-match": "*"}))
+    assert allows(policy, ("s3:PutObject", f"{B}/k", {"s3:ObjectCreationOperation": "FALSE"}))  # any case
+    creation = {**put, "s3:if-none-match": "*"}
+    assert allows(policy, ("s3:PutObject", f"{B}/nulls/k", creation))  # Null false: key must be present
+    assert not allows(policy, ("s3:PutObject", f"{B}/nulls/k", {**creation, "s3:x-amz-copy-source": "b/k"}))
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -75,6 +95,15 @@ def test_string_like_conditions_and_absent_keys() -> None:
         doc({"Effect": "Maybe", "Action": "*", "Resource": "*"}),
         doc({"Effect": "Allow", "Action": [], "Resource": "*"}),
         doc({"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"IpAddress": {"a": "b"}}}),
+        *(
+            doc({"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": condition})
+            for condition in (
+                {"Bool": {"a": "yes"}},
+                {"NullIfExists": {"a": "true"}},
+                {"Null": {"a": ["true", "false"]}},
+                {"DateLessThan": {"a": "b"}},
+            )
+        ),
     ],
 )
 def test_anything_outside_the_subset_is_refused_not_guessed(bad: dict[str, Any]) -> None:
@@ -99,12 +128,28 @@ def test_compromised_machine_s3_policy_denies_delete_and_locks() -> None:
 
 
 def test_compromised_machine_s3_policy_confines_writes_to_its_prefix() -> None:
-    assert allows(POLICY, ("s3:PutObject", f"{B}/repo/writers/m1/data/ab/p"))
+    create = {"s3:ObjectCreationOperation": "true", "s3:if-none-match": "*"}
+    assert allows(POLICY, ("s3:PutObject", f"{B}/repo/writers/m1/data/ab/p", create))
     for key in ("repo/writers/m2/data/ab/p", "repo/writers/m10/x", "repo/config", "repo/keys/k",
                 "repo/index/i", "repo/snapshots/s", "repo/writers/m1", "other/writers/m1/x"):  # fmt: skip
-        assert not allows(POLICY, ("s3:PutObject", f"{B}/{key}")), key
+        assert not allows(POLICY, ("s3:PutObject", f"{B}/{key}", create)), key
     assert not allows(POLICY, ("s3:GetObject", f"{B}/elsewhere/secret"))  # reads: the repository only
     assert json.loads(json.dumps(POLICY)) == POLICY and len(json.dumps(POLICY)) < 2048  # STS's limit
+
+
+def test_compromised_machine_cannot_overwrite_own_pack_s3() -> None:
+    """Inside its own prefix an agent may create, never replace: a PUT or a multipart completion
+    without ``If-None-Match: *`` is denied; the multipart steps that cannot carry it are not."""
+    own = f"{B}/repo/writers/m1/data/ab/p"
+    creation = {"s3:ObjectCreationOperation": "true"}
+    for key in (own, f"{B}/repo/writers/m1/snapshots/s", f"{B}/repo/writers/m1/index/i"):
+        assert decide(POLICY, Request("s3:PutObject", key, creation)) == "explicit-deny", key
+        assert decide(POLICY, Request("s3:PutObject", key)) == "explicit-deny", key  # fails closed
+        assert allows(POLICY, ("s3:PutObject", key, {**creation, "s3:if-none-match": "*"})), key
+    replace = {**creation, "s3:if-match": "etag"}
+    assert decide(POLICY, Request("s3:PutObject", own, replace)) == "explicit-deny"
+    parts = {"s3:ObjectCreationOperation": "false"}  # CreateMultipartUpload, UploadPart
+    assert allows(POLICY, ("s3:PutObject", own, parts))
 
 
 class Recorder:
@@ -127,6 +172,11 @@ class Recorder:
         bucket = f"arn:aws:s3:::{params['Bucket']}"
         resource = f"{bucket}/{params['Key']}" if "Key" in params else bucket
         context = {"s3:prefix": params["Prefix"]} if "Prefix" in params else {}
+        if action == "s3:PutObject":  # the keys AWS's conditional-write policies use
+            creation = model.name in ("PutObject", "CompleteMultipartUpload")
+            context["s3:ObjectCreationOperation"] = "true" if creation else "false"
+            if "IfNoneMatch" in params:
+                context["s3:if-none-match"] = params["IfNoneMatch"]
         self.requests.append(Request(action, resource, context))
 
 
@@ -148,6 +198,10 @@ def test_the_session_policy_allows_everything_a_backup_does(
     policy = session_policy(unique_name, "repo/writers/m1/", "repo")
     actions = {r.action for r in recorder.requests}
     assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket"} <= actions
+    creations = [r for r in recorder.requests if r.context.get("s3:ObjectCreationOperation") == "true"]
+    kinds = ("/data/", "/index/", "/snapshots/", "/sessions/")
+    assert set(kinds) == {kind for r in creations for kind in kinds if kind in r.resource}
+    assert all(r.context.get("s3:if-none-match") == "*" for r in creations), creations  # create-only
     refused = [r for r in recorder.requests if not allows(policy, r)]
     # Only the session's attempt to remove its own markers, which moto let through; under the
     # policy it is refused and the session writes its end marker instead (proved on Azurite).

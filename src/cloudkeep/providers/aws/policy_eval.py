@@ -11,8 +11,9 @@ refuses anything outside it rather than guess:
 - wildcards ``*`` and ``?`` in actions (case-insensitive) and resources (case-sensitive);
 - condition operators ``StringEquals``, ``StringNotEquals``, ``StringLike``, ``StringNotLike``
   (a key absent from the request fails the positive operators and satisfies the negated ones,
-  as in IAM); several values of one key match if any does, several keys and operators must all
-  hold.
+  as in IAM), ``Bool`` (``"true"``/``"false"``), ``Null`` (``"true"``: the key is absent), and
+  the ``…IfExists`` form of the string and Bool operators (an absent key satisfies it); several
+  values of one key match if any does, several keys and operators must all hold.
 
 Decision as in IAM: an explicit Deny wins, else any Allow allows, else the request is denied.
 A session policy only bounds the issuing identity's own rights: "allowed" here means "not
@@ -28,7 +29,9 @@ from functools import lru_cache
 from typing import Any
 
 _STATEMENT_KEYS = {"Sid", "Effect", "Action", "Resource", "Condition"}
-_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike"}
+_STRING_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike", "Bool"}
+_OPERATORS = {*_STRING_OPERATORS, *(op + "IfExists" for op in _STRING_OPERATORS), "Null"}
+_BOOLEANS = ("true", "false")
 
 
 class PolicyError(ValueError):
@@ -61,15 +64,27 @@ def _condition_holds(condition: Mapping[str, Any], context: Mapping[str, str]) -
             raise PolicyError(f"condition operator {operator!r} is not supported")
         if not isinstance(keys, dict) or not keys:
             raise PolicyError(f"condition {operator} must map keys to values")
-        negated = "Not" in operator
-        like = operator.endswith("Like")
+        base = operator.removesuffix("IfExists")
+        negated = "Not" in base
         for key, raw in keys.items():
             values = _strings(raw, f"condition {operator}/{key}")
+            if base in ("Bool", "Null") and not all(v.lower() in _BOOLEANS for v in values):
+                raise PolicyError(f"condition {operator}/{key} takes true or false, not {values!r}")
             actual = context.get(key)
+            if base == "Null":
+                if len(values) != 1:
+                    raise PolicyError(f"condition Null/{key} takes one value, not {values!r}")
+                if (actual is None) != (values[0].lower() == "true"):
+                    return False
+                continue
             if actual is None:
+                if operator.endswith("IfExists"):
+                    continue
                 matched = False
-            elif like:
+            elif base.endswith("Like"):
                 matched = any(_pattern(v, False).match(actual) for v in values)
+            elif base == "Bool":
+                matched = actual.lower() in {v.lower() for v in values}
             else:
                 matched = actual in values
             if matched == negated:

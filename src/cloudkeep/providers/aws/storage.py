@@ -69,8 +69,9 @@ def session_policy(bucket: str, write_prefix: str, read_prefix: str = "") -> dic
 
     No delete, no lock changes: retention and prune run on the server with its own credential.
     ``s3:ListBucket`` is not narrowed by ``s3:prefix``: ``HeadBucket`` needs it unconditioned.
-    S3 cannot forbid overwriting a key inside ``write_prefix`` on every upload path (see
-    docs/security.md); restore points are bound to their content and pinned by the server.
+    No overwrite either: every ``PutObject`` / ``CompleteMultipartUpload`` must be create-only
+    (``If-None-Match: *``, AWS's ``s3:if-none-match`` condition key); an absent
+    ``s3:ObjectCreationOperation`` counts as a creation, so the deny fails closed.
     Evaluated in tests by ``cloudkeep.providers.aws.policy_eval`` (moto ignores session policies).
     """
     arn = f"arn:aws:s3:::{bucket}"
@@ -86,6 +87,11 @@ def session_policy(bucket: str, write_prefix: str, read_prefix: str = "") -> dic
              "Action": ["s3:PutObject", "s3:AbortMultipartUpload"]},
             {"Sid": "NeverDestroyOrLock", "Effect": "Deny", "Resource": [arn, f"{arn}/*"],
              "Action": AGENT_DENIED_ACTIONS},
+            # Create, never replace: a PUT or a multipart completion without If-None-Match: * is
+            # refused; the multipart steps that cannot carry the header (create, parts) stay allowed.
+            {"Sid": "NeverOverwrite", "Effect": "Deny", "Resource": f"{arn}/*", "Action": "s3:PutObject",
+             "Condition": {"StringNotEquals": {"s3:if-none-match": "*"},
+                           "BoolIfExists": {"s3:ObjectCreationOperation": "true"}}},
         ],
     }  # fmt: skip
 
