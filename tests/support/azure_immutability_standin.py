@@ -8,7 +8,8 @@ Azurite unchanged (requests stay signed as the SDK signed them):
 - a blob PUT / block-list commit carrying ``x-ms-immutability-policy-until-date`` and
   ``-mode`` records a policy; ``PUT ?comp=immutabilityPolicies`` sets one (a locked policy can
   only be lengthened);
-- blob properties carry the policy headers back, as Azure's do;
+- blob properties carry the policy headers back, as Azure's do, and so does a listing that asks
+  for them (``include=immutabilitypolicy``: ``ImmutabilityPolicyUntilDate`` / ``Mode``);
 - DELETE, overwrite and metadata changes of a blob whose policy has not expired are refused
   with ``409 BlobImmutableDueToPolicy``, whatever the SAS allows.
 
@@ -18,6 +19,8 @@ date) and kept in ``policy_requests`` for the test to inspect.
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +151,9 @@ class AzureImmutabilityStandin:
                     if status < 300 and self.command == "DELETE":
                         standin.policies.pop(path, None)
                     current = standin.policies.get(path)
+                include = ",".join(query.get("include") or []).lower()
+                if status == 200 and comp == "list" and "immutabilitypolicy" in include:
+                    data = standin._listed_policies(path, data)
                 if is_container and self.command in ("GET", "HEAD") and not comp:
                     extra["x-ms-immutable-storage-with-versioning-enabled"] = "true"
                 elif current is not None and self.command in ("GET", "HEAD"):
@@ -158,6 +164,24 @@ class AzureImmutabilityStandin:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
         return Handler
+
+    def _listed_policies(self, container_path: str, listing: bytes) -> bytes:
+        """Each listed blob's policy in its ``Properties``, as Azure lists them."""
+
+        def with_policy(match: re.Match[bytes]) -> bytes:
+            name = html.unescape(match.group(2).decode())
+            with self._lock:
+                policy = self.policies.get(f"{container_path}/{name}")
+            if policy is None:
+                return match.group(0)
+            until = format_datetime(policy.until, usegmt=True)
+            added = (
+                f"<ImmutabilityPolicyUntilDate>{until}</ImmutabilityPolicyUntilDate>"
+                f"<ImmutabilityPolicyMode>{policy.mode.lower()}</ImmutabilityPolicyMode>"
+            )
+            return match.group(1) + added.encode()
+
+        return re.sub(rb"(<Blob><Name>([^<]*)</Name>.*?<Properties>)", with_policy, listing, flags=re.DOTALL)
 
     def close(self) -> None:
         self._server.shutdown()

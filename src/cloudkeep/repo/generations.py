@@ -10,12 +10,16 @@ extension the server recorded in ``locks/horizon``. A chunk in a pack not covere
 The server (maintenance, with its own credential) extends, at most once per generation, the locks
 of the packs still referenced by restore points to ``now + D`` and records that in ``locks/horizon``,
 so the next generation of backups can keep deduplicating against them.
+
+Where the store has no default rule the server can set (Azure: a container's default policy is
+management-plane only), the server locks each new pack and manifest itself (``lock_new_objects``)
+right after every job, and again before each bulk extension.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +28,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, IntegrityError
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.repository import Repository
-from cloudkeep.storage.base import ObjectNotFoundError
+from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
 HORIZON_KEY = "locks/horizon"  # written only by the server: agents cannot write outside their prefix
 _AAD = b"cloudkeep-lock-horizon-v1"
@@ -32,6 +36,15 @@ _AAD = b"cloudkeep-lock-horizon-v1"
 # its own clock. Writers count on this much less, for clock skew and the upload's own duration.
 SKEW = timedelta(hours=1)
 DEFAULT_GENERATION_DAYS = 7
+# What the server locks where the store does not (Azure): packs and restore-point manifests. Index
+# files are left unlocked: prune replaces them (Azure cannot hide a locked blob, S3 can) and
+# `rebuild-index` recovers their entries from the packs' own headers.
+LOCKED_BY_SERVER = ("data/", "snapshots/")
+
+
+def supports_generations(store: ObjectStore) -> bool:
+    """The store locks new objects by a default rule (S3), or the server can lock them (Azure)."""
+    return store.supports_default_retention or store.server_locks_new_objects
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,11 @@ def enable_generations(
     """
     if retention_days <= 0 or generation_days <= 0:
         raise ConfigurationError("immutability by generations needs a retention and a generation of 1+ days")
+    if not supports_generations(repo.store):
+        raise ConfigurationError(
+            f"{repo.store.describe()} can neither lock new objects by default nor one by one",
+            hint="immutability needs S3 Object Lock or an Azure container with version-level immutability",
+        )
     old = read_horizon(repo)
     horizon = LockHorizon(
         retention_days,
@@ -123,7 +141,8 @@ def enable_generations(
         old.extended_until if old else None,
         old.packs if old else frozenset(),
     )
-    repo.store.set_default_retention(retention_days + generation_days)
+    if repo.store.supports_default_retention:
+        repo.store.set_default_retention(retention_days + generation_days)
     write_horizon(repo, horizon)
     return horizon
 
@@ -134,6 +153,40 @@ class ExtendResult:
     read_once: int = 0  # packs of unknown lock (per-object locks from before generations): one HEAD each
     skipped: str = ""  # why nothing was done
     until: datetime | None = None
+    locked_new: int = 0  # objects written without a lock that the server locked (Azure), one request each
+
+
+def lock_new_objects(
+    repo: Repository,
+    *,
+    now: datetime,
+    writer_prefixes: Iterable[str] | None = None,
+    horizon: LockHorizon | None = None,
+) -> set[str]:
+    """Where the store locks nothing by itself (Azure), lock every pack and manifest still without
+    a lock until ``now + D``; returns their keys. A no-op where the store's default rule does it.
+
+    The server calls it after each job for that job's machines (``writer_prefixes``), which closes
+    the window between a backup writing a pack and the pack being locked, and for the whole
+    repository before each bulk extension (a job whose step failed is caught up there). The
+    listing carries each blob's policy, so finding them costs a list request per 5,000 objects
+    and no HEAD; locking costs one request per new object.
+    """
+    if not repo.store.server_locks_new_objects:
+        return set()
+    horizon = horizon or read_horizon(repo)
+    if horizon is None:
+        return set()
+    roots = ["", *repo.writer_prefixes()] if writer_prefixes is None else list(writer_prefixes)
+    until = now + horizon.default_period
+    locked: set[str] = set()
+    for root in roots:
+        for kind in LOCKED_BY_SERVER:
+            for info in repo.store.list(root + kind):
+                if info.retain_until is None:
+                    repo.store.extend_retention(info.key, until, known_shorter=True)
+                    locked.add(info.key)
+    return locked
 
 
 def extend_locks(
@@ -158,9 +211,11 @@ def extend_locks(
             "this repository does not use immutability by generations",
             hint="the server enables it when the repository has immutability",
         )
+    fresh = lock_new_objects(repo, now=now, horizon=horizon)
     generation = timedelta(days=horizon.generation_days)
     if not force and horizon.extended_at is not None and now - horizon.extended_at < generation:
-        return ExtendResult(skipped=f"extended {horizon.extended_at.isoformat()}, less than a generation ago")
+        skipped = f"extended {horizon.extended_at.isoformat()}, less than a generation ago"
+        return ExtendResult(skipped=skipped, locked_new=len(fresh))
     repo.load_index()
     until = now + horizon.default_period
     blobs = (used or used_blobs)(repo)
@@ -168,10 +223,10 @@ def extend_locks(
         locations = (repo.index.get(b) for b in blobs)
         packs = {loc.pack_id for loc in locations if loc is not None}
         written = {p: repo.index.written.get(p) for p in packs}
-    result = ExtendResult(until=until)
+    result = ExtendResult(until=until, locked_new=len(fresh))
     for pack_id in sorted(packs):
         known = horizon.lock_of(pack_id, written[pack_id])
-        if known is not None and known >= until:
+        if (known is not None and known >= until) or pack_key(pack_id) in fresh:
             continue
         if known is None:
             result.read_once += 1

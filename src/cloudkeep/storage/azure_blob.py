@@ -150,6 +150,12 @@ class AzureBlobStore(ObjectStore):
     def supports_object_lock(self) -> bool:
         return True
 
+    @property
+    def server_locks_new_objects(self) -> bool:
+        """Version-level immutability: the server sets each new blob's policy itself (data plane,
+        its own credential), since a container's default policy is management-plane only."""
+        return self.immutability
+
     def _raise(self, exc: Exception, action: str, key: str = "") -> NoReturn:
         where = f"container {self.container_name}" + (f", blob {self.prefix}{key}" if key else "")
         raise_store_error(exc, action, store=self.describe(), where=where)

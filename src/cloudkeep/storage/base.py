@@ -180,6 +180,13 @@ class ObjectStore(ABC):
         """``set_default_retention`` works here (immutability by generations)."""
         return False
 
+    @property
+    def server_locks_new_objects(self) -> bool:
+        """No default retention the server can set, but objects can be locked one by one with the
+        server's credential (Azure version-level immutability): under immutability by generations
+        the server locks what writers wrote soon after (``generations.lock_new_objects``)."""
+        return False
+
     def set_default_retention(self, days: int) -> None:
         """Lock every object written from now on for ``days`` without the writer asking (S3 bucket
         default retention): writers then need no permission to set locks. Server credential only."""

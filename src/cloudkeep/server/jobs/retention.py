@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudkeep.providers.base import CloudProvider
+from cloudkeep.repo.generations import lock_new_objects
 from cloudkeep.repo.lock import MaintenanceBusyError
 from cloudkeep.repo.prune import PruneResult, prune
 from cloudkeep.repo.repository import Repository as FormatRepository
@@ -148,6 +149,27 @@ class ServerMaintenance:
             )
             self.forgot = self.forgot or bool(result.removed)
             return result
+
+    def lock_new(self, machine_ids: Iterable[str], now: datetime) -> int:
+        """After a job's backups, where the store locks nothing by itself (Azure, immutability by
+        generations), lock the packs and manifests those machines just wrote: the window in which
+        they are unlocked ends with the job, not with the next bulk extension. Returns how many."""
+        with self._lock:
+            if self._repo is None:  # ask the store before paying for opening the repository
+                store = self.provider.storage.open_store(self.location)
+                try:
+                    if not store.server_locks_new_objects:
+                        return 0
+                finally:
+                    store.close()
+            repo = self._open()
+            if not repo.store.server_locks_new_objects:
+                return 0
+            prefixes = sorted({agent_write_prefix(m) for m in machine_ids})
+            locked = len(lock_new_objects(repo, now=now, writer_prefixes=prefixes))
+        if locked:
+            event(log, "locks_set", objects=locked, machines=len(prefixes))
+        return locked
 
     def prune_once(self, now: datetime) -> PruneResult | None:
         """Prune after this run's forgets (``None``: nothing forgotten, already pruned, or busy)."""

@@ -161,14 +161,21 @@ def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> Maint
         days = resolve(db, Repository, repository_id, "repository").immutability_days
     with _session(ctx, "extend-locks", repository_id, actor) as session_id:
         with _opened_backup_repository(ctx, ref, "locked") as (_, repo):
-            if days and repo.store.supports_default_retention and generations.read_horizon(repo) is None:
+            if (
+                days
+                and generations.supports_generations(repo.store)
+                and generations.read_horizon(repo) is None
+            ):
                 generations.enable_generations(repo, retention_days=days)
             result = generations.extend_locks(repo, now=clock())
-        detail = {"extended": result.extended, "read_once": result.read_once, "skipped": result.skipped}
+        detail = {"extended": result.extended, "read_once": result.read_once, "skipped": result.skipped,
+                  "locked_new": result.locked_new}  # fmt: skip
         _audit(ctx, actor, "repository.extend_locks", repository_id, detail)
     done = f"skipped: {result.skipped}"
     if not result.skipped and result.until is not None:
         done = f"{result.extended} packs locked until {result.until:%Y-%m-%d}, {result.read_once} read once"
+    if result.locked_new:
+        done += f"; {result.locked_new} new objects locked"
     return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
 
 

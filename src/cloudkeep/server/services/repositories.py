@@ -10,7 +10,7 @@ from sqlalchemy import select
 from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
 from cloudkeep.repo import Repository as FormatRepository
 from cloudkeep.repo import check
-from cloudkeep.repo.generations import DEFAULT_GENERATION_DAYS, enable_generations
+from cloudkeep.repo.generations import DEFAULT_GENERATION_DAYS, enable_generations, supports_generations
 from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, Credential, ProtectionGroup, Repository, RestorePoint
@@ -65,8 +65,8 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
             require_create_only(store)
             assert data.password is not None
             tuning = {k: data.options[k] for k in ("pack_size", "compression_level") if k in data.options}
-            generations = data.immutability_days > 0 and store.supports_default_retention
-            if generations:  # the store locks what agents write: they need no lock permission
+            generations = data.immutability_days > 0 and supports_generations(store)
+            if store.supports_default_retention and generations:  # the store locks what agents write
                 store.set_default_retention(data.immutability_days + DEFAULT_GENERATION_DAYS)
             created = FormatRepository.create(store, data.password.get_secret_value(), **tuning)
             try:
