@@ -154,6 +154,7 @@ class ExtendResult:
     skipped: str = ""  # why nothing was done
     until: datetime | None = None
     locked_new: int = 0  # objects written without a lock that the server locked (Azure), one request each
+    next_due: datetime | None = None  # when the next extension is due: the last one + G
 
 
 def lock_new_objects(
@@ -215,7 +216,7 @@ def extend_locks(
     generation = timedelta(days=horizon.generation_days)
     if not force and horizon.extended_at is not None and now - horizon.extended_at < generation:
         skipped = f"extended {horizon.extended_at.isoformat()}, less than a generation ago"
-        return ExtendResult(skipped=skipped, locked_new=len(fresh))
+        return ExtendResult(skipped=skipped, locked_new=len(fresh), next_due=horizon.extended_at + generation)
     repo.load_index()
     until = now + horizon.default_period
     blobs = (used or used_blobs)(repo)
@@ -223,7 +224,7 @@ def extend_locks(
         locations = (repo.index.get(b) for b in blobs)
         packs = {loc.pack_id for loc in locations if loc is not None}
         written = {p: repo.index.written.get(p) for p in packs}
-    result = ExtendResult(until=until, locked_new=len(fresh))
+    result = ExtendResult(until=until, locked_new=len(fresh), next_due=now + generation)
     for pack_id in sorted(packs):
         known = horizon.lock_of(pack_id, written[pack_id])
         if (known is not None and known >= until) or pack_key(pack_id) in fresh:

@@ -27,6 +27,7 @@ from cloudkeep.server.jobs.options import read_job_options
 from cloudkeep.server.jobs.retention import as_utc
 from cloudkeep.server.logs import event
 from cloudkeep.server.rescan import start_rescan
+from cloudkeep.server.scheduling.locks import extend_due_locks
 from cloudkeep.server.scheduling.rescans import due_rescans
 from cloudkeep.server.scheduling.schedule import (
     Schedule,
@@ -176,6 +177,10 @@ def tick(
                   error=str(exc))  # fmt: skip
     started += _start_due_rescans(ctx, now)
     started += _start_due_health_checks(ctx, now, dispatcher=dispatcher, wait=wait)
+    try:  # immutable repositories' bulk lock extension, once a generation (maintenance sessions)
+        extend_due_locks(ctx, wait=wait)
+    except CloudkeepError as exc:
+        log.warning("scheduled extend-locks could not start: %s", exc)
     return started
 
 

@@ -149,6 +149,13 @@ def prune_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> P
 
 
 def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> MaintenanceDone:
+    """The ``extend-locks`` step (see ``run_extend_locks``), as the API and the CLI report it."""
+    return run_extend_locks(ctx, ref, actor=actor)[0]
+
+
+def run_extend_locks(
+    ctx: ServerContext, ref: str, *, actor: str = "local"
+) -> tuple[MaintenanceDone, generations.ExtendResult]:
     """Immutability by generations: lock the packs restore points reference for one more
     generation, with the server's credential (agents hold no lock permission). Runs at most once
     per generation; an earlier call records that it had nothing to do.
@@ -176,7 +183,7 @@ def extend_locks(ctx: ServerContext, ref: str, *, actor: str = "local") -> Maint
         done = f"{result.extended} packs locked until {result.until:%Y-%m-%d}, {result.read_once} read once"
     if result.locked_new:
         done += f"; {result.locked_new} new objects locked"
-    return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
+    return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done), result
 
 
 def change_password(
