@@ -182,6 +182,16 @@ def test_put_file_stores_and_consumes_the_staging_file(
     assert [i.key for i in store.list("")] == [random_key]
 
 
+@pytest.mark.parametrize("size", [5000, 11 * 2**20 + 123])  # one PUT; a multipart upload's completion
+def test_put_file_if_absent_never_replaces(store: ObjectStore, random_key: str, size: int) -> None:
+    """Agents write packs create-only: their S3 session policy denies any other PUT."""
+    first = os.urandom(size)
+    store.put_file(random_key, _staged(store, first), if_absent=True)
+    with pytest.raises(ObjectExistsError):
+        store.put_file(random_key, _staged(store, os.urandom(size)), if_absent=True)
+    assert store.get(random_key) == first
+
+
 def test_put_file_under_retention(store: ObjectStore, random_key: str) -> None:
     until = datetime.now(UTC) + timedelta(days=1)
     store.put_file(random_key, _staged(store, b"locked pack"), retain_until=until)
