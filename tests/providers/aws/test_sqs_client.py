@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import urllib3
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
@@ -161,6 +162,28 @@ def test_refusals_are_not_retried_and_keep_their_code(flaky: HTTPServer) -> None
     assert error.value.response["Error"] == {"Code": "AccessDeniedException", "Message": "not allowed"}
     assert error.value.response["ResponseMetadata"] == {"HTTPStatusCode": 400, "RequestId": "r-1"}
     assert slept == []
+
+
+def test_expired_credentials_are_an_authentication_error(flaky: HTTPServer) -> None:
+    expired = {"__type": "com.amazon.coral.service#ExpiredTokenException", "message": "token expired"}
+    flaky.answers += [(400, {}, json.dumps(expired).encode())]  # type: ignore[attr-defined]
+    with pytest.raises(AuthenticationError, match="AWS credentials expired"):
+        SqsQueue(_client(flaky, []), "q", "http://x/q").receive(wait_seconds=0)
+
+
+def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machines in private subnets reach SQS through HTTPS_PROXY, unless NO_PROXY names the host."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "sqs.eu-west-1.amazonaws.com")
+    proxied = SqsJsonClient(
+        region="us-east-1", endpoint_url="https://sqs.us-east-1.amazonaws.com", credentials=KEYS
+    )
+    direct = SqsJsonClient(
+        region="eu-west-1", endpoint_url="https://sqs.eu-west-1.amazonaws.com", credentials=KEYS
+    )
+    assert isinstance(proxied._http, urllib3.ProxyManager)
+    assert proxied._http.proxy is not None and proxied._http.proxy.host == "proxy.internal"
+    assert not isinstance(direct._http, urllib3.ProxyManager)
 
 
 def test_an_answer_that_is_not_sqs_json_is_refused(flaky: HTTPServer) -> None:
