@@ -24,7 +24,7 @@ MACHINE_SIDE = src/cloudkeep/compat.py src/cloudkeep/errors.py src/cloudkeep/pat
 	src/cloudkeep/providers/registry.py src/cloudkeep/providers/aws/facts.py src/cloudkeep/providers/azure/facts.py \
 	src/cloudkeep/providers/local/facts.py src/cloudkeep/providers/aws/errors.py src/cloudkeep/providers/azure/errors.py \
 	src/cloudkeep/providers/local/queues.py src/cloudkeep/providers/local/storage.py \
-	src/cloudkeep/providers/aws/queues.py src/cloudkeep/providers/aws/storage.py \
+	src/cloudkeep/providers/aws/queues.py src/cloudkeep/providers/aws/sqs_client.py src/cloudkeep/providers/aws/storage.py \
 	src/cloudkeep/providers/azure/queues.py src/cloudkeep/providers/azure/storage.py
 
 lint-machine-py39:

@@ -1,9 +1,11 @@
 """Idle machine services stay light: the three processes together under the issue's 100 MB.
 
 The services run as install.sh starts them (fallback mode, ``CLOUDKEEP_PYTHON`` = this venv), on
-local queues and on SQS (moto server: the message service then holds boto3); RSS is read from /proc
-of each service process itself (Linux keeps a parent's peak RSS across exec, so nothing is measured
-from a big parent).
+local queues and on SQS (moto server): with keys in the machine config, and with none, so the keys
+come through botocore's default chain (here the environment; on EC2 the instance role), which
+loads botocore's session too. RSS is read from /proc of each service process itself (Linux keeps a
+parent's peak RSS across exec, so nothing is measured from a big parent). The first heartbeat must
+have reached the server queue: a service that cannot talk to its queue would look light too.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from tests.support.peers import MotoServer
 
 KEY = Ed25519PrivateKey.generate()
 SERVICES = ("message", "agent", "transport")
-# Measured 2026-12-02: local 94.8 MB (was ~153), SQS 122.6 MB — boto3 and pydantic in the message
-# service keep SQS above the issue's 100 MB (issue 14 stays open on that); the bounds catch regressions.
-TOTAL_LIMIT_MB = {"local": 110, "aws": 135}
+# The issue's bound. Measured 2026-12-02 (CPython 3.11): local 84.5 MB (message 35.2, agent 24.7,
+# transport 24.6; was 94.8, ~153 before), SQS with configured keys 90.2 (message 41.0; was 122.6 with
+# a boto3 client), SQS with the default credential chain 94.4 (message 45.1).
+TOTAL_LIMIT_MB = 100
 WORKER_LIMIT_MB = 35  # an idle agent / transport loads neither pydantic nor the engine (~24 MB)
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def _rss_mb(pid: int) -> float:
@@ -40,20 +44,35 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.moto)])
-def queues(request: pytest.FixtureRequest, tmp_path: Path) -> QueueService:
-    if request.param == "local":
+def _uses_pydantic(pid: int) -> bool:
+    return "pydantic_core" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("aws", marks=pytest.mark.moto),
+        pytest.param("aws-chain", marks=pytest.mark.moto),
+    ]
+)
+def cloud(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def queues(cloud: str, request: pytest.FixtureRequest, tmp_path: Path) -> QueueService:
+    if cloud == "local":
         return LocalQueueService(tmp_path / "queues.sqlite3")
     moto: MotoServer = request.getfixturevalue("moto_server")
-    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    options = {"endpoint_url": moto.endpoint, "region": "us-east-1", "machine_credentials": keys}
-    return get_provider("aws", keys, options).queues
+    options: dict[str, object] = {"endpoint_url": moto.endpoint, "region": "us-east-1"}
+    if cloud == "aws":
+        options["machine_credentials"] = KEYS
+    return get_provider("aws", KEYS, options).queues
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_idle_services_rss_is_small(tmp_path: Path, queues: QueueService) -> None:
+def test_idle_services_rss_is_small(tmp_path: Path, cloud: str, queues: QueueService) -> None:
     build_bundle(tmp_path / "bundle", version="0.1.0", signing_key=KEY)
-    cloud = "aws" if queues.__class__.__module__.startswith("cloudkeep.providers.aws") else "local"
     suffix = f"-{time.monotonic_ns()}"  # moto is shared by the session
     for name in ("server", "agent"):
         queues.ensure_queue(name + suffix)
@@ -66,6 +85,8 @@ def test_idle_services_rss_is_small(tmp_path: Path, queues: QueueService) -> Non
     }))  # fmt: skip
     root = tmp_path / "root"
     env = {**os.environ, "CLOUDKEEP_MACHINE_ROOT": str(root), "CLOUDKEEP_PYTHON": sys.executable}
+    if cloud == "aws-chain":  # no keys in the config: botocore's chain finds these
+        env.update({k.upper(): v for k, v in KEYS.items()})
     installer = ["sh", str(tmp_path / "bundle/install.sh")]
     started = subprocess.run([*installer, "--config", str(config)], capture_output=True, text=True, env=env)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -83,9 +104,14 @@ def test_idle_services_rss_is_small(tmp_path: Path, queues: QueueService) -> Non
             for service, pid in pids.items():
                 peak[service] = max(peak[service], _rss_mb(pid))
             time.sleep(0.25)
+        pydantic_loaded = {s: _uses_pydantic(pid) for s, pid in pids.items()}
     finally:
         subprocess.run([*installer, "--stop"], capture_output=True, env=env, timeout=60)
     total = round(sum(peak.values()), 1)
     print(f"idle RSS on {cloud} (MB):", {s: round(v, 1) for s, v in peak.items()}, "total", total)
     assert peak["agent"] <= WORKER_LIMIT_MB and peak["transport"] <= WORKER_LIMIT_MB, peak
-    assert total <= TOTAL_LIMIT_MB[cloud], peak
+    assert total <= TOTAL_LIMIT_MB, peak
+    # pydantic comes with the first message (validation), not before: idle, nobody holds it.
+    assert pydantic_loaded == dict.fromkeys(SERVICES, False)
+    beats = queues.get_queue("server" + suffix).receive(max_messages=10, wait_seconds=5)
+    assert beats and all(json.loads(b.body)["kind"] == "heartbeat" for b in beats)

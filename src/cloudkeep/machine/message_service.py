@@ -16,28 +16,25 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.handlers import (
-    ROUTES,
-    TaskContext,
-    execute,
-    failure,
-    progress_body,
-    sign_report,
-    sign_result,
-)
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.machine.ledger import CommandLedger
 from cloudkeep.machine.link import QueueLink, QueueUnavailable, backoff
 from cloudkeep.machine.services import BEACON_SECONDS, service_status, touch_beacon
 from cloudkeep.machine.spool import Spool
-from cloudkeep.protocol import COMMAND_BODIES, Envelope, MessageValidator, ProtocolError
-from cloudkeep.protocol.bodies import Cancel, DeliveredResult, Heartbeat, UpdateCredentials
 from cloudkeep.protocol.crypto import load_verify_key
-from cloudkeep.protocol.envelope import MAX_TTL
+from cloudkeep.protocol.errors import ProtocolError
+from cloudkeep.protocol.reports import MAX_TTL, report_fields, sign_fields
 from cloudkeep.providers.registry import provider_facts, provider_kinds
+
+if TYPE_CHECKING:
+    from cloudkeep.protocol import Envelope, MessageValidator
+
+# pydantic and the body models (``handlers``, ``protocol.envelope`` / ``bodies``) are imported on the
+# first message, not at start: an idle service only signs heartbeats (``protocol.reports``) and
+# keeps ~10 MB less (issue 14). Every message received is still fully validated before it is acted on.
 
 log = logging.getLogger(__name__)
 RELAY_INTERVAL = 0.2
@@ -46,6 +43,9 @@ LEDGER_RETENTION = MAX_TTL.total_seconds() * 2
 
 def command_validator(config: MachineConfig) -> MessageValidator:
     """Accept only commands addressed to this machine and signed by this machine's server."""
+    from cloudkeep.protocol.bodies import COMMAND_BODIES
+    from cloudkeep.protocol.envelope import MessageValidator
+
     server_key = load_verify_key(config.server_public_key)
     return MessageValidator(
         me=config.machine_id,
@@ -67,7 +67,7 @@ class MessageService:
         self.config = config
         self.keys = AgentKeys.load(config.state_dir)
         self.ledger = CommandLedger(config.state_dir / "commands.db")
-        self.validator = command_validator(config)
+        self._validator: MessageValidator | None = None
         self.inbound = QueueLink(config.agent_queue)
         self.outbound = QueueLink(config.server_queue)
         self.spools = {name: Spool.for_service(config.state_dir, name) for name in ("agent", "transport")}
@@ -81,6 +81,12 @@ class MessageService:
         self.stopping = threading.Event()
         self._progress_seen: dict[str, float] = {}
         self._post_lock = threading.Lock()
+
+    @property
+    def validator(self) -> MessageValidator:
+        if self._validator is None:  # only the receive loop (and recover, before it) validates
+            self._validator = command_validator(self.config)
+        return self._validator
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -107,6 +113,12 @@ class MessageService:
     def recover(self) -> None:
         """After a restart: finish what the ledger says was in flight, never running anything twice."""
         interrupted = self.ledger.in_state("started")  # read first: the loop below starts others
+        accepted = self.ledger.in_state("accepted")
+        if not interrupted and not accepted:
+            return
+        from cloudkeep.machine.handlers import failure, sign_result
+        from cloudkeep.protocol.envelope import Envelope
+
         for entry in interrupted:
             if entry.route == "exec":
                 continue  # run by a fallback `exec` process, which returns its result on stdout
@@ -116,7 +128,7 @@ class MessageService:
             reason = "the machine's message service restarted while running this command; not re-run"
             self.ledger.complete(entry.id, sign_result(self.config, self.keys, failure(entry.id, reason)))
             log.warning("command %s (%s) interrupted by a restart; reported as failed", entry.id, entry.kind)
-        for entry in self.ledger.in_state("accepted"):  # recorded but never started: safe to start now
+        for entry in accepted:  # recorded but never started: safe to start now
             self.dispatch(Envelope.model_validate_json(entry.envelope), entry.envelope)
 
     def _loop(self, step: Any, interval: float) -> None:
@@ -156,6 +168,8 @@ class MessageService:
             log.warning("rejected message %s: %s: %s", message.message_id, exc.reason, exc)
             self.inbound.dead_letter(message, f"{exc.reason}: {exc}")
             return exc.reason
+        from cloudkeep.machine.handlers import ROUTES
+
         route = ROUTES[envelope.kind]
         if not self.ledger.accept(envelope.id, envelope.kind, route, text):
             entry = self.ledger.get(envelope.id)
@@ -178,6 +192,8 @@ class MessageService:
     def dispatch(self, envelope: Envelope, text: str) -> None:
         if not self.ledger.start(envelope.id):
             return
+        from cloudkeep.machine.handlers import ROUTES
+
         route = ROUTES[envelope.kind]
         log.info("command %s (%s) → %s", envelope.id, envelope.kind, route)
         if route == "self":
@@ -188,11 +204,16 @@ class MessageService:
             self.spools[route].submit(envelope.id, text)
 
     def _run_here(self, envelope: Envelope) -> None:
+        from cloudkeep.machine.handlers import TaskContext, execute, sign_result
+
         result = execute(TaskContext(self.config, self.keys, envelope))
         self.ledger.complete(envelope.id, sign_result(self.config, self.keys, result))
         self.post_results()
 
     def _forward_control(self, envelope: Envelope, text: str) -> None:
+        from cloudkeep.machine.handlers import sign_result
+        from cloudkeep.protocol.bodies import Cancel, DeliveredResult, UpdateCredentials
+
         body = envelope.parsed_body()
         if isinstance(body, Cancel):
             # Every spool gets it: the worker running (or about to claim) the command stops at its next
@@ -219,6 +240,8 @@ class MessageService:
         """Move worker results into the ledger, post progress and every unposted result."""
         for spool in self.spools.values():
             for command_id, result in spool.results():
+                from cloudkeep.machine.handlers import sign_result  # a worker reported: pydantic is due
+
                 self.ledger.complete(
                     command_id, sign_result(self.config, self.keys, {**result, "command_id": command_id})
                 )
@@ -227,6 +250,8 @@ class MessageService:
             for command_id, data, mtime in spool.progress():
                 if self._progress_seen.get(command_id) == mtime:
                     continue
+                from cloudkeep.machine.handlers import progress_body, sign_report
+
                 text = sign_report(self.config, self.keys, "progress", progress_body(command_id, data),
                                    correlation_id=command_id)  # fmt: skip
                 try:
@@ -267,7 +292,10 @@ class MessageService:
             self.stopping.wait(min(BEACON_SECONDS, self.config.heartbeat_seconds))
 
     def heartbeat(self) -> str:
-        body = Heartbeat(services=service_status(self.config.state_dir), version=self.config.version())
+        """A signed ``heartbeat`` (a ``Heartbeat`` body), built without pydantic (``protocol.reports``)."""
+        body = {"services": service_status(self.config.state_dir), "version": self.config.version()}
         ttl = max(60.0, 3 * self.config.heartbeat_seconds)
-        data = body.model_dump(mode="json")
-        return sign_report(self.config, self.keys, "heartbeat", data, correlation_id=None, ttl=ttl)
+        fields = report_fields(
+            "heartbeat", body, sender=self.config.machine_id, recipient=self.config.server_id, ttl=ttl
+        )
+        return sign_fields(fields, self.keys.signing)[0]

@@ -34,11 +34,9 @@ from cloudkeep.protocol.errors import (
     UnsupportedVersion,
     WrongRecipient,
 )
+from cloudkeep.protocol.reports import MAX_MESSAGE_BYTES, MAX_TTL, PROTOCOL_VERSION, sign_fields
 
-PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 64 * 1024  # the smallest queue limit (Azure Queue Storage); SQS allows more
 DEFAULT_CLOCK_SKEW = 300.0
-MAX_TTL = timedelta(days=7)  # bounds how long receivers must remember seen ids
 
 
 def utcnow() -> datetime:
@@ -127,15 +125,7 @@ def make_envelope(
 
 def sign_envelope(envelope: Envelope, key: Ed25519PrivateKey) -> str:
     """Sign and serialise; the returned text is what goes on the queue."""
-    data = envelope.unsigned_dict()
-    signature = crypto.sign(key, crypto.canonical_json(data))
-    envelope.signature = signature
-    text = crypto.canonical_json({**data, "signature": signature}).decode()
-    if len(text.encode()) > MAX_MESSAGE_BYTES:
-        raise OversizedMessage(
-            f"{envelope.kind} message is {len(text.encode())} bytes, over the {MAX_MESSAGE_BYTES}-byte limit",
-            hint="send large payloads by reference (store them and send the key)",
-        )
+    text, envelope.signature = sign_fields(envelope.unsigned_dict(), key)
     return text
 
 

@@ -12,14 +12,14 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.aws.errors import aws_errors, error_code
-from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import (
     Queue,
     QueueAccess,
@@ -27,6 +27,9 @@ from cloudkeep.providers.base import (
     ReceivedMessage,
     dead_letter_queue_name,
 )
+
+if TYPE_CHECKING:  # the machine side opens queues without boto3 (sqs_client)
+    from cloudkeep.providers.aws.session import AwsSession
 
 MAX_MESSAGE_BYTES = 262_144
 MAX_WAIT_SECONDS = 20  # SQS long-poll ceiling; longer waits loop
@@ -197,7 +200,13 @@ class SqsQueueService(QueueService):
 
 
 def open_sqs_queue(info: Mapping[str, Any]) -> Queue:
-    session = AwsSession(
-        info.get("credentials") or {}, {"region": info["region"], "endpoint_url": info.get("endpoint_url")}
+    """The machine's side of a queue: the light ``SqsJsonClient`` (no boto3), same calls and errors."""
+    from cloudkeep.providers.aws.sqs_client import SqsJsonClient
+
+    queue_url = str(info["queue_url"])
+    # Without an explicit endpoint, the queue URL's host is the region's SQS endpoint.
+    endpoint = info.get("endpoint_url") or "{0.scheme}://{0.netloc}".format(urlsplit(queue_url))
+    client = SqsJsonClient(
+        region=str(info["region"]), endpoint_url=str(endpoint), credentials=info.get("credentials")
     )
-    return SqsQueue(session.client("sqs"), str(info["name"]), str(info["queue_url"]))
+    return SqsQueue(client, str(info["name"]), queue_url)
