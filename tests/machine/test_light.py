@@ -70,9 +70,16 @@ def queues(cloud: str, request: pytest.FixtureRequest, tmp_path: Path) -> QueueS
     return get_provider("aws", KEYS, options).queues
 
 
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bundle for every case: what differs between them is the queue, not the install."""
+    folder = tmp_path_factory.mktemp("light") / "bundle"
+    build_bundle(folder, version="0.1.0", signing_key=KEY)
+    return folder
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_idle_services_rss_is_small(tmp_path: Path, cloud: str, queues: QueueService) -> None:
-    build_bundle(tmp_path / "bundle", version="0.1.0", signing_key=KEY)
+def test_idle_services_rss_is_small(tmp_path: Path, cloud: str, queues: QueueService, bundle: Path) -> None:
     suffix = f"-{time.monotonic_ns()}"  # moto is shared by the session
     for name in ("server", "agent"):
         queues.ensure_queue(name + suffix)
@@ -87,7 +94,7 @@ def test_idle_services_rss_is_small(tmp_path: Path, cloud: str, queues: QueueSer
     env = {**os.environ, "CLOUDKEEP_MACHINE_ROOT": str(root), "CLOUDKEEP_PYTHON": sys.executable}
     if cloud == "aws-chain":  # no keys in the config: botocore's chain finds these
         env.update({k.upper(): v for k, v in KEYS.items()})
-    installer = ["sh", str(tmp_path / "bundle/install.sh")]
+    installer = ["sh", str(bundle / "install.sh")]
     started = subprocess.run([*installer, "--config", str(config)], capture_output=True, text=True, env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
