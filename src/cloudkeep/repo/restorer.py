@@ -53,6 +53,7 @@ from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Nod
 from cloudkeep.storage.base import ObjectNotFoundError, RangeStream, read_exactly
 
 LOCAL_SPAN = 4 * 2**20  # local reads are cheap: smaller units keep every thread busy
+LOCAL_THREADS = (os.cpu_count() or 2) + 1  # more only costs memory: each thread holds its blob buffers
 RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
 
 
@@ -116,6 +117,7 @@ class _Restorer:
         self.finishing: list[tuple[int, str, Node, _File | None]] = []
         self.links: list[tuple[_File, int, str, str]] = []  # (first occurrence, folder, name, path)
         self.precreate: list[_File] = []
+        self.specials: list[tuple[int, str, Node, str]] = []  # links, fifos, devices: (dir, name, node, path)
         self.first_link: dict[tuple[int, int], _File] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
@@ -177,34 +179,47 @@ class _Restorer:
             if node.type == FILE:
                 self._plan_file(node, index, name, path)
                 return None
-            with self.dirs.at(index) as fd:
-                if node.type == DIR:
-                    if not isinstance(node.subtree, bytes):
-                        raise Refused("a folder without a listing")
+            if node.type == DIR:
+                if not isinstance(node.subtree, bytes):
+                    raise Refused("a folder without a listing")
+                with self.dirs.at(index) as fd:
                     make_dir(fd, name)
-                    child = self.dirs.add(index, name)
-                    self.result.dirs += 1
-                    self.finishing.append((index, name, node, None))
-                    return node.subtree, child, path
-                if node.type == SYMLINK:
-                    make_symlink(fd, name, node.target)
-                elif node.type == FIFO:
-                    make_fifo(fd, name)
-                elif node.type in (CHARDEV, BLOCKDEV):
-                    kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-                    try:
-                        make_device(fd, name, (node.mode & 0o7777) | kind, node.rdev)
-                    except PermissionError:
-                        self.result.warnings.append(f"{path}: device nodes need root, skipped")
-                        return None
-                else:
-                    raise Refused(f"unknown entry type {shown(node.type)}")
-            self.finishing.append((index, name, node, None))
+                child = self.dirs.add(index, name)
+                self.result.dirs += 1
+                self.finishing.append((index, name, node, None))
+                return node.subtree, child, path
+            if node.type not in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
+                raise Refused(f"unknown entry type {shown(node.type)}")
+            # Made on the I/O pool with the files: creating entries is kernel-bound and the
+            # names of one folder are unique (checked above), so the order does not matter.
+            self.specials.append((index, name, node, path))
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
             self._failed(path, exc)
         except IntegrityError as exc:  # a chunk the index does not know
             self.refuse(path, exc.message)
         return None
+
+    def _make_special(self, item: tuple[int, str, Node, str]) -> None:
+        """Create one symbolic link, FIFO or device node (on the I/O pool); metadata at the end."""
+        index, name, node, path = item
+        try:
+            with self.dirs.at(index) as fd:
+                if node.type == SYMLINK:
+                    make_symlink(fd, name, node.target)
+                elif node.type == FIFO:
+                    make_fifo(fd, name)
+                else:
+                    kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+                    try:
+                        make_device(fd, name, (node.mode & 0o7777) | kind, node.rdev)
+                    except PermissionError:
+                        with self.lock:
+                            self.result.warnings.append(f"{path}: device nodes need root, skipped")
+                        return
+            with self.lock:
+                self.finishing.append((index, name, node, None))
+        except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
+            self._failed(path, exc)
 
     def _plan_file(self, node: Node, index: int, name: str, path: str) -> None:
         if node.links > 1:
@@ -246,7 +261,7 @@ class _Restorer:
         """
         remote = self.repo.store.remote  # a pack's blobs in one request
         span = 2**62 if remote else LOCAL_SPAN  # one pack of small files must not keep one thread busy alone
-        threads = threads or (4 if remote else (os.cpu_count() or 2) + 1)
+        threads = threads or (4 if remote else LOCAL_THREADS)
         by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
         for blob_id in self.by_blob:
             loc = self.repo.locate(blob_id)
@@ -264,11 +279,16 @@ class _Restorer:
                     run = []
                 run.append(entry)
             runs.append((pack_id, run))
+        # Largest first, so no long run starts last and keeps one thread busy alone at the end.
+        runs.sort(key=lambda r: r[1][0].offset - (r[1][-1].offset + r[1][-1].length))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-restore") as pool:
             # Creating files is metadata-bound (slow on busy disks): do it on many threads too.
             for _ in pool.map(self._precreate, self.precreate):
                 pass
+            specials = pool.map(self._make_special, self.specials)  # queued, not waited for
             for _ in pool.map(self._restore_run, runs):
+                pass
+            for _ in specials:
                 pass
 
     def _open(self, file: _File) -> int:

@@ -1,0 +1,135 @@
+"""Restore on many threads at once: the same tree as on one thread, and no escape under concurrency.
+
+Restore creates files, symbolic links and FIFOs, writes shared chunks into many files and applies
+metadata on a pool of threads (``restorer.LOCAL_THREADS`` for local stores). These tests force
+one thread and many threads on a real local repository (``file://``) and compare everything a
+restore must keep: bytes, modes, times, link targets, hard links, holes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudkeep.repo import Repository, backup_files, restore, restorer
+from cloudkeep.storage import open_store
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
+
+MIB = 2**20
+SHARED = b"the same bytes in many files\n" * 40  # one blob, written into every file that holds it
+
+
+def _build(root: Path, seed: int) -> None:
+    """Many small files in many folders, plus every kind of entry a restore treats specially."""
+    rng = random.Random(seed)
+    for d in range(24):
+        folder_path = root / f"d{d:02}" / "sub"
+        folder_path.mkdir(parents=True)
+        for f in range(12):
+            path = folder_path / f"f{f:02}"
+            path.write_bytes(SHARED if f % 4 == 0 else rng.randbytes(rng.randrange(0, 6000)))
+            os.chmod(path, rng.choice([0o600, 0o644, 0o640, 0o755, 0o700, 0o444]))
+            mtime = 1_600_000_000_000_000_000 + f * 10**9 + d
+            os.utime(path, ns=(1_500_000_000_000_000_000 + d * 10**9, mtime))
+        os.symlink(f"f{d % 12:02}", folder_path / "link")  # relative, inside
+        os.symlink("../../../../../outside", folder_path / "dangling")  # never followed
+        os.mkfifo(folder_path / "pipe", 0o640)
+        os.link(folder_path / "f01", root / f"hard{d:02}")  # hard links across folders
+    with open(root / "sparse.img", "wb") as fh:
+        fh.write(rng.randbytes(5000))
+        fh.seek(3 * MIB)
+        fh.write(rng.randbytes(5000))
+    (root / "big.bin").write_bytes(rng.randbytes(2 * MIB))  # many chunks, several packs
+    for d in range(24):  # folder times last: creating entries changed them
+        os.utime(root / f"d{d:02}" / "sub", ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_000 + d))
+
+
+def _state(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything restore must reproduce, per path below ``root`` (hard links by shared inode)."""
+    found: dict[str, tuple[Any, ...]] = {}
+    inodes: dict[int, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            body: Any = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as fh:
+                    body = hashlib.blake2b(fh.read()).hexdigest()
+                if st.st_nlink > 1:
+                    body = (body, inodes.setdefault(st.st_ino, rel))  # the first name of its inode
+            elif stat.S_ISLNK(st.st_mode):
+                body = os.readlink(path)
+            mtime = None if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns
+            found[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, mtime, body)
+    return found
+
+
+@pytest.fixture
+def local_repo(tmp_path: Path) -> Repository:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    return Repository.create(store, PASSWORD, pack_size=256 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+
+
+def test_many_threads_restore_the_same_tree_as_one(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _build(src, seed=18)
+    snap = backup_files(local_repo, [src], hostname="h")
+    states = []
+    for threads in (1, 12):
+        monkeypatch.setattr(restorer, "LOCAL_THREADS", threads)
+        target = tmp_path / f"out{threads}"
+        result = restore(local_repo, snap.id, target)
+        assert result.ok and result.verified == result.files, result.errors
+        out = restored(target, src)
+        states.append(_state(out))
+        assert (out / "sparse.img").stat().st_blocks * 512 <= 256 * 1024  # holes stayed holes
+        assert os.path.samestat(os.stat(out / "hard00"), os.stat(out / "d00" / "sub" / "f01"))
+    expected = _state(src)
+    assert states[0] == expected
+    assert states[1] == expected
+    assert len(expected) > 24 * 16  # the walk saw the whole tree
+
+
+def test_hostile_links_are_refused_alike_on_many_threads(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links to outside beside entries of the same name, in many folders restored at once."""
+    monkeypatch.setattr(restorer, "LOCAL_THREADS", 12)
+    outside, target, state = sandbox(tmp_path)
+    specs = []
+    for d in range(30):
+        specs.append(
+            folder(
+                f"d{d:02}",
+                [
+                    symlink("s", f"{outside}/victim.txt"),
+                    file("s", b"overwritten\n", mode=0o777),
+                    symlink("t", f"{outside}/victim-dir"),
+                    folder("t", [file("planted")]),
+                    fifo("p"),
+                    file("good", f"fine {d}\n".encode()),
+                ],
+            )
+        )
+    snapshot_id = craft(repo, specs)
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before, "the restore changed something outside its target"
+    for d in range(30):
+        assert (target / f"d{d:02}" / "good").read_bytes() == f"fine {d}\n".encode()
+        assert os.readlink(target / f"d{d:02}" / "s") == f"{outside}/victim.txt"  # the first of the name
+        assert stat.S_ISFIFO(os.lstat(target / f"d{d:02}" / "p").st_mode)
+        for name in ("s", "t"):
+            assert any(f"/d{d:02}/{name}: refused" in error for error in result.errors), result.errors
+    assert len(result.errors) == 60 and not result.ok
