@@ -30,8 +30,9 @@ WRITERS_PREFIX = "writers/"
 CONFIG_AAD = b"cloudkeep-config-v1"
 MARKER_AAD = b"cloudkeep-marker-v1"
 # 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
+# 3: confidentiality between writers (per-pack data keys wrapped to a public key; repo/confidential.py).
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests
 
 
@@ -42,15 +43,28 @@ class RepoConfig:
     pack_size: int
     compression_level: int
     version: int = FORMAT_VERSION
+    origin: int = 0  # the format the repository was created at, if it was migrated since (0: none)
+
+    @property
+    def created_version(self) -> int:
+        return self.origin or self.version
+
+    def migrated(self, version: int) -> RepoConfig:
+        return RepoConfig(
+            self.id, self.chunker, self.pack_size, self.compression_level, version, self.created_version
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "version": self.version,
             "id": self.id,
             "chunker": self.chunker.to_json(),
             "pack_size": self.pack_size,
             "compression_level": self.compression_level,
         }
+        if self.origin and self.origin != self.version:
+            body["origin"] = self.origin
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoConfig:
@@ -62,6 +76,7 @@ class RepoConfig:
             data["pack_size"],
             data["compression_level"],
             data["version"],
+            int(data.get("origin", 0)),
         )
 
 
