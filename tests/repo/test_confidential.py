@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.errors import ConfigurationError, IntegrityError, PermissionDeniedError
-from cloudkeep.repo import Repository, backup_files, check, restore
+from cloudkeep.repo import Repository, backup_files, check, rebuild_index, restore
 from cloudkeep.repo.confidential import (
     CONFIDENTIAL_KEY,
     MANIFEST_MAGIC,
@@ -22,6 +22,7 @@ from cloudkeep.repo.confidential import (
     PACK_PRELUDE_SIZE,
     WRAPPED_SIZE,
     WriterBundle,
+    manifest_reader,
 )
 from cloudkeep.repo.grants import restore_keys
 from cloudkeep.repo.migrate import migrate_to_confidential
@@ -205,3 +206,21 @@ def test_a_malformed_writer_bundle_is_a_clear_error(server: Repository) -> None:
     for bad in ({**body, "public_key": "AAAA"}, {**body, "format": 2}, [], {**body, "config": "x"}):
         with pytest.raises(ConfigurationError):
             WriterBundle.from_json(bad)
+
+
+def test_server_reads_format_3_manifests_by_key_and_rebuilds_the_index_from_pack_headers(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    source = secret_tree(tmp_path / "a")
+    snap = backup_files(machine(store, server, A), [source], hostname="a")
+    assert server.master is not None
+    read = manifest_reader(store, server.master)  # what the server's catalog pins use
+    assert read(A + SNAPSHOT_PREFIX + snap.id).tree == snap.tree
+    for info in list(store.list(A + "index/")):
+        store.delete(info.key)
+    full = Repository.open(store, PASSWORD)
+    assert rebuild_index(full) > 0  # headers opened with each pack's unwrapped data key
+    assert machine(store, server, B).has_blob(bytes.fromhex(snap.tree))  # re-sealed for every writer
+    out = tmp_path / "out"
+    assert restore(full, snap.id, out).ok
+    assert (restored(out, source) / SECRET_NAME).read_bytes() == (source / SECRET_NAME).read_bytes()

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cloudkeep.errors import ConfigurationError, IntegrityError, PermissionDeniedError
+from cloudkeep.errors import ConfigurationError, IntegrityError, NotFoundError, PermissionDeniedError
 from cloudkeep.repo.crypto import NONCE_SIZE, TAG_SIZE, Crypter, MasterKey, b64, unb64
+from cloudkeep.repo.layout import CONFIG_KEY, open_config
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.snapshot import Snapshot, open_snapshot, seal_snapshot
+from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
 CONFIDENTIAL_FORMAT = 3  # the first format with per-pack data keys
 CONFIDENTIAL_KEY = "confidential"  # the sealed private and shared keys (root, full access only)
@@ -117,6 +120,29 @@ class ConfidentialKeys:
             raise IntegrityError(f"{CONFIDENTIAL_KEY}: malformed ({exc})") from None
 
 
+def open_confidential(store: ObjectStore, master: MasterKey) -> ConfidentialKeys:
+    """A format 3 repository's key material, from its ``confidential`` object."""
+    try:
+        return ConfidentialKeys.open(master, store.get(CONFIDENTIAL_KEY))
+    except ObjectNotFoundError:
+        raise IntegrityError(
+            f"{store.describe()}: format 3 repository without its key material ({CONFIDENTIAL_KEY})",
+            hint="restore that object from a copy; without it new packs cannot be read",
+        ) from None
+
+
+def manifest_reader(store: ObjectStore, master: MasterKey) -> Callable[[str], Snapshot]:
+    """Reads manifests (any version, any format) by key without loading the index: the server's
+    check of a machine's report. Format 3 manifests are opened with the private key."""
+    try:
+        config = open_config(master, store.get(CONFIG_KEY))
+    except ObjectNotFoundError:
+        raise NotFoundError(f"{store.describe()}: repository config is missing") from None
+    keys = open_confidential(store, master) if config.version >= CONFIDENTIAL_FORMAT else None
+    ring = KeyRing(config.id, config.compression_level, master, master.id_key, keys)
+    return lambda key: ring.open_manifest(key, store.get(key), allow_legacy=True)
+
+
 @dataclass(frozen=True)
 class WriterBundle:
     """What a machine holds for a format 3 repository: enough to back up and dedup, nothing to decrypt.
@@ -184,7 +210,10 @@ class KeyRing:
             self.shared = Crypter(MasterKey(keys.shared_key, id_key), level)
         self._v2_sealer = PackSealer(self.shared, b"")
         self._grants: dict[str, bytes] = {}  # object key → content key, sent by the server
-        self._packs: dict[str, Crypter] = {}
+        # Data keys are 32 bytes a pack (1 MiB for a 1 TiB repository); crypters only for recent
+        # packs. ``None``: a pack written before format 3, opened with the repository key.
+        self._data_keys: dict[str, bytes | None] = {}
+        self._crypters: OrderedDict[str, Crypter] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -223,26 +252,31 @@ class KeyRing:
         if self.keys is None:
             return self.shared
         with self._lock:
-            cached = self._packs.get(pack_id)
-            granted = self._grants.get(pack_key(pack_id))
-        if cached is not None:
-            return cached
-        if granted is not None:
-            crypter = self.shared.with_encryption_key(granted)
-        elif self.private_key is None:
-            raise PermissionDeniedError(
-                f"pack {pack_id}: this machine holds no key for it (format 3 keeps other writers' data "
-                "confidential)",
-                hint="restore through the server, which sends the keys of exactly the packs a restore needs",
-            )
-        else:
+            cached = self._crypters.get(pack_id)
+            if cached is not None:
+                self._crypters.move_to_end(pack_id)
+                return cached
+            known = pack_id in self._data_keys
+            data_key = self._data_keys.get(pack_id) or self._grants.get(pack_key(pack_id))
+        if data_key is None and not known:
+            if self.private_key is None:
+                raise PermissionDeniedError(
+                    f"pack {pack_id}: this machine holds no key for it (format 3 keeps other writers' "
+                    "data confidential)",
+                    hint="restore through the server, which sends the keys of exactly the packs a restore "
+                    "needs",
+                )
             data_key = self.pack_data_key(pack_id, prelude)
-            if data_key is None:  # written before the migration: the repository key opens it
-                assert self.legacy is not None
-                return self.legacy
-            crypter = self.shared.with_encryption_key(data_key)
+            with self._lock:
+                self._data_keys[pack_id] = data_key
+        if data_key is None:  # written before the migration: the repository key opens it
+            assert self.legacy is not None
+            return self.legacy
+        crypter = self.shared.with_encryption_key(data_key)
         with self._lock:
-            self._packs[pack_id] = crypter
+            self._crypters[pack_id] = crypter
+            while len(self._crypters) > 256:
+                self._crypters.popitem(last=False)
         return crypter
 
     def seal_manifest(self, snapshot: Snapshot) -> tuple[str, bytes]:

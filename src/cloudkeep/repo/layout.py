@@ -30,7 +30,9 @@ WRITERS_PREFIX = "writers/"
 CONFIG_AAD = b"cloudkeep-config-v1"
 MARKER_AAD = b"cloudkeep-marker-v1"
 # 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
-# 3: confidentiality between writers (per-pack data keys wrapped to a public key; repo/confidential.py).
+# 3: confidentiality between writers (per-pack data keys wrapped to a public key; repo/confidential.py),
+#    by `Repository.create(version=3)` or `repo.migrate`. New repositories stay at 2 until the server
+#    sends machines writer bundles instead of the password (until then format 3 protects nothing).
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2, 3)
 CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests

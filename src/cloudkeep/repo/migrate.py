@@ -12,11 +12,16 @@ from datetime import datetime, timedelta
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, ConflictError
-from cloudkeep.repo.confidential import CONFIDENTIAL_FORMAT, CONFIDENTIAL_KEY, ConfidentialKeys
+from cloudkeep.repo.confidential import (
+    CONFIDENTIAL_FORMAT,
+    CONFIDENTIAL_KEY,
+    ConfidentialKeys,
+    open_confidential,
+)
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import CONFIG_KEY, seal_config
 from cloudkeep.repo.lock import maintenance_lock
-from cloudkeep.repo.repository import Repository, open_confidential
+from cloudkeep.repo.repository import Repository
 
 
 def migrate_to_confidential(

@@ -31,6 +31,7 @@ from cloudkeep.repo.confidential import (
     ConfidentialKeys,
     KeyRing,
     WriterBundle,
+    open_confidential,
 )
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
 from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, RawEntry, read_index_file
@@ -542,16 +543,6 @@ class Repository:
         with self.lock:
             self.unreadable_snapshots = unreadable
         return iter(found)
-
-
-def open_confidential(store: ObjectStore, master: MasterKey) -> ConfidentialKeys:
-    try:
-        return ConfidentialKeys.open(master, store.get(CONFIDENTIAL_KEY))
-    except ObjectNotFoundError:
-        raise IntegrityError(
-            f"{store.describe()}: format 3 repository without its key material ({CONFIDENTIAL_KEY})",
-            hint="restore that object from a copy; without it new packs cannot be read",
-        ) from None
 
 
 def utcnow() -> datetime:
