@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, IntegrityError, PermissionDeniedError
-from cloudkeep.repo import Repository, backup_files, check, rebuild_index, restore
+from cloudkeep.repo import Repository, backup_files, check, forget_snapshots, prune, rebuild_index, restore
 from cloudkeep.repo.confidential import (
     CONFIDENTIAL_KEY,
     MANIFEST_MAGIC,
@@ -154,6 +156,8 @@ def test_tampered_wrapped_key_is_an_integrity_error(
         fresh.pack_crypter(pack_id)
     with pytest.raises(IntegrityError, match="wrapped key"):
         restore_keys(fresh, snap.id)
+    report = check(Repository.open(store, PASSWORD), read_data=True)
+    assert not report.ok and any(key in p.object for p in report.problems)
     # The same for a manifest's wrapped content key.
     manifest_key = A + SNAPSHOT_PREFIX + snap.id
     manifest = bytearray(store.get(manifest_key))
@@ -224,3 +228,28 @@ def test_server_reads_format_3_manifests_by_key_and_rebuilds_the_index_from_pack
     out = tmp_path / "out"
     assert restore(full, snap.id, out).ok
     assert (restored(out, source) / SECRET_NAME).read_bytes() == (source / SECRET_NAME).read_bytes()
+
+
+def test_prune_after_migration_rewrites_old_packs_into_format_3(store: ObjectStore, tmp_path: Path) -> None:
+    Repository.create(store, PASSWORD, pack_size=2**20, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=2)
+    source = secret_tree(tmp_path / "src")
+    old_writer = Repository.open(store, PASSWORD, writer_prefix=A)
+    first = backup_files(old_writer, [source], hostname="a")
+    (source / "random.bin").write_bytes(os.urandom(300 * 1024))  # shares a pack with kept data
+    second = backup_files(old_writer, [source], hostname="a")
+    server = Repository.open(store, PASSWORD)
+    assert migrate_to_confidential(server)
+    forget_snapshots(server, [first.id])
+    now = datetime.now(UTC)
+    marked = prune(server, now=now)
+    swept = prune(server, now=now + timedelta(hours=2))
+    assert marked.packs_repacked > 0 and swept.packs_deleted > 0
+    full = Repository.open(store, PASSWORD)
+    repacked = [p for p in full.index.packs if "/" not in p]  # prune writes at the root
+    assert repacked and all(store.get(pack_key(p)).startswith(PACK_MAGIC) for p in repacked)
+    assert check(full, read_data=True).ok
+    grants = restore_keys(full, second.id)
+    assert {pack_key(p) for p in repacked} <= set(grants)  # now confidential, so grantable
+    out = tmp_path / "out"
+    assert restore(full, second.id, out).ok
+    assert (restored(out, source) / "random.bin").read_bytes() == (source / "random.bin").read_bytes()
