@@ -175,8 +175,11 @@ def test_migrating_a_format_2_repository(store: ObjectStore, tmp_path: Path) -> 
     before = backup_files(Repository.open(store, PASSWORD, writer_prefix=A), [source], hostname="a")
     assert not store.exists(CONFIDENTIAL_KEY)
 
+    stale = Repository.open(store, PASSWORD)  # opened before: a second migration racing the first
     assert migrate_to_confidential(old) is True
     assert migrate_to_confidential(old) is False  # idempotent
+    assert migrate_to_confidential(stale) is True
+    assert stale.keyring.keys == old.keyring.keys  # one key pair: the create-only object decides
     server = Repository.open(store, PASSWORD)
     assert server.config.version == 3 and server.config.created_version == 2
     (source / "new.txt").write_text("written after the migration\n" * 100)

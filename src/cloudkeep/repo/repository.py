@@ -120,7 +120,8 @@ class Repository:
         keys = ConfidentialKeys.generate() if version >= CONFIDENTIAL_FORMAT else None
         try:
             if keys is not None:  # before the config: a repository exists once its config does
-                store.put(CONFIDENTIAL_KEY, keys.seal(master))
+                # create-only: two racing initialisers must not leave a config and another's keys
+                store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
             store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
         except ConflictError:
             store.delete(key_name)  # lost the race to another initialiser
