@@ -4,6 +4,7 @@ Storage layout (see docs/format.md)::
 
     config                    sealed JSON: repository id, chunker parameters, pack size, compression
     keys/<id>                 master key wrapped by one password (scrypt + AES-GCM)
+    confidential              format 3: private and shared keys, sealed under the master key
     data/<id[:2]>/<id>        packs of encrypted blobs
     index/<id>                which pack holds which blob (one or more files per backup session)
     snapshots/<id>            restore-point manifests; written last = the commit point
