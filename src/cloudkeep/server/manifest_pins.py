@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import select, update
 
 from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
-from cloudkeep.repo.crypto import Crypter
+from cloudkeep.repo.confidential import manifest_reader as open_manifests
 from cloudkeep.repo.keys import open_with_password
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, is_snapshot_id, open_snapshot
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, is_snapshot_id
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.sessions.access import agent_write_prefix, load_repository, repository_password
@@ -84,8 +84,7 @@ class ManifestReader:
         accepted, and a point recorded with a content id can only be read as version 2.
         """
         _key_name, master = open_with_password(store, password)
-        crypter = Crypter(master)
-        return cls(lambda key: open_snapshot(crypter, key, store.get(key)))
+        return cls(open_manifests(store, master))
 
     def read(self, machine_id: str, snapshot_id: str) -> Snapshot:
         """The manifest in the machine's namespace (or the root layout of older repositories)."""
