@@ -18,11 +18,19 @@ from cloudkeep.repo.restorer import _requested
 from cloudkeep.repo.tree import DIR
 
 
-def restore_keys(repo: Repository, snapshot_id: str, paths: list[str] | None = None) -> dict[str, bytes]:
+def restore_keys(
+    repo: Repository,
+    snapshot_id: str,
+    paths: list[str] | None = None,
+    *,
+    trees_only: bool = False,
+    legacy: set[str] | None = None,
+) -> dict[str, bytes]:
     """Object key → content key for the manifest and every pack a restore of ``paths`` reads.
 
-    Packs written before format 3 have no per-pack key and are left out (the repository key
-    opens them; docs/format.md, "Migration").
+    ``trees_only``: the packs of the trees only (a browse). Objects written before format 3 have
+    no per-object key and are left out (the repository key opens them; docs/format.md,
+    "Migration"); their keys go into ``legacy`` when given.
     """
     snapshot = repo.load_snapshot(snapshot_id)
     manifest = repo.snapshot_key(snapshot.id)
@@ -30,6 +38,8 @@ def restore_keys(repo: Repository, snapshot_id: str, paths: list[str] | None = N
     content_key = repo.keyring.manifest_content_key(manifest, repo.store.get(manifest))
     if content_key is not None:
         grants[manifest] = content_key
+    elif legacy is not None:
+        legacy.add(manifest)
     blobs: set[bytes] = set()
     root = bytes.fromhex(snapshot.tree)
     for parts in _requested(paths):
@@ -45,15 +55,18 @@ def restore_keys(repo: Repository, snapshot_id: str, paths: list[str] | None = N
                 tree = node.subtree
                 blobs.add(tree)
             else:
-                blobs.update(node.content)
+                if not trees_only:
+                    blobs.update(node.content)
                 if node.subtree is not None:
-                    _subtree_blobs(repo, node.subtree, blobs)
+                    _subtree_blobs(repo, node.subtree, blobs, trees_only)
         if not parts:
-            _subtree_blobs(repo, root, blobs)
+            _subtree_blobs(repo, root, blobs, trees_only)
     for pack_id in sorted({repo.locate(blob_id).pack_id for blob_id in blobs}):
         data_key = repo.keyring.pack_data_key(pack_id, partial(_prelude, repo, pack_id))
         if data_key is not None:
             grants[pack_key(pack_id)] = data_key
+        elif legacy is not None:
+            legacy.add(pack_key(pack_id))
     return grants
 
 
@@ -61,7 +74,7 @@ def _prelude(repo: Repository, pack_id: str) -> bytes:
     return repo.store.get_range(pack_key(pack_id), 0, PACK_PRELUDE_SIZE)
 
 
-def _subtree_blobs(repo: Repository, tree_id: bytes, blobs: set[bytes]) -> None:
+def _subtree_blobs(repo: Repository, tree_id: bytes, blobs: set[bytes], trees_only: bool = False) -> None:
     stack = [tree_id]
     seen: set[bytes] = set()
     while stack:
@@ -71,6 +84,7 @@ def _subtree_blobs(repo: Repository, tree_id: bytes, blobs: set[bytes]) -> None:
         seen.add(tree)
         blobs.add(tree)
         for node in repo.load_tree(tree):
-            blobs.update(node.content)
+            if not trees_only:
+                blobs.update(node.content)
             if node.subtree is not None:
                 stack.append(node.subtree)

@@ -129,8 +129,12 @@ class Repository:
         return cls(store, master, key_name, config, keys=keys)
 
     @classmethod
-    def open(cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None) -> Repository:
+    def open(
+        cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None, load_index: bool = True
+    ) -> Repository:
         """Open with any of the repository's passwords; ``AuthenticationError`` if none matches.
+
+        ``load_index=False``: manifests only, by key (the server's check of a reported backup).
 
         ``writer_prefix`` (``writers/<name>/``) confines everything this instance writes or deletes
         to that namespace, so credentials scoped to it suffice; reads still see every writer.
@@ -143,7 +147,8 @@ class Repository:
         config = open_config(master, sealed)
         keys = open_confidential(store, master) if config.version >= CONFIDENTIAL_FORMAT else None
         repo = cls(store, master, key_name, config, writer_prefix=writer_prefix, keys=keys)
-        repo.load_index()
+        if load_index:
+            repo.load_index()
         return repo
 
     @classmethod

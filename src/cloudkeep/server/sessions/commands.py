@@ -21,7 +21,13 @@ from cloudkeep.errors import CloudkeepError
 from cloudkeep.protocol.bodies import RESULT_BODIES, Body
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.sessions.access import agent_access, load_repository, repository_password
+from cloudkeep.server.sessions.access import (
+    RestoreGrant,
+    agent_access,
+    keys_for_machine,
+    load_repository,
+    repository_password,
+)
 from cloudkeep.server.sessions.runtime import (
     CommandSender,
     TaskFailed,
@@ -57,12 +63,19 @@ def read_result(model: type[R], machine_name: str, payload: dict[str, Any]) -> R
         ) from None
 
 
-def sealed_access(ctx: ServerContext, repository_id: str, machine_id: str) -> dict[str, Any]:
-    """Scoped, expiring repository access for one machine (sealed into the command's envelope)."""
+def sealed_access(
+    ctx: ServerContext, repository_id: str, machine_id: str, grant: RestoreGrant | None = None
+) -> dict[str, Any]:
+    """Scoped, expiring repository access for one machine (sealed into the command's envelope).
+
+    Format 3: a writer bundle, plus the content keys of what a restore or browse (``grant``) reads.
+    """
     repository = load_repository(ctx, repository_id)
+    password = repository_password(ctx, repository)
     provider = ctx.provider_for(repository.credential_id)
     try:
-        return agent_access(provider, repository, machine_id, repository_password(ctx, repository))
+        keys = keys_for_machine(provider, repository.location, password, grant)
+        return agent_access(provider, repository, machine_id, keys)
     finally:
         provider.close()
 
@@ -77,9 +90,10 @@ def call_machine(
     *,
     repository_id: str,
     timeout: float,
+    grant: RestoreGrant | None = None,
 ) -> Body:
     """One command outside any session (e.g. a browse through a machine): send, await, read."""
-    sealed = sealed_access(ctx, repository_id, machine_id)
+    sealed = sealed_access(ctx, repository_id, machine_id, grant)
     command_id = sender.send(machine_id, kind, body, sealed=sealed)
     return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
 
@@ -112,6 +126,7 @@ class CommandSession:
     timeout: float
     stats: dict[str, Any] | None = None  # the session's stats from the start
     unfinished: Outcome = field(default_factory=lambda: Outcome("failed", ""))  # fields when no result
+    grant: RestoreGrant | None = None  # a restore: the keys of what it reads go with it (format 3)
 
 
 def start_command_session(
@@ -147,7 +162,7 @@ def run_command_session(
     outcome = spec.unfinished
     try:
         sender = dispatcher or default_dispatcher(ctx)
-        sealed = sealed_access(ctx, spec.repository_id, spec.machine_id)
+        sealed = sealed_access(ctx, spec.repository_id, spec.machine_id, spec.grant)
         command_id = sender.send(
             spec.machine_id, spec.command, spec.body, sealed=sealed, task_id=task_id, ttl=spec.timeout
         )
