@@ -10,6 +10,7 @@ from sqlalchemy import select
 from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
 from cloudkeep.repo import Repository as FormatRepository
 from cloudkeep.repo import check
+from cloudkeep.repo.confidential import CONFIDENTIAL_FORMAT
 from cloudkeep.repo.generations import DEFAULT_GENERATION_DAYS, enable_generations
 from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
@@ -69,7 +70,10 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
             generations = data.immutability_days > 0 and store.supports_default_retention
             if generations:  # the store locks what agents write: they need no lock permission
                 store.set_default_retention(data.immutability_days + DEFAULT_GENERATION_DAYS)
-            created = FormatRepository.create(store, data.password.get_secret_value(), **tuning)
+            # Format 3: machines get writer bundles, never the password (docs/format.md)
+            created = FormatRepository.create(
+                store, data.password.get_secret_value(), version=CONFIDENTIAL_FORMAT, **tuning
+            )
             try:
                 if generations:
                     enable_generations(created, retention_days=data.immutability_days)
