@@ -32,6 +32,8 @@ from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, open_snapshot
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint
+from cloudkeep.server.db.models import Repository as RepositoryRow
+from cloudkeep.server.jobs import start_job
 from cloudkeep.server.restore import start_file_restore
 from cloudkeep.server.sessions.access import RestoreGrant, agent_write_prefix, load_repository
 from cloudkeep.server.sessions.commands import sealed_access
@@ -188,3 +190,19 @@ def test_restore_of_a_point_written_before_format_3_is_refused_before_sending(
         assert "written before the repository moved to format 3" in (session.reason or "")
     with pytest.raises(ConfigurationError, match="format 3"):
         sealed_access(ctx, world.repository_id, world.machine_ids[0], RestoreGrant(snap.id))
+
+
+def test_a_jobs_own_password_still_sends_format_3_machines_only_a_writer_bundle(
+    ctx: ServerContext, world: World
+) -> None:
+    server = _server_repo(world)
+    server.add_password("job-password-123", kdf=FAST_KDF)
+    sealed = ctx.secrets.seal("job-password-123").hex()
+    with ctx.db() as db:  # the repository's own password would not open it: the job's must be used
+        db.get(RepositoryRow, world.repository_id).password = ctx.secrets.seal("not the password")  # type: ignore[union-attr]
+    job_id = world.add_job(options={"password_sealed": sealed})
+    fake = FakeDispatcher(ctx)
+    start_job(ctx, job_id, machine_ids=[world.machine_ids[0]], wait=True, dispatcher=fake)
+    (backup,) = fake.kinds("backup")
+    assert backup.sealed is not None and "password" not in backup.sealed
+    assert backup.sealed["writer"] == server.writer_bundle().to_json()
