@@ -19,6 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, NotFoundError, incomplete_restore
 from cloudkeep.machine.handlers import Handler, TaskCancelled, TaskContext, run_shell
@@ -134,7 +137,10 @@ def open_repository(ctx: TaskContext) -> Repository:
         assert writer_prefix is not None  # RepositoryAccess requires it with a bundle
         bundle = WriterBundle.from_json(access.writer)
         repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix)
-        repository.grant_keys(_grants(access.grants or {}))
+        grants = access.grants or {}
+        if access.grants_object and access.grants_key:
+            grants = _grants_object(store, access.grants_object, access.grants_key)
+        repository.grant_keys(_grants(grants))
         return repository
     assert password is not None  # RepositoryAccess carries one or the other
     try:
@@ -154,6 +160,19 @@ def _grants(grants: dict[str, str]) -> dict[str, bytes]:
     if any(len(key) != 32 for key in keys.values()):
         raise TaskFailed("the server sent restore keys of the wrong size")
     return keys
+
+
+def _grants_object(store: ObjectStore, name: str, key: str) -> dict[str, str]:
+    """The keys of a large restore, from the one-off object the server wrote for this command."""
+    data = store.get(name)
+    try:
+        plain = AESGCM(base64.b64decode(key, validate=True)).decrypt(data[:12], data[12:], name.encode())
+        grants = json.loads(plain)
+    except (ValueError, TypeError, InvalidTag) as exc:
+        raise TaskFailed(f"restore keys in {name} do not open ({type(exc).__name__})") from None
+    if not isinstance(grants, dict) or not all(isinstance(v, str) for v in grants.values()):
+        raise TaskFailed(f"restore keys in {name} are malformed")
+    return grants
 
 
 def _as_dict(value: Any) -> Any:

@@ -29,6 +29,8 @@ class RepositoryAccess(Body):
     password: str | None = None
     writer: dict[str, Any] | None = None
     grants: dict[str, str] | None = None
+    grants_object: str | None = None  # too many keys for one message: a one-off object holds them,
+    grants_key: str | None = None  # sealed (AES-256-GCM, its name as associated data) under this key
     expires_at: datetime | None = None  # when the scoped credentials in ``options`` stop working
     # ``writers/<machine id>/``: open the repository writer-scoped (credentials may write only there)
     writer_prefix: str | None = None

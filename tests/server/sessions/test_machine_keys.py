@@ -21,7 +21,7 @@ from tests.server.jobs_fakes import FakeDispatcher, World, build_world, make_con
 
 from cloudkeep.errors import ConfigurationError, IntegrityError, PermissionDeniedError
 from cloudkeep.machine.handlers import TaskContext
-from cloudkeep.machine.tasks import open_repository
+from cloudkeep.machine.tasks import TaskFailed, open_repository
 from cloudkeep.protocol import RepositoryAccess
 from cloudkeep.repo import Repository, backup_files, restore
 from cloudkeep.repo.confidential import MANIFEST_MAGIC, WRAPPED_SIZE
@@ -35,6 +35,7 @@ from cloudkeep.server.db.models import JobSession, RestorePoint
 from cloudkeep.server.db.models import Repository as RepositoryRow
 from cloudkeep.server.jobs import start_job
 from cloudkeep.server.restore import start_file_restore
+from cloudkeep.server.sessions import access
 from cloudkeep.server.sessions.access import RestoreGrant, agent_write_prefix, load_repository
 from cloudkeep.server.sessions.commands import sealed_access
 
@@ -206,3 +207,43 @@ def test_a_jobs_own_password_still_sends_format_3_machines_only_a_writer_bundle(
     (backup,) = fake.kinds("backup")
     assert backup.sealed is not None and "password" not in backup.sealed
     assert backup.sealed["writer"] == server.writer_bundle().to_json()
+
+
+def test_a_grant_too_large_for_one_command_travels_in_a_one_off_object(
+    ctx: ServerContext, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(access, "GRANT_BUDGET", 10)  # as if the restore read thousands of packs
+    owner_id = world.machine_ids[0]
+    source = _tree(tmp_path / "src")
+    snap = backup_files(_machine(sealed_access(ctx, world.repository_id, owner_id)), [source], hostname="h")
+    with ctx.db() as db:
+        point = RestorePoint(repository_id=world.repository_id, machine_id=owner_id, snapshot_id=snap.id,
+                             mode="file", manifest_digest=snap.digest, root_tree=snap.tree)  # fmt: skip
+        db.add(point)
+        db.flush()
+        point_id = point.id
+    seen: list[str] = []
+
+    class Agent(FakeDispatcher):
+        """Restores like the agent does, while the command runs (the object goes when it ends)."""
+
+        def wait(self, command_id: str, **kw: Any) -> dict[str, Any]:
+            command = next(s for s in self.sent if s.command_id == command_id)
+            assert command.sealed is not None and "grants" not in command.sealed
+            seen.append(command.sealed["grants_object"])
+            result = restore(_machine(command.sealed), snap.id, tmp_path / "out")
+            assert result.ok, result.errors
+            return super().wait(command_id, **kw)
+
+    start_file_restore(ctx, point_id, paths=None, target_machine_id=None, target_path="/r", wait=True,
+                       dispatcher=Agent(ctx))  # fmt: skip
+    assert len(seen) == 1 and seen[0].startswith("grants/")
+    out = tmp_path / "out" / str(source).lstrip("/")
+    assert (out / "b" / "other.bin").read_bytes() == (source / "b" / "other.bin").read_bytes()
+    server = _server_repo(world)
+    assert not server.store.exists(seen[0])  # removed when the command ended
+    sealed = sealed_access(ctx, world.repository_id, owner_id, RestoreGrant(snap.id))
+    moved = sealed["grants_object"] + "-copy"
+    server.store.put(moved, server.store.get(sealed["grants_object"]))
+    with pytest.raises(TaskFailed, match="do not open"):  # bound to its name: a copy elsewhere does not open
+        _machine({**sealed, "grants_object": moved})

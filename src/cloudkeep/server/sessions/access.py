@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cloudkeep import repo as engine
 from cloudkeep.errors import ConfigurationError, NotFoundError
@@ -129,12 +132,33 @@ class MachineKeys:
     password: str | None = None
     writer: dict[str, Any] | None = None
     grants: dict[str, str] | None = None  # object key → base64 content key
+    # Too many keys for one command: they are in this one-off object, sealed under ``grants_key``
+    grants_object: str | None = None
+    grants_key: str | None = None
 
     def fields(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 GRANT_BUDGET = 24 * 1024  # bytes of JSON: a command with its sealed access must fit one 64 KiB message
+GRANTS_PREFIX = "grants/"  # one-off grant objects (``forget_grant`` removes them when the command ends)
+
+
+def forget_grant(ctx: ServerContext, repository_id: str, sealed: dict[str, Any]) -> None:
+    """Remove a command's one-off grant object, if it had one (its keys are useless without the command)."""
+    name = sealed.get("grants_object")
+    if not name:
+        return
+    repository = load_repository(ctx, repository_id)
+    provider = ctx.provider_for(repository.credential_id)
+    try:
+        store = provider.storage.open_store(repository.location)
+        try:
+            store.delete_or_hide(str(name))
+        finally:
+            store.close()
+    finally:
+        provider.close()
 
 
 def machine_keys(repo: engine.Repository, password: str, grant: RestoreGrant | None = None) -> MachineKeys:
@@ -156,12 +180,15 @@ def machine_keys(repo: engine.Repository, password: str, grant: RestoreGrant | N
             "rewrites old packs in format 3",
         )
     encoded = {key: base64.b64encode(value).decode() for key, value in keys.items()}
-    if len(json.dumps(encoded)) > GRANT_BUDGET:
-        raise ConfigurationError(
-            f"a restore of these paths reads {len(keys)} packs, more keys than one command carries",
-            hint="restore fewer paths at a time, or download through the server",
-        )
-    return MachineKeys(writer=writer, grants=encoded)
+    plain = json.dumps(encoded).encode()
+    if len(plain) <= GRANT_BUDGET:
+        return MachineKeys(writer=writer, grants=encoded)
+    # More than one command carries (a large volume): a one-off object under a key only the sealed
+    # command holds; AES-GCM with its name as associated data, so it cannot be swapped for another.
+    name, key = GRANTS_PREFIX + secrets.token_hex(16), secrets.token_bytes(32)
+    nonce = secrets.token_bytes(12)
+    repo.store.put(name, nonce + AESGCM(key).encrypt(nonce, plain, name.encode()), if_absent=True)
+    return MachineKeys(writer=writer, grants_object=name, grants_key=base64.b64encode(key).decode())
 
 
 def keys_for_machine(

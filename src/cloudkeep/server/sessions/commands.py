@@ -9,6 +9,7 @@ model, and a malformed one fails the task with a clear reason instead of crashin
 
 from __future__ import annotations
 
+import logging
 import math
 import time as monotonic_time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.sessions.access import (
     RestoreGrant,
     agent_access,
+    forget_grant,
     keys_for_machine,
     load_repository,
     repository_password,
@@ -39,6 +41,7 @@ from cloudkeep.server.sessions.runtime import (
     update_task,
 )
 
+log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Body)
 WAIT_SLICE = 2.0  # seconds between looks at the session's stop flag
 
@@ -94,8 +97,11 @@ def call_machine(
 ) -> Body:
     """One command outside any session (e.g. a browse through a machine): send, await, read."""
     sealed = sealed_access(ctx, repository_id, machine_id, grant)
-    command_id = sender.send(machine_id, kind, body, sealed=sealed)
-    return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
+    try:
+        command_id = sender.send(machine_id, kind, body, sealed=sealed)
+        return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
+    finally:
+        forget_grant(ctx, repository_id, sealed)
 
 
 @dataclass(frozen=True)
@@ -160,9 +166,11 @@ def run_command_session(
     set_session(ctx, session_id, state="running", started_at=started)
     update_task(ctx, task_id, spec.started_message, state="running", started_at=started)
     outcome = spec.unfinished
+    cleanup: dict[str, Any] | None = None
     try:
         sender = dispatcher or default_dispatcher(ctx)
         sealed = sealed_access(ctx, spec.repository_id, spec.machine_id, spec.grant)
+        cleanup = sealed
         command_id = sender.send(
             spec.machine_id, spec.command, spec.body, sealed=sealed, task_id=task_id, ttl=spec.timeout
         )
@@ -177,10 +185,21 @@ def run_command_session(
     except (CloudkeepError, TimeoutError) as exc:
         reason = f"{spec.error_prefix}{exc}"
         outcome = Outcome("failed", reason, spec.unfinished.task, spec.unfinished.session)
+    finally:
+        if cleanup is not None:
+            _forget_grant_quietly(ctx, spec.repository_id, cleanup)
     ended = utcnow()
     state, reason = outcome.state, outcome.reason
     update_task(ctx, task_id, reason, state=state, reason=reason, ended_at=ended, **outcome.task)
     set_session(ctx, session_id, state=state, reason=reason, ended_at=ended, **outcome.session)
+
+
+def _forget_grant_quietly(ctx: ServerContext, repository_id: str, sealed: dict[str, Any]) -> None:
+    """The session's outcome stands if the one-off grant object cannot be removed (it is logged)."""
+    try:
+        forget_grant(ctx, repository_id, sealed)
+    except CloudkeepError as exc:
+        log.warning("grant object %s not removed: %s", sealed.get("grants_object"), exc)
 
 
 @dataclass(frozen=True)
