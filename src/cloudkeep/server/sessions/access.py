@@ -1,8 +1,10 @@
 """Repository access for agents (scoped, expiring) and for the administrator's machine (full).
 
 Agents get credentials from ``provider.storage.scoped_credentials`` that expire and are refreshed
-for long tasks; the repository password travels only in a message's sealed field. The server
-never moves backup data: it builds these access descriptions and hands them out.
+for long tasks; their keys travel only in a message's sealed field: the repository password for
+formats 1-2, a writer bundle (and a restore's granted keys) for format 3. The server opens
+repositories one way (``open_with_full_keys`` / ``opened_repository``). It never moves backup
+data: it builds these access descriptions and hands them out.
 """
 
 from __future__ import annotations
