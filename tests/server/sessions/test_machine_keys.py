@@ -34,6 +34,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint
 from cloudkeep.server.db.models import Repository as RepositoryRow
 from cloudkeep.server.jobs import start_job
+from cloudkeep.server.jobs.health import start_health_check
 from cloudkeep.server.restore import start_file_restore
 from cloudkeep.server.sessions import access
 from cloudkeep.server.sessions.access import RestoreGrant, agent_write_prefix, load_repository
@@ -247,3 +248,12 @@ def test_a_grant_too_large_for_one_command_travels_in_a_one_off_object(
     server.store.put(moved, server.store.get(sealed["grants_object"]))
     with pytest.raises(TaskFailed, match="do not open"):  # bound to its name: a copy elsewhere does not open
         _machine({**sealed, "grants_object": moved})
+
+
+def test_the_agent_health_check_of_a_format_3_repository_points_to_the_servers_check(
+    ctx: ServerContext, world: World
+) -> None:
+    fake = FakeDispatcher(ctx)
+    with pytest.raises(ConfigurationError, match="no machine can check it"):
+        start_health_check(ctx, world.add_job(), wait=True, dispatcher=fake)
+    assert fake.sent == []
