@@ -39,7 +39,8 @@ def test_corrupted_pack_found_only_by_read_data(repo: Repository, store: ObjectS
     sid_a, sid_b, a, b = two_snapshots(repo, tmp_path)
     pack = pack_of(repo, sid_a, f"{a}/only-a.bin")
     body = bytearray(store.get(pack_key(pack)))
-    body[100] ^= 0xFF  # flip one bit inside the first blob
+    first = min(entry.offset for entry in repo.index.packs[pack])  # after format 3's wrapped key
+    body[first + 100] ^= 0xFF  # flip one bit inside the first blob
     store.put(pack_key(pack), bytes(body))
     assert check(repo).ok  # structure alone cannot see a flipped bit
     report = check(repo, read_data=True)

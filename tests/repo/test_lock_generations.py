@@ -22,6 +22,7 @@ from cloudkeep.repo.generations import (
     write_horizon,
 )
 from cloudkeep.repo.index import Index, decode_index_file, encode_index_file, read_index_file
+from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.pack import DATA, BlobEntry
 from cloudkeep.repo.prune import used_blobs
 from cloudkeep.repo.writer import BlobWriter
@@ -285,3 +286,37 @@ def test_password_change_hides_the_locked_old_key(counting: CountingStore) -> No
     assert Repository.open(counting, "a new password").id == repo.id
     with pytest.raises(CloudkeepError):
         Repository.open(counting, PASSWORD)
+
+
+def test_format_3_writer_records_pack_write_times_and_reads_the_horizon(
+    counting: CountingStore, source: Path
+) -> None:
+    server = Repository.create(
+        counting, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=512 * 1024, version=3
+    )
+    enable_generations(server, retention_days=R, generation_days=G)
+    machine = Repository.open_writer(counting, server.writer_bundle(), writer_prefix="writers/m/")
+    assert read_horizon(machine) == read_horizon(server)  # a machine holds no repository key
+    now = datetime.now(UTC)
+    counting.reset()
+    backup_files(machine, [source], hostname="m", retain_until=now + timedelta(days=R))
+    assert counting.explicit_locks == 0  # the store's default retention locks it all
+    fresh = Repository.open(counting, PASSWORD)
+    assert fresh.index.written and set(fresh.index.written) == set(fresh.index.packs)
+    assert all(abs(t - now.timestamp()) < 600 for t in fresh.index.written.values())
+
+
+def test_migration_keeps_pack_write_times_and_the_horizon(counting: CountingStore, source: Path) -> None:
+    repo = _repo(counting)
+    now = datetime.now(UTC)
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    before, horizon = dict(Repository.open(counting, PASSWORD).index.written), read_horizon(repo)
+    assert before and horizon is not None
+    assert migrate_to_confidential(repo)
+    after = Repository.open(counting, PASSWORD)
+    assert after.config.version == 3 and after.index.written == before
+    machine = Repository.open_writer(counting, after.writer_bundle(), writer_prefix="writers/m/")
+    assert read_horizon(machine) == horizon  # re-sealed under the shared key
+    assert machine.index.written == before
+    second = backup_files(machine, [source], hostname="m", retain_until=now + timedelta(days=R))
+    assert second.stats["bytes_new"] < PARENTS  # the migrated packs' write times still cover it

@@ -29,6 +29,7 @@ from cloudkeep.repo import (
     list_tree,
     restore,
 )
+from cloudkeep.repo.layout import FORMAT_VERSION
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
@@ -58,9 +59,9 @@ def make_source(root: Path, text: str) -> Path:
     return root
 
 
-def three_points(store: ObjectStore, tmp_path: Path, prefix: str) -> Points:
+def three_points(store: ObjectStore, tmp_path: Path, prefix: str, version: int = FORMAT_VERSION) -> Points:
     """Three restore points of one source with different content, by the root layout or a writer."""
-    Repository.create(store, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=2**20)
+    Repository.create(store, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=2**20, version=version)
     writer = Repository.open(store, PASSWORD, writer_prefix=prefix or None)
     a, b, c = (
         backup_files(writer, [make_source(tmp_path / "src", text)], hostname="h")
@@ -283,7 +284,7 @@ def as_format_1(store: ObjectStore) -> None:
 def test_legacy_manifest_still_opens_in_a_format_1_repository(
     local_store: ObjectStore, tmp_path: Path
 ) -> None:
-    points = three_points(local_store, tmp_path, "")
+    points = three_points(local_store, tmp_path, "", version=2)  # formats 1-2 only
     as_format_1(local_store)
     repo = Repository.open(local_store, PASSWORD)
     old_id = write_legacy_manifest(repo, points.a)
@@ -309,7 +310,7 @@ def test_legacy_manifest_still_opens_in_a_format_1_repository(
 def test_legacy_manifest_is_refused_in_a_format_2_repository(
     local_store: ObjectStore, tmp_path: Path
 ) -> None:
-    points = three_points(local_store, tmp_path, "")
+    points = three_points(local_store, tmp_path, "", version=2)  # formats 1-2 only
     repo = Repository.open(local_store, PASSWORD)
     assert repo.config.version == 2
     planted = write_legacy_manifest(repo, points.a)

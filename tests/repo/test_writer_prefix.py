@@ -32,7 +32,7 @@ from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 from tests.storage.conftest import make_azure_container, make_s3_bucket
 
 A, B = "writers/machine-a/", "writers/machine-b/"
-ROOT_KEYS = ("config", "keys/")
+ROOT_KEYS = ("config", "keys/", "confidential")
 
 
 @pytest.fixture(params=["file", "s3", "azure"])

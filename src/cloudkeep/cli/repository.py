@@ -311,6 +311,26 @@ def extend_locks(
         render_object(c.extend_locks(ref), as_json, title="Extend locks")
 
 
+@app.command("migrate")
+def migrate(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Id or name."),
+    yes: bool = YES_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Move a repository to format 3: machines then get writer bundles instead of its password and
+    cannot read each other's new backups (older restore points are restored through the server)."""
+    with client(ctx) as c:
+        name = c.get_repository(ref).name  # a typo fails here, before any question
+        question = f"Migrate repository {name} to format 3 (agents older than this server cannot use it)?"
+        confirm(question, yes=yes)
+        done = c.migrate_repository(ref)
+    if as_json:
+        print_json(done)
+    else:
+        success(f"repository {name}: {done.detail} (session {done.session_id})")
+
+
 @app.command("change-password")
 def change_password(
     ctx: typer.Context,

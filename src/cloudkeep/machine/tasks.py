@@ -7,6 +7,7 @@ store is re-opened with the new credentials before the next storage call.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import fnmatch
 import json
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, NotFoundError, incomplete_restore
@@ -48,6 +52,7 @@ from cloudkeep.repo import (
 from cloudkeep.repo import check as check_repository
 from cloudkeep.repo import restore as restore_files
 from cloudkeep.repo import restore_volume as restore_image
+from cloudkeep.repo.confidential import WriterBundle
 from cloudkeep.repo.layout import writer_namespace
 from cloudkeep.repo.lock import MaintenanceBusyError
 from cloudkeep.storage.base import ObjectStore, open_store
@@ -125,15 +130,49 @@ class ProgressReporter:
 
 def open_repository(ctx: TaskContext) -> Repository:
     refreshable = RefreshableStore(ctx)
-    password = refreshable._access.password
-    writer_prefix = refreshable._access.writer_prefix
+    access = refreshable._access
+    password, writer_prefix = access.password, access.writer_prefix
     store = cast(ObjectStore, refreshable)  # a proxy: every attribute comes from the current store
+    if access.writer is not None:  # format 3: a writer bundle, never the password
+        assert writer_prefix is not None  # RepositoryAccess requires it with a bundle
+        bundle = WriterBundle.from_json(access.writer)
+        repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix)
+        grants = access.grants or {}
+        if access.grants_object and access.grants_key:
+            grants = _grants_object(store, access.grants_object, access.grants_key)
+        repository.grant_keys(_grants(grants))
+        return repository
+    assert password is not None  # RepositoryAccess carries one or the other
     try:
         return Repository.open(store, password, writer_prefix=writer_prefix)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
         Repository.create(store, password).close()
         return Repository.open(store, password, writer_prefix=writer_prefix)
+
+
+def _grants(grants: dict[str, str]) -> dict[str, bytes]:
+    """The content keys the server sent for this restore; a malformed one is a clear error."""
+    try:
+        keys = {str(key): base64.b64decode(value, validate=True) for key, value in grants.items()}
+    except (ValueError, TypeError) as exc:
+        raise TaskFailed(f"the server sent malformed restore keys ({exc})") from None
+    if any(len(key) != 32 for key in keys.values()):
+        raise TaskFailed("the server sent restore keys of the wrong size")
+    return keys
+
+
+def _grants_object(store: ObjectStore, name: str, key: str) -> dict[str, str]:
+    """The keys of a large restore, from the one-off object the server wrote for this command."""
+    data = store.get(name)
+    try:
+        plain = AESGCM(base64.b64decode(key, validate=True)).decrypt(data[:12], data[12:], name.encode())
+        grants = json.loads(plain)
+    except (ValueError, TypeError, InvalidTag) as exc:
+        raise TaskFailed(f"restore keys in {name} do not open ({type(exc).__name__})") from None
+    if not isinstance(grants, dict) or not all(isinstance(v, str) for v in grants.values()):
+        raise TaskFailed(f"restore keys in {name} are malformed")
+    return grants
 
 
 def _as_dict(value: Any) -> Any:

@@ -17,14 +17,31 @@ class Body(BaseModel):
 
 
 class RepositoryAccess(Body):
-    """What the agent needs to open the repository: store URL + scoped options, and the password (sealed)."""
+    """What the agent needs to open the repository: store URL + scoped options, and its keys (sealed).
+
+    Keys: the password (formats 1-2), or for format 3 a writer bundle (``WriterBundle.to_json``:
+    back up and dedup, decrypt nothing) plus, for a restore or browse, ``grants``: the content keys
+    of exactly the manifest and packs it reads (object key → base64 key).
+    """
 
     store_url: str
     options: dict[str, Any] = Field(default_factory=dict)
-    password: str
+    password: str | None = None
+    writer: dict[str, Any] | None = None
+    grants: dict[str, str] | None = None
+    grants_object: str | None = None  # too many keys for one message: a one-off object holds them,
+    grants_key: str | None = None  # sealed (AES-256-GCM, its name as associated data) under this key
     expires_at: datetime | None = None  # when the scoped credentials in ``options`` stop working
     # ``writers/<machine id>/``: open the repository writer-scoped (credentials may write only there)
     writer_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> RepositoryAccess:
+        if (self.password is None) == (self.writer is None):
+            raise ValueError("repository access carries either a password or a writer bundle")
+        if self.writer is not None and not self.writer_prefix:
+            raise ValueError("a writer bundle needs its writer_prefix")
+        return self
 
 
 class Retention(Body):

@@ -1,10 +1,11 @@
 """The repository format and backup engine: chunk, dedup, compress, encrypt, pack, index, restore.
 
-Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
-``layout`` (the store layout and sealed config), ``repository`` (one opened repository over an
-``ObjectStore``), ``writer`` (a backup session), ``tree``/``snapshot`` (manifests), then the
-operations: ``archiver`` (file backup; ``masks`` its globs), ``volume``, ``browse``, ``restorer``,
-``checker``, ``retention`` (the one policy and planner, forget) and ``prune``.
+Layers, bottom up: ``crypto``/``keys`` (secrets; ``confidential``: format 3's per-pack keys),
+``pack``/``index`` (where blobs live), ``layout`` (the store layout and sealed config),
+``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
+``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup; ``masks`` its
+globs), ``volume``, ``browse``, ``restorer``, ``checker``, ``retention`` (the one policy and
+planner, forget), ``prune``, ``grants`` and ``migrate``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
-from cloudkeep.repo.index import INDEX_PREFIX, decode_index_file, encode_index_file, new_index_key
+from cloudkeep.repo.index import INDEX_PREFIX, encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_id_of, pack_key, read_header
 from cloudkeep.repo.repository import Repository
@@ -111,7 +111,7 @@ def _check_snapshot_copies(repo: Repository, report: CheckReport) -> None:
 def _check_index_files(repo: Repository, report: CheckReport) -> None:
     for info in repo.list_everywhere(INDEX_PREFIX):
         try:
-            decode_index_file(repo.crypter, info.key, repo.store.get(info.key))
+            repo.read_index_file(info.key, repo.store.get(info.key))
         except (CloudkeepError, ValueError, KeyError) as exc:
             report.problems.append(
                 Problem("bad-index", info.key, f"{exc}; the packs it lists are unknown until `repair index`")
@@ -266,10 +266,11 @@ def _rebuild_index(repo: Repository) -> int:
         tail_len = min(size, 256 * 1024)
         try:
             tail = repo.store.get_range(info_key, size - tail_len, tail_len)
+            crypter = repo.pack_crypter(pack_id)
             try:
-                return pack_id, read_header(repo.crypter, pack_id, tail, size)
+                return pack_id, read_header(crypter, pack_id, tail, size)
             except IntegrityError:
-                return pack_id, read_header(repo.crypter, pack_id, repo.store.get(info_key), size)
+                return pack_id, read_header(crypter, pack_id, repo.store.get(info_key), size)
         except CloudkeepError as exc:
             problems.append(f"{info_key}: {exc}")
             return pack_id, None

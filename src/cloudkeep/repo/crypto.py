@@ -73,6 +73,13 @@ class Crypter:
         self._local = threading.local()  # zstd contexts are not thread-safe; reuse one per thread
         self._buffers = ThreadBuffers()
 
+    def with_encryption_key(self, key: bytes) -> Crypter:
+        """The same content ids and compression under another AES key (a format 3 pack's data key);
+        shares this crypter's per-thread zstd contexts and buffers, so one per pack costs little."""
+        other = Crypter(MasterKey(key, self.key.id_key), self.compression_level)
+        other._local, other._buffers = self._local, self._buffers
+        return other
+
     def content_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.key.id_key).digest()
 

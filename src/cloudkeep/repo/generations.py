@@ -82,7 +82,7 @@ def read_horizon(repo: Repository) -> LockHorizon | None:
         data = repo.store.get(HORIZON_KEY)
     except ObjectNotFoundError:
         return None
-    plain = repo.crypter.decode(data, _AAD, HORIZON_KEY)
+    plain = repo.keyring.open_shared(data, _AAD, HORIZON_KEY)  # or the repository key, before format 3
     try:
         doc = json.loads(plain)
         retention, generation = doc["retention_days"], doc["generation_days"]

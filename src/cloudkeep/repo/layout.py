@@ -4,6 +4,7 @@ Storage layout (see docs/format.md)::
 
     config                    sealed JSON: repository id, chunker parameters, pack size, compression
     keys/<id>                 master key wrapped by one password (scrypt + AES-GCM)
+    confidential              format 3: private and shared keys, sealed under the master key
     data/<id[:2]>/<id>        packs of encrypted blobs
     index/<id>                which pack holds which blob (one or more files per backup session)
     snapshots/<id>            restore-point manifests; written last = the commit point
@@ -30,8 +31,11 @@ WRITERS_PREFIX = "writers/"
 CONFIG_AAD = b"cloudkeep-config-v1"
 MARKER_AAD = b"cloudkeep-marker-v1"
 # 2: restore-point manifests are content-addressed (version 1 manifests are refused); 1 still opens.
+# 3: confidentiality between writers (per-pack data keys wrapped to a public key; repo/confidential.py),
+#    by `Repository.create(version=3)` or `repo.migrate`. New repositories stay at 2 until the server
+#    sends machines writer bundles instead of the password (until then format 3 protects nothing).
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 CONTENT_ADDRESSED_MANIFESTS = 2  # the first format whose repositories hold only version 2 manifests
 
 
@@ -42,15 +46,28 @@ class RepoConfig:
     pack_size: int
     compression_level: int
     version: int = FORMAT_VERSION
+    origin: int = 0  # the format the repository was created at, if it was migrated since (0: none)
+
+    @property
+    def created_version(self) -> int:
+        return self.origin or self.version
+
+    def migrated(self, version: int) -> RepoConfig:
+        return RepoConfig(
+            self.id, self.chunker, self.pack_size, self.compression_level, version, self.created_version
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "version": self.version,
             "id": self.id,
             "chunker": self.chunker.to_json(),
             "pack_size": self.pack_size,
             "compression_level": self.compression_level,
         }
+        if self.origin and self.origin != self.version:
+            body["origin"] = self.origin
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoConfig:
@@ -62,6 +79,7 @@ class RepoConfig:
             data["pack_size"],
             data["compression_level"],
             data["version"],
+            int(data.get("origin", 0)),
         )
 
 

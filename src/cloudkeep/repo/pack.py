@@ -73,8 +73,11 @@ class PackWriter:
     the writer serialises ``add`` per pack.
     """
 
-    def __init__(self, blob_type: str, staging_dir: str | None) -> None:
+    def __init__(
+        self, blob_type: str, staging_dir: str | None, *, crypter: Crypter | None = None, prelude: bytes = b""
+    ) -> None:
         self.blob_type = blob_type
+        self.crypter = crypter  # seals this pack's header (format 3: its own data key)
         self.entries: list[BlobEntry] = []
         self.size = 0
         self._hasher = blake3.blake3()
@@ -83,6 +86,13 @@ class PackWriter:
             self._fd, self.path = tempfile.mkstemp(prefix=STAGING_PACK_PREFIX, dir=staging_dir)
         except OSError as exc:
             raise _staging_error(exc, staging_dir) from exc
+        if prelude:  # format 3: the wrapped data key, ahead of the blobs so one small read finds it
+            try:
+                self._write(prelude)
+            except BaseException:
+                self.discard()
+                raise
+            self.size = len(prelude)
 
     def add(self, blob_id: bytes, sealed: bytes | memoryview, raw_length: int) -> None:
         self._write(sealed)
@@ -101,11 +111,13 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, crypter: Crypter) -> tuple[str, str, list[BlobEntry]]:
+    def finish(self, crypter: Crypter | None = None) -> tuple[str, str, list[BlobEntry]]:
         """Append the sealed header; return ``(pack id, staging file path, entries)``.
 
         The caller now owns the file (``ObjectStore.put_file`` consumes it; ``discard`` otherwise).
         """
+        crypter = crypter or self.crypter
+        assert crypter is not None
         header = json.dumps([[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in self.entries])
         sealed = crypter.encode(header.encode(), _HEADER_AAD)
         self._write(sealed + struct.pack("<I", len(sealed)))

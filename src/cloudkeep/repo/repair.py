@@ -26,7 +26,7 @@ from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.lock import maintenance_lock
 from cloudkeep.repo.pack import TREE, BlobEntry, pack_id_from_key, read_header
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, new_snapshot_id, seal_snapshot
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, Node, encode_tree
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import ObjectInfo, ObjectLockedError
@@ -104,9 +104,9 @@ def _header(repo: Repository, info: ObjectInfo, report: RepairReport) -> list[Bl
     try:
         tail = repo.store.get_range(info.key, info.size - tail_len, tail_len)
         try:
-            return read_header(repo.crypter, pack_id, tail, info.size)
+            return read_header(repo.pack_crypter(pack_id), pack_id, tail, info.size)
         except IntegrityError:  # a header longer than the tail read
-            return read_header(repo.crypter, pack_id, repo.store.get(info.key), info.size)
+            return read_header(repo.pack_crypter(pack_id), pack_id, repo.store.get(info.key), info.size)
     except CloudkeepError as exc:
         report.problems.append(f"{info.key}: header unreadable, not indexed ({exc})")
         return None
@@ -152,7 +152,7 @@ def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: Repair
                 retain_until=snap.retain_until,
                 stats={**snap.stats, "repaired_from": snap.id, "dropped_paths": dropped[:1000]},
             )
-            new.id, sealed = seal_snapshot(repo.crypter, new)  # its id is its content's
+            new.id, sealed = repo.keyring.seal_manifest(new)  # its id is its content's
             rewritten.append((repo.snapshot_key(snap.id), new, sealed))
             report.dropped_paths[snap.id] = dropped
             report.rewritten[snap.id] = new.id

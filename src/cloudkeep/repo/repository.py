@@ -11,7 +11,7 @@ import json
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal, overload
@@ -24,12 +24,22 @@ from cloudkeep.errors import (
     PermissionDeniedError,
 )
 from cloudkeep.repo.chunker import ChunkerParams
+from cloudkeep.repo.confidential import (
+    CONFIDENTIAL_FORMAT,
+    CONFIDENTIAL_KEY,
+    PACK_PRELUDE_SIZE,
+    ConfidentialKeys,
+    KeyRing,
+    WriterBundle,
+    open_confidential,
+)
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
-from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, read_index_file
+from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, RawEntry, read_index_file
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
 from cloudkeep.repo.layout import (
     CONFIG_KEY,
     CONTENT_ADDRESSED_MANIFESTS,
+    FORMAT_VERSION,
     MARKER_AAD,
     PRUNE_PREFIX,
     WRITERS_PREFIX,
@@ -44,8 +54,6 @@ from cloudkeep.repo.snapshot import (
     SNAPSHOT_PREFIX,
     Snapshot,
     is_snapshot_id,
-    open_snapshot,
-    seal_snapshot,
 )
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
@@ -57,19 +65,21 @@ class Repository:
     def __init__(
         self,
         store: ObjectStore,
-        master: MasterKey,
+        master: MasterKey | None,
         key_name: str,
         config: RepoConfig,
         *,
         writer_prefix: str | None = None,
+        keys: ConfidentialKeys | None = None,
+        id_key: bytes | None = None,
     ) -> None:
         self.store = store
         # Every object this instance writes or deletes goes under this prefix ("" = the root layout).
         self.writer_prefix = check_writer_prefix(writer_prefix)
-        self.master = master
+        self.master = master  # None on a machine holding a format 3 writer bundle
         self.key_name = key_name
         self.config = config
-        self.crypter = Crypter(master, config.compression_level)
+        self._set_keys(keys, id_key or (master.id_key if master else b""))
         self.lock = threading.RLock()
         self.index = Index()  # blobs usable for dedup (excludes packs marked for deletion)
         self.doomed = Index()  # blobs in packs prune has marked: readable, never deduplicated against
@@ -96,6 +106,7 @@ class Repository:
         compression_level: int = 3,
         kdf: KdfParams | None = None,
         chunker: ChunkerParams | None = None,
+        version: int = FORMAT_VERSION,
     ) -> Repository:
         """Initialise a new repository; ``ConflictError`` if the store already holds one."""
         if store.exists(CONFIG_KEY):
@@ -104,18 +115,26 @@ class Repository:
             )
         master = MasterKey.generate()
         chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
-        config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level)
+        config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level, version)
         key_name = write_key_file(store, master, password, kdf or KdfParams())
+        keys = ConfidentialKeys.generate() if version >= CONFIDENTIAL_FORMAT else None
         try:
+            if keys is not None:  # before the config: a repository exists once its config does
+                # create-only: two racing initialisers must not leave a config and another's keys
+                store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
             store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
         except ConflictError:
             store.delete(key_name)  # lost the race to another initialiser
             raise ConflictError(f"{store.describe()} already holds a cloudkeep repository") from None
-        return cls(store, master, key_name, config)
+        return cls(store, master, key_name, config, keys=keys)
 
     @classmethod
-    def open(cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None) -> Repository:
+    def open(
+        cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None, load_index: bool = True
+    ) -> Repository:
         """Open with any of the repository's passwords; ``AuthenticationError`` if none matches.
+
+        ``load_index=False``: manifests only, by key (the server's check of a reported backup).
 
         ``writer_prefix`` (``writers/<name>/``) confines everything this instance writes or deletes
         to that namespace, so credentials scoped to it suffice; reads still see every writer.
@@ -126,9 +145,55 @@ class Repository:
         except ObjectNotFoundError:
             raise NotFoundError(f"{store.describe()}: repository config is missing") from None
         config = open_config(master, sealed)
-        repo = cls(store, master, key_name, config, writer_prefix=writer_prefix)
+        keys = open_confidential(store, master) if config.version >= CONFIDENTIAL_FORMAT else None
+        repo = cls(store, master, key_name, config, writer_prefix=writer_prefix, keys=keys)
+        if load_index:
+            repo.load_index()
+        return repo
+
+    @classmethod
+    def open_writer(cls, store: ObjectStore, bundle: WriterBundle, *, writer_prefix: str) -> Repository:
+        """A machine's view of a format 3 repository: back up into ``writer_prefix`` and dedup
+        against every writer, but decrypt nothing another writer stored (and no manifest or pack
+        at all without keys the server grants for a restore, ``grant_keys``)."""
+        config = RepoConfig.from_json(bundle.config)
+        if config.version < CONFIDENTIAL_FORMAT or not writer_prefix:
+            raise PermissionDeniedError("a writer bundle opens a format 3 repository for one writer prefix")
+        keys = ConfidentialKeys(bundle.shared_key, bundle.public_key)
+        repo = cls(store, None, "", config, writer_prefix=writer_prefix, keys=keys, id_key=bundle.id_key)
         repo.load_index()
         return repo
+
+    def _set_keys(self, keys: ConfidentialKeys | None, id_key: bytes) -> None:
+        self.keyring = KeyRing(self.config.id, self.config.compression_level, self.master, id_key, keys)
+        # Index files and markers; blobs are opened with ``pack_crypter``, manifests by the key ring.
+        self.crypter = self.keyring.shared
+
+    def writer_bundle(self) -> WriterBundle:
+        """What a machine gets instead of the password (format 3; the server sends it sealed)."""
+        keys = self.keyring.keys
+        if keys is None or self.master is None:
+            raise PermissionDeniedError("writer bundles exist for format 3 repositories, from the server")
+        return WriterBundle(self.config.to_json(), self.master.id_key, keys.shared_key, keys.public_key)
+
+    def adopt_confidential(self, config: RepoConfig, keys: ConfidentialKeys) -> None:
+        """Switch this instance to format 3 after a migration (``repo.migrate``) rewrote the config."""
+        self.config = config
+        self._set_keys(keys, self._master().id_key)
+
+    def grant_keys(self, grants: dict[str, bytes]) -> None:
+        """Keys the server unwrapped for a restore: object key (pack or manifest) → content key."""
+        self.keyring.grant(grants)
+
+    def pack_crypter(self, pack_id: str, body: bytes | None = None) -> Crypter:
+        """What opens a pack's blobs and header (``body``: the pack, if already fetched)."""
+
+        def prelude() -> bytes:
+            if body is not None:
+                return body[:PACK_PRELUDE_SIZE]
+            return self.store.get_range(pack_key(pack_id), 0, PACK_PRELUDE_SIZE)
+
+        return self.keyring.pack_crypter(pack_id, prelude)
 
     def close(self) -> None:
         with self.lock:
@@ -142,12 +207,17 @@ class Repository:
     # -- passwords -------------------------------------------------------------------------
 
     def add_password(self, new_password: str, *, kdf: KdfParams | None = None) -> None:
-        write_key_file(self.store, self.master, new_password, kdf or KdfParams())
+        write_key_file(self.store, self._master(), new_password, kdf or KdfParams())
+
+    def _master(self) -> MasterKey:
+        if self.master is None:
+            raise PermissionDeniedError("a machine's writer bundle holds no repository key")
+        return self.master
 
     def change_password(self, old: str, new: str, *, kdf: KdfParams | None = None) -> None:
         """Replace the key file ``old`` opens by one for ``new`` (new first, so a crash loses nothing)."""
         old_key, _ = open_with_password(self.store, old)
-        new_key = write_key_file(self.store, self.master, new, kdf or KdfParams())
+        new_key = write_key_file(self.store, self._master(), new, kdf or KdfParams())
         self.store.delete_or_hide(old_key)  # locked by a default retention: hidden (docs/format.md)
         if self.key_name == old_key:
             self.key_name = new_key
@@ -212,7 +282,7 @@ class Repository:
                     return False
                 written: dict[str, int] = {}
                 try:
-                    packs = read_index_file(self.crypter, key, data, written)  # validated whole before use
+                    packs = self.read_index_file(key, data, written)  # validated whole before use
                 except IntegrityError as exc:
                     # Its packs are simply unknown: a backup stores their blobs again, a restore that
                     # needs them says so, and `check` reports the file; `repair index` recovers them.
@@ -226,6 +296,21 @@ class Repository:
             self.unreadable_index_files = unreadable
             self.index_loaded_at = loaded_at
         return True
+
+    def read_index_file(
+        self, key: str, data: bytes, written: dict[str, int] | None = None
+    ) -> list[tuple[str, Iterable[RawEntry]]]:
+        """Under the shared key, or the repository key for a file written before format 3.
+
+        Packs' write times (index files v3, for generations) go into ``written`` when given.
+        """
+        crypters = self.keyring.shared_crypters()
+        for crypter in crypters[:-1]:
+            try:
+                return read_index_file(crypter, key, data, written)
+            except IntegrityError:
+                continue
+        return read_index_file(crypters[-1], key, data, written)
 
     def locate(self, blob_id: bytes) -> Location:
         with self.lock:
@@ -248,7 +333,7 @@ class Repository:
         self.store.put(key, self.crypter.encode(json.dumps(body).encode(), MARKER_AAD), if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.crypter.decode(self.store.get(key), MARKER_AAD, key))
+        result: dict[str, Any] = json.loads(self.keyring.open_shared(self.store.get(key), MARKER_AAD, key))
         return result
 
     def doomed_packs(self) -> set[str]:
@@ -335,11 +420,11 @@ class Repository:
         if len(sealed) != entry.length:
             raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
         aad = blob_aad(entry.type, entry.id)
-        data = (
-            self.crypter.decode_into_buffer(sealed, aad, what)
-            if reuse_buffer
-            else self.crypter.decode(sealed, aad, what)
-        )
+        crypter = self.pack_crypter(pack_id)
+        if reuse_buffer:
+            data: bytes | memoryview = crypter.decode_into_buffer(sealed, aad, what)
+        else:
+            data = crypter.decode(sealed, aad, what)
         if self.crypter.content_id(data) != entry.id:
             raise IntegrityError(f"{what}: content does not match its id")
         return data
@@ -349,9 +434,9 @@ class Repository:
         entry = loc.entry
         try:
             if entry.type == "tree":  # tree packs are small and read together: fetch them whole
-                sealed: bytes | memoryview = memoryview(self._cached_pack(loc.pack_id))[
-                    entry.offset : entry.offset + entry.length
-                ]
+                body = self._cached_pack(loc.pack_id)
+                self.pack_crypter(loc.pack_id, body)  # its data key from the prelude already fetched
+                sealed: bytes | memoryview = memoryview(body)[entry.offset : entry.offset + entry.length]
             else:
                 sealed = self.store.get_range(pack_key(loc.pack_id), entry.offset, entry.length)
         except ObjectNotFoundError:
@@ -385,7 +470,7 @@ class Repository:
         ``lock=False``: the store's default retention locks it (immutability by generations), so
         the writer asks for no lock of its own.
         """
-        snapshot_id, sealed = seal_snapshot(self.crypter, snapshot)
+        snapshot_id, sealed = self.keyring.seal_manifest(snapshot)
         key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id
         self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
         snapshot.id, snapshot.digest, snapshot.version = snapshot_id, snapshot_id, MANIFEST_VERSION
@@ -398,8 +483,8 @@ class Repository:
         Version 1 manifests (ids not bound to content) are read only in repositories created
         before format 2; in a newer one such an object was not written by cloudkeep.
         """
-        legacy = self.config.version < CONTENT_ADDRESSED_MANIFESTS
-        snapshot = open_snapshot(self.crypter, key, self.store.get(key), allow_legacy=legacy)
+        legacy = self.config.created_version < CONTENT_ADDRESSED_MANIFESTS
+        snapshot = self.keyring.open_manifest(key, self.store.get(key), allow_legacy=legacy)
         with self.lock:  # later reads by id (restore after a check) use this very object
             self._snapshot_keys[snapshot.id] = key
         return snapshot

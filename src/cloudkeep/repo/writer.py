@@ -152,6 +152,8 @@ class BlobWriter:
         self._staging = repo.store.staging_dir
         sweep_stale_staging(self._staging)
         self._packs: dict[str, PackWriter | None] = {DATA: None, TREE: None}
+        # The key of each type's open (or next) pack: rotated whenever a pack is closed.
+        self._sealers = {DATA: repo.keyring.new_pack_sealer(), TREE: repo.keyring.new_pack_sealer()}
         self._pack_locks = {DATA: threading.Lock(), TREE: threading.Lock()}
         self._staged: set[str] = set()  # finished packs' files not yet consumed by an upload
         self._reused_packs: set[str] = set()  # packs holding blobs this session reused (locked backups)
@@ -263,11 +265,18 @@ class BlobWriter:
             self._pending.add(blob_id)
         full: PackWriter | None = None
         try:
-            sealed = self.repo.crypter.encode_into_buffer(data, blob_aad(blob_type, blob_id))
+            aad = blob_aad(blob_type, blob_id)
+            sealer = self._sealers[blob_type]
+            sealed = sealer.crypter.encode_into_buffer(data, aad)
             with self._pack_locks[blob_type]:
+                if self._sealers[blob_type] is not sealer:  # the pack closed meanwhile: seal for the next
+                    sealer = self._sealers[blob_type]
+                    sealed = sealer.crypter.encode_into_buffer(data, aad)
                 pack = self._packs[blob_type]
                 if pack is None:
-                    pack = self._packs[blob_type] = PackWriter(blob_type, self._staging)
+                    pack = self._packs[blob_type] = PackWriter(
+                        blob_type, self._staging, crypter=sealer.crypter, prelude=sealer.prelude
+                    )
                 try:
                     pack.add(blob_id, sealed, len(data))
                 except BaseException as exc:  # a half-written blob: this pack cannot go on
@@ -275,6 +284,7 @@ class BlobWriter:
                     raise
                 if pack.size >= self.repo.config.pack_size:
                     full, self._packs[blob_type] = pack, None
+                    self._sealers[blob_type] = self.repo.keyring.new_pack_sealer()
         except BaseException:
             with self.repo.lock:
                 self._pending.discard(blob_id)
@@ -346,7 +356,7 @@ class BlobWriter:
     def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
         try:
-            pack_id, path, entries = pack.finish(self.repo.crypter)
+            pack_id, path, entries = pack.finish()
             pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
             with self.repo.lock:
                 self._staged.add(path)
@@ -430,6 +440,8 @@ class BlobWriter:
         for blob_type in (DATA, TREE):
             with self._pack_locks[blob_type]:
                 pack, self._packs[blob_type] = self._packs[blob_type], None
+                if pack is not None:  # a data key seals one pack only
+                    self._sealers[blob_type] = self.repo.keyring.new_pack_sealer()
             if pack is not None and len(pack):
                 self._submit(pack)
             elif pack is not None:

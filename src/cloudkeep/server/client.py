@@ -162,6 +162,9 @@ class Client(ABC):
     def extend_locks(self, ref: str) -> MaintenanceDone:
         return self.call(ops.EXTEND_LOCKS, ref=ref)
 
+    def migrate_repository(self, ref: str) -> MaintenanceDone:
+        return self.call(ops.MIGRATE_REPOSITORY, ref=ref)
+
     def change_password(self, ref: str, request: PasswordChange) -> MaintenanceDone:
         return self.call(ops.CHANGE_PASSWORD, ref=ref, data=request)
 

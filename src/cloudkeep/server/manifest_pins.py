@@ -23,13 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import select, update
 
 from cloudkeep.errors import CloudkeepError, IntegrityError, NotFoundError
-from cloudkeep.repo.crypto import Crypter
-from cloudkeep.repo.keys import open_with_password
-from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, is_snapshot_id, open_snapshot
+from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, Snapshot, is_snapshot_id
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
-from cloudkeep.server.sessions.access import agent_write_prefix, load_repository, repository_password
-from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
+from cloudkeep.server.sessions.access import agent_write_prefix, load_repository, opened_repository
+from cloudkeep.storage.base import ObjectNotFoundError
 
 if TYPE_CHECKING:
     from cloudkeep.repo.repository import Repository
@@ -77,15 +75,13 @@ class ManifestReader:
         return cls(repo.read_snapshot)
 
     @classmethod
-    def over_store(cls, store: ObjectStore, password: str) -> ManifestReader:
-        """A key file and one GET per manifest: no index is loaded (backup results, machine restores).
+    def over_repository(cls, repo: Repository) -> ManifestReader:
+        """One GET per manifest, from a repository opened without its index (backup results).
 
         Version 1 manifests are read whatever the repository's format: the pin decides what is
         accepted, and a point recorded with a content id can only be read as version 2.
         """
-        _key_name, master = open_with_password(store, password)
-        crypter = Crypter(master)
-        return cls(lambda key: open_snapshot(crypter, key, store.get(key)))
+        return cls(lambda key: repo.keyring.open_manifest(key, repo.store.get(key), allow_legacy=True))
 
     def read(self, machine_id: str, snapshot_id: str) -> Snapshot:
         """The manifest in the machine's namespace (or the root layout of older repositories)."""
@@ -109,15 +105,8 @@ def manifest_reader(
 ) -> Iterator[ManifestReader]:
     """A reader over a catalogued repository, opened here with the repository credential."""
     repository = load_repository(ctx, repository_id)
-    provider = ctx.provider_for(repository.credential_id)
-    try:
-        store = provider.storage.open_store(repository.location)
-        try:
-            yield ManifestReader.over_store(store, password or repository_password(ctx, repository))
-        finally:
-            store.close()
-    finally:
-        provider.close()
+    with opened_repository(ctx, repository, password=password, load_index=False) as repo:
+        yield ManifestReader.over_repository(repo)
 
 
 def accept(

@@ -173,6 +173,10 @@ EXTEND_LOCKS: Op[MaintenanceDone] = Op(
     "extend_locks", "POST", "/repositories/{ref}/extend-locks", "maintenance.extend_locks", MaintenanceDone,
     "repositories", audited=True,
 )  # fmt: skip
+MIGRATE_REPOSITORY: Op[MaintenanceDone] = Op(
+    "migrate_repository", "POST", "/repositories/{ref}/migrate", "maintenance.migrate_repository",
+    MaintenanceDone, "repositories", audited=True,
+)  # fmt: skip
 CHANGE_PASSWORD: Op[MaintenanceDone] = Op(
     "change_password", "POST", "/repositories/{ref}/change-password", "maintenance.change_password",
     MaintenanceDone, "repositories", audited=True,

@@ -41,7 +41,7 @@ from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, RestorePoint
 from cloudkeep.server.sessions import CommandSender, CommandSession, Outcome, default_dispatcher
-from cloudkeep.server.sessions.access import load_repository, repository_password
+from cloudkeep.server.sessions.access import RestoreGrant, load_repository, opened_repository
 from cloudkeep.server.sessions.commands import call_machine, start_command_session
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def _start_command_session(
     wait: bool,
     dispatcher: CommandSender | None,
     timeout: float = 48 * 3600,
+    grant: RestoreGrant | None = None,
 ) -> str:
     spec = CommandSession(
         kind="restore",
@@ -160,6 +161,7 @@ def _start_command_session(
         timeout=timeout,
         stats={"restore_point_id": point.id, "snapshot_id": point.snapshot_id, "command": kind, **body},
         unfinished=Outcome("failed", "", {"stats": {}, "bytes_transferred": 0, "files": 0, "progress": 0.0}),
+        grant=grant or RestoreGrant(point.snapshot_id),
     )
     return start_command_session(ctx, spec, wait=wait, dispatcher=dispatcher)
 
@@ -212,7 +214,10 @@ def start_file_restore(
         "in_place": in_place,
     }
     verify_point(ctx, point)
-    return _start_command_session(ctx, point, machine, "restore", body, wait=wait, dispatcher=dispatcher)
+    grant = RestoreGrant(point.snapshot_id, paths or None)  # format 3: the keys of exactly these paths
+    return _start_command_session(
+        ctx, point, machine, "restore", body, wait=wait, dispatcher=dispatcher, grant=grant
+    )
 
 
 def start_volume_restore(
@@ -265,8 +270,9 @@ def browse(
         body: dict[str, Any] = {"snapshot_id": point.snapshot_id, "path": path, "recursive": recursive}
         if pattern:
             body["pattern"] = pattern
+        grant = RestoreGrant(point.snapshot_id, [path], trees_only=True)  # names, never contents
         listing = call_machine(ctx, sender, machine.id, machine.name, "browse", body,
-                               repository_id=point.repository_id, timeout=timeout)  # fmt: skip
+                               repository_id=point.repository_id, timeout=timeout, grant=grant)  # fmt: skip
         return listing.model_dump(mode="json")
     import fnmatch
 
@@ -287,18 +293,8 @@ def open_repository(
     ctx: ServerContext, repository_id: str, password: str | None = None
 ) -> Iterator[engine.Repository]:
     """The repository opened here with the full repository credential (never handed to machines)."""
-    repository = load_repository(ctx, repository_id)
-    provider = ctx.provider_for(repository.credential_id)
-    store = provider.storage.open_store(repository.location)
-    try:
-        repo = engine.Repository.open(store, password or repository_password(ctx, repository))
-        try:
-            yield repo
-        finally:
-            repo.close()
-    finally:
-        store.close()
-        provider.close()
+    with opened_repository(ctx, load_repository(ctx, repository_id), password=password) as repo:
+        yield repo
 
 
 def download_files(

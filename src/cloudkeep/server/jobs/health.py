@@ -7,12 +7,14 @@ result is a ``check`` session whose task holds the problems found.
 
 from __future__ import annotations
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.protocol.bodies import CheckResult
+from cloudkeep.repo.confidential import CONFIDENTIAL_FORMAT
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.jobs.lifecycle import job_machines, resolve_job
 from cloudkeep.server.jobs.options import parse_share
 from cloudkeep.server.sessions import CommandSender, CommandSession, Outcome, start_command_session
+from cloudkeep.server.sessions.access import load_repository, opened_repository
 
 
 def read_fraction(value: str | float | None) -> float | None:
@@ -52,6 +54,7 @@ def start_health_check(
                 hint="run a rescan of its protection groups first",
             )
         machine, job_ref, repository_id = deployed[0], job.id, job.repository_id
+    _refuse_format_3(ctx, repository_id)
     spec = CommandSession(
         kind="check",
         command="check",
@@ -68,6 +71,22 @@ def start_health_check(
         unfinished=Outcome("failed", "", {"stats": {"problems": []}}, {"stats": {"problems": []}}),
     )
     return start_command_session(ctx, spec, wait=wait, dispatcher=dispatcher)
+
+
+def _refuse_format_3(ctx: ServerContext, repository_id: str) -> None:
+    """A machine holding a format 3 writer bundle can read no restore point or pack: it cannot check."""
+    try:
+        with opened_repository(ctx, load_repository(ctx, repository_id), load_index=False) as repo:
+            confidential = repo.config.version >= CONFIDENTIAL_FORMAT
+    except NotFoundError:  # not initialised: the machine says so
+        return
+    if confidential:
+        raise ConfigurationError(
+            "this repository keeps machines' data confidential from each other (format 3): no machine "
+            "can check it",
+            hint="run `cloudkeep repository check NAME --read-data 0.05` (on the server, which holds "
+            "the keys)",
+        )
 
 
 def _checked(result: CheckResult) -> Outcome:

@@ -36,7 +36,7 @@ from cloudkeep.repo.retention import (
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.logs import event
-from cloudkeep.server.sessions.access import agent_write_prefix
+from cloudkeep.server.sessions.access import agent_write_prefix, close_opened, open_with_full_keys
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,7 @@ class ServerMaintenance:
 
     def _open(self) -> FormatRepository:
         if self._repo is None:
-            store = self.provider.storage.open_store(self.location)
-            try:
-                self._repo = FormatRepository.open(store, self.password)
-            except BaseException:
-                store.close()
-                raise
+            self._repo = open_with_full_keys(self.provider, self.location, self.password)
         return self._repo
 
     def forget(
@@ -187,4 +182,4 @@ class ServerMaintenance:
 
     def close(self) -> None:
         if self._repo is not None:
-            self._repo.store.close()
+            close_opened(self._repo)

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
 from cloudkeep.protocol.bodies import BackupResult
 from cloudkeep.providers.base import CloudProvider
+from cloudkeep.repo.repository import Repository as FormatRepository
 from cloudkeep.repo.retention import RetentionPolicy
 from cloudkeep.server import manifest_pins, metrics
 from cloudkeep.server.context import ServerContext
@@ -58,11 +59,14 @@ from cloudkeep.server.sessions import (
 )
 from cloudkeep.server.sessions.access import (
     DEFAULT_CREDENTIALS_TTL,
+    MachineKeys,
     agent_access,
+    close_opened,
     load_repository,
+    machine_keys,
+    open_with_full_keys,
     repository_password,
 )
-from cloudkeep.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ class SessionRunner:
         self.options = JobOptions()  # the job's, typed, once the session starts
         self.window: Schedule | None = None  # set for scheduled runs whose window terminates them
         self._manifests: manifest_pins.ManifestReader | None = None  # opened on the first result
-        self._manifest_store: ObjectStore | None = None
+        self._manifest_repo: FormatRepository | None = None
         self._manifests_lock = threading.Lock()
         self._maintenance: ret.ServerMaintenance | None = None  # forget/prune here, set per run
 
@@ -163,8 +167,8 @@ class SessionRunner:
             log.exception("session %s crashed", self.session_id)
             self._finish(started, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            if self._manifest_store is not None:
-                self._manifest_store.close()
+            if self._manifest_repo is not None:
+                close_opened(self._manifest_repo)
             if self._maintenance is not None:
                 self._maintenance.close()
             if self.provider is not None:
@@ -213,13 +217,14 @@ class SessionRunner:
     def _access(self, machine_id: str) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
         ttl = int(self.options.credentials_ttl_seconds or DEFAULT_CREDENTIALS_TTL)
-        access = agent_access(
-            self.provider,
-            self.repository,
-            machine_id,
-            self.password,
-            expires_seconds=ttl,
-        )
+        try:
+            self._manifest_reader()  # the repository opened with full keys, once a run
+        except NotFoundError:  # not initialised yet: the machine creates it on first use, as before
+            keys = MachineKeys(password=self.password)
+        else:
+            assert self._manifest_repo is not None
+            keys = machine_keys(self._manifest_repo, self.password)  # format 3: a writer bundle
+        access = agent_access(self.provider, self.repository, machine_id, keys, expires_seconds=ttl)
         return access, ttl
 
     def _backup(self, task_id: str, machine: DiscoveredMachine) -> BackupResult:
@@ -359,13 +364,11 @@ class SessionRunner:
         with self._manifests_lock:
             if self._manifests is None:
                 assert self.provider is not None
-                store = self.provider.storage.open_store(self.repository.location)
-                try:
-                    self._manifests = manifest_pins.ManifestReader.over_store(store, self.password)
-                except BaseException:
-                    store.close()
-                    raise
-                self._manifest_store = store
+                repo = open_with_full_keys(
+                    self.provider, self.repository.location, self.password, load_index=False
+                )
+                self._manifest_repo = repo
+                self._manifests = manifest_pins.ManifestReader.over_repository(repo)
             return self._manifests
 
     def _apply_retention(self, task_id: str, machine: DiscoveredMachine) -> list[str]:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.repo import generations, retention
+from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.prune import prune
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
@@ -207,6 +208,22 @@ def change_password(
     return MaintenanceDone(
         target_id=repository_id, session_id=session_id, detail="the repository has a new password"
     )
+
+
+def migrate_repository(ctx: ServerContext, ref: str, *, actor: str = "local") -> MaintenanceDone:
+    """Move a format 1-2 repository to format 3 (under its maintenance lock): machines then get
+    writer bundles instead of its password, and cannot decrypt each other's new backups. Older
+    restore points stay readable with the repository key (the server's; docs/format.md)."""
+    repository_id = _repository_id(ctx, ref)
+    with _session(ctx, "migrate", repository_id, actor) as session_id:
+        with _opened_backup_repository(ctx, ref, "migrated") as (_, repo):
+            before = repo.config.version
+            changed = migrate_to_confidential(repo, now=clock())
+        _audit(ctx, actor, "repository.migrate", repository_id, {"from": before, "changed": changed})
+    done = "already format 3: nothing to do"
+    if changed:
+        done = f"format {before} → 3: machines now get writer bundles, never the repository password"
+    return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from cloudkeep.errors import CloudkeepError, ConfigurationError, ConflictError
 from cloudkeep.repo import Repository as FormatRepository
 from cloudkeep.repo import check
+from cloudkeep.repo.confidential import CONFIDENTIAL_FORMAT
 from cloudkeep.repo.generations import DEFAULT_GENERATION_DAYS, enable_generations, supports_generations
 from cloudkeep.server import audit, manifest_pins
 from cloudkeep.server.context import ServerContext
@@ -29,6 +30,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryUpdate,
     RepositoryView,
 )
+from cloudkeep.server.sessions.access import opened_repository
 from cloudkeep.storage.conformance import StoreCheck, require_create_only, run_checks
 
 
@@ -68,7 +70,10 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
             generations = data.immutability_days > 0 and supports_generations(store)
             if store.supports_default_retention and generations:  # the store locks what agents write
                 store.set_default_retention(data.immutability_days + DEFAULT_GENERATION_DAYS)
-            created = FormatRepository.create(store, data.password.get_secret_value(), **tuning)
+            # Format 3: machines get writer bundles, never the password (docs/format.md)
+            created = FormatRepository.create(
+                store, data.password.get_secret_value(), version=CONFIDENTIAL_FORMAT, **tuning
+            )
             try:
                 if generations:
                     enable_generations(created, retention_days=data.immutability_days)
@@ -190,30 +195,14 @@ def check_repository(
     ctx: ServerContext, ref: str, *, read_data_subset: float | None = None
 ) -> RepositoryCheck:
     """Verify the repository's structure (and optionally a share of its data) from the server."""
-    with ctx.db() as session:
-        row = resolve(session, Repository, ref, "repository")
-        credential_id, location, sealed = row.credential_id, row.location, row.password
-        if row.purpose != "backup" or sealed is None:
-            raise ConfigurationError(
-                f"repository {row.name!r} is a {row.purpose} repository; only backups are checked"
-            )
-    provider = ctx.provider_for(credential_id)
+    row = _backup_row(ctx, ref, "checked")
     try:
-        store = provider.storage.open_store(location)
-        try:
-            repo = FormatRepository.open(store, ctx.secrets.open(sealed))
-            try:
-                report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
-                # and what the catalog accepted at backup time is still what the repository holds
-                altered = manifest_pins.catalog_problems(ctx, row.id, repo)
-            finally:
-                repo.close()
-        finally:
-            store.close()
+        with opened_repository(ctx, row) as repo:
+            report = check(repo, read_data_subset=read_data_subset) if read_data_subset else check(repo)
+            # and what the catalog accepted at backup time is still what the repository holds
+            altered = manifest_pins.catalog_problems(ctx, row.id, repo)
     except CloudkeepError as exc:
         return RepositoryCheck(repository_id=row.id, ok=False, problems=[str(exc)])
-    finally:
-        provider.close()
     problems = [str(p) for p in report.problems]
     ok = report.ok and not altered
     return RepositoryCheck(repository_id=row.id, ok=ok, problems=problems + altered)
@@ -255,31 +244,24 @@ def repair_repository(
     )
 
 
+def _backup_row(ctx: ServerContext, ref: str, what: str) -> Repository:
+    with ctx.db() as session:
+        row = resolve(session, Repository, ref, "repository")
+        if row.purpose != "backup" or row.password is None:
+            raise ConfigurationError(
+                f"repository {row.name!r} is a {row.purpose} repository; only backups are {what}"
+            )
+        return row
+
+
 @contextmanager
 def _opened_backup_repository(
     ctx: ServerContext, ref: str, what: str
 ) -> Iterator[tuple[str, FormatRepository]]:
     """The repository format opened from the server with the repository's full credential."""
-    with ctx.db() as session:
-        row = resolve(session, Repository, ref, "repository")
-        repository_id, credential_id, location, sealed = row.id, row.credential_id, row.location, row.password
-        if row.purpose != "backup" or sealed is None:
-            raise ConfigurationError(
-                f"repository {row.name!r} is a {row.purpose} repository; only backups are {what}"
-            )
-    provider = ctx.provider_for(credential_id)
-    try:
-        store = provider.storage.open_store(location)
-        try:
-            repo = FormatRepository.open(store, ctx.secrets.open(sealed))
-            try:
-                yield repository_id, repo
-            finally:
-                repo.close()
-        finally:
-            store.close()
-    finally:
-        provider.close()
+    row = _backup_row(ctx, ref, what)
+    with opened_repository(ctx, row) as repo:
+        yield row.id, repo
 
 
 def verify_store(ctx: ServerContext, ref: str) -> StoreVerification:

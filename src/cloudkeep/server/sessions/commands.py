@@ -9,6 +9,7 @@ model, and a malformed one fails the task with a clear reason instead of crashin
 
 from __future__ import annotations
 
+import logging
 import math
 import time as monotonic_time
 from collections.abc import Callable
@@ -21,7 +22,14 @@ from cloudkeep.errors import CloudkeepError
 from cloudkeep.protocol.bodies import RESULT_BODIES, Body
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.sessions.access import agent_access, load_repository, repository_password
+from cloudkeep.server.sessions.access import (
+    RestoreGrant,
+    agent_access,
+    forget_grant,
+    keys_for_machine,
+    load_repository,
+    repository_password,
+)
 from cloudkeep.server.sessions.runtime import (
     CommandSender,
     TaskFailed,
@@ -33,6 +41,7 @@ from cloudkeep.server.sessions.runtime import (
     update_task,
 )
 
+log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Body)
 WAIT_SLICE = 2.0  # seconds between looks at the session's stop flag
 
@@ -57,12 +66,19 @@ def read_result(model: type[R], machine_name: str, payload: dict[str, Any]) -> R
         ) from None
 
 
-def sealed_access(ctx: ServerContext, repository_id: str, machine_id: str) -> dict[str, Any]:
-    """Scoped, expiring repository access for one machine (sealed into the command's envelope)."""
+def sealed_access(
+    ctx: ServerContext, repository_id: str, machine_id: str, grant: RestoreGrant | None = None
+) -> dict[str, Any]:
+    """Scoped, expiring repository access for one machine (sealed into the command's envelope).
+
+    Format 3: a writer bundle, plus the content keys of what a restore or browse (``grant``) reads.
+    """
     repository = load_repository(ctx, repository_id)
+    password = repository_password(ctx, repository)
     provider = ctx.provider_for(repository.credential_id)
     try:
-        return agent_access(provider, repository, machine_id, repository_password(ctx, repository))
+        keys = keys_for_machine(provider, repository.location, password, grant)
+        return agent_access(provider, repository, machine_id, keys)
     finally:
         provider.close()
 
@@ -77,11 +93,15 @@ def call_machine(
     *,
     repository_id: str,
     timeout: float,
+    grant: RestoreGrant | None = None,
 ) -> Body:
     """One command outside any session (e.g. a browse through a machine): send, await, read."""
-    sealed = sealed_access(ctx, repository_id, machine_id)
-    command_id = sender.send(machine_id, kind, body, sealed=sealed)
-    return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
+    sealed = sealed_access(ctx, repository_id, machine_id, grant)
+    try:
+        command_id = sender.send(machine_id, kind, body, sealed=sealed)
+        return read_result(RESULT_BODIES[kind], machine_name, sender.wait(command_id, timeout=timeout))
+    finally:
+        forget_grant(ctx, repository_id, sealed)
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,7 @@ class CommandSession:
     timeout: float
     stats: dict[str, Any] | None = None  # the session's stats from the start
     unfinished: Outcome = field(default_factory=lambda: Outcome("failed", ""))  # fields when no result
+    grant: RestoreGrant | None = None  # a restore: the keys of what it reads go with it (format 3)
 
 
 def start_command_session(
@@ -145,9 +166,11 @@ def run_command_session(
     set_session(ctx, session_id, state="running", started_at=started)
     update_task(ctx, task_id, spec.started_message, state="running", started_at=started)
     outcome = spec.unfinished
+    cleanup: dict[str, Any] | None = None
     try:
         sender = dispatcher or default_dispatcher(ctx)
-        sealed = sealed_access(ctx, spec.repository_id, spec.machine_id)
+        sealed = sealed_access(ctx, spec.repository_id, spec.machine_id, spec.grant)
+        cleanup = sealed
         command_id = sender.send(
             spec.machine_id, spec.command, spec.body, sealed=sealed, task_id=task_id, ttl=spec.timeout
         )
@@ -162,10 +185,21 @@ def run_command_session(
     except (CloudkeepError, TimeoutError) as exc:
         reason = f"{spec.error_prefix}{exc}"
         outcome = Outcome("failed", reason, spec.unfinished.task, spec.unfinished.session)
+    finally:
+        if cleanup is not None:
+            _forget_grant_quietly(ctx, spec.repository_id, cleanup)
     ended = utcnow()
     state, reason = outcome.state, outcome.reason
     update_task(ctx, task_id, reason, state=state, reason=reason, ended_at=ended, **outcome.task)
     set_session(ctx, session_id, state=state, reason=reason, ended_at=ended, **outcome.session)
+
+
+def _forget_grant_quietly(ctx: ServerContext, repository_id: str, sealed: dict[str, Any]) -> None:
+    """The session's outcome stands if the one-off grant object cannot be removed (it is logged)."""
+    try:
+        forget_grant(ctx, repository_id, sealed)
+    except CloudkeepError as exc:
+        log.warning("grant object %s not removed: %s", sealed.get("grants_object"), exc)
 
 
 @dataclass(frozen=True)
