@@ -250,10 +250,26 @@ def test_a_grant_too_large_for_one_command_travels_in_a_one_off_object(
         _machine({**sealed, "grants_object": moved})
 
 
-def test_the_agent_health_check_of_a_format_3_repository_points_to_the_servers_check(
-    ctx: ServerContext, world: World
+def test_the_health_check_of_a_format_3_repository_runs_on_the_server(
+    ctx: ServerContext, world: World, tmp_path: Path
 ) -> None:
-    fake = FakeDispatcher(ctx)
-    with pytest.raises(ConfigurationError, match="no machine can check it"):
-        start_health_check(ctx, world.add_job(), wait=True, dispatcher=fake)
+    """No machine can read a format 3 repository whole: the server checks it, and sends nothing."""
+    owner_id = world.machine_ids[0]
+    source = _tree(tmp_path / "src")
+    backup_files(_machine(sealed_access(ctx, world.repository_id, owner_id)), [source], hostname="h")
+    fake, job_id = FakeDispatcher(ctx), world.add_job()
+    healthy = start_health_check(ctx, job_id, read_data_subset="100%", wait=True, dispatcher=fake)
+    repo = _server_repo(world)
+    try:
+        packs = [info.key for info in repo.store.list("") if "/data/" in f"/{info.key}"]
+        assert packs
+        repo.store.delete(packs[0])  # a lost pack: the check names it
+    finally:
+        repo.close()
+    broken = start_health_check(ctx, job_id, wait=True, dispatcher=fake)
     assert fake.sent == []
+    with ctx.db() as db:
+        ok, bad = db.get(JobSession, healthy), db.get(JobSession, broken)
+        assert ok is not None and bad is not None
+        assert (ok.kind, ok.state, ok.reason) == ("check", "success", "repository healthy")
+        assert (bad.kind, bad.state) == ("check", "failed"), bad.reason
