@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def db_bytes(ctx: ServerContext) -> int:
 class ApiProbe:
     """Times the list / browse service calls (what the REST routes call) from a side thread."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, server_queue: Any = None) -> None:
         self.ctx = ctx
+        self.server_queue = server_queue
+        self.gauges: dict[str, list[float]] = {}  # sampled values, not latencies
         self.samples: dict[str, list[float]] = {}
         self.session_id: str | None = None
         self._stop = threading.Event()
@@ -94,8 +97,22 @@ class ApiProbe:
         call()
         self.samples.setdefault(name, []).append((time.perf_counter() - started) * 1000)
 
+    def _gauge(self, name: str, value: float) -> None:
+        self.gauges.setdefault(name, []).append(value)
+
+    def _sample_backlog(self) -> None:
+        """How far behind the server is: messages waiting, and the oldest machine's heartbeat age."""
+        if self.server_queue is not None:
+            self._gauge("server queue depth", self.server_queue.approximate_count())
+        with self.ctx.db() as db:
+            oldest = db.scalar(select(func.min(DiscoveredMachine.last_heartbeat_at)))
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            self._gauge("oldest heartbeat age (s)", (datetime.now(UTC) - oldest).total_seconds())
+
     def _run(self) -> None:
         while not self._stop.wait(0.5):
+            self._sample_backlog()
             self._time("list machines (page of 100)", lambda: machines.list_machines(self.ctx, limit=100))
             self._time("list machines (page 50 of 100)",
                        lambda: machines.list_machines(self.ctx, limit=100, offset=5000))  # fmt: skip
@@ -173,7 +190,7 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
     try:
         for day in range(1, args.days + 1):
             size_before = db_bytes(ctx)
-            probe = ApiProbe(ctx).start()
+            probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id))).start()
             cpu, started = cpu_seconds(), time.perf_counter()
             session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
             probe.session_id = session_id
@@ -223,6 +240,11 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
             rows.append((f"{label}: day {day} DB growth (total)",
                          f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
                          f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
+            rows.append((f"{label}: day {day} simulator heartbeats: worst lateness against their schedule",
+                         f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
+            for name, values in probe.gauges.items():
+                rows.append((f"{label}: day {day} {name} during the job p50 / max, n={len(values)}",
+                             f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
             for name, samples in probe.samples.items():
                 rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
                              f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
