@@ -225,6 +225,7 @@ class SimulatedFleet:
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+        self._stopping.clear()  # ready to ``start`` again
 
     def __iter__(self) -> Iterator[SimulatedAgent]:
         return iter(self.agents)
