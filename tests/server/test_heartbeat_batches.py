@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from tests.machine.harness import Harness, MachineHandle
+from tests.server.jobs_fakes import fresh_postgres_url
 from tests.support.fleet import wait_until
 
 from cloudkeep.machine.keys import AgentKeys
@@ -30,10 +31,11 @@ from cloudkeep.server.heartbeats import apply_heartbeats
 NOW = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    url = fresh_postgres_url(request.getfixturevalue("postgres")) if request.param == "postgresql" else None
     with use_clock(lambda: NOW):
-        h = Harness.create(tmp_path, heartbeat_timeout=60.0)
+        h = Harness.create(tmp_path, heartbeat_timeout=60.0, database_url=url)
         yield h
         h.close()
 
