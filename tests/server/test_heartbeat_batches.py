@@ -85,6 +85,24 @@ def test_a_batch_keeps_the_newest_send_time_per_machine(harness: Harness) -> Non
     assert _beat(harness, a) == (NOW - timedelta(seconds=5), "a-5")  # time never moves back
 
 
+def test_a_batch_whose_write_failed_counts_when_redelivered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = harness.add_machine("flaky")
+    envelope = _heartbeat(harness, machine, NOW - timedelta(seconds=7))[1]
+    real_db = harness.ctx.db
+
+    def failing_db() -> Any:
+        raise OSError("database unavailable")  # a stand-in for a failed transaction
+
+    monkeypatch.setattr(harness.ctx, "db", failing_db)
+    with pytest.raises(OSError):
+        apply_heartbeats(harness.ctx, [(envelope, envelope.parsed_body())])
+    monkeypatch.setattr(harness.ctx, "db", real_db)
+    assert apply_heartbeats(harness.ctx, [(envelope, envelope.parsed_body())]) == ["applied"]
+    assert _beat(harness, machine)[0] == NOW - timedelta(seconds=7)
+
+
 def test_consumer_applies_heartbeats_in_few_statements_and_acks_them(harness: Harness) -> None:
     machines = [harness.add_machine(f"m{n}") for n in range(3)]
     queue = harness.server_queue()

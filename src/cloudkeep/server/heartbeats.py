@@ -65,6 +65,12 @@ class SeenHeartbeats:
                 self._ids.popitem(last=False)
             return True
 
+    def forget(self, message_ids: list[str]) -> None:
+        """Not applied after all (the write failed): their redelivery must count."""
+        with self._lock:
+            for message_id in message_ids:
+                self._ids.pop(message_id, None)
+
 
 SEEN = SeenHeartbeats()
 
@@ -79,9 +85,11 @@ def apply_heartbeats(ctx: ServerContext, beats: list[tuple[Envelope, Heartbeat]]
     now = utcnow()
     outcomes = ["duplicate"] * len(beats)
     newest: dict[str, int] = {}
+    added: list[str] = []
     for n, (envelope, _) in enumerate(beats):
         if not SEEN.add(envelope.id):
             continue
+        added.append(envelope.id)
         outcomes[n] = "coalesced"
         best = newest.get(envelope.sender)
         if best is None or envelope.issued_at > beats[best][0].issued_at:
@@ -96,8 +104,12 @@ def apply_heartbeats(ctx: ServerContext, beats: list[tuple[Envelope, Heartbeat]]
              "version": body.version}
         )  # fmt: skip
         outcomes[n] = "applied"
-    with ctx.db() as session:
-        session.connection().execute(_HEARTBEAT, rows)  # one executemany statement
+    try:
+        with ctx.db() as session:
+            session.connection().execute(_HEARTBEAT, rows)  # one executemany statement
+    except BaseException:
+        SEEN.forget(added)
+        raise
     return outcomes
 
 
