@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def db_bytes(ctx: ServerContext) -> int:
 class ApiProbe:
     """Times the list / browse service calls (what the REST routes call) from a side thread."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, server_queue: Any = None) -> None:
         self.ctx = ctx
+        self.server_queue = server_queue
+        self.gauges: dict[str, list[float]] = {}  # sampled values, not latencies
         self.samples: dict[str, list[float]] = {}
         self.session_id: str | None = None
         self._stop = threading.Event()
@@ -94,8 +97,22 @@ class ApiProbe:
         call()
         self.samples.setdefault(name, []).append((time.perf_counter() - started) * 1000)
 
+    def _gauge(self, name: str, value: float) -> None:
+        self.gauges.setdefault(name, []).append(value)
+
+    def _sample_backlog(self) -> None:
+        """How far behind the server is: messages waiting, and the oldest machine's heartbeat age."""
+        if self.server_queue is not None:
+            self._gauge("server queue depth", self.server_queue.approximate_count())
+        with self.ctx.db() as db:
+            oldest = db.scalar(select(func.min(DiscoveredMachine.last_heartbeat_at)))
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            self._gauge("oldest heartbeat age (s)", (datetime.now(UTC) - oldest).total_seconds())
+
     def _run(self) -> None:
         while not self._stop.wait(0.5):
+            self._sample_backlog()
             self._time("list machines (page of 100)", lambda: machines.list_machines(self.ctx, limit=100))
             self._time("list machines (page 50 of 100)",
                        lambda: machines.list_machines(self.ctx, limit=100, offset=5000))  # fmt: skip
@@ -103,7 +120,7 @@ class ApiProbe:
                        lambda: restore_points.list_restore_points(self.ctx, limit=100))  # fmt: skip
             self._time("list sessions", lambda: sessions.list_sessions(self.ctx, limit=100))
             if self.session_id:
-                self._time("session detail (all its tasks)", self._session_detail)
+                self._time("session detail (a page of 100 tasks + counts)", self._session_detail)
 
     def _session_detail(self) -> None:
         assert self.session_id is not None
@@ -167,13 +184,15 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
         (f"{label}: {count} heartbeats: simulator sends / server drains", f"{sent:.0f} s / {drained}")
     )
 
+    if args.soak:
+        _soak(ctx, fleet, provider, count, args, rows, label)
     job_id = world.add_job(retention={"keep_last": 1},
                            options={"parallel_machines": args.parallel, "poll_slice_seconds": 2})  # fmt: skip
     fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
     try:
         for day in range(1, args.days + 1):
             size_before = db_bytes(ctx)
-            probe = ApiProbe(ctx).start()
+            probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id))).start()
             cpu, started = cpu_seconds(), time.perf_counter()
             session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
             probe.session_id = session_id
@@ -223,6 +242,11 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
             rows.append((f"{label}: day {day} DB growth (total)",
                          f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
                          f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
+            rows.append((f"{label}: day {day} simulator heartbeats: worst lateness against their schedule",
+                         f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
+            for name, values in probe.gauges.items():
+                rows.append((f"{label}: day {day} {name} during the job p50 / max, n={len(values)}",
+                             f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
             for name, samples in probe.samples.items():
                 rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
                              f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
@@ -232,6 +256,32 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
         provider.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append((f"{label}: peak RSS of the process so far", f"{rss:.0f} MiB"))
+
+
+def _soak(ctx: ServerContext, fleet: SimulatedFleet, provider: Any, count: int, args: argparse.Namespace,
+          rows: Table, label: str) -> None:  # fmt: skip
+    """Heartbeats only, at the deployed interval, for ``--soak`` seconds: does the server keep up?"""
+    probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id)))
+    fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
+    cpu, started = cpu_seconds(), time.perf_counter()
+    try:
+        probe.start()
+        time.sleep(args.soak)
+    finally:
+        probe.stop()
+        fleet.stop()
+    wall, used = time.perf_counter() - started, cpu_seconds() - cpu
+    rate = count / args.heartbeat_seconds
+    what = f"soak {wall:.0f} s, a heartbeat every {args.heartbeat_seconds:.0f} s each = {rate:.0f}/s"
+    rows.append((f"{label}: {what}: process CPU", f"{100 * used / wall:.0f} % of one core"))
+    rows.append((f"{label}: soak simulator heartbeats: worst lateness against their schedule",
+                 f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
+    for name, values in probe.gauges.items():
+        rows.append((f"{label}: soak {name} p50 / max, n={len(values)}",
+                     f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
+    for name, samples in probe.samples.items():
+        rows.append((f"{label}: soak {name} p50 / max (ms), n={len(samples)}",
+                     f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
 
 
 def _ended(ctx: ServerContext, session_id: str) -> bool:
@@ -246,6 +296,7 @@ def main() -> int:
     )
     parser.add_argument("--machines", default="200,1000", help="comma-separated fleet sizes")
     parser.add_argument("--days", type=int, default=2)
+    parser.add_argument("--soak", type=float, default=0.0, help="seconds of heartbeats only, before the job")
     parser.add_argument("--parallel", type=int, default=64, help="the job's parallel_machines")
     parser.add_argument("--heartbeat-seconds", type=float, default=30.0, help="each agent's (as deployed)")
     parser.add_argument("--workers", type=int, default=4, help="server-queue consumer threads")

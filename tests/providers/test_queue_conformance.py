@@ -40,6 +40,23 @@ def test_send_receive_ack(queue_service: QueueService, unique_name: str) -> None
     assert queue.approximate_count() == 0
 
 
+def test_ack_many_deletes_a_batch_beyond_ten(queue_service: QueueService, unique_name: str) -> None:
+    queue = queue_service.ensure_queue(unique_name)
+    for i in range(13):  # more than one SQS DeleteMessageBatch (10 entries)
+        queue.send(f"m{i}")
+    got: list[ReceivedMessage] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 13 and time.monotonic() < deadline:
+        got += queue.receive(max_messages=10, visibility_timeout=30, wait_seconds=1)
+    assert len(got) == 13
+    queue.ack_many(got[:12])
+    queue.ack_many([])
+    assert queue.approximate_count() == 1
+    queue.ack_many(got[12:])
+    assert queue.receive(wait_seconds=0) == []
+    assert queue.approximate_count() == 0
+
+
 def test_visibility_timeout_redelivers_with_higher_receive_count(
     queue_service: QueueService, unique_name: str
 ) -> None:

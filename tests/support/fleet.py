@@ -49,6 +49,7 @@ class FleetCounts:
     commands: int = 0
     rejected: int = 0
     reports_sent: int = 0
+    heartbeat_late_max: float = 0.0  # seconds the heartbeat thread fell behind its schedule at worst
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -215,6 +216,7 @@ class SimulatedFleet:
                     return
                 if self._stopping.is_set():
                     return
+                self.counts.heartbeat_late_max = max(self.counts.heartbeat_late_max, -ahead)
                 self._report(agent, "heartbeat", HEARTBEAT, None)
                 due += gap
 
@@ -223,6 +225,7 @@ class SimulatedFleet:
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+        self._stopping.clear()  # ready to ``start`` again
 
     def __iter__(self) -> Iterator[SimulatedAgent]:
         return iter(self.agents)

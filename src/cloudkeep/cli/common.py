@@ -431,6 +431,11 @@ def _watch(c: Client, session_id: str, *, as_json: bool, poll: float) -> Session
             for detail in c.watch_session(session_id, poll=poll):
                 final = detail
                 done = sum(t.progress for t in detail.tasks) / len(detail.tasks) if detail.tasks else 0.0
+                if detail.task_total > len(detail.tasks):  # one page shown: count every task's end
+                    ended = sum(
+                        n for state, n in detail.task_counts.items() if state not in ("pending", "running")
+                    )
+                    done = ended / detail.task_total
                 if detail.state in ("success", "warning", "failed", "stopped"):
                     done = 1.0
                 progress.update(overall, completed=done, state=detail.state)

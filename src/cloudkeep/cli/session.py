@@ -13,6 +13,7 @@ from cloudkeep.cli.common import (
     Column,
     Names,
     client,
+    console,
     done,
     exit_code_for,
     human_size,
@@ -59,14 +60,28 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
-    """Show a session with its per-machine tasks and log."""
+def show(
+    ctx: typer.Context,
+    session_id: str = typer.Argument(...),
+    as_json: bool = JSON_OPTION,
+    limit: int = typer.Option(100, "--limit", min=1, max=500, help="Tasks per page."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Tasks to skip."),
+    all_tasks: bool = typer.Option(False, "--all", help="Every task (fetched page by page)."),
+) -> None:
+    """Show a session with one page of its per-machine tasks and their log (--all: every task)."""
     with client(ctx) as c:
-        detail = c.get_session(session_id)
+        detail = (
+            c.get_session_all(session_id)
+            if all_tasks
+            else c.get_session(session_id, limit=limit, offset=offset)
+        )
         if as_json:
             print_json(detail)
             return
-        render_object(detail, False, title=f"Session {detail.id}", skip=("tasks", "log"), names=Names(c))
+        render_object(detail, False, title=f"Session {detail.id}", names=Names(c),
+                      skip=("tasks", "log", "task_limit", "task_offset"))  # fmt: skip
+    first = detail.task_offset + 1 if detail.tasks else detail.task_offset
+    shown = f"{first}-{detail.task_offset + len(detail.tasks)} of {detail.task_total}"
     print_table(
         detail.tasks,
         [
@@ -78,8 +93,10 @@ def show(ctx: typer.Context, session_id: str = typer.Argument(...), as_json: boo
             ("files", "files"),
             ("reason", "reason"),
         ],
-        title="Tasks",
+        title=f"Tasks {shown}",
     )
+    if detail.task_offset + len(detail.tasks) < detail.task_total:
+        console().print(f"more: --offset {detail.task_offset + len(detail.tasks)} (or --all)")
 
 
 @app.command("watch")

@@ -149,6 +149,11 @@ class Queue(ABC):
     def ack(self, message: ReceivedMessage) -> None:
         """Delete a processed message."""
 
+    def ack_many(self, messages: list[ReceivedMessage]) -> None:
+        """Delete several processed messages; providers with a batch call override this."""
+        for message in messages:
+            self.ack(message)
+
     @abstractmethod
     def extend_visibility(self, message: ReceivedMessage, seconds: int) -> None: ...
 

@@ -234,8 +234,21 @@ class Client(ABC):
     ) -> Page[SessionView]:
         return self.call(ops.LIST_SESSIONS, kind=kind, state=state, job=job, limit=limit, offset=offset)
 
-    def get_session(self, session_id: str) -> SessionDetail:
-        return self.call(ops.GET_SESSION, session_id=session_id)
+    def get_session(self, session_id: str, *, limit: int = 100, offset: int = 0) -> SessionDetail:
+        """The session with one page of its tasks (``task_total`` says how many there are)."""
+        return self.call(ops.GET_SESSION, session_id=session_id, limit=limit, offset=offset)
+
+    def get_session_all(self, session_id: str, *, page: int = 500) -> SessionDetail:
+        """The session with every task, fetched page by page."""
+        first = self.get_session(session_id, limit=page)
+        tasks, log = list(first.tasks), list(first.log)
+        while len(tasks) < first.task_total:
+            more = self.get_session(session_id, limit=page, offset=len(tasks))
+            if not more.tasks:  # fewer than counted (a concurrent change): stop rather than loop
+                break
+            tasks += more.tasks
+            log += more.log
+        return first.model_copy(update={"tasks": tasks, "log": log, "task_limit": len(tasks)})
 
     def stop_session(self, session_id: str) -> None:
         self.call(ops.STOP_SESSION, session_id=session_id)

@@ -14,12 +14,11 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 
 from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, ProtocolError
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
@@ -29,10 +28,12 @@ from cloudkeep.server import metrics
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
+from cloudkeep.server.heartbeats import HeartbeatWriter, apply_heartbeats
 
 log = logging.getLogger(__name__)
 OPEN_STATES = ("sent", "running")
 KEY_CACHE_SECONDS = 30.0
+RECEIVE_MAX = 10  # SQS's maximum per receive
 
 
 class Impersonation(ProtocolError):
@@ -51,14 +52,8 @@ def server_queue_name(server_id: str) -> str:
 _KEY_OF_MACHINE = select(DiscoveredMachine.agent_public_key).where(
     DiscoveredMachine.id == bindparam("machine_id")
 )
-_LAST = DiscoveredMachine.last_heartbeat_at
-_HEARTBEAT = (
-    update(DiscoveredMachine)
-    .where(DiscoveredMachine.id == bindparam("machine_id"), or_(_LAST.is_(None), bindparam("sent") > _LAST))
-    .values(
-        last_heartbeat_at=bindparam("sent"), last_seen_at=bindparam("now"), agent_version=bindparam("version")
-    )
-    .execution_options(synchronize_session=False)
+_KEYS_OF_MACHINES = select(DiscoveredMachine.id, DiscoveredMachine.agent_public_key).where(
+    DiscoveredMachine.id.in_(bindparam("machine_ids", expanding=True))
 )
 
 
@@ -78,6 +73,26 @@ class MachineKeys:
             return hit[1]
         with self.ctx.db() as session:
             stored = session.scalar(_KEY_OF_MACHINE, {"machine_id": machine_id})
+        return self._remember(machine_id, stored, now)
+
+    def prefetch(self, machine_ids: set[str]) -> None:
+        """Load the keys of a received batch's senders with one query instead of one each.
+
+        A machine heartbeats every 30 s, as long as a key stays cached: without this, nearly every
+        heartbeat cost a key look-up of its own.
+        """
+        now = time.monotonic()
+        with self._lock:
+            missing = [m for m in machine_ids if now - self._cache.get(m, (-KEY_CACHE_SECONDS, None))[0]
+                       >= KEY_CACHE_SECONDS]  # fmt: skip
+        if not missing:
+            return
+        with self.ctx.db() as session:
+            found = {row[0]: row[1] for row in session.execute(_KEYS_OF_MACHINES, {"machine_ids": missing})}
+        for machine_id in missing:
+            self._remember(machine_id, found.get(machine_id), now)
+
+    def _remember(self, machine_id: str, stored: str | None, now: float) -> Ed25519PublicKey | None:
         key = None
         if stored:
             try:
@@ -94,31 +109,10 @@ class MachineKeys:
 def report_validator(ctx: ServerContext, keys: MachineKeys | None = None) -> MessageValidator:
     return MessageValidator(
         me=ctx.server_id,
-        sender_key=keys or MachineKeys(ctx),
+        sender_key=keys if keys is not None else MachineKeys(ctx),
         kinds=frozenset(REPORT_BODIES),
         clock=utcnow,  # the server's one clock: expiry is judged by the same "now" as everything else
     )
-
-
-class _SeenHeartbeats:
-    """Heartbeat ids seen recently: a replayed heartbeat must not fake liveness (bounded memory)."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, message_id: str) -> bool:
-        with self._lock:
-            if message_id in self._ids:
-                return False
-            self._ids[message_id] = None
-            if len(self._ids) > self.size:
-                self._ids.popitem(last=False)
-            return True
-
-
-_HEARTBEATS = _SeenHeartbeats()
 
 
 class ResultSignals:
@@ -155,7 +149,7 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
     """Apply a verified machine message; returns what happened (``applied``, ``duplicate``, …)."""
     body = envelope.parsed_body()
     if isinstance(body, Heartbeat):
-        return _apply_heartbeat(ctx, envelope, body)
+        return apply_heartbeats(ctx, [(envelope, body)])[0]
     assert isinstance(body, Result | Progress)
     with ctx.db() as session:
         owner = session.scalar(select(CommandRecord.machine_id).where(CommandRecord.id == body.command_id))
@@ -218,21 +212,13 @@ def _apply_progress(session: Any, envelope: Envelope, body: Progress) -> str:
     return "applied" if changed else "late-progress"
 
 
-def _apply_heartbeat(ctx: ServerContext, envelope: Envelope, body: Heartbeat) -> str:
-    if not _HEARTBEATS.add(envelope.id):
-        return "duplicate"
-    now = utcnow()
-    # The signed send time is what counts (capped at now): a heartbeat read late, after it waited
-    # on the queue, says when the machine was alive, not when someone got round to reading it.
-    sent = min(envelope.issued_at, now)
-    values = {"machine_id": envelope.sender, "sent": sent, "now": now, "version": body.version}
-    with ctx.db() as session:
-        session.connection().execute(_HEARTBEAT, values)
-    return "applied"
-
-
 class ServerQueueConsumer:
-    """Worker threads competing on the server queue of one cloud account."""
+    """Reader threads competing on the server queue of one cloud account, plus a heartbeat writer.
+
+    Readers verify every message; results and progress are applied at once, heartbeats go to the
+    writer (``heartbeats.HeartbeatWriter``), which applies them in batches. ``workers=0`` starts
+    nothing: ``process`` then applies one message inline (the dispatcher's bounded drain).
+    """
 
     def __init__(
         self, ctx: ServerContext, queue: Queue, *, workers: int = 2, wait_seconds: float = 5.0
@@ -241,32 +227,48 @@ class ServerQueueConsumer:
         self.queue = queue
         self.workers = workers
         self.wait_seconds = wait_seconds
-        self.validator = report_validator(ctx)
+        self.keys = MachineKeys(ctx)
+        self.validator = report_validator(ctx, self.keys)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._polling: set[str] = set()  # names of the workers waiting in receive
+        self.heartbeats: HeartbeatWriter | None = None
+        self.backlogged = False  # the last receive came back full
 
     def start(self) -> ServerQueueConsumer:
+        if self.workers:
+            self.heartbeats = HeartbeatWriter(self.ctx, self.queue, self._count, self.stopping).start()
         for n in range(self.workers):
             thread = threading.Thread(target=self._run, name=f"ck-consumer-{n}", daemon=True)
             thread.start()
             self.threads.append(thread)
         return self
 
+    @property
+    def read_point(self) -> datetime | None:
+        """While the queue is backed up (the last receive came back full): every message sent before
+        this time has been applied. None when the consumers keep up (the database is then current)."""
+        if self.heartbeats is None or not self.backlogged:
+            return None
+        return self.heartbeats.read_point
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the workers without waiting out a long poll (SQS: 20 s).
 
         A worker applying a message finishes it (up to ``timeout``); one waiting in ``receive`` is
         not waited for: when its poll returns it hands back what it got (visible again at once) and
-        ends — the threads are daemons, so a process exit does not wait for them either.
+        ends — the threads are daemons, so a process exit does not wait for them either. The
+        heartbeat writer applies and acks what it was handed before it ends.
         """
         self.stopping.set()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             while thread.is_alive() and thread.name not in self._polling and time.monotonic() < deadline:
                 thread.join(0.05)
+        if self.heartbeats is not None:
+            self.heartbeats.join(max(0.0, deadline - time.monotonic()))
 
     def _count(self, outcome: str) -> None:
         with self._lock:
@@ -277,9 +279,10 @@ class ServerQueueConsumer:
         failures = 0
         while not self.stopping.is_set():
             self._polling.add(name)
+            started = utcnow()
             try:
                 messages = self.queue.receive(
-                    max_messages=10, visibility_timeout=60, wait_seconds=self.wait_seconds
+                    max_messages=RECEIVE_MAX, visibility_timeout=60, wait_seconds=self.wait_seconds
                 )
                 failures = 0
             except Exception as exc:
@@ -294,8 +297,12 @@ class ServerQueueConsumer:
             if self.stopping.is_set():
                 self._release(messages)
                 break
-            for message in messages:
-                self.process(message)
+            self.backlogged = len(messages) >= RECEIVE_MAX
+            self.process_batch(messages)
+            if len(messages) < RECEIVE_MAX and self.heartbeats is not None:
+                # A short receive found nothing more: everything sent before it started (before it
+                # returned, when it came back empty) is now handed over.
+                self.heartbeats.mark(utcnow() if not messages else started)
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
         """Hand back what a poll returned after ``stop``: visible again at once for other servers."""
@@ -306,13 +313,27 @@ class ServerQueueConsumer:
                 log.debug("could not release message %s: %s", message.message_id, exc)
 
     def process(self, message: ReceivedMessage) -> str:
-        outcome = self._process(message)
+        """Verify and apply one message inline (heartbeats too); its outcome."""
+        outcome = self._process(message, inline=True)
         self._count(outcome)
         return outcome
 
-    def _process(self, message: ReceivedMessage) -> str:
+    def process_batch(self, messages: list[ReceivedMessage]) -> None:
+        """Verify a received batch (keys loaded at once); heartbeats go to the writer when it runs."""
+        self.keys.prefetch({sender for sender in map(_sender_of, messages) if sender})
+        for message in messages:
+            outcome = self._process(message, inline=self.heartbeats is None)
+            if outcome != "handed-over":
+                self._count(outcome)
+
+    def _process(self, message: ReceivedMessage, *, inline: bool) -> str:
         try:
             envelope = self.validator.validate(message.body)
+            body = envelope.parsed_body()
+            if isinstance(body, Heartbeat) and not inline:
+                assert self.heartbeats is not None
+                self.heartbeats.put(message, envelope, body)
+                return "handed-over"  # applied and acked by the writer
             outcome = apply_report(self.ctx, envelope)
         except ProtocolError as exc:
             log.warning(
@@ -329,3 +350,13 @@ class ServerQueueConsumer:
             return "error"
         self.queue.ack(message)
         return outcome
+
+
+def _sender_of(message: ReceivedMessage) -> str | None:
+    """The claimed sender, read without trust (only to load keys in bulk; validation decides)."""
+    try:
+        data = json.loads(message.body)
+    except ValueError:
+        return None
+    sender = data.get("sender") if isinstance(data, dict) else None
+    return sender if isinstance(sender, str) and len(sender) <= 200 else None

@@ -47,6 +47,8 @@ MAX_FALLBACK_TIMEOUT = 48 * 3600.0
 # idle time is left to the consumers, and the command may take the fallback once.
 DRAIN_MAX_MESSAGES = 500
 DRAIN_SECONDS = 5.0
+# How far behind the consumers may be and still vouch for a machine (see ``_backlog_reason``).
+BACKLOG_GRACE_SECONDS = 600.0
 
 
 class CommandFailed(CloudkeepError):
@@ -166,6 +168,9 @@ class Dispatcher:
         age = self._heartbeat_age(target)
         if age is not None and age < timeout:
             return target, ChannelChoice("queue", f"last heartbeat sent {age:.0f}s ago")
+        behind = self._backlog_reason(target, timeout)
+        if behind is not None:
+            return target, ChannelChoice("queue", behind)
         # Heartbeats are applied only while some process consumes the server queue: in embedded
         # mode nobody does between two CLI commands. Read what is waiting (each heartbeat counts
         # from its signed send time) before concluding that the machine is gone.
@@ -179,6 +184,26 @@ class Dispatcher:
         if age is None:
             return target, ChannelChoice(fallback, "no heartbeat received yet")
         return target, ChannelChoice(fallback, f"last heartbeat sent {age:.0f}s ago (limit {timeout:.0f}s)")
+
+    def _backlog_reason(self, target: _Target, timeout: float) -> str | None:
+        """Why a machine whose heartbeat looks old is still judged alive: this process's consumers
+        are behind on the server queue (a backlog), and its heartbeat is fresh as of their read
+        point — newer heartbeats may be waiting unread. None when that does not hold.
+
+        Bounded by ``BACKLOG_GRACE_SECONDS``: consumers that far behind (or stuck) prove nothing,
+        and the command takes the fallback as before.
+        """
+        point = consumer_read_point(self.ctx, target.credential_id)
+        last = target.last_heartbeat_at
+        if point is None or last is None:
+            return None
+        lag = (self.clock() - point).total_seconds()
+        if lag <= 0 or lag > BACKLOG_GRACE_SECONDS or (point - last).total_seconds() >= timeout:
+            return None
+        return (
+            f"last heartbeat sent {(self.clock() - last).total_seconds():.0f}s ago, but the server queue "
+            f"is read only up to {lag:.0f}s ago (backlog): fresh as of that point"
+        )
 
     def _drain_reports(self, credential_id: str) -> int:
         """Apply the reports waiting on the server queue now (bounded); returns how many were read."""
@@ -483,6 +508,14 @@ def consumer_queue_depths() -> dict[str, int]:
         except Exception as exc:  # a scrape must not fail because one cloud is slow or down
             log.debug("queue depth of %s unavailable: %s", consumer.queue.name, exc)
     return depths
+
+
+def consumer_read_point(ctx: ServerContext, credential_id: str) -> datetime | None:
+    """How far this process's consumers have read that account's server queue (None: none run here)."""
+    key = (ctx.settings.effective_database_url, ctx.server_id, credential_id)
+    with _CONSUMERS_LOCK:
+        consumer = _CONSUMERS.get(key)
+    return consumer.read_point if consumer is not None else None
 
 
 def stop_consumers() -> None:

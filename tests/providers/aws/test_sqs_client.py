@@ -59,6 +59,16 @@ def test_machine_queue_round_trip_without_boto3(sqs: SqsQueueService, unique_nam
     [dead] = sqs.get_queue(dead_letter_queue_name(unique_name)).receive(wait_seconds=5)
     assert dead.body == "for the machine"
 
+    for n in range(12):
+        server_side.send(f"batch {n}")
+    taken = []
+    while len(taken) < 12:
+        got_some = queue.receive(max_messages=10, visibility_timeout=30, wait_seconds=5)
+        assert got_some
+        taken += got_some
+    queue.ack_many(taken)  # DeleteMessageBatch, ten a call
+    assert queue.approximate_count() == 0
+
 
 def test_missing_queue_is_translated_as_with_boto3(sqs: SqsQueueService, unique_name: str) -> None:
     info = {**sqs.connection_info(sqs.ensure_queue(unique_name).name)}

@@ -8,6 +8,7 @@ authenticates with its instance role; credentials are included only when the pro
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from cloudkeep.providers.base import (
 if TYPE_CHECKING:  # the machine side opens queues without boto3 (sqs_client)
     from cloudkeep.providers.aws.session import AwsSession
 
+log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 262_144
 MAX_WAIT_SECONDS = 20  # SQS long-poll ceiling; longer waits loop
 _MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
@@ -80,6 +82,18 @@ class SqsQueue(Queue):
     def ack(self, message: ReceivedMessage) -> None:
         with aws_errors("sqs:DeleteMessage", self.name):
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt)
+
+    def ack_many(self, messages: list[ReceivedMessage]) -> None:
+        """DeleteMessageBatch, 10 entries a call (SQS's maximum); a failed entry is redelivered later."""
+        for start in range(0, len(messages), 10):
+            entries = [
+                {"Id": str(n), "ReceiptHandle": message.receipt}
+                for n, message in enumerate(messages[start : start + 10])
+            ]
+            with aws_errors("sqs:DeleteMessageBatch", self.name):
+                response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+            for failed in response.get("Failed", []):
+                log.warning("sqs %s: could not delete a message: %s", self.name, failed.get("Message"))
 
     def extend_visibility(self, message: ReceivedMessage, seconds: int) -> None:
         with aws_errors("sqs:ChangeMessageVisibility", self.name):

@@ -155,6 +155,9 @@ class SqsJsonClient:
     def delete_message(self, **params: Any) -> dict[str, Any]:
         return self.call("DeleteMessage", params)
 
+    def delete_message_batch(self, **params: Any) -> dict[str, Any]:
+        return self.call("DeleteMessageBatch", params)
+
     def change_message_visibility(self, **params: Any) -> dict[str, Any]:
         return self.call("ChangeMessageVisibility", params)
 

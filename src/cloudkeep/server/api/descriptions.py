@@ -61,7 +61,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("POST", "/jobs/{ref}/start"): "Run the job now (all its machines, or `machines`)." + _SESSION + _REF,
     ("POST", "/jobs/{ref}/stop"): "Ask the job's running session to stop." + _REF,
     ("GET", "/sessions"): "Backup, rescan, restore and check sessions, newest first." + _PAGE,
-    ("GET", "/sessions/{session_id}"): "One session with its per-machine tasks, progress and reasons.",
+    ("GET", "/sessions/{session_id}"): "One session with a page of its per-machine tasks (`limit`, "
+    "`offset`), their progress and reasons, and `task_total` / `task_counts` over all of them.",
     ("POST", "/sessions/{session_id}/stop"): "Ask a running session to stop; machines not yet started "
     "are not started.",
     ("GET", "/restore-points"): "Restore points in the catalog (filter by job, machine, repository)." + _PAGE,

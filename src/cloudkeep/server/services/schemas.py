@@ -346,8 +346,14 @@ class SessionView(Model):
 
 
 class SessionDetail(SessionView):
-    tasks: list[SessionTaskView]
-    log: list[dict[str, Any]] = Field(default_factory=list, description="Per-task log lines, oldest first.")
+    tasks: list[SessionTaskView] = Field(description="One page of the tasks, in start order.")
+    log: list[dict[str, Any]] = Field(
+        default_factory=list, description="Log lines of this page's tasks, oldest first."
+    )
+    task_total: int = Field(0, description="All the session's tasks; page on with task_offset + task_limit.")
+    task_counts: dict[str, int] = Field(default_factory=dict, description="All the session's tasks by state.")
+    task_limit: int = 0
+    task_offset: int = 0
 
 
 # --- restore points and restores -------------------------------------------------------------

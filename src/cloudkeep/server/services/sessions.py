@@ -6,11 +6,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, DiscoveredMachine, JobSession, SessionTask
-from cloudkeep.server.services.common import paginate, resolve
+from cloudkeep.server.services.common import check_page, paginate, resolve
 from cloudkeep.server.services.schemas import Page, SessionDetail, SessionTaskView, SessionView
 
 TERMINAL_STATES = frozenset({"success", "warning", "failed", "stopped"})
@@ -40,13 +40,29 @@ def list_sessions(
         return paginate(session, stmt, view, limit, offset)
 
 
-def get_session(ctx: ServerContext, session_id: str) -> SessionDetail:
+def get_session(ctx: ServerContext, session_id: str, limit: int = 100, offset: int = 0) -> SessionDetail:
+    """The session with one page of its tasks (and their log lines) plus counts of all of them.
+
+    Paged because a session has a task per machine: at 5,000 machines the whole detail took
+    1.4-3.6 s to build and was megabytes of JSON (docs/scale.md).
+    """
+    check_page(limit, offset)
     with ctx.db() as session:
         row = resolve(session, JobSession, session_id, "session", by_name=False)
+        counts = {
+            state: int(n)
+            for state, n in session.execute(
+                select(SessionTask.state, func.count())
+                .where(SessionTask.session_id == row.id)
+                .group_by(SessionTask.state)
+            )
+        }
         tasks = session.scalars(
             select(SessionTask)
             .where(SessionTask.session_id == row.id)
             .order_by(SessionTask.started_at, SessionTask.id)
+            .limit(limit)
+            .offset(offset)
         ).all()
         ids = {t.machine_id for t in tasks}
         stmt = select(DiscoveredMachine.id, DiscoveredMachine.name).where(DiscoveredMachine.id.in_(ids))
@@ -61,7 +77,10 @@ def get_session(ctx: ServerContext, session_id: str) -> SessionDetail:
             for entry in task.log or []:
                 item = entry if isinstance(entry, dict) else {"message": str(entry)}
                 log.append({"task_id": task.id, "machine_id": task.machine_id, **item})
-        return SessionDetail(**view(row).model_dump(), tasks=views, log=log)
+        return SessionDetail(
+            **view(row).model_dump(), tasks=views, log=log, task_total=sum(counts.values()),
+            task_counts=counts, task_limit=limit, task_offset=offset,
+        )  # fmt: skip
 
 
 def watch_session(

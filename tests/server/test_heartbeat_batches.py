@@ -1,0 +1,168 @@
+"""Heartbeats are applied in batches (coalesced per machine, one statement per batch), and while the
+server queue is backed up a machine is judged from how far the consumers have read, not the wall clock.
+
+Real server context (SQLite), local queues, the machines' real agent keys; the server's clock is
+injected (``use_clock``) so send times and freshness do not depend on when the test runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from tests.machine.harness import Harness, MachineHandle
+from tests.server.jobs_fakes import fresh_postgres_url
+from tests.support.fleet import wait_until
+
+from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.protocol import Envelope, make_envelope, sign_envelope
+from cloudkeep.protocol.bodies import Heartbeat
+from cloudkeep.server import dispatcher as dispatcher_module
+from cloudkeep.server.clock import use_clock
+from cloudkeep.server.consumer import ServerQueueConsumer, server_queue_name
+from cloudkeep.server.db.models import DiscoveredMachine
+from cloudkeep.server.dispatcher import Dispatcher
+from cloudkeep.server.heartbeats import apply_heartbeats
+
+NOW = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    url = fresh_postgres_url(request.getfixturevalue("postgres")) if request.param == "postgresql" else None
+    with use_clock(lambda: NOW):
+        h = Harness.create(tmp_path, heartbeat_timeout=60.0, database_url=url)
+        yield h
+        h.close()
+
+
+def _heartbeat(
+    harness: Harness, machine: MachineHandle, sent: datetime, version: str = "t"
+) -> tuple[str, Envelope]:
+    keys = AgentKeys.load(machine.config.state_dir)
+    envelope = make_envelope(
+        "heartbeat", Heartbeat(services={}, version=version), sender=machine.row_id,
+        recipient=harness.ctx.server_id, ttl=600, now=sent,
+    )  # fmt: skip
+    return sign_envelope(envelope, keys.signing), envelope
+
+
+def _beat(harness: Harness, machine: MachineHandle) -> tuple[datetime | None, str | None]:
+    with harness.ctx.db() as db:
+        row = db.get(DiscoveredMachine, machine.row_id)
+        assert row is not None
+        beat = row.last_heartbeat_at
+        return (beat.replace(tzinfo=UTC) if beat and beat.tzinfo is None else beat), row.agent_version
+
+
+def test_a_batch_keeps_the_newest_send_time_per_machine(harness: Harness) -> None:
+    a, b = harness.add_machine("a"), harness.add_machine("b")
+    beats = [
+        _heartbeat(harness, a, NOW - timedelta(seconds=20), "a-20")[1],
+        _heartbeat(harness, a, NOW - timedelta(seconds=5), "a-5")[1],  # newest of a
+        _heartbeat(harness, a, NOW - timedelta(seconds=40), "a-40")[1],  # overtaken on the queue
+        _heartbeat(harness, b, NOW + timedelta(seconds=3), "b+3")[1],  # within skew: capped at now
+    ]
+    batch: list[tuple[Envelope, Any]] = [(e, e.parsed_body()) for e in beats]
+    batch.append(batch[1])  # a replayed id
+
+    assert apply_heartbeats(harness.ctx, batch) == [
+        "coalesced",
+        "applied",
+        "coalesced",
+        "applied",
+        "duplicate",
+    ]
+    assert _beat(harness, a) == (NOW - timedelta(seconds=5), "a-5")
+    assert _beat(harness, b) == (NOW, "b+3")
+
+    older = _heartbeat(harness, a, NOW - timedelta(seconds=10), "a-10")[1]
+    apply_heartbeats(harness.ctx, [(older, older.parsed_body())])
+    assert _beat(harness, a) == (NOW - timedelta(seconds=5), "a-5")  # time never moves back
+
+
+def test_a_batch_whose_write_failed_counts_when_redelivered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = harness.add_machine("flaky")
+    envelope = _heartbeat(harness, machine, NOW - timedelta(seconds=7))[1]
+    real_db = harness.ctx.db
+
+    def failing_db() -> Any:
+        raise OSError("database unavailable")  # a stand-in for a failed transaction
+
+    monkeypatch.setattr(harness.ctx, "db", failing_db)
+    with pytest.raises(OSError):
+        apply_heartbeats(harness.ctx, [(envelope, envelope.parsed_body())])
+    monkeypatch.setattr(harness.ctx, "db", real_db)
+    assert apply_heartbeats(harness.ctx, [(envelope, envelope.parsed_body())]) == ["applied"]
+    assert _beat(harness, machine)[0] == NOW - timedelta(seconds=7)
+
+
+def test_consumer_applies_heartbeats_in_few_statements_and_acks_them(harness: Harness) -> None:
+    machines = [harness.add_machine(f"m{n}") for n in range(3)]
+    queue = harness.server_queue()
+    for n in range(60):  # 20 beats per machine
+        queue.send(_heartbeat(harness, machines[n % 3], NOW - timedelta(seconds=60 - n))[0])
+    updates: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE DISCOVERED_MACHINES"):
+            updates.append(len(params) if many else 1)
+
+    event.listen(harness.ctx.engine, "before_cursor_execute", count)
+    consumer = ServerQueueConsumer(harness.ctx, queue, workers=1, wait_seconds=0.1).start()
+    try:
+        wait_until(lambda: consumer.counts.get("applied", 0) + consumer.counts.get("coalesced", 0) == 60,
+                   timeout=20, what="60 heartbeats handled")  # fmt: skip
+    finally:
+        consumer.stop()
+        event.remove(harness.ctx.engine, "before_cursor_execute", count)
+    assert len(updates) < 60 / 5  # batches, not one statement per heartbeat
+    assert sum(updates) <= 3 * len(updates)  # at most one row per machine per batch
+    assert queue.approximate_count() == 0  # every heartbeat acked
+    for n, machine in enumerate(machines):
+        assert _beat(harness, machine)[0] == NOW - timedelta(seconds=60 - (57 + n))
+
+
+def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) -> None:
+    machine = harness.add_machine("busy")
+    with harness.ctx.db() as db:
+        row = db.get(DiscoveredMachine, machine.row_id)
+        assert row is not None
+        row.last_heartbeat_at = NOW - timedelta(seconds=150)  # applied before the backlog built up
+    queue = harness.ctx.provider_for(harness.credential_id).queues.get_queue(
+        server_queue_name(harness.ctx.server_id)
+    )
+    consumer = ServerQueueConsumer(
+        harness.ctx, queue, workers=0
+    )  # registered, not reading: a stand-in backlog
+    consumer.heartbeats = type("Writer", (), {"read_point": NOW - timedelta(seconds=120)})()  # type: ignore[assignment]
+    key = (harness.ctx.settings.effective_database_url, harness.ctx.server_id, harness.credential_id)
+    dispatcher_module._CONSUMERS[key] = consumer
+    dispatcher = Dispatcher(harness.ctx, clock=lambda: NOW)
+    try:
+        consumer.backlogged = True  # read only up to 120 s ago: 150 s is 30 s old as of there
+        choice = dispatcher.choose_channel(machine.row_id)
+        assert choice.channel == "queue" and "backlog" in choice.reason
+
+        consumer.heartbeats.read_point = NOW - timedelta(seconds=60)  # 90 s old as of the read point
+        assert dispatcher.choose_channel(machine.row_id).channel != "queue"
+
+        consumer.heartbeats.read_point = NOW - timedelta(seconds=120)
+        consumer.backlogged = False  # caught up: the database is current, so it is silent
+        assert dispatcher.choose_channel(machine.row_id).channel != "queue"
+
+        consumer.backlogged = True  # too far behind to vouch for anyone
+        consumer.heartbeats.read_point = NOW - timedelta(seconds=dispatcher_module.BACKLOG_GRACE_SECONDS + 1)
+        with harness.ctx.db() as db:
+            row = db.get(DiscoveredMachine, machine.row_id)
+            assert row is not None
+            row.last_heartbeat_at = consumer.heartbeats.read_point - timedelta(seconds=1)
+        assert dispatcher.choose_channel(machine.row_id).channel != "queue"
+    finally:
+        dispatcher_module._CONSUMERS.pop(key, None)
