@@ -32,9 +32,12 @@ def local_provider(lab: Lab) -> Iterator[LocalProvider]:
     provider.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ssm_standin(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmStandIn]:
-    """The SSM agent stand-in serving moto (us-east-1); create instances with ``create_instance``."""
+    """The SSM agent stand-in serving moto (us-east-1); create instances with ``create_instance``.
+
+    One per module, not per session: it polls moto for every instance of its lab ten times a second,
+    which kept the stand-in and moto busy (and growing with the instances) for the rest of the run."""
     standin = SsmStandIn.start(moto_server.endpoint, "us-east-1", tmp_path_factory.mktemp("ssm-lab"))
     yield standin
     standin.stop()
