@@ -201,7 +201,7 @@ class SessionTask(Base):
 
     __tablename__ = "session_tasks"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)  # a session's page
     machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
     state: Mapped[str] = mapped_column(String(20), default="pending")
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -223,7 +223,7 @@ class RestorePoint(Base):
     __table_args__ = (UniqueConstraint("repository_id", "snapshot_id"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     repository_id: Mapped[str] = mapped_column(ForeignKey("repositories.id"))
-    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), index=True)  # a machine's points
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), nullable=True)
     snapshot_id: Mapped[str] = mapped_column(String(100))  # id of the manifest in the repository
@@ -250,7 +250,7 @@ class CommandRecord(Base):
     kind: Mapped[str] = mapped_column(String(50))
     channel: Mapped[str] = mapped_column(String(20))  # queue / ssm / runcommand / local
     state: Mapped[str] = mapped_column(String(20), default="sent")  # sent / running / done / failed / expired
-    task_id: Mapped[str | None] = mapped_column(ForeignKey("session_tasks.id"), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(ForeignKey("session_tasks.id"), nullable=True, index=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sent_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
