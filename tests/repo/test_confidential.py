@@ -30,6 +30,7 @@ from cloudkeep.repo.grants import restore_keys
 from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.pack import pack_key, read_header
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX
+from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored, write_tree
 
@@ -256,3 +257,38 @@ def test_prune_after_migration_rewrites_old_packs_into_format_3(store: ObjectSto
     out = tmp_path / "out"
     assert restore(full, second.id, out).ok
     assert (restored(out, source) / "random.bin").read_bytes() == (source / "random.bin").read_bytes()
+
+
+def test_compromised_machine_dedup_poisoning_is_detected_not_prevented(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    """The one open row of docs/security.md: a machine holds the MAC key, so it can index a chunk
+    it guesses (a common file) in a pack of its own holding other bytes; another machine then
+    deduplicates against it. What bounds it today: nothing restores the forged bytes (every blob's
+    id is checked on read), the victim's restore fails naming the blob and the attacker's pack,
+    and the server's check names that pack, in the attacker's own namespace."""
+    common = b"#!/bin/sh\n# a file every machine of the fleet has\n" * 20
+    attacker = machine(store, server, A)
+    forged = os.urandom(len(common))
+    with BlobWriter(attacker, hostname="evil") as writer:
+        forged_id, new = writer.save("data", forged, attacker.crypter.content_id(common))
+        assert new
+        writer.close()
+    source = tmp_path / "victim"
+    source.mkdir()
+    (source / "common.sh").write_bytes(common)
+    snap = backup_files(machine(store, server, B), [source], hostname="b")
+
+    server.load_index()
+    packs = server.index.packs
+    # the victim stored no data of its own: it deduplicated the forged chunk
+    assert [p for p in packs if p.startswith(B) and packs[p][0].type == "data"] == []
+    restoring = machine(store, server, B)
+    restoring.grant_keys(restore_keys(server, snap.id))
+    with pytest.raises(IntegrityError, match=f"{forged_id.hex()} in pack {A}.*does not match its id"):
+        restore(restoring, snap.id, tmp_path / "out")
+    out = tmp_path / "out" / str(source).lstrip("/") / "common.sh"
+    assert not out.exists() or out.read_bytes() != forged  # never the forged bytes passed off as the file
+    report = check(Repository.open(store, PASSWORD), read_data=True)
+    assert not report.ok
+    assert any(A in p.object for p in report.problems), report.problems
