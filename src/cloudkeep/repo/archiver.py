@@ -11,6 +11,8 @@ restore point, and its indexed packs are reused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import marshal
 import os
 import socket
 import stat
@@ -21,13 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Union
 
-from cloudkeep.compat import UTC
+from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import StreamCutter
-from cloudkeep.repo.fsmeta import node_from_stat, node_type
+from cloudkeep.repo.fsmeta import group_name, node_from_stat, node_type, user_name
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
@@ -53,31 +56,70 @@ class BackupProgress:
     current_path: str | None
 
 
+_StatKey = tuple[Union[int, str], ...]  # marshal-able
+
+
+def _stat_key(name: str, st: os.stat_result) -> _StatKey:
+    """Everything an entry's node is made of, as far as ``lstat`` shows it. Changing xattrs, mode or
+    owner moves the ctime; a symlink's target never changes in place; names map to owner names."""
+    return (
+        name, st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, user_name(st.st_uid),
+        group_name(st.st_gid), st.st_size, st.st_blocks, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
+    )  # fmt: skip
+
+
+@dataclass(**SLOTS)
+class _Deferred:
+    """An entry whose node is built only if its folder's tree cannot be reused (not a folder, and
+    not a file that is read again): its xattrs, link target and node then cost nothing."""
+
+    name: str
+    path: str
+    st: os.stat_result
+    kind: str
+    content: list[bytes]
+
+
 class _Dir:
     """A directory whose tree blob is stored once every child node is known.
 
     ``fd`` is the directory, open: its entries are read and opened relative to it, so the walk
     reaches paths longer than ``PATH_MAX`` and never follows a symlink swapped in mid-walk. It is
     closed when the tree blob is stored, after the last file job opened its file.
+
+    With a file cache, the tree's signature (the folder's own stat, each entry's stat key, each
+    subfolder's tree) finds the tree stored last time: reused when every file was unchanged.
     """
 
     def __init__(
-        self, archiver: _Archiver, node: Node, parent: _Dir | None, slot: int, fd: int | None
+        self,
+        archiver: _Archiver,
+        node: Node,
+        parent: _Dir | None,
+        slot: int,
+        fd: int | None,
+        path: str,
+        key: _StatKey | None = None,
     ) -> None:
         self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
-        self.children: list[Node | None] = []
+        self.path, self.key = path, key
+        self.children: list[Node | _Deferred | None] = []
+        self.keys: list[_StatKey] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
+        self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
+        self.read_again = False  # a file is read anew: the last tree may name chunks gone since
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
 
-    def reserve(self) -> int:
+    def reserve(self, key: _StatKey) -> int:
         with self.archiver.lock:
             self.children.append(None)
+            self.keys.append(key)
             self.remaining += 1
             return len(self.children) - 1
 
-    def fill(self, slot: int, node: Node | None) -> None:
+    def fill(self, slot: int, node: Node | _Deferred | None) -> None:
         if self._settle(slot, node):
             self._finish()
 
@@ -89,10 +131,12 @@ class _Dir:
         if done:
             self._finish()
 
-    def _settle(self, slot: int, node: Node | None) -> bool:
+    def _settle(self, slot: int, node: Node | _Deferred | None) -> bool:
         """Put a child in its slot; True when that was the last one outstanding."""
         with self.archiver.lock:
             self.children[slot] = node
+            if node is None:
+                self.exact = False
             self.remaining -= 1
             return self.remaining == 0
 
@@ -105,18 +149,51 @@ class _Dir:
 
     def _store(self) -> _Dir | None:
         """Store this folder's tree; the parent when that completed it too."""
-        self.archiver.close_fd(self.fd)
         try:
-            nodes = [n for n in self.children if n is not None]
-            tree_id, _ = self.archiver.writer.save(TREE, encode_tree(nodes))
-            self.node.subtree = tree_id
-            self.children = []
+            self.node.subtree = self._tree()
+            self.children, self.keys = [], []
         except BaseException as exc:
             self.archiver.fail(exc)
+        finally:
+            self.archiver.close_fd(self.fd)
         if self.parent is None:
             self.archiver.root_done.set()
             return None
         return self.parent if self.parent._settle(self.slot, self.node) else None
+
+    def _tree(self) -> bytes:
+        """The last backup's tree when nothing in the folder changed, else a new one."""
+        archiver, cache = self.archiver, self.archiver.tree_cache
+        signature = self._signature() if cache is not None and self.exact else None
+        if cache is not None and signature is not None and not self.read_again:
+            tree_id = cache.tree(self.path, signature)
+            if tree_id is not None and archiver.repo.has_blob(tree_id):
+                cache.record_tree(self.path, signature, tree_id)
+                return tree_id
+        nodes = [node for node in map(self._node, self.children) if node is not None]
+        tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
+        if cache is not None and signature is not None and self.exact:
+            cache.record_tree(self.path, signature, tree_id)
+        return tree_id
+
+    def _signature(self) -> bytes:
+        # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr of
+        # the same keys cost 13 us per entry). Another Python's marshal at worst misses, never matches.
+        subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
+        data = marshal.dumps((self.key, self.keys, subtrees), 2)
+        return hashlib.blake2b(data, digest_size=20).digest()
+
+    def _node(self, child: Node | _Deferred | None) -> Node | None:
+        if not isinstance(child, _Deferred):
+            return child
+        try:
+            node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
+        except OSError as exc:
+            self.exact = False
+            self.archiver.skip(child.path, f"cannot read ({exc.strerror})")
+            return None
+        node.content = child.content
+        return node
 
 
 class _Archiver:
@@ -150,6 +227,9 @@ class _Archiver:
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
+        # Folder trees are reused only without per-pack lock extension: a reused tree would have
+        # to note every chunk below it as reused, which is what rebuilding it does.
+        self.tree_cache = cache if cache is not None and writer.retain_until is None else None
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -220,8 +300,10 @@ class _Archiver:
             kind = node_type(st)
             if kind is None:
                 return None
-            node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
+            if kind == DIR:
+                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
         except OSError as exc:
+            parent.exact = False
             self.skip(path, f"cannot read ({exc.strerror})")
             return None
         if kind == DIR:
@@ -231,7 +313,8 @@ class _Archiver:
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
-            child = _Dir(self, node, parent, parent.reserve(), fd)
+            key = _stat_key(name, st)
+            child = _Dir(self, node, parent, parent.reserve(key), fd, path, key)
             if fd is not None:
                 return child
             child.release()
@@ -240,22 +323,33 @@ class _Archiver:
                 return None
             self.files += 1
             self.bytes_total += st.st_size
-            slot = parent.reserve()
             cached = self.cache.lookup(path, st) if self.cache else None
-            reusable = cached is not None and all(self.repo.has_blob(c) for c in cached)
-            if cached is not None and reusable and self.writer.reuse(cached):
-                node.content = cached
+            if cached is not None and self._indexed(cached) and self.writer.reuse(cached):
                 self.files_unchanged += 1
                 if self.cache:
                     self.cache.record(path, st, cached)
-                parent.fill(slot, node)
+                parent.fill(parent.reserve(_stat_key(name, st)), _Deferred(name, path, st, kind, cached))
                 self.report(path)
                 return None
+            try:
+                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
+            except OSError as exc:
+                parent.exact = False
+                self.skip(path, f"cannot read ({exc.strerror})")
+                return None
+            parent.read_again = True
+            slot = parent.reserve(_stat_key(name, st))
             self.slots.acquire()
             self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
-            parent.fill(parent.reserve(), node)
+            parent.fill(parent.reserve(_stat_key(name, st)), _Deferred(name, path, st, kind, []))
         return None
+
+    def _indexed(self, blob_ids: list[bytes]) -> bool:
+        """Every chunk of a cached file is still in the repository (one lock for them all)."""
+        repo = self.repo
+        with repo.lock:
+            return all(blob_id in repo.index for blob_id in blob_ids)
 
     def walk(self, top: _Dir, path: str) -> None:
         """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
@@ -447,7 +541,7 @@ def backup_files(
         archiver.skip(path, "source path does not exist")
     try:
         top = _Dir(
-            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS)
+            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS), ""
         )
         if "/" in paths:  # the entire machine: the root itself is the source
             archiver.walk(top, prefix or "/")
@@ -528,7 +622,9 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
             archiver.skip(path, "not a folder (a symlink?): the sources below it are not backed up")
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
-        child = _Dir(archiver, node, parent, parent.reserve(), os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
+        key = _stat_key(name, st)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        child = _Dir(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
         child.release()
 

@@ -11,6 +11,11 @@ never finds a BLOB equal to a TEXT, so no two names share a row.
 Lookups read a whole directory's rows in one query (a range of the primary key) and keep the
 last few directories: the walk asks for every file of a folder in turn, and one query per file
 was the largest cost of a no-change backup of many small files.
+
+A second table keeps each folder's tree id with a signature of what that tree was built from
+(every entry's name and stat, each subfolder's tree): a folder whose signature is unchanged
+reuses its tree without rebuilding or re-serialising its nodes. Caches written before it have no
+such table and simply reuse nothing; older versions ignore it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
     " ctime_ns INTEGER, inode INTEGER, content BLOB)"
 )
+_TREES_SCHEMA = "CREATE TABLE IF NOT EXISTS trees (path TEXT PRIMARY KEY, signature BLOB, tree BLOB)"
 
 
 # Directories whose rows are held: the walk is depth first, so a folder's files are asked for
@@ -64,7 +70,10 @@ class FileCache:
         self._new.execute("PRAGMA journal_mode=OFF")
         self._new.execute("PRAGMA synchronous=OFF")
         self._new.execute(_SCHEMA)
+        self._new.execute(_TREES_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
+        self._trees: dict[str | bytes, tuple[bytes, bytes]] | None = None  # the old generation's, read once
+        self._tree_batch: list[tuple[str | bytes, bytes, bytes]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
@@ -117,9 +126,33 @@ class FileCache:
             if len(self._batch) >= 2000:
                 self._flush()
 
+    def tree(self, path: str, signature: bytes) -> bytes | None:
+        """The tree id last stored for folder ``path`` when it had this ``signature``."""
+        with self._lock:
+            if self._trees is None:
+                self._trees = self._read_trees()
+            row = self._trees.get(_key(path))
+        return row[1] if row is not None and row[0] == signature else None
+
+    def _read_trees(self) -> dict[str | bytes, tuple[bytes, bytes]]:
+        """Every folder's row at once: a few hundred to a few thousand small rows (lock held)."""
+        if self._old is None:
+            return {}
+        try:
+            rows = self._old.execute("SELECT path, signature, tree FROM trees").fetchall()
+        except sqlite3.OperationalError:  # a cache written before folders had rows
+            return {}
+        return {path: (bytes(sig), bytes(tree)) for path, sig, tree in rows}
+
+    def record_tree(self, path: str, signature: bytes, tree_id: bytes) -> None:
+        with self._lock:
+            self._tree_batch.append((_key(path), signature, tree_id))
+
     def _flush(self) -> None:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
+        self._new.executemany("INSERT OR REPLACE INTO trees VALUES (?, ?, ?)", self._tree_batch)
+        self._tree_batch.clear()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""
