@@ -203,19 +203,19 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
     gone_early, gone_late = os.fsdecode(b"gone-\xff.txt"), "gone-at-open.txt"
     for name in (gone_early, gone_late):
         (src / name).write_text("soon gone")
-    real_add, real_job = archiver_module._Archiver.add_entry, archiver_module._Archiver.file_job
+    real_stat, real_job = archiver_module._Archiver.stat_entry, archiver_module._Archiver.file_job
 
-    def add_entry(self, parent, path, name):  # type: ignore[no-untyped-def]
+    def stat_entry(self, parent, path, name):  # type: ignore[no-untyped-def]
         if name == gone_early:
             os.unlink(path)
-        return real_add(self, parent, path, name)
+        return real_stat(self, parent, path, name)
 
     def file_job(self, path, name, *rest):  # type: ignore[no-untyped-def]
         if name == gone_late:
             os.unlink(path)
         return real_job(self, path, name, *rest)
 
-    monkeypatch.setattr(archiver_module._Archiver, "add_entry", add_entry)
+    monkeypatch.setattr(archiver_module._Archiver, "stat_entry", stat_entry)
     monkeypatch.setattr(archiver_module._Archiver, "file_job", file_job)
     snap = backup_files(repo, [src], hostname="h")
     errors = {e["path"]: e for e in snap.stats["errors"]}

@@ -27,9 +27,10 @@ from typing import Union
 
 from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.pathnames import display, path_fields
-from cloudkeep.repo.cache import FileCache
+from cloudkeep.pathnames import display, is_text, path_fields
+from cloudkeep.repo.cache import FileCache, FolderRow
 from cloudkeep.repo.chunker import StreamCutter
+from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.fsmeta import group_name, node_from_stat, node_type, user_name
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
@@ -71,13 +72,25 @@ def _stat_key(name: str, st: os.stat_result) -> _StatKey:
 @dataclass(**SLOTS)
 class _Deferred:
     """An entry whose node is built only if its folder's tree cannot be reused (not a folder, and
-    not a file that is read again): its xattrs, link target and node then cost nothing."""
+    not a file that is read again): its xattrs, link target and node then cost nothing. A file of
+    an unchanged listing has no ``content`` yet: its cache row is read only if the tree is rebuilt."""
 
     name: str
     path: str
     st: os.stat_result
     kind: str
-    content: list[bytes]
+    content: list[bytes] | None
+
+
+@dataclass(**SLOTS)
+class _Entry:
+    """A listed entry, its stat taken before any is backed up (the listing's signature needs all)."""
+
+    name: str
+    path: str
+    st: os.stat_result
+    kind: str
+    key: _StatKey
 
 
 class _Dir:
@@ -87,8 +100,10 @@ class _Dir:
     reaches paths longer than ``PATH_MAX`` and never follows a symlink swapped in mid-walk. It is
     closed when the tree blob is stored, after the last file job opened its file.
 
-    With a file cache, the tree's signature (the folder's own stat, each entry's stat key, each
-    subfolder's tree) finds the tree stored last time: reused when every file was unchanged.
+    With a file cache, the listing's signature (the folder's own stat, each entry's stat key)
+    finds the folder's last row: when it matches (``carried``), its files' cache rows are neither
+    read nor written one by one; when the tree's signature (plus each subfolder's tree) matches
+    too, the tree stored last time is reused.
     """
 
     def __init__(
@@ -107,7 +122,8 @@ class _Dir:
         self.keys: list[_StatKey] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
-        self.read_again = False  # a file is read anew: the last tree may name chunks gone since
+        self.listing: bytes | None = None  # the listing's signature, once listed
+        self.last: FolderRow | None = None  # the last backup's row when the listing is unchanged
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -164,35 +180,50 @@ class _Dir:
     def _tree(self) -> bytes:
         """The last backup's tree when nothing in the folder changed, else a new one."""
         archiver, cache = self.archiver, self.archiver.tree_cache
-        signature = self._signature() if cache is not None and self.exact else None
-        if cache is not None and signature is not None and not self.read_again:
-            tree_id = cache.tree(self.path, signature)
-            if tree_id is not None and archiver.repo.has_blob(tree_id):
-                cache.record_tree(self.path, signature, tree_id)
-                return tree_id
+        if cache is not None and self.listing is None and self.exact:  # a folder above the sources
+            self.listing = archiver.listing_signature(self.key, self.keys)
+            last = cache.folder(self.path)
+            self.last = last if last is not None and last.listing == self.listing else None
+        signature = self._signature() if cache is not None and self.listing is not None else None
+        last = self.last
+        if cache is not None and last is not None and self.exact and signature == last.signature:
+            chunks = [last.chunks[i : i + ID_SIZE] for i in range(0, len(last.chunks), ID_SIZE)]
+            if archiver.indexed([last.tree, *chunks]):
+                cache.carry(self.path)
+                cache.record_folder(self.path, last.listing, last.signature, last.tree, last.chunks)
+                return last.tree
         nodes = [node for node in map(self._node, self.children) if node is not None]
         tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
-        if cache is not None and signature is not None and self.exact:
-            cache.record_tree(self.path, signature, tree_id)
+        if cache is not None and self.listing is not None and signature is not None and self.exact:
+            chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
+            cache.record_folder(self.path, self.listing, signature, tree_id, chunks_now)
         return tree_id
 
     def _signature(self) -> bytes:
-        # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr of
-        # the same keys cost 13 us per entry). Another Python's marshal at worst misses, never matches.
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
-        data = marshal.dumps((self.key, self.keys, subtrees), 2)
-        return hashlib.blake2b(data, digest_size=20).digest()
+        return hashlib.blake2b((self.listing or b"") + marshal.dumps(subtrees, 2), digest_size=20).digest()
 
     def _node(self, child: Node | _Deferred | None) -> Node | None:
         if not isinstance(child, _Deferred):
             return child
+        archiver = self.archiver
         try:
             node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
+            if child.kind == FILE:
+                if child.content is None:  # an unchanged listing, but a subfolder changed
+                    child.content = archiver.unchanged(child.path, child.st)
+                if child.content is None:  # no usable cache row after all: read it here
+                    assert self.fd is not None
+                    child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
+                    with archiver.lock:
+                        archiver.files_unchanged -= 1  # counted when its listing was found unchanged
+                    if archiver.cache:
+                        archiver.cache.record(child.path, child.st, child.content)
         except OSError as exc:
             self.exact = False
-            self.archiver.skip(child.path, f"cannot read ({exc.strerror})")
+            archiver.skip(child.path, f"cannot read ({exc.strerror})")
             return None
-        node.content = child.content
+        node.content = child.content or []
         return node
 
 
@@ -290,45 +321,46 @@ class _Archiver:
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
-    def add_entry(self, parent: _Dir, path: str, name: str) -> _Dir | None:
+    def add_entry(self, parent: _Dir, path: str, name: str, entry: _Entry | None = None) -> _Dir | None:
         """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
-        cache). A folder is returned open: the caller walks it, then releases it."""
+        cache; ``entry`` is it listed and stat'ed). A folder is returned open: the caller walks
+        it, then releases it."""
         if self.error is not None:
             return None
-        try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-            kind = node_type(st)
-            if kind is None:
+        if entry is None:
+            entry = self.stat_entry(parent, path, name)
+            if entry is None:
                 return None
-            if kind == DIR:
-                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
-        except OSError as exc:
-            parent.exact = False
-            self.skip(path, f"cannot read ({exc.strerror})")
-            return None
+        st, kind, key = entry.st, entry.kind, entry.key
         if kind == DIR:
             self.dirs += 1
+            try:
+                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
+            except OSError as exc:
+                parent.exact = False
+                self.skip(path, f"cannot read ({exc.strerror})")
+                return None
             try:
                 fd: int | None = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
-            key = _stat_key(name, st)
             child = _Dir(self, node, parent, parent.reserve(key), fd, path, key)
             if fd is not None:
                 return child
             child.release()
         elif kind == FILE:
-            if self.includes and not any(matches(p, self.machine_path(path)) for p in self.includes):
-                return None
             self.files += 1
             self.bytes_total += st.st_size
-            cached = self.cache.lookup(path, st) if self.cache else None
-            if cached is not None and self._indexed(cached) and self.writer.reuse(cached):
+            if parent.last is not None:  # its listing is unchanged: the row is read only if needed
                 self.files_unchanged += 1
-                if self.cache:
-                    self.cache.record(path, st, cached)
-                parent.fill(parent.reserve(_stat_key(name, st)), _Deferred(name, path, st, kind, cached))
+                parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, None))
+                self.report(path)
+                return None
+            cached = self.unchanged(path, st)
+            if cached is not None:
+                self.files_unchanged += 1
+                parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, cached))
                 self.report(path)
                 return None
             try:
@@ -337,16 +369,41 @@ class _Archiver:
                 parent.exact = False
                 self.skip(path, f"cannot read ({exc.strerror})")
                 return None
-            parent.read_again = True
-            slot = parent.reserve(_stat_key(name, st))
+            slot = parent.reserve(key)
             self.slots.acquire()
             self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
-            parent.fill(parent.reserve(_stat_key(name, st)), _Deferred(name, path, st, kind, []))
+            parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, []))
         return None
 
-    def _indexed(self, blob_ids: list[bytes]) -> bool:
-        """Every chunk of a cached file is still in the repository (one lock for them all)."""
+    def stat_entry(self, parent: _Dir, path: str, name: str) -> _Entry | None:
+        """The entry, if it is backed up: not a socket, not a file the include masks leave out."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError as exc:
+            parent.exact = False
+            self.skip(path, f"cannot read ({exc.strerror})")
+            return None
+        kind = node_type(st)
+        if kind is None:
+            return None
+        masks = self.includes
+        if kind == FILE and masks and not any(matches(m, self.machine_path(path)) for m in masks):
+            return None
+        return _Entry(name, path, st, kind, _stat_key(name, st))
+
+    def unchanged(self, path: str, st: os.stat_result) -> list[bytes] | None:
+        """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
+        for the next backup); None when it must be read."""
+        cached = self.cache.lookup(path, st) if self.cache else None
+        if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
+            return None
+        if self.cache:
+            self.cache.record(path, st, cached)
+        return cached
+
+    def indexed(self, blob_ids: list[bytes]) -> bool:
+        """Every blob is still in the repository (one lock for them all)."""
         repo = self.repo
         with repo.lock:
             return all(blob_id in repo.index for blob_id in blob_ids)
@@ -354,48 +411,57 @@ class _Archiver:
     def walk(self, top: _Dir, path: str) -> None:
         """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
         first on an explicit stack, so a tree of any depth is walked (not Python's recursion limit)."""
-        stack = [(top, path.rstrip("/"), iter(self.listing(top, path)))]
+        stack = [(top, iter(self.listing(top, path.rstrip("/"))))]
         while stack:
-            folder, base, names = stack[-1]
-            for name in names:
-                full = f"{base}/{name}"
-                if self.excluded(full):
-                    continue
-                child = self.add_entry(folder, full, name)
+            folder, entries = stack[-1]
+            for entry in entries:
+                child = self.add_entry(folder, entry.path, entry.name, entry)
                 if child is not None:
-                    stack.append((child, full, iter(self.listing(child, full))))
+                    stack.append((child, iter(self.listing(child, entry.path))))
                     break
             else:  # every entry of ``folder`` is listed
                 stack.pop()
                 if folder is not top:  # the caller releases ``top``
                     folder.release()
 
-    def listing(self, folder: _Dir, path: str) -> list[str]:
+    @staticmethod
+    def listing_signature(key: _StatKey | None, keys: list[_StatKey]) -> bytes:
+        # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr
+        # cost 13 us per entry). Another Python's marshal at worst misses, never matches wrongly.
+        return hashlib.blake2b(marshal.dumps((key, keys), 2), digest_size=20).digest()
+
+    def listing(self, folder: _Dir, base: str) -> list[_Entry]:
+        """``folder``'s entries (``base`` is its path), sorted, stat'ed, masks applied; with a
+        tree cache also the listing's signature, and the last backup's row if it is the same."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         try:
             with os.scandir(folder.fd) as it:
-                return sorted(entry.name for entry in it)
+                names = sorted(entry.name for entry in it)
         except OSError as exc:
-            self.skip(path, f"cannot list ({exc.strerror})")
+            self.skip(base, f"cannot list ({exc.strerror})")
+            folder.exact = False
             return []
+        entries = []
+        for name in names:
+            path = f"{base}/{name}"
+            if not self.excluded(path) and (entry := self.stat_entry(folder, path, name)) is not None:
+                entries.append(entry)
+        if self.tree_cache is not None:
+            folder.listing = self.listing_signature(folder.key, [entry.key for entry in entries])
+            # Rows of names that are not UTF-8 are BLOB keys, which carrying by a TEXT range misses.
+            text = folder.exact and is_text("".join(names))
+            last = self.tree_cache.folder(folder.path) if text else None
+            folder.last = last if last is not None and last.listing == folder.listing else None
+        return entries
 
     # -- file content ----------------------------------------------------------------------
 
     def file_job(self, path: str, name: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
         result: Node | None = node
         try:
-            # Relative to the directory (open until this job fills its slot). A symlink swapped in
-            # since the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
             if st.st_size:  # an empty file has nothing to read: no open
-                fd = os.open(name, _FILE_FLAGS, dir_fd=parent.fd)
-                try:
-                    if st.st_size < self.chunker.min_size:
-                        node.content, node.size = self.small_file(fd, path, st.st_size)
-                    else:
-                        with open(fd, "rb", buffering=0, closefd=False) as fh:
-                            node.content, node.size = self.chunk_file(fh, path, st.st_size)
-                finally:
-                    os.close(fd)
+                assert parent.fd is not None
+                node.content, node.size = self.read_file(path, name, st, parent.fd)
             if self.cache:
                 self.cache.record(path, st, node.content)
         except OSError as exc:
@@ -408,6 +474,19 @@ class _Archiver:
             self.slots.release()
         parent.fill(slot, result)
         self.report(path)
+
+    def read_file(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> tuple[list[bytes], int]:
+        """Chunk and store a file: its chunk ids and the bytes read."""
+        # Relative to the directory (open until its tree is stored). A symlink swapped in since
+        # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            if st.st_size < self.chunker.min_size:
+                return self.small_file(fd, path, st.st_size)
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                return self.chunk_file(fh, path, st.st_size)
+        finally:
+            os.close(fd)
 
     def _cutter(self) -> StreamCutter:
         cutter: StreamCutter | None = getattr(self._local, "cutter", None)

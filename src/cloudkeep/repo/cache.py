@@ -12,10 +12,12 @@ Lookups read a whole directory's rows in one query (a range of the primary key) 
 last few directories: the walk asks for every file of a folder in turn, and one query per file
 was the largest cost of a no-change backup of many small files.
 
-A second table keeps each folder's tree id with a signature of what that tree was built from
-(every entry's name and stat, each subfolder's tree): a folder whose signature is unchanged
-reuses its tree without rebuilding or re-serialising its nodes. Caches written before it have no
-such table and simply reuse nothing; older versions ignore it.
+A second table keeps, per folder, two signatures: of its listing (its own stat, every entry's
+name and stat) and of its tree (the listing plus each subfolder's tree), with the tree id and its
+files' chunk ids. A folder whose listing is unchanged skips its files' rows (they are copied to
+the next generation in bulk, in SQLite); one whose tree signature is unchanged too reuses its tree
+without rebuilding or re-serialising its nodes, once its chunks are checked to be in the index.
+Caches written before it have no such table and simply reuse nothing; older versions ignore it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudkeep.pathnames import is_text, to_bytes
@@ -35,13 +38,26 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
     " ctime_ns INTEGER, inode INTEGER, content BLOB)"
 )
-_TREES_SCHEMA = "CREATE TABLE IF NOT EXISTS trees (path TEXT PRIMARY KEY, signature BLOB, tree BLOB)"
+_FOLDERS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, listing BLOB, signature BLOB, tree BLOB,"
+    " chunks BLOB)"
+)
 
 
 # Directories whose rows are held: the walk is depth first, so a folder's files are asked for
 # before and after its subfolders; this covers every folder on the walk's stack but the deepest.
 _DIRS_HELD = 64
 _Row = tuple[int, int, int, int, bytes]
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """What the last backup stored for a folder (see the module docstring)."""
+
+    listing: bytes
+    signature: bytes
+    tree: bytes
+    chunks: bytes  # every chunk id of the folder's own files, concatenated
 
 
 def _key(path: str) -> str | bytes:
@@ -70,10 +86,10 @@ class FileCache:
         self._new.execute("PRAGMA journal_mode=OFF")
         self._new.execute("PRAGMA synchronous=OFF")
         self._new.execute(_SCHEMA)
-        self._new.execute(_TREES_SCHEMA)
+        self._new.execute(_FOLDERS_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
-        self._trees: dict[str | bytes, tuple[bytes, bytes]] | None = None  # the old generation's, read once
-        self._tree_batch: list[tuple[str | bytes, bytes, bytes]] = []
+        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes]] = []
+        self._carried: list[str] = []  # folders whose file rows go to the next generation unchanged
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
@@ -126,38 +142,58 @@ class FileCache:
             if len(self._batch) >= 2000:
                 self._flush()
 
-    def tree(self, path: str, signature: bytes) -> bytes | None:
-        """The tree id last stored for folder ``path`` when it had this ``signature``."""
+    def folder(self, path: str) -> FolderRow | None:
+        """The last backup's row for folder ``path`` (UTF-8 paths only: carried by a TEXT range)."""
+        if self._old is None or not is_text(path):
+            return None
         with self._lock:
-            if self._trees is None:
-                self._trees = self._read_trees()
-            row = self._trees.get(_key(path))
-        return row[1] if row is not None and row[0] == signature else None
+            try:
+                row = self._old.execute(
+                    "SELECT listing, signature, tree, chunks FROM folders WHERE path = ?", (path,)
+                ).fetchone()
+            except sqlite3.OperationalError:  # a cache written before folders had rows
+                return None
+        if row is None or not all(isinstance(v, bytes) for v in row):
+            return None
+        return FolderRow(*row)
 
-    def _read_trees(self) -> dict[str | bytes, tuple[bytes, bytes]]:
-        """Every folder's row at once: a few hundred to a few thousand small rows (lock held)."""
-        if self._old is None:
-            return {}
-        try:
-            rows = self._old.execute("SELECT path, signature, tree FROM trees").fetchall()
-        except sqlite3.OperationalError:  # a cache written before folders had rows
-            return {}
-        return {path: (bytes(sig), bytes(tree)) for path, sig, tree in rows}
+    def record_folder(self, path: str, listing: bytes, signature: bytes, tree: bytes, chunks: bytes) -> None:
+        if is_text(path):
+            with self._lock:
+                self._folder_batch.append((path, listing, signature, tree, chunks))
 
-    def record_tree(self, path: str, signature: bytes, tree_id: bytes) -> None:
+    def carry(self, folder: str) -> None:
+        """The rows of ``folder``'s own files go to the next generation as they are (at commit)."""
         with self._lock:
-            self._tree_batch.append((_key(path), signature, tree_id))
+            self._carried.append(folder)
 
     def _flush(self) -> None:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
-        self._new.executemany("INSERT OR REPLACE INTO trees VALUES (?, ?, ?)", self._tree_batch)
-        self._tree_batch.clear()
+        self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?)", self._folder_batch)
+        self._folder_batch.clear()
+
+    def _copy_carried(self) -> None:
+        """Copy the carried folders' file rows in SQLite (lock held): no Python object per file."""
+        if not self._carried or self._old is None:
+            return
+        self._new.execute("ATTACH DATABASE ? AS old", (str(self.path),))
+        try:
+            self._new.executemany(
+                "INSERT OR REPLACE INTO files SELECT * FROM old.files"
+                " WHERE path > ? AND path < ? AND instr(substr(path, ?), '/') = 0",
+                [(folder + "/", folder + "0", len(folder) + 2) for folder in self._carried],
+            )
+            self._new.commit()
+        finally:
+            self._new.execute("DETACH DATABASE old")
+        self._carried.clear()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""
         with self._lock:
             self._flush()
+            self._copy_carried()
         self._new.commit()
         self._new.close()
         if self._old is not None:
