@@ -1,11 +1,13 @@
-"""A folder whose entries are all unchanged reuses its last tree blob (no-change reruns skip the
-nodes, xattr reads and serialisation); any change of one entry's xattrs, mode, mtime or name
-builds that folder's tree (and its parents') anew, and the restore point shows the change."""
+"""A folder whose entries are all unchanged reuses its last tree blob and carries its files' cache
+rows (no-change reruns skip nodes, xattr reads, row lookups and serialisation); any change of one
+entry's xattrs, mode, mtime or name rebuilds that folder's tree (and its parents'), the restore point
+shows the change, and nothing is reused whose chunks left the index."""
 
 from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +138,71 @@ def test_a_replaced_symlink_rebuilds_its_folder(
     _until_ctime_moves(link, relink)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     assert lookup(repo, snapshot.id, str(link)).target == "docs/README.txt"
+
+
+def _change_notes(source: Path) -> Path:
+    notes = source / "docs" / "deep" / "er" / "notes.md"
+    _until_ctime_moves(notes, lambda: notes.write_text("# notes, day 2\n"))
+    return notes
+
+
+def test_unchanged_folders_keep_their_files_rows_for_later_backups(
+    repo: Repository, tmp_path: Path, trees_built: list[list[str]]
+) -> None:
+    """Rows of a folder whose listing was unchanged are carried to the next generation: when a
+    later change rebuilds that folder (docs, above the changed file), its files are not read."""
+    source, cache = _source(tmp_path), tmp_path / "cache"
+    for _ in range(3):
+        backup_files(repo, [source], cache_dir=cache)
+    notes = _change_notes(source)
+    trees_built.clear()
+    snapshot = backup_files(repo, [source], cache_dir=cache)
+    assert ["deep", "readme.txt"] in trees_built
+    assert snapshot.stats["bytes_read"] == notes.stat().st_size  # only the changed file was read
+    assert snapshot.stats["files_unchanged"] == snapshot.stats["files"] - 1
+    readme = lookup(repo, snapshot.id, str(source / "docs" / "readme.txt"))
+    assert readme.content and readme.size == (source / "docs" / "readme.txt").stat().st_size
+
+
+def test_a_rebuilt_folder_reads_a_file_whose_cache_row_is_gone(
+    repo: Repository, tmp_path: Path, trees_built: list[list[str]]
+) -> None:
+    source, cache = _source(tmp_path), tmp_path / "cache"
+    for _ in range(2):
+        backup_files(repo, [source], cache_dir=cache)
+    readme = source / "docs" / "readme.txt"
+    (db,) = cache.rglob("files-*.sqlite")
+    with sqlite3.connect(db) as conn:  # a lost row: the folder's listing still matches
+        assert conn.execute("DELETE FROM files WHERE path = ?", (str(readme),)).rowcount == 1
+    notes = _change_notes(source)
+    snapshot = backup_files(repo, [source], cache_dir=cache)
+    assert snapshot.stats["bytes_read"] == notes.stat().st_size + readme.stat().st_size
+    assert snapshot.stats["files_unchanged"] == snapshot.stats["files"] - 2
+    target = tmp_path / "restore"
+    restore(repo, snapshot.id, target)
+    assert (restored(target, source) / "docs" / "readme.txt").read_bytes() == readme.read_bytes()
+    # and the row is back: the next rebuild of docs reads nothing but the changed file
+    _until_ctime_moves(notes, lambda: notes.write_text("# notes, day 3\n"))
+    assert backup_files(repo, [source], cache_dir=cache).stats["bytes_read"] == notes.stat().st_size
+
+
+def test_a_folder_whose_chunks_left_the_index_is_not_reused(
+    repo: Repository, tmp_path: Path, trees_built: list[list[str]]
+) -> None:
+    """Prune may keep an unused tree while deleting its files' pack: an unchanged folder is
+    reused only when every chunk of its files is still indexed, else its files are read again."""
+    source, cache = _source(tmp_path), tmp_path / "cache"
+    for _ in range(2):
+        backup_files(repo, [source], cache_dir=cache)
+    readme = source / "docs" / "readme.txt"
+    first = backup_files(repo, [source], cache_dir=cache)
+    (chunk,) = lookup(repo, first.id, str(readme)).content
+    location = repo.index.get(chunk)
+    assert location is not None
+    with repo.lock:
+        repo.index.remove_packs({location.pack_id})
+    trees_built.clear()
+    snapshot = backup_files(repo, [source], cache_dir=cache)
+    assert ["deep", "readme.txt"] in trees_built
+    assert snapshot.stats["bytes_read"] >= readme.stat().st_size
+    assert all(repo.has_blob(c) for c in lookup(repo, snapshot.id, str(readme)).content)
