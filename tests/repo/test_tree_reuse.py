@@ -146,11 +146,12 @@ def _change_notes(source: Path) -> Path:
     return notes
 
 
-def test_unchanged_folders_keep_their_files_rows_for_later_backups(
+def test_a_rebuilt_unchanged_listing_takes_its_files_from_the_last_tree(
     repo: Repository, tmp_path: Path, trees_built: list[list[str]]
 ) -> None:
-    """Rows of a folder whose listing was unchanged are carried to the next generation: when a
-    later change rebuilds that folder (docs, above the changed file), its files are not read."""
+    """A folder whose listing was unchanged wrote no file rows: when a later change below it
+    rebuilds it (docs, above the changed file), its files' chunks come from its last tree (their
+    stat keys are the ones stored with it), and none of them is read."""
     source, cache = _source(tmp_path), tmp_path / "cache"
     for _ in range(3):
         backup_files(repo, [source], cache_dir=cache)
@@ -164,7 +165,7 @@ def test_unchanged_folders_keep_their_files_rows_for_later_backups(
     assert readme.content and readme.size == (source / "docs" / "readme.txt").stat().st_size
 
 
-def test_a_rebuilt_folder_reads_a_file_whose_cache_row_is_gone(
+def test_a_rebuilt_folder_reads_its_files_when_the_cache_lost_them(
     repo: Repository, tmp_path: Path, trees_built: list[list[str]]
 ) -> None:
     source, cache = _source(tmp_path), tmp_path / "cache"
@@ -172,8 +173,10 @@ def test_a_rebuilt_folder_reads_a_file_whose_cache_row_is_gone(
         backup_files(repo, [source], cache_dir=cache)
     readme = source / "docs" / "readme.txt"
     (db,) = cache.rglob("files-*.sqlite")
-    with sqlite3.connect(db) as conn:  # a lost row: the folder's listing still matches
-        assert conn.execute("DELETE FROM files WHERE path = ?", (str(readme),)).rowcount == 1
+    with sqlite3.connect(db) as conn:  # damaged stat keys: the folder's listing still matches
+        changed = conn.execute("UPDATE folders SET keys = x'00' WHERE path = ?", (str(readme.parent),))
+        assert changed.rowcount == 1
+        assert conn.execute("SELECT count(*) FROM files WHERE path = ?", (str(readme),)).fetchone() == (0,)
     notes = _change_notes(source)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     assert snapshot.stats["bytes_read"] == notes.stat().st_size + readme.stat().st_size

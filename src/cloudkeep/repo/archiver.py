@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Union
 
 from cloudkeep.compat import SLOTS, UTC
-from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.pathnames import display, is_text, path_fields
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache, FolderRow
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.crypto import ID_SIZE
@@ -123,7 +123,9 @@ class _Dir:
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
         self.listing: bytes | None = None  # the listing's signature, once listed
-        self.last: FolderRow | None = None  # the last backup's row when the listing is unchanged
+        self.previous: FolderRow | None = None  # the last backup's row for this folder
+        self.last: FolderRow | None = None  # the same when the listing is unchanged
+        self._old: dict[str, tuple[_StatKey, list[bytes]]] | None = None  # previous tree's files
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -182,22 +184,41 @@ class _Dir:
         archiver, cache = self.archiver, self.archiver.tree_cache
         if cache is not None and self.listing is None and self.exact:  # a folder above the sources
             self.listing = archiver.listing_signature(self.key, self.keys)
-            last = cache.folder(self.path)
-            self.last = last if last is not None and last.listing == self.listing else None
+            self.previous = cache.folder(self.path)
+            unchanged = self.previous is not None and self.previous.listing == self.listing
+            self.last = self.previous if unchanged else None
         signature = self._signature() if cache is not None and self.listing is not None else None
         last = self.last
         if cache is not None and last is not None and self.exact and signature == last.signature:
             chunks = [last.chunks[i : i + ID_SIZE] for i in range(0, len(last.chunks), ID_SIZE)]
             if archiver.indexed([last.tree, *chunks]):
-                cache.carry(self.path)
-                cache.record_folder(self.path, last.listing, last.signature, last.tree, last.chunks)
+                cache.record_folder(self.path, last)
                 return last.tree
         nodes = [node for node in map(self._node, self.children) if node is not None]
         tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
-            cache.record_folder(self.path, self.listing, signature, tree_id, chunks_now)
+            keys = marshal.dumps(self.keys, 2)
+            cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, keys))
         return tree_id
+
+    def previous_content(self, name: str, st: os.stat_result) -> list[bytes] | None:
+        """A file's chunks from this folder's last tree, when its stat key is the one stored with
+        that tree (a folder whose listing was unchanged last time wrote no rows for its files)."""
+        if self.previous is None:
+            return None
+        if self._old is None:
+            self._old = self._read_previous(self.previous)
+        old = self._old.get(name)
+        return old[1] if old is not None and old[0] == _stat_key(name, st) else None
+
+    def _read_previous(self, row: FolderRow) -> dict[str, tuple[_StatKey, list[bytes]]]:
+        try:
+            keys = {key[0]: key for key in marshal.loads(row.keys) if isinstance(key[0], str)}
+            nodes = self.archiver.repo.load_tree(row.tree)
+        except (ValueError, EOFError, TypeError, IndexError, CloudkeepError):
+            return {}  # a damaged row or a tree gone since: the files are read
+        return {n.name: (keys[n.name], n.content) for n in nodes if n.type == FILE and n.name in keys}
 
     def _signature(self) -> bytes:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
@@ -211,7 +232,7 @@ class _Dir:
             node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
             if child.kind == FILE:
                 if child.content is None:  # an unchanged listing, but a subfolder changed
-                    child.content = archiver.unchanged(child.path, child.st)
+                    child.content = archiver.unchanged(self, child.path, child.name, child.st)
                 if child.content is None:  # no usable cache row after all: read it here
                     assert self.fd is not None
                     child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
@@ -357,7 +378,7 @@ class _Archiver:
                 parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, None))
                 self.report(path)
                 return None
-            cached = self.unchanged(path, st)
+            cached = self.unchanged(parent, path, name, st)
             if cached is not None:
                 self.files_unchanged += 1
                 parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, cached))
@@ -392,10 +413,12 @@ class _Archiver:
             return None
         return _Entry(name, path, st, kind, _stat_key(name, st))
 
-    def unchanged(self, path: str, st: os.stat_result) -> list[bytes] | None:
+    def unchanged(self, parent: _Dir, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
         for the next backup); None when it must be read."""
         cached = self.cache.lookup(path, st) if self.cache else None
+        if cached is None:
+            cached = parent.previous_content(name, st)
         if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
             return None
         if self.cache:
@@ -441,17 +464,16 @@ class _Archiver:
             self.skip(base, f"cannot list ({exc.strerror})")
             folder.exact = False
             return []
-        entries = []
+        entries, excludes = [], self.excludes
         for name in names:
             path = f"{base}/{name}"
-            if not self.excluded(path) and (entry := self.stat_entry(folder, path, name)) is not None:
+            if (not excludes or not self.excluded(path)) and (entry := self.stat_entry(folder, path, name)):
                 entries.append(entry)
         if self.tree_cache is not None:
             folder.listing = self.listing_signature(folder.key, [entry.key for entry in entries])
-            # Rows of names that are not UTF-8 are BLOB keys, which carrying by a TEXT range misses.
-            text = folder.exact and is_text("".join(names))
-            last = self.tree_cache.folder(folder.path) if text else None
-            folder.last = last if last is not None and last.listing == folder.listing else None
+            folder.previous = self.tree_cache.folder(folder.path) if folder.exact else None
+            unchanged = folder.previous is not None and folder.previous.listing == folder.listing
+            folder.last = folder.previous if unchanged else None
         return entries
 
     # -- file content ----------------------------------------------------------------------

@@ -13,11 +13,13 @@ last few directories: the walk asks for every file of a folder in turn, and one 
 was the largest cost of a no-change backup of many small files.
 
 A second table keeps, per folder, two signatures: of its listing (its own stat, every entry's
-name and stat) and of its tree (the listing plus each subfolder's tree), with the tree id and its
-files' chunk ids. A folder whose listing is unchanged skips its files' rows (they are copied to
-the next generation in bulk, in SQLite); one whose tree signature is unchanged too reuses its tree
-without rebuilding or re-serialising its nodes, once its chunks are checked to be in the index.
-Caches written before it have no such table and simply reuse nothing; older versions ignore it.
+name and stat) and of its tree (the listing plus each subfolder's tree), with the tree id, its
+files' chunk ids and every entry's stat key. A folder whose listing is unchanged skips its files'
+rows (none is read or written); one whose tree signature is unchanged too reuses its tree without
+rebuilding or re-serialising its nodes, once its chunks are checked to be in the index. A file
+without a row is known unchanged when its stat key is the one stored with its folder's last tree,
+and takes its chunks from that tree. Caches written before the table simply reuse nothing; older
+versions ignore it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _SCHEMA = (
 )
 _FOLDERS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, listing BLOB, signature BLOB, tree BLOB,"
-    " chunks BLOB)"
+    " chunks BLOB, keys BLOB)"
 )
 
 
@@ -58,6 +60,7 @@ class FolderRow:
     signature: bytes
     tree: bytes
     chunks: bytes  # every chunk id of the folder's own files, concatenated
+    keys: bytes  # every entry's stat key, in the archiver's own encoding
 
 
 def _key(path: str) -> str | bytes:
@@ -88,8 +91,7 @@ class FileCache:
         self._new.execute(_SCHEMA)
         self._new.execute(_FOLDERS_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
-        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes]] = []
-        self._carried: list[str] = []  # folders whose file rows go to the next generation unchanged
+        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
@@ -143,13 +145,13 @@ class FileCache:
                 self._flush()
 
     def folder(self, path: str) -> FolderRow | None:
-        """The last backup's row for folder ``path`` (UTF-8 paths only: carried by a TEXT range)."""
+        """The last backup's row for folder ``path`` (UTF-8 paths only: other folders keep none)."""
         if self._old is None or not is_text(path):
             return None
         with self._lock:
             try:
                 row = self._old.execute(
-                    "SELECT listing, signature, tree, chunks FROM folders WHERE path = ?", (path,)
+                    "SELECT listing, signature, tree, chunks, keys FROM folders WHERE path = ?", (path,)
                 ).fetchone()
             except sqlite3.OperationalError:  # a cache written before folders had rows
                 return None
@@ -157,43 +159,21 @@ class FileCache:
             return None
         return FolderRow(*row)
 
-    def record_folder(self, path: str, listing: bytes, signature: bytes, tree: bytes, chunks: bytes) -> None:
+    def record_folder(self, path: str, row: FolderRow) -> None:
         if is_text(path):
             with self._lock:
-                self._folder_batch.append((path, listing, signature, tree, chunks))
-
-    def carry(self, folder: str) -> None:
-        """The rows of ``folder``'s own files go to the next generation as they are (at commit)."""
-        with self._lock:
-            self._carried.append(folder)
+                self._folder_batch.append((path, row.listing, row.signature, row.tree, row.chunks, row.keys))
 
     def _flush(self) -> None:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
-        self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?)", self._folder_batch)
+        self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", self._folder_batch)
         self._folder_batch.clear()
-
-    def _copy_carried(self) -> None:
-        """Copy the carried folders' file rows in SQLite (lock held): no Python object per file."""
-        if not self._carried or self._old is None:
-            return
-        self._new.execute("ATTACH DATABASE ? AS old", (str(self.path),))
-        try:
-            self._new.executemany(
-                "INSERT OR REPLACE INTO files SELECT * FROM old.files"
-                " WHERE path > ? AND path < ? AND instr(substr(path, ?), '/') = 0",
-                [(folder + "/", folder + "0", len(folder) + 2) for folder in self._carried],
-            )
-            self._new.commit()
-        finally:
-            self._new.execute("DETACH DATABASE old")
-        self._carried.clear()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""
         with self._lock:
             self._flush()
-            self._copy_carried()
         self._new.commit()
         self._new.close()
         if self._old is not None:
