@@ -70,27 +70,21 @@ def _stat_key(name: str, st: os.stat_result) -> _StatKey:
 
 
 @dataclass(**SLOTS)
-class _Deferred:
-    """An entry whose node is built only if its folder's tree cannot be reused (not a folder, and
-    not a file that is read again): its xattrs, link target and node then cost nothing. A file of
-    an unchanged listing has no ``content`` yet: its cache row is read only if the tree is rebuilt."""
-
-    name: str
-    path: str
-    st: os.stat_result
-    kind: str
-    content: list[bytes] | None
-
-
-@dataclass(**SLOTS)
 class _Entry:
-    """A listed entry, its stat taken before any is backed up (the listing's signature needs all)."""
+    """A listed entry, its stat taken before any is backed up (the listing's signature needs all).
+
+    Unless it is a folder or a file read anew, it is also its folder's child until the tree is
+    built: its node is made only if the folder's last tree cannot be reused, so its xattrs and
+    link target then cost nothing. A file of an unchanged listing has no ``content`` yet: it is
+    looked up only if the tree is rebuilt.
+    """
 
     name: str
     path: str
     st: os.stat_result
     kind: str
     key: _StatKey
+    content: list[bytes] | None = None
 
 
 class _Dir:
@@ -118,7 +112,7 @@ class _Dir:
     ) -> None:
         self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
         self.path, self.key = path, key
-        self.children: list[Node | _Deferred | None] = []
+        self.children: list[Node | _Entry | None] = []
         self.keys: list[_StatKey] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
@@ -137,7 +131,13 @@ class _Dir:
             self.remaining += 1
             return len(self.children) - 1
 
-    def fill(self, slot: int, node: Node | _Deferred | None) -> None:
+    def add(self, entry: _Entry) -> None:
+        """A child that is ready as it is listed (reserve and fill at once)."""
+        with self.archiver.lock:
+            self.children.append(entry)
+            self.keys.append(entry.key)
+
+    def fill(self, slot: int, node: Node | _Entry | None) -> None:
         if self._settle(slot, node):
             self._finish()
 
@@ -149,7 +149,7 @@ class _Dir:
         if done:
             self._finish()
 
-    def _settle(self, slot: int, node: Node | _Deferred | None) -> bool:
+    def _settle(self, slot: int, node: Node | _Entry | None) -> bool:
         """Put a child in its slot; True when that was the last one outstanding."""
         with self.archiver.lock:
             self.children[slot] = node
@@ -224,8 +224,8 @@ class _Dir:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
         return hashlib.blake2b((self.listing or b"") + marshal.dumps(subtrees, 2), digest_size=20).digest()
 
-    def _node(self, child: Node | _Deferred | None) -> Node | None:
-        if not isinstance(child, _Deferred):
+    def _node(self, child: Node | _Entry | None) -> Node | None:
+        if not isinstance(child, _Entry):
             return child
         archiver = self.archiver
         try:
@@ -375,13 +375,14 @@ class _Archiver:
             self.bytes_total += st.st_size
             if parent.last is not None:  # its listing is unchanged: the row is read only if needed
                 self.files_unchanged += 1
-                parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, None))
+                parent.add(entry)
                 self.report(path)
                 return None
             cached = self.unchanged(parent, path, name, st)
             if cached is not None:
                 self.files_unchanged += 1
-                parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, cached))
+                entry.content = cached
+                parent.add(entry)
                 self.report(path)
                 return None
             try:
@@ -394,7 +395,7 @@ class _Archiver:
             self.slots.acquire()
             self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
-            parent.fill(parent.reserve(key), _Deferred(name, path, st, kind, []))
+            parent.add(entry)
         return None
 
     def stat_entry(self, parent: _Dir, path: str, name: str) -> _Entry | None:
