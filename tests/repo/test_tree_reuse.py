@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.repo import Repository, archiver, backup_files, restore
+from cloudkeep.repo import Repository, backup_files, folders, restore
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.tree import Node, encode_tree
 
@@ -30,7 +30,7 @@ def trees_built(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         built.append(sorted(n.name for n in nodes))
         return encode_tree(nodes)
 
-    monkeypatch.setattr(archiver, "encode_tree", counting)
+    monkeypatch.setattr(folders, "encode_tree", counting)
     return built
 
 

@@ -3,8 +3,8 @@
 Layers, bottom up: ``crypto``/``keys`` (secrets), ``pack``/``index`` (where blobs live),
 ``layout`` (the store layout and sealed config), ``repository`` (one opened repository over an
 ``ObjectStore``), ``writer`` (a backup session), ``tree``/``snapshot`` (manifests), then the
-operations: ``archiver`` (file backup; ``masks`` its globs), ``volume``, ``browse``, ``restorer``,
-``checker``, ``retention`` (the one policy and planner, forget) and ``prune``.
+operations: ``archiver`` (file backup; ``folders`` its trees, ``masks`` its globs), ``volume``,
+``browse``, ``restorer``, ``checker``, ``retention`` (the one policy and planner, forget) and ``prune``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files

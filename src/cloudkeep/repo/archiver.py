@@ -11,8 +11,6 @@ restore point, and its indexed packs are reused.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import marshal
 import os
 import socket
 import stat
@@ -23,21 +21,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Union
 
-from cloudkeep.compat import SLOTS, UTC
-from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.compat import UTC
+from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
-from cloudkeep.repo.cache import FileCache, FolderRow
+from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import StreamCutter
-from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.fsmeta import group_name, node_from_stat, node_type, user_name
+from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
+from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
-from cloudkeep.repo.pack import DATA, TREE
+from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
-from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
+from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import RangeStream
 
@@ -55,197 +52,6 @@ class BackupProgress:
     bytes_new: int
     bytes_uploaded: int
     current_path: str | None
-
-
-_StatKey = tuple[Union[int, str], ...]  # marshal-able
-
-
-def _stat_key(name: str, st: os.stat_result) -> _StatKey:
-    """Everything an entry's node is made of, as far as ``lstat`` shows it. Changing xattrs, mode or
-    owner moves the ctime; a symlink's target never changes in place; names map to owner names."""
-    return (
-        name, st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, user_name(st.st_uid),
-        group_name(st.st_gid), st.st_size, st.st_blocks, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
-    )  # fmt: skip
-
-
-@dataclass(**SLOTS)
-class _Entry:
-    """A listed entry, its stat taken before any is backed up (the listing's signature needs all).
-
-    Unless it is a folder or a file read anew, it is also its folder's child until the tree is
-    built: its node is made only if the folder's last tree cannot be reused, so its xattrs and
-    link target then cost nothing. A file of an unchanged listing has no ``content`` yet: it is
-    looked up only if the tree is rebuilt.
-    """
-
-    name: str
-    path: str
-    st: os.stat_result
-    kind: str
-    key: _StatKey
-    content: list[bytes] | None = None
-
-
-class _Dir:
-    """A directory whose tree blob is stored once every child node is known.
-
-    ``fd`` is the directory, open: its entries are read and opened relative to it, so the walk
-    reaches paths longer than ``PATH_MAX`` and never follows a symlink swapped in mid-walk. It is
-    closed when the tree blob is stored, after the last file job opened its file.
-
-    With a file cache, the listing's signature (the folder's own stat, each entry's stat key)
-    finds the folder's last row: when it matches (``carried``), its files' cache rows are neither
-    read nor written one by one; when the tree's signature (plus each subfolder's tree) matches
-    too, the tree stored last time is reused.
-    """
-
-    def __init__(
-        self,
-        archiver: _Archiver,
-        node: Node,
-        parent: _Dir | None,
-        slot: int,
-        fd: int | None,
-        path: str,
-        key: _StatKey | None = None,
-    ) -> None:
-        self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
-        self.path, self.key = path, key
-        self.children: list[Node | _Entry | None] = []
-        self.keys: list[_StatKey] = []
-        self.remaining = 1  # the walk itself holds one reference until the listing is complete
-        self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
-        self.listing: bytes | None = None  # the listing's signature, once listed
-        self.previous: FolderRow | None = None  # the last backup's row for this folder
-        self.last: FolderRow | None = None  # the same when the listing is unchanged
-        self._old: dict[str, tuple[_StatKey, list[bytes]]] | None = None  # previous tree's files
-        if fd is not None:
-            with archiver.lock:
-                archiver.open_fds.add(fd)
-
-    def reserve(self, key: _StatKey) -> int:
-        with self.archiver.lock:
-            self.children.append(None)
-            self.keys.append(key)
-            self.remaining += 1
-            return len(self.children) - 1
-
-    def add(self, entry: _Entry) -> None:
-        """A child that is ready as it is listed (reserve and fill at once)."""
-        with self.archiver.lock:
-            self.children.append(entry)
-            self.keys.append(entry.key)
-
-    def fill(self, slot: int, node: Node | _Entry | None) -> None:
-        if self._settle(slot, node):
-            self._finish()
-
-    def release(self) -> None:
-        """The walk has listed every child."""
-        with self.archiver.lock:
-            self.remaining -= 1
-            done = self.remaining == 0
-        if done:
-            self._finish()
-
-    def _settle(self, slot: int, node: Node | _Entry | None) -> bool:
-        """Put a child in its slot; True when that was the last one outstanding."""
-        with self.archiver.lock:
-            self.children[slot] = node
-            if node is None:
-                self.exact = False
-            self.remaining -= 1
-            return self.remaining == 0
-
-    def _finish(self) -> None:
-        """Store the tree blob, then fill the parent's slot. The last file of a deep folder chain
-        completes every folder above it: that climbs in a loop, never by recursion."""
-        folder: _Dir | None = self
-        while folder is not None:
-            folder = folder._store()
-
-    def _store(self) -> _Dir | None:
-        """Store this folder's tree; the parent when that completed it too."""
-        try:
-            self.node.subtree = self._tree()
-            self.children, self.keys = [], []
-        except BaseException as exc:
-            self.archiver.fail(exc)
-        finally:
-            self.archiver.close_fd(self.fd)
-        if self.parent is None:
-            self.archiver.root_done.set()
-            return None
-        return self.parent if self.parent._settle(self.slot, self.node) else None
-
-    def _tree(self) -> bytes:
-        """The last backup's tree when nothing in the folder changed, else a new one."""
-        archiver, cache = self.archiver, self.archiver.tree_cache
-        if cache is not None and self.listing is None and self.exact:  # a folder above the sources
-            self.listing = archiver.listing_signature(self.key, self.keys)
-            self.previous = cache.folder(self.path)
-            unchanged = self.previous is not None and self.previous.listing == self.listing
-            self.last = self.previous if unchanged else None
-        signature = self._signature() if cache is not None and self.listing is not None else None
-        last = self.last
-        if cache is not None and last is not None and self.exact and signature == last.signature:
-            chunks = [last.chunks[i : i + ID_SIZE] for i in range(0, len(last.chunks), ID_SIZE)]
-            if archiver.indexed([last.tree, *chunks]):
-                cache.record_folder(self.path, last)
-                return last.tree
-        nodes = [node for node in map(self._node, self.children) if node is not None]
-        tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
-        if cache is not None and self.listing is not None and signature is not None and self.exact:
-            chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
-            keys = marshal.dumps(self.keys, 2)
-            cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, keys))
-        return tree_id
-
-    def previous_content(self, name: str, st: os.stat_result) -> list[bytes] | None:
-        """A file's chunks from this folder's last tree, when its stat key is the one stored with
-        that tree (a folder whose listing was unchanged last time wrote no rows for its files)."""
-        if self.previous is None:
-            return None
-        if self._old is None:
-            self._old = self._read_previous(self.previous)
-        old = self._old.get(name)
-        return old[1] if old is not None and old[0] == _stat_key(name, st) else None
-
-    def _read_previous(self, row: FolderRow) -> dict[str, tuple[_StatKey, list[bytes]]]:
-        try:
-            keys = {key[0]: key for key in marshal.loads(row.keys) if isinstance(key[0], str)}
-            nodes = self.archiver.repo.load_tree(row.tree)
-        except (ValueError, EOFError, TypeError, IndexError, CloudkeepError):
-            return {}  # a damaged row or a tree gone since: the files are read
-        return {n.name: (keys[n.name], n.content) for n in nodes if n.type == FILE and n.name in keys}
-
-    def _signature(self) -> bytes:
-        subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
-        return hashlib.blake2b((self.listing or b"") + marshal.dumps(subtrees, 2), digest_size=20).digest()
-
-    def _node(self, child: Node | _Entry | None) -> Node | None:
-        if not isinstance(child, _Entry):
-            return child
-        archiver = self.archiver
-        try:
-            node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
-            if child.kind == FILE:
-                if child.content is None:  # an unchanged listing, but a subfolder changed
-                    child.content = archiver.unchanged(self, child.path, child.name, child.st)
-                if child.content is None:  # no usable cache row after all: read it here
-                    assert self.fd is not None
-                    child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
-                    with archiver.lock:
-                        archiver.files_unchanged -= 1  # counted when its listing was found unchanged
-                    if archiver.cache:
-                        archiver.cache.record(child.path, child.st, child.content)
-        except OSError as exc:
-            self.exact = False
-            archiver.skip(child.path, f"cannot read ({exc.strerror})")
-            return None
-        node.content = child.content or []
-        return node
 
 
 class _Archiver:
@@ -342,7 +148,7 @@ class _Archiver:
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
-    def add_entry(self, parent: _Dir, path: str, name: str, entry: _Entry | None = None) -> _Dir | None:
+    def add_entry(self, parent: Folder, path: str, name: str, entry: Entry | None = None) -> Folder | None:
         """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
         cache; ``entry`` is it listed and stat'ed). A folder is returned open: the caller walks
         it, then releases it."""
@@ -366,7 +172,7 @@ class _Archiver:
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
-            child = _Dir(self, node, parent, parent.reserve(key), fd, path, key)
+            child = Folder(self, node, parent, parent.reserve(key), fd, path, key)
             if fd is not None:
                 return child
             child.release()
@@ -398,7 +204,7 @@ class _Archiver:
             parent.add(entry)
         return None
 
-    def stat_entry(self, parent: _Dir, path: str, name: str) -> _Entry | None:
+    def stat_entry(self, parent: Folder, path: str, name: str) -> Entry | None:
         """The entry, if it is backed up: not a socket, not a file the include masks leave out."""
         try:
             st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
@@ -412,9 +218,9 @@ class _Archiver:
         masks = self.includes
         if kind == FILE and masks and not any(matches(m, self.machine_path(path)) for m in masks):
             return None
-        return _Entry(name, path, st, kind, _stat_key(name, st))
+        return Entry(name, path, st, kind, stat_key(name, st))
 
-    def unchanged(self, parent: _Dir, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
+    def unchanged(self, parent: Folder, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
         for the next backup); None when it must be read."""
         cached = self.cache.lookup(path, st) if self.cache else None
@@ -432,7 +238,7 @@ class _Archiver:
         with repo.lock:
             return all(blob_id in repo.index for blob_id in blob_ids)
 
-    def walk(self, top: _Dir, path: str) -> None:
+    def walk(self, top: Folder, path: str) -> None:
         """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
         first on an explicit stack, so a tree of any depth is walked (not Python's recursion limit)."""
         stack = [(top, iter(self.listing(top, path.rstrip("/"))))]
@@ -448,13 +254,7 @@ class _Archiver:
                 if folder is not top:  # the caller releases ``top``
                     folder.release()
 
-    @staticmethod
-    def listing_signature(key: _StatKey | None, keys: list[_StatKey]) -> bytes:
-        # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr
-        # cost 13 us per entry). Another Python's marshal at worst misses, never matches wrongly.
-        return hashlib.blake2b(marshal.dumps((key, keys), 2), digest_size=20).digest()
-
-    def listing(self, folder: _Dir, base: str) -> list[_Entry]:
+    def listing(self, folder: Folder, base: str) -> list[Entry]:
         """``folder``'s entries (``base`` is its path), sorted, stat'ed, masks applied; with a
         tree cache also the listing's signature, and the last backup's row if it is the same."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
@@ -471,7 +271,7 @@ class _Archiver:
             if (not excludes or not self.excluded(path)) and (entry := self.stat_entry(folder, path, name)):
                 entries.append(entry)
         if self.tree_cache is not None:
-            folder.listing = self.listing_signature(folder.key, [entry.key for entry in entries])
+            folder.listing = listing_signature(folder.key, [entry.key for entry in entries])
             folder.previous = self.tree_cache.folder(folder.path) if folder.exact else None
             unchanged = folder.previous is not None and folder.previous.listing == folder.listing
             folder.last = folder.previous if unchanged else None
@@ -479,7 +279,9 @@ class _Archiver:
 
     # -- file content ----------------------------------------------------------------------
 
-    def file_job(self, path: str, name: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
+    def file_job(
+        self, path: str, name: str, st: os.stat_result, node: Node, parent: Folder, slot: int
+    ) -> None:
         result: Node | None = node
         try:
             if st.st_size:  # an empty file has nothing to read: no open
@@ -642,7 +444,7 @@ def backup_files(
     for path in missing:
         archiver.skip(path, "source path does not exist")
     try:
-        top = _Dir(
+        top = Folder(
             archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS), ""
         )
         if "/" in paths:  # the entire machine: the root itself is the source
@@ -711,7 +513,7 @@ def backup_files(
     return snapshot
 
 
-def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> None:
+def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) -> None:
     for name, (sub, is_source) in sorted(trie.items()):
         path = f"{prefix}/{name}"
         if is_source:
@@ -724,9 +526,9 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
             archiver.skip(path, "not a folder (a symlink?): the sources below it are not backed up")
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
-        key = _stat_key(name, st)
+        key = stat_key(name, st)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
-        child = _Dir(archiver, node, parent, parent.reserve(key), fd, path, key)
+        child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
         child.release()
 
