@@ -85,8 +85,8 @@ class _Archiver:
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
-        # Folder trees are reused only without per-pack lock extension: a reused tree would have
-        # to note every chunk below it as reused, which is what rebuilding it does.
+        # Folder rows only without retain_until: after a lock generation ends every cached file is
+        # read again, which the pool does in parallel, not a rebuilt folder on its own thread.
         self.tree_cache = cache if cache is not None and writer.retain_until is None else None
 
     def fail(self, exc: BaseException) -> None:
