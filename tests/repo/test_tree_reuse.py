@@ -146,12 +146,12 @@ def _change_notes(source: Path) -> Path:
     return notes
 
 
-def test_a_rebuilt_unchanged_listing_takes_its_files_from_the_last_tree(
+def test_a_rebuilt_unchanged_listing_takes_its_files_from_its_folder_row(
     repo: Repository, tmp_path: Path, trees_built: list[list[str]]
 ) -> None:
     """A folder whose listing was unchanged wrote no file rows: when a later change below it
-    rebuilds it (docs, above the changed file), its files' chunks come from its last tree (their
-    stat keys are the ones stored with it), and none of them is read."""
+    rebuilds it (docs, above the changed file), its files' chunks come from the folder's row (their
+    stat keys are the ones stored there), and none of them is read."""
     source, cache = _source(tmp_path), tmp_path / "cache"
     for _ in range(3):
         backup_files(repo, [source], cache_dir=cache)

@@ -17,8 +17,8 @@ name and stat) and of its tree (the listing plus each subfolder's tree), with th
 files' chunk ids and every entry's stat key. A folder whose listing is unchanged skips its files'
 rows (none is read or written); one whose tree signature is unchanged too reuses its tree without
 rebuilding or re-serialising its nodes, once its chunks are checked to be in the index. A file
-without a row is known unchanged when its stat key is the one stored with its folder's last tree,
-and takes its chunks from that tree. Caches written before the table simply reuse nothing; older
+without a row is known unchanged when its stat key is the one stored in its folder's row, and
+takes its chunks from there. Caches written before the table simply reuse nothing; older
 versions ignore it.
 """
 
@@ -60,7 +60,7 @@ class FolderRow:
     signature: bytes
     tree: bytes
     chunks: bytes  # every chunk id of the folder's own files, concatenated
-    keys: bytes  # every entry's stat key, in the archiver's own encoding
+    keys: bytes  # every entry's stat key and a file's chunk ids, in the archiver's own encoding
 
 
 def _key(path: str) -> str | bytes:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 from cloudkeep.compat import SLOTS
-from cloudkeep.errors import CloudkeepError
 from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.fsmeta import group_name, node_from_stat, user_name
@@ -86,7 +85,7 @@ class Folder:
         self.listing: bytes | None = None  # the listing's signature, once listed
         self.previous: FolderRow | None = None  # the last backup's row for this folder
         self.last: FolderRow | None = None  # the same when the listing is unchanged
-        self._old: dict[str, tuple[StatKey, list[bytes]]] | None = None  # previous tree's files
+        self._old: dict[str, tuple[StatKey, bytes]] | None = None  # the row's files, by name
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -165,27 +164,22 @@ class Folder:
         tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
-            keys = marshal.dumps(self.keys, 2)
-            cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, keys))
+            contents = {n.name: b"".join(n.content) for n in nodes if n.type == FILE}
+            files = marshal.dumps([(key, contents.get(str(key[0]))) for key in self.keys], 2)
+            cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
         return tree_id
 
     def previous_content(self, name: str, st: os.stat_result) -> list[bytes] | None:
-        """A file's chunks from this folder's last tree, when its stat key is the one stored with
-        that tree (a folder whose listing was unchanged last time wrote no rows for its files)."""
+        """A file's chunks as this folder's row has them, when its stat key is the one stored
+        there (a folder whose listing was unchanged last time wrote no rows for its files)."""
         if self.previous is None:
             return None
         if self._old is None:
-            self._old = self._read_previous(self.previous)
+            self._old = _previous_files(self.previous)
         old = self._old.get(name)
-        return old[1] if old is not None and old[0] == stat_key(name, st) else None
-
-    def _read_previous(self, row: FolderRow) -> dict[str, tuple[StatKey, list[bytes]]]:
-        try:
-            keys = {key[0]: key for key in marshal.loads(row.keys) if isinstance(key[0], str)}
-            nodes = self.archiver.repo.load_tree(row.tree)
-        except (ValueError, EOFError, TypeError, IndexError, CloudkeepError):
-            return {}  # a damaged row or a tree gone since: the files are read
-        return {n.name: (keys[n.name], n.content) for n in nodes if n.type == FILE and n.name in keys}
+        if old is None or old[0] != stat_key(name, st):
+            return None
+        return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
 
     def _signature(self) -> bytes:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
@@ -220,3 +214,19 @@ def listing_signature(key: StatKey | None, keys: list[StatKey]) -> bytes:
     # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr
     # cost 13 us per entry). Another Python's marshal at worst misses, never matches wrongly.
     return hashlib.blake2b(marshal.dumps((key, keys), 2), digest_size=20).digest()
+
+
+def _previous_files(row: FolderRow) -> dict[str, tuple[StatKey, bytes]]:
+    """A folder row's files: name → (stat key, chunk ids concatenated). A row that does not
+    decode to that shape (damaged, or from an older layout) gives nothing: the files are read."""
+    try:
+        items = marshal.loads(row.keys)
+    except (ValueError, EOFError, TypeError):
+        return {}
+    found: dict[str, tuple[StatKey, bytes]] = {}
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+            key, content = item
+            if isinstance(key, tuple) and key and isinstance(key[0], str) and len(content) % ID_SIZE == 0:
+                found[key[0]] = (key, content)
+    return found
