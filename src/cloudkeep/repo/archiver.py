@@ -78,7 +78,8 @@ class _Archiver:
         self.skipped_total = 0
         self.open_fds: set[int] = set()  # directories still open (closed on any abort too)
         self.files = self.dirs = self.bytes_read = self.bytes_total = 0
-        self.files_unchanged = 0
+        self.files_unchanged = 0  # counted by the walking thread only
+        self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
         self.slots = threading.BoundedSemaphore(threads * 8)
@@ -483,7 +484,7 @@ def backup_files(
         stats={
             "files": archiver.files,
             "dirs": archiver.dirs,
-            "files_unchanged": archiver.files_unchanged,
+            "files_unchanged": archiver.files_unchanged - archiver.files_reread,
             "bytes_total": archiver.bytes_total,
             "bytes_read": archiver.bytes_read,
             "bytes_new": stats.bytes_new,

@@ -198,7 +198,7 @@ class Folder:
                     assert self.fd is not None
                     child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
                     with archiver.lock:
-                        archiver.files_unchanged -= 1  # counted when its listing was found unchanged
+                        archiver.files_reread += 1  # counted unchanged when its listing was
                     if archiver.cache:
                         archiver.cache.record(child.path, child.st, child.content)
         except OSError as exc:
