@@ -61,7 +61,7 @@ class Folder:
     closed when the tree blob is stored, after the last file job opened its file.
 
     With a file cache, the listing's signature (the folder's own stat, each entry's stat key)
-    finds the folder's last row: when it matches (``carried``), its files' cache rows are neither
+    finds the folder's last row: when it matches (``last``), its files' cache rows are neither
     read nor written one by one; when the tree's signature (plus each subfolder's tree) matches
     too, the tree stored last time is reused.
     """
