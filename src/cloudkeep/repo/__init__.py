@@ -3,9 +3,9 @@
 Layers, bottom up: ``crypto``/``keys`` (secrets; ``confidential``: format 3's per-pack keys),
 ``pack``/``index`` (where blobs live), ``layout`` (the store layout and sealed config),
 ``repository`` (one opened repository over an ``ObjectStore``), ``writer`` (a backup session),
-``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup; ``masks`` its
-globs), ``volume``, ``browse``, ``restorer``, ``checker``, ``retention`` (the one policy and
-planner, forget), ``prune``, ``grants`` and ``migrate``.
+``tree``/``snapshot`` (manifests), then the operations: ``archiver`` (file backup; ``folders`` its
+trees, ``masks`` its globs), ``volume``, ``browse``, ``restorer``, ``checker``, ``retention`` (the
+one policy and planner, forget), ``prune``, ``grants`` and ``migrate``.
 """
 
 from cloudkeep.repo.archiver import BackupProgress, backup_files

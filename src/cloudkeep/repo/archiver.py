@@ -27,13 +27,14 @@ from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import StreamCutter
+from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
-from cloudkeep.repo.pack import DATA, TREE
+from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
-from cloudkeep.repo.tree import DIR, FILE, Node, encode_tree
+from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import RangeStream
 
@@ -51,72 +52,6 @@ class BackupProgress:
     bytes_new: int
     bytes_uploaded: int
     current_path: str | None
-
-
-class _Dir:
-    """A directory whose tree blob is stored once every child node is known.
-
-    ``fd`` is the directory, open: its entries are read and opened relative to it, so the walk
-    reaches paths longer than ``PATH_MAX`` and never follows a symlink swapped in mid-walk. It is
-    closed when the tree blob is stored, after the last file job opened its file.
-    """
-
-    def __init__(
-        self, archiver: _Archiver, node: Node, parent: _Dir | None, slot: int, fd: int | None
-    ) -> None:
-        self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
-        self.children: list[Node | None] = []
-        self.remaining = 1  # the walk itself holds one reference until the listing is complete
-        if fd is not None:
-            with archiver.lock:
-                archiver.open_fds.add(fd)
-
-    def reserve(self) -> int:
-        with self.archiver.lock:
-            self.children.append(None)
-            self.remaining += 1
-            return len(self.children) - 1
-
-    def fill(self, slot: int, node: Node | None) -> None:
-        if self._settle(slot, node):
-            self._finish()
-
-    def release(self) -> None:
-        """The walk has listed every child."""
-        with self.archiver.lock:
-            self.remaining -= 1
-            done = self.remaining == 0
-        if done:
-            self._finish()
-
-    def _settle(self, slot: int, node: Node | None) -> bool:
-        """Put a child in its slot; True when that was the last one outstanding."""
-        with self.archiver.lock:
-            self.children[slot] = node
-            self.remaining -= 1
-            return self.remaining == 0
-
-    def _finish(self) -> None:
-        """Store the tree blob, then fill the parent's slot. The last file of a deep folder chain
-        completes every folder above it: that climbs in a loop, never by recursion."""
-        folder: _Dir | None = self
-        while folder is not None:
-            folder = folder._store()
-
-    def _store(self) -> _Dir | None:
-        """Store this folder's tree; the parent when that completed it too."""
-        self.archiver.close_fd(self.fd)
-        try:
-            nodes = [n for n in self.children if n is not None]
-            tree_id, _ = self.archiver.writer.save(TREE, encode_tree(nodes))
-            self.node.subtree = tree_id
-            self.children = []
-        except BaseException as exc:
-            self.archiver.fail(exc)
-        if self.parent is None:
-            self.archiver.root_done.set()
-            return None
-        return self.parent if self.parent._settle(self.slot, self.node) else None
 
 
 class _Archiver:
@@ -143,13 +78,17 @@ class _Archiver:
         self.skipped_total = 0
         self.open_fds: set[int] = set()  # directories still open (closed on any abort too)
         self.files = self.dirs = self.bytes_read = self.bytes_total = 0
-        self.files_unchanged = 0
+        self.files_unchanged = 0  # counted by the walking thread only
+        self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
         self.slots = threading.BoundedSemaphore(threads * 8)
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
+        # Folder rows only without retain_until: after a lock generation ends every cached file is
+        # read again, which the pool does in parallel, not a rebuilt folder on its own thread.
+        self.tree_cache = cache if cache is not None and writer.retain_until is None else None
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -210,98 +149,145 @@ class _Archiver:
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
 
-    def add_entry(self, parent: _Dir, path: str, name: str) -> _Dir | None:
+    def add_entry(self, parent: Folder, path: str, name: str, entry: Entry | None = None) -> Folder | None:
         """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
-        cache). A folder is returned open: the caller walks it, then releases it."""
+        cache; ``entry`` is it listed and stat'ed). A folder is returned open: the caller walks
+        it, then releases it."""
         if self.error is not None:
             return None
-        try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-            kind = node_type(st)
-            if kind is None:
+        if entry is None:
+            entry = self.stat_entry(parent, path, name)
+            if entry is None:
                 return None
-            node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
-        except OSError as exc:
-            self.skip(path, f"cannot read ({exc.strerror})")
-            return None
+        st, kind, key = entry.st, entry.kind, entry.key
         if kind == DIR:
             self.dirs += 1
+            try:
+                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
+            except OSError as exc:
+                parent.exact = False
+                self.skip(path, f"cannot read ({exc.strerror})")
+                return None
             try:
                 fd: int | None = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
-            child = _Dir(self, node, parent, parent.reserve(), fd)
+            child = Folder(self, node, parent, parent.reserve(key), fd, path, key)
             if fd is not None:
                 return child
             child.release()
         elif kind == FILE:
-            if self.includes and not any(matches(p, self.machine_path(path)) for p in self.includes):
-                return None
             self.files += 1
             self.bytes_total += st.st_size
-            slot = parent.reserve()
-            cached = self.cache.lookup(path, st) if self.cache else None
-            reusable = cached is not None and all(self.repo.has_blob(c) for c in cached)
-            if cached is not None and reusable and self.writer.reuse(cached):
-                node.content = cached
+            if parent.last is not None:  # its listing is unchanged: the row is read only if needed
                 self.files_unchanged += 1
-                if self.cache:
-                    self.cache.record(path, st, cached)
-                parent.fill(slot, node)
+                parent.add(entry)
                 self.report(path)
                 return None
+            cached = self.unchanged(parent, path, name, st)
+            if cached is not None:
+                self.files_unchanged += 1
+                entry.content = cached
+                parent.add(entry)
+                self.report(path)
+                return None
+            try:
+                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
+            except OSError as exc:
+                parent.exact = False
+                self.skip(path, f"cannot read ({exc.strerror})")
+                return None
+            slot = parent.reserve(key)
             self.slots.acquire()
             self.pool.submit(self.file_job, path, name, st, node, parent, slot)
         else:
-            parent.fill(parent.reserve(), node)
+            parent.add(entry)
         return None
 
-    def walk(self, top: _Dir, path: str) -> None:
+    def stat_entry(self, parent: Folder, path: str, name: str) -> Entry | None:
+        """The entry, if it is backed up: not a socket, not a file the include masks leave out."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError as exc:
+            parent.exact = False
+            self.skip(path, f"cannot read ({exc.strerror})")
+            return None
+        kind = node_type(st)
+        if kind is None:
+            return None
+        masks = self.includes
+        if kind == FILE and masks and not any(matches(m, self.machine_path(path)) for m in masks):
+            return None
+        return Entry(name, path, st, kind, stat_key(name, st))
+
+    def unchanged(self, parent: Folder, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
+        """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
+        for the next backup); None when it must be read."""
+        cached = self.cache.lookup(path, st) if self.cache else None
+        if cached is None:
+            cached = parent.previous_content(name, st)
+        if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
+            return None
+        if self.cache:
+            self.cache.record(path, st, cached)
+        return cached
+
+    def indexed(self, blob_ids: list[bytes]) -> bool:
+        """Every blob is still in the repository (one lock for them all)."""
+        repo = self.repo
+        with repo.lock:
+            return all(blob_id in repo.index for blob_id in blob_ids)
+
+    def walk(self, top: Folder, path: str) -> None:
         """Back up everything below ``top`` (open as ``top.fd``), whose host path is ``path``: depth
         first on an explicit stack, so a tree of any depth is walked (not Python's recursion limit)."""
-        stack = [(top, path.rstrip("/"), iter(self.listing(top, path)))]
+        stack = [(top, iter(self.listing(top, path.rstrip("/"))))]
         while stack:
-            folder, base, names = stack[-1]
-            for name in names:
-                full = f"{base}/{name}"
-                if self.excluded(full):
-                    continue
-                child = self.add_entry(folder, full, name)
+            folder, entries = stack[-1]
+            for entry in entries:
+                child = self.add_entry(folder, entry.path, entry.name, entry)
                 if child is not None:
-                    stack.append((child, full, iter(self.listing(child, full))))
+                    stack.append((child, iter(self.listing(child, entry.path))))
                     break
             else:  # every entry of ``folder`` is listed
                 stack.pop()
                 if folder is not top:  # the caller releases ``top``
                     folder.release()
 
-    def listing(self, folder: _Dir, path: str) -> list[str]:
+    def listing(self, folder: Folder, base: str) -> list[Entry]:
+        """``folder``'s entries (``base`` is its path), sorted, stat'ed, masks applied; with a
+        tree cache also the listing's signature, and the last backup's row if it is the same."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         try:
             with os.scandir(folder.fd) as it:
-                return sorted(entry.name for entry in it)
+                names = sorted(entry.name for entry in it)
         except OSError as exc:
-            self.skip(path, f"cannot list ({exc.strerror})")
+            self.skip(base, f"cannot list ({exc.strerror})")
+            folder.exact = False
             return []
+        entries, excludes = [], self.excludes
+        for name in names:
+            path = f"{base}/{name}"
+            if (not excludes or not self.excluded(path)) and (entry := self.stat_entry(folder, path, name)):
+                entries.append(entry)
+        if self.tree_cache is not None:
+            folder.listing = listing_signature(folder.key, [entry.key for entry in entries])
+            folder.previous = self.tree_cache.folder(folder.path) if folder.exact else None
+            unchanged = folder.previous is not None and folder.previous.listing == folder.listing
+            folder.last = folder.previous if unchanged else None
+        return entries
 
     # -- file content ----------------------------------------------------------------------
 
-    def file_job(self, path: str, name: str, st: os.stat_result, node: Node, parent: _Dir, slot: int) -> None:
+    def file_job(
+        self, path: str, name: str, st: os.stat_result, node: Node, parent: Folder, slot: int
+    ) -> None:
         result: Node | None = node
         try:
-            # Relative to the directory (open until this job fills its slot). A symlink swapped in
-            # since the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
             if st.st_size:  # an empty file has nothing to read: no open
-                fd = os.open(name, _FILE_FLAGS, dir_fd=parent.fd)
-                try:
-                    if st.st_size < self.chunker.min_size:
-                        node.content, node.size = self.small_file(fd, path, st.st_size)
-                    else:
-                        with open(fd, "rb", buffering=0, closefd=False) as fh:
-                            node.content, node.size = self.chunk_file(fh, path, st.st_size)
-                finally:
-                    os.close(fd)
+                assert parent.fd is not None
+                node.content, node.size = self.read_file(path, name, st, parent.fd)
             if self.cache:
                 self.cache.record(path, st, node.content)
         except OSError as exc:
@@ -314,6 +300,19 @@ class _Archiver:
             self.slots.release()
         parent.fill(slot, result)
         self.report(path)
+
+    def read_file(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> tuple[list[bytes], int]:
+        """Chunk and store a file: its chunk ids and the bytes read."""
+        # Relative to the directory (open until its tree is stored). A symlink swapped in since
+        # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            if st.st_size < self.chunker.min_size:
+                return self.small_file(fd, path, st.st_size)
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                return self.chunk_file(fh, path, st.st_size)
+        finally:
+            os.close(fd)
 
     def _cutter(self) -> StreamCutter:
         cutter: StreamCutter | None = getattr(self._local, "cutter", None)
@@ -446,8 +445,8 @@ def backup_files(
     for path in missing:
         archiver.skip(path, "source path does not exist")
     try:
-        top = _Dir(
-            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS)
+        top = Folder(
+            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS), ""
         )
         if "/" in paths:  # the entire machine: the root itself is the source
             archiver.walk(top, prefix or "/")
@@ -485,7 +484,7 @@ def backup_files(
         stats={
             "files": archiver.files,
             "dirs": archiver.dirs,
-            "files_unchanged": archiver.files_unchanged,
+            "files_unchanged": archiver.files_unchanged - archiver.files_reread,
             "bytes_total": archiver.bytes_total,
             "bytes_read": archiver.bytes_read,
             "bytes_new": stats.bytes_new,
@@ -515,7 +514,7 @@ def backup_files(
     return snapshot
 
 
-def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> None:
+def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) -> None:
     for name, (sub, is_source) in sorted(trie.items()):
         path = f"{prefix}/{name}"
         if is_source:
@@ -528,7 +527,9 @@ def _walk_trie(archiver: _Archiver, parent: _Dir, prefix: str, trie: _Trie) -> N
             archiver.skip(path, "not a folder (a symlink?): the sources below it are not backed up")
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
-        child = _Dir(archiver, node, parent, parent.reserve(), os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
+        key = stat_key(name, st)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
         child.release()
 

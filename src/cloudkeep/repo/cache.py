@@ -11,6 +11,15 @@ never finds a BLOB equal to a TEXT, so no two names share a row.
 Lookups read a whole directory's rows in one query (a range of the primary key) and keep the
 last few directories: the walk asks for every file of a folder in turn, and one query per file
 was the largest cost of a no-change backup of many small files.
+
+A second table keeps, per folder, two signatures: of its listing (its own stat, every entry's
+name and stat) and of its tree (the listing plus each subfolder's tree), with the tree id, its
+files' chunk ids and every entry's stat key. A folder whose listing is unchanged skips its files'
+rows (none is read or written); one whose tree signature is unchanged too reuses its tree without
+rebuilding or re-serialising its nodes, once its chunks are checked to be in the index. A file
+without a row is known unchanged when its stat key is the one stored in its folder's row, and
+takes its chunks from there. Caches written before the table simply reuse nothing; older
+versions ignore it.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudkeep.pathnames import is_text, to_bytes
@@ -30,12 +40,27 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
     " ctime_ns INTEGER, inode INTEGER, content BLOB)"
 )
+_FOLDERS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, listing BLOB, signature BLOB, tree BLOB,"
+    " chunks BLOB, keys BLOB)"
+)
 
 
 # Directories whose rows are held: the walk is depth first, so a folder's files are asked for
 # before and after its subfolders; this covers every folder on the walk's stack but the deepest.
 _DIRS_HELD = 64
 _Row = tuple[int, int, int, int, bytes]
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """What the last backup stored for a folder (see the module docstring)."""
+
+    listing: bytes
+    signature: bytes
+    tree: bytes
+    chunks: bytes  # every chunk id of the folder's own files, concatenated
+    keys: bytes  # every entry's stat key and a file's chunk ids, in the archiver's own encoding
 
 
 def _key(path: str) -> str | bytes:
@@ -64,7 +89,9 @@ class FileCache:
         self._new.execute("PRAGMA journal_mode=OFF")
         self._new.execute("PRAGMA synchronous=OFF")
         self._new.execute(_SCHEMA)
+        self._new.execute(_FOLDERS_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
+        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
@@ -117,9 +144,31 @@ class FileCache:
             if len(self._batch) >= 2000:
                 self._flush()
 
+    def folder(self, path: str) -> FolderRow | None:
+        """The last backup's row for folder ``path`` (UTF-8 paths only: other folders keep none)."""
+        if self._old is None or not is_text(path):
+            return None
+        with self._lock:
+            try:
+                row = self._old.execute(
+                    "SELECT listing, signature, tree, chunks, keys FROM folders WHERE path = ?", (path,)
+                ).fetchone()
+            except sqlite3.OperationalError:  # a cache written before folders had rows
+                return None
+        if row is None or not all(isinstance(v, bytes) for v in row):
+            return None
+        return FolderRow(*row)
+
+    def record_folder(self, path: str, row: FolderRow) -> None:
+        if is_text(path):
+            with self._lock:
+                self._folder_batch.append((path, row.listing, row.signature, row.tree, row.chunks, row.keys))
+
     def _flush(self) -> None:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
+        self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", self._folder_batch)
+        self._folder_batch.clear()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""
