@@ -1,0 +1,83 @@
+"""The database work per machine of one backup job stays bounded (issue 18, docs/scale.md).
+
+Counted on 50 machines of the fleet simulator (real SQLite context, local queue provider,
+dispatcher, consumers, session runner; the agents are ``tests/support/fleet.py``'s in-process
+stand-ins, periodic heartbeats off), every thread's statements included:
+
+    before: 36.8 statements in 19.6 transactions per machine
+    after:  32.4 statements in 15.2 transactions (the runner: one transaction to start a task,
+            one to end it with its statistics; pin notes written with the restore point)
+
+The result wait polls the command row a timing-dependent number of times (3-5), hence the margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from tests.server.jobs_fakes import build_world, make_context
+from tests.support.fleet import SimulatedFleet, wait_until
+from tests.support.sqlcount import StatementCounter
+
+from cloudkeep.server.consumer import server_queue_name
+from cloudkeep.server.context import ServerContext
+from cloudkeep.server.db.models import DiscoveredMachine, JobSession, ProtectionGroup, SessionTask
+from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers, stop_consumers
+from cloudkeep.server.jobs import start_job
+
+MACHINES = 50
+MAX_STATEMENTS = 35.0  # per machine
+MAX_TRANSACTIONS = 17.0
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[ServerContext]:
+    context = make_context(tmp_path)
+    yield context
+    stop_consumers()
+    context.close()
+
+
+def test_one_job_costs_a_bounded_number_of_statements_per_machine(ctx: ServerContext, tmp_path: Path) -> None:
+    world = build_world(ctx, tmp_path / "lab", machines=0)
+    with ctx.db() as db:
+        group = db.get(ProtectionGroup, world.group_id)
+        assert group is not None
+        provider = ctx.provider_for(group.credential_id)
+    provider.queues.ensure_queue(server_queue_name(ctx.server_id))
+    fleet = SimulatedFleet.register(ctx, provider, world.group_id, MACHINES)
+    ensure_consumers(ctx, workers=2)
+    fleet.heartbeat_all()
+
+    def beating() -> bool:
+        stmt = select(func.count()).where(DiscoveredMachine.last_heartbeat_at.is_not(None))
+        with ctx.db() as db:
+            return db.scalar(stmt) == MACHINES
+
+    wait_until(beating, timeout=15, what="every agent's heartbeat applied")
+    job_id = world.add_job(options={"parallel_machines": 16, "poll_slice_seconds": 1})
+    fleet.start(threads=2, idle_seconds=0.02)
+    try:
+        with StatementCounter(ctx.engine) as counted:
+            session_id = start_job(ctx, job_id, wait=True, dispatcher=Dispatcher(ctx))
+    finally:
+        fleet.stop()
+        provider.close()
+    with ctx.db() as db:
+        session = db.get(JobSession, session_id)
+        assert session is not None
+        assert (session.state, session.reason) == ("success", f"{MACHINES} machine(s) backed up")
+        tasks = db.scalars(select(SessionTask).where(SessionTask.session_id == session_id)).all()
+    # what the merged writes must still leave on every task
+    for task in tasks:
+        assert task.state == "success" and task.started_at and task.ended_at and task.progress == 1.0
+        assert task.command_id and task.stats["snapshot_id"] and task.bytes_read and task.files
+        assert [entry["message"].split(" ", 1)[0] for entry in task.log] == [
+            "backing", "backup", "restore", "restore"
+        ]  # fmt: skip
+    per_statement, per_transaction = counted.statements / MACHINES, counted.transactions / MACHINES
+    assert per_statement <= MAX_STATEMENTS, f"{per_statement:.1f} statements per machine"
+    assert per_transaction <= MAX_TRANSACTIONS, f"{per_transaction:.1f} transactions per machine"
