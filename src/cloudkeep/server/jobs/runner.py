@@ -419,7 +419,7 @@ class SessionRunner:
             policy = RetentionPolicy.from_mapping(self.job.retention)
             points = ret.catalog_points(self.ctx, self.job.id, machine.id)
             plan = ret.plan_points(points, policy, self.clock())
-            ret.record_gfs_flags(self.ctx, plan)
+            ret.record_gfs_flags(self.ctx, plan, points)
             if not plan.remove:
                 return []
             body = ret.retention_command_body(
