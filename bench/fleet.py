@@ -14,7 +14,9 @@ that speak the signed protocol but read no files. Per fleet size it reports:
   catalog), DB size and its growth per day;
 * list / browse latency (machines, restore points, sessions, one session's detail) measured from
   a thread while the job runs;
-* process CPU (user + system) and peak RSS — of the whole process, simulator included.
+* process CPU (user + system) and peak RSS — of the whole process, simulator included;
+* with ``--count-sql``: SQL statements and transactions per machine during the job, the result
+  wait's polling counted apart (``tests/support/sqlcount.py``).
 
     .venv/bin/python bench/fleet.py --machines 200,1000 --days 2
     .venv/bin/python bench/fleet.py --machines 1000 --postgres --parallel 64
@@ -42,6 +44,7 @@ from sqlalchemy import func, select, text  # noqa: E402
 from tests.server.jobs_fakes import build_world, fresh_postgres_url, make_context  # noqa: E402
 from tests.support.fleet import SimulatedFleet, wait_until  # noqa: E402
 from tests.support.peers import MotoServer, Postgres  # noqa: E402
+from tests.support.sqlcount import StatementCounter  # noqa: E402
 
 from cloudkeep.server.consumer import server_queue_name  # noqa: E402
 from cloudkeep.server.context import ServerContext  # noqa: E402
@@ -193,6 +196,9 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
         for day in range(1, args.days + 1):
             size_before = db_bytes(ctx)
             probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id))).start()
+            counter = StatementCounter(ctx.engine, waiting=("commands.await_result",))
+            if args.count_sql:  # the probe's reads and heartbeats are counted too
+                counter.__enter__()
             cpu, started = cpu_seconds(), time.perf_counter()
             session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
             probe.session_id = session_id
@@ -201,6 +207,12 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
             )
             wall, used = time.perf_counter() - started, cpu_seconds() - cpu
             probe.stop()
+            if args.count_sql:
+                counter.__exit__(None, None, None)
+                per = [n / count for n in (counter.statements, counter.waiting_statements,
+                                           counter.transactions, counter.waiting_transactions)]  # fmt: skip
+                rows.append((f"{label}: day {day} SQL per machine: statements / transactions (result wait)",
+                             "{:.1f} ({:.1f}) / {:.1f} ({:.1f})".format(*per)))  # fmt: skip
             with ctx.db() as db:
                 session = db.get(JobSession, session_id)
                 assert session is not None
@@ -303,6 +315,9 @@ def main() -> int:
     parser.add_argument("--agent-threads", type=int, default=4, help="threads sweeping the agents' queues")
     parser.add_argument(
         "--postgres", action="store_true", help="PostgreSQL (the test peer) instead of SQLite"
+    )
+    parser.add_argument(
+        "--count-sql", action="store_true", help="count SQL statements per machine in the job"
     )
     parser.add_argument("--sqs", action="store_true", help="queues on SQS (a moto server) instead of local")
     args = parser.parse_args()

@@ -152,26 +152,28 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
         return apply_heartbeats(ctx, [(envelope, body)])[0]
     assert isinstance(body, Result | Progress)
     with ctx.db() as session:
-        owner = session.scalar(select(CommandRecord.machine_id).where(CommandRecord.id == body.command_id))
-        if owner is None:
+        record = session.get(CommandRecord, body.command_id)  # read once: owner, state, channel (issue 18)
+        if record is None:
             log.warning(
                 "%s for unknown command %s from %s ignored", envelope.kind, body.command_id, envelope.sender
             )
             return "unknown-command"
+        owner = record.machine_id
         if owner != envelope.sender:
             raise Impersonation(
                 f"machine {envelope.sender} reported on command {body.command_id} of machine {owner}"
             )
         if not isinstance(body, Result):
-            return _apply_progress(session, envelope, body)
-        outcome = _apply_result(session, body)
+            return _apply_progress(session, record, envelope, body)
+        outcome = _apply_result(session, record, body)
     if outcome == "applied":  # committed: a waiter woken now reads the result
         RESULTS.notify(body.command_id)
     return outcome
 
 
-def _apply_result(session: Any, body: Result) -> str:
+def _apply_result(session: Any, record: CommandRecord, body: Result) -> str:
     now = utcnow()
+    channel, sent_at = record.channel, record.sent_at
     changed = session.execute(
         update(CommandRecord)
         .where(CommandRecord.id == body.command_id, CommandRecord.state.in_(OPEN_STATES))
@@ -179,17 +181,13 @@ def _apply_result(session: Any, body: Result) -> str:
     ).rowcount
     if changed != 1:
         return "duplicate"
-    channel, sent_at = session.execute(
-        select(CommandRecord.channel, CommandRecord.sent_at).where(CommandRecord.id == body.command_id)
-    ).one()
     sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)
     metrics.record_command(channel, body.ok, (now - sent).total_seconds())
     return "applied"
 
 
-def _apply_progress(session: Any, envelope: Envelope, body: Progress) -> str:
+def _apply_progress(session: Any, record: CommandRecord, envelope: Envelope, body: Progress) -> str:
     data = {**body.model_dump(mode="json"), "issued_at": envelope.issued_at.isoformat()}
-    record = session.get(CommandRecord, body.command_id)
     if record.state not in OPEN_STATES:
         return "late-progress"
     previous = (record.result or {}).get("progress") or {}

@@ -131,19 +131,22 @@ class Dispatcher:
         return queue
 
     def _target(self, machine_id: str) -> _Target:
-        with self.ctx.db() as session:
-            row = session.get(DiscoveredMachine, machine_id)
-            if row is None:
+        with self.ctx.db() as session:  # the machine and its group's credential in one statement
+            found = session.execute(
+                select(DiscoveredMachine, ProtectionGroup.credential_id)
+                .join(ProtectionGroup, ProtectionGroup.id == DiscoveredMachine.protection_group_id)
+                .where(DiscoveredMachine.id == machine_id)
+            ).one_or_none()
+            if found is None:
                 raise NotFoundError(f"machine {machine_id} does not exist")
-            group = session.get(ProtectionGroup, row.protection_group_id)
-            assert group is not None
+            row, credential_id = found
             encryption = (
                 json.loads(row.agent_public_key).get("encryption_public_key")
                 if row.agent_public_key
                 else None
             )
             return _Target(
-                row.id, row.cloud_id, row.platform, group.credential_id, row.agent_queue, encryption,
+                row.id, row.cloud_id, row.platform, credential_id, row.agent_queue, encryption,
                 _aware(row.last_heartbeat_at),
             )  # fmt: skip
 

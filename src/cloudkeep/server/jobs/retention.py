@@ -67,9 +67,15 @@ def catalog_points(ctx: ServerContext, job_id: str, machine_id: str) -> list[Res
         )
 
 
-def record_gfs_flags(ctx: ServerContext, plan: RetentionPlan) -> None:
+def record_gfs_flags(ctx: ServerContext, plan: RetentionPlan, known: Sequence[RestorePoint] = ()) -> None:
+    """Write the plan's GFS flags; ``known`` (the rows the plan was made from) spares re-reading the
+    points whose flags are already so (issue 18: most runs change none)."""
+    current = {p.id: list(p.gfs or []) for p in known}
+    changed = {point_id: flags for point_id, flags in plan.gfs.items() if current.get(point_id) != flags}
+    if not changed:
+        return
     with ctx.db() as db:
-        for point_id, flags in plan.gfs.items():
+        for point_id, flags in changed.items():
             point = db.get(RestorePoint, point_id)
             if point is not None and list(point.gfs or []) != flags:
                 point.gfs = flags

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, IntegrityError, NotFoundError
 from cloudkeep.protocol.bodies import BackupResult
@@ -67,6 +68,7 @@ from cloudkeep.server.sessions.access import (
     open_with_full_keys,
     repository_password,
 )
+from cloudkeep.server.sessions.runtime import append_log
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +114,22 @@ class SessionRunner:
 
     def stop_requested(self) -> bool:
         with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            if session is None:
-                return False
-            closed = self.window is not None and not in_window(self.window, self.clock())
-            if closed and not session.stop_requested:  # the window closed: stop as an administrator would
-                session.stop_requested = True
-                session.stats = {**(session.stats or {}), "stopped_by": "backup window"}
-            return bool(session.stop_requested)
+            return self._stopped(db) is not None
+
+    def _stopped(self, db: Session) -> JobSession | None:
+        """The session row when it is to stop (in ``db``'s transaction), else None."""
+        session = db.get(JobSession, self.session_id)
+        if session is None:
+            return None
+        closed = self.window is not None and not in_window(self.window, self.clock())
+        if closed and not session.stop_requested:  # the window closed: stop as an administrator would
+            session.stop_requested = True
+            session.stats = {**(session.stats or {}), "stopped_by": "backup window"}
+        return session if session.stop_requested else None
 
     def _stop_reason(self) -> str:
         with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            by_window = session is not None and (session.stats or {}).get("stopped_by") == "backup window"
-        return "stopped: the backup window closed" if by_window else "stopped by the administrator"
+            return _stop_reason_of(db.get(JobSession, self.session_id))
 
     def run(self) -> None:
         with SessionLease(self.ctx, self.session_id):
@@ -178,41 +182,79 @@ class SessionRunner:
     # --- one machine ---
 
     def _run_task(self, task_id: str, machine_id: str) -> None:
+        started = self.clock()
+        machine = self._start_task(task_id, machine_id, started)
+        if machine is None:
+            return
+        # The task's statistics, end state and end time go in one write when it ends (issue 18).
+        stats: dict[str, Any] = {}
+        message, fields = "", {}
+        try:
+            result = self._backup(task_id, machine)
+            point_id, warnings, stats = self._record_success(task_id, machine, result, started)
+            warnings += self._apply_retention(task_id, machine)
+            state = "warning" if warnings else "success"
+            message, fields = (
+                f"restore point {point_id} recorded",
+                {"state": state, "reason": "; ".join(warnings)},
+            )
+        except TaskStopped:
+            message, fields = "stopped", {"state": "stopped", "reason": self._stop_reason()}
+        except CloudkeepError as exc:
+            message, fields = str(exc), {"state": "failed", "reason": str(exc)}
+        except Exception as exc:
+            log.exception("task %s crashed", task_id)
+            message, fields = (
+                f"internal error: {exc}",
+                {"state": "failed", "reason": f"internal error: {exc}"},
+            )
+        finally:
+            self._end_task(task_id, message, fields, stats)
+
+    def _start_task(self, task_id: str, machine_id: str, started: datetime) -> DiscoveredMachine | None:
+        """Read the machine and the stop flag and mark the task running, stopped or skipped, in one
+        transaction; the machine when it is to be backed up."""
         with self.ctx.db() as db:
             machine = db.get(DiscoveredMachine, machine_id)
             assert machine is not None
-        if self.stop_requested():
-            reason = self._stop_reason() + " before this machine started"
-            update_task(self.ctx, task_id, reason, state="stopped", reason=reason, ended_at=self.clock())
-            return
-        if machine.status != "deployed":
-            why = f": {machine.status_reason}" if machine.status_reason else ""
-            reason = (
-                f"machine {machine.name} is not deployed (status {machine.status}{why}); "
-                "run a rescan of its protection group to deploy it"
-            )
-            update_task(self.ctx, task_id, reason, state="skipped", reason=reason, ended_at=self.clock())
-            return
-        started = self.clock()
-        update_task(self.ctx, task_id, f"backing up {machine.name}", state="running", started_at=started)
-        try:
-            result = self._backup(task_id, machine)
-            point_id, warnings = self._record_success(task_id, machine, result, started)
-            warnings += self._apply_retention(task_id, machine)
-            state = "warning" if warnings else "success"
-            reason = "; ".join(warnings)
-            update_task(self.ctx, task_id, f"restore point {point_id} recorded", state=state, reason=reason)
-        except TaskStopped:
-            update_task(self.ctx, task_id, "stopped", state="stopped", reason=self._stop_reason())
-        except CloudkeepError as exc:
-            update_task(self.ctx, task_id, str(exc), state="failed", reason=str(exc))
-        except Exception as exc:
-            log.exception("task %s crashed", task_id)
-            update_task(
-                self.ctx, task_id, f"internal error: {exc}", state="failed", reason=f"internal error: {exc}"
-            )
-        finally:
-            update_task(self.ctx, task_id, ended_at=self.clock())
+            stopped = self._stopped(db)
+            task = db.get(SessionTask, task_id)
+            if stopped is not None:
+                reason = _stop_reason_of(stopped) + " before this machine started"
+                fields: dict[str, Any] = {"state": "stopped", "reason": reason, "ended_at": self.clock()}
+            elif machine.status != "deployed":
+                why = f": {machine.status_reason}" if machine.status_reason else ""
+                reason = (
+                    f"machine {machine.name} is not deployed (status {machine.status}{why}); "
+                    "run a rescan of its protection group to deploy it"
+                )
+                fields = {"state": "skipped", "reason": reason, "ended_at": self.clock()}
+            else:
+                reason, fields = f"backing up {machine.name}", {"state": "running", "started_at": started}
+            if task is not None:
+                for key, value in fields.items():
+                    setattr(task, key, value)
+                append_log(task, reason)
+            return machine if fields["state"] == "running" else None
+
+    def _end_task(self, task_id: str, message: str, fields: dict[str, Any], stats: dict[str, Any]) -> None:
+        """The task's last write: its statistics (merged into what progress reports left), end state,
+        log line and end time."""
+        with self.ctx.db() as db:
+            task = db.get(SessionTask, task_id)
+            if task is None:
+                return
+            if stats:
+                task.stats = {**(task.stats or {}), **stats}
+                task.bytes_read = int(stats.get("bytes_read", task.bytes_read or 0))
+                task.bytes_transferred = int(stats.get("bytes_transferred", task.bytes_transferred or 0))
+                task.files = int(stats.get("files", task.files or 0))
+                task.progress = 1.0
+            for key, value in fields.items():
+                setattr(task, key, value)
+            if message:
+                append_log(task, message, "error" if fields.get("state") == "failed" else "info")
+            task.ended_at = self.clock()
 
     def _access(self, machine_id: str) -> tuple[dict[str, Any], int]:
         assert self.provider is not None
@@ -303,7 +345,9 @@ class SessionRunner:
 
     def _record_success(
         self, task_id: str, machine: DiscoveredMachine, result: BackupResult, started: datetime
-    ) -> tuple[str, list[str]]:
+    ) -> tuple[str, list[str], dict[str, Any]]:
+        """Record the restore point (with any notes on its pin in the task's log, same transaction);
+        the point's id, the agent's warnings and the task's statistics (written when the task ends)."""
         snapshot_id = result.snapshot_id
         if not snapshot_id:
             raise TaskFailed(f"{machine.name} reported success without a restore point id")
@@ -311,7 +355,8 @@ class SessionRunner:
         stats = task_stats(result.stats, (ended - started).total_seconds())
         created = _parse_time(result.snapshot_time, ended)
         days = self.repository.immutability_days
-        pin = self._pin_manifest(task_id, machine, snapshot_id, result)
+        notes: list[str] = []
+        pin = self._pin_manifest(machine, snapshot_id, result, notes.append)
         with self.ctx.db() as db:
             existing = db.scalar(
                 select(RestorePoint).where(
@@ -335,27 +380,21 @@ class SessionRunner:
                 root_tree=pin.tree if pin else None,
             )
             db.add(point)
-            task = db.get(SessionTask, task_id)
-            assert task is not None
-            task.stats = {**(task.stats or {}), **stats, "snapshot_id": snapshot_id}
-            task.bytes_read = int(stats.get("bytes_read", task.bytes_read or 0))
-            task.bytes_transferred = int(stats.get("bytes_transferred", task.bytes_transferred or 0))
-            task.files = int(stats.get("files", task.files or 0))
-            task.progress = 1.0
+            if notes:
+                task = db.get(SessionTask, task_id)
+                if task is not None:
+                    for note in notes:
+                        append_log(task, note)
             db.flush()
             point_id = point.id
-        return point_id, list(result.warnings)
+        return point_id, list(result.warnings), {**stats, "snapshot_id": snapshot_id}
 
     def _pin_manifest(
-        self, task_id: str, machine: DiscoveredMachine, snapshot_id: str, result: BackupResult
+        self, machine: DiscoveredMachine, snapshot_id: str, result: BackupResult, note: Callable[[str], None]
     ) -> manifest_pins.ManifestPin | None:
         try:
             return manifest_pins.pin_backup(
-                self._manifest_reader,
-                machine.id,
-                snapshot_id,
-                result.model_dump(mode="json"),
-                lambda m: update_task(self.ctx, task_id, m),
+                self._manifest_reader, machine.id, snapshot_id, result.model_dump(mode="json"), note
             )
         except (IntegrityError, NotFoundError) as exc:  # not what the machine reported: record nothing
             raise TaskFailed(f"{machine.name}: {exc.message}", hint=exc.hint) from None
@@ -380,7 +419,7 @@ class SessionRunner:
             policy = RetentionPolicy.from_mapping(self.job.retention)
             points = ret.catalog_points(self.ctx, self.job.id, machine.id)
             plan = ret.plan_points(points, policy, self.clock())
-            ret.record_gfs_flags(self.ctx, plan)
+            ret.record_gfs_flags(self.ctx, plan, points)
             if not plan.remove:
                 return []
             body = ret.retention_command_body(
@@ -480,6 +519,11 @@ class SessionRunner:
         except Exception:
             log.exception("a post-session hook failed for %s", self.session_id)
         run_end_hooks(self.ctx, self.session_id, self._dispatcher)
+
+
+def _stop_reason_of(session: JobSession | None) -> str:
+    by_window = session is not None and (session.stats or {}).get("stopped_by") == "backup window"
+    return "stopped: the backup window closed" if by_window else "stopped by the administrator"
 
 
 def _terminating_window(job: BackupJob, trigger: str) -> Schedule | None:
