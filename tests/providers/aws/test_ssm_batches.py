@@ -4,6 +4,8 @@ moto loses the InstanceIds a command was sent to (it lists every command under e
 so this module's moto server records its requests and the SSM agent stand-in reads the real
 InstanceIds of each SendCommand from that recording (see tests/support/ssm_standin.py). Its own
 server also makes the command count exact: ``list_commands()`` holds only this module's calls.
+The 120-instance test comes last: the stand-in polls every instance of its lab, so the small
+tests run before the lab is large.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
-from cloudkeep.errors import ThrottledError
+from cloudkeep.errors import NotFoundError, ThrottledError
 from cloudkeep.providers.aws.facts import FACTS
 from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from cloudkeep.providers.base import Machine, Platform
@@ -26,6 +29,7 @@ from tests.providers.aws.conftest import KEYS
 from tests.support.peers import MotoServer
 from tests.support.ssm_standin import SsmStandIn
 
+pytestmark = [pytest.mark.slow, pytest.mark.moto]
 T = TypeVar("T")
 TIMEOUT = 30.0  # the silent instance is reported at the deadline; the others must answer within it
 REGION = "us-east-1"
@@ -94,6 +98,76 @@ def _pacer(clock: FakeClock, burst: int) -> ApiPacer:
     return ApiPacer(facts, clock=clock, sleep=clock.sleep, first_backoff=1.0)
 
 
+def test_throttled_batch_is_retried_as_one_batch(
+    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    served = [standin.create_instance(f"throttled{n}") for n in range(2)]
+    machines = [aws.inventory.get_machine(s.id) for s in served]
+    before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
+    clock = FakeClock()
+    pacer = _pacer(clock, burst=10)
+    refusals = [ThrottledError("Rate exceeded (ThrottlingException)")]
+
+    def pace(region: str, send: Callable[[], T]) -> T:
+        def throttled_once() -> T:
+            if refusals:
+                raise refusals.pop()  # the cloud refuses the first try of the call
+            return send()
+
+        return pacer.call("write", region, throttled_once)
+
+    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pace=pace)
+    assert pacer.throttled == 1 and clock.slept  # backed off, then sent again
+    sent = _commands_since(recorded_moto, before)
+    assert len(sent) == 1 and sorted(sent[0]["Comment"].split()[1:]) == sorted(s.id for s in served)
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+
+
+def test_recording_is_where_the_standin_reads_targets(recorded_moto: MotoServer) -> None:
+    """Guard for the stand-in: if moto stopped recording, batches would silently fan out."""
+    assert isinstance(recorded_moto.recording, Path) and recorded_moto.recording.exists()
+
+
+def test_an_unmanaged_instance_is_split_out_of_its_batch(
+    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    """Real SSM refuses a whole SendCommand naming an instance it does not manage
+    (InvalidInstanceId); moto accepts any id, so a botocore hook plays that refusal here."""
+    served = [standin.create_instance(f"split{n}") for n in range(3)]
+    unmanaged = "i-0000000000000dead"
+    machines = [
+        Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
+    ]
+    machines.insert(
+        2, Machine(id=unmanaged, name="dead", platform=Platform.LINUX, state="running", region=REGION)
+    )
+    attempts: list[list[str]] = []
+
+    def refuse_unmanaged(params: dict[str, Any], **_: Any) -> None:
+        attempts.append(list(params["InstanceIds"]))
+        if unmanaged in params["InstanceIds"]:
+            raise ClientError(
+                {"Error": {"Code": "InvalidInstanceId", "Message": "Instances not in a valid state"}},
+                "SendCommand",
+            )
+
+    ssm = aws.commands.session.client("ssm", REGION)
+    ssm.meta.events.register("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
+    try:
+        results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT)
+    finally:
+        ssm.meta.events.unregister("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
+    ids = [m.id for m in machines]
+    # All four refused; the good half sent; the half with the culprit refused, then split in ones.
+    assert attempts == [ids, ids[:2], ids[2:], ids[2:3], ids[3:]]
+    assert isinstance(results[unmanaged], NotFoundError)
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+
+
 def test_120_instances_in_3_calls_with_results_per_instance(
     aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
@@ -138,35 +212,3 @@ def test_120_instances_in_3_calls_with_results_per_instance(
     # Every instance ran its batch's command once, and only its own (no fan-out to the others).
     batches = {r.command_id for r in results.values() if not isinstance(r, Exception)}
     assert batches == {c["CommandId"] for c in sent}
-
-
-def test_throttled_batch_is_retried_as_one_batch(
-    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
-) -> None:
-    served = [standin.create_instance(f"throttled{n}") for n in range(2)]
-    machines = [aws.inventory.get_machine(s.id) for s in served]
-    before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
-    clock = FakeClock()
-    pacer = _pacer(clock, burst=10)
-    refusals = [ThrottledError("Rate exceeded (ThrottlingException)")]
-
-    def pace(region: str, send: Callable[[], T]) -> T:
-        def throttled_once() -> T:
-            if refusals:
-                raise refusals.pop()  # the cloud refuses the first try of the call
-            return send()
-
-        return pacer.call("write", region, throttled_once)
-
-    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pace=pace)
-    assert pacer.throttled == 1 and clock.slept  # backed off, then sent again
-    sent = _commands_since(recorded_moto, before)
-    assert len(sent) == 1 and sorted(sent[0]["Comment"].split()[1:]) == sorted(s.id for s in served)
-    for simulated in served:
-        result = results[simulated.id]
-        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
-
-
-def test_recording_is_where_the_standin_reads_targets(recorded_moto: MotoServer) -> None:
-    """Guard for the stand-in: if moto stopped recording, batches would silently fan out."""
-    assert isinstance(recorded_moto.recording, Path) and recorded_moto.recording.exists()
