@@ -241,7 +241,7 @@ class RescanRunner:
             confirm=confirm,
             heartbeat_fresh=heartbeat_fresh, pacer=pacer_for(group.credential_id, provider.facts),
         )  # fmt: skip
-        if not self._stop_requested():
+        if provider.commands.batch_size > 1 and not self._stop_requested():
             self._set_status([rows[m.id] for m in targets if m.state == "running"], "probing")
             probe_in_batches(env, targets)
         workers = max(1, min(self.ctx.settings.rescan_concurrency, len(targets) or 1))
