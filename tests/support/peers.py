@@ -112,11 +112,21 @@ class MotoServer(Peer):
     def endpoint(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
+    @property
+    def recording(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "recording.jsonl"
+
     @classmethod
-    def start(cls, *, auth: bool = False, tls: bool = False) -> MotoServer:
+    def start(cls, *, auth: bool = False, tls: bool = False, record: bool = False) -> MotoServer:
+        """``record``: moto appends every request to ``recording`` (the SSM stand-in reads the real
+        InstanceIds of each SendCommand there); costly with large uploads, so off by default."""
         workdir = Path(tempfile.mkdtemp(prefix="ck-moto-"))
         peer = cls(name="moto", workdir=workdir, port=free_port())
         env = dict(os.environ)
+        if record:
+            env["MOTO_ENABLE_RECORDING"] = "1"
+            env["MOTO_RECORDER_FILEPATH"] = str(peer.recording)
         if auth:
             env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "false"
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"

@@ -8,12 +8,23 @@ does — ``<OutputS3KeyPrefix>/<command-id>/<instance-id>/awsrunShellScript/0.aw
 {stdout,stderr}`` — plus an ``exitcode`` object (moto's status cannot carry it). ``exitcode`` and
 ``stderr`` are written before ``stdout``, so a reader that sees ``stdout`` sees everything.
 
+Which instances a command is for: moto lists a command sent with ``InstanceIds`` under EVERY
+instance of the region and reports them all as its ``InstanceIds`` (it adds the instances its empty
+``Targets`` match), so the requested list is lost in moto's state. The stand-in therefore reads the
+real ``InstanceIds`` of each SendCommand from moto's request recording (``MotoServer.start(record=
+True)``, passed as ``--recording``), matched by the command's comment, which cloudkeep makes unique
+per batch; that is how it runs a batch of up to 50 instances on exactly those. Without a recording
+it falls back to the comment, which names the targets while they fit in 100 characters (and a
+larger batch then runs on every instance the command is listed under).
+
 Run: ``python -m tests.support.ssm_standin --endpoint URL --region R --lab DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -65,20 +76,59 @@ def execute(command: dict[str, Any], machine: SimulatedMachine, instance_id: str
     s3.put_object(Bucket=bucket, Key=f"{base}/stdout", Body=outcome.stdout.encode())
 
 
-def _addressed_to(command: dict[str, Any], instance_id: str) -> bool:
-    """moto lists a command sent with ``InstanceIds`` (no ``Targets``) under EVERY instance of the
-    region and puts them all in ``InstanceIds``; cloudkeep's channel names its target in the comment
-    (``cloudkeep <instance-id>``), which is what decides here."""
+class SentCommands:
+    """The real ``InstanceIds`` of each SendCommand, by comment, read from moto's request recording."""
+
+    def __init__(self, recording: Path | None) -> None:
+        self.recording = recording
+        self.offset = 0
+        self.by_comment: dict[str, list[str]] = {}
+
+    def targets(self, comment: str) -> list[str] | None:
+        if self.recording is not None and comment not in self.by_comment:
+            self._read_new()  # a command is recorded before moto creates it: it is there by now
+        return self.by_comment.get(comment)
+
+    def _read_new(self) -> None:
+        assert self.recording is not None
+        if not self.recording.exists():
+            return
+        with self.recording.open("rb") as file:
+            file.seek(self.offset)
+            data = file.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            entry = json.loads(line)
+            headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+            if headers.get("x-amz-target") != "AmazonSSM.SendCommand":
+                continue
+            body = entry.get("body") or "{}"
+            request = json.loads(base64.b64decode(body) if entry.get("body_encoded") else body)
+            if request.get("InstanceIds"):
+                self.by_comment[str(request.get("Comment") or "")] = list(request["InstanceIds"])
+
+
+def _addressed_to(command: dict[str, Any], instance_id: str, sent: SentCommands) -> bool:
+    """The recorded request decides (see the module's docstring); else the comment
+    (``cloudkeep <instance-id> …``) when it names instances."""
     if instance_id not in command.get("InstanceIds", [instance_id]):
         return False
-    words = str(command.get("Comment") or "").split()
+    comment = str(command.get("Comment") or "")
+    targets = sent.targets(comment)
+    if targets is not None:
+        return instance_id in targets
+    words = comment.split()
     named = [w for w in words[1:] if w.startswith(("i-", "mi-"))] if words[:1] == ["cloudkeep"] else []
     return not named or instance_id in named
 
 
-def serve(endpoint: str, region: str, lab_dir: Path, interval: float = 0.1) -> None:
+def serve(
+    endpoint: str, region: str, lab_dir: Path, interval: float = 0.1, recording: Path | None = None
+) -> None:
     ssm, s3 = _clients(endpoint, region)
     lab = Lab(lab_dir)
+    sent = SentCommands(recording)
     seen: set[tuple[str, str]] = set()
     while True:
         for machine in lab.list():
@@ -88,7 +138,7 @@ def serve(endpoint: str, region: str, lab_dir: Path, interval: float = 0.1) -> N
             listed = ssm.list_commands(InstanceId=instance_id).get("Commands", [])
             for command in sorted(listed, key=lambda c: c.get("RequestedDateTime") or 0):
                 key = (command["CommandId"], instance_id)
-                if key in seen or not _addressed_to(command, instance_id):
+                if key in seen or not _addressed_to(command, instance_id, sent):
                     continue  # moto can fan a command out to instances it was not sent to
                 seen.add(key)
                 threading.Thread(
@@ -108,10 +158,13 @@ class SsmStandIn:
     log_path: Path
 
     @classmethod
-    def start(cls, endpoint: str, region: str, lab_dir: Path) -> SsmStandIn:
+    def start(cls, endpoint: str, region: str, lab_dir: Path, *, recording: Path | None = None) -> SsmStandIn:
+        """``recording``: moto's request recording (``MotoServer.recording``), to honour batches."""
         lab = Lab(lab_dir)
         log_path = lab_dir / "ssm-standin.log"
         argv = [sys.executable, "-m", "tests.support.ssm_standin", "--endpoint", endpoint, "--region", region]
+        if recording is not None:
+            argv += ["--recording", str(recording)]
         env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -170,9 +223,10 @@ def main() -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--lab", required=True, type=Path)
+    parser.add_argument("--recording", type=Path, help="moto's request recording (MOTO_RECORDER_FILEPATH)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(args.endpoint, args.region, args.lab)
+    serve(args.endpoint, args.region, args.lab, recording=args.recording)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ name. Adding a cloud means adding one folder.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from cloudkeep.compat import StrEnum
+from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.storage.base import ObjectStore
 from cloudkeep.storage.conformance import StoreCheck
@@ -97,6 +98,8 @@ class CommandResult:
 
 
 Shell = Literal["shell", "powershell"]
+# Paces one call that starts commands in a region (rescan: a token of the account's write budget).
+Pace = Callable[[str, Callable[[], Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,31 @@ class CommandChannel(ABC):
     def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
         """Run ``script`` (shell on Linux, PowerShell on Windows) and return its full output."""
 
+    # Machines one call can address with the same script (SSM SendCommand: 50); 1 where each
+    # machine needs its own call, and then ``run_many`` gains nothing over ``run``.
+    batch_size: ClassVar[int] = 1
+
     def command_capacity(self, machine: Machine) -> CommandCapacity | None:
         """Asked before deploying: how full the machine's command slots are; None where no limit applies."""
         return None
+
+    def run_many(
+        self, machines: list[Machine], script: str, *, timeout: float = 600.0, pace: Pace | None = None
+    ) -> dict[str, CommandResult | CloudkeepError]:
+        """Run the same script on many machines: machine id -> its result, or the error that kept it
+        from running (one machine's failure never fails the others). ``pace(region, send)`` wraps
+        every call that starts commands, so a caller's rate limit counts calls, not machines."""
+        results: dict[str, CommandResult | CloudkeepError] = {}
+        for machine in machines:
+
+            def send(machine: Machine = machine) -> CommandResult:
+                return self.run(machine, script, timeout=timeout)
+
+            try:
+                results[machine.id] = send() if pace is None else pace(machine.region, send)
+            except CloudkeepError as error:
+                results[machine.id] = error
+        return results
 
 
 @dataclass

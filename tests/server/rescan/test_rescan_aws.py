@@ -123,6 +123,15 @@ def test_refusals_on_aws(
     assert session.state == "warning" and session.stats["found"] == 6
     assert machines[f"{u}-secure"].facts.get("secure_boot") is True
     assert OWNER_TAG not in _ec2_tags(moto_server, secure)
+    # The probes went out in one SendCommand per platform (up to 50 instances a call), not one each.
+    ids = {machines[f"{u}-{s}"].cloud_id: s for s in ("foreign", "secure", "noagent", "oldps", "blocked")}
+    ssm = boto3.client("ssm", endpoint_url=moto_server.endpoint, region_name="us-east-1", **KEYS)
+    sent = [set(c["Comment"].split()[1:]) for c in ssm.list_commands()["Commands"]
+            if set(c["Comment"].split()) & set(ids)]  # fmt: skip
+    assert sorted(sorted(ids[i] for i in named) for named in sent) == [
+        ["blocked", "oldps"],
+        ["foreign", "noagent", "secure"],
+    ]
 
 
 def test_the_bundle_in_s3_is_handed_out_by_a_short_lived_presigned_url(

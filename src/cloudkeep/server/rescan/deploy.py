@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.providers.base import CloudProvider, CommandCapacity, Machine, Platform
+from cloudkeep.providers.base import CloudProvider, CommandCapacity, CommandResult, Machine, Platform
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
@@ -74,10 +74,36 @@ class RescanEnvironment:
     deploy: bool = True  # False: discovery and checks only (probe, ownership, prerequisites)
     install_python: bool = False  # the group lets the installer add Python with the OS package manager
     pacer: ApiPacer | None = None  # the cloud API's rate limits (None: not paced)
+    # Probe results gathered for many machines at once (``probe_in_batches``), by cloud id
+    probes: dict[str, CommandResult | CloudkeepError] = field(default_factory=dict)
 
     def paced(self, kind: str, machine: Machine, action: Callable[[], T]) -> T:
         """Run one cloud API call (``kind`` "read"/"write") within the account's published limits."""
         return action() if self.pacer is None else self.pacer.call(kind, machine.region, action)
+
+    def pace_writes(self, region: str, action: Callable[[], T]) -> T:
+        return action() if self.pacer is None else self.pacer.call("write", region, action)
+
+
+def probe_in_batches(env: RescanEnvironment, machines: list[Machine]) -> None:
+    """Probe the running machines with as few calls as the command channel allows (SSM: 50
+    machines a SendCommand, so a token of the write budget per 50), filling ``env.probes``; each
+    machine's state machine then reads its own result. Nothing happens for a channel that takes
+    one machine a call (Azure), where the probe stays in each machine's own step."""
+    commands = env.provider.commands
+    if commands.batch_size <= 1:
+        return
+    by_platform: dict[Platform, list[Machine]] = {}
+    for machine in machines:
+        if machine.state == "running":
+            by_platform.setdefault(machine.platform, []).append(machine)
+    for platform, group in by_platform.items():
+        script = scripts.probe_script(platform)
+        try:
+            found = commands.run_many(group, script, timeout=PROBE_TIMEOUT, pace=env.pace_writes)
+        except CloudkeepError as exc:  # the whole channel failed: every machine says so
+            found = {machine.id: exc for machine in group}
+        env.probes.update(found)
 
 
 class MachineDeployment:
@@ -220,10 +246,14 @@ class MachineDeployment:
         if self.capacity is not None and self.capacity.refusal:
             return f"skipped: not run, {self.capacity.refusal}"
         try:
-            asked = scripts.probe_script(machine.platform)
-            result = self.env.paced(
-                "write", machine, lambda: commands.run(machine, asked, timeout=PROBE_TIMEOUT)
-            )
+            result = self.env.probes.get(machine.id)
+            if result is None:
+                asked = scripts.probe_script(machine.platform)
+                result = self.env.paced(
+                    "write", machine, lambda: commands.run(machine, asked, timeout=PROBE_TIMEOUT)
+                )
+            elif isinstance(result, CloudkeepError):
+                raise result
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel cannot reach the machine: {exc}") from exc
         if result.timed_out:

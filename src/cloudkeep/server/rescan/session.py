@@ -35,6 +35,7 @@ from cloudkeep.server.rescan.deploy import (
     MachineDeployment,
     RescanEnvironment,
     agent_queue_name,
+    probe_in_batches,
     server_queue_name,
 )
 from cloudkeep.server.rescan.pacing import pacer_for
@@ -240,6 +241,9 @@ class RescanRunner:
             confirm=confirm,
             heartbeat_fresh=heartbeat_fresh, pacer=pacer_for(group.credential_id, provider.facts),
         )  # fmt: skip
+        if provider.commands.batch_size > 1 and not self._stop_requested():
+            self._set_status([rows[m.id] for m in targets if m.state == "running"], "probing")
+            probe_in_batches(env, targets)
         workers = max(1, min(self.ctx.settings.rescan_concurrency, len(targets) or 1))
         with ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"rescan-{self.session_id[:6]}"
@@ -266,6 +270,15 @@ class RescanRunner:
             if status in COUNTED:
                 self.stats[status] += 1
             self._flush()
+
+    def _set_status(self, row_ids: list[str], status: str) -> None:
+        with self.ctx.db() as session:
+            for start in range(0, len(row_ids), 500):  # bounded IN lists (SQLite's variable limit)
+                chunk = row_ids[start : start + 500]
+                session.execute(
+                    update(DiscoveredMachine).where(DiscoveredMachine.id.in_(chunk)).values(status=status)
+                    .execution_options(synchronize_session=False)
+                )  # fmt: skip
 
     def _record_discovery(self, found: list[Machine]) -> dict[str, str]:
         """Create or refresh a DiscoveredMachine row per machine found; returns cloud id -> row id."""

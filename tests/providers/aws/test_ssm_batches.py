@@ -1,0 +1,214 @@
+"""SSM SendCommand in batches of up to 50 instances, on a moto server of its own.
+
+moto loses the InstanceIds a command was sent to (it lists every command under every instance),
+so this module's moto server records its requests and the SSM agent stand-in reads the real
+InstanceIds of each SendCommand from that recording (see tests/support/ssm_standin.py). Its own
+server also makes the command count exact: ``list_commands()`` holds only this module's calls.
+The 120-instance test comes last: the stand-in polls every instance of its lab, so the small
+tests run before the lab is large.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from cloudkeep.errors import NotFoundError, ThrottledError
+from cloudkeep.providers.aws.facts import FACTS
+from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
+from cloudkeep.providers.base import Machine, Platform
+from cloudkeep.providers.facts import ApiRate
+from cloudkeep.server.rescan.pacing import ApiPacer
+from tests.providers.aws.conftest import KEYS
+from tests.support.peers import MotoServer
+from tests.support.ssm_standin import SsmStandIn
+
+pytestmark = [pytest.mark.slow, pytest.mark.moto]
+T = TypeVar("T")
+TIMEOUT = 30.0  # the silent instance is reported at the deadline; the others must answer within it
+REGION = "us-east-1"
+# Fails where the instance's folder has a ``fail`` file; else prints the instance's own id, so a
+# result mapped to the wrong machine shows.
+SCRIPT = 'if [ -e fail ]; then echo broken >&2; exit 7; fi\necho "$CLOUDKEEP_MACHINE_ID"'
+
+
+class FakeClock:
+    """The pacer's clock: sleeping advances it, so backoffs and refills cost no wall time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture(scope="module")
+def recorded_moto() -> Iterator[MotoServer]:
+    peer = MotoServer.start(record=True)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="module")
+def standin(recorded_moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmStandIn]:
+    lab_dir = tmp_path_factory.mktemp("ssm-batch-lab")
+    peer = SsmStandIn.start(recorded_moto.endpoint, REGION, lab_dir, recording=recorded_moto.recording)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="module")
+def aws(recorded_moto: MotoServer) -> Iterator[AwsProvider]:
+    boto3.client("s3", endpoint_url=recorded_moto.endpoint, region_name=REGION, **KEYS).create_bucket(
+        Bucket="ck-ssm-output"
+    )
+    options = {
+        "endpoint_url": recorded_moto.endpoint, "region": REGION,
+        "ssm_output_bucket": "ck-ssm-output", "ssm_poll_interval": 0.2,
+    }  # fmt: skip
+    provider = create_aws_provider(KEYS, options)
+    yield provider
+    provider.close()
+
+
+def _ssm(moto: MotoServer) -> Any:
+    return boto3.client("ssm", endpoint_url=moto.endpoint, region_name=REGION, **KEYS)
+
+
+def _commands_since(moto: MotoServer, before: set[str]) -> list[dict[str, Any]]:
+    listed = _ssm(moto).list_commands().get("Commands", [])
+    return [c for c in listed if c["CommandId"] not in before]
+
+
+def _pacer(clock: FakeClock, burst: int) -> ApiPacer:
+    rates = dict(FACTS.api_rates)
+    rates["write"] = ApiRate(burst=burst, per_second=0.001)  # no refill within the test: tokens count calls
+    facts = dataclasses.replace(FACTS, api_rates=tuple(rates.items()))
+    return ApiPacer(facts, clock=clock, sleep=clock.sleep, first_backoff=1.0)
+
+
+def test_throttled_batch_is_retried_as_one_batch(
+    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    served = [standin.create_instance(f"throttled{n}") for n in range(2)]
+    machines = [aws.inventory.get_machine(s.id) for s in served]
+    before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
+    clock = FakeClock()
+    pacer = _pacer(clock, burst=10)
+    refusals = [ThrottledError("Rate exceeded (ThrottlingException)")]
+
+    def pace(region: str, send: Callable[[], T]) -> T:
+        def throttled_once() -> T:
+            if refusals:
+                raise refusals.pop()  # the cloud refuses the first try of the call
+            return send()
+
+        return pacer.call("write", region, throttled_once)
+
+    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pace=pace)
+    assert pacer.throttled == 1 and clock.slept  # backed off, then sent again
+    sent = _commands_since(recorded_moto, before)
+    assert len(sent) == 1 and sorted(sent[0]["Comment"].split()[1:]) == sorted(s.id for s in served)
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+
+
+def test_recording_is_where_the_standin_reads_targets(recorded_moto: MotoServer) -> None:
+    """Guard for the stand-in: if moto stopped recording, batches would silently fan out."""
+    assert isinstance(recorded_moto.recording, Path) and recorded_moto.recording.exists()
+
+
+def test_an_unmanaged_instance_is_split_out_of_its_batch(
+    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    """Real SSM refuses a whole SendCommand naming an instance it does not manage
+    (InvalidInstanceId); moto accepts any id, so a botocore hook plays that refusal here."""
+    served = [standin.create_instance(f"split{n}") for n in range(3)]
+    unmanaged = "i-0000000000000dead"
+    machines = [
+        Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
+    ]
+    machines.insert(
+        2, Machine(id=unmanaged, name="dead", platform=Platform.LINUX, state="running", region=REGION)
+    )
+    attempts: list[list[str]] = []
+
+    def refuse_unmanaged(params: dict[str, Any], **_: Any) -> None:
+        attempts.append(list(params["InstanceIds"]))
+        if unmanaged in params["InstanceIds"]:
+            raise ClientError(
+                {"Error": {"Code": "InvalidInstanceId", "Message": "Instances not in a valid state"}},
+                "SendCommand",
+            )
+
+    ssm = aws.commands.session.client("ssm", REGION)
+    ssm.meta.events.register("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
+    try:
+        results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT)
+    finally:
+        ssm.meta.events.unregister("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
+    ids = [m.id for m in machines]
+    # All four refused; the good half sent; the half with the culprit refused, then split in ones.
+    assert attempts == [ids, ids[:2], ids[2:], ids[2:3], ids[3:]]
+    assert isinstance(results[unmanaged], NotFoundError)
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+
+
+def test_120_instances_in_3_calls_with_results_per_instance(
+    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    ec2 = boto3.client("ec2", endpoint_url=recorded_moto.endpoint, region_name=REGION, **KEYS)
+    launched = ec2.run_instances(ImageId="ami-1e749f67", MinCount=120, MaxCount=120, InstanceType="t3.micro")
+    ids = [i["InstanceId"] for i in launched["Instances"]]
+    served = [
+        standin.lab.create_machine(f"batch{n:03d}", machine_id=i, region=REGION)
+        for n, i in enumerate(ids[:119])
+    ]
+    (served[70].root / "fail").write_text("")
+    silent_id = ids[119]  # an instance with no agent: it exists in EC2 (and moto) but nobody answers for it
+    machines = [Machine(id=i, name=i, platform=Platform.LINUX, state="running", region=REGION) for i in ids]
+    before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
+    clock = FakeClock()
+    pacer = _pacer(clock, burst=3)
+    paced: list[str] = []
+
+    def pace(region: str, send: Callable[[], T]) -> T:
+        paced.append(region)
+        return pacer.call("write", region, send)
+
+    # moto says Success at once: past the grace the silent one would read as an empty success
+    aws.commands.output_grace_seconds = 60.0
+    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pace=pace)
+    standin.assert_alive()
+
+    sent = _commands_since(recorded_moto, before)
+    assert len(sent) == 3  # ceil(120 / 50) SendCommand calls, not 120
+    assert paced == [REGION] * 3 and clock.slept == []  # one token a call: a 4th would have waited
+    assert len({c["CommandId"] for c in sent}) == 3
+    assert set(results) == {s.id for s in served} | {silent_id}
+    for n, simulated in enumerate(served):
+        result = results[simulated.id]
+        assert not isinstance(result, Exception), result
+        if n == 70:
+            assert (result.exit_code, result.stderr, result.timed_out) == (7, "broken\n", False)
+        else:
+            assert result.ok and result.stdout == f"{simulated.id}\n", (simulated.id, result)
+    silent = results[silent_id]
+    assert not isinstance(silent, Exception) and silent.timed_out and not silent.ok
+    # Every instance ran its batch's command once, and only its own (no fan-out to the others).
+    batches = {r.command_id for r in results.values() if not isinstance(r, Exception)}
+    assert batches == {c["CommandId"] for c in sent}
