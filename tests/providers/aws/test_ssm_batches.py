@@ -31,7 +31,7 @@ from tests.support.ssm_standin import SsmStandIn
 
 pytestmark = [pytest.mark.slow, pytest.mark.moto]
 T = TypeVar("T")
-TIMEOUT = 30.0  # the silent instance is reported at the deadline; the others must answer within it
+TIMEOUT = 20.0  # the silent instance is reported at the deadline; the others must answer within it
 REGION = "us-east-1"
 # Fails where the instance's folder has a ``fail`` file; else prints the instance's own id, so a
 # result mapped to the wrong machine shows.
