@@ -1,0 +1,137 @@
+"""Server-vouched packs (repo/vouch.py): what machines deduplicate against on format 3, forged
+vouched files, crash safety of the vouch step, and its cost (bytes read, dedup lost within a job).
+
+Stores are the in-memory backend (the properties are cryptographic and of ordering); a forged
+vouched file written with an agent's SAS on Azurite is in tests/providers/azure/test_agent_sas.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.repo import Repository, backup_files
+from cloudkeep.repo.confidential import WriterBundle
+from cloudkeep.repo.index import encode_index_file
+from cloudkeep.repo.pack import pack_key
+from cloudkeep.repo.steps import hooked
+from cloudkeep.repo.vouch import VOUCH_PREFIX, seal_vouched, vouch_new_packs, vouched_packs
+from cloudkeep.storage import ObjectStore
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
+
+A, B = "writers/machine-a/", "writers/machine-b/"
+
+
+@pytest.fixture
+def server(store: ObjectStore) -> Repository:
+    return Repository.create(
+        store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=3
+    )
+
+
+def machine(store: ObjectStore, server: Repository, prefix: str, *, vouch_key: bool = True) -> Repository:
+    body = server.writer_bundle().to_json()
+    if not vouch_key:  # a bundle from a server older than vouching
+        body.pop("vouch_key")
+    bundle = WriterBundle.from_json(json.loads(json.dumps(body)))
+    return Repository.open_writer(store, bundle, writer_prefix=prefix)
+
+
+def same_tree(root: Path, seed: int = 7) -> Path:
+    """The same ~1.2 MB on every machine that calls it with one seed (an OS image, say)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    for i in range(4):
+        (root / f"lib{i}.so").write_bytes(rng.randbytes(300 * 1024))
+    return root
+
+
+def test_a_forged_vouched_file_is_ignored_with_a_warning(
+    store: ObjectStore, server: Repository, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent holds the shared key, so it can seal index records as a vouched file, and on a flat
+    namespace create one; it cannot sign it. Signed for another repository does not pass either."""
+    backup_files(machine(store, server, A), [same_tree(tmp_path / "a")], hostname="a")
+    server.load_index()
+    packs = dict(server.index.pack_entries())
+    attacker = machine(store, server, A)
+    records = encode_index_file(attacker.crypter, packs, aad=b"cloudkeep-vouched-v1")
+    store.put(VOUCH_PREFIX + "forged", records + os.urandom(64))
+    other_repo = os.urandom(32)  # a real signature, by another repository's server
+    store.put(VOUCH_PREFIX + "elsewhere", seal_vouched(server.crypter, other_repo, server.id, packs, {}))
+    with caplog.at_level(logging.WARNING, logger="cloudkeep.repo.vouch"):
+        victim = machine(store, server, B)
+    assert set(victim.unverified_vouches) == {VOUCH_PREFIX + "forged", VOUCH_PREFIX + "elsewhere"}
+    assert "not signed by the server" in caplog.text and VOUCH_PREFIX + "forged" in caplog.text
+    assert not any(victim.has_blob(e.id) for entries in packs.values() for e in entries)
+    assert vouched_packs(server) == set()  # the server does not trust them either
+    assert set(vouch_new_packs(server).vouched) == set(packs)  # and vouches for the real packs
+    assert all(machine(store, server, B).has_blob(e.id) for entries in packs.values() for e in entries)
+
+
+def test_a_bundle_without_the_vouch_key_trusts_only_its_own_namespace(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    backup_files(machine(store, server, A), [same_tree(tmp_path / "a")], hostname="a")
+    assert vouch_new_packs(server).vouched
+    old = machine(store, server, B, vouch_key=False)
+    assert len(old.index) == 0 and len(old.foreign) > 0 and old.unverified_vouches
+    assert len(machine(store, server, B).index) == len(old.foreign)
+
+
+@pytest.mark.parametrize("crash_at", ["vouch:verified", "vouch:written"])
+def test_the_vouch_step_is_crash_safe_and_idempotent(
+    store: ObjectStore, server: Repository, tmp_path: Path, crash_at: str
+) -> None:
+    """A run killed at any step (here: the process dies at the step boundary, before or after the
+    one object it writes) leaves a state the next run completes, and nothing is vouched twice."""
+    backup_files(machine(store, server, A), [same_tree(tmp_path / "a")], hostname="a")
+
+    class Killed(BaseException):
+        pass
+
+    def die(name: str) -> None:
+        if name == crash_at:
+            raise Killed(name)
+
+    with hooked(die), pytest.raises(Killed):
+        vouch_new_packs(server)
+    written = [i.key for i in store.list(VOUCH_PREFIX)]
+    assert len(written) == (1 if crash_at == "vouch:written" else 0)
+    rerun = vouch_new_packs(server)
+    server.load_index()
+    assert vouched_packs(server) == set(server.index.packs)
+    assert rerun.vouched == ([] if crash_at == "vouch:written" else sorted(server.index.packs))
+    assert vouch_new_packs(server).vouched == [] and vouch_new_packs(server).bytes_read == 0
+
+
+def test_cost_bytes_read_and_dedup_within_one_job_versus_across_jobs(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    """The price of the fix, measured: the server reads exactly the job's new packs once; two
+    identical machines in one job both store the data (no dedup against an unvouched pack); a
+    machine backing up the same data in a later job stores none of it."""
+    first = backup_files(machine(store, server, A), [same_tree(tmp_path / "a")], hostname="a")
+    same_job = backup_files(machine(store, server, B), [same_tree(tmp_path / "b")], hostname="b")
+    server.load_index()
+    new_bytes = sum(len(store.get(pack_key(p))) for p in server.index.packs)
+    result = vouch_new_packs(server)
+    assert result.bytes_read == new_bytes and not result.refused
+    next_job = backup_files(
+        machine(store, server, "writers/machine-c/"), [same_tree(tmp_path / "c")], hostname="c"
+    )
+    raw = first.stats["bytes_new"]
+    ratio_same_job = 1 - same_job.stats["bytes_new"] / raw
+    ratio_next_job = 1 - next_job.stats["bytes_new"] / raw
+    print(  # the figures docs/security.md quotes (pytest -s)
+        f"\nvouch cost: read {result.bytes_read} B for {raw} B of new data; dedup ratio of an identical "
+        f"machine: same job {ratio_same_job:.2f}, next job {ratio_next_job:.2f}"
+    )
+    assert ratio_same_job < 0.05  # both machines stored it
+    assert ratio_next_job > 0.95  # only its own (differently placed) trees are new
+    assert vouch_new_packs(server).bytes_read < result.bytes_read / 10  # only machine C's trees
