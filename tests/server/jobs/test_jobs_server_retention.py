@@ -77,7 +77,7 @@ def test_nothing_forgotten_means_no_prune_and_a_busy_repository_is_skipped(
     maintenance.close()
 
 
-def test_server_vouches_for_new_packs_and_names_a_forging_machine(tmp_path: Path) -> None:
+def test_compromised_machine_forged_pack_is_not_vouched_and_the_server_names_it(tmp_path: Path) -> None:
     """Format 3, agents' real append-only credentials: the step after a job reads each new pack
     once, vouches for the honest machine's and refuses the forging one's, naming its writer."""
     service = LocalStorageService(tmp_path / "storage", b"k" * 32)
