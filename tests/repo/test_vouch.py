@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import random
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from cloudkeep.repo import Repository, backup_files
+from cloudkeep.compat import UTC
+from cloudkeep.repo import Repository, backup_files, forget_snapshots, prune
 from cloudkeep.repo.confidential import WriterBundle
 from cloudkeep.repo.index import encode_index_file
 from cloudkeep.repo.pack import pack_key
@@ -135,3 +137,21 @@ def test_cost_bytes_read_and_dedup_within_one_job_versus_across_jobs(
     assert ratio_same_job < 0.05  # both machines stored it
     assert ratio_next_job > 0.95  # only its own (differently placed) trees are new
     assert vouch_new_packs(server).bytes_read < result.bytes_read / 10  # only machine C's trees
+
+
+def test_a_pruned_pack_stays_out_of_dedup_though_a_vouched_file_still_names_it(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    """Vouched files are never rewritten: index files still decide what is live."""
+    first = backup_files(machine(store, server, A), [same_tree(tmp_path / "a")], hostname="a")
+    assert vouch_new_packs(server).vouched
+    assert machine(store, server, B).has_blob(bytes.fromhex(first.tree))
+    forget_snapshots(server, [first.id])
+    now = datetime.now(UTC)
+    prune(server, now=now)
+    assert prune(server, now=now + timedelta(hours=2)).packs_deleted > 0
+    assert any(True for _ in store.list(VOUCH_PREFIX))  # still names the deleted packs
+    later = machine(store, server, B)
+    assert len(later.index) == 0
+    again = backup_files(later, [same_tree(tmp_path / "b")], hostname="b")
+    assert again.stats["bytes_new"] >= first.stats["bytes_new"] * 0.95  # stored again, not lost

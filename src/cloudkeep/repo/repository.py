@@ -315,7 +315,10 @@ class Repository:
             found = read_vouched(self.store, self.crypter, self.vouch_key, self.id, self.io_threads)
             vouched, unverified = found
             for pack_id, rows, when in vouched:
-                (doomed if pack_id in doomed_packs else index).add_rows(pack_id, rows, when)
+                # Only packs an index file still lists: index files say what is live (prune removes
+                # a pack's entries before the pack), vouched files are never rewritten.
+                if pack_id not in doomed_packs and (pack_id in foreign.packs or pack_id in index.packs):
+                    index.add_rows(pack_id, rows, when)
         with self.lock:
             self.index, self.doomed, self.foreign, self.index_files = index, doomed, foreign, set(keys)
             self.unverified_vouches = unverified
