@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.compat import UTC
-from cloudkeep.repo import Repository, backup_files, forget_snapshots, prune
+from cloudkeep.repo import Repository, backup_files, forget_snapshots, prune, vouch
 from cloudkeep.repo.confidential import WriterBundle
 from cloudkeep.repo.index import encode_index_file
 from cloudkeep.repo.pack import pack_key
@@ -155,3 +155,34 @@ def test_a_pruned_pack_stays_out_of_dedup_though_a_vouched_file_still_names_it(
     assert len(later.index) == 0
     again = backup_files(later, [same_tree(tmp_path / "b")], hostname="b")
     assert again.stats["bytes_new"] >= first.stats["bytes_new"] * 0.95  # stored again, not lost
+
+
+def test_vouched_files_are_consolidated_and_a_crash_midway_loses_nothing(
+    store: ObjectStore, server: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machines read every vouched file at each open: every few runs one file replaces them all
+    (written before the others are deleted, so a run killed between leaves duplicates only)."""
+    monkeypatch.setattr(vouch, "CONSOLIDATE_AT", 3)
+    trees = []
+    for i in range(2):
+        snap = backup_files(machine(store, server, A), [same_tree(tmp_path / f"a{i}", seed=i)], hostname="a")
+        trees.append(bytes.fromhex(snap.tree))
+        assert vouch_new_packs(server).vouched
+    assert len(list(store.list(VOUCH_PREFIX))) == 2
+    backup_files(machine(store, server, A), [same_tree(tmp_path / "a2", seed=2)], hostname="a")
+
+    class Killed(BaseException):
+        pass
+
+    def die(name: str) -> None:
+        if name == "vouch:written":
+            raise Killed(name)
+
+    with hooked(die), pytest.raises(Killed):
+        vouch_new_packs(server)  # the consolidated file is stored, the old ones not yet deleted
+    assert len(list(store.list(VOUCH_PREFIX))) == 3
+    assert vouch_new_packs(server).vouched == []  # the next run completes it
+    assert len(list(store.list(VOUCH_PREFIX))) == 1
+    server.load_index()
+    assert vouched_packs(server) == set(server.index.packs)
+    assert all(machine(store, server, B).has_blob(tree) for tree in trees)

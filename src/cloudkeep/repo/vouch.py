@@ -35,7 +35,7 @@ from cloudkeep.compat import zip_strict
 from cloudkeep.errors import IntegrityError, PermissionDeniedError
 from cloudkeep.repo.crypto import Crypter
 from cloudkeep.repo.index import RawEntry, encode_index_file, read_index_file
-from cloudkeep.repo.pack import BlobEntry, pack_id_of, pack_key, read_header
+from cloudkeep.repo.pack import BLOB_TYPES, BlobEntry, pack_id_of, pack_key, read_header
 from cloudkeep.repo.steps import step
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 VOUCH_PREFIX = "vouched/"
 SIGNATURE_SIZE = 64
 _AAD = b"cloudkeep-vouched-v1"
+CONSOLIDATE_AT = 16  # vouched files: machines read them all at every open
 VouchedPack = tuple[str, Iterable[RawEntry], Optional[int]]  # pack id, its rows, its write time
 
 
@@ -96,6 +97,25 @@ def read_vouched(
 
     Without the server's public key (a bundle from an older server) nothing is trusted.
     """
+    packs, refused, _ = _read_vouched(store, crypter, public_key, repo_id, threads)
+    return packs, refused
+
+
+def _read_vouched(
+    store: ObjectStore, crypter: Crypter, public_key: bytes | None, repo_id: str, threads: int
+) -> tuple[list[VouchedPack], dict[str, str], list[str]]:
+    """Also the keys read. A listed file that vanished was replaced by a consolidated one written
+    before it was deleted (``vouch_new_packs``): a new listing finds that one."""
+    for _ in range(5):
+        found = _read_once(store, crypter, public_key, repo_id, threads)
+        if found is not None:
+            return found
+    return [], {}, []  # kept changing: trust nothing this time (dedup is lost, never data)
+
+
+def _read_once(
+    store: ObjectStore, crypter: Crypter, public_key: bytes | None, repo_id: str, threads: int
+) -> tuple[list[VouchedPack], dict[str, str], list[str]] | None:
     keys = [info.key for info in store.list(VOUCH_PREFIX)]
     packs: list[VouchedPack] = []
     refused: dict[str, str] = {}
@@ -109,7 +129,7 @@ def read_vouched(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for key, data in zip_strict(keys, pool.map(fetch, keys)):
             if data is None:
-                continue
+                return None
             written: dict[str, int] = {}
             try:
                 if public_key is None:
@@ -120,7 +140,7 @@ def read_vouched(
                 log.warning("ignoring %s", exc.message)
                 continue
             packs.extend((pack_id, rows, written.get(pack_id)) for pack_id, rows in listed)
-    return packs, refused
+    return packs, refused, keys
 
 
 @dataclass
@@ -161,7 +181,14 @@ def vouch_new_packs(repo: Repository, writer_prefixes: Sequence[str] | None = No
     if private_key is None or repo.master is None:
         raise PermissionDeniedError("only the server vouches for packs (format 3, with the repository key)")
     repo.load_index()
-    done = vouched_packs(repo)
+    listed, _, keys = _read_vouched(repo.store, repo.crypter, repo.vouch_key, repo.id, repo.io_threads)
+    done: dict[str, list[BlobEntry]] = {}
+    times: dict[str, int] = {}
+    for pack_id, rows, when in listed:
+        if pack_id in repo.index.packs and pack_id not in done:  # live: pruned packs drop out
+            done[pack_id] = [BlobEntry(BLOB_TYPES[t], i, o, n, r) for t, i, o, n, r in rows]
+            if when:
+                times[pack_id] = when
     candidates = [
         pack_id
         for pack_id in repo.index.packs
@@ -182,11 +209,19 @@ def vouch_new_packs(repo: Repository, writer_prefixes: Sequence[str] | None = No
             result.refused[pack_id] = exc.message
             log.warning("not vouching for pack %s: %s", pack_id, exc.message)
     step("vouch:verified")
-    if verified:
+    # One file per run; every CONSOLIDATE_AT runs it carries every live vouched pack and replaces
+    # the others (written first, deleted after: a reader that misses one lists again).
+    consolidate = len(keys) + 1 >= CONSOLIDATE_AT
+    if verified or (consolidate and len(keys) > 1):
+        packs = {**done, **verified} if consolidate else verified
         key = VOUCH_PREFIX + secrets.token_hex(16)
-        written = {p: repo.index.written[p] for p in verified if p in repo.index.written}
-        sealed = seal_vouched(repo.crypter, private_key, repo.id, verified, written)
+        written = {**times, **{p: repo.index.written[p] for p in verified if p in repo.index.written}}
+        sealed = seal_vouched(repo.crypter, private_key, repo.id, packs, written)
         repo.store.put(key, sealed, if_absent=True)
         result.key, result.vouched = key, sorted(verified)
         step("vouch:written")
+        if consolidate:
+            for old in keys:
+                repo.store.delete_or_hide(old)  # locked by a default retention: hidden
+            step("vouch:consolidated")
     return result
