@@ -11,6 +11,9 @@ import json
 import logging
 import os
 import random
+import signal
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,9 +24,9 @@ from cloudkeep.repo import Repository, backup_files, forget_snapshots, prune, vo
 from cloudkeep.repo.confidential import WriterBundle
 from cloudkeep.repo.index import encode_index_file
 from cloudkeep.repo.pack import pack_key
-from cloudkeep.repo.steps import hooked
+from cloudkeep.repo.steps import VOUCH_STEPS, hooked
 from cloudkeep.repo.vouch import VOUCH_PREFIX, seal_vouched, vouch_new_packs, vouched_packs
-from cloudkeep.storage import ObjectStore
+from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
 
 A, B = "writers/machine-a/", "writers/machine-b/"
@@ -186,3 +189,45 @@ def test_vouched_files_are_consolidated_and_a_crash_midway_loses_nothing(
     server.load_index()
     assert vouched_packs(server) == set(server.index.packs)
     assert all(machine(store, server, B).has_blob(tree) for tree in trees)
+
+
+_KILLED = """
+import os, signal, sys
+from cloudkeep.repo import Repository, vouch
+from cloudkeep.repo.steps import hooked
+from cloudkeep.storage import open_store
+
+url, password, target = sys.argv[1:4]
+vouch.CONSOLIDATE_AT = 2  # so that every step boundary is reached
+
+def kill_at(name):
+    if name == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with hooked(kill_at):
+    vouch.vouch_new_packs(Repository.open(open_store(url), password))
+"""
+
+
+@pytest.mark.parametrize("target", VOUCH_STEPS)
+def test_the_vouch_step_killed_at_every_step_is_completed_by_the_next_run(
+    tmp_path: Path, target: str
+) -> None:
+    """SIGKILL (a real process, a real file store) at each step boundary of the vouch step."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    server = Repository.create(
+        store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=3
+    )
+    backup_files(machine(store, server, A), [same_tree(tmp_path / "a", seed=1)], hostname="a")
+    assert vouch_new_packs(server).vouched  # one file already: the killed run consolidates
+    snap = backup_files(machine(store, server, A), [same_tree(tmp_path / "a2", seed=2)], hostname="a")
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED, store.describe(), PASSWORD, target],
+        capture_output=True, text=True, timeout=120, env={**os.environ},
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    vouch_new_packs(server)  # the next run
+    server.load_index()
+    assert vouched_packs(server) == set(server.index.packs)
+    assert machine(store, server, B).has_blob(bytes.fromhex(snap.tree))
+    assert vouch_new_packs(server).bytes_read == 0
