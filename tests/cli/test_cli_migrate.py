@@ -97,6 +97,7 @@ def test_migrate_a_format_2_repository_then_back_up_and_restore_old_and_new_poin
     assert sealed_access(ctx, repository_id, machine_id).get("password") == PASSWORD  # nothing changed
     done = json.loads(ok(run("repository", "migrate", "main", "--yes", "--json")))
     assert "format 2 → 3" in done["detail"] and done["session_id"]
+    assert "pack(s) vouched for" in done["detail"]  # machines keep deduplicating against old packs
 
     after = sealed_access(ctx, repository_id, machine_id)
     assert "password" not in after and after["writer"]["format"] == 3

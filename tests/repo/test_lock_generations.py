@@ -25,6 +25,7 @@ from cloudkeep.repo.index import Index, decode_index_file, encode_index_file, re
 from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.pack import DATA, BlobEntry
 from cloudkeep.repo.prune import used_blobs
+from cloudkeep.repo.vouch import vouch_new_packs
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.memory import MemoryStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
@@ -315,6 +316,7 @@ def test_migration_keeps_pack_write_times_and_the_horizon(counting: CountingStor
     assert migrate_to_confidential(repo)
     after = Repository.open(counting, PASSWORD)
     assert after.config.version == 3 and after.index.written == before
+    assert vouch_new_packs(after).vouched  # machines reuse vouched packs: their write times go along
     machine = Repository.open_writer(counting, after.writer_bundle(), writer_prefix="writers/m/")
     assert read_horizon(machine) == horizon  # re-sealed under the shared key
     assert machine.index.written == before

@@ -154,15 +154,20 @@ class WriterBundle:
     id_key: bytes
     shared_key: bytes
     public_key: bytes
+    # Verifies the server's vouched files (repo/vouch.py); empty from a server older than them.
+    vouch_key: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "format": CONFIDENTIAL_FORMAT,
             "config": self.config,
             "id_key": b64(self.id_key),
             "shared_key": b64(self.shared_key),
             "public_key": b64(self.public_key),
         }
+        if self.vouch_key:
+            body["vouch_key"] = b64(self.vouch_key)
+        return body
 
     @classmethod
     def from_json(cls, data: Any) -> WriterBundle:
@@ -173,11 +178,14 @@ class WriterBundle:
             keys = [unb64(str(data[name])) for name in ("id_key", "shared_key", "public_key")]
             if any(len(key) != KEY_SIZE for key in keys) or not isinstance(data["config"], dict):
                 raise ValueError("wrong key sizes or config")
+            vouch_key = unb64(str(data["vouch_key"])) if "vouch_key" in data else b""
+            if vouch_key and len(vouch_key) != KEY_SIZE:
+                raise ValueError("wrong vouch key size")
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(
                 f"malformed writer bundle ({exc})", hint="ask the server for a new one"
             ) from None
-        return cls(data["config"], *keys)
+        return cls(data["config"], keys[0], keys[1], keys[2], vouch_key)
 
 
 @dataclass(frozen=True)
@@ -228,6 +236,14 @@ class KeyRing:
         """Keys the server unwrapped for this machine: object key (pack or manifest) → content key."""
         with self._lock:
             self._grants.update(grants)
+
+    def granted(self, pack_id: str) -> bool | None:
+        """Whether the server sent this pack's key; ``None`` where grants do not apply (no
+        restore keys received, or the private key opens everything)."""
+        with self._lock:
+            if self.private_key is not None or not self._grants:
+                return None
+            return pack_key(pack_id) in self._grants
 
     def new_pack_sealer(self) -> PackSealer:
         """A fresh data key for the next pack (format 3), or the master key's sealer (formats 1-2)."""

@@ -16,6 +16,7 @@ from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorer import _requested
 from cloudkeep.repo.tree import DIR
+from cloudkeep.repo.vouch import vouched_packs
 
 
 def restore_keys(
@@ -41,6 +42,7 @@ def restore_keys(
     elif legacy is not None:
         legacy.add(manifest)
     blobs: set[bytes] = set()
+    vouched = vouched_packs(repo) if repo.keyring.confidential else set()
     root = bytes.fromhex(snapshot.tree)
     for parts in _requested(paths):
         tree = root
@@ -61,13 +63,26 @@ def restore_keys(
                     _subtree_blobs(repo, node.subtree, blobs, trees_only)
         if not parts:
             _subtree_blobs(repo, root, blobs, trees_only)
-    for pack_id in sorted({repo.locate(blob_id).pack_id for blob_id in blobs}):
+    for pack_id in sorted({_trusted_copy(repo, blob_id, manifest, vouched) for blob_id in blobs}):
         data_key = repo.keyring.pack_data_key(pack_id, partial(_prelude, repo, pack_id))
         if data_key is not None:
             grants[pack_key(pack_id)] = data_key
         elif legacy is not None:
             legacy.add(pack_key(pack_id))
     return grants
+
+
+def _trusted_copy(repo: Repository, blob_id: bytes, manifest: str, vouched: set[str]) -> str:
+    """The pack to read a blob from: where several hold it, one the restore point's own writer
+    wrote or one the server vouched for — what that writer deduplicated against (repo/vouch.py) —
+    rather than another writer's unverified copy."""
+    copies = repo.index.locations(blob_id) + repo.doomed.locations(blob_id)
+    if len(copies) > 1:
+        writer = manifest[: manifest.find("snapshots/")] if manifest.startswith("writers/") else None
+        for copy in copies:
+            if (writer and copy.pack_id.startswith(writer)) or copy.pack_id in vouched:
+                return copy.pack_id
+    return repo.locate(blob_id).pack_id
 
 
 def _prelude(repo: Repository, pack_id: str) -> bytes:

@@ -51,6 +51,7 @@ class Index:
         self._type: array[int] = array("b")
         self._pack_ids: list[str] = []  # pack number → pack id
         self._pack_rows: dict[str, array[int]] = {}  # live packs only
+        self._copies: dict[bytes, list[int]] = {}  # every row of a blob stored in several packs
         # pack id → when its writer started uploading it (epoch seconds), where an index file says:
         # with immutability by generations, the pack's lock is that time + the default period.
         self.written: dict[str, int] = {}
@@ -76,6 +77,19 @@ class Index:
         if row is None:
             return None
         return Location(self._pack_ids[self._pack[row]], self._entry(row))
+
+    def locations(self, blob_id: bytes) -> list[Location]:
+        """Every live pack holding the blob, the one ``get`` returns first: whoever restores must read
+        a copy it holds the key for (format 3 grants) or trusts (vouched packs)."""
+        first = self.get(blob_id)
+        if first is None:
+            return []
+        others = [
+            Location(pack_id, self._entry(row))
+            for row in self._copies.get(blob_id, ())
+            if (pack_id := self._pack_ids[self._pack[row]]) in self._pack_rows and pack_id != first.pack_id
+        ]
+        return [first, *others]
 
     def add_pack(self, pack_id: str, entries: Iterable[BlobEntry], written: int | None = None) -> None:
         self.add_rows(
@@ -108,6 +122,8 @@ class Index:
             self._type.append(blob_type)
             pack_rows.append(row)
             first = self._rows.setdefault(blob_id, row)
+            if first != row:
+                self._copies.setdefault(blob_id, [first]).append(row)
             if written and first != row and written > self.written.get(self._pack_ids[self._pack[first]], 0):
                 self._rows[blob_id] = row
 
@@ -160,7 +176,11 @@ _RECORD = struct.Struct("<B32sQII")  # type, id, offset, length, raw length: 49 
 
 
 def encode_index_file(
-    crypter: Crypter, packs: dict[str, list[BlobEntry]], written: Mapping[str, int] | None = None
+    crypter: Crypter,
+    packs: dict[str, list[BlobEntry]],
+    written: Mapping[str, int] | None = None,
+    *,
+    aad: bytes = _AAD,
 ) -> bytes:
     """Binary records, not JSON: parsing a JSON index costs ~5x its size in short-lived objects
     (and the fragmented heap they leave); fixed records are read straight into ``Index`` columns.
@@ -178,20 +198,21 @@ def encode_index_file(
             out += _PACK_HEAD.pack(len(name), len(entries)) + name
         for e in entries:
             out += _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length)
-    return crypter.encode(bytes(out), _AAD)
+    return crypter.encode(bytes(out), aad)
 
 
 def read_index_file(
-    crypter: Crypter, key: str, data: bytes, written: dict[str, int] | None = None
+    crypter: Crypter, key: str, data: bytes, written: dict[str, int] | None = None, *, aad: bytes = _AAD
 ) -> list[tuple[str, Iterable[RawEntry]]]:
     """(pack id, its blobs as ``(type number, id, offset, length, raw length)``) for each pack.
 
     The whole file is validated before anything is returned (so a damaged file adds nothing);
     binary records are then unpacked lazily. Index files written as JSON are read too. Packs'
-    write times (version 3) go into ``written`` when given.
+    write times (version 3) go into ``written`` when given. ``aad``: the file kind (vouched files
+    use the same records under their own).
     """
     what = f"index file {key}"
-    plain = crypter.decode(data, _AAD, what)
+    plain = crypter.decode(data, aad, what)
     packs: list[tuple[str, Iterable[RawEntry]]] = []
     times: dict[str, int] = {}
     try:

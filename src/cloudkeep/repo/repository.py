@@ -56,6 +56,7 @@ from cloudkeep.repo.snapshot import (
     is_snapshot_id,
 )
 from cloudkeep.repo.tree import Node, decode_tree
+from cloudkeep.repo.vouch import read_vouched, vouch_public_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 
@@ -83,6 +84,10 @@ class Repository:
         self.lock = threading.RLock()
         self.index = Index()  # blobs usable for dedup (excludes packs marked for deletion)
         self.doomed = Index()  # blobs in packs prune has marked: readable, never deduplicated against
+        # Other writers' packs the server has not vouched for: readable, never deduplicated against
+        # (only where ``restricts_dedup``: repo/vouch.py).
+        self.foreign = Index()
+        self.unverified_vouches: dict[str, str] = {}  # vouched/ files not signed by the server: key → why
         self.index_files: set[str] = set()
         self.index_loaded_at = datetime.now(UTC)
         self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
@@ -161,11 +166,14 @@ class Repository:
             raise PermissionDeniedError("a writer bundle opens a format 3 repository for one writer prefix")
         keys = ConfidentialKeys(bundle.shared_key, bundle.public_key)
         repo = cls(store, None, "", config, writer_prefix=writer_prefix, keys=keys, id_key=bundle.id_key)
+        repo.vouch_key = bundle.vouch_key or None
         repo.load_index()
         return repo
 
     def _set_keys(self, keys: ConfidentialKeys | None, id_key: bytes) -> None:
         self.keyring = KeyRing(self.config.id, self.config.compression_level, self.master, id_key, keys)
+        private = keys.private_key if keys is not None else None
+        self.vouch_key = vouch_public_key(private, self.config.id) if private is not None else None
         # Index files and markers; blobs are opened with ``pack_crypter``, manifests by the key ring.
         self.crypter = self.keyring.shared
 
@@ -174,7 +182,9 @@ class Repository:
         keys = self.keyring.keys
         if keys is None or self.master is None:
             raise PermissionDeniedError("writer bundles exist for format 3 repositories, from the server")
-        return WriterBundle(self.config.to_json(), self.master.id_key, keys.shared_key, keys.public_key)
+        return WriterBundle(
+            self.config.to_json(), self.master.id_key, keys.shared_key, keys.public_key, self.vouch_key or b""
+        )
 
     def adopt_confidential(self, config: RepoConfig, keys: ConfidentialKeys) -> None:
         """Switch this instance to format 3 after a migration (``repo.migrate``) rewrote the config."""
@@ -238,6 +248,13 @@ class Repository:
             yield from self.store.list(writer + prefix)
 
     @property
+    def restricts_dedup(self) -> bool:
+        """A machine on a format 3 repository reuses only its own entries and the server's vouched
+        ones: another writer's index may lie (dedup poisoning, docs/security.md). Formats 1-2 give
+        machines the password, which could sign anything, so there nothing changes until migrated."""
+        return bool(self.writer_prefix) and self.keyring.confidential
+
+    @property
     def scoped(self) -> bool:
         """True when this instance may write only its own namespace (no repository-wide deletes)."""
         return bool(self.writer_prefix)
@@ -274,8 +291,9 @@ class Repository:
         keys = [info.key for info in self.list_everywhere(INDEX_PREFIX)]
         doomed_packs = self.doomed_packs()
 
-        index, doomed = Index(), Index()
+        index, doomed, foreign = Index(), Index(), Index()
         unreadable: dict[str, str] = {}
+        restrict = self.restricts_dedup
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
             for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
                 if data is None:
@@ -288,11 +306,22 @@ class Repository:
                     # needs them says so, and `check` reports the file; `repair index` recovers them.
                     unreadable[key] = str(exc)
                     continue
+                trusted = not restrict or key.startswith(self.writer_prefix)
                 for pack_id, rows in packs:
-                    target = doomed if pack_id in doomed_packs else index
+                    target = doomed if pack_id in doomed_packs else index if trusted else foreign
                     target.add_rows(pack_id, rows, written.get(pack_id))
+        unverified: dict[str, str] = {}
+        if restrict:  # the server's vouched entries, exactly as it verified them
+            found = read_vouched(self.store, self.crypter, self.vouch_key, self.id, self.io_threads)
+            vouched, unverified = found
+            for pack_id, rows, when in vouched:
+                # Only packs an index file still lists: index files say what is live (prune removes
+                # a pack's entries before the pack), vouched files are never rewritten.
+                if pack_id not in doomed_packs and (pack_id in foreign.packs or pack_id in index.packs):
+                    index.add_rows(pack_id, rows, when)
         with self.lock:
-            self.index, self.doomed, self.index_files = index, doomed, set(keys)
+            self.index, self.doomed, self.foreign, self.index_files = index, doomed, foreign, set(keys)
+            self.unverified_vouches = unverified
             self.unreadable_index_files = unreadable
             self.index_loaded_at = loaded_at
         return True
@@ -314,7 +343,12 @@ class Repository:
 
     def locate(self, blob_id: bytes) -> Location:
         with self.lock:
-            loc = self.index.get(blob_id) or self.doomed.get(blob_id)
+            loc = self.index.get(blob_id) or self.doomed.get(blob_id) or self.foreign.get(blob_id)
+            if loc is not None and self.keyring.granted(loc.pack_id) is False:
+                # A restore reads the copy the server granted (grants.py picks it): the blob may
+                # also be in another pack (two machines stored it in one job).
+                copies = (c for i in (self.index, self.doomed, self.foreign) for c in i.locations(blob_id))
+                loc = next((c for c in copies if self.keyring.granted(c.pack_id)), loc)
         if loc is None:
             raise IntegrityError(
                 f"blob {blob_id.hex()} is not in the index",

@@ -33,6 +33,11 @@ BACKUP_STEPS = (
     "backup:snapshot-written",  # manifest stored (the commit point)
     "backup:session-ended",  # session marker removed
 )
+VOUCH_STEPS = (
+    "vouch:verified",  # every new pack read and checked, nothing written
+    "vouch:written",  # the run's vouched file stored
+    "vouch:consolidated",  # the files it replaced removed
+)
 
 _hook: StepHook | None = None
 

@@ -16,6 +16,8 @@ import pytest
 from cloudkeep.errors import PermissionDeniedError
 from cloudkeep.providers.azure.provider import AzureProvider
 from cloudkeep.repo import Repository, backup_files, check, list_snapshots, prune
+from cloudkeep.repo.index import encode_index_file
+from cloudkeep.repo.vouch import VOUCH_PREFIX
 from cloudkeep.storage import ObjectExistsError, open_store
 from cloudkeep.storage.azure_blob import AzureBlobStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, write_tree
@@ -107,3 +109,35 @@ def test_a_locked_backup_on_the_agent_sas_completes_and_says_what_it_could_not_l
     assert theirs and all(
         i.retain_until is not None and i.retain_until < now + timedelta(days=2) for i in theirs
     )
+
+
+def test_compromised_machine_cannot_forge_a_vouched_file_with_its_sas(
+    azure: AzureProvider, unique_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flat namespace lets an agent's SAS create a root ``vouched/`` name (docs/security.md),
+    and it holds the shared key that seals index records; without the server's signing key the
+    file is ignored with a warning, so no other machine deduplicates against what it names."""
+    location = f"{unique_name}/repo"
+    azure.storage.ensure_container(unique_name)
+    server = Repository.create(
+        azure.storage.open_store(location), PASSWORD, pack_size=256 * 1024, kdf=FAST_KDF,
+        chunker=SMALL_CHUNKS, version=3,
+    )  # fmt: skip
+    bundle = server.writer_bundle()
+
+    def agent(prefix: str) -> Repository:
+        creds = azure.storage.scoped_credentials(location, prefix, expires_seconds=900)
+        store = open_store(creds.store_url, **creds.options)
+        return Repository.open_writer(store, bundle, writer_prefix=prefix)
+
+    attacker = agent(A)
+    backup_files(attacker, [write_tree(tmp_path / "a")], hostname="a")
+    attacker.load_index()
+    packs = dict(attacker.index.pack_entries())
+    forged = encode_index_file(attacker.crypter, packs, aad=b"cloudkeep-vouched-v1") + bytes(64)
+    attacker.store.put(VOUCH_PREFIX + "forged", forged, if_absent=True)  # the SAS allows the create
+    with caplog.at_level("WARNING", logger="cloudkeep.repo.vouch"):
+        victim = agent(B)
+    assert list(victim.unverified_vouches) == [VOUCH_PREFIX + "forged"]
+    assert "not signed by the server" in caplog.text
+    assert len(victim.index) == 0 and len(victim.foreign) == sum(len(e) for e in packs.values())

@@ -75,6 +75,9 @@ def test_format_3_backup_restore_and_browse_through_machines(env: dict) -> None:
     ctx = env["harness"].ctx
     session = session_state(env, env["files_session"])
     assert session.state == "success", [(t.state, t.reason) for t in session.tasks]
+    # The server read the job's new packs once and vouched for them all (repo/vouch.py).
+    assert session.stats["vouch"]["packs"] > 0 and "refused" not in session.stats["vouch"]
+    assert session.stats["vouch"]["bytes_read"] >= 600_000  # both machines' random data at least
     first, second = env["machines"]
     assert "password" not in sealed_access(ctx, env["repository_id"], first.row_id)
     storage = env["harness"].lab.path / "storage" / "backups"

@@ -14,10 +14,13 @@ import pytest
 from tests.server.jobs_fakes import FakeDispatcher, build_world, make_context
 
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.repo.vouch import VouchResult
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession
 from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs import start_job
+
+REFUSED = "data blob 00 in pack writers/m2/bb: content does not match its id"
 
 
 class RecordedMaintenance:
@@ -32,6 +35,10 @@ class RecordedMaintenance:
         if self.fail:
             raise CloudkeepError("container unreachable")
         return 5
+
+    def vouch(self) -> VouchResult:
+        self.steps.append(("vouch", None))
+        return VouchResult(["writers/m1/aa"], {"writers/m2/bb": REFUSED}, 42)
 
     def prune_once(self, now: Any) -> None:
         self.steps.append(("prune", None))
@@ -59,9 +66,13 @@ def _stats(ctx: ServerContext, session_id: str) -> tuple[str, dict[str, Any]]:
 def test_runner_locks_the_run_machines_new_objects_before_prune(ctx: ServerContext, tmp_path: Path) -> None:
     world = build_world(ctx, tmp_path / "lab", machines=2, immutability_days=7)
     session_id = start_job(ctx, world.add_job(), wait=True, dispatcher=FakeDispatcher(ctx))
-    assert RecordedMaintenance.steps == [("lock_new", sorted(world.machine_ids)), ("prune", None)]
+    lock_new = ("lock_new", sorted(world.machine_ids))
+    assert RecordedMaintenance.steps == [lock_new, ("vouch", None), ("prune", None)]
     state, stats = _stats(ctx, session_id)
     assert state == "success" and stats["locks"] == {"objects": 5}
+    # The vouch step's report names the writer whose pack it refused (repo/vouch.py).
+    assert stats["vouch"] == {"packs": 1, "bytes_read": 42, "refused_writers": ["writers/m2/"],
+                              "refused": {"writers/m2/bb": REFUSED}}  # fmt: skip
 
 
 def test_a_failed_lock_step_is_recorded_and_the_backups_stand(ctx: ServerContext, tmp_path: Path) -> None:
@@ -75,4 +86,4 @@ def test_a_failed_lock_step_is_recorded_and_the_backups_stand(ctx: ServerContext
 def test_no_lock_step_without_immutability(ctx: ServerContext, tmp_path: Path) -> None:
     world = build_world(ctx, tmp_path / "lab", machines=1)
     start_job(ctx, world.add_job(), wait=True, dispatcher=FakeDispatcher(ctx))
-    assert [step for step, _ in RecordedMaintenance.steps] == ["prune"]
+    assert [step for step, _ in RecordedMaintenance.steps] == ["vouch", "prune"]

@@ -15,6 +15,7 @@ from cloudkeep.errors import PermissionDeniedError
 from cloudkeep.providers.local.storage import LocalStorageService
 from cloudkeep.repo import Repository, backup_files, list_snapshots
 from cloudkeep.repo.lock import maintenance_lock
+from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.server.jobs.retention import ServerMaintenance
 from cloudkeep.server.sessions.access import agent_write_prefix
 
@@ -73,4 +74,34 @@ def test_nothing_forgotten_means_no_prune_and_a_busy_repository_is_skipped(
         grace=timedelta(hours=1),
     ):
         assert maintenance.prune_once(now) is None  # skipped, not failed
+    maintenance.close()
+
+
+def test_compromised_machine_forged_pack_is_not_vouched_and_the_server_names_it(tmp_path: Path) -> None:
+    """Format 3, agents' real append-only credentials: the step after a job reads each new pack
+    once, vouches for the honest machine's and refuses the forging one's, naming its writer."""
+    service = LocalStorageService(tmp_path / "storage", b"k" * 32)
+    service.ensure_container("repo")
+    server = Repository.create(
+        service.open_store("repo"), PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=3
+    )
+    bundle = server.writer_bundle()
+
+    def agent(machine: str) -> Repository:
+        prefix = agent_write_prefix(machine)
+        store = service.scoped_credentials("repo", prefix, expires_seconds=60).open_store()
+        return Repository.open_writer(store, bundle, writer_prefix=prefix)
+
+    backup_files(agent("m1"), [write_tree(tmp_path / "a")], hostname="m1")
+    evil = agent("m2")
+    with BlobWriter(evil, hostname="m2") as writer:
+        writer.save("data", b"other bytes", evil.crypter.content_id(b"a guessed common file"))
+        writer.close()
+    maintenance = ServerMaintenance(SimpleNamespace(storage=service), "repo", PASSWORD)  # type: ignore[arg-type]
+    result = maintenance.vouch()
+    assert result is not None and result.refused_writers == ["writers/m2/"]
+    assert result.vouched and all(p.startswith("writers/m1/") for p in result.vouched)
+    assert result.bytes_read > 0
+    again = maintenance.vouch()  # idempotent: only the refused pack is read again
+    assert again is not None and again.vouched == [] and list(again.refused) == list(result.refused)
     maintenance.close()

@@ -30,6 +30,7 @@ from cloudkeep.repo.grants import restore_keys
 from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX, open_snapshot
+from cloudkeep.repo.vouch import vouch_new_packs
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, RestorePoint
 from cloudkeep.server.db.models import Repository as RepositoryRow
@@ -96,9 +97,10 @@ def test_compromised_machine_receives_no_key_that_opens_another_machines_backup(
     victim_access = sealed_access(world.ctx, world.repository_id, victim_id)
     received = sealed_access(world.ctx, world.repository_id, attacker_id)  # all machine A is sent
     assert "password" not in received and "password" not in victim_access
-    assert set(received["writer"]) == {"format", "config", "id_key", "shared_key", "public_key"}
+    assert set(received["writer"]) == {"format", "config", "id_key", "shared_key", "public_key", "vouch_key"}
     source = _tree(tmp_path / "victim")
     snap = backup_files(_machine(victim_access), [source], hostname="victim", cache_dir=tmp_path / "c1")
+    assert vouch_new_packs(_server_repo(world)).vouched  # the server's step after the victim's job
 
     attacker = _machine(received)
     second = backup_files(attacker, [source], hostname="attacker", cache_dir=tmp_path / "c2")

@@ -33,6 +33,7 @@ from cloudkeep.repo.retention import (
     forget_snapshots,
     plan_retention,
 )
+from cloudkeep.repo.vouch import VouchResult, vouch_new_packs
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import RestorePoint
 from cloudkeep.server.logs import event
@@ -171,6 +172,21 @@ class ServerMaintenance:
         if locked:
             event(log, "locks_set", objects=locked, machines=len(prefixes))
         return locked
+
+    def vouch(self) -> VouchResult | None:
+        """After a job's backups, on a format 3 repository: read each pack not yet vouched for once
+        and vouch for those whose blobs all verify, so that other machines deduplicate against
+        them from their next backup on (repo/vouch.py). ``None``: formats 1-2 (nothing to vouch)."""
+        with self._lock:
+            repo = self._open()
+            if not repo.keyring.confidential:
+                return None
+            result = vouch_new_packs(repo)
+        event(log, "packs_vouched", packs=len(result.vouched), bytes_read=result.bytes_read,
+              refused=len(result.refused))  # fmt: skip
+        for writer in result.refused_writers:
+            log.warning("packs of %s not vouched for: a blob does not verify (compromised machine?)", writer)
+        return result
 
     def prune_once(self, now: datetime) -> PruneResult | None:
         """Prune after this run's forgets (``None``: nothing forgotten, already pruned, or busy)."""

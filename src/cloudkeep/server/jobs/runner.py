@@ -163,6 +163,7 @@ class SessionRunner:
             with ThreadPoolExecutor(max_workers=min(parallel, len(task_ids))) as pool:
                 list(pool.map(lambda pair: self._run_task(*pair), task_ids))
             self._lock_new([machine_id for _, machine_id in task_ids])
+            self._vouch()
             self._prune()
             self._finish(started, None)
         except CloudkeepError as exc:
@@ -454,6 +455,27 @@ class SessionRunner:
             session = db.get(JobSession, self.session_id)
             if session is not None:
                 session.stats = {**(session.stats or {}), "locks": note}
+
+    def _vouch(self) -> None:
+        """Vouch for the run's new packs (format 3), before prune; a failure leaves them for the next run."""
+        if self._maintenance is None or self.stop_requested():
+            return
+        try:
+            result = self._maintenance.vouch()
+        except CloudkeepError as exc:
+            log.warning("session %s: vouching for new packs failed: %s", self.session_id, exc)
+            note: dict[str, Any] = {"error": str(exc)}
+        else:
+            if result is None or not (result.vouched or result.refused):
+                return
+            note = {"packs": len(result.vouched), "bytes_read": result.bytes_read}
+            if result.refused:
+                note["refused"] = dict(list(result.refused.items())[:20])
+                note["refused_writers"] = result.refused_writers
+        with self.ctx.db() as db:
+            session = db.get(JobSession, self.session_id)
+            if session is not None:
+                session.stats = {**(session.stats or {}), "vouch": note}
 
     def _prune(self) -> None:
         """One prune per run, after every machine's forget (unless the job opts out or was stopped)."""

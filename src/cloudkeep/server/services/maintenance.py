@@ -14,6 +14,7 @@ from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError
 from cloudkeep.repo import generations, retention
 from cloudkeep.repo.migrate import migrate_to_confidential
 from cloudkeep.repo.prune import prune
+from cloudkeep.repo.vouch import vouch_new_packs
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import JobSession, Repository, RestorePoint, utcnow
@@ -219,10 +220,17 @@ def migrate_repository(ctx: ServerContext, ref: str, *, actor: str = "local") ->
         with _opened_backup_repository(ctx, ref, "migrated") as (_, repo):
             before = repo.config.version
             changed = migrate_to_confidential(repo, now=clock())
+            # Machines deduplicate only against vouched packs (repo/vouch.py): read the old ones once
+            # now rather than have the next backups store everything again.
+            vouched = vouch_new_packs(repo)
         _audit(ctx, actor, "repository.migrate", repository_id, {"from": before, "changed": changed})
     done = "already format 3: nothing to do"
     if changed:
         done = f"format {before} → 3: machines now get writer bundles, never the repository password"
+    if vouched.vouched or vouched.refused:
+        done += f"; {len(vouched.vouched)} pack(s) vouched for ({vouched.bytes_read} bytes read)"
+    if vouched.refused:
+        done += f", {len(vouched.refused)} refused (of {', '.join(vouched.refused_writers) or 'the root'})"
     return MaintenanceDone(target_id=repository_id, session_id=session_id, detail=done)
 
 
