@@ -156,6 +156,9 @@ class WriterBundle:
     public_key: bytes
     # Verifies the server's vouched files (repo/vouch.py); empty from a server older than them.
     vouch_key: bytes = b""
+    # Authenticates this writer's own index files (repo/writermac.py): the bundle is per writer.
+    # Empty from a server older than writer keys: the machine then trusts its namespace as before.
+    writer_key: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -167,6 +170,8 @@ class WriterBundle:
         }
         if self.vouch_key:
             body["vouch_key"] = b64(self.vouch_key)
+        if self.writer_key:
+            body["writer_key"] = b64(self.writer_key)
         return body
 
     @classmethod
@@ -181,11 +186,14 @@ class WriterBundle:
             vouch_key = unb64(str(data["vouch_key"])) if "vouch_key" in data else b""
             if vouch_key and len(vouch_key) != KEY_SIZE:
                 raise ValueError("wrong vouch key size")
+            writer_key = unb64(str(data["writer_key"])) if "writer_key" in data else b""
+            if writer_key and len(writer_key) != KEY_SIZE:
+                raise ValueError("wrong writer key size")
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(
                 f"malformed writer bundle ({exc})", hint="ask the server for a new one"
             ) from None
-        return cls(data["config"], keys[0], keys[1], keys[2], vouch_key)
+        return cls(data["config"], keys[0], keys[1], keys[2], vouch_key, writer_key)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ blobs and trees, and the restore-point manifests of every writer.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 from collections import OrderedDict
@@ -57,7 +58,10 @@ from cloudkeep.repo.snapshot import (
 )
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.repo.vouch import read_vouched, vouch_public_key
+from cloudkeep.repo.writermac import mac_problem, split_mac, writer_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 class Repository:
@@ -88,6 +92,8 @@ class Repository:
         # (only where ``restricts_dedup``: repo/vouch.py).
         self.foreign = Index()
         self.unverified_vouches: dict[str, str] = {}  # vouched/ files not signed by the server: key → why
+        # Writer-namespace index files whose writer MAC does not verify (repo/writermac.py): key → why.
+        self.unauthenticated_index_files: dict[str, str] = {}
         self.index_files: set[str] = set()
         self.index_loaded_at = datetime.now(UTC)
         self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
@@ -167,6 +173,7 @@ class Repository:
         keys = ConfidentialKeys(bundle.shared_key, bundle.public_key)
         repo = cls(store, None, "", config, writer_prefix=writer_prefix, keys=keys, id_key=bundle.id_key)
         repo.vouch_key = bundle.vouch_key or None
+        repo.writer_key = bundle.writer_key or None  # None (older server): its namespace is trusted
         repo.load_index()
         return repo
 
@@ -174,17 +181,43 @@ class Repository:
         self.keyring = KeyRing(self.config.id, self.config.compression_level, self.master, id_key, keys)
         private = keys.private_key if keys is not None else None
         self.vouch_key = vouch_public_key(private, self.config.id) if private is not None else None
+        # This writer's index-file key (repo/writermac.py); a machine's comes from its bundle.
+        self.writer_key: bytes | None = None
+        if private is not None and self.writer_prefix:
+            self.writer_key = writer_key(private, self.id, self.writer_prefix)
         # Index files and markers; blobs are opened with ``pack_crypter``, manifests by the key ring.
         self.crypter = self.keyring.shared
 
-    def writer_bundle(self) -> WriterBundle:
-        """What a machine gets instead of the password (format 3; the server sends it sealed)."""
+    def writer_bundle(self, writer_prefix: str | None = None) -> WriterBundle:
+        """What a machine gets instead of the password (format 3; the server sends it sealed), with
+        the key that authenticates ``writer_prefix``'s own index files (none without a prefix)."""
         keys = self.keyring.keys
         if keys is None or self.master is None:
             raise PermissionDeniedError("writer bundles exist for format 3 repositories, from the server")
+        own_key = self.index_mac_key(check_writer_prefix(writer_prefix)) or b""
         return WriterBundle(
-            self.config.to_json(), self.master.id_key, keys.shared_key, keys.public_key, self.vouch_key or b""
+            self.config.to_json(),
+            self.master.id_key,
+            keys.shared_key,
+            keys.public_key,
+            self.vouch_key or b"",
+            own_key,
         )
+
+    def index_mac_key(self, writer_prefix: str) -> bytes | None:
+        """The key of ``writer_prefix``'s index files: derived with the private key (server), this
+        machine's own from its bundle, else ``None`` (its files are not authenticated)."""
+        private = self.keyring.private_key
+        if private is not None and writer_prefix:
+            return writer_key(private, self.config.id, writer_prefix)
+        return self.writer_key if writer_prefix == self.writer_prefix else None
+
+    def _index_file_problem(self, key: str, data: bytes) -> str | None:
+        """Why a writer-namespace index file is not authenticated by its writer (where checkable)."""
+        if not key.startswith(WRITERS_PREFIX):
+            return None
+        mac_key = self.index_mac_key(key[: key.index("/", len(WRITERS_PREFIX)) + 1])
+        return mac_problem(mac_key, key, data) if mac_key is not None else None
 
     def adopt_confidential(self, config: RepoConfig, keys: ConfidentialKeys) -> None:
         """Switch this instance to format 3 after a migration (``repo.migrate``) rewrote the config."""
@@ -293,6 +326,7 @@ class Repository:
 
         index, doomed, foreign = Index(), Index(), Index()
         unreadable: dict[str, str] = {}
+        unauthenticated: dict[str, str] = {}
         restrict = self.restricts_dedup
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
             for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
@@ -306,7 +340,12 @@ class Repository:
                     # needs them says so, and `check` reports the file; `repair index` recovers them.
                     unreadable[key] = str(exc)
                     continue
-                trusted = not restrict or key.startswith(self.writer_prefix)
+                problem = self._index_file_problem(key, data)
+                if problem is not None:  # another machine's forgery, or a file from before writer keys
+                    unauthenticated[key] = problem
+                    if restrict and key not in self.unauthenticated_index_files:  # once per file
+                        log.warning("not deduplicating against %s", problem)
+                trusted = not restrict or (key.startswith(self.writer_prefix) and problem is None)
                 for pack_id, rows in packs:
                     target = doomed if pack_id in doomed_packs else index if trusted else foreign
                     target.add_rows(pack_id, rows, written.get(pack_id))
@@ -322,6 +361,7 @@ class Repository:
         with self.lock:
             self.index, self.doomed, self.foreign, self.index_files = index, doomed, foreign, set(keys)
             self.unverified_vouches = unverified
+            self.unauthenticated_index_files = unauthenticated
             self.unreadable_index_files = unreadable
             self.index_loaded_at = loaded_at
         return True
@@ -333,6 +373,7 @@ class Repository:
 
         Packs' write times (index files v3, for generations) go into ``written`` when given.
         """
+        data, _ = split_mac(data)  # the writer's MAC, checked by load_index where it matters
         crypters = self.keyring.shared_crypters()
         for crypter in crypters[:-1]:
             try:
@@ -594,4 +635,3 @@ class Repository:
         with self.lock:
             self.unreadable_snapshots = unreadable
         return iter(found)
-

@@ -37,6 +37,7 @@ from cloudkeep.repo.crypto import Crypter
 from cloudkeep.repo.index import RawEntry, encode_index_file, read_index_file
 from cloudkeep.repo.pack import BLOB_TYPES, BlobEntry, pack_id_of, pack_key, read_header
 from cloudkeep.repo.steps import step
+from cloudkeep.repo.writermac import forged
 from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 
 if TYPE_CHECKING:
@@ -149,6 +150,9 @@ class VouchResult:
     refused: dict[str, str] = field(default_factory=dict)  # pack id → why (names its writer)
     bytes_read: int = 0
     key: str | None = None  # the vouched file written, if any
+    # Writer-namespace index files whose writer MAC is wrong (repo/writermac.py): key → why. Flagged
+    # only: vouched entries come from each pack's verified header, never from an index file.
+    forged_index_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def refused_writers(self) -> list[str]:
@@ -181,6 +185,9 @@ def vouch_new_packs(repo: Repository, writer_prefixes: Sequence[str] | None = No
     if private_key is None or repo.master is None:
         raise PermissionDeniedError("only the server vouches for packs (format 3, with the repository key)")
     repo.load_index()
+    result = VouchResult(forged_index_files=forged(repo.unauthenticated_index_files))
+    for why in result.forged_index_files.values():
+        log.warning("%s: another machine wrote it (compromised machine?)", why)
     listed, _, keys = _read_vouched(repo.store, repo.crypter, repo.vouch_key, repo.id, repo.io_threads)
     done: dict[str, list[BlobEntry]] = {}
     times: dict[str, int] = {}
@@ -195,7 +202,6 @@ def vouch_new_packs(repo: Repository, writer_prefixes: Sequence[str] | None = No
         if pack_id not in done
         and (writer_prefixes is None or any(pack_id.startswith(p) for p in writer_prefixes))
     ]
-    result = VouchResult()
     verified: dict[str, list[BlobEntry]] = {}
     for pack_id in candidates:  # one at a time: packs are up to 32 MiB each
         try:

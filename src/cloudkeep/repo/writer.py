@@ -45,6 +45,7 @@ from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
+from cloudkeep.repo.writermac import add_mac
 from cloudkeep.storage.base import ObjectExistsError
 
 log = logging.getLogger(__name__)
@@ -413,9 +414,11 @@ class BlobWriter:
         # an index file would let later backups deduplicate against deleted packs.
         self._check_alive()
         key = new_index_key(self.repo.writer_prefix)
+        sealed = encode_index_file(self.repo.crypter, packs, self._written_at)
+        mac_key = self.repo.writer_key  # format 3 with a writer key: proves this writer wrote it
         self.repo.store.put(
             key,
-            encode_index_file(self.repo.crypter, packs, self._written_at),
+            add_mac(mac_key, key, sealed) if mac_key else sealed,
             if_absent=True,
             retain_until=self.lock_until,
         )

@@ -97,7 +97,10 @@ def test_compromised_machine_receives_no_key_that_opens_another_machines_backup(
     victim_access = sealed_access(world.ctx, world.repository_id, victim_id)
     received = sealed_access(world.ctx, world.repository_id, attacker_id)  # all machine A is sent
     assert "password" not in received and "password" not in victim_access
-    assert set(received["writer"]) == {"format", "config", "id_key", "shared_key", "public_key", "vouch_key"}
+    fields = {"format", "config", "id_key", "shared_key", "public_key", "vouch_key", "writer_key"}
+    assert set(received["writer"]) == fields
+    # Its own index files' key (repo/writermac.py), never the victim's.
+    assert received["writer"]["writer_key"] != victim_access["writer"]["writer_key"]
     source = _tree(tmp_path / "victim")
     snap = backup_files(_machine(victim_access), [source], hostname="victim", cache_dir=tmp_path / "c1")
     assert vouch_new_packs(_server_repo(world)).vouched  # the server's step after the victim's job
@@ -111,6 +114,7 @@ def test_compromised_machine_receives_no_key_that_opens_another_machines_backup(
     assert victim_packs
     keys = [attacker.keyring.shared.key.encryption, attacker.keyring.shared.key.id_key]
     keys += [attacker.keyring.keys.public_key] if attacker.keyring.keys else []
+    keys += [attacker.writer_key] if attacker.writer_key else []
     for pack_id in victim_packs:
         entry = attacker.index.packs[pack_id][0]
         sealed = attacker.store.get_range(pack_key(pack_id), entry.offset, entry.length)
@@ -209,7 +213,9 @@ def test_a_jobs_own_password_still_sends_format_3_machines_only_a_writer_bundle(
     start_job(ctx, job_id, machine_ids=[world.machine_ids[0]], wait=True, dispatcher=fake)
     (backup,) = fake.kinds("backup")
     assert backup.sealed is not None and "password" not in backup.sealed
-    assert backup.sealed["writer"] == server.writer_bundle().to_json()
+    # The bundle is the machine's own: with the key of its namespace's index files (repo/writermac.py).
+    mine = server.writer_bundle(agent_write_prefix(world.machine_ids[0])).to_json()
+    assert backup.sealed["writer"] == mine and "writer_key" in mine
 
 
 def test_a_grant_too_large_for_one_command_travels_in_a_one_off_object(

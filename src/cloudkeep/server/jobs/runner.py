@@ -266,7 +266,8 @@ class SessionRunner:
             keys = MachineKeys(password=self.password)
         else:
             assert self._manifest_repo is not None
-            keys = machine_keys(self._manifest_repo, self.password)  # format 3: a writer bundle
+            # Format 3: a writer bundle, with the key of this machine's own index files.
+            keys = machine_keys(self._manifest_repo, self.password, machine_id=machine_id)
         access = agent_access(self.provider, self.repository, machine_id, keys, expires_seconds=ttl)
         return access, ttl
 
@@ -466,9 +467,11 @@ class SessionRunner:
             log.warning("session %s: vouching for new packs failed: %s", self.session_id, exc)
             note: dict[str, Any] = {"error": str(exc)}
         else:
-            if result is None or not (result.vouched or result.refused):
+            if result is None or not (result.vouched or result.refused or result.forged_index_files):
                 return
             note = {"packs": len(result.vouched), "bytes_read": result.bytes_read}
+            if result.forged_index_files:  # another machine wrote into a writer's namespace (Azure)
+                note["forged_index_files"] = sorted(result.forged_index_files)[:20]
             if result.refused:
                 note["refused"] = dict(list(result.refused.items())[:20])
                 note["refused_writers"] = result.refused_writers

@@ -163,12 +163,20 @@ def forget_grant(ctx: ServerContext, repository_id: str, sealed: dict[str, Any])
         provider.close()
 
 
-def machine_keys(repo: engine.Repository, password: str, grant: RestoreGrant | None = None) -> MachineKeys:
+def machine_keys(
+    repo: engine.Repository,
+    password: str,
+    grant: RestoreGrant | None = None,
+    *,
+    machine_id: str | None = None,
+) -> MachineKeys:
     """The keys for one command to a machine; ``repo`` is opened here with full keys (with its index
-    when there is a ``grant``). Format 3: never the password (a job's own included)."""
+    when there is a ``grant``). Format 3: never the password (a job's own included), and the key
+    of ``machine_id``'s own index files (no other machine's)."""
     if repo.config.version < CONFIDENTIAL_FORMAT:
         return MachineKeys(password=password)
-    writer = repo.writer_bundle().to_json()
+    prefix = agent_write_prefix(machine_id) if machine_id is not None else None
+    writer = repo.writer_bundle(prefix).to_json()
     if grant is None:
         return MachineKeys(writer=writer)
     exact = [engine.resolve_path(repo, grant.snapshot_id, p) for p in grant.paths or []]
@@ -194,7 +202,12 @@ def machine_keys(repo: engine.Repository, password: str, grant: RestoreGrant | N
 
 
 def keys_for_machine(
-    provider: CloudProvider, location: str, password: str, grant: RestoreGrant | None = None
+    provider: CloudProvider,
+    location: str,
+    password: str,
+    grant: RestoreGrant | None = None,
+    *,
+    machine_id: str | None = None,
 ) -> MachineKeys:
     """``machine_keys`` from a repository opened here for it (and closed again)."""
     try:
@@ -202,7 +215,7 @@ def keys_for_machine(
     except NotFoundError:  # not initialised yet: the machine creates it on first use, as before
         return MachineKeys(password=password)
     try:
-        return machine_keys(repo, password, grant)
+        return machine_keys(repo, password, grant, machine_id=machine_id)
     finally:
         close_opened(repo)
 

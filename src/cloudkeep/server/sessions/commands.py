@@ -77,7 +77,7 @@ def sealed_access(
     password = repository_password(ctx, repository)
     provider = ctx.provider_for(repository.credential_id)
     try:
-        keys = keys_for_machine(provider, repository.location, password, grant)
+        keys = keys_for_machine(provider, repository.location, password, grant, machine_id=machine_id)
         return agent_access(provider, repository, machine_id, keys)
     finally:
         provider.close()
