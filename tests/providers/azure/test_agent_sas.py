@@ -7,6 +7,7 @@ machine's — is refused by the peer (403), and a backup still works with it.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -15,12 +16,14 @@ import pytest
 
 from cloudkeep.errors import PermissionDeniedError
 from cloudkeep.providers.azure.provider import AzureProvider
-from cloudkeep.repo import Repository, backup_files, check, list_snapshots, prune
+from cloudkeep.repo import Repository, backup_files, check, list_snapshots, prune, restore
+from cloudkeep.repo.grants import restore_keys
 from cloudkeep.repo.index import encode_index_file
 from cloudkeep.repo.vouch import VOUCH_PREFIX
+from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage import ObjectExistsError, open_store
 from cloudkeep.storage.azure_blob import AzureBlobStore
-from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, write_tree
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored, write_tree
 
 A, B = "writers/machine-a/", "writers/machine-b/"
 
@@ -141,3 +144,51 @@ def test_compromised_machine_cannot_forge_a_vouched_file_with_its_sas(
     assert list(victim.unverified_vouches) == [VOUCH_PREFIX + "forged"]
     assert "not signed by the server" in caplog.text
     assert len(victim.index) == 0 and len(victim.foreign) == sum(len(e) for e in packs.values())
+
+
+def test_compromised_machine_cannot_forge_an_index_file_in_another_namespace_on_azurite(
+    azure: AzureProvider, unique_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flat namespace lets machine A's SAS create ``writers/B/index/<new>``, sealed under the
+    shared key every machine holds, indexing a chunk B will back up in a pack of A's holding other
+    bytes. B trusts for dedup only index files its own writer key authenticates (repo/writermac.py):
+    it stores its own copy, says which file it ignored, and its restore gives the true bytes."""
+    location = f"{unique_name}/repo"
+    azure.storage.ensure_container(unique_name)
+    server = Repository.create(
+        azure.storage.open_store(location), PASSWORD, pack_size=256 * 1024, kdf=FAST_KDF,
+        chunker=SMALL_CHUNKS, version=3,
+    )  # fmt: skip
+
+    def agent(prefix: str) -> Repository:  # the machine's own bundle, as the server sends it
+        creds = azure.storage.scoped_credentials(location, prefix, expires_seconds=900)
+        store = open_store(creds.store_url, **creds.options)
+        return Repository.open_writer(store, server.writer_bundle(prefix), writer_prefix=prefix)
+
+    common = b"#!/bin/sh\n# a file every machine of the fleet has\n" * 20
+    attacker = agent(A)
+    with BlobWriter(attacker, hostname="evil") as writer:
+        forged_id, _ = writer.save("data", os.urandom(len(common)), attacker.crypter.content_id(common))
+        writer.close()
+    attacker.load_index()
+    pack_id = attacker.locate(forged_id).pack_id
+    forged_key = B + "index/" + "f" * 32
+    sealed = encode_index_file(attacker.crypter, {pack_id: attacker.index.entries_of(pack_id)})
+    attacker.store.put(forged_key, sealed, if_absent=True)  # the SAS allows the create
+    assert attacker.store.get(forged_key) == sealed
+
+    source = tmp_path / "victim"
+    source.mkdir()
+    (source / "common.sh").write_bytes(common)
+    with caplog.at_level("WARNING", logger="cloudkeep.repo.repository"):
+        victim = agent(B)
+    assert list(victim.unauthenticated_index_files) == [forged_key] and forged_key in caplog.text
+    assert forged_id not in victim.index
+    snap = backup_files(victim, [source], hostname="b")
+    assert snap.stats["bytes_new"] >= len(common)  # its own copy, not the forged entry
+    reader = agent(B)
+    assert reader.locate(forged_id).pack_id.startswith(B)
+    server.load_index()
+    reader.grant_keys(restore_keys(server, snap.id))
+    assert restore(reader, snap.id, tmp_path / "out").ok
+    assert (restored(tmp_path / "out", source) / "common.sh").read_bytes() == common
