@@ -32,6 +32,7 @@ from cloudkeep.repo.pack import pack_key, read_header
 from cloudkeep.repo.snapshot import SNAPSHOT_PREFIX
 from cloudkeep.repo.vouch import VOUCH_PREFIX, vouch_new_packs
 from cloudkeep.repo.writer import BlobWriter
+from cloudkeep.repo.writermac import split_mac
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored, write_tree
 
@@ -48,7 +49,7 @@ def server(store: ObjectStore) -> Repository:
 
 def machine(store: ObjectStore, server: Repository, prefix: str) -> Repository:
     """A machine's repository, from the bundle as it travels (JSON), never from the password."""
-    bundle = WriterBundle.from_json(json.loads(json.dumps(server.writer_bundle().to_json())))
+    bundle = WriterBundle.from_json(json.loads(json.dumps(server.writer_bundle(prefix).to_json())))
     return Repository.open_writer(store, bundle, writer_prefix=prefix)
 
 
@@ -95,7 +96,8 @@ def test_compromised_machine_cannot_decrypt_other_writers_pack(
         attacker.crypter.decode(manifest[len(MANIFEST_MAGIC) + WRAPPED_SIZE :], b"x", "manifest")
     # What the machine can read (index files, markers) holds no name and no content of the victim.
     for info in attacker.list_everywhere("index/"):
-        plain = attacker.keyring.open_shared(store.get(info.key), b"cloudkeep-index-v1", info.key)
+        sealed, _ = split_mac(store.get(info.key))  # the writer's MAC trailer (repo/writermac.py)
+        plain = attacker.keyring.open_shared(sealed, b"cloudkeep-index-v1", info.key)
         assert SECRET_NAME.encode() not in plain and b"salary" not in plain
     for info in store.list(VOUCH_PREFIX):  # the server's vouched files: the same records, signed
         plain = attacker.crypter.decode(store.get(info.key)[:-64], b"cloudkeep-vouched-v1", info.key)

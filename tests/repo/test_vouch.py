@@ -40,7 +40,7 @@ def server(store: ObjectStore) -> Repository:
 
 
 def machine(store: ObjectStore, server: Repository, prefix: str, *, vouch_key: bool = True) -> Repository:
-    body = server.writer_bundle().to_json()
+    body = server.writer_bundle(prefix).to_json()
     if not vouch_key:  # a bundle from a server older than vouching
         body.pop("vouch_key")
     bundle = WriterBundle.from_json(json.loads(json.dumps(body)))

@@ -103,7 +103,9 @@ def test_compromised_machine_receives_no_key_that_opens_another_machines_backup(
     assert received["writer"]["writer_key"] != victim_access["writer"]["writer_key"]
     source = _tree(tmp_path / "victim")
     snap = backup_files(_machine(victim_access), [source], hostname="victim", cache_dir=tmp_path / "c1")
-    assert vouch_new_packs(_server_repo(world)).vouched  # the server's step after the victim's job
+    server = _server_repo(world)
+    assert vouch_new_packs(server).vouched  # the server's step after the victim's job
+    assert server.unauthenticated_index_files == {}  # the victim's index files carry its writer MAC
 
     attacker = _machine(received)
     second = backup_files(attacker, [source], hostname="attacker", cache_dir=tmp_path / "c2")
