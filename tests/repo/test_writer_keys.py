@@ -8,6 +8,7 @@ same forgery through a real agent SAS on Azurite is in tests/providers/azure/tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -148,3 +149,22 @@ def test_a_bundle_with_a_bad_writer_key_is_a_clear_error(server: Repository) -> 
     body["writer_key"] = "AAAA"
     with pytest.raises(ConfigurationError, match="wrong writer key size"):
         WriterBundle.from_json(body)
+
+
+def test_a_forged_listing_of_a_genuine_pack_never_replaces_its_writers_own(
+    store: ObjectStore, server: Repository, tmp_path: Path
+) -> None:
+    """A pack listed twice keeps its first listing: unauthenticated files are loaded last, so the
+    server (and the writer) keep the writer's own rows even when the forgery is listed first."""
+    own = machine(store, server, B)
+    backup_files(own, [victim_tree(tmp_path)], hostname="b")
+    own.load_index()
+    pack_id = next(p for p in own.index.packs if own.index.entries_of(p)[0].type == "data")
+    genuine = own.index.entries_of(pack_id)
+    bogus = [dataclasses.replace(e, offset=e.offset + 1) for e in genuine]
+    key = B + "index/" + "0" * 32  # listed before the writer's own file
+    store.put(key, encode_index_file(own.crypter, {pack_id: bogus}), if_absent=True)
+    assert next(i.key for i in store.list(B + "index/")) == key
+    server.load_index()
+    assert server.index.entries_of(pack_id) == genuine and key in server.unauthenticated_index_files
+    assert machine(store, server, B).index.entries_of(pack_id) == genuine

@@ -327,6 +327,15 @@ class Repository:
         index, doomed, foreign = Index(), Index(), Index()
         unreadable: dict[str, str] = {}
         unauthenticated: dict[str, str] = {}
+        # Unauthenticated files are added last: a pack listed twice keeps the first listing's rows,
+        # so a forged listing of a genuine pack never replaces its writer's own.
+        later: list[tuple[list[tuple[str, Iterable[RawEntry]]], dict[str, int], bool]] = []
+
+        def add(packs: list[tuple[str, Iterable[RawEntry]]], written: dict[str, int], trusted: bool) -> None:
+            for pack_id, rows in packs:
+                target = doomed if pack_id in doomed_packs else index if trusted else foreign
+                target.add_rows(pack_id, rows, written.get(pack_id))
+
         restrict = self.restricts_dedup
         with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
             for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
@@ -346,9 +355,12 @@ class Repository:
                     if restrict and key not in self.unauthenticated_index_files:  # once per file
                         log.warning("not deduplicating against %s", problem)
                 trusted = not restrict or (key.startswith(self.writer_prefix) and problem is None)
-                for pack_id, rows in packs:
-                    target = doomed if pack_id in doomed_packs else index if trusted else foreign
-                    target.add_rows(pack_id, rows, written.get(pack_id))
+                if problem is None:
+                    add(packs, written, trusted)
+                else:
+                    later.append((packs, written, trusted))
+        for packs, written, trusted in later:
+            add(packs, written, trusted)
         unverified: dict[str, str] = {}
         if restrict:  # the server's vouched entries, exactly as it verified them
             found = read_vouched(self.store, self.crypter, self.vouch_key, self.id, self.io_threads)
