@@ -21,6 +21,7 @@ from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs import start_job
 
 REFUSED = "data blob 00 in pack writers/m2/bb: content does not match its id"
+FORGED = "writers/m1/index/" + "f" * 32
 
 
 class RecordedMaintenance:
@@ -38,7 +39,8 @@ class RecordedMaintenance:
 
     def vouch(self) -> VouchResult:
         self.steps.append(("vouch", None))
-        return VouchResult(["writers/m1/aa"], {"writers/m2/bb": REFUSED}, 42)
+        forged = {FORGED: "its writer MAC does not verify"}  # another machine wrote it (repo/writermac.py)
+        return VouchResult(["writers/m1/aa"], {"writers/m2/bb": REFUSED}, 42, forged_index_files=forged)
 
     def prune_once(self, now: Any) -> None:
         self.steps.append(("prune", None))
@@ -71,8 +73,10 @@ def test_runner_locks_the_run_machines_new_objects_before_prune(ctx: ServerConte
     state, stats = _stats(ctx, session_id)
     assert state == "success" and stats["locks"] == {"objects": 5}
     # The vouch step's report names the writer whose pack it refused (repo/vouch.py).
+    # And the index files written into a writer's namespace by another machine.
     assert stats["vouch"] == {"packs": 1, "bytes_read": 42, "refused_writers": ["writers/m2/"],
-                              "refused": {"writers/m2/bb": REFUSED}}  # fmt: skip
+                              "refused": {"writers/m2/bb": REFUSED},
+                              "forged_index_files": [FORGED]}  # fmt: skip
 
 
 def test_a_failed_lock_step_is_recorded_and_the_backups_stand(ctx: ServerContext, tmp_path: Path) -> None:
