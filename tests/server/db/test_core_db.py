@@ -32,6 +32,50 @@ def test_upgrade_reaches_head_and_matches_the_models(database_url: str) -> None:
         engine.dispose()
 
 
+def test_upgrade_of_a_database_with_data_keeps_it(database_url: str) -> None:
+    """A server upgraded in place: revision 0003 copies ``protection_groups`` on SQLite (batch mode),
+    which other tables reference — with foreign keys enforced that copy failed on any real catalog."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from cloudkeep.server.db.migrate import alembic_config
+
+    engine = make_engine(database_url)
+    at = "2026-12-01 00:00:00"
+    try:
+        with engine.connect() as conn:
+            command.upgrade(alembic_config(conn), "0002")
+            conn.execute(text(
+                "INSERT INTO credentials (id, name, provider, secret, options, description, created_at) "
+                "VALUES ('c1', 'lab', 'local', '\"x\"', '{}', '', :at)"), {"at": at})
+            conn.execute(text(
+                "INSERT INTO repositories (id, name, purpose, credential_id, location, immutability_days,"
+                " options, created_at) VALUES ('r1', 'dist', 'distribution', 'c1', '/d', 0, '{}', :at)"),
+                {"at": at})
+            conn.execute(text(
+                "INSERT INTO protection_groups (id, name, description, credential_id,"
+                " distribution_repository_id, regions, machine_ids, include_tags, exclude_ids, exclude_tags,"
+                " auto_update, on_disappear, enabled, created_at) VALUES ('g1', 'lab', '', 'c1', 'r1', '[]',"
+                " '[]', '{}', '[]', '{}', true, 'keep', true, :at)"), {"at": at})
+            conn.execute(text(  # a row referencing the group: what made the table copy fail
+                "INSERT INTO machines (id, protection_group_id, cloud_id, name, platform, region,"
+                " cloud_state, tags, facts, status, status_reason, created_at) VALUES ('m1', 'g1', 'vm1',"
+                " 'vm1', 'linux', 'lab', 'running', '{}', '{}', 'deployed', '', :at)"), {"at": at})
+            if engine.dialect.name == "sqlite":  # what an interrupted copy leaves (DDL commits at once)
+                conn.execute(text("CREATE TABLE _alembic_tmp_protection_groups (id VARCHAR(32))"))
+            conn.commit()
+        upgrade(engine)
+        assert current_revision(engine) == HEAD
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, install_python FROM protection_groups")).all()
+            assert [(r[0], bool(r[1])) for r in rows] == [("g1", False)]
+            assert conn.execute(text("SELECT protection_group_id FROM machines")).scalar() == "g1"
+            if engine.dialect.name == "sqlite":  # and the pooled connection enforces foreign keys again
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
 def test_workers_migrating_at_once_all_succeed(database_url: str) -> None:
     """Four workers start together on an empty database; the lock lets exactly one create the schema."""
     engines = [make_engine(database_url) for _ in range(4)]

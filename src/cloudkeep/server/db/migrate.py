@@ -87,8 +87,26 @@ def upgrade(engine: Engine) -> None:
         from alembic import command
 
         with _migration_lock(conn):
-            command.upgrade(alembic_config(conn), "head")
-            conn.commit()
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # batch mode copies tables: a DROP of a referenced table fails with FKs enforced
+                conn.commit()  # the PRAGMA is a no-op inside a transaction
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                # SQLite commits DDL at once: a copy interrupted earlier left alembic's scratch table.
+                names = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'"  # noqa: E501
+                for (scratch,) in conn.exec_driver_sql(names).fetchall():
+                    conn.exec_driver_sql(f'DROP TABLE "{scratch}"')
+            try:
+                command.upgrade(alembic_config(conn), "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:  # never keep a schema change that left dangling references
+                        conn.rollback()
+                        raise RuntimeError(f"migration left broken references: {broken[:5]}")
+                conn.commit()
+            finally:
+                if sqlite:
+                    conn.rollback()
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")  # back to the pool enforcing
 
 
 def script_head() -> str | None:
