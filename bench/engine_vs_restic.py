@@ -212,8 +212,9 @@ class Tool:
 class Cloudkeep(Tool):
     name = "cloudkeep"
 
-    def __init__(self, url: str, options: dict[str, str], source: Path, work: Path) -> None:
+    def __init__(self, url: str, options: dict[str, str], source: Path, work: Path, fmt: int) -> None:
         self.url, self.options, self.source, self.work = url, options, source, work
+        self.format = fmt
         self.env = dict(os.environ)
 
     def _cmd(self, *args: str) -> list[str]:
@@ -226,7 +227,7 @@ class Cloudkeep(Tool):
         ]
 
     def init(self) -> None:
-        run(self._cmd("init"), self.env)
+        run(self._cmd("init", str(self.format)), self.env)
 
     def backup(self) -> list[str]:
         return self._cmd("backup", str(self.source), str(self.work / "ck-cache"))
@@ -395,7 +396,7 @@ def cloudkeep_child(spec: str, op: str, *args: str) -> None:
     cfg = json.loads(spec)
     store = open_store(cfg["url"], **cfg["options"])
     if op == "init":
-        Repository.create(store, PASSWORD)
+        Repository.create(store, PASSWORD, version=int(args[0]))
         return
     repo = Repository.open(store, PASSWORD)
     if op == "backup":
@@ -424,6 +425,13 @@ def main() -> None:
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
     parser.add_argument("--no-borg", action="store_true")
     parser.add_argument(
+        "--format",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="cloudkeep repository format (default 3: what the server creates; per-pack keys)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -447,12 +455,12 @@ def main() -> None:
         tools: list[tuple[str, Factory]] = []
         for backend in backends:
             if backend == "local":
-                tools.append(("local", _local_ck))
+                tools.append(("local", lambda src, run_dir, n: _local_ck(src, run_dir, args.format)))
                 tools.append(("local", _local_restic))
                 if not args.no_borg and shutil.which("borg"):
                     tools.append(("local", _local_borg))
             else:
-                tools.append(("s3", lambda src, run_dir, n: _s3_ck(src, run_dir, endpoint, n)))
+                tools.append(("s3", lambda src, run_dir, n: _s3_ck(src, run_dir, endpoint, n, args.format)))
                 tools.append(("s3", lambda src, run_dir, n: _s3_restic(src, run_dir, endpoint, aws_env, n)))
         for n in range(args.repeat):  # tools take turns, so slow spells of a shared machine hit all alike
             # ...and each repeat starts with another tool: whoever runs right after a big deletion
@@ -503,9 +511,9 @@ def medians(results: list[Results]) -> list[Results]:
     return merged
 
 
-def _local_ck(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]:
+def _local_ck(src: Path, work: Path, fmt: int) -> tuple[Tool, Callable[[], int]]:
     repo = work / "ck-repo"
-    return Cloudkeep(f"file://{repo}", {}, src, work), lambda: du(repo)
+    return Cloudkeep(f"file://{repo}", {}, src, work, fmt), lambda: du(repo)
 
 
 def _local_restic(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]:
@@ -518,7 +526,7 @@ def _local_borg(src: Path, work: Path, n: int) -> tuple[Tool, Callable[[], int]]
     return Borg(repo, src, work), lambda: du(repo)
 
 
-def _s3_ck(src: Path, work: Path, endpoint: str, n: int) -> tuple[Tool, Callable[[], int]]:
+def _s3_ck(src: Path, work: Path, endpoint: str, n: int, fmt: int) -> tuple[Tool, Callable[[], int]]:
     bucket = f"ck-bench-{n}"
     make_bucket(endpoint, bucket)
     opts = {
@@ -527,7 +535,7 @@ def _s3_ck(src: Path, work: Path, endpoint: str, n: int) -> tuple[Tool, Callable
         "aws_access_key_id": "bench",
         "aws_secret_access_key": "bench",
     }
-    return Cloudkeep(f"s3://{bucket}/repo", opts, src, work), lambda: s3_size(endpoint, bucket)
+    return Cloudkeep(f"s3://{bucket}/repo", opts, src, work, fmt), lambda: s3_size(endpoint, bucket)
 
 
 def _s3_restic(
