@@ -99,7 +99,9 @@ def upgrade(engine: Engine) -> None:
                 command.upgrade(alembic_config(conn), "head")
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    if broken:  # never keep a schema change that left dangling references
+                    # The driver has committed the DDL already: this cannot undo the change, but
+                    # it stops the server from starting on a catalog with dangling references.
+                    if broken:
                         conn.rollback()
                         raise RuntimeError(f"migration left broken references: {broken[:5]}")
                 conn.commit()
