@@ -100,9 +100,9 @@ def upgrade(engine: Engine) -> None:
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                     # The driver has committed the DDL already: this cannot undo the change, but
-                    # it stops the server from starting on a catalog with dangling references.
+                    # it stops the server from starting on a catalog with dangling references
+                    # (``finally`` rolls back what is still open).
                     if broken:
-                        conn.rollback()
                         raise RuntimeError(f"migration left broken references: {broken[:5]}")
                 conn.commit()
             finally:
