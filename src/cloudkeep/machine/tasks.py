@@ -133,10 +133,11 @@ def open_repository(ctx: TaskContext) -> Repository:
     access = refreshable._access
     password, writer_prefix = access.password, access.writer_prefix
     store = cast(ObjectStore, refreshable)  # a proxy: every attribute comes from the current store
+    cache_dir = ctx.config.state_dir / "cache"  # index files between runs, beside the file cache
     if access.writer is not None:  # format 3: a writer bundle, never the password
         assert writer_prefix is not None  # RepositoryAccess requires it with a bundle
         bundle = WriterBundle.from_json(access.writer)
-        repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix)
+        repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix, cache_dir=cache_dir)
         grants = access.grants or {}
         if access.grants_object and access.grants_key:
             grants = _grants_object(store, access.grants_object, access.grants_key)
@@ -144,11 +145,11 @@ def open_repository(ctx: TaskContext) -> Repository:
         return repository
     assert password is not None  # RepositoryAccess carries one or the other
     try:
-        return Repository.open(store, password, writer_prefix=writer_prefix)
+        return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
         Repository.create(store, password).close()
-        return Repository.open(store, password, writer_prefix=writer_prefix)
+        return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
 
 
 def _grants(grants: dict[str, str]) -> dict[str, bytes]:

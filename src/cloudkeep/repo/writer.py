@@ -416,15 +416,16 @@ class BlobWriter:
         key = new_index_key(self.repo.writer_prefix)
         sealed = encode_index_file(self.repo.crypter, packs, self._written_at)
         mac_key = self.repo.writer_key  # format 3 with a writer key: proves this writer wrote it
+        body = add_mac(mac_key, key, sealed) if mac_key else sealed
         self.repo.store.put(
             key,
-            add_mac(mac_key, key, sealed) if mac_key else sealed,
+            body,
             if_absent=True,
             retain_until=self.lock_until,
         )
         step("backup:index-written")
+        self.repo.index_file_written(key, body)
         with self.repo.lock:
-            self.repo.index_files.add(key)
             self._written_index.append(key)
         self.heartbeat()
 
