@@ -49,12 +49,16 @@ def list_everywhere(store: ObjectStore, prefix: str, pool: ThreadPoolExecutor) -
 
 
 def list_for_load(store: ObjectStore, threads: int = 8) -> Listing:
-    """The index files and prune markers, listed concurrently (needs no key: open runs it while
-    the password's key is derived)."""
+    """Prune's markers, then the index files (needs no key: open runs it while the password's key
+    is derived).
+
+    Markers first: a sweep deletes the index files naming its packs before its marker, so a
+    marker not seen here means those files are not listed after it. Listing them the other way
+    round relied on the download failing for a file swept meanwhile, which a cache hit skips.
+    """
+    markers = list(store.list(PRUNE_PREFIX))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        markers = pool.submit(lambda: list(store.list(PRUNE_PREFIX)))
-        index_files = list_everywhere(store, INDEX_PREFIX, pool)
-        return Listing(index_files, markers.result())
+        return Listing(list_everywhere(store, INDEX_PREFIX, pool), markers)
 
 
 def load_index(repo: Repository, listing: Listing | None = None) -> None:
@@ -70,6 +74,49 @@ def load_index(repo: Repository, listing: Listing | None = None) -> None:
         "the index kept changing while it was read (index files replaced by prune or repair)",
         hint="try again",
     )
+
+
+def doomed_packs(repo: Repository, markers: Iterable[ObjectInfo] | None = None) -> set[str]:
+    """Packs listed by prune's markers (``markers``: already listed). A damaged marker is skipped
+    and recorded: its packs stay usable (prune never deletes on a marker it cannot read), and
+    `check` names it."""
+    packs: set[str] = set()
+    unreadable: dict[str, str] = {}
+    for info in repo.store.list(PRUNE_PREFIX) if markers is None else markers:
+        try:
+            listed = repo.read_marker(info.key)["packs"]
+            if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                raise IntegrityError(f"prune marker {info.key}: malformed pack list")
+        except ObjectNotFoundError:
+            continue  # swept while listing
+        except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+            unreadable[info.key] = str(exc)
+            continue
+        packs.update(listed)
+    with repo.lock:
+        repo.unreadable_markers = unreadable
+    return packs
+
+
+def refresh_doomed(repo: Repository) -> None:
+    """Stop deduplicating against packs marked since the index was loaded.
+
+    A backup calls this after its session marker is visible: a prune marker written before
+    then is seen here; one written after it sees the session and waits for it. A marker
+    already swept is not seen, but its sweep deleted the index files naming its packs before
+    the packs and the marker: if a file loaded earlier is gone, the index is loaded again.
+    """
+    listing = list_for_load(repo.store, repo.io_threads)  # markers first, as above
+    doomed = doomed_packs(repo, listing.markers)
+    if not repo.index_files <= {info.key for info in listing.index_files}:
+        load_index(repo)
+        return
+    with repo.lock:
+        newly = [p for p in repo.index.packs if p in doomed]
+        for pack_id in newly:
+            repo.doomed.add_pack(pack_id, repo.index.packs[pack_id])
+        if newly:
+            repo.index.remove_packs(set(newly))
 
 
 @dataclass
@@ -136,9 +183,9 @@ def _load_once(repo: Repository, listing: Listing) -> bool:
     which a new listing finds, so the caller lists again rather than miss packs."""
     loaded_at = datetime.now(UTC)
     infos = listing.index_files
-    doomed_packs = repo.doomed_packs(listing.markers)
+    doomed = doomed_packs(repo, listing.markers)
 
-    index, doomed, foreign = Index(), Index(), Index()
+    index, doomed_index, foreign = Index(), Index(), Index()
     unreadable: dict[str, str] = {}
     unauthenticated: dict[str, str] = {}
     # Unauthenticated files are added last: a pack listed twice keeps the first listing's rows,
@@ -147,7 +194,7 @@ def _load_once(repo: Repository, listing: Listing) -> bool:
 
     def add(packs: _Packs, written: dict[str, int], trusted: bool) -> None:
         for pack_id, rows in packs:
-            target = doomed if pack_id in doomed_packs else index if trusted else foreign
+            target = doomed_index if pack_id in doomed else index if trusted else foreign
             target.add_rows(pack_id, rows, written.get(pack_id))
 
     restrict = repo.restricts_dedup
@@ -183,12 +230,12 @@ def _load_once(repo: Repository, listing: Listing) -> bool:
         for pack_id, rows, when in vouched:
             # Only packs an index file still lists: index files say what is live (prune removes
             # a pack's entries before the pack), vouched files are never rewritten.
-            if pack_id not in doomed_packs and (pack_id in foreign.packs or pack_id in index.packs):
+            if pack_id not in doomed and (pack_id in foreign.packs or pack_id in index.packs):
                 index.add_rows(pack_id, rows, when)
     if repo.index_cache is not None:
         repo.index_cache.retain(infos)
     with repo.lock:
-        repo.index, repo.doomed, repo.foreign = index, doomed, foreign
+        repo.index, repo.doomed, repo.foreign = index, doomed_index, foreign
         repo.index_files = {info.key for info in infos}
         repo.unverified_vouches = unverified
         repo.unauthenticated_index_files = unauthenticated

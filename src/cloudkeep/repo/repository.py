@@ -36,16 +36,15 @@ from cloudkeep.repo.confidential import (
     open_confidential,
 )
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
-from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, RawEntry, read_index_file
+from cloudkeep.repo.index import Index, Location, RawEntry, read_index_file
 from cloudkeep.repo.indexcache import IndexCache
-from cloudkeep.repo.indexload import Listing, list_for_load, load_index
+from cloudkeep.repo.indexload import Listing, doomed_packs, list_for_load, load_index, refresh_doomed
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
 from cloudkeep.repo.layout import (
     CONFIG_KEY,
     CONTENT_ADDRESSED_MANIFESTS,
     FORMAT_VERSION,
     MARKER_AAD,
-    PRUNE_PREFIX,
     WRITERS_PREFIX,
     RepoConfig,
     check_writer_prefix,
@@ -383,45 +382,12 @@ class Repository:
         return result
 
     def doomed_packs(self, markers: Iterable[ObjectInfo] | None = None) -> set[str]:
-        """Packs listed by prune's markers (``markers``: already listed). A damaged marker is skipped
-        and recorded: its packs stay usable (prune never deletes on a marker it cannot read), and
-        `check` names it."""
-        packs: set[str] = set()
-        unreadable: dict[str, str] = {}
-        for info in self.store.list(PRUNE_PREFIX) if markers is None else markers:
-            try:
-                listed = self.read_marker(info.key)["packs"]
-                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                    raise IntegrityError(f"prune marker {info.key}: malformed pack list")
-            except ObjectNotFoundError:
-                continue  # swept while listing
-            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
-                unreadable[info.key] = str(exc)
-                continue
-            packs.update(listed)
-        with self.lock:
-            self.unreadable_markers = unreadable
-        return packs
+        """Packs listed by prune's markers (``markers``: already listed); ``repo/indexload.py``."""
+        return doomed_packs(self, markers)
 
     def refresh_doomed(self) -> None:
-        """Stop deduplicating against packs marked since the index was loaded.
-
-        A backup calls this after its session marker is visible: a prune marker written before
-        then is seen here; one written after it sees the session and waits for it. A marker
-        already swept is not seen, but its sweep deleted the index files naming its packs before
-        the packs and the marker: if a file loaded earlier is gone, the index is loaded again.
-        """
-        doomed = self.doomed_packs()
-        present = {info.key for info in self.list_everywhere(INDEX_PREFIX)}
-        if not self.index_files <= present:
-            self.load_index()
-            return
-        with self.lock:
-            newly = [p for p in self.index.packs if p in doomed]
-            for pack_id in newly:
-                self.doomed.add_pack(pack_id, self.index.packs[pack_id])
-            if newly:
-                self.index.remove_packs(set(newly))
+        """Stop deduplicating against packs marked since the index was loaded (``repo/indexload.py``)."""
+        refresh_doomed(self)
 
     # -- reading blobs ---------------------------------------------------------------------
 
