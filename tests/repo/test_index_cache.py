@@ -10,14 +10,17 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from cloudkeep.repo import Repository, backup_files
 from cloudkeep.repo.index import INDEX_PREFIX
 from cloudkeep.repo.indexcache import IndexCache
+from cloudkeep.repo.layout import PRUNE_PREFIX
+from cloudkeep.repo.pack import pack_key
 from cloudkeep.storage import ObjectInfo, ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
 from tests.storage.conftest import make_azure_container, make_s3_bucket
@@ -156,6 +159,8 @@ _KILLED_WRITER = """
 import hashlib, os, signal, sys
 from pathlib import Path
 from cloudkeep.repo.indexcache import IndexCache
+from cloudkeep.repo.layout import PRUNE_PREFIX
+from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.steps import hooked
 from cloudkeep.storage import ObjectInfo
 
@@ -201,3 +206,43 @@ def test_local_store_keeps_no_cache(tmp_path: Path) -> None:
     Repository.create(store, PASSWORD, kdf=FAST_KDF)
     repo = Repository.open(store, PASSWORD, cache_dir=tmp_path / "cache")
     assert repo.index_cache is None and not (tmp_path / "cache").exists()
+
+
+class _SweepBetweenListings:
+    """The S3 store, but a prune sweep (index file, its pack, then its marker: prune's order)
+    completes right after the first of the two listings that loading the index makes."""
+
+    def __init__(self, inner: ObjectStore, sweep: list[str]) -> None:
+        self._inner, self._sweep = inner, sweep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        found = list(self._inner.list(prefix))
+        if prefix in (PRUNE_PREFIX, INDEX_PREFIX) and self._sweep:
+            for key in self._sweep:
+                self._inner.delete(key)
+            self._sweep.clear()
+        return iter(found)
+
+
+def test_a_sweep_during_load_never_resurrects_a_cached_index_file(
+    s3_store: ObjectStore, tmp_path: Path
+) -> None:
+    """Without a download, nothing proves a cached file still exists: the listing order must."""
+    _, infos = filled(s3_store, tmp_path)
+    cache = tmp_path / "writer-cache"
+    repo = Repository.open(s3_store, PASSWORD, cache_dir=cache)
+    swept = infos[0]
+    pack_id = next(iter(read_packs(repo, swept.key)))
+    marker = PRUNE_PREFIX + "f" * 32
+    repo.write_marker(marker, {"packs": [pack_id]})
+    racing = cast(ObjectStore, _SweepBetweenListings(s3_store, [swept.key, pack_key(pack_id), marker]))
+    after = Repository.open(racing, PASSWORD, cache_dir=cache)
+    assert pack_id not in after.index.packs  # never deduplicated against: its pack is gone
+    assert not s3_store.exists(marker) and not s3_store.exists(pack_key(pack_id))
+
+
+def read_packs(repo: Repository, key: str) -> set[str]:
+    return {pack_id for pack_id, _ in repo.read_index_file(key, repo.store.get(key))}
