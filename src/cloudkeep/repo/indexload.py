@@ -199,7 +199,13 @@ def _load_once(repo: Repository, listing: Listing) -> bool:
 
     restrict = repo.restricts_dedup
     fetcher = _Fetcher(repo.store, repo.index_cache)
-    with ThreadPoolExecutor(max_workers=repo.io_threads) as pool:
+    with ThreadPoolExecutor(max_workers=repo.io_threads + 1) as pool:
+        # The server's vouched entries, read meanwhile (filtered by the index files below).
+        vouching = (
+            pool.submit(read_vouched, repo.store, repo.crypter, repo.vouch_key, repo.id, repo.io_threads)
+            if restrict
+            else None
+        )
         for info, (data, cached) in zip_strict(infos, pool.map(fetcher, infos)):
             if data is None:
                 return False
@@ -224,9 +230,8 @@ def _load_once(repo: Repository, listing: Listing) -> bool:
     for packs, written, trusted in later:
         add(packs, written, trusted)
     unverified: dict[str, str] = {}
-    if restrict:  # the server's vouched entries, exactly as it verified them
-        found = read_vouched(repo.store, repo.crypter, repo.vouch_key, repo.id, repo.io_threads)
-        vouched, unverified = found
+    if vouching is not None:  # the server's vouched entries, exactly as it verified them
+        vouched, unverified = vouching.result()
         for pack_id, rows, when in vouched:
             # Only packs an index file still lists: index files say what is live (prune removes
             # a pack's entries before the pack), vouched files are never rewritten.
