@@ -128,12 +128,12 @@ class ProgressReporter:
         })  # fmt: skip
 
 
-def open_repository(ctx: TaskContext) -> Repository:
+def open_repository(ctx: TaskContext, cache_dir: Path | None = None) -> Repository:
+    """The repository the command names; ``cache_dir``: where index files are kept between runs."""
     refreshable = RefreshableStore(ctx)
     access = refreshable._access
     password, writer_prefix = access.password, access.writer_prefix
     store = cast(ObjectStore, refreshable)  # a proxy: every attribute comes from the current store
-    cache_dir = ctx.config.state_dir / "cache"  # index files between runs, beside the file cache
     if access.writer is not None:  # format 3: a writer bundle, never the password
         assert writer_prefix is not None  # RepositoryAccess requires it with a bundle
         bundle = WriterBundle.from_json(access.writer)
@@ -210,7 +210,7 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
     try:
         if ctx.cancelled():
             raise TaskCancelled("cancelled by the server before the backup started")
-        repository = open_repository(ctx)
+        repository = open_repository(ctx, ctx.config.state_dir / "cache")  # beside the file cache
         clock = StageClock()
         if isinstance(repository.store, RefreshableStore):
             repository.store.stage_clock = clock
@@ -351,7 +351,7 @@ def _restore_target(ctx: TaskContext, path: str) -> Path:
 def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     # Restore points hold the machine's own paths, so in place means under the machine's root.
     target = ctx.config.root if body.in_place else _restore_target(ctx, body.target)
-    repository = open_repository(ctx)
+    repository = open_repository(ctx, ctx.config.state_dir / "cache")
     # Paths may name entries as results show them (not-UTF-8 bytes as \xNN): find the exact ones.
     paths = [resolve_path(repository, body.snapshot_id, p) for p in body.paths] if body.paths else None
     report = ProgressReporter(ctx)
