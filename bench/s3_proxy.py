@@ -29,7 +29,7 @@ def kind(method: str, path: str) -> str:
     """What a request is, from its method and path-style URL (``/bucket/key?query``)."""
     parts = urlsplit(path)
     query = parse_qs(parts.query, keep_blank_values=True)
-    has_key = "/" in parts.path.lstrip("/")
+    has_key = bool(parts.path.lstrip("/").partition("/")[2])
     if method == "GET" and not has_key and ("list-type" in query or "prefix" in query or not query):
         return "LIST"
     if not has_key and query:
@@ -41,6 +41,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream = urlsplit("http://127.0.0.1:5000")
     local = threading.local()
+    trace = False
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: one line per request would cost more than the request."""
@@ -64,8 +65,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         with _lock:
             _counts[kind(self.command, self.path)] += 1
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if self.trace:
+            print(self.command, self.path, flush=True)
+        body = self._body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
         for attempt in (1, 2):  # a kept-alive upstream connection may have been closed meanwhile
             connection = self._connection()
@@ -80,13 +82,28 @@ class Handler(BaseHTTPRequestHandler):
                 if attempt == 2:
                     raise
         self.send_response(response.status)
+        head = self.command == "HEAD"  # keeps the object's Content-Length: clients read sizes there
         for name, value in response.getheaders():
-            if name.lower() not in _HOP and name.lower() != "content-length":
+            if name.lower() not in _HOP and (head or name.lower() != "content-length"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        if not head:
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        """The request body, de-chunked (restic streams uploads with chunked transfer encoding)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline().strip():  # trailers, up to the blank line
+            pass
+        return b"".join(parts)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
@@ -97,8 +114,9 @@ def main() -> None:
     )
     parser.add_argument("--upstream", required=True, help="the S3 endpoint, e.g. http://127.0.0.1:5000")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--trace", action="store_true", help="print each request's method and path")
     args = parser.parse_args()
-    Handler.upstream = urlsplit(args.upstream)
+    Handler.upstream, Handler.trace = urlsplit(args.upstream), args.trace
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
 
 

@@ -31,7 +31,9 @@ def start_proxy(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
         port = s.getsockname()[1]
     script = str(Path(__file__).resolve().parent / "s3_proxy.py")
     proc = subprocess.Popen(
-        [sys.executable, script, "--upstream", upstream, "--port", str(port)], start_new_session=True
+        [sys.executable, script, "--upstream", upstream, "--port", str(port)]
+        + (["--trace"] if os.environ.get("CK_PROXY_TRACE") else []),
+        start_new_session=True,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
