@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 KEY_FILE = "agent.key"
+# What this agent understands, registered with its public keys at install. Raised when the server
+# starts sending commands an older agent would misread (level 2: repository access options such
+# as an append-only local store); the server's table of what needs which is server/agent_compat.py.
+AGENT_LEVEL = 2
 RAW_KEY_BYTES = 32
 
 
@@ -46,13 +50,15 @@ class AgentKeys:
     signing: Ed25519PrivateKey
     encryption: X25519PrivateKey
 
-    def public(self) -> dict[str, str]:
-        """What the server stores in ``DiscoveredMachine.agent_public_key`` (as JSON)."""
+    def public(self) -> dict[str, str | int]:
+        """What the installer reports for the server to register: the public keys (stored in
+        ``DiscoveredMachine.agent_public_key`` as JSON) and this agent's level."""
         from cloudkeep.protocol import crypto
 
         return {
             "signing_public_key": crypto.b64encode(crypto.public_raw(self.signing)),
             "encryption_public_key": crypto.b64encode(crypto.public_raw(self.encryption)),
+            "agent_level": AGENT_LEVEL,
         }
 
     @classmethod

@@ -27,6 +27,7 @@ from cloudkeep.protocol import ProtocolError, make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Result
 from cloudkeep.protocol.crypto import load_encryption_key
 from cloudkeep.providers.base import CloudProvider, Machine, Platform, Queue
+from cloudkeep.server.agent_compat import require_level
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.consumer import (
     OPEN_STATES,
@@ -96,6 +97,8 @@ class _Target:
     agent_queue: str | None
     encryption_key: str | None
     last_heartbeat_at: datetime | None
+    name: str = ""
+    agent_level: int | None = None
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -147,7 +150,7 @@ class Dispatcher:
             )
             return _Target(
                 row.id, row.cloud_id, row.platform, credential_id, row.agent_queue, encryption,
-                _aware(row.last_heartbeat_at),
+                _aware(row.last_heartbeat_at), row.name, row.agent_level,
             )  # fmt: skip
 
     def channel_for(self, target: _Target) -> str:
@@ -250,6 +253,7 @@ class Dispatcher:
                 f"machine {machine_id} has no registered agent keys",
                 hint="rescan its protection group to deploy it",
             )
+        require_level(target.name or machine_id, target.agent_level, kind)  # before anything is recorded
         seal_to = load_encryption_key(target.encryption_key) if sealed is not None else None
         envelope = make_envelope(
             kind,

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.base import CloudProvider, CommandCapacity, CommandResult, Machine, Platform
+from cloudkeep.server.agent_compat import outdated_reason, split_registration
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
@@ -117,6 +118,7 @@ class MachineDeployment:
         self.probe: scripts.ProbeFacts | None = None
         self.current = False  # already at the bundle version: install steps skipped
         self.outdated = False
+        self.outdated_why: str | None = None  # the agent's level is below what this server needs
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
         self.started_at: datetime | None = None  # when this rescan started the services
@@ -190,8 +192,10 @@ class MachineDeployment:
             detail = self.step_confirm()
             if self.outdated:
                 final = "outdated"
-                reason = (f"bundle {self.probe.installed_version if self.probe else '?'} installed, "
-                          f"{self.env.bundle_version} available; auto-update is off")  # fmt: skip
+                installed = self.probe.installed_version if self.probe else "?"
+                available = self.env.bundle_version
+                behind = self.outdated_why or f"bundle {installed} installed, {available} available"
+                reason = f"{behind}; auto-update is off"
             else:
                 reason = f"deployed: bundle {self.env.bundle_version}, services answer"
             self._record("confirm", "ok", detail, status=final, reason=reason)
@@ -320,7 +324,15 @@ class MachineDeployment:
         installed = self.probe.installed_version if self.probe else None
         if installed is None and machine.platform == Platform.WINDOWS:
             installed = row.agent_version  # the Windows probe cannot read files on the simplest hosts
-        if installed == self.env.bundle_version and row.agent_public_key and not _config_stale(row):
+        too_old = outdated_reason(row.agent_level) if row.agent_public_key else None
+        if too_old and installed:
+            self.outdated_why = too_old
+            if self.env.auto_update:
+                detail += f"; {too_old}: upgrading to bundle {self.env.bundle_version}"
+            else:
+                self.outdated = True
+                detail += f"; {too_old}, auto-update off"
+        elif installed == self.env.bundle_version and row.agent_public_key and not _config_stale(row):
             self.current = True
             detail += f"; bundle {installed} already installed"
         elif installed == self.env.bundle_version and row.agent_public_key:
@@ -405,7 +417,8 @@ class MachineDeployment:
         with ctx.db() as session:
             row = session.get(DiscoveredMachine, self.row_id)
             assert row is not None
-            row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
+            keys, row.agent_level = split_registration(outcome.keys or {})
+            row.agent_public_key = json.dumps(keys, sort_keys=True)
             row.agent_version = outcome.version or published.manifest.version
             row.facts = {**row.facts, "config_written_at": utcnow().isoformat(timespec="seconds")}
         self.installed = outcome.changed
