@@ -22,8 +22,9 @@ from cloudkeep.repo.pack import STAGING_PACK_PREFIX
 from cloudkeep.storage import ObjectInfo, ObjectStore, open_store
 from cloudkeep.storage.base import STAGING_PREFIX
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, write_tree
-from tests.storage.conftest import make_s3_bucket
+from tests.storage.conftest import make_azure_container, make_s3_bucket
 from tests.support.fault_proxy import FaultProxy
+from tests.support.peers import AZURITE_ACCOUNT, Azurite
 from tests.support.tmpfs import Tmpfs
 
 BIG = 6 * 2**20
@@ -190,6 +191,36 @@ def test_s3_refusing_writes_fails_the_backup(
                 Repository.open(store, PASSWORD), [source], hostname="h", cache_dir=tmp_path / "cache"
             )
         assert proxy.injected >= 1
+        proxy.clear()
+        assert [s.id for s in list_snapshots(Repository.open(store, PASSWORD))] == [first.id]
+        assert check(Repository.open(store, PASSWORD)).ok
+        _assert_rerun_dedups(store, source, first.stats["bytes_new"], tmp_path / "cache")
+    finally:
+        proxy.close()
+
+
+def test_azure_refusing_writes_fails_the_backup(azurite: Azurite, unique_name: str, tmp_path: Path) -> None:
+    """Azurite behind the same proxy, every blob PUT answered 503 ServerBusy (after the SDK's retries)."""
+    make_azure_container(azurite, unique_name)
+    proxy = FaultProxy(azurite.blob_endpoint)
+    try:
+        connection = azurite.connection_string.replace(
+            f"BlobEndpoint={azurite.blob_endpoint};", f"BlobEndpoint={proxy.endpoint}/{AZURITE_ACCOUNT};"
+        )
+        store = open_store(f"azure://{unique_name}/repo", connection_string=connection, retry_total=1)
+        source = write_tree(tmp_path / "src")
+        first = backup_files(_create(store), [source], hostname="h", cache_dir=tmp_path / "cache")
+        (source / "big.bin").write_bytes(os.urandom(BIG))
+        busy = b"<?xml version='1.0'?><Error><Code>ServerBusy</Code><Message>busy</Message></Error>"
+        proxy.fail_method(
+            "PUT", 503, busy, {"Content-Type": "application/xml", "x-ms-error-code": "ServerBusy"}
+        )
+        with pytest.raises(
+            RepositoryWriteError, match=rf"failed: azure://{unique_name}/repo: .* failed: ServerBusy: busy$"
+        ):
+            backup_files(
+                Repository.open(store, PASSWORD), [source], hostname="h", cache_dir=tmp_path / "cache"
+            )
         proxy.clear()
         assert [s.id for s in list_snapshots(Repository.open(store, PASSWORD))] == [first.id]
         assert check(Repository.open(store, PASSWORD)).ok
