@@ -49,7 +49,9 @@ def test_full_repository_fails_the_backup_with_a_clear_message(harness: Harness,
         caught.value
     )
     assert "no space left" in str(caught.value)
-    assert harness.record(command_id).state == "failed"
+    record = harness.record(command_id)  # what the server keeps: the task failed, and why
+    assert record.state == "failed" and record.result is not None and record.result["ok"] is False
+    assert str(record.result["error"]).startswith(f"repository write failed: {store_url}: ")
     repository = engine.Repository.open(open_store(store_url), PASSWORD)
     assert [s.id for s in engine.list_snapshots(repository)] == [first["snapshot_id"]]
     assert list(repository.store.list("sessions/")) == []  # the session ended
