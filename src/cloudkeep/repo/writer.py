@@ -274,12 +274,17 @@ class BlobWriter:
                     sealer = self._sealers[blob_type]
                     sealed = sealer.crypter.encode_into_buffer(data, aad)
                 pack = self._packs[blob_type]
-                with self._session_fails():  # a half-written blob: this pack cannot go on
+                try:  # inline, not ``_session_fails``: this runs once per new blob
                     if pack is None:
                         pack = self._packs[blob_type] = PackWriter(
                             blob_type, self._staging, crypter=sealer.crypter, prelude=sealer.prelude
                         )
                     pack.add(blob_id, sealed, len(data))
+                except BaseException as exc:  # a half-written blob: this pack cannot go on
+                    error = self._record_failure(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if pack.size >= self.repo.config.pack_size:
                     full, self._packs[blob_type] = pack, None
                     self._sealers[blob_type] = self.repo.keyring.new_pack_sealer()
@@ -438,12 +443,17 @@ class BlobWriter:
         try:
             yield
         except BaseException as exc:
-            error = as_write_error(self.repo.store, exc)
-            with self.repo.lock:
-                self._error = self._error or error
+            error = self._record_failure(exc)
             if error is exc:
                 raise
             raise error from exc
+
+    def _record_failure(self, exc: BaseException) -> BaseException:
+        """Record ``exc`` as the session's failure (the first one stays) and return what to raise."""
+        error = as_write_error(self.repo.store, exc)
+        with self.repo.lock:
+            self._error = self._error or error
+        return error
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
