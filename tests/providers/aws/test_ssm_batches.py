@@ -161,6 +161,51 @@ def test_an_unmanaged_instance_is_split_out_of_its_batch(
         assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
 
 
+def _recorded(moto: MotoServer, operation: str) -> int:
+    """How many ``operation`` requests moto recorded (it records each before handling it)."""
+    assert moto.recording is not None
+    lines = moto.recording.read_text().splitlines() if moto.recording.exists() else []
+    return sum(1 for line in lines if f'"AmazonSSM.{operation}"' in line)
+
+
+def test_results_fall_back_to_per_instance_reads_where_listing_fails(
+    standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    """moto answers 500 to ListCommandInvocations: the channel tries it once, then reads each
+    instance with GetCommandInvocation (paced reads too), and every result is still right."""
+    served = [standin.create_instance(f"nolist{n}") for n in range(3)]
+    machines = [
+        Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
+    ]
+    options = {
+        "endpoint_url": recorded_moto.endpoint, "region": REGION,
+        "ssm_output_bucket": "ck-ssm-output", "ssm_poll_interval": 0.2,
+    }  # fmt: skip
+    fresh = create_aws_provider(KEYS, options)  # its own channel: listing not yet known to fail
+    lists, gets = (
+        _recorded(recorded_moto, "ListCommandInvocations"),
+        _recorded(recorded_moto, "GetCommandInvocation"),
+    )
+    clock = FakeClock()
+    pacer = _pacer(clock, burst=10)
+    try:
+        results = fresh.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
+        again = fresh.commands.run_many(machines[:2], SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    finally:
+        fresh.close()
+
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+    assert all(not isinstance(r, Exception) and r.ok for r in again.values())
+    # One listing attempt (no botocore retries for it), none for the second command: the region
+    # reads per instance for a while. Every read was paced.
+    assert _recorded(recorded_moto, "ListCommandInvocations") - lists == 1
+    per_instance = _recorded(recorded_moto, "GetCommandInvocation") - gets
+    assert per_instance >= 3 + 2
+    assert pacer.count("read") == 1 + per_instance and pacer.count("write") == 2
+
+
 def test_120_instances_in_3_calls_with_results_per_instance(
     aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
 ) -> None:

@@ -17,13 +17,13 @@ ceil(N/50) writes per region and platform instead of N. A batch SSM refuses for 
 instance id is split in halves until the culprit stands alone.
 
 Statuses are read per command, not per instance: one ListCommandInvocations (``Details``,
-paginated) covers every instance of a batch, every ``STATUS_INTERVAL`` at most; a command with one
-instance left is read with GetCommandInvocation (one call either way). Where listing fails for
-another reason than throttling (moto answers 500; a policy without ``ssm:ListCommandInvocations``),
-that region falls back to per-instance reads for ``LISTING_RETRY_SECONDS``. Every SSM call goes
-through the caller's pacer (SendCommand and CancelCommand as writes, status reads as reads); S3
-output is listed only for commands with an instance in a terminal state. Each instance's output
-comes from its own prefix, so one instance's failure is its own.
+paginated) covers every instance of a batch, every ``STATUS_INTERVAL`` at most. Where listing
+fails for another reason than throttling (moto answers 500; a policy without
+``ssm:ListCommandInvocations``), that region falls back to per-instance GetCommandInvocation for
+``LISTING_RETRY_SECONDS``. Every SSM call goes through the caller's pacer (SendCommand and
+CancelCommand as writes, status reads as reads); S3 output is listed only for commands with an
+instance in a terminal state. Each instance's output comes from its own prefix, so one
+instance's failure is its own.
 """
 
 from __future__ import annotations
@@ -235,9 +235,7 @@ class SsmCommandChannel(CommandChannel):
         """Refresh ``items``' invocations: one listing for them all where it works, else one read each.
         Throttling beyond the pacer's retries leaves the statuses as they were until the next round."""
         try:
-            listed = (
-                self._list_invocations(command_id, items[0].machine.region, pacer) if len(items) > 1 else None
-            )
+            listed = self._list_invocations(command_id, items[0].machine.region, pacer)
             for item in items:
                 if listed is None:
                     item.invocation = self._invocation(item, pacer)
