@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import pytest
 
+from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.azure.facts import FACTS
 from cloudkeep.providers.azure.provider import AzureProvider, create_azure_provider
 from cloudkeep.providers.base import Machine
@@ -104,3 +105,19 @@ def test_a_throttled_instance_view_read_backs_off_and_reads_again(
     # paused 1 s, then 2 s, each followed by the time to earn one read token (1/25 s)
     assert clock.slept[:2] == [pytest.approx(1.0 + 0.04), pytest.approx(2.0 + 0.04)]
     assert _requests(arm_standin, machine, result.command_id)[-1] == "DELETE"  # cleaned up all the same
+
+
+def test_a_run_command_that_fails_to_provision_is_an_error_and_deleted(
+    azure: AzureProvider, arm_standin: ArmStandIn
+) -> None:
+    """With the SDK's polling off, the instance-view reads see the failed provisioning: a clear
+    error at once (not a wait until the timeout), and the run command is still deleted."""
+    machine = _machine(azure, arm_standin, "noagent1")
+    arm_standin.broken_agents.add("noagent1")
+    pacer = CountingPacer(FACTS, FakeClock())
+
+    with pytest.raises(CloudkeepError, match="provisioning failed"):
+        azure.commands.run(machine, "echo never", timeout=600, pacer=pacer)
+
+    assert azure.commands.managed_command_count(machine) == 0
+    assert pacer.count("write") == 2  # create, then delete

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ThrottledError
+from cloudkeep.errors import CloudkeepError, ThrottledError
 from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import _as_dict, _field, parse_vm_id
 from cloudkeep.providers.azure.session import AzureSession
@@ -165,9 +165,15 @@ class AzureRunCommandChannel(CommandChannel):
                     "run command %s on %s: instance view throttled: %s", command_name, machine.id, error
                 )
                 resource = {}
-            view = _field(resource.get("properties") or resource, "instanceView") or {}
+            properties = resource.get("properties") or resource
+            view = _field(properties, "instanceView") or {}
             if view.get("executionState") not in (None, "Pending", "Running") or time.monotonic() > deadline:
                 return dict(view)
+            if _field(properties, "provisioningState") == "Failed":  # what the SDK's poller raised for
+                raise CloudkeepError(
+                    f"Azure could not start run command {command_name} on {machine.id} (provisioning failed)",
+                    hint="check the VM agent's state on the VM (Azure portal: Run command, extensions)",
+                )
             time.sleep(self.session.polling_interval)
 
     def _result(
