@@ -11,8 +11,10 @@ reads itself the way real SSM does — an invocation is ``InProgress`` until its
   ``page_size`` (real SSM: 50);
 * ``GetCommandInvocation(CommandId, InstanceId)``.
 
-It counts requests per operation, and ``throttle_next(n)`` answers the next ``n`` status reads
-with ``ThrottlingException`` as SSM does when an account exceeds its rate.
+It counts requests per operation; ``throttle_next(n)`` answers the next ``n`` status reads with
+``ThrottlingException`` as SSM does when an account exceeds its rate, and ``unknown_next(n)`` the
+next ``n`` listings with ``InvalidCommandId``, as SSM may right after SendCommand (its reads are
+eventually consistent).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SsmReadsStandIn:
         self.requests: Counter[str] = Counter()  # operation -> requests seen (throttled ones too)
         self.commands: dict[str, SentCommand] = {}
         self._throttle = 0
+        self._unknown = 0
         self._lock = threading.Lock()
         self._s3 = boto3.client(
             "s3", endpoint_url=upstream, region_name=region,
@@ -62,6 +65,10 @@ class SsmReadsStandIn:
     def throttle_next(self, count: int) -> None:
         with self._lock:
             self._throttle += count
+
+    def unknown_next(self, count: int) -> None:
+        with self._lock:
+            self._unknown += count
 
     def close(self) -> None:
         self._server.shutdown()
@@ -132,8 +139,12 @@ class SsmReadsStandIn:
                         standin.requests[operation] += 1
                     throttled = operation in STATUS_READS and standin._throttle > 0
                     standin._throttle -= throttled
+                    unknown = operation == "ListCommandInvocations" and standin._unknown > 0
+                    standin._unknown -= unknown
                 if throttled:
                     return self._answer(400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+                if unknown:
+                    return self._answer(400, {"__type": "InvalidCommandId", "message": "not found"})
                 request = json.loads(body or b"{}") if operation else {}
                 if operation == "ListCommandInvocations":
                     return self._answer(200, standin._list(request))

@@ -141,3 +141,19 @@ def test_a_throttled_listing_backs_off_and_is_read_again(
     # The listing stays in use (throttling is no reason to read per instance).
     assert reads.requests["ListCommandInvocations"] - before >= 3
     assert reads.requests["GetCommandInvocation"] == 0
+
+
+def test_a_command_not_yet_listed_is_read_again_not_given_up_on(
+    aws: AwsProvider, agent: SsmStandIn, reads: SsmReadsStandIn
+) -> None:
+    """Right after SendCommand SSM may not know the command yet (InvalidCommandId): that is no
+    reason to stop listing and read each instance."""
+    machines = _machines(agent, "unknown", 3)
+    before = dict(reads.requests)
+    reads.unknown_next(1)
+
+    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=None)
+
+    assert all(not isinstance(r, Exception) and r.ok for r in results.values()), results
+    assert reads.requests["ListCommandInvocations"] - before.get("ListCommandInvocations", 0) >= 2
+    assert reads.requests["GetCommandInvocation"] == before.get("GetCommandInvocation", 0)

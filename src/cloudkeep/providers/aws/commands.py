@@ -269,6 +269,8 @@ class SsmCommandChannel(CommandChannel):
                 answer = paced(pacer, "read", region, page)
             except ThrottledError:
                 raise
+            except NotFoundError:  # InvalidCommandId: not registered yet (SSM is eventually consistent)
+                return found
             except CloudkeepError as error:
                 self._listing_off_until[region] = self.clock() + LISTING_RETRY_SECONDS
                 log.warning(
