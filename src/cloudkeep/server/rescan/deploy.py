@@ -24,9 +24,9 @@ from cloudkeep.server.agent_compat import outdated_reason, split_registration
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
+from cloudkeep.server.pacing import ApiPacer
 from cloudkeep.server.rescan import prerequisites, scripts
 from cloudkeep.server.rescan.bundles import PublishedBundle
-from cloudkeep.server.rescan.pacing import ApiPacer
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,11 @@ class RescanEnvironment:
         """Run one cloud API call (``kind`` "read"/"write") within the account's published limits."""
         return action() if self.pacer is None else self.pacer.call(kind, machine.region, action)
 
-    def pace_writes(self, region: str, action: Callable[[], T]) -> T:
-        return action() if self.pacer is None else self.pacer.call("write", region, action)
-
 
 def probe_in_batches(env: RescanEnvironment, machines: list[Machine]) -> None:
     """Probe the running machines with as few calls as the command channel allows (SSM: 50
-    machines a SendCommand, so a token of the write budget per 50), filling ``env.probes``; each
+    machines a SendCommand, so a token of the write budget per batch, even a batch of one; its
+    status reads are paced reads, one listing per batch), filling ``env.probes``; each
     machine's state machine then reads its own result. Nothing happens for a channel that takes
     one machine a call (Azure), where the probe stays in each machine's own step."""
     commands = env.provider.commands
@@ -101,7 +99,7 @@ def probe_in_batches(env: RescanEnvironment, machines: list[Machine]) -> None:
     for platform, group in by_platform.items():
         script = scripts.probe_script(platform)
         try:
-            found = commands.run_many(group, script, timeout=PROBE_TIMEOUT, pace=env.pace_writes)
+            found = commands.run_many(group, script, timeout=PROBE_TIMEOUT, pacer=env.pacer)
         except CloudkeepError as exc:  # the whole channel failed: every machine says so
             found = {machine.id: exc for machine in group}
         env.probes.update(found)
@@ -253,9 +251,7 @@ class MachineDeployment:
             result = self.env.probes.get(machine.id)
             if result is None:
                 asked = scripts.probe_script(machine.platform)
-                result = self.env.paced(
-                    "write", machine, lambda: commands.run(machine, asked, timeout=PROBE_TIMEOUT)
-                )
+                result = commands.run(machine, asked, timeout=PROBE_TIMEOUT, pacer=self.env.pacer)
             elif isinstance(result, CloudkeepError):
                 raise result
         except CloudkeepError as exc:
@@ -402,9 +398,8 @@ class MachineDeployment:
             )  # fmt: skip
         self._status("installing")
         try:
-            machine = self.machine
-            result = self.env.paced(
-                "write", machine, lambda: provider.commands.run(machine, script, timeout=INSTALL_TIMEOUT)
+            result = provider.commands.run(
+                self.machine, script, timeout=INSTALL_TIMEOUT, pacer=self.env.pacer
             )
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel failed during install: {exc}") from exc
@@ -435,9 +430,7 @@ class MachineDeployment:
         try:
             start = scripts.start_script(self.machine.platform)
             commands = self.env.provider.commands
-            result = self.env.paced(
-                "write", self.machine, lambda: commands.run(self.machine, start, timeout=INSTALL_TIMEOUT)
-            )
+            result = commands.run(self.machine, start, timeout=INSTALL_TIMEOUT, pacer=self.env.pacer)
         except CloudkeepError as exc:
             raise StepStop(
                 "failed", f"the command channel failed while starting the services: {exc}"
