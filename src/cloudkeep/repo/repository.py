@@ -61,7 +61,7 @@ from cloudkeep.repo.snapshot import (
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
-from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
+from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,15 @@ class Repository:
         master = MasterKey.generate()
         chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
         config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level, version)
-        key_name = write_key_file(store, master, password, kdf or KdfParams())
+        with store_writes(store):  # a store that refuses writes fails here, naming itself
+            key_name = write_key_file(store, master, password, kdf or KdfParams())
         keys = ConfidentialKeys.generate() if version >= CONFIDENTIAL_FORMAT else None
         try:
-            if keys is not None:  # before the config: a repository exists once its config does
-                # create-only: two racing initialisers must not leave a config and another's keys
-                store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
-            store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
+            with store_writes(store):
+                if keys is not None:  # before the config: a repository exists once its config does
+                    # create-only: two racing initialisers must not leave a config and another's keys
+                    store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
+                store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
         except ConflictError:
             store.delete(key_name)  # lost the race to another initialiser
             raise ConflictError(f"{store.describe()} already holds a cloudkeep repository") from None
@@ -375,7 +377,9 @@ class Repository:
     # -- markers ---------------------------------------------------------------------------
 
     def write_marker(self, key: str, body: dict[str, Any], *, if_absent: bool = False) -> None:
-        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), MARKER_AAD), if_absent=if_absent)
+        sealed = self.crypter.encode(json.dumps(body).encode(), MARKER_AAD)
+        with store_writes(self.store):
+            self.store.put(key, sealed, if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.keyring.open_shared(self.store.get(key), MARKER_AAD, key))
@@ -485,7 +489,8 @@ class Repository:
         """
         snapshot_id, sealed = self.keyring.seal_manifest(snapshot)
         key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id
-        self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
+        with store_writes(self.store):
+            self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
         snapshot.id, snapshot.digest, snapshot.version = snapshot_id, snapshot_id, MANIFEST_VERSION
         with self.lock:
             self._snapshot_keys[snapshot_id] = key
