@@ -94,12 +94,14 @@ def main() -> None:
             tools.append(("restic", _restic(restic_repo, work, "restore", "latest", "--target", "{T}")))
             for n in range(args.rounds):
                 for name, argv in tools[n % len(tools) :] + tools[: n % len(tools)]:
-                    target = work / "restored"
-                    shutil.rmtree(target, ignore_errors=True)
+                    # A fresh folder each time, the earlier ones kept until the round ends: creating
+                    # files right after deleting many makes ext4 scan the freed inodes (README).
+                    target = work / "restored" / f"{backend}-{n}-{name}"
                     measure = run([str(target) if a == "{T}" else a for a in argv], env)
                     _verify(source, target)
                     rows.setdefault((backend, name), []).append(measure)
                     print(f"{time.strftime('%H:%M:%S')} {backend} {name}: {_show(measure)}", flush=True)
+            shutil.rmtree(work / "restored", ignore_errors=True)
             if moto is not None:
                 os.killpg(moto.pid, signal.SIGTERM)
                 moto.wait(timeout=10)

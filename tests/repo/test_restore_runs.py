@@ -161,27 +161,45 @@ def _pack(store: ObjectStore, blobs: int, size: int) -> tuple[str, list[BlobEntr
     return "ab" * 32, [BlobEntry("data", i.to_bytes(32, "big"), i * size, size, size) for i in range(blobs)]
 
 
-def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path) -> None:
-    """However many segments, buffers in use never exceed 2 * decoders + readers."""
+@pytest.mark.parametrize("readers", [0, 2])
+def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path, readers: int) -> None:
+    """However many segments, buffers allocated never exceed 2 * decoders + readers (0: decoders)."""
     store = open_store(f"file://{tmp_path / 'repo'}")
-    pack_id, entries = _pack(store, 200, 300 * KIB)  # 200 segments of one blob (cap 256 KiB)
+    pack_id, entries = _pack(store, 200, 200 * KIB)  # 200 segments of one blob (cap 256 KiB)
+    entries.append(BlobEntry("data", b"L" * 32, 200 * 200 * KIB, 0, 0))  # an empty last blob
     requests = plan_requests([Location(pack_id, e) for e in entries], remote=False, cap=256 * KIB)
     seen: set[int] = set()
     handled: list[int] = []
     lock = threading.Lock()
 
     def handle(pid: str, segment: Segment, view: memoryview) -> None:
-        assert len(view) == segment.end - segment.start == 300 * KIB or segment.start == 0
+        assert len(view) == segment.end - segment.start
         with lock:
             seen.add(id(view.obj))
-            handled.append(segment.entries[0].offset)
+            handled.extend(e.offset for e in segment.entries)
 
-    RunReader(store, handle, readers=2, decoders=3, cap=256 * KIB).run(requests)
+    RunReader(store, handle, readers=readers, decoders=3, cap=256 * KIB).run(requests)
     assert sorted(handled) == [e.offset for e in entries]
-    assert len(seen) <= 2 * 3 + 2
+    assert len(seen) <= (2 * 3 + readers if readers else 3)
 
 
-def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path) -> None:
+def test_a_blob_larger_than_the_cap_gets_a_buffer_of_its_own(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    pack_id, entries = _pack(store, 3, 300 * KIB)
+    body = store.get(pack_key(pack_id))
+    got: dict[int, bytes] = {}
+
+    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+        got[segment.start] = bytes(view)
+
+    requests = plan_requests([Location(pack_id, e) for e in entries], remote=True, cap=256 * KIB)
+    assert len(requests) == 1 and len(requests[0].segments) == 3
+    RunReader(store, handle, readers=1, decoders=1, cap=256 * KIB).run(requests)
+    assert got == {e.offset: body[e.offset : e.offset + e.length] for e in entries}
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path, readers: int) -> None:
     store = open_store(f"file://{tmp_path / 'repo'}")
     pack_id, entries = _pack(store, 300, 64 * KIB)
     requests = plan_requests([Location(pack_id, e) for e in entries], remote=False, gap=0, cap=64 * KIB)
@@ -193,5 +211,5 @@ def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path) -> None:
             raise IntegrityError("blob 5 is damaged")
 
     with pytest.raises(IntegrityError, match="blob 5 is damaged"):
-        RunReader(store, handle, readers=2, decoders=1).run(requests)
-    assert len(handled) < 5 + 2 * 1 + 2 + 1  # what was already read may be queued, nothing more handled
+        RunReader(store, handle, readers=readers, decoders=1).run(requests)
+    assert len(handled) == 5  # what was already read and queued is given back, not handled

@@ -253,10 +253,11 @@ class _Restorer:
         """
         remote = self.repo.store.remote
         decoders = threads or LOCAL_THREADS
-        locations = [self.located.get(blob_id) or self.repo.locate(blob_id) for blob_id in self.by_blob]
-        requests = plan_requests(locations, remote=remote)
+        located, self.located = self.located, {}
+        requests = plan_requests((located.get(b) or self.repo.locate(b) for b in self.by_blob), remote=remote)
+        del located
         reader = RunReader(
-            self.repo.store, self._restore_segment, readers=REMOTE_STREAMS if remote else 2, decoders=decoders
+            self.repo.store, self._restore_segment, readers=REMOTE_STREAMS if remote else 0, decoders=decoders
         )
         with ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="ck-restore") as pool:
             for _ in pool.map(self._precreate, self.precreate):

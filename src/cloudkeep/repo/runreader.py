@@ -10,7 +10,9 @@ of a pack's segments, so request count stays one per pack range.
 
 Reader threads fill buffers taken from a fixed pool and queue them; decoder threads decrypt,
 decompress, verify and write the blobs, then give the buffer back. The pool's size bounds the
-memory of reads in flight whatever the restore's size; readers wait for a free buffer.
+memory of reads in flight whatever the restore's size; readers wait for a free buffer. Locally
+there are no reader threads: each decoder reads its own segments (a page-cache copy is not worth
+a hand-off between threads).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ class RunReader:
         self, store: ObjectStore, handle: Handler, *, readers: int, decoders: int, cap: int = SEGMENT_CAP
     ):
         self.store, self.handle = store, handle
-        self.readers, self.decoders, self.cap = max(1, readers), max(1, decoders), cap
+        self.readers, self.decoders, self.cap = max(0, readers), max(1, decoders), cap
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._buffers = threading.BoundedSemaphore(2 * self.decoders + self.readers)  # the memory bound
         self._work: queue.SimpleQueue[tuple[str, Segment, bytearray, int] | None] = queue.SimpleQueue()
@@ -137,22 +139,37 @@ class RunReader:
         self._error: BaseException | None = None
 
     def run(self, requests: list[Request]) -> None:
+        """Read and handle every request; ``readers=0``: each decoder reads its own segments.
+
+        A local read is a copy from the page cache, a hundredth of decoding and writing what it
+        read: there a hand-off between threads costs more (GIL and futex traffic) than it saves.
+        """
         pending = iter(requests)
-        readers = [
-            threading.Thread(target=self._read_all, args=(pending,), name=f"ck-read-{i}")
-            for i in range(self.readers)
-        ]
-        decoders = [
-            threading.Thread(target=self._decode_all, name=f"ck-decode-{i}") for i in range(self.decoders)
-        ]
-        for thread in readers + decoders:
-            thread.start()
-        for thread in readers:
-            thread.join()
-        for _ in decoders:
-            self._work.put(None)
-        for thread in decoders:
-            thread.join()
+        if not self.readers:
+            inline = [
+                threading.Thread(target=self._read_all, args=(pending, True), name=f"ck-restore-{i}")
+                for i in range(self.decoders)
+            ]
+            for thread in inline:
+                thread.start()
+            for thread in inline:
+                thread.join()
+        else:
+            readers = [
+                threading.Thread(target=self._read_all, args=(pending, False), name=f"ck-read-{i}")
+                for i in range(self.readers)
+            ]
+            decoders = [
+                threading.Thread(target=self._decode_all, name=f"ck-decode-{i}") for i in range(self.decoders)
+            ]
+            for thread in readers + decoders:
+                thread.start()
+            for thread in readers:
+                thread.join()
+            for _ in decoders:
+                self._work.put(None)
+            for thread in decoders:
+                thread.join()
         if self._error is not None:
             raise self._error
 
@@ -170,28 +187,30 @@ class RunReader:
             buf = self._free.get_nowait()
         except queue.Empty:
             buf = bytearray(max(size, self.cap))
-        if len(buf) < size:  # a blob larger than the cap: this buffer grows for good
+        if len(buf) < size:  # a blob larger than the cap: a buffer of its own, for this blob only
+            self._free.put(buf)
             buf = bytearray(size)
         return buf
 
     def _give_back(self, buf: bytearray) -> None:
-        self._free.put(buf)
+        if len(buf) <= self.cap:  # one grown for a large blob is dropped: the pool stays at its size
+            self._free.put(buf)
         self._buffers.release()
 
-    def _read_all(self, pending: Iterator[Request]) -> None:
+    def _read_all(self, pending: Iterator[Request], inline: bool) -> None:
         try:
             while self._error is None:
                 with self._lock:
                     request = next(pending, None)
                 if request is None:
                     return
-                self._read(request)
+                self._read(request, inline)
         except _Stop:
             pass
         except BaseException as exc:  # handed to run(), which raises it
             self._fail(exc)
 
-    def _read(self, request: Request) -> None:
+    def _read(self, request: Request, inline: bool) -> None:
         start, end = request.start, request.end
         try:
             with self.store.open_range(pack_key(request.pack_id), start, end - start) as stream:
@@ -205,7 +224,10 @@ class RunReader:
                     except BaseException:
                         self._give_back(buf)
                         raise
-                    self._work.put((request.pack_id, segment, buf, got))
+                    if inline:
+                        self._handle(request.pack_id, segment, buf, got)
+                    else:
+                        self._work.put((request.pack_id, segment, buf, got))
                     position = segment.start + got
         except ObjectNotFoundError:
             raise IntegrityError(
@@ -217,14 +239,16 @@ class RunReader:
             item = self._work.get()
             if item is None:
                 return
-            pack_id, segment, buf, got = item
-            try:
-                if self._error is None:
-                    self.handle(pack_id, segment, memoryview(buf)[:got])
-            except BaseException as exc:  # handed to run(), which raises it
-                self._fail(exc)
-            finally:
-                self._give_back(buf)
+            self._handle(*item)
+
+    def _handle(self, pack_id: str, segment: Segment, buf: bytearray, got: int) -> None:
+        try:
+            if self._error is None:
+                self.handle(pack_id, segment, memoryview(buf)[:got])
+        except BaseException as exc:  # handed to run(), which raises it
+            self._fail(exc)
+        finally:
+            self._give_back(buf)
 
 
 def _skip(stream: RangeStream, count: int, reader: RunReader) -> None:
