@@ -19,7 +19,7 @@ import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +108,11 @@ class _Restorer:
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, _File | None]] = []
         self.links: list[tuple[_File, int, str, str]] = []  # (first occurrence, folder, name, path)
-        self.precreate: list[_File] = []
+        self.precreate: list[_File] = []  # made when fetching starts, unless a pool is started early
         self.specials: list[tuple[int, str, Node, str]] = []  # links, fifos, devices: (dir, name, node, path)
+        self.pool: ThreadPoolExecutor | None = None  # set by ``start``: entries made while planning
+        self.created: list[Future[None]] = []  # precreations, all done before any data is written
+        self.made: list[Future[None]] = []  # special entries, waited for at the end
         self.first_link: dict[tuple[int, int], _File] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
@@ -183,7 +186,10 @@ class _Restorer:
                 raise Refused(f"unknown entry type {shown(node.type)}")
             # Made on the I/O pool with the files: creating entries is kernel-bound and the
             # names of one folder are unique (checked above), so the order does not matter.
-            self.specials.append((index, name, node, path))
+            if self.pool is None:
+                self.specials.append((index, name, node, path))
+            else:
+                self.made.append(self.pool.submit(self._make_special, (index, name, node, path)))
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
             self._failed(path, exc)
         except IntegrityError as exc:  # a chunk the index does not know
@@ -235,7 +241,10 @@ class _Restorer:
         if file.single:  # written once: its metadata goes on right after, through the same descriptor
             file.node = node
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
-            self.precreate.append(file)
+            if self.pool is None:
+                self.precreate.append(file)
+            else:
+                self.created.append(self.pool.submit(self._precreate, file))
             self.finishing.append((index, name, node, file))
         for blob_id, at in zip_strict(node.content, offsets):
             self.by_blob[blob_id].append(_Target(file, at))
@@ -244,6 +253,14 @@ class _Restorer:
 
     # -- data ------------------------------------------------------------------------------
 
+    def start(self, pool: ThreadPoolExecutor) -> None:
+        """Create files of several chunks and special entries on ``pool`` as planning finds them.
+
+        Planning is Python on one thread; creating entries is kernel work that releases the GIL,
+        so the two overlap instead of the creations waiting for the whole plan.
+        """
+        self.pool = pool
+
     def fetch_all(self, threads: int | None = None) -> None:
         """Read every needed blob once (``runreader``: coalesced ranges, parallel decoding) and write it.
 
@@ -251,21 +268,28 @@ class _Restorer:
         on busy disks); links, FIFOs and devices are made on that pool while the data flows.
         Remote stores stream each pack range in one request on ``REMOTE_STREAMS`` threads.
         """
-        remote = self.repo.store.remote
         decoders = threads or LOCAL_THREADS
+        if self.pool is not None:
+            self._fetch(self.pool, decoders)
+            return
+        with ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="ck-restore") as pool:
+            self._fetch(pool, decoders)
+
+    def _fetch(self, pool: ThreadPoolExecutor, decoders: int) -> None:
+        remote = self.repo.store.remote
         located, self.located = self.located, {}
         requests = plan_requests((located.get(b) or self.repo.locate(b) for b in self.by_blob), remote=remote)
         del located
         reader = RunReader(
             self.repo.store, self._restore_segment, readers=REMOTE_STREAMS if remote else 0, decoders=decoders
         )
-        with ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="ck-restore") as pool:
-            for _ in pool.map(self._precreate, self.precreate):
-                pass
-            specials = pool.map(self._make_special, self.specials)  # queued, not waited for
-            reader.run(requests)
-            for _ in specials:
-                pass
+        self.created += [pool.submit(self._precreate, file) for file in self.precreate]
+        self.made += [pool.submit(self._make_special, item) for item in self.specials]
+        for future in self.created:
+            future.result()  # a full target (ENOSPC) raises here
+        reader.run(requests)
+        for future in self.made:
+            future.result()
 
     def _open(self, file: _File) -> int:
         """A descriptor to write ``file`` through: created now (one-chunk files) or reopened."""
@@ -430,8 +454,11 @@ def restore(
     except OSError as exc:
         raise os_error(exc, str(target)) from exc
     dirs = TargetDirs(root_fd)
+    pool: ThreadPoolExecutor | None = None
     try:
         restorer = _Restorer(repo, dirs, progress)
+        pool = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="ck-restore")
+        restorer.start(pool)
         folders: dict[tuple[str, ...], int] = {(): 0}
         for parts, node in nodes:
             if not parts:  # the synthetic root has no metadata of its own: restore what is inside
@@ -445,8 +472,11 @@ def restore(
             if sub is not None:
                 restorer.plan_tree(*sub)
         restorer.fetch_all()
+        pool.shutdown()
         restorer.finish()
     finally:
+        if pool is not None:
+            pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()
     return restorer.result
 
