@@ -19,6 +19,7 @@ import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,13 +47,13 @@ def main() -> None:
     parser.add_argument("--corpus", choices=corpora.CORPORA, default="usr")
     parser.add_argument("--db", type=int, default=128, help="MiB of database-like file in real corpora")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--before", type=Path, help="a baseline checkout to restore with too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-s3", action="store_true")
     parser.add_argument("--format", choices=(2, 3), type=int, default=3)
     args = parser.parse_args()
-    work: Path = args.workdir
+    work: Path = args.workdir or Path(tempfile.mkdtemp(prefix="ck-restore-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     source = work / "src"
     if not source.exists():
