@@ -418,26 +418,40 @@ class Repository:
         sealed: bytes | memoryview,
         *,
         reuse_buffer: Literal[False] = False,
+        crypter: Crypter | None = None,
     ) -> bytes: ...
 
     @overload
     def decode_blob(
-        self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview, *, reuse_buffer: Literal[True]
+        self,
+        entry: BlobEntry,
+        pack_id: str,
+        sealed: bytes | memoryview,
+        *,
+        reuse_buffer: Literal[True],
+        crypter: Crypter | None = None,
     ) -> bytes | memoryview: ...
 
     def decode_blob(
-        self, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview, *, reuse_buffer: bool = False
+        self,
+        entry: BlobEntry,
+        pack_id: str,
+        sealed: bytes | memoryview,
+        *,
+        reuse_buffer: bool = False,
+        crypter: Crypter | None = None,
     ) -> bytes | memoryview:
         """Decrypt, decompress and verify one blob against its content id.
 
         ``reuse_buffer``: the result may live in this thread's reusable buffer, valid until the
-        thread decodes again (restore and check use each blob at once).
+        thread decodes again (restore and check use each blob at once). ``crypter``: the pack's,
+        when the caller already has it (``pack_crypter``), saving a look-up per blob.
         """
         what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
         if len(sealed) != entry.length:
             raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
         aad = blob_aad(entry.type, entry.id)
-        crypter = self.pack_crypter(pack_id)
+        crypter = crypter or self.pack_crypter(pack_id)
         if reuse_buffer:
             data: bytes | memoryview = crypter.decode_into_buffer(sealed, aad, what)
         else:

@@ -1,8 +1,8 @@
 """Restore: a snapshot, a subtree or single files back to a folder, with their metadata.
 
 Restore is planned per pack, not per file: every needed blob is mapped to (file, offset) targets,
-then each pack is fetched once (whole, or one range covering the needed blobs) on an I/O pool and
-its blobs are decrypted, verified against their content ids and written with ``pwrite``. Files
+then each pack's needed blobs are read in a few coalesced ranges (``runreader``) and decrypted,
+verified against their content ids and written with ``pwrite`` on a pool of decoder threads. Files
 are pre-sized with ``ftruncate`` so all-zero blocks of sparse files are simply not written.
 Metadata is applied last (directories deepest first) so writing does not disturb mtimes.
 
@@ -19,7 +19,7 @@ import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +30,12 @@ from cloudkeep.errors import (
 )
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
+from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
-from cloudkeep.repo.memory import ThreadBuffers, limit_heap_fragmentation
-from cloudkeep.repo.pack import BlobEntry, pack_key
+from cloudkeep.repo.index import Location
+from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
+from cloudkeep.repo.runreader import RunReader, Segment, plan_requests
 from cloudkeep.repo.targetfs import (
     Refused,
     TargetDirs,
@@ -50,11 +52,9 @@ from cloudkeep.repo.targetfs import (
     shown,
 )
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
-from cloudkeep.storage.base import ObjectNotFoundError, RangeStream, read_exactly
 
-LOCAL_SPAN = 4 * 2**20  # local reads are cheap: smaller units keep every thread busy
-LOCAL_THREADS = (os.cpu_count() or 2) + 1  # more only costs memory: each thread holds its blob buffers
-RANGE_GAP = 2**20  # skip unneeded stretches longer than this instead of downloading them
+LOCAL_THREADS = (os.cpu_count() or 2) + 1  # decoders; more only costs memory: each holds its blob buffers
+REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 
 
 @dataclass
@@ -70,15 +70,6 @@ class RestoreResult:
     def ok(self) -> bool:
         """True when every entry of the restore point was restored (warnings aside)."""
         return not self.errors
-
-
-def _skip(stream: RangeStream, count: int, scratch: memoryview) -> None:
-    """Read past ``count`` unneeded bytes (a gap between needed blobs, at most ``RANGE_GAP``)."""
-    while count > 0:
-        n = len(read_exactly(stream, scratch[: min(count, len(scratch))]))
-        if not n:
-            return
-        count -= n
 
 
 FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is unusable: stop
@@ -113,15 +104,18 @@ class _Restorer:
         self.repo, self.dirs, self.progress = repo, dirs, progress
         self.result = RestoreResult()
         self.by_blob: dict[bytes, list[_Target]] = defaultdict(list)
+        self.located: dict[bytes, Location] = {}  # where planning found each blob (not looked up twice)
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, _File | None]] = []
         self.links: list[tuple[_File, int, str, str]] = []  # (first occurrence, folder, name, path)
-        self.precreate: list[_File] = []
+        self.precreate: list[_File] = []  # made when fetching starts, unless a pool is started early
         self.specials: list[tuple[int, str, Node, str]] = []  # links, fifos, devices: (dir, name, node, path)
+        self.pool: ThreadPoolExecutor | None = None  # set by ``start``: entries made while planning
+        self.created: list[Future[None]] = []  # precreations, all done before any data is written
+        self.made: list[Future[None]] = []  # special entries, waited for at the end
         self.first_link: dict[tuple[int, int], _File] = {}
         self.set_owner = os.geteuid() == 0
         self.lock = threading.Lock()
-        self.buffers = ThreadBuffers(RANGE_GAP)  # per thread: sealed blobs read, gaps skipped
         self.bytes_written = 0
         self.failed_files = 0
 
@@ -192,7 +186,10 @@ class _Restorer:
                 raise Refused(f"unknown entry type {shown(node.type)}")
             # Made on the I/O pool with the files: creating entries is kernel-bound and the
             # names of one folder are unique (checked above), so the order does not matter.
-            self.specials.append((index, name, node, path))
+            if self.pool is None:
+                self.specials.append((index, name, node, path))
+            else:
+                self.made.append(self.pool.submit(self._make_special, (index, name, node, path)))
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
             self._failed(path, exc)
         except IntegrityError as exc:  # a chunk the index does not know
@@ -228,10 +225,13 @@ class _Restorer:
             if first is not None:
                 self.links.append((first, index, name, path))
                 return
-        offsets, offset = [], 0
+        offsets, offset, located = [], 0, self.located
         for blob_id in node.content:  # an unknown chunk refuses the file before anything is made
             offsets.append(offset)
-            offset += self.repo.locate(blob_id).entry.raw_length
+            loc = located.get(blob_id)
+            if loc is None:
+                loc = located[blob_id] = self.repo.locate(blob_id)
+            offset += loc.entry.raw_length
         if not isinstance(node.size, int) or node.size < 0:
             raise Refused("malformed size")
         file = _File(index, name, path, node.size, bool(node.sparse), len(node.content) == 1)
@@ -241,7 +241,10 @@ class _Restorer:
         if file.single:  # written once: its metadata goes on right after, through the same descriptor
             file.node = node
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
-            self.precreate.append(file)
+            if self.pool is None:
+                self.precreate.append(file)
+            else:
+                self.created.append(self.pool.submit(self._precreate, file))
             self.finishing.append((index, name, node, file))
         for blob_id, at in zip_strict(node.content, offsets):
             self.by_blob[blob_id].append(_Target(file, at))
@@ -250,46 +253,43 @@ class _Restorer:
 
     # -- data ------------------------------------------------------------------------------
 
-    def fetch_all(self, threads: int | None = None) -> None:
-        """Fetch each pack's needed blobs, several packs at a time.
+    def start(self, pool: ThreadPoolExecutor) -> None:
+        """Create files of several chunks and special entries on ``pool`` as planning finds them.
 
-        A pack's needed blobs are read in one streamed request (``ObjectStore.open_range``),
-        split where more than ``RANGE_GAP`` of unneeded bytes lie between them (and, locally,
-        every ``LOCAL_SPAN``); each blob is read into one reusable buffer per thread, so memory
-        is a blob per thread whatever the pack size. Remote stores use 4 threads (latency),
-        local ones cores + 1.
+        Planning is Python on one thread; creating entries is kernel work that releases the GIL,
+        so the two overlap instead of the creations waiting for the whole plan.
         """
-        remote = self.repo.store.remote  # a pack's blobs in one request
-        span = 2**62 if remote else LOCAL_SPAN  # one pack of small files must not keep one thread busy alone
-        threads = threads or (4 if remote else LOCAL_THREADS)
-        by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
-        for blob_id in self.by_blob:
-            loc = self.repo.locate(blob_id)
-            by_pack[loc.pack_id].append(loc.entry)
-        runs: list[tuple[str, list[BlobEntry]]] = []
-        for pack_id, entries in by_pack.items():
-            entries.sort(key=lambda e: e.offset)
-            run: list[BlobEntry] = []
-            for entry in entries:
-                if run and (
-                    entry.offset - (run[-1].offset + run[-1].length) > RANGE_GAP
-                    or entry.offset + entry.length - run[0].offset > span
-                ):
-                    runs.append((pack_id, run))
-                    run = []
-                run.append(entry)
-            runs.append((pack_id, run))
-        # Largest first, so no long run starts last and keeps one thread busy alone at the end.
-        runs.sort(key=lambda r: r[1][0].offset - (r[1][-1].offset + r[1][-1].length))
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-restore") as pool:
-            # Creating files is metadata-bound (slow on busy disks): do it on many threads too.
-            for _ in pool.map(self._precreate, self.precreate):
-                pass
-            specials = pool.map(self._make_special, self.specials)  # queued, not waited for
-            for _ in pool.map(self._restore_run, runs):
-                pass
-            for _ in specials:
-                pass
+        self.pool = pool
+
+    def fetch_all(self, threads: int | None = None) -> None:
+        """Read every needed blob once (``runreader``: coalesced ranges, parallel decoding) and write it.
+
+        Files of several chunks are created first, on a pool (creating is metadata-bound, slow
+        on busy disks); links, FIFOs and devices are made on that pool while the data flows.
+        Remote stores stream each pack range in one request on ``REMOTE_STREAMS`` threads.
+        """
+        decoders = threads or LOCAL_THREADS
+        if self.pool is not None:
+            self._fetch(self.pool, decoders)
+            return
+        with ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="ck-restore") as pool:
+            self._fetch(pool, decoders)
+
+    def _fetch(self, pool: ThreadPoolExecutor, decoders: int) -> None:
+        remote = self.repo.store.remote
+        located, self.located = self.located, {}
+        requests = plan_requests((located.get(b) or self.repo.locate(b) for b in self.by_blob), remote=remote)
+        del located
+        reader = RunReader(
+            self.repo.store, self._restore_segment, readers=REMOTE_STREAMS if remote else 0, decoders=decoders
+        )
+        self.created += [pool.submit(self._precreate, file) for file in self.precreate]
+        self.made += [pool.submit(self._make_special, item) for item in self.specials]
+        for future in self.created:
+            future.result()  # a full target (ENOSPC) raises here
+        reader.run(requests)
+        for future in self.made:
+            future.result()
 
     def _open(self, file: _File) -> int:
         """A descriptor to write ``file`` through: created now (one-chunk files) or reopened."""
@@ -319,32 +319,24 @@ class _Restorer:
         except (Refused, OSError) as exc:
             self._file_failed(file, exc)
 
-    def _restore_run(self, item: tuple[str, list[BlobEntry]]) -> None:
-        pack_id, entries = item
-        start, end = entries[0].offset, entries[-1].offset + entries[-1].length
-        try:
-            with self.repo.store.open_range(pack_key(pack_id), start, end - start) as stream:
-                position = start
-                for entry in entries:
-                    _skip(stream, entry.offset - position, self.buffers.get("read", RANGE_GAP))
-                    sealed = read_exactly(stream, self.buffers.get("read", entry.length))
-                    position = entry.offset + len(sealed)
-                    self._restore_blob(pack_id, entry, sealed)
-        except ObjectNotFoundError:
-            raise IntegrityError(
-                f"pack {pack_id} is missing from storage", hint="run `cloudkeep repository check`"
-            ) from None
-
-    def _restore_blob(self, pack_id: str, entry: BlobEntry, sealed: memoryview) -> None:
-        data = self.repo.decode_blob(entry, pack_id, sealed, reuse_buffer=True)  # a short read fails here
-        targets = self.by_blob[entry.id]
-        for target in targets:
-            if target.file.failed:
-                continue
-            runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
-            self._write(target, data, runs)
+    def _restore_segment(self, pack_id: str, segment: Segment, view: memoryview) -> None:
+        """Decode, verify and write one segment's blobs (on a decoder thread of the run reader)."""
+        repo, by_blob, base, written = self.repo, self.by_blob, segment.start, 0
+        # The pack's key once per segment; a segment from the pack's start carries its prelude.
+        crypter = repo.pack_crypter(pack_id, bytes(view[:PACK_PRELUDE_SIZE]) if base == 0 else None)
+        for entry in segment.entries:
+            at = entry.offset - base
+            sealed = view[at : at + entry.length]
+            data = repo.decode_blob(entry, pack_id, sealed, reuse_buffer=True, crypter=crypter)
+            targets = by_blob[entry.id]
+            for target in targets:
+                if target.file.failed:
+                    continue
+                runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
+                self._write(target, data, runs)
+            written += len(data) * len(targets)
         with self.lock:
-            self.bytes_written += len(data) * len(targets)
+            self.bytes_written += written
         if self.progress:
             self.progress(
                 BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
@@ -462,8 +454,11 @@ def restore(
     except OSError as exc:
         raise os_error(exc, str(target)) from exc
     dirs = TargetDirs(root_fd)
+    pool: ThreadPoolExecutor | None = None
     try:
         restorer = _Restorer(repo, dirs, progress)
+        pool = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="ck-restore")
+        restorer.start(pool)
         folders: dict[tuple[str, ...], int] = {(): 0}
         for parts, node in nodes:
             if not parts:  # the synthetic root has no metadata of its own: restore what is inside
@@ -477,8 +472,11 @@ def restore(
             if sub is not None:
                 restorer.plan_tree(*sub)
         restorer.fetch_all()
+        pool.shutdown()
         restorer.finish()
     finally:
+        if pool is not None:
+            pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()
     return restorer.result
 

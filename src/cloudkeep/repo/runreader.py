@@ -1,0 +1,267 @@
+"""Restore's data path: each pack's needed blobs read as few coalesced ranges, decoded in parallel.
+
+Reading blob by blob costs a system call (or a stream read in Python) per blob: most of a
+restore's blobs are small files' single chunks. Instead the needed blobs of a pack, sorted by
+offset, are merged into **segments** — one read into one buffer — while the gap between
+neighbours is small (reading a few unneeded bytes beats another call) and the segment stays under
+a cap (memory). Neighbouring segments of a pack form one **request**: locally every segment is its
+own read (cheap, and several threads share a pack), on a remote store one ranged GET streams all
+of a pack's segments, so request count stays one per pack range.
+
+Reader threads fill buffers taken from a fixed pool and queue them; decoder threads decrypt,
+decompress, verify and write the blobs, then give the buffer back. The pool's size bounds the
+memory of reads in flight whatever the restore's size; readers wait for a free buffer. Locally
+there are no reader threads: each decoder reads its own segments (a page-cache copy is not worth
+a hand-off between threads).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from cloudkeep.compat import SLOTS
+from cloudkeep.errors import IntegrityError
+from cloudkeep.repo.index import Location
+from cloudkeep.repo.pack import BlobEntry, pack_key
+from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore, RangeStream, read_exactly
+
+SEGMENT_GAP = 64 * 1024  # unneeded bytes read (and dropped) rather than split a segment
+REQUEST_GAP = 2**20  # remote: longer unneeded stretches end the request (not downloaded)
+SEGMENT_CAP = 2**20  # bytes per segment (one buffer); a larger blob is a segment of its own
+
+
+@dataclass(**SLOTS)
+class Segment:
+    """Needed blobs of one pack lying close together, read into one buffer: ``[start, end)``."""
+
+    start: int
+    end: int
+    entries: list[BlobEntry] = field(default_factory=list)
+
+
+@dataclass(**SLOTS)
+class Request:
+    """Segments of one pack read through one ``open_range`` call, in order."""
+
+    pack_id: str
+    segments: list[Segment]
+
+    @property
+    def start(self) -> int:
+        return self.segments[0].start
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1].end
+
+
+def plan_segments(
+    entries: list[BlobEntry], *, gap: int = SEGMENT_GAP, cap: int = SEGMENT_CAP
+) -> list[Segment]:
+    """One pack's needed blobs as segments, by offset (``entries`` is sorted in place)."""
+    entries.sort(key=lambda e: e.offset)
+    segments: list[Segment] = []
+    current: Segment | None = None
+    for entry in entries:
+        end = entry.offset + entry.length
+        if current is None or entry.offset - current.end > gap or end - current.start > cap:
+            current = Segment(entry.offset, end)
+            segments.append(current)
+        current.entries.append(entry)
+        current.end = max(current.end, end)
+    if segments and segments[0].start <= gap and segments[0].end <= cap:
+        segments[0].start = 0  # read the pack's prelude with it (format 3: the pack's wrapped data key)
+    return segments
+
+
+def plan_requests(
+    locations: Iterable[Location],
+    *,
+    remote: bool,
+    gap: int = SEGMENT_GAP,
+    cap: int = SEGMENT_CAP,
+    request_gap: int = REQUEST_GAP,
+) -> list[Request]:
+    """Reads covering every located blob once: per segment locally, per pack range remotely.
+
+    Remote requests go largest first, so no long download starts last and runs alone at the end;
+    local ones stay in pack order (sequential on a disk, every segment about the same size).
+    """
+    by_pack: dict[str, list[BlobEntry]] = defaultdict(list)
+    for loc in locations:
+        by_pack[loc.pack_id].append(loc.entry)
+    requests: list[Request] = []
+    for pack_id, entries in by_pack.items():
+        segments = plan_segments(entries, gap=gap, cap=cap)
+        if not remote:
+            requests.extend(Request(pack_id, [segment]) for segment in segments)
+            continue
+        group: list[Segment] = []
+        for segment in segments:
+            if group and segment.start - group[-1].end > request_gap:
+                requests.append(Request(pack_id, group))
+                group = []
+            group.append(segment)
+        requests.append(Request(pack_id, group))
+    if remote:
+        requests.sort(key=lambda r: r.start - r.end)
+    return requests
+
+
+Handler = Callable[[str, Segment, memoryview], None]
+
+
+class _Stop(Exception):
+    """Another thread failed: this one stops reading."""
+
+
+class RunReader:
+    """Reads ``requests`` from ``store`` on ``readers`` threads; ``handle`` runs on ``decoders`` threads.
+
+    ``handle(pack_id, segment, view)`` gets the segment's bytes (shorter than the segment only
+    where the pack ends early: the decoder's length check names it). The first exception of any
+    thread stops the others and is raised by ``run``.
+    """
+
+    def __init__(
+        self, store: ObjectStore, handle: Handler, *, readers: int, decoders: int, cap: int = SEGMENT_CAP
+    ):
+        self.store, self.handle = store, handle
+        self.readers, self.decoders, self.cap = max(0, readers), max(1, decoders), cap
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._buffers = threading.BoundedSemaphore(2 * self.decoders + self.readers)  # the memory bound
+        self._work: queue.SimpleQueue[tuple[str, Segment, bytearray, int] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def run(self, requests: list[Request]) -> None:
+        """Read and handle every request; ``readers=0``: each decoder reads its own segments.
+
+        A local read is a copy from the page cache, a hundredth of decoding and writing what it
+        read: there a hand-off between threads costs more (GIL and futex traffic) than it saves.
+        """
+        pending = iter(requests)
+        if not self.readers:
+            inline = [
+                threading.Thread(target=self._read_all, args=(pending, True), name=f"ck-restore-{i}")
+                for i in range(self.decoders)
+            ]
+            for thread in inline:
+                thread.start()
+            for thread in inline:
+                thread.join()
+        else:
+            readers = [
+                threading.Thread(target=self._read_all, args=(pending, False), name=f"ck-read-{i}")
+                for i in range(self.readers)
+            ]
+            decoders = [
+                threading.Thread(target=self._decode_all, name=f"ck-decode-{i}") for i in range(self.decoders)
+            ]
+            for thread in readers + decoders:
+                thread.start()
+            for thread in readers:
+                thread.join()
+            for _ in decoders:
+                self._work.put(None)
+            for thread in decoders:
+                thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+
+    def _take_buffer(self, size: int) -> bytearray:
+        self._buffers.acquire()  # decoders give every buffer back, even after a failure
+        if self._error is not None:
+            self._buffers.release()
+            raise _Stop
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            buf = bytearray(max(size, self.cap))
+        if len(buf) < size:  # a blob larger than the cap: a buffer of its own, for this blob only
+            self._free.put(buf)
+            buf = bytearray(size)
+        return buf
+
+    def _give_back(self, buf: bytearray) -> None:
+        if len(buf) <= self.cap:  # one grown for a large blob is dropped: the pool stays at its size
+            self._free.put(buf)
+        self._buffers.release()
+
+    def _read_all(self, pending: Iterator[Request], inline: bool) -> None:
+        try:
+            while self._error is None:
+                with self._lock:
+                    request = next(pending, None)
+                if request is None:
+                    return
+                self._read(request, inline)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to run(), which raises it
+            self._fail(exc)
+
+    def _read(self, request: Request, inline: bool) -> None:
+        start, end = request.start, request.end
+        try:
+            with self.store.open_range(pack_key(request.pack_id), start, end - start) as stream:
+                position = start
+                for segment in request.segments:
+                    _skip(stream, segment.start - position, self)
+                    size = segment.end - segment.start
+                    buf = self._take_buffer(size)
+                    try:
+                        got = len(read_exactly(stream, memoryview(buf)[:size]))
+                    except BaseException:
+                        self._give_back(buf)
+                        raise
+                    if inline:
+                        self._handle(request.pack_id, segment, buf, got)
+                    else:
+                        self._work.put((request.pack_id, segment, buf, got))
+                    position = segment.start + got
+        except ObjectNotFoundError:
+            raise IntegrityError(
+                f"pack {request.pack_id} is missing from storage", hint="run `cloudkeep repository check`"
+            ) from None
+
+    def _decode_all(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            self._handle(*item)
+
+    def _handle(self, pack_id: str, segment: Segment, buf: bytearray, got: int) -> None:
+        try:
+            if self._error is None:
+                self.handle(pack_id, segment, memoryview(buf)[:got])
+        except BaseException as exc:  # handed to run(), which raises it
+            self._fail(exc)
+        finally:
+            self._give_back(buf)
+
+
+def _skip(stream: RangeStream, count: int, reader: RunReader) -> None:
+    """Read past ``count`` unneeded bytes between two segments of one request (remote only)."""
+    if count <= 0:
+        return
+    scratch = reader._take_buffer(min(count, reader.cap))
+    try:
+        view = memoryview(scratch)
+        while count > 0:
+            n = len(read_exactly(stream, view[: min(count, len(view))]))
+            if not n:
+                return
+            count -= n
+    finally:
+        reader._give_back(scratch)

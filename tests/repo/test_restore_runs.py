@@ -1,0 +1,215 @@
+"""The run reader: needed blobs read in coalesced ranges, decoded on other threads, memory bounded.
+
+Planning is checked on hand-made pack entries; reading on real stores: a local folder and S3 on
+the moto server (the remote path: one ranged GET streams a pack's segments).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import pytest
+
+from cloudkeep.errors import IntegrityError
+from cloudkeep.repo import Repository, backup_files, restore
+from cloudkeep.repo.index import Location
+from cloudkeep.repo.pack import BlobEntry, pack_key
+from cloudkeep.repo.runreader import RunReader, Segment, plan_requests, plan_segments
+from cloudkeep.storage import open_store
+from cloudkeep.storage.base import ObjectStore, RangeStream
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+
+KIB, MIB = 1024, 2**20
+
+
+def _entry(offset: int, length: int, tag: int = 0) -> BlobEntry:
+    return BlobEntry("data", bytes([tag]) * 32, offset, length, length)
+
+
+def test_neighbours_merge_until_a_gap_or_the_cap() -> None:
+    entries = [
+        _entry(5000, 1000, 3),  # out of order: sorted by offset
+        _entry(100, 1000, 1),
+        _entry(1200, 3000, 2),  # 100 bytes after the first: same segment
+        _entry(100_000, 500, 4),  # 94 KB later: a new segment (gap 64 KiB)
+        _entry(100_600, 3 * MIB, 5),  # larger than the cap: a segment of its own
+        _entry(100_600 + 3 * MIB, 10, 6),
+    ]
+    segments = plan_segments(entries, gap=64 * KIB, cap=MIB)
+    assert [(s.start, s.end) for s in segments] == [
+        (0, 6000),  # the first one starts at the pack's start: it carries the prelude
+        (100_000, 100_500),
+        (100_600, 100_600 + 3 * MIB),
+        (100_600 + 3 * MIB, 100_610 + 3 * MIB),
+    ]
+    assert [[e.id[0] for e in s.entries] for s in segments] == [[1, 2, 3], [4], [5], [6]]
+
+
+def test_a_far_first_blob_does_not_drag_the_prelude_in() -> None:
+    (segment,) = plan_segments([_entry(200 * KIB, 10)], gap=64 * KIB, cap=MIB)
+    assert (segment.start, segment.end) == (200 * KIB, 200 * KIB + 10)
+
+
+def test_remote_requests_span_a_pack_and_split_at_long_gaps() -> None:
+    locs = [Location("p1", _entry(i * 300 * KIB, 200 * KIB, i)) for i in range(10)]  # 100 KiB gaps
+    locs += [Location("p1", _entry(40 * MIB, 10, 50))]  # far away: another request
+    locs += [Location("p2", _entry(0, 4 * MIB, 60))]
+    remote = plan_requests(locs, remote=True, gap=64 * KIB, cap=MIB, request_gap=MIB)
+    assert [(r.pack_id, r.start, r.end, len(r.segments)) for r in remote] == [
+        ("p2", 0, 4 * MIB, 1),  # largest first
+        ("p1", 0, 9 * 300 * KIB + 200 * KIB, 10),
+        ("p1", 40 * MIB, 40 * MIB + 10, 1),
+    ]
+    local = plan_requests(locs, remote=False, gap=64 * KIB, cap=MIB, request_gap=MIB)
+    assert all(len(r.segments) == 1 for r in local) and len(local) == 12
+    covered = sorted(e.id[0] for r in local for s in r.segments for e in s.entries)
+    assert covered == sorted(loc.entry.id[0] for loc in locs)  # every blob exactly once
+
+
+class _CountingStore:
+    """A real store, counting the ranged reads a restore makes (delegates everything else)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store, self.ranges = store, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    @contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[RangeStream]:
+        self.ranges.append((key, offset, length))
+        with self._store.open_range(key, offset, length) as stream:
+            yield stream
+
+
+def _tree(root: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    for d in range(6):
+        folder = root / f"d{d}"
+        folder.mkdir(parents=True)
+        for f in range(40):
+            (folder / f"f{f}").write_bytes(rng.randbytes(rng.randrange(0, 9000)))
+    (root / "same-a").write_bytes(b"shared\n" * 500)
+    (root / "same-b").write_bytes(b"shared\n" * 500)
+    (root / "big.bin").write_bytes(rng.randbytes(3 * MIB))
+    with open(root / "sparse.img", "wb") as fh:
+        fh.write(rng.randbytes(4000))
+        fh.seek(2 * MIB)
+        fh.write(b"end")
+
+
+def _same(a: Path, b: Path) -> None:
+    for dirpath, _, names in os.walk(a):
+        for name in names:
+            path = Path(dirpath) / name
+            other = b / path.relative_to(a)
+            assert other.read_bytes() == path.read_bytes(), path
+            assert other.stat().st_mtime_ns == path.stat().st_mtime_ns, path
+            assert other.stat().st_mode == path.stat().st_mode, path
+
+
+def test_restore_from_s3_reads_each_pack_range_in_one_request(
+    aws_options: dict[str, str], unique_name: str, tmp_path: Path
+) -> None:
+    boto3.client(
+        "s3",
+        endpoint_url=aws_options["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=unique_name)
+    store = open_store(f"s3://{unique_name}/repo", **aws_options)
+    assert store.remote
+    repo = Repository.create(store, PASSWORD, pack_size=512 * KIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=5)
+    snap = backup_files(repo, [src], hostname="h")
+    counting = _CountingStore(store)
+    repo.store = counting  # type: ignore[assignment]
+    result = restore(repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files == 244, result.errors
+    _same(src, restored(tmp_path / "out", src))
+    data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
+    packs = {key for key, _, _ in data_reads}
+    # Every blob of the tree is needed and packs are contiguous: one GET per pack, none for preludes.
+    assert len(data_reads) == len(packs) > 3
+    assert all(offset == 0 for _, offset, _ in data_reads)
+
+
+def test_a_pack_missing_mid_restore_is_an_integrity_error(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=256 * KIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=6)
+    snap = backup_files(repo, [src], hostname="h")
+    data_keys = sorted(info.key for info in store.list("data/"))
+    assert len(data_keys) > 4
+    os.unlink(tmp_path / "repo" / data_keys[len(data_keys) // 2])  # trees are in their own packs
+    with pytest.raises(IntegrityError, match="missing from storage"):
+        restore(repo, snap.id, tmp_path / "out")
+
+
+def _pack(store: ObjectStore, blobs: int, size: int) -> tuple[str, list[BlobEntry]]:
+    body = os.urandom(blobs * size)
+    store.put(pack_key("ab" * 32), body)
+    return "ab" * 32, [BlobEntry("data", i.to_bytes(32, "big"), i * size, size, size) for i in range(blobs)]
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path, readers: int) -> None:
+    """However many segments, buffers allocated never exceed 2 * decoders + readers (0: decoders)."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    pack_id, entries = _pack(store, 200, 200 * KIB)  # 200 segments of one blob (cap 256 KiB)
+    entries.append(BlobEntry("data", b"L" * 32, 200 * 200 * KIB, 0, 0))  # an empty last blob
+    requests = plan_requests([Location(pack_id, e) for e in entries], remote=False, cap=256 * KIB)
+    seen: set[int] = set()
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+        assert len(view) == segment.end - segment.start
+        with lock:
+            seen.add(id(view.obj))
+            handled.extend(e.offset for e in segment.entries)
+
+    RunReader(store, handle, readers=readers, decoders=3, cap=256 * KIB).run(requests)
+    assert sorted(handled) == [e.offset for e in entries]
+    assert len(seen) <= (2 * 3 + readers if readers else 3)
+
+
+def test_a_blob_larger_than_the_cap_gets_a_buffer_of_its_own(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    pack_id, entries = _pack(store, 3, 300 * KIB)
+    body = store.get(pack_key(pack_id))
+    got: dict[int, bytes] = {}
+
+    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+        got[segment.start] = bytes(view)
+
+    requests = plan_requests([Location(pack_id, e) for e in entries], remote=True, cap=256 * KIB)
+    assert len(requests) == 1 and len(requests[0].segments) == 3
+    RunReader(store, handle, readers=1, decoders=1, cap=256 * KIB).run(requests)
+    assert got == {e.offset: body[e.offset : e.offset + e.length] for e in entries}
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path, readers: int) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    pack_id, entries = _pack(store, 300, 64 * KIB)
+    requests = plan_requests([Location(pack_id, e) for e in entries], remote=False, gap=0, cap=64 * KIB)
+    handled: list[int] = []
+
+    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+        handled.append(segment.start)
+        if len(handled) == 5:
+            raise IntegrityError("blob 5 is damaged")
+
+    with pytest.raises(IntegrityError, match="blob 5 is damaged"):
+        RunReader(store, handle, readers=readers, decoders=1).run(requests)
+    assert len(handled) == 5  # what was already read and queued is given back, not handled
