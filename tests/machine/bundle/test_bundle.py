@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from cloudkeep.errors import AuthenticationError, IntegrityError
 from cloudkeep.machine.bundle import BundleManifest, build_bundle, wheel_name
 from cloudkeep.machine.bundle.manifest import public_key_b64, sha256_file
+from cloudkeep.machine.keys import AGENT_LEVEL
 from cloudkeep.providers.local.queues import LocalQueueService
 from tests.server.rescan_support import wait_for
 
@@ -128,7 +129,8 @@ def test_install_sh_verifies_installs_and_is_idempotent(tmp_path: Path, bundle_d
     assert first.returncode == 0, first.stdout + first.stderr
     assert _lines(first.stdout, "CLOUDKEEP-INSTALLED") == ["version=0.1.0 changed=yes services=not-started"]
     keys = json.loads(_lines(first.stdout, "CLOUDKEEP-KEYS")[0])
-    assert set(keys) == {"signing_public_key", "encryption_public_key"}
+    assert set(keys) == {"signing_public_key", "encryption_public_key", "agent_level"}
+    assert keys["agent_level"] == AGENT_LEVEL  # the server refuses commands an older agent cannot run
     assert (root / "opt/cloudkeep/VERSION").read_text().strip() == "0.1.0"
     assert (root / "opt/cloudkeep/lib/cloudkeep/machine/__main__.py").is_file()
     assert os.access(root / "opt/cloudkeep/bin/cloudkeep-machine", os.X_OK)
