@@ -24,7 +24,7 @@ from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, Protoc
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
-from cloudkeep.server import metrics
+from cloudkeep.server import metrics, result_notify
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
@@ -166,6 +166,8 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
         if not isinstance(body, Result):
             return _apply_progress(session, record, envelope, body)
         outcome = _apply_result(session, record, body)
+        if outcome == "applied":
+            result_notify.announce(session, body.command_id)  # other processes' waiters, on commit
     if outcome == "applied":  # committed: a waiter woken now reads the result
         RESULTS.notify(body.command_id)
     return outcome
