@@ -18,6 +18,10 @@ that speak the signed protocol but read no files. Per fleet size it reports:
 * with ``--count-sql``: SQL statements and transactions per machine during the job, the result
   wait's polling counted apart (``tests/support/sqlcount.py``).
 
+``--sim-procs N`` runs the agents in N processes of their own and ``--server-procs M`` the
+server-queue consumers in M processes (``tests/support/fleet_procs.py``); this process then keeps
+the job runner and the probes, and the server's CPU is this process's plus the consumers'.
+
     .venv/bin/python bench/fleet.py --machines 200,1000 --days 2
     .venv/bin/python bench/fleet.py --machines 1000 --postgres --parallel 64
     .venv/bin/python bench/fleet.py --machines 100 --sqs
@@ -43,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sqlalchemy import func, select, text  # noqa: E402
 from tests.server.jobs_fakes import build_world, fresh_postgres_url, make_context  # noqa: E402
 from tests.support.fleet import SimulatedFleet, wait_until  # noqa: E402
+from tests.support.fleet_procs import ConsumerProcs, SimulatorProcs  # noqa: E402
 from tests.support.peers import MotoServer, Postgres  # noqa: E402
 from tests.support.sqlcount import StatementCounter  # noqa: E402
 
@@ -71,6 +76,16 @@ def percentile(values: list[float], q: float) -> float:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class ServerCpu:
+    """The server's CPU: this process's, plus the consumer processes' when they run apart."""
+
+    def __init__(self, consumers: ConsumerProcs | None) -> None:
+        self.consumers = consumers
+
+    def __call__(self) -> float:
+        return cpu_seconds() + (self.consumers.usage()[0] if self.consumers is not None else 0.0)
 
 
 def db_bytes(ctx: ServerContext) -> int:
@@ -163,16 +178,45 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
         provider = ctx.provider_for(group.credential_id)
     provider.queues.ensure_queue(server_queue_name(ctx.server_id))
     started = time.perf_counter()
-    fleet = SimulatedFleet.register(ctx, provider, world.group_id, count)
+    fleet: SimulatedFleet | SimulatorProcs
+    if args.sim_procs:
+        fleet = SimulatorProcs(ctx, world.group_id, count, args.sim_procs)
+    else:
+        fleet = SimulatedFleet.register(ctx, provider, world.group_id, count)
     rows.append(
         (f"{label}: register {count} machines + agent queues", f"{time.perf_counter() - started:.1f} s")
     )
+    consumers = ConsumerProcs(ctx, args.server_procs, args.workers) if args.server_procs else None
+    try:
+        _measure(ctx, world, provider, fleet, consumers, count, args, rows, label)
+    finally:
+        fleet.stop()
+        stop_consumers()
+        if consumers is not None:
+            consumers.stop()
+            rss_consumers = consumers.usage()[1]
+            consumers.close()
+            rows.append((f"{label}: peak RSS of the largest consumer process", f"{rss_consumers:.0f} MiB"))
+        if isinstance(fleet, SimulatorProcs):
+            fleet.close()
+        provider.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append((f"{label}: peak RSS of this process so far", f"{rss:.0f} MiB"))
+
+
+def _measure(ctx: ServerContext, world: Any, provider: Any, fleet: SimulatedFleet | SimulatorProcs,
+             consumers: ConsumerProcs | None, count: int, args: argparse.Namespace, rows: Table,
+             label: str) -> None:  # fmt: skip
+    server_cpu = ServerCpu(consumers)
     # Heartbeats wait on the queue first, so the drain measures the server alone (not the simulator).
     started = time.perf_counter()
     fleet.heartbeat_all()
     sent = time.perf_counter() - started
-    cpu, started = cpu_seconds(), time.perf_counter()
-    ensure_consumers(ctx, workers=args.workers)
+    cpu, started = server_cpu(), time.perf_counter()
+    if consumers is not None:
+        consumers.start()
+    else:
+        ensure_consumers(ctx, workers=args.workers)
 
     def beating() -> bool:
         with ctx.db() as db:
@@ -181,7 +225,7 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
 
     wait_until(beating, timeout=3600, what="heartbeats applied", poll=0.2)
     took = time.perf_counter() - started
-    used = cpu_seconds() - cpu
+    used = server_cpu() - cpu
     drained = f"{took:.1f} s = {count / took:.0f}/s, {1000 * used / count:.1f} ms CPU each"
     rows.append(
         (f"{label}: {count} heartbeats: simulator sends / server drains", f"{sent:.0f} s / {drained}")
@@ -192,86 +236,79 @@ def run_fleet(ctx: ServerContext, folder: Path, count: int, args: argparse.Names
     job_id = world.add_job(retention={"keep_last": 1},
                            options={"parallel_machines": args.parallel, "poll_slice_seconds": 2})  # fmt: skip
     fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
-    try:
-        for day in range(1, args.days + 1):
-            size_before = db_bytes(ctx)
-            probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id))).start()
-            counter = StatementCounter(ctx.engine, waiting=("commands.await_result",))
-            if args.count_sql:  # the probe's reads and heartbeats are counted too
-                counter.__enter__()
-            cpu, started = cpu_seconds(), time.perf_counter()
-            session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
-            probe.session_id = session_id
-            wait_until(
-                lambda sid=session_id: _ended(ctx, sid), timeout=24 * 3600, what="the daily job", poll=0.5
-            )
-            wall, used = time.perf_counter() - started, cpu_seconds() - cpu
-            probe.stop()
-            if args.count_sql:
-                counter.__exit__(None, None, None)
-                per = [n / count for n in (counter.statements, counter.waiting_statements,
-                                           counter.transactions, counter.waiting_transactions)]  # fmt: skip
-                rows.append((f"{label}: day {day} SQL per machine: statements / transactions (result wait)",
-                             "{:.1f} ({:.1f}) / {:.1f} ({:.1f})".format(*per)))  # fmt: skip
-            with ctx.db() as db:
-                session = db.get(JobSession, session_id)
-                assert session is not None
-                state, reason = session.state, session.reason
-                trips = [
-                    (done - sent_at).total_seconds() * 1000
-                    for done, sent_at in db.execute(
-                        select(CommandRecord.completed_at, CommandRecord.sent_at).where(
-                            CommandRecord.kind == "backup", CommandRecord.completed_at.is_not(None),
-                            CommandRecord.task_id.in_(
-                                select(SessionTask.id).where(SessionTask.session_id == session_id)
-                            ),
-                        )
-                    )
-                ]  # fmt: skip
-                fell_back = db.scalar(
-                    select(func.count()).where(
-                        CommandRecord.channel != "queue",
+    for day in range(1, args.days + 1):
+        size_before = db_bytes(ctx)
+        probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id))).start()
+        counter = StatementCounter(ctx.engine, waiting=("commands.await_result",))
+        if args.count_sql:  # the probe's reads and heartbeats are counted too
+            counter.__enter__()
+        cpu, started = server_cpu(), time.perf_counter()
+        session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
+        probe.session_id = session_id
+        wait_until(lambda sid=session_id: _ended(ctx, sid), timeout=24 * 3600, what="the daily job", poll=0.5)
+        wall, used = time.perf_counter() - started, server_cpu() - cpu
+        probe.stop()
+        if args.count_sql:
+            counter.__exit__(None, None, None)
+            per = [n / count for n in (counter.statements, counter.waiting_statements,
+                                       counter.transactions, counter.waiting_transactions)]  # fmt: skip
+            rows.append((f"{label}: day {day} SQL per machine: statements / transactions (result wait)",
+                         "{:.1f} ({:.1f}) / {:.1f} ({:.1f})".format(*per)))  # fmt: skip
+        with ctx.db() as db:
+            session = db.get(JobSession, session_id)
+            assert session is not None
+            state, reason = session.state, session.reason
+            trips = [
+                (done - sent_at).total_seconds() * 1000
+                for done, sent_at in db.execute(
+                    select(CommandRecord.completed_at, CommandRecord.sent_at).where(
+                        CommandRecord.kind == "backup", CommandRecord.completed_at.is_not(None),
                         CommandRecord.task_id.in_(
                             select(SessionTask.id).where(SessionTask.session_id == session_id)
                         ),
                     )
                 )
-            grown = db_bytes(ctx) - size_before
-            rows.append(
-                (
-                    f"{label}: day {day} commands that took the fallback channel (stale heartbeat)",
-                    f"{fell_back}",
+            ]  # fmt: skip
+            fell_back = db.scalar(
+                select(func.count()).where(
+                    CommandRecord.channel != "queue",
+                    CommandRecord.task_id.in_(
+                        select(SessionTask.id).where(SessionTask.session_id == session_id)
+                    ),
                 )
             )
-            rows.append((f"{label}: day {day} job over {count} ({args.parallel} parallel): state", f"{state}"
-                         + ("" if state == "success" else f" ({reason[:80]})")))  # fmt: skip
-            rows.append((f"{label}: day {day} job wall time / machines per second",
-                         f"{wall:.1f} s / {count / wall:.1f}"))  # fmt: skip
-            rows.append((f"{label}: day {day} backup round trip p50 / p99 (ms)",
-                         f"{percentile(trips, 0.5):.0f} / {percentile(trips, 0.99):.0f}"))  # fmt: skip
-            rows.append((f"{label}: day {day} process CPU during the job (server + simulator)",
-                         f"{used:.1f} s ({100 * used / wall:.0f} % of one core)"))  # fmt: skip
-            rows.append((f"{label}: day {day} DB growth (total)",
-                         f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
-                         f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
-            rows.append((f"{label}: day {day} simulator heartbeats: worst lateness against their schedule",
-                         f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
-            for name, values in probe.gauges.items():
-                rows.append((f"{label}: day {day} {name} during the job p50 / max, n={len(values)}",
-                             f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
-            for name, samples in probe.samples.items():
-                rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
-                             f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
-    finally:
-        fleet.stop()
-        stop_consumers()
-        provider.close()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows.append((f"{label}: peak RSS of the process so far", f"{rss:.0f} MiB"))
+        grown = db_bytes(ctx) - size_before
+        rows.append(
+            (
+                f"{label}: day {day} commands that took the fallback channel (stale heartbeat)",
+                f"{fell_back}",
+            )
+        )
+        rows.append((f"{label}: day {day} job over {count} ({args.parallel} parallel): state", f"{state}"
+                     + ("" if state == "success" else f" ({reason[:80]})")))  # fmt: skip
+        rows.append((f"{label}: day {day} job wall time / machines per second",
+                     f"{wall:.1f} s / {count / wall:.1f}"))  # fmt: skip
+        rows.append((f"{label}: day {day} backup round trip p50 / p99 (ms)",
+                     f"{percentile(trips, 0.5):.0f} / {percentile(trips, 0.99):.0f}"))  # fmt: skip
+        what = "server processes" if args.sim_procs else "process (server + simulator)"
+        rows.append((f"{label}: day {day} CPU of the {what} during the job",
+                     f"{used:.1f} s ({100 * used / wall:.0f} % of one core) = "
+                     f"{1000 * used / count:.0f} ms per machine"))  # fmt: skip
+        rows.append((f"{label}: day {day} DB growth (total)",
+                     f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
+                     f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
+        rows.append((f"{label}: day {day} simulator heartbeats: worst lateness against their schedule",
+                     f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
+        for name, values in probe.gauges.items():
+            rows.append((f"{label}: day {day} {name} during the job p50 / max, n={len(values)}",
+                         f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
+        for name, samples in probe.samples.items():
+            rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
+                         f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
 
 
-def _soak(ctx: ServerContext, fleet: SimulatedFleet, provider: Any, count: int, args: argparse.Namespace,
-          rows: Table, label: str) -> None:  # fmt: skip
+def _soak(ctx: ServerContext, fleet: SimulatedFleet | SimulatorProcs, provider: Any, count: int,
+          args: argparse.Namespace, rows: Table, label: str) -> None:  # fmt: skip
     """Heartbeats only, at the deployed interval, for ``--soak`` seconds: does the server keep up?"""
     probe = ApiProbe(ctx, provider.queues.get_queue(server_queue_name(ctx.server_id)))
     fleet.start(threads=args.agent_threads, idle_seconds=0.05, heartbeat_seconds=args.heartbeat_seconds)
@@ -319,6 +356,8 @@ def main() -> int:
     parser.add_argument(
         "--count-sql", action="store_true", help="count SQL statements per machine in the job"
     )
+    parser.add_argument("--sim-procs", type=int, default=0, help="simulated agents in N processes")
+    parser.add_argument("--server-procs", type=int, default=0, help="server-queue consumers in M processes")
     parser.add_argument("--sqs", action="store_true", help="queues on SQS (a moto server) instead of local")
     args = parser.parse_args()
     rows = Table()

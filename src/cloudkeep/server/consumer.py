@@ -24,7 +24,7 @@ from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, Protoc
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
-from cloudkeep.server import metrics
+from cloudkeep.server import metrics, result_notify
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
@@ -166,6 +166,8 @@ def apply_report(ctx: ServerContext, envelope: Envelope) -> str:
         if not isinstance(body, Result):
             return _apply_progress(session, record, envelope, body)
         outcome = _apply_result(session, record, body)
+        if outcome == "applied":
+            result_notify.announce(session, body.command_id)  # other processes' waiters, on commit
     if outcome == "applied":  # committed: a waiter woken now reads the result
         RESULTS.notify(body.command_id)
     return outcome
@@ -219,12 +221,19 @@ class ServerQueueConsumer:
     """
 
     def __init__(
-        self, ctx: ServerContext, queue: Queue, *, workers: int = 2, wait_seconds: float = 5.0
+        self,
+        ctx: ServerContext,
+        queue: Queue,
+        *,
+        workers: int = 2,
+        wait_seconds: float = 5.0,
+        visibility_timeout: int = 60,
     ) -> None:
         self.ctx = ctx
         self.queue = queue
         self.workers = workers
         self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout  # how soon a message not acked is delivered again
         self.keys = MachineKeys(ctx)
         self.validator = report_validator(ctx, self.keys)
         self.stopping = threading.Event()
@@ -280,7 +289,9 @@ class ServerQueueConsumer:
             started = utcnow()
             try:
                 messages = self.queue.receive(
-                    max_messages=RECEIVE_MAX, visibility_timeout=60, wait_seconds=self.wait_seconds
+                    max_messages=RECEIVE_MAX,
+                    visibility_timeout=self.visibility_timeout,
+                    wait_seconds=self.wait_seconds,
                 )
                 failures = 0
             except Exception as exc:
@@ -296,7 +307,12 @@ class ServerQueueConsumer:
                 self._release(messages)
                 break
             self.backlogged = len(messages) >= RECEIVE_MAX
-            self.process_batch(messages)
+            try:
+                self.process_batch(messages)
+            except Exception:  # a reader that dies silently stops the whole fleet's results
+                log.exception("server queue %s: a batch failed; its messages will be redelivered",
+                              self.queue.name)  # fmt: skip
+                continue
             if len(messages) < RECEIVE_MAX and self.heartbeats is not None:
                 # A short receive found nothing more: everything sent before it started (before it
                 # returned, when it came back empty) is now handed over.
@@ -317,10 +333,22 @@ class ServerQueueConsumer:
         return outcome
 
     def process_batch(self, messages: list[ReceivedMessage]) -> None:
-        """Verify a received batch (keys loaded at once); heartbeats go to the writer when it runs."""
-        self.keys.prefetch({sender for sender in map(_sender_of, messages) if sender})
+        """Verify a received batch (keys loaded at once); heartbeats go to the writer when it runs.
+
+        Each message succeeds or fails on its own: one that cannot be applied (a database error, a
+        queue error) is left to be delivered again, and after ``max_receive_count`` deliveries the
+        queue dead-letters it; the rest of the batch is applied.
+        """
+        try:
+            self.keys.prefetch({sender for sender in map(_sender_of, messages) if sender})
+        except Exception as exc:  # each message then looks its sender's key up on its own
+            log.warning("server queue %s: could not load the senders' keys (%s)", self.queue.name, exc)
         for message in messages:
-            outcome = self._process(message, inline=self.heartbeats is None)
+            try:
+                outcome = self._process(message, inline=self.heartbeats is None)
+            except Exception:
+                log.exception("could not process message %s; it will be redelivered", message.message_id)
+                outcome = "error"
             if outcome != "handed-over":
                 self._count(outcome)
 
@@ -341,12 +369,18 @@ class ServerQueueConsumer:
                 exc.reason,
                 exc,
             )
-            self.queue.dead_letter(message, f"{exc.reason}: {exc}")
+            try:
+                self.queue.dead_letter(message, f"{exc.reason}: {exc}")
+            except Exception as queue_error:  # rejected again when it comes back
+                log.warning("could not dead-letter message %s: %s", message.message_id, queue_error)
             return f"rejected:{exc.reason}"
         except Exception:
             log.exception("could not apply message %s; it will be redelivered", message.message_id)
             return "error"
-        self.queue.ack(message)
+        try:
+            self.queue.ack(message)
+        except Exception as exc:  # applied at most once: the redelivery is a harmless duplicate
+            log.warning("could not ack message %s: %s", message.message_id, exc)
         return outcome
 
 

@@ -28,6 +28,7 @@ from cloudkeep.protocol.bodies import Result
 from cloudkeep.protocol.crypto import load_encryption_key
 from cloudkeep.providers.base import CallPacer, CloudProvider, Machine, Platform, Queue, paced
 from cloudkeep.providers.facts import ProviderFacts
+from cloudkeep.server import result_notify
 from cloudkeep.server.agent_compat import require_level
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.consumer import (
@@ -325,11 +326,14 @@ class Dispatcher:
         """Block until the result is applied; its payload, or ``CommandFailed`` / ``CommandTimeout``.
 
         A result this process applies wakes the wait at once (``consumer.RESULTS``); one applied by
-        another process is seen by polling, quickly at first, then every ``poll`` seconds.
+        another process is seen by polling, quickly at first, then every ``poll`` seconds — on
+        PostgreSQL it wakes the wait too (``result_notify``), and the row is then polled rarely.
         """
         woken = RESULTS.watch(command_id)
+        slow_poll = result_notify.wait_poll(self.ctx, poll)
         try:
-            return self._wait(command_id, woken, timeout=timeout, on_progress=on_progress, poll=poll)
+            return self._wait(command_id, woken, timeout=timeout, on_progress=on_progress, poll=slow_poll,
+                              first_delay=slow_poll if slow_poll > poll else min(0.05, poll))  # fmt: skip
         finally:
             RESULTS.forget(command_id)
 
@@ -341,10 +345,11 @@ class Dispatcher:
         timeout: float,
         on_progress: Callable[[dict[str, Any]], None] | None,
         poll: float,
+        first_delay: float,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last_progress: Any = None
-        delay = min(0.05, poll)
+        delay = first_delay
         while True:
             with self.ctx.db() as session:
                 record = session.get(CommandRecord, command_id)
@@ -550,3 +555,4 @@ def stop_consumers() -> None:
         _CONSUMERS.clear()
     for consumer in consumers:
         consumer.stop()
+    result_notify.stop_listeners()

@@ -49,7 +49,15 @@ CREATE TABLE IF NOT EXISTS messages (
     dead_letter_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (queue, seq);
 """
+# The receive walks a queue in send order and stops after a batch. On ``messages_ready`` SQLite had to
+# read every visible message and sort them (a temporary B-tree: ~15 ms a receive with 100k waiting),
+# so the receive is pinned to the index whose order is the ORDER BY.
+RECEIVE_SQL = (
+    "SELECT id, body, sent_at, receive_count FROM messages INDEXED BY messages_order "
+    "WHERE queue = ? AND visible_at <= ? ORDER BY seq LIMIT ?"
+)
 
 
 class QueueDatabase:
@@ -140,11 +148,7 @@ class LocalQueue(Queue):
             return received
         with self.database.connect(write=True) as db:
             max_receives, dlq = self._require(db)
-            rows = db.execute(
-                "SELECT id, body, sent_at, receive_count FROM messages WHERE queue = ? AND visible_at <= ? "
-                "ORDER BY seq LIMIT ?",
-                (self.name, now, max_messages * 2),
-            ).fetchall()
+            rows = db.execute(RECEIVE_SQL, (self.name, now, max_messages * 2)).fetchall()
             for message_id, body, sent_at, count in rows:
                 if dlq and count >= max_receives:  # like an SQS redrive policy
                     db.execute(
