@@ -159,7 +159,8 @@ class FileContent:
 
     def small_file(self, fd: int, path: str, size: int) -> tuple[list[bytes], int]:
         """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it): read
-        whole with plain reads (one for the data, one seeing the end), no chunker buffer and no
+        whole with one plain read asking for a byte more than its stat's size (a regular file
+        reads short only at its end, so that read sees the end too), no chunker buffer and no
         file object. One that grew past the minimum since its stat is chunked from the start."""
         limit = self.chunker.min_size
         parts: list[bytes] = []
@@ -172,7 +173,10 @@ class FileContent:
             if not part:
                 break
             parts.append(part)
-            total, want = total + len(part), 64 * 1024
+            total += len(part)
+            if len(part) < want:  # the end: no second read (and GIL hand-off) per file to see it
+                break
+            want = 64 * 1024
         if total >= limit:
             os.lseek(fd, 0, os.SEEK_SET)
             with open(fd, "rb", buffering=0, closefd=False) as fh:
