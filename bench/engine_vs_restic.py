@@ -233,7 +233,7 @@ class Cloudkeep(Tool):
         return self._cmd("backup", str(self.source), str(self.work / "ck-cache"))
 
     def restore(self, target: Path) -> list[str]:
-        return self._cmd("restore", str(target))
+        return self._cmd("restore", str(target), str(self.work / "ck-cache"))
 
 
 class Restic(Tool):
@@ -398,7 +398,8 @@ def cloudkeep_child(spec: str, op: str, *args: str) -> None:
     if op == "init":
         Repository.create(store, PASSWORD, version=int(args[0]))
         return
-    repo = Repository.open(store, PASSWORD)
+    # Like restic's --cache-dir: the file cache and (on S3) the index files kept between runs.
+    repo = Repository.open(store, PASSWORD, cache_dir=Path(args[1]))
     if op == "backup":
         backup_files(repo, [Path(args[0])], hostname="bench", cache_dir=Path(args[1]))
     elif op == "restore":

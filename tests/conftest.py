@@ -11,7 +11,7 @@ from tests.support.peers import Azurite, MotoServer, Postgres
 from tests.support.s3_standin import S3CompatStandin
 from tests.support.tls import TlsFiles, make_self_signed
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.tmpfs"]
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,17 @@ class InsufficientSpaceError(CloudkeepError):
     """A disk or volume ran out of space (restore target, local store, cache)."""
 
 
+class RepositoryWriteError(CloudkeepError):
+    """The repository's store refused a write (disk full, permission denied, the service failing
+    after retries). Unlike a source file that cannot be read, this fails the whole backup or
+    maintenance step: nothing it half-wrote becomes visible, and a rerun reuses what landed."""
+
+    @classmethod
+    def refused(cls, store: str, reason: str, *, hint: str | None = None) -> RepositoryWriteError:
+        """``store`` (its location) refused a write for ``reason``."""
+        return cls(f"repository write failed: {store}: {reason}", hint=hint)
+
+
 class RestoreIncompleteError(CloudkeepError):
     """A restore ended with entries it refused or could not write; ``errors`` names each one.
 

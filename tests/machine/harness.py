@@ -25,6 +25,7 @@ from cloudkeep.machine.config import MachineConfig
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.providers.base import CloudProvider, Queue
 from cloudkeep.providers.local import Lab, SimulatedMachine
+from cloudkeep.server.agent_compat import split_registration
 from cloudkeep.server.consumer import server_queue_name
 from cloudkeep.server.context import ServerContext, open_context
 from cloudkeep.server.db.models import (
@@ -176,7 +177,8 @@ class Harness:
         with self.ctx.db() as session:
             stored = session.get(DiscoveredMachine, row_id)
             assert stored is not None
-            stored.agent_public_key = json.dumps(keys.public())
+            public, stored.agent_level = split_registration(keys.public())  # as install registers it
+            stored.agent_public_key = json.dumps(public)
             stored.agent_queue = queue_name
         return MachineHandle(self, name, row_id, sim, config)
 

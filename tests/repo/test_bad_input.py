@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import (
+    InsufficientSpaceError,
+    PermissionDeniedError,
+    RepositoryWriteError,
+    UnreachableError,
+)
 from cloudkeep.repo import Repository, backup_files, cat_file, check, list_snapshots, restore, restore_volume
 from cloudkeep.repo.volume import backup_volume
 from cloudkeep.storage import open_store
@@ -38,7 +43,7 @@ def test_permission_denied_leaves_no_restore_point(tmp_path: Path) -> None:
     limited = Repository.open(open_store(url, fsync=False, write_prefix="data/"), PASSWORD)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("x")
-    with pytest.raises(PermissionDeniedError, match="access denied for put"):
+    with pytest.raises(RepositoryWriteError, match=r"write failed: file://.*access denied for put"):
         backup_files(limited, [tmp_path / "src"], hostname="h")
     full = Repository.open(open_store(url, fsync=False), PASSWORD)
     assert list_snapshots(full) == [] and check(full).ok

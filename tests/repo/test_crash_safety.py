@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import UnreachableError
+from cloudkeep.errors import RepositoryWriteError
 from cloudkeep.repo import Repository, backup_files, check, list_snapshots, restore
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import PASSWORD, restored, write_tree
@@ -27,7 +27,7 @@ def test_failed_snapshot_write_leaves_no_restore_point(
     src = big_source(tmp_path / "src")
     faulty = FaultyStore(store, fail_put=lambda key: key.startswith("snapshots/"))
     broken = Repository.open(faulty, PASSWORD)
-    with pytest.raises(UnreachableError):
+    with pytest.raises(RepositoryWriteError, match="injected failure writing snapshots/"):
         backup_files(broken, [src], hostname="h")
     assert list_snapshots(repo) == []
     # Everything uploaded was indexed: the rerun uploads only the new manifest's trees (nothing).
@@ -48,7 +48,7 @@ def test_crash_mid_upload_rerun_reuses_indexed_packs(
         return len(packs_written) > 9
 
     broken = Repository.open(FaultyStore(store, fail_put=fail_after_some_packs), PASSWORD)
-    with pytest.raises(UnreachableError):
+    with pytest.raises(RepositoryWriteError, match="injected failure writing data/"):
         backup_files(broken, [src], hostname="h", threads=1)
     assert list_snapshots(repo) == []
     fresh = Repository.open(store, PASSWORD)

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import (
+    PermissionDeniedError,
+    RepositoryWriteError,
+)
 from cloudkeep.repo import BackupProgress, Repository, backup_files, check, list_snapshots, restore
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir, sweep_stale_staging
@@ -80,7 +83,7 @@ def test_failed_upload_removes_every_staged_pack(
         return key.startswith("data/") and len([k for k in uploads if k.startswith("data/")]) >= 3
 
     broken = Repository.open(FaultyStore(store, fail_put=fail_third_pack), PASSWORD)
-    with pytest.raises(UnreachableError, match="injected"):
+    with pytest.raises(RepositoryWriteError, match="repository write failed: faulty://: injected"):
         backup_files(broken, [src], hostname="h")
     assert staged_files(temp_root) == []
     assert list_snapshots(repo) == [] and check(Repository.open(store, PASSWORD)).ok
@@ -99,7 +102,7 @@ def test_disk_full_while_staging_is_clear_and_harmless(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", no_space)
-    with pytest.raises(InsufficientSpaceError, match="no space left to stage a pack") as caught:
+    with pytest.raises(RepositoryWriteError, match="no space left to stage a pack") as caught:
         backup_files(repo, [src], hostname="h")
     assert "TMPDIR" in (caught.value.hint or "")
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cloudkeep.errors import ConfigurationError, PermissionDeniedError
+from cloudkeep.errors import ConfigurationError, PermissionDeniedError, RepositoryWriteError
 from cloudkeep.repo import (
     Repository,
     RetentionPolicy,
@@ -165,7 +165,7 @@ def test_local_scoped_credentials_cannot_touch_another_writer(source: Path, tmp_
         store_a.put(B + "snapshots/" + "0" * 64, b"forged")
     assert b_snap.id in {s.id for s in list_snapshots(Repository.open(store_a, PASSWORD, writer_prefix=A))}
     # A writer that is not scoped (root layout) cannot write with these credentials at all.
-    with pytest.raises(PermissionDeniedError):
+    with pytest.raises(RepositoryWriteError, match="access denied for put"):
         backup_files(Repository.open(store_a, PASSWORD), [source], cache_dir=tmp_path / "cx")
 
 

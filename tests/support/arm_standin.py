@@ -15,7 +15,8 @@ to ``outputBlobUri``/``errorBlobUri`` when given (SAS URLs on Azurite), as the r
 
 The SDK sends bearer tokens only over HTTPS, so the server uses a self-signed certificate
 generated here (``ca_path`` for ``connection_verify``) and expects the token of ``FakeCredential``.
-``fail_next`` injects 429/5xx responses; ``deny`` answers 403 AuthorizationFailed for an action.
+``fail_next`` injects 429/5xx responses; ``deny`` answers 403 AuthorizationFailed for an action;
+a VM named in ``broken_agents`` has run commands end in ``provisioningState`` Failed, never run.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class ArmStandIn:
         self.run_commands: dict[tuple[str, str], RunCommandState] = {}
         self.requests: list[tuple[str, str]] = []
         self.denied: set[tuple[str, str]] = set()  # (method, kind) → 403
+        self.broken_agents: set[str] = set()  # VM names whose run commands fail to provision
         self._faults: list[int] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -246,6 +248,9 @@ class ArmStandIn:
         return next((m for m in self.lab.list() if m.id.lower() == vm_id.lower()), None)
 
     def _execute(self, state: RunCommandState, machine: SimulatedMachine) -> None:
+        if machine.name in self.broken_agents:  # the VM agent never picks it up: Azure gives up
+            state.provisioning_state = "Failed"
+            return
         started = _now()
         state.instance_view = {"executionState": "Running", "startTime": started}
         script = str(state.properties.get("source", {}).get("script", ""))

@@ -27,6 +27,7 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self._faults: list[Fault] = []
+        self._by_method: dict[str, Fault] = {}  # every request of the method fails, until ``clear``
         self._lock = threading.Lock()
         self.requests = 0
         self.injected = 0
@@ -44,14 +45,25 @@ class FaultProxy:
         with self._lock:
             self._faults.extend(Fault(status, body, dict(headers or {})) for _ in range(count))
 
+    def fail_method(
+        self, method: str, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer every ``method`` request (e.g. each PUT: a store refusing writes) with ``status``."""
+        with self._lock:
+            self._by_method[method.upper()] = Fault(status, body, dict(headers or {}))
+
     def clear(self) -> None:
         """Forget the faults not yet injected."""
         with self._lock:
             self._faults.clear()
+            self._by_method.clear()
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, method: str = "") -> Fault | None:
         with self._lock:
             self.requests += 1
+            if method in self._by_method:
+                self.injected += 1
+                return self._by_method[method]
             if self._faults:
                 self.injected += 1
                 return self._faults.pop(0)
@@ -69,7 +81,7 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._next_fault()
+                fault = proxy._next_fault(self.command)
                 if fault is not None:
                     self.send_response(fault.status)
                     for name, value in fault.headers.items():

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.machine.keys import AGENT_LEVEL, AgentKeys
 from cloudkeep.protocol import COMMAND_BODIES, MessageValidator, ProtocolError, make_envelope, sign_envelope
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import CloudProvider, Queue
@@ -84,6 +84,7 @@ class SimulatedFleet:
                     row = DiscoveredMachine(
                         protection_group_id=group_id, cloud_id=f"{prefix}-{n}", name=f"{prefix}-{n}",
                         platform="linux", status="deployed", agent_public_key=json.dumps(keys.public()),
+                        agent_level=AGENT_LEVEL,
                     )  # fmt: skip
                     rows.append((row, keys))
                 session.add_all([row for row, _ in rows])

@@ -21,7 +21,6 @@ from typing import Any
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import ProtocolError
 
 
@@ -44,6 +43,8 @@ def _keygen(config_path: Path) -> int:
         else None
     )
     state = Path(data.get("state_dir") or (root or config_path.parent) / "var/lib/cloudkeep")
+    from cloudkeep.machine.keys import AgentKeys
+
     print(json.dumps(AgentKeys.load_or_create(state).public()))
     return 0
 

@@ -10,14 +10,39 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from typing import TYPE_CHECKING
 
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.protocol import crypto
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 KEY_FILE = "agent.key"
+# What this agent understands, registered with its public keys at install. Raised when the server
+# starts sending commands an older agent would misread (level 2: repository access options such
+# as an append-only local store); the server's table of what needs which is server/agent_compat.py.
+AGENT_LEVEL = 2
+RAW_KEY_BYTES = 32
+
+
+def read_raw(state_dir: Path) -> tuple[bytes, bytes]:
+    """The two private keys' raw bytes, checked without loading ``cryptography``: an idle agent or
+    transport only needs to know at start that its key is there, and builds the key objects (and
+    pays for the library's memory) at its first command."""
+    path = state_dir / KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+        signing, encryption = bytes.fromhex(data["signing"]), bytes.fromhex(data["encryption"])
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"agent keys {path} do not exist", hint="run `python -m cloudkeep.machine keygen --config …`"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(f"agent keys {path} are unreadable: {exc}") from None
+    if len(signing) != RAW_KEY_BYTES or len(encryption) != RAW_KEY_BYTES:
+        raise ConfigurationError(f"agent keys {path} are unreadable: a key is not {RAW_KEY_BYTES} bytes")
+    return signing, encryption
 
 
 @dataclass(frozen=True)
@@ -25,32 +50,33 @@ class AgentKeys:
     signing: Ed25519PrivateKey
     encryption: X25519PrivateKey
 
-    def public(self) -> dict[str, str]:
-        """What the server stores in ``DiscoveredMachine.agent_public_key`` (as JSON)."""
+    def public(self) -> dict[str, str | int]:
+        """What the installer reports for the server to register: the public keys (stored in
+        ``DiscoveredMachine.agent_public_key`` as JSON) and this agent's level."""
+        from cloudkeep.protocol import crypto
+
         return {
             "signing_public_key": crypto.b64encode(crypto.public_raw(self.signing)),
             "encryption_public_key": crypto.b64encode(crypto.public_raw(self.encryption)),
+            "agent_level": AGENT_LEVEL,
         }
 
     @classmethod
     def generate(cls) -> AgentKeys:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
 
     @classmethod
     def load(cls, state_dir: Path) -> AgentKeys:
-        path = state_dir / KEY_FILE
-        try:
-            data = json.loads(path.read_text())
-            return cls(
-                Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["signing"])),
-                X25519PrivateKey.from_private_bytes(bytes.fromhex(data["encryption"])),
-            )
-        except FileNotFoundError:
-            raise ConfigurationError(
-                f"agent keys {path} do not exist", hint="run `python -m cloudkeep.machine keygen --config …`"
-            ) from None
-        except (ValueError, KeyError) as exc:
-            raise ConfigurationError(f"agent keys {path} are unreadable: {exc}") from None
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        signing, encryption = read_raw(state_dir)
+        return cls(
+            Ed25519PrivateKey.from_private_bytes(signing), X25519PrivateKey.from_private_bytes(encryption)
+        )
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> AgentKeys:
@@ -59,6 +85,8 @@ class AgentKeys:
         path = state_dir / KEY_FILE
         if path.exists():
             return cls.load(state_dir)
+        from cloudkeep.protocol import crypto
+
         keys = cls.generate()
         data = {
             "signing": crypto.private_raw(keys.signing).hex(),

@@ -128,7 +128,8 @@ class ProgressReporter:
         })  # fmt: skip
 
 
-def open_repository(ctx: TaskContext) -> Repository:
+def open_repository(ctx: TaskContext, cache_dir: Path | None = None) -> Repository:
+    """The repository the command names; ``cache_dir``: where index files are kept between runs."""
     refreshable = RefreshableStore(ctx)
     access = refreshable._access
     password, writer_prefix = access.password, access.writer_prefix
@@ -136,7 +137,7 @@ def open_repository(ctx: TaskContext) -> Repository:
     if access.writer is not None:  # format 3: a writer bundle, never the password
         assert writer_prefix is not None  # RepositoryAccess requires it with a bundle
         bundle = WriterBundle.from_json(access.writer)
-        repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix)
+        repository = Repository.open_writer(store, bundle, writer_prefix=writer_prefix, cache_dir=cache_dir)
         grants = access.grants or {}
         if access.grants_object and access.grants_key:
             grants = _grants_object(store, access.grants_object, access.grants_key)
@@ -144,11 +145,11 @@ def open_repository(ctx: TaskContext) -> Repository:
         return repository
     assert password is not None  # RepositoryAccess carries one or the other
     try:
-        return Repository.open(store, password, writer_prefix=writer_prefix)
+        return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
         Repository.create(store, password).close()
-        return Repository.open(store, password, writer_prefix=writer_prefix)
+        return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
 
 
 def _grants(grants: dict[str, str]) -> dict[str, bytes]:
@@ -209,7 +210,7 @@ def backup(ctx: TaskContext, body: Backup) -> dict[str, Any]:
     try:
         if ctx.cancelled():
             raise TaskCancelled("cancelled by the server before the backup started")
-        repository = open_repository(ctx)
+        repository = open_repository(ctx, ctx.config.state_dir / "cache")  # beside the file cache
         clock = StageClock()
         if isinstance(repository.store, RefreshableStore):
             repository.store.stage_clock = clock
@@ -350,7 +351,7 @@ def _restore_target(ctx: TaskContext, path: str) -> Path:
 def restore(ctx: TaskContext, body: Restore) -> dict[str, Any]:
     # Restore points hold the machine's own paths, so in place means under the machine's root.
     target = ctx.config.root if body.in_place else _restore_target(ctx, body.target)
-    repository = open_repository(ctx)
+    repository = open_repository(ctx, ctx.config.state_dir / "cache")
     # Paths may name entries as results show them (not-UTF-8 bytes as \xNN): find the exact ones.
     paths = [resolve_path(repository, body.snapshot_id, p) for p in body.paths] if body.paths else None
     report = ProgressReporter(ctx)

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.machine.keys import AgentKeys, read_raw
 from cloudkeep.machine.services import BEACON_SECONDS, touch_beacon
 from cloudkeep.machine.spool import Spool
 from cloudkeep.protocol.errors import ProtocolError
@@ -29,7 +29,8 @@ class TaskWorker:
     def __init__(self, config: MachineConfig, service: str, *, parallel: int = 2, poll: float = 0.2) -> None:
         self.config = config
         self.service = service
-        self.keys = AgentKeys.load(config.state_dir)
+        read_raw(config.state_dir)  # a missing or broken key fails the start, not the first command
+        self._keys: AgentKeys | None = None
         self.spool = Spool.for_service(config.state_dir, service)
         self._validator: MessageValidator | None = None
         self._validator_lock = threading.Lock()
@@ -37,6 +38,15 @@ class TaskWorker:
         self.poll = poll
         self.stopping = threading.Event()
         self.running: set[str] = set()
+
+    @property
+    def keys(self) -> AgentKeys:
+        """Built at the first command, like the validator: ``cryptography`` is a quarter of an idle
+        worker's memory otherwise."""
+        with self._validator_lock:
+            if self._keys is None:
+                self._keys = AgentKeys.load(self.config.state_dir)
+            return self._keys
 
     @property
     def validator(self) -> MessageValidator:

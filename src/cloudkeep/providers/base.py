@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from cloudkeep.compat import StrEnum
 from cloudkeep.errors import CloudkeepError
@@ -98,8 +98,21 @@ class CommandResult:
 
 
 Shell = Literal["shell", "powershell"]
-# Paces one call that starts commands in a region (rescan: a token of the account's write budget).
-Pace = Callable[[str, Callable[[], Any]], Any]
+T = TypeVar("T")
+
+
+class CallPacer(Protocol):
+    """Runs one control-plane call within the cloud's published rate limits (the server's
+    ``ApiPacer``): ``kind`` is "read" or "write", counted per region or account as the provider's
+    facts say; a throttled call is retried after a backoff. A channel passes each API call through
+    it on its own, so a retry repeats that call only (never a whole command)."""
+
+    def call(self, kind: str, region: str, action: Callable[[], T]) -> T: ...
+
+
+def paced(pacer: CallPacer | None, kind: str, region: str, action: Callable[[], T]) -> T:
+    """``action()`` through ``pacer`` when there is one (tests and the local lab run unpaced)."""
+    return action() if pacer is None else pacer.call(kind, region, action)
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,11 @@ class CommandChannel(ABC):
     """The cloud's own way to run a script on a machine: SSM Run Command, Azure Run Command, subprocess."""
 
     @abstractmethod
-    def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
-        """Run ``script`` (shell on Linux, PowerShell on Windows) and return its full output."""
+    def run(
+        self, machine: Machine, script: str, *, timeout: float = 600.0, pacer: CallPacer | None = None
+    ) -> CommandResult:
+        """Run ``script`` (shell on Linux, PowerShell on Windows) and return its full output; every
+        cloud API call it makes (start: a write; status and result reads) goes through ``pacer``."""
 
     # Machines one call can address with the same script (SSM SendCommand: 50); 1 where each
     # machine needs its own call, and then ``run_many`` gains nothing over ``run``.
@@ -127,19 +143,15 @@ class CommandChannel(ABC):
         return None
 
     def run_many(
-        self, machines: list[Machine], script: str, *, timeout: float = 600.0, pace: Pace | None = None
+        self, machines: list[Machine], script: str, *, timeout: float = 600.0, pacer: CallPacer | None = None
     ) -> dict[str, CommandResult | CloudkeepError]:
         """Run the same script on many machines: machine id -> its result, or the error that kept it
-        from running (one machine's failure never fails the others). ``pace(region, send)`` wraps
-        every call that starts commands, so a caller's rate limit counts calls, not machines."""
+        from running (one machine's failure never fails the others). Every API call goes through
+        ``pacer``: a channel that addresses many machines a call takes one write token per call."""
         results: dict[str, CommandResult | CloudkeepError] = {}
         for machine in machines:
-
-            def send(machine: Machine = machine) -> CommandResult:
-                return self.run(machine, script, timeout=timeout)
-
             try:
-                results[machine.id] = send() if pace is None else pace(machine.region, send)
+                results[machine.id] = self.run(machine, script, timeout=timeout, pacer=pacer)
             except CloudkeepError as error:
                 results[machine.id] = error
         return results

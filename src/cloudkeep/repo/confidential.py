@@ -120,10 +120,11 @@ class ConfidentialKeys:
             raise IntegrityError(f"{CONFIDENTIAL_KEY}: malformed ({exc})") from None
 
 
-def open_confidential(store: ObjectStore, master: MasterKey) -> ConfidentialKeys:
-    """A format 3 repository's key material, from its ``confidential`` object."""
+def open_confidential(store: ObjectStore, master: MasterKey, sealed: bytes | None = None) -> ConfidentialKeys:
+    """A format 3 repository's key material, from its ``confidential`` object (``sealed``: already
+    fetched; ``None`` fetches it)."""
     try:
-        return ConfidentialKeys.open(master, store.get(CONFIDENTIAL_KEY))
+        return ConfidentialKeys.open(master, sealed if sealed is not None else store.get(CONFIDENTIAL_KEY))
     except ObjectNotFoundError:
         raise IntegrityError(
             f"{store.describe()}: format 3 repository without its key material ({CONFIDENTIAL_KEY})",

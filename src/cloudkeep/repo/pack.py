@@ -184,7 +184,7 @@ def _staging_error(exc: OSError, where: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientSpaceError(
             f"no space left to stage a pack in {where}",
-            hint="free space there, or point TMPDIR at a bigger disk",
+            hint="free space there (a remote repository stages its packs under TMPDIR: a bigger disk helps)",
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermissionDeniedError(f"cannot stage a pack in {where}: {exc.strerror}")

@@ -36,7 +36,7 @@ from cloudkeep.repo.pack import BlobEntry, pack_id_from_key, pack_key
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 from cloudkeep.repo.writer import BlobWriter
-from cloudkeep.storage.base import ObjectInfo, ObjectLockedError, ObjectNotFoundError
+from cloudkeep.storage.base import ObjectInfo, ObjectLockedError, ObjectNotFoundError, store_writes
 
 
 def min_grace() -> timedelta:
@@ -303,7 +303,8 @@ def _drop_from_index(repo: Repository, lock: MaintenanceLock, doomed: set[str]) 
     new_file = new_index_key()
     lock.check()  # a prune taken over while paused must not write an index from its old view
     written = {**repo.doomed.written, **repo.index.written}  # packs' write times (generations) stay known
-    repo.store.put(new_file, encode_index_file(repo.crypter, survivors, written))
+    with store_writes(repo.store):
+        repo.store.put(new_file, encode_index_file(repo.crypter, survivors, written))
     _step(lock, "prune:index-consolidated")
     for key in sorted(old_files - {new_file}):  # every one was read (prune refuses otherwise)
         repo.store.delete_or_hide(key)

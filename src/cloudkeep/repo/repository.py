@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, overload
 
 from cloudkeep.compat import UTC, zip_strict
@@ -35,14 +36,15 @@ from cloudkeep.repo.confidential import (
     open_confidential,
 )
 from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
-from cloudkeep.repo.index import INDEX_PREFIX, Index, Location, RawEntry, read_index_file
+from cloudkeep.repo.index import Index, Location, RawEntry, read_index_file
+from cloudkeep.repo.indexcache import IndexCache
+from cloudkeep.repo.indexload import Listing, doomed_packs, list_for_load, load_index, refresh_doomed
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
 from cloudkeep.repo.layout import (
     CONFIG_KEY,
     CONTENT_ADDRESSED_MANIFESTS,
     FORMAT_VERSION,
     MARKER_AAD,
-    PRUNE_PREFIX,
     WRITERS_PREFIX,
     RepoConfig,
     check_writer_prefix,
@@ -57,9 +59,9 @@ from cloudkeep.repo.snapshot import (
     is_snapshot_id,
 )
 from cloudkeep.repo.tree import Node, decode_tree
-from cloudkeep.repo.vouch import read_vouched, vouch_public_key
-from cloudkeep.repo.writermac import mac_problem, split_mac, writer_key
-from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore
+from cloudkeep.repo.vouch import vouch_public_key
+from cloudkeep.repo.writermac import split_mac, writer_key
+from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class Repository:
         # Writer-namespace index files whose writer MAC does not verify (repo/writermac.py): key → why.
         self.unauthenticated_index_files: dict[str, str] = {}
         self.index_files: set[str] = set()
+        # Index files kept on this machine between runs (``use_index_cache``); None: always download.
+        self.index_cache: IndexCache | None = None
         self.index_loaded_at = datetime.now(UTC)
         self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
         self._pack_cache_bytes = 0
@@ -127,13 +131,15 @@ class Repository:
         master = MasterKey.generate()
         chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
         config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level, version)
-        key_name = write_key_file(store, master, password, kdf or KdfParams())
+        with store_writes(store):  # a store that refuses writes fails here, naming itself
+            key_name = write_key_file(store, master, password, kdf or KdfParams())
         keys = ConfidentialKeys.generate() if version >= CONFIDENTIAL_FORMAT else None
         try:
-            if keys is not None:  # before the config: a repository exists once its config does
-                # create-only: two racing initialisers must not leave a config and another's keys
-                store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
-            store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
+            with store_writes(store):
+                if keys is not None:  # before the config: a repository exists once its config does
+                    # create-only: two racing initialisers must not leave a config and another's keys
+                    store.put(CONFIDENTIAL_KEY, keys.seal(master), if_absent=True)
+                store.put(CONFIG_KEY, seal_config(master, config), if_absent=True)
         except ConflictError:
             store.delete(key_name)  # lost the race to another initialiser
             raise ConflictError(f"{store.describe()} already holds a cloudkeep repository") from None
@@ -141,7 +147,13 @@ class Repository:
 
     @classmethod
     def open(
-        cls, store: ObjectStore, password: str, *, writer_prefix: str | None = None, load_index: bool = True
+        cls,
+        store: ObjectStore,
+        password: str,
+        *,
+        writer_prefix: str | None = None,
+        load_index: bool = True,
+        cache_dir: Path | None = None,
     ) -> Repository:
         """Open with any of the repository's passwords; ``AuthenticationError`` if none matches.
 
@@ -149,21 +161,34 @@ class Repository:
 
         ``writer_prefix`` (``writers/<name>/``) confines everything this instance writes or deletes
         to that namespace, so credentials scoped to it suffice; reads still see every writer.
+        ``cache_dir``: where this machine keeps index files between runs (``use_index_cache``).
+
+        The config, the key material and the index listing are fetched while the password's key
+        is derived (scrypt, the costly part): open takes the longer of the two, not their sum.
         """
-        key_name, master = open_with_password(store, password)
-        try:
-            sealed = store.get(CONFIG_KEY)
-        except ObjectNotFoundError:
-            raise NotFoundError(f"{store.describe()}: repository config is missing") from None
-        config = open_config(master, sealed)
-        keys = open_confidential(store, master) if config.version >= CONFIDENTIAL_FORMAT else None
-        repo = cls(store, master, key_name, config, writer_prefix=writer_prefix, keys=keys)
-        if load_index:
-            repo.load_index()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            unlocked = pool.submit(open_with_password, store, password)
+            sealed_config = pool.submit(_get_or_none, store, CONFIG_KEY)
+            sealed_keys = pool.submit(_get_or_none, store, CONFIDENTIAL_KEY)
+            listing = pool.submit(list_for_load, store) if load_index else None
+            key_name, master = unlocked.result()
+            sealed = sealed_config.result()
+            if sealed is None:
+                raise NotFoundError(f"{store.describe()}: repository config is missing")
+            config = open_config(master, sealed)
+            keys = None
+            if config.version >= CONFIDENTIAL_FORMAT:
+                keys = open_confidential(store, master, sealed_keys.result())
+            repo = cls(store, master, key_name, config, writer_prefix=writer_prefix, keys=keys)
+            if listing is not None:
+                repo.use_index_cache(cache_dir)
+                repo.load_index(listing.result())
         return repo
 
     @classmethod
-    def open_writer(cls, store: ObjectStore, bundle: WriterBundle, *, writer_prefix: str) -> Repository:
+    def open_writer(
+        cls, store: ObjectStore, bundle: WriterBundle, *, writer_prefix: str, cache_dir: Path | None = None
+    ) -> Repository:
         """A machine's view of a format 3 repository: back up into ``writer_prefix`` and dedup
         against every writer, but decrypt nothing another writer stored (and no manifest or pack
         at all without keys the server grants for a restore, ``grant_keys``)."""
@@ -174,8 +199,22 @@ class Repository:
         repo = cls(store, None, "", config, writer_prefix=writer_prefix, keys=keys, id_key=bundle.id_key)
         repo.vouch_key = bundle.vouch_key or None
         repo.writer_key = bundle.writer_key or None  # None (older server): its namespace is trusted
+        repo.use_index_cache(cache_dir)
         repo.load_index()
         return repo
+
+    def use_index_cache(self, cache_dir: Path | None) -> None:
+        """Keep index files under ``cache_dir/<repository id>/index`` between runs (remote stores
+        only: a local folder is read as fast as the cache would be). ``repo/indexcache.py``."""
+        if cache_dir is not None and self.store.remote:
+            self.index_cache = IndexCache(Path(cache_dir) / self.id / "index")
+
+    def index_file_written(self, key: str, data: bytes) -> None:
+        """This instance stored an index file: it is loaded, and cached for the next run."""
+        with self.lock:
+            self.index_files.add(key)
+        if self.index_cache is not None:
+            self.index_cache.remember(key, data)
 
     def _set_keys(self, keys: ConfidentialKeys | None, id_key: bytes) -> None:
         self.keyring = KeyRing(self.config.id, self.config.compression_level, self.master, id_key, keys)
@@ -211,13 +250,6 @@ class Repository:
         if private is not None and writer_prefix:
             return writer_key(private, self.config.id, writer_prefix)
         return self.writer_key if writer_prefix == self.writer_prefix else None
-
-    def _index_file_problem(self, key: str, data: bytes) -> str | None:
-        """Why a writer-namespace index file is not authenticated by its writer (where checkable)."""
-        if not key.startswith(WRITERS_PREFIX):
-            return None
-        mac_key = self.index_mac_key(key[: key.index("/", len(WRITERS_PREFIX)) + 1])
-        return mac_problem(mac_key, key, data) if mac_key is not None else None
 
     def adopt_confidential(self, config: RepoConfig, keys: ConfidentialKeys) -> None:
         """Switch this instance to format 3 after a migration (``repo.migrate``) rewrote the config."""
@@ -301,82 +333,10 @@ class Repository:
                 hint="run it as a maintenance task with the repository's full credential (no writer prefix)",
             )
 
-    def load_index(self) -> None:
-        """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``."""
-        for _ in range(5):
-            if self._load_index_once():
-                return
-        raise ConflictError(
-            "the index kept changing while it was read (index files replaced by prune or repair)",
-            hint="try again",
-        )
-
-    def _fetch_index_file(self, key: str) -> bytes | None:
-        try:
-            return self.store.get(key)
-        except ObjectNotFoundError:
-            return None
-
-    def _load_index_once(self) -> bool:
-        """False if a listed index file vanished: prune replaced it after writing its successor,
-        which a new listing finds, so the caller lists again rather than miss packs."""
-        loaded_at = datetime.now(UTC)
-        keys = [info.key for info in self.list_everywhere(INDEX_PREFIX)]
-        doomed_packs = self.doomed_packs()
-
-        index, doomed, foreign = Index(), Index(), Index()
-        unreadable: dict[str, str] = {}
-        unauthenticated: dict[str, str] = {}
-        # Unauthenticated files are added last: a pack listed twice keeps the first listing's rows,
-        # so a forged listing of a genuine pack never replaces its writer's own.
-        later: list[tuple[list[tuple[str, Iterable[RawEntry]]], dict[str, int], bool]] = []
-
-        def add(packs: list[tuple[str, Iterable[RawEntry]]], written: dict[str, int], trusted: bool) -> None:
-            for pack_id, rows in packs:
-                target = doomed if pack_id in doomed_packs else index if trusted else foreign
-                target.add_rows(pack_id, rows, written.get(pack_id))
-
-        restrict = self.restricts_dedup
-        with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-            for key, data in zip_strict(keys, pool.map(self._fetch_index_file, keys)):
-                if data is None:
-                    return False
-                written: dict[str, int] = {}
-                try:
-                    packs = self.read_index_file(key, data, written)  # validated whole before use
-                except IntegrityError as exc:
-                    # Its packs are simply unknown: a backup stores their blobs again, a restore that
-                    # needs them says so, and `check` reports the file; `repair index` recovers them.
-                    unreadable[key] = str(exc)
-                    continue
-                problem = self._index_file_problem(key, data)
-                if problem is not None:  # another machine's forgery, or a file from before writer keys
-                    unauthenticated[key] = problem
-                    if restrict and key not in self.unauthenticated_index_files:  # once per file
-                        log.warning("not deduplicating against %s", problem)
-                trusted = not restrict or (key.startswith(self.writer_prefix) and problem is None)
-                if problem is None:
-                    add(packs, written, trusted)
-                else:
-                    later.append((packs, written, trusted))
-        for packs, written, trusted in later:
-            add(packs, written, trusted)
-        unverified: dict[str, str] = {}
-        if restrict:  # the server's vouched entries, exactly as it verified them
-            found = read_vouched(self.store, self.crypter, self.vouch_key, self.id, self.io_threads)
-            vouched, unverified = found
-            for pack_id, rows, when in vouched:
-                # Only packs an index file still lists: index files say what is live (prune removes
-                # a pack's entries before the pack), vouched files are never rewritten.
-                if pack_id not in doomed_packs and (pack_id in foreign.packs or pack_id in index.packs):
-                    index.add_rows(pack_id, rows, when)
-        with self.lock:
-            self.index, self.doomed, self.foreign, self.index_files = index, doomed, foreign, set(keys)
-            self.unverified_vouches = unverified
-            self.unauthenticated_index_files = unauthenticated
-            self.unreadable_index_files = unreadable
-            self.index_loaded_at = loaded_at
-        return True
+    def load_index(self, listing: Listing | None = None) -> None:
+        """(Re)load every index file, in parallel; packs marked by prune go to ``doomed``
+        (``repo/indexload.py``; ``listing``: already listed by ``open``)."""
+        load_index(self, listing)
 
     def read_index_file(
         self, key: str, data: bytes, written: dict[str, int] | None = None
@@ -417,51 +377,21 @@ class Repository:
     # -- markers ---------------------------------------------------------------------------
 
     def write_marker(self, key: str, body: dict[str, Any], *, if_absent: bool = False) -> None:
-        self.store.put(key, self.crypter.encode(json.dumps(body).encode(), MARKER_AAD), if_absent=if_absent)
+        sealed = self.crypter.encode(json.dumps(body).encode(), MARKER_AAD)
+        with store_writes(self.store):
+            self.store.put(key, sealed, if_absent=if_absent)
 
     def read_marker(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.keyring.open_shared(self.store.get(key), MARKER_AAD, key))
         return result
 
-    def doomed_packs(self) -> set[str]:
-        """Packs listed by prune's markers. A damaged marker is skipped and recorded: its packs stay
-        usable (prune never deletes on a marker it cannot read), and `check` names it."""
-        packs: set[str] = set()
-        unreadable: dict[str, str] = {}
-        for info in self.store.list(PRUNE_PREFIX):
-            try:
-                listed = self.read_marker(info.key)["packs"]
-                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                    raise IntegrityError(f"prune marker {info.key}: malformed pack list")
-            except ObjectNotFoundError:
-                continue  # swept while listing
-            except (IntegrityError, ValueError, KeyError, TypeError) as exc:
-                unreadable[info.key] = str(exc)
-                continue
-            packs.update(listed)
-        with self.lock:
-            self.unreadable_markers = unreadable
-        return packs
+    def doomed_packs(self, markers: Iterable[ObjectInfo] | None = None) -> set[str]:
+        """Packs listed by prune's markers (``markers``: already listed); ``repo/indexload.py``."""
+        return doomed_packs(self, markers)
 
     def refresh_doomed(self) -> None:
-        """Stop deduplicating against packs marked since the index was loaded.
-
-        A backup calls this after its session marker is visible: a prune marker written before
-        then is seen here; one written after it sees the session and waits for it. A marker
-        already swept is not seen, but its sweep deleted the index files naming its packs before
-        the packs and the marker: if a file loaded earlier is gone, the index is loaded again.
-        """
-        doomed = self.doomed_packs()
-        present = {info.key for info in self.list_everywhere(INDEX_PREFIX)}
-        if not self.index_files <= present:
-            self.load_index()
-            return
-        with self.lock:
-            newly = [p for p in self.index.packs if p in doomed]
-            for pack_id in newly:
-                self.doomed.add_pack(pack_id, self.index.packs[pack_id])
-            if newly:
-                self.index.remove_packs(set(newly))
+        """Stop deduplicating against packs marked since the index was loaded (``repo/indexload.py``)."""
+        refresh_doomed(self)
 
     # -- reading blobs ---------------------------------------------------------------------
 
@@ -559,7 +489,8 @@ class Repository:
         """
         snapshot_id, sealed = self.keyring.seal_manifest(snapshot)
         key = self.writer_prefix + SNAPSHOT_PREFIX + snapshot_id
-        self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
+        with store_writes(self.store):
+            self.store.put(key, sealed, if_absent=True, retain_until=snapshot.retain_until if lock else None)
         snapshot.id, snapshot.digest, snapshot.version = snapshot_id, snapshot_id, MANIFEST_VERSION
         with self.lock:
             self._snapshot_keys[snapshot_id] = key
@@ -647,3 +578,10 @@ class Repository:
         with self.lock:
             self.unreadable_snapshots = unreadable
         return iter(found)
+
+
+def _get_or_none(store: ObjectStore, key: str) -> bytes | None:
+    try:
+        return store.get(key)
+    except ObjectNotFoundError:
+        return None

@@ -33,6 +33,7 @@ BACKUP_STEPS = (
     "backup:snapshot-written",  # manifest stored (the commit point)
     "backup:session-ended",  # session marker removed
 )
+INDEX_CACHE_STEPS = ("index-cache:temp-written",)  # an entry's bytes on disk, not yet renamed into place
 VOUCH_STEPS = (
     "vouch:verified",  # every new pack read and checked, nothing written
     "vouch:written",  # the run's vouched file stored

@@ -30,7 +30,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pac
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 from cloudkeep.repo.writermac import add_mac
-from cloudkeep.storage.base import ObjectExistsError
+from cloudkeep.storage.base import ObjectExistsError, as_write_error, store_writes
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +274,17 @@ class BlobWriter:
                     sealer = self._sealers[blob_type]
                     sealed = sealer.crypter.encode_into_buffer(data, aad)
                 pack = self._packs[blob_type]
-                if pack is None:
-                    pack = self._packs[blob_type] = PackWriter(
-                        blob_type, self._staging, crypter=sealer.crypter, prelude=sealer.prelude
-                    )
-                try:
+                try:  # inline, not ``_session_fails``: this runs once per new blob
+                    if pack is None:
+                        pack = self._packs[blob_type] = PackWriter(
+                            blob_type, self._staging, crypter=sealer.crypter, prelude=sealer.prelude
+                        )
                     pack.add(blob_id, sealed, len(data))
                 except BaseException as exc:  # a half-written blob: this pack cannot go on
-                    self._error = self._error or exc
-                    raise
+                    error = self._record_failure(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if pack.size >= self.repo.config.pack_size:
                     full, self._packs[blob_type] = pack, None
                     self._sealers[blob_type] = self.repo.keyring.new_pack_sealer()
@@ -356,54 +358,58 @@ class BlobWriter:
 
     def _submit(self, pack: PackWriter) -> None:
         self._slots.acquire()  # backpressure: producers wait while too many packs are in flight
-        try:
-            pack_id, path, entries = pack.finish()
-            pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
-            with self.repo.lock:
-                self._staged.add(path)
-            future = self._pool.submit(self._upload, pack_id, path, entries)
-        except BaseException:
-            pack.discard()
-            self._slots.release()
-            raise
+        # A pack that is not finished loses its blobs: files already handed them must not commit.
+        with self._session_fails():
+            try:
+                pack_id, path, entries = pack.finish()
+                pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
+                with self.repo.lock:
+                    self._staged.add(path)
+                future = self._pool.submit(self._upload, pack_id, path, entries)
+            except BaseException:
+                pack.discard()
+                self._slots.release()
+                raise
         with self.repo.lock:
             self._futures = [f for f in self._futures if not f.done()] + [future]
 
     def _upload(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
         try:
-            size = os.path.getsize(path)
-            if self._limiter:
-                self._limiter.acquire(size)
-            written = int(self._now().timestamp())  # before the upload: the store's lock starts later
-            # Create-only: an agent may not replace what is stored (S3 session policy). A key that
-            # exists is a retried upload that had landed: the id is the hash of these very bytes.
-            with contextlib.suppress(ObjectExistsError):
-                key = pack_key(pack_id)
-                self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
-            step("backup:pack-uploaded")
-            write_index = False
-            with self.repo.lock:
-                if self.horizon is not None:
-                    self._written_at[pack_id] = written
-                self.repo.index.add_pack(pack_id, entries, self._written_at.get(pack_id))
-                for entry in entries:
-                    self._pending.discard(entry.id)
-                self._unindexed[pack_id] = entries
-                self._written_packs.add(pack_id)
-                self.stats.bytes_uploaded += size
-                self.stats.packs += 1
-                write_index = len(self._unindexed) >= self._index_every
-            if write_index:
-                self._write_index()
-        except BaseException as exc:
-            self._error = self._error or exc
-            raise
+            with self._session_fails():
+                self._upload_pack(pack_id, path, entries)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # put_file consumes it; this only matters when it failed early
             with self.repo.lock:
                 self._staged.discard(path)
             self._slots.release()
+
+    def _upload_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+        """Upload one finished pack, index it, and write an index file every few packs."""
+        size = os.path.getsize(path)
+        if self._limiter:
+            self._limiter.acquire(size)
+        written = int(self._now().timestamp())  # before the upload: the store's lock starts later
+        # Create-only: an agent may not replace what is stored (S3 session policy). A key that
+        # exists is a retried upload that had landed: the id is the hash of these very bytes.
+        with contextlib.suppress(ObjectExistsError):
+            key = pack_key(pack_id)
+            self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
+        step("backup:pack-uploaded")
+        write_index = False
+        with self.repo.lock:
+            if self.horizon is not None:
+                self._written_at[pack_id] = written
+            self.repo.index.add_pack(pack_id, entries, self._written_at.get(pack_id))
+            for entry in entries:
+                self._pending.discard(entry.id)
+            self._unindexed[pack_id] = entries
+            self._written_packs.add(pack_id)
+            self.stats.bytes_uploaded += size
+            self.stats.packs += 1
+            write_index = len(self._unindexed) >= self._index_every
+        if write_index:
+            self._write_index()
 
     def _write_index(self) -> None:
         with self.repo.lock:
@@ -416,17 +422,34 @@ class BlobWriter:
         key = new_index_key(self.repo.writer_prefix)
         sealed = encode_index_file(self.repo.crypter, packs, self._written_at)
         mac_key = self.repo.writer_key  # format 3 with a writer key: proves this writer wrote it
-        self.repo.store.put(
-            key,
-            add_mac(mac_key, key, sealed) if mac_key else sealed,
-            if_absent=True,
-            retain_until=self.lock_until,
-        )
+        body = add_mac(mac_key, key, sealed) if mac_key else sealed
+        with store_writes(self.repo.store):
+            self.repo.store.put(key, body, if_absent=True, retain_until=self.lock_until)
         step("backup:index-written")
+        self.repo.index_file_written(key, body)
         with self.repo.lock:
-            self.repo.index_files.add(key)
             self._written_index.append(key)
         self.heartbeat()
+
+    @contextlib.contextmanager
+    def _session_fails(self) -> Iterator[None]:
+        """A failure inside ends the session: it is recorded (every later ``save`` raises it, so no
+        file commits whose blobs went into a pack that never landed), and a write the store or the
+        staging folder refused is raised as ``RepositoryWriteError``."""
+        try:
+            yield
+        except BaseException as exc:
+            error = self._record_failure(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _record_failure(self, exc: BaseException) -> BaseException:
+        """Record ``exc`` as the session's failure (the first one stays) and return what to raise."""
+        error = as_write_error(self.repo.store, exc)
+        with self.repo.lock:
+            self._error = self._error or error
+        return error
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -336,6 +336,7 @@ _ERRORS: dict[str, type[errors.CloudkeepError]] = {
     "unauthenticated": errors.AuthenticationError,
     "unreachable": errors.UnreachableError,
     "insufficient_space": errors.InsufficientSpaceError,
+    "repository_write": errors.RepositoryWriteError,
     "restore_incomplete": errors.RestoreIncompleteError,
     "integrity": errors.IntegrityError,
 }

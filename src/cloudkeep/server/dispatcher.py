@@ -26,7 +26,9 @@ from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, 
 from cloudkeep.protocol import ProtocolError, make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Result
 from cloudkeep.protocol.crypto import load_encryption_key
-from cloudkeep.providers.base import CloudProvider, Machine, Platform, Queue
+from cloudkeep.providers.base import CallPacer, CloudProvider, Machine, Platform, Queue, paced
+from cloudkeep.providers.facts import ProviderFacts
+from cloudkeep.server.agent_compat import require_level
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.consumer import (
     OPEN_STATES,
@@ -40,6 +42,7 @@ from cloudkeep.server.consumer import (
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
 from cloudkeep.server.logs import event
+from cloudkeep.server.pacing import pacer_for
 
 log = logging.getLogger(__name__)
 MAX_FALLBACK_TIMEOUT = 48 * 3600.0
@@ -92,10 +95,13 @@ class _Target:
     machine_id: str
     cloud_id: str
     platform: str
+    region: str
     credential_id: str
     agent_queue: str | None
     encryption_key: str | None
     last_heartbeat_at: datetime | None
+    name: str = ""
+    agent_level: int | None = None
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -103,9 +109,19 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class Dispatcher:
-    def __init__(self, ctx: ServerContext, *, clock: Callable[[], datetime] = utcnow) -> None:
+    """``pacers``: each credential's pacer, which every fallback command's cloud calls go through
+    (the process-wide one rescan uses too, so both share the account's budget; tests inject one)."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        pacers: Callable[[str, ProviderFacts], CallPacer] = pacer_for,
+    ) -> None:
         self.ctx = ctx
         self.clock = clock
+        self.pacers = pacers
         self.validator = report_validator(ctx, MachineKeys(ctx))
         self._providers: dict[str, CloudProvider] = {}
         self._queues: dict[tuple[str, str], Queue] = {}
@@ -146,8 +162,8 @@ class Dispatcher:
                 else None
             )
             return _Target(
-                row.id, row.cloud_id, row.platform, credential_id, row.agent_queue, encryption,
-                _aware(row.last_heartbeat_at),
+                row.id, row.cloud_id, row.platform, row.region or "", credential_id, row.agent_queue,
+                encryption, _aware(row.last_heartbeat_at), row.name, row.agent_level,
             )  # fmt: skip
 
     def channel_for(self, target: _Target) -> str:
@@ -250,6 +266,7 @@ class Dispatcher:
                 f"machine {machine_id} has no registered agent keys",
                 hint="rescan its protection group to deploy it",
             )
+        require_level(target.name or machine_id, target.agent_level, kind)  # before anything is recorded
         seal_to = load_encryption_key(target.encryption_key) if sealed is not None else None
         envelope = make_envelope(
             kind,
@@ -397,18 +414,23 @@ class Dispatcher:
             )
 
     def _run_fallback(self, target: _Target, command_id: str, text: str, ttl: float) -> None:
+        """Run the command over the cloud's channel. Every cloud call is paced (its start a write,
+        its status reads reads), so a fleet falling back at once stays within the account's limits:
+        the commands then wait their turn instead of being throttled."""
         try:
             provider = self.provider(target.credential_id)
-            machine = provider.inventory.get_machine(target.cloud_id) or Machine(
-                id=target.cloud_id,
-                name=target.cloud_id,
-                platform=Platform(target.platform),
-                state="unknown",
-                region="",
-            )
+            pacer = self.pacers(target.credential_id, provider.facts)
+            machine = Machine(
+                id=target.cloud_id, name=target.cloud_id, platform=Platform(target.platform),
+                state="unknown", region=target.region,
+            )  # fmt: skip
+            if not target.region:  # recorded before regions were: ask the inventory (a read)
+                found = paced(pacer, "read", "", lambda: provider.inventory.get_machine(target.cloud_id))
+                machine = found or machine
             windows = machine.platform == Platform.WINDOWS
             script = windows_fallback_script(text) if windows else linux_fallback_script(text)
-            outcome = provider.commands.run(machine, script, timeout=min(ttl, MAX_FALLBACK_TIMEOUT))
+            timeout = min(ttl, MAX_FALLBACK_TIMEOUT)
+            outcome = provider.commands.run(machine, script, timeout=timeout, pacer=pacer)
         except Exception as exc:
             event(log, "fallback_failed", level=logging.WARNING, command=command_id,
                   machine=target.machine_id, error=str(exc))  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import io
 import os
 from abc import ABC, abstractmethod
@@ -20,7 +21,15 @@ from pkgutil import resolve_name
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlparse
 
-from cloudkeep.errors import ConfigurationError, ConflictError, NotFoundError, PermissionDeniedError
+from cloudkeep.errors import (
+    CloudkeepError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+    RepositoryWriteError,
+)
 from cloudkeep.storage.backends import KNOWN_BACKENDS
 
 if TYPE_CHECKING:
@@ -225,6 +234,49 @@ class ObjectStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""
+
+
+def as_write_error(store: ObjectStore, exc: BaseException) -> BaseException:
+    """``exc`` as the ``RepositoryWriteError`` it is when it ended a write to ``store``; ``exc``
+    itself when it is not a refused write (a lost create-only race, an expired session, a bug).
+
+    Raw ``OSError`` counts too: a backup must never mistake a failed write for a source file it
+    could not read and carry on without it.
+    """
+    if isinstance(exc, RepositoryWriteError):
+        return exc
+    if isinstance(exc, ConflictError) or (
+        isinstance(exc, ConfigurationError) and not isinstance(exc, NotSupportedError)
+    ):
+        return exc
+    where = store.describe()
+    if isinstance(exc, CloudkeepError):
+        reason, hint = exc.message, exc.hint
+    elif isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0)
+        reason = f"{exc.strerror or exc} ({name})" if name else str(exc)
+        hint = None
+    else:
+        return exc
+    for own in (where.rstrip("/") + "/", where + ": "):  # the reason often starts with the location
+        if reason.startswith(own):
+            reason = reason[len(own) :]
+            break
+    error = RepositoryWriteError.refused(where, reason, hint=hint)
+    error.__cause__ = exc
+    return error
+
+
+@contextlib.contextmanager
+def store_writes(store: ObjectStore) -> Iterator[None]:
+    """Writes to ``store`` inside: one it refuses raises ``RepositoryWriteError`` (``as_write_error``)."""
+    try:
+        yield
+    except Exception as exc:
+        error = as_write_error(store, exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 _BACKENDS: dict[str, Callable[..., ObjectStore]] = {}

@@ -132,7 +132,7 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             self._raise_os(exc, "put", key)
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or unremovable (read-only): the error above counts
                 tmp.unlink()
 
     @property
@@ -178,7 +178,7 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             self._raise_os(exc, "put", key)
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or unremovable (read-only): the error above counts
                 os.unlink(path)
 
     @staticmethod

@@ -43,7 +43,7 @@ def test_throttling_and_5xx_are_retried(proxy: FaultProxy) -> None:
 def test_persistent_throttling_gives_an_actionable_error(proxy: FaultProxy) -> None:
     provider = get_provider("aws", KEYS, {"endpoint_url": proxy.endpoint, "max_attempts": 2})
     proxy.fail_next(10, status=400, body=THROTTLED, headers={"Content-Type": "text/xml"})
-    # typed, so rescan's pacing backs off (server/rescan/pacing.py); still an UnreachableError
+    # typed, so rescan's pacing backs off (server/pacing.py); still an UnreachableError
     with pytest.raises(ThrottledError, match="throttling ec2:DescribeInstances") as raised:
         list(provider.inventory.list_machines(InventoryScope()))
     assert "concurrency" in str(raised.value)

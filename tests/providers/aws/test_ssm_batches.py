@@ -10,7 +10,6 @@ tests run before the lab is large.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +23,8 @@ from cloudkeep.providers.aws.facts import FACTS
 from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from cloudkeep.providers.base import Machine, Platform
 from cloudkeep.providers.facts import ApiRate
-from cloudkeep.server.rescan.pacing import ApiPacer
 from tests.providers.aws.conftest import KEYS
+from tests.support.pacing import CountingPacer, FakeClock
 from tests.support.peers import MotoServer
 from tests.support.ssm_standin import SsmStandIn
 
@@ -36,21 +35,6 @@ REGION = "us-east-1"
 # Fails where the instance's folder has a ``fail`` file; else prints the instance's own id, so a
 # result mapped to the wrong machine shows.
 SCRIPT = 'if [ -e fail ]; then echo broken >&2; exit 7; fi\necho "$CLOUDKEEP_MACHINE_ID"'
-
-
-class FakeClock:
-    """The pacer's clock: sleeping advances it, so backoffs and refills cost no wall time."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +75,29 @@ def _commands_since(moto: MotoServer, before: set[str]) -> list[dict[str, Any]]:
     return [c for c in listed if c["CommandId"] not in before]
 
 
-def _pacer(clock: FakeClock, burst: int) -> ApiPacer:
-    rates = dict(FACTS.api_rates)
-    rates["write"] = ApiRate(burst=burst, per_second=0.001)  # no refill within the test: tokens count calls
-    facts = dataclasses.replace(FACTS, api_rates=tuple(rates.items()))
-    return ApiPacer(facts, clock=clock, sleep=clock.sleep, first_backoff=1.0)
+def _pacer(clock: FakeClock, burst: int) -> CountingPacer:
+    """No refill within the test: write tokens count calls; reads never wait."""
+    return CountingPacer(
+        FACTS,
+        clock,
+        write=ApiRate(burst=burst, per_second=0.001),
+        read=ApiRate(burst=100_000, per_second=1000),
+    )
+
+
+class ThrottledOnce(CountingPacer):
+    """The cloud refuses the first try of the first write (SendCommand) for its rate."""
+
+    refused = False
+
+    def call(self, kind: str, region: str, action: Callable[[], T]) -> T:
+        def refuse_once() -> T:
+            if kind == "write" and not self.refused:
+                self.refused = True
+                raise ThrottledError("Rate exceeded (ThrottlingException)")
+            return action()
+
+        return super().call(kind, region, refuse_once)
 
 
 def test_throttled_batch_is_retried_as_one_batch(
@@ -105,18 +107,9 @@ def test_throttled_batch_is_retried_as_one_batch(
     machines = [aws.inventory.get_machine(s.id) for s in served]
     before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
     clock = FakeClock()
-    pacer = _pacer(clock, burst=10)
-    refusals = [ThrottledError("Rate exceeded (ThrottlingException)")]
+    pacer = ThrottledOnce(FACTS, clock, write=ApiRate(burst=10, per_second=0.001))
 
-    def pace(region: str, send: Callable[[], T]) -> T:
-        def throttled_once() -> T:
-            if refusals:
-                raise refusals.pop()  # the cloud refuses the first try of the call
-            return send()
-
-        return pacer.call("write", region, throttled_once)
-
-    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pace=pace)
+    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pacer=pacer)
     assert pacer.throttled == 1 and clock.slept  # backed off, then sent again
     sent = _commands_since(recorded_moto, before)
     assert len(sent) == 1 and sorted(sent[0]["Comment"].split()[1:]) == sorted(s.id for s in served)
@@ -168,6 +161,51 @@ def test_an_unmanaged_instance_is_split_out_of_its_batch(
         assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
 
 
+def _recorded(moto: MotoServer, operation: str) -> int:
+    """How many ``operation`` requests moto recorded (it records each before handling it)."""
+    assert moto.recording is not None
+    lines = moto.recording.read_text().splitlines() if moto.recording.exists() else []
+    return sum(1 for line in lines if f'"AmazonSSM.{operation}"' in line)
+
+
+def test_results_fall_back_to_per_instance_reads_where_listing_fails(
+    standin: SsmStandIn, recorded_moto: MotoServer
+) -> None:
+    """moto answers 500 to ListCommandInvocations: the channel tries it once, then reads each
+    instance with GetCommandInvocation (paced reads too), and every result is still right."""
+    served = [standin.create_instance(f"nolist{n}") for n in range(3)]
+    machines = [
+        Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
+    ]
+    options = {
+        "endpoint_url": recorded_moto.endpoint, "region": REGION,
+        "ssm_output_bucket": "ck-ssm-output", "ssm_poll_interval": 0.2,
+    }  # fmt: skip
+    fresh = create_aws_provider(KEYS, options)  # its own channel: listing not yet known to fail
+    lists, gets = (
+        _recorded(recorded_moto, "ListCommandInvocations"),
+        _recorded(recorded_moto, "GetCommandInvocation"),
+    )
+    clock = FakeClock()
+    pacer = _pacer(clock, burst=10)
+    try:
+        results = fresh.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
+        again = fresh.commands.run_many(machines[:2], SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    finally:
+        fresh.close()
+
+    for simulated in served:
+        result = results[simulated.id]
+        assert not isinstance(result, Exception) and result.ok and result.stdout == f"{simulated.id}\n"
+    assert all(not isinstance(r, Exception) and r.ok for r in again.values())
+    # One listing attempt (no botocore retries for it), none for the second command: the region
+    # reads per instance for a while. Every read was paced.
+    assert _recorded(recorded_moto, "ListCommandInvocations") - lists == 1
+    per_instance = _recorded(recorded_moto, "GetCommandInvocation") - gets
+    assert per_instance >= 3 + 2
+    assert pacer.count("read") == 1 + per_instance and pacer.count("write") == 2
+
+
 def test_120_instances_in_3_calls_with_results_per_instance(
     aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
@@ -183,21 +221,18 @@ def test_120_instances_in_3_calls_with_results_per_instance(
     machines = [Machine(id=i, name=i, platform=Platform.LINUX, state="running", region=REGION) for i in ids]
     before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
     clock = FakeClock()
-    pacer = _pacer(clock, burst=3)
-    paced: list[str] = []
-
-    def pace(region: str, send: Callable[[], T]) -> T:
-        paced.append(region)
-        return pacer.call("write", region, send)
+    pacer = _pacer(clock, burst=4)
 
     # moto says Success at once: past the grace the silent one would read as an empty success
     aws.commands.output_grace_seconds = 60.0
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pace=pace)
+    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
     standin.assert_alive()
 
     sent = _commands_since(recorded_moto, before)
     assert len(sent) == 3  # ceil(120 / 50) SendCommand calls, not 120
-    assert paced == [REGION] * 3 and clock.slept == []  # one token a call: a 4th would have waited
+    # one token a call: 3 SendCommand, 1 CancelCommand (the silent one's batch); a 5th would wait
+    writes = [region for kind, region in pacer.calls if kind == "write"]
+    assert writes == [REGION] * 4 and clock.slept == []
     assert len({c["CommandId"] for c in sent}) == 3
     assert set(results) == {s.id for s in served} | {silent_id}
     for n, simulated in enumerate(served):

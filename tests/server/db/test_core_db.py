@@ -70,6 +70,8 @@ def test_upgrade_of_a_database_with_data_keeps_it(database_url: str) -> None:
             rows = conn.execute(text("SELECT id, install_python FROM protection_groups")).all()
             assert [(r[0], bool(r[1])) for r in rows] == [("g1", False)]
             assert conn.execute(text("SELECT protection_group_id FROM machines")).scalar() == "g1"
+            # a machine registered before agent levels existed: none recorded, so it counts as level 1
+            assert conn.execute(text("SELECT agent_level FROM machines")).scalar() is None
             if engine.dialect.name == "sqlite":  # and the pooled connection enforces foreign keys again
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:

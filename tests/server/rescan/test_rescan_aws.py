@@ -18,10 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from tests.server.rescan_support import PYTHON_ENV, RescanWorld
+from tests.support.pacing import CountingPacer, FakeClock
 from tests.support.peers import MotoServer
 from tests.support.ssm_standin import SsmStandIn
 
+from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.server.rescan import bundles, deploy, start_rescan
+from cloudkeep.server.rescan import session as rescan_session
 from cloudkeep.server.rescan.deploy import OWNER_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.moto]
@@ -132,6 +135,44 @@ def test_refusals_on_aws(
         ["blocked", "oldps"],
         ["foreign", "noagent", "secure"],
     ]
+
+
+def test_probes_take_one_write_token_per_batch_even_a_batch_of_one(
+    aws_world: RescanWorld,
+    ssm_standin: SsmStandIn,
+    moto_server: MotoServer,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checks-only rescan makes one write per probe batch (SendCommand), whatever the batch's
+    size: one machine costs one token, three machines too. The account's pacer is the test's."""
+    clock = FakeClock()
+    pacers: list[CountingPacer] = []
+
+    def counting_pacer(credential_id: str, facts: ProviderFacts) -> CountingPacer:
+        pacers.append(CountingPacer(facts, clock))
+        return pacers[-1]
+
+    monkeypatch.setattr(rescan_session, "pacer_for", counting_pacer)
+    u = unique_name
+    first = _instance(aws_world, ssm_standin, u, f"{u}-one", env=PYTHON_ENV)
+    ssm = boto3.client("ssm", endpoint_url=moto_server.endpoint, region_name="us-east-1", **KEYS)
+
+    def sent_to(ids: set[str]) -> list[set[str]]:
+        named = [set(c["Comment"].split()[1:]) for c in ssm.list_commands()["Commands"]]
+        return [n for n in named if n & ids]
+
+    one = aws_world.session(start_rescan(aws_world.ctx, aws_world.group_id, wait=True, deploy=False))
+    assert one.state == "success", (one.reason, aws_world.machines())
+    assert pacers[-1].count("write") == 1 and sent_to({first}) == [{first}]
+
+    more = [_instance(aws_world, ssm_standin, u, f"{u}-more{n}", env=PYTHON_ENV) for n in range(2)]
+    three = aws_world.session(start_rescan(aws_world.ctx, aws_world.group_id, wait=True, deploy=False))
+    assert three.state == "success", (three.reason, aws_world.machines())
+    assert pacers[-1].count("write") == 1  # one SendCommand for the three
+    assert sent_to(set(more)) == [{first, *more}]
+    # Status reads are paced reads too (on moto: per instance, as listing answers 500).
+    assert pacers[-1].count("read") >= 3
 
 
 def test_the_bundle_in_s3_is_handed_out_by_a_short_lived_presigned_url(

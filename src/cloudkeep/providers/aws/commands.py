@@ -13,25 +13,38 @@ running anything). If no output appears within a grace period after a terminal s
 output bucket permission on the instance role, or an empty script), the inline output is used.
 
 One SendCommand addresses up to 50 instances (``run_many``): a rescan of N machines costs
-ceil(N/50) writes per region and platform instead of N. Each instance's result is then read with
-GetCommandInvocation and from its own output prefix, so one instance's failure is its own. A
-batch SSM refuses for an invalid instance id is split in halves until the culprit stands alone.
+ceil(N/50) writes per region and platform instead of N. A batch SSM refuses for an invalid
+instance id is split in halves until the culprit stands alone.
+
+Statuses are read per command, not per instance: one ListCommandInvocations (``Details``,
+paginated) covers every instance of a batch, every ``STATUS_INTERVAL`` at most. Where listing
+fails for another reason than throttling (moto answers 500; a policy without
+``ssm:ListCommandInvocations``), that region falls back to per-instance GetCommandInvocation for
+``LISTING_RETRY_SECONDS``. Every SSM call goes through the caller's pacer (SendCommand and
+CancelCommand as writes, status reads as reads); S3 output is listed only for commands with an
+instance in a terminal state. Each instance's output comes from its own prefix, so one
+instance's failure is its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError
+from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, ThrottledError
 from cloudkeep.providers.aws.errors import aws_errors, error_code
 from cloudkeep.providers.aws.session import AwsSession
-from cloudkeep.providers.base import CommandChannel, CommandResult, Machine, Pace, Platform
+from cloudkeep.providers.base import CallPacer, CommandChannel, CommandResult, Machine, Platform, paced
+
+log = logging.getLogger(__name__)
 
 # GetCommandInvocation statuses that end a command (Pending/InProgress/Delayed/Cancelling do not)
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut"}
@@ -39,7 +52,9 @@ DOCUMENTS = {Platform.LINUX: "AWS-RunShellScript", Platform.WINDOWS: "AWS-RunPow
 BATCH_SIZE = 50  # SendCommand's InstanceIds limit (51 is refused)
 COMMENT_LIMIT = 100
 UNMANAGED_HINT = "attach an instance profile with AmazonSSMManagedInstanceCore; check the agent"
-STATUS_INTERVAL = 2.0  # seconds between GetCommandInvocation calls for an instance with no output yet
+STATUS_INTERVAL = 2.0  # seconds between status reads of one command
+LISTING_PAGE = 50  # ListCommandInvocations' largest page
+LISTING_RETRY_SECONDS = 300.0  # after a listing failed: per-instance reads in that region until then
 
 
 @dataclass
@@ -48,7 +63,6 @@ class _Invocation:
 
     machine: Machine
     command_id: str
-    next_status_check: float = 0.0
     terminal_since: float | None = None
     invocation: dict[str, Any] | None = None
 
@@ -66,21 +80,26 @@ class SsmCommandChannel(CommandChannel):
         *,
         poll_interval: float = 0.25,
         output_grace_seconds: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
         self.output_bucket = output_bucket
         self.output_prefix = output_prefix.strip("/")
         self.poll_interval = poll_interval
         self.output_grace_seconds = output_grace_seconds
+        self.clock = clock
+        self._listing_off_until: dict[str, float] = {}  # region -> when to try listing again
 
-    def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
-        result = self.run_many([machine], script, timeout=timeout)[machine.id]
+    def run(
+        self, machine: Machine, script: str, *, timeout: float = 600.0, pacer: CallPacer | None = None
+    ) -> CommandResult:
+        result = self.run_many([machine], script, timeout=timeout, pacer=pacer)[machine.id]
         if isinstance(result, CloudkeepError):
             raise result
         return result
 
     def run_many(
-        self, machines: list[Machine], script: str, *, timeout: float = 600.0, pace: Pace | None = None
+        self, machines: list[Machine], script: str, *, timeout: float = 600.0, pacer: CallPacer | None = None
     ) -> dict[str, CommandResult | CloudkeepError]:
         if not self.output_bucket:
             raise ConfigurationError(
@@ -95,8 +114,8 @@ class SsmCommandChannel(CommandChannel):
             groups.setdefault((machine.region, machine.platform), []).append(machine)
         for group in groups.values():
             for start in range(0, len(group), BATCH_SIZE):
-                self._send(group[start : start + BATCH_SIZE], script, timeout, pace, results, waiting)
-        results.update(self._wait(waiting, timeout))
+                self._send(group[start : start + BATCH_SIZE], script, timeout, pacer, results, waiting)
+        results.update(self._wait(waiting, timeout, pacer))
         return results
 
     def _send(
@@ -104,11 +123,11 @@ class SsmCommandChannel(CommandChannel):
         batch: list[Machine],
         script: str,
         timeout: float,
-        pace: Pace | None,
+        pacer: CallPacer | None,
         results: dict[str, CommandResult | CloudkeepError],
         waiting: list[_Invocation],
     ) -> None:
-        """One SendCommand for ``batch`` (paced, retried by the pacer when throttled)."""
+        """One SendCommand for ``batch``: one write token, retried by the pacer when throttled."""
         first = batch[0]
         ids = [m.id for m in batch]
         ssm = self.session.client("ssm", first.region)
@@ -137,14 +156,14 @@ class SsmCommandChannel(CommandChannel):
                     raise
 
         try:
-            sent = send() if pace is None else pace(first.region, send)
+            sent = paced(pacer, "write", first.region, send)
         except NotFoundError as error:
             if len(batch) == 1:
                 results[first.id] = error
                 return
             half = len(batch) // 2  # find the unmanaged instance; the others still get their command
-            self._send(batch[:half], script, timeout, pace, results, waiting)
-            self._send(batch[half:], script, timeout, pace, results, waiting)
+            self._send(batch[:half], script, timeout, pacer, results, waiting)
+            self._send(batch[half:], script, timeout, pacer, results, waiting)
             return
         except CloudkeepError as error:
             for machine in batch:
@@ -153,60 +172,134 @@ class SsmCommandChannel(CommandChannel):
         command_id = sent["Command"]["CommandId"]
         waiting.extend(_Invocation(machine, command_id) for machine in batch)
 
-    def _wait(self, waiting: list[_Invocation], timeout: float) -> dict[str, CommandResult]:
-        """Poll every sent invocation until it ends or ``timeout`` passes: one output listing per
-        command a round, GetCommandInvocation per instance when its output is there (or now and
-        then while it is not)."""
+    def _wait(
+        self, waiting: list[_Invocation], timeout: float, pacer: CallPacer | None
+    ) -> dict[str, CommandResult]:
+        """Poll every sent invocation until it ends or ``timeout`` passes: a command's statuses at
+        most every ``STATUS_INTERVAL`` (one listing for all its instances), its S3 output each
+        round once an instance of it is in a terminal state."""
         results: dict[str, CommandResult] = {}
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         pending = list(waiting)
+        next_status: dict[str, float] = {}  # command id -> when its statuses are read next
+        interval = max(self.poll_interval, STATUS_INTERVAL)
         while pending:
-            listings = {cid: self._output_keys(cid) for cid in {w.command_id for w in pending}}
+            by_command: dict[str, list[_Invocation]] = {}
+            for item in pending:
+                by_command.setdefault(item.command_id, []).append(item)
+            for command_id, items in by_command.items():
+                if self.clock() >= next_status.get(command_id, 0.0):
+                    self._read_statuses(command_id, items, pacer)
+                    next_status[command_id] = self.clock() + interval
+            ended = [cid for cid, items in by_command.items() if any(_terminal(i) for i in items)]
+            listings = {cid: self._output_keys(cid) for cid in ended}
+            now = self.clock()
             still: list[_Invocation] = []
             for item in pending:
+                if not _terminal(item):
+                    still.append(item)
+                    continue
                 keys = listings[item.command_id].get(item.machine.id, {})
                 # An ``exitcode`` object comes from the SSM stand-in, which writes stdout last:
                 # until stdout is there too, its output is still being written.
                 complete = "stdout" in keys or ("stderr" in keys and "exitcode" not in keys)
-                now = time.monotonic()
-                if complete or now >= item.next_status_check:
-                    item.invocation = self._invocation(item)
-                    item.next_status_check = now + max(self.poll_interval, STATUS_INTERVAL)
-                status = (item.invocation or {}).get("Status", "Pending")
-                if status in TERMINAL:
-                    item.terminal_since = item.terminal_since or now
-                    if complete or now - item.terminal_since > self.output_grace_seconds:
-                        output = self._read_output(keys)
-                        invocation = item.invocation or {}
-                        results[item.machine.id] = self._result(item.command_id, invocation, output)
-                        continue
+                item.terminal_since = item.terminal_since or now
+                if complete or now - item.terminal_since > self.output_grace_seconds:
+                    if not complete and "StandardOutputContent" not in (item.invocation or {}):
+                        item.invocation = self._invocation(item, pacer)  # the inline output, then
+                    results[item.machine.id] = self._result(item, self._read_output(keys))
+                    continue
                 still.append(item)
             pending = still
-            if pending and time.monotonic() >= deadline:
-                for item in pending:
-                    output = self._read_output(listings[item.command_id].get(item.machine.id, {}))
-                    results[item.machine.id] = CommandResult(
-                        -1, output.get("stdout", ""), output.get("stderr", ""),
-                        command_id=item.command_id, timed_out=True,
-                    )  # fmt: skip
-                self._cancel(pending)
+            if pending and self.clock() >= deadline:
+                self._give_up(pending, pacer, results)
                 break
             if pending:
                 time.sleep(self.poll_interval)
         return results
 
-    def _invocation(self, item: _Invocation) -> dict[str, Any]:
-        ssm = self.session.client("ssm", item.machine.region)
-        with aws_errors("ssm:GetCommandInvocation", f"{item.command_id} on {item.machine.id}"):
+    def _give_up(
+        self, pending: list[_Invocation], pacer: CallPacer | None, results: dict[str, CommandResult]
+    ) -> None:
+        """The deadline passed: what output there is, marked timed out; the commands cancelled."""
+        listings = {cid: self._output_keys(cid) for cid in {i.command_id for i in pending}}
+        for item in pending:
+            output = self._read_output(listings[item.command_id].get(item.machine.id, {}))
+            results[item.machine.id] = CommandResult(
+                -1, output.get("stdout", ""), output.get("stderr", ""),
+                command_id=item.command_id, timed_out=True,
+            )  # fmt: skip
+        self._cancel(pending, pacer)
+
+    def _read_statuses(self, command_id: str, items: list[_Invocation], pacer: CallPacer | None) -> None:
+        """Refresh ``items``' invocations: one listing for them all where it works, else one read each.
+        Throttling beyond the pacer's retries leaves the statuses as they were until the next round."""
+        try:
+            listed = self._list_invocations(command_id, items[0].machine.region, pacer)
+            for item in items:
+                if listed is None:
+                    item.invocation = self._invocation(item, pacer)
+                elif item.machine.id in listed:  # absent: not registered yet (eventually consistent)
+                    item.invocation = listed[item.machine.id]
+        except ThrottledError as error:
+            log.warning("SSM status reads of command %s throttled; trying again later: %s", command_id, error)
+
+    def _list_invocations(
+        self, command_id: str, region: str, pacer: CallPacer | None
+    ) -> dict[str, dict[str, Any]] | None:
+        """instance id -> its invocation (Status, ResponseCode) from ListCommandInvocations, one paced
+        read a page; None where listing is unavailable in ``region`` (then read per instance)."""
+        if self.clock() < self._listing_off_until.get(region, 0.0):
+            return None
+        # No botocore retries: the pacer backs off on throttling, and a failure falls back at once.
+        ssm = self.session.client("ssm", region, retries=0)
+        found: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+
+            def page(token: str | None = token) -> dict[str, Any]:
+                with aws_errors("ssm:ListCommandInvocations", command_id):
+                    extra = {"NextToken": token} if token else {}
+                    answer: dict[str, Any] = ssm.list_command_invocations(
+                        CommandId=command_id, Details=True, MaxResults=LISTING_PAGE, **extra
+                    )
+                    return answer
+
             try:
-                found: dict[str, Any] = ssm.get_command_invocation(
-                    CommandId=item.command_id, InstanceId=item.machine.id
-                )
+                answer = paced(pacer, "read", region, page)
+            except ThrottledError:
+                raise
+            except NotFoundError:  # InvalidCommandId: not registered yet (SSM is eventually consistent)
                 return found
-            except ClientError as error:
-                if error_code(error) != "InvocationDoesNotExist":
-                    raise
-                return {"Status": "Pending"}  # not registered yet: SSM is eventually consistent
+            except CloudkeepError as error:
+                self._listing_off_until[region] = self.clock() + LISTING_RETRY_SECONDS
+                log.warning(
+                    "ssm:ListCommandInvocations failed in %s (%s): reading each instance's status with "
+                    "GetCommandInvocation for %.0f s", region, error, LISTING_RETRY_SECONDS,
+                )  # fmt: skip
+                return None
+            for invocation in answer.get("CommandInvocations") or []:
+                found[str(invocation.get("InstanceId"))] = _listed_invocation(invocation)
+            token = answer.get("NextToken") or None
+            if token is None:
+                return found
+
+    def _invocation(self, item: _Invocation, pacer: CallPacer | None) -> dict[str, Any]:
+        ssm = self.session.client("ssm", item.machine.region)
+
+        def read() -> dict[str, Any]:
+            with aws_errors("ssm:GetCommandInvocation", f"{item.command_id} on {item.machine.id}"):
+                try:
+                    found: dict[str, Any] = ssm.get_command_invocation(
+                        CommandId=item.command_id, InstanceId=item.machine.id
+                    )
+                    return found
+                except ClientError as error:
+                    if error_code(error) != "InvocationDoesNotExist":
+                        raise
+                    return {"Status": "Pending"}  # not registered yet: SSM is eventually consistent
+
+        return paced(pacer, "read", item.machine.region, read)
 
     def _output_keys(self, command_id: str) -> dict[str, dict[str, list[str]]]:
         """instance id -> stream (stdout/stderr/exitcode) -> its keys, one per document step in order."""
@@ -235,7 +328,8 @@ class SsmCommandChannel(CommandChannel):
             output[stream] = "".join(parts)
         return output
 
-    def _result(self, command_id: str, invocation: dict[str, Any], output: dict[str, str]) -> CommandResult:
+    def _result(self, item: _Invocation, output: dict[str, str]) -> CommandResult:
+        command_id, invocation = item.command_id, item.invocation or {}
         if "exitcode" in output:
             exit_code = int(output["exitcode"].strip() or 0)
         else:
@@ -247,15 +341,31 @@ class SsmCommandChannel(CommandChannel):
             exit_code = 1  # Cancelled / Undeliverable report ResponseCode 0 or -1
         return CommandResult(exit_code, stdout, stderr, command_id=command_id, timed_out=status == "TimedOut")
 
-    def _cancel(self, items: list[_Invocation]) -> None:
+    def _cancel(self, items: list[_Invocation], pacer: CallPacer | None) -> None:
         """Best effort: a command may have finished, or the service may not support it (moto)."""
         by_command: dict[str, list[_Invocation]] = {}
         for item in items:
             by_command.setdefault(item.command_id, []).append(item)
         for command_id, group in by_command.items():
+            region = group[0].machine.region
+            cancel = partial(
+                self.session.client("ssm", region).cancel_command,
+                CommandId=command_id, InstanceIds=[i.machine.id for i in group],
+            )  # fmt: skip
             with contextlib.suppress(Exception):  # a failed cancel leaves only a stray command
-                ssm = self.session.client("ssm", group[0].machine.region)
-                ssm.cancel_command(CommandId=command_id, InstanceIds=[i.machine.id for i in group])
+                paced(pacer, "write", region, cancel)
+
+
+def _terminal(item: _Invocation) -> bool:
+    return (item.invocation or {}).get("Status", "Pending") in TERMINAL
+
+
+def _listed_invocation(listed: dict[str, Any]) -> dict[str, Any]:
+    """A ListCommandInvocations entry in GetCommandInvocation's shape: its status, and the first
+    failing step's response code (the only one, for our one-step documents)."""
+    codes = [int(p["ResponseCode"]) for p in listed.get("CommandPlugins") or [] if "ResponseCode" in p]
+    code = next((c for c in codes if c != 0), codes[0] if codes else -1)
+    return {"Status": listed.get("Status", "Pending"), "ResponseCode": code}
 
 
 def _comment(ids: list[str]) -> str:

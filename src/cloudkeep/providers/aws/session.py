@@ -50,7 +50,7 @@ class AwsSession:
         )
         self.credential = dict(credential)
         self._session = self._base_session()
-        self._clients: dict[tuple[str, str], Any] = {}
+        self._clients: dict[tuple[str, str, int | None], Any] = {}
         self._lock = threading.Lock()
         if not self.endpoint_url:
             for region in {self.region, *self.regions}:
@@ -87,16 +87,21 @@ class AwsSession:
                 f"unknown AWS region {region!r}", hint=f"use one of: {', '.join(sorted(known))}"
             )
 
-    def client(self, service: str, region: str | None = None) -> Any:
+    def client(self, service: str, region: str | None = None, *, retries: int | None = None) -> Any:
+        """``retries``: botocore's retries for this client instead of ``max_attempts`` (a caller that
+        paces and backs off on its own, or falls back at once, wants none)."""
         region = region or self.region
         with self._lock:
-            key = (service, region)
+            key = (service, region, retries)
             if key not in self._clients:
+                config = self.config
+                if retries is not None:
+                    config = config.merge(Config(retries={"max_attempts": retries, "mode": "standard"}))
                 self._clients[key] = self._session.client(
                     service,  # type: ignore[call-overload]
                     region_name=region,
                     endpoint_url=self.sts_endpoint_url if service == "sts" else self.endpoint_url,
-                    config=self.config,
+                    config=config,
                     verify=self.ca_bundle,
                 )
             return self._clients[key]

@@ -5,23 +5,27 @@ that already has more than 24. The instance view carries only the last 4,096 byt
 when a storage account is configured the full stdout/stderr go to append blobs
 (``outputBlobUri``/``errorBlobUri``, SAS URLs valid for the command's lifetime) and are read from
 there. Our run command is deleted afterwards, whatever happened, so it never counts against the
-limit.
+limit. Each ARM call goes through the caller's pacer: ARM counts reads and writes per subscription,
+and a fleet's worth of run commands polled unpaced would exceed its read bucket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from cloudkeep.compat import UTC
+from cloudkeep.errors import CloudkeepError, ThrottledError
 from cloudkeep.providers.azure.errors import azure_errors
 from cloudkeep.providers.azure.inventory import _as_dict, _field, parse_vm_id
 from cloudkeep.providers.azure.session import AzureSession
-from cloudkeep.providers.base import CommandCapacity, CommandChannel, CommandResult, Machine
+from cloudkeep.providers.base import CallPacer, CommandCapacity, CommandChannel, CommandResult, Machine, paced
 
+log = logging.getLogger(__name__)
 OUTPUT_CONTAINER = "cloudkeep-run-command-output"
 MAX_MANAGED_RUN_COMMANDS = 25
 MAX_EXISTING_MANAGED_COMMANDS = MAX_MANAGED_RUN_COMMANDS - 1  # we need one
@@ -93,7 +97,12 @@ class AzureRunCommandChannel(CommandChannel):
             with contextlib.suppress(Exception):
                 BlobClient.from_blob_url(url).delete_blob()
 
-    def run(self, machine: Machine, script: str, *, timeout: float = 600.0) -> CommandResult:
+    def run(
+        self, machine: Machine, script: str, *, timeout: float = 600.0, pacer: CallPacer | None = None
+    ) -> CommandResult:
+        """Create (a paced write), read the instance view at the session's polling interval (paced
+        reads) until the script ends, delete (a paced write). The SDK's own long-running-operation
+        polling is off (``polling=False``): its reads would bypass the pacer."""
         group, vm_name = parse_vm_id(machine.id)
         command_name = f"cloudkeep-{uuid.uuid4().hex[:12]}"
         blobs = self._output_blobs(command_name, timeout)
@@ -106,35 +115,65 @@ class AzureRunCommandChannel(CommandChannel):
         if blobs:
             properties["outputBlobUri"], properties["errorBlobUri"] = blobs
         run_commands = self.session.compute.virtual_machine_run_commands
-        try:
+
+        def create() -> None:
             with azure_errors("Microsoft.Compute/virtualMachines/runCommands/write", machine.id):
-                poller = run_commands.begin_create_or_update(
+                run_commands.begin_create_or_update(
                     group, vm_name, command_name, {"location": machine.region, "properties": properties},
-                    polling_interval=self.session.polling_interval,
+                    polling=False,
                 )  # fmt: skip
-                poller.wait(timeout=timeout + 30)  # Azure enforces timeoutInSeconds; this is a safety net
-            view = self._instance_view(group, vm_name, command_name, machine.id)
-            if not poller.done() and view.get("executionState") in (None, "Pending", "Running"):
+
+        def delete() -> None:
+            run_commands.begin_delete(group, vm_name, command_name, polling=False)
+
+        try:
+            paced(pacer, "write", machine.region, create)
+            # Azure enforces timeoutInSeconds; the extra 30 s are a safety net.
+            view = self._await_view(group, vm_name, command_name, machine, timeout + 30, pacer)
+            if view.get("executionState") in (None, "Pending", "Running"):
                 return CommandResult(-1, "", "", command_id=command_name, timed_out=True)
             return self._result(command_name, view, blobs)
         finally:
             with contextlib.suppress(Exception):  # best effort: a leftover counts against the 25 limit
-                run_commands.begin_delete(
-                    group, vm_name, command_name, polling_interval=self.session.polling_interval
-                ).wait(timeout=60)
+                paced(pacer, "write", machine.region, delete)
             self._delete_blobs(blobs)
 
-    def _instance_view(self, group: str, vm_name: str, command_name: str, machine_id: str) -> dict[str, Any]:
+    def _await_view(
+        self,
+        group: str,
+        vm_name: str,
+        command_name: str,
+        machine: Machine,
+        wait: float,
+        pacer: CallPacer | None,
+    ) -> dict[str, Any]:
+        """The run command's instance view once its script ended, or as it is after ``wait`` seconds."""
         run_commands = self.session.compute.virtual_machine_run_commands
-        deadline = time.monotonic() + 30
-        while True:
-            with azure_errors("Microsoft.Compute/virtualMachines/runCommands/read", machine_id):
-                resource = _as_dict(
+        deadline = time.monotonic() + wait
+
+        def read() -> dict[str, Any]:
+            with azure_errors("Microsoft.Compute/virtualMachines/runCommands/read", machine.id):
+                return _as_dict(
                     run_commands.get_by_virtual_machine(group, vm_name, command_name, expand="instanceView")
                 )
-            view = _field(resource.get("properties") or resource, "instanceView") or {}
+
+        while True:
+            try:
+                resource = paced(pacer, "read", machine.region, read)
+            except ThrottledError as error:  # beyond the pacer's retries: read again next round
+                log.warning(
+                    "run command %s on %s: instance view throttled: %s", command_name, machine.id, error
+                )
+                resource = {}
+            properties = resource.get("properties") or resource
+            view = _field(properties, "instanceView") or {}
             if view.get("executionState") not in (None, "Pending", "Running") or time.monotonic() > deadline:
                 return dict(view)
+            if _field(properties, "provisioningState") == "Failed":  # what the SDK's poller raised for
+                raise CloudkeepError(
+                    f"Azure could not start run command {command_name} on {machine.id} (provisioning failed)",
+                    hint="check the VM agent's state on the VM (Azure portal: Run command, extensions)",
+                )
             time.sleep(self.session.polling_interval)
 
     def _result(

@@ -113,5 +113,7 @@ def raise_store_error(exc: Exception, action: str, *, store: str, where: str) ->
             hint="check the account URL, network and proxy settings",
         ) from exc
     if isinstance(exc, AzureError):
-        raise UnreachableError(f"{where}: {action} failed: {exc}") from exc
+        # the SDK's text runs on with the raw response body: its first line and the code say it
+        first = (str(getattr(exc, "message", "") or exc).splitlines() or [""])[0]
+        raise UnreachableError(f"{where}: {action} failed: {code + ': ' if code else ''}{first}") from exc
     raise exc

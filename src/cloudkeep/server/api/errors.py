@@ -21,6 +21,7 @@ from cloudkeep.errors import (
     IntegrityError,
     NotFoundError,
     PermissionDeniedError,
+    RepositoryWriteError,
     RestoreIncompleteError,
     UnreachableError,
 )
@@ -28,6 +29,8 @@ from cloudkeep.errors import (
 log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[CloudkeepError], int, str]] = [
+    # the store refused a write the server made (init, maintenance): retry once storage is fixed
+    (RepositoryWriteError, 503, "repository_write"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     (ConfigurationError, 422, "invalid"),
@@ -77,6 +80,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     409: _response("The change conflicts with the current state or stored data."),
     422: _response("The request or a value in it is invalid; `hint` says how to fix it."),
     500: _response("An unexpected server error."),
+    503: _response("The repository's storage refused a write (`repository_write`): full, denied, failing."),
 }
 
 

@@ -130,6 +130,8 @@ class DiscoveredMachine(Base):
     status_reason: Mapped[str] = mapped_column(Text, default="")
     agent_version: Mapped[str | None] = mapped_column(String(50), nullable=True)
     agent_public_key: Mapped[str | None] = mapped_column(Text, nullable=True)  # Ed25519, base64
+    # what the agent registered with its keys at install; None (before levels existed) counts as 1
+    agent_level: Mapped[int | None] = mapped_column(Integer, nullable=True)
     agent_queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)

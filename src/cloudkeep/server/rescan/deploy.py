@@ -20,12 +20,13 @@ from sqlalchemy import delete, select
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.providers.base import CloudProvider, CommandCapacity, CommandResult, Machine, Platform
+from cloudkeep.server.agent_compat import outdated_reason, split_registration
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DeploymentStep, DiscoveredMachine
+from cloudkeep.server.pacing import ApiPacer
 from cloudkeep.server.rescan import prerequisites, scripts
 from cloudkeep.server.rescan.bundles import PublishedBundle
-from cloudkeep.server.rescan.pacing import ApiPacer
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,11 @@ class RescanEnvironment:
         """Run one cloud API call (``kind`` "read"/"write") within the account's published limits."""
         return action() if self.pacer is None else self.pacer.call(kind, machine.region, action)
 
-    def pace_writes(self, region: str, action: Callable[[], T]) -> T:
-        return action() if self.pacer is None else self.pacer.call("write", region, action)
-
 
 def probe_in_batches(env: RescanEnvironment, machines: list[Machine]) -> None:
     """Probe the running machines with as few calls as the command channel allows (SSM: 50
-    machines a SendCommand, so a token of the write budget per 50), filling ``env.probes``; each
+    machines a SendCommand, so a token of the write budget per batch, even a batch of one; its
+    status reads are paced reads, one listing per batch), filling ``env.probes``; each
     machine's state machine then reads its own result. Nothing happens for a channel that takes
     one machine a call (Azure), where the probe stays in each machine's own step."""
     commands = env.provider.commands
@@ -100,7 +99,7 @@ def probe_in_batches(env: RescanEnvironment, machines: list[Machine]) -> None:
     for platform, group in by_platform.items():
         script = scripts.probe_script(platform)
         try:
-            found = commands.run_many(group, script, timeout=PROBE_TIMEOUT, pace=env.pace_writes)
+            found = commands.run_many(group, script, timeout=PROBE_TIMEOUT, pacer=env.pacer)
         except CloudkeepError as exc:  # the whole channel failed: every machine says so
             found = {machine.id: exc for machine in group}
         env.probes.update(found)
@@ -117,6 +116,7 @@ class MachineDeployment:
         self.probe: scripts.ProbeFacts | None = None
         self.current = False  # already at the bundle version: install steps skipped
         self.outdated = False
+        self.outdated_why: str | None = None  # the agent's level is below what this server needs
         self.published: PublishedBundle | None = None
         self.installed = False  # this rescan installed or upgraded the code
         self.started_at: datetime | None = None  # when this rescan started the services
@@ -190,8 +190,10 @@ class MachineDeployment:
             detail = self.step_confirm()
             if self.outdated:
                 final = "outdated"
-                reason = (f"bundle {self.probe.installed_version if self.probe else '?'} installed, "
-                          f"{self.env.bundle_version} available; auto-update is off")  # fmt: skip
+                installed = self.probe.installed_version if self.probe else "?"
+                available = self.env.bundle_version
+                behind = self.outdated_why or f"bundle {installed} installed, {available} available"
+                reason = f"{behind}; auto-update is off"
             else:
                 reason = f"deployed: bundle {self.env.bundle_version}, services answer"
             self._record("confirm", "ok", detail, status=final, reason=reason)
@@ -249,9 +251,7 @@ class MachineDeployment:
             result = self.env.probes.get(machine.id)
             if result is None:
                 asked = scripts.probe_script(machine.platform)
-                result = self.env.paced(
-                    "write", machine, lambda: commands.run(machine, asked, timeout=PROBE_TIMEOUT)
-                )
+                result = commands.run(machine, asked, timeout=PROBE_TIMEOUT, pacer=self.env.pacer)
             elif isinstance(result, CloudkeepError):
                 raise result
         except CloudkeepError as exc:
@@ -320,7 +320,15 @@ class MachineDeployment:
         installed = self.probe.installed_version if self.probe else None
         if installed is None and machine.platform == Platform.WINDOWS:
             installed = row.agent_version  # the Windows probe cannot read files on the simplest hosts
-        if installed == self.env.bundle_version and row.agent_public_key and not _config_stale(row):
+        too_old = outdated_reason(row.agent_level) if row.agent_public_key else None
+        if too_old and installed:
+            self.outdated_why = too_old
+            if self.env.auto_update:
+                detail += f"; {too_old}: upgrading to bundle {self.env.bundle_version}"
+            else:
+                self.outdated = True
+                detail += f"; {too_old}, auto-update off"
+        elif installed == self.env.bundle_version and row.agent_public_key and not _config_stale(row):
             self.current = True
             detail += f"; bundle {installed} already installed"
         elif installed == self.env.bundle_version and row.agent_public_key:
@@ -390,9 +398,8 @@ class MachineDeployment:
             )  # fmt: skip
         self._status("installing")
         try:
-            machine = self.machine
-            result = self.env.paced(
-                "write", machine, lambda: provider.commands.run(machine, script, timeout=INSTALL_TIMEOUT)
+            result = provider.commands.run(
+                self.machine, script, timeout=INSTALL_TIMEOUT, pacer=self.env.pacer
             )
         except CloudkeepError as exc:
             raise StepStop("failed", f"the command channel failed during install: {exc}") from exc
@@ -405,7 +412,8 @@ class MachineDeployment:
         with ctx.db() as session:
             row = session.get(DiscoveredMachine, self.row_id)
             assert row is not None
-            row.agent_public_key = json.dumps(outcome.keys, sort_keys=True)
+            keys, row.agent_level = split_registration(outcome.keys or {})
+            row.agent_public_key = json.dumps(keys, sort_keys=True)
             row.agent_version = outcome.version or published.manifest.version
             row.facts = {**row.facts, "config_written_at": utcnow().isoformat(timespec="seconds")}
         self.installed = outcome.changed
@@ -422,9 +430,7 @@ class MachineDeployment:
         try:
             start = scripts.start_script(self.machine.platform)
             commands = self.env.provider.commands
-            result = self.env.paced(
-                "write", self.machine, lambda: commands.run(self.machine, start, timeout=INSTALL_TIMEOUT)
-            )
+            result = commands.run(self.machine, start, timeout=INSTALL_TIMEOUT, pacer=self.env.pacer)
         except CloudkeepError as exc:
             raise StepStop(
                 "failed", f"the command channel failed while starting the services: {exc}"

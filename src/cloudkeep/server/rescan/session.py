@@ -28,6 +28,7 @@ from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession, ProtectionGroup, new_id
 from cloudkeep.server.logs import event
+from cloudkeep.server.pacing import pacer_for
 from cloudkeep.server.rescan import bundles
 from cloudkeep.server.rescan.confirm import make_confirm
 from cloudkeep.server.rescan.deploy import (
@@ -38,7 +39,6 @@ from cloudkeep.server.rescan.deploy import (
     probe_in_batches,
     server_queue_name,
 )
-from cloudkeep.server.rescan.pacing import pacer_for
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from cloudkeep.server.services.schemas import (
     RepositoryView,
 )
 from cloudkeep.server.sessions.access import opened_repository
+from cloudkeep.storage.base import store_writes
 from cloudkeep.storage.conformance import StoreCheck, require_create_only, run_checks
 
 
@@ -64,7 +65,8 @@ def _initialize(ctx: ServerContext, credential_id: str, data: RepositoryCreate) 
             return
         store = provider.storage.open_store(data.location)
         try:
-            require_create_only(store)
+            with store_writes(store):  # a store refusing the server's writes: 503 repository_write
+                require_create_only(store)
             assert data.password is not None
             tuning = {k: data.options[k] for k in ("pack_size", "compression_level") if k in data.options}
             generations = data.immutability_days > 0 and supports_generations(store)

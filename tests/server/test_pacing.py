@@ -1,30 +1,16 @@
-"""Pacing of cloud API calls (server/rescan/pacing.py) on an injected clock: no real sleeping."""
+"""Pacing of cloud API calls (server/pacing.py) on an injected clock: no real sleeping."""
 
 from __future__ import annotations
 
 import pytest
+from tests.support.pacing import FakeClock
 
 from cloudkeep.errors import ThrottledError
 from cloudkeep.providers.aws.facts import FACTS as AWS
 from cloudkeep.providers.azure.facts import FACTS as AZURE
 from cloudkeep.providers.facts import ApiRate
 from cloudkeep.providers.local.facts import FACTS as LOCAL
-from cloudkeep.server.rescan.pacing import ApiPacer, TokenBucket
-
-
-class FakeClock:
-    """Monotonic time that only moves when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from cloudkeep.server.pacing import ApiPacer, TokenBucket
 
 
 def test_a_bucket_allows_its_burst_then_the_refill_rate() -> None:

@@ -1,10 +1,12 @@
-"""Pacing of cloud control-plane calls in rescan and deployment: token buckets, backoff on throttling.
+"""Pacing of cloud control-plane calls (rescan, deployment, fallback commands): token buckets, backoff.
 
 A rescan of thousands of machines makes several API calls per machine (run-command slots,
-probe, install, confirm, tags). The clouds count them per account and region (EC2/SSM) or per
-subscription (Azure Resource Manager) in token buckets whose sizes the provider's facts state
+probe, install, confirm, tags), and so does each command the dispatcher sends over a cloud's
+command channel when a machine's queue is silent (start, status reads). The clouds count them
+per account and region (EC2/SSM) or per subscription (Azure Resource Manager) in token buckets
+whose sizes the provider's facts state
 (``ProviderFacts.api_rates``). Each server process keeps one ``TokenBucket`` per (credential,
-scope, read/write) and takes a token before each call, so concurrent rescans share the budget;
+scope, read/write) and takes a token before each call, so rescans and fallbacks share the budget;
 a call the cloud still throttles (``ThrottledError``) empties its bucket for a backoff that
 doubles per attempt, then is retried a bounded number of times.
 """
