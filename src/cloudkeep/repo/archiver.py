@@ -1,7 +1,8 @@
 """File-level backup: walk sources, chunk changed files in parallel, build trees, commit a snapshot.
 
 The walk runs in the calling thread; file reading+chunking+hashing+encoding runs on a worker pool
-(bounded: at most ``max_inflight_files`` queued), uploads on the writer's I/O pool. A directory's
+(``filecontent.py``: small files in batches, at most ``threads * 8`` jobs queued), uploads on the
+writer's I/O pool. A directory's
 tree blob is written by whichever thread finishes its last child, so directories never wait for
 each other. The snapshot manifest is written only after ``BlobWriter.flush`` made every pack and
 index durable, and within the session's lease (``BlobWriter.commit``): a killed backup leaves no
@@ -17,7 +18,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,22 +27,18 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
-from cloudkeep.repo.chunker import StreamCutter
+from cloudkeep.repo.filecontent import FileContent, PendingFile
 from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
-from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
-from cloudkeep.storage.base import RangeStream
 
-PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -54,7 +51,9 @@ class BackupProgress:
     current_path: str | None
 
 
-class _Archiver:
+class _Archiver(FileContent):
+    """One backup's walk (this thread) and its shared state; ``FileContent`` reads on the pool."""
+
     def __init__(
         self,
         repo: Repository,
@@ -82,7 +81,9 @@ class _Archiver:
         self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
-        self.slots = threading.BoundedSemaphore(threads * 8)
+        self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
+        self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
+        self.batch_bytes = 0
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
@@ -192,15 +193,7 @@ class _Archiver:
                 parent.add(entry)
                 self.report(path)
                 return None
-            try:
-                node = node_from_stat(name, path, st, kind, dir_fd=parent.fd)
-            except OSError as exc:
-                parent.exact = False
-                self.skip(path, f"cannot read ({exc.strerror})")
-                return None
-            slot = parent.reserve(key)
-            self.slots.acquire()
-            self.pool.submit(self.file_job, path, name, st, node, parent, slot)
+            self.queue(PendingFile(path, name, st, parent, parent.reserve(key)))
         else:
             parent.add(entry)
         return None
@@ -279,94 +272,6 @@ class _Archiver:
         return entries
 
     # -- file content ----------------------------------------------------------------------
-
-    def file_job(
-        self, path: str, name: str, st: os.stat_result, node: Node, parent: Folder, slot: int
-    ) -> None:
-        result: Node | None = node
-        try:
-            if st.st_size:  # an empty file has nothing to read: no open
-                assert parent.fd is not None
-                node.content, node.size = self.read_file(path, name, st, parent.fd)
-            if self.cache:
-                self.cache.record(path, st, node.content)
-        except OSError as exc:
-            self.skip(path, f"cannot read ({exc.strerror})")
-            result = None
-        except BaseException as exc:
-            self.fail(exc)
-            result = None
-        finally:
-            self.slots.release()
-        parent.fill(slot, result)
-        self.report(path)
-
-    def read_file(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> tuple[list[bytes], int]:
-        """Chunk and store a file: its chunk ids and the bytes read."""
-        # Relative to the directory (open until its tree is stored). A symlink swapped in since
-        # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-        try:
-            if st.st_size < self.chunker.min_size:
-                return self.small_file(fd, path, st.st_size)
-            with open(fd, "rb", buffering=0, closefd=False) as fh:
-                return self.chunk_file(fh, path, st.st_size)
-        finally:
-            os.close(fd)
-
-    def _cutter(self) -> StreamCutter:
-        cutter: StreamCutter | None = getattr(self._local, "cutter", None)
-        if cutter is None:
-            cutter = self._local.cutter = StreamCutter(self.chunker)
-        return cutter
-
-    def small_file(self, fd: int, path: str, size: int) -> tuple[list[bytes], int]:
-        """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it): read
-        whole with plain reads (one for the data, one seeing the end), no chunker buffer and no
-        file object. One that grew past the minimum since its stat is chunked from the start."""
-        limit = self.chunker.min_size
-        parts: list[bytes] = []
-        total, want = 0, size + 1
-        while total < limit:
-            try:
-                part = os.read(fd, want)
-            except BlockingIOError:  # a FIFO swapped in, no data yet: reads as its end, never blocks
-                break
-            if not part:
-                break
-            parts.append(part)
-            total, want = total + len(part), 64 * 1024
-        if total >= limit:
-            os.lseek(fd, 0, os.SEEK_SET)
-            with open(fd, "rb", buffering=0, closefd=False) as fh:
-                return self.chunk_file(fh, path, total)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        content = [self.writer.save(DATA, data)[0]] if data else []
-        with self.lock:
-            self.bytes_read += total
-        return content, total
-
-    def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
-        """Chunk and store the open file ``fh``; ``path`` is for progress reports."""
-        content: list[bytes] = []
-        window: list[Future[tuple[bytes, bool]]] = []
-        total = 0
-        for data in self._cutter().cut(fh):
-            self.report(path)  # throttled; lets a cancelling callback stop a huge file too
-            if self.error is not None:  # failed or cancelled: stop at this chunk boundary
-                raise self.error
-            total += len(data)
-            if size >= PARALLEL_FILE:
-                # The cutter reuses its buffer: copy before another thread sees the chunk.
-                window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
-                if len(window) >= 4:
-                    content.append(window.pop(0).result()[0])
-            else:
-                content.append(self.writer.save(DATA, data)[0])
-        content.extend(f.result()[0] for f in window)
-        with self.lock:
-            self.bytes_read += total
-        return content, total
 
 
 _Trie = dict[str, tuple["_Trie", bool]]
@@ -452,6 +357,7 @@ def backup_files(
             archiver.walk(top, prefix or "/")
         else:
             _walk_trie(archiver, top, prefix, _source_trie(paths))
+        archiver.submit_batch()
         top.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)

@@ -1,11 +1,14 @@
 """Content-defined chunking parameters (FastCDC 2020 via ``pyfastcdc``).
 
-Defaults: minimum 256 KiB, target 1 MiB (pyfastcdc's real mean is target + minimum ≈ 1.25 MiB),
-maximum 8 MiB. Why: a multi-GiB machine yields ~1 000 chunks per GiB, so a 1 TiB repository has
-under a million index entries (tens of MB of RAM); 1 MiB is small enough that a 2 % change to a
-large file re-uploads only the chunks around each edit. Smaller chunks would dedup slightly
-better but multiply index size, per-blob overhead and request counts. Each repository has its
-own random gear-table seed, so chunk boundaries (and hence sizes) do not reveal known files.
+Defaults for new repositories: minimum 128 KiB, target 512 KiB (pyfastcdc's real mean is target
++ minimum ≈ 640 KiB), maximum 8 MiB. Why: an edit to a large file (a database page, an appended
+log) re-uploads only the chunks around it, and half-size chunks halve that; on real trees they
+also dedup more of the files between 128 and 256 KiB. A 1 TiB repository still has under two
+million index entries (tens of MB of RAM). Smaller still would multiply index size, per-blob
+overhead and request counts. Repositories created with other parameters (the earlier 256 KiB /
+1 MiB / 8 MiB) keep them: they are stored in each repository's config, and changing them would
+re-upload everything. Each repository has its own random gear-table seed, so chunk boundaries
+(and hence sizes) do not reveal known files.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pyfastcdc import FastCDC
 
 from cloudkeep.storage.base import RangeStream, read_exactly
 
-MIN_SIZE = 256 * 1024
-AVG_SIZE = 1024 * 1024
+MIN_SIZE = 128 * 1024
+AVG_SIZE = 512 * 1024
 MAX_SIZE = 8 * 1024 * 1024
 READ_AHEAD = 1024 * 1024  # the buffer holds one maximum chunk plus this much
 

@@ -46,15 +46,17 @@ def node_type(st: os.stat_result) -> str | None:
     return None  # sockets and doors are not restorable
 
 
-def read_xattrs(path: str) -> dict[str, bytes]:
+def read_xattrs(target: str | int) -> dict[str, bytes]:
+    """The xattrs of a path (never followed if a symlink) or of an open descriptor."""
+    follow = isinstance(target, int)  # descriptors take no follow_symlinks=False
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(target, follow_symlinks=follow)
     except OSError:
         return {}
     found: dict[str, bytes] = {}
     for name in names:
         with contextlib.suppress(OSError):
-            found[name] = os.getxattr(path, name, follow_symlinks=False)
+            found[name] = os.getxattr(target, name, follow_symlinks=follow)
     return found
 
 
@@ -67,9 +69,12 @@ def reachable(path: str) -> bool:
     return len(path) < PATH_MAX // 4 or len(os.fsencode(path)) < PATH_MAX
 
 
-def node_from_stat(name: str, path: str, st: os.stat_result, kind: str, *, dir_fd: int | None = None) -> Node:
+def node_from_stat(
+    name: str, path: str, st: os.stat_result, kind: str, *, dir_fd: int | None = None, fd: int | None = None
+) -> Node:
     """The node for an entry; with ``dir_fd`` (its directory, open) it is read relative to that
-    descriptor, so paths longer than ``PATH_MAX`` work too."""
+    descriptor, so paths longer than ``PATH_MAX`` work too. ``fd``: the entry itself, open (a
+    file being read), whose xattrs are then read through it, without looking its path up again."""
     node = Node(
         name=name,
         type=kind,
@@ -93,6 +98,9 @@ def node_from_stat(name: str, path: str, st: os.stat_result, kind: str, *, dir_f
         node.rdev = st.st_rdev
     # listxattr takes no directory descriptor: past PATH_MAX name the entry through /proc's link
     # to that descriptor, a short path that does not follow the entry itself.
+    if fd is not None:
+        node.xattrs = read_xattrs(fd)
+        return node
     long = dir_fd is not None and not reachable(path)
     node.xattrs = read_xattrs(f"/proc/self/fd/{dir_fd}/{name}" if long else path)
     return node

@@ -1,0 +1,55 @@
+"""A first backup alone, in process: wall and CPU of ``backup_files`` into a new local repository,
+without the interpreter start, imports and key derivation the engine bench's child pays too.
+
+Run it from two ``git archive``s (``PYTHONPATH=<archive>/src``) in turns to compare commits on
+the same tree; ``--profile`` prints cProfile of the walking thread (the calling thread), where
+the time goes once the pool is busy.
+
+    python bench/first_backup.py /tmp/bench/pristine-usr /tmp/fb-work [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from cloudkeep.repo import Repository, backup_files
+from cloudkeep.storage import open_store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tree", type=Path)
+    parser.add_argument("work", type=Path, help="emptied first: holds the repository and the cache")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    store = open_store(f"file://{args.work}/repo")
+    Repository.create(store, "bench")
+    repo = Repository.open(store, "bench")
+    profile = cProfile.Profile()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    if args.profile:
+        profile.enable()
+    cache = args.work / "cache"
+    snap = backup_files(repo, [args.tree], hostname="bench", cache_dir=cache, threads=args.threads)
+    if args.profile:
+        profile.disable()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        f"wall {time.monotonic() - start:.2f}s user {after.ru_utime - before.ru_utime:.2f}"
+        f" sys {after.ru_stime - before.ru_stime:.2f} files {snap.stats['files']}"
+    )
+    if args.profile:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The pool side of a backup: read, chunk, hash and store the content of files new to the cache.
+
+The walking thread hands files over with ``queue``: a file below the minimum chunk joins a batch
+(at most ``BATCH_FILES`` files or ``BATCH_BYTES``), and one pool job reads the whole batch; a
+larger file is a job of its own, whose chunks go to the chunk pool when it is very large. Each
+file fills its own slot in its folder (its node, or None when it cannot be read), so a batch
+changes neither the trees, nor per-file errors, progress or cancellation. Split from
+``archiver.py``, which walks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cloudkeep.compat import SLOTS
+from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter
+from cloudkeep.repo.fsmeta import node_from_stat
+from cloudkeep.repo.pack import DATA
+from cloudkeep.repo.tree import FILE, Node
+from cloudkeep.repo.writer import BlobWriter
+from cloudkeep.storage.base import RangeStream
+
+if TYPE_CHECKING:
+    from cloudkeep.repo.folders import Folder
+
+PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
+# Files below the minimum chunk go to the pool in batches of at most this many files or bytes:
+# enough to amortise a job's hand-off, few enough that both workers get some of a small folder.
+BATCH_FILES = 16
+BATCH_BYTES = 1024 * 1024
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass(**SLOTS)
+class PendingFile:
+    """A file to read on the pool: its slot in ``parent`` is filled with its node (or None)."""
+
+    path: str
+    name: str
+    st: os.stat_result
+    parent: Folder
+    slot: int
+
+
+class FileContent:
+    """File jobs for ``_Archiver`` (a mixin: the state below is the archiver's)."""
+
+    writer: BlobWriter
+    cache: FileCache | None
+    chunker: ChunkerParams
+    lock: threading.Lock
+    error: BaseException | None
+    bytes_read: int
+    pool: ThreadPoolExecutor
+    chunk_pool: ThreadPoolExecutor
+    slots: threading.BoundedSemaphore
+    batch: list[PendingFile]
+    batch_bytes: int
+    _local: threading.local
+
+    def fail(self, exc: BaseException) -> None: ...
+    def skip(self, path: str, error: str) -> None: ...
+    def report(self, path: str | None, *, force: bool = False) -> None: ...
+
+    def queue(self, item: PendingFile) -> None:
+        """Hand a file to the pool: a small one joins the batch being gathered, a larger one goes
+        alone (its chunks may go to the chunk pool). One job per batch spares the walking thread a
+        submit, a future and a semaphore turn per file, which starved the workers on small files."""
+        if item.st.st_size >= self.chunker.min_size:
+            self.submit([item])
+            return
+        self.batch.append(item)
+        self.batch_bytes += item.st.st_size
+        if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+            self.submit_batch()
+
+    def submit_batch(self) -> None:
+        """Send the small files gathered so far (the walk calls it once more when it is over)."""
+        if self.batch:
+            batch, self.batch, self.batch_bytes = self.batch, [], 0
+            self.submit(batch)
+
+    def submit(self, files: list[PendingFile]) -> None:
+        self.slots.acquire()
+        try:
+            self.pool.submit(self.file_job, files)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def file_job(self, files: list[PendingFile]) -> None:
+        """Read ``files`` in turn on a pool thread, each filling its slot; one that cannot be read
+        is skipped with its error, not the batch. After a failure or a cancel the rest only fill
+        their slots (empty), so their folders still complete."""
+        done = 0
+        try:
+            for item in files:
+                node = self.read_entry(item) if self.error is None else None
+                done += 1
+                item.parent.fill(item.slot, node)
+                self.report(item.path)
+        except BaseException as exc:  # a folder's completion failing leaves no slot unfilled either
+            self.fail(exc)
+            for item in files[done:]:
+                item.parent.fill(item.slot, None)
+        finally:
+            self.slots.release()
+
+    def read_entry(self, item: PendingFile) -> Node | None:
+        """The node of a file new to the cache, its content stored; None when it cannot be read."""
+        path, name, st, dir_fd = item.path, item.name, item.st, item.parent.fd
+        assert dir_fd is not None  # open until every slot of the folder is filled
+        try:
+            if not st.st_size:  # an empty file has nothing to read: no open
+                node = node_from_stat(name, path, st, FILE, dir_fd=dir_fd)
+            else:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+                try:  # xattrs through the open file: no second path lookup
+                    node = node_from_stat(name, path, st, FILE, dir_fd=dir_fd, fd=fd)
+                    node.content, node.size = self.read_open(fd, path, st)
+                finally:
+                    os.close(fd)
+            if self.cache:
+                self.cache.record(path, st, node.content)
+            return node
+        except OSError as exc:
+            self.skip(path, f"cannot read ({exc.strerror})")
+        except BaseException as exc:
+            self.fail(exc)
+        return None
+
+    def read_file(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> tuple[list[bytes], int]:
+        """Chunk and store a file: its chunk ids and the bytes read."""
+        # Relative to the directory (open until its tree is stored). A symlink swapped in since
+        # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            return self.read_open(fd, path, st)
+        finally:
+            os.close(fd)
+
+    def read_open(self, fd: int, path: str, st: os.stat_result) -> tuple[list[bytes], int]:
+        """Chunk and store the file open as ``fd`` (``st`` its stat from the walk)."""
+        if st.st_size < self.chunker.min_size:
+            return self.small_file(fd, path, st.st_size)
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            return self.chunk_file(fh, path, st.st_size)
+
+    def _cutter(self) -> StreamCutter:
+        cutter: StreamCutter | None = getattr(self._local, "cutter", None)
+        if cutter is None:
+            cutter = self._local.cutter = StreamCutter(self.chunker)
+        return cutter
+
+    def small_file(self, fd: int, path: str, size: int) -> tuple[list[bytes], int]:
+        """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it): read
+        whole with one plain read asking for a byte more than its stat's size (a regular file
+        reads short only at its end, so that read sees the end too), no chunker buffer and no
+        file object. One that grew past the minimum since its stat is chunked from the start."""
+        limit = self.chunker.min_size
+        parts: list[bytes] = []
+        total, want = 0, size + 1
+        while total < limit:
+            try:
+                part = os.read(fd, want)
+            except BlockingIOError:  # a FIFO swapped in, no data yet: reads as its end, never blocks
+                break
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+            if len(part) < want:  # the end: no second read (and GIL hand-off) per file to see it
+                break
+            want = 64 * 1024
+        if total >= limit:
+            os.lseek(fd, 0, os.SEEK_SET)
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                return self.chunk_file(fh, path, total)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        content = [self.writer.save(DATA, data)[0]] if data else []
+        with self.lock:
+            self.bytes_read += total
+        return content, total
+
+    def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
+        """Chunk and store the open file ``fh``; ``path`` is for progress reports."""
+        content: list[bytes] = []
+        window: list[Future[tuple[bytes, bool]]] = []
+        total = 0
+        for data in self._cutter().cut(fh):
+            self.report(path)  # throttled; lets a cancelling callback stop a huge file too
+            if self.error is not None:  # failed or cancelled: stop at this chunk boundary
+                raise self.error
+            total += len(data)
+            if size >= PARALLEL_FILE:
+                # The cutter reuses its buffer: copy before another thread sees the chunk.
+                window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
+                if len(window) >= 4:
+                    content.append(window.pop(0).result()[0])
+            else:
+                content.append(self.writer.save(DATA, data)[0])
+        content.extend(f.result()[0] for f in window)
+        with self.lock:
+            self.bytes_read += total
+        return content, total
