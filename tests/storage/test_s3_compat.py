@@ -15,7 +15,13 @@ from typing import Any
 import boto3
 import pytest
 
-from cloudkeep.errors import IntegrityError, NotSupportedError, PermissionDeniedError, UnreachableError
+from cloudkeep.errors import (
+    IntegrityError,
+    NotSupportedError,
+    PermissionDeniedError,
+    RepositoryWriteError,
+    UnreachableError,
+)
 from cloudkeep.storage import open_store
 from cloudkeep.storage.s3 import S3Store
 from tests.support.fault_proxy import FaultProxy
@@ -114,8 +120,10 @@ def test_repository_create_on_framing_store_fails_at_once(
     store = open_store(
         f"s3://{unique_name}", **_options(standin.endpoint, ca, request_checksum_calculation="when_supported")
     )
-    with pytest.raises(IntegrityError):
+    with pytest.raises(RepositoryWriteError, match="did not store the upload as sent") as failed:
         Repository.create(store, "correct horse", kdf=KdfParams(n=2**10))
+    assert isinstance(failed.value.__cause__, IntegrityError)  # the store's own check found it
+    assert "request_checksum_calculation=when_required" in (failed.value.hint or "")
     assert list(store.list("")) == []
 
 
