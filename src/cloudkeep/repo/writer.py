@@ -93,20 +93,37 @@ class WriterStats:
 
 
 class RateLimiter:
-    """A token bucket shared by all upload threads: ``bandwidth_limit`` bytes per second overall."""
+    """``bandwidth_limit`` bytes per second overall, shared by all upload threads.
 
-    def __init__(self, rate: int) -> None:
+    Each upload of n bytes gets the next slot of n / rate seconds: it starts when its slot does
+    and its thread is held until the slot ends, so no upload (the first one included) goes faster
+    than the limit on average, whatever order the pool runs them in.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
+        self.clock, self.sleep = clock, sleep
         self.lock = threading.Lock()
-        self.next_free = time.monotonic()
+        self.next_free = clock()
 
-    def acquire(self, nbytes: int) -> None:
+    @contextlib.contextmanager
+    def slot(self, nbytes: int) -> Iterator[None]:
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             start = max(now, self.next_free)
-            self.next_free = start + nbytes / self.rate
+            self.next_free = end = start + nbytes / self.rate
         if start > now:
-            time.sleep(start - now)
+            self.sleep(start - now)
+        yield
+        rest = end - self.clock()
+        if rest > 0:
+            self.sleep(rest)
 
 
 class BlobWriter:
@@ -387,14 +404,13 @@ class BlobWriter:
     def _upload_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
         """Upload one finished pack, index it, and write an index file every few packs."""
         size = os.path.getsize(path)
-        if self._limiter:
-            self._limiter.acquire(size)
-        written = int(self._now().timestamp())  # before the upload: the store's lock starts later
-        # Create-only: an agent may not replace what is stored (S3 session policy). A key that
-        # exists is a retried upload that had landed: the id is the hash of these very bytes.
-        with contextlib.suppress(ObjectExistsError):
-            key = pack_key(pack_id)
-            self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
+        with self._limiter.slot(size) if self._limiter else contextlib.nullcontext():
+            written = int(self._now().timestamp())  # before the upload: the store's lock starts later
+            # Create-only: an agent may not replace what is stored (S3 session policy). A key that
+            # exists is a retried upload that had landed: the id is the hash of these very bytes.
+            with contextlib.suppress(ObjectExistsError):
+                key = pack_key(pack_id)
+                self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
         step("backup:pack-uploaded")
         write_index = False
         with self.repo.lock:
