@@ -91,7 +91,9 @@ def main() -> None:
             run(_ck(ROOT, spec, "backup", str(source), str(work / "ck-cache")), env)
             run(_restic(restic_repo, work, "init"), env)
             run(_restic(restic_repo, work, "backup", str(source)), env)
-            tools = [(name, _ck(checkout, spec, "restore", "{T}")) for name, checkout in cloudkeeps]
+            # the cache folder the backup filled (index files on S3), like restic's --cache-dir
+            cache = str(work / "ck-cache")
+            tools = [(name, _ck(checkout, spec, "restore", "{T}", cache)) for name, checkout in cloudkeeps]
             tools.append(("restic", _restic(restic_repo, work, "restore", "latest", "--target", "{T}")))
             for n in range(args.rounds):
                 for name, argv in tools[n % len(tools) :] + tools[: n % len(tools)]:

@@ -163,7 +163,7 @@ def _pack(store: ObjectStore, blobs: int, size: int) -> tuple[str, list[BlobEntr
 
 @pytest.mark.parametrize("readers", [0, 2])
 def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path, readers: int) -> None:
-    """However many segments, buffers allocated never exceed 2 * decoders + readers (0: decoders)."""
+    """However many segments, buffers allocated never exceed decoders + readers: one per thread."""
     store = open_store(f"file://{tmp_path / 'repo'}")
     pack_id, entries = _pack(store, 200, 200 * KIB)  # 200 segments of one blob (cap 256 KiB)
     entries.append(BlobEntry("data", b"L" * 32, 200 * 200 * KIB, 0, 0))  # an empty last blob
@@ -180,7 +180,7 @@ def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path, readers: int) -> N
 
     RunReader(store, handle, readers=readers, decoders=3, cap=256 * KIB).run(requests)
     assert sorted(handled) == [e.offset for e in entries]
-    assert len(seen) <= (2 * 3 + readers if readers else 3)
+    assert len(seen) <= 3 + readers
 
 
 def test_a_blob_larger_than_the_cap_gets_a_buffer_of_its_own(tmp_path: Path) -> None:
@@ -213,3 +213,34 @@ def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path, readers:
     with pytest.raises(IntegrityError, match="blob 5 is damaged"):
         RunReader(store, handle, readers=readers, decoders=1).run(requests)
     assert len(handled) == 5  # what was already read and queued is given back, not handled
+
+
+def test_remote_segments_are_half_a_mib_and_still_one_request_per_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote buffers hold 512 KiB (memory); the segments of a pack still stream through one GET."""
+    from cloudkeep.repo import restorer
+    from cloudkeep.repo.runreader import REMOTE_SEGMENT_CAP
+
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=4 * MIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=6)
+    snap = backup_files(repo, [src], hostname="h")
+    counting = _CountingStore(store)
+    counting.remote = True  # the remote path (reader threads, streamed requests) over a local folder
+    repo.store = counting  # type: ignore[assignment]
+    sizes: list[int] = []
+    original = restorer._Restorer._restore_segment
+
+    def recording(self: restorer._Restorer, pack_id: str, segment: Segment, view: memoryview) -> None:
+        sizes.append(segment.end - segment.start)
+        original(self, pack_id, segment, view)
+
+    monkeypatch.setattr(restorer._Restorer, "_restore_segment", recording)
+    result = restore(repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files == 244, result.errors
+    _same(src, restored(tmp_path / "out", src))
+    assert max(sizes) <= REMOTE_SEGMENT_CAP < MIB and len(sizes) >= 6  # 3.5 MiB of data at least
+    data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
+    assert len(data_reads) == len({key for key, _, _ in data_reads}) < len(sizes)

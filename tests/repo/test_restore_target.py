@@ -178,3 +178,28 @@ def test_browsing_a_deep_restore_point_needs_no_recursion(repo: Repository) -> N
     snapshot_id = crafter.snapshot([{"name": "d", "type": "dir", "subtree": subtree}])
     entries = list(list_tree(repo, snapshot_id, "/", recursive=True))
     assert len(entries) == 1501 and entries[-1].path == "/d" * 1500 + "/leaf.txt"
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_file_that_cannot_be_written_is_named_by_its_full_path(
+    store: ObjectStore, tmp_path: Path, chunks: int, partial: bool
+) -> None:
+    """Planning keeps no path per file (memory): a failure still names the file's whole path."""
+    from cloudkeep.repo.chunker import ChunkerParams
+
+    params = ChunkerParams(64 * 1024, 128 * 1024, 256 * 1024)
+    repo = Repository.create(store, PASSWORD, kdf=FAST_KDF, chunker=params)
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f.bin").write_bytes(random.Random(5).randbytes(chunks * 256 * 1024 - 1))
+    (src / "a" / "ok.txt").write_text("restored\n")
+    snap = backup_files(repo, [src], hostname="h")
+    target = tmp_path / "out"
+    blocker = restored(target, src) / "a" / "b" / "f.bin"
+    blocker.mkdir(parents=True)  # a folder holding something where the file goes
+    (blocker / "keep").write_text("not ours\n")
+    result = restore(repo, snap.id, target, paths=[str(src / "a")] if partial else None)
+    assert len(result.errors) == 1 and result.errors[0].startswith(f"{src}/a/b/f.bin: "), result.errors
+    assert (restored(target, src) / "a" / "ok.txt").read_text() == "restored\n"
+    assert (blocker / "keep").read_text() == "not ours\n"

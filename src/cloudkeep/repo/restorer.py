@@ -35,7 +35,7 @@ from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.runreader import RunReader, Segment, plan_requests
+from cloudkeep.repo.runreader import REMOTE_SEGMENT_CAP, SEGMENT_CAP, RunReader, Segment, plan_requests
 from cloudkeep.repo.targetfs import (
     Refused,
     TargetDirs,
@@ -81,7 +81,7 @@ class _File:
 
     dir: int  # index in TargetDirs; -1: ``name`` is a device path the administrator gave
     name: str
-    path: str  # inside the restore point, for messages
+    path: str  # for messages; "": derived from ``dir`` and ``name`` (``_Restorer.path``)
     size: int
     sparse: bool
     single: bool  # one chunk: created by the worker that writes it (one open per file)
@@ -130,7 +130,11 @@ class _Restorer:
             if not file.failed:
                 file.failed = True
                 self.failed_files += 1
-        self._failed(file.path, exc)
+        self._failed(self.path(file), exc)
+
+    def path(self, file: _File) -> str:
+        """``file``'s path for messages: planning keeps none per file (29k strings on a real tree)."""
+        return file.path or f"{self.dirs.path(file.dir).rstrip('/')}/{shown(file.name)}"
 
     def _failed(self, path: str, exc: Exception) -> None:
         """Record a per-entry failure; a full or read-only target stops the whole restore."""
@@ -234,7 +238,7 @@ class _Restorer:
             offset += loc.entry.raw_length
         if not isinstance(node.size, int) or node.size < 0:
             raise Refused("malformed size")
-        file = _File(index, name, path, node.size, bool(node.sparse), len(node.content) == 1)
+        file = _File(index, name, "", node.size, bool(node.sparse), len(node.content) == 1)
         if node.links > 1:
             self.first_link[(node.device, node.inode)] = file
             file.linked = True
@@ -278,10 +282,17 @@ class _Restorer:
     def _fetch(self, pool: ThreadPoolExecutor, decoders: int) -> None:
         remote = self.repo.store.remote
         located, self.located = self.located, {}
-        requests = plan_requests((located.get(b) or self.repo.locate(b) for b in self.by_blob), remote=remote)
+        cap = REMOTE_SEGMENT_CAP if remote else SEGMENT_CAP
+        requests = plan_requests(
+            (located.get(b) or self.repo.locate(b) for b in self.by_blob), remote=remote, cap=cap
+        )
         del located
         reader = RunReader(
-            self.repo.store, self._restore_segment, readers=REMOTE_STREAMS if remote else 0, decoders=decoders
+            self.repo.store,
+            self._restore_segment,
+            readers=REMOTE_STREAMS if remote else 0,
+            decoders=decoders,
+            cap=cap,
         )
         self.created += [pool.submit(self._precreate, file) for file in self.precreate]
         self.made += [pool.submit(self._make_special, item) for item in self.specials]
@@ -367,14 +378,14 @@ class _Restorer:
         try:
             apply_metadata_fd(fd, file.node, set_owner=self.set_owner)
         except (OSError, ValueError, TypeError, OverflowError) as exc:
-            self._warn(file.path, exc)
+            self._warn(self.path(file), exc)
 
     # -- links and metadata ----------------------------------------------------------------
 
     def _link(self, item: tuple[_File, int, str, str]) -> None:
         first, index, name, path = item
         if first.failed or first.identity is None:
-            self.refuse(path, f"hard link to {first.path}, which was not restored")
+            self.refuse(path, f"hard link to {self.path(first)}, which was not restored")
             return
         try:
             with self.dirs.at(first.dir) as src_fd, self.dirs.at(index) as dst_fd:

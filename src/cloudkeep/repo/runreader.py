@@ -10,7 +10,8 @@ of a pack's segments, so request count stays one per pack range.
 
 Reader threads fill buffers taken from a fixed pool and queue them; decoder threads decrypt,
 decompress, verify and write the blobs, then give the buffer back. The pool's size bounds the
-memory of reads in flight whatever the restore's size; readers wait for a free buffer. Locally
+memory of reads in flight whatever the restore's size (one buffer per thread: every reader and
+decoder holds at most one at a time); readers wait for a free buffer. Locally
 there are no reader threads: each decoder reads its own segments (a page-cache copy is not worth
 a hand-off between threads).
 """
@@ -32,6 +33,9 @@ from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore, RangeStream
 SEGMENT_GAP = 64 * 1024  # unneeded bytes read (and dropped) rather than split a segment
 REQUEST_GAP = 2**20  # remote: longer unneeded stretches end the request (not downloaded)
 SEGMENT_CAP = 2**20  # bytes per segment (one buffer); a larger blob is a segment of its own
+# Remote: one ranged GET streams all of a request's segments, so smaller buffers cost no requests;
+# they bound the memory of reads in flight (the HTTP stack holds its own copy of what it reads).
+REMOTE_SEGMENT_CAP = 512 * 1024
 
 
 @dataclass(**SLOTS)
@@ -133,7 +137,10 @@ class RunReader:
         self.store, self.handle = store, handle
         self.readers, self.decoders, self.cap = max(0, readers), max(1, decoders), cap
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._buffers = threading.BoundedSemaphore(2 * self.decoders + self.readers)  # the memory bound
+        # The memory bound: a thread holds one buffer at a time (a reader fills one and queues it,
+        # a decoder handles one and gives it back), so this many never makes a thread wait for
+        # memory another thread does not give back; more only queues more read-ahead.
+        self._buffers = threading.BoundedSemaphore(self.decoders + self.readers)
         self._work: queue.SimpleQueue[tuple[str, Segment, bytearray, int] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
