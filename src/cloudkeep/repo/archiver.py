@@ -216,13 +216,17 @@ class _Archiver(FileContent):
 
     def unchanged(self, parent: Folder, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
-        for the next backup); None when it must be read."""
-        cached = self.cache.lookup(path, st) if self.cache else None
-        if cached is None:
-            cached = parent.previous_content(name, st)
+        for the next backup); None when it must be read.
+
+        The folder's row comes first: it is read once per folder and holds every file's stat key
+        and chunks, so a changed folder's unchanged files cost no SQLite row each, neither read
+        nor written (the folder's next row carries them; see ``Folder.keeps_rows``)."""
+        cached = parent.previous_content(name, st)
+        if cached is None and self.cache and parent.previous is None:  # no row: the file's own
+            cached = self.cache.lookup(path, st)
         if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
             return None
-        if self.cache:
+        if self.cache and not parent.keeps_rows():
             self.cache.record(path, st, cached)
         return cached
 

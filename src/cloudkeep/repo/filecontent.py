@@ -188,23 +188,43 @@ class FileContent:
         return content, total
 
     def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
-        """Chunk and store the open file ``fh``; ``path`` is for progress reports."""
-        content: list[bytes] = []
-        window: list[Future[tuple[bytes, bool]]] = []
+        """Chunk and store the open file ``fh``; ``path`` is for progress reports.
+
+        A large file's chunks are hashed here and only the new ones go to the chunk pool to be
+        encoded: a rewritten database has a few new chunks among hundreds it already stored, and
+        a copy plus a hand-off per known chunk cost more than its hash (the incremental's cost)."""
+        writer = self.writer
+        parts: list[bytes | Future[tuple[bytes, bool]]] = []  # in file order
+        waiting = 0  # futures in ``parts`` not yet known done
         total = 0
         for data in self._cutter().cut(fh):
             self.report(path)  # throttled; lets a cancelling callback stop a huge file too
             if self.error is not None:  # failed or cancelled: stop at this chunk boundary
                 raise self.error
             total += len(data)
-            if size >= PARALLEL_FILE:
-                # The cutter reuses its buffer: copy before another thread sees the chunk.
-                window.append(self.chunk_pool.submit(self.writer.save, DATA, bytes(data)))
-                if len(window) >= 4:
-                    content.append(window.pop(0).result()[0])
-            else:
-                content.append(self.writer.save(DATA, data)[0])
-        content.extend(f.result()[0] for f in window)
+            if size < PARALLEL_FILE:
+                parts.append(writer.save(DATA, data)[0])
+                continue
+            blob_id = writer.repo.crypter.content_id(data)
+            if writer.stored(blob_id):
+                parts.append(writer.save(DATA, data, blob_id)[0])  # no encoding: the index has it
+                continue
+            # The cutter reuses its buffer: copy before another thread sees the chunk.
+            parts.append(self.chunk_pool.submit(writer.save, DATA, bytes(data), blob_id))
+            waiting += 1
+            if waiting >= 4:  # bounded: at most four chunks copied and queued per file
+                waiting = _settle(parts)
+        content = [part if isinstance(part, bytes) else part.result()[0] for part in parts]
         with self.lock:
             self.bytes_read += total
         return content, total
+
+
+def _settle(parts: list[bytes | Future[tuple[bytes, bool]]]) -> int:
+    """Wait for the oldest unfinished chunk in ``parts``; returns how many are still pending."""
+    pending = [i for i, part in enumerate(parts) if not isinstance(part, bytes)]
+    first = pending[0]
+    future = parts[first]
+    assert not isinstance(future, bytes)
+    parts[first] = future.result()[0]
+    return len(pending) - 1

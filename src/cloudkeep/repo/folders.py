@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 from cloudkeep.compat import SLOTS
+from cloudkeep.pathnames import is_text
 from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.fsmeta import group_name, node_from_stat, user_name
@@ -167,7 +168,17 @@ class Folder:
             contents = {n.name: b"".join(n.content) for n in nodes if n.type == FILE}
             files = marshal.dumps([(key, contents.get(str(key[0]))) for key in self.keys], 2)
             cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
+        elif cache is not None:  # no row: the unchanged files it would have carried get their own
+            for child in self.children:
+                if isinstance(child, Entry) and child.kind == FILE and child.content is not None:
+                    cache.record(child.path, child.st, child.content)
         return tree_id
+
+    def keeps_rows(self) -> bool:
+        """Whether this folder's row will carry its unchanged files for the next backup, so they
+        need no row of their own: a folder the walk listed, with a tree cache, under a UTF-8
+        path. One that ends inexact writes no row: ``_tree`` then records its files' rows."""
+        return self.archiver.tree_cache is not None and self.listing is not None and is_text(self.path)
 
     def previous_content(self, name: str, st: os.stat_result) -> list[bytes] | None:
         """A file's chunks as this folder's row has them, when its stat key is the one stored

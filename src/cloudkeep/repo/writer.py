@@ -317,6 +317,12 @@ class BlobWriter:
             self._submit(full)
         return blob_id, True
 
+    def stored(self, blob_id: bytes) -> bool:
+        """The blob is indexed or being stored: ``save`` would not encode it (a hint: ``save``
+        decides again, under the lock, e.g. for a pack whose lock ends too soon)."""
+        with self.repo.lock:
+            return blob_id in self._pending or blob_id in self.repo.index
+
     def reuse(self, blob_ids: list[bytes]) -> bool:
         """Blobs the backup references without saving them (files the cache says are unchanged).
 
