@@ -184,8 +184,7 @@ class SimulatedFleet:
         queues = self.provider.queues
         if not isinstance(queues, LocalQueueService):
             return agents
-        with queues.database.connect() as db:  # a read: WAL takes no lock
-            names = {name for (name,) in db.execute(READY_QUEUES_SQL, (time.time(),))}
+        names = ready_queue_names(queues)
         return [agent for agent in agents if agent.queue.name in names] if names else []
 
     def sweep(self, agents: list[SimulatedAgent]) -> int:
@@ -248,6 +247,12 @@ class SimulatedFleet:
 
     def __iter__(self) -> Iterator[SimulatedAgent]:
         return iter(self.agents)
+
+
+def ready_queue_names(queues: LocalQueueService) -> set[str]:
+    """The local queues holding a message that a receive would return now (one read, no lock)."""
+    with queues.database.connect() as db:
+        return {name for (name,) in db.execute(READY_QUEUES_SQL, (time.time(),))}
 
 
 def wait_until(predicate: Any, *, timeout: float, what: str, poll: float = 0.05) -> None:
