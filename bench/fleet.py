@@ -242,11 +242,16 @@ def _measure(ctx: ServerContext, world: Any, provider: Any, fleet: SimulatedFlee
         counter = StatementCounter(ctx.engine, waiting=("commands.await_result",))
         if args.count_sql:  # the probe's reads and heartbeats are counted too
             counter.__enter__()
+        sim_cpu = fleet.usage()[0] if isinstance(fleet, SimulatorProcs) else 0.0
         cpu, started = server_cpu(), time.perf_counter()
         session_id = start_job(ctx, job_id, dispatcher=Dispatcher(ctx))
         probe.session_id = session_id
-        wait_until(lambda sid=session_id: _ended(ctx, sid), timeout=24 * 3600, what="the daily job", poll=0.5)
+        _await_job(ctx, session_id, started)
         wall, used = time.perf_counter() - started, server_cpu() - cpu
+        if isinstance(fleet, SimulatorProcs):
+            sim_used = fleet.usage()[0] - sim_cpu
+            rows.append((f"{label}: day {day} CPU of the simulator processes during the job",
+                         f"{sim_used:.1f} s ({100 * sim_used / wall:.0f} % of one core)"))  # fmt: skip
         probe.stop()
         if args.count_sql:
             counter.__exit__(None, None, None)
@@ -331,6 +336,26 @@ def _soak(ctx: ServerContext, fleet: SimulatedFleet | SimulatorProcs, provider: 
     for name, samples in probe.samples.items():
         rows.append((f"{label}: soak {name} p50 / max (ms), n={len(samples)}",
                      f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
+
+
+def _await_job(ctx: ServerContext, session_id: str, started: float, every: float = 60.0) -> None:
+    """Wait for the job, printing its progress every ``every`` s to stderr: a long run that has to be
+    stopped still says how far it got and whether commands were falling back."""
+    next_report, deadline = started + every, started + 24 * 3600
+    while not _ended(ctx, session_id):
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the daily job did not end within 24 hours")
+        if time.perf_counter() >= next_report:
+            next_report += every
+            with ctx.db() as db:
+                tasks = select(SessionTask.id).where(SessionTask.session_id == session_id)
+                done = db.scalar(select(func.count()).where(
+                    CommandRecord.task_id.in_(tasks), CommandRecord.completed_at.is_not(None)))  # fmt: skip
+                fell_back = db.scalar(select(func.count()).where(
+                    CommandRecord.task_id.in_(tasks), CommandRecord.channel != "queue"))  # fmt: skip
+            print(f"[{time.perf_counter() - started:.0f} s] commands done {done}, fell back {fell_back}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(0.5)
 
 
 def _ended(ctx: ServerContext, session_id: str) -> bool:

@@ -84,3 +84,24 @@ def test_a_hundred_agents_heartbeat_then_back_up_through_one_job(ctx: ServerCont
     assert fleet.counts.by_kind == kinds and fleet.counts.rejected == 0
     assert (total, live) == (AGENTS, AGENTS)
     assert all(agent.backups == 1 for agent in fleet)
+
+
+def test_the_simulator_receives_only_from_queues_that_hold_a_visible_message(
+    ctx: ServerContext, tmp_path: Path
+) -> None:
+    """At 20,000 agents a receive from every queue each round cost more CPU than the server;
+    ``ready`` names the queues worth a receive in one read of the local queue file."""
+    world = build_world(ctx, tmp_path / "lab", machines=0)
+    fleet = _fleet(ctx, world)
+    agents = fleet.agents
+    assert fleet.ready(agents) == []
+    agents[3].queue.send("a")
+    agents[7].queue.send("b", delay_seconds=600)  # not visible yet: no receive for it
+    agents[9].queue.send("c")
+    assert fleet.ready(agents) == [agents[3], agents[9]]
+    assert fleet.ready(agents[:5]) == [agents[3]]  # a thread's shard: only its own agents
+    (taken,) = agents[3].queue.receive(max_messages=1, visibility_timeout=600)
+    assert fleet.ready(agents) == [agents[9]]  # in flight, so not visible
+    agents[3].queue.ack(taken)
+    assert fleet.sweep(agents) == 1 and fleet.counts.rejected == 1  # "c" is no signed command
+    assert fleet.ready(agents) == []
