@@ -15,16 +15,22 @@ from cloudkeep.storage import ObjectInfo, ObjectStore
 class FaultyStore(ObjectStore):
     scheme = "faulty"
 
-    def __init__(self, inner: ObjectStore, fail_put: Callable[[str], bool] = lambda key: False) -> None:
+    def __init__(
+        self,
+        inner: ObjectStore,
+        fail_put: Callable[[str], bool] = lambda key: False,
+        error: Callable[[str], Exception] = lambda key: UnreachableError(f"injected failure writing {key}"),
+    ) -> None:
         self.inner = inner
         self.fail_put = fail_put
+        self.error = error
         self.puts: list[str] = []
 
     def put(
         self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
     ) -> None:
         if self.fail_put(key):
-            raise UnreachableError(f"injected failure writing {key}")
+            raise self.error(key)
         self.puts.append(key)
         self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
 

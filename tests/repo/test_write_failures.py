@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,10 @@ import pytest
 from cloudkeep.errors import RepositoryWriteError
 from cloudkeep.repo import Repository, backup_files, check, list_snapshots
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX
-from cloudkeep.storage import ObjectInfo, ObjectStore, open_store
+from cloudkeep.storage import ObjectStore, open_store
 from cloudkeep.storage.base import STAGING_PREFIX
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, write_tree
+from tests.repo.faults import FaultyStore
 from tests.storage.conftest import make_azure_container, make_s3_bucket
 from tests.support.fault_proxy import FaultProxy
 from tests.support.peers import AZURITE_ACCOUNT, Azurite
@@ -93,7 +92,7 @@ def test_read_only_repository_fails_before_anything_is_written(tmpfs: Tmpfs, tmp
     _assert_rerun_dedups(store, source, first.stats["bytes_new"], tmp_path / "cache")
 
 
-class _IoErrorStore(ObjectStore):
+class _IoErrorStore(FaultyStore):
     """Wraps a real store; once ``failing``, writes of packs fail with EIO (an in-process stand-in:
     no peer returns EIO on demand). A raw ``OSError`` from a write must not pass for a file that
     could not be read."""
@@ -101,30 +100,12 @@ class _IoErrorStore(ObjectStore):
     scheme = "eio"
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
+        super().__init__(
+            inner,
+            fail_put=lambda key: self.failing and key.startswith("data/"),
+            error=lambda key: OSError(errno.EIO, "Input/output error"),
+        )
         self.failing = False
-
-    def put(
-        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
-    ) -> None:
-        if self.failing and key.startswith("data/"):
-            raise OSError(errno.EIO, "Input/output error")
-        self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
-        return self.inner.get_range(key, offset, length)
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 def test_raw_os_error_from_a_write_fails_the_backup_not_the_file(tmp_path: Path) -> None:
