@@ -13,6 +13,7 @@ test: test-env lint
 
 lint: lint-machine-py39
 	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
 
 # The machine side runs on CPython 3.9+: type-check it for 3.9 (datetime.UTC, zip(strict=), runtime

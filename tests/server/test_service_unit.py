@@ -36,7 +36,7 @@ def test_unit_restarts_on_failure_and_logs_to_the_journal(tmp_path: Path) -> Non
     assert f"{tmp_path}/bin/cloudkeep server start" in service["ExecStart"]
     assert "--log-level debug" in service["ExecStart"] and "--port 9000" in service["ExecStart"]
     assert f"CLOUDKEEP_HOME={tmp_path}/home dir" in text
-    assert r'ck?x=\"1\"' in text  # quotes inside Environment= are escaped
+    assert r"ck?x=\"1\"" in text  # quotes inside Environment= are escaped
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert "--tls-cert" not in text
     with_tls = unit_text(_spec(tmp_path, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"))

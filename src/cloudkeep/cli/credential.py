@@ -126,7 +126,6 @@ def add(
         success(f"credential {view.name} added ({view.id[:8]})")
 
 
-
 def _with_field_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give ``command`` one option per non-secret credential field in place of its ``**fields``."""
     signature = inspect.signature(command)

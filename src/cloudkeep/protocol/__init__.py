@@ -48,8 +48,15 @@ _HOMES = {
         ["BODIES", "COMMAND_BODIES", "NEEDS_REPOSITORY", "REPORT_BODIES", "RepositoryAccess"], "bodies"
     ),
     **dict.fromkeys(
-        ["DEFAULT_CLOCK_SKEW", "MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "Envelope", "MessageValidator",
-         "make_envelope", "sign_envelope"],
+        [
+            "DEFAULT_CLOCK_SKEW",
+            "MAX_MESSAGE_BYTES",
+            "PROTOCOL_VERSION",
+            "Envelope",
+            "MessageValidator",
+            "make_envelope",
+            "sign_envelope",
+        ],
         "envelope",
     ),
 }

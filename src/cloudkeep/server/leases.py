@@ -82,8 +82,6 @@ def purge_expired(ctx: ServerContext) -> int:
     """Delete expired leases (housekeeping; claims made with ``claim_once`` never expire)."""
     with ctx.db() as session:
         result = session.execute(
-            delete(Lease)
-            .where(Lease.expires_at < utcnow())
-            .execution_options(synchronize_session=False)
+            delete(Lease).where(Lease.expires_at < utcnow()).execution_options(synchronize_session=False)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -45,22 +45,38 @@ def test_upgrade_of_a_database_with_data_keeps_it(database_url: str) -> None:
     try:
         with engine.connect() as conn:
             command.upgrade(alembic_config(conn), "0002")
-            conn.execute(text(
-                "INSERT INTO credentials (id, name, provider, secret, options, description, created_at) "
-                "VALUES ('c1', 'lab', 'local', '\"x\"', '{}', '', :at)"), {"at": at})
-            conn.execute(text(
-                "INSERT INTO repositories (id, name, purpose, credential_id, location, immutability_days,"
-                " options, created_at) VALUES ('r1', 'dist', 'distribution', 'c1', '/d', 0, '{}', :at)"),
-                {"at": at})
-            conn.execute(text(
-                "INSERT INTO protection_groups (id, name, description, credential_id,"
-                " distribution_repository_id, regions, machine_ids, include_tags, exclude_ids, exclude_tags,"
-                " auto_update, on_disappear, enabled, created_at) VALUES ('g1', 'lab', '', 'c1', 'r1', '[]',"
-                " '[]', '{}', '[]', '{}', true, 'keep', true, :at)"), {"at": at})
-            conn.execute(text(  # a row referencing the group: what made the table copy fail
-                "INSERT INTO machines (id, protection_group_id, cloud_id, name, platform, region,"
-                " cloud_state, tags, facts, status, status_reason, created_at) VALUES ('m1', 'g1', 'vm1',"
-                " 'vm1', 'linux', 'lab', 'running', '{}', '{}', 'deployed', '', :at)"), {"at": at})
+            conn.execute(
+                text(
+                    "INSERT INTO credentials (id, name, provider, secret, options, description, created_at) "
+                    "VALUES ('c1', 'lab', 'local', '\"x\"', '{}', '', :at)"
+                ),
+                {"at": at},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO repositories (id, name, purpose, credential_id, location, immutability_days,"
+                    " options, created_at) VALUES ('r1', 'dist', 'distribution', 'c1', '/d', 0, '{}', :at)"
+                ),
+                {"at": at},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO protection_groups (id, name, description, credential_id,"
+                    " distribution_repository_id, regions, machine_ids, include_tags, exclude_ids,"
+                    " exclude_tags, auto_update, on_disappear, enabled, created_at)"
+                    " VALUES ('g1', 'lab', '', 'c1', 'r1', '[]', '[]', '{}', '[]', '{}', true, 'keep',"
+                    " true, :at)"
+                ),
+                {"at": at},
+            )
+            conn.execute(
+                text(  # a row referencing the group: what made the table copy fail
+                    "INSERT INTO machines (id, protection_group_id, cloud_id, name, platform, region,"
+                    " cloud_state, tags, facts, status, status_reason, created_at) VALUES ('m1', 'g1', 'vm1',"
+                    " 'vm1', 'linux', 'lab', 'running', '{}', '{}', 'deployed', '', :at)"
+                ),
+                {"at": at},
+            )
             if engine.dialect.name == "sqlite":  # what an interrupted copy leaves (DDL commits at once)
                 conn.execute(text("CREATE TABLE _alembic_tmp_protection_groups (id VARCHAR(32))"))
             conn.commit()

@@ -21,7 +21,8 @@ def test_ssm_output_bucket_matters_only_for_machines(ctx: ServerContext, aws_opt
     options = {"endpoint_url": aws_options["endpoint_url"], "region": "us-east-1", "max_attempts": 1}
     secret = {k: aws_options[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
     cred = credentials.create_credential(
-        ctx, CredentialCreate(name="aws", provider="aws", options=options, secret=secret)  # type: ignore[arg-type]
+        ctx,
+        CredentialCreate(name="aws", provider="aws", options=options, secret=secret),  # type: ignore[arg-type]
     )
 
     (unused,) = credentials.doctor(ctx, "aws")

@@ -139,7 +139,9 @@ def _resolver(python: str, interpreter: str | None) -> list[str]:
         try:
             probe = subprocess.run(
                 [candidate, "-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
         except (OSError, subprocess.TimeoutExpired):
             continue

@@ -75,11 +75,18 @@ class SessionStarted(Model):
 
 
 class CredentialCreate(Model):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "prod-aws", "provider": "aws",
-        "secret": {"aws_access_key_id": "AKIA…", "aws_secret_access_key": "…"},
-        "options": {"region": "eu-west-1", "ssm_output_bucket": "acme-cloudkeep-ssm"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "prod-aws",
+                    "provider": "aws",
+                    "secret": {"aws_access_key_id": "AKIA…", "aws_secret_access_key": "…"},
+                    "options": {"region": "eu-west-1", "ssm_output_bucket": "acme-cloudkeep-ssm"},
+                }
+            ]
+        }
+    )
     name: Name
     provider: Provider
     secret: dict[str, SecretStr] = Field(default_factory=dict, description="Write-only credential material.")
@@ -123,10 +130,19 @@ class CredentialTest(Model):
 
 
 class RepositoryCreate(Model):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "main", "credential": "prod-aws", "location": "acme-backups/cloudkeep",
-        "password": "correct horse battery staple", "immutability_days": 30,
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "main",
+                    "credential": "prod-aws",
+                    "location": "acme-backups/cloudkeep",
+                    "password": "correct horse battery staple",
+                    "immutability_days": 30,
+                }
+            ]
+        }
+    )
     name: Name
     purpose: Purpose = "backup"
     credential: str = Field(min_length=1, description="Credential id or name.")
@@ -175,11 +191,20 @@ class _GroupFields(Model):
 
 
 class ProtectionGroupCreate(_GroupFields):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "web-fleet", "credential": "prod-aws", "distribution_repository": "dist",
-        "regions": ["eu-west-1"], "include_tags": {"backup": "daily"},
-        "rescan_schedule": {"kind": "daily", "time": "01:00"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "web-fleet",
+                    "credential": "prod-aws",
+                    "distribution_repository": "dist",
+                    "regions": ["eu-west-1"],
+                    "include_tags": {"backup": "daily"},
+                    "rescan_schedule": {"kind": "daily", "time": "01:00"},
+                }
+            ]
+        }
+    )
     name: Name
     credential: str = Field(min_length=1, description="Credential id or name.")
     distribution_repository: str = Field(min_length=1, description="Distribution repository id or name.")
@@ -269,13 +294,23 @@ class _JobFields(Model):
 
 
 class JobCreate(_JobFields):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "nightly", "repository": "main", "protection_groups": ["web-fleet"], "mode": "file",
-        "includes": ["/etc", "/var/www"], "excludes": ["*.tmp"],
-        "schedule": {"kind": "cron", "expression": "0 3 * * 1-5", "timezone": "Europe/Paris"},
-        "retention": {"keep_daily": 7, "keep_weekly": 4},
-        "options": {"bandwidth_limit": "20MiB", "parallel_machines": 8},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "nightly",
+                    "repository": "main",
+                    "protection_groups": ["web-fleet"],
+                    "mode": "file",
+                    "includes": ["/etc", "/var/www"],
+                    "excludes": ["*.tmp"],
+                    "schedule": {"kind": "cron", "expression": "0 3 * * 1-5", "timezone": "Europe/Paris"},
+                    "retention": {"keep_daily": 7, "keep_weekly": 4},
+                    "options": {"bandwidth_limit": "20MiB", "parallel_machines": 8},
+                }
+            ]
+        }
+    )
     name: Name
     repository: str = Field(min_length=1, description="Backup repository id or name.")
 
