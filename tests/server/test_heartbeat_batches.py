@@ -21,6 +21,7 @@ from tests.support.fleet import wait_until
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import Envelope, make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Heartbeat
+from cloudkeep.server import consumer_registry
 from cloudkeep.server import dispatcher as dispatcher_module
 from cloudkeep.server.clock import use_clock
 from cloudkeep.server.consumer import ServerQueueConsumer, server_queue_name
@@ -143,7 +144,7 @@ def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) ->
     )  # registered, not reading: a stand-in backlog
     consumer.heartbeats = type("Writer", (), {"read_point": NOW - timedelta(seconds=120)})()  # type: ignore[assignment]
     key = (harness.ctx.settings.effective_database_url, harness.ctx.server_id, harness.credential_id)
-    dispatcher_module._CONSUMERS[key] = consumer
+    consumer_registry._CONSUMERS[key] = consumer
     dispatcher = Dispatcher(harness.ctx, clock=lambda: NOW)
     try:
         consumer.backlogged = True  # read only up to 120 s ago: 150 s is 30 s old as of there
@@ -165,4 +166,4 @@ def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) ->
             row.last_heartbeat_at = consumer.heartbeats.read_point - timedelta(seconds=1)
         assert dispatcher.choose_channel(machine.row_id).channel != "queue"
     finally:
-        dispatcher_module._CONSUMERS.pop(key, None)
+        consumer_registry._CONSUMERS.pop(key, None)
