@@ -103,3 +103,8 @@ def test_a_stale_report_and_a_process_that_keeps_up_give_no_grace(
     with b.db() as db:
         holders = sorted(row.holder for row in db.query(ConsumerProgress))
     assert holders == ["a1", "a2", "a3"]  # one row per process, rewritten in place
+
+    tomorrow = NOW + timedelta(seconds=read_point.FORGET_SECONDS + 1)
+    read_point.publish(a.ctx, a.credential_id, None, tomorrow, holder="a4")  # a process started later
+    with b.db() as db:
+        assert [row.holder for row in db.query(ConsumerProgress)] == ["a4"]  # those long gone are dropped

@@ -16,7 +16,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import ConsumerProgress
@@ -24,6 +24,7 @@ from cloudkeep.server.db.models import ConsumerProgress
 MIN_INTERVAL_SECONDS = 1.0  # a moving point is written at most this often (one UPDATE per process)
 REFRESH_SECONDS = 10.0  # an unchanged point is rewritten this often, so readers know it is alive
 FRESH_SECONDS = 30.0  # a row older than this is a stopped or stuck consumer: it proves nothing
+FORGET_SECONDS = 86_400.0  # rows this old are deleted when a process publishes for the first time
 HOLDER = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"  # this process
 
 
@@ -41,6 +42,12 @@ def publish(
         if not changed:  # the first report of this process (holders are per process: no race)
             session.add(ConsumerProgress(credential_id=credential_id, holder=holder, read_point=point,
                                          reported_at=now))  # fmt: skip
+            # ... and the moment to drop the rows of processes long gone (each restart adds one)
+            session.execute(
+                delete(ConsumerProgress)
+                .where(ConsumerProgress.reported_at < now - timedelta(seconds=FORGET_SECONDS))
+                .execution_options(synchronize_session=False)
+            )
 
 
 def shared(ctx: ServerContext, credential_id: str, now: datetime) -> datetime | None:
