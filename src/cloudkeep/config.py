@@ -40,6 +40,16 @@ class Settings(BaseSettings):
         default="text", description="Server log lines: key=value text or JSON (env CLOUDKEEP_LOG_FORMAT)."
     )
     rescan_concurrency: int = 16
+    parallel_machines: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description=(
+            "Machines one server process works on at once across all its jobs (a job's own "
+            "parallel_machines is capped by it), and fallback commands it runs at once; sizes the "
+            "process's database pool (env CLOUDKEEP_PARALLEL_MACHINES)."
+        ),
+    )
 
     @field_validator("api_url")
     @classmethod

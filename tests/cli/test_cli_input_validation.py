@@ -77,6 +77,7 @@ BAD_INPUT = {
         (*REPOSITORY, "--location", "{a_folder}", "--immutability-days", "7"),
         "cannot enforce immutability: files in it can always be deleted",
     ),
+    "upgrade-without-machines": (("machine", "upgrade"), "name the machines to upgrade"),
 }
 
 

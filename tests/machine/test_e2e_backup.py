@@ -14,7 +14,7 @@ import pytest
 
 from cloudkeep import repo as engine
 from cloudkeep.machine.ledger import CommandLedger
-from cloudkeep.server import dispatcher as dispatcher_module
+from cloudkeep.server import consumer_registry
 from cloudkeep.server.dispatcher import CommandFailed, Dispatcher, ensure_consumers
 from cloudkeep.storage.base import open_store
 from tests.machine.harness import Harness, MachineHandle, wait_for
@@ -88,7 +88,7 @@ def test_message_service_killed_mid_backup_result_posted_once(harness: Harness, 
     access = _repository(tmp_path)
     machine = _machine_with_data(harness, "db2", size=3 * 2**20)
     ensure_consumers(harness.ctx)
-    consumer_counts = list(dispatcher_module._CONSUMERS.values())
+    consumer_counts = list(consumer_registry._CONSUMERS.values())
     machine.start()
     machine.start("agent")
     wait_for(lambda: harness.heartbeat_age(machine) is not None, what="first heartbeat")

@@ -17,7 +17,7 @@ from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import make_envelope, sign_envelope
 from cloudkeep.protocol.crypto import canonical_json
 from cloudkeep.providers.base import dead_letter_queue_name
-from cloudkeep.server import dispatcher as dispatcher_module
+from cloudkeep.server import consumer_registry
 from cloudkeep.server.consumer import ServerQueueConsumer
 from cloudkeep.server.db.models import CommandRecord
 from cloudkeep.server.dispatcher import Dispatcher, ensure_consumers
@@ -52,7 +52,7 @@ def _dead_letters(harness: Harness, queue_name: str, expected: int) -> list[str]
 
 
 def _consumers() -> list[ServerQueueConsumer]:
-    return list(dispatcher_module._CONSUMERS.values())
+    return list(consumer_registry._CONSUMERS.values())
 
 
 def test_duplicate_delivery_runs_once_and_applies_once(harness: Harness) -> None:

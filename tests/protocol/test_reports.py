@@ -21,6 +21,7 @@ MACHINE = Ed25519PrivateKey.generate()
 BODY = {
     "services": {"agent": {"state": "running", "pid": 41}, "transport": {"state": "stopped", "pid": None}},
     "version": "0.1.0\udcff",  # not UTF-8: displayed, as make_envelope does
+    "agent_level": 2,
 }
 
 
@@ -34,8 +35,8 @@ BODY = {
 )
 def test_a_plain_heartbeat_is_byte_for_byte_the_models_heartbeat(now: datetime) -> None:
     model = make_envelope(
-        "heartbeat", Heartbeat(services=BODY["services"], version=BODY["version"]), sender="m1",
-        recipient="srv", ttl=90, message_id="ab" * 16, now=now,
+        "heartbeat", Heartbeat(services=BODY["services"], version=BODY["version"], agent_level=2),
+        sender="m1", recipient="srv", ttl=90, message_id="ab" * 16, now=now,
     )  # fmt: skip
     plain = report_fields(
         "heartbeat", BODY, sender="m1", recipient="srv", ttl=90, message_id="ab" * 16, now=now
@@ -50,6 +51,21 @@ def test_the_server_accepts_a_plain_heartbeat() -> None:
     server = MessageValidator(me="srv", sender_key={"m1": MACHINE.public_key()}.get)
     envelope = server.validate(text)
     assert isinstance(envelope.parsed_body(), Heartbeat) and envelope.kind == "heartbeat"
+
+
+def test_an_agent_from_before_levels_is_accepted_and_a_hostile_level_refused() -> None:
+    server = MessageValidator(me="srv", sender_key={"m1": MACHINE.public_key()}.get)
+    old = {k: v for k, v in BODY.items() if k != "agent_level"}
+    text, _ = sign_fields(report_fields("heartbeat", old, sender="m1", recipient="srv", ttl=90), MACHINE)
+    body = server.validate(text).parsed_body()
+    assert isinstance(body, Heartbeat) and body.agent_level is None
+    for level in (0, 1001, "2", True):
+        forged = {**BODY, "agent_level": level}
+        text, _ = sign_fields(
+            report_fields("heartbeat", forged, sender="m1", recipient="srv", ttl=90), MACHINE
+        )
+        with pytest.raises(MalformedMessage):
+            server.validate(text).parsed_body()
 
 
 def test_bad_lifetimes_and_oversized_reports_are_refused() -> None:

@@ -79,7 +79,7 @@ def test_an_agent_without_a_level_is_refused_before_anything_is_sent(
         dispatcher.send(machine_id, "backup", BACKUP)
     assert str(caught.value) == (
         "machine web-1 runs agent level 1; this server needs agent level ≥ 2 for `backup`; nothing was "
-        "sent to the machine — rescan the protection group to upgrade the agent"
+        "sent to the machine — `cloudkeep machine upgrade web-1` installs the current agent"
     )
     assert _commands(ctx) == 0 and _queued(ctx, queue) == 0  # nothing recorded, nothing sent
     dispatcher.send(machine_id, "ping", {})  # what a level-1 agent understands still goes

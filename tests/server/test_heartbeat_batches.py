@@ -18,15 +18,18 @@ from tests.machine.harness import Harness, MachineHandle
 from tests.server.jobs_fakes import fresh_postgres_url
 from tests.support.fleet import wait_until
 
-from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.machine.keys import AGENT_LEVEL, AgentKeys
 from cloudkeep.protocol import Envelope, make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Heartbeat
+from cloudkeep.server import consumer_registry
 from cloudkeep.server import dispatcher as dispatcher_module
+from cloudkeep.server.agent_compat import AgentOutdatedError
 from cloudkeep.server.clock import use_clock
 from cloudkeep.server.consumer import ServerQueueConsumer, server_queue_name
 from cloudkeep.server.db.models import DiscoveredMachine
 from cloudkeep.server.dispatcher import Dispatcher
 from cloudkeep.server.heartbeats import apply_heartbeats
+from cloudkeep.server.services.machines import get_machine
 
 NOW = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -41,11 +44,11 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
 
 
 def _heartbeat(
-    harness: Harness, machine: MachineHandle, sent: datetime, version: str = "t"
+    harness: Harness, machine: MachineHandle, sent: datetime, version: str = "t", level: int | None = None
 ) -> tuple[str, Envelope]:
     keys = AgentKeys.load(machine.config.state_dir)
     envelope = make_envelope(
-        "heartbeat", Heartbeat(services={}, version=version), sender=machine.row_id,
+        "heartbeat", Heartbeat(services={}, version=version, agent_level=level), sender=machine.row_id,
         recipient=harness.ctx.server_id, ttl=600, now=sent,
     )  # fmt: skip
     return sign_envelope(envelope, keys.signing), envelope
@@ -83,6 +86,30 @@ def test_a_batch_keeps_the_newest_send_time_per_machine(harness: Harness) -> Non
     older = _heartbeat(harness, a, NOW - timedelta(seconds=10), "a-10")[1]
     apply_heartbeats(harness.ctx, [(older, older.parsed_body())])
     assert _beat(harness, a) == (NOW - timedelta(seconds=5), "a-5")  # time never moves back
+
+
+def test_heartbeats_carry_the_agent_level_so_an_upgrade_or_downgrade_is_seen_without_a_rescan(
+    harness: Harness,
+) -> None:
+    machine = harness.add_machine("moved")
+    dispatcher = Dispatcher(harness.ctx, clock=lambda: NOW)
+
+    def beat(seconds_ago: int, level: int | None) -> int | None:
+        envelope = _heartbeat(harness, machine, NOW - timedelta(seconds=seconds_ago), level=level)[1]
+        apply_heartbeats(harness.ctx, [(envelope, envelope.parsed_body())])
+        with harness.ctx.db() as db:
+            row = db.get(DiscoveredMachine, machine.row_id)
+            assert row is not None
+            return row.agent_level
+
+    assert beat(30, None) == AGENT_LEVEL  # an agent from before the field: keeps its registered level
+    assert beat(20, 1) == 1  # downgraded (an older bundle reinstalled by hand)
+    with pytest.raises(AgentOutdatedError, match="runs agent level 1"):
+        dispatcher.send(machine.row_id, "check", {})
+    assert get_machine(harness.ctx, machine.row_id).upgrade_reason is not None
+    assert beat(25, AGENT_LEVEL) == 1  # an older heartbeat, overtaken on the queue, changes nothing
+    assert beat(10, AGENT_LEVEL) == AGENT_LEVEL  # upgraded again
+    assert get_machine(harness.ctx, machine.row_id).upgrade_reason is None
 
 
 def test_a_batch_whose_write_failed_counts_when_redelivered(
@@ -143,7 +170,7 @@ def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) ->
     )  # registered, not reading: a stand-in backlog
     consumer.heartbeats = type("Writer", (), {"read_point": NOW - timedelta(seconds=120)})()  # type: ignore[assignment]
     key = (harness.ctx.settings.effective_database_url, harness.ctx.server_id, harness.credential_id)
-    dispatcher_module._CONSUMERS[key] = consumer
+    consumer_registry._CONSUMERS[key] = consumer
     dispatcher = Dispatcher(harness.ctx, clock=lambda: NOW)
     try:
         consumer.backlogged = True  # read only up to 120 s ago: 150 s is 30 s old as of there
@@ -165,4 +192,4 @@ def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) ->
             row.last_heartbeat_at = consumer.heartbeats.read_point - timedelta(seconds=1)
         assert dispatcher.choose_channel(machine.row_id).channel != "queue"
     finally:
-        dispatcher_module._CONSUMERS.pop(key, None)
+        consumer_registry._CONSUMERS.pop(key, None)

@@ -13,6 +13,7 @@ from cloudkeep.cli.common import (
     Column,
     Names,
     client,
+    follow,
     print_json,
     print_table,
     render_object,
@@ -30,6 +31,7 @@ COLUMNS: list[Column] = [
     ("status", "status"),
     ("reason", "status_reason"),
     ("agent", "agent_version"),
+    ("upgrade", "upgrade_reason"),
     Col("group", "protection_group_id", ref="group", wide=True),
     Col("id", "id", wide=True),
 ]
@@ -78,3 +80,27 @@ def show(
         ],
         title="Deployment steps",
     )
+
+
+@app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    refs: list[str] | None = typer.Argument(
+        None, help="Machines (id, cloud id or name).", autocompletion=names_of("machine")
+    ),
+    group: str | None = typer.Option(
+        None, "--group", help="Every machine of this protection group.", autocompletion=names_of("group")
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Watch until it ends (always in embedded mode)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Install this server's bundle on machines whose agent is older (even with auto-update off).
+
+    A rescan of just those machines, one per protection group; machines already current are left as
+    they are.
+    """
+    with client(ctx) as c:
+        for session_id in c.upgrade_machines(refs or None, group=group):
+            follow(c, session_id, wait=wait, as_json=as_json)

@@ -85,13 +85,20 @@ def start(
 
     from cloudkeep.server.api.asgi import BACKGROUND_ENV
     from cloudkeep.server.context import open_context
+    from cloudkeep.server.db.pool import check_max_connections
 
     settings = state(ctx).settings
     if settings.api_url:
         raise ConfigurationError("`server start` runs a server; it does not take --api-url")
     level, fmt = _log_settings(settings, log_level, log_format)
     tls = _tls_pair(tls_cert, tls_key)
-    open_context(settings).close()  # migrate and create keys once, before workers start
+    server = open_context(settings)  # migrate and create keys once, before workers start
+    try:
+        warning = check_max_connections(server.engine, settings, workers)
+    finally:
+        server.close()
+    if warning:
+        console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}")
     os.environ["CLOUDKEEP_HOME"] = str(settings.home)
     os.environ["CLOUDKEEP_DATABASE_URL"] = settings.effective_database_url
     os.environ["CLOUDKEEP_MASTER_KEY_FILE"] = str(settings.effective_master_key_file)

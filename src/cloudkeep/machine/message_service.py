@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from cloudkeep.machine.config import MachineConfig
-from cloudkeep.machine.keys import AgentKeys
+from cloudkeep.machine.keys import AGENT_LEVEL, AgentKeys
 from cloudkeep.machine.ledger import CommandLedger
 from cloudkeep.machine.link import QueueLink, QueueUnavailable, backoff
 from cloudkeep.machine.services import BEACON_SECONDS, service_status, touch_beacon
@@ -293,7 +293,8 @@ class MessageService:
 
     def heartbeat(self) -> str:
         """A signed ``heartbeat`` (a ``Heartbeat`` body), built without pydantic (``protocol.reports``)."""
-        body = {"services": service_status(self.config.state_dir), "version": self.config.version()}
+        body = {"services": service_status(self.config.state_dir), "version": self.config.version(),
+                "agent_level": AGENT_LEVEL}  # fmt: skip
         ttl = max(60.0, 3 * self.config.heartbeat_seconds)
         fields = report_fields(
             "heartbeat", body, sender=self.config.machine_id, recipient=self.config.server_id, ttl=ttl

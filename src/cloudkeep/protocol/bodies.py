@@ -165,6 +165,9 @@ class Progress(Body):
 class Heartbeat(Body):
     services: dict[str, Any] = Field(default_factory=dict)
     version: str
+    # The agent level of the code sending it (``machine.keys.AGENT_LEVEL``), so the server sees an
+    # upgrade or downgrade without a rescan; agents from before it send none (still accepted).
+    agent_level: int | None = Field(default=None, ge=1, le=1000, strict=True)  # "2" or true: refused
 
 
 # --- what a command's ``Result.payload`` holds (machine → server) -------------------------------

@@ -50,7 +50,7 @@ def require_level(machine: str, registered: int | None, kind: str) -> None:
         raise AgentOutdatedError(
             f"machine {machine} runs agent level {level}; this server needs agent level ≥ {needed} "
             f"for `{kind}`; nothing was sent to the machine",
-            hint="rescan the protection group to upgrade the agent",
+            hint=f"`cloudkeep machine upgrade {machine}` installs the current agent",
         )
 
 

@@ -48,6 +48,7 @@ from cloudkeep.server.services.schemas import (
     JobView,
     KeyRotation,
     MachineDetail,
+    MachineUpgrade,
     MachineView,
     Page,
     ProtectionGroupCreate,
@@ -195,6 +196,10 @@ class Client(ABC):
 
     def get_machine(self, ref: str) -> MachineDetail:
         return self.call(ops.GET_MACHINE, ref=ref)
+
+    def upgrade_machines(self, machines: list[str] | None = None, *, group: str | None = None) -> list[str]:
+        data = MachineUpgrade(machines=machines or None, group=group)
+        return self.call(ops.UPGRADE_MACHINES, data=data).session_ids
 
     # jobs
     def create_job(self, data: JobCreate) -> JobView:

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, Protoc
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
 from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
-from cloudkeep.server import metrics, result_notify
+from cloudkeep.server import metrics, read_point, result_notify
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
@@ -228,8 +229,10 @@ class ServerQueueConsumer:
         workers: int = 2,
         wait_seconds: float = 5.0,
         visibility_timeout: int = 60,
+        credential_id: str | None = None,
     ) -> None:
         self.ctx = ctx
+        self.credential_id = credential_id  # set: the read point is published for other processes
         self.queue = queue
         self.workers = workers
         self.wait_seconds = wait_seconds
@@ -243,6 +246,7 @@ class ServerQueueConsumer:
         self._polling: set[str] = set()  # names of the workers waiting in receive
         self.heartbeats: HeartbeatWriter | None = None
         self.backlogged = False  # the last receive came back full
+        self._published: tuple[float, datetime | None] | None = None  # when, and what
 
     def start(self) -> ServerQueueConsumer:
         if self.workers:
@@ -317,6 +321,28 @@ class ServerQueueConsumer:
                 # A short receive found nothing more: everything sent before it started (before it
                 # returned, when it came back empty) is now handed over.
                 self.heartbeats.mark(utcnow() if not messages else started)
+            self.publish_read_point()
+
+    def publish_read_point(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Share the read point through the database (``read_point``) when it changed (at most every
+        ``MIN_INTERVAL_SECONDS``: readers of a backed-up queue apply ten messages a batch), and at
+        least every ``REFRESH_SECONDS`` so that readers know this consumer is alive; a failure only logs."""
+        if self.credential_id is None:
+            return
+        point, now = self.read_point, monotonic()
+        with self._lock:
+            last = self._published
+            if last is not None and now - last[0] < (
+                read_point.REFRESH_SECONDS if last[1] == point else read_point.MIN_INTERVAL_SECONDS
+            ):
+                return
+            self._published = (now, point)
+        try:
+            read_point.publish(self.ctx, self.credential_id, point, utcnow())
+        except Exception as exc:
+            with self._lock:
+                self._published = None  # retried after the next batch
+            log.warning("server queue %s: could not publish the read point: %s", self.queue.name, exc)
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
         """Hand back what a poll returned after ``stop``: visible again at once for other servers."""

@@ -27,6 +27,7 @@ from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.providers.base import CloudProvider
 from cloudkeep.providers.registry import get_provider
 from cloudkeep.server.db.models import Credential, ServerSetting
+from cloudkeep.server.db.pool import PoolSize, default_pool, pool_size
 from cloudkeep.server.secrets import SecretBox
 
 
@@ -48,8 +49,9 @@ def _enable_wal(cur: Any, *, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def make_engine(url: str) -> Engine:
-    """SQLite gets WAL and a busy timeout so several processes can share it; PostgreSQL is used as is."""
+def make_engine(url: str, pool: PoolSize | None = None) -> Engine:
+    """SQLite gets WAL and a busy timeout so several processes can share it; PostgreSQL a pool of
+    ``pool`` (sized from the settings by ``open_context``: ``db/pool.py``)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -62,7 +64,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    pool = pool or default_pool()
+    return create_engine(url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.overflow)
 
 
 @dataclass
@@ -150,7 +153,7 @@ def open_context(settings: Settings, *, create: bool = True) -> ServerContext:
     if not create:
         _require_state(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size(settings))
     from cloudkeep.server.db.migrate import upgrade
 
     upgrade(engine)

@@ -10,7 +10,6 @@ heartbeats resume, the next command goes through the queue again. The channel is
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -23,10 +22,10 @@ from typing import Any
 from sqlalchemy import select, update
 
 from cloudkeep.errors import CloudkeepError, ConfigurationError, NotFoundError, UnreachableError
-from cloudkeep.protocol import ProtocolError, make_envelope, sign_envelope
+from cloudkeep.protocol import make_envelope, sign_envelope
 from cloudkeep.protocol.bodies import Result
 from cloudkeep.protocol.crypto import load_encryption_key
-from cloudkeep.providers.base import CallPacer, CloudProvider, Machine, Platform, Queue, paced
+from cloudkeep.providers.base import CallPacer, CloudProvider, Queue
 from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.server import result_notify
 from cloudkeep.server.agent_compat import require_level
@@ -36,17 +35,26 @@ from cloudkeep.server.consumer import (
     RESULTS,
     MachineKeys,
     ServerQueueConsumer,
-    apply_report,
     report_validator,
     server_queue_name,
 )
+from cloudkeep.server.consumer_registry import (
+    consumer_queue_depths,
+    consumer_read_point,
+    ensure_consumers,
+    stop_consumers,
+)
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
+from cloudkeep.server.fallback import FallbackPool, FallbackTarget, fail_command, process_pool, run_fallback
 from cloudkeep.server.logs import event
 from cloudkeep.server.pacing import pacer_for
 
+__all__ = [  # the consumers' registry is reached through the dispatcher by its callers
+    "CommandFailed", "CommandTimeout", "Dispatcher", "consumer_queue_depths", "ensure_consumers",
+    "expire_commands", "stop_consumers",
+]  # fmt: skip
 log = logging.getLogger(__name__)
-MAX_FALLBACK_TIMEOUT = 48 * 3600.0
 # Reading waiting reports before a fallback is bounded: a server queue that filled up over a long
 # idle time is left to the consumers, and the command may take the fallback once.
 DRAIN_MAX_MESSAGES = 500
@@ -61,28 +69,6 @@ class CommandFailed(CloudkeepError):
 
 class CommandTimeout(UnreachableError, TimeoutError):
     """No result within the wait; the command may still finish (its record stays open)."""
-
-
-def linux_fallback_script(message: str) -> str:
-    """Shell script for the command channel: run ``exec`` with the installed interpreter."""
-    b64 = base64.b64encode(message.encode()).decode()
-    return (
-        'ROOT="${CLOUDKEEP_MACHINE_ROOT:-}"\n'
-        'PY="${CLOUDKEEP_PYTHON:-$ROOT/opt/cloudkeep/venv/bin/python}"\n'
-        '[ -x "$PY" ] || PY=python3\n'
-        f'exec "$PY" -m cloudkeep.machine exec --config "$ROOT/etc/cloudkeep/machine.json" --message {b64}\n'
-    )
-
-
-def windows_fallback_script(message: str) -> str:
-    b64 = base64.b64encode(message.encode()).decode()
-    return (
-        "$py = if ($env:CLOUDKEEP_PYTHON) { $env:CLOUDKEEP_PYTHON } "
-        "else { Join-Path $env:ProgramFiles 'cloudkeep\\venv\\Scripts\\python.exe' }\n"
-        "$cfg = Join-Path $env:ProgramData 'cloudkeep\\machine.json'\n"
-        f"& $py -m cloudkeep.machine exec --config $cfg --message {b64}\n"
-        "exit $LASTEXITCODE\n"
-    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +97,9 @@ def _aware(value: datetime | None) -> datetime | None:
 
 class Dispatcher:
     """``pacers``: each credential's pacer, which every fallback command's cloud calls go through
-    (the process-wide one rescan uses too, so both share the account's budget; tests inject one)."""
+    (the process-wide one rescan uses too, so both share the account's budget; tests inject one).
+    ``fallbacks``: the pool fallback commands run on (default: the process's, with
+    ``settings.parallel_machines`` threads)."""
 
     def __init__(
         self,
@@ -119,10 +107,12 @@ class Dispatcher:
         *,
         clock: Callable[[], datetime] = utcnow,
         pacers: Callable[[str, ProviderFacts], CallPacer] = pacer_for,
+        fallbacks: FallbackPool | None = None,
     ) -> None:
         self.ctx = ctx
         self.clock = clock
         self.pacers = pacers
+        self.fallbacks = fallbacks or process_pool(ctx.settings.parallel_machines)
         self.validator = report_validator(ctx, MachineKeys(ctx))
         self._providers: dict[str, CloudProvider] = {}
         self._queues: dict[tuple[str, str], Queue] = {}
@@ -206,14 +196,15 @@ class Dispatcher:
         return target, ChannelChoice(fallback, f"last heartbeat sent {age:.0f}s ago (limit {timeout:.0f}s)")
 
     def _backlog_reason(self, target: _Target, timeout: float) -> str | None:
-        """Why a machine whose heartbeat looks old is still judged alive: this process's consumers
-        are behind on the server queue (a backlog), and its heartbeat is fresh as of their read
-        point — newer heartbeats may be waiting unread. None when that does not hold.
+        """Why a machine whose heartbeat looks old is still judged alive: the consumers (this
+        process's, or those of others through the database) are behind on the server queue (a
+        backlog), and its heartbeat is fresh as of their read point — newer heartbeats may be
+        waiting unread. None when that does not hold.
 
         Bounded by ``BACKLOG_GRACE_SECONDS``: consumers that far behind (or stuck) prove nothing,
         and the command takes the fallback as before.
         """
-        point = consumer_read_point(self.ctx, target.credential_id)
+        point = consumer_read_point(self.ctx, target.credential_id, self.clock())
         last = target.last_heartbeat_at
         if point is None or last is None:
             return None
@@ -303,16 +294,10 @@ class Dispatcher:
             try:
                 self._queue(target.credential_id, target.agent_queue).send(text)
             except Exception as exc:
-                self._fail(envelope.id, f"could not send to queue {target.agent_queue}: {exc}")
+                fail_command(self.ctx, envelope.id, f"could not send to queue {target.agent_queue}: {exc}")
                 raise
         else:
-            thread = threading.Thread(
-                target=self._run_fallback,
-                args=(target, envelope.id, text, ttl),
-                name=f"ck-fallback-{envelope.id[:8]}",
-            )
-            thread.daemon = True
-            thread.start()
+            self.fallbacks.submit(lambda: self._run_fallback(target, envelope.id, text, ttl))
         return envelope.id
 
     def wait(
@@ -407,59 +392,16 @@ class Dispatcher:
         elif choice.channel == "queue" and previous not in (None, "queue"):
             event(log, "queue_resumed", machine=machine_id, reason=choice.reason)
 
-    # --- fallback channel -----------------------------------------------------------------------
-
-    def _fail(self, command_id: str, error: str) -> None:
-        body = Result(command_id=command_id, ok=False, error=error).model_dump(mode="json")
-        with self.ctx.db() as session:
-            session.execute(
-                update(CommandRecord)
-                .where(CommandRecord.id == command_id, CommandRecord.state.in_(OPEN_STATES))
-                .values(state="failed", result=body, completed_at=utcnow())
-            )
-
     def _run_fallback(self, target: _Target, command_id: str, text: str, ttl: float) -> None:
-        """Run the command over the cloud's channel. Every cloud call is paced (its start a write,
-        its status reads reads), so a fleet falling back at once stays within the account's limits:
-        the commands then wait their turn instead of being throttled."""
+        """On a fallback pool thread: the command over the cloud's channel, paced by the account's pacer."""
         try:
             provider = self.provider(target.credential_id)
             pacer = self.pacers(target.credential_id, provider.facts)
-            machine = Machine(
-                id=target.cloud_id, name=target.cloud_id, platform=Platform(target.platform),
-                state="unknown", region=target.region,
-            )  # fmt: skip
-            if not target.region:  # recorded before regions were: ask the inventory (a read)
-                found = paced(pacer, "read", "", lambda: provider.inventory.get_machine(target.cloud_id))
-                machine = found or machine
-            windows = machine.platform == Platform.WINDOWS
-            script = windows_fallback_script(text) if windows else linux_fallback_script(text)
-            timeout = min(ttl, MAX_FALLBACK_TIMEOUT)
-            outcome = provider.commands.run(machine, script, timeout=timeout, pacer=pacer)
         except Exception as exc:
-            event(log, "fallback_failed", level=logging.WARNING, command=command_id,
-                  machine=target.machine_id, error=str(exc))  # fmt: skip
-            self._fail(command_id, f"the command channel failed: {exc}")
+            fail_command(self.ctx, command_id, f"the command channel failed: {exc}")
             return
-        lines = [line for line in outcome.stdout.splitlines() if line.strip()]
-        try:
-            if not lines:
-                raise ProtocolError("no output")
-            envelope = self.validator.validate(lines[-1])
-            body = envelope.parsed_body()
-            if (
-                envelope.sender != target.machine_id
-                or not isinstance(body, Result)
-                or body.command_id != command_id
-            ):
-                raise ProtocolError("the output is not this command's result")
-            apply_report(self.ctx, envelope)
-        except ProtocolError as exc:
-            detail = (outcome.stderr.strip() or outcome.stdout.strip())[-800:]
-            self._fail(
-                command_id,
-                f"command channel gave no valid signed result ({exc}; exit {outcome.exit_code}): {detail}",
-            )
+        where = FallbackTarget(target.machine_id, target.cloud_id, target.platform, target.region)
+        run_fallback(self.ctx, provider, pacer, self.validator, where, command_id, text, ttl, self.clock)
 
 
 def expire_commands(ctx: ServerContext, now: datetime) -> list[str]:
@@ -498,61 +440,3 @@ def expire_commands(ctx: ServerContext, now: datetime) -> list[str]:
     for command_id in expired:
         log.warning("command %s expired without a result", command_id)
     return expired
-
-
-_CONSUMERS: dict[tuple[str, str, str], ServerQueueConsumer] = {}
-_CONSUMERS_LOCK = threading.Lock()
-
-
-def ensure_consumers(ctx: ServerContext, workers: int = 2) -> None:
-    """Start (once per process) consumer threads on the server queue of every account in use."""
-    with ctx.db() as session:
-        credential_ids = sorted(set(session.scalars(select(ProtectionGroup.credential_id))))
-    name = server_queue_name(ctx.server_id)
-    for credential_id in credential_ids:
-        key = (ctx.settings.effective_database_url, ctx.server_id, credential_id)
-        with _CONSUMERS_LOCK:
-            if key in _CONSUMERS:
-                continue
-            try:
-                provider = ctx.provider_for(credential_id)
-                queue = provider.queues.ensure_queue(name)
-            except CloudkeepError as exc:
-                log.warning("no server queue consumer for credential %s: %s", credential_id, exc)
-                continue
-            wait = provider.facts.server_queue_wait
-            _CONSUMERS[key] = ServerQueueConsumer(ctx, queue, workers=workers, wait_seconds=wait).start()
-            log.info(
-                "consuming server queue %s for credential %s with %d workers", name, credential_id, workers
-            )
-
-
-def consumer_queue_depths() -> dict[str, int]:
-    """Approximate waiting messages on each server queue this process consumes (for ``/metrics``)."""
-    with _CONSUMERS_LOCK:
-        consumers = list(_CONSUMERS.values())
-    depths: dict[str, int] = {}
-    for consumer in consumers:
-        try:
-            depths[consumer.queue.name] = consumer.queue.approximate_count()
-        except Exception as exc:  # a scrape must not fail because one cloud is slow or down
-            log.debug("queue depth of %s unavailable: %s", consumer.queue.name, exc)
-    return depths
-
-
-def consumer_read_point(ctx: ServerContext, credential_id: str) -> datetime | None:
-    """How far this process's consumers have read that account's server queue (None: none run here)."""
-    key = (ctx.settings.effective_database_url, ctx.server_id, credential_id)
-    with _CONSUMERS_LOCK:
-        consumer = _CONSUMERS.get(key)
-    return consumer.read_point if consumer is not None else None
-
-
-def stop_consumers() -> None:
-    """Stop every consumer this process started (tests, shutdown)."""
-    with _CONSUMERS_LOCK:
-        consumers = list(_CONSUMERS.values())
-        _CONSUMERS.clear()
-    for consumer in consumers:
-        consumer.stop()
-    result_notify.stop_listeners()

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import Integer, bindparam, func, or_, update
 
 from cloudkeep.protocol import Envelope
 from cloudkeep.protocol.bodies import Heartbeat
@@ -42,7 +42,11 @@ _HEARTBEAT = (
     update(DiscoveredMachine)
     .where(DiscoveredMachine.id == bindparam("machine_id"), or_(_LAST.is_(None), bindparam("sent") > _LAST))
     .values(
-        last_heartbeat_at=bindparam("sent"), last_seen_at=bindparam("now"), agent_version=bindparam("version")
+        last_heartbeat_at=bindparam("sent"),
+        last_seen_at=bindparam("now"),
+        agent_version=bindparam("version"),
+        # an agent that reports no level (older than the field) keeps the one it registered
+        agent_level=func.coalesce(bindparam("level", type_=Integer), DiscoveredMachine.agent_level),
     )
     .execution_options(synchronize_session=False)
 )
@@ -101,7 +105,7 @@ def apply_heartbeats(ctx: ServerContext, beats: list[tuple[Envelope, Heartbeat]]
         envelope, body = beats[n]
         rows.append(
             {"machine_id": envelope.sender, "sent": min(envelope.issued_at, now), "now": now,
-             "version": body.version}
+             "version": body.version, "level": body.agent_level}
         )  # fmt: skip
         outcomes[n] = "applied"
     try:

@@ -44,6 +44,7 @@ from cloudkeep.server.services.schemas import (
     SessionView,
     TokenCreated,
     TokenView,
+    UpgradeStarted,
 )
 
 R = TypeVar("R")
@@ -213,6 +214,10 @@ LIST_MACHINES: Op[Page[MachineView]] = Op(
 )  # fmt: skip
 GET_MACHINE: Op[MachineDetail] = Op(
     "get_machine", "GET", "/machines/{ref}", "machines.get_machine", MachineDetail, "machines", admin=False,
+)  # fmt: skip
+UPGRADE_MACHINES: Op[UpgradeStarted] = Op(
+    "upgrade_machines", "POST", "/machines/upgrade", "operations.upgrade_machines", UpgradeStarted,
+    "machines", audited=True, status=202,
 )  # fmt: skip
 
 # jobs

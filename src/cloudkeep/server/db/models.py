@@ -280,6 +280,20 @@ class Lease(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
 
+class ConsumerProgress(Base):
+    """How far one process's consumers have read an account's server queue (``server/read_point.py``).
+
+    One row per (credential, process): a job runner in another process reads it to give machines
+    the same backlog grace the consumers' own process gives them.
+    """
+
+    __tablename__ = "consumer_progress"
+    credential_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100), primary_key=True)
+    read_point: Mapped[datetime | None] = mapped_column(nullable=True)  # None: keeping up
+    reported_at: Mapped[datetime] = mapped_column()
+
+
 class ServerSetting(Base):
     """Server-wide values: the server id, the server's signing key (sealed), the bundle version."""
 

@@ -27,7 +27,7 @@ from cloudkeep.protocol.bodies import BackupResult
 from cloudkeep.providers.base import CloudProvider
 from cloudkeep.repo.repository import Repository as FormatRepository
 from cloudkeep.repo.retention import RetentionPolicy
-from cloudkeep.server import manifest_pins, metrics
+from cloudkeep.server import manifest_pins
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import (
     BackupJob,
@@ -37,15 +37,15 @@ from cloudkeep.server.db.models import (
     RestorePoint,
     SessionTask,
 )
-from cloudkeep.server.jobs import notifications
+from cloudkeep.server.jobs import notifications, session_end
 from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs.backup_body import backup_set, build_backup_body
 from cloudkeep.server.jobs.options import JobOptions, read_job_options
-from cloudkeep.server.jobs.stats import session_stats, task_stats
+from cloudkeep.server.jobs.session_end import finish_session, stop_reason_of, terminating_window
+from cloudkeep.server.jobs.stats import task_stats
 from cloudkeep.server.logs import event
-from cloudkeep.server.scheduling.schedule import Schedule, in_window, validate_schedule
+from cloudkeep.server.scheduling.schedule import Schedule, in_window
 from cloudkeep.server.sessions import (
-    ACTIVE_STATES,
     CommandSender,
     SessionLease,
     TaskFailed,
@@ -71,6 +71,21 @@ from cloudkeep.server.sessions.access import (
 from cloudkeep.server.sessions.runtime import append_log
 
 log = logging.getLogger(__name__)
+
+
+_SLOTS: threading.BoundedSemaphore | None = None
+_SLOTS_LOCK = threading.Lock()
+
+
+def machine_slots(parallel_machines: int) -> threading.BoundedSemaphore:
+    """The process's slots for machine tasks, shared by all its sessions: ``settings.parallel_machines``
+    bounds the machine threads working on the catalog at once, which is what sizes the database
+    pool (``db/pool.py``); a session's further tasks wait for a slot."""
+    global _SLOTS
+    with _SLOTS_LOCK:
+        if _SLOTS is None:
+            _SLOTS = threading.BoundedSemaphore(parallel_machines)
+        return _SLOTS
 
 
 def _parse_time(value: Any, default: datetime) -> datetime:
@@ -129,7 +144,7 @@ class SessionRunner:
 
     def _stop_reason(self) -> str:
         with self.ctx.db() as db:
-            return _stop_reason_of(db.get(JobSession, self.session_id))
+            return stop_reason_of(db.get(JobSession, self.session_id))
 
     def run(self) -> None:
         with SessionLease(self.ctx, self.session_id):
@@ -144,7 +159,7 @@ class SessionRunner:
             job = db.get(BackupJob, session.job_id)
             assert job is not None
             task_ids = [(t.id, t.machine_id) for t in session.tasks]
-            self.window = _terminating_window(job, session.trigger)
+            self.window = terminating_window(job, session.trigger)
             event(log, "session_started", session=self.session_id, job=job.name, trigger=session.trigger,
                   attempt=session.attempt, machines=len(task_ids))  # fmt: skip
         try:
@@ -158,19 +173,20 @@ class SessionRunner:
             self.provider = self.ctx.provider_for(self.repository.credential_id)
             self.job = job
             self.options = read_job_options(job.name, job.options)
-            parallel = self.options.parallel_machines or 4
+            # The job's own parallelism, capped by the server's; all sessions share the process's slots.
+            parallel = min(self.options.parallel_machines or 4, self.ctx.settings.parallel_machines)
+            slots = machine_slots(self.ctx.settings.parallel_machines)
             self._maintenance = ret.ServerMaintenance(self.provider, self.repository.location, self.password)
             with ThreadPoolExecutor(max_workers=min(parallel, len(task_ids))) as pool:
-                list(pool.map(lambda pair: self._run_task(*pair), task_ids))
-            self._lock_new([machine_id for _, machine_id in task_ids])
-            self._vouch()
-            self._prune()
-            self._finish(started, None)
+                list(pool.map(lambda pair: self._run_task_in(slots, *pair), task_ids))
+            self._end_steps([machine_id for _, machine_id in task_ids])
+            finish_session(self.ctx, self.session_id, started, self.clock(), None)
         except CloudkeepError as exc:
-            self._finish(started, str(exc))
+            finish_session(self.ctx, self.session_id, started, self.clock(), str(exc))
         except Exception as exc:  # a bug must still end the session, never leave it "running"
             log.exception("session %s crashed", self.session_id)
-            self._finish(started, f"internal error: {type(exc).__name__}: {exc}")
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            finish_session(self.ctx, self.session_id, started, self.clock(), error)
         finally:
             if self._manifest_repo is not None:
                 close_opened(self._manifest_repo)
@@ -180,7 +196,25 @@ class SessionRunner:
                 self.provider.close()
         self._after()
 
+    def _end_steps(self, machine_ids: list[str]) -> None:
+        """Lock, vouch, prune (``session_end``); vouch and prune not after a stop, prune not when the
+        job opts out."""
+        maintenance = self._maintenance
+        assert maintenance is not None
+        if self.repository.immutability_days:
+            session_end.lock_new(self.ctx, self.session_id, maintenance, machine_ids, self.clock())
+        if self.stop_requested():
+            return
+        session_end.vouch(self.ctx, self.session_id, maintenance)
+        if self.options.prune is not False and not self.stop_requested():
+            session_end.prune(self.ctx, self.session_id, maintenance, self.clock())
+
     # --- one machine ---
+
+    def _run_task_in(self, slots: threading.BoundedSemaphore, task_id: str, machine_id: str) -> None:
+        """One machine's task once the process has a slot for it (``machine_slots``)."""
+        with slots:
+            self._run_task(task_id, machine_id)
 
     def _run_task(self, task_id: str, machine_id: str) -> None:
         started = self.clock()
@@ -221,7 +255,7 @@ class SessionRunner:
             stopped = self._stopped(db)
             task = db.get(SessionTask, task_id)
             if stopped is not None:
-                reason = _stop_reason_of(stopped) + " before this machine started"
+                reason = stop_reason_of(stopped) + " before this machine started"
                 fields: dict[str, Any] = {"state": "stopped", "reason": reason, "ended_at": self.clock()}
             elif machine.status != "deployed":
                 why = f": {machine.status_reason}" if machine.status_reason else ""
@@ -439,104 +473,6 @@ class SessionRunner:
         except CloudkeepError as exc:
             return [f"retention not applied: {exc}"]
 
-    def _lock_new(self, machine_ids: list[str]) -> None:
-        """Lock what the run's backups wrote where the store does not (Azure generations), before prune."""
-        if self._maintenance is None or not self.repository.immutability_days:
-            return
-        try:
-            locked = self._maintenance.lock_new(machine_ids, self.clock())
-        except CloudkeepError as exc:  # the next extend-locks catches up; the backups stand
-            log.warning("session %s: locking new objects failed: %s", self.session_id, exc)
-            note: dict[str, Any] = {"error": str(exc)}
-        else:
-            if not locked:
-                return
-            note = {"objects": locked}
-        with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            if session is not None:
-                session.stats = {**(session.stats or {}), "locks": note}
-
-    def _vouch(self) -> None:
-        """Vouch for the run's new packs (format 3), before prune; a failure leaves them for the next run."""
-        if self._maintenance is None or self.stop_requested():
-            return
-        try:
-            result = self._maintenance.vouch()
-        except CloudkeepError as exc:
-            log.warning("session %s: vouching for new packs failed: %s", self.session_id, exc)
-            note: dict[str, Any] = {"error": str(exc)}
-        else:
-            if result is None or not (result.vouched or result.refused or result.forged_index_files):
-                return
-            note = {"packs": len(result.vouched), "bytes_read": result.bytes_read}
-            if result.forged_index_files:  # another machine wrote into a writer's namespace (Azure)
-                note["forged_index_files"] = sorted(result.forged_index_files)[:20]
-            if result.refused:
-                note["refused"] = dict(list(result.refused.items())[:20])
-                note["refused_writers"] = result.refused_writers
-        with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            if session is not None:
-                session.stats = {**(session.stats or {}), "vouch": note}
-
-    def _prune(self) -> None:
-        """One prune per run, after every machine's forget (unless the job opts out or was stopped)."""
-        if self._maintenance is None or self.options.prune is False or self.stop_requested():
-            return
-        try:
-            result = self._maintenance.prune_once(self.clock())
-        except CloudkeepError as exc:
-            log.warning("session %s: prune failed: %s", self.session_id, exc)
-            note: dict[str, Any] = {"error": str(exc)}
-        else:
-            if result is None:
-                return
-            note = {"packs_deleted": result.packs_deleted, "bytes_freed": result.bytes_freed,
-                    "warnings": result.warnings[:20]}  # fmt: skip
-        with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            if session is not None:
-                session.stats = {**(session.stats or {}), "prune": note}
-
-    # --- the end ---
-
-    def _finish(self, started: datetime, error: str | None) -> None:
-        ended = self.clock()
-        with self.ctx.db() as db:
-            session = db.get(JobSession, self.session_id)
-            assert session is not None
-            for task in session.tasks:  # a crash must not leave tasks "running"
-                if task.state in ACTIVE_STATES:
-                    task.state, task.reason, task.ended_at = "failed", error or "session ended", ended
-            tasks = [{"state": t.state, "stats": t.stats or {}} for t in session.tasks]
-            names = {t.machine_id: t for t in session.tasks}
-            session.stats = {
-                **(session.stats or {}),
-                **session_stats(tasks, (ended - started).total_seconds()),
-            }
-            state, reason = _session_outcome(tasks, session.stop_requested, error)
-            if state == "stopped" and (session.stats or {}).get("stopped_by") == "backup window":
-                reason = reason.replace("stopped;", "stopped: the backup window closed;", 1)
-            elif state == "stopped":
-                reason = reason.replace("stopped;", "stopped by the administrator;", 1)
-            bad = [
-                t.reason for t in names.values() if t.state in ("failed", "skipped")
-            ]  # reasons name the machine
-            session.state, session.ended_at = state, ended
-            session.reason = (
-                reason if not bad or state == "success" else f"{reason}; " + "; ".join(bad)[:2000]
-            )
-            read = sum(t.bytes_read or 0 for t in session.tasks)
-            uploaded = sum(t.bytes_transferred or 0 for t in session.tasks)
-            kind, final_reason = session.kind, session.reason
-        seconds = (ended - started).total_seconds()
-        metrics.record_session(kind, state, seconds, read, uploaded)
-        level = logging.INFO if state == "success" else logging.WARNING
-        event(log, "session_ended", level=level, session=self.session_id, kind=kind, state=state,
-              seconds=round(seconds, 3), bytes_read=read, bytes_uploaded=uploaded,
-              reason=final_reason or None)  # fmt: skip
-
     def _after(self) -> None:
         """Notifications, then the session-end hooks (retries, chained jobs): each may fail alone."""
         try:
@@ -544,34 +480,3 @@ class SessionRunner:
         except Exception:
             log.exception("a post-session hook failed for %s", self.session_id)
         run_end_hooks(self.ctx, self.session_id, self._dispatcher)
-
-
-def _stop_reason_of(session: JobSession | None) -> str:
-    by_window = session is not None and (session.stats or {}).get("stopped_by") == "backup window"
-    return "stopped: the backup window closed" if by_window else "stopped by the administrator"
-
-
-def _terminating_window(job: BackupJob, trigger: str) -> Schedule | None:
-    """The job's schedule when its window stops scheduled runs (manual runs are never cut short)."""
-    if trigger == "manual" or not job.schedule:
-        return None
-    try:
-        schedule = validate_schedule(job.schedule)
-    except CloudkeepError:
-        return None
-    return schedule if schedule.window is not None and schedule.window.terminate else None
-
-
-def _session_outcome(tasks: list[dict[str, Any]], stopped: bool, error: str | None) -> tuple[str, str]:
-    if error:
-        return "failed", error
-    total = len(tasks)
-    ok = sum(1 for t in tasks if t["state"] == "success")
-    warned = sum(1 for t in tasks if t["state"] == "warning")
-    if stopped:
-        return "stopped", f"stopped; {ok + warned} of {total} machine(s) backed up"
-    if ok == total:
-        return "success", f"{total} machine(s) backed up"
-    if ok + warned == 0:
-        return "failed", f"no machine backed up (0 of {total})"
-    return "warning", f"{ok + warned} of {total} machine(s) backed up"

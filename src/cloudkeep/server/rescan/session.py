@@ -59,12 +59,16 @@ def start_rescan(
     wait: bool = False,
     trigger: str = "manual",
     deploy: bool = True,
+    upgrade: bool = False,
 ) -> str:
     """Start (or join) the rescan of ``group_id``; returns the session id.
 
     ``machine_ids`` limits the rescan to some machines (DiscoveredMachine ids, cloud ids or
     names); machines not found are then not marked missing. ``deploy=False`` stops after the
     checks (probe, ownership, prerequisites): machines that pass are reported ``ready``.
+    ``upgrade=True`` installs the current bundle on machines that run an older one even when the
+    group's auto-update is off (``cloudkeep machine upgrade``); the session's stats say so, and a
+    rescan that was already running (joined, not started) does not.
     """
     with ctx.db() as session:
         if session.get(ProtectionGroup, group_id) is None:
@@ -101,8 +105,9 @@ def start_rescan(
             .execution_options(synchronize_session=False)
         )
         session.add(JobSession(id=session_id, kind="rescan", protection_group_id=group_id, state="running",
-                               trigger=trigger, started_at=now, stats=_empty_stats()))  # fmt: skip
-    runner = RescanRunner(ctx, group_id, session_id, machine_ids, deploy=deploy)
+                               trigger=trigger, started_at=now,
+                               stats=_empty_stats() | ({"upgrade": True} if upgrade else {})))  # fmt: skip
+    runner = RescanRunner(ctx, group_id, session_id, machine_ids, deploy=deploy, upgrade=upgrade)
     if wait:
         runner.run()
     else:
@@ -153,10 +158,11 @@ class RescanRunner:
         machine_ids: list[str] | None,
         *,
         deploy: bool = True,
+        upgrade: bool = False,
     ) -> None:
         self.ctx, self.group_id, self.session_id, self.machine_ids = ctx, group_id, session_id, machine_ids
-        self.deploy = deploy
-        self.stats = _empty_stats()
+        self.deploy, self.upgrade = deploy, upgrade
+        self.stats: dict[str, Any] = _empty_stats() | ({"upgrade": True} if upgrade else {})
         self._stats_lock = threading.Lock()
         self._once_lock = threading.Lock()
         self._server_queue: dict[str, Any] | None = None
@@ -233,7 +239,8 @@ class RescanRunner:
         location = self._distribution_location(group)
         confirm, heartbeat_fresh = make_confirm(self.ctx)
         env = RescanEnvironment(
-            ctx=self.ctx, provider=provider, session_id=self.session_id, auto_update=group.auto_update,
+            ctx=self.ctx, provider=provider, session_id=self.session_id,
+            auto_update=group.auto_update or self.upgrade,
             deploy=self.deploy, install_python=group.install_python,
             bundle_version=manifest.version, ensure_server_queue=lambda: self._ensure_server_queue(provider),
             publish_bundle=lambda: self._publish(provider, location, manifest, folder),

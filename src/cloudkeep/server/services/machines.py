@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from cloudkeep.server.agent_compat import outdated_reason
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, ProtectionGroup
 from cloudkeep.server.services.common import paginate, resolve
@@ -11,7 +12,11 @@ from cloudkeep.server.services.schemas import DeploymentStepView, MachineDetail,
 
 
 def view(row: DiscoveredMachine) -> MachineView:
-    return MachineView.model_validate(row)
+    machine = MachineView.model_validate(row)
+    behind = outdated_reason(row.agent_level) if row.agent_public_key else None
+    if behind:
+        machine.upgrade_reason = f"{behind}: run `cloudkeep machine upgrade {row.name}`"
+    return machine
 
 
 def list_machines(

@@ -13,17 +13,19 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.errors import ConfigurationError, ConflictError
 from cloudkeep.server import audit
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import BackupJob, JobSession, ProtectionGroup
 from cloudkeep.server.services.common import resolve
-from cloudkeep.server.services.machines import resolve_machine_id
+from cloudkeep.server.services.machines import get_machine, resolve_machine_id
 from cloudkeep.server.services.restore_points import get_restore_point
 from cloudkeep.server.services.schemas import (
     BrowseResult,
     FileRestoreRequest,
+    MachineUpgrade,
     SearchHit,
+    UpgradeStarted,
     VolumeRestoreRequest,
 )
 from cloudkeep.server.services.sessions import TERMINAL_STATES
@@ -51,6 +53,43 @@ def start_rescan(
         ctx, actor, "protection_group.rescan", group_id, {"session_id": session_id, "machines": machine_ids}
     )
     return session_id
+
+
+def upgrade_machines(ctx: ServerContext, data: MachineUpgrade, *, actor: str = "local") -> UpgradeStarted:
+    """Install the server's bundle on machines whose agent is older: a rescan of just those machines
+    with auto-update on for that run (the deploy path of every rescan), one session per group."""
+    if not data.machines and not data.group:
+        raise ConfigurationError(
+            "name the machines to upgrade, or a protection group",
+            hint="`cloudkeep machine upgrade NAME …` or `cloudkeep machine upgrade --group GROUP`",
+        )
+    targets: dict[str, list[str] | None] = {}  # group id -> its machines (None: all of them)
+    if data.group:
+        with ctx.db() as session:
+            targets[resolve(session, ProtectionGroup, data.group, "protection group").id] = None
+    for ref in data.machines or []:
+        machine = get_machine(ctx, ref)
+        listed = targets.setdefault(machine.protection_group_id, [])
+        if listed is not None and machine.id not in listed:
+            listed.append(machine.id)
+    from cloudkeep.server import rescan
+
+    started: list[str] = []
+    for group_id, machine_ids in targets.items():
+        session_id = rescan.start_rescan(ctx, group_id, machine_ids=machine_ids, wait=False, upgrade=True)
+        with ctx.db() as session:
+            row = session.get(JobSession, session_id)
+            upgrading = row is not None and bool((row.stats or {}).get("upgrade"))
+        if not upgrading:  # a rescan of the group was already running: it was joined, and upgrades nothing
+            already = f" (started: {', '.join(started)})" if started else ""
+            raise ConflictError(
+                f"a rescan of protection group {group_id} is running (session {session_id}); "
+                f"upgrade its machines when it ends{already}",
+                hint=f"cloudkeep session watch {session_id}",
+            )
+        started.append(session_id)
+        _audit(ctx, actor, "machine.upgrade", group_id, {"session_id": session_id, "machines": machine_ids})
+    return UpgradeStarted(session_ids=started)
 
 
 def start_job(

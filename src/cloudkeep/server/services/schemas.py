@@ -261,6 +261,11 @@ class MachineView(Model):
     status: str
     status_reason: str
     agent_version: str | None
+    agent_level: int | None = None  # what the agent registered at install or reports in heartbeats
+    upgrade_reason: str | None = Field(
+        default=None,
+        description="Why the agent must be upgraded (`cloudkeep machine upgrade`); None: current.",
+    )
     last_heartbeat_at: datetime | None
     last_seen_at: datetime | None
     created_at: datetime
@@ -268,6 +273,17 @@ class MachineView(Model):
 
 class MachineDetail(MachineView):
     steps: list[DeploymentStepView]
+
+
+class MachineUpgrade(Model):
+    """Which machines to upgrade to the server's bundle: named ones, every one of a group, or both."""
+
+    machines: list[str] | None = Field(default=None, description="Machine ids, cloud ids or names.")
+    group: str | None = Field(default=None, description="A protection group (id or name): all its machines.")
+
+
+class UpgradeStarted(Model):
+    session_ids: list[str]  # one rescan session per protection group
 
 
 # --- jobs (Retention: the protocol model, one policy shape from API to machine) ----------------------
