@@ -8,8 +8,12 @@ quickstart:
 test-env:
 	./scripts/setup-env.sh --test
 
+# Whole modules go to TEST_WORKERS processes (module fixtures and in-module order hold; peers start
+# per worker on free ports); tests/conftest.py hands out the slow-marked modules first.
+# PYTEST_ARGS adds options (e.g. --durations=60).
+TEST_WORKERS ?= 3
 test: test-env lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: lint-machine-py39
 	.venv/bin/ruff check src tests bench

@@ -337,16 +337,16 @@ def du(path: Path) -> int:
 # -- moto -----------------------------------------------------------------------------------
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+def start_loopback(
+    argv: Callable[[int], list[str]], what: str, *, quiet: bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``argv(port)`` on a free loopback port (its own session, so it can be killed as a
+    group); its process and URL once it accepts connections."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    output = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(argv(port), stdout=output, stderr=output, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -354,7 +354,14 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError("moto server did not start")
+    proc.kill()
+    raise RuntimeError(f"{what} did not start")
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    return start_loopback(
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], "moto server"
+    )
 
 
 def s3_size(endpoint: str, bucket: str) -> int:

@@ -302,14 +302,7 @@ def _measure(ctx: ServerContext, world: Any, provider: Any, fleet: SimulatedFlee
         rows.append((f"{label}: day {day} DB growth (total)",
                      f"{grown / 1024:.0f} KiB = {grown / count:.0f} B per machine "
                      f"({db_bytes(ctx) / 2**20:.1f} MiB)"))  # fmt: skip
-        rows.append((f"{label}: day {day} simulator heartbeats: worst lateness against their schedule",
-                     f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
-        for name, values in probe.gauges.items():
-            rows.append((f"{label}: day {day} {name} during the job p50 / max, n={len(values)}",
-                         f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
-        for name, samples in probe.samples.items():
-            rows.append((f"{label}: day {day} {name} under load p50 / max (ms), n={len(samples)}",
-                         f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
+        _load_rows(rows, f"{label}: day {day}", fleet, probe, gauges=" during the job", samples=" under load")
 
 
 def _soak(ctx: ServerContext, fleet: SimulatedFleet | SimulatorProcs, provider: Any, count: int,
@@ -328,14 +321,22 @@ def _soak(ctx: ServerContext, fleet: SimulatedFleet | SimulatorProcs, provider: 
     rate = count / args.heartbeat_seconds
     what = f"soak {wall:.0f} s, a heartbeat every {args.heartbeat_seconds:.0f} s each = {rate:.0f}/s"
     rows.append((f"{label}: {what}: process CPU", f"{100 * used / wall:.0f} % of one core"))
-    rows.append((f"{label}: soak simulator heartbeats: worst lateness against their schedule",
+    _load_rows(rows, f"{label}: soak", fleet, probe)
+
+
+def _load_rows(rows: Table, prefix: str, fleet: SimulatedFleet | SimulatorProcs, probe: ApiProbe,
+               gauges: str = "", samples: str = "") -> None:  # fmt: skip
+    """How the server kept up, as the daily job and the soak both report it: the simulator's worst
+    heartbeat lateness, then the probe's gauges and API latencies (``gauges``/``samples``: how the
+    rows name the period)."""
+    rows.append((f"{prefix} simulator heartbeats: worst lateness against their schedule",
                  f"{fleet.counts.heartbeat_late_max:.1f} s"))  # fmt: skip
     for name, values in probe.gauges.items():
-        rows.append((f"{label}: soak {name} p50 / max, n={len(values)}",
+        rows.append((f"{prefix} {name}{gauges} p50 / max, n={len(values)}",
                      f"{percentile(values, 0.5):.0f} / {max(values):.0f}"))  # fmt: skip
-    for name, samples in probe.samples.items():
-        rows.append((f"{label}: soak {name} p50 / max (ms), n={len(samples)}",
-                     f"{percentile(samples, 0.5):.0f} / {max(samples):.0f}"))  # fmt: skip
+    for name, taken in probe.samples.items():
+        rows.append((f"{prefix} {name}{samples} p50 / max (ms), n={len(taken)}",
+                     f"{percentile(taken, 0.5):.0f} / {max(taken):.0f}"))  # fmt: skip
 
 
 def _await_job(ctx: ServerContext, session_id: str, started: float, every: float = 60.0) -> None:

@@ -13,36 +13,34 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import corpora
-from engine_vs_restic import Cloudkeep, Restic, Tool, generate, make_bucket, mutate, run, start_moto
+from engine_vs_restic import (
+    Cloudkeep,
+    Restic,
+    Tool,
+    generate,
+    make_bucket,
+    mutate,
+    run,
+    start_loopback,
+    start_moto,
+)
 
 
 def start_proxy(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = str(Path(__file__).resolve().parent / "s3_proxy.py")
-    proc = subprocess.Popen(
-        [sys.executable, script, "--upstream", upstream, "--port", str(port)]
-        + (["--trace"] if os.environ.get("CK_PROXY_TRACE") else []),
-        start_new_session=True,
+    trace = ["--trace"] if os.environ.get("CK_PROXY_TRACE") else []
+    return start_loopback(
+        lambda port: [sys.executable, script, "--upstream", upstream, "--port", str(port), *trace],
+        "proxy",
+        quiet=False,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("proxy did not start")
 
 
 def counts(proxy: str) -> dict[str, int]:

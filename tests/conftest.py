@@ -14,6 +14,16 @@ from tests.support.tls import TlsFiles, make_self_signed
 pytest_plugins = ["tests.support.fixtures", "tests.support.tmpfs"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: whole modules to a worker), the modules holding end-to-end
+    scenarios (marked ``slow``) are handed out first, so the long ones run beside the many short
+    ones instead of alone at the end. Order within a module is kept; a plain run is left as is."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)  # stable
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     peer = MotoServer.start()

@@ -37,6 +37,7 @@ def run(settings: Settings) -> Invoke:
         "CLOUDKEEP_DATABASE_URL": settings.effective_database_url,
         "CLOUDKEEP_API_URL": "",
         "CLOUDKEEP_API_TOKEN": "",
+        "COLUMNS": "200",  # as wide as a pipe gets: messages unwrapped, whatever width the run inherits
     }
 
     def invoke(*args: str, input: str | None = None, env_extra: dict[str, str] | None = None) -> Result:

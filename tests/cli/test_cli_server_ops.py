@@ -22,7 +22,7 @@ CLOUDKEEP = Path(sys.executable).with_name("cloudkeep")
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "CLOUDKEEP_HOME": str(settings.home)}
+    env = {**os.environ, "CLOUDKEEP_HOME": str(settings.home), "COLUMNS": "200"}  # messages unwrapped
     env["CLOUDKEEP_DATABASE_URL"] = settings.effective_database_url
     env.pop("CLOUDKEEP_API_URL", None)
     return env

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,11 @@ def machine_wheelhouse() -> Path:
     from cloudkeep.machine.bundle.wheelhouse import fetch_wheelhouse
     from tests.machine.pythons import find_pythons
 
-    folder = os.environ.get("CLOUDKEEP_TEST_WHEELHOUSE") or Path.home() / ".cache/cloudkeep-test/wheelhouse"
+    default = Path.home() / ".cache/cloudkeep-test/wheelhouse"
+    folder = Path(os.environ.get("CLOUDKEEP_TEST_WHEELHOUSE") or default)
     interpreters = {f"{p.version[0]}.{p.version[1]}": str(p.path) for p in find_pythons()}
-    return fetch_wheelhouse(Path(folder), interpreters=interpreters)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest -n) share the cache: one fills it while the others wait, then reuse it.
+    with (folder.parent / f".{folder.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return fetch_wheelhouse(folder, interpreters=interpreters)

@@ -95,13 +95,22 @@ def test_sqs_outage_is_ridden_out_and_nothing_is_lost(sqs_harness: Harness) -> N
         config.write()
         machine.config = config
         _start(sqs_harness, machine)
-        proxy.fail_next(60, status=503)  # the queue service is down for a while
+        logged = len(machine.output())
+        proxy.fail_method("POST", 503)  # the queue service is down (every SQS action is a POST) ...
         marker = machine.sim.root / "runs.log"
         dispatcher = Dispatcher(sqs_harness.ctx)
         command_id = dispatcher.send(
             machine.row_id, "run_script", {"script": f"echo ran >> {marker}; echo ok"}
         )
-        wait_for(lambda: proxy.injected >= 60, timeout=180, what="the outage to pass")
+
+        # ... until the machine has given up a whole receive (every retry refused) and backs off: the
+        # outage is as long as the machine's own retries, not a fixed count of refusals (60 took ~100 s).
+        def gave_up() -> bool:
+            return "receive failed" in machine.output()[logged:]
+
+        wait_for(gave_up, timeout=180, what="a receive to fail for good")
+        proxy.clear()
+        assert proxy.injected >= 6  # a receive's six attempts (sqs_client.MAX_ATTEMPTS), at least
         assert dispatcher.wait(command_id, timeout=180)["stdout"] == "ok\n"
         assert marker.read_text() == "ran\n"
         wait_for(lambda: "reachable again" in machine.output(), timeout=60, what="the reconnect to be logged")

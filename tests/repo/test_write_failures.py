@@ -180,8 +180,14 @@ def test_s3_refusing_writes_fails_the_backup(
         proxy.close()
 
 
-def test_azure_refusing_writes_fails_the_backup(azurite: Azurite, unique_name: str, tmp_path: Path) -> None:
+def test_azure_refusing_writes_fails_the_backup(
+    azurite: Azurite, unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Azurite behind the same proxy, every blob PUT answered 503 ServerBusy (after the SDK's retries)."""
+    from azure.storage.blob._shared.policies import ExponentialRetry
+
+    # The SDK still retries, without its 15 s (+-3) first back-off: the store takes no back-off option.
+    monkeypatch.setattr(ExponentialRetry, "get_backoff_time", lambda self, settings: 0.0)
     make_azure_container(azurite, unique_name)
     proxy = FaultProxy(azurite.blob_endpoint)
     try:

@@ -8,15 +8,14 @@ moves only when it sleeps, with a write budget small enough to see each command 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from tests.machine.harness import Harness, MachineHandle
-from tests.support.pacing import CountingPacer, FakeClock
+from tests.support.pacing import CountingPacer, FakeClock, ThrottledOnce
 
-from cloudkeep.errors import ThrottledError
 from cloudkeep.providers.aws.facts import FACTS as AWS
 from cloudkeep.providers.facts import ApiRate, ProviderFacts
 from cloudkeep.server.db.models import DiscoveredMachine
@@ -78,21 +77,6 @@ def test_a_machine_recorded_without_region_is_looked_up_with_a_paced_read(
     assert result["stdout"] == "hi\n"
     region = machine.sim.info()["region"]
     assert pacer.calls == [("read", ""), ("write", region)]
-
-
-class ThrottledOnce(CountingPacer):
-    """The cloud refuses the first start of a command for its rate."""
-
-    refused = False
-
-    def call(self, kind: str, region: str, action: Callable[[], T]) -> T:
-        def refuse_once() -> T:
-            if kind == "write" and not self.refused:
-                self.refused = True
-                raise ThrottledError("Rate exceeded (ThrottlingException)")
-            return action()
-
-        return super().call(kind, region, refuse_once)
 
 
 def test_a_throttled_fallback_start_backs_off_and_runs_once(world: tuple[Harness, MachineHandle]) -> None:

@@ -22,27 +22,23 @@ a VM named in ``broken_agents`` has run commands end in ``provisioningState`` Fa
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import re
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from azure.core.credentials import AccessToken
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cloudkeep.providers.local.machine import Lab, SimulatedMachine
+from tests.support.proxy import LoopbackServer, StandInHandler
+from tests.support.tls import make_self_signed
 
 TOKEN = "cloudkeep-arm-standin-token"
 OUTPUT_TAIL = 4096
@@ -64,39 +60,6 @@ class FakeCredential:
         from azure.core.credentials import AccessTokenInfo
 
         return AccessTokenInfo(TOKEN, int(time.time()) + 3600)
-
-
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1/localhost; the cert file doubles as the CA bundle."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloudkeep ARM stand-in")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "arm-standin.pem", folder / "arm-standin.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 def _now() -> str:
@@ -129,23 +92,19 @@ class ArmStandIn:
     def __init__(self, folder: Path, subscription_id: str = "00000000-0000-0000-0000-0000000000aa") -> None:
         self.subscription_id = subscription_id
         self.lab = Lab(folder / "lab")
-        self.ca_path, key_path = self_signed_certificate(folder)
+        tls = make_self_signed(folder / "tls")
+        self.ca_path = tls.cert  # the certificate signs itself: it is the CA bundle clients trust
         self.run_commands: dict[tuple[str, str], RunCommandState] = {}
         self.requests: list[tuple[str, str]] = []
         self.denied: set[tuple[str, str]] = set()  # (method, kind) → 403
         self.broken_agents: set[str] = set()  # VM names whose run commands fail to provision
         self._faults: list[int] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca_path, key_path)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(self._handler(), tls=tls)
 
     @property
     def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def provider_options(self, **extra: Any) -> dict[str, Any]:
         """Options for the Azure provider pointing at this stand-in."""
@@ -201,8 +160,7 @@ class ArmStandIn:
         self.denied.add((method, kind))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
     # --- resources ----------------------------------------------------------------------------
 
@@ -277,22 +235,11 @@ class ArmStandIn:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(StandInHandler):
             def _send(self, status: int, body: Any = None, headers: Mapping[str, str] | None = None) -> None:
                 data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("x-ms-request-id", str(uuid.uuid4()))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                base = {"Content-Type": "application/json", "x-ms-request-id": str(uuid.uuid4())}
+                self.answer(status, data, {**base, **(headers or {})})
 
             def _error(
                 self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
@@ -300,8 +247,7 @@ class ArmStandIn:
                 self._send(status, {"error": {"code": code, "message": message}}, headers)
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.read_body()
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 standin.requests.append((self.command, parts.path))

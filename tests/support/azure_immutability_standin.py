@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.support.proxy import HOP_HEADERS, ask_upstream, relay
+from tests.support.proxy import LoopbackServer, StandInHandler, ask_upstream, relay
 
 _UNTIL = "x-ms-immutability-policy-until-date"
 _MODE = "x-ms-immutability-policy-mode"
@@ -54,13 +54,11 @@ class AzureImmutabilityStandin:
         self.policy_requests: list[tuple[str, str, str]] = []  # (path, until header, mode header)
         self.refused: list[tuple[str, str]] = []  # (method, path) refused because of a policy
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(self._handler())
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{self.upstream.path}"
+        return f"{self._server.url}{self.upstream.path}"
 
     def _locked(self, path: str) -> Policy | None:
         policy = self.policies.get(path)
@@ -79,45 +77,30 @@ class AzureImmutabilityStandin:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
+        class Handler(StandInHandler):
             def _refuse(self, path: str) -> None:
                 standin.refused.append((self.command, path))
                 error = _error(
                     "BlobImmutableDueToPolicy", "This operation is not permitted as the blob is immutable"
                 )
-                self._answer(409, error, {"x-ms-error-code": "BlobImmutableDueToPolicy",
+                self.answer(409, error, {"x-ms-error-code": "BlobImmutableDueToPolicy",
                                           "Content-Type": "application/xml"})  # fmt: skip
 
             def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self.read_body()
                 url = urlsplit(self.path)
                 path = unquote(url.path)
                 query = parse_qs(url.query, keep_blank_values=True)
                 comp = (query.get("comp") or [""])[0]
                 is_container = (query.get("restype") or [""])[0] == "container"
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                headers = self.forward_headers()
                 lowered = {k.lower(): v for k, v in headers.items()}
                 with standin._lock:
                     locked = None if is_container else standin._locked(path)
                     try:
                         policy = standin._parse_policy(path, lowered) if self.command == "PUT" else None
                     except ValueError as exc:
-                        self._answer(
+                        self.answer(
                             400,
                             _error("InvalidHeaderValue", str(exc)),
                             {"x-ms-error-code": "InvalidHeaderValue"},
@@ -128,10 +111,10 @@ class AzureImmutabilityStandin:
                             locked and locked.mode == "Locked" and policy.until < locked.until
                         ):
                             code = "ImmutabilityPolicyCannotBeShortened"
-                            self._answer(409, _error(code, "no"), {"x-ms-error-code": code})
+                            self.answer(409, _error(code, "no"), {"x-ms-error-code": code})
                             return
                         standin.policies[path] = policy
-                        self._answer(
+                        self.answer(
                             200, b"", {_UNTIL: format_datetime(policy.until, usegmt=True), _MODE: policy.mode}
                         )
                         return
@@ -184,5 +167,4 @@ class AzureImmutabilityStandin:
         return re.sub(rb"(<Blob><Name>([^<]*)</Name>.*?<Properties>)", with_policy, listing, flags=re.DOTALL)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()

@@ -7,13 +7,12 @@ unchanged: their retry logic sees real HTTP responses.
 
 from __future__ import annotations
 
-import http.client
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+from tests.support.proxy import LoopbackServer, StandInHandler, ask_upstream, relay
 
 
 @dataclass
@@ -31,13 +30,11 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.requests = 0
         self.injected = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(self._handler())
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def fail_next(
         self, count: int, status: int = 503, body: bytes = b"", headers: dict[str, str] | None = None
@@ -72,44 +69,21 @@ class FaultProxy:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(StandInHandler):
             def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self.read_body()
                 fault = proxy._next_fault(self.command)
                 if fault is not None:
-                    self.send_response(fault.status)
-                    for name, value in fault.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(fault.body)))
-                    self.end_headers()
-                    self.wfile.write(fault.body)
+                    self.answer(fault.status, fault.body, fault.headers)
                     return
-                upstream = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                status, headers, data = ask_upstream(
+                    proxy.upstream, self.command, self.path, body, self.forward_headers()
                 )
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for name, value in response.getheaders():
-                    if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                upstream.close()
+                relay(self, status, headers, data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
         return Handler
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()

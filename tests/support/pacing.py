@@ -2,7 +2,8 @@
 
 ``FakeClock`` is monotonic time that moves only when someone sleeps, so refills and backoffs
 cost no wall time and waits are exact. ``CountingPacer`` is the server's real ``ApiPacer`` on
-such a clock that also records each call's kind and region: tests count tokens from it.
+such a clock that also records each call's kind and region: tests count tokens from it;
+``ThrottledOnce`` is one whose cloud refuses the first write once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from cloudkeep.errors import ThrottledError
 from cloudkeep.providers.facts import ApiRate, ProviderFacts
 from cloudkeep.server.pacing import ApiPacer
 
@@ -56,3 +58,18 @@ class CountingPacer(ApiPacer):
     def count(self, kind: str) -> int:
         with self._calls_lock:
             return sum(1 for k, _ in self.calls if k == kind)
+
+
+class ThrottledOnce(CountingPacer):
+    """The cloud refuses the first try of the first write (e.g. SendCommand) for its rate, once."""
+
+    refused = False
+
+    def call(self, kind: str, region: str, action: Callable[[], T]) -> T:
+        def refuse_once() -> T:
+            if kind == "write" and not self.refused:
+                self.refused = True
+                raise ThrottledError("Rate exceeded (ThrottlingException)")
+            return action()
+
+        return super().call(kind, region, refuse_once)

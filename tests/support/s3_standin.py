@@ -17,13 +17,11 @@ remote store over TLS.
 
 from __future__ import annotations
 
-import ssl
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.proxy import HOP_HEADERS, ask_upstream, relay
+from tests.support.proxy import LoopbackServer, StandInHandler, ask_upstream, relay
 from tests.support.tls import TlsFiles
 
 _CHUNKED_HEADERS = {"content-encoding", "x-amz-decoded-content-length", "x-amz-trailer",
@@ -51,28 +49,17 @@ class S3CompatStandin:
         self.quirks = quirks or StoreQuirks()
         self.stored_framing = 0  # uploads whose aws-chunked framing was kept as data
         self.uploads: list[tuple[str, dict[str, str]]] = []  # (path, lower-cased headers) of PUTs
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
         self.tls = tls
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(tls.cert), str(tls.key))
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(self._handler(), tls=tls)
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(StandInHandler):
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     body = bytearray()
@@ -84,27 +71,19 @@ class S3CompatStandin:
                             return bytes(body)
                         body += self.rfile.read(size)
                         self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
-
-            def _answer(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                return self.read_body()
 
             def _forward(self) -> None:
                 body = self._body()
                 quirks = standin.quirks
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                headers = self.forward_headers()
                 is_sts = self.command == "POST" and b"Action=" in body and urlsplit(self.path).path == "/"
                 if quirks.no_sts and is_sts:
-                    self._answer(404, b"Not Found", "text/plain")
+                    self.answer(404, b"Not Found", {"Content-Type": "text/plain"})
                     return
                 query = set(parse_qs(urlsplit(self.path).query, keep_blank_values=True))
                 if query & quirks.not_implemented:
-                    self._answer(501, _NOT_IMPLEMENTED, "application/xml")
+                    self.answer(501, _NOT_IMPLEMENTED, {"Content-Type": "application/xml"})
                     return
                 if self.command == "PUT":
                     standin.uploads.append((self.path, {k.lower(): v for k, v in headers.items()}))
@@ -126,5 +105,4 @@ class S3CompatStandin:
         return Handler
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()

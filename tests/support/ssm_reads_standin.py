@@ -23,13 +23,13 @@ import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 
-from tests.support.proxy import HOP_HEADERS, ask_upstream, relay
+from tests.support.proxy import LoopbackServer, StandInHandler, ask_upstream, relay
 
 STATUS_READS = ("ListCommandInvocations", "GetCommandInvocation")
 
@@ -54,13 +54,11 @@ class SsmReadsStandIn:
             "s3", endpoint_url=upstream, region_name=region,
             aws_access_key_id="testing", aws_secret_access_key="testing",
         )  # fmt: skip
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(self._handler())
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def throttle_next(self, count: int) -> None:
         with self._lock:
@@ -71,8 +69,7 @@ class SsmReadsStandIn:
             self._unknown += count
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
     # --- SSM's view of an invocation -------------------------------------------------------------
 
@@ -115,23 +112,12 @@ class SsmReadsStandIn:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(StandInHandler):
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer(status, json.dumps(body).encode(), {"Content-Type": "application/x-amz-json-1.1"})
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self.read_body()
                 target = str(self.headers.get("X-Amz-Target") or "")
                 operation = target.removeprefix("AmazonSSM.") if target.startswith("AmazonSSM.") else ""
                 with standin._lock:
@@ -153,9 +139,8 @@ class SsmReadsStandIn:
                         request["CommandId"], request["InstanceId"], details=False
                     )
                     return self._answer(200, invocation)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 status, answer_headers, data = ask_upstream(
-                    standin.upstream, self.command, self.path, body, headers
+                    standin.upstream, self.command, self.path, body, self.forward_headers()
                 )
                 if operation == "SendCommand" and status == 200:
                     command = json.loads(data)["Command"]

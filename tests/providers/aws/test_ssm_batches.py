@@ -10,7 +10,7 @@ tests run before the lab is large.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +18,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudkeep.errors import NotFoundError, ThrottledError
+from cloudkeep.errors import NotFoundError
 from cloudkeep.providers.aws.facts import FACTS
 from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from cloudkeep.providers.base import Machine, Platform
 from cloudkeep.providers.facts import ApiRate
-from tests.providers.aws.conftest import KEYS
-from tests.support.pacing import CountingPacer, FakeClock
+from tests.providers.aws.conftest import ECHO_ID_SCRIPT, KEYS
+from tests.support.pacing import CountingPacer, FakeClock, ThrottledOnce
 from tests.support.peers import MotoServer
 from tests.support.ssm_standin import SsmStandIn
 
@@ -32,24 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.moto]
 T = TypeVar("T")
 TIMEOUT = 20.0  # the silent instance is reported at the deadline; the others must answer within it
 REGION = "us-east-1"
-# Fails where the instance's folder has a ``fail`` file; else prints the instance's own id, so a
-# result mapped to the wrong machine shows.
-SCRIPT = 'if [ -e fail ]; then echo broken >&2; exit 7; fi\necho "$CLOUDKEEP_MACHINE_ID"'
-
-
-@pytest.fixture(scope="module")
-def recorded_moto() -> Iterator[MotoServer]:
-    peer = MotoServer.start(record=True)
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture(scope="module")
-def standin(recorded_moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmStandIn]:
-    lab_dir = tmp_path_factory.mktemp("ssm-batch-lab")
-    peer = SsmStandIn.start(recorded_moto.endpoint, REGION, lab_dir, recording=recorded_moto.recording)
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture(scope="module")
@@ -85,31 +67,16 @@ def _pacer(clock: FakeClock, burst: int) -> CountingPacer:
     )
 
 
-class ThrottledOnce(CountingPacer):
-    """The cloud refuses the first try of the first write (SendCommand) for its rate."""
-
-    refused = False
-
-    def call(self, kind: str, region: str, action: Callable[[], T]) -> T:
-        def refuse_once() -> T:
-            if kind == "write" and not self.refused:
-                self.refused = True
-                raise ThrottledError("Rate exceeded (ThrottlingException)")
-            return action()
-
-        return super().call(kind, region, refuse_once)
-
-
 def test_throttled_batch_is_retried_as_one_batch(
-    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+    aws: AwsProvider, ssm_agent: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
-    served = [standin.create_instance(f"throttled{n}") for n in range(2)]
+    served = [ssm_agent.create_instance(f"throttled{n}") for n in range(2)]
     machines = [aws.inventory.get_machine(s.id) for s in served]
     before = {c["CommandId"] for c in _commands_since(recorded_moto, set())}
     clock = FakeClock()
     pacer = ThrottledOnce(FACTS, clock, write=ApiRate(burst=10, per_second=0.001))
 
-    results = aws.commands.run_many([m for m in machines if m], SCRIPT, timeout=20, pacer=pacer)
+    results = aws.commands.run_many([m for m in machines if m], ECHO_ID_SCRIPT, timeout=20, pacer=pacer)
     assert pacer.throttled == 1 and clock.slept  # backed off, then sent again
     sent = _commands_since(recorded_moto, before)
     assert len(sent) == 1 and sorted(sent[0]["Comment"].split()[1:]) == sorted(s.id for s in served)
@@ -124,11 +91,11 @@ def test_recording_is_where_the_standin_reads_targets(recorded_moto: MotoServer)
 
 
 def test_an_unmanaged_instance_is_split_out_of_its_batch(
-    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+    aws: AwsProvider, ssm_agent: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
     """Real SSM refuses a whole SendCommand naming an instance it does not manage
     (InvalidInstanceId); moto accepts any id, so a botocore hook plays that refusal here."""
-    served = [standin.create_instance(f"split{n}") for n in range(3)]
+    served = [ssm_agent.create_instance(f"split{n}") for n in range(3)]
     unmanaged = "i-0000000000000dead"
     machines = [
         Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
@@ -149,7 +116,7 @@ def test_an_unmanaged_instance_is_split_out_of_its_batch(
     ssm = aws.commands.session.client("ssm", REGION)
     ssm.meta.events.register("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
     try:
-        results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT)
+        results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT)
     finally:
         ssm.meta.events.unregister("before-parameter-build.ssm.SendCommand", refuse_unmanaged)
     ids = [m.id for m in machines]
@@ -169,11 +136,11 @@ def _recorded(moto: MotoServer, operation: str) -> int:
 
 
 def test_results_fall_back_to_per_instance_reads_where_listing_fails(
-    standin: SsmStandIn, recorded_moto: MotoServer
+    ssm_agent: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
     """moto answers 500 to ListCommandInvocations: the channel tries it once, then reads each
     instance with GetCommandInvocation (paced reads too), and every result is still right."""
-    served = [standin.create_instance(f"nolist{n}") for n in range(3)]
+    served = [ssm_agent.create_instance(f"nolist{n}") for n in range(3)]
     machines = [
         Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
     ]
@@ -189,8 +156,8 @@ def test_results_fall_back_to_per_instance_reads_where_listing_fails(
     clock = FakeClock()
     pacer = _pacer(clock, burst=10)
     try:
-        results = fresh.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
-        again = fresh.commands.run_many(machines[:2], SCRIPT, timeout=TIMEOUT, pacer=pacer)
+        results = fresh.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
+        again = fresh.commands.run_many(machines[:2], ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
     finally:
         fresh.close()
 
@@ -207,13 +174,13 @@ def test_results_fall_back_to_per_instance_reads_where_listing_fails(
 
 
 def test_120_instances_in_3_calls_with_results_per_instance(
-    aws: AwsProvider, standin: SsmStandIn, recorded_moto: MotoServer
+    aws: AwsProvider, ssm_agent: SsmStandIn, recorded_moto: MotoServer
 ) -> None:
     ec2 = boto3.client("ec2", endpoint_url=recorded_moto.endpoint, region_name=REGION, **KEYS)
     launched = ec2.run_instances(ImageId="ami-1e749f67", MinCount=120, MaxCount=120, InstanceType="t3.micro")
     ids = [i["InstanceId"] for i in launched["Instances"]]
     served = [
-        standin.lab.create_machine(f"batch{n:03d}", machine_id=i, region=REGION)
+        ssm_agent.lab.create_machine(f"batch{n:03d}", machine_id=i, region=REGION)
         for n, i in enumerate(ids[:119])
     ]
     (served[70].root / "fail").write_text("")
@@ -225,8 +192,8 @@ def test_120_instances_in_3_calls_with_results_per_instance(
 
     # moto says Success at once: past the grace the silent one would read as an empty success
     aws.commands.output_grace_seconds = 60.0
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
-    standin.assert_alive()
+    results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    ssm_agent.assert_alive()
 
     sent = _commands_since(recorded_moto, before)
     assert len(sent) == 3  # ceil(120 / 50) SendCommand calls, not 120

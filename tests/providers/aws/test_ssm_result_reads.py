@@ -19,7 +19,7 @@ from cloudkeep.providers.aws.facts import FACTS
 from cloudkeep.providers.aws.provider import AwsProvider, create_aws_provider
 from cloudkeep.providers.base import Machine, Platform
 from cloudkeep.providers.facts import ApiRate
-from tests.providers.aws.conftest import KEYS
+from tests.providers.aws.conftest import ECHO_ID_SCRIPT, KEYS
 from tests.support.pacing import CountingPacer, FakeClock
 from tests.support.peers import MotoServer
 from tests.support.ssm_reads_standin import SsmReadsStandIn
@@ -29,23 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.moto]
 REGION = "us-east-1"
 TIMEOUT = 30.0
 PAGE = 4  # the stand-in's page size: 6 instances take two pages a listing
-# Fails where the instance's folder has a ``fail`` file; else prints the instance's own id.
-SCRIPT = 'if [ -e fail ]; then echo broken >&2; exit 7; fi\necho "$CLOUDKEEP_MACHINE_ID"'
-
-
-@pytest.fixture(scope="module")
-def recorded_moto() -> Iterator[MotoServer]:
-    peer = MotoServer.start(record=True)
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture(scope="module")
-def agent(recorded_moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmStandIn]:
-    lab_dir = tmp_path_factory.mktemp("ssm-reads-lab")
-    peer = SsmStandIn.start(recorded_moto.endpoint, REGION, lab_dir, recording=recorded_moto.recording)
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +51,8 @@ def aws(recorded_moto: MotoServer, reads: SsmReadsStandIn) -> Iterator[AwsProvid
     provider.close()
 
 
-def _machines(agent: SsmStandIn, prefix: str, count: int) -> list[Machine]:
-    served = [agent.create_instance(f"{prefix}{n}") for n in range(count)]
+def _machines(ssm_agent: SsmStandIn, prefix: str, count: int) -> list[Machine]:
+    served = [ssm_agent.create_instance(f"{prefix}{n}") for n in range(count)]
     return [
         Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION) for s in served
     ]
@@ -80,16 +63,16 @@ def _pacer(clock: FakeClock, *, reads: ApiRate) -> CountingPacer:
 
 
 def test_a_batch_is_read_with_one_listing_a_round_not_one_read_per_instance(
-    aws: AwsProvider, agent: SsmStandIn, reads: SsmReadsStandIn
+    aws: AwsProvider, ssm_agent: SsmStandIn, reads: SsmReadsStandIn
 ) -> None:
-    machines = _machines(agent, "listed", 6)
-    (agent.lab.get(machines[2].id).root / "fail").write_text("")  # type: ignore[union-attr]
+    machines = _machines(ssm_agent, "listed", 6)
+    (ssm_agent.lab.get(machines[2].id).root / "fail").write_text("")  # type: ignore[union-attr]
     before = dict(reads.requests)
     clock = FakeClock()
     pacer = _pacer(clock, reads=ApiRate(burst=1000, per_second=1000.0))
 
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
-    agent.assert_alive()
+    results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    ssm_agent.assert_alive()
 
     for n, machine in enumerate(machines):
         result = results[machine.id]
@@ -108,15 +91,15 @@ def test_a_batch_is_read_with_one_listing_a_round_not_one_read_per_instance(
 
 
 def test_status_reads_take_read_tokens_and_wait_for_them(
-    aws: AwsProvider, agent: SsmStandIn, reads: SsmReadsStandIn
+    aws: AwsProvider, ssm_agent: SsmStandIn, reads: SsmReadsStandIn
 ) -> None:
     """With a read budget of one token and one every 10 s, each listing page waits its turn
     (on the pacer's clock, which moves only when the pacer sleeps)."""
-    machines = _machines(agent, "budget", 6)
+    machines = _machines(ssm_agent, "budget", 6)
     clock = FakeClock()
     pacer = _pacer(clock, reads=ApiRate(burst=1, per_second=0.1))
 
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
 
     assert all(not isinstance(r, Exception) and r.ok for r in results.values()), results
     pages = pacer.count("read")
@@ -125,15 +108,15 @@ def test_status_reads_take_read_tokens_and_wait_for_them(
 
 
 def test_a_throttled_listing_backs_off_and_is_read_again(
-    aws: AwsProvider, agent: SsmStandIn, reads: SsmReadsStandIn
+    aws: AwsProvider, ssm_agent: SsmStandIn, reads: SsmReadsStandIn
 ) -> None:
-    machines = _machines(agent, "throttled", 3)
+    machines = _machines(ssm_agent, "throttled", 3)
     clock = FakeClock()
     pacer = _pacer(clock, reads=ApiRate(burst=1000, per_second=1000.0))
     before = reads.requests["ListCommandInvocations"]
     reads.throttle_next(2)  # SSM refuses the first two status reads: ThrottlingException
 
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=pacer)
+    results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=pacer)
 
     assert all(not isinstance(r, Exception) and r.ok for r in results.values()), results
     assert pacer.throttled == 2
@@ -144,15 +127,15 @@ def test_a_throttled_listing_backs_off_and_is_read_again(
 
 
 def test_a_command_not_yet_listed_is_read_again_not_given_up_on(
-    aws: AwsProvider, agent: SsmStandIn, reads: SsmReadsStandIn
+    aws: AwsProvider, ssm_agent: SsmStandIn, reads: SsmReadsStandIn
 ) -> None:
     """Right after SendCommand SSM may not know the command yet (InvalidCommandId): that is no
     reason to stop listing and read each instance."""
-    machines = _machines(agent, "unknown", 3)
+    machines = _machines(ssm_agent, "unknown", 3)
     before = dict(reads.requests)
     reads.unknown_next(1)
 
-    results = aws.commands.run_many(machines, SCRIPT, timeout=TIMEOUT, pacer=None)
+    results = aws.commands.run_many(machines, ECHO_ID_SCRIPT, timeout=TIMEOUT, pacer=None)
 
     assert all(not isinstance(r, Exception) and r.ok for r in results.values()), results
     assert reads.requests["ListCommandInvocations"] - before.get("ListCommandInvocations", 0) >= 2
