@@ -1,4 +1,5 @@
-"""Owners and modes after restore, whatever creating a file gives (``targetfs.Defaults``).
+"""Owners and modes after restore, whatever creating a file gives (``targetfs.Defaults``); the
+paused collector.
 
 One-chunk files are created with their final mode when creating already gives their owner and
 mode, and then get no chown/chmod: these tests pin that the result is the same as with them.
@@ -7,6 +8,7 @@ mode, and then get no chown/chmod: these tests pin that the result is the same a
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import stat
 import struct
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import Repository, backup_files, restore
+from cloudkeep.repo.memory import collector_paused
 from cloudkeep.repo.targetfs import PRIVATE, Defaults
 from tests.repo.conftest import restored
 
@@ -142,3 +145,33 @@ def test_defaults_read_the_target_and_the_umask(tmp_path: Path, umask: None) -> 
         assert Defaults.of(fd).gid is None
     finally:
         os.close(fd)
+
+
+def test_the_collector_is_paused_during_a_restore_and_back_after(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 1000)
+    snap = backup_files(repo, [src], hostname="h")
+    seen: list[bool] = []
+    assert gc.isenabled()
+    restore(repo, snap.id, tmp_path / "out", progress=lambda _: seen.append(gc.isenabled()))
+    assert seen and not any(seen)
+    assert gc.isenabled()
+
+
+def test_overlapping_pauses_enable_the_collector_when_the_last_leaves() -> None:
+    assert gc.isenabled()
+    first, second = collector_paused(), collector_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # not nested: the first leaves while the second is inside
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # was off before: stays off
+    finally:
+        gc.enable()

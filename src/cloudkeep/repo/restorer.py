@@ -29,7 +29,7 @@ from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.index import Location
-from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.memory import collector_paused, limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target, TargetWriter
 from cloudkeep.repo.runreader import REMOTE_SEGMENT_CAP, SEGMENT_CAP, RunReader, Segment, plan_requests
@@ -317,19 +317,9 @@ def restore(
         restorer = _Restorer(repo, dirs, progress)
         pool = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="ck-restore")
         restorer.start(pool)
-        folders: dict[tuple[str, ...], int] = {(): 0}
-        for parts, node in nodes:
-            if not parts:  # the synthetic root has no metadata of its own: restore what is inside
-                assert node.subtree is not None
-                restorer.plan_tree(node.subtree, 0, "")
-                continue
-            index = _folder(restorer, folders, parts[:-1])
-            if index is None:
-                continue
-            sub = restorer.plan(node, index, parts[-1], "/" + "/".join(parts))
-            if sub is not None:
-                restorer.plan_tree(*sub)
-        restorer.fetch_all()
+        with collector_paused():  # the plan is long-lived and acyclic: nothing for it to find
+            _plan(restorer, nodes)
+            restorer.fetch_all()
         pool.shutdown()
         restorer.finish()
     finally:
@@ -337,6 +327,22 @@ def restore(
             pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()
     return restorer.result
+
+
+def _plan(restorer: _Restorer, nodes: list[tuple[tuple[str, ...], Node]]) -> None:
+    """Plan every requested entry (the whole restore point for ``/``)."""
+    folders: dict[tuple[str, ...], int] = {(): 0}
+    for parts, node in nodes:
+        if not parts:  # the synthetic root has no metadata of its own: restore what is inside
+            assert node.subtree is not None
+            restorer.plan_tree(node.subtree, 0, "")
+            continue
+        index = _folder(restorer, folders, parts[:-1])
+        if index is None:
+            continue
+        sub = restorer.plan(node, index, parts[-1], "/" + "/".join(parts))
+        if sub is not None:
+            restorer.plan_tree(*sub)
 
 
 def _folder(restorer: _Restorer, folders: dict[tuple[str, ...], int], parts: tuple[str, ...]) -> int | None:
