@@ -137,14 +137,18 @@ def apply_metadata_at(dir_fd: int, name: str, node: Node, *, set_owner: bool) ->
         os.close(fd)
 
 
-def apply_metadata_fd(target: int | str, node: Node, *, set_owner: bool) -> None:
-    """Owner, xattrs, mode and times through an open descriptor of the restored entry (not a link)."""
+def apply_metadata_fd(target: int | str, node: Node, *, set_owner: bool, set_mode: bool = True) -> None:
+    """Owner, xattrs, mode and times through an open descriptor of the restored entry (not a link).
+
+    ``set_mode=False``: the entry was created with its mode (and has no xattrs that change it).
+    """
     if set_owner:
         with contextlib.suppress(OSError):
             os.chown(target, node.uid, node.gid)  # before chmod: chown clears set-id bits
     for key, value in node.xattrs.items():
         with contextlib.suppress(OSError):
             os.setxattr(target, key, value)
-    os.chmod(target, node.mode & 0o7777)
+    if set_mode or node.xattrs:
+        os.chmod(target, node.mode & 0o7777)
     with contextlib.suppress(OSError):
         os.utime(target, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 256 * 1024
@@ -29,6 +32,35 @@ def limit_heap_fragmentation() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
     except (OSError, AttributeError):
         pass  # not glibc (musl, …): nothing to tune
+
+
+_paused = 0  # users of ``collector_paused`` inside it now
+_enable_after = False  # the collector's state when the first of them came in
+_paused_lock = threading.Lock()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (for the process; nested and concurrent uses stack).
+
+    A restore plans tens of thousands of long-lived objects (nodes, files, targets) that hold
+    no cycles: every few thousand allocations the collector walks all of them again, 15-20 %
+    of a restore's user time on a real tree, to free nothing. Cycles made meanwhile elsewhere in
+    the process are collected once the last user leaves.
+    """
+    global _paused, _enable_after
+    with _paused_lock:
+        if _paused == 0:
+            _enable_after = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _enable_after:
+                gc.enable()
 
 
 class ThreadBuffers:

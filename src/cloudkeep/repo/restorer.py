@@ -13,17 +13,14 @@ error of the restore, named in ``RestoreResult.errors``, and the rest is still r
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
-import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudkeep.compat import SLOTS, zip_strict
+from cloudkeep.compat import zip_strict
 from cloudkeep.errors import (
     ConfigurationError,
     IntegrityError,
@@ -31,117 +28,50 @@ from cloudkeep.errors import (
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
-from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
 from cloudkeep.repo.index import Location
-from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.memory import collector_paused, limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
+from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target, TargetWriter
 from cloudkeep.repo.runreader import REMOTE_SEGMENT_CAP, SEGMENT_CAP, RunReader, Segment, plan_requests
 from cloudkeep.repo.targetfs import (
     Refused,
     TargetDirs,
-    create_file,
     data_runs,
     make_device,
     make_dir,
     make_fifo,
-    make_link,
     make_symlink,
     name_problem,
-    open_created,
     os_error,
     shown,
 )
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
+__all__ = ["RestoreResult", "restore"]
+
 LOCAL_THREADS = (os.cpu_count() or 2) + 1  # decoders; more only costs memory: each holds its blob buffers
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 
 
-@dataclass
-class RestoreResult:
-    files: int = 0
-    bytes: int = 0
-    verified: int = 0  # files whose every chunk was checked against its content id
-    dirs: int = 0
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # "<path>: why" for each entry not restored
+class _Restorer(TargetWriter):
+    """Plans a restore point's entries (one thread) and moves their data (``runreader``'s threads)."""
 
-    @property
-    def ok(self) -> bool:
-        """True when every entry of the restore point was restored (warnings aside)."""
-        return not self.errors
-
-
-FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the whole target is unusable: stop
-
-
-@dataclass(**SLOTS)
-class _File:
-    """One regular file being restored: where it goes (folder index + name) and its state."""
-
-    dir: int  # index in TargetDirs; -1: ``name`` is a device path the administrator gave
-    name: str
-    path: str  # for messages; "": derived from ``dir`` and ``name`` (``_Restorer.path``)
-    size: int
-    sparse: bool
-    single: bool  # one chunk: created by the worker that writes it (one open per file)
-    linked: bool = False  # other names are hard-linked to it at the end
-    node: Node | None = None  # one-chunk files: metadata applied by the worker that writes them
-    identity: tuple[int, int] | None = None  # (st_dev, st_ino) once created, when needed again
-    failed: bool = False
-
-
-@dataclass(**SLOTS)
-class _Target:
-    file: _File
-    offset: int
-
-
-class _Restorer:
     def __init__(
         self, repo: Repository, dirs: TargetDirs, progress: Callable[[BackupProgress], None] | None
     ) -> None:
-        self.repo, self.dirs, self.progress = repo, dirs, progress
-        self.result = RestoreResult()
-        self.by_blob: dict[bytes, list[_Target]] = defaultdict(list)
+        super().__init__(dirs)
+        self.repo, self.progress = repo, progress
+        self.by_blob: dict[bytes, list[Target]] = defaultdict(list)
         self.located: dict[bytes, Location] = {}  # where planning found each blob (not looked up twice)
         # metadata to apply at the end: (folder index, name, node, file when it is one)
-        self.finishing: list[tuple[int, str, Node, _File | None]] = []
-        self.links: list[tuple[_File, int, str, str]] = []  # (first occurrence, folder, name, path)
-        self.precreate: list[_File] = []  # made when fetching starts, unless a pool is started early
+        self.finishing: list[tuple[int, str, Node, RestoredFile | None]] = []
+        self.links: list[tuple[RestoredFile, int, str, str]] = []  # (first occurrence, folder, name, path)
+        self.precreate_later: list[RestoredFile] = []  # made when fetching starts (no pool yet)
         self.specials: list[tuple[int, str, Node, str]] = []  # links, fifos, devices: (dir, name, node, path)
         self.pool: ThreadPoolExecutor | None = None  # set by ``start``: entries made while planning
         self.created: list[Future[None]] = []  # precreations, all done before any data is written
         self.made: list[Future[None]] = []  # special entries, waited for at the end
-        self.first_link: dict[tuple[int, int], _File] = {}
-        self.set_owner = os.geteuid() == 0
-        self.lock = threading.Lock()
-        self.bytes_written = 0
-        self.failed_files = 0
-
-    # -- errors ----------------------------------------------------------------------------
-
-    def refuse(self, path: str, reason: str) -> None:
-        with self.lock:
-            self.result.errors.append(f"{path}: {reason}")
-
-    def _file_failed(self, file: _File, exc: Exception) -> None:
-        with self.lock:
-            if not file.failed:
-                file.failed = True
-                self.failed_files += 1
-        self._failed(self.path(file), exc)
-
-    def path(self, file: _File) -> str:
-        """``file``'s path for messages: planning keeps none per file (29k strings on a real tree)."""
-        return file.path or f"{self.dirs.path(file.dir).rstrip('/')}/{shown(file.name)}"
-
-    def _failed(self, path: str, exc: Exception) -> None:
-        """Record a per-entry failure; a full or read-only target stops the whole restore."""
-        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
-            raise os_error(exc, path) from exc
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.refuse(path, reason if isinstance(exc, (Refused, OSError)) else f"malformed entry ({reason})")
+        self.first_link: dict[tuple[int, int], RestoredFile] = {}
 
     # -- planning (one thread): folders, links, fifos and devices are made now --------------
 
@@ -181,8 +111,8 @@ class _Restorer:
                 if not isinstance(node.subtree, bytes):
                     raise Refused("a folder without a listing")
                 with self.dirs.at(index) as fd:
-                    make_dir(fd, name)
-                child = self.dirs.add(index, name)
+                    new = make_dir(fd, name)
+                child = self.add_dir(index, name, new)
                 self.result.dirs += 1
                 self.finishing.append((index, name, node, None))
                 return node.subtree, child, path
@@ -195,7 +125,7 @@ class _Restorer:
             else:
                 self.made.append(self.pool.submit(self._make_special, (index, name, node, path)))
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
-            self._failed(path, exc)
+            self.failed(path, exc)
         except IntegrityError as exc:  # a chunk the index does not know
             self.refuse(path, exc.message)
         return None
@@ -220,7 +150,7 @@ class _Restorer:
             with self.lock:
                 self.finishing.append((index, name, node, None))
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
-            self._failed(path, exc)
+            self.failed(path, exc)
 
     def _plan_file(self, node: Node, index: int, name: str, path: str) -> None:
         if node.links > 1:
@@ -238,20 +168,20 @@ class _Restorer:
             offset += loc.entry.raw_length
         if not isinstance(node.size, int) or node.size < 0:
             raise Refused("malformed size")
-        file = _File(index, name, "", node.size, bool(node.sparse), len(node.content) == 1)
+        file = RestoredFile(index, name, "", node.size, bool(node.sparse), len(node.content) == 1)
         if node.links > 1:
             self.first_link[(node.device, node.inode)] = file
             file.linked = True
         if file.single:  # written once: its metadata goes on right after, through the same descriptor
-            file.node = node
+            file.node, file.mode = node, self.created_as(node, index)
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
             if self.pool is None:
-                self.precreate.append(file)
+                self.precreate_later.append(file)
             else:
-                self.created.append(self.pool.submit(self._precreate, file))
+                self.created.append(self.pool.submit(self.precreate, file))
             self.finishing.append((index, name, node, file))
         for blob_id, at in zip_strict(node.content, offsets):
-            self.by_blob[blob_id].append(_Target(file, at))
+            self.by_blob[blob_id].append(Target(file, at))
         self.result.files += 1
         self.result.bytes += node.size
 
@@ -294,41 +224,13 @@ class _Restorer:
             decoders=decoders,
             cap=cap,
         )
-        self.created += [pool.submit(self._precreate, file) for file in self.precreate]
+        self.created += [pool.submit(self.precreate, file) for file in self.precreate_later]
         self.made += [pool.submit(self._make_special, item) for item in self.specials]
         for future in self.created:
             future.result()  # a full target (ENOSPC) raises here
         reader.run(requests)
         for future in self.made:
             future.result()
-
-    def _open(self, file: _File) -> int:
-        """A descriptor to write ``file`` through: created now (one-chunk files) or reopened."""
-        if file.dir < 0:
-            return os.open(file.name, os.O_WRONLY | os.O_CLOEXEC)  # a device the administrator named
-        dir_fd = self.dirs.acquire(file.dir)
-        try:
-            if file.identity is not None:
-                return open_created(dir_fd, file.name, file.identity)
-            fd = create_file(dir_fd, file.name)
-        finally:
-            self.dirs.release(file.dir)
-        try:
-            if not file.single or file.linked:  # reopened or linked to later: know it again
-                st = os.fstat(fd)
-                file.identity = (st.st_dev, st.st_ino)
-            if file.sparse or not file.single:
-                os.ftruncate(fd, file.size)  # what is not written stays a hole
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _precreate(self, file: _File) -> None:
-        try:
-            os.close(self._open(file))
-        except (Refused, OSError) as exc:
-            self._file_failed(file, exc)
 
     def _restore_segment(self, pack_id: str, segment: Segment, view: memoryview) -> None:
         """Decode, verify and write one segment's blobs (on a decoder thread of the run reader)."""
@@ -344,7 +246,7 @@ class _Restorer:
                 if target.file.failed:
                     continue
                 runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
-                self._write(target, data, runs)
+                self.write(target, data, runs)
             written += len(data) * len(targets)
         with self.lock:
             self.bytes_written += written
@@ -353,76 +255,21 @@ class _Restorer:
                 BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
             )
 
-    def _write(self, target: _Target, data: bytes | memoryview, runs: list[tuple[int, int]]) -> None:
-        file = target.file
-        if not runs and not file.single:
-            return  # all holes in a file already pre-sized
-        try:
-            fd = self._open(file)
-            try:
-                view = memoryview(data)
-                for start, end in runs:
-                    chunk, offset = view[start:end], target.offset + start
-                    while chunk:
-                        written = os.pwrite(fd, chunk, offset)
-                        chunk, offset = chunk[written:], offset + written
-                if file.node is not None:
-                    self._apply_fd(fd, file)
-            finally:
-                os.close(fd)
-        except (Refused, OSError) as exc:
-            self._file_failed(file, exc)
-
-    def _apply_fd(self, fd: int, file: _File) -> None:
-        assert file.node is not None
-        try:
-            apply_metadata_fd(fd, file.node, set_owner=self.set_owner)
-        except (OSError, ValueError, TypeError, OverflowError) as exc:
-            self._warn(self.path(file), exc)
-
     # -- links and metadata ----------------------------------------------------------------
-
-    def _link(self, item: tuple[_File, int, str, str]) -> None:
-        first, index, name, path = item
-        if first.failed or first.identity is None:
-            self.refuse(path, f"hard link to {self.path(first)}, which was not restored")
-            return
-        try:
-            with self.dirs.at(first.dir) as src_fd, self.dirs.at(index) as dst_fd:
-                make_link(src_fd, first.name, first.identity, dst_fd, name)
-        except (Refused, OSError) as exc:
-            self._failed(path, exc)
-
-    def _apply(self, item: tuple[int, str, Node, _File | None]) -> None:
-        index, name, node, file = item
-        if file is not None and file.failed:
-            return
-        fd = self.dirs.acquire(index)
-        try:
-            apply_metadata_at(fd, name, node, set_owner=self.set_owner)
-        except (OSError, ValueError, TypeError, OverflowError) as exc:
-            self._warn(f"{self.dirs.path(index).rstrip('/')}/{shown(name)}", exc)
-        finally:
-            self.dirs.release(index)
-
-    def _warn(self, path: str, exc: Exception) -> None:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        with self.lock:
-            self.result.warnings.append(f"{path}: cannot set metadata ({reason})")
 
     def finish(self) -> None:
         for link in self.links:
-            self._link(link)
+            self.link(link)
         # Leaves in parallel (independent), then folders deepest first, so that setting a
         # folder's mtime is not undone by touching its children.
         leaves = [item for item in self.finishing if item[2].type != DIR]
         depths = self.dirs.depths
         dirs = sorted((i for i in self.finishing if i[2].type == DIR), key=lambda i: -depths[i[0]])
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-meta") as pool:
-            for _ in pool.map(self._apply, leaves, chunksize=64):
+            for _ in pool.map(self.apply, leaves, chunksize=64):
                 pass
         for item in dirs:
-            self._apply(item)
+            self.apply(item)
         self.result.verified = self.result.files - self.failed_files  # decode_blob verified every blob
 
 
@@ -470,19 +317,9 @@ def restore(
         restorer = _Restorer(repo, dirs, progress)
         pool = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="ck-restore")
         restorer.start(pool)
-        folders: dict[tuple[str, ...], int] = {(): 0}
-        for parts, node in nodes:
-            if not parts:  # the synthetic root has no metadata of its own: restore what is inside
-                assert node.subtree is not None
-                restorer.plan_tree(node.subtree, 0, "")
-                continue
-            index = _folder(restorer, folders, parts[:-1])
-            if index is None:
-                continue
-            sub = restorer.plan(node, index, parts[-1], "/" + "/".join(parts))
-            if sub is not None:
-                restorer.plan_tree(*sub)
-        restorer.fetch_all()
+        with collector_paused():  # the plan is long-lived and acyclic: nothing for it to find
+            _plan(restorer, nodes)
+            restorer.fetch_all()
         pool.shutdown()
         restorer.finish()
     finally:
@@ -490,6 +327,22 @@ def restore(
             pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()
     return restorer.result
+
+
+def _plan(restorer: _Restorer, nodes: list[tuple[tuple[str, ...], Node]]) -> None:
+    """Plan every requested entry (the whole restore point for ``/``)."""
+    folders: dict[tuple[str, ...], int] = {(): 0}
+    for parts, node in nodes:
+        if not parts:  # the synthetic root has no metadata of its own: restore what is inside
+            assert node.subtree is not None
+            restorer.plan_tree(node.subtree, 0, "")
+            continue
+        index = _folder(restorer, folders, parts[:-1])
+        if index is None:
+            continue
+        sub = restorer.plan(node, index, parts[-1], "/" + "/".join(parts))
+        if sub is not None:
+            restorer.plan_tree(*sub)
 
 
 def _folder(restorer: _Restorer, folders: dict[tuple[str, ...], int], parts: tuple[str, ...]) -> int | None:
@@ -501,9 +354,9 @@ def _folder(restorer: _Restorer, folders: dict[tuple[str, ...], int], parts: tup
         parent = folders[key[:-1]]
         try:
             with restorer.dirs.at(parent) as fd:
-                make_dir(fd, key[-1])
+                new = make_dir(fd, key[-1])
         except (Refused, OSError) as exc:
-            restorer._failed("/" + "/".join(key), exc)
+            restorer.failed("/" + "/".join(key), exc)
             return None
-        folders[key] = restorer.dirs.add(parent, key[-1])
+        folders[key] = restorer.add_dir(parent, key[-1], new)
     return folders[parts]

@@ -22,6 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError
 
@@ -29,6 +30,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DIRS = 256  # descriptors of target folders kept open; far below any RLIMIT_NOFILE
+PRIVATE = 0o600  # a new file's mode until its own is set (unless created with it: ``Defaults``)
 ZERO_BLOCK = bytes(4096)  # holes are left in whole blocks of this size (the usual file-system block)
 _ZEROS = bytes(2**16)  # all-zero chunks are recognised 64 KiB at a time (memcmp speed)
 
@@ -159,6 +161,58 @@ class TargetDirs:
             self._open.clear()
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a new entry below the target gets without being told: calls setting the same are skipped.
+
+    A restored file is created, written, then given owner, mode and times: six calls, of which
+    ``fchown`` and ``fchmod`` usually set what creating it already gave (a root restore of
+    root's files, modes the umask leaves alone). ``None`` where the target decides otherwise
+    (a set-group-id folder gives its group; a default ACL, not the umask, gives modes).
+    """
+
+    uid: int
+    gid: int | None
+    umask: int | None
+
+    @classmethod
+    def of(cls, root_fd: int) -> Defaults:
+        group = None if os.fstat(root_fd).st_mode & stat.S_ISGID else os.getegid()
+        return cls(os.geteuid(), group, _creation_umask(root_fd))
+
+    def owns(self, uid: object, gid: object) -> bool:
+        """True when a new entry already has this owner (no chown needed)."""
+        return uid == self.uid and gid == self.gid
+
+    def create_mode(self, mode: int, uid: object, gid: object) -> int | None:
+        """The mode to create a file with so that it needs no chmod, or None (create private).
+
+        Only for a file already owned as restored: a file created with its final mode but still
+        root's would give root's group what the restore point gives another group.
+        """
+        if self.umask is None or mode & ~0o777 or mode & self.umask or not self.owns(uid, gid):
+            return None
+        return mode
+
+
+def _creation_umask(root_fd: int) -> int | None:
+    """The process umask (read, not set: ``os.umask`` changes it for every thread), or None when
+    unknown or when a default ACL on the target gives new entries their modes instead."""
+    try:
+        os.getxattr(root_fd, "system.posix_acl_default")
+        return None
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result:
     return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
@@ -178,25 +232,28 @@ def _replacing(create: Callable[[], None], dir_fd: int, name: str) -> None:
         create()
 
 
-def make_dir(dir_fd: int, name: str) -> None:
-    """A folder ``name``; an existing folder is reused, anything else there is refused (not followed)."""
+def make_dir(dir_fd: int, name: str) -> bool:
+    """A folder ``name``; an existing folder is reused (False), anything else there is refused (not
+    followed)."""
     try:
         os.mkdir(name, 0o777, dir_fd=dir_fd)
+        return True
     except FileExistsError:
         if not stat.S_ISDIR(_lstat_at(dir_fd, name).st_mode):
             raise Refused("something that is not a folder is in the way (links are never followed)") from None
+        return False
 
 
-def create_file(dir_fd: int, name: str) -> int:
+def create_file(dir_fd: int, name: str, mode: int = PRIVATE) -> int:
     """A new, empty regular file opened for writing; whatever was there before is unlinked first.
 
     Never truncated in place: an existing file may be a hard link to something outside the target.
     """
     try:
-        return os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+        return os.open(name, CREATE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         remove_existing(dir_fd, name)
-        return os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+        return os.open(name, CREATE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def open_created(dir_fd: int, name: str, identity: tuple[int, int]) -> int:

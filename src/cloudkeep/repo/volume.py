@@ -26,7 +26,8 @@ from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
-from cloudkeep.repo.restorer import RestoreResult, _File, _Restorer, _Target
+from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target
+from cloudkeep.repo.restorer import _Restorer
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.targetfs import TargetDirs, os_error
 from cloudkeep.repo.tree import FILE, Node, encode_tree
@@ -157,14 +158,14 @@ def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreR
     try:
         restorer = _Restorer(repo, dirs, None)
         # A device is not zeroed: every chunk is written. An image file is sparse.
-        image = _File(-1 if is_device else 0, dest if is_device else os.path.basename(dest), dest,
+        image = RestoredFile(-1 if is_device else 0, dest if is_device else os.path.basename(dest), dest,
                       node.size, sparse=not is_device, single=False)  # fmt: skip
         offset = 0
         for blob_id in node.content:
-            restorer.by_blob[blob_id].append(_Target(image, offset))
+            restorer.by_blob[blob_id].append(Target(image, offset))
             offset += repo.locate(blob_id).entry.raw_length
         if not is_device:
-            restorer.precreate.append(image)
+            restorer.precreate_later.append(image)
         restorer.result.files, restorer.result.bytes = 1, node.size
         restorer.fetch_all()
     finally:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from cloudkeep.errors import ConfigurationError, IntegrityError, UnreachableError
+from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.aws.errors import (
     NO_LOCK_CODES,
     OBJECT_DENIED_CODES,
@@ -42,7 +40,8 @@ from cloudkeep.storage.base import (
     RangeStream,
 )
 from cloudkeep.storage.conformance import StoreCheck
-from cloudkeep.storage.s3_compat import checksum_settings, config_args, response_checksum_echoed
+from cloudkeep.storage.s3_compat import checksum_settings, config_args
+from cloudkeep.storage.s3_upload import body_md5, file_md5, put_multipart, verify_stored
 
 
 class S3Store(ObjectStore):
@@ -178,47 +177,17 @@ class S3Store(ObjectStore):
             extra["IfNoneMatch"] = "*"
         if len(data) > self.multipart_threshold:
             view = memoryview(data)
-            self._put_multipart(key, len(data), lambda start, n: bytes(view[start : start + n]), extra)
+            put_multipart(self, key, len(data), lambda start, n: bytes(view[start : start + n]), extra)
             return
         body = data if isinstance(data, bytes) else bytes(data)
-        md5 = self._md5(body, bool(extra.get("ObjectLockMode")))
+        md5 = body_md5(self, body, bool(extra.get("ObjectLockMode")))
         if md5 is not None:
             extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
         except Exception as exc:
             self._raise(exc, "s3:PutObject", key)
-        self._verify_stored(key, len(body), md5.hexdigest() if md5 else None, response)
-
-    def _md5(self, data: bytes, locked: bool) -> Any:
-        """The body's MD5 when cloudkeep sends Content-MD5 itself (custom endpoints, locked PUTs)."""
-        if not (self.send_md5 or locked):
-            return None
-        return hashlib.md5(data, usedforsecurity=False)
-
-    def _verify_stored(self, key: str, size: int, md5_hex: str | None, response: Mapping[str, Any]) -> None:
-        """Fail the write if the store does not hold what was sent.
-
-        Free when the store echoes a flexible checksum (it decoded and checked the body) or an
-        ETag equal to the body's MD5; otherwise one HEAD compares the size, which catches a store
-        that kept aws-chunked framing (or anything else) as the object's bytes.
-        """
-        if response_checksum_echoed(response):
-            return
-        if md5_hex is not None and str(response.get("ETag", "")).strip('"') == md5_hex:
-            return
-        info = self.stat(key)
-        if info is not None and info.size == size:
-            return
-        held = "nothing" if info is None else f"{info.size} bytes"
-        with contextlib.suppress(Exception):  # best effort: a damaged object must not pass as data
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-        raise IntegrityError(
-            f"bucket {self.bucket}, key {self.prefix}{key}: the store holds {held} where {size} were "
-            "sent: it did not store the upload as sent (e.g. it kept aws-chunked framing as data)",
-            hint="use request_checksum_calculation=when_required for this store "
-            "(the default for custom endpoints); `cloudkeep repository verify` checks it",
-        )
+        verify_stored(self, key, len(body), md5.hexdigest() if md5 else None, response)
 
     def put_file(
         self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
@@ -232,7 +201,7 @@ class S3Store(ObjectStore):
             if if_absent:
                 extra["IfNoneMatch"] = "*"
             if size <= self.multipart_threshold:
-                md5 = _file_md5(path) if self.send_md5 or "ObjectLockMode" in extra else None
+                md5 = file_md5(path) if self.send_md5 or "ObjectLockMode" in extra else None
                 if md5 is not None:
                     extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
                 with open(path, "rb") as body:  # botocore rewinds it for checksums and retries
@@ -242,78 +211,16 @@ class S3Store(ObjectStore):
                         )
                     except Exception as exc:
                         self._raise(exc, "s3:PutObject", key)
-                self._verify_stored(key, size, md5.hexdigest() if md5 else None, response)
+                verify_stored(self, key, size, md5.hexdigest() if md5 else None, response)
                 return
             fd = os.open(path, os.O_RDONLY)
             try:
-                self._put_multipart(key, size, lambda start, n: os.pread(fd, n, start), extra)
+                put_multipart(self, key, size, lambda start, n: os.pread(fd, n, start), extra)
             finally:
                 os.close(fd)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-
-    def _put_multipart(
-        self, key: str, size: int, read: Callable[[int, int], bytes], extra: dict[str, Any]
-    ) -> None:
-        if_none_match = extra.pop("IfNoneMatch", None)
-        full = self.prefix + key
-        try:
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
-        except Exception as exc:
-            self._raise(exc, "s3:PutObject", key)
-
-        locked = bool(extra.get("ObjectLockMode"))
-        digests: dict[int, bytes] = {}
-
-        def upload(number: int) -> dict[str, Any]:
-            body = read((number - 1) * self.multipart_chunk, self.multipart_chunk)
-            md5 = self._md5(body, locked)
-            checksum: dict[str, Any] = {"ContentMD5": base64.b64encode(md5.digest()).decode()} if md5 else {}
-            resp = self.client.upload_part(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body, **checksum
-            )
-            if md5 is not None:
-                digests[number] = md5.digest()
-            return {"PartNumber": number, "ETag": resp["ETag"]}
-
-        try:
-            count = (size + self.multipart_chunk - 1) // self.multipart_chunk
-            # Parts go up in parallel: one big pack saturates the link without many packs in memory.
-            with ThreadPoolExecutor(max_workers=self.multipart_concurrency) as pool:
-                parts: list[Any] = list(pool.map(upload, range(1, count + 1)))
-            complete: dict[str, Any] = {"IfNoneMatch": if_none_match} if if_none_match else {}
-            response = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **complete
-            )
-        except Exception as exc:
-            self._abort_multipart(key, upload_id, exc)
-            self._raise(exc, "s3:PutObject", key)
-        # A multipart ETag is the MD5 of the parts' MD5s and "-<count>" where the store follows S3.
-        multipart_etag = None
-        if len(digests) == count:
-            joined = b"".join(digests[n] for n in range(1, count + 1))
-            multipart_etag = hashlib.md5(joined, usedforsecurity=False).hexdigest() + f"-{count}"
-        self._verify_stored(key, size, multipart_etag, response)
-
-    def _abort_multipart(self, key: str, upload_id: str, cause: Exception) -> None:
-        """Abort a failed upload; if that fails too, say so: its parts stay stored and billed."""
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.prefix + key, UploadId=upload_id)
-        except ClientError as exc:
-            if error_code(exc) == "NoSuchUpload":
-                return  # nothing left to abort
-            abort_error: Exception = exc
-        except Exception as exc:
-            abort_error = exc
-        else:
-            return
-        raise UnreachableError(
-            f"bucket {self.bucket}, key {self.prefix}{key}: upload failed ({cause}), and aborting "
-            f"multipart upload {upload_id} failed too ({abort_error}): its parts stay stored and billed",
-            hint="abort it with `aws s3api abort-multipart-upload`, or add a lifecycle rule "
-            "AbortIncompleteMultipartUpload to the bucket",
-        ) from cause
 
     def get(self, key: str) -> bytes:
         try:
@@ -484,14 +391,6 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self.client.close()
-
-
-def _file_md5(path: str) -> Any:
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(2**20):
-            md5.update(block)
-    return md5
 
 
 def _now(like: datetime) -> datetime:
