@@ -166,15 +166,8 @@ class BlobWriter(SessionLease):
         if blob_id is None:
             blob_id = self.repo.crypter.content_id(data)
         with self.repo.lock:
-            if blob_id in self._pending:
+            if not self._claim(blob_id, force):
                 return blob_id, False
-            if blob_id in self.repo.index and not force:
-                if self._reusable(blob_id):
-                    if self.retain_until is not None:
-                        self._note_reused(blob_id)
-                    return blob_id, False
-                self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
-            self._pending.add(blob_id)
         full: PackWriter | None = None
         try:
             aad = blob_aad(blob_type, blob_id)
@@ -210,6 +203,57 @@ class BlobWriter(SessionLease):
         if full is not None:
             self._submit(full)
         return blob_id, True
+
+    def _claim(self, blob_id: bytes, force: bool = False) -> bool:
+        """Whether the caller must store ``blob_id`` (it is then pending); holds the repository lock."""
+        if blob_id in self._pending:
+            return False
+        if blob_id in self.repo.index and not force:
+            if self._reusable(blob_id):
+                if self.retain_until is not None:
+                    self._note_reused(blob_id)
+                return False
+            self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
+        self._pending.add(blob_id)
+        return True
+
+    def reserve(self, blob_ids: list[bytes]) -> list[bool]:
+        """For a pack assembled elsewhere (``procworker``): which of ``blob_ids`` to store, in one
+        lock. Each one claimed stays pending until ``adopt_pack`` uploaded its pack; a process
+        that dies holding some must ``fail`` the session, since files may already name them."""
+        self._raise_if_failed()
+        with self.repo.lock:
+            return [self._claim(blob_id) for blob_id in blob_ids]
+
+    def new_sealer(self) -> tuple[bytes, bytes]:
+        """The AES key and prelude for the next pack assembled elsewhere (format 3: a fresh data
+        key wrapped for the server; older formats: the master key and no prelude)."""
+        sealer = self.repo.keyring.new_pack_sealer()
+        return sealer.crypter.key.encryption, sealer.prelude
+
+    def adopt_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+        """Upload a finished pack staged at ``path`` by another process from blobs ``reserve``
+        gave it (the upload consumes the file); waits while too many packs are in flight."""
+        with self.repo.lock:
+            self._staged.add(path)
+            self.stats.blobs_new += len(entries)
+            self.stats.bytes_new += sum(entry.raw_length for entry in entries)
+            self.stats.bytes_stored += sum(entry.length for entry in entries)
+        self._slots.acquire()
+        with self._session_fails():
+            try:
+                future = self._pool.submit(self._upload, self.repo.writer_prefix + pack_id, path, entries)
+            except BaseException:
+                self._slots.release()
+                raise
+        with self.repo.lock:
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+
+    def fail(self, exc: BaseException) -> None:
+        """End the session with ``exc`` as it is: every later ``save``, ``reserve`` and ``flush``
+        raises it (the first failure recorded stays)."""
+        with self.repo.lock:
+            self._error = self._error or exc
 
     def stored(self, blob_id: bytes) -> bool:
         """The blob is indexed or being stored: ``save`` would not encode it (a hint: ``save``
