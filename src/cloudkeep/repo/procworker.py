@@ -30,13 +30,14 @@ from typing import Any
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import read_xattrs
+from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Chunks hashed before the parent is asked which are new: one question per small-file batch,
 # and at most this much copied and held per large file.
 GROUP_CHUNKS = 256
-GROUP_BYTES = 4 * 2**20
+GROUP_BYTES = 2 * 2**20
 _LENGTH = struct.Struct("<I")
 
 
@@ -229,6 +230,7 @@ def main() -> None:
     """Entry point: the protocol on stdin/stdout; stray prints go to stderr, not into the channel."""
     out = os.dup(1)
     os.dup2(2, 1)
+    limit_heap_fragmentation()  # chunk copies and sealed blobs: freed memory goes back at once
     serve(Channel(0, out))
 
 
