@@ -49,6 +49,7 @@ def _tree(root: Path) -> Path:
     (root / "text.log").write_bytes(b"".join(b"line %d of a log\n" % i for i in range(60_000)))
     os.setxattr(root / "text.log", "user.note", b"kept")
     os.symlink("big.bin", root / "link")
+    (root / os.fsdecode(b"caf\xe9 \n name")).write_bytes(b"a name that is not UTF-8\n")
     return root
 
 
@@ -100,9 +101,14 @@ def test_workers_store_the_same_chunks_as_threads(
     assert check(repo, read_data=True).ok
 
 
+@pytest.mark.parametrize("version", [2, 3])
 def test_a_first_backup_by_workers_restores_equal(
-    repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
+    store: ObjectStore, tmp_path: Path, workers: list[procpool.ProcWorker], version: int
 ) -> None:
+    """Format 3 (a data key per pack, wrapped for the server) and format 2 (the master key)."""
+    repo = Repository.create(
+        store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=version
+    )
     src = _tree(tmp_path / "src")
     snap = backup_files(repo, [src], hostname="h", processes=True)
     assert workers and snap.stats["errors_total"] == 0
