@@ -220,15 +220,22 @@ def test_a_worker_killed_mid_run_fails_the_backup_and_loses_nothing(
     assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(out)]).returncode == 0
 
 
-def test_small_backups_start_no_worker(
-    repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
+def test_by_default_workers_start_past_a_threshold_on_enough_cores(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_text("a small backup\n")
-    snap = backup_files(repo, [src], hostname="h")  # default: workers only past PROCESSES_FROM
-    assert not workers and lookup(repo, snap.id, f"{src}/a") is not None
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 1)  # as on a machine with enough cores
+    snap = backup_files(repo, [src], hostname="h")
+    assert not workers and lookup(repo, snap.id, f"{src}/a") is not None  # below PROCESSES_FROM
     assert filecontent.PROCESSES_FROM >= 2**20
+    monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
+    backup_files(repo, [src], hostname="h")
+    assert len(workers) == 1
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", (os.cpu_count() or 1) + 1)
+    backup_files(repo, [src], hostname="h")
+    assert len(workers) == 1  # too few cores: threads
 
 
 _CHILD = """

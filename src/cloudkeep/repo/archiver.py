@@ -27,7 +27,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
-from cloudkeep.repo.filecontent import PROCESSES_FROM, FileContent, PendingFile
+from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileContent, PendingFile
 from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
@@ -87,9 +87,9 @@ class _Archiver(FileContent):
         self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
         self.batch_bytes = 0
         self.bytes_queued = 0
-        # Worker processes: from the first byte when asked for, by default once the content
-        # queued is worth starting them, and only with a second core to run them on.
-        wanted = processes if processes is not None else (os.cpu_count() or 1) >= 2
+        # Worker processes: from the first byte when asked for; by default only on machines with
+        # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them.
+        wanted = processes if processes is not None else (os.cpu_count() or 1) >= PROCESSES_MIN_CPUS
         self.procs = ProcPool(writer, repo.config.chunker) if wanted else None
         self.procs_from = 0 if processes else PROCESSES_FROM
         self.chunker = repo.config.chunker
@@ -323,7 +323,8 @@ def backup_files(
     """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot.
 
     ``processes``: read file content in worker processes (``procpool.py``) from the start
-    (True), never (False), or once there is enough of it on a machine with two cores (None).
+    (True), never (False), or once there is enough of it on a machine with at least
+    ``PROCESSES_MIN_CPUS`` cores (None).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.

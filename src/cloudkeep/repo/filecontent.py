@@ -7,9 +7,10 @@ file fills its own slot in its folder (its node, or None when it cannot be read)
 changes neither the trees, nor per-file errors, progress or cancellation. Split from
 ``archiver.py``, which walks.
 
-Once ``PROCESSES_FROM`` bytes are queued, each pool thread hands its jobs to a worker process
-of its own (``procpool.py``), which reads, chunks, hashes, compresses, encrypts and packs the
-files on another core; the thread only answers it and builds the nodes.
+Once ``PROCESSES_FROM`` bytes are queued (on machines with ``PROCESSES_MIN_CPUS`` cores, or when
+asked for), each pool thread hands its jobs to a worker process of its own (``procpool.py``),
+which reads, chunks, hashes, compresses, encrypts and packs the files on another core; the
+thread only answers it and builds the nodes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 # Worker processes (procpool.py) start once this much content is queued: a small backup is over
 # before two interpreters would have started (about 0.2 s of CPU each).
 PROCESSES_FROM = 16 * 2**20
+# ... and by default only with this many cores. On two shared cores (bench/README.md, 2026-12-02
+# "procs") the workers cost ~0.9 s more CPU per 500 MiB first backup (two interpreters, pipes,
+# pickles, chunk copies) and gained no wall time against the threads: the walk and the trees
+# left them no core of their own.
+PROCESSES_MIN_CPUS = 4
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 # Files below the minimum chunk go to the pool in batches of at most this many files or bytes:
 # enough to amortise a job's hand-off, few enough that both workers get some of a small folder.
