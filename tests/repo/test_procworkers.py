@@ -28,7 +28,7 @@ from cloudkeep.repo import (
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup, walk
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
-from cloudkeep.storage import ObjectStore
+from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
 
@@ -253,12 +253,10 @@ backup_files(repo, [sys.argv[3]], hostname="h", processes=True)
 """
 
 
-def test_killing_the_backup_process_leaves_no_worker_behind(tmp_path: Path, store: ObjectStore) -> None:
+def test_killing_the_backup_process_leaves_no_worker_behind(tmp_path: Path) -> None:
     """kill -9 of the agent: its workers see their pipe close and end (no orphan keeps working)."""
     src = _tree(tmp_path / "src")
     url = f"file://{tmp_path}/repo"
-    from cloudkeep.storage import open_store
-
     Repository.create(open_store(url), PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, url, PASSWORD, str(src)],
