@@ -34,36 +34,22 @@ from cloudkeep.repo.generations import SKEW, read_horizon
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
-from cloudkeep.repo.ratelimit import RateLimiter
+from cloudkeep.repo.ratelimit import RateLimiter as RateLimiter
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 from cloudkeep.repo.writermac import add_mac
-from cloudkeep.repo.writersession import (  # re-exported: prune, lock and tests name them here
-    END_SUFFIX,
-    HEARTBEAT_S,
-    SESSION_LEASE_S,
-    SessionExpiredError,
-    SessionLease,
-    end_hash,
-    session_clock,
-    session_name,
-)
+
+# prune, lock and tests name these here (``X as X``: re-exported)
+from cloudkeep.repo.writersession import END_SUFFIX as END_SUFFIX
+from cloudkeep.repo.writersession import HEARTBEAT_S as HEARTBEAT_S
+from cloudkeep.repo.writersession import SESSION_LEASE_S as SESSION_LEASE_S
+from cloudkeep.repo.writersession import SessionExpiredError as SessionExpiredError
+from cloudkeep.repo.writersession import SessionLease, session_clock
+from cloudkeep.repo.writersession import end_hash as end_hash
+from cloudkeep.repo.writersession import session_name as session_name
 from cloudkeep.storage.base import ObjectExistsError, as_write_error, store_writes
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "END_SUFFIX",
-    "HEARTBEAT_S",
-    "SESSION_LEASE_S",
-    "BlobWriter",
-    "RateLimiter",
-    "SessionExpiredError",
-    "WriterStats",
-    "end_hash",
-    "session_clock",
-    "session_name",
-]
 
 
 @dataclass
