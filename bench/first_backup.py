@@ -3,7 +3,8 @@ without the interpreter start, imports and key derivation the engine bench's chi
 
 Run it from two ``git archive``s (``PYTHONPATH=<archive>/src``) in turns to compare commits on
 the same tree; ``--profile`` prints cProfile of the walking thread (the calling thread), where
-the time goes once the pool is busy.
+the time goes once the pool is busy. ``--processes yes|no`` forces the file-content worker
+processes on or off (default: as a backup decides); their CPU is printed apart.
 
     python bench/first_backup.py /tmp/bench/pristine-usr /tmp/fb-work [--profile]
 """
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("work", type=Path, help="emptied first: holds the repository and the cache")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--processes", choices=("auto", "yes", "no"), default="auto", help="file content in worker processes"
+    )
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -35,17 +39,24 @@ def main() -> None:
     Repository.create(store, "bench")
     repo = Repository.open(store, "bench")
     profile = cProfile.Profile()
+    processes = {"auto": None, "yes": True, "no": False}[args.processes]
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     if args.profile:
         profile.enable()
     cache = args.work / "cache"
-    snap = backup_files(repo, [args.tree], hostname="bench", cache_dir=cache, threads=args.threads)
+    snap = backup_files(
+        repo, [args.tree], hostname="bench", cache_dir=cache, threads=args.threads, processes=processes
+    )
     if args.profile:
         profile.disable()
     after = resource.getrusage(resource.RUSAGE_SELF)
+    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (repo/procpool.py)
+    workers = kids_after.ru_utime + kids_after.ru_stime - kids.ru_utime - kids.ru_stime
     print(
         f"wall {time.monotonic() - start:.2f}s user {after.ru_utime - before.ru_utime:.2f}"
-        f" sys {after.ru_stime - before.ru_stime:.2f} files {snap.stats['files']}"
+        f" sys {after.ru_stime - before.ru_stime:.2f} workers {workers:.2f} files {snap.stats['files']}"
+        f" peak RSS {after.ru_maxrss / 1024:.0f} MiB, largest worker {kids_after.ru_maxrss / 1024:.0f} MiB"
     )
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)

@@ -27,11 +27,12 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
-from cloudkeep.repo.filecontent import FileContent, PendingFile
+from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileContent, PendingFile
 from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
@@ -65,6 +66,7 @@ class _Archiver(FileContent):
         progress: Callable[[BackupProgress], None] | None,
         threads: int,
         root_prefix: str = "",
+        processes: bool | None = None,
     ) -> None:
         self.repo, self.writer, self.cache, self.progress = repo, writer, cache, progress
         self.includes, self.excludes = includes, excludes
@@ -84,6 +86,12 @@ class _Archiver(FileContent):
         self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
         self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
         self.batch_bytes = 0
+        self.bytes_queued = 0
+        # Worker processes: from the first byte when asked for; by default only on machines with
+        # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them.
+        wanted = processes if processes is not None else (os.cpu_count() or 1) >= PROCESSES_MIN_CPUS
+        self.procs = ProcPool(writer, repo.config.chunker) if wanted else None
+        self.procs_from = 0 if processes else PROCESSES_FROM
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
@@ -310,8 +318,13 @@ def backup_files(
     threads: int | None = None,
     root: Path | str | None = None,
     wall_clock: Callable[[], datetime] | None = None,
+    processes: bool | None = None,
 ) -> Snapshot:
     """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot.
+
+    ``processes``: read file content in worker processes (``procpool.py``) from the start
+    (True), never (False), or once there is enough of it on a machine with at least
+    ``PROCESSES_MIN_CPUS`` cores (None).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.
@@ -350,6 +363,7 @@ def backup_files(
         progress=progress,
         threads=workers,
         root_prefix=prefix,
+        processes=processes,
     )
     for path in missing:
         archiver.skip(path, "source path does not exist")
@@ -368,6 +382,9 @@ def backup_files(
         archiver.chunk_pool.shutdown(wait=True)
         if archiver.error is not None:
             raise archiver.error
+        if archiver.procs is not None:  # their open packs to the writer, then they end
+            archiver.procs.finish()
+            archiver.procs.close()
         archiver.report(None, force=True)  # everything is read; the last packs may take a while to go up
         writer.flush(tick=archiver.tick)  # every pack and index durable before the manifest exists
         if archiver.error is not None:  # cancelled by the last progress report
@@ -375,6 +392,8 @@ def backup_files(
     except BaseException:
         archiver.pool.shutdown(wait=True, cancel_futures=True)
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
+        if archiver.procs is not None:
+            archiver.procs.close(graceful=False)
         writer.abort()
         archiver.close_all()
         if cache:

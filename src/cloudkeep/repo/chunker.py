@@ -13,6 +13,7 @@ re-upload everything. Each repository has its own random gear-table seed, so chu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,3 +89,30 @@ class StreamCutter:
                 return
             view[: have - start] = view[start:have]
             have -= start
+
+
+def read_small(fd: int, size: int, limit: int) -> bytes | None:
+    """The content of a file whose stat said ``size`` < ``limit`` (the minimum chunk: one chunk),
+    or None when it has grown to ``limit`` since (chunk it from the start then).
+
+    One plain read asks for a byte more than ``size``: a regular file reads short only at its
+    end, so that read sees the end too (no second read, and GIL hand-off, per file to see it),
+    with no chunker buffer and no file object. A FIFO swapped in reads as empty, never blocks
+    (the descriptor is ``O_NONBLOCK``)."""
+    parts: list[bytes] = []
+    total, want = 0, size + 1
+    while total < limit:
+        try:
+            part = os.read(fd, want)
+        except BlockingIOError:
+            break
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+        if len(part) < want:
+            break
+        want = 64 * 1024
+    if total >= limit:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)

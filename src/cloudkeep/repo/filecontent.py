@@ -6,6 +6,11 @@ larger file is a job of its own, whose chunks go to the chunk pool when it is ve
 file fills its own slot in its folder (its node, or None when it cannot be read), so a batch
 changes neither the trees, nor per-file errors, progress or cancellation. Split from
 ``archiver.py``, which walks.
+
+Once ``PROCESSES_FROM`` bytes are queued (on machines with ``PROCESSES_MIN_CPUS`` cores, or when
+asked for), each pool thread hands its jobs to a worker process of its own (``procpool.py``),
+which reads, chunks, hashes, compresses, encrypts and packs the files on another core; the
+thread only answers it and builds the nodes.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
-from cloudkeep.repo.chunker import ChunkerParams, StreamCutter
-from cloudkeep.repo.fsmeta import node_from_stat
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
+from cloudkeep.repo.fsmeta import node_from_stat, reachable
 from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.tree import FILE, Node
 from cloudkeep.repo.writer import BlobWriter
@@ -27,7 +32,16 @@ from cloudkeep.storage.base import RangeStream
 
 if TYPE_CHECKING:
     from cloudkeep.repo.folders import Folder
+    from cloudkeep.repo.procpool import FileResult, ProcPool
 
+# Worker processes (procpool.py) start once this much content is queued: a small backup is over
+# before two interpreters would have started (about 0.2 s of CPU each).
+PROCESSES_FROM = 16 * 2**20
+# ... and by default only with this many cores. On two shared cores (bench/README.md, 2026-12-02
+# "procs") the workers cost ~0.9 s more CPU per 500 MiB first backup (two interpreters, pipes,
+# pickles, chunk copies) and gained no wall time against the threads: the walk and the trees
+# left them no core of their own.
+PROCESSES_MIN_CPUS = 4
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 # Files below the minimum chunk go to the pool in batches of at most this many files or bytes:
 # enough to amortise a job's hand-off, few enough that both workers get some of a small folder.
@@ -61,6 +75,9 @@ class FileContent:
     slots: threading.BoundedSemaphore
     batch: list[PendingFile]
     batch_bytes: int
+    bytes_queued: int  # content handed to the pool so far (the walking thread counts it)
+    procs: ProcPool | None  # worker processes, used once ``bytes_queued`` reaches ``procs_from``
+    procs_from: int
     _local: threading.local
 
     def fail(self, exc: BaseException) -> None: ...
@@ -71,6 +88,7 @@ class FileContent:
         """Hand a file to the pool: a small one joins the batch being gathered, a larger one goes
         alone (its chunks may go to the chunk pool). One job per batch spares the walking thread a
         submit, a future and a semaphore turn per file, which starved the workers on small files."""
+        self.bytes_queued += item.st.st_size
         if item.st.st_size >= self.chunker.min_size:
             self.submit([item])
             return
@@ -99,8 +117,12 @@ class FileContent:
         their slots (empty), so their folders still complete."""
         done = 0
         try:
+            nodes = self.proc_nodes(files) if self.procs is not None else None  # None: read here
             for item in files:
-                node = self.read_entry(item) if self.error is None else None
+                if nodes is not None:
+                    node = nodes[done]
+                else:
+                    node = self.read_entry(item) if self.error is None else None
                 done += 1
                 item.parent.fill(item.slot, node)
                 self.report(item.path)
@@ -110,6 +132,55 @@ class FileContent:
                 item.parent.fill(item.slot, None)
         finally:
             self.slots.release()
+
+    def proc_nodes(self, files: list[PendingFile]) -> list[Node | None] | None:
+        """The batch's nodes, its content stored by this thread's worker process; None when no
+        worker takes it (too little content queued yet to pay for starting one, or none starts).
+
+        Empty files (nothing to read) and paths too long to open by name stay on this thread. A
+        worker that fails ends the session (``BlobWriter.fail``): files may already name blobs
+        that were in its open pack."""
+        assert self.procs is not None
+        if self.error is not None or self.bytes_queued < self.procs_from:
+            return None
+        worker = self.procs.worker()
+        if worker is None:
+            return None
+        sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
+        items = [(files[i].path, files[i].st.st_size, files[i].st.st_dev, files[i].st.st_ino) for i in sent]
+        try:
+            results = worker.run(items, self.go_on) if items else []
+        except BaseException as exc:
+            self.procs.drop(worker)
+            self.writer.fail(exc)
+            raise
+        by_index = dict(zip(sent, results))
+        nodes: list[Node | None] = []
+        for i, item in enumerate(files):
+            if i not in by_index:
+                nodes.append(self.read_entry(item) if self.error is None else None)
+                continue
+            result = by_index[i]
+            nodes.append(self.proc_node(item, result) if result is not None else None)
+        return nodes
+
+    def go_on(self, path: str | None) -> bool:
+        """Asked by a worker at each chunk group: progress, and whether the backup goes on."""
+        self.report(path)
+        return self.error is None
+
+    def proc_node(self, item: PendingFile, result: FileResult) -> Node | None:
+        content, total, error, xattrs = result
+        if content is None:
+            self.skip(item.path, f"cannot read ({error[1] if error else 'unknown error'})")
+            return None
+        node = node_from_stat(item.name, item.path, item.st, FILE, dir_fd=item.parent.fd, xattrs=xattrs)
+        node.content, node.size = content, total
+        if self.cache:
+            self.cache.record(item.path, item.st, content)
+        with self.lock:
+            self.bytes_read += total
+        return node
 
     def read_entry(self, item: PendingFile) -> Node | None:
         """The node of a file new to the cache, its content stored; None when it cannot be read."""
@@ -158,34 +229,17 @@ class FileContent:
         return cutter
 
     def small_file(self, fd: int, path: str, size: int) -> tuple[list[bytes], int]:
-        """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it): read
-        whole with one plain read asking for a byte more than its stat's size (a regular file
-        reads short only at its end, so that read sees the end too), no chunker buffer and no
-        file object. One that grew past the minimum since its stat is chunked from the start."""
-        limit = self.chunker.min_size
-        parts: list[bytes] = []
-        total, want = 0, size + 1
-        while total < limit:
-            try:
-                part = os.read(fd, want)
-            except BlockingIOError:  # a FIFO swapped in, no data yet: reads as its end, never blocks
-                break
-            if not part:
-                break
-            parts.append(part)
-            total += len(part)
-            if len(part) < want:  # the end: no second read (and GIL hand-off) per file to see it
-                break
-            want = 64 * 1024
-        if total >= limit:
+        """A file smaller than the minimum chunk is one chunk (FastCDC never cuts below it), read
+        with ``read_small``; one that grew past the minimum since its stat is chunked from the start."""
+        data = read_small(fd, size, self.chunker.min_size)
+        if data is None:
             os.lseek(fd, 0, os.SEEK_SET)
             with open(fd, "rb", buffering=0, closefd=False) as fh:
-                return self.chunk_file(fh, path, total)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+                return self.chunk_file(fh, path, size)
         content = [self.writer.save(DATA, data)[0]] if data else []
         with self.lock:
-            self.bytes_read += total
-        return content, total
+            self.bytes_read += len(data)
+        return content, len(data)
 
     def chunk_file(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
         """Chunk and store the open file ``fh``; ``path`` is for progress reports.

@@ -70,11 +70,19 @@ def reachable(path: str) -> bool:
 
 
 def node_from_stat(
-    name: str, path: str, st: os.stat_result, kind: str, *, dir_fd: int | None = None, fd: int | None = None
+    name: str,
+    path: str,
+    st: os.stat_result,
+    kind: str,
+    *,
+    dir_fd: int | None = None,
+    fd: int | None = None,
+    xattrs: dict[str, bytes] | None = None,
 ) -> Node:
     """The node for an entry; with ``dir_fd`` (its directory, open) it is read relative to that
     descriptor, so paths longer than ``PATH_MAX`` work too. ``fd``: the entry itself, open (a
-    file being read), whose xattrs are then read through it, without looking its path up again."""
+    file being read), whose xattrs are then read through it, without looking its path up again;
+    ``xattrs``: already read (by a worker process, through its descriptor)."""
     node = Node(
         name=name,
         type=kind,
@@ -98,8 +106,8 @@ def node_from_stat(
         node.rdev = st.st_rdev
     # listxattr takes no directory descriptor: past PATH_MAX name the entry through /proc's link
     # to that descriptor, a short path that does not follow the entry itself.
-    if fd is not None:
-        node.xattrs = read_xattrs(fd)
+    if xattrs is not None or fd is not None:
+        node.xattrs = read_xattrs(fd) if xattrs is None and fd is not None else xattrs or {}
         return node
     long = dir_fd is not None and not reachable(path)
     node.xattrs = read_xattrs(f"/proc/self/fd/{dir_fd}/{name}" if long else path)

@@ -79,7 +79,13 @@ class PackWriter:
     """
 
     def __init__(
-        self, blob_type: str, staging_dir: str | None, *, crypter: Crypter | None = None, prelude: bytes = b""
+        self,
+        blob_type: str,
+        staging_dir: str | None,
+        *,
+        crypter: Crypter | None = None,
+        prelude: bytes = b"",
+        tag: str = "",
     ) -> None:
         self.blob_type = blob_type
         self.crypter = crypter  # seals this pack's header (format 3: its own data key)
@@ -90,7 +96,8 @@ class PackWriter:
         self._batched = 0  # bytes of ``_batch`` not yet written
         staging_dir = staging_dir or private_staging_dir()
         try:
-            self._fd, self.path = tempfile.mkstemp(prefix=STAGING_PACK_PREFIX, dir=staging_dir)
+            # ``tag``: a worker process's packs, which its parent removes if it dies (procpool.py)
+            self._fd, self.path = tempfile.mkstemp(prefix=STAGING_PACK_PREFIX + tag, dir=staging_dir)
         except OSError as exc:
             raise _staging_error(exc, staging_dir) from exc
         if prelude:  # format 3: the wrapped data key, ahead of the blobs so one small read finds it

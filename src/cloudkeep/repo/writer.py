@@ -9,27 +9,18 @@ open pack's staging file, and uploads full packs on a small I/O pool. Packs are 
 written every few packs so that a killed backup's uploads are reused by its rerun, and a
 ``sessions/<id>`` marker tells prune that a backup is in progress.
 
-Agents' credentials may only create objects (docs/security.md): the session never overwrites or
-must delete anything. Its first marker is ``sessions/<id>``, each refresh a new
-``sessions/<id>.<n>``, and its end ``sessions/<id>.end`` when the marker cannot be deleted; the
-end marker carries a secret whose hash is in the first marker, so nobody else can end it.
-
-The session is a lease (docs/format.md, "Concurrency and the prune protocol"): its marker is
-written before the dedup index is final and removed only after the manifest is stored; it is
-refreshed every ``HEARTBEAT_S``; a session whose last refresh is older than ``SESSION_LEASE_S``
-(paused, partitioned) or whose marker prune removed as stale writes no index file and commits
-nothing, since packs it deduplicated against may be gone.
+The session's markers (its lease, which prune honours) are ``writersession.py``; the upload
+bandwidth limit is ``ratelimit.py``. ``reserve`` and ``adopt_pack`` let another process assemble
+packs from blobs this session claimed (``procworker.py``: a backup's file content on two cores).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -38,46 +29,27 @@ from datetime import datetime
 from types import TracebackType
 
 from cloudkeep.compat import UTC
-from cloudkeep.errors import ConfigurationError, ConflictError, PermissionDeniedError
+from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.repo.generations import SKEW, read_horizon
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
+from cloudkeep.repo.ratelimit import RateLimiter as RateLimiter
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
 from cloudkeep.repo.writermac import add_mac
+
+# prune, lock and tests name these here (``X as X``: re-exported)
+from cloudkeep.repo.writersession import END_SUFFIX as END_SUFFIX
+from cloudkeep.repo.writersession import HEARTBEAT_S as HEARTBEAT_S
+from cloudkeep.repo.writersession import SESSION_LEASE_S as SESSION_LEASE_S
+from cloudkeep.repo.writersession import SessionExpiredError as SessionExpiredError
+from cloudkeep.repo.writersession import SessionLease, session_clock
+from cloudkeep.repo.writersession import end_hash as end_hash
+from cloudkeep.repo.writersession import session_name as session_name
 from cloudkeep.storage.base import ObjectExistsError, as_write_error, store_writes
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_S = 300.0
-# A session not refreshed for this long stops writing. Prune's grace is at least twice this
-# (prune.min_grace): the rest covers requests still in flight and clock skew.
-SESSION_LEASE_S = 1800.0
-
-
-END_SUFFIX = ".end"
-
-
-def end_hash(secret: str) -> str:
-    """What the first marker holds so that only the session itself can write its end marker."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def session_name(key: str) -> str:
-    """The session a marker key belongs to: its first marker's key (``.<n>``/``.end`` removed)."""
-    folder, _, leaf = key.rpartition("/")
-    return f"{folder}/{leaf.split('.', 1)[0]}" if folder else leaf.split(".", 1)[0]
-
-
-class SessionExpiredError(ConflictError):
-    """The backup session lost its lease: a prune may have removed packs it relies on."""
-
-
-def session_clock() -> float:
-    """Seconds on a clock that keeps counting while the machine is suspended (unlike monotonic)."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 @dataclass
@@ -92,41 +64,7 @@ class WriterStats:
     locks_refused: int = 0
 
 
-class RateLimiter:
-    """``bandwidth_limit`` bytes per second overall, shared by all upload threads.
-
-    Each upload of n bytes gets the next slot of n / rate seconds: it starts when its slot does
-    and its thread is held until the slot ends, so no upload (the first one included) goes faster
-    than the limit on average, whatever order the pool runs them in.
-    """
-
-    def __init__(
-        self,
-        rate: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        self.clock, self.sleep = clock, sleep
-        self.lock = threading.Lock()
-        self.next_free = clock()
-
-    @contextlib.contextmanager
-    def slot(self, nbytes: int) -> Iterator[None]:
-        with self.lock:
-            now = self.clock()
-            start = max(now, self.next_free)
-            self.next_free = end = start + nbytes / self.rate
-        if start > now:
-            self.sleep(start - now)
-        yield
-        rest = end - self.clock()
-        if rest > 0:
-            self.sleep(rest)
-
-
-class BlobWriter:
+class BlobWriter(SessionLease):
     def __init__(
         self,
         repo: Repository,
@@ -203,64 +141,6 @@ class BlobWriter:
     ) -> None:
         self.abort() if exc is not None else self.close()
 
-    # -- session marker --------------------------------------------------------------------
-
-    def heartbeat(self, seen: datetime | None = None) -> None:
-        """Refresh the session marker (``seen`` is for tests that simulate the passage of time).
-
-        Never re-creates a marker prune removed as stale: that session is over.
-        """
-        started = self._clock()
-        if self._refreshed is not None:
-            self._check_alive()
-        body = {
-            "hostname": self.hostname,
-            "started": self.started.isoformat(),
-            "seen": (seen or datetime.now(UTC)).isoformat(),
-        }
-        if self._refreshed is None:
-            body["end_hash"] = end_hash(self._end_secret)
-            self.repo.write_marker(self.session_key, body, if_absent=True)
-        else:
-            with self.repo.lock:
-                self._beats += 1
-                key = f"{self.session_key}.{self._beats:06d}"
-            self.repo.write_marker(key, body, if_absent=True)
-        self._refreshed = started
-
-    def check_lease(self) -> None:
-        """Raise ``SessionExpiredError`` once the session was not refreshed within its lease."""
-        if self._expired is None and self._refreshed is not None:
-            idle = self._clock() - self._refreshed
-            if idle > SESSION_LEASE_S:
-                self._expire(f"not refreshed for {idle:.0f} s (lease {SESSION_LEASE_S:.0f} s)")
-        if self._expired is not None:
-            raise SessionExpiredError(
-                f"backup session {self.session_key} expired: {self._expired}; nothing more is committed",
-                hint="run the backup again (what was uploaded and indexed is reused)",
-            )
-
-    def _check_alive(self) -> None:
-        """Within the lease, and prune has not removed the marker as stale (one HEAD)."""
-        self.check_lease()
-        if self.repo.store.stat(self.session_key) is None:
-            self._expire("its session marker was removed by prune (it looked stale)")
-
-    def _expire(self, why: str) -> None:
-        self._expired = self._expired or why
-        self.check_lease()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                self.heartbeat()
-            except SessionExpiredError:
-                return
-            except Exception:
-                continue
-
-    # -- blobs -----------------------------------------------------------------------------
-
     def save(
         self, blob_type: str, data: bytes | memoryview, blob_id: bytes | None = None, *, force: bool = False
     ) -> tuple[bytes, bool]:
@@ -272,15 +152,8 @@ class BlobWriter:
         if blob_id is None:
             blob_id = self.repo.crypter.content_id(data)
         with self.repo.lock:
-            if blob_id in self._pending:
+            if not self._claim(blob_id, force):
                 return blob_id, False
-            if blob_id in self.repo.index and not force:
-                if self._reusable(blob_id):
-                    if self.retain_until is not None:
-                        self._note_reused(blob_id)
-                    return blob_id, False
-                self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
-            self._pending.add(blob_id)
         full: PackWriter | None = None
         try:
             aad = blob_aad(blob_type, blob_id)
@@ -316,6 +189,57 @@ class BlobWriter:
         if full is not None:
             self._submit(full)
         return blob_id, True
+
+    def _claim(self, blob_id: bytes, force: bool = False) -> bool:
+        """Whether the caller must store ``blob_id`` (it is then pending); holds the repository lock."""
+        if blob_id in self._pending:
+            return False
+        if blob_id in self.repo.index and not force:
+            if self._reusable(blob_id):
+                if self.retain_until is not None:
+                    self._note_reused(blob_id)
+                return False
+            self._rewritten.add(blob_id)  # its pack's lock ends too soon: stored again, once
+        self._pending.add(blob_id)
+        return True
+
+    def reserve(self, blob_ids: list[bytes]) -> list[bool]:
+        """For a pack assembled elsewhere (``procworker``): which of ``blob_ids`` to store, in one
+        lock. Each one claimed stays pending until ``adopt_pack`` uploaded its pack; a process
+        that dies holding some must ``fail`` the session, since files may already name them."""
+        self._raise_if_failed()
+        with self.repo.lock:
+            return [self._claim(blob_id) for blob_id in blob_ids]
+
+    def new_sealer(self) -> tuple[bytes, bytes]:
+        """The AES key and prelude for the next pack assembled elsewhere (format 3: a fresh data
+        key wrapped for the server; older formats: the master key and no prelude)."""
+        sealer = self.repo.keyring.new_pack_sealer()
+        return sealer.crypter.key.encryption, sealer.prelude
+
+    def adopt_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+        """Upload a finished pack staged at ``path`` by another process from blobs ``reserve``
+        gave it (the upload consumes the file); waits while too many packs are in flight."""
+        with self.repo.lock:
+            self._staged.add(path)
+            self.stats.blobs_new += len(entries)
+            self.stats.bytes_new += sum(entry.raw_length for entry in entries)
+            self.stats.bytes_stored += sum(entry.length for entry in entries)
+        self._slots.acquire()
+        with self._session_fails():
+            try:
+                future = self._pool.submit(self._upload, self.repo.writer_prefix + pack_id, path, entries)
+            except BaseException:
+                self._slots.release()
+                raise
+        with self.repo.lock:
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+
+    def fail(self, exc: BaseException) -> None:
+        """End the session with ``exc`` as it is: every later ``save``, ``reserve`` and ``flush``
+        raises it (the first failure recorded stays)."""
+        with self.repo.lock:
+            self._error = self._error or exc
 
     def stored(self, blob_id: bytes) -> bool:
         """The blob is indexed or being stored: ``save`` would not encode it (a hint: ``save``
@@ -551,25 +475,6 @@ class BlobWriter:
             ) from None
         finally:
             self._end_session()
-
-    def _end_session(self) -> None:
-        self._remove_markers()
-        step("backup:session-ended")
-
-    def _remove_markers(self) -> None:
-        """Delete the session's markers, or, where the credential cannot delete, say it ended.
-
-        The first marker goes first: from then on the session counts as ended for prune.
-        """
-        try:  # hidden, not deleted, where the store's default retention locks it (generations)
-            self.repo.store.delete_or_hide(self.session_key)
-        except PermissionDeniedError:
-            body = {"hostname": self.hostname, "end": self._end_secret, "seen": datetime.now(UTC).isoformat()}
-            self.repo.write_marker(self.session_key + END_SUFFIX, body, if_absent=True)
-            return
-        for n in range(1, self._beats + 1):
-            with contextlib.suppress(Exception):  # leftovers of an ended session: prune removes them
-                self.repo.store.delete_or_hide(f"{self.session_key}.{n:06d}")
 
     def abort(self) -> None:
         """Stop without committing: uploaded packs stay (indexed ones are reused by the next run)."""

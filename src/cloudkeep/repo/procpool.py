@@ -1,0 +1,230 @@
+"""The parent side of the file-content worker processes (``procworker.py``).
+
+One ``ProcWorker`` per file-pool thread: the thread hands its worker a batch of files and, while
+the worker reads them, answers its questions (which chunks are new: ``BlobWriter.reserve``) and
+uploads the packs it finishes (``BlobWriter.adopt_pack``). The thread waits on a pipe most of
+the time, so the GIL is left to the walk and the trees while the workers use the other cores.
+
+Workers are started with ``subprocess`` (no ``fork`` of a threaded agent, no ``multiprocessing``
+re-import of the agent's main module, no resource tracker) and inherit no descriptor but their
+pipes: not the repository's lock, sockets or staging files. A worker that dies (killed, out of
+memory) ends the backup with ``WorkerLostError``; the blobs it held in its open pack were
+promised to files, so nothing of the run is committed, and what was uploaded is reused by the
+rerun. Its staging file is removed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import cloudkeep
+from cloudkeep import errors
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.repo.chunker import ChunkerParams
+from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
+from cloudkeep.repo.procworker import Channel
+from cloudkeep.repo.writer import BlobWriter
+
+log = logging.getLogger(__name__)
+
+# Loads procworker without running ``cloudkeep/repo/__init__.py`` (the whole API: 0.55 s and
+# 36 MB per worker instead of 0.2 s and 23 MB): the package is registered bare first.
+_BOOT = (
+    "import os, sys, types, cloudkeep; "
+    "p = types.ModuleType('cloudkeep.repo'); p.__path__ = [os.path.join(cloudkeep.__path__[0], 'repo')]; "
+    "sys.modules['cloudkeep.repo'] = p; "
+    "from cloudkeep.repo.procworker import main; main()"
+)
+START_TIMEOUT_S = 30.0
+QUIT_TIMEOUT_S = 5.0
+
+FileItem = tuple[str, int, int, int]  # host path, size, st_dev, st_ino (as the walk saw them)
+# chunk ids (None: unreadable), bytes read, (errno, why) when unreadable, xattrs
+FileResult = tuple[Optional[list[bytes]], int, Optional[tuple[int, str]], dict[str, bytes]]
+
+
+class WorkerLostError(CloudkeepError):
+    """A file-content worker process ended in the middle of a backup: nothing is committed."""
+
+
+class ProcWorker:
+    """One worker process, used by one thread at a time."""
+
+    def __init__(self, writer: BlobWriter, staging: str, chunker: ChunkerParams) -> None:
+        self.writer = writer
+        self.staging = staging
+        self.tag = secrets.token_hex(6) + "-"
+        self.adopted: set[str] = set()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(cloudkeep.__file__)))
+        paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # the agent may set sys.path itself
+        pipe = subprocess.PIPE
+        command = [sys.executable, "-c", _BOOT]
+        self.proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, env=env, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.channel = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+        key, prelude = writer.new_sealer()
+        repo = writer.repo
+        init = {
+            "key": key,
+            "prelude": prelude,
+            "id_key": repo.crypter.key.id_key,
+            "level": repo.crypter.compression_level,
+            "chunker": (chunker.min_size, chunker.avg_size, chunker.max_size, chunker.seed),
+            "pack_size": repo.config.pack_size,
+            "staging": staging,
+            "tag": self.tag,
+        }
+        try:
+            self.channel.send(("init", init))
+            self.pid = int(self.recv()[1])  # "ready": it imported and set up
+        except BaseException:
+            self.kill()
+            raise
+
+    def run(self, items: list[FileItem], progress: Callable[[str | None], bool]) -> list[FileResult | None]:
+        """Store ``items``; each result is None when ``progress`` (asked at each chunk group, with
+        the file's path) said stop before that file was read."""
+        self.channel_send(("files", items))
+        while True:
+            message = self.recv()
+            kind = message[0]
+            if kind == "ids":
+                go = progress(message[2])
+                self.channel_send(("new", self.writer.reserve(message[1])) if go else ("stop",))
+            elif kind == "pack":
+                self.adopt(message[1], message[2], message[3])
+            elif kind == "done":
+                results: list[FileResult | None] = message[1]
+                return results
+
+    def finish(self) -> None:
+        """Hand over the open pack (at the end of the walk), so ``BlobWriter.flush`` uploads it."""
+        self.channel_send(("finish",))
+        while True:
+            message = self.recv()
+            if message[0] == "pack":
+                self.adopt(message[1], message[2], message[3])
+            elif message[0] == "finished":
+                return
+
+    def adopt(self, pack_id: str, path: str, entries: list[Any]) -> None:
+        self.adopted.add(path)
+        self.writer.adopt_pack(pack_id, path, entries)
+        self.channel_send(("sealer", *self.writer.new_sealer()))
+
+    def channel_send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.channel.send(message)
+        except OSError:
+            raise self.lost() from None
+
+    def recv(self) -> tuple[Any, ...]:
+        try:
+            message = self.channel.recv()
+        except (EOFError, OSError):
+            raise self.lost() from None
+        if message[0] == "error":  # the worker failed and ended: e.g. no space to stage a pack
+            cls = getattr(errors, message[1], None)
+            if isinstance(cls, type) and issubclass(cls, CloudkeepError):
+                raise cls(message[2])
+            raise WorkerLostError(f"a backup worker process failed: {message[1]}: {message[2]}")
+        return message
+
+    def lost(self) -> WorkerLostError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(QUIT_TIMEOUT_S)
+        code = self.proc.returncode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return WorkerLostError(
+            f"a backup worker process (pid {self.proc.pid}) ended in the middle of the backup ({how}): "
+            "nothing of this run is committed",
+            hint="run the backup again (what was uploaded is reused); if it recurs, check the machine's "
+            "memory (the kernel's OOM killer) and its logs",
+        )
+
+    def close(self, *, graceful: bool) -> None:
+        """End the process (``quit``, then a kill past ``QUIT_TIMEOUT_S``) and remove its staging
+        files that no upload took over."""
+        if graceful and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.channel.send(("quit",))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(QUIT_TIMEOUT_S)
+        self.kill()
+        with contextlib.suppress(OSError), os.scandir(self.staging) as entries:
+            for entry in entries:
+                if entry.name.startswith(STAGING_PACK_PREFIX + self.tag) and entry.path not in self.adopted:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+class ProcPool:
+    """The backup's worker processes: one per pool thread, started on the thread's first batch."""
+
+    def __init__(self, writer: BlobWriter, chunker: ChunkerParams) -> None:
+        self.writer = writer
+        self.chunker = chunker
+        self.staging = writer.repo.store.staging_dir or private_staging_dir()
+        self.lock = threading.Lock()
+        self.workers: list[ProcWorker] = []
+        self.local = threading.local()
+        self.disabled = False
+        self.started = 0.0  # seconds spent starting workers (a bench figure)
+
+    def worker(self) -> ProcWorker | None:
+        """This thread's worker, started if need be; None when workers cannot start here (the
+        thread then reads files itself, as without workers)."""
+        worker: ProcWorker | None = getattr(self.local, "worker", None)
+        if worker is not None or self.disabled:
+            return worker
+        began = time.monotonic()
+        try:
+            worker = ProcWorker(self.writer, self.staging, self.chunker)
+        except (OSError, WorkerLostError) as exc:
+            log.warning("backup worker processes unavailable (%s): reading files in threads", exc)
+            self.disabled = True
+            return None
+        with self.lock:
+            self.workers.append(worker)
+            self.started += time.monotonic() - began
+        self.local.worker = worker
+        return worker
+
+    def drop(self, worker: ProcWorker) -> None:
+        """A worker left mid-conversation by an error: end it (a later batch starts another)."""
+        self.local.worker = None
+        with self.lock:
+            self.workers.remove(worker)
+        worker.close(graceful=False)
+
+    def finish(self) -> None:
+        """Every worker hands over its open pack (the walk is over: no thread uses them now)."""
+        with self.lock:
+            workers = list(self.workers)
+        for worker in workers:
+            worker.finish()
+
+    def close(self, *, graceful: bool = True) -> None:
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.close(graceful=graceful)

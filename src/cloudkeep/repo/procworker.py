@@ -1,0 +1,238 @@
+"""A backup's file-content worker process: read, chunk, hash, compress, encrypt and pack files.
+
+A first backup is mostly per-file and per-blob work, and in one process the pool threads, the
+walk and the tree building share one GIL: cloudkeep ran at about one core where restic uses two.
+Each worker process (started by ``procpool.py``, one per pool thread) takes batches of files by
+path, and for each file reads it, cuts it into chunks and hashes them; it asks its parent which
+chunks are new (the parent's ``BlobWriter.reserve`` keeps dedup exact across workers), encodes
+those into its own pack staging file, and hands each finished pack to the parent to upload
+(``BlobWriter.adopt_pack``), which answers with the next pack's key. Chunk ids, blob encoding and
+pack layout are the thread path's: the repository cannot tell which one wrote a pack.
+
+Messages are length-prefixed pickles over the child's stdin/stdout, between a parent and the
+child it started (nothing else can write to those pipes). The parent dying closes them: the
+worker's next read or write fails and it exits, removing its open staging pack; a worker never
+outlives the backup by more than one chunk group's work. Only light modules are imported here
+(not the ``cloudkeep.repo`` package's whole API): ``procpool._BOOT`` loads this module alone.
+Runs on the machines' Python (3.9+).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
+from cloudkeep.repo.crypto import Crypter, MasterKey
+from cloudkeep.repo.fsmeta import read_xattrs
+from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
+
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Chunks hashed before the parent is asked which are new: one question per small-file batch,
+# and at most this much copied and held per large file.
+GROUP_CHUNKS = 256
+GROUP_BYTES = 2 * 2**20
+_LENGTH = struct.Struct("<I")
+
+
+class Channel:
+    """Length-prefixed pickles over two pipe descriptors (a parent and the child it started)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_LENGTH.pack(len(body)) + body)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message; ``EOFError`` when the other side is gone."""
+        (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
+        message: tuple[Any, ...] = pickle.loads(self._exactly(length))
+        return message
+
+    def _exactly(self, size: int) -> bytes:
+        parts, have = [], 0
+        while have < size:
+            part = os.read(self.read_fd, size - have)
+            if not part:
+                raise EOFError("the other end of the worker channel closed")
+            parts.append(part)
+            have += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Stopped(Exception):
+    """The parent answered a question with ``stop`` (the backup failed or was cancelled)."""
+
+
+class Worker:
+    """The worker's state: its parent channel, the chunker, and the pack being filled."""
+
+    def __init__(self, channel: Channel, init: dict[str, Any]) -> None:
+        self.channel = channel
+        self.params = ChunkerParams(*init["chunker"])
+        self.cutter = StreamCutter(self.params)
+        self.base = Crypter(MasterKey(init["key"], init["id_key"]), init["level"])
+        self.crypter = self.base
+        self.prelude: bytes = init["prelude"]
+        self.pack_size: int = init["pack_size"]
+        self.staging: str = init["staging"]
+        self.tag: str = init["tag"]
+        self.pack: PackWriter | None = None
+        self.ids: list[bytes] = []  # the chunk group not yet asked about
+        self.data: list[bytes] = []
+        self.group_bytes = 0
+
+    def files(self, items: list[tuple[str, int, int, int]]) -> None:
+        """Store a batch; answers ``done`` with each file's (chunk ids or None, bytes read,
+        (errno, why) or None, xattrs) in order, or None for files a ``stop`` left unread."""
+        results: list[tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]] | None]
+        results = []
+        try:
+            for path, size, dev, ino in items:
+                results.append(self.one_file(path, size, dev, ino))
+            self.ask()
+        except Stopped:
+            self.ids, self.data, self.group_bytes = [], [], 0
+            results.extend([None] * (len(items) - len(results)))
+        self.channel.send(("done", results))
+
+    def one_file(
+        self, path: str, size: int, dev: int, ino: int
+    ) -> tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]]:
+        try:
+            fd = os.open(path, FILE_FLAGS)
+        except OSError as exc:
+            return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):  # replaced since the walk stat'ed it (or a folder above)
+                return None, 0, (errno.ESTALE, "replaced while being backed up"), {}
+            xattrs = read_xattrs(fd)
+            content, total = [], 0
+            for chunk in self.chunks(fd, size):
+                content.append(self.add(chunk, path))
+                total += len(chunk)
+            return content, total, None, xattrs
+        except OSError as exc:
+            return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
+        finally:
+            os.close(fd)
+
+    def chunks(self, fd: int, size: int) -> Iterator[bytes]:
+        if size < self.params.min_size:
+            data = read_small(fd, size, self.params.min_size)
+            if data is not None:
+                if data:
+                    yield data
+                return
+            os.lseek(fd, 0, os.SEEK_SET)  # grew past the minimum since its stat
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            for view in self.cutter.cut(fh):
+                yield bytes(view)  # the cutter reuses its buffer; the group keeps chunks a while
+
+    def add(self, chunk: bytes, path: str) -> bytes:
+        """Hash ``chunk`` into the current group (asking about the group when it is full)."""
+        blob_id = self.base.content_id(chunk)
+        self.ids.append(blob_id)
+        self.data.append(chunk)
+        self.group_bytes += len(chunk)
+        if len(self.ids) >= GROUP_CHUNKS or self.group_bytes >= GROUP_BYTES:
+            self.ask(path)
+        return blob_id
+
+    def ask(self, path: str | None = None) -> None:
+        """Ask the parent which chunks of the group to store, and store those."""
+        if not self.ids:
+            return
+        ids, data = self.ids, self.data
+        self.ids, self.data, self.group_bytes = [], [], 0
+        self.channel.send(("ids", ids, path))
+        answer = self.channel.recv()
+        if answer[0] != "new":
+            raise Stopped
+        for blob_id, chunk, new in zip(ids, data, answer[1]):
+            if new:
+                self.store(blob_id, chunk)
+
+    def store(self, blob_id: bytes, chunk: bytes) -> None:
+        if self.pack is None:
+            self.pack = PackWriter(
+                DATA, self.staging, crypter=self.crypter, prelude=self.prelude, tag=self.tag
+            )
+        sealed = self.crypter.encode_into_buffer(chunk, blob_aad(DATA, blob_id))
+        self.pack.add(blob_id, sealed, len(chunk))
+        if self.pack.size >= self.pack_size:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Finish the open pack and give it to the parent, who answers with the next pack's key."""
+        pack, self.pack = self.pack, None
+        if pack is None:
+            return
+        if not len(pack):
+            pack.discard()
+            return
+        try:
+            pack_id, path, entries = pack.finish()
+        except BaseException:
+            pack.discard()
+            raise
+        self.channel.send(("pack", pack_id, path, entries))
+        answer = self.channel.recv()
+        if answer[0] != "sealer":
+            raise Stopped
+        self.crypter = self.base.with_encryption_key(answer[1])
+        self.prelude = answer[2]
+
+    def discard(self) -> None:
+        if self.pack is not None:
+            self.pack.discard()
+            self.pack = None
+
+
+def serve(channel: Channel) -> None:
+    """Answer the parent until it says ``quit`` or goes away."""
+    first = channel.recv()
+    worker = Worker(channel, first[1])
+    channel.send(("ready", os.getpid()))
+    try:
+        while True:
+            message = channel.recv()
+            if message[0] == "files":
+                worker.files(message[1])
+            elif message[0] == "finish":
+                with contextlib.suppress(Stopped):
+                    worker.hand_over()
+                channel.send(("finished",))
+            else:  # quit
+                return
+    except (EOFError, BrokenPipeError):
+        return  # the parent is gone: nobody will upload what is staged
+    except BaseException as exc:  # tell the parent why, then end
+        with contextlib.suppress(OSError):
+            channel.send(("error", type(exc).__name__, str(exc)))
+        raise
+    finally:
+        worker.discard()
+
+
+def main() -> None:
+    """Entry point: the protocol on stdin/stdout; stray prints go to stderr, not into the channel."""
+    out = os.dup(1)
+    os.dup2(2, 1)
+    limit_heap_fragmentation()  # chunk copies and sealed blobs: freed memory goes back at once
+    serve(Channel(0, out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""File content read in worker processes (repo/procpool.py, repo/procworker.py): the same restore
+point and chunk ids as threads, per-file errors, cancel, a worker killed mid-run, and no worker
+left working when the backing-up process is killed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudkeep.repo import (
+    Repository,
+    backup_files,
+    check,
+    filecontent,
+    list_snapshots,
+    list_tree,
+    procpool,
+    restore,
+)
+from cloudkeep.repo import archiver as archiver_module
+from cloudkeep.repo.browse import lookup, walk
+from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
+from cloudkeep.storage import ObjectStore, open_store
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+
+
+def _tree(root: Path) -> Path:
+    """Small files in batches (some with equal content), an empty one, large multi-chunk files
+    (one repeating a stretch of another), a file with an xattr, a symlink."""
+    rng = random.Random(3)
+    for d in range(4):
+        folder = root / f"d{d}"
+        folder.mkdir(parents=True)
+        for i in range(30):
+            data = b"same\n" * 40 if i % 7 == 0 else rng.randbytes(rng.randrange(1, 12000))
+            (folder / f"f{i:02}").write_bytes(data)
+    (root / "empty").write_bytes(b"")
+    big = rng.randbytes(5 * SMALL_CHUNKS.max_size)
+    (root / "big.bin").write_bytes(big)
+    (root / "big-again.bin").write_bytes(rng.randbytes(100_000) + big[: 3 * SMALL_CHUNKS.max_size])
+    (root / "text.log").write_bytes(b"".join(b"line %d of a log\n" % i for i in range(60_000)))
+    os.setxattr(root / "text.log", "user.note", b"kept")
+    os.symlink("big.bin", root / "link")
+    (root / os.fsdecode(b"caf\xe9 \n name")).write_bytes(b"a name that is not UTF-8\n")
+    return root
+
+
+def _contents(repo: Repository, snap_id: str, root: Path) -> dict[str, tuple[list[bytes], dict[str, bytes]]]:
+    top = lookup(repo, snap_id, str(root))
+    assert top.subtree is not None
+    return {
+        path: (list(node.content), dict(node.xattrs))
+        for path, node in walk(repo, top.subtree, str(root))
+        if node.type == "file"
+    }
+
+
+@pytest.fixture
+def workers(monkeypatch: pytest.MonkeyPatch) -> list[procpool.ProcWorker]:
+    """Every worker process started (to check they were used, and that they ended)."""
+    started: list[procpool.ProcWorker] = []
+    real = procpool.ProcWorker.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(procpool.ProcWorker, "__init__", init)
+    return started
+
+
+def _staged_by(started: list[procpool.ProcWorker]) -> list[str]:
+    folder = private_staging_dir()
+    tags = tuple(STAGING_PACK_PREFIX + w.tag for w in started)
+    return [name for name in os.listdir(folder) if name.startswith(tags)] if tags else []
+
+
+def test_workers_store_the_same_chunks_as_threads(
+    repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
+) -> None:
+    src = _tree(tmp_path / "src")
+    by_threads = backup_files(repo, [src], hostname="h", processes=False)
+    assert not workers
+    blobs = len(repo.index)
+    by_workers = backup_files(repo, [src], hostname="h", processes=True, threads=2)
+    assert len(workers) == 2 and all(w.proc.returncode == 0 for w in workers)  # used, then ended
+    # Same chunk ids, file by file (dedup is exact): the second run stored no data blob.
+    assert _contents(repo, by_workers.id, src) == _contents(repo, by_threads.id, src)
+    assert _contents(repo, by_workers.id, src)[f"{src}/text.log"][1] == {"user.note": b"kept"}
+    new_trees = len(repo.index) - blobs
+    assert new_trees <= 6  # at most the changed folders' trees (atimes), no data
+    assert by_workers.stats["bytes_read"] == by_threads.stats["bytes_read"]
+    assert check(repo, read_data=True).ok
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_first_backup_by_workers_restores_equal(
+    store: ObjectStore, tmp_path: Path, workers: list[procpool.ProcWorker], version: int
+) -> None:
+    """Format 3 (a data key per pack, wrapped for the server) and format 2 (the master key)."""
+    repo = Repository.create(
+        store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=version
+    )
+    src = _tree(tmp_path / "src")
+    snap = backup_files(repo, [src], hostname="h", processes=True)
+    assert workers and snap.stats["errors_total"] == 0
+    assert snap.stats["bytes_new"] < snap.stats["bytes_read"]  # big-again.bin and equal small files dedup
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(out)]).returncode == 0
+    assert os.getxattr(out / "text.log", "user.note") == b"kept"
+    assert check(repo, read_data=True).ok
+    assert not _staged_by(workers)
+    # The rerun dedups against what the workers stored: no data read is new.
+    again = backup_files(repo, [src], hostname="h", processes=False)
+    assert _contents(repo, again.id, src) == _contents(repo, snap.id, src)
+
+
+def test_a_file_replaced_under_a_worker_is_skipped_alone(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    """Root reads anything: the file the walk stat'ed is replaced (a symlink, another inode)
+    before the worker opens it, which refuses both; the rest of the batch is stored."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"f{i}").write_text(f"content {i}\n" * 50)
+    real = archiver_module._Archiver.proc_nodes
+
+    def proc_nodes(self, files):  # type: ignore[no-untyped-def]
+        (src / "f4").unlink()
+        os.symlink("f3", src / "f4")
+        (src / "f6").rename(src / "f6.old")
+        (src / "f6").write_text("another file now\n")
+        return real(self, files)
+
+    monkeypatch.setattr(archiver_module._Archiver, "proc_nodes", proc_nodes)
+    snap = backup_files(repo, [src], hostname="h", processes=True)
+    assert workers
+    errors = sorted((e["path"], e["error"]) for e in snap.stats["errors"])
+    assert errors == [
+        (f"{src}/f4", "cannot read (Too many levels of symbolic links)"),
+        (f"{src}/f6", "cannot read (replaced while being backed up)"),
+    ]
+    names = {e.path for e in list_tree(repo, snap.id, str(src))}
+    assert names == {f"{src}/f{i}" for i in range(10) if i not in (4, 6)}
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert all((out / f"f{i}").read_text() == f"content {i}\n" * 50 for i in range(10) if i not in (4, 6))
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_cancel_mid_run_stops_the_workers_and_commits_nothing(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    src = _tree(tmp_path / "src")
+    first = backup_files(repo, [src / "d0"], hostname="h", processes=False)
+    asked: list[str | None] = []
+    real = archiver_module._Archiver.go_on
+
+    def go_on(self, path):  # type: ignore[no-untyped-def]
+        asked.append(path)
+        if len(asked) == 3:
+            self.report(path, force=True)  # the progress callback, unthrottled, at a worker's question
+        return real(self, path)
+
+    def progress(_: Any) -> None:
+        if len(asked) >= 3:
+            raise Cancelled
+
+    monkeypatch.setattr(archiver_module._Archiver, "go_on", go_on)
+    with pytest.raises(Cancelled):
+        backup_files(repo, [src], hostname="h", processes=True, progress=progress)
+    assert workers and all(w.proc.returncode is not None for w in workers)
+    assert not _staged_by(workers)
+    assert [s.id for s in list_snapshots(repo)] == [first.id]
+    assert check(repo).ok
+    rerun = backup_files(repo, [src], hostname="h", processes=True)
+    assert rerun.stats["errors_total"] == 0 and check(repo, read_data=True).ok
+
+
+def test_a_worker_killed_mid_run_fails_the_backup_and_loses_nothing(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    src = _tree(tmp_path / "src")
+    first = backup_files(repo, [src / "d1"], hostname="h", processes=False)
+    runs: list[int] = []
+    real = procpool.ProcWorker.run
+
+    def run(self, items, progress):  # type: ignore[no-untyped-def]
+        runs.append(self.pid)
+        if len(runs) == 3:  # after two batches went through: kill -9, as the OOM killer would
+            os.kill(self.pid, signal.SIGKILL)
+        return real(self, items, progress)
+
+    monkeypatch.setattr(procpool.ProcWorker, "run", run)
+    lost = r"killed by signal 9\).*nothing of this run is committed"
+    with pytest.raises(procpool.WorkerLostError, match=lost):
+        backup_files(repo, [src], hostname="h", processes=True)
+    assert all(w.proc.returncode is not None for w in workers)
+    assert not _staged_by(workers)
+    assert [s.id for s in list_snapshots(repo)] == [first.id]  # the previous restore point, intact
+    assert check(repo, read_data=True).ok
+    monkeypatch.setattr(procpool.ProcWorker, "run", real)
+    rerun = backup_files(repo, [src], hostname="h", processes=True)
+    assert rerun.stats["errors_total"] == 0
+    restore(repo, rerun.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(out)]).returncode == 0
+
+
+def test_by_default_workers_start_past_a_threshold_on_enough_cores(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a small backup\n")
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 1)  # as on a machine with enough cores
+    snap = backup_files(repo, [src], hostname="h")
+    assert not workers and lookup(repo, snap.id, f"{src}/a") is not None  # below PROCESSES_FROM
+    assert filecontent.PROCESSES_FROM >= 2**20
+    monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
+    backup_files(repo, [src], hostname="h")
+    assert len(workers) == 1
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", (os.cpu_count() or 1) + 1)
+    backup_files(repo, [src], hostname="h")
+    assert len(workers) == 1  # too few cores: threads
+
+
+_CHILD = """
+import sys
+from cloudkeep.repo import Repository, archiver, backup_files
+from cloudkeep.storage import open_store
+
+def go_on(self, path):  # a worker waits on this answer: hold it here until killed
+    print("ready", flush=True)
+    sys.stdin.read()
+
+archiver._Archiver.go_on = go_on
+repo = Repository.open(open_store(sys.argv[1]), sys.argv[2])
+backup_files(repo, [sys.argv[3]], hostname="h", processes=True)
+"""
+
+
+def test_killing_the_backup_process_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """kill -9 of the agent: its workers see their pipe close and end (no orphan keeps working)."""
+    src = _tree(tmp_path / "src")
+    url = f"file://{tmp_path}/repo"
+    Repository.create(open_store(url), PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, url, PASSWORD, str(src)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        kids = _children(child.pid)
+        assert kids  # the workers
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the exit, with a deadline
+        assert not any(_alive(pid) for pid in kids)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            found.extend(int(p) for p in fh.read().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie: an orphan's exit is reaped by init, possibly a little later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
