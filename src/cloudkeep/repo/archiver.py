@@ -27,6 +27,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
 from cloudkeep.repo.filecontent import FileContent, PendingFile
 from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
@@ -36,9 +37,6 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
 
 
 @dataclass
@@ -90,6 +88,7 @@ class _Archiver(FileContent):
         # Folder rows only without retain_until: after a lock generation ends every cached file is
         # read again, which the pool does in parallel, not a rebuilt folder on its own thread.
         self.tree_cache = cache if cache is not None and writer.retain_until is None else None
+        self.early = EarlyReads(self)  # large files that changed, read before the walk reaches them
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -170,7 +169,7 @@ class _Archiver(FileContent):
                 self.skip(path, f"cannot read ({exc.strerror})")
                 return None
             try:
-                fd: int | None = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+                fd: int | None = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
@@ -181,6 +180,8 @@ class _Archiver(FileContent):
         elif kind == FILE:
             self.files += 1
             self.bytes_total += st.st_size
+            if st.st_size >= self.early.min_size and self.cache:
+                self.cache.record_large(path, st)
             if parent.last is not None:  # its listing is unchanged: the row is read only if needed
                 self.files_unchanged += 1
                 parent.add(entry)
@@ -193,7 +194,9 @@ class _Archiver(FileContent):
                 parent.add(entry)
                 self.report(path)
                 return None
-            self.queue(PendingFile(path, name, st, parent, parent.reserve(key)))
+            item = PendingFile(path, name, st, parent, parent.reserve(key))
+            if not (self.early.reads and self.early.claim(item)):
+                self.queue(item)
         else:
             parent.add(entry)
         return None
@@ -354,8 +357,10 @@ def backup_files(
     for path in missing:
         archiver.skip(path, "source path does not exist")
     try:
+        if cache:
+            archiver.early.start(cache, paths)
         top = Folder(
-            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS), ""
+            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", ROOT_FLAGS), ""
         )
         if "/" in paths:  # the entire machine: the root itself is the source
             archiver.walk(top, prefix or "/")
@@ -366,6 +371,7 @@ def backup_files(
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)
         archiver.chunk_pool.shutdown(wait=True)
+        archiver.early.finish()
         if archiver.error is not None:
             raise archiver.error
         archiver.report(None, force=True)  # everything is read; the last packs may take a while to go up
@@ -438,7 +444,7 @@ def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) ->
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
         key = stat_key(name, st)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
         child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
         child.release()
