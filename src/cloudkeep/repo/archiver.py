@@ -29,7 +29,7 @@ from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
 from cloudkeep.repo.filecontent import FileContent, PendingFile
-from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
+from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
@@ -187,7 +187,7 @@ class _Archiver(FileContent):
                 parent.add(entry)
                 self.report(path)
                 return None
-            cached = self.unchanged(parent, path, name, st)
+            cached = self.unchanged(parent, path, name, st, key)
             if cached is not None:
                 self.files_unchanged += 1
                 entry.content = cached
@@ -217,17 +217,23 @@ class _Archiver(FileContent):
             return None
         return Entry(name, path, st, kind, stat_key(name, st))
 
-    def unchanged(self, parent: Folder, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
+    def unchanged(
+        self, parent: Folder, path: str, name: str, st: os.stat_result, key: StatKey
+    ) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
-        for the next backup); None when it must be read.
+        for the next backup); None when it must be read (``key``: its ``stat_key``).
 
         The folder's row comes first: it is read once per folder and holds every file's stat key
         and chunks, so a changed folder's unchanged files cost no SQLite row each, neither read
-        nor written (the folder's next row carries them; see ``Folder.keeps_rows``)."""
-        cached = parent.previous_content(name, st)
-        if cached is None and self.cache and parent.previous is None:  # no row: the file's own
+        nor written (the folder's next row carries them; see ``Folder.keeps_rows``), and no
+        index look-up either when every chunk of the row is indexed (checked once per folder)."""
+        cached = parent.previous_content(name, key)
+        if cached is not None:
+            stored = parent.row_indexed or self.indexed(cached)
+        elif self.cache and parent.previous is None:  # no row: the file's own
             cached = self.cache.lookup(path, st)
-        if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
+            stored = cached is not None and self.indexed(cached)
+        if cached is None or not stored or not self.writer.reuse(cached):
             return None
         if self.cache and not parent.keeps_rows():
             self.cache.record(path, st, cached)
