@@ -243,3 +243,22 @@ def test_a_failed_walk_leaves_no_early_read_open(
         backup_files(repo, [source], cache_dir=cache, threads=1)
     assert len(started) == 1  # the other was cancelled before it ran
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_a_machine_mounted_under_a_host_folder_reads_early_by_its_own_paths(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``root=``: the large file is found under the host folder, masks name the machine's paths."""
+    rng = random.Random(7)
+    machine, cache = tmp_path / "machine", tmp_path / "cache"
+    _tree(machine / "srv", rng)
+    db = machine / "srv" / "z" / "app.db"
+    backup_files(repo, ["/srv"], root=machine, cache_dir=cache)
+    _rewrite(db, rng)
+    early, walked = _spy(monkeypatch)
+    second = backup_files(repo, ["/srv"], root=machine, cache_dir=cache)
+    assert early == [str(db)] and walked == [] and second.stats["bytes_read"] == SIZE
+    _rewrite(db, rng)
+    early.clear()
+    backup_files(repo, ["/srv"], root=machine, cache_dir=cache, excludes=["/srv/z"])
+    assert early == []
