@@ -2,9 +2,11 @@
 ``bench/corpora.mutate``, then the timed second backup (wall, CPU, store requests by kind).
 
 The tree is copied from ``pristine`` into ``work`` first so the pristine copy stays as it is.
-``--profile`` prints cProfile of the walking thread of the second backup.
+``--profile`` prints cProfile of the walking thread of the second backup; ``--s3`` runs it on a
+moto server started here (the index cache kept between the two backups, as the agent keeps it);
+``--calls`` prints every store call of the timed backup with its thread and start/end times.
 
-    python bench/incremental.py /tmp/bench/pristine-usr /tmp/incr-work [--profile]
+    python bench/incremental.py /tmp/bench/pristine-usr /tmp/incr-work [--profile] [--s3] [--calls]
 """
 
 from __future__ import annotations
@@ -13,24 +15,31 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import os
 import pstats
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpora
+from engine_vs_restic import make_bucket, start_moto
 
 from cloudkeep.repo import Repository, backup_files
-from cloudkeep.storage import open_store
+from cloudkeep.storage import ObjectStore, open_store
+
+CALLS: list[tuple[str, str, str, float, float]] = []  # (method, first argument, thread, start, end)
 
 
 def _count(store: Any) -> collections.Counter[str]:
-    """Wrap the store's public methods so each call is counted by name."""
+    """Wrap the store's public methods so each call is counted by name (and kept in ``CALLS``)."""
     counts: collections.Counter[str] = collections.Counter()
     for name in dir(store):
         attr = getattr(store, name, None)
@@ -39,7 +48,12 @@ def _count(store: Any) -> collections.Counter[str]:
 
         def counted(*a: Any, _n: str = name, _f: Any = attr, **k: Any) -> Any:
             counts[_n] += 1
-            return _f(*a, **k)
+            start = time.monotonic()
+            try:
+                return _f(*a, **k)
+            finally:
+                what = str(a[0])[-40:] if a else ""
+                CALLS.append((_n, what, threading.current_thread().name, start, time.monotonic()))
 
         with contextlib.suppress(AttributeError, TypeError):
             setattr(store, name, counted)
@@ -83,21 +97,43 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="on a moto server started here")
+    parser.add_argument("--calls", action="store_true", help="print every store call of the timed backup")
     args = parser.parse_args()
+    moto = None
+    try:
+        if args.s3:
+            moto, endpoint = start_moto()
+            make_bucket(endpoint, "bench")
+            options = {"endpoint_url": endpoint, "region": "us-east-1"}
+            options.update(aws_access_key_id="bench", aws_secret_access_key="bench")
+            _run(args, lambda: open_store("s3://bench/repo", **options))
+        else:
+            _run(args, lambda: open_store(f"file://{args.work}/repo"))
+    finally:
+        if moto is not None:
+            os.killpg(moto.pid, signal.SIGTERM)
+            moto.wait(timeout=10)
+
+
+def _run(args: argparse.Namespace, new_store: Callable[[], ObjectStore]) -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     tree = args.work / "tree"
     shutil.copytree(args.pristine, tree, symlinks=True)
-    store = open_store(f"file://{args.work}/repo")
+    store = new_store()
     Repository.create(store, "bench")
     cache = args.work / "cache"
-    repo = Repository.open(store, "bench")
+    repo = Repository.open(store, "bench", cache_dir=cache)
     backup_files(repo, [tree], hostname="bench", cache_dir=cache, threads=args.threads)
     corpora.mutate(tree, args.seed)
-    store = open_store(f"file://{args.work}/repo")
+    store = new_store()
     counts = _count(store)
-    repo = Repository.open(store, "bench")
+    opened = time.monotonic()
+    repo = Repository.open(store, "bench", cache_dir=cache)
+    print(f"open {time.monotonic() - opened:.2f}s, store calls {dict(sorted(counts.items()))}")
     counts.clear()
+    CALLS.clear()
     _phases()
     profile = cProfile.Profile()
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -115,6 +151,9 @@ def main() -> None:
     print("store calls", dict(sorted(counts.items())))
     for label, seconds in PHASES.items():
         print(f"  {label}: {seconds:.2f}s")
+    if args.calls:
+        for name, what, thread, begun, ended in sorted(CALLS, key=lambda call: call[3]):
+            print(f"  {begun - start:6.3f} {ended - begun:6.3f} {thread:14} {name} {what}")
     if args.profile:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)

@@ -27,8 +27,9 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
 from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileContent, PendingFile
-from cloudkeep.repo.folders import Entry, Folder, listing_signature, stat_key
+from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
@@ -37,9 +38,6 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
 
 
 @dataclass
@@ -98,6 +96,7 @@ class _Archiver(FileContent):
         # Folder rows only without retain_until: after a lock generation ends every cached file is
         # read again, which the pool does in parallel, not a rebuilt folder on its own thread.
         self.tree_cache = cache if cache is not None and writer.retain_until is None else None
+        self.early = EarlyReads(self)  # large files that changed, read before the walk reaches them
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -178,7 +177,7 @@ class _Archiver(FileContent):
                 self.skip(path, f"cannot read ({exc.strerror})")
                 return None
             try:
-                fd: int | None = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+                fd: int | None = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
                 fd = None
                 self.skip(path, f"cannot list ({exc.strerror}); backed up as an empty folder")
@@ -189,19 +188,23 @@ class _Archiver(FileContent):
         elif kind == FILE:
             self.files += 1
             self.bytes_total += st.st_size
+            if st.st_size >= self.early.min_size and self.cache:
+                self.cache.record_large(path, st)
             if parent.last is not None:  # its listing is unchanged: the row is read only if needed
                 self.files_unchanged += 1
                 parent.add(entry)
                 self.report(path)
                 return None
-            cached = self.unchanged(parent, path, name, st)
+            cached = self.unchanged(parent, path, name, st, key)
             if cached is not None:
                 self.files_unchanged += 1
                 entry.content = cached
                 parent.add(entry)
                 self.report(path)
                 return None
-            self.queue(PendingFile(path, name, st, parent, parent.reserve(key)))
+            item = PendingFile(path, name, st, parent, parent.reserve(key))
+            if not (self.early.reads and self.early.claim(item)):
+                self.queue(item)
         else:
             parent.add(entry)
         return None
@@ -222,17 +225,23 @@ class _Archiver(FileContent):
             return None
         return Entry(name, path, st, kind, stat_key(name, st))
 
-    def unchanged(self, parent: Folder, path: str, name: str, st: os.stat_result) -> list[bytes] | None:
+    def unchanged(
+        self, parent: Folder, path: str, name: str, st: os.stat_result, key: StatKey
+    ) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
-        for the next backup); None when it must be read.
+        for the next backup); None when it must be read (``key``: its ``stat_key``).
 
         The folder's row comes first: it is read once per folder and holds every file's stat key
         and chunks, so a changed folder's unchanged files cost no SQLite row each, neither read
-        nor written (the folder's next row carries them; see ``Folder.keeps_rows``)."""
-        cached = parent.previous_content(name, st)
-        if cached is None and self.cache and parent.previous is None:  # no row: the file's own
+        nor written (the folder's next row carries them; see ``Folder.keeps_rows``), and no
+        index look-up either when every chunk of the row is indexed (checked once per folder)."""
+        cached = parent.previous_content(name, key)
+        if cached is not None:
+            stored = parent.row_indexed or self.indexed(cached)
+        elif self.cache and parent.previous is None:  # no row: the file's own
             cached = self.cache.lookup(path, st)
-        if cached is None or not self.indexed(cached) or not self.writer.reuse(cached):
+            stored = cached is not None and self.indexed(cached)
+        if cached is None or not stored or not self.writer.reuse(cached):
             return None
         if self.cache and not parent.keeps_rows():
             self.cache.record(path, st, cached)
@@ -368,8 +377,10 @@ def backup_files(
     for path in missing:
         archiver.skip(path, "source path does not exist")
     try:
+        if cache:
+            archiver.early.start(cache, paths)
         top = Folder(
-            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", _ROOT_FLAGS), ""
+            archiver, Node(name="", type=DIR, mode=0o755), None, 0, os.open(prefix or "/", ROOT_FLAGS), ""
         )
         if "/" in paths:  # the entire machine: the root itself is the source
             archiver.walk(top, prefix or "/")
@@ -380,6 +391,7 @@ def backup_files(
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)
         archiver.chunk_pool.shutdown(wait=True)
+        archiver.early.finish()
         if archiver.error is not None:
             raise archiver.error
         if archiver.procs is not None:  # their open packs to the writer, then they end
@@ -457,7 +469,7 @@ def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) ->
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
         key = stat_key(name, st)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
         child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
         child.release()

@@ -20,6 +20,9 @@ rebuilding or re-serialising its nodes, once its chunks are checked to be in the
 without a row is known unchanged when its stat key is the one stored in its folder's row, and
 takes its chunks from there. Caches written before the table simply reuse nothing; older
 versions ignore it.
+
+A third table names the large files (``record_large``) with their stat, so that the next backup
+can read the ones that changed first, while it walks (``repo/earlyread.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ _FOLDERS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, listing BLOB, signature BLOB, tree BLOB,"
     " chunks BLOB, keys BLOB)"
 )
+
+_LARGE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS large (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+    " ctime_ns INTEGER, inode INTEGER)"
+)
+# Folder rows are written in batches of about this many bytes (their file lists), not all at the
+# end: an incremental writes few file rows, and held rows were megabytes of the peak.
+_FOLDER_BATCH_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class LargeFile:
+    """A large file as the last backup saw it (``FileCache.large_files``)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    def same(self, st: os.stat_result) -> bool:
+        """``st`` shows it unchanged (the file cache's own test)."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode) == (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+        )  # fmt: skip
 
 
 # Directories whose rows are held: the walk is depth first, so a folder's files are asked for
@@ -90,8 +118,11 @@ class FileCache:
         self._new.execute("PRAGMA synchronous=OFF")
         self._new.execute(_SCHEMA)
         self._new.execute(_FOLDERS_SCHEMA)
+        self._new.execute(_LARGE_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
         self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
+        self._folder_bytes = 0
+        self._large: list[tuple[str, int, int, int, int]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
@@ -163,12 +194,42 @@ class FileCache:
         if is_text(path):
             with self._lock:
                 self._folder_batch.append((path, row.listing, row.signature, row.tree, row.chunks, row.keys))
+                self._folder_bytes += len(row.keys) + len(row.chunks)
+                if self._folder_bytes >= _FOLDER_BATCH_BYTES:
+                    self._flush()
+
+    def record_large(self, path: str, st: os.stat_result) -> None:
+        """A large file this backup saw (UTF-8 paths only: the next one looks them up by name)."""
+        if is_text(path):
+            with self._lock:
+                self._large.append((path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+    def large_files(self, limit: int) -> list[LargeFile]:
+        """The last backup's ``limit`` largest files, largest first (none from an older cache)."""
+        if self._old is None:
+            return []
+        with self._lock:
+            try:
+                rows = self._old.execute(
+                    "SELECT path, size, mtime_ns, ctime_ns, inode FROM large ORDER BY size DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # a cache written before the table
+                return []
+        return [
+            LargeFile(*row)
+            for row in rows
+            if isinstance(row[0], str) and all(isinstance(v, int) for v in row[1:])
+        ]
 
     def _flush(self) -> None:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
         self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", self._folder_batch)
         self._folder_batch.clear()
+        self._folder_bytes = 0
+        self._new.executemany("INSERT OR REPLACE INTO large VALUES (?, ?, ?, ?, ?)", self._large)
+        self._large.clear()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""

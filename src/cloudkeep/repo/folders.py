@@ -87,6 +87,8 @@ class Folder:
         self.previous: FolderRow | None = None  # the last backup's row for this folder
         self.last: FolderRow | None = None  # the same when the listing is unchanged
         self._old: dict[str, tuple[StatKey, bytes]] | None = None  # the row's files, by name
+        self.row_indexed = False  # every chunk of ``previous`` is in the index (once ``_old`` is read)
+        self._keeps_rows: bool | None = None
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -178,17 +180,26 @@ class Folder:
         """Whether this folder's row will carry its unchanged files for the next backup, so they
         need no row of their own: a folder the walk listed, with a tree cache, under a UTF-8
         path. One that ends inexact writes no row: ``_tree`` then records its files' rows."""
-        return self.archiver.tree_cache is not None and self.listing is not None and is_text(self.path)
+        if self._keeps_rows is None:
+            keeps = self.archiver.tree_cache is not None and self.listing is not None and is_text(self.path)
+            if self.listing is None:
+                return keeps  # not listed yet: asked again later
+            self._keeps_rows = keeps
+        return self._keeps_rows
 
-    def previous_content(self, name: str, st: os.stat_result) -> list[bytes] | None:
-        """A file's chunks as this folder's row has them, when its stat key is the one stored
-        there (a folder whose listing was unchanged last time wrote no rows for its files)."""
+    def previous_content(self, name: str, key: StatKey) -> list[bytes] | None:
+        """A file's chunks as this folder's row has them, when its stat key (``key``) is the one
+        stored there (a folder whose listing was unchanged last time wrote no rows for its files)."""
         if self.previous is None:
             return None
         if self._old is None:
             self._old = _previous_files(self.previous)
+            chunks = self.previous.chunks
+            self.row_indexed = self.archiver.indexed(
+                [chunks[i : i + ID_SIZE] for i in range(0, len(chunks), ID_SIZE)]
+            )
         old = self._old.get(name)
-        if old is None or old[0] != stat_key(name, st):
+        if old is None or old[0] != key:
             return None
         return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
 
@@ -204,7 +215,7 @@ class Folder:
             node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
             if child.kind == FILE:
                 if child.content is None:  # an unchanged listing, but a subfolder changed
-                    child.content = archiver.unchanged(self, child.path, child.name, child.st)
+                    child.content = archiver.unchanged(self, child.path, child.name, child.st, child.key)
                 if child.content is None:  # no usable cache row after all: read it here
                     assert self.fd is not None
                     child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)

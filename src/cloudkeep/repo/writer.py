@@ -357,7 +357,10 @@ class BlobWriter(SessionLease):
         if write_index:
             self._write_index()
 
-    def _write_index(self) -> None:
+    def _write_index(self, *, refresh: bool = True) -> None:
+        """Index the packs uploaded since the last index file; then refresh the session marker,
+        unless the session ends now (``refresh=False``: the final flush, whose commit checks the
+        lease again, and an abort): that refresh was three requests, a HEAD, a PUT and a DELETE."""
         with self.repo.lock:
             packs, self._unindexed = self._unindexed, {}
         if not packs:
@@ -375,7 +378,8 @@ class BlobWriter(SessionLease):
         self.repo.index_file_written(key, body)
         with self.repo.lock:
             self._written_index.append(key)
-        self.heartbeat()
+        if refresh:
+            self.heartbeat()
 
     @contextlib.contextmanager
     def _session_fails(self) -> Iterator[None]:
@@ -429,7 +433,7 @@ class BlobWriter(SessionLease):
                     if tick:
                         tick()
         self._raise_if_failed()
-        self._write_index()
+        self._write_index(refresh=False)
         self._extend_retention()
         step("backup:flushed")
 
@@ -484,8 +488,10 @@ class BlobWriter(SessionLease):
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._discard_staged()
-        with contextlib.suppress(Exception):
-            self._write_index()  # keep what was uploaded reusable (refused once the lease is lost)
+        with contextlib.suppress(
+            Exception
+        ):  # keep what was uploaded reusable (refused once the lease is lost)
+            self._write_index(refresh=False)
         with contextlib.suppress(Exception):
             self._remove_markers()
 
