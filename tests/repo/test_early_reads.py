@@ -15,6 +15,7 @@ import pytest
 
 from cloudkeep.repo import Repository, backup_files, earlyread, restore
 from cloudkeep.repo.archiver import _Archiver
+from cloudkeep.repo.checker import check
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.earlyread import EarlyRead, EarlyReads
 from cloudkeep.repo.filecontent import FileContent, PendingFile
@@ -262,3 +263,22 @@ def test_a_machine_mounted_under_a_host_folder_reads_early_by_its_own_paths(
     early.clear()
     backup_files(repo, ["/srv"], root=machine, cache_dir=cache, excludes=["/srv/z"])
     assert early == []
+
+
+def test_early_reads_and_worker_processes_make_one_restore_point(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With worker processes on (machines of 4+ cores), a large file read early in a pool thread
+    and the small files read by the workers end in one restore point that restores exactly."""
+    rng = random.Random(7)
+    source, cache = _tree(tmp_path / "src", rng), tmp_path / "cache"
+    db = source / "z" / "app.db"
+    backup_files(repo, [source], cache_dir=cache, processes=True)
+    _rewrite(db, rng)
+    (source / "a" / "f0.txt").write_bytes(rng.randbytes(5000))  # read by a worker process
+    early, _ = _spy(monkeypatch)
+    second = backup_files(repo, [source], cache_dir=cache, processes=True)
+    assert early == [str(db)]
+    assert second.stats["bytes_read"] == SIZE + 5000
+    _same_restore(repo, second.id, source, tmp_path / "restore")
+    assert check(repo, read_data=True).ok
