@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -17,7 +16,7 @@ from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
 from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.fsmeta import group_name, node_from_stat, user_name
+from cloudkeep.repo.fsmeta import StatLike, group_name, node_from_stat, user_name
 from cloudkeep.repo.pack import TREE
 from cloudkeep.repo.tree import FILE, Node, encode_tree
 
@@ -27,7 +26,7 @@ if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
 StatKey = tuple[Union[int, str], ...]  # marshal-able
 
 
-def stat_key(name: str, st: os.stat_result) -> StatKey:
+def stat_key(name: str, st: StatLike) -> StatKey:
     """Everything an entry's node is made of, as far as ``lstat`` shows it. Changing xattrs, mode or
     owner moves the ctime; a symlink's target never changes in place; names map to owner names."""
     return (
@@ -48,7 +47,7 @@ class Entry:
 
     name: str
     path: str
-    st: os.stat_result
+    st: StatLike
     kind: str
     key: StatKey
     content: list[bytes] | None = None
