@@ -7,6 +7,7 @@ reuses the last tree blob (see ``cache.py``). Split from ``archiver.py``, which 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import marshal
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ class Folder:
         try:
             self.node.subtree = self._tree()
             self.children, self.keys = [], []
+            self.previous = self.last = self._old = None
         except BaseException as exc:
             self.archiver.fail(exc)
         finally:
@@ -197,7 +199,11 @@ class Folder:
             self.row_indexed = self.archiver.indexed(
                 [chunks[i : i + ID_SIZE] for i in range(0, len(chunks), ID_SIZE)]
             )
-        old = self._old.get(name)
+            if self.last is None:  # decoded: its bytes are kept only to store the row again
+                self.previous = dataclasses.replace(self.previous, keys=b"")
+        # Each file is asked for once (by the walk, or by ``_node`` when the listing was the
+        # same): dropping its row as it is used keeps the walk's pending rows small.
+        old = self._old.pop(name, None)
         if old is None or old[0] != key:
             return None
         return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
