@@ -30,7 +30,7 @@ from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
 from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileContent, PendingFile
 from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
-from cloudkeep.repo.fsmeta import node_from_stat, node_type
+from cloudkeep.repo.fsmeta import Stat, StatLike, node_from_stat, node_type
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.procpool import ProcPool
@@ -212,7 +212,7 @@ class _Archiver(FileContent):
     def stat_entry(self, parent: Folder, path: str, name: str) -> Entry | None:
         """The entry, if it is backed up: not a socket, not a file the include masks leave out."""
         try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            st = Stat(os.stat(name, dir_fd=parent.fd, follow_symlinks=False))
         except OSError as exc:
             parent.exact = False
             self.skip(path, f"cannot read ({exc.strerror})")
@@ -226,7 +226,7 @@ class _Archiver(FileContent):
         return Entry(name, path, st, kind, stat_key(name, st))
 
     def unchanged(
-        self, parent: Folder, path: str, name: str, st: os.stat_result, key: StatKey
+        self, parent: Folder, path: str, name: str, st: StatLike, key: StatKey
     ) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
         for the next backup); None when it must be read (``key``: its ``stat_key``).

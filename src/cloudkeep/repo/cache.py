@@ -38,6 +38,7 @@ from pathlib import Path
 
 from cloudkeep.pathnames import is_text, to_bytes
 from cloudkeep.repo.crypto import ID_SIZE
+from cloudkeep.repo.fsmeta import StatLike
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
@@ -67,7 +68,7 @@ class LargeFile:
     ctime_ns: int
     inode: int
 
-    def same(self, st: os.stat_result) -> bool:
+    def same(self, st: StatLike) -> bool:
         """``st`` shows it unchanged (the file cache's own test)."""
         return (self.size, self.mtime_ns, self.ctime_ns, self.inode) == (
             st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
@@ -126,7 +127,7 @@ class FileCache:
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
         self._dirs: OrderedDict[str, dict[str, _Row]] = OrderedDict()
 
-    def lookup(self, path: str, st: os.stat_result) -> list[bytes] | None:
+    def lookup(self, path: str, st: StatLike) -> list[bytes] | None:
         if self._old is None:
             return None
         folder, _, name = path.rpartition("/")
@@ -167,7 +168,7 @@ class FileCache:
             self._dirs.popitem(last=False)
         return rows
 
-    def record(self, path: str, st: os.stat_result, content: list[bytes]) -> None:
+    def record(self, path: str, st: StatLike, content: list[bytes]) -> None:
         with self._lock:
             self._batch.append(
                 (_key(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(content))
@@ -198,7 +199,7 @@ class FileCache:
                 if self._folder_bytes >= _FOLDER_BATCH_BYTES:
                     self._flush()
 
-    def record_large(self, path: str, st: os.stat_result) -> None:
+    def record_large(self, path: str, st: StatLike) -> None:
         """A large file this backup saw (UTF-8 paths only: the next one looks them up by name)."""
         if is_text(path):
             with self._lock:

@@ -25,7 +25,6 @@ from cloudkeep.storage.base import RangeStream, read_exactly
 MIN_SIZE = 128 * 1024
 AVG_SIZE = 512 * 1024
 MAX_SIZE = 8 * 1024 * 1024
-READ_AHEAD = 1024 * 1024  # the buffer holds one maximum chunk plus this much
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,9 @@ class StreamCutter:
     def __init__(self, params: ChunkerParams) -> None:
         self.cdc = params.make()
         self.max_size = params.max_size
-        self.buffer = bytearray(params.max_size + READ_AHEAD)
+        # One maximum chunk, no more: a chunk starting at the front always fits, so it is final;
+        # every byte more is resident per reading thread once a large file was read.
+        self.buffer = bytearray(params.max_size)
 
     def cut(self, fh: RangeStream) -> Iterator[memoryview]:
         """Chunks of ``fh`` from its current position; each is valid only until the next one."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.filecontent import PendingFile
-from cloudkeep.repo.fsmeta import node_from_stat
+from cloudkeep.repo.fsmeta import StatLike, node_from_stat
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.tree import FILE
 
@@ -45,7 +45,7 @@ class EarlyRead:
     content: list[bytes]
     size: int
 
-    def of(self, st: os.stat_result) -> bool:
+    def of(self, st: StatLike) -> bool:
         """It read the file the walk stat'ed as ``st``."""
         ours = self.st
         return (ours.st_dev, ours.st_ino, ours.st_size, ours.st_mtime_ns, ours.st_ctime_ns) == (

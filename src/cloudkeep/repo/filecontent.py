@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
-from cloudkeep.repo.fsmeta import node_from_stat, reachable
+from cloudkeep.repo.fsmeta import StatLike, node_from_stat, reachable
 from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.tree import FILE, Node
 from cloudkeep.repo.writer import BlobWriter
@@ -56,7 +56,7 @@ class PendingFile:
 
     path: str
     name: str
-    st: os.stat_result
+    st: StatLike
     parent: Folder
     slot: int
 
@@ -205,7 +205,7 @@ class FileContent:
             self.fail(exc)
         return None
 
-    def read_file(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> tuple[list[bytes], int]:
+    def read_file(self, path: str, name: str, st: StatLike, dir_fd: int) -> tuple[list[bytes], int]:
         """Chunk and store a file: its chunk ids and the bytes read."""
         # Relative to the directory (open until its tree is stored). A symlink swapped in since
         # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
@@ -215,7 +215,7 @@ class FileContent:
         finally:
             os.close(fd)
 
-    def read_open(self, fd: int, path: str, st: os.stat_result) -> tuple[list[bytes], int]:
+    def read_open(self, fd: int, path: str, st: StatLike) -> tuple[list[bytes], int]:
         """Chunk and store the file open as ``fd`` (``st`` its stat from the walk)."""
         if st.st_size < self.chunker.min_size:
             return self.small_file(fd, path, st.st_size)

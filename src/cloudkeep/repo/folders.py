@@ -7,9 +7,9 @@ reuses the last tree blob (see ``cache.py``). Split from ``archiver.py``, which 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import marshal
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -17,7 +17,7 @@ from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
 from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.fsmeta import group_name, node_from_stat, user_name
+from cloudkeep.repo.fsmeta import StatLike, group_name, node_from_stat, user_name
 from cloudkeep.repo.pack import TREE
 from cloudkeep.repo.tree import FILE, Node, encode_tree
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
 StatKey = tuple[Union[int, str], ...]  # marshal-able
 
 
-def stat_key(name: str, st: os.stat_result) -> StatKey:
+def stat_key(name: str, st: StatLike) -> StatKey:
     """Everything an entry's node is made of, as far as ``lstat`` shows it. Changing xattrs, mode or
     owner moves the ctime; a symlink's target never changes in place; names map to owner names."""
     return (
@@ -48,7 +48,7 @@ class Entry:
 
     name: str
     path: str
-    st: os.stat_result
+    st: StatLike
     kind: str
     key: StatKey
     content: list[bytes] | None = None
@@ -139,6 +139,7 @@ class Folder:
         try:
             self.node.subtree = self._tree()
             self.children, self.keys = [], []
+            self.previous = self.last = self._old = None
         except BaseException as exc:
             self.archiver.fail(exc)
         finally:
@@ -198,7 +199,11 @@ class Folder:
             self.row_indexed = self.archiver.indexed(
                 [chunks[i : i + ID_SIZE] for i in range(0, len(chunks), ID_SIZE)]
             )
-        old = self._old.get(name)
+            if self.last is None:  # decoded: its bytes are kept only to store the row again
+                self.previous = dataclasses.replace(self.previous, keys=b"")
+        # Each file is asked for once (by the walk, or by ``_node`` when the listing was the
+        # same): dropping its row as it is used keeps the walk's pending rows small.
+        old = self._old.pop(name, None)
         if old is None or old[0] != key:
             return None
         return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
