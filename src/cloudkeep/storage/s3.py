@@ -43,6 +43,22 @@ from cloudkeep.storage.conformance import StoreCheck
 from cloudkeep.storage.s3_compat import checksum_settings, config_args
 from cloudkeep.storage.s3_upload import body_md5, file_md5, put_multipart, verify_stored
 
+_LOADERS: dict[str, Any] = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def shared_loader(session: Any) -> Any:
+    """One botocore data loader per process (per data path): a new session would read and parse
+    the S3 model, endpoint rules and partitions again (most of a client's construction). The
+    loader only caches those read-only files; credentials, config and events stay per session."""
+    from botocore.loaders import create_loader
+
+    data_path = session.get_config_variable("data_path") or ""
+    with _LOADERS_LOCK:
+        if data_path not in _LOADERS:
+            _LOADERS[data_path] = create_loader(data_path or None)
+        return _LOADERS[data_path]
+
 
 class S3Store(ObjectStore):
     """One bucket plus an optional key prefix."""
@@ -106,6 +122,7 @@ class S3Store(ObjectStore):
             **config_args(checksums),  # type: ignore[arg-type]
         )
         session = botocore.session.Session()
+        session.register_component("data_loader", shared_loader(session))
         if aws_access_key_id or aws_secret_access_key:  # else botocore's chain: env, profile, role
             session.set_credentials(aws_access_key_id or "", aws_secret_access_key or "", aws_session_token)
         self.endpoint_url = endpoint_url
