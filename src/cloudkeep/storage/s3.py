@@ -18,6 +18,7 @@ import io
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
@@ -128,9 +129,23 @@ class S3Store(ObjectStore):
         self.endpoint_url = endpoint_url
         self.list_page_size = self._page_size = list_page_size
         self._session, self._config, self._verify, self._region = session, config, verify, region
-        self.client = self.client_with()
+        # Built on a thread of its own: the first client of a process spends ~0.15 s parsing
+        # botocore's models, which a repository's open overlaps with its key derivation.
+        self._client: Future[Any] = Future()
+        threading.Thread(target=self._build_client, name="s3-client", daemon=True).start()
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
+
+    def _build_client(self) -> None:
+        try:
+            self._client.set_result(self.client_with())
+        except BaseException as exc:  # raised where the client is first used
+            self._client.set_exception(exc)
+
+    @property
+    def client(self) -> Any:
+        """The botocore S3 client (waits for its construction)."""
+        return self._client.result()
 
     def client_with(self, **config: str) -> Any:
         """A client for this store; with some botocore settings changed (for checks) if given."""
