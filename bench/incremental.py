@@ -127,11 +127,15 @@ def _run(args: argparse.Namespace, new_store: Callable[[], ObjectStore]) -> None
     repo = Repository.open(store, "bench", cache_dir=cache)
     backup_files(repo, [tree], hostname="bench", cache_dir=cache, threads=args.threads)
     corpora.mutate(tree, args.seed)
+    built = time.monotonic()
     store = new_store()
     counts = _count(store)
     opened = time.monotonic()
     repo = Repository.open(store, "bench", cache_dir=cache)
-    print(f"open {time.monotonic() - opened:.2f}s, store calls {dict(sorted(counts.items()))}")
+    print(
+        f"store {opened - built:.2f}s, open {time.monotonic() - opened:.2f}s,"
+        f" store calls {dict(sorted(counts.items()))}"
+    )
     counts.clear()
     CALLS.clear()
     _phases()

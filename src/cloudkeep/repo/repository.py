@@ -39,7 +39,7 @@ from cloudkeep.repo.crypto import Crypter, KdfParams, MasterKey
 from cloudkeep.repo.index import Index, Location, RawEntry, read_index_file
 from cloudkeep.repo.indexcache import IndexCache
 from cloudkeep.repo.indexload import Listing, doomed_packs, list_for_load, load_index, refresh_doomed
-from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, write_key_file
+from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, remembered_key, write_key_file
 from cloudkeep.repo.layout import (
     CONFIG_KEY,
     FORMAT_VERSION,
@@ -157,10 +157,12 @@ class Repository(RepositoryManifests):
         ``cache_dir``: where this machine keeps index files between runs (``use_index_cache``).
 
         The config, the key material and the index listing are fetched while the password's key
-        is derived (scrypt, the costly part): open takes the longer of the two, not their sum.
+        is derived (scrypt, the costly part): open takes the longer of the two, not their sum. With
+        ``cache_dir`` on a remote store, the key file that opened last time is kept there and its
+        derivation starts at once, beside the store's client being built (``keys.py``).
         """
         with ThreadPoolExecutor(max_workers=4) as pool:
-            unlocked = pool.submit(open_with_password, store, password)
+            unlocked = pool.submit(open_with_password, store, password, remembered_key(store, cache_dir))
             sealed_config = pool.submit(_get_or_none, store, CONFIG_KEY)
             sealed_keys = pool.submit(_get_or_none, store, CONFIDENTIAL_KEY)
             listing = pool.submit(list_for_load, store) if load_index else None

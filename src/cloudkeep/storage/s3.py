@@ -18,6 +18,7 @@ import io
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
@@ -42,6 +43,22 @@ from cloudkeep.storage.base import (
 from cloudkeep.storage.conformance import StoreCheck
 from cloudkeep.storage.s3_compat import checksum_settings, config_args
 from cloudkeep.storage.s3_upload import body_md5, file_md5, put_multipart, verify_stored
+
+_LOADERS: dict[str, Any] = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def shared_loader(session: Any) -> Any:
+    """One botocore data loader per process (per data path): a new session would read and parse
+    the S3 model, endpoint rules and partitions again (most of a client's construction). The
+    loader only caches those read-only files; credentials, config and events stay per session."""
+    from botocore.loaders import create_loader
+
+    data_path = session.get_config_variable("data_path") or ""
+    with _LOADERS_LOCK:
+        if data_path not in _LOADERS:
+            _LOADERS[data_path] = create_loader(data_path or None)
+        return _LOADERS[data_path]
 
 
 class S3Store(ObjectStore):
@@ -106,14 +123,29 @@ class S3Store(ObjectStore):
             **config_args(checksums),  # type: ignore[arg-type]
         )
         session = botocore.session.Session()
+        session.register_component("data_loader", shared_loader(session))
         if aws_access_key_id or aws_secret_access_key:  # else botocore's chain: env, profile, role
             session.set_credentials(aws_access_key_id or "", aws_secret_access_key or "", aws_session_token)
         self.endpoint_url = endpoint_url
         self.list_page_size = self._page_size = list_page_size
         self._session, self._config, self._verify, self._region = session, config, verify, region
-        self.client = self.client_with()
+        # Built on a thread of its own: the first client of a process spends ~0.15 s parsing
+        # botocore's models, which a repository's open overlaps with its key derivation.
+        self._client: Future[Any] = Future()
+        threading.Thread(target=self._build_client, name="s3-client", daemon=True).start()
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
+
+    def _build_client(self) -> None:
+        try:
+            self._client.set_result(self.client_with())
+        except BaseException as exc:  # raised where the client is first used
+            self._client.set_exception(exc)
+
+    @property
+    def client(self) -> Any:
+        """The botocore S3 client (waits for its construction)."""
+        return self._client.result()
 
     def client_with(self, **config: str) -> Any:
         """A client for this store; with some botocore settings changed (for checks) if given."""
