@@ -51,12 +51,14 @@ def main() -> None:
     if args.profile:
         profile.disable()
     after = resource.getrusage(resource.RUSAGE_SELF)
-    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (repo/procpool.py)
+    # Children: the worker processes (repo/procpool.py), but also any other child (ctypes' ldconfig
+    # run for memory.py), so "largest child" is not a worker's RSS unless workers ran.
+    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     workers = kids_after.ru_utime + kids_after.ru_stime - kids.ru_utime - kids.ru_stime
     print(
         f"wall {time.monotonic() - start:.2f}s user {after.ru_utime - before.ru_utime:.2f}"
         f" sys {after.ru_stime - before.ru_stime:.2f} workers {workers:.2f} files {snap.stats['files']}"
-        f" peak RSS {after.ru_maxrss / 1024:.0f} MiB, largest worker {kids_after.ru_maxrss / 1024:.0f} MiB"
+        f" peak RSS {after.ru_maxrss / 1024:.0f} MiB, largest child {kids_after.ru_maxrss / 1024:.0f} MiB"
     )
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
