@@ -53,6 +53,40 @@ def source(tmp_path: Path) -> Path:
     return write_tree(tmp_path / "src")
 
 
+def ancestor_trees(repo: Repository, tree_id: str, source: Path) -> set[bytes]:
+    """The tree ids above ``source`` in a restore point: they hold the metadata of ``/tmp`` and the
+    other folders above it, which other processes change at any moment, so a rerun may store them
+    anew while everything of ``source`` itself dedups."""
+    ids, current = {bytes.fromhex(tree_id)}, bytes.fromhex(tree_id)
+    for part in source.parts[1:-1]:
+        node = next(n for n in repo.load_tree(current) if n.name == part)
+        assert node.subtree is not None
+        current = node.subtree
+        ids.add(current)
+    return ids
+
+
+def subtree_of(repo: Repository, tree_id: str, source: Path) -> bytes:
+    """The tree id of the folder ``source`` in a restore point."""
+    current = bytes.fromhex(tree_id)
+    for part in source.parts[1:]:
+        node = next(n for n in repo.load_tree(current) if n.name == part)
+        assert node.subtree is not None
+        current = node.subtree
+    return current
+
+
+def built_only_above(built: list[list[str]], source: Path) -> bool:
+    """Whether every tree in ``built`` (entry names per tree) is one of the folders above ``source``,
+    each of which lists only the next folder on the way down."""
+    return all(len(names) == 1 and names[0] in source.parts[1:] for names in built)
+
+
+def blob_ids(repo: Repository) -> set[bytes]:
+    """Every blob the repository's index knows."""
+    return {entry.id for _, entries in repo.index.pack_entries() for entry in entries}
+
+
 def restored(target: Path, source: Path) -> Path:
     """Where ``source`` lands under a restore target (absolute paths are kept, like restic)."""
     return target / str(source).lstrip("/")
