@@ -268,6 +268,7 @@ class Dispatcher:
             ttl=ttl,
             secrets=sealed,
             seal_to=seal_to,
+            now=self.clock(),  # the dispatcher's clock stamps the command, as it judges its expiry
         )
         text = sign_envelope(envelope, self.ctx.signing_key)
         target, choice = self._choose(target)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import queue as queue_module
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,49 +61,72 @@ class FallbackPool:
     """At most ``workers`` daemon threads, started as commands arrive; the rest wait in order.
 
     Daemon threads: a fallback may run for hours (a backup), and a process exit must not wait for it.
+    ``resize`` follows a changed ``parallel_machines``: more threads start for commands already
+    waiting; surplus threads leave once their current command ends (a running one is never cut).
     """
 
     def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError("a fallback pool needs at least one worker")
+        _check_workers(workers)
         self.workers = workers
-        self._jobs: queue_module.SimpleQueue[Callable[[], None]] = queue_module.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._waiting = 0  # submitted, not yet taken by a thread
+        self._cond = threading.Condition()
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._threads: set[threading.Thread] = set()
         self._idle = 0  # threads waiting for a job
+        self._started = 0  # names the threads
         self.busy = 0
         self.peak_busy = 0  # the most commands that ran at once (metrics, tests)
 
     @property
     def threads(self) -> int:
-        with self._lock:
+        with self._cond:
             return len(self._threads)
 
     @property
     def queued(self) -> int:
-        with self._lock:
-            return self._waiting
+        """Commands waiting for a thread (the /metrics queue depth)."""
+        with self._cond:
+            return len(self._jobs)
 
     def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            self._waiting += 1
-            if self._waiting > self._idle and len(self._threads) < self.workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"ck-fallback-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-        self._jobs.put(job)
+        with self._cond:
+            self._jobs.append(job)
+            self._grow()
+            self._cond.notify()
+
+    def resize(self, workers: int) -> None:
+        """Run at most ``workers`` commands at once from now on."""
+        _check_workers(workers)
+        with self._cond:
+            if workers == self.workers:
+                return
+            self.workers = workers
+            self._grow()
+            self._cond.notify_all()  # idle surplus threads leave now, busy ones after their command
+
+    def _grow(self) -> None:
+        """Start threads for waiting commands that no idle thread will take (lock held)."""
+        while len(self._jobs) > self._idle and len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._work, name=f"ck-fallback-{self._started}", daemon=True)
+            self._started += 1
+            self._threads.add(thread)
+            self._idle += 1  # counted idle until it takes a job, so one command starts one thread
+            thread.start()
 
     def _work(self) -> None:
+        me = threading.current_thread()
         while True:
-            with self._lock:
-                self._idle += 1
-            job = self._jobs.get()
-            with self._lock:
+            with self._cond:
+                while True:
+                    if len(self._threads) > self.workers:  # shrunk: leave, the others take the queue
+                        self._threads.discard(me)
+                        self._idle -= 1
+                        self._cond.notify()  # pass on a wake-up this thread may have taken
+                        return
+                    if self._jobs:
+                        break
+                    self._cond.wait()
                 self._idle -= 1
-                self._waiting -= 1
+                job = self._jobs.popleft()
                 self.busy += 1
                 self.peak_busy = max(self.peak_busy, self.busy)
             try:
@@ -111,8 +134,14 @@ class FallbackPool:
             except Exception:  # a job records its own failure; a bug must not kill the worker
                 log.exception("a fallback command crashed")
             finally:
-                with self._lock:
+                with self._cond:
                     self.busy -= 1
+                    self._idle += 1
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ValueError("a fallback pool needs at least one worker")
 
 
 _POOL: FallbackPool | None = None
@@ -120,12 +149,20 @@ _POOL_LOCK = threading.Lock()
 
 
 def process_pool(workers: int) -> FallbackPool:
-    """This process's pool (created by the first dispatcher that needs it, with its ``workers``)."""
+    """This process's pool, sized to ``workers`` (the ``parallel_machines`` of the latest settings
+    that asked: a dispatcher built after the setting changed resizes it)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = FallbackPool(workers)
+        else:
+            _POOL.resize(workers)
         return _POOL
+
+
+def current_pool() -> FallbackPool | None:
+    """This process's pool if a dispatcher created it (read by /metrics, which must not create one)."""
+    return _POOL
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Two kinds. Events (session durations, bytes backed up, command round trips) are counted where
 they happen, in this process's ``EVENTS`` registry. State (sessions by state, machines by status,
-heartbeat ages, queue depth) is read from the database at scrape time by ``StateCollector``:
+heartbeat ages, queue depth, the fallback pool's backlog) is read at scrape time by ``StateCollector``:
 a few grouped ``SELECT``s, so a scrape costs the same whatever ran before. With ``--workers N``
 each worker keeps its own event counts and a scrape reaches one worker: state gauges are exact,
 event metrics are per process (run one worker, or scrape each, when they matter).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +22,9 @@ from sqlalchemy import func, select
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import DiscoveredMachine, JobSession
+
+if TYPE_CHECKING:  # imported at scrape time: fallback → consumer → metrics
+    from cloudkeep.server.fallback import FallbackPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,10 +79,12 @@ class StateCollector(Collector):
         *,
         queue_depths: Callable[[], dict[str, int]] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        fallbacks: Callable[[], FallbackPool | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.queue_depths = queue_depths
         self.clock = clock
+        self.fallbacks = fallbacks
 
     def collect(self) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(
@@ -120,6 +126,26 @@ class StateCollector(Collector):
             for name, count in sorted(self.queue_depths().items()):
                 depth.add_metric([name], count)
             yield depth
+        yield from self._fallback_pool()
+
+    def _fallback_pool(self) -> Iterator[Metric]:
+        """This process's fallback pool: commands waiting for a thread are a silent fleet's backlog
+        (each waits its turn for the cloud's command channel), which nothing else shows."""
+        from cloudkeep.server.fallback import current_pool
+
+        pool = (self.fallbacks or current_pool)()
+        waiting, running = (pool.queued, pool.busy) if pool is not None else (0, 0)
+        workers = pool.workers if pool is not None else self.ctx.settings.parallel_machines
+        for name, text, value in (
+            ("queued", "Fallback commands waiting for a thread in this process.", waiting),
+            ("running", "Fallback commands running in this process.", running),
+            ("workers", "Fallback commands this process runs at once (parallel_machines).", workers),
+        ):
+            yield GaugeMetricFamily(
+                "cloudkeep_fallback_workers" if name == "workers" else f"cloudkeep_fallback_commands_{name}",
+                text,
+                value=value,
+            )
 
 
 class _Delegate(Collector):
