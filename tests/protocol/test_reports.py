@@ -11,6 +11,7 @@ from cloudkeep.protocol import (
     MalformedMessage,
     MessageValidator,
     OversizedMessage,
+    ProtocolError,
     make_envelope,
     sign_envelope,
 )
@@ -66,6 +67,29 @@ def test_an_agent_from_before_levels_is_accepted_and_a_hostile_level_refused() -
         )
         with pytest.raises(MalformedMessage):
             server.validate(text).parsed_body()
+
+
+def test_a_newer_agents_fields_are_ignored_but_its_known_fields_still_checked() -> None:
+    """An agent upgraded before its server adds fields this server does not know: still a heartbeat."""
+    server = MessageValidator(me="srv", sender_key={"m1": MACHINE.public_key()}.get)
+    newer = {**BODY, "agent_level": 3, "disk_free": 123, "later": {"nested": [1, 2]}}
+    text, _ = sign_fields(report_fields("heartbeat", newer, sender="m1", recipient="srv", ttl=90), MACHINE)
+    body = server.validate(text).parsed_body()
+    assert isinstance(body, Heartbeat) and body.agent_level == 3
+    assert "disk_free" not in body.model_dump()  # ignored, not kept
+    progress = {"command_id": "c1", "bytes_read": 5, "stage": "upload"}
+    text, _ = sign_fields(report_fields("progress", progress, sender="m1", recipient="srv", ttl=90), MACHINE)
+    assert server.validate(text).parsed_body().model_dump()["bytes_read"] == 5
+
+    for bad in ({**newer, "agent_level": "3"}, {**newer, "version": None}, {"later": 1}):
+        text, _ = sign_fields(report_fields("heartbeat", bad, sender="m1", recipient="srv", ttl=90), MACHINE)
+        with pytest.raises(MalformedMessage):
+            server.validate(text).parsed_body()
+    text, _ = sign_fields(report_fields("heartbeat", newer, sender="m1", recipient="srv", ttl=90), MACHINE)
+    forged = text.replace('"disk_free":123', '"disk_free":124')
+    assert forged != text
+    with pytest.raises(ProtocolError):  # still signed: a changed unknown field breaks the signature
+        server.validate(forged)
 
 
 def test_bad_lifetimes_and_oversized_reports_are_refused() -> None:

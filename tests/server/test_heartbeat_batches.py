@@ -7,6 +7,7 @@ injected (``use_clock``) so send times and freshness do not depend on when the t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,3 +194,38 @@ def test_a_backlog_does_not_make_a_live_machine_look_silent(harness: Harness) ->
         assert dispatcher.choose_channel(machine.row_id).channel != "queue"
     finally:
         consumer_registry._CONSUMERS.pop(key, None)
+
+
+def test_a_newer_agents_heartbeat_keeps_it_alive_and_a_malformed_or_unsigned_one_is_refused(
+    harness: Harness,
+) -> None:
+    """An agent upgraded before its server sends fields this server does not know: applied, not
+    dead-lettered (the machine would otherwise look silent and fall back); what is malformed or
+    unsigned is still refused."""
+    machine = harness.add_machine("ahead")
+    keys = AgentKeys.load(machine.config.state_dir)
+    queue = harness.server_queue()
+
+    def send(body: dict[str, Any], sent: datetime, *, signed: bool = True) -> None:
+        envelope = make_envelope("heartbeat", {"services": {}, "version": "t"}, sender=machine.row_id,
+                                 recipient=harness.ctx.server_id, ttl=600, now=sent)  # fmt: skip
+        envelope.body = body  # what a newer agent signs, unchecked by this server's models
+        text = sign_envelope(envelope, keys.signing)
+        if not signed:
+            fields = json.loads(text)
+            del fields["signature"]
+            text = json.dumps(fields)
+        queue.send(text)
+
+    newer = {"services": {}, "version": "t+1", "agent_level": AGENT_LEVEL, "disk_free": 7, "zones": ["a"]}
+    send(newer, NOW - timedelta(seconds=9))
+    send({**newer, "agent_level": "2"}, NOW - timedelta(seconds=5))  # a known field, malformed
+    send({**newer, "version": "forged"}, NOW - timedelta(seconds=2), signed=False)
+    consumer = ServerQueueConsumer(harness.ctx, queue, workers=0)
+    outcomes = [
+        consumer.process(m) for m in queue.receive(max_messages=10, visibility_timeout=30, wait_seconds=0)
+    ]
+
+    assert sorted(outcomes) == ["applied", "rejected:malformed", "rejected:unsigned"]
+    assert _beat(harness, machine) == (NOW - timedelta(seconds=9), "t+1")
+    assert Dispatcher(harness.ctx, clock=lambda: NOW).choose_channel(machine.row_id).channel == "queue"

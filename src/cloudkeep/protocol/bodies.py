@@ -151,7 +151,15 @@ class Result(Body):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
-class Progress(Body):
+class _Report(Body):
+    """A report a machine sends on its own (heartbeat, progress): fields a newer agent adds are
+    ignored, not refused, so an agent upgraded before its server keeps being seen as alive. Known
+    fields are still validated, the envelope is still signed and size-bounded."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Progress(_Report):
     command_id: str
     bytes_read: int = 0
     bytes_total: int | None = None
@@ -162,7 +170,7 @@ class Progress(Body):
     current_path: str | None = None
 
 
-class Heartbeat(Body):
+class Heartbeat(_Report):
     services: dict[str, Any] = Field(default_factory=dict)
     version: str
     # The agent level of the code sending it (``machine.keys.AGENT_LEVEL``), so the server sees an
