@@ -51,6 +51,7 @@ from tests.support.fleet_procs import ConsumerProcs, SimulatorProcs  # noqa: E40
 from tests.support.peers import MotoServer, Postgres  # noqa: E402
 from tests.support.sqlcount import StatementCounter  # noqa: E402
 
+from cloudkeep.server import metrics  # noqa: E402
 from cloudkeep.server.consumer import server_queue_name  # noqa: E402
 from cloudkeep.server.context import ServerContext  # noqa: E402
 from cloudkeep.server.db.models import (  # noqa: E402
@@ -129,8 +130,12 @@ class ApiProbe:
             self._gauge("oldest heartbeat age (s)", (datetime.now(UTC) - oldest).total_seconds())
 
     def _run(self) -> None:
+        rounds = 0
         while not self._stop.wait(0.5):
             self._sample_backlog()
+            if rounds % 60 == 0:  # every ~30 s, as a Prometheus server scrapes
+                self._time("/metrics scrape (every ~30 s)", self._scrape)
+            rounds += 1
             self._time("list machines (page of 100)", lambda: machines.list_machines(self.ctx, limit=100))
             self._time("list machines (page 50 of 100)",
                        lambda: machines.list_machines(self.ctx, limit=100, offset=5000))  # fmt: skip
@@ -139,6 +144,12 @@ class ApiProbe:
             self._time("list sessions", lambda: sessions.list_sessions(self.ctx, limit=100))
             if self.session_id:
                 self._time("session detail (a page of 100 tasks + counts)", self._session_detail)
+
+    def _scrape(self) -> None:
+        """What ``GET /metrics`` renders: state gauges (a heartbeat age per machine) and events."""
+        self.gauges.setdefault("/metrics size (KiB)", []).append(
+            len(metrics.render(metrics.build_registry(self.ctx))) / 1024
+        )
 
     def _session_detail(self) -> None:
         assert self.session_id is not None
