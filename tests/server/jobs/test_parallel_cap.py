@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 from tests.server.jobs_fakes import FakeDispatcher, World, build_world
+from tests.support.peers import wait_until
 
 from cloudkeep.config import Settings
 from cloudkeep.server.context import ServerContext, open_context
 from cloudkeep.server.db.models import JobSession
+from cloudkeep.server.jobs import slots as slots_module
 from cloudkeep.server.jobs import start_job
+from cloudkeep.server.jobs.slots import Slots, machine_slots
 
 
 @pytest.fixture
@@ -69,3 +72,41 @@ def test_a_job_asking_for_more_runs_as_many_machines_at_once_as_the_server_allow
         assert session is not None and session.state == "success", session.reason if session else None
     assert len(fake.kinds("backup")) == 6
     assert fake.peak == 2 and not fake.crowded.is_set()
+
+
+def test_the_process_slots_follow_the_latest_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared by every session of the process: a later context's parallel_machines applies to all."""
+    monkeypatch.setattr(slots_module, "_SLOTS", None)  # as in a fresh process
+    slots = machine_slots(32)
+    assert machine_slots(2) is slots and slots.limit == 2
+
+
+def test_slots_follow_a_changed_limit_without_cutting_a_holder() -> None:
+    slots = Slots(1)
+    inside, release = threading.Event(), threading.Event()
+    entered: list[str] = []
+
+    def hold(name: str) -> None:
+        with slots:
+            entered.append(name)
+            inside.set()
+            release.wait(10)
+
+    first = threading.Thread(target=hold, args=("first",))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=hold, args=("second",))
+    second.start()
+    wait_until(lambda: second.is_alive() and slots.held == 1, timeout=5, what="the second waiting")
+    assert entered == ["first"]  # the limit of one holds it back
+
+    slots.resize(2)
+    wait_until(lambda: slots.held == 2, timeout=10, what="the second let in by the larger limit")
+    slots.resize(1)
+    assert slots.held == 2 and entered == ["first", "second"]  # neither is cut
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert slots.held == 0
+    with pytest.raises(ValueError, match="at least one"):
+        slots.resize(0)

@@ -42,6 +42,7 @@ from cloudkeep.server.jobs import retention as ret
 from cloudkeep.server.jobs.backup_body import backup_set, build_backup_body
 from cloudkeep.server.jobs.options import JobOptions, read_job_options
 from cloudkeep.server.jobs.session_end import finish_session, stop_reason_of, terminating_window
+from cloudkeep.server.jobs.slots import Slots, machine_slots
 from cloudkeep.server.jobs.stats import task_stats
 from cloudkeep.server.logs import event
 from cloudkeep.server.scheduling.schedule import Schedule, in_window
@@ -71,21 +72,6 @@ from cloudkeep.server.sessions.access import (
 from cloudkeep.server.sessions.runtime import append_log
 
 log = logging.getLogger(__name__)
-
-
-_SLOTS: threading.BoundedSemaphore | None = None
-_SLOTS_LOCK = threading.Lock()
-
-
-def machine_slots(parallel_machines: int) -> threading.BoundedSemaphore:
-    """The process's slots for machine tasks, shared by all its sessions: ``settings.parallel_machines``
-    bounds the machine threads working on the catalog at once, which is what sizes the database
-    pool (``db/pool.py``); a session's further tasks wait for a slot."""
-    global _SLOTS
-    with _SLOTS_LOCK:
-        if _SLOTS is None:
-            _SLOTS = threading.BoundedSemaphore(parallel_machines)
-        return _SLOTS
 
 
 def _parse_time(value: Any, default: datetime) -> datetime:
@@ -211,7 +197,7 @@ class SessionRunner:
 
     # --- one machine ---
 
-    def _run_task_in(self, slots: threading.BoundedSemaphore, task_id: str, machine_id: str) -> None:
+    def _run_task_in(self, slots: Slots, task_id: str, machine_id: str) -> None:
         """One machine's task once the process has a slot for it (``machine_slots``)."""
         with slots:
             self._run_task(task_id, machine_id)
