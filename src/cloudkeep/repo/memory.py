@@ -92,7 +92,7 @@ class BufferPool:
 
     A large file's chunks are copied out of the chunker's buffer before another thread encodes
     them. Fresh ``bytes`` per ~0.6 MiB chunk are served by ``mmap`` (``limit_heap_fragmentation``)
-    and unmapped at once: every copy faulted its pages in anew, over half of a first backup's
+    and unmapped at once: every copy faulted its pages in anew, a third of a first backup's
     page faults on a real tree. Buffers are whole MiB (most chunks fit any), at most ``KEEP_MAX``
     bytes each are kept (a rare larger chunk gets memory of its own), and every idle one is
     freed when the last user (``using``) leaves: the pool holds memory only during large files.
