@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
 from cloudkeep.errors import IntegrityError
-from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, NONCE_SIZE, Crypter, MasterKey
+from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, NONCE_SIZE, Crypter, MasterKey, new_nonce
 
 COMPRESSIBLE = b"cloudkeep backs up cloud machines. " * 3000
 RANDOM = os.urandom(300_000)
@@ -50,3 +51,44 @@ def test_damage_is_refused_on_the_buffer_path(crypter: Crypter, damage: str) -> 
         aad = b"another blob"
     with pytest.raises(IntegrityError, match=r"blob 7: (authentication failed|truncated)"):
         crypter.decode_into_buffer(bytes(sealed), aad, "blob 7")
+
+
+def test_nonces_never_repeat_across_threads() -> None:
+    """Nonces come from a per-thread supply read in bulk: no two blobs, on any thread, share one."""
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        mine = [new_nonce() for _ in range(3000)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 12_000 and len(set(seen)) == len(seen)
+    assert all(len(nonce) == NONCE_SIZE for nonce in seen)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_does_not_reuse_its_parents_nonces() -> None:
+    """Without a fresh supply the child would seal with the very nonces its parent uses next."""
+    new_nonce()  # this thread's supply is read and has nonces left
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(new_nonce() for _ in range(4)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = b""
+    while len(child) < 4 * NONCE_SIZE and (part := os.read(read, 1024)):
+        child += part
+    os.close(read)
+    assert os.waitpid(pid, 0)[1] == 0
+    ours = {new_nonce() for _ in range(4)}
+    assert len(child) == 4 * NONCE_SIZE
+    assert not ours & {child[i : i + NONCE_SIZE] for i in range(0, len(child), NONCE_SIZE)}

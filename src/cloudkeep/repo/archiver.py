@@ -32,7 +32,7 @@ from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileC
 from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import Stat, StatLike, node_from_stat, node_type
 from cloudkeep.repo.masks import matches
-from cloudkeep.repo.memory import limit_heap_fragmentation
+from cloudkeep.repo.memory import BufferPool, limit_heap_fragmentation
 from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
@@ -81,6 +81,7 @@ class _Archiver(FileContent):
         self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
+        self.chunk_copies = BufferPool()
         self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
         self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
         self.batch_bytes = 0

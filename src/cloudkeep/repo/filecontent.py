@@ -25,6 +25,7 @@ from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
 from cloudkeep.repo.fsmeta import StatLike, node_from_stat, reachable
+from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.tree import FILE, Node
 from cloudkeep.repo.writer import BlobWriter
@@ -72,6 +73,7 @@ class FileContent:
     bytes_read: int
     pool: ThreadPoolExecutor
     chunk_pool: ThreadPoolExecutor
+    chunk_copies: BufferPool  # a large file's chunks, copied for the chunk pool
     slots: threading.BoundedSemaphore
     batch: list[PendingFile]
     batch_bytes: int
@@ -247,6 +249,12 @@ class FileContent:
         A large file's chunks are hashed here and only the new ones go to the chunk pool to be
         encoded: a rewritten database has a few new chunks among hundreds it already stored, and
         a copy plus a hand-off per known chunk cost more than its hash (the incremental's cost)."""
+        if size < PARALLEL_FILE:
+            return self._chunks(fh, path, size)
+        with self.chunk_copies.using():  # its chunks' copies reuse memory until it is stored
+            return self._chunks(fh, path, size)
+
+    def _chunks(self, fh: RangeStream, path: str, size: int) -> tuple[list[bytes], int]:
         writer = self.writer
         parts: list[bytes | Future[tuple[bytes, bool]]] = []  # in file order
         waiting = 0  # futures in ``parts`` not yet known done
@@ -263,8 +271,10 @@ class FileContent:
             if writer.stored(blob_id):
                 parts.append(writer.save(DATA, data, blob_id)[0])  # no encoding: the index has it
                 continue
-            # The cutter reuses its buffer: copy before another thread sees the chunk.
-            parts.append(self.chunk_pool.submit(writer.save, DATA, bytes(data), blob_id))
+            # The cutter reuses its buffer: copy before another thread sees the chunk (into a
+            # recycled buffer: fresh memory per chunk cost a page fault per 4 KiB).
+            buf, copy = self.chunk_copies.copy(data)
+            parts.append(self.chunk_pool.submit(self._save_copy, buf, copy, blob_id))
             waiting += 1
             if waiting >= 4:  # bounded: at most four chunks copied and queued per file
                 waiting = _settle(parts)
@@ -272,6 +282,13 @@ class FileContent:
         with self.lock:
             self.bytes_read += total
         return content, total
+
+    def _save_copy(self, buf: bytearray, data: memoryview, blob_id: bytes) -> tuple[bytes, bool]:
+        """On the chunk pool: store a chunk copied into ``buf``, then lend ``buf`` out again."""
+        try:
+            return self.writer.save(DATA, data, blob_id)
+        finally:
+            self.chunk_copies.give_back(buf)
 
 
 def _settle(parts: list[bytes | Future[tuple[bytes, bool]]]) -> int:

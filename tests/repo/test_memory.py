@@ -1,0 +1,106 @@
+"""The engine's memory helpers: heap tuning without a helper process, recycled chunk copies."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.repo import Repository, backup_files, filecontent, restore
+from cloudkeep.repo.memory import BufferPool
+from tests.repo.conftest import restored
+
+
+def test_heap_tuning_starts_no_process() -> None:
+    """``find_library`` ran ``ldconfig -p``: a fork and exec on every backup an agent ran."""
+    script = (
+        "import resource\n"
+        "from cloudkeep.repo.memory import limit_heap_fragmentation\n"
+        "limit_heap_fragmentation()\n"
+        "limit_heap_fragmentation()\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "0", "a child process ran"
+
+
+def test_pool_copies_and_reuses_while_in_use() -> None:
+    pool = BufferPool()
+    first = random.Random(1).randbytes(700_000)
+    with pool.using():
+        buf, view = pool.copy(first)
+        assert bytes(view) == first and len(buf) == 2**20  # rounded up to whole MiB
+        pool.give_back(buf)
+        second = b"x" * 900_000
+        again, view = pool.copy(memoryview(second))
+        assert again is buf and bytes(view) == second  # the same memory, the new content
+        pool.give_back(again)
+    later, _ = pool.copy(first)
+    assert later is not buf, "idle buffers outlived their last user"
+
+
+def test_pool_keeps_no_oversized_buffer() -> None:
+    pool = BufferPool()
+    with pool.using():
+        big, view = pool.copy(bytes(BufferPool.KEEP_MAX + 1))
+        assert len(view) == BufferPool.KEEP_MAX + 1
+        pool.give_back(big)
+        other, _ = pool.copy(b"small")
+        assert other is not big
+
+
+def test_pool_lends_each_buffer_to_one_thread_at_a_time() -> None:
+    """Threads copying at once never share a buffer: each copy still holds its own bytes."""
+    pool = BufferPool()
+    errors: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        barrier.wait()
+        for _ in range(50):
+            data = rng.randbytes(rng.randrange(1, 3 * 2**20))
+            buf, view = pool.copy(data)
+            if bytes(view) != data:
+                errors.append(f"thread {seed}: copy differs")
+            pool.give_back(buf)
+
+    with pool.using():
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+
+
+def test_large_file_chunks_through_recycled_copies_restore_exactly(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two large files on the chunk pool at once: every recycled chunk copy lands in its own blob."""
+    monkeypatch.setattr(filecontent, "PARALLEL_FILE", 2**20)  # the test repository's chunks are small
+    copied: list[bytearray] = []
+    real = BufferPool.copy
+
+    def counting(self: BufferPool, data: bytes | memoryview) -> tuple[bytearray, memoryview]:
+        buf, view = real(self, data)
+        copied.append(buf)
+        return buf, view
+
+    monkeypatch.setattr(BufferPool, "copy", counting)
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(3)
+    for name in ("a.bin", "b.bin"):
+        (source / name).write_bytes(rng.randbytes(3 * 2**20) + b"text " * 200_000)
+    snap = backup_files(repo, [source], threads=2)
+    assert len({id(buf) for buf in copied}) < len(copied), "no chunk copy reused a buffer"
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", source)
+    for name in ("a.bin", "b.bin"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
