@@ -67,6 +67,7 @@ REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each st
 # batches start 8 times larger: a split pack range costs another GET.
 BATCH_FILES, BATCH_BYTES = 256, 4 * 2**20
 BATCH_GROWTH, BATCH_GROWTH_CAP, REMOTE_BATCH_SCALE = 2, 16, 8
+POOL_GROUP = 32  # entries created per pool task
 
 
 class _Restorer(TargetWriter):
@@ -98,6 +99,9 @@ class _Restorer(TargetWriter):
         self.links: list[tuple[RestoredFile, int, str, str]] = []  # (first occurrence, folder, name, path)
         self.created: list[Future[None]] = []  # the batch's precreations, done before its data is read
         self.made: list[Future[None]] = []  # special entries, waited for at the end
+        # Pool tasks go in groups: a task costs the pool's locks and a GIL hand-off or two
+        self.to_create: list[RestoredFile] = []
+        self.to_make: list[tuple[int, str, Node, str]] = []
         self.first_link: dict[tuple[int, int], RestoredFile] = {}
         self.planned: queue.SimpleQueue[tuple[list[Future[None]], list[Request]] | None] = queue.SimpleQueue()
         self.reader = RunReader(
@@ -157,12 +161,23 @@ class _Restorer(TargetWriter):
                 raise Refused(f"unknown entry type {shown(node.type)}")
             # Made on the I/O pool with the files: creating entries is kernel-bound and the
             # names of one folder are unique (checked above), so the order does not matter.
-            self.made.append(self.pool.submit(self._make_special, (index, name, node, path)))
+            self.to_make.append((index, name, node, path))
+            if len(self.to_make) >= POOL_GROUP:
+                self.made.append(self.pool.submit(self._make_specials, self.to_make))
+                self.to_make = []
         except (Refused, OSError, ValueError, TypeError, OverflowError) as exc:
             self.failed(path, exc)
         except IntegrityError as exc:  # a chunk the index does not know
             self.refuse(path, exc.message)
         return None
+
+    def _make_specials(self, items: list[tuple[int, str, Node, str]]) -> None:
+        for item in items:
+            self._make_special(item)
+
+    def _precreate_all(self, files: list[RestoredFile]) -> None:
+        for file in files:
+            self.precreate(file)
 
     def _make_special(self, item: tuple[int, str, Node, str]) -> None:
         """Create one symbolic link, FIFO or device node (on the I/O pool); metadata at the end."""
@@ -209,7 +224,10 @@ class _Restorer(TargetWriter):
         if file.single:  # written once: its metadata goes on right after, through the same descriptor
             file.node, file.mode = node, self.created_as(node, index)
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
-            self.created.append(self.pool.submit(self.precreate, file))
+            self.to_create.append(file)
+            if len(self.to_create) >= POOL_GROUP:
+                self.created.append(self.pool.submit(self._precreate_all, self.to_create))
+                self.to_create = []
             self.finishing.append((index, name, node, file))
         for blob_id, at in zip_strict(node.content, offsets):
             self.by_blob[blob_id].append(Target(file, at))
@@ -232,6 +250,12 @@ class _Restorer(TargetWriter):
         """Give the batch planned so far to the readers (its blobs as coalesced requests)."""
         if self.reader.error is not None:
             raise self.reader.error  # a damaged pack or a full target: planning on is pointless
+        if self.to_create:
+            self.created.append(self.pool.submit(self._precreate_all, self.to_create))
+            self.to_create = []
+        if self.to_make:
+            self.made.append(self.pool.submit(self._make_specials, self.to_make))
+            self.to_make = []
         if not self.by_blob and not self.created:
             return
         located = self.located
@@ -291,6 +315,10 @@ class _Restorer(TargetWriter):
 
     # -- links and metadata ----------------------------------------------------------------
 
+    def _apply_all(self, items: list[tuple[int, str, Node, RestoredFile | None]]) -> None:
+        for item in items:
+            self.apply(item)
+
     def finish(self) -> None:
         for link in self.links:
             self.link(link)
@@ -300,7 +328,9 @@ class _Restorer(TargetWriter):
         depths = self.dirs.depths
         dirs = sorted((i for i in self.finishing if i[2].type == DIR), key=lambda i: -depths[i[0]])
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ck-meta") as pool:
-            for _ in pool.map(self.apply, leaves, chunksize=64):
+            # chunksize means nothing to a thread pool: a task per entry would be a task per link
+            groups = [leaves[i : i + POOL_GROUP * 4] for i in range(0, len(leaves), POOL_GROUP * 4)]
+            for _ in pool.map(self._apply_all, groups):
                 pass
         for item in dirs:
             self.apply(item)
