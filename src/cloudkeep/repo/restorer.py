@@ -63,10 +63,12 @@ __all__ = ["RestoreResult", "restore"]
 LOCAL_THREADS = (os.cpu_count() or 2) + 1  # decoders; more only costs memory: each holds its blob buffers
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
-# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote
-# batches start 8 times larger: a split pack range costs another GET.
+# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
+# batch (None), as before: a split pack range costs another GET, and batches 8 times larger than
+# local ones restored slower on S3 (moto) in the one run measured (bench/README.md, 2026-12-02).
 BATCH_FILES, BATCH_BYTES = 256, 4 * 2**20
-BATCH_GROWTH, BATCH_GROWTH_CAP, REMOTE_BATCH_SCALE = 2, 16, 8
+BATCH_GROWTH, BATCH_GROWTH_CAP = 2, 16
+REMOTE_BATCH_SCALE: int | None = None
 POOL_GROUP = 32  # entries created per pool task
 
 
@@ -92,7 +94,7 @@ class _Restorer(TargetWriter):
         self.by_blob: dict[bytes, list[Target]] = defaultdict(list)  # the batch being planned
         self.batches: list[dict[bytes, list[Target]]] = []  # handed out: ``Request.batch`` indexes them
         self.batch_files = self.batch_bytes = 0
-        self.batch_scale = REMOTE_BATCH_SCALE if self.remote else 1
+        self.batch_scale: int | None = REMOTE_BATCH_SCALE if self.remote else 1
         self.located: dict[bytes, Location] = {}  # where planning found each blob (not looked up twice)
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, RestoredFile | None]] = []
@@ -243,6 +245,8 @@ class _Restorer(TargetWriter):
         self.reader.start(self._batches())
 
     def batch_full(self) -> bool:
+        if self.batch_scale is None:
+            return False
         grown = min(BATCH_GROWTH ** len(self.batches), BATCH_GROWTH_CAP) * self.batch_scale
         return self.batch_files >= BATCH_FILES * grown or self.batch_bytes >= BATCH_BYTES * grown
 
