@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
+from cloudkeep.errors import IntegrityError
 from cloudkeep.repo import Repository, backup_files, restore, restorer
+from cloudkeep.repo.browse import lookup
+from cloudkeep.repo.pack import pack_key
 from cloudkeep.storage import open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
@@ -133,3 +136,57 @@ def test_hostile_links_are_refused_alike_on_many_threads(
         for name in ("s", "t"):
             assert any(f"/d{d:02}/{name}: refused" in error for error in result.errors), result.errors
     assert len(result.errors) == 60 and not result.ok
+
+
+@pytest.fixture
+def tiny_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The plan handed to the readers every 3 files (or 4 KiB): dozens of batches in flight."""
+    monkeypatch.setattr(restorer, "BATCH_FILES", 3)
+    monkeypatch.setattr(restorer, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(restorer, "BATCH_GROWTH_CAP", 2)
+    monkeypatch.setattr(restorer, "REMOTE_BATCH_SCALE", 1)
+    handed: list[int] = []
+    original = restorer._Restorer.hand_out
+
+    def counting(self: restorer._Restorer) -> None:
+        handed.append(len(self.by_blob))
+        original(self)
+
+    monkeypatch.setattr(restorer._Restorer, "hand_out", counting)
+    return handed
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_plan_in_many_batches_restores_the_same_tree(
+    local_repo: Repository,
+    tmp_path: Path,
+    tiny_batches: list[int],
+    remote: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fetching starts while planning goes on: a blob shared by files of different batches is
+    written into all of them, files of several chunks and hard links across batches stay whole."""
+    src = tmp_path / "src"
+    _build(src, seed=19)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(local_repo.store, "remote", remote)  # reader threads, streamed ranges
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files, result.errors
+    assert len([n for n in tiny_batches if n]) > 30  # really many batches, most with blobs
+    out = restored(tmp_path / "out", src)
+    assert _state(out) == _state(src)
+    assert os.path.samestat(os.stat(out / "hard07"), os.stat(out / "d07" / "sub" / "f01"))
+
+
+def test_a_missing_pack_stops_a_plan_in_batches(
+    local_repo: Repository, tmp_path: Path, tiny_batches: list[int]
+) -> None:
+    """A reader's failure is the restore's error, whether planning still goes on or not."""
+    src = tmp_path / "src"
+    _build(src, seed=20)
+    snap = backup_files(local_repo, [src], hostname="h")
+    big = lookup(local_repo, snap.id, f"{src}/big.bin")
+    pack_id = local_repo.locate(big.content[-1]).pack_id
+    os.unlink(tmp_path / "repo" / pack_key(pack_id))
+    with pytest.raises(IntegrityError, match="missing from storage"):
+        restore(local_repo, snap.id, tmp_path / "out")

@@ -20,7 +20,7 @@ from cloudkeep.errors import IntegrityError
 from cloudkeep.repo import Repository, backup_files, restore
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.pack import BlobEntry, pack_key
-from cloudkeep.repo.runreader import RunReader, Segment, plan_requests, plan_segments
+from cloudkeep.repo.runreader import Request, RunReader, Segment, plan_requests, plan_segments
 from cloudkeep.storage import open_store
 from cloudkeep.storage.base import ObjectStore, RangeStream
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
@@ -172,7 +172,7 @@ def test_memory_is_bounded_by_the_buffer_pool(tmp_path: Path, readers: int) -> N
     handled: list[int] = []
     lock = threading.Lock()
 
-    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
         assert len(view) == segment.end - segment.start
         with lock:
             seen.add(id(view.obj))
@@ -189,7 +189,7 @@ def test_a_blob_larger_than_the_cap_gets_a_buffer_of_its_own(tmp_path: Path) -> 
     body = store.get(pack_key(pack_id))
     got: dict[int, bytes] = {}
 
-    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
         got[segment.start] = bytes(view)
 
     requests = plan_requests([Location(pack_id, e) for e in entries], remote=True, cap=256 * KIB)
@@ -205,7 +205,7 @@ def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path, readers:
     requests = plan_requests([Location(pack_id, e) for e in entries], remote=False, gap=0, cap=64 * KIB)
     handled: list[int] = []
 
-    def handle(pid: str, segment: Segment, view: memoryview) -> None:
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
         handled.append(segment.start)
         if len(handled) == 5:
             raise IntegrityError("blob 5 is damaged")
@@ -233,9 +233,9 @@ def test_remote_segments_are_half_a_mib_and_still_one_request_per_pack(
     sizes: list[int] = []
     original = restorer._Restorer._restore_segment
 
-    def recording(self: restorer._Restorer, pack_id: str, segment: Segment, view: memoryview) -> None:
+    def recording(self: restorer._Restorer, request: Request, segment: Segment, view: memoryview) -> None:
         sizes.append(segment.end - segment.start)
-        original(self, pack_id, segment, view)
+        original(self, request, segment, view)
 
     monkeypatch.setattr(restorer._Restorer, "_restore_segment", recording)
     result = restore(repo, snap.id, tmp_path / "out")

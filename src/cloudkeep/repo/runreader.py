@@ -53,6 +53,7 @@ class Request:
 
     pack_id: str
     segments: list[Segment]
+    batch: int = 0  # which part of a plan given in parts it belongs to (the handler's to interpret)
 
     @property
     def start(self) -> int:
@@ -89,6 +90,7 @@ def plan_requests(
     gap: int = SEGMENT_GAP,
     cap: int = SEGMENT_CAP,
     request_gap: int = REQUEST_GAP,
+    batch: int = 0,
 ) -> list[Request]:
     """Reads covering every located blob once: per segment locally, per pack range remotely.
 
@@ -102,21 +104,21 @@ def plan_requests(
     for pack_id, entries in by_pack.items():
         segments = plan_segments(entries, gap=gap, cap=cap)
         if not remote:
-            requests.extend(Request(pack_id, [segment]) for segment in segments)
+            requests.extend(Request(pack_id, [segment], batch) for segment in segments)
             continue
         group: list[Segment] = []
         for segment in segments:
             if group and segment.start - group[-1].end > request_gap:
-                requests.append(Request(pack_id, group))
+                requests.append(Request(pack_id, group, batch))
                 group = []
             group.append(segment)
-        requests.append(Request(pack_id, group))
+        requests.append(Request(pack_id, group, batch))
     if remote:
         requests.sort(key=lambda r: r.start - r.end)
     return requests
 
 
-Handler = Callable[[str, Segment, memoryview], None]
+Handler = Callable[[Request, Segment, memoryview], None]
 
 
 class _Stop(Exception):
@@ -126,9 +128,9 @@ class _Stop(Exception):
 class RunReader:
     """Reads ``requests`` from ``store`` on ``readers`` threads; ``handle`` runs on ``decoders`` threads.
 
-    ``handle(pack_id, segment, view)`` gets the segment's bytes (shorter than the segment only
+    ``handle(request, segment, view)`` gets the segment's bytes (shorter than the segment only
     where the pack ends early: the decoder's length check names it). The first exception of any
-    thread stops the others and is raised by ``run``.
+    thread stops the others and is raised by ``run`` (or ``join``).
     """
 
     def __init__(
@@ -141,42 +143,55 @@ class RunReader:
         # a decoder handles one and gives it back), so this many never makes a thread wait for
         # memory another thread does not give back; more only queues more read-ahead.
         self._buffers = threading.BoundedSemaphore(self.decoders + self.readers)
-        self._work: queue.SimpleQueue[tuple[str, Segment, bytearray, int] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Request, Segment, bytearray, int] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._next_lock = threading.Lock()  # held while the requests' iterator blocks: not ``_lock``
         self._error: BaseException | None = None
+        self._readers: list[threading.Thread] = []
+        self._decoders: list[threading.Thread] = []
 
-    def run(self, requests: list[Request]) -> None:
-        """Read and handle every request; ``readers=0``: each decoder reads its own segments.
+    @property
+    def error(self) -> BaseException | None:
+        """The first failure of any thread so far (``join`` raises it)."""
+        return self._error
 
-        A local read is a copy from the page cache, a hundredth of decoding and writing what it
-        read: there a hand-off between threads costs more (GIL and futex traffic) than it saves.
+    def run(self, requests: Iterable[Request]) -> None:
+        """Read and handle every request (``start`` then ``join``)."""
+        self.start(requests)
+        self.join()
+
+    def start(self, requests: Iterable[Request]) -> None:
+        """Start reading ``requests``, which may block for more (a plan still being made).
+
+        ``readers=0``: each decoder reads its own segments. A local read is a copy from the page
+        cache, a hundredth of decoding and writing what it read: there a hand-off between threads
+        costs more (GIL and futex traffic) than it saves.
         """
         pending = iter(requests)
         if not self.readers:
-            inline = [
+            self._readers = [
                 threading.Thread(target=self._read_all, args=(pending, True), name=f"ck-restore-{i}")
                 for i in range(self.decoders)
             ]
-            for thread in inline:
-                thread.start()
-            for thread in inline:
-                thread.join()
         else:
-            readers = [
+            self._readers = [
                 threading.Thread(target=self._read_all, args=(pending, False), name=f"ck-read-{i}")
                 for i in range(self.readers)
             ]
-            decoders = [
+            self._decoders = [
                 threading.Thread(target=self._decode_all, name=f"ck-decode-{i}") for i in range(self.decoders)
             ]
-            for thread in readers + decoders:
-                thread.start()
-            for thread in readers:
-                thread.join()
-            for _ in decoders:
-                self._work.put(None)
-            for thread in decoders:
-                thread.join()
+        for thread in self._readers + self._decoders:
+            thread.start()
+
+    def join(self) -> None:
+        """Wait until every request is handled (the iterator ended) or a thread failed; raise that."""
+        for thread in self._readers:
+            thread.join()
+        for _ in self._decoders:
+            self._work.put(None)
+        for thread in self._decoders:
+            thread.join()
         if self._error is not None:
             raise self._error
 
@@ -207,7 +222,7 @@ class RunReader:
     def _read_all(self, pending: Iterator[Request], inline: bool) -> None:
         try:
             while self._error is None:
-                with self._lock:
+                with self._next_lock:
                     request = next(pending, None)
                 if request is None:
                     return
@@ -232,9 +247,9 @@ class RunReader:
                         self._give_back(buf)
                         raise
                     if inline:
-                        self._handle(request.pack_id, segment, buf, got)
+                        self._handle(request, segment, buf, got)
                     else:
-                        self._work.put((request.pack_id, segment, buf, got))
+                        self._work.put((request, segment, buf, got))
                     position = segment.start + got
         except ObjectNotFoundError:
             raise IntegrityError(
@@ -248,10 +263,10 @@ class RunReader:
                 return
             self._handle(*item)
 
-    def _handle(self, pack_id: str, segment: Segment, buf: bytearray, got: int) -> None:
+    def _handle(self, request: Request, segment: Segment, buf: bytearray, got: int) -> None:
         try:
             if self._error is None:
-                self.handle(pack_id, segment, memoryview(buf)[:got])
+                self.handle(request, segment, memoryview(buf)[:got])
         except BaseException as exc:  # handed to run(), which raises it
             self._fail(exc)
         finally:

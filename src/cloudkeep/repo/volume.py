@@ -155,20 +155,25 @@ def restore_volume(repo: Repository, snapshot_id: str, target: Path) -> RestoreR
         dirs = TargetDirs(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     except OSError as exc:
         raise os_error(exc, dest) from exc
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ck-volume")
     try:
-        restorer = _Restorer(repo, dirs, None)
+        restorer = _Restorer(repo, dirs, None, pool)
         # A device is not zeroed: every chunk is written. An image file is sparse.
         image = RestoredFile(-1 if is_device else 0, dest if is_device else os.path.basename(dest), dest,
                       node.size, sparse=not is_device, single=False)  # fmt: skip
         offset = 0
         for blob_id in node.content:
+            loc = restorer.located.get(blob_id) or repo.locate(blob_id)
+            restorer.located[blob_id] = loc
             restorer.by_blob[blob_id].append(Target(image, offset))
-            offset += repo.locate(blob_id).entry.raw_length
+            offset += loc.entry.raw_length
         if not is_device:
-            restorer.precreate_later.append(image)
+            restorer.created.append(pool.submit(restorer.precreate, image))
         restorer.result.files, restorer.result.bytes = 1, node.size
-        restorer.fetch_all()
+        restorer.start()  # one batch: the whole image
+        restorer.fetch_rest()
     finally:
+        pool.shutdown()
         dirs.close()
     restorer.result.verified = 0 if image.failed else 1
     if restorer.result.errors:
