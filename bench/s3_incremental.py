@@ -91,6 +91,7 @@ class _TreeCloudkeep(Cloudkeep):
     def __init__(self, tree: Path, url: str, opts: dict[str, str], source: Path, work: Path) -> None:
         super().__init__(url, opts, source, work, 3)
         self.child = str(tree.resolve() / "bench" / "engine_vs_restic.py")
+        self.src_root = tree.resolve() / "src"
 
     def _cmd(self, *args: str) -> list[str]:
         return [
