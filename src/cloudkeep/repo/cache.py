@@ -14,9 +14,10 @@ was the largest cost of a no-change backup of many small files.
 
 A second table keeps, per folder, two signatures: of its listing (its own stat, every entry's
 name and stat) and of its tree (the listing plus each subfolder's tree), with the tree id, its
-files' chunk ids and every entry's stat key. A folder whose listing is unchanged skips its files'
-rows (none is read or written); one whose tree signature is unchanged too reuses its tree without
-rebuilding or re-serialising its nodes, once its chunks are checked to be in the index. A file
+files' chunk ids and every entry's stat key (with whether it had no xattrs: ``folders.py``). A
+folder whose listing is unchanged skips its files' rows (none is read or written); one whose
+tree signature is unchanged too reuses its tree without rebuilding or re-serialising its nodes,
+once its chunks are checked to be in the index. A file
 without a row is known unchanged when its stat key is the one stored in its folder's row, and
 takes its chunks from there. Caches written before the table simply reuse nothing; older
 versions ignore it.

@@ -86,7 +86,10 @@ class Folder:
         self.listing: bytes | None = None  # the listing's signature, once listed
         self.previous: FolderRow | None = None  # the last backup's row for this folder
         self.last: FolderRow | None = None  # the same when the listing is unchanged
-        self._old: dict[str, tuple[StatKey, bytes]] | None = None  # the row's files, by name
+        self._old: dict[str, _RowEntry] | None = None  # the row's entries, by name
+        # Entries whose stat key is the row's and which had no xattrs then: none now either
+        # (setting one moves the ctime), so their nodes skip ``listxattr`` (one path lookup each).
+        self._bare: set[str] = set()
         self.row_indexed = False  # every chunk of ``previous`` is in the index (once ``_old`` is read)
         self._keeps_rows: bool | None = None
         if fd is not None:
@@ -140,6 +143,7 @@ class Folder:
             self.node.subtree = self._tree()
             self.children, self.keys = [], []
             self.previous = self.last = self._old = None
+            self._bare = set()
         except BaseException as exc:
             self.archiver.fail(exc)
         finally:
@@ -169,7 +173,10 @@ class Folder:
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
             contents = {n.name: b"".join(n.content) for n in nodes if n.type == FILE}
-            files = marshal.dumps([(key, contents.get(str(key[0]))) for key in self.keys], 2)
+            bare = {n.name for n in nodes if not n.xattrs}
+            files = marshal.dumps(
+                [(key, contents.get(str(key[0])), str(key[0]) in bare) for key in self.keys], 2
+            )
             cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
         elif cache is not None:  # no row: the unchanged files it would have carried get their own
             for child in self.children:
@@ -191,6 +198,14 @@ class Folder:
     def previous_content(self, name: str, key: StatKey) -> list[bytes] | None:
         """A file's chunks as this folder's row has them, when its stat key (``key``) is the one
         stored there (a folder whose listing was unchanged last time wrote no rows for its files)."""
+        old = self._row_entry(name, key)
+        if old is None or old[1] is None:
+            return None
+        return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
+
+    def _row_entry(self, name: str, key: StatKey) -> _RowEntry | None:
+        """The previous row's entry for ``name`` when its stat key is still ``key`` (noting an
+        entry that had no xattrs in ``_bare``); each name is asked for once."""
         if self.previous is None:
             return None
         if self._old is None:
@@ -201,12 +216,14 @@ class Folder:
             )
             if self.last is None:  # decoded: its bytes are kept only to store the row again
                 self.previous = dataclasses.replace(self.previous, keys=b"")
-        # Each file is asked for once (by the walk, or by ``_node`` when the listing was the
+        # Each entry is asked for once (by the walk, or by ``_node`` when the listing was the
         # same): dropping its row as it is used keeps the walk's pending rows small.
         old = self._old.pop(name, None)
         if old is None or old[0] != key:
             return None
-        return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
+        if old[2]:
+            self._bare.add(name)
+        return old
 
     def _signature(self) -> bytes:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
@@ -217,17 +234,21 @@ class Folder:
             return child
         archiver = self.archiver
         try:
-            node = node_from_stat(child.name, child.path, child.st, child.kind, dir_fd=self.fd)
-            if child.kind == FILE:
-                if child.content is None:  # an unchanged listing, but a subfolder changed
-                    child.content = archiver.unchanged(self, child.path, child.name, child.st, child.key)
-                if child.content is None:  # no usable cache row after all: read it here
-                    assert self.fd is not None
-                    child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
-                    with archiver.lock:
-                        archiver.files_reread += 1  # counted unchanged when its listing was
-                    if archiver.cache:
-                        archiver.cache.record(child.path, child.st, child.content)
+            if child.kind == FILE and child.content is None:  # an unchanged listing, but a subfolder changed
+                child.content = archiver.unchanged(self, child.path, child.name, child.st, child.key)
+            elif child.kind != FILE:
+                self._row_entry(child.name, child.key)  # only to know whether it had xattrs
+            bare = child.name in self._bare
+            node = node_from_stat(
+                child.name, child.path, child.st, child.kind, dir_fd=self.fd, xattrs={} if bare else None
+            )
+            if child.kind == FILE and child.content is None:  # no usable cache row after all: read it
+                assert self.fd is not None
+                child.content, node.size = archiver.read_file(child.path, child.name, child.st, self.fd)
+                with archiver.lock:
+                    archiver.files_reread += 1  # counted unchanged when its listing was
+                if archiver.cache:
+                    archiver.cache.record(child.path, child.st, child.content)
         except OSError as exc:
             self.exact = False
             archiver.skip(child.path, f"cannot read ({exc.strerror})")
@@ -243,17 +264,25 @@ def listing_signature(key: StatKey | None, keys: list[StatKey]) -> bytes:
     return hashlib.blake2b(marshal.dumps((key, keys), 2), digest_size=20).digest()
 
 
-def _previous_files(row: FolderRow) -> dict[str, tuple[StatKey, bytes]]:
-    """A folder row's files: name → (stat key, chunk ids concatenated). A row that does not
-    decode to that shape (damaged, or from an older layout) gives nothing: the files are read."""
+# A row's entry: its stat key, its chunk ids concatenated (None: not a file), and whether it had
+# no xattrs (False where unknown: rows written before that was recorded).
+_RowEntry = tuple[StatKey, Union[bytes, None], bool]
+
+
+def _previous_files(row: FolderRow) -> dict[str, _RowEntry]:
+    """A folder row's entries by name. A row that does not decode to that shape (damaged, or
+    from an older layout) gives nothing: the files are read and their xattrs too."""
     try:
         items = marshal.loads(row.keys)
     except (ValueError, EOFError, TypeError):
         return {}
-    found: dict[str, tuple[StatKey, bytes]] = {}
+    found: dict[str, _RowEntry] = {}
     for item in items if isinstance(items, list) else []:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
-            key, content = item
-            if isinstance(key, tuple) and key and isinstance(key[0], str) and len(content) % ID_SIZE == 0:
-                found[key[0]] = (key, content)
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            continue
+        key, content, bare = item[0], item[1], item[2] if len(item) == 3 else False
+        if content is not None and (not isinstance(content, bytes) or len(content) % ID_SIZE):
+            continue
+        if isinstance(key, tuple) and key and isinstance(key[0], str) and isinstance(bare, bool):
+            found[key[0]] = (key, content, bare)
     return found

@@ -42,6 +42,7 @@ from cloudkeep.repo.indexload import Listing, doomed_packs, list_for_load, load_
 from cloudkeep.repo.keys import KEYS_PREFIX, open_with_password, remembered_key, write_key_file
 from cloudkeep.repo.layout import (
     CONFIG_KEY,
+    DEFAULT_PACK_SIZE,
     FORMAT_VERSION,
     MARKER_AAD,
     RepoConfig,
@@ -110,7 +111,7 @@ class Repository(RepositoryManifests):
         store: ObjectStore,
         password: str,
         *,
-        pack_size: int = 32 * 2**20,
+        pack_size: int = DEFAULT_PACK_SIZE,
         compression_level: int = 3,
         kdf: KdfParams | None = None,
         chunker: ChunkerParams | None = None,
