@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,17 @@ def built_only_above(built: list[list[str]], source: Path) -> bool:
 def blob_ids(repo: Repository) -> set[bytes]:
     """Every blob the repository's index knows."""
     return {entry.id for _, entries in repo.index.pack_entries() for entry in entries}
+
+
+def until_ctime_moves(path: Path, change: Callable[[], object]) -> None:
+    """Apply ``change``; again while the file system's coarse clock still gives the old ctime
+    (the cache, like restic's, cannot tell apart two states within one clock tick)."""
+    before = os.lstat(path).st_ctime_ns
+    deadline = time.monotonic() + 10
+    change()
+    while os.lstat(path).st_ctime_ns == before:
+        assert time.monotonic() < deadline, "ctime never moved"
+        change()
 
 
 def restored(target: Path, source: Path) -> Path:

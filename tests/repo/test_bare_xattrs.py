@@ -8,8 +8,6 @@ from __future__ import annotations
 import errno
 import marshal
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.folders import _previous_files
+from tests.repo.conftest import until_ctime_moves
 
 
 @pytest.fixture
@@ -45,16 +44,6 @@ def _set_xattr(path: Path, value: bytes) -> None:
         raise
 
 
-def _until_ctime_moves(path: Path, change: Callable[[], object]) -> None:
-    """Apply ``change`` until the ctime moves (a coarse clock may leave it the same once)."""
-    before = os.lstat(path).st_ctime_ns
-    deadline = time.monotonic() + 10
-    change()
-    while os.lstat(path).st_ctime_ns == before:
-        assert time.monotonic() < deadline, "ctime never moved"
-        change()
-
-
 def _folder(tmp_path: Path) -> Path:
     folder = tmp_path / "src" / "lib"
     folder.mkdir(parents=True)
@@ -70,7 +59,7 @@ def test_unchanged_entries_without_xattrs_are_not_asked_again(
 ) -> None:
     folder, cache = _folder(tmp_path), tmp_path / "cache"
     backup_files(repo, [folder.parent], cache_dir=cache)
-    _until_ctime_moves(folder / "changed", lambda: (folder / "changed").write_bytes(b"day 2"))
+    until_ctime_moves(folder / "changed", lambda: (folder / "changed").write_bytes(b"day 2"))
     xattr_reads.clear()
     snapshot = backup_files(repo, [folder.parent], cache_dir=cache)
     # the entry that had xattrs is asked again; the bare file and symlink are not
@@ -88,13 +77,13 @@ def test_an_entry_that_gained_or_changed_xattrs_is_read_again(
 ) -> None:
     folder, cache = _folder(tmp_path), tmp_path / "cache"
     backup_files(repo, [folder.parent], cache_dir=cache)
-    _until_ctime_moves(folder / "plain-a", lambda: _set_xattr(folder / "plain-a", b"new"))
-    _until_ctime_moves(folder / "tagged", lambda: _set_xattr(folder / "tagged", b"v2"))
+    until_ctime_moves(folder / "plain-a", lambda: _set_xattr(folder / "plain-a", b"new"))
+    until_ctime_moves(folder / "tagged", lambda: _set_xattr(folder / "tagged", b"v2"))
     snapshot = backup_files(repo, [folder.parent], cache_dir=cache)  # both are read again (new ctime)
     assert lookup(repo, snapshot.id, str(folder / "plain-a")).xattrs == {"user.ck-test": b"new"}
     assert lookup(repo, snapshot.id, str(folder / "tagged")).xattrs == {"user.ck-test": b"v2"}
     # and the next backup (the folder changed again) knows plain-a has xattrs now
-    _until_ctime_moves(folder / "changed", lambda: (folder / "changed").write_bytes(b"day 3"))
+    until_ctime_moves(folder / "changed", lambda: (folder / "changed").write_bytes(b"day 3"))
     xattr_reads.clear()
     snapshot = backup_files(repo, [folder.parent], cache_dir=cache)
     assert "plain-a" in xattr_reads and "plain-b" not in xattr_reads

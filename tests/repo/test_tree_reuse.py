@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cloudkeep.repo import Repository, backup_files, folders, restore
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.tree import Node, encode_tree
 
-from .conftest import built_only_above, restored, subtree_of, write_tree
+from .conftest import built_only_above, restored, subtree_of, until_ctime_moves, write_tree
 
 
 @pytest.fixture
@@ -39,17 +38,6 @@ def _source(tmp_path: Path) -> Path:
     (source / "other" / "x").mkdir(parents=True)
     (source / "other" / "x" / "untouched.txt").write_text("same\n")
     return source
-
-
-def _until_ctime_moves(path: Path, change: Callable[[], None]) -> None:
-    """Apply ``change``; again while the file system's coarse clock still gives the old ctime
-    (the cache, like restic's, cannot tell apart two states within one clock tick)."""
-    before = os.lstat(path).st_ctime_ns
-    deadline = time.monotonic() + 10
-    change()
-    while os.lstat(path).st_ctime_ns == before:
-        assert time.monotonic() < deadline, "ctime never moved"
-        change()
 
 
 def test_no_change_rerun_reuses_every_tree(
@@ -108,7 +96,7 @@ def test_a_changed_entry_rebuilds_its_folder_and_parents_only(
     if change == "rename":
         os.rename(entry, renamed)
     else:
-        _until_ctime_moves(entry, apply)
+        until_ctime_moves(entry, apply)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     if change == "rename":
         assert [renamed.name] in trees_built
@@ -136,14 +124,14 @@ def test_a_replaced_symlink_rebuilds_its_folder(
         os.unlink(link)
         os.symlink("docs/README.txt", link)
 
-    _until_ctime_moves(link, relink)
+    until_ctime_moves(link, relink)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     assert lookup(repo, snapshot.id, str(link)).target == "docs/README.txt"
 
 
 def _change_notes(source: Path) -> Path:
     notes = source / "docs" / "deep" / "er" / "notes.md"
-    _until_ctime_moves(notes, lambda: notes.write_text("# notes, day 2\n"))
+    until_ctime_moves(notes, lambda: notes.write_text("# notes, day 2\n"))
     return notes
 
 
@@ -186,7 +174,7 @@ def test_a_rebuilt_folder_reads_its_files_when_the_cache_lost_them(
     restore(repo, snapshot.id, target)
     assert (restored(target, source) / "docs" / "readme.txt").read_bytes() == readme.read_bytes()
     # and the row is back: the next rebuild of docs reads nothing but the changed file
-    _until_ctime_moves(notes, lambda: notes.write_text("# notes, day 3\n"))
+    until_ctime_moves(notes, lambda: notes.write_text("# notes, day 3\n"))
     assert backup_files(repo, [source], cache_dir=cache).stats["bytes_read"] == notes.stat().st_size
 
 
