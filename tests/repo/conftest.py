@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from cloudkeep.repo import KdfParams, Repository
 from cloudkeep.repo.chunker import ChunkerParams
 from cloudkeep.storage import ObjectStore, open_store
 from cloudkeep.storage.memory import MemoryStore
+from tests.storage.conftest import make_s3_bucket
 
 PASSWORD = "correct horse battery staple"
 FAST_KDF = KdfParams(n=2**10)
@@ -26,6 +28,13 @@ def store() -> Iterator[ObjectStore]:
     name = "repo-" + uuid.uuid4().hex
     yield open_store(f"memory://{name}")
     MemoryStore.forget(name)
+
+
+@pytest.fixture
+def s3_store(aws_options: dict[str, Any], unique_name: str) -> ObjectStore:
+    """A store in a new bucket of the test session's moto server (started only when asked for)."""
+    make_s3_bucket(aws_options, unique_name)
+    return open_store(f"s3://{unique_name}/repo", **aws_options)
 
 
 @pytest.fixture

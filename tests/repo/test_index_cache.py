@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
-
 from cloudkeep.repo import Repository, backup_files
 from cloudkeep.repo.index import INDEX_PREFIX
 from cloudkeep.repo.indexcache import IndexCache
@@ -23,13 +21,7 @@ from cloudkeep.repo.layout import PRUNE_PREFIX
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.storage import ObjectInfo, ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
-from tests.storage.conftest import make_azure_container, make_s3_bucket
-
-
-@pytest.fixture
-def s3_store(aws_options: dict[str, Any], unique_name: str) -> ObjectStore:
-    make_s3_bucket(aws_options, unique_name)
-    return open_store(f"s3://{unique_name}/repo", **aws_options)
+from tests.storage.conftest import make_azure_container
 
 
 def index_gets(store: ObjectStore) -> list[str]:

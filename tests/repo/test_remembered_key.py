@@ -13,13 +13,6 @@ from cloudkeep.repo import Repository
 from cloudkeep.repo.keys import remembered_key
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD
-from tests.storage.conftest import make_s3_bucket
-
-
-@pytest.fixture
-def s3_store(aws_options: dict[str, Any], unique_name: str) -> ObjectStore:
-    make_s3_bucket(aws_options, unique_name)
-    return open_store(f"s3://{unique_name}/repo", **aws_options)
 
 
 def _key_gets(store: ObjectStore) -> list[str]:
