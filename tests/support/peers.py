@@ -84,7 +84,10 @@ class Peer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spawn(peer: Peer, argv: list[str], env: dict[str, str] | None = None, user: str | None = None) -> None:
+def _spawn(
+    peer: Peer, argv: list[str], env: dict[str, str] | None = None, user: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the peer in its own session, logging to its workdir; returns the process to poll at start."""
     assert peer.workdir is not None
     peer.log_path = peer.workdir / f"{peer.name}.log"
     log = peer.log_path.open("wb")
@@ -101,6 +104,7 @@ def _spawn(peer: Peer, argv: list[str], env: dict[str, str] | None = None, user:
     peer.process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=preexec
     )
+    return peer.process
 
 
 @dataclass
@@ -134,15 +138,15 @@ class MotoServer(Peer):
         if tls:
             peer.tls = make_self_signed(workdir / "tls")
             argv += ["-c", str(peer.tls.cert), "-k", str(peer.tls.key)]
-        _spawn(peer, argv, env=env)
+        process = _spawn(peer, argv, env=env)
         try:
             wait_until(
-                lambda: port_open(peer.port) or peer.process.poll() is not None,
+                lambda: port_open(peer.port) or process.poll() is not None,
                 timeout=30,
                 what="moto server",
-            )  # type: ignore[union-attr]
+            )
         finally:
-            if peer.process is not None and peer.process.poll() is not None:
+            if process.poll() is not None:
                 raise PeerError(
                     f"moto server exited at start (is moto[server] installed?):\n{peer.log_tail()}"
                 )
@@ -191,11 +195,9 @@ class Azurite(Peer):
         if tls:
             peer.tls = make_self_signed(workdir / "tls")
             argv += ["--cert", str(peer.tls.cert), "--key", str(peer.tls.key)]
-        _spawn(peer, argv)
+        process = _spawn(peer, argv)
         wait_until(
-            lambda: (
-                (port_open(peer.blob_port) and port_open(peer.queue_port)) or peer.process.poll() is not None
-            ),  # type: ignore[union-attr]
+            lambda: (port_open(peer.blob_port) and port_open(peer.queue_port)) or process.poll() is not None,
             timeout=60,
             what="Azurite",
         )
@@ -263,11 +265,9 @@ class Postgres(Peer):
             "-k", str(workdir), "-c", "fsync=off", "-c", "synchronous_commit=off",
             "-c", "full_page_writes=off", "-c", "max_connections=200",
         ]  # fmt: skip
-        _spawn(peer, argv, user=user)
-        wait_until(
-            lambda: port_open(peer.port) or peer.process.poll() is not None, timeout=60, what="PostgreSQL"
-        )  # type: ignore[union-attr]
-        if peer.process is not None and peer.process.poll() is not None:
+        process = _spawn(peer, argv, user=user)
+        wait_until(lambda: port_open(peer.port) or process.poll() is not None, timeout=60, what="PostgreSQL")
+        if process.poll() is not None:
             raise PeerError(f"PostgreSQL exited at start:\n{peer.log_tail()}")
         port = str(peer.port)
         createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "cloudkeep", "cloudkeep"]
