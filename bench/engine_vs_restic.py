@@ -194,8 +194,9 @@ def spread_folder(folder: Path) -> Path:
     This ext4 has no journal: then every new inode skips the free inodes of its group deleted in
     the last 60 s (360 s while their table block is dirty), each skip a buffer lookup, from the
     group's start every time (``recently_deleted``). Seven sessions deleting test trees under /tmp
-    made the same restore's system time 1.8 s or 7 s (bench/README.md, restore4). Best effort:
-    without ``chattr`` or on another file system the folder is plain.
+    made the same restore's system time 1.8 s or 7 s. This lowers the odds, it does not remove
+    them: Orlov prefers groups with many free inodes, which a tree deleted a minute ago leaves
+    (bench/README.md, restore4). Best effort: without ``chattr`` the folder is plain.
     """
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chattr", "+T", str(folder)], capture_output=True, check=False)
