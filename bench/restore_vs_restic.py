@@ -60,10 +60,17 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a baseline checkout to restore with too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        help="where restores go (default: WORKDIR/restored); e.g. a journaled ext4 mounted for the bench, "
+        "where recently freed inodes cost nothing (README, restore4)",
+    )
     parser.add_argument("--format", choices=(2, 3), type=int, default=3)
     args = parser.parse_args()
     work: Path = args.workdir or Path(tempfile.mkdtemp(prefix="ck-restore-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    restored: Path = args.targets or work / "restored"
     source = work / "src"
     if not source.exists():
         if args.corpus == "synthetic":
@@ -109,12 +116,12 @@ def main() -> None:
                     # A fresh folder each time, in a block group of its own (``spread_folder``), the
                     # earlier ones kept until the round ends: creating files right after deleting
                     # many makes ext4 scan the freed inodes (README).
-                    target = spread_folder(work / "restored") / f"{backend}-{n}-{name}"
+                    target = spread_folder(restored) / f"{backend}-{n}-{name}"
                     measure = run([str(target) if a == "{T}" else a for a in argv], env)
                     _verify(source, target)
                     rows.setdefault((backend, name), []).append(measure)
                     print(f"{time.strftime('%H:%M:%S')} {backend} {name}: {_show(measure)}", flush=True)
-            shutil.rmtree(work / "restored", ignore_errors=True)
+            shutil.rmtree(restored, ignore_errors=True)
             if moto is not None:
                 os.killpg(moto.pid, signal.SIGTERM)
                 moto.wait(timeout=10)
@@ -123,7 +130,7 @@ def main() -> None:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-        shutil.rmtree(work / "restored", ignore_errors=True)
+        shutil.rmtree(restored, ignore_errors=True)
     _report(rows)
 
 
