@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 
 import corpora
-from engine_vs_restic import PASSWORD, Measure, _verify, generate, make_bucket, run, start_moto
+from engine_vs_restic import (
+    PASSWORD,
+    Measure,
+    _verify,
+    generate,
+    make_bucket,
+    run,
+    spread_folder,
+    start_moto,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -51,10 +60,17 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a baseline checkout to restore with too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        help="where restores go (default: WORKDIR/restored); e.g. a journaled ext4 mounted for the bench, "
+        "where recently freed inodes cost nothing (README, restore4)",
+    )
     parser.add_argument("--format", choices=(2, 3), type=int, default=3)
     args = parser.parse_args()
     work: Path = args.workdir or Path(tempfile.mkdtemp(prefix="ck-restore-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    restored: Path = args.targets or work / "restored"
     source = work / "src"
     if not source.exists():
         if args.corpus == "synthetic":
@@ -97,14 +113,15 @@ def main() -> None:
             tools.append(("restic", _restic(restic_repo, work, "restore", "latest", "--target", "{T}")))
             for n in range(args.rounds):
                 for name, argv in tools[n % len(tools) :] + tools[: n % len(tools)]:
-                    # A fresh folder each time, the earlier ones kept until the round ends: creating
-                    # files right after deleting many makes ext4 scan the freed inodes (README).
-                    target = work / "restored" / f"{backend}-{n}-{name}"
+                    # A fresh folder each time, in a block group of its own (``spread_folder``), the
+                    # earlier ones kept until the round ends: creating files right after deleting
+                    # many makes ext4 scan the freed inodes (README).
+                    target = spread_folder(restored) / f"{backend}-{n}-{name}"
                     measure = run([str(target) if a == "{T}" else a for a in argv], env)
                     _verify(source, target)
                     rows.setdefault((backend, name), []).append(measure)
                     print(f"{time.strftime('%H:%M:%S')} {backend} {name}: {_show(measure)}", flush=True)
-            shutil.rmtree(work / "restored", ignore_errors=True)
+            shutil.rmtree(restored, ignore_errors=True)
             if moto is not None:
                 os.killpg(moto.pid, signal.SIGTERM)
                 moto.wait(timeout=10)
@@ -113,12 +130,12 @@ def main() -> None:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-        shutil.rmtree(work / "restored", ignore_errors=True)
+        shutil.rmtree(restored, ignore_errors=True)
     _report(rows)
 
 
 def _show(m: Measure) -> str:
-    return f"{m.seconds:.2f} s wall, {m.cpu:.2f} s CPU, {m.max_rss_mib:.0f} MiB"
+    return f"{m.seconds:.2f} s wall, {m.cpu:.2f} s CPU ({m.system:.2f} s system), {m.max_rss_mib:.0f} MiB"
 
 
 def _median(ms: list[Measure]) -> Measure:
@@ -126,17 +143,22 @@ def _median(ms: list[Measure]) -> Measure:
         statistics.median(m.seconds for m in ms),
         statistics.median(m.max_rss_mib for m in ms),
         statistics.median(m.cpu for m in ms),
+        statistics.median(m.system for m in ms),
     )
 
 
 def _report(rows: dict[tuple[str, str], list[Measure]]) -> None:
-    print("\n| backend | tool | median wall | median CPU | peak RSS | restic ÷ tool: wall (CPU) / RSS |")
+    print(
+        "\n| backend | tool | median wall | median CPU (system) | peak RSS "
+        "| restic ÷ tool: wall (CPU) / RSS |"
+    )
     print("|---|---|---|---|---|---|")
     for (backend, name), ms in rows.items():
         m, r = _median(ms), _median(rows[(backend, "restic")])
         ratio = f"{r.seconds / m.seconds:.2f} ({r.cpu / m.cpu:.2f}) / {r.max_rss_mib / m.max_rss_mib:.2f}"
         print(
-            f"| {backend} | {name} | {m.seconds:.2f} s | {m.cpu:.2f} s | {m.max_rss_mib:.0f} MiB | "
+            f"| {backend} | {name} | {m.seconds:.2f} s | {m.cpu:.2f} s ({m.system:.2f}) "
+            f"| {m.max_rss_mib:.0f} MiB | "
             f"{'' if name == 'restic' else ratio} |"
         )
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.repo import Repository, backup_files, restore
+from cloudkeep.repo import Repository, backup_files, restore, restorer
 from cloudkeep.repo.memory import collector_paused
+from cloudkeep.repo.restorefiles import RestoredFile
 from cloudkeep.repo.targetfs import PRIVATE, Defaults
+from cloudkeep.repo.tree import Node
 from tests.repo.conftest import restored
 
 ROOT = os.geteuid() == 0
@@ -147,15 +149,24 @@ def test_defaults_read_the_target_and_the_umask(tmp_path: Path, umask: None) -> 
         os.close(fd)
 
 
-def test_the_collector_is_paused_during_a_restore_and_back_after(repo: Repository, tmp_path: Path) -> None:
+def test_the_collector_is_paused_during_a_restore_and_back_after(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_bytes(b"a" * 1000)
     snap = backup_files(repo, [src], hostname="h")
     seen: list[bool] = []
     assert gc.isenabled()
+    real_apply = restorer._Restorer.apply
+
+    def apply(self: restorer._Restorer, item: tuple[int, str, Node, RestoredFile | None]) -> None:
+        seen.append(gc.isenabled())  # metadata at the end: the plan is still alive then
+        real_apply(self, item)
+
+    monkeypatch.setattr(restorer._Restorer, "apply", apply)
     restore(repo, snap.id, tmp_path / "out", progress=lambda _: seen.append(gc.isenabled()))
-    assert seen and not any(seen)
+    assert len(seen) >= 2 and not any(seen)
     assert gc.isenabled()
 
 

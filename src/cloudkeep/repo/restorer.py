@@ -340,6 +340,20 @@ class _Restorer(TargetWriter):
             self.apply(item)
         self.result.verified = self.result.files - self.failed_files  # decode_blob verified every blob
 
+    def drop_plan(self) -> None:
+        """Free the plan while the collector is still paused.
+
+        The restorer is in a cycle (its reader calls back into it), so the plan would outlive the
+        restore until a full collection; worse, every object made while paused counts as young, and
+        the first collection after the pause walks all of them (and the next generation again).
+        """
+        self.batches.clear()
+        self.located.clear()
+        self.finishing.clear()
+        self.links.clear()
+        self.first_link.clear()
+        self.by_blob.clear()
+
 
 def _requested(paths: list[str] | None) -> list[tuple[str, ...]]:
     """Requested paths as name tuples, ``..`` refused, nested requests folded into their parent."""
@@ -392,8 +406,9 @@ def restore(
                 restorer.abandon()
                 raise
             restorer.fetch_rest()
-        pool.shutdown()
-        restorer.finish()
+            pool.shutdown()
+            restorer.finish()
+            restorer.drop_plan()
     finally:
         if pool is not None:
             pool.shutdown()  # before the folders' descriptors close: its threads use them
