@@ -1,14 +1,21 @@
 """Content-defined chunking parameters (FastCDC 2020 via ``pyfastcdc``).
 
-Defaults for new repositories: minimum 128 KiB, target 512 KiB (pyfastcdc's real mean is target
-+ minimum ≈ 640 KiB), maximum 8 MiB. Why: an edit to a large file (a database page, an appended
-log) re-uploads only the chunks around it, and half-size chunks halve that; on real trees they
+Defaults for new repositories: minimum 128 KiB, target 512 KiB (the real mean is ≈ 560 KiB at
+normalization level 3, ≈ 640 KiB at level 1), maximum 8 MiB. Why: an edit to a large file (a
+database page, an appended log) re-uploads only the chunks around it, and half-size chunks halve
+that; on real trees they
 also dedup more of the files between 128 and 256 KiB. A 1 TiB repository still has under two
 million index entries (tens of MB of RAM). Smaller still would multiply index size, per-blob
 overhead and request counts. Repositories created with other parameters (the earlier 256 KiB /
 1 MiB / 8 MiB) keep them: they are stored in each repository's config, and changing them would
 re-upload everything. Each repository has its own random gear-table seed, so chunk boundaries
 (and hence sizes) do not reveal known files.
+
+New repositories chunk at FastCDC's normalization level 3 (repositories created before keep level 1,
+which their config does not name): the same mean, far fewer chunks near the 8 MiB maximum. An edit
+lands in a chunk with odds in proportion to its size, so a long tail of big chunks is what an
+incremental re-uploads: on the bench's database (40 rewritten pages, usr corpus), level 1 re-stored
+8.4-9.9 MB per day depending on the seed, level 3 6.3-7.1 MB, for ~0.5 % more bytes in the first backup.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from pyfastcdc import FastCDC
 
+from cloudkeep.errors import IntegrityError
 from cloudkeep.storage.base import RangeStream, read_exactly
 
 MIN_SIZE = 128 * 1024
 AVG_SIZE = 512 * 1024
 MAX_SIZE = 8 * 1024 * 1024
+NORMALIZATION = 3  # new repositories' FastCDC normalization level
+LEGACY_NORMALIZATION = 1  # what a config without the field was chunked with (pyfastcdc's default)
 
 
 @dataclass(frozen=True)
@@ -33,23 +43,43 @@ class ChunkerParams:
     avg_size: int = AVG_SIZE
     max_size: int = MAX_SIZE
     seed: int = 0
+    normalization: int = NORMALIZATION
+
+    def __post_init__(self) -> None:
+        if self.normalization not in (0, 1, 2, 3):
+            raise IntegrityError(f"chunker normalization level {self.normalization} is not 0-3")
 
     def make(self) -> FastCDC:
         """A new chunker; FastCDC instances are not thread-safe, so each worker makes its own."""
-        return FastCDC(avg_size=self.avg_size, min_size=self.min_size, max_size=self.max_size, seed=self.seed)
+        return FastCDC(
+            avg_size=self.avg_size,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            normalized_chunking=cast("Literal[0, 1, 2, 3]", self.normalization),  # checked at init
+            seed=self.seed,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "algorithm": "fastcdc2020",
             "min": self.min_size,
             "avg": self.avg_size,
             "max": self.max_size,
             "seed": self.seed,
         }
+        if self.normalization != LEGACY_NORMALIZATION:  # an older config reseals to the same JSON
+            body["normalization"] = self.normalization
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkerParams:
-        return cls(int(data["min"]), int(data["avg"]), int(data["max"]), int(data["seed"]))
+        return cls(
+            int(data["min"]),
+            int(data["avg"]),
+            int(data["max"]),
+            int(data["seed"]),
+            int(data.get("normalization", LEGACY_NORMALIZATION)),
+        )
 
 
 class StreamCutter:
