@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument(
         "--processes", choices=("auto", "yes", "no"), default="auto", help="file content in worker processes"
     )
+    parser.add_argument("--process-limit", type=int, default=None, help="at most this many worker processes")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -46,7 +47,13 @@ def main() -> None:
         profile.enable()
     cache = args.work / "cache"
     snap = backup_files(
-        repo, [args.tree], hostname="bench", cache_dir=cache, threads=args.threads, processes=processes
+        repo,
+        [args.tree],
+        hostname="bench",
+        cache_dir=cache,
+        threads=args.threads,
+        processes=processes,
+        process_limit=args.process_limit,
     )
     if args.profile:
         profile.disable()

@@ -101,6 +101,23 @@ def test_workers_store_the_same_chunks_as_threads(
     assert check(repo, read_data=True).ok
 
 
+def test_one_worker_beside_a_thread_stores_the_same_chunks(
+    repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
+) -> None:
+    """``process_limit=1`` with two pool threads: one thread hands its batches to the only worker,
+    the other reads files itself; the restore point is the threads' own, chunk for chunk."""
+    src = _tree(tmp_path / "src")
+    by_threads = backup_files(repo, [src], hostname="h", processes=False)
+    mixed = backup_files(repo, [src], hostname="h", processes=True, threads=2, process_limit=1)
+    assert len(workers) == 1 and workers[0].proc.returncode == 0  # one started, used, then ended
+    assert _contents(repo, mixed.id, src) == _contents(repo, by_threads.id, src)
+    assert mixed.stats["bytes_read"] == by_threads.stats["bytes_read"] and mixed.stats["errors_total"] == 0
+    restore(repo, mixed.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(out)]).returncode == 0
+    assert not _staged_by(workers)
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_a_first_backup_by_workers_restores_equal(
     store: ObjectStore, tmp_path: Path, workers: list[procpool.ProcWorker], version: int

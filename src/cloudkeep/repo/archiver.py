@@ -65,6 +65,7 @@ class _Archiver(FileContent):
         threads: int,
         root_prefix: str = "",
         processes: bool | None = None,
+        process_limit: int | None = None,
     ) -> None:
         self.repo, self.writer, self.cache, self.progress = repo, writer, cache, progress
         self.includes, self.excludes = includes, excludes
@@ -89,7 +90,7 @@ class _Archiver(FileContent):
         # Worker processes: from the first byte when asked for; by default only on machines with
         # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them.
         wanted = processes if processes is not None else (os.cpu_count() or 1) >= PROCESSES_MIN_CPUS
-        self.procs = ProcPool(writer, repo.config.chunker) if wanted else None
+        self.procs = ProcPool(writer, repo.config.chunker, process_limit) if wanted else None
         self.procs_from = 0 if processes else PROCESSES_FROM
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
@@ -329,12 +330,14 @@ def backup_files(
     root: Path | str | None = None,
     wall_clock: Callable[[], datetime] | None = None,
     processes: bool | None = None,
+    process_limit: int | None = None,
 ) -> Snapshot:
     """Back up ``sources`` (absolute paths kept, like restic) and return the committed snapshot.
 
     ``processes``: read file content in worker processes (``procpool.py``) from the start
     (True), never (False), or once there is enough of it on a machine with at least
-    ``PROCESSES_MIN_CPUS`` cores (None).
+    ``PROCESSES_MIN_CPUS`` cores (None); ``process_limit``: at most that many worker processes
+    (the other pool threads read files themselves).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.
@@ -374,6 +377,7 @@ def backup_files(
         threads=workers,
         root_prefix=prefix,
         processes=processes,
+        process_limit=process_limit,
     )
     for path in missing:
         archiver.skip(path, "source path does not exist")

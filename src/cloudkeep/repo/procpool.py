@@ -184,11 +184,15 @@ class ProcWorker:
 
 
 class ProcPool:
-    """The backup's worker processes: one per pool thread, started on the thread's first batch."""
+    """The backup's worker processes: one per pool thread, started on the thread's first batch;
+    with ``limit``, only the first ``limit`` threads to ask get one (the others read files
+    themselves: on two cores one worker beside the parent's threads, not one per thread)."""
 
-    def __init__(self, writer: BlobWriter, chunker: ChunkerParams) -> None:
+    def __init__(self, writer: BlobWriter, chunker: ChunkerParams, limit: int | None = None) -> None:
         self.writer = writer
         self.chunker = chunker
+        self.limit = limit
+        self.granted = 0  # threads that were given a worker (under ``lock``)
         self.staging = writer.repo.store.staging_dir or private_staging_dir()
         self.lock = threading.Lock()
         self.workers: list[ProcWorker] = []
@@ -202,6 +206,12 @@ class ProcPool:
         worker: ProcWorker | None = getattr(self.local, "worker", None)
         if worker is not None or self.disabled:
             return worker
+        if not getattr(self.local, "granted", False):
+            with self.lock:
+                if self.limit is not None and self.granted >= self.limit:
+                    return None
+                self.granted += 1
+            self.local.granted = True
         began = time.monotonic()
         try:
             worker = ProcWorker(self.writer, self.staging, self.chunker)
