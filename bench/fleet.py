@@ -108,6 +108,7 @@ class ApiProbe:
         self.gauges: dict[str, list[float]] = {}  # sampled values, not latencies
         self.samples: dict[str, list[float]] = {}
         self.session_id: str | None = None
+        self.registry = metrics.build_registry(ctx)  # built once, as the server's app does
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ck-bench-api", daemon=True)
 
@@ -146,10 +147,8 @@ class ApiProbe:
                 self._time("session detail (a page of 100 tasks + counts)", self._session_detail)
 
     def _scrape(self) -> None:
-        """What ``GET /metrics`` renders: state gauges (a heartbeat age per machine) and events."""
-        self.gauges.setdefault("/metrics size (KiB)", []).append(
-            len(metrics.render(metrics.build_registry(self.ctx))) / 1024
-        )
+        """What ``GET /metrics`` renders (uncached: scrapes are ~30 s apart): state gauges and events."""
+        self.gauges.setdefault("/metrics size (KiB)", []).append(len(metrics.render(self.registry)) / 1024)
 
     def _session_detail(self) -> None:
         assert self.session_id is not None

@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     )
     api_token: str | None = None
     heartbeat_timeout_seconds: float = 60.0
+    metrics_late_machines: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "/metrics names at most this many late machines (heartbeat older than "
+            "heartbeat_timeout_seconds), the oldest first; the rest are counted."
+        ),
+    )
+    metrics_min_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="/metrics renders at most once in this many seconds; scrapes in between get that render.",
+    )
     log_level: str = Field(default="INFO", description="Server log level (env CLOUDKEEP_LOG_LEVEL).")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Server log lines: key=value text or JSON (env CLOUDKEEP_LOG_FORMAT)."

@@ -30,7 +30,8 @@ from cloudkeep.server.dispatcher import Dispatcher
 APPLY_ELSEWHERE = """
 import sys
 from cloudkeep.config import Settings
-from cloudkeep.server.consumer import apply_report, report_validator
+from cloudkeep.server.consumer import apply_report
+from cloudkeep.server.machine_keys import report_validator
 from cloudkeep.server.context import open_context
 home, url, body = sys.argv[1], sys.argv[2], sys.stdin.read()
 ctx = open_context(Settings(home=home, database_url=url))

@@ -9,9 +9,10 @@ from tests.server.jobs_fakes import build_world, make_context
 
 from cloudkeep.machine.keys import AgentKeys
 from cloudkeep.protocol import make_envelope, sign_envelope
-from cloudkeep.server.consumer import RESULTS, apply_report, report_validator
+from cloudkeep.server.consumer import RESULTS, apply_report
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine
 from cloudkeep.server.dispatcher import Dispatcher
+from cloudkeep.server.machine_keys import report_validator
 
 
 def test_a_result_wakes_its_waiter_and_progress_or_a_duplicate_does_not(tmp_path: Path) -> None:

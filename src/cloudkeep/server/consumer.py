@@ -18,22 +18,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import update
 
-from cloudkeep.protocol import REPORT_BODIES, Envelope, MessageValidator, ProtocolError
+from cloudkeep.protocol import Envelope, ProtocolError
 from cloudkeep.protocol.bodies import Heartbeat, Progress, Result
-from cloudkeep.protocol.crypto import load_verify_key
 from cloudkeep.providers.base import Queue, ReceivedMessage
 from cloudkeep.server import metrics, read_point, result_notify
 from cloudkeep.server.clock import utcnow
 from cloudkeep.server.context import ServerContext
-from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, SessionTask
+from cloudkeep.server.db.models import CommandRecord, SessionTask
 from cloudkeep.server.heartbeats import HeartbeatWriter, apply_heartbeats
+from cloudkeep.server.machine_keys import MachineKeys, report_validator
 
 log = logging.getLogger(__name__)
 OPEN_STATES = ("sent", "running")
-KEY_CACHE_SECONDS = 30.0
 RECEIVE_MAX = 10  # SQS's maximum per receive
 
 
@@ -46,74 +44,6 @@ class Impersonation(ProtocolError):
 def server_queue_name(server_id: str) -> str:
     """The contract name (same as the rescan side): ``ck-<server_id>-server``."""
     return f"ck-{server_id}-server"
-
-
-# Built once: at fleet scale (hundreds of heartbeats a second) building these expressions for every
-# message cost more CPU than running them.
-_KEY_OF_MACHINE = select(DiscoveredMachine.agent_public_key).where(
-    DiscoveredMachine.id == bindparam("machine_id")
-)
-_KEYS_OF_MACHINES = select(DiscoveredMachine.id, DiscoveredMachine.agent_public_key).where(
-    DiscoveredMachine.id.in_(bindparam("machine_ids", expanding=True))
-)
-
-
-class MachineKeys:
-    """Machine signing keys from ``DiscoveredMachine.agent_public_key``, cached briefly."""
-
-    def __init__(self, ctx: ServerContext) -> None:
-        self.ctx = ctx
-        self._cache: dict[str, tuple[float, Ed25519PublicKey | None]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, machine_id: str) -> Ed25519PublicKey | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(machine_id)
-        if hit is not None and now - hit[0] < KEY_CACHE_SECONDS:
-            return hit[1]
-        with self.ctx.db() as session:
-            stored = session.scalar(_KEY_OF_MACHINE, {"machine_id": machine_id})
-        return self._remember(machine_id, stored, now)
-
-    def prefetch(self, machine_ids: set[str]) -> None:
-        """Load the keys of a received batch's senders with one query instead of one each.
-
-        A machine heartbeats every 30 s, as long as a key stays cached: without this, nearly every
-        heartbeat cost a key look-up of its own.
-        """
-        now = time.monotonic()
-        with self._lock:
-            missing = [m for m in machine_ids if now - self._cache.get(m, (-KEY_CACHE_SECONDS, None))[0]
-                       >= KEY_CACHE_SECONDS]  # fmt: skip
-        if not missing:
-            return
-        with self.ctx.db() as session:
-            found = {row[0]: row[1] for row in session.execute(_KEYS_OF_MACHINES, {"machine_ids": missing})}
-        for machine_id in missing:
-            self._remember(machine_id, found.get(machine_id), now)
-
-    def _remember(self, machine_id: str, stored: str | None, now: float) -> Ed25519PublicKey | None:
-        key = None
-        if stored:
-            try:
-                key = load_verify_key(json.loads(stored)["signing_public_key"])
-            except (ValueError, KeyError, ProtocolError):
-                log.error(
-                    "machine %s has an unreadable agent_public_key; its messages are refused", machine_id
-                )
-        with self._lock:
-            self._cache[machine_id] = (now, key)
-        return key
-
-
-def report_validator(ctx: ServerContext, keys: MachineKeys | None = None) -> MessageValidator:
-    return MessageValidator(
-        me=ctx.server_id,
-        sender_key=keys if keys is not None else MachineKeys(ctx),
-        kinds=frozenset(REPORT_BODIES),
-        clock=utcnow,  # the server's one clock: expiry is judged by the same "now" as everything else
-    )
 
 
 class ResultSignals:

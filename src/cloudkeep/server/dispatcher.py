@@ -30,14 +30,7 @@ from cloudkeep.providers.facts import ProviderFacts
 from cloudkeep.server import result_notify
 from cloudkeep.server.agent_compat import require_level
 from cloudkeep.server.clock import utcnow
-from cloudkeep.server.consumer import (
-    OPEN_STATES,
-    RESULTS,
-    MachineKeys,
-    ServerQueueConsumer,
-    report_validator,
-    server_queue_name,
-)
+from cloudkeep.server.consumer import OPEN_STATES, RESULTS, ServerQueueConsumer, server_queue_name
 from cloudkeep.server.consumer_registry import (
     consumer_queue_depths,
     consumer_read_point,
@@ -48,6 +41,7 @@ from cloudkeep.server.context import ServerContext
 from cloudkeep.server.db.models import CommandRecord, DiscoveredMachine, ProtectionGroup, SessionTask
 from cloudkeep.server.fallback import FallbackPool, FallbackTarget, fail_command, process_pool, run_fallback
 from cloudkeep.server.logs import event
+from cloudkeep.server.machine_keys import MachineKeys, report_validator
 from cloudkeep.server.pacing import pacer_for
 
 __all__ = [  # the consumers' registry is reached through the dispatcher by its callers

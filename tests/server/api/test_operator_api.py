@@ -32,12 +32,14 @@ def test_metrics_scraped_from_a_running_server(
 ) -> None:
     """State gauges come from the database at scrape time; event metrics count what happened."""
     web = add_machine(ctx, seeded.group, "web")
+    quiet = add_machine(ctx, seeded.group, "quiet")
     add_machine(ctx, seeded.group, "db", status="failed")
     now = datetime.now(UTC)
     with ctx.db() as db:
-        row = db.get(DiscoveredMachine, web)
-        assert row is not None
-        row.last_heartbeat_at = now - timedelta(seconds=42)
+        for machine, age in ((web, 1), (quiet, 3600)):
+            row = db.get(DiscoveredMachine, machine)
+            assert row is not None
+            row.last_heartbeat_at = now - timedelta(seconds=age)
         db.add(JobSession(kind="backup", state="success"))
         db.add(JobSession(kind="backup", state="success"))
         db.add(JobSession(kind="backup", state="warning"))
@@ -59,12 +61,15 @@ def test_metrics_scraped_from_a_running_server(
 
     assert got[("cloudkeep_sessions", (("kind", "backup"), ("state", "success")))] == 2
     assert got[("cloudkeep_sessions", (("kind", "backup"), ("state", "warning")))] == 1
-    assert got[("cloudkeep_machines", (("status", "deployed"),))] == 1
+    assert got[("cloudkeep_machines", (("status", "deployed"),))] == 2
     assert got[("cloudkeep_machines", (("status", "failed"),))] == 1
-    age = got[("cloudkeep_machine_heartbeat_age_seconds", (("machine", web), ("name", "web")))]
-    assert 42 <= age < 42 + 60
-    # only machines that ever sent a heartbeat have an age
-    assert not any(k[0] == "cloudkeep_machine_heartbeat_age_seconds" and ("name", "db") in k[1] for k in got)
+    # only late machines (heartbeat older than the limit) have a series of their own
+    age = got[("cloudkeep_machine_heartbeat_age_seconds", (("machine", quiet), ("name", "quiet")))]
+    assert 3600 <= age < 3600 + 60
+    assert not any(k[0] == "cloudkeep_machine_heartbeat_age_seconds" and ("name", "web") in k[1] for k in got)
+    assert got[("cloudkeep_machines_heartbeat_late", ())] == 1
+    assert got[("cloudkeep_machines_by_heartbeat_age", (("le", "+Inf"),))] == 2
+    assert got[("cloudkeep_machine_heartbeat_oldest_age_seconds", ())] == age
 
     def grew(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))

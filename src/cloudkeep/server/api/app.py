@@ -44,7 +44,10 @@ def create_app(ctx: ServerContext, *, require_auth: bool = True) -> FastAPI:
     router = routes.build_router()
     describe(router)
     app.include_router(router, prefix=API_PREFIX, responses=errors.ERROR_RESPONSES)
-    registry = metrics.build_registry(ctx, queue_depths=consumer_queue_depths)
+    scrapes = metrics.RenderCache(
+        metrics.build_registry(ctx, queue_depths=consumer_queue_depths),
+        min_interval=ctx.settings.metrics_min_interval_seconds,
+    )
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, str]:
@@ -55,6 +58,6 @@ def create_app(ctx: ServerContext, *, require_auth: bool = True) -> FastAPI:
     def prometheus_metrics(_principal: Reader) -> Response:
         """Prometheus metrics (text format). Needs an API token, like the API: a read-only one
         is enough (Prometheus: ``authorization: {credentials: <token>}`` in the scrape config)."""
-        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+        return Response(scrapes.render(), media_type=metrics.CONTENT_TYPE)
 
     return app
