@@ -79,13 +79,7 @@ class ProcWorker:
             "prelude": prelude,
             "id_key": repo.crypter.key.id_key,
             "level": repo.crypter.compression_level,
-            "chunker": (
-                chunker.min_size,
-                chunker.avg_size,
-                chunker.max_size,
-                chunker.seed,
-                chunker.normalization,
-            ),
+            "chunker": chunker.to_json(),  # the repository config's own form: every field, one reader
             "pack_size": repo.config.pack_size,
             "staging": staging,
             "tag": self.tag,
@@ -206,12 +200,14 @@ class ProcPool:
         worker: ProcWorker | None = getattr(self.local, "worker", None)
         if worker is not None or self.disabled:
             return worker
-        if not getattr(self.local, "granted", False):
+        granted: bool | None = getattr(self.local, "granted", None)
+        if granted is None:  # decided once per thread: a thread refused does not ask again per batch
             with self.lock:
-                if self.limit is not None and self.granted >= self.limit:
-                    return None
-                self.granted += 1
-            self.local.granted = True
+                granted = self.limit is None or self.granted < self.limit
+                self.granted += 1 if granted else 0
+            self.local.granted = granted
+        if not granted:
+            return None
         began = time.monotonic()
         try:
             worker = ProcWorker(self.writer, self.staging, self.chunker)

@@ -79,7 +79,7 @@ class Worker:
 
     def __init__(self, channel: Channel, init: dict[str, Any]) -> None:
         self.channel = channel
-        self.params = ChunkerParams(*init["chunker"])
+        self.params = ChunkerParams.from_json(init["chunker"])
         self.cutter = StreamCutter(self.params)
         self.base = Crypter(MasterKey(init["key"], init["id_key"]), init["level"])
         self.crypter = self.base
