@@ -57,6 +57,24 @@ def test_a_hostile_level_in_a_config_is_refused() -> None:
         ChunkerParams.from_json(body)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("normalization", "3"), ("normalization", True), ("normalization", 2.5), ("normalization", None),
+     ("normalization", [3]), ("min", "16384"), ("seed", 1.0)],
+)  # fmt: skip
+def test_a_config_field_that_is_not_a_whole_number_is_refused(field: str, value: object) -> None:
+    body = {**_params(3).to_json(), field: value}
+    with pytest.raises(IntegrityError, match=f"chunker {field} must be a whole number"):
+        ChunkerParams.from_json(body)
+
+
+def test_a_config_without_a_size_is_refused() -> None:
+    body = _params(3).to_json()
+    del body["avg"]
+    with pytest.raises(IntegrityError, match="chunker avg must be a whole number, not None"):
+        ChunkerParams.from_json(body)
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_backups_cut_at_the_configs_level(store: ObjectStore, tmp_path: Path, processes: bool) -> None:
     """Threads and worker processes (which get the parameters as a tuple) cut alike, at the level

@@ -73,13 +73,22 @@ class ChunkerParams:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkerParams:
+        """Parameters from a repository config: anything but whole numbers is refused, not coerced
+        (``int()`` would take ``true``, ``3.9`` or ``"3"`` and chunk a repository differently)."""
         return cls(
-            int(data["min"]),
-            int(data["avg"]),
-            int(data["max"]),
-            int(data["seed"]),
-            int(data.get("normalization", LEGACY_NORMALIZATION)),
+            _whole(data, "min"),
+            _whole(data, "avg"),
+            _whole(data, "max"),
+            _whole(data, "seed"),
+            _whole(data, "normalization", LEGACY_NORMALIZATION),
         )
+
+
+def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = data.get(name, default)
+    if type(value) is not int:  # bool is an int subclass: refused too
+        raise IntegrityError(f"repository config: chunker {name} must be a whole number, not {value!r}")
+    return value
 
 
 class StreamCutter:
