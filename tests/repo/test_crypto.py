@@ -6,9 +6,18 @@ import os
 import threading
 
 import pytest
+import zstandard
 
 from cloudkeep.errors import IntegrityError
-from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, NONCE_SIZE, Crypter, MasterKey, new_nonce
+from cloudkeep.repo.crypto import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    DECODE_BUFFER_MAX,
+    NONCE_SIZE,
+    Crypter,
+    MasterKey,
+    new_nonce,
+)
 
 COMPRESSIBLE = b"cloudkeep backs up cloud machines. " * 3000
 RANDOM = os.urandom(300_000)
@@ -51,6 +60,39 @@ def test_damage_is_refused_on_the_buffer_path(crypter: Crypter, damage: str) -> 
         aad = b"another blob"
     with pytest.raises(IntegrityError, match=r"blob 7: (authentication failed|truncated)"):
         crypter.decode_into_buffer(bytes(sealed), aad, "blob 7")
+
+
+def _sealed_zstd(crypter: Crypter, payload: bytes) -> bytes:
+    """A blob sealed with the right key whose zstd payload is whatever the caller made."""
+    return crypter.seal(bytes((CODEC_ZSTD,)) + payload, b"aad")
+
+
+def test_decompressed_into_the_buffer_is_what_decompress_gives(crypter: Crypter) -> None:
+    """Sizes the buffer path takes, grows for (past its 1 MiB start), and leaves to ``decompress``
+    (empty; larger than ``DECODE_BUFFER_MAX``)."""
+    for data in (b"x" * 100, COMPRESSIBLE, COMPRESSIBLE * 40, b"y" * 10, b"", b"z" * (DECODE_BUFFER_MAX + 1)):
+        sealed = _sealed_zstd(crypter, zstandard.ZstdCompressor().compress(data))
+        assert bytes(crypter.decode_into_buffer(sealed, b"aad", "blob")) == data
+        assert crypter.decode(sealed, b"aad", "blob") == data
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a second frame", "bytes after it", "size overstated"])
+def test_a_frame_not_as_stated_is_refused_on_the_buffer_path(crypter: Crypter, damage: str) -> None:
+    """Sealed with the right key (a key holder, or a bug, wrote it): still an error, never short data."""
+    frame = zstandard.ZstdCompressor().compress(COMPRESSIBLE)
+    if damage == "truncated":
+        payload = frame[: len(frame) // 2]
+    elif damage == "a second frame":
+        payload = frame + zstandard.ZstdCompressor().compress(b"more")
+    elif damage == "bytes after it":
+        payload = frame + b"junk"
+    else:  # a frame that states more than it holds: the same content, its header from a longer one
+        longer = zstandard.ZstdCompressor().compress(COMPRESSIBLE + b"!")
+        header = zstandard.get_frame_parameters(longer)
+        assert header.content_size == len(COMPRESSIBLE) + 1
+        payload = longer[:6] + frame[6:]
+    with pytest.raises(IntegrityError, match="blob 9: cannot decompress"):
+        crypter.decode_into_buffer(_sealed_zstd(crypter, payload), b"aad", "blob 9")
 
 
 def test_nonces_never_repeat_across_threads() -> None:
