@@ -244,10 +244,10 @@ class Crypter:
     ) -> memoryview:
         """One frame of exactly ``size`` bytes into the ``decoded`` buffer.
 
-        A restore decodes most of its bytes this way: fresh ``bytes`` per ~1 MiB blob were
-        ``mmap``'d (``limit_heap_fragmentation``), faulted in, zeroed and unmapped again, ~1/3 more
-        CPU than the decompression itself. A frame that yields more or less than it states is
-        damaged: refused, as ``decompress`` refuses it."""
+        A restore decodes most of its bytes this way: fresh ``bytes`` per blob cost an allocation
+        each, and those above the mmap threshold (``limit_heap_fragmentation``) were faulted in,
+        zeroed and unmapped again, ~1/3 more CPU than the decompression itself. A frame that
+        yields more or less than it states is damaged: refused, as ``decompress`` refuses it."""
         out = self._buffers.get("decoded", size)
         reader = decompressor.stream_reader(body, read_across_frames=False, closefd=False)
         if reader.readinto(out) != size or reader.read(1):

@@ -4,6 +4,9 @@ The engine allocates many short-lived buffers of 0.25 to 8 MiB (file reads, chun
 sealed copies) on several threads. glibc's default *dynamic* mmap threshold climbs after the first
 large free, after which such buffers come from per-thread heaps that are rarely returned to the
 OS: measured peak RSS of a 200 MiB backup fell from ~210 MiB to ~135 MiB with a fixed threshold.
+The threshold is 2 MiB, above a chunk copy (whole MiB) and a typical chunk's zstd output: at 256 KiB
+each of those was ``mmap``'d, faulted in page by page and unmapped again, 102k page faults in a
+first backup of a real /usr (restic: 26k); at 2 MiB 52k, 10 % less wall time, +9 MiB peak RSS.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _M_MMAP_THRESHOLD = -3
-_THRESHOLD = 256 * 1024
+_THRESHOLD = 2 * 2**20
 _done = False
 
 
 def limit_heap_fragmentation() -> None:
-    """Serve allocations ≥ 256 KiB with mmap so freeing them returns memory at once (glibc only).
+    """Serve allocations ≥ 2 MiB with mmap so freeing them returns memory at once (glibc only).
 
     ``mallopt`` is looked up among the symbols the interpreter already has loaded (libc is one of
     them), not through ``ctypes.util.find_library``, which runs ``ldconfig -p`` (a fork and exec
@@ -91,11 +94,12 @@ class BufferPool:
     """Byte buffers lent out and given back, shared by threads, kept only while someone uses them.
 
     A large file's chunks are copied out of the chunker's buffer before another thread encodes
-    them. Fresh ``bytes`` per ~0.6 MiB chunk are served by ``mmap`` (``limit_heap_fragmentation``)
-    and unmapped at once: every copy faulted its pages in anew, a third of a first backup's
-    page faults on a real tree. Buffers are whole MiB (most chunks fit any), at most ``KEEP_MAX``
-    bytes each are kept (a rare larger chunk gets memory of its own), and every idle one is
-    freed when the last user (``using``) leaves: the pool holds memory only during large files.
+    them. Fresh ``bytes`` per ~0.6 MiB chunk were served by ``mmap`` (when the threshold of
+    ``limit_heap_fragmentation`` was 256 KiB) and unmapped at once: every copy faulted its pages
+    in anew, a third of a first backup's page faults on a real tree. Buffers are whole MiB (most
+    chunks fit any), at most ``KEEP_MAX`` bytes each are kept (a rare larger chunk gets memory of
+    its own), and every idle one is freed when the last user (``using``) leaves: the pool holds
+    memory only during large files.
     """
 
     KEEP_MAX = 2 * 2**20
