@@ -4,9 +4,10 @@ The engine allocates many short-lived buffers of 0.25 to 8 MiB (file reads, chun
 sealed copies) on several threads. glibc's default *dynamic* mmap threshold climbs after the first
 large free, after which such buffers come from per-thread heaps that are rarely returned to the
 OS: measured peak RSS of a 200 MiB backup fell from ~210 MiB to ~135 MiB with a fixed threshold.
-The threshold is 2 MiB, above a chunk copy (whole MiB) and a typical chunk's zstd output: at 256 KiB
-each of those was ``mmap``'d, faulted in page by page and unmapped again, 102k page faults in a
-first backup of a real /usr (restic: 26k); at 2 MiB 52k, 10 % less wall time, +9 MiB peak RSS.
+The threshold is 1 MiB, above a typical chunk's zstd output and read: at 256 KiB each of those was
+``mmap``'d, faulted in page by page and unmapped again, 102k page faults in a first backup of a
+real /usr (restic: 26k); at 1 MiB 63-70k and 5-6 % less wall time for +5 MiB of peak RSS (2 MiB:
+51-53k, no faster within the noise, +12 MiB, which left restic's peak RSS and ours level).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _M_MMAP_THRESHOLD = -3
-_THRESHOLD = 2 * 2**20
+_THRESHOLD = 2**20
 _done = False
 
 
 def limit_heap_fragmentation() -> None:
-    """Serve allocations ≥ 2 MiB with mmap so freeing them returns memory at once (glibc only).
+    """Serve allocations ≥ 1 MiB with mmap so freeing them returns memory at once (glibc only).
 
     ``mallopt`` is looked up among the symbols the interpreter already has loaded (libc is one of
     them), not through ``ctypes.util.find_library``, which runs ``ldconfig -p`` (a fork and exec
