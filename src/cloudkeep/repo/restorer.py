@@ -63,7 +63,7 @@ __all__ = ["RestoreResult", "restore"]
 # Decoders (and creators): one per core, at most 4. Each small file is a few short system calls
 # with the GIL handed over around each; a third thread on 2 cores only multiplied those hand-offs
 # (futex waits, context switches): 3.2 s and 4.8 s of CPU against 2.8 s and 4.0 s with 2 for a
-# 27,860-file restore (bench/README.md, "Full restore: fewer decoder threads"). Large blobs are
+# 27,860-file restore (bench/README.md, "Full restore: one decoder per core"). Large blobs are
 # decoded with the GIL released, so more cores than 4 would still help them, but not the files.
 LOCAL_THREADS = min(os.cpu_count() or 1, 4)
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
