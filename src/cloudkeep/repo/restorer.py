@@ -60,12 +60,13 @@ from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Nod
 
 __all__ = ["RestoreResult", "restore"]
 
-# Decoders (and creators): one per core, at most 4. Each small file is a few short system calls
-# with the GIL handed over around each; a third thread on 2 cores only multiplied those hand-offs
-# (futex waits, context switches): 3.2 s and 4.8 s of CPU against 2.8 s and 4.0 s with 2 for a
-# 27,860-file restore (bench/README.md, "Full restore: one decoder per core"). Large blobs are
-# decoded with the GIL released, so more cores than 4 would still help them, but not the files.
-LOCAL_THREADS = min(os.cpu_count() or 1, 4)
+# Decoders (and creators): one per two cores, at most 4. Each small file is a few short system
+# calls with the GIL handed over around each, and two decoders writing one large file spin on its
+# inode lock: on 2 cores one decoder restored usr in 4.48 s with 4.5 s of CPU where two took 5.09 s
+# and 6.5 s, and the synthetic tree 3.12 s against 3.28 s, S3 equal with less CPU (bench/README.md,
+# "Full restore: one decoder on two cores"). More cores are not measured: large blobs decode with
+# the GIL released, so they can use a second decoder where it does not take the planner's core.
+LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
 # growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
