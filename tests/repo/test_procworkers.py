@@ -141,6 +141,35 @@ def test_a_first_backup_by_workers_restores_equal(
     assert _contents(repo, again.id, src) == _contents(repo, snap.id, src)
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_large_files_chunks_sealed_in_parallel_stay_in_their_packs_key(
+    store: ObjectStore, tmp_path: Path, workers: list[procpool.ProcWorker], version: int
+) -> None:
+    """A worker seals a large file's new chunks on its encoder threads, a whole chunk group into
+    the pack open then (every blob of a pack under that pack's key, format 3's data keys too).
+    A group may carry a pack past its size, as the serial path's single chunks cannot: that is
+    how this test knows the parallel path ran."""
+    repo = Repository.create(
+        store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS, version=version
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    (src / "large.bin").write_bytes(rng.randbytes(6 * 2**20))  # incompressible: stored raw
+    lines = (b"record %d of a compressible file\n" % i for i in range(200_000))
+    (src / "large.log").write_bytes(b"".join(lines))
+    (src / "small.txt").write_bytes(b"beside them\n")
+    snap = backup_files(repo, [src], hostname="h", processes=True, threads=1)
+    assert workers and snap.stats["errors_total"] == 0
+    sizes = [info.size for info in store.list() if "data/" in info.key]
+    assert max(sizes) > repo.config.pack_size + SMALL_CHUNKS.max_size
+    assert check(repo, read_data=True).ok  # every blob opens with its own pack's key
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert subprocess.run(["diff", "-r", str(src), str(out)]).returncode == 0
+    assert not _staged_by(workers)
+
+
 def test_a_file_replaced_under_a_worker_is_skipped_alone(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
 ) -> None:

@@ -25,6 +25,7 @@ import os
 import pickle
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
@@ -38,6 +39,11 @@ FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # and at most this much copied and held per large file.
 GROUP_CHUNKS = 256
 GROUP_BYTES = 2 * 2**20
+# A large file's new chunks are sealed on this many threads (zstd and AES-GCM release the GIL):
+# the walk hands out its last large file to one worker, which otherwise encoded it alone on one
+# core while the other worker had nothing left (bench/README.md, "First backup in two workers").
+ENCODE_THREADS = 2
+PARALLEL_BYTES = 2**20  # new bytes of a chunk group from which its chunks are sealed in parallel
 _LENGTH = struct.Struct("<I")
 
 
@@ -88,6 +94,7 @@ class Worker:
         self.staging: str = init["staging"]
         self.tag: str = init["tag"]
         self.pack: PackWriter | None = None
+        self.encoders: ThreadPoolExecutor | None = None  # started by the first large file
         self.ids: list[bytes] = []  # the chunk group not yet asked about
         self.data: list[bytes] = []
         self.group_bytes = 0
@@ -160,18 +167,43 @@ class Worker:
         answer = self.channel.recv()
         if answer[0] != "new":
             raise Stopped
-        for blob_id, chunk, new in zip(ids, data, answer[1]):
-            if new:
-                self.store(blob_id, chunk)
+        fresh = [(blob_id, chunk) for blob_id, chunk, new in zip(ids, data, answer[1]) if new]
+        if len(fresh) > 1 and sum(len(chunk) for _, chunk in fresh) >= PARALLEL_BYTES:
+            self.store_group(fresh)
+            return
+        for blob_id, chunk in fresh:
+            self.store(blob_id, chunk)
 
-    def store(self, blob_id: bytes, chunk: bytes) -> None:
+    def open_pack(self) -> PackWriter:
         if self.pack is None:
             self.pack = PackWriter(
                 DATA, self.staging, crypter=self.crypter, prelude=self.prelude, tag=self.tag
             )
-        sealed = self.crypter.encode_into_buffer(chunk, blob_aad(DATA, blob_id))
-        self.pack.add(blob_id, sealed, len(chunk))
-        if self.pack.size >= self.pack_size:
+        return self.pack
+
+    def store(self, blob_id: bytes, chunk: bytes) -> None:
+        pack = self.open_pack()
+        pack.add(blob_id, self.crypter.encode_into_buffer(chunk, blob_aad(DATA, blob_id)), len(chunk))
+        if pack.size >= self.pack_size:
+            self.hand_over()
+
+    def store_group(self, fresh: list[tuple[bytes, bytes]]) -> None:
+        """Seal a large file's new chunks on the encoder threads, all into the open pack.
+
+        Every blob of a pack is sealed with that pack's key, so the whole group goes into the
+        pack open now, which is handed over only after it (at most a group past the pack size,
+        as the thread path's packs end at most a blob past it)."""
+        pack, crypter = self.open_pack(), self.crypter
+        if self.encoders is None:
+            self.encoders = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ck-encode")
+
+        def seal(item: tuple[bytes, bytes]) -> bytes:
+            blob_id, chunk = item  # a copy: the thread's buffer is reused by its next chunk
+            return bytes(crypter.encode_into_buffer(chunk, blob_aad(DATA, blob_id)))
+
+        for (blob_id, chunk), sealed in zip(fresh, self.encoders.map(seal, fresh)):
+            pack.add(blob_id, sealed, len(chunk))
+        if pack.size >= self.pack_size:
             self.hand_over()
 
     def hand_over(self) -> None:
@@ -224,6 +256,8 @@ def serve(channel: Channel) -> None:
         raise
     finally:
         worker.discard()
+        if worker.encoders is not None:
+            worker.encoders.shutdown(wait=False)
 
 
 def main() -> None:
