@@ -89,6 +89,20 @@ def test_aws_machine_imports_no_azure(tmp_path: Path) -> None:
     assert found["aws"] and found["azure"] == []
 
 
+def test_the_s3_backend_leaves_the_response_parsers_to_its_client_thread(tmp_path: Path) -> None:
+    """Importing the S3 backend reads botocore's exceptions only: ``botocore.parsers`` (with urllib3,
+    ~0.12 s) comes with the client, built beside a repository's key derivation, not before it."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    watched = ("botocore.parsers", "urllib3")
+    code = f"import sys, cloudkeep.storage.s3\nprint(*(name in sys.modules for name in {watched!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": src},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
 def test_azure_machine_imports_no_boto(tmp_path: Path) -> None:
     found = _sdk_modules_after(
         f"""

@@ -61,6 +61,37 @@ def shared_loader(session: Any) -> Any:
         return _LOADERS[data_path]
 
 
+def _botocore_session(
+    *,
+    checksums: dict[str, str],
+    credentials: tuple[str | None, str | None, str | None],
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+    max_pool_connections: int,
+) -> tuple[Any, Any]:
+    """A botocore session (the process's shared loader, the store's credentials) and client config.
+
+    botocore alone: boto3's session adds imports and handlers this store never uses (resources,
+    transfer methods): ~15 % of a client's start-up CPU."""
+    import botocore.session
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
+        **config_args(checksums),  # type: ignore[arg-type]
+    )
+    session = botocore.session.Session()
+    session.register_component("data_loader", shared_loader(session))
+    key_id, secret, token = credentials
+    if key_id or secret:  # else botocore's chain: env, profile, role
+        session.set_credentials(key_id or "", secret or "", token)
+    return session, config
+
+
 class S3Store(ObjectStore):
     """One bucket plus an optional key prefix."""
 
@@ -104,43 +135,45 @@ class S3Store(ObjectStore):
         self.multipart_chunk = multipart_chunk
         self.multipart_concurrency = multipart_concurrency
         self.object_lock_mode = object_lock_mode
-        # botocore alone, imported on first use: boto3's session adds imports and handlers this
-        # store never uses (resources, transfer methods): ~15 % of a client's start-up CPU.
-        import botocore.session
-        from botocore.config import Config
-
         checksums = checksum_settings(
             endpoint_url, request_checksum_calculation, response_checksum_validation
         )
         # Without botocore's flexible checksums, cloudkeep sends Content-MD5 itself: the store
         # checks the body, its ETag echoes it, and Object Lock PUTs carry the checksum they need.
         self.send_md5 = checksums["request_checksum_calculation"] == "when_required"
-        config = Config(
-            retries={"max_attempts": max_attempts, "mode": "adaptive"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max_pool_connections,
-            **config_args(checksums),  # type: ignore[arg-type]
-        )
-        session = botocore.session.Session()
-        session.register_component("data_loader", shared_loader(session))
-        if aws_access_key_id or aws_secret_access_key:  # else botocore's chain: env, profile, role
-            session.set_credentials(aws_access_key_id or "", aws_secret_access_key or "", aws_session_token)
         self.endpoint_url = endpoint_url
         self.list_page_size = self._page_size = list_page_size
-        self._session, self._config, self._verify, self._region = session, config, verify, region
-        # Built on a thread of its own: the first client of a process spends ~0.15 s parsing
-        # botocore's models, which a repository's open overlaps with its key derivation.
+        self._verify, self._region = verify, region
+        # botocore is set up on a thread of its own: importing it and parsing its models for the
+        # first client of a process take ~0.25 s, which a repository's open overlaps with its key
+        # derivation (bench/README.md, stop 29, "No-change rerun on S3"): none of it on this thread.
+        self._botocore: Future[tuple[Any, Any]] = Future()  # (session, client config)
         self._client: Future[Any] = Future()
-        threading.Thread(target=self._build_client, name="s3-client", daemon=True).start()
+        setup = {
+            "checksums": checksums,
+            "credentials": (aws_access_key_id, aws_secret_access_key, aws_session_token),
+            "max_attempts": max_attempts,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "max_pool_connections": max_pool_connections,
+        }
+        threading.Thread(target=self._build_client, args=(setup,), name="s3-client", daemon=True).start()
         self._lock_enabled: bool | None = None
         self._lock_probe = threading.Lock()
 
-    def _build_client(self) -> None:
+    def _build_client(self, setup: dict[str, Any]) -> None:
         try:
+            self._botocore.set_result(_botocore_session(**setup))
             self._client.set_result(self.client_with())
         except BaseException as exc:  # raised where the client is first used
+            if not self._botocore.done():
+                self._botocore.set_exception(exc)
             self._client.set_exception(exc)
+
+    @property
+    def session(self) -> Any:
+        """The botocore session behind the client (waits for its setup)."""
+        return self._botocore.result()[0]
 
     @property
     def client(self) -> Any:
@@ -151,8 +184,9 @@ class S3Store(ObjectStore):
         """A client for this store; with some botocore settings changed (for checks) if given."""
         from botocore.config import Config
 
-        merged = self._config.merge(Config(**config_args(config))) if config else self._config  # type: ignore[arg-type]
-        return self._session.create_client(
+        session, base = self._botocore.result()
+        merged = base.merge(Config(**config_args(config))) if config else base  # type: ignore[arg-type]
+        return session.create_client(
             "s3", region_name=self._region, endpoint_url=self.endpoint_url, config=merged, verify=self._verify
         )
 

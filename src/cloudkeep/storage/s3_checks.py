@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.providers.aws.errors import SDK_ERRORS
+from cloudkeep.providers.aws.errors import sdk_errors
 from cloudkeep.storage.base import ObjectLockedError
 from cloudkeep.storage.conformance import StoreCheck
 
 if TYPE_CHECKING:
     from cloudkeep.storage.s3 import S3Store
 
-_CHECK_FAILURES: tuple[type[Exception], ...] = (*SDK_ERRORS, CloudkeepError)  # reported, not raised
+_CHECK_FAILURES: tuple[type[Exception], ...] = (*sdk_errors(), CloudkeepError)  # reported, not raised
 PART = 5 * 2**20  # S3's minimum part size
 
 

@@ -24,7 +24,6 @@ from botocore.exceptions import (
     NoRegionError,
     ReadTimeoutError,
 )
-from botocore.parsers import ResponseParserError
 
 from cloudkeep.errors import (
     AuthenticationError,
@@ -38,8 +37,22 @@ from cloudkeep.errors import (
 )
 from cloudkeep.storage.base import ObjectExistsError, ObjectNotFoundError
 
-# Any failure a boto3 call raises; callers that report rather than translate catch these.
-SDK_ERRORS: tuple[type[Exception], ...] = (ClientError, BotoCoreError, ResponseParserError)
+
+def sdk_errors() -> tuple[type[Exception], ...]:
+    """Any failure a boto3 call raises; callers that report rather than translate catch these."""
+    return (ClientError, BotoCoreError, _parser_error())
+
+
+def _parser_error() -> type[Exception]:
+    """botocore's failure for a response that is not AWS's, imported when first needed.
+
+    ``botocore.parsers`` brings urllib3 with it (~0.12 s), and the S3 backend imports this module on
+    the main thread before a repository's key derivation starts; its client, built beside that
+    derivation, imports the parsers anyway (bench/README.md, stop 29, "No-change rerun on S3")."""
+    from botocore.parsers import ResponseParserError
+
+    return ResponseParserError
+
 
 _AUTH_CODES = {
     "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
@@ -145,7 +158,7 @@ def raise_translated(error: Exception, action: str, target: str = "") -> NoRetur
             f"cannot reach AWS for {action}{where}: {error}",
             hint="check the endpoint URL / region and the network path to AWS",
         ) from error
-    if isinstance(error, ResponseParserError):
+    if isinstance(error, _parser_error()):
         raise NotSupportedError(
             f"the endpoint answered {action}{where} with {unparseable_answer(error)}, not an AWS response",
             hint="the endpoint likely does not implement this service (an S3-compatible store without "
@@ -161,7 +174,7 @@ def aws_errors(action: str, target: str = "") -> Iterator[None]:
     """Wrap one AWS call: ``with aws_errors("ec2:DescribeInstances", region): …``."""
     try:
         yield
-    except SDK_ERRORS as error:
+    except sdk_errors() as error:
         raise_translated(error, action, target)
 
 
@@ -191,7 +204,7 @@ def raise_store_error(exc: Exception, action: str, *, store: str, bucket: str, w
                 hint="grant this permission to the credentials in use",
             ) from exc
         raise UnreachableError(f"{where}: {action} failed: {code} {exc}") from exc
-    if isinstance(exc, ResponseParserError):
+    if isinstance(exc, _parser_error()):
         raise NotSupportedError(
             f"{store}: the endpoint answered {action} with {unparseable_answer(exc)}, not an S3 response",
             hint="check the endpoint URL; the store may not implement this operation",

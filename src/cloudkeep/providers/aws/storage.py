@@ -28,10 +28,10 @@ from cloudkeep.errors import CloudkeepError, ConfigurationError, NotSupportedErr
 from cloudkeep.providers.aws.errors import (
     BUCKET_NOT_FOUND_CODES,
     NO_LOCK_CODES,
-    SDK_ERRORS,
     aws_errors,
     error_code,
     is_not_implemented,
+    sdk_errors,
 )
 from cloudkeep.providers.aws.session import AwsSession
 from cloudkeep.providers.base import ScopedCredentials, StorageService
@@ -142,7 +142,7 @@ class S3StorageService(StorageService):
     def _remove_empty_bucket(self, bucket: str) -> None:
         try:
             self.session.client("s3").delete_bucket(Bucket=bucket)
-        except SDK_ERRORS as error:
+        except sdk_errors() as error:
             log.warning(
                 "could not remove bucket %s created for a refused immutable repository: %s", bucket, error
             )
