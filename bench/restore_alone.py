@@ -1,4 +1,4 @@
-"""A full restore alone, in process, with the decoder count given: wall, CPU and peak RSS per round.
+"""A full restore alone, in process, with the decoder count given: wall and CPU per round, peak RSS.
 
 ``restorer.LOCAL_THREADS`` (decoders and file creators) is one per two cores, measured only on 2
 cores (bench/README.md, "Full restore: one decoder on two cores"). This measures it elsewhere:

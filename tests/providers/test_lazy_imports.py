@@ -26,6 +26,17 @@ AZURITE = (
 )
 
 
+def _fresh_interpreter(script: str, tmp_path: Path) -> str:
+    """Run ``script`` in a new interpreter with this checkout's sources; return its last output line."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
 def _sdk_modules_after(code: str, tmp_path: Path) -> dict[str, list[str]]:
     """Run ``code`` in a new interpreter; return the SDK modules it imported, by SDK."""
     script = textwrap.dedent(code) + textwrap.dedent(
@@ -36,13 +47,7 @@ def _sdk_modules_after(code: str, tmp_path: Path) -> dict[str, list[str]]:
                           "azure": sorted(roots & {"azure"})}))
         """
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": src}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    found: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    found: dict[str, list[str]] = json.loads(_fresh_interpreter(script, tmp_path))
     return found
 
 
@@ -92,15 +97,9 @@ def test_aws_machine_imports_no_azure(tmp_path: Path) -> None:
 def test_the_s3_backend_leaves_the_response_parsers_to_its_client_thread(tmp_path: Path) -> None:
     """Importing the S3 backend reads botocore's exceptions only: ``botocore.parsers`` (with urllib3,
     ~0.12 s) comes with the client, built beside a repository's key derivation, not before it."""
-    src = str(Path(__file__).resolve().parents[2] / "src")
     watched = ("botocore.parsers", "urllib3")
     code = f"import sys, cloudkeep.storage.s3\nprint(*(name in sys.modules for name in {watched!r}))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": src},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "False"]
+    assert _fresh_interpreter(code, tmp_path).split() == ["False", "False"]
 
 
 def test_azure_machine_imports_no_boto(tmp_path: Path) -> None:
