@@ -632,5 +632,9 @@ def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "sy
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_ck":
         cloudkeep_child(*sys.argv[2:])
+        # As the product's entry points end (``cloudkeep``, ``python -m cloudkeep.machine``).
+        from cloudkeep.exiting import skip_exit_collection
+
+        skip_exit_collection()
     else:
         main()

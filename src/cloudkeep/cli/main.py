@@ -33,6 +33,7 @@ from cloudkeep.cli.common import (
     build_settings,
     print_json,
 )
+from cloudkeep.exiting import skip_exit_collection
 
 app = typer.Typer(
     name="cloudkeep",
@@ -81,5 +82,13 @@ def version(as_json: bool = JSON_OPTION) -> None:
         typer.echo(__version__)
 
 
+def run() -> None:
+    """The ``cloudkeep`` command (console script): the app, then an exit without a heap sweep."""
+    try:
+        app()
+    finally:
+        skip_exit_collection()
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -146,4 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from cloudkeep.exiting import skip_exit_collection
+
+    code = main()
+    skip_exit_collection()
+    raise SystemExit(code)

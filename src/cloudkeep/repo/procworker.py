@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import read_xattrs
@@ -266,6 +267,7 @@ def main() -> None:
     os.dup2(2, 1)
     limit_heap_fragmentation()  # chunk copies and sealed blobs: freed memory goes back at once
     serve(Channel(0, out))
+    skip_exit_collection()  # the parent waits for this process to end
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def _write_wheel(path: Path, version: str) -> None:
         f"{dist_info}/WHEEL": (
             b"Wheel-Version: 1.0\nGenerator: cloudkeep-bundle\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
-        f"{dist_info}/entry_points.txt": b"[console_scripts]\ncloudkeep = cloudkeep.cli.main:app\n",
+        f"{dist_info}/entry_points.txt": b"[console_scripts]\ncloudkeep = cloudkeep.cli.main:run\n",
     }
     record: list[str] = []
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
