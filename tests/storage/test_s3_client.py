@@ -46,3 +46,55 @@ def test_another_data_path_gets_its_own_loader(
     loader = custom.session.get_component("data_loader")
     assert loader is not shared
     assert str(tmp_path) in loader.search_paths
+
+
+# Regions of every partition botocore ships, and an S3-compatible endpoint: where a request goes
+# and the scope it is signed for must not change with the endpoints file trimmed.
+REGIONS = [
+    "us-east-1", "us-west-2", "eu-west-1", "ap-southeast-3", "il-central-1", "cn-north-1", "us-gov-west-1",
+]  # fmt: skip
+
+
+def _sent(session: Any, service: str, region: str, endpoint_url: str | None) -> tuple[str, str]:
+    """Where ``session``'s client for ``service`` sends its first request, and the signature's
+    region and service (the request never leaves: a hook answers it)."""
+    from botocore.awsrequest import AWSResponse
+
+    client = session.create_client(service, region_name=region, endpoint_url=endpoint_url)
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        scope = request.headers["Authorization"].decode().split("Credential=")[1].split(",")[0]
+        seen.append((request.url, "/".join(scope.split("/")[2:4])))  # key/date/REGION/SERVICE/...
+        return AWSResponse(request.url, 500, {}, None)
+
+    client.meta.events.register("before-send", answer)
+    with pytest.raises(Exception):  # noqa: B017 (the 500 answer: only the request matters)
+        if service == "s3":
+            client.list_objects_v2(Bucket="cloudkeep-probe", MaxKeys=1)
+        else:
+            client.get_caller_identity()
+    return seen[0]
+
+
+@pytest.mark.parametrize("service", ["s3", "sts"])
+def test_the_trimmed_endpoints_file_resolves_like_the_whole_one(service: str) -> None:
+    import botocore.session
+
+    from cloudkeep.storage.s3 import shared_loader
+
+    def session(trimmed: bool) -> Any:
+        made = botocore.session.Session()
+        made.set_credentials("AKIDEXAMPLE", "secret")
+        made.set_config_variable("retries", {"max_attempts": 0})
+        if trimmed:
+            made.register_component("data_loader", shared_loader(made))
+        return made
+
+    whole, trimmed = session(False), session(True)
+    endpoints = trimmed.get_component("data_loader").load_data("endpoints")
+    kept = {"s3", "sts", "sso", "sso-oidc", "signin"}
+    assert all(set(p["services"]) <= kept for p in endpoints["partitions"])
+    for region in REGIONS:
+        for url in (None, "https://minio.example:9000"):
+            assert _sent(trimmed, service, region, url) == _sent(whole, service, region, url)

@@ -48,17 +48,54 @@ _LOADERS: dict[str, Any] = {}
 _LOADERS_LOCK = threading.Lock()
 
 
+# Services whose entries of botocore's endpoints file a store's session keeps: S3, and what
+# botocore's credential chain may create a client for (role, web identity, SSO, console sign-in).
+ENDPOINT_SERVICES = frozenset({"s3", "sts", "sso", "sso-oidc", "signin"})
+
+
 def shared_loader(session: Any) -> Any:
     """One botocore data loader per process (per data path): a new session would read and parse
     the S3 model, endpoint rules and partitions again (most of a client's construction). The
-    loader only caches those read-only files; credentials, config and events stay per session."""
-    from botocore.loaders import create_loader
+    loader only caches those read-only files; credentials, config and events stay per session.
 
+    Of the endpoints file it keeps each partition but only the entries of ``ENDPOINT_SERVICES``:
+    the other ~400 services' entries were 6.9 MiB of parsed JSON, more than half of what an S3
+    client holds, in every process that opens a store (bench/README.md, stop 30)."""
     data_path = session.get_config_variable("data_path") or ""
     with _LOADERS_LOCK:
         if data_path not in _LOADERS:
-            _LOADERS[data_path] = create_loader(data_path or None)
+            _LOADERS[data_path] = _store_loader(data_path)
         return _LOADERS[data_path]
+
+
+def _store_loader(data_path: str) -> Any:
+    """botocore's ``create_loader(data_path)``, with a file loader that trims the endpoints file."""
+    from botocore.loaders import JSONFileLoader, Loader
+
+    class TrimmingFileLoader(JSONFileLoader):
+        def load_file(self, file_path: str) -> Any:
+            data = super().load_file(file_path)
+            if data is not None and os.path.basename(file_path) == "endpoints":
+                data = store_endpoints(data)
+            return data
+
+    paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep) if p]
+    return Loader(extra_search_paths=paths or None, file_loader=TrimmingFileLoader())
+
+
+def store_endpoints(data: Any) -> Any:
+    """botocore's endpoints data with each partition's services cut to ``ENDPOINT_SERVICES``."""
+    partitions = data.get("partitions") if isinstance(data, dict) else None
+    if not isinstance(partitions, list):
+        return data  # not the layout this knows: left whole
+    trimmed = []
+    for partition in partitions:
+        services = partition.get("services") if isinstance(partition, dict) else None
+        if isinstance(services, dict):
+            kept = {name: entry for name, entry in services.items() if name in ENDPOINT_SERVICES}
+            partition = {**partition, "services": kept}
+        trimmed.append(partition)
+    return {**data, "partitions": trimmed}
 
 
 def _botocore_session(
