@@ -58,7 +58,7 @@ REGIONS = [
 def _sent(session: Any, service: str, region: str, endpoint_url: str | None) -> tuple[str, str]:
     """Where ``session``'s client for ``service`` sends its first request, and the signature's
     region and service (the request never leaves: a hook answers it)."""
-    from botocore.awsrequest import AWSResponse
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
 
     client = session.create_client(service, region_name=region, endpoint_url=endpoint_url)
     seen: list[tuple[str, str]] = []
@@ -66,7 +66,7 @@ def _sent(session: Any, service: str, region: str, endpoint_url: str | None) -> 
     def answer(request: Any, **_: Any) -> AWSResponse:
         scope = request.headers["Authorization"].decode().split("Credential=")[1].split(",")[0]
         seen.append((request.url, "/".join(scope.split("/")[2:4])))  # key/date/REGION/SERVICE/...
-        return AWSResponse(request.url, 500, {}, None)
+        return AWSResponse(request.url, 500, HTTPHeaders(), None)
 
     client.meta.events.register("before-send", answer)
     with pytest.raises(Exception):  # noqa: B017 (the 500 answer: only the request matters)
