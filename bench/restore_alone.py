@@ -1,10 +1,11 @@
 """A full restore alone, in process, with the decoder count given: wall and CPU per round, peak RSS.
 
 ``restorer.LOCAL_THREADS`` (decoders and file creators) is one per two cores, measured only on 2
-cores (bench/README.md, "Full restore: one decoder on two cores"). This measures it elsewhere:
-the counts take turns, round after round, restoring the newest restore point of a local
-repository into an emptied target, without the interpreter start, imports and key derivation
-the engine bench's child pays too. Make the repository with ``first_backup.py`` or the engine
+cores (bench/README.md, "Full restore: one decoder on two cores"); a local restore adds
+``restorer.BULK_DECODERS`` decoders that take only chunks of large files (stop 30). This
+measures it elsewhere: the counts take turns, round after round, restoring the newest restore
+point of a local repository into an emptied target, without the interpreter start, imports and
+key derivation the engine bench's child pays too. Make the repository with ``first_backup.py`` or the engine
 bench (``W/machine/.../ck-repo``, password ``bench-password``).
 
     python bench/restore_alone.py /tmp/fb-work/repo /tmp/restore-target --decoders 1 2 4 --rounds 3

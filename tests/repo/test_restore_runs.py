@@ -244,3 +244,62 @@ def test_remote_segments_are_half_a_mib_and_still_one_request_per_pack(
     assert max(sizes) <= REMOTE_SEGMENT_CAP < MIB and len(sizes) >= 6  # 3.5 MiB of data at least
     data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
     assert len(data_reads) == len({key for key, _, _ in data_reads}) < len(sizes)
+
+
+def _mixed_pack(store: ObjectStore) -> tuple[list[Request], set[int]]:
+    """Requests for a pack of 60 small blobs then 40 large ones (each its own segment); the large
+    ones' offsets."""
+    sizes = [4 * KIB] * 60 + [200 * KIB] * 40
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    store.put(pack_key("cd" * 32), os.urandom(sum(sizes)))
+    entries = [BlobEntry("data", i.to_bytes(32, "big"), offsets[i], n, n) for i, n in enumerate(sizes)]
+    requests = plan_requests([Location("cd" * 32, e) for e in entries], remote=False, gap=0, cap=4 * KIB)
+    return requests, {e.offset for e in entries if e.length > 4 * KIB}
+
+
+def _large(request: Request) -> bool:
+    return all(entry.raw_length > 4 * KIB for segment in request.segments for entry in segment.entries)
+
+
+def test_small_requests_go_to_the_general_decoder_bulk_ones_to_any(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    requests, large = _mixed_pack(store)
+    by_thread: dict[str, list[int]] = {}
+    lock = threading.Lock()
+    bulk_taken = threading.Event()
+
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
+        assert len(view) == segment.end - segment.start
+        name = threading.current_thread().name
+        with lock:
+            by_thread.setdefault(name, []).append(segment.start)
+        if name == "ck-restore-1":
+            bulk_taken.set()
+        elif segment.start not in large:  # small ones last until the other decoder takes part
+            bulk_taken.wait(timeout=30)
+
+    RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(requests)
+    handled = [start for starts in by_thread.values() for start in starts]
+    assert sorted(handled) == sorted(r.start for r in requests)  # every request once
+    assert set(by_thread) <= {"ck-restore-0", "ck-restore-1"}
+    assert set(by_thread.get("ck-restore-1", [])) <= large  # the bulk decoder never took a small one
+    assert bulk_taken.is_set()  # and it took part while the other one was on the small ones
+
+
+@pytest.mark.parametrize("fail_on", ["small", "large"])
+def test_a_failing_decoder_stops_both_lines_and_raises(tmp_path: Path, fail_on: str) -> None:
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    requests, large = _mixed_pack(store)
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
+        with lock:
+            handled.append(segment.start)
+        if (segment.start in large) == (fail_on == "large"):
+            raise IntegrityError(f"a {fail_on} blob is damaged")
+
+    reader = RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1)
+    with pytest.raises(IntegrityError, match=f"a {fail_on} blob is damaged"):
+        reader.run(requests)
+    assert len(handled) < len(requests)  # stopped early, and every thread ended (run returned)

@@ -13,14 +13,17 @@ decompress, verify and write the blobs, then give the buffer back. The pool's si
 memory of reads in flight whatever the restore's size (one buffer per thread: every reader and
 decoder holds at most one at a time); readers wait for a free buffer. Locally
 there are no reader threads: each decoder reads its own segments (a page-cache copy is not worth
-a hand-off between threads).
+a hand-off between threads). There, with ``bulk`` given, the decoders past the first ``general``
+take only bulk requests (chunks of large files: decoded with the GIL released, so two decoders
+gain) and leave requests of many small blobs (a few short system calls each, GIL hand-offs around
+every one) to the general ones, which take those first.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -119,6 +122,7 @@ def plan_requests(
 
 
 Handler = Callable[[Request, Segment, memoryview], None]
+Bulk = Callable[[Request], bool]
 
 
 class _Stop(Exception):
@@ -134,10 +138,19 @@ class RunReader:
     """
 
     def __init__(
-        self, store: ObjectStore, handle: Handler, *, readers: int, decoders: int, cap: int = SEGMENT_CAP
+        self,
+        store: ObjectStore,
+        handle: Handler,
+        *,
+        readers: int,
+        decoders: int,
+        cap: int = SEGMENT_CAP,
+        bulk: Bulk | None = None,
+        general: int = 1,
     ):
         self.store, self.handle = store, handle
         self.readers, self.decoders, self.cap = max(0, readers), max(1, decoders), cap
+        self.bulk, self.general = bulk, max(1, general)
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         # The memory bound: a thread holds one buffer at a time (a reader fills one and queues it,
         # a decoder handles one and gives it back), so this many never makes a thread wait for
@@ -168,7 +181,15 @@ class RunReader:
         costs more (GIL and futex traffic) than it saves.
         """
         pending = iter(requests)
-        if not self.readers:
+        if not self.readers and self.bulk is not None and self.decoders > self.general:
+            sorter = _Sorter(self.bulk)
+            lines = [sorter.take(general=i < self.general) for i in range(self.decoders)]
+            sort = threading.Thread(target=sorter.fill, args=(pending, self), name="ck-restore-sort")
+            self._readers = [sort] + [
+                threading.Thread(target=self._read_all, args=(line, True), name=f"ck-restore-{i}")
+                for i, line in enumerate(lines)
+            ]
+        elif not self.readers:
             self._readers = [
                 threading.Thread(target=self._read_all, args=(pending, True), name=f"ck-restore-{i}")
                 for i in range(self.decoders)
@@ -271,6 +292,48 @@ class RunReader:
             self._fail(exc)
         finally:
             self._give_back(buf)
+
+
+class _Sorter:
+    """Local requests in two lines: bulk ones, for any decoder, and the others, for general ones."""
+
+    def __init__(self, bulk: Bulk) -> None:
+        self.is_bulk = bulk
+        self.changed = threading.Condition()
+        self.small: deque[Request] = deque()
+        self.bulk: deque[Request] = deque()
+        self.done = False
+
+    def fill(self, pending: Iterator[Request], reader: RunReader) -> None:
+        """Sort the plan's requests as they come (its own thread: the plan blocks while it grows)."""
+        try:
+            for request in pending:
+                if reader.error is not None:
+                    return
+                line = self.bulk if self.is_bulk(request) else self.small
+                with self.changed:
+                    line.append(request)
+                    self.changed.notify_all()
+        except BaseException as exc:  # handed to run(), which raises it
+            reader._fail(exc)
+        finally:
+            with self.changed:
+                self.done = True
+                self.changed.notify_all()
+
+    def take(self, *, general: bool) -> Iterator[Request]:
+        """A decoder's requests: a general one takes small ones first, then helps with the bulk."""
+        while True:
+            with self.changed:
+                while not ((general and self.small) or self.bulk or self.done):
+                    self.changed.wait()
+                if general and self.small:
+                    request = self.small.popleft()
+                elif self.bulk:
+                    request = self.bulk.popleft()
+                else:
+                    return
+            yield request
 
 
 def _skip(stream: RangeStream, count: int, reader: RunReader) -> None:
