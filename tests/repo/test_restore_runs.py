@@ -303,3 +303,33 @@ def test_a_failing_decoder_stops_both_lines_and_raises(tmp_path: Path, fail_on: 
     with pytest.raises(IntegrityError, match=f"a {fail_on} blob is damaged"):
         reader.run(requests)
     assert len(handled) < len(requests)  # stopped early, and every thread ended (run returned)
+
+
+def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Path) -> None:
+    """The plan goes on only once its small requests are restored, while the bulk line is empty:
+    a bulk decoder waiting for work must not keep the other from taking them."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    requests, large = _mixed_pack(store)
+    bulk = [r for r in requests if r.start in large]
+    small = [r for r in requests if r.start not in large]
+    bulk_done, small_done = threading.Event(), threading.Event()
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
+        with lock:
+            handled.append(segment.start)
+            if segment.start == bulk[0].start:
+                bulk_done.set()
+            if {r.start for r in small} <= set(handled):
+                small_done.set()
+
+    def plan() -> Iterator[Request]:
+        yield bulk[0]
+        assert bulk_done.wait(timeout=30)
+        yield from small
+        assert small_done.wait(timeout=30), "the small requests waited for the bulk line"
+        yield from bulk[1:]
+
+    RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(plan())
+    assert sorted(handled) == sorted(r.start for r in requests)

@@ -71,7 +71,7 @@ LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
 # Locally one more decoder takes only chunks of large files (a mean of at least the minimum chunk
 # per blob), where decoding releases the GIL: on 2 cores usr restored in 3.06 s against 3.42 s and
 # the synthetic tree in 1.33 s against 1.74 s, where a second decoder of every kind was slower on
-# usr (bench/README.md, stop 30, "A decoder for large files only").
+# usr (bench/README.md, "Full restore: a second decoder for large files only").
 BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones

@@ -21,6 +21,7 @@ every one) to the general ones, which take those first.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import defaultdict, deque
@@ -186,7 +187,7 @@ class RunReader:
             lines = [sorter.take(general=i < self.general) for i in range(self.decoders)]
             sort = threading.Thread(target=sorter.fill, args=(pending, self), name="ck-restore-sort")
             self._readers = [sort] + [
-                threading.Thread(target=self._read_all, args=(line, True), name=f"ck-restore-{i}")
+                threading.Thread(target=self._read_all, args=(line, True, False), name=f"ck-restore-{i}")
                 for i, line in enumerate(lines)
             ]
         elif not self.readers:
@@ -240,10 +241,13 @@ class RunReader:
             self._free.put(buf)
         self._buffers.release()
 
-    def _read_all(self, pending: Iterator[Request], inline: bool) -> None:
+    def _read_all(self, pending: Iterator[Request], inline: bool, shared: bool = True) -> None:
+        """Read (and, ``inline``, handle) requests from ``pending``: shared by every such thread, or
+        this thread's own line of a ``_Sorter`` (which waits inside for its kind: no lock held)."""
+        lock = self._next_lock if shared else contextlib.nullcontext()
         try:
             while self._error is None:
-                with self._next_lock:
+                with lock:
                     request = next(pending, None)
                 if request is None:
                     return
