@@ -8,10 +8,8 @@ this test process has long since imported all of them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+from tests.support.interpreter import fresh_interpreter
 
 HEAVY = ("cloudkeep.server.jobs.lifecycle", "cloudkeep.server.jobs.runner", "cloudkeep.repo", "sqlalchemy")
 
@@ -21,12 +19,7 @@ def test_the_cli_starts_without_the_runner_the_engine_or_the_state_store() -> No
         "import json, sys; import cloudkeep.cli.main; "
         f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True,
-        timeout=120, check=True,
-    )  # fmt: skip
-    assert json.loads(done.stdout) == []
+    assert json.loads(fresh_interpreter(code, timeout=120)[-1]) == []
 
 
 def test_the_jobs_package_still_offers_its_contract_on_first_use() -> None:

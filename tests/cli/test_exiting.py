@@ -7,23 +7,17 @@ generation: exit hooks run before that sweep, and only a frozen heap makes it sk
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from tests.support.interpreter import fresh_interpreter
+
 REPORT = "import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count(), flush=True)); "
 
 
 def _frozen_at_exit(code: str, tmp_path: Path) -> tuple[int, list[str]]:
-    done = subprocess.run(
-        [sys.executable, "-c", REPORT + code], env={**os.environ, "PYTHONPATH": SRC}, cwd=tmp_path,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    lines = done.stdout.splitlines()
+    lines = fresh_interpreter(REPORT + code, tmp_path, timeout=120)
     frozen = [int(line.split()[1]) for line in lines if line.startswith("frozen ")]
-    assert len(frozen) == 1, done.stdout + done.stderr
+    assert len(frozen) == 1, lines
     return frozen[0], [line for line in lines if not line.startswith("frozen ")]
 
 

@@ -7,15 +7,13 @@ prints the SDK modules it ended up with. Nothing connects anywhere: building cli
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from cloudkeep.providers.registry import KNOWN_PROVIDERS, provider_facts, provider_kinds
+from tests.support.interpreter import fresh_interpreter
 
 AWS_SDK = ("boto3", "botocore", "s3transfer")
 AZURE_SDK = ("azure",)
@@ -24,17 +22,6 @@ AZURITE = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
 )
-
-
-def _fresh_interpreter(script: str, tmp_path: Path) -> str:
-    """Run ``script`` in a new interpreter with this checkout's sources; return its last output line."""
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": src}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
 
 
 def _sdk_modules_after(code: str, tmp_path: Path) -> dict[str, list[str]]:
@@ -47,7 +34,7 @@ def _sdk_modules_after(code: str, tmp_path: Path) -> dict[str, list[str]]:
                           "azure": sorted(roots & {"azure"})}))
         """
     )
-    found: dict[str, list[str]] = json.loads(_fresh_interpreter(script, tmp_path))
+    found: dict[str, list[str]] = json.loads(fresh_interpreter(script, tmp_path)[-1])
     return found
 
 
@@ -99,7 +86,7 @@ def test_the_s3_backend_leaves_the_response_parsers_to_its_client_thread(tmp_pat
     ~0.12 s) comes with the client, built beside a repository's key derivation, not before it."""
     watched = ("botocore.parsers", "urllib3")
     code = f"import sys, cloudkeep.storage.s3\nprint(*(name in sys.modules for name in {watched!r}))"
-    assert _fresh_interpreter(code, tmp_path).split() == ["False", "False"]
+    assert fresh_interpreter(code, tmp_path)[-1].split() == ["False", "False"]
 
 
 def test_azure_machine_imports_no_boto(tmp_path: Path) -> None:
