@@ -98,3 +98,16 @@ def test_the_trimmed_endpoints_file_resolves_like_the_whole_one(service: str) ->
     for region in REGIONS:
         for url in (None, "https://minio.example:9000"):
             assert _sent(trimmed, service, region, url) == _sent(whole, service, region, url)
+
+
+def test_an_endpoints_file_of_another_layout_is_left_whole() -> None:
+    """``AWS_DATA_PATH`` can put any JSON in its place: what this does not know is not cut (nor does
+    it fail), and only a partition's ``services`` are ever trimmed."""
+    from cloudkeep.storage.s3 import store_endpoints
+
+    for odd in ([], {"version": 3}, {"partitions": {"aws": {}}}, {"partitions": ["aws", None]}):
+        assert store_endpoints(odd) == odd
+    mixed = {"partitions": [{"partition": "aws", "services": {"s3": 1, "ec2": 2}}, {"services": ["s3"]}, 7]}
+    assert store_endpoints(mixed) == {
+        "partitions": [{"partition": "aws", "services": {"s3": 1}}, {"services": ["s3"]}, 7]
+    }
