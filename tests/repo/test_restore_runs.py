@@ -261,9 +261,18 @@ def _large(request: Request) -> bool:
     return all(entry.raw_length > 4 * KIB for segment in request.segments for entry in segment.entries)
 
 
-def test_small_requests_go_to_the_general_decoder_bulk_ones_to_any(tmp_path: Path) -> None:
+# Decoders reading their own segments (local), or fed by reader threads (remote)
+READERS = pytest.mark.parametrize("readers", [0, 2], ids=["decoders-read", "reader-threads"])
+
+
+@READERS
+def test_small_requests_go_to_the_general_decoder_bulk_ones_to_any(tmp_path: Path, readers: int) -> None:
     store = open_store(f"file://{tmp_path / 'repo'}")
     requests, large = _mixed_pack(store)
+    # Reader threads read in the plan's order: a large one comes before the buffers are full of
+    # small ones the general decoder holds up (waiting for the other decoder to take part).
+    small, bulk = [r for r in requests if r.start not in large], [r for r in requests if r.start in large]
+    requests = [r for pair in zip(small[:40], bulk, strict=True) for r in pair] + small[40:]
     by_thread: dict[str, list[int]] = {}
     lock = threading.Lock()
     bulk_taken = threading.Event()
@@ -273,21 +282,23 @@ def test_small_requests_go_to_the_general_decoder_bulk_ones_to_any(tmp_path: Pat
         name = threading.current_thread().name
         with lock:
             by_thread.setdefault(name, []).append(segment.start)
-        if name == "ck-restore-1":
+        if name.endswith("-1"):
             bulk_taken.set()
         elif segment.start not in large:  # small ones last until the other decoder takes part
             bulk_taken.wait(timeout=30)
 
-    RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(requests)
+    RunReader(store, handle, readers=readers, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(requests)
     handled = [start for starts in by_thread.values() for start in starts]
     assert sorted(handled) == sorted(r.start for r in requests)  # every request once
-    assert set(by_thread) <= {"ck-restore-0", "ck-restore-1"}
-    assert set(by_thread.get("ck-restore-1", [])) <= large  # the bulk decoder never took a small one
+    kind = "ck-decode" if readers else "ck-restore"
+    assert set(by_thread) <= {f"{kind}-0", f"{kind}-1"}
+    assert set(by_thread.get(f"{kind}-1", [])) <= large  # the bulk decoder never took a small one
     assert bulk_taken.is_set()  # and it took part while the other one was on the small ones
 
 
+@READERS
 @pytest.mark.parametrize("fail_on", ["small", "large"])
-def test_a_failing_decoder_stops_both_lines_and_raises(tmp_path: Path, fail_on: str) -> None:
+def test_a_failing_decoder_stops_both_lines_and_raises(tmp_path: Path, fail_on: str, readers: int) -> None:
     store = open_store(f"file://{tmp_path / 'repo'}")
     requests, large = _mixed_pack(store)
     handled: list[int] = []
@@ -299,13 +310,14 @@ def test_a_failing_decoder_stops_both_lines_and_raises(tmp_path: Path, fail_on: 
         if (segment.start in large) == (fail_on == "large"):
             raise IntegrityError(f"a {fail_on} blob is damaged")
 
-    reader = RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1)
+    reader = RunReader(store, handle, readers=readers, decoders=2, cap=4 * KIB, bulk=_large, general=1)
     with pytest.raises(IntegrityError, match=f"a {fail_on} blob is damaged"):
         reader.run(requests)
     assert len(handled) < len(requests)  # stopped early, and every thread ended (run returned)
 
 
-def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Path) -> None:
+@READERS
+def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Path, readers: int) -> None:
     """The plan goes on only once its small requests are restored, while the bulk line is empty:
     a bulk decoder waiting for work must not keep the other from taking them."""
     store = open_store(f"file://{tmp_path / 'repo'}")
@@ -331,5 +343,5 @@ def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Pa
         assert small_done.wait(timeout=30), "the small requests waited for the bulk line"
         yield from bulk[1:]
 
-    RunReader(store, handle, readers=0, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(plan())
+    RunReader(store, handle, readers=readers, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(plan())
     assert sorted(handled) == sorted(r.start for r in requests)

@@ -13,10 +13,11 @@ decompress, verify and write the blobs, then give the buffer back. The pool's si
 memory of reads in flight whatever the restore's size (one buffer per thread: every reader and
 decoder holds at most one at a time); readers wait for a free buffer. Locally
 there are no reader threads: each decoder reads its own segments (a page-cache copy is not worth
-a hand-off between threads). There, with ``bulk`` given, the decoders past the first ``general``
-take only bulk requests (chunks of large files: decoded with the GIL released, so two decoders
-gain) and leave requests of many small blobs (a few short system calls each, GIL hand-offs around
-every one) to the general ones, which take those first.
+a hand-off between threads). With ``bulk`` given, the decoders past the first ``general`` take
+only bulk requests (chunks of large files: decoded with the GIL released, so two decoders gain)
+and leave requests of many small blobs (a few short system calls each, GIL hand-offs around every
+one) to the general ones, which take those first: locally a sorting thread puts the plan's
+requests into the two lines, remotely the readers put what they read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.errors import IntegrityError
@@ -124,6 +126,7 @@ def plan_requests(
 
 Handler = Callable[[Request, Segment, memoryview], None]
 Bulk = Callable[[Request], bool]
+Item = TypeVar("Item")
 
 
 class _Stop(Exception):
@@ -157,7 +160,7 @@ class RunReader:
         # a decoder handles one and gives it back), so this many never makes a thread wait for
         # memory another thread does not give back; more only queues more read-ahead.
         self._buffers = threading.BoundedSemaphore(self.decoders + self.readers)
-        self._work: queue.SimpleQueue[tuple[Request, Segment, bytearray, int] | None] = queue.SimpleQueue()
+        self._work: _Lines[tuple[Request, Segment, bytearray, int]] = _Lines()  # read, for the decoders
         self._lock = threading.Lock()
         self._next_lock = threading.Lock()  # held while the requests' iterator blocks: not ``_lock``
         self._error: BaseException | None = None
@@ -182,10 +185,10 @@ class RunReader:
         costs more (GIL and futex traffic) than it saves.
         """
         pending = iter(requests)
-        if not self.readers and self.bulk is not None and self.decoders > self.general:
-            sorter = _Sorter(self.bulk)
-            lines = [sorter.take(general=i < self.general) for i in range(self.decoders)]
-            sort = threading.Thread(target=sorter.fill, args=(pending, self), name="ck-restore-sort")
+        if not self.readers and self._split:
+            sorted_: _Lines[Request] = _Lines()
+            lines = [sorted_.take(general=general) for general in self._general()]
+            sort = threading.Thread(target=self._sort, args=(pending, sorted_), name="ck-restore-sort")
             self._readers = [sort] + [
                 threading.Thread(target=self._read_all, args=(line, True, False), name=f"ck-restore-{i}")
                 for i, line in enumerate(lines)
@@ -201,7 +204,8 @@ class RunReader:
                 for i in range(self.readers)
             ]
             self._decoders = [
-                threading.Thread(target=self._decode_all, name=f"ck-decode-{i}") for i in range(self.decoders)
+                threading.Thread(target=self._decode_all, args=(general,), name=f"ck-decode-{i}")
+                for i, general in enumerate(self._general())
             ]
         for thread in self._readers + self._decoders:
             thread.start()
@@ -210,12 +214,20 @@ class RunReader:
         """Wait until every request is handled (the iterator ended) or a thread failed; raise that."""
         for thread in self._readers:
             thread.join()
-        for _ in self._decoders:
-            self._work.put(None)
+        self._work.close()
         for thread in self._decoders:
             thread.join()
         if self._error is not None:
             raise self._error
+
+    @property
+    def _split(self) -> bool:
+        """Whether bulk work goes to a line of its own (some decoders take only that)."""
+        return self.bulk is not None and self.decoders > self.general
+
+    def _general(self) -> list[bool]:
+        """Per decoder, whether it takes every kind of work (else only the bulk line)."""
+        return [not self._split or i < self.general for i in range(self.decoders)]
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -274,18 +286,30 @@ class RunReader:
                     if inline:
                         self._handle(request, segment, buf, got)
                     else:
-                        self._work.put((request, segment, buf, got))
+                        self._work.put((request, segment, buf, got), bulk=self._is_bulk(request))
                     position = segment.start + got
         except ObjectNotFoundError:
             raise IntegrityError(
                 f"pack {request.pack_id} is missing from storage", hint="run `cloudkeep repository check`"
             ) from None
 
-    def _decode_all(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
+    def _is_bulk(self, request: Request) -> bool:
+        return self._split and self.bulk is not None and self.bulk(request)
+
+    def _sort(self, pending: Iterator[Request], lines: _Lines[Request]) -> None:
+        """Put the plan's requests into their lines as they come (its own thread: the plan blocks)."""
+        try:
+            for request in pending:
+                if self._error is not None:
+                    return
+                lines.put(request, bulk=self._is_bulk(request))
+        except BaseException as exc:  # handed to run(), which raises it
+            self._fail(exc)
+        finally:
+            lines.close()
+
+    def _decode_all(self, general: bool) -> None:
+        for item in self._work.take(general=general):
             self._handle(*item)
 
     def _handle(self, request: Request, segment: Segment, buf: bytearray, got: int) -> None:
@@ -298,46 +322,39 @@ class RunReader:
             self._give_back(buf)
 
 
-class _Sorter:
-    """Local requests in two lines: bulk ones, for any decoder, and the others, for general ones."""
+class _Lines(Generic[Item]):
+    """Work in two lines: bulk items, for any taker, and the others, for general takers only."""
 
-    def __init__(self, bulk: Bulk) -> None:
-        self.is_bulk = bulk
+    def __init__(self) -> None:
         self.changed = threading.Condition()
-        self.small: deque[Request] = deque()
-        self.bulk: deque[Request] = deque()
+        self.small: deque[Item] = deque()
+        self.bulk: deque[Item] = deque()
         self.done = False
 
-    def fill(self, pending: Iterator[Request], reader: RunReader) -> None:
-        """Sort the plan's requests as they come (its own thread: the plan blocks while it grows)."""
-        try:
-            for request in pending:
-                if reader.error is not None:
-                    return
-                line = self.bulk if self.is_bulk(request) else self.small
-                with self.changed:
-                    line.append(request)
-                    self.changed.notify_all()
-        except BaseException as exc:  # handed to run(), which raises it
-            reader._fail(exc)
-        finally:
-            with self.changed:
-                self.done = True
-                self.changed.notify_all()
+    def put(self, item: Item, *, bulk: bool) -> None:
+        with self.changed:
+            (self.bulk if bulk else self.small).append(item)
+            self.changed.notify_all()
 
-    def take(self, *, general: bool) -> Iterator[Request]:
-        """A decoder's requests: a general one takes small ones first, then helps with the bulk."""
+    def close(self) -> None:
+        """No more items: takers return once the lines are empty."""
+        with self.changed:
+            self.done = True
+            self.changed.notify_all()
+
+    def take(self, *, general: bool) -> Iterator[Item]:
+        """A taker's items: a general one takes small ones first, then helps with the bulk."""
         while True:
             with self.changed:
                 while not ((general and self.small) or self.bulk or self.done):
                     self.changed.wait()
                 if general and self.small:
-                    request = self.small.popleft()
+                    item = self.small.popleft()
                 elif self.bulk:
-                    request = self.bulk.popleft()
+                    item = self.bulk.popleft()
                 else:
                     return
-            yield request
+            yield item
 
 
 def _skip(stream: RangeStream, count: int, reader: RunReader) -> None:
