@@ -20,6 +20,7 @@ from cloudkeep.errors import IntegrityError
 from cloudkeep.repo import Repository, backup_files, restore
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.pack import BlobEntry, pack_key
+from cloudkeep.repo.restorer import BULK_BLOB, _bulk
 from cloudkeep.repo.runreader import Request, RunReader, Segment, plan_requests, plan_segments
 from cloudkeep.storage import open_store
 from cloudkeep.storage.base import ObjectStore, RangeStream
@@ -49,6 +50,7 @@ def test_neighbours_merge_until_a_gap_or_the_cap() -> None:
         (100_600 + 3 * MIB, 100_610 + 3 * MIB),
     ]
     assert [[e.id[0] for e in s.entries] for s in segments] == [[1, 2, 3], [4], [5], [6]]
+    assert [s.raw for s in segments] == [5000, 500, 3 * MIB, 10]  # raw lengths summed per segment
 
 
 def test_a_far_first_blob_does_not_drag_the_prelude_in() -> None:
@@ -345,3 +347,14 @@ def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Pa
 
     RunReader(store, handle, readers=readers, decoders=2, cap=4 * KIB, bulk=_large, general=1).run(plan())
     assert sorted(handled) == sorted(r.start for r in requests)
+
+
+def test_a_request_is_bulk_by_its_blobs_raw_size_not_their_stored_size() -> None:
+    """Chunks of large files compress: what decides is what a decoder writes (raw lengths)."""
+    def request(raw: list[int], stored: int) -> Request:
+        entries = [BlobEntry("data", i.to_bytes(32, "big"), i * stored, stored, n) for i, n in enumerate(raw)]
+        return plan_requests([Location("ab" * 32, e) for e in entries], remote=True)[0]
+
+    assert _bulk(request([BULK_BLOB] * 8, stored=BULK_BLOB // 4))  # compressed chunks of a large file
+    assert not _bulk(request([4 * KIB] * 8, stored=4 * KIB))  # small files
+    assert not _bulk(request([4 * KIB] * 7 + [BULK_BLOB], stored=4 * KIB))  # mostly small: general line

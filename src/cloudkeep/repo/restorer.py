@@ -371,9 +371,10 @@ class _Restorer(TargetWriter):
 
 
 def _bulk(request: Request) -> bool:
-    """Whether a request holds chunks of large files: blobs of ``BULK_BLOB`` on average."""
-    entries = [entry for segment in request.segments for entry in segment.entries]
-    return sum(entry.raw_length for entry in entries) >= BULK_BLOB * len(entries)
+    """Whether a request holds chunks of large files: blobs of ``BULK_BLOB`` on average (from the
+    segments' sums: a pass over every blob here cost an S3 restore of usr 0.1-0.2 s of GIL)."""
+    segments = request.segments
+    return sum(s.raw for s in segments) >= BULK_BLOB * sum(len(s.entries) for s in segments)
 
 
 def _requested(paths: list[str] | None) -> list[tuple[str, ...]]:

@@ -51,6 +51,7 @@ class Segment:
     start: int
     end: int
     entries: list[BlobEntry] = field(default_factory=list)
+    raw: int = 0  # the entries' raw lengths summed (which line a request goes to: ``Bulk``)
 
 
 @dataclass(**SLOTS)
@@ -84,6 +85,7 @@ def plan_segments(
             segments.append(current)
         current.entries.append(entry)
         current.end = max(current.end, end)
+        current.raw += entry.raw_length
     if segments and segments[0].start <= gap and segments[0].end <= cap:
         segments[0].start = 0  # read the pack's prelude with it (format 3: the pack's wrapped data key)
     return segments
