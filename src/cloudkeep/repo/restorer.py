@@ -71,8 +71,8 @@ LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
 # One more decoder takes only chunks of large files (a mean of at least the minimum chunk per
 # blob), where decoding releases the GIL: on 2 cores usr restored in 3.06 s against 3.42 s and the
 # synthetic tree in 1.33 s against 1.74 s, where a second decoder of every kind was slower on usr
-# (bench/README.md, "Full restore: a second decoder for large files only"). From S3 (moto) the
-# synthetic tree 3.21 -> 2.55 s, usr unchanged (5.27 / 5.33 s) with 0.5 s more CPU (stop 31).
+# (bench/README.md, "Full restore: a second decoder for large files only"). From S3 (moto) too:
+# usr 2.94 -> 2.70 s, the synthetic tree 3.21 -> 2.55 s (stop 31, "Full restore from S3").
 BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones

@@ -180,7 +180,8 @@ class RunReader:
         self.join()
 
     def start(self, requests: Iterable[Request]) -> None:
-        """Start reading ``requests``, which may block for more (a plan still being made).
+        """Start reading ``requests``, which may block for more (a plan still being made); once per
+        reader (``join`` closes its lines).
 
         ``readers=0``: each decoder reads its own segments. A local read is a copy from the page
         cache, a hundredth of decoding and writing what it read: there a hand-off between threads
@@ -273,6 +274,7 @@ class RunReader:
 
     def _read(self, request: Request, inline: bool) -> None:
         start, end = request.start, request.end
+        bulk = not inline and self._is_bulk(request)  # once per request: the reads are its segments
         try:
             with self.store.open_range(pack_key(request.pack_id), start, end - start) as stream:
                 position = start
@@ -288,7 +290,7 @@ class RunReader:
                     if inline:
                         self._handle(request, segment, buf, got)
                     else:
-                        self._work.put((request, segment, buf, got), bulk=self._is_bulk(request))
+                        self._work.put((request, segment, buf, got), bulk=bulk)
                     position = segment.start + got
         except ObjectNotFoundError:
             raise IntegrityError(
@@ -296,6 +298,7 @@ class RunReader:
             ) from None
 
     def _is_bulk(self, request: Request) -> bool:
+        """Whether ``request`` goes to the bulk line (only where some decoders take nothing else)."""
         return self._split and self.bulk is not None and self.bulk(request)
 
     def _sort(self, pending: Iterator[Request], lines: _Lines[Request]) -> None:
