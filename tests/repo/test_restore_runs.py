@@ -351,6 +351,7 @@ def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Pa
 
 def test_a_request_is_bulk_by_its_blobs_raw_size_not_their_stored_size() -> None:
     """Chunks of large files compress: what decides is what a decoder writes (raw lengths)."""
+
     def request(raw: list[int], stored: int) -> Request:
         entries = [BlobEntry("data", i.to_bytes(32, "big"), i * stored, stored, n) for i, n in enumerate(raw)]
         return plan_requests([Location("ab" * 32, e) for e in entries], remote=True)[0]
