@@ -258,7 +258,7 @@ class RunReader:
 
     def _read_all(self, pending: Iterator[Request], inline: bool, shared: bool = True) -> None:
         """Read (and, ``inline``, handle) requests from ``pending``: shared by every such thread, or
-        this thread's own line of a ``_Sorter`` (which waits inside for its kind: no lock held)."""
+        this thread's own line of a ``_Lines`` (which waits inside for its kind: no lock held)."""
         lock = self._next_lock if shared else contextlib.nullcontext()
         try:
             while self._error is None:
