@@ -55,6 +55,25 @@ def blob_aad(blob_type: str, blob_id: bytes) -> bytes:
     return b"cloudkeep-blob-v1:" + blob_type.encode() + b":" + blob_id
 
 
+def open_blob(
+    crypter: Crypter, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview, *, reuse_buffer: bool
+) -> bytes | memoryview:
+    """Decrypt, decompress and verify one blob of a pack against its content id (``crypter``: the
+    pack's). ``reuse_buffer``: the result may live in this thread's reusable buffer
+    (``Crypter.decode_into_buffer``). Shared by the repository and restore's worker process."""
+    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+    if len(sealed) != entry.length:
+        raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+    aad = blob_aad(entry.type, entry.id)
+    if reuse_buffer:
+        data: bytes | memoryview = crypter.decode_into_buffer(sealed, aad, what)
+    else:
+        data = crypter.decode(sealed, aad, what)
+    if crypter.content_id(data) != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
+    return data
+
+
 def pack_key(pack_id: str) -> str:
     """``data/<xx>/<id>``; a writer's pack id ``writers/<m>/<id>`` maps to ``writers/<m>/data/<xx>/<id>``."""
     writer, _, digest = pack_id.rpartition("/")

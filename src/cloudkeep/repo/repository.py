@@ -51,7 +51,7 @@ from cloudkeep.repo.layout import (
     seal_config,
 )
 from cloudkeep.repo.manifests import RepositoryManifests
-from cloudkeep.repo.pack import BlobEntry, blob_aad, pack_key
+from cloudkeep.repo.pack import BlobEntry, open_blob, pack_key
 from cloudkeep.repo.tree import Node, decode_tree
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
@@ -433,18 +433,10 @@ class Repository(RepositoryManifests):
         thread decodes again (restore and check use each blob at once). ``crypter``: the pack's,
         when the caller already has it (``pack_crypter``), saving a look-up per blob.
         """
-        what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
-        if len(sealed) != entry.length:
-            raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
-        aad = blob_aad(entry.type, entry.id)
-        crypter = crypter or self.pack_crypter(pack_id)
-        if reuse_buffer:
-            data: bytes | memoryview = crypter.decode_into_buffer(sealed, aad, what)
-        else:
-            data = crypter.decode(sealed, aad, what)
-        if self.crypter.content_id(data) != entry.id:
-            raise IntegrityError(f"{what}: content does not match its id")
-        return data
+        # the pack's crypter shares the master's id key: ids are checked with it
+        return open_blob(
+            crypter or self.pack_crypter(pack_id), entry, pack_id, sealed, reuse_buffer=reuse_buffer
+        )
 
     def load_blob(self, blob_id: bytes) -> bytes:
         loc = self.locate(blob_id)
