@@ -42,7 +42,7 @@ _BOOT = (
     "import os, sys, types, cloudkeep; "
     "p = types.ModuleType('cloudkeep.repo'); p.__path__ = [os.path.join(cloudkeep.__path__[0], 'repo')]; "
     "sys.modules['cloudkeep.repo'] = p; "
-    "from cloudkeep.repo.procworker import main; main()"
+    "from cloudkeep.repo.{module} import main; main()"
 )
 START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
@@ -53,7 +53,28 @@ FileResult = tuple[Optional[list[bytes]], int, Optional[tuple[int, str]], dict[s
 
 
 class WorkerLostError(CloudkeepError):
-    """A file-content worker process ended in the middle of a backup: nothing is committed."""
+    """A worker process ended in the middle of a backup (nothing is committed) or a restore."""
+
+
+def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], Channel]:
+    """Start ``cloudkeep.repo.<module>``'s ``main`` in a new interpreter, talking over its stdin and
+    stdout; it inherits no descriptor but those and ``pass_fds``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cloudkeep.__file__)))
+    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # the agent may set sys.path itself
+    pipe = subprocess.PIPE
+    command = [sys.executable, "-c", _BOOT.format(module=module)]
+    proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, env=env, close_fds=True, pass_fds=pass_fds)
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc, Channel(proc.stdout.fileno(), proc.stdin.fileno())
+
+
+def worker_error(what: str, kind: str, message: str, hint: str | None = None) -> CloudkeepError:
+    """The error a worker process reported (as its class name and message), typed again."""
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, CloudkeepError):
+        return cls(message, hint=hint)
+    return WorkerLostError(f"a {what} worker process failed: {kind}: {message}")
 
 
 class ProcWorker:
@@ -64,14 +85,7 @@ class ProcWorker:
         self.staging = staging
         self.tag = secrets.token_hex(6) + "-"
         self.adopted: set[str] = set()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(cloudkeep.__file__)))
-        paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # the agent may set sys.path itself
-        pipe = subprocess.PIPE
-        command = [sys.executable, "-c", _BOOT]
-        self.proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, env=env, close_fds=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.channel = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+        self.proc, self.channel = spawn("procworker")
         key, prelude = writer.new_sealer()
         repo = writer.repo
         init = {
@@ -134,10 +148,7 @@ class ProcWorker:
         except (EOFError, OSError):
             raise self.lost() from None
         if message[0] == "error":  # the worker failed and ended: e.g. no space to stage a pack
-            cls = getattr(errors, message[1], None)
-            if isinstance(cls, type) and issubclass(cls, CloudkeepError):
-                raise cls(message[2])
-            raise WorkerLostError(f"a backup worker process failed: {message[1]}: {message[2]}")
+            raise worker_error("backup", message[1], message[2])
         return message
 
     def lost(self) -> WorkerLostError:

@@ -54,17 +54,29 @@ class Channel:
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self.read_fd, self.write_fd = read_fd, write_fd
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: tuple[Any, ...], payload: memoryview | None = None) -> None:
+        """Send ``message``, then ``payload``'s bytes as they are (the receiver knows their length
+        from the message and takes them with ``recv_into``): no pickled copy of a large buffer."""
         body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(_LENGTH.pack(len(body)) + body)
         while view:
             view = view[os.write(self.write_fd, view) :]
+        while payload:
+            payload = payload[os.write(self.write_fd, payload) :]
 
     def recv(self) -> tuple[Any, ...]:
         """The next message; ``EOFError`` when the other side is gone."""
         (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
         message: tuple[Any, ...] = pickle.loads(self._exactly(length))
         return message
+
+    def recv_into(self, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the payload that followed the last message."""
+        while buffer:
+            got = os.readv(self.read_fd, [buffer])
+            if not got:
+                raise EOFError("the other end of the worker channel closed")
+            buffer = buffer[got:]
 
     def _exactly(self, size: int) -> bytes:
         parts, have = [], 0
