@@ -37,6 +37,21 @@ def s3_store(aws_options: dict[str, Any], unique_name: str) -> ObjectStore:
     return open_store(f"s3://{unique_name}/repo", **aws_options)
 
 
+@pytest.fixture(params=["threads", "worker"])
+def restore_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a restore test twice: on the parent's threads alone, and with restore's worker process
+    taking general work from the first file on (``restorer.PROC_FILES``) — small test trees would
+    otherwise never start one."""
+    from cloudkeep.repo import restorer
+
+    if request.param == "worker":
+        monkeypatch.setattr(restorer, "PROC_FILES", 0)
+        monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    else:
+        monkeypatch.setattr(restorer, "RESTORE_PROCS", 0)
+    return str(request.param)
+
+
 @pytest.fixture
 def repo(store: ObjectStore) -> Repository:
     return Repository.create(store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS)

@@ -21,6 +21,9 @@ from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo import Repository, restore
 from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
 
+# Every test twice: on threads alone, and with the worker process writing too (conftest).
+pytestmark = pytest.mark.usefixtures("restore_worker")
+
 
 @dataclass
 class Case:

@@ -24,6 +24,9 @@ from cloudkeep.repo.targetfs import PRIVATE, Defaults
 from cloudkeep.repo.tree import Node
 from tests.repo.conftest import restored
 
+# Every test twice: on threads alone, and with the worker process writing too (conftest).
+pytestmark = pytest.mark.usefixtures("restore_worker")
+
 ROOT = os.geteuid() == 0
 OTHER = 4321  # an id no account of the test machine needs to have
 # (name, mode, uid, gid): uid/gid None: the test's own

@@ -359,3 +359,27 @@ def test_a_request_is_bulk_by_its_blobs_raw_size_not_their_stored_size() -> None
     assert _bulk(request([BULK_BLOB] * 8, stored=BULK_BLOB // 4))  # compressed chunks of a large file
     assert not _bulk(request([4 * KIB] * 8, stored=4 * KIB))  # small files
     assert not _bulk(request([4 * KIB] * 7 + [BULK_BLOB], stored=4 * KIB))  # mostly small: general line
+
+
+def test_a_failure_raised_by_the_last_hand_out_leaves_no_thread_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's failure raised when planning hands out its last batch: the sorting thread, which
+    waits for the end of the plan, is told it too (once it waited forever, and the process too)."""
+    from cloudkeep.repo.restorer import _Restorer
+
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=256 * KIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=8)
+    snap = backup_files(repo, [src], hostname="h")
+    fetch_rest = _Restorer.fetch_rest
+
+    def failed_before(self: _Restorer) -> None:  # as if a decoder had failed on an earlier batch
+        self.reader.fail(IntegrityError("a damaged blob"))
+        fetch_rest(self)
+
+    monkeypatch.setattr(_Restorer, "fetch_rest", failed_before)
+    with pytest.raises(IntegrityError, match="a damaged blob"):
+        restore(repo, snap.id, tmp_path / "out")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("ck-")]

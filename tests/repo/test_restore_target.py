@@ -19,6 +19,9 @@ from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, restored
 from tests.support.hostile import Crafter, craft, fifo, file, folder, symlink
 
+# Every test twice: on threads alone, and with the worker process writing too (conftest).
+pytestmark = pytest.mark.usefixtures("restore_worker")
+
 MIB = 2**20
 
 

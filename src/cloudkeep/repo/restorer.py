@@ -37,6 +37,7 @@ from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import collector_paused, limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target, TargetWriter
+from cloudkeep.repo.restoreproc import RestoreProc
 from cloudkeep.repo.runreader import (
     REMOTE_SEGMENT_CAP,
     SEGMENT_CAP,
@@ -74,6 +75,10 @@ LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
 # (bench/README.md, "Full restore: a second decoder for large files only"). From S3 (moto) too:
 # usr 2.94 -> 2.70 s, the synthetic tree 3.21 -> 2.55 s (stop 31, "Full restore from S3").
 BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
+# A worker process takes general work too (``restoreproc``) once the plan holds this many files:
+# on 2 cores ... (measured below). Not for small restores, where starting it costs more.
+RESTORE_PROCS = 1 if (os.cpu_count() or 1) >= 2 else 0
+PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
 # growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
@@ -127,7 +132,9 @@ class _Restorer(TargetWriter):
             cap=self.cap,
             bulk=_bulk,
             general=LOCAL_THREADS,
+            delegates=RESTORE_PROCS,
         )
+        self.procs: list[RestoreProc] = []
 
     # -- planning (one thread): folders, links, fifos and devices are made now --------------
 
@@ -277,6 +284,9 @@ class _Restorer(TargetWriter):
             self.to_make = []
         if not self.by_blob and not self.created:
             return
+        if len(self.procs) < RESTORE_PROCS and self.result.files >= PROC_FILES:
+            self.procs.append(RestoreProc(self, self.repo, self.batches, self._written, self.reader.fail))
+            self.reader.add_taker(self.procs[-1].handle)
         located = self.located
         requests = plan_requests(
             (located[b] for b in self.by_blob), remote=self.remote, cap=self.cap, batch=len(self.batches)
@@ -299,14 +309,22 @@ class _Restorer(TargetWriter):
         self.hand_out()
         self.planned.put(None)
         self.reader.join()
+        for proc in self.procs:
+            proc.finish()
         for future in self.made:
             future.result()
 
     def abandon(self) -> None:
-        """Planning failed: stop the readers (their own failure, if any, is not the one to report)."""
+        """Planning or the last hand-out failed: stop the readers and the worker (with no end of
+        the plan the sorting thread would wait for it forever, and the process with it)."""
         self.planned.put(None)
         with contextlib.suppress(Exception):  # the planning error is raised instead
             self.reader.join()
+        self.kill_procs()
+
+    def kill_procs(self) -> None:
+        for proc in self.procs:
+            proc.kill()
 
     def _restore_segment(self, request: Request, segment: Segment, view: memoryview) -> None:
         """Decode, verify and write one segment's blobs (on a decoder thread of the run reader)."""
@@ -325,8 +343,11 @@ class _Restorer(TargetWriter):
                 runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
                 self.write(target, data, runs)
             written += len(data) * len(targets)
+        self._written(written)
+
+    def _written(self, count: int) -> None:
         with self.lock:
-            self.bytes_written += written
+            self.bytes_written += count
         if self.progress:
             self.progress(
                 BackupProgress(self.result.files, self.bytes_written, self.result.bytes, 0, 0, None)
@@ -417,6 +438,7 @@ def restore(
         raise os_error(exc, str(target)) from exc
     dirs = TargetDirs(root_fd)
     pool: ThreadPoolExecutor | None = None
+    restorer: _Restorer | None = None
     try:
         pool = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="ck-restore")
         restorer = _Restorer(repo, dirs, progress, pool)
@@ -424,14 +446,16 @@ def restore(
             restorer.start()
             try:
                 _plan(restorer, nodes)
-            except BaseException:
+                restorer.fetch_rest()
+            except BaseException:  # the last hand-out raises a reader's failure too: threads wait
                 restorer.abandon()
                 raise
-            restorer.fetch_rest()
             pool.shutdown()
             restorer.finish()
             restorer.drop_plan()
     finally:
+        if restorer is not None:
+            restorer.kill_procs()  # a failed restore's worker (a finished one has ended already)
         if pool is not None:
             pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()

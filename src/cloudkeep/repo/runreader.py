@@ -153,21 +153,24 @@ class RunReader:
         cap: int = SEGMENT_CAP,
         bulk: Bulk | None = None,
         general: int = 1,
+        delegates: int = 0,
     ):
         self.store, self.handle = store, handle
         self.readers, self.decoders, self.cap = max(0, readers), max(1, decoders), cap
         self.bulk, self.general = bulk, max(1, general)
+        self.delegates, self._delegated = delegates, 0
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         # The memory bound: a thread holds one buffer at a time (a reader fills one and queues it,
         # a decoder handles one and gives it back), so this many never makes a thread wait for
         # memory another thread does not give back; more only queues more read-ahead.
-        self._buffers = threading.BoundedSemaphore(self.decoders + self.readers)
+        self._buffers = threading.BoundedSemaphore(self.decoders + self.readers + delegates)
         self._work: _Lines[tuple[Request, Segment, bytearray, int]] = _Lines()  # read, for the decoders
         self._lock = threading.Lock()
         self._next_lock = threading.Lock()  # held while the requests' iterator blocks: not ``_lock``
         self._error: BaseException | None = None
         self._readers: list[threading.Thread] = []
         self._decoders: list[threading.Thread] = []
+        self._general_line: Iterator[Request] | None = None  # locally: what general takers read
 
     @property
     def error(self) -> BaseException | None:
@@ -188,8 +191,10 @@ class RunReader:
         costs more (GIL and futex traffic) than it saves.
         """
         pending = iter(requests)
+        self._general_line = pending
         if not self.readers and self._split:
             sorted_: _Lines[Request] = _Lines()
+            self._general_line = _SharedLine(sorted_)
             lines = [sorted_.take(general=general) for general in self._general()]
             sort = threading.Thread(target=self._sort, args=(pending, sorted_), name="ck-restore-sort")
             self._readers = [sort] + [
@@ -213,6 +218,22 @@ class RunReader:
         for thread in self._readers + self._decoders:
             thread.start()
 
+    def add_taker(self, handle: Handler) -> None:
+        """One more taker of general work (after ``start``, before ``join``; at most ``delegates``),
+        whose segments go to ``handle`` instead: restore's worker process (``restoreproc``)."""
+        if self._delegated >= self.delegates or self._general_line is None:
+            raise ValueError("no room for another taker")
+        self._delegated += 1
+        name = f"ck-restore-delegate-{self._delegated}"
+        if self.readers:
+            thread = threading.Thread(target=self._decode_all, args=(True, handle), name=name)
+            self._decoders.append(thread)
+        else:
+            line, shared = self._general_line, not isinstance(self._general_line, _SharedLine)
+            thread = threading.Thread(target=self._read_all, args=(line, True, shared, handle), name=name)
+            self._readers.append(thread)
+        thread.start()
+
     def join(self) -> None:
         """Wait until every request is handled (the iterator ended) or a thread failed; raise that."""
         for thread in self._readers:
@@ -231,6 +252,10 @@ class RunReader:
     def _general(self) -> list[bool]:
         """Per decoder, whether it takes every kind of work (else only the bulk line)."""
         return [not self._split or i < self.general for i in range(self.decoders)]
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop every thread; ``join`` raises ``exc`` (unless another failure came first)."""
+        self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -256,7 +281,9 @@ class RunReader:
             self._free.put(buf)
         self._buffers.release()
 
-    def _read_all(self, pending: Iterator[Request], inline: bool, shared: bool = True) -> None:
+    def _read_all(
+        self, pending: Iterator[Request], inline: bool, shared: bool = True, handle: Handler | None = None
+    ) -> None:
         """Read (and, ``inline``, handle) requests from ``pending``: shared by every such thread, or
         this thread's own line of a ``_Lines`` (which waits inside for its kind: no lock held)."""
         lock = self._next_lock if shared else contextlib.nullcontext()
@@ -266,13 +293,13 @@ class RunReader:
                     request = next(pending, None)
                 if request is None:
                     return
-                self._read(request, inline)
+                self._read(request, inline, handle)
         except _Stop:
             pass
         except BaseException as exc:  # handed to run(), which raises it
             self._fail(exc)
 
-    def _read(self, request: Request, inline: bool) -> None:
+    def _read(self, request: Request, inline: bool, handle: Handler | None = None) -> None:
         start, end = request.start, request.end
         bulk = not inline and self._is_bulk(request)  # once per request: the reads are its segments
         try:
@@ -288,7 +315,7 @@ class RunReader:
                         self._give_back(buf)
                         raise
                     if inline:
-                        self._handle(request, segment, buf, got)
+                        self._handle(request, segment, buf, got, handle)
                     else:
                         self._work.put((request, segment, buf, got), bulk=bulk)
                     position = segment.start + got
@@ -313,14 +340,16 @@ class RunReader:
         finally:
             lines.close()
 
-    def _decode_all(self, general: bool) -> None:
+    def _decode_all(self, general: bool, handle: Handler | None = None) -> None:
         for item in self._work.take(general=general):
-            self._handle(*item)
+            self._handle(*item, handle)
 
-    def _handle(self, request: Request, segment: Segment, buf: bytearray, got: int) -> None:
+    def _handle(
+        self, request: Request, segment: Segment, buf: bytearray, got: int, handle: Handler | None = None
+    ) -> None:
         try:
             if self._error is None:
-                self.handle(request, segment, memoryview(buf)[:got])
+                (handle or self.handle)(request, segment, memoryview(buf)[:got])
         except BaseException as exc:  # handed to run(), which raises it
             self._fail(exc)
         finally:
@@ -360,6 +389,18 @@ class _Lines(Generic[Item]):
                 else:
                     return
             yield item
+
+
+class _SharedLine(Iterator[Request]):
+    """The general line of a ``_Lines`` as one iterator any number of takers share (``add_taker``)."""
+
+    def __init__(self, lines: _Lines[Request]) -> None:
+        self.lines = lines
+
+    def __next__(self) -> Request:
+        for request in self.lines.take(general=True):
+            return request
+        raise StopIteration
 
 
 def _skip(stream: RangeStream, count: int, reader: RunReader) -> None:

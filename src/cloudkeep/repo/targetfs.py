@@ -89,6 +89,11 @@ class TargetDirs:
         self._limit = limit or OPEN_DIRS
         self._lock = threading.Lock()
 
+    @property
+    def root(self) -> int:
+        """The target's own descriptor (never evicted)."""
+        return self._open[0]
+
     def add(self, parent: int, name: str) -> int:
         """Register an existing folder ``name`` of folder ``parent``; returns its index."""
         self.parents.append(parent)
