@@ -75,8 +75,12 @@ LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
 # (bench/README.md, "Full restore: a second decoder for large files only"). From S3 (moto) too:
 # usr 2.94 -> 2.70 s, the synthetic tree 3.21 -> 2.55 s (stop 31, "Full restore from S3").
 BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
-# A worker process takes general work too (``restoreproc``) once the plan holds this many files:
-# on 2 cores ... (measured below). Not for small restores, where starting it costs more.
+# A worker process takes general work too (``restoreproc``: small files' system calls and the
+# Python around each, on a core and GIL of its own) once the plan holds this many files, where its
+# start (~0.2 s of CPU, on the other core) is small beside the restore. On 2 cores usr restored in
+# 2.90 s against 3.57 s (in process), from S3 (moto) in 3.55 s against 4.12 s, for 0.5-1 s more
+# CPU; restic / cloudkeep on the venv tree 1.16 -> 1.60 (bench/README.md, "Full restore: a worker
+# process"). One: more cores are not measured.
 RESTORE_PROCS = 1 if (os.cpu_count() or 1) >= 2 else 0
 PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
