@@ -8,6 +8,7 @@ test with the worker (``restore_worker`` in conftest).
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.errors import InsufficientSpaceError, IntegrityError
-from cloudkeep.repo import Repository, backup_files, restore, restorer
+from cloudkeep.repo import Repository, backup_files, restore, restoreproc, restorer
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.procpool import WorkerLostError
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
@@ -237,3 +238,21 @@ def test_a_file_the_worker_cannot_create_is_the_parent_s_error(
     st = os.stat(tmp_path / "out" / "fine")
     assert fine.identity == (st.st_dev, st.st_ino)  # linked to later: the parent knows it again
     assert stat.S_IMODE(st.st_mode) == PRIVATE and written == [2 * 1300]
+
+
+def test_a_worker_that_cannot_start_leaves_the_restore_to_the_threads(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = _tree(tmp_path / "src")
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+
+    def no_processes(*_: object, **__: object) -> None:  # as where process creation is refused
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(restoreproc, "spawn", no_processes)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok, result.errors
+    _same(src, restored(tmp_path / "out", src))
+    assert "without a worker process" in caplog.text

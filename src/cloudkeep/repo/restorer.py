@@ -16,6 +16,7 @@ error of the restore, named in ``RestoreResult.errors``, and the rest is still r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import stat
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from cloudkeep.compat import zip_strict
 from cloudkeep.errors import (
+    CloudkeepError,
     ConfigurationError,
     IntegrityError,
 )
@@ -61,6 +63,8 @@ from cloudkeep.repo.targetfs import (
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
 __all__ = ["RestoreResult", "restore"]
+
+log = logging.getLogger(__name__)
 
 # Decoders (and creators): one per two cores, at most 4. Each small file is a few short system
 # calls with the GIL handed over around each, and two decoders writing one large file spin on its
@@ -139,6 +143,7 @@ class _Restorer(TargetWriter):
             delegates=RESTORE_PROCS,
         )
         self.procs: list[RestoreProc] = []
+        self.proc_tried = False
 
     # -- planning (one thread): folders, links, fifos and devices are made now --------------
 
@@ -288,9 +293,15 @@ class _Restorer(TargetWriter):
             self.to_make = []
         if not self.by_blob and not self.created:
             return
-        if len(self.procs) < RESTORE_PROCS and self.result.files >= PROC_FILES:
-            self.procs.append(RestoreProc(self, self.repo, self.batches, self._written, self.reader.fail))
-            self.reader.add_taker(self.procs[-1].handle)
+        if not self.proc_tried and RESTORE_PROCS and self.result.files >= PROC_FILES:
+            self.proc_tried = True
+            try:
+                proc = RestoreProc(self, self.repo, self.batches, self._written, self.reader.fail)
+            except (OSError, CloudkeepError) as exc:  # cannot start here: the threads do it all
+                log.warning("restore goes on without a worker process: %s", exc)
+            else:
+                self.procs.append(proc)
+                self.reader.add_taker(proc.handle)
         located = self.located
         requests = plan_requests(
             (located[b] for b in self.by_blob), remote=self.remote, cap=self.cap, batch=len(self.batches)
