@@ -69,6 +69,25 @@ def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen
     return proc, Channel(proc.stdout.fileno(), proc.stdin.fileno())
 
 
+def how_it_ended(proc: subprocess.Popen[bytes]) -> str:
+    """Why a worker's pipe closed, for messages: its signal or exit status (waited for a while)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(QUIT_TIMEOUT_S)
+    code = proc.returncode
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+
+
+def end(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker if it still runs, reap it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
 def worker_error(what: str, kind: str, message: str, hint: str | None = None) -> CloudkeepError:
     """The error a worker process reported (as its class name and message), typed again."""
     cls = getattr(errors, kind, None)
@@ -152,12 +171,9 @@ class ProcWorker:
         return message
 
     def lost(self) -> WorkerLostError:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(QUIT_TIMEOUT_S)
-        code = self.proc.returncode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         return WorkerLostError(
-            f"a backup worker process (pid {self.proc.pid}) ended in the middle of the backup ({how}): "
+            f"a backup worker process (pid {self.proc.pid}) ended in the middle of the backup "
+            f"({how_it_ended(self.proc)}): "
             "nothing of this run is committed",
             hint="run the backup again (what was uploaded is reused); if it recurs, check the machine's "
             "memory (the kernel's OOM killer) and its logs",
@@ -179,13 +195,7 @@ class ProcWorker:
                         os.unlink(entry.path)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        end(self.proc)
 
 
 class ProcPool:

@@ -23,7 +23,7 @@ from typing import Any
 
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
-from cloudkeep.repo.procpool import QUIT_TIMEOUT_S, WorkerLostError, spawn, worker_error
+from cloudkeep.repo.procpool import QUIT_TIMEOUT_S, WorkerLostError, end, how_it_ended, spawn, worker_error
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
 from cloudkeep.repo.runreader import Request, Segment
@@ -174,20 +174,14 @@ class RestoreProc:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        if self.receiver.is_alive():
+        if self.receiver.is_alive():  # it sees the pipe close, before the pipe is gone
             self.receiver.join()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        end(self.proc)
 
     def lost(self) -> CloudkeepError:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(QUIT_TIMEOUT_S)
-        code = self.proc.returncode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         return WorkerLostError(
-            f"a restore worker process (pid {self.proc.pid}) ended in the middle of the restore ({how})",
+            f"a restore worker process (pid {self.proc.pid}) ended in the middle of the restore "
+            f"({how_it_ended(self.proc)})",
             hint="run the restore again into an empty folder; if it recurs, check the machine's memory "
             "(the kernel's OOM killer) and its logs",
         )
