@@ -44,6 +44,7 @@ class Worker(TargetWriter):
     def __init__(self, root_fd: int) -> None:
         super().__init__(TargetDirs(root_fd))
         self.crypters: dict[tuple[bytes, bytes], Crypter] = {}
+        self.base: Crypter | None = None  # its buffers and zstd contexts serve every pack's crypter
         self.buffer = bytearray()
 
     def crypter(self, key: tuple[bytes, bytes]) -> Crypter:
@@ -51,7 +52,10 @@ class Worker(TargetWriter):
         if crypter is None:
             if len(self.crypters) >= 64:  # a pack's segments come together: a few keys suffice
                 self.crypters.clear()
-            crypter = self.crypters[key] = Crypter(MasterKey(*key))
+            encryption, id_key = key
+            if self.base is None or self.base.key.id_key != id_key:
+                self.base = Crypter(MasterKey(encryption, id_key))
+            crypter = self.crypters[key] = self.base.with_encryption_key(encryption)
         return crypter
 
     def segment(self, channel: Channel, message: tuple[Any, ...]) -> None:
