@@ -18,6 +18,9 @@ from cloudkeep.storage.memory import MemoryStore
 from tests.storage.conftest import make_s3_bucket
 
 PASSWORD = "correct horse battery staple"
+# A restore's own threads (reader, sorter, decoders, the worker's sender and answers), by name:
+# other tests in the same process may leave threads of their own behind.
+RESTORE_THREADS = ("ck-restore", "ck-read-", "ck-decode-")
 FAST_KDF = KdfParams(n=2**10)
 # Small chunks and packs so that a few MiB of test data exercise many chunks and several packs.
 SMALL_CHUNKS = ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024, max_size=256 * 1024, seed=7)

@@ -24,7 +24,7 @@ from cloudkeep.repo.restorer import BULK_BLOB, _bulk
 from cloudkeep.repo.runreader import Request, RunReader, Segment, plan_requests, plan_segments
 from cloudkeep.storage import open_store
 from cloudkeep.storage.base import ObjectStore, RangeStream
-from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+from tests.repo.conftest import FAST_KDF, PASSWORD, RESTORE_THREADS, SMALL_CHUNKS, restored
 
 KIB, MIB = 1024, 2**20
 
@@ -382,4 +382,4 @@ def test_a_failure_raised_by_the_last_hand_out_leaves_no_thread_waiting(
     monkeypatch.setattr(_Restorer, "fetch_rest", failed_before)
     with pytest.raises(IntegrityError, match="a damaged blob"):
         restore(repo, snap.id, tmp_path / "out")
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("ck-")]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(RESTORE_THREADS)]

@@ -27,7 +27,7 @@ from cloudkeep.repo.restoreproc import RestoreProc
 from cloudkeep.repo.runreader import plan_requests
 from cloudkeep.repo.targetfs import PRIVATE, TargetDirs
 from cloudkeep.storage import open_store
-from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+from tests.repo.conftest import FAST_KDF, PASSWORD, RESTORE_THREADS, SMALL_CHUNKS, restored
 from tests.support.tmpfs import Tmpfs
 
 KIB, MIB = 1024, 2**20
@@ -145,7 +145,9 @@ def test_a_worker_killed_mid_restore_fails_the_restore_clearly(
     with pytest.raises(WorkerLostError, match=r"restore worker process \(pid \d+\) .*killed by signal 9"):
         restore(local_repo, snap.id, tmp_path / "out")
     assert killed == [-signal.SIGKILL]
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("ck-")]  # none left waiting
+    assert not [
+        t.name for t in threading.enumerate() if t.name.startswith(RESTORE_THREADS)
+    ]  # none left waiting
     monkeypatch.setattr(RestoreProc, "handle", handle)
     again = restore(local_repo, snap.id, tmp_path / "again")  # nothing of the repository was touched
     assert again.ok
