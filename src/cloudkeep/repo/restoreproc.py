@@ -173,7 +173,6 @@ class RestoreProc:
         """End the worker now (the restore failed elsewhere, or it is done)."""
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait()
         if self.receiver.is_alive():  # it sees the pipe close, before the pipe is gone
             self.receiver.join()
         end(self.proc)

@@ -142,7 +142,7 @@ class _Restorer(TargetWriter):
             general=LOCAL_THREADS,
             delegates=RESTORE_PROCS,
         )
-        self.procs: list[RestoreProc] = []
+        self.proc: RestoreProc | None = None  # the worker process, once the plan is large enough
         self.proc_tried = False
 
     # -- planning (one thread): folders, links, fifos and devices are made now --------------
@@ -300,7 +300,7 @@ class _Restorer(TargetWriter):
             except (OSError, CloudkeepError) as exc:  # cannot start here: the threads do it all
                 log.warning("restore goes on without a worker process: %s", exc)
             else:
-                self.procs.append(proc)
+                self.proc = proc
                 self.reader.add_taker(proc.handle)
         located = self.located
         requests = plan_requests(
@@ -324,8 +324,8 @@ class _Restorer(TargetWriter):
         self.hand_out()
         self.planned.put(None)
         self.reader.join()
-        for proc in self.procs:
-            proc.finish()
+        if self.proc is not None:
+            self.proc.finish()
         for future in self.made:
             future.result()
 
@@ -335,11 +335,11 @@ class _Restorer(TargetWriter):
         self.planned.put(None)
         with contextlib.suppress(Exception):  # the planning error is raised instead
             self.reader.join()
-        self.kill_procs()
+        self.kill_proc()
 
-    def kill_procs(self) -> None:
-        for proc in self.procs:
-            proc.kill()
+    def kill_proc(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
 
     def _restore_segment(self, request: Request, segment: Segment, view: memoryview) -> None:
         """Decode, verify and write one segment's blobs (on a decoder thread of the run reader)."""
@@ -470,7 +470,7 @@ def restore(
             restorer.drop_plan()
     finally:
         if restorer is not None:
-            restorer.kill_procs()  # a failed restore's worker (a finished one has ended already)
+            restorer.kill_proc()  # a failed restore's worker (a finished one has ended already)
         if pool is not None:
             pool.shutdown()  # before the folders' descriptors close: its threads use them
         dirs.close()

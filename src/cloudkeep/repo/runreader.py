@@ -255,9 +255,6 @@ class RunReader:
 
     def fail(self, exc: BaseException) -> None:
         """Stop every thread; ``join`` raises ``exc`` (unless another failure came first)."""
-        self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
         with self._lock:
             if self._error is None:
                 self._error = exc
@@ -297,7 +294,7 @@ class RunReader:
         except _Stop:
             pass
         except BaseException as exc:  # handed to run(), which raises it
-            self._fail(exc)
+            self.fail(exc)
 
     def _read(self, request: Request, inline: bool, handle: Handler | None = None) -> None:
         start, end = request.start, request.end
@@ -336,7 +333,7 @@ class RunReader:
                     return
                 lines.put(request, bulk=self._is_bulk(request))
         except BaseException as exc:  # handed to run(), which raises it
-            self._fail(exc)
+            self.fail(exc)
         finally:
             lines.close()
 
@@ -351,7 +348,7 @@ class RunReader:
             if self._error is None:
                 (handle or self.handle)(request, segment, memoryview(buf)[:got])
         except BaseException as exc:  # handed to run(), which raises it
-            self._fail(exc)
+            self.fail(exc)
         finally:
             self._give_back(buf)
 
