@@ -217,12 +217,12 @@ def test_a_failing_decoder_stops_the_readers_and_raises(tmp_path: Path, readers:
     assert len(handled) == 5  # what was already read and queued is given back, not handled
 
 
-def test_remote_segments_are_half_a_mib_and_still_one_request_per_pack(
+def test_remote_segments_are_capped_and_still_one_request_per_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Remote buffers hold 512 KiB (memory); the segments of a pack still stream through one GET."""
+    """Remote buffers hold a segment each (memory); the segments of a pack stream through one GET."""
     from cloudkeep.repo import restorer
-    from cloudkeep.repo.runreader import REMOTE_SEGMENT_CAP
+    from cloudkeep.repo.runreader import SEGMENT_CAP
 
     store = open_store(f"file://{tmp_path / 'repo'}")
     repo = Repository.create(store, PASSWORD, pack_size=4 * MIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
@@ -243,7 +243,7 @@ def test_remote_segments_are_half_a_mib_and_still_one_request_per_pack(
     result = restore(repo, snap.id, tmp_path / "out")
     assert result.ok and result.verified == result.files == 244, result.errors
     _same(src, restored(tmp_path / "out", src))
-    assert max(sizes) <= REMOTE_SEGMENT_CAP < MIB and len(sizes) >= 6  # 3.5 MiB of data at least
+    assert max(sizes) <= SEGMENT_CAP and len(sizes) >= 4  # 3.5 MiB of data at least
     data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
     assert len(data_reads) == len({key for key, _, _ in data_reads}) < len(sizes)
 

@@ -41,8 +41,6 @@ from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target, TargetWriter
 from cloudkeep.repo.restoreproc import RestoreProc
 from cloudkeep.repo.runreader import (
-    REMOTE_SEGMENT_CAP,
-    SEGMENT_CAP,
     Request,
     RunReader,
     Segment,
@@ -116,7 +114,6 @@ class _Restorer(TargetWriter):
         super().__init__(dirs)
         self.repo, self.progress, self.pool = repo, progress, pool
         self.remote = repo.store.remote
-        self.cap = REMOTE_SEGMENT_CAP if self.remote else SEGMENT_CAP
         self.by_blob: dict[bytes, list[Target]] = defaultdict(list)  # the batch being planned
         self.batches: list[dict[bytes, list[Target]]] = []  # handed out: ``Request.batch`` indexes them
         self.batch_files = self.batch_bytes = 0
@@ -137,7 +134,6 @@ class _Restorer(TargetWriter):
             self._restore_segment,
             readers=REMOTE_STREAMS if self.remote else 0,
             decoders=LOCAL_THREADS + BULK_DECODERS,
-            cap=self.cap,
             bulk=_bulk,
             general=LOCAL_THREADS,
             delegates=RESTORE_PROCS,
@@ -304,7 +300,7 @@ class _Restorer(TargetWriter):
                 self.reader.add_taker(proc.handle)
         located = self.located
         requests = plan_requests(
-            (located[b] for b in self.by_blob), remote=self.remote, cap=self.cap, batch=len(self.batches)
+            (located[b] for b in self.by_blob), remote=self.remote, batch=len(self.batches)
         )
         self.batches.append(self.by_blob)
         self.planned.put((self.created, requests))
