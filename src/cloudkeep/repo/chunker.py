@@ -33,6 +33,7 @@ from cloudkeep.storage.base import RangeStream, read_exactly
 MIN_SIZE = 128 * 1024
 AVG_SIZE = 512 * 1024
 MAX_SIZE = 8 * 1024 * 1024
+BUFFER_CHUNKS = 4  # a cutter's buffer, in average chunks (StreamCutter)
 NORMALIZATION = 3  # new repositories' FastCDC normalization level
 LEGACY_NORMALIZATION = 1  # what a config without the field was chunked with (pyfastcdc's default)
 
@@ -101,17 +102,24 @@ class StreamCutter:
     past a cut point), when it has the maximum length, or at end of file; otherwise its bytes
     move to the front and more of the file is read, so the chunks are exactly those of the
     whole file in one piece.
+
+    The buffer holds ``BUFFER_CHUNKS`` average chunks, not a maximum one: every byte of it is
+    resident per reading thread and worker process once a large file was read (8 MiB each at the
+    default maximum, where chunks rarely pass 2 MiB). A chunk that fills it from the front is
+    not final yet, so the buffer grows to the maximum for the rest of that file (a run of zeros
+    is cut at the maximum), and is small again from the next file on.
     """
 
     def __init__(self, params: ChunkerParams) -> None:
         self.cdc = params.make()
         self.max_size = params.max_size
-        # One maximum chunk, no more: a chunk starting at the front always fits, so it is final;
-        # every byte more is resident per reading thread once a large file was read.
-        self.buffer = bytearray(params.max_size)
+        self.small = min(params.max_size, BUFFER_CHUNKS * params.avg_size)
+        self.buffer = bytearray(self.small)
 
     def cut(self, fh: RangeStream) -> Iterator[memoryview]:
         """Chunks of ``fh`` from its current position; each is valid only until the next one."""
+        if len(self.buffer) > self.small:  # the last file's views are gone: let the large one go
+            self.buffer = bytearray(self.small)
         view = memoryview(self.buffer)
         have, eof = 0, False
         while True:
@@ -127,6 +135,12 @@ class StreamCutter:
                 start = end
             if eof and start == have:
                 return
+            if start == 0:  # one chunk fills the buffer and may grow further: room for a maximum one
+                assert len(view) < self.max_size  # (a full maximum-size buffer always holds a final chunk)
+                self.buffer = bytearray(self.max_size)
+                self.buffer[:have] = view[:have]
+                view = memoryview(self.buffer)
+                continue
             view[: have - start] = view[start:have]
             have -= start
 
