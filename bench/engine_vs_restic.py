@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,70 @@ class Measure:
     # else's work, CPU time much less so
     cpu: float = 0.0
     system: float = 0.0  # the kernel's part of ``cpu``: where a restore's run-to-run spread lives
+    # the peak of all the tool's processes together (``TreeMemory``); ``max_rss_mib`` is the
+    # largest one alone
+    pss_mib: float = 0.0
+
+
+class TreeMemory:
+    """The peak of the summed PSS of a process's descendants (and of the process ``itself``),
+    sampled every ``INTERVAL_S``.
+
+    GNU time's %M is the largest single process (``ru_maxrss`` of the waited children), so a
+    tool that runs worker processes (cloudkeep's restore worker, its backup workers from four
+    cores) showed its largest process, not what it holds. A sum of RSS would count the shared
+    libraries once per process; PSS divides each shared page among the processes mapping it.
+    Sampled, so a spike shorter than the interval can be missed, for every tool alike; 0 where
+    ``/proc`` has no ``smaps_rollup`` or ``children`` (then only the RSS row means anything)."""
+
+    INTERVAL_S = 0.02
+
+    def __init__(self, pid: int, *, itself: bool) -> None:
+        self.pid, self.itself, self.peak_kib = pid, itself, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="bench-pss", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> float:
+        """The peak in MiB (the process has ended)."""
+        self.done.set()
+        self.thread.join()
+        return self.peak_kib / 1024
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.INTERVAL_S):
+            pids = _descendants(self.pid) + ([self.pid] if self.itself else [])
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in pids))
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass  # ended between the listing and the read
+    return 0
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measure:
@@ -175,16 +240,18 @@ def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
             else argv
         )
         start = time.monotonic()
-        proc = subprocess.run(timed, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        pipe, joined = subprocess.PIPE, subprocess.STDOUT
+        with subprocess.Popen(timed, env=env, cwd=cwd, stdout=pipe, stderr=joined) as proc:
+            memory = TreeMemory(proc.pid, itself=timed is argv)  # not GNU time's own pages
+            output, _ = proc.communicate()
         elapsed = time.monotonic() - start
+        pss_mib = memory.stop()
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv[:3])} failed:\n{proc.stdout.decode(errors='replace')[-3000:]}"
-            )
+            raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{output.decode(errors='replace')[-3000:]}")
         text = rss.read().strip().splitlines()
         max_rss_kib = int(text[-1]) if text and text[-1].isdigit() else 0
         times = [float(t) for t in text[-2].split()] if len(text) >= 2 else []
-    return Measure(elapsed, max_rss_kib / 1024, sum(times), times[1] if len(times) == 2 else 0.0)
+    return Measure(elapsed, max_rss_kib / 1024, sum(times), times[1] if len(times) == 2 else 0.0, pss_mib)
 
 
 def spread_folder(folder: Path) -> Path:
@@ -213,6 +280,10 @@ class Results:
     @property
     def peak_rss(self) -> float:
         return max(m.max_rss_mib for m in self.steps.values())
+
+    @property
+    def peak_pss(self) -> float:
+        return max(m.pss_mib for m in self.steps.values())
 
 
 class Tool:
@@ -535,6 +606,7 @@ def medians(results: list[Results]) -> list[Results]:
                 statistics.median(r.steps[step].seconds for r in runs),
                 statistics.median(r.steps[step].max_rss_mib for r in runs),
                 statistics.median(r.steps[step].cpu for r in runs),
+                pss_mib=statistics.median(r.steps[step].pss_mib for r in runs),
             )
             for step in runs[0].steps
         }
@@ -585,6 +657,7 @@ def _row(r: Results) -> str:
     steps = "  ".join(f"{k}={m.seconds:.2f}s (cpu {m.cpu:.2f}s)" for k, m in r.steps.items())
     return (
         f"{r.tool:9} {r.backend:5} {steps}  repo={r.repo_bytes / 2**20:.1f}MiB  peakRSS={r.peak_rss:.0f}MiB"
+        f"  peakPSS(all)={r.peak_pss:.0f}MiB"
     )
 
 
@@ -594,8 +667,14 @@ def _as_json(r: Results) -> dict[str, object]:
         "backend": r.backend,
         "repo_bytes": r.repo_bytes,
         "peak_rss_mib": r.peak_rss,
+        "peak_pss_all_mib": r.peak_pss,
         "steps": {
-            k: {"seconds": m.seconds, "max_rss_mib": m.max_rss_mib, "cpu_seconds": m.cpu}
+            k: {
+                "seconds": m.seconds,
+                "max_rss_mib": m.max_rss_mib,
+                "pss_all_mib": m.pss_mib,
+                "cpu_seconds": m.cpu,
+            }
             for k, m in r.steps.items()
         },
     }
@@ -625,7 +704,12 @@ def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "sy
             )
             print(
                 f"   {'peak RSS':16} {other.tool} {other.peak_rss:7.0f}M  cloudkeep {ck.peak_rss:7.0f}M  "
-                f"ratio {other.peak_rss / max(1, ck.peak_rss):5.2f}"
+                f"ratio {other.peak_rss / max(1, ck.peak_rss):5.2f}  (largest process)"
+            )
+            print(
+                f"   {'peak PSS, all':16} {other.tool} {other.peak_pss:7.0f}M  "
+                f"cloudkeep {ck.peak_pss:7.0f}M  ratio {other.peak_pss / max(1, ck.peak_pss):5.2f}  "
+                "(every process together, sampled)"
             )
 
 

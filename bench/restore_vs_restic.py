@@ -135,7 +135,10 @@ def main() -> None:
 
 
 def _show(m: Measure) -> str:
-    return f"{m.seconds:.2f} s wall, {m.cpu:.2f} s CPU ({m.system:.2f} s system), {m.max_rss_mib:.0f} MiB"
+    return (
+        f"{m.seconds:.2f} s wall, {m.cpu:.2f} s CPU ({m.system:.2f} s system), {m.max_rss_mib:.0f} MiB "
+        f"(all processes: {m.pss_mib:.0f} MiB PSS)"
+    )
 
 
 def _median(ms: list[Measure]) -> Measure:
@@ -144,21 +147,25 @@ def _median(ms: list[Measure]) -> Measure:
         statistics.median(m.max_rss_mib for m in ms),
         statistics.median(m.cpu for m in ms),
         statistics.median(m.system for m in ms),
+        statistics.median(m.pss_mib for m in ms),
     )
 
 
 def _report(rows: dict[tuple[str, str], list[Measure]]) -> None:
     print(
-        "\n| backend | tool | median wall | median CPU (system) | peak RSS "
-        "| restic ÷ tool: wall (CPU) / RSS |"
+        "\n| backend | tool | median wall | median CPU (system) | peak RSS (largest process) "
+        "| peak PSS (all processes) | restic ÷ tool: wall (CPU) / RSS / PSS |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for (backend, name), ms in rows.items():
         m, r = _median(ms), _median(rows[(backend, "restic")])
-        ratio = f"{r.seconds / m.seconds:.2f} ({r.cpu / m.cpu:.2f}) / {r.max_rss_mib / m.max_rss_mib:.2f}"
+        ratio = (
+            f"{r.seconds / m.seconds:.2f} ({r.cpu / m.cpu:.2f}) / {r.max_rss_mib / m.max_rss_mib:.2f}"
+            f" / {r.pss_mib / max(1, m.pss_mib):.2f}"
+        )
         print(
             f"| {backend} | {name} | {m.seconds:.2f} s | {m.cpu:.2f} s ({m.system:.2f}) "
-            f"| {m.max_rss_mib:.0f} MiB | "
+            f"| {m.max_rss_mib:.0f} MiB | {m.pss_mib:.0f} MiB | "
             f"{'' if name == 'restic' else ratio} |"
         )
 
