@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from cloudkeep.repo.chunker import ChunkerParams, StreamCutter
+from cloudkeep.repo.chunker import KEEP_LARGE_FILES, ChunkerParams, StreamCutter
 
 
 def _file(size: int, zero_run: int) -> bytes:
@@ -32,20 +32,29 @@ def test_stream_chunks_are_the_whole_files_chunks(size: int, max_size: int) -> N
     assert b"".join(streamed) == data
 
 
-def test_the_buffer_grows_for_a_long_chunk_and_is_small_again_for_the_next_file() -> None:
+def test_the_buffer_grows_for_a_long_chunk_and_is_small_again_once_files_stop_needing_it() -> None:
     params = ChunkerParams(avg_size=1024, min_size=256, max_size=16_384, seed=0)
     cutter = StreamCutter(params)
     assert len(cutter.buffer) == 4096  # four average chunks
-    random_only = _file(60_000, 0)
-    assert [bytes(c) for c in cutter.cut(io.BytesIO(random_only))] == [
-        bytes(c.data) for c in params.make().cut_buf(random_only)
-    ]
+
+    def cut(data: bytes) -> list[bytes]:
+        chunks = [bytes(c) for c in cutter.cut(io.BytesIO(data))]
+        assert chunks == [bytes(c.data) for c in params.make().cut_buf(data)]
+        return chunks
+
+    random_only, with_zeros = _file(60_000, 0), _file(60_000, 40_000)
+    cut(random_only)
     assert len(cutter.buffer) == 4096  # no chunk filled it
-    with_zeros = _file(60_000, 40_000)
-    chunks = [bytes(c) for c in cutter.cut(io.BytesIO(with_zeros))]
-    assert max(map(len, chunks)) == params.max_size
+    assert max(map(len, cut(with_zeros))) == params.max_size
     assert len(cutter.buffer) == params.max_size
-    assert [bytes(c) for c in cutter.cut(io.BytesIO(random_only))] == [
-        bytes(c.data) for c in params.make().cut_buf(random_only)
-    ]
+    large = cutter.buffer
+    for _ in range(KEEP_LARGE_FILES - 1):  # kept while files may need it again: no fresh buffer per file
+        cut(random_only)
+    cut(with_zeros)  # needed again: the same buffer, kept for as many files more
+    assert cutter.buffer is large
+    for _ in range(KEEP_LARGE_FILES):
+        cut(random_only)
+    assert cutter.buffer is large
+    cut(random_only)
     assert len(cutter.buffer) == 4096
+    assert max(map(len, cut(with_zeros))) == params.max_size  # and grows again when needed

@@ -34,6 +34,7 @@ MIN_SIZE = 128 * 1024
 AVG_SIZE = 512 * 1024
 MAX_SIZE = 8 * 1024 * 1024
 BUFFER_CHUNKS = 4  # a cutter's buffer, in average chunks (StreamCutter)
+KEEP_LARGE_FILES = 16  # files a grown buffer is kept for after the last that needed it
 NORMALIZATION = 3  # new repositories' FastCDC normalization level
 LEGACY_NORMALIZATION = 1  # what a config without the field was chunked with (pyfastcdc's default)
 
@@ -106,8 +107,10 @@ class StreamCutter:
     The buffer holds ``BUFFER_CHUNKS`` average chunks, not a maximum one: every byte of it is
     resident per reading thread and worker process once a large file was read (8 MiB each at the
     default maximum, where chunks rarely pass 2 MiB). A chunk that fills it from the front is
-    not final yet, so the buffer grows to the maximum for the rest of that file (a run of zeros
-    is cut at the maximum), and is small again from the next file on.
+    not final yet, so the buffer grows to the maximum (a run of zeros is cut at the maximum). It
+    stays that large while files need it and is small again after ``KEEP_LARGE_FILES`` that did
+    not: a fresh 8 MiB per file costs its page faults again, which made a tree of files with
+    zero runs 2.5 times slower to back up.
     """
 
     def __init__(self, params: ChunkerParams) -> None:
@@ -115,11 +118,14 @@ class StreamCutter:
         self.max_size = params.max_size
         self.small = min(params.max_size, BUFFER_CHUNKS * params.avg_size)
         self.buffer = bytearray(self.small)
+        self.unneeded = 0  # files cut since a chunk last needed the large buffer
 
     def cut(self, fh: RangeStream) -> Iterator[memoryview]:
         """Chunks of ``fh`` from its current position; each is valid only until the next one."""
-        if len(self.buffer) > self.small:  # the last file's views are gone: let the large one go
-            self.buffer = bytearray(self.small)
+        if len(self.buffer) > self.small:
+            self.unneeded += 1
+            if self.unneeded > KEEP_LARGE_FILES:  # the last file's views are gone: let it go
+                self.buffer = bytearray(self.small)
         view = memoryview(self.buffer)
         have, eof = 0, False
         while True:
@@ -131,6 +137,8 @@ class StreamCutter:
                 end = chunk.offset + chunk.length
                 if not (eof or end < have or chunk.length >= self.max_size):
                     break  # may still grow with the bytes after the buffer
+                if chunk.length >= self.small:  # would not have fit the small buffer
+                    self.unneeded = 0
                 yield chunk.data
                 start = end
             if eof and start == have:
@@ -140,6 +148,7 @@ class StreamCutter:
                 self.buffer = bytearray(self.max_size)
                 self.buffer[:have] = view[:have]
                 view = memoryview(self.buffer)
+                self.unneeded = 0
                 continue
             view[: have - start] = view[start:have]
             have -= start
