@@ -7,7 +7,6 @@ cannot start raises ``PeerError`` with a message saying what is missing: tests f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,17 +30,6 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 class PeerError(RuntimeError):
     pass
-
-
-@contextlib.contextmanager
-def _starting() -> Iterator[None]:
-    """One server start at a time across the test processes (xdist workers): a port ``free_port``
-    found is free only until a server binds it, and two moto servers started at once could be given
-    the same one, the second then failing while its readiness check saw the first's port open (two
-    modules' tests toggling one server's IAM enforcement)."""
-    with open(Path(tempfile.gettempdir()) / "ck-test-peer-start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def free_port() -> int:
@@ -137,11 +125,6 @@ class MotoServer(Peer):
     def start(cls, *, auth: bool = False, tls: bool = False, record: bool = False) -> MotoServer:
         """``record``: moto appends every request to ``recording`` (the SSM stand-in reads the real
         InstanceIds of each SendCommand there); costly with large uploads, so off by default."""
-        with _starting():
-            return cls._start(auth=auth, tls=tls, record=record)
-
-    @classmethod
-    def _start(cls, *, auth: bool, tls: bool, record: bool) -> MotoServer:
         workdir = Path(tempfile.mkdtemp(prefix="ck-moto-"))
         peer = cls(name="moto", workdir=workdir, port=free_port())
         env = dict(os.environ)
