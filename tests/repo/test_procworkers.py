@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,35 @@ def test_by_default_workers_start_past_a_threshold_on_enough_cores(
     monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", (os.cpu_count() or 1) + 1)
     backup_files(repo, [src], hostname="h")
     assert len(workers) == 1  # too few cores: threads
+
+
+@pytest.mark.parametrize("all_from", [1, 1000])  # every pool thread / one, as below PROCESSES_ALL_CPUS
+def test_by_default_one_worker_beside_the_threads_on_few_cores(
+    repo: Repository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: list[procpool.ProcWorker],
+    all_from: int,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(400):  # many batches: both pool threads take some
+        (src / f"f{i:03d}").write_bytes(os.urandom(3000))
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 1)
+    monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
+    monkeypatch.setattr(archiver_module, "PROCESSES_ALL_CPUS", all_from)
+    asked = []  # pool threads that asked for a worker
+    real = procpool.ProcPool.worker
+
+    def worker(self: procpool.ProcPool) -> procpool.ProcWorker | None:
+        asked.append(threading.get_ident())
+        return real(self)
+
+    monkeypatch.setattr(procpool.ProcPool, "worker", worker)
+    snap = backup_files(repo, [src], hostname="h", threads=2)
+    assert snap.stats["errors_total"] == 0 and lookup(repo, snap.id, f"{src}/f399") is not None
+    assert len(set(asked)) == 2  # both threads had batches
+    assert len(workers) == (2 if all_from == 1 else 1)
 
 
 _CHILD = """

@@ -28,7 +28,13 @@ from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
-from cloudkeep.repo.filecontent import PROCESSES_FROM, PROCESSES_MIN_CPUS, FileContent, PendingFile
+from cloudkeep.repo.filecontent import (
+    PROCESSES_ALL_CPUS,
+    PROCESSES_FROM,
+    PROCESSES_MIN_CPUS,
+    FileContent,
+    PendingFile,
+)
 from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import Stat, StatLike, node_from_stat, node_type
 from cloudkeep.repo.masks import matches
@@ -87,9 +93,13 @@ class _Archiver(FileContent):
         self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
         self.batch_bytes = 0
         self.bytes_queued = 0
-        # Worker processes: from the first byte when asked for; by default only on machines with
-        # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them.
-        wanted = processes if processes is not None else (os.cpu_count() or 1) >= PROCESSES_MIN_CPUS
+        # Worker processes: from the first byte when asked for; by default on machines with
+        # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them, and below
+        # PROCESSES_ALL_CPUS one only, beside the threads (filecontent.py).
+        cpus = os.cpu_count() or 1
+        wanted = processes if processes is not None else cpus >= PROCESSES_MIN_CPUS
+        if processes is None and process_limit is None and cpus < PROCESSES_ALL_CPUS:
+            process_limit = 1
         self.procs = ProcPool(writer, repo.config.chunker, process_limit) if wanted else None
         self.procs_from = 0 if processes else PROCESSES_FROM
         self.chunker = repo.config.chunker
@@ -336,8 +346,8 @@ def backup_files(
 
     ``processes``: read file content in worker processes (``procpool.py``) from the start
     (True), never (False), or once there is enough of it on a machine with at least
-    ``PROCESSES_MIN_CPUS`` cores (None); ``process_limit``: at most that many worker processes
-    (the other pool threads read files themselves).
+    ``PROCESSES_MIN_CPUS`` cores (None: one worker below ``PROCESSES_ALL_CPUS``); ``process_limit``:
+    at most that many worker processes (the other pool threads read files themselves).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.

@@ -8,9 +8,10 @@ changes neither the trees, nor per-file errors, progress or cancellation. Split 
 ``archiver.py``, which walks.
 
 Once ``PROCESSES_FROM`` bytes are queued (on machines with ``PROCESSES_MIN_CPUS`` cores, or when
-asked for), each pool thread hands its jobs to a worker process of its own (``procpool.py``),
+asked for), pool threads hand their jobs to a worker process of their own (``procpool.py``),
 which reads, chunks, hashes, compresses, encrypts and packs the files on another core; the
-thread only answers it and builds the nodes.
+thread only answers it and builds the nodes. Below ``PROCESSES_ALL_CPUS`` cores only one thread
+gets a worker; the others read files themselves.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ if TYPE_CHECKING:
 # Worker processes (procpool.py) start once this much content is queued: a small backup is over
 # before two interpreters would have started (about 0.2 s of CPU each).
 PROCESSES_FROM = 16 * 2**20
-# ... and by default only with this many cores. On two shared cores (bench/README.md, 2026-12-02
-# "procs") the workers cost ~0.9 s more CPU per 500 MiB first backup (two interpreters, pipes,
-# pickles, chunk copies) and gained no wall time against the threads: the walk and the trees
-# left them no core of their own.
-PROCESSES_MIN_CPUS = 4
+# ... and by default with this many cores: one worker beside the pool threads below
+# PROCESSES_ALL_CPUS (the small-file phase is GIL-bound, so the threads alone leave the second core
+# idle), one per pool thread from there. On 2 cores one worker took the usr corpus's first backup
+# from 3.84 to 3.11 s in the engine bench (restic ÷ cloudkeep 1.18 -> 1.53) for ~22 MiB more
+# memory, all processes counted (110 -> 132 MiB, restic 141); two workers were as fast but held
+# ~50 MiB more than the threads (bench/README.md, stop 34).
+PROCESSES_MIN_CPUS = 2
+PROCESSES_ALL_CPUS = 4
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 # Files below the minimum chunk go to the pool in batches of at most this many files or bytes:
 # enough to amortise a job's hand-off, few enough that both workers get some of a small folder.
