@@ -106,7 +106,7 @@ class FileContent:
             return
         self.batch.append(item)
         self.batch_bytes += item.st.st_size
-        procs = self.procs is not None
+        procs = self.procs is not None and self.bytes_queued >= self.procs_from  # workers take it
         files, size = (PROC_BATCH_FILES, PROC_BATCH_BYTES) if procs else (BATCH_FILES, BATCH_BYTES)
         if len(self.batch) >= files or self.batch_bytes >= size:
             self.submit_batch()
