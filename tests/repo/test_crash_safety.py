@@ -105,7 +105,10 @@ repo = Repository.open(open_store(sys.argv[1]), sys.argv[2])
 def progress(p):
     print(p.bytes_uploaded, flush=True)
 
-backup_files(repo, [Path(sys.argv[3])], hostname="h", progress=progress, bandwidth_limit=4 * 2**20, threads=1)
+# In threads (packs of the repository's 1 MiB, so 12 MiB uploaded is past the first index file);
+# a worker process's packs may end a chunk group past the size. Workers killed: test_procworkers.py.
+source, limit = [Path(sys.argv[3])], 4 * 2**20
+backup_files(repo, source, hostname="h", progress=progress, bandwidth_limit=limit, threads=1, processes=False)
 print("finished", flush=True)
 """
 
