@@ -5,6 +5,7 @@ left working when the backing-up process is killed."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from cloudkeep.repo import (
 )
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup, walk
-from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
+from cloudkeep.repo.pack import STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
@@ -82,6 +83,13 @@ def _staged_by(started: list[procpool.ProcWorker]) -> list[str]:
     folder = private_staging_dir()
     tags = tuple(STAGING_PACK_PREFIX + w.tag for w in started)
     return [name for name in os.listdir(folder) if name.startswith(tags)] if tags else []
+
+
+def test_blob_entries_cross_the_channel_whole() -> None:
+    """A worker's pack entries are pickled to the parent as constructor arguments (``__reduce__``)."""
+    entries = [BlobEntry("data", bytes(range(32)), 7, 100, 150), BlobEntry("tree", b"\xff" * 32, 0, 1, 0)]
+    back = pickle.loads(pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == entries and all(type(entry) is BlobEntry for entry in back)
 
 
 def test_workers_store_the_same_chunks_as_threads(
