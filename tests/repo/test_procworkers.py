@@ -29,6 +29,7 @@ from cloudkeep.repo import (
 )
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup, walk
+from cloudkeep.repo.cpus import usable_cpus
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
@@ -288,26 +289,32 @@ def test_by_default_workers_start_past_a_threshold_on_enough_cores(
     monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
     backup_files(repo, [src], hostname="h")
     assert len(workers) == 1
-    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", (os.cpu_count() or 1) + 1)
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", usable_cpus() + 1)
     backup_files(repo, [src], hostname="h")
     assert len(workers) == 1  # too few cores: threads
 
 
-@pytest.mark.parametrize("all_from", [1, 1000])  # every pool thread / one, as below PROCESSES_ALL_CPUS
+@pytest.mark.parametrize(
+    ("all_from", "most", "expected"),
+    [(1, 4, 3), (1000, 4, 1), (1, 2, 2)],  # every pool thread / one, below PROCESSES_ALL_CPUS / capped
+)
 def test_by_default_one_worker_beside_the_threads_on_few_cores(
     repo: Repository,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     workers: list[procpool.ProcWorker],
     all_from: int,
+    most: int,
+    expected: int,
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(400):  # many batches: both pool threads take some
+    for i in range(600):  # many batches: every pool thread takes some
         (src / f"f{i:03d}").write_bytes(os.urandom(3000))
     monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 1)
     monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
     monkeypatch.setattr(archiver_module, "PROCESSES_ALL_CPUS", all_from)
+    monkeypatch.setattr(archiver_module, "MAX_PROCESSES", most)
     asked = []  # pool threads that asked for a worker
     real = procpool.ProcPool.worker
 
@@ -316,10 +323,10 @@ def test_by_default_one_worker_beside_the_threads_on_few_cores(
         return real(self)
 
     monkeypatch.setattr(procpool.ProcPool, "worker", worker)
-    snap = backup_files(repo, [src], hostname="h", threads=2)
+    snap = backup_files(repo, [src], hostname="h", threads=3)
     assert snap.stats["errors_total"] == 0 and lookup(repo, snap.id, f"{src}/f399") is not None
-    assert len(set(asked)) == 2  # both threads had batches
-    assert len(workers) == (2 if all_from == 1 else 1)
+    assert len(set(asked)) == 3  # every thread had batches
+    assert len(workers) == expected
 
 
 _CHILD = """

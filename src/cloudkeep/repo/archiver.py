@@ -27,6 +27,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.cpus import MAX_PROCESSES, pool_threads, usable_cpus
 from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
 from cloudkeep.repo.filecontent import (
     PROCESSES_ALL_CPUS,
@@ -96,10 +97,10 @@ class _Archiver(FileContent):
         # Worker processes: from the first byte when asked for; by default on machines with
         # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them, and below
         # PROCESSES_ALL_CPUS one only, beside the threads (filecontent.py).
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         wanted = processes if processes is not None else cpus >= PROCESSES_MIN_CPUS
-        if processes is None and process_limit is None and cpus < PROCESSES_ALL_CPUS:
-            process_limit = 1
+        if processes is None and process_limit is None:
+            process_limit = 1 if cpus < PROCESSES_ALL_CPUS else MAX_PROCESSES
         self.procs = ProcPool(writer, repo.config.chunker, process_limit) if wanted else None
         self.procs_from = 0 if processes else PROCESSES_FROM
         self.chunker = repo.config.chunker
@@ -369,7 +370,7 @@ def backup_files(
     started = wall_clock() if wall_clock else datetime.now(UTC)  # tests move a backup in time
     clock = time.monotonic()
     cache = FileCache(cache_dir, repo.id, hostname, paths) if cache_dir else None
-    workers = threads or max(2, os.cpu_count() or 2)  # more threads than cores only add GIL hand-offs
+    workers = threads or pool_threads(usable_cpus())
     writer = BlobWriter(
         repo,
         hostname=hostname,

@@ -35,6 +35,7 @@ from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import MIN_SIZE
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
+from cloudkeep.repo.cpus import usable_cpus
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import collector_paused, limit_heap_fragmentation
 from cloudkeep.repo.repository import Repository
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 # and 6.5 s, and the synthetic tree 3.12 s against 3.28 s, S3 equal with less CPU (bench/README.md,
 # "Full restore: one decoder on two cores"). More cores are not measured: large blobs decode with
 # the GIL released, so they can use a second decoder where it does not take the planner's core.
-LOCAL_THREADS = max(1, min((os.cpu_count() or 1) // 2, 4))
+LOCAL_THREADS = max(1, min(usable_cpus() // 2, 4))
 # One more decoder takes only chunks of large files (a mean of at least the minimum chunk per
 # blob), where decoding releases the GIL: on 2 cores usr restored in 3.06 s against 3.42 s and the
 # synthetic tree in 1.33 s against 1.74 s, where a second decoder of every kind was slower on usr
@@ -83,7 +84,7 @@ BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 # 2.90 s against 3.57 s (in process), from S3 (moto) in 3.55 s against 4.12 s, for 0.5-1 s more
 # CPU; restic / cloudkeep on the venv tree 1.16 -> 1.60 (bench/README.md, "Full restore: a worker
 # process"). One: more cores are not measured.
-RESTORE_PROCS = 1 if (os.cpu_count() or 1) >= 2 else 0
+RESTORE_PROCS = 1 if usable_cpus() >= 2 else 0
 PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
