@@ -11,7 +11,7 @@ Once ``PROCESSES_FROM`` bytes are queued (on machines with ``PROCESSES_MIN_CPUS`
 asked for), pool threads hand their jobs to a worker process of their own (``procpool.py``),
 which reads, chunks, hashes, compresses, encrypts and packs the files on another core; the
 thread only answers it and builds the nodes. Below ``PROCESSES_ALL_CPUS`` cores only one thread
-gets a worker; the others read files themselves.
+gets a worker, from there at most ``cpus.MAX_PROCESSES``; the others read files themselves.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 PROCESSES_FROM = 16 * 2**20
 # ... and by default with this many cores: one worker beside the pool threads below
 # PROCESSES_ALL_CPUS (the small-file phase is GIL-bound, so the threads alone leave the second core
-# idle), one per pool thread from there. On 2 cores one worker took the usr corpus's first backup
-# from 3.84 to 3.11 s in the engine bench (restic ÷ cloudkeep 1.18 -> 1.53) for ~22 MiB more
-# memory, all processes counted (110 -> 132 MiB, restic 141); two workers were as fast but held
-# ~50 MiB more than the threads (bench/README.md, stop 34).
+# idle), one per pool thread from there (up to cpus.MAX_PROCESSES). On 2 cores one worker took the
+# usr corpus's first backup from 3.84 to 3.11 s in the engine bench (restic ÷ cloudkeep 1.18 ->
+# 1.53) for ~22 MiB more memory, all processes counted (110 -> 132 MiB, restic 141); two workers
+# were as fast but held ~50 MiB more than the threads (bench/README.md, stop 34).
 PROCESSES_MIN_CPUS = 2
 PROCESSES_ALL_CPUS = 4
 PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
