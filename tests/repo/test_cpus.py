@@ -95,6 +95,16 @@ def test_v1_quotas_and_what_is_no_quota(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(proc, tmp_path / "fs") == 2.5
     (group / "cpu.cfs_quota_us").write_text("-1\n")  # unlimited
     assert cgroup_cpu_quota(proc, tmp_path / "fs") is None
+    (group.parent / "cpu.cfs_period_us").write_text("100000\n")  # a parent's quota binds too
+    (group.parent / "cpu.cfs_quota_us").write_text("150000\n")
+    assert cgroup_cpu_quota(proc, tmp_path / "fs") == 1.5
+    (group.parent / "cpu.cfs_quota_us").write_text("-1\n")
+    proc.write_text("3:cpu,cpuacct:/docker/elsewhere\n")  # not under this mount: its root counts
+    (tmp_path / "fs" / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "fs" / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert cgroup_cpu_quota(proc, tmp_path / "fs") == 3.0
+    (tmp_path / "fs" / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    proc.write_text("3:cpu,cpuacct:/docker/abc\n")
     (group / "cpu.cfs_quota_us").write_text("garbage\n")
     assert cgroup_cpu_quota(proc, tmp_path / "fs") is None
     assert cgroup_cpu_quota(tmp_path / "absent", tmp_path / "fs") is None

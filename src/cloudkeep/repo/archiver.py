@@ -347,8 +347,9 @@ def backup_files(
 
     ``processes``: read file content in worker processes (``procpool.py``) from the start
     (True), never (False), or once there is enough of it on a machine with at least
-    ``PROCESSES_MIN_CPUS`` cores (None: one worker below ``PROCESSES_ALL_CPUS``); ``process_limit``:
-    at most that many worker processes (the other pool threads read files themselves).
+    ``PROCESSES_MIN_CPUS`` cores (None: one worker below ``PROCESSES_ALL_CPUS``, from there one per
+    pool thread up to ``cpus.MAX_PROCESSES``); ``process_limit``: at most that many worker processes
+    (the other pool threads read files themselves).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.

@@ -45,7 +45,8 @@ def usable_cpus(
 def cgroup_cpu_quota(proc_cgroup: Path, cgroup_root: Path) -> float | None:
     """The tightest CPU quota, in CPUs, of this process's cgroup and its ancestors (cgroup v2
     ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None when there is none or it
-    cannot be read."""
+    cannot be read. In a container the path the kernel names may not exist under the mount (which
+    is then the container's own cgroup): the walk up reaches the mount's root all the same."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -54,19 +55,23 @@ def cgroup_cpu_quota(proc_cgroup: Path, cgroup_root: Path) -> float | None:
     for line in lines:
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
         relative = path.strip().lstrip("/")
-        if controllers == "":  # v2: the unified hierarchy, limits anywhere on the way up
-            folder = cgroup_root / relative
-            while True:
-                quotas += _v2_quota(folder / "cpu.max")
-                if folder == cgroup_root or cgroup_root not in folder.parents:
-                    break
-                folder = folder.parent
+        if controllers == "":  # v2: the unified hierarchy
+            quotas += [q for folder in _up(cgroup_root, relative) for q in _v2_quota(folder / "cpu.max")]
         elif "cpu" in controllers.split(","):  # v1: the cpu controller's own mount
-            for mount in (cgroup_root / "cpu,cpuacct", cgroup_root / "cpu"):
-                if mount.is_dir():
-                    quotas += _v1_quota(mount / relative)
-                    break
+            mount = next((m for m in (cgroup_root / "cpu,cpuacct", cgroup_root / "cpu") if m.is_dir()), None)
+            if mount is not None:
+                quotas += [q for folder in _up(mount, relative) for q in _v1_quota(folder)]
     return min(quotas) if quotas else None
+
+
+def _up(root: Path, relative: str) -> list[Path]:
+    """``root / relative`` and every folder above it up to ``root``."""
+    folder = root / relative
+    folders = [folder]
+    while folder != root and root in folder.parents:
+        folder = folder.parent
+        folders.append(folder)
+    return folders
 
 
 def _v2_quota(cpu_max: Path) -> list[float]:
