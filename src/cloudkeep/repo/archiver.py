@@ -70,6 +70,7 @@ class _Archiver(FileContent):
         cache: FileCache | None,
         progress: Callable[[BackupProgress], None] | None,
         threads: int,
+        cpus: int,
         root_prefix: str = "",
         processes: bool | None = None,
         process_limit: int | None = None,
@@ -97,7 +98,6 @@ class _Archiver(FileContent):
         # Worker processes: from the first byte when asked for; by default on machines with
         # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them, and below
         # PROCESSES_ALL_CPUS one only, beside the threads (filecontent.py).
-        cpus = usable_cpus()
         wanted = processes if processes is not None else cpus >= PROCESSES_MIN_CPUS
         if processes is None and process_limit is None:
             process_limit = 1 if cpus < PROCESSES_ALL_CPUS else MAX_PROCESSES
@@ -371,7 +371,8 @@ def backup_files(
     started = wall_clock() if wall_clock else datetime.now(UTC)  # tests move a backup in time
     clock = time.monotonic()
     cache = FileCache(cache_dir, repo.id, hostname, paths) if cache_dir else None
-    workers = threads or pool_threads(usable_cpus())
+    cpus = usable_cpus()  # reads /proc and the cgroup files: once per backup
+    workers = threads or pool_threads(cpus)
     writer = BlobWriter(
         repo,
         hostname=hostname,
@@ -387,6 +388,7 @@ def backup_files(
         cache=cache,
         progress=progress,
         threads=workers,
+        cpus=cpus,
         root_prefix=prefix,
         processes=processes,
         process_limit=process_limit,

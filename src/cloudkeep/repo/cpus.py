@@ -53,7 +53,7 @@ def cgroup_cpu_quota(proc_cgroup: Path, cgroup_root: Path) -> float | None:
         return None
     quotas: list[float] = []
     for line in lines:
-        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        controllers, _, path = line.partition(":")[2].partition(":")  # "id:controllers:path"
         relative = path.strip().lstrip("/")
         if controllers == "":  # v2: the unified hierarchy
             quotas += [q for folder in _up(cgroup_root, relative) for q in _v2_quota(folder / "cpu.max")]

@@ -65,13 +65,15 @@ __all__ = ["RestoreResult", "restore"]
 
 log = logging.getLogger(__name__)
 
+_CPUS = usable_cpus()  # what this process may use (cpus.py), read once
+
 # Decoders (and creators): one per two cores, at most 4. Each small file is a few short system
 # calls with the GIL handed over around each, and two decoders writing one large file spin on its
 # inode lock: on 2 cores one decoder restored usr in 4.48 s with 4.5 s of CPU where two took 5.09 s
 # and 6.5 s, and the synthetic tree 3.12 s against 3.28 s, S3 equal with less CPU (bench/README.md,
 # "Full restore: one decoder on two cores"). More cores are not measured: large blobs decode with
 # the GIL released, so they can use a second decoder where it does not take the planner's core.
-LOCAL_THREADS = max(1, min(usable_cpus() // 2, 4))
+LOCAL_THREADS = max(1, min(_CPUS // 2, 4))
 # One more decoder takes only chunks of large files (a mean of at least the minimum chunk per
 # blob), where decoding releases the GIL: on 2 cores usr restored in 3.06 s against 3.42 s and the
 # synthetic tree in 1.33 s against 1.74 s, where a second decoder of every kind was slower on usr
@@ -84,7 +86,7 @@ BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 # 2.90 s against 3.57 s (in process), from S3 (moto) in 3.55 s against 4.12 s, for 0.5-1 s more
 # CPU; restic / cloudkeep on the venv tree 1.16 -> 1.60 (bench/README.md, "Full restore: a worker
 # process"). One: more cores are not measured.
-RESTORE_PROCS = 1 if usable_cpus() >= 2 else 0
+RESTORE_PROCS = 1 if _CPUS >= 2 else 0
 PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
