@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cloudkeep.repo.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
 
@@ -34,3 +38,66 @@ def test_a_pinned_node_encodes_as_stored_by_earlier_versions() -> None:
     assert encode_tree([node]) == (
         b'{"nodes":[{"content":["abab"],"mode":420,"mtime_ns":5,"name":"a","size":1,"type":"file"}]}'
     )
+
+
+_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)  # lone surrogates too
+_int = st.integers(min_value=-(2**70), max_value=2**70)
+_nodes_of_a_backup = st.builds(
+    Node,
+    name=_text,
+    type=st.sampled_from([FILE, DIR, SYMLINK, "fifo"]),
+    mode=_int,
+    uid=_int,
+    gid=_int,
+    user=_text,
+    group=_text,
+    mtime_ns=_int,
+    size=_int,
+    inode=_int,
+    device=_int,
+    links=_int,
+    rdev=_int,
+    content=st.lists(st.binary(min_size=32, max_size=32), max_size=3),
+    subtree=st.none() | st.binary(min_size=32, max_size=32),
+    target=_text,
+    xattrs=st.dictionaries(_text, st.binary(max_size=8), max_size=3),
+    sparse=st.booleans(),
+)
+# What a hostile repository's tree decodes to: any JSON value in any field.
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_text, inner, max_size=2),
+    max_leaves=4,
+)
+
+
+def _one_dump(nodes: list[Node]) -> bytes:
+    whole = {"nodes": [n.to_json() for n in sorted(nodes, key=lambda n: n.name)]}
+    return json.dumps(whole, separators=(",", ":"), sort_keys=True).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_nodes_of_a_backup, max_size=4))
+def test_the_direct_writer_gives_the_encoders_bytes(nodes: list[Node]) -> None:
+    assert encode_tree(nodes) == _one_dump(nodes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _nodes_of_a_backup,
+    st.sampled_from(["mode", "uid", "size", "links", "user", "name", "target", "type"]),
+    _json_value,
+)
+def test_a_field_of_another_type_is_written_as_the_encoder_writes_it(
+    node: Node, field: str, value: object
+) -> None:
+    """A node decoded from a repository (``repair`` writes such trees again) may hold anything."""
+    setattr(node, field, value)
+    try:
+        expected = _one_dump([node])
+    except (TypeError, ValueError):  # the encoder refuses it: so must encode_tree
+        with pytest.raises((TypeError, ValueError)):
+            encode_tree([node])
+        return
+    assert encode_tree([node]) == expected
+    json.loads(expected)
