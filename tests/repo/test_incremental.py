@@ -103,6 +103,49 @@ def test_an_inexact_folder_gives_its_unchanged_files_their_own_rows(
     assert third.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "worker"])
+def test_a_first_backup_leaves_its_files_rows_to_their_folders_row(
+    repo: Repository, tmp_path: Path, processes: bool
+) -> None:
+    """Files read anew in a folder that writes a row get no row of their own (the folder's row
+    has their chunks): none is written, and the next backup still reads none of them."""
+    source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
+    lib = source / "lib"
+    first = backup_files(repo, [source], cache_dir=cache, processes=processes)
+    assert first.stats["bytes_read"] == sum(f.stat().st_size for f in lib.iterdir())
+    assert _file_rows(cache, lib) == set()
+    second = backup_files(repo, [source], cache_dir=cache, processes=processes)
+    assert second.stats["bytes_read"] == 0
+    assert second.stats["files_unchanged"] == 30
+
+
+def test_an_inexact_folder_gives_the_files_it_read_rows_of_their_own(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder with a file that could not be read writes no row, so the files read with it get
+    rows of their own when its tree is stored: the next backup reads only the file that failed."""
+    source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
+    lib = source / "lib"
+    real = FileContent.read_entry
+
+    def unreadable(self: FileContent, item: PendingFile) -> Node | None:
+        if item.name == "f03.txt":
+            self.skip(item.path, "cannot read (test)")
+            return None
+        return real(self, item)
+
+    monkeypatch.setattr(FileContent, "read_entry", unreadable)
+    first = backup_files(repo, [source], cache_dir=cache, processes=False)
+    assert first.stats["errors_total"] == 1
+    assert _file_rows(cache, lib) == {f"f{i:02}.txt" for i in range(30)} - {"f03.txt"}
+    monkeypatch.setattr(FileContent, "read_entry", real)
+    second = backup_files(repo, [source], cache_dir=cache)
+    assert second.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
+    target = tmp_path / "restore"
+    restore(repo, second.id, target)
+    _same(source, restored(target, source))
+
+
 def test_a_large_file_rewritten_in_place_encodes_only_new_chunks(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -286,6 +286,7 @@ class _Archiver(FileContent):
         """``folder``'s entries (``base`` is its path), sorted, stat'ed, masks applied; with a
         tree cache also the listing's signature, and the last backup's row if it is the same."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
+        folder.base = base
         try:
             with os.scandir(folder.fd) as it:
                 names = sorted(entry.name for entry in it)

@@ -159,7 +159,7 @@ class EarlyReads:
                 assert item.parent.fd is not None  # open until every slot of the folder is filled
                 node = node_from_stat(item.name, item.path, item.st, FILE, dir_fd=item.parent.fd)
                 node.content, node.size = read.content, read.size
-                if archiver.cache:
+                if archiver.cache and not item.parent.keeps_rows():
                     archiver.cache.record(item.path, item.st, node.content)
             elif archiver.error is None:  # the file changed since it was opened: read it again here
                 self._discount(future)

@@ -190,7 +190,7 @@ class FileContent:
             return None
         node = node_from_stat(item.name, item.path, item.st, FILE, dir_fd=item.parent.fd, xattrs=xattrs)
         node.content, node.size = content, total
-        if self.cache:
+        if self.cache and not item.parent.keeps_rows():
             self.cache.record(item.path, item.st, content)
         with self.lock:
             self.bytes_read += total
@@ -210,7 +210,7 @@ class FileContent:
                     node.content, node.size = self.read_open(fd, path, st)
                 finally:
                     os.close(fd)
-            if self.cache:
+            if self.cache and not item.parent.keeps_rows():  # else its folder's row carries it
                 self.cache.record(path, st, node.content)
             return node
         except OSError as exc:

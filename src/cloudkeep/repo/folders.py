@@ -84,6 +84,7 @@ class Folder:
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
         self.listing: bytes | None = None  # the listing's signature, once listed
+        self.base = path  # the path its entries' paths start with, as the walk lists it
         self.previous: FolderRow | None = None  # the last backup's row for this folder
         self.last: FolderRow | None = None  # the same when the listing is unchanged
         self._old: dict[str, _RowEntry] | None = None  # the row's entries, by name
@@ -178,16 +179,25 @@ class Folder:
                 [(key, contents.get(str(key[0])), str(key[0]) in bare) for key in self.keys], 2
             )
             cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
-        elif cache is not None:  # no row: the unchanged files it would have carried get their own
-            for child in self.children:
+        elif cache is not None:  # no row: the files it would have carried get their own
+            for child, key in zip(self.children, self.keys):
                 if isinstance(child, Entry) and child.kind == FILE and child.content is not None:
                     cache.record(child.path, child.st, child.content)
+                elif self._keeps_rows and isinstance(child, Node) and child.type == FILE:
+                    # read anew, its row left to this folder's (``FileContent.proc_node``)
+                    size, mtime_ns, ctime_ns, inode = key[9], key[11], key[12], key[2]
+                    assert isinstance(size, int) and isinstance(mtime_ns, int)
+                    assert isinstance(ctime_ns, int) and isinstance(inode, int)
+                    cache.record_stat(
+                        f"{self.base}/{child.name}", size, mtime_ns, ctime_ns, inode, child.content
+                    )
         return tree_id
 
     def keeps_rows(self) -> bool:
         """Whether this folder's row will carry its unchanged files for the next backup, so they
         need no row of their own: a folder the walk listed, with a tree cache, under a UTF-8
-        path. One that ends inexact writes no row: ``_tree`` then records its files' rows."""
+        path. Files read anew then get no row of their own either: the folder's row has their
+        chunks. One that ends inexact writes no row: ``_tree`` then records its files' rows."""
         if self._keeps_rows is None:
             keeps = self.archiver.tree_cache is not None and self.listing is not None and is_text(self.path)
             if self.listing is None:
