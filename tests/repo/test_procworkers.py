@@ -276,6 +276,32 @@ def test_a_worker_killed_mid_run_fails_the_backup_and_loses_nothing(
     assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(out)]).returncode == 0
 
 
+def test_a_worker_that_never_starts_is_killed_and_threads_read_the_files(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interpreter stuck before it says "ready" (an import hanging on a dead network mount)
+    does not hang the backup: it is killed past the start timeout and the threads read the files."""
+    src = _tree(tmp_path / "src")
+    by_threads = backup_files(repo, [src], hostname="h", processes=False)
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = procpool.spawn
+
+    def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], Any]:
+        proc, channel = real_spawn(module, pass_fds)
+        spawned.append(proc)
+        return proc, channel
+
+    monkeypatch.setattr(procpool, "spawn", spawn)
+    monkeypatch.setattr(procpool, "_BOOT", "import time; time.sleep(600)")  # never reads its init
+    monkeypatch.setattr(procpool, "START_TIMEOUT_S", 0.3)
+    caplog.set_level("WARNING", logger=procpool.__name__)
+    snap = backup_files(repo, [src], hostname="h", processes=True, threads=2, process_limit=1)
+    assert len(spawned) == 1 and spawned[0].returncode == -signal.SIGKILL  # tried once, then killed
+    assert "did not start within 0.3 s" in caplog.text and "reading files in threads" in caplog.text
+    assert snap.stats["errors_total"] == 0
+    assert _contents(repo, snap.id, src) == _contents(repo, by_threads.id, src)
+
+
 def test_by_default_workers_start_past_a_threshold_on_enough_cores(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
 ) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.errors import InsufficientSpaceError, IntegrityError
-from cloudkeep.repo import Repository, backup_files, restore, restoreproc, restorer
+from cloudkeep.repo import Repository, backup_files, procpool, restore, restoreproc, restorer
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.repo.procpool import WorkerLostError
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
@@ -154,6 +154,27 @@ def test_a_worker_killed_mid_restore_fails_the_restore_clearly(
     _same(src, restored(tmp_path / "again", src))
 
 
+def test_a_worker_that_never_starts_fails_the_restore_instead_of_hanging_it(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stuck before it says "ready" (its taker may already be blocked writing a segment
+    into its full pipe) is killed past the start timeout: the restore fails with that error."""
+    src = _tree(tmp_path / "src", files=600)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(procpool, "_BOOT", "import time; time.sleep(600)")  # never reads a segment
+    monkeypatch.setattr(procpool, "START_TIMEOUT_S", 0.3)
+    late = r"restore worker process \(pid \d+\) did not start within 0.3 s"
+    with pytest.raises(WorkerLostError, match=late):  # whether or not it was given segments yet
+        restore(local_repo, snap.id, tmp_path / "out")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(RESTORE_THREADS)]
+    monkeypatch.undo()
+    again = restore(local_repo, snap.id, tmp_path / "again")
+    assert again.ok
+    _same(src, restored(tmp_path / "again", src))
+
+
 def test_a_full_target_stops_a_restore_in_the_worker(
     local_repo: Repository, tmp_path: Path, tmpfs: Tmpfs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,7 +248,7 @@ def test_a_file_the_worker_cannot_create_is_the_parent_s_error(
     written: list[int] = []
     blob = segment.entries[0].id  # type: ignore[attr-defined]
     batches = [{blob: [Target(blocked, 0), Target(fine, 0)]}]
-    proc = RestoreProc(writer, local_repo, batches, written.append, pytest.fail)
+    proc = RestoreProc(writer, local_repo, batches, written.append, lambda exc: pytest.fail(str(exc)))
     try:
         proc.handle(request, segment, memoryview(data))  # type: ignore[arg-type]
         proc.finish()

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import secrets
+import select
 import subprocess
 import sys
 import threading
@@ -44,6 +45,8 @@ _BOOT = (
     "sys.modules['cloudkeep.repo'] = p; "
     "from cloudkeep.repo.{module} import main; main()"
 )
+# A worker that has not said "ready" by then is killed and the backup reads files in threads: an
+# interpreter stuck importing (a hung network mount on its path) must not hang the backup.
 START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
 
@@ -67,6 +70,13 @@ def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen
     proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, env=env, close_fds=True, pass_fds=pass_fds)
     assert proc.stdin is not None and proc.stdout is not None
     return proc, Channel(proc.stdout.fileno(), proc.stdin.fileno())
+
+
+def said_ready(channel: Channel) -> bool:
+    """The worker on ``channel`` said something (or ended) within ``START_TIMEOUT_S``."""
+    poller = select.poll()
+    poller.register(channel.read_fd, select.POLLIN)
+    return bool(poller.poll(START_TIMEOUT_S * 1000))
 
 
 def how_it_ended(proc: subprocess.Popen[bytes]) -> str:
@@ -119,6 +129,9 @@ class ProcWorker:
         }
         try:
             self.channel.send(("init", init))
+            if not said_ready(self.channel):
+                late = f"did not start within {START_TIMEOUT_S:g} s"
+                raise WorkerLostError(f"a backup worker process (pid {self.proc.pid}) {late}")
             self.pid = int(self.recv()[1])  # "ready": it imported and set up
         except BaseException:
             self.kill()

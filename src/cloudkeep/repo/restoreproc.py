@@ -22,12 +22,22 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.repo import procpool
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
-from cloudkeep.repo.procpool import QUIT_TIMEOUT_S, WorkerLostError, end, how_it_ended, spawn, worker_error
+from cloudkeep.repo.procpool import (
+    QUIT_TIMEOUT_S,
+    WorkerLostError,
+    end,
+    how_it_ended,
+    said_ready,
+    spawn,
+    worker_error,
+)
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
 from cloudkeep.repo.runreader import Request, Segment
 
+RERUN = "run the restore again into an empty folder"
 WINDOW = 2  # segments sent and not yet answered: the worker never waits for the parent's GIL
 
 
@@ -108,8 +118,13 @@ class RestoreProc:
             raise self.lost() from None
 
     def _receive(self) -> None:
-        """Take the worker's answers until it says ``bye`` or fails (its own thread)."""
+        """Take the worker's answers until it says ``bye`` or fails (its own thread). A worker
+        that never says ``ready`` is killed, so that a taker blocked writing to it fails too."""
         try:
+            if not said_ready(self.channel):
+                self.proc.kill()
+                late = f"did not start within {procpool.START_TIMEOUT_S:g} s"
+                raise WorkerLostError(f"a restore worker process (pid {self.proc.pid}) {late}", hint=RERUN)
             while True:
                 message = self.channel.recv()
                 kind = message[0]
@@ -181,8 +196,7 @@ class RestoreProc:
         return WorkerLostError(
             f"a restore worker process (pid {self.proc.pid}) ended in the middle of the restore "
             f"({how_it_ended(self.proc)})",
-            hint="run the restore again into an empty folder; if it recurs, check the machine's memory "
-            "(the kernel's OOM killer) and its logs",
+            hint=RERUN + "; if it recurs, check the machine's memory (the kernel's OOM killer) and its logs",
         )
 
 
