@@ -87,7 +87,16 @@ def database(path: Path, size: int, rng: random.Random) -> None:
 
 
 def build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int = 128) -> None:
-    """Build corpus ``kind`` (not ``synthetic``) of about ``size_mib`` MiB plus the database."""
+    """Build corpus ``kind`` (not ``synthetic``) of about ``size_mib`` MiB plus the database, in a
+    sibling folder renamed to ``root`` when complete: a failed build leaves no half corpus that a
+    later run would take as built."""
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _build(kind, partial, size_mib, seed, db_mib)
+    partial.rename(root)
+
+
+def _build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int) -> None:
     rng = random.Random(seed)
     root.mkdir(parents=True)
     budget = max(0, size_mib - db_mib) * 2**20
@@ -100,6 +109,8 @@ def build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int = 128) ->
         venv = (ROOT / ".venv").resolve()
         _copy_budget(venv, root / "venv", budget)
     elif kind == "git":
+        if not (ROOT / ".git").exists():
+            raise SystemExit(f"the git corpus clones the checkout the bench runs from: {ROOT} is not one")
         subprocess.run(
             ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(root / "checkout")], check=True
         )
