@@ -10,6 +10,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,24 @@ def test_a_changed_folder_takes_its_unchanged_files_from_its_row(repo: Repositor
     _same(source, restored(target, source))
 
 
+ReadEntry = Callable[[FileContent, PendingFile], "Node | None"]
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, name: str) -> ReadEntry:
+    """Files called ``name`` fail to read (a per-file error) until ``read_entry`` is set back to
+    the function returned."""
+    real = FileContent.read_entry
+
+    def unreadable(self: FileContent, item: PendingFile) -> Node | None:
+        if item.name == name:
+            self.skip(item.path, "cannot read (test)")
+            return None
+        return real(self, item)
+
+    monkeypatch.setattr(FileContent, "read_entry", unreadable)
+    return real
+
+
 def test_an_inexact_folder_gives_its_unchanged_files_their_own_rows(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,15 +105,7 @@ def test_an_inexact_folder_gives_its_unchanged_files_their_own_rows(
     lib = source / "lib"
     backup_files(repo, [source], cache_dir=cache)
     _append(lib / "f03.txt", b"day 2")
-    real = FileContent.read_entry
-
-    def unreadable(self: FileContent, item: PendingFile) -> Node | None:
-        if item.name == "f03.txt":
-            self.skip(item.path, "cannot read (test)")
-            return None
-        return real(self, item)
-
-    monkeypatch.setattr(FileContent, "read_entry", unreadable)
+    real = _unreadable(monkeypatch, "f03.txt")
     second = backup_files(repo, [source], cache_dir=cache)
     assert second.stats["errors_total"] == 1
     assert _file_rows(cache, lib) == {f"f{i:02}.txt" for i in range(30)} - {"f03.txt"}
@@ -126,15 +137,7 @@ def test_an_inexact_folder_gives_the_files_it_read_rows_of_their_own(
     rows of their own when its tree is stored: the next backup reads only the file that failed."""
     source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
     lib = source / "lib"
-    real = FileContent.read_entry
-
-    def unreadable(self: FileContent, item: PendingFile) -> Node | None:
-        if item.name == "f03.txt":
-            self.skip(item.path, "cannot read (test)")
-            return None
-        return real(self, item)
-
-    monkeypatch.setattr(FileContent, "read_entry", unreadable)
+    real = _unreadable(monkeypatch, "f03.txt")
     first = backup_files(repo, [source], cache_dir=cache, processes=False)
     assert first.stats["errors_total"] == 1
     assert _file_rows(cache, lib) == {f"f{i:02}.txt" for i in range(30)} - {"f03.txt"}
