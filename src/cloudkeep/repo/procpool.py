@@ -45,8 +45,8 @@ _BOOT = (
     "sys.modules['cloudkeep.repo'] = p; "
     "from cloudkeep.repo.{module} import main; main()"
 )
-# A worker that has not said "ready" by then is killed and the backup reads files in threads: an
-# interpreter stuck importing (a hung network mount on its path) must not hang the backup.
+# A worker that has not said "ready" by then is killed (a backup then reads files in threads, a
+# restore fails): an interpreter stuck importing (a hung network mount on its path) hangs neither.
 START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
 
@@ -72,11 +72,15 @@ def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen
     return proc, Channel(proc.stdout.fileno(), proc.stdin.fileno())
 
 
-def said_ready(channel: Channel) -> bool:
-    """The worker on ``channel`` said something (or ended) within ``START_TIMEOUT_S``."""
+def await_start(what: str, proc: subprocess.Popen[bytes], channel: Channel, hint: str | None = None) -> None:
+    """Return once the worker said something (or ended); kill it past ``START_TIMEOUT_S`` and
+    raise ``WorkerLostError``."""
     poller = select.poll()
     poller.register(channel.read_fd, select.POLLIN)
-    return bool(poller.poll(START_TIMEOUT_S * 1000))
+    if not poller.poll(START_TIMEOUT_S * 1000):
+        proc.kill()
+        late = f"did not start within {START_TIMEOUT_S:g} s"
+        raise WorkerLostError(f"a {what} worker process (pid {proc.pid}) {late}", hint=hint)
 
 
 def how_it_ended(proc: subprocess.Popen[bytes]) -> str:
@@ -129,9 +133,7 @@ class ProcWorker:
         }
         try:
             self.channel.send(("init", init))
-            if not said_ready(self.channel):
-                late = f"did not start within {START_TIMEOUT_S:g} s"
-                raise WorkerLostError(f"a backup worker process (pid {self.proc.pid}) {late}")
+            await_start("backup", self.proc, self.channel)
             self.pid = int(self.recv()[1])  # "ready": it imported and set up
         except BaseException:
             self.kill()

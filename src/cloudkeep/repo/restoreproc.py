@@ -22,14 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.repo import procpool
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.procpool import (
     QUIT_TIMEOUT_S,
     WorkerLostError,
+    await_start,
     end,
     how_it_ended,
-    said_ready,
     spawn,
     worker_error,
 )
@@ -121,10 +120,7 @@ class RestoreProc:
         """Take the worker's answers until it says ``bye`` or fails (its own thread). A worker
         that never says ``ready`` is killed, so that a taker blocked writing to it fails too."""
         try:
-            if not said_ready(self.channel):
-                self.proc.kill()
-                late = f"did not start within {procpool.START_TIMEOUT_S:g} s"
-                raise WorkerLostError(f"a restore worker process (pid {self.proc.pid}) {late}", hint=RERUN)
+            await_start("restore", self.proc, self.channel, hint=RERUN)
             while True:
                 message = self.channel.recv()
                 kind = message[0]
