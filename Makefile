@@ -23,7 +23,7 @@ lint: lint-machine-py39
 # The machine side runs on CPython 3.9+: type-check it for 3.9 (datetime.UTC, zip(strict=), runtime
 # X | Y ...). mypy 2 no longer targets 3.9, so a mypy 1.x lives in its own venv (setup-env.sh --test).
 MYPY39 ?= $(HOME)/.cache/cloudkeep-tools/mypy39/bin/mypy
-MACHINE_SIDE = src/cloudkeep/compat.py src/cloudkeep/errors.py src/cloudkeep/pathnames.py \
+MACHINE_SIDE = src/cloudkeep/compat.py src/cloudkeep/errors.py src/cloudkeep/pathnames.py src/cloudkeep/heap.py \
 	src/cloudkeep/repo src/cloudkeep/storage src/cloudkeep/protocol src/cloudkeep/machine \
 	src/cloudkeep/providers/base.py src/cloudkeep/providers/queues.py src/cloudkeep/providers/facts.py \
 	src/cloudkeep/providers/registry.py src/cloudkeep/providers/aws/facts.py src/cloudkeep/providers/azure/facts.py \

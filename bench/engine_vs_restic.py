@@ -491,6 +491,9 @@ def make_bucket(endpoint: str, bucket: str) -> None:
 
 def cloudkeep_child(spec: str, op: str, *args: str) -> None:
     sys.path.insert(0, str(ROOT / "src"))
+    from cloudkeep.heap import limit_heap_fragmentation
+
+    limit_heap_fragmentation()  # first, as the product's entry points (``cloudkeep``, the agent)
     from cloudkeep.repo import Repository, backup_files, list_snapshots, restore
     from cloudkeep.storage import open_store
 

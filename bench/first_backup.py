@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo import Repository, backup_files
 from cloudkeep.storage import open_store
 
@@ -34,6 +35,7 @@ def main() -> None:
     )
     parser.add_argument("--process-limit", type=int, default=None, help="at most this many worker processes")
     args = parser.parse_args()
+    limit_heap_fragmentation()  # first, as the product's entry points
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     store = open_store(f"file://{args.work}/repo")

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora
 from engine_vs_restic import make_bucket, start_moto
 
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo import Repository, backup_files
 from cloudkeep.storage import ObjectStore, open_store
 
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="on a moto server started here")
     parser.add_argument("--calls", action="store_true", help="print every store call of the timed backup")
     args = parser.parse_args()
+    limit_heap_fragmentation()  # first, as the product's entry points
     moto = None
     try:
         if args.s3:

@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo import Repository, list_snapshots, restore, restorer
 from cloudkeep.storage import open_store
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--decoders", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    limit_heap_fragmentation()  # first, as the product's entry points
     repo = Repository.open(open_store(f"file://{args.repo.resolve()}"), args.password)
     snapshot_id = list_snapshots(repo)[-1].id
     walls: dict[int, list[float]] = {n: [] for n in args.decoders}

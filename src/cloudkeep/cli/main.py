@@ -34,6 +34,7 @@ from cloudkeep.cli.common import (
     print_json,
 )
 from cloudkeep.exiting import skip_exit_collection
+from cloudkeep.heap import limit_heap_fragmentation
 
 app = typer.Typer(
     name="cloudkeep",
@@ -83,7 +84,9 @@ def version(as_json: bool = JSON_OPTION) -> None:
 
 
 def run() -> None:
-    """The ``cloudkeep`` command (console script): the app, then an exit without a heap sweep."""
+    """The ``cloudkeep`` command (console script): the C heap set up before any thread, the app,
+    then an exit without a heap sweep."""
+    limit_heap_fragmentation()
     try:
         app()
     finally:

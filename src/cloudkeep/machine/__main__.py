@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from cloudkeep.exiting import skip_exit_collection
+    from cloudkeep.heap import limit_heap_fragmentation
 
+    limit_heap_fragmentation()  # before the daemons' threads: backups run on them
     code = main()
     skip_exit_collection()
     raise SystemExit(code)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.cpus import MAX_PROCESSES, pool_threads, usable_cpus
@@ -39,7 +40,7 @@ from cloudkeep.repo.filecontent import (
 from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
 from cloudkeep.repo.fsmeta import Stat, StatLike, node_from_stat, node_type
 from cloudkeep.repo.masks import matches
-from cloudkeep.repo.memory import BufferPool, limit_heap_fragmentation
+from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id

@@ -1,46 +1,13 @@
-"""Keep the engine's resident memory close to what it actually holds.
-
-The engine allocates many short-lived buffers of 0.25 to 8 MiB (file reads, chunks, compressed and
-sealed copies) on several threads. glibc's default *dynamic* mmap threshold climbs after the first
-large free, after which such buffers come from per-thread heaps that are rarely returned to the
-OS: measured peak RSS of a 200 MiB backup fell from ~210 MiB to ~135 MiB with a fixed threshold.
-The threshold is 1 MiB, above a typical chunk's zstd output and read: at 256 KiB each of those was
-``mmap``'d, faulted in page by page and unmapped again, 102k page faults in a first backup of a
-real /usr (restic: 26k); at 1 MiB 63-70k and 5-6 % less wall time for +5 MiB of peak RSS (2 MiB:
-51-53k, no faster within the noise, +12 MiB, which left restic's peak RSS and ours level).
+"""Keep the engine's resident memory close to what it actually holds: reused buffers, and no
+collector passes over long-lived objects (the C heap's setup is ``cloudkeep.heap``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-_M_MMAP_THRESHOLD = -3
-_THRESHOLD = 2**20
-_done = False
-
-
-def limit_heap_fragmentation() -> None:
-    """Serve allocations ≥ 1 MiB with mmap so freeing them returns memory at once (glibc only).
-
-    ``mallopt`` is looked up among the symbols the interpreter already has loaded (libc is one of
-    them), not through ``ctypes.util.find_library``, which runs ``ldconfig -p`` (a fork and exec
-    of a helper process on every backup an agent runs)."""
-    global _done
-    if _done or not sys.platform.startswith("linux"):
-        return
-    _done = True
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return  # no such symbol (not glibc): nothing to tune
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
-
 
 _paused = 0  # users of ``collector_paused`` inside it now
 _enable_after = False  # the collector's state when the first of them came in

@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudkeep.exiting import skip_exit_collection
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import read_xattrs
-from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

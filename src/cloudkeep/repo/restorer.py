@@ -31,13 +31,14 @@ from cloudkeep.errors import (
     ConfigurationError,
     IntegrityError,
 )
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import MIN_SIZE
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.cpus import usable_cpus
 from cloudkeep.repo.index import Location
-from cloudkeep.repo.memory import collector_paused, limit_heap_fragmentation
+from cloudkeep.repo.memory import collector_paused
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target, TargetWriter
 from cloudkeep.repo.restoreproc import RestoreProc

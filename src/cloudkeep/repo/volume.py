@@ -21,9 +21,9 @@ from pathlib import Path
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError, incomplete_restore
+from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.archiver import BackupProgress
 from cloudkeep.repo.chunker import StreamCutter
-from cloudkeep.repo.memory import limit_heap_fragmentation
 from cloudkeep.repo.pack import DATA, TREE
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.restorefiles import RestoredFile, RestoreResult, Target
