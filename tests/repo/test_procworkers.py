@@ -320,6 +320,27 @@ def test_by_default_workers_start_past_a_threshold_on_enough_cores(
     assert len(workers) == 1  # too few cores: threads
 
 
+def test_many_small_files_start_a_worker_though_their_content_is_small(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    """Each file is work besides its bytes: a folder of tiny files is what the parent's GIL cannot
+    take alone, yet by content it never reached the threshold."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(200):
+        (src / f"f{i:03d}").write_text(f"tiny {i}\n")  # ~1.6 KiB of content in all
+    file_work = filecontent.FILE_WORK
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 1)
+    monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 100 * file_work)
+    monkeypatch.setattr(filecontent, "FILE_WORK", 0)  # by content alone
+    by_content = backup_files(repo, [src], hostname="h")
+    assert not workers
+    monkeypatch.setattr(filecontent, "FILE_WORK", file_work)
+    by_files = backup_files(repo, [src], hostname="h")
+    assert len(workers) == 1, "200 files are twice the threshold's work"
+    assert _contents(repo, by_files.id, src) == _contents(repo, by_content.id, src)
+
+
 @pytest.mark.parametrize(
     ("all_from", "most", "expected"),
     [(1, 4, 3), (1000, 4, 1), (1, 2, 2)],  # every pool thread / one, below PROCESSES_ALL_CPUS / capped

@@ -95,9 +95,9 @@ class _Archiver(FileContent):
         self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
         self.batch: list[PendingFile] = []  # small files gathered for the next job (walking thread)
         self.batch_bytes = 0
-        self.bytes_queued = 0
+        self.work_queued = 0
         # Worker processes: from the first byte when asked for; by default on machines with
-        # PROCESSES_MIN_CPUS cores, once the content queued is worth starting them, and below
+        # PROCESSES_MIN_CPUS cores, once the work queued is worth starting them, and below
         # PROCESSES_ALL_CPUS one only, beside the threads (filecontent.py).
         wanted = processes if processes is not None else cpus >= PROCESSES_MIN_CPUS
         if processes is None and process_limit is None:

@@ -7,11 +7,12 @@ file fills its own slot in its folder (its node, or None when it cannot be read)
 changes neither the trees, nor per-file errors, progress or cancellation. Split from
 ``archiver.py``, which walks.
 
-Once ``PROCESSES_FROM`` bytes are queued (on machines with ``PROCESSES_MIN_CPUS`` cores, or when
-asked for), pool threads hand their jobs to a worker process of their own (``procpool.py``),
-which reads, chunks, hashes, compresses, encrypts and packs the files on another core; the
-thread only answers it and builds the nodes. Below ``PROCESSES_ALL_CPUS`` cores only one thread
-gets a worker, from there at most ``cpus.MAX_PROCESSES``; the others read files themselves.
+Once ``PROCESSES_FROM`` of work is queued (content bytes, and ``FILE_WORK`` per file), on
+machines with ``PROCESSES_MIN_CPUS`` cores or when asked for, pool threads hand their jobs to a
+worker process of their own (``procpool.py``), which reads, chunks, hashes, compresses, encrypts
+and packs the files on another core; the thread only answers it and builds the nodes. Below
+``PROCESSES_ALL_CPUS`` cores only one thread gets a worker, from there at most
+``cpus.MAX_PROCESSES``; the others read files themselves.
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ if TYPE_CHECKING:
     from cloudkeep.repo.folders import Folder
     from cloudkeep.repo.procpool import FileResult, ProcPool
 
-# Worker processes (procpool.py) start once this much content is queued: a small backup is over
+# Worker processes (procpool.py) start once this much work is queued: a small backup is over
 # before two interpreters would have started (about 0.2 s of CPU each).
 PROCESSES_FROM = 16 * 2**20
+# Each file counts as this many bytes of work besides its content: opening, reading and storing a
+# small file costs the parent's GIL about what 8 KiB of content does. Counted by content alone, a
+# folder of 200,000 files of ~220 bytes started its worker after a third of them (in process,
+# 10.3-10.6 s; 8.1-8.2 s counted so), 5,000 files of ~2 KiB never did (0.36-0.38 s; 0.25 s), and
+# the usr and venv corpora did not move (bench/README.md, stop 37).
+FILE_WORK = 8 * 1024
 # ... and by default with this many cores: one worker beside the pool threads below
 # PROCESSES_ALL_CPUS (the small-file phase is GIL-bound, so the threads alone leave the second core
 # idle), one per pool thread from there (up to cpus.MAX_PROCESSES). On 2 cores one worker took the
@@ -87,8 +94,8 @@ class FileContent:
     slots: threading.BoundedSemaphore
     batch: list[PendingFile]
     batch_bytes: int
-    bytes_queued: int  # content handed to the pool so far (the walking thread counts it)
-    procs: ProcPool | None  # worker processes, used once ``bytes_queued`` reaches ``procs_from``
+    work_queued: int  # content handed to the pool so far, plus FILE_WORK per file (the walk counts it)
+    procs: ProcPool | None  # worker processes, used once ``work_queued`` reaches ``procs_from``
     procs_from: int
     _local: threading.local
 
@@ -100,13 +107,13 @@ class FileContent:
         """Hand a file to the pool: a small one joins the batch being gathered, a larger one goes
         alone (its chunks may go to the chunk pool). One job per batch spares the walking thread a
         submit, a future and a semaphore turn per file, which starved the workers on small files."""
-        self.bytes_queued += item.st.st_size
+        self.work_queued += item.st.st_size + FILE_WORK
         if item.st.st_size >= self.chunker.min_size:
             self.submit([item])
             return
         self.batch.append(item)
         self.batch_bytes += item.st.st_size
-        procs = self.procs is not None and self.bytes_queued >= self.procs_from  # workers take it
+        procs = self.procs is not None and self.work_queued >= self.procs_from  # workers take it
         files, size = (PROC_BATCH_FILES, PROC_BATCH_BYTES) if procs else (BATCH_FILES, BATCH_BYTES)
         if len(self.batch) >= files or self.batch_bytes >= size:
             self.submit_batch()
@@ -149,13 +156,13 @@ class FileContent:
 
     def proc_nodes(self, files: list[PendingFile]) -> list[Node | None] | None:
         """The batch's nodes, its content stored by this thread's worker process; None when no
-        worker takes it (too little content queued yet to pay for starting one, or none starts).
+        worker takes it (too little work queued yet to pay for starting one, or none starts).
 
         Empty files (nothing to read) and paths too long to open by name stay on this thread. A
         worker that fails ends the session (``BlobWriter.fail``): files may already name blobs
         that were in its open pack."""
         assert self.procs is not None
-        if self.error is not None or self.bytes_queued < self.procs_from:
+        if self.error is not None or self.work_queued < self.procs_from:
             return None
         worker = self.procs.worker()
         if worker is None:
