@@ -7,7 +7,10 @@ these corpora are what a real machine holds:
   headers, gzipped man pages, locales), taken in sorted order until the size budget is spent;
 - ``venv``: the project's Python virtual environment (many small ``.py`` and ``.pyc`` files, some
   large extension modules);
-- ``git``: a clone of this repository (``.git`` with its packs plus the work tree).
+- ``git``: a clone of this repository (``.git`` with its packs plus the work tree);
+- ``mail``: generated, a mail store in maildir folders (``cur`` of up to 50,000 messages each,
+  0.3-16 KiB of text with unique headers): the per-file costs, where the other corpora are mostly
+  bytes. No machine here has such a tree to copy, so it is seeded text.
 
 Each also gets one seeded 128 MiB database-like file (``--db`` MiB): 8 KiB pages of records with
 free space, so in-place rewrites have something to change. The day-2 mutation for real trees
@@ -25,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ("synthetic", "usr", "venv", "git")
+CORPORA = ("synthetic", "usr", "venv", "git", "mail")
 
 # /usr subtrees in the order they are taken from, each with its share of the budget: the mix
 # issue 18 measured on (libraries, the standard library, headers, man pages, locales).
@@ -86,6 +89,38 @@ def database(path: Path, size: int, rng: random.Random) -> None:
             fh.write(bytes(page[:fill]) + bytes(PAGE - fill))
 
 
+MAILDIR_MESSAGES = 50_000
+_WORDS = (  # the vocabulary of the messages' text, space-separated
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no will can more other out up "
+    "backup restore server volume snapshot meeting invoice report attached please regards thanks schedule"
+)
+
+
+def _maildirs(top: Path, budget: int, rng: random.Random) -> None:
+    """Messages of seeded text until ``budget`` bytes: a log-normal size around 2 KiB (0.3-16 KiB),
+    each a unique header over a slice of one shared text, so files differ but compress as mail does."""
+    words = _WORDS.split()
+    text = " ".join(rng.choices(words, k=1_200_000)).encode()
+    used = folder_count = count = 0
+    folder = top
+    while used < budget:
+        if count % MAILDIR_MESSAGES == 0:
+            folder = top / f"box{folder_count:02d}" / "cur"
+            folder.mkdir(parents=True)
+            folder_count += 1
+        size = int(min(16384, max(300, rng.lognormvariate(7.6, 0.9))))
+        start = rng.randrange(len(text) - size)
+        header = (
+            f"Message-ID: <{rng.getrandbits(64):016x}@mail.example>\n"
+            f"From: user{rng.randrange(500)}@example.com\nSubject: {' '.join(rng.choices(words, k=5))}\n\n"
+        ).encode()
+        body = header + text[start : start + size - len(header)]
+        (folder / f"{1_700_000_000 + count}.{count}.mail:2,S").write_bytes(body)
+        used += len(body)
+        count += 1
+
+
 def build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int = 128) -> None:
     """Build corpus ``kind`` (not ``synthetic``) of about ``size_mib`` MiB plus the database, in a
     sibling folder renamed to ``root`` when complete: a failed build leaves no half corpus that a
@@ -114,6 +149,8 @@ def _build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int) -> None
         subprocess.run(
             ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(root / "checkout")], check=True
         )
+    elif kind == "mail":
+        _maildirs(root / "home" / "mail", budget, rng)
     else:
         raise ValueError(f"unknown corpus {kind!r}")
     (root / "var" / "lib").mkdir(parents=True)
