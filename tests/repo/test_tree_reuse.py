@@ -25,7 +25,7 @@ def trees_built(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The entry names of every tree the archiver serialises (i.e. does not reuse)."""
     built: list[list[str]] = []
 
-    def counting(nodes: list[Node]) -> bytes:
+    def counting(nodes: list[Node]) -> bytearray:
         built.append(sorted(n.name for n in nodes))
         return encode_tree(nodes)
 

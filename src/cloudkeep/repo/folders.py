@@ -170,7 +170,7 @@ class Folder:
                 cache.record_folder(self.path, last)
                 return last.tree
         nodes = [node for node in map(self._node, self.children) if node is not None]
-        tree_id, _ = archiver.writer.save(TREE, encode_tree(nodes))
+        tree_id, _ = archiver.writer.save(TREE, memoryview(encode_tree(nodes)))
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             chunks_now = b"".join(c for n in nodes if n.type == FILE for c in n.content)
             contents = {n.name: b"".join(n.content) for n in nodes if n.type == FILE}

@@ -148,7 +148,7 @@ def _rewrite_damaged(repo: Repository, snapshots: list[Snapshot], report: Repair
                 tags=sorted({*snap.tags, REPAIRED_TAG}),
                 paths=snap.paths,
                 kind=snap.kind,
-                tree=(tree_id or writer.save(TREE, encode_tree([]))[0]).hex(),
+                tree=(tree_id or writer.save(TREE, memoryview(encode_tree([])))[0]).hex(),
                 retain_until=snap.retain_until,
                 stats={**snap.stats, "repaired_from": snap.id, "dropped_paths": dropped[:1000]},
             )
@@ -220,7 +220,9 @@ def _rewrite_tree(
         node = next(frame.nodes, None)
         if node is None:
             stack.pop()
-            rewritten = writer.save(TREE, encode_tree(frame.kept))[0] if frame.dropped else frame.tree_id
+            rewritten = frame.tree_id
+            if frame.dropped:
+                rewritten = writer.save(TREE, memoryview(encode_tree(frame.kept)))[0]
             memo[frame.tree_id] = (rewritten, frame.dropped)
             continue
         path = f"{frame.where.rstrip('/')}/{node.name}"

@@ -165,12 +165,19 @@ def _node_json(n: Node) -> str:
         return _TREE_JSON.encode(n.to_json())
 
 
-def encode_tree(nodes: list[Node]) -> bytes:
+def encode_tree(nodes: list[Node]) -> bytearray:
     """The same bytes as one ``json.dumps`` of ``{"nodes": [...]}`` (tree ids are their hash), made
-    one node at a time: for a folder of 18,000 files, one call held every node's dict, the
-    encoder's pieces and the text at once, 16 MiB at the backup's peak against 9 MiB."""
-    parts = [_node_json(n) for n in sorted(nodes, key=lambda n: n.name)]
-    return ('{"nodes":[' + ",".join(parts) + "]}").encode()
+    one node at a time into one buffer. For a folder of 18,000 files, one call held every node's
+    dict, the encoder's pieces and the text at once (16 MiB at the backup's peak); the nodes' texts,
+    their join and its encoding then were three copies of the tree at once (~30 MiB for a maildir
+    folder of 50,000 messages), the buffer is one."""
+    out = bytearray(b'{"nodes":[')
+    for i, node in enumerate(sorted(nodes, key=lambda n: n.name)):
+        if i:
+            out += b","
+        out += _node_json(node).encode()
+    out += b"]}"
+    return out
 
 
 def decode_tree(data: bytes) -> list[Node]:

@@ -92,7 +92,7 @@ def backup_volume(
             content=content,
             sparse=True,
         )
-        tree_id, _ = writer.save(TREE, encode_tree([node]))
+        tree_id, _ = writer.save(TREE, memoryview(encode_tree([node])))
         writer.flush()  # every pack and index durable; the session stays until the manifest is stored
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
