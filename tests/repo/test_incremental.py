@@ -4,6 +4,7 @@ only its new chunks, and the restore point equals the mutated source."""
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import os
 import random
@@ -12,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cloudkeep.repo import Repository, backup_files, filecontent, restore
+from cloudkeep.repo import Repository, backup_files, filecontent, folders, restore
 from cloudkeep.repo.filecontent import FileContent, PendingFile
 from cloudkeep.repo.tree import Node
 from cloudkeep.repo.writer import BlobWriter
@@ -112,6 +114,37 @@ def test_an_inexact_folder_gives_its_unchanged_files_their_own_rows(
     monkeypatch.setattr(FileContent, "read_entry", real)
     third = backup_files(repo, [source], cache_dir=cache)
     assert third.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
+
+
+def test_a_folder_whose_tree_fails_late_still_gives_its_unchanged_files_rows(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry whose node fails only when the folder's tree is made (a symlink that cannot be
+    read) leaves the folder without a row: its unchanged files and the one read anew must still
+    get rows of their own, so the next backup reads none of them."""
+    source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
+    lib = source / "lib"
+    (lib / "link").symlink_to("f00.txt")
+    backup_files(repo, [source], cache_dir=cache)
+    _append(lib / "f03.txt", b"day 2")
+    real = folders.node_from_stat
+
+    def failing(name: str, *args: Any, **kwargs: Any) -> Node:
+        if name == "link":
+            raise OSError(errno.EIO, "I/O error")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(folders, "node_from_stat", failing)
+    second = backup_files(repo, [source], cache_dir=cache)
+    assert second.stats["errors_total"] == 1
+    assert second.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
+    assert _file_rows(cache, lib) == {f"f{i:02}.txt" for i in range(30)}
+    monkeypatch.setattr(folders, "node_from_stat", real)
+    third = backup_files(repo, [source], cache_dir=cache)
+    assert third.stats["bytes_read"] == 0 and third.stats["files_unchanged"] == 30
+    target = tmp_path / "restore"
+    restore(repo, third.id, target)
+    _same(source, restored(target, source))
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "worker"])
