@@ -567,6 +567,8 @@ def main() -> None:
             else:
                 tools.append(("s3", lambda src, run_dir, n: _s3_ck(src, run_dir, endpoint, n, args.format)))
                 tools.append(("s3", lambda src, run_dir, n: _s3_restic(src, run_dir, endpoint, aws_env, n)))
+        for stale in work.glob("run[0-9]*"):  # an interrupted run's repositories: init would find them made
+            shutil.rmtree(stale)
         for n in range(args.repeat):  # tools take turns, so slow spells of a shared machine hit all alike
             # ...and each repeat starts with another tool: whoever runs right after a big deletion
             # pays for it (ext4 scans recently deleted inodes when many files are created).
