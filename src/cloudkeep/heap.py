@@ -9,9 +9,9 @@ The threshold is 1 MiB, above a typical chunk's zstd output and read: at 256 KiB
 real /usr (restic: 26k); at 1 MiB 63-70k and 5-6 % less wall time for +5 MiB of peak RSS (2 MiB:
 51-53k, no faster within the noise, +12 MiB, which left restic's peak RSS and ours level).
 
-The smaller buffers come from glibc's arenas, and by default a thread that allocates while
-another holds an arena's lock gets an arena of its own (up to eight per core), each keeping its
-own freed memory. In a first backup of a real /usr the parent process held 92-102 MiB of
+The smaller buffers come from glibc's arenas, and by default each new thread that allocates gets
+an arena of its own (up to eight per core; a test counts them), each keeping its own freed
+memory. In a first backup of a real /usr the parent process held 92-102 MiB of
 anonymous memory with them and 74-87 MiB with two (the wall unchanged). Python's small objects
 do not use malloc, and glibc's per-thread cache serves most small requests without an arena's
 lock, so two arenas cost no measurable contention.
