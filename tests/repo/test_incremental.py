@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cloudkeep.repo import Repository, backup_files, filecontent, folders, restore
+from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.filecontent import FileContent, PendingFile
 from cloudkeep.repo.tree import Node
 from cloudkeep.repo.writer import BlobWriter
@@ -145,6 +146,38 @@ def test_a_folder_whose_tree_fails_late_still_gives_its_unchanged_files_rows(
     target = tmp_path / "restore"
     restore(repo, third.id, target)
     _same(source, restored(target, source))
+
+
+def test_files_reach_the_pool_while_a_new_folder_is_listed(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder without a last row is stat'ed as the walk goes, so its first files are queued
+    before its last entry is stat'ed; one with a row is stat'ed whole first (whether its listing
+    changed decides how its files are taken), and both give the same rows."""
+    source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
+    lib = source / "lib"
+    events: list[str] = []
+    real_stat, real_queue = archiver_module._Archiver.stat_entry, FileContent.queue
+
+    def stat_entry(self: archiver_module._Archiver, parent: folders.Folder, path: str, name: str) -> Any:
+        events.append("stat")
+        return real_stat(self, parent, path, name)
+
+    def queue(self: FileContent, item: PendingFile) -> None:
+        events.append("queue")
+        real_queue(self, item)
+
+    monkeypatch.setattr(archiver_module._Archiver, "stat_entry", stat_entry)
+    monkeypatch.setattr(FileContent, "queue", queue)
+    first = backup_files(repo, [source], cache_dir=cache)
+    last_stat = len(events) - 1 - events[::-1].index("stat")
+    assert events.index("queue") < last_stat, "the folder was stat'ed whole before its first file was queued"
+    assert _file_rows(cache, lib) == set() and first.stats["bytes_read"] > 0  # its row carries them
+    _append(lib / "f03.txt", b"day 2")
+    events.clear()
+    second = backup_files(repo, [source], cache_dir=cache)
+    assert events.count("queue") == 1 and events.index("queue") > len(events) - 1 - events[::-1].index("stat")
+    assert second.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "worker"])

@@ -38,7 +38,8 @@ def stat_key(name: str, st: StatLike) -> StatKey:
 
 @dataclass(**SLOTS)
 class Entry:
-    """A listed entry, its stat taken before any is backed up (the listing's signature needs all).
+    """A listed entry. In a folder with a last row every entry is stat'ed before any is backed
+    up (whether the listing is unchanged needs all); elsewhere as the walk takes it.
 
     Unless it is a folder or a file read anew, it is also its folder's child until the tree is
     built: its node is made only if the folder's last tree cannot be reused, so its xattrs and
@@ -93,6 +94,7 @@ class Folder:
         self._bare: set[str] = set()
         self.row_indexed = False  # every chunk of ``previous`` is in the index (once ``_old`` is read)
         self._keeps_rows: bool | None = None
+        self.streaming = False  # listed as the walk goes: no last row to compare the listing with
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -199,8 +201,9 @@ class Folder:
         path. Files read anew then get no row of their own either: the folder's row has their
         chunks. One that ends inexact writes no row: ``_tree`` then records its files' rows."""
         if self._keeps_rows is None:
-            keeps = self.archiver.tree_cache is not None and self.listing is not None and is_text(self.path)
-            if self.listing is None:
+            listed = self.listing is not None or self.streaming
+            keeps = self.archiver.tree_cache is not None and listed and is_text(self.path)
+            if not listed:
                 return keeps  # not listed yet: asked again later
             self._keeps_rows = keeps
         return self._keeps_rows
