@@ -55,6 +55,12 @@ def _file_rows(cache: Path, folder: Path) -> set[str]:
         return {Path(path).name for (path,) in rows}
 
 
+def _restores_as(repo: Repository, snapshot_id: str, source: Path, target: Path) -> None:
+    """The restore point, restored into ``target``, equals ``source`` as it is now."""
+    restore(repo, snapshot_id, target)
+    _same(source, restored(target, source))
+
+
 def _same(source: Path, target: Path) -> None:
     compared = filecmp.dircmp(source, target)
     assert not compared.left_only and not compared.right_only and not compared.diff_files
@@ -76,9 +82,7 @@ def test_a_changed_folder_takes_its_unchanged_files_from_its_row(repo: Repositor
     third = backup_files(repo, [source], cache_dir=cache)
     assert third.stats["bytes_read"] == (lib / "f07.txt").stat().st_size  # no sibling re-read
     assert third.stats["files_unchanged"] == 28
-    target = tmp_path / "restore"
-    restore(repo, third.id, target)
-    _same(source, restored(target, source))
+    _restores_as(repo, third.id, source, tmp_path / "restore")
 
 
 ReadEntry = Callable[[FileContent, PendingFile], "Node | None"]
@@ -143,9 +147,7 @@ def test_a_folder_whose_tree_fails_late_still_gives_its_unchanged_files_rows(
     monkeypatch.setattr(folders, "node_from_stat", real)
     third = backup_files(repo, [source], cache_dir=cache)
     assert third.stats["bytes_read"] == 0 and third.stats["files_unchanged"] == 30
-    target = tmp_path / "restore"
-    restore(repo, third.id, target)
-    _same(source, restored(target, source))
+    _restores_as(repo, third.id, source, tmp_path / "restore")
 
 
 def test_files_reach_the_pool_while_a_new_folder_is_listed(
@@ -210,9 +212,7 @@ def test_an_inexact_folder_gives_the_files_it_read_rows_of_their_own(
     monkeypatch.setattr(FileContent, "read_entry", real)
     second = backup_files(repo, [source], cache_dir=cache)
     assert second.stats["bytes_read"] == (lib / "f03.txt").stat().st_size
-    target = tmp_path / "restore"
-    restore(repo, second.id, target)
-    _same(source, restored(target, source))
+    _restores_as(repo, second.id, source, tmp_path / "restore")
 
 
 def test_a_large_file_rewritten_in_place_encodes_only_new_chunks(
