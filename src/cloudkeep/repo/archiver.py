@@ -305,21 +305,16 @@ class _Archiver(FileContent):
         previous = cache.folder(folder.path) if cache is not None and folder.exact else None
         if previous is None:
             folder.streaming = True
-            return self._streamed(folder, base, names)
-        entries, excludes = [], self.excludes
-        for name in names:
-            path = f"{base}/{name}"
-            if (not excludes or not self.excluded(path)) and (entry := self.stat_entry(folder, path, name)):
-                entries.append(entry)
-        folder.listing = listing_signature(folder.key, [entry.key for entry in entries])
+            return self._entries(folder, base, names)
+        entries = list(self._entries(folder, base, names))
         folder.previous = previous if folder.exact else None
         unchanged = folder.previous is not None and folder.previous.listing == folder.listing
         folder.last = folder.previous if unchanged else None
         return entries
 
-    def _streamed(self, folder: Folder, base: str, names: list[str]) -> Iterator[Entry]:
-        """``listing`` of a folder with no last row, each entry stat'ed as the walk takes it; the
-        listing's signature (for the row this backup writes) once the last is taken."""
+    def _entries(self, folder: Folder, base: str, names: list[str]) -> Iterator[Entry]:
+        """``names`` of ``folder`` stat'ed one by one as they are taken, masks applied; with a tree
+        cache the listing's signature once the last is taken."""
         keys: list[StatKey] = []
         excludes = self.excludes
         for name in names:
