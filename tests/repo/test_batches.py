@@ -127,9 +127,9 @@ def test_cancelling_mid_batch_reads_no_more_and_commits_nothing(
     reads: list[str] = []
     real = archiver_module._Archiver.read_entry
 
-    def read_entry(self, item):  # type: ignore[no-untyped-def]
+    def read_entry(self, item, *opened):  # type: ignore[no-untyped-def]
         reads.append(item.path)
-        return real(self, item)
+        return real(self, item, *opened)
 
     monkeypatch.setattr(archiver_module._Archiver, "read_entry", read_entry)
     jobs = _count_jobs(monkeypatch)
@@ -147,6 +147,38 @@ def test_cancelling_mid_batch_reads_no_more_and_commits_nothing(
     assert len(reads) == 1 and jobs and jobs[0] == filecontent.BATCH_FILES < len(made)
     assert list(list_snapshots(repo)) == []
     assert set(os.listdir("/proc/self/fd")) <= fds_before  # every folder closed
+
+
+def test_a_batch_asks_for_all_its_files_before_it_reads_the_first(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a cold cache each small file read alone waits for its own disk read: a batch read in
+    the process opens its files and asks for their content first (``chunker.open_ahead``), then
+    reads them; empty files are not opened, and every descriptor is closed by the batch's end."""
+    src = tmp_path / "src"
+    made = _many_small_files(src, folders=2, per_folder=20)
+    events: list[str] = []
+    real_advise, real_small = os.posix_fadvise, archiver_module._Archiver.small_file
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        events.append("advise")
+        real_advise(fd, offset, length, advice)
+
+    def small_file(self, fd, path, size):  # type: ignore[no-untyped-def]
+        events.append("read")
+        return real_small(self, fd, path, size)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    monkeypatch.setattr(archiver_module._Archiver, "small_file", small_file)
+    jobs = _count_jobs(monkeypatch)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    snap = backup_files(repo, [src], hostname="h", threads=1, processes=False)
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    assert jobs == [16, 16, 8]  # batches run across folders; the first two hold an empty file each
+    assert events == (["advise"] * 15 + ["read"] * 15) * 2 + ["advise"] * 8 + ["read"] * 8
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == made
 
 
 def test_new_repositories_chunk_finer(store: ObjectStore) -> None:

@@ -62,9 +62,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
         early.append(path)
         return real_read(self, fd, path, st)
 
-    def read_entry(self: FileContent, item: PendingFile) -> Node | None:
+    def read_entry(self: FileContent, item: PendingFile, *opened: int | OSError | None) -> Node | None:
         walked.append(item.path)
-        return real_entry(self, item)
+        return real_entry(self, item, *opened)
 
     monkeypatch.setattr(EarlyReads, "_read", read)
     monkeypatch.setattr(FileContent, "read_entry", read_entry)

@@ -93,11 +93,11 @@ def _unreadable(monkeypatch: pytest.MonkeyPatch, name: str) -> ReadEntry:
     the function returned."""
     real = FileContent.read_entry
 
-    def unreadable(self: FileContent, item: PendingFile) -> Node | None:
+    def unreadable(self: FileContent, item: PendingFile, *opened: int | OSError | None) -> Node | None:
         if item.name == name:
             self.skip(item.path, "cannot read (test)")
             return None
-        return real(self, item)
+        return real(self, item, *opened)
 
     monkeypatch.setattr(FileContent, "read_entry", unreadable)
     return real

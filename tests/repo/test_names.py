@@ -210,20 +210,21 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
     gone_early, gone_late = os.fsdecode(b"gone-\xff.txt"), "gone-at-open.txt"
     for name in (gone_early, gone_late):
         (src / name).write_text("soon gone")
-    real_stat, real_read = archiver_module._Archiver.stat_entry, archiver_module._Archiver.read_entry
+    real_stat, real_job = archiver_module._Archiver.stat_entry, archiver_module._Archiver.file_job
 
     def stat_entry(self, parent, path, name):  # type: ignore[no-untyped-def]
         if name == gone_early:
             os.unlink(path)
         return real_stat(self, parent, path, name)
 
-    def read_entry(self, item):  # type: ignore[no-untyped-def]
-        if item.name == gone_late:
-            os.unlink(item.path)
-        return real_read(self, item)
+    def file_job(self, files):  # type: ignore[no-untyped-def]
+        for item in files:  # before its batch opens it
+            if item.name == gone_late:
+                os.unlink(item.path)
+        return real_job(self, files)
 
     monkeypatch.setattr(archiver_module._Archiver, "stat_entry", stat_entry)
-    monkeypatch.setattr(archiver_module._Archiver, "read_entry", read_entry)
+    monkeypatch.setattr(archiver_module._Archiver, "file_job", file_job)
     snap = backup_files(repo, [src], hostname="h")
     errors = {e["path"]: e for e in snap.stats["errors"]}
     assert snap.stats["errors_total"] == 2 and set(errors) == {f"{src}/gone-\\xff.txt", f"{src}/{gone_late}"}

@@ -4,6 +4,7 @@ even for a file that grows between its stat and its read."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -69,3 +70,45 @@ def test_a_small_file_that_grew_since_its_stat_is_chunked_whole(
     node = lookup(repo, snap.id, str(src / "growing"))
     assert node.content == _chunk_ids(repo, data) and len(node.content) > 1
     assert _cat(repo, snap.id, src / "growing") == data
+
+
+def test_open_ahead_gives_each_file_its_descriptor_or_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch opened ahead: every non-empty regular file is advised whole, a missing file or a
+    symlink (``O_NOFOLLOW``) is that file's error, and a FIFO (which refuses the advice) is still
+    opened without blocking, to read as empty."""
+    from cloudkeep.repo.chunker import open_ahead
+    from cloudkeep.repo.filecontent import _FILE_FLAGS
+
+    (tmp_path / "a").write_bytes(b"x" * 5000)
+    (tmp_path / "empty").write_bytes(b"")
+    os.symlink("a", tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        advised.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = [("a", 5000), ("missing", 10), ("link", 5000), ("fifo", 100), ("empty", 0)]
+        opened = open_ahead([(name, dir_fd, size) for name, size in names], _FILE_FLAGS)
+    finally:
+        os.close(dir_fd)
+    try:
+        a, missing, link, fifo, empty = opened
+        assert isinstance(a, int) and os.read(a, 10000) == b"x" * 5000
+        assert isinstance(missing, FileNotFoundError)
+        assert isinstance(link, OSError) and link.errno == errno.ELOOP
+        assert isinstance(fifo, int) and os.read(fifo, 10) == b""
+        assert isinstance(empty, int)
+        assert advised == [(0, 5000), (0, 100)]  # the FIFO's refused; nothing asked for an empty file
+    finally:
+        for fd in opened:
+            if isinstance(fd, int):
+                os.close(fd)

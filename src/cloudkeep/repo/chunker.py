@@ -20,6 +20,7 @@ incremental re-uploads: on the bench's database (40 rewritten pages, usr corpus)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,3 +180,28 @@ def read_small(fd: int, size: int, limit: int) -> bytes | None:
     if total >= limit:
         return None
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def open_ahead(files: list[tuple[str, int | None, int]], flags: int) -> list[int | OSError]:
+    """Open a batch of small files, ``(name, dir_fd, size)`` each, and ask the kernel for all their
+    content at once: a descriptor per file, or the error its open raised.
+
+    Read one after another from a cold page cache, each small file waited for its own disk read
+    (one I/O in flight per reader, where a disk or a cloud volume serves many at once): reading
+    40,000 maildir messages cold took 4.0 s, and 1.4-1.6 s with each batch's reads asked for
+    first (bench/README.md, stop 38). From a warm cache the hint costs one syscall that finds
+    the pages there. Only files below the minimum chunk come here (the hint asks for the whole
+    file); a large file is read ahead by the kernel as it is read."""
+    advise = getattr(os, "posix_fadvise", None)  # Linux; elsewhere the files are just opened
+    opened: list[int | OSError] = []
+    for name, dir_fd, size in files:
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            opened.append(exc)
+            continue
+        opened.append(fd)
+        if size and advise is not None:
+            with contextlib.suppress(OSError):  # not a regular file now (a FIFO swapped in): read as it is
+                advise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+    return opened

@@ -30,7 +30,7 @@ from typing import Any
 
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
-from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, read_small
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, open_ahead, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import read_xattrs
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
@@ -119,21 +119,31 @@ class Worker:
         (errno, why) or None, xattrs) in order, or None for files a ``stop`` left unread."""
         results: list[tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]] | None]
         results = []
+        small = len(items) > 1 and all(size < self.params.min_size for _, size, _, _ in items)
+        opened = open_ahead([(path, None, size) for path, size, _, _ in items], FILE_FLAGS) if small else []
         try:
-            for path, size, dev, ino in items:
-                results.append(self.one_file(path, size, dev, ino))
+            for i, (path, size, dev, ino) in enumerate(items):
+                results.append(self.one_file(path, size, dev, ino, opened[i] if opened else None))
             self.ask()
             self.settle()  # the chunks named below are in the open pack before the parent hears of them
         except Stopped:  # the backup ends without a restore point: what was being sealed is dropped
             self.ids, self.data, self.group_bytes, self.sealing = [], [], 0, None
             results.extend([None] * (len(items) - len(results)))
+        finally:
+            for fd in opened:
+                if isinstance(fd, int):
+                    os.close(fd)
         self.channel.send(("done", results))
 
     def one_file(
-        self, path: str, size: int, dev: int, ino: int
+        self, path: str, size: int, dev: int, ino: int, opened: int | OSError | None = None
     ) -> tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]]:
+        """Store one file; ``opened``: its descriptor (its batch closes it) or open error from
+        ``open_ahead``, else it is opened and closed here."""
         try:
-            fd = os.open(path, FILE_FLAGS)
+            if isinstance(opened, OSError):
+                raise opened
+            fd = os.open(path, FILE_FLAGS) if opened is None else opened
         except OSError as exc:
             return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
         try:
@@ -149,7 +159,8 @@ class Worker:
         except OSError as exc:
             return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
         finally:
-            os.close(fd)
+            if opened is None:
+                os.close(fd)
 
     def chunks(self, fd: int, size: int) -> Iterator[bytes]:
         if size < self.params.min_size:
