@@ -9,6 +9,7 @@ started here). Borg only has a local mode.
 
     python bench/engine_vs_restic.py --size 100      # MiB; default 1024
     python bench/engine_vs_restic.py --corpus usr --size 640   # a real tree (bench/corpora.py)
+    python bench/engine_vs_restic.py --corpus mail --cold      # page cache emptied before each step
 """
 
 from __future__ import annotations
@@ -293,6 +294,9 @@ class Tool:
     def backup(self) -> list[str]: ...
     def restore(self, target: Path) -> list[str]: ...
     def repo_size(self) -> int: ...
+    def warm(self) -> list[str]:
+        """A command that reads the tool's own program files, not the data (``--cold``)."""
+        ...
 
     env: dict[str, str] = {}
 
@@ -329,6 +333,9 @@ class Cloudkeep(Tool):
     def restore(self, target: Path) -> list[str]:
         return self._cmd("restore", str(target), str(self.work / "ck-cache"))
 
+    def warm(self) -> list[str]:
+        return self._cmd("warm")
+
 
 class Restic(Tool):
     name = "restic"
@@ -342,6 +349,9 @@ class Restic(Tool):
 
     def backup(self) -> list[str]:
         return ["restic", "backup", "-q", "--cache-dir", str(self.work / "restic-cache"), str(self.source)]
+
+    def warm(self) -> list[str]:
+        return ["restic", "version"]
 
     def restore(self, target: Path) -> list[str]:
         return [
@@ -379,6 +389,9 @@ class Borg(Tool):
         target.mkdir(parents=True, exist_ok=True)
         return ["borg", "extract", f"{self.repo}::a{self.n}"]
 
+    def warm(self) -> list[str]:
+        return ["borg", "--version"]
+
 
 def measure(
     tool: Tool,
@@ -388,15 +401,20 @@ def measure(
     seed: int,
     size_of: Callable[[], int],
     corpus: str = "synthetic",
+    cold: bool = False,
 ) -> Results:
     res = Results(tool.name, backend)
     tool.init()
+    before = (lambda: _cold_cache(tool)) if cold else (lambda: None)
+    before()
     res.steps["first backup"] = run(tool.backup(), tool.env)
+    before()
     res.steps["no-change rerun"] = run(tool.backup(), tool.env)
-    res.steps["incremental"] = (
-        run(tool.backup(), tool.env) if _mutated(source, seed, corpus) else Measure(0, 0)
-    )
+    _mutated(source, seed, corpus)
+    before()
+    res.steps["incremental"] = run(tool.backup(), tool.env)
     target = spread_folder(work / "restored") / f"restore-{tool.name}-{backend}"
+    before()
     res.steps["full restore"] = run(
         tool.restore(target), tool.env, cwd=target if isinstance(tool, Borg) else None
     )
@@ -406,13 +424,24 @@ def measure(
     return res
 
 
-def _mutated(source: Path, seed: int, corpus: str = "synthetic") -> bool:
+def _mutated(source: Path, seed: int, corpus: str = "synthetic") -> None:
     """Apply the day-2 mutation (the source is regenerated per tool, so each sees the same days)."""
     if corpus == "synthetic":
         mutate(source, seed)
     else:
         corpora.mutate(source, seed)
-    return True
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def _cold_cache(tool: Tool) -> None:
+    """``--cold``: the page cache emptied (the source tree, the local repository, the caches), then
+    the tool's own program read back in: a machine's daily backup finds its files out of the
+    cache, while the backup program (an agent, a binary run every day) is still in it."""
+    os.sync()
+    DROP_CACHES.write_text("3")
+    subprocess.run(tool.warm(), env=tool.env, check=True, capture_output=True)
 
 
 def _verify(source: Path, target: Path) -> None:
@@ -502,6 +531,9 @@ def cloudkeep_child(spec: str, op: str, *args: str) -> None:
     if op == "init":
         Repository.create(store, PASSWORD, version=int(args[0]))
         return
+    if op == "warm":  # the program's files (and botocore's models, on S3) read; no key derived
+        list(store.list("keys/"))
+        return
     # Like restic's --cache-dir: the file cache and (on S3) the index files kept between runs.
     repo = Repository.open(store, PASSWORD, cache_dir=Path(args[1]))
     if op == "backup":
@@ -528,6 +560,11 @@ def main() -> None:
     parser.add_argument("--db", type=int, default=128, help="MiB of database-like file in real corpora")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) round")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the page cache before every step, the tools' programs read back (needs root)",
+    )
     parser.add_argument("--no-borg", action="store_true")
     parser.add_argument(
         "--format",
@@ -543,6 +580,8 @@ def main() -> None:
         help="run every tool N times, interleaved; report medians (default 1)",
     )
     args = parser.parse_args()
+    if args.cold and not os.access(DROP_CACHES, os.W_OK):
+        parser.error(f"--cold writes {DROP_CACHES}: run as root")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ck-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results: list[Results] = []
@@ -587,12 +626,11 @@ def main() -> None:
                 run_dir = work / f"run{n}"
                 run_dir.mkdir(exist_ok=True)
                 tool, size_of = factory(source, run_dir, n)
-                _drop_caches_hint()
                 # The copy (and the deletions before it) reach the disk before the clock starts: on
                 # this machine a fresh 560 MiB tree left ~0.6 s of writeback (`sync` after `cp -a`),
                 # which ran on the two cores during the first backup of whichever tool came next.
                 os.sync()
-                res = measure(tool, backend, source, run_dir, args.seed, size_of, args.corpus)
+                res = measure(tool, backend, source, run_dir, args.seed, size_of, args.corpus, args.cold)
                 results.append(res)
                 print(_row(res), flush=True)
             shutil.rmtree(work / f"run{n}", ignore_errors=True)  # ~0.8 GiB per tool and backend
@@ -600,7 +638,7 @@ def main() -> None:
         if moto is not None:
             os.killpg(moto.pid, signal.SIGTERM)
             moto.wait(timeout=10)
-    report(medians(results), args.size, args.repeat, args.corpus)
+    report(medians(results), args.size, args.repeat, args.corpus, args.cold)
     (work / "results.json").write_text(json.dumps([_as_json(r) for r in results], indent=2))
     print(f"results: {work / 'results.json'}")
 
@@ -658,10 +696,6 @@ def _s3_restic(
     return Restic(f"s3:{endpoint}/{bucket}/repo", env, src, work), lambda: s3_size(endpoint, bucket)
 
 
-def _drop_caches_hint() -> None:
-    """Page cache is not dropped (needs privileges and hurts neighbours): every tool reads warm data."""
-
-
 def _row(r: Results) -> str:
     steps = "  ".join(f"{k}={m.seconds:.2f}s (cpu {m.cpu:.2f}s)" for k, m in r.steps.items())
     return (
@@ -689,9 +723,15 @@ def _as_json(r: Results) -> dict[str, object]:
     }
 
 
-def report(results: list[Results], size: int, repeat: int = 1, corpus: str = "synthetic") -> None:
+def report(
+    results: list[Results], size: int, repeat: int = 1, corpus: str = "synthetic", cold: bool = False
+) -> None:
     runs = f", medians of {repeat} interleaved runs" if repeat > 1 else ""
-    print(f"\n== {corpus} corpus, {size} MiB{runs}: other tool / cloudkeep (above 1.00 = cloudkeep better)")
+    cache = ", page cache emptied before every step" if cold else ""
+    print(
+        f"\n== {corpus} corpus, {size} MiB{runs}{cache}: other tool / cloudkeep",
+        "(above 1.00 = cloudkeep better)",
+    )
     for backend in ("local", "s3"):
         ck = next((r for r in results if r.tool == "cloudkeep" and r.backend == backend), None)
         if ck is None:
