@@ -76,8 +76,9 @@ def test_open_ahead_gives_each_file_its_descriptor_or_its_own_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch opened ahead: every non-empty regular file is advised whole, a missing file or a
-    symlink (``O_NOFOLLOW``) is that file's error, and a FIFO (which refuses the advice) is still
-    opened without blocking, to read as empty."""
+    symlink (``O_NOFOLLOW``) is that file's error, a FIFO (which refuses the advice) is still
+    opened without blocking, to read as empty, and a full descriptor table leaves the file to be
+    opened when it is read."""
     from cloudkeep.repo.chunker import open_ahead
     from cloudkeep.repo.filecontent import _FILE_FLAGS
 
@@ -93,20 +94,30 @@ def test_open_ahead_gives_each_file_its_descriptor_or_its_own_error(
         advised.append((offset, length))
         real(fd, offset, length, advice)
 
+    real_open = os.open
+
+    def open_(name: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if name == "busy":  # the process's descriptor table is full as this one is opened
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+
     monkeypatch.setattr(os, "posix_fadvise", advise)
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    monkeypatch.setattr(os, "open", open_)
     try:
-        names = [("a", 5000), ("missing", 10), ("link", 5000), ("fifo", 100), ("empty", 0)]
+        names = [("a", 5000), ("missing", 10), ("link", 5000), ("fifo", 100), ("empty", 0), ("busy", 5000)]
         opened = open_ahead([(name, dir_fd, size) for name, size in names], _FILE_FLAGS)
     finally:
+        monkeypatch.setattr(os, "open", real_open)
         os.close(dir_fd)
     try:
-        a, missing, link, fifo, empty = opened
+        a, missing, link, fifo, empty, busy = opened
         assert isinstance(a, int) and os.read(a, 10000) == b"x" * 5000
         assert isinstance(missing, FileNotFoundError)
         assert isinstance(link, OSError) and link.errno == errno.ELOOP
         assert isinstance(fifo, int) and os.read(fifo, 10) == b""
         assert isinstance(empty, int)
+        assert busy is None  # opened when it is read, not failed
         assert advised == [(0, 5000), (0, 100)]  # the FIFO's refused; nothing asked for an empty file
     finally:
         for fd in opened:

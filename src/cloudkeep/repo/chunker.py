@@ -21,6 +21,7 @@ incremental re-uploads: on the bench's database (40 rewritten pages, usr corpus)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,9 +183,11 @@ def read_small(fd: int, size: int, limit: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def open_ahead(files: list[tuple[str, int | None, int]], flags: int) -> list[int | OSError]:
+def open_ahead(files: list[tuple[str, int | None, int]], flags: int) -> list[int | OSError | None]:
     """Open a batch of small files, ``(name, dir_fd, size)`` each, and ask the kernel for all their
-    content at once: a descriptor per file, or the error its open raised.
+    content at once: a descriptor per file, or the error its open raised, or None when the process
+    is out of descriptors (then the file is opened when it is read, as without a batch: a full
+    descriptor table is not that file's fault).
 
     Read one after another from a cold page cache, each small file waited for its own disk read
     (one I/O in flight per reader, where a disk or a cloud volume serves many at once): reading
@@ -193,12 +196,12 @@ def open_ahead(files: list[tuple[str, int | None, int]], flags: int) -> list[int
     the pages there. Only files below the minimum chunk come here (the hint asks for the whole
     file); a large file is read ahead by the kernel as it is read."""
     advise = getattr(os, "posix_fadvise", None)  # Linux; elsewhere the files are just opened
-    opened: list[int | OSError] = []
+    opened: list[int | OSError | None] = []
     for name, dir_fd, size in files:
         try:
             fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
-            opened.append(exc)
+            opened.append(None if exc.errno in (errno.EMFILE, errno.ENFILE) else exc)
             continue
         opened.append(fd)
         if size and advise is not None:

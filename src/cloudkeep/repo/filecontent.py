@@ -164,7 +164,7 @@ class FileContent:
     @staticmethod
     def open_ahead(files: list[PendingFile]) -> list[int | OSError | None]:
         """A batch's non-empty files opened, their content asked for at once (``chunker.open_ahead``);
-        None for an empty file (``read_entry`` opens none)."""
+        None for an empty file (``read_entry`` opens none) or one to open when it is read."""
         sized = [item for item in files if item.st.st_size]
         fds = iter(open_ahead([(item.name, item.parent.fd, item.st.st_size) for item in sized], _FILE_FLAGS))
         return [next(fds) if item.st.st_size else None for item in files]
