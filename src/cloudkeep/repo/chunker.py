@@ -208,3 +208,10 @@ def open_ahead(files: list[tuple[str, int | None, int]], flags: int) -> list[int
             with contextlib.suppress(OSError):  # not a regular file now (a FIFO swapped in): read as it is
                 advise(fd, 0, size, os.POSIX_FADV_WILLNEED)
     return opened
+
+
+def close_opened(opened: list[int | OSError | None]) -> None:
+    """Close the descriptors ``open_ahead`` gave (its batch owns them until it ends)."""
+    for fd in opened:
+        if isinstance(fd, int):
+            os.close(fd)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
-from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, open_ahead, read_small
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.fsmeta import StatLike, node_from_stat, reachable
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.pack import DATA
@@ -156,9 +156,7 @@ class FileContent:
             for item in files[done:]:
                 item.parent.fill(item.slot, None)
         finally:
-            for fd in opened:
-                if isinstance(fd, int):
-                    os.close(fd)
+            close_opened(opened)
             self.slots.release()
 
     @staticmethod

@@ -30,7 +30,7 @@ from typing import Any
 
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
-from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, open_ahead, read_small
+from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import read_xattrs
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
@@ -130,9 +130,7 @@ class Worker:
             self.ids, self.data, self.group_bytes, self.sealing = [], [], 0, None
             results.extend([None] * (len(items) - len(results)))
         finally:
-            for fd in opened:
-                if isinstance(fd, int):
-                    os.close(fd)
+            close_opened(opened)
         self.channel.send(("done", results))
 
     def one_file(
