@@ -161,9 +161,9 @@ def test_files_reach_the_pool_while_a_new_folder_is_listed(
     events: list[str] = []
     real_stat, real_queue = archiver_module._Archiver.stat_entry, FileContent.queue
 
-    def stat_entry(self: archiver_module._Archiver, parent: folders.Folder, path: str, name: str) -> Any:
+    def stat_entry(self: archiver_module._Archiver, parent: folders.Folder, base: str, name: str) -> Any:
         events.append("stat")
-        return real_stat(self, parent, path, name)
+        return real_stat(self, parent, base, name)
 
     def queue(self: FileContent, item: PendingFile) -> None:
         events.append("queue")

@@ -212,10 +212,10 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
         (src / name).write_text("soon gone")
     real_stat, real_job = archiver_module._Archiver.stat_entry, archiver_module._Archiver.file_job
 
-    def stat_entry(self, parent, path, name):  # type: ignore[no-untyped-def]
+    def stat_entry(self, parent, base, name):  # type: ignore[no-untyped-def]
         if name == gone_early:
-            os.unlink(path)
-        return real_stat(self, parent, path, name)
+            os.unlink(f"{base}/{name}")
+        return real_stat(self, parent, base, name)
 
     def file_job(self, files):  # type: ignore[no-untyped-def]
         for item in files:  # before its batch opens it

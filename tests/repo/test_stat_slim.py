@@ -1,31 +1,43 @@
-"""The slim ``Stat`` the walk keeps per entry must describe an entry exactly as ``os.stat_result``
-does: the file cache's keys and the tree's nodes made from it must not change (a different key
-would re-read every file once after an upgrade; a different node would change the tree)."""
+"""The ``Stat`` the walk reads an entry's fields from is a view over its stat key: it must describe
+an entry exactly as ``os.stat_result`` does, so the file cache's keys and the tree's nodes made
+from it do not change (a different key would re-read every file once after an upgrade; a
+different node would change the tree)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cloudkeep.repo.folders import stat_key
-from cloudkeep.repo.fsmeta import Stat, node_from_stat, node_type
+import pytest
+
+from cloudkeep.repo.fsmeta import Stat, node_from_stat, node_type, stat_key
+
+FIELDS = (
+    "st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_mtime_ns",
+    "st_ctime_ns", "st_rdev",
+)  # fmt: skip
 
 
-def test_stat_gives_the_same_key_and_node_as_os_stat(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["data", "link", "sym", "folder", "/dev/null"])
+def test_stat_gives_the_same_fields_key_and_node_as_os_stat(tmp_path: Path, name: str) -> None:
     (tmp_path / "data").write_bytes(b"x" * 5000)
     os.link(tmp_path / "data", tmp_path / "link")  # nlink 2: inode identity goes into the node
     os.symlink("data", tmp_path / "sym")
-    for name in ("data", "sym"):
-        full = os.lstat(tmp_path / name)
-        slim = Stat(full)
-        assert stat_key(name, slim) == stat_key(name, full)
-        kind = node_type(full)
-        assert kind is not None and node_type(slim) == kind
-        path = str(tmp_path / name)
-        assert node_from_stat(name, path, slim, kind) == node_from_stat(name, path, full, kind)
+    (tmp_path / "folder").mkdir()
+    path = str(tmp_path / name) if not name.startswith("/") else name  # /dev/null: a device's rdev
+    full = os.lstat(path)
+    slim = Stat(stat_key(os.path.basename(path), full))
+    assert {f: getattr(slim, f) for f in FIELDS} == {f: getattr(full, f) for f in FIELDS}
+    assert stat_key(name, slim) == stat_key(name, full)
+    kind = node_type(full)
+    assert kind is not None and node_type(slim) == kind
+    base = os.path.basename(path)
+    assert node_from_stat(base, path, slim, kind) == node_from_stat(base, path, full, kind)
 
 
-def test_stat_holds_no_per_instance_dict() -> None:
-    slim = Stat(os.lstat("."))
+def test_stat_holds_nothing_but_the_key() -> None:
+    key = stat_key(".", os.lstat("."))
+    slim = Stat(key)
     assert not hasattr(slim, "__dict__")
+    assert Stat.__slots__ == ("key",) and slim.key is key
     assert slim.st_ino == os.lstat(".").st_ino

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,10 @@ def trees_built(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The entry names of every tree the archiver serialises (i.e. does not reuse)."""
     built: list[list[str]] = []
 
-    def counting(nodes: list[Node]) -> bytearray:
+    def counting(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
+        nodes = list(nodes)
         built.append(sorted(n.name for n in nodes))
-        return encode_tree(nodes)
+        return encode_tree(nodes, ordered=ordered)
 
     monkeypatch.setattr(folders, "encode_tree", counting)
     return built

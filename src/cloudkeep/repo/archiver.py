@@ -37,8 +37,8 @@ from cloudkeep.repo.filecontent import (
     FileContent,
     PendingFile,
 )
-from cloudkeep.repo.folders import Entry, Folder, StatKey, listing_signature, stat_key
-from cloudkeep.repo.fsmeta import Stat, StatLike, node_from_stat, node_type
+from cloudkeep.repo.folders import Entry, Folder, listing_signature
+from cloudkeep.repo.fsmeta import StatKey, StatLike, node_from_stat, node_type, stat_key
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
@@ -178,7 +178,7 @@ class _Archiver(FileContent):
         if self.error is not None:
             return None
         if entry is None:
-            entry = self.stat_entry(parent, path, name)
+            entry = self.stat_entry(parent, path.rpartition("/")[0], name)
             if entry is None:
                 return None
         st, kind, key = entry.st, entry.kind, entry.key
@@ -223,21 +223,22 @@ class _Archiver(FileContent):
             parent.add(entry)
         return None
 
-    def stat_entry(self, parent: Folder, path: str, name: str) -> Entry | None:
-        """The entry, if it is backed up: not a socket, not a file the include masks leave out."""
+    def stat_entry(self, parent: Folder, base: str, name: str) -> Entry | None:
+        """The entry ``name`` of ``parent`` (listed under the path ``base``), if it is backed up:
+        not a socket, not a file the include masks leave out."""
         try:
-            st = Stat(os.stat(name, dir_fd=parent.fd, follow_symlinks=False))
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         except OSError as exc:
             parent.exact = False
-            self.skip(path, f"cannot read ({exc.strerror})")
+            self.skip(f"{base}/{name}", f"cannot read ({exc.strerror})")
             return None
         kind = node_type(st)
         if kind is None:
             return None
         masks = self.includes
-        if kind == FILE and masks and not any(matches(m, self.machine_path(path)) for m in masks):
+        if kind == FILE and masks and not any(matches(m, self.machine_path(f"{base}/{name}")) for m in masks):
             return None
-        return Entry(name, path, st, kind, stat_key(name, st))
+        return Entry(name, base, kind, stat_key(name, st))
 
     def unchanged(
         self, parent: Folder, path: str, name: str, st: StatLike, key: StatKey
@@ -318,8 +319,9 @@ class _Archiver(FileContent):
         keys: list[StatKey] = []
         excludes = self.excludes
         for name in names:
-            path = f"{base}/{name}"
-            if (not excludes or not self.excluded(path)) and (entry := self.stat_entry(folder, path, name)):
+            if (not excludes or not self.excluded(f"{base}/{name}")) and (
+                entry := self.stat_entry(folder, base, name)
+            ):
                 keys.append(entry.key)
                 yield entry
         if self.tree_cache is not None:
