@@ -5,6 +5,7 @@ unchanged folder would get a new tree id and be stored again."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +32,23 @@ def test_node_by_node_bytes_are_one_dump_of_the_whole_tree() -> None:
     assert encode_tree(nodes) == expected
     assert encode_tree([]) == b'{"nodes":[]}'
     assert [n.to_json() for n in decode_tree(encode_tree(nodes))] == whole["nodes"]
+
+
+def test_nodes_given_in_name_order_are_encoded_as_they_come_and_give_the_same_bytes() -> None:
+    nodes = sorted(_nodes(), key=lambda n: n.name)
+    taken: list[str] = []
+
+    def one_by_one() -> Iterator[Node]:
+        for node in nodes:
+            taken.append(node.name)
+            yield node
+
+    assert encode_tree(one_by_one(), ordered=True) == encode_tree(list(reversed(nodes)))
+    assert taken == [n.name for n in nodes]
+    with pytest.raises(ValueError, match="out of name order"):
+        encode_tree(reversed(nodes), ordered=True)
+    with pytest.raises(ValueError, match="out of name order"):  # a name twice: no tree holds that
+        encode_tree([nodes[1], nodes[1]], ordered=True)
 
 
 def test_a_pinned_node_encodes_as_stored_by_earlier_versions() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -199,3 +200,44 @@ def test_a_folder_whose_chunks_left_the_index_is_not_reused(
     assert ["deep", "readme.txt"] in trees_built
     assert snapshot.stats["bytes_read"] >= readme.stat().st_size
     assert all(repo.has_blob(c) for c in lookup(repo, snapshot.id, str(readme)).content)
+
+
+def test_a_folders_nodes_are_made_as_its_tree_encoder_takes_them(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's nodes never all exist at once (a maildir folder of 50,000 messages held ~15 MiB
+    of them): when the encoder takes its i-th node, that folder has made i, on a first backup (files
+    read anew) and on an incremental (unchanged files' entries become nodes only then)."""
+    source, cache = tmp_path / "src", tmp_path / "cache"
+    (source / "many").mkdir(parents=True)
+    for i in range(40):
+        (source / "many" / f"m{i:02}.txt").write_text(f"message {i}\n")
+    made = threading.local()  # trees of different folders may be built at once, on other threads
+    real_node, real_encode = folders.Folder._node, folders.encode_tree
+    seen: list[list[int]] = []
+
+    def node(self: folders.Folder, child: Node | folders.Entry | None) -> Node | None:
+        made.count += 1
+        return real_node(self, child)
+
+    def encode(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
+        made.count, at = 0, []
+
+        def taken() -> Iterable[Node]:
+            for n in nodes:
+                at.append(made.count)
+                yield n
+
+        out = real_encode(taken(), ordered=ordered)
+        seen.append(at)
+        return out
+
+    monkeypatch.setattr(folders.Folder, "_node", node)
+    monkeypatch.setattr(folders, "encode_tree", encode)
+    for day in (1, 2):
+        seen.clear()
+        backup_files(repo, [source], cache_dir=cache)
+        assert [1, *range(2, 41)] in seen, (
+            f"day {day}: the 40 files' folder was not encoded as its nodes were made"
+        )
+        (source / "many" / "m07.txt").write_text("changed\n")
