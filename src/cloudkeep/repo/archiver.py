@@ -38,7 +38,7 @@ from cloudkeep.repo.filecontent import (
     PendingFile,
 )
 from cloudkeep.repo.folders import Entry, Folder, listing_signature
-from cloudkeep.repo.fsmeta import StatKey, StatLike, node_from_stat, node_type, stat_key
+from cloudkeep.repo.fsmeta import StatKey, node_from_stat, node_type, stat_key
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
@@ -209,7 +209,7 @@ class _Archiver(FileContent):
                 parent.add(entry)
                 self.report(path)
                 return None
-            cached = self.unchanged(parent, path, name, st, key)
+            cached = self.unchanged(parent, entry)
             if cached is not None:
                 self.files_unchanged += 1
                 entry.content = cached
@@ -240,17 +240,16 @@ class _Archiver(FileContent):
             return None
         return Entry(name, base, kind, stat_key(name, st))
 
-    def unchanged(
-        self, parent: Folder, path: str, name: str, st: StatLike, key: StatKey
-    ) -> list[bytes] | None:
+    def unchanged(self, parent: Folder, entry: Entry) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
-        for the next backup); None when it must be read (``key``: its ``stat_key``).
+        for the next backup); None when it must be read.
 
         The folder's row comes first: it is read once per folder and holds every file's stat key
         and chunks, so a changed folder's unchanged files cost no SQLite row each, neither read
         nor written (the folder's next row carries them; see ``Folder.keeps_rows``), and no
         index look-up either when every chunk of the row is indexed (checked once per folder)."""
-        cached = parent.previous_content(name, key)
+        cached = parent.previous_content(entry)
+        path, st = entry.path, entry.st
         if cached is not None:
             stored = parent.row_indexed or self.indexed(cached)
         elif self.cache and parent.previous is None:  # no row: the file's own
