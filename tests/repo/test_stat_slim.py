@@ -41,3 +41,14 @@ def test_stat_holds_nothing_but_the_key() -> None:
     assert not hasattr(slim, "__dict__")
     assert Stat.__slots__ == ("key",) and slim.key is key
     assert slim.st_ino == os.lstat(".").st_ino
+
+
+def test_stat_keys_share_one_object_per_mode_device_and_owner(tmp_path: Path) -> None:
+    """The walk keeps a key per listed entry: the values most entries repeat are one object each."""
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    os.chmod(tmp_path / "a", 0o100640)
+    os.chmod(tmp_path / "b", 0o100640)
+    a, b = (stat_key(name, os.lstat(tmp_path / name)) for name in ("a", "b"))
+    assert a[1] == b[1] == 0o100640 and all(a[i] is b[i] for i in (1, 3, 5, 6))  # mode, device, uid, gid
+    assert a[1:] != b[1:]  # (their inodes differ: only the shared fields are one object)
