@@ -119,3 +119,64 @@ def test_a_field_of_another_type_is_written_as_the_encoder_writes_it(
         return
     assert encode_tree([node]) == expected
     json.loads(expected)
+
+
+def _parsed_whole(data: bytes) -> list[Node] | type[Exception]:
+    """What one ``json.loads`` of the blob gives (the reference ``decode_tree`` must agree with)."""
+    try:
+        return [Node.from_json(item) for item in json.loads(data)["nodes"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return type(exc)
+
+
+def _decoded(data: bytes) -> list[Node] | type[Exception]:
+    try:
+        return decode_tree(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_nodes_of_a_backup, max_size=3),
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0), st.sampled_from([",", "]", "}", "[", "{", " ", '"', "1", "", "\\"])
+        ),
+        max_size=3,
+    ),
+)
+def test_a_tree_parsed_node_by_node_is_the_tree_parsed_whole(
+    nodes: list[Node], edits: list[tuple[int, str]]
+) -> None:
+    """Trees are read from a repository a writer (maybe a compromised machine) made: the node-by-node
+    parse of a backup's trees must give what one parse of the whole blob gives, for the blob as
+    written and for blobs one character off it (whitespace, a comma too many, a bracket, a quote)."""
+    data = bytes(encode_tree(nodes))
+    for position, char in edits:  # each: replace one character (or remove it, "")
+        if data:
+            at = position % len(data)
+            data = data[:at] + char.encode() + data[at + 1 :]
+    whole = _parsed_whole(data)
+    assert _decoded(data) == whole
+    if not edits:
+        assert whole == sorted(nodes, key=lambda n: n.name) or isinstance(whole, type)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"nodes":[]}',
+        b'{"nodes":[{"name":"a","type":"file"},]}',  # a comma too many: not JSON
+        b'{"nodes":[{"name":"a","type":"file"}],"nodes":[{"name":"b","type":"file"}]}',  # the last wins
+        b'{"nodes":[{"name":"a","type":"file"} ,{"name":"b","type":"file"}]}',
+        b'{"nodes":[[1]}',  # a value that takes the closing bracket
+        b'{"nodes":[{"name":"a","type":"file","name":"b"}]}',
+        b'{"nodes":["a"]}',
+        b'{"nodes":[{"name":"\\ud800","type":"file"}]}',  # a lone surrogate, escaped
+        b'{"nodes":[{"name":"\xed\xa0\x80","type":"file"}]}',  # and as bytes (json.loads passes them)
+        b'{"nodes":[{"name":"a","type":"file"}]}\n',
+    ],
+)
+def test_blobs_the_node_by_node_parse_must_not_read_otherwise(data: bytes) -> None:
+    assert _decoded(data) == _parsed_whole(data)

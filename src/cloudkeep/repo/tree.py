@@ -12,6 +12,7 @@ and ``json.loads`` reads back, so every name a Linux file system allows round-tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable
@@ -187,8 +188,38 @@ def encode_tree(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
     return out
 
 
+_DECODER = json.JSONDecoder()
+_OPEN, _CLOSE = b'{"nodes":[', b"]}"
+
+
 def decode_tree(data: bytes) -> list[Node]:
+    """A tree blob's nodes. A tree as ``encode_tree`` writes it is parsed node by node, each node's
+    parsed JSON let go as its node is made: parsed whole, a folder of 50,000 files held ~45 MiB of
+    dicts and strings beside its nodes (a restore's peak), and took longer. Anything else, or
+    anything that parse refuses (or a node it cannot make), is parsed whole, which the node-by-node
+    parse agrees with: the same nodes, or the same error."""
+    if data.startswith(_OPEN) and data.endswith(_CLOSE):
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            return _decode_node_by_node(data)
     return [Node.from_json(item) for item in json.loads(data)["nodes"]]
+
+
+def _decode_node_by_node(data: bytes) -> list[Node]:
+    """``{"nodes":[`` values separated by single commas ``]}``, exactly: then the whole is valid
+    JSON and these are its nodes; ``ValueError`` at anything else (whitespace included)."""
+    text = data.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
+    at, end = len(_OPEN), len(text) - len(_CLOSE)
+    nodes: list[Node] = []
+    if at == end:
+        return nodes
+    while True:
+        item, at = _DECODER.raw_decode(text, at)
+        nodes.append(Node.from_json(item))
+        if at == end:
+            return nodes
+        if at > end or text[at] != ",":
+            raise ValueError("not one node after another")
+        at += 1
 
 
 @dataclass(frozen=True)
