@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep.repo import fsmeta
 from cloudkeep.repo.fsmeta import Stat, node_from_stat, node_type, stat_key
 
 FIELDS = (
@@ -52,3 +53,12 @@ def test_stat_keys_share_one_object_per_mode_device_and_owner(tmp_path: Path) ->
     a, b = (stat_key(name, os.lstat(tmp_path / name)) for name in ("a", "b"))
     assert a[1] == b[1] == 0o100640 and all(a[i] is b[i] for i in (1, 3, 5, 6))  # mode, device, uid, gid
     assert a[1:] != b[1:]  # (their inodes differ: only the shared fields are one object)
+
+
+def test_the_shared_values_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent runs for months over mounts that come and go: the shared values do not grow forever."""
+    monkeypatch.setattr(fsmeta, "_SHARED_MOST", 8)
+    st = os.lstat(".")
+    for dev in range(100):
+        stat_key("x", os.stat_result((st.st_mode, st.st_ino, 10_000 + dev, *st[3:10])))
+    assert len(fsmeta._shared) <= 8 + 4

@@ -17,15 +17,18 @@ StatKey = tuple[Union[int, str], ...]  # marshal-able
 
 
 # The few modes, devices and owners a tree has, one int object each: every lstat boxes its own, and
-# the walk keeps a key per entry until its folder's tree is stored (~10 MiB of the mail store's
-# incremental). Bounded by what a machine has (owners, file systems, permission bits).
+# the walk keeps a key per entry until its folder's tree is stored (~6 MiB of the mail store's
+# incremental). An agent lives for months: past ``_SHARED_MOST`` values it starts again.
 _shared: dict[int, int] = {}
+_SHARED_MOST = 1 << 16
 
 
 def stat_key(name: str, st: StatLike) -> StatKey:
     """Everything an entry's node is made of, as far as ``lstat`` shows it. Changing xattrs, mode or
     owner moves the ctime; a symlink's target never changes in place; names map to owner names.
     ``Stat`` reads its fields back by these positions."""
+    if len(_shared) > _SHARED_MOST:
+        _shared.clear()
     one = _shared.setdefault
     uid, gid = one(st.st_uid, st.st_uid), one(st.st_gid, st.st_gid)
     return (
