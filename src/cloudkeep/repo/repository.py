@@ -59,6 +59,12 @@ from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore,
 
 log = logging.getLogger(__name__)
 
+# Trees kept decoded for the next look-up (browsing walks the same top folders again and again),
+# bounded by count and by nodes: a folder can hold 100,000 files, and a count alone let a walk over
+# a large machine (prune, check, a restore's plan) keep every node of 4096 trees (~0.5 KiB each).
+TREE_CACHE_TREES = 4096
+TREE_CACHE_NODES = 65_536
+
 
 class Repository(RepositoryManifests):
     """An opened repository. Thread-safe for the operations the engine uses concurrently."""
@@ -97,6 +103,7 @@ class Repository(RepositoryManifests):
         self._pack_cache: OrderedDict[str, bytes] = OrderedDict()
         self._pack_cache_bytes = 0
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self._tree_cache_nodes = 0  # nodes in ``_tree_cache``, bounded by ``TREE_CACHE_NODES``
         self._snapshot_keys: dict[str, str] = {}
         self.unreadable_index_files: dict[str, str] = {}  # key → why, from the last load_index
         self.unreadable_markers: dict[str, str] = {}  # prune/ markers that cannot be read: key → why
@@ -270,6 +277,7 @@ class Repository(RepositoryManifests):
         with self.lock:
             self._pack_cache.clear()
             self._tree_cache.clear()
+            self._tree_cache_nodes = 0
 
     @property
     def id(self) -> str:
@@ -466,9 +474,11 @@ class Repository(RepositoryManifests):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
             raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
         with self.lock:
-            self._tree_cache[tree_id] = nodes
-            if len(self._tree_cache) > 4096:
-                self._tree_cache.popitem(last=False)
+            if tree_id not in self._tree_cache:
+                self._tree_cache[tree_id] = nodes
+                self._tree_cache_nodes += len(nodes)
+            while self._tree_cache_nodes > TREE_CACHE_NODES or len(self._tree_cache) > TREE_CACHE_TREES:
+                self._tree_cache_nodes -= len(self._tree_cache.popitem(last=False)[1])
         return nodes
 
 
