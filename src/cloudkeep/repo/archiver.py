@@ -249,16 +249,15 @@ class _Archiver(FileContent):
         nor written (the folder's next row carries them; see ``Folder.keeps_rows``), and no
         index look-up either when every chunk of the row is indexed (checked once per folder)."""
         cached = parent.previous_content(entry)
-        path, st = entry.path, entry.st
         if cached is not None:
             stored = parent.row_indexed or self.indexed(cached)
         elif self.cache and parent.previous is None:  # no row: the file's own
-            cached = self.cache.lookup(path, st)
+            cached = self.cache.lookup(entry.path, entry.st)
             stored = cached is not None and self.indexed(cached)
         if cached is None or not stored or not self.writer.reuse(cached):
             return None
         if self.cache and not parent.keeps_rows():
-            self.cache.record(path, st, cached)
+            self.cache.record(entry.path, entry.st, cached)
         return cached
 
     def indexed(self, blob_ids: list[bytes]) -> bool:

@@ -168,7 +168,7 @@ class Folder:
             if archiver.indexed([last.tree, *chunks]):
                 cache.record_folder(self.path, last)
                 return last.tree
-        row: list[_RowEntry] | None = [] if cache is not None else None  # made with the nodes
+        row: list[_RowEntry] | None = [] if signature is not None else None  # made with the nodes
         tree_id, _ = archiver.writer.save(TREE, memoryview(encode_tree(self._nodes(row), ordered=True)))
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             assert row is not None
