@@ -31,16 +31,28 @@ from cloudkeep.storage.memory import MemoryStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
 R, G = 30, 7  # retention and generation (days)
+# Any date: the store judges locks by it and every writer stamps its packs with it (``clock``).
+NOW = datetime(2031, 3, 14, 9, 26, tzinfo=UTC)
 # New bytes a backup of unchanged files still stores: the trees of the source's parent folders, which
 # carry the mtime of /tmp (other processes change it). Every data chunk is far bigger.
 PARENTS = 1024
 
 
+class Clock:
+    """The one time of a test: the store's (it locks by it) and each writer's and the server's."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 class CountingStore(MemoryStore):
     """The memory store, counting the lock-related requests a writer or the server sends."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, clock: Clock) -> None:
+        super().__init__(name, clock=clock)
         self.pack_heads = 0
         self.retention_puts = 0
         self.explicit_locks = 0  # puts that asked for a lock (S3: needs s3:PutObjectRetention)
@@ -65,9 +77,14 @@ class CountingStore(MemoryStore):
 
 
 @pytest.fixture
-def counting() -> Iterator[CountingStore]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def counting(clock: Clock) -> Iterator[CountingStore]:
     name = "gen-" + uuid.uuid4().hex
-    yield CountingStore(name)
+    yield CountingStore(name, clock)
     MemoryStore.forget(name)
 
 
@@ -79,13 +96,15 @@ def _repo(store: CountingStore, *, generations: bool = True) -> Repository:
 
 
 def test_writer_asks_for_no_lock_and_the_store_locks_everything(
-    counting: CountingStore, source: Path
+    clock: Clock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
-    now = datetime.now(UTC)
+    now = clock.now
     counting.reset()
-    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
-    second = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock)
+    second = backup_files(
+        repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock
+    )
     assert (counting.pack_heads, counting.retention_puts, counting.explicit_locks) == (0, 0, 0)
     assert second.stats["bytes_new"] < PARENTS  # day-old packs cover the retention: all reused
     floor = now + timedelta(days=R + G) - timedelta(minutes=5)
@@ -100,19 +119,22 @@ def test_writer_asks_for_no_lock_and_the_store_locks_everything(
     ).read_bytes()
 
 
-def test_packs_whose_lock_ends_too_soon_are_written_again(counting: CountingStore, source: Path) -> None:
+def test_packs_whose_lock_ends_too_soon_are_written_again(
+    clock: Clock, counting: CountingStore, source: Path
+) -> None:
     repo = _repo(counting)
-    now = datetime.now(UTC)
-    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    now = clock.now
+    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock)
     old_packs = {i.key for i in counting.list("data/")}
     later = now + timedelta(days=G + 1)  # the first packs' default lock ends before later + R
+    clock.now = later
     cache = Path(source).parent / "cache"
     second = backup_files(
         repo,
         [source],
         hostname="h",
         retain_until=later + timedelta(days=R),
-        wall_clock=lambda: later,
+        wall_clock=clock,
         cache_dir=cache,
     )
     assert second.stats["bytes_new"] > first.stats["bytes_new"] - PARENTS  # every chunk stored once more
@@ -125,7 +147,7 @@ def test_packs_whose_lock_ends_too_soon_are_written_again(counting: CountingStor
         [source],
         hostname="h",
         retain_until=later + timedelta(days=R),
-        wall_clock=lambda: later,
+        wall_clock=clock,
         cache_dir=cache,
     )
     assert third.stats["bytes_new"] < PARENTS
@@ -133,18 +155,22 @@ def test_packs_whose_lock_ends_too_soon_are_written_again(counting: CountingStor
     assert check(Repository.open(counting, PASSWORD), read_data=True).ok
 
 
-def test_cached_files_in_uncovered_packs_are_read_again(counting: CountingStore, source: Path) -> None:
+def test_cached_files_in_uncovered_packs_are_read_again(
+    clock: Clock, counting: CountingStore, source: Path
+) -> None:
     repo = _repo(counting)
-    now = datetime.now(UTC)
+    now = clock.now
     cache = Path(source).parent / "cache"
-    first = backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), cache_dir=cache)
-    later = now + timedelta(days=G + 1)
+    first = backup_files(
+        repo, [source], hostname="h", retain_until=now + timedelta(days=R), cache_dir=cache, wall_clock=clock
+    )
+    later = clock.now = now + timedelta(days=G + 1)
     second = backup_files(
         repo,
         [source],
         hostname="h",
         retain_until=later + timedelta(days=R),
-        wall_clock=lambda: later,
+        wall_clock=clock,
         cache_dir=cache,
     )
     assert second.stats["files_unchanged"] == 1  # only the empty file (no chunks): nothing taken on trust
@@ -163,15 +189,17 @@ def _packs_of(repo: Repository, snapshot_id: str) -> set[str]:
 def test_retention_longer_than_the_default_lock_is_refused(counting: CountingStore) -> None:
     repo = _repo(counting)
     with pytest.raises(ConfigurationError, match="longer than the repository's default lock"):
-        BlobWriter(repo, retain_until=datetime.now(UTC) + timedelta(days=R + G + 1))
+        BlobWriter(repo, retain_until=NOW + timedelta(days=R + G + 1))
 
 
-def test_server_extends_referenced_packs_once_per_generation(counting: CountingStore, source: Path) -> None:
+def test_server_extends_referenced_packs_once_per_generation(
+    clock: Clock, counting: CountingStore, source: Path
+) -> None:
     repo = _repo(counting)
-    now = datetime.now(UTC)
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    now = clock.now
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock)
     packs = [i.key for i in counting.list("data/")]
-    later = now + timedelta(days=G)
+    later = clock.now = now + timedelta(days=G)
     counting.reset()
     result = extend_locks(Repository.open(counting, PASSWORD), now=later)
     until = later + timedelta(days=R + G)
@@ -180,50 +208,54 @@ def test_server_extends_referenced_packs_once_per_generation(counting: CountingS
     assert all(counting.stat(k).retain_until == until for k in packs)  # type: ignore[union-attr]
     horizon = read_horizon(repo)
     assert horizon is not None and horizon.extended_at == later and len(horizon.packs) == len(packs)
-    skipped = extend_locks(repo, now=later + timedelta(days=G - 1))
+    after = clock.now = later + timedelta(days=G - 1)
+    skipped = extend_locks(repo, now=after)
     assert skipped.skipped and skipped.extended == 0
     # a backup a generation later reuses every extended pack instead of writing it again
-    after = later + timedelta(days=G - 1)
     third = backup_files(
         Repository.open(counting, PASSWORD),
         [source],
         hostname="h",
         retain_until=after + timedelta(days=R),
-        wall_clock=lambda: after,
+        wall_clock=clock,
     )
     assert third.stats["bytes_new"] < PARENTS
 
 
 def test_prune_runs_again_when_its_markers_are_locked_by_default(
-    counting: CountingStore, source: Path
+    clock: Clock, counting: CountingStore, source: Path
 ) -> None:
     """Under a default retention prune's own maintenance lock is locked too: it is hidden (a delete
     marker) rather than refused, so the next prune takes it again."""
     repo = _repo(counting)
-    now = datetime.now(UTC)
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
-    with BlobWriter(repo, retain_until=now + timedelta(days=R)) as orphan:  # packs no restore point uses
+    now = clock.now
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock)
+    # packs no restore point uses
+    with BlobWriter(repo, retain_until=now + timedelta(days=R), wall_clock=clock) as orphan:
         orphan.save(DATA, b"orphan" * 100_000)
-    results = [
-        prune(Repository.open(counting, PASSWORD), now=when) for when in (now, now + timedelta(hours=2))
-    ]
+    results = []
+    for when in (now, now + timedelta(hours=2)):
+        clock.now = when
+        results.append(prune(Repository.open(counting, PASSWORD), now=when))
     assert [r.packs_deleted for r in results] == [0, 0]  # the orphan's lock keeps it (prune does not mark it)
     assert list(counting.list("locks/maintenance")) == []
     assert check(Repository.open(counting, PASSWORD), read_data=True).ok
 
 
-def test_per_object_locked_repository_moves_to_generations(counting: CountingStore, source: Path) -> None:
+def test_per_object_locked_repository_moves_to_generations(
+    clock: Clock, counting: CountingStore, source: Path
+) -> None:
     """An existing repository (packs locked one by one, index version 2) keeps working: the server
     reads each old pack's lock once, then the generation rule applies."""
     repo = _repo(counting, generations=False)
-    now = datetime.now(UTC)
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=3))
+    now = clock.now
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=3), wall_clock=clock)
     old = sorted(i.key for i in counting.list("data/"))
     counting.reset()
     # A file written in between puts a new pack beside the reused ones, as the trees of the source's
     # parent folders do whenever /tmp's mtime moves: the counts below hold either way.
     (source / "between.txt").write_bytes(b"written between the backups")
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=4))
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=4), wall_clock=clock)
     assert counting.pack_heads == len(old) and counting.retention_puts == len(old)  # before: per backup
     packs = sorted(i.key for i in counting.list("data/"))
     assert len(packs) > len(old)
@@ -233,12 +265,17 @@ def test_per_object_locked_repository_moves_to_generations(counting: CountingSto
     assert first.read_once == len(packs) == counting.pack_heads == first.extended  # each lock read once
     counting.reset()
     moved = backup_files(
-        Repository.open(counting, PASSWORD), [source], hostname="h", retain_until=now + timedelta(days=R)
+        Repository.open(counting, PASSWORD),
+        [source],
+        hostname="h",
+        retain_until=now + timedelta(days=R),
+        wall_clock=clock,
     )
     assert moved.stats["bytes_new"] < PARENTS  # the old packs, now recorded in the horizon, are reused
     assert (counting.pack_heads, counting.retention_puts, counting.explicit_locks) == (0, 0, 0)
     counting.reset()
-    second = extend_locks(Repository.open(counting, PASSWORD), now=now + timedelta(days=G))
+    clock.now = now + timedelta(days=G)
+    second = extend_locks(Repository.open(counting, PASSWORD), now=clock.now)
     used = sum(1 for _ in counting.list("data/"))  # with the moved backup's parent trees, if any
     assert second.read_once == 0 and counting.pack_heads == 0 and second.extended == used
 
@@ -296,7 +333,7 @@ def test_password_change_hides_the_locked_old_key(counting: CountingStore) -> No
 
 
 def test_format_3_writer_records_pack_write_times_and_reads_the_horizon(
-    counting: CountingStore, source: Path
+    clock: Clock, counting: CountingStore, source: Path
 ) -> None:
     server = Repository.create(
         counting, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=512 * 1024, version=3
@@ -304,19 +341,21 @@ def test_format_3_writer_records_pack_write_times_and_reads_the_horizon(
     enable_generations(server, retention_days=R, generation_days=G)
     machine = Repository.open_writer(counting, server.writer_bundle(), writer_prefix="writers/m/")
     assert read_horizon(machine) == read_horizon(server)  # a machine holds no repository key
-    now = datetime.now(UTC)
+    now = clock.now
     counting.reset()
-    backup_files(machine, [source], hostname="m", retain_until=now + timedelta(days=R))
+    backup_files(machine, [source], hostname="m", retain_until=now + timedelta(days=R), wall_clock=clock)
     assert counting.explicit_locks == 0  # the store's default retention locks it all
     fresh = Repository.open(counting, PASSWORD)
     assert fresh.index.written and set(fresh.index.written) == set(fresh.index.packs)
-    assert all(abs(t - now.timestamp()) < 600 for t in fresh.index.written.values())
+    assert set(fresh.index.written.values()) == {int(now.timestamp())}  # stamped by its clock
 
 
-def test_migration_keeps_pack_write_times_and_the_horizon(counting: CountingStore, source: Path) -> None:
+def test_migration_keeps_pack_write_times_and_the_horizon(
+    clock: Clock, counting: CountingStore, source: Path
+) -> None:
     repo = _repo(counting)
-    now = datetime.now(UTC)
-    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R))
+    now = clock.now
+    backup_files(repo, [source], hostname="h", retain_until=now + timedelta(days=R), wall_clock=clock)
     before, horizon = dict(Repository.open(counting, PASSWORD).index.written), read_horizon(repo)
     assert before and horizon is not None
     assert migrate_to_confidential(repo)
@@ -326,5 +365,7 @@ def test_migration_keeps_pack_write_times_and_the_horizon(counting: CountingStor
     machine = Repository.open_writer(counting, after.writer_bundle(), writer_prefix="writers/m/")
     assert read_horizon(machine) == horizon  # re-sealed under the shared key
     assert machine.index.written == before
-    second = backup_files(machine, [source], hostname="m", retain_until=now + timedelta(days=R))
+    second = backup_files(
+        machine, [source], hostname="m", retain_until=now + timedelta(days=R), wall_clock=clock
+    )
     assert second.stats["bytes_new"] < PARENTS  # the migrated packs' write times still cover it

@@ -1,13 +1,14 @@
 """In-process object store (``memory://name``) for fast tests of the layers above storage.
 
 Stores opened with the same name share their objects, like two clients of one bucket. Retention
-(``retain_until``) is enforced, so the repository's immutability rules can be tested without a peer.
+(``retain_until``) is enforced, so the repository's immutability rules can be tested without a peer;
+by the bucket's own clock, which a test sets (as S3 judges a lock by its own time, not the client's).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -30,9 +31,14 @@ class _Stored:
     retain_until: datetime | None
 
 
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 class _Bucket:
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.clock: Callable[[], datetime] = _wall_clock  # when objects are written and locks end
         self.objects: dict[str, _Stored] = {}
         # Like an S3 bucket with Object Lock default retention: every new object is locked this long,
         # and (versioning) an overwrite or hide keeps the locked older version in ``hidden``.
@@ -49,10 +55,13 @@ class MemoryStore(ObjectStore):
 
     scheme: ClassVar[str] = "memory"
 
-    def __init__(self, name: str = "default") -> None:
+    def __init__(self, name: str = "default", *, clock: Callable[[], datetime] | None = None) -> None:
+        """``clock``: the bucket's time from now on, for every store of that name (tests)."""
         self.name = name
         with _BUCKETS_LOCK:
             self._bucket = _BUCKETS.setdefault(name, _Bucket())
+            if clock is not None:
+                self._bucket.clock = clock
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
@@ -107,7 +116,7 @@ class MemoryStore(ObjectStore):
     def put(
         self, key: str, data: bytes, *, if_absent: bool = False, retain_until: datetime | None = None
     ) -> None:
-        now = datetime.now(UTC)
+        now = self._bucket.clock()
         with self._bucket.lock:
             current = self._bucket.objects.get(key)
             if if_absent and current is not None:
@@ -154,7 +163,7 @@ class MemoryStore(ObjectStore):
             stored = self._bucket.objects.get(key)
             if stored is None:
                 return
-            if stored.retain_until and stored.retain_until > datetime.now(UTC):
+            if stored.retain_until and stored.retain_until > self._bucket.clock():
                 raise ObjectLockedError(
                     f"{self.describe()}/{key} is retained until {stored.retain_until:%Y-%m-%d %H:%M}",
                     hint="objects under retention can be deleted only after that date",
