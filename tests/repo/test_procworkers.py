@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from cloudkeep.repo import (
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup, walk
 from cloudkeep.repo.cpus import usable_cpus
-from cloudkeep.repo.pack import STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
+from cloudkeep.repo.index import decode_index_file
+from cloudkeep.repo.pack import DATA, STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
@@ -432,3 +434,43 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_batch_asks_about_its_last_chunks_with_its_results(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    """Batches of small files are one chunk group each: the worker names the group's chunks with
+    the batch's results and stores the new ones when the next batch (or ``finish``) brings the
+    answer, so no batch waits on a question of its own. Dedup stays exact: a file repeated across
+    folders (batches, workers) is stored once, and every file restores."""
+    src = tmp_path / "src"
+    for d in range(4):
+        folder = src / f"d{d}"
+        folder.mkdir(parents=True)
+        for i in range(100):
+            rng = random.Random(d * 1000 + i)
+            (folder / f"f{i:03}").write_bytes(
+                b"in every folder\n" * 40 if i % 10 == 0 else rng.randbytes(700)
+            )
+    kinds: list[str] = []
+    real = procpool.ProcWorker.recv
+
+    def recv(self):  # type: ignore[no-untyped-def]
+        message = real(self)
+        kinds.append(message[0])
+        return message
+
+    monkeypatch.setattr(procpool.ProcWorker, "recv", recv)
+    snap = backup_files(repo, [src], hostname="h", processes=True, threads=2)
+    assert workers and kinds.count("done") >= 4 and "ids" not in kinds  # before: one "ids" per batch
+    copies: Counter[bytes] = Counter()
+    for info in repo.store.list("index/"):
+        for entries in decode_index_file(repo.crypter, info.key, repo.store.get(info.key)).values():
+            copies.update(entry.id for entry in entries if entry.type == DATA)
+    files = _contents(repo, snap.id, src)
+    assert set(copies) == {blob for content, _ in files.values() for blob in content}
+    assert max(copies.values()) == 1  # stored once, though 40 files in 4 folders hold it
+    assert check(repo, read_data=True).ok
+    restore(repo, snap.id, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert subprocess.run(["diff", "-r", str(src), str(out)]).returncode == 0

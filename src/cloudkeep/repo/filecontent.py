@@ -59,10 +59,10 @@ PARALLEL_FILE = 32 * 2**20  # encode chunks of files this big on several threads
 # enough to amortise a job's hand-off, few enough that both workers get some of a small folder.
 BATCH_FILES = 16
 BATCH_BYTES = 1024 * 1024
-# With worker processes a batch costs two round trips between a pool thread and its worker (the
-# new-chunk question, the results), during which the worker idles: 16 files left the workers at
-# ~0.7 cores on gzipped man pages. Larger batches, in process: 6.15 -> 5.06 s (bench/README.md,
-# "First backup in two workers").
+# With worker processes a batch costs a round trip between a pool thread and its worker (the
+# results; the last new-chunk question rides along, procworker.py), during which the worker idles:
+# 16 files left the workers at ~0.7 cores on gzipped man pages. Larger batches, in process: 6.15 ->
+# 5.06 s (bench/README.md, "First backup in two workers").
 PROC_BATCH_FILES = 64
 PROC_BATCH_BYTES = 4 * 2**20
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -118,6 +118,7 @@ class ProcWorker:
         self.staging = staging
         self.tag = secrets.token_hex(6) + "-"
         self.adopted: set[str] = set()
+        self.owed: tuple[Any, ...] | None = None  # the answer about the last batch's final group
         self.proc, self.channel = spawn("procworker")
         key, prelude = writer.new_sealer()
         repo = writer.repo
@@ -141,8 +142,10 @@ class ProcWorker:
 
     def run(self, items: list[FileItem], progress: Callable[[str | None], bool]) -> list[FileResult | None]:
         """Store ``items``; each result is None when ``progress`` (asked at each chunk group, with
-        the file's path) said stop before that file was read."""
-        self.channel_send(("files", items))
+        the file's path) said stop before that file was read. The batch's last group is reserved
+        here and its answer sent with the next batch or ``finish`` (``procworker``)."""
+        owed, self.owed = self.owed, None
+        self.channel_send(("files", items, owed))
         while True:
             message = self.recv()
             kind = message[0]
@@ -153,11 +156,16 @@ class ProcWorker:
                 self.adopt(message[1], message[2], message[3])
             elif kind == "done":
                 results: list[FileResult | None] = message[1]
+                if message[2]:
+                    go = progress(None)
+                    self.owed = ("new", self.writer.reserve(message[2])) if go else ("stop",)
                 return results
 
     def finish(self) -> None:
-        """Hand over the open pack (at the end of the walk), so ``BlobWriter.flush`` uploads it."""
-        self.channel_send(("finish",))
+        """Hand over the open pack (at the end of the walk), so ``BlobWriter.flush`` uploads it,
+        with the chunks of the last batch's final group."""
+        owed, self.owed = self.owed, None
+        self.channel_send(("finish", owed))
         while True:
             message = self.recv()
             if message[0] == "pack":
