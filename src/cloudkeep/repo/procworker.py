@@ -12,7 +12,8 @@ pack layout are the thread path's: the repository cannot tell which one wrote a 
 A batch's last chunk group is asked about with its ``done`` and answered with the next batch (or
 ``finish``): its chunks are stored then. Asked before ``done``, it cost a second round trip per
 batch, the worker idle while the parent's GIL came round to it (most batches of small files are a
-single group); a mail store's first backup took ~8 % less wall this way (bench/README.md, stop 40).
+single group); a mail store's first backup, medians of eight rounds, 5.96 -> 5.31 s (bench/README.md,
+stop 40).
 The parent reserved those chunks when it got ``done``, and hands every open pack to the writer
 (``finish``) before the restore point is committed, so files may name them meanwhile.
 
