@@ -86,3 +86,17 @@ def test_compromised_machine_cannot_end_a_session_with_a_forged_end_marker(
     assert any("does not match its session" in w for w in result.warnings)
     assert writer.session_key in session_keys(full)  # still live: nothing swept under it
     writer.heartbeat()  # and the backup goes on
+
+
+def test_a_writer_dates_its_markers_by_its_own_clock(agent: Repository, full: ObjectStore) -> None:
+    """A backup moved in time (``wall_clock``, as tests do) dates its markers by it, its end
+    marker too, not by the machine's date."""
+    when = datetime(2031, 3, 14, 9, 26, tzinfo=UTC)
+    writer = BlobWriter(agent, hostname="a", wall_clock=lambda: when)
+    writer.heartbeat()
+    writer.close()
+    keys = session_keys(full)
+    assert len(keys) == 3 and keys[-1].endswith(".end")
+    bodies = [agent.read_marker(key) for key in keys]
+    assert {body["seen"] for body in bodies} == {when.isoformat()}
+    assert [body["started"] for body in bodies[:2]] == [when.isoformat()] * 2

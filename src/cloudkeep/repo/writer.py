@@ -100,7 +100,7 @@ class BlobWriter(SessionLease):
         self._beats = 0  # refreshes written so far: each is a new object (create-only credentials)
         self._end_secret = secrets.token_hex(16)
         self.hostname = hostname
-        self.started = datetime.now(UTC)
+        self.started = self._now()
         self._clock = clock or session_clock
         self._refreshed: float | None = None  # session clock when the last refresh started
         self._expired: str | None = None  # why the lease is lost, once it is

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from cloudkeep.compat import UTC
 from cloudkeep.errors import ConflictError, PermissionDeniedError
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.steps import step
@@ -67,6 +66,7 @@ class SessionLease:
     _beats: int
     _end_secret: str
     _clock: Callable[[], float]
+    _now: Callable[[], datetime]  # the writer's wall clock: dates its markers (tests move it)
     _refreshed: float | None
     _expired: str | None
     _stop: threading.Event
@@ -82,7 +82,7 @@ class SessionLease:
         body = {
             "hostname": self.hostname,
             "started": self.started.isoformat(),
-            "seen": (seen or datetime.now(UTC)).isoformat(),
+            "seen": (seen or self._now()).isoformat(),
         }
         if self._refreshed is None:
             body["end_hash"] = end_hash(self._end_secret)
@@ -139,7 +139,7 @@ class SessionLease:
         try:  # hidden, not deleted, where the store's default retention locks it (generations)
             self.repo.store.delete_or_hide(self.session_key)
         except PermissionDeniedError:
-            body = {"hostname": self.hostname, "end": self._end_secret, "seen": datetime.now(UTC).isoformat()}
+            body = {"hostname": self.hostname, "end": self._end_secret, "seen": self._now().isoformat()}
             self.repo.write_marker(self.session_key + END_SUFFIX, body, if_absent=True)
             return
         for n in range(1, self._beats + 1):
