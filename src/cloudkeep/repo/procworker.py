@@ -13,9 +13,8 @@ A batch's last chunk group is asked about with its ``done`` and answered with th
 ``finish``): its chunks are stored then. Asked before ``done``, it cost a second round trip per
 batch, the worker idle while the parent's GIL came round to it (most batches of small files are a
 single group); a mail store's first backup, medians of eight rounds, 5.96 -> 5.31 s (bench/README.md,
-stop 40).
-The parent reserved those chunks when it got ``done``, and hands every open pack to the writer
-(``finish``) before the restore point is committed, so files may name them meanwhile.
+stop 40). The parent reserved those chunks when it got ``done``, and hands every open pack to the
+writer (``finish``) before the restore point is committed, so files may name them meanwhile.
 
 Messages are length-prefixed pickles over the child's stdin/stdout, between a parent and the
 child it started (nothing else can write to those pipes). The parent dying closes them: the
@@ -310,8 +309,9 @@ def serve(channel: Channel) -> None:
             if message[0] == "files":
                 worker.files(message[1], message[2])
             elif message[0] == "finish":
-                with contextlib.suppress(Stopped):
+                with contextlib.suppress(Stopped):  # refused: the backup is failing, the pack goes anyway
                     worker.answered(message[1])
+                with contextlib.suppress(Stopped):
                     worker.hand_over()
                 channel.send(("finished",))
             else:  # quit
