@@ -35,6 +35,8 @@ def test_the_tree_cache_is_bounded_by_nodes_and_still_serves_small_trees(
     assert repo.load_tree(big) is not nodes, "a tree larger than the bound was kept"
     first = repo.load_tree(small)
     assert repo.load_tree(small) is first  # small trees are still kept
+    repo.load_tree(big)
+    assert repo.load_tree(small) is first, "a tree too large to keep pushed the small ones out"
     for name in ("b", "c"):
         repo.load_tree(subtree_of(repo, snap.tree, source / name))
     assert repo._tree_cache_nodes == sum(len(n) for n in repo._tree_cache.values()) <= 30

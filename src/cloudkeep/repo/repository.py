@@ -474,7 +474,8 @@ class Repository(RepositoryManifests):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
             raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
         with self.lock:
-            if tree_id not in self._tree_cache:
+            # A tree past the bound is not kept: it would only push every other tree out.
+            if tree_id not in self._tree_cache and len(nodes) <= TREE_CACHE_NODES:
                 self._tree_cache[tree_id] = nodes
                 self._tree_cache_nodes += len(nodes)
             while self._tree_cache_nodes > TREE_CACHE_NODES or len(self._tree_cache) > TREE_CACHE_TREES:
