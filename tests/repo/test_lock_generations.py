@@ -29,29 +29,18 @@ from cloudkeep.repo.vouch import vouch_new_packs
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.memory import MemoryStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
+from tests.support.clock import FIXED_NOW, SetClock
 
 R, G = 30, 7  # retention and generation (days)
-# Any date: the store judges locks by it and every writer stamps its packs with it (``clock``).
-NOW = datetime(2031, 3, 14, 9, 26, tzinfo=UTC)
 # New bytes a backup of unchanged files still stores: the trees of the source's parent folders, which
 # carry the mtime of /tmp (other processes change it). Every data chunk is far bigger.
 PARENTS = 1024
 
 
-class Clock:
-    """The one time of a test: the store's (it locks by it) and each writer's and the server's."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class CountingStore(MemoryStore):
     """The memory store, counting the lock-related requests a writer or the server sends."""
 
-    def __init__(self, name: str, clock: Clock) -> None:
+    def __init__(self, name: str, clock: SetClock) -> None:
         super().__init__(name, clock=clock)
         self.pack_heads = 0
         self.retention_puts = 0
@@ -77,12 +66,13 @@ class CountingStore(MemoryStore):
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SetClock:
+    """One time for the store (it locks by it), every writer (pack write times) and the server's calls."""
+    return SetClock()
 
 
 @pytest.fixture
-def counting(clock: Clock) -> Iterator[CountingStore]:
+def counting(clock: SetClock) -> Iterator[CountingStore]:
     name = "gen-" + uuid.uuid4().hex
     yield CountingStore(name, clock)
     MemoryStore.forget(name)
@@ -96,7 +86,7 @@ def _repo(store: CountingStore, *, generations: bool = True) -> Repository:
 
 
 def test_writer_asks_for_no_lock_and_the_store_locks_everything(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
     now = clock.now
@@ -120,7 +110,7 @@ def test_writer_asks_for_no_lock_and_the_store_locks_everything(
 
 
 def test_packs_whose_lock_ends_too_soon_are_written_again(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
     now = clock.now
@@ -156,7 +146,7 @@ def test_packs_whose_lock_ends_too_soon_are_written_again(
 
 
 def test_cached_files_in_uncovered_packs_are_read_again(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
     now = clock.now
@@ -189,11 +179,11 @@ def _packs_of(repo: Repository, snapshot_id: str) -> set[str]:
 def test_retention_longer_than_the_default_lock_is_refused(counting: CountingStore) -> None:
     repo = _repo(counting)
     with pytest.raises(ConfigurationError, match="longer than the repository's default lock"):
-        BlobWriter(repo, retain_until=NOW + timedelta(days=R + G + 1))
+        BlobWriter(repo, retain_until=FIXED_NOW + timedelta(days=R + G + 1))
 
 
 def test_server_extends_referenced_packs_once_per_generation(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
     now = clock.now
@@ -223,7 +213,7 @@ def test_server_extends_referenced_packs_once_per_generation(
 
 
 def test_prune_runs_again_when_its_markers_are_locked_by_default(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     """Under a default retention prune's own maintenance lock is locked too: it is hidden (a delete
     marker) rather than refused, so the next prune takes it again."""
@@ -243,7 +233,7 @@ def test_prune_runs_again_when_its_markers_are_locked_by_default(
 
 
 def test_per_object_locked_repository_moves_to_generations(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     """An existing repository (packs locked one by one, index version 2) keeps working: the server
     reads each old pack's lock once, then the generation rule applies."""
@@ -333,7 +323,7 @@ def test_password_change_hides_the_locked_old_key(counting: CountingStore) -> No
 
 
 def test_format_3_writer_records_pack_write_times_and_reads_the_horizon(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     server = Repository.create(
         counting, PASSWORD, kdf=FAST_KDF, chunker=SMALL_CHUNKS, pack_size=512 * 1024, version=3
@@ -351,7 +341,7 @@ def test_format_3_writer_records_pack_write_times_and_reads_the_horizon(
 
 
 def test_migration_keeps_pack_write_times_and_the_horizon(
-    clock: Clock, counting: CountingStore, source: Path
+    clock: SetClock, counting: CountingStore, source: Path
 ) -> None:
     repo = _repo(counting)
     now = clock.now

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
-from cloudkeep.compat import UTC
 from cloudkeep.storage.base import ObjectLockedError
 from cloudkeep.storage.memory import MemoryStore
+from tests.support.clock import FIXED_NOW, SetClock
 
-T0 = datetime(2031, 3, 14, 9, 26, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
+T0 = FIXED_NOW
 
 
 @pytest.fixture
@@ -32,7 +24,7 @@ def name() -> Iterator[str]:
 
 
 def test_locks_end_by_the_bucket_clock(name: str) -> None:
-    clock = Clock()
+    clock = SetClock()
     store = MemoryStore(name, clock=clock)
     store.put("k", b"locked", retain_until=T0 + timedelta(days=1))
     other = MemoryStore(name)  # another client of the same bucket: the bucket's time, not its own
@@ -44,7 +36,7 @@ def test_locks_end_by_the_bucket_clock(name: str) -> None:
 
 
 def test_default_retention_and_write_time_come_from_the_bucket_clock(name: str) -> None:
-    clock = Clock()
+    clock = SetClock()
     store = MemoryStore(name, clock=clock)
     store.set_default_retention(3)
     clock.now = T0 + timedelta(hours=5)
