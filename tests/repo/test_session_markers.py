@@ -18,6 +18,7 @@ from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage import ObjectStore
 from cloudkeep.storage.local import LocalStore
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, write_tree
+from tests.support.clock import FIXED_NOW
 
 A = "writers/machine-a/"
 HOUR = timedelta(hours=1)
@@ -91,7 +92,7 @@ def test_compromised_machine_cannot_end_a_session_with_a_forged_end_marker(
 def test_a_writer_dates_its_markers_by_its_own_clock(agent: Repository, full: ObjectStore) -> None:
     """A backup moved in time (``wall_clock``, as tests do) dates its markers by it, its end
     marker too, not by the machine's date."""
-    when = datetime(2031, 3, 14, 9, 26, tzinfo=UTC)
+    when = FIXED_NOW
     writer = BlobWriter(agent, hostname="a", wall_clock=lambda: when)
     writer.heartbeat()
     writer.close()
