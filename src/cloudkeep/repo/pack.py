@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -99,7 +100,8 @@ class PackWriter:
 
     Packs are staged on disk, not in memory (as restic does): RAM stays flat whatever the pack
     size, and a local repository renames the finished file into place without another copy. The
-    pack id is hashed as the bytes go out, so finishing never reads the pack back. Small blobs are
+    pack id is hashed as the bytes go out, so finishing never reads the pack back; so is its MD5
+    when the store checks uploads by it (``ObjectStore.upload_md5``), for the same reason. Small blobs are
     batched (``WRITE_BATCH``) before they go out. Not thread-safe: the writer serialises ``add``
     per pack.
     """
@@ -112,12 +114,14 @@ class PackWriter:
         crypter: Crypter | None = None,
         prelude: bytes = b"",
         tag: str = "",
+        md5: bool = False,
     ) -> None:
         self.blob_type = blob_type
         self.crypter = crypter  # seals this pack's header (format 3: its own data key)
         self.entries: list[BlobEntry] = []
         self.size = 0
         self._hasher = blake3.blake3()
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self._batch = bytearray(WRITE_BATCH)
         self._batched = 0  # bytes of ``_batch`` not yet written
         staging_dir = staging_dir or private_staging_dir()
@@ -159,9 +163,16 @@ class PackWriter:
         except OSError as exc:
             raise _staging_error(exc, os.path.dirname(self.path)) from exc
         self._hasher.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def md5(self) -> bytes | None:
+        """The MD5 digest of the bytes written so far (the whole pack once ``finish``ed), if asked for."""
+        return self._md5.digest() if self._md5 is not None else None
 
     def finish(self, crypter: Crypter | None = None) -> tuple[str, str, list[BlobEntry]]:
         """Append the sealed header; return ``(pack id, staging file path, entries)``.

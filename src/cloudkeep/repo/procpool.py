@@ -131,6 +131,7 @@ class ProcWorker:
             "pack_size": repo.config.pack_size,
             "staging": staging,
             "tag": self.tag,
+            "md5": writer.pack_md5,
         }
         try:
             self.channel.send(("init", init))
@@ -153,7 +154,7 @@ class ProcWorker:
                 go = progress(message[2])
                 self.channel_send(("new", self.writer.reserve(message[1])) if go else ("stop",))
             elif kind == "pack":
-                self.adopt(message[1], message[2], message[3])
+                self.adopt(*message[1:])
             elif kind == "done":
                 results: list[FileResult | None] = message[1]
                 if message[2]:
@@ -169,13 +170,13 @@ class ProcWorker:
         while True:
             message = self.recv()
             if message[0] == "pack":
-                self.adopt(message[1], message[2], message[3])
+                self.adopt(*message[1:])
             elif message[0] == "finished":
                 return
 
-    def adopt(self, pack_id: str, path: str, entries: list[Any]) -> None:
+    def adopt(self, pack_id: str, path: str, entries: list[Any], md5: bytes | None) -> None:
         self.adopted.add(path)
-        self.writer.adopt_pack(pack_id, path, entries)
+        self.writer.adopt_pack(pack_id, path, entries, md5)
         self.channel_send(("sealer", *self.writer.new_sealer()))
 
     def channel_send(self, message: tuple[Any, ...]) -> None:

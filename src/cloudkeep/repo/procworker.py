@@ -113,6 +113,7 @@ class Worker:
         self.pack_size: int = init["pack_size"]
         self.staging: str = init["staging"]
         self.tag: str = init["tag"]
+        self.md5: bool = init["md5"]  # the pack's MD5 for its upload (``BlobWriter.pack_md5``)
         self.pack: PackWriter | None = None
         self.encoders: ThreadPoolExecutor | None = None  # started by the first large file
         # A large file's group on the encoder threads: its pack, (id, size) per blob, the results.
@@ -227,7 +228,7 @@ class Worker:
     def open_pack(self) -> PackWriter:
         if self.pack is None:
             self.pack = PackWriter(
-                DATA, self.staging, crypter=self.crypter, prelude=self.prelude, tag=self.tag
+                DATA, self.staging, crypter=self.crypter, prelude=self.prelude, tag=self.tag, md5=self.md5
             )
         return self.pack
 
@@ -285,7 +286,7 @@ class Worker:
         except BaseException:
             pack.discard()
             raise
-        self.channel.send(("pack", pack_id, path, entries))
+        self.channel.send(("pack", pack_id, path, entries, pack.md5))
         answer = self.channel.recv()
         if answer[0] != "sealer":
             raise Stopped

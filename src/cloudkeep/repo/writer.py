@@ -106,6 +106,9 @@ class BlobWriter(SessionLease):
         self._expired: str | None = None  # why the lease is lost, once it is
         self._pending: set[bytes] = set()
         self._staging = repo.store.staging_dir
+        # A store that checks uploads by MD5 gets it from the pack as it is staged (its own or a
+        # worker process's): hashing the file again before its PUT was a second pass on a core.
+        self.pack_md5 = repo.store.upload_md5(self.lock_until is not None)
         sweep_stale_staging(self._staging)
         self._packs: dict[str, PackWriter | None] = {DATA: None, TREE: None}
         # The key of each type's open (or next) pack: rotated whenever a pack is closed.
@@ -167,7 +170,11 @@ class BlobWriter(SessionLease):
                 try:  # inline, not ``_session_fails``: this runs once per new blob
                     if pack is None:
                         pack = self._packs[blob_type] = PackWriter(
-                            blob_type, self._staging, crypter=sealer.crypter, prelude=sealer.prelude
+                            blob_type,
+                            self._staging,
+                            crypter=sealer.crypter,
+                            prelude=sealer.prelude,
+                            md5=self.pack_md5,
                         )
                     pack.add(blob_id, sealed, len(data))
                 except BaseException as exc:  # a half-written blob: this pack cannot go on
@@ -217,9 +224,10 @@ class BlobWriter(SessionLease):
         sealer = self.repo.keyring.new_pack_sealer()
         return sealer.crypter.key.encryption, sealer.prelude
 
-    def adopt_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+    def adopt_pack(self, pack_id: str, path: str, entries: list[BlobEntry], md5: bytes | None = None) -> None:
         """Upload a finished pack staged at ``path`` by another process from blobs ``reserve``
-        gave it (the upload consumes the file); waits while too many packs are in flight."""
+        gave it (the upload consumes the file; ``md5`` its digest, see ``pack_md5``); waits while
+        too many packs are in flight."""
         with self.repo.lock:
             self._staged.add(path)
             self.stats.blobs_new += len(entries)
@@ -228,7 +236,8 @@ class BlobWriter(SessionLease):
         self._slots.acquire()
         with self._session_fails():
             try:
-                future = self._pool.submit(self._upload, self.repo.writer_prefix + pack_id, path, entries)
+                pack_id = self.repo.writer_prefix + pack_id
+                future = self._pool.submit(self._upload, pack_id, path, entries, md5)
             except BaseException:
                 self._slots.release()
                 raise
@@ -312,7 +321,7 @@ class BlobWriter(SessionLease):
                 pack_id = self.repo.writer_prefix + pack_id  # a writer's packs live in its namespace
                 with self.repo.lock:
                     self._staged.add(path)
-                future = self._pool.submit(self._upload, pack_id, path, entries)
+                future = self._pool.submit(self._upload, pack_id, path, entries, pack.md5)
             except BaseException:
                 pack.discard()
                 self._slots.release()
@@ -320,10 +329,10 @@ class BlobWriter(SessionLease):
         with self.repo.lock:
             self._futures = [f for f in self._futures if not f.done()] + [future]
 
-    def _upload(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+    def _upload(self, pack_id: str, path: str, entries: list[BlobEntry], md5: bytes | None) -> None:
         try:
             with self._session_fails():
-                self._upload_pack(pack_id, path, entries)
+                self._upload_pack(pack_id, path, entries, md5)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # put_file consumes it; this only matters when it failed early
@@ -331,7 +340,7 @@ class BlobWriter(SessionLease):
                 self._staged.discard(path)
             self._slots.release()
 
-    def _upload_pack(self, pack_id: str, path: str, entries: list[BlobEntry]) -> None:
+    def _upload_pack(self, pack_id: str, path: str, entries: list[BlobEntry], md5: bytes | None) -> None:
         """Upload one finished pack, index it, and write an index file every few packs."""
         size = os.path.getsize(path)
         with self._limiter.slot(size) if self._limiter else contextlib.nullcontext():
@@ -340,7 +349,7 @@ class BlobWriter(SessionLease):
             # exists is a retried upload that had landed: the id is the hash of these very bytes.
             with contextlib.suppress(ObjectExistsError):
                 key = pack_key(pack_id)
-                self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until)
+                self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until, md5=md5)
         step("backup:pack-uploaded")
         write_index = False
         with self.repo.lock:

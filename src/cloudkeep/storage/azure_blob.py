@@ -174,7 +174,13 @@ class AzureBlobStore(ObjectStore):
         self._upload(key, data, len(data), if_absent=if_absent, retain_until=retain_until)
 
     def put_file(
-        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+        self,
+        key: str,
+        path: str,
+        *,
+        if_absent: bool = False,
+        retain_until: datetime | None = None,
+        md5: bytes | None = None,
     ) -> None:
         """The SDK reads the staging file block by block (staged blocks above ``max_single_put_size``)."""
         try:

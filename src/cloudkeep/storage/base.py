@@ -97,14 +97,27 @@ class ObjectStore(ABC):
         object under retention where the backend supports object lock.
         """
 
+    def upload_md5(self, locked: bool) -> bool:
+        """Whether ``put_file`` sends the file's MD5 (the store checks the upload by it), for a file
+        under retention if ``locked``: a pack's writer then computes it while staging the pack,
+        which spares reading and hashing the file again (``put_file(md5=...)``)."""
+        return False
+
     def put_file(
-        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+        self,
+        key: str,
+        path: str,
+        *,
+        if_absent: bool = False,
+        retain_until: datetime | None = None,
+        md5: bytes | None = None,
     ) -> None:
         """Store a finished staging file (a pack) under ``key``; it is consumed when this succeeds.
 
         Packs are staged on disk rather than in memory so RAM stays flat whatever the pack size.
         This default reads the file whole; backends override it to stream parts from the file or,
-        for a local folder, to rename it into place. ``if_absent`` as for ``put``.
+        for a local folder, to rename it into place. ``if_absent`` as for ``put``; ``md5``: the
+        file's MD5 digest as its writer computed it (see ``upload_md5``), else computed if needed.
         """
         try:
             with open(path, "rb") as fh:

@@ -149,7 +149,13 @@ class LocalStore(ObjectStore):
         return str(folder)
 
     def put_file(
-        self, key: str, path: str, *, if_absent: bool = False, retain_until: datetime | None = None
+        self,
+        key: str,
+        path: str,
+        *,
+        if_absent: bool = False,
+        retain_until: datetime | None = None,
+        md5: bytes | None = None,
     ) -> None:
         self._check_write(key, "put")
         target = self._path(key)
