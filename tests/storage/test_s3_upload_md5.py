@@ -60,7 +60,8 @@ def test_backup_packs_go_up_with_the_writers_md5_unsigned(
     carries the MD5 its writer computed: the store never hashes a staged file itself."""
     make_s3_bucket(aws_options, unique_name)
     store = open_store(f"s3://{unique_name}/repo", **aws_options)
-    assert isinstance(store, S3Store) and store.upload_md5(False)
+    assert isinstance(store, S3Store) and store.upload_md5(False, 2**20)
+    assert not store.upload_md5(True, store.multipart_threshold + 1)  # parts carry MD5s of their own
     source = tmp_path / "src"
     rng = random.Random(9)
     for folder in range(3):
@@ -107,7 +108,7 @@ def test_only_an_upload_with_an_md5_goes_unsigned(
     """Without Content-MD5 (botocore's own checksums asked for) the body is signed as before."""
     make_s3_bucket(aws_options, unique_name)
     store = open_store(f"s3://{unique_name}/r", **aws_options, request_checksum_calculation="when_supported")
-    assert isinstance(store, S3Store) and not store.upload_md5(False)
+    assert isinstance(store, S3Store) and not store.upload_md5(False, 2**20)
     sent = _puts(store)
     body = b"signed body" * 100
     store.put("plain", body)

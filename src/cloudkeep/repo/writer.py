@@ -108,7 +108,7 @@ class BlobWriter(SessionLease):
         self._staging = repo.store.staging_dir
         # A store that checks uploads by MD5 gets it from the pack as it is staged (its own or a
         # worker process's): hashing the file again before its PUT was a second pass on a core.
-        self.pack_md5 = repo.store.upload_md5(self.lock_until is not None)
+        self.pack_md5 = repo.store.upload_md5(self.lock_until is not None, repo.config.pack_size)
         sweep_stale_staging(self._staging)
         self._packs: dict[str, PackWriter | None] = {DATA: None, TREE: None}
         # The key of each type's open (or next) pack: rotated whenever a pack is closed.

@@ -97,10 +97,10 @@ class ObjectStore(ABC):
         object under retention where the backend supports object lock.
         """
 
-    def upload_md5(self, locked: bool) -> bool:
-        """Whether ``put_file`` sends the file's MD5 (the store checks the upload by it), for a file
-        under retention if ``locked``: a pack's writer then computes it while staging the pack,
-        which spares reading and hashing the file again (``put_file(md5=...)``)."""
+    def upload_md5(self, locked: bool, size: int) -> bool:
+        """Whether ``put_file`` sends the MD5 of a file of about ``size`` bytes whole (the store
+        checks the upload by it), under retention if ``locked``: a pack's writer then computes it
+        while staging the pack, which spares reading and hashing the file again (``md5=``)."""
         return False
 
     def put_file(

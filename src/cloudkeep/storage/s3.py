@@ -315,8 +315,8 @@ class S3Store(ObjectStore):
             self._raise(exc, "s3:PutObject", key)
         verify_stored(self, key, len(body), md5.hexdigest() if md5 else None, response)
 
-    def upload_md5(self, locked: bool) -> bool:
-        return self.send_md5 or locked
+    def upload_md5(self, locked: bool, size: int) -> bool:
+        return (self.send_md5 or locked) and size <= self.multipart_threshold  # parts have their own
 
     def put_file(
         self,
