@@ -142,18 +142,14 @@ class Worker:
         finally:
             close_opened(opened)
         if self.ids:
-            self.tail = (self.ids, self.data)
-            self.ids, self.data, self.group_bytes = [], [], 0
+            self.tail = self.take_group()
         self.channel.send(("done", results, self.tail[0] if self.tail else []))
 
     def answered(self, answer: tuple[Any, ...] | None) -> None:
         """Store the new chunks of the last batch's final group, now that the parent answered."""
         tail, self.tail = self.tail, None
-        if tail is None:
-            return
-        if answer is None or answer[0] != "new":
-            raise Stopped
-        self.store_fresh(tail[0], tail[1], answer[1])
+        if tail is not None:
+            self.store_fresh(*tail, answer)
 
     def one_file(
         self, path: str, size: int, dev: int, ino: int, opened: int | OSError | None = None
@@ -208,17 +204,22 @@ class Worker:
         """Ask the parent which chunks of the group to store, and store those."""
         if not self.ids:
             return
-        ids, data = self.ids, self.data
-        self.ids, self.data, self.group_bytes = [], [], 0
+        ids, data = self.take_group()
         self.channel.send(("ids", ids, path))
-        answer = self.channel.recv()
-        if answer[0] != "new":
-            raise Stopped
-        self.store_fresh(ids, data, answer[1])
+        self.store_fresh(ids, data, self.channel.recv())
 
-    def store_fresh(self, ids: list[bytes], data: list[bytes], new: list[bool]) -> None:
-        """Store the chunks of a group the parent said are new (``new``, in the group's order)."""
-        fresh = [(blob_id, chunk) for blob_id, chunk, is_new in zip(ids, data, new) if is_new]
+    def take_group(self) -> tuple[list[bytes], list[bytes]]:
+        """The current chunk group's ids and chunks; the next group starts empty."""
+        group = self.ids, self.data
+        self.ids, self.data, self.group_bytes = [], [], 0
+        return group
+
+    def store_fresh(self, ids: list[bytes], data: list[bytes], answer: tuple[Any, ...] | None) -> None:
+        """Store the chunks of a group that the parent's ``answer`` names new (``("new", flags)``, in
+        the group's order); any other answer (``stop``, or none) ends the batch: ``Stopped``."""
+        if answer is None or answer[0] != "new":
+            raise Stopped
+        fresh = [(blob_id, chunk) for blob_id, chunk, is_new in zip(ids, data, answer[1]) if is_new]
         if len(fresh) > 1 and sum(len(chunk) for _, chunk in fresh) >= PARALLEL_BYTES:
             self.store_group(fresh)
             return
