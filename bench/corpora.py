@@ -8,6 +8,9 @@ these corpora are what a real machine holds:
 - ``venv``: the project's Python virtual environment (many small ``.py`` and ``.pyc`` files, some
   large extension modules);
 - ``git``: a clone of this repository (``.git`` with its packs plus the work tree);
+- ``node``: the project's ``node_modules`` (Azurite and its dependencies, which ``make test-deps``
+  installs): a real JavaScript dependency tree, ~55,000 files averaging 3.6 KiB in ~5,000 folders,
+  half of them below 1 KiB. The per-file costs on files someone else wrote;
 - ``mail``: generated, a mail store in maildir folders (``cur`` of up to 50,000 messages each,
   0.3-16 KiB of text with unique headers): the per-file costs, where the other corpora are mostly
   bytes. No machine here has such a tree to copy, so it is seeded text.
@@ -28,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ("synthetic", "usr", "venv", "git", "mail")
+CORPORA = ("synthetic", "usr", "venv", "git", "node", "mail")
 
 # /usr subtrees in the order they are taken from, each with its share of the budget: the mix
 # issue 18 measured on (libraries, the standard library, headers, man pages, locales).
@@ -143,6 +146,11 @@ def _build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int) -> None
     elif kind == "venv":
         venv = (ROOT / ".venv").resolve()
         _copy_budget(venv, root / "venv", budget)
+    elif kind == "node":
+        modules = ROOT / "node_modules"
+        if not modules.is_dir():
+            raise SystemExit(f"the node corpus copies {modules}: `make test-deps` installs it (npm)")
+        _copy_budget(modules, root / "srv" / "app" / "node_modules", budget)
     elif kind == "git":
         if not (ROOT / ".git").exists():
             raise SystemExit(f"the git corpus clones the checkout the bench runs from: {ROOT} is not one")
