@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloudkeep.errors import IntegrityError
-from cloudkeep.repo import Repository, backup_files, restore, restorer
+from cloudkeep.repo import Repository, backup_files, restore, restoreproc, restorer
 from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.pack import pack_key
 from cloudkeep.storage import open_store
@@ -145,6 +145,7 @@ def tiny_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(restorer, "BATCH_BYTES", 4096)
     monkeypatch.setattr(restorer, "BATCH_GROWTH_CAP", 2)
     monkeypatch.setattr(restorer, "REMOTE_BATCH_SCALE", 1)
+    monkeypatch.setattr(restorer, "PLAN_AHEAD", 6)  # planning waits for the readers again and again
     handed: list[int] = []
     original = restorer._Restorer.hand_out
 
@@ -189,4 +190,90 @@ def test_a_missing_pack_stops_a_plan_in_batches(
     pack_id = local_repo.locate(big.content[-1]).pack_id
     os.unlink(tmp_path / "repo" / pack_key(pack_id))
     with pytest.raises(IntegrityError, match="missing from storage"):
+        restore(local_repo, snap.id, tmp_path / "out")
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
+    local_repo: Repository,
+    tmp_path: Path,
+    tiny_batches: list[int],
+    worker: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The planner waits while ``PLAN_AHEAD`` targets are unwritten; every batch's plan is let go
+    once written, by the threads and by the worker process alike; written one-chunk files hold no
+    node; the planned folders' trees are not kept in the repository's tree cache. Unbounded, a
+    restore of 55,000 small files held every node and plan to its end (bench/README.md, stop 42)."""
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1 if worker else 0)
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    src = tmp_path / "src"
+    _build(src, seed=21)
+    snap = backup_files(local_repo, [src], hostname="h")
+    local_repo._tree_cache.clear()
+    local_repo._tree_cache_nodes = 0
+    resumed: list[int] = []  # targets unwritten when planning went on after a wait
+    waited = [0]
+    kept: list[tuple[list[int], list[int]]] = []  # (plan sizes, unwritten) per batch, at the end
+    left_with_node: list[str] = []
+    wait, drop = restorer._Restorer.wait_for_room, restorer._Restorer.drop_plan
+    write = restorer.TargetWriter.write
+
+    def waiting(self: restorer._Restorer) -> None:
+        waited[0] += self.unwritten_total > restorer.PLAN_AHEAD
+        wait(self)
+        resumed.append(self.unwritten_total)
+
+    def dropping(self: restorer._Restorer) -> None:
+        kept.append(([len(batch) for batch in self.batches], list(self.unwritten)))
+        drop(self)
+
+    def writing(self: restorer.TargetWriter, target: Any, data: Any, runs: Any) -> None:
+        write(self, target, data, runs)
+        if target.file.single and not target.file.failed and target.file.node is not None:
+            left_with_node.append(target.file.name)
+
+    sent: list[Any] = []  # files whose blobs went to the worker process
+    spec = restoreproc._spec
+
+    def specifying(file: Any) -> tuple[Any, ...]:
+        sent.append(file)
+        return spec(file)
+
+    monkeypatch.setattr(restorer._Restorer, "wait_for_room", waiting)
+    monkeypatch.setattr(restorer._Restorer, "drop_plan", dropping)
+    monkeypatch.setattr(restorer.TargetWriter, "write", writing)
+    monkeypatch.setattr(restoreproc, "_spec", specifying)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files, result.errors
+    assert _state(restored(tmp_path / "out", src)) == _state(src)
+    assert waited[0] > 5  # the planner was ahead, and waited
+    assert max(resumed) <= restorer.PLAN_AHEAD
+    ((sizes, unwritten),) = kept
+    assert len(sizes) > 30 and set(sizes) == {0} and set(unwritten) == {0}  # every batch written, let go
+    assert not left_with_node
+    assert bool(sent) == worker and all(file.node is None for file in sent if file.single)
+    assert local_repo._tree_cache_nodes < 30  # at most the folders the look-up of "/" passed
+
+
+def test_a_worker_lost_while_the_planner_waits_fails_the_restore(
+    local_repo: Repository, tmp_path: Path, tiny_batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers stop on a failure and no target is written again: a planner that waits for room
+    sees the failure (it does not wait forever) and the restore raises it."""
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 0)
+    src = tmp_path / "src"
+    _build(src, seed=22)
+    snap = backup_files(local_repo, [src], hostname="h")
+    segments = [0]
+    original = restorer._Restorer._restore_segment
+
+    def failing(self: restorer._Restorer, request: Any, segment: Any, view: memoryview) -> None:
+        segments[0] += 1
+        if segments[0] == 4:
+            raise OSError(28, "No space left on device")
+        original(self, request, segment, view)
+
+    monkeypatch.setattr(restorer._Restorer, "_restore_segment", failing)
+    with pytest.raises(OSError, match="No space left"):
         restore(local_repo, snap.id, tmp_path / "out")

@@ -225,7 +225,14 @@ def test_a_damaged_blob_in_the_worker_is_an_integrity_error(local_repo: Reposito
     file = RestoredFile(0, "f", "", 5000, False, True, mode=PRIVATE)
     failures: list[BaseException] = []
     blob = segment.entries[0].id  # type: ignore[attr-defined]
-    proc = RestoreProc(writer, local_repo, [{blob: [Target(file, 0)]}], lambda n: None, failures.append)
+    proc = RestoreProc(
+        writer,
+        local_repo,
+        [{blob: [Target(file, 0)]}],
+        lambda n: None,
+        lambda batch, n: None,
+        failures.append,
+    )
     try:
         proc.handle(request, segment, memoryview(data))  # type: ignore[arg-type]
         with pytest.raises(IntegrityError, match=f"in pack {request.pack_id}"):  # type: ignore[attr-defined]
@@ -246,9 +253,17 @@ def test_a_file_the_worker_cannot_create_is_the_parent_s_error(
     blocked = RestoredFile(0, "taken", "", 1300, False, True, mode=PRIVATE)
     fine = RestoredFile(0, "fine", "", 1300, False, True, linked=True, mode=PRIVATE)
     written: list[int] = []
+    settled: list[tuple[int, int]] = []
     blob = segment.entries[0].id  # type: ignore[attr-defined]
     batches = [{blob: [Target(blocked, 0), Target(fine, 0)]}]
-    proc = RestoreProc(writer, local_repo, batches, written.append, lambda exc: pytest.fail(str(exc)))
+    proc = RestoreProc(
+        writer,
+        local_repo,
+        batches,
+        written.append,
+        lambda batch, count: settled.append((batch, count)),
+        lambda exc: pytest.fail(str(exc)),
+    )
     try:
         proc.handle(request, segment, memoryview(data))  # type: ignore[arg-type]
         proc.finish()
@@ -261,6 +276,7 @@ def test_a_file_the_worker_cannot_create_is_the_parent_s_error(
     st = os.stat(tmp_path / "out" / "fine")
     assert fine.identity == (st.st_dev, st.st_ino)  # linked to later: the parent knows it again
     assert stat.S_IMODE(st.st_mode) == PRIVATE and written == [2 * 1300]
+    assert settled == [(0, 2)]  # both targets, the failed one too: the planner's room counts them
 
 
 def test_a_worker_that_cannot_start_leaves_the_restore_to_the_threads(

@@ -180,6 +180,7 @@ class TargetWriter:
                         chunk, offset = chunk[written:], offset + written
                 if file.node is not None:
                     self._apply_fd(fd, file)
+                    file.node = None  # done with: a restore of many small files holds no node written
             finally:
                 os.close(fd)
         except (Refused, OSError) as exc:

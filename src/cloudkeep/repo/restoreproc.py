@@ -49,14 +49,16 @@ class RestoreProc:
         repo: Repository,
         batches: list[dict[bytes, list[Target]]],
         written: Callable[[int], None],
+        settled: Callable[[int, int], None],
         fail: Callable[[BaseException], None],
     ) -> None:
         self.writer, self.repo, self.batches = writer, repo, batches
-        self.written, self.fail = written, fail
+        self.written, self.settled, self.fail = written, settled, fail
         root = writer.dirs.root
         self.proc, self.channel = spawn("restoreworker", pass_fds=(root,))
         self.window = threading.Semaphore(WINDOW)
-        self.pending: dict[int, list[RestoredFile]] = {}
+        # per segment sent: its files, its batch and how many of the batch's targets it holds
+        self.pending: dict[int, tuple[list[RestoredFile], int, int]] = {}
         self.seq = 0
         self.sent_dirs = 1  # folder 0 is the target itself: the worker starts with it
         self.error: BaseException | None = None
@@ -82,9 +84,11 @@ class RestoreProc:
         specs: list[tuple[Any, ...]] = []
         entries: list[tuple[int, int, str, bytes, int]] = []
         targets: list[list[tuple[int, int]]] = []
+        settled = 0
         for entry in segment.entries:
             wanted = []
             for target in by_blob[entry.id]:
+                settled += 1
                 file = target.file
                 if file.failed:
                     continue
@@ -93,6 +97,7 @@ class RestoreProc:
                     slot = slots[id(file)] = len(files)
                     files.append(file)
                     specs.append(_spec(file))
+                    file.node = None  # a one-chunk file's metadata is the worker's to apply now
                 wanted.append((slot, target.offset))
             entries.append((entry.offset - base, entry.length, entry.type, entry.id, entry.raw_length))
             targets.append(wanted)
@@ -100,7 +105,7 @@ class RestoreProc:
         folders = list(zip(dirs.parents[self.sent_dirs : known], dirs.names[self.sent_dirs : known]))
         self.sent_dirs = known
         seq, self.seq = self.seq, self.seq + 1
-        self.pending[seq] = files
+        self.pending[seq] = files, request.batch, settled
         message = (
             "segment",
             seq,
@@ -144,7 +149,7 @@ class RestoreProc:
         errors: list[str],
         warnings: list[str],
     ) -> None:
-        files = self.pending.pop(seq)
+        files, batch, settled = self.pending.pop(seq)
         writer = self.writer
         with writer.lock:
             for slot in failed:
@@ -157,6 +162,7 @@ class RestoreProc:
             writer.result.errors.extend(errors)
             writer.result.warnings.extend(warnings)
         self.window.release()
+        self.settled(batch, settled)
         self.written(written)
 
     def _failed(self, exc: BaseException) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import stat
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,12 +92,20 @@ RESTORE_PROCS = 1 if _CPUS >= 2 else 0
 PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
-# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
-# batch (None), as before: a split pack range costs another GET, and batches 8 times larger than
-# local ones restored slower on S3 (moto) in the one run measured (bench/README.md, 2026-12-02).
+# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: 4 times
+# larger (a split pack range costs another GET). One batch for the whole plan had held every file's
+# plan to the end (RSS 138 MiB restoring 55,000 small files from S3, 104 MiB so, as fast; batches as
+# large as local ones took 0.3 s longer; bench/README.md, stop 42).
 BATCH_FILES, BATCH_BYTES = 256, 4 * 2**20
 BATCH_GROWTH, BATCH_GROWTH_CAP = 2, 16
-REMOTE_BATCH_SCALE: int | None = None
+REMOTE_BATCH_SCALE: int | None = 4  # None: one batch
+# Planning waits once this many blob targets (about one per small file) are handed out and not yet
+# written. Planning is far faster than writing: unbounded, a restore of 55,000 small files held every
+# file's node and plan at once (RSS 111 MiB against restic's 108, 70 MiB bounded, with the trees no
+# longer kept: bench/README.md, stop 42). A written batch's plan is dropped, so the plan in memory
+# is this much plus the batch being made.
+PLAN_AHEAD = 8192
+PLAN_WAIT_S = 0.05  # how often a planner that waits for room looks whether the readers failed
 POOL_GROUP = 32  # entries created per pool task
 
 
@@ -120,9 +129,13 @@ class _Restorer(TargetWriter):
         self.remote = repo.store.remote
         self.by_blob: dict[bytes, list[Target]] = defaultdict(list)  # the batch being planned
         self.batches: list[dict[bytes, list[Target]]] = []  # handed out: ``Request.batch`` indexes them
-        self.batch_files = self.batch_bytes = 0
+        self.batch_files = self.batch_bytes = self.batch_targets = 0
+        # Per handed-out batch, its targets not yet written; in all, across batches (under ``room``).
+        self.unwritten: list[int] = []
+        self.unwritten_total = 0
+        self.room = threading.Condition(threading.Lock())
         self.batch_scale: int | None = REMOTE_BATCH_SCALE if self.remote else 1
-        self.located: dict[bytes, Location] = {}  # where planning found each blob (not looked up twice)
+        self.located: dict[bytes, Location] = {}  # where the batch's blobs are (each looked up once)
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, RestoredFile | None]] = []
         self.links: list[tuple[RestoredFile, int, str, str]] = []  # (first occurrence, folder, name, path)
@@ -153,7 +166,7 @@ class _Restorer(TargetWriter):
         while stack:
             tree_id, index, path = stack.pop()
             try:
-                nodes = self.repo.load_tree(tree_id)
+                nodes = self.repo.load_tree(tree_id, keep=False)  # each folder is planned once
             except IntegrityError as exc:
                 if not path:
                     raise  # not even the top listing: nothing to restore
@@ -174,6 +187,7 @@ class _Restorer(TargetWriter):
                     stack.append(sub)
                 elif self.batch_full():
                     self.hand_out()
+                    self.wait_for_room()
 
     def plan(self, node: Node, index: int, name: str, path: str) -> tuple[bytes, int, str] | None:
         """Plan one entry named ``name`` in folder ``index``; a folder returns its listing to plan."""
@@ -268,6 +282,7 @@ class _Restorer(TargetWriter):
         self.result.bytes += node.size
         self.batch_files += 1
         self.batch_bytes += node.size
+        self.batch_targets += len(offsets)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -296,7 +311,9 @@ class _Restorer(TargetWriter):
         if not self.proc_tried and RESTORE_PROCS and self.result.files >= PROC_FILES:
             self.proc_tried = True
             try:
-                proc = RestoreProc(self, self.repo, self.batches, self._written, self.reader.fail)
+                proc = RestoreProc(
+                    self, self.repo, self.batches, self._written, self._settled, self.reader.fail
+                )
             except (OSError, CloudkeepError) as exc:  # cannot start here: the threads do it all
                 log.warning("restore goes on without a worker process: %s", exc)
             else:
@@ -306,10 +323,32 @@ class _Restorer(TargetWriter):
         requests = plan_requests(
             (located[b] for b in self.by_blob), remote=self.remote, batch=len(self.batches)
         )
-        self.batches.append(self.by_blob)
+        with self.room:
+            self.batches.append(self.by_blob)
+            self.unwritten.append(self.batch_targets)
+            self.unwritten_total += self.batch_targets
         self.planned.put((self.created, requests))
         self.by_blob, self.created = defaultdict(list), []
-        self.batch_files = self.batch_bytes = 0
+        self.located = {}  # a blob a later batch needs again is looked up again
+        self.batch_files = self.batch_bytes = self.batch_targets = 0
+
+    def wait_for_room(self) -> None:
+        """Wait while ``PLAN_AHEAD`` targets are handed out and not yet written, or until a reader
+        fails (``hand_out`` then raises it)."""
+        with self.room:
+            while self.unwritten_total > PLAN_AHEAD and self.reader.error is None:
+                self.room.wait(PLAN_WAIT_S)
+
+    def _settled(self, batch: int, targets: int) -> None:
+        """``targets`` of ``batch`` were written (or their file had failed); a batch all written
+        lets its plan go (no segment of it is handled again) and planning go on."""
+        with self.room:
+            left = self.unwritten[batch] - targets
+            self.unwritten[batch] = left
+            self.unwritten_total -= targets
+            if left == 0:
+                self.batches[batch] = {}
+            self.room.notify()
 
     def _batches(self) -> Iterator[Request]:
         """The readers' requests, batch after batch (blocks while planning goes on)."""
@@ -343,7 +382,7 @@ class _Restorer(TargetWriter):
 
     def _restore_segment(self, request: Request, segment: Segment, view: memoryview) -> None:
         """Decode, verify and write one segment's blobs (on a decoder thread of the run reader)."""
-        repo, by_blob, base, written = self.repo, self.batches[request.batch], segment.start, 0
+        repo, by_blob, base, written, settled = self.repo, self.batches[request.batch], segment.start, 0, 0
         pack_id = request.pack_id
         # The pack's key once per segment; a segment from the pack's start carries its prelude.
         crypter = repo.pack_crypter(pack_id, bytes(view[:PACK_PRELUDE_SIZE]) if base == 0 else None)
@@ -358,6 +397,8 @@ class _Restorer(TargetWriter):
                 runs = data_runs(data, target.offset) if target.file.sparse else [(0, len(data))]
                 self.write(target, data, runs)
             written += len(data) * len(targets)
+            settled += len(targets)
+        self._settled(request.batch, settled)
         self._written(written)
 
     def _written(self, count: int) -> None:
