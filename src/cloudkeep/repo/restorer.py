@@ -92,22 +92,23 @@ RESTORE_PROCS = 1 if _CPUS >= 2 else 0
 PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
-# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: 4 times
-# larger (a split pack range costs another GET). One batch for the whole plan had held every file's
-# plan to the end (RSS 138 MiB restoring 55,000 small files from S3, 104 MiB so, as fast; batches as
-# large as local ones took 0.3 s longer; bench/README.md, stop 42).
+# growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
+# batch (None), requests largest first: in batches, the large files a walk reaches last (/var)
+# were fetched last, alone. Restoring the day-2 tree from S3 (moto), batches 4 times the local
+# ones held 110 MiB instead of 141 for 55,000 small files but took 3.61 s against 3.18, and usr
+# 2.76 s against 2.62 (bench/README.md, stop 42).
 BATCH_FILES, BATCH_BYTES = 256, 4 * 2**20
 BATCH_GROWTH, BATCH_GROWTH_CAP = 2, 16
-REMOTE_BATCH_SCALE: int | None = 4  # None: one batch
+REMOTE_BATCH_SCALE: int | None = None
 # Planning waits once this many blob targets (about one per small file) are handed out and not yet
 # written. Planning is far faster than writing: unbounded, a restore of 55,000 small files held every
 # file's node and plan at once (RSS 111 MiB against restic's 108, 70 MiB bounded, with the trees no
 # longer kept: bench/README.md, stop 42). A written batch's plan is dropped, so the plan in memory
 # is this much plus the batch being made.
 PLAN_AHEAD = 8192
-# ... and this many segments (reads of up to ``SEGMENT_CAP``): from S3, a batch of small files is a
-# range of one or two packs, so waiting on targets alone left one of the streams reading at a time
-# (stop 42).
+# ... and this many segments (reads of up to ``SEGMENT_CAP``): in batches from S3, a batch of small
+# files is a range of one or two packs, and waiting on targets alone left one stream reading at a
+# time (stop 42); locally it keeps ~64 MiB of reads ahead.
 PLAN_AHEAD_SEGMENTS = 64
 PLAN_WAIT_S = 0.05  # how often a planner that waits for room looks whether the readers failed
 POOL_GROUP = 32  # entries created per pool task
