@@ -146,7 +146,6 @@ def tiny_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(restorer, "BATCH_GROWTH_CAP", 2)
     monkeypatch.setattr(restorer, "REMOTE_BATCH_SCALE", 1)
     monkeypatch.setattr(restorer, "PLAN_AHEAD", 6)  # planning waits for the readers again and again
-    monkeypatch.setattr(restorer, "PLAN_AHEAD_SEGMENTS", 2)
     handed: list[int] = []
     original = restorer._Restorer.hand_out
 
@@ -202,11 +201,10 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     worker: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The planner waits while ``PLAN_AHEAD`` targets (and ``PLAN_AHEAD_SEGMENTS`` segments) are
-    unwritten; every batch's plan is let go once written, by the threads and by the worker process
-    alike; written one-chunk files hold no node; the planned folders' trees are not kept in the
-    repository's tree cache. Unbounded, a restore of 55,000 small files held every node and plan
-    to its end (bench/README.md, stop 42)."""
+    """The planner waits while ``PLAN_AHEAD`` targets are unwritten; every batch's plan is let go
+    once written, by the threads and by the worker process alike; written one-chunk files hold no
+    node; the planned folders' trees are not kept in the repository's tree cache. Unbounded, a
+    restore of 55,000 small files held every node and plan to its end (bench/README.md, stop 42)."""
     monkeypatch.setattr(restorer, "RESTORE_PROCS", 1 if worker else 0)
     monkeypatch.setattr(restorer, "PROC_FILES", 0)
     src = tmp_path / "src"
@@ -214,7 +212,7 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     snap = backup_files(local_repo, [src], hostname="h")
     local_repo._tree_cache.clear()
     local_repo._tree_cache_nodes = 0
-    resumed: list[tuple[int, int]] = []  # targets unwritten, segments unread when planning went on
+    resumed: list[int] = []  # targets unwritten when planning went on after a wait
     waited = [0]
     kept: list[tuple[list[int], list[int]]] = []  # (plan sizes, unwritten) per batch, at the end
     left_with_node: list[str] = []
@@ -222,9 +220,9 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     write = restorer.TargetWriter.write
 
     def waiting(self: restorer._Restorer) -> None:
-        waited[0] += self.unwritten_total > restorer.PLAN_AHEAD and self.unread_segments > 2
+        waited[0] += self.unwritten_total > restorer.PLAN_AHEAD
         wait(self)
-        resumed.append((self.unwritten_total, self.unread_segments))
+        resumed.append(self.unwritten_total)
 
     def dropping(self: restorer._Restorer) -> None:
         kept.append(([len(batch) for batch in self.batches], list(self.unwritten)))
@@ -250,7 +248,7 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     assert result.ok and result.verified == result.files, result.errors
     assert _state(restored(tmp_path / "out", src)) == _state(src)
     assert waited[0] > 5  # the planner was ahead, and waited
-    assert all(targets <= 6 or segments <= 2 for targets, segments in resumed)
+    assert max(resumed) <= restorer.PLAN_AHEAD
     ((sizes, unwritten),) = kept
     assert len(sizes) > 30 and set(sizes) == {0} and set(unwritten) == {0}  # every batch written, let go
     assert not left_with_node

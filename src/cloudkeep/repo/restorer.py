@@ -104,12 +104,8 @@ REMOTE_BATCH_SCALE: int | None = None
 # written. Planning is far faster than writing: unbounded, a restore of 55,000 small files held every
 # file's node and plan at once (RSS 111 MiB against restic's 108, 70 MiB bounded, with the trees no
 # longer kept: bench/README.md, stop 42). A written batch's plan is dropped, so the plan in memory
-# is this much plus the batch being made.
+# is this much plus the batch being made. (A remote store's one batch never waits.)
 PLAN_AHEAD = 8192
-# ... and this many segments (reads of up to ``SEGMENT_CAP``): in batches from S3, a batch of small
-# files is a range of one or two packs, and waiting on targets alone left one stream reading at a
-# time (stop 42); locally it keeps ~64 MiB of reads ahead.
-PLAN_AHEAD_SEGMENTS = 64
 PLAN_WAIT_S = 0.05  # how often a planner that waits for room looks whether the readers failed
 POOL_GROUP = 32  # entries created per pool task
 
@@ -135,10 +131,9 @@ class _Restorer(TargetWriter):
         self.by_blob: dict[bytes, list[Target]] = defaultdict(list)  # the batch being planned
         self.batches: list[dict[bytes, list[Target]]] = []  # handed out: ``Request.batch`` indexes them
         self.batch_files = self.batch_bytes = self.batch_targets = 0
-        # Per handed-out batch, its targets not yet written; in all, across batches; the segments
-        # not yet handled (under ``room``).
+        # Per handed-out batch, its targets not yet written; in all, across batches (under ``room``).
         self.unwritten: list[int] = []
-        self.unwritten_total = self.unread_segments = 0
+        self.unwritten_total = 0
         self.room = threading.Condition(threading.Lock())
         self.batch_scale: int | None = REMOTE_BATCH_SCALE if self.remote else 1
         self.located: dict[bytes, Location] = {}  # where the batch's blobs are (each looked up once)
@@ -333,21 +328,16 @@ class _Restorer(TargetWriter):
             self.batches.append(self.by_blob)
             self.unwritten.append(self.batch_targets)
             self.unwritten_total += self.batch_targets
-            self.unread_segments += sum(len(request.segments) for request in requests)
         self.planned.put((self.created, requests))
         self.by_blob, self.created = defaultdict(list), []
         self.located = {}  # a blob a later batch needs again is looked up again
         self.batch_files = self.batch_bytes = self.batch_targets = 0
 
     def wait_for_room(self) -> None:
-        """Wait while ``PLAN_AHEAD`` targets and ``PLAN_AHEAD_SEGMENTS`` segments are handed out
-        and not yet written, or until a reader fails (``hand_out`` then raises it)."""
+        """Wait while ``PLAN_AHEAD`` targets are handed out and not yet written, or until a reader
+        fails (``hand_out`` then raises it)."""
         with self.room:
-            while (
-                self.unwritten_total > PLAN_AHEAD
-                and self.unread_segments > PLAN_AHEAD_SEGMENTS
-                and self.reader.error is None
-            ):
+            while self.unwritten_total > PLAN_AHEAD and self.reader.error is None:
                 self.room.wait(PLAN_WAIT_S)
 
     def _settled(self, batch: int, targets: int) -> None:
@@ -357,7 +347,6 @@ class _Restorer(TargetWriter):
             left = self.unwritten[batch] - targets
             self.unwritten[batch] = left
             self.unwritten_total -= targets
-            self.unread_segments -= 1
             if left == 0:
                 self.batches[batch] = {}
             self.room.notify()
