@@ -341,8 +341,8 @@ class _Restorer(TargetWriter):
                 self.room.wait(PLAN_WAIT_S)
 
     def _settled(self, batch: int, targets: int) -> None:
-        """A segment's ``targets`` of ``batch`` were written (or their file had failed); a batch all written
-        lets its plan go (no segment of it is handled again) and planning go on."""
+        """One segment's ``targets`` of ``batch`` were written (or their file had failed). A batch
+        all written lets its plan go (no segment of it is handled again); planning may go on."""
         with self.room:
             left = self.unwritten[batch] - targets
             self.unwritten[batch] = left
