@@ -215,7 +215,7 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     resumed: list[int] = []  # targets unwritten when planning went on after a wait
     waited = [0]
     kept: list[tuple[list[int], list[int]]] = []  # (plan sizes, unwritten) per batch, at the end
-    left_with_node: list[str] = []
+    left_with_meta: list[str] = []
     wait, drop = restorer._Restorer.wait_for_room, restorer._Restorer.drop_plan
     write = restorer.TargetWriter.write
 
@@ -230,8 +230,8 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
 
     def writing(self: restorer.TargetWriter, target: Any, data: Any, runs: Any) -> None:
         write(self, target, data, runs)
-        if target.file.single and not target.file.failed and target.file.node is not None:
-            left_with_node.append(target.file.name)
+        if target.file.single and not target.file.failed and target.file.meta is not None:
+            left_with_meta.append(target.file.name)
 
     sent: list[Any] = []  # files whose blobs went to the worker process
     spec = restoreproc._spec
@@ -251,8 +251,8 @@ def test_planning_keeps_only_a_bounded_plan_ahead_of_the_writes(
     assert max(resumed) <= restorer.PLAN_AHEAD
     ((sizes, unwritten),) = kept
     assert len(sizes) > 30 and set(sizes) == {0} and set(unwritten) == {0}  # every batch written, let go
-    assert not left_with_node
-    assert bool(sent) == worker and all(file.node is None for file in sent if file.single)
+    assert not left_with_meta
+    assert bool(sent) == worker and all(file.meta is None for file in sent if file.single)
     assert local_repo._tree_cache_nodes < 30  # at most the folders the look-up of "/" passed
 
 

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 
 from cloudkeep.compat import SLOTS
-from cloudkeep.repo.fsmeta import apply_metadata_at, apply_metadata_fd
+from cloudkeep.repo.fsmeta import FileMeta, apply_metadata_at, apply_metadata_fd
 from cloudkeep.repo.targetfs import (
     PRIVATE,
     Defaults,
@@ -59,7 +59,7 @@ class RestoredFile:
     sparse: bool
     single: bool  # one chunk: created by the worker that writes it (one open per file)
     linked: bool = False  # other names are hard-linked to it at the end
-    node: Node | None = None  # one-chunk files: metadata applied by the worker that writes them
+    meta: FileMeta | None = None  # one-chunk files: metadata applied by the worker that writes them
     identity: tuple[int, int] | None = None  # (st_dev, st_ino) once created, when needed again
     failed: bool = False
     mode: int = PRIVATE  # created with; not PRIVATE: its final mode and owner, no chown/chmod
@@ -178,19 +178,19 @@ class TargetWriter:
                     while chunk:
                         written = os.pwrite(fd, chunk, offset)
                         chunk, offset = chunk[written:], offset + written
-                if file.node is not None:
+                if file.meta is not None:
                     self._apply_fd(fd, file)
-                    file.node = None  # done with: a restore of many small files holds no node written
+                    file.meta = None  # done with: a restore of many small files holds none written
             finally:
                 os.close(fd)
         except (Refused, OSError) as exc:
             self.file_failed(file, exc)
 
     def _apply_fd(self, fd: int, file: RestoredFile) -> None:
-        assert file.node is not None
+        assert file.meta is not None
         preset = file.mode != PRIVATE  # created with its owner and mode: times are what is left
         try:
-            apply_metadata_fd(fd, file.node, set_owner=self.set_owner and not preset, set_mode=not preset)
+            apply_metadata_fd(fd, file.meta, set_owner=self.set_owner and not preset, set_mode=not preset)
         except (OSError, ValueError, TypeError, OverflowError) as exc:
             self.warn(self.path(file), exc)
 

@@ -97,7 +97,7 @@ class RestoreProc:
                     slot = slots[id(file)] = len(files)
                     files.append(file)
                     specs.append(_spec(file))
-                    file.node = None  # a one-chunk file's metadata is the worker's to apply now
+                    file.meta = None  # a one-chunk file's metadata is the worker's to apply now
                 wanted.append((slot, target.offset))
             entries.append((entry.offset - base, entry.length, entry.type, entry.id, entry.raw_length))
             targets.append(wanted)
@@ -204,10 +204,8 @@ class RestoreProc:
 
 def _spec(file: RestoredFile) -> tuple[Any, ...]:
     """What the worker needs of a file (``restoreworker.FileSpec``)."""
-    node = file.node
-    meta = (
-        None if node is None else (node.uid, node.gid, node.mode, node.atime_ns, node.mtime_ns, node.xattrs)
-    )
+    meta = file.meta
+    wire = None if meta is None else (*meta[:5], dict(meta.xattrs))  # a plain tuple and dict to pickle
     return (
         file.dir,
         file.name,
@@ -218,5 +216,5 @@ def _spec(file: RestoredFile) -> tuple[Any, ...]:
         file.linked,
         file.mode,
         file.identity,
-        meta,
+        wire,
     )

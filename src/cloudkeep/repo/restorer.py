@@ -38,6 +38,7 @@ from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import MIN_SIZE
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.cpus import usable_cpus
+from cloudkeep.repo.fsmeta import FileMeta
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import collector_paused
 from cloudkeep.repo.repository import Repository
@@ -270,7 +271,7 @@ class _Restorer(TargetWriter):
             self.first_link[(node.device, node.inode)] = file
             file.linked = True
         if file.single:  # written once: its metadata goes on right after, through the same descriptor
-            file.node, file.mode = node, self.created_as(node, index)
+            file.meta, file.mode = FileMeta.of(node), self.created_as(node, index)
         else:  # created and pre-sized in parallel before the data arrives; metadata at the end
             self.to_create.append(file)
             if len(self.to_create) >= POOL_GROUP:

@@ -26,11 +26,11 @@ from cloudkeep.errors import CloudkeepError
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.crypto import Crypter, MasterKey
+from cloudkeep.repo.fsmeta import NO_XATTRS, FileMeta
 from cloudkeep.repo.pack import BlobEntry, open_blob
 from cloudkeep.repo.procworker import Channel
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
 from cloudkeep.repo.targetfs import TargetDirs, data_runs
-from cloudkeep.repo.tree import FILE, Node
 
 # What a file is sent as: folder index, name, path for messages ("": from the folder), size,
 # sparse, single, linked, creation mode, identity, and for a one-chunk file its metadata (uid,
@@ -101,7 +101,7 @@ def _file(spec: FileSpec) -> RestoredFile:
     file = RestoredFile(folder, name, path, size, sparse, single, linked, None, identity, False, mode)
     if meta is not None:
         uid, gid, node_mode, atime_ns, mtime_ns, xattrs = meta
-        file.node = Node(name, FILE, node_mode, uid, gid, mtime_ns=mtime_ns, atime_ns=atime_ns, xattrs=xattrs)
+        file.meta = FileMeta(uid, gid, node_mode, atime_ns, mtime_ns, xattrs or NO_XATTRS)
     return file
 
 
