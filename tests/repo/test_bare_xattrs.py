@@ -14,9 +14,8 @@ import pytest
 
 from cloudkeep.repo import Repository, backup_files, fsmeta
 from cloudkeep.repo.browse import lookup
-from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.folders import _previous_files
+from cloudkeep.repo.folders import _PreviousRow
 from tests.repo.conftest import until_ctime_moves
 
 
@@ -101,7 +100,7 @@ def test_rows_without_the_flag_still_give_chunks_and_bad_entries_are_dropped() -
         (("flag",), chunk, "yes"),  # not a bool
         ("not a tuple",),
     ]
-    found = _previous_files(FolderRow(b"", b"", b"", b"", marshal.dumps(rows, 2)))
+    found = _PreviousRow(marshal.dumps(rows, 2)).found
     assert found == {
         "name": (key, chunk, False),
         "bare": (("bare",), chunk, True),

@@ -89,7 +89,7 @@ class Folder:
         self.base = path  # the path its entries' paths start with, as the walk lists it
         self.previous: FolderRow | None = None  # the last backup's row for this folder
         self.last: FolderRow | None = None  # the same when the listing is unchanged
-        self._old: dict[str, _RowEntry] | None = None  # the row's entries, by name
+        self._old: _PreviousRow | None = None  # the row's entries, by name
         self.row_indexed = False  # every chunk of ``previous`` is in the index (once ``_old`` is read)
         self._keeps_rows: bool | None = None
         self.streaming = False  # listed as the walk goes: no last row to compare the listing with
@@ -173,7 +173,7 @@ class Folder:
         if cache is not None and self.listing is not None and signature is not None and self.exact:
             assert row is not None
             chunks_now = b"".join(content for _, content, _ in row if content)
-            files = marshal.dumps(row, 2)
+            files = encode_row(row)
             cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
         elif cache is not None:  # no row: the files it would have carried get their own
             for child, key in zip(self.children, self.keys):
@@ -216,7 +216,7 @@ class Folder:
         if self.previous is None:
             return None
         if self._old is None:
-            self._old = _previous_files(self.previous)
+            self._old = _PreviousRow(self.previous.keys)
             chunks = self.previous.chunks
             self.row_indexed = self.archiver.indexed(
                 [chunks[i : i + ID_SIZE] for i in range(0, len(chunks), ID_SIZE)]
@@ -225,7 +225,7 @@ class Folder:
                 self.previous = dataclasses.replace(self.previous, keys=b"")
         # Each entry is asked for once (by the walk, or by ``_node`` when the listing was the
         # same): dropping its row as it is used keeps the walk's pending rows small.
-        old = self._old.pop(entry.name, None)
+        old = self._old.pop(entry.name)
         if old is None or old[0] != entry.key:
             return None
         entry.bare = old[2]
@@ -299,20 +299,61 @@ def listing_signature(key: StatKey | None, keys: list[StatKey]) -> bytes:
 _RowEntry = tuple[StatKey, Union[bytes, None], bool]
 
 
-def _previous_files(row: FolderRow) -> dict[str, _RowEntry]:
-    """A folder row's entries by name. A row that does not decode to that shape (damaged, or
-    from an older layout) gives nothing: the files are read and their xattrs too."""
+# A folder row of more entries than this is stored in pieces of this many, each its own marshal
+# bytes (in name order), and read back a piece at a time as the walk asks for the names: decoded
+# whole, a maildir folder of 45,000 messages held 27 MiB of tuples at once, beside the listing's own
+# stat keys (the mail tree's incremental peaked at 204 MiB; bench/README.md, stop 43).
+ROW_PIECE = 1024
+
+
+def encode_row(row: list[_RowEntry]) -> bytes:
+    """A folder row's entries (in name order) as the cache stores them: one marshal list, or a
+    list of pieces (``ROW_PIECE``) for a large folder."""
+    if len(row) <= ROW_PIECE:
+        return marshal.dumps(row, 2)
+    return marshal.dumps([marshal.dumps(row[i : i + ROW_PIECE], 2) for i in range(0, len(row), ROW_PIECE)], 2)
+
+
+class _PreviousRow:
+    """A folder row's entries by name, each handed out once (``pop``). A row in pieces is decoded
+    only as far as the names asked for: the walk asks in name order, so about one piece is held.
+    A name asked for out of order is found only if its piece was decoded already; it is then read
+    anew, which is what any entry the row does not give costs."""
+
+    def __init__(self, data: bytes) -> None:
+        items = _loads(data)
+        self.pieces: list[bytes] = []
+        self.found: dict[str, _RowEntry] = {}
+        self.last: str | None = None  # the last name of the pieces decoded so far
+        if items and all(isinstance(item, bytes) for item in items):
+            self.pieces = [item for item in reversed(items) if isinstance(item, bytes)]  # first last
+        else:
+            self._add(items)
+
+    def pop(self, name: str) -> _RowEntry | None:
+        while self.pieces and (self.last is None or self.last < name):
+            self._add(_loads(self.pieces.pop()))
+        return self.found.pop(name, None)
+
+    def _add(self, items: list[object]) -> None:
+        """Keep the well-formed entries of ``items``. One that does not have that shape (damaged,
+        or from an older layout) gives nothing: its file is read and its xattrs too."""
+        found = self.found
+        for item in items:
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                continue
+            key, content, bare = item[0], item[1], item[2] if len(item) == 3 else False
+            if content is not None and (not isinstance(content, bytes) or len(content) % ID_SIZE):
+                continue
+            if isinstance(key, tuple) and key and isinstance(key[0], str) and isinstance(bare, bool):
+                found[key[0]] = (key, content, bare)
+                self.last = key[0]
+
+
+def _loads(data: bytes) -> list[object]:
+    """A marshal list, or nothing when ``data`` is not one."""
     try:
-        items = marshal.loads(row.keys)
+        items = marshal.loads(data)
     except (ValueError, EOFError, TypeError):
-        return {}
-    found: dict[str, _RowEntry] = {}
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, tuple) or len(item) not in (2, 3):
-            continue
-        key, content, bare = item[0], item[1], item[2] if len(item) == 3 else False
-        if content is not None and (not isinstance(content, bytes) or len(content) % ID_SIZE):
-            continue
-        if isinstance(key, tuple) and key and isinstance(key[0], str) and isinstance(bare, bool):
-            found[key[0]] = (key, content, bare)
-    return found
+        return []
+    return items if isinstance(items, list) else []

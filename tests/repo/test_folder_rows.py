@@ -1,0 +1,101 @@
+"""A large folder's cache row is stored in pieces and read back a piece at a time, as the walk
+asks for its names: a changed maildir folder of 45,000 messages no longer holds its whole last row
+decoded beside its new listing. Rows stored whole (small folders, older versions) still read."""
+
+from __future__ import annotations
+
+import marshal
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.repo import Repository, backup_files, folders, restore
+from cloudkeep.repo.crypto import ID_SIZE
+from cloudkeep.repo.folders import _PreviousRow, _RowEntry, encode_row
+from tests.repo.conftest import restored, until_ctime_moves
+
+
+def _row(count: int) -> list[_RowEntry]:
+    return [((f"m{i:04}", 0o100644, i), bytes([i % 256]) * ID_SIZE, True) for i in range(count)]
+
+
+def test_a_large_row_is_read_a_piece_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    row = _row(50)
+    data = encode_row(row)
+    assert all(isinstance(piece, bytes) for piece in marshal.loads(data))  # 7 pieces
+    previous = _PreviousRow(data)
+    assert not previous.found  # nothing decoded before a name is asked for
+    held = []
+    for entry in row:
+        name = str(entry[0][0])
+        if name == "m0020":  # a file deleted since: the next names still come
+            continue
+        assert previous.pop(name) == entry
+        held.append(len(previous.found))
+    assert max(held) <= 8  # one piece decoded at a time (and the name passed over)
+    assert previous.pop("m0020") == row[20]  # passed over, still there (a name asked late)
+    assert previous.pop("m0003") is None  # handed out already: each entry once
+
+
+def test_a_name_the_row_does_not_have_decodes_no_further_than_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    previous = _PreviousRow(encode_row(_row(50)))
+    assert previous.pop("m0009a") is None  # a new file between two pieces' names
+    assert len(previous.pieces) == 5  # pieces 1 and 2 decoded, the other five not
+    assert previous.pop("zzz") is None  # past the last name: everything decoded, nothing found
+    assert not previous.pieces and len(previous.found) == 50
+
+
+def test_small_rows_stay_whole_and_damaged_pieces_give_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    small = _row(8)
+    assert marshal.loads(encode_row(small)) == small  # what every version reads
+    pieces = [marshal.dumps(_row(20)[:8], 2), b"\x00garbage", marshal.dumps(_row(20)[16:], 2)]
+    previous = _PreviousRow(marshal.dumps(pieces, 2))
+    assert previous.pop("m0003") == _row(20)[3]
+    assert previous.pop("m0010") is None  # its piece did not decode: the file is read anew
+    assert previous.pop("m0017") == _row(20)[17]
+    assert _PreviousRow(b"\xffnot marshal").pop("m0001") is None
+    assert _PreviousRow(marshal.dumps([b"piece", ("m0001",)], 2)).pop("m0001") is None  # mixed: dropped
+
+
+def test_an_incremental_of_a_large_folder_reads_only_what_changed(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of 60 files, its row in pieces of 4: after a change, a deletion and an addition,
+    only the changed and the added file are read, the rest comes from the row, a piece at a time,
+    and the restore point is the folder as it is."""
+    monkeypatch.setattr(folders, "ROW_PIECE", 4)
+    source, cache = tmp_path / "src", tmp_path / "cache"
+    box = source / "cur"
+    box.mkdir(parents=True)
+    for i in range(60):
+        (box / f"{i:03}.mail").write_bytes(f"message {i}\n".encode() * (i + 1))
+    for _ in range(2):  # both generations of the cache hold the folder's row
+        backup_files(repo, [source], cache_dir=cache)
+    changed, gone, added = box / "017.mail", box / "030.mail", box / "044a.mail"
+    until_ctime_moves(changed, lambda: changed.write_bytes(b"edited\n" * 50))
+    os.unlink(gone)
+    added.write_bytes(b"new message\n" * 7)
+    held: list[int] = []
+    pop = _PreviousRow.pop
+
+    def popping(self: _PreviousRow, name: str) -> _RowEntry | None:
+        found = pop(self, name)
+        held.append(len(self.found))
+        return found
+
+    monkeypatch.setattr(_PreviousRow, "pop", popping)
+    snapshot = backup_files(repo, [source], cache_dir=cache)
+    assert snapshot.stats["bytes_read"] == changed.stat().st_size + added.stat().st_size
+    assert snapshot.stats["files_unchanged"] == snapshot.stats["files"] - 2
+    assert len(held) >= 59 and max(held) <= 5  # the deleted file's entry, and at most one piece
+    target = tmp_path / "out"
+    restore(repo, snapshot.id, target)
+    out = restored(target, source) / "cur"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in box.iterdir())
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in box.iterdir())
