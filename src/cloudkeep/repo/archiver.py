@@ -47,6 +47,14 @@ from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.writer import BlobWriter
 
+# A folder of this many entries sends the small files gathered so far to the pool once the walk has
+# taken its last entry, instead of waiting for the next folder's files to fill the batch: its
+# entries, stat keys and chunk lists stay until its last file is read, and the next folder may be
+# as large (a changed maildir folder of 41,000 messages is stat'ed whole before any is taken). The
+# mail tree's incremental 178 -> 162 MiB RSS (bench/README.md, stop 43); a small folder's few
+# files still share a batch with the next folder's.
+FLUSH_FOLDER = 4096
+
 
 @dataclass
 class BackupProgress:
@@ -279,6 +287,8 @@ class _Archiver(FileContent):
                     break
             else:  # every entry of ``folder`` is listed
                 stack.pop()
+                if len(folder.keys) >= FLUSH_FOLDER:
+                    self.submit_batch()
                 if folder is not top:  # the caller releases ``top``
                     folder.release()
 
