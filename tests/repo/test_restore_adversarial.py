@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
-from cloudkeep.repo import Repository, restore
+from cloudkeep.repo import Repository, restore, tree
 from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
 
 # Every test twice: on threads alone, and with the worker process writing too (conftest).
@@ -199,6 +199,38 @@ def test_restore_point_of_one_bad_name_still_lists(repo: Repository) -> None:
 
     snapshot_id = craft(repo, [file("../x"), file("fine")])
     assert sorted(e.path for e in list_tree(repo, snapshot_id, "/")) == ["/../x", "/fine"]
+
+
+UNOWNABLE = {"name": "c", "type": "file", "user": 7}  # no node can be made of it: an owner is a name
+
+
+def test_a_large_listing_bad_halfway_restores_what_comes_before_it(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large folder's listing is read a node at a time (``tree.STREAM_TREE``): a node that
+    cannot be made halfway is an error of its folder, named after the last entry before it; those
+    entries are restored (as one parse of the whole listing gives them), the rest not."""
+    monkeypatch.setattr(tree, "STREAM_TREE", 0)  # every listing read a node at a time
+    _outside, target, state = sandbox(tmp_path)
+    snapshot_id = craft(
+        repo,
+        [
+            folder(
+                "d",
+                [file("a", b"a\n"), file("b", b"b\n"), {"name": "c", "type": "file", "user": 7}, file("e")],
+            ),
+            file("ok", b"ok\n"),
+        ],
+    )
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before
+    assert (target / "ok").read_bytes() == b"ok\n"
+    assert sorted(os.listdir(target / "d")) == ["a", "b"]
+    assert (target / "d" / "b").read_bytes() == b"b\n"
+    assert len(result.errors) == 1 and result.errors[0].startswith("/d: cannot read its listing past b ("), (
+        result.errors
+    )
 
 
 def test_listing_of_the_wrong_shape_is_an_error_of_its_folder(repo: Repository, tmp_path: Path) -> None:

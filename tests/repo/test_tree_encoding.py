@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudkeep.repo.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+from cloudkeep.repo import tree
+from cloudkeep.repo.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree, iter_tree
 
 
 def _nodes() -> list[Node]:
@@ -159,6 +160,7 @@ def test_a_tree_parsed_node_by_node_is_the_tree_parsed_whole(
             data = data[:at] + char.encode() + data[at + 1 :]
     whole = _parsed_whole(data)
     assert _decoded(data) == whole
+    assert _streamed(data) == _parsed_in_turn(data)
     if not edits:
         assert whole == sorted(nodes, key=lambda n: n.name) or isinstance(whole, type)
 
@@ -180,3 +182,40 @@ def test_a_tree_parsed_node_by_node_is_the_tree_parsed_whole(
 )
 def test_blobs_the_node_by_node_parse_must_not_read_otherwise(data: bytes) -> None:
     assert _decoded(data) == _parsed_whole(data)
+    assert _streamed(data) == _parsed_in_turn(data)
+
+
+def _parsed_in_turn(data: bytes) -> tuple[list[Node], type[Exception] | None]:
+    """One ``json.loads`` of the blob, then its nodes made in turn: those before the first that
+    cannot be made, and that one's error (what ``iter_tree`` must give, node by node)."""
+    nodes: list[Node] = []
+    try:
+        for item in json.loads(data)["nodes"]:
+            nodes.append(Node.from_json(item))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return nodes, type(exc)
+    return nodes, None
+
+
+def _streamed(data: bytes) -> tuple[list[Node], type[Exception] | None]:
+    """``iter_tree`` with every tree large enough to be streamed."""
+    nodes: list[Node] = []
+    kept, tree.STREAM_TREE = tree.STREAM_TREE, 0  # (not monkeypatch: hypothesis runs many examples)
+    try:
+        for node in iter_tree(data):
+            nodes.append(node)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return nodes, type(exc)
+    finally:
+        tree.STREAM_TREE = kept
+    return nodes, None
+
+
+def test_a_large_tree_streamed_gives_the_nodes_before_a_bad_one_then_its_error() -> None:
+    good = [Node(name=f"m{i:03}", type=FILE, mode=0o644, content=[bytes(32)]) for i in range(5)]
+    text = encode_tree(good).decode()
+    bad = text.replace('"m002"', '"m002","user":7', 1).encode()  # a name the owner field cannot be
+    assert _streamed(bytes(encode_tree(good))) == (good, None)
+    assert _streamed(bad) == (good[:2], TypeError)
+    with pytest.raises(TypeError):
+        decode_tree(bad)  # the whole tree: no node, the same error

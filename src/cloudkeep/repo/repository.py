@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ from cloudkeep.repo.layout import (
 )
 from cloudkeep.repo.manifests import RepositoryManifests
 from cloudkeep.repo.pack import BlobEntry, open_blob, pack_key
-from cloudkeep.repo.tree import Node, decode_tree
+from cloudkeep.repo.tree import Node, decode_tree, iter_tree
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
@@ -487,9 +487,26 @@ class Repository(RepositoryManifests):
                 self._tree_cache_nodes -= len(self._tree_cache.popitem(last=False)[1])
         return nodes
 
+    def tree_nodes(self, tree_id: bytes) -> Iterator[Node]:
+        """A tree's nodes one by one, parsed as they are taken and not kept (``iter_tree``): a
+        restore's plan of a large folder. The blob is read now (a missing pack raises here); a node
+        that cannot be parsed raises ``IntegrityError`` where it comes, after the ones before it."""
+        with self.lock:
+            nodes = self._tree_cache.get(tree_id)
+        if nodes is not None:
+            return iter(nodes)
+        return _parsed(tree_id, iter_tree(self.load_blob(tree_id)))
+
 
 def _get_or_none(store: ObjectStore, key: str) -> bytes | None:
     try:
         return store.get(key)
     except ObjectNotFoundError:
         return None
+
+
+def _parsed(tree_id: bytes, nodes: Iterator[Node]) -> Iterator[Node]:
+    try:
+        yield from nodes
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
+        raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None

@@ -167,15 +167,26 @@ class _Restorer(TargetWriter):
         stack = [(tree_id, index, path)]
         while stack:
             tree_id, index, path = stack.pop()
-            try:
-                nodes = self.repo.load_tree(tree_id, keep=False)  # each folder is planned once
+            try:  # each folder is planned once: its nodes are not kept (the top one is read whole)
+                nodes = (
+                    self.repo.tree_nodes(tree_id) if path else iter(self.repo.load_tree(tree_id, keep=False))
+                )
             except IntegrityError as exc:
                 if not path:
                     raise  # not even the top listing: nothing to restore
                 self.refuse(path, f"cannot read its listing ({exc.message})")
                 continue
             seen: set[str] = set()
-            for node in nodes:
+            last = ""  # the last name planned (nodes come in name order)
+            while True:
+                try:
+                    node = next(nodes, None)
+                except IntegrityError as exc:  # what came before it is planned, and restored
+                    after = f" past {shown(last)}" if last else ""
+                    self.refuse(path, f"cannot read its listing{after} ({exc.message})")
+                    break
+                if node is None:
+                    break
                 entry_path = f"{path}/{shown(node.name)}"
                 problem = name_problem(node.name)
                 if problem is None and node.name in seen:
@@ -184,6 +195,7 @@ class _Restorer(TargetWriter):
                     self.refuse(entry_path, f"refused: {problem}")
                     continue
                 seen.add(node.name)
+                last = node.name
                 sub = self.plan(node, index, node.name, entry_path)
                 if sub is not None:
                     stack.append(sub)
