@@ -44,14 +44,16 @@ def test_crash_mid_upload_rerun_reuses_indexed_packs(
     repo: Repository, store: ObjectStore, tmp_path: Path
 ) -> None:
     src = big_source(tmp_path / "src")
-    packs_written: list[str] = []
+    indexed: list[str] = []
 
-    def fail_after_some_packs(key: str) -> bool:
-        if key.startswith("data/"):
-            packs_written.append(key)
-        return len(packs_written) > 9
+    def fail_once_packs_are_indexed(key: str) -> bool:
+        """The first pack upload that starts after an index file was written fails (~12 packs, an
+        index file every 8: counting packs alone raced the index file's writer under load)."""
+        if key.startswith("index/"):
+            indexed.append(key)
+        return key.startswith("data/") and bool(indexed)
 
-    broken = Repository.open(FaultyStore(store, fail_put=fail_after_some_packs), PASSWORD)
+    broken = Repository.open(FaultyStore(store, fail_put=fail_once_packs_are_indexed), PASSWORD)
     with pytest.raises(RepositoryWriteError, match="injected failure writing data/"):
         backup_files(broken, [src], hostname="h", threads=1)
     assert list_snapshots(repo) == []
