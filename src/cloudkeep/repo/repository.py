@@ -52,7 +52,7 @@ from cloudkeep.repo.layout import (
 )
 from cloudkeep.repo.manifests import RepositoryManifests
 from cloudkeep.repo.pack import BlobEntry, open_blob, pack_key
-from cloudkeep.repo.tree import Node, decode_tree, iter_tree
+from cloudkeep.repo.tree import MALFORMED, Node, decode_tree, iter_tree
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
@@ -474,8 +474,8 @@ class Repository(RepositoryManifests):
                 return nodes
         try:
             nodes = decode_tree(self.load_blob(tree_id))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
-            raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
+        except MALFORMED as exc:
+            raise _malformed(tree_id, exc) from None
         if not keep:
             return nodes
         with self.lock:
@@ -508,5 +508,10 @@ def _get_or_none(store: ObjectStore, key: str) -> bytes | None:
 def _parsed(tree_id: bytes, nodes: Iterator[Node]) -> Iterator[Node]:
     try:
         yield from nodes
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a hand-made tree: wrong shapes
-        raise IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})") from None
+    except MALFORMED as exc:
+        raise _malformed(tree_id, exc) from None
+
+
+def _malformed(tree_id: bytes, exc: Exception) -> IntegrityError:
+    """A tree that does not decode (a hand-made tree: wrong shapes), read whole or node by node."""
+    return IntegrityError(f"tree {tree_id.hex()} is malformed ({exc})")

@@ -192,6 +192,8 @@ _DECODER = json.JSONDecoder()
 _OPEN, _CLOSE = b'{"nodes":[', b"]}"
 _OPEN_TEXT, _CLOSE_TEXT = _OPEN.decode(), _CLOSE.decode()
 STREAM_TREE = 2**20  # bytes of a tree blob from which ``iter_tree`` makes its nodes one at a time
+# What decoding a tree that is not one (hand-made, damaged) raises: the JSON, or a node of it.
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
 
 
 def decode_tree(data: bytes) -> list[Node]:
@@ -201,9 +203,9 @@ def decode_tree(data: bytes) -> list[Node]:
     anything that parse refuses (or a node it cannot make), is parsed whole, which the node-by-node
     parse agrees with: the same nodes, or the same error."""
     if data.startswith(_OPEN) and data.endswith(_CLOSE):
-        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+        with contextlib.suppress(*MALFORMED):
             return list(_node_by_node(data.decode("utf-8", "surrogatepass")))  # as json.loads decodes
-    return [Node.from_json(item) for item in json.loads(data)["nodes"]]
+    return _parsed_whole(data)
 
 
 def iter_tree(data: bytes) -> Iterator[Node]:
@@ -221,7 +223,12 @@ def iter_tree(data: bytes) -> Iterator[Node]:
     if _framed(text):
         yield from _node_by_node(text)
     else:  # another writer's spacing, or not a tree: parsed whole, as decode_tree does
-        yield from [Node.from_json(item) for item in json.loads(text)["nodes"]]
+        yield from _parsed_whole(text)
+
+
+def _parsed_whole(document: bytes | str) -> list[Node]:
+    """One ``json.loads`` of a tree, then its nodes: what any other parse of it must agree with."""
+    return [Node.from_json(item) for item in json.loads(document)["nodes"]]
 
 
 def _framed(text: str) -> bool:
