@@ -113,6 +113,26 @@ def test_workers_store_the_same_chunks_as_threads(
     assert check(repo, read_data=True).ok
 
 
+def test_nodes_written_by_workers_give_the_threads_trees(
+    repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
+) -> None:
+    """A worker writes the tree text of each file it reads (``tree.FileText``): every tree, and so
+    the restore point's top tree id, is byte for byte the one the parent's own nodes give, for
+    hardlinked, sparse, xattr'd, empty and oddly named files too."""
+    src = _tree(tmp_path / "src")
+    os.link(src / "d1" / "f03", src / "d2" / "hard")  # links > 1: inode and device in the node
+    with open(src / "sparse", "wb") as fh:
+        fh.truncate(3 * 2**20)
+        fh.write(b"head")
+    os.setxattr(src / "d0" / "f05", "user.k", b"\x00\xffv")
+    (src / "d3" / ('"quoted"\\ \u00e9\u2603')).write_bytes(b"x" * 900)
+    os.chown(src / "d3" / "f01", 4242, 4343)  # owners with no name here
+    by_threads = backup_files(repo, [src], hostname="h", processes=False)
+    by_workers = backup_files(repo, [src], hostname="h", processes=True, threads=2)
+    assert len(workers) == 2 and by_workers.stats["files_unchanged"] == 0  # every file read again
+    assert by_workers.tree == by_threads.tree
+
+
 def test_one_worker_beside_a_thread_stores_the_same_chunks(
     repo: Repository, tmp_path: Path, workers: list[procpool.ProcWorker]
 ) -> None:

@@ -10,8 +10,8 @@ changes neither the trees, nor per-file errors, progress or cancellation. Split 
 Once ``PROCESSES_FROM`` of work is queued (content bytes, and ``FILE_WORK`` per file), on
 machines with ``PROCESSES_MIN_CPUS`` cores or when asked for, pool threads hand their jobs to a
 worker process of their own (``procpool.py``), which reads, chunks, hashes, compresses, encrypts
-and packs the files on another core; the thread only answers it and builds the nodes. Below
-``PROCESSES_ALL_CPUS`` cores only one thread gets a worker, from there at most
+and packs the files on another core and writes their nodes' tree text; the thread only answers
+it. Below ``PROCESSES_ALL_CPUS`` cores only one thread gets a worker, from there at most
 ``cpus.MAX_PROCESSES``; the others read files themselves.
 """
 
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
-from cloudkeep.repo.fsmeta import StatLike, node_from_stat, reachable
+from cloudkeep.repo.fsmeta import Stat, StatKey, StatLike, node_from_stat, reachable, stat_key
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.pack import DATA
-from cloudkeep.repo.tree import FILE, Node
+from cloudkeep.repo.tree import FILE, FileText, Node
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import RangeStream
 
@@ -167,7 +167,7 @@ class FileContent:
         fds = iter(open_ahead([(item.name, item.parent.fd, item.st.st_size) for item in sized], _FILE_FLAGS))
         return [next(fds) if item.st.st_size else None for item in files]
 
-    def proc_nodes(self, files: list[PendingFile]) -> list[Node | None] | None:
+    def proc_nodes(self, files: list[PendingFile]) -> list[Node | FileText | None] | None:
         """The batch's nodes, its content stored by this thread's worker process; None when no
         worker takes it (too little work queued yet to pay for starting one, or none starts).
 
@@ -181,7 +181,7 @@ class FileContent:
         if worker is None:
             return None
         sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
-        items = [(files[i].path, files[i].st.st_size, files[i].st.st_dev, files[i].st.st_ino) for i in sent]
+        items = [(files[i].path, _key(files[i])) for i in sent]
         try:
             results = worker.run(items, self.go_on) if items else []
         except BaseException as exc:
@@ -189,7 +189,7 @@ class FileContent:
             self.writer.fail(exc)
             raise
         by_index = dict(zip(sent, results))
-        nodes: list[Node | None] = []
+        nodes: list[Node | FileText | None] = []
         for i, item in enumerate(files):
             if i not in by_index:
                 nodes.append(self.read_entry(item) if self.error is None else None)
@@ -203,18 +203,16 @@ class FileContent:
         self.report(path)
         return self.error is None
 
-    def proc_node(self, item: PendingFile, result: FileResult) -> Node | None:
-        content, total, error, xattrs = result
-        if content is None:
+    def proc_node(self, item: PendingFile, result: FileResult) -> FileText | None:
+        text, content, total, error, bare = result
+        if text is None:
             self.skip(item.path, f"cannot read ({error[1] if error else 'unknown error'})")
             return None
-        node = node_from_stat(item.name, item.path, item.st, FILE, dir_fd=item.parent.fd, xattrs=xattrs)
-        node.content, node.size = content, total
         if self.cache and not item.parent.keeps_rows():
             self.cache.record(item.path, item.st, content)
         with self.lock:
             self.bytes_read += total
-        return node
+        return FileText(item.name, text, content, bare)
 
     def read_entry(self, item: PendingFile, opened: int | OSError | None = None) -> Node | None:
         """The node of a file new to the cache, its content stored; None when it cannot be read.
@@ -325,6 +323,11 @@ class FileContent:
             return self.writer.save(DATA, data, blob_id)
         finally:
             self.chunk_copies.give_back(buf)
+
+
+def _key(item: PendingFile) -> StatKey:
+    st = item.st
+    return st.key if isinstance(st, Stat) else stat_key(item.name, st)
 
 
 def _settle(parts: list[bytes | Future[tuple[bytes, bool]]]) -> int:

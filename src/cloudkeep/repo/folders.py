@@ -21,7 +21,7 @@ from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
-from cloudkeep.repo.tree import FILE, Node, encode_tree
+from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree
 
 if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
     from cloudkeep.repo.archiver import _Archiver
@@ -81,7 +81,7 @@ class Folder:
     ) -> None:
         self.archiver, self.node, self.parent, self.slot, self.fd = archiver, node, parent, slot, fd
         self.path, self.key = path, key
-        self.children: list[Node | Entry | None] = []
+        self.children: list[Node | FileText | Entry | None] = []
         self.keys: list[StatKey] = []
         self.remaining = 1  # the walk itself holds one reference until the listing is complete
         self.exact = fd is not None  # every entry is in the tree (none skipped or failed)
@@ -110,7 +110,7 @@ class Folder:
             self.children.append(entry)
             self.keys.append(entry.key)
 
-    def fill(self, slot: int, node: Node | Entry | None) -> None:
+    def fill(self, slot: int, node: Node | FileText | Entry | None) -> None:
         if self._settle(slot, node):
             self._finish()
 
@@ -122,7 +122,7 @@ class Folder:
         if done:
             self._finish()
 
-    def _settle(self, slot: int, node: Node | Entry | None) -> bool:
+    def _settle(self, slot: int, node: Node | FileText | Entry | None) -> bool:
         """Put a child in its slot; True when that was the last one outstanding."""
         with self.archiver.lock:
             self.children[slot] = node
@@ -179,7 +179,7 @@ class Folder:
             for child, key in zip(self.children, self.keys):
                 if isinstance(child, Entry) and child.kind == FILE and child.content is not None:
                     cache.record(child.path, child.st, child.content)
-                elif self._keeps_rows and isinstance(child, Node) and child.type == FILE:
+                elif self._keeps_rows and isinstance(child, (Node, FileText)) and _is_file(child):
                     # read anew, its row left to this folder's (``FileContent.proc_node``)
                     size, mtime_ns, ctime_ns, inode = key[9], key[11], key[12], key[2]
                     assert isinstance(size, int) and isinstance(mtime_ns, int)
@@ -235,7 +235,7 @@ class Folder:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
         return hashlib.blake2b((self.listing or b"") + marshal.dumps(subtrees, 2), digest_size=20).digest()
 
-    def _nodes(self, row: list[_RowEntry] | None) -> Iterator[Node]:
+    def _nodes(self, row: list[_RowEntry] | None) -> Iterator[Node | FileText]:
         """The children's nodes in name order, each made as the tree's encoder takes it, so a
         folder's nodes never all exist at once (~15 MiB for a maildir folder of 50,000 messages).
         ``row`` gets each entry's stat key, chunks (files) and whether it had no xattrs: the
@@ -250,12 +250,11 @@ class Folder:
         for slot in order:
             node = self._node(children[slot])
             if row is not None:
-                content = b"".join(node.content) if node is not None and node.type == FILE else None
-                row.append((keys[slot], content, node is not None and not node.xattrs))
+                row.append(_row_entry(keys[slot], node))
             if node is not None:
                 yield node
 
-    def _node(self, child: Node | Entry | None) -> Node | None:
+    def _node(self, child: Node | FileText | Entry | None) -> Node | FileText | None:
         if not isinstance(child, Entry):
             return child
         archiver = self.archiver
@@ -285,6 +284,18 @@ class Folder:
             return None
         node.content = child.content or []
         return node
+
+
+def _is_file(node: Node | FileText) -> bool:
+    return isinstance(node, FileText) or node.type == FILE
+
+
+def _row_entry(key: StatKey, node: Node | FileText | None) -> _RowEntry:
+    """A child's entry in its folder's row: its stat key, its chunks if a file, no xattrs."""
+    if isinstance(node, FileText):
+        return key, b"".join(node.content), node.bare
+    content = b"".join(node.content) if node is not None and node.type == FILE else None
+    return key, content, node is not None and not node.xattrs
 
 
 def listing_signature(key: StatKey | None, keys: list[StatKey]) -> bytes:

@@ -31,6 +31,7 @@ import cloudkeep
 from cloudkeep import errors
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.repo.chunker import ChunkerParams
+from cloudkeep.repo.fsmeta import StatKey
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
 from cloudkeep.repo.procworker import Channel
 from cloudkeep.repo.writer import BlobWriter
@@ -50,9 +51,10 @@ _BOOT = (
 START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
 
-FileItem = tuple[str, int, int, int]  # host path, size, st_dev, st_ino (as the walk saw them)
-# chunk ids (None: unreadable), bytes read, (errno, why) when unreadable, xattrs
-FileResult = tuple[Optional[list[bytes]], int, Optional[tuple[int, str]], dict[str, bytes]]
+FileItem = tuple[str, StatKey]  # host path, stat key (as the walk took it)
+# its node's tree text (None: unreadable), chunk ids, bytes read, (errno, why) when unreadable,
+# whether it has no xattrs
+FileResult = tuple[Optional[str], list[bytes], int, Optional[tuple[int, str]], bool]
 
 
 class WorkerLostError(CloudkeepError):

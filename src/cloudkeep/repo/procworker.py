@@ -3,11 +3,13 @@
 A first backup is mostly per-file and per-blob work, and in one process the pool threads, the
 walk and the tree building share one GIL: cloudkeep ran at about one core where restic uses two.
 Each worker process (started by ``procpool.py``, one per pool thread) takes batches of files by
-path, and for each file reads it, cuts it into chunks and hashes them; it asks its parent which
-chunks are new (the parent's ``BlobWriter.reserve`` keeps dedup exact across workers), encodes
-those into its own pack staging file, and hands each finished pack to the parent to upload
-(``BlobWriter.adopt_pack``), which answers with the next pack's key. Chunk ids, blob encoding and
-pack layout are the thread path's: the repository cannot tell which one wrote a pack.
+path and stat key, and for each file reads it, cuts it into chunks and hashes them; it asks its
+parent which chunks are new (the parent's ``BlobWriter.reserve`` keeps dedup exact across
+workers), encodes those into its own pack staging file, and hands each finished pack to the parent
+to upload (``BlobWriter.adopt_pack``), which answers with the next pack's key. It also writes each
+file's node as its tree will have it (``tree.FileText``), from the walk's stat key: the parent then
+makes no node per file. Chunk ids, blob encoding, pack layout and tree text are the thread path's:
+the repository cannot tell which one wrote a pack or a tree.
 
 A batch's last chunk group is asked about with its ``done`` and answered with the next batch (or
 ``finish``): its chunks are stored then. Asked before ``done``, it cost a second round trip per
@@ -39,8 +41,9 @@ from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
-from cloudkeep.repo.fsmeta import read_xattrs
+from cloudkeep.repo.fsmeta import Stat, node_from_stat, read_xattrs
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
+from cloudkeep.repo.tree import FILE, node_json
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Chunks hashed before the parent is asked which are new (a batch's last group with its results:
@@ -123,18 +126,18 @@ class Worker:
         self.group_bytes = 0
         self.tail: tuple[list[bytes], list[bytes]] | None = None  # asked with "done", answered next
 
-    def files(self, items: list[tuple[str, int, int, int]], answer: tuple[Any, ...] | None) -> None:
-        """Store a batch; answers ``done`` with each file's (chunk ids or None, bytes read,
-        (errno, why) or None, xattrs) in order, or None for files a ``stop`` left unread, and the
-        ids of its last chunk group; ``answer`` is the parent's to the last batch's."""
-        results: list[tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]] | None]
-        results = []
-        small = len(items) > 1 and all(size < self.params.min_size for _, size, _, _ in items)
-        opened = open_ahead([(path, None, size) for path, size, _, _ in items], FILE_FLAGS) if small else []
+    def files(self, items: list[tuple[str, tuple[Any, ...]]], answer: tuple[Any, ...] | None) -> None:
+        """Store a batch of (path, stat key as the walk took it); answers ``done`` with each file's
+        (its node's tree text or None, chunk ids, bytes read, (errno, why) when unreadable, no
+        xattrs) in order, or None for files a ``stop`` left unread, and the ids of its last chunk
+        group; ``answer`` is the parent's to the last batch's."""
+        results: list[tuple[str | None, list[bytes], int, tuple[int, str] | None, bool] | None] = []
+        small = len(items) > 1 and all(key[9] < self.params.min_size for _, key in items)
+        opened = open_ahead([(path, None, key[9]) for path, key in items], FILE_FLAGS) if small else []
         try:
             self.answered(answer)
-            for i, (path, size, dev, ino) in enumerate(items):
-                results.append(self.one_file(path, size, dev, ino, opened[i] if opened else None))
+            for i, (path, key) in enumerate(items):
+                results.append(self.one_file(path, key, opened[i] if opened else None))
             self.settle()
         except Stopped:  # the backup ends without a restore point: what was being sealed is dropped
             self.ids, self.data, self.group_bytes, self.sealing = [], [], 0, None
@@ -152,31 +155,34 @@ class Worker:
             self.store_fresh(*tail, answer)
 
     def one_file(
-        self, path: str, size: int, dev: int, ino: int, opened: int | OSError | None = None
-    ) -> tuple[list[bytes] | None, int, tuple[int, str] | None, dict[str, bytes]]:
-        """Store one file; ``opened``: its descriptor (its batch closes it) or open error from
-        ``open_ahead``, else it is opened and closed here."""
+        self, path: str, key: tuple[Any, ...], opened: int | OSError | None = None
+    ) -> tuple[str | None, list[bytes], int, tuple[int, str] | None, bool]:
+        """Store one file and write its node (from the walk's stat key, as the parent's
+        ``node_from_stat`` would); ``opened``: its descriptor (its batch closes it) or open error
+        from ``open_ahead``, else it is opened and closed here."""
         try:
             if isinstance(opened, OSError):
                 raise opened
             fd = os.open(path, FILE_FLAGS) if opened is None else opened
         except OSError as exc:
-            return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
+            return None, [], 0, (exc.errno or 0, exc.strerror or str(exc)), False
         try:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (dev, ino):  # replaced since the walk stat'ed it (or a folder above)
-                return None, 0, (errno.ESTALE, "replaced while being backed up"), {}
+            if (st.st_dev, st.st_ino) != (key[3], key[2]):  # replaced since the walk (or a folder above)
+                return None, [], 0, (errno.ESTALE, "replaced while being backed up"), False
             xattrs = read_xattrs(fd)
             content, total = [], 0
-            for chunk in self.chunks(fd, size):
+            for chunk in self.chunks(fd, key[9]):
                 content.append(self.add(chunk, path))
                 total += len(chunk)
-            return content, total, None, xattrs
         except OSError as exc:
-            return None, 0, (exc.errno or 0, exc.strerror or str(exc)), {}
+            return None, [], 0, (exc.errno or 0, exc.strerror or str(exc)), False
         finally:
             if opened is None:
                 os.close(fd)
+        node = node_from_stat(key[0], path, Stat(key), FILE, xattrs=xattrs)
+        node.content, node.size = content, total
+        return node_json(node), content, total, None, not xattrs
 
     def chunks(self, fd: int, size: int) -> Iterator[bytes]:
         if size < self.params.min_size:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.pathnames import path_fields
@@ -101,6 +101,17 @@ class Node:
         return node
 
 
+class FileText(NamedTuple):
+    """A file's node as its tree has it, written by the backup worker process that read the file
+    (``procworker.py``): the parent made a ``Node`` and its text per file (node tree: an eighth of
+    its GIL time, the limit of a first backup of small files) and keeps this until the tree."""
+
+    name: str
+    text: str  # ``node_json`` of its node
+    content: list[bytes]
+    bare: bool  # it has no xattrs (the folder's row records it)
+
+
 _TREE_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 _quote = json.encoder.encode_basestring_ascii  # what the encoder above writes a string as (C)
 
@@ -160,14 +171,15 @@ def _node_text(n: Node) -> str:
     return "{" + ",".join(out) + "}"
 
 
-def _node_json(n: Node) -> str:
+def node_json(n: Node) -> str:
+    """A node as its tree blob writes it."""
     try:
         return _node_text(n)
     except (_Unusual, TypeError, AttributeError):  # the encoder's own text, or its own error
         return _TREE_JSON.encode(n.to_json())
 
 
-def encode_tree(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
+def encode_tree(nodes: Iterable[Node | FileText], *, ordered: bool = False) -> bytearray:
     """The same bytes as one ``json.dumps`` of ``{"nodes": [...]}`` (tree ids are their hash), made
     one node at a time into one buffer. For a folder of 18,000 files, one call held every node's
     dict, the encoder's pieces and the text at once (16 MiB at the backup's peak); the nodes' texts,
@@ -183,7 +195,7 @@ def encode_tree(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
             if ordered and node.name <= last:
                 raise ValueError(f"tree nodes out of name order: {node.name!r} after {last!r}")
         last = node.name
-        out += _node_json(node).encode()
+        out += (node.text if isinstance(node, FileText) else node_json(node)).encode()
     out += b"]}"
     return out
 
