@@ -30,10 +30,10 @@ from typing import Any, Optional
 import cloudkeep
 from cloudkeep import errors
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.repo.channel import Channel
 from cloudkeep.repo.chunker import ChunkerParams
 from cloudkeep.repo.fsmeta import StatKey
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, private_staging_dir
-from cloudkeep.repo.procworker import Channel
 from cloudkeep.repo.writer import BlobWriter
 
 log = logging.getLogger(__name__)

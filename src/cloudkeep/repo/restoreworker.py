@@ -25,10 +25,10 @@ from typing import Any
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
+from cloudkeep.repo.channel import Channel
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import NO_XATTRS, FileMeta
 from cloudkeep.repo.pack import BlobEntry, open_blob
-from cloudkeep.repo.procworker import Channel
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
 from cloudkeep.repo.targetfs import TargetDirs, data_runs
 
