@@ -159,17 +159,18 @@ def test_files_reach_the_pool_while_a_new_folder_is_listed(
     source, cache = _folder(tmp_path / "src"), tmp_path / "cache"
     lib = source / "lib"
     events: list[str] = []
-    real_stat, real_queue = archiver_module._Archiver.stat_entry, FileContent.queue
+    real_stat, real_queue = archiver_module._Archiver._stat_names, FileContent.queue
 
-    def stat_entry(self: archiver_module._Archiver, parent: folders.Folder, base: str, name: str) -> Any:
-        events.append("stat")
-        return real_stat(self, parent, base, name)
+    def stat_names(self: Any, folder: folders.Folder, base: str, names: list[str]) -> Any:
+        for raw in real_stat(self, folder, base, names):  # as lazily as the walk takes them
+            events.append("stat")
+            yield raw
 
     def queue(self: FileContent, item: PendingFile) -> None:
         events.append("queue")
         real_queue(self, item)
 
-    monkeypatch.setattr(archiver_module._Archiver, "stat_entry", stat_entry)
+    monkeypatch.setattr(archiver_module._Archiver, "_stat_names", stat_names)
     monkeypatch.setattr(FileContent, "queue", queue)
     first = backup_files(repo, [source], cache_dir=cache)
     last_stat = len(events) - 1 - events[::-1].index("stat")

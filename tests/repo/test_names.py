@@ -210,12 +210,12 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
     gone_early, gone_late = os.fsdecode(b"gone-\xff.txt"), "gone-at-open.txt"
     for name in (gone_early, gone_late):
         (src / name).write_text("soon gone")
-    real_stat, real_job = archiver_module._Archiver.stat_entry, archiver_module._Archiver.file_job
+    real_stat, real_job = archiver_module._Archiver._stat_names, archiver_module._Archiver.file_job
 
-    def stat_entry(self, parent, base, name):  # type: ignore[no-untyped-def]
-        if name == gone_early:
-            os.unlink(f"{base}/{name}")
-        return real_stat(self, parent, base, name)
+    def stat_names(self, folder, base, names):  # type: ignore[no-untyped-def]
+        if gone_early in names:  # listed, not yet stat'ed
+            os.unlink(f"{base}/{gone_early}")
+        return real_stat(self, folder, base, names)
 
     def file_job(self, files):  # type: ignore[no-untyped-def]
         for item in files:  # before its batch opens it
@@ -223,7 +223,7 @@ def test_an_entry_that_cannot_be_read_is_named_as_an_error(
                 os.unlink(item.path)
         return real_job(self, files)
 
-    monkeypatch.setattr(archiver_module._Archiver, "stat_entry", stat_entry)
+    monkeypatch.setattr(archiver_module._Archiver, "_stat_names", stat_names)
     monkeypatch.setattr(archiver_module._Archiver, "file_job", file_job)
     snap = backup_files(repo, [src], hostname="h")
     errors = {e["path"]: e for e in snap.stats["errors"]}

@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +45,8 @@ from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
+from cloudkeep.repo.walkahead import AHEAD_FROM, RawEntry, WalkAhead
+from cloudkeep.repo.walkahead import start as start_walk_ahead
 from cloudkeep.repo.writer import BlobWriter
 
 # A folder of this many entries sends the small files gathered so far to the pool once the walk has
@@ -119,6 +121,11 @@ class _Archiver(FileContent):
         # read again, which the pool does in parallel, not a rebuilt folder on its own thread.
         self.tree_cache = cache if cache is not None and writer.retain_until is None else None
         self.early = EarlyReads(self)  # large files that changed, read before the walk reaches them
+        # Folders listed and stat'ed ahead by another process, with worker processes (walkahead.py):
+        # ``bases`` are the source folders in the walk's order (set by ``backup_files``).
+        self.ahead: WalkAhead | None = None
+        self.ahead_bases: list[str] | None = None
+        self.listed_here = 0  # entries the walk listed itself, until it starts the process
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -178,6 +185,10 @@ class _Archiver(FileContent):
 
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)
+
+    def included(self, path: str) -> bool:
+        """A file the include masks let in (when there are any)."""
+        return any(matches(m, self.machine_path(path)) for m in self.includes)
 
     def add_entry(self, parent: Folder, path: str, name: str, entry: Entry | None = None) -> Folder | None:
         """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
@@ -243,8 +254,7 @@ class _Archiver(FileContent):
         kind = node_type(st)
         if kind is None:
             return None
-        masks = self.includes
-        if kind == FILE and masks and not any(matches(m, self.machine_path(f"{base}/{name}")) for m in masks):
+        if kind == FILE and self.includes and not self.included(f"{base}/{name}"):
             return None
         return Entry(name, base, kind, stat_key(name, st))
 
@@ -303,35 +313,67 @@ class _Archiver(FileContent):
         7.6-7.8 s, bench/README.md, stop 37)."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         folder.base = base
-        try:
-            with os.scandir(folder.fd) as it:
-                names = sorted(entry.name for entry in it)
-        except OSError as exc:
-            self.skip(base, f"cannot list ({exc.strerror})")
-            folder.exact = False
-            return []
+        listed = self.ahead.listing(base, folder.fd) if self.ahead is not None else None
+        if listed is not None:
+            raw: Iterable[RawEntry] = listed
+        else:
+            try:
+                with os.scandir(folder.fd) as it:
+                    names = sorted(entry.name for entry in it)
+            except OSError as exc:
+                self.skip(base, f"cannot list ({exc.strerror})")
+                folder.exact = False
+                return []
+            raw = self._stat_names(folder, base, names)
+            self.listed_here += len(names)
+            if self.listed_here >= AHEAD_FROM and self.ahead_bases is not None:
+                self.ahead = start_walk_ahead(self.ahead_bases, self.root_prefix, self.excludes)
+                self.ahead_bases = None  # started once
         cache = self.tree_cache
         previous = cache.folder(folder.path) if cache is not None and folder.exact else None
         if previous is None:
             folder.streaming = True
-            return self._entries(folder, base, names)
-        entries = list(self._entries(folder, base, names))
+            return self._entries(folder, base, raw, recheck=listed is not None)
+        entries = list(self._entries(folder, base, raw, recheck=listed is not None))
         folder.previous = previous if folder.exact else None
         unchanged = folder.previous is not None and folder.previous.listing == folder.listing
         folder.last = folder.previous if unchanged else None
         return entries
 
-    def _entries(self, folder: Folder, base: str, names: list[str]) -> Iterator[Entry]:
-        """``names`` of ``folder`` stat'ed one by one as they are taken, masks applied; with a tree
+    def _stat_names(self, folder: Folder, base: str, names: list[str]) -> Iterator[RawEntry]:
+        """``names`` of ``folder`` stat'ed one by one as they are taken, the exclude masks applied."""
+        excludes, fd = self.excludes, folder.fd
+        for name in names:
+            if excludes and self.excluded(f"{base}/{name}"):
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as exc:
+                yield name, None, (exc.errno or 0, exc.strerror or str(exc))
+                continue
+            kind = node_type(st)
+            if kind is not None:  # not a socket
+                yield name, kind, stat_key(name, st)
+
+    def _entries(
+        self, folder: Folder, base: str, raw: Iterable[RawEntry], *, recheck: bool
+    ) -> Iterator[Entry]:
+        """``folder``'s entries from its stat'ed names as they are taken, include masks applied (and
+        the exclude masks again with ``recheck``: listed by the walk-ahead process); with a tree
         cache the listing's signature once the last is taken."""
         keys: list[StatKey] = []
-        excludes = self.excludes
-        for name in names:
-            if (not excludes or not self.excluded(f"{base}/{name}")) and (
-                entry := self.stat_entry(folder, base, name)
-            ):
-                keys.append(entry.key)
-                yield entry
+        includes, excludes = self.includes, self.excludes if recheck else None
+        for name, kind, key in raw:
+            if kind is None:  # its stat failed
+                folder.exact = False
+                self.skip(f"{base}/{name}", f"cannot read ({key[1]})")
+                continue
+            if excludes and self.excluded(f"{base}/{name}"):
+                continue
+            if kind == FILE and includes and not self.included(f"{base}/{name}"):
+                continue
+            keys.append(key)
+            yield Entry(name, base, kind, key)
         if self.tree_cache is not None:
             folder.listing = listing_signature(folder.key, keys)
 
@@ -425,6 +467,8 @@ def backup_files(
     )
     for path in missing:
         archiver.skip(path, "source path does not exist")
+    if archiver.procs is not None:  # where worker processes are: a process may list ahead
+        archiver.ahead_bases = _walk_order(prefix, paths)
     try:
         if cache:
             archiver.early.start(cache, paths)
@@ -435,6 +479,8 @@ def backup_files(
             archiver.walk(top, prefix or "/")
         else:
             _walk_trie(archiver, top, prefix, _source_trie(paths))
+        if archiver.ahead is not None:
+            archiver.ahead.close()
         archiver.submit_batch()
         top.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
@@ -451,6 +497,8 @@ def backup_files(
         if archiver.error is not None:  # cancelled by the last progress report
             raise archiver.error
     except BaseException:
+        if archiver.ahead is not None:
+            archiver.ahead.close()
         archiver.pool.shutdown(wait=True, cancel_futures=True)
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
         if archiver.procs is not None:
@@ -502,6 +550,17 @@ def backup_files(
         cache.commit()
     archiver.report(None, force=True)
     return snapshot
+
+
+def _walk_order(prefix: str, paths: list[str]) -> list[str]:
+    """The source folders' host paths as the walk lists them: in its order (component by
+    component, as ``_walk_trie`` goes), none below another (the walk of that one covers it)."""
+    bases = sorted({prefix if path == "/" else prefix + path for path in paths}, key=lambda b: b.split("/"))
+    kept: list[str] = []
+    for base in bases:
+        if not any(base.startswith(k + "/") for k in kept):
+            kept.append(base)
+    return kept
 
 
 def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) -> None:
