@@ -100,6 +100,7 @@ class _Archiver(FileContent):
         self.files_unchanged = 0  # counted by the walking thread only
         self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
+        self.filler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ck-fill")
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
         self.chunk_copies = BufferPool()
         self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
@@ -485,6 +486,7 @@ def backup_files(
         top.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)
+        archiver.filler.shutdown(wait=True)
         archiver.chunk_pool.shutdown(wait=True)
         archiver.early.finish()
         if archiver.error is not None:
@@ -500,6 +502,7 @@ def backup_files(
         if archiver.ahead is not None:
             archiver.ahead.close()
         archiver.pool.shutdown(wait=True, cancel_futures=True)
+        archiver.filler.shutdown(wait=True)  # not cancelled: each fills slots, even after a failure
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
         if archiver.procs is not None:
             archiver.procs.close(graceful=False)

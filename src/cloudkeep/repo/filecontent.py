@@ -89,6 +89,7 @@ class FileContent:
     error: BaseException | None
     bytes_read: int
     pool: ThreadPoolExecutor
+    filler: ThreadPoolExecutor  # one thread: fills the slots of batches read by worker processes
     chunk_pool: ThreadPoolExecutor
     chunk_copies: BufferPool  # a large file's chunks, copied for the chunk pool
     slots: threading.BoundedSemaphore
@@ -135,19 +136,25 @@ class FileContent:
     def file_job(self, files: list[PendingFile]) -> None:
         """Read ``files`` in turn on a pool thread, each filling its slot; one that cannot be read
         is skipped with its error, not the batch. After a failure or a cancel the rest only fill
-        their slots (empty), so their folders still complete."""
+        their slots (empty), so their folders still complete.
+
+        A batch a worker process read fills its slots on the ``filler`` thread: filling stores the
+        trees of the folders it completes, and meanwhile this thread hands the worker its next
+        batch (it had waited ~2 ms a batch for it, in all a third of its time)."""
         done = 0
         opened: list[int | OSError | None] = []  # a batch read here: opened ahead, closed at its end
+        filling = False
         try:
             nodes = self.proc_nodes(files) if self.procs is not None else None  # None: read here
-            if nodes is None and len(files) > 1 and self.error is None:
+            if nodes is not None:
+                self.filler.submit(self.fill_slots, files, nodes)
+                filling = True
+                return
+            if len(files) > 1 and self.error is None:
                 opened = self.open_ahead(files)
             for item in files:
-                if nodes is not None:
-                    node = nodes[done]
-                else:
-                    ahead = opened[done] if opened else None
-                    node = self.read_entry(item, ahead) if self.error is None else None
+                ahead = opened[done] if opened else None
+                node = self.read_entry(item, ahead) if self.error is None else None
                 done += 1
                 item.parent.fill(item.slot, node)
                 self.report(item.path)
@@ -157,6 +164,22 @@ class FileContent:
                 item.parent.fill(item.slot, None)
         finally:
             close_opened(opened)
+            if not filling:
+                self.slots.release()
+
+    def fill_slots(self, files: list[PendingFile], nodes: list[Node | FileText | None]) -> None:
+        """Fill the slots of a batch a worker read (on the ``filler`` thread), whatever fails."""
+        done = 0
+        try:
+            for item, node in zip(files, nodes):
+                done += 1
+                item.parent.fill(item.slot, node)
+                self.report(item.path)
+        except BaseException as exc:
+            self.fail(exc)
+            for item in files[done:]:
+                item.parent.fill(item.slot, None)
+        finally:
             self.slots.release()
 
     @staticmethod
