@@ -23,6 +23,7 @@ from cloudkeep.repo import (
     backup_files,
     check,
     filecontent,
+    folders,
     list_snapshots,
     list_tree,
     procpool,
@@ -33,6 +34,7 @@ from cloudkeep.repo.browse import lookup, walk
 from cloudkeep.repo.cpus import usable_cpus
 from cloudkeep.repo.index import decode_index_file
 from cloudkeep.repo.pack import DATA, STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
+from cloudkeep.repo.tree import FileText
 from cloudkeep.storage import ObjectStore, open_store
 from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, restored
 
@@ -266,6 +268,38 @@ def test_cancel_mid_run_stops_the_workers_and_commits_nothing(
     assert check(repo).ok
     rerun = backup_files(repo, [src], hostname="h", processes=True)
     assert rerun.stats["errors_total"] == 0 and check(repo, read_data=True).ok
+
+
+def test_a_workers_batch_fills_its_slots_on_the_filler_and_a_failure_there_ends_the_backup(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[procpool.ProcWorker]
+) -> None:
+    """The slots of a batch a worker read are filled (and the trees they complete stored) on the
+    ``ck-fill`` thread; a tree that fails to store there fails the backup, which still ends (every
+    slot filled) and commits nothing."""
+    src = _tree(tmp_path / "src")
+    first = backup_files(repo, [src / "d1"], hostname="h", processes=False)
+    fillers: set[str] = set()
+    real_fill, real_tree = folders.Folder.fill, folders.Folder._tree
+
+    def fill(self: folders.Folder, slot: int, node: Any) -> None:
+        if isinstance(node, FileText):
+            fillers.add(threading.current_thread().name)
+        real_fill(self, slot, node)
+
+    monkeypatch.setattr(folders.Folder, "fill", fill)
+    snap = backup_files(repo, [src], hostname="h", processes=True, threads=1)
+    assert workers and {name.rsplit("_", 1)[0] for name in fillers} == {"ck-fill"}
+
+    def tree(self: folders.Folder) -> bytes:
+        if self.path.endswith("/d2"):
+            raise RuntimeError("tree store failed")
+        return real_tree(self)
+
+    monkeypatch.setattr(folders.Folder, "_tree", tree)
+    with pytest.raises(RuntimeError, match="tree store failed"):
+        backup_files(repo, [src], hostname="h", processes=True, threads=1)
+    assert {s.id for s in list_snapshots(repo)} == {first.id, snap.id}
+    assert all(w.proc.returncode is not None for w in workers)
 
 
 def test_a_worker_killed_mid_run_fails_the_backup_and_loses_nothing(
