@@ -102,6 +102,22 @@ def test_include_masks_apply_to_listings_from_the_process(
     assert listed_ahead.stats["files"] == 3 * 4
 
 
+def test_a_machine_mounted_under_a_host_folder_is_listed_ahead_with_its_own_paths(
+    repo: Repository, tmp_path: Path, ahead: dict[str, Any]
+) -> None:
+    """``root=``: the process walks the sources below the host folder, and masks name the
+    machine's paths (``/srv/**/skip-me`` is not a host path)."""
+    machine = tmp_path / "machine"
+    _tree(machine / "srv" / "app")
+    (machine / "etc").mkdir()
+    (machine / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    kwargs: dict[str, Any] = {"hostname": "h", "root": machine, "excludes": ["/srv/**/skip-me"]}
+    by_walk = backup_files(repo, ["/srv", "/etc"], processes=False, **kwargs)
+    listed_ahead = backup_files(repo, ["/srv", "/etc"], processes=True, **kwargs)
+    assert ahead["served"] >= 15 and listed_ahead.tree == by_walk.tree
+    assert listed_ahead.paths == ["/etc", "/srv"]
+
+
 def test_a_process_that_dies_or_never_starts_leaves_the_walk_to_list(
     repo: Repository, tmp_path: Path, ahead: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
