@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudkeep.pathnames import is_text, to_bytes
-from cloudkeep.repo.crypto import ID_SIZE
+from cloudkeep.repo.crypto import split_ids
 from cloudkeep.repo.fsmeta import StatLike
 
 _SCHEMA = (
@@ -142,7 +142,7 @@ class FileCache:
         if row is None or tuple(row[:4]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return None
         blob: bytes = row[4]
-        return [blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE)]
+        return split_ids(blob)
 
     def _folder_rows(self, db: sqlite3.Connection, folder: str) -> dict[str, _Row]:
         """Rows of the files directly in ``folder``, by name: one query per folder (lock held).

@@ -30,6 +30,12 @@ OVERHEAD = NONCE_SIZE + TAG_SIZE + 1  # nonce + tag + codec byte
 _NONCES_PER_READ = 256
 ID_SIZE = 32
 
+
+def split_ids(ids: bytes) -> list[bytes]:
+    """Blob ids stored concatenated (a file's chunks in the file cache or a folder's row), one by one."""
+    return [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
+
+
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 # Payloads up to this size are sealed in one AESGCM call after a copy behind the codec byte; larger

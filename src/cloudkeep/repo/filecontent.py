@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
+from cloudkeep.repo.crypto import split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, StatLike, node_from_stat, reachable, stat_key
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.pack import DATA
@@ -227,15 +228,15 @@ class FileContent:
         return self.error is None
 
     def proc_node(self, item: PendingFile, result: FileResult) -> FileText | None:
-        text, content, total, error, bare = result
+        text, chunks, total, error, bare = result
         if text is None:
             self.skip(item.path, f"cannot read ({error[1] if error else 'unknown error'})")
             return None
         if self.cache and not item.parent.keeps_rows():
-            self.cache.record(item.path, item.st, content)
+            self.cache.record(item.path, item.st, split_ids(chunks))
         with self.lock:
             self.bytes_read += total
-        return FileText(item.name, text, content, bare)
+        return FileText(item.name, text, chunks, bare)
 
     def read_entry(self, item: PendingFile, opened: int | OSError | None = None) -> Node | None:
         """The node of a file new to the cache, its content stored; None when it cannot be read.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Union
 from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
 from cloudkeep.repo.cache import FolderRow
-from cloudkeep.repo.crypto import ID_SIZE
+from cloudkeep.repo.crypto import ID_SIZE, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
 from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree
@@ -164,7 +164,7 @@ class Folder:
         signature = self._signature() if cache is not None and self.listing is not None else None
         last = self.last
         if cache is not None and last is not None and self.exact and signature == last.signature:
-            chunks = [last.chunks[i : i + ID_SIZE] for i in range(0, len(last.chunks), ID_SIZE)]
+            chunks = split_ids(last.chunks)
             if archiver.indexed([last.tree, *chunks]):
                 cache.record_folder(self.path, last)
                 return last.tree
@@ -185,7 +185,12 @@ class Folder:
                     assert isinstance(size, int) and isinstance(mtime_ns, int)
                     assert isinstance(ctime_ns, int) and isinstance(inode, int)
                     cache.record_stat(
-                        f"{self.base}/{child.name}", size, mtime_ns, ctime_ns, inode, child.content
+                        f"{self.base}/{child.name}",
+                        size,
+                        mtime_ns,
+                        ctime_ns,
+                        inode,
+                        split_ids(child.chunks) if isinstance(child, FileText) else child.content,
                     )
         return tree_id
 
@@ -208,7 +213,7 @@ class Folder:
         old = self._row_entry(entry)
         if old is None or old[1] is None:
             return None
-        return [old[1][i : i + ID_SIZE] for i in range(0, len(old[1]), ID_SIZE)]
+        return split_ids(old[1])
 
     def _row_entry(self, entry: Entry) -> _RowEntry | None:
         """The previous row's entry for ``entry`` when its stat key is still the same (noting
@@ -218,9 +223,7 @@ class Folder:
         if self._old is None:
             self._old = _PreviousRow(self.previous.keys)
             chunks = self.previous.chunks
-            self.row_indexed = self.archiver.indexed(
-                [chunks[i : i + ID_SIZE] for i in range(0, len(chunks), ID_SIZE)]
-            )
+            self.row_indexed = self.archiver.indexed(split_ids(chunks))
             if self.last is None:  # decoded: its bytes are kept only to store the row again
                 self.previous = dataclasses.replace(self.previous, keys=b"")
         # Each entry is asked for once (by the walk, or by ``_node`` when the listing was the
@@ -293,7 +296,7 @@ def _is_file(node: Node | FileText) -> bool:
 def _row_entry(key: StatKey, node: Node | FileText | None) -> _RowEntry:
     """A child's entry in its folder's row: its stat key, its chunks if a file, no xattrs."""
     if isinstance(node, FileText):
-        return key, b"".join(node.content), node.bare
+        return key, node.chunks, node.bare
     content = b"".join(node.content) if node is not None and node.type == FILE else None
     return key, content, node is not None and not node.xattrs
 

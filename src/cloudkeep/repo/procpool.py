@@ -52,9 +52,9 @@ START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
 
 FileItem = tuple[str, StatKey]  # host path, stat key (as the walk took it)
-# its node's tree text (None: unreadable), chunk ids, bytes read, (errno, why) when unreadable,
-# whether it has no xattrs
-FileResult = tuple[Optional[str], list[bytes], int, Optional[tuple[int, str]], bool]
+# its node's tree text, encoded (None: unreadable), its chunk ids concatenated, bytes read, (errno,
+# why) when unreadable, whether it has no xattrs
+FileResult = tuple[Optional[bytes], bytes, int, Optional[tuple[int, str]], bool]
 
 
 class WorkerLostError(CloudkeepError):

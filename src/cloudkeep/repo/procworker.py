@@ -88,7 +88,7 @@ class Worker:
         (its node's tree text or None, chunk ids, bytes read, (errno, why) when unreadable, no
         xattrs) in order, or None for files a ``stop`` left unread, and the ids of its last chunk
         group; ``answer`` is the parent's to the last batch's."""
-        results: list[tuple[str | None, list[bytes], int, tuple[int, str] | None, bool] | None] = []
+        results: list[tuple[bytes | None, bytes, int, tuple[int, str] | None, bool] | None] = []
         small = len(items) > 1 and all(key[9] < self.params.min_size for _, key in items)
         opened = open_ahead([(path, None, key[9]) for path, key in items], FILE_FLAGS) if small else []
         try:
@@ -113,7 +113,7 @@ class Worker:
 
     def one_file(
         self, path: str, key: tuple[Any, ...], opened: int | OSError | None = None
-    ) -> tuple[str | None, list[bytes], int, tuple[int, str] | None, bool]:
+    ) -> tuple[bytes | None, bytes, int, tuple[int, str] | None, bool]:
         """Store one file and write its node (from the walk's stat key, as the parent's
         ``node_from_stat`` would); ``opened``: its descriptor (its batch closes it) or open error
         from ``open_ahead``, else it is opened and closed here."""
@@ -122,24 +122,24 @@ class Worker:
                 raise opened
             fd = os.open(path, FILE_FLAGS) if opened is None else opened
         except OSError as exc:
-            return None, [], 0, (exc.errno or 0, exc.strerror or str(exc)), False
+            return None, b"", 0, (exc.errno or 0, exc.strerror or str(exc)), False
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (key[3], key[2]):  # replaced since the walk (or a folder above)
-                return None, [], 0, (errno.ESTALE, "replaced while being backed up"), False
+                return None, b"", 0, (errno.ESTALE, "replaced while being backed up"), False
             xattrs = read_xattrs(fd)
             content, total = [], 0
             for chunk in self.chunks(fd, key[9]):
                 content.append(self.add(chunk, path))
                 total += len(chunk)
         except OSError as exc:
-            return None, [], 0, (exc.errno or 0, exc.strerror or str(exc)), False
+            return None, b"", 0, (exc.errno or 0, exc.strerror or str(exc)), False
         finally:
             if opened is None:
                 os.close(fd)
         node = node_from_stat(key[0], path, Stat(key), FILE, xattrs=xattrs)
         node.content, node.size = content, total
-        return node_json(node), content, total, None, not xattrs
+        return node_json(node).encode(), b"".join(content), total, None, not xattrs
 
     def chunks(self, fd: int, size: int) -> Iterator[bytes]:
         if size < self.params.min_size:
