@@ -1,12 +1,13 @@
 """File-level backup: walk sources, chunk changed files in parallel, build trees, commit a snapshot.
 
-The walk runs in the calling thread; file reading+chunking+hashing+encoding runs on a worker pool
-(``filecontent.py``: small files in batches, at most ``threads * 8`` jobs queued), uploads on the
-writer's I/O pool. A directory's
-tree blob is written by whichever thread finishes its last child, so directories never wait for
-each other. The snapshot manifest is written only after ``BlobWriter.flush`` made every pack and
-index durable, and within the session's lease (``BlobWriter.commit``): a killed backup leaves no
-restore point, and its indexed packs are reused.
+The walk runs in the calling thread (with a process listing folders ahead of it: ``walkahead.py``);
+file reading+chunking+hashing+encoding runs on a worker pool (``filecontent.py``: small files in
+batches, at most ``threads * 8`` jobs queued), uploads on the writer's I/O pool. A directory's
+tree blob is written by whichever thread finishes its last child (or fills the slots of a batch a
+worker process read: the ``filler``), so directories never wait for each other. The snapshot
+manifest is written only after ``BlobWriter.flush`` made every pack and index durable, and within
+the session's lease (``BlobWriter.commit``): a killed backup leaves no restore point, and its
+indexed packs are reused.
 """
 
 from __future__ import annotations
@@ -311,7 +312,9 @@ class _Archiver(FileContent):
         how its files are taken. One without (a first backup, a new folder, no tree cache) is
         stat'ed as the walk takes each entry, so its files reach the pool while the rest is
         listed: a folder of 200,000 files had kept the pool idle ~1 s (in process 8.4-8.6 →
-        7.6-7.8 s, bench/README.md, stop 37)."""
+        7.6-7.8 s, bench/README.md, stop 37). Once ``walkahead.AHEAD_FROM`` entries are listed
+        here, a process lists and stats folders ahead of the walk; a folder it has sent is not
+        listed here (``WalkAhead.listing``)."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         folder.base = base
         listed = self.ahead.listing(base, folder.fd) if self.ahead is not None else None
