@@ -30,7 +30,7 @@ from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.cpus import MAX_PROCESSES, pool_threads, usable_cpus
-from cloudkeep.repo.earlyread import DIR_FLAGS, ROOT_FLAGS, EarlyReads
+from cloudkeep.repo.earlyread import EarlyReads
 from cloudkeep.repo.filecontent import (
     PROCESSES_ALL_CPUS,
     PROCESSES_FROM,
@@ -39,8 +39,8 @@ from cloudkeep.repo.filecontent import (
     PendingFile,
 )
 from cloudkeep.repo.folders import Entry, Folder, listing_signature
-from cloudkeep.repo.fsmeta import StatKey, node_from_stat, node_type, stat_key
-from cloudkeep.repo.masks import matches
+from cloudkeep.repo.fsmeta import DIR_FLAGS, ROOT_FLAGS, StatKey, node_from_stat, node_type, stat_key
+from cloudkeep.repo.masks import machine_path, matches
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
@@ -183,7 +183,7 @@ class _Archiver(FileContent):
 
     def machine_path(self, path: str) -> str:
         """How the backed-up machine names a host path: masks and manifests use the machine's view."""
-        return (path[len(self.root_prefix) :] or "/") if self.root_prefix else path
+        return machine_path(path, self.root_prefix)
 
     def excluded(self, path: str) -> bool:
         return any(matches(p, self.machine_path(path)) for p in self.excludes)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.filecontent import PendingFile
-from cloudkeep.repo.fsmeta import StatLike, node_from_stat
+from cloudkeep.repo.fsmeta import FILE_FLAGS, StatLike, node_from_stat, open_below
 from cloudkeep.repo.masks import matches
 from cloudkeep.repo.tree import FILE
 
@@ -31,10 +31,6 @@ if TYPE_CHECKING:  # the archiver owns the early reads; they call back into it
 
 EARLY_FILE = 16 * 2**20  # files this large are remembered, and read first when changed
 EARLY_MAX = 8  # at most this many, the largest first
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -103,22 +99,8 @@ class EarlyReads:
 
     def _open(self, path: str) -> int | None:
         """``path`` opened from the root one component at a time, following no symbolic link."""
-        prefix = self.archiver.root_prefix
-        *folders, name = self.archiver.machine_path(path).strip("/").split("/")
-        try:
-            fd = os.open(prefix or "/", ROOT_FLAGS)
-        except OSError:
-            return None
-        try:
-            for folder in folders:
-                child = os.open(folder, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
-            return os.open(name, FILE_FLAGS, dir_fd=fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        parts = self.archiver.machine_path(path).strip("/").split("/")
+        return open_below(self.archiver.root_prefix, parts, FILE_FLAGS)
 
     def _read(self, fd: int, path: str, st: os.stat_result) -> EarlyRead:
         try:

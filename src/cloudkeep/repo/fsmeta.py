@@ -118,6 +118,33 @@ def group_name(gid: int) -> str:
         return ""
 
 
+# How a backup opens what it walks: folders and files never through a symbolic link (one swapped in
+# since the stat fails), files without blocking (a FIFO swapped in reads as empty).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_below(root: str, parts: list[str], flags: int) -> int | None:
+    """``parts`` below the host folder ``root`` ("" is "/") opened one component at a time, none
+    through a symbolic link: the folders with ``DIR_FLAGS``, the last part with ``flags`` (the root
+    itself when there are no parts); None when one cannot be opened."""
+    try:
+        fd = os.open(root or "/", ROOT_FLAGS)
+    except OSError:
+        return None
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        try:
+            child = os.open(part, flags if i == last else DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
 def node_type(st: StatLike) -> str | None:
     mode = st.st_mode
     if stat.S_ISREG(mode):

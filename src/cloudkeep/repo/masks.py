@@ -7,6 +7,12 @@ import os
 import re
 
 
+def machine_path(path: str, prefix: str) -> str:
+    """How the backed-up machine names the host path ``path`` when its "/" is the host folder
+    ``prefix`` ("": the host's own): masks and manifests use the machine's view."""
+    return (path[len(prefix) :] or "/") if prefix else path
+
+
 def matches(pattern: str, path: str) -> bool:
     """Glob match: a pattern without ``/`` matches the base name, otherwise the absolute path."""
     if "/" not in pattern:

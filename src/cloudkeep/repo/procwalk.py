@@ -23,12 +23,10 @@ from typing import Any, Optional, Union
 
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.repo.channel import Channel
-from cloudkeep.repo.fsmeta import StatKey, node_type, stat_key
-from cloudkeep.repo.masks import matches
+from cloudkeep.repo.fsmeta import DIR_FLAGS, StatKey, node_type, open_below, stat_key
+from cloudkeep.repo.masks import machine_path, matches
 from cloudkeep.repo.tree import DIR
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the host folder holding "/" may be a symlink
 RECORD_MOST = 4096  # entries in one folder's message; a larger folder is listed by the parent (sent)
 
 # An entry as sent: its name, type and stat key; or its name, None and (errno, why) when its stat failed.
@@ -40,12 +38,13 @@ class _Walk:
         self.channel, self.prefix, self.excludes, self.most = channel, prefix, excludes, most
 
     def excluded(self, path: str) -> bool:
-        machine = (path[len(self.prefix) :] or "/") if self.prefix else path
+        machine = machine_path(path, self.prefix)
         return any(matches(p, machine) for p in self.excludes)
 
     def source(self, base: str) -> None:
         """Walk the source folder at host path ``base`` ("" is the host's root)."""
-        fd = self.open_source(base)
+        parts = [p for p in machine_path(base, self.prefix).split("/") if p]
+        fd = open_below(self.prefix, parts, DIR_FLAGS)
         if fd is None:
             return
         stack: list[tuple[str, int, Iterator[str]]] = []
@@ -72,23 +71,6 @@ class _Walk:
         finally:
             for _, open_fd, _ in stack:
                 os.close(open_fd)
-
-    def open_source(self, base: str) -> int | None:
-        """``base`` opened from the root one component at a time, following no symbolic link."""
-        below = base[len(self.prefix) :] if self.prefix else base
-        try:
-            fd = os.open(self.prefix or "/", ROOT_FLAGS)
-        except OSError:
-            return None
-        for part in [p for p in below.split("/") if p]:
-            try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                os.close(fd)
-                return None
-            os.close(fd)
-            fd = child
-        return fd
 
     def folder(self, path: str, fd: int) -> list[str]:
         """Send the folder ``path`` (open as ``fd``) and return its subfolders to walk, sorted."""
