@@ -39,14 +39,22 @@ from cloudkeep.repo.filecontent import (
     PendingFile,
 )
 from cloudkeep.repo.folders import Entry, Folder, listing_signature
-from cloudkeep.repo.fsmeta import DIR_FLAGS, ROOT_FLAGS, StatKey, node_from_stat, node_type, stat_key
+from cloudkeep.repo.fsmeta import (
+    DIR_FLAGS,
+    ROOT_FLAGS,
+    StatEntry,
+    StatKey,
+    node_from_stat,
+    stat_key,
+    stat_name,
+)
 from cloudkeep.repo.masks import machine_path, matches
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
 from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
-from cloudkeep.repo.walkahead import AHEAD_FROM, RawEntry, WalkAhead
+from cloudkeep.repo.walkahead import AHEAD_FROM, WalkAhead
 from cloudkeep.repo.walkahead import start as start_walk_ahead
 from cloudkeep.repo.writer import BlobWriter
 
@@ -247,18 +255,20 @@ class _Archiver(FileContent):
     def stat_entry(self, parent: Folder, base: str, name: str) -> Entry | None:
         """The entry ``name`` of ``parent`` (listed under the path ``base``), if it is backed up:
         not a socket, not a file the include masks leave out."""
-        try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        except OSError as exc:
-            parent.exact = False
-            self.skip(f"{base}/{name}", f"cannot read ({exc.strerror})")
-            return None
-        kind = node_type(st)
-        if kind is None:
+        found = stat_name(name, parent.fd)
+        return self._entry(parent, base, found) if found is not None else None
+
+    def _entry(self, folder: Folder, base: str, found: StatEntry) -> Entry | None:
+        """A stat'ed entry of ``folder`` if it is backed up; its failed stat is reported (the
+        folder is then inexact), a file the include masks leave out is not."""
+        name, kind, key = found
+        if kind is None:  # its stat failed
+            folder.exact = False
+            self.skip(f"{base}/{name}", f"cannot read ({key[1]})")
             return None
         if kind == FILE and self.includes and not self.included(f"{base}/{name}"):
             return None
-        return Entry(name, base, kind, stat_key(name, st))
+        return Entry(name, base, kind, key)
 
     def unchanged(self, parent: Folder, entry: Entry) -> list[bytes] | None:
         """The chunks of a file the cache knows unchanged, if all are still stored (then recorded
@@ -319,7 +329,7 @@ class _Archiver(FileContent):
         folder.base = base
         listed = self.ahead.listing(base, folder.fd) if self.ahead is not None else None
         if listed is not None:
-            raw: Iterable[RawEntry] = listed
+            raw: Iterable[StatEntry] = listed
         else:
             try:
                 with os.scandir(folder.fd) as it:
@@ -344,40 +354,28 @@ class _Archiver(FileContent):
         folder.last = folder.previous if unchanged else None
         return entries
 
-    def _stat_names(self, folder: Folder, base: str, names: list[str]) -> Iterator[RawEntry]:
+    def _stat_names(self, folder: Folder, base: str, names: list[str]) -> Iterator[StatEntry]:
         """``names`` of ``folder`` stat'ed one by one as they are taken, the exclude masks applied."""
         excludes, fd = self.excludes, folder.fd
         for name in names:
-            if excludes and self.excluded(f"{base}/{name}"):
-                continue
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError as exc:
-                yield name, None, (exc.errno or 0, exc.strerror or str(exc))
-                continue
-            kind = node_type(st)
-            if kind is not None:  # not a socket
-                yield name, kind, stat_key(name, st)
+            if not (excludes and self.excluded(f"{base}/{name}")) and (found := stat_name(name, fd)):
+                yield found
 
     def _entries(
-        self, folder: Folder, base: str, raw: Iterable[RawEntry], *, recheck: bool
+        self, folder: Folder, base: str, raw: Iterable[StatEntry], *, recheck: bool
     ) -> Iterator[Entry]:
         """``folder``'s entries from its stat'ed names as they are taken, include masks applied (and
         the exclude masks again with ``recheck``: listed by the walk-ahead process); with a tree
         cache the listing's signature once the last is taken."""
         keys: list[StatKey] = []
-        includes, excludes = self.includes, self.excludes if recheck else None
-        for name, kind, key in raw:
-            if kind is None:  # its stat failed
-                folder.exact = False
-                self.skip(f"{base}/{name}", f"cannot read ({key[1]})")
+        excludes = self.excludes if recheck else None
+        for found in raw:
+            if excludes and self.excluded(f"{base}/{found[0]}"):
                 continue
-            if excludes and self.excluded(f"{base}/{name}"):
-                continue
-            if kind == FILE and includes and not self.included(f"{base}/{name}"):
-                continue
-            keys.append(key)
-            yield Entry(name, base, kind, key)
+            entry = self._entry(folder, base, found)
+            if entry is not None:
+                keys.append(entry.key)
+                yield entry
         if self.tree_cache is not None:
             folder.listing = listing_signature(folder.key, keys)
 

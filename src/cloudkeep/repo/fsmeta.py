@@ -11,7 +11,7 @@ import stat
 from collections.abc import Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
@@ -143,6 +143,22 @@ def open_below(root: str, parts: list[str], flags: int) -> int | None:
             os.close(fd)
         fd = child
     return fd
+
+
+# A listed entry, stat'ed: its name, type and stat key; or its name, None and (errno, why) when its
+# stat failed. The walk makes them, or the walk-ahead process sends them (``procwalk.py``).
+StatEntry = tuple[str, Optional[str], Union[StatKey, tuple[int, str]]]
+
+
+def stat_name(name: str, dir_fd: int | None) -> StatEntry | None:
+    """The entry ``name`` of the folder open as ``dir_fd``, stat'ed (not followed if a symlink);
+    None for a socket (never backed up)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        return name, None, (exc.errno or 0, exc.strerror or str(exc))
+    kind = node_type(st)
+    return (name, kind, stat_key(name, st)) if kind is not None else None
 
 
 def node_type(st: StatLike) -> str | None:

@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any, Optional, Union
+from typing import Any
 
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.repo.channel import Channel
-from cloudkeep.repo.fsmeta import DIR_FLAGS, StatKey, node_type, open_below, stat_key
+from cloudkeep.repo.fsmeta import DIR_FLAGS, StatEntry, open_below, stat_name
 from cloudkeep.repo.masks import machine_path, matches
 from cloudkeep.repo.tree import DIR
 
 RECORD_MOST = 4096  # entries in one folder's message; a larger folder is listed by the parent (sent)
-
-# An entry as sent: its name, type and stat key; or its name, None and (errno, why) when its stat failed.
-RawEntry = tuple[str, Optional[str], Union[StatKey, tuple[int, str]]]
 
 
 class _Walk:
@@ -86,22 +83,16 @@ class _Walk:
         if len(listed) > self.most:
             self.channel.send(("folder", path, st.st_dev, st.st_ino, None))
             return [n for n, is_dir in listed if is_dir and not (excludes and self.excluded(f"{path}/{n}"))]
-        entries: list[RawEntry] = []
+        entries: list[StatEntry] = []
         subfolders = []
         for name, _ in listed:
             if excludes and self.excluded(f"{path}/{name}"):
                 continue
-            try:
-                entry_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError as exc:
-                entries.append((name, None, (exc.errno or 0, exc.strerror or str(exc))))
-                continue
-            kind = node_type(entry_st)
-            if kind is None:
-                continue
-            entries.append((name, kind, stat_key(name, entry_st)))
-            if kind == DIR:
-                subfolders.append(name)
+            entry = stat_name(name, fd)
+            if entry is not None:
+                entries.append(entry)
+                if entry[1] == DIR:
+                    subfolders.append(name)
         self.channel.send(("folder", path, st.st_dev, st.st_ino, entries))
         return subfolders
 

@@ -23,8 +23,8 @@ import select
 import subprocess
 
 from cloudkeep.repo import procwalk
+from cloudkeep.repo.fsmeta import StatEntry
 from cloudkeep.repo.procpool import WorkerLostError, end, spawn
-from cloudkeep.repo.procwalk import RawEntry
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class WalkAhead:
         except OSError:
             self.close()
 
-    def listing(self, base: str, fd: int) -> list[RawEntry] | None:
+    def listing(self, base: str, fd: int) -> list[StatEntry] | None:
         """The entries of the folder at host path ``base``, open as ``fd``, if the process has sent
         them; None: list it here."""
         wanted = base.split("/")
