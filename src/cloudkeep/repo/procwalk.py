@@ -78,11 +78,12 @@ class _Walk:
         except OSError:
             self.channel.send(("folder", path, 0, 0, None))  # the walk lists it, and reports why not
             return []
-        listed.sort()
         excludes = self.excludes
-        if len(listed) > self.most:
+        if len(listed) > self.most:  # only its subfolders are sorted (the walk sorts its names)
             self.channel.send(("folder", path, st.st_dev, st.st_ino, None))
-            return [n for n, is_dir in listed if is_dir and not (excludes and self.excluded(f"{path}/{n}"))]
+            folders = [n for n, is_dir in listed if is_dir]
+            return sorted(n for n in folders if not (excludes and self.excluded(f"{path}/{n}")))
+        listed.sort()
         entries: list[StatEntry] = []
         subfolders = []
         for name, _ in listed:
