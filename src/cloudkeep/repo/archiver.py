@@ -30,8 +30,10 @@ from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.pathnames import display, path_fields
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.cpus import MAX_PROCESSES, pool_threads, usable_cpus
+from cloudkeep.repo.descriptors import folder_budget, raise_open_files
 from cloudkeep.repo.earlyread import EarlyReads
 from cloudkeep.repo.filecontent import (
+    PROC_BATCH_FILES,
     PROCESSES_ALL_CPUS,
     PROCESSES_FROM,
     PROCESSES_MIN_CPUS,
@@ -105,6 +107,11 @@ class _Archiver(FileContent):
         self.skipped: list[dict[str, str]] = []  # entries not backed up: {path, path_b64?, error}
         self.skipped_total = 0
         self.open_fds: set[int] = set()  # directories still open (closed on any abort too)
+        # ... at most this many while the walk has left some of them (descriptors.py): it waits
+        # for ``folder_closed``; ``walk_held`` are those it has not left (its own path).
+        self.folder_limit = folder_budget(raise_open_files(), threads, PROC_BATCH_FILES)
+        self.walk_held = 0
+        self.folder_closed = threading.Condition(self.lock)
         self.files = self.dirs = self.bytes_read = self.bytes_total = 0
         self.files_unchanged = 0  # counted by the walking thread only
         self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
@@ -140,6 +147,7 @@ class _Archiver(FileContent):
     def fail(self, exc: BaseException) -> None:
         with self.lock:
             self.error = self.error or exc
+            self.folder_closed.notify_all()
 
     def skip(self, path: str, error: str) -> None:
         """An entry that is not in the restore point: reported by name, never dropped silently."""
@@ -154,11 +162,13 @@ class _Archiver(FileContent):
             return
         with self.lock:
             self.open_fds.discard(fd)
+            self.folder_closed.notify()
         os.close(fd)
 
     def close_all(self) -> None:
         with self.lock:
             fds, self.open_fds = list(self.open_fds), set()
+            self.folder_closed.notify_all()
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -219,6 +229,8 @@ class _Archiver(FileContent):
                 parent.exact = False
                 self.skip(path, f"cannot read ({exc.strerror})")
                 return None
+            if len(self.open_fds) >= self.folder_limit:
+                self.folder_room()
             try:
                 fd: int | None = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
@@ -251,6 +263,16 @@ class _Archiver(FileContent):
         else:
             parent.add(entry)
         return None
+
+    def folder_room(self) -> None:
+        """Wait until another folder may be opened: while ``folder_limit`` folders are open and
+        some of them are ones the walk has left, each waiting for its queued files (and their
+        subfolders) to be stored, which needs nothing more from the walk. Its own path (the
+        folders it holds) is never waited for: a tree deeper than the budget goes on past it."""
+        self.submit_batch()  # the folders may be waiting for the files gathered here
+        with self.folder_closed:
+            while self.error is None and len(self.open_fds) >= max(self.folder_limit, self.walk_held + 1):
+                self.folder_closed.wait()
 
     def stat_entry(self, parent: Folder, base: str, name: str) -> Entry | None:
         """The entry ``name`` of ``parent`` (listed under the path ``base``), if it is backed up:
@@ -581,6 +603,8 @@ def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) ->
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
         key = stat_key(name, st)
+        if len(archiver.open_fds) >= archiver.folder_limit:
+            archiver.folder_room()
         fd = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
         child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)

@@ -96,6 +96,7 @@ class Folder:
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
+                archiver.walk_held += 1
 
     def reserve(self, key: StatKey) -> int:
         with self.archiver.lock:
@@ -117,6 +118,8 @@ class Folder:
     def release(self) -> None:
         """The walk has listed every child."""
         with self.archiver.lock:
+            if self.fd is not None:
+                self.archiver.walk_held -= 1
             self.remaining -= 1
             done = self.remaining == 0
         if done:
