@@ -87,6 +87,48 @@ def test_a_path_deeper_than_the_budget_is_walked(tmp_path: Path) -> None:
     assert result["waits"] > 0
 
 
+# Backs up and restores argv[2] with only the soft limit lowered to argv[1] (the hard one as it is).
+_RESTORE = textwrap.dedent(
+    """
+    import json, resource, sys
+    from pathlib import Path
+    def lower():
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
+    lower()
+    from cloudkeep.repo import KdfParams, Repository, backup_files, restore
+    from cloudkeep.storage import open_store
+    repo = Repository.create(open_store("file://" + sys.argv[3]), "pw", kdf=KdfParams(n=2**10))
+    snap = backup_files(repo, [Path(sys.argv[2])], hostname="t", processes=True, threads=2)
+    lower()  # the backup raised it
+    result = restore(Repository.open(open_store("file://" + sys.argv[3]), "pw"), snap.id, Path(sys.argv[4]))
+    print(json.dumps([result.ok, len(result.errors), snap.stats["files"]]))
+    """
+)
+
+
+def test_a_restore_under_a_low_soft_limit_raises_it_first(tmp_path: Path) -> None:
+    """At a soft limit of 256 a restore of many folders ran out of descriptors opening packs."""
+    source = tmp_path / "src"
+    for i in range(1500):
+        folder = source / f"g{i // 100:02}" / f"f{i:04}"
+        folder.mkdir(parents=True)
+        (folder / "one").write_text(f"file {i}\n" * (1 + i % 7))
+    target = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", _RESTORE, "256", str(source), str(tmp_path / "repo"), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, 0, 1500]
+    restored = target / str(source).lstrip("/")
+    assert sorted(p.read_text() for p in restored.rglob("one")) == sorted(
+        p.read_text() for p in source.rglob("one")
+    )
+
+
 _RAISE = textwrap.dedent(
     """
     import json, resource, sys

@@ -38,6 +38,7 @@ from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import MIN_SIZE
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.cpus import usable_cpus
+from cloudkeep.repo.descriptors import raise_open_files
 from cloudkeep.repo.fsmeta import FileMeta
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import collector_paused
@@ -498,6 +499,7 @@ def restore(
     that cannot be restored safely are listed in ``RestoreResult.errors`` (``ok`` is then False).
     """
     limit_heap_fragmentation()
+    raise_open_files()  # as a backup does: at a soft limit of 256, packs failed to open (EMFILE)
     requested = _requested(paths)
     nodes = [(parts, lookup(repo, snapshot_id, "/" + "/".join(parts))) for parts in requested]
     target = Path(target)
