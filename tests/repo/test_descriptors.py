@@ -57,8 +57,9 @@ def _backup_under(limit: int, source: Path, repo_dir: Path) -> dict[str, Any]:
 
 def test_many_folders_of_one_file_each_are_all_backed_up_under_a_low_limit(tmp_path: Path) -> None:
     """2,000 folders of one small file each: every folder waits open for its file, and 16 queued
-    batches of 64 files name 1,024 folders, far past a limit of 384. Without the budget the folders
-    opened then were backed up empty ("cannot list (Too many open files)")."""
+    batches of ``PROC_BATCH_FILES`` files name up to 16 times as many folders, past a limit of
+    384. Without the budget the folders opened then were backed up empty ("cannot list (Too many
+    open files)")."""
     source = tmp_path / "src"
     for i in range(2000):
         folder = source / f"g{i // 100:02}" / f"f{i:04}"
@@ -69,7 +70,7 @@ def test_many_folders_of_one_file_each_are_all_backed_up_under_a_low_limit(tmp_p
     assert result["files"] == 2000
     assert result["dirs"] == 2000 + 20 + 1
     assert result["waits"] > 0  # the budget was reached, and waited for
-    assert result["limits"] == [FEWEST_FOLDERS]  # 384 - RESERVE - 2 threads x 64 files is below it
+    assert result["limits"] == [FEWEST_FOLDERS]  # 384 - RESERVE - 2 threads' batches is below it
 
 
 def test_a_path_deeper_than_the_budget_is_walked(tmp_path: Path) -> None:

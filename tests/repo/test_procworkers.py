@@ -498,10 +498,10 @@ def test_a_batch_asks_about_its_last_chunks_with_its_results(
     answer, so no batch waits on a question of its own. Dedup stays exact: a file repeated across
     folders (batches, workers) is stored once, and every file restores."""
     src = tmp_path / "src"
-    for d in range(4):
+    for d in range(4):  # 1,200 files: more than four batches
         folder = src / f"d{d}"
         folder.mkdir(parents=True)
-        for i in range(100):
+        for i in range(300):
             rng = random.Random(d * 1000 + i)
             (folder / f"f{i:03}").write_bytes(
                 b"in every folder\n" * 40 if i % 10 == 0 else rng.randbytes(700)
@@ -523,7 +523,7 @@ def test_a_batch_asks_about_its_last_chunks_with_its_results(
             copies.update(entry.id for entry in entries if entry.type == DATA)
     files = _contents(repo, snap.id, src)
     assert set(copies) == {blob for content, _ in files.values() for blob in content}
-    assert max(copies.values()) == 1  # stored once, though 40 files in 4 folders hold it
+    assert max(copies.values()) == 1  # stored once, though 120 files in 4 folders hold it
     assert check(repo, read_data=True).ok
     restore(repo, snap.id, tmp_path / "out")
     out = restored(tmp_path / "out", src)

@@ -63,8 +63,11 @@ BATCH_BYTES = 1024 * 1024
 # With worker processes a batch costs a round trip between a pool thread and its worker (the
 # results; the last new-chunk question rides along, procworker.py), during which the worker idles:
 # 16 files left the workers at ~0.7 cores on gzipped man pages. Larger batches, in process: 6.15 ->
-# 5.06 s (bench/README.md, "First backup in two workers").
-PROC_BATCH_FILES = 64
+# 5.06 s (bench/README.md, "First backup in two workers"); 256 files against 64 (each one chunk
+# group, procworker.GROUP_CHUNKS), in turns, medians: node 2.94 -> 2.75 s, mail 5.09 -> 4.75 s, usr
+# 2.99 -> 2.76 s (stop 45). The walk then runs up to 16 such batches ahead, each file's folder open:
+# descriptors.py keeps that within the limit.
+PROC_BATCH_FILES = 256
 PROC_BATCH_BYTES = 4 * 2**20
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 

@@ -47,7 +47,8 @@ from cloudkeep.repo.tree import FILE, node_json
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Chunks hashed before the parent is asked which are new (a batch's last group with its results:
 # no question of its own for most small-file batches), at most this much held per large file.
-GROUP_CHUNKS = 256
+# At least a batch of small files (``filecontent.PROC_BATCH_FILES``): else each asks mid-batch.
+GROUP_CHUNKS = 1024
 GROUP_BYTES = 2 * 2**20
 # A large file's new chunks are sealed on this many threads (zstd and AES-GCM release the GIL):
 # the walk hands out its last large file to one worker, which otherwise encoded it alone on one
