@@ -13,6 +13,7 @@ indexed packs are reused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import stat
@@ -349,24 +350,22 @@ class _Archiver(FileContent):
         listed here (``WalkAhead.listing``)."""
         assert folder.fd is not None  # (scandir(None) would list the working directory)
         folder.base = base
-        listed = self.ahead.listing(base, folder.fd) if self.ahead is not None else None
+        cache = self.tree_cache
+        previous = cache.folder(folder.path) if cache is not None and folder.exact else None
+        rest = functools.partial(self._listed_here, folder, base)
+        whole = previous is not None
+        listed = self.ahead.listing(base, folder.fd, rest, whole=whole) if self.ahead is not None else None
         if listed is not None:
             raw: Iterable[StatEntry] = listed
         else:
-            try:
-                with os.scandir(folder.fd) as it:
-                    names = sorted(entry.name for entry in it)
-            except OSError as exc:
-                self.skip(base, f"cannot list ({exc.strerror})")
-                folder.exact = False
+            names = self._names(folder, base)
+            if names is None:
                 return []
             raw = self._stat_names(folder, base, names)
             self.listed_here += len(names)
             if self.listed_here >= AHEAD_FROM and self.ahead_bases is not None:
-                self.ahead = start_walk_ahead(self.ahead_bases, self.root_prefix, self.excludes)
+                self.ahead = start_walk_ahead(self.ahead_bases, self.root_prefix, self.excludes, base)
                 self.ahead_bases = None  # started once
-        cache = self.tree_cache
-        previous = cache.folder(folder.path) if cache is not None and folder.exact else None
         if previous is None:
             folder.streaming = True
             return self._entries(folder, base, raw, recheck=listed is not None)
@@ -375,6 +374,25 @@ class _Archiver(FileContent):
         unchanged = folder.previous is not None and folder.previous.listing == folder.listing
         folder.last = folder.previous if unchanged else None
         return entries
+
+    def _names(self, folder: Folder, base: str, after: str | None = None) -> list[str] | None:
+        """``folder``'s names (those after ``after``), sorted; None when it cannot be listed
+        (reported, the folder inexact)."""
+        assert folder.fd is not None
+        try:
+            with os.scandir(folder.fd) as it:
+                return sorted(e.name for e in it if after is None or e.name > after)
+        except OSError as exc:
+            self.skip(base, f"cannot list ({exc.strerror})")
+            folder.exact = False
+            return None
+
+    def _listed_here(self, folder: Folder, base: str, last: str | None) -> Iterator[StatEntry]:
+        """The rest of a large folder after the name ``last``, listed and stat'ed here: the
+        walk-ahead process stopped sending its parts."""
+        names = self._names(folder, base, last)
+        if names is not None:
+            yield from self._stat_names(folder, base, names)
 
     def _stat_names(self, folder: Folder, base: str, names: list[str]) -> Iterator[StatEntry]:
         """``names`` of ``folder`` stat'ed one by one as they are taken, the exclude masks applied."""
