@@ -43,15 +43,17 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _backup_under(limit: int, source: Path, repo_dir: Path) -> dict[str, Any]:
+def _child(code: str, *args: object) -> Any:
+    """Run ``code`` in a new interpreter with ``args``: what its last line of output says (JSON)."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(limit), str(source), str(repo_dir)],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=DEADLINE_S
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _backup_under(limit: int, source: Path, repo_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = _child(_CHILD, limit, source, repo_dir)
     return result
 
 
@@ -116,14 +118,7 @@ def test_a_restore_under_a_low_soft_limit_raises_it_first(tmp_path: Path) -> Non
         folder.mkdir(parents=True)
         (folder / "one").write_text(f"file {i}\n" * (1 + i % 7))
     target = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-c", _RESTORE, "256", str(source), str(tmp_path / "repo"), str(target)],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, 0, 1500]
+    assert _child(_RESTORE, 256, source, tmp_path / "repo", target) == [True, 0, 1500]
     restored = target / str(source).lstrip("/")
     assert sorted(p.read_text() for p in restored.rglob("one")) == sorted(
         p.read_text() for p in source.rglob("one")
@@ -142,14 +137,7 @@ _RAISE = textwrap.dedent(
 
 
 def _raise(soft: int, hard: int, wanted: int) -> list[int]:
-    done = subprocess.run(
-        [sys.executable, "-c", _RAISE, str(soft), str(hard), str(wanted)],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: list[int] = json.loads(done.stdout)
+    result: list[int] = _child(_RAISE, soft, hard, wanted)
     return result
 
 
