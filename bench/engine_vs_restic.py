@@ -444,6 +444,18 @@ def _cold_cache(tool: Tool) -> None:
     subprocess.run(tool.warm(), env=tool.env, check=True, capture_output=True)
 
 
+def _room_in_memory() -> None:
+    """Before each tool's run (its source not yet copied), where the bench may: the page cache
+    emptied. Filled by earlier runs (each writes ~2 GiB: its source, repository and restore), it
+    left allocations to reclaim pages themselves, as system time of whoever allocated: the same
+    local restore took 1.1 or 7.4 s of it, in turns with restic, with 19 GiB of 24 cached (no stall
+    after emptying it; bench/README.md, stop 45). The source is copied, and each tool's program
+    read by its untimed ``init``, after this."""
+    if os.access(DROP_CACHES, os.W_OK):
+        os.sync()
+        DROP_CACHES.write_text("3")
+
+
 def _verify(source: Path, target: Path) -> None:
     restored = target / str(source).lstrip("/")
     diff = subprocess.run(
@@ -614,6 +626,7 @@ def main() -> None:
             for backend, factory in tools[n % len(tools) :] + tools[: n % len(tools)]:
                 source = work / "machine"
                 shutil.rmtree(source, ignore_errors=True)
+                _room_in_memory()
                 t = time.monotonic()
                 if args.corpus == "synthetic":
                     generate(source, args.size, args.seed)  # identical day-1 data for every tool
