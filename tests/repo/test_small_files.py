@@ -80,7 +80,7 @@ def test_open_ahead_gives_each_file_its_descriptor_or_its_own_error(
     opened without blocking, to read as empty, and a full descriptor table leaves the file to be
     opened when it is read."""
     from cloudkeep.repo.chunker import open_ahead
-    from cloudkeep.repo.filecontent import _FILE_FLAGS
+    from cloudkeep.repo.fsmeta import FILE_FLAGS
 
     (tmp_path / "a").write_bytes(b"x" * 5000)
     (tmp_path / "empty").write_bytes(b"")
@@ -106,7 +106,7 @@ def test_open_ahead_gives_each_file_its_descriptor_or_its_own_error(
     monkeypatch.setattr(os, "open", open_)
     try:
         names = [("a", 5000), ("missing", 10), ("link", 5000), ("fifo", 100), ("empty", 0), ("busy", 5000)]
-        opened = open_ahead([(name, dir_fd, size) for name, size in names], _FILE_FLAGS)
+        opened = open_ahead([(name, dir_fd, size) for name, size in names], FILE_FLAGS)
     finally:
         monkeypatch.setattr(os, "open", real_open)
         os.close(dir_fd)

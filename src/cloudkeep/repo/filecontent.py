@@ -27,7 +27,7 @@ from cloudkeep.compat import SLOTS
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.crypto import split_ids
-from cloudkeep.repo.fsmeta import Stat, StatKey, StatLike, node_from_stat, reachable, stat_key
+from cloudkeep.repo.fsmeta import FILE_FLAGS, Stat, StatKey, StatLike, node_from_stat, reachable, stat_key
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.pack import DATA
 from cloudkeep.repo.tree import FILE, FileText, Node
@@ -69,7 +69,6 @@ BATCH_BYTES = 1024 * 1024
 # descriptors.py keeps that within the limit.
 PROC_BATCH_FILES = 256
 PROC_BATCH_BYTES = 4 * 2**20
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(**SLOTS)
@@ -191,7 +190,7 @@ class FileContent:
         """A batch's non-empty files opened, their content asked for at once (``chunker.open_ahead``);
         None for an empty file (``read_entry`` opens none) or one to open when it is read."""
         sized = [item for item in files if item.st.st_size]
-        fds = iter(open_ahead([(item.name, item.parent.fd, item.st.st_size) for item in sized], _FILE_FLAGS))
+        fds = iter(open_ahead([(item.name, item.parent.fd, item.st.st_size) for item in sized], FILE_FLAGS))
         return [next(fds) if item.st.st_size else None for item in files]
 
     def proc_nodes(self, files: list[PendingFile]) -> list[Node | FileText | None] | None:
@@ -252,7 +251,7 @@ class FileContent:
             if not st.st_size:  # an empty file has nothing to read: no open
                 node = node_from_stat(name, path, st, FILE, dir_fd=dir_fd)
             else:
-                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd) if opened is None else opened
+                fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd) if opened is None else opened
                 try:  # xattrs through the open file: no second path lookup
                     node = node_from_stat(name, path, st, FILE, dir_fd=dir_fd, fd=fd)
                     node.content, node.size = self.read_open(fd, path, st)
@@ -272,7 +271,7 @@ class FileContent:
         """Chunk and store a file: its chunk ids and the bytes read."""
         # Relative to the directory (open until its tree is stored). A symlink swapped in since
         # the stat fails (O_NOFOLLOW) and a FIFO reads as empty (O_NONBLOCK), never blocks.
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
         try:
             return self.read_open(fd, path, st)
         finally:

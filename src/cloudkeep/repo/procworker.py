@@ -40,11 +40,10 @@ from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.channel import Channel
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.crypto import Crypter, MasterKey
-from cloudkeep.repo.fsmeta import Stat, node_from_stat, read_xattrs
+from cloudkeep.repo.fsmeta import FILE_FLAGS, Stat, node_from_stat, read_xattrs
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
 from cloudkeep.repo.tree import FILE, node_json
 
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Chunks hashed before the parent is asked which are new (a batch's last group with its results:
 # no question of its own for most small-file batches), at most this much held per large file.
 # At least a batch of small files (``filecontent.PROC_BATCH_FILES``): else each asks mid-batch.
