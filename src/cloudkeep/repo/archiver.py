@@ -50,8 +50,9 @@ from cloudkeep.repo.fsmeta import (
     node_from_stat,
     stat_key,
     stat_name,
+    stat_names,
 )
-from cloudkeep.repo.masks import machine_path, matches
+from cloudkeep.repo.masks import machine_path, matches_any
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
 from cloudkeep.repo.repository import Repository
@@ -205,11 +206,11 @@ class _Archiver(FileContent):
         return machine_path(path, self.root_prefix)
 
     def excluded(self, path: str) -> bool:
-        return any(matches(p, self.machine_path(path)) for p in self.excludes)
+        return matches_any(self.excludes, path, self.root_prefix)
 
     def included(self, path: str) -> bool:
         """A file the include masks let in (when there are any)."""
-        return any(matches(m, self.machine_path(path)) for m in self.includes)
+        return matches_any(self.includes, path, self.root_prefix)
 
     def add_entry(self, parent: Folder, path: str, name: str, entry: Entry | None = None) -> Folder | None:
         """Back up the entry ``name`` of ``parent`` (``path`` names it in warnings, masks and the
@@ -396,10 +397,7 @@ class _Archiver(FileContent):
 
     def _stat_names(self, folder: Folder, base: str, names: list[str]) -> Iterator[StatEntry]:
         """``names`` of ``folder`` stat'ed one by one as they are taken, the exclude masks applied."""
-        excludes, fd = self.excludes, folder.fd
-        for name in names:
-            if not (excludes and self.excluded(f"{base}/{name}")) and (found := stat_name(name, fd)):
-                yield found
+        return stat_names(names, folder.fd, base, self.excludes, self.root_prefix)
 
     def _entries(
         self, folder: Folder, base: str, raw: Iterable[StatEntry], *, recheck: bool

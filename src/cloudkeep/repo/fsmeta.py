@@ -8,11 +8,12 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional, Union
 
+from cloudkeep.repo.masks import matches_any
 from cloudkeep.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
 StatKey = tuple[Union[int, str], ...]  # marshal-able
@@ -159,6 +160,19 @@ def stat_name(name: str, dir_fd: int | None) -> StatEntry | None:
         return name, None, (exc.errno or 0, exc.strerror or str(exc))
     kind = node_type(st)
     return (name, kind, stat_key(name, st)) if kind is not None else None
+
+
+def stat_names(
+    names: Iterable[str], dir_fd: int | None, base: str, excludes: list[str], prefix: str
+) -> Iterator[StatEntry]:
+    """``names`` of the folder at host path ``base`` (open as ``dir_fd``) stat'ed one by one as
+    they are taken, none the exclude masks name (``prefix``: the host folder holding the machine's
+    "/"): the walk's and the walk-ahead process's listings alike."""
+    for name in names:
+        if not (excludes and matches_any(excludes, f"{base}/{name}", prefix)) and (
+            found := stat_name(name, dir_fd)
+        ):
+            yield found
 
 
 def node_type(st: StatLike) -> str | None:

@@ -13,6 +13,13 @@ def machine_path(path: str, prefix: str) -> str:
     return (path[len(prefix) :] or "/") if prefix else path
 
 
+def matches_any(patterns: list[str], path: str, prefix: str = "") -> bool:
+    """One of ``patterns`` matches the host path ``path`` as the machine names it (``prefix``: the
+    host folder holding its "/")."""
+    machine = machine_path(path, prefix)
+    return any(matches(p, machine) for p in patterns)
+
+
 def matches(pattern: str, path: str) -> bool:
     """Glob match: a pattern without ``/`` matches the base name, otherwise the absolute path."""
     if "/" not in pattern:

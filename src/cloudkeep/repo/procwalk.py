@@ -27,8 +27,8 @@ from typing import Any
 
 from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.repo.channel import Channel
-from cloudkeep.repo.fsmeta import DIR_FLAGS, StatEntry, open_below, stat_name
-from cloudkeep.repo.masks import machine_path, matches
+from cloudkeep.repo.fsmeta import DIR_FLAGS, StatEntry, open_below, stat_names
+from cloudkeep.repo.masks import machine_path, matches_any
 from cloudkeep.repo.tree import DIR
 
 RECORD_MOST = 4096  # entries in one message; a larger folder goes in parts (sent to the process)
@@ -44,8 +44,7 @@ class _Walk:
         self.after = after.split("/") if after is not None else None
 
     def excluded(self, path: str) -> bool:
-        machine = machine_path(path, self.prefix)
-        return any(matches(p, machine) for p in self.excludes)
+        return matches_any(self.excludes, path, self.prefix)
 
     def source(self, base: str) -> None:
         """Walk the source folder at host path ``base`` ("" is the host's root)."""
@@ -128,10 +127,7 @@ class _Walk:
 
     def entries(self, path: str, fd: int, names: list[str]) -> Iterator[StatEntry]:
         """``names`` of the folder stat'ed, the exclude masks applied."""
-        excludes = self.excludes
-        for name in names:
-            if not (excludes and self.excluded(f"{path}/{name}")) and (entry := stat_name(name, fd)):
-                yield entry
+        return stat_names(names, fd, path, self.excludes, self.prefix)
 
 
 def _within(at: list[str], folder: list[str]) -> bool:
