@@ -231,8 +231,7 @@ class _Archiver(FileContent):
                 parent.exact = False
                 self.skip(path, f"cannot read ({exc.strerror})")
                 return None
-            if len(self.open_fds) >= self.folder_limit:
-                self.folder_room()
+            self.folder_room()
             try:
                 fd: int | None = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
@@ -271,6 +270,8 @@ class _Archiver(FileContent):
         some of them are ones the walk has left, each waiting for its queued files (and their
         subfolders) to be stored, which needs nothing more from the walk. Its own path (the
         folders it holds) is never waited for: a tree deeper than the budget goes on past it."""
+        if len(self.open_fds) < self.folder_limit:  # unlocked: only the walk opens, others only close
+            return
         self.submit_batch()  # the folders may be waiting for the files gathered here
         with self.folder_closed:
             while self.error is None and len(self.open_fds) >= max(self.folder_limit, self.walk_held + 1):
@@ -619,8 +620,7 @@ def _walk_trie(archiver: _Archiver, parent: Folder, prefix: str, trie: _Trie) ->
             continue
         node = node_from_stat(name, path, st, DIR, dir_fd=parent.fd)
         key = stat_key(name, st)
-        if len(archiver.open_fds) >= archiver.folder_limit:
-            archiver.folder_room()
+        archiver.folder_room()
         fd = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
         child = Folder(archiver, node, parent, parent.reserve(key), fd, path, key)
         _walk_trie(archiver, child, path, sub)
