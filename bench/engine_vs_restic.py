@@ -439,9 +439,13 @@ def _cold_cache(tool: Tool) -> None:
     """``--cold``: the page cache emptied (the source tree, the local repository, the caches), then
     the tool's own program read back in: a machine's daily backup finds its files out of the
     cache, while the backup program (an agent, a binary run every day) is still in it."""
+    _drop_caches()
+    subprocess.run(tool.warm(), env=tool.env, check=True, capture_output=True)
+
+
+def _drop_caches() -> None:
     os.sync()
     DROP_CACHES.write_text("3")
-    subprocess.run(tool.warm(), env=tool.env, check=True, capture_output=True)
 
 
 def _room_in_memory() -> None:
@@ -452,8 +456,7 @@ def _room_in_memory() -> None:
     after emptying it; bench/README.md, stop 45). The source is copied, and each tool's program
     read by its untimed ``init``, after this."""
     if os.access(DROP_CACHES, os.W_OK):
-        os.sync()
-        DROP_CACHES.write_text("3")
+        _drop_caches()
 
 
 def _verify(source: Path, target: Path) -> None:
