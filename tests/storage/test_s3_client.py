@@ -111,3 +111,43 @@ def test_an_endpoints_file_of_another_layout_is_left_whole() -> None:
     assert store_endpoints(mixed) == {
         "partitions": [{"partition": "aws", "services": {"s3": 1}}, {"services": ["s3"]}, 7]
     }
+
+
+def test_the_loader_looks_only_in_the_store_services_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's own loader reads every service's folder (~900 reads) to tell whether one is
+    known; a store's looks at the few it may use, and finds them in every search path."""
+    import os
+
+    import botocore.session
+    from botocore.exceptions import UnknownServiceError
+    from botocore.loaders import Loader
+
+    from cloudkeep.storage.s3 import ENDPOINT_SERVICES, _store_loader
+
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting(path: Any = ".") -> list[str]:
+        listed.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting)
+    assert len(Loader().list_available_services("service-2")) > 100
+    whole = len(listed)
+    listed.clear()
+    extra = tmp_path / "s3" / "2099-01-01"
+    extra.mkdir(parents=True)
+    (extra / "paginators-1.json").write_text("{}")
+    loader = _store_loader(str(tmp_path))
+    services = loader.list_available_services("service-2")
+    assert len(listed) < 20 < whole
+    assert services == sorted(ENDPOINT_SERVICES & set(services)) and {"s3", "sts"} <= set(services)
+    assert loader.list_api_versions("s3", "paginators-1")[-1] == "2099-01-01"  # the extra path is seen
+    assert loader.load_service_model("s3", "service-2")["metadata"]["endpointPrefix"] == "s3"
+    with pytest.raises(UnknownServiceError):
+        loader.load_service_model("ec2", "service-2")
+    session = botocore.session.Session()
+    session.register_component("data_loader", loader)
+    assert session.get_available_services() == services
