@@ -13,7 +13,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from cloudkeep.repo.descriptors import FEWEST_FOLDERS, RESERVE, folder_budget
+from cloudkeep.repo.descriptors import (
+    FEWEST_FOLDERS,
+    RESERVE,
+    TARGET_FOLDERS_FEWEST,
+    folder_budget,
+    target_folders,
+)
 
 DEADLINE_S = 120.0
 
@@ -90,39 +96,61 @@ def test_a_path_deeper_than_the_budget_is_walked(tmp_path: Path) -> None:
     assert result["waits"] > 0
 
 
-# Backs up and restores argv[2] with only the soft limit lowered to argv[1] (the hard one as it is).
+# Backs up and restores argv[2] with the soft limit lowered to argv[1], and with argv[5] "hard" the
+# hard one too for the restore (its worker process inherits both).
 _RESTORE = textwrap.dedent(
     """
     import json, resource, sys
     from pathlib import Path
-    def lower():
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    def lower(hard=None):
+        hard = hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
     lower()
     from cloudkeep.repo import KdfParams, Repository, backup_files, restore
     from cloudkeep.storage import open_store
     repo = Repository.create(open_store("file://" + sys.argv[3]), "pw", kdf=KdfParams(n=2**10))
     snap = backup_files(repo, [Path(sys.argv[2])], hostname="t", processes=True, threads=2)
-    lower()  # the backup raised it
+    lower(int(sys.argv[1]) if sys.argv[5] == "hard" else None)  # the backup raised it
     result = restore(Repository.open(open_store("file://" + sys.argv[3]), "pw"), snap.id, Path(sys.argv[4]))
     print(json.dumps([result.ok, len(result.errors), snap.stats["files"]]))
     """
 )
 
 
-def test_a_restore_under_a_low_soft_limit_raises_it_first(tmp_path: Path) -> None:
-    """At a soft limit of 256 a restore of many folders ran out of descriptors opening packs."""
+def _restored_under(limit: int, which: str, tmp_path: Path) -> None:
+    """1,500 folders of one small file each (and files large enough for several chunks), backed
+    up, then restored under a limit of ``limit`` descriptors, soft or hard: every file comes back."""
     source = tmp_path / "src"
     for i in range(1500):
         folder = source / f"g{i // 100:02}" / f"f{i:04}"
         folder.mkdir(parents=True)
         (folder / "one").write_text(f"file {i}\n" * (1 + i % 7))
+    for i in range(40):
+        (source / "large").mkdir(exist_ok=True)
+        (source / "large" / f"m{i}").write_bytes(bytes([i]) * (3 * 2**20 + i))
     target = tmp_path / "out"
-    assert _child(_RESTORE, 256, source, tmp_path / "repo", target) == [True, 0, 1500]
+    assert _child(_RESTORE, limit, source, tmp_path / "repo", target, which) == [True, 0, 1540]
     restored = target / str(source).lstrip("/")
-    assert sorted(p.read_text() for p in restored.rglob("one")) == sorted(
-        p.read_text() for p in source.rglob("one")
+    assert sorted(p.read_bytes() for p in restored.rglob("*") if p.is_file()) == sorted(
+        p.read_bytes() for p in source.rglob("*") if p.is_file()
     )
+
+
+def test_a_restore_under_a_low_soft_limit_raises_it_first(tmp_path: Path) -> None:
+    """At a soft limit of 256 a restore of many folders ran out of descriptors opening packs."""
+    _restored_under(256, "soft", tmp_path)
+
+
+def test_a_restore_under_a_low_hard_limit_keeps_fewer_folders_open(tmp_path: Path) -> None:
+    """At a hard limit of 256 or below the restore's 256 open target folders (in the parent and in
+    its worker process) left no descriptor for a pack: it failed (EMFILE). Half the limit now."""
+    _restored_under(64, "hard", tmp_path)
+
+
+def test_a_restore_keeps_half_the_limit_for_its_folders() -> None:
+    assert target_folders(65536, 256) == 256
+    assert target_folders(256, 256) == 128
+    assert target_folders(10, 256) == TARGET_FOLDERS_FEWEST
 
 
 _RAISE = textwrap.dedent(

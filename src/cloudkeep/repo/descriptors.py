@@ -8,6 +8,8 @@ and the folders opened then were backed up empty ("cannot list (Too many open fi
 its 20,000 files were missing from the restore point). So the soft limit is raised toward the hard
 one first, as Go's runtime does for every program (restic among them), and the walk opens no
 folder past ``folder_budget`` while folders it has left are still open (``_Archiver.folder_room``).
+A restore raises the limit too, and keeps at most half of it in open target folders
+(``target_folders``): at a hard limit of 256 its 256 folders left no descriptor to open a pack.
 Runs on the machines' Python (3.9+).
 """
 
@@ -22,6 +24,7 @@ WANTED = 65536
 RESERVE = 256
 FEWEST_FOLDERS = 64  # the budget never goes below this (the walk's own path may exceed it anyway)
 ASSUMED_LIMIT = 1024  # where the limit cannot be read
+TARGET_FOLDERS_FEWEST = 8  # a restore's open target folders: each further one is reopened from an open one
 
 
 def raise_open_files(wanted: int = WANTED) -> int:
@@ -47,3 +50,9 @@ def folder_budget(limit: int, threads: int, batch_files: int) -> int:
     """Folder descriptors a backup may keep open under a ``limit`` of descriptors, beside
     ``RESERVE`` and the files each of ``threads`` pool threads opens ahead for a batch."""
     return max(FEWEST_FOLDERS, limit - RESERVE - threads * batch_files)
+
+
+def target_folders(limit: int, most: int) -> int:
+    """Folder descriptors a restore may keep open (at most ``most``) under a ``limit``: half of
+    it, the other half for packs, files being written, the store and the worker's pipes."""
+    return max(TARGET_FOLDERS_FEWEST, min(most, limit // 2))

@@ -29,7 +29,7 @@ from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-OPEN_DIRS = 256  # descriptors of target folders kept open; far below any RLIMIT_NOFILE
+OPEN_DIRS = 256  # descriptors of target folders kept open; half the limit below 512 (descriptors.py)
 PRIVATE = 0o600  # a new file's mode until its own is set (unless created with it: ``Defaults``)
 ZERO_BLOCK = bytes(4096)  # holes are left in whole blocks of this size (the usual file-system block)
 _ZEROS = bytes(2**16)  # all-zero chunks are recognised 64 KiB at a time (memcmp speed)
