@@ -46,6 +46,16 @@ def raise_open_files(wanted: int = WANTED) -> int:
     return wanted if soft == unlimited else soft
 
 
+def open_files_limit() -> int:
+    """This process's soft ``RLIMIT_NOFILE`` (a worker process inherits its parent's, raised)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return ASSUMED_LIMIT
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return WANTED if soft == resource.RLIM_INFINITY else soft
+
+
 def folder_budget(limit: int, threads: int, batch_files: int) -> int:
     """Folder descriptors a backup may keep open under a ``limit`` of descriptors, beside
     ``RESERVE`` and the files each of ``threads`` pool threads opens ahead for a batch."""

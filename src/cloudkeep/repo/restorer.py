@@ -38,7 +38,7 @@ from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import MIN_SIZE
 from cloudkeep.repo.confidential import PACK_PRELUDE_SIZE
 from cloudkeep.repo.cpus import usable_cpus
-from cloudkeep.repo.descriptors import raise_open_files, target_folders
+from cloudkeep.repo.descriptors import raise_open_files
 from cloudkeep.repo.fsmeta import FileMeta
 from cloudkeep.repo.index import Location
 from cloudkeep.repo.memory import collector_paused
@@ -52,7 +52,6 @@ from cloudkeep.repo.runreader import (
     plan_requests,
 )
 from cloudkeep.repo.targetfs import (
-    OPEN_DIRS,
     Refused,
     TargetDirs,
     data_runs,
@@ -500,7 +499,7 @@ def restore(
     that cannot be restored safely are listed in ``RestoreResult.errors`` (``ok`` is then False).
     """
     limit_heap_fragmentation()
-    limit = raise_open_files()  # as a backup does: at a soft limit of 256, packs failed to open (EMFILE)
+    raise_open_files()  # as a backup does: at a soft limit of 256, packs failed to open (EMFILE)
     requested = _requested(paths)
     nodes = [(parts, lookup(repo, snapshot_id, "/" + "/".join(parts))) for parts in requested]
     target = Path(target)
@@ -509,7 +508,7 @@ def restore(
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise os_error(exc, str(target)) from exc
-    dirs = TargetDirs(root_fd, limit=target_folders(limit, OPEN_DIRS))
+    dirs = TargetDirs(root_fd)
     pool: ThreadPoolExecutor | None = None
     restorer: _Restorer | None = None
     try:

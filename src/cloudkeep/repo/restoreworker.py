@@ -27,11 +27,10 @@ from cloudkeep.exiting import skip_exit_collection
 from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.repo.channel import Channel
 from cloudkeep.repo.crypto import Crypter, MasterKey
-from cloudkeep.repo.descriptors import raise_open_files, target_folders
 from cloudkeep.repo.fsmeta import NO_XATTRS, FileMeta
 from cloudkeep.repo.pack import BlobEntry, open_blob
 from cloudkeep.repo.restorefiles import RestoredFile, Target, TargetWriter
-from cloudkeep.repo.targetfs import OPEN_DIRS, TargetDirs, data_runs
+from cloudkeep.repo.targetfs import TargetDirs, data_runs
 
 # What a file is sent as: folder index, name, path for messages ("": from the folder), size,
 # sparse, single, linked, creation mode, identity, and for a one-chunk file its metadata (uid,
@@ -43,7 +42,7 @@ class Worker(TargetWriter):
     """The worker's view of the target: the folders the parent made, written like the parent."""
 
     def __init__(self, root_fd: int) -> None:
-        super().__init__(TargetDirs(root_fd, limit=target_folders(raise_open_files(), OPEN_DIRS)))
+        super().__init__(TargetDirs(root_fd))
         self.crypters: dict[tuple[bytes, bytes], Crypter] = {}
         self.base: Crypter | None = None  # its buffers and zstd contexts serve every pack's crypter
         self.buffer = bytearray()

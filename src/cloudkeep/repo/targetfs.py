@@ -25,11 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cloudkeep.errors import InsufficientSpaceError, PermissionDeniedError
+from cloudkeep.repo.descriptors import open_files_limit, target_folders
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-OPEN_DIRS = 256  # descriptors of target folders kept open; half the limit below 512 (descriptors.py)
+OPEN_DIRS = 256  # descriptors of target folders kept open; half the limit below 512 (``TargetDirs``)
 PRIVATE = 0o600  # a new file's mode until its own is set (unless created with it: ``Defaults``)
 ZERO_BLOCK = bytes(4096)  # holes are left in whole blocks of this size (the usual file-system block)
 _ZEROS = bytes(2**16)  # all-zero chunks are recognised 64 KiB at a time (memcmp speed)
@@ -86,7 +87,9 @@ class TargetDirs:
         self.depths: list[int] = [0]
         self._open: OrderedDict[int, int] = OrderedDict({0: root_fd})
         self._pins: dict[int, int] = {}
-        self._limit = limit or OPEN_DIRS
+        # At most half the descriptor limit: at a hard limit of 256 a restore (its parent and its
+        # worker each) had kept 256 folders open and could not open a pack (descriptors.py).
+        self._limit = limit or target_folders(open_files_limit(), OPEN_DIRS)
         self._lock = threading.Lock()
 
     @property
