@@ -31,7 +31,6 @@ from cloudkeep.repo import (
 )
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup, walk
-from cloudkeep.repo.cpus import usable_cpus
 from cloudkeep.repo.index import decode_index_file
 from cloudkeep.repo.pack import DATA, STAGING_PACK_PREFIX, BlobEntry, private_staging_dir
 from cloudkeep.repo.tree import FileText
@@ -369,11 +368,12 @@ def test_by_default_workers_start_past_a_threshold_on_enough_cores(
     assert not workers and lookup(repo, snap.id, f"{src}/a") is not None  # below PROCESSES_FROM
     assert filecontent.PROCESSES_FROM >= 2**20
     monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
+    monkeypatch.setattr(archiver_module, "usable_cpus", lambda: 2)
     backup_files(repo, [src], hostname="h")
-    assert len(workers) == 1
-    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", usable_cpus() + 1)
+    assert len(workers) == 2  # a first backup on two cores: a worker per core (lanes.py)
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 3)
     backup_files(repo, [src], hostname="h")
-    assert len(workers) == 1  # too few cores: threads
+    assert len(workers) == 2  # too few cores: threads
 
 
 def test_many_small_files_start_a_worker_though_their_content_is_small(
@@ -393,15 +393,15 @@ def test_many_small_files_start_a_worker_though_their_content_is_small(
     assert not workers
     monkeypatch.setattr(filecontent, "FILE_WORK", file_work)
     by_files = backup_files(repo, [src], hostname="h")
-    assert len(workers) == 1, "200 files are twice the threshold's work"
+    assert workers, "200 files are twice the threshold's work"
     assert _contents(repo, by_files.id, src) == _contents(repo, by_content.id, src)
 
 
 @pytest.mark.parametrize(
     ("all_from", "most", "expected"),
-    [(1, 4, 3), (1000, 4, 1), (1, 2, 2)],  # every pool thread / one, below PROCESSES_ALL_CPUS / capped
+    [(1, 4, 3), (1, 2, 2)],  # every pool thread, capped
 )
-def test_by_default_one_worker_beside_the_threads_on_few_cores(
+def test_by_default_a_worker_per_pool_thread_on_enough_cores(
     repo: Repository,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -430,6 +430,41 @@ def test_by_default_one_worker_beside_the_threads_on_few_cores(
     assert snap.stats["errors_total"] == 0 and lookup(repo, snap.id, f"{src}/f399") is not None
     assert len(set(asked)) == 3  # every thread had batches
     assert len(workers) == expected
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_below_enough_cores_a_first_backup_runs_a_worker_per_core_and_an_incremental_one(
+    repo: Repository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: list[procpool.ProcWorker],
+    cache: bool,
+) -> None:
+    """Below ``PROCESSES_ALL_CPUS`` a first backup sends jobs to a worker per core (``lanes.py``),
+    no pool thread asks for one; a backup that finds a last backup's rows in its cache runs one
+    worker beside the pool's threads (the walk looks the rows up itself)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(600):
+        (src / f"f{i:03d}").write_bytes(os.urandom(3000))
+    monkeypatch.setattr(archiver_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(archiver_module, "PROCESSES_MIN_CPUS", 2)
+    monkeypatch.setattr(archiver_module, "PROCESSES_FROM", 0)
+    if cache:  # a last backup's rows, none of which match: every file is read again
+        backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "cache")
+        for i in range(600):
+            (src / f"f{i:03d}").write_bytes(os.urandom(3000))
+    asked = []
+    real = procpool.ProcPool.worker
+
+    def worker(self: procpool.ProcPool) -> procpool.ProcWorker | None:
+        asked.append(threading.get_ident())
+        return real(self)
+
+    monkeypatch.setattr(procpool.ProcPool, "worker", worker)
+    snap = backup_files(repo, [src], hostname="h", threads=2, cache_dir=tmp_path / "cache")
+    assert snap.stats["errors_total"] == 0 and snap.stats["bytes_read"] == 600 * 3000
+    assert len(workers) == (1 if cache else 2) and bool(asked) == cache
 
 
 _CHILD = """

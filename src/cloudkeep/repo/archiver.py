@@ -29,10 +29,11 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.heap import limit_heap_fragmentation
 from cloudkeep.pathnames import display, path_fields
+from cloudkeep.repo import filecontent
 from cloudkeep.repo.cache import FileCache
 from cloudkeep.repo.cpus import MAX_PROCESSES, pool_threads, usable_cpus
 from cloudkeep.repo.descriptors import folder_budget, raise_open_files
-from cloudkeep.repo.earlyread import EarlyReads
+from cloudkeep.repo.earlyread import EARLY_FILE, EarlyReads
 from cloudkeep.repo.filecontent import (
     PROC_BATCH_FILES,
     PROCESSES_ALL_CPUS,
@@ -52,6 +53,7 @@ from cloudkeep.repo.fsmeta import (
     stat_name,
     stat_names,
 )
+from cloudkeep.repo.lanes import Lanes
 from cloudkeep.repo.masks import machine_path, matches_any
 from cloudkeep.repo.memory import BufferPool
 from cloudkeep.repo.procpool import ProcPool
@@ -60,6 +62,7 @@ from cloudkeep.repo.snapshot import Snapshot, new_snapshot_id
 from cloudkeep.repo.tree import DIR, FILE, Node
 from cloudkeep.repo.walkahead import AHEAD_FROM, WalkAhead
 from cloudkeep.repo.walkahead import start as start_walk_ahead
+from cloudkeep.repo.walkplan import plan_walk
 from cloudkeep.repo.writer import BlobWriter
 
 # A folder of this many entries sends the small files gathered so far to the pool once the walk has
@@ -69,6 +72,11 @@ from cloudkeep.repo.writer import BlobWriter
 # mail tree's incremental 178 -> 162 MiB RSS (bench/README.md, stop 43); a small folder's few
 # files still share a batch with the next folder's.
 FLUSH_FOLDER = 4096
+# A folder goes to a worker whole (``procsubtree.py``) when it holds at most this share of the
+# backup's work (``walkplan.py``), or JOB_LEAST: the last one handed over is what the other worker
+# may wait for at the end.
+JOB_SPLIT = 32
+JOB_LEAST = 64 * 8 * 1024
 
 
 @dataclass
@@ -133,6 +141,33 @@ class _Archiver(FileContent):
             process_limit = 1 if cpus < PROCESSES_ALL_CPUS else MAX_PROCESSES
         self.procs = ProcPool(writer, repo.config.chunker, process_limit) if wanted else None
         self.procs_from = 0 if processes else PROCESSES_FROM
+        # Below PROCESSES_ALL_CPUS cores, a first backup (nothing to look up in a cache) runs one
+        # worker per core as lanes (``lanes.py``): whole folders go to them (``procsubtree.py``),
+        # sized by a pass over the sources first (``walkplan.py``). A folder's files may have rows
+        # of their own in the last backup's cache, which only the walk looks up.
+        first = cache is None or not cache.has_previous()
+        self.lanes = (
+            Lanes(
+                self.procs,
+                cpus,
+                self.go_on,
+                lambda out: self.filler.submit(self.take_out, out),
+                self.lane_failed,
+            )
+            if self.procs is not None and processes is None and process_limit == 1 and first
+            else None
+        )
+        self.plan = None
+        self.job_most = 0
+        self.remote_files = self.remote_dirs = self.remote_bytes_total = 0
+        tree_rows = cache is not None and writer.retain_until is None
+        self.subtree_options = {
+            "excludes": excludes,
+            "includes": includes,
+            "prefix": root_prefix,
+            "rows": "folders" if tree_rows else "files" if cache is not None else None,
+            "large": EARLY_FILE if cache is not None else None,
+        }
         self.chunker = repo.config.chunker
         self._last_progress = 0.0
         self._local = threading.local()
@@ -150,6 +185,11 @@ class _Archiver(FileContent):
         with self.lock:
             self.error = self.error or exc
             self.folder_closed.notify_all()
+
+    def lane_failed(self, exc: BaseException) -> None:
+        """A lane's worker failed or was lost: files may name blobs that were in its open pack."""
+        self.writer.fail(exc)
+        self.fail(exc)
 
     def skip(self, path: str, error: str) -> None:
         """An entry that is not in the restore point: reported by name, never dropped silently."""
@@ -187,7 +227,12 @@ class _Archiver(FileContent):
         try:
             self.progress(
                 BackupProgress(
-                    self.files, self.bytes_read, None, stats.bytes_new, stats.bytes_uploaded, shown
+                    self.files + self.remote_files,
+                    self.bytes_read,
+                    None,
+                    stats.bytes_new,
+                    stats.bytes_uploaded,
+                    shown,
                 )
             )
         except BaseException as exc:  # e.g. the caller cancels: stop walking, abort like any other error
@@ -230,6 +275,8 @@ class _Archiver(FileContent):
             except OSError as exc:
                 parent.exact = False
                 self.skip(path, f"cannot read ({exc.strerror})")
+                return None
+            if self.delegate(parent, node, path, key):
                 return None
             self.folder_room()
             try:
@@ -366,9 +413,12 @@ class _Archiver(FileContent):
             raw = self._stat_names(folder, base, names)
             self.listed_here += len(names)
             if self.listed_here >= AHEAD_FROM and self.ahead_bases is not None:
-                self.ahead = start_walk_ahead(self.ahead_bases, self.root_prefix, self.excludes, base)
+                skip = self.delegable()
+                self.ahead = start_walk_ahead(self.ahead_bases, self.root_prefix, self.excludes, base, skip)
                 self.ahead_bases = None  # started once
         if previous is None:
+            if self.lanes is not None and listed is None and self.split(folder, base):
+                return []
             folder.streaming = True
             return self._entries(folder, base, raw, recheck=listed is not None)
         entries = list(self._entries(folder, base, raw, recheck=listed is not None))
@@ -460,9 +510,10 @@ def backup_files(
 
     ``processes``: read file content in worker processes (``procpool.py``) from the start
     (True), never (False), or once there is enough of it on a machine with at least
-    ``PROCESSES_MIN_CPUS`` cores (None: one worker below ``PROCESSES_ALL_CPUS``, from there one per
-    pool thread up to ``cpus.MAX_PROCESSES``); ``process_limit``: at most that many worker processes
-    (the other pool threads read files themselves).
+    ``PROCESSES_MIN_CPUS`` cores (None: below ``PROCESSES_ALL_CPUS`` one per core as lanes for a
+    first backup, ``lanes.py``, else one; from there one per pool thread up to
+    ``cpus.MAX_PROCESSES``); ``process_limit``: at most that many worker processes (the other pool
+    threads read files themselves).
 
     ``root`` is the host folder that holds the machine's ``/`` (a mounted snapshot, a chroot, a
     simulated machine): sources, masks and the manifest then use the machine's own paths.
@@ -508,6 +559,17 @@ def backup_files(
     )
     for path in missing:
         archiver.skip(path, "source path does not exist")
+    if archiver.lanes is not None:  # how much lies below each folder, while the workers start
+        bases = _walk_order(prefix, paths)
+        lanes = archiver.lanes  # started once there is enough work (else the threads read it all)
+        masks = (archiver.excludes, prefix)
+        plan = archiver.plan = plan_walk(
+            bases, masks, filecontent.FILE_WORK, EARLY_FILE, archiver.procs_from, lanes.start
+        )
+        if plan.total >= archiver.procs_from:
+            archiver.job_most = max(plan.total // JOB_SPLIT, JOB_LEAST)
+            plan.keep(archiver.job_most)
+            archiver.early.start_found(plan.large, paths)  # read here while the workers take folders
     if archiver.procs is not None:  # where worker processes are: a process may list ahead
         archiver.ahead_bases = _walk_order(prefix, paths)
     try:
@@ -526,6 +588,8 @@ def backup_files(
         top.release()
         archiver.root_done.wait()  # every file job and tree store ends by filling its parent, even on error
         archiver.pool.shutdown(wait=True)
+        if archiver.lanes is not None:  # their open packs to the writer
+            archiver.lanes.close()
         archiver.filler.shutdown(wait=True)
         archiver.chunk_pool.shutdown(wait=True)
         archiver.early.finish()
@@ -542,10 +606,12 @@ def backup_files(
         if archiver.ahead is not None:
             archiver.ahead.close()
         archiver.pool.shutdown(wait=True, cancel_futures=True)
+        if archiver.procs is not None:  # killed first: the lane's relay reads it until it ends
+            archiver.procs.close(graceful=False)
+        if archiver.lanes is not None:
+            archiver.lanes.abort()
         archiver.filler.shutdown(wait=True)  # not cancelled: each fills slots, even after a failure
         archiver.chunk_pool.shutdown(wait=True, cancel_futures=True)
-        if archiver.procs is not None:
-            archiver.procs.close(graceful=False)
         writer.abort()
         archiver.close_all()
         if cache:
@@ -563,15 +629,17 @@ def backup_files(
         tree=top.node.subtree.hex(),
         retain_until=retain_until,
         stats={
-            "files": archiver.files,
-            "dirs": archiver.dirs,
+            "files": archiver.files + archiver.remote_files,
+            "dirs": archiver.dirs + archiver.remote_dirs,
             "files_unchanged": archiver.files_unchanged - archiver.files_reread,
-            "bytes_total": archiver.bytes_total,
+            "bytes_total": archiver.bytes_total + archiver.remote_bytes_total,
             "bytes_read": archiver.bytes_read,
             "bytes_new": stats.bytes_new,
             "bytes_stored": stats.bytes_stored,
             "bytes_uploaded": stats.bytes_uploaded,
-            "dedup_ratio": round(archiver.bytes_total / stats.bytes_new, 3) if stats.bytes_new else None,
+            "dedup_ratio": round((archiver.bytes_total + archiver.remote_bytes_total) / stats.bytes_new, 3)
+            if stats.bytes_new
+            else None,
             "compression_ratio": round(stats.bytes_new / stats.bytes_stored, 3)
             if stats.bytes_stored
             else None,

@@ -181,6 +181,10 @@ class FileCache:
             if len(self._batch) >= 2000:
                 self._flush()
 
+    def has_previous(self) -> bool:
+        """Whether a last backup left rows to look up (none: every file is read anew)."""
+        return self._old is not None
+
     def folder(self, path: str) -> FolderRow | None:
         """The last backup's row for folder ``path`` (UTF-8 paths only: other folders keep none)."""
         if self._old is None or not is_text(path):

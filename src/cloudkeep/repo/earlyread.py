@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.cache import FileCache, LargeFile
 from cloudkeep.repo.filecontent import PendingFile
 from cloudkeep.repo.fsmeta import FILE_FLAGS, StatLike, node_from_stat, open_below
 from cloudkeep.repo.masks import matches
@@ -60,28 +60,38 @@ class EarlyReads:
     def start(self, cache: FileCache, sources: list[str]) -> None:
         """Open the last backup's large files that changed and read them on the pool."""
         for large in cache.large_files(EARLY_MAX):
-            if not self._allowed(large.path, sources):
-                continue
-            fd = self._open(large.path)
-            if fd is None:
-                continue
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or large.same(st):  # unchanged: the walk takes its row
-                    os.close(fd)
-                    continue
-                self.archiver.slots.acquire()
-            except BaseException:
+            self._start(large.path, sources, large)
+
+    def start_found(self, paths: list[str], sources: list[str]) -> None:
+        """Read these large files (host paths, largest first) on the pool: a first backup's, found by
+        the pass that sized its folders (``walkplan.py``); what the walk takes meanwhile is small."""
+        for path in paths[:EARLY_MAX]:
+            self._start(path, sources, None)
+
+    def _start(self, path: str, sources: list[str], last: LargeFile | None) -> None:
+        """Open ``path`` and read it on the pool, unless the last backup saw it the same (``last``)."""
+        if not self._allowed(path, sources):
+            return
+        fd = self._open(path)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (last is not None and last.same(st)):  # the walk takes its row
                 os.close(fd)
-                raise
-            try:
-                future = self.archiver.pool.submit(self._read, fd, large.path, st)
-            except BaseException:
-                os.close(fd)
-                self.archiver.slots.release()
-                raise
-            future.add_done_callback(functools.partial(self._cancelled, fd))
-            self.reads[large.path] = future
+                return
+            self.archiver.slots.acquire()
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            future = self.archiver.pool.submit(self._read, fd, path, st)
+        except BaseException:
+            os.close(fd)
+            self.archiver.slots.release()
+            raise
+        future.add_done_callback(functools.partial(self._cancelled, fd))
+        self.reads[path] = future
 
     def _allowed(self, path: str, sources: list[str]) -> bool:
         """Below a source, and neither it nor a folder above it excluded (the include masks, if

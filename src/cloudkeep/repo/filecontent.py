@@ -13,30 +13,50 @@ worker process of their own (``procpool.py``), which reads, chunks, hashes, comp
 and packs the files on another core and writes their nodes' tree text; the thread only answers
 it. Below ``PROCESSES_ALL_CPUS`` cores only one thread gets a worker, from there at most
 ``cpus.MAX_PROCESSES``; the others read files themselves.
+
+A first backup below ``PROCESSES_ALL_CPUS`` cores (nothing to look up in a cache) runs a worker
+per core as lanes instead (``lanes.py``): the walk hands them whole folders (``delegate``), the
+parts of large folders of files (``split``) and batches, sent ahead, and reads here only the
+large files a pass over the sources found (``walkplan.py``, ``earlyread.py``). The parent's GIL
+then costs per folder and per part, not per file: with one worker beside the threads it had been
+the limit, at one core, while the worker used half of one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudkeep.compat import SLOTS
-from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.cache import FileCache, FolderRow
 from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, open_ahead, read_small
 from cloudkeep.repo.crypto import split_ids
-from cloudkeep.repo.fsmeta import FILE_FLAGS, Stat, StatKey, StatLike, node_from_stat, reachable, stat_key
+from cloudkeep.repo.fsmeta import (
+    FILE_FLAGS,
+    Stat,
+    StatKey,
+    StatLike,
+    node_from_stat,
+    reachable,
+    stat_key,
+)
 from cloudkeep.repo.memory import BufferPool
-from cloudkeep.repo.pack import DATA
+from cloudkeep.repo.pack import DATA, TREE
+from cloudkeep.repo.procpool import WorkerLostError
 from cloudkeep.repo.tree import FILE, FileText, Node
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage.base import RangeStream
 
 if TYPE_CHECKING:
+    from cloudkeep.repo.earlyread import EarlyReads
     from cloudkeep.repo.folders import Folder
+    from cloudkeep.repo.lanes import Lane, Lanes
     from cloudkeep.repo.procpool import FileResult, ProcPool
+    from cloudkeep.repo.walkplan import WalkPlan
 
 # Worker processes (procpool.py) start once this much work is queued: a small backup is over
 # before two interpreters would have started (about 0.2 s of CPU each).
@@ -47,9 +67,10 @@ PROCESSES_FROM = 16 * 2**20
 # 10.3-10.6 s; 8.1-8.2 s counted so), 5,000 files of ~2 KiB never did (0.36-0.38 s; 0.25 s), and
 # the usr and venv corpora did not move (bench/README.md, stop 37).
 FILE_WORK = 8 * 1024
-# ... and by default with this many cores: one worker beside the pool threads below
-# PROCESSES_ALL_CPUS (the small-file phase is GIL-bound, so the threads alone leave the second core
-# idle), one per pool thread from there (up to cpus.MAX_PROCESSES). On 2 cores one worker took the
+# ... and by default with this many cores: below PROCESSES_ALL_CPUS a worker per core as lanes for
+# a first backup, else one worker beside the pool threads (the small-file phase is GIL-bound, so
+# the threads alone leave the second core idle), one per pool thread from there (up to
+# cpus.MAX_PROCESSES). On 2 cores one worker took the
 # usr corpus's first backup from 3.84 to 3.11 s in the engine bench (restic ÷ cloudkeep 1.18 ->
 # 1.53) for ~22 MiB more memory, all processes counted (110 -> 132 MiB, restic 141); two workers
 # were as fast but held ~50 MiB more than the threads (bench/README.md, stop 34).
@@ -69,6 +90,8 @@ BATCH_BYTES = 1024 * 1024
 # descriptors.py keeps that within the limit.
 PROC_BATCH_FILES = 256
 PROC_BATCH_BYTES = 4 * 2**20
+# A large folder of files goes to worker processes in parts of this many names (``Folder.split``).
+PART_ENTRIES = 1024
 
 
 @dataclass(**SLOTS)
@@ -101,6 +124,15 @@ class FileContent:
     work_queued: int  # content handed to the pool so far, plus FILE_WORK per file (the walk counts it)
     procs: ProcPool | None  # worker processes, used once ``work_queued`` reaches ``procs_from``
     procs_from: int
+    early: EarlyReads
+    lanes: Lanes | None  # a first backup's workers, sent jobs ahead (``lanes.py``), or None
+    plan: WalkPlan | None  # each folder's subtree work (``walkplan.py``), for ``delegate``
+    job_most: int  # the most work one folder handed over may hold
+    subtree_options: dict[str, object]  # the backup's masks and cache rows, for a folder job
+    remote_files: int  # counted by folder jobs (under ``lock``)
+    remote_dirs: int
+    remote_bytes_total: int
+    tree_cache: FileCache | None
     _local: threading.local
 
     def fail(self, exc: BaseException) -> None: ...
@@ -129,12 +161,179 @@ class FileContent:
             self.submit(batch)
 
     def submit(self, files: list[PendingFile]) -> None:
+        if self.lane_files(files):  # bounded by ``LANE_WORK``, not the pool's job slots
+            return
         self.slots.acquire()
         try:
             self.pool.submit(self.file_job, files)
         except BaseException:
             self.slots.release()
             raise
+
+    # -- lanes (worker processes sent jobs ahead: ``lanes.py``) --------------------------------
+
+    def lane_files(self, files: list[PendingFile]) -> bool:
+        """Send a batch to the least busy lane, once one has room (its slots then fill on the filler)."""
+        lanes = self.lanes
+        if lanes is None:
+            return False
+        work = sum(item.st.st_size for item in files) + FILE_WORK * len(files)
+        lane = lanes.take(work, wait=True)  # the workers read faster than this process's threads
+        if lane is None:
+            return False
+        sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
+        items = [(files[i].path, _key(files[i])) for i in sent]
+
+        def done(message: tuple[Any, ...] | None) -> None:  # on the lane's thread
+            self.filler.submit(self.lane_files_done, files, sent, message)
+
+        return lanes.send(lane, work, ("files", items), done)
+
+    def lane_files_done(
+        self, files: list[PendingFile], sent: list[int], message: tuple[Any, ...] | None
+    ) -> None:
+        """A batch a lane's worker read (on the filler): its slots filled, as ``file_job``'s."""
+        nodes: list[Node | FileText | None] = []
+        try:
+            if message is None:
+                raise WorkerLostError("the backup worker process ended before its batch did")
+            results = dict(zip(sent, message[1]))
+            for i, item in enumerate(files):
+                if i not in results:  # empty, or a path too long to open by name: read here
+                    nodes.append(self.read_entry(item) if self.error is None else None)
+                    continue
+                result = results[i]
+                nodes.append(self.proc_node(item, result) if result is not None else None)
+        except BaseException as exc:
+            self.fail(exc)
+        nodes.extend([None] * (len(files) - len(nodes)))
+        self.fill_slots(files, nodes, release=False)
+
+    def delegable(self) -> list[str]:
+        """The outermost folders worker processes would take, whole or in parts (the walk-ahead
+        skips them)."""
+        plan, most = self.plan, self.job_most
+        if plan is None or self.lanes is None or not most:
+            return []
+        taken = {path for path, work in plan.work.items() if work <= most or plan.nested[path] <= most}
+        return [path for path in taken if path.rpartition("/")[0] not in taken]
+
+    def split(self, folder: Folder, base: str) -> bool:
+        """Hand a large folder's entries to the lanes' workers in parts of ``PART_ENTRIES`` (they
+        walk its subfolders whole: the plan says those are small); waits for room. False: the
+        walk takes its entries."""
+        lanes, plan = self.lanes, self.plan
+        if lanes is None or plan is None or not self.job_most or folder.key is None or folder.fd is None:
+            return False  # (no job_most: too little work to start workers)
+        work, nested = plan.work.get(folder.path), plan.nested.get(folder.path)
+        if work is None or nested is None or nested > self.job_most or not reachable(folder.path):
+            return False
+        if any(large.startswith(folder.path + "/") for large in self.early.reads):  # read here already
+            return False
+        first = lanes.take(0, wait=True)
+        if first is None:  # no worker runs: the walk takes it
+            return False
+        lanes.done(first, 0)
+        names = self._names(folder, base)
+        if names is None:
+            return True  # it cannot be listed (named): an empty, inexact folder
+        count = -(-len(names) // PART_ENTRIES)
+        each = (work - nested) // max(count, 1)
+        folder.split(count)
+        lane: Lane | None = None
+        for index in range(count):
+            part = names[index * PART_ENTRIES : (index + 1) * PART_ENTRIES]
+            lane = lanes.take(each, wait=True)
+            job = ("part", folder.path, folder.key, part, self.subtree_options)
+            done = functools.partial(self.part_done, folder, index)
+            if lane is None or not lanes.send(lane, each, job, done):
+                self.fail(WorkerLostError("the backup's worker processes ended"))  # (why: said first)
+                folder.part_done(index, None)
+        return True
+
+    def part_done(self, folder: Folder, index: int, message: tuple[Any, ...] | None) -> None:
+        """On a lane's thread: the part's result goes to the filler (where folders complete)."""
+        self.filler.submit(self.part_filled, folder, index, message)
+
+    def part_filled(self, folder: Folder, index: int, message: tuple[Any, ...] | None) -> None:
+        part = None
+        try:
+            if message is None:
+                raise WorkerLostError(
+                    "the backup worker process ended before a part of a folder it was given"
+                )
+            part = message[1]
+            self.count_remote(message[2:6])
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            folder.part_done(index, part)
+
+    def count_remote(self, counts: tuple[int, ...]) -> None:
+        files, dirs, total, read = counts
+        with self.lock:
+            self.remote_files += files
+            self.remote_dirs += dirs
+            self.remote_bytes_total += total
+            self.bytes_read += read
+
+    def delegate(self, parent: Folder, node: Node, path: str, key: StatKey) -> bool:
+        """Hand the folder at ``path`` and all below it to a lane's worker (``procsubtree.py``) when
+        the plan says it is not too large; waits for a lane to have room. False: the walk takes it."""
+        lanes, plan = self.lanes, self.plan
+        if lanes is None or plan is None or not self.job_most:
+            return False
+        work = plan.work.get(path)
+        if work is None or work > self.job_most or not reachable(path):
+            return False
+        if any(large.startswith(path + "/") for large in self.early.reads):  # read here already
+            return False
+        lane = lanes.take(work, wait=True)
+        if lane is None:
+            return False
+        slot = parent.reserve(key)
+
+        def done(message: tuple[Any, ...] | None) -> None:  # on the lane's thread
+            self.filler.submit(self.subtree_done, parent, slot, node, message)
+
+        if not lanes.send(lane, work, ("subtree", path, key, self.subtree_options), done):
+            parent.fill(slot, None)  # its worker is gone: the backup fails (``Lanes._relay``)
+        return True
+
+    def subtree_done(self, parent: Folder, slot: int, node: Node, message: tuple[Any, ...] | None) -> None:
+        """A delegated folder's result (on the filler): counted, and its node in its parent's slot."""
+        done: Node | None = None
+        try:
+            if message is None:
+                raise WorkerLostError("the backup worker process ended before a folder it was given")
+            tree_id = message[1]
+            self.count_remote(message[2:6])
+            if tree_id is not None:
+                node.subtree, done = tree_id, node
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            parent.fill(slot, done)
+
+    def take_out(self, out: tuple[Any, ...]) -> None:
+        """What a folder job sent on the way (on the filler): its trees stored, its rows recorded,
+        its skipped entries named."""
+        try:
+            trees, folder_rows, file_rows, large, skipped = out
+            for tree_id, text in trees:
+                self.writer.save(TREE, memoryview(text), tree_id)
+            cache = self.cache
+            if cache is not None:
+                for path, listing, signature, tree, chunks, rows in folder_rows:
+                    cache.record_folder(path, FolderRow(listing, signature, tree, chunks, rows))
+                for path, key, chunks in file_rows:
+                    cache.record_stat(path, key[9], key[11], key[12], key[2], [chunks])
+                for path, key in large:
+                    cache.record_large(path, Stat(key))
+            for path, error in skipped:
+                self.skip(path, error)
+        except BaseException as exc:
+            self.fail(exc)
 
     def file_job(self, files: list[PendingFile]) -> None:
         """Read ``files`` in turn on a pool thread, each filling its slot; one that cannot be read
@@ -170,8 +369,11 @@ class FileContent:
             if not filling:
                 self.slots.release()
 
-    def fill_slots(self, files: list[PendingFile], nodes: list[Node | FileText | None]) -> None:
-        """Fill the slots of a batch a worker read (on the ``filler`` thread), whatever fails."""
+    def fill_slots(
+        self, files: list[PendingFile], nodes: list[Node | FileText | None], *, release: bool = True
+    ) -> None:
+        """Fill the slots of a batch a worker read (on the ``filler`` thread), whatever fails; then
+        its job slot is free (a lane's batch took none)."""
         done = 0
         try:
             for item, node in zip(files, nodes):
@@ -183,7 +385,8 @@ class FileContent:
             for item in files[done:]:
                 item.parent.fill(item.slot, None)
         finally:
-            self.slots.release()
+            if release:
+                self.slots.release()
 
     @staticmethod
     def open_ahead(files: list[PendingFile]) -> list[int | OSError | None]:
@@ -203,6 +406,8 @@ class FileContent:
         assert self.procs is not None
         if self.error is not None or self.work_queued < self.procs_from:
             return None
+        if self.lanes is not None:
+            return None  # the workers are the lanes'
         worker = self.procs.worker()
         if worker is None:
             return None
@@ -283,6 +488,8 @@ class FileContent:
             return self.small_file(fd, path, st.st_size)
         with open(fd, "rb", buffering=0, closefd=False) as fh:
             return self.chunk_file(fh, path, st.st_size)
+
+    def _names(self, folder: Folder, base: str, after: str | None = None) -> list[str] | None: ...
 
     def _cutter(self) -> StreamCutter:
         cutter: StreamCutter | None = getattr(self._local, "cutter", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import marshal
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -25,6 +26,7 @@ from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree
 
 if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
     from cloudkeep.repo.archiver import _Archiver
+    from cloudkeep.repo.procsubtree import Part
 
 
 @dataclass(**SLOTS)
@@ -93,6 +95,9 @@ class Folder:
         self.row_indexed = False  # every chunk of ``previous`` is in the index (once ``_old`` is read)
         self._keeps_rows: bool | None = None
         self.streaming = False  # listed as the walk goes: no last row to compare the listing with
+        # A large folder whose entries worker processes store in parts (``procsubtree.py``): each
+        # part's result once it is done (``Part``), joined into the tree and row here.
+        self.parts: list[Part | None] | None = None
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -110,6 +115,25 @@ class Folder:
         with self.archiver.lock:
             self.children.append(entry)
             self.keys.append(entry.key)
+
+    def split(self, count: int) -> None:
+        """Its entries go to worker processes in ``count`` parts; it completes once each is
+        ``part_done``."""
+        with self.archiver.lock:
+            self.parts = [None] * count
+            self.remaining += count
+
+    def part_done(self, index: int, part: Part | None) -> None:
+        """Part ``index``'s result (None: it did not complete)."""
+        with self.archiver.lock:
+            assert self.parts is not None
+            self.parts[index] = part
+            if part is None:
+                self.exact = False
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self._finish()
 
     def fill(self, slot: int, node: Node | FileText | Entry | None) -> None:
         if self._settle(slot, node):
@@ -158,6 +182,8 @@ class Folder:
 
     def _tree(self) -> bytes:
         """The last backup's tree when nothing in the folder changed, else a new one."""
+        if self.parts is not None:
+            return self._joined(self.parts)
         archiver, cache = self.archiver, self.archiver.tree_cache
         if cache is not None and self.listing is None and self.exact:  # a folder above the sources
             self.listing = listing_signature(self.key, self.keys)
@@ -195,6 +221,34 @@ class Folder:
                         inode,
                         split_ids(child.chunks) if isinstance(child, FileText) else child.content,
                     )
+        return tree_id
+
+    def _joined(self, parts: list[Part | None]) -> bytes:
+        """The tree of a folder stored in parts, and its row: the same bytes as ``_tree`` gives."""
+        if any(part is None for part in parts):
+            raise RuntimeError(f"a worker process did not complete its part of {self.path!r}")
+        done = [part for part in parts if part is not None]
+        tree = b'{"nodes":[' + b",".join(part[0] for part in done if part[0]) + b"]}"
+        tree_id, _ = self.archiver.writer.save(TREE, memoryview(tree))
+        cache = self.archiver.tree_cache
+        rows = [row for part in done for row in part[4]]
+        if cache is None or not rows:  # no folder row: its files' rows went as they were read
+            return tree_id
+        if self.exact and all(part[6] for part in done) and self.key is not None:
+            count = sum(part[1] for part in done)
+            keys = (
+                _tuple_head(2) + marshal.dumps(self.key, 2) + _list_head(count) + b"".join(p[2] for p in done)
+            )
+            listing = hashlib.blake2b(keys, digest_size=20).digest()  # as ``listing_signature``
+            subtrees = _list_head(len(rows)) + b"".join(part[3] for part in done)
+            signature = hashlib.blake2b(listing + subtrees, digest_size=20).digest()
+            chunks = b"".join(part[5] for part in done)
+            cache.record_folder(self.path, FolderRow(listing, signature, tree_id, chunks, join_row(rows)))
+            return tree_id
+        for row in rows:  # inexact: its files get rows of their own
+            key, content, _ = marshal.loads(row)
+            if content is not None:
+                cache.record_stat(f"{self.path}/{key[0]}", key[9], key[11], key[12], key[2], [content])
         return tree_id
 
     def keeps_rows(self) -> bool:
@@ -321,6 +375,23 @@ _RowEntry = tuple[StatKey, Union[bytes, None], bool]
 # whole, a maildir folder of 45,000 messages held 27 MiB of tuples at once, beside the listing's own
 # stat keys (the mail tree's incremental peaked at 204 MiB; bench/README.md, stop 43).
 ROW_PIECE = 1024
+
+
+def _list_head(count: int) -> bytes:
+    """What marshal (version 2) writes before a list's items: its items follow as they are."""
+    return b"[" + struct.pack("<i", count)
+
+
+def _tuple_head(count: int) -> bytes:
+    return b"(" + struct.pack("<i", count)
+
+
+def join_row(entries: list[bytes]) -> bytes:
+    """``encode_row`` of the entries marshalled one by one (a folder's parts, from worker processes)."""
+    if len(entries) <= ROW_PIECE:
+        return _list_head(len(entries)) + b"".join(entries)
+    pieces = [entries[i : i + ROW_PIECE] for i in range(0, len(entries), ROW_PIECE)]
+    return marshal.dumps([_list_head(len(piece)) + b"".join(piece) for piece in pieces], 2)
 
 
 def encode_row(row: list[_RowEntry]) -> bytes:

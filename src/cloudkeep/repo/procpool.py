@@ -16,6 +16,7 @@ rerun. Its staging file is removed here.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -50,6 +52,10 @@ _BOOT = (
 # restore fails): an interpreter stuck importing (a hung network mount on its path) hangs neither.
 START_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 5.0
+# A worker's pipes hold this much (Linux's default 64 KiB held one batch's results: the worker
+# waited to write until the parent's GIL came round to the thread reading them).
+PIPE_BYTES = 2**20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 FileItem = tuple[str, StatKey]  # host path, stat key (as the walk took it)
 # its node's tree text, encoded (None: unreadable), its chunk ids concatenated, bytes read, (errno,
@@ -71,6 +77,9 @@ def spawn(module: str, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen
     command = [sys.executable, "-c", _BOOT.format(module=module)]
     proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, env=env, close_fds=True, pass_fds=pass_fds)
     assert proc.stdin is not None and proc.stdout is not None
+    for fd in (proc.stdin.fileno(), proc.stdout.fileno()):  # a smaller pipe only makes writers wait
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
     return proc, Channel(proc.stdout.fileno(), proc.stdin.fileno())
 
 
@@ -120,7 +129,12 @@ class ProcWorker:
         self.staging = staging
         self.tag = secrets.token_hex(6) + "-"
         self.adopted: set[str] = set()
-        self.owed: tuple[Any, ...] | None = None  # the answer about the last batch's final group
+        # Jobs sent ahead (``send_job``): their result handlers, in order; a lane thread reads
+        # the worker (``relay``) while other threads send. Under ``send_lock``, as every write.
+        self.send_lock = threading.Lock()
+        self.waiting: deque[Callable[[tuple[Any, ...] | None], None]] = deque()
+        self.relayed = False  # a lane's: ``relay`` reads it to its end
+        self.closed = False  # its relay ended: no job goes to it any more
         self.proc, self.channel = spawn("procworker")
         key, prelude = writer.new_sealer()
         repo = writer.repo
@@ -146,29 +160,87 @@ class ProcWorker:
     def run(self, items: list[FileItem], progress: Callable[[str | None], bool]) -> list[FileResult | None]:
         """Store ``items``; each result is None when ``progress`` (asked at each chunk group, with
         the file's path) said stop before that file was read. The batch's last group is reserved
-        here and its answer sent with the next batch or ``finish`` (``procworker``)."""
-        owed, self.owed = self.owed, None
-        self.channel_send(("files", items, owed))
+        here and answered at once; the worker stores it as it takes its next job (``procworker``)."""
+        self.channel_send(("files", items))
         while True:
             message = self.recv()
-            kind = message[0]
-            if kind == "ids":
-                go = progress(message[2])
-                self.channel_send(("new", self.writer.reserve(message[1])) if go else ("stop",))
-            elif kind == "pack":
-                self.adopt(*message[1:])
-            elif kind == "done":
+            if self.answer(message, progress):
+                continue
+            if message[0] == "done":
+                self.answer_tail(message[2], progress)
                 results: list[FileResult | None] = message[1]
-                if message[2]:
-                    go = progress(None)
-                    self.owed = ("new", self.writer.reserve(message[2])) if go else ("stop",)
                 return results
+
+    def answer(self, message: tuple[Any, ...], progress: Callable[[str | None], bool]) -> bool:
+        """Answer the worker's questions mid-job: which chunks are new, the next pack's key."""
+        kind = message[0]
+        if kind == "ids":
+            go = progress(message[2])
+            self.channel_send(("new", self.writer.reserve(message[1])) if go else ("stop",))
+        elif kind == "pack":
+            self.adopt(*message[1:])
+        else:
+            return False
+        return True
+
+    def answer_tail(self, ids: list[bytes], progress: Callable[[str | None], bool]) -> None:
+        """Which chunks of a job's last group are new: reserved now, stored by the worker later."""
+        if ids:
+            go = progress(None)
+            self.channel_send(("tail", ("new", self.writer.reserve(ids)) if go else ("stop",)))
+
+    def send_job(self, message: tuple[Any, ...], done: Callable[[tuple[Any, ...] | None], None]) -> None:
+        """Queue a job for a relayed worker; ``done`` gets its result message (None if it never
+        comes: the worker was lost), on the relay's thread."""
+        with self.send_lock:
+            if self.closed:
+                raise WorkerLostError("the backup worker process is gone")
+            self.waiting.append(done)
+            try:
+                self.channel.send(message)
+            except OSError:
+                self.waiting.pop()
+                raise self.lost() from None
+
+    def relay(
+        self,
+        progress: Callable[[str | None], bool],
+        out: Callable[[tuple[Any, ...]], object],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        """Read the worker until it has ``finish``ed (the lane's thread): answer its questions, pass
+        each job's result to its handler, ``out`` what folder jobs send on the way. When the worker
+        fails or is lost, ``failed`` hears why first, then the jobs still waiting get None."""
+        try:
+            while True:
+                message = self.recv()
+                if self.answer(message, progress):
+                    continue
+                kind = message[0]
+                if kind == "out":
+                    out(message[1:])
+                elif kind in ("done", "subtree", "part"):
+                    self.answer_tail(message[-1], progress)
+                    with self.send_lock:
+                        done = self.waiting.popleft()
+                    done(message)
+                elif kind == "finished":
+                    return
+        except BaseException as exc:
+            failed(exc)
+        finally:
+            with self.send_lock:
+                self.closed = True
+                waiting, self.waiting = self.waiting, deque()
+            for done in waiting:
+                done(None)
 
     def finish(self) -> None:
         """Hand over the open pack (at the end of the walk), so ``BlobWriter.flush`` uploads it,
-        with the chunks of the last batch's final group."""
-        owed, self.owed = self.owed, None
-        self.channel_send(("finish", owed))
+        with the chunks of the jobs' last groups. A relayed worker's relay reads the answer."""
+        self.channel_send(("finish",))
+        if self.relayed:
+            return
         while True:
             message = self.recv()
             if message[0] == "pack":
@@ -183,7 +255,8 @@ class ProcWorker:
 
     def channel_send(self, message: tuple[Any, ...]) -> None:
         try:
-            self.channel.send(message)
+            with self.send_lock:
+                self.channel.send(message)
         except OSError:
             raise self.lost() from None
 
@@ -239,6 +312,7 @@ class ProcPool:
         self.workers: list[ProcWorker] = []
         self.local = threading.local()
         self.disabled = False
+        self.closed = False
         self.started = 0.0  # seconds spent starting workers (a bench figure)
 
     def worker(self) -> ProcWorker | None:
@@ -268,6 +342,28 @@ class ProcPool:
         self.local.worker = worker
         return worker
 
+    def relayed_worker(self) -> ProcWorker | None:
+        """A worker that takes jobs ahead and is read by one thread (``ProcWorker.relay``); None
+        when workers cannot start here."""
+        if self.disabled:
+            return None
+        began = time.monotonic()
+        try:
+            worker = ProcWorker(self.writer, self.staging, self.chunker)
+        except (OSError, WorkerLostError) as exc:
+            log.warning("backup worker processes unavailable (%s): reading files in threads", exc)
+            self.disabled = True
+            return None
+        worker.relayed = True
+        with self.lock:
+            if self.closed:  # the backup failed while it started
+                worker.kill()
+                return None
+            self.workers.append(worker)
+            self.granted += 1
+            self.started += time.monotonic() - began
+        return worker
+
     def drop(self, worker: ProcWorker) -> None:
         """A worker left mid-conversation by an error: end it (a later batch starts another)."""
         self.local.worker = None
@@ -278,12 +374,13 @@ class ProcPool:
     def finish(self) -> None:
         """Every worker hands over its open pack (the walk is over: no thread uses them now)."""
         with self.lock:
-            workers = list(self.workers)
+            workers = [worker for worker in self.workers if not worker.relayed]
         for worker in workers:
             worker.finish()
 
     def close(self, *, graceful: bool = True) -> None:
         with self.lock:
+            self.closed = True
             workers, self.workers = self.workers, []
         for worker in workers:
             worker.close(graceful=graceful)

@@ -36,9 +36,10 @@ RECORD_MOST = 4096  # entries in one message; a larger folder goes in parts (sen
 
 class _Walk:
     def __init__(
-        self, channel: Channel, prefix: str, excludes: list[str], most: int, after: str | None
+        self, channel: Channel, prefix: str, excludes: list[str], most: int, after: str | None, skip: set[str]
     ) -> None:
         self.channel, self.prefix, self.excludes, self.most = channel, prefix, excludes, most
+        self.skip = skip  # folders a worker process takes whole: the walk asks for none below them
         # The folder the walk was listing itself when it started this process: it and the folders
         # before it are not sent (nor stat'ed), only walked through to what comes after.
         self.after = after.split("/") if after is not None else None
@@ -58,11 +59,13 @@ class _Walk:
             while stack:
                 path, parent, names = stack[-1]
                 for name in names:
+                    child_path = f"{path}/{name}"
+                    if child_path in self.skip:
+                        continue
                     try:
                         child = os.open(name, DIR_FLAGS, dir_fd=parent)
                     except OSError:
                         continue  # the walk cannot open it either: it reports it
-                    child_path = f"{path}/{name}"
                     try:
                         subfolders = iter(self.folder(child_path, child))
                     except BaseException:
@@ -140,7 +143,7 @@ def serve(channel: Channel) -> None:
     message: tuple[Any, ...] = channel.recv()
     init = message[1]
     after = init.get("after")
-    walk = _Walk(channel, init["prefix"], init["excludes"], init["most"], after)
+    walk = _Walk(channel, init["prefix"], init["excludes"], init["most"], after, set(init.get("skip", ())))
     try:
         for base in init["bases"]:
             if after is None or base.split("/") >= after.split("/")[: len(base.split("/"))]:

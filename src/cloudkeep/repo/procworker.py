@@ -11,12 +11,15 @@ file's node as its tree will have it (``tree.FileText``), from the walk's stat k
 makes no node per file. Chunk ids, blob encoding, pack layout and tree text are the thread path's:
 the repository cannot tell which one wrote a pack or a tree.
 
-A batch's last chunk group is asked about with its ``done`` and answered with the next batch (or
-``finish``): its chunks are stored then. Asked before ``done``, it cost a second round trip per
-batch, the worker idle while the parent's GIL came round to it (most batches of small files are a
-single group); a mail store's first backup, medians of eight rounds, 5.96 -> 5.31 s (bench/README.md,
-stop 40). The parent reserved those chunks when it got ``done``, and hands every open pack to the
-writer (``finish``) before the restore point is committed, so files may name them meanwhile.
+A job's last chunk group is asked about with its ``done`` (or ``subtree``) and answered by a
+``tail`` message; the worker goes on with its next job and stores those chunks at the next job's
+start (or at ``finish``), once the answer is there. Asked before ``done``, it cost a second round
+trip per batch, the worker idle while the parent's GIL came round to it (most batches of small
+files are a single group); a mail store's first backup, medians of eight rounds, 5.96 -> 5.31 s
+(bench/README.md, stop 40). The parent reserved those chunks when it got ``done``, and hands every
+open pack to the writer (``finish``) before the restore point is committed, so files may name them
+meanwhile. Jobs may be queued before the last one is answered (the lane, ``filecontent.py``): a
+thread here reads the channel as messages come (``Inbox``), so the parent never waits to write.
 
 Messages are length-prefixed pickles over the child's stdin/stdout, between a parent and the
 child it started (nothing else can write to those pipes). The parent dying closes them: the
@@ -31,6 +34,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
+import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +48,7 @@ from cloudkeep.repo.chunker import ChunkerParams, StreamCutter, close_opened, op
 from cloudkeep.repo.crypto import Crypter, MasterKey
 from cloudkeep.repo.fsmeta import FILE_FLAGS, Stat, node_from_stat, read_xattrs
 from cloudkeep.repo.pack import DATA, PackWriter, blob_aad
+from cloudkeep.repo.procsubtree import SubtreeWalk
 from cloudkeep.repo.tree import FILE, node_json
 
 # Chunks hashed before the parent is asked which are new (a batch's last group with its results:
@@ -53,18 +60,81 @@ GROUP_BYTES = 2 * 2**20
 # the walk hands out its last large file to one worker, which otherwise encoded it alone on one
 # core while the other worker had nothing left (bench/README.md, "First backup in two workers").
 ENCODE_THREADS = 2
-PARALLEL_BYTES = 2**20  # new bytes of a chunk group from which its chunks are sealed in parallel
+# New bytes of a chunk group from which its chunks are sealed in parallel, when they are a large
+# file's (half the minimum chunk on average): a group of small files' blobs cost more in hand-offs
+# to the threads than it saved (a mail store's first backup, ~5 % of a worker's time).
+PARALLEL_BYTES = 2**20
 
 
 class Stopped(Exception):
     """The parent answered a question with ``stop`` (the backup failed or was cancelled)."""
 
 
+_GONE = ("gone",)  # the inbox's word for a channel that closed
+
+
+class Inbox:
+    """The parent's messages, read as they come on a thread of its own: jobs queue (the parent
+    may send several ahead), answers to this worker's questions and to its jobs' last groups are
+    handed to whoever waits for them. The parent never blocks writing to a busy worker."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.tails: deque[tuple[Any, ...]] = deque()  # answers to jobs' last groups, in order
+        self.tail_came = threading.Condition()
+        self.gone = False
+        threading.Thread(target=self._read, name="ck-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.channel.recv()
+                kind = message[0]
+                if kind in ("files", "subtree", "part", "finish", "quit"):
+                    self.jobs.put(message)
+                elif kind == "tail":
+                    with self.tail_came:
+                        self.tails.append(message[1])
+                        self.tail_came.notify()
+                else:  # an answer to the question being asked
+                    self.replies.put(message)
+        except (EOFError, OSError):
+            pass
+        with self.tail_came:
+            self.gone = True
+            self.tail_came.notify()
+        self.jobs.put(_GONE)
+        self.replies.put(_GONE)
+
+    def reply(self) -> tuple[Any, ...]:
+        message = self.replies.get()
+        if message is _GONE:
+            raise EOFError("the parent closed the worker channel")
+        return message
+
+    def job(self) -> tuple[Any, ...]:
+        return self.jobs.get()
+
+    def tail(self, wait: bool) -> tuple[Any, ...] | None:
+        """The next answer about a job's last group; None if none came yet (without ``wait``)."""
+        with self.tail_came:
+            while wait and not self.tails and not self.gone:
+                self.tail_came.wait()
+            if self.tails:
+                return self.tails.popleft()
+        if wait:
+            raise EOFError("the parent closed the worker channel")
+        return None
+
+
 class Worker:
     """The worker's state: its parent channel, the chunker, and the pack being filled."""
 
-    def __init__(self, channel: Channel, init: dict[str, Any]) -> None:
+    def __init__(self, channel: Channel, init: dict[str, Any], inbox: Inbox) -> None:
         self.channel = channel
+        self.inbox = inbox
         self.params = ChunkerParams.from_json(init["chunker"])
         self.cutter = StreamCutter(self.params)
         self.base = Crypter(MasterKey(init["key"], init["id_key"]), init["level"])
@@ -81,35 +151,81 @@ class Worker:
         self.ids: list[bytes] = []  # the chunk group not yet asked about
         self.data: list[bytes] = []
         self.group_bytes = 0
-        self.tail: tuple[list[bytes], list[bytes]] | None = None  # asked with "done", answered next
+        # Jobs' last groups, asked with their ``done``, not yet stored (answered by ``tail``s).
+        self.tails: deque[tuple[list[bytes], list[bytes]]] = deque()
+        self.asked: tuple[list[bytes], list[bytes]] | None = None  # a group asked about mid-job
 
-    def files(self, items: list[tuple[str, tuple[Any, ...]]], answer: tuple[Any, ...] | None) -> None:
+    def files(self, items: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Store a batch of (path, stat key as the walk took it); answers ``done`` with each file's
         (its node's tree text or None, chunk ids, bytes read, (errno, why) when unreadable, no
         xattrs) in order, or None for files a ``stop`` left unread, and the ids of its last chunk
-        group; ``answer`` is the parent's to the last batch's."""
+        group."""
         results: list[tuple[bytes | None, bytes, int, tuple[int, str] | None, bool] | None] = []
         small = len(items) > 1 and all(key[9] < self.params.min_size for _, key in items)
         opened = open_ahead([(path, None, key[9]) for path, key in items], FILE_FLAGS) if small else []
         try:
-            self.answered(answer)
+            self.answered()
             for i, (path, key) in enumerate(items):
                 results.append(self.one_file(path, key, opened[i] if opened else None))
             self.settle()
         except Stopped:  # the backup ends without a restore point: what was being sealed is dropped
-            self.ids, self.data, self.group_bytes, self.sealing = [], [], 0, None
+            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
             results.extend([None] * (len(items) - len(results)))
         finally:
             close_opened(opened)
-        if self.ids:
-            self.tail = self.take_group()
-        self.channel.send(("done", results, self.tail[0] if self.tail else []))
+        self.channel.send(("done", results, self.last_group()))
 
-    def answered(self, answer: tuple[Any, ...] | None) -> None:
-        """Store the new chunks of the last batch's final group, now that the parent answered."""
-        tail, self.tail = self.tail, None
-        if tail is not None:
-            self.store_fresh(*tail, answer)
+    def subtree(self, path: str, key: tuple[Any, ...], options: dict[str, Any]) -> None:
+        """Store the folder at ``path`` and all below it (``procsubtree.py``); answers ``subtree``
+        with its tree id (None when a ``stop`` ended it), its counts and the ids of its last chunk
+        group, as ``done`` does."""
+        walk = SubtreeWalk(self, options)
+        tree_id: bytes | None = None
+        try:
+            self.answered()
+            tree_id = walk.run(path, key)
+            self.settle()
+        except Stopped:
+            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
+        if tree_id is not None:
+            walk.send_out()
+        counts = (walk.files, walk.dirs, walk.bytes_total, walk.bytes_read)
+        self.channel.send(("subtree", tree_id, *counts, self.last_group()))
+
+    def part(self, path: str, key: tuple[Any, ...], names: list[str], options: dict[str, Any]) -> None:
+        """Store the entries ``names`` of the large folder at ``path`` (``SubtreeWalk.part``);
+        answers ``part`` with what its tree and row need (None when a ``stop`` ended it), its
+        counts and the ids of its last chunk group."""
+        walk = SubtreeWalk(self, options)
+        part = None
+        try:
+            self.answered()
+            part = walk.part(path, key, names)
+            self.settle()
+        except Stopped:
+            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
+            part = None
+        if part is not None:
+            walk.send_out()
+        counts = (walk.files, walk.dirs, walk.bytes_total, walk.bytes_read)
+        self.channel.send(("part", part, *counts, self.last_group()))
+
+    def last_group(self) -> list[bytes]:
+        """The ids of the job's last chunk group, kept to store once the parent answers (``tail``)."""
+        if not self.ids:
+            return []
+        group = self.take_group()
+        self.tails.append(group)
+        return group[0]
+
+    def answered(self, wait: bool = False) -> None:
+        """Store the new chunks of earlier jobs' last groups the parent has answered about (all of
+        them, waiting for the answers, with ``wait``)."""
+        while self.tails:
+            answer = self.inbox.tail(wait)
+            if answer is None:
+                return
+            self.store_fresh(*self.tails.popleft(), answer)
 
     def one_file(
         self, path: str, key: tuple[Any, ...], opened: int | OSError | None = None
@@ -164,12 +280,22 @@ class Worker:
         return blob_id
 
     def ask(self, path: str | None = None) -> None:
-        """Ask the parent which chunks of the group to store, and store those."""
+        """Ask the parent which chunks of the group to store; they are stored once the answer is
+        here, when the next group is asked about (or a pack handed over, or the worker finishes):
+        meanwhile the next group is read and hashed. Waiting for each answer, the worker idled a
+        sixth of its time while the parent's GIL came round to the thread that answers."""
         if not self.ids:
             return
+        self.settle_asked()
         ids, data = self.take_group()
         self.channel.send(("ids", ids, path))
-        self.store_fresh(ids, data, self.channel.recv())
+        self.asked = (ids, data)
+
+    def settle_asked(self) -> None:
+        """Store the new chunks of the group last asked about (waiting for the answer)."""
+        asked, self.asked = self.asked, None
+        if asked is not None:
+            self.store_fresh(*asked, self.inbox.reply())
 
     def take_group(self) -> tuple[list[bytes], list[bytes]]:
         """The current chunk group's ids and chunks; the next group starts empty."""
@@ -183,7 +309,8 @@ class Worker:
         if answer is None or answer[0] != "new":
             raise Stopped
         fresh = [(blob_id, chunk) for blob_id, chunk, is_new in zip(ids, data, answer[1]) if is_new]
-        if len(fresh) > 1 and sum(len(chunk) for _, chunk in fresh) >= PARALLEL_BYTES:
+        size = sum(len(chunk) for _, chunk in fresh)
+        if len(fresh) > 1 and size >= PARALLEL_BYTES and size >= len(fresh) * self.params.min_size // 2:
             self.store_group(fresh)
             return
         for blob_id, chunk in fresh:
@@ -238,6 +365,7 @@ class Worker:
 
     def hand_over(self) -> None:
         """Finish the open pack and give it to the parent, who answers with the next pack's key."""
+        self.settle_asked()  # its answer comes before the key
         self.settle()
         pack, self.pack = self.pack, None
         if pack is None:
@@ -251,7 +379,7 @@ class Worker:
             pack.discard()
             raise
         self.channel.send(("pack", pack_id, path, entries, pack.md5))
-        answer = self.channel.recv()
+        answer = self.inbox.reply()
         if answer[0] != "sealer":
             raise Stopped
         self.crypter = self.base.with_encryption_key(answer[1])
@@ -266,19 +394,27 @@ class Worker:
 def serve(channel: Channel) -> None:
     """Answer the parent until it says ``quit`` or goes away."""
     first = channel.recv()
-    worker = Worker(channel, first[1])
+    inbox = Inbox(channel)
+    worker = Worker(channel, first[1], inbox)
     channel.send(("ready", os.getpid()))
     try:
         while True:
-            message = channel.recv()
+            message = inbox.job()
             if message[0] == "files":
-                worker.files(message[1], message[2])
+                worker.files(message[1])
+            elif message[0] == "subtree":
+                worker.subtree(*message[1:])
+            elif message[0] == "part":
+                worker.part(*message[1:])
             elif message[0] == "finish":
                 with contextlib.suppress(Stopped):  # refused: the backup is failing, the pack goes anyway
-                    worker.answered(message[1])
+                    worker.settle_asked()
+                    worker.answered(wait=True)
                 with contextlib.suppress(Stopped):
                     worker.hand_over()
                 channel.send(("finished",))
+            elif message is _GONE:
+                raise EOFError("the parent closed the worker channel")
             else:  # quit
                 return
     except (EOFError, BrokenPipeError):

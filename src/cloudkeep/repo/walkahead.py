@@ -23,8 +23,6 @@ itself, as before.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import select
@@ -39,21 +37,25 @@ from cloudkeep.repo.procpool import WorkerLostError, end, spawn
 log = logging.getLogger(__name__)
 
 AHEAD_FROM = 8192  # entries the walk lists itself before it starts the process
-PIPE_BYTES = 2**20  # how far ahead the process may get (its messages wait in the pipe)
 PART_WAIT_S = 2.0  # for a large folder's next part, once the walk took its first
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class WalkAhead:
     """One backup's walk-ahead process, read by the walking thread only."""
 
-    def __init__(self, bases: list[str], prefix: str, excludes: list[str], after: str | None = None) -> None:
+    def __init__(
+        self,
+        bases: list[str],
+        prefix: str,
+        excludes: list[str],
+        after: str | None = None,
+        skip: list[str] | None = None,
+    ) -> None:
         """Walk the source folders ``bases`` (host paths, in the walk's order) below ``prefix``,
-        from the folder after ``after`` (the host path of the one the walk is listing) on."""
+        from the folder after ``after`` (the host path of the one the walk is listing) on, into
+        none of the folders ``skip`` (worker processes take them whole: ``procsubtree.py``)."""
         self.proc: subprocess.Popen[bytes] | None
-        self.proc, self.channel = spawn("procwalk")
-        with contextlib.suppress(OSError):  # a smaller pipe only lets it get less far ahead
-            fcntl.fcntl(self.channel.read_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        self.proc, self.channel = spawn("procwalk")  # its pipe holds PIPE_BYTES: how far ahead it gets
         self.poller = select.poll()
         self.poller.register(self.channel.read_fd, select.POLLIN)
         self.next: tuple[object, ...] | None = None  # a message for a folder the walk has not reached
@@ -65,6 +67,7 @@ class WalkAhead:
                 "excludes": excludes,
                 "most": procwalk.RECORD_MOST,
                 "after": after,
+                "skip": skip or [],
             }
             self.channel.send(("walk", init))
         except OSError:
@@ -169,10 +172,16 @@ class WalkAhead:
             end(proc)
 
 
-def start(bases: list[str], prefix: str, excludes: list[str], after: str | None = None) -> WalkAhead | None:
+def start(
+    bases: list[str],
+    prefix: str,
+    excludes: list[str],
+    after: str | None = None,
+    skip: list[str] | None = None,
+) -> WalkAhead | None:
     """A walk-ahead process, or None where none starts (the walk then lists everything itself)."""
     try:
-        return WalkAhead(bases, prefix, excludes, after)
+        return WalkAhead(bases, prefix, excludes, after, skip)
     except (OSError, WorkerLostError) as exc:
         log.warning("walk-ahead process unavailable (%s): the walk stats every entry itself", exc)
         return None
