@@ -156,15 +156,23 @@ def test_a_whole_machine_under_a_root_goes_to_the_lanes(
     assert by_lanes.stats["files"] == by_threads.stats["files"] > 120
 
 
-def test_lanes_apply_the_masks_as_the_walk_does(repo: Repository, tmp_path: Path, jobs: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("excludes", "includes"),
+    [
+        (["f1*", "*/a/b/c"], ["*f0*", "*n1", "inner"]),
+        ([], ["*n1"]),
+    ],  # the second leaves the flat folders empty
+)
+def test_lanes_apply_the_masks_as_the_walk_does(
+    repo: Repository, tmp_path: Path, jobs: list[str], excludes: list[str], includes: list[str]
+) -> None:
     src = _tree(tmp_path / "src")
-    excludes, includes = ["f1*", "*/a/b/c"], ["*f0*", "*n1", "inner"]
-    by_threads = backup_files(
-        repo, [src], hostname="h", processes=False, excludes=excludes, includes=includes
-    )
-    by_lanes = backup_files(repo, [src], hostname="h", excludes=excludes, includes=includes)
+    masks: dict[str, Any] = {"excludes": excludes, "includes": includes}
+    by_threads = backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "c1", **masks)
+    by_lanes = backup_files(repo, [src], hostname="h", cache_dir=tmp_path / "c2", **masks)
     assert "part" in jobs and _subtree(repo, by_lanes.id, src) == _subtree(repo, by_threads.id, src)
     assert by_lanes.stats["files"] == by_threads.stats["files"] < 60
+    assert _cache_rows(tmp_path / "c2", src) == _cache_rows(tmp_path / "c1", src)
 
 
 def test_a_folder_swapped_under_a_worker_is_named_and_backed_up_empty(

@@ -231,9 +231,9 @@ class Folder:
         tree = b'{"nodes":[' + b",".join(part[0] for part in done if part[0]) + b"]}"
         tree_id, _ = self.archiver.writer.save(TREE, memoryview(tree))
         cache = self.archiver.tree_cache
-        rows = [row for part in done for row in part[4]]
-        if cache is None or not rows:  # no folder row: its files' rows went as they were read
+        if cache is None or not is_text(self.path):  # no folder row: its files' went as they were read
             return tree_id
+        rows = [row for part in done for row in part[4]]  # one per node
         if self.exact and all(part[6] for part in done) and self.key is not None:
             count = sum(part[1] for part in done)
             keys = (
