@@ -329,24 +329,18 @@ class ProcPool:
             self.local.granted = granted
         if not granted:
             return None
-        began = time.monotonic()
-        try:
-            worker = ProcWorker(self.writer, self.staging, self.chunker)
-        except (OSError, WorkerLostError) as exc:
-            log.warning("backup worker processes unavailable (%s): reading files in threads", exc)
-            self.disabled = True
-            return None
-        with self.lock:
-            self.workers.append(worker)
-            self.started += time.monotonic() - began
+        worker = self._start()
         self.local.worker = worker
         return worker
 
     def relayed_worker(self) -> ProcWorker | None:
         """A worker that takes jobs ahead and is read by one thread (``ProcWorker.relay``); None
         when workers cannot start here."""
-        if self.disabled:
-            return None
+        return None if self.disabled else self._start(relayed=True)
+
+    def _start(self, *, relayed: bool = False) -> ProcWorker | None:
+        """A new worker, counted among the backup's; None when workers cannot start here (the
+        threads then read the files) or the backup failed while it started."""
         began = time.monotonic()
         try:
             worker = ProcWorker(self.writer, self.staging, self.chunker)
@@ -354,13 +348,12 @@ class ProcPool:
             log.warning("backup worker processes unavailable (%s): reading files in threads", exc)
             self.disabled = True
             return None
-        worker.relayed = True
+        worker.relayed = relayed
         with self.lock:
-            if self.closed:  # the backup failed while it started
+            if self.closed:
                 worker.kill()
                 return None
             self.workers.append(worker)
-            self.granted += 1
             self.started += time.monotonic() - began
         return worker
 
