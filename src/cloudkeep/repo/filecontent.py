@@ -54,7 +54,7 @@ from cloudkeep.storage.base import RangeStream
 if TYPE_CHECKING:
     from cloudkeep.repo.earlyread import EarlyReads
     from cloudkeep.repo.folders import Folder
-    from cloudkeep.repo.lanes import Lane, Lanes
+    from cloudkeep.repo.lanes import Lanes
     from cloudkeep.repo.procpool import FileResult, ProcPool
     from cloudkeep.repo.walkplan import WalkPlan
 
@@ -181,8 +181,7 @@ class FileContent:
         lane = lanes.take(work, wait=True)  # the workers read faster than this process's threads
         if lane is None:
             return False
-        sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
-        items = [(files[i].path, _key(files[i])) for i in sent]
+        sent, items = _sendable(files)
 
         def done(message: tuple[Any, ...] | None) -> None:  # on the lane's thread
             self.filler.submit(self.lane_files_done, files, sent, message)
@@ -197,17 +196,15 @@ class FileContent:
         try:
             if message is None:
                 raise WorkerLostError("the backup worker process ended before its batch did")
-            results = dict(zip(sent, message[1]))
-            for i, item in enumerate(files):
-                if i not in results:  # empty, or a path too long to open by name: read here
-                    nodes.append(self.read_entry(item) if self.error is None else None)
-                    continue
-                result = results[i]
-                nodes.append(self.proc_node(item, result) if result is not None else None)
+            nodes = self.batch_nodes(files, sent, message[1])
         except BaseException as exc:
             self.fail(exc)
         nodes.extend([None] * (len(files) - len(nodes)))
         self.fill_slots(files, nodes, release=False)
+
+    def read_early_below(self, path: str) -> bool:
+        """A large file below ``path`` is read here (``EarlyReads``): its folder is not handed over."""
+        return any(large.startswith(path + "/") for large in self.early.reads)
 
     def delegable(self) -> list[str]:
         """The outermost folders worker processes would take, whole or in parts (the walk-ahead
@@ -228,7 +225,7 @@ class FileContent:
         work, nested = plan.work.get(folder.path), plan.nested.get(folder.path)
         if work is None or nested is None or nested > self.job_most or not reachable(folder.path):
             return False
-        if any(large.startswith(folder.path + "/") for large in self.early.reads):  # read here already
+        if self.read_early_below(folder.path):
             return False
         first = lanes.take(0, wait=True)
         if first is None:  # no worker runs: the walk takes it
@@ -240,7 +237,6 @@ class FileContent:
         count = -(-len(names) // PART_ENTRIES)
         each = (work - nested) // max(count, 1)
         folder.split(count)
-        lane: Lane | None = None
         for index in range(count):
             part = names[index * PART_ENTRIES : (index + 1) * PART_ENTRIES]
             lane = lanes.take(each, wait=True)
@@ -286,7 +282,7 @@ class FileContent:
         work = plan.work.get(path)
         if work is None or work > self.job_most or not reachable(path):
             return False
-        if any(large.startswith(path + "/") for large in self.early.reads):  # read here already
+        if self.read_early_below(path):
             return False
         lane = lanes.take(work, wait=True)
         if lane is None:
@@ -411,14 +407,20 @@ class FileContent:
         worker = self.procs.worker()
         if worker is None:
             return None
-        sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
-        items = [(files[i].path, _key(files[i])) for i in sent]
+        sent, items = _sendable(files)
         try:
             results = worker.run(items, self.go_on) if items else []
         except BaseException as exc:
             self.procs.drop(worker)
             self.writer.fail(exc)
             raise
+        return self.batch_nodes(files, sent, results)
+
+    def batch_nodes(
+        self, files: list[PendingFile], sent: list[int], results: list[FileResult | None]
+    ) -> list[Node | FileText | None]:
+        """The batch's nodes from a worker's ``results`` for the files ``sent`` (by index); the
+        others (empty, or a path too long to open by name) are read here."""
         by_index = dict(zip(sent, results))
         nodes: list[Node | FileText | None] = []
         for i, item in enumerate(files):
@@ -556,6 +558,13 @@ class FileContent:
             return self.writer.save(DATA, data, blob_id)
         finally:
             self.chunk_copies.give_back(buf)
+
+
+def _sendable(files: list[PendingFile]) -> tuple[list[int], list[tuple[str, StatKey]]]:
+    """Which files of a batch a worker reads (by index) and what it is sent for them: not the
+    empty ones (nothing to read) nor paths too long to open by name."""
+    sent = [i for i, item in enumerate(files) if item.st.st_size and reachable(item.path)]
+    return sent, [(files[i].path, _key(files[i])) for i in sent]
 
 
 def _key(item: PendingFile) -> StatKey:

@@ -37,7 +37,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -168,8 +168,8 @@ class Worker:
             for i, (path, key) in enumerate(items):
                 results.append(self.one_file(path, key, opened[i] if opened else None))
             self.settle()
-        except Stopped:  # the backup ends without a restore point: what was being sealed is dropped
-            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
+        except Stopped:
+            self.drop_group()
             results.extend([None] * (len(items) - len(results)))
         finally:
             close_opened(opened)
@@ -179,36 +179,33 @@ class Worker:
         """Store the folder at ``path`` and all below it (``procsubtree.py``); answers ``subtree``
         with its tree id (None when a ``stop`` ended it), its counts and the ids of its last chunk
         group, as ``done`` does."""
-        walk = SubtreeWalk(self, options)
-        tree_id: bytes | None = None
-        try:
-            self.answered()
-            tree_id = walk.run(path, key)
-            self.settle()
-        except Stopped:
-            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
-        if tree_id is not None:
-            walk.send_out()
-        counts = (walk.files, walk.dirs, walk.bytes_total, walk.bytes_read)
-        self.channel.send(("subtree", tree_id, *counts, self.last_group()))
+        self.walk_job("subtree", options, lambda walk: walk.run(path, key))
 
     def part(self, path: str, key: tuple[Any, ...], names: list[str], options: dict[str, Any]) -> None:
         """Store the entries ``names`` of the large folder at ``path`` (``SubtreeWalk.part``);
         answers ``part`` with what its tree and row need (None when a ``stop`` ended it), its
         counts and the ids of its last chunk group."""
+        self.walk_job("part", options, lambda walk: walk.part(path, key, names))
+
+    def walk_job(self, kind: str, options: dict[str, Any], job: Callable[[SubtreeWalk], Any]) -> None:
+        """Run a folder job on a ``SubtreeWalk`` and answer ``kind`` with its result and counts."""
         walk = SubtreeWalk(self, options)
-        part = None
+        result = None
         try:
             self.answered()
-            part = walk.part(path, key, names)
+            result = job(walk)
             self.settle()
         except Stopped:
-            self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
-            part = None
-        if part is not None:
+            self.drop_group()
+            result = None
+        if result is not None:
             walk.send_out()
         counts = (walk.files, walk.dirs, walk.bytes_total, walk.bytes_read)
-        self.channel.send(("part", part, *counts, self.last_group()))
+        self.channel.send((kind, result, *counts, self.last_group()))
+
+    def drop_group(self) -> None:
+        """A ``stop``: the backup ends without a restore point, what was being stored is dropped."""
+        self.ids, self.data, self.group_bytes, self.sealing, self.asked = [], [], 0, None, None
 
     def last_group(self) -> list[bytes]:
         """The ids of the job's last chunk group, kept to store once the parent answers (``tail``)."""

@@ -54,8 +54,7 @@ def plan_walk(
     as ``entry`` bytes of work besides its content (``filecontent.FILE_WORK``); files of ``large``
     bytes or more are named. ``reached`` is called once the work counted so far is ``enough``
     (the workers start while the pass goes on)."""
-    plan = _Pass(plan=WalkPlan(), excludes=masks[0], prefix=masks[1], entry=entry, large=large)
-    plan.enough, plan.reached = enough, reached
+    plan = _Pass(WalkPlan(), masks[0], masks[1], entry, large, enough, reached)
     for base in bases:
         plan.plan.total += plan.walk(base)
     found = sorted(plan.found, reverse=True)
@@ -70,8 +69,8 @@ class _Pass:
     prefix: str
     entry: int
     large: int
-    enough: int = 0
-    reached: Callable[[], None] | None = None
+    enough: int
+    reached: Callable[[], None] | None
     counted: int = 0
     found: list[tuple[int, str]] = field(default_factory=list)
 
