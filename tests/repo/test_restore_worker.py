@@ -112,6 +112,32 @@ def test_the_worker_restores_what_the_threads_restore(
     _same(restored(tmp_path / "threads", src), restored(tmp_path / "worker", src))
 
 
+def test_the_worker_boots_while_the_plan_is_still_made(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planned as a remote store's restore is (one batch, handed out when planning ends), the
+    worker starts as the plan reaches ``PROC_FILES`` files, not at that hand-out: its interpreter
+    boots while the rest is planned, and it still takes part."""
+    src = _tree(tmp_path / "src", files=600)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(restorer, "PROC_FILES", 100)
+    monkeypatch.setattr(restorer._Restorer, "batch_full", lambda self: False)
+    at_start: list[tuple[int, int]] = []  # (files planned, batches handed out) as it starts
+
+    def started(writer: restorer._Restorer, *args: object) -> RestoreProc:
+        at_start.append((writer.result.files, len(writer.batches)))
+        return RestoreProc(writer, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restorer, "RestoreProc", started)
+    sent = _counting(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok, result.errors
+    assert at_start == [(100, 0)] and result.files > 100
+    assert sent  # it restored some of the files
+    _same(src, restored(tmp_path / "out", src))
+
+
 def test_a_small_restore_starts_no_worker(
     local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
