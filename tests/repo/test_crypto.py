@@ -9,6 +9,7 @@ import pytest
 import zstandard
 
 from cloudkeep.errors import IntegrityError
+from cloudkeep.repo import crypto
 from cloudkeep.repo.crypto import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -134,3 +135,19 @@ def test_a_forked_child_does_not_reuse_its_parents_nonces() -> None:
     ours = {new_nonce() for _ in range(4)}
     assert len(child) == 4 * NONCE_SIZE
     assert not ours & {child[i : i + NONCE_SIZE] for i in range(0, len(child), NONCE_SIZE)}
+
+
+@pytest.mark.parametrize("data", [COMPRESSIBLE * 20, os.urandom(2**20) + COMPRESSIBLE], ids=["text", "mixed"])
+def test_a_blob_above_one_call_is_compressed_in_pieces_and_reads_back(
+    crypter: Crypter, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``WHOLE_MOST`` (a large folder's tree) zstd runs a piece at a time: one frame that
+    states its size, read back by both decoding paths, the codec still chosen by the saving."""
+    monkeypatch.setattr(crypto, "WHOLE_MOST", 64 * 1024)
+    monkeypatch.setattr(crypto, "_PIECE", 16 * 1024)
+    for sealed in (crypter.encode(data, b"aad"), bytes(crypter.encode_into_buffer(data, b"aad"))):
+        plain = crypter.open(sealed, b"aad", "blob")
+        assert plain[0] == CODEC_ZSTD
+        assert zstandard.get_frame_parameters(plain[1:]).content_size == len(data)
+        assert crypter.decode(sealed, b"aad", "blob") == data
+        assert bytes(crypter.decode_into_buffer(sealed, b"aad", "blob")) == data

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import cache as cache_module
-from cloudkeep.repo.cache import FileCache
+from cloudkeep.repo.cache import FileCache, FolderRow
 
 # Neighbours that sort between or around a folder's files: "a.b" sorts before "a/", "a0" just
 # after it, "a/b/c" is deeper; names with spaces, non-ASCII and non-UTF-8 bytes (surrogates).
@@ -76,5 +76,30 @@ def test_no_previous_generation_finds_nothing(tmp_path: Path) -> None:
     cache = FileCache(tmp_path, "repo", "host", ["/src"])
     try:
         assert cache.lookup(PATHS[0], _stat(0)) is None
+    finally:
+        cache.discard()
+
+
+def test_a_large_folder_row_written_in_pieces_reads_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows past ``_WRITE_IN_PIECES`` go into blobs made to size, a piece at a time: the next
+    backup reads every byte back, beside small rows of the same batch and one replaced."""
+    monkeypatch.setattr(cache_module, "_WRITE_IN_PIECES", 1000)
+    monkeypatch.setattr(cache_module, "_PIECE", 333)  # pieces that do not divide the lists
+    large = FolderRow(b"l" * 20, b"s" * 20, b"t" * 32, os.urandom(32 * 40), os.urandom(5001))
+    small = FolderRow(b"L" * 20, b"S" * 20, b"T" * 32, b"", os.urandom(10))
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    cache.record_folder("/src/big", FolderRow(b"old", b"old", b"old", b"", os.urandom(4000)))
+    cache.record_folder("/src/big", large)  # the same folder twice: the last row is the one kept
+    cache.record_folder("/src/small", large)
+    cache.record_folder("/src/small", small)  # and a large row replaced by a small one
+    cache.record_folder("/src/empty", FolderRow(b"e", b"e", b"e", b"", b""))
+    cache.commit()
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        assert cache.folder("/src/big") == large
+        assert cache.folder("/src/small") == small
+        assert cache.folder("/src/empty") == FolderRow(b"e", b"e", b"e", b"", b"")
     finally:
         cache.discard()
