@@ -12,7 +12,7 @@ import pytest
 
 from cloudkeep.repo import Repository, backup_files, folders, restore
 from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.folders import _PreviousRow, _RowEntry, encode_row
+from cloudkeep.repo.folders import _PreviousRow, _RowEntry, encode_row, join_row
 from tests.repo.conftest import restored, until_ctime_moves
 
 
@@ -48,6 +48,17 @@ def test_a_name_the_row_does_not_have_decodes_no_further_than_its_place(
     assert len(previous.pieces) == 5  # pieces 1 and 2 decoded, the other five not
     assert previous.pop("zzz") is None  # past the last name: everything decoded, nothing found
     assert not previous.pieces and len(previous.found) == 50
+
+
+@pytest.mark.parametrize("count", [9, 16, 17, 50])
+def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written a piece at a time, a large row (and one joined from a worker's entries) is byte
+    for byte what marshal makes of the list of its pieces: what every version reads."""
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    row = _row(count)
+    pieces = [marshal.dumps(row[i : i + 8], 2) for i in range(0, count, 8)]
+    assert encode_row(row) == marshal.dumps(pieces, 2)
+    assert join_row([marshal.dumps(entry, 2) for entry in row]) == encode_row(row)
 
 
 def test_small_rows_stay_whole_and_damaged_pieces_give_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import marshal
 import struct
 from collections.abc import Iterable, Iterator
@@ -390,8 +391,9 @@ def join_row(entries: list[bytes]) -> bytes:
     """``encode_row`` of the entries marshalled one by one (a folder's parts, from worker processes)."""
     if len(entries) <= ROW_PIECE:
         return _list_head(len(entries)) + b"".join(entries)
-    pieces = [entries[i : i + ROW_PIECE] for i in range(0, len(entries), ROW_PIECE)]
-    return marshal.dumps([_list_head(len(piece)) + b"".join(piece) for piece in pieces], 2)
+    starts = range(0, len(entries), ROW_PIECE)
+    parts = (entries[i : i + ROW_PIECE] for i in starts)
+    return _pieces(len(starts), (_list_head(len(part)) + b"".join(part) for part in parts))
 
 
 def encode_row(row: list[_RowEntry]) -> bytes:
@@ -399,7 +401,23 @@ def encode_row(row: list[_RowEntry]) -> bytes:
     list of pieces (``ROW_PIECE``) for a large folder."""
     if len(row) <= ROW_PIECE:
         return marshal.dumps(row, 2)
-    return marshal.dumps([marshal.dumps(row[i : i + ROW_PIECE], 2) for i in range(0, len(row), ROW_PIECE)], 2)
+    starts = range(0, len(row), ROW_PIECE)
+    return _pieces(len(starts), (marshal.dumps(row[i : i + ROW_PIECE], 2) for i in starts))
+
+
+def _pieces(count: int, pieces: Iterator[bytes]) -> bytes:
+    """``marshal.dumps(list(pieces), 2)`` (a list of ``count`` bytes objects) written a piece at a
+    time: the list of pieces and the bytes made from it were two copies of a large row at once
+    (8 and 11 MiB for a maildir folder of 45,000 files, at the peak of the mail store's
+    incremental). ``BytesIO`` grows its one buffer and hands it over without a copy."""
+    out = io.BytesIO()
+    out.write(_list_head(count))
+    for piece in pieces:
+        out.write(b"s" + struct.pack("<i", len(piece)))  # what marshal writes before a bytes object
+        out.write(piece)
+        count -= 1
+    assert count == 0
+    return out.getvalue()
 
 
 class _PreviousRow:
