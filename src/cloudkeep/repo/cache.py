@@ -241,7 +241,7 @@ class FileCache:
         self._batch.clear()
         small: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
         for row in self._folder_batch:  # in order: a folder recorded twice keeps its last row
-            if len(row[4]) + len(row[5]) >= _WRITE_IN_PIECES and sys.version_info >= (3, 11):
+            if len(row[4]) + len(row[5]) >= _WRITE_IN_PIECES:
                 self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", small)
                 small = []
                 self._write_large_row(*row)
@@ -260,9 +260,14 @@ class FileCache:
 
         Bound as parameters, SQLite copies each value and then builds the whole record from the
         copies: two transient copies of a row that is 10 MiB for a folder of 45,000 files, which
-        were the largest allocation at the peak of an incremental backup of a mail store. (Python
-        3.11+: older ones bind the row whole.)
+        were the largest allocation at the peak of an incremental backup of a mail store.
         """
+        if sys.version_info < (3, 11):  # no ``blobopen``: bound whole
+            self._new.execute(
+                "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)",
+                (path, listing, signature, tree, chunks, keys),
+            )
+            return
         inserted = self._new.execute(
             "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, zeroblob(?), zeroblob(?))",
             (path, listing, signature, tree, len(chunks), len(keys)),
