@@ -174,14 +174,10 @@ class FileCache:
         return rows
 
     def record(self, path: str, st: StatLike, content: list[bytes]) -> None:
-        self.record_stat(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content)
-
-    def record_stat(
-        self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int, content: list[bytes]
-    ) -> None:
-        """``record`` from the stat fields a row keeps (a folder's stat keys hold them)."""
+        """A file's row for the next backup (a stat key's fields as ``fsmeta.Stat(key)``)."""
+        row = (_key(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, b"".join(content))
         with self._lock:
-            self._batch.append((_key(path), size, mtime_ns, ctime_ns, inode, b"".join(content)))
+            self._batch.append(row)
             if len(self._batch) >= 2000:
                 self._flush()
 

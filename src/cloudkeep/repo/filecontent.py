@@ -323,7 +323,7 @@ class FileContent:
                 for path, listing, signature, tree, chunks, rows in folder_rows:
                     cache.record_folder(path, FolderRow(listing, signature, tree, chunks, rows))
                 for path, key, chunks in file_rows:
-                    cache.record_stat(path, key[9], key[11], key[12], key[2], [chunks])
+                    cache.record(path, Stat(key), [chunks])
                 for path, key in large:
                     cache.record_large(path, Stat(key))
             for path, error in skipped:

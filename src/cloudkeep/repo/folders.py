@@ -211,17 +211,8 @@ class Folder:
                     cache.record(child.path, child.st, child.content)
                 elif self._keeps_rows and isinstance(child, (Node, FileText)) and _is_file(child):
                     # read anew, its row left to this folder's (``FileContent.proc_node``)
-                    size, mtime_ns, ctime_ns, inode = key[9], key[11], key[12], key[2]
-                    assert isinstance(size, int) and isinstance(mtime_ns, int)
-                    assert isinstance(ctime_ns, int) and isinstance(inode, int)
-                    cache.record_stat(
-                        f"{self.base}/{child.name}",
-                        size,
-                        mtime_ns,
-                        ctime_ns,
-                        inode,
-                        split_ids(child.chunks) if isinstance(child, FileText) else child.content,
-                    )
+                    content = split_ids(child.chunks) if isinstance(child, FileText) else child.content
+                    cache.record(f"{self.base}/{child.name}", Stat(key), content)
         return tree_id
 
     def _joined(self, parts: list[Part | None]) -> bytes:
@@ -249,7 +240,7 @@ class Folder:
         for row in rows:  # inexact: its files get rows of their own
             key, content, _ = marshal.loads(row)
             if content is not None:
-                cache.record_stat(f"{self.path}/{key[0]}", key[9], key[11], key[12], key[2], [content])
+                cache.record(f"{self.path}/{key[0]}", Stat(key), [content])
         return tree_id
 
     def keeps_rows(self) -> bool:
