@@ -198,6 +198,8 @@ class _Restorer(TargetWriter):
                 seen.add(node.name)
                 last = node.name
                 sub = self.plan(node, index, node.name, entry_path)
+                if not self.proc_tried and self.result.files >= PROC_FILES:
+                    self.start_proc()
                 if sub is not None:
                     stack.append(sub)
                 elif self.batch_full():
@@ -295,8 +297,6 @@ class _Restorer(TargetWriter):
             self.by_blob[blob_id].append(Target(file, at))
         self.result.files += 1
         self.result.bytes += node.size
-        if self.result.files >= PROC_FILES and not self.proc_tried:
-            self.start_proc()
         self.batch_files += 1
         self.batch_bytes += node.size
         self.batch_targets += len(offsets)
@@ -325,6 +325,8 @@ class _Restorer(TargetWriter):
             self.to_make = []
         if not self.by_blob and not self.created:
             return
+        if not self.proc_tried and self.result.files >= PROC_FILES:  # (a restore of named paths)
+            self.start_proc()
         located = self.located
         requests = plan_requests(
             (located[b] for b in self.by_blob), remote=self.remote, batch=len(self.batches)
@@ -339,9 +341,10 @@ class _Restorer(TargetWriter):
         self.batch_files = self.batch_bytes = self.batch_targets = 0
 
     def start_proc(self) -> None:
-        """Start the worker process as the plan reaches ``PROC_FILES`` files, not at its next
-        hand-out: its interpreter boots (~0.2 s) while planning goes on, and a remote store's one
-        batch is handed out only when planning ends."""
+        """Start the worker process as the plan of a folder's entries reaches ``PROC_FILES`` files,
+        not at its next hand-out: its interpreter boots (~0.2 s) while planning goes on, and a
+        remote store's one batch is handed out only when planning ends. (Outside ``plan``, whose
+        errors are one entry's.)"""
         self.proc_tried = True
         if not RESTORE_PROCS:
             return
