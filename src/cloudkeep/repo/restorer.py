@@ -198,8 +198,7 @@ class _Restorer(TargetWriter):
                 seen.add(node.name)
                 last = node.name
                 sub = self.plan(node, index, node.name, entry_path)
-                if not self.proc_tried and self.result.files >= PROC_FILES:
-                    self.start_proc()
+                self.start_proc()
                 if sub is not None:
                     stack.append(sub)
                 elif self.batch_full():
@@ -325,8 +324,7 @@ class _Restorer(TargetWriter):
             self.to_make = []
         if not self.by_blob and not self.created:
             return
-        if not self.proc_tried and self.result.files >= PROC_FILES:  # (a restore of named paths)
-            self.start_proc()
+        self.start_proc()  # (a restore of named paths plans none of its files in ``plan_tree``)
         located = self.located
         requests = plan_requests(
             (located[b] for b in self.by_blob), remote=self.remote, batch=len(self.batches)
@@ -344,7 +342,9 @@ class _Restorer(TargetWriter):
         """Start the worker process as the plan of a folder's entries reaches ``PROC_FILES`` files,
         not at its next hand-out: its interpreter boots (~0.2 s) while planning goes on, and a
         remote store's one batch is handed out only when planning ends. (Outside ``plan``, whose
-        errors are one entry's.)"""
+        errors are one entry's.) Tried once; nothing to do before that many files."""
+        if self.proc_tried or self.result.files < PROC_FILES:
+            return
         self.proc_tried = True
         if not RESTORE_PROCS:
             return
