@@ -58,6 +58,7 @@ _LARGE_SCHEMA = (
 # Folder rows are written in batches of about this many bytes (their file lists), not all at the
 # end: an incremental writes few file rows, and held rows were megabytes of the peak.
 _FOLDER_BATCH_BYTES = 1 << 20
+_INSERT_FOLDER = "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)"
 # A folder row whose file lists hold this many bytes is written in pieces of ``_PIECE``.
 _WRITE_IN_PIECES = 1 << 20
 _PIECE = 1 << 18
@@ -238,12 +239,12 @@ class FileCache:
         small: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
         for row in self._folder_batch:  # in order: a folder recorded twice keeps its last row
             if len(row[4]) + len(row[5]) >= _WRITE_IN_PIECES:
-                self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", small)
+                self._new.executemany(_INSERT_FOLDER, small)
                 small = []
                 self._write_large_row(*row)
             else:
                 small.append(row)
-        self._new.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)", small)
+        self._new.executemany(_INSERT_FOLDER, small)
         self._folder_batch.clear()
         self._folder_bytes = 0
         self._new.executemany("INSERT OR REPLACE INTO large VALUES (?, ?, ?, ?, ?)", self._large)
@@ -260,7 +261,7 @@ class FileCache:
         """
         if sys.version_info < (3, 11):  # no ``blobopen``: bound whole
             self._new.execute(
-                "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, ?, ?)",
+                _INSERT_FOLDER,
                 (path, listing, signature, tree, chunks, keys),
             )
             return
