@@ -99,6 +99,7 @@ class Folder:
         # A large folder whose entries worker processes store in parts (``procsubtree.py``): each
         # part's result once it is done (``Part``), joined into the tree and row here.
         self.parts: list[Part | None] | None = None
+        self.large = False  # the walk waits for it to be stored before listing on (``LARGE_FOLDER``)
         if fd is not None:
             with archiver.lock:
                 archiver.open_fds.add(fd)
@@ -142,9 +143,13 @@ class Folder:
 
     def release(self) -> None:
         """The walk has listed every child."""
-        with self.archiver.lock:
+        archiver = self.archiver
+        with archiver.lock:
             if self.fd is not None:
-                self.archiver.walk_held -= 1
+                archiver.walk_held -= 1
+            if len(self.keys) >= archiver.large_folder:
+                self.large = True
+                archiver.large_held += 1
             self.remaining -= 1
             done = self.remaining == 0
         if done:
@@ -175,6 +180,8 @@ class Folder:
         except BaseException as exc:
             self.archiver.fail(exc)
         finally:
+            if self.large:
+                self.archiver.large_stored()
             self.archiver.close_fd(self.fd)
         if self.parent is None:
             self.archiver.root_done.set()
