@@ -223,29 +223,43 @@ class Folder:
         return tree_id
 
     def _joined(self, parts: list[Part | None]) -> bytes:
-        """The tree of a folder stored in parts, and its row: the same bytes as ``_tree`` gives."""
+        """The tree of a folder stored in parts, and its row: the same bytes as ``_tree`` gives.
+
+        What the parts hold is let go as it is used, and the listing's keys are hashed as they
+        are, not joined first: beside a maildir folder's parts (~22 MiB for 50,000 messages) the
+        joined tree, made twice, and keys had held ~16 MiB more."""
         if any(part is None for part in parts):
             raise RuntimeError(f"a worker process did not complete its part of {self.path!r}")
         done = [part for part in parts if part is not None]
-        tree = b'{"nodes":[' + b",".join(part[0] for part in done if part[0]) + b"]}"
-        tree_id, _ = self.archiver.writer.save(TREE, memoryview(tree))
+        parts.clear()  # (``self.parts``)
+        texts = [part[0] for part in done if part[0]]
+        count, exact = sum(part[1] for part in done), all(part[6] for part in done)
+        keys, subtrees = [part[2] for part in done], [part[3] for part in done]
+        rows = [row for part in done for row in part[4]]  # one per node
+        chunks = [part[5] for part in done]
+        del done
+        tree_id, _ = self.archiver.writer.save(TREE, memoryview(_tree_text(texts)))
+        texts.clear()
         cache = self.archiver.tree_cache
         if cache is None or not is_text(self.path):  # no folder row: its files' went as they were read
             return tree_id
-        rows = [row for part in done for row in part[4]]  # one per node
-        if self.exact and all(part[6] for part in done) and self.key is not None:
-            count = sum(part[1] for part in done)
-            keys = (
-                _tuple_head(2) + marshal.dumps(self.key, 2) + _list_head(count) + b"".join(p[2] for p in done)
+        if self.exact and exact and self.key is not None:
+            # as ``listing_signature``: marshal's tuple of the folder's key and the list of keys
+            hashed = hashlib.blake2b(
+                _tuple_head(2) + marshal.dumps(self.key, 2) + _list_head(count), digest_size=20
             )
-            listing = hashlib.blake2b(keys, digest_size=20).digest()  # as ``listing_signature``
-            subtrees = _list_head(len(rows)) + b"".join(part[3] for part in done)
-            signature = hashlib.blake2b(listing + subtrees, digest_size=20).digest()
-            chunks = b"".join(part[5] for part in done)
-            cache.record_folder(self.path, FolderRow(listing, signature, tree_id, chunks, join_row(rows)))
+            for part_keys in keys:
+                hashed.update(part_keys)
+            listing = hashed.digest()
+            keys.clear()
+            hashed = hashlib.blake2b(listing + _list_head(len(rows)), digest_size=20)
+            for part_subtrees in subtrees:
+                hashed.update(part_subtrees)
+            row = FolderRow(listing, hashed.digest(), tree_id, b"".join(chunks), join_row(rows))
+            cache.record_folder(self.path, row)
             return tree_id
-        for row in rows:  # inexact: its files get rows of their own
-            key, content, _ = marshal.loads(row)
+        for entry in rows:  # inexact: its files get rows of their own
+            key, content, _ = marshal.loads(entry)
             if content is not None:
                 cache.record(f"{self.path}/{key[0]}", Stat(key), [content])
         return tree_id
@@ -343,6 +357,18 @@ class Folder:
             return None
         node.content = child.content or []
         return node
+
+
+def _tree_text(nodes: list[bytes]) -> bytes:
+    """A tree of the nodes' texts: ``b'{"nodes":[' + b",".join(nodes) + b"]}"`` made at once, not
+    the nodes joined and then copied again between the brackets."""
+    pieces = [b'{"nodes":[']
+    for text in nodes:
+        pieces += (text, b",")
+    if nodes:
+        pieces.pop()
+    pieces.append(b"]}")
+    return b"".join(pieces)
 
 
 def _is_file(node: Node | FileText) -> bool:
