@@ -140,9 +140,9 @@ class Crypter:
     def content_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.key.id_key).digest()
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         nonce = new_nonce()
-        return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         sealed = self._check_length(sealed, what)
@@ -177,9 +177,20 @@ class Crypter:
         return CODEC_RAW, data
 
     def encode(self, data: bytes | memoryview, aad: bytes, *, compress: bool = True) -> bytes:
-        """Compress (unless it does not pay) then seal; the first plaintext byte names the codec."""
+        """Compress (unless it does not pay) then seal; the first plaintext byte names the codec.
+
+        Each step's input is let go once the next is made: the compressed payload, the codec and
+        payload, the ciphertext and the sealed file had all been held at once (an index file of
+        90,000 blobs, ~6 MiB, held ~20 MiB while it was encoded)."""
         codec, payload = self._payload(data, compress)
-        return self.seal(bytes((codec,)) + payload, aad)
+        plain = bytearray(1 + len(payload))
+        plain[0] = codec
+        plain[1:] = payload
+        del payload
+        nonce = new_nonce()
+        sealed = self._aead.encrypt(nonce, plain, aad)
+        del plain
+        return nonce + sealed
 
     def encode_into_buffer(self, data: bytes | memoryview, aad: bytes) -> memoryview:
         """``encode`` written into this thread's reusable buffer; valid until the thread's next call.

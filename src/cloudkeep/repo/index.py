@@ -198,7 +198,7 @@ def encode_index_file(
             out += _PACK_HEAD.pack(len(name), len(entries)) + name
         for e in entries:
             out += _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length)
-    return crypter.encode(bytes(out), aad)
+    return crypter.encode(memoryview(out), aad)
 
 
 def read_index_file(
