@@ -527,6 +527,7 @@ def restore(
             restorer.start()
             try:
                 _plan(restorer, nodes)
+                repo.drop_tree_caches()  # every tree is read
                 restorer.fetch_rest()
             except BaseException:  # the last hand-out raises a reader's failure too: threads wait
                 restorer.abandon()
