@@ -233,7 +233,7 @@ class Folder:
         done = [part for part in parts if part is not None]
         parts.clear()  # (``self.parts``)
         texts = [part[0] for part in done if part[0]]
-        count, exact = sum(part[1] for part in done), all(part[6] for part in done)
+        count, parts_exact = sum(part[1] for part in done), all(part[6] for part in done)
         keys, subtrees = [part[2] for part in done], [part[3] for part in done]
         rows = [row for part in done for row in part[4]]  # one per node
         chunks = [part[5] for part in done]
@@ -243,7 +243,7 @@ class Folder:
         cache = self.archiver.tree_cache
         if cache is None or not is_text(self.path):  # no folder row: its files' went as they were read
             return tree_id
-        if self.exact and exact and self.key is not None:
+        if self.exact and parts_exact and self.key is not None:
             # as ``listing_signature``: marshal's tuple of the folder's key and the list of keys
             hashed = hashlib.blake2b(
                 _tuple_head(2) + marshal.dumps(self.key, 2) + _list_head(count), digest_size=20
