@@ -326,22 +326,25 @@ class _Archiver(FileContent):
         folders it holds) is never waited for: a tree deeper than the budget goes on past it."""
         if len(self.open_fds) < self.folder_limit:  # unlocked: only the walk opens, others only close
             return
-        self.submit_batch()  # the folders may be waiting for the files gathered here
-        with self.folder_closed:
-            while self.error is None and len(self.open_fds) >= max(self.folder_limit, self.walk_held + 1):
-                self.folder_closed.wait()
+        self._wait_for_stores(lambda: len(self.open_fds) >= max(self.folder_limit, self.walk_held + 1))
 
     def large_room(self) -> None:
         """Wait while a large folder the walk has left is being finished (``LARGE_FOLDER``): it
         waits for its queued files only, which needs nothing more from the walk."""
         if not self.large_held:  # unlocked: only the walk raises it
             return
-        self.submit_batch()  # the folder may be waiting for the files gathered here
+        self._wait_for_stores(lambda: self.large_held > 0)
+
+    def _wait_for_stores(self, waiting: Callable[[], bool]) -> None:
+        """Hand over the files gathered here (folders the walk left may wait for them), then wait
+        while ``waiting()`` says so (checked under the lock), as folders are stored or one fails."""
+        self.submit_batch()
         with self.folder_closed:
-            while self.error is None and self.large_held:
+            while self.error is None and waiting():
                 self.folder_closed.wait()
 
     def large_stored(self) -> None:
+        """A folder counted in ``large_held`` is stored (or failed): the walk may list on."""
         with self.folder_closed:
             self.large_held -= 1
             self.folder_closed.notify_all()
