@@ -12,7 +12,14 @@ import pytest
 
 from cloudkeep.repo import Repository, backup_files, folders, restore
 from cloudkeep.repo.crypto import ID_SIZE
-from cloudkeep.repo.folders import _PreviousRow, _RowEntry, encode_row, join_row
+from cloudkeep.repo.folders import (
+    _PreviousRow,
+    _RowEntry,
+    encode_row,
+    join_row,
+    listing_signature,
+    listing_signature_of,
+)
 from tests.repo.conftest import restored, until_ctime_moves
 
 
@@ -59,6 +66,16 @@ def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: 
     pieces = [marshal.dumps(row[i : i + 8], 2) for i in range(0, count, 8)]
     assert encode_row(row) == marshal.dumps(pieces, 2)
     assert join_row([marshal.dumps(entry, 2) for entry in row]) == encode_row(row)
+
+
+def test_a_listing_hashed_in_runs_is_the_listings_signature() -> None:
+    """A folder stored in parts hashes its keys part by part: the signature the walk gives the
+    same listing, or the next backup would read every file of the folder again."""
+    keys = [key for key, _, _ in _row(30)]
+    folder = ("box", 0o40755, 7)
+    runs = [b"".join(marshal.dumps(k, 2) for k in keys[i : i + 7]) for i in range(0, 30, 7)]
+    assert listing_signature_of(folder, 30, runs) == listing_signature(folder, keys)
+    assert listing_signature_of(folder, 29, runs) != listing_signature(folder, keys)
 
 
 def test_small_rows_stay_whole_and_damaged_pieces_give_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -244,13 +244,7 @@ class Folder:
         if cache is None or not is_text(self.path):  # no folder row: its files' went as they were read
             return tree_id
         if self.exact and parts_exact and self.key is not None:
-            # as ``listing_signature``: marshal's tuple of the folder's key and the list of keys
-            hashed = hashlib.blake2b(
-                _tuple_head(2) + marshal.dumps(self.key, 2) + _list_head(count), digest_size=20
-            )
-            for part_keys in keys:
-                hashed.update(part_keys)
-            listing = hashed.digest()
+            listing = listing_signature_of(self.key, count, keys)
             keys.clear()
             hashed = hashlib.blake2b(listing + _list_head(len(rows)), digest_size=20)
             for part_subtrees in subtrees:
@@ -388,6 +382,15 @@ def listing_signature(key: StatKey | None, keys: list[StatKey]) -> bytes:
     # marshal version 2 writes no back-references: equal values give equal bytes, fast (repr
     # cost 13 us per entry). Another Python's marshal at worst misses, never matches wrongly.
     return hashlib.blake2b(marshal.dumps((key, keys), 2), digest_size=20).digest()
+
+
+def listing_signature_of(key: StatKey, count: int, marshalled: Iterable[bytes]) -> bytes:
+    """``listing_signature`` of ``count`` keys given as marshal bytes, in runs (a folder's parts),
+    hashed as they come: marshal version 2 nests by concatenation, so the bytes hashed are the same."""
+    hashed = hashlib.blake2b(_tuple_head(2) + marshal.dumps(key, 2) + _list_head(count), digest_size=20)
+    for run in marshalled:
+        hashed.update(run)
+    return hashed.digest()
 
 
 # A row's entry: its stat key, its chunk ids concatenated (None: not a file), and whether it had
