@@ -132,3 +132,25 @@ def test_batched_pack_is_byte_exact(crypter: Crypter, tmp_path: Path) -> None:
         sealed = body[entry.offset : entry.offset + entry.length]
         assert crypter.decode(sealed, blob_aad(DATA, entry.id), "blob") == data
     os.unlink(path)
+
+
+@pytest.mark.parametrize("noise_where", ["samples", "between"])
+@pytest.mark.parametrize("cut", [37, 4096, 5000, 70_001, 10**9], ids=["37", "4096", "5000", "70001", "whole"])
+def test_the_estimate_of_pieces_samples_where_the_joined_blob_is_sampled(noise_where: str, cut: int) -> None:
+    """A tree stored in pieces (its nodes' texts) is judged from the very slices the joined blob
+    would be: noise exactly where the samples fall (or exactly elsewhere) decides it."""
+    from cloudkeep.repo.compression import SAMPLE_SIZE, SAMPLES
+
+    step = 40_000
+    size = (SAMPLES - 1) * step + SAMPLE_SIZE
+    noisy_samples = noise_where == "samples"
+    made = bytearray(size) if noisy_samples else bytearray(RNG.randbytes(size))
+    for i in range(SAMPLES):
+        made[i * step : i * step + SAMPLE_SIZE] = (
+            RNG.randbytes(SAMPLE_SIZE) if noisy_samples else bytes(SAMPLE_SIZE)
+        )
+    data = bytes(made)
+    pieces = [data[at : at + cut] for at in range(0, size, cut)]
+    estimator = CompressionEstimator()
+    assert estimator.worth_compressing(data) is not noisy_samples
+    assert estimator.worth_compressing_pieces(pieces, size) is not noisy_samples

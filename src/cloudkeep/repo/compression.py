@@ -21,6 +21,7 @@ Content ids hash the raw bytes, so the choice never changes a blob's id: dedup i
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import zstandard
 
@@ -61,10 +62,28 @@ class CompressionEstimator:
         size = len(data)
         if size < SAMPLE_FROM:
             return not compressed_signature(data)
+        return self.worth_compressing_pieces([data], size)
+
+    def worth_compressing_pieces(self, pieces: Sequence[bytes | bytearray | memoryview], size: int) -> bool:
+        """``worth_compressing`` of the pieces joined (``size`` bytes), sampled where it samples."""
+        if size < SAMPLE_FROM:
+            return self.worth_compressing(b"".join(pieces))
         sampler = getattr(self._local, "sampler", None)
         if sampler is None:
             sampler = self._local.sampler = zstandard.ZstdCompressor(level=1, write_content_size=False)
-        view = memoryview(data)
         step = (size - SAMPLE_SIZE) // (SAMPLES - 1)
-        sample = b"".join(view[i * step : i * step + SAMPLE_SIZE] for i in range(SAMPLES))
+        starts = [i * step for i in range(SAMPLES)]  # disjoint: step > SAMPLE_SIZE
+        sample = bytearray()
+        at = first = 0  # where the piece starts in the whole; the first sample not yet taken whole
+        for piece in pieces:  # (a tree's pieces are its nodes: tens of thousands)
+            end = at + len(piece)
+            i = first
+            while i < SAMPLES and starts[i] < end:  # the samples that reach into this piece
+                start = starts[i]
+                if start + SAMPLE_SIZE > at:
+                    sample += memoryview(piece)[max(start - at, 0) : start + SAMPLE_SIZE - at]
+                if start + SAMPLE_SIZE <= end:
+                    first = i + 1
+                i += 1
+            at = end
         return len(sampler.compress(sample)) < len(sample) * INCOMPRESSIBLE

@@ -11,6 +11,7 @@ import base64
 import os
 import secrets
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -47,6 +48,7 @@ ONE_SHOT_MAX = 64 * 1024
 # 45,000 messages) compresses to a fifth of it; that copy was the peak of a mail store's backup.
 WHOLE_MOST = 8 * 1024 * 1024
 _PIECE = 1024 * 1024
+_RUN = 256 * 1024  # small pieces joined to this size before they are hashed, compressed or sealed
 
 
 class _Nonces(threading.local):
@@ -140,6 +142,13 @@ class Crypter:
     def content_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.key.id_key).digest()
 
+    def content_id_of(self, pieces: Iterable[bytes | bytearray | memoryview]) -> bytes:
+        """``content_id`` of the pieces joined, without joining them."""
+        hasher = blake3.blake3(key=self.key.id_key)
+        for run in _runs(pieces):
+            hasher.update(run)
+        return hasher.digest()
+
     def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         nonce = new_nonce()
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
@@ -167,14 +176,42 @@ class Crypter:
     def _payload(self, data: bytes | memoryview, compress: bool) -> tuple[int, bytes | memoryview]:
         """The codec and payload to seal: zstd unless it does not pay (or cannot, by estimate)."""
         if compress and len(data) > 64 and self._estimator.worth_compressing(data):
-            compressor = getattr(self._local, "compressor", None)
-            if compressor is None:
-                compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.compression_level)
-            packed = compressor.compress(data) if len(data) <= WHOLE_MOST else _in_pieces(compressor, data)
-            # Incompressible data (media, archives) is stored raw: saves CPU on every restore.
-            if len(packed) < len(data) - len(data) // 32:
+            compressor = self._compressor()
+            if len(data) <= WHOLE_MOST:
+                packed = compressor.compress(data)
+            else:
+                packed = b"".join(_in_pieces(compressor, [data], len(data)))
+            if _pays(len(packed), len(data)):
                 return CODEC_ZSTD, packed
         return CODEC_RAW, data
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.compression_level)
+        return compressor
+
+    def payload_pieces(
+        self, pieces: Sequence[bytes | bytearray | memoryview], size: int
+    ) -> tuple[int, list[bytes | memoryview]]:
+        """``_payload`` of the pieces joined (``size`` bytes), as pieces: the compressed frame is
+        the one a single call makes, and the codec is chosen as there."""
+        if size > 64 and self._estimator.worth_compressing_pieces(pieces, size):
+            packed = _in_pieces(self._compressor(), pieces, size)
+            if _pays(sum(len(piece) for piece in packed), size):
+                return CODEC_ZSTD, packed
+        return CODEC_RAW, [memoryview(run) for run in _runs(pieces)]
+
+    def seal_pieces(self, codec: int, payload: Iterable[bytes | memoryview], aad: bytes) -> Iterator[bytes]:
+        """The blob ``encode`` seals from the codec and payload, a piece at a time (nonce,
+        ciphertexts, tag): GCM is a stream mode, so the pieces joined are that blob."""
+        nonce = new_nonce()
+        encryptor = Cipher(algorithms.AES(self.key.encryption), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        yield nonce + encryptor.update(bytes((codec,)))
+        for piece in payload:
+            yield encryptor.update(piece)
+        yield encryptor.finalize() + encryptor.tag
 
     def encode(self, data: bytes | memoryview, aad: bytes, *, compress: bool = True) -> bytes:
         """Compress (unless it does not pay) then seal; the first plaintext byte names the codec.
@@ -277,13 +314,45 @@ class Crypter:
         return out
 
 
-def _in_pieces(compressor: zstandard.ZstdCompressor, data: bytes | memoryview) -> bytes:
-    """One zstd frame of ``data`` (its size stated, as in one call) made a piece at a time."""
-    stream = compressor.compressobj(size=len(data))
-    view = memoryview(data)
-    parts = [stream.compress(view[at : at + _PIECE]) for at in range(0, len(view), _PIECE)]
-    parts.append(stream.flush())
-    return b"".join(parts)
+def _in_pieces(
+    compressor: zstandard.ZstdCompressor, pieces: Iterable[bytes | bytearray | memoryview], size: int
+) -> list[bytes | memoryview]:
+    """One zstd frame of the pieces joined (``size`` bytes, stated in the frame as one call
+    states it), made ``_PIECE`` at a time."""
+    stream = compressor.compressobj(size=size)
+    out: list[bytes | memoryview] = []
+    for run in _runs(pieces):
+        view = memoryview(run)
+        out += filter(None, (stream.compress(view[at : at + _PIECE]) for at in range(0, len(view), _PIECE)))
+    out.append(stream.flush())
+    return out
+
+
+def _runs(pieces: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes | bytearray | memoryview]:
+    """The pieces with the small ones joined, ``_RUN`` bytes at a time: a tree's pieces are its
+    nodes' texts, and a call per node cost more than hashing or compressing it."""
+    run: list[bytes | bytearray | memoryview] = []
+    held = 0
+    for piece in pieces:
+        if len(piece) >= _RUN:
+            if run:
+                yield b"".join(run)
+                run, held = [], 0
+            yield piece
+            continue
+        run.append(piece)
+        held += len(piece)
+        if held >= _RUN:
+            yield b"".join(run)
+            run, held = [], 0
+    if run:
+        yield b"".join(run)
+
+
+def _pays(packed: int, size: int) -> bool:
+    """Compression kept only where it saves 1/32: incompressible data (media, archives) is stored
+    raw, which saves CPU on every restore."""
+    return packed < size - size // 32
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import blake3
@@ -149,6 +150,18 @@ class PackWriter:
             self._batched += length
         self.entries.append(BlobEntry(self.blob_type, blob_id, self.size, len(sealed), raw_length))
         self.size += len(sealed)
+
+    def add_pieces(self, blob_id: bytes, sealed: Iterable[bytes], raw_length: int) -> int:
+        """``add`` of a blob sealed a piece at a time (``Crypter.seal_pieces``), each written as it
+        comes; returns its length. A failure part way leaves the pack unusable, as in ``add``."""
+        self._flush()
+        length = 0
+        for piece in sealed:
+            self._write(piece)
+            length += len(piece)
+        self.entries.append(BlobEntry(self.blob_type, blob_id, self.size, length, raw_length))
+        self.size += length
+        return length
 
     def _flush(self) -> None:
         if self._batched:
