@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, cast
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
@@ -23,7 +23,7 @@ from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
-from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree
+from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree_pieces
 
 if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
     from cloudkeep.repo.archiver import _Archiver
@@ -205,13 +205,17 @@ class Folder:
             if archiver.indexed([last.tree, *chunks]):
                 cache.record_folder(self.path, last)
                 return last.tree
-        row: list[_RowEntry] | None = [] if signature is not None else None  # made with the nodes
-        tree_id, _ = archiver.writer.save(TREE, memoryview(encode_tree(self._nodes(row), ordered=True)))
-        if cache is not None and self.listing is not None and signature is not None and self.exact:
-            assert row is not None
-            chunks_now = b"".join(content for _, content, _ in row if content)
-            files = encode_row(row)
-            cache.record_folder(self.path, FolderRow(self.listing, signature, tree_id, chunks_now, files))
+        row = _RowWriter(len(self.keys)) if signature is not None else None  # made with the nodes
+        tree_id, _ = archiver.writer.save_pieces(TREE, encode_tree_pieces(self._nodes(row)))
+        if row is not None and self.exact:
+            assert cache is not None and self.listing is not None and signature is not None
+            record = FolderRow(self.listing, signature, tree_id, row.chunks(), row.value())
+            cache.record_folder(self.path, record)
+        elif row is not None:  # inexact after all: the files its row would have carried get their own
+            assert cache is not None
+            for key, ids, _ in row_entries(row.value()):
+                if ids is not None:
+                    cache.record(f"{self.base}/{key[0]}", Stat(key), split_ids(ids))
         elif cache is not None:  # no row: the files it would have carried get their own
             for child, key in zip(self.children, self.keys):
                 if isinstance(child, Entry) and child.kind == FILE and child.content is not None:
@@ -227,7 +231,8 @@ class Folder:
 
         What the parts hold is let go as it is used, and the listing's keys are hashed as they
         are, not joined first: beside a maildir folder's parts (~22 MiB for 50,000 messages) the
-        joined tree, made twice, and keys had held ~16 MiB more."""
+        joined tree, made twice, and keys had held ~16 MiB more. The tree is stored from the
+        parts' texts, never joined (``BlobWriter.save_pieces``)."""
         if any(part is None for part in parts):
             raise RuntimeError(f"a worker process did not complete its part of {self.path!r}")
         done = [part for part in parts if part is not None]
@@ -238,7 +243,7 @@ class Folder:
         rows = [row for part in done for row in part[4]]  # one per node
         chunks = [part[5] for part in done]
         del done
-        tree_id, _ = self.archiver.writer.save(TREE, memoryview(_tree_text(texts)))
+        tree_id, _ = self.archiver.writer.save_pieces(TREE, _tree_pieces(texts))
         texts.clear()
         cache = self.archiver.tree_cache
         if cache is None or not is_text(self.path):  # no folder row: its files' went as they were read
@@ -302,22 +307,31 @@ class Folder:
         subtrees = [c.subtree if isinstance(c, Node) else None for c in self.children]
         return hashlib.blake2b((self.listing or b"") + marshal.dumps(subtrees, 2), digest_size=20).digest()
 
-    def _nodes(self, row: list[_RowEntry] | None) -> Iterator[Node | FileText]:
+    def _nodes(self, row: _RowWriter | None) -> Iterator[Node | FileText]:
         """The children's nodes in name order, each made as the tree's encoder takes it, so a
         folder's nodes never all exist at once (~15 MiB for a maildir folder of 50,000 messages).
         ``row`` gets each entry's stat key, chunks (files) and whether it had no xattrs: the
-        folder's row for the next backup."""
-        keys, children = self.keys, self.children
-        names = [str(key[0]) for key in keys]  # a child's name: its stat key's first field
+        folder's row for the next backup, marshalled a piece at a time. The children and their
+        stat keys then go as they are taken: the row has all that is left of them, and they
+        had been held beside the whole tree (~14 MiB of stat keys for that folder)."""
+        keys: list[StatKey | None] = cast("list[StatKey | None]", self.keys)
+        children: list[Node | FileText | Entry | None] = self.children
+        if row is not None:
+            self.keys, self.children = [], []
+        names = [str(key[0]) for key in keys if key]  # a child's name: its stat key's first field
         # As listed, the slots are in name order already: sorting them anyway made an int object per
         # slot (2 MiB for a folder of 50,000 files).
         order: Iterable[int] = range(len(keys))
         if not all(a < b for a, b in zip(names, islice(names, 1, None))):
             order = sorted(order, key=names.__getitem__)
+        del names
         for slot in order:
-            node = self._node(children[slot])
+            key, child = keys[slot], children[slot]
+            assert key is not None
+            node = self._node(child)
             if row is not None:
-                row.append(_row_entry(keys[slot], node))
+                keys[slot] = children[slot] = child = None
+                row.add(_row_entry(key, node))
             if node is not None:
                 yield node
 
@@ -353,16 +367,16 @@ class Folder:
         return node
 
 
-def _tree_text(nodes: list[bytes]) -> bytes:
-    """A tree of the nodes' texts: ``b'{"nodes":[' + b",".join(nodes) + b"]}"`` made at once, not
-    the nodes joined and then copied again between the brackets."""
+def _tree_pieces(nodes: list[bytes]) -> list[bytes]:
+    """A tree of the nodes' texts, ``b'{"nodes":[' + b",".join(nodes) + b"]}"``, as the pieces
+    that joined make it: the writer stores them unjoined (``BlobWriter.save_pieces``)."""
     pieces = [b'{"nodes":[']
     for text in nodes:
         pieces += (text, b",")
     if nodes:
         pieces.pop()
     pieces.append(b"]}")
-    return b"".join(pieces)
+    return pieces
 
 
 def _is_file(node: Node | FileText) -> bool:
@@ -432,6 +446,56 @@ def encode_row(row: list[_RowEntry]) -> bytes:
     return _pieces(len(starts), (marshal.dumps(row[i : i + ROW_PIECE], 2) for i in starts))
 
 
+class _RowWriter:
+    """``encode_row`` of ``count`` entries given one at a time, each piece marshalled once it
+    is full: what an entry holds (its stat key) can go as soon as it is given."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._pending: list[_RowEntry] = []
+        self._out = io.BytesIO()
+        self._pieces = -(-count // ROW_PIECE) if count > ROW_PIECE else 0
+        if self._pieces:
+            self._out.write(_list_head(self._pieces))
+        self._chunks = io.BytesIO()
+
+    def add(self, entry: _RowEntry) -> None:
+        self._pending.append(entry)
+        if entry[1]:
+            self._chunks.write(entry[1])
+        if self._pieces and len(self._pending) == ROW_PIECE:
+            self._flush()
+
+    def _flush(self) -> None:
+        _write_piece(self._out, marshal.dumps(self._pending, 2))
+        self._pieces -= 1
+        self._pending = []
+
+    def chunks(self) -> bytes:
+        """Every file's chunk ids, in the row's order (``FolderRow.chunks``)."""
+        return self._chunks.getvalue()
+
+    def value(self) -> bytes:
+        """The row, once every entry was given."""
+        if self._count <= ROW_PIECE:
+            assert len(self._pending) == self._count
+            return marshal.dumps(self._pending, 2)
+        if self._pending:
+            self._flush()
+        assert self._pieces == 0, "a row was given fewer entries than it was made for"
+        return self._out.getvalue()
+
+
+def row_entries(data: bytes) -> Iterator[_RowEntry]:
+    """The entries of a row this process encoded (``encode_row``): trusted, not checked."""
+    items = _loads(data)
+    if items and all(isinstance(item, bytes) for item in items):
+        for piece in items:
+            yield from cast("list[_RowEntry]", _loads(cast(bytes, piece)))
+    else:
+        yield from cast("list[_RowEntry]", items)
+
+
 def _pieces(count: int, pieces: Iterator[bytes]) -> bytes:
     """``marshal.dumps(list(pieces), 2)`` (a list of ``count`` bytes objects) written a piece at a
     time: the list of pieces and the bytes made from it were two copies of a large row at once
@@ -440,11 +504,16 @@ def _pieces(count: int, pieces: Iterator[bytes]) -> bytes:
     out = io.BytesIO()
     out.write(_list_head(count))
     for piece in pieces:
-        out.write(b"s" + struct.pack("<i", len(piece)))  # what marshal writes before a bytes object
-        out.write(piece)
+        _write_piece(out, piece)
         count -= 1
     assert count == 0
     return out.getvalue()
+
+
+def _write_piece(out: io.BytesIO, piece: bytes) -> None:
+    """A bytes object of a marshal list (``_pieces``), as marshal writes it."""
+    out.write(b"s" + struct.pack("<i", len(piece)))
+    out.write(piece)
 
 
 class _PreviousRow:

@@ -189,17 +189,31 @@ def encode_tree(nodes: Iterable[Node | FileText], *, ordered: bool = False) -> b
     folder of 50,000 messages), the buffer is one. ``ordered``: the nodes come in name order, each
     encoded as it comes (a backup makes them one by one, so they never all exist at once); one out
     of order is refused, as its tree would not be the one these nodes always give."""
-    out = bytearray(b'{"nodes":[')
+    out = bytearray()
+    for piece in _tree_texts(nodes, ordered):
+        out += piece
+    return out
+
+
+def encode_tree_pieces(nodes: Iterable[Node | FileText]) -> list[bytes]:
+    """``encode_tree(nodes, ordered=True)`` as the pieces that joined make it, a node's text each
+    (``BlobWriter.save_pieces`` stores them unjoined). Small objects, unlike the one buffer: a
+    large folder's are made as its listing's stat keys go (``Folder._nodes``), in the memory
+    those leave, where a buffer of the tree's size was new memory beside it."""
+    return list(_tree_texts(nodes, True))
+
+
+def _tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[bytes]:
+    yield b'{"nodes":['
     last = ""
     for i, node in enumerate(nodes if ordered else sorted(nodes, key=lambda n: n.name)):
         if i:
-            out += b","
+            yield b","
             if ordered and node.name <= last:
                 raise ValueError(f"tree nodes out of name order: {node.name!r} after {last!r}")
         last = node.name
-        out += node.text if isinstance(node, FileText) else node_json(node).encode()
-    out += b"]}"
-    return out
+        yield node.text if isinstance(node, FileText) else node_json(node).encode()
+    yield b"]}"
 
 
 _DECODER = json.JSONDecoder()
