@@ -15,10 +15,12 @@ from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.folders import (
     _PreviousRow,
     _RowEntry,
+    _RowWriter,
     encode_row,
     join_row,
     listing_signature,
     listing_signature_of,
+    row_entries,
 )
 from tests.repo.conftest import restored, until_ctime_moves
 
@@ -66,6 +68,24 @@ def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: 
     pieces = [marshal.dumps(row[i : i + 8], 2) for i in range(0, count, 8)]
     assert encode_row(row) == marshal.dumps(pieces, 2)
     assert join_row([marshal.dumps(entry, 2) for entry in row]) == encode_row(row)
+
+
+@pytest.mark.parametrize("count", [0, 5, 8, 9, 16, 17, 50])
+def test_a_row_made_entry_by_entry_is_the_row_made_at_once(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's row marshalled as its nodes are made (the stat keys let go as they are given)
+    is byte for byte ``encode_row``'s, whole or in pieces, with the same chunks; and it reads
+    back entry by entry (a folder that turned inexact gives its files their own rows from it)."""
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    row = _row(count)
+    row[1:2] = [(("sub", 0o40755, 1), None, False)] if count > 1 else []  # a folder: no chunks
+    made = _RowWriter(len(row))
+    for entry in row:
+        made.add(entry)
+    assert made.value() == encode_row(row)
+    assert made.chunks() == b"".join(entry[1] or b"" for entry in row)
+    assert list(row_entries(made.value())) == row
 
 
 def test_a_listing_hashed_in_runs_is_the_listings_signature() -> None:
