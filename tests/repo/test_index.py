@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 
 import pytest
 
@@ -78,3 +80,22 @@ def test_index_keeps_first_location_and_repoints_after_removal() -> None:
     loc = index.get(shared.id)
     assert loc is not None and loc.pack_id == "new" and loc.entry == moved
     assert len(index) == 1 and index.packs["new"] == [moved] and "old" not in index.packs
+
+
+def test_a_reloaded_index_lets_the_old_one_go_at_once(repo: Repository, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Reloading (prune, check, a long-lived agent) frees the index it replaces when it is
+    replaced, not at the next full collection: it and its pack view had held each other."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(5000))
+    backup_files(repo, [source], hostname="h")
+    repo.load_index()
+    assert len(repo.index) > 0
+    old = weakref.ref(repo.index)
+    gc.disable()
+    try:
+        repo.load_index()
+        assert old() is None
+    finally:
+        gc.enable()
+    assert len(repo.index) > 0 and list(repo.index.packs)
