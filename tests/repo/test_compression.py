@@ -19,6 +19,7 @@ from cloudkeep.repo.browse import lookup
 from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.compression import SAMPLE_FROM, CompressionEstimator
 from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, OVERHEAD, Crypter, MasterKey
+from cloudkeep.repo.memory import Lent
 from cloudkeep.repo.pack import DATA, WRITE_BATCH, PackWriter, blob_aad, pack_id_of, read_header
 
 RNG = random.Random(18)
@@ -67,7 +68,7 @@ def test_mixed_chunk_with_compressible_samples_is_compressed() -> None:
 
 @pytest.mark.parametrize("data", [RANDOM, MEDIA, GZIPPED_SMALL], ids=["random", "media", "gzip"])
 def test_incompressible_blobs_are_stored_raw_without_full_compression(crypter: Crypter, data: bytes) -> None:
-    crypter._local.compressor = NoFullCompression()  # this thread's repository-level context
+    crypter._compressors = Lent(NoFullCompression)  # type: ignore[arg-type]  # any context it lends
     sealed = bytes(crypter.encode_into_buffer(data, b"aad"))
     assert len(sealed) == len(data) + OVERHEAD
     assert crypter.open(sealed, b"aad", "blob")[0] == CODEC_RAW

@@ -20,10 +20,11 @@ Content ids hash the raw bytes, so the choice never changes a blob's id: dedup i
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import zstandard
+
+from cloudkeep.repo.memory import Lent
 
 # Below this a blob is judged by its signature alone: sampling would cost about what compressing does.
 SAMPLE_FROM = 64 * 1024
@@ -52,10 +53,11 @@ def compressed_signature(data: bytes | memoryview) -> bool:
 
 
 class CompressionEstimator:
-    """Decides per blob whether full compression can pay; thread-safe (one zstd context per thread)."""
+    """Decides per blob whether full compression can pay; thread-safe (its zstd contexts are lent)."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        # lent per estimate, as the crypter lends its contexts (``memory.Lent``)
+        self._samplers = Lent(lambda: zstandard.ZstdCompressor(level=1, write_content_size=False))
 
     def worth_compressing(self, data: bytes | memoryview) -> bool:
         """False when ``data`` is a small compressed file, or its samples do not shrink at zstd level 1."""
@@ -68,9 +70,6 @@ class CompressionEstimator:
         """``worth_compressing`` of the pieces joined (``size`` bytes), sampled where it samples."""
         if size < SAMPLE_FROM:
             return self.worth_compressing(b"".join(pieces))
-        sampler = getattr(self._local, "sampler", None)
-        if sampler is None:
-            sampler = self._local.sampler = zstandard.ZstdCompressor(level=1, write_content_size=False)
         step = (size - SAMPLE_SIZE) // (SAMPLES - 1)
         starts = [i * step for i in range(SAMPLES)]  # disjoint: step > SAMPLE_SIZE
         sample = bytearray()
@@ -86,4 +85,8 @@ class CompressionEstimator:
                     first = i + 1
                 i += 1
             at = end
-        return len(sampler.compress(sample)) < len(sample) * INCOMPRESSIBLE
+        sampler = self._samplers.take()
+        try:
+            return len(sampler.compress(sample)) < len(sample) * INCOMPRESSIBLE
+        finally:
+            self._samplers.give(sampler)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from cloudkeep.errors import AuthenticationError, IntegrityError
 from cloudkeep.repo.compression import CompressionEstimator
-from cloudkeep.repo.memory import ThreadBuffers
+from cloudkeep.repo.memory import Lent, ThreadBuffers
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -127,7 +127,10 @@ class Crypter:
         self.key = key
         self._aead = AESGCM(key.encryption)
         self.compression_level = compression_level
-        self._local = threading.local()  # zstd contexts are not thread-safe; reuse one per thread
+        self._local = threading.local()  # decompression contexts, one per thread
+        level = compression_level
+        # lent per compression (zstd contexts are not thread-safe): a few at a time, not one per thread
+        self._compressors = Lent(lambda: zstandard.ZstdCompressor(level=level))
         self._buffers = ThreadBuffers()
         self._plain = ThreadBuffers(minimum=1 + ONE_SHOT_MAX)  # small: at most one-shot payloads
         self._estimator = CompressionEstimator()
@@ -137,6 +140,7 @@ class Crypter:
         shares this crypter's per-thread zstd contexts and buffers, so one per pack costs little."""
         other = Crypter(MasterKey(key, self.key.id_key), self.compression_level)
         other._local, other._buffers = self._local, self._buffers
+        other._compressors, other._estimator = self._compressors, self._estimator
         return other
 
     def content_id(self, data: bytes | memoryview) -> bytes:
@@ -176,20 +180,17 @@ class Crypter:
     def _payload(self, data: bytes | memoryview, compress: bool) -> tuple[int, bytes | memoryview]:
         """The codec and payload to seal: zstd unless it does not pay (or cannot, by estimate)."""
         if compress and len(data) > 64 and self._estimator.worth_compressing(data):
-            compressor = self._compressor()
-            if len(data) <= WHOLE_MOST:
-                packed = compressor.compress(data)
-            else:
-                packed = b"".join(_in_pieces(compressor, [data], len(data)))
+            compressor = self._compressors.take()
+            try:
+                if len(data) <= WHOLE_MOST:
+                    packed = compressor.compress(data)
+                else:
+                    packed = b"".join(_in_pieces(compressor, [data], len(data)))
+            finally:
+                self._compressors.give(compressor)
             if _pays(len(packed), len(data)):
                 return CODEC_ZSTD, packed
         return CODEC_RAW, data
-
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        compressor = getattr(self._local, "compressor", None)
-        if compressor is None:
-            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.compression_level)
-        return compressor
 
     def payload_pieces(
         self, pieces: Sequence[bytes | bytearray | memoryview], size: int
@@ -197,7 +198,11 @@ class Crypter:
         """``_payload`` of the pieces joined (``size`` bytes), as pieces: the compressed frame is
         the one a single call makes, and the codec is chosen as there."""
         if size > 64 and self._estimator.worth_compressing_pieces(pieces, size):
-            packed = _in_pieces(self._compressor(), pieces, size)
+            compressor = self._compressors.take()
+            try:
+                packed = _in_pieces(compressor, pieces, size)
+            finally:
+                self._compressors.give(compressor)
             if _pays(sum(len(piece) for piece in packed), size):
                 return CODEC_ZSTD, packed
         return CODEC_RAW, [memoryview(run) for run in _runs(pieces)]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 _paused = 0  # users of ``collector_paused`` inside it now
 _enable_after = False  # the collector's state when the first of them came in
@@ -56,6 +57,30 @@ class ThreadBuffers:
             buf = bytearray(max(size, self.minimum))
             setattr(self._local, name, buf)
         return memoryview(buf)[:size]
+
+
+T = TypeVar("T")
+
+
+class Lent(Generic[T]):
+    """Objects lent to one thread at a time and kept for the next borrower, whichever thread.
+
+    For zstd contexts: one per thread, each kept at the size of the largest input it had
+    compressed, was 14 MiB in a mail store's incremental (11 contexts over the file, chunk and
+    tree threads), where a few at a time compress. ``list.pop`` and ``append`` are atomic."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._free: list[T] = []
+
+    def take(self) -> T:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return self._make()
+
+    def give(self, item: T) -> None:
+        self._free.append(item)
 
 
 class BufferPool:
