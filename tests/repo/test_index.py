@@ -99,3 +99,23 @@ def test_a_reloaded_index_lets_the_old_one_go_at_once(repo: Repository, tmp_path
     finally:
         gc.enable()
     assert len(repo.index) > 0 and list(repo.index.packs)
+
+
+def test_offsets_past_4_gib_widen_the_columns_and_every_row_stays() -> None:
+    """Columns are 32-bit; a pack offset past 4 GiB (a huge pack, or a forged index file) widens
+    them, the row that overflowed included, and the rows before keep their values."""
+    index = Index()
+    index.add_rows("p1", [(0, b"a" * 32, 10, 20, 30), (1, b"b" * 32, 2**32 - 1, 2**32 - 1, 5)])
+    index.add_rows("p2", [(0, b"c" * 32, 2**32 + 7, 100, 200), (0, b"d" * 32, 9, 8, 7)])
+    found = {bytes([c]) * 32: index.get(bytes([c]) * 32) for c in b"abcd"}
+    assert [
+        (loc.pack_id, loc.entry.offset, loc.entry.length, loc.entry.raw_length)
+        for loc in found.values()
+        if loc
+    ] == [
+        ("p1", 10, 20, 30),
+        ("p1", 2**32 - 1, 2**32 - 1, 5),
+        ("p2", 2**32 + 7, 100, 200),
+        ("p2", 9, 8, 7),
+    ]
+    assert [e.offset for e in index.entries_of("p2")] == [2**32 + 7, 9]
