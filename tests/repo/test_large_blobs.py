@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from cloudkeep.errors import RepositoryWriteError
-from cloudkeep.repo import Repository, backup_files, check, crypto, restore, writer
+from cloudkeep.repo import Repository, archiver, backup_files, check, crypto, restore, writer
 from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, Crypter, MasterKey
 from cloudkeep.repo.pack import STAGING_PACK_PREFIX, TREE
 from cloudkeep.repo.writer import BlobWriter
 from cloudkeep.storage import ObjectStore
-from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS
+from tests.repo.conftest import FAST_KDF, PASSWORD, SMALL_CHUNKS, subtree_of
 
 TEXT = b'{"name":"1700000000.M1P2.mail:2,S","content":["ab12"],"size":4096},' * 4000
 NOISE = os.urandom(300_000)
@@ -117,3 +119,72 @@ def test_a_write_failing_part_way_through_a_large_blob_fails_the_session(
     back = tmp_path / "out" / str(src).lstrip("/")
     assert sorted(p.name for p in back.iterdir()) == sorted(p.name for p in src.iterdir())
     assert all((back / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
+
+
+@pytest.mark.parametrize("data", [TEXT * 3, NOISE, b"x" * 17, b""], ids=["text", "noise", "tiny", "empty"])
+def test_a_blob_streamed_as_made_states_its_size_and_reads_back(data: bytes) -> None:
+    """Hashed and compressed as its pieces come, the frame gets its size written into its header
+    once known: both decoding paths read it (the buffer path needs the size), and so does zstd."""
+    crypter = Crypter(MasterKey.generate())
+    blob_id, size, payload = crypter.stream_payload(iter(pieces_of(data, 777, 70_001) if data else []))
+    assert (blob_id, size) == (crypter.content_id(data), len(data))
+    assert zstandard.get_frame_parameters(b"".join(payload)).content_size == len(data)
+    sealed = b"".join(crypter.seal_pieces(CODEC_ZSTD, payload, b"aad"))
+    assert crypter.decode(sealed, b"aad", "blob") == data
+    assert bytes(crypter.decode_into_buffer(sealed, b"aad", "blob")) == data
+
+
+def test_a_stream_that_fails_part_way_leaves_its_context_fit_to_lend() -> None:
+    """The pieces come from the walk (a node that cannot be made raises): the zstd context goes
+    back mid-frame, and the next blob compressed with it is whole."""
+    crypter = Crypter(MasterKey.generate())
+
+    def failing() -> Iterator[bytes]:
+        yield TEXT
+        raise OSError("a node could not be made")
+
+    with pytest.raises(OSError, match="could not be made"):
+        crypter.stream_payload(failing())
+    assert crypter.decode(crypter.encode(TEXT, b"aad"), b"aad", "blob") == TEXT
+    _, _, payload = crypter.stream_payload(iter([TEXT, TEXT]))
+    assert crypter.decode(b"".join(crypter.seal_pieces(CODEC_ZSTD, payload, b"a")), b"a", "x") == TEXT * 2
+
+
+def test_a_large_folders_tree_streamed_in_an_incremental_restores(
+    repo: Repository, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large folder's tree is stored as its nodes are made (``save_stream``), on the first
+    backup and on an incremental that changed it: it restores byte for byte, and a rerun reuses
+    the tree."""
+    monkeypatch.setattr(archiver, "LARGE_FOLDER", 8)
+    streamed: list[bytes] = []
+    real = BlobWriter.save_stream
+
+    def spy(self: BlobWriter, blob_type: str, pieces: Iterable[bytes]) -> tuple[bytes, bool]:
+        found = real(self, blob_type, pieces)
+        streamed.append(found[0])
+        return found
+
+    monkeypatch.setattr(BlobWriter, "save_stream", spy)
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    (src / "cur").mkdir(parents=True)
+    for i in range(40):
+        (src / "cur" / f"{1700000000 + i}.M{i}P1.host:2,S").write_bytes(os.urandom(200 + i))
+    first = backup_files(repo, [src], hostname="h", cache_dir=cache)
+    assert streamed == [subtree_of(repo, first.tree, src / "cur")]
+    streamed.clear()
+    (src / "cur" / "1700000040.M40P1.host:2,S").write_bytes(b"new mail")
+    (src / "cur" / "1700000003.M3P1.host:2,S").unlink()
+    second = backup_files(Repository.open(store, PASSWORD), [src], hostname="h", cache_dir=cache)
+    assert streamed == [subtree_of(Repository.open(store, PASSWORD), second.tree, src / "cur")]
+    restore(Repository.open(store, PASSWORD), second.id, tmp_path / "out")
+    back = tmp_path / "out" / str(src / "cur").lstrip("/")
+    assert {p.name: p.read_bytes() for p in back.iterdir()} == {
+        p.name: p.read_bytes() for p in (src / "cur").iterdir()
+    }
+    third = backup_files(Repository.open(store, PASSWORD), [src], hostname="h", cache_dir=cache)
+    assert (
+        subtree_of(Repository.open(store, PASSWORD), third.tree, src / "cur") == streamed[0]
+        and third.stats["bytes_read"] == 0
+    )
+    assert len(streamed) == 1  # the streamed tree reused, not made again

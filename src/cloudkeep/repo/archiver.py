@@ -387,7 +387,7 @@ class _Archiver(FileContent):
             self.cache.record(entry.path, entry.st, cached)
         return cached
 
-    def indexed(self, blob_ids: list[bytes]) -> bool:
+    def indexed(self, blob_ids: Iterable[bytes]) -> bool:
         """Every blob is still in the repository (one lock for them all)."""
         repo = self.repo
         with repo.lock:

@@ -37,6 +37,12 @@ def split_ids(ids: bytes) -> list[bytes]:
     return [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
 
 
+def iter_ids(ids: bytes) -> Iterator[bytes]:
+    """``split_ids`` one at a time, for a look-up that needs no list: a large folder's row has
+    50,000 ids (3.5 MiB as a list, at the peak of the walk's listing)."""
+    return (ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE))
+
+
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 # Payloads up to this size are sealed in one AESGCM call after a copy behind the codec byte; larger
@@ -207,6 +213,28 @@ class Crypter:
                 return CODEC_ZSTD, packed
         return CODEC_RAW, [memoryview(run) for run in _runs(pieces)]
 
+    def stream_payload(self, pieces: Iterable[bytes]) -> tuple[bytes, int, list[bytes | memoryview]]:
+        """The content id, size and zstd payload of the pieces joined, each piece hashed and
+        compressed as it is taken, so the pieces need never all exist. The size, unknown until
+        the last, is then written into the frame's header (``_stating_size``), as a single call
+        states it: restores decode into a buffer of that size, older readers need it."""
+        hasher = blake3.blake3(key=self.key.id_key)
+        size = 0
+
+        def hashed() -> Iterator[bytes | bytearray | memoryview]:
+            nonlocal size
+            for run in _runs(pieces):
+                hasher.update(run)
+                size += len(run)
+                yield run
+
+        compressor = self._compressors.take()
+        try:
+            out = _compressed(compressor.compressobj(), hashed())
+        finally:
+            self._compressors.give(compressor)
+        return hasher.digest(), size, _stating_size(out, size)
+
     def seal_pieces(self, codec: int, payload: Iterable[bytes | memoryview], aad: bytes) -> Iterator[bytes]:
         """The blob ``encode`` seals from the codec and payload, a piece at a time (nonce,
         ciphertexts, tag): GCM is a stream mode, so the pieces joined are that blob."""
@@ -324,10 +352,16 @@ def _in_pieces(
 ) -> list[bytes | memoryview]:
     """One zstd frame of the pieces joined (``size`` bytes, stated in the frame as one call
     states it), made ``_PIECE`` at a time."""
-    stream = compressor.compressobj(size=size)
+    return _compressed(compressor.compressobj(size=size), _runs(pieces))
+
+
+def _compressed(
+    stream: zstandard.ZstdCompressionObj, pieces: Iterable[bytes | bytearray | memoryview]
+) -> list[bytes | memoryview]:
+    """The frame ``stream`` makes of the pieces, ``_PIECE`` at a time."""
     out: list[bytes | memoryview] = []
-    for run in _runs(pieces):
-        view = memoryview(run)
+    for piece in pieces:
+        view = memoryview(piece)
         out += filter(None, (stream.compress(view[at : at + _PIECE]) for at in range(0, len(view), _PIECE)))
     out.append(stream.flush())
     return out
@@ -352,6 +386,28 @@ def _runs(pieces: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes | 
             run, held = [], 0
     if run:
         yield b"".join(run)
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_HEADER_MOST = 18  # magic, descriptor, window, dictionary id (4), content size (8)
+
+
+def _stating_size(frame: list[bytes | memoryview], size: int) -> list[bytes | memoryview]:
+    """A zstd frame made without its size known, in pieces, with ``size`` written into its
+    header (an 8-byte content size field, RFC 8878 3.1.1.1): the blocks that follow do not depend
+    on it, and a decoder checks what it decodes against it."""
+    if len(frame[0]) < _ZSTD_HEADER_MOST:
+        frame = [b"".join(frame)]
+    first = bytes(frame[0])
+    stated = zstandard.get_frame_parameters(first).content_size
+    if stated == size:  # all of it came at once (nothing, or a flush): zstd stated it
+        return frame
+    descriptor = first[4]
+    if first[:4] != _ZSTD_MAGIC or stated != zstandard.CONTENTSIZE_UNKNOWN or descriptor & 0x20:
+        raise RuntimeError("zstd made a frame header this writer does not expect")
+    at = 6 + (0, 1, 2, 4)[descriptor & 3]  # behind the window descriptor and the dictionary id
+    head = _ZSTD_MAGIC + bytes((descriptor | 0xC0,)) + first[5:at] + size.to_bytes(8, "little")
+    return [head + first[at:], *frame[1:]]
 
 
 def _pays(packed: int, size: int) -> bool:

@@ -14,16 +14,16 @@ import marshal
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Union, cast
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
 from cloudkeep.repo.cache import FolderRow
-from cloudkeep.repo.crypto import ID_SIZE, split_ids
+from cloudkeep.repo.crypto import ID_SIZE, iter_ids, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
-from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree_pieces
+from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree_pieces, tree_texts
 
 if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
     from cloudkeep.repo.archiver import _Archiver
@@ -200,13 +200,20 @@ class Folder:
             self.last = self.previous if unchanged else None
         signature = self._signature() if cache is not None and self.listing is not None else None
         last = self.last
-        if cache is not None and last is not None and self.exact and signature == last.signature:
-            chunks = split_ids(last.chunks)
-            if archiver.indexed([last.tree, *chunks]):
-                cache.record_folder(self.path, last)
-                return last.tree
+        if (
+            cache is not None
+            and last is not None
+            and self.exact
+            and signature == last.signature
+            and archiver.indexed(chain((last.tree,), iter_ids(last.chunks)))
+        ):
+            cache.record_folder(self.path, last)
+            return last.tree
         row = _RowWriter(len(self.keys)) if signature is not None else None  # made with the nodes
-        tree_id, _ = archiver.writer.save_pieces(TREE, encode_tree_pieces(self._nodes(row)))
+        if len(self.keys) >= archiver.large_folder:  # its text is never held whole
+            tree_id, _ = archiver.writer.save_stream(TREE, tree_texts(self._nodes(row), True))
+        else:
+            tree_id, _ = archiver.writer.save_pieces(TREE, encode_tree_pieces(self._nodes(row)))
         if row is not None and self.exact:
             assert cache is not None and self.listing is not None and signature is not None
             record = FolderRow(self.listing, signature, tree_id, row.chunks(), row.value())
@@ -292,7 +299,7 @@ class Folder:
         if self._old is None:
             self._old = _PreviousRow(self.previous.keys)
             chunks = self.previous.chunks
-            self.row_indexed = self.archiver.indexed(split_ids(chunks))
+            self.row_indexed = self.archiver.indexed(iter_ids(chunks))
             if self.last is None:  # decoded: its bytes are kept only to store the row again
                 self.previous = dataclasses.replace(self.previous, keys=b"")
         # Each entry is asked for once (by the walk, or by ``_node`` when the listing was the

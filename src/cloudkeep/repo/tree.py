@@ -190,7 +190,7 @@ def encode_tree(nodes: Iterable[Node | FileText], *, ordered: bool = False) -> b
     encoded as it comes (a backup makes them one by one, so they never all exist at once); one out
     of order is refused, as its tree would not be the one these nodes always give."""
     out = bytearray()
-    for piece in _tree_texts(nodes, ordered):
+    for piece in tree_texts(nodes, ordered):
         out += piece
     return out
 
@@ -200,10 +200,11 @@ def encode_tree_pieces(nodes: Iterable[Node | FileText]) -> list[bytes]:
     (``BlobWriter.save_pieces`` stores them unjoined). Small objects, unlike the one buffer: a
     large folder's are made as its listing's stat keys go (``Folder._nodes``), in the memory
     those leave, where a buffer of the tree's size was new memory beside it."""
-    return list(_tree_texts(nodes, True))
+    return list(tree_texts(nodes, True))
 
 
-def _tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[bytes]:
+def tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[bytes]:
+    """``encode_tree``'s pieces as the nodes come (``BlobWriter.save_stream``)."""
     yield b'{"nodes":['
     last = ""
     for i, node in enumerate(nodes if ordered else sorted(nodes, key=lambda n: n.name)):
