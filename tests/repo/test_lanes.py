@@ -266,3 +266,39 @@ def test_a_worker_killed_mid_run_fails_the_backup_and_the_rerun_is_whole(
     assert rerun.stats["errors_total"] == 0
     restore(repo, rerun.id, tmp_path / "out")
     assert _listing(restored(tmp_path / "out", src)) == _listing(src)
+
+
+def test_lane_results_wait_for_the_filler_and_the_backup_is_the_same(
+    repo: Repository, tmp_path: Path, jobs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``LANE_BACKLOG`` lane results wait for the filler thread (one here): the lanes'
+    threads wait for room, and the backup still ends with the threads' own trees."""
+    monkeypatch.setattr(filecontent, "LANE_BACKLOG", 1)
+    most = [0]
+    real = filecontent.FileContent.to_filler
+
+    def counted(self: filecontent.FileContent, handle: Any, *args: Any) -> None:
+        real(self, handle, *args)
+        waiting = self.filler._work_queue.qsize()  # (the executor's own queue)
+        most[0] = max(most[0], waiting)
+
+    monkeypatch.setattr(filecontent.FileContent, "to_filler", counted)
+    src = _tree(tmp_path / "src")
+    by_threads = backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "c1")
+    by_lanes = backup_files(repo, [src], hostname="h", cache_dir=tmp_path / "c2")
+    assert {"subtree", "part"} <= set(jobs) and most[0] <= 1
+    assert _subtree(repo, by_lanes.id, src) == _subtree(repo, by_threads.id, src)
+    assert _cache_rows(tmp_path / "c2", src) == _cache_rows(tmp_path / "c1", src)
+
+
+def test_a_lane_result_that_cannot_reach_the_filler_gives_its_room_back() -> None:
+    """The filler already shut down (a failed backup): the result is refused, its room kept."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Semaphore
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(lane_backlog=Semaphore(1), filler=ThreadPoolExecutor(max_workers=1))
+    fake.filler.shutdown()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        filecontent.FileContent.to_filler(fake, print)  # type: ignore[arg-type]
+    assert fake.lane_backlog.acquire(blocking=False)

@@ -134,6 +134,7 @@ class _Archiver(FileContent):
         self.files_reread = 0  # of those, read after all by a rebuilt folder (under ``lock``)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-file")
         self.filler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ck-fill")
+        self.lane_backlog = threading.Semaphore(filecontent.LANE_BACKLOG)
         self.chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ck-chunk")
         self.chunk_copies = BufferPool()
         self.slots = threading.BoundedSemaphore(threads * 8)  # jobs queued or running
@@ -158,7 +159,7 @@ class _Archiver(FileContent):
                 self.procs,
                 cpus,
                 self.go_on,
-                lambda out: self.filler.submit(self.take_out, out),
+                lambda out: self.to_filler(self.take_out, out),
                 self.lane_failed,
             )
             if self.procs is not None and processes is None and process_limit == 1 and first

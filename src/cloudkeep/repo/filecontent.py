@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,11 @@ PROC_BATCH_FILES = 256
 PROC_BATCH_BYTES = 4 * 2**20
 # A large folder of files goes to worker processes in parts of this many names (``Folder.split``).
 PART_ENTRIES = 1024
+# Lane results waiting for the filler thread at most; a lane's thread waits for room (and its
+# worker, once its pipe is full, with it). Unbounded, the lanes' threads had queued ~30 MiB of
+# results behind the filler while it stored a large folder, at the peak of a mail store's first
+# backup (466,000 objects).
+LANE_BACKLOG = 4
 
 
 @dataclass(**SLOTS)
@@ -116,6 +122,7 @@ class FileContent:
     bytes_read: int
     pool: ThreadPoolExecutor
     filler: ThreadPoolExecutor  # one thread: fills the slots of batches read by worker processes
+    lane_backlog: threading.Semaphore  # lane results queued at the filler (``LANE_BACKLOG``)
     chunk_pool: ThreadPoolExecutor
     chunk_copies: BufferPool  # a large file's chunks, copied for the chunk pool
     slots: threading.BoundedSemaphore
@@ -184,9 +191,26 @@ class FileContent:
         sent, items = _sendable(files)
 
         def done(message: tuple[Any, ...] | None) -> None:  # on the lane's thread
-            self.filler.submit(self.lane_files_done, files, sent, message)
+            self.to_filler(self.lane_files_done, files, sent, message)
 
         return lanes.send(lane, work, ("files", items), done)
+
+    def to_filler(self, handle: Callable[..., object], *args: Any) -> None:
+        """``handle(*args)`` on the filler, from a lane's thread, once fewer than ``LANE_BACKLOG``
+        lane results wait there."""
+        self.lane_backlog.acquire()
+
+        def handled() -> None:
+            try:
+                handle(*args)
+            finally:
+                self.lane_backlog.release()
+
+        try:
+            self.filler.submit(handled)
+        except BaseException:
+            self.lane_backlog.release()
+            raise
 
     def lane_files_done(
         self, files: list[PendingFile], sent: list[int], message: tuple[Any, ...] | None
@@ -249,7 +273,7 @@ class FileContent:
 
     def part_done(self, folder: Folder, index: int, message: tuple[Any, ...] | None) -> None:
         """On a lane's thread: the part's result goes to the filler (where folders complete)."""
-        self.filler.submit(self.part_filled, folder, index, message)
+        self.to_filler(self.part_filled, folder, index, message)
 
     def part_filled(self, folder: Folder, index: int, message: tuple[Any, ...] | None) -> None:
         part = None
@@ -290,7 +314,7 @@ class FileContent:
         slot = parent.reserve(key)
 
         def done(message: tuple[Any, ...] | None) -> None:  # on the lane's thread
-            self.filler.submit(self.subtree_done, parent, slot, node, message)
+            self.to_filler(self.subtree_done, parent, slot, node, message)
 
         if not lanes.send(lane, work, ("subtree", path, key, self.subtree_options), done):
             parent.fill(slot, None)  # its worker is gone: the backup fails (``Lanes._relay``)
