@@ -10,6 +10,7 @@ import signal
 import socket
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,33 @@ def test_a_lane_result_that_cannot_reach_the_filler_gives_its_room_back() -> Non
     with pytest.raises(RuntimeError, match="shutdown"):
         filecontent.FileContent.to_filler(fake, print)  # type: ignore[arg-type]
     assert fake.lane_backlog.acquire(blocking=False)
+
+
+def test_parts_that_come_out_of_order_give_the_same_tree(
+    repo: Repository, tmp_path: Path, jobs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large folder's tree is fed its parts' texts in order as they come (``Folder._feed``): parts
+    handed over last first are held until the ones before them come, and the tree is the same."""
+    real = filecontent.FileContent.part_done
+    held: dict[int, list[tuple[int, Any]]] = {}
+    lock = threading.Lock()
+
+    def reversed_parts(self: filecontent.FileContent, folder: Any, index: int, message: Any) -> None:
+        with lock:
+            waiting = held.setdefault(id(folder), [])
+            waiting.append((index, message))
+            if len(waiting) < len(folder.parts):
+                return
+            del held[id(folder)]
+        for at, answer in sorted(waiting, key=lambda item: -item[0]):
+            real(self, folder, at, answer)
+
+    monkeypatch.setattr(filecontent.FileContent, "part_done", reversed_parts)
+    src = _tree(tmp_path / "src")
+    by_threads = backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "c1")
+    by_lanes = backup_files(repo, [src], hostname="h", cache_dir=tmp_path / "c2")
+    assert "part" in jobs and not held
+    assert _subtree(repo, by_lanes.id, src) == _subtree(repo, by_threads.id, src)
+    assert _cache_rows(tmp_path / "c2", src) == _cache_rows(tmp_path / "c1", src)
+    restore(repo, by_lanes.id, tmp_path / "out")
+    assert _listing(restored(tmp_path / "out", src)) == _listing(src)

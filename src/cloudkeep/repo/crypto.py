@@ -215,25 +215,15 @@ class Crypter:
 
     def stream_payload(self, pieces: Iterable[bytes]) -> tuple[bytes, int, list[bytes | memoryview]]:
         """The content id, size and zstd payload of the pieces joined, each piece hashed and
-        compressed as it is taken, so the pieces need never all exist. The size, unknown until
-        the last, is then written into the frame's header (``_stating_size``), as a single call
-        states it: restores decode into a buffer of that size, older readers need it."""
-        hasher = blake3.blake3(key=self.key.id_key)
-        size = 0
-
-        def hashed() -> Iterator[bytes | bytearray | memoryview]:
-            nonlocal size
-            for run in _runs(pieces):
-                hasher.update(run)
-                size += len(run)
-                yield run
-
-        compressor = self._compressors.take()
+        compressed as it is taken (``PayloadStream``), so the pieces need never all exist."""
+        stream = PayloadStream(self)
         try:
-            out = _compressed(compressor.compressobj(), hashed())
-        finally:
-            self._compressors.give(compressor)
-        return hasher.digest(), size, _stating_size(out, size)
+            for run in _runs(pieces):
+                stream.feed(run)
+        except BaseException:
+            stream.close()
+            raise
+        return stream.finish()
 
     def seal_pieces(self, codec: int, payload: Iterable[bytes | memoryview], aad: bytes) -> Iterator[bytes]:
         """The blob ``encode`` seals from the codec and payload, a piece at a time (nonce,
@@ -347,6 +337,41 @@ class Crypter:
         return out
 
 
+class PayloadStream:
+    """A blob's zstd payload made as its plaintext comes, a piece at a time (a large folder's
+    nodes' texts as the walk makes them, or its parts' as worker processes send them): hashed and
+    compressed as fed, only the compressed frame is kept. The size, unknown until the last piece,
+    is then written into the frame's header (``_stating_size``), as a single call states it:
+    restores decode into a buffer of that size, older readers need it. Holds one of the
+    crypter's zstd contexts until ``finish`` or ``close``; one thread at a time."""
+
+    def __init__(self, crypter: Crypter) -> None:
+        self._hasher = blake3.blake3(key=crypter.key.id_key)
+        self._lender = crypter._compressors
+        self._compressor: zstandard.ZstdCompressor | None = self._lender.take()
+        self._stream = self._compressor.compressobj()
+        self._out: list[bytes | memoryview] = []
+        self.size = 0
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(piece)
+        self.size += len(piece)
+        _compress_into(self._stream, piece, self._out)
+
+    def finish(self) -> tuple[bytes, int, list[bytes | memoryview]]:
+        """The content id, the size and the payload; the context goes back."""
+        self._out.append(self._stream.flush())
+        self.close()
+        out, self._out = self._out, []
+        return self._hasher.digest(), self.size, _stating_size(out, self.size)
+
+    def close(self) -> None:
+        """Give the zstd context back (a blob abandoned part way: the next use resets it)."""
+        if self._compressor is not None:
+            self._lender.give(self._compressor)
+            self._compressor = None
+
+
 def _in_pieces(
     compressor: zstandard.ZstdCompressor, pieces: Iterable[bytes | bytearray | memoryview], size: int
 ) -> list[bytes | memoryview]:
@@ -361,10 +386,16 @@ def _compressed(
     """The frame ``stream`` makes of the pieces, ``_PIECE`` at a time."""
     out: list[bytes | memoryview] = []
     for piece in pieces:
-        view = memoryview(piece)
-        out += filter(None, (stream.compress(view[at : at + _PIECE]) for at in range(0, len(view), _PIECE)))
+        _compress_into(stream, piece, out)
     out.append(stream.flush())
     return out
+
+
+def _compress_into(
+    stream: zstandard.ZstdCompressionObj, piece: bytes | bytearray | memoryview, out: list[bytes | memoryview]
+) -> None:
+    view = memoryview(piece)
+    out += filter(None, (stream.compress(view[at : at + _PIECE]) for at in range(0, len(view), _PIECE)))
 
 
 def _runs(pieces: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes | bytearray | memoryview]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
-from cloudkeep.repo.crypto import CODEC_ZSTD, WHOLE_MOST
+from cloudkeep.repo.crypto import CODEC_ZSTD, WHOLE_MOST, PayloadStream
 from cloudkeep.repo.generations import SKEW, read_horizon
 from cloudkeep.repo.index import encode_index_file, new_index_key
 from cloudkeep.repo.layout import SESSIONS_PREFIX
@@ -228,7 +228,21 @@ class BlobWriter(SessionLease):
         11 MiB of nodes' texts had been held beside the row at the peak of an incremental. Made
         before it is known to be new: the compression is lost when the repository has it."""
         self._raise_if_failed()
-        blob_id, size, payload = self.repo.crypter.stream_payload(pieces)
+        return self._stored_payload(blob_type, *self.repo.crypter.stream_payload(pieces))
+
+    def save_streamed(self, blob_type: str, stream: PayloadStream) -> tuple[bytes, bool]:
+        """``save_stream`` of a blob fed to ``stream`` (``Crypter.payload_stream``) piece by piece
+        as its pieces came: a folder's parts' texts as worker processes send them."""
+        try:
+            self._raise_if_failed()
+        except BaseException:
+            stream.close()
+            raise
+        return self._stored_payload(blob_type, *stream.finish())
+
+    def _stored_payload(
+        self, blob_type: str, blob_id: bytes, size: int, payload: list[bytes | memoryview]
+    ) -> tuple[bytes, bool]:
         with self.repo.lock:
             if not self._claim(blob_id):
                 return blob_id, False
