@@ -377,16 +377,10 @@ def _in_pieces(
 ) -> list[bytes | memoryview]:
     """One zstd frame of the pieces joined (``size`` bytes, stated in the frame as one call
     states it), made ``_PIECE`` at a time."""
-    return _compressed(compressor.compressobj(size=size), _runs(pieces))
-
-
-def _compressed(
-    stream: zstandard.ZstdCompressionObj, pieces: Iterable[bytes | bytearray | memoryview]
-) -> list[bytes | memoryview]:
-    """The frame ``stream`` makes of the pieces, ``_PIECE`` at a time."""
+    stream = compressor.compressobj(size=size)
     out: list[bytes | memoryview] = []
-    for piece in pieces:
-        _compress_into(stream, piece, out)
+    for run in _runs(pieces):
+        _compress_into(stream, run, out)
     out.append(stream.flush())
     return out
 

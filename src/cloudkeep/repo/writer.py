@@ -231,7 +231,7 @@ class BlobWriter(SessionLease):
         return self._stored_payload(blob_type, *self.repo.crypter.stream_payload(pieces))
 
     def save_streamed(self, blob_type: str, stream: PayloadStream) -> tuple[bytes, bool]:
-        """``save_stream`` of a blob fed to ``stream`` (``Crypter.payload_stream``) piece by piece
+        """``save_stream`` of a blob fed to ``stream`` (a ``PayloadStream``) piece by piece
         as its pieces came: a folder's parts' texts as worker processes send them."""
         try:
             self._raise_if_failed()
