@@ -16,7 +16,7 @@ import pytest
 
 from cloudkeep.repo import Repository, backup_files, folders, restore
 from cloudkeep.repo.browse import lookup
-from cloudkeep.repo.tree import Node, encode_tree_pieces
+from cloudkeep.repo.tree import Node, encode_tree
 
 from .conftest import built_only_above, restored, subtree_of, until_ctime_moves, write_tree
 
@@ -26,12 +26,12 @@ def trees_built(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The entry names of every tree the archiver serialises (i.e. does not reuse)."""
     built: list[list[str]] = []
 
-    def counting(nodes: Iterable[Node]) -> list[bytes]:
+    def counting(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
         nodes = list(nodes)
         built.append(sorted(n.name for n in nodes))
-        return encode_tree_pieces(nodes)
+        return encode_tree(nodes, ordered=ordered)
 
-    monkeypatch.setattr(folders, "encode_tree_pieces", counting)
+    monkeypatch.setattr(folders, "encode_tree", counting)
     return built
 
 
@@ -213,14 +213,14 @@ def test_a_folders_nodes_are_made_as_its_tree_encoder_takes_them(
     for i in range(40):
         (source / "many" / f"m{i:02}.txt").write_text(f"message {i}\n")
     made = threading.local()  # trees of different folders may be built at once, on other threads
-    real_node, real_encode = folders.Folder._node, folders.encode_tree_pieces
+    real_node, real_encode = folders.Folder._node, folders.encode_tree
     seen: list[list[int]] = []
 
     def node(self: folders.Folder, child: Node | folders.Entry | None) -> Node | None:
         made.count += 1
         return real_node(self, child)
 
-    def encode(nodes: Iterable[Node]) -> list[bytes]:
+    def encode(nodes: Iterable[Node], *, ordered: bool = False) -> bytearray:
         made.count, at = 0, []
 
         def taken() -> Iterable[Node]:
@@ -228,12 +228,12 @@ def test_a_folders_nodes_are_made_as_its_tree_encoder_takes_them(
                 at.append(made.count)
                 yield n
 
-        out = real_encode(taken())
+        out = real_encode(taken(), ordered=ordered)
         seen.append(at)
         return out
 
     monkeypatch.setattr(folders.Folder, "_node", node)
-    monkeypatch.setattr(folders, "encode_tree_pieces", encode)
+    monkeypatch.setattr(folders, "encode_tree", encode)
     for day in (1, 2):
         seen.clear()
         backup_files(repo, [source], cache_dir=cache)

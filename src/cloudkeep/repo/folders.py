@@ -24,7 +24,7 @@ from cloudkeep.repo.cache import FolderRow
 from cloudkeep.repo.crypto import ID_SIZE, PayloadStream, iter_ids, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
-from cloudkeep.repo.tree import FILE, FileText, Node, encode_tree_pieces, tree_texts
+from cloudkeep.repo.tree import FILE, TREE_CLOSE, TREE_OPEN, FileText, Node, encode_tree, tree_texts
 
 if TYPE_CHECKING:  # the archiver drives folders; folders call back into it
     from cloudkeep.repo.archiver import _Archiver
@@ -125,7 +125,7 @@ class Folder:
         """Its entries go to worker processes in ``count`` parts; it completes once each is
         ``part_done``."""
         self._stream = PayloadStream(self.archiver.repo.crypter)
-        self._stream.feed(_TREE_OPEN)
+        self._stream.feed(TREE_OPEN)
         self._feeding = threading.Lock()
         with self.archiver.lock:
             self.parts = [None] * count
@@ -154,13 +154,13 @@ class Folder:
                 return
             while self._fed < len(parts) and (part := parts[self._fed]) is not None:
                 if part[0]:
-                    if stream.size > len(_TREE_OPEN):
+                    if stream.size > len(TREE_OPEN):
                         stream.feed(b",")
                     stream.feed(part[0])
                     parts[self._fed] = (b"", part[1], part[2], part[3], part[4], part[5], part[6])
                 self._fed += 1
             if last:
-                stream.feed(_TREE_CLOSE)
+                stream.feed(TREE_CLOSE)
 
     def fill(self, slot: int, node: Node | FileText | Entry | None) -> None:
         if self._settle(slot, node):
@@ -235,10 +235,10 @@ class Folder:
             cache.record_folder(self.path, last)
             return last.tree
         row = _RowWriter(len(self.keys)) if signature is not None else None  # made with the nodes
-        if len(self.keys) >= archiver.large_folder:  # its text is never held whole
+        if self.large:  # its text is never held whole
             tree_id, _ = archiver.writer.save_stream(TREE, tree_texts(self._nodes(row), True))
         else:
-            tree_id, _ = archiver.writer.save_pieces(TREE, encode_tree_pieces(self._nodes(row)))
+            tree_id, _ = archiver.writer.save(TREE, memoryview(encode_tree(self._nodes(row), ordered=True)))
         if row is not None and self.exact:
             assert cache is not None and self.listing is not None and signature is not None
             record = FolderRow(self.listing, signature, tree_id, row.chunks(), row.value())
@@ -428,9 +428,6 @@ def listing_signature_of(key: StatKey, count: int, marshalled: Iterable[bytes]) 
     for run in marshalled:
         hashed.update(run)
     return hashed.digest()
-
-
-_TREE_OPEN, _TREE_CLOSE = b'{"nodes":[', b"]}"  # around a tree's nodes (``encode_tree``)
 
 
 # A row's entry: its stat key, its chunk ids concatenated (None: not a file), and whether it had

@@ -195,17 +195,9 @@ def encode_tree(nodes: Iterable[Node | FileText], *, ordered: bool = False) -> b
     return out
 
 
-def encode_tree_pieces(nodes: Iterable[Node | FileText]) -> list[bytes]:
-    """``encode_tree(nodes, ordered=True)`` as the pieces that joined make it, a node's text each
-    (``BlobWriter.save_pieces`` stores them unjoined). Small objects, unlike the one buffer: a
-    large folder's are made as its listing's stat keys go (``Folder._nodes``), in the memory
-    those leave, where a buffer of the tree's size was new memory beside it."""
-    return list(tree_texts(nodes, True))
-
-
 def tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[bytes]:
     """``encode_tree``'s pieces as the nodes come (``BlobWriter.save_stream``)."""
-    yield b'{"nodes":['
+    yield TREE_OPEN
     last = ""
     for i, node in enumerate(nodes if ordered else sorted(nodes, key=lambda n: n.name)):
         if i:
@@ -214,12 +206,13 @@ def tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[byte
                 raise ValueError(f"tree nodes out of name order: {node.name!r} after {last!r}")
         last = node.name
         yield node.text if isinstance(node, FileText) else node_json(node).encode()
-    yield b"]}"
+    yield TREE_CLOSE
 
 
 _DECODER = json.JSONDecoder()
-_OPEN, _CLOSE = b'{"nodes":[', b"]}"
-_OPEN_TEXT, _CLOSE_TEXT = _OPEN.decode(), _CLOSE.decode()
+# around a tree blob's nodes
+TREE_OPEN, TREE_CLOSE = b'{"nodes":[', b"]}"
+_OPEN_TEXT, _CLOSE_TEXT = TREE_OPEN.decode(), TREE_CLOSE.decode()
 STREAM_TREE = 2**20  # bytes of a tree blob from which ``iter_tree`` makes its nodes one at a time
 # What decoding a tree that is not one (hand-made, damaged) raises: the JSON, or a node of it.
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
@@ -231,7 +224,7 @@ def decode_tree(data: bytes) -> list[Node]:
     dicts and strings beside its nodes (a restore's peak), and took longer. Anything else, or
     anything that parse refuses (or a node it cannot make), is parsed whole, which the node-by-node
     parse agrees with: the same nodes, or the same error."""
-    if data.startswith(_OPEN) and data.endswith(_CLOSE):
+    if data.startswith(TREE_OPEN) and data.endswith(TREE_CLOSE):
         with contextlib.suppress(*MALFORMED):
             return list(_node_by_node(data.decode("utf-8", "surrogatepass")))  # as json.loads decodes
     return _parsed_whole(data)
@@ -244,7 +237,7 @@ def iter_tree(data: bytes) -> Iterator[Node]:
     stop 43). Its framing is checked value by value first (one parse more, of large trees only), so
     what comes is what ``decode_tree`` gives: the same nodes, or the nodes before the one it fails
     at and then its error."""
-    if len(data) < STREAM_TREE or not (data.startswith(_OPEN) and data.endswith(_CLOSE)):
+    if len(data) < STREAM_TREE or not (data.startswith(TREE_OPEN) and data.endswith(TREE_CLOSE)):
         yield from decode_tree(data)
         return
     text = data.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
