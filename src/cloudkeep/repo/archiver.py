@@ -309,7 +309,7 @@ class _Archiver(FileContent):
             cached = self.unchanged(parent, entry)
             if cached is not None:
                 self.files_unchanged += 1
-                entry.content = cached
+                entry.chunks = b"".join(cached)  # one chunk: the row's own bytes object
                 parent.add(entry)
                 self.report(path)
                 return None
