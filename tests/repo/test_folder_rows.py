@@ -59,6 +59,46 @@ def test_a_name_the_row_does_not_have_decodes_no_further_than_its_place(
     assert not previous.pieces and len(previous.found) == 50
 
 
+def test_a_row_in_pieces_is_decoded_in_place_and_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pieces are decoded where they lie in the row's bytes (no copy of them all), and the
+    bytes are let go once the last piece is decoded."""
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    data = encode_row(_row(50))
+    previous = _PreviousRow(data)
+    assert previous.pop("m0000") == _row(50)[0]
+    assert len(previous.pieces) == 6 and previous._data is not None and previous._data.obj is data
+    assert previous.pop("m0049") == _row(50)[49]
+    assert previous._data is None and not previous.pieces
+
+
+def _damaged(data: bytes) -> list[bytes]:
+    """A row in pieces cut short, lengthened, or with a piece's type or length byte wrong."""
+    length_at = 5 + 1  # the first piece's length, after the list head and its type byte
+    return [
+        data[:-1],
+        data + b"\0",
+        data[:5] + b"t" + data[6:],
+        data[:length_at] + b"\xff\xff\xff\x7f" + data[length_at + 4 :],
+        data[:length_at] + b"\xff\xff\xff\xff" + data[length_at + 4 :],
+        data[:1] + b"\x00\x00\x00\x00" + data[5:],
+        data[:1] + b"\xff\xff\xff\x7f" + data[5:],
+        b"[",
+        b"",
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_a_damaged_row_in_pieces_gives_nothing_wrong(case: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache row is local but may be damaged: one whose pieces do not lie exactly as written
+    gives no entry that was not in it, and never raises (its files are read anew)."""
+    monkeypatch.setattr(folders, "ROW_PIECE", 8)
+    row = _row(50)
+    previous = _PreviousRow(_damaged(encode_row(row))[case])
+    for entry in row:
+        assert previous.pop(str(entry[0][0])) in (None, entry)
+    assert previous.pop("zzz") is None
+
+
 @pytest.mark.parametrize("count", [9, 16, 17, 50])
 def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Written a piece at a time, a large row (and one joined from a worker's entries) is byte
