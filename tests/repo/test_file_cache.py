@@ -3,6 +3,7 @@ path only, whatever its neighbours are named, and non-UTF-8 names keep their own
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -78,6 +79,37 @@ def test_no_previous_generation_finds_nothing(tmp_path: Path) -> None:
         assert cache.lookup(PATHS[0], _stat(0)) is None
     finally:
         cache.discard()
+
+
+def test_a_spilled_row_reads_back_whole_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large folder's row written to a spill as it is made is copied into the cache a piece at a
+    time and reads back byte for byte; the spill has no name in the cache's folder, before or after,
+    and a backup that fails lets go of the ones it held."""
+    monkeypatch.setattr(cache_module, "_PIECE", 333)  # pieces that do not divide the row
+    keys = os.urandom(5001)
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    spill = cache.spill()
+    for at in range(0, len(keys), 1000):
+        spill.write(keys[at : at + 1000])
+    assert len(spill) == len(keys) and sorted(p.name for p in (tmp_path / "repo").iterdir()) == [
+        cache.next_path.name
+    ]
+    row = FolderRow(b"l" * 20, b"s" * 20, b"t" * 32, os.urandom(32 * 3), b"")
+    cache.record_folder("/src/big", row, spill)
+    cache.commit()
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        assert cache.folder("/src/big") == dataclasses.replace(row, keys=keys)
+        held = cache.spill()
+        held.write(b"row")
+        cache._folder_batch.append(("/src/other", b"", b"", b"", b"", held))  # recorded, not yet written
+    finally:
+        cache.discard()
+    with pytest.raises(ValueError):  # closed
+        held.write(b"more")
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [cache.path.name]
 
 
 def test_a_large_folder_row_written_in_pieces_reads_back_whole(

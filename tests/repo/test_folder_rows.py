@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import Repository, backup_files, folders, restore
+from cloudkeep.repo.cache import FileCache, RowSpill
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.folders import (
     _PreviousRow,
@@ -178,12 +179,25 @@ def test_an_incremental_of_a_large_folder_reads_only_what_changed(
         return found
 
     monkeypatch.setattr(_PreviousRow, "pop", popping)
+    spills: list[RowSpill] = []
+    spill = FileCache.spill
+
+    def spilling(self: FileCache) -> RowSpill:
+        spills.append(spill(self))
+        return spills[-1]
+
+    monkeypatch.setattr(FileCache, "spill", spilling)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     assert snapshot.stats["bytes_read"] == changed.stat().st_size + added.stat().st_size
     assert snapshot.stats["files_unchanged"] == snapshot.stats["files"] - 2
     assert len(held) >= 59 and max(held) <= 5  # the deleted file's entry, and at most one piece
+    assert len(spills) == 1 and len(spills[0]) > 60 * 32  # the folder's new row went through a spill
     target = tmp_path / "out"
     restore(repo, snapshot.id, target)
     out = restored(target, source) / "cur"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in box.iterdir())
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in box.iterdir())
+    other = box / "051.mail"  # the next backup decodes that row: only what changed again is read
+    until_ctime_moves(other, lambda: other.write_bytes(b"edited again\n"))
+    again = backup_files(repo, [source], cache_dir=cache)
+    assert again.stats["bytes_read"] == other.stat().st_size

@@ -33,8 +33,10 @@ import hashlib
 import os
 import sqlite3
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,37 @@ class FolderRow:
     keys: bytes  # every entry's stat key and a file's chunk ids, in the archiver's own encoding
 
 
+class RowSpill:
+    """A large folder's row (``FolderRow.keys``) written as it is made into an unnamed file in the
+    cache's folder, then copied into the cache a piece at a time: held in memory it was 6.4 MiB for
+    a maildir folder of 50,000 messages, at the peak of an incremental backup (its tree being
+    compressed meanwhile). The file has no name, so it goes with the process however that ends."""
+
+    def __init__(self, folder: Path) -> None:
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed once copied, or by ``close``)
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._size += len(data)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def pieces(self) -> Iterator[bytes]:
+        """The row as written, ``_PIECE`` bytes at a time."""
+        self._file.flush()
+        self._file.seek(0)
+        while piece := self._file.read(_PIECE):
+            yield piece
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.pieces())
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def _key(path: str) -> str | bytes:
     return path if is_text(path) else to_bytes(path)
 
@@ -127,7 +160,7 @@ class FileCache:
         self._new.execute(_FOLDERS_SCHEMA)
         self._new.execute(_LARGE_SCHEMA)
         self._batch: list[tuple[str | bytes, int, int, int, int, bytes]] = []
-        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
+        self._folder_batch: list[tuple[str, bytes, bytes, bytes, bytes, bytes | RowSpill]] = []
         self._folder_bytes = 0
         self._large: list[tuple[str, int, int, int, int]] = []
         self._lock = threading.Lock()  # workers record concurrently; sqlite connections are not thread-safe
@@ -201,13 +234,24 @@ class FileCache:
             return None
         return FolderRow(*row)
 
-    def record_folder(self, path: str, row: FolderRow) -> None:
-        if is_text(path):
-            with self._lock:
-                self._folder_batch.append((path, row.listing, row.signature, row.tree, row.chunks, row.keys))
-                self._folder_bytes += len(row.keys) + len(row.chunks)
-                if self._folder_bytes >= _FOLDER_BATCH_BYTES:
-                    self._flush()
+    def record_folder(self, path: str, row: FolderRow, spilled: RowSpill | None = None) -> None:
+        """A folder's row for the next backup; ``spilled`` is its ``keys`` when written to a spill
+        (``spill``), which the cache then owns."""
+        keys: bytes | RowSpill = row.keys if spilled is None else spilled
+        if not is_text(path):
+            if spilled is not None:
+                spilled.close()
+            return
+        with self._lock:
+            self._folder_batch.append((path, row.listing, row.signature, row.tree, row.chunks, keys))
+            self._folder_bytes += len(keys) + len(row.chunks)
+            if self._folder_bytes >= _FOLDER_BATCH_BYTES or spilled is not None:
+                self._flush()
+
+    def spill(self) -> RowSpill:
+        """An unnamed file for a large folder's row, in the cache's folder (on the cache's disk,
+        not a ``/tmp`` that may be memory)."""
+        return RowSpill(self.next_path.parent)
 
     def record_large(self, path: str, st: StatLike) -> None:
         """A large file this backup saw (UTF-8 paths only: the next one looks them up by name)."""
@@ -237,13 +281,14 @@ class FileCache:
         self._new.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._batch)
         self._batch.clear()
         small: list[tuple[str, bytes, bytes, bytes, bytes, bytes]] = []
-        for row in self._folder_batch:  # in order: a folder recorded twice keeps its last row
-            if len(row[4]) + len(row[5]) >= _WRITE_IN_PIECES:
+        for path, listing, signature, tree, chunks, keys in self._folder_batch:  # in order: a folder
+            # recorded twice keeps its last row
+            if isinstance(keys, RowSpill) or len(chunks) + len(keys) >= _WRITE_IN_PIECES:
                 self._new.executemany(_INSERT_FOLDER, small)
                 small = []
-                self._write_large_row(*row)
+                self._write_large_row(path, listing, signature, tree, chunks, keys)
             else:
-                small.append(row)
+                small.append((path, listing, signature, tree, chunks, keys))
         self._new.executemany(_INSERT_FOLDER, small)
         self._folder_batch.clear()
         self._folder_bytes = 0
@@ -251,7 +296,7 @@ class FileCache:
         self._large.clear()
 
     def _write_large_row(
-        self, path: str, listing: bytes, signature: bytes, tree: bytes, chunks: bytes, keys: bytes
+        self, path: str, listing: bytes, signature: bytes, tree: bytes, chunks: bytes, keys: bytes | RowSpill
     ) -> None:
         """A large folder's row with its file lists written in pieces into blobs made to size.
 
@@ -259,23 +304,24 @@ class FileCache:
         copies: two transient copies of a row that is 10 MiB for a folder of 45,000 files, which
         were the largest allocation at the peak of an incremental backup of a mail store.
         """
-        if sys.version_info < (3, 11):  # no ``blobopen``: bound whole
-            self._new.execute(
-                _INSERT_FOLDER,
-                (path, listing, signature, tree, chunks, keys),
+        try:
+            if sys.version_info < (3, 11):  # no ``blobopen``: bound whole
+                whole = keys.getvalue() if isinstance(keys, RowSpill) else keys
+                self._new.execute(_INSERT_FOLDER, (path, listing, signature, tree, chunks, whole))
+                return
+            inserted = self._new.execute(
+                "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, zeroblob(?), zeroblob(?))",
+                (path, listing, signature, tree, len(chunks), len(keys)),
             )
-            return
-        inserted = self._new.execute(
-            "INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?, zeroblob(?), zeroblob(?))",
-            (path, listing, signature, tree, len(chunks), len(keys)),
-        )
-        rowid = inserted.lastrowid
-        assert rowid is not None
-        for column, data in (("chunks", chunks), ("keys", keys)):
-            with self._new.blobopen("folders", column, rowid) as blob:
-                view = memoryview(data)
-                for at in range(0, len(data), _PIECE):
-                    blob.write(view[at : at + _PIECE])
+            rowid = inserted.lastrowid
+            assert rowid is not None
+            for column, data in (("chunks", chunks), ("keys", keys)):
+                with self._new.blobopen("folders", column, rowid) as blob:
+                    for piece in data.pieces() if isinstance(data, RowSpill) else _in_pieces(data):
+                        blob.write(piece)
+        finally:
+            if isinstance(keys, RowSpill):
+                keys.close()
 
     def commit(self) -> None:
         """Make this backup's generation the one the next backup reads."""
@@ -288,8 +334,17 @@ class FileCache:
         os.replace(self.next_path, self.path)
 
     def discard(self) -> None:
+        for row in self._folder_batch:
+            if isinstance(row[5], RowSpill):
+                row[5].close()
         self._new.close()
         if self._old is not None:
             self._old.close()
         with contextlib.suppress(FileNotFoundError):
             self.next_path.unlink()
+
+
+def _in_pieces(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for at in range(0, len(data), _PIECE):
+        yield view[at : at + _PIECE]

@@ -13,14 +13,14 @@ import io
 import marshal
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Union, cast
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
-from cloudkeep.repo.cache import FolderRow
+from cloudkeep.repo.cache import FolderRow, RowSpill
 from cloudkeep.repo.crypto import ID_SIZE, PayloadStream, iter_ids, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
@@ -237,20 +237,24 @@ class Folder:
         ):
             cache.record_folder(self.path, last)
             return last.tree
-        row = _RowWriter(len(self.keys)) if signature is not None else None  # made with the nodes
+        row = _RowWriter(len(self.keys), cache.spill) if cache is not None and signature is not None else None
         if self.large:  # its text is never held whole
             tree_id, _ = archiver.writer.save_stream(TREE, tree_texts(self._nodes(row), True))
         else:
             tree_id, _ = archiver.writer.save(TREE, memoryview(encode_tree(self._nodes(row), ordered=True)))
         if row is not None and self.exact:
             assert cache is not None and self.listing is not None and signature is not None
-            record = FolderRow(self.listing, signature, tree_id, row.chunks(), row.value())
-            cache.record_folder(self.path, record)
+            spilled = row.spilled()
+            record = FolderRow(
+                self.listing, signature, tree_id, row.chunks(), b"" if spilled is not None else row.value()
+            )
+            cache.record_folder(self.path, record, spilled)
         elif row is not None:  # inexact after all: the files its row would have carried get their own
             assert cache is not None
             for key, ids, _ in row_entries(row.value()):
                 if ids is not None:
                     cache.record(f"{self.base}/{key[0]}", Stat(key), split_ids(ids))
+            row.close()
         elif cache is not None:  # no row: the files it would have carried get their own
             for child, key in zip(self.children, self.keys):
                 if isinstance(child, Entry) and child.kind == FILE and child.chunks is not None:
@@ -475,13 +479,14 @@ def encode_row(row: list[_RowEntry]) -> bytes:
 
 class _RowWriter:
     """``encode_row`` of ``count`` entries given one at a time, each piece marshalled once it
-    is full: what an entry holds (its stat key) can go as soon as it is given."""
+    is full: what an entry holds (its stat key) can go as soon as it is given. A row in pieces
+    is written to ``spill()`` when given (``FileCache.spill``), not held."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, spill: Callable[[], RowSpill] | None = None) -> None:
         self._count = count
         self._pending: list[_RowEntry] = []
-        self._out = io.BytesIO()
         self._pieces = -(-count // ROW_PIECE) if count > ROW_PIECE else 0
+        self._out: io.BytesIO | RowSpill = spill() if spill is not None and self._pieces else io.BytesIO()
         if self._pieces:
             self._out.write(_list_head(self._pieces))
         self._chunks = io.BytesIO()
@@ -507,10 +512,25 @@ class _RowWriter:
         if self._count <= ROW_PIECE:
             assert len(self._pending) == self._count
             return marshal.dumps(self._pending, 2)
+        self._complete()
+        return self._out.getvalue()
+
+    def spilled(self) -> RowSpill | None:
+        """The row written to its spill, once every entry was given; None when it has none."""
+        if not isinstance(self._out, RowSpill):
+            return None
+        self._complete()
+        return self._out
+
+    def _complete(self) -> None:
         if self._pending:
             self._flush()
         assert self._pieces == 0, "a row was given fewer entries than it was made for"
-        return self._out.getvalue()
+
+    def close(self) -> None:
+        """Let go of its spill (a row not recorded after all)."""
+        if isinstance(self._out, RowSpill):
+            self._out.close()
 
 
 def row_entries(data: bytes) -> Iterator[_RowEntry]:
@@ -537,7 +557,7 @@ def _pieces(count: int, pieces: Iterator[bytes]) -> bytes:
     return out.getvalue()
 
 
-def _write_piece(out: io.BytesIO, piece: bytes) -> None:
+def _write_piece(out: io.BytesIO | RowSpill, piece: bytes) -> None:
     """A bytes object of a marshal list (``_pieces``), as marshal writes it."""
     out.write(b"s" + struct.pack("<i", len(piece)))
     out.write(piece)
