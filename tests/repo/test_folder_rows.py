@@ -101,7 +101,9 @@ def test_a_damaged_row_in_pieces_gives_nothing_wrong(case: int, monkeypatch: pyt
 
 
 @pytest.mark.parametrize("count", [9, 16, 17, 50])
-def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_row_is_the_marshal_list_of_its_pieces(
+    count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Written a piece at a time, a large row (and one joined from a worker's entries) is byte
     for byte what marshal makes of the list of its pieces: what every version reads."""
     monkeypatch.setattr(folders, "ROW_PIECE", 8)
@@ -109,6 +111,10 @@ def test_a_large_row_is_the_marshal_list_of_its_pieces(count: int, monkeypatch: 
     pieces = [marshal.dumps(row[i : i + 8], 2) for i in range(0, count, 8)]
     assert encode_row(row) == marshal.dumps(pieces, 2)
     assert join_row([marshal.dumps(entry, 2) for entry in row]) == encode_row(row)
+    entries = [marshal.dumps(entry, 2) for entry in row]
+    spill = RowSpill(tmp_path)  # a large folder's row from its parts, written as it is joined
+    assert join_row(entries, spill) == b"" and spill.getvalue() == encode_row(row)
+    assert entries == [b""] * count  # each piece's entries let go once written
 
 
 @pytest.mark.parametrize("count", [0, 5, 8, 9, 16, 17, 50])

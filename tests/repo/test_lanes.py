@@ -21,6 +21,7 @@ from cloudkeep.repo import (
     backup_files,
     check,
     filecontent,
+    folders,
     lanes,
     list_snapshots,
     procpool,
@@ -28,6 +29,7 @@ from cloudkeep.repo import (
 )
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup
+from cloudkeep.repo.cache import FileCache, RowSpill
 from tests.repo.conftest import restored
 
 
@@ -122,9 +124,21 @@ def _cache_rows(cache: Path, root: Path) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+@pytest.mark.parametrize("row_piece", [1024, 16])
 def test_lanes_give_the_threads_trees_rows_and_counts(
-    repo: Repository, tmp_path: Path, jobs: list[str]
+    repo: Repository, tmp_path: Path, jobs: list[str], row_piece: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With rows in pieces too (16: the flat folders' rows then go through spills, written
+    from the nodes by threads and joined from the parts by lanes)."""
+    monkeypatch.setattr(folders, "ROW_PIECE", row_piece)
+    spills: list[RowSpill] = []
+    spill = FileCache.spill
+
+    def spilling(self: FileCache) -> RowSpill:
+        spills.append(spill(self))
+        return spills[-1]
+
+    monkeypatch.setattr(FileCache, "spill", spilling)
     src = _tree(tmp_path / "src")
     by_threads = backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "c1")
     assert not jobs
@@ -135,6 +149,7 @@ def test_lanes_give_the_threads_trees_rows_and_counts(
         assert by_lanes.stats[figure] == by_threads.stats[figure], figure
     rows = _cache_rows(tmp_path / "c2", src)
     assert rows == _cache_rows(tmp_path / "c1", src) and len(rows["folders"]) == 8  # the next backup's
+    assert len(spills) == (4 if row_piece == 16 else 0)  # two flat folders, by threads then by lanes
     jobs.clear()
     again = backup_files(repo, [src], hostname="h", cache_dir=tmp_path / "c2")
     assert not jobs  # a cache with rows: the walk looks them up itself

@@ -296,8 +296,11 @@ class Folder:
             hashed = hashlib.blake2b(listing + _list_head(len(rows)), digest_size=20)
             for part_subtrees in subtrees:
                 hashed.update(part_subtrees)
-            row = FolderRow(listing, hashed.digest(), tree_id, b"".join(chunks), join_row(rows))
-            cache.record_folder(self.path, row)
+            spilled = cache.spill() if len(rows) > ROW_PIECE else None
+            keys_row = join_row(rows, spilled)
+            cache.record_folder(
+                self.path, FolderRow(listing, hashed.digest(), tree_id, b"".join(chunks), keys_row), spilled
+            )
             return tree_id
         for entry in rows:  # inexact: its files get rows of their own
             key, content, _ = marshal.loads(entry)
@@ -459,13 +462,25 @@ def _tuple_head(count: int) -> bytes:
     return b"(" + struct.pack("<i", count)
 
 
-def join_row(entries: list[bytes]) -> bytes:
-    """``encode_row`` of the entries marshalled one by one (a folder's parts, from worker processes)."""
+def join_row(entries: list[bytes], spill: RowSpill | None = None) -> bytes:
+    """``encode_row`` of the entries marshalled one by one (a folder's parts, from worker processes).
+    A row in pieces is written to ``spill`` when given (b"" is then returned), each piece's entries
+    let go once it is written: joined, the row and its entries were two copies of it at once."""
     if len(entries) <= ROW_PIECE:
         return _list_head(len(entries)) + b"".join(entries)
-    starts = range(0, len(entries), ROW_PIECE)
-    parts = (entries[i : i + ROW_PIECE] for i in starts)
-    return _pieces(len(starts), (_list_head(len(part)) + b"".join(part) for part in parts))
+    count = -(-len(entries) // ROW_PIECE)
+    if spill is None:
+        starts = range(0, len(entries), ROW_PIECE)
+        return _pieces(
+            count,
+            (_list_head(len(part)) + b"".join(part) for part in (entries[i : i + ROW_PIECE] for i in starts)),
+        )
+    spill.write(_list_head(count))
+    for start in range(0, len(entries), ROW_PIECE):
+        part = entries[start : start + ROW_PIECE]
+        entries[start : start + ROW_PIECE] = [b""] * len(part)
+        _write_piece(spill, _list_head(len(part)) + b"".join(part))
+    return b""
 
 
 def encode_row(row: list[_RowEntry]) -> bytes:
