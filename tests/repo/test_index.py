@@ -11,7 +11,14 @@ import pytest
 
 from cloudkeep.errors import IntegrityError
 from cloudkeep.repo import Repository, backup_files, check, restore
-from cloudkeep.repo.index import Index, decode_index_file, encode_index_file, new_index_key, read_index_file
+from cloudkeep.repo.index import (
+    Index,
+    decode_index_file,
+    encode_index_file,
+    new_index_key,
+    pack_records,
+    read_index_file,
+)
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry
 from cloudkeep.storage import ObjectStore
 from tests.repo.conftest import PASSWORD, restored
@@ -28,6 +35,16 @@ def test_index_file_roundtrip(repo: Repository) -> None:
     data = encode_index_file(repo.crypter, packs)
     assert decode_index_file(repo.crypter, "k", data) == packs
     assert b'"packs"' not in repo.crypter.decode(data, _AAD, "k")  # binary, not JSON
+    # a backup keeps its packs' records, not their entries, until it writes the index file
+    as_records = {pack_id: pack_records(pack) for pack_id, pack in packs.items()}
+    plain = repo.crypter.decode(encode_index_file(repo.crypter, as_records), _AAD, "k")
+    assert plain == repo.crypter.decode(data, _AAD, "k")
+    assert (
+        decode_index_file(
+            repo.crypter, "k", encode_index_file(repo.crypter, {**packs, "p1": as_records["p1"]})
+        )
+        == packs
+    )
 
 
 def test_json_index_files_written_before_still_load(repo: Repository, store: ObjectStore) -> None:

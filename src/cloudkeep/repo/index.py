@@ -196,15 +196,26 @@ _PACK_HEAD3 = struct.Struct("<HIq")
 _RECORD = struct.Struct("<B32sQII")  # type, id, offset, length, raw length: 49 bytes per blob
 
 
+def pack_records(entries: Iterable[BlobEntry]) -> bytes:
+    """A pack's entries as an index file records them. A backup keeps these for the packs its
+    next index file names, not the entries: 49 bytes a blob, where the entries (with their
+    offsets and lengths as objects) were ~170; a first backup of a mail store named 69,000 blobs
+    in its first index file, 12 MiB of entries held until it was written."""
+    return b"".join(
+        _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length) for e in entries
+    )
+
+
 def encode_index_file(
     crypter: Crypter,
-    packs: dict[str, list[BlobEntry]],
+    packs: Mapping[str, list[BlobEntry] | bytes],
     written: Mapping[str, int] | None = None,
     *,
     aad: bytes = _AAD,
 ) -> bytes:
     """Binary records, not JSON: parsing a JSON index costs ~5x its size in short-lived objects
     (and the fragmented heap they leave); fixed records are read straight into ``Index`` columns.
+    A pack's entries may be given as its records already (``pack_records``).
 
     Version 3 (with each pack's write time) only when ``written`` knows one of ``packs``: other
     repositories keep version 2, which readers before immutability by generations understand.
@@ -212,13 +223,15 @@ def encode_index_file(
     times = {p: written[p] for p in packs if written and written.get(p)}
     out = bytearray(_MAGIC3 if times else _MAGIC)
     for pack_id, entries in packs.items():
+        records = entries if isinstance(entries, bytes) else pack_records(entries)
+        count, rest = divmod(len(records), _RECORD.size)
+        assert not rest, "records are whole"
         name = pack_id.encode()
         if times:
-            out += _PACK_HEAD3.pack(len(name), len(entries), times.get(pack_id, 0)) + name
+            out += _PACK_HEAD3.pack(len(name), count, times.get(pack_id, 0)) + name
         else:
-            out += _PACK_HEAD.pack(len(name), len(entries)) + name
-        for e in entries:
-            out += _RECORD.pack(BLOB_TYPES.index(e.type), e.id, e.offset, e.length, e.raw_length)
+            out += _PACK_HEAD.pack(len(name), count) + name
+        out += records
     return crypter.encode(memoryview(out), aad)
 
 

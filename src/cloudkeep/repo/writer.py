@@ -33,7 +33,7 @@ from cloudkeep.compat import UTC
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError
 from cloudkeep.repo.crypto import CODEC_ZSTD, WHOLE_MOST, PayloadStream
 from cloudkeep.repo.generations import SKEW, read_horizon
-from cloudkeep.repo.index import encode_index_file, new_index_key
+from cloudkeep.repo.index import encode_index_file, new_index_key, pack_records
 from cloudkeep.repo.layout import SESSIONS_PREFIX
 from cloudkeep.repo.pack import DATA, TREE, BlobEntry, PackWriter, blob_aad, pack_key, sweep_stale_staging
 from cloudkeep.repo.ratelimit import RateLimiter as RateLimiter
@@ -122,7 +122,7 @@ class BlobWriter(SessionLease):
         self._staged: set[str] = set()  # finished packs' files not yet consumed by an upload
         self._reused_packs: set[str] = set()  # packs holding blobs this session reused (locked backups)
         self._written_packs: set[str] = set()
-        self._unindexed: dict[str, list[BlobEntry]] = {}
+        self._unindexed: dict[str, bytes] = {}  # pack id → its records for the next index file
         self._written_index: list[str] = []
         self._index_every = index_every
         self._pool = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="ck-upload")
@@ -461,13 +461,14 @@ class BlobWriter(SessionLease):
                 self.repo.store.put_file(key, path, if_absent=True, retain_until=self.lock_until, md5=md5)
         step("backup:pack-uploaded")
         write_index = False
+        records = pack_records(entries)
         with self.repo.lock:
             if self.horizon is not None:
                 self._written_at[pack_id] = written
             self.repo.index.add_pack(pack_id, entries, self._written_at.get(pack_id))
             for entry in entries:
                 self._pending.discard(entry.id)
-            self._unindexed[pack_id] = entries
+            self._unindexed[pack_id] = records
             self._written_packs.add(pack_id)
             self.stats.bytes_uploaded += size
             self.stats.packs += 1
