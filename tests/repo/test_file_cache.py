@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,28 @@ def test_no_previous_generation_finds_nothing(tmp_path: Path) -> None:
     cache = FileCache(tmp_path, "repo", "host", ["/src"])
     try:
         assert cache.lookup(PATHS[0], _stat(0)) is None
+    finally:
+        cache.discard()
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_folder_row_of_the_wrong_types_gives_nothing(
+    large: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged cache (a file list that is text or missing) gives no row, read whole or in pieces."""
+    monkeypatch.setattr(cache_module, "_WRITE_IN_PIECES", 10 if large else 1 << 20)
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    good = FolderRow(b"l", b"s", b"t", os.urandom(64), os.urandom(100))
+    for path in ("/src/good", "/src/text", "/src/null"):
+        cache.record_folder(path, good)
+    cache.commit()
+    with sqlite3.connect(cache.path) as db:
+        db.execute("UPDATE folders SET keys = 'not a blob, long enough' WHERE path = '/src/text'")
+        db.execute("UPDATE folders SET chunks = NULL WHERE path = '/src/null'")
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        assert cache.folder("/src/good") == good
+        assert cache.folder("/src/text") is None and cache.folder("/src/null") is None
     finally:
         cache.discard()
 

@@ -4,6 +4,7 @@ decoded beside its new listing. Rows stored whole (small folders, older versions
 
 from __future__ import annotations
 
+import hashlib
 import marshal
 import os
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_a_row_made_entry_by_entry_is_the_row_made_at_once(
     assert list(row_entries(made.value())) == row
 
 
-def test_a_listing_hashed_in_runs_is_the_listings_signature() -> None:
+def test_a_listing_hashed_in_runs_is_the_listings_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder stored in parts hashes its keys part by part: the signature the walk gives the
     same listing, or the next backup would read every file of the folder again."""
     keys = [key for key, _, _ in _row(30)]
@@ -143,6 +144,10 @@ def test_a_listing_hashed_in_runs_is_the_listings_signature() -> None:
     runs = [b"".join(marshal.dumps(k, 2) for k in keys[i : i + 7]) for i in range(0, 30, 7)]
     assert listing_signature_of(folder, 30, runs) == listing_signature(folder, keys)
     assert listing_signature_of(folder, 29, runs) != listing_signature(folder, keys)
+    whole = hashlib.blake2b(marshal.dumps((folder, keys), 2), digest_size=20).digest()
+    for piece in (8, 7, 30, 64):  # a large folder's own listing is hashed in runs too: the same
+        monkeypatch.setattr(folders, "ROW_PIECE", piece)
+        assert listing_signature(folder, keys) == whole
 
 
 def test_small_rows_stay_whole_and_damaged_pieces_give_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
