@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import cache as cache_module
-from cloudkeep.repo.cache import FileCache, FolderRow
+from cloudkeep.repo.cache import FileCache, FolderRow, StoredRow
+
+
+def _whole(row: FolderRow | None) -> FolderRow | None:
+    """``row`` with a large row's entries read whole (``StoredRow``)."""
+    if row is None or isinstance(row.keys, bytes):
+        return row
+    return dataclasses.replace(row, keys=row.keys.getvalue())
+
 
 # Neighbours that sort between or around a folder's files: "a.b" sorts before "a/", "a0" just
 # after it, "a/b/c" is deeper; names with spaces, non-ASCII and non-UTF-8 bytes (surrogates).
@@ -98,7 +106,7 @@ def test_a_folder_row_of_the_wrong_types_gives_nothing(
         db.execute("UPDATE folders SET chunks = NULL WHERE path = '/src/null'")
     cache = FileCache(tmp_path, "repo", "host", ["/src"])
     try:
-        assert cache.folder("/src/good") == good
+        assert _whole(cache.folder("/src/good")) == good
         assert cache.folder("/src/text") is None and cache.folder("/src/null") is None
     finally:
         cache.discard()
@@ -153,8 +161,20 @@ def test_a_large_folder_row_written_in_pieces_reads_back_whole(
     cache.commit()
     cache = FileCache(tmp_path, "repo", "host", ["/src"])
     try:
-        assert cache.folder("/src/big") == large
+        read = cache.folder("/src/big")
+        assert read is not None and isinstance(read.keys, StoredRow)  # read as asked, not whole
+        assert isinstance(large.keys, bytes) and read.keys.read(4990, 100) == large.keys[4990:]
+        assert read.keys.read(6000, 5) == b""
+        assert _whole(read) == large
         assert cache.folder("/src/small") == small
         assert cache.folder("/src/empty") == FolderRow(b"e", b"e", b"e", b"", b"")
+        cache.record_folder("/src/big", read)  # unchanged: copied from the last cache, as it lies
+        cache.commit()
+    except BaseException:
+        cache.discard()
+        raise
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    try:
+        assert _whole(cache.folder("/src/big")) == large
     finally:
         cache.discard()

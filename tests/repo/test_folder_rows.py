@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.repo import Repository, backup_files, folders, restore
-from cloudkeep.repo.cache import FileCache, RowSpill
+from cloudkeep.repo import cache as cache_module
+from cloudkeep.repo.cache import FileCache, FolderRow, RowSpill, StoredRow
 from cloudkeep.repo.crypto import ID_SIZE
 from cloudkeep.repo.folders import (
     _PreviousRow,
@@ -61,16 +62,42 @@ def test_a_name_the_row_does_not_have_decodes_no_further_than_its_place(
     assert not previous.pieces and len(previous.found) == 50
 
 
-def test_a_row_in_pieces_is_decoded_in_place_and_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pieces are decoded where they lie in the row's bytes (no copy of them all), and the
-    bytes are let go once the last piece is decoded."""
+def test_a_row_in_pieces_is_decoded_in_place_and_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pieces are decoded where they lie in the row (no copy of them all): a large row in the
+    cache is read there, its pieces' heads first, then a piece as the walk asks for its names;
+    the row is let go once the last piece is decoded."""
     monkeypatch.setattr(folders, "ROW_PIECE", 8)
-    data = encode_row(_row(50))
-    previous = _PreviousRow(data)
-    assert previous.pop("m0000") == _row(50)[0]
-    assert len(previous.pieces) == 6 and previous._data is not None and previous._data.obj is data
-    assert previous.pop("m0049") == _row(50)[49]
-    assert previous._data is None and not previous.pieces
+    monkeypatch.setattr(cache_module, "_WRITE_IN_PIECES", 100)
+    row = _row(50)
+    data = encode_row(row)
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    cache.record_folder("/src/box", FolderRow(b"l", b"s", b"t", b"", data))
+    cache.commit()
+    cache = FileCache(tmp_path, "repo", "host", ["/src"])
+    reads: list[int] = []
+    real = StoredRow.read
+
+    def read(self: StoredRow, start: int, length: int) -> bytes:
+        reads.append(length)
+        return real(self, start, length)
+
+    monkeypatch.setattr(StoredRow, "read", read)
+    try:
+        stored = cache.folder("/src/box")
+        assert stored is not None and isinstance(stored.keys, StoredRow)
+        for given in (data, stored.keys):
+            reads.clear()
+            previous = _PreviousRow(given)
+            assert previous.pop("m0000") == row[0]
+            assert len(previous.pieces) == 6 and previous._read is not None
+            if given is stored.keys:  # the list's head and each piece's, then the first piece
+                assert reads[:8] == [5] * 8 and len(reads) == 9 and reads[8] < len(data) / 6
+            assert previous.pop("m0049") == row[49]
+            assert previous._read is None and not previous.pieces
+    finally:
+        cache.discard()
 
 
 def _damaged(data: bytes) -> list[bytes]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Union, cast
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.pathnames import is_text
-from cloudkeep.repo.cache import FolderRow, RowSpill
+from cloudkeep.repo.cache import FolderRow, RowSpill, StoredRow
 from cloudkeep.repo.crypto import ID_SIZE, PayloadStream, iter_ids, split_ids
 from cloudkeep.repo.fsmeta import Stat, StatKey, node_from_stat
 from cloudkeep.repo.pack import TREE
@@ -591,26 +591,39 @@ class _PreviousRow:
     A name asked for out of order is found only if its piece was decoded already; it is then read
     anew, which is what any entry the row does not give costs."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | StoredRow) -> None:
         self.found: dict[str, _RowEntry] = {}
         self.last: str | None = None  # the last name of the pieces decoded so far
-        # A row in pieces is decoded from where each lies in ``data``: unmarshalled, its list of
-        # pieces was a copy of the whole row (6.4 MiB for a maildir folder of 50,000 messages)
-        # beside ``data`` when the walk first asked, at the end of the folder's listing.
-        self._data: memoryview | None = memoryview(data)
-        self.pieces = _piece_spans(data)
+        # A row in pieces is decoded from where each lies in ``data`` (in the cache itself for a
+        # large one, ``StoredRow``): unmarshalled, its list of pieces was a copy of the whole row
+        # (6.4 MiB for a maildir folder of 50,000 messages) beside ``data`` when the walk first
+        # asked, at the end of the folder's listing; and ``data`` was held to the walk's end.
+        self._read: Callable[[int, int], bytes | memoryview] | None
+        self._stored = data if isinstance(data, StoredRow) else None
+        if isinstance(data, StoredRow):
+            self._read = data.read
+        else:
+            view = memoryview(data)
+            self._read = lambda start, length: view[start : start + length]
+        self.pieces = _piece_spans(self._read, len(data))
         self.pieces.reverse()  # first last
         if not self.pieces:
-            self._data = None
-            self._add(_loads(data))
+            self._done()
+            self._add(_loads(data if isinstance(data, bytes) else data.getvalue()))
 
     def pop(self, name: str) -> _RowEntry | None:
-        while self._data is not None and (self.last is None or self.last < name):
+        while self._read is not None and (self.last is None or self.last < name):
             start, end = self.pieces.pop()
-            self._add(_loads(self._data[start:end]))
+            self._add(_loads(self._read(start, end - start)))
             if not self.pieces:
-                self._data = None  # every piece decoded
+                self._done()  # every piece decoded
         return self.found.pop(name, None)
+
+    def _done(self) -> None:
+        self._read = None
+        if self._stored is not None:
+            self._stored.close()
+            self._stored = None
 
     def _add(self, items: list[object]) -> None:
         """Keep the well-formed entries of ``items``. One that does not have that shape (damaged,
@@ -627,24 +640,27 @@ class _PreviousRow:
                 self.last = key[0]
 
 
-def _piece_spans(data: bytes) -> list[tuple[int, int]]:
-    """Where the pieces of a row in pieces lie in ``data``, as ``_pieces`` writes them (a marshal
-    list of bytes objects); none when ``data`` is not exactly that (a row of entries, or damaged)."""
-    if data[:1] != b"[":
+def _piece_spans(read: Callable[[int, int], bytes | memoryview], size: int) -> list[tuple[int, int]]:
+    """Where the pieces of a row in pieces lie in its ``size`` bytes (``read(start, length)``), as
+    ``_pieces`` writes them (a marshal list of bytes objects): only the heads are read. None when
+    the row is not exactly that (a row of entries, or damaged)."""
+    head = bytes(read(0, 5))
+    if len(head) < 5 or head[:1] != b"[":
         return []
-    (count,) = struct.unpack_from("<i", data, 1) if len(data) >= 5 else (-1,)
+    (count,) = struct.unpack_from("<i", head, 1)
     spans: list[tuple[int, int]] = []
     at = 5
     for _ in range(max(count, 0)):
-        if data[at : at + 1] != b"s" or len(data) < at + 5:
+        head = bytes(read(at, 5))
+        if len(head) < 5 or head[:1] != b"s":
             return []
-        (length,) = struct.unpack_from("<i", data, at + 1)
+        (length,) = struct.unpack_from("<i", head, 1)
         at += 5
-        if length < 0 or at + length > len(data):
+        if length < 0 or at + length > size:
             return []
         spans.append((at, at + length))
         at += length
-    return spans if count > 0 and at == len(data) else []
+    return spans if count > 0 and at == size else []
 
 
 def _loads(data: bytes | memoryview) -> list[object]:
