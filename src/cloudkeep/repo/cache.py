@@ -278,26 +278,23 @@ class FileCache:
             return None
         with self._lock:
             try:
+                # One query: a small row's lists come with it; a large one's are left in the cache
+                # (SQLite tells a value's type and length without reading it).
                 found = self._old.execute(
-                    "SELECT rowid, listing, signature, tree, typeof(chunks), typeof(keys),"
-                    " length(chunks), length(keys) FROM folders WHERE path = ?",
-                    (path,),
+                    "SELECT rowid, listing, signature, tree, typeof(chunks), typeof(keys), length(keys),"
+                    " CASE WHEN length(chunks) + length(keys) < ?2 THEN chunks END,"
+                    " CASE WHEN length(chunks) + length(keys) < ?2 THEN keys END"
+                    " FROM folders WHERE path = ?1",
+                    (path, _WRITE_IN_PIECES if sys.version_info >= (3, 11) else 2**62),
                 ).fetchone()
                 if found is None or found[4:6] != ("blob", "blob"):
                     return None
-                rowid, listing, signature, tree, _, _, chunks_size, keys_size = found
-                lists: list[bytes | StoredRow] | None
-                if chunks_size + keys_size >= _WRITE_IN_PIECES and sys.version_info >= (3, 11):
+                rowid, listing, signature, tree, _, _, keys_size, *lists = found
+                if lists[0] is None and sys.version_info >= (3, 11):
                     lists = [self._read_blob(self._old, "chunks", rowid), StoredRow(self, rowid, keys_size)]
-                else:
-                    lists = self._old.execute(
-                        "SELECT chunks, keys FROM folders WHERE rowid = ?", (rowid,)
-                    ).fetchone()
             except sqlite3.OperationalError:  # a cache written before folders had rows
                 return None
-        if lists is None or not all(
-            isinstance(v, (bytes, StoredRow)) for v in (listing, signature, tree, *lists)
-        ):
+        if not all(isinstance(v, (bytes, StoredRow)) for v in (listing, signature, tree, *lists)):
             return None
         chunks, keys = lists
         if not isinstance(chunks, bytes):
