@@ -13,7 +13,9 @@ these corpora are what a real machine holds:
   half of them below 1 KiB. The per-file costs on files someone else wrote;
 - ``mail``: generated, a mail store in maildir folders (``cur`` of up to 50,000 messages each,
   0.3-16 KiB of text with unique headers): the per-file costs, where the other corpora are mostly
-  bytes. No machine here has such a tree to copy, so it is seeded text.
+  bytes. No machine here has such a tree to copy, so it is seeded text;
+- ``bigmail``: the same messages in one folder of as many as the size allows (~200,000 at
+  ``--size 640 --db 64``): what a backup holds of one folder far larger than the mail store's.
 
 Each also gets one seeded 128 MiB database-like file (``--db`` MiB): 8 KiB pages of records with
 free space, so in-place rewrites have something to change. The day-2 mutation for real trees
@@ -31,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ("synthetic", "usr", "venv", "git", "node", "mail")
+CORPORA = ("synthetic", "usr", "venv", "git", "node", "mail", "bigmail")
 
 # /usr subtrees in the order they are taken from, each with its share of the budget: the mix
 # issue 18 measured on (libraries, the standard library, headers, man pages, locales).
@@ -100,15 +102,16 @@ _WORDS = (  # the vocabulary of the messages' text, space-separated
 )
 
 
-def _maildirs(top: Path, budget: int, rng: random.Random) -> None:
-    """Messages of seeded text until ``budget`` bytes: a log-normal size around 2 KiB (0.3-16 KiB),
-    each a unique header over a slice of one shared text, so files differ but compress as mail does."""
+def _maildirs(top: Path, budget: int, rng: random.Random, per_folder: int = MAILDIR_MESSAGES) -> None:
+    """Messages of seeded text until ``budget`` bytes, ``per_folder`` to a folder: a log-normal size
+    around 2 KiB (0.3-16 KiB), each a unique header over a slice of one shared text, so files
+    differ but compress as mail does."""
     words = _WORDS.split()
     text = " ".join(rng.choices(words, k=1_200_000)).encode()
     used = folder_count = count = 0
     folder = top
     while used < budget:
-        if count % MAILDIR_MESSAGES == 0:
+        if count % per_folder == 0:
             folder = top / f"box{folder_count:02d}" / "cur"
             folder.mkdir(parents=True)
             folder_count += 1
@@ -159,6 +162,8 @@ def _build(kind: str, root: Path, size_mib: int, seed: int, db_mib: int) -> None
         )
     elif kind == "mail":
         _maildirs(root / "home" / "mail", budget, rng)
+    elif kind == "bigmail":
+        _maildirs(root / "home" / "mail", budget, rng, per_folder=10**9)
     else:
         raise ValueError(f"unknown corpus {kind!r}")
     (root / "var" / "lib").mkdir(parents=True)
