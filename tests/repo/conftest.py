@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cloudkeep.repo import KdfParams, Repository
+from cloudkeep.repo.cache import FileCache, RowSpill
 from cloudkeep.repo.chunker import ChunkerParams
 from cloudkeep.storage import ObjectStore, open_store
 from cloudkeep.storage.memory import MemoryStore
@@ -58,6 +59,20 @@ def restore_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 @pytest.fixture
 def repo(store: ObjectStore) -> Repository:
     return Repository.create(store, PASSWORD, pack_size=512 * 1024, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+
+
+@pytest.fixture
+def spills(monkeypatch: pytest.MonkeyPatch) -> list[RowSpill]:
+    """Every spill a backup's file cache makes (a large folder's row written as it is made)."""
+    made: list[RowSpill] = []
+    spill = FileCache.spill
+
+    def spilling(self: FileCache) -> RowSpill:
+        made.append(spill(self))
+        return made[-1]
+
+    monkeypatch.setattr(FileCache, "spill", spilling)
+    return made
 
 
 def write_tree(root: Path, seed: int = 1) -> Path:

@@ -191,7 +191,7 @@ def test_small_rows_stay_whole_and_damaged_pieces_give_nothing(monkeypatch: pyte
 
 
 def test_an_incremental_of_a_large_folder_reads_only_what_changed(
-    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Repository, tmp_path: Path, spills: list[RowSpill], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A folder of 60 files, its row in pieces of 4: after a change, a deletion and an addition,
     only the changed and the added file are read, the rest comes from the row, a piece at a time,
@@ -217,14 +217,7 @@ def test_an_incremental_of_a_large_folder_reads_only_what_changed(
         return found
 
     monkeypatch.setattr(_PreviousRow, "pop", popping)
-    spills: list[RowSpill] = []
-    spill = FileCache.spill
-
-    def spilling(self: FileCache) -> RowSpill:
-        spills.append(spill(self))
-        return spills[-1]
-
-    monkeypatch.setattr(FileCache, "spill", spilling)
+    spills.clear()  # (the two backups before made theirs)
     snapshot = backup_files(repo, [source], cache_dir=cache)
     assert snapshot.stats["bytes_read"] == changed.stat().st_size + added.stat().st_size
     assert snapshot.stats["files_unchanged"] == snapshot.stats["files"] - 2

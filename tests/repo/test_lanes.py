@@ -29,7 +29,7 @@ from cloudkeep.repo import (
 )
 from cloudkeep.repo import archiver as archiver_module
 from cloudkeep.repo.browse import lookup
-from cloudkeep.repo.cache import FileCache, RowSpill
+from cloudkeep.repo.cache import RowSpill
 from tests.repo.conftest import restored
 
 
@@ -126,19 +126,16 @@ def _cache_rows(cache: Path, root: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 @pytest.mark.parametrize("row_piece", [1024, 16])
 def test_lanes_give_the_threads_trees_rows_and_counts(
-    repo: Repository, tmp_path: Path, jobs: list[str], row_piece: int, monkeypatch: pytest.MonkeyPatch
+    repo: Repository,
+    tmp_path: Path,
+    jobs: list[str],
+    row_piece: int,
+    spills: list[RowSpill],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With rows in pieces too (16: the flat folders' rows then go through spills, written
     from the nodes by threads and joined from the parts by lanes)."""
     monkeypatch.setattr(folders, "ROW_PIECE", row_piece)
-    spills: list[RowSpill] = []
-    spill = FileCache.spill
-
-    def spilling(self: FileCache) -> RowSpill:
-        spills.append(spill(self))
-        return spills[-1]
-
-    monkeypatch.setattr(FileCache, "spill", spilling)
     src = _tree(tmp_path / "src")
     by_threads = backup_files(repo, [src], hostname="h", processes=False, cache_dir=tmp_path / "c1")
     assert not jobs
