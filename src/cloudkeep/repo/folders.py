@@ -471,22 +471,21 @@ def _tuple_head(count: int) -> bytes:
 
 def join_row(entries: list[bytes], spill: RowSpill | None = None) -> bytes:
     """``encode_row`` of the entries marshalled one by one (a folder's parts, from worker processes).
-    A row in pieces is written to ``spill`` when given (b"" is then returned), each piece's entries
-    let go once it is written: joined, the row and its entries were two copies of it at once."""
+    A row in pieces is written to ``spill`` when given (b"" is then returned); each piece's entries
+    are let go from ``entries`` once it is made: joined, the row and its entries were two copies."""
     if len(entries) <= ROW_PIECE:
         return _list_head(len(entries)) + b"".join(entries)
+
+    def pieces() -> Iterator[bytes]:
+        for start in range(0, len(entries), ROW_PIECE):
+            part = entries[start : start + ROW_PIECE]
+            entries[start : start + ROW_PIECE] = [b""] * len(part)
+            yield _list_head(len(part)) + b"".join(part)
+
     count = -(-len(entries) // ROW_PIECE)
     if spill is None:
-        starts = range(0, len(entries), ROW_PIECE)
-        return _pieces(
-            count,
-            (_list_head(len(part)) + b"".join(part) for part in (entries[i : i + ROW_PIECE] for i in starts)),
-        )
-    spill.write(_list_head(count))
-    for start in range(0, len(entries), ROW_PIECE):
-        part = entries[start : start + ROW_PIECE]
-        entries[start : start + ROW_PIECE] = [b""] * len(part)
-        _write_piece(spill, _list_head(len(part)) + b"".join(part))
+        return _pieces(count, pieces())
+    _write_pieces(spill, count, pieces())
     return b""
 
 
@@ -571,12 +570,17 @@ def _pieces(count: int, pieces: Iterator[bytes]) -> bytes:
     (8 and 11 MiB for a maildir folder of 45,000 files, at the peak of the mail store's
     incremental). ``BytesIO`` grows its one buffer and hands it over without a copy."""
     out = io.BytesIO()
+    _write_pieces(out, count, pieces)
+    return out.getvalue()
+
+
+def _write_pieces(out: io.BytesIO | RowSpill, count: int, pieces: Iterable[bytes]) -> None:
+    """The marshal list of ``count`` bytes objects, ``pieces``, written to ``out`` one by one."""
     out.write(_list_head(count))
     for piece in pieces:
         _write_piece(out, piece)
         count -= 1
     assert count == 0
-    return out.getvalue()
 
 
 def _write_piece(out: io.BytesIO | RowSpill, piece: bytes) -> None:
@@ -642,8 +646,9 @@ class _PreviousRow:
 
 def _piece_spans(read: Callable[[int, int], bytes | memoryview], size: int) -> list[tuple[int, int]]:
     """Where the pieces of a row in pieces lie in its ``size`` bytes (``read(start, length)``), as
-    ``_pieces`` writes them (a marshal list of bytes objects): only the heads are read. None when
-    the row is not exactly that (a row of entries, or damaged)."""
+    ``_pieces`` writes them (a marshal list of bytes objects): only the heads are read. When
+    the row is not exactly that (a row of entries, or damaged): none.
+    """
     head = bytes(read(0, 5))
     if len(head) < 5 or head[:1] != b"[":
         return []
