@@ -96,6 +96,67 @@ def test_a_frame_not_as_stated_is_refused_on_the_buffer_path(crypter: Crypter, d
         crypter.decode_into_buffer(_sealed_zstd(crypter, payload), b"aad", "blob 9")
 
 
+def _opened(crypter: Crypter, sealed: bytes, size: int, aad: bytes = b"aad") -> list[bytes]:
+    return list(crypter.opened_pieces(sealed, aad, "blob 5", size))
+
+
+@pytest.mark.parametrize(
+    "data", [COMPRESSIBLE * 10, RANDOM, b"tiny", b""], ids=["text", "random", "tiny", "empty"]
+)
+def test_opened_in_pieces_is_what_decode_gives(crypter: Crypter, data: bytes) -> None:
+    """A large tree is read in pieces, never whole: the pieces, joined, are the blob ``decode``
+    gives, each at most the size asked, raw or compressed."""
+    sealed = crypter.encode(data, b"aad")
+    for size in (1, 1000, 2**16, 2**22):
+        if size == 1 and len(data) > 10_000:
+            continue  # a million pieces: slow, and nothing more to see
+        pieces = _opened(crypter, sealed, size)
+        assert b"".join(pieces) == data
+        assert all(0 < len(piece) <= size for piece in pieces)
+    assert len(_opened(crypter, sealed, 2**16)) == -(-len(data) // 2**16)
+
+
+@pytest.mark.parametrize("damage", ["flip", "tag", "nonce", "aad", "truncate"])
+def test_damage_in_pieces_is_refused_by_the_last_piece(crypter: Crypter, damage: str) -> None:
+    """GCM authenticates at the end: a blob read in pieces fails once read, never passes."""
+    sealed = bytearray(crypter.encode(COMPRESSIBLE * 10, b"aad"))
+    aad = b"aad"
+    if damage == "flip":
+        sealed[len(sealed) // 2] ^= 1
+    elif damage == "tag":
+        sealed[-1] ^= 1
+    elif damage == "nonce":
+        sealed[0] ^= 1
+    elif damage == "aad":
+        aad = b"another blob"
+    else:
+        sealed = sealed[:20]
+    with pytest.raises(IntegrityError, match=r"blob 5: (authentication failed|truncated)"):
+        _opened(crypter, bytes(sealed), 4096, aad)
+
+
+@pytest.mark.parametrize("payload", ["not zstd", "unknown codec", "empty"])
+def test_a_bad_payload_in_pieces_is_named_and_a_tampered_one_is_tampered(
+    crypter: Crypter, payload: str
+) -> None:
+    """Sealed by the key, a payload that does not open is named for what it is; the same bytes
+    tampered with are refused as tampered (what ``open`` says of them), whichever shows first."""
+    plain = {"not zstd": bytes((CODEC_ZSTD,)) + b"garbage" * 1000, "unknown codec": b"\x07abc", "empty": b""}[
+        payload
+    ]
+    sealed = bytearray(crypter.seal(plain, b"aad"))
+    expected = {
+        "not zstd": "cannot decompress",
+        "unknown codec": "unknown codec 7",
+        "empty": "empty payload",
+    }[payload]
+    with pytest.raises(IntegrityError, match=f"blob 5: {expected}"):
+        _opened(crypter, bytes(sealed), 4096)
+    sealed[-1] ^= 1
+    with pytest.raises(IntegrityError, match="blob 5: authentication failed"):
+        _opened(crypter, bytes(sealed), 4096)
+
+
 def test_nonces_never_repeat_across_threads() -> None:
     """Nonces come from a per-thread supply read in bulk: no two blobs, on any thread, share one."""
     seen: list[bytes] = []

@@ -9,6 +9,7 @@ against a restorer that follows them.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Callable
@@ -19,7 +20,8 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError, NotFoundError
 from cloudkeep.repo import Repository, restore, tree
-from tests.support.hostile import craft, fifo, file, folder, sandbox, symlink
+from cloudkeep.repo.pack import TREE
+from tests.support.hostile import Crafter, craft, fifo, file, folder, sandbox, symlink
 
 # Every test twice: on threads alone, and with the worker process writing too (conftest).
 pytestmark = pytest.mark.usefixtures("restore_worker")
@@ -58,6 +60,11 @@ def _replaced_by_a_file(name: str, data: bytes) -> Callable[[Path], None]:
         assert (target / name).read_bytes() == data
 
     return check
+
+
+def _first_entries_restored(folder: Path, names: list[str]) -> None:
+    assert sorted(os.listdir(folder)) == names
+    assert all((folder / name).read_bytes() == b"evil\n" for name in names)  # not a second entry's
 
 
 def _without_link_counts(state: dict[str, tuple]) -> dict[str, tuple]:
@@ -121,6 +128,17 @@ CASES: dict[str, Case] = {
             )
         ],
         [],
+    ),
+    # Trees list names in order (``encode_tree``); another writer's need not, and a second entry of
+    # a name may come anywhere after a name out of order: restore keeps names only from there on.
+    "same-name-after-names-out-of-order": Case(
+        lambda o: [folder("d", [file("m"), file("a"), file("z"), file("a", b"second\n"), file("b")])],
+        ["/d/a: refused: a second entry"],
+        check=lambda target: _first_entries_restored(target / "d", ["a", "b", "m", "z"]),
+    ),
+    "same-name-next-to-it": Case(
+        lambda o: [folder("d", [file("a"), file("c"), file("c", b"second\n")])],
+        ["/d/c: refused: a second entry"],
     ),
     "unknown-entry-type": Case(lambda o: [{"name": "x", "type": "socket", "mode": 0o777}], ["/x"]),
     "folder-without-listing": Case(lambda o: [{"name": "d", "type": "dir", "mode": 0o777}], ["/d"]),
@@ -231,6 +249,31 @@ def test_a_large_listing_bad_halfway_restores_what_comes_before_it(
     assert len(result.errors) == 1 and result.errors[0].startswith("/d: cannot read its listing past b ("), (
         result.errors
     )
+
+
+def test_a_large_listing_that_does_not_match_its_id_restores_none_of_it(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large listing is read in pieces, never whole (``tree.iter_tree_pieces``), so its content
+    id is known only once it is all read: the first reading checks it, and none of its entries is
+    planned from a listing stored under another's id (a machine that forged it)."""
+    monkeypatch.setattr(tree, "STREAM_TREE", 0)
+    monkeypatch.setattr(tree, "TREE_PIECE", 64)  # the listing in many pieces
+    _outside, target, state = sandbox(tmp_path)
+    crafter = Crafter(repo)
+    listing = json.dumps({"nodes": [{"name": f"f{i:02}", "type": "file", "mode": 0o644} for i in range(30)]})
+    forged = crafter.writer.save(TREE, listing.encode(), repo.crypter.content_id(b"another listing"))[0]
+    snapshot_id = crafter.snapshot(
+        [{"name": "d", "type": "dir", "mode": 0o755, "subtree": forged.hex()}, file("ok", b"ok\n")]
+    )
+    before = state()
+    result = restore(repo, snapshot_id, target)
+    assert state() == before and (target / "ok").read_bytes() == b"ok\n"
+    assert os.listdir(target / "d") == []
+    assert len(result.errors) == 1 and result.errors[0].startswith("/d: cannot read its listing ("), (
+        result.errors
+    )
+    assert "does not match its id" in result.errors[0]
 
 
 def test_listing_of_the_wrong_shape_is_an_error_of_its_folder(repo: Repository, tmp_path: Path) -> None:

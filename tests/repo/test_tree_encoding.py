@@ -198,17 +198,60 @@ def _parsed_in_turn(data: bytes) -> tuple[list[Node], type[Exception] | None]:
 
 
 def _streamed(data: bytes) -> tuple[list[Node], type[Exception] | None]:
-    """``iter_tree`` with every tree large enough to be streamed."""
+    """``iter_tree`` with every tree large enough to be streamed, read in pieces of one byte (a
+    character's bytes split), of a few, and of one piece: the same in each."""
+    results = [_streamed_in(data, piece) for piece in (1, 5, 2**20)]
+    assert results[0] == results[1] == results[2], results
+    return results[0]
+
+
+def _streamed_in(data: bytes, piece: int) -> tuple[list[Node], type[Exception] | None]:
     nodes: list[Node] = []
-    kept, tree.STREAM_TREE = tree.STREAM_TREE, 0  # (not monkeypatch: hypothesis runs many examples)
+    kept = tree.STREAM_TREE, tree.TREE_PIECE  # (not monkeypatch: hypothesis runs many examples)
+    tree.STREAM_TREE, tree.TREE_PIECE = 0, piece
     try:
         for node in iter_tree(data):
             nodes.append(node)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return nodes, type(exc)
     finally:
-        tree.STREAM_TREE = kept
+        tree.STREAM_TREE, tree.TREE_PIECE = kept
     return nodes, None
+
+
+def test_a_large_tree_is_never_held_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed tree is read twice, in pieces, and its text holds only what is not parsed yet:
+    a few pieces and the node being parsed, not the tree (a folder of 200,000 messages held its
+    plaintext and text at once, 43 MiB each). A node longer than a piece is parsed too."""
+    monkeypatch.setattr(tree, "STREAM_TREE", 0)
+    monkeypatch.setattr(tree, "TREE_PIECE", 512)
+    nodes = [
+        Node(name=f"m{i:04}", type=FILE, mode=0o644, size=i, content=[bytes([i % 256]) * 32])
+        for i in range(2000)
+    ]
+    nodes.append(
+        Node(name="big", type=FILE, content=[bytes([i]) * 32 for i in range(100)])
+    )  # ~6.7 KB of text
+    data = bytes(encode_tree(nodes))
+    readings: list[int] = []
+    held: list[int] = []
+    more = tree._TextWindow.more
+
+    def counted_more(self: tree._TextWindow) -> bool:
+        grew = more(self)
+        held.append(len(self.text))
+        return grew
+
+    def read(size: int) -> Iterator[bytes]:
+        readings.append(size)
+        for at in range(0, len(data), size):
+            yield data[at : at + size]
+
+    monkeypatch.setattr(tree._TextWindow, "more", counted_more)
+    assert list(tree.iter_tree_pieces(read, len(data))) == sorted(nodes, key=lambda n: n.name)
+    assert readings == [512, 512] and len(data) > 200 * 512
+    assert 8 * 512 < max(held) < 4 * 7000  # the long node, doubled a few times; never the tree
+    assert sorted(held)[len(held) // 2] < 3 * 512
 
 
 def test_a_large_tree_streamed_gives_the_nodes_before_a_bad_one_then_its_error() -> None:

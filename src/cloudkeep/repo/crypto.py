@@ -11,8 +11,9 @@ import base64
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO, cast
 
 import blake3
 import zstandard
@@ -151,6 +152,10 @@ class Crypter:
 
     def content_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.key.id_key).digest()
+
+    def id_hasher(self) -> blake3.blake3:
+        """A hasher whose digest is ``content_id`` of what it was given."""
+        return blake3.blake3(key=self.key.id_key)
 
     def content_id_of(self, pieces: Iterable[bytes | bytearray | memoryview]) -> bytes:
         """``content_id`` of the pieces joined, without joining them."""
@@ -321,6 +326,38 @@ class Crypter:
                 raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
         raise IntegrityError(f"{what}: unknown codec {codec}")
 
+    def opened_pieces(self, sealed: bytes | memoryview, aad: bytes, what: str, size: int) -> Iterator[bytes]:
+        """``open`` then ``_unpack`` in pieces of about ``size`` bytes, decrypted and decompressed
+        as they are taken: a large blob (a tree, which a restore reads twice) is never whole, sealed
+        or open. GCM authenticates at the end: ``IntegrityError`` after the last piece if the blob
+        is not what this key sealed, so nothing may be acted on before the pieces end. Where the
+        payload is damaged, the rest is decrypted to tell a tampered blob (the error ``open``
+        gives) from a damaged one."""
+        stream = _Decrypting(self.key.encryption, self._check_length(sealed, what), aad)
+        try:
+            codec = stream.read(1)
+            if not codec:
+                raise IntegrityError(f"{what}: empty payload")
+            if codec[0] == CODEC_RAW:
+                read: Callable[[int], bytes] = stream.read
+            elif codec[0] == CODEC_ZSTD:  # a context of its own: the thread's decodes blobs between pieces
+                source = cast(IO[bytes], stream)  # it reads only ``read(size)``
+                read = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=False).read
+            else:
+                raise IntegrityError(f"{what}: unknown codec {codec[0]}")
+            while piece := read(size):
+                yield piece
+        except zstandard.ZstdError as exc:
+            if not stream.authentic():
+                raise self._tampered(what) from None
+            raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+        except IntegrityError:
+            if not stream.authentic():
+                raise self._tampered(what) from None
+            raise
+        if not stream.authentic():
+            raise self._tampered(what)
+
     def _decompress_into(
         self, decompressor: zstandard.ZstdDecompressor, body: memoryview, size: int, what: str
     ) -> memoryview:
@@ -335,6 +372,34 @@ class Crypter:
         if reader.readinto(out) != size or reader.read(1):
             raise IntegrityError(f"{what}: cannot decompress (the frame does not hold the size it states)")
         return out
+
+
+class _Decrypting:
+    """A sealed blob's plaintext read as a file is read, decrypted as it goes (``opened_pieces``;
+    zstd's stream reader reads it). GCM is a stream mode: each piece decrypts to as many bytes."""
+
+    def __init__(self, key: bytes, sealed: memoryview, aad: bytes) -> None:
+        nonce, tag = bytes(sealed[:NONCE_SIZE]), bytes(sealed[len(sealed) - TAG_SIZE :])
+        self._decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce, tag)).decryptor()
+        self._decryptor.authenticate_additional_data(aad)
+        self._body = sealed[NONCE_SIZE : len(sealed) - TAG_SIZE]
+        self._at = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._body) if size < 0 else min(self._at + size, len(self._body))
+        piece = self._decryptor.update(self._body[self._at : end])
+        self._at = end
+        return piece
+
+    def authentic(self) -> bool:
+        """Whether the whole blob is what the key sealed (the part not read yet is read now)."""
+        while self._at < len(self._body):
+            self.read(2**20)
+        try:
+            self._decryptor.finalize()
+        except InvalidTag:
+            return False
+        return True
 
 
 class PayloadStream:

@@ -22,7 +22,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -81,6 +81,35 @@ def open_blob(
     if crypter.content_id(data) != entry.id:
         raise IntegrityError(f"{what}: content does not match its id")
     return data
+
+
+def open_blob_pieces(
+    crypter: Crypter, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview
+) -> Callable[[int], Iterator[bytes | memoryview]]:
+    """``open_blob`` for a large blob read in pieces, never whole, as often as asked (a large
+    tree's listing is read twice: ``tree.iter_tree_pieces``). Each reading decrypts and
+    decompresses the sealed blob anew, in pieces of about the size asked, then checks that it
+    opened and (until a reading has) that it matches its content id: ``IntegrityError`` after the
+    last piece. ``sealed`` must not change between readings (bytes, or a view of bytes)."""
+    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+    if len(sealed) != entry.length:
+        raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+    aad = blob_aad(entry.type, entry.id)
+
+    checked = False  # a reading to the end checked the id: the same sealed bytes give the same
+
+    def read(size: int) -> Iterator[bytes | memoryview]:
+        nonlocal checked
+        hasher = None if checked else crypter.id_hasher()
+        for piece in crypter.opened_pieces(sealed, aad, what, size):
+            if hasher is not None:
+                hasher.update(piece)
+            yield piece
+        if hasher is not None and hasher.digest() != entry.id:
+            raise IntegrityError(f"{what}: content does not match its id")
+        checked = True
+
+    return read
 
 
 def pack_key(pack_id: str) -> str:

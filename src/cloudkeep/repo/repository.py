@@ -51,8 +51,8 @@ from cloudkeep.repo.layout import (
     seal_config,
 )
 from cloudkeep.repo.manifests import RepositoryManifests
-from cloudkeep.repo.pack import BlobEntry, open_blob, pack_key
-from cloudkeep.repo.tree import MALFORMED, Node, decode_tree, iter_tree
+from cloudkeep.repo.pack import BlobEntry, open_blob, open_blob_pieces, pack_key
+from cloudkeep.repo.tree import MALFORMED, Node, decode_tree, iter_tree_pieces
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
@@ -455,6 +455,10 @@ class Repository(RepositoryManifests):
 
     def load_blob(self, blob_id: bytes) -> bytes:
         loc = self.locate(blob_id)
+        return self.decode_blob(loc.entry, loc.pack_id, self._sealed(blob_id, loc))
+
+    def _sealed(self, blob_id: bytes, loc: Location) -> bytes | memoryview:
+        """A blob as its pack holds it (a tree's from its pack, read whole and kept a while)."""
         entry = loc.entry
         try:
             if entry.type == "tree":  # tree packs are small and read together: fetch them whole
@@ -468,7 +472,7 @@ class Repository(RepositoryManifests):
                 f"pack {loc.pack_id} holding blob {blob_id.hex()} is missing from storage",
                 hint="run `cloudkeep repository check` to see which restore points are affected",
             ) from None
-        return self.decode_blob(entry, loc.pack_id, sealed)
+        return sealed
 
     def load_tree(self, tree_id: bytes, *, keep: bool = True) -> list[Node]:
         """A tree's nodes, decoded; ``keep=False``: not kept for the next look-up (a walk that
@@ -495,14 +499,19 @@ class Repository(RepositoryManifests):
         return nodes
 
     def tree_nodes(self, tree_id: bytes) -> Iterator[Node]:
-        """A tree's nodes one by one, parsed as they are taken and not kept (``iter_tree``): a
-        restore's plan of a large folder. The blob is read now (a missing pack raises here); a node
-        that cannot be parsed raises ``IntegrityError`` where it comes, after the ones before it."""
+        """A tree's nodes one by one, parsed as they are taken and not kept (``iter_tree_pieces``):
+        a restore's plan of a large folder. The blob is read now (a missing pack raises here),
+        decrypted and decompressed as it is parsed; a node that cannot be parsed raises
+        ``IntegrityError`` where it comes, after the nodes before it; a blob that does not open or
+        match its id, before any node (a large tree is read twice, the first time to check it)."""
         with self.lock:
             nodes = self._tree_cache.get(tree_id)
         if nodes is not None:
             return iter(nodes)
-        return _parsed(tree_id, iter_tree(self.load_blob(tree_id)))
+        loc = self.locate(tree_id)
+        sealed = self._sealed(tree_id, loc)  # first: a tree's pack read whole gives the crypter its key
+        read = open_blob_pieces(self.pack_crypter(loc.pack_id), loc.entry, loc.pack_id, sealed)
+        return _parsed(tree_id, iter_tree_pieces(read, loc.entry.raw_length))
 
 
 def _get_or_none(store: ObjectStore, key: str) -> bytes | None:

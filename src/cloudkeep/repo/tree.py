@@ -12,13 +12,15 @@ and ``json.loads`` reads back, so every name a Linux file system allows round-tr
 
 from __future__ import annotations
 
+import codecs
+import collections
 import contextlib
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.pathnames import path_fields
@@ -209,11 +211,13 @@ def tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[byte
     yield TREE_CLOSE
 
 
+_T = TypeVar("_T")
 _DECODER = json.JSONDecoder()
 # around a tree blob's nodes
 TREE_OPEN, TREE_CLOSE = b'{"nodes":[', b"]}"
 _OPEN_TEXT, _CLOSE_TEXT = TREE_OPEN.decode(), TREE_CLOSE.decode()
 STREAM_TREE = 2**20  # bytes of a tree blob from which ``iter_tree`` makes its nodes one at a time
+TREE_PIECE = 2**18  # bytes of a large tree's plaintext decompressed (and decoded to text) at a time
 # What decoding a tree that is not one (hand-made, damaged) raises: the JSON, or a node of it.
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
 
@@ -230,45 +234,132 @@ def decode_tree(data: bytes) -> list[Node]:
     return _parsed_whole(data)
 
 
-def iter_tree(data: bytes) -> Iterator[Node]:
-    """``decode_tree``'s nodes, a large tree's (``STREAM_TREE``) one at a time, each made as it is
-    taken and the blob let go once it is text: a restore plans a folder of 48,000 files without its
-    blob, its text and every node at once (47 MiB of a mail store's restore peak; bench/README.md,
-    stop 43). Its framing is checked value by value first (one parse more, of large trees only), so
-    what comes is what ``decode_tree`` gives: the same nodes, or the nodes before the one it fails
-    at and then its error."""
-    if len(data) < STREAM_TREE or not (data.startswith(TREE_OPEN) and data.endswith(TREE_CLOSE)):
-        yield from decode_tree(data)
+def iter_tree(data: bytes | memoryview) -> Iterator[Node]:
+    """``iter_tree_pieces`` of a blob already whole."""
+    return iter_tree_pieces(lambda size: _cut(data, size), len(data))
+
+
+def iter_tree_pieces(read: Callable[[int], Iterator[bytes | memoryview]], size: int) -> Iterator[Node]:
+    """``decode_tree``'s nodes, a large tree's (``STREAM_TREE`` bytes) one at a time, each made as
+    it is taken. ``read(piece)`` gives the tree blob's plaintext in pieces of about ``piece`` bytes,
+    anew at each call (decompressed as they are taken: ``pack.open_blob_pieces``); ``size``: the
+    plaintext's length.
+
+    A large tree is never whole in memory, as bytes or as text: a restore of a folder of 200,000
+    messages held its plaintext and its text at once, 43 MiB each, where a few pieces are held now
+    (bench/README.md, stop 53). The nodes are made in a second reading; the first checks the
+    framing value by value (and, through ``read``, the content id), so what comes is what
+    ``decode_tree`` gives: the same nodes, or the nodes before the one it fails at, then its error.
+    A tree framed otherwise (another writer's spacing, or not a tree) is parsed whole."""
+    if size < STREAM_TREE:
+        yield from decode_tree(b"".join(read(TREE_PIECE)))
         return
-    text = data.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
-    del data
-    if _framed(text):
-        yield from _node_by_node(text)
-    else:  # another writer's spacing, or not a tree: parsed whole, as decode_tree does
-        yield from _parsed_whole(text)
+    try:
+        collections.deque(_framed_values(read(TREE_PIECE), _checked), maxlen=0)  # each value let go
+        framed = True
+    except (_Unframed, ValueError):  # (a UnicodeDecodeError too: the whole parse gives its error)
+        framed = False
+    if not framed:
+        yield from _parsed_whole(b"".join(read(TREE_PIECE)))
+        return
+    yield from _framed_values(read(TREE_PIECE), Node.from_json)
+
+
+def _cut(data: bytes | memoryview, size: int) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for at in range(0, len(view), size):
+        yield view[at : at + size]
+
+
+class _Unframed(Exception):
+    """The text is not ``{"nodes":[`` values separated by single commas ``]}``, exactly."""
+
+
+class _TextWindow:
+    """A tree's text as its plaintext comes, piece by piece: only what is not parsed yet is held."""
+
+    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
+        self._pieces = pieces
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes
+        self.text, self.at, self.ended = "", 0, False
+
+    def more(self) -> bool:
+        """Add at least as many characters as are left unparsed (one piece at least), dropping the
+        parsed ones: a value longer than a piece is parsed again only a few times. False at the end."""
+        if self.ended:
+            return False
+        parts = [self.text[self.at :]]
+        wanted, got = max(len(parts[0]), 1), 0
+        while got < wanted:
+            piece = next(self._pieces, None)
+            if piece is None:
+                parts.append(self._utf8.decode(b"", final=True))
+                self.ended = True
+                break
+            parts.append(self._utf8.decode(piece))
+            got += len(parts[-1])
+        self.text, self.at = "".join(parts), 0
+        return True
+
+    def need(self, count: int) -> str:
+        """The next ``count`` characters not parsed yet (fewer only at the end)."""
+        while len(self.text) - self.at < count and self.more():
+            pass
+        return self.text[self.at : self.at + count]
+
+    def value(self) -> Any:
+        """The JSON value at ``at``, followed by at least one character unless the text ends there:
+        a value the window cuts (a number's digits) is never taken for the whole."""
+        while True:
+            try:
+                item, end = _DECODER.raw_decode(self.text, self.at)
+            except ValueError:
+                if self.more():
+                    continue
+                raise _Unframed from None
+            if end < len(self.text) or not self.more():
+                self.at = end
+                return item
+
+
+def _checked(item: Any) -> None:
+    """What a reading that only checks the framing makes of a value: nothing."""
+
+
+def _framed_values(pieces: Iterator[bytes | memoryview], make: Callable[[Any], _T]) -> Iterator[_T]:
+    """What ``make`` makes of each value of a tree's text made of ``pieces``; ``_Unframed`` where
+    it is not framed as ``encode_tree`` frames it (whitespace included), as soon as that shows."""
+    window = _TextWindow(pieces)
+    if window.need(len(_OPEN_TEXT)) != _OPEN_TEXT:
+        raise _Unframed
+    window.at += len(_OPEN_TEXT)
+    if window.need(len(_CLOSE_TEXT) + 1) == _CLOSE_TEXT:
+        return
+    decode = _DECODER.raw_decode
+    while True:
+        text, at = window.text, window.at
+        while True:  # the window's values a comma follows in it, at one call each
+            try:
+                item, end = decode(text, at)
+            except ValueError:  # a value the window cuts, or none: ``value`` tells
+                break
+            if end >= len(text) or text[end] != ",":
+                break
+            yield make(item)
+            at = end + 1
+        window.at = at
+        yield make(window.value())
+        if window.need(1) == ",":
+            window.at += 1  # a value must follow: a comma before the closing bracket is not JSON
+            continue
+        if window.need(len(_CLOSE_TEXT) + 1) != _CLOSE_TEXT:
+            raise _Unframed
+        return
 
 
 def _parsed_whole(document: bytes | str) -> list[Node]:
     """One ``json.loads`` of a tree, then its nodes: what any other parse of it must agree with."""
     return [Node.from_json(item) for item in json.loads(document)["nodes"]]
-
-
-def _framed(text: str) -> bool:
-    """Whether ``text`` is ``{"nodes":[`` values separated by single commas ``]}``, exactly (each
-    value parsed and let go): then the whole is valid JSON and ``_node_by_node`` finds its values."""
-    at, end = len(_OPEN_TEXT), len(text) - len(_CLOSE_TEXT)
-    if at == end:
-        return True
-    try:
-        while True:
-            _, at = _DECODER.raw_decode(text, at)
-            if at == end:
-                return True
-            if at > end or text[at] != ",":
-                return False
-            at += 1  # a value must follow: a comma before the closing bracket is not JSON
-    except ValueError:
-        return False
 
 
 def _node_by_node(text: str) -> Iterator[Node]:
