@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import ConfigurationError, NotFoundError
+from cloudkeep.errors import ConfigurationError, IntegrityError, NotFoundError
 from cloudkeep.repo import Repository, restore, tree
 from cloudkeep.repo.pack import TREE
 from tests.support.hostile import Crafter, craft, fifo, file, folder, sandbox, symlink
@@ -254,7 +254,7 @@ def test_a_large_listing_bad_halfway_restores_what_comes_before_it(
 def test_a_large_listing_that_does_not_match_its_id_restores_none_of_it(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A large listing is read in pieces, never whole (``tree.iter_tree_pieces``), so its content
+    """A large listing is read in pieces, never whole (``tree.iter_tree_blob``), so its content
     id is known only once it is all read: the first reading checks it, and none of its entries is
     planned from a listing stored under another's id (a machine that forged it)."""
     monkeypatch.setattr(tree, "STREAM_TREE", 0)
@@ -274,6 +274,9 @@ def test_a_large_listing_that_does_not_match_its_id_restores_none_of_it(
         result.errors
     )
     assert "does not match its id" in result.errors[0]
+    repo.drop_tree_caches()
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        repo.load_tree(forged)  # browsing it, read in pieces too
 
 
 def test_listing_of_the_wrong_shape_is_an_error_of_its_folder(repo: Repository, tmp_path: Path) -> None:

@@ -242,13 +242,16 @@ def test_a_large_tree_is_never_held_whole(monkeypatch: pytest.MonkeyPatch) -> No
         held.append(len(self.text))
         return grew
 
-    def read(size: int) -> Iterator[bytes]:
-        readings.append(size)
-        for at in range(0, len(data), size):
-            yield data[at : at + size]
+    class Blob(tree._Plain):
+        def whole(self) -> bytes:
+            raise AssertionError("a large tree read whole")
+
+        def pieces(self, size: int) -> Iterator[memoryview]:
+            readings.append(size)
+            return super().pieces(size)
 
     monkeypatch.setattr(tree._TextWindow, "more", counted_more)
-    assert list(tree.iter_tree_pieces(read, len(data))) == sorted(nodes, key=lambda n: n.name)
+    assert list(tree.iter_tree_blob(Blob(data))) == sorted(nodes, key=lambda n: n.name)
     assert readings == [512, 512] and len(data) > 200 * 512
     assert 8 * 512 < max(held) < 4 * 7000  # the long node, doubled a few times; never the tree
     assert sorted(held)[len(held) // 2] < 3 * 512

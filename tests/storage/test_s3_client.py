@@ -106,7 +106,8 @@ def test_an_endpoints_file_of_another_layout_is_left_whole() -> None:
     it fail), and only a partition's ``services`` are ever trimmed."""
     from cloudkeep.storage.s3 import store_endpoints
 
-    for odd in ([], {"version": 3}, {"partitions": {"aws": {}}}, {"partitions": ["aws", None]}):
+    odds: list[Any] = [[], {"version": 3}, {"partitions": {"aws": {}}}, {"partitions": ["aws", None]}]
+    for odd in odds:
         assert store_endpoints(odd) == odd
     mixed = {"partitions": [{"partition": "aws", "services": {"s3": 1, "ec2": 2}}, {"services": ["s3"]}, 7]}
     assert store_endpoints(mixed) == {

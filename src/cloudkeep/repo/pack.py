@@ -22,8 +22,9 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import blake3
 
@@ -83,33 +84,39 @@ def open_blob(
     return data
 
 
-def open_blob_pieces(
-    crypter: Crypter, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview
-) -> Callable[[int], Iterator[bytes | memoryview]]:
-    """``open_blob`` for a large blob read in pieces, never whole, as often as asked (a large
-    tree's listing is read twice: ``tree.iter_tree_pieces``). Each reading decrypts and
-    decompresses the sealed blob anew, in pieces of about the size asked, then checks that it
-    opened and (until a reading has) that it matches its content id: ``IntegrityError`` after the
-    last piece. ``sealed`` must not change between readings (bytes, or a view of bytes)."""
-    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
-    if len(sealed) != entry.length:
-        raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
-    aad = blob_aad(entry.type, entry.id)
+class SealedBlob:
+    """A blob as its pack holds it, opened whole (``open_blob``) or in pieces, never whole, as often
+    as asked: a large tree's listing is read twice (``tree.iter_tree_blob``), a small one whole (a
+    reading in pieces costs a small tree ~40 µs more: 0.2 s over the node tree's 5,000 folders).
+    ``sealed`` must not change between readings (bytes, or a view of bytes)."""
 
-    checked = False  # a reading to the end checked the id: the same sealed bytes give the same
+    def __init__(self, crypter: Crypter, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> None:
+        self.crypter, self.entry, self.pack_id, self.sealed = crypter, entry, pack_id, sealed
+        if len(sealed) != entry.length:
+            raise IntegrityError(f"{self.what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+        self.size = entry.raw_length  # (from the index: it only chooses how the blob is read)
+        self._checked = False  # a reading to the end checked the id: the same sealed bytes give the same
 
-    def read(size: int) -> Iterator[bytes | memoryview]:
-        nonlocal checked
-        hasher = None if checked else crypter.id_hasher()
-        for piece in crypter.opened_pieces(sealed, aad, what, size):
+    @property
+    def what(self) -> str:
+        return f"{self.entry.type} blob {self.entry.id.hex()} in pack {self.pack_id}"
+
+    def whole(self) -> bytes:
+        opened = open_blob(self.crypter, self.entry, self.pack_id, self.sealed, reuse_buffer=False)
+        return cast(bytes, opened)  # (a buffer's view only with ``reuse_buffer``)
+
+    def pieces(self, size: int) -> Iterator[bytes | memoryview]:
+        """The blob decrypted and decompressed anew, in pieces of about ``size`` bytes; after the
+        last, ``IntegrityError`` if it did not open or (until a reading has) match its id."""
+        aad, what = blob_aad(self.entry.type, self.entry.id), self.what
+        hasher = None if self._checked else self.crypter.id_hasher()
+        for piece in self.crypter.opened_pieces(self.sealed, aad, what, size):
             if hasher is not None:
                 hasher.update(piece)
             yield piece
-        if hasher is not None and hasher.digest() != entry.id:
+        if hasher is not None and hasher.digest() != self.entry.id:
             raise IntegrityError(f"{what}: content does not match its id")
-        checked = True
-
-    return read
+        self._checked = True
 
 
 def pack_key(pack_id: str) -> str:

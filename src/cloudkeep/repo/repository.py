@@ -51,8 +51,8 @@ from cloudkeep.repo.layout import (
     seal_config,
 )
 from cloudkeep.repo.manifests import RepositoryManifests
-from cloudkeep.repo.pack import BlobEntry, open_blob, open_blob_pieces, pack_key
-from cloudkeep.repo.tree import MALFORMED, Node, decode_tree, iter_tree_pieces
+from cloudkeep.repo.pack import BlobEntry, SealedBlob, open_blob, pack_key
+from cloudkeep.repo.tree import MALFORMED, Node, iter_tree_blob
 from cloudkeep.repo.vouch import vouch_public_key
 from cloudkeep.repo.writermac import split_mac, writer_key
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFoundError, ObjectStore, store_writes
@@ -484,7 +484,7 @@ class Repository(RepositoryManifests):
                 self._tree_cache.move_to_end(tree_id)
                 return nodes
         try:
-            nodes = decode_tree(self.load_blob(tree_id))
+            nodes = list(iter_tree_blob(self._tree_blob(tree_id)))  # a large one never whole
         except MALFORMED as exc:
             raise _malformed(tree_id, exc) from None
         if not keep:
@@ -499,7 +499,7 @@ class Repository(RepositoryManifests):
         return nodes
 
     def tree_nodes(self, tree_id: bytes) -> Iterator[Node]:
-        """A tree's nodes one by one, parsed as they are taken and not kept (``iter_tree_pieces``):
+        """A tree's nodes one by one, parsed as they are taken and not kept (``iter_tree_blob``):
         a restore's plan of a large folder. The blob is read now (a missing pack raises here),
         decrypted and decompressed as it is parsed; a node that cannot be parsed raises
         ``IntegrityError`` where it comes, after the nodes before it; a blob that does not open or
@@ -508,10 +508,12 @@ class Repository(RepositoryManifests):
             nodes = self._tree_cache.get(tree_id)
         if nodes is not None:
             return iter(nodes)
+        return _parsed(tree_id, iter_tree_blob(self._tree_blob(tree_id)))
+
+    def _tree_blob(self, tree_id: bytes) -> SealedBlob:
         loc = self.locate(tree_id)
         sealed = self._sealed(tree_id, loc)  # first: a tree's pack read whole gives the crypter its key
-        read = open_blob_pieces(self.pack_crypter(loc.pack_id), loc.entry, loc.pack_id, sealed)
-        return _parsed(tree_id, iter_tree_pieces(read, loc.entry.raw_length))
+        return SealedBlob(self.pack_crypter(loc.pack_id), loc.entry, loc.pack_id, sealed)
 
 
 def _get_or_none(store: ObjectStore, key: str) -> bytes | None:

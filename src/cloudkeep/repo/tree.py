@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from cloudkeep.compat import SLOTS, UTC
 from cloudkeep.pathnames import path_fields
@@ -234,41 +234,59 @@ def decode_tree(data: bytes) -> list[Node]:
     return _parsed_whole(data)
 
 
-def iter_tree(data: bytes | memoryview) -> Iterator[Node]:
-    """``iter_tree_pieces`` of a blob already whole."""
-    return iter_tree_pieces(lambda size: _cut(data, size), len(data))
+class TreeBlob(Protocol):
+    """A tree blob's plaintext, whole or in pieces of about ``size`` bytes, anew at each call
+    (``pack.SealedBlob`` decrypts and decompresses them as they are taken)."""
+
+    size: int
+
+    def whole(self) -> bytes: ...
+
+    def pieces(self, size: int) -> Iterator[bytes | memoryview]: ...
 
 
-def iter_tree_pieces(read: Callable[[int], Iterator[bytes | memoryview]], size: int) -> Iterator[Node]:
+class _Plain:
+    """A tree blob already whole, as a ``TreeBlob``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    def whole(self) -> bytes:
+        return self.data
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        view = memoryview(self.data)
+        for at in range(0, len(view), size):
+            yield view[at : at + size]
+
+
+def iter_tree(data: bytes) -> Iterator[Node]:
+    """``iter_tree_blob`` of a blob already whole."""
+    return iter_tree_blob(_Plain(data))
+
+
+def iter_tree_blob(blob: TreeBlob) -> Iterator[Node]:
     """``decode_tree``'s nodes, a large tree's (``STREAM_TREE`` bytes) one at a time, each made as
-    it is taken. ``read(piece)`` gives the tree blob's plaintext in pieces of about ``piece`` bytes,
-    anew at each call (decompressed as they are taken: ``pack.open_blob_pieces``); ``size``: the
-    plaintext's length.
+    it is taken, from its plaintext in pieces of ``TREE_PIECE`` bytes; a small tree's read whole.
 
     A large tree is never whole in memory, as bytes or as text: a restore of a folder of 200,000
     messages held its plaintext and its text at once, 43 MiB each, where a few pieces are held now
     (bench/README.md, stop 53). The nodes are made in a second reading; the first checks the
-    framing value by value (and, through ``read``, the content id), so what comes is what
+    framing value by value (and, in ``SealedBlob``, the content id), so what comes is what
     ``decode_tree`` gives: the same nodes, or the nodes before the one it fails at, then its error.
     A tree framed otherwise (another writer's spacing, or not a tree) is parsed whole."""
-    if size < STREAM_TREE:
-        yield from decode_tree(b"".join(read(TREE_PIECE)))
+    if blob.size < STREAM_TREE:
+        yield from decode_tree(blob.whole())
         return
     try:
-        collections.deque(_framed_values(read(TREE_PIECE), _checked), maxlen=0)  # each value let go
+        collections.deque(_framed_values(blob.pieces(TREE_PIECE), _checked), maxlen=0)  # each let go
         framed = True
     except (_Unframed, ValueError):  # (a UnicodeDecodeError too: the whole parse gives its error)
         framed = False
     if not framed:
-        yield from _parsed_whole(b"".join(read(TREE_PIECE)))
+        yield from _parsed_whole(blob.whole())
         return
-    yield from _framed_values(read(TREE_PIECE), Node.from_json)
-
-
-def _cut(data: bytes | memoryview, size: int) -> Iterator[memoryview]:
-    view = memoryview(data)
-    for at in range(0, len(view), size):
-        yield view[at : at + size]
+    yield from _framed_values(blob.pieces(TREE_PIECE), Node.from_json)
 
 
 class _Unframed(Exception):
