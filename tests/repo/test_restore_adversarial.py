@@ -140,6 +140,20 @@ CASES: dict[str, Case] = {
         lambda o: [folder("d", [file("a"), file("c"), file("c", b"second\n")])],
         ["/d/c: refused: a second entry"],
     ),
+    "names-not-strings-beside-a-second-entry": Case(
+        lambda o: [folder("d", [{"name": 5, "type": "file"}, file("a"), file("c"), file("c", b"second\n")])],
+        ["/d/5: refused: name is not a string", "/d/c: refused: a second entry"],
+        check=lambda target: _first_entries_restored(target / "d", ["a", "c"]),
+    ),
+    "names-of-no-order": Case(
+        lambda o: [
+            folder(
+                "d", [file("b"), {"name": ["x"], "type": "file"}, file("a"), {"name": None, "type": "file"}]
+            )
+        ],
+        ["/d/['x']: refused: name is not a string", "/d/None: refused: name is not a string"],
+        check=lambda target: _first_entries_restored(target / "d", ["a", "b"]),
+    ),
     "unknown-entry-type": Case(lambda o: [{"name": "x", "type": "socket", "mode": 0o777}], ["/x"]),
     "folder-without-listing": Case(lambda o: [{"name": "d", "type": "dir", "mode": 0o777}], ["/d"]),
     "unknown-chunk": Case(
