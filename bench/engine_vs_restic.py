@@ -290,13 +290,21 @@ class Results:
 class Tool:
     name = ""
 
-    def init(self) -> None: ...
-    def backup(self) -> list[str]: ...
-    def restore(self, target: Path) -> list[str]: ...
-    def repo_size(self) -> int: ...
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self) -> list[str]:
+        raise NotImplementedError
+
+    def restore(self, target: Path) -> list[str]:
+        raise NotImplementedError
+
+    def repo_size(self) -> int:
+        raise NotImplementedError
+
     def warm(self) -> list[str]:
         """A command that reads the tool's own program files, not the data (``--cold``)."""
-        ...
+        raise NotImplementedError
 
     env: dict[str, str] = {}
 

@@ -283,6 +283,7 @@ def _measure(ctx: ServerContext, world: Any, provider: Any, fleet: SimulatedFlee
                         ),
                     )
                 )
+                if done is not None and sent_at is not None
             ]  # fmt: skip
             fell_back = db.scalar(
                 select(func.count()).where(

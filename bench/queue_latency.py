@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def throughput(harness: Harness, agents: int, workers: int) -> tuple[int, float]
             session.flush()
             command_id = f"{n:032x}"
             session.add(CommandRecord(id=command_id, machine_id=row.id, kind="backup", channel="queue"))
-            config = base.model_copy(update={"machine_id": row.id})
+            config = dataclasses.replace(base, machine_id=row.id)
             beat = Heartbeat(services={}, version="bench").model_dump(mode="json")
             messages.append(sign_report(config, keys, "heartbeat", beat, correlation_id=None))
             for done in (1, 2):

@@ -94,7 +94,11 @@ def main() -> None:
                 store = counted_store(url, options, gets)
                 start = time.perf_counter()
                 # (no cache_dir at all without the cache: the script also runs on older trees)
-                opened = Repository.open(store, "bench-password", **({"cache_dir": cache} if cache else {}))
+                opened = (
+                    Repository.open(store, "bench-password", cache_dir=cache)
+                    if cache
+                    else Repository.open(store, "bench-password")
+                )
                 times.append(time.perf_counter() - start)
                 downloads.append(len(gets))
             print(

@@ -49,7 +49,8 @@ class Handler(BaseHTTPRequestHandler):
     def _connection(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection | None = getattr(self.local, "connection", None)
         if connection is None:
-            connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
+            host = self.upstream.hostname or "127.0.0.1"  # (an upstream URL always names one)
+            connection = http.client.HTTPConnection(host, self.upstream.port, timeout=120)
             self.local.connection = connection
         return connection
 

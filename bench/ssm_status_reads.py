@@ -78,9 +78,13 @@ def main() -> None:
         agent = SsmStandIn.start(moto.endpoint, REGION, Path(folder), recording=moto.recording)
         reads = SsmReadsStandIn(moto.endpoint, REGION)
         try:
-            boto3.client("s3", endpoint_url=moto.endpoint, region_name=REGION, **KEYS).create_bucket(
-                Bucket="ck-bench-ssm"
-            )
+            boto3.client(
+                "s3",
+                endpoint_url=moto.endpoint,
+                region_name=REGION,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ).create_bucket(Bucket="ck-bench-ssm")
             served = [agent.create_instance(f"b{n:04d}") for n in range(args.instances)]
             machines = [
                 Machine(id=s.id, name=s.name, platform=Platform.LINUX, state="running", region=REGION)

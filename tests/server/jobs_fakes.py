@@ -250,7 +250,7 @@ class FakeDispatcher:
             now = datetime.now(UTC)
             with self.lock:
                 self.snapshots.setdefault(command.body["hostname"], []).append((snapshot_id, now))
-            payload = {
+            payload: dict[str, Any] = {
                 "snapshot_id": snapshot_id,
                 "snapshot_time": now.isoformat(),
                 "stats": dict(self.stats),

@@ -74,7 +74,8 @@ def ask_upstream(
     upstream: SplitResult, method: str, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """One request to the peer; its status, headers and whole body."""
-    connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+    host = upstream.hostname or "127.0.0.1"  # (an upstream URL always names one)
+    connection = http.client.HTTPConnection(host, upstream.port, timeout=60)
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
