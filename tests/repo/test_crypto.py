@@ -157,6 +157,43 @@ def test_a_bad_payload_in_pieces_is_named_and_a_tampered_one_is_tampered(
         _opened(crypter, bytes(sealed), 4096)
 
 
+@pytest.mark.parametrize(
+    "damage", ["truncated", "a second frame", "bytes after it", "size overstated", "size not stated"]
+)
+def test_a_frame_not_as_stated_is_refused_in_pieces(crypter: Crypter, damage: str) -> None:
+    """What the buffer path refuses, a reading in pieces refuses too, never giving short or longer
+    data (zstd's stream reader alone gave a cut frame's bytes, and read on into a second frame)."""
+    frame = zstandard.ZstdCompressor().compress(COMPRESSIBLE)
+    payload = {
+        "truncated": frame[: len(frame) // 2],
+        "a second frame": frame + zstandard.ZstdCompressor().compress(b"more"),
+        "bytes after it": frame + b"junk",
+        "size overstated": zstandard.ZstdCompressor().compress(COMPRESSIBLE + b"!")[:6] + frame[6:],
+        "size not stated": zstandard.ZstdCompressor(write_content_size=False).compress(COMPRESSIBLE),
+    }[damage]
+    sealed = _sealed_zstd(crypter, payload)
+    with pytest.raises(IntegrityError, match="blob 5: cannot decompress"):
+        crypter.decode_into_buffer(sealed, b"aad", "blob 5")
+    with pytest.raises(IntegrityError, match="blob 5: cannot decompress"):
+        _opened(crypter, sealed, 4096)
+    with pytest.raises(IntegrityError, match="blob 5: authentication failed"):
+        _opened(crypter, sealed[:-1] + bytes([sealed[-1] ^ 1]), 4096)
+
+
+def test_peeked_bytes_are_read_again(crypter: Crypter) -> None:
+    """The frame header is peeked at before zstd reads the frame: every byte still comes once."""
+    sealed = memoryview(crypter.seal(RANDOM, b"aad"))
+    for sizes in ([5, 3, 100, -1], [2, 0, 7, 1000, 2**20], [-1]):
+        stream = crypto._Decrypting(crypter.key.encryption, sealed, b"aad")
+        read = b""
+        for size in sizes:
+            peeked = stream.peek(4)
+            got = stream.read(size)
+            assert got[:4] == peeked[: len(got)]
+            read += got
+        assert read == RANDOM[: len(read)] and stream.authentic()
+
+
 def test_nonces_never_repeat_across_threads() -> None:
     """Nonces come from a per-thread supply read in bulk: no two blobs, on any thread, share one."""
     seen: list[bytes] = []

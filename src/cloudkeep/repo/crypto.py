@@ -125,6 +125,7 @@ class MasterKey:
 # Decompressed blobs up to this size go to a reusable per-thread buffer (chunks are at most 8 MiB;
 # a larger tree blob gets fresh memory).
 DECODE_BUFFER_MAX = 16 * 2**20
+_FRAME_HEADER_MOST = 18  # bytes: the longest zstd frame header (``frame_content_size`` reads it)
 
 
 class Crypter:
@@ -332,21 +333,32 @@ class Crypter:
         or open. GCM authenticates at the end: ``IntegrityError`` after the last piece if the blob
         is not what this key sealed, so nothing may be acted on before the pieces end. Where the
         payload is damaged, the rest is decrypted to tell a tampered blob (the error ``open``
-        gives) from a damaged one."""
+        gives) from a damaged one. A zstd frame must state its size and hold exactly that, as
+        ``decode`` requires (the reader alone gives a cut frame's bytes, or reads on into a second)."""
         stream = _Decrypting(self.key.encryption, self._check_length(sealed, what), aad)
         try:
             codec = stream.read(1)
             if not codec:
                 raise IntegrityError(f"{what}: empty payload")
+            stated = -1
             if codec[0] == CODEC_RAW:
                 read: Callable[[int], bytes] = stream.read
             elif codec[0] == CODEC_ZSTD:  # a context of its own: the thread's decodes blobs between pieces
+                stated = zstandard.frame_content_size(stream.peek(_FRAME_HEADER_MOST))
+                if stated < 0:
+                    raise IntegrityError(f"{what}: cannot decompress (the frame does not state its size)")
                 source = cast(IO[bytes], stream)  # it reads only ``read(size)``
                 read = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=False).read
             else:
                 raise IntegrityError(f"{what}: unknown codec {codec[0]}")
+            total = 0
             while piece := read(size):
+                total += len(piece)
                 yield piece
+            if stated >= 0 and total != stated:
+                raise IntegrityError(
+                    f"{what}: cannot decompress (the frame does not hold the size it states)"
+                )
         except zstandard.ZstdError as exc:
             if not stream.authentic():
                 raise self._tampered(what) from None
@@ -384,12 +396,22 @@ class _Decrypting:
         self._decryptor.authenticate_additional_data(aad)
         self._body = sealed[NONCE_SIZE : len(sealed) - TAG_SIZE]
         self._at = 0
+        self._ahead = b""  # decrypted by ``peek``, not read yet
 
     def read(self, size: int = -1) -> bytes:
-        end = len(self._body) if size < 0 else min(self._at + size, len(self._body))
+        ahead, self._ahead = self._ahead, b""
+        if ahead and 0 <= size <= len(ahead):
+            self._ahead = ahead[size:]
+            return ahead[:size]
+        end = len(self._body) if size < 0 else min(self._at + size - len(ahead), len(self._body))
         piece = self._decryptor.update(self._body[self._at : end])
         self._at = end
-        return piece
+        return ahead + piece if ahead else piece
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end), read again by the next ``read``."""
+        self._ahead = self.read(size)
+        return self._ahead
 
     def authentic(self) -> bool:
         """Whether the whole blob is what the key sealed (the part not read yet is read now)."""
