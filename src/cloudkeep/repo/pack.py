@@ -71,9 +71,7 @@ def open_blob(
     """Decrypt, decompress and verify one blob of a pack against its content id (``crypter``: the
     pack's). ``reuse_buffer``: the result may live in this thread's reusable buffer
     (``Crypter.decode_into_buffer``). Shared by the repository and restore's worker process."""
-    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
-    if len(sealed) != entry.length:
-        raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+    what = _named_whole(entry, pack_id, sealed)
     aad = blob_aad(entry.type, entry.id)
     if reuse_buffer:
         data: bytes | memoryview = crypter.decode_into_buffer(sealed, aad, what)
@@ -84,6 +82,14 @@ def open_blob(
     return data
 
 
+def _named_whole(entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> str:
+    """How errors name the blob; ``IntegrityError`` when its pack held less of it than the index says."""
+    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+    if len(sealed) != entry.length:
+        raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
+    return what
+
+
 class SealedBlob:
     """A blob as its pack holds it, opened whole (``open_blob``) or in pieces, never whole, as often
     as asked: a large tree's listing is read twice (``tree.iter_tree_blob``), a small one whole (a
@@ -91,15 +97,10 @@ class SealedBlob:
     ``sealed`` must not change between readings (bytes, or a view of bytes)."""
 
     def __init__(self, crypter: Crypter, entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> None:
+        _named_whole(entry, pack_id, sealed)
         self.crypter, self.entry, self.pack_id, self.sealed = crypter, entry, pack_id, sealed
-        if len(sealed) != entry.length:
-            raise IntegrityError(f"{self.what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
         self.size = entry.raw_length  # (from the index: it only chooses how the blob is read)
         self._checked = False  # a reading to the end checked the id: the same sealed bytes give the same
-
-    @property
-    def what(self) -> str:
-        return f"{self.entry.type} blob {self.entry.id.hex()} in pack {self.pack_id}"
 
     def whole(self) -> bytes:
         opened = open_blob(self.crypter, self.entry, self.pack_id, self.sealed, reuse_buffer=False)
@@ -108,7 +109,8 @@ class SealedBlob:
     def pieces(self, size: int) -> Iterator[bytes | memoryview]:
         """The blob decrypted and decompressed anew, in pieces of about ``size`` bytes; after the
         last, ``IntegrityError`` if it did not open or (until a reading has) match its id."""
-        aad, what = blob_aad(self.entry.type, self.entry.id), self.what
+        what = _named_whole(self.entry, self.pack_id, self.sealed)  # (named only when read in pieces)
+        aad = blob_aad(self.entry.type, self.entry.id)
         hasher = None if self._checked else self.crypter.id_hasher()
         for piece in self.crypter.opened_pieces(self.sealed, aad, what, size):
             if hasher is not None:
