@@ -359,14 +359,12 @@ class Crypter:
                 raise IntegrityError(
                     f"{what}: cannot decompress (the frame does not hold the size it states)"
                 )
-        except zstandard.ZstdError as exc:
+        except (zstandard.ZstdError, IntegrityError) as exc:
             if not stream.authentic():
                 raise self._tampered(what) from None
+            if isinstance(exc, IntegrityError):
+                raise
             raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
-        except IntegrityError:
-            if not stream.authentic():
-                raise self._tampered(what) from None
-            raise
         if not stream.authentic():
             raise self._tampered(what)
 
