@@ -216,7 +216,7 @@ _DECODER = json.JSONDecoder()
 # around a tree blob's nodes
 TREE_OPEN, TREE_CLOSE = b'{"nodes":[', b"]}"
 _OPEN_TEXT, _CLOSE_TEXT = TREE_OPEN.decode(), TREE_CLOSE.decode()
-STREAM_TREE = 2**20  # bytes of a tree blob from which ``iter_tree`` makes its nodes one at a time
+STREAM_TREE = 2**20  # bytes of a tree blob from which ``iter_tree_blob`` reads it in pieces
 TREE_PIECE = 2**18  # bytes of a large tree's plaintext decompressed (and decoded to text) at a time
 # What decoding a tree that is not one (hand-made, damaged) raises: the JSON, or a node of it.
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
@@ -382,7 +382,9 @@ def _parsed_whole(document: bytes | str) -> list[Node]:
 
 def _node_by_node(text: str) -> Iterator[Node]:
     """``{"nodes":[`` values separated by single commas ``]}``, exactly: then the whole is valid
-    JSON and these are its nodes; ``ValueError`` at anything else (whitespace included)."""
+    JSON and these are its nodes; ``ValueError`` at anything else (whitespace included). The whole
+    text's twin of ``_framed_values``: a small tree through the window cost 0.7 µs a node more
+    (planning the node tree's 60,000 entries: 0.37 → 0.41 s)."""
     at, end = len(_OPEN_TEXT), len(text) - len(_CLOSE_TEXT)
     if at == end:
         return
