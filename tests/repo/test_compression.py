@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import random
 from pathlib import Path
@@ -20,7 +21,17 @@ from cloudkeep.repo.chunker import StreamCutter
 from cloudkeep.repo.compression import SAMPLE_FROM, CompressionEstimator
 from cloudkeep.repo.crypto import CODEC_RAW, CODEC_ZSTD, OVERHEAD, Crypter, MasterKey
 from cloudkeep.repo.memory import Lent
-from cloudkeep.repo.pack import DATA, WRITE_BATCH, PackWriter, blob_aad, pack_id_of, read_header
+from cloudkeep.repo.pack import (
+    DATA,
+    TREE,
+    WRITE_BATCH,
+    BlobEntry,
+    PackWriter,
+    blob_aad,
+    header_text,
+    pack_id_of,
+    read_header,
+)
 
 RNG = random.Random(18)
 TEXT = b"".join(b"line %d: cloudkeep backs up cloud machines\n" % i for i in range(40_000))
@@ -133,6 +144,25 @@ def test_batched_pack_is_byte_exact(crypter: Crypter, tmp_path: Path) -> None:
         sealed = body[entry.offset : entry.offset + entry.length]
         assert crypter.decode(sealed, blob_aad(DATA, entry.id), "blob") == data
     os.unlink(path)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 1000])
+def test_a_pack_header_is_the_json_of_its_rows(count: int) -> None:
+    """The header written into one buffer is byte for byte ``json.dumps`` of its rows, as every
+    reader (and packs written before it) has it."""
+    entries = [
+        BlobEntry(
+            RNG.choice([DATA, TREE]),
+            RNG.randbytes(32),
+            RNG.randint(0, 2**40),
+            RNG.randint(1, 2**24),
+            RNG.randint(0, 2**33),
+        )
+        for _ in range(count)
+    ]
+    rows = [[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in entries]
+    assert header_text(entries) == json.dumps(rows).encode()
+    assert json.loads(header_text(entries)) == rows
 
 
 @pytest.mark.parametrize("noise_where", ["samples", "between"])

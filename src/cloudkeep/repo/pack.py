@@ -12,6 +12,7 @@ damaged pack is detected without the key.
 
 from __future__ import annotations
 
+import binascii
 import builtins
 import contextlib
 import errno
@@ -232,8 +233,7 @@ class PackWriter:
         """
         crypter = crypter or self.crypter
         assert crypter is not None
-        header = json.dumps([[e.type, e.id.hex(), e.offset, e.length, e.raw_length] for e in self.entries])
-        sealed = crypter.encode(header.encode(), _HEADER_AAD)
+        sealed = crypter.encode(memoryview(header_text(self.entries)), _HEADER_AAD)
         self._flush()
         self._write(sealed + struct.pack("<I", len(sealed)))
         self._close()
@@ -249,6 +249,29 @@ class PackWriter:
         self._close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def header_text(entries: list[BlobEntry]) -> bytearray:
+    """The pack header's JSON, the bytes of ``json.dumps`` of ``[[type, id hex, offset, length,
+    raw length], ...]``, written into one buffer. ``json.dumps`` held a list of small strings per
+    entry before joining them: 4.2 MiB for a pack of small files' blobs (plus 1.8 MiB of rows), the
+    largest thing a backup worker held at its peak (bench/README.md, stop 54)."""
+    text = bytearray(b"[")
+    types: dict[str, bytes] = {}
+    for entry in entries:
+        kind = types.get(entry.type)
+        if kind is None:
+            kind = types[entry.type] = json.dumps(entry.type).encode()
+        text += b'%s[%s, "%s", %d, %d, %d]' % (
+            b", " if len(text) > 1 else b"",
+            kind,
+            binascii.hexlify(entry.id),
+            entry.offset,
+            entry.length,
+            entry.raw_length,
+        )
+    text += b"]"
+    return text
 
 
 def private_staging_dir() -> str:
