@@ -160,9 +160,10 @@ def test_a_bad_payload_in_pieces_is_named_and_a_tampered_one_is_tampered(
 @pytest.mark.parametrize(
     "damage", ["truncated", "a second frame", "bytes after it", "size overstated", "size not stated"]
 )
-def test_a_frame_not_as_stated_is_refused_in_pieces(crypter: Crypter, damage: str) -> None:
-    """What the buffer path refuses, a reading in pieces refuses too, never giving short or longer
-    data (zstd's stream reader alone gave a cut frame's bytes, and read on into a second frame)."""
+def test_a_frame_not_as_stated_is_refused_on_every_path(crypter: Crypter, damage: str) -> None:
+    """What the buffer path refuses, a reading in pieces and a whole decode refuse too, never giving
+    short or longer data (zstd's stream reader alone gave a cut frame's bytes, and read on into a
+    second frame; ``decompress`` alone ignored what follows the first frame)."""
     frame = zstandard.ZstdCompressor().compress(COMPRESSIBLE)
     payload = {
         "truncated": frame[: len(frame) // 2],
@@ -174,6 +175,8 @@ def test_a_frame_not_as_stated_is_refused_in_pieces(crypter: Crypter, damage: st
     sealed = _sealed_zstd(crypter, payload)
     with pytest.raises(IntegrityError, match="blob 5: cannot decompress"):
         crypter.decode_into_buffer(sealed, b"aad", "blob 5")
+    with pytest.raises(IntegrityError, match="blob 5: cannot decompress"):
+        crypter.decode(sealed, b"aad", "blob 5")
     with pytest.raises(IntegrityError, match="blob 5: cannot decompress"):
         _opened(crypter, sealed, 4096)
     with pytest.raises(IntegrityError, match="blob 5: authentication failed"):

@@ -322,7 +322,7 @@ class Crypter:
                     size = zstandard.frame_content_size(body)  # -1: not stated; 0: nothing to gain
                     if 0 < size <= DECODE_BUFFER_MAX:
                         return self._decompress_into(decompressor, body, size, what)
-                return decompressor.decompress(body)
+                return decompressor.decompress(body, allow_extra_data=False)  # one frame, nothing after
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
         raise IntegrityError(f"{what}: unknown codec {codec}")
