@@ -40,6 +40,20 @@ def test_second_open_uses_the_remembered_key_file(s3_store: ObjectStore, tmp_pat
     assert len(gets) == 1  # opened from the copy: no key file fetched
 
 
+def test_the_key_file_a_repository_is_created_with_is_remembered(
+    s3_store: ObjectStore, tmp_path: Path
+) -> None:
+    """Created with a cache folder, the first open is already a second one: no key file fetched."""
+    repo = Repository.create(s3_store, PASSWORD, kdf=FAST_KDF, cache_dir=tmp_path)
+    path = remembered_key(s3_store, tmp_path)
+    assert path is not None and path.is_file()
+    gets = _key_gets(s3_store)
+    assert Repository.open(s3_store, PASSWORD, cache_dir=tmp_path).id == repo.id
+    assert gets == []
+    with pytest.raises(AuthenticationError):  # the copy opens for its own password only
+        Repository.open(s3_store, "another", cache_dir=tmp_path)
+
+
 def test_a_deleted_key_file_is_not_used(s3_store: ObjectStore, tmp_path: Path) -> None:
     repo = Repository.create(s3_store, PASSWORD, kdf=FAST_KDF)
     Repository.open(s3_store, PASSWORD, cache_dir=tmp_path)

@@ -148,7 +148,7 @@ def open_repository(ctx: TaskContext, cache_dir: Path | None = None) -> Reposito
         return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
     except NotFoundError:
         ctx.warnings.append("repository was not initialised; created it")
-        Repository.create(store, password).close()
+        Repository.create(store, password, cache_dir=cache_dir).close()
         return Repository.open(store, password, writer_prefix=writer_prefix, cache_dir=cache_dir)
 
 

@@ -22,11 +22,18 @@ from cloudkeep.storage.base import ObjectNotFoundError, ObjectStore
 KEYS_PREFIX = "keys/"
 
 
-def write_key_file(store: ObjectStore, master: MasterKey, password: str, kdf: KdfParams) -> str:
+def write_key_file(
+    store: ObjectStore, master: MasterKey, password: str, kdf: KdfParams, *, remember: Path | None = None
+) -> str:
+    """Store a new key file for ``password``; with ``remember`` (``remembered_key``), this machine
+    keeps a copy, so its next open derives the key while the store is still being asked."""
     if not password:
         raise AuthenticationError("an empty password is not allowed")
     key = KEYS_PREFIX + secrets.token_hex(16)
-    store.put(key, json.dumps(wrap_master_key(master, password, kdf)).encode(), if_absent=True)
+    raw = json.dumps(wrap_master_key(master, password, kdf)).encode()
+    store.put(key, raw, if_absent=True)
+    if remember is not None:
+        _remember(remember, key, raw)
     return key
 
 

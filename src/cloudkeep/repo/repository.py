@@ -123,8 +123,14 @@ class Repository(RepositoryManifests):
         kdf: KdfParams | None = None,
         chunker: ChunkerParams | None = None,
         version: int = FORMAT_VERSION,
+        cache_dir: Path | None = None,
     ) -> Repository:
-        """Initialise a new repository; ``ConflictError`` if the store already holds one."""
+        """Initialise a new repository; ``ConflictError`` if the store already holds one.
+
+        ``cache_dir``: where this machine's later opens look for the key file that opened last
+        time (``open``): the one written here is kept there, so the first backup after creating a
+        repository on a remote store does not wait for the store before deriving its key (on S3,
+        ~0.2 s of a first backup's start: the client built, then the key file listed and fetched)."""
         if store.exists(CONFIG_KEY):
             raise ConflictError(
                 f"{store.describe()} already holds a cloudkeep repository", hint="open it instead"
@@ -133,7 +139,9 @@ class Repository(RepositoryManifests):
         chunker = chunker or ChunkerParams(seed=secrets.randbits(63))
         config = RepoConfig(secrets.token_hex(16), chunker, pack_size, compression_level, version)
         with store_writes(store):  # a store that refuses writes fails here, naming itself
-            key_name = write_key_file(store, master, password, kdf or KdfParams())
+            key_name = write_key_file(
+                store, master, password, kdf or KdfParams(), remember=remembered_key(store, cache_dir)
+            )
         keys = ConfidentialKeys.generate() if version >= CONFIDENTIAL_FORMAT else None
         try:
             with store_writes(store):
