@@ -333,7 +333,7 @@ class Cloudkeep(Tool):
 
     def init(self) -> None:
         run([sys.executable, "-m", "compileall", "-q", str(self.src_root)], self.env)
-        run(self._cmd("init", str(self.format)), self.env)
+        run(self._cmd("init", str(self.format), str(self.work / "ck-cache")), self.env)
 
     def backup(self) -> list[str]:
         return self._cmd("backup", str(self.source), str(self.work / "ck-cache"))
@@ -551,8 +551,10 @@ def cloudkeep_child(spec: str, op: str, *args: str) -> None:
 
     cfg = json.loads(spec)
     store = open_store(cfg["url"], **cfg["options"])
-    if op == "init":
-        Repository.create(store, PASSWORD, version=int(args[0]))
+    if op == "init":  # as ``restic init --cache-dir``: the key file written is kept there too
+        Repository.create(
+            store, PASSWORD, version=int(args[0]), cache_dir=Path(args[1]) if args[1:] else None
+        )
         return
     if op == "warm":  # the program's files (and botocore's models, on S3) read; no key derived
         list(store.list("keys/"))
