@@ -248,6 +248,74 @@ def test_remote_segments_are_capped_and_still_one_request_per_pack(
     assert len(data_reads) == len({key for key, _, _ in data_reads}) < len(sizes)
 
 
+def _events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """ "pack" for each pack handed out whole while planning, "end" when planning ends."""
+    from cloudkeep.repo import restorer
+
+    events: list[str] = []
+    hand_out_pack, fetch_rest = restorer._Restorer._hand_out_pack, restorer._Restorer.fetch_rest
+
+    def pack(self: restorer._Restorer, pack_id: str) -> None:
+        events.append("pack")
+        hand_out_pack(self, pack_id)
+
+    def end(self: restorer._Restorer) -> None:
+        events.append("end")
+        fetch_rest(self)
+
+    monkeypatch.setattr(restorer._Restorer, "_hand_out_pack", pack)
+    monkeypatch.setattr(restorer._Restorer, "fetch_rest", end)
+    return events
+
+
+def test_a_remote_restore_fetches_each_whole_pack_while_it_plans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote plan goes out in one batch (batches would fetch parts of packs, and what lies
+    between them, many times), except packs all of whose blobs are planned: those go at once, whole."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=512 * KIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=7)
+    snap = backup_files(repo, [src], hostname="h")
+    counting = _CountingStore(store)
+    counting.remote = True  # the remote path over a local folder
+    repo.store = counting  # type: ignore[assignment]
+    events = _events(monkeypatch)
+    result = restore(repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files == 244, result.errors
+    _same(src, restored(tmp_path / "out", src))
+    data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
+    packs = {key for key, _, _ in data_reads}
+    assert len(data_reads) == len(packs) > 3 and all(offset == 0 for _, offset, _ in data_reads)
+    assert events == ["pack"] * len(packs) + ["end"]  # every pack before planning ended
+
+
+def test_a_pack_whose_blobs_a_refused_file_looked_up_still_goes_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file refused after its first chunk was looked up (the next is unknown) leaves that chunk
+    planned without a target; its pack goes out with the others' targets only."""
+    from tests.support.hostile import Crafter, file
+
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, kdf=FAST_KDF)
+    crafter = Crafter(repo)
+    unused = crafter.data(b"only the refused file names this\n")
+    refused = {"name": "a", "type": "file", "content": [unused, "ff" * 32], "size": 40}
+    snapshot_id = crafter.snapshot([refused, file("b", b"bee\n"), file("c", b"sea\n")])
+    counting = _CountingStore(store)
+    counting.remote = True
+    repo.store = counting  # type: ignore[assignment]
+    events = _events(monkeypatch)
+    result = restore(repo, snapshot_id, tmp_path / "out")
+    assert len(result.errors) == 1 and "not in the index" in result.errors[0], result.errors
+    out = tmp_path / "out"
+    assert (out / "b").read_bytes() == b"bee\n" and (out / "c").read_bytes() == b"sea\n"
+    assert not (out / "a").exists()
+    assert events == ["pack", "end"]
+
+
 def _mixed_pack(store: ObjectStore) -> tuple[list[Request], set[int]]:
     """Requests for a pack of 60 small blobs then 40 large ones (each its own segment); the large
     ones' offsets."""
