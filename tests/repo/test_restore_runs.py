@@ -116,22 +116,6 @@ def _same(a: Path, b: Path) -> None:
             assert other.stat().st_mode == path.stat().st_mode, path
 
 
-def _remote_over_local(
-    tmp_path: Path, pack_size: int, seed: int
-) -> tuple[Repository, Path, str, _CountingStore]:
-    """A backup of ``_tree`` in a local folder, read back on the remote path (reader threads,
-    streamed requests) through a store counting its ranged reads."""
-    store = open_store(f"file://{tmp_path / 'repo'}")
-    repo = Repository.create(store, PASSWORD, pack_size=pack_size, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
-    src = tmp_path / "src"
-    _tree(src, seed=seed)
-    snap = backup_files(repo, [src], hostname="h")
-    counting = _CountingStore(store)
-    counting.remote = True
-    repo.store = counting  # type: ignore[assignment]
-    return repo, src, snap.id, counting
-
-
 def test_restore_from_s3_reads_each_pack_range_in_one_request(
     aws_options: dict[str, str], unique_name: str, tmp_path: Path
 ) -> None:
@@ -240,7 +224,14 @@ def test_remote_segments_are_capped_and_still_one_request_per_pack(
     from cloudkeep.repo import restorer
     from cloudkeep.repo.runreader import SEGMENT_CAP
 
-    repo, src, snap_id, counting = _remote_over_local(tmp_path, 4 * MIB, seed=6)
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=4 * MIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=6)
+    snap = backup_files(repo, [src], hostname="h")
+    counting = _CountingStore(store)
+    counting.remote = True  # the remote path (reader threads, streamed requests) over a local folder
+    repo.store = counting  # type: ignore[assignment]
     sizes: list[int] = []
     original = restorer._Restorer._restore_segment
 
@@ -249,7 +240,7 @@ def test_remote_segments_are_capped_and_still_one_request_per_pack(
         original(self, request, segment, view)
 
     monkeypatch.setattr(restorer._Restorer, "_restore_segment", recording)
-    result = restore(repo, snap_id, tmp_path / "out")
+    result = restore(repo, snap.id, tmp_path / "out")
     assert result.ok and result.verified == result.files == 244, result.errors
     _same(src, restored(tmp_path / "out", src))
     assert max(sizes) <= SEGMENT_CAP and len(sizes) >= 4  # 3.5 MiB of data at least
@@ -282,9 +273,16 @@ def test_a_remote_restore_fetches_each_whole_pack_while_it_plans(
 ) -> None:
     """A remote plan goes out in one batch (batches would fetch parts of packs, and what lies
     between them, many times), except packs all of whose blobs are planned: those go at once, whole."""
-    repo, src, snap_id, counting = _remote_over_local(tmp_path, 512 * KIB, seed=7)
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    repo = Repository.create(store, PASSWORD, pack_size=512 * KIB, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    _tree(src, seed=7)
+    snap = backup_files(repo, [src], hostname="h")
+    counting = _CountingStore(store)
+    counting.remote = True  # the remote path over a local folder
+    repo.store = counting  # type: ignore[assignment]
     events = _events(monkeypatch)
-    result = restore(repo, snap_id, tmp_path / "out")
+    result = restore(repo, snap.id, tmp_path / "out")
     assert result.ok and result.verified == result.files == 244, result.errors
     _same(src, restored(tmp_path / "out", src))
     data_reads = [r for r in counting.ranges if "/data/" in r[0] or r[0].startswith("data/")]
