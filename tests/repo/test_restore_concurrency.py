@@ -270,9 +270,6 @@ def test_a_remote_plan_holds_no_node_of_a_one_chunk_file(
     local_repo._tree_cache.clear()
     local_repo._tree_cache_nodes = 0
     monkeypatch.setattr(local_repo.store, "remote", True)
-    # Every pack waits for the plan's end, as a pack does that the restore needs only part of (a
-    # pack all of whose blobs are planned goes out at once, and the plan measured here would shrink).
-    monkeypatch.setattr(restorer._Restorer, "_all_planned", lambda self, pack_id, blob_id: False)
     alive: list[int] = []
     planned: list[int] = []
     fetch = restorer._Restorer.fetch_rest

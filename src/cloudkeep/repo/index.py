@@ -160,11 +160,6 @@ class Index:
             for row in rows:
                 self._rows.setdefault(self._ids[row], row)
 
-    def blob_count(self, pack_id: str) -> int:
-        """How many blobs the live pack holds (0 when the index does not list it)."""
-        rows = self._pack_rows.get(pack_id)
-        return len(rows) if rows is not None else 0
-
     def entries_of(self, pack_id: str) -> list[BlobEntry]:
         return [self._entry(row) for row in self._pack_rows[pack_id]]
 

@@ -97,8 +97,7 @@ PROC_FILES = 512
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
 # growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
-# batch (None), but a pack all of whose blobs are planned goes out at once (``_hand_out_pack``);
-# requests largest first: in batches, the large files a walk reaches last (/var)
+# batch (None), requests largest first: in batches, the large files a walk reaches last (/var)
 # were fetched last, alone. Restoring the day-2 tree from S3 (moto), batches 4 times the local
 # ones held 110 MiB instead of 141 for 55,000 small files but took 3.61 s against 3.18, and usr
 # 2.76 s against 2.62 (bench/README.md, stop 42).
@@ -142,7 +141,6 @@ class _Restorer(TargetWriter):
         self.room = threading.Condition(threading.Lock())
         self.batch_scale: int | None = REMOTE_BATCH_SCALE if self.remote else 1
         self.located: dict[bytes, Location] = {}  # where the batch's blobs are (each looked up once)
-        self.pack_blobs: dict[str, list[bytes]] = defaultdict(list)  # remote: the batch's, per pack
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, RestoredFile | None]] = []
         self.links: list[tuple[RestoredFile, int, str, str]] = []  # (first occurrence, folder, name, path)
@@ -277,14 +275,11 @@ class _Restorer(TargetWriter):
                 self.links.append((first, index, name, path))
                 return
         offsets, offset, located = [], 0, self.located
-        whole: list[str] = []  # packs all of whose blobs are planned now
         for blob_id in node.content:  # an unknown chunk refuses the file before anything is made
             offsets.append(offset)
             loc = located.get(blob_id)
             if loc is None:
                 loc = located[blob_id] = self.repo.locate(blob_id)
-                if self.remote and self._all_planned(loc.pack_id, blob_id):
-                    whole.append(loc.pack_id)
             offset += loc.entry.raw_length
         if not isinstance(node.size, int) or node.size < 0:
             raise Refused("malformed size")
@@ -307,46 +302,6 @@ class _Restorer(TargetWriter):
         self.batch_files += 1
         self.batch_bytes += node.size
         self.batch_targets += len(offsets)
-        for pack_id in whole:
-            self._hand_out_pack(pack_id)
-
-    def _all_planned(self, pack_id: str, blob_id: bytes) -> bool:
-        """Count ``blob_id`` planned in its pack; whether that was the pack's last blob."""
-        planned = self.pack_blobs[pack_id]
-        planned.append(blob_id)
-        with self.repo.lock:
-            return len(planned) == self.repo.index.blob_count(pack_id)
-
-    def _hand_out_pack(self, pack_id: str) -> None:
-        """Remote: a pack whose every blob is planned goes to the readers now, in one request.
-
-        A remote store's plan goes out in one batch: batches of files each needed part of many
-        packs (the lanes' workers fill packs with whole folders, in job order), and one ranged GET
-        per part read what lay between, other batches' blobs, again (usr: 246 MiB instead of 182),
-        or, with shorter gaps, 204 GETs instead of 16. Planning is CPU (tree parsing, index look-ups)
-        and, remotely, nothing was fetched while it went on; a whole pack costs neither."""
-        part: dict[bytes, list[Target]] = {}
-        locations = []
-        for blob_id in self.pack_blobs.pop(pack_id):
-            location = self.located.pop(blob_id)  # a later file needing it looks it up again
-            targets = self.by_blob.pop(blob_id, None)  # none: its file was refused after the look-up
-            if targets:
-                part[blob_id] = targets
-                locations.append(location)
-        if not part:
-            return
-        if self.to_create:  # files of several chunks exist before their data
-            self.created.append(self.pool.submit(self._precreate_all, self.to_create))
-            self.to_create = []
-        self.start_proc()
-        count = sum(len(targets) for targets in part.values())
-        requests = plan_requests(locations, remote=True, batch=len(self.batches))
-        with self.room:
-            self.batches.append(part)
-            self.unwritten.append(count)
-            self.unwritten_total += count
-        self.planned.put((list(self.created), requests))  # also waited for by the batch at the end
-        self.batch_targets -= count
 
     # -- data ------------------------------------------------------------------------------
 
@@ -384,7 +339,6 @@ class _Restorer(TargetWriter):
         self.planned.put((self.created, requests))
         self.by_blob, self.created = defaultdict(list), []
         self.located = {}  # a blob a later batch needs again is looked up again
-        self.pack_blobs = defaultdict(list)
         self.batch_files = self.batch_bytes = self.batch_targets = 0
 
     def start_proc(self) -> None:
@@ -518,7 +472,6 @@ class _Restorer(TargetWriter):
         self.links.clear()
         self.first_link.clear()
         self.by_blob.clear()
-        self.pack_blobs.clear()
 
 
 class _Names:
