@@ -82,8 +82,8 @@ def main() -> None:
                 "s3",
                 endpoint_url=moto.endpoint,
                 region_name=REGION,
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
+                aws_access_key_id=KEYS["aws_access_key_id"],
+                aws_secret_access_key=KEYS["aws_secret_access_key"],
             ).create_bucket(Bucket="ck-bench-ssm")
             served = [agent.create_instance(f"b{n:04d}") for n in range(args.instances)]
             machines = [

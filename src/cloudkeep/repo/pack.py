@@ -83,9 +83,14 @@ def open_blob(
     return data
 
 
+def _blob_name(entry: BlobEntry, pack_id: str) -> str:
+    """How errors name the blob."""
+    return f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+
+
 def _named_whole(entry: BlobEntry, pack_id: str, sealed: bytes | memoryview) -> str:
-    """How errors name the blob; ``IntegrityError`` when its pack held less of it than the index says."""
-    what = f"{entry.type} blob {entry.id.hex()} in pack {pack_id}"
+    """``_blob_name``; ``IntegrityError`` when its pack held less of it than the index says."""
+    what = _blob_name(entry, pack_id)
     if len(sealed) != entry.length:
         raise IntegrityError(f"{what}: truncated pack (got {len(sealed)} of {entry.length} bytes)")
     return what
@@ -110,7 +115,7 @@ class SealedBlob:
     def pieces(self, size: int) -> Iterator[bytes | memoryview]:
         """The blob decrypted and decompressed anew, in pieces of about ``size`` bytes; after the
         last, ``IntegrityError`` if it did not open or (until a reading has) match its id."""
-        what = _named_whole(self.entry, self.pack_id, self.sealed)  # (named only when read in pieces)
+        what = _blob_name(self.entry, self.pack_id)  # (named only when read in pieces; checked whole at init)
         aad = blob_aad(self.entry.type, self.entry.id)
         hasher = None if self._checked else self.crypter.id_hasher()
         for piece in self.crypter.opened_pieces(self.sealed, aad, what, size):
