@@ -291,6 +291,75 @@ def test_a_remote_plan_holds_no_node_of_a_one_chunk_file(
     assert alive == [0]
 
 
+def test_a_remote_plan_hands_out_each_pack_it_needs_and_has_left(
+    local_repo: Repository, tmp_path: Path, restore_worker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a remote store, a pack the plan needs (nearly) all of and has moved past goes to the
+    readers while planning goes on, in one request of its own: one that holds a file deleted since
+    (a blob the restore point no longer needs) too; the tree is the same."""
+    monkeypatch.setattr(restorer, "IDLE_BYTES", 64 * 1024)
+    monkeypatch.setattr(restorer, "LOOK_BYTES", 1)  # look after every file
+    src = tmp_path / "src"
+    _build(src, seed=24)
+    backup_files(local_repo, [src], hostname="h")
+    for d in range(24):  # a day later: a file of each folder deleted
+        max((src / f"d{d:02}" / "sub").glob("f0[5-7]"), key=os.path.getsize).unlink()
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(local_repo.store, "remote", True)
+    queued = _queued(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files, result.errors
+    assert _state(restored(tmp_path / "out", src)) == _state(src)
+    early = [(plan, requests) for during, plan, requests in queued if during]
+    assert len(early) >= 5 and len(queued) == len(early) + 1  # the last batch at the end
+    assert all(len(requests) == 1 for _, requests in early), "each pack in one request"
+    stale = [
+        plan
+        for plan, (request,) in early
+        if set(plan) < {entry.id for entry in local_repo.index.entries_of(request.pack_id)}
+    ]
+    assert stale, "no pack holding a deleted file went out while planning"
+
+
+def test_a_blob_needed_after_its_pack_went_out_is_read_again(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs handed out whatever share of them is planned: the blob every folder holds goes out
+    with the first folders' pack and is looked up and read again for the folders after."""
+    monkeypatch.setattr(restorer, "IDLE_BYTES", 16 * 1024)
+    monkeypatch.setattr(restorer, "LOOK_BYTES", 1)
+    monkeypatch.setattr(restorer, "DENSE", 0)
+    src = tmp_path / "src"
+    _build(src, seed=25)
+    snap = backup_files(local_repo, [src], hostname="h")
+    shared_blob = lookup(local_repo, snap.id, f"{src}/d00/sub/f00").content[0]
+    monkeypatch.setattr(local_repo.store, "remote", True)
+    queued = _queued(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok and result.verified == result.files, result.errors
+    assert _state(restored(tmp_path / "out", src)) == _state(src)
+    assert sum(shared_blob in plan for _, plan, _ in queued) >= 2
+
+
+def _queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, dict[bytes, Any], list[Any]]]:
+    """Every batch a restore hands out: (while planning, its plan, its requests)."""
+    queued: list[tuple[bool, dict[bytes, Any], list[Any]]] = []
+    planning = [True]
+    queue_batch, fetch_rest = restorer._Restorer._queue, restorer._Restorer.fetch_rest
+
+    def queueing(self: restorer._Restorer, batch: Any, targets: int, requests: list[Any]) -> None:
+        queued.append((planning[0], dict(batch), list(requests)))
+        queue_batch(self, batch, targets, requests)
+
+    def fetching(self: restorer._Restorer) -> None:
+        planning[0] = False
+        fetch_rest(self)
+
+    monkeypatch.setattr(restorer._Restorer, "_queue", queueing)
+    monkeypatch.setattr(restorer._Restorer, "fetch_rest", fetching)
+    return queued
+
+
 def test_a_large_folder_is_planned_without_all_its_nodes_at_once(
     local_repo: Repository, tmp_path: Path, tiny_batches: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

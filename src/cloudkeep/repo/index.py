@@ -160,6 +160,11 @@ class Index:
             for row in rows:
                 self._rows.setdefault(self._ids[row], row)
 
+    def extent(self, pack_id: str) -> int:
+        """Where the pack's last blob ends (0 when the index does not list the pack)."""
+        offset, length = self._offset, self._length
+        return max((offset[row] + length[row] for row in self._pack_rows.get(pack_id, ())), default=0)
+
     def entries_of(self, pack_id: str) -> list[BlobEntry]:
         return [self._entry(row) for row in self._pack_rows[pack_id]]
 

@@ -379,6 +379,11 @@ class Repository(RepositoryManifests):
             )
         return loc
 
+    def pack_extent(self, pack_id: str) -> int:
+        """Where the pack's last blob ends, as the indexes know it (0: none lists the pack)."""
+        with self.lock:
+            return max(index.extent(pack_id) for index in (self.index, self.doomed, self.foreign))
+
     def has_blob(self, blob_id: bytes) -> bool:
         with self.lock:
             return blob_id in self.index
