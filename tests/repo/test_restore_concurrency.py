@@ -341,6 +341,32 @@ def test_a_blob_needed_after_its_pack_went_out_is_read_again(
     assert sum(shared_blob in plan for _, plan, _ in queued) >= 2
 
 
+def test_a_look_for_dense_packs_passes_over_those_left_long_ago(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack left and not dense is looked at once, then not again until the plan needs it again:
+    each look costs the packs needed lately, not all the packs of a large restore so far."""
+    monkeypatch.setattr(restorer, "IDLE_BYTES", 16 * 1024)
+    monkeypatch.setattr(restorer, "LOOK_BYTES", 1)
+    monkeypatch.setattr(restorer, "DENSE", 2)  # none is ever dense enough
+    src = tmp_path / "src"
+    _build(src, seed=26)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(local_repo.store, "remote", True)
+    looks: list[tuple[int, int]] = []  # (packs planned in part, packs still looked at) after each look
+    look = restorer._Restorer._hand_out_dense
+
+    def looking(self: restorer._Restorer, parts: dict[str, Any]) -> None:
+        look(self, parts)
+        looks.append((len(parts), len(self.active)))
+
+    monkeypatch.setattr(restorer._Restorer, "_hand_out_dense", looking)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok and _state(restored(tmp_path / "out", src)) == _state(src)
+    assert max(parts for parts, _ in looks) >= 8
+    assert max(active for _, active in looks) <= 4, looks
+
+
 def _queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, dict[bytes, Any], list[Any]]]:
     """Every batch a restore hands out: (while planning, its plan, its requests)."""
     queued: list[tuple[bool, dict[bytes, Any], list[Any]]] = []

@@ -155,9 +155,11 @@ class _Restorer(TargetWriter):
         self.room = threading.Condition(threading.Lock())
         self.batch_scale: int | None = REMOTE_BATCH_SCALE if self.remote else 1
         self.located: dict[bytes, Location] = {}  # where the batch's blobs are (each looked up once)
-        # Remote: per pack, what the batch needs of it (``_hand_out_dense``); the stored bytes of
-        # the blobs looked up so far (the plan's clock) and when to look for dense packs next
+        # Remote: per pack, what the batch needs of it (``_hand_out_dense``), and the packs needed
+        # since they were last looked at; the stored bytes of the blobs looked up so far (the
+        # plan's clock) and when to look for dense packs next
         self.parts: dict[str, _Part] | None = {} if self.remote else None
+        self.active: set[str] = set()
         self.clock = self.next_look = 0
         # metadata to apply at the end: (folder index, name, node, file when it is one)
         self.finishing: list[tuple[int, str, Node, RestoredFile | None]] = []
@@ -333,18 +335,21 @@ class _Restorer(TargetWriter):
         part.blobs.append(blob_id)
         part.planned += loc.entry.length
         part.touched = self.clock = self.clock + loc.entry.length
+        self.active.add(loc.pack_id)
 
     def _hand_out_dense(self, parts: dict[str, _Part]) -> None:
-        """Remote: hand out each pack the plan needs most of and has left (``DENSE``)."""
+        """Remote: hand out each pack the plan needs most of and has left (``DENSE``). A pack left
+        and not dense is not looked at again until the plan needs it again: a look costs the
+        packs needed lately, not every pack of a large restore."""
         clock = self.next_look = self.clock
         self.next_look += LOOK_BYTES
-        dense = [
-            pack_id
-            for pack_id, part in parts.items()
-            if clock - part.touched >= IDLE_BYTES and part.planned >= DENSE * part.extent
-        ]
-        for pack_id in dense:
-            self._hand_out_pack(pack_id, parts.pop(pack_id).blobs)
+        left = [pack_id for pack_id in self.active if clock - parts[pack_id].touched >= IDLE_BYTES]
+        self.active.difference_update(left)
+        for pack_id in left:
+            part = parts[pack_id]
+            if part.planned >= DENSE * part.extent:
+                del parts[pack_id]
+                self._hand_out_pack(pack_id, part.blobs)
 
     def _hand_out_pack(self, pack_id: str, blobs: list[bytes]) -> None:
         """Give one pack's needed blobs to the readers as a batch of their own. A blob needed again
@@ -397,6 +402,7 @@ class _Restorer(TargetWriter):
         self.located = {}  # a blob a later batch needs again is looked up again
         if self.parts is not None:
             self.parts.clear()
+            self.active.clear()
         self.batch_files = self.batch_bytes = self.batch_targets = 0
 
     def _submit_creations(self) -> None:
