@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
 from cloudkeep.errors import ConfigurationError, PermissionDeniedError, UnreachableError
 from cloudkeep.storage import open_store
+from cloudkeep.storage.base import read_exactly
+from cloudkeep.storage.s3 import _S3Range
 from tests.support.peers import free_port
 
 
@@ -108,3 +112,41 @@ def test_azure_read_only_sas_is_denied_writes(azurite, unique_name: str) -> None
     with pytest.raises(PermissionDeniedError, match="delete"):
         reader.delete("existing")
     assert admin.get("existing") == b"x" and admin.stat("new") is None
+
+
+def test_s3_body_cut_short_is_an_error_not_a_short_read() -> None:
+    """A ranged GET whose body ends before its Content-Length (the connection closed mid-body) is
+    the store's error, not a short range that restore would blame on the pack. An in-process
+    stand-in server: no real S3 peer cuts a body on demand."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            head = (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\n"
+                b"Content-Range: bytes 0-999/5000\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            conn.sendall(head + b"x" * 500)  # then the connection closes: 500 bytes short
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    store = open_store(
+        "s3://bucket",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region="us-east-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        max_attempts=1,
+    )
+    buffer = bytearray(1000)
+    with store.open_range("pack", 0, 1000) as stream:
+        assert isinstance(stream, _S3Range) and stream.direct is not None  # read by http.client
+        with pytest.raises(UnreachableError):
+            read_exactly(stream, memoryview(buffer))
+    server.join(10)
+    listener.close()

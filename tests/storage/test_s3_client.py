@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from cloudkeep.storage import open_store
-from cloudkeep.storage.s3 import S3Store
+from cloudkeep.storage.base import read_exactly
+from cloudkeep.storage.s3 import S3Store, _S3Range
 from tests.storage.conftest import make_s3_bucket
 
 
@@ -190,3 +191,26 @@ def test_a_store_loader_gives_botocores_models_without_their_documentation(servi
     assert "documentation" in json.dumps(theirs)
     if kind == "service-2":
         assert len(json.dumps(ours)) < len(json.dumps(theirs)) / 2  # most of the model was its text
+
+
+def test_a_range_is_read_into_the_buffer_and_its_connection_reused(
+    aws_options: dict[str, Any], unique_name: str
+) -> None:
+    """A plain GET body is read by http.client straight into the caller's buffer (not through
+    urllib3's read-and-copy); read to its end, its connection goes back to the pool for the next."""
+    make_s3_bucket(aws_options, unique_name)
+    store = open_store(f"s3://{unique_name}/r", **aws_options)
+    assert isinstance(store, S3Store)
+    data = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    store.put("pack", data)
+    for offset in (0, 5, 2**20):
+        with store.open_range("pack", offset, 2 * 2**20) as stream:
+            assert isinstance(stream, _S3Range) and stream.direct is not None
+            got = bytearray(2 * 2**20 + 10)
+            assert len(read_exactly(stream, memoryview(got))) == 2 * 2**20
+            assert bytes(got[: 2 * 2**20]) == data[offset : offset + 2 * 2**20]
+            raw = stream.body._raw_stream
+            assert raw._connection is None  # released to the pool, not closed with the body
+    pools = store.client._endpoint.http_session._manager.pools
+    (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 - the container is not iterable
+    assert pool.num_connections == 1  # one connection served every range

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import http.client
 import io
 import json
 import os
@@ -579,13 +580,56 @@ def _now(like: datetime) -> datetime:
 
 
 class _S3Range:
-    """A GET body whose read errors (reset connections, timeouts) become cloudkeep errors."""
+    """A GET body whose read errors (reset connections, timeouts) become cloudkeep errors.
+
+    A plain body (botocore's own ``StreamingBody``: no checksum to check on the way, no content
+    encoding) is read straight into the caller's buffer by http.client's response under it.
+    Through urllib3, each ``readinto`` read a new ``bytes`` of the buffer's size (http.client's
+    ``read``) and copied it in: per MiB restored, a fresh mmap'd MiB faulted in page by page
+    (``heap.limit_heap_fragmentation``) and a copy (bench/README.md, stop 55). What urllib3 and
+    botocore do on the way is done here too: a body cut short raises (``_verify_content_length``),
+    read errors become botocore's, and the connection goes back to the pool once the body is read.
+    """
 
     def __init__(self, store: S3Store, key: str, body: Any) -> None:
         self.store, self.key, self.body = store, key, body
+        self.direct = _plain_response(body)
 
     def readinto(self, buffer: memoryview, /) -> int:
         try:
-            return int(self.body.readinto(buffer))
+            if self.direct is None:
+                return int(self.body.readinto(buffer))
+            return self._read_direct(self.direct, buffer)
         except Exception as exc:
             self.store._raise(exc, "s3:GetObject", self.key)
+
+    def _read_direct(self, response: Any, buffer: memoryview) -> int:
+        from botocore.exceptions import ResponseStreamingError
+
+        try:
+            count = int(response.readinto(buffer))
+        except (OSError, http.client.HTTPException) as exc:  # a reset, a timeout: as botocore says them
+            raise ResponseStreamingError(error=exc) from exc
+        body = self.body
+        body._amount_read += count
+        if not count and len(buffer):
+            body._verify_content_length()  # the server ended the body early: as botocore's own read
+        if response.isclosed():
+            body._raw_stream.release_conn()  # read to its end: the connection is reused
+        return count
+
+
+def _plain_response(body: Any) -> Any:
+    """http.client's response under a botocore body read as it is (None: read through botocore)."""
+    from botocore.response import StreamingBody
+
+    raw = getattr(body, "_raw_stream", None)
+    response = getattr(raw, "_fp", None)
+    if type(body) is not StreamingBody or not isinstance(response, http.client.HTTPResponse):
+        return None
+    headers = getattr(raw, "headers", None)
+    if headers is None or headers.get("content-encoding") or not hasattr(raw, "release_conn"):
+        return None
+    if not hasattr(body, "_amount_read") or not hasattr(body, "_verify_content_length"):
+        return None
+    return response
