@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, ClassVar, NoReturn, cast
 from urllib.parse import urlparse
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseStreamingError
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.providers.aws.errors import (
@@ -604,8 +604,6 @@ class _S3Range:
             self.store._raise(exc, "s3:GetObject", self.key)
 
     def _read_direct(self, response: Any, buffer: memoryview) -> int:
-        from botocore.exceptions import ResponseStreamingError
-
         try:
             count = int(response.readinto(buffer))
         except (OSError, http.client.HTTPException) as exc:  # a reset, a timeout: as botocore says them
