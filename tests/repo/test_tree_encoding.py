@@ -4,6 +4,7 @@ unchanged folder would get a new tree id and be stored again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -120,6 +121,41 @@ def test_a_field_of_another_type_is_written_as_the_encoder_writes_it(
         return
     assert encode_tree([node]) == expected
     json.loads(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nodes_of_a_backup)
+def test_a_node_read_back_is_the_node_written(node: Node) -> None:
+    assert Node.from_json(json.loads(json.dumps(node.to_json()))) == node
+
+
+def test_a_node_of_a_name_and_a_type_only_has_every_other_field_at_its_default() -> None:
+    """``from_json`` sets each field itself (no ``__init__``): a field it forgot would be unset."""
+    node = Node.from_json({"name": "a", "type": FILE})
+    default = Node(name="a", type=FILE)
+    for field in dataclasses.fields(Node):
+        assert getattr(node, field.name) == getattr(default, field.name), field.name
+    assert node.content is not Node.from_json({"name": "b", "type": FILE}).content  # a list each
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        ({"type": FILE}, KeyError),
+        ({"name": "a"}, KeyError),
+        ({"name": "a", "type": 3}, TypeError),
+        ({"name": "a", "type": FILE, "user": None}, TypeError),
+        ({"name": "a", "type": FILE, "content": ["zz"]}, ValueError),
+        ({"name": "a", "type": FILE, "content": None}, TypeError),
+        ({"name": "a", "type": DIR, "subtree": None}, TypeError),
+        ({"name": "a", "type": FILE, "xattrs": []}, AttributeError),
+        (["name", "type"], AttributeError),
+    ],
+)
+def test_a_malformed_node_raises_what_a_tree_read_reports(item: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Node.from_json(item)  # type: ignore[arg-type]
+    assert issubclass(error, tree.MALFORMED)
 
 
 def _parsed_whole(data: bytes) -> list[Node] | type[Exception]:

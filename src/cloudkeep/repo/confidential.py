@@ -249,8 +249,10 @@ class KeyRing:
     def granted(self, pack_id: str) -> bool | None:
         """Whether the server sent this pack's key; ``None`` where grants do not apply (no
         restore keys received, or the private key opens everything)."""
+        if not self._grants:  # no restore keys: the common case, without the lock (grants only grow)
+            return None
         with self._lock:
-            if self.private_key is not None or not self._grants:
+            if self.private_key is not None:
                 return None
             return pack_key(pack_id) in self._grants
 

@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudkeep.compat import SLOTS, zip_strict
+from cloudkeep.compat import SLOTS
 from cloudkeep.errors import (
     CloudkeepError,
     ConfigurationError,
@@ -317,8 +317,9 @@ class _Restorer(TargetWriter):
                 self.created.append(self.pool.submit(self._precreate_all, self.to_create))
                 self.to_create = []
             self.finishing.append((index, name, node, file))
-        for blob_id, at in zip_strict(node.content, offsets):
-            self.by_blob[blob_id].append(Target(file, at))
+        by_blob = self.by_blob
+        for i, blob_id in enumerate(node.content):  # ``offsets`` has one offset per chunk
+            by_blob[blob_id].append(Target(file, offsets[i]))
         self.result.files += 1
         self.result.bytes += node.size
         self.batch_files += 1
