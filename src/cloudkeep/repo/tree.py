@@ -233,6 +233,8 @@ def tree_texts(nodes: Iterable[Node | FileText], ordered: bool) -> Iterator[byte
 
 _T = TypeVar("_T")
 _DECODER = json.JSONDecoder()
+# The decoder's scanner: ``raw_decode`` without its Python frame per value (typeshed omits it).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 # around a tree blob's nodes
 TREE_OPEN, TREE_CLOSE = b'{"nodes":[', b"]}"
 _OPEN_TEXT, _CLOSE_TEXT = TREE_OPEN.decode(), TREE_CLOSE.decode()
@@ -373,7 +375,7 @@ def _framed_values(pieces: Iterator[bytes | memoryview], make: Callable[[Any], _
     window.at += len(_OPEN_TEXT)
     if window.need(len(_CLOSE_TEXT) + 1) == _CLOSE_TEXT:
         return
-    scan = _DECODER.scan_once  # ``raw_decode`` without its frame per node
+    scan = _SCAN
     while True:
         text, at = window.text, window.at
         while True:  # the window's values a comma follows in it, at one call each
@@ -408,7 +410,7 @@ def _node_by_node(text: str) -> Iterator[Node]:
     at, end = len(_OPEN_TEXT), len(text) - len(_CLOSE_TEXT)
     if at == end:
         return
-    scan, make = _DECODER.scan_once, Node.from_json  # ``raw_decode`` without its frame per node
+    scan, make = _SCAN, Node.from_json
     while True:
         try:
             item, at = scan(text, at)
