@@ -364,7 +364,9 @@ def test_a_look_for_dense_packs_passes_over_those_left_long_ago(
     result = restore(local_repo, snap.id, tmp_path / "out")
     assert result.ok and _state(restored(tmp_path / "out", src)) == _state(src)
     assert max(parts for parts, _ in looks) >= 8
-    assert max(active for _, active in looks) <= 4, looks
+    # Looks at a third of the packs planned in part at most, in all (~1/6 here; how many a look
+    # passes over at once depends on how the backup's two workers filled the packs: 4-7 of 10).
+    assert 3 * sum(active for _, active in looks) <= sum(parts for parts, _ in looks), looks
 
 
 def _queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, dict[bytes, Any], list[Any]]]:
