@@ -90,7 +90,7 @@ def _staged_by(started: list[procpool.ProcWorker]) -> list[str]:
 
 
 def test_blob_entries_cross_the_channel_whole() -> None:
-    """A worker's pack entries are pickled to the parent as constructor arguments (``__reduce__``)."""
+    """A worker's pack entries are pickled to the parent and come back as entries, not tuples."""
     entries = [BlobEntry("data", bytes(range(32)), 7, 100, 150), BlobEntry("tree", b"\xff" * 32, 0, 1, 0)]
     back = pickle.loads(pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL))
     assert back == entries and all(type(entry) is BlobEntry for entry in back)

@@ -12,9 +12,8 @@ import secrets
 import struct
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from cloudkeep.compat import SLOTS
 from cloudkeep.errors import IntegrityError
 from cloudkeep.repo.crypto import Crypter
 from cloudkeep.repo.pack import BLOB_TYPES, BlobEntry
@@ -24,9 +23,9 @@ RawEntry = tuple[int, bytes, int, int, int]
 _AAD = b"cloudkeep-index-v1"
 
 
-@dataclass(frozen=True, **SLOTS)
-class Location:
-    """A blob's place: pack id plus its entry in that pack."""
+class Location(NamedTuple):
+    """A blob's place: pack id plus its entry in that pack (a named tuple, as ``BlobEntry``: one
+    per look-up)."""
 
     pack_id: str
     entry: BlobEntry

@@ -13,7 +13,6 @@ damaged pack is detected without the key.
 from __future__ import annotations
 
 import binascii
-import builtins
 import contextlib
 import errno
 import hashlib
@@ -24,12 +23,10 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import blake3
 
-from cloudkeep.compat import SLOTS
 from cloudkeep.errors import InsufficientSpaceError, IntegrityError, PermissionDeniedError
 from cloudkeep.repo.crypto import Crypter
 from cloudkeep.storage.base import STAGING_PREFIX
@@ -45,21 +42,16 @@ STAGING_PACK_PREFIX = STAGING_PREFIX + "pack-"
 WRITE_BATCH = 256 * 1024
 
 
-@dataclass(frozen=True, **SLOTS)
-class BlobEntry:
-    """Where one blob lives inside its pack."""
+class BlobEntry(NamedTuple):
+    """Where one blob lives inside its pack. A named tuple, not a frozen dataclass: the index makes
+    one per look-up (a restore's plan, one per chunk), 0.24 µs against the dataclass's 0.59, and
+    a backup worker pickles every entry of its packs to the parent."""
 
     type: str
     id: bytes
     offset: int
     length: int
     raw_length: int
-
-    def __reduce__(self) -> tuple[builtins.type[BlobEntry], tuple[str, bytes, int, int, int]]:
-        """Pickled as its constructor's arguments: a backup worker sends every entry of its packs
-        to the parent, and a frozen dataclass with slots otherwise unpickles through
-        ``dataclasses.fields`` per entry (3.6 ms per 1,000 entries against 1.3 ms)."""
-        return BlobEntry, (self.type, self.id, self.offset, self.length, self.raw_length)
 
 
 def blob_aad(blob_type: str, blob_id: bytes) -> bytes:
