@@ -122,6 +122,29 @@ def test_folder_descriptors_stay_bounded_and_right(tmp_path: Path) -> None:
     dirs.close()
 
 
+def test_eviction_passes_over_pinned_folders_and_closes_the_oldest_other(tmp_path: Path) -> None:
+    """Folders pinned at the old end of the order stay open (the count may overshoot while they
+    are in use); the oldest unpinned one is closed; once released, the next use trims to the limit."""
+    dirs = TargetDirs(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), limit=3)
+    for i in range(1, 6):
+        (tmp_path / f"d{i}").mkdir()
+        assert dirs.add(0, f"d{i}") == i
+    first, second = dirs.acquire(1), dirs.acquire(2)
+    with dirs.at(3):
+        pass
+    with dirs.at(4):
+        pass
+    assert sorted(dirs._open) == [0, 1, 2, 4]  # 3, the oldest not pinned, closed
+    for index, fd in ((1, first), (2, second)):
+        assert os.fstat(fd).st_ino == os.stat(tmp_path / f"d{index}").st_ino
+    dirs.release(1)
+    dirs.release(2)
+    with dirs.at(5):
+        pass
+    assert len(dirs._open) == 3 and 0 in dirs._open and 5 in dirs._open
+    dirs.close()
+
+
 def test_restore_through_a_tiny_descriptor_cache(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
