@@ -8,7 +8,6 @@ same forgery through a real agent SAS on Azurite is in tests/providers/azure/tes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -161,7 +160,7 @@ def test_a_forged_listing_of_a_genuine_pack_never_replaces_its_writers_own(
     own.load_index()
     pack_id = next(p for p in own.index.packs if own.index.entries_of(p)[0].type == "data")
     genuine = own.index.entries_of(pack_id)
-    bogus = [dataclasses.replace(e, offset=e.offset + 1) for e in genuine]
+    bogus = [e._replace(offset=e.offset + 1) for e in genuine]
     key = B + "index/" + "0" * 32  # listed before the writer's own file
     store.put(key, encode_index_file(own.crypter, {pack_id: bogus}), if_absent=True)
     assert next(i.key for i in store.list(B + "index/")) == key
