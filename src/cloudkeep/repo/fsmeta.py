@@ -310,7 +310,14 @@ class FileMeta(NamedTuple):
 
     @classmethod
     def of(cls, node: Node) -> FileMeta:
-        return cls(node.uid, node.gid, node.mode, node.atime_ns, node.mtime_ns, node.xattrs or NO_XATTRS)
+        """One per one-chunk file of a restore's plan: the tuple made directly, not through the
+        named tuple's constructor (a Python function around it)."""
+        return _new_tuple(
+            cls, (node.uid, node.gid, node.mode, node.atime_ns, node.mtime_ns, node.xattrs or NO_XATTRS)
+        )
+
+
+_new_tuple = tuple.__new__
 
 
 def apply_metadata_fd(

@@ -31,6 +31,9 @@ class Location(NamedTuple):
     entry: BlobEntry
 
 
+_new_tuple = tuple.__new__
+
+
 class Index:
     """Blob id → location, plus pack id → entries. Not thread-safe: callers hold the repository lock.
 
@@ -71,19 +74,24 @@ class Index:
         return len(self._rows)
 
     def _entry(self, row: int) -> BlobEntry:
-        return BlobEntry(
-            BLOB_TYPES[self._type[row]],
-            self._ids[row],
-            self._offset[row],
-            self._length[row],
-            self._raw_length[row],
+        # the tuple made directly: a named tuple's own constructor is a Python function around it
+        return _new_tuple(
+            BlobEntry,
+            (
+                BLOB_TYPES[self._type[row]],
+                self._ids[row],
+                self._offset[row],
+                self._length[row],
+                self._raw_length[row],
+            ),
         )
 
     def get(self, blob_id: bytes) -> Location | None:
+        """A restore's plan calls this once per chunk: one tuple each, made directly."""
         row = self._rows.get(blob_id)
         if row is None:
             return None
-        return Location(self._pack_ids[self._pack[row]], self._entry(row))
+        return _new_tuple(Location, (self._pack_ids[self._pack[row]], self._entry(row)))
 
     def locations(self, blob_id: bytes) -> list[Location]:
         """Every live pack holding the blob, the one ``get`` returns first: whoever restores must read
