@@ -349,6 +349,62 @@ def test_a_decoder_waiting_for_bulk_does_not_hold_up_the_small_ones(tmp_path: Pa
     assert sorted(handled) == sorted(r.start for r in requests)
 
 
+@READERS
+def test_small_requests_left_to_a_delegate_go_to_it_alone_until_taken_back(
+    tmp_path: Path, readers: int
+) -> None:
+    """While the general decoder leaves small work to a delegate (restore's worker process, as
+    planning goes on), it takes bulk work only; once it takes small work back, it helps again."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    requests, large = _mixed_pack(store)
+    small = [r for r in requests if r.start not in large]
+    bulk = [r for r in requests if r.start in large]
+    first = {r.start for r in small[:30]} | large
+    by_taker: dict[str, list[int]] = {}
+    lock = threading.Lock()
+    go, first_done, general_back = threading.Event(), threading.Event(), threading.Event()
+
+    def record(taker: str, segment: Segment) -> None:
+        with lock:
+            by_taker.setdefault(taker, []).append(segment.start)
+            if first <= {start for starts in by_taker.values() for start in starts}:
+                first_done.set()
+
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
+        record(threading.current_thread().name, segment)
+        if segment.start not in first and segment.start not in large:
+            general_back.set()
+
+    def delegated(request: Request, segment: Segment, view: memoryview) -> None:
+        record("delegate", segment)
+        if segment.start not in first:  # the second part's small ones wait for the general decoder
+            general_back.wait(timeout=30)
+
+    def plan() -> Iterator[Request]:
+        assert go.wait(timeout=30)
+        yield from [r for pair in zip(small[:30], bulk[:30], strict=True) for r in pair] + bulk[30:]
+        assert first_done.wait(timeout=30)
+        reader.leave_general(False)
+        yield from small[30:]
+
+    reader = RunReader(
+        store, handle, readers=readers, decoders=2, cap=4 * KIB, bulk=_large, general=1, delegates=1
+    )
+    reader.start(plan())
+    reader.add_taker(delegated)
+    reader.leave_general(True)
+    go.set()
+    reader.join()
+    kind = "ck-decode" if readers else "ck-restore"
+    handled = [start for starts in by_taker.values() for start in starts]
+    assert sorted(handled) == sorted(r.start for r in requests)  # every request once
+    general_took = set(by_taker.get(f"{kind}-0", []))
+    assert not general_took & {r.start for r in small[:30]}  # left to the delegate: none taken
+    assert set(by_taker["delegate"]) >= {r.start for r in small[:30]}
+    assert general_back.is_set()  # taken back: it restored small ones of the second part
+    assert set(by_taker.get(f"{kind}-1", [])) <= large
+
+
 def test_a_request_is_bulk_by_its_blobs_raw_size_not_their_stored_size() -> None:
     """Chunks of large files compress: what decides is what a decoder writes (raw lengths)."""
 

@@ -138,6 +138,33 @@ def test_the_worker_boots_while_the_plan_is_still_made(
     _same(src, restored(tmp_path / "out", src))
 
 
+def test_a_plan_waiting_for_room_takes_small_files_back_from_the_worker(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While planning, small files are left to the worker (``LEAVE_GENERAL``); a plan that waits
+    for room (``PLAN_AHEAD`` targets unwritten) lets this process's decoder take them again, and
+    leaves them after; the end of planning takes them back for good. The restore ends whole."""
+    src = _tree(tmp_path / "src", files=900)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    monkeypatch.setattr(restorer, "PLAN_AHEAD", 16)
+    left: list[bool] = []
+    leave = restorer.RunReader.leave_general
+
+    def recorded(self: restorer.RunReader, value: bool) -> None:
+        left.append(value)
+        leave(self, value)
+
+    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
+    sent = _counting(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok, result.errors
+    assert sent and left[0] is True and left[-1] is False  # left once it started, taken back at the end
+    assert left.count(False) > 1  # and while the plan waited
+    _same(src, restored(tmp_path / "out", src))
+
+
 def test_a_small_restore_starts_no_worker(
     local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,12 @@ BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 # process"). One: more cores are not measured.
 RESTORE_PROCS = 1 if _CPUS >= 2 else 0
 PROC_FILES = 512
+# Locally, while planning goes on, this process's general decoder leaves small files to the worker
+# process and takes large files' chunks only: planning is the local restore's longest step, and the
+# decoder's GIL hand-offs around each small file's system calls slowed it (venv restored in turns,
+# interleaved, medians 1.945 -> 1.86 s and 1.815 -> 1.705 s; usr the same, 1.905 -> 1.885 s:
+# bench/README.md, stop 57). From a remote store the same was no faster (stop 56), so not there.
+LEAVE_GENERAL = True
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
 # growing (x2 up to x16) so that a pack's blobs are seldom split over many requests. Remote: one
@@ -439,13 +445,27 @@ class _Restorer(TargetWriter):
         else:
             self.proc = proc
             self.reader.add_taker(proc.handle)
+            self._leave_general(True)
+
+    def _leave_general(self, left: bool) -> None:
+        """Locally, while planning: small files go to the worker process alone, this process's
+        decoders take the large files' chunks (``LEAVE_GENERAL``)."""
+        if LEAVE_GENERAL and not self.remote and self.proc is not None:
+            self.reader.leave_general(left)
 
     def wait_for_room(self) -> None:
         """Wait while ``PLAN_AHEAD`` targets are handed out and not yet written, or until a reader
-        fails (``hand_out`` then raises it)."""
+        fails (``hand_out`` then raises it); meanwhile this process's decoders take any work."""
         with self.room:
-            while self.unwritten_total > PLAN_AHEAD and self.reader.error is None:
-                self.room.wait(PLAN_WAIT_S)
+            if self.unwritten_total <= PLAN_AHEAD or self.reader.error is not None:
+                return
+        self._leave_general(False)
+        try:
+            with self.room:
+                while self.unwritten_total > PLAN_AHEAD and self.reader.error is None:
+                    self.room.wait(PLAN_WAIT_S)
+        finally:
+            self._leave_general(True)
 
     def _settled(self, batch: int, targets: int) -> None:
         """One segment's ``targets`` of ``batch`` were written (or their file had failed). A batch
@@ -468,6 +488,7 @@ class _Restorer(TargetWriter):
 
     def fetch_rest(self) -> None:
         """Hand out the last batch and wait for every read, write and special entry."""
+        self._leave_general(False)  # planning is over: every decoder takes every kind of work
         self.hand_out()
         self.planned.put(None)
         self.reader.join()

@@ -28,7 +28,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cloudkeep.compat import SLOTS
 from cloudkeep.errors import IntegrityError
@@ -173,6 +173,7 @@ class RunReader:
         self._readers: list[threading.Thread] = []
         self._decoders: list[threading.Thread] = []
         self._general_line: Iterator[Request] | None = None  # locally: what general takers read
+        self._shared: _Lines[Any] = self._work  # the lines general takers and delegates share
 
     @property
     def error(self) -> BaseException | None:
@@ -197,6 +198,7 @@ class RunReader:
         if not self.readers and self._split:
             sorted_: _Lines[Request] = _Lines()
             self._general_line = _SharedLine(sorted_)
+            self._shared = sorted_
             lines = [sorted_.take(general=general) for general in self._general()]
             sort = threading.Thread(target=self._sort, args=(pending, sorted_), name="ck-restore-sort")
             self._readers = [sort] + [
@@ -235,6 +237,13 @@ class RunReader:
             thread = threading.Thread(target=self._read_all, args=(line, True, shared, handle), name=name)
             self._readers.append(thread)
         thread.start()
+
+    def leave_general(self, left: bool) -> None:
+        """Whether this process's general takers leave small work to the delegates (``add_taker``:
+        a worker process on a core and GIL of its own) and take only bulk work, while something
+        else here needs the GIL: a restore's planning. Without a delegate, or without a bulk line
+        (no decoder of bulk only), nothing changes."""
+        self._shared.leave_general(left and self._delegated > 0)
 
     def join(self) -> None:
         """Wait until every request is handled (the iterator ended) or a thread failed; raise that."""
@@ -340,7 +349,7 @@ class RunReader:
             lines.close()
 
     def _decode_all(self, general: bool, handle: Handler | None = None) -> None:
-        for item in self._work.take(general=general):
+        for item in self._work.take(general=general, delegate=handle is not None):
             self._handle(*item, handle)
 
     def _handle(
@@ -363,10 +372,16 @@ class _Lines(Generic[Item]):
         self.small: deque[Item] = deque()
         self.bulk: deque[Item] = deque()
         self.done = False
+        self.left = False  # small items for delegates only (``RunReader.leave_general``)
 
     def put(self, item: Item, *, bulk: bool) -> None:
         with self.changed:
             (self.bulk if bulk else self.small).append(item)
+            self.changed.notify_all()
+
+    def leave_general(self, left: bool) -> None:
+        with self.changed:
+            self.left = left
             self.changed.notify_all()
 
     def close(self) -> None:
@@ -375,13 +390,16 @@ class _Lines(Generic[Item]):
             self.done = True
             self.changed.notify_all()
 
-    def take(self, *, general: bool) -> Iterator[Item]:
-        """A taker's items: a general one takes small ones first, then helps with the bulk."""
+    def take(self, *, general: bool, delegate: bool = False) -> Iterator[Item]:
+        """A taker's items: a general one takes small ones first (unless they are ``left`` to
+        delegates and it is not one), then helps with the bulk."""
         while True:
             with self.changed:
-                while not ((general and self.small) or self.bulk or self.done):
+                while not (
+                    (general and self.small and (delegate or not self.left)) or self.bulk or self.done
+                ):
                     self.changed.wait()
-                if general and self.small:
+                if general and self.small and (delegate or not self.left):
                     item = self.small.popleft()
                 elif self.bulk:
                     item = self.bulk.popleft()
@@ -397,7 +415,7 @@ class _SharedLine(Iterator[Request]):
         self.lines = lines
 
     def __next__(self) -> Request:
-        for request in self.lines.take(general=True):
+        for request in self.lines.take(general=True, delegate=True):
             return request
         raise StopIteration
 
