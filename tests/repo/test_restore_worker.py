@@ -165,6 +165,31 @@ def test_a_plan_waiting_for_room_takes_small_files_back_from_the_worker(
     _same(src, restored(tmp_path / "out", src))
 
 
+def test_a_remote_plan_leaves_small_files_to_the_worker_until_it_ends(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a remote store (reader threads; one batch, dense packs handed out while planning) the
+    small files of what is handed out while planning go to the worker alone, until planning ends."""
+    src = _tree(tmp_path / "src", files=900)
+    snap = backup_files(local_repo, [src], hostname="h")
+    monkeypatch.setattr(local_repo.store, "remote", True)  # the remote path over a local folder
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    left: list[bool] = []
+    leave = restorer.RunReader.leave_general
+
+    def recorded(self: restorer.RunReader, value: bool) -> None:
+        left.append(value)
+        leave(self, value)
+
+    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
+    sent = _counting(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out")
+    assert result.ok, result.errors
+    assert sent and left == [True, False]
+    _same(src, restored(tmp_path / "out", src))
+
+
 def test_a_small_restore_starts_no_worker(
     local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

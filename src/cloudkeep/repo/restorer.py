@@ -97,11 +97,12 @@ BULK_DECODERS, BULK_BLOB = 1, MIN_SIZE
 # process"). One: more cores are not measured.
 RESTORE_PROCS = 1 if _CPUS >= 2 else 0
 PROC_FILES = 512
-# Locally, while planning goes on, this process's general decoder leaves small files to the worker
-# process and takes large files' chunks only: planning is the local restore's longest step, and the
-# decoder's GIL hand-offs around each small file's system calls slowed it (venv restored in turns,
-# interleaved, medians 1.945 -> 1.86 s and 1.815 -> 1.705 s; usr the same, 1.905 -> 1.885 s:
-# bench/README.md, stop 57). From a remote store the same was no faster (stop 56), so not there.
+# While planning goes on, this process's general decoders leave small files to the worker process
+# and take large files' chunks only: planning holds the GIL, the restore's longest step locally,
+# and the decoders' hand-offs around each small file's system calls slowed it. Restored in turns:
+# locally venv 1.945 -> 1.86 s and 1.815 -> 1.705 s (medians), usr the same (1.905 -> 1.885); from
+# S3 (moto, day-2) venv 2.07 -> 2.015 s, usr 2.08 -> 1.965, the mail store 4.55 -> 4.25 (bench/README.md,
+# stop 57; in stop 56, before the planner's look-ups were made cheaper, no faster from S3).
 LEAVE_GENERAL = True
 REMOTE_STREAMS = 4  # ranged GETs in flight on a remote store (latency), each streaming one pack range
 # The plan goes to the readers in batches: the first small, so data flows early, the next ones
@@ -448,9 +449,9 @@ class _Restorer(TargetWriter):
             self._leave_general(True)
 
     def _leave_general(self, left: bool) -> None:
-        """Locally, while planning: small files go to the worker process alone, this process's
-        decoders take the large files' chunks (``LEAVE_GENERAL``)."""
-        if LEAVE_GENERAL and not self.remote and self.proc is not None:
+        """While planning: small files go to the worker process alone, this process's decoders
+        take the large files' chunks (``LEAVE_GENERAL``)."""
+        if LEAVE_GENERAL and self.proc is not None:
             self.reader.leave_general(left)
 
     def wait_for_room(self) -> None:
