@@ -94,6 +94,33 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
+def _leaves_of_a_restore(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, remote: bool = False
+) -> list[bool]:
+    """900 small files restored with the worker from the first file on (from a "remote" local
+    folder if asked), checked whole; each ``RunReader.leave_general`` the restore made, in order."""
+    src = _tree(tmp_path / "src", files=900)
+    snap = backup_files(repo, [src], hostname="h")
+    if remote:  # the remote path (reader threads, one batch, dense packs) over a local folder
+        monkeypatch.setattr(repo.store, "remote", True)
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    left: list[bool] = []
+    leave = restorer.RunReader.leave_general
+
+    def recorded(self: restorer.RunReader, value: bool) -> None:
+        left.append(value)
+        leave(self, value)
+
+    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
+    sent = _counting(monkeypatch)
+    result = restore(repo, snap.id, tmp_path / "out")
+    assert result.ok, result.errors
+    assert sent  # the worker took part
+    _same(src, restored(tmp_path / "out", src))
+    return left
+
+
 def test_the_worker_restores_what_the_threads_restore(
     local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,50 +171,18 @@ def test_a_plan_waiting_for_room_takes_small_files_back_from_the_worker(
     """While planning, small files are left to the worker (``LEAVE_GENERAL``); a plan that waits
     for room (``PLAN_AHEAD`` targets unwritten) lets this process's decoder take them again, and
     leaves them after; the end of planning takes them back for good. The restore ends whole."""
-    src = _tree(tmp_path / "src", files=900)
-    snap = backup_files(local_repo, [src], hostname="h")
-    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
-    monkeypatch.setattr(restorer, "PROC_FILES", 0)
     monkeypatch.setattr(restorer, "PLAN_AHEAD", 16)
-    left: list[bool] = []
-    leave = restorer.RunReader.leave_general
-
-    def recorded(self: restorer.RunReader, value: bool) -> None:
-        left.append(value)
-        leave(self, value)
-
-    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
-    sent = _counting(monkeypatch)
-    result = restore(local_repo, snap.id, tmp_path / "out")
-    assert result.ok, result.errors
-    assert sent and left[0] is True and left[-1] is False  # left once it started, taken back at the end
+    left = _leaves_of_a_restore(local_repo, tmp_path, monkeypatch)
+    assert left[0] is True and left[-1] is False  # left once it started, taken back at the end
     assert left.count(False) > 1  # and while the plan waited
-    _same(src, restored(tmp_path / "out", src))
 
 
 def test_a_remote_plan_leaves_small_files_to_the_worker_until_it_ends(
     local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From a remote store (reader threads; one batch, dense packs handed out while planning) the
-    small files of what is handed out while planning go to the worker alone, until planning ends."""
-    src = _tree(tmp_path / "src", files=900)
-    snap = backup_files(local_repo, [src], hostname="h")
-    monkeypatch.setattr(local_repo.store, "remote", True)  # the remote path over a local folder
-    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
-    monkeypatch.setattr(restorer, "PROC_FILES", 0)
-    left: list[bool] = []
-    leave = restorer.RunReader.leave_general
-
-    def recorded(self: restorer.RunReader, value: bool) -> None:
-        left.append(value)
-        leave(self, value)
-
-    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
-    sent = _counting(monkeypatch)
-    result = restore(local_repo, snap.id, tmp_path / "out")
-    assert result.ok, result.errors
-    assert sent and left == [True, False]
-    _same(src, restored(tmp_path / "out", src))
+    """From a remote store (one batch, dense packs handed out while planning) the small files of
+    what is handed out while planning go to the worker alone, until planning ends."""
+    assert _leaves_of_a_restore(local_repo, tmp_path, monkeypatch, remote=True) == [True, False]
 
 
 def test_a_small_restore_starts_no_worker(
