@@ -94,6 +94,19 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
+def _leaves(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each ``RunReader.leave_general`` a restore makes, in order (the method wrapped)."""
+    left: list[bool] = []
+    leave = restorer.RunReader.leave_general
+
+    def recorded(self: restorer.RunReader, value: bool) -> None:
+        left.append(value)
+        leave(self, value)
+
+    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
+    return left
+
+
 def _leaves_of_a_restore(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, remote: bool = False
 ) -> list[bool]:
@@ -105,14 +118,7 @@ def _leaves_of_a_restore(
         monkeypatch.setattr(repo.store, "remote", True)
     monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
     monkeypatch.setattr(restorer, "PROC_FILES", 0)
-    left: list[bool] = []
-    leave = restorer.RunReader.leave_general
-
-    def recorded(self: restorer.RunReader, value: bool) -> None:
-        left.append(value)
-        leave(self, value)
-
-    monkeypatch.setattr(restorer.RunReader, "leave_general", recorded)
+    left = _leaves(monkeypatch)
     sent = _counting(monkeypatch)
     result = restore(repo, snap.id, tmp_path / "out")
     assert result.ok, result.errors
@@ -183,6 +189,24 @@ def test_a_remote_plan_leaves_small_files_to_the_worker_until_it_ends(
     """From a remote store (one batch, dense packs handed out while planning) the small files of
     what is handed out while planning go to the worker alone, until planning ends."""
     assert _leaves_of_a_restore(local_repo, tmp_path, monkeypatch, remote=True) == [True, False]
+
+
+def test_named_files_take_small_files_back_from_a_worker_started_after_planning(
+    local_repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore of named files plans none of them in ``plan_tree``: its worker starts with the
+    last hand-out, once planning is over, and small files are not left to it from then on."""
+    src = _tree(tmp_path / "src", files=120)
+    snap = backup_files(local_repo, [src], hostname="h")
+    named = sorted(str(path) for path in src.glob("d*/e*/f*"))
+    monkeypatch.setattr(restorer, "RESTORE_PROCS", 1)
+    monkeypatch.setattr(restorer, "PROC_FILES", 0)
+    left = _leaves(monkeypatch)
+    result = restore(local_repo, snap.id, tmp_path / "out", paths=named)
+    assert result.ok and result.files == len(named) == 120, result.errors
+    assert left == [True, False]  # left as the worker started, taken back at once
+    for name in named:
+        assert (tmp_path / "out" / name.lstrip("/")).read_bytes() == Path(name).read_bytes()
 
 
 def test_a_small_restore_starts_no_worker(

@@ -489,8 +489,8 @@ class _Restorer(TargetWriter):
 
     def fetch_rest(self) -> None:
         """Hand out the last batch and wait for every read, write and special entry."""
+        self.hand_out()  # (may start the worker: a restore of named files plans none in ``plan_tree``)
         self._leave_general(False)  # planning is over: every decoder takes every kind of work
-        self.hand_out()
         self.planned.put(None)
         self.reader.join()
         if self.proc is not None:
