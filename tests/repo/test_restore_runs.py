@@ -405,6 +405,40 @@ def test_small_requests_left_to_a_delegate_go_to_it_alone_until_taken_back(
     assert set(by_taker.get(f"{kind}-1", [])) <= large
 
 
+def test_without_a_bulk_line_nothing_is_left_to_a_delegate(tmp_path: Path) -> None:
+    """With no decoder of bulk only, every item is small: leaving them to a delegate would leave
+    this process's decoder nothing to do, so ``leave_general`` changes nothing there."""
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    requests, _ = _mixed_pack(store)
+    takers: list[str] = []
+    lock = threading.Lock()
+    go, decoder_took = threading.Event(), threading.Event()
+
+    def handle(request: Request, segment: Segment, view: memoryview) -> None:
+        with lock:
+            takers.append("decoder")
+        decoder_took.set()
+
+    def delegated(request: Request, segment: Segment, view: memoryview) -> None:
+        with lock:
+            first = "delegate" not in takers
+            takers.append("delegate")
+        if first:  # the delegate holds its first item until the decoder has taken one
+            decoder_took.wait(timeout=10)
+
+    def plan() -> Iterator[Request]:
+        assert go.wait(timeout=30)
+        yield from requests
+
+    reader = RunReader(store, handle, readers=2, decoders=1, cap=4 * KIB, delegates=1)
+    reader.start(plan())
+    reader.add_taker(delegated)
+    reader.leave_general(True)
+    go.set()
+    reader.join()
+    assert len(takers) == len(requests) and "decoder" in takers
+
+
 def test_a_request_is_bulk_by_its_blobs_raw_size_not_their_stored_size() -> None:
     """Chunks of large files compress: what decides is what a decoder writes (raw lengths)."""
 

@@ -242,8 +242,8 @@ class RunReader:
         """Whether this process's general takers leave small work to the delegates (``add_taker``:
         a worker process on a core and GIL of its own) and take only bulk work, while something
         else here needs the GIL: a restore's planning. Without a delegate, or without a bulk line
-        (no decoder of bulk only), nothing changes."""
-        self._shared.leave_general(left and self._delegated > 0)
+        (no decoder of bulk only: every item is small), nothing changes."""
+        self._shared.leave_general(left and self._delegated > 0 and self._split)
 
     def join(self) -> None:
         """Wait until every request is handled (the iterator ended) or a thread failed; raise that."""
