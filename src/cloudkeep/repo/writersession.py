@@ -117,11 +117,8 @@ class SessionLease:
         self.check_lease()
 
     def _beat(self) -> None:
-        # The session's end deletes its markers, and how depends on whether the store locks
-        # objects: an S3 store learns it by a request (its first, ~25 ms on the emulator with
-        # botocore's error classes built), asked here rather than after the restore point is stored.
-        with contextlib.suppress(Exception):  # the end asks again, and reports what failed
-            _ = self.repo.store.supports_object_lock
+        # On a thread of its own: a slow answer must not hold up the heartbeats.
+        threading.Thread(target=self._probe_locks, name="ck-lock-probe", daemon=True).start()
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self.heartbeat()
@@ -129,6 +126,14 @@ class SessionLease:
                 return
             except Exception:
                 continue
+
+    def _probe_locks(self) -> None:
+        """Learn now whether the store locks objects: the session's end deletes its markers
+        according to it, and an S3 store learns it by a request (its first, ~25 ms on the emulator
+        with botocore's error classes built), asked here rather than after the restore point is
+        stored. A failure is left for the end, which asks again and reports it."""
+        with contextlib.suppress(Exception):
+            _ = self.repo.store.supports_object_lock
 
     # -- blobs -----------------------------------------------------------------------------
 
